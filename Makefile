@@ -1,0 +1,29 @@
+# The two set-up commands: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU machines take the CPU build of torch that lies on disk; override on other machines.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test bench-gpu lint clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m orthoasr demo
+
+# pytest exits 5 when it collects no test: that is a failure here, said plainly.
+test: $(VENV)/.installed
+	$(PY) -m pytest -q --benchmark-disable tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
+
+lint: $(VENV)/.installed
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check kernels orthoasr bench tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

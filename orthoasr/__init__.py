@@ -1,0 +1,15 @@
+"""orthoasr: Conformer-CTC supernet training with OrthoSoftmax, on Triton kernels."""
+
+from .backend import get_backend, set_backend
+from .config import SupernetConfig
+from .ortho import (OrthoSoftmaxResult, PenaltyScale, freeze_masks, gamma_for, ortho_softmax,
+                    temperature, unit_ranking)
+from .units import Unit, enumerate_units, subnet_cost, unit_costs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SupernetConfig", "Unit", "enumerate_units", "unit_costs", "subnet_cost",
+    "ortho_softmax", "OrthoSoftmaxResult", "temperature", "gamma_for", "PenaltyScale",
+    "unit_ranking", "freeze_masks", "set_backend", "get_backend",
+]

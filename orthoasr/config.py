@@ -1,0 +1,108 @@
+"""Model configuration: one dataclass whose defaults are the paper-size Conformer-CTC."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MODULE_KINDS = ("ffn1", "conv", "mhsa", "ffn2")
+GRANULARITIES = ("component", "module")
+CRITERIA = ("params", "flops")
+
+
+@dataclass
+class SupernetConfig:
+    """Shape of the supernet and how it is cut into prunable units.
+
+    Defaults are the paper-size model (12 blocks, d=384, 6 heads, FFN 1536 in 4 chunks,
+    conv kernel 31). `ref_frames` is the length (frames after 4x subsampling) at which
+    FLOPs costs are counted.
+    """
+
+    num_layers: int = 12
+    d_model: int = 384
+    num_heads: int = 6
+    ff_dim: int = 1536
+    ff_chunks: int = 4
+    conv_kernel: int = 31
+    vocab_size: int = 512
+    num_mel_bins: int = 80
+    frontend_channels: tuple[int, int] = (64, 128)
+    granularity: str = "component"
+    criterion: str = "params"
+    budgets: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8, 1.0)
+    module_order: tuple[str, ...] = MODULE_KINDS
+    ref_frames: int = 250
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.frontend_channels = tuple(self.frontend_channels)
+        self.budgets = tuple(float(b) for b in self.budgets)
+        self.module_order = tuple(self.module_order)
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("num_layers", "d_model", "num_heads", "ff_dim", "ff_chunks",
+                     "conv_kernel", "vocab_size", "num_mel_bins", "ref_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads "
+                             f"({self.num_heads})")
+        if self.ff_dim % self.ff_chunks:
+            raise ValueError(f"ff_dim ({self.ff_dim}) must be divisible by ff_chunks "
+                             f"({self.ff_chunks})")
+        if self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd (same padding), got {self.conv_kernel}")
+        if self.num_mel_bins % 4:
+            raise ValueError(f"num_mel_bins must be divisible by 4, got {self.num_mel_bins}")
+        if len(self.frontend_channels) != 2 or min(self.frontend_channels) < 1:
+            raise ValueError(f"frontend_channels must be two positive ints, "
+                             f"got {self.frontend_channels!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, "
+                             f"got {self.granularity!r}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if sorted(self.module_order) != sorted(MODULE_KINDS):
+            raise ValueError(f"module_order must be a permutation of {MODULE_KINDS}, "
+                             f"got {self.module_order!r}")
+        check_budgets(self.budgets)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def chunk_dim(self) -> int:
+        return self.ff_dim // self.ff_chunks
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SupernetConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown SupernetConfig fields {unknown}; valid: {sorted(names)}")
+        return cls(**values)
+
+
+def check_budgets(budgets) -> tuple[float, ...]:
+    """Budgets must be strictly increasing fractions in (0, 1]."""
+    budgets = tuple(float(b) for b in budgets)
+    if not budgets:
+        raise ValueError("budgets must not be empty")
+    for b in budgets:
+        if not 0.0 < b <= 1.0:
+            raise ValueError(f"budgets must be in (0, 1], got {b}")
+    if any(a >= b for a, b in zip(budgets, budgets[1:])):
+        raise ValueError(f"budgets must be strictly increasing, got {budgets}")
+    return budgets
+
+
+__all__ = ["SupernetConfig", "check_budgets", "MODULE_KINDS", "GRANULARITIES", "CRITERIA"]

@@ -1,0 +1,200 @@
+"""OrthoSoftmax API (DESIGN §3): the op, its schedules and the freeze step."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+from orthoasr.kernels.ortho_softmax import (MAX_BUDGETS, MAX_UNITS, NORMS, ortho_softmax_fwd,
+                                            ortho_softmax_reference)
+
+from .backend import use_triton
+from .config import SupernetConfig, check_budgets
+from .units import subnet_cost, unit_costs
+
+
+class OrthoSoftmaxResult(NamedTuple):
+    probs: torch.Tensor      # [N, N] row softmaxes P
+    expected: torch.Tensor   # [N] expected cost of each row, P @ costs
+    masks: torch.Tensor      # [M, N] soft masks, sum of the first k(p) rows of P
+    k: torch.Tensor          # [M] int64 prefix length chosen for each budget
+    penalty: torch.Tensor    # [M] orthogonality penalty of the first k(p) rows
+
+
+def ortho_softmax(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float, total_cost: float,
+                  budgets: Sequence[float] | torch.Tensor, tau: float | torch.Tensor,
+                  norm: str = "l2", validate: bool = True) -> OrthoSoftmaxResult:
+    """OrthoSoftmax of `scores` [N, N] against unit `costs` [N] for every budget.
+
+    `tau` may be a float or a 0-d tensor on the scores' device (a tensor keeps a CUDA graph
+    valid while the temperature anneals). Shapes, devices and settings are always checked;
+    `validate=True` also reads the values of scores and costs (finite, costs >= 0), which on
+    CUDA costs one host sync: pass False on the hot path.
+    """
+    budgets_t = _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, validate)
+    tau_t = _as_tensor(tau, scores)
+    if use_triton(scores, costs):
+        n, m = scores.shape[0], budgets_t.shape[0]
+        if scores.dtype != torch.float32:
+            raise TypeError(f"the triton backend takes float32 scores, got {scores.dtype}; "
+                            "use set_backend('torch') for other dtypes")
+        if n > MAX_UNITS or m > MAX_BUDGETS:
+            raise ValueError(f"the triton backend supports N <= {MAX_UNITS} units and M <= "
+                             f"{MAX_BUDGETS} budgets, got N={n}, M={m}")
+        out = ortho_softmax_fwd(scores.contiguous(), costs.to(torch.float32).contiguous(),
+                                budgets_t, tau_t, float(rest_cost), float(total_cost), norm)
+    else:
+        out = ortho_softmax_reference(scores, costs, float(rest_cost), float(total_cost),
+                                      budgets_t, tau_t, norm)
+    return OrthoSoftmaxResult(*out)
+
+
+def _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, validate):
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or \
+            scores.shape[0] != scores.shape[1] or scores.shape[0] == 0:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
+        raise ValueError(f"scores must be a non-empty square [N, N] tensor, got {shape}")
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be floating point, got {scores.dtype}")
+    n = scores.shape[0]
+    if not isinstance(costs, torch.Tensor) or costs.shape != (n,):
+        shape = tuple(costs.shape) if isinstance(costs, torch.Tensor) else type(costs)
+        raise ValueError(f"costs must be a [N] = [{n}] tensor, got {shape}")
+    if costs.device != scores.device:
+        raise ValueError(f"costs are on {costs.device} but scores on {scores.device}")
+    for name, value in (("rest_cost", rest_cost), ("total_cost", total_cost)):
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    if float(total_cost) <= 0:
+        raise ValueError(f"total_cost must be > 0, got {total_cost}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if isinstance(tau, torch.Tensor):
+        if tau.numel() != 1 or tau.device != scores.device:
+            raise ValueError(f"tau must be a float or a 1-element tensor on {scores.device}, "
+                             f"got shape {tuple(tau.shape)} on {tau.device}")
+        if not tau.is_cuda and not float(tau) > 0:
+            raise ValueError(f"tau must be > 0, got {float(tau)}")
+    elif not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if validate:
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError("scores contain NaN or inf")
+        if not bool(torch.isfinite(costs).all()) or bool((costs < 0).any()):
+            raise ValueError("costs must be finite and >= 0")
+    return _budget_tensor(tuple(budgets.tolist()) if isinstance(budgets, torch.Tensor)
+                          else check_budgets(budgets), scores.device)
+
+
+_budget_cache: dict = {}
+
+
+def _budget_tensor(budgets: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """Budgets as a float32 device tensor, made once per (budgets, device): no per-call copy."""
+    budgets = check_budgets(budgets)
+    key = (budgets, str(device))
+    if key not in _budget_cache:
+        _budget_cache[key] = torch.tensor(budgets, dtype=torch.float32, device=device)
+    return _budget_cache[key]
+
+
+def _as_tensor(tau, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(tau, torch.Tensor):
+        return tau.reshape(()).to(like.dtype)
+    return torch.full((), float(tau), dtype=like.dtype, device=like.device)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def temperature(step: int, tau0: float = 1.0, gamma: float = 0.999992,
+                tau_min: float = 0.01) -> float:
+    """tau_t = max(tau0 * gamma^t, tau_min)."""
+    return max(tau0 * gamma ** step, tau_min)
+
+
+def gamma_for(tau0: float, tau_end: float, steps: int) -> float:
+    """The decay gamma that brings tau0 to tau_end after `steps` steps."""
+    if not (tau0 > 0 and tau_end > 0 and steps > 0):
+        raise ValueError(f"need tau0 > 0, tau_end > 0, steps > 0; got {tau0}, {tau_end}, {steps}")
+    return (tau_end / tau0) ** (1.0 / steps)
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+class PenaltyScale(torch.nn.Module):
+    """Scale lambda_t of the orthogonality penalty.
+
+    mode "constant": lambda; "warmup": lambda * min(1, step / warmup_steps); "lagrange": a
+    learnable multiplier trained by gradient ascent (its gradient is reversed) on
+    lambda * penalty - rho * lambda^2, starting at `value`.
+    """
+
+    MODES = ("constant", "warmup", "lagrange")
+
+    def __init__(self, mode: str = "constant", value: float = 1.0, warmup_steps: int = 0,
+                 rho: float = 0.0):
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"penalty scale mode must be one of {self.MODES}, got {mode!r}")
+        if mode == "warmup" and warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1 for mode 'warmup', got {warmup_steps}")
+        self.mode, self.value, self.warmup_steps, self.rho = mode, value, warmup_steps, rho
+        self.multiplier = torch.nn.Parameter(torch.tensor(float(value))) \
+            if mode == "lagrange" else None
+
+    def forward(self, penalty: torch.Tensor, step: int) -> torch.Tensor:
+        """The loss term for `penalty` (any shape) at `step`."""
+        if self.mode == "constant":
+            return self.value * penalty
+        if self.mode == "warmup":
+            return self.value * min(1.0, step / self.warmup_steps) * penalty
+        lam = _ReverseGrad.apply(self.multiplier)
+        return lam * penalty - self.rho * lam * lam
+
+
+# ----------------------------------------------------------------------------- freeze
+
+def unit_ranking(probs: torch.Tensor) -> list[int]:
+    """r_i = argmax_{j not yet taken} P_ij, row by row: a permutation of the units."""
+    probs = probs.detach().double().cpu()
+    taken = torch.zeros(probs.shape[1], dtype=torch.bool)
+    ranking = []
+    for row in probs:
+        j = int(torch.where(taken, -1.0, row).argmax())
+        taken[j] = True
+        ranking.append(j)
+    return ranking
+
+
+def freeze_masks(probs: torch.Tensor, cfg: SupernetConfig, criterion: str | None = None,
+                 frames: int | None = None, budgets: Sequence[float] | None = None
+                 ) -> torch.Tensor:
+    """Hard 0/1 gates [M, N]: for each budget the longest prefix of the ranking whose exact
+    cost is within budget * total. Subnets are nested; a budget below the cost of the empty
+    subnet is an error naming the smallest feasible budget."""
+    budgets = check_budgets(cfg.budgets if budgets is None else budgets)
+    _, rest, total = unit_costs(cfg, criterion, frames)
+    ranking = unit_ranking(probs)
+    n = len(ranking)
+    gates = torch.zeros(len(budgets), n)
+    prefix_costs, active = [], torch.zeros(n)
+    for unit in ranking:
+        active[unit] = 1
+        prefix_costs.append(subnet_cost(cfg, active, criterion, frames))
+    for b, budget in enumerate(budgets):
+        if rest > budget * total:
+            raise ValueError(f"budget {budget} is below the cost of the empty subnet; the "
+                             f"smallest feasible budget is {rest / total:.4f}")
+        length = sum(cost <= budget * total * (1 + 1e-12) for cost in prefix_costs)
+        gates[b, ranking[:length]] = 1
+    return gates
