@@ -1,0 +1,68 @@
+"""One harness for every benchmark: timing by median of triton.testing.do_bench (optionally
+over CUDA-graph replays) and JSON rows stamped with the card, versions, commit and date.
+
+A row: {"table", "case", "mode", "provider", "ms", ...extra metrics} + environment fields.
+bench/report.py turns bench/results/*.json into bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def environment() -> dict:
+    import triton
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__, "triton": triton.__version__,
+        "commit": commit or os.environ.get("ORTHOASR_COMMIT", "unknown"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "run_id": RUN_ID,
+    }
+
+
+def time_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
+    """Median milliseconds of fn() on the GPU (events around each call)."""
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def time_graph_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
+    """Median milliseconds of one replay of fn() captured in a CUDA graph: GPU time without
+    the host's launch overhead. fn must be capturable (no host sync, static shapes)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_ms(graph.replay, warmup_ms, rep_ms)
+
+
+def write_rows(name: str, rows: list[dict], out_dir: str | os.PathLike | None = None) -> Path:
+    """Append rows (stamped with the environment) to <out_dir or bench/results>/<name>.json."""
+    env = environment()
+    path = Path(out_dir or RESULTS_DIR) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else []
+    old += [{**row, **env} for row in rows]
+    path.write_text(json.dumps(old, indent=1) + "\n")
+    return path

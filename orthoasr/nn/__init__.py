@@ -1,0 +1,1 @@
+"""Gated Conformer modules (DESIGN §6): each chooses a backend and calls its op in kernels/."""
