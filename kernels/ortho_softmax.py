@@ -161,7 +161,7 @@ def _ortho_softmax_fwd_kernel(
         masks = tl.zeros([BM, BN], tl.float32)
         for J in range(0, tl.cdiv(k_max, BR)):
             masks += tl.load(part_mask_ptr + (J * BM + offs_m[:, None]) * BN + offs_n[None, :],
-                             volatile=True)
+                             mask=(offs_m < M)[:, None], other=0.0, volatile=True)
         tl.store(mask_ptr + offs_m[:, None] * N + offs_n[None, :], masks,
                  mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
         tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch
