@@ -1,0 +1,58 @@
+"""Gated convolution module (DESIGN §2, §6)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
+
+from ..backend import use_triton
+from .ffn import check_module_inputs, compute_dtype
+
+
+class GatedConvModule(nn.Module):
+    """Conformer convolution module with one gate (DESIGN §2).
+
+    y = g · PW2(SiLU(LN2(DWConv(mask(GLU(PW1(LN1(x)))))))), zero at padded frames.
+
+    Parameters (3d² + dK + 8d in all, the whole module is one unit):
+      norm: LayerNorm(d) (pre-norm); pointwise1: Linear(d, 2d), GLU = first half of its output
+      channels times sigmoid of the second half; depthwise: weight (d, K), bias (d,), same
+      padding, frames t >= lengths[b] zeroed before it; norm_conv: LayerNorm(d) (in place of
+      BatchNorm); pointwise2: Linear(d, d).
+    gates (1,) scales the whole output, bias included; a gate exactly 0 that does not require
+    grad skips all work on the device. Dropout (training) applies to the output.
+    """
+
+    def __init__(self, d_model: int, kernel_size: int = 31, dropout: float = 0.0) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
+        self.d_model, self.kernel_size = d_model, kernel_size
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise1 = nn.Linear(d_model, 2 * d_model)
+        self.depthwise_weight = nn.Parameter(torch.empty(d_model, kernel_size))
+        self.depthwise_bias = nn.Parameter(torch.empty(d_model))
+        self.norm_conv = nn.LayerNorm(d_model)
+        self.pointwise2 = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        bound = kernel_size ** -0.5  # nn.Conv1d's default init for groups=d_model
+        nn.init.uniform_(self.depthwise_weight, -bound, bound)
+        nn.init.uniform_(self.depthwise_bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                gates: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, d_model), lengths: (B,), gates: (1,) or None -> (B, T, d_model)."""
+        params = [self.norm.weight, self.norm.bias, self.pointwise1.weight, self.pointwise1.bias,
+                  self.depthwise_weight, self.depthwise_bias, self.norm_conv.weight,
+                  self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
+        check_module_inputs(x, lengths, gates, self.d_model, 1, params)
+        dtype = compute_dtype(x)
+        args = [p.to(dtype) for p in params]
+        x = x.to(dtype)
+        if dtype != torch.float64 and use_triton(x, lengths):
+            y = gated_conv(x, lengths, *args, gates)
+        else:
+            y = gated_conv_reference(x, lengths, *args, gates)
+        return self.dropout(y)
