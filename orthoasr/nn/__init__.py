@@ -1,3 +1,4 @@
 """Gated Conformer modules (DESIGN §6): each chooses a backend and calls its op in kernels/."""
 from .conv import GatedConvModule
 from .ffn import GatedFeedForward
+from .mhsa import GatedMHSA

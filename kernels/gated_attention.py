@@ -1,0 +1,535 @@
+"""Gated multi-head attention core (DESIGN §2, MHSA): flash-style attention over the active
+heads with key padding by lengths, the head gate applied in the epilogue.
+
+    out[b, h, t] = g_h * softmax(q[b, h, t] k[b, h, :L_b]^T * sm_scale) v[b, h, :L_b]   t < L_b
+    out[b, h, t] = 0                                                                  t >= L_b
+
+Shapes: q, k, v (B, H, T, Dh) (any strides, last dim contiguous), lengths (B,) int,
+head_gates (H,), L_b = lengths[b]. Padded query rows give exactly 0 (finite, and the block
+costs nothing); keys at t >= L_b are masked. A head whose gate is exactly 0 gives exactly 0
+and costs nothing, in the forward and the backward; its gate gradient is returned as 0
+(the head is never computed; OrthoSoftmax masks that are exactly 0 receive no gradient
+through their softmax anyway). Every other gate gets the exact gradient
+dg_h = sum(out_h / g_h * grad_out_h), reduced inside the backward's first pass.
+
+Layers, as in every op file: `gated_attention_reference` (PyTorch), the Triton kernels
+`_gated_attn_fwd_kernel`, `_gated_attn_bwd_pre_kernel`, `_gated_attn_bwd_dkdv_kernel`,
+`_gated_attn_bwd_dq_kernel`, host launchers, and the torch.library ops
+`orthoasr::gated_attention_fwd` / `_bwd` (separate q, k, v) and
+`orthoasr::gated_attention_packed_fwd` / `_bwd` (one packed qkv (B, T, H, 3, Dh) tensor, the
+layout the MHSA in-projection writes, so the backward returns one packed gradient).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- reference
+
+def _effective_gates(head_gates: torch.Tensor) -> torch.Tensor:
+    """The gates themselves, with no gradient flowing to gates that are exactly 0 (the
+    kernels never compute those heads)."""
+    return torch.where(head_gates != 0, head_gates, head_gates.detach())
+
+
+def gated_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              lengths: torch.Tensor, head_gates: torch.Tensor | None,
+                              sm_scale: float) -> torch.Tensor:
+    """Plain PyTorch gated attention. q, k, v: (B, H, T, Dh) -> (B, H, T, Dh).
+
+    Matmuls run in the input dtype, the softmax in fp32 (fp64 stays fp64).
+    """
+    B, H, T, _ = q.shape
+    pos = torch.arange(T, device=q.device)
+    query_ok = pos[None, :] < lengths[:, None]                    # (B, T)
+    # a sequence of length 0 attends to every key: finite, and its rows are zeroed below
+    key_ok = pos[None, :] < lengths.clamp(min=1)[:, None]
+    scores = (q @ k.transpose(-1, -2)) * sm_scale
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = scores.to(acc).masked_fill(~key_ok[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    out = probs @ v
+    out = out.masked_fill(~query_ok[:, None, :, None], 0)
+    if head_gates is not None:
+        out = out * _effective_gates(head_gates).to(out.dtype)[None, :, None, None]
+    return out
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@triton.jit
+def _fwd_key_block(acc, m_i, l_i, q, k_ptrs, v_ptrs, start_n, seq_len, qk_scale,
+                   offs_n, offs_d, stride_kt, stride_vt,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KEYS: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
+    """One step of the online softmax over keys [start_n, start_n + BLOCK_N)."""
+    keys = start_n + offs_n
+    load_mask = (offs_d < HEAD_DIM)[None, :]
+    if MASK_KEYS:
+        load_mask = load_mask & (keys < seq_len)[:, None]
+    k = tl.load(k_ptrs + start_n * stride_kt, mask=load_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASK_KEYS:
+        s = tl.where((keys < seq_len)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_ptrs + start_n * stride_vt, mask=load_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _gated_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, len_ptr, gate_ptr, o_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+    H, T, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Program (m, b*H + h) computes query rows [m*BLOCK_M, (m+1)*BLOCK_M) of head h of
+    # sequence b: online softmax over the L_b valid keys only (key blocks past L_b are never
+    # visited), then out = g_h * acc / l. Dead heads and query blocks past L_b store 0.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    gate = tl.load(gate_ptr + h).to(tl.float32)
+    seq_len = tl.load(len_ptr + b).to(tl.int32)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = (offs_d < HEAD_DIM)[None, :]
+    o_ptrs = o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    o_mask = (offs_m < T)[:, None] & d_ok
+    if (gate != 0) & (start_m < seq_len):
+        q_ptrs = q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt \
+            + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=o_mask, other=0.0)
+        k_ptrs = k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt \
+            + offs_d[None, :]
+        v_ptrs = v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt \
+            + offs_d[None, :]
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        full_end = (seq_len // BLOCK_N) * BLOCK_N
+        for start_n in range(0, full_end, BLOCK_N):
+            acc, m_i, l_i = _fwd_key_block(acc, m_i, l_i, q, k_ptrs, v_ptrs, start_n, seq_len,
+                                           qk_scale, offs_n, offs_d, stride_kt, stride_vt,
+                                           HEAD_DIM, BLOCK_D, False, DOT_PRECISION)
+        if full_end < seq_len:
+            acc, m_i, l_i = _fwd_key_block(acc, m_i, l_i, q, k_ptrs, v_ptrs, full_end, seq_len,
+                                           qk_scale, offs_n, offs_d, stride_kt, stride_vt,
+                                           HEAD_DIM, BLOCK_D, True, DOT_PRECISION)
+        out = acc * (gate / l_i)[:, None]
+        out = tl.where((offs_m < seq_len)[:, None], out, 0.0)
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=o_mask)
+        tl.store(lse_ptr + pid_bh * T + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_len)
+    else:
+        tl.store(o_ptrs, tl.zeros([BLOCK_M, BLOCK_D], o_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit
+def _gated_attn_bwd_pre_kernel(
+    o_ptr, do_ptr, len_ptr, gate_ptr, delta_ptr, dgate_part_ptr,
+    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot,
+    B, H, T,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    # delta_i = rowsum(dout_i * out_i) (= rowsum(dO_i * O_i) of the ungated head, since
+    # out = g O and dO = g dout), and this block's share sum_i delta_i of g_h * dg_h.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    gate = tl.load(gate_ptr + h).to(tl.float32)
+    seq_len = tl.load(len_ptr + b).to(tl.int32)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    part = 0.0
+    if (gate != 0) & (start_m < seq_len):
+        mask = (offs_m < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot
+                    + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
+                     + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        delta = tl.sum(o * do, 1)
+        tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=offs_m < seq_len)
+        part = tl.sum(delta, 0)
+    tl.store(dgate_part_ptr + (h * B + b) * tl.num_programs(0) + pid_m, part)
+
+
+@triton.jit
+def _gated_attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+    stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+    H, T, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Program (n, b*H + h) owns keys [n*BLOCK_N, (n+1)*BLOCK_N): it walks the L_b valid
+    # query rows, recomputes P^T from the saved log-sum-exp and accumulates
+    # dV = g P^T dout and dK = sm_scale dS^T Q with dS = P (g dout V^T - delta).
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    gate = tl.load(gate_ptr + h).to(tl.float32)
+    seq_len = tl.load(len_ptr + b).to(tl.int32)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = (offs_d < HEAD_DIM)[None, :]
+    kv_mask = (offs_n < T)[:, None] & d_ok
+    dk_ptrs = dk_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt \
+        + offs_d[None, :]
+    dv_ptrs = dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt \
+        + offs_d[None, :]
+    if (gate != 0) & (start_n < seq_len):
+        key_ok = offs_n < seq_len
+        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt
+                    + offs_d[None, :], mask=key_ok[:, None] & d_ok, other=0.0)
+        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt
+                    + offs_d[None, :], mask=key_ok[:, None] & d_ok, other=0.0)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        q_base = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :]
+        do_base = do_ptr + b * stride_dob + h * stride_doh + offs_d[None, :]
+        for start_m in range(0, seq_len, BLOCK_M):
+            rows = start_m + offs_m
+            row_ok = rows < seq_len
+            q = tl.load(q_base + rows[:, None] * stride_qt, mask=row_ok[:, None] & d_ok,
+                        other=0.0)
+            do = tl.load(do_base + rows[:, None] * stride_dot, mask=row_ok[:, None] & d_ok,
+                         other=0.0)
+            # padded rows get lse = +inf, so their P is exactly 0
+            lse = tl.load(lse_ptr + pid_bh * T + rows, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_ptr + pid_bh * T + rows, mask=row_ok, other=0.0)
+            qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
+            p_t = tl.exp2(qk_t - lse[None, :])
+            p_t = tl.where(key_ok[:, None], p_t, 0.0)
+            dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * gate
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+        tl.store(dk_ptrs, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, (dv * gate).to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    else:
+        tl.store(dk_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dk_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _gated_attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+    stride_dqb, stride_dqh, stride_dqt,
+    H, T, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Program (m, b*H + h) owns query rows [m*BLOCK_M, (m+1)*BLOCK_M): it walks the L_b
+    # valid keys and accumulates dQ = sm_scale dS K.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    gate = tl.load(gate_ptr + h).to(tl.float32)
+    seq_len = tl.load(len_ptr + b).to(tl.int32)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = (offs_d < HEAD_DIM)[None, :]
+    dq_ptrs = dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt \
+        + offs_d[None, :]
+    dq_mask = (offs_m < T)[:, None] & d_ok
+    if (gate != 0) & (start_m < seq_len):
+        row_ok = offs_m < seq_len
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
+                    + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
+                     + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
+        v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
+        for start_n in range(0, seq_len, BLOCK_N):
+            keys = start_n + offs_n
+            key_ok = keys < seq_len
+            k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok,
+                        other=0.0)
+            v = tl.load(v_base + keys[:, None] * stride_vt, mask=key_ok[:, None] & d_ok,
+                        other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            p = tl.exp2(qk - lse[:, None])
+            p = tl.where(key_ok[None, :], p, 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) * gate
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=dq_mask)
+    else:
+        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dq_ptr.dtype.element_ty), mask=dq_mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+LOG2E = 1.4426950408889634
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _config(kind: str, head_dim: int, seq_len: int) -> dict:
+    """Block sizes and launch options; ORTHOASR_ATTN_<KIND> = "BM,BN,warps,stages" overrides
+    (used by bench/bench_attention.py to compare variants)."""
+    if _interpreting():
+        return dict(BLOCK_M=32, BLOCK_N=32)
+    override = os.environ.get(f"ORTHOASR_ATTN_{kind.upper()}")
+    if override:
+        bm, bn, warps, stages = (int(x) for x in override.split(","))
+        return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    if kind == "fwd":
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4 if head_dim <= 64 else 8,
+                    num_stages=3)
+    if kind == "dkdv":
+        return dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)   # dq
+
+
+def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out):
+    """Fills `out` (B, H, T, Dh) (any strides) and returns lse (B, H, T) fp32 (log2 units)."""
+    B, H, T, Dh = q.shape
+    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    cfg = _config("fwd", Dh, T)
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
+    _gated_attn_fwd_kernel[grid](
+        q, k, v, lengths, head_gates, out, lse,
+        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
+        H, T, sm_scale * LOG2E,
+        HEAD_DIM=Dh, BLOCK_D=max(16, triton.next_power_of_2(Dh)),
+        DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+    return lse
+
+
+def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates, sm_scale,
+                               dq, dk, dv):
+    """Fills dq, dk, dv (any strides) and returns dgates (H,) in the gates' dtype."""
+    B, H, T, Dh = q.shape
+    block_d = max(16, triton.next_power_of_2(Dh))
+    dev = q.device
+    delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
+    pre_block = 64 if not _interpreting() else 32
+    pre_grid = (triton.cdiv(T, pre_block), B * H)
+    dgate_part = torch.empty(H, B, pre_grid[0], dtype=torch.float32, device=dev)
+    _gated_attn_bwd_pre_kernel[pre_grid](
+        out, grad_out, lengths, head_gates, delta, dgate_part,
+        *_strides3(out), *_strides3(grad_out), B, H, T,
+        HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=pre_block)
+    precision = _dot_precision(q.dtype)
+    cfg = _config("dkdv", Dh, T)
+    _gated_attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg["BLOCK_N"]), B * H)](
+        q, k, v, grad_out, lse, delta, lengths, head_gates, dk, dv,
+        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out),
+        *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
+        HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=precision, **cfg)
+    cfg = _config("dq", Dh, T)
+    _gated_attn_bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), B * H)](
+        q, k, v, grad_out, lse, delta, lengths, head_gates, dq,
+        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), *_strides3(dq),
+        H, T, sm_scale, sm_scale * LOG2E,
+        HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=precision, **cfg)
+    # dg_h = sum_i delta_i / g_h; 0 for a dead head (never computed)
+    live = head_gates != 0
+    gate_sum = dgate_part.sum(dim=(1, 2))
+    dgates = torch.where(live, gate_sum / torch.where(live, head_gates.float(), 1.0), 0.0)
+    return dgates.to(head_gates.dtype)
+
+
+def _unpack(qkv: torch.Tensor):
+    """(B, T, H, 3, Dh) -> q, k, v views (B, H, T, Dh)."""
+    view = qkv.permute(0, 2, 1, 3, 4)
+    return view[..., 0, :], view[..., 1, :], view[..., 2, :]
+
+
+# ----------------------------------------------------------------------------- torch.library
+
+@torch.library.custom_op("orthoasr::gated_attention_fwd", mutates_args=())
+def gated_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        lengths: torch.Tensor, head_gates: torch.Tensor, sm_scale: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out)
+    return out, lse
+
+
+@gated_attention_fwd.register_fake
+def _(q, k, v, lengths, head_gates, sm_scale):
+    B, H, T, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("orthoasr::gated_attention_bwd", mutates_args=())
+def gated_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                        grad_out: torch.Tensor, lse: torch.Tensor, lengths: torch.Tensor,
+                        head_gates: torch.Tensor, sm_scale: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dgates = gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
+                                        sm_scale, dq, dk, dv)
+    return dq, dk, dv, dgates
+
+
+@gated_attention_bwd.register_fake
+def _(q, k, v, out, grad_out, lse, lengths, head_gates, sm_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), \
+        torch.empty_like(head_gates)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, lengths, head_gates, sm_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, lengths, head_gates)
+    ctx.sm_scale = sm_scale
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, lengths, head_gates = ctx.saved_tensors
+    dq, dk, dv, dgates = gated_attention_bwd(q, k, v, out, grad_out.contiguous(), lse,
+                                             lengths, head_gates, ctx.sm_scale)
+    return dq, dk, dv, None, dgates, None
+
+
+gated_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("orthoasr::gated_attention_packed_fwd", mutates_args=())
+def gated_attention_packed_fwd(qkv: torch.Tensor, lengths: torch.Tensor,
+                               head_gates: torch.Tensor, sm_scale: float
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, H, _, Dh = qkv.shape
+    out = torch.empty(B, T, H, Dh, dtype=qkv.dtype, device=qkv.device)
+    q, k, v = _unpack(qkv)
+    lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale,
+                                     out.permute(0, 2, 1, 3))
+    return out, lse
+
+
+@gated_attention_packed_fwd.register_fake
+def _(qkv, lengths, head_gates, sm_scale):
+    B, T, H, _, Dh = qkv.shape
+    return qkv.new_empty(B, T, H, Dh), qkv.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("orthoasr::gated_attention_packed_bwd", mutates_args=())
+def gated_attention_packed_bwd(qkv: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor,
+                               lse: torch.Tensor, lengths: torch.Tensor,
+                               head_gates: torch.Tensor, sm_scale: float
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    q, k, v = _unpack(qkv)
+    dq, dk, dv = _unpack(grad_qkv)
+    dgates = gated_attention_bwd_triton(q, k, v, out.permute(0, 2, 1, 3),
+                                        grad_out.permute(0, 2, 1, 3), lse, lengths,
+                                        head_gates, sm_scale, dq, dk, dv)
+    return grad_qkv, dgates
+
+
+@gated_attention_packed_bwd.register_fake
+def _(qkv, out, grad_out, lse, lengths, head_gates, sm_scale):
+    return qkv.new_empty(qkv.shape), torch.empty_like(head_gates)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    qkv, lengths, head_gates, sm_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, lengths, head_gates)
+    ctx.sm_scale = sm_scale
+
+
+def _packed_backward(ctx, grad_out, _grad_lse):
+    qkv, out, lse, lengths, head_gates = ctx.saved_tensors
+    grad_qkv, dgates = gated_attention_packed_bwd(qkv, out, grad_out.contiguous(), lse,
+                                                  lengths, head_gates, ctx.sm_scale)
+    return grad_qkv, None, dgates, None
+
+
+gated_attention_packed_fwd.register_autograd(_packed_backward,
+                                             setup_context=_packed_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _check(q, k, v, lengths, head_gates):
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v, lengths)):
+        raise TypeError("q, k, v and lengths must be tensors")
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must all be (B, H, T, Dh), got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype not in SUPPORTED_DTYPES + (torch.float64,) or k.dtype != q.dtype \
+            or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one dtype of {SUPPORTED_DTYPES} (float64: torch "
+                        f"backend), got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, H = q.shape[:2]
+    if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"lengths must be int32/int64 of shape ({B},), got "
+                         f"{lengths.dtype} {tuple(lengths.shape)}")
+    if head_gates is not None:
+        if not isinstance(head_gates, torch.Tensor) or head_gates.shape != (H,) \
+                or not head_gates.is_floating_point():
+            raise ValueError(f"head_gates must be a float tensor of shape ({H},), got "
+                             f"{getattr(head_gates, 'shape', head_gates)!r}")
+    devices = {t.device for t in (q, k, v, lengths) + (() if head_gates is None
+                                                          else (head_gates,))}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
+def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
+                    head_gates: torch.Tensor | None = None, sm_scale: float | None = None
+                    ) -> torch.Tensor:
+    """Gated attention with key padding. q, k, v: (B, H, T, Dh); lengths (B,);
+    head_gates (H,) or None (all ones) -> (B, H, T, Dh). Triton or PyTorch by
+    orthoasr.backend.use_triton (float64 always runs the reference)."""
+    from orthoasr.backend import use_triton
+
+    _check(q, k, v, lengths, head_gates)
+    sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else float(sm_scale)
+    tensors = (q, k, v, lengths) + (() if head_gates is None else (head_gates,))
+    if q.dtype == torch.float64 or not use_triton(*tensors):
+        return gated_attention_reference(q, k, v, lengths, head_gates, sm_scale)
+    if head_gates is None:
+        head_gates = torch.ones(q.shape[1], dtype=torch.float32, device=q.device)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out, _lse = gated_attention_fwd(q, k, v, lengths, head_gates.contiguous(), sm_scale)
+    return out

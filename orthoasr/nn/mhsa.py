@@ -1,0 +1,120 @@
+"""Gated multi-head self-attention (DESIGN §2, §6): the MHSA module of a Conformer block."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backend import use_triton
+from ..config import GRANULARITIES
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class GatedMHSA(nn.Module):
+    """out = sum_h g_h * Attn_h(LN(x)) W_o[:, head h]^T + b_o, the module's residual
+    contribution (before the block adds it). No positional encoding here (the model adds it).
+
+    x: (B, T, D), lengths: (B,) int, gates: (num_heads,) for granularity "component" (one
+    gate per head; b_o is added iff any gate != 0, decided on the device) or (1,) for
+    "module" (scales the whole output, b_o included); None = all ones. Keys at
+    t >= lengths[b] are masked; outputs at padded frames are b_o (finite). A head whose gate
+    is exactly 0 costs nothing on the Triton backend and its gate gets gradient 0; all gates
+    0 gives exactly 0. Dropout (training only) is applied to the module output.
+
+    Parameters (d = d_model, H = num_heads, Dh = d / H), exactly what orthoasr.units counts
+    (per head 4*d*Dh + 3*Dh, shared 3d = LN 2d + b_o d):
+      norm.weight, norm.bias        (d,)      pre-LayerNorm
+      in_proj_weight                (3d, d)   head-major: rows [h*3*Dh, (h+1)*3*Dh) belong to
+                                              head h, as q rows h*3*Dh + [0, Dh), k rows
+                                              + [Dh, 2Dh), v rows + [2Dh, 3Dh); i.e. the view
+                                              (H, 3, Dh, d)
+      in_proj_bias                  (3d,)     same layout, view (H, 3, Dh)
+      out_proj_weight               (d, d)    out = a @ W_o^T; columns [h*Dh, (h+1)*Dh) of
+                                              head h
+      out_proj_bias                 (d,)      b_o
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0,
+                 granularity: str = "component"):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.d_model, self.num_heads = d_model, num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout, self.granularity = dropout, granularity
+        self.norm = nn.LayerNorm(d_model)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj_weight = nn.Parameter(torch.empty(d_model, d_model))
+        self.out_proj_bias = nn.Parameter(torch.zeros(d_model))
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.kaiming_uniform_(self.out_proj_weight, a=math.sqrt(5))
+
+    @property
+    def num_gates(self) -> int:
+        return self.num_heads if self.granularity == "component" else 1
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
+                validate: bool = False) -> torch.Tensor:
+        """x: (B, T, D), lengths: (B,), gates: (num_gates,) or None -> (B, T, D).
+
+        validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
+        lengths are always checked."""
+        self._check(x, lengths, gates, validate)
+        head_gates, bias_scale = self._gates(x, gates)
+        from orthoasr.kernels.gated_mhsa import gated_mhsa
+        out = gated_mhsa(self.norm(x), lengths, head_gates, bias_scale, self.in_proj_weight,
+                         self.in_proj_bias, self.out_proj_weight, self.out_proj_bias,
+                         self.num_heads)
+        return F.dropout(out, self.dropout, self.training)
+
+    def _gates(self, x, gates):
+        """(head_gates (H,), bias_scale () or None) from the module's gates."""
+        H = self.num_heads
+        if gates is None:
+            return torch.ones(H, dtype=torch.float32, device=x.device), None
+        if self.granularity == "module":
+            return gates.expand(H).contiguous(), gates.reshape(())
+        return gates.contiguous(), (gates != 0).any().to(gates.dtype)
+
+    def _check(self, x, lengths, gates, validate):
+        if not isinstance(x, torch.Tensor) or not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"x and lengths must be tensors, got {type(x).__name__} and "
+                            f"{type(lengths).__name__}")
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (B, T, {self.d_model}), got {tuple(x.shape)}")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"x dtype must be one of {_DTYPES}, got {x.dtype}")
+        B, T = x.shape[:2]
+        if lengths.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"lengths must be int32 or int64, got {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        if lengths.device != x.device:
+            raise ValueError(f"lengths is on {lengths.device}, x on {x.device}")
+        if gates is not None:
+            if not isinstance(gates, torch.Tensor):
+                raise TypeError(f"gates must be a tensor or None, got {type(gates).__name__}")
+            if not gates.is_floating_point():
+                raise TypeError(f"gates must be floating point, got {gates.dtype}")
+            if gates.shape != (self.num_gates,):
+                raise ValueError(f"gates must have shape ({self.num_gates},) for granularity "
+                                 f"{self.granularity!r}, got {tuple(gates.shape)}")
+            if gates.device != x.device:
+                raise ValueError(f"gates is on {gates.device}, x on {x.device}")
+        if (validate or lengths.device.type == "cpu") and lengths.numel():
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 0 or high > T:
+                raise ValueError(f"lengths must lie in [0, {T}], got min {low}, max {high}")
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}, "
+                f"granularity={self.granularity!r}")
