@@ -1,0 +1,224 @@
+"""Gated attention core: Triton kernels (interpreter on CPU) vs the PyTorch reference."""
+
+import pytest
+import torch
+
+from orthoasr import set_backend
+from orthoasr.kernels import gated_attention as ga
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend():
+    set_backend("auto")
+    yield
+    set_backend("auto")
+
+
+def _inputs(B, H, T, Dh, lengths, dtype=torch.float32, device=DEV):
+    q, k, v = (torch.randn(B, H, T, Dh, dtype=dtype, device=device) for _ in range(3))
+    return q, k, v, torch.tensor(lengths, dtype=torch.int32, device=device)
+
+
+def _grads(fn, q, k, v, lengths, gates, grad_out):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    gates = gates.detach().clone().requires_grad_()
+    out = fn(q, k, v, lengths, gates, q.shape[-1] ** -0.5)
+    out.backward(grad_out)
+    return out.detach(), q.grad, k.grad, v.grad, gates.grad
+
+
+def _triton(q, k, v, lengths, gates, sm_scale):
+    out, _lse = ga.gated_attention_fwd(q, k, v, lengths, gates, sm_scale)
+    return out
+
+
+GATES = {
+    "soft": lambda H: torch.rand(H) * 1.5 + 0.1,
+    "one_on": lambda H: torch.eye(H)[H // 2],
+    "some_off": lambda H: torch.tensor([0.6, 0.0, 1.2, 0.0][:H] + [0.9] * max(0, H - 4)),
+    "all_off": lambda H: torch.zeros(H),
+}
+
+SHAPES = [  # B, H, T, Dh, lengths
+    (1, 1, 1, 16, [1]),
+    (2, 3, 37, 16, [37, 1]),
+    (3, 2, 40, 16, [40, 23, 0]),
+    (1, 3, 33, 24, [17]),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}T{s[2]}D{s[3]}")
+@pytest.mark.parametrize("gate_kind", list(GATES))
+def test_matches_reference(shape, gate_kind):
+    B, H, T, Dh, lengths = shape
+    q, k, v, lengths = _inputs(B, H, T, Dh, lengths)
+    gates = GATES[gate_kind](H).to(DEV)
+    grad_out = torch.randn(B, H, T, Dh, device=DEV)
+    ours = _grads(_triton, q, k, v, lengths, gates, grad_out)
+    ref = _grads(ga.gated_attention_reference, q, k, v, lengths, gates, grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=name)
+    if gate_kind == "all_off":
+        assert torch.equal(ours[0], torch.zeros_like(ours[0]))
+        assert all(torch.equal(t, torch.zeros_like(t)) for t in ours[1:])
+
+
+def test_packed_matches_unpacked():
+    B, T, H, Dh = 2, 37, 3, 16
+    qkv = torch.randn(B, T, H, 3, Dh, device=DEV, requires_grad=True)
+    lengths = torch.tensor([37, 20], dtype=torch.int64, device=DEV)
+    gates = torch.tensor([0.5, 0.0, 1.5], device=DEV, requires_grad=True)
+    grad_out = torch.randn(B, T, H, Dh, device=DEV)
+    out, _ = ga.gated_attention_packed_fwd(qkv, lengths, gates, 0.25)
+    out.backward(grad_out)
+    q, k, v = (t.detach().clone().requires_grad_() for t in ga._unpack(qkv.detach()))
+    g2 = gates.detach().clone().requires_grad_()
+    ref = ga.gated_attention_reference(q, k, v, lengths, g2, 0.25)
+    ref.backward(grad_out.permute(0, 2, 1, 3))
+    torch.testing.assert_close(out, ref.permute(0, 2, 1, 3), atol=2e-4, rtol=2e-4)
+    ref_grad = torch.stack([t.grad.permute(0, 2, 1, 3) for t in (q, k, v)], dim=3)
+    torch.testing.assert_close(qkv.grad, ref_grad, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(gates.grad, g2.grad, atol=2e-4, rtol=2e-4)
+
+
+def test_every_output_element_written():
+    """Outputs poisoned with NaN before the launch: every element must be overwritten."""
+    B, H, T, Dh = 2, 3, 37, 16
+    q, k, v, lengths = _inputs(B, H, T, Dh, [37, 5])
+    gates = torch.tensor([0.8, 0.0, 1.1], device=DEV)
+    out = torch.full((B, H, T, Dh), float("nan"), device=DEV)
+    lse = ga.gated_attention_fwd_triton(q, k, v, lengths, gates, 0.25, out)
+    ref = ga.gated_attention_reference(q, k, v, lengths, gates, 0.25)
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+    grad_out = torch.randn_like(out)
+    dq, dk, dv = (torch.full_like(q, float("nan")) for _ in range(3))
+    ga.gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, gates, 0.25, dq, dk, dv)
+    for t in (dq, dk, dv):
+        assert torch.isfinite(t).all()
+    padded = torch.arange(T, device=DEV)[None, :] >= lengths[:, None]   # (B, T)
+    for t in (out, dq, dk, dv):
+        assert torch.equal(t[:, 1], torch.zeros_like(t[:, 1]))           # dead head
+        assert (t.permute(0, 2, 1, 3)[padded] == 0).all()                # padded frames
+
+
+def test_padding_invariance():
+    B, H, T, Dh = 2, 2, 40, 16
+    q, k, v, lengths = _inputs(B, H, T, Dh, [40, 19])
+    gates = torch.tensor([1.0, 0.4], device=DEV)
+    out = _triton(q, k, v, lengths, gates, 0.25)
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    for t in (q2, k2, v2):
+        t[1, :, 19:] = 1e4 * torch.randn_like(t[1, :, 19:])
+    out2 = _triton(q2, k2, v2, lengths, gates, 0.25)
+    assert torch.equal(out, out2)
+    assert torch.isfinite(out2).all()
+
+
+def test_public_function_backends_agree():
+    q, k, v, lengths = _inputs(2, 3, 21, 16, [21, 9])
+    gates = torch.tensor([1.0, 0.2, 0.0], device=DEV)
+    ours = ga.gated_attention(q, k, v, lengths, gates)
+    set_backend("torch")
+    ref = ga.gated_attention(q, k, v, lengths, gates)
+    torch.testing.assert_close(ours, ref, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(ga.gated_attention(q, k, v, lengths),
+                               ga.gated_attention(q, k, v, lengths, torch.ones(3, device=DEV)))
+
+
+def test_reference_gradcheck_fp64():
+    q, k, v, lengths = _inputs(2, 2, 6, 4, [6, 3], dtype=torch.float64, device="cpu")
+    gates = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    args = [t.requires_grad_() for t in (q, k, v, gates)]
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, g: ga.gated_attention_reference(q, k, v, lengths, g, 0.5), args)
+
+
+def test_dead_head_gate_gradient_is_zero_in_reference():
+    q, k, v, lengths = _inputs(1, 2, 5, 4, [5], dtype=torch.float64, device="cpu")
+    gates = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    ga.gated_attention_reference(q, k, v, lengths, gates, 0.5).sum().backward()
+    assert gates.grad[0] == 0 and gates.grad[1] != 0
+
+
+def test_opcheck():
+    q, k, v, lengths = _inputs(1, 2, 9, 16, [7])
+    gates = torch.tensor([1.0, 0.5], device=DEV)
+    torch.library.opcheck(ga.gated_attention_fwd, (q, k, v, lengths, gates, 0.25),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("bad, error", [
+    (dict(q=torch.randn(2, 3, 5)), ValueError),
+    (dict(lengths=torch.tensor([5.0, 3.0])), ValueError),
+    (dict(lengths=torch.tensor([5], dtype=torch.int32)), ValueError),
+    (dict(head_gates=torch.ones(4)), ValueError),
+    (dict(q=torch.randn(2, 3, 5, 16, dtype=torch.float64)), TypeError),
+])
+def test_bad_input(bad, error):
+    args = dict(q=torch.randn(2, 3, 5, 16), k=torch.randn(2, 3, 5, 16),
+                v=torch.randn(2, 3, 5, 16), lengths=torch.tensor([5, 3], dtype=torch.int32),
+                head_gates=torch.ones(3))
+    args.update(bad)
+    with pytest.raises(error):
+        ga.gated_attention(**args)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(4, 6, 250, 64, None), (2, 6, 750, 64, None),
+                                   (3, 3, 37, 64, [37, 1, 20])])
+def test_low_precision_error_ratio(dtype, shape):
+    """Error of the kernel vs fp64 reference <= 2x the reference's own in dtype, + atol."""
+    B, H, T, Dh, lengths = shape
+    if lengths is None:
+        lengths = torch.randint(T // 2, T + 1, (B,)).tolist()
+    q, k, v, lengths = _inputs(B, H, T, Dh, lengths, dtype=torch.float64, device="cuda")
+    gates = torch.tensor([1.0, 0.0, 0.3, 1.7, 0.9, 1.0][:H], dtype=torch.float64, device="cuda")
+    grad_out = torch.randn(B, H, T, Dh, dtype=torch.float64, device="cuda")
+    gold = _grads(ga.gated_attention_reference, q, k, v, lengths, gates, grad_out)
+    low = [t.to(dtype) for t in (q, k, v)]
+    ours = _grads(_triton, *low, lengths, gates.float(), grad_out.to(dtype))
+    ref = _grads(ga.gated_attention_reference, *low, lengths, gates.float(), grad_out.to(dtype))
+    for name, o, r, g in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, gold):
+        atol = 1e-2 * g.abs().max().item() * (1e-1 if dtype == torch.float16 else 1) + 1e-5
+        assert _err(o, g) <= 2 * _err(r, g) + atol, name
+
+
+@pytest.mark.gpu
+def test_cuda_graph_and_no_sync():
+    q, k, v, lengths = _inputs(4, 6, 250, 64, [250, 125, 200, 1], dtype=torch.bfloat16,
+                               device="cuda")
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 2.0], device="cuda", requires_grad=True)
+    grad_out = torch.randn_like(q)
+
+    def step():
+        out = ga.gated_attention(q, k, v, lengths, gates)
+        return torch.autograd.grad(out, (q, k, v, gates), grad_out)
+
+    eager = step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager, captured):
+        assert torch.equal(a, b)
