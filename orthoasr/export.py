@@ -1,0 +1,288 @@
+"""Subnet export (DESIGN §6): a compact dense Conformer with the selected units' weights
+sliced out of the supernet; modules with no unit left are removed.
+
+    sub = extract_subnet(model, gates, head)   # gates (N,): 0 drops a unit, others scale it
+    log_probs, out_lengths = sub(features, lengths)
+    sub.save("sub.pt"); sub = load_subnet("sub.pt")
+
+The compact model is plain PyTorch (no Triton, no gates), goes through `torch.export`, has
+exactly `subnet_cost(cfg, gates, "params")` parameters, and its outputs equal the masked
+supernet's: a gate value is folded into the weights its unit's output passes through.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import SupernetConfig
+from .model import HALF_STEP, VGGFrontend, block_layout, sinusoidal_positions, time_mask
+
+SUBNET_KIND = "orthoasr-subnet"
+
+
+# ----------------------------------------------------------------------------- dense modules
+
+class DenseFeedForward(nn.Module):
+    """y = W2 SiLU(W1 LN(x) + b1) + b2 on valid frames, 0 on padded ones."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, hidden)
+        self.linear2 = nn.Linear(hidden, d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+        y = self.linear2(F.silu(self.linear1(self.norm(x))))
+        return torch.where(mask, y, 0.0)
+
+
+class DenseConvModule(nn.Module):
+    """PW2(SiLU(LN(DWConv(mask(GLU(PW1(LN(x)))))))) on valid frames, 0 on padded ones."""
+
+    def __init__(self, d_model: int, kernel_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise1 = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=kernel_size // 2,
+                                   groups=d_model)
+        self.norm_conv = nn.LayerNorm(d_model)
+        self.pointwise2 = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+        v = torch.where(mask, F.glu(self.pointwise1(self.norm(x)), dim=-1), 0.0)
+        w = self.depthwise(v.transpose(1, 2)).transpose(1, 2)
+        y = self.pointwise2(F.silu(self.norm_conv(w)))
+        return torch.where(mask, y, 0.0)
+
+
+class DenseMHSA(nn.Module):
+    """Multi-head self-attention over `num_heads` kept heads of size `head_dim`; keys past
+    the length are masked, padded query rows attend to nothing (output = b_o there)."""
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.norm = nn.LayerNorm(d_model)
+        self.in_proj = nn.Linear(d_model, 3 * num_heads * head_dim)   # rows view (H, 3, Dh)
+        self.out_proj = nn.Linear(num_heads * head_dim, d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor):
+        B, T, _ = x.shape
+        qkv = self.in_proj(self.norm(x)).view(B, T, self.num_heads, 3, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4)                            # (B, H, T, Dh) each
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        keys = torch.arange(T, device=x.device)[None, :] < lengths.clamp(min=1)[:, None]
+        scores = scores.float().masked_fill(~keys[:, None, None, :], float("-inf"))
+        attn = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+        attn = attn.masked_fill(~mask[:, None, :, :], 0.0)
+        return self.out_proj(attn.transpose(1, 2).reshape(B, T, -1))
+
+
+class CompactBlock(nn.Module):
+    def __init__(self, cfg: SupernetConfig, widths: dict[str, int]):
+        super().__init__()
+        self.order = [kind for kind in cfg.module_order if widths[kind] > 0]
+        layers = {}
+        for kind in self.order:
+            if kind in ("ffn1", "ffn2"):
+                layers[kind] = DenseFeedForward(cfg.d_model, widths[kind] * cfg.chunk_dim)
+            elif kind == "conv":
+                layers[kind] = DenseConvModule(cfg.d_model, cfg.conv_kernel)
+            else:
+                layers[kind] = DenseMHSA(cfg.d_model, widths[kind], cfg.head_dim)
+        self.modules_by_kind = nn.ModuleDict(layers)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x, mask, lengths):
+        for kind in self.order:
+            x = x + HALF_STEP[kind] * self.modules_by_kind[kind](x, mask, lengths)
+        return self.norm(x)
+
+
+class CompactConformer(nn.Module):
+    """The exported subnet: `sub(features (B, T, F), lengths (B,)) -> (log_probs, lengths//4)`.
+
+    `widths[layer][kind]`: FFN chunks kept, MHSA heads kept, conv 0/1 (0 = module removed).
+    """
+
+    def __init__(self, cfg: SupernetConfig, widths: list[dict[str, int]], budget: float = 1.0):
+        super().__init__()
+        self.cfg, self.widths, self.budget = cfg, widths, budget
+        self.frontend = VGGFrontend(cfg.num_mel_bins, cfg.frontend_channels, cfg.d_model)
+        self.blocks = nn.ModuleList([CompactBlock(cfg, w) for w in widths])
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.tokenizer_bytes: bytes | None = None
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        x, lengths = self.frontend(features, lengths)
+        x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+        mask = time_mask(lengths, x.shape[1])[..., None]
+        for block in self.blocks:
+            x = block(x, mask, lengths)
+        return self.head(x).float().log_softmax(dim=-1), lengths
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, path: str | Path, tokenizer: bytes | None = None) -> Path:
+        """Write config, kept widths and weights (and optionally tokenizer bytes) atomically."""
+        tokenizer = self.tokenizer_bytes if tokenizer is None else tokenizer
+        return save_checkpoint(path, {
+            "kind": SUBNET_KIND, "config": self.cfg.to_dict(), "widths": self.widths,
+            "budget": self.budget, "state_dict": self.state_dict(), "tokenizer": tokenizer})
+
+
+def load_subnet(path: str | Path, map_location="cpu") -> CompactConformer:
+    """The subnet written by `sub.save(path)` (read with weights_only=True), in eval mode."""
+    state = load_checkpoint(path, map_location=map_location)
+    if state.get("kind") != SUBNET_KIND:
+        raise ValueError(f"{path} holds no exported subnet (a training checkpoint? use "
+                         "`orthoasr export` on it first)")
+    sub = CompactConformer(SupernetConfig.from_dict(state["config"]), state["widths"],
+                           state["budget"])
+    sub.load_state_dict(state["state_dict"])
+    sub.tokenizer_bytes = state["tokenizer"]
+    return sub.to(map_location).eval()
+
+
+# ----------------------------------------------------------------------------- extraction
+
+@torch.no_grad()
+def extract_subnet(model: nn.Module, gates, head: int = -1) -> CompactConformer:
+    """Compact dense copy of `model` (a ConformerSupernet) under unit `gates` (N,).
+
+    Units whose gate is 0 are dropped, modules with no unit left removed; every other gate
+    value is folded into the weights after its unit (FFN W2 columns, MHSA W_o columns, the
+    conv module's last layer; with module granularity the module's last layer and bias).
+    `head` picks the output layer (index of the budget). Returns the model in eval mode on
+    the supernet's device.
+    """
+    cfg: SupernetConfig = model.cfg
+    gates = torch.as_tensor(gates).detach().reshape(-1).double().cpu()
+    if gates.numel() != model.num_units:
+        raise ValueError(f"gates must have {model.num_units} entries (one per unit), "
+                         f"got {gates.numel()}")
+    if not bool(torch.isfinite(gates).all()):
+        raise ValueError("gates contain NaN or inf")
+    if not isinstance(head, int) or not -len(model.heads) <= head < len(model.heads):
+        raise ValueError(f"head must be an int in [-{len(model.heads)}, "
+                         f"{len(model.heads) - 1}], got {head!r}")
+    layout = block_layout(cfg)
+    block_gates = gates.view(cfg.num_layers, -1)
+    widths = [{kind: _kept_width(cfg, kind, block_gates[layer, start:end])
+               for kind, start, end in layout} for layer in range(cfg.num_layers)]
+    budget = cfg.budgets[head]
+    sub = CompactConformer(cfg, widths, budget)
+    param = next(model.parameters())
+    sub.to(device=param.device, dtype=param.dtype)
+    sub.frontend.load_state_dict(model.frontend.state_dict())
+    sub.head.load_state_dict(model.heads[head].state_dict())
+    for layer, (block, compact) in enumerate(zip(model.blocks, sub.blocks)):
+        compact.norm.load_state_dict(block.norm.state_dict())
+        for kind, start, end in layout:
+            if kind in compact.modules_by_kind:
+                unit_gates = block_gates[layer, start:end]
+                copy = {"ffn1": _copy_ffn, "ffn2": _copy_ffn, "conv": _copy_conv,
+                        "mhsa": _copy_mhsa}[kind]
+                copy(cfg, block.modules_by_kind[kind], compact.modules_by_kind[kind],
+                     unit_gates.to(param.device))
+    return sub.eval()
+
+
+def _kept_width(cfg: SupernetConfig, kind: str, unit_gates: torch.Tensor) -> int:
+    """Units of the module that stay in the compact model (FFN chunks, heads, conv 0/1)."""
+    on = int((unit_gates != 0).sum())
+    if cfg.granularity == "module" and kind != "conv" and on:
+        return cfg.ff_chunks if kind in ("ffn1", "ffn2") else cfg.num_heads
+    return on
+
+
+def _copy_ffn(cfg, src, dst: DenseFeedForward, unit_gates):
+    f = cfg.chunk_dim
+    dst.norm.load_state_dict(src.norm.state_dict())
+    if cfg.granularity == "module":
+        g = unit_gates[0]
+        channels = torch.arange(cfg.ff_dim, device=unit_gates.device)
+        channel_gates, bias_gate = torch.ones(cfg.ff_dim, device=unit_gates.device) * g, g
+    else:
+        kept = (unit_gates != 0).nonzero().flatten()
+        channels = (kept[:, None] * f + torch.arange(f, device=kept.device)).flatten()
+        channel_gates, bias_gate = unit_gates[kept].repeat_interleave(f), 1.0
+    w2 = src.linear2.weight[:, channels]
+    dst.linear1.weight.copy_(src.linear1.weight[channels])
+    dst.linear1.bias.copy_(src.linear1.bias[channels])
+    dst.linear2.weight.copy_(w2 * channel_gates.to(w2.dtype))
+    dst.linear2.bias.copy_(src.linear2.bias * bias_gate)
+
+
+def _copy_conv(cfg, src, dst: DenseConvModule, unit_gates):
+    g = unit_gates[0].to(src.pointwise2.weight.dtype)
+    dst.norm.load_state_dict(src.norm.state_dict())
+    dst.pointwise1.load_state_dict(src.pointwise1.state_dict())
+    dst.depthwise.weight.copy_(src.depthwise_weight[:, None, :])
+    dst.depthwise.bias.copy_(src.depthwise_bias)
+    dst.norm_conv.load_state_dict(src.norm_conv.state_dict())
+    dst.pointwise2.weight.copy_(src.pointwise2.weight * g)
+    dst.pointwise2.bias.copy_(src.pointwise2.bias * g)
+
+
+def _copy_mhsa(cfg, src, dst: DenseMHSA, unit_gates):
+    H, Dh, D = cfg.num_heads, cfg.head_dim, cfg.d_model
+    dst.norm.load_state_dict(src.norm.state_dict())
+    if cfg.granularity == "module":
+        kept = torch.arange(H, device=unit_gates.device)
+        head_gates, bias_gate = unit_gates[0].expand(H), unit_gates[0]
+    else:
+        kept = (unit_gates != 0).nonzero().flatten()
+        head_gates, bias_gate = unit_gates[kept], 1.0
+    w_out = src.out_proj_weight.view(D, H, Dh)[:, kept]
+    dst.in_proj.weight.copy_(src.in_proj_weight.view(H, 3 * Dh, D)[kept].reshape(-1, D))
+    dst.in_proj.bias.copy_(src.in_proj_bias.view(H, 3 * Dh)[kept].reshape(-1))
+    dst.out_proj.weight.copy_((w_out * head_gates.to(w_out.dtype)[None, :, None]).reshape(D, -1))
+    dst.out_proj.bias.copy_(src.out_proj_bias * bias_gate)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint.pt")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--budget", type=float, help="export the subnet of this budget")
+    which.add_argument("--subnet", type=int, help="export the subnet with this index")
+    parser.add_argument("--out", required=True, help="file for the compact subnet")
+    parser.add_argument("--pt2", default=None,
+                        help="also write a torch.export program (.pt2) here")
+
+
+def run(args: argparse.Namespace) -> None:
+    from .evaluate import load_trained
+    trained = load_trained(args.checkpoint, "cpu")
+    cfg = trained.model.cfg
+    if args.budget is not None:
+        if args.budget not in cfg.budgets:
+            raise ValueError(f"--budget {args.budget} is not one of the run's budgets "
+                             f"{cfg.budgets}")
+        index = cfg.budgets.index(args.budget)
+    else:
+        index = args.subnet
+        if not 0 <= index < len(cfg.budgets):
+            raise ValueError(f"--subnet must be in [0, {len(cfg.budgets) - 1}], got {index}")
+    gates = trained.subnet_gates(index)
+    sub = extract_subnet(trained.model, gates, head=index)
+    path = sub.save(args.out, tokenizer=trained.tokenizer_bytes)
+    print(f"subnet {index} (budget {cfg.budgets[index]}): {sub.num_params():,} params -> {path}")
+    if args.pt2:
+        feats = torch.randn(2, 4 * cfg.ref_frames, cfg.num_mel_bins)
+        lengths = torch.tensor([4 * cfg.ref_frames, 4 * cfg.ref_frames - 37])
+        program = torch.export.export(sub, (feats, lengths))
+        torch.export.save(program, args.pt2)
+        print(f"torch.export program -> {args.pt2}")
+
+
+__all__ = ["extract_subnet", "load_subnet", "CompactConformer", "add_arguments", "run"]

@@ -1,0 +1,167 @@
+"""The Conformer-CTC supernet (DESIGN §2, §6): VGG frontend with 4x time subsampling,
+sinusoidal positions, Conformer blocks of gated modules, one output layer per budget.
+
+    feats (B, T, 80) -> VGGFrontend -> (B, T/4, D) -> [ConformerBlock] x L -> head[b]
+    -> log_probs (B, T/4, V)
+
+Gates g (N,) scale unit outputs; unit u = layer * U + position in the block (cfg.module_order).
+Splitting g per module is a view on the device: no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import SupernetConfig
+from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
+from .units import enumerate_units, module_cost
+
+HALF_STEP = {"ffn1": 0.5, "ffn2": 0.5, "conv": 1.0, "mhsa": 1.0}  # Macaron FFN half steps
+
+
+def time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, frames) bool, True on valid frames."""
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class VGGFrontend(nn.Module):
+    """Two blocks of [conv3x3, ReLU, conv3x3, ReLU, maxpool 2x2], then Linear(c2 * F/4 -> D).
+
+    Padded frames are zeroed after every conv so that valid outputs do not depend on them
+    (and a batch gives the same values as its utterances one by one).
+    """
+
+    def __init__(self, num_mel_bins: int, channels: tuple[int, int], d_model: int):
+        super().__init__()
+        c1, c2 = channels
+        self.convs = nn.ModuleList([
+            nn.Conv2d(1, c1, 3, padding=1), nn.Conv2d(c1, c1, 3, padding=1),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.Conv2d(c2, c2, 3, padding=1)])
+        self.pool = nn.MaxPool2d(2)
+        self.proj = nn.Linear(c2 * (num_mel_bins // 4), d_model)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
+        """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
+        x = feats.unsqueeze(1)                                     # (B, 1, T, F)
+        for i, conv in enumerate(self.convs):
+            x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+            x = torch.relu(conv(x))
+            if i % 2 == 1:
+                x = self.pool(x)
+                lengths = lengths // 2
+        x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+        x = x.permute(0, 2, 1, 3).flatten(2)                       # (B, T/4, c2 * F/4)
+        return self.proj(x), lengths
+
+
+def sinusoidal_positions(frames: int, d_model: int, device, dtype) -> torch.Tensor:
+    """(frames, D) absolute sinusoidal position encoding (no parameters)."""
+    position = torch.arange(frames, device=device, dtype=torch.float32)[:, None]
+    freqs = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32)
+                      * (-math.log(10000.0) / d_model))
+    angles = position * freqs                                       # (T, ceil(D / 2))
+    pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :d_model]
+    return pe.to(dtype)
+
+
+def block_layout(cfg: SupernetConfig) -> list[tuple[str, int, int]]:
+    """(module kind, first unit, end unit) of each module within one block, in block order."""
+    layout, start = [], 0
+    for kind in cfg.module_order:
+        n = module_cost(cfg, kind, 1).num_units
+        layout.append((kind, start, start + n))
+        start += n
+    return layout
+
+
+def make_module(cfg: SupernetConfig, kind: str) -> nn.Module:
+    if kind in ("ffn1", "ffn2"):
+        return GatedFeedForward(cfg.d_model, cfg.ff_dim, chunks=cfg.ff_chunks,
+                                dropout=cfg.dropout, granularity=cfg.granularity)
+    if kind == "conv":
+        return GatedConvModule(cfg.d_model, kernel_size=cfg.conv_kernel, dropout=cfg.dropout)
+    return GatedMHSA(cfg.d_model, cfg.num_heads, dropout=cfg.dropout,
+                     granularity=cfg.granularity)
+
+
+class ConformerBlock(nn.Module):
+    """x += s_m * module(x) for each module m in `module_order` (s = 1/2 for FFNs), then LN."""
+
+    def __init__(self, cfg: SupernetConfig):
+        super().__init__()
+        self.layout = block_layout(cfg)
+        self.modules_by_kind = nn.ModuleDict({kind: make_module(cfg, kind)
+                                              for kind, _, _ in self.layout})
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                gates: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D)."""
+        for kind, start, end in self.layout:
+            module_gates = None if gates is None else gates[start:end]
+            x = x + HALF_STEP[kind] * self.modules_by_kind[kind](x, lengths, module_gates)
+        return self.norm(x)
+
+
+class ConformerSupernet(nn.Module):
+    """`model(features, lengths, gates=None, head=-1) -> (log_probs, out_lengths)`.
+
+    features (B, T, num_mel_bins) log-mel frames, lengths (B,) int; gates (N,) unit gates
+    (None: all ones); head: index of the budget whose output layer is used (-1: largest).
+    log_probs (B, T // 4, V) float32; out_lengths = lengths // 4.
+    """
+
+    def __init__(self, cfg: SupernetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = VGGFrontend(cfg.num_mel_bins, cfg.frontend_channels, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([ConformerBlock(cfg) for _ in range(cfg.num_layers)])
+        self.heads = nn.ModuleList([nn.Linear(cfg.d_model, cfg.vocab_size)
+                                    for _ in cfg.budgets])
+        self.units = enumerate_units(cfg)
+        self.units_per_block = len(self.units) // cfg.num_layers
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
+                gates: torch.Tensor | None = None, head: int = -1):
+        self._check_inputs(features, lengths, gates, head)
+        x, lengths = self.frontend(features, lengths)
+        x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype))
+        block_gates = None if gates is None else gates.view(len(self.blocks), -1)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, lengths, None if gates is None else block_gates[layer])
+        logits = self.heads[head](x)
+        return logits.float().log_softmax(dim=-1), lengths
+
+    def _check_inputs(self, features, lengths, gates, head) -> None:
+        cfg = self.cfg
+        if features.dim() != 3 or features.shape[2] != cfg.num_mel_bins:
+            raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), "
+                             f"got {tuple(features.shape)}")
+        if features.shape[1] < 4:
+            raise ValueError(f"features need at least 4 frames (4x subsampling), "
+                             f"got T={features.shape[1]}")
+        if lengths.shape != (features.shape[0],) or lengths.is_floating_point():
+            raise ValueError(f"lengths must be an int tensor of shape ({features.shape[0]},), "
+                             f"got {lengths.dtype} {tuple(lengths.shape)}")
+        if gates is not None:
+            if gates.shape != (self.num_units,):
+                raise ValueError(f"gates must have shape ({self.num_units},) (one per unit), "
+                                 f"got {tuple(gates.shape)}")
+            if gates.device != features.device:
+                raise ValueError(f"gates are on {gates.device} but features on "
+                                 f"{features.device}")
+        if not isinstance(head, int) or not -len(self.heads) <= head < len(self.heads):
+            raise ValueError(f"head must be an int in [-{len(self.heads)}, "
+                             f"{len(self.heads) - 1}] (one per budget), got {head!r}")
+
+
+__all__ = ["ConformerSupernet", "ConformerBlock", "VGGFrontend", "sinusoidal_positions",
+           "block_layout", "time_mask"]

@@ -1,0 +1,186 @@
+"""Configuration of a whole training run: the model (`SupernetConfig`), data, optimiser,
+schedules and stage lengths. Loaded from a YAML file in configs/ with `key=value` overrides
+(`lr=3e-4`, `model.num_layers=4`, `model.budgets=[0.3,0.6,1.0]`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import SupernetConfig
+
+AUX_SCALES = ("constant", "focal")
+PENALTY_MODES = ("constant", "warmup", "lagrange")
+PENALTY_NORMS = ("l2", "l2_sqrt", "l1")
+DEVICES = ("auto", "cpu", "cuda")
+BACKEND_NAMES = ("auto", "triton", "torch")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs besides its work directory. Steps count optimiser updates."""
+
+    model: SupernetConfig = field(default_factory=SupernetConfig)
+    # data: JSONL manifests or LibriSpeech-layout directories (orthoasr.data.load_manifest)
+    train_manifest: str = "data/tiny/train.jsonl"
+    dev_manifest: str = "data/tiny/dev.jsonl"
+    test_manifest: str = "data/tiny/test.jsonl"
+    max_frames: int = 20000          # input feature frames (10 ms) per batch, padding included
+    max_duration: float = 30.0       # training utterances longer than this (s) are skipped
+    spec_augment: bool = True
+    num_workers: int = 0
+    # optimiser: AdamW, linear warm-up then cosine decay to lr * lr_final
+    lr: float = 1e-3
+    lr_final: float = 0.05
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 5.0
+    score_lr: float = 1e-2           # learning rate of the OrthoSoftmax scores (no decay)
+    # stages
+    stage1_steps: int = 1000
+    stage2_steps: int = 1000
+    # OrthoSoftmax: temperature tau_t = max(tau0 * gamma^t, tau_min); gamma reaches tau_end
+    # at the end of stage 1 unless `gamma` is set
+    tau0: float = 1.0
+    tau_end: float = 0.05
+    tau_min: float = 0.01
+    gamma: float | None = None
+    score_init_std: float = 1e-3
+    penalty_norm: str = "l2"
+    penalty_mode: str = "warmup"
+    penalty_scale: float = 1.0
+    penalty_warmup: int = 200
+    penalty_rho: float = 0.0
+    # auxiliary (subnet) loss scale s: constant `aux_value`, or focal 1 - exp(-L)
+    aux_scale: str = "constant"
+    aux_value: float = 0.3
+    stochastic_depth: float = 0.1    # stage 2: drop prob. of modules outside the smallest subnet
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "auto"
+    bf16: bool = True                # autocast to bf16 on CUDA; CPU always runs fp32
+    log_every: int = 10
+    ckpt_every: int = 200
+    eval_batch_frames: int = 40000
+
+    # fields that may differ between a checkpoint and the run that resumes it
+    RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "eval_batch_frames",
+                         "device", "backend", "dev_manifest", "test_manifest")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = SupernetConfig.from_dict(self.model)
+        self.betas = tuple(float(b) for b in self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("max_frames", "stage1_steps", "stage2_steps", "log_every", "ckpt_every",
+                     "eval_batch_frames"):
+            value = getattr(self, name)
+            minimum = 0 if name.startswith("stage") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        for name in ("lr", "tau0", "tau_end", "tau_min"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.stochastic_depth < 1.0:
+            raise ValueError(f"stochastic_depth must be in [0, 1), got {self.stochastic_depth}")
+        if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        for name, allowed in (("aux_scale", AUX_SCALES), ("penalty_mode", PENALTY_MODES),
+                              ("penalty_norm", PENALTY_NORMS), ("device", DEVICES),
+                              ("backend", BACKEND_NAMES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.penalty_mode == "warmup" and self.penalty_warmup < 1:
+            raise ValueError(f"penalty_warmup must be >= 1, got {self.penalty_warmup}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["model"] = self.model.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        values = dict(values)
+        unknown = sorted(set(values) - set(_field_names(cls)))
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys: {valid_keys()}")
+        model = values.pop("model", {}) or {}
+        if isinstance(model, SupernetConfig):
+            model = model.to_dict()
+        unknown = sorted(set(model) - set(_field_names(SupernetConfig)))
+        if unknown:
+            raise ValueError(f"unknown config keys {['model.' + k for k in unknown]}; "
+                             f"valid keys: {valid_keys()}")
+        return cls(model=SupernetConfig.from_dict(model), **values)
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def valid_keys() -> list[str]:
+    """Every key a YAML file or a `key=value` override may set."""
+    run_keys = [n for n in _field_names(RunConfig) if n != "model"]
+    return run_keys + ["model." + n for n in _field_names(SupernetConfig)]
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Set `key=value` pairs (values parsed as YAML, `model.<field>` for model fields)."""
+    values = {**values, "model": dict(values.get("model") or {})}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"overrides must look like key=value, got {item!r}")
+        if key not in valid_keys():
+            raise ValueError(f"unknown config key {key!r}; valid keys: {valid_keys()}")
+        value = yaml.safe_load(text)
+        if key.startswith("model."):
+            values["model"][key[len("model."):]] = value
+        else:
+            values[key] = value
+    return values
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The run config of YAML file `path` (defaults where it is silent) plus `overrides`."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} not found")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(values)}")
+    return RunConfig.from_dict(apply_overrides(values, list(overrides)))
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted names of the fields that differ between two `RunConfig.to_dict()` values."""
+    names = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += [f"{key}.{sub}" for sub in config_differences(a, b)]
+        elif _normalise(a) != _normalise(b):
+            names.append(key)
+    return names
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+__all__ = ["RunConfig", "load_run_config", "apply_overrides", "valid_keys",
+           "config_differences"]
