@@ -1,0 +1,236 @@
+"""`orthoasr eval`: every subnet of a checkpoint with its budget, exact params and FLOPs
+(`subnet_cost`, FLOPs at cfg.ref_frames) and WER on dev and test, as a table, a CSV, and a
+heatmap of the units each subnet keeps (layers x unit kinds)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import SupernetConfig
+from .model import ConformerSupernet, block_layout
+from .run_config import RunConfig
+from .train import resolve_device
+from .units import subnet_cost
+
+
+@dataclass
+class Trained:
+    """What a training checkpoint holds, ready to use."""
+
+    run: RunConfig
+    model: ConformerSupernet
+    tokenizer_bytes: bytes
+    masks: torch.Tensor | None      # (M, N) frozen 0/1 gates; None before the end of stage 1
+    step: int
+
+    @property
+    def num_subnets(self) -> int:
+        return 0 if self.masks is None else self.masks.shape[0]
+
+    def subnet_gates(self, index: int) -> torch.Tensor:
+        if self.masks is None:
+            raise ValueError(f"the checkpoint (step {self.step}) is from stage 1: no frozen "
+                             "subnets yet")
+        return self.masks[index]
+
+    def tokenizer(self):
+        from .data import Tokenizer
+        return Tokenizer.from_bytes(self.tokenizer_bytes)
+
+
+def load_trained(path: str | Path, device="cpu") -> Trained:
+    state = load_checkpoint(path, map_location=device)
+    run = RunConfig.from_dict(state["run_config"])
+    model = ConformerSupernet(run.model).to(device)
+    model.load_state_dict(state["model"])
+    masks = state["frozen_masks"]
+    return Trained(run, model.eval(), state["tokenizer"],
+                   None if masks is None else masks.float().cpu(), state["step"])
+
+
+@torch.no_grad()
+def transcribe(model, records, tokenizer, gates, head: int, device, batch_frames: int,
+               bf16: bool) -> list[str]:
+    """Greedy CTC transcripts of `records` (in their order) by the subnet `gates`/`head`."""
+    from .data import LogMel, SpeechDataset, collate
+    from .decoding import greedy_ctc_decode
+    logmel = LogMel().to(device)
+    dataset = SpeechDataset(records, tokenizer)
+    order = sorted(range(len(records)), key=lambda i: float(records[i]["duration"]))
+    hyps: list[str] = [""] * len(records)
+    batch: list[int] = []
+    for i in order + [None]:
+        frames = 0 if i is None else int(100 * float(records[i]["duration"])) + 1
+        if batch and (i is None or frames * (len(batch) + 1) > batch_frames):
+            waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
+            feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                log_probs, out_lengths = model(feats, lengths, gates, head)
+            for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
+                hyps[j] = tokenizer.decode(list(ids))
+            batch = []
+        if i is not None:
+            batch.append(i)
+    return hyps
+
+
+def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
+             test_manifest: str | None = None, heatmap: str | Path | None = None,
+             device: str = "auto", csv_path: str | Path | None = None) -> list[dict]:
+    """One row per subnet (or the supernet alone before the freeze); prints the table."""
+    from .data import load_manifest
+    from .decoding import word_error_rate
+    device = resolve_device(device)
+    trained = load_trained(checkpoint, device)
+    run, model, cfg = trained.run, trained.model, trained.run.model
+    tokenizer = trained.tokenizer()
+    splits = {}
+    for name, path in (("dev", dev_manifest or run.dev_manifest),
+                       ("test", test_manifest or run.test_manifest)):
+        if path and Path(path).exists():
+            splits[name] = load_manifest(path)
+            if not splits[name]:
+                raise ValueError(f"{name} manifest {path} is empty")
+    subnets = range(trained.num_subnets) if trained.masks is not None else [None]
+    bf16 = run.bf16 and device.type == "cuda"
+    rows = []
+    for index in subnets:
+        gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
+        head = len(cfg.budgets) - 1 if index is None else index
+        row = {"subnet": "supernet" if index is None else index,
+               "budget": 1.0 if index is None else cfg.budgets[index],
+               "units": int((gates != 0).sum()),
+               "params": int(subnet_cost(cfg, gates, "params")),
+               "flops": int(subnet_cost(cfg, gates, "flops"))}
+        for name, records in splits.items():
+            hyps = transcribe(model, records, tokenizer, gates.to(device), head, device,
+                              run.eval_batch_frames, bf16)
+            row[f"wer_{name}"] = float(word_error_rate([_text(r) for r in records], hyps))
+        rows.append(row)
+    print_table(rows, cfg, trained.step)
+    if trained.masks is not None:
+        print_retained(trained.masks, cfg)
+        if heatmap:
+            print(f"heatmap -> {write_heatmap(trained.masks, cfg, heatmap)}")
+    csv_path = csv_path or Path(checkpoint).with_name("eval.csv")
+    with Path(csv_path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def _text(record) -> str:
+    return record["text"] if isinstance(record, dict) else record.text
+
+
+def print_table(rows: list[dict], cfg: SupernetConfig, step: int) -> None:
+    print(f"subnets at step {step} (FLOPs per utterance of {cfg.ref_frames} frames after "
+          f"subsampling, selected by {cfg.criterion}):")
+    print(f"{'subnet':>8} {'budget':>6} {'units':>6} {'params':>12} {'MFLOPs':>10} "
+          f"{'WER dev':>8} {'WER test':>8}")
+    for r in rows:
+        dev = f"{100 * r['wer_dev']:.2f}%" if "wer_dev" in r else "-"
+        test = f"{100 * r['wer_test']:.2f}%" if "wer_test" in r else "-"
+        print(f"{r['subnet']!s:>8} {r['budget']:>6.2f} {r['units']:>6} {r['params']:>12,} "
+              f"{r['flops'] / 1e6:>10.1f} {dev:>8} {test:>8}")
+
+
+def unit_labels(cfg: SupernetConfig) -> list[str]:
+    """Column names of one block's units: ffn1.0 .. conv .. mhsa.0 .. ffn2.3."""
+    labels = []
+    for kind, start, end in block_layout(cfg):
+        labels += [kind] if end - start == 1 else [f"{kind}.{i}" for i in range(end - start)]
+    return labels
+
+
+def retained_grid(masks: torch.Tensor, cfg: SupernetConfig) -> torch.Tensor:
+    """(layers, units per block): how many subnets keep each unit (nested subnets: a unit
+    kept by c subnets is in the c largest)."""
+    return (masks != 0).sum(0).view(cfg.num_layers, -1)
+
+
+def print_retained(masks: torch.Tensor, cfg: SupernetConfig) -> None:
+    grid = retained_grid(masks, cfg)
+    labels = unit_labels(cfg)
+    print(f"units kept (number of the {masks.shape[0]} subnets that keep each unit):")
+    print("layer " + " ".join(f"{label:>7}" for label in labels))
+    for layer, row in enumerate(grid.tolist()):
+        print(f"{layer:>5} " + " ".join(f"{v:>7}" for v in row))
+
+
+def write_heatmap(masks: torch.Tensor, cfg: SupernetConfig, path: str | Path) -> Path:
+    """PNG heatmap layers x unit kinds of how many subnets keep each unit (matplotlib if it
+    is installed, else a plain PNG written here without axis labels)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = retained_grid(masks, cfg).float()
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _write_png(path, _heat_pixels(grid / max(1, masks.shape[0])))
+        return path
+    labels = unit_labels(cfg)
+    fig, ax = plt.subplots(figsize=(1 + 0.4 * len(labels), 1 + 0.35 * cfg.num_layers))
+    image = ax.imshow(grid.numpy(), cmap="Blues", vmin=0, vmax=masks.shape[0], aspect="auto")
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(cfg.num_layers))
+    ax.set_ylabel("layer")
+    ax.set_title("subnets keeping each unit (budgets " +
+                 ", ".join(f"{b:g}" for b in cfg.budgets) + ")")
+    fig.colorbar(image, ax=ax, label="number of subnets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _heat_pixels(values: torch.Tensor, cell: int = 16) -> torch.Tensor:
+    """(H, W) values in [0, 1] -> (H*cell, W*cell, 3) uint8, white to dark blue, grid lines."""
+    white, blue = torch.tensor([255.0, 255, 255]), torch.tensor([8.0, 48, 107])
+    colors = white + values[..., None] * (blue - white)
+    pixels = colors.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    pixels[::cell, :, :] = 160
+    pixels[:, ::cell, :] = 160
+    return pixels.round().to(torch.uint8)
+
+
+def _write_png(path: Path, pixels: torch.Tensor) -> None:
+    """Minimal 8-bit RGB PNG (no filter) of pixels (H, W, 3) uint8."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + bytes(row.flatten().tolist()) for row in pixels)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint.pt")
+    parser.add_argument("--dev", default=None, help="dev manifest (default: the run's)")
+    parser.add_argument("--test", default=None, help="test manifest (default: the run's)")
+    parser.add_argument("--heatmap", default=None,
+                        help="PNG of the kept units (default: heatmap.png by the checkpoint)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run(args: argparse.Namespace) -> None:
+    heatmap = args.heatmap or Path(args.checkpoint).with_name("heatmap.png")
+    evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device)
+
+
+__all__ = ["evaluate", "load_trained", "transcribe", "write_heatmap", "add_arguments", "run"]

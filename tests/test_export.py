@@ -1,0 +1,87 @@
+"""Subnet export: compact model == masked supernet, exact params, FLOPs within 2% of the
+cost model, torch.export, save/load."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from orthoasr import SupernetConfig, set_backend, subnet_cost
+from orthoasr.export import extract_subnet, load_subnet
+from orthoasr.model import ConformerSupernet
+
+
+@pytest.fixture(autouse=True)
+def torch_backend():
+    set_backend("torch")
+    yield
+    set_backend("auto")
+
+
+def tiny_cfg(**overrides):
+    values = dict(num_layers=2, d_model=32, num_heads=4, ff_dim=64, ff_chunks=4, conv_kernel=5,
+                  vocab_size=23, frontend_channels=(4, 8), budgets=(0.4, 0.7, 1.0),
+                  dropout=0.0, ref_frames=12)
+    return SupernetConfig(**{**values, **overrides})
+
+
+def gate_sets(n):
+    hard = (torch.rand(n) > 0.5).float()
+    one = torch.zeros(n)
+    one[n // 2] = 1.0
+    return {"all": torch.ones(n), "hard": hard, "soft": hard * (0.2 + torch.rand(n)),
+            "one_unit": one, "none": torch.zeros(n)}
+
+
+def check_same_outputs(model, sub, gates, head):
+    feats, lengths = torch.randn(3, 45, 80), torch.tensor([45, 30, 6])
+    expected, expected_lengths = model(feats, lengths, gates, head)
+    got, got_lengths = sub(feats, lengths)
+    assert got_lengths.tolist() == expected_lengths.tolist()
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["component", "module"])
+def test_extract_equals_masked_supernet_params_and_flops(granularity):
+    cfg = tiny_cfg(granularity=granularity, module_order=("ffn1", "mhsa", "conv", "ffn2"))
+    model = ConformerSupernet(cfg).eval()
+    for name, gates in gate_sets(model.num_units).items():
+        head = 0 if name == "hard" else -1
+        sub = extract_subnet(model, gates, head=head)
+        check_same_outputs(model, sub, gates, head)
+        assert sub.num_params() == subnet_cost(cfg, gates, "params"), name
+        frames = cfg.ref_frames
+        with FlopCounterMode(display=False) as counter:
+            sub(torch.randn(1, 4 * frames, 80), torch.tensor([4 * frames]))
+        expected = subnet_cost(cfg, gates, "flops", frames=frames)
+        assert abs(counter.get_total_flops() - expected) <= 0.02 * expected, name
+    removed = extract_subnet(model, torch.zeros(model.num_units))
+    assert all(len(block.modules_by_kind) == 0 for block in removed.blocks)
+
+
+def test_torch_export_and_save_load(tmp_path):
+    cfg = tiny_cfg()
+    model = ConformerSupernet(cfg).eval()
+    gates = gate_sets(model.num_units)["hard"]
+    sub = extract_subnet(model, gates, head=1)
+    feats, lengths = torch.randn(2, 48, 80), torch.tensor([48, 21])
+    expected, _ = sub(feats, lengths)
+    program = torch.export.export(sub, (feats, lengths))
+    got, _ = program.module()(feats, lengths)
+    torch.testing.assert_close(got, expected)
+    path = sub.save(tmp_path / "sub.pt", tokenizer=b"tok")
+    loaded = load_subnet(path)
+    assert loaded.tokenizer_bytes == b"tok" and loaded.widths == sub.widths
+    torch.testing.assert_close(loaded(feats, lengths)[0], expected)
+    torch.save({"format": 1, "kind": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no exported subnet"):
+        load_subnet(tmp_path / "other.pt")
+
+
+def test_bad_gates():
+    model = ConformerSupernet(tiny_cfg())
+    with pytest.raises(ValueError, match="one per unit"):
+        extract_subnet(model, torch.ones(3))
+    with pytest.raises(ValueError, match="NaN"):
+        extract_subnet(model, torch.full((model.num_units,), float("nan")))
+    with pytest.raises(ValueError, match="head"):
+        extract_subnet(model, torch.ones(model.num_units), head=5)

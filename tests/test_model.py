@@ -1,0 +1,104 @@
+"""ConformerSupernet: shapes, units and parameter counts for both granularities, gates,
+padding, bad input."""
+
+import pytest
+import torch
+
+from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
+from orthoasr.model import ConformerSupernet
+
+
+@pytest.fixture(autouse=True)
+def torch_backend():
+    set_backend("torch")
+    yield
+    set_backend("auto")
+
+
+def tiny_cfg(**overrides):
+    values = dict(num_layers=2, d_model=32, num_heads=4, ff_dim=64, ff_chunks=2, conv_kernel=5,
+                  vocab_size=19, frontend_channels=(4, 8), budgets=(0.4, 0.7, 1.0),
+                  dropout=0.0, ref_frames=10)
+    return SupernetConfig(**{**values, **overrides})
+
+
+def head_params(cfg):
+    return cfg.d_model * cfg.vocab_size + cfg.vocab_size
+
+
+@pytest.mark.parametrize("granularity,per_block", [("component", 2 * 2 + 1 + 4),
+                                                   ("module", 4)])
+def test_shapes_units_and_params(granularity, per_block):
+    cfg = tiny_cfg(granularity=granularity)
+    model = ConformerSupernet(cfg)
+    assert model.num_units == cfg.num_layers * per_block
+    assert model.units == enumerate_units(cfg)
+    assert [u.layer for u in model.units] == [u // per_block for u in range(model.num_units)]
+    # the cost model counts one output layer; the supernet has one per budget
+    params = sum(p.numel() for p in model.parameters())
+    full = subnet_cost(cfg, torch.ones(model.num_units), "params")
+    assert params == full + (len(cfg.budgets) - 1) * head_params(cfg)
+    feats, lengths = torch.randn(3, 41, 80), torch.tensor([41, 17, 4])
+    for head in range(-3, 3):
+        log_probs, out_lengths = model(feats, lengths, torch.rand(model.num_units), head)
+        assert log_probs.shape == (3, 10, cfg.vocab_size) and log_probs.dtype == torch.float32
+        assert out_lengths.tolist() == [10, 4, 1]
+        assert torch.isfinite(log_probs).all()
+        torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 10))
+
+
+def test_gates_none_equals_ones_and_heads_differ():
+    model = ConformerSupernet(tiny_cfg()).eval()
+    feats, lengths = torch.randn(2, 24, 80), torch.tensor([24, 13])
+    a, _ = model(feats, lengths)
+    b, _ = model(feats, lengths, torch.ones(model.num_units), -1)
+    c, _ = model(feats, lengths, torch.ones(model.num_units), 0)
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_zero_gates_ignore_module_weights_and_gate_gradients_flow():
+    model = ConformerSupernet(tiny_cfg()).eval()
+    feats, lengths = torch.randn(2, 24, 80), torch.tensor([24, 9])
+    gates = torch.zeros(model.num_units)
+    before, _ = model(feats, lengths, gates)
+    with torch.no_grad():
+        for block in model.blocks:
+            for p in block.modules_by_kind.parameters():
+                p.add_(torch.randn_like(p))
+    after, _ = model(feats, lengths, gates)
+    torch.testing.assert_close(before, after)
+    soft = torch.rand(model.num_units, requires_grad=True)
+    model(feats, lengths, soft)[0].sum().backward()
+    assert soft.grad is not None and (soft.grad != 0).all()
+
+
+@pytest.mark.parametrize("granularity", ["component", "module"])
+def test_valid_frames_ignore_padding(granularity):
+    model = ConformerSupernet(tiny_cfg(granularity=granularity,
+                                       module_order=("mhsa", "ffn1", "conv", "ffn2"))).eval()
+    gates = (torch.rand(model.num_units) > 0.3).float()
+    feats, lengths = torch.randn(3, 40, 80), torch.tensor([40, 22, 7])
+    out, out_lengths = model(feats, lengths, gates)
+    noisy = feats.clone()
+    for b, n in enumerate(lengths.tolist()):
+        noisy[b, n:] = 100 * torch.randn_like(noisy[b, n:])
+    out_noisy, _ = model(noisy, lengths, gates)
+    for b, n in enumerate(out_lengths.tolist()):
+        torch.testing.assert_close(out[b, :n], out_noisy[b, :n])
+        alone, _ = model(feats[b:b + 1, :lengths[b]], lengths[b:b + 1], gates)
+        torch.testing.assert_close(out[b, :n], alone[0], atol=2e-5, rtol=1e-4)
+    assert torch.isfinite(out_noisy).all()
+
+
+def test_bad_input():
+    model = ConformerSupernet(tiny_cfg())
+    feats, lengths = torch.randn(2, 24, 80), torch.tensor([24, 13])
+    with pytest.raises(ValueError, match="gates must have shape"):
+        model(feats, lengths, torch.ones(model.num_units + 1))
+    with pytest.raises(ValueError, match="head must be"):
+        model(feats, lengths, head=3)
+    with pytest.raises(ValueError, match="features must be"):
+        model(torch.randn(2, 24, 40), lengths)
+    with pytest.raises(ValueError, match="lengths must be"):
+        model(feats, lengths.float())
