@@ -1,0 +1,247 @@
+"""GatedMHSA: Triton backend (interpreter on CPU) vs the PyTorch backend, semantics, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orthoasr import set_backend
+from orthoasr.config import SupernetConfig
+from orthoasr.kernels.gated_attention import gated_attention_reference
+from orthoasr.nn import GatedMHSA
+from orthoasr.units import module_cost
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend():
+    set_backend("auto")
+    yield
+    set_backend("auto")
+
+
+def _module(d=48, heads=3, granularity="component", device=DEV, dropout=0.0):
+    m = GatedMHSA(d, heads, dropout=dropout, granularity=granularity).to(device)
+    with torch.no_grad():   # non-trivial LN and biases
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+def _run(m, x, lengths, gates, grad_out, backend):
+    set_backend(backend)
+    m.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    g = None if gates is None else gates.detach().clone().requires_grad_()
+    out = m(x, lengths, g)
+    out.backward(grad_out)
+    grads = [x.grad] + [p.grad.clone() for p in m.parameters()]
+    return out.detach(), grads, None if g is None else g.grad
+
+
+GATES = {
+    "none": None,
+    "soft": [0.7, 0.25, 1.3],
+    "one_on": [0.0, 1.0, 0.0],
+    "some_off": [0.8, 0.0, 1.0],
+    "all_off": [0.0, 0.0, 0.0],
+}
+
+
+@pytest.mark.parametrize("shape", [(1, 1, [1]), (2, 37, [37, 1]), (3, 24, [24, 9, 0])],
+                         ids=lambda s: f"B{s[0]}T{s[1]}")
+@pytest.mark.parametrize("gate_kind", list(GATES))
+def test_triton_matches_torch(shape, gate_kind):
+    B, T, lengths = shape
+    m = _module()
+    x = torch.randn(B, T, 48, device=DEV)
+    lengths = torch.tensor(lengths, device=DEV)
+    gates = None if GATES[gate_kind] is None else torch.tensor(GATES[gate_kind], device=DEV)
+    grad_out = torch.randn(B, T, 48, device=DEV)
+    out, grads, dg = _run(m, x, lengths, gates, grad_out, "auto")
+    ref_out, ref_grads, ref_dg = _run(m, x, lengths, gates, grad_out, "torch")
+    torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
+    names = ["x"] + [n for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+    if dg is not None:
+        torch.testing.assert_close(dg, ref_dg, atol=1e-4, rtol=1e-4)
+    if gate_kind == "all_off":
+        assert torch.equal(out, torch.zeros_like(out))
+        assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+@pytest.mark.parametrize("gate", [0.6, 0.0])
+def test_module_granularity(gate):
+    m = _module(granularity="module")
+    x = torch.randn(2, 19, 48, device=DEV)
+    lengths = torch.tensor([19, 7], device=DEV)
+    gates = torch.tensor([gate], device=DEV)
+    grad_out = torch.randn_like(x)
+    out, grads, dg = _run(m, x, lengths, gates, grad_out, "auto")
+    ref_out, ref_grads, ref_dg = _run(m, x, lengths, gates, grad_out, "torch")
+    torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dg, ref_dg, atol=1e-4, rtol=1e-4)
+    # the one gate scales the whole output, bias included
+    full = m(x, lengths)
+    torch.testing.assert_close(out, gate * full.detach(), atol=1e-5, rtol=1e-5)
+    if gate == 0:
+        assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_semantics_and_layout():
+    """Gated output = sum over live heads of a hand-sliced attention (documents the head-major
+    in-projection layout the export relies on) + b_o; b_o only if a gate is on."""
+    m = _module(d=48, heads=3)
+    x = torch.randn(2, 21, 48, device=DEV)
+    lengths = torch.tensor([21, 10], device=DEV)
+    gates = torch.tensor([0.5, 0.0, 2.0], device=DEV)
+    with torch.no_grad():
+        y = F.layer_norm(x, (48,), m.norm.weight, m.norm.bias)
+        w = m.in_proj_weight.view(3, 3, 16, 48)
+        b = m.in_proj_bias.view(3, 3, 16)
+        expected = m.out_proj_bias.expand(2, 21, 48).clone()
+        for h in (0, 2):
+            q, k, v = ((y @ w[h, j].T + b[h, j]).unsqueeze(1) for j in range(3))
+            a = gated_attention_reference(q, k, v, lengths, None, 0.25)[:, 0]
+            expected += gates[h] * a @ m.out_proj_weight[:, 16 * h:16 * (h + 1)].T
+        out = m(x, lengths, gates)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_params_match_units():
+    for d, heads in [(48, 3), (384, 6)]:
+        cfg = SupernetConfig(d_model=d, num_heads=heads)
+        mc = module_cost(cfg, "mhsa", 10)
+        m = GatedMHSA(d, heads)
+        assert sum(p.numel() for p in m.parameters()) == \
+            mc.num_units * mc.unit_params + mc.shared_params
+
+
+def test_padding_invariance():
+    m = _module()
+    x = torch.randn(2, 30, 48, device=DEV)
+    lengths = torch.tensor([30, 12], device=DEV)
+    gates = torch.tensor([1.0, 0.3, 0.0], device=DEV)
+    out = m(x, lengths, gates)
+    x2 = x.clone()
+    x2[1, 12:] = 1e3 * torch.randn_like(x2[1, 12:])
+    out2 = m(x2, lengths, gates)
+    torch.testing.assert_close(out[:, :12], out2[:, :12], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0], out2[0], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out2).all()
+
+
+def test_dropout_only_in_training():
+    m = _module(dropout=0.5)
+    x = torch.randn(2, 9, 48, device=DEV)
+    lengths = torch.tensor([9, 5], device=DEV)
+    m.eval()
+    assert torch.equal(m(x, lengths), m(x, lengths))
+    m.train()
+    assert not torch.equal(m(x, lengths), m(x, lengths))
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(x=torch.randn(9, 48)), ValueError),
+    (dict(x=torch.randn(2, 9, 40)), ValueError),
+    (dict(x=torch.randn(2, 9, 48).to(torch.int32)), TypeError),
+    (dict(lengths=torch.tensor([9.0, 3.0])), TypeError),
+    (dict(lengths=torch.tensor([9, 3, 3])), ValueError),
+    (dict(lengths=torch.tensor([10, 3])), ValueError),
+    (dict(lengths=torch.tensor([9, -1])), ValueError),
+    (dict(gates=torch.ones(2)), ValueError),
+    (dict(gates=torch.ones(3, dtype=torch.int64)), TypeError),
+    (dict(x=torch.randn(2, 9, 48, device="meta")), ValueError),
+])
+def test_bad_input(kwargs, error):
+    m = GatedMHSA(48, 3)
+    args = dict(x=torch.randn(2, 9, 48), lengths=torch.tensor([9, 3]), gates=torch.ones(3))
+    args.update(kwargs)
+    with pytest.raises(error):
+        m(args["x"], args["lengths"], args["gates"])
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError):
+        GatedMHSA(50, 3)
+    with pytest.raises(ValueError):
+        GatedMHSA(48, 3, granularity="heads")
+
+
+# ----------------------------------------------------------------------------- GPU
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_error_ratio(dtype):
+    """Paper-size module under autocast: error vs the fp64 reference <= 2x PyTorch's own."""
+    B, T = 8, 250
+    m = _module(d=384, heads=6)
+    x = torch.randn(B, T, 384, device="cuda")
+    lengths = torch.randint(T // 2, T + 1, (B,), device="cuda")
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.8, 1.2], device="cuda")
+    grad_out = torch.randn(B, T, 384, device="cuda")
+    m64 = _module(d=384, heads=6).double()
+    m64.load_state_dict(m.state_dict())
+    gold, gold_grads, gold_dg = _run(m64, x.double(), lengths, gates.double(),
+                                     grad_out.double(), "torch")
+    results = {}
+    for backend in ("auto", "torch"):
+        with torch.autocast("cuda", dtype=dtype):
+            results[backend] = _run(m, x, lengths, gates, grad_out, backend)
+    (out, grads, dg), (ref, ref_grads, ref_dg) = results["auto"], results["torch"]
+    assert _err(out, gold) <= 2 * _err(ref, gold) + 1e-3 * gold.abs().max().item()
+    for a, r, g in zip(grads + [dg], ref_grads + [ref_dg], gold_grads + [gold_dg]):
+        assert _err(a, g) <= 2 * _err(r, g) + 1e-3 * g.abs().max().item()
+
+
+@pytest.mark.gpu
+def test_cuda_graph_and_no_sync():
+    m = _module(d=384, heads=6)
+    x = torch.randn(4, 250, 384, device="cuda", requires_grad=True)
+    lengths = torch.tensor([250, 125, 200, 1], device="cuda")
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 2.0], device="cuda", requires_grad=True)
+    grad_out = torch.randn(4, 250, 384, device="cuda")
+    params = list(m.parameters())
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = m(x, lengths, gates)
+        return torch.autograd.grad(out, [x, gates] + params, grad_out)
+
+    eager = step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager, captured):   # weight grads use fp32 atomics: order may differ
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_benchmark_shape_all_off_is_zero():
+    m = _module(d=384, heads=6)
+    x = torch.randn(32, 250, 384, device="cuda", requires_grad=True)
+    lengths = torch.randint(125, 251, (32,), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(x, lengths, torch.zeros(6, device="cuda"))
+    assert torch.equal(out, torch.zeros_like(out))
+    out.float().sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x.grad))
