@@ -1,12 +1,24 @@
 """Gated feed-forward module (DESIGN §2, §6): y = W2 · (g_chunk ⊙ SiLU(W1·LN(x) + b1)) + b2.
 
-Reference placeholder; the Triton kernels follow.
+Layers: the PyTorch reference `gated_ffn_reference`; the Triton path of five launches forward
+(LayerNorm, GEMM1 with bias + SiLU + gate epilogue, GEMM2 whose K-loop skips dead chunks with
+bias + padding-zero epilogue) and backward (GEMM dH = dY·W2 with the SiLU backward and the
+gate-gradient column sums fused, dXn = dA·W1 skipping dead chunks, LayerNorm backward, and
+the two weight-gradient GEMMs over valid frames with the bias gradients fused), registered as
+the torch.library ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
+Kernels live in gated_matmul.py and layer_norm.py.
+
+Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+1)*F/C).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .gated_matmul import (BIAS_ANY_GATE, BIAS_GATE0, BIAS_PLAIN, EPI_SILU_BWD, EPI_SILU_GATE,
+                           EPI_STORE, rows_gemm, wgrad)
+from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 
 def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -38,8 +50,154 @@ def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch
     return torch.where(valid_mask(lengths, T)[..., None], y, 0.0)
 
 
-def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate,
-              eps=1e-5):
-    """Temporary: the Triton path is being written; runs the reference."""
-    return gated_ffn_reference(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates,
-                               module_gate, eps)
+
+# ----------------------------------------------------------------------------- launchers
+
+def _empty(like):
+    return like.new_empty(0)
+
+
+def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
+                         module_gate, skip_dead, save):
+    B, T, D = x.shape
+    M, F_ = B * T, w1.shape[0]
+    f = F_ // chunks
+    x2 = x.reshape(M, D)
+    xn, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates, skip_dead)
+    hidden = x.new_empty(M, F_)
+    pre = x.new_empty(M, F_) if save else None
+    common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
+                  skip_dead=skip_dead)
+    rows_gemm(xn, w1.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre, **common)
+    y = x.new_empty(B, T, D)
+    bias_mode = BIAS_PLAIN if gates is None else (BIAS_GATE0 if module_gate else BIAS_ANY_GATE)
+    rows_gemm(hidden, w2.t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
+              bias_mode=bias_mode, final=True, **common)
+    if not save:
+        return y, _empty(x), _empty(mean), _empty(mean), _empty(x), _empty(x)
+    return y, xn, mean, rstd, pre, hidden
+
+
+def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
+                         hidden, chunks, module_gate, skip_dead, gate_grad):
+    B, T, D = x.shape
+    M, F_ = B * T, w1.shape[0]
+    f = F_ // chunks
+    dy2 = dy.reshape(M, D).contiguous()
+    common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
+                  skip_dead=skip_dead)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    gate_cols = torch.zeros(F_, **f32) if gate_grad else None
+    d_pre = x.new_empty(M, F_)
+    rows_gemm(dy2, w2, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols, **common)
+    d_xn = x.new_empty(M, D)
+    rows_gemm(d_pre, w1, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+    dx, d_lnw, d_lnb = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T,
+                                      gates, skip_dead)
+    dy_sum = torch.zeros(D, **f32)
+    dw2 = wgrad(dy2, hidden, chunk_axis=2, col_sum=dy_sum, **common)
+    db1 = torch.zeros(F_, **f32)
+    dw1 = wgrad(d_pre, xn, chunk_axis=1, col_sum=db1, **common)
+    if gates is None:
+        db2 = dy_sum
+    elif module_gate:
+        db2 = dy_sum * gates[0].float()
+    else:
+        db2 = dy_sum * (gates != 0).any().float()
+    dgates = None
+    if gate_grad:
+        dgates = gate_cols.view(chunks, f).sum(1)
+        if module_gate:
+            dgates[0] += (b2.float() * dy_sum).sum()
+        dgates = dgates.to(gates.dtype)
+    return (dx.view(B, T, D), d_lnw.to(ln_weight.dtype), d_lnb.to(ln_weight.dtype),
+            dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype), dgates)
+
+
+# ----------------------------------------------------------------------------- torch.library
+
+@torch.library.custom_op("orthoasr::gated_ffn_fwd", mutates_args=())
+def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
+                  ln_bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                  b2: torch.Tensor, gates: torch.Tensor | None, chunks: int, module_gate: bool,
+                  skip_dead: bool, save: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                             torch.Tensor, torch.Tensor]:
+    return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
+                                module_gate, skip_dead, save)
+
+
+@gated_ffn_fwd.register_fake
+def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate, skip_dead,
+      save):
+    B, T, D = x.shape
+    y = x.new_empty(B, T, D)
+    if not save:
+        empty = x.new_empty(0)
+        return y, empty, empty.float(), empty.float(), x.new_empty(0), x.new_empty(0)
+    M, F_ = B * T, w1.shape[0]
+    stats = x.new_empty(M, dtype=torch.float32)
+    return (y, x.new_empty(M, D), stats, torch.empty_like(stats), x.new_empty(M, F_),
+            x.new_empty(M, F_))
+
+
+@torch.library.custom_op("orthoasr::gated_ffn_bwd", mutates_args=())
+def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
+                  ln_weight: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                  gates: torch.Tensor | None, xn: torch.Tensor, mean: torch.Tensor,
+                  rstd: torch.Tensor, pre: torch.Tensor, hidden: torch.Tensor, chunks: int,
+                  module_gate: bool, skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
+    grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd,
+                                 pre, hidden, chunks, module_gate, skip_dead, gate_grad)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@gated_ffn_bwd.register_fake
+def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, chunks,
+      module_gate, skip_dead, gate_grad):
+    dg = torch.empty_like(gates) if gate_grad else x.new_empty(0)
+    return [torch.empty_like(x), torch.empty_like(ln_weight), torch.empty_like(ln_weight),
+            torch.empty_like(w1), w1.new_empty(w1.shape[0]), torch.empty_like(w2),
+            torch.empty_like(b2), dg]
+
+
+def _setup_context(ctx, inputs, output):
+    x, lengths, ln_weight, _ln_bias, w1, _b1, w2, b2, gates, chunks, module_gate, skip_dead, \
+        _save = inputs
+    _y, xn, mean, rstd, pre, hidden = output
+    ctx.save_for_backward(x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden)
+    ctx.chunks, ctx.module_gate, ctx.skip_dead = chunks, module_gate, skip_dead
+
+
+def _backward(ctx, dy, *_unused):
+    x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden = ctx.saved_tensors
+    if pre.numel() == 0 and x.numel() != 0:
+        raise RuntimeError("gated_ffn_fwd ran with save=False; call gated_ffn() so that the "
+                           "activations are kept when gradients are needed")
+    gate_grad = gates is not None and ctx.needs_input_grad[8]
+    dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = gated_ffn_bwd(
+        dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, ctx.chunks,
+        ctx.module_gate, ctx.skip_dead, gate_grad)
+    return (dx, None, d_lnw, d_lnb, dw1, db1, dw2, db2, dg if gate_grad else None,
+            None, None, None, None)
+
+
+gated_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate):
+    """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked).
+
+    Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient.
+    """
+    tensors = (x, ln_weight, ln_bias, w1, b1, w2, b2)
+    gate_grad = gates is not None and gates.requires_grad
+    save = torch.is_grad_enabled() and (gate_grad or any(t.requires_grad for t in tensors))
+    if gates is not None and module_gate:
+        gates = gates.expand(chunks)
+    if gates is not None:
+        gates = gates.contiguous()
+    x = x.contiguous()
+    params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
+    return gated_ffn_fwd(x, lengths.contiguous(), *params, gates, chunks, module_gate,
+                         not gate_grad, save)[0]

@@ -1,0 +1,346 @@
+"""Matmuls of the gated modules that skip dead units and padded frames on the device.
+
+Two kernels serve every GEMM of the FFN and conv modules:
+
+- `_rows_gemm_kernel`: C[M, N] = A[M, K] @ B[K, N] over frame rows (M = B*T flattened), with
+  the gated chunks along N (a program of a dead chunk exits) or along K (the K-loop skips dead
+  chunks), fully padded row tiles skipped, and epilogues fused per use (bias, SiLU, gates,
+  GLU, the SiLU backward with gate-gradient column sums, output gate).
+- `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (the loop
+  runs t < lengths[b] per sequence; sequences are split over programs and reduced with fp32
+  atomics), dead chunks along P or Q skipped, optional column sums of A (bias gradients).
+
+A gate g_c "is dead" when SKIP_DEAD is set and g_c == 0, read on the device. Callers set
+SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so d/dg is exact.
+
+`rows_gemm_reference` / `wgrad_reference` give the plain-PyTorch meaning of each launcher.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# epilogues of _rows_gemm_kernel
+EPI_STORE = 0      # out = (acc + bias * bias_scale) * out_scale, zero at padded rows
+EPI_SILU_GATE = 1  # pre = acc + bias (saved to aux), out = g_c * silu(pre)
+EPI_SILU_BWD = 2   # out = acc * g_c * silu'(pre[aux]); colsum(acc * silu(pre)) -> sum1
+EPI_GLU = 3        # two accumulators a (cols n) and b (cols n + N): u saved to aux, out = a * sigmoid(b)
+EPI_GATE_BWD = 4   # colsum(acc * aux) -> sum1 (gate gradient), out = acc * g0
+
+BIAS_PLAIN, BIAS_ANY_GATE, BIAS_GATE0 = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=None)
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _valid_rows(rows, M, T, len_ptr):
+    """True for flattened frame rows b*T + t with t < lengths[b]."""
+    in_range = rows < M
+    b = rows // T
+    length = tl.load(len_ptr + b, mask=in_range, other=0)
+    return in_range & ((rows - b * T) < length)
+
+
+@triton.jit
+def _gate(gate_ptr, c, HAS_GATES: tl.constexpr):
+    if HAS_GATES:
+        g = tl.load(gate_ptr + c).to(tl.float32)
+    else:
+        g = 1.0
+    return g
+
+
+@triton.jit
+def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
+    """Columns of tile `pid` when tiles never straddle chunks of size CHUNK: (chunk, cols, ok)."""
+    tiles_per_chunk = tl.cdiv(CHUNK, BN)
+    c = pid // tiles_per_chunk
+    local = (pid - c * tiles_per_chunk) * BN + tl.arange(0, BN)
+    return c, c * CHUNK + local, local < CHUNK
+
+
+# ----------------------------------------------------------------------------- row GEMM
+
+@triton.jit
+def _rows_gemm_kernel(
+    a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr,
+    M, N, K, T, CHUNK, stride_bk, stride_bn,
+    NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
+    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
+    # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
+    # the K-loop walks the chunks and skips dead ones. CHUNK_AXIS == 0: one module gate.
+    # FINAL outputs are written everywhere (zeros for padded rows / dead work); the other
+    # outputs are intermediates written for the valid rows of live tiles only.
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    row_in = rows < M
+    row_ok = _valid_rows(rows, M, T, len_ptr)
+    any_row = tl.max(row_ok.to(tl.int32), 0) > 0
+    if CHUNK_AXIS == 1:
+        c, cols, col_ok = _chunk_cols(pid_n, CHUNK, BN)
+    else:
+        c = 0
+        cols = pid_n * BN + tl.arange(0, BN)
+        col_ok = cols < N
+    g = _gate(gate_ptr, c, HAS_GATES)
+    live = any_row
+    if SKIP_DEAD and CHUNK_AXIS != 2:
+        live = live & (g != 0.0)
+
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc_b = tl.zeros([BM, BN], dtype=tl.float32)
+    if live:
+        if CHUNK_AXIS == 2:
+            n_k_chunks = NUM_CHUNKS
+            k_chunk = CHUNK
+        else:
+            n_k_chunks = 1
+            k_chunk = K
+        for kc in range(0, n_k_chunks):
+            g_k = _gate(gate_ptr, kc, HAS_GATES and CHUNK_AXIS == 2)
+            run_chunk = True
+            if SKIP_DEAD and CHUNK_AXIS == 2:
+                run_chunk = g_k != 0.0
+            if run_chunk:
+                for k0 in range(0, k_chunk, BK):
+                    k_local = k0 + tl.arange(0, BK)
+                    k_ok = k_local < k_chunk
+                    ks = kc * k_chunk + k_local
+                    a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                                mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                    b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
+                    b_mask = k_ok[:, None] & col_ok[None, :]
+                    b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+                    acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                    if EPI == 3:
+                        b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0)
+                        acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+
+    tile = rows[:, None] * N + cols[None, :]
+    store_ok = row_ok[:, None] & col_ok[None, :]
+    dtype = out_ptr.dtype.element_ty
+    if EPI == 0:
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if BIAS_MODE == 1:  # bias only while any chunk gate is nonzero
+                offs_c = tl.arange(0, CHUNKS_P2)
+                all_g = tl.load(gate_ptr + offs_c, mask=offs_c < NUM_CHUNKS,
+                                other=0.0).to(tl.float32)
+                bias = bias * (tl.max((all_g != 0.0).to(tl.float32), 0))
+            if BIAS_MODE == 2:
+                bias = bias * g
+            acc += bias[None, :]
+        if SCALE_OUT:
+            acc = acc * g
+        if FINAL:
+            out = tl.where(row_ok[:, None], acc, 0.0)
+            tl.store(out_ptr + tile, out.to(dtype), mask=row_in[:, None] & col_ok[None, :])
+        else:
+            if live:
+                tl.store(out_ptr + tile, acc.to(dtype), mask=store_ok)
+    elif live:
+        if EPI == 1:
+            pre = acc
+            if HAS_BIAS:
+                pre += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            if SAVE_AUX:
+                tl.store(aux_ptr + tile, pre.to(dtype), mask=store_ok)
+            hidden = pre * tl.sigmoid(pre) * g
+            tl.store(out_ptr + tile, hidden.to(dtype), mask=store_ok)
+        elif EPI == 2:
+            pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(pre)
+            if HAS_SUM1:
+                col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
+                tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
+            d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
+            tl.store(out_ptr + tile, d_pre.to(dtype), mask=store_ok)
+        elif EPI == 3:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+                acc_b += tl.load(bias_ptr + N + cols, mask=col_ok,
+                                 other=0.0).to(tl.float32)[None, :]
+            if SAVE_AUX:
+                tl.store(aux_ptr + rows[:, None] * (2 * N) + cols[None, :], acc.to(dtype),
+                         mask=store_ok)
+                tl.store(aux_ptr + rows[:, None] * (2 * N) + N + cols[None, :],
+                         acc_b.to(dtype), mask=store_ok)
+            tl.store(out_ptr + tile, (acc * tl.sigmoid(acc_b)).to(dtype), mask=store_ok)
+        elif EPI == 4:
+            if HAS_SUM1:
+                saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+                col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
+                tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
+            tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
+
+
+# ----------------------------------------------------------------------------- weight grads
+
+@triton.jit
+def _wgrad_kernel(
+    a_ptr, b_ptr, out_ptr, suma_ptr, gate_ptr, len_ptr,
+    P, Q, T, NB, lda, ldb, CHUNK, SPLIT,
+    NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SUM_A: tl.constexpr,
+    BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
+    # valid frames of sequences pid_s, pid_s + SPLIT, ... and adds it to the fp32 output.
+    # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. With SUM_A the
+    # programs of one Q tile (the first tile of the first live chunk) also add column sums
+    # of A to suma.
+    pid_q = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    if CHUNK_AXIS == 1:
+        c, offs_p, p_ok = _chunk_cols(pid_p, CHUNK, BP)
+    else:
+        offs_p = pid_p * BP + tl.arange(0, BP)
+        p_ok = offs_p < P
+    if CHUNK_AXIS == 2:
+        c, offs_q, q_ok = _chunk_cols(pid_q, CHUNK, BQ)
+    else:
+        offs_q = pid_q * BQ + tl.arange(0, BQ)
+        q_ok = offs_q < Q
+    if CHUNK_AXIS == 0:
+        c = 0
+    g = _gate(gate_ptr, c, HAS_GATES)
+    live = True
+    if SKIP_DEAD:
+        live = g != 0.0
+    sum_tile = 0
+    if CHUNK_AXIS == 2 and SKIP_DEAD:
+        offs_c = tl.arange(0, CHUNKS_P2)
+        all_g = tl.load(gate_ptr + offs_c, mask=offs_c < NUM_CHUNKS, other=0.0)
+        first_live = tl.min(tl.where(all_g != 0.0, offs_c, NUM_CHUNKS), 0)
+        sum_tile = first_live * tl.cdiv(CHUNK, BQ)
+    do_sum = (offs_p * 0 + pid_q) == sum_tile  # [BP] so the mask keeps its shape
+
+    if live:
+        acc = tl.zeros([BP, BQ], dtype=tl.float32)
+        col_sum = tl.zeros([BP], dtype=tl.float32)
+        for seq in range(pid_s, NB, SPLIT):
+            length = tl.minimum(tl.load(len_ptr + seq), T)
+            for t0 in range(0, length, BK):
+                t = t0 + tl.arange(0, BK)
+                t_ok = t < length
+                frame = seq * T + t
+                a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
+                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)
+                b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
+                            mask=t_ok[:, None] & q_ok[None, :], other=0.0)
+                acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+                if SUM_A:
+                    col_sum += tl.sum(a.to(tl.float32), 0)
+        tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
+                      mask=p_ok[:, None] & q_ok[None, :])
+        if SUM_A:
+            tl.atomic_add(suma_ptr + offs_p, col_sum, mask=p_ok & do_sum)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _rows_blocks(M: int, N: int, K: int, two_acc: bool) -> dict:
+    if interpreting():
+        return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
+    if two_acc:
+        return dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
+    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+
+
+def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
+              chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
+              scale_out=False, aux=None, sum1=None, final=False, blocks=None):
+    """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides.
+
+    For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
+    num_chunks chunks of `chunk` columns; 2: K is.
+    """
+    M, K = a.shape
+    N = out.shape[1]
+    blk = dict(blocks or _rows_blocks(M, N, K, epi == EPI_GLU))
+    if chunk_axis == 1:
+        n_tiles = num_chunks * triton.cdiv(chunk, blk["BN"])
+    else:
+        n_tiles = triton.cdiv(N, blk["BN"])
+    dummy = out
+    grid = (n_tiles, triton.cdiv(M, blk["BM"]))
+    _rows_gemm_kernel[grid](
+        a, b, out, bias if bias is not None else dummy, gates if gates is not None else dummy,
+        lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
+        M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
+        NUM_CHUNKS=num_chunks, CHUNKS_P2=triton.next_power_of_2(num_chunks),
+        CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
+        SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,
+        BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
+        HAS_SUM1=sum1 is not None,
+        DOT_PRECISION=dot_precision(a.dtype), **blk)
+    return out
+
+
+def _wgrad_blocks() -> dict:
+    if interpreting():
+        return dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1)
+    return dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
+          skip_dead=False, col_sum=None, blocks=None):
+    """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q] (adds A's column sums
+    over valid frames to col_sum [P] fp32 when given)."""
+    P, Q = a.shape[1], b.shape[1]
+    NB = lengths.shape[0]
+    blk = dict(blocks or _wgrad_blocks())
+    out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
+    p_tiles = num_chunks * triton.cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
+        triton.cdiv(P, blk["BP"])
+    q_tiles = num_chunks * triton.cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
+        triton.cdiv(Q, blk["BQ"])
+    if a.is_cuda:
+        want = 3 * _num_sms(a.device.index or 0)
+        split = max(1, min(NB, want // max(1, p_tiles * q_tiles)))
+    else:
+        split = min(NB, 2)
+    _wgrad_kernel[(q_tiles, p_tiles, split)](
+        a, b, out, col_sum if col_sum is not None else out,
+        gates if gates is not None else out, lengths,
+        P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
+        NUM_CHUNKS=num_chunks, CHUNKS_P2=triton.next_power_of_2(num_chunks),
+        CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
+        SKIP_DEAD=skip_dead and gates is not None, SUM_A=col_sum is not None,
+        DOT_PRECISION=dot_precision(a.dtype), **blk)
+    return out
+
+
+# ----------------------------------------------------------------------------- references
+
+def wgrad_reference(a, b, lengths, T):
+    """sum over valid frames of a^T b, in fp32."""
+    rows = (torch.arange(a.shape[0], device=a.device) % T) < lengths.repeat_interleave(T)
+    a = torch.where(rows[:, None], a.float(), 0.0)
+    return a.T @ torch.where(rows[:, None], b.float(), 0.0)

@@ -1,0 +1,140 @@
+"""LayerNorm over the channels of the valid frames, for the gated modules' pre-norms.
+
+`layer_norm_reference` is F.layer_norm; the kernels add what the gated modules need: rows
+t >= lengths[b] are skipped (forward) or get a zero gradient (backward), and when SKIP_DEAD
+is set and every gate of the module is 0 the forward does nothing and the backward writes
+zeros. Statistics are fp32; dgamma / dbeta are reduced with fp32 atomics per program.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .gated_matmul import _num_sms, _valid_rows, interpreting
+
+
+def layer_norm_reference(x, weight, bias, eps=1e-5):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+@triton.jit
+def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
+                 SKIP_DEAD: tl.constexpr):
+    """0 when SKIP_DEAD and every gate is exactly 0, else 1 (int32)."""
+    live = 1
+    if SKIP_DEAD:
+        offs = tl.arange(0, GATES_P2)
+        g = tl.load(gate_ptr + offs, mask=offs < NUM_GATES, other=0.0)
+        live = tl.max((g != 0.0).to(tl.int32), 0)
+    return live
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(
+    x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
+    M, D, T, eps,
+    NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
+    BM: tl.constexpr, BD: tl.constexpr,
+):
+    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile.
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.arange(0, BD)
+    row_ok = _valid_rows(rows, M, T, len_ptr)
+    live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
+    if (live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0):
+        col_ok = cols < D
+        ok = row_ok[:, None] & col_ok[None, :]
+        tile = rows[:, None] * D + cols[None, :]
+        x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        mean = tl.sum(x, 1) / D
+        xc = tl.where(ok, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(mean_ptr + rows, mean, mask=row_ok)
+        tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _layer_norm_bwd_kernel(
+    dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
+    M, D, T,
+    NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
+    BM: tl.constexpr, BD: tl.constexpr,
+):
+    # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
+    # (0 at padded rows and for a dead module); dgamma / dbeta partials go out once per program.
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.arange(0, BD)
+    col_ok = cols < D
+    live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    dw = tl.zeros([BD], dtype=tl.float32)
+    db = tl.zeros([BD], dtype=tl.float32)
+    for blk in range(pid, tl.cdiv(M, BM), nprog):
+        rows = blk * BM + tl.arange(0, BM)
+        row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
+        ok = row_ok[:, None] & col_ok[None, :]
+        tile = rows[:, None] * D + cols[None, :]
+        dx = tl.zeros([BM, BD], dtype=tl.float32)
+        if tl.max(row_ok.to(tl.int32), 0) > 0:
+            x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+            xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
+            dw += tl.sum(dy * xhat, 0)
+            db += tl.sum(dy, 0)
+            dxhat = dy * w[None, :]
+            c1 = tl.sum(dxhat * xhat, 1) / D
+            c2 = tl.sum(dxhat, 1) / D
+            dx = tl.where(ok, (dxhat - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
+        tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
+                 mask=(rows < M)[:, None] & col_ok[None, :])
+    tl.atomic_add(dw_ptr + cols, dw, mask=col_ok)
+    tl.atomic_add(db_ptr + cols, db, mask=col_ok)
+
+
+def _blocks(D: int) -> dict:
+    BD = max(16, triton.next_power_of_2(D))
+    if interpreting():
+        return dict(BM=16, BD=BD, num_warps=4)
+    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=4 if BD <= 512 else 8)
+
+
+def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5):
+    """x2d [M, D] -> (y [M, D] x's dtype, mean [M] fp32, rstd [M] fp32); valid rows only."""
+    M, D = x2d.shape
+    blk = _blocks(D)
+    y = torch.empty_like(x2d)
+    mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
+    rstd = torch.empty_like(mean)
+    n_gates = gates.shape[0] if gates is not None else 1
+    _layer_norm_fwd_kernel[(triton.cdiv(M, blk["BM"]),)](
+        x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
+        M, D, T, eps, NUM_GATES=n_gates, GATES_P2=triton.next_power_of_2(n_gates),
+        SKIP_DEAD=skip_dead and gates is not None, **blk)
+    return y, mean, rstd
+
+
+def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False):
+    """-> (dx [M, D] x's dtype, dweight fp32, dbias fp32)."""
+    M, D = x2d.shape
+    blk = _blocks(D)
+    dx = torch.empty_like(x2d)
+    dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)
+    db = torch.zeros_like(dw)
+    n_blocks = triton.cdiv(M, blk["BM"])
+    nprog = min(n_blocks, 4 * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
+    n_gates = gates.shape[0] if gates is not None else 1
+    _layer_norm_bwd_kernel[(max(1, nprog),)](
+        dy2d, x2d, weight, mean, rstd, dx, dw, db, gates if gates is not None else dw, lengths,
+        M, D, T, NUM_GATES=n_gates, GATES_P2=triton.next_power_of_2(n_gates),
+        SKIP_DEAD=skip_dead and gates is not None, **blk)
+    return dx, dw, db
