@@ -5,6 +5,8 @@ from .config import SupernetConfig
 from .ortho import (OrthoSoftmaxResult, PenaltyScale, freeze_masks, gamma_for, ortho_softmax,
                     temperature, unit_ranking)
 from .units import Unit, enumerate_units, subnet_cost, unit_costs
+from .model import ConformerSupernet
+from .export import extract_subnet, load_subnet
 
 __version__ = "0.1.0"
 
@@ -12,4 +14,5 @@ __all__ = [
     "SupernetConfig", "Unit", "enumerate_units", "unit_costs", "subnet_cost",
     "ortho_softmax", "OrthoSoftmaxResult", "temperature", "gamma_for", "PenaltyScale",
     "unit_ranking", "freeze_masks", "set_backend", "get_backend",
+    "ConformerSupernet", "extract_subnet", "load_subnet",
 ]
