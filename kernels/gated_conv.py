@@ -1,13 +1,29 @@
 """Gated convolution module (DESIGN §2, §6):
 y = g · PW2(SiLU(LN2(DWConv(mask(GLU(PW1(LN1(x))))))))
 
-Reference placeholder; the Triton kernels follow.
+Layers: the PyTorch reference `gated_conv_reference`; the Triton path, registered as the
+torch.library ops `orthoasr::gated_conv_fwd` / `_bwd` with `gated_conv` as entry point:
+forward = LayerNorm, PW1 GEMM with the GLU and padding mask in its epilogue (two
+accumulators, value and gate halves), `_conv_mid_fwd_kernel` (depthwise conv over valid
+frames + LayerNorm + SiLU in one pass), PW2 GEMM with bias, gate and padding-zero epilogue.
+Backward = dR GEMM with the gate-gradient sums fused, `_conv_mid_bwd_norm_kernel` (SiLU and
+LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_mid_bwd_conv_kernel`
+(transposed depthwise conv, depthwise weight gradient, GLU backward), dZ GEMM, LayerNorm
+backward and the two weight-gradient GEMMs over valid frames. A module gate exactly 0 that
+needs no gradient makes every launch return at once (output exactly 0).
+
+Shapes: x (B, T, D), PW1 (2D, D), DW (D, K), PW2 (D, D); frames are rows b*T + t.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .gated_matmul import (EPI_GATE_BWD, EPI_GLU, EPI_STORE, interpreting, rows_gemm, wgrad)
+from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 from .gated_ffn import valid_mask
 
@@ -38,6 +54,326 @@ def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: tor
     return torch.where(mask, y, 0.0)
 
 
-def gated_conv(x, lengths, *params_and_gates, eps=1e-5):
-    """Temporary: the Triton path is being written; runs the reference."""
-    return gated_conv_reference(x, lengths, *params_and_gates, eps=eps)
+
+# ----------------------------------------------------------------------------- kernels
+
+@triton.jit
+def _conv_live(gate_ptr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr):
+    live = 1
+    if HAS_GATES and SKIP_DEAD:
+        live = (tl.load(gate_ptr) != 0.0).to(tl.int32)
+    return live
+
+
+@triton.jit
+def _conv_mid_fwd_kernel(
+    v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
+    T, D, K, eps,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr,
+):
+    # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
+    # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
+    # LayerNorm over channels and SiLU. Tiles past the sequence's length return at once.
+    pid_t = tl.program_id(0)
+    seq = tl.program_id(1)
+    length = tl.minimum(tl.load(len_ptr + seq), T)
+    t = pid_t * BT + tl.arange(0, BT)
+    cols = tl.arange(0, BD)
+    col_ok = cols < D
+    live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
+    if (live > 0) & (pid_t * BT < length):
+        acc = tl.zeros([BT, BD], dtype=tl.float32)
+        acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        for k in range(0, K):
+            ts = t + k - K // 2
+            ok = (ts >= 0) & (ts < length)
+            v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
+                        mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + cols * K + k, mask=col_ok, other=0.0).to(tl.float32)
+            acc += v * w[None, :]
+        row_ok = t < length
+        ok = row_ok[:, None] & col_ok[None, :]
+        tile = (seq * T + t)[:, None] * D + cols[None, :]
+        if SAVE_PRE:
+            tl.store(pre_ptr + tile, acc.to(pre_ptr.dtype.element_ty), mask=ok)
+        mean = tl.sum(tl.where(col_ok[None, :], acc, 0.0), 1) / D
+        xc = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+        lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        q = xc * rstd[:, None] * lnw[None, :] + lnb[None, :]
+        tl.store(out_ptr + tile, (q * tl.sigmoid(q)).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _conv_mid_bwd_norm_kernel(
+    dr_ptr, pre_ptr, lnw_ptr, lnb_ptr, dpre_ptr, dlnw_ptr, dlnb_ptr, dbdw_ptr, gate_ptr,
+    len_ptr, T, D, eps,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+):
+    # Program (i, b): for frames [i*BT, +BT) of sequence b, the SiLU and LayerNorm backward
+    # from dR to dW (conv output); adds its share of dgamma, dbeta and the conv bias grad.
+    pid_t = tl.program_id(0)
+    seq = tl.program_id(1)
+    length = tl.minimum(tl.load(len_ptr + seq), T)
+    t = pid_t * BT + tl.arange(0, BT)
+    cols = tl.arange(0, BD)
+    col_ok = cols < D
+    live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
+    if (live > 0) & (pid_t * BT < length):
+        ok = (t < length)[:, None] & col_ok[None, :]
+        tile = (seq * T + t)[:, None] * D + cols[None, :]
+        pre = tl.load(pre_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        dr = tl.load(dr_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        mean = tl.sum(pre, 1) / D
+        xc = tl.where(ok, pre - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+        xhat = xc * rstd[:, None]
+        lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        q = xhat * lnw[None, :] + lnb[None, :]
+        sig = tl.sigmoid(q)
+        dq = tl.where(ok, dr * sig * (1.0 + q * (1.0 - sig)), 0.0)
+        tl.atomic_add(dlnw_ptr + cols, tl.sum(dq * xhat, 0), mask=col_ok)
+        tl.atomic_add(dlnb_ptr + cols, tl.sum(dq, 0), mask=col_ok)
+        dxhat = dq * lnw[None, :]
+        c1 = tl.sum(dxhat * xhat, 1) / D
+        c2 = tl.sum(dxhat, 1) / D
+        dpre = tl.where(ok, (dxhat - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
+        tl.atomic_add(dbdw_ptr + cols, tl.sum(dpre, 0), mask=col_ok)
+        tl.store(dpre_ptr + tile, dpre.to(dpre_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _conv_mid_bwd_conv_kernel(
+    dpre_ptr, v_ptr, u_ptr, wdw_ptr, du_ptr, dwdw_ptr, gate_ptr, len_ptr,
+    T, D, K,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    KP: tl.constexpr,
+):
+    # Program (j, b) owns channels [j*BC, +BC) of sequence b and walks its valid frames:
+    # dV[s] = sum_k dW[s - k + P] * w[k] (transposed depthwise conv), dw[k] += sum_t dW[t] *
+    # V[t + k - P] (kept as a [BC, KP] register tile, one atomic add at the end), then the
+    # GLU backward dU = (dV * sigmoid(b), dV * a * sigmoid'(b)).
+    pid_c = tl.program_id(0)
+    seq = tl.program_id(1)
+    length = tl.minimum(tl.load(len_ptr + seq), T)
+    cols = pid_c * BC + tl.arange(0, BC)
+    col_ok = cols < D
+    taps = tl.arange(0, KP)
+    live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
+    if live > 0:
+        dw_acc = tl.zeros([BC, KP], dtype=tl.float32)
+        for t0 in range(0, length, BT):
+            t = t0 + tl.arange(0, BT)
+            row_ok = t < length
+            ok = row_ok[:, None] & col_ok[None, :]
+            dpre = tl.load(dpre_ptr + (seq * T + t)[:, None] * D + cols[None, :], mask=ok,
+                           other=0.0).to(tl.float32)
+            dv = tl.zeros([BT, BC], dtype=tl.float32)
+            for k in range(0, K):
+                ts = t + k - K // 2
+                ok_s = ((ts >= 0) & (ts < length))[:, None] & col_ok[None, :]
+                v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :], mask=ok_s,
+                            other=0.0).to(tl.float32)
+                dw_acc += tl.where(taps[None, :] == k, tl.sum(dpre * v, 0)[:, None], 0.0)
+                tb = t - k + K // 2
+                ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
+                dshift = tl.load(dpre_ptr + (seq * T + tb)[:, None] * D + cols[None, :],
+                                 mask=ok_b, other=0.0).to(tl.float32)
+                w = tl.load(wdw_ptr + cols * K + k, mask=col_ok, other=0.0).to(tl.float32)
+                dv += dshift * w[None, :]
+            u_rows = (seq * T + t)[:, None] * (2 * D)
+            a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(b)
+            dtype = du_ptr.dtype.element_ty
+            tl.store(du_ptr + u_rows + cols[None, :], (dv * sig).to(dtype), mask=ok)
+            tl.store(du_ptr + u_rows + D + cols[None, :], (dv * a * sig * (1.0 - sig)).to(dtype),
+                     mask=ok)
+        tl.atomic_add(dwdw_ptr + cols[:, None] * K + taps[None, :], dw_acc,
+                      mask=col_ok[:, None] & (taps < K)[None, :])
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _mid_blocks(D: int) -> dict:
+    BD = max(16, triton.next_power_of_2(D))
+    if interpreting():
+        return dict(BT=16, BD=BD, num_warps=4)
+    return dict(BT=max(1, min(32, 8192 // BD)), BD=BD, num_warps=8)
+
+
+def _conv_blocks(D: int, K: int) -> dict:
+    KP = max(2, triton.next_power_of_2(K))
+    if interpreting():
+        return dict(BT=16, BC=max(16, triton.next_power_of_2(D)), KP=KP, num_warps=4)
+    return dict(BT=32, BC=32, KP=KP, num_warps=4)
+
+
+def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
+                          pw2_w, pw2_b, gates, skip_dead, save, eps=1e-5):
+    B, T, D = x.shape
+    M, K = B * T, dw_w.shape[1]
+    x2 = x.reshape(M, D)
+    common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
+    z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, eps)
+    v = x.new_empty(M, D)
+    u = x.new_empty(M, 2 * D) if save else None
+    rows_gemm(z, pw1_w.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
+    pre = x.new_empty(M, D) if save else v
+    r = x.new_empty(M, D)
+    blk = _mid_blocks(D)
+    _conv_mid_fwd_kernel[(triton.cdiv(T, blk["BT"]), B)](
+        v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates if gates is not None else v, lengths,
+        T, D, K, eps, HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
+        SAVE_PRE=save, **blk)
+    y = x.new_empty(B, T, D)
+    rows_gemm(r, pw2_w.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
+              scale_out=gates is not None, final=True, **common)
+    if not save:
+        empty = x.new_empty(0)
+        return y, empty, mean.new_empty(0), mean.new_empty(0), empty, empty, empty, empty
+    return y, z, mean, rstd, u, v, pre, r
+
+
+def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
+                          gates, z, mean, rstd, u, v, pre, r, skip_dead, gate_grad, eps=1e-5):
+    B, T, D = x.shape
+    M, K = B * T, dw_w.shape[1]
+    dy2 = dy.reshape(M, D).contiguous()
+    common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
+    has_gates, skip = gates is not None, skip_dead and gates is not None
+    f32 = dict(dtype=torch.float32, device=x.device)
+    gate_cols = torch.zeros(D, **f32) if gate_grad else None
+    dr = x.new_empty(M, D)
+    rows_gemm(dy2, pw2_w, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
+    dy_sum = torch.zeros(D, **f32)
+    dpw2 = wgrad(dy2, r, col_sum=dy_sum, **common)
+    dpre = x.new_empty(M, D)
+    d_ln2w, d_ln2b, d_dwb = (torch.zeros(D, **f32) for _ in range(3))
+    blk = _mid_blocks(D)
+    gate_arg = gates if has_gates else dy_sum
+    _conv_mid_bwd_norm_kernel[(triton.cdiv(T, blk["BT"]), B)](
+        dr, pre, ln2_w, ln2_b, dpre, d_ln2w, d_ln2b, d_dwb, gate_arg, lengths, T, D, eps,
+        HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
+    du = x.new_empty(M, 2 * D)
+    d_dww = torch.zeros(D, K, **f32)
+    cblk = _conv_blocks(D, K)
+    _conv_mid_bwd_conv_kernel[(triton.cdiv(D, cblk["BC"]), B)](
+        dpre, v, u, dw_w, du, d_dww, gate_arg, lengths, T, D, K,
+        HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
+    dz = x.new_empty(M, D)
+    rows_gemm(du, pw1_w, dz, epi=EPI_STORE, **common)
+    d_pw1b = torch.zeros(2 * D, **f32)
+    d_pw1w = wgrad(du, z, col_sum=d_pw1b, **common)
+    dx, d_ln1w, d_ln1b = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T,
+                                        gates, skip_dead)
+    dgates = None
+    if has_gates:
+        g = gates[0].float()
+        dpw2, d_pw2b = dpw2 * g, dy_sum * g
+        if gate_grad:
+            dgates = (gate_cols.sum() + (pw2_b.float() * dy_sum).sum()).reshape(1)
+            dgates = dgates.to(gates.dtype)
+    else:
+        d_pw2b = dy_sum
+    wd = pw1_w.dtype
+    return (dx.view(B, T, D), d_ln1w.to(wd), d_ln1b.to(wd), d_pw1w.to(wd), d_pw1b.to(wd),
+            d_dww.to(wd), d_dwb.to(wd), d_ln2w.to(wd), d_ln2b.to(wd), dpw2.to(wd),
+            d_pw2b.to(wd), dgates)
+
+
+# ----------------------------------------------------------------------------- torch.library
+
+@torch.library.custom_op("orthoasr::gated_conv_fwd", mutates_args=())
+def gated_conv_fwd(x: torch.Tensor, lengths: torch.Tensor, ln1_w: torch.Tensor,
+                   ln1_b: torch.Tensor, pw1_w: torch.Tensor, pw1_b: torch.Tensor,
+                   dw_w: torch.Tensor, dw_b: torch.Tensor, ln2_w: torch.Tensor,
+                   ln2_b: torch.Tensor, pw2_w: torch.Tensor, pw2_b: torch.Tensor,
+                   gates: torch.Tensor | None, skip_dead: bool, save: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b,
+                                      ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save))
+
+
+@gated_conv_fwd.register_fake
+def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
+      skip_dead, save):
+    B, T, D = x.shape
+    y = x.new_empty(B, T, D)
+    if not save:
+        e = x.new_empty(0)
+        return (y, e, e.float(), e.float(), x.new_empty(0), x.new_empty(0), x.new_empty(0),
+                x.new_empty(0))
+    M = B * T
+    stats = x.new_empty(M, dtype=torch.float32)
+    return (y, x.new_empty(M, D), stats, torch.empty_like(stats), x.new_empty(M, 2 * D),
+            x.new_empty(M, D), x.new_empty(M, D), x.new_empty(M, D))
+
+
+@torch.library.custom_op("orthoasr::gated_conv_bwd", mutates_args=())
+def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
+                   ln1_w: torch.Tensor, pw1_w: torch.Tensor, dw_w: torch.Tensor,
+                   ln2_w: torch.Tensor, ln2_b: torch.Tensor, pw2_w: torch.Tensor,
+                   pw2_b: torch.Tensor, gates: torch.Tensor | None, z: torch.Tensor,
+                   mean: torch.Tensor, rstd: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                   pre: torch.Tensor, r: torch.Tensor, skip_dead: bool, gate_grad: bool
+                   ) -> list[torch.Tensor]:
+    grads = gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w,
+                                  pw2_b, gates, z, mean, rstd, u, v, pre, r, skip_dead,
+                                  gate_grad)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@gated_conv_bwd.register_fake
+def _(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates, z, mean, rstd, u,
+      v, pre, r, skip_dead, gate_grad):
+    D = x.shape[-1]
+    vec = [ln1_w.new_empty(D) for _ in range(2)]
+    return [torch.empty_like(x), *vec, torch.empty_like(pw1_w), pw1_w.new_empty(2 * D),
+            torch.empty_like(dw_w), dw_w.new_empty(D), ln2_w.new_empty(D), ln2_w.new_empty(D),
+            torch.empty_like(pw2_w), pw2_w.new_empty(D),
+            torch.empty_like(gates) if gate_grad else x.new_empty(0)]
+
+
+def _setup_context(ctx, inputs, output):
+    (x, lengths, ln1_w, _ln1_b, pw1_w, _pw1_b, dw_w, _dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
+     skip_dead, _save) = inputs
+    _y, z, mean, rstd, u, v, pre, r = output
+    ctx.save_for_backward(x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates,
+                          z, mean, rstd, u, v, pre, r)
+    ctx.skip_dead = skip_dead
+
+
+def _backward(ctx, dy, *_unused):
+    saved = ctx.saved_tensors
+    if saved[-1].numel() == 0 and saved[0].numel() != 0:
+        raise RuntimeError("gated_conv_fwd ran with save=False; call gated_conv() so that "
+                           "the activations are kept when gradients are needed")
+    gates = saved[9]
+    gate_grad = gates is not None and ctx.needs_input_grad[12]
+    grads = gated_conv_bwd(dy, *saved, ctx.skip_dead, gate_grad)
+    return (grads[0], None, *grads[1:11], grads[11] if gate_grad else None, None, None)
+
+
+gated_conv_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
+               gates):
+    """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked).
+
+    A gate exactly 0 skips all work on the device when the gates need no gradient.
+    """
+    params = [t.contiguous() for t in (ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
+                                       pw2_w, pw2_b)]
+    gate_grad = gates is not None and gates.requires_grad
+    save = torch.is_grad_enabled() and (gate_grad or x.requires_grad or
+                                        any(t.requires_grad for t in params))
+    if gates is not None:
+        gates = gates.contiguous()
+    return gated_conv_fwd(x.contiguous(), lengths.contiguous(), *params, gates,
+                          not gate_grad, save)[0]
