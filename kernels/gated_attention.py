@@ -159,7 +159,7 @@ def _gated_attn_bwd_pre_kernel(
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    part = 0.0
+    part_ptr = dgate_part_ptr + (h * B + b) * tl.num_programs(0) + pid_m
     if (gate != 0) & (start_m < seq_len):
         mask = (offs_m < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
         o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot
@@ -168,8 +168,9 @@ def _gated_attn_bwd_pre_kernel(
                      + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
         delta = tl.sum(o * do, 1)
         tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=offs_m < seq_len)
-        part = tl.sum(delta, 0)
-    tl.store(dgate_part_ptr + (h * B + b) * tl.num_programs(0) + pid_m, part)
+        tl.store(part_ptr, tl.sum(delta, 0))
+    else:
+        tl.store(part_ptr, 0.0)
 
 
 @triton.jit
@@ -295,7 +296,7 @@ def _gated_attn_bwd_dq_kernel(
 LOG2E = 1.4426950408889634
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from orthoasr.kernels.gated_attention import gated_attention_reference
 
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels.gated_attention import gated_attention_reference
 from orthoasr.nn import GatedMHSA
 from orthoasr.units import module_cost
 
@@ -62,7 +62,7 @@ def test_triton_matches_torch(shape, gate_kind):
     ref_out, ref_grads, ref_dg = _run(m, x, lengths, gates, grad_out, "torch")
     torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
     names = ["x"] + [n for n, _ in m.named_parameters()]
-    for name, a, b in zip(names, grads, ref_grads):
+    for name, a, b in zip(names, grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
     if dg is not None:
         torch.testing.assert_close(dg, ref_dg, atol=1e-4, rtol=1e-4)
@@ -81,7 +81,7 @@ def test_module_granularity(gate):
     out, grads, dg = _run(m, x, lengths, gates, grad_out, "auto")
     ref_out, ref_grads, ref_dg = _run(m, x, lengths, gates, grad_out, "torch")
     torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
-    for a, b in zip(grads, ref_grads):
+    for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(dg, ref_dg, atol=1e-4, rtol=1e-4)
     # the one gate scales the whole output, bias included
@@ -197,7 +197,7 @@ def test_autocast_error_ratio(dtype):
             results[backend] = _run(m, x, lengths, gates, grad_out, backend)
     (out, grads, dg), (ref, ref_grads, ref_dg) = results["auto"], results["torch"]
     assert _err(out, gold) <= 2 * _err(ref, gold) + 1e-3 * gold.abs().max().item()
-    for a, r, g in zip(grads + [dg], ref_grads + [ref_dg], gold_grads + [gold_dg]):
+    for a, r, g in zip(grads + [dg], ref_grads + [ref_dg], gold_grads + [gold_dg], strict=True):
         assert _err(a, g) <= 2 * _err(r, g) + 1e-3 * g.abs().max().item()
 
 
@@ -231,7 +231,8 @@ def test_cuda_graph_and_no_sync():
         captured = step()
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(eager, captured):   # weight grads use fp32 atomics: order may differ
+    # weight grads use fp32 atomics: summation order may differ
+    for a, b in zip(eager, captured, strict=True):
         torch.testing.assert_close(a.float(), b.float(), atol=1e-3, rtol=1e-3)
 
 

@@ -1,0 +1,125 @@
+"""GatedMHSA module benchmark (issue 3): ours vs an eager baseline written the way the
+method's public code masks (gate-scaled q/k/v/out weight copies each call, masked softmax
+attention) and torch.compile of that baseline; bf16 autocast, paper-size module.
+
+    python -m bench.bench_mhsa
+
+Rows go to bench/results/kernels_attention.json (table "modules"); `ms` is the median of
+triton.testing.do_bench, `graph_ms` one CUDA-graph replay of the same call (GPU time only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bench.harness import time_graph_ms, time_ms, write_rows
+from orthoasr.nn import GatedMHSA
+
+D, H = 384, 6
+CASES = [("B32·T250", 32, 250), ("B16·T750", 16, 750)]
+
+
+def eager_reference_style(m: GatedMHSA, x, lengths, gates):
+    """The public code's masking: weight copies scaled by the gates on every call."""
+    B, T, _ = x.shape
+    Dh = D // H
+    y = F.layer_norm(x, (D,), m.norm.weight, m.norm.bias)
+    w = m.in_proj_weight.view(H, 3, Dh, D) * gates[:, None, None, None]
+    b = m.in_proj_bias.view(H, 3, Dh) * gates[:, None, None]
+    q, k, v = (F.linear(y, w[:, j].reshape(D, D), b[:, j].reshape(D))
+               .view(B, T, H, Dh).transpose(1, 2) for j in range(3))
+    padded = (torch.arange(T, device=x.device)[None, :] >= lengths[:, None])[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(Dh)
+    scores = scores.masked_fill(padded, torch.finfo(scores.dtype).min)
+    attn = torch.softmax(scores, dim=-1).masked_fill(padded, 0.0)
+    a = (attn @ v).transpose(1, 2).reshape(B, T, D)
+    w_o = m.out_proj_weight * gates.repeat_interleave(Dh)[None, :]
+    return F.linear(a, w_o, m.out_proj_bias)
+
+
+def _step(fn, mode, inputs, grad):
+    def call():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = fn()
+        if mode == "fwd":
+            return out
+        return torch.autograd.grad(out, inputs, grad)
+    return call
+
+
+def _time(row, call):
+    row["ms"] = time_ms(call)
+    try:
+        row["graph_ms"] = round(time_graph_ms(call), 5)
+    except Exception as exc:  # noqa: BLE001 - e.g. a compiled graph that cannot be captured
+        print(f"graph timing failed for {row['provider']}: {exc!r}")
+    print(f"{row['case']:24s} {row['mode']:8s} {row['provider']:22s} {row['ms'] * 1e3:9.1f} us"
+          f"  graph {row.get('graph_ms', float('nan')) * 1e3:9.1f} us", flush=True)
+    return row
+
+
+def _bind(fn, *args):
+    return lambda: fn(*args)
+
+
+def _soft_providers(m, compiled, x, lengths, soft, params):
+    with_gates = [x, soft] + params
+    return {
+        "ours": (_bind(m, x, lengths, soft), with_gates),
+        "ours gates=None": (_bind(m, x, lengths), [x] + params),
+        "eager (reference style)": (_bind(eager_reference_style, m, x, lengths, soft),
+                                    with_gates),
+        "torch.compile(eager)": (_bind(compiled, m, x, lengths, soft), with_gates),
+    }
+
+
+def run():
+    """Yields the rows of each case in turn."""
+    gen = torch.Generator().manual_seed(0)
+    m = GatedMHSA(D, H).cuda()
+    params = list(m.parameters())
+    compiled = torch.compile(eager_reference_style, dynamic=False)
+    for name, B, T in CASES:
+        x = torch.randn(B, T, D, device="cuda", requires_grad=True)
+        lengths = torch.randint(T // 2, T + 1, (B,), generator=gen).cuda()
+        grad = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16)
+        soft = (0.2 + 0.8 * torch.rand(H, generator=gen)).cuda().requires_grad_()
+        rows = []
+        for mode in ("fwd", "fwd+bwd"):
+            case = f"{name} soft gates"
+            providers = _soft_providers(m, compiled, x, lengths, soft, params)
+            for provider, (fn, inputs) in providers.items():
+                rows.append(_time(dict(table="modules", case=case, mode=mode, provider=provider,
+                                       baseline="eager (reference style)"),
+                                  _step(fn, mode, inputs, grad)))
+            by = {r["provider"]: r for r in rows if r["case"] == case and r["mode"] == mode}
+            ours = by["ours"]
+            ours["vs_compile"] = round(by["torch.compile(eager)"]["ms"] / ours["ms"], 3)
+            ours["overhead_vs_none"] = round(ours["ms"] / by["ours gates=None"]["ms"] - 1, 4)
+
+            case = f"{name} hard gates"
+            hard = {"ours all on": [1.0] * H, "ours half on": [1.0, 0.0] * (H // 2),
+                    "ours all off": [0.0] * H}
+            for provider, values in hard.items():
+                gates = torch.tensor(values, device="cuda")
+                rows.append(_time(dict(table="modules", case=case, mode=mode, provider=provider,
+                                       baseline="ours all on"),
+                                  _step(_bind(m, x, lengths, gates), mode, [x] + params, grad)))
+            by = {r["provider"]: r for r in rows if r["case"] == case and r["mode"] == mode}
+            on = by["ours all on"]
+            for key in ("ms", "graph_ms"):
+                if key in on and key in by["ours half on"]:
+                    by["ours half on"][f"target_{key}"] = round(0.55 * on[key] + 0.020, 5)
+        yield rows
+
+
+def main() -> None:
+    for rows in run():   # written case by case
+        print(write_rows("kernels_attention", rows))
+
+
+if __name__ == "__main__":
+    main()
