@@ -1,15 +1,16 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="orthoasr",
     version="0.1.0",
     description="Conformer-CTC supernet training with OrthoSoftmax on Triton kernels",
     python_requires=">=3.10",
-    packages=["orthoasr", "orthoasr.kernels"],
+    packages=find_packages(include=["orthoasr", "orthoasr.*"]) + ["orthoasr.kernels"],
     package_dir={"orthoasr": "orthoasr", "orthoasr.kernels": "kernels"},
     # torch: the Makefile installs the CPU build (torch==2.13.0) first on CPU machines, so
     # this range adds nothing there; GPU machines bring their own CUDA build.
     install_requires=["torch>=2.4", "triton>=3.0", "numpy", "sentencepiece", "pyyaml"],
     extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"]},
+    package_data={"orthoasr": ["configs/*.yaml"], "orthoasr.data": ["*.txt", "*.json"]},
     entry_points={"console_scripts": ["orthoasr=orthoasr.cli:main"]},
 )

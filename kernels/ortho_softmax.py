@@ -58,16 +58,37 @@ def ortho_softmax_reference(scores: torch.Tensor, costs: torch.Tensor, rest_cost
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
-def _softmax_rows(s_ptr, rows, cols, N, tau):
-    """P[rows] = softmax(S[rows] / tau) as a [BR, BN] fp32 tile, zero outside N x N."""
+def _row_stats(s_ptr, rows, N, tau, BN: tl.constexpr):
+    """Max and normaliser of each row of S[rows] / tau, as two [BR] vectors."""
+    cols = tl.arange(0, BN)
     row_ok = rows < N
     s = tl.load(s_ptr + rows[:, None] * N + cols[None, :],
                 mask=row_ok[:, None] & (cols < N)[None, :], other=float("-inf"))
     z = s / tau
     z_max = tl.where(row_ok, tl.max(z, 1), 0.0)
-    p = tl.exp(z - z_max[:, None])
-    denom = tl.where(row_ok, tl.sum(p, 1), 1.0)
-    return p / denom[:, None]
+    denom = tl.where(row_ok, tl.sum(tl.exp(z - z_max[:, None]), 1), 1.0)
+    return z_max, denom
+
+
+@triton.jit
+def _probs(s_ptr, rows, cols, N, tau, z_max, denom):
+    """The tile P[rows, cols] from the row statistics, zero outside N x N."""
+    s = tl.load(s_ptr + rows[:, None] * N + cols[None, :],
+                mask=(rows < N)[:, None] & (cols < N)[None, :], other=float("-inf"))
+    return tl.exp(s / tau - z_max[:, None]) / denom[:, None]
+
+
+@triton.jit
+def _gram_tile(s_ptr, rows_i, rows_j, N, tau, max_i, den_i, max_j, den_j,
+               BR: tl.constexpr, BC: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """G[rows_i, rows_j] = P_I P_J^T, accumulated over column chunks."""
+    g = tl.zeros([BR, BR], tl.float32)
+    for c0 in range(0, N, BC):
+        cols = c0 + tl.arange(0, BC)
+        p_i = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
+        p_j = _probs(s_ptr, rows_j, cols, N, tau, max_j, den_j)
+        g += tl.dot(p_i, tl.trans(p_j), input_precision=DOT_PRECISION)
+    return g
 
 
 @triton.jit
@@ -80,180 +101,236 @@ def _pick(vec, offs, i):
 def _ortho_softmax_fwd_kernel(
     s_ptr, c_ptr, budget_ptr, tau_ptr,
     p_ptr, e_ptr, mask_ptr, k_ptr, pen_ptr,
-    part_mask_ptr, part_pen_ptr, counter_ptr,
-    N, M, rest, total,
-    NORM: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-    NBLK_P2: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    colpen_ptr, rowcum_ptr, blocksum_ptr, counter_ptr,
+    N, M, rest, total, num_tiles,
+    NORM: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr,
+    BM: tl.constexpr, BB: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Program I owns rows [I*BR, (I+1)*BR) of P. Every program first finds k(p) for all
-    # budgets (a cheap redundant pass over S, so no grid-wide sync is needed), then adds its
-    # rows' share of each mask and its row block of the penalty's upper triangle to
-    # per-program partials. The last program to finish sums the partials.
-    pid = tl.program_id(0)
-    nblk = tl.num_programs(0)
-    offs_r = tl.arange(0, BR)
-    offs_n = tl.arange(0, BN)
-    offs_m = tl.arange(0, BM)
-    tau = tl.load(tau_ptr)
-    cost = tl.load(c_ptr + offs_n, mask=offs_n < N, other=0.0)
-    target = tl.load(budget_ptr + offs_m, mask=offs_m < M, other=0.0) * total
-
-    # Pass 1: prefix costs C_k and k(p) = argmin_k |C_k - target_p|, first on ties.
-    best = tl.full([BM], float("inf"), tl.float32)
-    k = tl.zeros([BM], tl.int32)
-    carry = rest
-    for J in range(0, nblk):
-        rows = J * BR + offs_r
-        p = _softmax_rows(s_ptr, rows, offs_n, N, tau)
-        e = tl.sum(p * cost[None, :], 1)
-        prefix = carry + tl.cumsum(e, 0)
-        dist = tl.abs(prefix[None, :] - target[:, None])
-        dist = tl.where((rows < N)[None, :], dist, float("inf"))
-        blk_best = tl.min(dist, 1)
-        blk_k = tl.argmin(dist, 1, tie_break_left=True) + J * BR + 1
-        better = blk_best < best
-        k = tl.where(better, blk_k, k)
-        best = tl.where(better, blk_best, best)
-        carry += tl.sum(e, 0)
-    k_max = tl.max(tl.where(offs_m < M, k, 0), 0)
-
-    # Pass 2: this program's rows of P and e, and their share of every mask.
-    rows_i = pid * BR + offs_r
-    p_i = _softmax_rows(s_ptr, rows_i, offs_n, N, tau)
-    row_ok = rows_i < N
-    tl.store(p_ptr + rows_i[:, None] * N + offs_n[None, :], p_i,
-             mask=row_ok[:, None] & (offs_n < N)[None, :])
-    tl.store(e_ptr + rows_i, tl.sum(p_i * cost[None, :], 1), mask=row_ok)
-    for m in range(0, M):
-        k_m = _pick(k, offs_m, m)
-        share = tl.sum(tl.where((rows_i < k_m)[:, None], p_i, 0.0), 0)
-        tl.store(part_mask_ptr + (pid * BM + m) * BN + offs_n, share)
-
-    # Pass 3: G[I, J] = P_I P_J^T for J >= I inside the largest prefix; column j of the upper
-    # triangle (diagonal included) belongs to every prefix block with k > j.
-    pen = tl.zeros([BM], tl.float32)
-    for J in range(pid, tl.cdiv(k_max, BR)):
+    # Program (I, J) with I <= J computes the Gram tile G_IJ = P_I P_J^T and writes, for each
+    # column j of it, the sum of its penalty terms on or above the diagonal (colpen[I, j]).
+    # Diagonal programs also write P_I, e_I and the running row sums of P inside block I.
+    # The last program to arrive (acq_rel ticket) reduces these into k(p), the masks and the
+    # penalties with one-shot vector operations: no loop over the rows anywhere.
+    I = tl.program_id(0)
+    J = tl.program_id(1)
+    if I <= J:
+        offs_r = tl.arange(0, BR)
+        tau = tl.load(tau_ptr)
+        rows_i = I * BR + offs_r
         rows_j = J * BR + offs_r
-        p_j = _softmax_rows(s_ptr, rows_j, offs_n, N, tau)
-        g = tl.dot(p_i, tl.trans(p_j), input_precision=DOT_PRECISION)
+        max_i, den_i = _row_stats(s_ptr, rows_i, N, tau, BN)
+        max_j, den_j = _row_stats(s_ptr, rows_j, N, tau, BN)
+        g = _gram_tile(s_ptr, rows_i, rows_j, N, tau, max_i, den_i, max_j, den_j,
+                       BR, BC, DOT_PRECISION)
         on_diag = rows_i[:, None] == rows_j[None, :]
         if NORM == 2:
             val = tl.where(on_diag, tl.abs(g - 1.0), g)
         else:
             val = tl.where(on_diag, (g - 1.0) * (g - 1.0), g * g)
-        val = tl.where(rows_i[:, None] <= rows_j[None, :], val, 0.0)
-        col = tl.sum(val, 0)
-        pen += tl.sum(tl.where(rows_j[None, :] < k[:, None], col[None, :], 0.0), 1)
-    tl.store(part_pen_ptr + pid * BM + offs_m, pen)
+        keep = (rows_i[:, None] <= rows_j[None, :]) & (rows_j < N)[None, :]
+        tl.store(colpen_ptr + I * N + rows_j, tl.sum(tl.where(keep, val, 0.0), 0),
+                 mask=rows_j < N)
 
-    # The last program to arrive reduces the partials (acq_rel atomic orders the stores).
-    tl.debug_barrier()
-    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-    if ticket == nblk - 1:
-        offs_b = tl.arange(0, NBLK_P2)
-        parts = tl.load(part_pen_ptr + offs_b[:, None] * BM + offs_m[None, :],
-                        mask=(offs_b < nblk)[:, None], other=0.0, volatile=True)
-        total_pen = tl.sum(parts, 0)
-        if NORM == 1:
-            total_pen = tl.sqrt(total_pen)
-        tl.store(pen_ptr + offs_m, total_pen, mask=offs_m < M)
-        tl.store(k_ptr + offs_m, k, mask=offs_m < M)
-        masks = tl.zeros([BM, BN], tl.float32)
-        for J in range(0, tl.cdiv(k_max, BR)):
-            masks += tl.load(part_mask_ptr + (J * BM + offs_m[:, None]) * BN + offs_n[None, :],
-                             mask=(offs_m < M)[:, None], other=0.0, volatile=True)
-        tl.store(mask_ptr + offs_m[:, None] * N + offs_n[None, :], masks,
-                 mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
-        tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch
+        if I == J:
+            e = tl.zeros([BR], tl.float32)
+            for c0 in range(0, N, BC):
+                cols = c0 + tl.arange(0, BC)
+                tile = rows_i[:, None] * N + cols[None, :]
+                tile_ok = (rows_i < N)[:, None] & (cols < N)[None, :]
+                p = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
+                tl.store(p_ptr + tile, p, mask=tile_ok)
+                tl.store(rowcum_ptr + tile, tl.cumsum(p, 0), mask=tile_ok)
+                tl.store(blocksum_ptr + I * N + cols, tl.sum(p, 0), mask=cols < N)
+                e += tl.sum(p * tl.load(c_ptr + cols, mask=cols < N, other=0.0)[None, :], 1)
+            tl.store(e_ptr + rows_i, e, mask=rows_i < N)
+
+        tl.debug_barrier()
+        ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+        if ticket == num_tiles - 1:
+            _fwd_reduce(budget_ptr, e_ptr, colpen_ptr, rowcum_ptr, blocksum_ptr,
+                        mask_ptr, k_ptr, pen_ptr, N, M, rest, total, tl.num_programs(0),
+                        NORM, BR, BN, BM, BB)
+            tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch
+
+
+@triton.jit
+def _fwd_reduce(budget_ptr, e_ptr, colpen_ptr, rowcum_ptr, blocksum_ptr,
+                mask_ptr, k_ptr, pen_ptr, N, M, rest, total, nblk,
+                NORM: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+                BB: tl.constexpr):
+    offs_n = tl.arange(0, BN)
+    offs_m = tl.arange(0, BM)
+    col_ok = offs_n < N
+    # k(p) = argmin_k |rest + sum_{i<=k} e_i - p * total|, first on ties
+    e = tl.load(e_ptr + offs_n, mask=col_ok, other=0.0, volatile=True)
+    prefix = rest + tl.cumsum(e, 0)
+    target = tl.load(budget_ptr + offs_m, mask=offs_m < M, other=0.0) * total
+    dist = tl.where(col_ok[None, :], tl.abs(prefix[None, :] - target[:, None]), float("inf"))
+    k = tl.argmin(dist, 1, tie_break_left=True) + 1
+    tl.store(k_ptr + offs_m, k, mask=offs_m < M)
+
+    # penalty_p = sum over columns j < k(p) of column j's terms on or above the diagonal
+    col_pen = tl.zeros([BN], tl.float32)
+    for b0 in range(0, nblk, BB):
+        blocks = b0 + tl.arange(0, BB)
+        ok = (blocks[:, None] <= (offs_n // BR)[None, :]) & col_ok[None, :]
+        col_pen += tl.sum(tl.load(colpen_ptr + blocks[:, None] * N + offs_n[None, :],
+                                  mask=ok, other=0.0, volatile=True), 0)
+    pen = tl.sum(tl.where(offs_n[None, :] < k[:, None], col_pen[None, :], 0.0), 1)
+    if NORM == 1:
+        pen = tl.sqrt(pen)
+    tl.store(pen_ptr + offs_m, pen, mask=offs_m < M)
+
+    # mask_p = all whole row blocks before row k(p)-1, plus that block's running sum there
+    for m in range(0, M):
+        last = _pick(k, offs_m, m) - 1
+        mask = tl.load(rowcum_ptr + last * N + offs_n, mask=col_ok, other=0.0, volatile=True)
+        for b0 in range(0, nblk, BB):
+            blocks = b0 + tl.arange(0, BB)
+            ok = (blocks < last // BR)[:, None] & col_ok[None, :]
+            mask += tl.sum(tl.load(blocksum_ptr + blocks[:, None] * N + offs_n[None, :],
+                                   mask=ok, other=0.0, volatile=True), 0)
+        tl.store(mask_ptr + m * N + offs_n, mask, mask=col_ok)
 
 
 @triton.jit
 def _ortho_softmax_bwd_kernel(
     s_ptr, c_ptr, tau_ptr, k_ptr, pen_ptr,
-    gmask_ptr, gpen_ptr, gprobs_ptr, gexp_ptr, ds_ptr,
+    gmask_ptr, gpen_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_ptr, ds_ptr,
     N, M,
     NORM: tl.constexpr, HAS_GPROBS: tl.constexpr, HAS_GEXP: tl.constexpr,
-    BR: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    # Program I computes dS for rows I: dP_I from the masks (rows below k(p) receive
-    # grad_mask_p), from the penalty (dP_I = sum_J A_IJ P_J with A = dpenalty/dG made
-    # symmetric), then the softmax backward dS = P * (dP - rowsum(dP * P)) / tau.
-    pid = tl.program_id(0)
-    offs_r = tl.arange(0, BR)
-    offs_n = tl.arange(0, BN)
-    offs_m = tl.arange(0, BM)
-    tau = tl.load(tau_ptr)
-    rows_i = pid * BR + offs_r
-    row_ok = rows_i < N
-    col_ok = offs_n < N
-    tile = rows_i[:, None] * N + offs_n[None, :]
-    tile_ok = row_ok[:, None] & col_ok[None, :]
-    p_i = _softmax_rows(s_ptr, rows_i, offs_n, N, tau)
-
-    k = tl.load(k_ptr + offs_m, mask=offs_m < M, other=0).to(tl.int32)
-    gpen = tl.load(gpen_ptr + offs_m, mask=offs_m < M, other=0.0)
-    if NORM == 1:  # d sqrt(x) = 1 / (2 sqrt(x)); taken as 0 where the penalty is exactly 0
-        pen = tl.load(pen_ptr + offs_m, mask=offs_m < M, other=0.0)
-        gpen = tl.where(pen > 0, gpen / (2.0 * tl.where(pen > 0, pen, 1.0)), 0.0)
-    k_max = tl.max(k, 0)
-
-    dp = tl.zeros([BR, BN], tl.float32)
-    if HAS_GPROBS:
-        dp += tl.load(gprobs_ptr + tile, mask=tile_ok, other=0.0)
-    if HAS_GEXP:
-        cost = tl.load(c_ptr + offs_n, mask=col_ok, other=0.0)
-        dp += tl.load(gexp_ptr + rows_i, mask=row_ok, other=0.0)[:, None] * cost[None, :]
-    for m in range(0, M):
-        grad_mask = tl.load(gmask_ptr + m * N + offs_n, mask=col_ok, other=0.0)
-        dp += tl.where((rows_i < _pick(k, offs_m, m))[:, None], grad_mask[None, :], 0.0)
-
-    for J in range(0, tl.cdiv(k_max, BR)):
+    # Program (I, J) with I <= J: the penalty's gradient reaches P through G_IJ, so
+    # dP_I += A_IJ P_J and dP_J += A_IJ^T P_I with A = dpenalty/dG (symmetric), added
+    # atomically into a zeroed workspace dP. Each row block receives exactly nblk such
+    # contributions; the program that brings the last one finishes that block: mask
+    # gradients, softmax backward dS = P * (dP - rowsum(dP * P)) / tau, and re-zeroing.
+    I = tl.program_id(0)
+    J = tl.program_id(1)
+    nblk = tl.num_programs(0)
+    if I <= J:
+        offs_r = tl.arange(0, BR)
+        offs_m = tl.arange(0, BM)
+        tau = tl.load(tau_ptr)
+        k = tl.load(k_ptr + offs_m, mask=offs_m < M, other=0).to(tl.int32)
+        gpen = tl.load(gpen_ptr + offs_m, mask=offs_m < M, other=0.0)
+        if NORM == 1:  # d sqrt(x) = 1 / (2 sqrt(x)); taken as 0 where the penalty is exactly 0
+            pen = tl.load(pen_ptr + offs_m, mask=offs_m < M, other=0.0)
+            gpen = tl.where(pen > 0, gpen / (2.0 * tl.where(pen > 0, pen, 1.0)), 0.0)
+        rows_i = I * BR + offs_r
         rows_j = J * BR + offs_r
-        p_j = _softmax_rows(s_ptr, rows_j, offs_n, N, tau)
-        g = tl.dot(p_i, tl.trans(p_j), input_precision=DOT_PRECISION)
+        max_i, den_i = _row_stats(s_ptr, rows_i, N, tau, BN)
+        max_j, den_j = _row_stats(s_ptr, rows_j, N, tau, BN)
+        g = _gram_tile(s_ptr, rows_i, rows_j, N, tau, max_i, den_i, max_j, den_j,
+                       BR, BC, DOT_PRECISION)
+        # weight of pair (i, j): sum of the penalty gradients of the budgets whose prefix
+        # block contains it
         last = tl.maximum(rows_i[:, None], rows_j[None, :])
         weight = tl.zeros([BR, BR], tl.float32)
         for m in range(0, M):
             weight += tl.where(last < _pick(k, offs_m, m), _pick(gpen, offs_m, m), 0.0)
         on_diag = rows_i[:, None] == rows_j[None, :]
         if NORM == 2:
-            slope = tl.where(on_diag, 2.0 * tl.where(g > 1.0, 1.0, tl.where(g < 1.0, -1.0, 0.0)),
+            slope = tl.where(on_diag,
+                             2.0 * tl.where(g > 1.0, 1.0, tl.where(g < 1.0, -1.0, 0.0)),
                              tl.where(g > 0.0, 1.0, 0.0))
         else:
             slope = tl.where(on_diag, 4.0 * (g - 1.0), 2.0 * g)
-        dp += tl.dot(slope * weight, p_j, input_precision=DOT_PRECISION)
+        a = slope * weight
+        for c0 in range(0, N, BC):
+            cols = c0 + tl.arange(0, BC)
+            col_ok = (cols < N)[None, :]
+            p_j = _probs(s_ptr, rows_j, cols, N, tau, max_j, den_j)
+            tl.atomic_add(dp_ptr + rows_i[:, None] * N + cols[None, :],
+                          tl.dot(a, p_j, input_precision=DOT_PRECISION),
+                          mask=(rows_i < N)[:, None] & col_ok)
+            if I < J:
+                p_i = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
+                tl.atomic_add(dp_ptr + rows_j[:, None] * N + cols[None, :],
+                              tl.dot(tl.trans(a), p_i, input_precision=DOT_PRECISION),
+                              mask=(rows_j < N)[:, None] & col_ok)
+        tl.debug_barrier()
+        if tl.atomic_add(counter_ptr + I, 1, sem="acq_rel") == nblk - 1:
+            _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_ptr,
+                        ds_ptr, I, k, N, M, tau, HAS_GPROBS, HAS_GEXP, BR, BC, BN, BM)
+        if I < J:
+            if tl.atomic_add(counter_ptr + J, 1, sem="acq_rel") == nblk - 1:
+                _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr,
+                            counter_ptr, ds_ptr, J, k, N, M, tau, HAS_GPROBS, HAS_GEXP,
+                            BR, BC, BN, BM)
 
-    ds = p_i * (dp - tl.sum(dp * p_i, 1)[:, None]) / tau
-    tl.store(ds_ptr + tile, ds, mask=tile_ok)
+
+@triton.jit
+def _full_dp(dp_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, c_ptr, rows, cols, k, N, M,
+             HAS_GPROBS: tl.constexpr, HAS_GEXP: tl.constexpr, BM: tl.constexpr):
+    """dP[rows, cols]: the penalty part from the workspace plus the direct gradients."""
+    offs_m = tl.arange(0, BM)
+    tile = rows[:, None] * N + cols[None, :]
+    tile_ok = (rows < N)[:, None] & (cols < N)[None, :]
+    dp = tl.load(dp_ptr + tile, mask=tile_ok, other=0.0, volatile=True)
+    for m in range(0, M):  # rows below k(p) are in mask p
+        grad_mask = tl.load(gmask_ptr + m * N + cols, mask=cols < N, other=0.0)
+        dp += tl.where((rows < _pick(k, offs_m, m))[:, None], grad_mask[None, :], 0.0)
+    if HAS_GPROBS:
+        dp += tl.load(gprobs_ptr + tile, mask=tile_ok, other=0.0)
+    if HAS_GEXP:
+        cost = tl.load(c_ptr + cols, mask=cols < N, other=0.0)
+        dp += tl.load(gexp_ptr + rows, mask=rows < N, other=0.0)[:, None] * cost[None, :]
+    return dp
+
+
+@triton.jit
+def _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_ptr, ds_ptr,
+                R, k, N, M, tau, HAS_GPROBS: tl.constexpr, HAS_GEXP: tl.constexpr,
+                BR: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    rows = R * BR + tl.arange(0, BR)
+    z_max, denom = _row_stats(s_ptr, rows, N, tau, BN)
+    row_dot = tl.zeros([BR], tl.float32)
+    for c0 in range(0, N, BC):
+        cols = c0 + tl.arange(0, BC)
+        dp = _full_dp(dp_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, c_ptr, rows, cols, k, N, M,
+                      HAS_GPROBS, HAS_GEXP, BM)
+        row_dot += tl.sum(dp * _probs(s_ptr, rows, cols, N, tau, z_max, denom), 1)
+    for c0 in range(0, N, BC):
+        cols = c0 + tl.arange(0, BC)
+        tile = rows[:, None] * N + cols[None, :]
+        tile_ok = (rows < N)[:, None] & (cols < N)[None, :]
+        dp = _full_dp(dp_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, c_ptr, rows, cols, k, N, M,
+                      HAS_GPROBS, HAS_GEXP, BM)
+        p = _probs(s_ptr, rows, cols, N, tau, z_max, denom)
+        tl.store(ds_ptr + tile, p * (dp - row_dot[:, None]) / tau, mask=tile_ok)
+        tl.store(dp_ptr + tile, tl.zeros([BR, BC], tl.float32), mask=tile_ok)
+    tl.atomic_xchg(counter_ptr + R, 0)
 
 
 # ----------------------------------------------------------------------------- launchers
 
 def _blocks(n: int, m: int) -> dict:
-    block_n = max(16, triton.next_power_of_2(n))
-    return dict(BR=16, BN=block_n, BM=max(16, triton.next_power_of_2(m)),
-                DOT_PRECISION="ieee" if _interpreting() else "tf32x3")
+    # tf32x3 keeps fp32 accuracy on the tensor cores; the interpreter computes in fp32 anyway
+    return dict(BR=16, BC=min(128, max(16, triton.next_power_of_2(n))),
+                BN=max(16, triton.next_power_of_2(n)), BM=max(16, triton.next_power_of_2(m)),
+                DOT_PRECISION="ieee" if _interpreting() else "tf32x3",
+                num_warps=4 if n <= 256 else 8)
 
 
-def _num_warps(block_n: int) -> int:
-    return 4 if block_n <= 256 else 8
-
-
-@functools.lru_cache(maxsize=None)
 def _interpreting() -> bool:
     import os
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-_counters: dict = {}
+_workspaces: dict = {}
 
 
-def _arrival_counter(device: torch.device) -> torch.Tensor:
-    """One zeroed int32 per device; the forward kernel's last program resets it to 0."""
-    key = str(device)
-    if key not in _counters:
-        _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _counters[key]
+def _zeroed_workspace(name: str, numel: int, dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed buffer made once per (name, size, device). The kernels that use it set it
+    back to zero before they finish, so no memset is launched per call. (Calls on two
+    streams at once would share it: orthoasr runs one OrthoSoftmax at a time.)"""
+    key = (name, numel, dtype, str(device))
+    if key not in _workspaces:
+        _workspaces[key] = torch.zeros(numel, dtype=dtype, device=device)
+    return _workspaces[key]
 
 
 def ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm):
@@ -261,18 +338,15 @@ def ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm):
     blk = _blocks(n, m)
     nblk = triton.cdiv(n, blk["BR"])
     dev = scores.device
-    probs = torch.empty(n, n, dtype=torch.float32, device=dev)
-    expected = torch.empty(n, dtype=torch.float32, device=dev)
-    masks = torch.empty(m, n, dtype=torch.float32, device=dev)
+    new = functools.partial(torch.empty, dtype=torch.float32, device=dev)
+    probs, expected, masks, penalty = new(n, n), new(n), new(m, n), new(m)
     k = torch.empty(m, dtype=torch.int64, device=dev)
-    penalty = torch.empty(m, dtype=torch.float32, device=dev)
-    part_masks = torch.empty(nblk, blk["BM"], blk["BN"], dtype=torch.float32, device=dev)
-    part_pen = torch.empty(nblk, blk["BM"], dtype=torch.float32, device=dev)
-    _ortho_softmax_fwd_kernel[(nblk,)](
+    col_pen, row_cum, block_sum = new(nblk, n), new(n, n), new(nblk, n)
+    _ortho_softmax_fwd_kernel[(nblk, nblk)](
         scores, costs, budgets, tau, probs, expected, masks, k, penalty,
-        part_masks, part_pen, _arrival_counter(dev), n, m, float(rest), float(total),
-        NORM=NORMS.index(norm), NBLK_P2=triton.next_power_of_2(nblk),
-        num_warps=_num_warps(blk["BN"]), **blk)
+        col_pen, row_cum, block_sum, _zeroed_workspace("fwd_counter", 1, torch.int32, dev),
+        n, m, float(rest), float(total), nblk * (nblk + 1) // 2,
+        NORM=NORMS.index(norm), BB=min(16, triton.next_power_of_2(nblk)), num_stages=1, **blk)
     return probs, expected, masks, k, penalty
 
 
@@ -280,13 +354,17 @@ def ortho_softmax_bwd_triton(scores, costs, tau, k, penalty, grad_masks, grad_pe
                              grad_probs, grad_expected, norm):
     n, m = scores.shape[0], k.shape[0]
     blk = _blocks(n, m)
+    nblk = triton.cdiv(n, blk["BR"])
+    dev = scores.device
     grad_scores = torch.empty_like(scores)
-    _ortho_softmax_bwd_kernel[(triton.cdiv(n, blk["BR"]),)](
+    _ortho_softmax_bwd_kernel[(nblk, nblk)](
         scores, costs, tau, k, penalty, grad_masks, grad_penalty,
         grad_probs if grad_probs is not None else grad_masks,
         grad_expected if grad_expected is not None else grad_penalty,
-        grad_scores, n, m, NORM=NORMS.index(norm), HAS_GPROBS=grad_probs is not None,
-        HAS_GEXP=grad_expected is not None, num_warps=_num_warps(blk["BN"]), **blk)
+        _zeroed_workspace("bwd_dp", n * n, torch.float32, dev),
+        _zeroed_workspace("bwd_counters", nblk, torch.int32, dev), grad_scores,
+        n, m, NORM=NORMS.index(norm), HAS_GPROBS=grad_probs is not None,
+        HAS_GEXP=grad_expected is not None, num_stages=1, **blk)
     return grad_scores
 
 

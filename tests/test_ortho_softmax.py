@@ -7,9 +7,11 @@ import orthoasr
 from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 NORMS = ["l2", "l2_sqrt", "l1"]
+# Triton runs on CUDA tensors on the GPU machine and under the interpreter on the CPU
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _problem(n, m, device="cpu"):
+def _problem(n, m, device=DEVICE):
     costs = torch.rand(n, dtype=torch.float64, device=device) * 10 + 0.1
     rest = float(torch.rand(()) * 20)
     total = rest + float(costs.sum())
@@ -25,7 +27,7 @@ def _run(backend, scores, costs, rest, total, budgets, tau, norm):
         orthoasr.set_backend("auto")
 
 
-def _check_against_fp64(n, m, tau, norm, device="cpu", atol=1e-5):
+def _check_against_fp64(n, m, tau, norm, device=DEVICE, atol=1e-5):
     costs, rest, total, budgets = _problem(n, m, device)
     scores = (torch.randn(n, n, device=device) * 3).requires_grad_()
     out = _run("triton", scores, costs.float(), rest, total, budgets, tau, norm)
@@ -59,7 +61,7 @@ def test_kernel_matches_reference(n, m, tau, norm):
 def test_masks_and_penalty_gradients_alone():
     """Only masks used (probs/expected/penalty get no gradient) still backpropagates."""
     costs, rest, total, budgets = _problem(20, 3)
-    scores = torch.randn(20, 20, requires_grad=True)
+    scores = torch.randn(20, 20, device=DEVICE, requires_grad=True)
     out = _run("triton", scores, costs.float(), rest, total, budgets, 0.7, "l2")
     ref = _run("torch", scores, costs.float(), rest, total, budgets, 0.7, "l2")
     g_kernel, = torch.autograd.grad(out.masks.square().sum(), scores)
@@ -69,7 +71,7 @@ def test_masks_and_penalty_gradients_alone():
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_reference_gradcheck_fp64(norm):
-    costs, rest, total, budgets = _problem(6, 2)
+    costs, rest, total, budgets = _problem(6, 2, device="cpu")
     budgets = torch.tensor(budgets, dtype=torch.float64)
 
     def masks_and_penalty(scores):
@@ -84,14 +86,14 @@ def test_reference_gradcheck_fp64(norm):
 @pytest.mark.parametrize("norm", NORMS)
 def test_one_hot_rows_give_k_hot_masks_and_zero_penalty(backend, norm):
     n = 24
-    perm = torch.randperm(n)
-    scores = torch.full((n, n), -30.0)
+    perm = torch.randperm(n, device=DEVICE)
+    scores = torch.full((n, n), -30.0, device=DEVICE)
     scores[torch.arange(n), perm] = 30.0
     costs, rest, total, budgets = _problem(n, 4)
     out = _run(backend, scores, costs.float(), rest, total, budgets, 0.01, norm)
     assert set(out.probs.unique().tolist()) == {0.0, 1.0}
     for mask, k in zip(out.masks, out.k.tolist()):
-        expected = torch.zeros(n)
+        expected = torch.zeros(n, device=DEVICE)
         expected[perm[:k]] = 1.0
         assert torch.equal(mask, expected)
     assert torch.equal(out.penalty, torch.zeros_like(out.penalty))
@@ -102,7 +104,7 @@ def test_k_is_the_prefix_closest_to_each_budget_and_grows_with_it(backend):
     n = 60
     costs, rest, total, _ = _problem(n, 1)
     budgets = tuple(torch.linspace(0.05, 1.0, 16).tolist())
-    scores = torch.randn(n, n) * 2
+    scores = torch.randn(n, n, device=DEVICE) * 2
     out = _run(backend, scores, costs.float(), rest, total, budgets, 0.5, "l2")
     k = out.k.tolist()
     assert k == sorted(k) and k[-1] == n or k[-1] == n - 1
@@ -185,7 +187,8 @@ def test_bad_input_names_the_argument(kwargs, match):
                 budgets=(0.5, 1.0), tau=1.0, norm="l2")
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
-        orthoasr.ortho_softmax(**args)
+        orthoasr.ortho_softmax(**{k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v
+                                  for k, v in args.items()})
 
 
 # ----------------------------------------------------------------------------- GPU

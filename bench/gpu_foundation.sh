@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One device call for the foundation: install, GPU tests of OrthoSoftmax, its benchmark.
+# Runs from /tmp so that the installed package (with orthoasr.kernels) is imported, not the
+# source folder orthoasr/ of the checkout.
+set -uo pipefail
+REPO=$PWD
+python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/site . || exit 1
+export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1
+cd /tmp
+nvidia-smi --query-gpu=name --format=csv
+python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_ortho_softmax.py $REPO/tests/test_units.py 2>&1 | tee $OUT/gpu_tests_foundation.log | tail -15
+python3 -m bench.bench_ortho_softmax 2>&1 | tee $OUT/bench_ortho.log
+cp $REPO/bench/results/ortho_softmax.json $OUT/
