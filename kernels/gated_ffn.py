@@ -133,8 +133,9 @@ def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate
     B, T, D = x.shape
     y = x.new_empty(B, T, D)
     if not save:
-        empty = x.new_empty(0)
-        return y, empty, empty.float(), empty.float(), x.new_empty(0), x.new_empty(0)
+        f32 = dict(dtype=torch.float32)
+        return (y, x.new_empty(0), x.new_empty(0, **f32), x.new_empty(0, **f32), x.new_empty(0),
+                x.new_empty(0))
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
     return (y, x.new_empty(M, D), stats, torch.empty_like(stats), x.new_empty(M, F_),

@@ -1,0 +1,218 @@
+"""GatedConvModule: Triton kernels (interpreter on CPU) vs the fp64 PyTorch reference."""
+
+import pytest
+import torch
+
+from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
+from orthoasr.nn import GatedConvModule
+
+D = 24
+SHAPES = {  # name: (T, lengths, K)
+    "B1_T1": (1, [1], 7),
+    "T37_full_and_len1_K31": (37, [37, 1], 31),
+    "B3_T20_ragged": (20, [20, 13, 7], 5),
+}
+GATES = {  # name: (gates, requires_grad)
+    "none": (None, False),
+    "soft": ([0.3], True),
+    "hard_on": ([1.0], False),
+    "off": ([0.0], False),
+    "soft_exact_zero": ([0.0], True),
+}
+
+
+def make_params(K, dtype=torch.float32):
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, dtype=dtype) * scale
+    return [r(D) + 1, r(D), r(2 * D, D, scale=D ** -0.5), r(2 * D), r(D, K, scale=K ** -0.5),
+            r(D), r(D) + 1, r(D), r(D, D, scale=D ** -0.5), r(D)]
+
+
+def run(fn, x, lengths, params, gates, dy):
+    with_gates = gates is not None and gates.requires_grad
+    inputs = [t.detach().clone().requires_grad_()
+              for t in [x, *params] + ([gates] if with_gates else [])]
+    y = fn(inputs[0], lengths, *inputs[1:1 + len(params)], inputs[-1] if with_gates else gates)
+    return y, torch.autograd.grad(y, inputs, dy)
+
+
+@pytest.mark.parametrize("gate_case", list(GATES))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_matches_fp64_reference(shape, gate_case):
+    T, lens, K = SHAPES[shape]
+    values, requires_grad = GATES[gate_case]
+    lengths = torch.tensor(lens)
+    x = torch.randn(len(lens), T, D)
+    params = make_params(K)
+    gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
+    dy = torch.randn(len(lens), T, D)
+    y, grads = run(gated_conv, x, lengths, params, gates, dy)
+    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
+    y64, grads64 = run(gated_conv_reference, x.double(), lengths, [p.double() for p in params],
+                       g64, dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    assert len(grads) == len(grads64) == 11 + requires_grad
+    for i, (g, g64_) in enumerate(zip(grads, grads64)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+    if values == [0.0]:
+        assert (y == 0).all() and all((g == 0).all() for g in grads[:11])
+
+
+def test_padding_invariance_and_finite():
+    K = 7
+    lengths = torch.tensor([12, 5])
+    x = torch.randn(2, 12, D)
+    params = make_params(K)
+    gates = torch.tensor([0.8])
+    y1 = gated_conv(x, lengths, *params, gates)
+    x2 = x.clone()
+    x2[1, 5:] = torch.randn(7, D) * 1e4
+    x2[1, 8] = float("nan")
+    y2 = gated_conv(x2, lengths, *params, gates)
+    assert torch.equal(y1[0], y2[0]) and torch.equal(y1[1, :5], y2[1, :5])
+    assert torch.isfinite(y2).all() and (y2[1, 5:] == 0).all()
+    y_ref = gated_conv_reference(x2, lengths, *params, gates)
+    torch.testing.assert_close(y2[0], y_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y2[1, :5], y_ref[1, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_gradcheck_reference_gates_fp64():
+    K, d = 3, 4
+    lengths = torch.tensor([5, 3])
+    x = torch.randn(2, 5, d, dtype=torch.float64, requires_grad=True)
+    p = [torch.randn(*s, dtype=torch.float64) for s in
+         [(d,), (d,), (2 * d, d), (2 * d,), (d, K), (d,), (d,), (d,), (d, d), (d,)]]
+    gates = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda g, xx: gated_conv_reference(xx, lengths, *p, g),
+                                    (gates, x))
+
+
+def test_module_params_and_backends():
+    from orthoasr.backend import set_backend
+    for d, K in ((D, 7), (384, 31)):
+        conv = GatedConvModule(d, kernel_size=K)
+        assert sum(p.numel() for p in conv.parameters()) == 3 * d * d + d * K + 8 * d
+    conv = GatedConvModule(D, kernel_size=7)
+    x, lengths = torch.randn(2, 9, D), torch.tensor([9, 4])
+    y_triton = conv(x, lengths, torch.tensor([0.5]))
+    set_backend("torch")
+    try:
+        y_torch = conv(x, lengths, torch.tensor([0.5]))
+    finally:
+        set_backend("auto")
+    torch.testing.assert_close(y_triton, y_torch, atol=1e-5, rtol=1e-5)
+    assert conv(x, lengths, torch.zeros(1)).abs().max() == 0
+
+
+def test_bad_input():
+    conv = GatedConvModule(D, kernel_size=5)
+    x, lengths = torch.randn(2, 5, D), torch.tensor([5, 2])
+    with pytest.raises(ValueError, match="x must be"):
+        conv(torch.randn(5, D), lengths)
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        conv(x, torch.tensor([5, 2, 1]))
+    with pytest.raises(ValueError, match="lengths must be in"):
+        conv(x, torch.tensor([5, 9]))
+    with pytest.raises(ValueError, match="gates must have shape"):
+        conv(x, lengths, torch.ones(2))
+    with pytest.raises(TypeError, match="x must be"):
+        conv(x.to(torch.int64), lengths)
+    with pytest.raises(ValueError, match="kernel_size"):
+        GatedConvModule(D, kernel_size=4)
+
+
+def test_registered_op_fake_and_schema():
+    K = 5
+    x, lengths = torch.randn(2, 6, D), torch.tensor([6, 3])
+    params = [p.requires_grad_() for p in make_params(K)]
+    torch.library.opcheck(gated_conv_fwd, (x, lengths, *params, torch.tensor([0.5]), True, True),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
+
+
+# ----------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_low_precision_error_ratio(dtype):
+    torch.manual_seed(1)
+    dev, d, K = "cuda", 384, 31
+    lengths = torch.tensor([250, 130, 1, 200], device=dev)
+    x = torch.randn(4, 250, d, device=dev)
+    params = [p.to(dev) for p in make_params_d(d, K)]
+    dy = torch.randn_like(x)
+    for values, rg in (([0.6], True), ([1.0], False)):
+        gates = torch.tensor(values, device=dev, requires_grad=rg)
+        low = [t.to(dtype) for t in params]
+        y, grads = run(gated_conv, x.to(dtype), lengths, low, gates, dy.to(dtype))
+        yt, gradst = run(gated_conv_reference, x.to(dtype), lengths, low, gates, dy.to(dtype))
+        y64, grads64 = run(gated_conv_reference, x.double(), lengths, [t.double() for t in low],
+                           gates.detach().double().requires_grad_(rg), dy.double())
+        for name, a, b, ref in [("y", y, yt, y64)] + [(f"grad{i}", *t) for i, t in
+                                                      enumerate(zip(grads, gradst, grads64))]:
+            err = (a.double() - ref).abs().max().item()
+            err_torch = (b.double() - ref).abs().max().item()
+            scale = ref.abs().max().item()
+            assert err <= 2 * err_torch + 1e-3 * scale + 1e-6, (name, err, err_torch, scale)
+
+
+def make_params_d(d, K):
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape) * scale
+    return [r(d) + 1, r(d), r(2 * d, d, scale=d ** -0.5), r(2 * d), r(d, K, scale=K ** -0.5),
+            r(d), r(d) + 1, r(d), r(d, d, scale=d ** -0.5), r(d)]
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_matches_reference():
+    dev, K = "cuda", 31
+    lengths = torch.tensor([37, 1], device=dev)
+    x = torch.randn(2, 37, D, device=dev)
+    params = [p.to(dev) for p in make_params(K)]
+    gates = torch.tensor([0.4], device=dev, requires_grad=True)
+    dy = torch.randn_like(x)
+    y, grads = run(gated_conv, x, lengths, params, gates, dy)
+    y64, grads64 = run(gated_conv_reference, x.double(), lengths, [p.double() for p in params],
+                       gates.detach().double().requires_grad_(), dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=1e-4, rtol=1e-4)
+    for g, g64 in zip(grads, grads64):
+        torch.testing.assert_close(g.double(), g64, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_and_no_sync():
+    dev = "cuda"
+    conv = GatedConvModule(384, 31).to(dev)
+    x = torch.randn(8, 100, 384, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    lengths = torch.randint(50, 101, (8,), device=dev)
+    hard = torch.tensor([1.0], device=dev)
+    soft = torch.tensor([0.3], device=dev, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        conv(x, lengths, hard).sum().backward()
+        conv(x, lengths, soft).sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            conv(x, lengths, hard).sum().backward()
+            conv(x, lengths, soft).sum().backward()
+            conv(x, lengths, None).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    xs = x.detach()
+    static_gates = hard.clone()
+    with torch.no_grad():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            conv(xs, lengths, static_gates)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = conv(xs, lengths, static_gates)
+        static_gates.fill_(0.5)
+        graph.replay()
+        torch.testing.assert_close(out, conv(xs, lengths, static_gates))
+        static_gates.zero_()
+        graph.replay()
+        assert (out == 0).all()

@@ -1,0 +1,254 @@
+"""GatedFeedForward: Triton kernels (interpreter on CPU) vs the fp64 PyTorch reference."""
+
+import pytest
+import torch
+
+from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_fwd, gated_ffn_reference
+from orthoasr.nn import GatedFeedForward
+
+D, F, C = 24, 48, 4
+SHAPES = {  # name: (T, lengths)
+    "B1_T1": (1, [1]),
+    "T37_full_and_len1": (37, [37, 1]),
+    "B3_T20_ragged": (20, [20, 13, 7]),
+}
+GATES = {  # name: (gates, granularity, requires_grad)
+    "none": (None, "component", False),
+    "soft": ([0.3, 1.0, 0.7, -0.5], "component", True),
+    "soft_with_zero": ([0.3, 0.0, 0.7, 1.0], "component", True),
+    "hard_half": ([1.0, 0.0, 0.0, 1.0], "component", False),
+    "one_on": ([0.0, 0.0, 1.0, 0.0], "component", False),
+    "all_off": ([0.0, 0.0, 0.0, 0.0], "component", False),
+    "module_soft": ([0.6], "module", True),
+    "module_off": ([0.0], "module", False),
+}
+
+
+def make_params(dtype=torch.float32):
+    return [torch.randn(D, dtype=dtype) * 0.2 + 1, torch.randn(D, dtype=dtype) * 0.2,
+            torch.randn(F, D, dtype=dtype) / D ** 0.5, torch.randn(F, dtype=dtype) * 0.2,
+            torch.randn(D, F, dtype=dtype) / F ** 0.5, torch.randn(D, dtype=dtype) * 0.2]
+
+
+def run(fn, x, lengths, params, gates, module_gate, dy):
+    """Output and gradients of x, every parameter and (if it requires grad) the gates."""
+    with_gates = gates is not None and gates.requires_grad
+    inputs = [t.detach().clone().requires_grad_()
+              for t in [x, *params] + ([gates] if with_gates else [])]
+    x_, params_ = inputs[0], inputs[1:1 + len(params)]
+    gates_ = inputs[-1] if with_gates else gates
+    y = fn(x_, lengths, *params_, gates_, module_gate)
+    grads = torch.autograd.grad(y, inputs, dy)
+    return y, grads
+
+
+def triton_ffn(x, lengths, *rest):
+    *params, gates, module_gate = rest
+    return gated_ffn(x, lengths, *params, gates, C, module_gate)
+
+
+@pytest.mark.parametrize("gate_case", list(GATES))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_matches_fp64_reference(shape, gate_case):
+    T, lens = SHAPES[shape]
+    values, granularity, requires_grad = GATES[gate_case]
+    lengths = torch.tensor(lens)
+    x = torch.randn(len(lens), T, D)
+    params = make_params()
+    gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
+    module_gate = granularity == "module"
+    dy = torch.randn(len(lens), T, D)
+    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
+    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
+    y64, grads64 = run(gated_ffn_reference, x.double(), lengths, [p.double() for p in params],
+                       g64, module_gate, dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    assert len(grads) == len(grads64)
+    for i, (g, g64_) in enumerate(zip(grads, grads64)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+    if gate_case in ("all_off", "module_off"):
+        assert (y == 0).all() and all((g == 0).all() for g in grads)
+
+
+def test_padding_invariance_and_finite():
+    lengths = torch.tensor([9, 4])
+    x = torch.randn(2, 9, D)
+    params = make_params()
+    gates = torch.tensor([1.0, 0.5, 0.0, 2.0])
+    y1 = gated_ffn(x, lengths, *params, gates, C, False)
+    x2 = x.clone()
+    x2[1, 4:] = torch.randn(5, D) * 1e4
+    x2[1, 6] = float("nan")
+    y2 = gated_ffn(x2, lengths, *params, gates, C, False)
+    assert torch.equal(y1[0], y2[0]) and torch.equal(y1[1, :4], y2[1, :4])
+    assert torch.isfinite(y2).all() and (y2[1, 4:] == 0).all()
+    torch.testing.assert_close(y1, gated_ffn_reference(x, lengths, *params, gates, False))
+
+
+def test_gradcheck_reference_gates_fp64():
+    lengths = torch.tensor([5, 3])
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    p = [torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64),
+         torch.randn(12, 8, dtype=torch.float64), torch.randn(12, dtype=torch.float64),
+         torch.randn(8, 12, dtype=torch.float64), torch.randn(8, dtype=torch.float64)]
+    for values, module_gate in (([0.3, -1.2, 0.8], False), ([0.7], True)):
+        gates = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda g, xx: gated_ffn_reference(xx, lengths, *p, g, module_gate),
+            (gates, x.clone().requires_grad_()))
+
+
+def test_module_params_names_and_backends():
+    from orthoasr.backend import set_backend
+    ffn = GatedFeedForward(D, F, chunks=C)
+    assert sum(p.numel() for p in ffn.parameters()) == 2 * D + F * D + F + D * F + D
+    assert ffn.linear1.weight.shape == (F, D) and ffn.linear2.weight.shape == (D, F)
+    x, lengths = torch.randn(2, 6, D), torch.tensor([6, 3])
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    y_triton = ffn(x, lengths, gates)
+    set_backend("torch")
+    try:
+        y_torch = ffn(x, lengths, gates)
+    finally:
+        set_backend("auto")
+    torch.testing.assert_close(y_triton, y_torch, atol=1e-5, rtol=1e-5)
+    ffn.dropout.p = 0.5
+    ffn.train()
+    y_drop = ffn(x, lengths, gates)
+    assert not torch.equal(y_drop, y_triton)
+    ffn.eval()
+    assert torch.equal(ffn(x, lengths, gates), y_triton)
+    mod = GatedFeedForward(D, F, chunks=C, granularity="module")
+    assert mod(x, lengths, torch.zeros(1)).abs().max() == 0
+
+
+def test_bad_input():
+    ffn = GatedFeedForward(D, F, chunks=C)
+    x, lengths = torch.randn(2, 5, D), torch.tensor([5, 2])
+    with pytest.raises(ValueError, match="x must be"):
+        ffn(torch.randn(2, 5), lengths)
+    with pytest.raises(ValueError, match="x must be"):
+        ffn(torch.randn(2, 5, D + 1), lengths)
+    with pytest.raises(TypeError, match="x must be"):
+        ffn(x.to(torch.int32), lengths)
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        ffn(x, torch.tensor([5]))
+    with pytest.raises(TypeError, match="lengths must be int32 or int64"):
+        ffn(x, lengths.float())
+    with pytest.raises(ValueError, match="lengths must be in"):
+        ffn(x, torch.tensor([6, 2]))
+    with pytest.raises(ValueError, match="lengths must be in"):
+        ffn(x, torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match="gates must have shape"):
+        ffn(x, lengths, torch.ones(3))
+    with pytest.raises(TypeError, match="gates must be floating"):
+        ffn(x, lengths, torch.ones(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="chunks"):
+        GatedFeedForward(D, 50, chunks=4)
+
+
+def test_registered_op_fake_and_schema():
+    x, lengths = torch.randn(2, 4, D), torch.tensor([4, 2])
+    params = make_params()
+    for p in params:
+        p.requires_grad_()
+    torch.library.opcheck(gated_ffn_fwd, (x, lengths, *params, torch.tensor([1.0, 0, 1, 1]), C,
+                                          False, True, True),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
+
+
+# ----------------------------------------------------------------------------- GPU
+
+def _error_ratio_check(dtype):
+    torch.manual_seed(1)
+    dev = "cuda"
+    d, f, chunks = 384, 1536, 4
+    lengths = torch.tensor([250, 130, 1, 200], device=dev)
+    x = torch.randn(4, 250, d, device=dev)
+    params = [torch.randn(d, device=dev) * 0.2 + 1, torch.randn(d, device=dev) * 0.2,
+              torch.randn(f, d, device=dev) / d ** 0.5, torch.randn(f, device=dev) * 0.2,
+              torch.randn(d, f, device=dev) / f ** 0.5, torch.randn(d, device=dev) * 0.2]
+    dy = torch.randn_like(x)
+    for values in ([0.3, 1.0, 0.7, 0.2], [1.0, 0.0, 1.0, 0.0]):
+        gates = torch.tensor(values, device=dev, requires_grad=values[1] != 0)
+        low = [t.to(dtype) for t in params]
+
+        def tri(xx, ll, *rest):
+            *ps, g, mg = rest
+            return gated_ffn(xx, ll, *ps, g, chunks, mg)
+        y, grads = run(tri, x.to(dtype), lengths, low, gates, False, dy.to(dtype))
+        yt, gradst = run(gated_ffn_reference, x.to(dtype), lengths, low, gates, False,
+                         dy.to(dtype))
+        g64 = gates.detach().double().requires_grad_(gates.requires_grad)
+        y64, grads64 = run(gated_ffn_reference, x.double(), lengths,
+                           [t.double() for t in low], g64, False, dy.double())
+        for name, a, b, ref in [("y", y, yt, y64)] + [(f"grad{i}", *t) for i, t in
+                                                      enumerate(zip(grads, gradst, grads64))]:
+            err = (a.double() - ref).abs().max().item()
+            err_torch = (b.double() - ref).abs().max().item()
+            scale = ref.abs().max().item()
+            assert err <= 2 * err_torch + 1e-3 * scale + 1e-6, (name, err, err_torch, scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_low_precision_error_ratio(dtype):
+    _error_ratio_check(dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_matches_reference():
+    dev = "cuda"
+    lengths = torch.tensor([37, 1], device=dev)
+    x = torch.randn(2, 37, D, device=dev)
+    params = [p.to(dev) for p in make_params()]
+    gates = torch.tensor([0.3, 1.0, 0.0, -0.5], device=dev, requires_grad=True)
+    dy = torch.randn_like(x)
+    y, grads = run(triton_ffn, x, lengths, params, gates, False, dy)
+    y64, grads64 = run(gated_ffn_reference, x.double(), lengths, [p.double() for p in params],
+                       gates.detach().double().requires_grad_(), False, dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=1e-4, rtol=1e-4)
+    for g, g64 in zip(grads, grads64):
+        torch.testing.assert_close(g.double(), g64, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_and_no_sync():
+    dev = "cuda"
+    ffn = GatedFeedForward(384, 1536, 4).to(dev)
+    x = torch.randn(8, 100, 384, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    lengths = torch.randint(50, 101, (8,), device=dev)
+    gates = torch.tensor([1.0, 0.0, 1.0, 0.0], device=dev)
+    soft = torch.tensor([0.3, 0.9, 0.5, 0.1], device=dev, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ffn(x, lengths, gates).sum().backward()  # compile outside the checks
+        ffn(x, lengths, soft).sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ffn(x, lengths, gates).sum().backward()
+            ffn(x, lengths, soft).sum().backward()
+            ffn(x, lengths, None).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    xs = x.detach()
+    static_gates = gates.clone()
+    with torch.no_grad():
+        ffn(xs, lengths, static_gates)
+        graph = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            ffn(xs, lengths, static_gates)
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(graph):
+            out = ffn(xs, lengths, static_gates)
+        static_gates.copy_(torch.tensor([0.0, 1.0, 0.0, 1.0], device=dev))
+        graph.replay()
+        expected = ffn(xs, lengths, static_gates)
+        torch.testing.assert_close(out, expected)
+        static_gates.zero_()
+        graph.replay()
+        assert (out == 0).all()
