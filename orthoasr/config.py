@@ -84,7 +84,7 @@ class SupernetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "SupernetConfig":
+    def from_dict(cls, values: dict) -> SupernetConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
-from orthoasr.kernels.ortho_softmax import (MAX_BUDGETS, MAX_UNITS, NORMS, ortho_softmax_fwd,
-                                            ortho_softmax_reference)
+from orthoasr.kernels.ortho_softmax import (
+    MAX_BUDGETS,
+    MAX_UNITS,
+    NORMS,
+    ortho_softmax_fwd,
+    ortho_softmax_reference,
+)
 
 from .backend import use_triton
 from .config import SupernetConfig, check_budgets

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 import orthoasr
-from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 NORMS = ["l2", "l2_sqrt", "l1"]
 # Triton runs on CUDA tensors on the GPU machine and under the interpreter on the CPU

@@ -1,0 +1,112 @@
+"""`orthoasr demo`: OrthoSoftmax choosing subnets of the paper-size Conformer.
+
+Until a whole training run fits the CPU demo, this shows the selection mechanism alone, for
+real: the score matrix of the paper-size model (180 units) is trained with OrthoSoftmax
+against a FLOPs budget set. The task is a stand-in for the ASR loss: every unit has a
+usefulness (later layers and attention heads matter more, with noise), and each subnet is
+rewarded for the usefulness its soft mask keeps. The temperature anneals, the penalty makes
+the rows one-hot, then the freeze step picks nested subnets that meet their exact budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .config import SupernetConfig
+from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
+from .units import enumerate_units, subnet_cost, unit_costs
+
+SYMBOLS = {"ffn1": "F", "conv": "C", "mhsa": "H", "ffn2": "G"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=600, help="OrthoSoftmax training steps")
+    parser.add_argument("--criterion", default="flops", choices=["params", "flops"])
+    parser.add_argument("--budgets", default="0.5,0.6,0.7,0.85,1.0",
+                        help="comma-separated fractions of the supernet's cost")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> None:
+    budgets = tuple(float(b) for b in args.budgets.split(","))
+    cfg = SupernetConfig(criterion=args.criterion, budgets=budgets)
+    select_subnets(cfg, steps=args.steps, seed=args.seed)
+
+
+def unit_usefulness(cfg: SupernetConfig, seed: int) -> torch.Tensor:
+    """A stand-in importance per unit: deeper layers and heads count more, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    units = enumerate_units(cfg)
+    kind_weight = {"ffn1": 0.6, "conv": 1.0, "mhsa": 1.2, "ffn2": 0.8}
+    depth = torch.tensor([0.5 + u.layer / cfg.num_layers for u in units])
+    kind = torch.tensor([kind_weight[u.module] for u in units])
+    return depth * kind * (1 + 0.5 * torch.rand(len(units), generator=gen))
+
+
+def select_subnets(cfg: SupernetConfig, steps: int = 600, seed: int = 0, lr: float = 0.01,
+                   device: str = "cpu") -> torch.Tensor:
+    """Train OrthoSoftmax scores, freeze, print each subnet; returns hard gates [M, N]."""
+    torch.manual_seed(seed)
+    costs, rest, total = unit_costs(cfg)
+    n = costs.numel()
+    usefulness = unit_usefulness(cfg, seed).to(device)
+    costs = costs.float().to(device)
+    scores = torch.nn.Parameter(torch.randn(n, n, device=device) * 1e-3)
+    optimizer = torch.optim.Adam([scores], lr=lr)
+    scale = PenaltyScale("warmup", value=10.0, warmup_steps=max(1, steps // 4))
+    gamma = gamma_for(1.0, 0.02, steps)
+    start = time.time()
+    for step in range(steps):
+        tau = temperature(step, gamma=gamma, tau_min=0.02)
+        out = ortho_softmax(scores, costs, rest, total, cfg.budgets, tau, validate=False)
+        # keep useful units per unit of cost in every subnet; the penalty makes rows one-hot
+        reward = (out.masks * usefulness).sum(1)
+        loss = -reward.mean() / n + scale(out.penalty, step).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % max(1, steps // 5) == 0 or step == steps - 1:
+            print(f"step {step:4d}  tau {tau:.3f}  penalty {out.penalty.mean().item():8.4f}  "
+                  f"k {out.k.tolist()}")
+    print(f"trained {steps} steps in {time.time() - start:.1f} s\n")
+
+    with torch.no_grad():
+        probs = ortho_softmax(scores, costs, rest, total, cfg.budgets, 0.02).probs
+    distinct = len(set(probs.argmax(1).tolist()))
+    print(f"rows with distinct argmax: {distinct} of {n} (the freeze de-duplicates the rest)")
+    gates = freeze_masks(probs, cfg)
+    print_subnets(cfg, gates)
+    return gates
+
+
+def print_subnets(cfg: SupernetConfig, gates: torch.Tensor) -> None:
+    """One table row per budget, then a map of the units each subnet keeps."""
+    units = enumerate_units(cfg)
+    _, _, total = unit_costs(cfg)
+    full_params = subnet_cost(cfg, torch.ones(len(units)), "params")
+    full_flops = subnet_cost(cfg, torch.ones(len(units)), "flops")
+    print(f"{'budget':>7} {'units':>6} {'params (M)':>11} {'FLOPs (G)':>10} "
+          f"{cfg.criterion + ' used':>12} {'heads':>6} {'FFN chunks':>11} {'convs':>6}")
+    for budget, row in zip(cfg.budgets, gates):
+        kept = [u for u, g in zip(units, row) if g]
+        params = subnet_cost(cfg, row, "params")
+        flops = subnet_cost(cfg, row, "flops")
+        used = subnet_cost(cfg, row) / total
+        print(f"{budget:7.2f} {len(kept):6d} {params / 1e6:11.2f} {flops / 1e9:10.2f} "
+              f"{used:12.3f} {sum(u.module == 'mhsa' for u in kept):6d} "
+              f"{sum(u.module.startswith('ffn') for u in kept):11d} "
+              f"{sum(u.module == 'conv' for u in kept):6d}")
+    print(f"(supernet: {full_params / 1e6:.2f} M params, {full_flops / 1e9:.2f} GFLOPs at "
+          f"{cfg.ref_frames} frames)\n")
+    print("kept units per layer (F=FFN1 chunk, C=conv, H=head, G=FFN2 chunk, .=pruned):")
+    per_block = len(units) // cfg.num_layers
+    for budget, row in zip(cfg.budgets, gates):
+        print(f"budget {budget:.2f}")
+        for layer in range(cfg.num_layers):
+            block = units[layer * per_block:(layer + 1) * per_block]
+            cells = "".join(SYMBOLS[u.module] if row[layer * per_block + i] else "."
+                            for i, u in enumerate(block))
+            print(f"  layer {layer + 1:2d}  {cells}")
