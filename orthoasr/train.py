@@ -444,6 +444,35 @@ def make_tokenizer(run: RunConfig, work_dir: Path):
     return tokenizer
 
 
+# ----------------------------------------------------------------------------- demo
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFIG,
+             overrides: list[str] = ()) -> list[dict]:
+    """`make demo`: synthesise the tiny corpus, train both stages, evaluate every subnet,
+    print the table and write the heatmap. Returns the evaluation rows."""
+    from .data.synth import synthesize_corpus
+    from .evaluate import evaluate
+    start = time.perf_counter()
+    work_dir = Path(work_dir)
+    data_dir = work_dir / "data"
+    if not (data_dir / "train.jsonl").exists():
+        print(f"synthesising the tiny corpus into {data_dir} ...", flush=True)
+        synthesize_corpus(data_dir, preset="tiny", seed=0)
+    print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
+    paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
+             for split in ("train", "dev", "test")]
+    run_cfg = load_run_config(config, paths + list(overrides))
+    train(run_cfg, work_dir)
+    print(f"training done after {time.perf_counter() - start:.0f} s", flush=True)
+    rows = evaluate(work_dir / CHECKPOINT, heatmap=work_dir / "heatmap.png",
+                    device=run_cfg.device)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return rows
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -464,4 +493,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 __all__ = ["train", "Trainer", "SubnetSelector", "TrainingDiverged", "check_feasible_budgets",
-           "ctc_loss", "lr_factor", "read_metrics", "add_arguments", "run"]
+           "ctc_loss", "lr_factor", "read_metrics", "run_demo", "add_arguments", "run"]

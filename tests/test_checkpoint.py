@@ -1,0 +1,88 @@
+"""Checkpoints: a resumed run repeats the uninterrupted run's losses exactly; config
+mismatches are named; writes are atomic; loading is weights_only."""
+
+import os
+
+import pytest
+import torch
+from test_train import tiny_run, write_corpus
+
+from orthoasr import set_backend
+from orthoasr.checkpoint import load_checkpoint, save_checkpoint
+from orthoasr.train import read_metrics, train
+
+
+@pytest.fixture(autouse=True)
+def restore_backend():
+    yield
+    set_backend("auto")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def losses(work_dir):
+    return [(int(r["step"]), r["loss"], r["loss_sup"], r["loss_sub"], r["penalty"])
+            for r in read_metrics(work_dir / "metrics.csv")]
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path):
+    """Interrupted once in stage 1 and once in stage 2 (SpecAugment, stochastic depth and the
+    budget draws all consume RNG), the loss sequence equals the uninterrupted one."""
+    run = tiny_run(corpus, "stage1_steps=4", "stage2_steps=4", "spec_augment=true",
+                   "stochastic_depth=0.5", "ckpt_every=100")
+    train(run, tmp_path / "straight")
+    train(run, tmp_path / "resumed", stop_at=2)
+    train(run, tmp_path / "resumed", resume=True, stop_at=6)
+    trainer = train(run, tmp_path / "resumed", resume=True)
+    assert trainer.step == 8
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert [s[0] for s in resumed] == list(range(1, 9))
+    assert resumed == straight
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    torch.testing.assert_close(a["frozen_masks"], b["frozen_masks"])
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0)
+
+
+def test_resume_with_a_different_config_names_the_fields(corpus, tmp_path):
+    run = tiny_run(corpus, "stage1_steps=1", "stage2_steps=0")
+    train(run, tmp_path)
+    changed = tiny_run(corpus, "stage1_steps=1", "stage2_steps=0", "lr=0.5",
+                       "model.d_model=64", "log_every=7")
+    with pytest.raises(ValueError, match=r"mismatching fields: lr: checkpoint 0\.001 vs config "
+                                         r"0\.5, model\.d_model: checkpoint 32 vs config 64$"):
+        train(changed, tmp_path, resume=True)
+
+
+def test_checkpoint_is_self_describing_and_loads_weights_only(corpus, tmp_path):
+    run = tiny_run(corpus, "stage1_steps=2", "stage2_steps=1")
+    train(run, tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["run_config"] == run.to_dict()
+    assert isinstance(state["tokenizer"], bytes) and state["tokenizer"]
+    assert state["frozen_masks"].shape == (3, 14) and state["step"] == 3
+    assert {"torch", "python", "numpy", "budget"} <= set(state["rng"])
+    assert state["optimizer"]["state"]
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    class NotPicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        save_checkpoint(path, {"step": 2, "w": NotPicklable()})
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an orthoasr checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
