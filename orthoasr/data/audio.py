@@ -1,0 +1,257 @@
+"""Audio files: header info, decoding to 16 kHz mono, resampling, writing wav.
+
+WAV (PCM 8/16/24/32-bit, IEEE float 32/64, WAVE_FORMAT_EXTENSIBLE) is parsed here with no
+dependency; FLAC headers are parsed here and FLAC audio is decoded with `soundfile`
+(imported only when a flac file is read).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import wave
+from dataclasses import dataclass
+from functools import lru_cache
+from math import gcd
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+class AudioError(ValueError):
+    """An audio file is missing, unreadable or in a format we do not read."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    num_frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.sample_rate
+
+
+# ------------------------------------------------------------------------- headers
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Sample rate, length and channel count from the file header (no decoding)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in AUDIO_EXTENSIONS:
+        raise AudioError(f"{path}: unsupported audio format {ext!r} "
+                         f"(supported: {', '.join(AUDIO_EXTENSIONS)})")
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        if ext == ".wav":
+            fmt = _wav_format(path)
+            return AudioInfo(fmt.sample_rate, fmt.data_size // fmt.block_align, fmt.channels)
+        return _flac_info(path)
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read audio file: {err}") from err
+
+
+@dataclass(frozen=True)
+class _WavFormat:
+    codec: str            # "pcm" or "float"
+    channels: int
+    sample_rate: int
+    bits: int
+    block_align: int
+    data_offset: int
+    data_size: int
+
+
+def _wav_format(path: str) -> _WavFormat:
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise AudioError(f"{path}: not a RIFF/WAVE file")
+        file_size = os.fstat(f.fileno()).st_size
+        fmt = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                raise AudioError(f"{path}: wav file has no data chunk")
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                body = f.read(size)
+                if len(body) < 16:
+                    raise AudioError(f"{path}: wav fmt chunk is truncated")
+                tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
+                if tag == 0xFFFE and len(body) >= 26:    # WAVE_FORMAT_EXTENSIBLE
+                    tag = struct.unpack("<H", body[24:26])[0]
+                if tag == 1:
+                    codec = "pcm"
+                elif tag == 3:
+                    codec = "float"
+                else:
+                    raise AudioError(f"{path}: unsupported wav encoding (format tag {tag}); "
+                                     "PCM integer or IEEE float only")
+                if (codec == "pcm" and bits not in (8, 16, 24, 32)) or \
+                        (codec == "float" and bits not in (32, 64)):
+                    raise AudioError(f"{path}: unsupported wav sample size {bits} bits")
+                if channels < 1 or rate < 1 or block_align != channels * bits // 8:
+                    raise AudioError(f"{path}: malformed wav fmt chunk")
+                fmt = (codec, channels, rate, bits, block_align)
+                if size % 2:
+                    f.seek(1, 1)
+            elif cid == b"data":
+                if fmt is None:
+                    raise AudioError(f"{path}: wav data chunk before fmt chunk")
+                offset = f.tell()
+                size = min(size, file_size - offset)    # streamed files may overstate it
+                return _WavFormat(*fmt, data_offset=offset, data_size=size)
+            else:
+                f.seek(size + size % 2, 1)
+
+
+def _flac_info(path: str) -> AudioInfo:
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head[:3] == b"ID3":                    # skip an ID3v2 tag
+            rest = f.read(6)
+            size = 0
+            for byte in rest[2:6]:
+                size = (size << 7) | (byte & 0x7F)
+            f.seek(10 + size)
+            head = f.read(4)
+        if head != b"fLaC":
+            raise AudioError(f"{path}: not a FLAC file")
+        block = f.read(4)
+        if len(block) < 4 or block[0] & 0x7F != 0:
+            raise AudioError(f"{path}: FLAC file has no STREAMINFO block")
+        info = f.read(34)
+        if len(info) < 34:
+            raise AudioError(f"{path}: FLAC STREAMINFO is truncated")
+    packed = int.from_bytes(info[10:18], "big")
+    rate = packed >> 44
+    channels = ((packed >> 41) & 0x7) + 1
+    frames = packed & ((1 << 36) - 1)
+    if rate == 0:
+        raise AudioError(f"{path}: FLAC header has sample rate 0")
+    if frames == 0:                               # length unknown in the header: decode
+        frames = _read_flac(path)[0].shape[0]
+    return AudioInfo(rate, frames, channels)
+
+
+# ------------------------------------------------------------------------- decoding
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode a wav or flac file. Returns (samples float32 [frames, channels] in [-1, 1], rate)."""
+    path = os.fspath(path)
+    info = audio_info(path)          # checks existence, extension and header
+    try:
+        if path.lower().endswith(".wav"):
+            return _read_wav(path), info.sample_rate
+        return _read_flac(path)
+    except OSError as err:
+        raise AudioError(f"{path}: cannot read audio file: {err}") from err
+
+
+def _read_wav(path: str) -> np.ndarray:
+    fmt = _wav_format(path)
+    frames = fmt.data_size // fmt.block_align
+    with open(path, "rb") as f:
+        f.seek(fmt.data_offset)
+        raw = f.read(frames * fmt.block_align)
+    width = fmt.bits // 8
+    if fmt.codec == "float":
+        data = np.frombuffer(raw, dtype="<f4" if width == 4 else "<f8").astype(np.float32)
+    elif width == 1:                              # 8-bit wav is unsigned
+        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
+        data = ints.astype(np.float32) / float(1 << 23)
+    else:
+        dtype = "<i2" if width == 2 else "<i4"
+        data = np.frombuffer(raw, dtype=dtype).astype(np.float32) / float(1 << (8 * width - 1))
+    return data.reshape(frames, fmt.channels)
+
+
+def _read_flac(path: str) -> tuple[np.ndarray, int]:
+    try:
+        import soundfile
+    except ImportError as err:
+        raise AudioError(f"{path}: reading FLAC needs the `soundfile` package "
+                         "(pip install soundfile)") from err
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except RuntimeError as err:                   # soundfile.LibsndfileError
+        raise AudioError(f"{path}: cannot decode FLAC: {err}") from err
+    return data, rate
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Decode `path` to a float32 mono tensor [samples] at `sample_rate` (channels averaged)."""
+    data, rate = read_audio(path)
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    return torch.from_numpy(np.ascontiguousarray(resample(mono, rate, sample_rate)))
+
+
+# ------------------------------------------------------------------------- resampling
+
+def resample(x: np.ndarray, orig_rate: int, new_rate: int, zero_crossings: int = 12) -> np.ndarray:
+    """Band-limited rational-ratio resampling of a 1-D signal (Kaiser-windowed sinc).
+
+    Output sample n sits at input position n * orig / new; its value is the windowed-sinc
+    interpolation of the input, low-passed below the smaller Nyquist frequency (with a 3%
+    roll-off margin). Output length: ceil(len(x) * new / orig).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if orig_rate == new_rate:
+        return x.copy()
+    if orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
+    table, up, down, half = _polyphase_table(orig_rate, new_rate, zero_crossings)
+    n_out = -(-len(x) * up // down)
+    padded = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + 1, np.float32)])
+    taps = np.arange(-half + 1, half + 1)          # input offsets around floor(position)
+    out = np.empty(n_out, dtype=np.float32)
+    step = 32768
+    for start in range(0, n_out, step):
+        n = np.arange(start, min(start + step, n_out), dtype=np.int64) * down
+        base, phase = n // up, n % up
+        window = padded[(base + half)[:, None] + taps[None, :]]
+        out[start:start + len(n)] = np.einsum("ij,ij->i", window, table[phase])
+    return out
+
+
+@lru_cache(maxsize=16)
+def _polyphase_table(orig_rate: int, new_rate: int, zero_crossings: int):
+    """Filter taps for every output phase: table[p, j] weighs input floor(t) + j - half + 1
+    for an output at fractional input position t with frac(t) = p / up."""
+    g = gcd(orig_rate, new_rate)
+    up, down = new_rate // g, orig_rate // g
+    cutoff = min(1.0, up / down) * 0.97          # fraction of the input Nyquist kept
+    half = int(np.ceil(zero_crossings / cutoff))
+    frac = np.arange(up, dtype=np.float64)[:, None] / up
+    offsets = np.arange(-half + 1, half + 1, dtype=np.float64)[None, :]
+    dist = frac - offsets                         # t - input index, in input samples
+    span = half
+    beta = 8.0
+    window = np.i0(beta * np.sqrt(np.clip(1.0 - (dist / span) ** 2, 0.0, None))) / np.i0(beta)
+    table = cutoff * np.sinc(cutoff * dist) * window
+    table /= table.sum(axis=1, keepdims=True)      # unit gain at DC for every phase
+    return table.astype(np.float32), up, down, half
+
+
+# ------------------------------------------------------------------------- writing
+
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono 16-bit PCM; float input is taken as [-1, 1] and clipped."""
+    samples = np.asarray(samples)
+    if samples.dtype != np.int16:
+        samples = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    with wave.open(os.fspath(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(samples.astype("<i2").tobytes())

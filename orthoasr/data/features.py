@@ -1,0 +1,148 @@
+"""Log-mel features and SpecAugment as nn.Modules that run on the waves' device (CPU or GPU),
+without host synchronisation, so features are computed on the GPU when training there."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .audio import SAMPLE_RATE
+
+
+def hz_to_mel(hz):
+    """HTK mel scale."""
+    if isinstance(hz, torch.Tensor):
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def mel_to_hz(mel):
+    if isinstance(mel, torch.Tensor):
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float,
+                   f_max: float) -> torch.Tensor:
+    """Triangular filters [n_fft // 2 + 1, n_mels]: filter m rises from mel point m to its
+    peak at point m + 1 and falls to point m + 2, the n_mels + 2 points equally spaced in mel
+    between f_min and f_max."""
+    bin_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    points = mel_to_hz(torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2,
+                                      dtype=torch.float64))
+    lo, mid, hi = points[:-2], points[1:-1], points[2:]
+    rising = (bin_hz[:, None] - lo) / (mid - lo)
+    falling = (hi - bin_hz[:, None]) / (hi - mid)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
+
+
+class LogMel(nn.Module):
+    """waves [B, S] float, wave_lengths [B] -> (feats [B, T, n_mels], frame_lengths [B]).
+
+    25 ms Hann window, 10 ms hop, 512-point FFT, power spectrum, HTK mel filters, log.
+    One frame per hop: T = S // hop and frame_lengths = wave_lengths // hop; frame t is
+    centred on sample t * hop + hop / 2 with zero padding at both ends, so a valid frame's
+    value does not depend on how far the batch was padded. normalize="utterance" (default)
+    gives every mel bin zero mean and unit variance over each utterance's valid frames;
+    frames past frame_lengths are 0. Computed in float32 whatever the autocast state.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_mels: int = 80, win_ms: float = 25.0,
+                 hop_ms: float = 10.0, n_fft: int = 512, f_min: float = 20.0,
+                 f_max: float | None = None, normalize: str | None = "utterance",
+                 eps: float = 1e-6):
+        super().__init__()
+        if normalize not in ("utterance", None):
+            raise ValueError(f"normalize must be 'utterance' or None, got {normalize!r}")
+        self.sample_rate, self.n_mels, self.n_fft = sample_rate, n_mels, n_fft
+        self.win = int(round(sample_rate * win_ms / 1000))
+        self.hop = int(round(sample_rate * hop_ms / 1000))
+        if self.win > n_fft:
+            raise ValueError(f"window of {self.win} samples exceeds n_fft={n_fft}")
+        self.normalize, self.eps = normalize, eps
+        f_max = sample_rate / 2 if f_max is None else f_max
+        self.register_buffer("window", torch.hann_window(self.win, periodic=False),
+                             persistent=False)
+        self.register_buffer("filters", mel_filterbank(n_fft, n_mels, sample_rate, f_min, f_max),
+                             persistent=False)
+
+    def frame_lengths(self, wave_lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(wave_lengths, self.hop, rounding_mode="floor")
+
+    def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        if waves.dim() != 2:
+            raise ValueError(f"waves must be [B, S], got shape {tuple(waves.shape)}")
+        with torch.autocast(device_type=waves.device.type, enabled=False):
+            return self._forward(waves.float(), wave_lengths)
+
+    def _forward(self, waves, wave_lengths):
+        batch, samples = waves.shape
+        num_frames = samples // self.hop
+        lead = (self.win - self.hop) // 2
+        padded = nn.functional.pad(waves, (lead, self.win))
+        frames = padded.unfold(1, self.win, self.hop)[:, :num_frames]        # [B, T, win]
+        spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)        # [B, T, F]
+        power = spectrum.real.square() + spectrum.imag.square()
+        feats = torch.log(power @ self.filters + self.eps)                   # [B, T, n_mels]
+        frame_lengths = self.frame_lengths(wave_lengths.to(waves.device))
+        valid = (torch.arange(num_frames, device=waves.device)[None, :]
+                 < frame_lengths[:, None]).unsqueeze(-1)                     # [B, T, 1]
+        if self.normalize == "utterance":
+            count = frame_lengths.clamp(min=1).to(feats.dtype)[:, None, None]
+            mean = torch.where(valid, feats, 0.0).sum(1, keepdim=True) / count
+            centred = torch.where(valid, feats - mean, 0.0)
+            std = torch.sqrt(centred.square().sum(1, keepdim=True) / count + 1e-5)
+            feats = centred / std
+        else:
+            feats = torch.where(valid, feats, 0.0)
+        return feats, frame_lengths
+
+
+class SpecAugment(nn.Module):
+    """feats [B, T, F], lengths [B] -> feats with random frequency and time masks (set to 0).
+
+    Only in training mode (identity in eval). Each utterance gets `freq_masks` bands of
+    width 0..freq_width and `time_masks` spans of width 0..time_width * its own length,
+    placed inside its valid frames; drawn on the features' device with no host sync.
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 5,
+                 time_width: float = 0.05):
+        super().__init__()
+        if freq_masks < 0 or time_masks < 0 or freq_width < 0 or not 0 <= time_width <= 1:
+            raise ValueError("mask counts and widths must be >= 0 and time_width in [0, 1], "
+                             f"got {freq_masks}, {freq_width}, {time_masks}, {time_width}")
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return feats
+        batch, frames, bins = feats.shape
+        device = feats.device
+        masked = torch.zeros(batch, frames, bins, dtype=torch.bool, device=device)
+        if self.freq_masks:
+            width = torch.floor(torch.rand(batch, self.freq_masks, device=device)
+                                * (min(self.freq_width, bins) + 1))
+            start = torch.floor(torch.rand(batch, self.freq_masks, device=device)
+                                * (bins - width + 1))
+            masked |= _spans(start, width, bins)[:, None, :]
+        if self.time_masks:
+            lengths = lengths.to(device=device, dtype=torch.float32)
+            max_width = torch.floor(lengths * self.time_width)[:, None]
+            width = torch.floor(torch.rand(batch, self.time_masks, device=device)
+                                * (max_width + 1))
+            start = torch.floor(torch.rand(batch, self.time_masks, device=device)
+                                * (lengths[:, None] - width + 1).clamp(min=1))
+            masked |= _spans(start, width, frames)[:, :, None]
+        return feats.masked_fill(masked, 0.0)
+
+
+def _spans(start: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, K] starts and widths -> [B, size] True inside any of the K spans."""
+    index = torch.arange(size, device=start.device, dtype=start.dtype)
+    inside = (index >= start[..., None]) & (index < (start + width)[..., None])
+    return inside.any(dim=1)

@@ -1,0 +1,113 @@
+"""Dataset, collate and a length-bucketed batch sampler.
+
+    loader = DataLoader(SpeechDataset(records, tokenizer), collate_fn=collate, num_workers=4,
+                        batch_sampler=BucketBatchSampler([r["duration"] for r in records],
+                                                         max_frames=20000))
+    for epoch in ...: loader.batch_sampler.set_epoch(epoch); for batch in loader: ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .audio import SAMPLE_RATE, load_audio
+from .tokenizer import Tokenizer
+
+
+class SpeechDataset(Dataset):
+    """records (load_manifest) -> items (wave float32 [S] at 16 kHz, token_ids int64 [L])."""
+
+    def __init__(self, records: Sequence[dict], tokenizer: Tokenizer,
+                 sample_rate: int = SAMPLE_RATE):
+        self.records, self.tokenizer, self.sample_rate = list(records), tokenizer, sample_rate
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        record = self.records[index]
+        wave = load_audio(record["audio_filepath"], self.sample_rate)
+        tokens = torch.tensor(self.tokenizer.encode(record["text"]), dtype=torch.long)
+        return wave, tokens
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[(wave [S_i], tokens [L_i])] -> (waves [B, S], wave_lengths [B], targets [B, L],
+    target_lengths [B]); waves zero-padded, targets padded with the blank (0)."""
+    waves, tokens = zip(*batch, strict=True)
+    wave_lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    target_lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
+    padded_waves = torch.zeros(len(batch), int(wave_lengths.max()), dtype=torch.float32)
+    targets = torch.zeros(len(batch), max(1, int(target_lengths.max())), dtype=torch.long)
+    for i, (wave, token_ids) in enumerate(batch):
+        padded_waves[i, :len(wave)] = wave
+        targets[i, :len(token_ids)] = token_ids
+    return padded_waves, wave_lengths, targets, target_lengths
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length utterances whose padded size, batch size x longest
+    utterance in 10 ms frames, stays within `max_frames` (an utterance longer than that
+    forms a batch alone).
+
+    Per epoch (set_epoch), with shuffle: utterances are shuffled, stably sorted by length
+    bucket (`bucket_width` frames), packed greedily, and the batch order shuffled; without
+    shuffle: sorted by length, in order. Deterministic for (seed, epoch). With
+    num_replicas > 1 each rank takes every num_replicas-th batch of the same plan (the plan
+    is cut to a multiple of num_replicas so ranks take equal counts).
+    """
+
+    def __init__(self, durations: Sequence[float], max_frames: int, shuffle: bool = True,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 frames_per_second: int = 100, bucket_width: int = 50):
+        if max_frames <= 0:
+            raise ValueError(f"max_frames must be positive, got {max_frames}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.frames = np.array([max(1, math.ceil(d * frames_per_second)) for d in durations],
+                               dtype=np.int64)
+        self.max_frames, self.shuffle, self.seed = max_frames, shuffle, seed
+        self.num_replicas, self.rank, self.bucket_width = num_replicas, rank, bucket_width
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._batches = self._plan(epoch)
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        if len(self.frames) == 0:
+            return []
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle:
+            order = rng.permutation(len(self.frames))
+            buckets = self.frames[order] // self.bucket_width
+            order = order[np.argsort(buckets, kind="stable")]
+        else:
+            order = np.argsort(self.frames, kind="stable")
+        batches, current, longest = [], [], 0
+        for index in order.tolist():
+            frames = int(self.frames[index])
+            if current and (len(current) + 1) * max(longest, frames) > self.max_frames:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(index)
+            longest = max(longest, frames)
+        batches.append(current)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1:
+            usable = len(batches) - len(batches) % self.num_replicas
+            batches = batches[self.rank:usable:self.num_replicas]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([list(b) for b in self._batches])
+
+    def __len__(self) -> int:
+        return len(self._batches)
