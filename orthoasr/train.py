@@ -140,12 +140,12 @@ class TrainData:
         self.run, self.collate = run, collate
         self.dataset = SpeechDataset(records, tokenizer)
         self.durations = [_duration(r) for r in records]
-        self.sampler_class = BucketBatchSampler
+        self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
+                                          seed=run.seed)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        sampler = self.sampler_class(self.durations, self.run.max_frames, shuffle=True,
-                                     seed=self.run.seed + epoch)
-        return [list(b) for b in sampler]
+        self.sampler.set_epoch(epoch)
+        return list(self.sampler)
 
     def batches(self, epoch: int, index: int):
         """Yield (epoch, index of the next batch, batch) forever, from batch `index`."""
@@ -438,9 +438,12 @@ def make_tokenizer(run: RunConfig, work_dir: Path):
         raise ValueError(f"training manifest {run.train_manifest} is empty")
     texts = [r["text"] if isinstance(r, dict) else r.text for r in records]
     tokenizer = Tokenizer.train(texts, run.model.vocab_size, str(work_dir / "tokenizer.model"))
-    if tokenizer.vocab_size != run.model.vocab_size:
+    if tokenizer.vocab_size > run.model.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is "
                          f"{run.model.vocab_size}")
+    if tokenizer.vocab_size < run.model.vocab_size:   # sentencepiece's limit is soft
+        print(f"note: the transcripts gave a {tokenizer.vocab_size}-id vocabulary (blank "
+              f"included); the output layers keep model.vocab_size={run.model.vocab_size}")
     return tokenizer
 
 
