@@ -84,10 +84,12 @@ class LogMel(nn.Module):
         lead = (self.win - self.hop) // 2
         padded = nn.functional.pad(waves, (lead, self.win))
         frames = padded.unfold(1, self.win, self.hop)[:, :num_frames]        # [B, T, win]
+        frame_lengths = self.frame_lengths(wave_lengths.to(waves.device))
+        if num_frames == 0:                       # shorter than one hop (a static shape)
+            return waves.new_zeros(batch, 0, self.n_mels), frame_lengths
         spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)        # [B, T, F]
         power = spectrum.real.square() + spectrum.imag.square()
         feats = torch.log(power @ self.filters + self.eps)                   # [B, T, n_mels]
-        frame_lengths = self.frame_lengths(wave_lengths.to(waves.device))
         valid = (torch.arange(num_frames, device=waves.device)[None, :]
                  < frame_lengths[:, None]).unsqueeze(-1)                     # [B, T, 1]
         if self.normalize == "utterance":

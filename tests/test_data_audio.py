@@ -1,0 +1,99 @@
+import struct
+
+import numpy as np
+import pytest
+
+from orthoasr.data import AudioError, audio_info, load_audio, read_audio, resample, write_wav
+
+
+def _tone(freq, rate, seconds, phase=0.0):
+    t = np.arange(int(rate * seconds)) / rate
+    return np.sin(2 * np.pi * freq * t + phase).astype(np.float32)
+
+
+def _write_raw_wav(path, data: bytes, rate, channels, bits, tag=1):
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE")
+        f.write(b"LIST" + struct.pack("<I", 4) + b"INFO")        # a chunk to skip
+        f.write(b"fmt " + struct.pack("<I", len(fmt)) + fmt)
+        f.write(b"data" + struct.pack("<I", len(data)) + data)
+
+
+@pytest.mark.parametrize("orig", [8000, 16000, 22050, 44100, 48000, 11025])
+def test_resample_tone_matches_analytic(orig):
+    x = _tone(440.0, orig, 0.5)
+    y = resample(x, orig, 16000)
+    assert len(y) == -(-len(x) * 16000 // orig)
+    ref = _tone(440.0, 16000, len(y) / 16000)[:len(y)]
+    assert np.abs(y - ref)[300:-300].max() < 2e-3
+
+
+def test_resample_removes_content_above_new_nyquist():
+    x = _tone(10000.0, 22050, 0.5)            # above 8 kHz: must not alias into the output
+    y = resample(x, 22050, 16000)
+    assert np.sqrt(np.mean(y[300:-300] ** 2)) < 1e-2
+
+
+def test_wav_round_trip_int16(tmp_path):
+    x = 0.5 * _tone(1000.0, 16000, 0.3)
+    write_wav(tmp_path / "a.wav", x, 16000)
+    info = audio_info(tmp_path / "a.wav")
+    assert (info.sample_rate, info.num_frames, info.channels) == (16000, len(x), 1)
+    y = load_audio(tmp_path / "a.wav")
+    assert y.dtype.is_floating_point and y.dim() == 1 and len(y) == len(x)
+    assert np.abs(y.numpy() - x).max() < 1.0 / 32767 + 1e-6
+
+
+@pytest.mark.parametrize("bits,tag", [(8, 1), (24, 1), (32, 1), (32, 3), (64, 3)])
+def test_wav_encodings_and_stereo(tmp_path, bits, tag):
+    rate = 22050
+    left, right = 0.5 * _tone(300.0, rate, 0.2), 0.25 * _tone(500.0, rate, 0.2)
+    stereo = np.stack([left, right], axis=1)
+    if tag == 3:
+        data = stereo.astype("<f4" if bits == 32 else "<f8").tobytes()
+    elif bits == 8:
+        data = np.round(stereo * 127 + 128).astype(np.uint8).tobytes()
+    elif bits == 24:
+        ints = np.round(stereo * (2 ** 23 - 1)).astype(np.int32).reshape(-1)
+        data = b"".join(int(v).to_bytes(3, "little", signed=True) for v in ints)
+    else:
+        data = np.round(stereo * (2 ** 31 - 1)).astype("<i4").tobytes()
+    _write_raw_wav(tmp_path / "s.wav", data, rate, 2, bits, tag)
+    samples, got_rate = read_audio(tmp_path / "s.wav")
+    assert got_rate == rate and samples.shape == stereo.shape
+    tol = 1.5 / 127 if bits == 8 else 1e-5
+    assert np.abs(samples - stereo).max() < tol
+    mono = load_audio(tmp_path / "s.wav")                      # averaged, resampled to 16 kHz
+    assert len(mono) == -(-len(left) * 16000 // rate)
+    expected = resample((left + right) / 2, rate, 16000)
+    assert np.abs(mono.numpy() - expected).max() < max(tol, 1e-4)
+
+
+def test_flac_read_and_header(tmp_path):
+    soundfile = pytest.importorskip("soundfile")
+    x = 0.3 * _tone(700.0, 44100, 0.4)
+    soundfile.write(tmp_path / "a.flac", np.stack([x, x], 1), 44100, subtype="PCM_16")
+    info = audio_info(tmp_path / "a.flac")                     # parsed from STREAMINFO
+    assert (info.sample_rate, info.num_frames, info.channels) == (44100, len(x), 2)
+    y = load_audio(tmp_path / "a.flac")
+    assert len(y) == -(-len(x) * 16000 // 44100)
+    assert np.abs(y.numpy() - resample(x, 44100, 16000)).max() < 1e-3
+
+
+def test_audio_errors_name_the_file(tmp_path):
+    with pytest.raises(AudioError, match="missing.wav: audio file not found"):
+        load_audio(tmp_path / "missing.wav")
+    (tmp_path / "a.mp3").write_bytes(b"ID3....")
+    with pytest.raises(AudioError, match=r"a.mp3: unsupported audio format '.mp3'"):
+        load_audio(tmp_path / "a.mp3")
+    (tmp_path / "junk.wav").write_bytes(b"this is not audio at all")
+    with pytest.raises(AudioError, match="junk.wav: not a RIFF/WAVE file"):
+        audio_info(tmp_path / "junk.wav")
+    (tmp_path / "junk.flac").write_bytes(b"nope")
+    with pytest.raises(AudioError, match="junk.flac: not a FLAC file"):
+        audio_info(tmp_path / "junk.flac")
+    _write_raw_wav(tmp_path / "alaw.wav", b"\0" * 100, 8000, 1, 8, tag=6)
+    with pytest.raises(AudioError, match="alaw.wav: unsupported wav encoding"):
+        load_audio(tmp_path / "alaw.wav")

@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from orthoasr.data import LogMel, SpecAugment
+
+
+def _htk_mel(hz):
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def _htk_hz(mel):
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def _centre_hz(bin_index, n_mels=80, f_min=20.0, f_max=8000.0):
+    lo, hi = _htk_mel(f_min), _htk_mel(f_max)
+    return _htk_hz(lo + (hi - lo) * (bin_index + 1) / (n_mels + 1))
+
+
+@pytest.mark.parametrize("mel_bin", [10, 25, 40, 55, 70])
+def test_tone_peaks_in_its_mel_bin(mel_bin):
+    freq = _centre_hz(mel_bin)
+    t = torch.arange(16000) / 16000
+    wave = 0.5 * torch.sin(2 * math.pi * freq * t)
+    feats, frames = LogMel(normalize=None)(wave[None], torch.tensor([16000]))
+    assert feats.shape == (1, 100, 80) and frames.tolist() == [100]
+    peaks = feats[0, 5:-5].argmax(dim=-1)
+    assert (peaks == mel_bin).all(), (freq, peaks.unique())
+
+
+def test_shapes_lengths_and_padding_invariance():
+    torch.manual_seed(1)
+    long, short = torch.randn(16000), torch.randn(5123)
+    waves = torch.zeros(2, 16000)
+    waves[0], waves[1, :5123] = long, short
+    waves[1, 5123:] = 0.0
+    lengths = torch.tensor([16000, 5123])
+    for normalize in (None, "utterance"):
+        mel = LogMel(normalize=normalize)
+        feats, frames = mel(waves, lengths)
+        assert feats.shape == (2, 100, 80) and frames.tolist() == [100, 32]
+        alone, alone_frames = mel(short[None], torch.tensor([5123]))
+        assert alone_frames.tolist() == [32] and alone.shape == (1, 32, 80)
+        torch.testing.assert_close(feats[1, :32], alone[0], rtol=1e-4, atol=1e-4)
+        assert (feats[1, 32:] == 0).all()
+        assert torch.isfinite(feats).all()
+
+
+def test_utterance_normalisation():
+    waves = torch.randn(2, 8000) * torch.linspace(0.01, 1, 8000)
+    feats, frames = LogMel()(waves, torch.tensor([8000, 4000]))
+    for b, n in enumerate(frames.tolist()):
+        valid = feats[b, :n]
+        torch.testing.assert_close(valid.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
+        torch.testing.assert_close(valid.std(0, unbiased=False), torch.ones(80), atol=1e-2,
+                                   rtol=0)
+
+
+def test_short_and_autocast_inputs():
+    feats, frames = LogMel()(torch.randn(2, 100), torch.tensor([100, 50]))
+    assert feats.shape == (2, 0, 80) and frames.tolist() == [0, 0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, _ = LogMel()(torch.randn(1, 1600), torch.tensor([1600]))
+    assert feats.dtype == torch.float32
+    with pytest.raises(ValueError, match="waves must be"):
+        LogMel()(torch.randn(1600), torch.tensor([1600]))
+
+
+def test_specaugment_masks_inside_valid_frames():
+    torch.manual_seed(3)
+    aug = SpecAugment(freq_masks=2, freq_width=10, time_masks=4, time_width=0.1)
+    feats = torch.randn(4, 200, 80).abs() + 1.0                # nowhere zero before masking
+    lengths = torch.tensor([200, 150, 60, 1])
+    aug.eval()
+    assert aug(feats, lengths) is feats
+    aug.train()
+    saw_time_mask = False
+    for _ in range(20):
+        out = aug(feats, lengths)
+        zero = out == 0
+        assert torch.equal(out[~zero], feats[~zero])           # only zeros are written
+        bins_masked = zero.all(dim=1).sum(dim=1)                 # per utterance
+        assert (bins_masked <= 20).all()
+        frames_masked = zero.all(dim=2)                          # [B, T]
+        for b, n in enumerate(lengths.tolist()):
+            assert not frames_masked[b, n:].any()
+            assert frames_masked[b, :n].sum() <= 4 * int(n * 0.1)
+        saw_time_mask |= bool(frames_masked.any())
+    assert saw_time_mask
+
+
+@pytest.mark.gpu
+def test_logmel_and_specaugment_on_cuda_match_cpu():
+    waves = torch.randn(3, 24000)
+    lengths = torch.tensor([24000, 17000, 3000])
+    cpu, cpu_frames = LogMel()(waves, lengths)
+    gpu, gpu_frames = LogMel().cuda()(waves.cuda(), lengths.cuda())
+    assert gpu.is_cuda and torch.equal(gpu_frames.cpu(), cpu_frames)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+    out = SpecAugment().cuda().train()(gpu, gpu_frames)
+    assert out.is_cuda and out.shape == gpu.shape
