@@ -4,8 +4,8 @@
 # source folder orthoasr/ of the checkout.
 set -uo pipefail
 REPO=$PWD
-python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/site . || exit 1
-export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1
+rm -rf /tmp/site_lead && python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/site_lead . || exit 1
+export PYTHONPATH=/tmp/site_lead:$REPO PYTHONUNBUFFERED=1
 cd /tmp
 nvidia-smi --query-gpu=name --format=csv
 python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_ortho_softmax.py $REPO/tests/test_units.py 2>&1 | tee $OUT/gpu_tests_foundation.log | tail -15

@@ -149,7 +149,7 @@ def _ortho_softmax_fwd_kernel(
         if ticket == num_tiles - 1:
             _fwd_reduce(budget_ptr, e_ptr, colpen_ptr, rowcum_ptr, blocksum_ptr,
                         mask_ptr, k_ptr, pen_ptr, N, M, rest, total, tl.num_programs(0),
-                        NORM, BR, BN, BM, BB)
+                        NORM, BR, BN, BM, BB, DOT_PRECISION)
             tl.atomic_xchg(counter_ptr, 0)  # ready for the next launch
 
 
@@ -157,7 +157,7 @@ def _ortho_softmax_fwd_kernel(
 def _fwd_reduce(budget_ptr, e_ptr, colpen_ptr, rowcum_ptr, blocksum_ptr,
                 mask_ptr, k_ptr, pen_ptr, N, M, rest, total, nblk,
                 NORM: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-                BB: tl.constexpr):
+                BB: tl.constexpr, DOT_PRECISION: tl.constexpr):
     offs_n = tl.arange(0, BN)
     offs_m = tl.arange(0, BM)
     col_ok = offs_n < N
@@ -181,16 +181,20 @@ def _fwd_reduce(budget_ptr, e_ptr, colpen_ptr, rowcum_ptr, blocksum_ptr,
         pen = tl.sqrt(pen)
     tl.store(pen_ptr + offs_m, pen, mask=offs_m < M)
 
-    # mask_p = all whole row blocks before row k(p)-1, plus that block's running sum there
-    for m in range(0, M):
-        last = _pick(k, offs_m, m) - 1
-        mask = tl.load(rowcum_ptr + last * N + offs_n, mask=col_ok, other=0.0, volatile=True)
-        for b0 in range(0, nblk, BB):
-            blocks = b0 + tl.arange(0, BB)
-            ok = (blocks < last // BR)[:, None] & col_ok[None, :]
-            mask += tl.sum(tl.load(blocksum_ptr + blocks[:, None] * N + offs_n[None, :],
-                                   mask=ok, other=0.0, volatile=True), 0)
-        tl.store(mask_ptr + m * N + offs_n, mask, mask=col_ok)
+    # mask_p = the running row sum of P inside the block holding row k(p)-1, at that row,
+    # plus the sums of all whole blocks before it (an indicator [M, blocks] times blocksum)
+    last = k - 1
+    mask = tl.load(rowcum_ptr + last[:, None] * N + offs_n[None, :],
+                   mask=(offs_m < M)[:, None] & col_ok[None, :], other=0.0, volatile=True)
+    for b0 in range(0, nblk, BB):
+        blocks = b0 + tl.arange(0, BB)
+        before = tl.where(blocks[None, :] < (last // BR)[:, None], 1.0, 0.0)
+        sums = tl.load(blocksum_ptr + blocks[:, None] * N + offs_n[None, :],
+                       mask=(blocks < nblk)[:, None] & col_ok[None, :], other=0.0,
+                       volatile=True)
+        mask += tl.dot(before, sums, input_precision=DOT_PRECISION)
+    tl.store(mask_ptr + offs_m[:, None] * N + offs_n[None, :], mask,
+             mask=(offs_m < M)[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -333,9 +337,9 @@ def _zeroed_workspace(name: str, numel: int, dtype, device: torch.device) -> tor
     return _workspaces[key]
 
 
-def ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm):
+def ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm, **tuning):
     n, m = scores.shape[0], budgets.shape[0]
-    blk = _blocks(n, m)
+    blk = {**_blocks(n, m), **tuning}
     nblk = triton.cdiv(n, blk["BR"])
     dev = scores.device
     new = functools.partial(torch.empty, dtype=torch.float32, device=dev)
@@ -346,14 +350,14 @@ def ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm):
         scores, costs, budgets, tau, probs, expected, masks, k, penalty,
         col_pen, row_cum, block_sum, _zeroed_workspace("fwd_counter", 1, torch.int32, dev),
         n, m, float(rest), float(total), nblk * (nblk + 1) // 2,
-        NORM=NORMS.index(norm), BB=min(16, triton.next_power_of_2(nblk)), num_stages=1, **blk)
+        NORM=NORMS.index(norm), BB=16, num_stages=1, **blk)
     return probs, expected, masks, k, penalty
 
 
 def ortho_softmax_bwd_triton(scores, costs, tau, k, penalty, grad_masks, grad_penalty,
-                             grad_probs, grad_expected, norm):
+                             grad_probs, grad_expected, norm, **tuning):
     n, m = scores.shape[0], k.shape[0]
-    blk = _blocks(n, m)
+    blk = {**_blocks(n, m), **tuning}
     nblk = triton.cdiv(n, blk["BR"])
     dev = scores.device
     grad_scores = torch.empty_like(scores)
