@@ -8,10 +8,10 @@ included) and as CUDA-graph replays (GPU time only). Run: python -m bench.bench_
 from __future__ import annotations
 
 import torch
-from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 import orthoasr
 from bench.harness import time_graph_ms, time_ms, write_rows
+from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 
 def _case(n: int, m: int):

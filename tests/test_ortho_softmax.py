@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 import orthoasr
+from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 NORMS = ["l2", "l2_sqrt", "l1"]
 # Triton runs on CUDA tensors on the GPU machine and under the interpreter on the CPU
@@ -27,7 +27,10 @@ def _run(backend, scores, costs, rest, total, budgets, tau, norm):
         orthoasr.set_backend("auto")
 
 
-def _check_against_fp64(n, m, tau, norm, device=DEVICE, atol=1e-5):
+def _check_against_fp64(n, m, tau, norm, device=DEVICE, atol=None):
+    # penalties sum ~N^2 terms of size ~1 near cancellation (1 - G_ii): on the GPU the
+    # tf32x3 dot adds ~1e-6 per term
+    atol = atol or (1e-4 if device == "cuda" else 1e-5)
     costs, rest, total, budgets = _problem(n, m, device)
     scores = (torch.randn(n, n, device=device) * 3).requires_grad_()
     out = _run("triton", scores, costs.float(), rest, total, budgets, tau, norm)
