@@ -16,9 +16,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-from orthoasr.kernels.gated_attention import gated_attention
 
 from bench.harness import time_graph_ms, time_ms, write_rows
+from orthoasr.kernels.gated_attention import gated_attention
 
 CASES = [  # name, B, H, T, Dh, padded, modes
     ("B32·H6·T250·d64", 32, 6, 250, 64, True, ("fwd", "fwd+bwd")),
@@ -26,10 +26,9 @@ CASES = [  # name, B, H, T, Dh, padded, modes
     ("B16·H16·T2048·d64 no padding", 16, 16, 2048, 64, False, ("fwd",)),
 ]
 # block-size variants (env overrides read by kernels/gated_attention._config at each launch)
-VARIANTS = {
-    "fwd": ["128,64,4,3", "64,64,4,3", "128,128,8,3", "128,64,8,3", "64,32,4,2"],
-    "dkdv": ["32,64,4,2", "64,64,4,2", "32,128,4,2", "64,128,8,2"],
-    "dq": ["64,32,4,2", "64,64,4,2", "128,64,8,2", "128,32,4,2"],
+VARIANTS = {  # fwd: BLOCK_M,BLOCK_N,warps,stages; bwd: BLOCK,BLOCK_M1,BLOCK_N2,warps,stages
+    "fwd": ["64,32,4,2", "128,64,8,3", "64,64,4,3", "32,32,4,2"],
+    "bwd": ["64,32,32,4,2", "64,64,64,4,2", "128,32,64,8,2", "32,32,32,4,2", "64,32,32,4,3"],
 }
 
 
@@ -109,7 +108,7 @@ def run(variants: bool, flex: bool):
 
 def _variants(name, mode, ours, q, k, v, grad) -> list[dict]:
     rows = []
-    kinds = ("fwd",) if mode == "fwd" else ("dkdv", "dq")
+    kinds = ("fwd",) if mode == "fwd" else ("bwd",)
     for kind in kinds:
         for cfg in VARIANTS[kind]:
             os.environ[f"ORTHOASR_ATTN_{kind.upper()}"] = cfg

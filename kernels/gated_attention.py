@@ -13,8 +13,9 @@ through their softmax anyway). Every other gate gets the exact gradient
 dg_h = sum(out_h / g_h * grad_out_h), reduced inside the backward's first pass.
 
 Layers, as in every op file: `gated_attention_reference` (PyTorch), the Triton kernels
-`_gated_attn_fwd_kernel`, `_gated_attn_bwd_pre_kernel`, `_gated_attn_bwd_dkdv_kernel`,
-`_gated_attn_bwd_dq_kernel`, host launchers, and the torch.library ops
+`_gated_attn_fwd_kernel`, `_gated_attn_bwd_pre_kernel`, `_gated_attn_bwd_kernel` (dK/dV of
+a key block and dQ of a query block in one program), `_gated_attn_dgate_kernel`, host
+launchers, and the torch.library ops
 `orthoasr::gated_attention_fwd` / `_bwd` (separate q, k, v) and
 `orthoasr::gated_attention_packed_fwd` / `_bwd` (one packed qkv (B, T, H, 3, Dh) tensor, the
 layout the MHSA in-projection writes, so the backward returns one packed gradient).
@@ -174,45 +175,56 @@ def _gated_attn_bwd_pre_kernel(
 
 
 @triton.jit
-def _gated_attn_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr, dk_ptr, dv_ptr,
+def _gated_attn_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr,
+    dq_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
-    stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+    stride_dqb, stride_dqh, stride_dqt, stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
     H, T, sm_scale, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_M1: tl.constexpr, BLOCK_N2: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Program (n, b*H + h) owns keys [n*BLOCK_N, (n+1)*BLOCK_N): it walks the L_b valid
-    # query rows, recomputes P^T from the saved log-sum-exp and accumulates
-    # dV = g P^T dout and dK = sm_scale dS^T Q with dS = P (g dout V^T - delta).
-    pid_n = tl.program_id(0)
+    # Program (i, b*H + h) does two jobs of head h of sequence b, both only over the L_b
+    # valid frames (dead heads and blocks past L_b store zeros):
+    # 1. keys [i*BLOCK, (i+1)*BLOCK): walk the query rows BLOCK_M1 at a time, recompute P^T
+    #    from the saved log-sum-exp, accumulate dV = g P^T dout and dK = sm_scale dS^T Q,
+    #    dS = P (g dout V^T - delta);
+    # 2. queries [i*BLOCK, (i+1)*BLOCK): walk the keys BLOCK_N2 at a time, dQ = sm_scale dS K.
+    pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     gate = tl.load(gate_ptr + h).to(tl.float32)
     seq_len = tl.load(len_ptr + b).to(tl.int32)
-    start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
+    start = pid * BLOCK
+    live = (gate != 0) & (start < seq_len)
+    offs_blk = start + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = (offs_d < HEAD_DIM)[None, :]
-    kv_mask = (offs_n < T)[:, None] & d_ok
-    dk_ptrs = dk_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt \
+    blk_mask = (offs_blk < T)[:, None] & d_ok
+    blk_ok = offs_blk < seq_len
+    q_base = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :]
+    k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
+    v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
+    do_base = do_ptr + b * stride_dob + h * stride_doh + offs_d[None, :]
+    dk_ptrs = dk_ptr + b * stride_dkb + h * stride_dkh + offs_blk[:, None] * stride_dkt \
         + offs_d[None, :]
-    dv_ptrs = dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt \
+    dv_ptrs = dv_ptr + b * stride_dvb + h * stride_dvh + offs_blk[:, None] * stride_dvt \
         + offs_d[None, :]
-    if (gate != 0) & (start_n < seq_len):
-        key_ok = offs_n < seq_len
-        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt
-                    + offs_d[None, :], mask=key_ok[:, None] & d_ok, other=0.0)
-        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt
-                    + offs_d[None, :], mask=key_ok[:, None] & d_ok, other=0.0)
-        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        q_base = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :]
-        do_base = do_ptr + b * stride_dob + h * stride_doh + offs_d[None, :]
-        for start_m in range(0, seq_len, BLOCK_M):
+    dq_ptrs = dq_ptr + b * stride_dqb + h * stride_dqh + offs_blk[:, None] * stride_dqt \
+        + offs_d[None, :]
+    if live:
+        # 1. dK, dV of this key block
+        k = tl.load(k_base + offs_blk[:, None] * stride_kt, mask=blk_ok[:, None] & d_ok,
+                    other=0.0)
+        v = tl.load(v_base + offs_blk[:, None] * stride_vt, mask=blk_ok[:, None] & d_ok,
+                    other=0.0)
+        dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        offs_m = tl.arange(0, BLOCK_M1)
+        for start_m in range(0, seq_len, BLOCK_M1):
             rows = start_m + offs_m
             row_ok = rows < seq_len
             q = tl.load(q_base + rows[:, None] * stride_qt, mask=row_ok[:, None] & d_ok,
@@ -224,56 +236,24 @@ def _gated_attn_bwd_dkdv_kernel(
             delta = tl.load(delta_ptr + pid_bh * T + rows, mask=row_ok, other=0.0)
             qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
             p_t = tl.exp2(qk_t - lse[None, :])
-            p_t = tl.where(key_ok[:, None], p_t, 0.0)
+            p_t = tl.where(blk_ok[:, None], p_t, 0.0)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * gate
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-        tl.store(dk_ptrs, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
-        tl.store(dv_ptrs, (dv * gate).to(dv_ptr.dtype.element_ty), mask=kv_mask)
-    else:
-        tl.store(dk_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dk_ptr.dtype.element_ty), mask=kv_mask)
-        tl.store(dv_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dv_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(dk_ptrs, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=blk_mask)
+        tl.store(dv_ptrs, (dv * gate).to(dv_ptr.dtype.element_ty), mask=blk_mask)
 
-
-@triton.jit
-def _gated_attn_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr, dq_ptr,
-    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
-    stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
-    stride_dqb, stride_dqh, stride_dqt,
-    H, T, sm_scale, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # Program (m, b*H + h) owns query rows [m*BLOCK_M, (m+1)*BLOCK_M): it walks the L_b
-    # valid keys and accumulates dQ = sm_scale dS K.
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    gate = tl.load(gate_ptr + h).to(tl.float32)
-    seq_len = tl.load(len_ptr + b).to(tl.int32)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = (offs_d < HEAD_DIM)[None, :]
-    dq_ptrs = dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt \
-        + offs_d[None, :]
-    dq_mask = (offs_m < T)[:, None] & d_ok
-    if (gate != 0) & (start_m < seq_len):
-        row_ok = offs_m < seq_len
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
-                    + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
-                     + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
-        v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
-        for start_n in range(0, seq_len, BLOCK_N):
+        # 2. dQ of this query block
+        q = tl.load(q_base + offs_blk[:, None] * stride_qt, mask=blk_ok[:, None] & d_ok,
+                    other=0.0)
+        do = tl.load(do_base + offs_blk[:, None] * stride_dot, mask=blk_ok[:, None] & d_ok,
+                     other=0.0)
+        lse = tl.load(lse_ptr + pid_bh * T + offs_blk, mask=blk_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + pid_bh * T + offs_blk, mask=blk_ok, other=0.0)
+        dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        offs_n = tl.arange(0, BLOCK_N2)
+        for start_n in range(0, seq_len, BLOCK_N2):
             keys = start_n + offs_n
             key_ok = keys < seq_len
             k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok,
@@ -286,9 +266,28 @@ def _gated_attn_bwd_dq_kernel(
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) * gate
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-        tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=dq_mask)
+        tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=blk_mask)
     else:
-        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dq_ptr.dtype.element_ty), mask=dq_mask)
+        zeros = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        tl.store(dk_ptrs, zeros.to(dk_ptr.dtype.element_ty), mask=blk_mask)
+        tl.store(dv_ptrs, zeros.to(dv_ptr.dtype.element_ty), mask=blk_mask)
+        tl.store(dq_ptrs, zeros.to(dq_ptr.dtype.element_ty), mask=blk_mask)
+
+
+@triton.jit
+def _gated_attn_dgate_kernel(part_ptr, gate_ptr, dgate_ptr, num_parts,
+                             BLOCK: tl.constexpr):
+    # dg_h = sum of head h's delta partials / g_h; 0 for a dead head (never computed).
+    h = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    total = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, num_parts, BLOCK):
+        total += tl.load(part_ptr + h * num_parts + start + offs,
+                         mask=start + offs < num_parts, other=0.0)
+    gate = tl.load(gate_ptr + h).to(tl.float32)
+    safe = tl.where(gate != 0, gate, 1.0)
+    dgate = tl.where(gate != 0, tl.sum(total, 0) / safe, 0.0)
+    tl.store(dgate_ptr + h, dgate.to(dgate_ptr.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -302,20 +301,24 @@ def _interpreting() -> bool:
 
 
 def _config(kind: str, head_dim: int, seq_len: int) -> dict:
-    """Block sizes and launch options; ORTHOASR_ATTN_<KIND> = "BM,BN,warps,stages" overrides
-    (used by bench/bench_attention.py to compare variants)."""
+    """Block sizes and launch options. Overrides (bench/bench_attention.py --variants):
+    ORTHOASR_ATTN_FWD="BLOCK_M,BLOCK_N,warps,stages", ORTHOASR_ATTN_BWD="BLOCK,BLOCK_M1,
+    BLOCK_N2,warps,stages"."""
     if _interpreting():
-        return dict(BLOCK_M=32, BLOCK_N=32)
+        if kind == "fwd":
+            return dict(BLOCK_M=32, BLOCK_N=16)
+        return dict(BLOCK=32, BLOCK_M1=16, BLOCK_N2=16)
     override = os.environ.get(f"ORTHOASR_ATTN_{kind.upper()}")
     if override:
-        bm, bn, warps, stages = (int(x) for x in override.split(","))
-        return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
-    if kind == "fwd":
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4 if head_dim <= 64 else 8,
-                    num_stages=3)
-    if kind == "dkdv":
-        return dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)   # dq
+        values = [int(x) for x in override.split(",")]
+        names = ("BLOCK_M", "BLOCK_N") if kind == "fwd" else ("BLOCK", "BLOCK_M1", "BLOCK_N2")
+        *blocks, warps, stages = values
+        return dict(zip(names, blocks, strict=True), num_warps=warps, num_stages=stages)
+    if kind == "fwd":   # measured on an H100 (bench/NOTES_attention.md)
+        if seq_len <= 512:
+            return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    return dict(BLOCK=64, BLOCK_M1=32, BLOCK_N2=32, num_warps=4, num_stages=2)   # bwd
 
 
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
@@ -355,24 +358,16 @@ def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
         out, grad_out, lengths, head_gates, delta, dgate_part,
         *_strides3(out), *_strides3(grad_out), B, H, T,
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=pre_block)
-    precision = _dot_precision(q.dtype)
-    cfg = _config("dkdv", Dh, T)
-    _gated_attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg["BLOCK_N"]), B * H)](
-        q, k, v, grad_out, lse, delta, lengths, head_gates, dk, dv,
+    cfg = _config("bwd", Dh, T)
+    _gated_attn_bwd_kernel[(triton.cdiv(T, cfg["BLOCK"]), B * H)](
+        q, k, v, grad_out, lse, delta, lengths, head_gates, dq, dk, dv,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out),
-        *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=precision, **cfg)
-    cfg = _config("dq", Dh, T)
-    _gated_attn_bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), B * H)](
-        q, k, v, grad_out, lse, delta, lengths, head_gates, dq,
-        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), *_strides3(dq),
-        H, T, sm_scale, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=precision, **cfg)
-    # dg_h = sum_i delta_i / g_h; 0 for a dead head (never computed)
-    live = head_gates != 0
-    gate_sum = dgate_part.sum(dim=(1, 2))
-    dgates = torch.where(live, gate_sum / torch.where(live, head_gates.float(), 1.0), 0.0)
-    return dgates.to(head_gates.dtype)
+        *_strides3(dq), *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
+        HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+    dgates = torch.empty_like(head_gates)
+    _gated_attn_dgate_kernel[(H,)](dgate_part, head_gates, dgates, B * pre_grid[0],
+                                   BLOCK=128)
+    return dgates
 
 
 def _unpack(qkv: torch.Tensor):
@@ -438,6 +433,10 @@ gated_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 def gated_attention_packed_fwd(qkv: torch.Tensor, lengths: torch.Tensor,
                                head_gates: torch.Tensor, sm_scale: float
                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    return gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale)
+
+
+def gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale):
     B, T, H, _, Dh = qkv.shape
     out = torch.empty(B, T, H, Dh, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
@@ -457,6 +456,11 @@ def gated_attention_packed_bwd(qkv: torch.Tensor, out: torch.Tensor, grad_out: t
                                lse: torch.Tensor, lengths: torch.Tensor,
                                head_gates: torch.Tensor, sm_scale: float
                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    return gated_attention_packed_bwd_impl(qkv, out, grad_out, lse, lengths, head_gates,
+                                           sm_scale)
+
+
+def gated_attention_packed_bwd_impl(qkv, out, grad_out, lse, lengths, head_gates, sm_scale):
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
     dq, dk, dv = _unpack(grad_qkv)
@@ -487,6 +491,57 @@ def _packed_backward(ctx, grad_out, _grad_lse):
 
 gated_attention_packed_fwd.register_autograd(_packed_backward,
                                              setup_context=_packed_setup_context)
+
+
+# ----------------------------------------------------------------------------- eager path
+
+class _GatedAttention(torch.autograd.Function):
+    """The same launchers as the torch.library ops, called from one autograd.Function: what
+    eager mode runs (a custom op adds a second dispatch round-trip per call, which is
+    measurable at these sizes); torch.compile sees the registered ops instead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lengths, head_gates, sm_scale):
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out)
+        ctx.save_for_backward(q, k, v, out, lse, lengths, head_gates)
+        ctx.sm_scale = sm_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, lengths, head_gates = ctx.saved_tensors
+        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+        dgates = gated_attention_bwd_triton(q, k, v, out, grad_out.contiguous(), lse, lengths,
+                                            head_gates, ctx.sm_scale, dq, dk, dv)
+        return dq, dk, dv, None, dgates, None
+
+
+class _GatedAttentionPacked(torch.autograd.Function):
+    """Eager path of gated_attention_packed_fwd (see _GatedAttention)."""
+
+    @staticmethod
+    def forward(ctx, qkv, lengths, head_gates, sm_scale):
+        out, lse = gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale)
+        ctx.save_for_backward(qkv, out, lse, lengths, head_gates)
+        ctx.sm_scale = sm_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, out, lse, lengths, head_gates = ctx.saved_tensors
+        grad_qkv, dgates = gated_attention_packed_bwd_impl(qkv, out, grad_out.contiguous(), lse,
+                                                           lengths, head_gates, ctx.sm_scale)
+        return grad_qkv, None, dgates, None
+
+
+def gated_attention_packed(qkv: torch.Tensor, lengths: torch.Tensor, head_gates: torch.Tensor,
+                           sm_scale: float) -> torch.Tensor:
+    """Triton gated attention on a packed qkv (B, T, H, 3, Dh) -> (B, T, H, Dh); the custom
+    op under torch.compile, the autograd.Function in eager mode. No input checks."""
+    if torch.compiler.is_compiling():
+        return gated_attention_packed_fwd(qkv, lengths, head_gates, sm_scale)[0]
+    return _GatedAttentionPacked.apply(qkv, lengths, head_gates, sm_scale)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -532,5 +587,7 @@ def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: 
     if head_gates is None:
         head_gates = torch.ones(q.shape[1], dtype=torch.float32, device=q.device)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out, _lse = gated_attention_fwd(q, k, v, lengths, head_gates.contiguous(), sm_scale)
-    return out
+    head_gates = head_gates.contiguous()
+    if torch.compiler.is_compiling():
+        return gated_attention_fwd(q, k, v, lengths, head_gates, sm_scale)[0]
+    return _GatedAttention.apply(q, k, v, lengths, head_gates, sm_scale)

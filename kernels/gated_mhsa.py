@@ -4,20 +4,24 @@ active heads, out-projection, on pre-normalised input y = LN(x).
     qkv = y W_in^T + b_in            W_in (3d, d) head-major, view (H, 3, Dh, d): the rows
                                      [h*3*Dh, (h+1)*3*Dh) are head h's q, k, v rows
     a_h = g_h Attn_h(q_h, k_h, v_h)   key padding by lengths (kernels/gated_attention.py)
-    out = a W_o^T + s b_o            s = bias_scale (None: 1)
+    out = a W_o^T + s b_o            s: 1 (gates None), [any g_h != 0] (component
+                                     granularity), the module gate (module granularity)
 
 Every GEMM skips the heads whose gate is exactly 0, read on the device: the in-projection
-computes only live heads' q/k/v columns (dead heads' columns of qkv are never written nor
-read), the out-projection sums only over live heads' columns of a, and the backward kernels
-compute dW/db rows and columns of live heads only (dead ones are exactly 0). The GEMMs cast
-tiles to the compute dtype in registers (bf16 under autocast), so fp32 master weights and
-the fp32 LayerNorm output are read directly, with no cast pass; weight gradients accumulate
-in fp32 (split over rows with atomics).
+computes only live heads' q/k/v (dead heads' columns of qkv are never written nor read), the
+out-projection sums only over live heads' columns of a, and the backward kernels compute the
+weight and bias gradients of live heads only (dead ones are exactly 0). The weights are cast
+once per call to the compute dtype (bf16 under autocast, like F.linear); y (the fp32
+LayerNorm output) is read as is and cast tile by tile in registers. Weight gradients
+accumulate in fp32, split over rows with atomics. The bias factor s is evaluated inside the
+kernels (no host sync, no extra launches).
 
 Layers: `gated_mhsa_reference` (PyTorch), the Triton kernels `_in_proj_fwd_kernel`,
 `_in_proj_dy_kernel`, `_in_proj_dw_kernel`, `_out_proj_fwd_kernel`, `_out_proj_da_kernel`,
 `_out_proj_dw_kernel`, launchers, the torch.library ops `orthoasr::gated_in_proj` and
-`orthoasr::gated_out_proj` (+ their backward ops), and `gated_mhsa`, which picks a backend.
+`orthoasr::gated_out_proj` (+ backward ops; what torch.compile sees), the eager
+autograd.Function `_GatedMHSA` (one Function for the whole module: fewer host round-trips),
+and `gated_mhsa`, which picks the backend.
 """
 
 from __future__ import annotations
@@ -27,27 +31,34 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .gated_attention import (_interpreting, gated_attention_packed_fwd,
-                              gated_attention_reference)
+from .gated_attention import (
+    _interpreting,
+    gated_attention_packed,
+    gated_attention_packed_bwd_impl,
+    gated_attention_packed_fwd_impl,
+    gated_attention_reference,
+)
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+BIAS_PLAIN, BIAS_IF_LIVE, BIAS_SCALED = 0, 1, 2
 
 
 # ----------------------------------------------------------------------------- reference
 
-def _out_bias(b_o, bias_scale):
-    return b_o if bias_scale is None else b_o * bias_scale.to(b_o.dtype)
-
-
-def gated_mhsa_reference(y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o,
-                         num_heads: int):
-    """y: (B, T, d) -> (B, T, d), plain PyTorch."""
+def gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int,
+                         granularity: str = "component"):
+    """y: (B, T, d), gates: None, (H,) (component) or (1,) (module) -> (B, T, d)."""
     B, T, D = y.shape
     Dh = D // num_heads
+    if gates is None:
+        head_gates, bias = None, b_o
+    elif granularity == "module":
+        head_gates, bias = gates.expand(num_heads), b_o * gates.to(b_o.dtype)
+    else:
+        head_gates, bias = gates, b_o * (gates != 0).any().to(b_o.dtype)
     qkv = F.linear(y, w_in, b_in).view(B, T, num_heads, 3, Dh).permute(3, 0, 2, 1, 4)
     a = gated_attention_reference(qkv[0], qkv[1], qkv[2], lengths, head_gates, Dh ** -0.5)
     a = a.transpose(1, 2).reshape(B, T, D)
-    return F.linear(a, w_o, _out_bias(b_o, bias_scale))
+    return F.linear(a, w_o, bias)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -56,37 +67,54 @@ def gated_mhsa_reference(y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_
 def _in_proj_fwd_kernel(
     y_ptr, w_ptr, b_ptr, gate_ptr, qkv_ptr, M, D,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Program (m, s) with slice s = 3h + j (j: q, k, v) computes rows [m*BLOCK_M, ...) of
-    # qkv[:, s*Dh:(s+1)*Dh] = y W_in[s*Dh:(s+1)*Dh]^T + b_in[...], if head h is live.
+    # Program (m, h), live heads only: rows [m*BLOCK_M, ...) of head h's q, k and v,
+    # qkv[:, (3h+j)*Dh + c] = y W_in[(3h+j)*Dh + c]^T + b_in[...], j = 0, 1, 2; each y tile
+    # is loaded once for the three.
     pid_m = tl.program_id(0)
-    s = tl.program_id(1)
-    gate = tl.load(gate_ptr + s // 3)
+    h = tl.program_id(1)
+    gate = tl.load(gate_ptr + h)
     if gate != 0:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_D)
         offs_k = tl.arange(0, BLOCK_K)
         row_ok = rows < M
         col_ok = cols < HEAD_DIM
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        w_rows = 3 * h * HEAD_DIM + cols
+        acc_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        acc_k = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        acc_v = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for k0 in range(0, D, BLOCK_K):
             ks = k0 + offs_k
-            y = tl.load(y_ptr + rows[:, None] * D + ks[None, :],
-                        mask=row_ok[:, None] & (ks < D)[None, :], other=0.0).to(COMPUTE)
-            w = tl.load(w_ptr + (s * HEAD_DIM + cols)[:, None] * D + ks[None, :],
-                        mask=col_ok[:, None] & (ks < D)[None, :], other=0.0).to(COMPUTE)
-            acc = tl.dot(y, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        acc += tl.load(b_ptr + s * HEAD_DIM + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(qkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + cols)[None, :],
-                 acc.to(qkv_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+            k_ok = (ks < D)[None, :]
+            y = tl.load(y_ptr + rows[:, None] * D + ks[None, :], mask=row_ok[:, None] & k_ok,
+                        other=0.0).to(w_ptr.dtype.element_ty)
+            w_mask = col_ok[:, None] & k_ok
+            w_q = tl.load(w_ptr + w_rows[:, None] * D + ks[None, :], mask=w_mask, other=0.0)
+            w_k = tl.load(w_ptr + (w_rows + HEAD_DIM)[:, None] * D + ks[None, :], mask=w_mask,
+                          other=0.0)
+            w_v = tl.load(w_ptr + (w_rows + 2 * HEAD_DIM)[:, None] * D + ks[None, :],
+                          mask=w_mask, other=0.0)
+            acc_q = tl.dot(y, tl.trans(w_q), acc_q, input_precision=DOT_PRECISION)
+            acc_k = tl.dot(y, tl.trans(w_k), acc_k, input_precision=DOT_PRECISION)
+            acc_v = tl.dot(y, tl.trans(w_v), acc_v, input_precision=DOT_PRECISION)
+        out_mask = row_ok[:, None] & col_ok[None, :]
+        out_ptrs = qkv_ptr + rows[:, None] * (3 * D) + w_rows[None, :]
+        dtype = qkv_ptr.dtype.element_ty
+        b_q = tl.load(b_ptr + w_rows, mask=col_ok, other=0.0).to(tl.float32)
+        b_k = tl.load(b_ptr + w_rows + HEAD_DIM, mask=col_ok, other=0.0).to(tl.float32)
+        b_v = tl.load(b_ptr + w_rows + 2 * HEAD_DIM, mask=col_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptrs, (acc_q + b_q[None, :]).to(dtype), mask=out_mask)
+        tl.store(out_ptrs + HEAD_DIM, (acc_k + b_k[None, :]).to(dtype), mask=out_mask)
+        tl.store(out_ptrs + 2 * HEAD_DIM, (acc_v + b_v[None, :]).to(dtype), mask=out_mask)
 
 
 @triton.jit
 def _in_proj_dy_kernel(
     dqkv_ptr, w_ptr, gate_ptr, dy_ptr, M, D, H,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # dy[rows, cols] = sum over live heads h and j of dqkv[rows, slice 3h+j] W_in[slice, cols].
     pid_m = tl.program_id(0)
@@ -104,9 +132,9 @@ def _in_proj_dy_kernel(
             for j in range(0, 3):
                 s = 3 * h + j
                 g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
-                            mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(COMPUTE)
+                            mask=row_ok[:, None] & d_ok[None, :], other=0.0)
                 w = tl.load(w_ptr + (s * HEAD_DIM + offs_d)[:, None] * D + cols[None, :],
-                            mask=d_ok[:, None] & col_ok[None, :], other=0.0).to(COMPUTE)
+                            mask=d_ok[:, None] & col_ok[None, :], other=0.0)
                 acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
     tl.store(dy_ptr + rows[:, None] * D + cols[None, :], acc.to(dy_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
@@ -116,49 +144,82 @@ def _in_proj_dy_kernel(
 def _in_proj_dw_kernel(
     dqkv_ptr, y_ptr, gate_ptr, dw_ptr, db_ptr, M, D, rows_per_split,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Program (s, n, split): for a live slice s, dW_in[slice s, cols n] += dqkv[rows, s]^T
-    # y[rows, n] over its share of rows (fp32 atomics); the extra column block n == cdiv(D,
-    # BLOCK_N) adds the rows' sum of dqkv[:, s] to db_in instead.
-    s = tl.program_id(0)
+    # Program (h, n, split), live heads only: dW_in[head h's q, k, v rows, cols n] +=
+    # dqkv[rows, slice]^T y[rows, n] over its share of rows (fp32 atomics), each y tile loaded
+    # once for the three; the extra column block n == cdiv(D, BLOCK_N) adds the rows' sums of
+    # dqkv to db_in instead.
+    h = tl.program_id(0)
     pid_n = tl.program_id(1)
     row_start = tl.program_id(2) * rows_per_split
-    gate = tl.load(gate_ptr + s // 3)
+    gate = tl.load(gate_ptr + h)
     if gate != 0:
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < HEAD_DIM
         row_end = tl.minimum(row_start + rows_per_split, M)
+        slice_cols = 3 * h * HEAD_DIM + offs_d
         if pid_n * BLOCK_N < D:
             cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
             col_ok = cols < D
-            acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+            acc_q = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+            acc_k = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+            acc_v = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
             for m0 in range(row_start, row_end, BLOCK_M):
                 rows = m0 + offs_m
                 row_ok = rows < row_end
-                g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
-                            mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(COMPUTE)
+                g_ptrs = dqkv_ptr + rows[:, None] * (3 * D) + slice_cols[None, :]
+                g_mask = row_ok[:, None] & d_ok[None, :]
+                g_q = tl.load(g_ptrs, mask=g_mask, other=0.0)
+                g_k = tl.load(g_ptrs + HEAD_DIM, mask=g_mask, other=0.0)
+                g_v = tl.load(g_ptrs + 2 * HEAD_DIM, mask=g_mask, other=0.0)
                 y = tl.load(y_ptr + rows[:, None] * D + cols[None, :],
-                            mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(COMPUTE)
-                acc = tl.dot(tl.trans(g), y, acc, input_precision=DOT_PRECISION)
-            tl.atomic_add(dw_ptr + (s * HEAD_DIM + offs_d)[:, None] * D + cols[None, :], acc,
-                          mask=d_ok[:, None] & col_ok[None, :])
+                            mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(g_q.dtype)
+                acc_q = tl.dot(tl.trans(g_q), y, acc_q, input_precision=DOT_PRECISION)
+                acc_k = tl.dot(tl.trans(g_k), y, acc_k, input_precision=DOT_PRECISION)
+                acc_v = tl.dot(tl.trans(g_v), y, acc_v, input_precision=DOT_PRECISION)
+            dw_ptrs = dw_ptr + slice_cols[:, None] * D + cols[None, :]
+            dw_mask = d_ok[:, None] & col_ok[None, :]
+            tl.atomic_add(dw_ptrs, acc_q, mask=dw_mask)
+            tl.atomic_add(dw_ptrs + HEAD_DIM * D, acc_k, mask=dw_mask)
+            tl.atomic_add(dw_ptrs + 2 * HEAD_DIM * D, acc_v, mask=dw_mask)
         else:
-            total = tl.zeros([BLOCK_D], tl.float32)
+            sum_q = tl.zeros([BLOCK_D], tl.float32)
+            sum_k = tl.zeros([BLOCK_D], tl.float32)
+            sum_v = tl.zeros([BLOCK_D], tl.float32)
             for m0 in range(row_start, row_end, BLOCK_M):
                 rows = m0 + offs_m
-                g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
-                            mask=(rows < row_end)[:, None] & d_ok[None, :], other=0.0)
-                total += tl.sum(g.to(tl.float32), 0)
-            tl.atomic_add(db_ptr + s * HEAD_DIM + offs_d, total, mask=d_ok)
+                g_ptrs = dqkv_ptr + rows[:, None] * (3 * D) + slice_cols[None, :]
+                g_mask = (rows < row_end)[:, None] & d_ok[None, :]
+                sum_q += tl.sum(tl.load(g_ptrs, mask=g_mask, other=0.0).to(tl.float32), 0)
+                sum_k += tl.sum(tl.load(g_ptrs + HEAD_DIM, mask=g_mask, other=0.0)
+                                .to(tl.float32), 0)
+                sum_v += tl.sum(tl.load(g_ptrs + 2 * HEAD_DIM, mask=g_mask, other=0.0)
+                                .to(tl.float32), 0)
+            tl.atomic_add(db_ptr + slice_cols, sum_q, mask=d_ok)
+            tl.atomic_add(db_ptr + slice_cols + HEAD_DIM, sum_k, mask=d_ok)
+            tl.atomic_add(db_ptr + slice_cols + 2 * HEAD_DIM, sum_v, mask=d_ok)
+
+
+@triton.jit
+def _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr):
+    """s of `out = a W_o^T + s b_o`: 1, [any gate != 0], or the module gate."""
+    if BIAS_MODE == 1:
+        offs_h = tl.arange(0, BLOCK_H)
+        gates = tl.load(gate_ptr + offs_h, mask=offs_h < H, other=0.0)
+        return tl.max(tl.where(gates != 0, 1.0, 0.0), 0)
+    elif BIAS_MODE == 2:
+        return tl.load(scale_ptr).to(tl.float32)
+    else:
+        return 1.0
 
 
 @triton.jit
 def _out_proj_fwd_kernel(
     a_ptr, w_ptr, b_ptr, gate_ptr, scale_ptr, out_ptr, M, D, H,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_SCALE: tl.constexpr, COMPUTE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     # out[rows, cols] = sum over live heads h of a[rows, head h] W_o[cols, head h]^T
@@ -176,14 +237,12 @@ def _out_proj_fwd_kernel(
         gate = tl.load(gate_ptr + h)
         if gate != 0:
             a = tl.load(a_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(COMPUTE)
+                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
             w = tl.load(w_ptr + cols[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
-                        mask=col_ok[:, None] & d_ok[None, :], other=0.0).to(COMPUTE)
+                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
             acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
     bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        bias = bias * tl.load(scale_ptr).to(tl.float32)
-    acc += bias[None, :]
+    acc += (bias * _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE, BLOCK_H))[None, :]
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -192,7 +251,7 @@ def _out_proj_fwd_kernel(
 def _out_proj_da_kernel(
     dout_ptr, w_ptr, gate_ptr, da_ptr, M, D,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (m, h), live heads only: da[rows, head h] = dout[rows] W_o[:, head h]. Dead
     # heads' columns are not written (the attention backward never reads them).
@@ -209,23 +268,25 @@ def _out_proj_da_kernel(
         for k0 in range(0, D, BLOCK_K):
             ks = k0 + offs_k
             g = tl.load(dout_ptr + rows[:, None] * D + ks[None, :],
-                        mask=row_ok[:, None] & (ks < D)[None, :], other=0.0).to(COMPUTE)
+                        mask=row_ok[:, None] & (ks < D)[None, :], other=0.0)
             w = tl.load(w_ptr + ks[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
-                        mask=(ks < D)[:, None] & d_ok[None, :], other=0.0).to(COMPUTE)
-            acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
+                        mask=(ks < D)[:, None] & d_ok[None, :], other=0.0)
+            acc = tl.dot(g.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
         tl.store(da_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
                  acc.to(da_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
 def _out_proj_dw_kernel(
-    dout_ptr, a_ptr, gate_ptr, dw_ptr, colsum_ptr, M, D, H, rows_per_split,
+    dout_ptr, a_ptr, b_ptr, gate_ptr, scale_ptr, dw_ptr, db_ptr, dscale_ptr,
+    M, D, H, rows_per_split,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Program (n, h, split): for a live head h, dW_o[cols n, head h] += dout[rows, n]^T
-    # a[rows, head h] over its share of rows (fp32 atomics); the extra program h == H adds
-    # the rows' sum of dout[:, n] to colsum (for db_o and the module gate's gradient).
+    # a[rows, head h] over its share of rows (fp32 atomics). The extra program h == H sums
+    # dout[rows, n] over the rows: db_o += s * sum, and for the module gate ds += sum . b_o.
     pid_n = tl.program_id(0)
     h = tl.program_id(1)
     row_start = tl.program_id(2) * rows_per_split
@@ -242,10 +303,10 @@ def _out_proj_dw_kernel(
             for m0 in range(row_start, row_end, BLOCK_M):
                 rows = m0 + offs_m
                 row_ok = rows < row_end
-                g = tl.load(dout_ptr + rows[:, None] * D + cols[None, :],
-                            mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(COMPUTE)
                 a = tl.load(a_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
-                            mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(COMPUTE)
+                            mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                g = tl.load(dout_ptr + rows[:, None] * D + cols[None, :],
+                            mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(a.dtype)
                 acc = tl.dot(tl.trans(g), a, acc, input_precision=DOT_PRECISION)
             tl.atomic_add(dw_ptr + cols[:, None] * D + (h * HEAD_DIM + offs_d)[None, :], acc,
                           mask=col_ok[:, None] & d_ok[None, :])
@@ -256,20 +317,26 @@ def _out_proj_dw_kernel(
             g = tl.load(dout_ptr + rows[:, None] * D + cols[None, :],
                         mask=(rows < row_end)[:, None] & col_ok[None, :], other=0.0)
             total += tl.sum(g.to(tl.float32), 0)
-        tl.atomic_add(colsum_ptr + cols, total, mask=col_ok)
+        scale = _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE, BLOCK_H)
+        tl.atomic_add(db_ptr + cols, total * scale, mask=col_ok)
+        if BIAS_MODE == 2:
+            bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            tl.atomic_add(dscale_ptr, tl.sum(total * bias, 0))
 
 
 # ----------------------------------------------------------------------------- launchers
 
-def _precision(compute: torch.dtype) -> str:
-    return "ieee" if compute == torch.float32 else "tf32"
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _blocks(head_dim: int) -> dict:
     block_d = max(16, triton.next_power_of_2(head_dim))
     if _interpreting():
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_D=block_d)
-    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, BLOCK_D=block_d)
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_D=block_d, wide=32, opts={},
+                    dw_opts={})
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, BLOCK_D=block_d, wide=128,
+                opts=dict(num_warps=8, num_stages=3), dw_opts=dict(num_warps=8, num_stages=2))
 
 
 def _split(M: int, block_m: int) -> tuple[int, int]:
@@ -280,76 +347,77 @@ def _split(M: int, block_m: int) -> tuple[int, int]:
     return triton.cdiv(M, rows), rows
 
 
-def _launch_opts(kind: str) -> dict:
-    if _interpreting():
-        return {}
-    return dict(num_warps=4, num_stages=3 if kind != "dw" else 2)
-
-
-def in_proj_fwd_triton(y, w, b, head_gates, compute):
+def in_proj_fwd_triton(y, w, b, head_gates):
+    """y (M, d) any float dtype, w (3d, d) in the compute dtype -> qkv (M, 3d) compute dtype."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    qkv = torch.empty(M, 3 * D, dtype=compute, device=y.device)
-    _in_proj_fwd_kernel[(triton.cdiv(M, blk["BLOCK_M"]), 3 * H)](
+    qkv = torch.empty(M, 3 * D, dtype=w.dtype, device=y.device)
+    _in_proj_fwd_kernel[(triton.cdiv(M, blk["BLOCK_M"]), H)](
         y, w, b, head_gates, qkv, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
-        BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], COMPUTE=_TL_DTYPES[compute],
-        DOT_PRECISION=_precision(compute), **_launch_opts("fwd"))
+        BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=_precision(w.dtype),
+        **blk["opts"])
     return qkv
 
 
-def in_proj_bwd_triton(dqkv, y, w, head_gates, compute):
+def in_proj_bwd_triton(dqkv, y, w, head_gates):
+    """-> (dy in y's dtype, dW fp32, db fp32); w in the compute dtype (= dqkv's)."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    common = dict(HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"],
-                  BLOCK_D=blk["BLOCK_D"], COMPUTE=_TL_DTYPES[compute],
-                  DOT_PRECISION=_precision(compute))
+    precision = _precision(w.dtype)
     dy = torch.empty_like(y)
-    _in_proj_dy_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(D, blk["BLOCK_N"]))](
-        dqkv, w, head_gates, dy, M, D, H, **common, **_launch_opts("fwd"))
+    _in_proj_dy_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(D, blk["wide"]))](
+        dqkv, w, head_gates, dy, M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
+        BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision, **blk["opts"])
     dw = torch.zeros(3 * D, D, dtype=torch.float32, device=y.device)
     db = torch.zeros(3 * D, dtype=torch.float32, device=y.device)
     splits, rows = _split(M, blk["BLOCK_M"])
-    _in_proj_dw_kernel[(3 * H, triton.cdiv(D, blk["BLOCK_N"]) + 1, splits)](
-        dqkv, y, head_gates, dw, db, M, D, rows, **common, **_launch_opts("dw"))
+    _in_proj_dw_kernel[(H, triton.cdiv(D, blk["BLOCK_N"]) + 1, splits)](
+        dqkv, y, head_gates, dw, db, M, D, rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
+        BLOCK_N=blk["BLOCK_N"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision,
+        **blk["dw_opts"])
     return dy, dw, db
 
 
-def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, compute):
+def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
+    """a (M, d), w (d, d) in the compute dtype -> a W^T + s b (M, d) compute dtype."""
     M, D = a.shape
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    out = torch.empty(M, D, dtype=compute, device=a.device)
-    _out_proj_fwd_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(D, blk["BLOCK_N"]))](
-        a, w, b, head_gates, bias_scale if bias_scale is not None else head_gates, out,
-        M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"],
-        BLOCK_D=blk["BLOCK_D"], HAS_SCALE=bias_scale is not None, COMPUTE=_TL_DTYPES[compute],
-        DOT_PRECISION=_precision(compute), **_launch_opts("fwd"))
+    out = torch.empty(M, D, dtype=w.dtype, device=a.device)
+    _out_proj_fwd_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(D, blk["wide"]))](
+        a, w, b, head_gates, head_gates if bias_scale is None else bias_scale, out, M, D, H,
+        HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"],
+        BIAS_MODE=bias_mode, BLOCK_H=triton.next_power_of_2(H),
+        DOT_PRECISION=_precision(w.dtype), **blk["opts"])
     return out
 
 
-def out_proj_bwd_triton(dout, a, w, head_gates, compute):
-    """Returns (da, dw fp32, colsum fp32 = dout summed over rows)."""
+def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode):
+    """-> (da, dW fp32, db fp32, dscale fp32 (1,)); dead heads' columns of da unwritten."""
     M, D = a.shape
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    common = dict(HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_D=blk["BLOCK_D"],
-                  COMPUTE=_TL_DTYPES[compute], DOT_PRECISION=_precision(compute))
+    precision = _precision(w.dtype)
     da = torch.empty_like(a)
     _out_proj_da_kernel[(triton.cdiv(M, blk["BLOCK_M"]), H)](
-        dout, w, head_gates, da, M, D, BLOCK_K=blk["BLOCK_K"], **common, **_launch_opts("fwd"))
+        dout, w, head_gates, da, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
+        BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=precision, **blk["opts"])
     dw = torch.zeros(D, D, dtype=torch.float32, device=a.device)
-    colsum = torch.zeros(D, dtype=torch.float32, device=a.device)
+    db = torch.zeros(D + 1, dtype=torch.float32, device=a.device)   # db_o, then dscale
     splits, rows = _split(M, blk["BLOCK_M"])
     _out_proj_dw_kernel[(triton.cdiv(D, blk["BLOCK_N"]), H + 1, splits)](
-        dout, a, head_gates, dw, colsum, M, D, H, rows, BLOCK_N=blk["BLOCK_N"], **common,
-        **_launch_opts("dw"))
-    return da, dw, colsum
+        dout, a, b, head_gates, head_gates if bias_scale is None else bias_scale, dw, db,
+        db[D:], M, D, H, rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"],
+        BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode, BLOCK_H=triton.next_power_of_2(H),
+        DOT_PRECISION=precision,
+        **blk["dw_opts"])
+    return da, dw, db[:D], db[D:]
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -358,7 +426,7 @@ def out_proj_bwd_triton(dout, a, w, head_gates, compute):
 def gated_in_proj(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, head_gates: torch.Tensor,
                   compute: torch.dtype) -> torch.Tensor:
     """y (M, d) -> qkv (M, 3d) in `compute`; dead heads' columns are left unwritten."""
-    return in_proj_fwd_triton(y, w, b, head_gates, compute)
+    return in_proj_fwd_triton(y, w.to(compute), b, head_gates)
 
 
 @gated_in_proj.register_fake
@@ -370,14 +438,14 @@ def _(y, w, b, head_gates, compute):
 def gated_in_proj_bwd(dqkv: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                       head_gates: torch.Tensor, compute: torch.dtype
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return in_proj_bwd_triton(dqkv, y, w, head_gates, compute)
+    return in_proj_bwd_triton(dqkv, y, w.to(compute), head_gates)
 
 
 @gated_in_proj_bwd.register_fake
 def _(dqkv, y, w, head_gates, compute):
     f32 = torch.float32
-    return torch.empty_like(y), w.new_empty(w.shape, dtype=f32), w.new_empty(w.shape[0],
-                                                                               dtype=f32)
+    return (torch.empty_like(y), w.new_empty(w.shape, dtype=f32),
+            w.new_empty(w.shape[0], dtype=f32))
 
 
 def _in_proj_setup(ctx, inputs, output):
@@ -398,48 +466,91 @@ gated_in_proj.register_autograd(_in_proj_backward, setup_context=_in_proj_setup)
 
 @torch.library.custom_op("orthoasr::gated_out_proj", mutates_args=())
 def gated_out_proj(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, head_gates: torch.Tensor,
-                   bias_scale: torch.Tensor | None, compute: torch.dtype) -> torch.Tensor:
+                   bias_scale: torch.Tensor | None, bias_mode: int, compute: torch.dtype
+                   ) -> torch.Tensor:
     """a (M, d) -> a W_o^T + s b_o (M, d) in `compute`, summing over live heads only."""
-    return out_proj_fwd_triton(a, w, b, head_gates, bias_scale, compute)
+    return out_proj_fwd_triton(a, w.to(compute), b, head_gates, bias_scale, bias_mode)
 
 
 @gated_out_proj.register_fake
-def _(a, w, b, head_gates, bias_scale, compute):
+def _(a, w, b, head_gates, bias_scale, bias_mode, compute):
     return a.new_empty(a.shape[0], w.shape[0], dtype=compute)
 
 
 @torch.library.custom_op("orthoasr::gated_out_proj_bwd", mutates_args=())
-def gated_out_proj_bwd(dout: torch.Tensor, a: torch.Tensor, w: torch.Tensor,
-                       head_gates: torch.Tensor, compute: torch.dtype
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return out_proj_bwd_triton(dout, a, w, head_gates, compute)
+def gated_out_proj_bwd(dout: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                       head_gates: torch.Tensor, bias_scale: torch.Tensor | None,
+                       bias_mode: int, compute: torch.dtype
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    da, dw, db, dscale = out_proj_bwd_triton(dout, a, w.to(compute), b, head_gates,
+                                             bias_scale, bias_mode)
+    return da, dw, db.clone(), dscale.clone()
 
 
 @gated_out_proj_bwd.register_fake
-def _(dout, a, w, head_gates, compute):
+def _(dout, a, w, b, head_gates, bias_scale, bias_mode, compute):
     f32 = torch.float32
-    return torch.empty_like(a), w.new_empty(w.shape, dtype=f32), w.new_empty(w.shape[0],
-                                                                               dtype=f32)
+    return (torch.empty_like(a), w.new_empty(w.shape, dtype=f32),
+            w.new_empty(w.shape[0], dtype=f32), w.new_empty(1, dtype=f32))
 
 
 def _out_proj_setup(ctx, inputs, output):
-    a, w, b, head_gates, bias_scale, compute = inputs
+    a, w, b, head_gates, bias_scale, bias_mode, compute = inputs
     ctx.save_for_backward(a, w, b, head_gates, bias_scale)
-    ctx.compute = compute
+    ctx.bias_mode, ctx.compute = bias_mode, compute
 
 
 def _out_proj_backward(ctx, dout):
     a, w, b, head_gates, bias_scale = ctx.saved_tensors
-    da, dw, colsum = gated_out_proj_bwd(dout.contiguous(), a, w, head_gates, ctx.compute)
-    if bias_scale is None:
-        db, dscale = colsum, None
-    else:
-        db = colsum * bias_scale.float()
-        dscale = (colsum * b.float()).sum().to(bias_scale.dtype)
-    return da, dw.to(w.dtype), db.to(b.dtype), None, dscale, None
+    da, dw, db, dscale = gated_out_proj_bwd(dout.contiguous(), a, w, b, head_gates, bias_scale,
+                                            ctx.bias_mode, ctx.compute)
+    dscale = None if bias_scale is None else dscale.reshape(bias_scale.shape).to(bias_scale.dtype)
+    return da, dw.to(w.dtype), db.to(b.dtype), None, dscale, None, None
 
 
 gated_out_proj.register_autograd(_out_proj_backward, setup_context=_out_proj_setup)
+
+
+# ----------------------------------------------------------------------------- eager path
+
+class _GatedMHSA(torch.autograd.Function):
+    """The whole Triton module (in-projection, attention, out-projection) as one autograd
+    Function: what eager mode runs (fewer host round-trips than three custom ops)."""
+
+    @staticmethod
+    def forward(ctx, y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, num_heads,
+                bias_mode, compute):
+        B, T, D = y.shape
+        Dh = D // num_heads
+        y2 = y.reshape(B * T, D)
+        w_in_c, w_o_c = w_in.to(compute), w_o.to(compute)
+        qkv = in_proj_fwd_triton(y2, w_in_c, b_in, head_gates)
+        a, lse = gated_attention_packed_fwd_impl(qkv.view(B, T, num_heads, 3, Dh), lengths,
+                                                 head_gates, Dh ** -0.5)
+        out = out_proj_fwd_triton(a.view(B * T, D), w_o_c, b_o, head_gates, bias_scale,
+                                  bias_mode)
+        ctx.save_for_backward(y2, w_in_c, qkv, a, lse, lengths, head_gates, w_o_c, b_o,
+                              bias_scale)
+        ctx.meta = (B, T, D, num_heads, bias_mode, w_in.dtype, b_in.dtype, w_o.dtype)
+        return out.view(B, T, D)
+
+    @staticmethod
+    def backward(ctx, dout):
+        y2, w_in_c, qkv, a, lse, lengths, head_gates, w_o_c, b_o, bias_scale = ctx.saved_tensors
+        B, T, D, H, bias_mode, w_in_dtype, b_in_dtype, w_o_dtype = ctx.meta
+        Dh = D // H
+        da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
+                                                     a.view(B * T, D), w_o_c, b_o, head_gates,
+                                                     bias_scale, bias_mode)
+        dqkv, dgates = gated_attention_packed_bwd_impl(
+            qkv.view(B, T, H, 3, Dh), a, da.view(B, T, H, Dh), lse, lengths, head_gates,
+            Dh ** -0.5)
+        dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), y2, w_in_c, head_gates)
+        if bias_scale is not None:
+            dscale = dscale.reshape(bias_scale.shape).to(bias_scale.dtype)
+        return (dy.view(B, T, D), None, dgates, dscale if bias_scale is not None else None,
+                dw_in.to(w_in_dtype), db_in.to(b_in_dtype), dw_o.to(w_o_dtype),
+                db_o.to(b_o.dtype), None, None, None)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -451,22 +562,38 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def gated_mhsa(y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, num_heads: int,
-               compute: torch.dtype | None = None):
-    """y = LN(x): (B, T, d) -> (B, T, d). Triton (projections and attention skip dead heads)
-    or the PyTorch reference, by orthoasr.backend.use_triton; float64 runs the reference."""
+def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int,
+               granularity: str = "component", all_on: torch.Tensor | None = None):
+    """y = LN(x): (B, T, d) -> (B, T, d); gates None, (H,) or (1,) (module granularity).
+
+    Triton (projections and attention skip dead heads) or the PyTorch reference, by
+    orthoasr.backend.use_triton; float64 runs the reference. `all_on`: a cached (H,) ones
+    tensor for gates=None (saves a launch)."""
     from orthoasr.backend import use_triton
 
-    if y.dtype == torch.float64 or not use_triton(y, lengths, head_gates):
-        return gated_mhsa_reference(y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o,
-                                    num_heads)
-    compute = compute_dtype(y) if compute is None else compute
+    tensors = (y, lengths) if gates is None else (y, lengths, gates)
+    if y.dtype == torch.float64 or not use_triton(*tensors):
+        return gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads,
+                                    granularity)
+    compute = compute_dtype(y)
+    bias_scale = None
+    if gates is None:
+        head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
+        bias_mode = BIAS_PLAIN
+    elif granularity == "module":
+        head_gates, bias_scale, bias_mode = gates.expand(num_heads).contiguous(), gates, \
+            BIAS_SCALED
+    else:
+        head_gates, bias_mode = gates.contiguous(), BIAS_IF_LIVE
+    if not torch.compiler.is_compiling():
+        return _GatedMHSA.apply(y.contiguous(), lengths, head_gates, bias_scale, w_in.contiguous(),
+                                b_in, w_o.contiguous(), b_o, num_heads, bias_mode, compute)
     B, T, D = y.shape
     Dh = D // num_heads
     qkv = gated_in_proj(y.reshape(B * T, D).contiguous(), w_in.contiguous(), b_in, head_gates,
                         compute)
-    a, _lse = gated_attention_packed_fwd(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
-                                         Dh ** -0.5)
+    a = gated_attention_packed(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
+                               Dh ** -0.5)
     out = gated_out_proj(a.view(B * T, D), w_o.contiguous(), b_o, head_gates, bias_scale,
-                         compute)
+                         bias_mode, compute)
     return out.view(B, T, D)

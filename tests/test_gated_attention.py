@@ -58,20 +58,24 @@ def test_matches_reference(shape, gate_kind):
     grad_out = torch.randn(B, H, T, Dh, device=DEV)
     ours = _grads(_triton, q, k, v, lengths, gates, grad_out)
     ref = _grads(ga.gated_attention_reference, q, k, v, lengths, gates, grad_out)
-    for name, a, b in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref):
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, strict=True):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=name)
     if gate_kind == "all_off":
         assert torch.equal(ours[0], torch.zeros_like(ours[0]))
         assert all(torch.equal(t, torch.zeros_like(t)) for t in ours[1:])
 
 
-def test_packed_matches_unpacked():
+@pytest.mark.parametrize("path", ["custom_op", "eager_function"])
+def test_packed_matches_unpacked(path):
     B, T, H, Dh = 2, 37, 3, 16
     qkv = torch.randn(B, T, H, 3, Dh, device=DEV, requires_grad=True)
     lengths = torch.tensor([37, 20], dtype=torch.int64, device=DEV)
     gates = torch.tensor([0.5, 0.0, 1.5], device=DEV, requires_grad=True)
     grad_out = torch.randn(B, T, H, Dh, device=DEV)
-    out, _ = ga.gated_attention_packed_fwd(qkv, lengths, gates, 0.25)
+    if path == "custom_op":
+        out, _ = ga.gated_attention_packed_fwd(qkv, lengths, gates, 0.25)
+    else:
+        out = ga.gated_attention_packed(qkv, lengths, gates, 0.25)
     out.backward(grad_out)
     q, k, v = (t.detach().clone().requires_grad_() for t in ga._unpack(qkv.detach()))
     g2 = gates.detach().clone().requires_grad_()
@@ -114,6 +118,17 @@ def test_padding_invariance():
     out2 = _triton(q2, k2, v2, lengths, gates, 0.25)
     assert torch.equal(out, out2)
     assert torch.isfinite(out2).all()
+
+
+def test_public_function_gradients():
+    """gated_attention() in eager mode runs the autograd.Function path: check its grads."""
+    q, k, v, lengths = _inputs(2, 3, 37, 16, [37, 1])
+    gates = torch.tensor([0.9, 0.0, 1.4], device=DEV)
+    grad_out = torch.randn(2, 3, 37, 16, device=DEV)
+    ours = _grads(ga.gated_attention, q, k, v, lengths, gates, grad_out)
+    ref = _grads(ga.gated_attention_reference, q, k, v, lengths, gates, grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=name)
 
 
 def test_public_function_backends_agree():
@@ -187,7 +202,7 @@ def test_low_precision_error_ratio(dtype, shape):
     low = [t.to(dtype) for t in (q, k, v)]
     ours = _grads(_triton, *low, lengths, gates.float(), grad_out.to(dtype))
     ref = _grads(ga.gated_attention_reference, *low, lengths, gates.float(), grad_out.to(dtype))
-    for name, o, r, g in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, gold):
+    for name, o, r, g in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, gold, strict=True):
         atol = 1e-2 * g.abs().max().item() * (1e-1 if dtype == torch.float16 else 1) + 1e-5
         assert _err(o, g) <= 2 * _err(r, g) + atol, name
 
@@ -220,5 +235,5 @@ def test_cuda_graph_and_no_sync():
         captured = step()
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(eager, captured):
+    for a, b in zip(eager, captured, strict=True):
         assert torch.equal(a, b)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from orthoasr.kernels.gated_attention import gated_attention_reference
 
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
+from orthoasr.kernels.gated_attention import gated_attention_reference
 from orthoasr.nn import GatedMHSA
 from orthoasr.units import module_cost
 
@@ -246,3 +246,63 @@ def test_benchmark_shape_all_off_is_zero():
     assert torch.equal(out, torch.zeros_like(out))
     out.float().sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x.grad))
+
+
+# ----------------------------------------------------------------------------- compile path ops
+
+def test_projection_ops_match_linear():
+    """The torch.library projection ops (what torch.compile sees) vs F.linear on live heads."""
+    from orthoasr.kernels import gated_mhsa as gm
+
+    M, D, Dh = 45, 48, 16
+    gates = torch.tensor([0.5, 0.0, 1.2], device=DEV)
+    live_in = (gates != 0).repeat_interleave(3 * Dh).float()      # qkv columns, head-major
+    live_out = (gates != 0).repeat_interleave(Dh).float()
+    y, a = torch.randn(M, D, device=DEV), torch.randn(M, D, device=DEV)
+    w_in, b_in = torch.randn(3 * D, D, device=DEV), torch.randn(3 * D, device=DEV)
+    w_o, b_o = torch.randn(D, D, device=DEV), torch.randn(D, device=DEV)
+    scale = torch.tensor([0.7], device=DEV)
+    g_qkv, g_out = torch.randn(M, 3 * D, device=DEV), torch.randn(M, D, device=DEV)
+
+    def grads(fn, *inputs):
+        inputs = [t.detach().clone().requires_grad_() for t in inputs]
+        out = fn(*inputs)
+        grad = g_qkv if out.shape[1] == 3 * D else g_out
+        return [out.detach()] + list(torch.autograd.grad(out, inputs, grad))
+
+    ours = grads(lambda y, w, b: gm.gated_in_proj(y, w, b, gates, torch.float32) * live_in,
+                 y, w_in, b_in)
+    ref = grads(lambda y, w, b: F.linear(y, w, b) * live_in, y, w_in, b_in)
+    for x, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(x, r, atol=1e-4, rtol=1e-4)
+    for mode, s in ((gm.BIAS_IF_LIVE, None), (gm.BIAS_SCALED, scale)):
+        extra = () if s is None else (s,)
+        ours = grads(lambda a, w, b, *s, mode=mode: gm.gated_out_proj(
+                         a, w, b, gates, s[0] if s else None, mode, torch.float32),
+                     a, w_o, b_o, *extra)
+        ref = grads(lambda a, w, b, *s: F.linear(a * live_out, w, b * (s[0] if s else 1.0)),
+                    a, w_o, b_o, *extra)
+        # da of dead heads is not written by the op: compare live columns only
+        ours[1], ref[1] = ours[1] * live_out, ref[1] * live_out
+        for x, r in zip(ours, ref, strict=True):
+            torch.testing.assert_close(x, r, atol=1e-4, rtol=1e-4)
+    torch.library.opcheck(gm.gated_in_proj, (y, w_in, b_in, gates, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(gm.gated_out_proj,
+                          (a, w_o, b_o, gates, scale, gm.BIAS_SCALED, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+def test_torch_compile_matches_eager():
+    m = _module(d=384, heads=6)
+    x = torch.randn(4, 100, 384, device="cuda")
+    lengths = torch.tensor([100, 50, 73, 1], device="cuda")
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 2.0], device="cuda")
+    grad_out = torch.randn_like(x)
+    eager = _run(m, x, lengths, gates, grad_out, "auto")
+    compiled = torch.compile(m)
+    ours = _run(compiled, x, lengths, gates, grad_out, "auto")
+    torch.testing.assert_close(ours[0], eager[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(ours[1] + [ours[2]], eager[1] + [eager[2]], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backend import use_triton
 from ..config import GRANULARITIES
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -57,6 +56,8 @@ class GatedMHSA(nn.Module):
         self.out_proj_bias = nn.Parameter(torch.zeros(d_model))
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.kaiming_uniform_(self.out_proj_weight, a=math.sqrt(5))
+        # gates=None on the Triton backend: all heads on, without a fill launch per call
+        self.register_buffer("_all_on", torch.ones(num_heads), persistent=False)
 
     @property
     def num_gates(self) -> int:
@@ -69,21 +70,13 @@ class GatedMHSA(nn.Module):
         validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
         lengths are always checked."""
         self._check(x, lengths, gates, validate)
-        head_gates, bias_scale = self._gates(x, gates)
         from orthoasr.kernels.gated_mhsa import gated_mhsa
-        out = gated_mhsa(self.norm(x), lengths, head_gates, bias_scale, self.in_proj_weight,
-                         self.in_proj_bias, self.out_proj_weight, self.out_proj_bias,
-                         self.num_heads)
-        return F.dropout(out, self.dropout, self.training)
-
-    def _gates(self, x, gates):
-        """(head_gates (H,), bias_scale () or None) from the module's gates."""
-        H = self.num_heads
-        if gates is None:
-            return torch.ones(H, dtype=torch.float32, device=x.device), None
-        if self.granularity == "module":
-            return gates.expand(H).contiguous(), gates.reshape(())
-        return gates.contiguous(), (gates != 0).any().to(gates.dtype)
+        out = gated_mhsa(self.norm(x), lengths, gates, self.in_proj_weight, self.in_proj_bias,
+                         self.out_proj_weight, self.out_proj_bias, self.num_heads,
+                         self.granularity, all_on=self._all_on)
+        if self.training and self.dropout > 0:
+            out = F.dropout(out, self.dropout, True)
+        return out
 
     def _check(self, x, lengths, gates, validate):
         if not isinstance(x, torch.Tensor) or not isinstance(lengths, torch.Tensor):
