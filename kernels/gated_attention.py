@@ -18,7 +18,9 @@ a key block and dQ of a query block in one program), `_gated_attn_dgate_kernel`,
 launchers, and the torch.library ops
 `orthoasr::gated_attention_fwd` / `_bwd` (separate q, k, v) and
 `orthoasr::gated_attention_packed_fwd` / `_bwd` (one packed qkv (B, T, H, 3, Dh) tensor, the
-layout the MHSA in-projection writes, so the backward returns one packed gradient).
+layout the MHSA in-projection writes, so the backward returns one packed gradient). The
+packed ops serve the MHSA module, which never reads a dead head's columns: they leave dead
+heads' entries of their outputs (out, grad qkv) unwritten instead of storing zeros.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _gated_attn_fwd_kernel(
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
     H, T, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (m, b*H + h) computes query rows [m*BLOCK_M, (m+1)*BLOCK_M) of head h of
     # sequence b: online softmax over the L_b valid keys only (key blocks past L_b are never
@@ -138,7 +140,7 @@ def _gated_attn_fwd_kernel(
         out = tl.where((offs_m < seq_len)[:, None], out, 0.0)
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=o_mask)
         tl.store(lse_ptr + pid_bh * T + offs_m, m_i + tl.log2(l_i), mask=offs_m < seq_len)
-    else:
+    elif (gate != 0) | ZERO_DEAD:   # padded blocks always; dead heads unless packed
         tl.store(o_ptrs, tl.zeros([BLOCK_M, BLOCK_D], o_ptr.dtype.element_ty), mask=o_mask)
 
 
@@ -184,7 +186,8 @@ def _gated_attn_bwd_kernel(
     stride_dvb, stride_dvh, stride_dvt,
     H, T, sm_scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
-    BLOCK_M1: tl.constexpr, BLOCK_N2: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M1: tl.constexpr, BLOCK_N2: tl.constexpr, ZERO_DEAD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Program (i, b*H + h) does two jobs of head h of sequence b, both only over the L_b
     # valid frames (dead heads and blocks past L_b store zeros):
@@ -267,7 +270,7 @@ def _gated_attn_bwd_kernel(
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=blk_mask)
-    else:
+    elif (gate != 0) | ZERO_DEAD:   # padded blocks always; dead heads unless packed
         zeros = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         tl.store(dk_ptrs, zeros.to(dk_ptr.dtype.element_ty), mask=blk_mask)
         tl.store(dv_ptrs, zeros.to(dv_ptr.dtype.element_ty), mask=blk_mask)
@@ -329,8 +332,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out):
-    """Fills `out` (B, H, T, Dh) (any strides) and returns lse (B, H, T) fp32 (log2 units)."""
+def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero_dead=True):
+    """Fills `out` (B, H, T, Dh) (any strides) and returns lse (B, H, T) fp32 (log2 units).
+    zero_dead=False leaves dead heads' rows of `out` unwritten."""
     B, H, T, Dh = q.shape
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     cfg = _config("fwd", Dh, T)
@@ -339,14 +343,15 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out):
         q, k, v, lengths, head_gates, out, lse,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
         H, T, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=max(16, triton.next_power_of_2(Dh)),
+        HEAD_DIM=Dh, BLOCK_D=max(16, triton.next_power_of_2(Dh)), ZERO_DEAD=zero_dead,
         DOT_PRECISION=_dot_precision(q.dtype), **cfg)
     return lse
 
 
 def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates, sm_scale,
-                               dq, dk, dv):
-    """Fills dq, dk, dv (any strides) and returns dgates (H,) in the gates' dtype."""
+                               dq, dk, dv, zero_dead=True):
+    """Fills dq, dk, dv (any strides) and returns dgates (H,) in the gates' dtype.
+    zero_dead=False leaves dead heads' rows of dq, dk, dv unwritten."""
     B, H, T, Dh = q.shape
     block_d = max(16, triton.next_power_of_2(Dh))
     dev = q.device
@@ -363,7 +368,8 @@ def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
         q, k, v, grad_out, lse, delta, lengths, head_gates, dq, dk, dv,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out),
         *_strides3(dq), *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+        HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead,
+        DOT_PRECISION=_dot_precision(q.dtype), **cfg)
     dgates = torch.empty_like(head_gates)
     _gated_attn_dgate_kernel[(H,)](dgate_part, head_gates, dgates, B * pre_grid[0],
                                    BLOCK=128)
@@ -441,7 +447,7 @@ def gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale):
     out = torch.empty(B, T, H, Dh, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
     lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale,
-                                     out.permute(0, 2, 1, 3))
+                                     out.permute(0, 2, 1, 3), zero_dead=False)
     return out, lse
 
 
@@ -466,7 +472,7 @@ def gated_attention_packed_bwd_impl(qkv, out, grad_out, lse, lengths, head_gates
     dq, dk, dv = _unpack(grad_qkv)
     dgates = gated_attention_bwd_triton(q, k, v, out.permute(0, 2, 1, 3),
                                         grad_out.permute(0, 2, 1, 3), lse, lengths,
-                                        head_gates, sm_scale, dq, dk, dv)
+                                        head_gates, sm_scale, dq, dk, dv, zero_dead=False)
     return grad_qkv, dgates
 
 
