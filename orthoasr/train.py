@@ -291,8 +291,9 @@ class Trainer:
         loss, parts = self.losses(feats, lengths, targets, target_lengths)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.run.grad_clip)
+        # the model's gradient only: the scores' (penalty-dominated) gradient must not
+        # shrink it; Adam normalises the scores' steps anyway
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip)
         self.optimizer.step()
         self.pending.append({**parts, "step": self.step + 1,
                              "stage": 1 if self.frozen_masks is None else 2, "tau": tau,

@@ -1,0 +1,119 @@
+"""End-to-end training step time: `orthoasr train --config configs/paper.yaml` for a few steps
+of each stage on a small corpus made on the machine, with the Triton kernels and, as the
+baseline in the same run, with the PyTorch references; then `orthoasr eval`.
+
+    python -m bench.train_step --work-dir /tmp/train_bench --out bench/results
+
+Step time = wall time between the loop's loss reads / steps (data loading included), the
+median over the log intervals after the first of each stage (compilation, autotuning).
+Rows go to <out>/train_step.json (table "train").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.harness import write_rows
+from orthoasr.evaluate import evaluate
+from orthoasr.run_config import load_run_config
+from orthoasr.train import read_metrics, train
+
+WORDS = ("the quick brown fox jumps over lazy dog red green blue one two three four five six "
+         "seven eight nine stop go left right up down yes no").split()
+
+
+def make_corpus(data_dir: Path, preset: str) -> str:
+    """The synthetic eSpeak corpus if it can be made here, else random noise with random
+    transcripts (shapes and step times only). Returns which one."""
+    try:
+        from orthoasr.data.synth import synthesize_corpus
+        synthesize_corpus(data_dir, preset=preset, seed=0)
+        return f"synth-{preset}"
+    except Exception as err:  # no eSpeak NG on this machine
+        print(f"synthesis failed ({err!r}); using random audio")
+    from orthoasr.data import write_wav
+    rng = np.random.default_rng(0)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", 2000), ("dev", 100), ("test", 100)):
+        with (data_dir / f"{split}.jsonl").open("w") as manifest:
+            for i in range(count):
+                text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 15))))
+                samples = int(16000 * rng.uniform(1.5, 6.0))
+                path = data_dir / f"{split}_{i}.wav"
+                write_wav(path, 0.1 * rng.standard_normal(samples), 16000)
+                manifest.write(json.dumps({"audio_filepath": str(path),
+                                           "duration": samples / 16000, "text": text}) + "\n")
+    return "random"
+
+
+def stage_times(rows: list[dict]) -> dict[int, tuple[float, float, int]]:
+    """stage -> (median ms/step, median utt/s, steps timed) over intervals after the first."""
+    out = {}
+    for stage in (1, 2):
+        intervals = {}
+        for r in rows:
+            if int(r["stage"]) == stage:
+                intervals.setdefault((r["ms_per_step"], r["utt_per_s"]), []).append(r["step"])
+        timed = list(intervals.items())[1:]
+        if timed:
+            out[stage] = (statistics.median(k[0] for k, _ in timed),
+                          statistics.median(k[1] for k, _ in timed),
+                          sum(len(v) for _, v in timed))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/paper.yaml")
+    parser.add_argument("--work-dir", default="/tmp/train_bench")
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--steps", type=int, default=30, help="steps per stage (ours)")
+    parser.add_argument("--baseline-steps", type=int, default=15, help="per stage (torch)")
+    parser.add_argument("--max-frames", type=int, default=32000)
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    args = parser.parse_args()
+    work = Path(args.work_dir)
+    start = time.perf_counter()
+    corpus = make_corpus(work / "data", args.preset)
+    print(f"corpus {corpus} ready after {time.perf_counter() - start:.0f} s", flush=True)
+    common = [f"{s}_manifest={work / 'data' / (s + '.jsonl')}" for s in ("train", "dev", "test")]
+    common += [f"max_frames={args.max_frames}", "log_every=5", "ckpt_every=100000",
+               "warmup_steps=10", "penalty_warmup=10"]
+    results = {}
+    for provider, backend, steps in (("orthoasr (triton)", "auto", args.steps),
+                                     ("pytorch reference", "torch", args.baseline_steps)):
+        run = load_run_config(args.config, common + [f"backend={backend}",
+                                                     f"stage1_steps={steps}",
+                                                     f"stage2_steps={steps}"])
+        out_dir = work / backend
+        train(run, out_dir)
+        results[provider] = (stage_times(read_metrics(out_dir / "metrics.csv")), run)
+        print(f"{provider}: {results[provider][0]} after {time.perf_counter() - start:.0f} s",
+              flush=True)
+    eval_rows = evaluate(work / "auto" / "checkpoint.pt", heatmap=work / "heatmap.png")
+    base = results["pytorch reference"][0]
+    rows = []
+    for provider, (times, run) in results.items():
+        for stage, (ms, utt_s, timed) in times.items():
+            rows.append({"table": "train", "case": f"paper-size, stage {stage}, "
+                         f"max_frames {args.max_frames}, corpus {corpus}",
+                         "mode": "train step (fwd+bwd+AdamW, data incl.)", "provider": provider,
+                         "ms": ms, "utt_per_s": utt_s, "steps_timed": timed,
+                         "speedup_vs_torch": base[stage][0] / ms if stage in base else None,
+                         "bf16": run.bf16})
+    rows.append({"table": "train", "case": "paper-size eval after the short run",
+                 "mode": "eval", "provider": "orthoasr (triton)", "ms": None,
+                 "subnets": eval_rows})
+    path = write_rows("train_step", rows, args.out)
+    print(json.dumps(rows, indent=1))
+    print(f"rows -> {path}; total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
