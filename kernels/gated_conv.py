@@ -22,10 +22,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .gated_matmul import (EPI_GATE_BWD, EPI_GLU, EPI_STORE, interpreting, rows_gemm, wgrad)
-from .layer_norm import layer_norm_bwd, layer_norm_fwd
-
 from .gated_ffn import valid_mask
+from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, interpreting, rows_gemm, wgrad
+from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,

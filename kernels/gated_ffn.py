@@ -16,8 +16,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .gated_matmul import (BIAS_ANY_GATE, BIAS_GATE0, BIAS_PLAIN, EPI_SILU_BWD, EPI_SILU_GATE,
-                           EPI_STORE, rows_gemm, wgrad)
+from .gated_matmul import (
+    BIAS_ANY_GATE,
+    BIAS_GATE0,
+    BIAS_PLAIN,
+    EPI_SILU_BWD,
+    EPI_SILU_GATE,
+    EPI_STORE,
+    rows_gemm,
+    wgrad,
+)
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 

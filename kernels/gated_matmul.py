@@ -29,13 +29,13 @@ import triton.language as tl
 EPI_STORE = 0      # out = (acc + bias * bias_scale) * out_scale, zero at padded rows
 EPI_SILU_GATE = 1  # pre = acc + bias (saved to aux), out = g_c * silu(pre)
 EPI_SILU_BWD = 2   # out = acc * g_c * silu'(pre[aux]); colsum(acc * silu(pre)) -> sum1
-EPI_GLU = 3        # two accumulators a (cols n) and b (cols n + N): u saved to aux, out = a * sigmoid(b)
+EPI_GLU = 3        # accumulators a (cols n), b (cols n + N): u -> aux, out = a * sigmoid(b)
 EPI_GATE_BWD = 4   # colsum(acc * aux) -> sum1 (gate gradient), out = acc * g0
 
 BIAS_PLAIN, BIAS_ANY_GATE, BIAS_GATE0 = 0, 1, 2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -82,7 +82,8 @@ def _rows_gemm_kernel(
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
-    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
@@ -304,7 +305,7 @@ def _wgrad_blocks() -> dict:
     return dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

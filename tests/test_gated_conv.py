@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
+
 from orthoasr.nn import GatedConvModule
 
 D = 24

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_fwd, gated_ffn_reference
+
 from orthoasr.nn import GatedFeedForward
 
 D, F, C = 24, 48, 4
@@ -94,7 +94,7 @@ def test_gradcheck_reference_gates_fp64():
     for values, module_gate in (([0.3, -1.2, 0.8], False), ([0.7], True)):
         gates = torch.tensor(values, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(
-            lambda g, xx: gated_ffn_reference(xx, lengths, *p, g, module_gate),
+            lambda g, xx, mg=module_gate: gated_ffn_reference(xx, lengths, *p, g, mg),
             (gates, x.clone().requires_grad_()))
 
 
