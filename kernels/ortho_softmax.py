@@ -249,12 +249,12 @@ def _ortho_softmax_bwd_kernel(
             p_j = _probs(s_ptr, rows_j, cols, N, tau, max_j, den_j)
             tl.atomic_add(dp_ptr + rows_i[:, None] * N + cols[None, :],
                           tl.dot(a, p_j, input_precision=DOT_PRECISION),
-                          mask=(rows_i < N)[:, None] & col_ok)
+                          mask=(rows_i < N)[:, None] & col_ok, sem="relaxed")
             if I < J:
                 p_i = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
                 tl.atomic_add(dp_ptr + rows_j[:, None] * N + cols[None, :],
                               tl.dot(tl.trans(a), p_i, input_precision=DOT_PRECISION),
-                              mask=(rows_j < N)[:, None] & col_ok)
+                              mask=(rows_j < N)[:, None] & col_ok, sem="relaxed")
         tl.debug_barrier()
         if tl.atomic_add(counter_ptr + I, 1, sem="acq_rel") == nblk - 1:
             _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_ptr,
