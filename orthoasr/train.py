@@ -130,14 +130,14 @@ class TrainData:
     """Training utterances in buckets; batch order is a function of (seed, epoch), so a run
     resumed at (epoch, batch index) sees the same batches as an uninterrupted one."""
 
-    def __init__(self, run: RunConfig, tokenizer):
+    def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False):
         from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
         records = load_manifest(run.train_manifest)
         records = [r for r in records if _duration(r) <= run.max_duration]
         if not records:
             raise ValueError(f"training manifest {run.train_manifest} has no utterances of at "
                              f"most {run.max_duration} s")
-        self.run, self.collate = run, collate
+        self.run, self.collate, self.pin_memory = run, collate, pin_memory
         self.dataset = SpeechDataset(records, tokenizer)
         self.durations = [_duration(r) for r in records]
         self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
@@ -153,7 +153,8 @@ class TrainData:
             order = self.epoch_batches(epoch)
             loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=order[index:], collate_fn=self.collate,
-                num_workers=self.run.num_workers, generator=torch.Generator())
+                num_workers=self.run.num_workers, pin_memory=self.pin_memory,
+                generator=torch.Generator())
             for batch in loader:
                 index += 1
                 yield epoch, index, batch
@@ -236,14 +237,16 @@ class Trainer:
                 feats = self.spec_augment(feats, lengths)
         return feats, lengths
 
-    def losses(self, feats, lengths, targets, target_lengths) -> tuple[torch.Tensor, dict]:
-        """The step's loss and its parts (0-d device tensors)."""
+    def losses(self, feats, lengths, targets, target_lengths, out_lengths
+               ) -> tuple[torch.Tensor, dict]:
+        """The step's loss and its parts (0-d device tensors). CTC takes the lengths on the
+        host (`target_lengths`, `out_lengths`: CPU tensors), so it copies nothing back."""
         run, budgets = self.run, self.cfg.budgets
         zero = torch.zeros((), device=self.device)
 
         def ctc(gates, head):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                log_probs, out_lengths = self.model(feats, lengths, gates, head)
+                log_probs, _ = self.model(feats, lengths, gates, head)
             return ctc_loss(log_probs, out_lengths, targets, target_lengths)
 
         if self.frozen_masks is None:                                   # stage 1
@@ -280,15 +283,17 @@ class Trainer:
         return self.frozen_masks[-1] * keep[self.module_of_unit].float()
 
     def train_step(self, batch) -> None:
-        waves, wave_lengths, targets, target_lengths = [t.to(self.device, non_blocking=True)
-                                                        for t in batch]
+        waves, wave_lengths, targets, target_lengths = batch
+        out_lengths = self.logmel.frame_lengths(wave_lengths) // 4     # the model's, on the host
+        waves, wave_lengths, targets = [t.to(self.device, non_blocking=True)
+                                        for t in (waves, wave_lengths, targets)]
         feats, lengths = self.features(waves, wave_lengths)
         factor = lr_factor(self.step, self.run)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         tau = temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min)
         self.tau.fill_(tau)
-        loss, parts = self.losses(feats, lengths, targets, target_lengths)
+        loss, parts = self.losses(feats, lengths, targets, target_lengths, out_lengths)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # the model's gradient only: the scores' (penalty-dominated) gradient must not
@@ -408,7 +413,7 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     else:
         trainer.tokenizer = make_tokenizer(run, work_dir)
         write_metrics(work_dir / METRICS, [], keep_until=0)
-    data = TrainData(run, trainer.tokenizer)
+    data = TrainData(run, trainer.tokenizer, pin_memory=trainer.device.type == "cuda")
     if trainer.frozen_masks is not None:
         trainer.prepare_stage2()
     last = run.total_steps if stop_at is None else min(stop_at, run.total_steps)

@@ -85,3 +85,25 @@ def test_bad_gates():
         extract_subnet(model, torch.full((model.num_units,), float("nan")))
     with pytest.raises(ValueError, match="head"):
         extract_subnet(model, torch.ones(model.num_units), head=5)
+
+
+@pytest.mark.gpu
+def test_extract_on_cuda_matches_masked_supernet_on_both_backends():
+    """The compact subnet on CUDA equals the masked supernet on the PyTorch references
+    (fp32, TF32 off) tightly, and the Triton-kernel supernet within kernel tolerance."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cfg = tiny_cfg(d_model=64, num_heads=4, ff_dim=128)
+    model = ConformerSupernet(cfg).cuda().eval()
+    gates = gate_sets(model.num_units)["hard"].cuda()
+    sub = extract_subnet(model, gates, head=0)
+    feats = torch.randn(3, 200, 80, device="cuda")
+    lengths = torch.tensor([200, 131, 9], device="cuda")
+    got, _ = sub(feats, lengths)
+    expected, _ = model(feats, lengths, gates, 0)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    set_backend("auto")
+    with torch.no_grad():
+        triton_out, out_lengths = model(feats, lengths, gates, 0)
+    for b, n in enumerate(out_lengths.tolist()):
+        torch.testing.assert_close(triton_out[b, :n], got[b, :n], atol=2e-2, rtol=2e-2)

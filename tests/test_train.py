@@ -225,3 +225,32 @@ def _write_yaml(tmp_path, values):
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(values))
     return path
+
+
+@pytest.mark.gpu
+def test_train_step_has_no_host_sync(corpus, tmp_path):
+    """On CUDA (Triton kernels, bf16 autocast) a stage-1 and a stage-2 step run under
+    torch.cuda.set_sync_debug_mode("error"), after one warm-up step each (autotuning)."""
+    from orthoasr.train import Trainer, TrainData, make_tokenizer
+    run = tiny_run(corpus, "backend=auto", "device=cuda", "spec_augment=true",
+                   "stochastic_depth=0.5")
+    trainer = Trainer(run, tmp_path)
+    trainer.tokenizer = make_tokenizer(run, tmp_path)
+    batch = next(TrainData(run, trainer.tokenizer, pin_memory=True).batches(0, 0))[2]
+
+    def step_without_sync():
+        trainer.train_step(batch)                 # warm-up: compilation and autotuning
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.train_step(batch)
+            trainer.train_step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+    step_without_sync()
+    trainer.freeze()
+    trainer.prepare_stage2()
+    step_without_sync()
+    trainer.flush()
+    assert [r["stage"] for r in trainer.history] == [1, 1, 1, 2, 2, 2]
