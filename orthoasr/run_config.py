@@ -122,7 +122,30 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown config keys {['model.' + k for k in unknown]}; "
                              f"valid keys: {valid_keys()}")
+        model = {k: _coerce(SupernetConfig, k, v) for k, v in model.items()}
+        values = {k: _coerce(cls, k, v) for k, v in values.items()}
         return cls(model=SupernetConfig.from_dict(model), **values)
+
+
+def _coerce(cls, name: str, value):
+    """YAML reads `3e-4` (no dot) as a string: make numbers of float fields floats."""
+    kind = str(next(f.type for f in dataclasses.fields(cls) if f.name == name))
+    if kind.startswith("float") and isinstance(value, (str, int)) and \
+            not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if kind.startswith("tuple[float") and isinstance(value, (list, tuple)):
+        return [_coerce_number(name, v) for v in value]
+    return value
+
+
+def _coerce_number(name: str, value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold numbers, got {value!r}") from None
 
 
 def _field_names(cls) -> list[str]:
