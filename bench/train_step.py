@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench.harness import write_rows
 from orthoasr.evaluate import evaluate
@@ -86,7 +87,8 @@ def main() -> None:
     common += [f"max_frames={args.max_frames}", "log_every=5", "ckpt_every=100000",
                "warmup_steps=10", "penalty_warmup=10"]
     results = {}
-    for provider, backend, steps in (("orthoasr (triton)", "auto", args.steps),
+    ours = "orthoasr (triton)" if torch.cuda.is_available() else "orthoasr (auto: torch on CPU)"
+    for provider, backend, steps in ((ours, "auto", args.steps),
                                      ("pytorch reference", "torch", args.baseline_steps)):
         run = load_run_config(args.config, common + [f"backend={backend}",
                                                      f"stage1_steps={steps}",
@@ -101,14 +103,14 @@ def main() -> None:
     rows = []
     for provider, (times, run) in results.items():
         for stage, (ms, utt_s, timed) in times.items():
-            rows.append({"table": "train", "case": f"paper-size, stage {stage}, "
+            rows.append({"table": "train", "case": f"{Path(args.config).stem}, stage {stage}, "
                          f"max_frames {args.max_frames}, corpus {corpus}",
                          "mode": "train step (fwd+bwd+AdamW, data incl.)", "provider": provider,
                          "ms": ms, "utt_per_s": utt_s, "steps_timed": timed,
                          "speedup_vs_torch": base[stage][0] / ms if stage in base else None,
                          "bf16": run.bf16})
-    rows.append({"table": "train", "case": "paper-size eval after the short run",
-                 "mode": "eval", "provider": "orthoasr (triton)", "ms": None,
+    rows.append({"table": "train", "case": f"{Path(args.config).stem}, eval after the short run",
+                 "mode": "eval", "provider": ours, "ms": None,
                  "subnets": eval_rows})
     path = write_rows("train_step", rows, args.out)
     print(json.dumps(rows, indent=1))
