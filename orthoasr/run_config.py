@@ -110,7 +110,7 @@ class RunConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
+    def from_dict(cls, values: dict) -> RunConfig:
         values = dict(values)
         unknown = sorted(set(values) - set(_field_names(cls)))
         if unknown:

@@ -16,7 +16,6 @@ checkpoint; the temperature lives in a device tensor, so a step has no host sync
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import math
 import random
@@ -28,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import set_backend
-from .checkpoint import (check_config, load_checkpoint, rng_states, save_checkpoint,
-                         set_rng_states)
+from .checkpoint import check_config, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import SupernetConfig
 from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature

@@ -13,8 +13,14 @@ import torch
 from orthoasr import SupernetConfig, gamma_for, set_backend, subnet_cost, temperature
 from orthoasr.checkpoint import load_checkpoint
 from orthoasr.run_config import RunConfig, load_run_config
-from orthoasr.train import (SubnetSelector, TrainingDiverged, check_feasible_budgets,
-                            lr_factor, read_metrics, train)
+from orthoasr.train import (
+    SubnetSelector,
+    TrainingDiverged,
+    check_feasible_budgets,
+    lr_factor,
+    read_metrics,
+    train,
+)
 
 WORDS = ["red", "green", "blue", "one", "two", "three", "stop", "go", "left", "right"]
 
@@ -207,12 +213,15 @@ def test_cli_train_eval_export(corpus, tmp_path, capsys):
     rows = (work / "eval.csv").read_text().splitlines()
     assert len(rows) == 1 + 3
     main(["export", "--checkpoint", str(work / "checkpoint.pt"), "--subnet", "0",
-          "--out", str(tmp_path / "sub.pt")])
+          "--out", str(tmp_path / "sub.pt"), "--pt2", str(tmp_path / "sub.pt2")])
+    program = torch.export.load(tmp_path / "sub.pt2")
     sub = load_subnet(tmp_path / "sub.pt")
     state = load_checkpoint(work / "checkpoint.pt")
     cfg = SupernetConfig.from_dict(state["run_config"]["model"])
     assert sub.num_params() == subnet_cost(cfg, state["frozen_masks"][0], "params")
     assert int(rows[1].split(",")[3]) == sub.num_params()
+    feats, lengths = torch.randn(2, 200, 80), torch.tensor([200, 163])
+    torch.testing.assert_close(program.module()(feats, lengths)[0], sub(feats, lengths)[0])
 
 
 def _flat(values, prefix=""):
@@ -235,7 +244,7 @@ def _write_yaml(tmp_path, values):
 def test_train_step_has_no_host_sync(corpus, tmp_path):
     """On CUDA (Triton kernels, bf16 autocast) a stage-1 and a stage-2 step run under
     torch.cuda.set_sync_debug_mode("error"), after one warm-up step each (autotuning)."""
-    from orthoasr.train import Trainer, TrainData, make_tokenizer
+    from orthoasr.train import TrainData, Trainer, make_tokenizer
     run = tiny_run(corpus, "backend=auto", "device=cuda", "spec_augment=true",
                    "stochastic_depth=0.5")
     trainer = Trainer(run, tmp_path)
