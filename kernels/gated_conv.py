@@ -67,7 +67,7 @@ def _conv_live(gate_ptr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr):
 @triton.jit
 def _conv_mid_fwd_kernel(
     v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
-    T, D, K, eps,
+    T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr,
 ):
@@ -89,7 +89,7 @@ def _conv_mid_fwd_kernel(
             ok = (ts >= 0) & (ts < length)
             v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
                         mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + cols * K + k, mask=col_ok, other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
             acc += v * w[None, :]
         row_ok = t < length
         ok = row_ok[:, None] & col_ok[None, :]
@@ -147,7 +147,7 @@ def _conv_mid_bwd_norm_kernel(
 @triton.jit
 def _conv_mid_bwd_conv_kernel(
     dpre_ptr, v_ptr, u_ptr, wdw_ptr, du_ptr, dwdw_ptr, gate_ptr, len_ptr,
-    T, D, K,
+    T, D, K,  # wdw: (K, D) as in the forward; dwdw: the (D, K) fp32 gradient
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     KP: tl.constexpr,
 ):
@@ -181,7 +181,7 @@ def _conv_mid_bwd_conv_kernel(
                 ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
                 dshift = tl.load(dpre_ptr + (seq * T + tb)[:, None] * D + cols[None, :],
                                  mask=ok_b, other=0.0).to(tl.float32)
-                w = tl.load(wdw_ptr + cols * K + k, mask=col_ok, other=0.0).to(tl.float32)
+                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
                 dv += dshift * w[None, :]
             u_rows = (seq * T + t)[:, None] * (2 * D)
             a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -225,8 +225,9 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     r = x.new_empty(M, D)
     blk = _mid_blocks(D)
     _conv_mid_fwd_kernel[(triton.cdiv(T, blk["BT"]), B)](
-        v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates if gates is not None else v, lengths,
-        T, D, K, eps, HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
+        v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
+        gates if gates is not None else v, lengths, T, D, K, eps,
+        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
         SAVE_PRE=save, **blk)
     y = x.new_empty(B, T, D)
     rows_gemm(r, pw2_w.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
@@ -244,31 +245,33 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     has_gates, skip = gates is not None, skip_dead and gates is not None
-    f32 = dict(dtype=torch.float32, device=x.device)
-    gate_cols = torch.zeros(D, **f32) if gate_grad else None
+    # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
+    sizes = [D, D, D * D, D, D, D, D * K, 2 * D, 2 * D * D, D, D]
+    acc = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
+    (gate_cols, dy_sum, dpw2, d_ln2w, d_ln2b, d_dwb, d_dww, d_pw1b, d_pw1w, d_ln1w,
+     d_ln1b) = acc.split(sizes)
+    dpw2, d_dww, d_pw1w = dpw2.view(D, D), d_dww.view(D, K), d_pw1w.view(2 * D, D)
+    if not gate_grad:
+        gate_cols = None
     dr = x.new_empty(M, D)
     rows_gemm(dy2, pw2_w, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
-    dy_sum = torch.zeros(D, **f32)
-    dpw2 = wgrad(dy2, r, col_sum=dy_sum, **common)
+    wgrad(dy2, r, col_sum=dy_sum, out=dpw2, **common)
     dpre = x.new_empty(M, D)
-    d_ln2w, d_ln2b, d_dwb = (torch.zeros(D, **f32) for _ in range(3))
     blk = _mid_blocks(D)
     gate_arg = gates if has_gates else dy_sum
     _conv_mid_bwd_norm_kernel[(triton.cdiv(T, blk["BT"]), B)](
         dr, pre, ln2_w, ln2_b, dpre, d_ln2w, d_ln2b, d_dwb, gate_arg, lengths, T, D, eps,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
     du = x.new_empty(M, 2 * D)
-    d_dww = torch.zeros(D, K, **f32)
     cblk = _conv_blocks(D, K)
     _conv_mid_bwd_conv_kernel[(triton.cdiv(D, cblk["BC"]), B)](
-        dpre, v, u, dw_w, du, d_dww, gate_arg, lengths, T, D, K,
+        dpre, v, u, dw_w.t().contiguous(), du, d_dww, gate_arg, lengths, T, D, K,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
     dz = x.new_empty(M, D)
     rows_gemm(du, pw1_w, dz, epi=EPI_STORE, **common)
-    d_pw1b = torch.zeros(2 * D, **f32)
-    d_pw1w = wgrad(du, z, col_sum=d_pw1b, **common)
-    dx, d_ln1w, d_ln1b = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T,
-                                        gates, skip_dead)
+    wgrad(du, z, col_sum=d_pw1b, out=d_pw1w, **common)
+    dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
+                        dw=d_ln1w, db=d_ln1b)[0]
     dgates = None
     if has_gates:
         g = gates[0].float()
@@ -278,10 +281,10 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
             dgates = dgates.to(gates.dtype)
     else:
         d_pw2b = dy_sum
-    wd = pw1_w.dtype
-    return (dx.view(B, T, D), d_ln1w.to(wd), d_ln1b.to(wd), d_pw1w.to(wd), d_pw1b.to(wd),
-            d_dww.to(wd), d_dwb.to(wd), d_ln2w.to(wd), d_ln2b.to(wd), dpw2.to(wd),
-            d_pw2b.to(wd), dgates)
+    return (dx.view(B, T, D), d_ln1w.to(ln1_w.dtype), d_ln1b.to(ln1_w.dtype),
+            d_pw1w.to(pw1_w.dtype), d_pw1b.to(pw1_w.dtype), d_dww.to(dw_w.dtype),
+            d_dwb.to(dw_w.dtype), d_ln2w.to(ln2_w.dtype), d_ln2b.to(ln2_b.dtype),
+            dpw2.to(pw2_w.dtype), d_pw2b.to(pw2_b.dtype), dgates)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -324,7 +327,9 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
     grads = gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w,
                                   pw2_b, gates, z, mean, rstd, u, v, pre, r, skip_dead,
                                   gate_grad)
-    return [g if g is not None else x.new_empty(0) for g in grads]
+    # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
+    return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
+            for g in grads]
 
 
 @gated_conv_bwd.register_fake
@@ -361,11 +366,34 @@ def _backward(ctx, dy, *_unused):
 gated_conv_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _GatedConv(torch.autograd.Function):
+    """The same launchers as the torch.library ops, called from one autograd.Function: the
+    eager path (the custom-op dispatch costs host time per call); torch.compile uses the ops."""
+
+    @staticmethod
+    def forward(ctx, x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w,
+                pw2_b, gates, skip_dead, save):
+        inputs = (x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w,
+                  pw2_b, gates, skip_dead, save)
+        out = gated_conv_fwd_triton(*inputs)
+        _setup_context(ctx, inputs, out)
+        return out[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        saved = ctx.saved_tensors
+        gates = saved[9]
+        gate_grad = gates is not None and ctx.needs_input_grad[12]
+        grads = gated_conv_bwd_triton(dy, *saved, ctx.skip_dead, gate_grad)
+        return (grads[0], None, *grads[1:11], grads[11], None, None)
+
+
 def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
                gates):
     """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked).
 
-    A gate exactly 0 skips all work on the device when the gates need no gradient.
+    A gate exactly 0 skips all work on the device when the gates need no gradient. Eager
+    calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     params = [t.contiguous() for t in (ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                                        pw2_w, pw2_b)]
@@ -374,5 +402,7 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                                         any(t.requires_grad for t in params))
     if gates is not None:
         gates = gates.contiguous()
-    return gated_conv_fwd(x.contiguous(), lengths.contiguous(), *params, gates,
-                          not gate_grad, save)[0]
+    args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save)
+    if torch.compiler.is_compiling():
+        return gated_conv_fwd(*args)[0]
+    return _GatedConv.apply(*args)

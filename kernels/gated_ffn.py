@@ -94,18 +94,21 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
-    f32 = dict(dtype=torch.float32, device=x.device)
-    gate_cols = torch.zeros(F_, **f32) if gate_grad else None
+    # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
+    sizes = [F_, D, F_, D * F_, F_ * D, D, D]
+    acc = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
+    gate_cols, dy_sum, db1, dw2, dw1, d_lnw, d_lnb = acc.split(sizes)
+    dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
+    if not gate_grad:
+        gate_cols = None
     d_pre = x.new_empty(M, F_)
     rows_gemm(dy2, w2, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols, **common)
     d_xn = x.new_empty(M, D)
     rows_gemm(d_pre, w1, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
-    dx, d_lnw, d_lnb = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T,
-                                      gates, skip_dead)
-    dy_sum = torch.zeros(D, **f32)
-    dw2 = wgrad(dy2, hidden, chunk_axis=2, col_sum=dy_sum, **common)
-    db1 = torch.zeros(F_, **f32)
-    dw1 = wgrad(d_pre, xn, chunk_axis=1, col_sum=db1, **common)
+    dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
+                        skip_dead, dw=d_lnw, db=d_lnb)[0]
+    wgrad(dy2, hidden, chunk_axis=2, col_sum=dy_sum, out=dw2, **common)
+    wgrad(d_pre, xn, chunk_axis=1, col_sum=db1, out=dw1, **common)
     if gates is None:
         db2 = dy_sum
     elif module_gate:
@@ -158,7 +161,9 @@ def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                   module_gate: bool, skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
     grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd,
                                  pre, hidden, chunks, module_gate, skip_dead, gate_grad)
-    return [g if g is not None else x.new_empty(0) for g in grads]
+    # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
+    return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
+            for g in grads]
 
 
 @gated_ffn_bwd.register_fake
@@ -194,10 +199,36 @@ def _backward(ctx, dy, *_unused):
 gated_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _GatedFFN(torch.autograd.Function):
+    """The same launchers as the torch.library ops, called from one autograd.Function: the
+    eager path (the custom-op dispatch costs host time per call); torch.compile uses the ops."""
+
+    @staticmethod
+    def forward(ctx, x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
+                module_gate, skip_dead, save):
+        out = gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates,
+                                   chunks, module_gate, skip_dead, save)
+        _setup_context(ctx, (x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
+                             module_gate, skip_dead, save), out)
+        return out[0]
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden = \
+            ctx.saved_tensors
+        gate_grad = gates is not None and ctx.needs_input_grad[8]
+        grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
+                                     rstd, pre, hidden, ctx.chunks, ctx.module_gate,
+                                     ctx.skip_dead, gate_grad)
+        dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = grads
+        return dx, None, d_lnw, d_lnb, dw1, db1, dw2, db2, dg, None, None, None, None
+
+
 def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate):
     """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked).
 
     Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient.
+    Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     tensors = (x, ln_weight, ln_bias, w1, b1, w2, b2)
     gate_grad = gates is not None and gates.requires_grad
@@ -208,5 +239,7 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
         gates = gates.contiguous()
     x = x.contiguous()
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
-    return gated_ffn_fwd(x, lengths.contiguous(), *params, gates, chunks, module_gate,
-                         not gate_grad, save)[0]
+    args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, not gate_grad, save)
+    if torch.compiler.is_compiling():
+        return gated_ffn_fwd(*args)[0]
+    return _GatedFFN.apply(*args)

@@ -131,10 +131,12 @@ def _rows_gemm_kernel(
                                 mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                     b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
                     b_mask = k_ok[:, None] & col_ok[None, :]
-                    b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+                    # weights may be fp32 masters: cast in registers to the activations' type
+                    b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
                     acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
                     if EPI == 3:
-                        b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0)
+                        b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask,
+                                     other=0.0).to(a.dtype)
                         acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
     tile = rows[:, None] * N + cols[None, :]
@@ -261,12 +263,20 @@ def _wgrad_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
-def _rows_blocks(M: int, N: int, K: int, two_acc: bool) -> dict:
+def _rows_blocks(dtype: torch.dtype, chunk_axis: int, two_acc: bool) -> dict:
+    """Tiles per GEMM kind. 16-bit choices from the H100 sweep in bench/NOTES_ffn_conv.md
+    (FFN, B32xT250): N-chunked GEMM1 128x64x64/4 warps/4 stages 47.1 us (128x128x64/8/3:
+    52.9 us), K-chunked GEMM2 64x128x64/4/4 40.5 us (128x128x64/8/3: 86.0 us). fp32 keeps
+    the smaller-stage configuration (shared memory)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
     if two_acc:
         return dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
-    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+    if dtype == torch.float32:
+        return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
+    if chunk_axis == 1:
+        return dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)
+    return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
 
 
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
@@ -279,7 +289,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     """
     M, K = a.shape
     N = out.shape[1]
-    blk = dict(blocks or _rows_blocks(M, N, K, epi == EPI_GLU))
+    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi == EPI_GLU))
     if chunk_axis == 1:
         n_tiles = num_chunks * triton.cdiv(chunk, blk["BN"])
     else:
@@ -299,10 +309,14 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     return out
 
 
-def _wgrad_blocks() -> dict:
+def _wgrad_blocks(dtype: torch.dtype) -> dict:
+    """16-bit: 64x128x64/4 warps/3 stages, 52.4 us for the FFN's dW1 at B32xT250 on the H100
+    (128x128x64/8/3: 84.2 us); fp32 keeps the configuration its GPU test ran with."""
     if interpreting():
         return dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1)
-    return dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3)
+    if dtype == torch.float32:
+        return dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3)
+    return dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3)
 
 
 @functools.cache
@@ -311,13 +325,14 @@ def _num_sms(index: int) -> int:
 
 
 def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
-          skip_dead=False, col_sum=None, blocks=None):
+          skip_dead=False, col_sum=None, out=None, blocks=None):
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q] (adds A's column sums
-    over valid frames to col_sum [P] fp32 when given)."""
+    over valid frames to col_sum [P] fp32 when given). `out`: a zeroed fp32 [P, Q] to add to."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
-    blk = dict(blocks or _wgrad_blocks())
-    out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
+    blk = dict(blocks or _wgrad_blocks(a.dtype))
+    if out is None:
+        out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
     p_tiles = num_chunks * triton.cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
         triton.cdiv(P, blk["BP"])
     q_tiles = num_chunks * triton.cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \

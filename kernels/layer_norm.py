@@ -123,13 +123,16 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     return y, mean, rstd
 
 
-def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False):
-    """-> (dx [M, D] x's dtype, dweight fp32, dbias fp32)."""
+def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False,
+                   dw=None, db=None):
+    """-> (dx [M, D] x's dtype, dweight fp32, dbias fp32); dw / db: zeroed fp32 [D] to add to."""
     M, D = x2d.shape
     blk = _blocks(D)
     dx = torch.empty_like(x2d)
-    dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)
-    db = torch.zeros_like(dw)
+    if dw is None:
+        dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)
+    if db is None:
+        db = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     n_blocks = triton.cdiv(M, blk["BM"])
     nprog = min(n_blocks, 4 * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
     n_gates = gates.shape[0] if gates is not None else 1

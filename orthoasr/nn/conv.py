@@ -49,10 +49,10 @@ class GatedConvModule(nn.Module):
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, 1, params)
         dtype = compute_dtype(x)
-        args = [p.to(dtype) for p in params]
         x = x.to(dtype)
         if dtype != torch.float64 and use_triton(x, lengths):
-            y = gated_conv(x, lengths, *args, gates)
+            # the kernels read the weights in their own dtype and cast in registers
+            y = gated_conv(x, lengths, *params, gates)
         else:
-            y = gated_conv_reference(x, lengths, *args, gates)
+            y = gated_conv_reference(x, lengths, *[p.to(dtype) for p in params], gates)
         return self.dropout(y)

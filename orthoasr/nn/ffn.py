@@ -76,7 +76,8 @@ class GatedFeedForward(nn.Module):
     granularity="module": gates (1,) scales the whole output, b2 included.
     A gate that is exactly 0 and does not require grad skips its chunk's work on the device
     (no host sync); all gates 0 gives exactly 0. Dropout (training) applies to the output.
-    Autocast: x and the weights are cast to the autocast dtype.
+    Autocast: x is cast to the autocast dtype; the Triton kernels read the weights in their
+    own dtype (fp32 masters) and cast tiles in registers, so weight grads come out in it.
     """
 
     def __init__(self, d_model: int, ff_dim: int, chunks: int = 4, dropout: float = 0.0,
@@ -104,11 +105,12 @@ class GatedFeedForward(nn.Module):
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params)
         dtype = compute_dtype(x)
-        args = [p.to(dtype) for p in params]
         x = x.to(dtype)
         module_gate = self.granularity == "module"
         if dtype != torch.float64 and use_triton(x, lengths):
-            y = gated_ffn(x, lengths, *args, gates, self.chunks, module_gate)
+            # the kernels read the weights in their own dtype and cast in registers
+            y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate)
         else:
-            y = gated_ffn_reference(x, lengths, *args, gates, module_gate)
+            y = gated_ffn_reference(x, lengths, *[p.to(dtype) for p in params], gates,
+                                    module_gate)
         return self.dropout(y)
