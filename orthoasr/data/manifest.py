@@ -110,7 +110,7 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
     audio = entry["audio_filepath"]
     if not isinstance(audio, str) or not audio:
         raise bad(f"audio_filepath must be a non-empty string, got {audio!r}")
-    audio_path = Path(audio) if os.path.isabs(audio) else path.parent / audio
+    audio_path = os.path.normpath(os.path.join(os.path.abspath(path.parent), audio))
     text = entry["text"]
     if not isinstance(text, str):
         raise bad(f"text must be a string, got {type(text).__name__}")
@@ -121,7 +121,7 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
     duration = entry.get("duration")
     if duration is not None and (not isinstance(duration, (int, float)) or duration <= 0):
         raise bad(f"duration must be a positive number, got {duration!r}")
-    if os.path.splitext(audio)[1].lower() not in AUDIO_EXTENSIONS:
+    if os.path.splitext(audio_path)[1].lower() not in AUDIO_EXTENSIONS:
         raise bad(f"unsupported audio format {audio_path} (supported: "
                   f"{', '.join(AUDIO_EXTENSIONS)})")
     if check_audio or duration is None:
@@ -134,8 +134,7 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
         elif abs(actual - duration) > tolerance:
             raise bad(f"duration mismatch for {audio_path}: manifest says {duration:.3f} s, "
                       f"the file holds {actual:.3f} s")
-    record = {"audio_filepath": str(audio_path.resolve()), "duration": float(duration),
-              "text": text}
+    record = {"audio_filepath": audio_path, "duration": float(duration), "text": text}
     if entry.get("speaker") is not None:
         record["speaker"] = str(entry["speaker"])
     return record
@@ -183,7 +182,7 @@ def _librispeech_record(trans: Path, lineno: int, raw: bytes, normalize: bool) -
         duration = audio_info(audio_path).duration
     except AudioError as err:
         raise ManifestError(trans, lineno, str(err)) from None
-    return {"audio_filepath": str(audio_path.resolve()), "duration": duration, "text": text,
+    return {"audio_filepath": os.path.abspath(audio_path), "duration": duration, "text": text,
             "speaker": utt_id.split("-")[0]}
 
 
