@@ -147,6 +147,22 @@ def test_bad_input():
         GatedFeedForward(D, 50, chunks=4)
 
 
+def test_weights_in_another_dtype_are_cast_in_kernel():
+    """fp32 activations with fp64 weights: the kernels cast weight tiles in registers and the
+    weight grads come back in the weights' dtype (the bf16-autocast / fp32-master case)."""
+    x, lengths = torch.randn(2, 9, D, requires_grad=True), torch.tensor([9, 5])
+    params = [p.double().requires_grad_() for p in make_params()]
+    gates = torch.tensor([1.0, 0.25, 0.0, 1.0])
+    y = gated_ffn(x, lengths, *params, gates, C, False)
+    y64 = gated_ffn_reference(x.double(), lengths, *params, gates.double(), False)
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, params, dy)
+    assert all(g.dtype == torch.float64 for g in grads)
+    for g, g64 in zip(grads, torch.autograd.grad(y64, params, dy.double())):
+        torch.testing.assert_close(g, g64, atol=5e-5, rtol=1e-4)
+
+
 def test_registered_op_autograd_matches_reference():
     """The torch.library op (the torch.compile path) and its registered backward."""
     x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
@@ -225,6 +241,39 @@ def test_gpu_fp32_matches_reference():
     torch.testing.assert_close(y.double(), y64, atol=1e-4, rtol=1e-4)
     for g, g64 in zip(grads, grads64):
         torch.testing.assert_close(g.double(), g64, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_autocast_module_error_ratio():
+    """Module under bf16 autocast (fp32 weights read by the kernels) vs the torch backend in
+    the same autocast, both against an fp64 run of the same module."""
+    from orthoasr.backend import set_backend
+    dev = "cuda"
+    ffn = GatedFeedForward(384, 1536, 4).to(dev)
+    x = torch.randn(4, 120, 384, device=dev)
+    lengths = torch.tensor([120, 60, 1, 99], device=dev)
+    gates = torch.tensor([0.8, 0.0, 0.5, 1.0], device=dev)
+    dy = torch.randn_like(x)
+
+    def grads(dtype, backend):
+        set_backend(backend)
+        try:
+            m = ffn if dtype != torch.float64 else ffn.double()
+            xx = x.to(dtype if dtype == torch.float64 else torch.float32).requires_grad_()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype != torch.float64):
+                y = m(xx, lengths, gates.to(xx.dtype))
+            out = [y.detach().double(), *(g.double() for g in torch.autograd.grad(
+                y, [xx, *m.parameters()], dy.to(y.dtype)))]
+            if dtype == torch.float64:
+                ffn.float()
+            return out
+        finally:
+            set_backend("auto")
+    ours, torch_bf16 = grads(torch.bfloat16, "auto"), grads(torch.bfloat16, "torch")
+    ref = grads(torch.float64, "torch")
+    for i, (a, b, r) in enumerate(zip(ours, torch_bf16, ref)):
+        err, err_torch = (a - r).abs().max().item(), (b - r).abs().max().item()
+        assert err <= 2 * err_torch + 1e-3 * r.abs().max().item() + 1e-6, (i, err, err_torch)
 
 
 @pytest.mark.gpu
