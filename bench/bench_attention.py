@@ -26,9 +26,10 @@ CASES = [  # name, B, H, T, Dh, padded, modes
     ("B16·H16·T2048·d64 no padding", 16, 16, 2048, 64, False, ("fwd",)),
 ]
 # block-size variants (env overrides read by kernels/gated_attention._config at each launch)
-VARIANTS = {  # fwd: BLOCK_M,BLOCK_N,warps,stages; bwd: BLOCK,BLOCK_M1,BLOCK_N2,warps,stages
-    "fwd": ["64,32,4,2", "128,64,8,3", "64,64,4,3"],
-    "bwd": ["64,32,32,4,2", "64,64,64,4,2", "32,32,32,4,2", "64,16,32,4,2"],
+VARIANTS = {  # BLOCK_M,BLOCK_N,warps,stages per kernel
+    "fwd": ["64,32,4,2", "128,64,4,3", "128,64,8,3", "64,64,4,3"],
+    "dkdv": ["32,64,4,2", "64,64,4,2", "32,128,4,2"],
+    "dq": ["64,32,4,2", "64,64,4,2", "128,32,4,2"],
 }
 
 
@@ -108,7 +109,7 @@ def run(variants: bool, flex: bool):
 
 def _variants(name, mode, ours, q, k, v, grad) -> list[dict]:
     rows = []
-    kinds = ("fwd",) if mode == "fwd" else ("bwd",)
+    kinds = ("fwd",) if mode == "fwd" else ("dkdv", "dq")
     for kind in kinds:
         for cfg in VARIANTS[kind]:
             os.environ[f"ORTHOASR_ATTN_{kind.upper()}"] = cfg

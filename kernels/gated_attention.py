@@ -13,9 +13,8 @@ through their softmax anyway). Every other gate gets the exact gradient
 dg_h = sum(out_h / g_h * grad_out_h), reduced inside the backward's first pass.
 
 Layers, as in every op file: `gated_attention_reference` (PyTorch), the Triton kernels
-`_gated_attn_fwd_kernel`, `_gated_attn_bwd_pre_kernel`, `_gated_attn_bwd_kernel` (dK/dV of
-a key block and dQ of a query block in one program), `_gated_attn_dgate_kernel`, host
-launchers, and the torch.library ops
+`_gated_attn_fwd_kernel`, `_gated_attn_bwd_pre_kernel`, `_gated_attn_bwd_dkdv_kernel`,
+`_gated_attn_bwd_dq_kernel`, `_gated_attn_dgate_kernel`, host launchers, and the torch.library ops
 `orthoasr::gated_attention_fwd` / `_bwd` (separate q, k, v) and
 `orthoasr::gated_attention_packed_fwd` / `_bwd` (one packed qkv (B, T, H, 3, Dh) tensor, the
 layout the MHSA in-projection writes, so the backward returns one packed gradient). The
@@ -177,57 +176,45 @@ def _gated_attn_bwd_pre_kernel(
 
 
 @triton.jit
-def _gated_attn_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr,
-    dq_ptr, dk_ptr, dv_ptr,
+def _gated_attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr, dk_ptr, dv_ptr,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
-    stride_dqb, stride_dqh, stride_dqt, stride_dkb, stride_dkh, stride_dkt,
-    stride_dvb, stride_dvh, stride_dvt,
+    stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
     H, T, sm_scale, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
-    BLOCK_M1: tl.constexpr, BLOCK_N2: tl.constexpr, ZERO_DEAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Program (i, b*H + h) does two jobs of head h of sequence b, both only over the L_b
-    # valid frames (dead heads and blocks past L_b store zeros):
-    # 1. keys [i*BLOCK, (i+1)*BLOCK): walk the query rows BLOCK_M1 at a time, recompute P^T
-    #    from the saved log-sum-exp, accumulate dV = g P^T dout and dK = sm_scale dS^T Q,
-    #    dS = P (g dout V^T - delta);
-    # 2. queries [i*BLOCK, (i+1)*BLOCK): walk the keys BLOCK_N2 at a time, dQ = sm_scale dS K.
-    pid = tl.program_id(0)
+    # Program (n, b*H + h) owns keys [n*BLOCK_N, (n+1)*BLOCK_N): it walks the L_b valid
+    # query rows, recomputes P^T from the saved log-sum-exp and accumulates
+    # dV = g P^T dout and dK = sm_scale dS^T Q with dS = P (g dout V^T - delta).
+    pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     gate = tl.load(gate_ptr + h).to(tl.float32)
     seq_len = tl.load(len_ptr + b).to(tl.int32)
-    start = pid * BLOCK
-    live = (gate != 0) & (start < seq_len)
-    offs_blk = start + tl.arange(0, BLOCK)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = (offs_d < HEAD_DIM)[None, :]
-    blk_mask = (offs_blk < T)[:, None] & d_ok
-    blk_ok = offs_blk < seq_len
-    q_base = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :]
-    k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
-    v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
-    do_base = do_ptr + b * stride_dob + h * stride_doh + offs_d[None, :]
-    dk_ptrs = dk_ptr + b * stride_dkb + h * stride_dkh + offs_blk[:, None] * stride_dkt \
+    kv_mask = (offs_n < T)[:, None] & d_ok
+    dk_ptrs = dk_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt \
         + offs_d[None, :]
-    dv_ptrs = dv_ptr + b * stride_dvb + h * stride_dvh + offs_blk[:, None] * stride_dvt \
+    dv_ptrs = dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt \
         + offs_d[None, :]
-    dq_ptrs = dq_ptr + b * stride_dqb + h * stride_dqh + offs_blk[:, None] * stride_dqt \
-        + offs_d[None, :]
-    if live:
-        # 1. dK, dV of this key block
-        k = tl.load(k_base + offs_blk[:, None] * stride_kt, mask=blk_ok[:, None] & d_ok,
-                    other=0.0)
-        v = tl.load(v_base + offs_blk[:, None] * stride_vt, mask=blk_ok[:, None] & d_ok,
-                    other=0.0)
-        dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-        dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-        offs_m = tl.arange(0, BLOCK_M1)
-        for start_m in range(0, seq_len, BLOCK_M1):
+    if (gate != 0) & (start_n < seq_len):
+        key_ok = offs_n < seq_len
+        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt
+                    + offs_d[None, :], mask=key_ok[:, None] & d_ok, other=0.0)
+        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt
+                    + offs_d[None, :], mask=key_ok[:, None] & d_ok, other=0.0)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        q_base = q_ptr + b * stride_qb + h * stride_qh + offs_d[None, :]
+        do_base = do_ptr + b * stride_dob + h * stride_doh + offs_d[None, :]
+        for start_m in range(0, seq_len, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < seq_len
             q = tl.load(q_base + rows[:, None] * stride_qt, mask=row_ok[:, None] & d_ok,
@@ -239,24 +226,56 @@ def _gated_attn_bwd_kernel(
             delta = tl.load(delta_ptr + pid_bh * T + rows, mask=row_ok, other=0.0)
             qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale
             p_t = tl.exp2(qk_t - lse[None, :])
-            p_t = tl.where(blk_ok[:, None], p_t, 0.0)
+            p_t = tl.where(key_ok[:, None], p_t, 0.0)
             dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION) * gate
             ds_t = p_t * (dp_t - delta[None, :])
             dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-        tl.store(dk_ptrs, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=blk_mask)
-        tl.store(dv_ptrs, (dv * gate).to(dv_ptr.dtype.element_ty), mask=blk_mask)
+        tl.store(dk_ptrs, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, (dv * gate).to(dv_ptr.dtype.element_ty), mask=kv_mask)
+    elif (gate != 0) | ZERO_DEAD:   # padded blocks always; dead heads unless packed
+        tl.store(dk_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dk_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dv_ptr.dtype.element_ty), mask=kv_mask)
 
-        # 2. dQ of this query block
-        q = tl.load(q_base + offs_blk[:, None] * stride_qt, mask=blk_ok[:, None] & d_ok,
-                    other=0.0)
-        do = tl.load(do_base + offs_blk[:, None] * stride_dot, mask=blk_ok[:, None] & d_ok,
-                     other=0.0)
-        lse = tl.load(lse_ptr + pid_bh * T + offs_blk, mask=blk_ok, other=float("inf"))
-        delta = tl.load(delta_ptr + pid_bh * T + offs_blk, mask=blk_ok, other=0.0)
-        dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-        offs_n = tl.arange(0, BLOCK_N2)
-        for start_n in range(0, seq_len, BLOCK_N2):
+
+@triton.jit
+def _gated_attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, len_ptr, gate_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+    stride_dqb, stride_dqh, stride_dqt,
+    H, T, sm_scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Program (m, b*H + h) owns query rows [m*BLOCK_M, (m+1)*BLOCK_M): it walks the L_b
+    # valid keys and accumulates dQ = sm_scale dS K.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    gate = tl.load(gate_ptr + h).to(tl.float32)
+    seq_len = tl.load(len_ptr + b).to(tl.int32)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = (offs_d < HEAD_DIM)[None, :]
+    dq_ptrs = dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt \
+        + offs_d[None, :]
+    dq_mask = (offs_m < T)[:, None] & d_ok
+    if (gate != 0) & (start_m < seq_len):
+        row_ok = offs_m < seq_len
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
+                    + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
+                     + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
+        v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
+        for start_n in range(0, seq_len, BLOCK_N):
             keys = start_n + offs_n
             key_ok = keys < seq_len
             k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok,
@@ -269,12 +288,9 @@ def _gated_attn_bwd_kernel(
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) * gate
             ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-        tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=blk_mask)
+        tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=dq_mask)
     elif (gate != 0) | ZERO_DEAD:   # padded blocks always; dead heads unless packed
-        zeros = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-        tl.store(dk_ptrs, zeros.to(dk_ptr.dtype.element_ty), mask=blk_mask)
-        tl.store(dv_ptrs, zeros.to(dv_ptr.dtype.element_ty), mask=blk_mask)
-        tl.store(dq_ptrs, zeros.to(dq_ptr.dtype.element_ty), mask=blk_mask)
+        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dq_ptr.dtype.element_ty), mask=dq_mask)
 
 
 @triton.jit
@@ -304,24 +320,28 @@ def _interpreting() -> bool:
 
 
 def _config(kind: str, head_dim: int, seq_len: int) -> dict:
-    """Block sizes and launch options. Overrides (bench/bench_attention.py --variants):
-    ORTHOASR_ATTN_FWD="BLOCK_M,BLOCK_N,warps,stages", ORTHOASR_ATTN_BWD="BLOCK,BLOCK_M1,
-    BLOCK_N2,warps,stages"."""
+    """Block sizes and launch options (kind: fwd, dkdv, dq). Overrides for benchmarking
+    variants: ORTHOASR_ATTN_<KIND>="BLOCK_M,BLOCK_N,warps,stages"."""
     if _interpreting():
-        if kind == "fwd":
-            return dict(BLOCK_M=32, BLOCK_N=16)
-        return dict(BLOCK=32, BLOCK_M1=16, BLOCK_N2=16)
+        return dict(BLOCK_M=32, BLOCK_N=16) if kind != "dkdv" else dict(BLOCK_M=16, BLOCK_N=32)
     override = os.environ.get(f"ORTHOASR_ATTN_{kind.upper()}")
     if override:
-        values = [int(x) for x in override.split(",")]
-        names = ("BLOCK_M", "BLOCK_N") if kind == "fwd" else ("BLOCK", "BLOCK_M1", "BLOCK_N2")
-        *blocks, warps, stages = values
-        return dict(zip(names, blocks, strict=True), num_warps=warps, num_stages=stages)
-    if kind == "fwd":   # measured on an H100 (bench/NOTES_attention.md)
+        bm, bn, warps, stages = (int(x) for x in override.split(","))
+        return dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+    return _config_table(kind, seq_len)
+
+
+def _config_table(kind: str, seq_len: int) -> dict:
+    """GPU block sizes, chosen from H100 measurements (bench/NOTES_attention.md)."""
+    if kind == "fwd":
         if seq_len <= 512:
             return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+        if seq_len <= 1024:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-    return dict(BLOCK=64, BLOCK_M1=32, BLOCK_N2=32, num_warps=4, num_stages=2)   # bwd
+    if kind == "dkdv":
+        return dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)   # dq
 
 
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
@@ -363,13 +383,19 @@ def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
         out, grad_out, lengths, head_gates, delta, dgate_part,
         *_strides3(out), *_strides3(grad_out), B, H, T,
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=pre_block)
-    cfg = _config("bwd", Dh, T)
-    _gated_attn_bwd_kernel[(triton.cdiv(T, cfg["BLOCK"]), B * H)](
-        q, k, v, grad_out, lse, delta, lengths, head_gates, dq, dk, dv,
+    precision = _dot_precision(q.dtype)
+    cfg = _config("dkdv", Dh, T)
+    _gated_attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg["BLOCK_N"]), B * H)](
+        q, k, v, grad_out, lse, delta, lengths, head_gates, dk, dv,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out),
-        *_strides3(dq), *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead,
-        DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+        *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
+        HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
+    cfg = _config("dq", Dh, T)
+    _gated_attn_bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), B * H)](
+        q, k, v, grad_out, lse, delta, lengths, head_gates, dq,
+        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), *_strides3(dq),
+        H, T, sm_scale, sm_scale * LOG2E,
+        HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
     dgates = torch.empty_like(head_gates)
     _gated_attn_dgate_kernel[(H,)](dgate_part, head_gates, dgates, B * pre_grid[0],
                                    BLOCK=128)

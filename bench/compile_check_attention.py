@@ -1,0 +1,139 @@
+"""Compile every attention / MHSA Triton kernel for sm_90 without a GPU (front end, MLIR
+passes, ptxas), at the benchmark configurations, and print registers, spills and shared
+memory. Catches compile errors the interpreter cannot see (e.g. loop-carried type changes).
+
+    python -m bench.compile_check_attention
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from orthoasr.kernels import gated_attention as ga
+from orthoasr.kernels import gated_mhsa as gm
+
+SHARED_LIMIT = 232448   # bytes per block on an H100 (227 KiB)
+
+
+def _resource_usage(cubin: bytes) -> str:
+    """Registers / spills from cuobjdump (shipped with Triton), if it runs here."""
+    import os
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            out = subprocess.run([tool, "-res-usage", f.name], capture_output=True,
+                                 text=True).stdout
+        except OSError:
+            return "?"
+    line = next((x for x in out.splitlines() if "REG:" in x), "")
+    fields = dict(x.split(":", 1) for x in line.split() if ":" in x)
+    return f"{fields.get('REG', '?')} spill {fields.get('STACK', '?')}"
+
+
+def _compile(kernel, ptrs: dict, ints=(), floats=(), constexprs=None, num_warps=4,
+             num_stages=2):
+    fn = kernel.fn if hasattr(kernel, "fn") else kernel
+    names = inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters
+    constexprs = dict(constexprs or {})
+    signature = {}
+    for name in names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in ptrs:
+            signature[name] = "*" + ptrs[name]
+        elif name in floats:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    src = ASTSource(kernel, signature, constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    shared = getattr(compiled.metadata, "shared", 0)
+    ok = shared <= SHARED_LIMIT
+    n_regs = _resource_usage(compiled.asm["cubin"])
+    print(f"{kernel.fn.__name__ if hasattr(kernel, 'fn') else fn.__name__:32s} "
+          f"warps {num_warps} stages {num_stages} shared {shared:7d} B "
+          f"{'OK' if ok else 'TOO MUCH SHARED MEMORY'} regs {n_regs}")
+    return ok
+
+
+def main() -> None:
+    ok = True
+    for dt, prec in (("bf16", "tf32"), ("fp16", "tf32"), ("fp32", "ieee")):
+        base = dict(HEAD_DIM=64, BLOCK_D=64, DOT_PRECISION=prec)
+        for cfg in (ga._config_table("fwd", T) for T in (250, 750, 2048)):
+            cfg = dict(cfg)
+            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+            ok &= _compile(ga._gated_attn_fwd_kernel,
+                           dict(q_ptr=dt, k_ptr=dt, v_ptr=dt, len_ptr="i64", gate_ptr="fp32",
+                                o_ptr=dt, lse_ptr="fp32"), floats=("qk_scale",),
+                           constexprs=dict(base, ZERO_DEAD=False, **cfg),
+                           num_warps=warps, num_stages=stages)
+        ok &= _compile(ga._gated_attn_bwd_pre_kernel,
+                       dict(o_ptr=dt, do_ptr=dt, len_ptr="i64", gate_ptr="fp32",
+                            delta_ptr="fp32", dgate_part_ptr="fp32"),
+                       constexprs=dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64))
+        ptrs = dict(q_ptr=dt, k_ptr=dt, v_ptr=dt, do_ptr=dt, lse_ptr="fp32", delta_ptr="fp32",
+                    len_ptr="i64", gate_ptr="fp32")
+        for kernel, kind, outs in ((ga._gated_attn_bwd_dkdv_kernel, "dkdv", ("dk_ptr", "dv_ptr")),
+                                   (ga._gated_attn_bwd_dq_kernel, "dq", ("dq_ptr",))):
+            cfg = dict(ga._config_table(kind, 250))
+            warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+            for zero_dead in (True, False):
+                ok &= _compile(kernel, ptrs | {n: dt for n in outs},
+                               floats=("sm_scale", "qk_scale"),
+                               constexprs=dict(base, ZERO_DEAD=zero_dead, **cfg),
+                               num_warps=warps, num_stages=stages)
+        ok &= _compile(ga._gated_attn_dgate_kernel,
+                       dict(part_ptr="fp32", gate_ptr="fp32", dgate_ptr="fp32"),
+                       constexprs=dict(BLOCK=128))
+        blk = gm._blocks_gpu(64)
+        common = dict(HEAD_DIM=64, BLOCK_D=64, DOT_PRECISION=prec)
+        mm = dict(num_warps=blk["opts"]["num_warps"], num_stages=blk["opts"]["num_stages"])
+        dw = dict(num_warps=blk["dw_opts"]["num_warps"],
+                  num_stages=blk["dw_opts"]["num_stages"])
+        ok &= _compile(gm._in_proj_fwd_kernel,
+                       dict(y_ptr="fp32", w_ptr=dt, b_ptr="fp32", gate_ptr="fp32", qkv_ptr=dt),
+                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_K=blk["BLOCK_K"]),
+                       **mm)
+        ok &= _compile(gm._in_proj_dy_kernel,
+                       dict(dqkv_ptr=dt, w_ptr=dt, gate_ptr="fp32", dy_ptr="fp32"),
+                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"]),
+                       **mm)
+        ok &= _compile(gm._in_proj_dw_kernel,
+                       dict(dqkv_ptr=dt, y_ptr="fp32", gate_ptr="fp32", dw_ptr="fp32",
+                            db_ptr="fp32"),
+                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"]),
+                       **dw)
+        for mode in (0, 1, 2):
+            ok &= _compile(gm._out_proj_fwd_kernel,
+                           dict(a_ptr=dt, w_ptr=dt, b_ptr="fp32", gate_ptr="fp32",
+                                scale_ptr="fp32", out_ptr=dt),
+                           constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"],
+                                           BIAS_MODE=mode, BLOCK_H=8), **mm)
+            ok &= _compile(gm._out_proj_dw_kernel,
+                           dict(dout_ptr=dt, a_ptr=dt, b_ptr="fp32", gate_ptr="fp32",
+                                scale_ptr="fp32", dw_ptr="fp32", db_ptr="fp32",
+                                dscale_ptr="fp32"),
+                           constexprs=dict(common, BLOCK_M=blk["BLOCK_M"],
+                                           BLOCK_N=blk["BLOCK_N"], BIAS_MODE=mode, BLOCK_H=8),
+                           **dw)
+        ok &= _compile(gm._out_proj_da_kernel,
+                       dict(dout_ptr=dt, w_ptr=dt, gate_ptr="fp32", da_ptr=dt),
+                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_K=blk["BLOCK_K"]),
+                       **mm)
+    print("all kernels compiled" if ok else "SOME KERNELS FAILED THE SHARED-MEMORY CHECK")
+
+
+if __name__ == "__main__":
+    main()
