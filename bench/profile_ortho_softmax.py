@@ -24,7 +24,7 @@ def main() -> None:
     k, penalty = out[3], out[4]
     empty = torch.empty(0, device="cuda")
     print(f"{'variant':>28} {'fwd us':>8} {'bwd us':>8}")
-    for tuning in [{}, dict(num_warps=2), dict(num_warps=8), dict(BC=256), dict(BR=32)]:
+    for tuning in [{}, dict(num_warps=4), dict(num_warps=16), dict(BC=64)]:
         fwd = partial(ortho_softmax_fwd_triton, scores, costs, budgets, tau, rest, total,
                       "l2", **tuning)
         bwd = partial(ortho_softmax_bwd_triton, scores, costs, tau, k, penalty, grad_masks,

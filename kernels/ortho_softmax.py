@@ -57,36 +57,39 @@ def ortho_softmax_reference(scores: torch.Tensor, costs: torch.Tensor, rest_cost
 
 # ----------------------------------------------------------------------------- kernels
 
+# Divisions are hoisted out of the tiles (1 / tau, 1 / row sum): a precise fp32 division is
+# a long instruction sequence, and per element it dominated these latency-bound kernels.
+
 @triton.jit
-def _row_stats(s_ptr, rows, N, tau, BN: tl.constexpr):
-    """Max and normaliser of each row of S[rows] / tau, as two [BR] vectors."""
+def _row_stats(s_ptr, rows, N, inv_tau, BN: tl.constexpr):
+    """Max of S[rows] / tau and the reciprocal of each row's softmax normaliser ([BR] each)."""
     cols = tl.arange(0, BN)
     row_ok = rows < N
     s = tl.load(s_ptr + rows[:, None] * N + cols[None, :],
                 mask=row_ok[:, None] & (cols < N)[None, :], other=float("-inf"))
-    z = s / tau
+    z = s * inv_tau
     z_max = tl.where(row_ok, tl.max(z, 1), 0.0)
     denom = tl.where(row_ok, tl.sum(tl.exp(z - z_max[:, None]), 1), 1.0)
-    return z_max, denom
+    return z_max, 1.0 / denom
 
 
 @triton.jit
-def _probs(s_ptr, rows, cols, N, tau, z_max, denom):
+def _probs(s_ptr, rows, cols, N, inv_tau, z_max, inv_denom):
     """The tile P[rows, cols] from the row statistics, zero outside N x N."""
     s = tl.load(s_ptr + rows[:, None] * N + cols[None, :],
                 mask=(rows < N)[:, None] & (cols < N)[None, :], other=float("-inf"))
-    return tl.exp(s / tau - z_max[:, None]) / denom[:, None]
+    return tl.exp(s * inv_tau - z_max[:, None]) * inv_denom[:, None]
 
 
 @triton.jit
-def _gram_tile(s_ptr, rows_i, rows_j, N, tau, max_i, den_i, max_j, den_j,
+def _gram_tile(s_ptr, rows_i, rows_j, N, inv_tau, max_i, inv_den_i, max_j, inv_den_j,
                BR: tl.constexpr, BC: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """G[rows_i, rows_j] = P_I P_J^T, accumulated over column chunks."""
     g = tl.zeros([BR, BR], tl.float32)
     for c0 in range(0, N, BC):
         cols = c0 + tl.arange(0, BC)
-        p_i = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
-        p_j = _probs(s_ptr, rows_j, cols, N, tau, max_j, den_j)
+        p_i = _probs(s_ptr, rows_i, cols, N, inv_tau, max_i, inv_den_i)
+        p_j = _probs(s_ptr, rows_j, cols, N, inv_tau, max_j, inv_den_j)
         g += tl.dot(p_i, tl.trans(p_j), input_precision=DOT_PRECISION)
     return g
 
@@ -115,12 +118,12 @@ def _ortho_softmax_fwd_kernel(
     J = tl.program_id(1)
     if I <= J:
         offs_r = tl.arange(0, BR)
-        tau = tl.load(tau_ptr)
+        inv_tau = 1.0 / tl.load(tau_ptr)
         rows_i = I * BR + offs_r
         rows_j = J * BR + offs_r
-        max_i, den_i = _row_stats(s_ptr, rows_i, N, tau, BN)
-        max_j, den_j = _row_stats(s_ptr, rows_j, N, tau, BN)
-        g = _gram_tile(s_ptr, rows_i, rows_j, N, tau, max_i, den_i, max_j, den_j,
+        max_i, inv_den_i = _row_stats(s_ptr, rows_i, N, inv_tau, BN)
+        max_j, inv_den_j = _row_stats(s_ptr, rows_j, N, inv_tau, BN)
+        g = _gram_tile(s_ptr, rows_i, rows_j, N, inv_tau, max_i, inv_den_i, max_j, inv_den_j,
                        BR, BC, DOT_PRECISION)
         on_diag = rows_i[:, None] == rows_j[None, :]
         if NORM == 2:
@@ -137,7 +140,7 @@ def _ortho_softmax_fwd_kernel(
                 cols = c0 + tl.arange(0, BC)
                 tile = rows_i[:, None] * N + cols[None, :]
                 tile_ok = (rows_i < N)[:, None] & (cols < N)[None, :]
-                p = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
+                p = _probs(s_ptr, rows_i, cols, N, inv_tau, max_i, inv_den_i)
                 tl.store(p_ptr + tile, p, mask=tile_ok)
                 tl.store(rowcum_ptr + tile, tl.cumsum(p, 0), mask=tile_ok)
                 tl.store(blocksum_ptr + I * N + cols, tl.sum(p, 0), mask=cols < N)
@@ -217,7 +220,7 @@ def _ortho_softmax_bwd_kernel(
     if I <= J:
         offs_r = tl.arange(0, BR)
         offs_m = tl.arange(0, BM)
-        tau = tl.load(tau_ptr)
+        inv_tau = 1.0 / tl.load(tau_ptr)
         k = tl.load(k_ptr + offs_m, mask=offs_m < M, other=0).to(tl.int32)
         gpen = tl.load(gpen_ptr + offs_m, mask=offs_m < M, other=0.0)
         if NORM == 1:  # d sqrt(x) = 1 / (2 sqrt(x)); taken as 0 where the penalty is exactly 0
@@ -225,9 +228,9 @@ def _ortho_softmax_bwd_kernel(
             gpen = tl.where(pen > 0, gpen / (2.0 * tl.where(pen > 0, pen, 1.0)), 0.0)
         rows_i = I * BR + offs_r
         rows_j = J * BR + offs_r
-        max_i, den_i = _row_stats(s_ptr, rows_i, N, tau, BN)
-        max_j, den_j = _row_stats(s_ptr, rows_j, N, tau, BN)
-        g = _gram_tile(s_ptr, rows_i, rows_j, N, tau, max_i, den_i, max_j, den_j,
+        max_i, inv_den_i = _row_stats(s_ptr, rows_i, N, inv_tau, BN)
+        max_j, inv_den_j = _row_stats(s_ptr, rows_j, N, inv_tau, BN)
+        g = _gram_tile(s_ptr, rows_i, rows_j, N, inv_tau, max_i, inv_den_i, max_j, inv_den_j,
                        BR, BC, DOT_PRECISION)
         # weight of pair (i, j): sum of the penalty gradients of the budgets whose prefix
         # block contains it
@@ -246,23 +249,23 @@ def _ortho_softmax_bwd_kernel(
         for c0 in range(0, N, BC):
             cols = c0 + tl.arange(0, BC)
             col_ok = (cols < N)[None, :]
-            p_j = _probs(s_ptr, rows_j, cols, N, tau, max_j, den_j)
+            p_j = _probs(s_ptr, rows_j, cols, N, inv_tau, max_j, inv_den_j)
             tl.atomic_add(dp_ptr + rows_i[:, None] * N + cols[None, :],
                           tl.dot(a, p_j, input_precision=DOT_PRECISION),
                           mask=(rows_i < N)[:, None] & col_ok, sem="relaxed")
             if I < J:
-                p_i = _probs(s_ptr, rows_i, cols, N, tau, max_i, den_i)
+                p_i = _probs(s_ptr, rows_i, cols, N, inv_tau, max_i, inv_den_i)
                 tl.atomic_add(dp_ptr + rows_j[:, None] * N + cols[None, :],
                               tl.dot(tl.trans(a), p_i, input_precision=DOT_PRECISION),
                               mask=(rows_j < N)[:, None] & col_ok, sem="relaxed")
         tl.debug_barrier()
         if tl.atomic_add(counter_ptr + I, 1, sem="acq_rel") == nblk - 1:
             _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_ptr,
-                        ds_ptr, I, k, N, M, tau, HAS_GPROBS, HAS_GEXP, BR, BC, BN, BM)
+                        ds_ptr, I, k, N, M, inv_tau, HAS_GPROBS, HAS_GEXP, BR, BC, BN, BM)
         if I < J:
             if tl.atomic_add(counter_ptr + J, 1, sem="acq_rel") == nblk - 1:
                 _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr,
-                            counter_ptr, ds_ptr, J, k, N, M, tau, HAS_GPROBS, HAS_GEXP,
+                            counter_ptr, ds_ptr, J, k, N, M, inv_tau, HAS_GPROBS, HAS_GEXP,
                             BR, BC, BN, BM)
 
 
@@ -287,24 +290,24 @@ def _full_dp(dp_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, c_ptr, rows, cols, k, N, M
 
 @triton.jit
 def _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_ptr, ds_ptr,
-                R, k, N, M, tau, HAS_GPROBS: tl.constexpr, HAS_GEXP: tl.constexpr,
+                R, k, N, M, inv_tau, HAS_GPROBS: tl.constexpr, HAS_GEXP: tl.constexpr,
                 BR: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     rows = R * BR + tl.arange(0, BR)
-    z_max, denom = _row_stats(s_ptr, rows, N, tau, BN)
+    z_max, inv_denom = _row_stats(s_ptr, rows, N, inv_tau, BN)
     row_dot = tl.zeros([BR], tl.float32)
     for c0 in range(0, N, BC):
         cols = c0 + tl.arange(0, BC)
         dp = _full_dp(dp_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, c_ptr, rows, cols, k, N, M,
                       HAS_GPROBS, HAS_GEXP, BM)
-        row_dot += tl.sum(dp * _probs(s_ptr, rows, cols, N, tau, z_max, denom), 1)
+        row_dot += tl.sum(dp * _probs(s_ptr, rows, cols, N, inv_tau, z_max, inv_denom), 1)
     for c0 in range(0, N, BC):
         cols = c0 + tl.arange(0, BC)
         tile = rows[:, None] * N + cols[None, :]
         tile_ok = (rows < N)[:, None] & (cols < N)[None, :]
         dp = _full_dp(dp_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, c_ptr, rows, cols, k, N, M,
                       HAS_GPROBS, HAS_GEXP, BM)
-        p = _probs(s_ptr, rows, cols, N, tau, z_max, denom)
-        tl.store(ds_ptr + tile, p * (dp - row_dot[:, None]) / tau, mask=tile_ok)
+        p = _probs(s_ptr, rows, cols, N, inv_tau, z_max, inv_denom)
+        tl.store(ds_ptr + tile, p * (dp - row_dot[:, None]) * inv_tau, mask=tile_ok)
         tl.store(dp_ptr + tile, tl.zeros([BR, BC], tl.float32), mask=tile_ok)
     tl.atomic_xchg(counter_ptr + R, 0)
 
@@ -316,7 +319,7 @@ def _blocks(n: int, m: int) -> dict:
     return dict(BR=16, BC=min(128, max(16, triton.next_power_of_2(n))),
                 BN=max(16, triton.next_power_of_2(n)), BM=max(16, triton.next_power_of_2(m)),
                 DOT_PRECISION="ieee" if _interpreting() else "tf32x3",
-                num_warps=4 if n <= 256 else 8)
+                num_warps=8)
 
 
 def _interpreting() -> bool:
