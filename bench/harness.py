@@ -30,10 +30,16 @@ def environment() -> dict:
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "triton": triton.__version__,
-        "commit": commit or os.environ.get("ORTHOASR_COMMIT", "unknown"),
+        "commit": commit or os.environ.get("ORTHOASR_COMMIT") or _commit_file(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_id": RUN_ID,
     }
+
+
+def _commit_file() -> str:
+    """The device machine's copy has no .git: bench/gpu_*.sh callers write .commit first."""
+    path = Path(__file__).resolve().parent.parent / ".commit"
+    return path.read_text().strip() if path.exists() else "unknown"
 
 
 def time_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
