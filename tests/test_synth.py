@@ -104,7 +104,7 @@ def test_unspeakable_sentences_are_reported_not_written(tmp_path):
 class _SilentEngine:
     sample_rate = 22050
 
-    def synthesize(self, *args):
+    def synthesize(self, *args, **kwargs):
         return np.zeros(3000, np.int16)
 
 

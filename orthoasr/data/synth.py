@@ -145,6 +145,10 @@ class Espeak:
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
                                      ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
                                      ctypes.c_void_p, ctypes.c_void_p]
+        # eSpeak seeds its noise generator (breath, roughness) from the clock: we reseed it
+        self._set_seed = getattr(lib, "espeak_ng_SetRandSeed", None)
+        if self._set_seed is not None:
+            self._set_seed.argtypes = [ctypes.c_long]
         self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
                                                  self.data_path.encode(), _INITIALIZE_DONT_EXIT)
         if self.sample_rate <= 0:
@@ -160,8 +164,10 @@ class Espeak:
         return 0
 
     def synthesize(self, text: str, voice: str, rate: int = 175, pitch: int = 50,
-                   pitch_range: int = 50, word_gap: int = 0) -> np.ndarray:
+                   pitch_range: int = 50, word_gap: int = 0, seed: int = 0) -> np.ndarray:
         """int16 samples at self.sample_rate. Raises ValueError for an unknown voice."""
+        if self._set_seed is not None:
+            self._set_seed(seed)
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"eSpeak NG has no voice {voice!r}")
         for param, value in ((_RATE, rate), (_PITCH, pitch), (_RANGE, pitch_range),
@@ -269,7 +275,7 @@ def plan_corpus(out_dir: str | os.PathLike, preset: Preset, seed: int,
 def render(engine: Espeak, job: Job, seed: int) -> np.ndarray:
     """One utterance as float32 at 16 kHz; ValueError when eSpeak produced no speech."""
     raw = engine.synthesize(job.text, job.voice, job.rate, job.pitch, job.pitch_range,
-                            job.word_gap)
+                            job.word_gap, seed=(seed * 1_000_003 + job.index) % 2**31)
     wave = raw.astype(np.float32) / 32768.0
     peak = float(np.abs(wave).max()) if len(wave) else 0.0
     voiced = np.flatnonzero(np.abs(wave) > 0.02 * max(peak, 1e-9))
