@@ -12,8 +12,9 @@ Design:
   sentences never occur in train.
 - Everything random is drawn up front from `seed`. eSpeak's waveform depends on state left
   by the previous utterances in the same process, so utterances are synthesised in fixed
-  shards of SHARD_SIZE, each in a fresh worker process: the files are identical for any
-  number of workers.
+  shards of SHARD_SIZE, each in a fresh worker process, and eSpeak's noise generator (which
+  it seeds from the clock) is reseeded per utterance: the files are byte-identical for a
+  seed, whatever the number of workers.
 - Audio is resampled from eSpeak's 22050 Hz to 16 kHz, scaled to the speaker's loudness,
   optionally mixed with white noise at 15-40 dB SNR, written as 16-bit mono wav. A text that
   normalises to nothing, or that eSpeak renders as silence, is reported in the summary and
