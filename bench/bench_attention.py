@@ -100,6 +100,10 @@ def run(variants: bool, flex: bool):
                       f"  graph {row.get('graph_ms', float('nan')) * 1e3:9.1f} us", flush=True)
             ours = times["ours"]
             ours["vs_sdpa_mask"] = round(times["sdpa_mask"]["ms"] / ours["ms"], 3)
+            ours["vs_sdpa_mask_graph"] = round(times["sdpa_mask"]["graph_ms"] / ours["graph_ms"],
+                                               3)
+            ours["vs_flash_graph"] = round(times["sdpa_flash_nomask"]["graph_ms"]
+                                           / ours["graph_ms"], 3)
             if variants and name.startswith("B32"):
                 rows += _variants(name, mode, providers["ours"], q, k, v, grad)
             if variants and name.startswith("B16·H16") and mode == "fwd":

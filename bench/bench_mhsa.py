@@ -98,7 +98,10 @@ def run():
             by = {r["provider"]: r for r in rows if r["case"] == case and r["mode"] == mode}
             ours = by["ours"]
             ours["vs_compile"] = round(by["torch.compile(eager)"]["ms"] / ours["ms"], 3)
-            ours["overhead_vs_none"] = round(ours["ms"] / by["ours gates=None"]["ms"] - 1, 4)
+            for key in ("ms", "graph_ms"):
+                if key in ours and key in by["ours gates=None"]:
+                    ours[f"overhead_vs_none_{key}"] = round(
+                        ours[key] / by["ours gates=None"][key] - 1, 4)
 
             case = f"{name} hard gates"
             hard = {"ours all on": [1.0] * H, "ours half on": [1.0, 0.0] * (H // 2),
