@@ -335,6 +335,11 @@ def _blocks(head_dim: int) -> dict:
     if _interpreting():
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_D=block_d, wide=32, opts={},
                     dw_opts={})
+    return _blocks_gpu(head_dim)
+
+
+def _blocks_gpu(head_dim: int) -> dict:
+    block_d = max(16, triton.next_power_of_2(head_dim))
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, BLOCK_D=block_d, wide=128,
                 opts=dict(num_warps=8, num_stages=3), dw_opts=dict(num_warps=8, num_stages=2))
 
