@@ -415,19 +415,36 @@ def _setup_context(ctx, inputs, output):
     ctx.num_budgets = masks.shape[0]
 
 
-def _backward(ctx, grad_probs, grad_expected, grad_masks, _grad_k, grad_penalty):
+def _backward(ctx, grad_probs, grad_expected, grad_masks, _grad_k, grad_penalty,
+              bwd=ortho_softmax_bwd):
     scores, costs, tau, k, penalty = ctx.saved_tensors
     n, m = scores.shape[0], ctx.num_budgets
     if grad_masks is None:
         grad_masks = scores.new_zeros(m, n)
     if grad_penalty is None:
         grad_penalty = scores.new_zeros(m)
-    grad_scores = ortho_softmax_bwd(scores, costs, tau, k, penalty, grad_masks.contiguous(),
-                                    grad_penalty.contiguous(),
-                                    None if grad_probs is None else grad_probs.contiguous(),
-                                    None if grad_expected is None else grad_expected.contiguous(),
-                                    ctx.norm)
+    grad_scores = bwd(scores, costs, tau, k, penalty, grad_masks.contiguous(),
+                      grad_penalty.contiguous(),
+                      None if grad_probs is None else grad_probs.contiguous(),
+                      None if grad_expected is None else grad_expected.contiguous(), ctx.norm)
     return grad_scores, None, None, None, None, None, None
 
 
 ortho_softmax_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class OrthoSoftmaxFunction(torch.autograd.Function):
+    """The eager path: the same kernels as the torch.library ops, without the custom-op
+    dispatch, whose Python overhead was most of an eager call (torch.compile uses the ops)."""
+
+    @staticmethod
+    def forward(ctx, scores, costs, budgets, tau, rest, total, norm):
+        out = ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm)
+        _setup_context(ctx, (scores, costs, budgets, tau, rest, total, norm), out)
+        ctx.mark_non_differentiable(out[3])
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads, bwd=ortho_softmax_bwd_triton)

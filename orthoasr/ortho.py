@@ -12,6 +12,7 @@ from orthoasr.kernels.ortho_softmax import (
     MAX_BUDGETS,
     MAX_UNITS,
     NORMS,
+    OrthoSoftmaxFunction,
     ortho_softmax_fwd,
     ortho_softmax_reference,
 )
@@ -49,8 +50,9 @@ def ortho_softmax(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float, t
         if n > MAX_UNITS or m > MAX_BUDGETS:
             raise ValueError(f"the triton backend supports N <= {MAX_UNITS} units and M <= "
                              f"{MAX_BUDGETS} budgets, got N={n}, M={m}")
-        out = ortho_softmax_fwd(scores.contiguous(), costs.to(torch.float32).contiguous(),
-                                budgets_t, tau_t, float(rest_cost), float(total_cost), norm)
+        op = ortho_softmax_fwd if torch.compiler.is_compiling() else OrthoSoftmaxFunction.apply
+        out = op(scores.contiguous(), costs.to(torch.float32).contiguous(), budgets_t, tau_t,
+                 float(rest_cost), float(total_cost), norm)
     else:
         out = ortho_softmax_reference(scores, costs, float(rest_cost), float(total_cost),
                                       budgets_t, tau_t, norm)

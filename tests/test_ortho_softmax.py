@@ -241,3 +241,16 @@ def test_no_host_sync_and_cuda_graph_capture():
     want = orthoasr.ortho_softmax(scores.detach(), costs, rest, total, budgets, 0.3, "l2")
     torch.testing.assert_close(captured.masks, want.masks, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(captured.penalty, want.penalty, rtol=1e-4, atol=1e-5)
+
+
+def test_registered_ops_pass_opcheck():
+    """The torch.library ops (what torch.compile sees) have consistent fake and autograd
+    registrations."""
+    from orthoasr.kernels.ortho_softmax import ortho_softmax_fwd
+    costs, rest, total, budgets = _problem(10, 2)
+    scores = torch.randn(10, 10, device=DEVICE, requires_grad=True)
+    args = (scores, costs.float(), torch.tensor(budgets, device=DEVICE),
+            torch.tensor(0.5, device=DEVICE), rest, total, "l2")
+    torch.library.opcheck(ortho_softmax_fwd, args,
+                          test_utils=("test_schema", "test_autograd_registration",
+                                      "test_faketensor"))
