@@ -9,6 +9,6 @@ export PYTHONPATH=/tmp/site_lead:$REPO PYTHONUNBUFFERED=1
 cd /tmp
 nvidia-smi --query-gpu=name --format=csv
 python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_ortho_softmax.py $REPO/tests/test_units.py 2>&1 | tee $OUT/gpu_tests_foundation.log | tail -4
-python3 -m bench.profile_ortho_softmax 2>&1 | tee $OUT/profile.log
+[ -n "${PROFILE:-}" ] && python3 -m bench.profile_ortho_softmax 2>&1 | tee $OUT/profile.log
 python3 -m bench.bench_ortho_softmax 2>&1 | tee $OUT/bench_ortho.log
 cp $REPO/bench/results/ortho_softmax.json $OUT/
