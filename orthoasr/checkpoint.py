@@ -37,15 +37,15 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-    random.setstate(_as_tuples(states["python"]))
+    random.setstate(as_tuples(states["python"]))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def _as_tuples(value):
+def as_tuples(value):
     """random.setstate needs tuples where a round trip may have given lists."""
     if isinstance(value, (list, tuple)):
-        return tuple(_as_tuples(v) for v in value)
+        return tuple(as_tuples(v) for v in value)
     return value
 
 
@@ -98,4 +98,4 @@ def _lookup(values: dict, dotted: str):
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_config", "rng_states",
-           "set_rng_states"]
+           "set_rng_states", "as_tuples"]

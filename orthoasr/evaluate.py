@@ -113,7 +113,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
         for name, records in splits.items():
             hyps = transcribe(model, records, tokenizer, gates.to(device), head, device,
                               run.eval_batch_frames, bf16)
-            row[f"wer_{name}"] = float(word_error_rate([_text(r) for r in records], hyps))
+            row[f"wer_{name}"] = float(word_error_rate([r["text"] for r in records], hyps))
         rows.append(row)
     print_table(rows, cfg, trained.step)
     if trained.masks is not None:
@@ -126,10 +126,6 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
         writer.writeheader()
         writer.writerows(rows)
     return rows
-
-
-def _text(record) -> str:
-    return record["text"] if isinstance(record, dict) else record.text
 
 
 def print_table(rows: list[dict], cfg: SupernetConfig, step: int) -> None:

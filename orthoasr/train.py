@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import set_backend
-from .checkpoint import check_config, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .checkpoint import (
+    as_tuples,
+    check_config,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
 from .config import SupernetConfig
 from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
@@ -131,13 +138,13 @@ class TrainData:
     def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False):
         from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
         records = load_manifest(run.train_manifest)
-        records = [r for r in records if _duration(r) <= run.max_duration]
+        records = [r for r in records if r["duration"] <= run.max_duration]
         if not records:
             raise ValueError(f"training manifest {run.train_manifest} has no utterances of at "
                              f"most {run.max_duration} s")
         self.run, self.collate, self.pin_memory = run, collate, pin_memory
         self.dataset = SpeechDataset(records, tokenizer)
-        self.durations = [_duration(r) for r in records]
+        self.durations = [r["duration"] for r in records]
         self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
                                           seed=run.seed)
 
@@ -159,16 +166,12 @@ class TrainData:
             epoch, index = epoch + 1, 0
 
 
-def _duration(record) -> float:
-    return float(record["duration"] if isinstance(record, dict) else record.duration)
-
-
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer:
     """State of one run: model, selector, optimiser, schedules, frozen masks, metrics."""
 
-    def __init__(self, run: RunConfig, work_dir: str | Path, tokenizer=None):
+    def __init__(self, run: RunConfig, work_dir: str | Path):
         self.run, self.cfg = run, run.model
         self.work_dir = Path(work_dir)
         self.device = resolve_device(run.device)
@@ -176,7 +179,7 @@ class Trainer:
         check_feasible_budgets(self.cfg)
         torch.manual_seed(run.seed)
         random.seed(run.seed)
-        self.tokenizer = tokenizer
+        self.tokenizer = None               # trained on the transcripts, or restored
         self.model = ConformerSupernet(self.cfg).to(self.device)
         self.selector = SubnetSelector(self.cfg, run).to(self.device)
         self.optimizer = make_optimizer(self.model, self.selector, run, self.device)
@@ -225,7 +228,7 @@ class Trainer:
         self.step, self.epoch, self.batch_index = (state["step"], state["epoch"],
                                                    state["batch_index"])
         set_rng_states(state["rng"])
-        self.budget_rng.setstate(_tuples(state["rng"]["budget"]))
+        self.budget_rng.setstate(as_tuples(state["rng"]["budget"]))
 
     # ------------------------------------------------------------------ one step
     def features(self, waves, wave_lengths):
@@ -384,12 +387,6 @@ def _metric_columns() -> list[str]:
     return ["step", "stage", "budget", *METRIC_NAMES, "tau", "lr", "ms_per_step", "utt_per_s"]
 
 
-def _tuples(value):
-    if isinstance(value, (list, tuple)):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
 def read_metrics(path: str | Path) -> list[dict]:
     with Path(path).open() as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
@@ -440,7 +437,7 @@ def make_tokenizer(run: RunConfig, work_dir: Path):
     records = load_manifest(run.train_manifest)
     if not records:
         raise ValueError(f"training manifest {run.train_manifest} is empty")
-    texts = [r["text"] if isinstance(r, dict) else r.text for r in records]
+    texts = [r["text"] for r in records]
     tokenizer = Tokenizer.train(texts, run.model.vocab_size, str(work_dir / "tokenizer.model"))
     if tokenizer.vocab_size > run.model.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is "
