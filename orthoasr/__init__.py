@@ -4,8 +4,15 @@ from .backend import get_backend, set_backend
 from .config import SupernetConfig
 from .export import extract_subnet, load_subnet
 from .model import ConformerSupernet
-from .ortho import (OrthoSoftmaxResult, PenaltyScale, freeze_masks, gamma_for, ortho_softmax,
-                    temperature, unit_ranking)
+from .ortho import (
+    OrthoSoftmaxResult,
+    PenaltyScale,
+    freeze_masks,
+    gamma_for,
+    ortho_softmax,
+    temperature,
+    unit_ranking,
+)
 from .units import Unit, enumerate_units, subnet_cost, unit_costs
 
 __version__ = "0.1.0"
