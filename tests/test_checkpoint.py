@@ -86,3 +86,14 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an orthoasr checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_stage1_checkpoint_evaluates_the_supernet_and_refuses_export(corpus, tmp_path):
+    from orthoasr.evaluate import evaluate, load_trained
+    run = tiny_run(corpus, "stage1_steps=3", "stage2_steps=3")
+    train(run, tmp_path, stop_at=1)
+    rows = evaluate(tmp_path / "checkpoint.pt")
+    assert [r["subnet"] for r in rows] == ["supernet"] and rows[0]["units"] == 14
+    assert 0.0 <= rows[0]["wer_dev"] and 0.0 <= rows[0]["wer_test"]
+    with pytest.raises(ValueError, match="from stage 1: no frozen subnets"):
+        load_trained(tmp_path / "checkpoint.pt").subnet_gates(0)
