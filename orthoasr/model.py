@@ -131,16 +131,27 @@ class ConformerSupernet(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, head: int = -1):
-        self._check_inputs(features, lengths, gates, head)
+        x, lengths = self.embed(features, lengths)
+        return self.encode(x, lengths, gates, head), lengths
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor):
+        """Frontend plus positions, the part every subnet shares (training runs it once per
+        batch for all its subnets): (B, T, F) -> (B, T // 4, D), lengths // 4."""
+        self._check_features(features, lengths)
         x, lengths = self.frontend(features, lengths)
-        x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype))
+        return x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype), lengths
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
+               head: int = -1) -> torch.Tensor:
+        """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V)."""
+        self._check_gates(x, gates, head)
+        x = self.dropout(x)
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
             x = block(x, lengths, None if gates is None else block_gates[layer])
-        logits = self.heads[head](x)
-        return logits.float().log_softmax(dim=-1), lengths
+        return self.heads[head](x).float().log_softmax(dim=-1)
 
-    def _check_inputs(self, features, lengths, gates, head) -> None:
+    def _check_features(self, features, lengths) -> None:
         cfg = self.cfg
         if features.dim() != 3 or features.shape[2] != cfg.num_mel_bins:
             raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), "
@@ -151,13 +162,14 @@ class ConformerSupernet(nn.Module):
         if lengths.shape != (features.shape[0],) or lengths.is_floating_point():
             raise ValueError(f"lengths must be an int tensor of shape ({features.shape[0]},), "
                              f"got {lengths.dtype} {tuple(lengths.shape)}")
+
+    def _check_gates(self, x, gates, head) -> None:
         if gates is not None:
             if gates.shape != (self.num_units,):
                 raise ValueError(f"gates must have shape ({self.num_units},) (one per unit), "
                                  f"got {tuple(gates.shape)}")
-            if gates.device != features.device:
-                raise ValueError(f"gates are on {gates.device} but features on "
-                                 f"{features.device}")
+            if gates.device != x.device:
+                raise ValueError(f"gates are on {gates.device} but features on {x.device}")
         if not isinstance(head, int) or not -len(self.heads) <= head < len(self.heads):
             raise ValueError(f"head must be an int in [-{len(self.heads)}, "
                              f"{len(self.heads) - 1}] (one per budget), got {head!r}")

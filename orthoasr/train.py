@@ -244,10 +244,13 @@ class Trainer:
         host (`target_lengths`, `out_lengths`: CPU tensors), so it copies nothing back."""
         run, budgets = self.run, self.cfg.budgets
         zero = torch.zeros((), device=self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
+        with autocast:              # the frontend is shared: once for every subnet below
+            x, lengths = self.model.embed(feats, lengths)
 
         def ctc(gates, head):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                log_probs, _ = self.model(feats, lengths, gates, head)
+            with autocast:
+                log_probs = self.model.encode(x, lengths, gates, head)
             return ctc_loss(log_probs, out_lengths, targets, target_lengths)
 
         if self.frozen_masks is None:                                   # stage 1
