@@ -57,15 +57,16 @@ def load_trained(path: str | Path, device="cpu") -> Trained:
 
 
 @torch.no_grad()
-def transcribe(model, records, tokenizer, gates, head: int, device, batch_frames: int,
-               bf16: bool) -> list[str]:
-    """Greedy CTC transcripts of `records` (in their order) by the subnet `gates`/`head`."""
+def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]], device,
+               batch_frames: int, bf16: bool) -> list[list[str]]:
+    """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
+    `subnets`; batches sorted by length, the shared frontend run once per batch."""
     from .data import LogMel, SpeechDataset, collate
     from .decoding import greedy_ctc_decode
     logmel = LogMel().to(device)
     dataset = SpeechDataset(records, tokenizer)
     order = sorted(range(len(records)), key=lambda i: float(records[i]["duration"]))
-    hyps: list[str] = [""] * len(records)
+    hyps = [[""] * len(records) for _ in subnets]
     batch: list[int] = []
     for i in order + [None]:
         frames = 0 if i is None else int(100 * float(records[i]["duration"])) + 1
@@ -73,9 +74,11 @@ def transcribe(model, records, tokenizer, gates, head: int, device, batch_frames
             waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
             feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                log_probs, out_lengths = model(feats, lengths, gates, head)
-            for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
-                hyps[j] = tokenizer.decode(list(ids))
+                x, out_lengths = model.embed(feats, lengths)
+                for s, (gates, head) in enumerate(subnets):
+                    log_probs = model.encode(x, out_lengths, gates, head)
+                    for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
+                        hyps[s][j] = tokenizer.decode(list(ids))
             batch = []
         if i is not None:
             batch.append(i)
@@ -101,20 +104,22 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
                 raise ValueError(f"{name} manifest {path} is empty")
     subnets = range(trained.num_subnets) if trained.masks is not None else [None]
     bf16 = run.bf16 and device.type == "cuda"
-    rows = []
+    rows, selected = [], []
     for index in subnets:
         gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
         head = len(cfg.budgets) - 1 if index is None else index
-        row = {"subnet": "supernet" if index is None else index,
-               "budget": 1.0 if index is None else cfg.budgets[index],
-               "units": int((gates != 0).sum()),
-               "params": int(subnet_cost(cfg, gates, "params")),
-               "flops": int(subnet_cost(cfg, gates, "flops"))}
-        for name, records in splits.items():
-            hyps = transcribe(model, records, tokenizer, gates.to(device), head, device,
-                              run.eval_batch_frames, bf16)
-            row[f"wer_{name}"] = float(word_error_rate([r["text"] for r in records], hyps))
-        rows.append(row)
+        selected.append((gates.to(device), head))
+        rows.append({"subnet": "supernet" if index is None else index,
+                     "budget": 1.0 if index is None else cfg.budgets[index],
+                     "units": int((gates != 0).sum()),
+                     "params": int(subnet_cost(cfg, gates, "params")),
+                     "flops": int(subnet_cost(cfg, gates, "flops"))})
+    for name, records in splits.items():
+        hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
+                          bf16)
+        for row, subnet_hyps in zip(rows, hyps):
+            row[f"wer_{name}"] = float(word_error_rate([r["text"] for r in records],
+                                                       subnet_hyps))
     print_table(rows, cfg, trained.step)
     if trained.masks is not None:
         print_retained(trained.masks, cfg)
