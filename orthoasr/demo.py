@@ -1,11 +1,13 @@
-"""`orthoasr demo`: OrthoSoftmax choosing subnets of the paper-size Conformer.
+"""`orthoasr demo`: what `make demo` runs.
 
-Until a whole training run fits the CPU demo, this shows the selection mechanism alone, for
-real: the score matrix of the paper-size model (180 units) is trained with OrthoSoftmax
-against a FLOPs budget set. The task is a stand-in for the ASR loss: every unit has a
-usefulness (later layers and attention heads matter more, with noise), and each subnet is
-rewarded for the usefulness its soft mask keeps. The temperature anneals, the penalty makes
-the rows one-hot, then the freeze step picks nested subnets that meet their exact budgets.
+By default the whole job on the embedded corpus (orthoasr.train.run_demo): synthesise the
+tiny eSpeak NG corpus, train a tiny supernet through both stages, evaluate every subnet and
+write the heatmap. `--selection-only` shows the selection mechanism alone, in seconds: the
+score matrix of the paper-size model (180 units) is trained with OrthoSoftmax against a budget
+set, with a stand-in task for the ASR loss (every unit has a usefulness: later layers and
+attention heads matter more, with noise; each subnet is rewarded for the usefulness its soft
+mask keeps). The temperature anneals, the penalty makes the rows one-hot, then the freeze step
+picks nested subnets that meet their exact budgets.
 """
 
 from __future__ import annotations
@@ -23,14 +25,23 @@ SYMBOLS = {"ffn1": "F", "conv": "C", "mhsa": "H", "ffn2": "G"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=600, help="OrthoSoftmax training steps")
-    parser.add_argument("--criterion", default="flops", choices=["params", "flops"])
+    parser.add_argument("--work-dir", default="runs/demo",
+                        help="corpus, checkpoint, metrics and heatmap of the full demo")
+    parser.add_argument("--selection-only", action="store_true",
+                        help="only OrthoSoftmax selecting subnets of the paper-size model")
+    parser.add_argument("--steps", type=int, default=600, help="selection-only: steps")
+    parser.add_argument("--criterion", default="flops", choices=["params", "flops"],
+                        help="selection-only: budget criterion")
     parser.add_argument("--budgets", default="0.5,0.6,0.7,0.85,1.0",
-                        help="comma-separated fractions of the supernet's cost")
+                        help="selection-only: comma-separated fractions of the supernet's cost")
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> None:
+    if not args.selection_only:
+        from .train import run_demo
+        run_demo(args.work_dir)
+        return
     budgets = tuple(float(b) for b in args.budgets.split(","))
     cfg = SupernetConfig(criterion=args.criterion, budgets=budgets)
     select_subnets(cfg, steps=args.steps, seed=args.seed)
