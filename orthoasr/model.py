@@ -123,7 +123,6 @@ class ConformerSupernet(nn.Module):
         self.heads = nn.ModuleList([nn.Linear(cfg.d_model, cfg.vocab_size)
                                     for _ in cfg.budgets])
         self.units = enumerate_units(cfg)
-        self.units_per_block = len(self.units) // cfg.num_layers
 
     @property
     def num_units(self) -> int:
