@@ -1,0 +1,14 @@
+"""The README's library example runs as written (it must stay true as features land)."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_library_example_runs(tmp_path, monkeypatch):
+    text = README.read_text()
+    example = re.search(r"## Using the library\n\n```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)   # it saves sub.pt in the working folder
+    exec(compile(example, str(README), "exec"), {})
+    assert (tmp_path / "sub.pt").exists()
