@@ -48,9 +48,10 @@ def time_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
-def time_graph_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
-    """Median milliseconds of one replay of fn() captured in a CUDA graph: GPU time without
-    the host's launch overhead. fn must be capturable (no host sync, static shapes)."""
+def capture_graph(fn):
+    """Warm fn up on a side stream, then capture one call in a CUDA graph.
+
+    Returns (graph, outputs of the captured call); graph.replay() reruns it in place."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -59,7 +60,24 @@ def time_graph_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
+        out = fn()
+    return graph, out
+
+
+def call_without_sync(fn):
+    """fn() with torch's sync debug mode set to raise on any host synchronisation."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def time_graph_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
+    """Median milliseconds of one replay of fn() captured in a CUDA graph: GPU time without
+    the host's launch overhead. fn must be capturable (no host sync, static shapes)."""
+    graph, _ = capture_graph(fn)
     return time_ms(graph.replay, warmup_ms, rep_ms)
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bench.harness import call_without_sync, capture_graph
 from orthoasr import set_backend
 from orthoasr.kernels import gated_attention as ga
 
@@ -223,19 +224,8 @@ def test_cuda_graph_and_no_sync():
         return torch.autograd.grad(out, (q, k, v, gates), grad_out)
 
     eager = step()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    call_without_sync(step)
+    graph, captured = capture_graph(step)
     graph.replay()
     torch.cuda.synchronize()
     for a, b in zip(eager, captured, strict=True):

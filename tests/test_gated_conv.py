@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bench.harness import call_without_sync, capture_graph
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
 
@@ -255,26 +256,18 @@ def test_gpu_cuda_graph_and_no_sync():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         conv(x, lengths, hard).sum().backward()
         conv(x, lengths, soft).sum().backward()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+
+    def hard_soft_and_no_gates():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             conv(x, lengths, hard).sum().backward()
             conv(x, lengths, soft).sum().backward()
             conv(x, lengths, None).sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+
+    call_without_sync(hard_soft_and_no_gates)
     xs = x.detach()
     static_gates = hard.clone()
     with torch.no_grad():
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            conv(xs, lengths, static_gates)
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = conv(xs, lengths, static_gates)
+        graph, out = capture_graph(lambda: conv(xs, lengths, static_gates))
         static_gates.fill_(0.5)
         graph.replay()
         torch.testing.assert_close(out, conv(xs, lengths, static_gates))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bench.harness import call_without_sync, capture_graph
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_fwd, gated_ffn_reference
 from orthoasr.nn import GatedFeedForward
 
@@ -287,27 +288,18 @@ def test_gpu_cuda_graph_and_no_sync():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         ffn(x, lengths, gates).sum().backward()  # compile outside the checks
         ffn(x, lengths, soft).sum().backward()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+
+    def hard_soft_and_no_gates():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             ffn(x, lengths, gates).sum().backward()
             ffn(x, lengths, soft).sum().backward()
             ffn(x, lengths, None).sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+
+    call_without_sync(hard_soft_and_no_gates)
     xs = x.detach()
     static_gates = gates.clone()
     with torch.no_grad():
-        ffn(xs, lengths, static_gates)
-        graph = torch.cuda.CUDAGraph()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            ffn(xs, lengths, static_gates)
-        torch.cuda.current_stream().wait_stream(s)
-        with torch.cuda.graph(graph):
-            out = ffn(xs, lengths, static_gates)
+        graph, out = capture_graph(lambda: ffn(xs, lengths, static_gates))
         static_gates.copy_(torch.tensor([0.0, 1.0, 0.0, 1.0], device=dev))
         graph.replay()
         expected = ffn(xs, lengths, static_gates)

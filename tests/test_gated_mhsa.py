@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.harness import call_without_sync, capture_graph
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.gated_attention import gated_attention_reference
@@ -216,19 +217,8 @@ def test_cuda_graph_and_no_sync():
         return torch.autograd.grad(out, [x, gates] + params, grad_out)
 
     eager = step()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    call_without_sync(step)
+    graph, captured = capture_graph(step)
     graph.replay()
     torch.cuda.synchronize()
     # weight grads use fp32 atomics: summation order may differ

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import orthoasr
+from bench.harness import call_without_sync, capture_graph
 from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 NORMS = ["l2", "l2_sqrt", "l1"]
@@ -218,22 +219,9 @@ def test_no_host_sync_and_cuda_graph_capture():
         return out
 
     step()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    call_without_sync(step)
     scores.grad = None
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    scores.grad = None
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = capture_graph(step)
     with torch.no_grad():
         scores.copy_(torch.randn_like(scores))
     tau.fill_(0.3)
