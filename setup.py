@@ -10,7 +10,7 @@ setup(
     # torch: the Makefile installs the CPU build (torch==2.13.0) first on CPU machines, so
     # this range adds nothing there; GPU machines bring their own CUDA build.
     install_requires=["torch>=2.4", "triton>=3.0", "numpy", "sentencepiece", "pyyaml",
-                      "espeakng-loader", "soundfile"],
+                      "matplotlib", "espeakng-loader", "soundfile"],
     extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"]},
     package_data={"orthoasr": ["configs/*.yaml"], "orthoasr.data": ["*.txt", "*.json"]},
     entry_points={"console_scripts": ["orthoasr=orthoasr.cli:main"]},

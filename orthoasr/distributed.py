@@ -1,0 +1,63 @@
+"""Multi-process training under torchrun: process group set-up and the few collectives the
+training loop needs. One process per GPU (NCCL) or per CPU worker (gloo); a plain
+`python -m orthoasr train` is a world of one and calls no collective.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device_type: str) -> World:
+    """The world torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a world of one
+    without them); joins the process group: NCCL for CUDA, gloo for the CPU."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    world = World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if world.distributed and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return world
+
+
+def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum over ranks, in place (no-op in a world of one). Asynchronous on the GPU."""
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast(tensor: torch.Tensor, world: World, src: int = 0) -> torch.Tensor:
+    """Rank src's tensor on every rank, in place."""
+    if world.distributed:
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
