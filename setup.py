@@ -5,13 +5,15 @@ setup(
     version="0.1.0",
     description="Conformer-CTC supernet training with OrthoSoftmax on Triton kernels",
     python_requires=">=3.10",
-    packages=find_packages(include=["orthoasr", "orthoasr.*"]) + ["orthoasr.kernels"],
-    package_dir={"orthoasr": "orthoasr", "orthoasr.kernels": "kernels"},
+    packages=find_packages(include=["orthoasr", "orthoasr.*"]) + ["orthoasr.kernels",
+                                                                   "orthoasr.configs"],
+    package_dir={"orthoasr": "orthoasr", "orthoasr.kernels": "kernels",
+                 "orthoasr.configs": "configs"},
     # torch: the Makefile installs the CPU build (torch==2.13.0) first on CPU machines, so
     # this range adds nothing there; GPU machines bring their own CUDA build.
     install_requires=["torch>=2.4", "triton>=3.0", "numpy", "sentencepiece", "pyyaml",
                       "matplotlib", "espeakng-loader", "soundfile"],
     extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"]},
-    package_data={"orthoasr": ["configs/*.yaml"], "orthoasr.data": ["*.txt", "*.json"]},
+    package_data={"orthoasr.configs": ["*.yaml"]},
     entry_points={"console_scripts": ["orthoasr=orthoasr.cli:main"]},
 )

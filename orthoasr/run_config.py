@@ -180,13 +180,27 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     """The run config of YAML file `path` (defaults where it is silent) plus `overrides`."""
     values = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} not found")
+        path = find_config(path)
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(values)}")
     return RunConfig.from_dict(apply_overrides(values, list(overrides)))
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` if it exists, else the preset of that name ("tiny", "tiny.yaml" or
+    "configs/tiny.yaml") from the package (setup.py installs configs/ as orthoasr.configs)
+    or, in a checkout, from its configs/ folder."""
+    path = Path(path)
+    if path.exists():
+        return path
+    here = Path(__file__).resolve().parent
+    folders = [here / "configs", here.parent / "configs"]
+    for folder in folders:
+        if (folder / path.with_suffix(".yaml").name).exists():
+            return folder / path.with_suffix(".yaml").name
+    presets = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+    raise FileNotFoundError(f"config file {path} not found (shipped presets: {presets})")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

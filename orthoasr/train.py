@@ -453,7 +453,7 @@ def make_tokenizer(run: RunConfig, work_dir: Path):
 
 # ----------------------------------------------------------------------------- demo
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+DEMO_CONFIG = "configs/tiny.yaml"   # found in the package when not run from the checkout
 
 
 def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFIG,

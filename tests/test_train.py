@@ -276,3 +276,12 @@ def test_train_step_has_no_host_sync(corpus, tmp_path, monkeypatch):
     step_without_sync()
     trainer.flush()
     assert [r["stage"] for r in trainer.history] == [1, 1, 1, 2, 2, 2]
+
+
+def test_config_presets_are_found_by_name_and_unknown_ones_listed(tmp_path, monkeypatch):
+    from orthoasr.run_config import find_config
+    monkeypatch.chdir(tmp_path)   # away from the checkout's configs/
+    assert find_config("tiny").name == "tiny.yaml"
+    assert find_config("configs/paper.yaml").name == "paper.yaml"
+    with pytest.raises(FileNotFoundError, match=r"presets: \['paper', 'tiny'\]"):
+        find_config("configs/huge.yaml")
