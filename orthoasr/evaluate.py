@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,18 +167,13 @@ def print_retained(masks: torch.Tensor, cfg: SupernetConfig) -> None:
 
 
 def write_heatmap(masks: torch.Tensor, cfg: SupernetConfig, path: str | Path) -> Path:
-    """PNG heatmap layers x unit kinds of how many subnets keep each unit (matplotlib if it
-    is installed, else a plain PNG written here without axis labels)."""
+    """PNG heatmap layers x unit kinds of how many subnets keep each unit."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = retained_grid(masks, cfg).float()
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _write_png(path, _heat_pixels(grid / max(1, masks.shape[0])))
-        return path
     labels = unit_labels(cfg)
     fig, ax = plt.subplots(figsize=(1 + 0.4 * len(labels), 1 + 0.35 * cfg.num_layers))
     image = ax.imshow(grid.numpy(), cmap="Blues", vmin=0, vmax=masks.shape[0], aspect="auto")
@@ -194,30 +187,6 @@ def write_heatmap(masks: torch.Tensor, cfg: SupernetConfig, path: str | Path) ->
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _heat_pixels(values: torch.Tensor, cell: int = 16) -> torch.Tensor:
-    """(H, W) values in [0, 1] -> (H*cell, W*cell, 3) uint8, white to dark blue, grid lines."""
-    white, blue = torch.tensor([255.0, 255, 255]), torch.tensor([8.0, 48, 107])
-    colors = white + values[..., None] * (blue - white)
-    pixels = colors.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-    pixels[::cell, :, :] = 160
-    pixels[:, ::cell, :] = 160
-    return pixels.round().to(torch.uint8)
-
-
-def _write_png(path: Path, pixels: torch.Tensor) -> None:
-    """Minimal 8-bit RGB PNG (no filter) of pixels (H, W, 3) uint8."""
-    height, width, _ = pixels.shape
-    raw = b"".join(b"\x00" + bytes(row.flatten().tolist()) for row in pixels)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
