@@ -27,6 +27,9 @@ class World:
         return self.size > 1
 
 
+SINGLE = World()   # one process, no collectives
+
+
 def init_world(device_type: str) -> World:
     """The world torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a world of one
     without them); joins the process group: NCCL for CUDA, gloo for the CPU."""

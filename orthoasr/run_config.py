@@ -30,6 +30,8 @@ class RunConfig:
     test_manifest: str = "data/tiny/test.jsonl"
     max_frames: int = 20000          # input feature frames (10 ms) per batch, padding included
     max_duration: float = 30.0       # training utterances longer than this (s) are skipped
+    buckets_per_step: int = 1        # batches of the plan merged into one step (one process
+                                     # doing the step of that many torchrun ranks)
     spec_augment: bool = True
     num_workers: int = 0
     # optimiser: AdamW, linear warm-up then cosine decay to lr * lr_final
@@ -70,7 +72,8 @@ class RunConfig:
 
     # fields that may differ between a checkpoint and the run that resumes it
     RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "eval_batch_frames",
-                         "device", "backend", "dev_manifest", "test_manifest")
+                         "device", "backend", "dev_manifest", "test_manifest",
+                         "buckets_per_step")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -80,7 +83,7 @@ class RunConfig:
 
     def validate(self) -> None:
         for name in ("max_frames", "stage1_steps", "stage2_steps", "log_every", "ckpt_every",
-                     "eval_batch_frames"):
+                     "eval_batch_frames", "buckets_per_step"):
             value = getattr(self, name)
             minimum = 0 if name.startswith("stage") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:

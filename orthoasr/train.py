@@ -11,6 +11,14 @@ s is constant or focal (1 - exp(-L)). Each budget has its own output layer.
 
 The loop reads the device only every `log_every` steps (losses, NaN check) and before a
 checkpoint; the temperature lives in a device tensor, so a step has no host sync.
+
+Under `torchrun --nproc_per_node=N` each rank trains on every N-th batch of the same plan
+through DistributedDataParallel (NCCL on GPUs, gloo on the CPU). The CTC sum is divided by
+the frames of all ranks, so a step equals one process training on the N batches at once
+(`buckets_per_step=N`). The budget drawn each step is the same on every rank (same seed), so
+the OrthoSoftmax scores and the Lagrange multiplier get the same averaged gradient and stay
+identical; dropout, SpecAugment and stochastic depth draw per rank. Rank 0 freezes the
+masks (broadcast), logs and writes checkpoints, which resume on any number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .backend import set_backend
 from .checkpoint import (
@@ -36,6 +45,15 @@ from .checkpoint import (
     set_rng_states,
 )
 from .config import SupernetConfig
+from .distributed import (
+    SINGLE,
+    World,
+    all_reduce_sum,
+    barrier,
+    broadcast,
+    init_world,
+    shutdown,
+)
 from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
 from .run_config import RunConfig, load_run_config
@@ -89,11 +107,12 @@ def check_feasible_budgets(cfg: SupernetConfig) -> None:
                 f"budget is {math.ceil(smallest * 1e4) / 1e4:.4f}")
 
 
-def ctc_loss(log_probs, out_lengths, targets, target_lengths) -> torch.Tensor:
-    """CTC (blank 0), summed over the batch and divided by the number of frames."""
+def ctc_loss(log_probs, out_lengths, targets, target_lengths, frames=None) -> torch.Tensor:
+    """CTC (blank 0), summed over the batch and divided by `frames` (default: the batch's
+    number of frames)."""
     loss = F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths,
                       blank=0, reduction="sum", zero_infinity=True)
-    return loss / out_lengths.sum().clamp(min=1)
+    return loss / (out_lengths.sum().clamp(min=1) if frames is None else frames)
 
 
 def aux_scale(run: RunConfig, loss: torch.Tensor) -> torch.Tensor | float:
@@ -135,7 +154,8 @@ class TrainData:
     """Training utterances in buckets; batch order is a function of (seed, epoch), so a run
     resumed at (epoch, batch index) sees the same batches as an uninterrupted one."""
 
-    def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False):
+    def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False,
+                 world: World = SINGLE):
         from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
         records = load_manifest(run.train_manifest)
         records = [r for r in records if r["duration"] <= run.max_duration]
@@ -146,11 +166,13 @@ class TrainData:
         self.dataset = SpeechDataset(records, tokenizer)
         self.durations = [r["duration"] for r in records]
         self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
-                                          seed=run.seed)
+                                          seed=run.seed, num_replicas=world.size,
+                                          rank=world.rank)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         self.sampler.set_epoch(epoch)
-        return list(self.sampler)
+        plan, group = list(self.sampler), self.run.buckets_per_step
+        return [sum(plan[i:i + group], []) for i in range(0, len(plan) - group + 1, group)]
 
     def batches(self, epoch: int, index: int):
         """Yield (epoch, index of the next batch, batch) forever, from batch `index`."""
@@ -166,6 +188,18 @@ class TrainData:
             epoch, index = epoch + 1, 0
 
 
+class _Joint(nn.Module):
+    """Model and selector under one DistributedDataParallel: its forward runs the step's
+    loss computation (a closure over both), so one forward and one backward per step."""
+
+    def __init__(self, model: nn.Module, selector: nn.Module):
+        super().__init__()
+        self.model, self.selector = model, selector
+
+    def forward(self, compute):
+        return compute()
+
+
 # ----------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -175,6 +209,9 @@ class Trainer:
         self.run, self.cfg = run, run.model
         self.work_dir = Path(work_dir)
         self.device = resolve_device(run.device)
+        self.world = init_world(self.device.type)
+        if self.device.type == "cuda" and self.world.distributed:
+            self.device = torch.device("cuda", self.world.local_rank)
         set_backend(run.backend)
         check_feasible_budgets(self.cfg)
         torch.manual_seed(run.seed)
@@ -182,12 +219,19 @@ class Trainer:
         self.tokenizer = None               # trained on the transcripts, or restored
         self.model = ConformerSupernet(self.cfg).to(self.device)
         self.selector = SubnetSelector(self.cfg, run).to(self.device)
+        self.ddp = None
+        if self.world.distributed:          # heads and scores unused by a step: unused params
+            self.ddp = DistributedDataParallel(
+                _Joint(self.model, self.selector), find_unused_parameters=True,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = make_optimizer(self.model, self.selector, run, self.device)
         self.gamma = run.gamma or gamma_for(run.tau0, run.tau_end, max(1, run.stage1_steps))
         self.tau = torch.full((), run.tau0, device=self.device)
         self.budget_rng = random.Random(run.seed)
         self.frozen_masks = None            # (M, N) float on the device after stage 1
         self.step, self.epoch, self.batch_index = 0, 0, 0
+        if self.world.distributed:
+            self.reseed_rank()
         self.bf16 = run.bf16 and self.device.type == "cuda"
         self.pending: list[dict] = []
         self.history: list[dict] = []
@@ -206,6 +250,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "frozen_masks": None if self.frozen_masks is None else self.frozen_masks.cpu(),
             "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
+            "plan_position": self.batch_index * self.batches_per_index,
             "schedule": {"gamma": self.gamma, "tau": temperature(self.step, self.run.tau0,
                                                                  self.gamma, self.run.tau_min),
                          "lr_factor": lr_factor(self.step, self.run)},
@@ -214,7 +259,11 @@ class Trainer:
 
     def save(self) -> Path:
         self.flush()                        # checks the losses since the last flush first
-        return save_checkpoint(self.work_dir / CHECKPOINT, self.state())
+        path = self.work_dir / CHECKPOINT
+        if self.world.is_main:
+            save_checkpoint(path, self.state())
+        barrier(self.world)
+        return path
 
     def restore(self, state: dict) -> None:
         check_config(state, self.run, self.work_dir / CHECKPOINT)
@@ -225,10 +274,23 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         masks = state["frozen_masks"]
         self.frozen_masks = None if masks is None else masks.to(self.device)
-        self.step, self.epoch, self.batch_index = (state["step"], state["epoch"],
-                                                   state["batch_index"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        # the position in the epoch's batch plan, whatever the number of ranks that resumes
+        self.batch_index = state["plan_position"] // self.batches_per_index
         set_rng_states(state["rng"])
         self.budget_rng.setstate(as_tuples(state["rng"]["budget"]))
+        if self.world.distributed:
+            self.reseed_rank()
+
+    @property
+    def batches_per_index(self) -> int:
+        """Batches of the epoch's plan that one step of this run consumes."""
+        return self.world.size * self.run.buckets_per_step
+
+    def reseed_rank(self) -> None:
+        """Per-rank random streams (dropout, SpecAugment, stochastic depth) from (seed, rank,
+        step); the budget draws (budget_rng) stay the same on every rank."""
+        torch.manual_seed(self.run.seed + 1_000_003 * self.world.rank + self.step)
 
     # ------------------------------------------------------------------ one step
     def features(self, waves, wave_lengths):
@@ -238,10 +300,11 @@ class Trainer:
                 feats = self.spec_augment(feats, lengths)
         return feats, lengths
 
-    def losses(self, feats, lengths, targets, target_lengths, out_lengths
+    def losses(self, feats, lengths, targets, target_lengths, out_lengths, frames=None
                ) -> tuple[torch.Tensor, dict]:
         """The step's loss and its parts (0-d device tensors). CTC takes the lengths on the
-        host (`target_lengths`, `out_lengths`: CPU tensors), so it copies nothing back."""
+        host (`target_lengths`, `out_lengths`: CPU tensors), so it copies nothing back;
+        `frames` divides the CTC sums (default: this batch's frames)."""
         run, budgets = self.run, self.cfg.budgets
         zero = torch.zeros((), device=self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
@@ -251,7 +314,7 @@ class Trainer:
         def ctc(gates, head):
             with autocast:
                 log_probs = self.model.encode(x, lengths, gates, head)
-            return ctc_loss(log_probs, out_lengths, targets, target_lengths)
+            return ctc_loss(log_probs, out_lengths, targets, target_lengths, frames)
 
         if self.frozen_masks is None:                                   # stage 1
             selected = self.selector(self.tau)
@@ -297,7 +360,15 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         tau = temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min)
         self.tau.fill_(tau)
-        loss, parts = self.losses(feats, lengths, targets, target_lengths, out_lengths)
+        if self.ddp is None:
+            loss, parts = self.losses(feats, lengths, targets, target_lengths, out_lengths)
+        else:
+            # DDP averages the ranks' gradients: dividing each rank's CTC sum by the mean
+            # frames per rank makes the average the gradient of (sum over ranks) / frames
+            frames = all_reduce_sum(out_lengths.sum().to(self.device, torch.float32),
+                                    self.world) / self.world.size
+            loss, parts = self.ddp(lambda: self.losses(feats, lengths, targets,
+                                                        target_lengths, out_lengths, frames))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # the model's gradient only: the scores' (penalty-dominated) gradient must not
@@ -306,7 +377,8 @@ class Trainer:
         self.optimizer.step()
         self.pending.append({**parts, "step": self.step + 1,
                              "stage": 1 if self.frozen_masks is None else 2, "tau": tau,
-                             "lr": self.run.lr * factor, "utts": waves.shape[0]})
+                             "lr": self.run.lr * factor,
+                             "utts": waves.shape[0] * self.world.size})
         self.step += 1
 
     # ------------------------------------------------------------------ freeze
@@ -316,7 +388,10 @@ class Trainer:
             self.tau.fill_(temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min))
             probs = self.selector(self.tau).probs
         masks = freeze_masks(probs, self.cfg, self.cfg.criterion)
-        self.frozen_masks = masks.to(self.device)
+        self.frozen_masks = broadcast(masks.to(self.device), self.world)   # rank 0's
+        masks = self.frozen_masks.cpu()
+        if not self.world.is_main:
+            return
         for b, budget in enumerate(self.cfg.budgets):
             kept = int(masks[b].sum())
             cost = subnet_cost(self.cfg, masks[b], self.cfg.criterion)
@@ -345,7 +420,8 @@ class Trainer:
         if not self.pending:
             return
         values = torch.stack([torch.stack([p[k] for k in METRIC_NAMES])
-                              for p in self.pending]).tolist()
+                              for p in self.pending])
+        values = (all_reduce_sum(values, self.world) / self.world.size).tolist()
         now = time.perf_counter()
         elapsed, self.last_flush = now - self.last_flush, now
         ms_per_step = 1000 * elapsed / len(self.pending)
@@ -363,6 +439,8 @@ class Trainer:
             rows.append(row)
         self.pending = []
         self.history += rows
+        if not self.world.is_main:
+            return
         write_metrics(self.work_dir / METRICS, rows)
         last = rows[-1]
         print(f"step {last['step']}/{self.run.total_steps} [stage {last['stage']}] "
@@ -404,14 +482,18 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(run, work_dir)
+    world = trainer.world
     if resume:
         trainer.restore(load_checkpoint(work_dir / CHECKPOINT, map_location=trainer.device))
-        write_metrics(work_dir / METRICS, [], keep_until=trainer.step)
-        print(f"resumed from {work_dir / CHECKPOINT} at step {trainer.step}")
+        if world.is_main:
+            write_metrics(work_dir / METRICS, [], keep_until=trainer.step)
+            print(f"resumed from {work_dir / CHECKPOINT} at step {trainer.step}")
     else:
-        trainer.tokenizer = make_tokenizer(run, work_dir)
-        write_metrics(work_dir / METRICS, [], keep_until=0)
-    data = TrainData(run, trainer.tokenizer, pin_memory=trainer.device.type == "cuda")
+        trainer.tokenizer = make_tokenizer(run, work_dir, world)
+        if world.is_main:
+            write_metrics(work_dir / METRICS, [], keep_until=0)
+    data = TrainData(run, trainer.tokenizer, pin_memory=trainer.device.type == "cuda",
+                     world=world)
     if trainer.frozen_masks is not None:
         trainer.prepare_stage2()
     last = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
@@ -431,11 +513,23 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     if trainer.step == run.stage1_steps and trainer.frozen_masks is None:
         trainer.freeze()
     trainer.save()
+    shutdown(world)
     return trainer
 
 
-def make_tokenizer(run: RunConfig, work_dir: Path):
-    """A BPE tokenizer trained on the training transcripts, vocab = model.vocab_size."""
+def make_tokenizer(run: RunConfig, work_dir: Path, world: World = SINGLE):
+    """A BPE tokenizer trained on the training transcripts, vocab = model.vocab_size (by
+    rank 0; the other ranks load what it wrote)."""
+    from .data import Tokenizer
+    if not world.is_main:
+        barrier(world)
+        return Tokenizer(str(work_dir / "tokenizer.model"))
+    tokenizer = _train_tokenizer(run, work_dir)
+    barrier(world)
+    return tokenizer
+
+
+def _train_tokenizer(run: RunConfig, work_dir: Path):
     from .data import Tokenizer, load_manifest
     records = load_manifest(run.train_manifest)
     if not records:

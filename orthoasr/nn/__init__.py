@@ -2,3 +2,5 @@
 from .conv import GatedConvModule
 from .ffn import GatedFeedForward
 from .mhsa import GatedMHSA
+
+__all__ = ["GatedConvModule", "GatedFeedForward", "GatedMHSA"]

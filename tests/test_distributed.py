@@ -1,0 +1,72 @@
+"""torchrun with 2 gloo ranks on the CPU: the same losses as one process training on both
+ranks' batches at once, and a checkpoint of the 2-rank run resumes in one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_train import tiny_run, write_corpus
+
+from orthoasr.checkpoint import load_checkpoint
+from orthoasr.train import read_metrics, train
+
+# randomness that may differ per rank is off, so the runs must agree up to rounding
+DETERMINISTIC = ("spec_augment=false", "model.dropout=0.0", "stochastic_depth=0.0",
+                 "device=cpu", "backend=torch", "stage1_steps=3", "stage2_steps=3",
+                 "max_frames=900", "log_every=1", "ckpt_every=2")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n=24)
+
+
+def torchrun(config, work_dir, *args):
+    """`orthoasr train` under torchrun with 2 CPU processes (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "orthoasr", "train", "--config", str(config), "--work-dir", str(work_dir),
+           *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def write_config(run, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(run.to_dict()))))
+    return path
+
+
+def test_two_ranks_match_one_process_with_their_batches(corpus, tmp_path):
+    single = train(tiny_run(corpus, *DETERMINISTIC, "buckets_per_step=2"), tmp_path / "one")
+    config = write_config(tiny_run(corpus, *DETERMINISTIC), tmp_path / "run.yaml")
+    out = torchrun(config, tmp_path / "two")
+    assert "step 6/6" in out                      # rank 0 logs; the others stay quiet
+    ranks = read_metrics(tmp_path / "two" / "metrics.csv")
+    ones = [row for row in single.history]
+    assert [r["step"] for r in ranks] == [r["step"] for r in ones] == list(range(1, 7))
+    for two, one in zip(ranks, ones):
+        for key in ("loss", "loss_sup", "loss_sub", "penalty"):
+            assert two[key] == pytest.approx(one[key], rel=2e-3, abs=1e-5), (two, one)
+    a = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert (a["frozen_masks"] == b["frozen_masks"]).all()   # same subnets chosen
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(corpus, tmp_path):
+    config = write_config(tiny_run(corpus, *DETERMINISTIC), tmp_path / "run.yaml")
+    torchrun(config, tmp_path / "two", "--stop-at", "4")
+    state = load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert state["step"] == 4 and state["frozen_masks"] is not None
+    resumed = train(tiny_run(corpus, *DETERMINISTIC, "buckets_per_step=2"), tmp_path / "two",
+                    resume=True)
+    assert resumed.step == 6
+    uninterrupted = train(tiny_run(corpus, *DETERMINISTIC, "buckets_per_step=2"),
+                          tmp_path / "one")
+    tail = {r["step"]: r["loss"] for r in uninterrupted.history}
+    for row in resumed.history:          # steps 5 and 6, on the same batches and weights
+        assert row["loss"] == pytest.approx(tail[row["step"]], rel=2e-3, abs=1e-5)
