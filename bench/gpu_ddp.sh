@@ -4,7 +4,7 @@
 set -uo pipefail
 REPO=$PWD
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-rm -rf /tmp/site_lead && python3 -m pip install -q --no-index --no-deps --no-compile \
+rm -rf /tmp/site_lead && python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation \
   --target /tmp/site_lead .whl/*.whl . || exit 1
 export PYTHONPATH=/tmp/site_lead:$REPO PYTHONUNBUFFERED=1
 cd /tmp
