@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from error_ratio import assert_error_ratio, assert_module_autocast_error_ratio
 
 from bench.harness import call_without_sync, capture_graph
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_fwd, gated_ffn_reference
@@ -214,12 +215,7 @@ def _error_ratio_check(dtype):
         g64 = gates.detach().double().requires_grad_(gates.requires_grad)
         y64, grads64 = run(gated_ffn_reference, x.double(), lengths,
                            [t.double() for t in low], g64, False, dy.double())
-        for name, a, b, ref in [("y", y, yt, y64)] + [(f"grad{i}", *t) for i, t in
-                                                      enumerate(zip(grads, gradst, grads64))]:
-            err = (a.double() - ref).abs().max().item()
-            err_torch = (b.double() - ref).abs().max().item()
-            scale = ref.abs().max().item()
-            assert err <= 2 * err_torch + 1e-3 * scale + 1e-6, (name, err, err_torch, scale)
+        assert_error_ratio([y, *grads], [yt, *gradst], [y64, *grads64])
 
 
 @pytest.mark.gpu
@@ -248,33 +244,11 @@ def test_gpu_fp32_matches_reference():
 def test_gpu_autocast_module_error_ratio():
     """Module under bf16 autocast (fp32 weights read by the kernels) vs the torch backend in
     the same autocast, both against an fp64 run of the same module."""
-    from orthoasr.backend import set_backend
     dev = "cuda"
-    ffn = GatedFeedForward(384, 1536, 4).to(dev)
     x = torch.randn(4, 120, 384, device=dev)
     lengths = torch.tensor([120, 60, 1, 99], device=dev)
     gates = torch.tensor([0.8, 0.0, 0.5, 1.0], device=dev)
-    dy = torch.randn_like(x)
-
-    def grads(dtype, backend):
-        set_backend(backend)
-        try:
-            m = ffn if dtype != torch.float64 else ffn.double()
-            xx = x.to(dtype if dtype == torch.float64 else torch.float32).requires_grad_()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype != torch.float64):
-                y = m(xx, lengths, gates.to(xx.dtype))
-            out = [y.detach().double(), *(g.double() for g in torch.autograd.grad(
-                y, [xx, *m.parameters()], dy.to(y.dtype)))]
-            if dtype == torch.float64:
-                ffn.float()
-            return out
-        finally:
-            set_backend("auto")
-    ours, torch_bf16 = grads(torch.bfloat16, "auto"), grads(torch.bfloat16, "torch")
-    ref = grads(torch.float64, "torch")
-    for i, (a, b, r) in enumerate(zip(ours, torch_bf16, ref)):
-        err, err_torch = (a - r).abs().max().item(), (b - r).abs().max().item()
-        assert err <= 2 * err_torch + 1e-3 * r.abs().max().item() + 1e-6, (i, err, err_torch)
+    assert_module_autocast_error_ratio(GatedFeedForward(384, 1536, 4).to(dev), x, lengths, gates)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,38 @@
+"""The low-precision rule (CONVENTIONS.md): a kernel's error against an fp64 reference may be
+at most ~2x PyTorch's error in the same dtype against that reference, plus a small atol."""
+
+import torch
+
+from orthoasr.backend import set_backend
+
+
+def assert_error_ratio(ours, torch_low, reference, rtol=1e-3, atol=1e-6):
+    """Each tensor of `ours` vs the same of `torch_low`, both against `reference`."""
+    for i, (a, b, r) in enumerate(zip(ours, torch_low, reference, strict=True)):
+        err = (a.double() - r).abs().max().item()
+        err_torch = (b.double() - r).abs().max().item()
+        assert err <= 2 * err_torch + rtol * r.abs().max().item() + atol, (i, err, err_torch)
+
+
+def assert_module_autocast_error_ratio(module, x, lengths, gates):
+    """`module` under bf16 autocast (fp32 weights) on the auto backend vs the torch backend
+    in the same autocast, both against an fp64 run: output and the gradients of x and every
+    parameter."""
+    dy = torch.randn_like(x)
+
+    def outputs(dtype, backend):
+        set_backend(backend)
+        try:
+            m = module.double() if dtype == torch.float64 else module
+            xx = x.to(torch.float64 if dtype == torch.float64 else torch.float32)
+            xx = xx.requires_grad_()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype != torch.float64):
+                y = m(xx, lengths, gates.to(xx.dtype))
+            return [y.detach().double(), *(g.double() for g in torch.autograd.grad(
+                y, [xx, *m.parameters()], dy.to(y.dtype)))]
+        finally:
+            module.float()
+            set_backend("auto")
+
+    ours, torch_bf16 = outputs(torch.bfloat16, "auto"), outputs(torch.bfloat16, "torch")
+    assert_error_ratio(ours, torch_bf16, outputs(torch.float64, "torch"))
