@@ -249,7 +249,7 @@ def test_train_step_has_no_host_sync(corpus, tmp_path, monkeypatch):
     import orthoasr.train as train_module
     from orthoasr.train import TrainData, Trainer, make_tokenizer
 
-    def ctc_stand_in(log_probs, out_lengths, targets, target_lengths):
+    def ctc_stand_in(log_probs, out_lengths, targets, target_lengths, frames=None):
         first = targets[:, :1, None].expand(-1, log_probs.shape[1], 1)
         return -log_probs.gather(-1, first).mean()
 
