@@ -2,8 +2,9 @@
 that meets each budget, the soft masks and the orthogonality penalties.
 
 Layers, as in every op file: the PyTorch reference `ortho_softmax_reference`, the Triton
-kernels `_ortho_softmax_fwd_kernel` / `_ortho_softmax_bwd_kernel`, host launchers, and the
-torch.library ops `orthoasr::ortho_softmax_fwd` / `_bwd` wired together by autograd.
+kernels `_ortho_softmax_fwd_kernel` / `_ortho_softmax_bwd_kernel`, host launchers, the
+torch.library ops `orthoasr::ortho_softmax_fwd` / `_bwd` wired together by autograd (what
+torch.compile sees), and `OrthoSoftmaxFunction`, the same kernels for eager calls.
 
 Shapes: scores S [N, N], costs c [N], budgets [M]; P = softmax(S / tau) row-wise,
 e = P c, C_k = rest + sum_{i<=k} e_i, k(p) = argmin_k |C_k - p * total| (first on ties),
