@@ -8,7 +8,7 @@ from torch import nn
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
 
 from ..backend import use_triton
-from .ffn import check_module_inputs, compute_dtype
+from .common import check_module_inputs, compute_dtype
 
 
 class GatedConvModule(nn.Module):

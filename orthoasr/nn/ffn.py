@@ -8,55 +8,7 @@ from torch import nn
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_reference
 
 from ..backend import use_triton
-
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-DTYPES = TRITON_DTYPES + (torch.float64,)
-
-
-def check_module_inputs(x, lengths, gates, d_model: int, num_gates: int,
-                        params: list[torch.Tensor]) -> None:
-    """ValueError/TypeError for bad module inputs, before any launch and without host sync.
-
-    The range 0 <= lengths <= T is checked only for CPU lengths (reading CUDA values would
-    sync); on CUDA a length above T counts as T and a negative one as 0.
-    """
-    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != d_model:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a (B, T, {d_model}) tensor, got {shape}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"x must be float32, bfloat16, float16 or float64, got {x.dtype}")
-    B, T, _ = x.shape
-    if not isinstance(lengths, torch.Tensor):
-        raise TypeError(f"lengths must be a tensor, got {type(lengths).__name__}")
-    if lengths.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"lengths must be int32 or int64, got {lengths.dtype}")
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
-    if lengths.device != x.device:
-        raise ValueError(f"lengths is on {lengths.device} but x is on {x.device}")
-    if lengths.device.type == "cpu" and B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
-        raise ValueError(f"lengths must be in [0, T={T}], got min {int(lengths.min())}, "
-                         f"max {int(lengths.max())}")
-    if gates is not None:
-        if not isinstance(gates, torch.Tensor):
-            raise TypeError(f"gates must be a tensor or None, got {type(gates).__name__}")
-        if not gates.is_floating_point():
-            raise TypeError(f"gates must be floating point, got {gates.dtype}")
-        if gates.dim() != 1 or gates.shape[0] != num_gates:
-            raise ValueError(f"gates must have shape ({num_gates},), got {tuple(gates.shape)}")
-        if gates.device != x.device:
-            raise ValueError(f"gates is on {gates.device} but x is on {x.device}")
-    for p in params:
-        if p.device != x.device:
-            raise ValueError(f"module parameters are on {p.device} but x is on {x.device}")
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """x's dtype, or the autocast dtype when autocast is on for x's device."""
-    dev = x.device.type
-    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
-        return torch.get_autocast_dtype(dev)
-    return x.dtype
+from .common import check_module_inputs, compute_dtype
 
 
 class GatedFeedForward(nn.Module):

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import GRANULARITIES
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .common import check_module_inputs
 
 
 class GatedMHSA(nn.Module):
@@ -69,7 +68,8 @@ class GatedMHSA(nn.Module):
 
         validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
         lengths are always checked."""
-        self._check(x, lengths, gates, validate)
+        check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
+                            list(self.parameters()), validate)
         from orthoasr.kernels.gated_mhsa import gated_mhsa
         out = gated_mhsa(self.norm(x), lengths, gates, self.in_proj_weight, self.in_proj_bias,
                          self.out_proj_weight, self.out_proj_bias, self.num_heads,
@@ -77,36 +77,6 @@ class GatedMHSA(nn.Module):
         if self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
         return out
-
-    def _check(self, x, lengths, gates, validate):
-        if not isinstance(x, torch.Tensor) or not isinstance(lengths, torch.Tensor):
-            raise TypeError(f"x and lengths must be tensors, got {type(x).__name__} and "
-                            f"{type(lengths).__name__}")
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be (B, T, {self.d_model}), got {tuple(x.shape)}")
-        if x.dtype not in _DTYPES:
-            raise TypeError(f"x dtype must be one of {_DTYPES}, got {x.dtype}")
-        B, T = x.shape[:2]
-        if lengths.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"lengths must be int32 or int64, got {lengths.dtype}")
-        if lengths.shape != (B,):
-            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
-        if lengths.device != x.device:
-            raise ValueError(f"lengths is on {lengths.device}, x on {x.device}")
-        if gates is not None:
-            if not isinstance(gates, torch.Tensor):
-                raise TypeError(f"gates must be a tensor or None, got {type(gates).__name__}")
-            if not gates.is_floating_point():
-                raise TypeError(f"gates must be floating point, got {gates.dtype}")
-            if gates.shape != (self.num_gates,):
-                raise ValueError(f"gates must have shape ({self.num_gates},) for granularity "
-                                 f"{self.granularity!r}, got {tuple(gates.shape)}")
-            if gates.device != x.device:
-                raise ValueError(f"gates is on {gates.device}, x on {x.device}")
-        if (validate or lengths.device.type == "cpu") and lengths.numel():
-            low, high = int(lengths.min()), int(lengths.max())
-            if low < 0 or high > T:
-                raise ValueError(f"lengths must lie in [0, {T}], got min {low}, max {high}")
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}, "
