@@ -19,5 +19,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_backend():
+    """Each test starts from seed 0 and leaves the backend at "auto" whatever it set."""
     torch.manual_seed(0)
+    yield
+    import orthoasr
+    orthoasr.set_backend("auto")

@@ -10,13 +10,6 @@ from orthoasr.kernels import gated_attention as ga
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _auto_backend():
-    set_backend("auto")
-    yield
-    set_backend("auto")
-
-
 def _inputs(B, H, T, Dh, lengths, dtype=torch.float32, device=DEV):
     q, k, v = (torch.randn(B, H, T, Dh, dtype=dtype, device=device) for _ in range(3))
     return q, k, v, torch.tensor(lengths, dtype=torch.int32, device=device)

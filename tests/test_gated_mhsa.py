@@ -14,13 +14,6 @@ from orthoasr.units import module_cost
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _auto_backend():
-    set_backend("auto")
-    yield
-    set_backend("auto")
-
-
 def _module(d=48, heads=3, granularity="component", device=DEV, dropout=0.0):
     m = GatedMHSA(d, heads, dropout=dropout, granularity=granularity).to(device)
     with torch.no_grad():   # non-trivial LN and biases

@@ -25,12 +25,6 @@ from orthoasr.train import (
 WORDS = ["red", "green", "blue", "one", "two", "three", "stop", "go", "left", "right"]
 
 
-@pytest.fixture(autouse=True)
-def restore_backend():
-    yield
-    set_backend("auto")
-
-
 def write_corpus(out_dir, n=12, seed=0):
     """Random-noise wav files with short random transcripts: train/dev/test manifests."""
     rng = np.random.default_rng(seed)
