@@ -1,13 +1,12 @@
 """End-to-end training step time: `orthoasr train --config configs/paper.yaml` for a few steps
 of each stage on a small corpus made on the machine, with the Triton kernels and, as the
-baseline in the same run, with the PyTorch references; then `orthoasr eval`.
+baseline in the same run, with the PyTorch references.
 
     python -m bench.train_step --work-dir /tmp/train_bench --out bench/results
 
 Step time = wall time between the loop's loss reads / steps (data loading included), the
 median over the log intervals after the first of each stage (compilation, autotuning).
-Rows go to <out>/train_step.json (table "train"), the eval table to
-<out>/train_step_eval.csv.
+Rows go to <out>/train_step.json (table "train").
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import numpy as np
 import torch
 
 from bench.harness import write_rows
-from orthoasr.evaluate import evaluate
 from orthoasr.run_config import load_run_config
 from orthoasr.train import read_metrics, train
 
@@ -33,6 +31,10 @@ WORDS = ("the quick brown fox jumps over lazy dog red green blue one two three f
 def make_corpus(data_dir: Path, preset: str) -> str:
     """The synthetic eSpeak corpus if it can be made here, else random noise with random
     transcripts (shapes and step times only). Returns which one."""
+    summary = data_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("preset") == preset:
+        print(f"reusing the {preset} corpus in {data_dir}")
+        return f"synth-{preset}"
     try:
         from orthoasr.data.synth import synthesize_corpus
         synthesize_corpus(data_dir, preset=preset, seed=0)
@@ -110,9 +112,8 @@ def main() -> None:
     path = write_rows("train_step", rows, args.out)
     print(json.dumps(rows, indent=1))
     print(f"rows -> {path} after {time.perf_counter() - start:.0f} s", flush=True)
-    evaluate(work / "auto" / "checkpoint.pt", heatmap=work / "heatmap.png",
-             csv_path=Path(args.out or work) / "train_step_eval.csv")
-    print(f"total {time.perf_counter() - start:.0f} s")
+    print(f"total {time.perf_counter() - start:.0f} s; evaluate with "
+          f"`orthoasr eval --checkpoint {work / 'auto' / 'checkpoint.pt'}`")
 
 
 if __name__ == "__main__":
