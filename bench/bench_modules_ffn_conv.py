@@ -109,7 +109,6 @@ def conv_cases(dev):
 
 def bench_dwconv(B, T):
     """The fused depthwise conv + LN + SiLU forward kernel vs a large D2D copy."""
-    import triton
 
     from orthoasr.kernels.gated_conv import _conv_mid_fwd_kernel, _mid_blocks
     dev = "cuda"
@@ -124,7 +123,7 @@ def bench_dwconv(B, T):
     lw, lb = torch.ones(D, device=dev), torch.zeros(D, device=dev)
     r = torch.empty_like(v)
     blk = _mid_blocks(D)
-    grid = (triton.cdiv(T, blk["BT"]), B)
+    grid = (-(-T // blk["BT"]), B)
 
     def run():
         _conv_mid_fwd_kernel[grid](v, w_t, b, lw, lb, v, r, v, lengths, T, D, K, 1e-5,

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, launch, next_pow2
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -358,12 +360,12 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero
     B, H, T, Dh = q.shape
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     cfg = _config("fwd", Dh, T)
-    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
-    _gated_attn_fwd_kernel[grid](
+    grid = (cdiv(T, cfg["BLOCK_M"]), B * H)
+    launch(_gated_attn_fwd_kernel, grid,
         q, k, v, lengths, head_gates, out, lse,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
         H, T, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=max(16, triton.next_power_of_2(Dh)), ZERO_DEAD=zero_dead,
+        HEAD_DIM=Dh, BLOCK_D=max(16, next_pow2(Dh)), ZERO_DEAD=zero_dead,
         DOT_PRECISION=_dot_precision(q.dtype), **cfg)
     return lse
 
@@ -373,32 +375,32 @@ def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
     """Fills dq, dk, dv (any strides) and returns dgates (H,) in the gates' dtype.
     zero_dead=False leaves dead heads' rows of dq, dk, dv unwritten."""
     B, H, T, Dh = q.shape
-    block_d = max(16, triton.next_power_of_2(Dh))
+    block_d = max(16, next_pow2(Dh))
     dev = q.device
     delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
     pre_block = 64 if not _interpreting() else 32
-    pre_grid = (triton.cdiv(T, pre_block), B * H)
+    pre_grid = (cdiv(T, pre_block), B * H)
     dgate_part = torch.empty(H, B, pre_grid[0], dtype=torch.float32, device=dev)
-    _gated_attn_bwd_pre_kernel[pre_grid](
+    launch(_gated_attn_bwd_pre_kernel, pre_grid,
         out, grad_out, lengths, head_gates, delta, dgate_part,
         *_strides3(out), *_strides3(grad_out), B, H, T,
         HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=pre_block)
     precision = _dot_precision(q.dtype)
     cfg = _config("dkdv", Dh, T)
-    _gated_attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg["BLOCK_N"]), B * H)](
+    launch(_gated_attn_bwd_dkdv_kernel, (cdiv(T, cfg["BLOCK_N"]), B * H),
         q, k, v, grad_out, lse, delta, lengths, head_gates, dk, dv,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out),
         *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
         HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
     cfg = _config("dq", Dh, T)
-    _gated_attn_bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), B * H)](
+    launch(_gated_attn_bwd_dq_kernel, (cdiv(T, cfg["BLOCK_M"]), B * H),
         q, k, v, grad_out, lse, delta, lengths, head_gates, dq,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), *_strides3(dq),
         H, T, sm_scale, sm_scale * LOG2E,
         HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
     dgates = torch.empty_like(head_gates)
-    _gated_attn_dgate_kernel[(H,)](dgate_part, head_gates, dgates, B * pre_grid[0],
-                                   BLOCK=128)
+    launch(_gated_attn_dgate_kernel, (H,), dgate_part, head_gates, dgates, B * pre_grid[0],
+           BLOCK=128)
     return dgates
 
 

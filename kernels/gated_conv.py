@@ -24,6 +24,7 @@ import triton.language as tl
 
 from .gated_ffn import valid_mask
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, interpreting, rows_gemm, wgrad
+from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 
@@ -198,16 +199,16 @@ def _conv_mid_bwd_conv_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 def _mid_blocks(D: int) -> dict:
-    BD = max(16, triton.next_power_of_2(D))
+    BD = max(16, next_pow2(D))
     if interpreting():
         return dict(BT=16, BD=BD, num_warps=4)
     return dict(BT=max(1, min(32, 8192 // BD)), BD=BD, num_warps=8)
 
 
 def _conv_blocks(D: int, K: int) -> dict:
-    KP = max(2, triton.next_power_of_2(K))
+    KP = max(2, next_pow2(K))
     if interpreting():
-        return dict(BT=16, BC=max(16, triton.next_power_of_2(D)), KP=KP, num_warps=4)
+        return dict(BT=16, BC=max(16, next_pow2(D)), KP=KP, num_warps=4)
     return dict(BT=32, BC=32, KP=KP, num_warps=4)
 
 
@@ -224,7 +225,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     pre = x.new_empty(M, D) if save else v
     r = x.new_empty(M, D)
     blk = _mid_blocks(D)
-    _conv_mid_fwd_kernel[(triton.cdiv(T, blk["BT"]), B)](
+    launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), B),
         v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
         gates if gates is not None else v, lengths, T, D, K, eps,
         HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
@@ -259,12 +260,12 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dpre = x.new_empty(M, D)
     blk = _mid_blocks(D)
     gate_arg = gates if has_gates else dy_sum
-    _conv_mid_bwd_norm_kernel[(triton.cdiv(T, blk["BT"]), B)](
+    launch(_conv_mid_bwd_norm_kernel, (cdiv(T, blk["BT"]), B),
         dr, pre, ln2_w, ln2_b, dpre, d_ln2w, d_ln2b, d_dwb, gate_arg, lengths, T, D, eps,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
     du = x.new_empty(M, 2 * D)
     cblk = _conv_blocks(D, K)
-    _conv_mid_bwd_conv_kernel[(triton.cdiv(D, cblk["BC"]), B)](
+    launch(_conv_mid_bwd_conv_kernel, (cdiv(D, cblk["BC"]), B),
         dpre, v, u, dw_w.t().contiguous(), du, d_dww, gate_arg, lengths, T, D, K,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
     dz = x.new_empty(M, D)

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, launch, next_pow2
+
 # epilogues of _rows_gemm_kernel
 EPI_STORE = 0      # out = (acc + bias * bias_scale) * out_scale, zero at padded rows
 EPI_SILU_GATE = 1  # pre = acc + bias (saved to aux), out = g_c * silu(pre)
@@ -291,16 +293,16 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     N = out.shape[1]
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi == EPI_GLU))
     if chunk_axis == 1:
-        n_tiles = num_chunks * triton.cdiv(chunk, blk["BN"])
+        n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
-        n_tiles = triton.cdiv(N, blk["BN"])
+        n_tiles = cdiv(N, blk["BN"])
     dummy = out
-    grid = (n_tiles, triton.cdiv(M, blk["BM"]))
-    _rows_gemm_kernel[grid](
+    grid = (n_tiles, cdiv(M, blk["BM"]))
+    launch(_rows_gemm_kernel, grid,
         a, b, out, bias if bias is not None else dummy, gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
         M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
-        NUM_CHUNKS=num_chunks, CHUNKS_P2=triton.next_power_of_2(num_chunks),
+        NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
@@ -333,20 +335,20 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     blk = dict(blocks or _wgrad_blocks(a.dtype))
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
-    p_tiles = num_chunks * triton.cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
-        triton.cdiv(P, blk["BP"])
-    q_tiles = num_chunks * triton.cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
-        triton.cdiv(Q, blk["BQ"])
+    p_tiles = num_chunks * cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
+        cdiv(P, blk["BP"])
+    q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
+        cdiv(Q, blk["BQ"])
     if a.is_cuda:
         want = 3 * _num_sms(a.device.index or 0)
         split = max(1, min(NB, want // max(1, p_tiles * q_tiles)))
     else:
         split = min(NB, 2)
-    _wgrad_kernel[(q_tiles, p_tiles, split)](
+    launch(_wgrad_kernel, (q_tiles, p_tiles, split),
         a, b, out, col_sum if col_sum is not None else out,
         gates if gates is not None else out, lengths,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
-        NUM_CHUNKS=num_chunks, CHUNKS_P2=triton.next_power_of_2(num_chunks),
+        NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, SUM_A=col_sum is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)

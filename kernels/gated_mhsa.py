@@ -38,6 +38,7 @@ from .gated_attention import (
     gated_attention_packed_fwd_impl,
     gated_attention_reference,
 )
+from .launch import cdiv, launch, next_pow2
 
 BIAS_PLAIN, BIAS_IF_LIVE, BIAS_SCALED = 0, 1, 2
 
@@ -331,7 +332,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _blocks(head_dim: int) -> dict:
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_pow2(head_dim))
     if _interpreting():
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_D=block_d, wide=32, opts={},
                     dw_opts={})
@@ -339,7 +340,7 @@ def _blocks(head_dim: int) -> dict:
 
 
 def _blocks_gpu(head_dim: int) -> dict:
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_pow2(head_dim))
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, BLOCK_D=block_d, wide=128,
                 opts=dict(num_warps=8, num_stages=3), dw_opts=dict(num_warps=8, num_stages=2))
 
@@ -348,8 +349,8 @@ def _split(M: int, block_m: int) -> tuple[int, int]:
     """(splits, rows per split) for the weight-gradient reductions over M rows."""
     target = 64 if _interpreting() else 1024
     splits = max(1, min(32, M // target))
-    rows = triton.cdiv(triton.cdiv(M, splits), block_m) * block_m
-    return triton.cdiv(M, rows), rows
+    rows = cdiv(cdiv(M, splits), block_m) * block_m
+    return cdiv(M, rows), rows
 
 
 def in_proj_fwd_triton(y, w, b, head_gates):
@@ -359,7 +360,7 @@ def in_proj_fwd_triton(y, w, b, head_gates):
     Dh = D // H
     blk = _blocks(Dh)
     qkv = torch.empty(M, 3 * D, dtype=w.dtype, device=y.device)
-    _in_proj_fwd_kernel[(triton.cdiv(M, blk["BLOCK_M"]), H)](
+    launch(_in_proj_fwd_kernel, (cdiv(M, blk["BLOCK_M"]), H),
         y, w, b, head_gates, qkv, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=_precision(w.dtype),
         **blk["opts"])
@@ -374,13 +375,13 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates):
     blk = _blocks(Dh)
     precision = _precision(w.dtype)
     dy = torch.empty_like(y)
-    _in_proj_dy_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(D, blk["wide"]))](
+    launch(_in_proj_dy_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         dqkv, w, head_gates, dy, M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision, **blk["opts"])
     dw = torch.zeros(3 * D, D, dtype=torch.float32, device=y.device)
     db = torch.zeros(3 * D, dtype=torch.float32, device=y.device)
     splits, rows = _split(M, blk["BLOCK_M"])
-    _in_proj_dw_kernel[(H, triton.cdiv(D, blk["BLOCK_N"]) + 1, splits)](
+    launch(_in_proj_dw_kernel, (H, cdiv(D, blk["BLOCK_N"]) + 1, splits),
         dqkv, y, head_gates, dw, db, M, D, rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_N=blk["BLOCK_N"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision,
         **blk["dw_opts"])
@@ -394,10 +395,10 @@ def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
     Dh = D // H
     blk = _blocks(Dh)
     out = torch.empty(M, D, dtype=w.dtype, device=a.device)
-    _out_proj_fwd_kernel[(triton.cdiv(M, blk["BLOCK_M"]), triton.cdiv(D, blk["wide"]))](
+    launch(_out_proj_fwd_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         a, w, b, head_gates, head_gates if bias_scale is None else bias_scale, out, M, D, H,
         HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"],
-        BIAS_MODE=bias_mode, BLOCK_H=triton.next_power_of_2(H),
+        BIAS_MODE=bias_mode, BLOCK_H=next_pow2(H),
         DOT_PRECISION=_precision(w.dtype), **blk["opts"])
     return out
 
@@ -410,16 +411,16 @@ def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode):
     blk = _blocks(Dh)
     precision = _precision(w.dtype)
     da = torch.empty_like(a)
-    _out_proj_da_kernel[(triton.cdiv(M, blk["BLOCK_M"]), H)](
+    launch(_out_proj_da_kernel, (cdiv(M, blk["BLOCK_M"]), H),
         dout, w, head_gates, da, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=precision, **blk["opts"])
     dw = torch.zeros(D, D, dtype=torch.float32, device=a.device)
     db = torch.zeros(D + 1, dtype=torch.float32, device=a.device)   # db_o, then dscale
     splits, rows = _split(M, blk["BLOCK_M"])
-    _out_proj_dw_kernel[(triton.cdiv(D, blk["BLOCK_N"]), H + 1, splits)](
+    launch(_out_proj_dw_kernel, (cdiv(D, blk["BLOCK_N"]), H + 1, splits),
         dout, a, b, head_gates, head_gates if bias_scale is None else bias_scale, dw, db,
         db[D:], M, D, H, rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"],
-        BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode, BLOCK_H=triton.next_power_of_2(H),
+        BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode, BLOCK_H=next_pow2(H),
         DOT_PRECISION=precision,
         **blk["dw_opts"])
     return da, dw, db[:D], db[D:]

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .gated_matmul import _num_sms, _valid_rows, interpreting
+from .launch import cdiv, launch, next_pow2
 
 
 def layer_norm_reference(x, weight, bias, eps=1e-5):
@@ -102,7 +103,7 @@ def _layer_norm_bwd_kernel(
 
 
 def _blocks(D: int) -> dict:
-    BD = max(16, triton.next_power_of_2(D))
+    BD = max(16, next_pow2(D))
     if interpreting():
         return dict(BM=16, BD=BD, num_warps=4)
     return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=4 if BD <= 512 else 8)
@@ -116,9 +117,9 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
-    _layer_norm_fwd_kernel[(triton.cdiv(M, blk["BM"]),)](
+    launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
-        M, D, T, eps, NUM_GATES=n_gates, GATES_P2=triton.next_power_of_2(n_gates),
+        M, D, T, eps, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
         SKIP_DEAD=skip_dead and gates is not None, **blk)
     return y, mean, rstd
 
@@ -133,11 +134,11 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
         dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     if db is None:
         db = torch.zeros(D, dtype=torch.float32, device=x2d.device)
-    n_blocks = triton.cdiv(M, blk["BM"])
+    n_blocks = cdiv(M, blk["BM"])
     nprog = min(n_blocks, 4 * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
     n_gates = gates.shape[0] if gates is not None else 1
-    _layer_norm_bwd_kernel[(max(1, nprog),)](
+    launch(_layer_norm_bwd_kernel, (max(1, nprog),),
         dy2d, x2d, weight, mean, rstd, dx, dw, db, gates if gates is not None else dw, lengths,
-        M, D, T, NUM_GATES=n_gates, GATES_P2=triton.next_power_of_2(n_gates),
+        M, D, T, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
         SKIP_DEAD=skip_dead and gates is not None, **blk)
     return dx, dw, db

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, launch, next_pow2
+
 NORMS = ("l2", "l2_sqrt", "l1")
 MAX_UNITS = 1024
 MAX_BUDGETS = 16
@@ -317,8 +319,8 @@ def _bwd_finish(s_ptr, c_ptr, gmask_ptr, gprobs_ptr, gexp_ptr, dp_ptr, counter_p
 
 def _blocks(n: int, m: int) -> dict:
     # tf32x3 keeps fp32 accuracy on the tensor cores; the interpreter computes in fp32 anyway
-    return dict(BR=16, BC=min(128, max(16, triton.next_power_of_2(n))),
-                BN=max(16, triton.next_power_of_2(n)), BM=max(16, triton.next_power_of_2(m)),
+    return dict(BR=16, BC=min(128, max(16, next_pow2(n))),
+                BN=max(16, next_pow2(n)), BM=max(16, next_pow2(m)),
                 DOT_PRECISION="ieee" if _interpreting() else "tf32x3",
                 num_warps=8)
 
@@ -344,13 +346,13 @@ def _zeroed_workspace(name: str, numel: int, dtype, device: torch.device) -> tor
 def ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm, **tuning):
     n, m = scores.shape[0], budgets.shape[0]
     blk = {**_blocks(n, m), **tuning}
-    nblk = triton.cdiv(n, blk["BR"])
+    nblk = cdiv(n, blk["BR"])
     dev = scores.device
     new = functools.partial(torch.empty, dtype=torch.float32, device=dev)
     probs, expected, masks, penalty = new(n, n), new(n), new(m, n), new(m)
     k = torch.empty(m, dtype=torch.int64, device=dev)
     col_pen, row_cum, block_sum = new(nblk, n), new(n, n), new(nblk, n)
-    _ortho_softmax_fwd_kernel[(nblk, nblk)](
+    launch(_ortho_softmax_fwd_kernel, (nblk, nblk),
         scores, costs, budgets, tau, probs, expected, masks, k, penalty,
         col_pen, row_cum, block_sum, _zeroed_workspace("fwd_counter", 1, torch.int32, dev),
         n, m, float(rest), float(total), nblk * (nblk + 1) // 2,
@@ -362,10 +364,10 @@ def ortho_softmax_bwd_triton(scores, costs, tau, k, penalty, grad_masks, grad_pe
                              grad_probs, grad_expected, norm, **tuning):
     n, m = scores.shape[0], k.shape[0]
     blk = {**_blocks(n, m), **tuning}
-    nblk = triton.cdiv(n, blk["BR"])
+    nblk = cdiv(n, blk["BR"])
     dev = scores.device
     grad_scores = torch.empty_like(scores)
-    _ortho_softmax_bwd_kernel[(nblk, nblk)](
+    launch(_ortho_softmax_bwd_kernel, (nblk, nblk),
         scores, costs, tau, k, penalty, grad_masks, grad_penalty,
         grad_probs if grad_probs is not None else grad_masks,
         grad_expected if grad_expected is not None else grad_penalty,

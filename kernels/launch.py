@@ -1,0 +1,97 @@
+"""Kernel launches with less host time, and host-side integer helpers.
+
+`kernel[grid](...)` costs 25-60 µs of Python per launch on the H100 machine (binding,
+specialisation, option parsing, global checks; bench/results/host_overhead.json), which
+made the eager modules host-bound (a paper-model fwd+bwd: 102 ms wall for 45 ms of kernels).
+`launch(kernel, grid, *args, **constexprs)` does the same launch: its first call for a given
+specialisation goes through Triton (compiling if needed) and keeps the compiled kernel; later
+calls with the same specialisation call that kernel's launcher directly.
+
+The specialisation key is at least as fine as Triton's own, so a cached kernel is only
+reused where Triton would pick the same one: per tensor its dtype and whether its address is
+16-byte aligned; per int whether it is 1, divisible by 16, and fits 32 bits; keyword
+arguments (constexprs and options such as num_warps) by value. Runtime arguments must be
+positional; keywords are compile-time values. Under TRITON_INTERPRET=1, with a launch hook
+installed (a Triton profiler), or where the compiled kernel lacks the launcher interface
+this was written against (Triton 3.6), every launch takes Triton's own path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_INT32 = range(-2 ** 31, 2 ** 31)
+_cache: dict = {}
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host ints (triton.cdiv goes through constexpr unwrapping: slower)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), for host ints."""
+    return 1 << (n - 1).bit_length()
+
+
+def _spec(arg):
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, bool):
+        return bool, arg
+    if isinstance(arg, int):
+        return arg == 1, arg % 16 == 0, arg in _INT32
+    if isinstance(arg, float):
+        return float
+    return arg          # None, strings
+
+
+def _direct_launcher(kernel, compiled, args: tuple, meta: dict):
+    """(launcher, function, packed metadata, trailing argument values, stream getter), or
+    None where the direct launch does not apply."""
+    from triton import knobs
+    if knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None:
+        return None
+    needed = ("run", "function", "packed_metadata")
+    if compiled is None or not all(hasattr(compiled, name) for name in needed):
+        return None
+    params = list(kernel.signature.parameters.values())
+    tail = []
+    for param in params[len(args):]:
+        if param.name in meta:
+            tail.append(meta[param.name])
+        elif param.default is not param.empty:
+            tail.append(param.default)
+        else:
+            return None
+    from triton.runtime import driver
+    return (compiled.run, compiled.function, compiled.packed_metadata, tuple(tail),
+            driver.active.get_current_stream)
+
+
+def launch(kernel, grid: tuple, *args, **meta) -> None:
+    """kernel[grid](*args, **meta), with Triton's per-launch host work done once per
+    specialisation. args: runtime arguments (tensors, ints, floats, None), positional; meta:
+    constexprs and launch options, by keyword."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not args or \
+            not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
+        kernel[grid](*args, **meta)
+        return
+    device = torch.cuda.current_device()     # where Triton loads and launches the kernel
+    key = (kernel, device, tuple(map(_spec, args)), tuple(meta.items()))
+    entry = _cache.get(key)
+    if entry is None:
+        if any(isinstance(value, torch.Tensor) for value in meta.values()):
+            raise TypeError(f"{kernel.__name__}: pass tensors positionally, not by keyword")
+        compiled = kernel[grid](*args, **meta)
+        _cache[key] = _direct_launcher(kernel, compiled, args, meta) or False
+        return
+    if entry is False:
+        kernel[grid](*args, **meta)
+        return
+    run, function, packed, tail, current_stream = entry
+    stream = current_stream(device)
+    run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
+        function, packed, None, None, None, *args, *tail)

@@ -1,0 +1,79 @@
+"""kernels/launch.py: host helpers, and the cached direct launch against Triton's own."""
+
+import math
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from orthoasr.kernels import launch as launch_module
+from orthoasr.kernels.launch import cdiv, launch, next_pow2
+
+
+@triton.jit
+def _scale_kernel(x_ptr, y_ptr, n, stride, factor, BLOCK: tl.constexpr,
+                  SHIFT: tl.constexpr = 0):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    keep = offs < n
+    x = tl.load(x_ptr + offs * stride, mask=keep)
+    tl.store(y_ptr + offs, x * factor + SHIFT, mask=keep)
+
+
+def test_host_helpers_match_math():
+    for a in range(0, 300):
+        for b in (1, 3, 16, 64):
+            assert cdiv(a, b) == math.ceil(a / b)
+    for n in range(1, 2000):
+        assert next_pow2(n) == 2 ** math.ceil(math.log2(n))
+
+
+def _scaled(x, n, stride, factor, shift=0, block=32):
+    y = torch.full((n,), -1.0, device=x.device)
+    launch(_scale_kernel, (cdiv(n, block),), x, y, n, stride, factor, BLOCK=block, SHIFT=shift)
+    return y
+
+
+@pytest.mark.gpu
+def test_direct_launch_equals_triton_over_specialisations():
+    """Aligned and misaligned pointers, n = 1 / multiple of 16 / other, strides 1 and 2,
+    a defaulted constexpr: each specialisation gets its own cached kernel, and the repeated
+    (direct) launches give exactly the first (Triton) launch's result."""
+    base = torch.randn(4096, device="cuda")
+    for offset in (0, 1):                       # 1: a 4-byte, not 16-byte, aligned pointer
+        for n in (1, 16, 37, 1000):
+            for stride in (1, 2):
+                x = base[offset:]
+                expected = x[: n * stride: stride] * 1.5
+                first = _scaled(x, n, stride, 1.5)
+                again = [_scaled(x, n, stride, 1.5) for _ in range(2)]
+                torch.testing.assert_close(first, expected, rtol=0, atol=0)
+                for y in again:
+                    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    torch.testing.assert_close(_scaled(base, 10, 1, 1.0, shift=3),
+                               base[:10] + 3, rtol=0, atol=0)
+    direct = [entry for entry in launch_module._cache.values() if entry]
+    assert direct, "no launch took the direct path"
+
+
+@pytest.mark.gpu
+def test_direct_launch_is_captured_in_a_cuda_graph():
+    from bench.harness import capture_graph
+    x = torch.randn(100, device="cuda")
+    y = torch.empty(100, device="cuda")
+
+    def run():
+        launch(_scale_kernel, (4,), x, y, 100, 1, 2.0, BLOCK=32)
+        return y
+    graph, out = capture_graph(run)
+    x.copy_(torch.randn(100, device="cuda"))
+    graph.replay()
+    torch.testing.assert_close(out, x * 2, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_tensor_by_keyword_is_refused():
+    x = torch.randn(8, device="cuda")
+    y = torch.empty(8, device="cuda")
+    with pytest.raises(TypeError, match="positionally"):
+        launch(_scale_kernel, (1,), x, y_ptr=y, n=8, stride=1, factor=1.0, BLOCK=8)
