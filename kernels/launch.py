@@ -48,11 +48,17 @@ def _spec(arg):
     return arg          # None, strings
 
 
+def _hook_installed(hook) -> bool:
+    """Triton 3.6 keeps launch hooks in a HookChain that is never None: empty = none."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def _direct_launcher(kernel, compiled, args: tuple, meta: dict):
     """(launcher, function, packed metadata, trailing argument values, stream getter), or
     None where the direct launch does not apply."""
     from triton import knobs
-    if knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None:
+    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    if _hook_installed(enter) or _hook_installed(leave):
         return None
     needed = ("run", "function", "packed_metadata")
     if compiled is None or not all(hasattr(compiled, name) for name in needed):
@@ -68,7 +74,7 @@ def _direct_launcher(kernel, compiled, args: tuple, meta: dict):
             return None
     from triton.runtime import driver
     return (compiled.run, compiled.function, compiled.packed_metadata, tuple(tail),
-            driver.active.get_current_stream)
+            driver.active.get_current_stream, enter, leave)
 
 
 def launch(kernel, grid: tuple, *args, **meta) -> None:
@@ -91,7 +97,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     if entry is False:
         kernel[grid](*args, **meta)
         return
-    run, function, packed, tail, current_stream = entry
+    run, function, packed, tail, current_stream, enter, leave = entry
     stream = current_stream(device)
     run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
-        function, packed, None, None, None, *args, *tail)
+        function, packed, None, enter, leave, *args, *tail)
