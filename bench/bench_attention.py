@@ -3,7 +3,7 @@ flash backend without any mask, and FlexAttention with a block mask; bf16, H100.
 
     python -m bench.bench_attention [--variants] [--no-flex]
 
-Rows go to bench/results/kernels_attention.json (table "attention"); `ms` is the median of
+Rows go to bench/results/kernels.json (table "attention"); `ms` is the median of
 triton.testing.do_bench (host launch overhead included), `graph_ms` the same call replayed
 from a CUDA graph (GPU time only). baseline = SDPA flash without mask (the issue's target);
 `vs_sdpa_mask` is the speed-up over SDPA with the key-padding mask from the same run.
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     args = parser.parse_args()
     for rows in run(args.variants, not args.no_flex):   # written case by case
-        print(write_rows("kernels_attention", rows))
+        print(write_rows("kernels", rows))
 
 
 if __name__ == "__main__":

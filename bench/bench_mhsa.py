@@ -4,7 +4,7 @@ attention) and torch.compile of that baseline; bf16 autocast, paper-size module.
 
     python -m bench.bench_mhsa
 
-Rows go to bench/results/kernels_attention.json (table "modules"); `ms` is the median of
+Rows go to bench/results/kernels.json (table "modules"); `ms` is the median of
 triton.testing.do_bench, `graph_ms` one CUDA-graph replay of the same call (GPU time only).
 """
 
@@ -121,7 +121,7 @@ def run():
 
 def main() -> None:
     for rows in run():   # written case by case
-        print(write_rows("kernels_attention", rows))
+        print(write_rows("kernels", rows))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Also: the fused depthwise-conv + LayerNorm + SiLU forward kernel against the car
 device-to-device copy bandwidth, and a small tile sweep for the main GEMMs.
 
 Run: python -m bench.bench_modules_ffn_conv [--quick] [--sweep]; rows go to
-bench/results/kernels_ffn_conv.json (and $OUT when set).
+bench/results/kernels.json (and $OUT when set).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench.harness import time_graph_ms, time_ms, write_rows
 
 D, FF, CHUNKS, K = 384, 1536, 4, 31
 SHAPES = ((32, 250), (16, 750))
-NAME = "kernels_ffn_conv"
+NAME = "kernels"
 
 
 def _emit(rows):

@@ -7,6 +7,7 @@
 #   ddp      bench/ddp_scaling.py (2 GPUs; carry .whl for the synthetic corpus)
 set -uo pipefail
 REPO=$PWD
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
 STAGES=${STAGES:-tests profile modules kernels}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 rm -rf /tmp/site_lead && python3 -m pip install -q --no-index --no-deps --no-compile \
@@ -30,14 +31,14 @@ if has modules; then
   echo "mhsa rc=$?"
   timeout ${FFN_S:-180} python3 -m bench.bench_modules_ffn_conv >> $OUT/bench_modules.log 2>&1
   echo "ffn/conv rc=$?"
-  cp $REPO/bench/results/kernels_attention.json $REPO/bench/results/kernels_ffn_conv.json $OUT/
+  cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has kernels; then
   timeout ${ORTHO_S:-60} python3 -m bench.bench_ortho_softmax > $OUT/bench_kernels.log 2>&1
   echo "ortho rc=$?"
   timeout ${ATTN_S:-120} python3 -m bench.bench_attention >> $OUT/bench_kernels.log 2>&1
   echo "attention rc=$?"
-  cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels_attention.json $OUT/
+  cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json $OUT/
 fi
 if has ddp; then
   timeout ${DDP_S:-330} python3 -m bench.ddp_scaling --preset ${PRESET:-base} \

@@ -4,6 +4,7 @@
 # (orthoasr + kernels as orthoasr.kernels) so that every subpackage is importable.
 set -uo pipefail
 REPO=$PWD
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
 mkdir -p /tmp/pkg && cp -r "$REPO/orthoasr" /tmp/pkg/ && cp -r "$REPO/kernels" /tmp/pkg/orthoasr/kernels
 export PYTHONPATH=/tmp/pkg:$REPO PYTHONUNBUFFERED=1
 cd /tmp
@@ -15,4 +16,4 @@ timeout "${TESTS_S:-150}" python3 -m pytest -q -p no:cacheprovider -m gpu \
 timeout "${ATTN_S:-100}" python3 -m bench.bench_attention ${ATTN_ARGS:---variants} 2>&1 \
   | tee "$OUT/bench_attention.log"
 timeout "${MHSA_S:-120}" python3 -m bench.bench_mhsa 2>&1 | tee "$OUT/bench_mhsa.log"
-cp "$REPO/bench/results/kernels_attention.json" "$OUT/" 2>/dev/null || true
+cp "$REPO/bench/results/kernels.json" "$OUT/" 2>/dev/null || true

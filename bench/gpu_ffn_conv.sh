@@ -1,5 +1,6 @@
 # One device call for the FFN/conv helper: GPU tests then benchmarks (rows also to $OUT).
 set -x
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
 # the repo root is first on sys.path: map orthoasr.kernels onto kernels/ as setup.py does
 [ -e orthoasr/kernels ] || ln -s ../kernels orthoasr/kernels
 nvidia-smi --query-gpu=name --format=csv,noheader

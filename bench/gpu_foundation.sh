@@ -4,6 +4,7 @@
 # orthoasr.kernels) is imported rather than the checkout's orthoasr/ folder.
 set -uo pipefail
 REPO=$PWD
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
 rm -rf /tmp/site_lead && python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/site_lead . || exit 1
 export PYTHONPATH=/tmp/site_lead:$REPO PYTHONUNBUFFERED=1
 cd /tmp

@@ -4,6 +4,7 @@
 # the result, then torchrun scaling 1 -> 2 GPUs on the same corpus. Carry .whl and .commit.
 set -uo pipefail
 REPO=$PWD
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 rm -rf /tmp/site_lead && python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-build-isolation --target /tmp/site_lead .whl/*.whl . || exit 1

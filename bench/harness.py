@@ -22,22 +22,27 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 def environment() -> dict:
     import triton
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
+    # the device machine's copy has a .git of the session's first commit under later
+    # changes, so a commit named by the caller (bench/gpu_*.sh: from .commit) comes first
+    commit = os.environ.get("ORTHOASR_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            commit = ""
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__, "triton": triton.__version__,
-        "commit": commit or os.environ.get("ORTHOASR_COMMIT") or _commit_file(),
+        "commit": commit or _commit_file(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_id": RUN_ID,
     }
 
 
 def _commit_file() -> str:
-    """The device machine's copy has no .git: bench/gpu_*.sh callers write .commit first."""
+    """The commit written to .commit by whoever sent this checkout to the device machine."""
     path = Path(__file__).resolve().parent.parent / ".commit"
     return path.read_text().strip() if path.exists() else "unknown"
 

@@ -3,13 +3,19 @@ its GPU time (CUDA-graph replay), a cProfile of the module calls, and the paper 
 fwd+bwd wall time vs the GPU time torch.profiler sees.
 
     python -m bench.profile_host          (prints; rows to bench/results/host_overhead.json)
+    python -m bench.profile_host --launch-ab
+        wall time with kernels/launch.py's direct launches vs Triton's own launch path, both
+        in this process, alternating (the host's speed differs from machine to machine, so
+        only a same-process comparison says what the direct launch saves).
 """
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import time
 
 import torch
@@ -88,7 +94,36 @@ def model_step():
     return run
 
 
+def launch_ab(reps: int = 3) -> None:
+    """Median over `reps` alternations of each step's wall time, direct vs Triton's path."""
+    import orthoasr.kernels.launch as launch_module
+    direct = launch_module._direct_launcher
+    steps = {"paper model B32xT1000 soft fwd+bwd": (model_step(), 8)}
+    steps.update({f"{kind} B32xT250 soft fwd+bwd": (module_step(kind), 60)
+                  for kind in ("ffn", "conv", "mhsa")})
+    times = {(case, mode): [] for case in steps for mode in ("direct", "triton")}
+    for _ in range(reps):
+        for mode in ("triton", "direct"):
+            launch_module._cache.clear()
+            launch_module._direct_launcher = direct if mode == "direct" else (lambda *a: None)
+            for case, (run, calls) in steps.items():
+                times[case, mode].append(wall_us(run, calls) / 1e3)
+    launch_module._direct_launcher = direct
+    rows = [dict(table="launch_ab", case=case, mode="wall per call",
+                 provider="direct launch" if mode == "direct" else "triton launch path",
+                 baseline="triton launch path", ms=statistics.median(ms), reps=reps)
+            for (case, mode), ms in times.items()]
+    for r in rows:
+        print(f"{r['case']:<40} {r['provider']:<20} {r['ms'] * 1e3:10.1f} us")
+    write_rows("host_overhead", rows)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--launch-ab", action="store_true")
+    if parser.parse_args().launch_ab:
+        launch_ab()
+        return
     x = torch.empty(16, device="cuda")
     rows = [dict(case="empty kernel, 1 arg", ms=wall_us(lambda: _empty_kernel[(1,)](x)) / 1e3),
             dict(case="empty kernel, 14 args + 3 constexpr", ms=wall_us(
