@@ -4,7 +4,8 @@
 # (at most 8 files come back). Carry .commit so that rows name the commit.
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax + attention-core benches
-#   ddp      bench/ddp_scaling.py (2 GPUs; carry .whl for the synthetic corpus)
+#   ddp      bench/ddp_scaling.py (2 GPUs; carry .whl for the synthetic corpus; with all
+#            four other stages more than 8 files would come back: run it in its own call)
 set -uo pipefail
 REPO=$PWD
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
@@ -17,13 +18,23 @@ cd /tmp
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 if has tests; then
-  timeout ${TESTS_S:-270} python3 -m pytest -q -p no:cacheprovider -m gpu $REPO/tests \
-    > $OUT/gpu_tests.log 2>&1
-  echo "tests rc=$?"; grep -E "passed|failed|^FAILED|^ERROR" $OUT/gpu_tests.log | tail -12
+  # two halves at once (kernel compilation is CPU-bound; serially they took over 270 s),
+  # each on its own GPU where there are two
+  GPUS=$(nvidia-smi -L | wc -l)
+  T="timeout ${TESTS_S:-240} python3 -m pytest -q -p no:cacheprovider -m gpu -rf"
+  HALF_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
+  CUDA_VISIBLE_DEVICES=0 $T $(printf "$REPO/tests/%s " $HALF_A) > $OUT/gpu_tests_a.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=$((GPUS > 1 ? 1 : 0)) $T $REPO/tests \
+    $(printf -- "--ignore=$REPO/tests/%s " $HALF_A) > $OUT/gpu_tests_b.log 2>&1 &
+  wait
+  for f in $OUT/gpu_tests_a.log $OUT/gpu_tests_b.log; do
+    echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "^FAILED|^ERROR" $f; done
 fi
 if has profile; then
   timeout ${PROFILE_S:-90} python3 -m bench.profile_host > $OUT/profile_host.log 2>&1
   echo "profile rc=$?"; grep -E "^---" $OUT/profile_host.log
+  timeout 60 python3 -m bench.profile_host --launch-ab >> $OUT/profile_host.log 2>&1
+  echo "launch A/B rc=$?"; grep -E "launch +[0-9]" $OUT/profile_host.log
   cp $REPO/bench/results/host_overhead.json $OUT/
 fi
 if has modules; then
