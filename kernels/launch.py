@@ -9,7 +9,7 @@ calls with the same specialisation call that kernel's launcher directly.
 
 The specialisation key is at least as fine as Triton's own, so a cached kernel is only
 reused where Triton would pick the same one: per tensor its dtype and whether its address is
-16-byte aligned; per int whether it is 1, divisible by 16, and fits 32 bits; keyword
+16-byte aligned; per int whether it is 1, divisible by 16, and its integer type; keyword
 arguments (constexprs and options such as num_warps) by value. Runtime arguments must be
 positional; keywords are compile-time values. Under TRITON_INTERPRET=1, with a launch hook
 installed (a Triton profiler), or where the compiled kernel lacks the launcher interface
@@ -41,8 +41,8 @@ def _spec(arg):
         return arg.dtype, arg.data_ptr() % 16 == 0
     if isinstance(arg, bool):
         return bool, arg
-    if isinstance(arg, int):
-        return arg == 1, arg % 16 == 0, arg in _INT32
+    if isinstance(arg, int):     # Triton types an int i32, i64 or u64 by its value
+        return arg == 1, arg % 16 == 0, arg in _INT32, arg >= 2 ** 63
     if isinstance(arg, float):
         return float
     return arg          # None, strings

@@ -28,6 +28,17 @@ def test_host_helpers_match_math():
         assert next_pow2(n) == 2 ** math.ceil(math.log2(n))
 
 
+def test_specialisation_key_separates_what_triton_separates():
+    """Values Triton compiles differently for must never share a cached kernel."""
+    spec = launch_module._spec
+    for a, b in ((1, 17), (16, 17), (2 ** 31 - 16, 2 ** 31), (2 ** 62, 2 ** 63), (True, False)):
+        assert spec(a) != spec(b), (a, b)
+    x = torch.zeros(64)
+    assert spec(x) != spec(x[1:])                      # 16-byte aligned vs not
+    assert spec(x) != spec(x.double())
+    assert spec(3) == spec(5) and spec(32) == spec(48)  # same Triton specialisation
+
+
 def _scaled(x, n, stride, factor, shift=0, block=32):
     y = torch.full((n,), -1.0, device=x.device)
     launch(_scale_kernel, (cdiv(n, block),), x, y, n, stride, factor, BLOCK=block, SHIFT=shift)
