@@ -62,5 +62,7 @@ def barrier(world: World) -> None:
 
 
 def shutdown(world: World) -> None:
+    """Leave the process group once every rank is done with its collectives."""
     if world.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -513,6 +513,11 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     if trainer.step == run.stage1_steps and trainer.frozen_masks is None:
         trainer.freeze()
     trainer.save()
+    # release what holds threads or the process group (the loader's workers, DDP's reducer)
+    # before the group is destroyed: freed later, at interpreter exit, gloo's threads could
+    # abort the process ("terminate called without an active exception")
+    batches.close()
+    trainer.ddp = None
     shutdown(world)
     return trainer
 
