@@ -4,6 +4,7 @@
 # (at most 8 files come back). Carry .commit so that rows name the commit.
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax + attention-core benches
+#   (FFN_ARGS=--sweep, ATTN_ARGS=--variants: the tile sweeps)
 #   ddp      bench/ddp_scaling.py (2 GPUs; carry .whl for the synthetic corpus; with all
 #            four other stages more than 8 files would come back: run it in its own call)
 set -uo pipefail
@@ -40,14 +41,14 @@ fi
 if has modules; then
   timeout ${MHSA_S:-120} python3 -m bench.bench_mhsa > $OUT/bench_modules.log 2>&1
   echo "mhsa rc=$?"
-  timeout ${FFN_S:-180} python3 -m bench.bench_modules_ffn_conv >> $OUT/bench_modules.log 2>&1
+  timeout ${FFN_S:-180} python3 -m bench.bench_modules_ffn_conv ${FFN_ARGS:-} >> $OUT/bench_modules.log 2>&1
   echo "ffn/conv rc=$?"
   cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has kernels; then
   timeout ${ORTHO_S:-60} python3 -m bench.bench_ortho_softmax > $OUT/bench_kernels.log 2>&1
   echo "ortho rc=$?"
-  timeout ${ATTN_S:-120} python3 -m bench.bench_attention >> $OUT/bench_kernels.log 2>&1
+  timeout ${ATTN_S:-120} python3 -m bench.bench_attention ${ATTN_ARGS:-} >> $OUT/bench_kernels.log 2>&1
   echo "attention rc=$?"
   cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json $OUT/
 fi

@@ -11,14 +11,12 @@ The specialisation key is at least as fine as Triton's own, so a cached kernel i
 reused where Triton would pick the same one: per tensor its dtype and whether its address is
 16-byte aligned; per int whether it is 1, divisible by 16, and its integer type; keyword
 arguments (constexprs and options such as num_warps) by value. Runtime arguments must be
-positional; keywords are compile-time values. Under TRITON_INTERPRET=1, with a launch hook
-installed (a Triton profiler), or where the compiled kernel lacks the launcher interface
-this was written against (Triton 3.6), every launch takes Triton's own path.
+positional; keywords are compile-time values. For CPU tensors (the interpreter), with a
+launch hook installed (a Triton profiler), or where the compiled kernel lacks the launcher
+interface this was written against (Triton 3.6), every launch takes Triton's own path.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -81,8 +79,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     """kernel[grid](*args, **meta), with Triton's per-launch host work done once per
     specialisation. args: runtime arguments (tensors, ints, floats, None), positional; meta:
     constexprs and launch options, by keyword."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or not args or \
-            not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
         kernel[grid](*args, **meta)
         return
     device = torch.cuda.current_device()     # where Triton loads and launches the kernel

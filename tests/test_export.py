@@ -12,9 +12,7 @@ from orthoasr.model import ConformerSupernet
 
 @pytest.fixture(autouse=True)
 def torch_backend():
-    set_backend("torch")
-    yield
-    set_backend("auto")
+    set_backend("torch")            # conftest puts "auto" back after each test
 
 
 def tiny_cfg(**overrides):
