@@ -1,8 +1,17 @@
-"""Throughput scaling of `orthoasr train` under torchrun: the paper config on 1 GPU and on
-N GPUs of the same machine, same per-rank batch (so N ranks train N times the utterances
-per step). Rows go to bench/results/ddp.json (table "ddp", baseline: 1 GPU).
+"""Throughput scaling of `orthoasr train` on the GPUs of one machine: the paper config on
+1 GPU, then on N GPUs three ways, same per-rank batch (N ranks train N times the audio per
+step):
+  independent  N unrelated single-GPU runs at once: no communication, the upper bound
+               (what sharing the host's CPUs, memory and PCIe alone costs)
+  ddp          torchrun, grad_sync=ddp (DistributedDataParallel, find_unused_parameters)
+  flat         torchrun, grad_sync=flat (one all-reduce of all gradients after backward)
+Throughput is audio seconds trained per wall second (all ranks' batches, data loading
+included), the median over the log intervals after each stage's first. A warm-up run
+first fills the kernel caches so that no variant pays for compilation the others skip.
+Rows go to bench/results/ddp.json (table "ddp", time = wall ms per audio second,
+baseline: 1 GPU).
 
-    python -m bench.ddp_scaling --gpus 2 --steps 30
+    python -m bench.ddp_scaling --gpus 2 --steps 40
 """
 
 from __future__ import annotations
@@ -22,6 +31,39 @@ from bench.train_step import make_corpus, stage_times
 from orthoasr.run_config import load_run_config
 from orthoasr.train import read_metrics
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "4"}
+
+
+def train_command(config: Path, work_dir: Path, ranks: int | None) -> list[str]:
+    """`orthoasr train`, under torchrun with `ranks` processes, or plain with None."""
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc_per_node={ranks}"] if ranks else [sys.executable])
+    return [*launcher, "-m", "orthoasr", "train", "--config", str(config),
+            "--work-dir", str(work_dir)]
+
+
+def run_variant(name: str, config: Path, work: Path, gpus: int) -> list[dict]:
+    """Train one variant; returns the stage_times of each of its runs (one, or `gpus` for
+    the independent runs, timed separately and summed)."""
+    start = time.perf_counter()
+    if name == "independent":
+        dirs = [work / f"{name}{g}" for g in range(gpus)]
+        procs = [subprocess.Popen(train_command(config, d, None),
+                                  env={**ENV, "CUDA_VISIBLE_DEVICES": str(g)})
+                 for g, d in enumerate(dirs)]
+        if any(p.wait() != 0 for p in procs):
+            raise RuntimeError(f"an independent run failed: {[p.returncode for p in procs]}")
+    else:
+        dirs = [work / name]
+        ranks = 1 if name == "1 GPU" else gpus
+        sync_config = config.with_name(f"run_{name.replace(' ', '_')}.yaml")
+        values = yaml.safe_load(config.read_text())
+        values["grad_sync"] = "ddp" if name == "1 GPU" else name
+        sync_config.write_text(yaml.safe_dump(values))
+        subprocess.run(train_command(sync_config, dirs[0], ranks), check=True, env=ENV)
+    print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return [stage_times(read_metrics(d / "metrics.csv")) for d in dirs]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,36 +71,54 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/ddp_bench")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--gpus", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30, help="steps per stage")
-    parser.add_argument("--max-frames", type=int, default=32000, help="per rank")
+    parser.add_argument("--steps", type=int, default=40, help="steps per stage")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="per rank (default: the config's)")
+    parser.add_argument("--variants", default="independent,ddp,flat")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="per stage; 0: none")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args()
     work = Path(args.work_dir)
     corpus = make_corpus(work / "data", args.preset)
     overrides = [f"{s}_manifest={work / 'data' / (s + '.jsonl')}" for s in
                  ("train", "dev", "test")]
-    overrides += [f"max_frames={args.max_frames}", "log_every=5", "ckpt_every=100000",
-                  "warmup_steps=10", "penalty_warmup=10", f"stage1_steps={args.steps}",
-                  f"stage2_steps={args.steps}"]
+    overrides += ["log_every=5", "ckpt_every=100000", "warmup_steps=10", "penalty_warmup=10"]
+    if args.max_frames:
+        overrides.append(f"max_frames={args.max_frames}")
     run = load_run_config(args.config, overrides)
     config = work / "run.yaml"
-    config.write_text(yaml.safe_dump(json.loads(json.dumps(run.to_dict()))))
+
+    def write_config(steps: int) -> None:
+        values = json.loads(json.dumps(run.to_dict()))
+        values.update(stage1_steps=steps, stage2_steps=steps)
+        config.write_text(yaml.safe_dump(values))
+
+    if args.warmup_steps:               # compiles what the timed runs would compile
+        write_config(args.warmup_steps)
+        run_variant("ddp", config, work / "warmup", args.gpus)
+    write_config(args.steps)
+    results = {"1 GPU": run_variant("1 GPU", config, work, args.gpus)}
+    for name in args.variants.split(","):
+        results[name] = run_variant(name, config, work, args.gpus)
     rows = []
-    for gpus in (1, args.gpus):
-        out_dir = work / f"gpus{gpus}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={gpus}", "-m", "orthoasr", "train", "--config", str(config),
-               "--work-dir", str(out_dir)]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
-        print(f"{gpus} GPU(s): {time.perf_counter() - start:.0f} s", flush=True)
-        for stage, (ms, utt_s, timed) in stage_times(read_metrics(out_dir / "metrics.csv")).items():
-            rows.append({"table": "ddp", "case": f"{Path(args.config).stem}, stage {stage}, "
-                         f"max_frames {args.max_frames} per rank, corpus {corpus}",
-                         "mode": "train step, throughput", "provider": f"{gpus} GPU(s)",
-                         "baseline": "1 GPU(s)", "ms": 1.0 / utt_s,   # seconds per 1000 utt
-                         "utt_per_s": utt_s, "ms_per_step": ms, "steps_timed": timed})
+    for name, runs in results.items():
+        for stage in (1, 2):
+            times = [r[stage] for r in runs if stage in r]
+            if len(times) != len(runs):
+                continue
+            audio = sum(t["audio_per_s"] for t in times)       # summed over independent runs
+            gpus = 1 if name == "1 GPU" else args.gpus
+            rows.append({
+                "table": "ddp", "mode": "train, audio throughput",
+                "case": f"{Path(args.config).stem}, stage {stage}, max_frames "
+                        f"{run.max_frames} per rank, corpus {corpus}",
+                "provider": name if gpus == 1 else f"{gpus} GPUs, {name}",
+                "baseline": "1 GPU", "time_unit": "ms per audio s", "ms": 1000.0 / audio,
+                "audio_per_s": audio, "utt_per_s": sum(t["utt_per_s"] for t in times),
+                "ms_per_step": max(t["ms_per_step"] for t in times),
+                "steps_timed": min(t["steps_timed"] for t in times)})
     print(json.dumps(rows, indent=1))
-    print(f"rows -> {write_rows('ddp', rows)}")
+    print(f"rows -> {write_rows('ddp', rows, args.out)}")
 
 
 if __name__ == "__main__":

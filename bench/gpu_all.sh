@@ -5,8 +5,9 @@
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax + attention-core benches
 #   (FFN_ARGS=--sweep, ATTN_ARGS=--variants: the tile sweeps)
-#   ddp      bench/ddp_scaling.py (2 GPUs; carry .whl for the synthetic corpus; with all
-#            four other stages more than 8 files would come back: run it in its own call)
+#   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
+#            synthetic corpus; with all four other stages more than 8 files would come
+#            back: run it in its own call)
 set -uo pipefail
 REPO=$PWD
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
@@ -53,8 +54,17 @@ if has kernels; then
   cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json $OUT/
 fi
 if has ddp; then
+  # scaling (1 GPU; 2 GPUs independent / ddp / flat), then per-rank probes of each
   timeout ${DDP_S:-330} python3 -m bench.ddp_scaling --preset ${PRESET:-base} \
-    --work-dir /tmp/paper --gpus 2 --steps ${DDP_STEPS:-40} > $OUT/ddp.log 2>&1
-  echo "ddp rc=$?"; grep -E "GPU\(s\):|Error" $OUT/ddp.log | tail -4
+    --work-dir /tmp/paper --gpus 2 --steps ${DDP_STEPS:-30} ${DDP_ARGS:-} > $OUT/ddp.log 2>&1
+  echo "ddp rc=$?"; grep -E "^(1 GPU|independent|ddp|flat): |Error" $OUT/ddp.log | tail -6
   cp $REPO/bench/results/ddp.json $OUT/
+  for variant in "1 ddp" "2 ddp" "2 flat"; do
+    set -- $variant
+    timeout ${PROBE_S:-75} python3 -m torch.distributed.run --standalone --nproc_per_node=$1 \
+      -m bench.ddp_probe --config /tmp/paper/run.yaml --label ${2}_${1}gpu --out /tmp/probe \
+      grad_sync=$2 >> $OUT/probe.log 2>&1
+    echo "probe $variant rc=$?"
+  done
+  cat /tmp/probe/*.txt > $OUT/probe.txt 2>/dev/null; grep -E "^(#|host|profiled)" $OUT/probe.txt
 fi

@@ -12,7 +12,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EXTRA_SKIP = {"table", "case", "mode", "provider", "ms", "baseline", "gpu", "torch", "triton",
-              "commit", "date", "run_id"}
+              "commit", "date", "run_id", "time_unit"}
 
 
 def render(results_dir: Path = RESULTS_DIR) -> str:
@@ -32,14 +32,18 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
                   f"{first['gpu']} · torch {first['torch']} · triton {first['triton']} · "
                   f"commit {first['commit']} · {first['date']}", ""]
         extras = sorted({k for r in group for k in r if k not in EXTRA_SKIP})
-        lines += ["| case | mode | provider | time (µs) | speed-up | " + " | ".join(extras) + " |",
+        # rows time in ms; a table may name its own unit (then shown as is), else µs
+        unit = first.get("time_unit")
+        lines += [f"| case | mode | provider | time ({unit or 'µs'}) | speed-up | "
+                  + " | ".join(extras) + " |",
                   "|" + "---|" * (5 + len(extras))]
         by_key = {(r["case"], r["mode"], r["provider"]): r for r in group}
         for r in group:
             base = by_key.get((r["case"], r["mode"], r.get("baseline")))
             speedup = f"{base['ms'] / r['ms']:.2f}×" if base and r.get("baseline") else ""
             cells = [_fmt(r.get(k, "")) for k in extras]
-            lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {r['ms'] * 1e3:.1f} "
+            time = _fmt(float(r["ms"])) if unit else f"{r['ms'] * 1e3:.1f}"
+            lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {time} "
                          f"| {speedup} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

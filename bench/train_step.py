@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -56,19 +57,21 @@ def make_corpus(data_dir: Path, preset: str) -> str:
     return "random"
 
 
-def stage_times(rows: list[dict]) -> dict[int, tuple[float, float, int]]:
-    """stage -> (median ms/step, median utt/s, steps timed) over intervals after the first."""
+def stage_times(rows: list[dict]) -> dict[int, dict]:
+    """stage -> medians over the log intervals after the first (compilation) of ms/step,
+    utt/s and audio s/s, and the number of steps timed."""
     out = {}
     for stage in (1, 2):
-        intervals = {}
+        intervals = {}                  # the rows of one interval share its timings
         for r in rows:
             if int(r["stage"]) == stage:
-                intervals.setdefault((r["ms_per_step"], r["utt_per_s"]), []).append(r["step"])
+                key = (r["ms_per_step"], r["utt_per_s"], r.get("audio_per_s", math.nan))
+                intervals.setdefault(key, []).append(r["step"])
         timed = list(intervals.items())[1:]
         if timed:
-            out[stage] = (statistics.median(k[0] for k, _ in timed),
-                          statistics.median(k[1] for k, _ in timed),
-                          sum(len(v) for _, v in timed))
+            out[stage] = {name: statistics.median(k[i] for k, _ in timed) for i, name in
+                          enumerate(("ms_per_step", "utt_per_s", "audio_per_s"))}
+            out[stage]["steps_timed"] = sum(len(v) for _, v in timed)
     return out
 
 
@@ -103,12 +106,13 @@ def main() -> None:
               flush=True)
     rows = []
     for provider, (times, run) in results.items():
-        for stage, (ms, utt_s, timed) in times.items():
+        for stage, t in times.items():
             rows.append({"table": "train", "case": f"{Path(args.config).stem}, stage {stage}, "
                          f"max_frames {args.max_frames}, corpus {corpus}",
                          "mode": "train step (fwd+bwd+AdamW, data incl.)", "provider": provider,
-                         "baseline": "pytorch reference", "ms": ms, "utt_per_s": utt_s,
-                         "steps_timed": timed, "bf16": run.bf16})
+                         "baseline": "pytorch reference", "ms": t["ms_per_step"],
+                         "utt_per_s": t["utt_per_s"], "steps_timed": t["steps_timed"],
+                         "bf16": run.bf16})
     path = write_rows("train_step", rows, args.out)
     print(json.dumps(rows, indent=1))
     print(f"rows -> {path} after {time.perf_counter() - start:.0f} s", flush=True)

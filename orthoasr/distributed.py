@@ -49,6 +49,26 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     return tensor
 
 
+def average_gradients(params: list[torch.Tensor], world: World) -> None:
+    """Average the parameters' gradients over ranks in place: the gradients of each dtype are
+    copied into one flat buffer, all-reduced at once and copied back (a few launches, where
+    per-tensor all-reduces would cost one each). Every rank must hold gradients for the same
+    parameters in the same order: the step's stage and budget draw, which decide the unused
+    heads, are the same on every rank. A gradient that is None stays None."""
+    if not world.distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world.size)
+        parts = flat.split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [part.view(g.shape) for part, g in zip(parts, grads)])
+
+
 def broadcast(tensor: torch.Tensor, world: World, src: int = 0) -> torch.Tensor:
     """Rank src's tensor on every rank, in place."""
     if world.distributed:

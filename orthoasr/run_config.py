@@ -17,6 +17,7 @@ PENALTY_MODES = ("constant", "warmup", "lagrange")
 PENALTY_NORMS = ("l2", "l2_sqrt", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 BACKEND_NAMES = ("auto", "triton", "torch")
+GRAD_SYNCS = ("ddp", "flat")
 
 
 @dataclass
@@ -34,6 +35,10 @@ class RunConfig:
                                      # doing the step of that many torchrun ranks)
     spec_augment: bool = True
     num_workers: int = 0
+    # torchrun: how the ranks average gradients. "ddp": DistributedDataParallel (all-reduces
+    # buckets while the backward runs; finds the step's unused heads by walking the graph);
+    # "flat": one all-reduce of all gradients, copied into one flat buffer, after the backward
+    grad_sync: str = "ddp"
     # optimiser: AdamW, linear warm-up then cosine decay to lr * lr_final
     lr: float = 1e-3
     lr_final: float = 0.05
@@ -73,7 +78,7 @@ class RunConfig:
     # fields that may differ between a checkpoint and the run that resumes it
     RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "eval_batch_frames",
                          "device", "backend", "dev_manifest", "test_manifest",
-                         "buckets_per_step")
+                         "buckets_per_step", "grad_sync")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -97,7 +102,7 @@ class RunConfig:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         for name, allowed in (("aux_scale", AUX_SCALES), ("penalty_mode", PENALTY_MODES),
                               ("penalty_norm", PENALTY_NORMS), ("device", DEVICES),
-                              ("backend", BACKEND_NAMES)):
+                              ("backend", BACKEND_NAMES), ("grad_sync", GRAD_SYNCS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.penalty_mode == "warmup" and self.penalty_warmup < 1:

@@ -49,6 +49,7 @@ from .distributed import (
     SINGLE,
     World,
     all_reduce_sum,
+    average_gradients,
     barrier,
     broadcast,
     init_world,
@@ -220,10 +221,13 @@ class Trainer:
         self.model = ConformerSupernet(self.cfg).to(self.device)
         self.selector = SubnetSelector(self.cfg, run).to(self.device)
         self.ddp = None
-        if self.world.distributed:          # heads and scores unused by a step: unused params
+        if self.world.distributed and run.grad_sync == "ddp":
+            # the heads of the budgets a step does not draw (and the scores in stage 2) get
+            # no gradient: DDP must look for unused parameters
             self.ddp = DistributedDataParallel(
                 _Joint(self.model, self.selector), find_unused_parameters=True,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.trained_parameters = [*self.model.parameters(), *self.selector.parameters()]
         self.optimizer = make_optimizer(self.model, self.selector, run, self.device)
         self.gamma = run.gamma or gamma_for(run.tau0, run.tau_end, max(1, run.stage1_steps))
         self.tau = torch.full((), run.tau0, device=self.device)
@@ -352,6 +356,7 @@ class Trainer:
     def train_step(self, batch) -> None:
         waves, wave_lengths, targets, target_lengths = batch
         out_lengths = self.logmel.frame_lengths(wave_lengths) // 4     # the model's, on the host
+        audio_s = float(wave_lengths.sum()) / self.logmel.sample_rate   # host tensor: no sync
         waves, wave_lengths, targets = [t.to(self.device, non_blocking=True)
                                         for t in (waves, wave_lengths, targets)]
         feats, lengths = self.features(waves, wave_lengths)
@@ -360,17 +365,21 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         tau = temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min)
         self.tau.fill_(tau)
-        if self.ddp is None:
-            loss, parts = self.losses(feats, lengths, targets, target_lengths, out_lengths)
-        else:
-            # DDP averages the ranks' gradients: dividing each rank's CTC sum by the mean
+        frames = None
+        if self.world.distributed:
+            # the ranks' gradients are averaged: dividing each rank's CTC sum by the mean
             # frames per rank makes the average the gradient of (sum over ranks) / frames
             frames = all_reduce_sum(out_lengths.sum().to(self.device, torch.float32),
                                     self.world) / self.world.size
-            loss, parts = self.ddp(lambda: self.losses(feats, lengths, targets,
-                                                        target_lengths, out_lengths, frames))
+
+        def compute():
+            return self.losses(feats, lengths, targets, target_lengths, out_lengths, frames)
+
+        loss, parts = compute() if self.ddp is None else self.ddp(compute)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.ddp is None:
+            average_gradients(self.trained_parameters, self.world)
         # the model's gradient only: the scores' (penalty-dominated) gradient must not
         # shrink it; Adam normalises the scores' steps anyway
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip)
@@ -378,7 +387,8 @@ class Trainer:
         self.pending.append({**parts, "step": self.step + 1,
                              "stage": 1 if self.frozen_masks is None else 2, "tau": tau,
                              "lr": self.run.lr * factor,
-                             "utts": waves.shape[0] * self.world.size})
+                             "utts": waves.shape[0],
+                             "audio_s": audio_s})
         self.step += 1
 
     # ------------------------------------------------------------------ freeze
@@ -416,21 +426,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics
     def flush(self) -> None:
-        """Read the pending losses (one sync), stop on a non-finite one, log and print."""
+        """Read the pending losses (one sync), stop on a non-finite one, log and print.
+        Throughput counts every rank's utterances and audio (summed with the losses)."""
         if not self.pending:
             return
-        values = torch.stack([torch.stack([p[k] for k in METRIC_NAMES])
+        losses = torch.stack([torch.stack([p[k] for k in METRIC_NAMES])
                               for p in self.pending])
-        values = (all_reduce_sum(values, self.world) / self.world.size).tolist()
+        counts = torch.tensor([[p["utts"], p["audio_s"]] for p in self.pending],
+                              dtype=losses.dtype).to(self.device, non_blocking=True)
+        summed = all_reduce_sum(torch.cat([losses, counts], dim=1), self.world).tolist()
         now = time.perf_counter()
         elapsed, self.last_flush = now - self.last_flush, now
         ms_per_step = 1000 * elapsed / len(self.pending)
-        utt_per_s = sum(p["utts"] for p in self.pending) / max(elapsed, 1e-9)
+        utt_per_s = sum(row[-2] for row in summed) / max(elapsed, 1e-9)
+        audio_per_s = sum(row[-1] for row in summed) / max(elapsed, 1e-9)
         rows = []
-        for p, vals in zip(self.pending, values):
+        for p, row in zip(self.pending, summed):
+            vals = [v / self.world.size for v in row[:len(METRIC_NAMES)]]   # rank mean
             row = {"step": p["step"], "stage": p["stage"], "budget": p["budget"],
                    **dict(zip(METRIC_NAMES, vals)), "tau": p["tau"], "lr": p["lr"],
-                   "ms_per_step": ms_per_step, "utt_per_s": utt_per_s}
+                   "ms_per_step": ms_per_step, "utt_per_s": utt_per_s,
+                   "audio_per_s": audio_per_s}
             if not all(math.isfinite(v) for v in vals):
                 self.pending = []
                 raise TrainingDiverged(
@@ -446,7 +462,8 @@ class Trainer:
         print(f"step {last['step']}/{self.run.total_steps} [stage {last['stage']}] "
               f"loss {last['loss']:.3f} (sup {last['loss_sup']:.3f} sub {last['loss_sub']:.3f} "
               f"pen {last['penalty']:.4f}) tau {last['tau']:.3f} lr {last['lr']:.2e} | "
-              f"{ms_per_step:.1f} ms/step {utt_per_s:.1f} utt/s", flush=True)
+              f"{ms_per_step:.1f} ms/step {utt_per_s:.1f} utt/s {audio_per_s:.0f}x real time",
+              flush=True)
 
 
 def write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
@@ -465,12 +482,15 @@ def write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -
 
 
 def _metric_columns() -> list[str]:
-    return ["step", "stage", "budget", *METRIC_NAMES, "tau", "lr", "ms_per_step", "utt_per_s"]
+    return ["step", "stage", "budget", *METRIC_NAMES, "tau", "lr", "ms_per_step", "utt_per_s",
+            "audio_per_s"]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     with Path(path).open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        # a column added since a resumed run's first rows were written reads as NaN there
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 # ----------------------------------------------------------------------------- the loop
