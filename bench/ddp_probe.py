@@ -67,11 +67,21 @@ def main() -> None:
             torch.cuda.synchronize()
         profiled_ms = 1000 * (time.perf_counter() - start) / args.profiled
     events = prof.key_averages()
-    gpu_ms = sum(e.self_device_time_total for e in events) / 1000 / args.profiled
+    per_step = 1000 * args.profiled                         # profiler times are in us
+    gpu_ms = sum(e.self_device_time_total for e in events
+                 if e.device_type == torch.autograd.DeviceType.CUDA) / per_step
+    nccl_ms = sum(e.self_device_time_total for e in events if e.key.startswith("ncclDev")
+                  and e.device_type == torch.autograd.DeviceType.CUDA) / per_step
+    # blocking copies and syncs: where the host waits for the device
+    waits = {e.key: (e.count // args.profiled, round(e.self_cpu_time_total / per_step, 1))
+             for e in events if e.key in ("cudaStreamSynchronize", "cudaMemcpyAsync",
+                                          "cudaDeviceSynchronize", "cudaEventSynchronize")}
     rank = trainer.world.rank
     lines = [f"# {args.label}, rank {rank} of {trainer.world.size}, {run.max_frames} frames "
              f"per rank, stage 1", f"host, {args.steps} steps (median ms): {host}",
-             f"profiled: {profiled_ms:.1f} ms/step wall, GPU kernels {gpu_ms:.1f} ms/step",
+             f"profiled: {profiled_ms:.1f} ms/step wall, GPU busy {gpu_ms:.1f} ms/step "
+             f"(NCCL kernels {nccl_ms:.1f} ms, waiting included); host waits per step "
+             f"(calls, ms): {waits}",
              events.table(sort_by="self_cpu_time_total", row_limit=25),
              events.table(sort_by="self_device_time_total", row_limit=15)]
     out = Path(args.out)

@@ -369,8 +369,10 @@ class Trainer:
         if self.world.distributed:
             # the ranks' gradients are averaged: dividing each rank's CTC sum by the mean
             # frames per rank makes the average the gradient of (sum over ranks) / frames
-            frames = all_reduce_sum(out_lengths.sum().to(self.device, torch.float32),
-                                    self.world) / self.world.size
+            # (counted on the device: copying the host's count would sync with the stream,
+            # holding the host until the previous step's all-reduce is done)
+            frames = (self.logmel.frame_lengths(wave_lengths) // 4).sum().float()
+            frames = all_reduce_sum(frames, self.world) / self.world.size
 
         def compute():
             return self.losses(feats, lengths, targets, target_lengths, out_lengths, frames)
