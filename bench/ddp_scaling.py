@@ -6,8 +6,9 @@ step):
   ddp          torchrun, grad_sync=ddp (DistributedDataParallel, find_unused_parameters)
   flat         torchrun, grad_sync=flat (one all-reduce of all gradients after backward)
 Throughput is audio seconds trained per wall second (all ranks' batches, data loading
-included), the median over the log intervals after each stage's first. A warm-up run
-first fills the kernel caches so that no variant pays for compilation the others skip.
+included), the median over the log intervals after each stage's first. A warm-up run of
+N ranks for the same steps first compiles the kernels for every batch shape the timed runs
+meet (the same plan: 1 GPU takes its first half), so no timed interval holds a compilation.
 Rows go to bench/results/ddp.json (table "ddp", time = wall ms per audio second,
 baseline: 1 GPU).
 
@@ -75,7 +76,8 @@ def main() -> None:
     parser.add_argument("--max-frames", type=int, default=None,
                         help="per rank (default: the config's)")
     parser.add_argument("--variants", default="independent,ddp,flat")
-    parser.add_argument("--warmup-steps", type=int, default=10, help="per stage; 0: none")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="per stage (default: --steps); 0: no warm-up run")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args()
     work = Path(args.work_dir)
@@ -93,9 +95,10 @@ def main() -> None:
         values.update(stage1_steps=steps, stage2_steps=steps)
         config.write_text(yaml.safe_dump(values))
 
-    if args.warmup_steps:               # compiles what the timed runs would compile
-        write_config(args.warmup_steps)
-        run_variant("ddp", config, work / "warmup", args.gpus)
+    warmup = args.steps if args.warmup_steps is None else args.warmup_steps
+    if warmup:
+        write_config(warmup)
+        run_variant("flat", config, work / "warmup", args.gpus)
     write_config(args.steps)
     results = {"1 GPU": run_variant("1 GPU", config, work, args.gpus)}
     for name in args.variants.split(","):
