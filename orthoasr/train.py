@@ -13,12 +13,14 @@ The loop reads the device only every `log_every` steps (losses, NaN check) and b
 checkpoint; the temperature lives in a device tensor, so a step has no host sync.
 
 Under `torchrun --nproc_per_node=N` each rank trains on every N-th batch of the same plan
-through DistributedDataParallel (NCCL on GPUs, gloo on the CPU). The CTC sum is divided by
-the frames of all ranks, so a step equals one process training on the N batches at once
-(`buckets_per_step=N`). The budget drawn each step is the same on every rank (same seed), so
-the OrthoSoftmax scores and the Lagrange multiplier get the same averaged gradient and stay
-identical; dropout, SpecAugment and stochastic depth draw per rank. Rank 0 freezes the
-masks (broadcast), logs and writes checkpoints, which resume on any number of ranks.
+(NCCL on GPUs, gloo on the CPU); one all-reduce after the backward averages the gradients
+(`grad_sync=flat`), or DistributedDataParallel does during it (`grad_sync=ddp`). The CTC
+sum is divided by the frames of all ranks, so a step equals one process training on the N
+batches at once (`buckets_per_step=N`). The budget drawn each step is the same on every
+rank (same seed), so the OrthoSoftmax scores and the Lagrange multiplier get the same
+averaged gradient and stay identical; dropout, SpecAugment and stochastic depth draw per
+rank. Rank 0 freezes the masks (broadcast), logs and writes checkpoints, which resume on
+any number of ranks.
 """
 
 from __future__ import annotations

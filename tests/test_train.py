@@ -127,6 +127,8 @@ def test_run_config_overrides_and_unknown_keys(tmp_path):
         load_run_config(path)
     with pytest.raises(ValueError, match="aux_scale must be one of"):
         load_run_config(None, ["aux_scale=sometimes"])
+    with pytest.raises(ValueError, match=r"grad_sync must be one of \('ddp', 'flat'\), got 'nccl'"):
+        load_run_config(None, ["grad_sync=nccl"])
     run = load_run_config(None, ["lr=3e-4", "model.dropout=1e-1", "model.budgets=[5e-1,1]"])
     assert (run.lr, run.model.dropout, run.model.budgets) == (3e-4, 0.1, (0.5, 1.0))
     with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
