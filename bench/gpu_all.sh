@@ -54,14 +54,16 @@ if has kernels; then
   cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json $OUT/
 fi
 if has ddp; then
-  # scaling (1 GPU; 2 GPUs independent / ddp / flat), then per-rank probes of each
-  timeout ${DDP_S:-330} python3 -m bench.ddp_scaling --preset ${PRESET:-base} \
-    --work-dir /tmp/paper --gpus 2 --steps ${DDP_STEPS:-30} ${DDP_ARGS:-} > $OUT/ddp.log 2>&1
+  # scaling: warm-up run, 1 GPU, then 2 GPUs independent / flat / ddp (about 6 min on a
+  # fresh machine, synthesis included); PROBES=1 adds per-rank probes (about 3 min more:
+  # give them a call of their own with DDP_ARGS="--variants flat")
+  timeout ${DDP_S:-480} python3 -m bench.ddp_scaling --preset ${PRESET:-base} \
+    --work-dir /tmp/paper --gpus 2 --steps ${DDP_STEPS:-25} ${DDP_ARGS:-} > $OUT/ddp.log 2>&1
   echo "ddp rc=$?"; grep -E "^(1 GPU|independent|ddp|flat): |Error" $OUT/ddp.log | tail -6
   cp $REPO/bench/results/ddp.json $OUT/
-  for variant in "1 ddp" "2 ddp" "2 flat"; do
+  for variant in ${PROBES:+"1 ddp" "2 ddp" "2 flat"}; do
     set -- $variant
-    timeout ${PROBE_S:-75} python3 -m torch.distributed.run --standalone --nproc_per_node=$1 \
+    timeout ${PROBE_S:-60} python3 -m torch.distributed.run --standalone --nproc_per_node=$1 \
       -m bench.ddp_probe --config /tmp/paper/run.yaml --label ${2}_${1}gpu --out /tmp/probe \
       grad_sync=$2 >> $OUT/probe.log 2>&1
     echo "probe $variant rc=$?"
