@@ -52,8 +52,8 @@ def _hook_installed(hook) -> bool:
 
 
 def _direct_launcher(kernel, compiled, args: tuple, meta: dict):
-    """(launcher, function, packed metadata, trailing argument values, stream getter), or
-    None where the direct launch does not apply."""
+    """(launcher, function, packed metadata, trailing argument values, stream getter, enter
+    hook, exit hook), or None where the direct launch does not apply."""
     from triton import knobs
     enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
     if _hook_installed(enter) or _hook_installed(leave):

@@ -1,5 +1,6 @@
-"""The low-precision rule (CONVENTIONS.md): a kernel's error against an fp64 reference may be
-at most ~2x PyTorch's error in the same dtype against that reference, plus a small atol."""
+"""Comparisons of kernels with their references. The low-precision rule (CONVENTIONS.md): a
+kernel's error against an fp64 reference may be at most ~2x PyTorch's error in the same
+dtype against that reference, plus a small atol."""
 
 import torch
 
@@ -12,6 +13,17 @@ def assert_error_ratio(ours, torch_low, reference, rtol=1e-3, atol=1e-6):
         err = (a.double() - r).abs().max().item()
         err_torch = (b.double() - r).abs().max().item()
         assert err <= 2 * err_torch + rtol * r.abs().max().item() + atol, (i, err, err_torch)
+
+
+def assert_grads_close(y, y_ref, inputs, atol=5e-5, rtol=1e-4):
+    """The gradients of y and of y_ref w.r.t. `inputs` under the same random dy (cast to
+    y_ref's dtype) agree; returns y's gradients."""
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, dy)
+    for g, g_ref in zip(grads, torch.autograd.grad(y_ref, inputs, dy.to(y_ref.dtype)),
+                        strict=True):
+        torch.testing.assert_close(g, g_ref, atol=atol, rtol=rtol)
+    return grads
 
 
 def assert_module_autocast_error_ratio(module, x, lengths, gates):
