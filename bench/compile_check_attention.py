@@ -79,12 +79,13 @@ def main() -> None:
                                 o_ptr=dt, lse_ptr="fp32"), floats=("qk_scale",),
                            constexprs=dict(base, ZERO_DEAD=False, **cfg),
                            num_warps=warps, num_stages=stages)
-        ok &= _compile(ga._gated_attn_bwd_pre_kernel,
-                       dict(o_ptr=dt, do_ptr=dt, len_ptr="i64", gate_ptr="fp32",
-                            delta_ptr="fp32", dgate_part_ptr="fp32"),
-                       constexprs=dict(HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64))
         ptrs = dict(q_ptr=dt, k_ptr=dt, v_ptr=dt, do_ptr=dt, lse_ptr="fp32", delta_ptr="fp32",
                     len_ptr="i64", gate_ptr="fp32")
+        cfg = dict(ga._config_table("dq", 250))
+        warps, stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+        ok &= _compile(ga._gated_attn_bwd_delta_kernel, ptrs | {"dgate_part_ptr": "fp32"},
+                       floats=("qk_scale",), constexprs=dict(base, **cfg),
+                       num_warps=warps, num_stages=stages)
         for kernel, kind, outs in ((ga._gated_attn_bwd_dkdv_kernel, "dkdv", ("dk_ptr", "dv_ptr")),
                                    (ga._gated_attn_bwd_dq_kernel, "dq", ("dq_ptr",))):
             cfg = dict(ga._config_table(kind, 250))

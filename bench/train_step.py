@@ -6,7 +6,14 @@ baseline in the same run, with the PyTorch references.
 
 Step time = wall time between the loop's loss reads / steps (data loading included), the
 median over the log intervals after the first of each stage (compilation, autotuning).
+Learning check: both backends train on the same batches (same seed, same plan), and each
+row carries `loss_start` / `loss_end`, the supernet's mean CTC loss per frame over the first
+and last 20 steps of its stage, and `steps`: a fast kernel that trains wrongly shows there.
 Rows go to <out>/train_step.json (table "train").
+
+The plain paper-size Conformer-CTC of issue 11 (one budget, no SpecAugment), both backends:
+    python -m bench.train_step --steps 1600 --baseline-steps 1600 --stage2-steps 1 \
+        --set model.budgets=[1.0] spec_augment=false warmup_steps=300 --max-frames 40000
 """
 
 from __future__ import annotations
@@ -75,6 +82,16 @@ def stage_times(rows: list[dict]) -> dict[int, dict]:
     return out
 
 
+def learning(rows: list[dict], stage: int, window: int = 20) -> dict:
+    """loss_start / loss_end: mean supernet CTC loss per frame over the first and last
+    `window` steps of `stage`; steps: how many steps the stage ran."""
+    losses = [r["loss_sup"] for r in rows if int(r["stage"]) == stage]
+    if not losses:
+        return {}
+    return {"loss_start": statistics.fmean(losses[:window]),
+            "loss_end": statistics.fmean(losses[-window:]), "steps": len(losses)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper.yaml")
@@ -82,6 +99,12 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=30, help="steps per stage (ours)")
     parser.add_argument("--baseline-steps", type=int, default=15, help="per stage (torch)")
+    parser.add_argument("--stage2-steps", type=int, default=None,
+                        help="stage-2 steps for both (default: as stage 1)")
+    parser.add_argument("--backends", default="auto,torch",
+                        help="which providers to run, comma-separated (auto, torch)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="run-config overrides for both providers")
     parser.add_argument("--max-frames", type=int, default=32000)
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args()
@@ -91,17 +114,24 @@ def main() -> None:
     print(f"corpus {corpus} ready after {time.perf_counter() - start:.0f} s", flush=True)
     common = [f"{s}_manifest={work / 'data' / (s + '.jsonl')}" for s in ("train", "dev", "test")]
     common += [f"max_frames={args.max_frames}", "log_every=5", "ckpt_every=100000",
-               "warmup_steps=10", "penalty_warmup=10"]
+               "warmup_steps=10", "penalty_warmup=10", *args.set]
     results = {}
     ours = "orthoasr (triton)" if torch.cuda.is_available() else "orthoasr (auto: torch on CPU)"
     for provider, backend, steps in ((ours, "auto", args.steps),
                                      ("pytorch reference", "torch", args.baseline_steps)):
+        if backend not in args.backends.split(","):
+            continue
+        stage2 = steps if args.stage2_steps is None else args.stage2_steps
         run = load_run_config(args.config, common + [f"backend={backend}",
                                                      f"stage1_steps={steps}",
-                                                     f"stage2_steps={steps}"])
+                                                     f"stage2_steps={stage2}"])
         out_dir = work / backend
         train(run, out_dir)
-        results[provider] = (stage_times(read_metrics(out_dir / "metrics.csv")), run)
+        metrics = read_metrics(out_dir / "metrics.csv")
+        times = stage_times(metrics)
+        for stage in times:
+            times[stage].update(learning(metrics, stage))
+        results[provider] = (times, run)
         print(f"{provider}: {results[provider][0]} after {time.perf_counter() - start:.0f} s",
               flush=True)
     rows = []
@@ -112,7 +142,8 @@ def main() -> None:
                          "mode": "train step (fwd+bwd+AdamW, data incl.)", "provider": provider,
                          "baseline": "pytorch reference", "ms": t["ms_per_step"],
                          "utt_per_s": t["utt_per_s"], "steps_timed": t["steps_timed"],
-                         "bf16": run.bf16})
+                         "bf16": run.bf16, "budgets": list(run.model.budgets),
+                         **{k: t[k] for k in ("loss_start", "loss_end", "steps") if k in t}})
     path = write_rows("train_step", rows, args.out)
     print(json.dumps(rows, indent=1))
     print(f"rows -> {path} after {time.perf_counter() - start:.0f} s", flush=True)

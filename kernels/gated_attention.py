@@ -13,7 +13,7 @@ through their softmax anyway). Every other gate gets the exact gradient
 dg_h = sum(out_h / g_h * grad_out_h), reduced inside the backward's first pass.
 
 Layers, as in every op file: `gated_attention_reference` (PyTorch), the Triton kernels
-`_gated_attn_fwd_kernel`, `_gated_attn_bwd_pre_kernel`, `_gated_attn_bwd_dkdv_kernel`,
+`_gated_attn_fwd_kernel`, `_gated_attn_bwd_delta_kernel`, `_gated_attn_bwd_dkdv_kernel`,
 `_gated_attn_bwd_dq_kernel`, `_gated_attn_dgate_kernel`, host launchers, and the torch.library ops
 `orthoasr::gated_attention_fwd` / `_bwd` (separate q, k, v) and
 `orthoasr::gated_attention_packed_fwd` / `_bwd` (one packed qkv (B, T, H, 3, Dh) tensor, the
@@ -146,14 +146,22 @@ def _gated_attn_fwd_kernel(
 
 
 @triton.jit
-def _gated_attn_bwd_pre_kernel(
-    o_ptr, do_ptr, len_ptr, gate_ptr, delta_ptr, dgate_part_ptr,
-    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot,
-    B, H, T,
+def _gated_attn_bwd_delta_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, len_ptr, gate_ptr, delta_ptr, dgate_part_ptr,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+    B, H, T, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # delta_i = rowsum(dout_i * out_i) (= rowsum(dO_i * O_i) of the ungated head, since
-    # out = g O and dO = g dout), and this block's share sum_i delta_i of g_h * dg_h.
+    # Program (m, b*H + h): delta_i = sum_j P_ij dP_ij over the L_b valid keys, with P
+    # recomputed from the log-sum-exp and dP = g dout V^T in fp32, exactly as the dq and
+    # dk kernels recompute them; and this block's share sum_i delta_i of g_h * dg_h.
+    # Why not FlashAttention's rowsum(dout * out): that equals delta only when out is
+    # exactly sum_j P_ij V_j, but out is rounded to 16 bits and made from 16-bit P. Where
+    # the values share a large component across time (a speech encoder's do: that is the
+    # blank plateau), the mismatch times that component is a bias in every dS_ij = P_ij
+    # (dP_ij - delta_i) larger than dS itself: the paper-size model did not learn (issue 11).
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -162,17 +170,34 @@ def _gated_attn_bwd_pre_kernel(
     seq_len = tl.load(len_ptr + b).to(tl.int32)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    d_ok = (offs_d < HEAD_DIM)[None, :]
     part_ptr = dgate_part_ptr + (h * B + b) * tl.num_programs(0) + pid_m
     if (gate != 0) & (start_m < seq_len):
-        mask = (offs_m < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
-        o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot
-                    + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+        row_ok = offs_m < seq_len
+        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
+                    + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
         do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
-                     + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-        delta = tl.sum(o * do, 1)
-        tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=offs_m < seq_len)
-        tl.store(part_ptr, tl.sum(delta, 0))
+                     + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+        k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
+        v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
+        delta = tl.zeros([BLOCK_M], tl.float32)
+        for start_n in range(0, seq_len, BLOCK_N):
+            keys = start_n + offs_n
+            key_ok = keys < seq_len
+            k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok,
+                        other=0.0)
+            v = tl.load(v_base + keys[:, None] * stride_vt, mask=key_ok[:, None] & d_ok,
+                        other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+            p = tl.where(key_ok[None, :], tl.exp2(qk - lse[:, None]), 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            delta += tl.sum(p * dp, 1)
+        delta = delta * gate
+        tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
+        tl.store(part_ptr, tl.sum(tl.where(row_ok, delta, 0.0), 0))
     else:
         tl.store(part_ptr, 0.0)
 
@@ -370,22 +395,22 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero
     return lse
 
 
-def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates, sm_scale,
-                               dq, dk, dv, zero_dead=True):
+def gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_scale, dq, dk, dv,
+                               zero_dead=True):
     """Fills dq, dk, dv (any strides) and returns dgates (H,) in the gates' dtype.
     zero_dead=False leaves dead heads' rows of dq, dk, dv unwritten."""
     B, H, T, Dh = q.shape
     block_d = max(16, next_pow2(Dh))
     dev = q.device
-    delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
-    pre_block = 64 if not _interpreting() else 32
-    pre_grid = (cdiv(T, pre_block), B * H)
-    dgate_part = torch.empty(H, B, pre_grid[0], dtype=torch.float32, device=dev)
-    launch(_gated_attn_bwd_pre_kernel, pre_grid,
-        out, grad_out, lengths, head_gates, delta, dgate_part,
-        *_strides3(out), *_strides3(grad_out), B, H, T,
-        HEAD_DIM=Dh, BLOCK_D=block_d, BLOCK_M=pre_block)
     precision = _dot_precision(q.dtype)
+    delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
+    cfg = _config("dq", Dh, T)
+    delta_grid = (cdiv(T, cfg["BLOCK_M"]), B * H)
+    dgate_part = torch.empty(H, B, delta_grid[0], dtype=torch.float32, device=dev)
+    launch(_gated_attn_bwd_delta_kernel, delta_grid,
+        q, k, v, grad_out, lse, lengths, head_gates, delta, dgate_part,
+        *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), B, H, T,
+        sm_scale * LOG2E, HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=precision, **cfg)
     cfg = _config("dkdv", Dh, T)
     launch(_gated_attn_bwd_dkdv_kernel, (cdiv(T, cfg["BLOCK_N"]), B * H),
         q, k, v, grad_out, lse, delta, lengths, head_gates, dk, dv,
@@ -399,7 +424,7 @@ def gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
         H, T, sm_scale, sm_scale * LOG2E,
         HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
     dgates = torch.empty_like(head_gates)
-    launch(_gated_attn_dgate_kernel, (H,), dgate_part, head_gates, dgates, B * pre_grid[0],
+    launch(_gated_attn_dgate_kernel, (H,), dgate_part, head_gates, dgates, B * delta_grid[0],
            BLOCK=128)
     return dgates
 
@@ -428,34 +453,34 @@ def _(q, k, v, lengths, head_gates, sm_scale):
 
 
 @torch.library.custom_op("orthoasr::gated_attention_bwd", mutates_args=())
-def gated_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+def gated_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         grad_out: torch.Tensor, lse: torch.Tensor, lengths: torch.Tensor,
                         head_gates: torch.Tensor, sm_scale: float
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    dgates = gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, head_gates,
-                                        sm_scale, dq, dk, dv)
+    dgates = gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_scale,
+                                        dq, dk, dv)
     return dq, dk, dv, dgates
 
 
 @gated_attention_bwd.register_fake
-def _(q, k, v, out, grad_out, lse, lengths, head_gates, sm_scale):
+def _(q, k, v, grad_out, lse, lengths, head_gates, sm_scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), \
         torch.empty_like(head_gates)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, lengths, head_gates, sm_scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, lengths, head_gates)
+    _out, lse = output
+    ctx.save_for_backward(q, k, v, lse, lengths, head_gates)
     ctx.sm_scale = sm_scale
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, lengths, head_gates = ctx.saved_tensors
-    dq, dk, dv, dgates = gated_attention_bwd(q, k, v, out, grad_out.contiguous(), lse,
+    q, k, v, lse, lengths, head_gates = ctx.saved_tensors
+    dq, dk, dv, dgates = gated_attention_bwd(q, k, v, grad_out.contiguous(), lse,
                                              lengths, head_gates, ctx.sm_scale)
     return dq, dk, dv, None, dgates, None
 
@@ -486,39 +511,38 @@ def _(qkv, lengths, head_gates, sm_scale):
 
 
 @torch.library.custom_op("orthoasr::gated_attention_packed_bwd", mutates_args=())
-def gated_attention_packed_bwd(qkv: torch.Tensor, out: torch.Tensor, grad_out: torch.Tensor,
+def gated_attention_packed_bwd(qkv: torch.Tensor, grad_out: torch.Tensor,
                                lse: torch.Tensor, lengths: torch.Tensor,
                                head_gates: torch.Tensor, sm_scale: float
                                ) -> tuple[torch.Tensor, torch.Tensor]:
-    return gated_attention_packed_bwd_impl(qkv, out, grad_out, lse, lengths, head_gates,
+    return gated_attention_packed_bwd_impl(qkv, grad_out, lse, lengths, head_gates,
                                            sm_scale)
 
 
-def gated_attention_packed_bwd_impl(qkv, out, grad_out, lse, lengths, head_gates, sm_scale):
+def gated_attention_packed_bwd_impl(qkv, grad_out, lse, lengths, head_gates, sm_scale):
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
     dq, dk, dv = _unpack(grad_qkv)
-    dgates = gated_attention_bwd_triton(q, k, v, out.permute(0, 2, 1, 3),
-                                        grad_out.permute(0, 2, 1, 3), lse, lengths,
+    dgates = gated_attention_bwd_triton(q, k, v, grad_out.permute(0, 2, 1, 3), lse, lengths,
                                         head_gates, sm_scale, dq, dk, dv, zero_dead=False)
     return grad_qkv, dgates
 
 
 @gated_attention_packed_bwd.register_fake
-def _(qkv, out, grad_out, lse, lengths, head_gates, sm_scale):
+def _(qkv, grad_out, lse, lengths, head_gates, sm_scale):
     return qkv.new_empty(qkv.shape), torch.empty_like(head_gates)
 
 
 def _packed_setup_context(ctx, inputs, output):
     qkv, lengths, head_gates, sm_scale = inputs
-    out, lse = output
-    ctx.save_for_backward(qkv, out, lse, lengths, head_gates)
+    _out, lse = output
+    ctx.save_for_backward(qkv, lse, lengths, head_gates)
     ctx.sm_scale = sm_scale
 
 
 def _packed_backward(ctx, grad_out, _grad_lse):
-    qkv, out, lse, lengths, head_gates = ctx.saved_tensors
-    grad_qkv, dgates = gated_attention_packed_bwd(qkv, out, grad_out.contiguous(), lse,
+    qkv, lse, lengths, head_gates = ctx.saved_tensors
+    grad_qkv, dgates = gated_attention_packed_bwd(qkv, grad_out.contiguous(), lse,
                                                   lengths, head_gates, ctx.sm_scale)
     return grad_qkv, None, dgates, None
 
@@ -538,15 +562,15 @@ class _GatedAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, lengths, head_gates, sm_scale):
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out)
-        ctx.save_for_backward(q, k, v, out, lse, lengths, head_gates)
+        ctx.save_for_backward(q, k, v, lse, lengths, head_gates)
         ctx.sm_scale = sm_scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, lengths, head_gates = ctx.saved_tensors
+        q, k, v, lse, lengths, head_gates = ctx.saved_tensors
         dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        dgates = gated_attention_bwd_triton(q, k, v, out, grad_out.contiguous(), lse, lengths,
+        dgates = gated_attention_bwd_triton(q, k, v, grad_out.contiguous(), lse, lengths,
                                             head_gates, ctx.sm_scale, dq, dk, dv)
         return dq, dk, dv, None, dgates, None
 
@@ -557,14 +581,14 @@ class _GatedAttentionPacked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, lengths, head_gates, sm_scale):
         out, lse = gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale)
-        ctx.save_for_backward(qkv, out, lse, lengths, head_gates)
+        ctx.save_for_backward(qkv, lse, lengths, head_gates)
         ctx.sm_scale = sm_scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qkv, out, lse, lengths, head_gates = ctx.saved_tensors
-        grad_qkv, dgates = gated_attention_packed_bwd_impl(qkv, out, grad_out.contiguous(), lse,
+        qkv, lse, lengths, head_gates = ctx.saved_tensors
+        grad_qkv, dgates = gated_attention_packed_bwd_impl(qkv, grad_out.contiguous(), lse,
                                                            lengths, head_gates, ctx.sm_scale)
         return grad_qkv, None, dgates, None
 

@@ -549,7 +549,7 @@ class _GatedMHSA(torch.autograd.Function):
                                                      a.view(B * T, D), w_o_c, b_o, head_gates,
                                                      bias_scale, bias_mode)
         dqkv, dgates = gated_attention_packed_bwd_impl(
-            qkv.view(B, T, H, 3, Dh), a, da.view(B, T, H, Dh), lse, lengths, head_gates,
+            qkv.view(B, T, H, 3, Dh), da.view(B, T, H, Dh), lse, lengths, head_gates,
             Dh ** -0.5)
         dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), y2, w_in_c, head_gates)
         if bias_scale is not None:

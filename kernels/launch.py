@@ -18,9 +18,13 @@ interface this was written against (Triton 3.6), every launch takes Triton's own
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 _INT32 = range(-2 ** 31, 2 ** 31)
+# ORTHOASR_DIRECT_LAUNCH=0: every launch takes Triton's own path (to rule this module out)
+_direct = os.environ.get("ORTHOASR_DIRECT_LAUNCH", "1") != "0"
 _cache: dict = {}
 
 
@@ -79,7 +83,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     """kernel[grid](*args, **meta), with Triton's per-launch host work done once per
     specialisation. args: runtime arguments (tensors, ints, floats, None), positional; meta:
     constexprs and launch options, by keyword."""
-    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
+    if not _direct or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
         kernel[grid](*args, **meta)
         return
     device = torch.cuda.current_device()     # where Triton loads and launches the kernel

@@ -95,7 +95,7 @@ def test_every_output_element_written():
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
     grad_out = torch.randn_like(out)
     dq, dk, dv = (torch.full_like(q, float("nan")) for _ in range(3))
-    ga.gated_attention_bwd_triton(q, k, v, out, grad_out, lse, lengths, gates, 0.25, dq, dk, dv)
+    ga.gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, gates, 0.25, dq, dk, dv)
     for t in (dq, dk, dv):
         assert torch.isfinite(t).all()
     padded = torch.arange(T, device=DEV)[None, :] >= lengths[:, None]   # (B, T)

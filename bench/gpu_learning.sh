@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call on nvidia-h200-x2 for issue 11 (does the Triton path learn?). Carry .whl
+# (eSpeak NG for the corpus), .commit and, for the before/after check, .old: an export of
+# the commit before the fix (git archive f6d7667 | tar -x -C .old).
+#   GPU 0: the Triton backend, GPU 1: the torch backend, each running at once
+#     plain   the paper-size Conformer-CTC (one budget, no SpecAugment), 1600 steps
+#     five    the paper config with its five budgets, stage 1 of 1300 steps
+#   beside them: tests/test_learning.py on the fix and on .old, then every gpu test.
+# Both GPUs run two trainings and tests at once: the step times in these rows are for the
+# learning check only, not for speed comparisons. Everything comes back in one tarball.
+set -uo pipefail
+REPO=$PWD
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)
+PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation"
+$PIP --target /tmp/site .whl/*.whl . || exit 1
+[ -d .old ] && $PIP --target /tmp/site_old .old
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$REPO
+nvidia-smi --query-gpu=name --format=csv,noheader
+W=/tmp/learn R=/tmp/res
+mkdir -p $R
+cd /tmp
+python3 -c "from pathlib import Path; from bench.train_step import make_corpus; \
+print(make_corpus(Path('$W/data'), 'small'))" 2>&1 | tail -1
+train() {  # name gpu backend steps extra-set...
+  local name=$1 gpu=$2 backend=$3 steps=$4; shift 4
+  mkdir -p $W/$name $R/$name
+  ln -sfn $W/data $W/$name/data
+  CUDA_VISIBLE_DEVICES=$gpu timeout ${TRAIN_S:-540} python3 -m bench.train_step \
+    --work-dir $W/$name --backends $backend --steps $steps --baseline-steps $steps \
+    --stage2-steps 1 --max-frames 40000 --out $R/$name \
+    --set spec_augment=false warmup_steps=300 "$@" > $R/$name.log 2>&1
+  echo "$name rc=$?"
+  cp $W/$name/$backend/metrics.csv $R/$name/ 2>/dev/null
+}
+train plain_auto 0 auto 1600 'model.budgets=[1.0]' &
+train plain_torch 1 torch 1600 'model.budgets=[1.0]' &
+train five_auto 0 auto 1300 penalty_warmup=2000 &
+train five_torch 1 torch 1300 penalty_warmup=2000 &
+T="python3 -m pytest -q -p no:cacheprovider -rf"
+(CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_old:$REPO timeout 300 $T -m gpu \
+   $REPO/tests/test_learning.py > $R/tests_old.log 2>&1; echo "tests on .old rc=$?") &
+(CUDA_VISIBLE_DEVICES=1 timeout 300 $T -m gpu $REPO/tests/test_learning.py \
+   > $R/tests_new.log 2>&1; echo "new tests rc=$?"
+ CUDA_VISIBLE_DEVICES=1 timeout 240 $T -m gpu $REPO/tests --ignore=$REPO/tests/test_learning.py \
+   > $R/tests_all.log 2>&1; echo "all gpu tests rc=$?") &
+wait
+for f in $R/tests_old.log $R/tests_new.log $R/tests_all.log; do
+  echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "^FAILED|^ERROR" $f | cut -c1-200
+done
+grep -h -E "loss_start|loss_end|\"steps\"|provider" $R/*/train_step.json | paste - - - - | head
+tar -czf $OUT/learning.tar.gz -C $R .
