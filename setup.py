@@ -10,8 +10,10 @@ setup(
     package_dir={"orthoasr": "orthoasr", "orthoasr.kernels": "kernels",
                  "orthoasr.configs": "configs"},
     # torch: the Makefile installs the CPU build (torch==2.13.0) first on CPU machines, so
-    # this range adds nothing there; GPU machines bring their own CUDA build.
-    install_requires=["torch>=2.4", "triton>=3.0", "numpy", "sentencepiece", "pyyaml",
+    # this range adds nothing there; GPU machines bring their own CUDA build. triton: the
+    # versions tested (3.6 on the GPU, 3.9 under the interpreter); kernels/launch.py takes
+    # its direct path on 3.6 only.
+    install_requires=["torch>=2.4", "triton>=3.6,<3.10", "numpy", "sentencepiece", "pyyaml",
                       "matplotlib", "espeakng-loader", "soundfile"],
     extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"]},
     package_data={"orthoasr.configs": ["*.yaml"]},

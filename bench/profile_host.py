@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import time
@@ -97,18 +98,17 @@ def model_step():
 def launch_ab(reps: int = 3) -> None:
     """Median over `reps` alternations of each step's wall time, direct vs Triton's path."""
     import orthoasr.kernels.launch as launch_module
-    direct = launch_module._direct_launcher
     steps = {"paper model B32xT1000 soft fwd+bwd": (model_step(), 8)}
     steps.update({f"{kind} B32xT250 soft fwd+bwd": (module_step(kind), 60)
                   for kind in ("ffn", "conv", "mhsa")})
     times = {(case, mode): [] for case in steps for mode in ("direct", "triton")}
     for _ in range(reps):
         for mode in ("triton", "direct"):
-            launch_module._cache.clear()
-            launch_module._direct_launcher = direct if mode == "direct" else (lambda *a: None)
+            launch_module._cache.clear()     # the switch is read when a kernel is cached
+            os.environ["ORTHOASR_DIRECT_LAUNCH"] = "1" if mode == "direct" else "0"
             for case, (run, calls) in steps.items():
                 times[case, mode].append(wall_us(run, calls) / 1e3)
-    launch_module._direct_launcher = direct
+    os.environ.pop("ORTHOASR_DIRECT_LAUNCH")
     rows = [dict(table="launch_ab", case=case, mode="wall per call",
                  provider="direct launch" if mode == "direct" else "triton launch path",
                  baseline="triton launch path", ms=statistics.median(ms), reps=reps)

@@ -12,8 +12,9 @@ reused where Triton would pick the same one: per tensor its dtype and whether it
 16-byte aligned; per int whether it is 1, divisible by 16, and its integer type; keyword
 arguments (constexprs and options such as num_warps) by value. Runtime arguments must be
 positional; keywords are compile-time values. For CPU tensors (the interpreter), with a
-launch hook installed (a Triton profiler), or where the compiled kernel lacks the launcher
-interface this was written against (Triton 3.6), every launch takes Triton's own path.
+launch hook installed (a Triton profiler), on a Triton version outside
+`DIRECT_TRITON_VERSIONS`, with `ORTHOASR_DIRECT_LAUNCH=0`, or where the compiled kernel lacks
+the launcher interface this was written against, every launch takes Triton's own path.
 """
 
 from __future__ import annotations
@@ -21,11 +22,23 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 _INT32 = range(-2 ** 31, 2 ** 31)
-# ORTHOASR_DIRECT_LAUNCH=0: every launch takes Triton's own path (to rule this module out)
-_direct = os.environ.get("ORTHOASR_DIRECT_LAUNCH", "1") != "0"
+# The direct path calls private pieces of Triton's compiled kernels (the launcher's positional
+# signature, packed metadata, the launch hooks in `triton.knobs`), checked on these versions
+# only; elsewhere every launch takes Triton's own path (setup.py admits a wider range).
+DIRECT_TRITON_VERSIONS = ((3, 6),)
+# ORTHOASR_DIRECT_LAUNCH=0 turns the direct path off (benchmarks compare the two; and to rule
+# this module out when something looks wrong)
 _cache: dict = {}
+
+
+def direct_launch_enabled() -> bool:
+    """Whether launches may skip Triton's per-launch host work (read at each cache miss)."""
+    version = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    return (os.environ.get("ORTHOASR_DIRECT_LAUNCH", "1") != "0"
+            and version in DIRECT_TRITON_VERSIONS)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -58,8 +71,13 @@ def _hook_installed(hook) -> bool:
 def _direct_launcher(kernel, compiled, args: tuple, meta: dict):
     """(launcher, function, packed metadata, trailing argument values, stream getter, enter
     hook, exit hook), or None where the direct launch does not apply."""
-    from triton import knobs
-    enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    if not direct_launch_enabled():
+        return None
+    try:
+        from triton import knobs
+        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    except (ImportError, AttributeError):
+        return None
     if _hook_installed(enter) or _hook_installed(leave):
         return None
     needed = ("run", "function", "packed_metadata")
@@ -83,7 +101,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     """kernel[grid](*args, **meta), with Triton's per-launch host work done once per
     specialisation. args: runtime arguments (tensors, ints, floats, None), positional; meta:
     constexprs and launch options, by keyword."""
-    if not _direct or not args or not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_cuda:
         kernel[grid](*args, **meta)
         return
     device = torch.cuda.current_device()     # where Triton loads and launches the kernel

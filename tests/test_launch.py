@@ -39,6 +39,21 @@ def test_specialisation_key_separates_what_triton_separates():
     assert spec(3) == spec(5) and spec(32) == spec(48)  # same Triton specialisation
 
 
+def test_direct_path_switch_and_supported_versions(monkeypatch):
+    """ORTHOASR_DIRECT_LAUNCH=0 and a Triton outside the checked versions both turn the
+    direct path off; with it off, a cache miss stores no direct launcher."""
+    version = ".".join(map(str, launch_module.DIRECT_TRITON_VERSIONS[0])) + ".0"
+    monkeypatch.setattr(triton, "__version__", version)
+    monkeypatch.delenv("ORTHOASR_DIRECT_LAUNCH", raising=False)
+    assert launch_module.direct_launch_enabled()
+    monkeypatch.setenv("ORTHOASR_DIRECT_LAUNCH", "0")
+    assert not launch_module.direct_launch_enabled()
+    assert launch_module._direct_launcher(None, object(), (), {}) is None
+    monkeypatch.setenv("ORTHOASR_DIRECT_LAUNCH", "1")
+    monkeypatch.setattr(triton, "__version__", "3.99.0")
+    assert not launch_module.direct_launch_enabled()
+
+
 def _scaled(x, n, stride, factor, shift=0, block=32):
     y = torch.full((n,), -1.0, device=x.device)
     launch(_scale_kernel, (cdiv(n, block),), x, y, n, stride, factor, BLOCK=block, SHIFT=shift)
