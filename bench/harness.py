@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from orthoasr.graphs import capture_graph
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -51,32 +53,6 @@ def time_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:
     """Median milliseconds of fn() on the GPU (events around each call)."""
     import triton.testing
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-
-
-def capture_graph(fn):
-    """Warm fn up on a side stream, then capture one call in a CUDA graph.
-
-    Returns (graph, outputs of the captured call); graph.replay() reruns it in place."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
-def call_without_sync(fn):
-    """fn() with torch's sync debug mode set to raise on any host synchronisation."""
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        return fn()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
 
 
 def time_graph_ms(fn, warmup_ms: int = 50, rep_ms: int = 300) -> float:

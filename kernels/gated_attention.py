@@ -1,4 +1,4 @@
-"""Gated multi-head attention core (DESIGN §2, MHSA): flash-style attention over the active
+"""Gated multi-head attention core (docs/design.md §2, MHSA): flash-style attention over the active
 heads with key padding by lengths, the head gate applied in the epilogue.
 
     out[b, h, t] = g_h * softmax(q[b, h, t] k[b, h, :L_b]^T * sm_scale) v[b, h, :L_b]   t < L_b
@@ -24,13 +24,13 @@ heads' entries of their outputs (out, grad qkv) unwritten instead of storing zer
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .common import dot_precision, interpreting
 from .launch import cdiv, launch, next_pow2
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -341,15 +341,10 @@ def _gated_attn_dgate_kernel(part_ptr, gate_ptr, dgate_ptr, num_parts,
 LOG2E = 1.4426950408889634
 
 
-@functools.cache
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _config(kind: str, head_dim: int, seq_len: int) -> dict:
     """Block sizes and launch options (kind: fwd, dkdv, dq). Overrides for benchmarking
     variants: ORTHOASR_ATTN_<KIND>="BLOCK_M,BLOCK_N,warps,stages"."""
-    if _interpreting():
+    if interpreting():
         return dict(BLOCK_M=32, BLOCK_N=16) if kind != "dkdv" else dict(BLOCK_M=16, BLOCK_N=32)
     override = os.environ.get(f"ORTHOASR_ATTN_{kind.upper()}")
     if override:
@@ -375,10 +370,6 @@ def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero_dead=True):
     """Fills `out` (B, H, T, Dh) (any strides) and returns lse (B, H, T) fp32 (log2 units).
     zero_dead=False leaves dead heads' rows of `out` unwritten."""
@@ -391,7 +382,7 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
         H, T, sm_scale * LOG2E,
         HEAD_DIM=Dh, BLOCK_D=max(16, next_pow2(Dh)), ZERO_DEAD=zero_dead,
-        DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+        DOT_PRECISION=dot_precision(q.dtype), **cfg)
     return lse
 
 
@@ -402,7 +393,7 @@ def gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_s
     B, H, T, Dh = q.shape
     block_d = max(16, next_pow2(Dh))
     dev = q.device
-    precision = _dot_precision(q.dtype)
+    precision = dot_precision(q.dtype)
     delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
     cfg = _config("dq", Dh, T)
     delta_grid = (cdiv(T, cfg["BLOCK_M"]), B * H)
@@ -610,10 +601,9 @@ def _check(q, k, v, lengths, head_gates):
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must all be (B, H, T, Dh), got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if q.dtype not in SUPPORTED_DTYPES + (torch.float64,) or k.dtype != q.dtype \
-            or v.dtype != q.dtype:
-        raise TypeError(f"q, k, v must share one dtype of {SUPPORTED_DTYPES} (float64: torch "
-                        f"backend), got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must share one dtype of {SUPPORTED_DTYPES} (float64: "
+                        f"gated_attention_reference), got {q.dtype}, {k.dtype}, {v.dtype}")
     B, H = q.shape[:2]
     if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"lengths must be int32/int64 of shape ({B},), got "
@@ -632,16 +622,11 @@ def _check(q, k, v, lengths, head_gates):
 def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,
                     head_gates: torch.Tensor | None = None, sm_scale: float | None = None
                     ) -> torch.Tensor:
-    """Gated attention with key padding. q, k, v: (B, H, T, Dh); lengths (B,);
-    head_gates (H,) or None (all ones) -> (B, H, T, Dh). Triton or PyTorch by
-    orthoasr.backend.use_triton (float64 always runs the reference)."""
-    from orthoasr.backend import use_triton
-
+    """Triton gated attention with key padding (the reference: `gated_attention_reference`).
+    q, k, v: (B, H, T, Dh) in fp32, bf16 or fp16 on CUDA (or the CPU under the interpreter);
+    lengths (B,); head_gates (H,) or None (all ones) -> (B, H, T, Dh)."""
     _check(q, k, v, lengths, head_gates)
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else float(sm_scale)
-    tensors = (q, k, v, lengths) + (() if head_gates is None else (head_gates,))
-    if q.dtype == torch.float64 or not use_triton(*tensors):
-        return gated_attention_reference(q, k, v, lengths, head_gates, sm_scale)
     if head_gates is None:
         head_gates = torch.ones(q.shape[1], dtype=torch.float32, device=q.device)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

@@ -1,4 +1,4 @@
-"""Gated convolution module (DESIGN §2, §6):
+"""Gated convolution module (docs/design.md §2, §6):
 y = g · PW2(SiLU(LN2(DWConv(mask(GLU(PW1(LN1(x))))))))
 
 Layers: the PyTorch reference `gated_conv_reference`; the Triton path, registered as the
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .common import interpreting
 from .gated_ffn import valid_mask
-from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, interpreting, rows_gemm, wgrad
+from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
 

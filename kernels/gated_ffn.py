@@ -1,4 +1,4 @@
-"""Gated feed-forward module (DESIGN §2, §6): y = W2 · (g_chunk ⊙ SiLU(W1·LN(x) + b1)) + b2.
+"""Gated feed-forward module (docs/design.md §2, §6): y = W2 · (g_chunk ⊙ SiLU(W1·LN(x) + b1)) + b2.
 
 Layers: the PyTorch reference `gated_ffn_reference`; the Triton path of five launches forward
 (LayerNorm, GEMM1 with bias + SiLU + gate epilogue, GEMM2 whose K-loop skips dead chunks with

@@ -19,12 +19,12 @@ SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .common import dot_precision, interpreting
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -35,15 +35,6 @@ EPI_GLU = 3        # accumulators a (cols n), b (cols n + N): u -> aux, out = a 
 EPI_GATE_BWD = 4   # colsum(acc * aux) -> sum1 (gate gradient), out = acc * g0
 
 BIAS_PLAIN, BIAS_ANY_GATE, BIAS_GATE0 = 0, 1, 2
-
-
-@functools.cache
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 # ----------------------------------------------------------------------------- helpers

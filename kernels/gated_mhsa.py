@@ -1,4 +1,4 @@
-"""Gated MHSA around the attention core (DESIGN §2): in-projection, gated attention over the
+"""Gated MHSA around the attention core (docs/design.md §2): in-projection, gated attention over the
 active heads, out-projection, on pre-normalised input y = LN(x).
 
     qkv = y W_in^T + b_in            W_in (3d, d) head-major, view (H, 3, Dh, d): the rows
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .common import dot_precision, interpreting
 from .gated_attention import (
-    _interpreting,
     gated_attention_packed,
     gated_attention_packed_bwd_impl,
     gated_attention_packed_fwd_impl,
@@ -327,13 +327,9 @@ def _out_proj_dw_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
-def _precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def _blocks(head_dim: int) -> dict:
     block_d = max(16, next_pow2(head_dim))
-    if _interpreting():
+    if interpreting():
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, BLOCK_D=block_d, wide=32, opts={},
                     dw_opts={})
     return _blocks_gpu(head_dim)
@@ -347,7 +343,7 @@ def _blocks_gpu(head_dim: int) -> dict:
 
 def _split(M: int, block_m: int) -> tuple[int, int]:
     """(splits, rows per split) for the weight-gradient reductions over M rows."""
-    target = 64 if _interpreting() else 1024
+    target = 64 if interpreting() else 1024
     splits = max(1, min(32, M // target))
     rows = cdiv(cdiv(M, splits), block_m) * block_m
     return cdiv(M, rows), rows
@@ -362,7 +358,7 @@ def in_proj_fwd_triton(y, w, b, head_gates):
     qkv = torch.empty(M, 3 * D, dtype=w.dtype, device=y.device)
     launch(_in_proj_fwd_kernel, (cdiv(M, blk["BLOCK_M"]), H),
         y, w, b, head_gates, qkv, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
-        BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=_precision(w.dtype),
+        BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=dot_precision(w.dtype),
         **blk["opts"])
     return qkv
 
@@ -373,7 +369,7 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates):
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    precision = _precision(w.dtype)
+    precision = dot_precision(w.dtype)
     dy = torch.empty_like(y)
     launch(_in_proj_dy_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         dqkv, w, head_gates, dy, M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
@@ -399,7 +395,7 @@ def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
         a, w, b, head_gates, head_gates if bias_scale is None else bias_scale, out, M, D, H,
         HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"],
         BIAS_MODE=bias_mode, BLOCK_H=next_pow2(H),
-        DOT_PRECISION=_precision(w.dtype), **blk["opts"])
+        DOT_PRECISION=dot_precision(w.dtype), **blk["opts"])
     return out
 
 
@@ -409,7 +405,7 @@ def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode):
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    precision = _precision(w.dtype)
+    precision = dot_precision(w.dtype)
     da = torch.empty_like(a)
     launch(_out_proj_da_kernel, (cdiv(M, blk["BLOCK_M"]), H),
         dout, w, head_gates, da, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
@@ -561,27 +557,12 @@ class _GatedMHSA(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------- entry point
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The matmul dtype: the autocast dtype on CUDA when autocast is on, else x's dtype."""
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
-    return x.dtype
-
-
-def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int,
-               granularity: str = "component", all_on: torch.Tensor | None = None):
-    """y = LN(x): (B, T, d) -> (B, T, d); gates None, (H,) or (1,) (module granularity).
-
-    Triton (projections and attention skip dead heads) or the PyTorch reference, by
-    orthoasr.backend.use_triton; float64 runs the reference. `all_on`: a cached (H,) ones
-    tensor for gates=None (saves a launch)."""
-    from orthoasr.backend import use_triton
-
-    tensors = (y, lengths) if gates is None else (y, lengths, gates)
-    if y.dtype == torch.float64 or not use_triton(*tensors):
-        return gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads,
-                                    granularity)
-    compute = compute_dtype(y)
+def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granularity: str,
+               compute: torch.dtype, all_on: torch.Tensor | None = None):
+    """Triton gated MHSA (the reference: `gated_mhsa_reference`): y = LN(x) (B, T, d) ->
+    (B, T, d) in `compute` (the matmul dtype: bf16 under autocast); gates None, (H,) or
+    (1,) (module granularity); the projections and the attention skip dead heads.
+    `all_on`: a cached (H,) ones tensor for gates=None (saves a launch)."""
     bias_scale = None
     if gates is None:
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .gated_matmul import _num_sms, _valid_rows, interpreting
+from .common import interpreting
+from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
 
 

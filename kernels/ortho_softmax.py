@@ -1,5 +1,5 @@
-"""OrthoSoftmax (DESIGN §3): row softmaxes of a score matrix, expected costs, the prefix k(p)
-that meets each budget, the soft masks and the orthogonality penalties.
+"""OrthoSoftmax (docs/design.md §3): row softmaxes of a score matrix, expected costs, the
+prefix k(p) that meets each budget, the soft masks and the orthogonality penalties.
 
 Layers, as in every op file: the PyTorch reference `ortho_softmax_reference`, the Triton
 kernels `_ortho_softmax_fwd_kernel` / `_ortho_softmax_bwd_kernel`, host launchers, the
@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import interpreting
 from .launch import cdiv, launch, next_pow2
 
 NORMS = ("l2", "l2_sqrt", "l1")
@@ -321,13 +322,8 @@ def _blocks(n: int, m: int) -> dict:
     # tf32x3 keeps fp32 accuracy on the tensor cores; the interpreter computes in fp32 anyway
     return dict(BR=16, BC=min(128, max(16, next_pow2(n))),
                 BN=max(16, next_pow2(n)), BM=max(16, next_pow2(m)),
-                DOT_PRECISION="ieee" if _interpreting() else "tf32x3",
+                DOT_PRECISION="ieee" if interpreting() else "tf32x3",
                 num_warps=8)
-
-
-def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 _workspaces: dict = {}

@@ -8,7 +8,7 @@ from error_ratio import (
     assert_module_autocast_error_ratio,
 )
 
-from bench.harness import call_without_sync, capture_graph
+from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
 

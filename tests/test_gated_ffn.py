@@ -8,7 +8,7 @@ from error_ratio import (
     assert_module_autocast_error_ratio,
 )
 
-from bench.harness import call_without_sync, capture_graph
+from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_fwd, gated_ffn_reference
 from orthoasr.nn import GatedFeedForward
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.harness import call_without_sync, capture_graph
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
+from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels.gated_attention import gated_attention_reference
 from orthoasr.nn import GatedMHSA
 from orthoasr.units import module_cost

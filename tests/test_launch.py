@@ -84,7 +84,7 @@ def test_direct_launch_equals_triton_over_specialisations():
 
 @pytest.mark.gpu
 def test_direct_launch_is_captured_in_a_cuda_graph():
-    from bench.harness import capture_graph
+    from orthoasr.graphs import capture_graph
     x = torch.randn(100, device="cuda")
     y = torch.empty(100, device="cuda")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import orthoasr
-from bench.harness import call_without_sync, capture_graph
+from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 NORMS = ["l2", "l2_sqrt", "l1"]

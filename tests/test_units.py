@@ -1,4 +1,4 @@
-"""Config validation, unit enumeration and the exact cost model (DESIGN §2, §4)."""
+"""Config validation, unit enumeration and the exact cost model (docs/design.md §2, §4)."""
 
 import pytest
 import torch

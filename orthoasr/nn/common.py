@@ -1,8 +1,10 @@
-"""Input checks and dtype rules shared by the gated modules."""
+"""Input checks, dtype rules and the backend choice shared by the gated modules."""
 
 from __future__ import annotations
 
 import torch
+
+from ..backend import use_triton
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPES = TRITON_DTYPES + (torch.float64,)
@@ -54,3 +56,10 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(dev)
     return x.dtype
+
+
+def triton_runs(x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None) -> bool:
+    """The one backend choice of the gated modules: the Triton kernels where
+    orthoasr.backend allows them, the PyTorch references otherwise and for float64."""
+    tensors = (x, lengths) if gates is None else (x, lengths, gates)
+    return x.dtype != torch.float64 and use_triton(*tensors)

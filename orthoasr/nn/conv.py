@@ -1,4 +1,4 @@
-"""Gated convolution module (DESIGN §2, §6)."""
+"""Gated convolution module (docs/design.md §2, §6)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from torch import nn
 
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
 
-from ..backend import use_triton
-from .common import check_module_inputs, compute_dtype
+from .common import check_module_inputs, compute_dtype, triton_runs
 
 
 class GatedConvModule(nn.Module):
-    """Conformer convolution module with one gate (DESIGN §2).
+    """Conformer convolution module with one gate (docs/design.md §2).
 
     y = g · PW2(SiLU(LN2(DWConv(mask(GLU(PW1(LN1(x)))))))), zero at padded frames.
 
@@ -50,7 +49,7 @@ class GatedConvModule(nn.Module):
         check_module_inputs(x, lengths, gates, self.d_model, 1, params)
         dtype = compute_dtype(x)
         x = x.to(dtype)
-        if dtype != torch.float64 and use_triton(x, lengths):
+        if triton_runs(x, lengths, gates):
             # the kernels read the weights in their own dtype and cast in registers
             y = gated_conv(x, lengths, *params, gates)
         else:

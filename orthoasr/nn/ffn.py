@@ -1,4 +1,4 @@
-"""Gated feed-forward module (DESIGN §2, §6)."""
+"""Gated feed-forward module (docs/design.md §2, §6)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from torch import nn
 
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_reference
 
-from ..backend import use_triton
-from .common import check_module_inputs, compute_dtype
+from .common import check_module_inputs, compute_dtype, triton_runs
 
 
 class GatedFeedForward(nn.Module):
-    """Pre-LN feed-forward with gated hidden-channel chunks (DESIGN §2).
+    """Pre-LN feed-forward with gated hidden-channel chunks (docs/design.md §2).
 
     y = W2 · (g_chunk ⊙ SiLU(W1·LN(x) + b1)) + b2, zero at padded frames.
 
@@ -59,7 +58,7 @@ class GatedFeedForward(nn.Module):
         dtype = compute_dtype(x)
         x = x.to(dtype)
         module_gate = self.granularity == "module"
-        if dtype != torch.float64 and use_triton(x, lengths):
+        if triton_runs(x, lengths, gates):
             # the kernels read the weights in their own dtype and cast in registers
             y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate)
         else:

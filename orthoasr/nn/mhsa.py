@@ -1,4 +1,4 @@
-"""Gated multi-head self-attention (DESIGN §2, §6): the MHSA module of a Conformer block."""
+"""Gated multi-head self-attention (docs/design.md §2, §6): the MHSA module of a Conformer block."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
+
 from ..config import GRANULARITIES
-from .common import check_module_inputs
+from .common import check_module_inputs, compute_dtype, triton_runs
 
 
 class GatedMHSA(nn.Module):
@@ -70,10 +72,15 @@ class GatedMHSA(nn.Module):
         lengths are always checked."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate)
-        from orthoasr.kernels.gated_mhsa import gated_mhsa
-        out = gated_mhsa(self.norm(x), lengths, gates, self.in_proj_weight, self.in_proj_bias,
-                         self.out_proj_weight, self.out_proj_bias, self.num_heads,
-                         self.granularity, all_on=self._all_on)
+        y = self.norm(x)
+        weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
+                   self.out_proj_bias)
+        if triton_runs(y, lengths, gates):
+            out = gated_mhsa(y, lengths, gates, *weights, self.num_heads, self.granularity,
+                             compute_dtype(y), all_on=self._all_on)
+        else:
+            out = gated_mhsa_reference(y, lengths, gates, *weights, self.num_heads,
+                                       self.granularity)
         if self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
         return out

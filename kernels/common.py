@@ -1,0 +1,21 @@
+"""Helpers every kernel file shares: whether Triton runs under its CPU interpreter, and the
+`tl.dot` input precision for a dtype."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+
+@functools.cache
+def interpreting() -> bool:
+    """TRITON_INTERPRET=1: kernels run on CPU tensors through Triton's interpreter (it must be
+    set before triton is imported, so it cannot change during a process)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands: exact products ("ieee"); 16-bit operands ignore the setting."""
+    return "ieee" if dtype == torch.float32 else "tf32"
