@@ -1,5 +1,5 @@
-"""Helpers every kernel file shares: whether Triton runs under its CPU interpreter, and the
-`tl.dot` input precision for a dtype."""
+"""Helpers the kernel files share: whether Triton runs under its CPU interpreter, the
+`tl.dot` input precision for a dtype, and the valid-frame mask of padded batches."""
 
 from __future__ import annotations
 
@@ -19,3 +19,8 @@ def interpreting() -> bool:
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands: exact products ("ieee"); 16-bit operands ignore the setting."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, T] bool, True where t < lengths[b]."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]

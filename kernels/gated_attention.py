@@ -354,7 +354,7 @@ def _config(kind: str, head_dim: int, seq_len: int) -> dict:
 
 
 def _config_table(kind: str, seq_len: int) -> dict:
-    """GPU block sizes, chosen from H100 measurements (bench/NOTES_attention.md)."""
+    """GPU block sizes, chosen from H100 measurements (bench/NOTES.md, 2026-11-25)."""
     if kind == "fwd":
         if seq_len <= 512:
             return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)

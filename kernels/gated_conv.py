@@ -22,8 +22,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import interpreting
-from .gated_ffn import valid_mask
+from .common import interpreting, valid_mask
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_fwd

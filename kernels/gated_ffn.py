@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .common import valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -27,11 +28,6 @@ from .gated_matmul import (
     wgrad,
 )
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
-
-
-def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """[B, T] bool, True where t < lengths[b]."""
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,

@@ -13,7 +13,8 @@ Two kernels serve every GEMM of the FFN and conv modules:
 A gate g_c "is dead" when SKIP_DEAD is set and g_c == 0, read on the device. Callers set
 SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so d/dg is exact.
 
-`rows_gemm_reference` / `wgrad_reference` give the plain-PyTorch meaning of each launcher.
+`rows_gemm_reference` (the plain store epilogue) and `wgrad_reference` give the plain-PyTorch
+meaning of the two launchers; tests/test_gated_matmul.py checks every epilogue.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_precision, interpreting
+from .common import dot_precision, interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -257,7 +258,7 @@ def _wgrad_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 def _rows_blocks(dtype: torch.dtype, chunk_axis: int, two_acc: bool) -> dict:
-    """Tiles per GEMM kind. 16-bit choices from the H100 sweep in bench/NOTES_ffn_conv.md
+    """Tiles per GEMM kind. 16-bit choices from the H100 sweep in bench/NOTES.md
     (FFN, B32xT250): N-chunked GEMM1 128x64x64/4 warps/4 stages 47.1 us (128x128x64/8/3:
     52.9 us), K-chunked GEMM2 64x128x64/4/4 40.5 us (128x128x64/8/3: 86.0 us). fp32 keeps
     the smaller-stage configuration (shared memory)."""
@@ -348,8 +349,23 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
 
 # ----------------------------------------------------------------------------- references
 
+def valid_rows(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """[B*T] bool: flattened frame rows b*T + t with t < lengths[b]."""
+    return valid_mask(lengths, T).flatten()
+
+
+def rows_gemm_reference(a, b, lengths, T, bias=None, live_k=None):
+    """a[M, K] @ b[K, N] (+ bias), over the K rows where `live_k` [K] is True; 0 at padded rows.
+    What `rows_gemm(..., epi=EPI_STORE, final=True)` computes, in fp32."""
+    b = b.float() if live_k is None else torch.where(live_k[:, None], b.float(), 0.0)
+    out = a.float() @ b
+    if bias is not None:
+        out = out + bias.float()
+    return torch.where(valid_rows(lengths, T)[:, None], out, 0.0)
+
+
 def wgrad_reference(a, b, lengths, T):
     """sum over valid frames of a^T b, in fp32."""
-    rows = (torch.arange(a.shape[0], device=a.device) % T) < lengths.repeat_interleave(T)
+    rows = valid_rows(lengths, T)
     a = torch.where(rows[:, None], a.float(), 0.0)
     return a.T @ torch.where(rows[:, None], b.float(), 0.0)

@@ -1,0 +1,106 @@
+"""kernels/gated_matmul.py: the row GEMM's epilogues and the weight-gradient GEMM against
+plain PyTorch, with padded frames, chunk gates and dead chunks (interpreter on the CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orthoasr.kernels import gated_matmul as gm
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+B, T, K, N, CHUNKS = 3, 11, 40, 48, 4           # chunks of 12 (N) or 10 (K): awkward tiles
+
+
+def _case(seed=0):
+    torch.manual_seed(seed)
+    lengths = torch.tensor([11, 4, 1], device=DEV)
+    a = torch.randn(B * T, K, device=DEV)
+    b = torch.randn(K, N, device=DEV)
+    gates = torch.tensor([0.5, 0.0, 1.5, 1.0], device=DEV)
+    return lengths, a, b, gates
+
+
+def _poisoned(*shape):
+    return torch.full(shape, float("nan"), device=DEV)
+
+
+@pytest.mark.parametrize("skip_dead", [False, True])
+def test_store_epilogue_with_k_chunks_and_bias_while_any_gate_is_on(skip_dead):
+    lengths, a, b, gates = _case()
+    bias = torch.randn(N, device=DEV)
+    out = gm.rows_gemm(a, b, _poisoned(B * T, N), lengths=lengths, T=T, bias=bias,
+                       gates=gates, chunk=K // CHUNKS, num_chunks=CHUNKS, chunk_axis=2,
+                       skip_dead=skip_dead, bias_mode=gm.BIAS_ANY_GATE, final=True)
+    live_k = None
+    if skip_dead:      # the K loop leaves out the dead chunk's rows of b
+        live_k = (gates != 0).repeat_interleave(K // CHUNKS)
+    expected = gm.rows_gemm_reference(a, b, lengths, T, bias, live_k)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    off = gm.rows_gemm(a, b, _poisoned(B * T, N), lengths=lengths, T=T, bias=bias,
+                       gates=torch.zeros(CHUNKS, device=DEV), chunk=K // CHUNKS,
+                       num_chunks=CHUNKS, chunk_axis=2, skip_dead=True,
+                       bias_mode=gm.BIAS_ANY_GATE, final=True)
+    assert torch.equal(off, torch.zeros_like(off))        # all off: exactly 0, bias too
+
+
+def test_silu_gate_epilogue_saves_pre_activation():
+    lengths, a, b, gates = _case(1)
+    bias = torch.randn(N, device=DEV)
+    pre, hidden = _poisoned(B * T, N), _poisoned(B * T, N)
+    gm.rows_gemm(a, b, hidden, lengths=lengths, T=T, bias=bias, gates=gates,
+                 chunk=N // CHUNKS, num_chunks=CHUNKS, chunk_axis=1, skip_dead=True,
+                 epi=gm.EPI_SILU_GATE, aux=pre)
+    ref_pre = a @ b + bias
+    ref = F.silu(ref_pre) * gates.repeat_interleave(N // CHUNKS)
+    rows = gm.valid_rows(lengths, T)
+    live = (gates != 0).repeat_interleave(N // CHUNKS)
+    written = rows[:, None] & live[None, :]
+    torch.testing.assert_close(hidden[written], ref[written], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pre[written], ref_pre[written], atol=1e-4, rtol=1e-4)
+    assert hidden[~written].isnan().all()      # padded rows and the dead chunk: not written
+
+
+def test_silu_backward_epilogue_and_gate_column_sums():
+    lengths, dy, w, gates = _case(2)                 # dy [M, K] @ w [K, N] -> d_hidden
+    pre = torch.randn(B * T, N, device=DEV)
+    d_pre, col_sums = _poisoned(B * T, N), torch.zeros(N, device=DEV)
+    gm.rows_gemm(dy, w, d_pre, lengths=lengths, T=T, gates=gates, chunk=N // CHUNKS,
+                 num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, sum1=col_sums)
+    rows = gm.valid_rows(lengths, T)
+    d_hidden = torch.where(rows[:, None], dy @ w, 0.0)
+    sig = torch.sigmoid(pre)
+    g = gates.repeat_interleave(N // CHUNKS)
+    expected = d_hidden * g * sig * (1 + pre * (1 - sig))
+    torch.testing.assert_close(d_pre[rows], expected[rows], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(col_sums, (d_hidden * F.silu(pre)).sum(0), atol=1e-3, rtol=1e-4)
+
+
+def test_glu_epilogue():
+    lengths, a, _, _ = _case(3)
+    b = torch.randn(K, 2 * N, device=DEV)
+    bias = torch.randn(2 * N, device=DEV)
+    out, u = _poisoned(B * T, N), _poisoned(B * T, 2 * N)
+    gm.rows_gemm(a, b, out, lengths=lengths, T=T, bias=bias, epi=gm.EPI_GLU, aux=u)
+    rows = gm.valid_rows(lengths, T)
+    ref_u = a @ b + bias
+    torch.testing.assert_close(u[rows], ref_u[rows], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[rows], F.glu(ref_u, dim=-1)[rows], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_axis", [1, 2])
+def test_weight_gradient_over_valid_frames_with_dead_chunks(chunk_axis):
+    lengths, a, _, gates = _case(4)
+    b = torch.randn(B * T, N, device=DEV)
+    P = a.shape[1]
+    chunk = (P if chunk_axis == 1 else N) // CHUNKS
+    col_sum = torch.zeros(P, device=DEV)
+    out = gm.wgrad(a, b, lengths=lengths, T=T, gates=gates, chunk=chunk, num_chunks=CHUNKS,
+                   chunk_axis=chunk_axis, skip_dead=True, col_sum=col_sum)
+    live = (gates != 0).repeat_interleave(chunk)
+    expected = gm.wgrad_reference(a, b, lengths, T)
+    expected = expected * (live[:, None] if chunk_axis == 1 else live[None, :])
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    sums = torch.where(gm.valid_rows(lengths, T)[:, None], a, 0.0).sum(0)
+    if chunk_axis == 1:
+        sums = sums * live
+    torch.testing.assert_close(col_sum, sums, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,51 @@
+"""kernels/layer_norm.py: LayerNorm over valid frames, forward and backward, against
+F.layer_norm (interpreter on the CPU), with padding and a dead module."""
+
+import torch
+
+from orthoasr.kernels.gated_matmul import valid_rows
+from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd, layer_norm_reference
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+B, T, D = 3, 9, 40                       # D not a power of two: a masked tail of channels
+
+
+def _case():
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 2, 1], device=DEV)
+    x = 2.0 + torch.randn(B * T, D, device=DEV)
+    weight = 1 + 0.2 * torch.randn(D, device=DEV)
+    bias = 0.2 * torch.randn(D, device=DEV)
+    return lengths, x, weight, bias
+
+
+def test_forward_and_backward_match_reference_on_valid_frames():
+    lengths, x, weight, bias = _case()
+    y, mean, rstd = layer_norm_fwd(x, weight, bias, lengths, T)
+    rows = valid_rows(lengths, T)
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, weight, bias))
+    ref = layer_norm_reference(xr, wr, br)
+    torch.testing.assert_close(y[rows], ref[rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mean[rows], x[rows].mean(1), atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(x)
+    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, lengths, T)
+    ref_grads = torch.autograd.grad(ref, [xr, wr, br], torch.where(rows[:, None], dy, 0.0))
+    torch.testing.assert_close(dx, ref_grads[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(dx[~rows], torch.zeros_like(dx[~rows]))       # padded frames: 0
+    torch.testing.assert_close(dw, ref_grads[1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(db, ref_grads[2], atol=1e-4, rtol=1e-5)
+
+
+def test_dead_module_does_nothing_forward_and_writes_zeros_backward():
+    lengths, x, weight, bias = _case()
+    off = torch.zeros(4, device=DEV)
+    y, mean, rstd = layer_norm_fwd(x, weight, bias, lengths, T, off, skip_dead=True)
+    dx, dw, db = layer_norm_bwd(torch.randn_like(x), x, weight, mean, rstd, lengths, T, off,
+                                skip_dead=True)
+    assert torch.equal(dx, torch.zeros_like(dx))
+    assert torch.equal(dw, torch.zeros_like(dw)) and torch.equal(db, torch.zeros_like(db))
+    live = torch.tensor([0.0, 0.3, 0.0, 0.0], device=DEV)       # one unit on: computed
+    y, _, _ = layer_norm_fwd(x, weight, bias, lengths, T, live, skip_dead=True)
+    rows = valid_rows(lengths, T)
+    torch.testing.assert_close(y[rows], layer_norm_reference(x, weight, bias)[rows],
+                               atol=1e-5, rtol=1e-5)
