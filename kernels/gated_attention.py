@@ -14,22 +14,24 @@ dg_h = sum(out_h / g_h * grad_out_h), reduced inside the backward's first pass.
 
 Layers, as in every op file: `gated_attention_reference` (PyTorch), the Triton kernels
 `_gated_attn_fwd_kernel`, `_gated_attn_bwd_delta_kernel`, `_gated_attn_bwd_dkdv_kernel`,
-`_gated_attn_bwd_dq_kernel`, `_gated_attn_dgate_kernel`, host launchers, and the torch.library ops
-`orthoasr::gated_attention_fwd` / `_bwd` (separate q, k, v) and
-`orthoasr::gated_attention_packed_fwd` / `_bwd` (one packed qkv (B, T, H, 3, Dh) tensor, the
-layout the MHSA in-projection writes, so the backward returns one packed gradient). The
-packed ops serve the MHSA module, which never reads a dead head's columns: they leave dead
-heads' entries of their outputs (out, grad qkv) unwritten instead of storing zeros.
+`_gated_attn_bwd_dq_kernel`, `_gated_attn_dgate_kernel`, host launchers, and one op pair
+`orthoasr::gated_attention_packed_fwd` / `_bwd` on a packed qkv (B, T, H, 3, Dh): the layout
+the MHSA in-projection writes, so the backward returns one packed gradient. With
+zero_dead=False (the MHSA, which never reads a dead head's columns) dead heads' entries of
+out and grad qkv are left unwritten. `gated_attention(q, k, v, ...)` packs separate q, k, v
+(a copy) for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .autograd import eager_function, grads_in_order
 from .common import dot_precision, interpreting
 from .launch import cdiv, launch, next_pow2
 
@@ -428,169 +430,86 @@ def _unpack(qkv: torch.Tensor):
 
 # ----------------------------------------------------------------------------- torch.library
 
-@torch.library.custom_op("orthoasr::gated_attention_fwd", mutates_args=())
-def gated_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        lengths: torch.Tensor, head_gates: torch.Tensor, sm_scale: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out)
-    return out, lse
-
-
-@gated_attention_fwd.register_fake
-def _(q, k, v, lengths, head_gates, sm_scale):
-    B, H, T, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty(B, H, T, dtype=torch.float32)
-
-
-@torch.library.custom_op("orthoasr::gated_attention_bwd", mutates_args=())
-def gated_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        grad_out: torch.Tensor, lse: torch.Tensor, lengths: torch.Tensor,
-                        head_gates: torch.Tensor, sm_scale: float
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    dgates = gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_scale,
-                                        dq, dk, dv)
-    return dq, dk, dv, dgates
-
-
-@gated_attention_bwd.register_fake
-def _(q, k, v, grad_out, lse, lengths, head_gates, sm_scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), \
-        torch.empty_like(head_gates)
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, lengths, head_gates, sm_scale = inputs
-    _out, lse = output
-    ctx.save_for_backward(q, k, v, lse, lengths, head_gates)
-    ctx.sm_scale = sm_scale
-
-
-def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, lse, lengths, head_gates = ctx.saved_tensors
-    dq, dk, dv, dgates = gated_attention_bwd(q, k, v, grad_out.contiguous(), lse,
-                                             lengths, head_gates, ctx.sm_scale)
-    return dq, dk, dv, None, dgates, None
-
-
-gated_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("orthoasr::gated_attention_packed_fwd", mutates_args=())
-def gated_attention_packed_fwd(qkv: torch.Tensor, lengths: torch.Tensor,
-                               head_gates: torch.Tensor, sm_scale: float
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    return gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale)
-
-
-def gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale):
+def attention_packed_fwd(qkv, lengths, head_gates, sm_scale, zero_dead):
+    """qkv (B, T, H, 3, Dh) -> (out (B, T, H, Dh), lse (B, H, T) fp32). zero_dead=False
+    leaves dead heads' entries of out unwritten (the MHSA never reads them)."""
     B, T, H, _, Dh = qkv.shape
     out = torch.empty(B, T, H, Dh, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
     lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale,
-                                     out.permute(0, 2, 1, 3), zero_dead=False)
+                                     out.permute(0, 2, 1, 3), zero_dead)
     return out, lse
 
 
+def attention_packed_bwd(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead):
+    """-> (grad qkv (B, T, H, 3, Dh), grad head_gates (H,))."""
+    grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    q, k, v = _unpack(qkv)
+    dq, dk, dv = _unpack(grad_qkv)
+    dgates = gated_attention_bwd_triton(q, k, v, grad_out.permute(0, 2, 1, 3), lse, lengths,
+                                        head_gates, sm_scale, dq, dk, dv, zero_dead)
+    return grad_qkv, dgates
+
+
+@torch.library.custom_op("orthoasr::gated_attention_packed_fwd", mutates_args=())
+def gated_attention_packed_fwd(qkv: torch.Tensor, lengths: torch.Tensor,
+                               head_gates: torch.Tensor, sm_scale: float, zero_dead: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_packed_fwd(qkv, lengths, head_gates, sm_scale, zero_dead)
+
+
 @gated_attention_packed_fwd.register_fake
-def _(qkv, lengths, head_gates, sm_scale):
+def _(qkv, lengths, head_gates, sm_scale, zero_dead):
     B, T, H, _, Dh = qkv.shape
     return qkv.new_empty(B, T, H, Dh), qkv.new_empty(B, H, T, dtype=torch.float32)
 
 
 @torch.library.custom_op("orthoasr::gated_attention_packed_bwd", mutates_args=())
-def gated_attention_packed_bwd(qkv: torch.Tensor, grad_out: torch.Tensor,
-                               lse: torch.Tensor, lengths: torch.Tensor,
-                               head_gates: torch.Tensor, sm_scale: float
+def gated_attention_packed_bwd(grad_out: torch.Tensor, qkv: torch.Tensor, lse: torch.Tensor,
+                               lengths: torch.Tensor, head_gates: torch.Tensor,
+                               sm_scale: float, zero_dead: bool
                                ) -> tuple[torch.Tensor, torch.Tensor]:
-    return gated_attention_packed_bwd_impl(qkv, grad_out, lse, lengths, head_gates,
-                                           sm_scale)
-
-
-def gated_attention_packed_bwd_impl(qkv, grad_out, lse, lengths, head_gates, sm_scale):
-    grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    q, k, v = _unpack(qkv)
-    dq, dk, dv = _unpack(grad_qkv)
-    dgates = gated_attention_bwd_triton(q, k, v, grad_out.permute(0, 2, 1, 3), lse, lengths,
-                                        head_gates, sm_scale, dq, dk, dv, zero_dead=False)
-    return grad_qkv, dgates
+    return attention_packed_bwd(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead)
 
 
 @gated_attention_packed_bwd.register_fake
-def _(qkv, grad_out, lse, lengths, head_gates, sm_scale):
+def _(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead):
     return qkv.new_empty(qkv.shape), torch.empty_like(head_gates)
 
 
-def _packed_setup_context(ctx, inputs, output):
-    qkv, lengths, head_gates, sm_scale = inputs
+class _Saved(NamedTuple):
+    qkv: torch.Tensor
+    lse: torch.Tensor
+    lengths: torch.Tensor
+    head_gates: torch.Tensor
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, lengths, head_gates, sm_scale, zero_dead = inputs
     _out, lse = output
-    ctx.save_for_backward(qkv, lse, lengths, head_gates)
-    ctx.sm_scale = sm_scale
+    ctx.save_for_backward(*_Saved(qkv, lse, lengths, head_gates))
+    ctx.sm_scale, ctx.zero_dead = sm_scale, zero_dead
 
 
-def _packed_backward(ctx, grad_out, _grad_lse):
-    qkv, lse, lengths, head_gates = ctx.saved_tensors
-    grad_qkv, dgates = gated_attention_packed_bwd(qkv, grad_out.contiguous(), lse,
-                                                  lengths, head_gates, ctx.sm_scale)
-    return grad_qkv, None, dgates, None
+def _backward(ctx, grad_out, _grad_lse, bwd=gated_attention_packed_bwd):
+    saved = _Saved(*ctx.saved_tensors)
+    grad_qkv, dgates = bwd(grad_out.contiguous(), **saved._asdict(), sm_scale=ctx.sm_scale,
+                           zero_dead=ctx.zero_dead)
+    return grads_in_order(attention_packed_fwd, qkv=grad_qkv, head_gates=dgates)
 
 
-gated_attention_packed_fwd.register_autograd(_packed_backward,
-                                             setup_context=_packed_setup_context)
-
-
-# ----------------------------------------------------------------------------- eager path
-
-class _GatedAttention(torch.autograd.Function):
-    """The same launchers as the torch.library ops, called from one autograd.Function: what
-    eager mode runs (a custom op adds a second dispatch round-trip per call, which is
-    measurable at these sizes); torch.compile sees the registered ops instead."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, lengths, head_gates, sm_scale):
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out)
-        ctx.save_for_backward(q, k, v, lse, lengths, head_gates)
-        ctx.sm_scale = sm_scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, lse, lengths, head_gates = ctx.saved_tensors
-        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        dgates = gated_attention_bwd_triton(q, k, v, grad_out.contiguous(), lse, lengths,
-                                            head_gates, ctx.sm_scale, dq, dk, dv)
-        return dq, dk, dv, None, dgates, None
-
-
-class _GatedAttentionPacked(torch.autograd.Function):
-    """Eager path of gated_attention_packed_fwd (see _GatedAttention)."""
-
-    @staticmethod
-    def forward(ctx, qkv, lengths, head_gates, sm_scale):
-        out, lse = gated_attention_packed_fwd_impl(qkv, lengths, head_gates, sm_scale)
-        ctx.save_for_backward(qkv, lse, lengths, head_gates)
-        ctx.sm_scale = sm_scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        qkv, lse, lengths, head_gates = ctx.saved_tensors
-        grad_qkv, dgates = gated_attention_packed_bwd_impl(qkv, grad_out.contiguous(), lse,
-                                                           lengths, head_gates, ctx.sm_scale)
-        return grad_qkv, None, dgates, None
+gated_attention_packed_fwd.register_autograd(_backward, setup_context=_setup_context)
+_GatedAttentionPacked = eager_function(attention_packed_fwd, _setup_context, _backward,
+                                       attention_packed_bwd)
 
 
 def gated_attention_packed(qkv: torch.Tensor, lengths: torch.Tensor, head_gates: torch.Tensor,
-                           sm_scale: float) -> torch.Tensor:
+                           sm_scale: float, zero_dead: bool = False) -> torch.Tensor:
     """Triton gated attention on a packed qkv (B, T, H, 3, Dh) -> (B, T, H, Dh); the custom
-    op under torch.compile, the autograd.Function in eager mode. No input checks."""
-    if torch.compiler.is_compiling():
-        return gated_attention_packed_fwd(qkv, lengths, head_gates, sm_scale)[0]
-    return _GatedAttentionPacked.apply(qkv, lengths, head_gates, sm_scale)
+    op under torch.compile, its eager twin otherwise. No input checks."""
+    op = gated_attention_packed_fwd if torch.compiler.is_compiling() else \
+        _GatedAttentionPacked.apply
+    return op(qkv, lengths, head_gates, sm_scale, zero_dead)[0]
 
 
 # ----------------------------------------------------------------------------- public API
@@ -629,8 +548,7 @@ def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: 
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else float(sm_scale)
     if head_gates is None:
         head_gates = torch.ones(q.shape[1], dtype=torch.float32, device=q.device)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    head_gates = head_gates.contiguous()
-    if torch.compiler.is_compiling():
-        return gated_attention_fwd(q, k, v, lengths, head_gates, sm_scale)[0]
-    return _GatedAttention.apply(q, k, v, lengths, head_gates, sm_scale)
+    qkv = torch.stack([q, k, v], dim=3).transpose(1, 2)        # (B, T, H, 3, Dh), a copy
+    out = gated_attention_packed(qkv, lengths, head_gates.contiguous(), sm_scale,
+                                 zero_dead=True)
+    return out.transpose(1, 2)

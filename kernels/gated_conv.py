@@ -17,11 +17,14 @@ Shapes: x (B, T, D), PW1 (2D, D), DW (D, K), PW2 (D, D); frames are rows b*T + t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
 from .common import interpreting, valid_mask
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
@@ -198,6 +201,8 @@ def _conv_mid_bwd_conv_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
+LN_EPS = 1e-5      # both LayerNorms, as nn.LayerNorm's default
+
 def _mid_blocks(D: int) -> dict:
     BD = max(16, next_pow2(D))
     if interpreting():
@@ -213,8 +218,9 @@ def _conv_blocks(D: int, K: int) -> dict:
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
-                          pw2_w, pw2_b, gates, skip_dead, save, eps=1e-5):
+                          pw2_w, pw2_b, gates, skip_dead, save):
     B, T, D = x.shape
+    eps = LN_EPS
     M, K = B * T, dw_w.shape[1]
     x2 = x.reshape(M, D)
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
@@ -240,8 +246,9 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
 
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
-                          gates, z, mean, rstd, u, v, pre, r, skip_dead, gate_grad, eps=1e-5):
+                          gates, z, mean, rstd, u, v, pre, r, skip_dead, gate_grad):
     B, T, D = x.shape
+    eps = LN_EPS
     M, K = B * T, dw_w.shape[1]
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
@@ -344,49 +351,52 @@ def _(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates, z, 
             torch.empty_like(gates) if gate_grad else x.new_empty(0)]
 
 
+class _Saved(NamedTuple):
+    """What the backward reads, by name (saved with ctx.save_for_backward)."""
+    x: torch.Tensor
+    lengths: torch.Tensor
+    ln1_w: torch.Tensor
+    pw1_w: torch.Tensor
+    dw_w: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    pw2_w: torch.Tensor
+    pw2_b: torch.Tensor
+    gates: torch.Tensor | None
+    z: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    pre: torch.Tensor
+    r: torch.Tensor
+
+
 def _setup_context(ctx, inputs, output):
-    (x, lengths, ln1_w, _ln1_b, pw1_w, _pw1_b, dw_w, _dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
-     skip_dead, _save) = inputs
+    args = dict(zip(parameter_names(gated_conv_fwd_triton), inputs))
     _y, z, mean, rstd, u, v, pre, r = output
-    ctx.save_for_backward(x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates,
-                          z, mean, rstd, u, v, pre, r)
-    ctx.skip_dead = skip_dead
+    weights = {name: args[name] for name in _Saved._fields[:10]}
+    ctx.save_for_backward(*_Saved(**weights, z=z, mean=mean, rstd=rstd, u=u, v=v, pre=pre, r=r))
+    ctx.skip_dead = args["skip_dead"]
 
 
-def _backward(ctx, dy, *_unused):
-    saved = ctx.saved_tensors
-    if saved[-1].numel() == 0 and saved[0].numel() != 0:
+def _backward(ctx, dy, *_activations, bwd=gated_conv_bwd):
+    saved = _Saved(*ctx.saved_tensors)
+    if saved.r.numel() == 0 and saved.x.numel() != 0:
         raise RuntimeError("gated_conv_fwd ran with save=False; call gated_conv() so that "
                            "the activations are kept when gradients are needed")
-    gates = saved[9]
-    gate_grad = gates is not None and ctx.needs_input_grad[12]
-    grads = gated_conv_bwd(dy, *saved, ctx.skip_dead, gate_grad)
-    return (grads[0], None, *grads[1:11], grads[11] if gate_grad else None, None, None)
+    gate_grad = saved.gates is not None and needs_grad(ctx, gated_conv_fwd_triton, "gates")
+    dx, d_ln1w, d_ln1b, d_pw1w, d_pw1b, d_dww, d_dwb, d_ln2w, d_ln2b, d_pw2w, d_pw2b, dg = bwd(
+        dy, **saved._asdict(), skip_dead=ctx.skip_dead, gate_grad=gate_grad)
+    return grads_in_order(gated_conv_fwd_triton, x=dx, ln1_w=d_ln1w, ln1_b=d_ln1b,
+                          pw1_w=d_pw1w, pw1_b=d_pw1b, dw_w=d_dww, dw_b=d_dwb, ln2_w=d_ln2w,
+                          ln2_b=d_ln2b, pw2_w=d_pw2w, pw2_b=d_pw2b,
+                          gates=dg if gate_grad else None)
 
 
 gated_conv_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _GatedConv(torch.autograd.Function):
-    """The same launchers as the torch.library ops, called from one autograd.Function: the
-    eager path (the custom-op dispatch costs host time per call); torch.compile uses the ops."""
-
-    @staticmethod
-    def forward(ctx, x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w,
-                pw2_b, gates, skip_dead, save):
-        inputs = (x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w,
-                  pw2_b, gates, skip_dead, save)
-        out = gated_conv_fwd_triton(*inputs)
-        _setup_context(ctx, inputs, out)
-        return out[0]
-
-    @staticmethod
-    def backward(ctx, dy):
-        saved = ctx.saved_tensors
-        gates = saved[9]
-        gate_grad = gates is not None and ctx.needs_input_grad[12]
-        grads = gated_conv_bwd_triton(dy, *saved, ctx.skip_dead, gate_grad)
-        return (grads[0], None, *grads[1:11], grads[11], None, None)
+_GatedConv = eager_function(gated_conv_fwd_triton, _setup_context, _backward,
+                            gated_conv_bwd_triton)
 
 
 def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
@@ -404,6 +414,5 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
     if gates is not None:
         gates = gates.contiguous()
     args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save)
-    if torch.compiler.is_compiling():
-        return gated_conv_fwd(*args)[0]
-    return _GatedConv.apply(*args)
+    op = gated_conv_fwd if torch.compiler.is_compiling() else _GatedConv.apply
+    return op(*args)[0]

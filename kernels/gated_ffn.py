@@ -13,9 +13,12 @@ Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
+from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
 from .common import valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
@@ -171,53 +174,48 @@ def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden,
             torch.empty_like(b2), dg]
 
 
+class _Saved(NamedTuple):
+    """What the backward reads, by name (saved with ctx.save_for_backward)."""
+    x: torch.Tensor
+    lengths: torch.Tensor
+    ln_weight: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    gates: torch.Tensor | None
+    xn: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    pre: torch.Tensor
+    hidden: torch.Tensor
+
+
 def _setup_context(ctx, inputs, output):
-    x, lengths, ln_weight, _ln_bias, w1, _b1, w2, b2, gates, chunks, module_gate, skip_dead, \
-        _save = inputs
+    args = dict(zip(parameter_names(gated_ffn_fwd_triton), inputs, strict=True))
     _y, xn, mean, rstd, pre, hidden = output
-    ctx.save_for_backward(x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden)
-    ctx.chunks, ctx.module_gate, ctx.skip_dead = chunks, module_gate, skip_dead
+    ctx.save_for_backward(*_Saved(args["x"], args["lengths"], args["ln_weight"], args["w1"],
+                                  args["w2"], args["b2"], args["gates"], xn, mean, rstd, pre,
+                                  hidden))
+    ctx.chunks, ctx.module_gate, ctx.skip_dead = (args["chunks"], args["module_gate"],
+                                                  args["skip_dead"])
 
 
-def _backward(ctx, dy, *_unused):
-    x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden = ctx.saved_tensors
-    if pre.numel() == 0 and x.numel() != 0:
+def _backward(ctx, dy, *_activations, bwd=gated_ffn_bwd):
+    saved = _Saved(*ctx.saved_tensors)
+    if saved.pre.numel() == 0 and saved.x.numel() != 0:
         raise RuntimeError("gated_ffn_fwd ran with save=False; call gated_ffn() so that the "
                            "activations are kept when gradients are needed")
-    gate_grad = gates is not None and ctx.needs_input_grad[8]
-    dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = gated_ffn_bwd(
-        dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, ctx.chunks,
-        ctx.module_gate, ctx.skip_dead, gate_grad)
-    return (dx, None, d_lnw, d_lnb, dw1, db1, dw2, db2, dg if gate_grad else None,
-            None, None, None, None)
+    gate_grad = saved.gates is not None and needs_grad(ctx, gated_ffn_fwd_triton, "gates")
+    dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = bwd(
+        dy, **saved._asdict(), chunks=ctx.chunks, module_gate=ctx.module_gate,
+        skip_dead=ctx.skip_dead, gate_grad=gate_grad)
+    return grads_in_order(gated_ffn_fwd_triton, x=dx, ln_weight=d_lnw, ln_bias=d_lnb, w1=dw1,
+                          b1=db1, w2=dw2, b2=db2, gates=dg if gate_grad else None)
 
 
 gated_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _GatedFFN(torch.autograd.Function):
-    """The same launchers as the torch.library ops, called from one autograd.Function: the
-    eager path (the custom-op dispatch costs host time per call); torch.compile uses the ops."""
-
-    @staticmethod
-    def forward(ctx, x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                module_gate, skip_dead, save):
-        out = gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates,
-                                   chunks, module_gate, skip_dead, save)
-        _setup_context(ctx, (x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                             module_gate, skip_dead, save), out)
-        return out[0]
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden = \
-            ctx.saved_tensors
-        gate_grad = gates is not None and ctx.needs_input_grad[8]
-        grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
-                                     rstd, pre, hidden, ctx.chunks, ctx.module_gate,
-                                     ctx.skip_dead, gate_grad)
-        dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = grads
-        return dx, None, d_lnw, d_lnb, dw1, db1, dw2, db2, dg, None, None, None, None
+_GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
+                           gated_ffn_bwd_triton)
 
 
 def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate):
@@ -236,6 +234,5 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     x = x.contiguous()
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
     args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, not gate_grad, save)
-    if torch.compiler.is_compiling():
-        return gated_ffn_fwd(*args)[0]
-    return _GatedFFN.apply(*args)
+    op = gated_ffn_fwd if torch.compiler.is_compiling() else _GatedFFN.apply
+    return op(*args)[0]

@@ -26,6 +26,8 @@ and `gated_mhsa`, which picks the backend.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -33,9 +35,9 @@ import triton.language as tl
 
 from .common import dot_precision, interpreting
 from .gated_attention import (
+    attention_packed_bwd,
+    attention_packed_fwd,
     gated_attention_packed,
-    gated_attention_packed_bwd_impl,
-    gated_attention_packed_fwd_impl,
     gated_attention_reference,
 )
 from .launch import cdiv, launch, next_pow2
@@ -515,9 +517,23 @@ gated_out_proj.register_autograd(_out_proj_backward, setup_context=_out_proj_set
 
 # ----------------------------------------------------------------------------- eager path
 
+class _MHSASaved(NamedTuple):
+    y2: torch.Tensor           # (B*T, d) the normalised input
+    w_in: torch.Tensor         # in the compute dtype
+    qkv: torch.Tensor
+    a: torch.Tensor            # attention output (B, T, H, Dh)
+    lse: torch.Tensor
+    lengths: torch.Tensor
+    head_gates: torch.Tensor
+    w_o: torch.Tensor          # in the compute dtype
+    b_o: torch.Tensor
+    bias_scale: torch.Tensor | None
+
+
 class _GatedMHSA(torch.autograd.Function):
-    """The whole Triton module (in-projection, attention, out-projection) as one autograd
-    Function: what eager mode runs (fewer host round-trips than three custom ops)."""
+    """The eager path: the three ops' launchers (in-projection, attention, out-projection)
+    chained in one autograd.Function, one host round-trip instead of three; torch.compile
+    sees the three ops instead."""
 
     @staticmethod
     def forward(ctx, y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, num_heads,
@@ -527,32 +543,37 @@ class _GatedMHSA(torch.autograd.Function):
         y2 = y.reshape(B * T, D)
         w_in_c, w_o_c = w_in.to(compute), w_o.to(compute)
         qkv = in_proj_fwd_triton(y2, w_in_c, b_in, head_gates)
-        a, lse = gated_attention_packed_fwd_impl(qkv.view(B, T, num_heads, 3, Dh), lengths,
-                                                 head_gates, Dh ** -0.5)
+        a, lse = attention_packed_fwd(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
+                                      Dh ** -0.5, zero_dead=False)
         out = out_proj_fwd_triton(a.view(B * T, D), w_o_c, b_o, head_gates, bias_scale,
                                   bias_mode)
-        ctx.save_for_backward(y2, w_in_c, qkv, a, lse, lengths, head_gates, w_o_c, b_o,
-                              bias_scale)
-        ctx.meta = (B, T, D, num_heads, bias_mode, w_in.dtype, b_in.dtype, w_o.dtype)
+        ctx.save_for_backward(*_MHSASaved(y2, w_in_c, qkv, a, lse, lengths, head_gates, w_o_c,
+                                          b_o, bias_scale))
+        ctx.num_heads, ctx.bias_mode = num_heads, bias_mode
+        ctx.dtypes = w_in.dtype, b_in.dtype, w_o.dtype
         return out.view(B, T, D)
 
     @staticmethod
     def backward(ctx, dout):
-        y2, w_in_c, qkv, a, lse, lengths, head_gates, w_o_c, b_o, bias_scale = ctx.saved_tensors
-        B, T, D, H, bias_mode, w_in_dtype, b_in_dtype, w_o_dtype = ctx.meta
-        Dh = D // H
+        s = _MHSASaved(*ctx.saved_tensors)
+        B, T, H, Dh = s.a.shape
+        D = H * Dh
+        w_in_dtype, b_in_dtype, w_o_dtype = ctx.dtypes
         da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
-                                                     a.view(B * T, D), w_o_c, b_o, head_gates,
-                                                     bias_scale, bias_mode)
-        dqkv, dgates = gated_attention_packed_bwd_impl(
-            qkv.view(B, T, H, 3, Dh), da.view(B, T, H, Dh), lse, lengths, head_gates,
-            Dh ** -0.5)
-        dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), y2, w_in_c, head_gates)
-        if bias_scale is not None:
-            dscale = dscale.reshape(bias_scale.shape).to(bias_scale.dtype)
-        return (dy.view(B, T, D), None, dgates, dscale if bias_scale is not None else None,
-                dw_in.to(w_in_dtype), db_in.to(b_in_dtype), dw_o.to(w_o_dtype),
-                db_o.to(b_o.dtype), None, None, None)
+                                                     s.a.view(B * T, D), s.w_o, s.b_o,
+                                                     s.head_gates, s.bias_scale, ctx.bias_mode)
+        dqkv, dgates = attention_packed_bwd(da.view(B, T, H, Dh), s.qkv.view(B, T, H, 3, Dh),
+                                            s.lse, s.lengths, s.head_gates, Dh ** -0.5,
+                                            zero_dead=False)
+        dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), s.y2, s.w_in,
+                                              s.head_gates)
+        if s.bias_scale is not None:
+            dscale = dscale.reshape(s.bias_scale.shape).to(s.bias_scale.dtype)
+        else:
+            dscale = None
+        return (dy.view(B, T, D), None, dgates, dscale, dw_in.to(w_in_dtype),
+                db_in.to(b_in_dtype), dw_o.to(w_o_dtype), db_o.to(s.b_o.dtype), None, None,
+                None)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -580,7 +601,7 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
     qkv = gated_in_proj(y.reshape(B * T, D).contiguous(), w_in.contiguous(), b_in, head_gates,
                         compute)
     a = gated_attention_packed(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
-                               Dh ** -0.5)
+                               Dh ** -0.5, zero_dead=False)
     out = gated_out_proj(a.view(B * T, D), w_o.contiguous(), b_o, head_gates, bias_scale,
                          bias_mode, compute)
     return out.view(B, T, D)

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .autograd import eager_function
 from .common import interpreting
 from .launch import cdiv, launch, next_pow2
 
@@ -432,18 +433,7 @@ def _backward(ctx, grad_probs, grad_expected, grad_masks, _grad_k, grad_penalty,
 ortho_softmax_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-class OrthoSoftmaxFunction(torch.autograd.Function):
-    """The eager path: the same kernels as the torch.library ops, without the custom-op
-    dispatch, whose Python overhead was most of an eager call (torch.compile uses the ops)."""
-
-    @staticmethod
-    def forward(ctx, scores, costs, budgets, tau, rest, total, norm):
-        out = ortho_softmax_fwd_triton(scores, costs, budgets, tau, rest, total, norm)
-        _setup_context(ctx, (scores, costs, budgets, tau, rest, total, norm), out)
-        ctx.mark_non_differentiable(out[3])
-        ctx.set_materialize_grads(False)
-        return out
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward(ctx, *grads, bwd=ortho_softmax_bwd_triton)
+# the eager path: the same forward, setup_context and backward, without the custom-op
+# dispatch, whose Python overhead was most of an eager call (torch.compile uses the ops)
+OrthoSoftmaxFunction = eager_function(ortho_softmax_fwd_triton, _setup_context, _backward,
+                                      ortho_softmax_bwd_triton, non_differentiable=(3,))

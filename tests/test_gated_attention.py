@@ -23,8 +23,10 @@ def _grads(fn, q, k, v, lengths, gates, grad_out):
 
 
 def _triton(q, k, v, lengths, gates, sm_scale):
-    out, _lse = ga.gated_attention_fwd(q, k, v, lengths, gates, sm_scale)
-    return out
+    """The torch.library op pair (what torch.compile sees) on q, k, v packed."""
+    qkv = torch.stack([q, k, v], dim=3).transpose(1, 2)
+    out, _lse = ga.gated_attention_packed_fwd(qkv, lengths, gates, sm_scale, True)
+    return out.transpose(1, 2)
 
 
 GATES = {
@@ -59,14 +61,14 @@ def test_matches_reference(shape, gate_kind):
 
 
 @pytest.mark.parametrize("path", ["custom_op", "eager_function"])
-def test_packed_matches_unpacked(path):
+def test_packed_matches_reference(path):
     B, T, H, Dh = 2, 37, 3, 16
     qkv = torch.randn(B, T, H, 3, Dh, device=DEV, requires_grad=True)
     lengths = torch.tensor([37, 20], dtype=torch.int64, device=DEV)
     gates = torch.tensor([0.5, 0.0, 1.5], device=DEV, requires_grad=True)
     grad_out = torch.randn(B, T, H, Dh, device=DEV)
     if path == "custom_op":
-        out, _ = ga.gated_attention_packed_fwd(qkv, lengths, gates, 0.25)
+        out, _ = ga.gated_attention_packed_fwd(qkv, lengths, gates, 0.25, False)
     else:
         out = ga.gated_attention_packed(qkv, lengths, gates, 0.25)
     out.backward(grad_out)
@@ -74,7 +76,7 @@ def test_packed_matches_unpacked(path):
     g2 = gates.detach().clone().requires_grad_()
     ref = ga.gated_attention_reference(q, k, v, lengths, g2, 0.25)
     ref.backward(grad_out.permute(0, 2, 1, 3))
-    # the packed ops leave dead heads' entries unwritten (the module never reads them)
+    # zero_dead=False leaves dead heads' entries unwritten (the module never reads them)
     live = [0, 2]
     torch.testing.assert_close(out[:, :, live], ref.permute(0, 2, 1, 3)[:, :, live],
                                atol=2e-4, rtol=2e-4)
@@ -155,7 +157,8 @@ def test_dead_head_gate_gradient_is_zero_in_reference():
 def test_opcheck():
     q, k, v, lengths = _inputs(1, 2, 9, 16, [7])
     gates = torch.tensor([1.0, 0.5], device=DEV)
-    torch.library.opcheck(ga.gated_attention_fwd, (q, k, v, lengths, gates, 0.25),
+    qkv = torch.stack([q, k, v], dim=3).transpose(1, 2).contiguous()
+    torch.library.opcheck(ga.gated_attention_packed_fwd, (qkv, lengths, gates, 0.25, True),
                           test_utils=("test_schema", "test_faketensor"))
 
 
