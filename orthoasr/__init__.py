@@ -3,6 +3,7 @@
 from .backend import get_backend, set_backend
 from .config import SupernetConfig
 from .export import extract_subnet, load_subnet
+from .losses import ctc_loss
 from .model import ConformerSupernet
 from .ortho import (
     OrthoSoftmaxResult,
@@ -21,5 +22,5 @@ __all__ = [
     "SupernetConfig", "Unit", "enumerate_units", "unit_costs", "subnet_cost",
     "ortho_softmax", "OrthoSoftmaxResult", "temperature", "gamma_for", "PenaltyScale",
     "unit_ranking", "freeze_masks", "set_backend", "get_backend",
-    "ConformerSupernet", "extract_subnet", "load_subnet",
+    "ConformerSupernet", "extract_subnet", "load_subnet", "ctc_loss",
 ]

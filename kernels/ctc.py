@@ -1,0 +1,290 @@
+"""CTC loss (docs/design.md §5) with every length read on the device: no host sync, so a
+training step that uses it can be captured in a CUDA graph.
+
+    loss_b = -log sum over the alignments of target b of prod_t p_t(label),  blank = `blank`
+
+Layers: the reference is `torch.nn.functional.ctc_loss`; the Triton kernels
+`_ctc_alpha_kernel` (forward variables, one program per sequence walking its frames) and
+`_ctc_grad_kernel` (backward variables and the gradient, frames in reverse), launchers, the
+torch.library ops `orthoasr::ctc_loss_fwd` / `_bwd` and their eager twin (kernels/autograd.py),
+and `ctc_loss`, the entry point with F.ctc_loss's arguments.
+
+Shapes: log_probs (T, B, V) log-softmax outputs; targets (B, S) padded or (sum of target
+lengths,) concatenated; input_lengths, target_lengths (B,). The extended label sequence of
+sequence b is blank, l_1, blank, l_2, ..., l_U, blank: 2U + 1 states; the forward variables
+alpha (B, T, BLOCK_S) stay on the device for the backward.
+
+Gradient: d loss_b / d log_probs[t, b, v] = -sum over the states s labelled v of
+exp(alpha_t(s) + beta_t(s) - log_probs[t, b, v] - log p_b), the exact gradient with respect to
+log_probs. (PyTorch's own CTC returns that plus exp(log_probs): the same once it flows back
+through the log_softmax that produced log_probs, which is how the tests compare.)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .autograd import eager_function, grads_in_order
+from .launch import launch, next_pow2
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@triton.jit
+def _logsumexp3(a, b, c):
+    m = tl.maximum(tl.maximum(a, b), c)
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.exp(a - safe) + tl.exp(b - safe) + tl.exp(c - safe)
+    total = tl.where(m == float("-inf"), 1.0, total)      # no log(0)
+    return tl.where(m == float("-inf"), float("-inf"), safe + tl.log(total))
+
+
+@triton.jit
+def _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S: tl.constexpr):
+    """Extended labels of sequence b: (s, number of states S, label of s, label of s - 2 and
+    of s + 2 (-1 where none))."""
+    s = tl.arange(0, BLOCK_S)
+    U = tl.load(tlen_ptr + b).to(tl.int32)
+    S = 2 * U + 1
+    off = tl.load(off_ptr + b)
+    odd = (s % 2) == 1
+    label = tl.where(odd, tl.load(tgt_ptr + off + (s - 1) // 2, mask=odd & (s < S), other=0),
+                     BLANK).to(tl.int32)
+    prev2 = tl.where(odd & (s >= 3), tl.load(tgt_ptr + off + (s - 3) // 2,
+                                             mask=odd & (s >= 3) & (s < S), other=0), -1)
+    next2 = tl.where(odd & (s + 2 < S), tl.load(tgt_ptr + off + (s + 1) // 2,
+                                                mask=odd & (s + 2 < S), other=0), -1)
+    return s, S, label, prev2.to(tl.int32), next2.to(tl.int32)
+
+
+@triton.jit
+def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, loss_ptr,
+                      T, stride_t, stride_b, BLANK, BLOCK_S: tl.constexpr):
+    # Program b: alpha_t(s) = log p_t(l'_s) + logsumexp of alpha_{t-1} at s, s - 1 and, where
+    # l'_s is a label unlike l'_{s-2}, s - 2. Row t is written to alpha and read back shifted
+    # for row t + 1 (the barrier makes the row visible to every thread of the program).
+    b = tl.program_id(0)
+    s, S, label, prev2, _next2 = _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S)
+    T_b = tl.minimum(tl.load(ilen_ptr + b).to(tl.int32), T)
+    in_s = s < S
+    skip_ok = (s % 2 == 1) & (s >= 3) & (label != prev2)
+    row = alpha_ptr + b * T * BLOCK_S
+    lp = lp_ptr + b * stride_b + label
+    alpha = tl.where(in_s & (s < 2), tl.load(lp, mask=in_s & (s < 2), other=0.0),
+                     float("-inf"))
+    tl.store(row + s, alpha)
+    for t in range(1, T_b):
+        tl.debug_barrier()
+        prev = row + (t - 1) * BLOCK_S
+        a0 = tl.load(prev + s)
+        a1 = tl.load(prev + s - 1, mask=s >= 1, other=float("-inf"))
+        a2 = tl.load(prev + s - 2, mask=skip_ok, other=float("-inf"))
+        emit = tl.load(lp + t * stride_t, mask=in_s, other=0.0)
+        alpha = tl.where(in_s, _logsumexp3(a0, a1, a2) + emit, float("-inf"))
+        tl.store(row + t * BLOCK_S + s, alpha)
+    final = (s == S - 1) | (s == S - 2)
+    last = tl.where(final & in_s, alpha, float("-inf"))
+    m = tl.max(last, 0)
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.where(m == float("-inf"), 1.0, tl.sum(tl.exp(last - safe), 0))
+    log_p = tl.where(m == float("-inf"), float("-inf"), safe + tl.log(total))
+    log_p = tl.where(T_b > 0, log_p, tl.where(S == 1, 0.0, float("-inf")))
+    tl.store(loss_ptr + b, -log_p)
+
+
+@triton.jit
+def _ctc_grad_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, beta_ptr,
+                     loss_ptr, gloss_ptr, grad_ptr, T, stride_t, stride_b, g_stride_t,
+                     g_stride_b, BLANK, BLOCK_S: tl.constexpr):
+    # Program b walks its frames backwards: beta_t(s) = log p_t(l'_s) + logsumexp of
+    # beta_{t+1} at s, s + 1 and (where allowed) s + 2, in two rows used in turn; then
+    # grad[t, b, l'_s] -= gloss_b exp(alpha_t(s) + beta_t(s) - log p_t(l'_s) - log p_b),
+    # atomically (several states share a label). An infeasible target leaves its zeros.
+    b = tl.program_id(0)
+    s, S, label, _prev2, next2 = _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S)
+    T_b = tl.minimum(tl.load(ilen_ptr + b).to(tl.int32), T)
+    in_s = s < S
+    skip_ok = (s % 2 == 1) & (s + 2 < S) & (label != next2)
+    loss = tl.load(loss_ptr + b)
+    log_p = -loss
+    scale = tl.load(gloss_ptr + b)
+    feasible = (loss != float("inf")) & (T_b > 0)
+    alpha_row = alpha_ptr + b * T * BLOCK_S
+    beta_row = beta_ptr + b * 2 * BLOCK_S
+    lp = lp_ptr + b * stride_b + label
+    grad = grad_ptr + b * g_stride_b + label
+    if feasible:
+        t = T_b - 1
+        emit = tl.load(lp + t * stride_t, mask=in_s, other=0.0)
+        beta = tl.where(in_s & ((s == S - 1) | (s == S - 2)), emit, float("-inf"))
+        for step in range(0, T_b):
+            t = T_b - 1 - step
+            if step > 0:
+                tl.debug_barrier()
+                nxt = beta_row + (step % 2) * BLOCK_S
+                b0 = tl.load(nxt + s)
+                b1 = tl.load(nxt + s + 1, mask=s + 1 < BLOCK_S, other=float("-inf"))
+                b2 = tl.load(nxt + s + 2, mask=skip_ok, other=float("-inf"))
+                emit = tl.load(lp + t * stride_t, mask=in_s, other=0.0)
+                beta = tl.where(in_s, _logsumexp3(b0, b1, b2) + emit, float("-inf"))
+            tl.debug_barrier()
+            tl.store(beta_row + ((step + 1) % 2) * BLOCK_S + s, beta)
+            alpha = tl.load(alpha_row + t * BLOCK_S + s)
+            occupancy = tl.exp(alpha + beta - emit - log_p)
+            tl.atomic_add(grad + t * g_stride_t, -scale * occupancy,
+                          mask=in_s & (alpha + beta > float("-inf")))
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _block_states(max_target: int) -> int:
+    return max(16, next_pow2(2 * max_target + 1))
+
+
+def ctc_fwd(log_probs, targets, offsets, input_lengths, target_lengths, blank, block_s):
+    """-> (losses (B,), inf where the target is infeasible; alpha (B, T, block_s)), both in
+    log_probs' dtype (fp32 or fp64)."""
+    T, B, _ = log_probs.shape
+    alpha = log_probs.new_empty(B, T, block_s)
+    losses = log_probs.new_empty(B)
+    launch(_ctc_alpha_kernel, (B,), log_probs, targets, offsets, input_lengths,
+           target_lengths, alpha, losses, T, log_probs.stride(0), log_probs.stride(1), blank,
+           BLOCK_S=block_s, num_warps=4)
+    return losses, alpha
+
+
+def ctc_bwd(grad_losses, log_probs, targets, offsets, input_lengths, target_lengths, alpha,
+            losses, blank, block_s):
+    """-> grad log_probs (T, B, V) in its dtype; 0 for infeasible targets and t >= T_b."""
+    T, B, V = log_probs.shape
+    grad = torch.zeros_like(log_probs)
+    beta = log_probs.new_empty(B, 2, block_s)
+    launch(_ctc_grad_kernel, (B,), log_probs, targets, offsets, input_lengths, target_lengths,
+           alpha, beta, losses, grad_losses.to(grad.dtype).contiguous(), grad, T,
+           log_probs.stride(0),
+           log_probs.stride(1), grad.stride(0), grad.stride(1), blank,
+           BLOCK_S=block_s, num_warps=4)
+    return grad
+
+
+# ----------------------------------------------------------------------------- torch.library
+
+@torch.library.custom_op("orthoasr::ctc_loss_fwd", mutates_args=())
+def ctc_loss_fwd(log_probs: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor,
+                 input_lengths: torch.Tensor, target_lengths: torch.Tensor, blank: int,
+                 block_s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return ctc_fwd(log_probs, targets, offsets, input_lengths, target_lengths, blank, block_s)
+
+
+@ctc_loss_fwd.register_fake
+def _(log_probs, targets, offsets, input_lengths, target_lengths, blank, block_s):
+    T, B, _ = log_probs.shape
+    return log_probs.new_empty(B), log_probs.new_empty(B, T, block_s)
+
+
+@torch.library.custom_op("orthoasr::ctc_loss_bwd", mutates_args=())
+def ctc_loss_bwd(grad_losses: torch.Tensor, log_probs: torch.Tensor, targets: torch.Tensor,
+                 offsets: torch.Tensor, input_lengths: torch.Tensor,
+                 target_lengths: torch.Tensor, alpha: torch.Tensor, losses: torch.Tensor,
+                 blank: int, block_s: int) -> torch.Tensor:
+    return ctc_bwd(grad_losses, log_probs, targets, offsets, input_lengths, target_lengths,
+                   alpha, losses, blank, block_s)
+
+
+@ctc_loss_bwd.register_fake
+def _(grad_losses, log_probs, targets, offsets, input_lengths, target_lengths, alpha, losses,
+      blank, block_s):
+    return torch.empty_like(log_probs)
+
+
+class _Saved(NamedTuple):
+    log_probs: torch.Tensor
+    targets: torch.Tensor
+    offsets: torch.Tensor
+    input_lengths: torch.Tensor
+    target_lengths: torch.Tensor
+    alpha: torch.Tensor
+    losses: torch.Tensor
+
+
+def _setup_context(ctx, inputs, output):
+    log_probs, targets, offsets, input_lengths, target_lengths, blank, block_s = inputs
+    losses, alpha = output
+    ctx.save_for_backward(*_Saved(log_probs, targets, offsets, input_lengths, target_lengths,
+                                  alpha, losses))
+    ctx.blank, ctx.block_s = blank, block_s
+
+
+def _backward(ctx, grad_losses, _grad_alpha, bwd=ctc_loss_bwd):
+    saved = _Saved(*ctx.saved_tensors)
+    grad = bwd(grad_losses, **saved._asdict(), blank=ctx.blank, block_s=ctx.block_s)
+    return grads_in_order(ctc_fwd, log_probs=grad.to(saved.log_probs.dtype))
+
+
+ctc_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
+_CTCLoss = eager_function(ctc_fwd, _setup_context, _backward, ctc_bwd)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _as_lengths(lengths, name: str, B: int, device) -> torch.Tensor:
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (B,) or lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(f"{name} must be {B} integers, got {lengths.dtype} "
+                         f"{tuple(lengths.shape)}")
+    return lengths.to(torch.int64)
+
+
+def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_lengths,
+             blank: int = 0, reduction: str = "mean", zero_infinity: bool = False
+             ) -> torch.Tensor:
+    """torch.nn.functional.ctc_loss's contract on the Triton kernels (CUDA tensors, or CPU
+    tensors under TRITON_INTERPRET=1). log_probs (T, B, V) (computed in fp64 for fp64, else
+    in fp32);
+    targets (B, S) or concatenated; lengths as tensors (read on the device: no sync) or
+    sequences. reduction "mean" divides each loss by its target length, then averages."""
+    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3:
+        raise ValueError(f"log_probs must be a (T, B, V) tensor, got "
+                         f"{getattr(log_probs, 'shape', type(log_probs).__name__)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    T, B, V = log_probs.shape
+    if not 0 <= blank < V:
+        raise ValueError(f"blank must be in [0, V={V}), got {blank}")
+    device = log_probs.device
+    input_lengths = _as_lengths(input_lengths, "input_lengths", B, device)
+    target_lengths = _as_lengths(target_lengths, "target_lengths", B, device)
+    targets = torch.as_tensor(targets, device=device)
+    if targets.dim() == 2:
+        if targets.shape[0] != B:
+            raise ValueError(f"targets (B, S) must have B={B} rows, got {tuple(targets.shape)}")
+        max_target = targets.shape[1]
+        offsets = torch.arange(B, device=device) * targets.shape[1]
+    elif targets.dim() == 1:
+        # the longest target bounds the states; read from the host only where it is there
+        on_host = not isinstance(target_lengths, torch.Tensor) or not target_lengths.is_cuda
+        max_target = int(target_lengths.max()) if on_host and B else targets.shape[0]
+        offsets = torch.cumsum(target_lengths, 0) - target_lengths
+    else:
+        raise ValueError(f"targets must be (B, S) or concatenated (N,), got "
+                         f"{tuple(targets.shape)}")
+    block_s = _block_states(max(max_target, 0))
+    compute = torch.float64 if log_probs.dtype == torch.float64 else torch.float32
+    args = (log_probs.to(compute).contiguous(), targets.to(torch.int64).contiguous().flatten(),
+            offsets, input_lengths, target_lengths, blank, block_s)
+    op = ctc_loss_fwd if torch.compiler.is_compiling() else _CTCLoss.apply
+    losses = op(*args)[0].to(log_probs.dtype)
+    if zero_infinity:     # the kernels give infeasible targets a zero gradient either way
+        losses = torch.where(torch.isinf(losses), 0.0, losses)
+    if reduction == "none":
+        return losses
+    if reduction == "sum":
+        return losses.sum()
+    return (losses / target_lengths.clamp(min=1).to(losses.dtype)).mean()
+
