@@ -4,6 +4,9 @@
 # (at most 8 files come back). Carry .commit so that rows name the commit.
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax + attention-core benches
+#   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
+#            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
+#            default set: give it a call of its own)
 #   (FFN_ARGS=--sweep, ATTN_ARGS=--variants: the tile sweeps)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
@@ -52,6 +55,11 @@ if has kernels; then
   timeout ${ATTN_S:-120} python3 -m bench.bench_attention ${ATTN_ARGS:-} >> $OUT/bench_kernels.log 2>&1
   echo "attention rc=$?"
   cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json $OUT/
+fi
+if has floors; then
+  timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1
+  echo "floors rc=$?"; grep -E "failed|Error" $OUT/bench_floor.log | head
+  cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has ddp; then
   # scaling: warm-up run, 1 GPU, then 2 GPUs independent / flat / ddp (about 6 min on a

@@ -43,9 +43,9 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         lines += [f"| case | mode | provider | time ({unit or 'µs'}) | speed-up | "
                   + " | ".join(extras) + " |",
                   "|" + "---|" * (5 + len(extras))]
-        by_key = {(r["case"], r["mode"], r["provider"]): r for r in group}
+        by_key = {_key(r, r["provider"]): r for r in group}
         for r in group:
-            base = by_key.get((r["case"], r["mode"], r.get("baseline")))
+            base = by_key.get(_key(r, r.get("baseline")))
             speedup = f"{base['ms'] / r['ms']:.2f}×" if base and r.get("baseline") else ""
             cells = [_fmt(r.get(k, "")) for k in extras]
             time = _fmt(float(r["ms"])) if unit else f"{r['ms'] * 1e3:.1f}"
@@ -53,6 +53,12 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
                          f"| {speedup} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _key(row: dict, provider) -> tuple:
+    """A row's place in its table: the provider's time on the same case, mode, gates and
+    timing (the last two where a table has them)."""
+    return row["case"], row["mode"], row.get("gates"), row.get("timing"), provider
 
 
 def _fmt(value) -> str:

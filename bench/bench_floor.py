@@ -1,0 +1,223 @@
+"""Gated modules and the encoder against their dense floors (issue 13), every provider
+timed as a CUDA-graph replay (GPU time) and as eager calls, bf16 autocast over fp32 weights.
+
+    python -m bench.bench_floor [--cases B32xT250 B16xT750] [--modules ffn conv mhsa
+        attention encoder] && python -m bench.report
+
+Providers: `ours` (orthoasr's modules on the Triton backend), `dense_floor` (bench/floors.py:
+the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
+`compile_floor` (torch.compile(mode="max-autotune-no-cudagraphs") of the floor), and for
+the attention core `sdpa_mask` / `sdpa_nomask`. Gates: all-on, half (every other FFN chunk and
+head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
+timing, each floor is checked against ours on valid frames (the same work). Rows go to
+bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd), gates, provider,
+timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all T x T).
+`--check` runs only the equality checks (works on the CPU under TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from bench.floors import EncoderFloor, check_floor, encode_gated, module_floor
+from bench.harness import time_graph_ms, time_ms, write_rows
+from orthoasr import set_backend
+from orthoasr.config import SupernetConfig
+from orthoasr.kernels.gated_attention import gated_attention
+from orthoasr.model import ConformerSupernet, block_layout
+
+SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
+BF16 = torch.bfloat16
+
+
+def gate_patterns(n: int, device) -> dict[str, torch.Tensor]:
+    """all-on, half (every other unit; a single unit stays on), off, soft."""
+    half = torch.ones(n, device=device)
+    if n > 1:
+        half[1::2] = 0.0
+    return {"all-on": torch.ones(n, device=device), "half": half,
+            "off": torch.zeros(n, device=device),
+            "soft": torch.rand(n, device=device) * 0.8 + 0.1}
+
+
+def model_gate_patterns(model: ConformerSupernet) -> dict[str, torch.Tensor]:
+    """Per-unit gates of the whole encoder: each module's own pattern (gate_patterns)."""
+    device = next(model.parameters()).device
+    per_block = {name: [] for name in ("all-on", "half", "off", "soft")}
+    for _kind, start, end in block_layout(model.cfg):
+        for name, g in gate_patterns(end - start, device).items():
+            per_block[name].append(g)
+    return {name: torch.cat(parts).repeat(len(model.blocks)) for name, parts in
+            per_block.items()}
+
+
+def flops(kind: str, cfg: SupernetConfig, B: int, T: int, live: torch.Tensor) -> float:
+    """Forward matmul / conv FLOPs of the live units (2 x MACs)."""
+    M, D = B * T, cfg.d_model
+    on = float(live.bool().float().mean()) if live.numel() else 0.0
+    if kind == "ffn":
+        return 4 * M * D * cfg.ff_dim * on
+    if kind == "conv":
+        return (2 * M * D * 3 * D + 2 * M * D * cfg.conv_kernel) * on
+    if kind in ("mhsa", "attention"):
+        heads = cfg.num_heads * on
+        attention = 4 * B * heads * T * T * cfg.head_dim
+        return attention if kind == "attention" else \
+            2 * M * D * 4 * D * on + attention
+    return 0.0
+
+
+def _modules(cfg: SupernetConfig, device):
+    from orthoasr.model import make_module
+    torch.manual_seed(0)
+    return {kind: make_module(cfg, kind).to(device) for kind in ("ffn1", "conv", "mhsa")}
+
+
+def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings) -> list:
+    rows = []
+    for mode in modes:
+        for provider, fn in providers.items():
+            inputs = inputs_of(provider)
+
+            def call(fn=fn, inputs=inputs, mode=mode):
+                with torch.autocast("cuda", dtype=BF16):
+                    out = fn()
+                if mode == "fwd":
+                    return out
+                return torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+
+            for timing in timings:
+                try:
+                    ms = time_graph_ms(call) if timing == "graph" else time_ms(call)
+                except Exception as exc:  # noqa: BLE001 - a provider that cannot be captured
+                    print(f"{base['case']} {mode} {base['gates']} {provider} {timing}: "
+                          f"failed ({exc!r})", flush=True)
+                    continue
+                factor = 1 if mode == "fwd" else 3
+                row = {**base, "mode": mode, "provider": provider, "timing": timing,
+                       "ms": ms, "tflops": factor * base["flops"] / ms / 1e9}
+                print(f"{row['case']:22s} {mode:8s} {row['gates']:7s} {provider:14s} "
+                      f"{timing:6s} {ms * 1e3:10.1f} us {row['tflops']:7.1f} TFLOP/s",
+                      flush=True)
+                rows.append(row)
+    return rows
+
+
+def run(shapes, kinds, check_only: bool, timings) -> list:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
+    if device.type == "cpu":          # --check under the interpreter: a small model
+        cfg = SupernetConfig(num_layers=2, d_model=64, num_heads=4, ff_dim=256,
+                             conv_kernel=15, budgets=(1.0,), dropout=0.0)
+    modules = _modules(cfg, device)
+    model = ConformerSupernet(cfg).to(device).eval()
+    rows = []
+    for shape in shapes:
+        B, T = SHAPES[shape] if device.type == "cuda" else (3, 40)
+        torch.manual_seed(1)
+        x = torch.randn(B, T, cfg.d_model, device=device)
+        lengths = torch.randint(T // 2, T + 1, (B,), device=device)
+        lengths[0] = T
+        grad_out = torch.randn(B, T, cfg.d_model, device=device)
+        for kind in kinds:
+            if kind == "attention":
+                rows += _attention_rows(cfg, shape, B, T, lengths, device, timings,
+                                        check_only)
+                continue
+            if kind == "encoder":
+                patterns = model_gate_patterns(model)
+                ours_module = model
+            else:
+                ours_module = modules["ffn1" if kind == "ffn" else kind]
+                patterns = gate_patterns(ours_module.num_gates if kind != "conv" else 1,
+                                         device)
+            for name, gates in patterns.items():
+                hard = name != "soft"
+                if kind == "encoder":
+                    def ours(xx, ll, g=gates):
+                        return encode_gated(model, xx, ll, g)
+                    floor = EncoderFloor(model, gates, BF16) if hard else None
+                else:
+                    def ours(xx, ll, g=gates, m=ours_module):
+                        return m(xx, ll, g)
+                    floor = module_floor(ours_module, gates, BF16) if hard else None
+                set_backend("auto")
+                if floor is not None and name != "off":
+                    with torch.autocast(device.type, dtype=BF16, enabled=device.type == "cuda"):
+                        check_floor(ours, floor, x, lengths, atol=5e-2, rtol=5e-2)
+                    print(f"{shape} {kind} {name}: floor == ours on valid frames", flush=True)
+                if check_only:
+                    continue
+                live = gates if hard else torch.ones_like(gates)
+                base = {"table": "floors", "case": f"{kind} {shape}", "gates": name,
+                        "baseline": "dense_floor",
+                        "flops": sum(flops(k, cfg, B, T, live) for k in
+                                     (["ffn", "ffn", "conv", "mhsa"] if kind == "encoder"
+                                      else [kind])) * (cfg.num_layers if kind == "encoder"
+                                                       else 1)}
+                soft = gates.clone().requires_grad_(not hard)
+                xx = x.clone().requires_grad_()
+                params = list(ours_module.parameters())
+                providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
+                if floor is not None:
+                    compiled = torch.compile(copy.deepcopy(floor),
+                                             mode="max-autotune-no-cudagraphs")
+                    providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
+                    providers["compile_floor"] = lambda c=compiled, xx=xx, ll=lengths: c(xx, ll)
+
+                def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
+                              xx=xx):
+                    if provider == "ours":
+                        return [xx, *params] + ([] if hard else [soft])
+                    return [xx, *floor.parameters()]
+                rows += _timed_rows(base, providers, inputs_of, grad_out,
+                                    ("fwd", "fwd+bwd"), timings)
+    return rows
+
+
+def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only) -> list:
+    """The attention core alone: ours with key padding vs SDPA with the mask and without."""
+    H, Dh = cfg.num_heads, cfg.head_dim
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(B, H, T, Dh, device=device, dtype=BF16 if device.type == "cuda"
+                           else torch.float32).requires_grad_() for _ in range(3))
+    ones = torch.ones(H, device=device)
+    mask = (torch.arange(T, device=device)[None, :] < lengths[:, None])[:, None, None, :]
+    providers = {"ours": lambda: gated_attention(q, k, v, lengths, ones),
+                 "sdpa_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                 "sdpa_nomask": lambda: F.scaled_dot_product_attention(q, k, v)}
+    valid = (torch.arange(T, device=device)[None, :] < lengths[:, None])[:, None, :, None]
+    with torch.no_grad():
+        ours, ref = providers["ours"](), providers["sdpa_mask"]()
+    torch.testing.assert_close(torch.where(valid, ours, 0).float(),
+                               torch.where(valid, ref, 0).float(), atol=3e-2, rtol=3e-2)
+    print(f"{shape} attention: ours == sdpa_mask on valid frames", flush=True)
+    if check_only:
+        return []
+    base = {"table": "floors", "case": f"attention {shape}", "gates": "all-on",
+            "baseline": "sdpa_mask",
+            "flops": flops("attention", cfg, B, T, ones)}
+    return _timed_rows(base, providers, lambda _p: [q, k, v], torch.randn_like(q),
+                       ("fwd", "fwd+bwd"), timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--modules", nargs="*",
+                        default=["ffn", "conv", "mhsa", "attention", "encoder"])
+    parser.add_argument("--timings", nargs="*", default=["graph", "eager"])
+    parser.add_argument("--check", action="store_true", help="equality checks only")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = run(args.cases, args.modules, args.check, args.timings)
+    if rows:
+        print(f"rows -> {write_rows('kernels', rows, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
