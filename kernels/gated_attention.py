@@ -148,6 +148,34 @@ def _gated_attn_fwd_kernel(
 
 
 @triton.jit
+def _query_rows(q_ptr, do_ptr, lse_ptr, b, h, pid_bh, T, offs_m, offs_d, row_ok, d_ok,
+                stride_qb, stride_qh, stride_qt, stride_dob, stride_doh, stride_dot):
+    """A query block's q, dout and log-sum-exp (+inf at padded rows, so that P is 0 there)."""
+    mask = row_ok[:, None] & d_ok
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
+                + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
+                 + offs_d[None, :], mask=mask, other=0.0)
+    lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+    return q, do, lse
+
+
+@triton.jit
+def _bwd_key_block(q, do, lse, k_base, v_base, start_n, offs_n, seq_len, d_ok, stride_kt,
+                   stride_vt, qk_scale, DOT_PRECISION: tl.constexpr):
+    """For keys [start_n, start_n + BLOCK_N): P recomputed from the log-sum-exp, dP without
+    the gate (dout V^T) and the key tile, the same numbers in the delta and dq passes."""
+    keys = start_n + offs_n
+    key_ok = keys < seq_len
+    k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok, other=0.0)
+    v = tl.load(v_base + keys[:, None] * stride_vt, mask=key_ok[:, None] & d_ok, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    p = tl.where(key_ok[None, :], tl.exp2(qk - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    return p, dp, k
+
+
+@triton.jit
 def _gated_attn_bwd_delta_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, len_ptr, gate_ptr, delta_ptr, dgate_part_ptr,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
@@ -178,24 +206,15 @@ def _gated_attn_bwd_delta_kernel(
     part_ptr = dgate_part_ptr + (h * B + b) * tl.num_programs(0) + pid_m
     if (gate != 0) & (start_m < seq_len):
         row_ok = offs_m < seq_len
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
-                    + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
-                     + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+        q, do, lse = _query_rows(q_ptr, do_ptr, lse_ptr, b, h, pid_bh, T, offs_m, offs_d,
+                                 row_ok, d_ok, stride_qb, stride_qh, stride_qt, stride_dob,
+                                 stride_doh, stride_dot)
         k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
         v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
         delta = tl.zeros([BLOCK_M], tl.float32)
         for start_n in range(0, seq_len, BLOCK_N):
-            keys = start_n + offs_n
-            key_ok = keys < seq_len
-            k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok,
-                        other=0.0)
-            v = tl.load(v_base + keys[:, None] * stride_vt, mask=key_ok[:, None] & d_ok,
-                        other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            p = tl.where(key_ok[None, :], tl.exp2(qk - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            p, dp, _k = _bwd_key_block(q, do, lse, k_base, v_base, start_n, offs_n, seq_len,
+                                       d_ok, stride_kt, stride_vt, qk_scale, DOT_PRECISION)
             delta += tl.sum(p * dp, 1)
         delta = delta * gate
         tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
@@ -295,27 +314,17 @@ def _gated_attn_bwd_dq_kernel(
     dq_mask = (offs_m < T)[:, None] & d_ok
     if (gate != 0) & (start_m < seq_len):
         row_ok = offs_m < seq_len
-        q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
-                    + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot
-                     + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        lse = tl.load(lse_ptr + pid_bh * T + offs_m, mask=row_ok, other=float("inf"))
+        q, do, lse = _query_rows(q_ptr, do_ptr, lse_ptr, b, h, pid_bh, T, offs_m, offs_d,
+                                 row_ok, d_ok, stride_qb, stride_qh, stride_qt, stride_dob,
+                                 stride_doh, stride_dot)
         delta = tl.load(delta_ptr + pid_bh * T + offs_m, mask=row_ok, other=0.0)
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
         v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
         for start_n in range(0, seq_len, BLOCK_N):
-            keys = start_n + offs_n
-            key_ok = keys < seq_len
-            k = tl.load(k_base + keys[:, None] * stride_kt, mask=key_ok[:, None] & d_ok,
-                        other=0.0)
-            v = tl.load(v_base + keys[:, None] * stride_vt, mask=key_ok[:, None] & d_ok,
-                        other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-            p = tl.exp2(qk - lse[:, None])
-            p = tl.where(key_ok[None, :], p, 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION) * gate
-            ds = p * (dp - delta[:, None])
+            p, dp, k = _bwd_key_block(q, do, lse, k_base, v_base, start_n, offs_n, seq_len,
+                                      d_ok, stride_kt, stride_vt, qk_scale, DOT_PRECISION)
+            ds = p * (dp * gate - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
         tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=dq_mask)
     elif (gate != 0) | ZERO_DEAD:   # padded blocks always; dead heads unless packed
