@@ -23,7 +23,6 @@ from .checkpoint import SUBNET_KIND, load_checkpoint, save_checkpoint
 from .config import SupernetConfig
 from .model import HALF_STEP, VGGFrontend, block_layout, sinusoidal_positions, time_mask
 
-
 # ----------------------------------------------------------------------------- dense modules
 
 class DenseFeedForward(nn.Module):

@@ -35,10 +35,11 @@ def test_readme_command_sequence_runs_as_written(tmp_path, monkeypatch):
     """From a fresh folder: the commands as the README prints them; only the corpus and the
     model are made smaller (a 20-utterance preset, a 2-layer model trained 4 steps)."""
     pytest.importorskip("espeakng_loader")
+    from test_train import tiny_run
+
     import orthoasr.data.synth as synth
     import orthoasr.train as train_module
     from orthoasr.cli import main
-    from test_train import tiny_run
 
     commands = readme_commands()
     assert [c.split()[1] for c in commands] == ["synth", "train", "eval", "export"]
