@@ -19,7 +19,6 @@ from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
 from .units import enumerate_units, module_cost
 
-FEATURE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 HALF_STEP = {"ffn1": 0.5, "ffn2": 0.5, "conv": 1.0, "mhsa": 1.0}  # Macaron FFN half steps
 
 
@@ -160,9 +159,14 @@ class ConformerSupernet(nn.Module):
                 features.shape[2] != cfg.num_mel_bins:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
             raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), got {shape}")
-        if features.dtype not in FEATURE_DTYPES:
-            raise TypeError(f"features must be float32 (bfloat16/float16 under autocast), got "
-                            f"{features.dtype}; convert with features.float()")
+        weight_dtype = self.frontend.proj.weight.dtype
+        if not features.is_floating_point():
+            raise TypeError(f"features must be floating point ({weight_dtype}, as the model's "
+                            f"weights), got {features.dtype}")
+        if features.dtype != weight_dtype and \
+                not torch.is_autocast_enabled(features.device.type):
+            raise TypeError(f"features are {features.dtype} but the model's weights are "
+                            f"{weight_dtype}; convert with features.to({weight_dtype})")
         if features.shape[1] < 4:
             raise ValueError(f"features need at least 4 frames (4x subsampling), "
                              f"got T={features.shape[1]}")

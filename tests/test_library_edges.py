@@ -56,8 +56,14 @@ def test_lengths_are_checked_in_input_frames(model):
         model(torch.randn(2, 100, 80), torch.tensor([150, 90]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
-def test_feature_dtypes_are_named(model, dtype):
+@pytest.mark.parametrize("dtype, message", [
+    (torch.float64, r"features are torch.float64 but the model's weights are torch.float32; "
+                    r"convert with features.to\(torch.float32\)"),
+    (torch.int64, r"features must be floating point \(torch.float32, as the model's weights\), "
+                  r"got torch.int64"),
+])
+def test_feature_dtypes_are_named(model, dtype, message):
     feats = torch.randn(1, 16, 80).to(dtype)
-    with pytest.raises(TypeError, match=rf"features must be float32 .*got {dtype}"):
+    with pytest.raises(TypeError, match=message):
         model(feats, torch.tensor([16]))
+    model.double()(feats.double(), torch.tensor([16]))   # a float64 model takes float64
