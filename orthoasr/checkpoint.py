@@ -9,8 +9,11 @@ Written atomically (temp file in the same directory + os.replace); read with
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,15 @@ import torch
 from .run_config import RunConfig, config_differences
 
 FORMAT_VERSION = 1
+TRAINING_KIND = "orthoasr-training"
+SUBNET_KIND = "orthoasr-subnet"
+KIND_NAMES = {TRAINING_KIND: "a training checkpoint (<work-dir>/checkpoint.pt)",
+              SUBNET_KIND: "an exported subnet (`orthoasr export --out`)"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, empty, corrupt, of the wrong kind, holding
+    code, or not writable. The message names the path."""
 
 
 def rng_states() -> dict:
@@ -50,45 +62,128 @@ def as_tuples(value):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write `state` to `path` atomically: a reader sees the old file or the new one."""
+    """Write `state` to `path` atomically: a reader sees the old file or the new one. The
+    file gets the usual mode of a new file (0666 less the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT_VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        _remove(tmp)
+        if not _is_write_failure(err):
+            raise
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {err} ({free:.0f} MiB free on its disk); "
+            f"the previous file at that path, if any, is unchanged") from err
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """The state saved by `save_checkpoint` (weights_only: no code is unpickled)."""
+def _is_write_failure(err: Exception) -> bool:
+    """An OSError, or torch's zip writer failing to write (a full disk reads "unexpected pos
+    4128640 vs 4128532" or "PytorchStreamWriter failed writing file")."""
+    return isinstance(err, OSError) or any(
+        text in str(err) for text in ("unexpected pos", "PytorchStreamWriter", "file write"))
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = None) -> dict:
+    """The state saved by `save_checkpoint` (weights_only: no code is unpickled). `kind`
+    (TRAINING_KIND or SUBNET_KIND) is checked when given. Every failure is a
+    CheckpointError (FileNotFoundError when missing) naming the path."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written "
+                              "by orthoasr, or its copy was cut short")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False: never follow that for a file whose
+        # origin is unknown, it would run the code the file carries
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects besides tensors and plain values; "
+            "orthoasr never writes those, so it was not written by orthoasr (or was "
+            "altered). It was not loaded: loading it could run code") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason})"
+                              ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not an orthoasr checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{path} is not an orthoasr checkpoint (format "
+                              f"{FORMAT_VERSION})")
+    found = checkpoint_kind(state)
+    if kind is not None and found != kind:
+        raise CheckpointError(f"{path} is {KIND_NAMES.get(found, 'of an unknown kind')}; "
+                              f"this needs {KIND_NAMES[kind]}")
     return state
 
 
-def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint") -> None:
+def checkpoint_kind(state: dict) -> str | None:
+    """TRAINING_KIND, SUBNET_KIND or None (training checkpoints carry no "kind" field)."""
+    if "kind" in state:
+        return state["kind"]
+    return TRAINING_KIND if "run_config" in state else None
+
+
+def find_nonfinite(named_tensors) -> list[str]:
+    """Names of the floating-point tensors (from (name, tensor) pairs, nested dicts and lists
+    walked) that hold NaN or inf."""
+    bad = []
+    for name, value in named_tensors:
+        if isinstance(value, dict):
+            bad += find_nonfinite((f"{name}.{k}", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            bad += find_nonfinite((f"{name}.{i}", v) for i, v in enumerate(value))
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
+
+
+def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint",
+                 allow_schedule_change: bool = False) -> dict:
     """Error naming every field where `cfg` differs from the checkpoint's config (fields in
-    RunConfig.RESUMABLE_CHANGES may differ)."""
-    fields = [name for name in config_differences(state["run_config"], cfg.to_dict())
-              if name not in RunConfig.RESUMABLE_CHANGES]
+    RunConfig.RESUMABLE_CHANGES may differ, and those in RunConfig.SCHEDULE_CHANGES with
+    `allow_schedule_change`). Returns the schedule changes {field: [checkpoint, config]}."""
+    allowed = RunConfig.RESUMABLE_CHANGES
+    if allow_schedule_change:
+        allowed = allowed + RunConfig.SCHEDULE_CHANGES
+    differences = config_differences(state["run_config"], cfg.to_dict())
+    fields = [name for name in differences if name not in allowed]
     if fields:
         details = ", ".join(f"{name}: checkpoint {_lookup(state['run_config'], name)!r} vs "
                             f"config {_lookup(cfg.to_dict(), name)!r}" for name in fields)
+        hint = ""
+        if not allow_schedule_change and set(fields) <= set(RunConfig.SCHEDULE_CHANGES):
+            hint = "; to resume with a new optimiser schedule add --allow-schedule-change"
         raise ValueError(f"checkpoint {path} was written with a different config; "
-                         f"mismatching fields: {details}")
+                         f"mismatching fields: {details}{hint}")
+    return {name: [_lookup(state["run_config"], name), _lookup(cfg.to_dict(), name)]
+            for name in differences if name in RunConfig.SCHEDULE_CHANGES}
 
 
 def _lookup(values: dict, dotted: str):
@@ -98,4 +193,5 @@ def _lookup(values: dict, dotted: str):
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_config", "rng_states",
-           "set_rng_states", "as_tuples"]
+           "set_rng_states", "as_tuples", "CheckpointError", "checkpoint_kind",
+           "find_nonfinite", "TRAINING_KIND", "SUBNET_KIND"]

@@ -1,11 +1,24 @@
 """`orthoasr <command>`: each command lives in its own module, which provides
-`add_arguments(parser)` and `run(args)`; this file only dispatches."""
+`add_arguments(parser)` and `run(args)`; this file only dispatches and turns errors into one
+line (`orthoasr: error: ...`, exit 2; `--debug` or ORTHOASR_DEBUG=1 for the traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
+import os
+import sys
+
+DESCRIPTION = """Conformer-CTC supernets whose subnets for several parameter or FLOPs budgets
+are chosen by OrthoSoftmax. A first run, from the repository root:
+
+  orthoasr synth --preset tiny                 # corpus -> data/synth-tiny/
+  orthoasr train --config tiny --work-dir runs/tiny
+  orthoasr eval --checkpoint runs/tiny/checkpoint.pt
+  orthoasr export --checkpoint runs/tiny/checkpoint.pt --budget 0.4 --out runs/tiny/sub.pt
+
+`orthoasr <command> --help` describes each command."""
 
 COMMANDS = {
     "demo": ("orthoasr.demo", "the demo: what `make demo` runs"),
@@ -14,19 +27,53 @@ COMMANDS = {
     "eval": ("orthoasr.evaluate", "evaluate every subnet of a checkpoint"),
     "export": ("orthoasr.export", "export a compact subnet"),
 }
+DEBUG_ENV = "ORTHOASR_DEBUG"
+USAGE_ERROR = 2
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="orthoasr", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="orthoasr", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
         if not _exists(module_name):
             continue
         modules[name] = importlib.import_module(module_name)
-        modules[name].add_arguments(sub.add_parser(name, help=help_text))
-    args = parser.parse_args(argv)
-    modules[args.command].run(args)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+        modules[name].add_arguments(command)
+    # key=value overrides may follow options (`--stop-at 2 lr=1e-3`), which argparse's
+    # positional list does not take: they are collected from what it leaves
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        modules[args.command].run(args)
+    except (Exception, KeyboardInterrupt) as err:
+        if debug:
+            raise
+        print(f"orthoasr: error: {error_line(err)}", file=sys.stderr)
+        raise SystemExit(130 if isinstance(err, KeyboardInterrupt) else USAGE_ERROR) from None
+
+
+def error_line(err: BaseException) -> str:
+    """The error as one line: its message (the type too where it is not a plain user error),
+    and a pointer to --debug for unexpected ones."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in message:
+        message = f"{message}: {err.filename}"
+    if isinstance(err, (ValueError, OSError, RuntimeError)):
+        return message
+    return f"{type(err).__name__}: {message} (run with --debug for the traceback)"
 
 
 def _exists(module_name: str) -> bool:

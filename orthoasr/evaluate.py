@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import TRAINING_KIND, load_checkpoint
 from .config import SupernetConfig
 from .model import ConformerSupernet, block_layout
 from .run_config import RunConfig
@@ -28,6 +28,7 @@ class Trained:
     tokenizer_bytes: bytes
     masks: torch.Tensor | None      # (M, N) frozen 0/1 gates; None before the end of stage 1
     step: int
+    manifest_paths: dict            # {"dev": absolute path at training time, ...}
 
     @property
     def num_subnets(self) -> int:
@@ -45,13 +46,31 @@ class Trained:
 
 
 def load_trained(path: str | Path, device="cpu") -> Trained:
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=device, kind=TRAINING_KIND)
     run = RunConfig.from_dict(state["run_config"])
     model = ConformerSupernet(run.model).to(device)
     model.load_state_dict(state["model"])
     masks = state["frozen_masks"]
     return Trained(run, model.eval(), state["tokenizer"],
-                   None if masks is None else masks.float().cpu(), state["step"])
+                   None if masks is None else masks.float().cpu(), state["step"],
+                   state.get("manifest_paths", {}))
+
+
+def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
+    """The manifest of `split` ("dev", "test"): `given` (it must exist), else the run's
+    (relative to this folder, then where it was when the run was trained)."""
+    if given is not None:
+        if not Path(given).exists():
+            raise FileNotFoundError(f"--{split} manifest {given} not found")
+        return given
+    configured = getattr(trained.run, f"{split}_manifest")
+    recorded = trained.manifest_paths.get(split)
+    for path in (configured, recorded):
+        if path and Path(path).exists():
+            return path
+    raise FileNotFoundError(
+        f"{split} manifest {configured} of the checkpoint's run config not found (looked in "
+        f"{Path.cwd()}{' and at ' + recorded if recorded else ''}); pass --{split} PATH")
 
 
 @torch.no_grad()
@@ -63,7 +82,14 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .decoding import greedy_ctc_decode
     logmel = LogMel().to(device)
     dataset = SpeechDataset(records, tokenizer)
+    from .train import min_duration
     order = sorted(range(len(records)), key=lambda i: float(records[i]["duration"]))
+    too_short = [i for i in order if float(records[i]["duration"]) < min_duration(logmel)]
+    if too_short:
+        print(f"note: {len(too_short)} clip(s) shorter than {min_duration(logmel)} s (4 frames,"
+              f" the frontend's minimum) get an empty transcript, e.g. "
+              f"{records[too_short[0]]['audio_filepath']}")
+        order = order[len(too_short):]
     hyps = [[""] * len(records) for _ in subnets]
     batch: list[int] = []
     for i in order + [None]:
@@ -94,12 +120,11 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     run, model, cfg = trained.run, trained.model, trained.run.model
     tokenizer = trained.tokenizer()
     splits = {}
-    for name, path in (("dev", dev_manifest or run.dev_manifest),
-                       ("test", test_manifest or run.test_manifest)):
-        if path and Path(path).exists():
-            splits[name] = load_manifest(path)
-            if not splits[name]:
-                raise ValueError(f"{name} manifest {path} is empty")
+    for name, given in (("dev", dev_manifest), ("test", test_manifest)):
+        path = eval_manifest(trained, name, given)
+        splits[name] = load_manifest(path)
+        if not splits[name]:
+            raise ValueError(f"{name} manifest {path} is empty")
     subnets = range(trained.num_subnets) if trained.masks is not None else [None]
     bf16 = run.bf16 and device.type == "cuda"
     rows, selected = [], []

@@ -19,12 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import SUBNET_KIND, load_checkpoint, save_checkpoint
 from .config import SupernetConfig
 from .model import HALF_STEP, VGGFrontend, block_layout, sinusoidal_positions, time_mask
-
-SUBNET_KIND = "orthoasr-subnet"
-
 
 # ----------------------------------------------------------------------------- dense modules
 
@@ -140,10 +137,7 @@ class CompactConformer(nn.Module):
 
 def load_subnet(path: str | Path, map_location="cpu") -> CompactConformer:
     """The subnet written by `sub.save(path)` (read with weights_only=True), in eval mode."""
-    state = load_checkpoint(path, map_location=map_location)
-    if state.get("kind") != SUBNET_KIND:
-        raise ValueError(f"{path} holds no exported subnet (a training checkpoint? use "
-                         "`orthoasr export` on it first)")
+    state = load_checkpoint(path, map_location=map_location, kind=SUBNET_KIND)
     sub = CompactConformer(SupernetConfig.from_dict(state["config"]), state["widths"],
                            state["budget"])
     sub.load_state_dict(state["state_dict"])

@@ -30,8 +30,9 @@ def time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
 class VGGFrontend(nn.Module):
     """Two blocks of [conv3x3, ReLU, conv3x3, ReLU, maxpool 2x2], then Linear(c2 * F/4 -> D).
 
-    Padded frames are zeroed after every conv so that valid outputs do not depend on them
-    (and a batch gives the same values as its utterances one by one).
+    Padded frames are set to 0 (with `where`: multiplying by 0 would keep a NaN or inf there)
+    before every conv so that valid outputs do not depend on them (and a batch gives the same
+    values as its utterances one by one).
     """
 
     def __init__(self, num_mel_bins: int, channels: tuple[int, int], d_model: int):
@@ -47,12 +48,12 @@ class VGGFrontend(nn.Module):
         """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
         x = feats.unsqueeze(1)                                     # (B, 1, T, F)
         for i, conv in enumerate(self.convs):
-            x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+            x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
             x = torch.relu(conv(x))
             if i % 2 == 1:
                 x = self.pool(x)
                 lengths = lengths // 2
-        x = x * time_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+        x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
         x = x.permute(0, 2, 1, 3).flatten(2)                       # (B, T/4, c2 * F/4)
         return self.proj(x), lengths
 
@@ -151,16 +152,34 @@ class ConformerSupernet(nn.Module):
         return self.heads[head](x).float().log_softmax(dim=-1)
 
     def _check_features(self, features, lengths) -> None:
+        """Shapes and dtypes; lengths in input frames when they are on the CPU (on a GPU
+        reading them would sync)."""
         cfg = self.cfg
-        if features.dim() != 3 or features.shape[2] != cfg.num_mel_bins:
-            raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), "
-                             f"got {tuple(features.shape)}")
+        if not isinstance(features, torch.Tensor) or features.dim() != 3 or \
+                features.shape[2] != cfg.num_mel_bins:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
+            raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), got {shape}")
+        weight_dtype = self.frontend.proj.weight.dtype
+        if not features.is_floating_point():
+            raise TypeError(f"features must be floating point ({weight_dtype}, as the model's "
+                            f"weights), got {features.dtype}")
+        if features.dtype != weight_dtype and \
+                not torch.is_autocast_enabled(features.device.type):
+            raise TypeError(f"features are {features.dtype} but the model's weights are "
+                            f"{weight_dtype}; convert with features.to({weight_dtype})")
         if features.shape[1] < 4:
             raise ValueError(f"features need at least 4 frames (4x subsampling), "
                              f"got T={features.shape[1]}")
-        if lengths.shape != (features.shape[0],) or lengths.is_floating_point():
+        if not isinstance(lengths, torch.Tensor) or lengths.shape != (features.shape[0],) \
+                or lengths.dtype not in (torch.int32, torch.int64):
+            got = f"{lengths.dtype} {tuple(lengths.shape)}" if isinstance(
+                lengths, torch.Tensor) else type(lengths).__name__
             raise ValueError(f"lengths must be an int tensor of shape ({features.shape[0]},), "
-                             f"got {lengths.dtype} {tuple(lengths.shape)}")
+                             f"got {got}")
+        if lengths.device.type == "cpu" and lengths.numel() and \
+                (int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]):
+            raise ValueError(f"lengths must be in [1, T={features.shape[1]}] input frames, "
+                             f"got {lengths.tolist()}")
 
     def _check_gates(self, x, gates, head) -> None:
         if gates is not None:
@@ -169,6 +188,11 @@ class ConformerSupernet(nn.Module):
                                  f"got {tuple(gates.shape)}")
             if gates.device != x.device:
                 raise ValueError(f"gates are on {gates.device} but features on {x.device}")
+            # hard gates on the CPU (inference, export) are read here; soft training masks
+            # carry a gradient, and a NaN there shows in the loss (TrainingDiverged)
+            if gates.device.type == "cpu" and not gates.requires_grad and \
+                    not bool(torch.isfinite(gates).all()):
+                raise ValueError("gates contain NaN or inf")
         if not isinstance(head, int) or not -len(self.heads) <= head < len(self.heads):
             raise ValueError(f"head must be an int in [-{len(self.heads)}, "
                              f"{len(self.heads) - 1}] (one per budget), got {head!r}")

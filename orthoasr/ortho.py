@@ -191,7 +191,15 @@ def freeze_masks(probs: torch.Tensor, cfg: SupernetConfig, criterion: str | None
     cost is within budget * total. Subnets are nested; a budget below the cost of the empty
     subnet is an error naming the smallest feasible budget."""
     budgets = check_budgets(cfg.budgets if budgets is None else budgets)
-    _, rest, total = unit_costs(cfg, criterion, frames)
+    costs, rest, total = unit_costs(cfg, criterion, frames)
+    n_units = len(costs)
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or probs.shape[1] != n_units:
+        shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
+        raise ValueError(f"probs must be an [N, {n_units}] tensor (one column per unit), "
+                         f"got {shape}")
+    if not bool(torch.isfinite(probs).all()):
+        raise ValueError("probs contain NaN or inf (diverged OrthoSoftmax scores?): no "
+                         "subnet can be frozen from them")
     ranking = unit_ranking(probs)
     n = len(ranking)
     gates = torch.zeros(len(budgets), n)

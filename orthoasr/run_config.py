@@ -5,6 +5,7 @@ schedules and stage lengths. Loaded from a YAML file in configs/ with `key=value
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,21 @@ PENALTY_NORMS = ("l2", "l2_sqrt", "l1")
 DEVICES = ("auto", "cpu", "cuda")
 BACKEND_NAMES = ("auto", "triton", "torch")
 GRAD_SYNCS = ("ddp", "flat")
+# smallest value of each int field
+INT_MINIMUMS = {"max_frames": 1, "stage1_steps": 0, "stage2_steps": 0, "log_every": 1,
+                "ckpt_every": 1, "keep_checkpoints": 1, "eval_batch_frames": 1,
+                "buckets_per_step": 1, "num_workers": 0, "warmup_steps": 0,
+                "penalty_warmup": 0, "seed": 0}
+# float fields: (low, low included, high, high included); None: unbounded
+FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, False),
+                "lr_final": (0, True, 1, True), "weight_decay": (0, True, None, False),
+                "grad_clip": (0, False, None, False), "max_duration": (0, False, None, False),
+                "tau0": (0, False, None, False), "tau_end": (0, False, None, False),
+                "tau_min": (0, False, None, False), "score_init_std": (0, True, None, False),
+                "penalty_scale": (0, True, None, False), "penalty_rho": (0, True, None, False),
+                "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
+                "ckpt_minutes": (0, False, None, False)}
+BOOL_FIELDS = ("spec_augment", "bf16")
 
 
 @dataclass
@@ -26,9 +42,9 @@ class RunConfig:
 
     model: SupernetConfig = field(default_factory=SupernetConfig)
     # data: JSONL manifests or LibriSpeech-layout directories (orthoasr.data.load_manifest)
-    train_manifest: str = "data/tiny/train.jsonl"
-    dev_manifest: str = "data/tiny/dev.jsonl"
-    test_manifest: str = "data/tiny/test.jsonl"
+    train_manifest: str = "data/synth-tiny/train.jsonl"   # `orthoasr synth --preset tiny`
+    dev_manifest: str = "data/synth-tiny/dev.jsonl"
+    test_manifest: str = "data/synth-tiny/test.jsonl"
     max_frames: int = 20000          # input feature frames (10 ms) per batch, padding included
     max_duration: float = 30.0       # training utterances longer than this (s) are skipped
     buckets_per_step: int = 1        # batches of the plan merged into one step (one process
@@ -74,12 +90,17 @@ class RunConfig:
     bf16: bool = True                # autocast to bf16 on CUDA; CPU always runs fp32
     log_every: int = 10
     ckpt_every: int = 200
+    ckpt_minutes: float = 5.0        # also checkpoint when this much wall time has passed
+    keep_checkpoints: int = 3        # the last K checkpoints of the run stay on disk
     eval_batch_frames: int = 40000
 
     # fields that may differ between a checkpoint and the run that resumes it
-    RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "eval_batch_frames",
-                         "device", "backend", "dev_manifest", "test_manifest",
-                         "buckets_per_step", "grad_sync")
+    RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "ckpt_minutes",
+                         "keep_checkpoints", "eval_batch_frames", "device", "backend",
+                         "dev_manifest", "test_manifest", "buckets_per_step", "grad_sync")
+    # optimiser schedule: may differ on `--resume --allow-schedule-change` (recorded)
+    SCHEDULE_CHANGES = ("lr", "lr_final", "warmup_steps", "weight_decay", "betas",
+                        "grad_clip", "score_lr")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -88,24 +109,35 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("max_frames", "stage1_steps", "stage2_steps", "log_every", "ckpt_every",
-                     "eval_batch_frames", "buckets_per_step"):
+        """Range-check every field; errors name the key and the value."""
+        for name, minimum in INT_MINIMUMS.items():
             value = getattr(self, name)
-            minimum = 0 if name.startswith("stage") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        for name in ("lr", "tau0", "tau_end", "tau_min"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0.0 <= self.stochastic_depth < 1.0:
-            raise ValueError(f"stochastic_depth must be in [0, 1), got {self.stochastic_depth}")
-        if self.gamma is not None and not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        for name, bounds in FLOAT_RANGES.items():
+            _check_range(name, getattr(self, name), *bounds)
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for i, beta in enumerate(self.betas):
+            _check_range(f"betas[{i}]", beta, 0, True, 1, False)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {list(self.betas)}")
+        if self.tau_end > self.tau0:
+            raise ValueError(f"tau_end must be <= tau0 ({self.tau0}): the temperature anneals "
+                             f"down, got {self.tau_end}")
+        if self.tau_min > self.tau0:
+            raise ValueError(f"tau_min must be <= tau0 ({self.tau0}), got {self.tau_min}")
+        if self.gamma is not None:
+            _check_range("gamma", self.gamma, 0, False, 1, True)
         for name, allowed in (("aux_scale", AUX_SCALES), ("penalty_mode", PENALTY_MODES),
                               ("penalty_norm", PENALTY_NORMS), ("device", DEVICES),
                               ("backend", BACKEND_NAMES), ("grad_sync", GRAD_SYNCS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("train_manifest", "dev_manifest", "test_manifest"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a path, got {getattr(self, name)!r}")
         if self.penalty_mode == "warmup" and self.penalty_warmup < 1:
             raise ValueError(f"penalty_warmup must be >= 1, got {self.penalty_warmup}")
 
@@ -134,6 +166,18 @@ class RunConfig:
         model = {k: _coerce(SupernetConfig, k, v) for k, v in model.items()}
         values = {k: _coerce(cls, k, v) for k, v in values.items()}
         return cls(model=SupernetConfig.from_dict(model), **values)
+
+
+def _check_range(name: str, value, low, low_included: bool, high, high_included: bool
+                 ) -> None:
+    """`value` must be a finite number within the bounds (None: unbounded)."""
+    interval = (f"{'[' if low_included else '('}{low}, "
+                f"{'inf)' if high is None else str(high) + (']' if high_included else ')')}")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and (value >= low if low_included else value > low) and \
+        (high is None or (value <= high if high_included else value < high))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
 
 
 def _coerce(cls, name: str, value):
@@ -201,7 +245,7 @@ def find_config(path: str | Path) -> Path:
     "configs/tiny.yaml") from the package (setup.py installs configs/ as orthoasr.configs)
     or, in a checkout, from its configs/ folder."""
     path = Path(path)
-    if path.exists():
+    if path.is_file():
         return path
     here = Path(__file__).resolve().parent
     folders = [here / "configs", here.parent / "configs"]

@@ -28,7 +28,11 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import random
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -39,8 +43,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .backend import set_backend
 from .checkpoint import (
+    TRAINING_KIND,
     as_tuples,
     check_config,
+    find_nonfinite,
     load_checkpoint,
     rng_states,
     save_checkpoint,
@@ -61,14 +67,18 @@ from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
 from .run_config import RunConfig, load_run_config
 from .units import subnet_cost, unit_costs
+from .workdir import WorkDirError, WorkDirLock, prepare_work_dir
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"          # the newest checkpoint (a hard link into CHECKPOINTS)
+CHECKPOINTS = "checkpoints"           # the last `keep_checkpoints`: step-0000040.pt, ...
 METRICS = "metrics.csv"
 METRIC_NAMES = ("loss", "loss_sup", "loss_sub", "penalty")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss: training stops, the last good checkpoint stays in place."""
+    """A non-finite loss or weights: training stops; the message names the checkpoints kept
+    and how to resume from one with a lower learning rate."""
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -145,6 +155,15 @@ def make_optimizer(model: nn.Module, selector: nn.Module, run: RunConfig, device
                              fused=device.type == "cuda")
 
 
+def apply_schedule(optimizer: torch.optim.Optimizer, run: RunConfig) -> None:
+    """Set the schedule's hyperparameters of `make_optimizer`'s groups from `run` (a resumed
+    optimiser state carries the checkpoint's)."""
+    decay, no_decay, scores = optimizer.param_groups
+    decay["weight_decay"] = run.weight_decay
+    for group, base_lr in ((decay, run.lr), (no_decay, run.lr), (scores, run.score_lr)):
+        group["base_lr"], group["betas"] = base_lr, run.betas
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,11 +179,7 @@ class TrainData:
     def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False,
                  world: World = SINGLE):
         from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
-        records = load_manifest(run.train_manifest)
-        records = [r for r in records if r["duration"] <= run.max_duration]
-        if not records:
-            raise ValueError(f"training manifest {run.train_manifest} has no utterances of at "
-                             f"most {run.max_duration} s")
+        records = filter_records(load_manifest(run.train_manifest), run, world.is_main)
         self.run, self.collate, self.pin_memory = run, collate, pin_memory
         self.dataset = SpeechDataset(records, tokenizer)
         self.durations = [r["duration"] for r in records]
@@ -189,6 +204,47 @@ class TrainData:
                 index += 1
                 yield epoch, index, batch
             epoch, index = epoch + 1, 0
+
+
+def min_duration(logmel=None) -> float:
+    """Seconds of the shortest clip the frontend takes: 4 feature frames (4x subsampling)."""
+    from .data import LogMel
+    logmel = logmel or LogMel()
+    return 4 * logmel.hop / logmel.sample_rate
+
+
+def filter_records(records: list[dict], run: RunConfig, report: bool = True) -> list[dict]:
+    """The training records of at most `max_duration` s and at least `min_duration()`; the
+    counts dropped are printed, and dropping everything is an error that gives them."""
+    shortest = min_duration()
+    too_long = [r for r in records if r["duration"] > run.max_duration]
+    too_short = [r for r in records if r["duration"] < shortest]
+    kept = [r for r in records if shortest <= r["duration"] <= run.max_duration]
+    dropped = []
+    if too_long:
+        dropped.append(f"{len(too_long)} longer than max_duration={run.max_duration} s")
+    if too_short:
+        dropped.append(f"{len(too_short)} shorter than {shortest} s (4 frames, the minimum "
+                       f"of the 4x subsampling), e.g. {too_short[0]['audio_filepath']}")
+    summary = (f"training manifest {run.train_manifest}: {len(records)} utterances, "
+               f"{len(kept)} kept" + (f"; skipped {', '.join(dropped)}" if dropped else ""))
+    if not kept:
+        raise ValueError(f"{summary}: nothing left to train on")
+    if report:
+        print(summary, flush=True)
+    return kept
+
+
+def check_eval_manifests(run: RunConfig) -> None:
+    """The dev and test manifests exist and parse (no audio read), checked before training so
+    that evaluating the run does not fail at its end."""
+    from .data import load_manifest
+    for name in ("dev_manifest", "test_manifest"):
+        path = getattr(run, name)
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{name} {path} not found (set {name}=PATH)")
+        if not load_manifest(path, check_audio=False):
+            raise ValueError(f"{name} {path} is empty")
 
 
 class _Joint(nn.Module):
@@ -242,6 +298,10 @@ class Trainer:
         self.pending: list[dict] = []
         self.history: list[dict] = []
         self.last_flush = time.perf_counter()
+        self.last_save = time.monotonic()
+        self.stop_signal: int | None = None     # set by the SIGINT/SIGTERM handler
+        self.schedule_changes: list[dict] = []  # {"step", "changes"} of each resume that
+                                                # changed the optimiser schedule
         from .data import LogMel, SpecAugment
         self.logmel = LogMel().to(self.device)
         self.spec_augment = SpecAugment().to(self.device) if run.spec_augment else None
@@ -261,23 +321,63 @@ class Trainer:
                                                                  self.gamma, self.run.tau_min),
                          "lr_factor": lr_factor(self.step, self.run)},
             "rng": {**rng_states(), "budget": self.budget_rng.getstate()},
+            "schedule_changes": self.schedule_changes,
+            # where the manifests were, for `orthoasr eval` run from another folder
+            "manifest_paths": {name: os.path.abspath(getattr(self.run, name + "_manifest"))
+                               for name in ("train", "dev", "test")},
         }
 
     def save(self) -> Path:
-        self.flush()                        # checks the losses since the last flush first
+        """Check the losses since the last flush and the weights and optimiser state for
+        NaN/inf (TrainingDiverged), then write checkpoints/step-N.pt, point checkpoint.pt at
+        it and keep the newest `keep_checkpoints`."""
+        self.flush()
         path = self.work_dir / CHECKPOINT
         if self.world.is_main:
-            save_checkpoint(path, self.state())
+            bad = find_nonfinite([("model", self.model.state_dict()),
+                                  ("selector", self.selector.state_dict()),
+                                  ("optimizer", self.optimizer.state_dict()["state"])])
+            if bad:
+                raise TrainingDiverged(
+                    f"non-finite values in {', '.join(bad[:3])}"
+                    f"{' ...' if len(bad) > 3 else ''} at step {self.step}; the checkpoint of "
+                    f"this step was not written. {self.recovery_advice()}")
+            step_path = self.work_dir / CHECKPOINTS / f"step-{self.step:07d}.pt"
+            save_checkpoint(step_path, self.state())
+            _link_atomically(step_path, path)
+            prune_checkpoints(self.work_dir / CHECKPOINTS, self.run.keep_checkpoints)
+        self.last_save = time.monotonic()
         barrier(self.world)
         return path
 
-    def restore(self, state: dict) -> None:
-        check_config(state, self.run, self.work_dir / CHECKPOINT)
+    def recovery_advice(self) -> str:
+        """Which checkpoints exist and the command that resumes the oldest with a lower lr."""
+        kept = kept_checkpoints(self.work_dir / CHECKPOINTS)
+        lower = f"lr={self.run.lr / 10:g}"
+        if not kept:
+            return (f"No checkpoint was written before it; start again with a lower learning "
+                    f"rate: orthoasr train --work-dir {self.work_dir} --overwrite {lower} "
+                    "(with your --config and overrides)")
+        steps = ", ".join(f"step {int(p.stem.split('-')[1])}" for p in kept)
+        return (f"Checkpoints kept: {steps} in {kept[0].parent}; the newest may already hold "
+                f"diverging weights. Resume from an earlier one with a lower learning rate: "
+                f"orthoasr train --work-dir {self.work_dir} --resume-from {kept[0]} "
+                f"--allow-schedule-change {lower} (with your --config and overrides)")
+
+    def restore(self, state: dict, path: Path, allow_schedule_change: bool = False) -> None:
+        changes = check_config(state, self.run, path, allow_schedule_change)
         from .data import Tokenizer
         self.tokenizer = Tokenizer.from_bytes(state["tokenizer"])
         self.model.load_state_dict(state["model"])
         self.selector.load_state_dict(state["selector"])
         self.optimizer.load_state_dict(state["optimizer"])
+        apply_schedule(self.optimizer, self.run)
+        self.schedule_changes = list(state.get("schedule_changes", []))
+        if changes:
+            self.schedule_changes.append({"step": state["step"], "changes": changes})
+            if self.world.is_main:
+                print("resuming with a changed optimiser schedule (recorded in the checkpoints):"
+                      f" {', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}")
         masks = state["frozen_masks"]
         self.frozen_masks = None if masks is None else masks.to(self.device)
         self.step, self.epoch = state["step"], state["epoch"]
@@ -455,7 +555,7 @@ class Trainer:
                 self.pending = []
                 raise TrainingDiverged(
                     f"non-finite loss {dict(zip(METRIC_NAMES, vals))} at step {p['step']}; "
-                    f"stopping. The last good checkpoint is {self.work_dir / CHECKPOINT}")
+                    f"stopping. {self.recovery_advice()}")
             rows.append(row)
         self.pending = []
         self.history += rows
@@ -468,6 +568,45 @@ class Trainer:
               f"pen {last['penalty']:.4f}) tau {last['tau']:.3f} lr {last['lr']:.2e} | "
               f"{ms_per_step:.1f} ms/step {utt_per_s:.1f} utt/s {audio_per_s:.0f}x real time",
               flush=True)
+
+
+    # ------------------------------------------------------------------ stopping
+    def checkpoint_due(self) -> tuple[bool, bool]:
+        """(stop, save now): a stop signal arrived / `ckpt_minutes` passed since the last
+        save. In a distributed run every rank must agree: the flags are summed over the
+        ranks at log steps only (one small all-reduce)."""
+        stop = self.stop_signal is not None
+        timed = time.monotonic() - self.last_save >= 60 * self.run.ckpt_minutes
+        if not self.world.distributed:
+            return stop, timed
+        if self.step % self.run.log_every:
+            return False, False
+        flags = torch.tensor([float(stop), float(timed)], device=self.device)
+        stop, timed = (v > 0 for v in all_reduce_sum(flags, self.world).tolist())
+        return stop, timed
+
+
+def _link_atomically(source: Path, link: Path) -> None:
+    """Make `link` the same file as `source` (a hard link; a copy where links fail),
+    replacing it atomically."""
+    tmp = link.with_name(link.name + f".{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, link)
+
+
+def kept_checkpoints(folder: Path) -> list[Path]:
+    """checkpoints/step-*.pt, oldest write first (a run resumed from an earlier step writes
+    after the abandoned later ones)."""
+    return sorted(folder.glob("step-*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    for old in kept_checkpoints(folder)[:-keep]:
+        old.unlink()
 
 
 def write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
@@ -500,18 +639,78 @@ def read_metrics(path: str | Path) -> list[dict]:
 # ----------------------------------------------------------------------------- the loop
 
 def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
-          stop_at: int | None = None) -> Trainer:
-    """Train both stages (or continue a run with `resume`); `stop_at` ends after that step
-    with a checkpoint, as an interrupted run would. Returns the trainer (history, model)."""
+          stop_at: int | None = None, overwrite: bool = False,
+          resume_from: str | Path | None = None,
+          allow_schedule_change: bool = False) -> Trainer:
+    """Train both stages, or continue the run in `work_dir` with `resume` (from its newest
+    checkpoint, or from `resume_from`; `allow_schedule_change` lets the optimiser schedule
+    differ from the checkpoint's, recorded). A work dir holding a run needs `resume` or
+    `overwrite` (which moves the old run aside). `stop_at` ends after that step with a
+    checkpoint, as an interrupted run would; SIGINT/SIGTERM end the run at the next step with
+    a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer."""
     work_dir = Path(work_dir)
+    resume = resume or resume_from is not None
+    world_is_main = int(os.environ.get("RANK", "0")) == 0
+    if world_is_main:
+        prepare_work_dir(work_dir, resume, overwrite)
+    checkpoint = Path(resume_from) if resume_from is not None else work_dir / CHECKPOINT
+    if resume and not checkpoint.exists():
+        raise WorkDirError(f"nothing to resume: {checkpoint} not found (start a new run "
+                           "without --resume)")
+    check_eval_manifests(run)
     work_dir.mkdir(parents=True, exist_ok=True)
+    lock = WorkDirLock(work_dir) if world_is_main else None
+    if lock:
+        lock.__enter__()
+    try:
+        with _stop_signals_caught() as caught:
+            trainer = _train(run, work_dir, resume, stop_at, checkpoint,
+                             allow_schedule_change, caught)
+    finally:
+        if lock:
+            lock.__exit__()
+    return trainer
+
+
+class _stop_signals_caught:
+    """Within: SIGINT/SIGTERM are recorded (the trainer stops at the next step) instead of
+    ending the process; a second one acts as usual. Main thread only (signal's rule)."""
+
+    def __enter__(self):
+        self.trainer, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.trainer is not None:
+            self.trainer.stop_signal = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this step with a "
+                  "checkpoint (send it again to stop at once)", flush=True)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
+           checkpoint: Path, allow_schedule_change: bool, caught) -> Trainer:
     trainer = Trainer(run, work_dir)
+    trainer.stopped_by = None
     world = trainer.world
     if resume:
-        trainer.restore(load_checkpoint(work_dir / CHECKPOINT, map_location=trainer.device))
+        trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND),
+                        checkpoint, allow_schedule_change)
         if world.is_main:
             write_metrics(work_dir / METRICS, [], keep_until=trainer.step)
-            print(f"resumed from {work_dir / CHECKPOINT} at step {trainer.step}")
+            print(f"resumed from {checkpoint} at step {trainer.step}")
     else:
         trainer.tokenizer = make_tokenizer(run, work_dir, world)
         if world.is_main:
@@ -522,7 +721,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         trainer.prepare_stage2()
     last = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     batches = data.batches(trainer.epoch, trainer.batch_index)
-    trainer.last_flush = time.perf_counter()
+    trainer.last_flush, trainer.last_save = time.perf_counter(), time.monotonic()
+    caught.trainer = trainer
     while trainer.step < last:
         if trainer.step == run.stage1_steps and trainer.frozen_masks is None:
             trainer.freeze()
@@ -532,11 +732,19 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         trainer.train_step(batch)
         if trainer.step % run.log_every == 0:
             trainer.flush()
-        if trainer.step % run.ckpt_every == 0:
+        stop, timed = trainer.checkpoint_due()
+        if stop:
+            trainer.stopped_by = signal.Signals(trainer.stop_signal or signal.SIGTERM).name
+            break
+        if trainer.step % run.ckpt_every == 0 or timed:
             trainer.save()
+    caught.trainer = None
     if trainer.step == run.stage1_steps and trainer.frozen_masks is None:
         trainer.freeze()
-    trainer.save()
+    path = trainer.save()
+    if trainer.stopped_by and world.is_main:
+        print(f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}; "
+              f"continue with --resume", flush=True)
     # release what holds threads or the process group (the loader's workers, DDP's reducer)
     # before the group is destroyed: freed later, at interpreter exit, gloo's threads could
     # abort the process ("terminate called without an active exception")
@@ -580,14 +788,16 @@ DEMO_CONFIG = "configs/tiny.yaml"   # found in the package when not run from the
 
 
 def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFIG,
-             overrides: list[str] = ()) -> list[dict]:
-    """`make demo`: synthesise the tiny corpus, train both stages, evaluate every subnet,
-    print the table and write the heatmap. Returns the evaluation rows."""
+             overrides: list[str] = (), data_dir: str | Path = "data/synth-tiny"
+             ) -> list[dict]:
+    """`make demo`: synthesise the tiny corpus (unless `data_dir` holds it, as `orthoasr
+    synth --preset tiny` writes it), train both stages (a previous demo run in `work_dir` is
+    moved aside), evaluate every subnet, print the table and write the heatmap. Returns the
+    evaluation rows."""
     from .data.synth import synthesize_corpus
     from .evaluate import evaluate
     start = time.perf_counter()
-    work_dir = Path(work_dir)
-    data_dir = work_dir / "data"
+    work_dir, data_dir = Path(work_dir), Path(data_dir)
     if not (data_dir / "train.jsonl").exists():
         print(f"synthesising the tiny corpus into {data_dir} ...", flush=True)
         synthesize_corpus(data_dir, preset="tiny", seed=0)
@@ -595,7 +805,7 @@ def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFI
     paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
              for split in ("train", "dev", "test")]
     run_cfg = load_run_config(config, paths + list(overrides))
-    train(run_cfg, work_dir)
+    train(run_cfg, work_dir, overwrite=True)
     print(f"training done after {time.perf_counter() - start:.0f} s", flush=True)
     rows = evaluate(work_dir / CHECKPOINT, heatmap=work_dir / "heatmap.png",
                     device=run_cfg.device)
@@ -605,21 +815,56 @@ def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFI
 
 # ----------------------------------------------------------------------------- CLI
 
+DESCRIPTION = """Train the supernet and its subnets (stage 1: supernet + OrthoSoftmax-gated
+subnet; freeze; stage 2: sandwich rule). The work dir receives checkpoint.pt (the newest),
+checkpoints/ (the last keep_checkpoints), tokenizer.model and metrics.csv.
+
+Safety: a work dir that holds a run is refused unless --resume (continue it) or --overwrite
+(move it aside to <work-dir>.old-N; nothing is deleted); a lock file keeps a second process
+out. SIGINT/SIGTERM (Ctrl-C, kill) write a checkpoint at the next step and exit; checkpoints
+also go out every ckpt_every steps and every ckpt_minutes. After a divergence the error names
+the checkpoints kept and the command to resume from one with a lower lr."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/tiny.yaml", help="YAML run config")
+    from .run_config import valid_keys
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("config keys (set in the YAML file or as key=value; model keys as "
+                     "model.<key>; defaults in orthoasr/run_config.py and "
+                     "orthoasr/config.py):\n  " + " ".join(valid_keys()))
+    parser.add_argument("--config", default="configs/tiny.yaml",
+                        help="YAML run config, or a preset name: tiny, paper "
+                             "(default: %(default)s)")
     parser.add_argument("--work-dir", default="runs/default",
-                        help="checkpoint, tokenizer and metrics.csv go here")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from <work-dir>/checkpoint.pt")
-    parser.add_argument("--stop-at", type=int, default=None,
-                        help="stop (with a checkpoint) after this step")
+                        help="folder of the run (default: %(default)s)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run in the work dir from its checkpoint.pt")
+    start.add_argument("--resume-from", default=None, metavar="CKPT",
+                       help="continue the run in the work dir from this checkpoint (e.g. one "
+                            "of <work-dir>/checkpoints/ after a divergence)")
+    start.add_argument("--overwrite", action="store_true",
+                       help="move a run found in the work dir aside to <work-dir>.old-N and "
+                            "start a new one")
+    parser.add_argument("--allow-schedule-change", action="store_true",
+                        help="with --resume: accept a different optimiser schedule (lr, "
+                             "lr_final, warmup_steps, weight_decay, betas, grad_clip, "
+                             "score_lr) than the checkpoint's; the change is recorded")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop (with a checkpoint) after this step (default: run to the "
+                             "end)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. lr=3e-4 model.num_layers=4")
 
 
 def run(args: argparse.Namespace) -> None:
     run_cfg = load_run_config(args.config, args.overrides)
-    train(run_cfg, args.work_dir, resume=args.resume, stop_at=args.stop_at)
+    trainer = train(run_cfg, args.work_dir, resume=args.resume, stop_at=args.stop_at,
+                    overwrite=args.overwrite, resume_from=args.resume_from,
+                    allow_schedule_change=args.allow_schedule_change)
+    if trainer.stopped_by:
+        raise SystemExit(128 + signal.Signals[trainer.stopped_by].value)
 
 
 __all__ = ["train", "Trainer", "SubnetSelector", "TrainingDiverged", "check_feasible_budgets",

@@ -28,7 +28,10 @@ def corpus(tmp_path_factory):
 
 def torchrun(config, work_dir, *args):
     """`orthoasr train` under torchrun with 2 CPU processes (gloo)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    # TMPDIR: torchrun's torchelastic_* folders go to the test's folder, not /tmp
+    tmp = Path(work_dir).parent / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "TMPDIR": str(tmp)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "orthoasr", "train", "--config", str(config), "--work-dir", str(work_dir),
            *args]

@@ -67,6 +67,11 @@ class _WavFormat:
     data_size: int
 
 
+# writers that stream a wav (size unknown when the header is written) put 0xFFFFFFFF or
+# 0x7FFFFFFF-ish placeholders in the data chunk size: sizes from here up mean "to the end"
+STREAMED_DATA_SIZE = 0x7FFF0000
+
+
 def _wav_format(path: str) -> _WavFormat:
     with open(path, "rb") as f:
         head = f.read(12)
@@ -105,7 +110,13 @@ def _wav_format(path: str) -> _WavFormat:
                 if fmt is None:
                     raise AudioError(f"{path}: wav data chunk before fmt chunk")
                 offset = f.tell()
-                size = min(size, file_size - offset)    # streamed files may overstate it
+                present = file_size - offset
+                if present < size < STREAMED_DATA_SIZE:
+                    rate, align = fmt[2], fmt[4]
+                    raise AudioError(f"{path}: truncated wav: its header declares "
+                                     f"{size / align / rate:.3f} s of audio, the file holds "
+                                     f"{present / align / rate:.3f} s")
+                size = min(size, present)    # a streamed file's placeholder size
                 return _WavFormat(*fmt, data_offset=offset, data_size=size)
             else:
                 f.seek(size + size % 2, 1)

@@ -1,0 +1,131 @@
+"""Work-directory safety: a run is never overwritten unless asked (`--overwrite` moves it
+aside, nothing is deleted), and a lock file keeps a second process out of a running one.
+
+    moved = prepare_work_dir(work_dir, resume=False, overwrite=True)   # old run -> moved
+    with WorkDirLock(work_dir):
+        ...train...
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+# what a training run leaves in its work dir
+RUN_FILES = ("checkpoint.pt", "metrics.csv", "tokenizer.model", "checkpoints")
+
+
+class WorkDirError(RuntimeError):
+    """A work dir that cannot be used as asked; the message says what to do."""
+
+
+def run_files(work_dir: Path) -> list[str]:
+    """The names of RUN_FILES present in `work_dir`."""
+    return [name for name in RUN_FILES if (work_dir / name).exists()]
+
+
+def prepare_work_dir(work_dir: str | Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check that a run may start (or continue) in `work_dir`; with `overwrite`, move a run
+    found there to `<work_dir>.old-<i>` and return that path. A run is never deleted."""
+    work_dir = Path(work_dir)
+    if resume and overwrite:
+        raise WorkDirError("--resume and --overwrite exclude each other: --resume continues "
+                           "the run in the work dir, --overwrite moves it aside")
+    if work_dir.exists() and not work_dir.is_dir():
+        raise WorkDirError(f"work dir {work_dir} is a file, not a directory")
+    found = run_files(work_dir) if work_dir.is_dir() else []
+    if resume or not found:
+        return None
+    if not overwrite:
+        raise WorkDirError(
+            f"work dir {work_dir} already holds a run ({', '.join(found)}); add --resume to "
+            f"continue it, or --overwrite to move it aside to {_aside_name(work_dir)} and "
+            "start a new one")
+    check_unlocked(work_dir)
+    aside = _aside_name(work_dir)
+    os.rename(work_dir, aside)
+    print(f"moved the previous run in {work_dir} to {aside}", flush=True)
+    return aside
+
+
+def _aside_name(work_dir: Path) -> Path:
+    i = 1
+    while work_dir.with_name(f"{work_dir.name}.old-{i}").exists():
+        i += 1
+    return work_dir.with_name(f"{work_dir.name}.old-{i}")
+
+
+def check_unlocked(work_dir: Path) -> None:
+    """Error if a live process holds `work_dir`'s lock."""
+    owner = _lock_owner(work_dir / LOCK_NAME)
+    if owner is not None and not _is_stale(owner):
+        raise _in_use(work_dir, owner)
+
+
+class WorkDirLock:
+    """`<work_dir>/.lock` holding "pid host", created exclusively. A lock whose process is
+    gone (same host, pid not running) is stale: it is replaced, with a note."""
+
+    def __init__(self, work_dir: str | Path):
+        self.work_dir = Path(work_dir)
+        self.path = self.work_dir / LOCK_NAME
+        self.held = False
+
+    def __enter__(self) -> WorkDirLock:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(self.path)
+                if owner is not None and not _is_stale(owner):
+                    raise _in_use(self.work_dir, owner) from None
+                print(f"note: removing the stale lock {self.path} (left by "
+                      f"{'an unreadable owner' if owner is None else f'process {owner[0]}'}, "
+                      "which is no longer running)", flush=True)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            self.held = True
+            return self
+        raise WorkDirError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        if self.held and _lock_owner(self.path) == (os.getpid(), socket.gethostname()):
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def _lock_owner(path: Path) -> tuple[int, str] | None:
+    """(pid, host) written in the lock file; None if there is none or it is unreadable."""
+    try:
+        pid, host = path.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _is_stale(owner: tuple[int, str]) -> bool:
+    pid, host = owner
+    if host != socket.gethostname():
+        return False          # cannot tell from here: assume the other machine still runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:   # exists, owned by someone else
+        return False
+    return False
+
+
+def _in_use(work_dir: Path, owner: tuple[int, str]) -> WorkDirError:
+    return WorkDirError(
+        f"work dir {work_dir} is in use by process {owner[0]} on {owner[1]} (lock file "
+        f"{work_dir / LOCK_NAME}); wait for that run to end, or delete the lock file if "
+        "no such process runs")
+
+
+__all__ = ["WorkDirError", "WorkDirLock", "prepare_work_dir", "check_unlocked", "run_files"]

@@ -1,0 +1,366 @@
+"""Nothing a user does by mistake loses a run (issue 16): work-dir safety and the lock,
+signals, wall-time and kept checkpoints, divergence recovery, range-checked config, data
+filters, one-line CLI errors, checkpoint errors by kind."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_train import tiny_run, write_corpus
+
+import orthoasr.train as train_module
+from orthoasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from orthoasr.cli import main
+from orthoasr.evaluate import evaluate
+from orthoasr.export import load_subnet
+from orthoasr.run_config import load_run_config
+from orthoasr.train import TrainingDiverged, read_metrics, train
+from orthoasr.workdir import WorkDirError, WorkDirLock
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"), n=8)
+
+
+@pytest.fixture(scope="module")
+def finished(corpus, tmp_path_factory):
+    """A finished 2-step run (one step per stage) and its checkpoint."""
+    work = tmp_path_factory.mktemp("finished") / "run"
+    train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1"), work)
+    return work
+
+
+def short_run(corpus, *overrides):
+    return tiny_run(corpus, "stage1_steps=2", "stage2_steps=0", *overrides)
+
+
+def cli_error(capsys, argv) -> str:
+    """Run the CLI expecting a user error: exit 2, one line on stderr; returns that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("orthoasr: error: ") and "\n" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- 1: work dir
+
+def test_a_run_is_refused_without_resume_and_moved_aside_by_overwrite(corpus, tmp_path):
+    work = tmp_path / "run"
+    train(short_run(corpus), work)
+    metrics, ckpt = (work / "metrics.csv").read_bytes(), (work / "checkpoint.pt").read_bytes()
+    with pytest.raises(WorkDirError, match=r"already holds a run.*--resume.*--overwrite"):
+        train(short_run(corpus, "stage1_steps=1"), work)
+    assert (work / "metrics.csv").read_bytes() == metrics
+    assert (work / "checkpoint.pt").read_bytes() == ckpt
+    train(short_run(corpus, "stage1_steps=1"), work, overwrite=True)
+    assert (tmp_path / "run.old-1" / "metrics.csv").read_bytes() == metrics
+    assert (tmp_path / "run.old-1" / "checkpoint.pt").read_bytes() == ckpt
+    assert [r["step"] for r in read_metrics(work / "metrics.csv")] == [1]
+    assert not (work / ".lock").exists()
+    with pytest.raises(WorkDirError, match="nothing to resume"):
+        train(short_run(corpus), tmp_path / "empty", resume=True)
+
+
+def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tmp_path,
+                                                                     capsys):
+    work = tmp_path / "run"
+    with WorkDirLock(work):
+        with pytest.raises(WorkDirError, match=rf"in use by process {os.getpid()}.*lock file"):
+            WorkDirLock(work).__enter__()
+        with pytest.raises(WorkDirError, match="in use by process"):
+            train(short_run(corpus), work)
+    assert not (work / ".lock").exists()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    import socket
+    (work / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+    train(short_run(corpus), work)
+    assert f"stale lock {work / '.lock'}" in capsys.readouterr().out
+    assert load_checkpoint(work / "checkpoint.pt")["step"] == 2
+
+
+# ----------------------------------------------------------------------------- 5: signals
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path, monkeypatch,
+                                                               capsys, sig):
+    real_step = train_module.Trainer.train_step
+
+    def step_then_signal(trainer, batch):
+        real_step(trainer, batch)
+        if trainer.step == 2:
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_signal)
+    config = tmp_path / "run.yaml"
+    config.write_text("{}")
+    overrides = [f"{k}={v}" for k, v in _flat(tiny_run(corpus, "stage1_steps=5",
+                                                        "ckpt_every=100").to_dict()).items()]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run"),
+              *overrides])
+    assert exit_info.value.code == 128 + sig
+    assert f"stopped by {signal.Signals(sig).name} at step 2" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(sig) is not step_then_signal   # handlers restored
+    monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
+    trainer = train(tiny_run(corpus, "stage1_steps=5", "ckpt_every=100"), tmp_path / "run",
+                    resume=True)
+    assert trainer.step == 8
+
+
+def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_path):
+    work = tmp_path / "run"
+    train(short_run(corpus, "stage1_steps=4", "ckpt_every=100", "ckpt_minutes=1e-9",
+                    "keep_checkpoints=3"), work)
+    kept = sorted(p.name for p in (work / "checkpoints").iterdir())
+    assert kept == ["step-0000002.pt", "step-0000003.pt", "step-0000004.pt"]
+    assert os.path.samefile(work / "checkpoint.pt", work / "checkpoints" / kept[-1])
+
+
+# ----------------------------------------------------------------------------- 4: divergence
+
+def test_divergence_names_a_kept_checkpoint_and_resumes_from_it_with_a_lower_lr(
+        corpus, tmp_path, monkeypatch):
+    real_ctc = train_module.ctc_loss
+    calls = {"n": 0}
+
+    def ctc_nan_from_step_3(*args):
+        calls["n"] += 1                    # 2 CTC terms per stage-1 step
+        return real_ctc(*args) * (math.nan if calls["n"] > 4 else 1.0)
+
+    monkeypatch.setattr(train_module, "ctc_loss", ctc_nan_from_step_3)
+    work = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as info:
+        train(short_run(corpus, "stage1_steps=4", "ckpt_every=1"), work)
+    message = str(info.value)
+    oldest = work / "checkpoints" / "step-0000001.pt"
+    assert "at step 3" in message and f"--resume-from {oldest} " in message
+    assert "--allow-schedule-change lr=0.0001" in message and oldest.exists()
+    monkeypatch.setattr(train_module, "ctc_loss", real_ctc)
+    lower = short_run(corpus, "stage1_steps=4", "ckpt_every=1", "lr=1e-4")
+    with pytest.raises(ValueError, match=r"lr: checkpoint 0\.001 vs config 0\.0001; .*"
+                                         r"--allow-schedule-change"):
+        train(lower, work, resume_from=oldest)
+    trainer = train(lower, work, resume_from=oldest, allow_schedule_change=True)
+    state = load_checkpoint(work / "checkpoint.pt")
+    assert trainer.step == 4 and state["step"] == 4
+    assert state["schedule_changes"] == [{"step": 1, "changes": {"lr": [1e-3, 1e-4]}}]
+    assert {g["base_lr"] for g in state["optimizer"]["param_groups"][:2]} == {1e-4}
+    assert [r["step"] for r in read_metrics(work / "metrics.csv")] == [1, 2, 3, 4]
+
+
+def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
+    real_step = train_module.Trainer.train_step
+
+    def step_then_poison(trainer, batch):
+        real_step(trainer, batch)
+        if trainer.step == 2:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(math.inf)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_poison)
+    work = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"non-finite values in model\..* at step 2.*"
+                                               r"--resume-from .*step-0000001\.pt"):
+        train(short_run(corpus, "stage1_steps=3", "ckpt_every=1"), work)
+    assert not (work / "checkpoints" / "step-0000002.pt").exists()
+    assert load_checkpoint(work / "checkpoint.pt")["step"] == 1
+
+
+# ----------------------------------------------------------------------------- 6: config
+
+@pytest.mark.parametrize("override, message", [
+    ("grad_clip=-1", r"grad_clip must be a finite number in \(0, inf\), got -1"),
+    ("score_lr=-5", r"score_lr must be a finite number in \(0, inf\), got -5"),
+    ("tau_end=2", r"tau_end must be <= tau0 \(1.0\)"),
+    ("seed=abc", r"seed must be an int >= 0, got 'abc'"),
+    ("lr=inf", r"lr must be a finite number in \(0, inf\), got inf"),
+    ("lr_final=1.5", r"lr_final must be a finite number in \[0, 1\], got 1.5"),
+    ("betas=[0.9,1.0]", r"betas\[1\] must be a finite number in \[0, 1\)"),
+    ("keep_checkpoints=0", r"keep_checkpoints must be an int >= 1, got 0"),
+    ("spec_augment=3", r"spec_augment must be true or false, got 3"),
+])
+def test_config_values_are_range_checked_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_run_config("tiny", [override])
+
+
+# ----------------------------------------------------------------------------- 8: data
+
+def test_data_filters_are_counted_and_dropping_everything_is_an_error(corpus, tmp_path,
+                                                                      capsys):
+    with pytest.raises(ValueError, match=r"8 utterances, 0 kept; skipped 8 longer than "
+                                         r"max_duration=0.1 s: nothing left"):
+        train(short_run(corpus, "max_duration=0.1"), tmp_path / "a")
+    train(short_run(corpus, "max_duration=0.55", "stage1_steps=1"), tmp_path / "b")
+    out = capsys.readouterr().out
+    assert "8 utterances" in out and "longer than max_duration=0.55 s" in out
+
+
+def test_too_short_clips_are_reported_and_skipped(corpus, tmp_path, capsys):
+    import json
+    import wave
+    short = tmp_path / "short.wav"
+    with wave.open(str(short), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\x01\x00" * 400)            # 25 ms: 2 feature frames
+    manifest = tmp_path / "train.jsonl"
+    lines = (corpus / "train.jsonl").read_text().splitlines()
+    manifest.write_text("\n".join(lines + [json.dumps(
+        {"audio_filepath": str(short), "duration": 0.025, "text": "go"})] * 1) + "\n")
+    train(short_run(corpus, f"train_manifest={manifest}"), tmp_path / "run")
+    assert f"1 shorter than 0.04 s (4 frames, the minimum of the 4x subsampling), e.g. " \
+           f"{short}" in capsys.readouterr().out
+    only_short = tmp_path / "only_short.jsonl"
+    only_short.write_text(json.dumps({"audio_filepath": str(short), "text": "go"}) + "\n")
+    with pytest.raises(ValueError, match="1 shorter than 0.04 s.*nothing left"):
+        train(short_run(corpus, f"train_manifest={only_short}"), tmp_path / "run2")
+
+
+def test_truncated_wav_without_duration_is_an_error(corpus, tmp_path):
+    from orthoasr.data import ManifestError, load_manifest
+    wav = tmp_path / "cut.wav"
+    wav.write_bytes((corpus / "train_0.wav").read_bytes()[:3000])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "cut.wav", "text": "go"}\n')
+    with pytest.raises(ManifestError, match=r"cut.wav: truncated wav: its header declares"):
+        load_manifest(manifest)
+
+
+def test_dev_and_test_manifests_are_checked_before_training(corpus, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dev_manifest /nonexistent.jsonl not found"):
+        train(short_run(corpus, "dev_manifest=/nonexistent.jsonl"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+# ----------------------------------------------------------------------------- 3: eval
+
+def test_eval_from_another_folder_finds_the_manifests_and_a_missing_one_is_an_error(
+        finished, tmp_path, monkeypatch, capsys):
+    state = load_checkpoint(finished / "checkpoint.pt")   # as if trained with relative paths
+    relative = {k: os.path.relpath(v, finished) for k, v in state["manifest_paths"].items()}
+    state["run_config"].update({f"{k}_manifest": v for k, v in relative.items()})
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "format"})
+    monkeypatch.chdir(tmp_path)
+    rows = evaluate(ckpt)
+    assert {"wer_dev", "wer_test"} <= set(rows[0])
+    before = (tmp_path / "eval.csv").read_text()
+    err = cli_error(capsys, ["eval", "--checkpoint", str(ckpt), "--dev", "/nonexistent"])
+    assert "--dev manifest /nonexistent not found" in err
+    assert (tmp_path / "eval.csv").read_text() == before
+
+
+# ----------------------------------------------------------------------------- 7: errors
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    err = cli_error(capsys, ["train", "--config", str(tmp_path / "none.yaml")])
+    assert "none.yaml not found" in err
+    with pytest.raises(FileNotFoundError):
+        main(["train", "--debug", "--config", str(tmp_path / "none.yaml")])
+    monkeypatch.setenv("ORTHOASR_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["train", "--config", str(tmp_path / "none.yaml")])
+
+
+def test_checkpoint_errors_name_the_path_and_the_kind(finished, tmp_path, capsys):
+    good = finished / "checkpoint.pt"
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    code = tmp_path / "code.pt"
+    torch.save({"format": 1, "obj": CheckpointError("x")}, code)
+    sub = tmp_path / "sub.pt"
+    main(["export", "--checkpoint", str(good), "--subnet", "0", "--out", str(sub)])
+    cases = [(empty, f"checkpoint {empty} is empty (0 bytes)"),
+             (truncated, f"checkpoint {truncated} is corrupt or truncated"),
+             (code, f"checkpoint {code} holds Python objects besides tensors"),
+             (sub, f"{sub} is an exported subnet (`orthoasr export --out`); this needs a "
+                   "training checkpoint"),
+             (tmp_path, f"checkpoint {tmp_path} is a directory")]
+    for path, message in cases:
+        err = cli_error(capsys, ["eval", "--checkpoint", str(path)])
+        assert message in err, err
+        assert "weights_only" not in err
+    with pytest.raises(CheckpointError, match=f"{good} is a training checkpoint .*; this needs "
+                                              "an exported subnet"):
+        load_subnet(good)
+
+
+def test_a_failed_write_names_the_checkpoint_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . unexpected pos "
+                           "4128640 vs 4128532")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=rf"could not write checkpoint {path}: .*"
+                                              r"unexpected pos.*MiB free"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1 and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+# ----------------------------------------------------------------------------- 10: edges
+
+def test_checkpoints_get_the_usual_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"step": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert load_run_config("tiny").model.num_layers == 4
+
+
+def test_overrides_may_follow_options(corpus, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("{}")
+    overrides = [f"{k}={v}" for k, v in _flat(short_run(corpus).to_dict()).items()]
+    main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run"),
+          "--stop-at", "1", *overrides])
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+
+
+def test_help_describes_commands_defaults_and_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "orthoasr synth --preset tiny" in out
+    for command in ("demo", "synth", "train", "eval", "export"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: configs/tiny.yaml)" in out and "--overwrite" in out
+    assert "model.num_layers" in out and "keep_checkpoints" in out
+
+
+def _flat(values, prefix=""):
+    import json
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, prefix + key + "."))
+        else:
+            out[prefix + key] = json.dumps(list(value) if isinstance(value, tuple) else value)
+    return out
+
