@@ -18,7 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from orthoasr.distributed import barrier, shutdown
 from orthoasr.run_config import load_run_config
-from orthoasr.train import TrainData, Trainer, make_tokenizer
+from orthoasr.run_data import TrainData, make_tokenizer
+from orthoasr.train import Trainer
 
 
 def timed_steps(trainer: Trainer, batches, steps: int) -> dict:

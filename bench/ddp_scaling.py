@@ -29,8 +29,8 @@ import yaml
 
 from bench.harness import write_rows
 from bench.train_step import make_corpus, stage_times
+from orthoasr.metrics import read_metrics
 from orthoasr.run_config import load_run_config
-from orthoasr.train import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "4"}
 

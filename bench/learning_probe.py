@@ -18,7 +18,8 @@ from bench.grad_check import compare
 from bench.train_step import make_corpus
 from orthoasr.backend import set_backend
 from orthoasr.run_config import load_run_config
-from orthoasr.train import TrainData, Trainer, make_tokenizer
+from orthoasr.run_data import TrainData, make_tokenizer
+from orthoasr.train import Trainer
 
 
 def step_grads(trainer: Trainer, batch, backend: str) -> tuple[float, dict]:

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from bench.harness import write_rows
+from orthoasr.metrics import read_metrics
 from orthoasr.run_config import load_run_config
-from orthoasr.train import read_metrics, train
+from orthoasr.train import train
 
 WORDS = ("the quick brown fox jumps over lazy dog red green blue one two three four five six "
          "seven eight nine stop go left right up down yes no").split()

@@ -192,6 +192,32 @@ def _lookup(values: dict, dotted: str):
     return values
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_config", "rng_states",
+
+
+def link_atomically(source: Path, link: Path) -> None:
+    """Make `link` the same file as `source` (a hard link; a copy where links fail),
+    replacing it atomically."""
+    tmp = link.with_name(link.name + f".{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, link)
+
+
+def kept_checkpoints(folder: Path) -> list[Path]:
+    """checkpoints/step-*.pt, oldest write first (a run resumed from an earlier step writes
+    after the abandoned later ones)."""
+    return sorted(folder.glob("step-*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    for old in kept_checkpoints(folder)[:-keep]:
+        old.unlink()
+
+
+__all__ = ["link_atomically", "kept_checkpoints", "prune_checkpoints",
+           "save_checkpoint", "load_checkpoint", "check_config", "rng_states",
            "set_rng_states", "as_tuples", "CheckpointError", "checkpoint_kind",
            "find_nonfinite", "TRAINING_KIND", "SUBNET_KIND"]

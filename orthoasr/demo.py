@@ -1,6 +1,6 @@
 """`orthoasr demo`: what `make demo` runs.
 
-By default the whole job on the embedded corpus (orthoasr.train.run_demo): synthesise the
+By default the whole job on the embedded corpus (`run_demo`): synthesise the
 tiny eSpeak NG corpus, train a tiny supernet through both stages, evaluate every subnet and
 write the heatmap. `--selection-only` shows the selection mechanism alone, in seconds: the
 score matrix of the paper-size model (180 units) is trained with OrthoSoftmax against a budget
@@ -14,14 +14,46 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from .config import SupernetConfig
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
+from .run_config import load_run_config
+from .train import CHECKPOINT, train
 from .units import enumerate_units, subnet_cost, unit_costs
 
 SYMBOLS = {"ffn1": "F", "conv": "C", "mhsa": "H", "ffn2": "G"}
+
+
+DEMO_CONFIG = "configs/tiny.yaml"   # found in the package when not run from the checkout
+
+
+def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFIG,
+             overrides: list[str] = (), data_dir: str | Path = "data/synth-tiny"
+             ) -> list[dict]:
+    """`make demo`: synthesise the tiny corpus (unless `data_dir` holds it, as `orthoasr
+    synth --preset tiny` writes it), train both stages (a previous demo run in `work_dir` is
+    moved aside), evaluate every subnet, print the table and write the heatmap. Returns the
+    evaluation rows."""
+    from .data.synth import synthesize_corpus
+    from .evaluate import evaluate
+    start = time.perf_counter()
+    work_dir, data_dir = Path(work_dir), Path(data_dir)
+    if not (data_dir / "train.jsonl").exists():
+        print(f"synthesising the tiny corpus into {data_dir} ...", flush=True)
+        synthesize_corpus(data_dir, preset="tiny", seed=0)
+    print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
+    paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
+             for split in ("train", "dev", "test")]
+    run_cfg = load_run_config(config, paths + list(overrides))
+    train(run_cfg, work_dir, overwrite=True)
+    print(f"training done after {time.perf_counter() - start:.0f} s", flush=True)
+    rows = evaluate(work_dir / CHECKPOINT, heatmap=work_dir / "heatmap.png",
+                    device=run_cfg.device)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if not args.selection_only:
-        from .train import run_demo
         run_demo(args.work_dir)
         return
     budgets = tuple(float(b) for b in args.budgets.split(","))

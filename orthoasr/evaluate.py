@@ -13,9 +13,9 @@ import torch
 
 from .checkpoint import TRAINING_KIND, load_checkpoint
 from .config import SupernetConfig
+from .devices import resolve_device
 from .model import ConformerSupernet, block_layout
 from .run_config import RunConfig
-from .train import resolve_device
 from .units import subnet_cost
 
 
@@ -82,7 +82,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .decoding import greedy_ctc_decode
     logmel = LogMel().to(device)
     dataset = SpeechDataset(records, tokenizer)
-    from .train import min_duration
+    from .run_data import min_duration
     order = sorted(range(len(records)), key=lambda i: float(records[i]["duration"]))
     too_short = [i for i in order if float(records[i]["duration"]) < min_duration(logmel)]
     if too_short:

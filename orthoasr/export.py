@@ -1,4 +1,4 @@
-"""Subnet export (DESIGN §6): a compact dense Conformer with the selected units' weights
+"""Subnet export (docs/design.md §6): a compact dense Conformer with the selected units' weights
 sliced out of the supernet; modules with no unit left are removed.
 
     sub = extract_subnet(model, gates, head)   # gates (N,): 0 drops a unit, others scale it

@@ -1,4 +1,4 @@
-"""The Conformer-CTC supernet (DESIGN §2, §6): VGG frontend with 4x time subsampling,
+"""The Conformer-CTC supernet (docs/design.md §2, §6): VGG frontend with 4x time subsampling,
 sinusoidal positions, Conformer blocks of gated modules, one output layer per budget.
 
     feats (B, T, 80) -> VGGFrontend -> (B, T/4, D) -> [ConformerBlock] x L -> head[b]

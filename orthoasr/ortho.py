@@ -1,4 +1,4 @@
-"""OrthoSoftmax API (DESIGN §3): the op, its schedules and the freeze step."""
+"""OrthoSoftmax API (docs/design.md §3): the op, its schedules and the freeze step."""
 
 from __future__ import annotations
 

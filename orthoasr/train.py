@@ -1,4 +1,4 @@
-"""`orthoasr train`: two-stage OrthoSoftmax supernet training (DESIGN §5).
+"""`orthoasr train`: two-stage OrthoSoftmax supernet training (docs/design.md §5).
 
 Stage 1 (steps < stage1_steps): each step trains the supernet (all gates 1, largest head) and
 one subnet of a random budget below the largest with soft gates m_p from OrthoSoftmax:
@@ -26,11 +26,9 @@ any number of ranks.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -47,15 +45,17 @@ from .checkpoint import (
     as_tuples,
     check_config,
     find_nonfinite,
+    kept_checkpoints,
+    link_atomically,
     load_checkpoint,
+    prune_checkpoints,
     rng_states,
     save_checkpoint,
     set_rng_states,
 )
 from .config import SupernetConfig
+from .devices import resolve_device
 from .distributed import (
-    SINGLE,
-    World,
     all_reduce_sum,
     average_gradients,
     barrier,
@@ -63,16 +63,16 @@ from .distributed import (
     init_world,
     shutdown,
 )
+from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
 from .run_config import RunConfig, load_run_config
+from .run_data import TrainData, check_eval_manifests, make_tokenizer
 from .units import subnet_cost, unit_costs
 from .workdir import WorkDirError, WorkDirLock, prepare_work_dir
 
 CHECKPOINT = "checkpoint.pt"          # the newest checkpoint (a hard link into CHECKPOINTS)
 CHECKPOINTS = "checkpoints"           # the last `keep_checkpoints`: step-0000040.pt, ...
-METRICS = "metrics.csv"
-METRIC_NAMES = ("loss", "loss_sup", "loss_sub", "penalty")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -164,89 +164,6 @@ def apply_schedule(optimizer: torch.optim.Optimizer, run: RunConfig) -> None:
         group["base_lr"], group["betas"] = base_lr, run.betas
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
-    return torch.device(name)
-
-
-class TrainData:
-    """Training utterances in buckets; batch order is a function of (seed, epoch), so a run
-    resumed at (epoch, batch index) sees the same batches as an uninterrupted one."""
-
-    def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False,
-                 world: World = SINGLE):
-        from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
-        records = filter_records(load_manifest(run.train_manifest), run, world.is_main)
-        self.run, self.collate, self.pin_memory = run, collate, pin_memory
-        self.dataset = SpeechDataset(records, tokenizer)
-        self.durations = [r["duration"] for r in records]
-        self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
-                                          seed=run.seed, num_replicas=world.size,
-                                          rank=world.rank)
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        self.sampler.set_epoch(epoch)
-        plan, group = list(self.sampler), self.run.buckets_per_step
-        return [sum(plan[i:i + group], []) for i in range(0, len(plan) - group + 1, group)]
-
-    def batches(self, epoch: int, index: int):
-        """Yield (epoch, index of the next batch, batch) forever, from batch `index`."""
-        while True:
-            order = self.epoch_batches(epoch)
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=order[index:], collate_fn=self.collate,
-                num_workers=self.run.num_workers, pin_memory=self.pin_memory,
-                generator=torch.Generator())
-            for batch in loader:
-                index += 1
-                yield epoch, index, batch
-            epoch, index = epoch + 1, 0
-
-
-def min_duration(logmel=None) -> float:
-    """Seconds of the shortest clip the frontend takes: 4 feature frames (4x subsampling)."""
-    from .data import LogMel
-    logmel = logmel or LogMel()
-    return 4 * logmel.hop / logmel.sample_rate
-
-
-def filter_records(records: list[dict], run: RunConfig, report: bool = True) -> list[dict]:
-    """The training records of at most `max_duration` s and at least `min_duration()`; the
-    counts dropped are printed, and dropping everything is an error that gives them."""
-    shortest = min_duration()
-    too_long = [r for r in records if r["duration"] > run.max_duration]
-    too_short = [r for r in records if r["duration"] < shortest]
-    kept = [r for r in records if shortest <= r["duration"] <= run.max_duration]
-    dropped = []
-    if too_long:
-        dropped.append(f"{len(too_long)} longer than max_duration={run.max_duration} s")
-    if too_short:
-        dropped.append(f"{len(too_short)} shorter than {shortest} s (4 frames, the minimum "
-                       f"of the 4x subsampling), e.g. {too_short[0]['audio_filepath']}")
-    summary = (f"training manifest {run.train_manifest}: {len(records)} utterances, "
-               f"{len(kept)} kept" + (f"; skipped {', '.join(dropped)}" if dropped else ""))
-    if not kept:
-        raise ValueError(f"{summary}: nothing left to train on")
-    if report:
-        print(summary, flush=True)
-    return kept
-
-
-def check_eval_manifests(run: RunConfig) -> None:
-    """The dev and test manifests exist and parse (no audio read), checked before training so
-    that evaluating the run does not fail at its end."""
-    from .data import load_manifest
-    for name in ("dev_manifest", "test_manifest"):
-        path = getattr(run, name)
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{name} {path} not found (set {name}=PATH)")
-        if not load_manifest(path, check_audio=False):
-            raise ValueError(f"{name} {path} is empty")
-
-
 class _Joint(nn.Module):
     """Model and selector under one DistributedDataParallel: its forward runs the step's
     loss computation (a closure over both), so one forward and one backward per step."""
@@ -300,6 +217,12 @@ class Trainer:
         self.last_flush = time.perf_counter()
         self.last_save = time.monotonic()
         self.stop_signal: int | None = None     # set by the SIGINT/SIGTERM handler
+        self.stopped_by: str | None = None      # its name once the loop stopped for it
+        # stage 2's stochastic-depth tables (prepare_stage2): modules, module of each unit,
+        # modules with no unit in the smallest subnet
+        self.num_modules = 0
+        self.module_of_unit: torch.Tensor | None = None
+        self.droppable_modules: torch.Tensor | None = None
         self.schedule_changes: list[dict] = []  # {"step", "changes"} of each resume that
                                                 # changed the optimiser schedule
         from .data import LogMel, SpecAugment
@@ -344,7 +267,7 @@ class Trainer:
                     f"this step was not written. {self.recovery_advice()}")
             step_path = self.work_dir / CHECKPOINTS / f"step-{self.step:07d}.pt"
             save_checkpoint(step_path, self.state())
-            _link_atomically(step_path, path)
+            link_atomically(step_path, path)
             prune_checkpoints(self.work_dir / CHECKPOINTS, self.run.keep_checkpoints)
         self.last_save = time.monotonic()
         barrier(self.world)
@@ -586,56 +509,6 @@ class Trainer:
         return stop, timed
 
 
-def _link_atomically(source: Path, link: Path) -> None:
-    """Make `link` the same file as `source` (a hard link; a copy where links fail),
-    replacing it atomically."""
-    tmp = link.with_name(link.name + f".{os.getpid()}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, link)
-
-
-def kept_checkpoints(folder: Path) -> list[Path]:
-    """checkpoints/step-*.pt, oldest write first (a run resumed from an earlier step writes
-    after the abandoned later ones)."""
-    return sorted(folder.glob("step-*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-
-
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    for old in kept_checkpoints(folder)[:-keep]:
-        old.unlink()
-
-
-def write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
-    """Append rows to the CSV; with keep_until, first drop rows after that step (resume)."""
-    old = []
-    if path.exists() and keep_until is not None:
-        with path.open() as f:
-            old = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-    if keep_until is not None or not path.exists():
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=_metric_columns())
-            writer.writeheader()
-            writer.writerows(old)
-    with path.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=_metric_columns()).writerows(rows)
-
-
-def _metric_columns() -> list[str]:
-    return ["step", "stage", "budget", *METRIC_NAMES, "tau", "lr", "ms_per_step", "utt_per_s",
-            "audio_per_s"]
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    with Path(path).open() as f:
-        # a column added since a resumed run's first rows were written reads as NaN there
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
@@ -703,7 +576,6 @@ class _stop_signals_caught:
 def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
            checkpoint: Path, allow_schedule_change: bool, caught) -> Trainer:
     trainer = Trainer(run, work_dir)
-    trainer.stopped_by = None
     world = trainer.world
     if resume:
         trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND),
@@ -752,65 +624,6 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
     trainer.ddp = None
     shutdown(world)
     return trainer
-
-
-def make_tokenizer(run: RunConfig, work_dir: Path, world: World = SINGLE):
-    """A BPE tokenizer trained on the training transcripts, vocab = model.vocab_size (by
-    rank 0; the other ranks load what it wrote)."""
-    from .data import Tokenizer
-    if not world.is_main:
-        barrier(world)
-        return Tokenizer(str(work_dir / "tokenizer.model"))
-    tokenizer = _train_tokenizer(run, work_dir)
-    barrier(world)
-    return tokenizer
-
-
-def _train_tokenizer(run: RunConfig, work_dir: Path):
-    from .data import Tokenizer, load_manifest
-    records = load_manifest(run.train_manifest)
-    if not records:
-        raise ValueError(f"training manifest {run.train_manifest} is empty")
-    texts = [r["text"] for r in records]
-    tokenizer = Tokenizer.train(texts, run.model.vocab_size, str(work_dir / "tokenizer.model"))
-    if tokenizer.vocab_size > run.model.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is "
-                         f"{run.model.vocab_size}")
-    if tokenizer.vocab_size < run.model.vocab_size:   # sentencepiece's limit is soft
-        print(f"note: the transcripts gave a {tokenizer.vocab_size}-id vocabulary (blank "
-              f"included); the output layers keep model.vocab_size={run.model.vocab_size}")
-    return tokenizer
-
-
-# ----------------------------------------------------------------------------- demo
-
-DEMO_CONFIG = "configs/tiny.yaml"   # found in the package when not run from the checkout
-
-
-def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFIG,
-             overrides: list[str] = (), data_dir: str | Path = "data/synth-tiny"
-             ) -> list[dict]:
-    """`make demo`: synthesise the tiny corpus (unless `data_dir` holds it, as `orthoasr
-    synth --preset tiny` writes it), train both stages (a previous demo run in `work_dir` is
-    moved aside), evaluate every subnet, print the table and write the heatmap. Returns the
-    evaluation rows."""
-    from .data.synth import synthesize_corpus
-    from .evaluate import evaluate
-    start = time.perf_counter()
-    work_dir, data_dir = Path(work_dir), Path(data_dir)
-    if not (data_dir / "train.jsonl").exists():
-        print(f"synthesising the tiny corpus into {data_dir} ...", flush=True)
-        synthesize_corpus(data_dir, preset="tiny", seed=0)
-    print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
-    paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
-             for split in ("train", "dev", "test")]
-    run_cfg = load_run_config(config, paths + list(overrides))
-    train(run_cfg, work_dir, overwrite=True)
-    print(f"training done after {time.perf_counter() - start:.0f} s", flush=True)
-    rows = evaluate(work_dir / CHECKPOINT, heatmap=work_dir / "heatmap.png",
-                    device=run_cfg.device)
-    print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    return rows
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -868,4 +681,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 __all__ = ["train", "Trainer", "SubnetSelector", "TrainingDiverged", "check_feasible_budgets",
-           "ctc_loss", "lr_factor", "read_metrics", "run_demo", "add_arguments", "run"]
+           "ctc_loss", "lr_factor", "add_arguments", "run"]

@@ -1,4 +1,4 @@
-"""Prunable units of the supernet and their exact costs (DESIGN §2, §4).
+"""Prunable units of the supernet and their exact costs (docs/design.md §2, §4).
 
 A block's units follow `cfg.module_order`; with component granularity a feed-forward module
 has `ff_chunks` units (contiguous hidden-channel slices), MHSA has `num_heads` units and the

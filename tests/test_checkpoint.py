@@ -9,7 +9,8 @@ from test_train import tiny_run, write_corpus
 
 from orthoasr import set_backend
 from orthoasr.checkpoint import load_checkpoint, save_checkpoint
-from orthoasr.train import read_metrics, train
+from orthoasr.metrics import read_metrics
+from orthoasr.train import train
 
 
 @pytest.fixture(autouse=True)

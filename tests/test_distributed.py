@@ -13,7 +13,8 @@ import yaml
 from test_train import tiny_run, write_corpus
 
 from orthoasr.checkpoint import load_checkpoint
-from orthoasr.train import read_metrics, train
+from orthoasr.metrics import read_metrics
+from orthoasr.train import train
 
 # randomness that may differ per rank is off, so the runs must agree up to rounding
 DETERMINISTIC = ("spec_augment=false", "model.dropout=0.0", "stochastic_depth=0.0",

@@ -17,8 +17,9 @@ from orthoasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from orthoasr.cli import main
 from orthoasr.evaluate import evaluate
 from orthoasr.export import load_subnet
+from orthoasr.metrics import read_metrics
 from orthoasr.run_config import load_run_config
-from orthoasr.train import TrainingDiverged, read_metrics, train
+from orthoasr.train import TrainingDiverged, train
 from orthoasr.workdir import WorkDirError, WorkDirLock
 
 

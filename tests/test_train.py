@@ -12,13 +12,13 @@ import torch
 
 from orthoasr import SupernetConfig, gamma_for, set_backend, subnet_cost, temperature
 from orthoasr.checkpoint import load_checkpoint
+from orthoasr.metrics import read_metrics
 from orthoasr.run_config import RunConfig, load_run_config
 from orthoasr.train import (
     SubnetSelector,
     TrainingDiverged,
     check_feasible_budgets,
     lr_factor,
-    read_metrics,
     train,
 )
 
@@ -243,7 +243,8 @@ def test_train_step_has_no_host_sync(corpus, tmp_path, monkeypatch):
     PyTorch's CUDA CTC copies per-batch offsets host-to-device with a stream sync inside
     (LossCTC.cu), so here a sync-free stand-in with the same inputs replaces it."""
     import orthoasr.train as train_module
-    from orthoasr.train import TrainData, Trainer, make_tokenizer
+    from orthoasr.run_data import TrainData, make_tokenizer
+    from orthoasr.train import Trainer
 
     def ctc_stand_in(log_probs, out_lengths, targets, target_lengths, frames=None):
         first = targets[:, :1, None].expand(-1, log_probs.shape[1], 1)

@@ -183,9 +183,6 @@ class Espeak:
             raise RuntimeError(f"espeak_Synth failed with status {status} for {text!r}")
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
-    def has_variant(self, variant: str) -> bool:
-        return os.path.isfile(os.path.join(self.data_path, "voices", "!v", variant))
-
 
 def available_variants() -> tuple[str, ...]:
     """VARIANTS that this espeak-ng data holds (checked without loading the library)."""

@@ -1,0 +1,38 @@
+"""The training metrics CSV (`<work-dir>/metrics.csv`): one row per step with the losses,
+schedule values and throughput; written by the trainer, read by benchmarks and tests."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+METRICS = "metrics.csv"
+METRIC_NAMES = ("loss", "loss_sup", "loss_sub", "penalty")
+
+
+def write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
+    """Append rows to the CSV; with keep_until, first drop rows after that step (resume)."""
+    old = []
+    if path.exists() and keep_until is not None:
+        with path.open() as f:
+            old = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+    if keep_until is not None or not path.exists():
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=_metric_columns())
+            writer.writeheader()
+            writer.writerows(old)
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=_metric_columns()).writerows(rows)
+
+
+def _metric_columns() -> list[str]:
+    return ["step", "stage", "budget", *METRIC_NAMES, "tau", "lr", "ms_per_step", "utt_per_s",
+            "audio_per_s"]
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with Path(path).open() as f:
+        # a column added since a resumed run's first rows were written reads as NaN there
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
+                for row in csv.DictReader(f)]

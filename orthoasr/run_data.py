@@ -1,0 +1,115 @@
+"""The data of a training run: the training utterances in length buckets (`TrainData`),
+what the frontend can take (`min_duration`, `filter_records`), the dev and test manifests
+checked up front, and the BPE tokenizer trained on the transcripts (`make_tokenizer`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .distributed import SINGLE, World, barrier
+from .run_config import RunConfig
+
+
+class TrainData:
+    """Training utterances in buckets; batch order is a function of (seed, epoch), so a run
+    resumed at (epoch, batch index) sees the same batches as an uninterrupted one."""
+
+    def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False,
+                 world: World = SINGLE):
+        from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
+        records = filter_records(load_manifest(run.train_manifest), run, world.is_main)
+        self.run, self.collate, self.pin_memory = run, collate, pin_memory
+        self.dataset = SpeechDataset(records, tokenizer)
+        self.durations = [r["duration"] for r in records]
+        self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
+                                          seed=run.seed, num_replicas=world.size,
+                                          rank=world.rank)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        self.sampler.set_epoch(epoch)
+        plan, group = list(self.sampler), self.run.buckets_per_step
+        return [sum(plan[i:i + group], []) for i in range(0, len(plan) - group + 1, group)]
+
+    def batches(self, epoch: int, index: int):
+        """Yield (epoch, index of the next batch, batch) forever, from batch `index`."""
+        while True:
+            order = self.epoch_batches(epoch)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=order[index:], collate_fn=self.collate,
+                num_workers=self.run.num_workers, pin_memory=self.pin_memory,
+                generator=torch.Generator())
+            for batch in loader:
+                index += 1
+                yield epoch, index, batch
+            epoch, index = epoch + 1, 0
+
+
+def min_duration(logmel=None) -> float:
+    """Seconds of the shortest clip the frontend takes: 4 feature frames (4x subsampling)."""
+    from .data import LogMel
+    logmel = logmel or LogMel()
+    return 4 * logmel.hop / logmel.sample_rate
+
+
+def filter_records(records: list[dict], run: RunConfig, report: bool = True) -> list[dict]:
+    """The training records of at most `max_duration` s and at least `min_duration()`; the
+    counts dropped are printed, and dropping everything is an error that gives them."""
+    shortest = min_duration()
+    too_long = [r for r in records if r["duration"] > run.max_duration]
+    too_short = [r for r in records if r["duration"] < shortest]
+    kept = [r for r in records if shortest <= r["duration"] <= run.max_duration]
+    dropped = []
+    if too_long:
+        dropped.append(f"{len(too_long)} longer than max_duration={run.max_duration} s")
+    if too_short:
+        dropped.append(f"{len(too_short)} shorter than {shortest} s (4 frames, the minimum "
+                       f"of the 4x subsampling), e.g. {too_short[0]['audio_filepath']}")
+    summary = (f"training manifest {run.train_manifest}: {len(records)} utterances, "
+               f"{len(kept)} kept" + (f"; skipped {', '.join(dropped)}" if dropped else ""))
+    if not kept:
+        raise ValueError(f"{summary}: nothing left to train on")
+    if report:
+        print(summary, flush=True)
+    return kept
+
+
+def check_eval_manifests(run: RunConfig) -> None:
+    """The dev and test manifests exist and parse (no audio read), checked before training so
+    that evaluating the run does not fail at its end."""
+    from .data import load_manifest
+    for name in ("dev_manifest", "test_manifest"):
+        path = getattr(run, name)
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{name} {path} not found (set {name}=PATH)")
+        if not load_manifest(path, check_audio=False):
+            raise ValueError(f"{name} {path} is empty")
+
+
+def make_tokenizer(run: RunConfig, work_dir: Path, world: World = SINGLE):
+    """A BPE tokenizer trained on the training transcripts, vocab = model.vocab_size (by
+    rank 0; the other ranks load what it wrote)."""
+    from .data import Tokenizer
+    if not world.is_main:
+        barrier(world)
+        return Tokenizer(str(work_dir / "tokenizer.model"))
+    tokenizer = _train_tokenizer(run, work_dir)
+    barrier(world)
+    return tokenizer
+
+
+def _train_tokenizer(run: RunConfig, work_dir: Path):
+    from .data import Tokenizer, load_manifest
+    records = load_manifest(run.train_manifest)
+    if not records:
+        raise ValueError(f"training manifest {run.train_manifest} is empty")
+    texts = [r["text"] for r in records]
+    tokenizer = Tokenizer.train(texts, run.model.vocab_size, str(work_dir / "tokenizer.model"))
+    if tokenizer.vocab_size > run.model.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is "
+                         f"{run.model.vocab_size}")
+    if tokenizer.vocab_size < run.model.vocab_size:   # sentencepiece's limit is soft
+        print(f"note: the transcripts gave a {tokenizer.vocab_size}-id vocabulary (blank "
+              f"included); the output layers keep model.vocab_size={run.model.vocab_size}")
+    return tokenizer
