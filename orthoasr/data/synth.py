@@ -433,6 +433,11 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
 
 # ------------------------------------------------------------------------- CLI
 
+def default_corpus_dir(preset: str) -> str:
+    """Where `orthoasr synth --preset P` writes (the shipped configs read from there)."""
+    return os.path.join("data", f"synth-{preset}")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None,
                         help="output folder (default: data/synth-<preset>)")
@@ -444,7 +449,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    out = args.out or os.path.join("data", f"synth-{args.preset}")
+    out = args.out or default_corpus_dir(args.preset)
     summary = synthesize_corpus(out, preset=args.preset, seed=args.seed, workers=args.workers)
     print(f"corpus {summary['out_dir']}: {summary['hours']:.2f} h, {summary['utterances']} "
           f"utterances, {summary['speakers']} speakers, {summary['vocabulary']} words, "
