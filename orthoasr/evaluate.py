@@ -78,7 +78,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
                batch_frames: int, bf16: bool) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
     `subnets`; batches sorted by length, the shared frontend run once per batch."""
-    from .data import LogMel, SpeechDataset, collate
+    from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode
     logmel = LogMel().to(device)
     dataset = SpeechDataset(records, tokenizer)
@@ -91,21 +91,17 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
               f"{records[too_short[0]]['audio_filepath']}")
         order = order[len(too_short):]
     hyps = [[""] * len(records) for _ in subnets]
-    batch: list[int] = []
-    for i in order + [None]:
-        frames = 0 if i is None else int(100 * float(records[i]["duration"])) + 1
-        if batch and (i is None or frames * (len(batch) + 1) > batch_frames):
-            waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
-            feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                x, out_lengths = model.embed(feats, lengths)
-                for s, (gates, head) in enumerate(subnets):
-                    log_probs = model.encode(x, out_lengths, gates, head)
-                    for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
-                        hyps[s][j] = tokenizer.decode(list(ids))
-            batch = []
-        if i is not None:
-            batch.append(i)
+    frames = [int(100 * float(records[i]["duration"])) + 1 for i in order]
+    for positions in length_batches(frames, batch_frames):
+        batch = [order[p] for p in positions]
+        waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
+        feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            x, out_lengths = model.embed(feats, lengths)
+            for s, (gates, head) in enumerate(subnets):
+                log_probs = model.encode(x, out_lengths, gates, head)
+                for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
+                    hyps[s][j] = tokenizer.decode(list(ids))
     return hyps
 
 
