@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .audio import SAMPLE_RATE, resample, write_wav
 from .commands import CommandGenerator
@@ -319,36 +320,6 @@ def _run_shard(args: tuple[list[Job], int]) -> list[tuple[int, int, str | None]]
     return results
 
 
-class _Progress:
-    """A progress line on stderr: redrawn in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        self.start = time.time()
-        self.tty = sys.stderr.isatty()
-        self.next_report = 0.1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        fraction = self.done / max(self.total, 1)
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} "
-                             f"{time.time() - self.start:6.1f}s")
-            sys.stderr.flush()
-        elif fraction >= self.next_report or self.done == self.total:
-            sys.stderr.write(f"{self.label}: {self.done}/{self.total} utterances "
-                             f"({100 * fraction:.0f}%) {time.time() - self.start:.1f}s\n")
-            sys.stderr.flush()
-            while self.next_report <= fraction:
-                self.next_report += 0.1
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -381,7 +352,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
     shards = [(jobs[i:i + SHARD_SIZE], seed) for i in range(0, len(jobs), SHARD_SIZE)]
     samples = [0] * len(jobs)
     errors: dict[int, str] = {}
-    bar = _Progress(len(jobs), f"synth {preset_name}") if progress else None
+    # tqdm: redrawn in place on a terminal; in a log (not a tty) a line every 10 s at most
+    bar = tqdm(total=len(jobs), desc=f"synth {preset_name}", unit="utt", file=sys.stderr,
+               disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 10.0)
     # a fresh process per shard (maxtasksperchild=1): eSpeak's state never leaks across
     # shards, so the output does not depend on how shards are spread over workers
     method = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -391,10 +364,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
                 samples[index] = count
                 if error:
                     errors[index] = error
-            if bar:
-                bar.update(len(results))
-    if bar:
-        bar.close()
+            bar.update(len(results))
+    bar.close()
     for index, error in sorted(errors.items()):
         failures.append({"text": jobs[index].text, "voice": jobs[index].voice, "reason": error})
 
