@@ -14,7 +14,8 @@ setup(
     # versions tested (3.6 on the GPU, 3.9 under the interpreter); kernels/launch.py takes
     # its direct path on 3.6 only.
     install_requires=["torch>=2.4", "triton>=3.6,<3.10", "numpy", "sentencepiece", "pyyaml",
-                      "matplotlib", "espeakng-loader", "soundfile"],
+                      "matplotlib", "espeakng-loader", "soundfile", "soxr", "rapidfuzz",
+                      "tqdm"],
     extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"]},
     package_data={"orthoasr.configs": ["*.yaml"]},
     entry_points={"console_scripts": ["orthoasr=orthoasr.cli:main"]},

@@ -14,6 +14,7 @@ from .ortho import (
     temperature,
     unit_ranking,
 )
+from .recognizer import Recognizer
 from .units import Unit, enumerate_units, subnet_cost, unit_costs
 
 __version__ = "0.1.0"
@@ -23,4 +24,5 @@ __all__ = [
     "ortho_softmax", "OrthoSoftmaxResult", "temperature", "gamma_for", "PenaltyScale",
     "unit_ranking", "freeze_masks", "set_backend", "get_backend",
     "ConformerSupernet", "extract_subnet", "load_subnet", "ctc_loss",
+    "Recognizer",
 ]

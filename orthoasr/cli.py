@@ -17,6 +17,7 @@ are chosen by OrthoSoftmax. A first run, from the repository root:
   orthoasr train --config tiny --work-dir runs/tiny
   orthoasr eval --checkpoint runs/tiny/checkpoint.pt
   orthoasr export --checkpoint runs/tiny/checkpoint.pt --budget 0.4 --out runs/tiny/sub.pt
+  orthoasr transcribe --subnet runs/tiny/sub.pt some.wav
 
 `orthoasr <command> --help` describes each command."""
 
@@ -26,6 +27,7 @@ COMMANDS = {
     "train": ("orthoasr.train", "train the supernet and its subnets"),
     "eval": ("orthoasr.evaluate", "evaluate every subnet of a checkpoint"),
     "export": ("orthoasr.export", "export a compact subnet"),
+    "transcribe": ("orthoasr.transcribe", "transcribe audio files with a subnet"),
 }
 DEBUG_ENV = "ORTHOASR_DEBUG"
 USAGE_ERROR = 2

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import SupernetConfig
+from .devices import resolve_device
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
 from .run_config import load_run_config
 from .train import CHECKPOINT, train
@@ -27,33 +29,73 @@ from .units import enumerate_units, subnet_cost, unit_costs
 SYMBOLS = {"ffn1": "F", "conv": "C", "mhsa": "H", "ffn2": "G"}
 
 
-DEMO_CONFIG = "configs/tiny.yaml"   # found in the package when not run from the checkout
+@dataclass(frozen=True)
+class DemoPreset:
+    """What `orthoasr demo` trains on one kind of machine: a corpus preset (synth.PRESETS)
+    and a run config (configs/)."""
+    corpus: str
+    config: str
 
 
-def run_demo(work_dir: str | Path = "runs/demo", config: str | Path = DEMO_CONFIG,
-             overrides: list[str] = (), data_dir: str | Path = "data/synth-tiny"
-             ) -> list[dict]:
-    """`make demo`: synthesise the tiny corpus (unless `data_dir` holds it, as `orthoasr
-    synth --preset tiny` writes it), train both stages (a previous demo run in `work_dir` is
-    moved aside), evaluate every subnet, print the table and write the heatmap. Returns the
-    evaluation rows."""
+# found in the package when not run from the checkout (run_config.find_config)
+DEMO_PRESETS = {
+    "cpu": DemoPreset(corpus="demo", config="configs/tiny.yaml"),
+    # not measured yet: written for one H200 (<= 3 minutes, supernet test WER <= 15% wanted)
+    "cuda": DemoPreset(corpus="demo-gpu", config="configs/demo-gpu.yaml"),
+}
+
+
+def demo_preset(device: str = "auto") -> DemoPreset:
+    """The preset for `device` ("auto": the GPU's when CUDA is available)."""
+    return DEMO_PRESETS[resolve_device(device).type]
+
+
+def run_demo(work_dir: str | Path = "runs/demo", config: str | Path | None = None,
+             overrides: list[str] = (), data_dir: str | Path | None = None,
+             device: str = "auto") -> list[dict]:
+    """`make demo`: synthesise the corpus of this machine's preset (unless `data_dir`,
+    default data/synth-<corpus>, holds it), train both stages (a previous demo run in
+    `work_dir` is moved aside), evaluate every subnet, print the table, write the heatmap
+    and say what to try next. Returns the evaluation rows."""
     from .data.synth import synthesize_corpus
     from .evaluate import evaluate
     start = time.perf_counter()
-    work_dir, data_dir = Path(work_dir), Path(data_dir)
+    preset = demo_preset(device)
+    config = config or preset.config
+    work_dir = Path(work_dir)
+    data_dir = Path(data_dir or f"data/synth-{preset.corpus}")
     if not (data_dir / "train.jsonl").exists():
-        print(f"synthesising the tiny corpus into {data_dir} ...", flush=True)
-        synthesize_corpus(data_dir, preset="tiny", seed=0)
+        print(f"synthesising the {preset.corpus!r} corpus into {data_dir} ...", flush=True)
+        synthesize_corpus(data_dir, preset=preset.corpus, seed=0)
     print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
     paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
              for split in ("train", "dev", "test")]
-    run_cfg = load_run_config(config, paths + list(overrides))
+    run_cfg = load_run_config(config, paths + [f"device={device}"] + list(overrides))
     train(run_cfg, work_dir, overwrite=True)
     print(f"training done after {time.perf_counter() - start:.0f} s", flush=True)
     rows = evaluate(work_dir / CHECKPOINT, heatmap=work_dir / "heatmap.png",
                     device=run_cfg.device)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    print(next_steps(work_dir, data_dir, run_cfg.model.budgets))
     return rows
+
+
+def next_steps(work_dir: Path, data_dir: Path, budgets) -> str:
+    """What to try after the demo, as commands that work on its outputs."""
+    from .data import load_manifest
+    test_file = load_manifest(data_dir / "test.jsonl")[0]["audio_filepath"]
+    smallest = min(budgets)
+    return f"""
+What to try next:
+  # hear what the smallest subnet ({smallest:g} of the parameters) makes of a test file
+  orthoasr transcribe --checkpoint {work_dir / CHECKPOINT} --budget {smallest:g} {test_file}
+  # export it as a compact model that transcribes on its own
+  orthoasr export --checkpoint {work_dir / CHECKPOINT} --budget {smallest:g} --out {work_dir}/sub.pt
+  orthoasr transcribe --subnet {work_dir}/sub.pt {test_file}
+  # which units each subnet keeps (layers x units)
+  open {work_dir / 'heatmap.png'}
+  # the paper-size model, on a GPU with a larger corpus
+  orthoasr synth --preset base && orthoasr train --config paper --work-dir runs/paper"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """`orthoasr eval`: every subnet of a checkpoint with its budget, exact params and FLOPs
-(`subnet_cost`, FLOPs at cfg.ref_frames) and WER on dev and test, as a table, a CSV, and a
+(`subnet_cost`, FLOPs at cfg.ref_frames) and WER and CER on dev and test, as a table, a CSV, and a
 heatmap of the units each subnet keeps (layers x unit kinds)."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
                batch_frames: int, bf16: bool) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
     `subnets`; batches sorted by length, the shared frontend run once per batch."""
-    from .data import LogMel, SpeechDataset, collate
+    from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode
     logmel = LogMel().to(device)
     dataset = SpeechDataset(records, tokenizer)
@@ -91,21 +91,17 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
               f"{records[too_short[0]]['audio_filepath']}")
         order = order[len(too_short):]
     hyps = [[""] * len(records) for _ in subnets]
-    batch: list[int] = []
-    for i in order + [None]:
-        frames = 0 if i is None else int(100 * float(records[i]["duration"])) + 1
-        if batch and (i is None or frames * (len(batch) + 1) > batch_frames):
-            waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
-            feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                x, out_lengths = model.embed(feats, lengths)
-                for s, (gates, head) in enumerate(subnets):
-                    log_probs = model.encode(x, out_lengths, gates, head)
-                    for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
-                        hyps[s][j] = tokenizer.decode(list(ids))
-            batch = []
-        if i is not None:
-            batch.append(i)
+    frames = [int(100 * float(records[i]["duration"])) + 1 for i in order]
+    for positions in length_batches(frames, batch_frames):
+        batch = [order[p] for p in positions]
+        waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
+        feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            x, out_lengths = model.embed(feats, lengths)
+            for s, (gates, head) in enumerate(subnets):
+                log_probs = model.encode(x, out_lengths, gates, head)
+                for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
+                    hyps[s][j] = tokenizer.decode(list(ids))
     return hyps
 
 
@@ -114,7 +110,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
              device: str = "auto", csv_path: str | Path | None = None) -> list[dict]:
     """One row per subnet (or the supernet alone before the freeze); prints the table."""
     from .data import load_manifest
-    from .decoding import word_error_rate
+    from .decoding import char_error_rate, word_error_rate
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model
@@ -140,9 +136,10 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     for name, records in splits.items():
         hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
                           bf16)
+        refs = [r["text"] for r in records]
         for row, subnet_hyps in zip(rows, hyps):
-            row[f"wer_{name}"] = float(word_error_rate([r["text"] for r in records],
-                                                       subnet_hyps))
+            row[f"wer_{name}"] = float(word_error_rate(refs, subnet_hyps))
+            row[f"cer_{name}"] = float(char_error_rate(refs, subnet_hyps))
     print_table(rows, cfg, trained.step)
     if trained.masks is not None:
         print_retained(trained.masks, cfg)
@@ -160,12 +157,12 @@ def print_table(rows: list[dict], cfg: SupernetConfig, step: int) -> None:
     print(f"subnets at step {step} (FLOPs per utterance of {cfg.ref_frames} frames after "
           f"subsampling, selected by {cfg.criterion}):")
     print(f"{'subnet':>8} {'budget':>6} {'units':>6} {'params':>12} {'MFLOPs':>10} "
-          f"{'WER dev':>8} {'WER test':>8}")
+          f"{'WER dev':>8} {'CER dev':>8} {'WER test':>8} {'CER test':>8}")
     for r in rows:
-        dev = f"{100 * r['wer_dev']:.2f}%" if "wer_dev" in r else "-"
-        test = f"{100 * r['wer_test']:.2f}%" if "wer_test" in r else "-"
+        rates = [f"{100 * r[key]:.2f}%" if key in r else "-"
+                 for key in ("wer_dev", "cer_dev", "wer_test", "cer_test")]
         print(f"{r['subnet']!s:>8} {r['budget']:>6.2f} {r['units']:>6} {r['params']:>12,} "
-              f"{r['flops'] / 1e6:>10.1f} {dev:>8} {test:>8}")
+              f"{r['flops'] / 1e6:>10.1f} " + " ".join(f"{rate:>8}" for rate in rates))
 
 
 def unit_labels(cfg: SupernetConfig) -> list[str]:

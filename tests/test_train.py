@@ -280,5 +280,5 @@ def test_config_presets_are_found_by_name_and_unknown_ones_listed(tmp_path, monk
     monkeypatch.chdir(tmp_path)   # away from the checkout's configs/
     assert find_config("tiny").name == "tiny.yaml"
     assert find_config("configs/paper.yaml").name == "paper.yaml"
-    with pytest.raises(FileNotFoundError, match=r"presets: \['paper', 'tiny'\]"):
+    with pytest.raises(FileNotFoundError, match=r"presets: \['demo-gpu', 'paper', 'tiny'\]"):
         find_config("configs/huge.yaml")

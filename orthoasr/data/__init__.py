@@ -22,12 +22,12 @@ from .audio import (
 )
 from .features import LogMel, SpecAugment, mel_filterbank
 from .manifest import ManifestError, Records, load_manifest, normalize_text, write_manifest
-from .sampler import BucketBatchSampler, SpeechDataset, collate
+from .sampler import BucketBatchSampler, SpeechDataset, collate, length_batches
 from .tokenizer import BLANK, Tokenizer
 
 __all__ = [
     "SAMPLE_RATE", "AudioError", "AudioInfo", "audio_info", "load_audio", "read_audio",
     "resample", "write_wav", "LogMel", "SpecAugment", "mel_filterbank", "ManifestError",
     "Records", "load_manifest", "normalize_text", "write_manifest", "BucketBatchSampler",
-    "SpeechDataset", "collate", "BLANK", "Tokenizer",
+    "SpeechDataset", "collate", "length_batches", "BLANK", "Tokenizer",
 ]

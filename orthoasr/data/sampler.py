@@ -51,6 +51,20 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
     return padded_waves, wave_lengths, targets, target_lengths
 
 
+def length_batches(lengths: Sequence[int], batch_frames: int) -> list[list[int]]:
+    """Indices of `lengths` (frames, or samples) grouped shortest first so that each
+    batch's padded size, longest x count, stays within `batch_frames` (a longer single item
+    gets a batch of its own)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[i] * (len(batches[-1]) + 1) <= batch_frames:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length utterances whose padded size, batch size x longest
     utterance in 10 ms frames, stays within `max_frames` (an utterance longer than that

@@ -38,13 +38,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .audio import SAMPLE_RATE, resample, write_wav
+from .commands import CommandGenerator
 from .manifest import normalize_text
 from .sentences import SentenceGenerator
 
 SPLITS = ("train", "dev", "test")
 SHARD_SIZE = 48
+GRAMMARS = {"open": SentenceGenerator, "commands": CommandGenerator}
 
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
            "en-029", "en-us-nyc")
@@ -73,11 +76,22 @@ class Preset:
     max_words: int | None = None       # cap on sentence length (short utterances)
     noise_fraction: float = 0.5        # share of utterances mixed with white noise
     held_out_voices: float = 0.15      # share of the variants kept for dev, and for test
+    grammar: str = "open"              # "open": sentences.py; "commands": commands.py
+
+    def __post_init__(self) -> None:
+        if self.grammar not in GRAMMARS:
+            raise ValueError(f"grammar must be one of {sorted(GRAMMARS)}, got {self.grammar!r}")
 
 
 PRESETS = {
-    # a CPU demo: ~500 short utterances, ~20 minutes of audio, seconds to make
+    # a first try: ~500 short open-vocabulary utterances, ~20 minutes of audio, seconds to make
     "tiny": Preset(utterances=(400, 50, 50), speakers=(40, 8, 8), max_words=10),
+    # `make demo` on a CPU: small-vocabulary commands (~75 words), enough that every word is
+    # heard hundreds of times by many voices; ~2.5 h of audio (configs/tiny.yaml says why)
+    "demo": Preset(utterances=(3000, 200, 200), speakers=(60, 10, 10), grammar="commands"),
+    # `orthoasr demo` on a GPU machine (configs/demo-gpu.yaml): the same grammar, ~10 h
+    "demo-gpu": Preset(utterances=(12000, 400, 400), speakers=(240, 16, 16),
+                       grammar="commands"),
     "small": Preset(utterances=(4000, 250, 250), speakers=(200, 16, 16)),
     # tens of hours for GPU training
     "base": Preset(utterances=(48000, 1000, 1000), speakers=(1200, 40, 40)),
@@ -230,7 +244,7 @@ def plan_corpus(out_dir: str | os.PathLike, preset: Preset, seed: int,
         by_split[split] = chosen
         speakers.extend(chosen)
 
-    generator = SentenceGenerator(seed=rng.randrange(2**31), max_words=preset.max_words)
+    generator = GRAMMARS[preset.grammar](seed=rng.randrange(2**31), max_words=preset.max_words)
     supplied = list(sentences or [])
     seen: set[str] = set()
     rejected: list[dict] = []
@@ -306,36 +320,6 @@ def _run_shard(args: tuple[list[Job], int]) -> list[tuple[int, int, str | None]]
     return results
 
 
-class _Progress:
-    """A progress line on stderr: redrawn in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        self.start = time.time()
-        self.tty = sys.stderr.isatty()
-        self.next_report = 0.1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        fraction = self.done / max(self.total, 1)
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} "
-                             f"{time.time() - self.start:6.1f}s")
-            sys.stderr.flush()
-        elif fraction >= self.next_report or self.done == self.total:
-            sys.stderr.write(f"{self.label}: {self.done}/{self.total} utterances "
-                             f"({100 * fraction:.0f}%) {time.time() - self.start:.1f}s\n")
-            sys.stderr.flush()
-            while self.next_report <= fraction:
-                self.next_report += 0.1
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -368,7 +352,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
     shards = [(jobs[i:i + SHARD_SIZE], seed) for i in range(0, len(jobs), SHARD_SIZE)]
     samples = [0] * len(jobs)
     errors: dict[int, str] = {}
-    bar = _Progress(len(jobs), f"synth {preset_name}") if progress else None
+    # tqdm: redrawn in place on a terminal; in a log (not a tty) a line every 10 s at most
+    bar = tqdm(total=len(jobs), desc=f"synth {preset_name}", unit="utt", file=sys.stderr,
+               disable=not progress, mininterval=0.1 if sys.stderr.isatty() else 10.0)
     # a fresh process per shard (maxtasksperchild=1): eSpeak's state never leaks across
     # shards, so the output does not depend on how shards are spread over workers
     method = "fork" if sys.platform.startswith("linux") else "spawn"
@@ -378,10 +364,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
                 samples[index] = count
                 if error:
                     errors[index] = error
-            if bar:
-                bar.update(len(results))
-    if bar:
-        bar.close()
+            bar.update(len(results))
+    bar.close()
     for index, error in sorted(errors.items()):
         failures.append({"text": jobs[index].text, "voice": jobs[index].voice, "reason": error})
 
@@ -442,7 +426,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=None,
                         help="output folder (default: data/synth-<preset>)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
-                        help="corpus size: tiny (CPU demo), small, base (tens of hours)")
+                        help="tiny (a first try), demo / demo-gpu (the demo's commands), "
+                             "small, base (tens of hours)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: all CPU cores)")

@@ -1,0 +1,128 @@
+"""`Recognizer`: speech in, text out, with one subnet of a trained supernet or an exported
+subnet, its tokenizer and the feature extractor it was trained with.
+
+    rec = Recognizer.from_checkpoint("runs/demo/checkpoint.pt", budget=0.4)
+    rec = Recognizer.from_subnet("runs/demo/sub.pt")       # exports carry their tokenizer
+    rec.transcribe(["a.wav", "b.flac", waveform_16k])     # -> ["put the red ...", ...]
+
+Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D at 16 kHz.
+Utterances are decoded greedily in batches of similar length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import LogMel, Tokenizer, length_batches, load_audio
+from .decoding import greedy_ctc_decode
+from .devices import resolve_device
+from .export import CompactConformer, load_subnet
+from .model import ConformerSupernet
+
+Audio = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+class Recognizer:
+    """A model that maps log-mel features to CTC log-probs, with the subnet's `gates` and
+    `head` for a supernet (None for an exported subnet), and its tokenizer."""
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
+                 head: int = -1, batch_frames: int = 40000):
+        if isinstance(model, ConformerSupernet) == (gates is None):
+            raise ValueError("gates are needed with a ConformerSupernet and only with it")
+        if batch_frames < 1:
+            raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = next(model.parameters()).device
+        self.gates = None if gates is None else gates.to(self.device)
+        self.head, self.batch_frames = head, batch_frames
+        self.logmel = LogMel().to(self.device)
+        self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, budget: float | None = None,
+                        device: str = "cpu") -> Recognizer:
+        """The subnet of `budget` (one of the run's budgets; None: the largest) of training
+        checkpoint `path`. A stage-1 checkpoint has no frozen subnets: only the full
+        supernet (budget None) is available from it."""
+        from .evaluate import load_trained
+        trained = load_trained(path, resolve_device(device))
+        budgets = list(trained.model.cfg.budgets)
+        if trained.masks is None:
+            if budget is not None:
+                raise ValueError(f"budget {budget}: {path} is from stage 1 (step "
+                                 f"{trained.step}), before subnets are chosen; leave the "
+                                 "budget out for the full supernet")
+            gates, head = torch.ones(trained.model.num_units), len(budgets) - 1
+        else:
+            head = budgets.index(max(budgets)) if budget is None else budget_index(budgets,
+                                                                                  budget)
+            gates = trained.subnet_gates(head)
+        return cls(trained.model, trained.tokenizer(), gates, head)
+
+    @classmethod
+    def from_subnet(cls, path: str | Path, device: str = "cpu") -> Recognizer:
+        """An exported subnet (`orthoasr export`), which carries its tokenizer."""
+        sub: CompactConformer = load_subnet(path, map_location=resolve_device(device))
+        if sub.tokenizer_bytes is None:
+            raise ValueError(f"subnet {path} was saved without its tokenizer; export it again "
+                             "with `orthoasr export` (which stores it)")
+        return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes))
+
+    @torch.no_grad()
+    def transcribe(self, paths_or_waveforms: Sequence[Audio]) -> list[str]:
+        """One transcript per item, in order. Items: audio file paths (WAV, FLAC; any rate
+        and channel count) or 1-D waveforms at 16 kHz. Clips under 40 ms (4 feature
+        frames) get an empty transcript."""
+        if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
+            raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
+                            f"{type(paths_or_waveforms).__name__}; wrap it in a list")
+        waves = [self._waveform(item) for item in paths_or_waveforms]
+        texts = [""] * len(waves)
+        decodable = [i for i, w in enumerate(waves) if len(w) >= self.min_samples]
+        sizes = [len(waves[i]) // self.logmel.hop for i in decodable]
+        for batch in length_batches(sizes, self.batch_frames):
+            items = [decodable[j] for j in batch]
+            for i, text in zip(items, self._decode([waves[i] for i in items]), strict=True):
+                texts[i] = text
+        return texts
+
+    def _waveform(self, item: Audio) -> torch.Tensor:
+        if isinstance(item, (str, os.PathLike)):
+            return load_audio(item)
+        wave = torch.as_tensor(item, dtype=torch.float32)
+        if wave.dim() != 1:
+            raise ValueError(f"waveforms must be 1-D (samples at 16 kHz), got shape "
+                             f"{tuple(wave.shape)}")
+        return wave
+
+    def _decode(self, waves: list[torch.Tensor]) -> list[str]:
+        """Greedy transcripts of one batch of 1-D waveforms."""
+        lengths = torch.tensor([len(w) for w in waves], device=self.device)
+        batch = nn.utils.rnn.pad_sequence(waves, batch_first=True).to(self.device)
+        feats, frame_lengths = self.logmel(batch, lengths)
+        feats = feats.to(next(self.model.parameters()).dtype)
+        if self.gates is None:
+            log_probs, out_lengths = self.model(feats, frame_lengths)
+        else:
+            x, out_lengths = self.model.embed(feats, frame_lengths)
+            log_probs = self.model.encode(x, out_lengths, self.gates, self.head)
+        return [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(log_probs, out_lengths)]
+
+
+def budget_index(budgets: Sequence[float], budget: float) -> int:
+    """Index of `budget` among a run's `budgets` (compared to 1e-9)."""
+    for index, value in enumerate(budgets):
+        if math.isclose(value, budget, abs_tol=1e-9):
+            return index
+    raise ValueError(f"budget {budget} is not one of the run's budgets {list(budgets)}")
+
+
+__all__ = ["Recognizer", "budget_index"]

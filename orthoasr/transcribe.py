@@ -1,0 +1,66 @@
+"""`orthoasr transcribe`: greedy transcripts of audio files by one subnet.
+
+    orthoasr transcribe --checkpoint runs/demo/checkpoint.pt --budget 0.4 a.wav b.flac
+    orthoasr transcribe --subnet runs/demo/sub.pt a.wav
+
+Prints one line per file, `<path>\\t<text>`, in the order given. A file that cannot be read
+(missing, empty, corrupt, not audio) gets a line on stderr naming it and the reason; the
+other files are still transcribed, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import AudioError, load_audio
+from .recognizer import Recognizer
+
+READ_FAILURE = 1
+
+
+def read_files(paths: list[str]) -> tuple[dict, dict]:
+    """({path: 16 kHz mono waveform} of the readable files, {path: reason} of the others)."""
+    waves, failures = {}, {}
+    for path in paths:
+        try:
+            waves[path] = load_audio(path)
+        except (AudioError, OSError, RuntimeError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            failures[path] = reason.removeprefix(f"{path}: ")   # AudioError names the file
+    return waves, failures
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="training checkpoint.pt (a subnet of it: --budget)")
+    which.add_argument("--subnet", help="exported subnet (`orthoasr export --out`)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="with --checkpoint: the subnet of this budget (default: largest)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="WAV (PCM 8/16/24/32-bit or float, any rate and channels) or FLAC")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.subnet is not None and args.budget is not None:
+        raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
+                         f"has one budget already (got --budget {args.budget})")
+    if args.subnet is not None:
+        recognizer = Recognizer.from_subnet(args.subnet, device=args.device)
+    else:
+        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device)
+    waves, failures = read_files(args.files)
+    texts = dict(zip(waves, recognizer.transcribe(list(waves.values())), strict=True))
+    for path in args.files:
+        if path in texts:
+            print(f"{path}\t{texts[path]}", flush=True)
+        else:
+            print(f"orthoasr: cannot read {path}: {failures[path]}", file=sys.stderr)
+    if failures:
+        print(f"orthoasr: {len(failures)} of {len(args.files)} file(s) could not be read",
+              file=sys.stderr)
+        raise SystemExit(READ_FAILURE)
+
+
+__all__ = ["read_files", "add_arguments", "run"]

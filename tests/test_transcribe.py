@@ -1,0 +1,164 @@
+"""`Recognizer` against the masked supernet's own decoding (evaluate.transcribe), exported
+subnets, waveforms and batching; `orthoasr transcribe` on good files, formats (8 kHz stereo,
+24-bit, float, FLAC) and bad ones (missing, corrupt among good ones, empty)."""
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from test_train import tiny_run, write_corpus
+
+from orthoasr import Recognizer, extract_subnet, set_backend
+from orthoasr.checkpoint import TRAINING_KIND, load_checkpoint, save_checkpoint
+from orthoasr.cli import main as cli_main
+from orthoasr.data import load_manifest
+from orthoasr.evaluate import load_trained, transcribe
+from orthoasr.train import CHECKPOINT, train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny supernet trained 3 + 3 steps, then its blank made unlikely in every head so
+    that greedy decoding yields long, gate-dependent transcripts (a barely trained CTC
+    model says nothing, which every implementation would agree on)."""
+    set_backend("torch")
+    root = tmp_path_factory.mktemp("transcribe")
+    corpus = write_corpus(root / "corpus", n=6)
+    train(tiny_run(corpus), root / "run")
+    path = root / "run" / CHECKPOINT
+    state = load_checkpoint(path, kind=TRAINING_KIND)
+    for key, value in state["model"].items():
+        if key.startswith("heads.") and key.endswith(".bias"):
+            value[0] -= 20.0
+    save_checkpoint(path, state)
+    records = load_manifest(corpus / "test.jsonl")
+    return {"checkpoint": path, "records": records, "root": root,
+            "paths": [r["audio_filepath"] for r in records]}
+
+
+def supernet_decoding(run, index):
+    """What `orthoasr eval` decodes with subnet `index` of the checkpoint."""
+    trained = load_trained(run["checkpoint"])
+    gates = trained.subnet_gates(index)
+    return transcribe(trained.model, run["records"], trained.tokenizer(), [(gates, index)],
+                      torch.device("cpu"), batch_frames=40000, bf16=False)[0]
+
+
+def test_recognizer_equals_masked_supernet_decoding(run):
+    budgets = load_trained(run["checkpoint"]).model.cfg.budgets
+    by_budget = {}
+    for index, budget in enumerate(budgets):
+        texts = Recognizer.from_checkpoint(run["checkpoint"], budget).transcribe(run["paths"])
+        assert texts == supernet_decoding(run, index)
+        assert all(texts)
+        by_budget[budget] = texts
+    assert len({tuple(t) for t in by_budget.values()}) > 1      # the budget changes the model
+    default = Recognizer.from_checkpoint(run["checkpoint"]).transcribe(run["paths"])
+    assert default == by_budget[max(budgets)]
+
+
+def test_exported_subnet_transcribes_alone_like_the_supernet(run, tmp_path):
+    trained = load_trained(run["checkpoint"])
+    sub = extract_subnet(trained.model, trained.subnet_gates(0), head=0)
+    sub.save(tmp_path / "sub.pt", tokenizer=trained.tokenizer_bytes)
+    budget = trained.model.cfg.budgets[0]
+    expected = Recognizer.from_checkpoint(run["checkpoint"], budget).transcribe(run["paths"])
+    assert Recognizer.from_subnet(tmp_path / "sub.pt").transcribe(run["paths"]) == expected
+    sub.save(tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="without its tokenizer"):
+        Recognizer.from_subnet(tmp_path / "bare.pt")
+
+
+def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
+    rec = Recognizer.from_checkpoint(run["checkpoint"], 0.4)
+    expected = rec.transcribe(run["paths"])
+    waves = [soundfile.read(p, dtype="float32")[0] for p in run["paths"]]
+    mixed = [torch.from_numpy(w) if i % 2 else w for i, w in enumerate(waves)]
+    assert rec.transcribe(mixed[::-1]) == expected[::-1]
+    rec.batch_frames = 1                                        # one utterance per batch
+    assert rec.transcribe(run["paths"]) == expected
+    assert rec.transcribe([np.zeros(100, np.float32)]) == [""]  # under 4 frames
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        rec.transcribe(run["paths"][0])
+    with pytest.raises(ValueError, match="1-D"):
+        rec.transcribe([np.zeros((2, 8000), np.float32)])
+
+
+def test_bad_budget_is_refused(run):
+    with pytest.raises(ValueError, match=r"budget 0\.5 is not one of the run's budgets"):
+        Recognizer.from_checkpoint(run["checkpoint"], 0.5)
+
+
+def cli(capsys, *argv):
+    """(exit status, stdout lines, stderr) of `orthoasr transcribe ...`."""
+    try:
+        cli_main(["transcribe", *argv])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+def test_cli_prints_one_line_per_file(run, capsys):
+    expected = Recognizer.from_checkpoint(run["checkpoint"], 0.7).transcribe(run["paths"])
+    code, lines, _ = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--budget", "0.7",
+                         *run["paths"])
+    assert code == 0
+    assert lines == [f"{p}\t{t}" for p, t in zip(run["paths"], expected)]
+
+
+def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys):
+    """The same speech as 16 kHz 16-bit mono, 8 kHz 16-bit stereo (both channels equal),
+    24-bit, 32-bit float and FLAC: each reads and mixes down to what its mono twin says."""
+    wave, rate = soundfile.read(run["paths"][0], dtype="float32")
+    files = {}
+    for name, data, sr, subtype in (
+            ("mono8k.wav", wave[::2], 8000, "PCM_16"),
+            ("stereo8k.wav", np.stack([wave[::2]] * 2, axis=1), 8000, "PCM_16"),
+            ("pcm24.wav", wave, rate, "PCM_24"), ("float.wav", wave, rate, "FLOAT"),
+            ("pcm16.flac", wave, rate, "PCM_16")):
+        files[name] = str(tmp_path / name)
+        soundfile.write(files[name], data, sr, subtype=subtype)
+    code, lines, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), *files.values())
+    assert code == 0, err
+    texts = dict(line.split("\t") for line in lines)
+    assert list(texts) == list(files.values())
+    assert texts[files["stereo8k.wav"]] == texts[files["mono8k.wav"]]
+    original = Recognizer.from_checkpoint(run["checkpoint"]).transcribe(run["paths"][:1])[0]
+    for name in ("pcm24.wav", "float.wav", "pcm16.flac"):
+        assert texts[files[name]] == original, name
+
+
+@pytest.mark.parametrize("bad", ["missing", "corrupt", "empty"])
+def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys, bad):
+    path = tmp_path / f"{bad}.wav"
+    if bad == "corrupt":
+        path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(200)))
+    elif bad == "empty":
+        path.write_bytes(b"")
+    good = run["paths"][:2]
+    code, lines, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), good[0], str(path),
+                           good[1])
+    assert code == 1
+    assert [line.split("\t")[0] for line in lines] == good
+    assert f"cannot read {path}: " in err and err.count(str(path)) == 1
+    reason = err.split(f"cannot read {path}: ")[1].splitlines()[0]
+    assert {"missing": "audio file not found", "corrupt": "no data chunk",
+            "empty": "not a RIFF/WAVE file"}[bad] in reason
+    assert "1 of 3 file(s) could not be read" in err
+
+
+def test_cli_usage_errors(run, tmp_path, capsys):
+    code, _, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--budget", "0.33",
+                       run["paths"][0])
+    assert code == 2 and "budget 0.33 is not one of the run's budgets" in err
+    trained = load_trained(run["checkpoint"])
+    extract_subnet(trained.model, trained.subnet_gates(1), head=1).save(
+        tmp_path / "sub.pt", tokenizer=trained.tokenizer_bytes)
+    code, _, err = cli(capsys, "--subnet", str(tmp_path / "sub.pt"), "--budget", "0.7",
+                       run["paths"][0])
+    assert code == 2 and "--budget picks a subnet of a --checkpoint" in err
+    code, lines, _ = cli(capsys, "--subnet", str(tmp_path / "sub.pt"), run["paths"][0])
+    expected = Recognizer.from_checkpoint(run["checkpoint"], 0.7).transcribe(run["paths"][:1])
+    assert code == 0 and lines == [f"{run['paths'][0]}\t{expected[0]}"]
