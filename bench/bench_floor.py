@@ -28,7 +28,7 @@ from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.gated_attention import gated_attention
-from orthoasr.model import ConformerSupernet, block_layout
+from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
 BF16 = torch.bfloat16
@@ -72,7 +72,6 @@ def flops(kind: str, cfg: SupernetConfig, B: int, T: int, live: torch.Tensor) ->
 
 
 def _modules(cfg: SupernetConfig, device):
-    from orthoasr.model import make_module
     torch.manual_seed(0)
     return {kind: make_module(cfg, kind).to(device) for kind in ("ffn1", "conv", "mhsa")}
 

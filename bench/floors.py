@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orthoasr.kernels.common import valid_mask
 from orthoasr.model import HALF_STEP, ConformerSupernet, block_layout
 from orthoasr.nn import GatedConvModule, GatedFeedForward, GatedMHSA
 
@@ -24,7 +25,7 @@ def _param(t: torch.Tensor, dtype) -> nn.Parameter:
 
 
 def _valid(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None])[..., None]
+    return valid_mask(lengths, T)[..., None]
 
 
 class FFNFloor(nn.Module):

@@ -259,6 +259,9 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
         raise ValueError(f"blank must be in [0, V={V}), got {blank}")
     device = log_probs.device
     input_lengths = _as_lengths(input_lengths, "input_lengths", B, device)
+    # the longest target bounds the states: free to read where the lengths came from the host
+    on_host = not (isinstance(target_lengths, torch.Tensor) and target_lengths.is_cuda)
+    target_lengths_given = target_lengths
     target_lengths = _as_lengths(target_lengths, "target_lengths", B, device)
     targets = torch.as_tensor(targets, device=device)
     if targets.dim() == 2:
@@ -267,9 +270,9 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
         max_target = targets.shape[1]
         offsets = torch.arange(B, device=device) * targets.shape[1]
     elif targets.dim() == 1:
-        # the longest target bounds the states; read from the host only where it is there
-        on_host = not isinstance(target_lengths, torch.Tensor) or not target_lengths.is_cuda
-        max_target = int(target_lengths.max()) if on_host and B else targets.shape[0]
+        max_target = targets.shape[0]
+        if on_host and B:
+            max_target = int(torch.as_tensor(target_lengths_given).max())
         offsets = torch.cumsum(target_lengths, 0) - target_lengths
     else:
         raise ValueError(f"targets must be (B, S) or concatenated (N,), got "

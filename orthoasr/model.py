@@ -15,16 +15,14 @@ import math
 import torch
 import torch.nn as nn
 
+from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
+
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
 from .units import enumerate_units, module_cost
 
 HALF_STEP = {"ffn1": 0.5, "ffn2": 0.5, "conv": 1.0, "mhsa": 1.0}  # Macaron FFN half steps
 
-
-def time_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """(B, frames) bool, True on valid frames."""
-    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class VGGFrontend(nn.Module):

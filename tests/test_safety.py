@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_train import tiny_run, write_corpus
+from test_train import as_overrides, tiny_run, write_corpus
 
 import orthoasr.train as train_module
 from orthoasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -102,8 +102,7 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path,
     monkeypatch.setattr(train_module.Trainer, "train_step", step_then_signal)
     config = tmp_path / "run.yaml"
     config.write_text("{}")
-    overrides = [f"{k}={v}" for k, v in _flat(tiny_run(corpus, "stage1_steps=5",
-                                                        "ckpt_every=100").to_dict()).items()]
+    overrides = as_overrides(tiny_run(corpus, "stage1_steps=5", "ckpt_every=100"))
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run"),
               *overrides])
@@ -335,7 +334,7 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
 def test_overrides_may_follow_options(corpus, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("{}")
-    overrides = [f"{k}={v}" for k, v in _flat(short_run(corpus).to_dict()).items()]
+    overrides = as_overrides(short_run(corpus))
     main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run"),
           "--stop-at", "1", *overrides])
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
@@ -353,15 +352,4 @@ def test_help_describes_commands_defaults_and_keys(capsys):
     out = capsys.readouterr().out
     assert "(default: configs/tiny.yaml)" in out and "--overwrite" in out
     assert "model.num_layers" in out and "keep_checkpoints" in out
-
-
-def _flat(values, prefix=""):
-    import json
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, prefix + key + "."))
-        else:
-            out[prefix + key] = json.dumps(list(value) if isinstance(value, tuple) else value)
-    return out
 

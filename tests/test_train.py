@@ -200,7 +200,7 @@ def test_cli_train_eval_export(corpus, tmp_path, capsys):
     from orthoasr.cli import main
     from orthoasr.export import load_subnet
     work = tmp_path / "run"
-    overrides = [f"{k}={v}" for k, v in _flat(tiny_run(corpus).to_dict()).items()]
+    overrides = as_overrides(tiny_run(corpus))
     main(["train", "--config", str(_write_yaml(tmp_path, {})), "--work-dir", str(work),
           *overrides])
     main(["eval", "--checkpoint", str(work / "checkpoint.pt")])
@@ -218,6 +218,11 @@ def test_cli_train_eval_export(corpus, tmp_path, capsys):
     assert int(rows[1].split(",")[3]) == sub.num_params()
     feats, lengths = torch.randn(2, 200, 80), torch.tensor([200, 163])
     torch.testing.assert_close(program.module()(feats, lengths)[0], sub(feats, lengths)[0])
+
+
+def as_overrides(run) -> list[str]:
+    """A RunConfig as the CLI's key=value overrides (model keys as model.<key>)."""
+    return [f"{k}={v}" for k, v in _flat(run.to_dict()).items()]
 
 
 def _flat(values, prefix=""):
