@@ -5,10 +5,11 @@
 #   GPU 0: the Triton backend, GPU 1: the torch backend, each running at once
 #     plain   the paper-size Conformer-CTC (one budget, no SpecAugment), 1600 steps
 #     five    the paper config with its five budgets, stage 1 of 1300 steps
-#     FP32=1  also the plain model through the torch backend in fp32 (GPU 1): the tie-breaker
+#     fp32    the plain model through the torch backend in fp32 (GPU 1): the tie-breaker
 #             when the two bf16 curves part
-#   beside them: tests/test_learning.py on the fix and on .old. (The whole gpu test set
-#   does not fit beside the trainings: `STAGES=tests bash bench/gpu_all.sh` in its own call.)
+#   RUNS picks the trainings: plain_auto plain_torch five fp32 (default: the first three)
+#   beside them: tests/test_learning.py on the fix and on .old, or with ALL_TESTS=1 the
+#   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32").
 # Both GPUs run two trainings and tests at once: the step times in these rows are for the
 # learning check only, not for speed comparisons. Everything comes back in one tarball.
 set -uo pipefail
@@ -35,18 +36,27 @@ train() {  # name gpu backend steps extra-set...
   echo "$name rc=$?"
   cp $W/$name/$backend/metrics.csv $R/$name/ 2>/dev/null
 }
-train plain_auto 0 auto 1600 'model.budgets=[1.0]' &
-train plain_torch 1 torch 1600 'model.budgets=[1.0]' &
-train five_auto 0 auto 1300 penalty_warmup=2000 &
-train five_torch 1 torch 1300 penalty_warmup=2000 &
-[ -n "${FP32:-}" ] && train plain_torch_fp32 1 torch 1600 'model.budgets=[1.0]' bf16=false &
+has() { [[ " ${RUNS:-plain_auto plain_torch five} " == *" $1 "* ]]; }
+has plain_auto && train plain_auto 0 auto 1600 'model.budgets=[1.0]' &
+has plain_torch && train plain_torch 1 torch 1600 'model.budgets=[1.0]' &
+has five && train five_auto 0 auto 1300 penalty_warmup=2000 &
+has five && train five_torch 1 torch 1300 penalty_warmup=2000 &
+has fp32 && train plain_torch_fp32 1 torch 1600 'model.budgets=[1.0]' bf16=false &
 T="python3 -m pytest -q -p no:cacheprovider -rf"
-(CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_old:$REPO timeout 300 $T -m gpu \
-   $REPO/tests/test_learning.py > $R/tests_old.log 2>&1; echo "tests on .old rc=$?") &
-(CUDA_VISIBLE_DEVICES=1 timeout 300 $T -m gpu $REPO/tests/test_learning.py \
-   > $R/tests_new.log 2>&1; echo "new tests rc=$?") &
+if [ -n "${ALL_TESTS:-}" ]; then  # the whole gpu test set, in two halves, one per GPU
+  HALF_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
+  (CUDA_VISIBLE_DEVICES=0 timeout 400 $T -m gpu $(printf "$REPO/tests/%s " $HALF_A) \
+     > $R/tests_a.log 2>&1; echo "tests a rc=$?") &
+  (CUDA_VISIBLE_DEVICES=1 timeout 400 $T -m gpu $REPO/tests \
+     $(printf -- "--ignore=$REPO/tests/%s " $HALF_A) > $R/tests_b.log 2>&1; echo "tests b rc=$?") &
+else
+  [ -d .old ] && (CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_old:$REPO timeout 300 $T -m gpu \
+     $REPO/tests/test_learning.py > $R/tests_old.log 2>&1; echo "tests on .old rc=$?") &
+  (CUDA_VISIBLE_DEVICES=1 timeout 300 $T -m gpu $REPO/tests/test_learning.py \
+     > $R/tests_new.log 2>&1; echo "new tests rc=$?") &
+fi
 wait
-for f in $R/tests_old.log $R/tests_new.log; do
+for f in $R/tests_*.log; do
   echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "^FAILED|^ERROR" $f | cut -c1-200
 done
 grep -h -E "loss_start|loss_end|\"steps\"|provider" $R/*/train_step.json | paste - - - - | head
