@@ -106,7 +106,9 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
     return rows
 
 
-def run(shapes, kinds, check_only: bool, timings) -> list:
+def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
+    """Checks, then times; rows are written after each (shape, module) so that a run cut
+    short by a time limit keeps what it measured. Returns the number of rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
     if device.type == "cpu":          # --check under the interpreter: a small model
@@ -114,7 +116,7 @@ def run(shapes, kinds, check_only: bool, timings) -> list:
                              conv_kernel=15, budgets=(1.0,), dropout=0.0)
     modules = _modules(cfg, device)
     model = ConformerSupernet(cfg).to(device).eval()
-    rows = []
+    written = 0
     for shape in shapes:
         B, T = SHAPES[shape] if device.type == "cuda" else (3, 40)
         torch.manual_seed(1)
@@ -123,18 +125,18 @@ def run(shapes, kinds, check_only: bool, timings) -> list:
         lengths[0] = T
         grad_out = torch.randn(B, T, cfg.d_model, device=device)
         for kind in kinds:
+            rows = []
             if kind == "attention":
                 rows += _attention_rows(cfg, shape, B, T, lengths, device, timings,
                                         check_only)
-                continue
-            if kind == "encoder":
+            elif kind == "encoder":
                 patterns = model_gate_patterns(model)
                 ours_module = model
             else:
                 ours_module = modules["ffn1" if kind == "ffn" else kind]
                 patterns = gate_patterns(ours_module.num_gates if kind != "conv" else 1,
                                          device)
-            for name, gates in patterns.items():
+            for name, gates in (patterns.items() if kind != "attention" else ()):
                 hard = name != "soft"
                 if kind == "encoder":
                     def ours(xx, ll, g=gates):
@@ -163,9 +165,10 @@ def run(shapes, kinds, check_only: bool, timings) -> list:
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
                 if floor is not None:
+                    providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
+                if floor is not None and name == "all-on":  # the targets compare all-on only
                     compiled = torch.compile(copy.deepcopy(floor),
                                              mode="max-autotune-no-cudagraphs")
-                    providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
                     providers["compile_floor"] = lambda c=compiled, xx=xx, ll=lengths: c(xx, ll)
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
@@ -175,7 +178,10 @@ def run(shapes, kinds, check_only: bool, timings) -> list:
                     return [xx, *floor.parameters()]
                 rows += _timed_rows(base, providers, inputs_of, grad_out,
                                     ("fwd", "fwd+bwd"), timings)
-    return rows
+            if rows:
+                print(f"rows -> {write_rows('kernels', rows, out)}", flush=True)
+                written += len(rows)
+    return written
 
 
 def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only) -> list:
@@ -211,11 +217,10 @@ def main() -> None:
                         default=["ffn", "conv", "mhsa", "attention", "encoder"])
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"])
     parser.add_argument("--check", action="store_true", help="equality checks only")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="folder for kernels.json "
+                        "(default bench/results)")
     args = parser.parse_args()
-    rows = run(args.cases, args.modules, args.check, args.timings)
-    if rows:
-        print(f"rows -> {write_rows('kernels', rows, args.out)}")
+    run(args.cases, args.modules, args.check, args.timings, args.out)
 
 
 if __name__ == "__main__":
