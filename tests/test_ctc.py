@@ -6,8 +6,10 @@ log_probs by exp(log_probs), which the log_softmax backward removes)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from error_ratio import assert_error_ratio
 
 from orthoasr import ctc_loss
+from orthoasr.graphs import call_without_sync
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -92,22 +94,28 @@ def test_bad_arguments(bad, match):
 
 
 @pytest.mark.gpu
-def test_gpu_no_host_sync_and_matches_torch():
-    from orthoasr.graphs import call_without_sync
+def test_gpu_no_host_sync_and_error_ratio():
+    """Paper-like shape on the GPU: fp64 equals PyTorch's fp64 CTC; fp32 by the error-ratio
+    rule against it (at T = 250 the fp32 gradients of both implementations carry errors near
+    1e-3: alpha + beta - log p cancels two numbers near -1500); no host sync."""
     torch.manual_seed(0)
     T, B, V, U = 250, 32, 512, 60
-    logits = torch.randn(T, B, V, device="cuda", requires_grad=True)
+    logits = torch.randn(T, B, V, device="cuda", dtype=torch.float64)
     targets = torch.randint(1, V, (B, U), device="cuda")
     input_lengths = torch.randint(200, T + 1, (B,), device="cuda")
     target_lengths = torch.randint(20, U + 1, (B,), device="cuda")
 
-    def loss():
-        return ctc_loss(logits.log_softmax(-1), targets, input_lengths, target_lengths,
-                        reduction="sum", zero_infinity=True)
-    ours = call_without_sync(loss)
-    ref = F.ctc_loss(logits.log_softmax(-1), targets, input_lengths, target_lengths,
-                     reduction="sum", zero_infinity=True)
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-3)
-    g_ours, = torch.autograd.grad(ours, logits)
-    g_ref, = torch.autograd.grad(ref, logits)
-    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-5)
+    def loss_and_grad(loss_fn, dtype):
+        x = logits.to(dtype).requires_grad_()
+
+        def loss():
+            return loss_fn(x.log_softmax(-1), targets, input_lengths, target_lengths,
+                           reduction="sum", zero_infinity=True)
+        value = call_without_sync(loss) if loss_fn is ctc_loss else loss()
+        return [value.detach().double(), torch.autograd.grad(value, x)[0].double()]
+
+    reference = loss_and_grad(F.ctc_loss, torch.float64)
+    for ours, ref in zip(loss_and_grad(ctc_loss, torch.float64), reference, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-9)
+    assert_error_ratio(loss_and_grad(ctc_loss, torch.float32),
+                       loss_and_grad(F.ctc_loss, torch.float32), reference)
