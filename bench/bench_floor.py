@@ -7,11 +7,13 @@ timed as a CUDA-graph replay (GPU time) and as eager calls, bf16 autocast over f
 Providers: `ours` (orthoasr's modules on the Triton backend), `dense_floor` (bench/floors.py:
 the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 `compile_floor` (torch.compile(mode="max-autotune-no-cudagraphs") of the floor), and for
-the attention core `sdpa_mask` / `sdpa_nomask`. Gates: all-on, half (every other FFN chunk and
-head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
-timing, each floor is checked against ours on valid frames (the same work). Rows go to
-bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd), gates, provider,
-timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all T x T).
+the attention core `sdpa_mask` / `sdpa_nomask`; for a module with all units on also
+`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
+Gates: all-on, half (every other FFN chunk and head; conv on), off, soft (ours only: random
+gates with gradients, as in stage 1). Before timing, each floor is checked against ours on
+valid frames (the same work). Rows go to bench/results/kernels.json (table "floors"): case,
+mode (fwd or fwd+bwd), gates, provider, timing (graph or eager), ms, tflops (FLOPs of the
+live units; attention over all T x T).
 `--check` runs only the equality checks (works on the CPU under TRITON_INTERPRET=1).
 """
 
@@ -164,6 +166,11 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                 xx = x.clone().requires_grad_()
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
+                low = None
+                if kind != "encoder" and name == "all-on":
+                    low = copy.deepcopy(ours_module).to(BF16)
+                    providers["ours_bf16_weights"] = \
+                        lambda m=low, s=soft, xx=xx, ll=lengths: m(xx, ll, s)
                 if floor is not None:
                     providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
                 if floor is not None and name == "all-on":  # the targets compare all-on only
@@ -172,9 +179,11 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                     providers["compile_floor"] = lambda c=compiled, xx=xx, ll=lengths: c(xx, ll)
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
-                              xx=xx):
+                              xx=xx, low=low):
                     if provider == "ours":
                         return [xx, *params] + ([] if hard else [soft])
+                    if provider == "ours_bf16_weights":
+                        return [xx, *low.parameters()]
                     return [xx, *floor.parameters()]
                 rows += _timed_rows(base, providers, inputs_of, grad_out,
                                     ("fwd", "fwd+bwd"), timings)

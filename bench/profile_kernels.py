@@ -1,0 +1,83 @@
+"""Where each gated module's GPU time goes, kernel by kernel (issue 13's "profile and reason").
+
+    python -m bench.profile_kernels [--shape B32xT250] [--modules ffn conv mhsa]
+        [--gates all-on half soft] [--out FILE]
+
+For each module and gate pattern: fwd+bwd under bf16 autocast (fp32 weights, as in
+training), `--iters` calls under torch.profiler, and each kernel's device time per call in
+microseconds, largest first, with the total. Printed, and written as text to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.bench_floor import SHAPES, gate_patterns
+from orthoasr import set_backend
+from orthoasr.config import SupernetConfig
+from orthoasr.model import make_module
+
+
+def kernel_table(fn, iters: int) -> list[tuple[str, float, int]]:
+    """[(kernel name, device µs per call of fn, launches per call)], largest first."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0.0)
+        if device_us > 0:
+            rows.append((event.key, device_us / iters, event.count // iters))
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
+    parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"])
+    parser.add_argument("--gates", nargs="*", default=["all-on", "half", "soft"])
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    set_backend("auto")
+    cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
+    B, T = SHAPES[args.shape]
+    torch.manual_seed(0)
+    x = torch.randn(B, T, cfg.d_model, device="cuda", requires_grad=True)
+    lengths = torch.randint(T // 2, T + 1, (B,), device="cuda")
+    lengths[0] = T
+    dy = torch.randn_like(x)
+    lines = [f"# {torch.cuda.get_device_name()}, {args.shape}, bf16 autocast, fp32 weights"]
+    for kind in args.modules:
+        module = make_module(cfg, "ffn1" if kind == "ffn" else kind).cuda()
+        n = module.num_gates if kind != "conv" else 1
+        for name, gates in gate_patterns(n, "cuda").items():
+            if name not in args.gates:
+                continue
+            gates = gates.clone().requires_grad_(name == "soft")
+
+            def step(module=module, gates=gates):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = module(x, lengths, gates)
+                y.backward(dy)
+
+            table = kernel_table(step, args.iters)
+            lines.append(f"\n## {kind} {name} fwd+bwd: {sum(r[1] for r in table):.1f} us "
+                         f"of kernels per call, {sum(r[2] for r in table)} launches")
+            lines += [f"{us:9.1f} us {count:3d}x  {key[:110]}" for key, us, count in table]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
