@@ -275,6 +275,14 @@ def train_curve(cfg, batches, backend, steps, device, lr=1e-3, warmup=50):
     return torch.stack(losses).float().cpu()
 
 
+def plateau_exit(losses: torch.Tensor, level: float, window: int = 20) -> int | None:
+    """The first step at which the mean loss over the last `window` steps is below `level`
+    (None if never)."""
+    means = losses.unfold(0, window, 1).mean(1)
+    below = (means < level).nonzero()
+    return int(below[0]) + window - 1 if len(below) else None
+
+
 @gpu
 def test_paper_width_model_learns_the_same_through_both_backends():
     """Paper width (d=384, 6 heads, FFN 1536, conv 31) in 4 blocks: 12 did not leave the
@@ -284,11 +292,15 @@ def test_paper_width_model_learns_the_same_through_both_backends():
     curves = {b: train_curve(cfg, batches, b, 400, "cuda") for b in ("auto", "torch")}
     windows = {b: c.view(-1, 40).mean(1) for b, c in curves.items()}   # 10 windows of 40
     start = float(windows["torch"][0])
-    print({b: [round(float(x), 3) for x in w] for b, w in windows.items()})
+    escape = {b: plateau_exit(c, 0.5 * start) for b, c in curves.items()}
+    print({b: [round(float(x), 3) for x in w] for b, w in windows.items()}, escape)
     assert windows["torch"][-1] < 0.5 * start, "the reference did not learn: the test is void"
-    assert windows["auto"][-1] < 0.5 * windows["auto"][0], "the Triton backend did not learn"
-    # the same curve: the plateau's end may come some steps apart, so each window is
-    # within 20% of the start loss, the last within 10%
-    gaps = (windows["auto"] - windows["torch"]).abs()
-    assert gaps.max() < 0.2 * start and gaps[-1] < 0.1 * start, windows
+    assert escape["auto"] is not None, "the Triton backend never left the blank plateau"
+    # the same curve: when the plateau ends is chaotic (here both backends, each within the
+    # error-ratio rule, left it ~30 steps apart on the H200; the paper model in fp32 had not
+    # left it after 1600 steps where bf16 runs left it near step 1000, bench/NOTES.md
+    # 2026-11-30), so the exits may differ by 15% of the run; both end within 10% of the
+    # start loss
+    assert abs(escape["auto"] - escape["torch"]) <= 60, (escape, windows)
+    assert abs(float(windows["auto"][-1] - windows["torch"][-1])) < 0.1 * start, windows
     assert math.isfinite(float(curves["auto"].sum()))
