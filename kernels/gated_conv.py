@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import interpreting, valid_mask
+from .common import as_operand, interpreting, valid_mask
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
@@ -227,7 +227,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, eps)
     v = x.new_empty(M, D)
     u = x.new_empty(M, 2 * D) if save else None
-    rows_gemm(z, pw1_w.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
+    rows_gemm(z, as_operand(pw1_w, x).t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
     pre = x.new_empty(M, D) if save else v
     r = x.new_empty(M, D)
     blk = _mid_blocks(D)
@@ -237,7 +237,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
         HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
         SAVE_PRE=save, **blk)
     y = x.new_empty(B, T, D)
-    rows_gemm(r, pw2_w.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
+    rows_gemm(r, as_operand(pw2_w, x).t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
               scale_out=gates is not None, final=True, **common)
     if not save:  # distinct empties: custom_op outputs may not alias each other
         return (y, x.new_empty(0), mean.new_empty(0), mean.new_empty(0), x.new_empty(0),
@@ -262,7 +262,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if not gate_grad:
         gate_cols = None
     dr = x.new_empty(M, D)
-    rows_gemm(dy2, pw2_w, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
+    rows_gemm(dy2, as_operand(pw2_w, x), dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
     wgrad(dy2, r, col_sum=dy_sum, out=dpw2, **common)
     dpre = x.new_empty(M, D)
     blk = _mid_blocks(D)
@@ -276,7 +276,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         dpre, v, u, dw_w.t().contiguous(), du, d_dww, gate_arg, lengths, T, D, K,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
     dz = x.new_empty(M, D)
-    rows_gemm(du, pw1_w, dz, epi=EPI_STORE, **common)
+    rows_gemm(du, as_operand(pw1_w, x), dz, epi=EPI_STORE, **common)
     wgrad(du, z, col_sum=d_pw1b, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b)[0]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import valid_mask
+from .common import as_operand, valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -75,10 +75,11 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     pre = x.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
-    rows_gemm(xn, w1.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre, **common)
+    rows_gemm(xn, as_operand(w1, x).t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE,
+              aux=pre, **common)
     y = x.new_empty(B, T, D)
     bias_mode = BIAS_PLAIN if gates is None else (BIAS_GATE0 if module_gate else BIAS_ANY_GATE)
-    rows_gemm(hidden, w2.t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
+    rows_gemm(hidden, as_operand(w2, x).t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
               bias_mode=bias_mode, final=True, **common)
     if not save:
         return y, _empty(x), _empty(mean), _empty(mean), _empty(x), _empty(x)
@@ -101,9 +102,10 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     if not gate_grad:
         gate_cols = None
     d_pre = x.new_empty(M, F_)
-    rows_gemm(dy2, w2, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols, **common)
+    rows_gemm(dy2, as_operand(w2, x), d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre,
+              sum1=gate_cols, **common)
     d_xn = x.new_empty(M, D)
-    rows_gemm(d_pre, w1, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+    rows_gemm(d_pre, as_operand(w1, x), d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
     wgrad(dy2, hidden, chunk_axis=2, col_sum=dy_sum, out=dw2, **common)

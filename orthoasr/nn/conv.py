@@ -50,7 +50,6 @@ class GatedConvModule(nn.Module):
         dtype = compute_dtype(x)
         x = x.to(dtype)
         if triton_runs(x, lengths, gates):
-            # the kernels read the weights in their own dtype and cast in registers
             y = gated_conv(x, lengths, *params, gates)
         else:
             y = gated_conv_reference(x, lengths, *[p.to(dtype) for p in params], gates)

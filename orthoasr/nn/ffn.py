@@ -27,8 +27,8 @@ class GatedFeedForward(nn.Module):
     granularity="module": gates (1,) scales the whole output, b2 included.
     A gate that is exactly 0 and does not require grad skips its chunk's work on the device
     (no host sync); all gates 0 gives exactly 0. Dropout (training) applies to the output.
-    Autocast: x is cast to the autocast dtype; the Triton kernels read the weights in their
-    own dtype (fp32 masters) and cast tiles in registers, so weight grads come out in it.
+    Autocast: x is cast to the autocast dtype; the Triton path casts the fp32 master weights
+    to it once per call for its matmuls, and weight grads come out in fp32.
     """
 
     def __init__(self, d_model: int, ff_dim: int, chunks: int = 4, dropout: float = 0.0,
@@ -59,7 +59,6 @@ class GatedFeedForward(nn.Module):
         x = x.to(dtype)
         module_gate = self.granularity == "module"
         if triton_runs(x, lengths, gates):
-            # the kernels read the weights in their own dtype and cast in registers
             y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate)
         else:
             y = gated_ffn_reference(x, lengths, *[p.to(dtype) for p in params], gates,
