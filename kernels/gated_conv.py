@@ -151,52 +151,56 @@ def _conv_mid_bwd_norm_kernel(
 @triton.jit
 def _conv_mid_bwd_conv_kernel(
     dpre_ptr, v_ptr, u_ptr, wdw_ptr, du_ptr, dwdw_ptr, gate_ptr, len_ptr,
-    T, D, K,  # wdw: (K, D) as in the forward; dwdw: the (D, K) fp32 gradient
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    KP: tl.constexpr,
+    T, D, NT,  # wdw: (K, D) as in the forward; dwdw: (B * NT, D, KP) fp32 partial sums
+    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, KP: tl.constexpr,
 ):
-    # Program (j, b) owns channels [j*BC, +BC) of sequence b and walks its valid frames:
-    # dV[s] = sum_k dW[s - k + P] * w[k] (transposed depthwise conv), dw[k] += sum_t dW[t] *
-    # V[t + k - P] (kept as a [BC, KP] register tile, one atomic add at the end), then the
-    # GLU backward dU = (dV * sigmoid(b), dV * a * sigmoid'(b)).
-    pid_c = tl.program_id(0)
-    seq = tl.program_id(1)
+    # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
+    # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv), then the GLU backward
+    # dU = (dV sigmoid(b), dV a sigmoid'(b)); and its share of the depthwise weight gradient,
+    # dw[c, k] = sum over its frames of dW[t, c] V[t + k - P, c], stored as row b*NT + i of
+    # the partial sums (zeros for a dead or padded tile), which the launcher adds up. Each
+    # tap's shifted tiles come from L1/L2 (a tile and its halo leave memory once); each
+    # program reduces over its frames once per tap (the kernel before 2026-11-30 walked a
+    # whole sequence per program and reduced K times per 32 frames: 240 us at B32xT250).
+    pid_t = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    seq = tl.program_id(2)
     length = tl.minimum(tl.load(len_ptr + seq), T)
+    t = pid_t * BT + tl.arange(0, BT)
     cols = pid_c * BC + tl.arange(0, BC)
     col_ok = cols < D
     taps = tl.arange(0, KP)
+    dw_acc = tl.zeros([BC, KP], dtype=tl.float32)
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
-    if live > 0:
-        dw_acc = tl.zeros([BC, KP], dtype=tl.float32)
-        for t0 in range(0, length, BT):
-            t = t0 + tl.arange(0, BT)
-            row_ok = t < length
-            ok = row_ok[:, None] & col_ok[None, :]
-            dpre = tl.load(dpre_ptr + (seq * T + t)[:, None] * D + cols[None, :], mask=ok,
-                           other=0.0).to(tl.float32)
-            dv = tl.zeros([BT, BC], dtype=tl.float32)
-            for k in range(0, K):
-                ts = t + k - K // 2
-                ok_s = ((ts >= 0) & (ts < length))[:, None] & col_ok[None, :]
-                v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :], mask=ok_s,
-                            other=0.0).to(tl.float32)
-                dw_acc += tl.where(taps[None, :] == k, tl.sum(dpre * v, 0)[:, None], 0.0)
-                tb = t - k + K // 2
-                ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
-                dshift = tl.load(dpre_ptr + (seq * T + tb)[:, None] * D + cols[None, :],
-                                 mask=ok_b, other=0.0).to(tl.float32)
-                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-                dv += dshift * w[None, :]
-            u_rows = (seq * T + t)[:, None] * (2 * D)
-            a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(b)
-            dtype = du_ptr.dtype.element_ty
-            tl.store(du_ptr + u_rows + cols[None, :], (dv * sig).to(dtype), mask=ok)
-            tl.store(du_ptr + u_rows + D + cols[None, :], (dv * a * sig * (1.0 - sig)).to(dtype),
-                     mask=ok)
-        tl.atomic_add(dwdw_ptr + cols[:, None] * K + taps[None, :], dw_acc,
-                      mask=col_ok[:, None] & (taps < K)[None, :])
+    if (live > 0) & (pid_t * BT < length):
+        ok = (t < length)[:, None] & col_ok[None, :]
+        frames = seq * T
+        dpre = tl.load(dpre_ptr + (frames + t)[:, None] * D + cols[None, :], mask=ok,
+                       other=0.0).to(tl.float32)
+        dv = tl.zeros([BT, BC], dtype=tl.float32)
+        for k in range(K):
+            ts = t + k - K // 2
+            ok_s = ((ts >= 0) & (ts < length))[:, None] & col_ok[None, :]
+            v = tl.load(v_ptr + (frames + ts)[:, None] * D + cols[None, :], mask=ok_s,
+                        other=0.0).to(tl.float32)
+            dw_acc += tl.where(taps[None, :] == k, tl.sum(dpre * v, 0)[:, None], 0.0)
+            tb = t - k + K // 2
+            ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
+            dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :], mask=ok_b,
+                             other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+            dv += dshift * w[None, :]
+        u_rows = (frames + t)[:, None] * (2 * D)
+        a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(b)
+        dtype = du_ptr.dtype.element_ty
+        tl.store(du_ptr + u_rows + cols[None, :], (dv * sig).to(dtype), mask=ok)
+        tl.store(du_ptr + u_rows + D + cols[None, :], (dv * a * sig * (1.0 - sig)).to(dtype),
+                 mask=ok)
+    part = dwdw_ptr + (seq * NT + pid_t) * D * KP
+    tl.store(part + cols[:, None] * KP + taps[None, :], dw_acc, mask=col_ok[:, None])
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -211,10 +215,13 @@ def _mid_blocks(D: int) -> dict:
 
 
 def _conv_blocks(D: int, K: int) -> dict:
+    """Tiles of the transposed depthwise conv: 32 frames x 64 channels (1536 programs at
+    B32xT250, D 384; 128-byte rows in bf16). sm_90 compile: 141 registers, no spills at
+    4 warps (64 x 64 tiles: 170 at 8 warps; the tap loop unrolled spilled 1.4-10 KB)."""
     KP = max(2, next_pow2(K))
     if interpreting():
         return dict(BT=16, BC=max(16, next_pow2(D)), KP=KP, num_warps=4)
-    return dict(BT=32, BC=32, KP=KP, num_warps=4)
+    return dict(BT=32, BC=64, KP=KP, num_warps=4)
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
@@ -254,11 +261,11 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     has_gates, skip = gates is not None, skip_dead and gates is not None
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    sizes = [D, D, D * D, D, D, D, D * K, 2 * D, 2 * D * D, D, D]
+    sizes = [D, D, D * D, D, D, D, 2 * D, 2 * D * D, D, D]
     acc = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-    (gate_cols, dy_sum, dpw2, d_ln2w, d_ln2b, d_dwb, d_dww, d_pw1b, d_pw1w, d_ln1w,
+    (gate_cols, dy_sum, dpw2, d_ln2w, d_ln2b, d_dwb, d_pw1b, d_pw1w, d_ln1w,
      d_ln1b) = acc.split(sizes)
-    dpw2, d_dww, d_pw1w = dpw2.view(D, D), d_dww.view(D, K), d_pw1w.view(2 * D, D)
+    dpw2, d_pw1w = dpw2.view(D, D), d_pw1w.view(2 * D, D)
     if not gate_grad:
         gate_cols = None
     dr = x.new_empty(M, D)
@@ -272,9 +279,12 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
     du = x.new_empty(M, 2 * D)
     cblk = _conv_blocks(D, K)
-    launch(_conv_mid_bwd_conv_kernel, (cdiv(D, cblk["BC"]), B),
-        dpre, v, u, dw_w.t().contiguous(), du, d_dww, gate_arg, lengths, T, D, K,
-        HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
+    n_t = cdiv(T, cblk["BT"])
+    d_dww_parts = torch.empty(B * n_t, D, cblk["KP"], dtype=torch.float32, device=x.device)
+    launch(_conv_mid_bwd_conv_kernel, (n_t, cdiv(D, cblk["BC"]), B),
+        dpre, v, u, dw_w.t().contiguous(), du, d_dww_parts, gate_arg, lengths, T, D, n_t,
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
+    d_dww = d_dww_parts.sum(0)[:, :K]
     dz = x.new_empty(M, D)
     rows_gemm(du, as_operand(pw1_w, x), dz, epi=EPI_STORE, **common)
     wgrad(du, z, col_sum=d_pw1b, out=d_pw1w, **common)

@@ -127,9 +127,9 @@ def test_bad_input():
         GatedConvModule(D, kernel_size=4)
 
 
-def test_weights_in_another_dtype_are_cast_in_kernel():
-    """fp32 activations with fp64 weights: weight tiles are cast in registers and the weight
-    grads come back in the weights' dtype (the bf16-autocast / fp32-master case)."""
+def test_weights_in_another_dtype_are_cast_to_the_activations():
+    """fp32 activations with fp64 weights: the matmul weights are cast to fp32 per call and
+    the weight grads come back in the weights' dtype (the bf16-autocast / fp32-master case)."""
     K = 5
     x, lengths = torch.randn(2, 9, D, requires_grad=True), torch.tensor([9, 4])
     params = [p.double().requires_grad_() for p in make_params(K)]

@@ -153,8 +153,8 @@ def test_bad_input():
         GatedFeedForward(D, 50, chunks=4)
 
 
-def test_weights_in_another_dtype_are_cast_in_kernel():
-    """fp32 activations with fp64 weights: the kernels cast weight tiles in registers and the
+def test_weights_in_another_dtype_are_cast_to_the_activations():
+    """fp32 activations with fp64 weights: the matmul weights are cast to fp32 per call and the
     weight grads come back in the weights' dtype (the bf16-autocast / fp32-master case)."""
     x, lengths = torch.randn(2, 9, D, requires_grad=True), torch.tensor([9, 5])
     params = [p.double().requires_grad_() for p in make_params()]
