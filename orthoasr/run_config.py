@@ -23,7 +23,7 @@ GRAD_SYNCS = ("ddp", "flat")
 INT_MINIMUMS = {"max_frames": 1, "stage1_steps": 0, "stage2_steps": 0, "log_every": 1,
                 "ckpt_every": 1, "keep_checkpoints": 1, "eval_batch_frames": 1,
                 "buckets_per_step": 1, "num_workers": 0, "warmup_steps": 0,
-                "penalty_warmup": 0, "seed": 0}
+                "penalty_warmup": 0, "seed": 0, "shape_classes": 0}
 # float fields: (low, low included, high, high included); None: unbounded
 FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, False),
                 "lr_final": (0, True, 1, True), "weight_decay": (0, True, None, False),
@@ -49,6 +49,10 @@ class RunConfig:
     max_duration: float = 30.0       # training utterances longer than this (s) are skipped
     buckets_per_step: int = 1        # batches of the plan merged into one step (one process
                                      # doing the step of that many torchrun ranks)
+    # static shapes: every training batch padded to one of this many (utterances, frames,
+    # tokens) classes chosen from the training set (orthoasr/data/shapes.py), so that the
+    # GPU meets a handful of shapes; 0: each batch padded to its own longest utterance
+    shape_classes: int = 0
     spec_augment: bool = True
     num_workers: int = 0
     # torchrun: how the ranks average gradients. "flat": one all-reduce of all gradients,
@@ -135,6 +139,10 @@ class RunConfig:
                               ("backend", BACKEND_NAMES), ("grad_sync", GRAD_SYNCS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.shape_classes and self.buckets_per_step > 1:
+            raise ValueError(f"shape_classes ({self.shape_classes}) needs buckets_per_step 1, "
+                             f"got {self.buckets_per_step}: merged batches of two classes "
+                             "have no class shape")
         for name in ("train_manifest", "dev_manifest", "test_manifest"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a path, got {getattr(self, name)!r}")

@@ -18,14 +18,25 @@ class TrainData:
 
     def __init__(self, run: RunConfig, tokenizer, pin_memory: bool = False,
                  world: World = SINGLE):
-        from .data import BucketBatchSampler, SpeechDataset, collate, load_manifest
+        from .data import (
+            BucketBatchSampler,
+            ClassedDataset,
+            SpeechDataset,
+            class_collate,
+            collate,
+            load_manifest,
+        )
         records = filter_records(load_manifest(run.train_manifest), run, world.is_main)
         self.run, self.collate, self.pin_memory = run, collate, pin_memory
         self.dataset = SpeechDataset(records, tokenizer)
         self.durations = [r["duration"] for r in records]
+        self.classes = None
+        if run.shape_classes:
+            self.classes = training_shape_classes(records, tokenizer, run, world.is_main)
+            self.dataset, self.collate = ClassedDataset(self.dataset), class_collate(self.classes)
         self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
                                           seed=run.seed, num_replicas=world.size,
-                                          rank=world.rank)
+                                          rank=world.rank, classes=self.classes)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         self.sampler.set_epoch(epoch)
@@ -44,6 +55,21 @@ class TrainData:
                 index += 1
                 yield epoch, index, batch
             epoch, index = epoch + 1, 0
+
+
+def training_shape_classes(records: list[dict], tokenizer, run: RunConfig,
+                           report: bool = True):
+    """The run's static shape classes, from its training utterances' frames and token
+    counts (the same on every rank and on resume: a function of the manifest)."""
+    from .data import duration_frames, padding_fraction, shape_classes
+    frames = duration_frames([r["duration"] for r in records])
+    tokens = [len(tokenizer.encode(r["text"])) for r in records]
+    classes = shape_classes(frames, tokens, run.max_frames, run.shape_classes)
+    if report:
+        shapes = ", ".join(f"{c.batch}x{c.frames}" for c in classes)
+        print(f"shape classes (utterances x frames): {shapes}; padding "
+              f"{padding_fraction(frames, classes):.1%} of the frames", flush=True)
+    return classes
 
 
 def min_duration(logmel=None) -> float:

@@ -4,19 +4,27 @@
                         batch_sampler=BucketBatchSampler([r["duration"] for r in records],
                                                          max_frames=20000))
     for epoch in ...: loader.batch_sampler.set_epoch(epoch); for batch in loader: ...
+
+With static shape classes (orthoasr/data/shapes.py) the sampler yields (index, class)
+pairs, `ClassedDataset` passes the class along and `collate_to_class` pads every batch to
+its class's shape.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from .audio import SAMPLE_RATE, load_audio
+from .shapes import ShapeClasses
 from .tokenizer import Tokenizer
+
+FRAMES_PER_SECOND = 100   # feature frames: LogMel's 10 ms hop
 
 
 class SpeechDataset(Dataset):
@@ -51,6 +59,51 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
     return padded_waves, wave_lengths, targets, target_lengths
 
 
+class ClassedDataset(Dataset):
+    """dataset[(index, class)] -> (*dataset[index], class): carries the shape class that the
+    sampler chose to the collate."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, shape_class = key
+        return (*self.dataset[index], shape_class)
+
+
+def collate_to_class(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+                     classes: ShapeClasses, sample_rate: int = SAMPLE_RATE):
+    """Like `collate`, padded to the batch's shape class: waves [batch, frames * hop samples],
+    targets [batch, tokens]. Items are (wave, tokens, class) from ClassedDataset."""
+    (index,) = {c for *_, c in batch}
+    shape = classes[index]
+    waves, wave_lengths, targets, target_lengths = collate([item[:2] for item in batch])
+    samples = shape.frames * sample_rate // FRAMES_PER_SECOND
+    if len(batch) != shape.batch or waves.shape[1] > samples or \
+            targets.shape[1] > shape.tokens:
+        raise ValueError(f"a batch of {len(batch)} utterances, {waves.shape[1]} samples and "
+                         f"{targets.shape[1]} tokens does not fit its shape class {shape}")
+    padded = torch.zeros(shape.batch, samples)
+    padded[:, :waves.shape[1]] = waves
+    padded_targets = torch.zeros(shape.batch, shape.tokens, dtype=torch.long)
+    padded_targets[:, :targets.shape[1]] = targets
+    return padded, wave_lengths, padded_targets, target_lengths
+
+
+def class_collate(classes: ShapeClasses):
+    """The collate_fn for batches of ClassedDataset items (picklable for worker processes)."""
+    return partial(collate_to_class, classes=classes)
+
+
+def duration_frames(durations: Sequence[float]) -> np.ndarray:
+    """Feature frames (10 ms, at least 1) of utterances of `durations` seconds."""
+    return np.array([max(1, math.ceil(d * FRAMES_PER_SECOND)) for d in durations],
+                    dtype=np.int64)
+
+
 def length_batches(lengths: Sequence[int], batch_frames: int) -> list[list[int]]:
     """Indices of `lengths` (frames, or samples) grouped shortest first so that each
     batch's padded size, longest x count, stays within `batch_frames` (a longer single item
@@ -75,17 +128,22 @@ class BucketBatchSampler(Sampler[list[int]]):
     shuffle: sorted by length, in order. Deterministic for (seed, epoch). With
     num_replicas > 1 each rank takes every num_replicas-th batch of the same plan (the plan
     is cut to a multiple of num_replicas so ranks take equal counts).
+
+    With `classes` (static shapes): each utterance goes to the shortest class that holds it,
+    each class's utterances (shuffled, or by length) are cut into batches of exactly its
+    batch size, the last one filled up by repeating that class's first utterances; the
+    batches are lists of (index, class) pairs, for ClassedDataset and collate_to_class.
     """
 
     def __init__(self, durations: Sequence[float], max_frames: int, shuffle: bool = True,
                  seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 frames_per_second: int = 100, bucket_width: int = 50):
+                 bucket_width: int = 50, classes: ShapeClasses | None = None):
         if max_frames <= 0:
             raise ValueError(f"max_frames must be positive, got {max_frames}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        self.frames = np.array([max(1, math.ceil(d * frames_per_second)) for d in durations],
-                               dtype=np.int64)
+        self.frames = duration_frames(durations)
+        self.classes = classes
         self.max_frames, self.shuffle, self.seed = max_frames, shuffle, seed
         self.num_replicas, self.rank, self.bucket_width = num_replicas, rank, bucket_width
         self.set_epoch(0)
@@ -98,6 +156,34 @@ class BucketBatchSampler(Sampler[list[int]]):
         if len(self.frames) == 0:
             return []
         rng = np.random.default_rng([self.seed, epoch])
+        if self.classes is not None:
+            batches = self._class_batches(rng)
+        else:
+            batches = self._bucket_batches(rng)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1:
+            usable = len(batches) - len(batches) % self.num_replicas
+            batches = batches[self.rank:usable:self.num_replicas]
+        return batches
+
+    def _class_batches(self, rng) -> list[list[tuple[int, int]]]:
+        order = rng.permutation(len(self.frames)) if self.shuffle else \
+            np.argsort(self.frames, kind="stable")
+        of = np.searchsorted([c.frames for c in self.classes], self.frames[order])
+        if of.max() >= len(self.classes):
+            raise ValueError(f"an utterance of {int(self.frames.max())} frames is longer than "
+                             f"the longest shape class ({self.classes[-1].frames})")
+        batches = []
+        for c, shape in enumerate(self.classes):
+            members = order[of == c].tolist()
+            for start in range(0, len(members), shape.batch):
+                chunk = members[start:start + shape.batch]
+                chunk += [members[i % len(members)] for i in range(shape.batch - len(chunk))]
+                batches.append([(i, c) for i in chunk])
+        return batches
+
+    def _bucket_batches(self, rng) -> list[list[int]]:
         if self.shuffle:
             order = rng.permutation(len(self.frames))
             buckets = self.frames[order] // self.bucket_width
@@ -113,11 +199,6 @@ class BucketBatchSampler(Sampler[list[int]]):
             current.append(index)
             longest = max(longest, frames)
         batches.append(current)
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        if self.num_replicas > 1:
-            usable = len(batches) - len(batches) % self.num_replicas
-            batches = batches[self.rank:usable:self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
