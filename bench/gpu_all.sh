@@ -3,7 +3,7 @@
 # (default: all) each under its own time limit, logs and result rows copied to $OUT
 # (at most 8 files come back). Carry .commit so that rows name the commit.
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
-#   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax + attention-core benches
+#   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax, attention core, CTC
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
 #            default set: give it a call of its own)
@@ -54,7 +54,10 @@ if has kernels; then
   echo "ortho rc=$?"
   timeout ${ATTN_S:-120} python3 -m bench.bench_attention ${ATTN_ARGS:-} >> $OUT/bench_kernels.log 2>&1
   echo "attention rc=$?"
-  cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json $OUT/
+  timeout ${CTC_S:-60} python3 -m bench.bench_ctc >> $OUT/bench_kernels.log 2>&1
+  echo "ctc rc=$?"
+  cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json \
+    $REPO/bench/results/ctc.json $OUT/
 fi
 if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1
