@@ -11,8 +11,9 @@ Every GEMM skips the heads whose gate is exactly 0, read on the device: the in-p
 computes only live heads' q/k/v (dead heads' columns of qkv are never written nor read), the
 out-projection sums only over live heads' columns of a, and the backward kernels compute the
 weight and bias gradients of live heads only (dead ones are exactly 0). The weights are cast
-once per call to the compute dtype (bf16 under autocast, like F.linear); y (the fp32
-LayerNorm output) is read as is and cast tile by tile in registers. Weight gradients
+once per call to the compute dtype (bf16 under autocast, like F.linear); y (the LayerNorm
+output) is read in its own dtype (GatedMHSA passes it in the compute dtype) and cast tile by
+tile in registers where it differs. Weight gradients
 accumulate in fp32, split over rows with atomics. The bias factor s is evaluated inside the
 kernels (no host sync, no extra launches).
 

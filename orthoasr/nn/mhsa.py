@@ -76,8 +76,11 @@ class GatedMHSA(nn.Module):
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
                    self.out_proj_bias)
         if triton_runs(y, lengths, gates):
-            out = gated_mhsa(y, lengths, gates, *weights, self.num_heads, self.granularity,
-                             compute_dtype(y), all_on=self._all_on)
+            # the matmuls run in the compute dtype (bf16 under autocast): y cast once here,
+            # not per tile inside the projections (as F.linear under autocast casts it)
+            compute = compute_dtype(y)
+            out = gated_mhsa(y.to(compute), lengths, gates, *weights, self.num_heads,
+                             self.granularity, compute, all_on=self._all_on)
         else:
             out = gated_mhsa_reference(y, lengths, gates, *weights, self.num_heads,
                                        self.granularity)
