@@ -64,6 +64,30 @@ def test_matches_fp64_reference(shape, gate_case):
         assert (y == 0).all() and all((g == 0).all() for g in grads[:11])
 
 
+def test_gpu_tiles_several_channel_blocks(monkeypatch):
+    """The transposed-conv kernel with the GPU's 32 x 64 tiles (the interpreter's own tiles
+    hold every channel in one block): channel blocks with a ragged last one, frame tiles
+    whose halo crosses their edges, a sequence of one frame."""
+    from orthoasr.kernels import gated_conv as module
+    monkeypatch.setattr(module, "_conv_blocks",
+                        lambda D, K: dict(BT=32, BC=64, KP=32, num_warps=4))
+    torch.manual_seed(3)
+    d, K, T, lengths = 100, 31, 75, torch.tensor([75, 40, 1])
+    x = torch.randn(3, T, d, dtype=torch.float64)
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, dtype=torch.float64) * scale
+    params = [r(d) + 1, r(d), r(2 * d, d, scale=d ** -0.5), r(2 * d), r(d, K, scale=K ** -0.5),
+              r(d), r(d) + 1, r(d), r(d, d, scale=d ** -0.5), r(d)]
+    gates = torch.tensor([0.7], requires_grad=True)
+    dy = torch.randn(3, T, d)
+    y, grads = run(gated_conv, x.float(), lengths, [p.float() for p in params], gates, dy)
+    y64, grads64 = run(gated_conv_reference, x, lengths, params, gates.double(), dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    for i, (g, g64) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
 def test_padding_invariance_and_finite():
     K = 7
     lengths = torch.tensor([12, 5])
