@@ -80,6 +80,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     `subnets`; batches sorted by length, the shared frontend run once per batch."""
     from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode
+    from .graphs import GraphedEncoder
     logmel = LogMel().to(device)
     dataset = SpeechDataset(records, tokenizer)
     from .run_data import min_duration
@@ -91,6 +92,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
               f"{records[too_short[0]]['audio_filepath']}")
         order = order[len(too_short):]
     hyps = [[""] * len(records) for _ in subnets]
+    encoder = GraphedEncoder(model)       # CUDA graphs per padded shape class on a GPU
     frames = [int(100 * float(records[i]["duration"])) + 1 for i in order]
     for positions in length_batches(frames, batch_frames):
         batch = [order[p] for p in positions]
@@ -99,7 +101,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             x, out_lengths = model.embed(feats, lengths)
             for s, (gates, head) in enumerate(subnets):
-                log_probs = model.encode(x, out_lengths, gates, head)
+                log_probs = encoder(x, out_lengths, gates, head)
                 for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
                     hyps[s][j] = tokenizer.decode(list(ids))
     return hyps

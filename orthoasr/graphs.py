@@ -1,15 +1,18 @@
-"""CUDA-graph helpers: capture a function once and replay it, and run a function with any
-host synchronisation turned into an error (what a capturable step must never do)."""
+"""CUDA-graph helpers: capture a function once and replay it; run a function with any host
+synchronisation turned into an error (what a capturable step must never do); and
+`GraphedEncoder`, the supernet's encoder under given gates replayed from graphs, one per
+padded shape class (inference: orthoasr.Recognizer, orthoasr eval)."""
 
 from __future__ import annotations
 
 import torch
 
 
-def capture_graph(fn, warmup: int = 3):
+def capture_graph(fn, warmup: int = 3, pool=None):
     """Warm fn up on a side stream (`warmup` calls: compilation, allocator), then capture one
-    call in a CUDA graph. Returns (graph, outputs of the captured call); graph.replay() reruns
-    it in place, writing the same output tensors."""
+    call in a CUDA graph (in memory pool `pool` if given, shared with other graphs that are
+    never replayed at once). Returns (graph, outputs of the captured call); graph.replay()
+    reruns it in place, writing the same output tensors."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -17,9 +20,74 @@ def capture_graph(fn, warmup: int = 3):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         out = fn()
     return graph, out
+
+
+class GraphedEncoder:
+    """`model.encode(x, lengths, gates, head)` of a ConformerSupernet, with (B, T') padded up
+    to a shape class: B to the next power of two, T' to a multiple of `frame_step`. Padding
+    rows repeat the first utterance (no empty rows) and padding frames are zeros beyond the
+    lengths, so the real rows' log-probs are those of the unpadded call (the encoder ignores
+    frames past each length). On CUDA each (class, head, gates given, autocast dtype) is
+    captured once as a CUDA graph, all in one memory pool, and replayed with the inputs
+    copied into its buffers; on the CPU, or with use_graphs=False, the padded call runs
+    eagerly. A shape whose capture fails (a host sync on some backend) runs eagerly from
+    then on. Outputs are copies: the next replay rewrites the graph's own.
+    """
+
+    def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32):
+        self.model, self.frame_step = model, frame_step
+        self.use_graphs = use_graphs
+        self.graphs: dict[tuple, tuple] = {}     # key -> (graph, inputs, output) or None
+        self.pool = None
+
+    def shape_class(self, batch: int, frames: int) -> tuple[int, int]:
+        """(B, T') -> the padded (B, T')."""
+        padded_batch = 1 << max(0, batch - 1).bit_length()
+        return padded_batch, -(-frames // self.frame_step) * self.frame_step
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor,
+                 gates: torch.Tensor | None = None, head: int = -1) -> torch.Tensor:
+        """x (B, T', D), lengths (B,) -> log_probs (B, T', V) float32."""
+        B, T = x.shape[:2]
+        PB, PT = self.shape_class(B, T)
+        rows = torch.cat([torch.arange(B, device=x.device),
+                          torch.zeros(PB - B, dtype=torch.long, device=x.device)])
+        padded = torch.zeros(PB, PT, x.shape[2], dtype=x.dtype, device=x.device)
+        padded[:, :T] = x[rows]
+        padded_lengths = lengths[rows]
+        use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
+        if not use_graphs:
+            return self.model.encode(padded, padded_lengths, gates, head)[:B, :T]
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") \
+            else None
+        key = (PB, PT, x.dtype, head, gates is not None, autocast)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(padded, padded_lengths, gates, head)
+        if self.graphs[key] is None:
+            return self.model.encode(padded, padded_lengths, gates, head)[:B, :T]
+        graph, inputs, out = self.graphs[key]
+        for buffer, value in zip(inputs, (padded, padded_lengths, gates), strict=True):
+            if buffer is not None:
+                buffer.copy_(value)
+        graph.replay()
+        return out[:B, :T].clone()
+
+    def _capture(self, x, lengths, gates, head):
+        inputs = (x.clone(), lengths.clone(), None if gates is None else gates.clone())
+
+        def encode():
+            return self.model.encode(*inputs, head)
+        try:
+            graph, out = capture_graph(encode, pool=self.pool)
+        except RuntimeError as err:                # e.g. a backend that syncs with the host
+            print(f"note: encoder runs eagerly for shape {tuple(x.shape)}: its CUDA-graph "
+                  f"capture failed ({err})")
+            return None
+        self.pool = graph.pool()
+        return graph, inputs, out
 
 
 def call_without_sync(fn):

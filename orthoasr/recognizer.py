@@ -6,7 +6,8 @@ subnet, its tokenizer and the feature extractor it was trained with.
     rec.transcribe(["a.wav", "b.flac", waveform_16k])     # -> ["put the red ...", ...]
 
 Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D at 16 kHz.
-Utterances are decoded greedily in batches of similar length.
+Utterances are decoded greedily in batches of similar length; on a GPU a supernet's encoder
+is replayed from CUDA graphs of padded shape classes (orthoasr.graphs.GraphedEncoder).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .data import LogMel, Tokenizer, length_batches, load_audio
 from .decoding import greedy_ctc_decode
 from .devices import resolve_device
 from .export import CompactConformer, load_subnet
+from .graphs import GraphedEncoder
 from .model import ConformerSupernet
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
@@ -43,6 +45,8 @@ class Recognizer:
         self.device = next(model.parameters()).device
         self.gates = None if gates is None else gates.to(self.device)
         self.head, self.batch_frames = head, batch_frames
+        # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
+        self.encoder = GraphedEncoder(model) if gates is not None else None
         self.logmel = LogMel().to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
 
@@ -113,7 +117,7 @@ class Recognizer:
             log_probs, out_lengths = self.model(feats, frame_lengths)
         else:
             x, out_lengths = self.model.embed(feats, frame_lengths)
-            log_probs = self.model.encode(x, out_lengths, self.gates, self.head)
+            log_probs = self.encoder(x, out_lengths, self.gates, self.head)
         return [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(log_probs, out_lengths)]
 
 
