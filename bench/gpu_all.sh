@@ -4,6 +4,7 @@
 # (at most 8 files come back). Carry .commit so that rows name the commit.
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax, attention core, CTC
+#   kprofile bench/profile_kernels.py: each gated module's kernels, device time per call
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
 #            default set: give it a call of its own)
@@ -58,6 +59,11 @@ if has kernels; then
   echo "ctc rc=$?"
   cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json \
     $REPO/bench/results/ctc.json $OUT/
+fi
+if has kprofile; then
+  timeout ${KPROFILE_S:-120} python3 -m bench.profile_kernels --out $OUT/profile_kernels.txt \
+    > /dev/null 2> $OUT/profile_kernels.err
+  echo "kernel profile rc=$?"; grep "^##" $OUT/profile_kernels.txt
 fi
 if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1
