@@ -40,22 +40,32 @@ def _resource_usage(cubin: bytes) -> str:
     return f"{fields.get('REG', '?')} spill {fields.get('STACK', '?')}"
 
 
-def _compile(kernel, ptrs: dict, ints=(), floats=(), constexprs=None, num_warps=4,
+def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warps=4,
              num_stages=2):
+    """Compile as a launch would: pointers 16-byte aligned, and each int of `ints` (name ->
+    a typical value) specialised like Triton's launcher does (1 -> a constant, a multiple
+    of 16 -> divisible by 16). Without these hints Triton neither vectorises nor pipelines
+    the loads: a plain tiled GEMM then compiled to 1 stage of shared memory and 255
+    registers with spills, against 4 stages and 118 registers with them (2026-11-30)."""
     fn = kernel.fn if hasattr(kernel, "fn") else kernel
-    names = inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters
+    names = list(inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters)
     constexprs = dict(constexprs or {})
-    signature = {}
-    for name in names:
+    ints = dict(ints or {})
+    constexprs.update({name: 1 for name, value in ints.items() if value == 1})
+    signature, attrs = {}, {}
+    for index, name in enumerate(names):
         if name in constexprs:
             signature[name] = "constexpr"
         elif name in ptrs:
             signature[name] = "*" + ptrs[name]
+            attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in floats:
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-    src = ASTSource(kernel, signature, constexprs)
+            if ints.get(name, 1) % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    src = ASTSource(kernel, signature, constexprs, attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages))
     shared = getattr(compiled.metadata, "shared", 0)

@@ -216,8 +216,8 @@ def _mid_blocks(D: int) -> dict:
 
 def _conv_blocks(D: int, K: int) -> dict:
     """Tiles of the transposed depthwise conv: 32 frames x 64 channels (1536 programs at
-    B32xT250, D 384; 128-byte rows in bf16). sm_90 compile: 141 registers, no spills at
-    4 warps (64 x 64 tiles: 170 at 8 warps; the tap loop unrolled spilled 1.4-10 KB)."""
+    B32xT250, D 384; 128-byte rows in bf16). sm_90 compile (bench/compile_check_modules.py):
+    96 registers, no spills at 4 warps; with the tap loop unrolled it spilled."""
     KP = max(2, next_pow2(K))
     if interpreting():
         return dict(BT=16, BC=max(16, next_pow2(D)), KP=KP, num_warps=4)

@@ -1,0 +1,117 @@
+"""Compile the FFN, conv, LayerNorm and CTC kernels for sm_90 without a GPU, at the
+configurations their launchers use for bf16 activations and the paper model's sizes (as
+Triton's launcher specialises them), and print registers, spills and shared memory (the
+attention / MHSA kernels: bench/compile_check_attention.py). Run before spending GPU time on
+a kernel change.
+
+    python -m bench.compile_check_modules
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.compile_check_attention import _compile
+from orthoasr.kernels import ctc, gated_conv, gated_matmul, layer_norm
+from orthoasr.kernels.gated_matmul import (
+    EPI_GATE_BWD,
+    EPI_GLU,
+    EPI_SILU_BWD,
+    EPI_SILU_GATE,
+    EPI_STORE,
+)
+
+BF16 = torch.bfloat16
+D, F, M, T = 384, 1536, 8000, 250          # the paper model at B32xT250
+# (name, EPI, CHUNK_AXIS, HAS_BIAS, SAVE_AUX, FINAL, HAS_SUM1, SCALE_OUT, N, K, stride_bk,
+# stride_bn): the row GEMMs of gated_ffn.py and gated_conv.py (B given as a strided view of
+# the weight: W.t() for the forward GEMMs, W for the backward ones)
+ROW_GEMMS = [
+    ("ffn GEMM1", EPI_SILU_GATE, 1, True, True, False, False, False, F, D, 1, D),
+    ("ffn GEMM2", EPI_STORE, 2, True, False, True, False, False, D, F, 1, F),
+    ("ffn dH", EPI_SILU_BWD, 1, False, False, False, True, False, F, D, F, 1),
+    ("ffn dXn", EPI_STORE, 2, False, False, False, False, False, D, F, D, 1),
+    ("conv PW1", EPI_GLU, 0, True, True, False, False, False, D, D, 1, D),
+    ("conv PW2", EPI_STORE, 0, True, False, True, False, True, D, D, 1, D),
+    ("conv dR", EPI_GATE_BWD, 0, False, False, False, True, False, D, D, D, 1),
+]
+
+
+def main() -> None:
+    ok = True
+    for name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n in ROW_GEMMS:
+        blk = gated_matmul._rows_blocks(BF16, axis, epi == EPI_GLU)
+        warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
+        print(f"{name}: ", end="")
+        ok &= _compile(gated_matmul._rows_gemm_kernel,
+                       dict(a_ptr="bf16", b_ptr="bf16", out_ptr="bf16", bias_ptr="fp32",
+                            gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16", sum1_ptr="fp32"),
+                       ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, stride_bk=s_k, stride_bn=s_n),
+                       constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
+                                       HAS_GATES=True, SKIP_DEAD=True, EPI=epi, HAS_BIAS=bias,
+                                       BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
+                                       HAS_SUM1=sum1, DOT_PRECISION="tf32", **blk),
+                       num_warps=warps, num_stages=stages)
+    for axis in (1, 2):
+        blk = gated_matmul._wgrad_blocks(BF16)
+        warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
+        print(f"wgrad, chunks along {'PQ'[axis - 1]}: ", end="")
+        ok &= _compile(gated_matmul._wgrad_kernel,
+                       dict(a_ptr="bf16", b_ptr="bf16", out_ptr="fp32", suma_ptr="fp32",
+                            gate_ptr="fp32", len_ptr="i64"),
+                       ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
+                                 lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
+                                 CHUNK=F // 4, SPLIT=5),
+                       constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
+                                       HAS_GATES=True, SKIP_DEAD=True, SUM_A=True,
+                                       DOT_PRECISION="tf32", **blk),
+                       num_warps=warps, num_stages=stages)
+    blk = layer_norm._blocks(384)
+    warps = blk.pop("num_warps")
+    for kernel, ptrs in (
+            (layer_norm._layer_norm_fwd_kernel,
+             dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",
+                  rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64")),
+            (layer_norm._layer_norm_bwd_kernel,
+             dict(dy_ptr="bf16", x_ptr="bf16", w_ptr="fp32", mean_ptr="fp32", rstd_ptr="fp32",
+                  dx_ptr="bf16", dw_ptr="fp32", db_ptr="fp32", gate_ptr="fp32",
+                  len_ptr="i64"))):
+        ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
+                       constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
+                       num_warps=warps)
+    mid = gated_conv._mid_blocks(384)
+    warps = mid.pop("num_warps")
+    ok &= _compile(gated_conv._conv_mid_fwd_kernel,
+                   dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", lnw_ptr="fp32",
+                        lnb_ptr="fp32", pre_ptr="bf16", out_ptr="bf16", gate_ptr="fp32",
+                        len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D, K=31),
+                   constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, SAVE_PRE=True,
+                                   BT=mid["BT"], BD=mid["BD"]), num_warps=warps)
+    ok &= _compile(gated_conv._conv_mid_bwd_norm_kernel,
+                   dict(dr_ptr="bf16", pre_ptr="bf16", lnw_ptr="fp32", lnb_ptr="fp32",
+                        dpre_ptr="bf16", dlnw_ptr="fp32", dlnb_ptr="fp32", dbdw_ptr="fp32",
+                        gate_ptr="fp32", len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D),
+                   constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, BT=mid["BT"],
+                                   BD=mid["BD"]), num_warps=warps)
+    conv = gated_conv._conv_blocks(384, 31)
+    warps = conv.pop("num_warps")
+    ok &= _compile(gated_conv._conv_mid_bwd_conv_kernel,
+                   dict(dpre_ptr="bf16", v_ptr="bf16", u_ptr="bf16", wdw_ptr="fp32",
+                        du_ptr="bf16", dwdw_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
+                   ints=dict(T=T, D=D, NT=8),
+                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **conv),
+                   num_warps=warps, num_stages=1)
+    block_s = ctc._block_states(60)
+    ptrs = dict(lp_ptr="fp32", tgt_ptr="i64", off_ptr="i64", ilen_ptr="i64", tlen_ptr="i64",
+                alpha_ptr="fp32", loss_ptr="fp32")
+    strides = dict(T=T, stride_t=32 * 512, stride_b=512, BLANK=0)
+    ok &= _compile(ctc._ctc_alpha_kernel, ptrs, ints=strides, constexprs=dict(BLOCK_S=block_s))
+    ok &= _compile(ctc._ctc_grad_kernel,
+                   ptrs | dict(beta_ptr="fp32", gloss_ptr="fp32", grad_ptr="fp32"),
+                   ints=strides | dict(g_stride_t=32 * 512, g_stride_b=512),
+                   constexprs=dict(BLOCK_S=block_s))
+    print("all kernels compiled" if ok else "SOME KERNELS FAILED THE SHARED-MEMORY CHECK")
+
+
+if __name__ == "__main__":
+    main()
