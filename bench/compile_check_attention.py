@@ -19,6 +19,15 @@ from orthoasr.kernels import gated_mhsa as gm
 SHARED_LIMIT = 232448   # bytes per block on an H100 (227 KiB)
 
 
+# the paper model at B32xT250 (packed qkv (B, T, H, 3, Dh) and (B, T, H, Dh) outputs: every
+# stride a multiple of 16)
+STRIDES = ("stride_qb", "stride_qh", "stride_qt", "stride_kb", "stride_kh", "stride_kt",
+           "stride_vb", "stride_vh", "stride_vt", "stride_ob", "stride_oh", "stride_ot",
+           "stride_dob", "stride_doh", "stride_dot", "stride_dkb", "stride_dkh", "stride_dkt",
+           "stride_dvb", "stride_dvh", "stride_dvt", "stride_dqb", "stride_dqh", "stride_dqt")
+TYPICAL = {name: 192 for name in STRIDES} | dict(H=6, T=250, M=8000, D=384)
+
+
 def _resource_usage(cubin: bytes) -> str:
     """Registers / spills from cuobjdump (shipped with Triton), if it runs here."""
     import os
@@ -43,14 +52,16 @@ def _resource_usage(cubin: bytes) -> str:
 def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warps=4,
              num_stages=2):
     """Compile as a launch would: pointers 16-byte aligned, and each int of `ints` (name ->
-    a typical value) specialised like Triton's launcher does (1 -> a constant, a multiple
-    of 16 -> divisible by 16). Without these hints Triton neither vectorises nor pipelines
-    the loads: a plain tiled GEMM then compiled to 1 stage of shared memory and 255
-    registers with spills, against 4 stages and 118 registers with them (2026-11-30)."""
+    a typical value; default TYPICAL, the attention kernels' sizes) specialised like
+    Triton's launcher does (1 -> a constant, a multiple of 16 -> divisible by 16). Without
+    these hints Triton neither vectorises nor pipelines the loads: a plain tiled GEMM then
+    compiled to 1 stage of shared memory and 255 registers with spills, against 4 stages and
+    118 registers with them (2026-11-30)."""
     fn = kernel.fn if hasattr(kernel, "fn") else kernel
     names = list(inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters)
     constexprs = dict(constexprs or {})
-    ints = dict(ints or {})
+    ints = {name: value for name, value in (TYPICAL if ints is None else ints).items()
+            if name in names}
     constexprs.update({name: 1 for name, value in ints.items() if value == 1})
     signature, attrs = {}, {}
     for index, name in enumerate(names):
