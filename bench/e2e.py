@@ -7,8 +7,8 @@ one inference call cost on the whole encoder, ours against the method's way of m
 
 The encoder is the paper-size supernet's 12 blocks (d_model 384, budgets 0.3 ... 1.0, dropout
 0 so that every provider computes the same thing) on its input after the frontend, B32 x
-T'250 (10 s utterances, lengths drawn in [0.8 T', T'] as static shape classes pad them),
-bf16 autocast over fp32 weights. Workloads:
+T'250 (10 s utterances; lengths drawn in [0.8 T', T'], ~10% padding, about what static shape
+classes leave), bf16 autocast over fp32 weights. Workloads:
   - `encoder stage-1 pair`: the dense supernet and one soft-gated subnet (gates in (0, 1)
     with gradients, as stage 1's OrthoSoftmax masks), fwd+bwd;
   - `encoder stage-2 triple`: the supernet with stochastic depth (some modules fully off),
@@ -28,11 +28,11 @@ valid frames) are compared with ours.
 
 Rows go to bench/results/e2e.json (table "e2e"): workload, shape, case, mode, provider,
 timing (`graph`: a CUDA-graph replay, where the provider can be captured, i.e. not a
-host-syncing hard-gated reference; `eager`), ms, audio_s_per_s (seconds of audio, valid
-frames x 0.04 s, per second), peak_mem_mb (torch.cuda.max_memory_allocated, reset before the
-timing: the peak of the timed calls, warm-up and capture included). The full-trainer
-workloads (`trainer stage 1/2`: frontend, CTC and optimiser included) are measured by
-bench/train_step.py.
+host-syncing hard-gated reference, so ours' graph rows of the hard-gated workloads have no
+baseline row; `eager`), ms, audio_s_per_s (seconds of audio, valid frames x 0.04 s, per
+second), peak_mem_mb (torch.cuda.max_memory_allocated, reset before the timing: the peak of
+the timed calls, warm-up and capture included). The full-trainer workloads (`trainer stage
+1/2`: frontend, CTC and optimiser included) are measured by bench/train_step.py.
 """
 
 from __future__ import annotations
