@@ -8,6 +8,9 @@
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
 #            default set: give it a call of its own)
+#   e2e      bench/e2e.py: the encoder's stage-1 pair, stage-2 triple and inference, ours vs
+#            the eager reference and its torch.compile (issue 14; not in the default set:
+#            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
 #   (FFN_ARGS=--sweep, ATTN_ARGS=--variants: the tile sweeps)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
@@ -69,6 +72,11 @@ if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1
   echo "floors rc=$?"; grep -E "failed|Error" $OUT/bench_floor.log | head
   cp $REPO/bench/results/kernels.json $OUT/
+fi
+if has e2e; then
+  timeout ${E2E_S:-540} python3 -m bench.e2e ${E2E_ARGS:-} > $OUT/e2e.log 2>&1
+  echo "e2e rc=$?"; grep -E "FAILED|failed|Error" $OUT/e2e.log | head
+  cp $REPO/bench/results/e2e.json $OUT/
 fi
 if has ddp; then
   # scaling: warm-up run, 1 GPU, then 2 GPUs independent / flat / ddp (about 6 min on a
