@@ -1,6 +1,8 @@
 """GatedMHSA module benchmark (issue 3): ours vs an eager baseline written the way the
-method's public code masks (gate-scaled q/k/v/out weight copies each call, masked softmax
-attention) and torch.compile of that baseline; bf16 autocast, paper-size module.
+method's public code masks (gate-scaled weight copies each call, masked softmax attention:
+bench/baselines/encoder.eager_mhsa, which computes what GatedMHSA computes) and
+torch.compile of that baseline; bf16 autocast, paper-size module. (Until 2026-11-30 the
+baseline also scaled q, k and v by the gates, a different quantity under soft gates.)
 
     python -m bench.bench_mhsa
 
@@ -10,34 +12,14 @@ triton.testing.do_bench, `graph_ms` one CUDA-graph replay of the same call (GPU 
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
+from bench.baselines.encoder import eager_mhsa
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr.nn import GatedMHSA
 
 D, H = 384, 6
 CASES = [("B32·T250", 32, 250), ("B16·T750", 16, 750)]
-
-
-def eager_reference_style(m: GatedMHSA, x, lengths, gates):
-    """The public code's masking: weight copies scaled by the gates on every call."""
-    B, T, _ = x.shape
-    Dh = D // H
-    y = F.layer_norm(x, (D,), m.norm.weight, m.norm.bias)
-    w = m.in_proj_weight.view(H, 3, Dh, D) * gates[:, None, None, None]
-    b = m.in_proj_bias.view(H, 3, Dh) * gates[:, None, None]
-    q, k, v = (F.linear(y, w[:, j].reshape(D, D), b[:, j].reshape(D))
-               .view(B, T, H, Dh).transpose(1, 2) for j in range(3))
-    padded = (torch.arange(T, device=x.device)[None, :] >= lengths[:, None])[:, None, None, :]
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(Dh)
-    scores = scores.masked_fill(padded, torch.finfo(scores.dtype).min)
-    attn = torch.softmax(scores, dim=-1).masked_fill(padded, 0.0)
-    a = (attn @ v).transpose(1, 2).reshape(B, T, D)
-    w_o = m.out_proj_weight * gates.repeat_interleave(Dh)[None, :]
-    return F.linear(a, w_o, m.out_proj_bias)
 
 
 def _step(fn, mode, inputs, grad):
@@ -70,7 +52,7 @@ def _soft_providers(m, compiled, x, lengths, soft, params):
     return {
         "ours": (_bind(m, x, lengths, soft), with_gates),
         "ours gates=None": (_bind(m, x, lengths), [x] + params),
-        "eager (reference style)": (_bind(eager_reference_style, m, x, lengths, soft),
+        "eager (reference style)": (_bind(eager_mhsa, m, x, lengths, soft),
                                     with_gates),
         "torch.compile(eager)": (_bind(compiled, m, x, lengths, soft), with_gates),
     }
@@ -81,7 +63,7 @@ def run():
     gen = torch.Generator().manual_seed(0)
     m = GatedMHSA(D, H).cuda()
     params = list(m.parameters())
-    compiled = torch.compile(eager_reference_style, dynamic=False)
+    compiled = torch.compile(eager_mhsa, dynamic=False)
     for name, B, T in CASES:
         x = torch.randn(B, T, D, device="cuda", requires_grad=True)
         lengths = torch.randint(T // 2, T + 1, (B,), generator=gen).cuda()

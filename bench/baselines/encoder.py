@@ -4,10 +4,10 @@ indexing of weight slices (host syncs included), then dense PyTorch ops. The sam
 the same quantity as orthoasr.model's blocks (`bench/e2e.py --check` compares them); the
 module order, residual scales and final LayerNorm are ConformerBlock's.
 
-FFN and conv: bench/baselines_ffn_conv.py's eager_ffn / eager_conv. MHSA: eager_mhsa below,
-bench_mhsa.eager_reference_style generalised to any size and gating what orthoasr gates (the
-head outputs, b_o while any head is on); eager_reference_style also scales q, k and v, which
-for soft gates is a different quantity (scores scaled by g²), and it is fixed to D=384, H=6.
+FFN and conv: bench/baselines_ffn_conv.py's eager_ffn / eager_conv. MHSA: eager_mhsa below
+(also bench/bench_mhsa.py's baseline), gating what orthoasr gates: the head outputs, and b_o
+while any head is on. bench_mhsa's earlier baseline also scaled q, k and v, a different
+quantity under soft gates (scores scaled by g²).
 """
 
 from __future__ import annotations
