@@ -32,6 +32,7 @@ FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, Fals
                 "tau_min": (0, False, None, False), "score_init_std": (0, True, None, False),
                 "penalty_scale": (0, True, None, False), "penalty_rho": (0, True, None, False),
                 "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
+                "distill_weight": (0, True, None, False),
                 "ckpt_minutes": (0, False, None, False)}
 BOOL_FIELDS = ("spec_augment", "bf16")
 
@@ -86,6 +87,10 @@ class RunConfig:
     # auxiliary (subnet) loss scale s: constant `aux_value`, or focal 1 - exp(-L)
     aux_scale: str = "constant"
     aux_value: float = 0.3
+    # in-place distillation in stage 2: each subnet's loss adds distill_weight * the
+    # per-frame KL(supernet || subnet) of the output distributions (the supernet's output of
+    # the same step, detached: the teacher learns from the labels only); 0: off
+    distill_weight: float = 0.0
     stochastic_depth: float = 0.1    # stage 2: drop prob. of modules outside the smallest subnet
     # runtime
     seed: int = 0

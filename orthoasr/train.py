@@ -7,7 +7,12 @@ Freeze: hard nested masks, one per budget, each within its budget (ortho.freeze_
 Stage 2 (sandwich rule): supernet with stochastic depth on the modules outside the smallest
 subnet, the smallest subnet and one random middle subnet, hard gates:
     loss = CTC(sup) + s * (CTC(min) + CTC(mid))
-s is constant or focal (1 - exp(-L)). Each budget has its own output layer.
+s is constant or focal (1 - exp(-L)). Each budget has its own output layer. With
+`distill_weight` w > 0 each stage-2 subnet's CTC(sub) becomes CTC(sub) + w * KD(sup || sub),
+the per-frame KL divergence from the supernet's output distribution of the same step
+(detached): in-place distillation, as in BigNAS / once-for-all networks. Not in stage 1,
+where the supernet first outputs only blanks (a teacher that holds the shared weights on the
+blank plateau).
 
 The loop reads the device only every `log_every` steps (losses, NaN check) and before a
 checkpoint; the temperature lives in a device tensor, so a step has no host sync.
@@ -126,6 +131,17 @@ def ctc_loss(log_probs, out_lengths, targets, target_lengths, frames=None) -> to
     loss = F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths,
                       blank=0, reduction="sum", zero_infinity=True)
     return loss / (out_lengths.sum().clamp(min=1) if frames is None else frames)
+
+
+def distill_loss(log_probs, teacher_log_probs, lengths, frames=None) -> torch.Tensor:
+    """KL(teacher || student) per frame, summed over the frames within `lengths` (B,) and
+    divided by `frames` (default: their number), as `ctc_loss` divides; the teacher's
+    log-probabilities are detached."""
+    teacher = teacher_log_probs.detach().float()
+    kl = (teacher.exp() * (teacher - log_probs.float())).sum(-1)          # (B, T)
+    valid = torch.arange(kl.shape[1], device=kl.device) < lengths.to(kl.device)[:, None]
+    total = (kl * valid).sum()
+    return total / (valid.sum().clamp(min=1) if frames is None else frames)
 
 
 def aux_scale(run: RunConfig, loss: torch.Tensor) -> torch.Tensor | float:
@@ -340,10 +356,20 @@ class Trainer:
         with autocast:              # the frontend is shared: once for every subnet below
             x, lengths = self.model.embed(feats, lengths)
 
+        teacher = None              # the supernet's log-probabilities of this step
+
         def ctc(gates, head):
+            nonlocal teacher
             with autocast:
                 log_probs = self.model.encode(x, lengths, gates, head)
-            return ctc_loss(log_probs, out_lengths, targets, target_lengths, frames)
+            loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, frames)
+            if teacher is None:                     # the supernet: always the first call
+                teacher = log_probs
+            elif run.distill_weight > 0 and self.frozen_masks is not None:
+                # a stage-2 subnet: in-place distillation
+                loss = loss + run.distill_weight * distill_loss(
+                    log_probs, teacher, lengths, frames)
+            return loss
 
         if self.frozen_masks is None:                                   # stage 1
             selected = self.selector(self.tau)
@@ -681,4 +707,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 __all__ = ["train", "Trainer", "SubnetSelector", "TrainingDiverged", "check_feasible_budgets",
-           "ctc_loss", "lr_factor", "add_arguments", "run"]
+           "ctc_loss", "distill_loss", "lr_factor", "add_arguments", "run"]
