@@ -172,17 +172,20 @@ def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint",
     allowed = RunConfig.RESUMABLE_CHANGES
     if allow_schedule_change:
         allowed = allowed + RunConfig.SCHEDULE_CHANGES
-    differences = config_differences(state["run_config"], cfg.to_dict())
+    # a key added after the checkpoint was written takes its default (new keys default to
+    # the behaviour before them)
+    saved = RunConfig.from_dict(state["run_config"]).to_dict()
+    differences = config_differences(saved, cfg.to_dict())
     fields = [name for name in differences if name not in allowed]
     if fields:
-        details = ", ".join(f"{name}: checkpoint {_lookup(state['run_config'], name)!r} vs "
+        details = ", ".join(f"{name}: checkpoint {_lookup(saved, name)!r} vs "
                             f"config {_lookup(cfg.to_dict(), name)!r}" for name in fields)
         hint = ""
         if not allow_schedule_change and set(fields) <= set(RunConfig.SCHEDULE_CHANGES):
             hint = "; to resume with a new optimiser schedule add --allow-schedule-change"
         raise ValueError(f"checkpoint {path} was written with a different config; "
                          f"mismatching fields: {details}{hint}")
-    return {name: [_lookup(state["run_config"], name), _lookup(cfg.to_dict(), name)]
+    return {name: [_lookup(saved, name), _lookup(cfg.to_dict(), name)]
             for name in differences if name in RunConfig.SCHEDULE_CHANGES}
 
 

@@ -59,6 +59,22 @@ def test_resume_with_a_different_config_names_the_fields(corpus, tmp_path):
         train(changed, tmp_path, resume=True)
 
 
+def test_checkpoint_from_before_a_new_key_resumes_with_its_default(corpus, tmp_path):
+    """A config key added after a checkpoint was written (shape_classes, distill_weight)
+    takes its default on resume; a non-default value is still a mismatch."""
+    run = tiny_run(corpus, "stage1_steps=1", "stage2_steps=1")
+    train(run, tmp_path, stop_at=1)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    for key in ("shape_classes", "distill_weight"):
+        del state["run_config"][key]
+    save_checkpoint(path, state)
+    assert train(run, tmp_path, resume=True).step == 2
+    with pytest.raises(ValueError, match="shape_classes: checkpoint 0 vs config 3"):
+        train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=2", "shape_classes=3"),
+              tmp_path, resume=True)
+
+
 def test_checkpoint_is_self_describing_and_loads_weights_only(corpus, tmp_path):
     run = tiny_run(corpus, "stage1_steps=2", "stage2_steps=1")
     train(run, tmp_path)
