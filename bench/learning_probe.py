@@ -31,7 +31,8 @@ def step_grads(trainer: Trainer, batch, backend: str) -> tuple[float, dict]:
     set_backend(backend)
     torch.manual_seed(1234)
     trainer.model.zero_grad(set_to_none=True)
-    loss, _ = trainer.losses(feats, lengths, targets, target_lengths, out_lengths)
+    loss, _ = trainer.losses(feats, lengths, targets, target_lengths, out_lengths,
+                             drawn=trainer.draw_budget())
     loss.backward()
     grads = {name: p.grad.detach().double().clone()
              for name, p in trainer.model.named_parameters() if p.grad is not None}

@@ -345,11 +345,22 @@ class Trainer:
                 feats = self.spec_augment(feats, lengths)
         return feats, lengths
 
-    def losses(self, feats, lengths, targets, target_lengths, out_lengths, frames=None
-               ) -> tuple[torch.Tensor, dict]:
+    def draw_budget(self) -> int | None:
+        """The index of the budget a step trains beside the supernet (stage 1) or beside the
+        supernet and the smallest subnet (stage 2), drawn on the host from budget_rng (the
+        same on every rank) before the step; None when there is nothing to draw. Drawn
+        outside `losses` so that a step is a function of its inputs (a CUDA graph per draw)."""
+        n = len(self.cfg.budgets)
+        if self.frozen_masks is None:
+            return self.budget_rng.randrange(n - 1) if n > 1 else None
+        return self.budget_rng.randrange(1, n - 1) if n > 2 else None
+
+    def losses(self, feats, lengths, targets, target_lengths, out_lengths, frames=None, *,
+               drawn: int | None) -> tuple[torch.Tensor, dict]:
         """The step's loss and its parts (0-d device tensors). CTC takes the lengths on the
         host (`target_lengths`, `out_lengths`: CPU tensors), so it copies nothing back;
-        `frames` divides the CTC sums (default: this batch's frames)."""
+        `frames` divides the CTC sums (default: this batch's frames); `drawn`: draw_budget()'s
+        index for this step."""
         run, budgets = self.run, self.cfg.budgets
         zero = torch.zeros((), device=self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
@@ -376,7 +387,7 @@ class Trainer:
             loss_sup = ctc(None, len(budgets) - 1)
             loss_sub, penalty, budget = zero, zero, budgets[-1]
             if len(budgets) > 1:
-                b = self.budget_rng.randrange(len(budgets) - 1)
+                b = drawn
                 budget = budgets[b]
                 loss_sub = ctc(selected.masks[b], b)
                 penalty = self.selector.penalty_scale(selected.penalty[b], self.step)
@@ -388,7 +399,7 @@ class Trainer:
                 loss_sub = ctc(self.frozen_masks[0], 0)
                 budget = budgets[0]
             if len(budgets) > 2:
-                b = self.budget_rng.randrange(1, len(budgets) - 1)
+                b = drawn
                 loss_mid = ctc(self.frozen_masks[b], b)
                 loss_sub = loss_sub + loss_mid
                 budget = budgets[b]
@@ -425,8 +436,11 @@ class Trainer:
             frames = (self.logmel.frame_lengths(wave_lengths) // 4).sum().float()
             frames = all_reduce_sum(frames, self.world) / self.world.size
 
+        drawn = self.draw_budget()
+
         def compute():
-            return self.losses(feats, lengths, targets, target_lengths, out_lengths, frames)
+            return self.losses(feats, lengths, targets, target_lengths, out_lengths, frames,
+                               drawn=drawn)
 
         loss, parts = compute() if self.ddp is None else self.ddp(compute)
         self.optimizer.zero_grad(set_to_none=True)
