@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.report import newest_by_case
+
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels.json"
 MODULES = ("ffn", "conv", "mhsa")
 SHAPES = ("B32xT250", "B16xT750")
@@ -23,13 +25,9 @@ ENCODER_MS = {("fwd+bwd", "all-on"): 10.0, ("fwd+bwd", "soft"): 11.0,
 def newest_graph_rows(rows: list[dict]) -> dict:
     """(case, mode, gates, provider) -> its graph-timed floors row from the newest run that
     measured the case (so that a ratio never mixes runs)."""
-    floors = [r for r in rows if r.get("table") == "floors" and r.get("timing") == "graph"]
-    newest = {}
-    for r in floors:
-        if r["case"] not in newest or r["date"] > newest[r["case"]][0]:
-            newest[r["case"]] = (r["date"], r["run_id"])
-    return {(r["case"], r["mode"], r["gates"], r["provider"]): r for r in floors
-            if r["run_id"] == newest[r["case"]][1]}
+    newest = newest_by_case([r for r in rows if r.get("table") == "floors"])
+    return {(r["case"], r["mode"], r["gates"], r["provider"]): r
+            for case_rows in newest.values() for r in case_rows if r.get("timing") == "graph"}
 
 
 def checks(rows: list[dict]) -> list[tuple[str, float | None, float | None, str]]:

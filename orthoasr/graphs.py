@@ -53,27 +53,25 @@ class GraphedEncoder:
         """x (B, T', D), lengths (B,) -> log_probs (B, T', V) float32."""
         B, T = x.shape[:2]
         PB, PT = self.shape_class(B, T)
-        rows = torch.cat([torch.arange(B, device=x.device),
-                          torch.zeros(PB - B, dtype=torch.long, device=x.device)])
-        padded = torch.zeros(PB, PT, x.shape[2], dtype=x.dtype, device=x.device)
-        padded[:, :T] = x[rows]
-        padded_lengths = lengths[rows]
         use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
-        if not use_graphs:
-            return self.model.encode(padded, padded_lengths, gates, head)[:B, :T]
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") \
             else None
         key = (PB, PT, x.dtype, head, gates is not None, autocast)
-        if key not in self.graphs:
+        if use_graphs and self.graphs.get(key) is not None:
+            graph, (x_in, lengths_in, gates_in), out = self.graphs[key]
+            _pad_into(x_in, lengths_in, x, lengths)      # straight into the graph's inputs
+            if gates_in is not None:
+                gates_in.copy_(gates)
+            graph.replay()
+            return out[:B, :T].clone()
+        padded = x.new_empty(PB, PT, x.shape[2])
+        padded_lengths = lengths.new_empty(PB)
+        _pad_into(padded, padded_lengths, x, lengths)
+        if use_graphs and key not in self.graphs:
             self.graphs[key] = self._capture(padded, padded_lengths, gates, head)
-        if self.graphs[key] is None:
-            return self.model.encode(padded, padded_lengths, gates, head)[:B, :T]
-        graph, inputs, out = self.graphs[key]
-        for buffer, value in zip(inputs, (padded, padded_lengths, gates), strict=True):
-            if buffer is not None:
-                buffer.copy_(value)
-        graph.replay()
-        return out[:B, :T].clone()
+            if self.graphs[key] is not None:
+                return self(x, lengths, gates, head)
+        return self.model.encode(padded, padded_lengths, gates, head)[:B, :T]
 
     def _capture(self, x, lengths, gates, head):
         inputs = (x.clone(), lengths.clone(), None if gates is None else gates.clone())
@@ -88,6 +86,18 @@ class GraphedEncoder:
             return None
         self.pool = graph.pool()
         return graph, inputs, out
+
+
+def _pad_into(x_out: torch.Tensor, lengths_out: torch.Tensor, x: torch.Tensor,
+              lengths: torch.Tensor) -> None:
+    """x (B, T, D), lengths (B,) into x_out (PB, PT, D), lengths_out (PB,): rows past B
+    repeat row 0, frames past T are zeros."""
+    B, T = x.shape[:2]
+    rows = torch.cat([torch.arange(B, device=x.device),
+                      torch.zeros(x_out.shape[0] - B, dtype=torch.long, device=x.device)])
+    x_out[:, :T] = x[rows]
+    x_out[:, T:] = 0
+    lengths_out.copy_(lengths[rows])
 
 
 def call_without_sync(fn):

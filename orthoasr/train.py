@@ -68,6 +68,7 @@ from .distributed import (
     init_world,
     shutdown,
 )
+from .kernels.common import valid_mask
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
@@ -139,7 +140,7 @@ def distill_loss(log_probs, teacher_log_probs, lengths, frames=None) -> torch.Te
     log-probabilities are detached."""
     teacher = teacher_log_probs.detach().float()
     kl = (teacher.exp() * (teacher - log_probs.float())).sum(-1)          # (B, T)
-    valid = torch.arange(kl.shape[1], device=kl.device) < lengths.to(kl.device)[:, None]
+    valid = valid_mask(lengths.to(kl.device), kl.shape[1])
     total = (kl * valid).sum()
     return total / (valid.sum().clamp(min=1) if frames is None else frames)
 

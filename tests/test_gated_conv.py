@@ -27,11 +27,11 @@ GATES = {  # name: (gates, requires_grad)
 }
 
 
-def make_params(K, dtype=torch.float32):
+def make_params(K, dtype=torch.float32, d=D):
     def r(*shape, scale=0.2):
         return torch.randn(*shape, dtype=dtype) * scale
-    return [r(D) + 1, r(D), r(2 * D, D, scale=D ** -0.5), r(2 * D), r(D, K, scale=K ** -0.5),
-            r(D), r(D) + 1, r(D), r(D, D, scale=D ** -0.5), r(D)]
+    return [r(d) + 1, r(d), r(2 * d, d, scale=d ** -0.5), r(2 * d), r(d, K, scale=K ** -0.5),
+            r(d), r(d) + 1, r(d), r(d, d, scale=d ** -0.5), r(d)]
 
 
 def run(fn, x, lengths, params, gates, dy):
@@ -74,11 +74,7 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
     torch.manual_seed(3)
     d, K, T, lengths = 100, 31, 75, torch.tensor([75, 40, 1])
     x = torch.randn(3, T, d, dtype=torch.float64)
-
-    def r(*shape, scale=0.2):
-        return torch.randn(*shape, dtype=torch.float64) * scale
-    params = [r(d) + 1, r(d), r(2 * d, d, scale=d ** -0.5), r(2 * d), r(d, K, scale=K ** -0.5),
-              r(d), r(d) + 1, r(d), r(d, d, scale=d ** -0.5), r(d)]
+    params = make_params(K, torch.float64, d)
     gates = torch.tensor([0.7], requires_grad=True)
     dy = torch.randn(3, T, d)
     y, grads = run(gated_conv, x.float(), lengths, [p.float() for p in params], gates, dy)

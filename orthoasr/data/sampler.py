@@ -44,18 +44,23 @@ class SpeechDataset(Dataset):
         return wave, tokens
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]], samples: int | None = None,
+            tokens: int | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """[(wave [S_i], tokens [L_i])] -> (waves [B, S], wave_lengths [B], targets [B, L],
-    target_lengths [B]); waves zero-padded, targets padded with the blank (0)."""
-    waves, tokens = zip(*batch, strict=True)
+    target_lengths [B]); waves zero-padded, targets padded with the blank (0). S and L: the
+    longest (at least 1 token), or `samples` / `tokens` when given (a fixed shape that must
+    hold the longest)."""
+    waves, token_ids = zip(*batch, strict=True)
     wave_lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-    target_lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
-    padded_waves = torch.zeros(len(batch), int(wave_lengths.max()), dtype=torch.float32)
-    targets = torch.zeros(len(batch), max(1, int(target_lengths.max())), dtype=torch.long)
-    for i, (wave, token_ids) in enumerate(batch):
+    target_lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
+    padded_waves = torch.zeros(len(batch), samples or int(wave_lengths.max()),
+                               dtype=torch.float32)
+    targets = torch.zeros(len(batch), tokens or max(1, int(target_lengths.max())),
+                          dtype=torch.long)
+    for i, (wave, ids) in enumerate(batch):
         padded_waves[i, :len(wave)] = wave
-        targets[i, :len(token_ids)] = token_ids
+        targets[i, :len(ids)] = ids
     return padded_waves, wave_lengths, targets, target_lengths
 
 
@@ -80,17 +85,13 @@ def collate_to_class(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
     targets [batch, tokens]. Items are (wave, tokens, class) from ClassedDataset."""
     (index,) = {c for *_, c in batch}
     shape = classes[index]
-    waves, wave_lengths, targets, target_lengths = collate([item[:2] for item in batch])
     samples = shape.frames * sample_rate // FRAMES_PER_SECOND
-    if len(batch) != shape.batch or waves.shape[1] > samples or \
-            targets.shape[1] > shape.tokens:
-        raise ValueError(f"a batch of {len(batch)} utterances, {waves.shape[1]} samples and "
-                         f"{targets.shape[1]} tokens does not fit its shape class {shape}")
-    padded = torch.zeros(shape.batch, samples)
-    padded[:, :waves.shape[1]] = waves
-    padded_targets = torch.zeros(shape.batch, shape.tokens, dtype=torch.long)
-    padded_targets[:, :targets.shape[1]] = targets
-    return padded, wave_lengths, padded_targets, target_lengths
+    longest = max(len(wave) for wave, *_ in batch)
+    most_tokens = max(len(ids) for _, ids, _ in batch)
+    if len(batch) != shape.batch or longest > samples or most_tokens > shape.tokens:
+        raise ValueError(f"a batch of {len(batch)} utterances, {longest} samples and "
+                         f"{most_tokens} tokens does not fit its shape class {shape}")
+    return collate([item[:2] for item in batch], samples, shape.tokens)
 
 
 def class_collate(classes: ShapeClasses):
@@ -170,10 +171,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     def _class_batches(self, rng) -> list[list[tuple[int, int]]]:
         order = rng.permutation(len(self.frames)) if self.shuffle else \
             np.argsort(self.frames, kind="stable")
-        of = np.searchsorted([c.frames for c in self.classes], self.frames[order])
-        if of.max() >= len(self.classes):
-            raise ValueError(f"an utterance of {int(self.frames.max())} frames is longer than "
-                             f"the longest shape class ({self.classes[-1].frames})")
+        of = self.classes.indices_of(self.frames[order])
         batches = []
         for c, shape in enumerate(self.classes):
             members = order[of == c].tolist()

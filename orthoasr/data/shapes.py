@@ -11,7 +11,6 @@ width is the most tokens of any utterance in it.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -30,11 +29,16 @@ class ShapeClasses(tuple):
     def index_of(self, frames: int) -> int:
         """The class of an utterance (or batch) whose longest is `frames`: the shortest class
         that holds it."""
-        i = bisect.bisect_left([c.frames for c in self], frames)
-        if i == len(self):
-            raise ValueError(f"{frames} frames is longer than the longest shape class "
-                             f"({self[-1].frames})")
-        return i
+        return int(self.indices_of([frames])[0])
+
+    def indices_of(self, frames) -> np.ndarray:
+        """index_of for each of `frames` (an array of frame counts)."""
+        frames = np.asarray(frames)
+        indices = np.searchsorted([c.frames for c in self], frames)
+        if frames.size and indices.max() == len(self):
+            raise ValueError(f"{int(frames.max())} frames is longer than the longest shape "
+                             f"class ({self[-1].frames})")
+        return indices
 
 
 def class_lengths(frames: Sequence[int], count: int, step: int = 8) -> tuple[int, ...]:
@@ -83,8 +87,7 @@ def shape_classes(frames: Sequence[int], tokens: Sequence[int], max_frames: int,
     lengths = class_lengths(frames, count, step)
     widths = [1] * len(lengths)
     classes = ShapeClasses(ShapeClass(max(1, max_frames // n), n, 0) for n in lengths)
-    for f, t in zip(frames, tokens, strict=True):
-        c = classes.index_of(f)
+    for c, t in zip(classes.indices_of(frames), tokens, strict=True):
         widths[c] = max(widths[c], int(t))
     return ShapeClasses(ShapeClass(c.batch, c.frames, w) for c, w in zip(classes, widths))
 
@@ -92,5 +95,5 @@ def shape_classes(frames: Sequence[int], tokens: Sequence[int], max_frames: int,
 def padding_fraction(frames: Sequence[int], classes: ShapeClasses) -> float:
     """Share of the padded frames that are padding when each utterance is padded to its
     class's length (the batch fill repeats real utterances: not counted as padding)."""
-    total = sum(classes[classes.index_of(f)].frames for f in frames)
-    return 1.0 - sum(frames) / total
+    lengths = np.array([c.frames for c in classes])
+    return 1.0 - float(np.sum(frames)) / float(lengths[classes.indices_of(frames)].sum())
