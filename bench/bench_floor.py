@@ -127,7 +127,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
         lengths[0] = T
         grad_out = torch.randn(B, T, cfg.d_model, device=device)
         for kind in kinds:
-            rows = []
+            rows, patterns = [], {}
             if kind == "attention":
                 rows += _attention_rows(cfg, shape, B, T, lengths, device, timings,
                                         check_only)
@@ -138,7 +138,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                 ours_module = modules["ffn1" if kind == "ffn" else kind]
                 patterns = gate_patterns(ours_module.num_gates if kind != "conv" else 1,
                                          device)
-            for name, gates in (patterns.items() if kind != "attention" else ()):
+            for name, gates in patterns.items():
                 hard = name != "soft"
                 if kind == "encoder":
                     def ours(xx, ll, g=gates):
