@@ -8,9 +8,9 @@ and fwd+bwd (grads of x, every weight and soft gates). Paper-size modules: d 384
 in 4 chunks, conv kernel 31; B32xT250 and B16xT750, lengths uniform in [T/2, T].
 
 Also: the fused depthwise-conv + LayerNorm + SiLU forward kernel against the card's measured
-device-to-device copy bandwidth, and a small tile sweep for the main GEMMs.
+device-to-device copy bandwidth.
 
-Run: python -m bench.bench_modules_ffn_conv [--quick] [--sweep]; rows go to
+Run: python -m bench.bench_modules_ffn_conv [--quick]; rows go to
 bench/results/kernels.json (and $OUT when set).
 """
 
@@ -141,84 +141,9 @@ def bench_dwconv(B, T):
     _emit(rows)
 
 
-def sweep_gemms(B, T):
-    """Time a few tile configs of the FFN's four GEMM launches (soft gates)."""
-    from orthoasr.kernels import gated_matmul as gm
-    dev = "cuda"
-    M = B * T
-    lengths = torch.full((B,), T, device=dev)
-    a = torch.randn(M, D, device=dev, dtype=torch.bfloat16)
-    h = torch.randn(M, FF, device=dev, dtype=torch.bfloat16)
-    w1 = torch.randn(FF, D, device=dev, dtype=torch.bfloat16)
-    w2 = torch.randn(D, FF, device=dev, dtype=torch.bfloat16)
-    gates = torch.ones(CHUNKS, device=dev)
-    common = dict(lengths=lengths, T=T, gates=gates, chunk=FF // CHUNKS, num_chunks=CHUNKS)
-    out1, out2 = torch.empty(M, FF, device=dev, dtype=torch.bfloat16), torch.empty_like(a)
-    rows = []
-    configs = [dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3),
-               dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=4),
-               dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4),
-               dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
-               dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3)]
-    for cfg in configs:
-        tag = "x".join(str(cfg[k]) for k in ("BM", "BN", "BK", "num_warps", "num_stages"))
-        for name, fn in [
-            ("gemm1 silu-gate", lambda cfg=cfg: gm.rows_gemm(a, w1.t(), out1, bias=w1[:, 0],
-                                                     chunk_axis=1, epi=gm.EPI_SILU_GATE,
-                                                     blocks=cfg, **common)),
-            ("gemm2 K-chunked", lambda cfg=cfg: gm.rows_gemm(h, w2.t(), out2, chunk_axis=2,
-                                                     epi=gm.EPI_STORE, final=True, blocks=cfg,
-                                                     **common))]:
-            try:
-                ms = time_ms(fn, warmup_ms=25, rep_ms=100)
-            except Exception as err:
-                print(f"sweep {name} {tag} failed: {err!r}"[:200])
-                continue
-            flops = 2 * M * D * FF
-            rows.append(dict(table="gemm-sweep", case=f"{name} M{M}", mode=tag,
-                             provider="ours", ms=ms, TFLOPs=flops / ms / 1e9))
-    wcfgs = [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3),
-             dict(BP=128, BQ=128, BK=32, num_warps=4, num_stages=4),
-             dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3)]
-    for cfg in wcfgs:
-        tag = "x".join(str(cfg[k]) for k in ("BP", "BQ", "BK", "num_warps", "num_stages"))
-        def fn(cfg=cfg):
-            return gm.wgrad(h, a, chunk_axis=1, blocks=cfg, **common)
-        try:
-            ms = time_ms(fn, warmup_ms=25, rep_ms=100)
-        except Exception as err:
-            print(f"sweep wgrad {tag} failed: {err!r}"[:200])
-            continue
-        rows.append(dict(table="gemm-sweep", case=f"wgrad dW1 M{M}", mode=tag, provider="ours",
-                         ms=ms, TFLOPs=2 * M * D * FF / ms / 1e9))
-    _print_pipelining(gm._rows_gemm_kernel, gm._wgrad_kernel)
-    cublas = time_ms(lambda: torch.mm(a, w1.t()), warmup_ms=25, rep_ms=100)
-    rows.append(dict(table="gemm-sweep", case=f"cuBLAS x@W1^T M{M}", mode="torch.mm",
-                     provider="cublas", ms=cublas, TFLOPs=2 * M * D * FF / cublas / 1e9))
-    _emit(rows)
-
-
-def _print_pipelining(*jit_fns):
-    """Diagnostic: does the compiled GEMM use async copies (software pipelining)?"""
-    for fn in jit_fns:
-        try:
-            caches = getattr(fn, "device_caches", None) or {}
-            for entry in caches.values():
-                cache = entry[0] if isinstance(entry, tuple) else entry
-                for kernel in list(cache.values())[:6]:
-                    ir = kernel.asm.get("ttgir", "")
-                    print(fn.__name__, {w: ir.count(w) for w in
-                                        ("async_copy_global_to_local", "warp_group_dot",
-                                         "async_tma_copy")},
-                          "smem", kernel.metadata.shared, flush=True)
-        except Exception as err:
-            print("pipelining diagnostic failed:", repr(err)[:200])
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="no torch.compile provider")
-    ap.add_argument("--sweep", action="store_true", help="also sweep GEMM tile configs")
     ap.add_argument("--only", choices=("ffn", "conv", "dwconv"), default=None)
     args = ap.parse_args()
     from orthoasr.nn import GatedConvModule, GatedFeedForward
@@ -228,8 +153,6 @@ def main():
     if args.only in (None, "dwconv"):
         for B, T in SHAPES:
             bench_dwconv(B, T)
-    if args.sweep:
-        sweep_gemms(32, 250)
     for B, T in SHAPES:
         if args.only in (None, "ffn"):
             bench_module("ffn", GatedFeedForward(D, FF, CHUNKS).to(dev), ffn_cases(dev), B, T,

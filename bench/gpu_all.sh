@@ -11,7 +11,8 @@
 #   e2e      bench/e2e.py: the encoder's stage-1 pair, stage-2 triple and inference, ours vs
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
-#   (FFN_ARGS=--sweep, ATTN_ARGS=--variants: the tile sweeps)
+#   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
+#   (ATTN_ARGS=--variants: the attention tile sweep)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
 #            back: run it in its own call)
@@ -67,6 +68,10 @@ if has kprofile; then
   timeout ${KPROFILE_S:-120} python3 -m bench.profile_kernels --out $OUT/profile_kernels.txt \
     > /dev/null 2> $OUT/profile_kernels.err
   echo "kernel profile rc=$?"; grep "^##" $OUT/profile_kernels.txt
+fi
+if has gemms; then
+  timeout ${GEMM_S:-240} python3 -m bench.gemm_sweep ${GEMM_ARGS:-} > $OUT/gemm_sweep.log 2>&1
+  echo "gemm sweep rc=$?"
 fi
 if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1

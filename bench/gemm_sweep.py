@@ -1,0 +1,143 @@
+"""The FFN's six GEMMs (four row GEMMs, two weight gradients) at one shape against cuBLAS on
+the same operands, over a few tile configurations each: where the gated GEMMs lose time.
+
+    python -m bench.gemm_sweep [--shape B32xT250] [--quick]
+
+All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
+and half (dead chunks skipped). Rows go to bench/results/gemm_sweep.json (and $OUT), each
+with the kernel's TFLOP/s and the ratio to cuBLAS on the same product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from bench.harness import time_graph_ms, write_rows
+from orthoasr.kernels import gated_matmul as gm
+
+D, FF, CHUNKS = 384, 1536, 4
+SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
+ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
+               dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4),
+               dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3),
+               dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3),
+               dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=4),
+               dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3),
+               dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3),
+               dict(BM=128, BN=128, BK=128, num_warps=8, num_stages=2)]
+WGRAD_CONFIGS = [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3),
+                 dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3),
+                 dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),
+                 dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4),
+                 dict(BP=128, BQ=128, BK=128, num_warps=8, num_stages=2)]
+
+
+def _tag(cfg):
+    return "x".join(str(v) for v in cfg.values())
+
+
+def _print_pipelining(*jit_fns):
+    """Diagnostic: does the compiled GEMM use async copies (software pipelining)?"""
+    for fn in jit_fns:
+        try:
+            caches = getattr(fn, "device_caches", None) or {}
+            for entry in caches.values():
+                cache = entry[0] if isinstance(entry, tuple) else entry
+                for kernel in list(cache.values())[:6]:
+                    ir = kernel.asm.get("ttgir", "")
+                    print(fn.__name__, {w: ir.count(w) for w in
+                                        ("async_copy_global_to_local", "warp_group_dot",
+                                         "async_tma_copy")},
+                          "smem", kernel.metadata.shared, flush=True)
+        except Exception as err:
+            print("pipelining diagnostic failed:", repr(err)[:200])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
+    ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
+    args = ap.parse_args()
+    B, T = SHAPES[args.shape]
+    M, dev, bf = B * T, "cuda", torch.bfloat16
+    torch.manual_seed(0)
+    lengths = torch.full((B,), T, device=dev)
+    xn, dy = (torch.randn(M, D, device=dev, dtype=bf) for _ in range(2))
+    pre, hidden, d_pre = (torch.randn(M, FF, device=dev, dtype=bf) for _ in range(3))
+    w1 = torch.randn(FF, D, device=dev, dtype=bf) / D ** 0.5
+    w2 = torch.randn(D, FF, device=dev, dtype=bf) / FF ** 0.5
+    b1 = torch.zeros(FF, device=dev)
+    out_f, out_d = torch.empty(M, FF, device=dev, dtype=bf), torch.empty(M, D, device=dev,
+                                                                          dtype=bf)
+    sums = torch.zeros(FF, device=dev)
+    gate_sets = {"soft": torch.ones(CHUNKS, device=dev),
+                 "half": torch.tensor([1.0, 0.0, 1.0, 0.0], device=dev)}
+    flops = 2 * M * D * FF
+    row_gemms = {  # name: (launch(cfg, gates, skip), the same product through cuBLAS)
+        "g1 xn@W1^T silu-gate": (
+            lambda cfg, g, skip: gm.rows_gemm(xn, w1.t(), out_f, bias=b1, chunk_axis=1,
+                                              epi=gm.EPI_SILU_GATE, aux=pre, blocks=cfg,
+                                              **common(g, skip)),
+            lambda: torch.mm(xn, w1.t())),
+        "g2 hidden@W2^T K-chunked": (
+            lambda cfg, g, skip: gm.rows_gemm(hidden, w2.t(), out_d, chunk_axis=2, final=True,
+                                              blocks=cfg, **common(g, skip)),
+            lambda: torch.mm(hidden, w2.t())),
+        "g3 dy@W2 silu-bwd": (
+            lambda cfg, g, skip: gm.rows_gemm(dy, w2, out_f, chunk_axis=1,
+                                              epi=gm.EPI_SILU_BWD, aux=pre, sum1=sums,
+                                              blocks=cfg, **common(g, skip)),
+            lambda: torch.mm(dy, w2)),
+        "g4 d_pre@W1 K-chunked": (
+            lambda cfg, g, skip: gm.rows_gemm(d_pre, w1, out_d, chunk_axis=2, blocks=cfg,
+                                              **common(g, skip)),
+            lambda: torch.mm(d_pre, w1)),
+    }
+    wgrads = {
+        "w2 dy^T@hidden": (
+            lambda cfg, g, skip: gm.wgrad(dy, hidden, chunk_axis=2, blocks=cfg,
+                                          **common(g, skip)),
+            lambda: torch.mm(dy.t(), hidden)),
+        "w1 d_pre^T@xn": (
+            lambda cfg, g, skip: gm.wgrad(d_pre, xn, chunk_axis=1, blocks=cfg,
+                                          **common(g, skip)),
+            lambda: torch.mm(d_pre.t(), xn)),
+    }
+
+    def common(g, skip):
+        return dict(lengths=lengths, T=T, gates=g, chunk=FF // CHUNKS, num_chunks=CHUNKS,
+                    skip_dead=skip)
+
+    rows = []
+    for family, configs in ((row_gemms, ROW_CONFIGS), (wgrads, WGRAD_CONFIGS)):
+        for name, (ours, cublas) in family.items():
+            ref_ms = time_graph_ms(cublas)
+            rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", mode="dense",
+                             provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
+            for cfg in ([None] if args.quick else [None, *configs]):
+                for gates_name, g in gate_sets.items():
+                    try:
+                        skip = gates_name == "half"
+                        ms = time_graph_ms(lambda f=ours, c=cfg, g=g, s=skip: f(c, g, s))
+                    except Exception as err:  # a tile that does not fit shared memory
+                        print(f"{name} {cfg} failed: {err!r}"[:240], flush=True)
+                        break
+                    rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}",
+                                     mode=gates_name, provider="ours",
+                                     tiles="default" if cfg is None else _tag(cfg), ms=ms,
+                                     TFLOPs=flops / ms / 1e9, vs_cublas=ms / ref_ms))
+            for r in rows[-(1 + 2 * (len(configs) + 1)):]:
+                print(f"{r['case']:<36} {r['mode']:<6} {r['provider']:<7} "
+                      f"{r.get('tiles', ''):<20} {r['ms'] * 1e3:7.1f} us "
+                      f"{r['TFLOPs']:6.0f} TF/s", flush=True)
+    _print_pipelining(gm._rows_gemm_kernel, gm._wgrad_kernel)
+    write_rows("gemm_sweep", rows)
+    if os.environ.get("OUT"):
+        write_rows("gemm_sweep", rows, out_dir=os.environ["OUT"])
+
+
+if __name__ == "__main__":
+    main()
