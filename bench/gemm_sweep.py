@@ -91,6 +91,11 @@ def main() -> None:
                                               epi=gm.EPI_SILU_BWD, aux=pre, sum1=sums,
                                               blocks=cfg, **common(g, skip)),
             lambda: torch.mm(dy, w2)),
+        "g3 dy@W2 silu-bwd, no column sums": (
+            lambda cfg, g, skip: gm.rows_gemm(dy, w2, out_f, chunk_axis=1,
+                                              epi=gm.EPI_SILU_BWD, aux=pre, blocks=cfg,
+                                              **common(g, skip)),
+            lambda: torch.mm(dy, w2)),
         "g4 d_pre@W1 K-chunked": (
             lambda cfg, g, skip: gm.rows_gemm(d_pre, w1, out_d, chunk_axis=2, blocks=cfg,
                                               **common(g, skip)),

@@ -6,9 +6,10 @@ Two kernels serve every GEMM of the FFN and conv modules:
   the gated chunks along N (a program of a dead chunk exits) or along K (the K-loop skips dead
   chunks), fully padded row tiles skipped, and epilogues fused per use (bias, SiLU, gates,
   GLU, the SiLU backward with gate-gradient column sums, output gate).
-- `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (the loop
-  runs t < lengths[b] per sequence; sequences are split over programs and reduced with fp32
-  atomics), dead chunks along P or Q skipped, optional column sums of A (bias gradients).
+- `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (padded
+  frames load as zeros; the rows are split into contiguous ranges over programs and reduced
+  with fp32 atomics), dead chunks along P or Q skipped, optional column sums of A (bias
+  gradients).
 
 A gate g_c "is dead" when SKIP_DEAD is set and g_c == 0, read on the device. Callers set
 SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so d/dg is exact.
@@ -105,33 +106,43 @@ def _rows_gemm_kernel(
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
+        # one flat K-loop (a nested loop per chunk ran 6 steps at a time, mostly pipeline
+        # fill); with CHUNK_AXIS == 2 it visits the live chunks only: step i reads chunk
+        # kc, the (i // steps)-th live one, found from the running count of live gates
         if CHUNK_AXIS == 2:
-            n_k_chunks = NUM_CHUNKS
-            k_chunk = CHUNK
+            steps = tl.cdiv(CHUNK, BK)
+            offs_c = tl.arange(0, CHUNKS_P2)
+            chunk_in = offs_c < NUM_CHUNKS
+            if SKIP_DEAD:
+                chunk_gates = tl.load(gate_ptr + offs_c, mask=chunk_in, other=0.0)
+                chunk_live = (chunk_gates != 0.0).to(tl.int32)
+            else:
+                chunk_live = chunk_in.to(tl.int32)
+            live_rank = tl.cumsum(chunk_live, 0)
+            n_steps = tl.sum(chunk_live, 0) * steps
         else:
-            n_k_chunks = 1
-            k_chunk = K
-        for kc in range(0, n_k_chunks):
-            g_k = _gate(gate_ptr, kc, HAS_GATES and CHUNK_AXIS == 2)
-            run_chunk = True
-            if SKIP_DEAD and CHUNK_AXIS == 2:
-                run_chunk = g_k != 0.0
-            if run_chunk:
-                for k0 in range(0, k_chunk, BK):
-                    k_local = k0 + tl.arange(0, BK)
-                    k_ok = k_local < k_chunk
-                    ks = kc * k_chunk + k_local
-                    a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
-                                mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                    b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-                    b_mask = k_ok[:, None] & col_ok[None, :]
-                    # a no-op when the launcher passes weights in the activations' dtype
-                    b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
-                    acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-                    if EPI == 3:
-                        b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask,
-                                     other=0.0).to(a.dtype)
-                        acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            steps = tl.cdiv(K, BK)
+            n_steps = steps
+        for i in range(0, n_steps):
+            if CHUNK_AXIS == 2:
+                j = i // steps
+                kc = tl.sum((live_rank <= j).to(tl.int32), 0)
+                k_local = (i - j * steps) * BK + tl.arange(0, BK)
+                k_ok = k_local < CHUNK
+                ks = kc * CHUNK + k_local
+            else:
+                ks = i * BK + tl.arange(0, BK)
+                k_ok = ks < K
+            a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
+            b_mask = k_ok[:, None] & col_ok[None, :]
+            # a no-op when the launcher passes weights in the activations' dtype
+            b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            if EPI == 3:
+                b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
+                acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
     tile = rows[:, None] * N + cols[None, :]
     store_ok = row_ok[:, None] & col_ok[None, :]
@@ -196,13 +207,15 @@ def _rows_gemm_kernel(
 @triton.jit
 def _wgrad_kernel(
     a_ptr, b_ptr, out_ptr, suma_ptr, gate_ptr, len_ptr,
-    P, Q, T, NB, lda, ldb, CHUNK, SPLIT,
+    M, P, Q, T, lda, ldb, CHUNK, ROWS_PER_SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SUM_A: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
-    # valid frames of sequences pid_s, pid_s + SPLIT, ... and adds it to the fp32 output.
+    # flattened frame rows [pid_s * ROWS_PER_SPLIT, +ROWS_PER_SPLIT) and adds it to the fp32
+    # output. One flat loop over rows (padded frames load as zeros) keeps the loads
+    # pipelined: a loop per sequence ran ~4 steps at T = 250, mostly pipeline fill.
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. With SUM_A the
     # programs of one Q tile (the first tile of the first live chunk) also add column sums
     # of A to suma.
@@ -236,19 +249,17 @@ def _wgrad_kernel(
     if live:
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
         col_sum = tl.zeros([BP], dtype=tl.float32)
-        for seq in range(pid_s, NB, SPLIT):
-            length = tl.minimum(tl.load(len_ptr + seq), T)
-            for t0 in range(0, length, BK):
-                t = t0 + tl.arange(0, BK)
-                t_ok = t < length
-                frame = seq * T + t
-                a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
-                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)
-                b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
-                            mask=t_ok[:, None] & q_ok[None, :], other=0.0)
-                acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
-                if SUM_A:
-                    col_sum += tl.sum(a.to(tl.float32), 0)
+        start = pid_s * ROWS_PER_SPLIT
+        for r0 in range(start, tl.minimum(start + ROWS_PER_SPLIT, M), BK):
+            rows = r0 + tl.arange(0, BK)
+            ok = _valid_rows(rows, M, T, len_ptr)
+            a = tl.load(a_ptr + rows[:, None] * lda + offs_p[None, :],
+                        mask=ok[:, None] & p_ok[None, :], other=0.0)
+            b = tl.load(b_ptr + rows[:, None] * ldb + offs_q[None, :],
+                        mask=ok[:, None] & q_ok[None, :], other=0.0)
+            acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+            if SUM_A:
+                col_sum += tl.sum(a.to(tl.float32), 0)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :])
         if SUM_A:
@@ -257,20 +268,23 @@ def _wgrad_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 
-def _rows_blocks(dtype: torch.dtype, chunk_axis: int, two_acc: bool) -> dict:
-    """Tiles per GEMM kind. 16-bit choices from the H100 sweep in bench/NOTES.md
-    (FFN, B32xT250): N-chunked GEMM1 128x64x64/4 warps/4 stages 47.1 us (128x128x64/8/3:
-    52.9 us), K-chunked GEMM2 64x128x64/4/4 40.5 us (128x128x64/8/3: 86.0 us). fp32 keeps
-    the smaller-stage configuration (shared memory)."""
+def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
+    """Tiles per GEMM kind. 16-bit choices from bench/gemm_sweep.py on the H200 (FFN,
+    B32xT250, soft gates): GEMM1 (SiLU-gate) 128x128x64/4 warps/3 stages 46.6 us
+    (128x64x64/4/4: 51.8), K-chunked GEMMs 128x128x64/4/3 ~30 us (64x128x64/4/4: 38), the
+    SiLU backward 64x128x64/4/4 80.5 us (128x128x64/4/3 spills: 212). fp32 keeps the
+    smaller-stage configuration (shared memory)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
-    if two_acc:
+    if epi == EPI_GLU:
         return dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
     if dtype == torch.float32:
         return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
-    if chunk_axis == 1:
+    if epi in (EPI_SILU_BWD, EPI_GATE_BWD):  # column-sum epilogues
+        return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
+    if chunk_axis == 1 and epi != EPI_SILU_GATE:
         return dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)
-    return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
+    return dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3)
 
 
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
@@ -283,7 +297,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     """
     M, K = a.shape
     N = out.shape[1]
-    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi == EPI_GLU))
+    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi))
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
@@ -323,7 +337,6 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q] (adds A's column sums
     over valid frames to col_sum [P] fp32 when given). `out`: a zeroed fp32 [P, Q] to add to."""
     P, Q = a.shape[1], b.shape[1]
-    NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype))
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
@@ -331,15 +344,17 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         cdiv(P, blk["BP"])
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
         cdiv(Q, blk["BQ"])
-    if a.is_cuda:
+    M = a.shape[0]
+    if a.is_cuda:  # about three programs per SM, each over a contiguous range of rows
         want = 3 * _num_sms(a.device.index or 0)
-        split = max(1, min(NB, want // max(1, p_tiles * q_tiles)))
+        split = max(1, min(cdiv(M, 4 * blk["BK"]), want // max(1, p_tiles * q_tiles)))
     else:
-        split = min(NB, 2)
-    launch(_wgrad_kernel, (q_tiles, p_tiles, split),
+        split = 2
+    rows_per_split = cdiv(cdiv(M, split), blk["BK"]) * blk["BK"]
+    launch(_wgrad_kernel, (q_tiles, p_tiles, cdiv(M, rows_per_split)),
         a, b, out, col_sum if col_sum is not None else out,
         gates if gates is not None else out, lengths,
-        P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
+        M, P, Q, T, a.stride(0), b.stride(0), max(chunk, 1), rows_per_split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, SUM_A=col_sum is not None,
