@@ -1,6 +1,6 @@
 """Where each gated module's GPU time goes, kernel by kernel (issue 13's "profile and reason").
 
-    python -m bench.profile_kernels [--shape B32xT250] [--modules ffn conv mhsa]
+    python -m bench.profile_kernels [--shape B32xT250] [--modules ffn conv mhsa encoder]
         [--gates all-on half soft] [--out FILE]
 
 For each module and gate pattern: fwd+bwd under bf16 autocast (fp32 weights, as in
@@ -15,10 +15,11 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.bench_floor import SHAPES, gate_patterns
+from bench.bench_floor import SHAPES, gate_patterns, model_gate_patterns
+from bench.floors import encode_gated
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.model import make_module
+from orthoasr.model import ConformerSupernet, make_module
 
 
 def kernel_table(fn, iters: int) -> list[tuple[str, float, int]]:
@@ -56,16 +57,24 @@ def main() -> None:
     dy = torch.randn_like(x)
     lines = [f"# {torch.cuda.get_device_name()}, {args.shape}, bf16 autocast, fp32 weights"]
     for kind in args.modules:
-        module = make_module(cfg, "ffn1" if kind == "ffn" else kind).cuda()
-        n = module.num_gates if kind != "conv" else 1
-        for name, gates in gate_patterns(n, "cuda").items():
+        if kind == "encoder":  # the whole encoder: every block's modules and the glue
+            model = ConformerSupernet(cfg).cuda()
+            patterns = model_gate_patterns(model)
+
+            def run(x, lengths, gates, model=model):
+                return encode_gated(model, x, lengths, gates)
+        else:
+            module = make_module(cfg, "ffn1" if kind == "ffn" else kind).cuda()
+            patterns = gate_patterns(module.num_gates if kind != "conv" else 1, "cuda")
+            run = module
+        for name, gates in patterns.items():
             if name not in args.gates:
                 continue
             gates = gates.clone().requires_grad_(name == "soft")
 
-            def step(module=module, gates=gates):
+            def step(run=run, gates=gates):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    y = module(x, lengths, gates)
+                    y = run(x, lengths, gates)
                 y.backward(dy)
 
             table = kernel_table(step, args.iters)

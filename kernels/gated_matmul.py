@@ -6,10 +6,9 @@ Two kernels serve every GEMM of the FFN and conv modules:
   the gated chunks along N (a program of a dead chunk exits) or along K (the K-loop skips dead
   chunks), fully padded row tiles skipped, and epilogues fused per use (bias, SiLU, gates,
   GLU, the SiLU backward with gate-gradient column sums, output gate).
-- `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (padded
-  frames load as zeros; the rows are split into contiguous ranges over programs and reduced
-  with fp32 atomics), dead chunks along P or Q skipped, optional column sums of A (bias
-  gradients).
+- `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (the loop
+  runs t < lengths[b] per sequence; sequences are split over programs and reduced with fp32
+  atomics), dead chunks along P or Q skipped, optional column sums of A (bias gradients).
 
 A gate g_c "is dead" when SKIP_DEAD is set and g_c == 0, read on the device. Callers set
 SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so d/dg is exact.
@@ -207,15 +206,13 @@ def _rows_gemm_kernel(
 @triton.jit
 def _wgrad_kernel(
     a_ptr, b_ptr, out_ptr, suma_ptr, gate_ptr, len_ptr,
-    M, P, Q, T, lda, ldb, CHUNK, ROWS_PER_SPLIT,
+    P, Q, T, NB, lda, ldb, CHUNK, SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SUM_A: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
-    # flattened frame rows [pid_s * ROWS_PER_SPLIT, +ROWS_PER_SPLIT) and adds it to the fp32
-    # output. One flat loop over rows (padded frames load as zeros) keeps the loads
-    # pipelined: a loop per sequence ran ~4 steps at T = 250, mostly pipeline fill.
+    # valid frames of sequences pid_s, pid_s + SPLIT, ... and adds it to the fp32 output.
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. With SUM_A the
     # programs of one Q tile (the first tile of the first live chunk) also add column sums
     # of A to suma.
@@ -249,17 +246,19 @@ def _wgrad_kernel(
     if live:
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
         col_sum = tl.zeros([BP], dtype=tl.float32)
-        start = pid_s * ROWS_PER_SPLIT
-        for r0 in range(start, tl.minimum(start + ROWS_PER_SPLIT, M), BK):
-            rows = r0 + tl.arange(0, BK)
-            ok = _valid_rows(rows, M, T, len_ptr)
-            a = tl.load(a_ptr + rows[:, None] * lda + offs_p[None, :],
-                        mask=ok[:, None] & p_ok[None, :], other=0.0)
-            b = tl.load(b_ptr + rows[:, None] * ldb + offs_q[None, :],
-                        mask=ok[:, None] & q_ok[None, :], other=0.0)
-            acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
-            if SUM_A:
-                col_sum += tl.sum(a.to(tl.float32), 0)
+        for seq in range(pid_s, NB, SPLIT):
+            length = tl.minimum(tl.load(len_ptr + seq), T)
+            for t0 in range(0, length, BK):
+                t = t0 + tl.arange(0, BK)
+                t_ok = t < length
+                frame = seq * T + t
+                a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
+                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)
+                b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
+                            mask=t_ok[:, None] & q_ok[None, :], other=0.0)
+                acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+                if SUM_A:
+                    col_sum += tl.sum(a.to(tl.float32), 0)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :])
         if SUM_A:
@@ -337,6 +336,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q] (adds A's column sums
     over valid frames to col_sum [P] fp32 when given). `out`: a zeroed fp32 [P, Q] to add to."""
     P, Q = a.shape[1], b.shape[1]
+    NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype))
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
@@ -344,17 +344,15 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         cdiv(P, blk["BP"])
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
         cdiv(Q, blk["BQ"])
-    M = a.shape[0]
-    if a.is_cuda:  # about three programs per SM, each over a contiguous range of rows
+    if a.is_cuda:
         want = 3 * _num_sms(a.device.index or 0)
-        split = max(1, min(cdiv(M, 4 * blk["BK"]), want // max(1, p_tiles * q_tiles)))
+        split = max(1, min(NB, want // max(1, p_tiles * q_tiles)))
     else:
-        split = 2
-    rows_per_split = cdiv(cdiv(M, split), blk["BK"]) * blk["BK"]
-    launch(_wgrad_kernel, (q_tiles, p_tiles, cdiv(M, rows_per_split)),
+        split = min(NB, 2)
+    launch(_wgrad_kernel, (q_tiles, p_tiles, split),
         a, b, out, col_sum if col_sum is not None else out,
         gates if gates is not None else out, lengths,
-        M, P, Q, T, a.stride(0), b.stride(0), max(chunk, 1), rows_per_split,
+        P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, SUM_A=col_sum is not None,
