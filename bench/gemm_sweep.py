@@ -1,7 +1,7 @@
 """The FFN's six GEMMs (four row GEMMs, two weight gradients) at one shape against cuBLAS on
 the same operands, over a few tile configurations each: where the gated GEMMs lose time.
 
-    python -m bench.gemm_sweep [--shape B32xT250] [--quick]
+    python -m bench.gemm_sweep [--shape B32xT250] [--quick] [--families rows wgrad]
 
 All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
 and half (dead chunks skipped). Rows go to bench/results/gemm_sweep.json (and $OUT), each
@@ -32,7 +32,12 @@ WGRAD_CONFIGS = [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),
                  dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4),
-                 dict(BP=128, BQ=128, BK=128, num_warps=8, num_stages=2)]
+                 dict(BP=128, BQ=128, BK=128, num_warps=8, num_stages=2),
+                 dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3, FLAT=True),
+                 dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=4, FLAT=True),
+                 dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, FLAT=True),
+                 dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=3, FLAT=True),
+                 dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4, FLAT=True)]
 
 
 def _tag(cfg):
@@ -60,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
+    ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     args = ap.parse_args()
     B, T = SHAPES[args.shape]
     M, dev, bf = B * T, "cuda", torch.bfloat16
@@ -117,7 +123,8 @@ def main() -> None:
                     skip_dead=skip)
 
     rows = []
-    for family, configs in ((row_gemms, ROW_CONFIGS), (wgrads, WGRAD_CONFIGS)):
+    families = {"rows": (row_gemms, ROW_CONFIGS), "wgrad": (wgrads, WGRAD_CONFIGS)}
+    for family, configs in (families[f] for f in args.families):
         for name, (ours, cublas) in family.items():
             ref_ms = time_graph_ms(cublas)
             rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", mode="dense",

@@ -210,6 +210,7 @@ def _wgrad_kernel(
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SUM_A: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FLAT: tl.constexpr = False,
 ):
     # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
     # valid frames of sequences pid_s, pid_s + SPLIT, ... and adds it to the fp32 output.
@@ -246,10 +247,14 @@ def _wgrad_kernel(
     if live:
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
         col_sum = tl.zeros([BP], dtype=tl.float32)
-        for seq in range(pid_s, NB, SPLIT):
-            length = tl.minimum(tl.load(len_ptr + seq), T)
-            for t0 in range(0, length, BK):
-                t = t0 + tl.arange(0, BK)
+        if FLAT:  # one loop over (sequence, step) pairs: the pipeline never refills
+            steps = tl.cdiv(T, BK)
+            n_seqs = tl.cdiv(NB - pid_s, SPLIT)
+            for i in range(0, n_seqs * steps):
+                j = i // steps
+                seq = pid_s + j * SPLIT
+                length = tl.minimum(tl.load(len_ptr + seq), T)
+                t = (i - j * steps) * BK + tl.arange(0, BK)
                 t_ok = t < length
                 frame = seq * T + t
                 a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
@@ -259,6 +264,20 @@ def _wgrad_kernel(
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
                 if SUM_A:
                     col_sum += tl.sum(a.to(tl.float32), 0)
+        else:
+            for seq in range(pid_s, NB, SPLIT):
+                length = tl.minimum(tl.load(len_ptr + seq), T)
+                for t0 in range(0, length, BK):
+                    t = t0 + tl.arange(0, BK)
+                    t_ok = t < length
+                    frame = seq * T + t
+                    a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
+                                mask=t_ok[:, None] & p_ok[None, :], other=0.0)
+                    b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
+                                mask=t_ok[:, None] & q_ok[None, :], other=0.0)
+                    acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+                    if SUM_A:
+                        col_sum += tl.sum(a.to(tl.float32), 0)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :])
         if SUM_A:
