@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
 from .common import as_operand, interpreting, valid_mask
-from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, rows_gemm, wgrad
+from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, col_sums, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
@@ -270,7 +270,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         gate_cols = None
     dr = x.new_empty(M, D)
     rows_gemm(dy2, as_operand(pw2_w, x), dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
-    wgrad(dy2, r, col_sum=dy_sum, out=dpw2, **common)
+    col_sums(dy2, dy_sum, lengths=lengths, T=T)
+    wgrad(dy2, r, out=dpw2, **common)
     dpre = x.new_empty(M, D)
     blk = _mid_blocks(D)
     gate_arg = gates if has_gates else dy_sum
@@ -287,7 +288,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     d_dww = d_dww_parts.sum(0)[:, :K]
     dz = x.new_empty(M, D)
     rows_gemm(du, as_operand(pw1_w, x), dz, epi=EPI_STORE, **common)
-    wgrad(du, z, col_sum=d_pw1b, out=d_pw1w, **common)
+    col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
+    wgrad(du, z, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b)[0]
     dgates = None

@@ -27,6 +27,7 @@ from .gated_matmul import (
     EPI_SILU_BWD,
     EPI_SILU_GATE,
     EPI_STORE,
+    col_sums,
     rows_gemm,
     wgrad,
 )
@@ -103,13 +104,14 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         gate_cols = None
     d_pre = x.new_empty(M, F_)
     rows_gemm(dy2, as_operand(w2, x), d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre,
-              sum1=gate_cols, **common)
+              sum1=gate_cols, sum2=db1, **common)
     d_xn = x.new_empty(M, D)
     rows_gemm(d_pre, as_operand(w1, x), d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
-    wgrad(dy2, hidden, chunk_axis=2, col_sum=dy_sum, out=dw2, **common)
-    wgrad(d_pre, xn, chunk_axis=1, col_sum=db1, out=dw1, **common)
+    col_sums(dy2, dy_sum, lengths=lengths, T=T)
+    wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
+    wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
     if gates is None:
         db2 = dy_sum
     elif module_gate:

@@ -1,14 +1,16 @@
 """Matmuls of the gated modules that skip dead units and padded frames on the device.
 
-Two kernels serve every GEMM of the FFN and conv modules:
+Two kernels serve every GEMM of the FFN and conv modules, a third their bias gradients:
 
 - `_rows_gemm_kernel`: C[M, N] = A[M, K] @ B[K, N] over frame rows (M = B*T flattened), with
   the gated chunks along N (a program of a dead chunk exits) or along K (the K-loop skips dead
   chunks), fully padded row tiles skipped, and epilogues fused per use (bias, SiLU, gates,
-  GLU, the SiLU backward with gate-gradient column sums, output gate).
+  GLU, the SiLU backward with gate- and bias-gradient column sums, output gate).
 - `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (the loop
   runs t < lengths[b] per sequence; sequences are split over programs and reduced with fp32
-  atomics), dead chunks along P or Q skipped, optional column sums of A (bias gradients).
+  atomics), dead chunks along P or Q skipped.
+- `_col_sums_kernel`: column sums over the valid frames (bias gradients), kept out of the
+  weight-gradient loop.
 
 A gate g_c "is dead" when SKIP_DEAD is set and g_c == 0, read on the device. Callers set
 SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so d/dg is exact.
@@ -31,7 +33,8 @@ from .launch import cdiv, launch, next_pow2
 # epilogues of _rows_gemm_kernel
 EPI_STORE = 0      # out = (acc + bias * bias_scale) * out_scale, zero at padded rows
 EPI_SILU_GATE = 1  # pre = acc + bias (saved to aux), out = g_c * silu(pre)
-EPI_SILU_BWD = 2   # out = acc * g_c * silu'(pre[aux]); colsum(acc * silu(pre)) -> sum1
+EPI_SILU_BWD = 2   # out = acc * g_c * silu'(pre[aux]); colsum(acc * silu(pre)) -> sum1,
+                   # colsum(out) -> sum2
 EPI_GLU = 3        # accumulators a (cols n), b (cols n + N): u -> aux, out = a * sigmoid(b)
 EPI_GATE_BWD = 4   # colsum(acc * aux) -> sum1 (gate gradient), out = acc * g0
 
@@ -71,12 +74,12 @@ def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
 
 @triton.jit
 def _rows_gemm_kernel(
-    a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr,
+    a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr,
     M, N, K, T, CHUNK, stride_bk, stride_bn,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
-    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
+    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -181,6 +184,9 @@ def _rows_gemm_kernel(
                 col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
                 tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
             d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
+            if HAS_SUM2:  # the bias gradient, column sums of what is stored
+                tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
+                              mask=col_ok)
             tl.store(out_ptr + tile, d_pre.to(dtype), mask=store_ok)
         elif EPI == 3:
             if HAS_BIAS:
@@ -205,18 +211,17 @@ def _rows_gemm_kernel(
 
 @triton.jit
 def _wgrad_kernel(
-    a_ptr, b_ptr, out_ptr, suma_ptr, gate_ptr, len_ptr,
+    a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr,
     P, Q, T, NB, lda, ldb, CHUNK, SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SUM_A: tl.constexpr,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    FLAT: tl.constexpr = False,
 ):
     # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
     # valid frames of sequences pid_s, pid_s + SPLIT, ... and adds it to the fp32 output.
-    # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. With SUM_A the
-    # programs of one Q tile (the first tile of the first live chunk) also add column sums
-    # of A to suma.
+    # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. (Column sums of
+    # A for bias gradients are not summed here: a reduction per step over the loaded tile
+    # stalled the pipeline, 76 against 47 us at the FFN's dW1; see col_sums.)
     pid_q = tl.program_id(0)
     pid_p = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -236,25 +241,12 @@ def _wgrad_kernel(
     live = True
     if SKIP_DEAD:
         live = g != 0.0
-    sum_tile = 0
-    if CHUNK_AXIS == 2 and SKIP_DEAD:
-        offs_c = tl.arange(0, CHUNKS_P2)
-        all_g = tl.load(gate_ptr + offs_c, mask=offs_c < NUM_CHUNKS, other=0.0)
-        first_live = tl.min(tl.where(all_g != 0.0, offs_c, NUM_CHUNKS), 0)
-        sum_tile = first_live * tl.cdiv(CHUNK, BQ)
-    do_sum = (offs_p * 0 + pid_q) == sum_tile  # [BP] so the mask keeps its shape
-
     if live:
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
-        col_sum = tl.zeros([BP], dtype=tl.float32)
-        if FLAT:  # one loop over (sequence, step) pairs: the pipeline never refills
-            steps = tl.cdiv(T, BK)
-            n_seqs = tl.cdiv(NB - pid_s, SPLIT)
-            for i in range(0, n_seqs * steps):
-                j = i // steps
-                seq = pid_s + j * SPLIT
-                length = tl.minimum(tl.load(len_ptr + seq), T)
-                t = (i - j * steps) * BK + tl.arange(0, BK)
+        for seq in range(pid_s, NB, SPLIT):
+            length = tl.minimum(tl.load(len_ptr + seq), T)
+            for t0 in range(0, length, BK):
+                t = t0 + tl.arange(0, BK)
                 t_ok = t < length
                 frame = seq * T + t
                 a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
@@ -262,26 +254,34 @@ def _wgrad_kernel(
                 b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
                             mask=t_ok[:, None] & q_ok[None, :], other=0.0)
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
-                if SUM_A:
-                    col_sum += tl.sum(a.to(tl.float32), 0)
-        else:
-            for seq in range(pid_s, NB, SPLIT):
-                length = tl.minimum(tl.load(len_ptr + seq), T)
-                for t0 in range(0, length, BK):
-                    t = t0 + tl.arange(0, BK)
-                    t_ok = t < length
-                    frame = seq * T + t
-                    a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
-                                mask=t_ok[:, None] & p_ok[None, :], other=0.0)
-                    b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
-                                mask=t_ok[:, None] & q_ok[None, :], other=0.0)
-                    acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
-                    if SUM_A:
-                        col_sum += tl.sum(a.to(tl.float32), 0)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :])
-        if SUM_A:
-            tl.atomic_add(suma_ptr + offs_p, col_sum, mask=p_ok & do_sum)
+
+
+@triton.jit
+def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG,
+                     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr):
+    # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range;
+    # with SKIP_DEAD nothing is read when every gate is 0 (a dead module's input is unwritten).
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    cols = pid_n * BN + tl.arange(0, BN)
+    col_ok = cols < N
+    acc = tl.zeros([BN], dtype=tl.float32)
+    start = pid_m * ROWS_PER_PROG
+    stop = tl.minimum(start + ROWS_PER_PROG, M)
+    if SKIP_DEAD:
+        offs_g = tl.arange(0, GATES_P2)
+        g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
+        stop = tl.where(tl.max((g != 0.0).to(tl.int32), 0) > 0, stop, start)
+    for r0 in range(start, stop, BM):
+        rows = r0 + tl.arange(0, BM)
+        ok = _valid_rows(rows, M, T, len_ptr)
+        x = tl.load(a_ptr + rows[:, None] * lda + cols[None, :],
+                    mask=ok[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+    tl.atomic_add(out_ptr + cols, acc, mask=col_ok)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -307,7 +307,7 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
 
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
               chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
-              scale_out=False, aux=None, sum1=None, final=False, blocks=None):
+              scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None):
     """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides.
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
@@ -325,12 +325,13 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     launch(_rows_gemm_kernel, grid,
         a, b, out, bias if bias is not None else dummy, gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
+        sum2 if sum2 is not None else dummy,
         M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
-        HAS_SUM1=sum1 is not None,
+        HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
 
@@ -351,9 +352,9 @@ def _num_sms(index: int) -> int:
 
 
 def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
-          skip_dead=False, col_sum=None, out=None, blocks=None):
-    """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q] (adds A's column sums
-    over valid frames to col_sum [P] fp32 when given). `out`: a zeroed fp32 [P, Q] to add to."""
+          skip_dead=False, out=None, blocks=None):
+    """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q]. `out`: a zeroed fp32
+    [P, Q] to add to."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype))
@@ -369,13 +370,28 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     else:
         split = min(NB, 2)
     launch(_wgrad_kernel, (q_tiles, p_tiles, split),
-        a, b, out, col_sum if col_sum is not None else out,
-        gates if gates is not None else out, lengths,
+        a, b, out, gates if gates is not None else out, lengths,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
-        SKIP_DEAD=skip_dead and gates is not None, SUM_A=col_sum is not None,
+        SKIP_DEAD=skip_dead and gates is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
+    return out
+
+
+def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False):
+    """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
+    With skip_dead, nothing when every gate is exactly 0."""
+    M, N = a.shape
+    blk = dict(BM=32, BN=32) if interpreting() else dict(BM=64, BN=128)
+    programs = 2 * _num_sms(a.device.index or 0) if a.is_cuda else 2
+    n_tiles = cdiv(N, blk["BN"])
+    rows_per_prog = cdiv(cdiv(M, max(1, programs // n_tiles)), blk["BM"]) * blk["BM"]
+    n_gates = 1 if gates is None else gates.shape[0]
+    launch(_col_sums_kernel, (n_tiles, cdiv(M, rows_per_prog)),
+        a, out, lengths, out if gates is None else gates, M, N, T, a.stride(0), rows_per_prog,
+        NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
+        SKIP_DEAD=skip_dead and gates is not None, **blk)
     return out
 
 

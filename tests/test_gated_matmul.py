@@ -64,8 +64,10 @@ def test_silu_backward_epilogue_and_gate_column_sums():
     lengths, dy, w, gates = _case(2)                 # dy [M, K] @ w [K, N] -> d_hidden
     pre = torch.randn(B * T, N, device=DEV)
     d_pre, col_sums = _poisoned(B * T, N), torch.zeros(N, device=DEV)
+    bias_grad = torch.zeros(N, device=DEV)
     gm.rows_gemm(dy, w, d_pre, lengths=lengths, T=T, gates=gates, chunk=N // CHUNKS,
-                 num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, sum1=col_sums)
+                 num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, sum1=col_sums,
+                 sum2=bias_grad)
     rows = gm.valid_rows(lengths, T)
     d_hidden = torch.where(rows[:, None], dy @ w, 0.0)
     sig = torch.sigmoid(pre)
@@ -73,6 +75,7 @@ def test_silu_backward_epilogue_and_gate_column_sums():
     expected = d_hidden * g * sig * (1 + pre * (1 - sig))
     torch.testing.assert_close(d_pre[rows], expected[rows], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(col_sums, (d_hidden * F.silu(pre)).sum(0), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(bias_grad, expected[rows].sum(0), atol=1e-3, rtol=1e-4)
 
 
 def test_glu_epilogue():
@@ -93,14 +96,18 @@ def test_weight_gradient_over_valid_frames_with_dead_chunks(chunk_axis):
     b = torch.randn(B * T, N, device=DEV)
     P = a.shape[1]
     chunk = (P if chunk_axis == 1 else N) // CHUNKS
-    col_sum = torch.zeros(P, device=DEV)
     out = gm.wgrad(a, b, lengths=lengths, T=T, gates=gates, chunk=chunk, num_chunks=CHUNKS,
-                   chunk_axis=chunk_axis, skip_dead=True, col_sum=col_sum)
+                   chunk_axis=chunk_axis, skip_dead=True)
     live = (gates != 0).repeat_interleave(chunk)
     expected = gm.wgrad_reference(a, b, lengths, T)
     expected = expected * (live[:, None] if chunk_axis == 1 else live[None, :])
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
-    sums = torch.where(gm.valid_rows(lengths, T)[:, None], a, 0.0).sum(0)
-    if chunk_axis == 1:
-        sums = sums * live
-    torch.testing.assert_close(col_sum, sums, atol=1e-4, rtol=1e-4)
+
+
+def test_column_sums_over_valid_frames_only():
+    lengths, _, _, _ = _case(5)
+    a = torch.randn(B * T, 70, device=DEV)            # 70: a partial column tile
+    a[~gm.valid_rows(lengths, T)] = float("nan")      # padded rows must not be read
+    out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T)
+    rows = gm.valid_rows(lengths, T)
+    torch.testing.assert_close(out, a[rows].sum(0), atol=1e-4, rtol=1e-4)
