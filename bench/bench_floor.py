@@ -78,7 +78,10 @@ def _modules(cfg: SupernetConfig, device):
     return {kind: make_module(cfg, kind).to(device) for kind in ("ffn1", "conv", "mhsa")}
 
 
-def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings) -> list:
+def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings,
+                out=None) -> list:
+    """Time every (mode, provider, timing); each row is written as soon as it is measured
+    (a call cut short by its time limit keeps what it measured)."""
     rows = []
     for mode in modes:
         for provider, fn in providers.items():
@@ -105,12 +108,13 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
                       f"{timing:6s} {ms * 1e3:10.1f} us {row['tflops']:7.1f} TFLOP/s",
                       flush=True)
                 rows.append(row)
+                write_rows("kernels", [row], out)
     return rows
 
 
 def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
-    """Checks, then times; rows are written after each (shape, module) so that a run cut
-    short by a time limit keeps what it measured. Returns the number of rows."""
+    """Checks, then times; every row is written as soon as it is measured. Returns the
+    number of rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
     if device.type == "cpu":          # --check under the interpreter: a small model
@@ -131,6 +135,8 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
             if kind == "attention":
                 rows += _attention_rows(cfg, shape, B, T, lengths, device, timings,
                                         check_only)
+                if rows:
+                    write_rows("kernels", rows, out)
             elif kind == "encoder":
                 patterns = model_gate_patterns(model)
                 ours_module = model
@@ -186,10 +192,8 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                         return [xx, *low.parameters()]
                     return [xx, *floor.parameters()]
                 rows += _timed_rows(base, providers, inputs_of, grad_out,
-                                    ("fwd", "fwd+bwd"), timings)
-            if rows:
-                print(f"rows -> {write_rows('kernels', rows, out)}", flush=True)
-                written += len(rows)
+                                    ("fwd", "fwd+bwd"), timings, out)
+            written += len(rows)
     return written
 
 
