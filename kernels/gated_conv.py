@@ -225,30 +225,33 @@ def _conv_blocks(D: int, K: int) -> dict:
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
-                          pw2_w, pw2_b, gates, skip_dead, save):
+                          pw2_w, pw2_b, gates, skip_dead, save, compute_dtype):
     B, T, D = x.shape
     eps = LN_EPS
     M, K = B * T, dw_w.shape[1]
     x2 = x.reshape(M, D)
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
-    z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, eps)
-    v = x.new_empty(M, D)
-    u = x.new_empty(M, 2 * D) if save else None
-    rows_gemm(z, as_operand(pw1_w, x).t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
-    pre = x.new_empty(M, D) if save else v
-    r = x.new_empty(M, D)
+    # the LayerNorm reads x in its own dtype and writes z in the compute dtype (no cast of
+    # x before the call, none of dx after the backward)
+    z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, eps,
+                                   out_dtype=compute_dtype)
+    v = z.new_empty(M, D)
+    u = z.new_empty(M, 2 * D) if save else None
+    rows_gemm(z, as_operand(pw1_w, z).t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
+    pre = z.new_empty(M, D) if save else v
+    r = z.new_empty(M, D)
     blk = _mid_blocks(D)
     launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), B),
         v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
         gates if gates is not None else v, lengths, T, D, K, eps,
         HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
         SAVE_PRE=save, **blk)
-    y = x.new_empty(B, T, D)
-    rows_gemm(r, as_operand(pw2_w, x).t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
+    y = z.new_empty(B, T, D)
+    rows_gemm(r, as_operand(pw2_w, z).t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
               scale_out=gates is not None, final=True, **common)
     if not save:  # distinct empties: custom_op outputs may not alias each other
-        return (y, x.new_empty(0), mean.new_empty(0), mean.new_empty(0), x.new_empty(0),
-                x.new_empty(0), x.new_empty(0), x.new_empty(0))
+        return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0), z.new_empty(0),
+                z.new_empty(0), z.new_empty(0), z.new_empty(0))
     return y, z, mean, rstd, u, v, pre, r
 
 
@@ -268,17 +271,17 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dpw2, d_pw1w = dpw2.view(D, D), d_pw1w.view(2 * D, D)
     if not gate_grad:
         gate_cols = None
-    dr = x.new_empty(M, D)
-    rows_gemm(dy2, as_operand(pw2_w, x), dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
+    dr = dy2.new_empty(M, D)
+    rows_gemm(dy2, as_operand(pw2_w, dy2), dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
     col_sums(dy2, dy_sum, lengths=lengths, T=T)
     wgrad(dy2, r, out=dpw2, **common)
-    dpre = x.new_empty(M, D)
+    dpre = dy2.new_empty(M, D)
     blk = _mid_blocks(D)
     gate_arg = gates if has_gates else dy_sum
     launch(_conv_mid_bwd_norm_kernel, (cdiv(T, blk["BT"]), B),
         dr, pre, ln2_w, ln2_b, dpre, d_ln2w, d_ln2b, d_dwb, gate_arg, lengths, T, D, eps,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
-    du = x.new_empty(M, 2 * D)
+    du = dy2.new_empty(M, 2 * D)
     cblk = _conv_blocks(D, K)
     n_t = cdiv(T, cblk["BT"])
     d_dww_parts = torch.empty(B * n_t, D, cblk["KP"], dtype=torch.float32, device=x.device)
@@ -286,8 +289,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         dpre, v, u, dw_w.t().contiguous(), du, d_dww_parts, gate_arg, lengths, T, D, n_t,
         K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
     d_dww = d_dww_parts.sum(0)[:, :K]
-    dz = x.new_empty(M, D)
-    rows_gemm(du, as_operand(pw1_w, x), dz, epi=EPI_STORE, **common)
+    dz = dy2.new_empty(M, D)
+    rows_gemm(du, as_operand(pw1_w, dy2), dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(du, z, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
@@ -314,26 +317,29 @@ def gated_conv_fwd(x: torch.Tensor, lengths: torch.Tensor, ln1_w: torch.Tensor,
                    ln1_b: torch.Tensor, pw1_w: torch.Tensor, pw1_b: torch.Tensor,
                    dw_w: torch.Tensor, dw_b: torch.Tensor, ln2_w: torch.Tensor,
                    ln2_b: torch.Tensor, pw2_w: torch.Tensor, pw2_b: torch.Tensor,
-                   gates: torch.Tensor | None, skip_dead: bool, save: bool
+                   gates: torch.Tensor | None, skip_dead: bool, save: bool,
+                   compute_dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b,
-                                      ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save))
+                                      ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save,
+                                      compute_dtype))
 
 
 @gated_conv_fwd.register_fake
 def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
-      skip_dead, save):
+      skip_dead, save, compute_dtype):
     B, T, D = x.shape
-    y = x.new_empty(B, T, D)
+    like = dict(dtype=compute_dtype)
+    y = x.new_empty(B, T, D, **like)
     if not save:
         f32 = dict(dtype=torch.float32)
-        return (y, x.new_empty(0), x.new_empty(0, **f32), x.new_empty(0, **f32), x.new_empty(0),
-                x.new_empty(0), x.new_empty(0), x.new_empty(0))
+        return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
+                *(x.new_empty(0, **like) for _ in range(4)))
     M = B * T
     stats = x.new_empty(M, dtype=torch.float32)
-    return (y, x.new_empty(M, D), stats, torch.empty_like(stats), x.new_empty(M, 2 * D),
-            x.new_empty(M, D), x.new_empty(M, D), x.new_empty(M, D))
+    return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
+            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)))
 
 
 @torch.library.custom_op("orthoasr::gated_conv_bwd", mutates_args=())
@@ -412,8 +418,9 @@ _GatedConv = eager_function(gated_conv_fwd_triton, _setup_context, _backward,
 
 
 def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
-               gates):
-    """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked).
+               gates, compute_dtype=None):
+    """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked), its
+    work in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
 
     A gate exactly 0 skips all work on the device when the gates need no gradient. Eager
     calls go through one autograd.Function; under torch.compile the torch.library op.
@@ -425,6 +432,7 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                                         any(t.requires_grad for t in params))
     if gates is not None:
         gates = gates.contiguous()
-    args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save)
+    args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save,
+            compute_dtype or x.dtype)
     op = gated_conv_fwd if torch.compiler.is_compiling() else _GatedConv.apply
     return op(*args)[0]

@@ -66,24 +66,27 @@ def _empty(like):
 
 
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                         module_gate, skip_dead, save):
+                         module_gate, skip_dead, save, compute_dtype):
     B, T, D = x.shape
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
     x2 = x.reshape(M, D)
-    xn, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates, skip_dead)
-    hidden = x.new_empty(M, F_)
-    pre = x.new_empty(M, F_) if save else None
+    # the LayerNorm reads x in its own dtype (fp32 under autocast) and writes xn in the
+    # compute dtype: no cast of x before the call, no cast of dx after the backward
+    xn, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates, skip_dead,
+                                    out_dtype=compute_dtype)
+    hidden = xn.new_empty(M, F_)
+    pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
-    rows_gemm(xn, as_operand(w1, x).t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE,
+    rows_gemm(xn, as_operand(w1, xn).t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE,
               aux=pre, **common)
-    y = x.new_empty(B, T, D)
+    y = xn.new_empty(B, T, D)
     bias_mode = BIAS_PLAIN if gates is None else (BIAS_GATE0 if module_gate else BIAS_ANY_GATE)
-    rows_gemm(hidden, as_operand(w2, x).t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
+    rows_gemm(hidden, as_operand(w2, xn).t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
               bias_mode=bias_mode, final=True, **common)
     if not save:
-        return y, _empty(x), _empty(mean), _empty(mean), _empty(x), _empty(x)
+        return y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn)
     return y, xn, mean, rstd, pre, hidden
 
 
@@ -102,11 +105,11 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
     if not gate_grad:
         gate_cols = None
-    d_pre = x.new_empty(M, F_)
-    rows_gemm(dy2, as_operand(w2, x), d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre,
+    d_pre = xn.new_empty(M, F_)
+    rows_gemm(dy2, as_operand(w2, xn), d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre,
               sum1=gate_cols, sum2=db1, **common)
-    d_xn = x.new_empty(M, D)
-    rows_gemm(d_pre, as_operand(w1, x), d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+    d_xn = xn.new_empty(M, D)
+    rows_gemm(d_pre, as_operand(w1, xn), d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
     col_sums(dy2, dy_sum, lengths=lengths, T=T)
@@ -134,26 +137,27 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
 def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
                   ln_bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                   b2: torch.Tensor, gates: torch.Tensor | None, chunks: int, module_gate: bool,
-                  skip_dead: bool, save: bool
+                  skip_dead: bool, save: bool, compute_dtype: torch.dtype
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                              torch.Tensor, torch.Tensor]:
     return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                                module_gate, skip_dead, save)
+                                module_gate, skip_dead, save, compute_dtype)
 
 
 @gated_ffn_fwd.register_fake
 def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate, skip_dead,
-      save):
+      save, compute_dtype):
     B, T, D = x.shape
-    y = x.new_empty(B, T, D)
+    like = dict(dtype=compute_dtype)
+    y = x.new_empty(B, T, D, **like)
     if not save:
         f32 = dict(dtype=torch.float32)
-        return (y, x.new_empty(0), x.new_empty(0, **f32), x.new_empty(0, **f32), x.new_empty(0),
-                x.new_empty(0))
+        return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
+                x.new_empty(0, **like), x.new_empty(0, **like))
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
-    return (y, x.new_empty(M, D), stats, torch.empty_like(stats), x.new_empty(M, F_),
-            x.new_empty(M, F_))
+    return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
+            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like))
 
 
 @torch.library.custom_op("orthoasr::gated_ffn_bwd", mutates_args=())
@@ -222,8 +226,10 @@ _GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
                            gated_ffn_bwd_triton)
 
 
-def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate):
-    """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked).
+def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate,
+              compute_dtype=None):
+    """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked), its
+    matmuls in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
 
     Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient.
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
@@ -237,6 +243,7 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
         gates = gates.contiguous()
     x = x.contiguous()
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
-    args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, not gate_grad, save)
+    args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, not gate_grad, save,
+            compute_dtype or x.dtype)
     op = gated_ffn_fwd if torch.compiler.is_compiling() else _GatedFFN.apply
     return op(*args)[0]

@@ -1,4 +1,6 @@
-"""LayerNorm over the channels of the valid frames, for the gated modules' pre-norms.
+"""LayerNorm over the channels of the valid frames: the gated modules' pre-norms (the
+launchers), and `masked_layer_norm`, the same kernels as an autograd op for norms outside
+the fused modules (the MHSA pre-norm, each block's final norm).
 
 `layer_norm_reference` is F.layer_norm; the kernels add what the gated modules need: rows
 t >= lengths[b] are skipped (forward) or get a zero gradient (backward), and when SKIP_DEAD
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .autograd import eager_function, grads_in_order
 from .common import interpreting
 from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
@@ -39,14 +42,16 @@ def _layer_norm_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
     M, D, T, eps,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    BM: tl.constexpr, BD: tl.constexpr,
+    ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
 ):
-    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile.
+    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
+    # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
+    # ops read in full, e.g. a block's output).
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
     row_ok = _valid_rows(rows, M, T, len_ptr)
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
-    if (live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0):
+    if ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
         col_ok = cols < D
         ok = row_ok[:, None] & col_ok[None, :]
         tile = rows[:, None] * D + cols[None, :]
@@ -57,6 +62,9 @@ def _layer_norm_fwd_kernel(
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        if ZERO_PADDED:
+            y = tl.where(ok, y, 0.0)
+            ok = (rows < M)[:, None] & col_ok[None, :]
         tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=ok)
         tl.store(mean_ptr + rows, mean, mask=row_ok)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
@@ -110,24 +118,28 @@ def _blocks(D: int) -> dict:
     return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=4 if BD <= 512 else 8)
 
 
-def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5):
-    """x2d [M, D] -> (y [M, D] x's dtype, mean [M] fp32, rstd [M] fp32); valid rows only."""
+def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
+                   out_dtype=None, zero_padded=False):
+    """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
+    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros."""
     M, D = x2d.shape
     blk = _blocks(D)
-    y = torch.empty_like(x2d)
+    y = torch.empty(M, D, dtype=out_dtype or x2d.dtype, device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
     launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
         M, D, T, eps, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
-        SKIP_DEAD=skip_dead and gates is not None, **blk)
+        SKIP_DEAD=skip_dead and gates is not None, ZERO_PADDED=zero_padded, **blk)
     return y, mean, rstd
 
 
 def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False,
                    dw=None, db=None):
-    """-> (dx [M, D] x's dtype, dweight fp32, dbias fp32); dw / db: zeroed fp32 [D] to add to."""
+    """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32, dbias fp32); dw / db: zeroed
+    fp32 [D] to add to. dy2d may be in another dtype than x2d (a bf16 gradient of an fp32
+    input)."""
     M, D = x2d.shape
     blk = _blocks(D)
     dx = torch.empty_like(x2d)
@@ -143,3 +155,72 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
         M, D, T, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
         SKIP_DEAD=skip_dead and gates is not None, **blk)
     return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- the op
+
+def masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype: torch.dtype, eps: float):
+    B, T, D = x.shape
+    y, mean, rstd = layer_norm_fwd(x.reshape(B * T, D), weight, bias, lengths, T, eps=eps,
+                                   out_dtype=out_dtype, zero_padded=True)
+    return y.view(B, T, D), mean, rstd
+
+
+def masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd):
+    B, T, D = x.shape
+    dx, dw, db = layer_norm_bwd(dy.reshape(B * T, D).contiguous(), x.reshape(B * T, D), weight,
+                                mean, rstd, lengths, T)
+    return dx.view(B, T, D), dw.to(weight.dtype), db.to(weight.dtype)
+
+
+@torch.library.custom_op("orthoasr::masked_layer_norm_fwd", mutates_args=())
+def masked_layer_norm_fwd(x: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor, out_dtype: torch.dtype, eps: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype, eps)
+
+
+@masked_layer_norm_fwd.register_fake
+def _(x, lengths, weight, bias, out_dtype, eps):
+    stats = x.new_empty(x.shape[0] * x.shape[1], dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=out_dtype), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("orthoasr::masked_layer_norm_bwd", mutates_args=())
+def masked_layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
+                          weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd)
+
+
+@masked_layer_norm_bwd.register_fake
+def _(dy, x, lengths, weight, mean, rstd):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, lengths, weight, _bias, _out_dtype, _eps = inputs
+    _y, mean, rstd = output
+    ctx.save_for_backward(x, lengths, weight, mean, rstd)
+
+
+def _backward(ctx, dy, *_stats, bwd=masked_layer_norm_bwd):
+    x, lengths, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = bwd(dy, x, lengths, weight, mean, rstd)
+    return grads_in_order(masked_layer_norm_fwd_triton, x=dx, weight=dw, bias=db)
+
+
+masked_layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+_MaskedLayerNorm = eager_function(masked_layer_norm_fwd_triton, _setup_context, _backward,
+                                  masked_layer_norm_bwd_triton)
+
+
+def masked_layer_norm(x, lengths, weight, bias, out_dtype=None, eps=1e-5):
+    """LayerNorm over the last dim of x (B, T, D) at the valid frames t < lengths[b], in
+    `out_dtype` (default x's; statistics in fp32); padded frames output exactly 0 and get a
+    zero gradient. Reads an fp32 x and writes bf16 in one pass (no separate cast)."""
+    args = (x.contiguous(), lengths.contiguous(), weight.contiguous(), bias.contiguous(),
+            out_dtype or x.dtype, float(eps))
+    op = masked_layer_norm_fwd if torch.compiler.is_compiling() else _MaskedLayerNorm.apply
+    return op(*args)[0]
+

@@ -99,7 +99,7 @@ class CompactBlock(nn.Module):
     def forward(self, x, mask, lengths):
         for kind in self.order:
             x = x + HALF_STEP[kind] * self.modules_by_kind[kind](x, mask, lengths)
-        return self.norm(x)
+        return torch.where(mask, self.norm(x), 0.0)        # as the supernet's block
 
 
 class CompactConformer(nn.Module):

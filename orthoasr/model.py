@@ -19,6 +19,7 @@ from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, vali
 
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
+from .nn.norm import MaskedLayerNorm
 from .units import enumerate_units, module_cost
 
 HALF_STEP = {"ffn1": 0.5, "ffn2": 0.5, "conv": 1.0, "mhsa": 1.0}  # Macaron FFN half steps
@@ -94,15 +95,17 @@ class ConformerBlock(nn.Module):
         self.layout = block_layout(cfg)
         self.modules_by_kind = nn.ModuleDict({kind: make_module(cfg, kind)
                                               for kind, _, _ in self.layout})
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = MaskedLayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D)."""
+        """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames."""
         for kind, start, end in self.layout:
             module_gates = None if gates is None else gates[start:end]
-            x = x + HALF_STEP[kind] * self.modules_by_kind[kind](x, lengths, module_gates)
-        return self.norm(x)
+            # one fused kernel for x + s * y (two with a separate multiply)
+            x = torch.add(x, self.modules_by_kind[kind](x, lengths, module_gates),
+                          alpha=HALF_STEP[kind])
+        return self.norm(x, lengths)
 
 
 class ConformerSupernet(nn.Module):

@@ -84,6 +84,23 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
         torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
+def test_input_in_another_dtype_than_the_compute_dtype():
+    """x read in its own dtype by the first LayerNorm (fp64 here, fp32 under bf16 autocast on
+    the GPU), the rest in the compute dtype; dx comes back in x's dtype."""
+    lengths = torch.tensor([12, 5])
+    x = torch.randn(2, 12, D, dtype=torch.float64, requires_grad=True)
+    params = make_params(7)
+    y = gated_conv(x, lengths, *params, None, torch.float32)
+    assert y.dtype == torch.float32
+    (dx,) = torch.autograd.grad(y, [x], torch.ones_like(y))
+    assert dx.dtype == torch.float64
+    x32 = x.detach().float().requires_grad_()
+    y32 = gated_conv_reference(x32, lengths, *params, None)
+    torch.testing.assert_close(y, y32, atol=1e-5, rtol=1e-5)
+    (dx32,) = torch.autograd.grad(y32, [x32], torch.ones_like(y32))
+    torch.testing.assert_close(dx.float(), dx32, atol=1e-4, rtol=1e-4)
+
+
 def test_padding_invariance_and_finite():
     K = 7
     lengths = torch.tensor([12, 5])
@@ -167,7 +184,7 @@ def test_registered_op_autograd_matches_reference():
     x, lengths = torch.randn(2, 8, D, requires_grad=True), torch.tensor([8, 3])
     params = [p.requires_grad_() for p in make_params(K)]
     gates = torch.tensor([0.7], requires_grad=True)
-    y = gated_conv_fwd(x, lengths, *params, gates, False, True)[0]
+    y = gated_conv_fwd(x, lengths, *params, gates, False, True, x.dtype)[0]
     y_ref = gated_conv_reference(x, lengths, *params, gates)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     assert_grads_close(y, y_ref, [x, *params, gates])
@@ -177,7 +194,8 @@ def test_registered_op_fake_and_schema():
     K = 5
     x, lengths = torch.randn(2, 6, D), torch.tensor([6, 3])
     params = [p.requires_grad_() for p in make_params(K)]
-    torch.library.opcheck(gated_conv_fwd, (x, lengths, *params, torch.tensor([0.5]), True, True),
+    torch.library.opcheck(gated_conv_fwd, (x, lengths, *params, torch.tensor([0.5]), True, True,
+                                           x.dtype),
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
 

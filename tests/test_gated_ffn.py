@@ -171,10 +171,27 @@ def test_registered_op_autograd_matches_reference():
     x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
     params = [p.requires_grad_() for p in make_params()]
     gates = torch.tensor([0.5, 0.0, 1.0, 2.0], requires_grad=True)
-    y = gated_ffn_fwd(x, lengths, *params, gates, C, False, False, True)[0]
+    y = gated_ffn_fwd(x, lengths, *params, gates, C, False, False, True, x.dtype)[0]
     y_ref = gated_ffn_reference(x, lengths, *params, gates, False)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     assert_grads_close(y, y_ref, [x, *params, gates])
+
+
+def test_input_in_another_dtype_than_the_compute_dtype():
+    """x read in its own dtype by the LayerNorm (fp64 here, fp32 under bf16 autocast on the
+    GPU), everything else in the compute dtype; dx comes back in x's dtype."""
+    x, lengths = torch.randn(2, 7, D, dtype=torch.float64), torch.tensor([7, 3])
+    params = [p.requires_grad_() for p in make_params()]
+    x.requires_grad_()
+    y = gated_ffn(x, lengths, *params, None, C, False, torch.float32)
+    assert y.dtype == torch.float32
+    (dx,) = torch.autograd.grad(y, [x], torch.ones_like(y))
+    assert dx.dtype == torch.float64
+    x32 = x.detach().float().requires_grad_()
+    y32 = gated_ffn_reference(x32, lengths, *params, None, False)
+    torch.testing.assert_close(y, y32, atol=1e-5, rtol=1e-5)
+    (dx32,) = torch.autograd.grad(y32, [x32], torch.ones_like(y32))
+    torch.testing.assert_close(dx.float(), dx32, atol=1e-4, rtol=1e-4)
 
 
 def test_registered_op_fake_and_schema():
@@ -183,7 +200,7 @@ def test_registered_op_fake_and_schema():
     for p in params:
         p.requires_grad_()
     torch.library.opcheck(gated_ffn_fwd, (x, lengths, *params, torch.tensor([1.0, 0, 1, 1]), C,
-                                          False, True, True),
+                                          False, True, True, x.dtype),
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
 

@@ -49,3 +49,23 @@ def test_dead_module_does_nothing_forward_and_writes_zeros_backward():
     rows = valid_rows(lengths, T)
     torch.testing.assert_close(y[rows], layer_norm_reference(x, weight, bias)[rows],
                                atol=1e-5, rtol=1e-5)
+
+
+def test_masked_layer_norm_op_zeros_padded_frames_and_matches_fp64_gradients():
+    from orthoasr.kernels.layer_norm import masked_layer_norm
+    lengths, x, weight, bias = _case()
+    x = x.view(B, T, D)
+    x[1, 5] = float("nan")                          # padded frames are never read
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    y = masked_layer_norm(*leaves[:1], lengths, *leaves[1:])
+    valid = valid_rows(lengths, T).view(B, T)
+    assert torch.equal(y[~valid], torch.zeros_like(y[~valid]))
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref_leaves = [t.detach().double().nan_to_num().requires_grad_() for t in (x, weight, bias)]
+    ref = torch.where(valid[..., None], layer_norm_reference(*ref_leaves), 0.0)
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy.double())
+    assert torch.equal(grads[0][~valid], torch.zeros_like(grads[0][~valid]))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-5)

@@ -48,9 +48,9 @@ class GatedConvModule(nn.Module):
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, 1, params)
         dtype = compute_dtype(x)
-        x = x.to(dtype)
-        if triton_runs(x, lengths, gates):
-            y = gated_conv(x, lengths, *params, gates)
+        if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
+            y = gated_conv(x, lengths, *params, gates, dtype)
         else:
-            y = gated_conv_reference(x, lengths, *[p.to(dtype) for p in params], gates)
+            y = gated_conv_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
+                                     gates)
         return self.dropout(y)

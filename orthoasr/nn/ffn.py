@@ -27,8 +27,10 @@ class GatedFeedForward(nn.Module):
     granularity="module": gates (1,) scales the whole output, b2 included.
     A gate that is exactly 0 and does not require grad skips its chunk's work on the device
     (no host sync); all gates 0 gives exactly 0. Dropout (training) applies to the output.
-    Autocast: x is cast to the autocast dtype; the Triton path casts the fp32 master weights
-    to it once per call for its matmuls, and weight grads come out in fp32.
+    Autocast: the output is in the autocast dtype. The Triton path's LayerNorm reads x in
+    its own dtype and writes the autocast dtype (the gradient of x comes back in x's dtype,
+    no cast either way); it casts the fp32 master weights once per call for its matmuls,
+    and weight grads come out in fp32. The reference casts x first.
     """
 
     def __init__(self, d_model: int, ff_dim: int, chunks: int = 4, dropout: float = 0.0,
@@ -56,11 +58,10 @@ class GatedFeedForward(nn.Module):
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params)
         dtype = compute_dtype(x)
-        x = x.to(dtype)
         module_gate = self.granularity == "module"
-        if triton_runs(x, lengths, gates):
-            y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate)
+        if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
+            y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype)
         else:
-            y = gated_ffn_reference(x, lengths, *[p.to(dtype) for p in params], gates,
-                                    module_gate)
+            y = gated_ffn_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
+                                    gates, module_gate)
         return self.dropout(y)

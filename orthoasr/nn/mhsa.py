@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
+from orthoasr.kernels.layer_norm import masked_layer_norm
 
 from ..config import GRANULARITIES
 from .common import check_module_inputs, compute_dtype, triton_runs
@@ -72,17 +73,17 @@ class GatedMHSA(nn.Module):
         lengths are always checked."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate)
-        y = self.norm(x)
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
                    self.out_proj_bias)
-        if triton_runs(y, lengths, gates):
-            # the matmuls run in the compute dtype (bf16 under autocast): y cast once here,
-            # not per tile inside the projections (as F.linear under autocast casts it)
-            compute = compute_dtype(y)
-            out = gated_mhsa(y.to(compute), lengths, gates, *weights, self.num_heads,
-                             self.granularity, compute, all_on=self._all_on)
+        if triton_runs(x, lengths, gates):
+            # the matmuls run in the compute dtype (bf16 under autocast): the LayerNorm
+            # kernel writes y in it (one pass, no cast of an fp32 y; zeros at padded frames)
+            compute = compute_dtype(x)
+            y = masked_layer_norm(x, lengths, self.norm.weight, self.norm.bias, compute)
+            out = gated_mhsa(y, lengths, gates, *weights, self.num_heads, self.granularity,
+                             compute, all_on=self._all_on)
         else:
-            out = gated_mhsa_reference(y, lengths, gates, *weights, self.num_heads,
+            out = gated_mhsa_reference(self.norm(x), lengths, gates, *weights, self.num_heads,
                                        self.granularity)
         if self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
