@@ -24,14 +24,12 @@ from orthoasr.train import Trainer
 
 def step_grads(trainer: Trainer, batch, backend: str) -> tuple[float, dict]:
     """One forward+backward of the trainer's loss on `batch` with `backend` (no update)."""
-    waves, wave_lengths, targets, target_lengths = batch
-    out_lengths = trainer.logmel.frame_lengths(wave_lengths) // 4
-    waves, wave_lengths, targets = (t.to(trainer.device) for t in (waves, wave_lengths, targets))
+    waves, wave_lengths, targets, target_lengths = (t.to(trainer.device) for t in batch)
     feats, lengths = trainer.features(waves, wave_lengths)
     set_backend(backend)
     torch.manual_seed(1234)
     trainer.model.zero_grad(set_to_none=True)
-    loss, _ = trainer.losses(feats, lengths, targets, target_lengths, out_lengths,
+    loss, _ = trainer.losses(feats, lengths, targets, target_lengths,
                              drawn=trainer.draw_budget())
     loss.backward()
     grads = {name: p.grad.detach().double().clone()

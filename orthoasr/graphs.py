@@ -1,7 +1,8 @@
 """CUDA-graph helpers: capture a function once and replay it; run a function with any host
 synchronisation turned into an error (what a capturable step must never do); and
 `GraphedEncoder`, the supernet's encoder under given gates replayed from graphs, one per
-padded shape class (inference: orthoasr.Recognizer, orthoasr eval)."""
+padded shape class (inference: orthoasr.Recognizer, orthoasr eval); `StepGraphs`, a whole
+training step replayed from graphs, one per (shape class, stage, drawn budget)."""
 
 from __future__ import annotations
 
@@ -108,3 +109,54 @@ def call_without_sync(fn):
         return fn()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+class StepGraphs:
+    """A training step `body(*inputs) -> dict` captured as one CUDA graph per (key, input
+    shapes and dtypes) and replayed: `step_graphs(inputs, key=..., body=...)`.
+
+    The first call of a new key warms the body up on a side stream (kernel compilation,
+    allocator, optimiser state) on copies of the inputs, puts back what those warm-up steps
+    changed (`state()`: parameters and optimiser state, restored from a snapshot; state
+    created by the warm-up, the optimiser's first moments, zeroed as a fresh optimiser has
+    it), then captures one call. Every call copies its inputs into the graph's static
+    inputs, replays, and returns the body's outputs: tensors cloned (the next replay
+    overwrites them), anything else as captured. All graphs share one memory pool: they are
+    never replayed at once. Random ops draw new numbers at each replay (PyTorch's CUDA
+    generator is graph-safe); values the body reads from the host are frozen at capture,
+    so a body must take its schedule from device tensors."""
+
+    def __init__(self, state, warmup: int = 2):
+        self.state, self.warmup = state, warmup
+        self.graphs: dict = {}
+        self.pool = None
+
+    def __call__(self, inputs: list[torch.Tensor], *, key, body) -> dict:
+        full_key = (key, *((tuple(t.shape), t.dtype) for t in inputs))
+        if full_key not in self.graphs:
+            self.graphs[full_key] = self._capture(inputs, body)
+        graph, static_inputs, outputs = self.graphs[full_key]
+        for static, given in zip(static_inputs, inputs, strict=True):
+            static.copy_(given, non_blocking=True)
+        graph.replay()
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
+
+    def _capture(self, inputs, body):
+        static_inputs = [t.clone() for t in inputs]
+        before = {t.data_ptr(): t.clone() for t in self.state()}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                body(*static_inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.no_grad():
+            for t in self.state():
+                saved = before.get(t.data_ptr())
+                t.copy_(saved) if saved is not None else t.zero_()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = body(*static_inputs)
+        self.pool = graph.pool()
+        return graph, static_inputs, outputs
+

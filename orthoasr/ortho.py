@@ -160,12 +160,15 @@ class PenaltyScale(torch.nn.Module):
         self.multiplier = torch.nn.Parameter(torch.tensor(float(value))) \
             if mode == "lagrange" else None
 
-    def forward(self, penalty: torch.Tensor, step: int) -> torch.Tensor:
-        """The loss term for `penalty` (any shape) at `step`."""
+    def forward(self, penalty: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """The loss term for `penalty` (any shape) at `step` (an int, or a 0-d device tensor:
+        nothing read on the host, as a captured training step needs)."""
         if self.mode == "constant":
             return self.value * penalty
         if self.mode == "warmup":
-            return self.value * min(1.0, step / self.warmup_steps) * penalty
+            ramp = step / self.warmup_steps
+            ramp = ramp.clamp(max=1.0) if isinstance(ramp, torch.Tensor) else min(1.0, ramp)
+            return self.value * ramp * penalty
         lam = _ReverseGrad.apply(self.multiplier)
         return lam * penalty - self.rho * lam * lam
 

@@ -34,7 +34,7 @@ FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, Fals
                 "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
                 "distill_weight": (0, True, None, False),
                 "ckpt_minutes": (0, False, None, False)}
-BOOL_FIELDS = ("spec_augment", "bf16")
+BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs")
 
 
 @dataclass
@@ -97,6 +97,10 @@ class RunConfig:
     device: str = "auto"
     backend: str = "auto"
     bf16: bool = True                # autocast to bf16 on CUDA; CPU always runs fp32
+    # CUDA: capture each training step once per (shape class, stage, drawn budget) as a CUDA
+    # graph and replay it (needs shape_classes > 0 and grad_sync=flat); off until measured
+    # on a GPU (bench/NOTES.md); ignored on the CPU
+    cuda_graphs: bool = False
     log_every: int = 10
     ckpt_every: int = 200
     ckpt_minutes: float = 5.0        # also checkpoint when this much wall time has passed
@@ -106,7 +110,8 @@ class RunConfig:
     # fields that may differ between a checkpoint and the run that resumes it
     RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "ckpt_minutes",
                          "keep_checkpoints", "eval_batch_frames", "device", "backend",
-                         "dev_manifest", "test_manifest", "buckets_per_step", "grad_sync")
+                         "dev_manifest", "test_manifest", "buckets_per_step", "grad_sync",
+                         "cuda_graphs")
     # optimiser schedule: may differ on `--resume --allow-schedule-change` (recorded)
     SCHEDULE_CHANGES = ("lr", "lr_final", "warmup_steps", "weight_decay", "betas",
                         "grad_clip", "score_lr")

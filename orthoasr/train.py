@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -68,7 +67,9 @@ from .distributed import (
     init_world,
     shutdown,
 )
+from .graphs import StepGraphs
 from .kernels.common import valid_mask
+from .losses import ctc_loss as orthoasr_ctc_loss
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .model import ConformerSupernet, block_layout
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
@@ -128,9 +129,11 @@ def check_feasible_budgets(cfg: SupernetConfig) -> None:
 
 def ctc_loss(log_probs, out_lengths, targets, target_lengths, frames=None) -> torch.Tensor:
     """CTC (blank 0), summed over the batch and divided by `frames` (default: the batch's
-    number of frames)."""
-    loss = F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths,
-                      blank=0, reduction="sum", zero_infinity=True)
+    number of frames). Lengths on log_probs' device: on the Triton backend (orthoasr's CTC)
+    they are read there, with no host sync, so that a step can be captured in a CUDA graph;
+    torch's CUDA CTC copies them to the host."""
+    loss = orthoasr_ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths,
+                             blank=0, reduction="sum", zero_infinity=True)
     return loss / (out_lengths.sum().clamp(min=1) if frames is None else frames)
 
 
@@ -160,25 +163,45 @@ def lr_factor(step: int, run: RunConfig) -> float:
     return run.lr_final + (1.0 - run.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, selector: nn.Module, run: RunConfig, device):
-    """AdamW; weight decay on matrices and conv kernels only, none on the scores."""
+def make_optimizer(model: nn.Module, selector: nn.Module, run: RunConfig, device,
+                   capturable: bool = False):
+    """AdamW; weight decay on matrices and conv kernels only, none on the scores. With
+    `capturable` (CUDA graphs) each group's learning rate is a device tensor that
+    `set_learning_rates` refills before each step, so a captured step reads the new one."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": run.weight_decay, "base_lr": run.lr},
               {"params": no_decay, "weight_decay": 0.0, "base_lr": run.lr},
               {"params": list(selector.parameters()), "weight_decay": 0.0,
                "base_lr": run.score_lr}]
-    return torch.optim.AdamW(groups, lr=run.lr, betas=run.betas,
+    for group in groups:
+        group["lr"] = torch.tensor(group["base_lr"], device=device) if capturable \
+            else group["base_lr"]
+    return torch.optim.AdamW(groups, lr=run.lr, betas=run.betas, capturable=capturable,
                              fused=device.type == "cuda")
 
 
-def apply_schedule(optimizer: torch.optim.Optimizer, run: RunConfig) -> None:
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's lr = its base_lr * factor (in place where lr is a tensor)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(group["base_lr"] * factor)
+        else:
+            group["lr"] = group["base_lr"] * factor
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, run: RunConfig,
+                   capturable: bool = False) -> None:
     """Set the schedule's hyperparameters of `make_optimizer`'s groups from `run` (a resumed
-    optimiser state carries the checkpoint's)."""
+    optimiser state carries the checkpoint's), and `capturable` with the learning rates'
+    kind (a checkpoint may come from a run with the other `cuda_graphs` setting)."""
     decay, no_decay, scores = optimizer.param_groups
     decay["weight_decay"] = run.weight_decay
     for group, base_lr in ((decay, run.lr), (no_decay, run.lr), (scores, run.score_lr)):
         group["base_lr"], group["betas"] = base_lr, run.betas
+        lr = float(group["lr"])
+        group["capturable"] = capturable
+        group["lr"] = torch.tensor(lr, device=group["params"][0].device) if capturable else lr
 
 
 class _Joint(nn.Module):
@@ -220,9 +243,20 @@ class Trainer:
                 _Joint(self.model, self.selector), find_unused_parameters=True,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.trained_parameters = [*self.model.parameters(), *self.selector.parameters()]
-        self.optimizer = make_optimizer(self.model, self.selector, run, self.device)
+        # one CUDA graph per (shapes, stage, drawn budget) of the training step (issue 14)
+        use_graphs = run.cuda_graphs and self.device.type == "cuda"
+        if use_graphs and self.ddp is not None:
+            raise ValueError("cuda_graphs=true needs grad_sync=flat (DistributedDataParallel's "
+                             "hooks are not captured); got grad_sync=ddp")
+        if use_graphs and run.shape_classes == 0:
+            raise ValueError("cuda_graphs=true needs shape_classes > 0 (one graph per batch "
+                             "shape: without classes every batch would be a new capture)")
+        self.optimizer = make_optimizer(self.model, self.selector, run, self.device,
+                                        capturable=use_graphs)
+        self.step_graphs = StepGraphs(self.graph_state) if use_graphs else None
         self.gamma = run.gamma or gamma_for(run.tau0, run.tau_end, max(1, run.stage1_steps))
         self.tau = torch.full((), run.tau0, device=self.device)
+        self.step_tensor = torch.zeros((), device=self.device)   # the step, for schedules
         self.budget_rng = random.Random(run.seed)
         self.frozen_masks = None            # (M, N) float on the device after stage 1
         self.step, self.epoch, self.batch_index = 0, 0, 0
@@ -311,7 +345,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.selector.load_state_dict(state["selector"])
         self.optimizer.load_state_dict(state["optimizer"])
-        apply_schedule(self.optimizer, self.run)
+        apply_schedule(self.optimizer, self.run, capturable=self.step_graphs is not None)
         self.schedule_changes = list(state.get("schedule_changes", []))
         if changes:
             self.schedule_changes.append({"step": state["step"], "changes": changes})
@@ -338,6 +372,14 @@ class Trainer:
         step); the budget draws (budget_rng) stay the same on every rank."""
         torch.manual_seed(self.run.seed + 1_000_003 * self.world.rank + self.step)
 
+    def graph_state(self) -> list[torch.Tensor]:
+        """What a step changes in place: parameters and optimiser state (restored after the
+        warm-up runs that precede a capture)."""
+        state = [p.data for p in self.trained_parameters]
+        for per_param in self.optimizer.state.values():
+            state += [v for v in per_param.values() if isinstance(v, torch.Tensor)]
+        return state
+
     # ------------------------------------------------------------------ one step
     def features(self, waves, wave_lengths):
         with torch.no_grad():
@@ -356,31 +398,30 @@ class Trainer:
             return self.budget_rng.randrange(n - 1) if n > 1 else None
         return self.budget_rng.randrange(1, n - 1) if n > 2 else None
 
-    def losses(self, feats, lengths, targets, target_lengths, out_lengths, frames=None, *,
+    def losses(self, feats, lengths, targets, target_lengths, frames=None, *,
                drawn: int | None) -> tuple[torch.Tensor, dict]:
-        """The step's loss and its parts (0-d device tensors). CTC takes the lengths on the
-        host (`target_lengths`, `out_lengths`: CPU tensors), so it copies nothing back;
+        """The step's loss and its parts (0-d device tensors); every length on the device.
         `frames` divides the CTC sums (default: this batch's frames); `drawn`: draw_budget()'s
         index for this step."""
         run, budgets = self.run, self.cfg.budgets
         zero = torch.zeros((), device=self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
         with autocast:              # the frontend is shared: once for every subnet below
-            x, lengths = self.model.embed(feats, lengths)
+            x, out_lengths = self.model.embed(feats, lengths)
 
         teacher = None              # the supernet's log-probabilities of this step
 
         def ctc(gates, head):
             nonlocal teacher
             with autocast:
-                log_probs = self.model.encode(x, lengths, gates, head)
+                log_probs = self.model.encode(x, out_lengths, gates, head)
             loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, frames)
             if teacher is None:                     # the supernet: always the first call
                 teacher = log_probs
             elif run.distill_weight > 0 and self.frozen_masks is not None:
                 # a stage-2 subnet: in-place distillation
                 loss = loss + run.distill_weight * distill_loss(
-                    log_probs, teacher, lengths, frames)
+                    log_probs, teacher, out_lengths, frames)
             return loss
 
         if self.frozen_masks is None:                                   # stage 1
@@ -391,7 +432,7 @@ class Trainer:
                 b = drawn
                 budget = budgets[b]
                 loss_sub = ctc(selected.masks[b], b)
-                penalty = self.selector.penalty_scale(selected.penalty[b], self.step)
+                penalty = self.selector.penalty_scale(selected.penalty[b], self.step_tensor)
             loss = loss_sup + aux_scale(run, loss_sub) * loss_sub + penalty
         else:                                                           # stage 2
             loss_sup = ctc(self.supernet_gates(), len(budgets) - 1)
@@ -417,31 +458,46 @@ class Trainer:
         return self.frozen_masks[-1] * keep[self.module_of_unit].float()
 
     def train_step(self, batch) -> None:
+        """One optimisation step on `batch` (host tensors): the schedule's values go to the
+        device state (learning rates, tau, the step), then `step_body` runs, eagerly or as
+        the replay of the CUDA graph captured for this (shapes, stage, drawn budget)."""
         waves, wave_lengths, targets, target_lengths = batch
-        out_lengths = self.logmel.frame_lengths(wave_lengths) // 4     # the model's, on the host
         audio_s = float(wave_lengths.sum()) / self.logmel.sample_rate   # host tensor: no sync
-        waves, wave_lengths, targets = [t.to(self.device, non_blocking=True)
-                                        for t in (waves, wave_lengths, targets)]
-        feats, lengths = self.features(waves, wave_lengths)
         factor = lr_factor(self.step, self.run)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+        set_learning_rates(self.optimizer, factor)
         tau = temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min)
         self.tau.fill_(tau)
+        self.step_tensor.fill_(self.step)
+        drawn = self.draw_budget()
+        inputs = [t.to(self.device, non_blocking=True) for t in batch]
+        stage = 1 if self.frozen_masks is None else 2
+        if self.step_graphs is not None:
+            parts = self.step_graphs(inputs, key=(stage, drawn),
+                                     body=lambda *static: self.step_body(*static, drawn=drawn))
+        else:
+            parts = self.step_body(*inputs, drawn=drawn)
+        self.pending.append({**parts, "step": self.step + 1, "stage": stage, "tau": tau,
+                             "lr": self.run.lr * factor, "utts": waves.shape[0],
+                             "audio_s": audio_s})
+        self.step += 1
+
+    def step_body(self, waves, wave_lengths, targets, target_lengths, *,
+                  drawn: int | None) -> dict:
+        """Features, every subnet's loss, backward, gradient averaging and clipping, the
+        optimiser step: device tensors in, the loss parts (0-d device tensors) out. It reads
+        the schedule from device state only (the optimiser's learning-rate tensors when
+        `cuda_graphs` is on, self.tau, self.step_tensor) and reads nothing back to the host,
+        so that one capture per (shapes, stage, drawn) replays every later step of them."""
+        feats, lengths = self.features(waves, wave_lengths)
         frames = None
         if self.world.distributed:
             # the ranks' gradients are averaged: dividing each rank's CTC sum by the mean
             # frames per rank makes the average the gradient of (sum over ranks) / frames
-            # (counted on the device: copying the host's count would sync with the stream,
-            # holding the host until the previous step's all-reduce is done)
             frames = (self.logmel.frame_lengths(wave_lengths) // 4).sum().float()
             frames = all_reduce_sum(frames, self.world) / self.world.size
 
-        drawn = self.draw_budget()
-
         def compute():
-            return self.losses(feats, lengths, targets, target_lengths, out_lengths, frames,
-                               drawn=drawn)
+            return self.losses(feats, lengths, targets, target_lengths, frames, drawn=drawn)
 
         loss, parts = compute() if self.ddp is None else self.ddp(compute)
         self.optimizer.zero_grad(set_to_none=True)
@@ -452,12 +508,7 @@ class Trainer:
         # shrink it; Adam normalises the scores' steps anyway
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip)
         self.optimizer.step()
-        self.pending.append({**parts, "step": self.step + 1,
-                             "stage": 1 if self.frozen_masks is None else 2, "tau": tau,
-                             "lr": self.run.lr * factor,
-                             "utts": waves.shape[0],
-                             "audio_s": audio_s})
-        self.step += 1
+        return parts
 
     # ------------------------------------------------------------------ freeze
     def freeze(self) -> None:
