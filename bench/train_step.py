@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--stage2-steps", type=int, default=None,
                         help="stage-2 steps for both (default: as stage 1)")
     parser.add_argument("--backends", default="auto,torch",
-                        help="which providers to run, comma-separated (auto, torch)")
+                        help="which providers to run, comma-separated (auto, torch, graphs: "
+                             "auto with cuda_graphs=true)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="run-config overrides for both providers")
     parser.add_argument("--max-frames", type=int, default=32000)
@@ -118,15 +119,16 @@ def main() -> None:
                "warmup_steps=10", "penalty_warmup=10", *args.set]
     results = {}
     ours = "orthoasr (triton)" if torch.cuda.is_available() else "orthoasr (auto: torch on CPU)"
-    for provider, backend, steps in ((ours, "auto", args.steps),
-                                     ("pytorch reference", "torch", args.baseline_steps)):
-        if backend not in args.backends.split(","):
+    for provider, name, steps in ((ours, "auto", args.steps),
+                                  (f"{ours}, CUDA graphs", "graphs", args.steps),
+                                  ("pytorch reference", "torch", args.baseline_steps)):
+        if name not in args.backends.split(","):
             continue
         stage2 = steps if args.stage2_steps is None else args.stage2_steps
-        run = load_run_config(args.config, common + [f"backend={backend}",
-                                                     f"stage1_steps={steps}",
-                                                     f"stage2_steps={stage2}"])
-        out_dir = work / backend
+        backend = {"graphs": ["backend=auto", "cuda_graphs=true"]}.get(name, [f"backend={name}"])
+        run = load_run_config(args.config, common + backend + [f"stage1_steps={steps}",
+                                                               f"stage2_steps={stage2}"])
+        out_dir = work / name
         train(run, out_dir)
         metrics = read_metrics(out_dir / "metrics.csv")
         times = stage_times(metrics)
