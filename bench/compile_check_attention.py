@@ -132,11 +132,6 @@ def main() -> None:
                        dict(dqkv_ptr=dt, w_ptr=dt, gate_ptr="fp32", dy_ptr="fp32"),
                        constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"]),
                        **mm)
-        ok &= _compile(gm._in_proj_dw_kernel,
-                       dict(dqkv_ptr=dt, y_ptr="fp32", gate_ptr="fp32", dw_ptr="fp32",
-                            db_ptr="fp32"),
-                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"]),
-                       **dw)
         for mode in (0, 1, 2):
             ok &= _compile(gm._out_proj_fwd_kernel,
                            dict(a_ptr=dt, w_ptr=dt, b_ptr="fp32", gate_ptr="fp32",

@@ -259,11 +259,13 @@ def _wgrad_kernel(
 
 
 @triton.jit
-def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG,
+def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG, CHUNK,
                      NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr):
-    # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range;
-    # with SKIP_DEAD nothing is read when every gate is 0 (a dead module's input is unwritten).
+                     PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
+    # With SKIP_DEAD, columns whose gate is 0 are not read (a dead unit's columns are
+    # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
+    # gates together (nothing is read when every gate is 0).
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -272,9 +274,13 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
     start = pid_m * ROWS_PER_PROG
     stop = tl.minimum(start + ROWS_PER_PROG, M)
     if SKIP_DEAD:
-        offs_g = tl.arange(0, GATES_P2)
-        g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
-        stop = tl.where(tl.max((g != 0.0).to(tl.int32), 0) > 0, stop, start)
+        if PER_CHUNK:
+            g_col = tl.load(gate_ptr + cols // CHUNK, mask=col_ok, other=0.0)
+            col_ok = col_ok & (g_col != 0.0)
+        else:
+            offs_g = tl.arange(0, GATES_P2)
+            g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
+            stop = tl.where(tl.max((g != 0.0).to(tl.int32), 0) > 0, stop, start)
     for r0 in range(start, stop, BM):
         rows = r0 + tl.arange(0, BM)
         ok = _valid_rows(rows, M, T, len_ptr)
@@ -379,9 +385,10 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     return out
 
 
-def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False):
+def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0):
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
-    With skip_dead, nothing when every gate is exactly 0."""
+    With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
+    when chunk > 0, else to the module (nothing read when every gate is exactly 0)."""
     M, N = a.shape
     blk = dict(BM=32, BN=32) if interpreting() else dict(BM=64, BN=128)
     programs = 2 * _num_sms(a.device.index or 0) if a.is_cuda else 2
@@ -390,8 +397,8 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False):
     n_gates = 1 if gates is None else gates.shape[0]
     launch(_col_sums_kernel, (n_tiles, cdiv(M, rows_per_prog)),
         a, out, lengths, out if gates is None else gates, M, N, T, a.stride(0), rows_per_prog,
-        NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
-        SKIP_DEAD=skip_dead and gates is not None, **blk)
+        max(chunk, 1), NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
+        SKIP_DEAD=skip_dead and gates is not None, PER_CHUNK=chunk > 0, **blk)
     return out
 
 

@@ -18,8 +18,9 @@ accumulate in fp32, split over rows with atomics. The bias factor s is evaluated
 kernels (no host sync, no extra launches).
 
 Layers: `gated_mhsa_reference` (PyTorch), the Triton kernels `_in_proj_fwd_kernel`,
-`_in_proj_dy_kernel`, `_in_proj_dw_kernel`, `_out_proj_fwd_kernel`, `_out_proj_da_kernel`,
-`_out_proj_dw_kernel`, launchers, the torch.library ops `orthoasr::gated_in_proj` and
+`_in_proj_dy_kernel`, `_out_proj_fwd_kernel`, `_out_proj_da_kernel`, `_out_proj_dw_kernel`
+(W_in's gradients go through gated_matmul's `wgrad` and `col_sums`, a head a chunk of rows),
+launchers, the torch.library ops `orthoasr::gated_in_proj` and
 `orthoasr::gated_out_proj` (+ backward ops; what torch.compile sees), the eager
 autograd.Function `_GatedMHSA` (one Function for the whole module: fewer host round-trips),
 and `gated_mhsa`, which picks the backend.
@@ -41,6 +42,7 @@ from .gated_attention import (
     gated_attention_packed,
     gated_attention_reference,
 )
+from .gated_matmul import col_sums, wgrad
 from .launch import cdiv, launch, next_pow2
 
 BIAS_PLAIN, BIAS_IF_LIVE, BIAS_SCALED = 0, 1, 2
@@ -142,68 +144,6 @@ def _in_proj_dy_kernel(
                 acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
     tl.store(dy_ptr + rows[:, None] * D + cols[None, :], acc.to(dy_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
-
-
-@triton.jit
-def _in_proj_dw_kernel(
-    dqkv_ptr, y_ptr, gate_ptr, dw_ptr, db_ptr, M, D, rows_per_split,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # Program (h, n, split), live heads only: dW_in[head h's q, k, v rows, cols n] +=
-    # dqkv[rows, slice]^T y[rows, n] over its share of rows (fp32 atomics), each y tile loaded
-    # once for the three; the extra column block n == cdiv(D, BLOCK_N) adds the rows' sums of
-    # dqkv to db_in instead.
-    h = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    row_start = tl.program_id(2) * rows_per_split
-    gate = tl.load(gate_ptr + h)
-    if gate != 0:
-        offs_m = tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < HEAD_DIM
-        row_end = tl.minimum(row_start + rows_per_split, M)
-        slice_cols = 3 * h * HEAD_DIM + offs_d
-        if pid_n * BLOCK_N < D:
-            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = cols < D
-            acc_q = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-            acc_k = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-            acc_v = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-            for m0 in range(row_start, row_end, BLOCK_M):
-                rows = m0 + offs_m
-                row_ok = rows < row_end
-                g_ptrs = dqkv_ptr + rows[:, None] * (3 * D) + slice_cols[None, :]
-                g_mask = row_ok[:, None] & d_ok[None, :]
-                g_q = tl.load(g_ptrs, mask=g_mask, other=0.0)
-                g_k = tl.load(g_ptrs + HEAD_DIM, mask=g_mask, other=0.0)
-                g_v = tl.load(g_ptrs + 2 * HEAD_DIM, mask=g_mask, other=0.0)
-                y = tl.load(y_ptr + rows[:, None] * D + cols[None, :],
-                            mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(g_q.dtype)
-                acc_q = tl.dot(tl.trans(g_q), y, acc_q, input_precision=DOT_PRECISION)
-                acc_k = tl.dot(tl.trans(g_k), y, acc_k, input_precision=DOT_PRECISION)
-                acc_v = tl.dot(tl.trans(g_v), y, acc_v, input_precision=DOT_PRECISION)
-            dw_ptrs = dw_ptr + slice_cols[:, None] * D + cols[None, :]
-            dw_mask = d_ok[:, None] & col_ok[None, :]
-            tl.atomic_add(dw_ptrs, acc_q, mask=dw_mask)
-            tl.atomic_add(dw_ptrs + HEAD_DIM * D, acc_k, mask=dw_mask)
-            tl.atomic_add(dw_ptrs + 2 * HEAD_DIM * D, acc_v, mask=dw_mask)
-        else:
-            sum_q = tl.zeros([BLOCK_D], tl.float32)
-            sum_k = tl.zeros([BLOCK_D], tl.float32)
-            sum_v = tl.zeros([BLOCK_D], tl.float32)
-            for m0 in range(row_start, row_end, BLOCK_M):
-                rows = m0 + offs_m
-                g_ptrs = dqkv_ptr + rows[:, None] * (3 * D) + slice_cols[None, :]
-                g_mask = (rows < row_end)[:, None] & d_ok[None, :]
-                sum_q += tl.sum(tl.load(g_ptrs, mask=g_mask, other=0.0).to(tl.float32), 0)
-                sum_k += tl.sum(tl.load(g_ptrs + HEAD_DIM, mask=g_mask, other=0.0)
-                                .to(tl.float32), 0)
-                sum_v += tl.sum(tl.load(g_ptrs + 2 * HEAD_DIM, mask=g_mask, other=0.0)
-                                .to(tl.float32), 0)
-            tl.atomic_add(db_ptr + slice_cols, sum_q, mask=d_ok)
-            tl.atomic_add(db_ptr + slice_cols + HEAD_DIM, sum_k, mask=d_ok)
-            tl.atomic_add(db_ptr + slice_cols + 2 * HEAD_DIM, sum_v, mask=d_ok)
 
 
 @triton.jit
@@ -366,8 +306,11 @@ def in_proj_fwd_triton(y, w, b, head_gates):
     return qkv
 
 
-def in_proj_bwd_triton(dqkv, y, w, head_gates):
-    """-> (dy in y's dtype, dW fp32, db fp32); w in the compute dtype (= dqkv's)."""
+def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None):
+    """-> (dy in y's dtype, dW fp32, db fp32); w in the compute dtype (= dqkv's). Rows are
+    B sequences of T frames with `lengths` (padded frames skipped), or, without lengths,
+    M rows all valid. dW and db through the FFN's weight-gradient and column-sum kernels:
+    head h owns rows [3h*Dh, 3(h+1)*Dh) of W_in, a chunk skipped while its gate is 0."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
@@ -377,14 +320,19 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates):
     launch(_in_proj_dy_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         dqkv, w, head_gates, dy, M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision, **blk["opts"])
-    dw = torch.zeros(3 * D, D, dtype=torch.float32, device=y.device)
-    db = torch.zeros(3 * D, dtype=torch.float32, device=y.device)
-    splits, rows = _split(M, blk["BLOCK_M"])
-    launch(_in_proj_dw_kernel, (H, cdiv(D, blk["BLOCK_N"]) + 1, splits),
-        dqkv, y, head_gates, dw, db, M, D, rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
-        BLOCK_N=blk["BLOCK_N"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision,
-        **blk["dw_opts"])
+    if lengths is None:
+        lengths, T = _row_blocks(M, y.device)
+    heads = dict(lengths=lengths, T=T, gates=head_gates, chunk=3 * Dh, skip_dead=True)
+    dw = wgrad(dqkv, y.to(dqkv.dtype), num_chunks=H, chunk_axis=1, **heads)
+    db = col_sums(dqkv, torch.zeros(3 * D, dtype=torch.float32, device=y.device), **heads)
     return dy, dw, db
+
+
+def _row_blocks(M: int, device, T: int = 256) -> tuple[torch.Tensor, int]:
+    """M rows as sequences of T frames, all valid (the last one shorter): (lengths, T)."""
+    lengths = torch.full((cdiv(M, T),), T, dtype=torch.int32, device=device)
+    lengths[-1] = M - T * (lengths.shape[0] - 1)      # a fill on the device: capturable
+    return lengths, T
 
 
 def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
@@ -567,7 +515,7 @@ class _GatedMHSA(torch.autograd.Function):
                                             s.lse, s.lengths, s.head_gates, Dh ** -0.5,
                                             zero_dead=False)
         dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), s.y2, s.w_in,
-                                              s.head_gates)
+                                              s.head_gates, s.lengths, T)
         if s.bias_scale is not None:
             dscale = dscale.reshape(s.bias_scale.shape).to(s.bias_scale.dtype)
         else:

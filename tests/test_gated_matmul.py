@@ -111,3 +111,15 @@ def test_column_sums_over_valid_frames_only():
     out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T)
     rows = gm.valid_rows(lengths, T)
     torch.testing.assert_close(out, a[rows].sum(0), atol=1e-4, rtol=1e-4)
+
+
+def test_column_sums_skip_dead_chunks():
+    lengths, _, _, _ = _case(6)
+    chunk, gates = 24, torch.tensor([1.0, 0.0, 0.5], device=DEV)   # 72 columns, 3 chunks
+    a = torch.randn(B * T, 72, device=DEV)
+    a[:, chunk:2 * chunk] = float("nan")               # the dead chunk's columns: unwritten
+    out = gm.col_sums(a, torch.zeros(72, device=DEV), lengths=lengths, T=T, gates=gates,
+                      chunk=chunk, skip_dead=True)
+    rows = gm.valid_rows(lengths, T)
+    expected = torch.where((gates != 0).repeat_interleave(chunk), a[rows].sum(0), 0.0)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
