@@ -27,7 +27,13 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
                dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=4),
                dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3),
                dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3),
-               dict(BM=128, BN=128, BK=128, num_warps=8, num_stages=2)]
+               dict(BM=128, BN=128, BK=128, num_warps=8, num_stages=2),
+               # TMA descriptor loads (kernels/gated_matmul.py USE_TMA)
+               dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4, USE_TMA=True),
+               dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4, USE_TMA=True),
+               dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3, USE_TMA=True),
+               dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=4, USE_TMA=True),
+               dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3, USE_TMA=True)]
 WGRAD_CONFIGS = [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),

@@ -81,7 +81,7 @@ def _rows_gemm_kernel(
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr = False, B_NK: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -125,26 +125,56 @@ def _rows_gemm_kernel(
         else:
             steps = tl.cdiv(K, BK)
             n_steps = steps
+        if USE_TMA:  # tensor-memory-accelerator loads (Hopper): whole tiles, zero-filled
+            # past the matrix; padded rows are read too (garbage there stays in padded
+            # output rows, which the epilogues never store); the launcher guarantees that
+            # K-chunks are whole multiples of BK, so no tile crosses into a dead chunk
+            n_b = N * 2 if EPI == 3 else N
+            a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
+                                               block_shape=[BM, BK])
+            if B_NK:    # b is the transpose of a row-major [n_b, K] matrix (stride_bk == 1)
+                b_desc = tl.make_tensor_descriptor(b_ptr, shape=[n_b, K], strides=[stride_bn, 1],
+                                                   block_shape=[BN, BK])
+            else:       # b is a row-major [K, n_b] matrix (stride_bn == 1)
+                b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, n_b], strides=[stride_bk, 1],
+                                                   block_shape=[BK, BN])
+            col0 = tl.min(cols, 0)
         for i in range(0, n_steps):
             if CHUNK_AXIS == 2:
                 j = i // steps
                 kc = tl.sum((live_rank <= j).to(tl.int32), 0)
+                k0 = kc * CHUNK + (i - j * steps) * BK
                 k_local = (i - j * steps) * BK + tl.arange(0, BK)
                 k_ok = k_local < CHUNK
                 ks = kc * CHUNK + k_local
             else:
+                k0 = i * BK
                 ks = i * BK + tl.arange(0, BK)
                 k_ok = ks < K
-            a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-            b_mask = k_ok[:, None] & col_ok[None, :]
-            # a no-op when the launcher passes weights in the activations' dtype
-            b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            if EPI == 3:
-                b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
-                acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            if USE_TMA:
+                a = a_desc.load([pid_m * BM, k0])
+                if B_NK:
+                    b = b_desc.load([col0, k0]).T
+                else:
+                    b = b_desc.load([k0, col0])
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                if EPI == 3:
+                    if B_NK:
+                        b2 = b_desc.load([col0 + N, k0]).T
+                    else:
+                        b2 = b_desc.load([k0, col0 + N])
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            else:
+                a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
+                b_mask = k_ok[:, None] & col_ok[None, :]
+                # a no-op when the launcher passes weights in the activations' dtype
+                b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                if EPI == 3:
+                    b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
     tile = rows[:, None] * N + cols[None, :]
     store_ok = row_ok[:, None] & col_ok[None, :]
@@ -322,6 +352,12 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     M, K = a.shape
     N = out.shape[1]
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi))
+    if blk.get("USE_TMA"):
+        if not _tma_applies(a, b, chunk if chunk_axis == 2 else 0, blk["BK"]):
+            blk["USE_TMA"] = False
+        else:
+            blk["B_NK"] = b.stride(0) == 1
+            _set_tma_allocator(a.device.type)
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
@@ -340,6 +376,27 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
+
+
+def _tma_applies(a, b, k_chunk: int, bk: int) -> bool:
+    """TMA descriptors need one dtype, a unit stride in the last dimension, 16-byte aligned
+    rows and bases; K-chunks must be whole tiles (a tile may not reach into a dead chunk)."""
+    unit = b.stride(1) == 1 or b.stride(0) == 1
+    rows = (a.stride(0) * a.element_size()) % 16 == 0 and \
+        (max(b.stride(0), b.stride(1)) * b.element_size()) % 16 == 0
+    aligned = a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
+    return (a.dtype == b.dtype and a.is_contiguous() and unit and rows and aligned
+            and k_chunk % bk == 0)
+
+
+@functools.cache
+def _set_tma_allocator(device_type: str) -> None:
+    """Device-side TMA descriptors live in a per-launch global scratch that Triton asks
+    this allocator for (a caching-allocator tensor: inside a CUDA-graph capture it comes
+    from the graph's pool)."""
+    def scratch(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device=device_type)
+    triton.set_allocator(scratch)
 
 
 def _wgrad_blocks(dtype: torch.dtype) -> dict:

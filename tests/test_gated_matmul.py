@@ -123,3 +123,57 @@ def test_column_sums_skip_dead_chunks():
     rows = gm.valid_rows(lengths, T)
     expected = torch.where((gates != 0).repeat_interleave(chunk), a[rows].sum(0), 0.0)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
+def test_tma_loads_give_the_pointer_loads_results(epi):
+    """The USE_TMA path (tensor descriptors; padded rows read, never stored) against the
+    masked pointer loads, every epilogue, weights in both layouts, a dead chunk, on valid
+    rows. K 64 in chunks of 16 (whole BK tiles, as the TMA path needs), N 48 in chunks of
+    12 (tiles reach past a chunk: masked at the store)."""
+    k, n = 64, 48
+    torch.manual_seed(8)
+    lengths = torch.tensor([11, 4, 1], device=DEV)
+    rows = gm.valid_rows(lengths, T)
+    a = torch.randn(B * T, k, device=DEV)
+    a[~rows] = float("nan")                              # padded rows hold garbage
+    w_nk = torch.randn(n, k, device=DEV)                 # as nn.Linear keeps W1: b = w_nk.t()
+    w_kn = torch.randn(k, n, device=DEV)                 # as the backward reads W2
+    gates = torch.tensor([0.5, 0.0, 1.5, 1.0], device=DEV)
+    aux_in = torch.randn(B * T, n, device=DEV)           # pre (SiLU backward), r (gate bwd)
+    w2n = torch.randn(2 * n, k, device=DEV)              # the GLU's two halves
+    blocks = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1)
+    outs = []
+    for tma in (False, True):
+        blk = dict(blocks, USE_TMA=tma)
+        n_chunks = dict(lengths=lengths, T=T, gates=gates, chunk=n // 4, num_chunks=4,
+                        skip_dead=True, blocks=blk)
+        if epi == "store-k-chunks":
+            out = _poisoned(B * T, n)
+            gm.rows_gemm(a, w_kn, out, lengths=lengths, T=T, gates=gates, chunk=k // 4,
+                         num_chunks=4, chunk_axis=2, skip_dead=True, final=True, blocks=blk)
+            outs.append([out])
+        elif epi == "silu-gate":
+            out, pre = _poisoned(B * T, n), _poisoned(B * T, n)
+            gm.rows_gemm(a, w_nk.t(), out, chunk_axis=1, epi=gm.EPI_SILU_GATE, aux=pre,
+                         **n_chunks)
+            outs.append([out, pre])
+        elif epi == "silu-bwd":
+            out, s1, s2 = _poisoned(B * T, n), torch.zeros(n), torch.zeros(n)
+            gm.rows_gemm(a, w_kn, out, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=aux_in, sum1=s1,
+                         sum2=s2, **n_chunks)
+            outs.append([out, s1, s2])
+        elif epi == "glu":
+            out, u = _poisoned(B * T, n), _poisoned(B * T, 2 * n)
+            gm.rows_gemm(a, w2n.t(), out, lengths=lengths, T=T, epi=gm.EPI_GLU, aux=u,
+                         blocks=blk)
+            outs.append([out, u])
+        else:
+            out, s1 = _poisoned(B * T, n), torch.zeros(n)
+            gm.rows_gemm(a, w_kn, out, lengths=lengths, T=T, gates=gates[:1],
+                         epi=gm.EPI_GATE_BWD, aux=aux_in, sum1=s1, blocks=blk)
+            outs.append([out, s1])
+    for plain, tma in zip(*outs):
+        if plain.dim() == 2:
+            plain, tma = plain[rows], tma[rows]
+        torch.testing.assert_close(tma, plain, atol=1e-4, rtol=1e-4, equal_nan=True)
