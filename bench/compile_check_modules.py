@@ -37,33 +37,42 @@ ROW_GEMMS = [
 ]
 
 
+def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, blk) -> bool:
+    warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
+    blk = dict(dict(USE_TMA=False, B_NK=False), **blk)   # constexprs with defaults
+    print(f"{name}{' (TMA)' if blk.get('USE_TMA') else ''}: ", end="")
+    return _compile(gated_matmul._rows_gemm_kernel,
+                    dict(a_ptr="bf16", b_ptr="bf16", out_ptr="bf16", bias_ptr="fp32",
+                         gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16", sum1_ptr="fp32",
+                         sum2_ptr="fp32"),
+                    ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, stride_bk=s_k, stride_bn=s_n),
+                    constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
+                                    HAS_GATES=True, SKIP_DEAD=True, EPI=epi, HAS_BIAS=bias,
+                                    BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
+                                    HAS_SUM1=sum1, HAS_SUM2=epi == EPI_SILU_BWD,
+                                    DOT_PRECISION="tf32", **blk),
+                    num_warps=warps, num_stages=stages)
+
+
 def main() -> None:
     ok = True
-    for name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n in ROW_GEMMS:
-        blk = gated_matmul._rows_blocks(BF16, axis, epi == EPI_GLU)
-        warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-        print(f"{name}: ", end="")
-        ok &= _compile(gated_matmul._rows_gemm_kernel,
-                       dict(a_ptr="bf16", b_ptr="bf16", out_ptr="bf16", bias_ptr="fp32",
-                            gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16", sum1_ptr="fp32"),
-                       ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, stride_bk=s_k, stride_bn=s_n),
-                       constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
-                                       HAS_GATES=True, SKIP_DEAD=True, EPI=epi, HAS_BIAS=bias,
-                                       BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
-                                       HAS_SUM1=sum1, DOT_PRECISION="tf32", **blk),
-                       num_warps=warps, num_stages=stages)
+    for gemm in ROW_GEMMS:
+        name, epi, axis, *_, s_k, s_n = gemm
+        blk = gated_matmul._rows_blocks(BF16, axis, epi)
+        ok &= _row_gemm(*gemm, dict(blk))
+        ok &= _row_gemm(*gemm, dict(blk, USE_TMA=True, B_NK=s_k == 1))
     for axis in (1, 2):
         blk = gated_matmul._wgrad_blocks(BF16)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
         print(f"wgrad, chunks along {'PQ'[axis - 1]}: ", end="")
         ok &= _compile(gated_matmul._wgrad_kernel,
-                       dict(a_ptr="bf16", b_ptr="bf16", out_ptr="fp32", suma_ptr="fp32",
-                            gate_ptr="fp32", len_ptr="i64"),
+                       dict(a_ptr="bf16", b_ptr="bf16", out_ptr="fp32", gate_ptr="fp32",
+                            len_ptr="i64"),
                        ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
                                  lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
                                  CHUNK=F // 4, SPLIT=5),
                        constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
-                                       HAS_GATES=True, SKIP_DEAD=True, SUM_A=True,
+                                       HAS_GATES=True, SKIP_DEAD=True,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
     blk = layer_norm._blocks(384)
