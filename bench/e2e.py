@@ -32,7 +32,8 @@ host-syncing hard-gated reference, so ours' graph rows of the hard-gated workloa
 baseline row; `eager`), ms, audio_s_per_s (seconds of audio, valid frames x 0.04 s, per
 second), peak_mem_mb (torch.cuda.max_memory_allocated, reset before the timing: the peak of
 the timed calls, warm-up and capture included). The full-trainer workloads (`trainer stage
-1/2`: frontend, CTC and optimiser included) are measured by bench/train_step.py.
+1/2`: data, frontend, CTC and optimiser included) are measured by bench/e2e_trainer.py, into
+the same file.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
 #            default set: give it a call of its own)
+#   trainer  bench/e2e_trainer.py: the full trainer per stage, CUDA graphs / eager / torch
+#            references (issue 14; synthesises its corpus: give it a call of its own,
+#            TRAINER_ARGS="--preset small --steps 40" to fit one)
 #   e2e      bench/e2e.py: the encoder's stage-1 pair, stage-2 triple and inference, ours vs
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
@@ -81,6 +84,11 @@ fi
 if has e2e; then
   timeout ${E2E_S:-540} python3 -m bench.e2e ${E2E_ARGS:-} > $OUT/e2e.log 2>&1
   echo "e2e rc=$?"; grep -E "FAILED|failed|Error" $OUT/e2e.log | head
+  cp $REPO/bench/results/e2e.json $OUT/
+fi
+if has trainer; then
+  timeout ${TRAINER_S:-540} python3 -m bench.e2e_trainer ${TRAINER_ARGS:-} > $OUT/e2e_trainer.log 2>&1
+  echo "trainer rc=$?"; grep -E "^trainer stage|Error" $OUT/e2e_trainer.log | tail -8
   cp $REPO/bench/results/e2e.json $OUT/
 fi
 if has ddp; then
