@@ -11,6 +11,7 @@ from .ortho import (
     freeze_masks,
     gamma_for,
     ortho_softmax,
+    simple_topk,
     temperature,
     unit_ranking,
 )
@@ -21,8 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SupernetConfig", "Unit", "enumerate_units", "unit_costs", "subnet_cost",
-    "ortho_softmax", "OrthoSoftmaxResult", "temperature", "gamma_for", "PenaltyScale",
-    "unit_ranking", "freeze_masks", "set_backend", "get_backend",
+    "ortho_softmax", "simple_topk", "OrthoSoftmaxResult", "temperature", "gamma_for",
+    "PenaltyScale", "unit_ranking", "freeze_masks", "set_backend", "get_backend",
     "ConformerSupernet", "extract_subnet", "load_subnet", "ctc_loss",
     "Recognizer",
 ]

@@ -59,6 +59,43 @@ def ortho_softmax(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float, t
     return OrthoSoftmaxResult(*out)
 
 
+def simple_topk(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float,
+                total_cost: float, budgets: Sequence[float] | torch.Tensor,
+                tau: float | torch.Tensor) -> OrthoSoftmaxResult:
+    """Simple-Top-k, the relaxed top-k of OrthoSoftmax's predecessor, as an alternative
+    selector: one score per unit, s [N]; N successive softmaxes a_i = softmax(s_i / tau) with
+    s_1 = s and s_(i+1) = s_i + log(1 - a_i), so that each row takes what the rows before it
+    have not. The rows a_i stand where OrthoSoftmax has the rows of P: the same prefix-cost
+    rule picks k(p) for each budget, the masks are the sums of the first k(p) rows, and
+    `freeze_masks` ranks the units from them. The successive updates keep the rows apart, so
+    there is no orthogonality penalty (zeros). PyTorch only (N small softmaxes in sequence,
+    autograd for the backward)."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] == 0:
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
+        raise ValueError(f"simple_topk scores must be a non-empty [N] tensor, got {shape}")
+    n = scores.shape[0]
+    if not isinstance(costs, torch.Tensor) or costs.shape != (n,):
+        shape = tuple(costs.shape) if isinstance(costs, torch.Tensor) else type(costs)
+        raise ValueError(f"costs must be a [N] = [{n}] tensor, got {shape}")
+    budgets_t = _budget_tensor(tuple(budgets.tolist()) if isinstance(budgets, torch.Tensor)
+                               else check_budgets(budgets), scores.device)
+    tau_t = _as_tensor(tau, scores)
+    rows, s = [], scores
+    for _ in range(n):
+        a = torch.softmax(s / tau_t, dim=0)
+        rows.append(a)
+        # log(1 - a): a unit already taken (a -> 1) gets a score far below the others,
+        # finite so that a later softmax never sees only -inf
+        s = s + torch.log((1.0 - a).clamp(min=1e-12))
+    probs = torch.stack(rows)
+    expected = probs @ costs.to(probs.dtype)
+    prefix_costs = rest_cost + torch.cumsum(expected, 0)
+    targets = budgets_t.to(probs.dtype) * total_cost
+    k = (prefix_costs[None, :] - targets[:, None]).abs().argmin(dim=1) + 1
+    masks = torch.cumsum(probs, 0)[k - 1]
+    return OrthoSoftmaxResult(probs, expected, masks, k, torch.zeros_like(targets))
+
+
 def _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, validate):
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or \
             scores.shape[0] != scores.shape[1] or scores.shape[0] == 0:

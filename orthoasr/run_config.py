@@ -16,6 +16,7 @@ from .config import SupernetConfig
 AUX_SCALES = ("constant", "focal")
 PENALTY_MODES = ("constant", "warmup", "lagrange")
 PENALTY_NORMS = ("l2", "l2_sqrt", "l1")
+SELECTORS = ("orthosoftmax", "simple_topk")
 DEVICES = ("auto", "cpu", "cuda")
 BACKEND_NAMES = ("auto", "triton", "torch")
 GRAD_SYNCS = ("ddp", "flat")
@@ -79,6 +80,9 @@ class RunConfig:
     tau_min: float = 0.01
     gamma: float | None = None
     score_init_std: float = 1e-3
+    # the unit selector of stage 1: OrthoSoftmax (the method), or Simple-Top-k (its
+    # predecessor's relaxed top-k, an alternative for comparison; no penalty)
+    selector: str = "orthosoftmax"
     penalty_norm: str = "l2"
     penalty_mode: str = "warmup"
     penalty_scale: float = 1.0
@@ -145,7 +149,8 @@ class RunConfig:
         if self.gamma is not None:
             _check_range("gamma", self.gamma, 0, False, 1, True)
         for name, allowed in (("aux_scale", AUX_SCALES), ("penalty_mode", PENALTY_MODES),
-                              ("penalty_norm", PENALTY_NORMS), ("device", DEVICES),
+                              ("penalty_norm", PENALTY_NORMS), ("selector", SELECTORS),
+                              ("device", DEVICES),
                               ("backend", BACKEND_NAMES), ("grad_sync", GRAD_SYNCS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

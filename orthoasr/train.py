@@ -72,7 +72,14 @@ from .kernels.common import valid_mask
 from .losses import ctc_loss as orthoasr_ctc_loss
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .model import ConformerSupernet, block_layout
-from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
+from .ortho import (
+    PenaltyScale,
+    freeze_masks,
+    gamma_for,
+    ortho_softmax,
+    simple_topk,
+    temperature,
+)
 from .run_config import RunConfig, load_run_config
 from .run_data import TrainData, check_eval_manifests, make_tokenizer
 from .units import subnet_cost, unit_costs
@@ -91,20 +98,27 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------- pieces
 
 class SubnetSelector(nn.Module):
-    """The OrthoSoftmax scores S (N, N) and the penalty scale: soft masks for every budget."""
+    """The selector's scores and the penalty scale: soft masks for every budget. `selector`
+    "orthosoftmax": scores S (N, N), OrthoSoftmax; "simple_topk": scores s (N,), the
+    predecessor's successive softmaxes (no penalty)."""
 
     def __init__(self, cfg: SupernetConfig, run: RunConfig):
         super().__init__()
         costs, self.rest_cost, self.total_cost = unit_costs(cfg, cfg.criterion)
         self.register_buffer("costs", costs.float())
         n = costs.shape[0]
-        self.scores = nn.Parameter(torch.randn(n, n) * run.score_init_std)
+        self.kind = run.selector
+        shape = (n, n) if self.kind == "orthosoftmax" else (n,)
+        self.scores = nn.Parameter(torch.randn(shape) * run.score_init_std)
         self.penalty_scale = PenaltyScale(run.penalty_mode, run.penalty_scale,
                                           run.penalty_warmup, run.penalty_rho)
         self.budgets, self.norm = cfg.budgets, run.penalty_norm
 
     def forward(self, tau: torch.Tensor):
         """tau: 0-d device tensor -> OrthoSoftmaxResult (.probs, .masks (M, N), .penalty)."""
+        if self.kind == "simple_topk":
+            return simple_topk(self.scores, self.costs, self.rest_cost, self.total_cost,
+                               self.budgets, tau)
         return ortho_softmax(self.scores, self.costs, self.rest_cost, self.total_cost,
                              self.budgets, tau, self.norm, validate=False)
 

@@ -242,3 +242,38 @@ def test_registered_ops_pass_opcheck():
     torch.library.opcheck(ortho_softmax_fwd, args,
                           test_utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor"))
+
+
+# ----------------------------------------------------------------------------- Simple-Top-k
+
+def test_simple_topk_at_low_temperature_takes_units_in_score_order():
+    """Distinct scores, tau small: row i is one-hot on the i-th best unit, so each budget's
+    mask is the top-k(p) units by score, k(p) the prefix whose cost is closest to p."""
+    scores = torch.tensor([0.3, 2.0, -1.0, 1.1, 0.7])
+    costs = torch.tensor([1.0, 2.0, 1.0, 1.0, 3.0])
+    out = orthoasr.simple_topk(scores, costs, 0.0, 8.0, (0.5, 1.0), tau=1e-3)
+    order = [1, 3, 4, 0, 2]
+    torch.testing.assert_close(out.probs, torch.eye(5)[order])
+    assert out.k.tolist() == [2, 5]               # prefix costs 2, 3, 6, 7, 8 vs 4 and 8
+    torch.testing.assert_close(out.masks[0], torch.eye(5)[order[:2]].sum(0))
+    assert torch.equal(out.penalty, torch.zeros(2))
+
+
+def test_simple_topk_rows_take_what_the_rows_before_left_and_have_gradients():
+    torch.manual_seed(0)
+    scores = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    costs = torch.rand(6, dtype=torch.float64)
+    out = orthoasr.simple_topk(scores, costs, 0.1, float(costs.sum()) + 0.1, (0.4, 0.7, 1.0),
+                               tau=0.5)
+    torch.testing.assert_close(out.probs[0], torch.softmax(scores / 0.5, 0))
+    second = torch.softmax((scores + torch.log(1 - out.probs[0])) / 0.5, 0)
+    torch.testing.assert_close(out.probs[1], second)
+    torch.testing.assert_close(out.probs.sum(1), torch.ones(6, dtype=torch.float64))
+    assert torch.autograd.gradcheck(
+        lambda s: orthoasr.simple_topk(s, costs, 0.1, float(costs.sum()) + 0.1, (0.4, 1.0),
+                                       tau=0.5).masks, (scores,))
+
+
+def test_simple_topk_rejects_a_score_matrix():
+    with pytest.raises(ValueError, match="simple_topk scores must be a non-empty \\[N\\]"):
+        orthoasr.simple_topk(torch.zeros(3, 3), torch.ones(3), 0.0, 3.0, (1.0,), tau=1.0)

@@ -146,6 +146,7 @@ def test_lr_schedule():
 @pytest.mark.parametrize("overrides", [
     ["model.granularity=module", "aux_scale=focal", "penalty_mode=lagrange"],
     ["model.criterion=flops", "penalty_norm=l1", "model.budgets=[0.9,1.0]"],
+    ["selector=simple_topk"],
 ])
 def test_variants_run_both_stages(corpus, tmp_path, overrides):
     run = tiny_run(corpus, *overrides)
