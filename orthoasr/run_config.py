@@ -95,6 +95,10 @@ class RunConfig:
     # per-frame KL(supernet || subnet) of the output distributions (the supernet's output of
     # the same step, detached: the teacher learns from the labels only); 0: off
     distill_weight: float = 0.0
+    # "PATH@BUDGET": train alone, from step 0, the subnet that the run whose checkpoint is
+    # PATH froze for BUDGET (same model config): every step is that subnet's CTC through its
+    # head, no selector, no other subnet (an individually trained baseline); "": off
+    fixed_gates: str = ""
     stochastic_depth: float = 0.1    # stage 2: drop prob. of modules outside the smallest subnet
     # runtime
     seed: int = 0

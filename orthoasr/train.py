@@ -218,6 +218,28 @@ def apply_schedule(optimizer: torch.optim.Optimizer, run: RunConfig,
         group["lr"] = torch.tensor(lr, device=group["params"][0].device) if capturable else lr
 
 
+def load_fixed_gates(spec: str, cfg: SupernetConfig) -> tuple[torch.Tensor, int]:
+    """`fixed_gates` "PATH@BUDGET" -> (the frozen masks (M, N) of that run, the index of
+    BUDGET): the run must have frozen its subnets and have this run's model config."""
+    path, sep, budget = spec.rpartition("@")
+    if not sep or not path:
+        raise ValueError(f"fixed_gates must be 'CHECKPOINT@BUDGET', got {spec!r}")
+    state = load_checkpoint(path, "cpu", TRAINING_KIND)
+    if state["frozen_masks"] is None:
+        raise ValueError(f"fixed_gates: the run of {path} has not frozen its subnets yet "
+                         f"(step {state['step']})")
+    theirs = RunConfig.from_dict(state["run_config"]).model
+    if theirs != cfg:
+        raise ValueError(f"fixed_gates: {path} was trained with another model config than "
+                         "this run's (the subnet's units would not match)")
+    try:
+        index = [float(b) for b in cfg.budgets].index(float(budget))
+    except ValueError:
+        raise ValueError(f"fixed_gates: budget {budget!r} is not one of the run's budgets "
+                         f"{list(cfg.budgets)}") from None
+    return state["frozen_masks"].float(), index
+
+
 class _Joint(nn.Module):
     """Model and selector under one DistributedDataParallel: its forward runs the step's
     loss computation (a closure over both), so one forward and one backward per step."""
@@ -273,6 +295,10 @@ class Trainer:
         self.step_tensor = torch.zeros((), device=self.device)   # the step, for schedules
         self.budget_rng = random.Random(run.seed)
         self.frozen_masks = None            # (M, N) float on the device after stage 1
+        self.fixed = None                   # fixed_gates: (masks (M, N) on the device, index)
+        if run.fixed_gates:
+            masks, index = load_fixed_gates(run.fixed_gates, self.cfg)
+            self.fixed = (masks.to(self.device), index)
         self.step, self.epoch, self.batch_index = 0, 0, 0
         if self.world.distributed:
             self.reseed_rank()
@@ -438,6 +464,11 @@ class Trainer:
                     log_probs, teacher, out_lengths, frames)
             return loss
 
+        if self.fixed is not None:              # fixed_gates: one subnet, trained alone
+            masks, b = self.fixed
+            loss = ctc(masks[b], b)
+            return loss, {"loss": loss.detach(), "loss_sup": loss.detach(),
+                          "loss_sub": zero, "penalty": zero, "budget": budgets[b]}
         if self.frozen_masks is None:                                   # stage 1
             selected = self.selector(self.tau)
             loss_sup = ctc(None, len(budgets) - 1)
@@ -526,7 +557,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ freeze
     def freeze(self) -> None:
-        """End of stage 1: hard nested masks from the current OrthoSoftmax probabilities."""
+        """End of stage 1: hard nested masks from the current OrthoSoftmax probabilities
+        (with fixed_gates: the masks of the run they came from, for eval and export)."""
+        if self.fixed is not None:
+            self.frozen_masks = self.fixed[0]
+            return
         with torch.no_grad():
             self.tau.fill_(temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min))
             probs = self.selector(self.tau).probs

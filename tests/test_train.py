@@ -309,3 +309,27 @@ def test_config_presets_are_found_by_name_and_unknown_ones_listed(tmp_path, monk
     assert find_config("configs/paper.yaml").name == "paper.yaml"
     with pytest.raises(FileNotFoundError, match=r"presets: \['demo-gpu', 'paper', 'tiny'\]"):
         find_config("configs/huge.yaml")
+
+
+def test_fixed_gates_train_one_frozen_subnet_alone(corpus, tmp_path):
+    """fixed_gates=CHECKPOINT@BUDGET (issue 17's individually trained arm): the subnet the
+    first run froze for 0.4, trained from step 0 alone; errors name the problem."""
+    first = train(tiny_run(corpus), tmp_path / "supernet")
+    masks = first.frozen_masks.cpu()
+    ckpt = tmp_path / "supernet" / "checkpoint.pt"
+    alone = train(tiny_run(corpus, f"fixed_gates={ckpt}@0.4"), tmp_path / "alone")
+    assert [r["budget"] for r in alone.history] == [0.4] * 6
+    assert all(r["loss_sub"] == 0 and r["penalty"] == 0 for r in alone.history)
+    assert all(math.isfinite(r["loss"]) for r in alone.history)
+    assert torch.equal(alone.frozen_masks.cpu(), masks)        # eval and export see them
+    assert alone.selector.scores.grad is None                  # no selector in the loss
+    with pytest.raises(ValueError, match="not one of the run's budgets"):
+        train(tiny_run(corpus, f"fixed_gates={ckpt}@0.5"), tmp_path / "a")
+    with pytest.raises(ValueError, match="another model config"):
+        train(tiny_run(corpus, f"fixed_gates={ckpt}@0.4", "model.ff_dim=32"), tmp_path / "b")
+    with pytest.raises(ValueError, match="CHECKPOINT@BUDGET"):
+        train(tiny_run(corpus, f"fixed_gates={ckpt}"), tmp_path / "c")
+    train(tiny_run(corpus, "stage1_steps=4"), tmp_path / "early", stop_at=2)
+    with pytest.raises(ValueError, match="has not frozen"):
+        train(tiny_run(corpus, f"fixed_gates={tmp_path / 'early' / 'checkpoint.pt'}@0.4"),
+              tmp_path / "d")
