@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
 
 lint: $(VENV)/.installed
-	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check kernels orthoasr bench tests
+	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check kernels orthoasr bench tests experiments
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,59 @@
+"""Issue 17's pipeline, tiny, on the CPU: arm 1, its individually trained subnet and a shrunk
+plain model, a few steps each, then the report. A smoke test: no quality is asserted."""
+
+import json
+import sys
+
+from test_train import write_corpus
+
+from experiments import report, run
+from experiments.arms import FIRST, jobs, shrunk_model
+from orthoasr.config import SupernetConfig
+from orthoasr.units import unit_costs
+
+TINY = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "model.ff_dim=64",
+        "model.ff_chunks=2", "model.conv_kernel=5", "model.vocab_size=24",
+        "model.frontend_channels=[4,8]", "model.dropout=0.0", "model.ref_frames=50",
+        "max_frames=1500", "warmup_steps=2", "stage1_steps=2", "stage2_steps=2",
+        "penalty_warmup=1", "log_every=1", "ckpt_every=100", "backend=torch",
+        "spec_augment=false"]
+
+
+def test_shrunk_model_matches_the_budget_flops():
+    cfg = SupernetConfig(criterion="flops")
+    small = shrunk_model(cfg, 0.5)
+    ratio = unit_costs(small, "flops")[2] / unit_costs(cfg, "flops")[2]
+    assert abs(ratio - 0.5) < 0.05 and small.d_model % (8 * cfg.num_heads) == 0
+
+
+def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch):
+    corpus = write_corpus(tmp_path / "corpus")
+    manifests = [f"{s}_manifest={corpus / (s + '.jsonl')}" for s in ("train", "dev", "test")]
+    results = tmp_path / "out" / "results.json"
+    results.parent.mkdir()
+    monkeypatch.setattr(sys, "argv", [
+        "run", "--config", "configs/tiny.yaml", "--budgets", "0.9", "1.0",
+        "--arms", FIRST, "individual-flops-component", "shrunk",
+        "--work-dir", str(tmp_path / "runs"), "--out", str(results),
+        "--set", *TINY, *manifests])
+    run.main()
+    rows = json.loads(results.read_text())
+    assert [(r["arm"], r["budget"]) for r in rows] == [
+        (FIRST, 0.9), (FIRST, 1.0), ("individual-flops-component", 0.9), ("shrunk", 0.9)]
+    fields = {"arm", "budget", "flops", "params", "wer_dev", "wer_test", "cer_test",
+              "updates", "gpu_minutes", "gpu", "commit", "config_hash", "checkpoint_sha256"}
+    assert all(fields <= set(r) and r["updates"] == 4 for r in rows)
+    assert rows[0]["flops"] == rows[2]["flops"]          # the same units, trained alone
+    out = tmp_path / "EXPERIMENTS.md"
+    monkeypatch.setattr(sys, "argv", ["report", "--results", str(results), "--out", str(out)])
+    report.main()
+    text = out.read_text()
+    assert "## individual-flops-component" in text and "| 0.90 |" in text
+    assert (tmp_path / "out" / "wer_vs_flops.png").stat().st_size > 0
+    assert (tmp_path / "out" / f"heatmap-{FIRST}.png").exists()
+
+
+def test_individual_arm_needs_the_first_arms_checkpoint():
+    import pytest
+    with pytest.raises(ValueError, match="run that arm first"):
+        jobs("individual-flops-component", (0.5, 1.0), None, SupernetConfig())
