@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.harness import write_rows
-from bench.train_step import make_corpus
+from bench.train_step import corpus_manifests
 from orthoasr.run_config import load_run_config
 from orthoasr.train import Trainer, train
 
@@ -106,9 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work_dir)
     start = time.perf_counter()
-    corpus = make_corpus(work / "data", args.preset)
-    print(f"corpus {corpus} ready after {time.perf_counter() - start:.0f} s", flush=True)
-    common = [f"{s}_manifest={work / 'data' / (s + '.jsonl')}" for s in ("train", "dev", "test")]
+    corpus, common = corpus_manifests(work, args.preset)
     common += [f"max_frames={args.max_frames}", "log_every=20", "ckpt_every=100000",
                "ckpt_minutes=1000", f"stage1_steps={args.steps}",
                f"stage2_steps={args.steps}", "shape_classes=8", *args.set]

@@ -29,23 +29,14 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
                # bench/compile_check_modules.py), where 64x128/4 warps spills 104 B
                dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=4),
                dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=4),
-               dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=4),
-               # TMA descriptor loads (kernels/gated_matmul.py USE_TMA)
-               dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4, USE_TMA=True),
-               dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=4, USE_TMA=True),
-               dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3, USE_TMA=True),
-               dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, USE_TMA=True),
-               dict(BM=128, BN=256, BK=64, num_warps=8, num_stages=3, USE_TMA=True)]
+               dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=4)]
+# the same tiles with TMA descriptor loads (kernels/gated_matmul.py USE_TMA)
+ROW_CONFIGS += [dict(ROW_CONFIGS[i], USE_TMA=True) for i in (0, 2, 3, 4, 5)]
 WGRAD_CONFIGS = [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),
                  dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4),
-                 dict(BP=128, BQ=128, BK=128, num_warps=8, num_stages=2),
-                 dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3, FLAT=True),
-                 dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=4, FLAT=True),
-                 dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, FLAT=True),
-                 dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=3, FLAT=True),
-                 dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4, FLAT=True)]
+                 dict(BP=64, BQ=128, BK=64, num_warps=8, num_stages=4)]
 
 
 def _tag(cfg):

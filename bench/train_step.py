@@ -65,6 +65,15 @@ def make_corpus(data_dir: Path, preset: str) -> str:
     return "random"
 
 
+def corpus_manifests(work: Path, preset: str) -> tuple[str, list[str]]:
+    """make_corpus in work/data, timed: (which corpus, the manifest overrides for a run)."""
+    start = time.perf_counter()
+    corpus = make_corpus(work / "data", preset)
+    print(f"corpus {corpus} ready after {time.perf_counter() - start:.0f} s", flush=True)
+    return corpus, [f"{s}_manifest={work / 'data' / (s + '.jsonl')}"
+                    for s in ("train", "dev", "test")]
+
+
 def stage_times(rows: list[dict]) -> dict[int, dict]:
     """stage -> medians over the log intervals after the first (compilation) of ms/step,
     utt/s and audio s/s, and the number of steps timed."""
@@ -112,9 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work_dir)
     start = time.perf_counter()
-    corpus = make_corpus(work / "data", args.preset)
-    print(f"corpus {corpus} ready after {time.perf_counter() - start:.0f} s", flush=True)
-    common = [f"{s}_manifest={work / 'data' / (s + '.jsonl')}" for s in ("train", "dev", "test")]
+    corpus, common = corpus_manifests(work, args.preset)
     common += [f"max_frames={args.max_frames}", "log_every=5", "ckpt_every=100000",
                "warmup_steps=10", "penalty_warmup=10", *args.set]
     results = {}
