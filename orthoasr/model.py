@@ -32,6 +32,11 @@ class VGGFrontend(nn.Module):
     Padded frames are set to 0 (with `where`: multiplying by 0 would keep a NaN or inf there)
     before every conv so that valid outputs do not depend on them (and a batch gives the same
     values as its utterances one by one).
+
+    On the CPU the convolutions run in channels-last layout (the activations and the weights):
+    oneDNN does these few-channel convolutions' forward and backward about 1.6x faster so
+    (~0.30 -> ~0.19 s for a 12,000-frame batch on 2 cores, where the CPU demo's whole
+    stage-1 step took ~0.6 s). The same values up to float rounding (tests/test_model.py).
     """
 
     def __init__(self, num_mel_bins: int, channels: tuple[int, int], d_model: int):
@@ -45,10 +50,12 @@ class VGGFrontend(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
         """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
-        x = feats.unsqueeze(1)                                     # (B, 1, T, F)
+        layout = torch.channels_last if feats.device.type == "cpu" else torch.contiguous_format
+        x = feats.unsqueeze(1).contiguous(memory_format=layout)    # (B, 1, T, F)
         for i, conv in enumerate(self.convs):
             x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
-            x = torch.relu(conv(x))
+            weight = conv.weight.contiguous(memory_format=layout)
+            x = torch.relu(conv._conv_forward(x, weight, conv.bias))
             if i % 2 == 1:
                 x = self.pool(x)
                 lengths = lengths // 2

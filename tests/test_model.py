@@ -89,6 +89,39 @@ def test_valid_frames_ignore_padding(granularity):
     assert torch.isfinite(out_noisy).all()
 
 
+def test_cpu_frontend_channels_last_matches_plain_convolutions():
+    """The CPU frontend runs its convolutions channels-last (faster on oneDNN): the same
+    outputs and weight gradients as plain contiguous convolutions."""
+    import torch.nn.functional as F
+    from orthoasr.model import time_mask
+    torch.manual_seed(0)
+    frontend = ConformerSupernet(tiny_cfg()).frontend
+    feats, lengths = torch.randn(3, 41, 80), torch.tensor([41, 17, 4])
+
+    def plain(feats, lengths):
+        x = feats.unsqueeze(1)
+        for i, conv in enumerate(frontend.convs):
+            x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
+            x = torch.relu(F.conv2d(x, conv.weight.contiguous(), conv.bias, padding=1))
+            assert x.is_contiguous()
+            if i % 2 == 1:
+                x, lengths = frontend.pool(x), lengths // 2
+        x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
+        return frontend.proj(x.permute(0, 2, 1, 3).flatten(2)), lengths
+
+    results = []
+    for forward in (frontend, plain):
+        frontend.zero_grad()
+        y, out_lengths = forward(feats, lengths)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        results.append((y.detach(), out_lengths, [p.grad.clone() for p in frontend.parameters()]))
+    (y, out_lengths, grads), (y_ref, lengths_ref, grads_ref) = results
+    assert torch.equal(out_lengths, lengths_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_input():
     model = ConformerSupernet(tiny_cfg())
     feats, lengths = torch.randn(2, 24, 80), torch.tensor([24, 13])
