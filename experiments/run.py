@@ -81,6 +81,9 @@ def run_job(job, args, common: list[str], out_dir: Path) -> list[dict]:
         heatmap = out_dir / f"heatmap-{job.arm}.png"
         print(f"heatmap -> {write_heatmap(trained.masks, run.model, heatmap)}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    stamp = {"updates": trainer.step, "gpu_minutes": minutes, "gpu": gpu, "commit": commit(),
+             "config_hash": config_hash(run), "checkpoint_sha256": sha256(checkpoint),
+             "run": job.name}
     out = []
     for row in rows:
         index = row["subnet"]
@@ -90,9 +93,7 @@ def run_job(job, args, common: list[str], out_dir: Path) -> list[dict]:
                     "params": row["params"], "wer_dev": row["wer_dev"],
                     "wer_test": row["wer_test"], "cer_dev": row["cer_dev"],
                     "cer_test": row["cer_test"], "kept": kept_units(gates, run.model),
-                    "updates": trainer.step, "gpu_minutes": minutes, "gpu": gpu,
-                    "commit": commit(), "config_hash": config_hash(run),
-                    "checkpoint_sha256": sha256(checkpoint), "run": job.name})
+                    **stamp})
     return out
 
 

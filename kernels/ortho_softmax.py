@@ -30,6 +30,18 @@ MAX_BUDGETS = 16
 
 # ----------------------------------------------------------------------------- reference
 
+def budget_masks(probs: torch.Tensor, costs: torch.Tensor, rest_cost: float,
+                 total_cost: float, budgets: torch.Tensor):
+    """The budget rule on rows `probs` [N, N]: (expected [N] cost of each row, k [M] the
+    prefix whose cost C_k = rest + sum of the first k expected costs is closest to each
+    budget's (the smaller k on ties), masks [M, N] the sums of the first k rows)."""
+    expected = probs @ costs.to(probs.dtype)
+    prefix_costs = rest_cost + torch.cumsum(expected, 0)                     # C_k, k = 1..N
+    targets = budgets.to(probs.dtype) * total_cost
+    k = (prefix_costs[None, :] - targets[:, None]).abs().argmin(dim=1) + 1  # first min on ties
+    return expected, k, torch.cumsum(probs, 0)[k - 1]
+
+
 def ortho_softmax_reference(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float,
                             total_cost: float, budgets: torch.Tensor, tau, norm: str = "l2"):
     """Plain PyTorch OrthoSoftmax in the dtype of `scores`.
@@ -37,11 +49,7 @@ def ortho_softmax_reference(scores: torch.Tensor, costs: torch.Tensor, rest_cost
     Returns (probs [N, N], expected [N], masks [M, N], k [M] int64, penalty [M]).
     """
     probs = torch.softmax(scores / tau, dim=-1)
-    expected = probs @ costs.to(probs.dtype)
-    prefix_costs = rest_cost + torch.cumsum(expected, 0)                     # C_k, k = 1..N
-    targets = budgets.to(probs.dtype) * total_cost
-    k = (prefix_costs[None, :] - targets[:, None]).abs().argmin(dim=1) + 1  # first min on ties
-    masks = torch.cumsum(probs, 0)[k - 1]
+    expected, k, masks = budget_masks(probs, costs, rest_cost, total_cost, budgets)
 
     gram = probs @ probs.T
     n = scores.shape[0]

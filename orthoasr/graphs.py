@@ -113,7 +113,8 @@ def call_without_sync(fn):
 
 class StepGraphs:
     """A training step `body(*inputs) -> dict` captured as one CUDA graph per (key, input
-    shapes and dtypes) and replayed: `step_graphs(inputs, key=..., body=...)`.
+    shapes and dtypes) and replayed: `step_graphs(inputs, key=..., body=...)`. The inputs
+    may be host tensors (pinned: copied straight into the graph's inputs on `device`).
 
     The first call of a new key warms the body up on a side stream (kernel compilation,
     allocator, optimiser state) on copies of the inputs, puts back what those warm-up steps
@@ -126,8 +127,8 @@ class StepGraphs:
     generator is graph-safe); values the body reads from the host are frozen at capture,
     so a body must take its schedule from device tensors."""
 
-    def __init__(self, state, warmup: int = 2):
-        self.state, self.warmup = state, warmup
+    def __init__(self, state, device, warmup: int = 2):
+        self.state, self.device, self.warmup = state, device, warmup
         self.graphs: dict = {}
         self.pool = None
 
@@ -142,7 +143,7 @@ class StepGraphs:
         return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
 
     def _capture(self, inputs, body):
-        static_inputs = [t.clone() for t in inputs]
+        static_inputs = [t.to(self.device, copy=True) for t in inputs]
         before = {t.data_ptr(): t.clone() for t in self.state()}
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

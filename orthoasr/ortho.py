@@ -13,6 +13,7 @@ from orthoasr.kernels.ortho_softmax import (
     MAX_UNITS,
     NORMS,
     OrthoSoftmaxFunction,
+    budget_masks,
     ortho_softmax_fwd,
     ortho_softmax_reference,
 )
@@ -88,12 +89,8 @@ def simple_topk(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float,
         # finite so that a later softmax never sees only -inf
         s = s + torch.log((1.0 - a).clamp(min=1e-12))
     probs = torch.stack(rows)
-    expected = probs @ costs.to(probs.dtype)
-    prefix_costs = rest_cost + torch.cumsum(expected, 0)
-    targets = budgets_t.to(probs.dtype) * total_cost
-    k = (prefix_costs[None, :] - targets[:, None]).abs().argmin(dim=1) + 1
-    masks = torch.cumsum(probs, 0)[k - 1]
-    return OrthoSoftmaxResult(probs, expected, masks, k, torch.zeros_like(targets))
+    expected, k, masks = budget_masks(probs, costs, rest_cost, total_cost, budgets_t)
+    return OrthoSoftmaxResult(probs, expected, masks, k, probs.new_zeros(k.shape))
 
 
 def _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, validate):

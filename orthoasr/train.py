@@ -289,7 +289,7 @@ class Trainer:
                              "shape: without classes every batch would be a new capture)")
         self.optimizer = make_optimizer(self.model, self.selector, run, self.device,
                                         capturable=use_graphs)
-        self.step_graphs = StepGraphs(self.graph_state) if use_graphs else None
+        self.step_graphs = StepGraphs(self.graph_state, self.device) if use_graphs else None
         self.gamma = run.gamma or gamma_for(run.tau0, run.tau_end, max(1, run.stage1_steps))
         self.tau = torch.full((), run.tau0, device=self.device)
         self.step_tensor = torch.zeros((), device=self.device)   # the step, for schedules
@@ -514,13 +514,13 @@ class Trainer:
         self.tau.fill_(tau)
         self.step_tensor.fill_(self.step)
         drawn = self.draw_budget()
-        inputs = [t.to(self.device, non_blocking=True) for t in batch]
         stage = 1 if self.frozen_masks is None else 2
-        if self.step_graphs is not None:
-            parts = self.step_graphs(inputs, key=(stage, drawn),
+        if self.step_graphs is not None:          # the host batch straight into the graph's
+            parts = self.step_graphs(list(batch), key=(stage, drawn),
                                      body=lambda *static: self.step_body(*static, drawn=drawn))
         else:
-            parts = self.step_body(*inputs, drawn=drawn)
+            parts = self.step_body(*(t.to(self.device, non_blocking=True) for t in batch),
+                                   drawn=drawn)
         self.pending.append({**parts, "step": self.step + 1, "stage": stage, "tau": tau,
                              "lr": self.run.lr * factor, "utts": waves.shape[0],
                              "audio_s": audio_s})

@@ -93,6 +93,7 @@ def test_cpu_frontend_channels_last_matches_plain_convolutions():
     """The CPU frontend runs its convolutions channels-last (faster on oneDNN): the same
     outputs and weight gradients as plain contiguous convolutions."""
     import torch.nn.functional as F
+
     from orthoasr.model import time_mask
     torch.manual_seed(0)
     frontend = ConformerSupernet(tiny_cfg()).frontend

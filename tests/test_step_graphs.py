@@ -106,7 +106,7 @@ def test_replayed_steps_equal_eager_steps(monkeypatch, warmup):
             fake.recorded = (body, args, outputs)
         return outputs
 
-    steps = StepGraphs(state, warmup=warmup)
+    steps = StepGraphs(state, "cpu", warmup=warmup)
     results = [steps([x, y], key="stage 1", body=recording) for x, y in _batches(7)]
     monkeypatch.undo()
 
