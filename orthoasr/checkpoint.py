@@ -46,9 +46,10 @@ def rng_states() -> dict:
 
 
 def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
+    # generator states are CPU byte tensors; a checkpoint loaded onto the GPU moved them
+    torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
     random.setstate(as_tuples(states["python"]))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

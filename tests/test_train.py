@@ -258,8 +258,12 @@ def test_train_step_has_no_host_sync(corpus, tmp_path, cuda_graphs):
     trainer.tokenizer = make_tokenizer(run, tmp_path)
     batch = next(TrainData(run, trainer.tokenizer, pin_memory=True).batches(0, 0))[2]
 
-    def step_without_sync():
-        trainer.train_step(batch)                 # warm-up: compilation, capture
+    def step_without_sync(graphs_after_warmup: int):
+        # warm-up: compilation; with cuda_graphs, one capture per drawn budget of the stage
+        for _ in range(100):
+            trainer.train_step(batch)
+            if not cuda_graphs or len(trainer.step_graphs.graphs) == graphs_after_warmup:
+                break
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
@@ -268,12 +272,14 @@ def test_train_step_has_no_host_sync(corpus, tmp_path, cuda_graphs):
         finally:
             torch.cuda.set_sync_debug_mode(0)
 
-    step_without_sync()
+    n = len(run.model.budgets)
+    step_without_sync(n - 1)                      # stage 1 draws one of the n - 1 subnets
     trainer.freeze()
     trainer.prepare_stage2()
-    step_without_sync()
+    step_without_sync(n - 1 + n - 2)              # stage 2 one of the n - 2 middle ones
     trainer.flush()
-    assert [r["stage"] for r in trainer.history] == [1, 1, 1, 2, 2, 2]
+    stages = [r["stage"] for r in trainer.history]
+    assert stages[-2:] == [2, 2] and stages.count(1) >= 3 and set(stages) == {1, 2}
     assert all(math.isfinite(r["loss"]) for r in trainer.history)
 
 
