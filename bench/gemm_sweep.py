@@ -144,10 +144,13 @@ def main() -> None:
                 print(f"{r['case']:<36} {r['mode']:<6} {r['provider']:<7} "
                       f"{r.get('tiles', ''):<20} {r['ms'] * 1e3:7.1f} us "
                       f"{r['TFLOPs']:6.0f} TF/s", flush=True)
+            # each GEMM's rows as soon as they are measured: a call's time limit may cut the
+            # sweep short
+            write_rows("gemm_sweep", rows)
+            if os.environ.get("OUT"):
+                write_rows("gemm_sweep", rows, out_dir=os.environ["OUT"])
+            rows = []
     _print_pipelining(gm._rows_gemm_kernel, gm._wgrad_kernel)
-    write_rows("gemm_sweep", rows)
-    if os.environ.get("OUT"):
-        write_rows("gemm_sweep", rows, out_dir=os.environ["OUT"])
 
 
 if __name__ == "__main__":

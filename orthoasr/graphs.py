@@ -142,6 +142,13 @@ class StepGraphs:
         graph.replay()
         return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in outputs.items()}
 
+    def release(self) -> None:
+        """Drop every graph and their memory pool now (the end of a run), not whenever the
+        garbage collector meets them: destroyed during another capture in this process, a
+        graph would invalidate that capture. A later call captures anew."""
+        self.graphs.clear()
+        self.pool = None
+
     def _capture(self, inputs, body):
         static_inputs = [t.to(self.device, copy=True) for t in inputs]
         before = {t.data_ptr(): t.clone() for t in self.state()}

@@ -763,6 +763,8 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
     # abort the process ("terminate called without an active exception")
     batches.close()
     trainer.ddp = None
+    if trainer.step_graphs is not None:
+        trainer.step_graphs.release()
     shutdown(world)
     return trainer
 

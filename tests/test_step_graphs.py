@@ -117,3 +117,5 @@ def test_replayed_steps_equal_eager_steps(monkeypatch, warmup):
                                torch.tensor(eager_losses), rtol=1e-6, atol=1e-7)
     for p, q in zip(model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    steps.release()                                 # the end of a run: graphs freed now
+    assert not steps.graphs and steps.pool is None
