@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
+    ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
+                    help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
     B, T = SHAPES[args.shape]
     M, dev, bf = B * T, "cuda", torch.bfloat16
@@ -87,6 +89,15 @@ def main() -> None:
                                               epi=gm.EPI_SILU_GATE, aux=pre, blocks=cfg,
                                               **common(g, skip)),
             lambda: torch.mm(xn, w1.t())),
+        # the same two products with the plain store epilogue: what the SiLU epilogues cost
+        "g1 xn@W1^T plain store": (
+            lambda cfg, g, skip: gm.rows_gemm(xn, w1.t(), out_f, chunk_axis=1, blocks=cfg,
+                                              **common(g, skip)),
+            lambda: torch.mm(xn, w1.t())),
+        "g3 dy@W2 plain store": (
+            lambda cfg, g, skip: gm.rows_gemm(dy, w2, out_f, chunk_axis=1, blocks=cfg,
+                                              **common(g, skip)),
+            lambda: torch.mm(dy, w2)),
         "g2 hidden@W2^T K-chunked": (
             lambda cfg, g, skip: gm.rows_gemm(hidden, w2.t(), out_d, chunk_axis=2, final=True,
                                               blocks=cfg, **common(g, skip)),
@@ -125,6 +136,8 @@ def main() -> None:
     families = {"rows": (row_gemms, ROW_CONFIGS), "wgrad": (wgrads, WGRAD_CONFIGS)}
     for family, configs in (families[f] for f in args.families):
         for name, (ours, cublas) in family.items():
+            if args.only and not any(name.startswith(prefix) for prefix in args.only):
+                continue
             ref_ms = time_graph_ms(cublas)
             rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", mode="dense",
                              provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
