@@ -75,6 +75,12 @@ def main() -> None:
                                        HAS_GATES=True, SKIP_DEAD=True,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
+    print("col_sums (bias gradients): ", end="")
+    ok &= _compile(gated_matmul._col_sums_kernel,
+                   dict(a_ptr="bf16", out_ptr="fp32", len_ptr="i64", gate_ptr="fp32"),
+                   ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256, CHUNK=3 * 64),
+                   constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=True, PER_CHUNK=True,
+                                   BM=32, BN=128))
     blk = layer_norm._blocks(384)
     warps = blk.pop("num_warps")
     for kernel, ptrs in (

@@ -300,7 +300,9 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
     col_ok = cols < N
-    acc = tl.zeros([BN], dtype=tl.float32)
+    # a [BM, BN] accumulator summed across rows once at the end: a cross-warp row reduction
+    # per loaded tile serialised load and reduce (20.6 us for the MHSA's 18 MB, 2026-11-30)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
     start = pid_m * ROWS_PER_PROG
     stop = tl.minimum(start + ROWS_PER_PROG, M)
     if SKIP_DEAD:
@@ -316,8 +318,8 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
         ok = _valid_rows(rows, M, T, len_ptr)
         x = tl.load(a_ptr + rows[:, None] * lda + cols[None, :],
                     mask=ok[:, None] & col_ok[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32), 0)
-    tl.atomic_add(out_ptr + cols, acc, mask=col_ok)
+        acc += x.to(tl.float32)
+    tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_ok)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -447,8 +449,9 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0):
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0)."""
     M, N = a.shape
-    blk = dict(BM=32, BN=32) if interpreting() else dict(BM=64, BN=128)
-    programs = 2 * _num_sms(a.device.index or 0) if a.is_cuda else 2
+    blk = dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)
+    # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
+    programs = 6 * _num_sms(a.device.index or 0) if a.is_cuda else 2
     n_tiles = cdiv(N, blk["BN"])
     rows_per_prog = cdiv(cdiv(M, max(1, programs // n_tiles)), blk["BM"]) * blk["BM"]
     n_gates = 1 if gates is None else gates.shape[0]
