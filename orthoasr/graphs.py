@@ -6,7 +6,27 @@ training step replayed from graphs, one per (shape class, stage, drawn budget)."
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import torch
+
+
+@contextlib.contextmanager
+def capturing(graph, pool=None):
+    """`torch.cuda.graph(graph, pool=pool)` with Python's garbage collector run before and
+    paused during the capture: torch no longer collects there, and a collection inside the
+    capture that frees an unreachable CUDA graph (a finished run's, say) destroys it while
+    the stream captures, which invalidates the capture."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def capture_graph(fn, warmup: int = 3, pool=None):
@@ -21,7 +41,7 @@ def capture_graph(fn, warmup: int = 3, pool=None):
             fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with capturing(graph, pool):
         out = fn()
     return graph, out
 
@@ -163,7 +183,7 @@ class StepGraphs:
                 saved = before.get(t.data_ptr())
                 t.copy_(saved) if saved is not None else t.zero_()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with capturing(graph, self.pool):
             outputs = body(*static_inputs)
         self.pool = graph.pool()
         return graph, static_inputs, outputs

@@ -6,6 +6,7 @@ restored, optimiser state they created zeroed), a replay is one step, keys reuse
 graph, and the outputs are copies. The GPU tests in tests/test_train.py run real graphs."""
 
 import contextlib
+import gc
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ class _FakeCuda:
 
     def __init__(self, state):
         self.state, self.capturing, self.recorded = state, None, None
+        self.gc_paused = []
         self._real = torch.cuda
 
     def __getattr__(self, name):          # the rest of torch.cuda (is_available, ...)
@@ -56,6 +58,7 @@ class _FakeCuda:
     def graph(self, graph, pool=None):
         before = [t.clone() for t in self.state()]
         self.capturing = graph
+        self.gc_paused.append(not gc.isenabled())   # no collection may free a graph now
         yield
         self.capturing = None
         graph.recorded = self.recorded
@@ -111,6 +114,7 @@ def test_replayed_steps_equal_eager_steps(monkeypatch, warmup):
     monkeypatch.undo()
 
     assert len(steps.graphs) == 2                   # one per input shape
+    assert fake.gc_paused == [True, True] and gc.isenabled()
     assert [r["note"] for r in results] == ["host value"] * 7
     assert results[0]["loss"] is not results[2]["loss"]           # copies, not the buffers
     torch.testing.assert_close(torch.stack([r["loss"] for r in results]),
