@@ -63,16 +63,21 @@ def main() -> None:
 
             def run(x, lengths, gates, model=model):
                 return encode_gated(model, x, lengths, gates)
+            params = model
         else:
             module = make_module(cfg, "ffn1" if kind == "ffn" else kind).cuda()
             patterns = gate_patterns(module.num_gates if kind != "conv" else 1, "cuda")
-            run = module
+            run = params = module
         for name, gates in patterns.items():
             if name not in args.gates:
                 continue
             gates = gates.clone().requires_grad_(name == "soft")
 
-            def step(run=run, gates=gates):
+            def step(run=run, gates=gates, params=params):
+                # gradients set to None first, as a training step does: accumulating into
+                # them added one add kernel per parameter (~1 ms of the encoder's profile)
+                params.zero_grad(set_to_none=True)
+                x.grad = gates.grad = None
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     y = run(x, lengths, gates)
                 y.backward(dy)
