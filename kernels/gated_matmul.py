@@ -82,6 +82,7 @@ def _rows_gemm_kernel(
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr = False, B_NK: tl.constexpr = False,
+    PREFETCH_AUX: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -105,6 +106,15 @@ def _rows_gemm_kernel(
     if SKIP_DEAD and CHUNK_AXIS != 2:
         live = live & (g != 0.0)
 
+    tile = rows[:, None] * N + cols[None, :]
+    store_ok = row_ok[:, None] & col_ok[None, :]
+    # PREFETCH_AUX: the backward epilogues' saved tile (EPI 2: the pre-activation, EPI 4:
+    # the saved product) loaded before the K-loop, so that its latency hides behind the
+    # MMAs of a short K instead of following them
+    aux_tile = tl.zeros([BM, BN], dtype=aux_ptr.dtype.element_ty)
+    if PREFETCH_AUX and (EPI == 2 or (EPI == 4 and HAS_SUM1)):
+        if live:
+            aux_tile = tl.load(aux_ptr + tile, mask=store_ok, other=0.0)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
@@ -176,8 +186,6 @@ def _rows_gemm_kernel(
                     b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
-    tile = rows[:, None] * N + cols[None, :]
-    store_ok = row_ok[:, None] & col_ok[None, :]
     dtype = out_ptr.dtype.element_ty
     if EPI == 0:
         if HAS_BIAS:
@@ -208,7 +216,10 @@ def _rows_gemm_kernel(
             hidden = pre * tl.sigmoid(pre) * g
             tl.store(out_ptr + tile, hidden.to(dtype), mask=store_ok)
         elif EPI == 2:
-            pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+            if PREFETCH_AUX:
+                pre = aux_tile.to(tl.float32)
+            else:
+                pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
             sig = tl.sigmoid(pre)
             if HAS_SUM1:
                 col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
@@ -231,7 +242,10 @@ def _rows_gemm_kernel(
             tl.store(out_ptr + tile, (acc * tl.sigmoid(acc_b)).to(dtype), mask=store_ok)
         elif EPI == 4:
             if HAS_SUM1:
-                saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+                if PREFETCH_AUX:
+                    saved = aux_tile.to(tl.float32)
+                else:
+                    saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
                 col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
                 tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)

@@ -125,12 +125,15 @@ def test_column_sums_skip_dead_chunks():
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
-def test_tma_loads_give_the_pointer_loads_results(epi):
-    """The USE_TMA path (tensor descriptors; padded rows read, never stored) against the
-    masked pointer loads, every epilogue, weights in both layouts, a dead chunk, on valid
-    rows. K 64 in chunks of 16 (whole BK tiles, as the TMA path needs), N 48 in chunks of
-    12 (tiles reach past a chunk: masked at the store)."""
+@pytest.mark.parametrize("option, epi", [
+    *(("USE_TMA", epi) for epi in ("store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd")),
+    ("PREFETCH_AUX", "silu-bwd"), ("PREFETCH_AUX", "gate-bwd")])
+def test_load_variants_give_the_pointer_loads_results(option, epi):
+    """The USE_TMA path (tensor descriptors; padded rows read, never stored), every
+    epilogue, and PREFETCH_AUX (the backward epilogues' saved tile loaded before the
+    K-loop), against the plain masked pointer loads: weights in both layouts, a dead chunk,
+    on valid rows. K 64 in chunks of 16 (whole BK tiles, as the TMA path needs), N 48 in
+    chunks of 12 (tiles reach past a chunk: masked at the store)."""
     k, n = 64, 48
     torch.manual_seed(8)
     lengths = torch.tensor([11, 4, 1], device=DEV)
@@ -144,8 +147,8 @@ def test_tma_loads_give_the_pointer_loads_results(epi):
     w2n = torch.randn(2 * n, k, device=DEV)              # the GLU's two halves
     blocks = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1)
     outs = []
-    for tma in (False, True):
-        blk = dict(blocks, USE_TMA=tma)
+    for variant in (False, True):
+        blk = dict(blocks, **{option: variant})
         n_chunks = dict(lengths=lengths, T=T, gates=gates, chunk=n // 4, num_chunks=4,
                         skip_dead=True, blocks=blk)
         if epi == "store-k-chunks":
@@ -173,7 +176,7 @@ def test_tma_loads_give_the_pointer_loads_results(epi):
             gm.rows_gemm(a, w_kn, out, lengths=lengths, T=T, gates=gates[:1],
                          epi=gm.EPI_GATE_BWD, aux=aux_in, sum1=s1, blocks=blk)
             outs.append([out, s1])
-    for plain, tma in zip(*outs):
+    for plain, variant in zip(*outs):
         if plain.dim() == 2:
-            plain, tma = plain[rows], tma[rows]
-        torch.testing.assert_close(tma, plain, atol=1e-4, rtol=1e-4, equal_nan=True)
+            plain, variant = plain[rows], variant[rows]
+        torch.testing.assert_close(variant, plain, atol=1e-4, rtol=1e-4, equal_nan=True)
