@@ -79,14 +79,16 @@ def _layer_norm_bwd_kernel(
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials go out once per program.
+    # The partials are [BM, BD] tiles summed over rows once at the end: a row reduction per
+    # block put a cross-warp exchange between every load and the next.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
     col_ok = cols < D
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dw = tl.zeros([BD], dtype=tl.float32)
-    db = tl.zeros([BD], dtype=tl.float32)
+    dw = tl.zeros([BM, BD], dtype=tl.float32)
+    db = tl.zeros([BM, BD], dtype=tl.float32)
     for blk in range(pid, tl.cdiv(M, BM), nprog):
         rows = blk * BM + tl.arange(0, BM)
         row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
@@ -99,16 +101,16 @@ def _layer_norm_bwd_kernel(
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
             rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
             xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
-            dw += tl.sum(dy * xhat, 0)
-            db += tl.sum(dy, 0)
+            dw += dy * xhat
+            db += dy
             dxhat = dy * w[None, :]
             c1 = tl.sum(dxhat * xhat, 1) / D
             c2 = tl.sum(dxhat, 1) / D
             dx = tl.where(ok, (dxhat - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
         tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M)[:, None] & col_ok[None, :])
-    tl.atomic_add(dw_ptr + cols, dw, mask=col_ok)
-    tl.atomic_add(db_ptr + cols, db, mask=col_ok)
+    tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok)
+    tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok)
 
 
 def _blocks(D: int) -> dict:
@@ -148,7 +150,9 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
     if db is None:
         db = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     n_blocks = cdiv(M, blk["BM"])
-    nprog = min(n_blocks, 4 * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
+    # two programs per SM: each adds its dgamma / dbeta partials to the same D addresses,
+    # and 4 per SM (the earlier count) made 528 atomic adds queue on each of them
+    nprog = min(n_blocks, 2 * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
     n_gates = gates.shape[0] if gates is not None else 1
     launch(_layer_norm_bwd_kernel, (max(1, nprog),),
         dy2d, x2d, weight, mean, rstd, dx, dw, db, gates if gates is not None else dw, lengths,
