@@ -106,15 +106,15 @@ def _rows_gemm_kernel(
     if SKIP_DEAD and CHUNK_AXIS != 2:
         live = live & (g != 0.0)
 
-    tile = rows[:, None] * N + cols[None, :]
-    store_ok = row_ok[:, None] & col_ok[None, :]
     # PREFETCH_AUX: the backward epilogues' saved tile (EPI 2: the pre-activation, EPI 4:
     # the saved product) loaded before the K-loop, so that its latency hides behind the
-    # MMAs of a short K instead of following them
-    aux_tile = tl.zeros([BM, BN], dtype=aux_ptr.dtype.element_ty)
-    if PREFETCH_AUX and (EPI == 2 or (EPI == 4 and HAS_SUM1)):
+    # MMAs of a short K instead of following them (the tile's offsets are computed again
+    # after the loop: kept live across it, they cost registers every other variant spills)
+    if PREFETCH_AUX:   # used by EPI 2 and EPI 4 (with sums); an unused tile otherwise
+        aux_tile = tl.zeros([BM, BN], dtype=aux_ptr.dtype.element_ty)
         if live:
-            aux_tile = tl.load(aux_ptr + tile, mask=store_ok, other=0.0)
+            aux_tile = tl.load(aux_ptr + rows[:, None] * N + cols[None, :],
+                               mask=row_ok[:, None] & col_ok[None, :], other=0.0)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
@@ -186,6 +186,8 @@ def _rows_gemm_kernel(
                     b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
+    tile = rows[:, None] * N + cols[None, :]
+    store_ok = row_ok[:, None] & col_ok[None, :]
     dtype = out_ptr.dtype.element_ty
     if EPI == 0:
         if HAS_BIAS:
