@@ -32,10 +32,15 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
                dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=4)]
 # the same tiles with TMA descriptor loads (kernels/gated_matmul.py USE_TMA)
 ROW_CONFIGS += [dict(ROW_CONFIGS[i], USE_TMA=True) for i in (0, 2, 3, 4, 5)]
+# fewer bytes from L2: an [M, K] @ [K, N] product with BM x BN tiles reads A N/BN times and
+# B M/BM times (g3 at 64x128: 72 + 150 MB, ~30 us at 5-7 TB/s; at 256x128: 72 + 38 MB)
+ROW_CONFIGS += [dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3)]
 # the SiLU backward's saved tile loaded before the K-loop (PREFETCH_AUX), on tiles that do
 # not spill with it in an sm_90 compile (Triton 3.9: 145-157 registers)
 PREFETCH_CONFIGS = [dict(ROW_CONFIGS[i], PREFETCH_AUX=True) for i in (5, 6, 7)]
-WGRAD_CONFIGS = [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3),
+WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 bytes: see
+                 dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3),   # ROW_CONFIGS
+                 dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3),
                  dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),
                  dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4),
