@@ -8,8 +8,13 @@ Every arm gets the same `--set` overrides (corpus, stage lengths: the same updat
 (`orthosoftmax-flops-component`) runs before `individual-flops-component`, which trains its
 frozen subnets alone. A row: arm, budget, flops, params (exact, of the subnet), wer_dev,
 wer_test, cer_dev, cer_test, kept (units kept per kind), updates, gpu_minutes (training wall
-time; on a CPU machine `gpu` says "cpu"), gpu, commit, config_hash (sha256 of the run
-config), checkpoint_sha256. Heatmaps of the supernet arms go beside the results file.
+time; on a CPU machine `gpu` says "cpu"), side_by_side (how many jobs shared the device
+while it trained), gpu, commit, config_hash (sha256 of the run config), checkpoint_sha256.
+Heatmaps of the supernet arms go beside the results file.
+
+`--parallel N` runs up to N jobs at once, each in its own process on the same device (a
+small model leaves most of an H200 idle): first every job but the individually trained
+ones, then those, from arm 1's checkpoint. Rows are added in the order of the jobs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import hashlib
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,7 +70,7 @@ def kept_units(gates: torch.Tensor, cfg) -> dict[str, int]:
             for name, spans in per_block.items()}
 
 
-def run_job(job, args, common: list[str], out_dir: Path) -> list[dict]:
+def run_job(job, args, common: list[str], out_dir: Path, side_by_side: int = 1) -> list[dict]:
     run = load_run_config(args.config, common + list(job.overrides))
     work = Path(args.work_dir) / job.name
     start = time.perf_counter()
@@ -81,7 +87,8 @@ def run_job(job, args, common: list[str], out_dir: Path) -> list[dict]:
         heatmap = out_dir / f"heatmap-{job.arm}.png"
         print(f"heatmap -> {write_heatmap(trained.masks, run.model, heatmap)}")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    stamp = {"updates": trainer.step, "gpu_minutes": minutes, "gpu": gpu, "commit": commit(),
+    stamp = {"updates": trainer.step, "gpu_minutes": minutes, "side_by_side": side_by_side,
+             "gpu": gpu, "commit": commit(),
              "config_hash": config_hash(run), "checkpoint_sha256": sha256(checkpoint),
              "run": job.name}
     out = []
@@ -97,6 +104,44 @@ def run_job(job, args, common: list[str], out_dir: Path) -> list[dict]:
     return out
 
 
+def arm_jobs(arms, args, model) -> list:
+    first = Path(args.work_dir) / FIRST / "checkpoint.pt"
+    return [job for arm in arms
+            for job in jobs(arm, tuple(args.budgets), str(first) if first.exists() else None,
+                            model)]
+
+
+def run_side_by_side(job_list, args, out: Path) -> list[list[dict]]:
+    """Each job in its own process (`--job`), at most args.parallel at once; their rows, in
+    the order of job_list."""
+    rows_dir = Path(args.work_dir) / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    waiting, running, done = list(job_list), [], {}
+    width = min(args.parallel, len(job_list))
+    while waiting or running:
+        while waiting and len(running) < args.parallel:
+            job = waiting.pop(0)
+            rows_path = rows_dir / f"{job.name}.json"
+            rows_path.unlink(missing_ok=True)
+            command = [sys.executable, "-m", "experiments.run", "--config", args.config,
+                       "--arms", job.arm, "--budgets", *map(str, args.budgets),
+                       "--work-dir", args.work_dir, "--out", str(out),
+                       "--job", job.name, "--job-rows", str(rows_path),
+                       "--side-by-side", str(width), "--set", *args.set]
+            print(f"started {job.name}", flush=True)
+            running.append((job, rows_path, subprocess.Popen(command)))
+        time.sleep(1)
+        for entry in list(running):
+            job, rows_path, proc = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            if proc.returncode != 0:
+                raise RuntimeError(f"job {job.name} failed (exit status {proc.returncode})")
+            done[job.name] = json.loads(rows_path.read_text())
+    return [done[job.name] for job in job_list]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper.yaml")
@@ -105,21 +150,40 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/experiments")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="jobs run side by side, each in its own process")
+    # one job of a --parallel run (internal): its rows go to --job-rows
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--job-rows", help=argparse.SUPPRESS)
+    parser.add_argument("--side-by-side", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = list(args.set)
     model = load_run_config(args.config, common).model
     out = Path(args.out)
+    if args.job:
+        job = next(j for j in arm_jobs(args.arms, args, model) if j.name == args.job)
+        rows = run_job(job, args, common, out.parent, args.side_by_side)
+        Path(args.job_rows).write_text(json.dumps(rows, indent=1) + "\n")
+        return
     results = json.loads(out.read_text()) if out.exists() else []
-    first = Path(args.work_dir) / FIRST / "checkpoint.pt"
-    for arm in args.arms:
-        for job in jobs(arm, tuple(args.budgets), str(first) if first.exists() else None,
-                        model):
-            rows = run_job(job, args, common, out.parent)
-            results += rows
-            out.write_text(json.dumps(results, indent=1) + "\n")
-            for r in rows:
-                print(f"{r['arm']:32s} budget {r['budget']:.2f} FLOPs {r['flops']:>12,} "
-                      f"WER test {100 * r['wer_test']:.1f}%", flush=True)
+
+    def add(rows):
+        results.extend(rows)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        for r in rows:
+            print(f"{r['arm']:32s} budget {r['budget']:.2f} FLOPs {r['flops']:>12,} "
+                  f"WER test {100 * r['wer_test']:.1f}%", flush=True)
+
+    # the individually trained subnets need arm 1's checkpoint: they come last
+    phases = [[a for a in args.arms if a != "individual-flops-component"],
+              [a for a in args.arms if a == "individual-flops-component"]]
+    for arms in phases:
+        if args.parallel > 1:
+            for rows in run_side_by_side(arm_jobs(arms, args, model), args, out):
+                add(rows)
+        else:
+            for job in arm_jobs(arms, args, model):
+                add(run_job(job, args, common, out.parent))
     print(f"rows -> {out}")
 
 

@@ -4,6 +4,7 @@ plain model, a few steps each, then the report. A smoke test: no quality is asse
 import json
 import sys
 
+import pytest
 from test_train import write_corpus
 
 from experiments import report, run
@@ -26,7 +27,10 @@ def test_shrunk_model_matches_the_budget_flops():
     assert abs(ratio - 0.5) < 0.05 and small.d_model % (8 * cfg.num_heads) == 0
 
 
-def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel", [1, 2], ids=["in-turn", "side-by-side"])
+def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch, parallel):
+    """In turn, or two jobs at a time in their own processes (--parallel): the same rows,
+    arm 1's individually trained subnet last."""
     corpus = write_corpus(tmp_path / "corpus")
     manifests = [f"{s}_manifest={corpus / (s + '.jsonl')}" for s in ("train", "dev", "test")]
     results = tmp_path / "out" / "results.json"
@@ -35,15 +39,16 @@ def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch):
         "run", "--config", "configs/tiny.yaml", "--budgets", "0.9", "1.0",
         "--arms", FIRST, "individual-flops-component", "shrunk",
         "--work-dir", str(tmp_path / "runs"), "--out", str(results),
-        "--set", *TINY, *manifests])
+        "--parallel", str(parallel), "--set", *TINY, *manifests])
     run.main()
     rows = json.loads(results.read_text())
     assert [(r["arm"], r["budget"]) for r in rows] == [
-        (FIRST, 0.9), (FIRST, 1.0), ("individual-flops-component", 0.9), ("shrunk", 0.9)]
+        (FIRST, 0.9), (FIRST, 1.0), ("shrunk", 0.9), ("individual-flops-component", 0.9)]
+    assert [r["side_by_side"] for r in rows] == ([1] * 4 if parallel == 1 else [2, 2, 2, 1])
     fields = {"arm", "budget", "flops", "params", "wer_dev", "wer_test", "cer_test",
               "updates", "gpu_minutes", "gpu", "commit", "config_hash", "checkpoint_sha256"}
     assert all(fields <= set(r) and r["updates"] == 4 for r in rows)
-    assert rows[0]["flops"] == rows[2]["flops"]          # the same units, trained alone
+    assert rows[0]["flops"] == rows[3]["flops"]          # the same units, trained alone
     out = tmp_path / "EXPERIMENTS.md"
     monkeypatch.setattr(sys, "argv", ["report", "--results", str(results), "--out", str(out)])
     report.main()
@@ -54,6 +59,5 @@ def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch):
 
 
 def test_individual_arm_needs_the_first_arms_checkpoint():
-    import pytest
     with pytest.raises(ValueError, match="run that arm first"):
         jobs("individual-flops-component", (0.5, 1.0), None, SupernetConfig())
