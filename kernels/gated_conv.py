@@ -273,7 +273,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         gate_cols = None
     dr = dy2.new_empty(M, D)
     rows_gemm(dy2, as_operand(pw2_w, dy2), dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
-    col_sums(dy2, dy_sum, lengths=lengths, T=T)
+    # pw2's bias gradient; not read at all for a dead module (it is 0 then)
+    col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(dy2, r, out=dpw2, **common)
     dpre = dy2.new_empty(M, D)
     blk = _mid_blocks(D)

@@ -140,7 +140,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     rows_gemm(d_pre, as_operand(w1, xn), d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
-    col_sums(dy2, dy_sum, lengths=lengths, T=T)
+    # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then)
+    col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
     wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
     if gates is None:
