@@ -82,7 +82,7 @@ def _rows_gemm_kernel(
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr = False, B_NK: tl.constexpr = False,
-    PREFETCH_AUX: tl.constexpr = False,
+    PREFETCH_AUX: tl.constexpr = False, SUBTILE: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -92,7 +92,6 @@ def _rows_gemm_kernel(
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
-    row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
     any_row = tl.max(row_ok.to(tl.int32), 0) > 0
     if CHUNK_AXIS == 1:
@@ -186,6 +185,42 @@ def _rows_gemm_kernel(
                     b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
+    if SUBTILE:
+        # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
+        # column sums' products) live for half the tile at a time, which lets 256-row tiles
+        # (fewer bytes from L2) run it without spilling
+        tl.static_assert(not PREFETCH_AUX, "SUBTILE and PREFETCH_AUX do not combine")
+        half: tl.constexpr = BM // 2
+        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (2, half, BN)), (1, 2, 0)))
+        acc_b0, acc_b1 = tl.split(tl.permute(tl.reshape(acc_b, (2, half, BN)), (1, 2, 0)))
+        rows0 = pid_m * BM + tl.arange(0, half)
+        _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
+                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, acc0, NUM_CHUNKS,
+                  CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
+                  HAS_SUM2, False)
+        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
+                  out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, acc1, NUM_CHUNKS,
+                  CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
+                  HAS_SUM2, False)
+    else:
+        if not PREFETCH_AUX:
+            aux_tile = acc          # unused
+        _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
+                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, aux_tile, NUM_CHUNKS,
+                  CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
+                  HAS_SUM2, PREFETCH_AUX)
+
+
+@triton.jit
+def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr, bias_ptr,
+              gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, aux_tile,
+              NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
+              HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
+              SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
+              HAS_SUM2: tl.constexpr, PREFETCH_AUX: tl.constexpr):
+    """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols`."""
+    row_in = rows < M
+    row_ok = _valid_rows(rows, M, T, len_ptr)
     tile = rows[:, None] * N + cols[None, :]
     store_ok = row_ok[:, None] & col_ok[None, :]
     dtype = out_ptr.dtype.element_ty

@@ -127,13 +127,15 @@ def test_column_sums_skip_dead_chunks():
 
 @pytest.mark.parametrize("option, epi", [
     *(("USE_TMA", epi) for epi in ("store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd")),
-    ("PREFETCH_AUX", "silu-bwd"), ("PREFETCH_AUX", "gate-bwd")])
+    ("PREFETCH_AUX", "silu-bwd"), ("PREFETCH_AUX", "gate-bwd"),
+    *(("SUBTILE", epi) for epi in ("store-k-chunks", "silu-gate", "silu-bwd", "glu",
+                                    "gate-bwd"))])
 def test_load_variants_give_the_pointer_loads_results(option, epi):
     """The USE_TMA path (tensor descriptors; padded rows read, never stored), every
-    epilogue, and PREFETCH_AUX (the backward epilogues' saved tile loaded before the
-    K-loop), against the plain masked pointer loads: weights in both layouts, a dead chunk,
-    on valid rows. K 64 in chunks of 16 (whole BK tiles, as the TMA path needs), N 48 in
-    chunks of 12 (tiles reach past a chunk: masked at the store)."""
+    epilogue, PREFETCH_AUX (the backward epilogues' saved tile loaded before the K-loop)
+    and SUBTILE (the epilogue in two row halves), against the plain path: weights in both
+    layouts, a dead chunk, on valid rows. K 64 in chunks of 16 (whole BK tiles, as the TMA
+    path needs), N 48 in chunks of 12 (tiles reach past a chunk: masked at the store)."""
     k, n = 64, 48
     torch.manual_seed(8)
     lengths = torch.tensor([11, 4, 1], device=DEV)
