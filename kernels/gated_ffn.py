@@ -31,7 +31,7 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
-from .layer_norm import layer_norm_bwd, layer_norm_fwd
+from .layer_norm import layer_norm_bwd, layer_norm_fwd, masked_layer_norm
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -72,7 +72,6 @@ def gated_ffn_cublas(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chun
     floor of this computation ran a fwd+bwd in 295 µs against 365 for our Triton kernels
     (2026-11-30), the difference being in the backward GEMMs.
     """
-    from .layer_norm import masked_layer_norm
     dtype = compute_dtype or x.dtype
     T = x.shape[1]
     xn = masked_layer_norm(x, lengths, ln_weight, ln_bias, out_dtype=dtype)
