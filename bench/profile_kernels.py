@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"])
-    parser.add_argument("--gates", nargs="*", default=["all-on", "half", "soft"])
+    parser.add_argument("--gates", nargs="*", default=["all-on", "half", "off", "soft"])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
