@@ -45,8 +45,15 @@ def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch
     b2 added iff any gate != 0; or, with module_gate, (1,) scaling the whole output.
     Padded frames (t >= lengths[b]) output exactly 0.
     """
-    B, T, D = x.shape
-    hidden = F.silu(F.linear(F.layer_norm(x, (D,), ln_weight, ln_bias, eps), w1, b1))
+    D = x.shape[-1]
+    return _gated_ffn_after_norm(F.layer_norm(x, (D,), ln_weight, ln_bias, eps), lengths,
+                                 w1, b1, w2, b2, gates, module_gate)
+
+
+def _gated_ffn_after_norm(xn, lengths, w1, b1, w2, b2, gates, module_gate):
+    """`gated_ffn_reference` from the normalised input xn (B, T, D) on, in PyTorch ops."""
+    T = xn.shape[1]
+    hidden = F.silu(F.linear(xn, w1, b1))
     bias_scale = None
     if gates is not None and not module_gate:
         chunk_gates = gates.to(hidden.dtype).repeat_interleave(w1.shape[0] // gates.shape[0])
@@ -73,17 +80,10 @@ def gated_ffn_cublas(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chun
     (2026-11-30), the difference being in the backward GEMMs.
     """
     dtype = compute_dtype or x.dtype
-    T = x.shape[1]
     xn = masked_layer_norm(x, lengths, ln_weight, ln_bias, out_dtype=dtype)
-    hidden = F.silu(F.linear(xn, w1.to(dtype), b1.to(dtype)))
-    bias = b2.to(dtype)
-    if gates is not None and not module_gate:
-        hidden = hidden * gates.to(dtype).repeat_interleave(w1.shape[0] // chunks)
-        bias = bias * (gates != 0).any().to(dtype)
-    y = F.linear(hidden, w2.to(dtype), bias)
-    if gates is not None and module_gate:
-        y = y * gates.to(dtype)
-    return torch.where(valid_mask(lengths, T)[..., None], y, 0.0)
+    # chunks: as gated_ffn's, the chunk gates' length (the gates tell it here)
+    return _gated_ffn_after_norm(xn, lengths, *(p.to(dtype) for p in (w1, b1, w2, b2)),
+                                 gates, module_gate)
 
 
 # ----------------------------------------------------------------------------- launchers
