@@ -58,8 +58,12 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     compiled to 1 stage of shared memory and 255 registers with spills, against 4 stages and
     118 registers with them (2026-11-30)."""
     fn = kernel.fn if hasattr(kernel, "fn") else kernel
-    names = list(inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters)
-    constexprs = dict(constexprs or {})
+    params = inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters
+    names = list(params)
+    # constexprs left out take their defaults, as a launch does (not runtime ints)
+    constexprs = {name: p.default for name, p in params.items()
+                  if p.default is not p.empty and "constexpr" in str(p.annotation)} \
+        | dict(constexprs or {})
     ints = {name: value for name, value in (TYPICAL if ints is None else ints).items()
             if name in names}
     constexprs.update({name: 1 for name, value in ints.items() if value == 1})

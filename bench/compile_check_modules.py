@@ -39,8 +39,6 @@ ROW_GEMMS = [
 
 def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, blk) -> bool:
     warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-    # constexprs with defaults (left out, _compile would take them for runtime ints)
-    blk = dict(dict(USE_TMA=False, B_NK=False, PREFETCH_AUX=False, SUBTILE=False), **blk)
     print(f"{name}{' (TMA)' if blk.get('USE_TMA') else ''}: ", end="")
     return _compile(gated_matmul._rows_gemm_kernel,
                     dict(a_ptr="bf16", b_ptr="bf16", out_ptr="bf16", bias_ptr="fp32",
