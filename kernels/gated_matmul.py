@@ -387,7 +387,9 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
         return dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
     if dtype == torch.float32:
         return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
-    if epi in (EPI_SILU_BWD, EPI_GATE_BWD):  # column-sum epilogues
+    if epi == EPI_SILU_BWD:  # the epilogue in row halves: no spills at 128x128/8 warps
+        return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True)
+    if epi == EPI_GATE_BWD:
         return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
     if chunk_axis == 1 and epi != EPI_SILU_GATE:
         return dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)
