@@ -30,7 +30,6 @@ from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.gated_attention import gated_attention
-from orthoasr.kernels.gated_ffn import gated_ffn_cublas
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
@@ -180,13 +179,6 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                     low = copy.deepcopy(ours_module).to(BF16)
                     providers["ours_bf16_weights"] = \
                         lambda m=low, s=soft, xx=xx, ll=lengths: m(xx, ll, s)
-                if kind == "ffn" and name in ("all-on", "soft"):
-                    # the cuBLAS candidate for passes with nothing to skip (gated_ffn_cublas)
-                    providers["ours_cublas"] = \
-                        lambda m=ours_module, s=soft, xx=xx, ll=lengths: gated_ffn_cublas(
-                            xx, ll, m.norm.weight, m.norm.bias, m.linear1.weight,
-                            m.linear1.bias, m.linear2.weight, m.linear2.bias, s, m.chunks,
-                            m.granularity == "module", BF16)
                 if floor is not None:
                     providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
                 if floor is not None and name == "all-on":  # the targets compare all-on only
@@ -196,7 +188,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
                               xx=xx, low=low):
-                    if provider in ("ours", "ours_cublas"):
+                    if provider == "ours":
                         return [xx, *params] + ([] if hard else [soft])
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]

@@ -39,7 +39,7 @@ ROW_GEMMS = [
 
 def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, blk) -> bool:
     warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-    print(f"{name}{' (TMA)' if blk.get('USE_TMA') else ''}: ", end="")
+    print(f"{name}: ", end="")
     return _compile(gated_matmul._rows_gemm_kernel,
                     dict(a_ptr="bf16", b_ptr="bf16", out_ptr="bf16", bias_ptr="fp32",
                          gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16", sum1_ptr="fp32",
@@ -56,10 +56,9 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
 def main() -> None:
     ok = True
     for gemm in ROW_GEMMS:
-        name, epi, axis, *_, s_k, s_n = gemm
+        name, epi, axis, *_ = gemm
         blk = gated_matmul._rows_blocks(BF16, axis, epi)
         ok &= _row_gemm(*gemm, dict(blk))
-        ok &= _row_gemm(*gemm, dict(blk, USE_TMA=True, B_NK=s_k == 1))
     for axis in (1, 2):
         blk = gated_matmul._wgrad_blocks(BF16)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")

@@ -30,14 +30,9 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
                dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=4),
                dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=4),
                dict(BM=64, BN=64, BK=64, num_warps=4, num_stages=4)]
-# the same tiles with TMA descriptor loads (kernels/gated_matmul.py USE_TMA)
-ROW_CONFIGS += [dict(ROW_CONFIGS[i], USE_TMA=True) for i in (0, 2, 3, 4, 5)]
 # fewer bytes from L2: an [M, K] @ [K, N] product with BM x BN tiles reads A N/BN times and
 # B M/BM times (g3 at 64x128: 72 + 150 MB, ~30 us at 5-7 TB/s; at 256x128: 72 + 38 MB)
 ROW_CONFIGS += [dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3)]
-# the SiLU backward's saved tile loaded before the K-loop (PREFETCH_AUX), on tiles that do
-# not spill with it in an sm_90 compile (Triton 3.9: 145-157 registers)
-PREFETCH_CONFIGS = [dict(ROW_CONFIGS[i], PREFETCH_AUX=True) for i in (5, 6, 7)]
 # the SiLU epilogues in two row halves (SUBTILE): in an sm_90 compile g3 at 128x128/8 warps
 # goes from 72 B of spills to none (176 registers), at 256x128 from 1392 B to 208
 SUBTILE_CONFIGS = [dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True),
@@ -66,8 +61,7 @@ def _print_pipelining(*jit_fns):
                 for kernel in list(cache.values())[:6]:
                     ir = kernel.asm.get("ttgir", "")
                     print(fn.__name__, {w: ir.count(w) for w in
-                                        ("async_copy_global_to_local", "warp_group_dot",
-                                         "async_tma_copy")},
+                                        ("async_copy_global_to_local", "warp_group_dot")},
                           "smem", kernel.metadata.shared, flush=True)
         except Exception as err:
             print("pipelining diagnostic failed:", repr(err)[:200])
@@ -154,8 +148,7 @@ def main() -> None:
             ref_ms = time_graph_ms(cublas)
             rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", mode="dense",
                              provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
-            extra = (PREFETCH_CONFIGS if "silu-bwd" in name else []) + \
-                (SUBTILE_CONFIGS if "silu" in name else [])
+            extra = SUBTILE_CONFIGS if "silu" in name else []
             for cfg in ([None] if args.quick else [None, *configs, *extra]):
                 for gates_name, g in gate_sets.items():
                     try:

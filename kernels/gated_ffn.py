@@ -31,7 +31,7 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
-from .layer_norm import layer_norm_bwd, layer_norm_fwd, masked_layer_norm
+from .layer_norm import layer_norm_bwd, layer_norm_fwd
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -45,14 +45,8 @@ def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch
     b2 added iff any gate != 0; or, with module_gate, (1,) scaling the whole output.
     Padded frames (t >= lengths[b]) output exactly 0.
     """
-    D = x.shape[-1]
-    return _gated_ffn_after_norm(F.layer_norm(x, (D,), ln_weight, ln_bias, eps), lengths,
-                                 w1, b1, w2, b2, gates, module_gate)
-
-
-def _gated_ffn_after_norm(xn, lengths, w1, b1, w2, b2, gates, module_gate):
-    """`gated_ffn_reference` from the normalised input xn (B, T, D) on, in PyTorch ops."""
-    T = xn.shape[1]
+    B, T, D = x.shape
+    xn = F.layer_norm(x, (D,), ln_weight, ln_bias, eps)
     hidden = F.silu(F.linear(xn, w1, b1))
     bias_scale = None
     if gates is not None and not module_gate:
@@ -63,27 +57,6 @@ def _gated_ffn_after_norm(xn, lengths, w1, b1, w2, b2, gates, module_gate):
     if gates is not None and module_gate:
         y = y * gates.to(y.dtype)
     return torch.where(valid_mask(lengths, T)[..., None], y, 0.0)
-
-
-
-def gated_ffn_cublas(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                     module_gate, compute_dtype=None):
-    """The gated FFN with cuBLAS GEMMs: `gated_ffn_reference`'s meaning, for gates with nothing
-    to skip (None, or soft gates that need gradients).
-
-    The LayerNorm is ours: `masked_layer_norm` reads x in its own dtype and writes
-    `compute_dtype`, with zeros at padded frames. Both GEMMs go through F.linear (cuBLAS), and
-    the SiLU, gate and mask products are torch's. The backward is autograd's. Padded frames
-    contribute nothing to the weight gradients: xn is 0 there, and the final mask zeroes dy.
-    This is a candidate for the dense and soft passes of training. On the H200 the eager
-    floor of this computation ran a fwd+bwd in 295 µs against 365 for our Triton kernels
-    (2026-11-30), the difference being in the backward GEMMs.
-    """
-    dtype = compute_dtype or x.dtype
-    xn = masked_layer_norm(x, lengths, ln_weight, ln_bias, out_dtype=dtype)
-    # chunks: as gated_ffn's, the chunk gates' length (the gates tell it here)
-    return _gated_ffn_after_norm(xn, lengths, *(p.to(dtype) for p in (w1, b1, w2, b2)),
-                                 gates, module_gate)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -81,8 +81,7 @@ def _rows_gemm_kernel(
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr = False, B_NK: tl.constexpr = False,
-    PREFETCH_AUX: tl.constexpr = False, SUBTILE: tl.constexpr = False,
+    DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -105,15 +104,6 @@ def _rows_gemm_kernel(
     if SKIP_DEAD and CHUNK_AXIS != 2:
         live = live & (g != 0.0)
 
-    # PREFETCH_AUX: the backward epilogues' saved tile (EPI 2: the pre-activation, EPI 4:
-    # the saved product) loaded before the K-loop, so that its latency hides behind the
-    # MMAs of a short K instead of following them (the tile's offsets are computed again
-    # after the loop: kept live across it, they cost registers every other variant spills)
-    if PREFETCH_AUX:   # used by EPI 2 and EPI 4 (with sums); an unused tile otherwise
-        aux_tile = tl.zeros([BM, BN], dtype=aux_ptr.dtype.element_ty)
-        if live:
-            aux_tile = tl.load(aux_ptr + rows[:, None] * N + cols[None, :],
-                               mask=row_ok[:, None] & col_ok[None, :], other=0.0)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
@@ -134,90 +124,55 @@ def _rows_gemm_kernel(
         else:
             steps = tl.cdiv(K, BK)
             n_steps = steps
-        if USE_TMA:  # tensor-memory-accelerator loads (Hopper): whole tiles, zero-filled
-            # past the matrix; padded rows are read too (garbage there stays in padded
-            # output rows, which the epilogues never store); the launcher guarantees that
-            # K-chunks are whole multiples of BK, so no tile crosses into a dead chunk
-            n_b = N * 2 if EPI == 3 else N
-            a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
-                                               block_shape=[BM, BK])
-            if B_NK:    # b is the transpose of a row-major [n_b, K] matrix (stride_bk == 1)
-                b_desc = tl.make_tensor_descriptor(b_ptr, shape=[n_b, K], strides=[stride_bn, 1],
-                                                   block_shape=[BN, BK])
-            else:       # b is a row-major [K, n_b] matrix (stride_bn == 1)
-                b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, n_b], strides=[stride_bk, 1],
-                                                   block_shape=[BK, BN])
-            col0 = tl.min(cols, 0)
         for i in range(0, n_steps):
             if CHUNK_AXIS == 2:
                 j = i // steps
                 kc = tl.sum((live_rank <= j).to(tl.int32), 0)
-                k0 = kc * CHUNK + (i - j * steps) * BK
                 k_local = (i - j * steps) * BK + tl.arange(0, BK)
                 k_ok = k_local < CHUNK
                 ks = kc * CHUNK + k_local
             else:
-                k0 = i * BK
                 ks = i * BK + tl.arange(0, BK)
                 k_ok = ks < K
-            if USE_TMA:
-                a = a_desc.load([pid_m * BM, k0])
-                if B_NK:
-                    b = b_desc.load([col0, k0]).T
-                else:
-                    b = b_desc.load([k0, col0])
-                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-                if EPI == 3:
-                    if B_NK:
-                        b2 = b_desc.load([col0 + N, k0]).T
-                    else:
-                        b2 = b_desc.load([k0, col0 + N])
-                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
-            else:
-                a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
-                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-                b_mask = k_ok[:, None] & col_ok[None, :]
-                # a no-op when the launcher passes weights in the activations' dtype
-                b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
-                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-                if EPI == 3:
-                    b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
-                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
+            b_mask = k_ok[:, None] & col_ok[None, :]
+            # a no-op when the launcher passes weights in the activations' dtype
+            b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            if EPI == 3:
+                b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
+                acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
     if SUBTILE:
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
-        # column sums' products) live for half the tile at a time, which lets 256-row tiles
-        # (fewer bytes from L2) run it without spilling
-        tl.static_assert(not PREFETCH_AUX, "SUBTILE and PREFETCH_AUX do not combine")
+        # column sums' products) live for half the tile at a time, so that the SiLU
+        # backward runs on 128x128 tiles (fewer bytes from L2) without spilling
         half: tl.constexpr = BM // 2
         acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (2, half, BN)), (1, 2, 0)))
         acc_b0, acc_b1 = tl.split(tl.permute(tl.reshape(acc_b, (2, half, BN)), (1, 2, 0)))
         rows0 = pid_m * BM + tl.arange(0, half)
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
-                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, acc0, NUM_CHUNKS,
-                  CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2, False)
+                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS, CHUNKS_P2, EPI,
+                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
-                  out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, acc1, NUM_CHUNKS,
+                  out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS,
                   CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2, False)
+                  HAS_SUM2)
     else:
-        if not PREFETCH_AUX:
-            aux_tile = acc          # unused
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
-                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, aux_tile, NUM_CHUNKS,
-                  CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2, PREFETCH_AUX)
+                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS, CHUNKS_P2, EPI,
+                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2)
 
 
 @triton.jit
 def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr, bias_ptr,
-              gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, aux_tile,
+              gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
-              HAS_SUM2: tl.constexpr, PREFETCH_AUX: tl.constexpr):
+              HAS_SUM2: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols`."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
@@ -253,10 +208,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
             hidden = pre * tl.sigmoid(pre) * g
             tl.store(out_ptr + tile, hidden.to(dtype), mask=store_ok)
         elif EPI == 2:
-            if PREFETCH_AUX:
-                pre = aux_tile.to(tl.float32)
-            else:
-                pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+            pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
             sig = tl.sigmoid(pre)
             if HAS_SUM1:
                 col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
@@ -279,10 +231,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
             tl.store(out_ptr + tile, (acc * tl.sigmoid(acc_b)).to(dtype), mask=store_ok)
         elif EPI == 4:
             if HAS_SUM1:
-                if PREFETCH_AUX:
-                    saved = aux_tile.to(tl.float32)
-                else:
-                    saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+                saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
                 col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
                 tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
@@ -377,10 +326,11 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
 
 def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
     """Tiles per GEMM kind. 16-bit choices from bench/gemm_sweep.py on the H200 (FFN,
-    B32xT250, soft gates): GEMM1 (SiLU-gate) 128x128x64/4 warps/3 stages 46.6 us
-    (128x64x64/4/4: 51.8), K-chunked GEMMs 128x128x64/4/3 ~30 us (64x128x64/4/4: 38), the
-    SiLU backward 64x128x64/4/4 80.5 us (128x128x64/4/3 spills: 212). fp32 keeps the
-    smaller-stage configuration (shared memory)."""
+    B32xT250, soft gates): GEMM1 (SiLU-gate) 128x128x64/4 warps/3 stages 46.8 us
+    (128x64x64/4/4: 52.2), K-chunked GEMMs 128x128x64/4/3 ~30 us (64x128x64/4/4: 38), the
+    SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us (64x128x64/4/4: 80.0; 128x128/4/3
+    without SUBTILE spills: 211). fp32 keeps the smaller-stage configuration (shared
+    memory)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
     if epi == EPI_GLU:
@@ -407,12 +357,6 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     M, K = a.shape
     N = out.shape[1]
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi))
-    if blk.get("USE_TMA"):
-        if not _tma_applies(a, b, chunk if chunk_axis == 2 else 0, blk["BK"]):
-            blk["USE_TMA"] = False
-        else:
-            blk["B_NK"] = b.stride(0) == 1
-            _set_tma_allocator(a.device.type)
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
@@ -431,27 +375,6 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
-
-
-def _tma_applies(a, b, k_chunk: int, bk: int) -> bool:
-    """TMA descriptors need one dtype, a unit stride in the last dimension, 16-byte aligned
-    rows and bases; K-chunks must be whole tiles (a tile may not reach into a dead chunk)."""
-    unit = b.stride(1) == 1 or b.stride(0) == 1
-    rows = (a.stride(0) * a.element_size()) % 16 == 0 and \
-        (max(b.stride(0), b.stride(1)) * b.element_size()) % 16 == 0
-    aligned = a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
-    return (a.dtype == b.dtype and a.is_contiguous() and unit and rows and aligned
-            and k_chunk % bk == 0)
-
-
-@functools.cache
-def _set_tma_allocator(device_type: str) -> None:
-    """Device-side TMA descriptors live in a per-launch global scratch that Triton asks
-    this allocator for (a caching-allocator tensor: inside a CUDA-graph capture it comes
-    from the graph's pool)."""
-    def scratch(size: int, alignment: int, stream):
-        return torch.empty(size, dtype=torch.int8, device=device_type)
-    triton.set_allocator(scratch)
 
 
 def _wgrad_blocks(dtype: torch.dtype) -> dict:

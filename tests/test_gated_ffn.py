@@ -11,7 +11,6 @@ from error_ratio import (
 from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels.gated_ffn import (
     gated_ffn,
-    gated_ffn_cublas,
     gated_ffn_fwd,
     gated_ffn_reference,
 )
@@ -58,15 +57,9 @@ def triton_ffn(x, lengths, *rest):
     return gated_ffn(x, lengths, *params, gates, C, module_gate)
 
 
-def cublas_ffn(x, lengths, *rest):
-    *params, gates, module_gate = rest
-    return gated_ffn_cublas(x, lengths, *params, gates, C, module_gate)
-
-
-@pytest.mark.parametrize("impl", [triton_ffn, cublas_ffn], ids=["triton", "cublas"])
 @pytest.mark.parametrize("gate_case", list(GATES))
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_matches_fp64_reference(shape, gate_case, impl):
+def test_matches_fp64_reference(shape, gate_case):
     T, lens = SHAPES[shape]
     values, granularity, requires_grad = GATES[gate_case]
     lengths = torch.tensor(lens)
@@ -75,7 +68,7 @@ def test_matches_fp64_reference(shape, gate_case, impl):
     gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
     module_gate = granularity == "module"
     dy = torch.randn(len(lens), T, D)
-    y, grads = run(impl, x, lengths, params, gates, module_gate, dy)
+    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
     g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
     y64, grads64 = run(gated_ffn_reference, x.double(), lengths, [p.double() for p in params],
                        g64, module_gate, dy.double())
