@@ -70,7 +70,7 @@ def main() -> None:
                                  lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
                                  CHUNK=F // 4, SPLIT=5),
                        constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
-                                       HAS_GATES=True, SKIP_DEAD=True,
+                                       HAS_GATES=True, SKIP_DEAD=True, SEQS_P2=8,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
     print("col_sums (bias gradients): ", end="")

@@ -244,7 +244,7 @@ def _wgrad_kernel(
     a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr,
     P, Q, T, NB, lda, ldb, CHUNK, SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SEQS_P2: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
@@ -273,17 +273,27 @@ def _wgrad_kernel(
         live = g != 0.0
     if live:
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
-        for seq in range(pid_s, NB, SPLIT):
-            length = tl.minimum(tl.load(len_ptr + seq), T)
-            for t0 in range(0, length, BK):
-                t = t0 + tl.arange(0, BK)
-                t_ok = t < length
-                frame = seq * T + t
-                a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
-                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)
-                b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
-                            mask=t_ok[:, None] & q_ok[None, :], other=0.0)
-                acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+        # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
+        # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
+        # past a sequence's length load nothing (masked) and add zeros. The lengths of the
+        # program's sequences are read before the loop: a load inside it took a pipeline
+        # stage (two tile buffers instead of three in an sm_90 compile).
+        steps = tl.cdiv(T, BK)
+        n_seqs = tl.cdiv(NB - pid_s, SPLIT)
+        offs_j = tl.arange(0, SEQS_P2)
+        lens = tl.load(len_ptr + pid_s + offs_j * SPLIT, mask=offs_j < n_seqs, other=0)
+        lens = tl.minimum(lens, T)
+        for i in range(0, n_seqs * steps):
+            j = i // steps
+            seq = pid_s + j * SPLIT
+            t = (i - j * steps) * BK + tl.arange(0, BK)
+            t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
+            frame = seq * T + t
+            a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
+                        mask=t_ok[:, None] & p_ok[None, :], other=0.0)
+            b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
+                        mask=t_ok[:, None] & q_ok[None, :], other=0.0)
+            acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :])
 
@@ -415,7 +425,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
-        SKIP_DEAD=skip_dead and gates is not None,
+        SKIP_DEAD=skip_dead and gates is not None, SEQS_P2=next_pow2(cdiv(NB, split)),
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
 

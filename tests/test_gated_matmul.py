@@ -104,6 +104,19 @@ def test_weight_gradient_over_valid_frames_with_dead_chunks(chunk_axis):
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_weight_gradient_walks_sequences_of_several_frame_tiles():
+    """Sequences longer than one frame tile (T 75: tiles of 32, the last partial), lengths 0
+    to T split unevenly over the programs, NaN in padded rows (they must not be read)."""
+    torch.manual_seed(9)
+    t_max, lengths = 75, torch.tensor([75, 0, 33, 64, 1, 70, 32], device=DEV)
+    rows = gm.valid_rows(lengths, t_max)
+    a = torch.randn(7 * t_max, 40, device=DEV)
+    b = torch.randn(7 * t_max, 24, device=DEV)
+    a[~rows], b[~rows] = float("nan"), float("nan")
+    out = gm.wgrad(a, b, lengths=lengths, T=t_max)
+    torch.testing.assert_close(out, a[rows].T @ b[rows], atol=1e-4, rtol=1e-4)
+
+
 def test_column_sums_over_valid_frames_only():
     lengths, _, _, _ = _case(5)
     a = torch.randn(B * T, 70, device=DEV)            # 70: a partial column tile
