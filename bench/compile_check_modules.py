@@ -106,14 +106,22 @@ def main() -> None:
                         gate_ptr="fp32", len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D),
                    constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, BT=mid["BT"],
                                    BD=mid["BD"]), num_warps=warps)
-    conv = gated_conv._conv_blocks(384, 31)
+    conv = gated_conv._conv_blocks(384)
     warps = conv.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_bwd_conv_kernel,
-                   dict(dpre_ptr="bf16", v_ptr="bf16", u_ptr="bf16", wdw_ptr="fp32",
-                        du_ptr="bf16", dwdw_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
-                   ints=dict(T=T, D=D, NT=8),
+                   dict(dpre_ptr="bf16", u_ptr="bf16", wdw_ptr="fp32", du_ptr="bf16",
+                        gate_ptr="fp32", len_ptr="i64"),
+                   ints=dict(T=T, D=D),
                    constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **conv),
                    num_warps=warps, num_stages=1)
+    dw = gated_conv._dw_grad_blocks(384)
+    warps = dw.pop("num_warps")
+    ok &= _compile(gated_conv._conv_dw_grad_kernel,
+                   dict(dpre_ptr="bf16", v_ptr="bf16", part_ptr="fp32", gate_ptr="fp32",
+                        len_ptr="i64"),
+                   ints=dict(T=T, D=D, NS=2),
+                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **dw),
+                   num_warps=warps)
     block_s = ctc._block_states(60)
     ptrs = dict(lp_ptr="fp32", tgt_ptr="i64", off_ptr="i64", ilen_ptr="i64", tlen_ptr="i64",
                 alpha_ptr="fp32", loss_ptr="fp32")

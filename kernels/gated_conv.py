@@ -8,9 +8,10 @@ accumulators, value and gate halves), `_conv_mid_fwd_kernel` (depthwise conv ove
 frames + LayerNorm + SiLU in one pass), PW2 GEMM with bias, gate and padding-zero epilogue.
 Backward = dR GEMM with the gate-gradient sums fused, `_conv_mid_bwd_norm_kernel` (SiLU and
 LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_mid_bwd_conv_kernel`
-(transposed depthwise conv, depthwise weight gradient, GLU backward), dZ GEMM, LayerNorm
-backward and the two weight-gradient GEMMs over valid frames. A module gate exactly 0 that
-needs no gradient makes every launch return at once (output exactly 0).
+(transposed depthwise conv, GLU backward), `_conv_dw_grad_kernel` (depthwise weight
+gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames.
+A module gate exactly 0 that needs no gradient makes every launch return at once (output
+exactly 0).
 
 Shapes: x (B, T, D), PW1 (2D, D), DW (D, K), PW2 (D, D); frames are rows b*T + t.
 """
@@ -150,19 +151,14 @@ def _conv_mid_bwd_norm_kernel(
 
 @triton.jit
 def _conv_mid_bwd_conv_kernel(
-    dpre_ptr, v_ptr, u_ptr, wdw_ptr, du_ptr, dwdw_ptr, gate_ptr, len_ptr,
-    T, D, NT,  # wdw: (K, D) as in the forward; dwdw: (B * NT, D, KP) fp32 partial sums
+    dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
+    T, D,  # wdw: (K, D) as in the forward
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, KP: tl.constexpr,
+    BC: tl.constexpr,
 ):
     # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
-    # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv), then the GLU backward
-    # dU = (dV sigmoid(b), dV a sigmoid'(b)); and its share of the depthwise weight gradient,
-    # dw[c, k] = sum over its frames of dW[t, c] V[t + k - P, c], stored as row b*NT + i of
-    # the partial sums (zeros for a dead or padded tile), which the launcher adds up. Each
-    # tap's shifted tiles come from L1/L2 (a tile and its halo leave memory once); each
-    # program reduces over its frames once per tap (the kernel before 2026-11-30 walked a
-    # whole sequence per program and reduced K times per 32 frames: 240 us at B32xT250).
+    # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
+    # comes from L1/L2), then the GLU backward dU = (dV sigmoid(b), dV a sigmoid'(b)).
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
@@ -170,21 +166,12 @@ def _conv_mid_bwd_conv_kernel(
     t = pid_t * BT + tl.arange(0, BT)
     cols = pid_c * BC + tl.arange(0, BC)
     col_ok = cols < D
-    taps = tl.arange(0, KP)
-    dw_acc = tl.zeros([BC, KP], dtype=tl.float32)
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
     if (live > 0) & (pid_t * BT < length):
         ok = (t < length)[:, None] & col_ok[None, :]
         frames = seq * T
-        dpre = tl.load(dpre_ptr + (frames + t)[:, None] * D + cols[None, :], mask=ok,
-                       other=0.0).to(tl.float32)
         dv = tl.zeros([BT, BC], dtype=tl.float32)
         for k in range(K):
-            ts = t + k - K // 2
-            ok_s = ((ts >= 0) & (ts < length))[:, None] & col_ok[None, :]
-            v = tl.load(v_ptr + (frames + ts)[:, None] * D + cols[None, :], mask=ok_s,
-                        other=0.0).to(tl.float32)
-            dw_acc += tl.where(taps[None, :] == k, tl.sum(dpre * v, 0)[:, None], 0.0)
             tb = t - k + K // 2
             ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
             dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :], mask=ok_b,
@@ -199,8 +186,48 @@ def _conv_mid_bwd_conv_kernel(
         tl.store(du_ptr + u_rows + cols[None, :], (dv * sig).to(dtype), mask=ok)
         tl.store(du_ptr + u_rows + D + cols[None, :], (dv * a * sig * (1.0 - sig)).to(dtype),
                  mask=ok)
-    part = dwdw_ptr + (seq * NT + pid_t) * D * KP
-    tl.store(part + cols[:, None] * KP + taps[None, :], dw_acc, mask=col_ok[:, None])
+
+
+@triton.jit
+def _conv_dw_grad_kernel(
+    dpre_ptr, v_ptr, part_ptr, gate_ptr, len_ptr,
+    T, D, NS,  # part: (B * NS, K, D) fp32 partial sums, one row block per program
+    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
+    BC: tl.constexpr, SPAN_TILES: tl.constexpr,
+):
+    # Program (s, j, b): the depthwise weight gradient dw[c, k] = sum_t dW[t, c] V[t + k - P, c]
+    # over frames [s*SPAN, +SPAN) (SPAN = SPAN_TILES * BT) and channels [j*BC, +BC) of
+    # sequence b, stored as its partial sums (zeros for a dead or padded span), which the
+    # launcher adds up. Taps outside, frame tiles inside: the products of a tap accumulate
+    # elementwise and cross the rows once per tap and span (reducing per tap and 32-frame
+    # tile, next to the transposed conv, took 144.5 us at B32xT250 on the H200).
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    seq = tl.program_id(2)
+    length = tl.minimum(tl.load(len_ptr + seq), T)
+    start = pid_s * SPAN_TILES * BT
+    cols = pid_c * BC + tl.arange(0, BC)
+    col_ok = cols < D
+    frames = seq * T
+    part = part_ptr + (seq * NS + pid_s) * K * D
+    live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
+    if (live > 0) & (start < length):
+        for k in range(K):
+            prod = tl.zeros([BT, BC], dtype=tl.float32)
+            for i in tl.static_range(SPAN_TILES):
+                t = start + i * BT + tl.arange(0, BT)
+                ts = t + k - K // 2
+                ok = (t < length)[:, None] & col_ok[None, :]
+                ok_s = ok & ((ts >= 0) & (ts < length))[:, None]
+                dp = tl.load(dpre_ptr + (frames + t)[:, None] * D + cols[None, :], mask=ok,
+                             other=0.0).to(tl.float32)
+                v = tl.load(v_ptr + (frames + ts)[:, None] * D + cols[None, :], mask=ok_s,
+                            other=0.0).to(tl.float32)
+                prod += dp * v
+            tl.store(part + k * D + cols, tl.sum(prod, 0), mask=col_ok)
+    else:
+        for k in range(K):
+            tl.store(part + k * D + cols, tl.zeros([BC], dtype=tl.float32), mask=col_ok)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -214,14 +241,21 @@ def _mid_blocks(D: int) -> dict:
     return dict(BT=max(1, min(32, 8192 // BD)), BD=BD, num_warps=8)
 
 
-def _conv_blocks(D: int, K: int) -> dict:
+def _conv_blocks(D: int) -> dict:
     """Tiles of the transposed depthwise conv: 32 frames x 64 channels (1536 programs at
     B32xT250, D 384; 128-byte rows in bf16). sm_90 compile (bench/compile_check_modules.py):
     96 registers, no spills at 4 warps; with the tap loop unrolled it spilled."""
-    KP = max(2, next_pow2(K))
     if interpreting():
-        return dict(BT=16, BC=max(16, next_pow2(D)), KP=KP, num_warps=4)
-    return dict(BT=32, BC=64, KP=KP, num_warps=4)
+        return dict(BT=16, BC=max(16, next_pow2(D)), num_warps=4)
+    return dict(BT=32, BC=64, num_warps=4)
+
+
+def _dw_grad_blocks(D: int) -> dict:
+    """Tiles of the depthwise weight gradient: spans of 4 x 32 frames x 64 channels (384
+    programs at B32xT250, D 384: ~3 per SM)."""
+    if interpreting():
+        return dict(BT=16, BC=max(16, next_pow2(D)), SPAN_TILES=2, num_warps=4)
+    return dict(BT=32, BC=64, SPAN_TILES=4, num_warps=4)
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
@@ -283,13 +317,17 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         dr, pre, ln2_w, ln2_b, dpre, d_ln2w, d_ln2b, d_dwb, gate_arg, lengths, T, D, eps,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
     du = dy2.new_empty(M, 2 * D)
-    cblk = _conv_blocks(D, K)
-    n_t = cdiv(T, cblk["BT"])
-    d_dww_parts = torch.empty(B * n_t, D, cblk["KP"], dtype=torch.float32, device=x.device)
-    launch(_conv_mid_bwd_conv_kernel, (n_t, cdiv(D, cblk["BC"]), B),
-        dpre, v, u, dw_w.t().contiguous(), du, d_dww_parts, gate_arg, lengths, T, D, n_t,
+    cblk = _conv_blocks(D)
+    launch(_conv_mid_bwd_conv_kernel, (cdiv(T, cblk["BT"]), cdiv(D, cblk["BC"]), B),
+        dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
         K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
-    d_dww = d_dww_parts.sum(0)[:, :K]
+    wblk = _dw_grad_blocks(D)
+    n_spans = cdiv(T, wblk["SPAN_TILES"] * wblk["BT"])
+    d_dww_parts = torch.empty(B * n_spans, K, D, dtype=torch.float32, device=x.device)
+    launch(_conv_dw_grad_kernel, (n_spans, cdiv(D, wblk["BC"]), B),
+        dpre, v, d_dww_parts, gate_arg, lengths, T, D, n_spans,
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **wblk)
+    d_dww = d_dww_parts.sum(0).t()
     dz = dy2.new_empty(M, D)
     rows_gemm(du, as_operand(pw1_w, dy2), dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)

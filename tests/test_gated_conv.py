@@ -65,12 +65,14 @@ def test_matches_fp64_reference(shape, gate_case):
 
 
 def test_gpu_tiles_several_channel_blocks(monkeypatch):
-    """The transposed-conv kernel with the GPU's 32 x 64 tiles (the interpreter's own tiles
-    hold every channel in one block): channel blocks with a ragged last one, frame tiles
-    whose halo crosses their edges, a sequence of one frame."""
+    """The transposed-conv and depthwise weight-gradient kernels with the GPU's 32 x 64
+    tiles (the interpreter's own tiles hold every channel in one block): channel blocks with
+    a ragged last one, frame tiles whose halo crosses their edges, spans of two frame tiles
+    (two per sequence, the second partial), a sequence of one frame."""
     from orthoasr.kernels import gated_conv as module
-    monkeypatch.setattr(module, "_conv_blocks",
-                        lambda D, K: dict(BT=32, BC=64, KP=32, num_warps=4))
+    monkeypatch.setattr(module, "_conv_blocks", lambda D: dict(BT=32, BC=64, num_warps=4))
+    monkeypatch.setattr(module, "_dw_grad_blocks",
+                        lambda D: dict(BT=32, BC=64, SPAN_TILES=2, num_warps=4))
     torch.manual_seed(3)
     d, K, T, lengths = 100, 31, 75, torch.tensor([75, 40, 1])
     x = torch.randn(3, T, d, dtype=torch.float64)
