@@ -60,6 +60,8 @@ def run_variant(name: str, config: Path, work: Path, gpus: int) -> list[dict]:
         sync_config = config.with_name(f"run_{name.replace(' ', '_')}.yaml")
         values = yaml.safe_load(config.read_text())
         values["grad_sync"] = "ddp" if name == "1 GPU" else name
+        if values["grad_sync"] == "ddp":     # DDP's hooks are not captured in a CUDA graph
+            values["cuda_graphs"] = False
         sync_config.write_text(yaml.safe_dump(values))
         subprocess.run(train_command(sync_config, dirs[0], ranks), check=True, env=ENV)
     print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)

@@ -132,7 +132,8 @@ def main() -> None:
         if name not in args.backends.split(","):
             continue
         stage2 = steps if args.stage2_steps is None else args.stage2_steps
-        backend = {"graphs": ["backend=auto", "cuda_graphs=true"]}.get(name, [f"backend={name}"])
+        backend = {"graphs": ["backend=auto", "cuda_graphs=true"]}.get(
+            name, [f"backend={name}", "cuda_graphs=false"])
         run = load_run_config(args.config, common + backend + [f"stage1_steps={steps}",
                                                                f"stage2_steps={stage2}"])
         out_dir = work / name

@@ -106,8 +106,8 @@ class RunConfig:
     backend: str = "auto"
     bf16: bool = True                # autocast to bf16 on CUDA; CPU always runs fp32
     # CUDA: capture each training step once per (shape class, stage, drawn budget) as a CUDA
-    # graph and replay it (needs shape_classes > 0 and grad_sync=flat); off until measured
-    # on a GPU (bench/NOTES.md); ignored on the CPU
+    # graph and replay it (needs shape_classes > 0 and grad_sync=flat; on in configs/paper.yaml,
+    # off here because shape classes are); ignored on the CPU
     cuda_graphs: bool = False
     log_every: int = 10
     ckpt_every: int = 200
