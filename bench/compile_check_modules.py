@@ -102,8 +102,8 @@ def main() -> None:
                                    BT=mid["BT"], BD=mid["BD"]), num_warps=warps)
     ok &= _compile(gated_conv._conv_mid_bwd_norm_kernel,
                    dict(dr_ptr="bf16", pre_ptr="bf16", lnw_ptr="fp32", lnb_ptr="fp32",
-                        dpre_ptr="bf16", dlnw_ptr="fp32", dlnb_ptr="fp32", dbdw_ptr="fp32",
-                        gate_ptr="fp32", len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D),
+                        dpre_ptr="bf16", part_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
+                   floats=("eps",), ints=dict(T=T, D=D),
                    constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, BT=mid["BT"],
                                    BD=mid["BD"]), num_warps=warps)
     conv = gated_conv._conv_blocks(384)
