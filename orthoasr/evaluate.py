@@ -77,7 +77,8 @@ def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
 def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]], device,
                batch_frames: int, bf16: bool) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
-    `subnets`; batches sorted by length, the shared frontend run once per batch."""
+    `subnets`; batches sorted by length, the shared frontend run once per batch. Modules
+    whose gates are all 0 in a subnet are left out of its passes (model.dead_modules)."""
     from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode
     from .graphs import GraphedEncoder
@@ -92,6 +93,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
               f"{records[too_short[0]]['audio_filepath']}")
         order = order[len(too_short):]
     hyps = [[""] * len(records) for _ in subnets]
+    skips = [model.dead_modules(gates) for gates, _ in subnets]
     encoder = GraphedEncoder(model)       # CUDA graphs per padded shape class on a GPU
     frames = [int(100 * float(records[i]["duration"])) + 1 for i in order]
     for positions in length_batches(frames, batch_frames):
@@ -101,7 +103,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             x, out_lengths = model.embed(feats, lengths)
             for s, (gates, head) in enumerate(subnets):
-                log_probs = encoder(x, out_lengths, gates, head)
+                log_probs = encoder(x, out_lengths, gates, head, skips[s])
                 for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
                     hyps[s][j] = tokenizer.decode(list(ids))
     return hyps

@@ -47,11 +47,11 @@ def capture_graph(fn, warmup: int = 3, pool=None):
 
 
 class GraphedEncoder:
-    """`model.encode(x, lengths, gates, head)` of a ConformerSupernet, with (B, T') padded up
+    """`model.encode(x, lengths, gates, head, skip)` of a ConformerSupernet, with (B, T') padded up
     to a shape class: B to the next power of two, T' to a multiple of `frame_step`. Padding
     rows repeat the first utterance (no empty rows) and padding frames are zeros beyond the
     lengths, so the real rows' log-probs are those of the unpadded call (the encoder ignores
-    frames past each length). On CUDA each (class, head, gates given, autocast dtype) is
+    frames past each length). On CUDA each (class, head, gates given, skip, autocast dtype) is
     captured once as a CUDA graph, all in one memory pool, and replayed with the inputs
     copied into its buffers; on the CPU, or with use_graphs=False, the padded call runs
     eagerly. A shape whose capture fails (a host sync on some backend) runs eagerly from
@@ -70,14 +70,15 @@ class GraphedEncoder:
         return padded_batch, -(-frames // self.frame_step) * self.frame_step
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor,
-                 gates: torch.Tensor | None = None, head: int = -1) -> torch.Tensor:
+                 gates: torch.Tensor | None = None, head: int = -1,
+                 skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
         """x (B, T', D), lengths (B,) -> log_probs (B, T', V) float32."""
         B, T = x.shape[:2]
         PB, PT = self.shape_class(B, T)
         use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") \
             else None
-        key = (PB, PT, x.dtype, head, gates is not None, autocast)
+        key = (PB, PT, x.dtype, head, gates is not None, frozenset(skip), autocast)
         if use_graphs and self.graphs.get(key) is not None:
             graph, (x_in, lengths_in, gates_in), out = self.graphs[key]
             _pad_into(x_in, lengths_in, x, lengths)      # straight into the graph's inputs
@@ -89,16 +90,16 @@ class GraphedEncoder:
         padded_lengths = lengths.new_empty(PB)
         _pad_into(padded, padded_lengths, x, lengths)
         if use_graphs and key not in self.graphs:
-            self.graphs[key] = self._capture(padded, padded_lengths, gates, head)
+            self.graphs[key] = self._capture(padded, padded_lengths, gates, head, skip)
             if self.graphs[key] is not None:
-                return self(x, lengths, gates, head)
-        return self.model.encode(padded, padded_lengths, gates, head)[:B, :T]
+                return self(x, lengths, gates, head, skip)
+        return self.model.encode(padded, padded_lengths, gates, head, skip)[:B, :T]
 
-    def _capture(self, x, lengths, gates, head):
+    def _capture(self, x, lengths, gates, head, skip):
         inputs = (x.clone(), lengths.clone(), None if gates is None else gates.clone())
 
         def encode():
-            return self.model.encode(*inputs, head)
+            return self.model.encode(*inputs, head, skip)
         try:
             graph, out = capture_graph(encode, pool=self.pool)
         except RuntimeError as err:                # e.g. a backend that syncs with the host

@@ -5,7 +5,10 @@ sinusoidal positions, Conformer blocks of gated modules, one output layer per bu
     -> log_probs (B, T/4, V)
 
 Gates g (N,) scale unit outputs; unit u = layer * U + position in the block (cfg.module_order).
-Splitting g per module is a view on the device: no host sync.
+Splitting g per module is a view on the device: no host sync. A module whose gates are all
+exactly 0 outputs exactly 0; a caller that knows this on the host (a frozen subnet) can
+leave such modules out altogether (`encode(..., skip=model.dead_modules(gates))`): no launch,
+no FLOPs, the same output.
 """
 
 from __future__ import annotations
@@ -105,9 +108,13 @@ class ConformerBlock(nn.Module):
         self.norm = MaskedLayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames."""
+                gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset()
+                ) -> torch.Tensor:
+        """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
+        skip: kinds of the modules left out (as if their gates were all 0)."""
         for kind, start, end in self.layout:
+            if kind in skip:
+                continue
             module_gates = None if gates is None else gates[start:end]
             # one fused kernel for x + s * y (two with a separate multiply)
             x = torch.add(x, self.modules_by_kind[kind](x, lengths, module_gates),
@@ -150,14 +157,43 @@ class ConformerSupernet(nn.Module):
         return x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype), lengths
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
-               head: int = -1) -> torch.Tensor:
-        """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V)."""
+               head: int = -1, skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
+        """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V).
+        skip: (layer, kind) of modules left out, as `dead_modules` gives them: with hard
+        gates that are all 0 there the output is the same, without their launches."""
         self._check_gates(x, gates, head)
+        skips = self._skips_per_layer(skip)
         x = self.dropout(x)
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
-            x = block(x, lengths, None if gates is None else block_gates[layer])
+            x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer])
         return self.heads[head](x).float().log_softmax(dim=-1)
+
+    def dead_modules(self, gates: torch.Tensor) -> frozenset[tuple[int, str]]:
+        """(layer, kind) of every module whose gates in `gates` (N,) are all exactly 0: what
+        `encode(..., skip=)` may leave out. Reads the gates on the host (a sync on a GPU):
+        once per frozen subnet, not per step. Gates that need a gradient are refused: a
+        module left out would give its gates none."""
+        if gates is None:
+            return frozenset()
+        if gates.requires_grad:
+            raise ValueError("dead_modules needs hard gates without a gradient (a module "
+                             "left out gives its gates no gradient)")
+        self._check_gates(gates, gates, -1)
+        rows = gates.detach().cpu().view(len(self.blocks), -1)
+        return frozenset((layer, kind) for layer, block in enumerate(self.blocks)
+                         for kind, start, end in block.layout
+                         if not rows[layer, start:end].any())
+
+    def _skips_per_layer(self, skip) -> list[frozenset[str]]:
+        per_layer = [set() for _ in self.blocks]
+        for item in skip:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int)
+                    and 0 <= item[0] < len(self.blocks) and item[1] in HALF_STEP):
+                raise ValueError(f"skip items must be (layer in [0, {len(self.blocks)}), kind "
+                                 f"in {tuple(HALF_STEP)}), got {item!r}")
+            per_layer[item[0]].add(item[1])
+        return [frozenset(kinds) for kinds in per_layer]
 
     def _check_features(self, features, lengths) -> None:
         """Shapes and dtypes; lengths in input frames when they are on the CPU (on a GPU

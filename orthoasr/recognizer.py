@@ -44,6 +44,8 @@ class Recognizer:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.gates = None if gates is None else gates.to(self.device)
+        # modules with every unit off: left out of the encoder's passes (no launches)
+        self.skip = frozenset() if gates is None else model.dead_modules(gates)
         self.head, self.batch_frames = head, batch_frames
         # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
         self.encoder = GraphedEncoder(model) if gates is not None else None
@@ -117,7 +119,7 @@ class Recognizer:
             log_probs, out_lengths = self.model(feats, frame_lengths)
         else:
             x, out_lengths = self.model.embed(feats, frame_lengths)
-            log_probs = self.encoder(x, out_lengths, self.gates, self.head)
+            log_probs = self.encoder(x, out_lengths, self.gates, self.head, self.skip)
         return [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(log_probs, out_lengths)]
 
 

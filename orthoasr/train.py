@@ -296,9 +296,11 @@ class Trainer:
         self.budget_rng = random.Random(run.seed)
         self.frozen_masks = None            # (M, N) float on the device after stage 1
         self.fixed = None                   # fixed_gates: (masks (M, N) on the device, index)
+        self.fixed_skip = frozenset()       # its modules whose units are all off
         if run.fixed_gates:
             masks, index = load_fixed_gates(run.fixed_gates, self.cfg)
             self.fixed = (masks.to(self.device), index)
+            self.fixed_skip = self.model.dead_modules(masks[index])
         self.step, self.epoch, self.batch_index = 0, 0, 0
         if self.world.distributed:
             self.reseed_rank()
@@ -428,6 +430,19 @@ class Trainer:
                 feats = self.spec_augment(feats, lengths)
         return feats, lengths
 
+    @property
+    def frozen_masks(self) -> torch.Tensor | None:
+        """(M, N) hard masks on the device after stage 1, else None."""
+        return self._frozen_masks
+
+    @frozen_masks.setter
+    def frozen_masks(self, masks: torch.Tensor | None) -> None:
+        # per subnet, the modules with every unit off: left out of its passes (no launches);
+        # read on the host once, when the masks are set
+        self._frozen_masks = masks
+        self.frozen_skips = None if masks is None else [
+            self.model.dead_modules(row) for row in masks.detach()]
+
     def draw_budget(self) -> int | None:
         """The index of the budget a step trains beside the supernet (stage 1) or beside the
         supernet and the smallest subnet (stage 2), drawn on the host from budget_rng (the
@@ -451,10 +466,10 @@ class Trainer:
 
         teacher = None              # the supernet's log-probabilities of this step
 
-        def ctc(gates, head):
+        def ctc(gates, head, skip=frozenset()):
             nonlocal teacher
             with autocast:
-                log_probs = self.model.encode(x, out_lengths, gates, head)
+                log_probs = self.model.encode(x, out_lengths, gates, head, skip)
             loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, frames)
             if teacher is None:                     # the supernet: always the first call
                 teacher = log_probs
@@ -466,7 +481,7 @@ class Trainer:
 
         if self.fixed is not None:              # fixed_gates: one subnet, trained alone
             masks, b = self.fixed
-            loss = ctc(masks[b], b)
+            loss = ctc(masks[b], b, self.fixed_skip)
             return loss, {"loss": loss.detach(), "loss_sup": loss.detach(),
                           "loss_sub": zero, "penalty": zero, "budget": budgets[b]}
         if self.frozen_masks is None:                                   # stage 1
@@ -483,11 +498,11 @@ class Trainer:
             loss_sup = ctc(self.supernet_gates(), len(budgets) - 1)
             loss_sub, penalty, budget = zero, zero, budgets[-1]
             if len(budgets) > 1:
-                loss_sub = ctc(self.frozen_masks[0], 0)
+                loss_sub = ctc(self.frozen_masks[0], 0, self.frozen_skips[0])
                 budget = budgets[0]
             if len(budgets) > 2:
                 b = drawn
-                loss_mid = ctc(self.frozen_masks[b], b)
+                loss_mid = ctc(self.frozen_masks[b], b, self.frozen_skips[b])
                 loss_sub = loss_sub + loss_mid
                 budget = budgets[b]
             loss = loss_sup + aux_scale(run, loss_sub) * loss_sub

@@ -71,6 +71,56 @@ def test_zero_gates_ignore_module_weights_and_gate_gradients_flow():
     assert soft.grad is not None and (soft.grad != 0).all()
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dead_modules_left_out_give_the_same_output_and_gradients(backend):
+    """encode(skip=dead_modules(gates)) leaves out every module whose hard gates are all 0:
+    the same log-probs and the same gradients for every parameter it still uses (the
+    modules left out get none: all-zero gates give them zeros). No dropout: a module left
+    out draws no random numbers, so the later modules' draws would differ."""
+    set_backend(backend)
+    model = ConformerSupernet(tiny_cfg())
+    units = {kind: (start, end) for kind, start, end in model.blocks[0].layout}
+    gates = torch.ones(2, model.num_units // 2)
+    gates[0, slice(*units["ffn1"])] = 0             # block 0: ffn1 off, one head of mhsa off
+    gates[0, units["mhsa"][0]] = 0
+    gates[1, slice(*units["mhsa"])] = 0             # block 1: mhsa and conv off
+    gates[1, slice(*units["conv"])] = 0
+    gates = gates.flatten()
+    dead = model.dead_modules(gates)
+    assert dead == {(0, "ffn1"), (1, "mhsa"), (1, "conv")}
+    x, lengths = torch.randn(2, 9, 32), torch.tensor([9, 5])
+    outs, grads = [], []
+    for skip in (frozenset(), dead):
+        model.zero_grad(set_to_none=True)
+        out = model.encode(x, lengths, gates, 0, skip)
+        out.exp().sum().backward()
+        outs.append(out)
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
+    for name, full in grads[0].items():
+        left_out = grads[1][name]
+        if left_out is None and full is not None:   # a module left out: zeros without skip
+            assert any(f"blocks.{layer}.modules_by_kind.{kind}." in name for layer, kind in dead)
+            assert (full == 0).all(), name
+        elif full is None:              # encode() alone: no frontend; the other heads
+            assert left_out is None and name.startswith(("heads.", "frontend.")), name
+        else:
+            torch.testing.assert_close(left_out, full, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_skip_is_honoured_and_checked():
+    model = ConformerSupernet(tiny_cfg()).eval()
+    x, lengths = torch.randn(1, 6, 32), torch.tensor([6])
+    full = model.encode(x, lengths)
+    assert (model.encode(x, lengths, skip={(1, "conv")}) - full).abs().max() > 1e-4
+    for bad in [(2, "conv"), (0, "attention"), ("0", "conv"), (0,)]:
+        with pytest.raises(ValueError, match="skip items"):
+            model.encode(x, lengths, skip={bad})
+    with pytest.raises(ValueError, match="hard gates"):
+        model.dead_modules(torch.zeros(model.num_units, requires_grad=True))
+    assert model.dead_modules(None) == frozenset()
+
+
 @pytest.mark.parametrize("granularity", ["component", "module"])
 def test_valid_frames_ignore_padding(granularity):
     model = ConformerSupernet(tiny_cfg(granularity=granularity,

@@ -13,6 +13,7 @@ import torch
 from orthoasr import SupernetConfig, gamma_for, set_backend, subnet_cost, temperature
 from orthoasr.checkpoint import load_checkpoint
 from orthoasr.metrics import read_metrics
+from orthoasr.model import ConformerSupernet
 from orthoasr.run_config import RunConfig, load_run_config
 from orthoasr.train import (
     SubnetSelector,
@@ -339,3 +340,23 @@ def test_fixed_gates_train_one_frozen_subnet_alone(corpus, tmp_path):
     with pytest.raises(ValueError, match="has not frozen"):
         train(tiny_run(corpus, f"fixed_gates={tmp_path / 'early' / 'checkpoint.pt'}@0.4"),
               tmp_path / "d")
+
+
+def test_stage2_subnets_leave_out_their_dead_modules(corpus, tmp_path, monkeypatch):
+    """After the freeze each subnet's passes leave out the modules with every unit off
+    (model.dead_modules of its frozen masks); the supernet's pass leaves out none."""
+    calls = []
+    original = ConformerSupernet.encode
+
+    def spy(model, x, lengths, gates=None, head=-1, skip=frozenset()):
+        calls.append((head, frozenset(skip)))
+        return original(model, x, lengths, gates, head, skip)
+
+    monkeypatch.setattr(ConformerSupernet, "encode", spy)
+    trainer = train(tiny_run(corpus, "stage1_steps=2", "stage2_steps=2"), tmp_path / "run")
+    expected = [trainer.model.dead_modules(row) for row in trainer.frozen_masks.cpu()]
+    assert trainer.frozen_skips == expected and any(expected[:-1])
+    stage2 = calls[-2 * 3:]                  # 2 steps x (supernet, smallest, drawn subnet)
+    for head, skip in stage2:
+        assert skip == expected[head]
+    assert expected[-1] == frozenset()       # the largest subnet keeps every module
