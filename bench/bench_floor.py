@@ -174,6 +174,12 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                 xx = x.clone().requires_grad_()
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
+                if kind == "encoder" and name == "off":
+                    # the product's path where the gates are known on the host (a frozen
+                    # subnet in Recognizer, eval, stage 2): dead modules left out
+                    dead = model.dead_modules(gates)
+                    providers["ours_host_masks"] = lambda s=soft, xx=xx, ll=lengths, d=dead: \
+                        encode_gated(model, xx, ll, s, d)
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)
@@ -188,7 +194,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
                               xx=xx, low=low):
-                    if provider == "ours":
+                    if provider in ("ours", "ours_host_masks"):
                         return [xx, *params] + ([] if hard else [soft])
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]

@@ -144,11 +144,13 @@ class EncoderFloor(nn.Module):
         return x
 
 
-def encode_gated(model: ConformerSupernet, x, lengths, gates):
-    """Our encoder under `gates`: the blocks of model.encode, without the output layer."""
+def encode_gated(model: ConformerSupernet, x, lengths, gates, skip=frozenset()):
+    """Our encoder under `gates`: the blocks of model.encode, without the output layer;
+    `skip`: (layer, kind) of modules left out (model.dead_modules)."""
     per_block = None if gates is None else gates.view(len(model.blocks), -1)
     for layer, block in enumerate(model.blocks):
-        x = block(x, lengths, None if per_block is None else per_block[layer])
+        kinds = frozenset(kind for at, kind in skip if at == layer)
+        x = block(x, lengths, None if per_block is None else per_block[layer], kinds)
     return x
 
 
