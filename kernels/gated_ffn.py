@@ -79,19 +79,23 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
-    rows_gemm(xn, as_operand(w1, xn).t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE,
-              aux=pre, **common)
+    w1c, w2c = as_operand(w1, xn), as_operand(w2, xn)
+    rows_gemm(xn, w1c.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre, **common)
     y = xn.new_empty(B, T, D)
     bias_mode = BIAS_PLAIN if gates is None else (BIAS_GATE0 if module_gate else BIAS_ANY_GATE)
-    rows_gemm(hidden, as_operand(w2, xn).t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
+    rows_gemm(hidden, w2c.t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
               bias_mode=bias_mode, final=True, **common)
     if not save:
-        return y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn)
-    return y, xn, mean, rstd, pre, hidden
+        return (y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn), _empty(xn),
+                _empty(xn))
+    # the weights' compute-dtype copies are kept for the backward (no second cast); empty
+    # when the weights are in it already (an output may not alias an input)
+    return (y, xn, mean, rstd, pre, hidden, _empty(xn) if w1c is w1 else w1c,
+            _empty(xn) if w2c is w2 else w2c)
 
 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
-                         hidden, chunks, module_gate, skip_dead, gate_grad):
+                         hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad):
     B, T, D = x.shape
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
@@ -105,11 +109,13 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
     if not gate_grad:
         gate_cols = None
+    w1c = w1c if w1c.numel() else as_operand(w1, xn)
+    w2c = w2c if w2c.numel() else as_operand(w2, xn)
     d_pre = xn.new_empty(M, F_)
-    rows_gemm(dy2, as_operand(w2, xn), d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre,
-              sum1=gate_cols, sum2=db1, **common)
+    rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
+              sum2=db1, **common)
     d_xn = xn.new_empty(M, D)
-    rows_gemm(d_pre, as_operand(w1, xn), d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+    rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then)
@@ -140,7 +146,7 @@ def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tenso
                   b2: torch.Tensor, gates: torch.Tensor | None, chunks: int, module_gate: bool,
                   skip_dead: bool, save: bool, compute_dtype: torch.dtype
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                             torch.Tensor, torch.Tensor]:
+                             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
                                 module_gate, skip_dead, save, compute_dtype)
 
@@ -154,29 +160,36 @@ def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
-                x.new_empty(0, **like), x.new_empty(0, **like))
+                x.new_empty(0, **like), x.new_empty(0, **like), x.new_empty(0, **like),
+                x.new_empty(0, **like))
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
+
+    def copy_of(w):
+        return x.new_empty(0, **like) if w.dtype == compute_dtype else w.new_empty(w.shape,
+                                                                                   **like)
     return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like))
+            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like), copy_of(w1), copy_of(w2))
 
 
 @torch.library.custom_op("orthoasr::gated_ffn_bwd", mutates_args=())
 def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                   ln_weight: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                   gates: torch.Tensor | None, xn: torch.Tensor, mean: torch.Tensor,
-                  rstd: torch.Tensor, pre: torch.Tensor, hidden: torch.Tensor, chunks: int,
-                  module_gate: bool, skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
+                  rstd: torch.Tensor, pre: torch.Tensor, hidden: torch.Tensor,
+                  w1c: torch.Tensor, w2c: torch.Tensor, chunks: int, module_gate: bool,
+                  skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
     grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd,
-                                 pre, hidden, chunks, module_gate, skip_dead, gate_grad)
+                                 pre, hidden, w1c, w2c, chunks, module_gate, skip_dead,
+                                 gate_grad)
     # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
     return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
             for g in grads]
 
 
 @gated_ffn_bwd.register_fake
-def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, chunks,
-      module_gate, skip_dead, gate_grad):
+def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, w1c, w2c,
+      chunks, module_gate, skip_dead, gate_grad):
     dg = torch.empty_like(gates) if gate_grad else x.new_empty(0)
     return [torch.empty_like(x), torch.empty_like(ln_weight), torch.empty_like(ln_weight),
             torch.empty_like(w1), w1.new_empty(w1.shape[0]), torch.empty_like(w2),
@@ -197,14 +210,16 @@ class _Saved(NamedTuple):
     rstd: torch.Tensor
     pre: torch.Tensor
     hidden: torch.Tensor
+    w1c: torch.Tensor       # w1, w2 in the compute dtype (empty: the weights are in it)
+    w2c: torch.Tensor
 
 
 def _setup_context(ctx, inputs, output):
     args = dict(zip(parameter_names(gated_ffn_fwd_triton), inputs, strict=True))
-    _y, xn, mean, rstd, pre, hidden = output
+    _y, xn, mean, rstd, pre, hidden, w1c, w2c = output
     ctx.save_for_backward(*_Saved(args["x"], args["lengths"], args["ln_weight"], args["w1"],
                                   args["w2"], args["b2"], args["gates"], xn, mean, rstd, pre,
-                                  hidden))
+                                  hidden, w1c, w2c))
     ctx.chunks, ctx.module_gate, ctx.skip_dead = (args["chunks"], args["module_gate"],
                                                   args["skip_dead"])
 

@@ -95,6 +95,26 @@ def test_padding_invariance_and_finite():
     torch.testing.assert_close(y1, gated_ffn_reference(x, lengths, *params, gates, False))
 
 
+def test_weights_in_another_dtype_than_the_compute_dtype():
+    """fp64 weights computed in fp32 (as fp32 weights under bf16 autocast): the forward's
+    fp32 copies of W1 and W2 are the ones the backward uses; outputs and every gradient
+    against the fp64 reference."""
+    lengths = torch.tensor([7, 3])
+    x = torch.randn(2, 7, D, dtype=torch.float64)
+    params = [p.double() for p in make_params()]
+    gates = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 7, D)
+    inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+    y = gated_ffn(x, lengths, *params, gates, C, False, torch.float32)
+    assert y.dtype == torch.float32
+    grads = torch.autograd.grad(y, inputs, dy)
+    y64 = gated_ffn_reference(x, lengths, *params, gates, False)
+    grads64 = torch.autograd.grad(y64, inputs, dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    for i, (g, g64) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
 def test_gradcheck_reference_gates_fp64():
     lengths = torch.tensor([5, 3])
     x = torch.randn(2, 5, 8, dtype=torch.float64)
