@@ -279,7 +279,8 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
                                    out_dtype=compute_dtype)
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
-    rows_gemm(z, as_operand(pw1_w, z).t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
+    pw1c, pw2c = as_operand(pw1_w, z), as_operand(pw2_w, z)
+    rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
     pre = z.new_empty(M, D) if save else v
     r = z.new_empty(M, D)
     blk = _mid_blocks(D)
@@ -289,16 +290,20 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
         HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
         SAVE_PRE=save, **blk)
     y = z.new_empty(B, T, D)
-    rows_gemm(r, as_operand(pw2_w, z).t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
+    rows_gemm(r, pw2c.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
               scale_out=gates is not None, final=True, **common)
     if not save:  # distinct empties: custom_op outputs may not alias each other
-        return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0), z.new_empty(0),
-                z.new_empty(0), z.new_empty(0), z.new_empty(0))
-    return y, z, mean, rstd, u, v, pre, r
+        return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0),
+                *(z.new_empty(0) for _ in range(6)))
+    # the pointwise weights' compute-dtype copies are kept for the backward (no second
+    # cast); empty when the weights are in it already (an output may not alias an input)
+    return (y, z, mean, rstd, u, v, pre, r, z.new_empty(0) if pw1c is pw1_w else pw1c,
+            z.new_empty(0) if pw2c is pw2_w else pw2c)
 
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
-                          gates, z, mean, rstd, u, v, pre, r, skip_dead, gate_grad):
+                          gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c, skip_dead,
+                          gate_grad):
     B, T, D = x.shape
     eps = LN_EPS
     M, K = B * T, dw_w.shape[1]
@@ -313,7 +318,9 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
-    rows_gemm(dy2, as_operand(pw2_w, dy2), dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
+    pw1c = pw1c if pw1c.numel() else as_operand(pw1_w, dy2)
+    pw2c = pw2c if pw2c.numel() else as_operand(pw2_w, dy2)
+    rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
     # pw2's bias gradient; not read at all for a dead module (it is 0 then)
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(dy2, r, out=dpw2, **common)
@@ -339,7 +346,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **wblk)
     d_dww = d_dww_parts.sum(0).t()
     dz = dy2.new_empty(M, D)
-    rows_gemm(du, as_operand(pw1_w, dy2), dz, epi=EPI_STORE, **common)
+    rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(du, z, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
@@ -369,7 +376,8 @@ def gated_conv_fwd(x: torch.Tensor, lengths: torch.Tensor, ln1_w: torch.Tensor,
                    gates: torch.Tensor | None, skip_dead: bool, save: bool,
                    compute_dtype: torch.dtype
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor, torch.Tensor]:
     return tuple(gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b,
                                       ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save,
                                       compute_dtype))
@@ -384,11 +392,16 @@ def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, p
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
-                *(x.new_empty(0, **like) for _ in range(4)))
+                *(x.new_empty(0, **like) for _ in range(6)))
     M = B * T
     stats = x.new_empty(M, dtype=torch.float32)
+
+    def copy_of(w):
+        return x.new_empty(0, **like) if w.dtype == compute_dtype else w.new_empty(w.shape,
+                                                                                   **like)
     return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)))
+            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)),
+            copy_of(pw1_w), copy_of(pw2_w))
 
 
 @torch.library.custom_op("orthoasr::gated_conv_bwd", mutates_args=())
@@ -397,11 +410,11 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                    ln2_w: torch.Tensor, ln2_b: torch.Tensor, pw2_w: torch.Tensor,
                    pw2_b: torch.Tensor, gates: torch.Tensor | None, z: torch.Tensor,
                    mean: torch.Tensor, rstd: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                   pre: torch.Tensor, r: torch.Tensor, skip_dead: bool, gate_grad: bool
-                   ) -> list[torch.Tensor]:
+                   pre: torch.Tensor, r: torch.Tensor, pw1c: torch.Tensor,
+                   pw2c: torch.Tensor, skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
     grads = gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w,
-                                  pw2_b, gates, z, mean, rstd, u, v, pre, r, skip_dead,
-                                  gate_grad)
+                                  pw2_b, gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c,
+                                  skip_dead, gate_grad)
     # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
     return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
             for g in grads]
@@ -409,7 +422,7 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
 
 @gated_conv_bwd.register_fake
 def _(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates, z, mean, rstd, u,
-      v, pre, r, skip_dead, gate_grad):
+      v, pre, r, pw1c, pw2c, skip_dead, gate_grad):
     D = x.shape[-1]
     vec = [ln1_w.new_empty(D) for _ in range(2)]
     return [torch.empty_like(x), *vec, torch.empty_like(pw1_w), pw1_w.new_empty(2 * D),
@@ -437,13 +450,16 @@ class _Saved(NamedTuple):
     v: torch.Tensor
     pre: torch.Tensor
     r: torch.Tensor
+    pw1c: torch.Tensor      # pw1_w, pw2_w in the compute dtype (empty: they are in it)
+    pw2c: torch.Tensor
 
 
 def _setup_context(ctx, inputs, output):
     args = dict(zip(parameter_names(gated_conv_fwd_triton), inputs))
-    _y, z, mean, rstd, u, v, pre, r = output
+    _y, z, mean, rstd, u, v, pre, r, pw1c, pw2c = output
     weights = {name: args[name] for name in _Saved._fields[:10]}
-    ctx.save_for_backward(*_Saved(**weights, z=z, mean=mean, rstd=rstd, u=u, v=v, pre=pre, r=r))
+    ctx.save_for_backward(*_Saved(**weights, z=z, mean=mean, rstd=rstd, u=u, v=v, pre=pre, r=r,
+                                  pw1c=pw1c, pw2c=pw2c))
     ctx.skip_dead = args["skip_dead"]
 
 

@@ -86,6 +86,25 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
         torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
+def test_weights_in_another_dtype_than_the_compute_dtype():
+    """fp64 weights computed in fp32 (as fp32 weights under bf16 autocast): the forward's
+    fp32 copies of the pointwise weights are the ones the backward uses; outputs and every
+    gradient against the fp64 reference."""
+    lengths = torch.tensor([12, 5])
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    params = make_params(7, torch.float64)
+    gates = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 12, D)
+    inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+    y = gated_conv(x, lengths, *params, gates, torch.float32)
+    grads = torch.autograd.grad(y, inputs, dy)
+    y64 = gated_conv_reference(x, lengths, *params, gates)
+    grads64 = torch.autograd.grad(y64, inputs, dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    for i, (g, g64) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
 def test_input_in_another_dtype_than_the_compute_dtype():
     """x read in its own dtype by the first LayerNorm (fp64 here, fp32 under bf16 autocast on
     the GPU), the rest in the compute dtype; dx comes back in x's dtype."""
