@@ -87,8 +87,7 @@ def main() -> None:
                   rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64")),
             (layer_norm._layer_norm_bwd_kernel,
              dict(dy_ptr="bf16", x_ptr="bf16", w_ptr="fp32", mean_ptr="fp32", rstd_ptr="fp32",
-                  dx_ptr="bf16", dw_ptr="fp32", db_ptr="fp32", gate_ptr="fp32",
-                  len_ptr="i64"))):
+                  dx_ptr="bf16", part_ptr="fp32", gate_ptr="fp32", len_ptr="i64"))):
         ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)

@@ -311,9 +311,9 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     has_gates, skip = gates is not None, skip_dead and gates is not None
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    sizes = [D, D, D * D, 2 * D, 2 * D * D, D, D]
+    sizes = [D, D, D * D, 2 * D, 2 * D * D]
     acc = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-    gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b = acc.split(sizes)
+    gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w = acc.split(sizes)
     dpw2, d_pw1w = dpw2.view(D, D), d_pw1w.view(2 * D, D)
     if not gate_grad:
         gate_cols = None
@@ -349,8 +349,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(du, z, out=d_pw1w, **common)
-    dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
-                        dw=d_ln1w, db=d_ln1b)[0]
+    dx, d_ln1w, d_ln1b = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T,
+                                        gates, skip_dead)
     dgates = None
     if has_gates:
         g = gates[0].float()
