@@ -313,11 +313,13 @@ def in_proj_fwd_triton(y, w, b, head_gates):
     return qkv
 
 
-def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None):
+def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None, acc=None):
     """-> (dy in y's dtype, dW fp32, db fp32); w in the compute dtype (= dqkv's). Rows are
     B sequences of T frames with `lengths` (padded frames skipped), or, without lengths,
     M rows all valid. dW and db through the FFN's weight-gradient and column-sum kernels:
-    head h owns rows [3h*Dh, 3(h+1)*Dh) of W_in, a chunk skipped while its gate is 0."""
+    head h owns rows [3h*Dh, 3(h+1)*Dh) of W_in, a chunk skipped while its gate is 0.
+    acc: zeroed fp32 (3d * d + 3d,) to hold dW and db (default: a new tensor each, as the
+    torch.library op needs: its outputs may not be views of one buffer)."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
@@ -330,8 +332,14 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None):
     if lengths is None:
         lengths, T = _row_blocks(M, y.device)
     heads = dict(lengths=lengths, T=T, gates=head_gates, chunk=3 * Dh, skip_dead=True)
-    dw = wgrad(dqkv, y.to(dqkv.dtype), num_chunks=H, chunk_axis=1, **heads)
-    db = col_sums(dqkv, torch.zeros(3 * D, dtype=torch.float32, device=y.device), **heads)
+    if acc is None:
+        dw, db = (torch.zeros(shape, dtype=torch.float32, device=y.device)
+                  for shape in ((3 * D, D), 3 * D))
+    else:
+        dw, db = acc.split([3 * D * D, 3 * D])
+        dw = dw.view(3 * D, D)
+    dw = wgrad(dqkv, y.to(dqkv.dtype), num_chunks=H, chunk_axis=1, out=dw, **heads)
+    db = col_sums(dqkv, db, **heads)
     return dy, dw, db
 
 
@@ -357,8 +365,9 @@ def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
     return out
 
 
-def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode):
-    """-> (da, dW fp32, db fp32, dscale fp32 (1,)); dead heads' columns of da unwritten."""
+def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=None):
+    """-> (da, dW fp32, db fp32, dscale fp32 (1,)); dead heads' columns of da unwritten.
+    acc: zeroed fp32 (d * d + d + 1,) to hold dW, db and dscale (default: new tensors)."""
     M, D = a.shape
     H = head_gates.shape[0]
     Dh = D // H
@@ -368,8 +377,12 @@ def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode):
     launch(_out_proj_da_kernel, (cdiv(M, blk["BLOCK_M"]), H),
         dout, w, head_gates, da, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=precision, **blk["opts"])
-    dw = torch.zeros(D, D, dtype=torch.float32, device=a.device)
-    db = torch.zeros(D + 1, dtype=torch.float32, device=a.device)   # db_o, then dscale
+    if acc is None:                                                  # db: db_o, then dscale
+        dw, db = (torch.zeros(shape, dtype=torch.float32, device=a.device)
+                  for shape in ((D, D), D + 1))
+    else:
+        dw, db = acc.split([D * D, D + 1])
+        dw = dw.view(D, D)
     splits, rows = _split(M, blk["BLOCK_M"])
     launch(_out_proj_dw_kernel, (cdiv(D, blk["BLOCK_N"]), H + 1, splits),
         dout, a, b, head_gates, head_gates if bias_scale is None else bias_scale, dw, db,
@@ -515,14 +528,18 @@ class _GatedMHSA(torch.autograd.Function):
         B, T, H, Dh = s.a.shape
         D = H * Dh
         w_in_dtype, b_in_dtype, w_o_dtype = ctx.dtypes
+        # every fp32 accumulator of both projections from one zeroed buffer: one memset
+        acc_o, acc_in = torch.zeros(D * D + D + 1 + 3 * D * D + 3 * D, dtype=torch.float32,
+                                    device=dout.device).split([D * D + D + 1, 3 * D * D + 3 * D])
         da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
                                                      s.a.view(B * T, D), s.w_o, s.b_o,
-                                                     s.head_gates, s.bias_scale, ctx.bias_mode)
+                                                     s.head_gates, s.bias_scale, ctx.bias_mode,
+                                                     acc_o)
         dqkv, dgates = attention_packed_bwd(da.view(B, T, H, Dh), s.qkv.view(B, T, H, 3, Dh),
                                             s.lse, s.lengths, s.head_gates, Dh ** -0.5,
                                             zero_dead=False)
         dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), s.y2, s.w_in,
-                                              s.head_gates, s.lengths, T)
+                                              s.head_gates, s.lengths, T, acc_in)
         if s.bias_scale is not None:
             dscale = dscale.reshape(s.bias_scale.shape).to(s.bias_scale.dtype)
         else:
