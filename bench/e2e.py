@@ -66,7 +66,8 @@ PROVIDERS = ("ours", "eager_reference", "compile_reference")
 @dataclass
 class Workload:
     mode: str                      # "fwd+bwd" or "fwd"
-    subnets: list                  # [(gates (N,) or None, hard)]
+    subnets: list                  # [(gates (N,) or None, hard, skip)]; skip: ours leaves
+                                   # these modules out (a frozen subnet's dead modules)
     soft: torch.Tensor | None = None   # the soft gates that get a gradient
 
 
@@ -102,24 +103,30 @@ def unit_masks(model: ConformerSupernet, gen: torch.Generator) -> dict[str, torc
 def make_workloads(model, names, device, gen) -> dict[str, Workload]:
     masks = {k: v.to(device) for k, v in unit_masks(model, gen).items()}
     soft = (0.05 + 0.9 * torch.rand(model.num_units, generator=gen)).to(device)
+    none = frozenset()
+
+    def frozen(k):     # as the trainer (stage 2) and Recognizer run a frozen subnet
+        return masks[k], True, model.dead_modules(masks[k])
     table = {
-        "encoder stage-1 pair": lambda: Workload("fwd+bwd", [(None, False), (soft, False)],
+        "encoder stage-1 pair": lambda: Workload("fwd+bwd", [(None, False, none),
+                                                             (soft, False, none)],
                                                  soft.requires_grad_()),
+        # the supernet's stochastic depth is drawn per step on the device: nothing left out
         "encoder stage-2 triple": lambda: Workload(
-            "fwd+bwd", [(masks[k], True) for k in ("supernet", "smallest", "middle")]),
-        "infer dense": lambda: Workload("fwd", [(None, False)]),
-        "infer 50%": lambda: Workload("fwd", [(masks["half"], True)]),
+            "fwd+bwd", [(masks["supernet"], True, none), frozen("smallest"), frozen("middle")]),
+        "infer dense": lambda: Workload("fwd", [(None, False, none)]),
+        "infer 50%": lambda: Workload("fwd", [frozen("half")]),
     }
     return {name: table[name]() for name in names}
 
 
 def step(encoder, work: Workload, x, lengths, probe, inputs, device):
-    """One call of the workload through `encoder(x, lengths, gates, hard)`: fwd+bwd returns
-    (loss, *gradients of inputs), fwd the outputs."""
+    """One call of the workload through `encoder(x, lengths, gates, hard, skip)`: fwd+bwd
+    returns (loss, *gradients of inputs), fwd the outputs."""
     def call():
         with torch.autocast(device.type, dtype=BF16, enabled=device.type == "cuda"), \
                 torch.set_grad_enabled(work.mode == "fwd+bwd"):
-            outs = [encoder(x, lengths, g, hard) for g, hard in work.subnets]
+            outs = [encoder(x, lengths, g, hard, skip) for g, hard, skip in work.subnets]
         if work.mode == "fwd":
             return tuple(outs)
         loss = sum((out.float() * probe).sum() for out in outs)
@@ -194,10 +201,10 @@ def run(names, providers, timings, check_only: bool, out=None,
     probe = torch.randn(batch, frames, cfg.d_model, generator=gen).to(device) * valid
     assert use_triton(x, lengths), "ours would not run the Triton kernels"
     eager = EagerEncoder(model)
-    encoders = {"ours": lambda xx, ll, g, hard: encode_gated(model, xx, ll, g),
-                "eager_reference": eager,
-                "compile_reference": torch.compile(eager, mode=compile_mode,
-                                                    dynamic=False)}
+    compiled = torch.compile(eager, mode=compile_mode, dynamic=False)
+    encoders = {"ours": lambda xx, ll, g, hard, skip: encode_gated(model, xx, ll, g, skip),
+                "eager_reference": lambda xx, ll, g, hard, skip: eager(xx, ll, g, hard),
+                "compile_reference": lambda xx, ll, g, hard, skip: compiled(xx, ll, g, hard)}
     failures = 0
     for name, work in make_workloads(model, names, device, gen).items():
         model.train(work.mode == "fwd+bwd")
@@ -224,7 +231,7 @@ def run(names, providers, timings, check_only: bool, out=None,
         if check_only:
             continue
         rows = []
-        hard = any(h for _, h in work.subnets)
+        hard = any(h for _, h, _ in work.subnets)
         for provider in checked:
             for timing in timings:
                 if timing == "graph" and hard and provider != "ours":
