@@ -48,7 +48,9 @@ WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 
 
 
 def _tag(cfg):
-    return "x".join(str(v) for v in cfg.values())
+    """128x128x64x8x3 (BM/BP, BN/BQ, BK, warps, stages), then +OPTION for each flag set."""
+    sizes = "x".join(str(v) for v in cfg.values() if not isinstance(v, bool))
+    return sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True)
 
 
 def _print_pipelining(*jit_fns):

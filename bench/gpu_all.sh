@@ -31,20 +31,25 @@ cd /tmp
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 if has tests; then
-  # three groups at once (kernel compilation is CPU-bound: in two halves the second ran
-  # past 250 s before test_learning), the groups spread over the GPUs there are; -v so
-  # that a log cut by the time limit still names each test that ran
+  # four groups at once (kernel compilation is CPU-bound: with three, the middle one ran
+  # past 270 s, 2026-11-30), spread over the GPUs there are; -v so that a log cut by the
+  # time limit still names each test that ran; SIGKILL: the trainer turns a SIGTERM into a
+  # clean early stop, which a test would then report as a wrong number of steps
   GPUS=$(nvidia-smi -L | wc -l)
-  T="timeout ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf"
+  T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf"
   GROUP_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
   GROUP_C="test_learning.py"
+  GROUP_D="test_train.py test_checkpoint.py"
   CUDA_VISIBLE_DEVICES=0 $T $(printf "$REPO/tests/%s " $GROUP_A) > $OUT/gpu_tests_a.log 2>&1 &
   CUDA_VISIBLE_DEVICES=$((GPUS > 1 ? 1 : 0)) $T $REPO/tests \
-    $(printf -- "--ignore=$REPO/tests/%s " $GROUP_A $GROUP_C) > $OUT/gpu_tests_b.log 2>&1 &
+    $(printf -- "--ignore=$REPO/tests/%s " $GROUP_A $GROUP_C $GROUP_D) \
+    > $OUT/gpu_tests_b.log 2>&1 &
   CUDA_VISIBLE_DEVICES=$((GPUS > 2 ? 2 : 0)) $T $(printf "$REPO/tests/%s " $GROUP_C) \
     > $OUT/gpu_tests_c.log 2>&1 &
+  CUDA_VISIBLE_DEVICES=$((GPUS > 3 ? 3 : 0)) $T $(printf "$REPO/tests/%s " $GROUP_D) \
+    > $OUT/gpu_tests_d.log 2>&1 &
   wait
-  for f in $OUT/gpu_tests_a.log $OUT/gpu_tests_b.log $OUT/gpu_tests_c.log; do
+  for f in $OUT/gpu_tests_[abcd].log; do
     echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "FAILED|ERROR" $f | head; done
 fi
 if has profile; then
