@@ -126,6 +126,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         db2 = dy_sum
     elif module_gate:
         db2 = dy_sum * gates[0].float()
+    elif skip_dead:      # col_sums read nothing when every gate is 0: dy_sum is 0 then
+        db2 = dy_sum
     else:
         db2 = dy_sum * (gates != 0).any().float()
     dgates = None

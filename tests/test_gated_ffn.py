@@ -29,6 +29,7 @@ GATES = {  # name: (gates, granularity, requires_grad)
     "hard_half": ([1.0, 0.0, 0.0, 1.0], "component", False),
     "one_on": ([0.0, 0.0, 1.0, 0.0], "component", False),
     "all_off": ([0.0, 0.0, 0.0, 0.0], "component", False),
+    "soft_all_off": ([0.0, 0.0, 0.0, 0.0], "component", True),   # b2 off, gates get gradients
     "module_soft": ([0.6], "module", True),
     "module_off": ([0.0], "module", False),
 }
