@@ -29,7 +29,7 @@ from .autograd import eager_function, grads_in_order, needs_grad, parameter_name
 from .common import as_operand, interpreting, valid_mask
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, col_sums, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
-from .layer_norm import layer_norm_bwd, layer_norm_fwd
+from .layer_norm import layer_norm_bwd, layer_norm_bwd_tile, layer_norm_fwd
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,
@@ -144,12 +144,7 @@ def _conv_mid_bwd_norm_kernel(
         q = xhat * lnw[None, :] + lnb[None, :]
         sig = tl.sigmoid(q)
         dq = tl.where(ok, dr * sig * (1.0 + q * (1.0 - sig)), 0.0)
-        d_lnw = tl.sum(dq * xhat, 0)
-        d_lnb = tl.sum(dq, 0)
-        dxhat = dq * lnw[None, :]
-        c1 = tl.sum(dxhat * xhat, 1) / D
-        c2 = tl.sum(dxhat, 1) / D
-        dpre = tl.where(ok, (dxhat - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
+        dpre, d_lnw, d_lnb = layer_norm_bwd_tile(dq, xhat, lnw, rstd, ok, D)
         d_bias = tl.sum(dpre, 0)
         tl.store(dpre_ptr + tile, dpre.to(dpre_ptr.dtype.element_ty), mask=ok)
     tl.store(part, d_lnw, mask=col_ok)

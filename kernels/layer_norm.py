@@ -72,6 +72,20 @@ def _layer_norm_fwd_kernel(
 
 
 @triton.jit
+def layer_norm_bwd_tile(dy, xhat, w, rstd, ok, D):
+    """LayerNorm backward of a [rows, BD] tile (dy and xhat 0 outside `ok`): (dx, the
+    tile's dgamma and dbeta sums over its rows)."""
+    # the column sums first: in this order an sm_90 compile of the LayerNorm backward
+    # needs 122 registers, 142 the other way round
+    dw, db = tl.sum(dy * xhat, 0), tl.sum(dy, 0)
+    dxhat = dy * w[None, :]
+    c1 = tl.sum(dxhat * xhat, 1) / D
+    c2 = tl.sum(dxhat, 1) / D
+    dx = tl.where(ok, (dxhat - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
+    return dx, dw, db
+
+
+@triton.jit
 def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, part_ptr, gate_ptr, len_ptr,
     M, D, T,
@@ -101,12 +115,7 @@ def _layer_norm_bwd_kernel(
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
-        dw = tl.sum(dy * xhat, 0)
-        db = tl.sum(dy, 0)
-        dxhat = dy * w[None, :]
-        c1 = tl.sum(dxhat * xhat, 1) / D
-        c2 = tl.sum(dxhat, 1) / D
-        dx = tl.where(ok, (dxhat - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
+        dx, dw, db = layer_norm_bwd_tile(dy, xhat, w, rstd, ok, D)
     tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
              mask=(rows < M)[:, None] & col_ok[None, :])
     tl.store(part_ptr + pid * 2 * D + cols, dw, mask=col_ok)
