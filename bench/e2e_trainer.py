@@ -78,6 +78,8 @@ class StepClock:
             steps = [s for s in self.steps if s["stage"] == stage]
             timed = [(prev["end"].elapsed_time(s["end"]), s)
                      for prev, s in zip(steps[warmup:], steps[warmup + 1:])]
+            for index, (_, s) in enumerate(timed):
+                s["index"] = warmup + 2 + index          # the step's number in its stage
             if not timed:
                 continue
             ms = [t for t, _ in timed]
@@ -94,6 +96,9 @@ class StepClock:
                            "ms_all_steps": statistics.median(ms),
                            "max_over_median_all_steps": max(ms) / statistics.median(ms),
                            "captures": sum(s["captured"] for s in steps),
+                           # where the longest steps fall (log steps flush: one sync)
+                           "slowest": [(s["index"], round(t, 1)) for t, s in
+                                       sorted(settled, key=lambda ts: -ts[0])[:3]],
                            "peak_mem_mb": self.peak_mb.get(stage, float("nan"))}
         return rows
 
@@ -134,8 +139,8 @@ def main() -> None:
             print(f"trainer stage {stage} {provider:16s} {row['ms']:8.1f} ms "
                   f"{row['audio_s_per_s']:8.0f} audio s/s  max/median "
                   f"{row['max_over_median']:.2f} ({row['max_over_median_all_steps']:.2f} "
-                  f"with captures), {row['captures']} captures, {row['peak_mem_mb']:.0f} MiB",
-                  flush=True)
+                  f"with captures), {row['captures']} captures, {row['peak_mem_mb']:.0f} MiB; "
+                  f"slowest (step, ms) {row['slowest']}", flush=True)
         print(f"[{time.perf_counter() - start:.0f} s]", flush=True)
     if rows:
         print(f"rows -> {write_rows('e2e', rows, args.out)}", flush=True)
