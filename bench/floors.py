@@ -147,11 +147,7 @@ class EncoderFloor(nn.Module):
 def encode_gated(model: ConformerSupernet, x, lengths, gates, skip=frozenset()):
     """Our encoder under `gates`: the blocks of model.encode, without the output layer;
     `skip`: (layer, kind) of modules left out (model.dead_modules)."""
-    per_block = None if gates is None else gates.view(len(model.blocks), -1)
-    for layer, block in enumerate(model.blocks):
-        kinds = frozenset(kind for at, kind in skip if at == layer)
-        x = block(x, lengths, None if per_block is None else per_block[layer], kinds)
-    return x
+    return model.run_blocks(x, lengths, gates, skip)
 
 
 def check_floor(ours, floor, x, lengths, atol: float, rtol: float) -> None:

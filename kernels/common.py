@@ -33,3 +33,22 @@ def as_operand(weight: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     weights the gated FFN ran 409 instead of 584 us fwd+bwd on the H200 (bench/NOTES.md,
     2026-11-30). Weight gradients still come out in the weights' own dtype."""
     return weight if weight.dtype == activations.dtype else weight.to(activations.dtype)
+
+
+def operand_to_keep(weight: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
+    """What a forward op keeps of `operand` (= as_operand(weight, ...)) for its backward: the
+    copy, or an empty tensor when the weight is the operand itself (an op output may not
+    alias an input)."""
+    return weight.new_empty(0) if operand is weight else operand
+
+
+def kept_operand(kept: torch.Tensor, weight: torch.Tensor,
+                 activations: torch.Tensor) -> torch.Tensor:
+    """The backward's operand: the forward's copy `kept`, else as_operand(weight, ...)."""
+    return kept if kept.numel() else as_operand(weight, activations)
+
+
+def fake_kept_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """operand_to_keep's result under torch.compile's fake tensors."""
+    return weight.new_empty(0) if weight.dtype == dtype else weight.new_empty(weight.shape,
+                                                                              dtype=dtype)

@@ -26,7 +26,14 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import as_operand, interpreting, valid_mask
+from .common import (
+    as_operand,
+    fake_kept_operand,
+    interpreting,
+    kept_operand,
+    operand_to_keep,
+    valid_mask,
+)
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, col_sums, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_bwd_tile, layer_norm_fwd
@@ -292,8 +299,8 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
                 *(z.new_empty(0) for _ in range(6)))
     # the pointwise weights' compute-dtype copies are kept for the backward (no second
     # cast); empty when the weights are in it already (an output may not alias an input)
-    return (y, z, mean, rstd, u, v, pre, r, z.new_empty(0) if pw1c is pw1_w else pw1c,
-            z.new_empty(0) if pw2c is pw2_w else pw2c)
+    return (y, z, mean, rstd, u, v, pre, r, operand_to_keep(pw1_w, pw1c),
+            operand_to_keep(pw2_w, pw2c))
 
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
@@ -313,8 +320,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
-    pw1c = pw1c if pw1c.numel() else as_operand(pw1_w, dy2)
-    pw2c = pw2c if pw2c.numel() else as_operand(pw2_w, dy2)
+    pw1c, pw2c = kept_operand(pw1c, pw1_w, dy2), kept_operand(pw2c, pw2_w, dy2)
     rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
     # pw2's bias gradient; not read at all for a dead module (it is 0 then)
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
@@ -390,13 +396,9 @@ def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, p
                 *(x.new_empty(0, **like) for _ in range(6)))
     M = B * T
     stats = x.new_empty(M, dtype=torch.float32)
-
-    def copy_of(w):
-        return x.new_empty(0, **like) if w.dtype == compute_dtype else w.new_empty(w.shape,
-                                                                                   **like)
     return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
             x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)),
-            copy_of(pw1_w), copy_of(pw2_w))
+            fake_kept_operand(pw1_w, compute_dtype), fake_kept_operand(pw2_w, compute_dtype))
 
 
 @torch.library.custom_op("orthoasr::gated_conv_bwd", mutates_args=())

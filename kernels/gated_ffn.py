@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import as_operand, valid_mask
+from .common import as_operand, fake_kept_operand, kept_operand, operand_to_keep, valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -90,8 +90,8 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
                 _empty(xn))
     # the weights' compute-dtype copies are kept for the backward (no second cast); empty
     # when the weights are in it already (an output may not alias an input)
-    return (y, xn, mean, rstd, pre, hidden, _empty(xn) if w1c is w1 else w1c,
-            _empty(xn) if w2c is w2 else w2c)
+    return (y, xn, mean, rstd, pre, hidden, operand_to_keep(w1, w1c),
+            operand_to_keep(w2, w2c))
 
 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
@@ -109,8 +109,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
     if not gate_grad:
         gate_cols = None
-    w1c = w1c if w1c.numel() else as_operand(w1, xn)
-    w2c = w2c if w2c.numel() else as_operand(w2, xn)
+    w1c, w2c = kept_operand(w1c, w1, xn), kept_operand(w2c, w2, xn)
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
               sum2=db1, **common)
@@ -166,12 +165,9 @@ def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate
                 x.new_empty(0, **like))
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
-
-    def copy_of(w):
-        return x.new_empty(0, **like) if w.dtype == compute_dtype else w.new_empty(w.shape,
-                                                                                   **like)
     return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like), copy_of(w1), copy_of(w2))
+            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like),
+            fake_kept_operand(w1, compute_dtype), fake_kept_operand(w2, compute_dtype))
 
 
 @torch.library.custom_op("orthoasr::gated_ffn_bwd", mutates_args=())

@@ -162,12 +162,19 @@ class ConformerSupernet(nn.Module):
         skip: (layer, kind) of modules left out, as `dead_modules` gives them: with hard
         gates that are all 0 there the output is the same, without their launches."""
         self._check_gates(x, gates, head)
+        x = self.run_blocks(self.dropout(x), lengths, gates, skip)
+        return self.heads[head](x).float().log_softmax(dim=-1)
+
+    def run_blocks(self, x: torch.Tensor, lengths: torch.Tensor,
+                   gates: torch.Tensor | None = None,
+                   skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
+        """The Conformer blocks alone (no checks, no dropout, no output layer): (B, T', D) ->
+        (B, T', D)."""
         skips = self._skips_per_layer(skip)
-        x = self.dropout(x)
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
             x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer])
-        return self.heads[head](x).float().log_softmax(dim=-1)
+        return x
 
     def dead_modules(self, gates: torch.Tensor) -> frozenset[tuple[int, str]]:
         """(layer, kind) of every module whose gates in `gates` (N,) are all exactly 0: what

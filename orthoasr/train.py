@@ -441,7 +441,7 @@ class Trainer:
         # read on the host once, when the masks are set
         self._frozen_masks = masks
         self.frozen_skips = None if masks is None else [
-            self.model.dead_modules(row) for row in masks.detach()]
+            self.model.dead_modules(row) for row in masks.detach().cpu()]
 
     def draw_budget(self) -> int | None:
         """The index of the budget a step trains beside the supernet (stage 1) or beside the
@@ -595,17 +595,19 @@ class Trainer:
                 print(f"warning: the subnet of budget {budget} kept no unit")
 
     def prepare_stage2(self) -> None:
-        """Device tables for stochastic depth (module of each unit, droppable modules)."""
+        """Device tables for stochastic depth (module of each unit, droppable modules: those
+        the smallest subnet leaves out)."""
         layout = block_layout(self.cfg)
         per_block = [m for m, (_, start, end) in enumerate(layout) for _ in range(start, end)]
         module_of_unit = torch.tensor([layer * len(layout) + m
                                        for layer in range(self.cfg.num_layers)
                                        for m in per_block])
-        in_smallest = torch.zeros(self.cfg.num_layers * len(layout), dtype=torch.bool)
-        in_smallest[module_of_unit[self.frozen_masks[0].cpu() != 0]] = True
-        self.num_modules = in_smallest.numel()
+        droppable = torch.tensor([(layer, kind) in self.frozen_skips[0]
+                                  for layer in range(self.cfg.num_layers)
+                                  for kind, _, _ in layout])
+        self.num_modules = droppable.numel()
         self.module_of_unit = module_of_unit.to(self.device)
-        self.droppable_modules = (~in_smallest).to(self.device)
+        self.droppable_modules = droppable.to(self.device)
 
     # ------------------------------------------------------------------ metrics
     def flush(self) -> None:
