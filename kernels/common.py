@@ -1,6 +1,6 @@
 """Helpers the kernel files share: whether Triton runs under its CPU interpreter, the
-`tl.dot` input precision for a dtype, weights as matmul operands, and the valid-frame mask
-of padded batches."""
+`tl.dot` input precision for a dtype, weights as matmul operands, the valid-frame mask
+of padded batches, and zeroed fp32 accumulators from one buffer."""
 
 from __future__ import annotations
 
@@ -52,3 +52,13 @@ def fake_kept_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """operand_to_keep's result under torch.compile's fake tensors."""
     return weight.new_empty(0) if weight.dtype == dtype else weight.new_empty(weight.shape,
                                                                               dtype=dtype)
+
+
+def zeroed_fp32(sizes: list[int], device: torch.device) -> list[torch.Tensor]:
+    """Zeroed fp32 1-D tensors of `sizes` carved from one buffer (one memset launch), each
+    starting on a 128-byte boundary: Triton specialises pointer arguments on 16-byte
+    alignment, and a weight gradient written at an unaligned offset ran 3x slower (the MHSA
+    in-projection's, 31 -> 98 us on the H200, bench/NOTES.md session 10)."""
+    padded = [-(-n // 32) * 32 for n in sizes]
+    buf = torch.zeros(sum(padded), dtype=torch.float32, device=device)
+    return [part[:n] for part, n in zip(buf.split(padded), sizes)]

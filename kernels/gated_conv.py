@@ -33,10 +33,11 @@ from .common import (
     kept_operand,
     operand_to_keep,
     valid_mask,
+    zeroed_fp32,
 )
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, col_sums, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
-from .layer_norm import layer_norm_bwd, layer_norm_bwd_tile, layer_norm_fwd
+from .layer_norm import layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,
@@ -151,7 +152,8 @@ def _conv_mid_bwd_norm_kernel(
         q = xhat * lnw[None, :] + lnb[None, :]
         sig = tl.sigmoid(q)
         dq = tl.where(ok, dr * sig * (1.0 + q * (1.0 - sig)), 0.0)
-        dpre, d_lnw, d_lnb = layer_norm_bwd_tile(dq, xhat, lnw, rstd, ok, D)
+        d_lnw, d_lnb = tl.sum(dq * xhat, 0), tl.sum(dq, 0)
+        dpre = layer_norm_dx_tile(dq, xhat, lnw, rstd, ok, D)
         d_bias = tl.sum(dpre, 0)
         tl.store(dpre_ptr + tile, dpre.to(dpre_ptr.dtype.element_ty), mask=ok)
     tl.store(part, d_lnw, mask=col_ok)
@@ -313,9 +315,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     has_gates, skip = gates is not None, skip_dead and gates is not None
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    sizes = [D, D, D * D, 2 * D, 2 * D * D]
-    acc = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-    gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w = acc.split(sizes)
+    sizes = [D, D, D * D, 2 * D, 2 * D * D, D, D]
+    gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b = zeroed_fp32(sizes, x.device)
     dpw2, d_pw1w = dpw2.view(D, D), d_pw1w.view(2 * D, D)
     if not gate_grad:
         gate_cols = None
@@ -350,8 +351,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(du, z, out=d_pw1w, **common)
-    dx, d_ln1w, d_ln1b = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T,
-                                        gates, skip_dead)
+    dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
+                        dw=d_ln1w, db=d_ln1b)[0]
     dgates = None
     if has_gates:
         g = gates[0].float()

@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import as_operand, fake_kept_operand, kept_operand, operand_to_keep, valid_mask
+from .common import (
+    as_operand,
+    fake_kept_operand,
+    kept_operand,
+    operand_to_keep,
+    valid_mask,
+    zeroed_fp32,
+)
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -103,9 +110,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    sizes = [F_, D, F_, D * F_, F_ * D]
-    acc = torch.zeros(sum(sizes), dtype=torch.float32, device=x.device)
-    gate_cols, dy_sum, db1, dw2, dw1 = acc.split(sizes)
+    sizes = [F_, D, F_, D * F_, F_ * D, D, D]
+    gate_cols, dy_sum, db1, dw2, dw1, d_lnw, d_lnb = zeroed_fp32(sizes, x.device)
     dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
     if not gate_grad:
         gate_cols = None
@@ -115,8 +121,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
               sum2=db1, **common)
     d_xn = xn.new_empty(M, D)
     rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
-    dx, d_lnw, d_lnb = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths,
-                                      T, gates, skip_dead)
+    dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
+                        skip_dead, dw=d_lnw, db=d_lnb)[0]
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then)
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import dot_precision, interpreting
+from .common import dot_precision, interpreting, zeroed_fp32
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -529,8 +529,7 @@ class _GatedMHSA(torch.autograd.Function):
         D = H * Dh
         w_in_dtype, b_in_dtype, w_o_dtype = ctx.dtypes
         # every fp32 accumulator of both projections from one zeroed buffer: one memset
-        acc_o, acc_in = torch.zeros(D * D + D + 1 + 3 * D * D + 3 * D, dtype=torch.float32,
-                                    device=dout.device).split([D * D + D + 1, 3 * D * D + 3 * D])
+        acc_o, acc_in = zeroed_fp32([D * D + D + 1, 3 * D * D + 3 * D], dout.device)
         da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
                                                      s.a.view(B * T, D), s.w_o, s.b_o,
                                                      s.head_gates, s.bias_scale, ctx.bias_mode,
