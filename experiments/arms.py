@@ -4,7 +4,8 @@ checkpoint (the individually trained models take their units from it).
 Arm names: `orthosoftmax-flops-component` (the method, arm 1), `orthosoftmax-params-component`,
 `orthosoftmax-flops-module`, `simple-topk-flops-component`, `individual-flops-component`
 (one run per budget of arm 1: its frozen units, trained alone, `fixed_gates`) and
-`shrunk` (one plain Conformer per budget of arm 1, d_model shrunk to that budget's FLOPs).
+`shrunk` (one plain Conformer per budget of arm 1, its layers or d_model shrunk to that
+budget's FLOPs).
 """
 
 from __future__ import annotations
@@ -59,23 +60,26 @@ def jobs(arm: str, budgets: tuple[float, ...], first_checkpoint: str | None,
                 continue
             small = shrunk_model(replace(model, criterion="flops"), b)
             out.append(Job(arm, f"{arm}-{b}", (
-                f"model.d_model={small.d_model}", f"model.ff_dim={small.ff_dim}",
+                f"model.num_layers={small.num_layers}", f"model.d_model={small.d_model}",
+                f"model.ff_dim={small.ff_dim}",
                 "model.criterion=flops", "model.budgets=[1.0]"), b, plain=True))
         return out
     raise ValueError(f"unknown arm {arm!r}; arms: {list(ARMS)}")
 
 
 def shrunk_model(cfg: SupernetConfig, budget: float) -> SupernetConfig:
-    """A plain Conformer like `cfg` with d_model (a multiple of 8 per head) and the FFN width
-    (4 x d_model, or cfg's ratio) shrunk to the closest to `budget` x cfg's FLOPs."""
+    """A plain Conformer like `cfg`, uniformly shrunk to the closest to `budget` x cfg's
+    FLOPs: fewer layers, or a smaller d_model (a multiple of 8 per head) with the FFN width
+    in cfg's ratio, or both."""
     target = budget * unit_costs(cfg, "flops")[2]
     ratio = cfg.ff_dim / cfg.d_model
     step = 8 * cfg.num_heads
     best = None
-    for d in range(step, cfg.d_model + 1, step):
-        ff = max(cfg.ff_chunks, round(ratio * d / cfg.ff_chunks) * cfg.ff_chunks)
-        candidate = replace(cfg, d_model=d, ff_dim=ff, budgets=(1.0,))
-        gap = abs(unit_costs(candidate, "flops")[2] - target)
-        if best is None or gap < best[0]:
-            best = (gap, candidate)
+    for layers in range(1, cfg.num_layers + 1):
+        for d in range(step, cfg.d_model + 1, step):
+            ff = max(cfg.ff_chunks, round(ratio * d / cfg.ff_chunks) * cfg.ff_chunks)
+            candidate = replace(cfg, num_layers=layers, d_model=d, ff_dim=ff, budgets=(1.0,))
+            gap = abs(unit_costs(candidate, "flops")[2] - target)
+            if best is None or gap < best[0]:
+                best = (gap, candidate)
     return best[1]

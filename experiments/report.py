@@ -21,6 +21,56 @@ from experiments.arms import ARMS, FIRST
 
 HERE = Path(__file__).resolve().parent
 INDIVIDUAL = "individual-flops-component"
+KINDS = ("ffn", "conv", "mhsa")
+KIND_NAMES = {"ffn": "FFN chunks", "conv": "conv modules", "mhsa": "attention heads"}
+
+
+def total(kept: int | list[int]) -> int:
+    """Units kept of one kind: rows hold a count per layer (older rows one count)."""
+    return sum(kept) if isinstance(kept, list) else kept
+
+
+def survival(rows: dict[float, dict]) -> list[str]:
+    """Per budget: the share of each unit kind kept, and the share of heads kept in the lower
+    and the upper half of the layers (the supernet row, budget 1.0, holds every unit)."""
+    full = rows.get(1.0)
+    if full is None or not all(isinstance(full["kept"].get(k), list) for k in KINDS):
+        return []
+    layers = len(full["kept"]["mhsa"])
+    half = layers // 2
+
+    def share(kept, whole):
+        return sum(kept) / sum(whole) if sum(whole) else float("nan")
+    lines = ["| budget | " + " | ".join(KIND_NAMES[k] + " kept" for k in KINDS) +
+             f" | heads kept, layers 1-{half} | heads kept, layers {half + 1}-{layers} |",
+             "|---" * (len(KINDS) + 3) + "|"]
+    for budget in sorted(rows):
+        kept = rows[budget]["kept"]
+        cells = [share(kept[k], full["kept"][k]) for k in KINDS]
+        cells += [share(kept["mhsa"][:half], full["kept"]["mhsa"][:half]),
+                  share(kept["mhsa"][half:], full["kept"]["mhsa"][half:])]
+        lines.append(f"| {budget:.2f} | " + " | ".join(f"{100 * c:.0f}%" for c in cells) + " |")
+    return lines
+
+
+def repeats(rows: list[dict]) -> list[str]:
+    """(arm, budget) pairs trained more than once: each run's test WER and the spread, the
+    measure of noise between reruns of one config."""
+    runs: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        runs.setdefault((row["arm"], float(row["budget"])), []).append(row)
+    lines = []
+    for (arm, budget), group in sorted(runs.items()):
+        if len(group) < 2:
+            continue
+        wers = [100 * r["wer_test"] for r in group]
+        same = "same" if len({r["config_hash"] for r in group}) == 1 else "different"
+        lines.append(f"| {arm} | {budget:.2f} | " + ", ".join(f"{w:.1f}%" for w in wers) +
+                     f" | {max(wers) - min(wers):.1f} | {same} |")
+    if lines:
+        lines = ["| arm | budget | test WER of each run | spread (points) | configs |",
+                 "|---|---|---|---|---|"] + lines
+    return lines
 
 
 def newest(rows: list[dict]) -> dict[str, dict[float, dict]]:
@@ -37,7 +87,7 @@ def arm_table(rows: dict[float, dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for budget in sorted(rows):
         r = rows[budget]
-        kept = " / ".join(str(r["kept"].get(k, 0)) for k in ("ffn", "conv", "mhsa"))
+        kept = " / ".join(str(total(r["kept"].get(k, 0))) for k in KINDS)
         lines.append(f"| {budget:.2f} | {r['flops'] / 1e6:,.1f} | {r['params']:,} | "
                      f"{100 * r['wer_dev']:.1f}% | {100 * r['wer_test']:.1f}% | "
                      f"{100 * r['cer_test']:.1f}% | {kept} | {r['updates']} | "
@@ -98,7 +148,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE.parent / "EXPERIMENTS.md"))
     args = parser.parse_args()
     results = Path(args.results)
-    table = newest(json.loads(results.read_text()))
+    rows = json.loads(results.read_text())
+    table = newest(rows)
     out = Path(args.out)
     figure = plot(table, results.parent / "wer_vs_flops.png")
 
@@ -113,7 +164,13 @@ def main() -> None:
         heatmap = results.parent / f"heatmap-{arm}.png"
         if heatmap.exists():
             lines += [f"![units kept, {arm}]({link(heatmap)})", ""]
+        kinds = survival(table[arm])
+        if kinds:
+            lines += ["Share of each unit kind kept, by budget:", "", *kinds, ""]
     lines += ["## Against the goal", "", *comparisons(table), ""]
+    reruns = repeats(rows)
+    if reruns:
+        lines += ["## Reruns", "", *reruns, ""]
     out.write_text("\n".join(lines))
     print(f"{out} and {figure}")
 

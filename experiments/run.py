@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from experiments.arms import ARMS, FIRST, jobs
+from orthoasr.checkpoint import TRAINING_KIND, load_checkpoint, save_checkpoint
 from orthoasr.evaluate import evaluate, load_trained, write_heatmap
 from orthoasr.model import block_layout
 from orthoasr.run_config import load_run_config
@@ -52,6 +54,10 @@ def config_hash(run) -> str:
 
 
 def commit() -> str:
+    """ORTHOASR_COMMIT when set (the device machine's copy has a .git of an older commit:
+    experiments/gpu_run.sh sets it from .commit), else git's HEAD."""
+    if os.environ.get("ORTHOASR_COMMIT"):
+        return os.environ["ORTHOASR_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, cwd=HERE).stdout.strip() or "unknown"
@@ -59,15 +65,27 @@ def commit() -> str:
         return "unknown"
 
 
-def kept_units(gates: torch.Tensor, cfg) -> dict[str, int]:
-    """Units kept per kind (ffn chunks, conv modules, attention heads) by a 0/1 gate vector."""
+def kept_units(gates: torch.Tensor, cfg) -> dict[str, list[int]]:
+    """Units kept per kind (ffn chunks, conv modules, attention heads) and layer, by a 0/1
+    gate vector: {kind: [count in layer 0, layer 1, ...]}."""
     per_block = {}
     for kind, start, end in block_layout(cfg):
         name = "ffn" if kind.startswith("ffn") else kind
         per_block.setdefault(name, []).append((start, end))
     grid = (gates != 0).view(cfg.num_layers, -1)
-    return {name: int(sum(grid[:, s:e].sum() for s, e in spans))
+    return {name: [int(sum(row[s:e].sum() for s, e in spans)) for row in grid]
             for name, spans in per_block.items()}
+
+
+def first_masks(work_dir: Path) -> Path:
+    """Arm 1's frozen masks alone, beside its checkpoint: a training checkpoint with just the
+    run config, step and masks (kilobytes, where the full one holds the weights and the
+    optimizer). `fixed_gates` reads it like the full one, so the individually trained
+    models can run on another machine than arm 1 did."""
+    run_dir = work_dir / FIRST
+    state = load_checkpoint(run_dir / "checkpoint.pt", "cpu", TRAINING_KIND)
+    keep = {k: state[k] for k in ("run_config", "step", "frozen_masks")}
+    return save_checkpoint(run_dir / "frozen_masks.pt", keep)
 
 
 def run_job(job, args, common: list[str], out_dir: Path, side_by_side: int = 1) -> list[dict]:
@@ -105,18 +123,19 @@ def run_job(job, args, common: list[str], out_dir: Path, side_by_side: int = 1) 
 
 
 def arm_jobs(arms, args, model) -> list:
-    first = Path(args.work_dir) / FIRST / "checkpoint.pt"
+    first = (Path(args.first_masks) if args.first_masks
+             else Path(args.work_dir) / FIRST / "checkpoint.pt")
     return [job for arm in arms
             for job in jobs(arm, tuple(args.budgets), str(first) if first.exists() else None,
                             model)]
 
 
-def run_side_by_side(job_list, args, out: Path) -> list[list[dict]]:
-    """Each job in its own process (`--job`), at most args.parallel at once; their rows, in
-    the order of job_list."""
+def run_side_by_side(job_list, args, on_done) -> None:
+    """Each job in its own process (`--job`), at most args.parallel at once; on_done(job,
+    rows) as each one ends (so rows written so far survive a run cut short)."""
     rows_dir = Path(args.work_dir) / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
-    waiting, running, done = list(job_list), [], {}
+    waiting, running = list(job_list), []
     width = min(args.parallel, len(job_list))
     while waiting or running:
         while waiting and len(running) < args.parallel:
@@ -125,9 +144,11 @@ def run_side_by_side(job_list, args, out: Path) -> list[list[dict]]:
             rows_path.unlink(missing_ok=True)
             command = [sys.executable, "-m", "experiments.run", "--config", args.config,
                        "--arms", job.arm, "--budgets", *map(str, args.budgets),
-                       "--work-dir", args.work_dir, "--out", str(out),
+                       "--work-dir", args.work_dir, "--out", args.out,
                        "--job", job.name, "--job-rows", str(rows_path),
                        "--side-by-side", str(width), "--set", *args.set]
+            if args.first_masks:
+                command += ["--first-masks", args.first_masks]
             print(f"started {job.name}", flush=True)
             running.append((job, rows_path, subprocess.Popen(command)))
         time.sleep(1)
@@ -138,8 +159,7 @@ def run_side_by_side(job_list, args, out: Path) -> list[list[dict]]:
             running.remove(entry)
             if proc.returncode != 0:
                 raise RuntimeError(f"job {job.name} failed (exit status {proc.returncode})")
-            done[job.name] = json.loads(rows_path.read_text())
-    return [done[job.name] for job in job_list]
+            on_done(job, json.loads(rows_path.read_text()))
 
 
 def main() -> None:
@@ -152,6 +172,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--parallel", type=int, default=1,
                         help="jobs run side by side, each in its own process")
+    parser.add_argument("--first-masks", default=None,
+                        help="arm 1's checkpoint or frozen_masks.pt for the individually "
+                             "trained models (default: <work-dir>/" + FIRST + "/checkpoint.pt)")
     # one job of a --parallel run (internal): its rows go to --job-rows
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--job-rows", help=argparse.SUPPRESS)
@@ -166,25 +189,33 @@ def main() -> None:
         Path(args.job_rows).write_text(json.dumps(rows, indent=1) + "\n")
         return
     results = json.loads(out.read_text()) if out.exists() else []
+    # the individually trained subnets need arm 1's checkpoint: they come last
+    for arms in ([a for a in args.arms if a != "individual-flops-component"],
+                 [a for a in args.arms if a == "individual-flops-component"]):
+        results += run_phase(arm_jobs(arms, args, model), args, common, results)
+        if FIRST in arms:
+            print(f"arm 1's frozen masks -> {first_masks(Path(args.work_dir))}")
+    print(f"rows -> {out}")
 
-    def add(rows):
-        results.extend(rows)
-        out.write_text(json.dumps(results, indent=1) + "\n")
+
+def run_phase(job_list, args, common, earlier: list[dict]) -> list[dict]:
+    """Train and evaluate job_list (side by side with --parallel); the rows in job order.
+    args.out is rewritten as each job ends: the earlier rows, then those so far."""
+    out, done = Path(args.out), {}
+
+    def add(job, rows):
+        done[job.name] = rows
+        so_far = [r for j in job_list if j.name in done for r in done[j.name]]
+        out.write_text(json.dumps(earlier + so_far, indent=1) + "\n")
         for r in rows:
             print(f"{r['arm']:32s} budget {r['budget']:.2f} FLOPs {r['flops']:>12,} "
                   f"WER test {100 * r['wer_test']:.1f}%", flush=True)
-
-    # the individually trained subnets need arm 1's checkpoint: they come last
-    phases = [[a for a in args.arms if a != "individual-flops-component"],
-              [a for a in args.arms if a == "individual-flops-component"]]
-    for arms in phases:
-        if args.parallel > 1:
-            for rows in run_side_by_side(arm_jobs(arms, args, model), args, out):
-                add(rows)
-        else:
-            for job in arm_jobs(arms, args, model):
-                add(run_job(job, args, common, out.parent))
-    print(f"rows -> {out}")
+    if args.parallel > 1:
+        run_side_by_side(job_list, args, add)
+    else:
+        for job in job_list:
+            add(job, run_job(job, args, common, out.parent))
+    return [r for job in job_list for r in done[job.name]]
 
 
 if __name__ == "__main__":

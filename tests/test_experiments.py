@@ -49,6 +49,7 @@ def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch, parallel):
               "updates", "gpu_minutes", "gpu", "commit", "config_hash", "checkpoint_sha256"}
     assert all(fields <= set(r) and r["updates"] == 4 for r in rows)
     assert rows[0]["flops"] == rows[3]["flops"]          # the same units, trained alone
+    assert len(rows[0]["kept"]["mhsa"]) == 2 and sum(rows[1]["kept"]["conv"]) == 2
     out = tmp_path / "EXPERIMENTS.md"
     monkeypatch.setattr(sys, "argv", ["report", "--results", str(results), "--out", str(out)])
     report.main()
@@ -56,6 +57,37 @@ def test_pipeline_writes_rows_and_the_report(tmp_path, monkeypatch, parallel):
     assert "## individual-flops-component" in text and "| 0.90 |" in text
     assert (tmp_path / "out" / "wer_vs_flops.png").stat().st_size > 0
     assert (tmp_path / "out" / f"heatmap-{FIRST}.png").exists()
+    assert "Share of each unit kind kept" in text
+
+
+def test_individual_models_train_from_the_first_arms_frozen_masks_alone(tmp_path,
+                                                                          monkeypatch):
+    """Arm 1 on one machine, its individually trained subnets on another: the small
+    frozen_masks.pt carried between them stands for arm 1's checkpoint. Run twice, the
+    report lists the rerun."""
+    corpus = write_corpus(tmp_path / "corpus")
+    manifests = [f"{s}_manifest={corpus / (s + '.jsonl')}" for s in ("train", "dev", "test")]
+    results = tmp_path / "results.json"
+    common = ["--config", "configs/tiny.yaml", "--budgets", "0.9", "1.0", "--out",
+              str(results), "--set", *TINY, *manifests]
+    monkeypatch.setattr(sys, "argv", ["run", "--arms", FIRST, "--work-dir",
+                                      str(tmp_path / "first"), *common])
+    run.main()
+    masks = tmp_path / "first" / FIRST / "frozen_masks.pt"
+    assert masks.stat().st_size * 20 < (masks.parent / "checkpoint.pt").stat().st_size
+    for attempt in range(2):
+        monkeypatch.setattr(sys, "argv", [
+            "run", "--arms", "individual-flops-component", "--first-masks", str(masks),
+            "--work-dir", str(tmp_path / f"second{attempt}"), *common])
+        run.main()
+    rows = json.loads(results.read_text())
+    assert [(r["arm"], r["budget"]) for r in rows] == [
+        (FIRST, 0.9), (FIRST, 1.0)] + [("individual-flops-component", 0.9)] * 2
+    assert rows[0]["flops"] == rows[2]["flops"] == rows[3]["flops"]
+    out = tmp_path / "EXPERIMENTS.md"
+    monkeypatch.setattr(sys, "argv", ["report", "--results", str(results), "--out", str(out)])
+    report.main()
+    assert "## Reruns" in out.read_text()
 
 
 def test_individual_arm_needs_the_first_arms_checkpoint():

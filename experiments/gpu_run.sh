@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 17's experiment on the device machine, one call per phase (configs/experiment.yaml).
+# Carry .whl (eSpeak NG for the corpus) and .commit (rows name it); phase 2 also carries
+# .exp/, where phase 1's results.json and arm 1's frozen_masks.pt go between the calls.
+#   PHASE=1  synthesise the `base` corpus; the four supernet arms and the four shrunk plain
+#            models side by side (8 processes on one card). $OUT: results.json, the
+#            heatmaps, frozen_masks.pt, run.log
+#   PHASE=2  the individually trained subnets (from .exp/frozen_masks.pt) and, beside them,
+#            arm 1 once more with the same config (the noise between reruns); the rows are
+#            appended to .exp/results.json in $OUT/results.json
+# EXP_SET: more overrides, e.g. "stage1_steps=1000 stage2_steps=500"; LIMIT_S: the run's
+# time limit (default 480 s: a call has 600, install and synthesis take about 60)
+set -uo pipefail
+REPO=$PWD
+export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null) PYTHONUNBUFFERED=1
+rm -rf /tmp/site_exp && python3 -m pip install -q --no-index --no-deps --no-compile \
+  --no-build-isolation --target /tmp/site_exp .whl/*.whl . || exit 1
+export PYTHONPATH=/tmp/site_exp:$REPO
+WORK=/tmp/exp
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+if [ ! -f $WORK/data/summary.json ]; then
+  python3 -m orthoasr synth --preset base --out $WORK/data > $OUT/synth.log 2>&1 || exit 2
+fi
+SET="train_manifest=$WORK/data/train.jsonl dev_manifest=$WORK/data/dev.jsonl \
+  test_manifest=$WORK/data/test.jsonl ${EXP_SET:-}"
+RUN="timeout -s KILL ${LIMIT_S:-480} python3 -m experiments.run --config configs/experiment.yaml \
+  --budgets 0.4 0.55 0.7 0.85 1.0"
+case ${PHASE:-1} in
+  1)
+    $RUN --arms orthosoftmax-flops-component orthosoftmax-params-component \
+      orthosoftmax-flops-module simple-topk-flops-component shrunk --parallel 8 \
+      --work-dir $WORK/runs --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
+    echo "phase 1 rc=$?"
+    cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
+    ;;
+  2)
+    cp .exp/results.json $OUT/results.json || exit 3
+    $RUN --arms individual-flops-component --parallel 4 --first-masks .exp/frozen_masks.pt \
+      --work-dir $WORK/alone --out $OUT/results.json --set $SET > $OUT/run.log 2>&1 &
+    ALONE=$!
+    $RUN --arms orthosoftmax-flops-component --work-dir $WORK/rerun \
+      --out $WORK/rerun.json --set $SET > $OUT/rerun.log 2>&1
+    echo "rerun rc=$?"
+    wait $ALONE; echo "phase 2 rc=$?"
+    python3 - "$OUT/results.json" "$WORK/rerun.json" <<'EOF'
+import json, pathlib, sys
+out, rerun = map(pathlib.Path, sys.argv[1:])
+rows = json.loads(out.read_text()) + (json.loads(rerun.read_text()) if rerun.exists() else [])
+out.write_text(json.dumps(rows, indent=1) + "\n")
+EOF
+    ;;
+esac
+grep -E "budget .* WER test|Error|error" $OUT/*.log | tail -30
