@@ -87,7 +87,8 @@ def main() -> None:
                   rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64")),
             (layer_norm._layer_norm_bwd_kernel,
              dict(dy_ptr="bf16", x_ptr="bf16", w_ptr="fp32", mean_ptr="fp32", rstd_ptr="fp32",
-                  dx_ptr="bf16", part_ptr="fp32", gate_ptr="fp32", len_ptr="i64"))):
+                  dx_ptr="bf16", dw_ptr="fp32", db_ptr="fp32", gate_ptr="fp32",
+                  len_ptr="i64"))):
         ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)
@@ -127,7 +128,7 @@ def main() -> None:
     strides = dict(T=T, stride_t=32 * 512, stride_b=512, BLANK=0)
     ok &= _compile(ctc._ctc_alpha_kernel, ptrs, ints=strides, constexprs=dict(BLOCK_S=block_s))
     ok &= _compile(ctc._ctc_grad_kernel,
-                   ptrs | dict(beta_ptr="fp32", gloss_ptr="fp32", grad_ptr="fp32"),
+                   ptrs | dict(gloss_ptr="fp32", grad_ptr="fp32"),
                    ints=strides | dict(g_stride_t=32 * 512, g_stride_b=512),
                    constexprs=dict(BLOCK_S=block_s))
     print("all kernels compiled" if ok else "SOME KERNELS FAILED THE SHARED-MEMORY CHECK")

@@ -64,11 +64,25 @@ def _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S: tl.constexpr):
 
 
 @triton.jit
+def _shifted(x, s, by: tl.constexpr, BLOCK_S: tl.constexpr):
+    """x[s - by] (by may be negative), -inf outside [0, BLOCK_S): a shift within the
+    program's registers (tl.gather goes through shared memory at most), not a round trip
+    through global memory."""
+    src = s - by
+    inside = (src >= 0) & (src < BLOCK_S)
+    moved = tl.gather(x, tl.minimum(tl.maximum(src, 0), BLOCK_S - 1), 0)
+    return tl.where(inside, moved, float("-inf"))
+
+
+@triton.jit
 def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, loss_ptr,
                       T, stride_t, stride_b, BLANK, BLOCK_S: tl.constexpr):
     # Program b: alpha_t(s) = log p_t(l'_s) + logsumexp of alpha_{t-1} at s, s - 1 and, where
-    # l'_s is a label unlike l'_{s-2}, s - 2. Row t is written to alpha and read back shifted
-    # for row t + 1 (the barrier makes the row visible to every thread of the program).
+    # l'_s is a label unlike l'_{s-2}, s - 2. The row stays in registers from one frame to
+    # the next (shifted by _shifted); each row is also stored for the backward, and the next
+    # frame's emissions are loaded one step ahead, so neither is on the recursion's path.
+    # (Storing each row and reading it back shifted after a barrier took ~2 us a frame on
+    # the H200: 3.0 ms for B16 T750, against 1.9 for torch's CTC.)
     b = tl.program_id(0)
     s, S, label, prev2, _next2 = _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S)
     T_b = tl.minimum(tl.load(ilen_ptr + b).to(tl.int32), T)
@@ -79,14 +93,14 @@ def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, l
     alpha = tl.where(in_s & (s < 2), tl.load(lp, mask=in_s & (s < 2), other=0.0),
                      float("-inf"))
     tl.store(row + s, alpha)
+    emit_next = tl.load(lp + stride_t, mask=in_s & ((s * 0 + T_b) > 1), other=0.0)
     for t in range(1, T_b):
-        tl.debug_barrier()
-        prev = row + (t - 1) * BLOCK_S
-        a0 = tl.load(prev + s)
-        a1 = tl.load(prev + s - 1, mask=s >= 1, other=float("-inf"))
-        a2 = tl.load(prev + s - 2, mask=skip_ok, other=float("-inf"))
-        emit = tl.load(lp + t * stride_t, mask=in_s, other=0.0)
-        alpha = tl.where(in_s, _logsumexp3(a0, a1, a2) + emit, float("-inf"))
+        emit = emit_next
+        emit_next = tl.load(lp + (t + 1) * stride_t, mask=in_s & ((s * 0 + t + 1) < T_b),
+                            other=0.0)
+        a1 = _shifted(alpha, s, 1, BLOCK_S)
+        a2 = tl.where(skip_ok, _shifted(alpha, s, 2, BLOCK_S), float("-inf"))
+        alpha = tl.where(in_s, _logsumexp3(alpha, a1, a2) + emit, float("-inf"))
         tl.store(row + t * BLOCK_S + s, alpha)
     final = (s == S - 1) | (s == S - 2)
     last = tl.where(final & in_s, alpha, float("-inf"))
@@ -99,11 +113,12 @@ def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, l
 
 
 @triton.jit
-def _ctc_grad_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, beta_ptr,
-                     loss_ptr, gloss_ptr, grad_ptr, T, stride_t, stride_b, g_stride_t,
-                     g_stride_b, BLANK, BLOCK_S: tl.constexpr):
+def _ctc_grad_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, loss_ptr,
+                     gloss_ptr, grad_ptr, T, stride_t, stride_b, g_stride_t, g_stride_b, BLANK,
+                     BLOCK_S: tl.constexpr):
     # Program b walks its frames backwards: beta_t(s) = log p_t(l'_s) + logsumexp of
-    # beta_{t+1} at s, s + 1 and (where allowed) s + 2, in two rows used in turn; then
+    # beta_{t+1} at s, s + 1 and (where allowed) s + 2, the row kept in registers as in the
+    # forward, with the next frame's emissions and alphas loaded one step ahead; then
     # grad[t, b, l'_s] -= gloss_b exp(alpha_t(s) + beta_t(s) - log p_t(l'_s) - log p_b),
     # atomically (several states share a label). An infeasible target leaves its zeros.
     b = tl.program_id(0)
@@ -116,29 +131,26 @@ def _ctc_grad_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, be
     scale = tl.load(gloss_ptr + b)
     feasible = (loss != float("inf")) & (T_b > 0)
     alpha_row = alpha_ptr + b * T * BLOCK_S
-    beta_row = beta_ptr + b * 2 * BLOCK_S
     lp = lp_ptr + b * stride_b + label
     grad = grad_ptr + b * g_stride_b + label
     if feasible:
         t = T_b - 1
         emit = tl.load(lp + t * stride_t, mask=in_s, other=0.0)
+        alpha = tl.load(alpha_row + t * BLOCK_S + s)
         beta = tl.where(in_s & ((s == S - 1) | (s == S - 2)), emit, float("-inf"))
         for step in range(0, T_b):
             t = T_b - 1 - step
-            if step > 0:
-                tl.debug_barrier()
-                nxt = beta_row + (step % 2) * BLOCK_S
-                b0 = tl.load(nxt + s)
-                b1 = tl.load(nxt + s + 1, mask=s + 1 < BLOCK_S, other=float("-inf"))
-                b2 = tl.load(nxt + s + 2, mask=skip_ok, other=float("-inf"))
-                emit = tl.load(lp + t * stride_t, mask=in_s, other=0.0)
-                beta = tl.where(in_s, _logsumexp3(b0, b1, b2) + emit, float("-inf"))
-            tl.debug_barrier()
-            tl.store(beta_row + ((step + 1) % 2) * BLOCK_S + s, beta)
-            alpha = tl.load(alpha_row + t * BLOCK_S + s)
+            ahead = (s * 0 + t) >= 1
+            emit_next = tl.load(lp + (t - 1) * stride_t, mask=ahead & in_s, other=0.0)
+            alpha_next = tl.load(alpha_row + (t - 1) * BLOCK_S + s, mask=ahead,
+                                 other=float("-inf"))
             occupancy = tl.exp(alpha + beta - emit - log_p)
             tl.atomic_add(grad + t * g_stride_t, -scale * occupancy,
                           mask=in_s & (alpha + beta > float("-inf")))
+            b1 = _shifted(beta, s, -1, BLOCK_S)
+            b2 = tl.where(skip_ok, _shifted(beta, s, -2, BLOCK_S), float("-inf"))
+            beta = tl.where(in_s, _logsumexp3(beta, b1, b2) + emit_next, float("-inf"))
+            emit, alpha = emit_next, alpha_next
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -164,11 +176,9 @@ def ctc_bwd(grad_losses, log_probs, targets, offsets, input_lengths, target_leng
     """-> grad log_probs (T, B, V) in its dtype; 0 for infeasible targets and t >= T_b."""
     T, B, V = log_probs.shape
     grad = torch.zeros_like(log_probs)
-    beta = log_probs.new_empty(B, 2, block_s)
     launch(_ctc_grad_kernel, (B,), log_probs, targets, offsets, input_lengths, target_lengths,
-           alpha, beta, losses, grad_losses.to(grad.dtype).contiguous(), grad, T,
-           log_probs.stride(0),
-           log_probs.stride(1), grad.stride(0), grad.stride(1), blank,
+           alpha, losses, grad_losses.to(grad.dtype).contiguous(), grad, T,
+           log_probs.stride(0), log_probs.stride(1), grad.stride(0), grad.stride(1), blank,
            BLOCK_S=block_s, num_warps=4)
     return grad
 
