@@ -5,6 +5,8 @@
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax, attention core, CTC
 #   kprofile bench/profile_kernels.py: each gated module's kernels, device time per call
+#   sprofile bench/profile_step.py: a training step's kernels by part, per stage (synthesises
+#            the small corpus)
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
 #            default set: give it a call of its own)
@@ -80,6 +82,11 @@ if has kprofile; then
   timeout ${KPROFILE_S:-120} python3 -m bench.profile_kernels --out $OUT/profile_kernels.txt \
     > /dev/null 2> $OUT/profile_kernels.err
   echo "kernel profile rc=$?"; grep "^##" $OUT/profile_kernels.txt
+fi
+if has sprofile; then
+  timeout ${SPROFILE_S:-300} python3 -m bench.profile_step ${SPROFILE_ARGS:-} \
+    --out $OUT/profile_step.txt > $OUT/profile_step.log 2>&1
+  echo "step profile rc=$?"; grep "^##" -A14 $OUT/profile_step.txt
 fi
 if has gemms; then
   timeout ${GEMM_S:-240} python3 -m bench.gemm_sweep ${GEMM_ARGS:-} > $OUT/gemm_sweep.log 2>&1

@@ -1,0 +1,115 @@
+"""Where a training step's GPU time goes (issue 14: the trainer's audio-per-second misses).
+
+    python -m bench.profile_step [--config configs/paper.yaml] [--preset small]
+        [--max-frames 80000] [--steps 10] [--out FILE]
+
+Builds the trainer of `--config` on a synthetic corpus made on the machine, takes a few
+eager steps of each stage (the kernels a CUDA-graph replay runs are the same), then
+`--steps` more of stage 1 and of stage 2 under torch.profiler. For each stage: device time per
+step by part of the step (kernel names sorted into parts by `PARTS`), then each kernel, largest
+first. Printed, and written as text to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.train_step import corpus_manifests
+from orthoasr.run_config import load_run_config
+from orthoasr.run_data import TrainData, make_tokenizer
+from orthoasr.train import Trainer
+
+# (part, regex on the kernel name), first match wins
+PARTS = (
+    ("ctc", r"_ctc_"),
+    ("encoder: row GEMMs", r"_rows_gemm|_in_proj_|_out_proj_"),
+    ("encoder: weight gradients", r"_wgrad|_col_sums|_out_proj_dw"),
+    ("encoder: attention", r"_gated_attn"),
+    ("encoder: conv", r"_conv_"),
+    ("encoder: LayerNorm", r"_layer_norm"),
+    ("OrthoSoftmax", r"ortho"),
+    ("optimizer", r"multi_tensor|adam|Adam|foreach"),
+    ("cuDNN / cuBLAS (frontend, output layer)", r"cudnn|implicit|xmma|gemm|gemv|sm90|cutlass"),
+    ("FFT (log-mel)", r"fft|FFT"),
+    ("reductions", r"reduce_kernel"),
+    ("elementwise, copies, fills", r"elementwise|copy|Fill|fill|cat|index"),
+)
+
+
+def part_of(kernel: str) -> str:
+    return next((name for name, pattern in PARTS if re.search(pattern, kernel)), "other")
+
+
+def profile_steps(trainer: Trainer, batches, steps: int) -> list[tuple[str, float, int]]:
+    """[(kernel, device µs per step, launches per step)] over `steps` training steps."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            trainer.train_step(next(batches)[2])
+        torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total / steps, e.count // steps)
+            for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def report(title: str, rows: list[tuple[str, float, int]]) -> str:
+    total = sum(us for _, us, _ in rows)
+    parts: dict[str, list[float]] = {}
+    for kernel, us, count in rows:
+        entry = parts.setdefault(part_of(kernel), [0.0, 0])
+        entry[0] += us
+        entry[1] += count
+    lines = [f"## {title}: {total / 1e3:.2f} ms of kernels per step, "
+             f"{sum(c for _, _, c in rows)} launches"]
+    lines += [f"    {us / 1e3:8.2f} ms {count:6d}x  {name}"
+              for name, (us, count) in sorted(parts.items(), key=lambda p: -p[1][0])]
+    lines += ["", "  kernels:"]
+    lines += [f"    {us:9.1f} us {count:5d}x  {kernel[:110]}" for kernel, us, count in rows[:40]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/paper.yaml")
+    parser.add_argument("--preset", default="small", help="synthetic corpus (orthoasr synth)")
+    parser.add_argument("--work-dir", default="/tmp/profile_step")
+    parser.add_argument("--max-frames", type=int, default=80000)
+    parser.add_argument("--warmup", type=int, default=5, help="unprofiled steps per stage")
+    parser.add_argument("--steps", type=int, default=10, help="profiled steps per stage")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default=None, help="text file for the tables")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.profile_step needs a CUDA device")
+    work = Path(args.work_dir)
+    _, manifests = corpus_manifests(work, args.preset)
+    per_stage = args.warmup + args.steps
+    run = load_run_config(args.config, manifests + [
+        f"max_frames={args.max_frames}", "cuda_graphs=false", f"stage1_steps={per_stage}",
+        f"stage2_steps={per_stage}", f"warmup_steps={per_stage}", *args.set])
+    (work / "run").mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(run, work / "run")
+    trainer.tokenizer = make_tokenizer(run, work / "run")
+    batches = TrainData(run, trainer.tokenizer, pin_memory=True).batches(0, 0)
+    text = f"# {torch.cuda.get_device_name()}, {args.config}, {args.preset} corpus, " \
+           f"max_frames {args.max_frames}, eager steps\n\n"
+    for stage in (1, 2):
+        if stage == 2:
+            trainer.freeze()
+            trainer.prepare_stage2()
+        for _ in range(args.warmup):
+            trainer.train_step(next(batches)[2])
+        text += report(f"stage {stage}", profile_steps(trainer, batches, args.steps)) + "\n"
+    batches.close()
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
