@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Issue 17's experiment on the device machine, one call per phase (configs/experiment.yaml).
-# Carry .whl (eSpeak NG for the corpus) and .commit (rows name it); phase 2 also carries
-# .exp/, where phase 1's results.json and arm 1's frozen_masks.pt go between the calls.
-#   PHASE=1  synthesise the `base` corpus; the four supernet arms and the four shrunk plain
-#            models side by side (8 processes on one card). $OUT: results.json, the
-#            heatmaps, frozen_masks.pt, run.log
-#   PHASE=2  the individually trained subnets (from .exp/frozen_masks.pt) and, beside them,
-#            arm 1 once more with the same config (the noise between reruns); the rows are
-#            appended to .exp/results.json in $OUT/results.json
+# Issue 17's experiment on the device machine (configs/experiment.yaml). Carry .whl (eSpeak
+# NG for the corpus) and .commit (rows name it). The jobs spread over the machine's GPUs.
+#   PHASE=all  (2 GPUs: nvidia-h200-x2) every arm in one call: the four supernet arms and the
+#              four shrunk plain models side by side, then the individually trained subnets
+#   PHASE=1    (one GPU) the supernet arms and the shrunk models. $OUT: results.json, the
+#              heatmaps, arm 1's frozen_masks.pt, run.log. Copy results.json and
+#              frozen_masks.pt into .exp/ (ignored) and carry it to the next call
+#   PHASE=2    the individually trained subnets from .exp/frozen_masks.pt and, beside them,
+#              arm 1 once more with the same config (the noise between reruns); the rows are
+#              appended to .exp/results.json in $OUT/results.json
+#   PHASE=rerun  arm 1 once more, appended to .exp/results.json
 # EXP_SET: more overrides, e.g. "stage1_steps=1000 stage2_steps=500"; LIMIT_S: the run's
 # time limit (default 480 s: a call has 600, install and synthesis take about 60)
 set -uo pipefail
@@ -26,6 +28,20 @@ SET="train_manifest=$WORK/data/train.jsonl dev_manifest=$WORK/data/dev.jsonl \
 RUN="timeout -s KILL ${LIMIT_S:-480} python3 -m experiments.run --config configs/experiment.yaml \
   --budgets 0.4 0.55 0.7 0.85 1.0"
 case ${PHASE:-1} in
+  all)
+    $RUN --arms orthosoftmax-flops-component orthosoftmax-params-component \
+      orthosoftmax-flops-module simple-topk-flops-component shrunk \
+      individual-flops-component --parallel 8 --work-dir $WORK/runs \
+      --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
+    echo "all phases rc=$?"
+    cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
+    ;;
+  rerun)
+    cp .exp/results.json $OUT/results.json || exit 3
+    $RUN --arms orthosoftmax-flops-component --work-dir $WORK/rerun \
+      --out $OUT/results.json --set $SET > $OUT/rerun.log 2>&1
+    echo "rerun rc=$?"
+    ;;
   1)
     $RUN --arms orthosoftmax-flops-component orthosoftmax-params-component \
       orthosoftmax-flops-module simple-topk-flops-component shrunk --parallel 8 \

@@ -12,9 +12,9 @@ time; on a CPU machine `gpu` says "cpu"), side_by_side (how many jobs shared the
 while it trained), gpu, commit, config_hash (sha256 of the run config), checkpoint_sha256.
 Heatmaps of the supernet arms go beside the results file.
 
-`--parallel N` runs up to N jobs at once, each in its own process on the same device (a
-small model leaves most of an H200 idle): first every job but the individually trained
-ones, then those, from arm 1's checkpoint. Rows are added in the order of the jobs.
+`--parallel N` runs up to N jobs at once, each in its own process (a small model leaves most
+of an H200 idle), spread over the machine's GPUs: first every job but the individually
+trained ones, then those, from arm 1's checkpoint. Rows are added in the order of the jobs.
 """
 
 from __future__ import annotations
@@ -137,9 +137,17 @@ def run_side_by_side(job_list, args, on_done) -> None:
     rows_dir.mkdir(parents=True, exist_ok=True)
     waiting, running = list(job_list), []
     width = min(args.parallel, len(job_list))
+    gpus = torch.cuda.device_count()
     while waiting or running:
         while waiting and len(running) < args.parallel:
             job = waiting.pop(0)
+            env = dict(os.environ)
+            if gpus > 1:       # the jobs spread over the machine's GPUs, in turn
+                busy = [slot for _, _, _, slot in running]
+                slot = min(range(gpus), key=busy.count)
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            else:
+                slot = 0
             rows_path = rows_dir / f"{job.name}.json"
             rows_path.unlink(missing_ok=True)
             command = [sys.executable, "-m", "experiments.run", "--config", args.config,
@@ -149,11 +157,11 @@ def run_side_by_side(job_list, args, on_done) -> None:
                        "--side-by-side", str(width), "--set", *args.set]
             if args.first_masks:
                 command += ["--first-masks", args.first_masks]
-            print(f"started {job.name}", flush=True)
-            running.append((job, rows_path, subprocess.Popen(command)))
+            print(f"started {job.name}" + (f" on GPU {slot}" if gpus > 1 else ""), flush=True)
+            running.append((job, rows_path, subprocess.Popen(command, env=env), slot))
         time.sleep(1)
         for entry in list(running):
-            job, rows_path, proc = entry
+            job, rows_path, proc, _slot = entry
             if proc.poll() is None:
                 continue
             running.remove(entry)
