@@ -22,7 +22,7 @@ from experiments.arms import ARMS, FIRST
 HERE = Path(__file__).resolve().parent
 INDIVIDUAL = "individual-flops-component"
 KINDS = ("ffn", "conv", "mhsa")
-KIND_NAMES = {"ffn": "FFN chunks", "conv": "conv modules", "mhsa": "attention heads"}
+KIND_NAMES = {"ffn": "FFN units", "conv": "conv modules", "mhsa": "attention units"}
 
 
 def total(kept: int | list[int]) -> int:
@@ -42,7 +42,7 @@ def survival(rows: dict[float, dict]) -> list[str]:
     def share(kept, whole):
         return sum(kept) / sum(whole) if sum(whole) else float("nan")
     lines = ["| budget | " + " | ".join(KIND_NAMES[k] + " kept" for k in KINDS) +
-             f" | heads kept, layers 1-{half} | heads kept, layers {half + 1}-{layers} |",
+             f" | attention kept, layers 1-{half} | attention kept, layers {half + 1}-{layers} |",
              "|---" * (len(KINDS) + 3) + "|"]
     for budget in sorted(rows):
         kept = rows[budget]["kept"]
