@@ -314,7 +314,8 @@ def test_config_presets_are_found_by_name_and_unknown_ones_listed(tmp_path, monk
     monkeypatch.chdir(tmp_path)   # away from the checkout's configs/
     assert find_config("tiny").name == "tiny.yaml"
     assert find_config("configs/paper.yaml").name == "paper.yaml"
-    with pytest.raises(FileNotFoundError, match=r"presets: \['demo-gpu', 'paper', 'tiny'\]"):
+    presets = r"presets: \['demo-gpu', 'experiment', 'paper', 'tiny'\]"
+    with pytest.raises(FileNotFoundError, match=presets):
         find_config("configs/huge.yaml")
 
 
