@@ -4,6 +4,7 @@ checked up front, and the BPE tokenizer trained on the transcripts (`make_tokeni
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import torch
@@ -44,16 +45,40 @@ class TrainData:
         return [sum(plan[i:i + group], []) for i in range(0, len(plan) - group + 1, group)]
 
     def batches(self, epoch: int, index: int):
-        """Yield (epoch, index of the next batch, batch) forever, from batch `index`."""
+        """Yield (epoch, index of the next batch, batch) forever, from batch `index`. One
+        DataLoader serves every epoch, so its workers start once: a loader per epoch started
+        new workers at each epoch boundary, and on the H200 that step took 1.5x the median
+        (bench/NOTES.md, session 10)."""
+        plans = _EpochPlans(self, epoch, index)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=plans, collate_fn=self.collate,
+            num_workers=self.run.num_workers, pin_memory=self.pin_memory,
+            generator=torch.Generator())
+        for batch in loader:        # in the order the plans were drawn
+            epoch, index = plans.positions.popleft()
+            yield epoch, index, batch
+
+
+class _EpochPlans:
+    """The batch sampler of `TrainData.batches`: each epoch's plan in turn, from (epoch,
+    index), forever. `positions` gets (epoch, index after the batch) of each batch as the
+    loader draws it, for the loop to pop when that batch arrives."""
+
+    def __init__(self, data: TrainData, epoch: int, index: int):
+        self.data, self.epoch, self.index = data, epoch, index
+        self.positions: collections.deque[tuple[int, int]] = collections.deque()
+
+    def __iter__(self):
+        epoch, index = self.epoch, self.index
         while True:
-            order = self.epoch_batches(epoch)
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=order[index:], collate_fn=self.collate,
-                num_workers=self.run.num_workers, pin_memory=self.pin_memory,
-                generator=torch.Generator())
-            for batch in loader:
+            plan = self.data.epoch_batches(epoch)
+            if not plan:
+                raise ValueError("an epoch of the training manifest holds no batch (fewer "
+                                 "batches than buckets_per_step?)")
+            for batch in plan[index:]:
                 index += 1
-                yield epoch, index, batch
+                self.positions.append((epoch, index))
+                yield batch
             epoch, index = epoch + 1, 0
 
 

@@ -361,3 +361,33 @@ def test_stage2_subnets_leave_out_their_dead_modules(corpus, tmp_path, monkeypat
     for head, skip in stage2:
         assert skip == expected[head]
     assert expected[-1] == frozenset()       # the largest subnet keeps every module
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_cross_epochs_through_one_loader_in_plan_order(corpus, tmp_path, monkeypatch,
+                                                               workers):
+    """TrainData.batches walks epoch after epoch through one DataLoader (its workers start
+    once, not at every epoch boundary); the batches, epochs and indices are each epoch's plan
+    in order, also from a resumed (epoch, index)."""
+    from orthoasr.run_data import TrainData, make_tokenizer
+    run = tiny_run(corpus, "max_frames=600", f"num_workers={workers}")
+    data = TrainData(run, make_tokenizer(run, tmp_path))
+    plans = [data.epoch_batches(e) for e in range(3)]
+    assert len(plans[0]) >= 2
+    expected = [(e, i + 1, plan[i]) for e, plan in enumerate(plans) for i in range(len(plan))]
+    loaders = []
+    real_loader = torch.utils.data.DataLoader
+
+    def counting_loader(*args, **kwargs):
+        loaders.append(1)
+        return real_loader(*args, **kwargs)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", counting_loader)
+    for start in (0, 1):                                   # from the start; resumed at (0, 1)
+        batches = data.batches(0, start)
+        got = [next(batches) for _ in range(len(expected) - start)]
+        batches.close()
+        assert [(e, i) for e, i, _ in got] == [(e, i) for e, i, _ in expected[start:]]
+        for (_, _, batch), (_, _, ids) in zip(got, expected[start:], strict=True):
+            lengths = sorted(len(data.dataset[k][0]) for k in ids)
+            assert sorted(batch[1].tolist()) == lengths      # the planned utterances
+    assert len(loaders) == 2                              # one per call, not per epoch
