@@ -1,6 +1,7 @@
 """Helpers the kernel files share: whether Triton runs under its CPU interpreter, the
-`tl.dot` input precision for a dtype, weights as matmul operands, the valid-frame mask
-of padded batches, and zeroed fp32 accumulators from one buffer."""
+`tl.dot` input precision for a dtype, weights as matmul operands (one by one or all at
+once), the valid-frame mask of padded batches, and zeroed fp32 accumulators from one
+buffer."""
 
 from __future__ import annotations
 
@@ -27,38 +28,44 @@ def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def as_operand(weight: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """`weight` in the activations' dtype (a copy only when they differ: fp32 master weights
-    under bf16 autocast). One cast per call beats casting every tile in registers: with bf16
-    weights the gated FFN ran 409 instead of 584 us fwd+bwd on the H200 (bench/NOTES.md,
-    2026-11-30). Weight gradients still come out in the weights' own dtype."""
-    return weight if weight.dtype == activations.dtype else weight.to(activations.dtype)
+def as_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` as a matmul operand in `dtype` (the compute dtype): itself when it is in it
+    already, else a copy outside autograd (the op takes `weight` too and gives it the
+    gradient). One cast per call beats casting every tile in registers: with bf16 weights the
+    gated FFN ran 409 instead of 584 us fwd+bwd on the H200 (bench/NOTES.md, 2026-11-30). The
+    op keeps the operand for its backward: no second cast. A whole encoder pass makes all
+    its operands at once with `operand_copies` instead."""
+    weight = weight.contiguous()
+    return weight if weight.dtype == dtype else weight.detach().to(dtype)
 
 
-def operand_to_keep(weight: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
-    """What a forward op keeps of `operand` (= as_operand(weight, ...)) for its backward: the
-    copy, or an empty tensor when the weight is the operand itself (an op output may not
-    alias an input)."""
-    return weight.new_empty(0) if operand is weight else operand
-
-
-def kept_operand(kept: torch.Tensor, weight: torch.Tensor,
-                 activations: torch.Tensor) -> torch.Tensor:
-    """The backward's operand: the forward's copy `kept`, else as_operand(weight, ...)."""
-    return kept if kept.numel() else as_operand(weight, activations)
-
-
-def fake_kept_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """operand_to_keep's result under torch.compile's fake tensors."""
-    return weight.new_empty(0) if weight.dtype == dtype else weight.new_empty(weight.shape,
-                                                                              dtype=dtype)
+def operand_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """`weights` as matmul operands in `dtype`, all copied at once (outside autograd, as
+    as_operand's copies) into views of one buffer, each of its weight's shape. On CUDA
+    torch._foreach_copy_ casts fp32 to bf16 in one multi_tensor_apply launch per 320
+    chunks of 64K elements (3 for the paper encoder's 96 matrices, 40.7M elements), where
+    a cast per weight cost ~2 us each, most of it launch latency at 0.15-0.6M elements.
+    Made anew at every call, never cached: a CUDA graph that captured the call copies the
+    current weights at every replay."""
+    parts = _carved([w.numel() for w in weights], dtype, weights[0].device, torch.empty)
+    copies = [part.view(w.shape) for part, w in zip(parts, weights, strict=True)]
+    with torch.no_grad():
+        torch._foreach_copy_(copies, weights)
+    return copies
 
 
 def zeroed_fp32(sizes: list[int], device: torch.device) -> list[torch.Tensor]:
-    """Zeroed fp32 1-D tensors of `sizes` carved from one buffer (one memset launch), each
-    starting on a 128-byte boundary: Triton specialises pointer arguments on 16-byte
+    """Zeroed fp32 1-D tensors of `sizes` carved from one buffer (one memset launch)."""
+    return _carved(sizes, torch.float32, device, torch.zeros)
+
+
+def _carved(sizes: list[int], dtype: torch.dtype, device: torch.device,
+            new=torch.empty) -> list[torch.Tensor]:
+    """1-D tensors of `sizes` carved from one new buffer (`new`: torch.empty or torch.zeros),
+    each starting on a 128-byte boundary: Triton specialises pointer arguments on 16-byte
     alignment, and a weight gradient written at an unaligned offset ran 3x slower (the MHSA
     in-projection's, 31 -> 98 us on the H200, bench/NOTES.md session 10)."""
-    padded = [-(-n // 32) * 32 for n in sizes]
-    buf = torch.zeros(sum(padded), dtype=torch.float32, device=device)
+    step = 128 // dtype.itemsize
+    padded = [-(-n // step) * step for n in sizes]
+    buf = new(sum(padded), dtype=dtype, device=device)
     return [part[:n] for part, n in zip(buf.split(padded), sizes)]

@@ -26,15 +26,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import (
-    as_operand,
-    fake_kept_operand,
-    interpreting,
-    kept_operand,
-    operand_to_keep,
-    valid_mask,
-    zeroed_fp32,
-)
+from .common import as_operand, interpreting, valid_mask, zeroed_fp32
 from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, col_sums, rows_gemm, wgrad
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
@@ -271,8 +263,11 @@ def _dw_grad_blocks(D: int) -> dict:
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
-                          pw2_w, pw2_b, gates, skip_dead, save, compute_dtype):
+                          pw2_w, pw2_b, gates, skip_dead, save, pw1c, pw2c):
+    # pw1c, pw2c: the pointwise weights as matmul operands, in the compute dtype (kept for
+    # the backward); pw1_w, pw2_w are inputs only to receive their gradients
     B, T, D = x.shape
+    compute_dtype = pw1c.dtype
     eps = LN_EPS
     M, K = B * T, dw_w.shape[1]
     x2 = x.reshape(M, D)
@@ -283,7 +278,6 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
                                    out_dtype=compute_dtype)
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
-    pw1c, pw2c = as_operand(pw1_w, z), as_operand(pw2_w, z)
     rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
     pre = z.new_empty(M, D) if save else v
     r = z.new_empty(M, D)
@@ -298,11 +292,8 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
               scale_out=gates is not None, final=True, **common)
     if not save:  # distinct empties: custom_op outputs may not alias each other
         return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0),
-                *(z.new_empty(0) for _ in range(6)))
-    # the pointwise weights' compute-dtype copies are kept for the backward (no second
-    # cast); empty when the weights are in it already (an output may not alias an input)
-    return (y, z, mean, rstd, u, v, pre, r, operand_to_keep(pw1_w, pw1c),
-            operand_to_keep(pw2_w, pw2c))
+                *(z.new_empty(0) for _ in range(4)))
+    return y, z, mean, rstd, u, v, pre, r
 
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
@@ -321,7 +312,6 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
-    pw1c, pw2c = kept_operand(pw1c, pw1_w, dy2), kept_operand(pw2c, pw2_w, dy2)
     rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
     # pw2's bias gradient; not read at all for a dead module (it is 0 then)
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
@@ -376,30 +366,28 @@ def gated_conv_fwd(x: torch.Tensor, lengths: torch.Tensor, ln1_w: torch.Tensor,
                    dw_w: torch.Tensor, dw_b: torch.Tensor, ln2_w: torch.Tensor,
                    ln2_b: torch.Tensor, pw2_w: torch.Tensor, pw2_b: torch.Tensor,
                    gates: torch.Tensor | None, skip_dead: bool, save: bool,
-                   compute_dtype: torch.dtype
+                   pw1c: torch.Tensor, pw2c: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                              torch.Tensor, torch.Tensor]:
+                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b,
                                       ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save,
-                                      compute_dtype))
+                                      pw1c, pw2c))
 
 
 @gated_conv_fwd.register_fake
 def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
-      skip_dead, save, compute_dtype):
+      skip_dead, save, pw1c, pw2c):
     B, T, D = x.shape
-    like = dict(dtype=compute_dtype)
+    like = dict(dtype=pw1c.dtype)
     y = x.new_empty(B, T, D, **like)
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
-                *(x.new_empty(0, **like) for _ in range(6)))
+                *(x.new_empty(0, **like) for _ in range(4)))
     M = B * T
     stats = x.new_empty(M, dtype=torch.float32)
     return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)),
-            fake_kept_operand(pw1_w, compute_dtype), fake_kept_operand(pw2_w, compute_dtype))
+            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)))
 
 
 @torch.library.custom_op("orthoasr::gated_conv_bwd", mutates_args=())
@@ -448,16 +436,16 @@ class _Saved(NamedTuple):
     v: torch.Tensor
     pre: torch.Tensor
     r: torch.Tensor
-    pw1c: torch.Tensor      # pw1_w, pw2_w in the compute dtype (empty: they are in it)
-    pw2c: torch.Tensor
+    pw1c: torch.Tensor      # the forward's matmul operands: pw1_w, pw2_w in the compute
+    pw2c: torch.Tensor      # dtype
 
 
 def _setup_context(ctx, inputs, output):
     args = dict(zip(parameter_names(gated_conv_fwd_triton), inputs))
-    _y, z, mean, rstd, u, v, pre, r, pw1c, pw2c = output
+    _y, z, mean, rstd, u, v, pre, r = output
     weights = {name: args[name] for name in _Saved._fields[:10]}
     ctx.save_for_backward(*_Saved(**weights, z=z, mean=mean, rstd=rstd, u=u, v=v, pre=pre, r=r,
-                                  pw1c=pw1c, pw2c=pw2c))
+                                  pw1c=args["pw1c"], pw2c=args["pw2c"]))
     ctx.skip_dead = args["skip_dead"]
 
 
@@ -481,9 +469,11 @@ _GatedConv = eager_function(gated_conv_fwd_triton, _setup_context, _backward,
 
 
 def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
-               gates, compute_dtype=None):
+               gates, compute_dtype=None, operands=None):
     """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked), its
     work in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
+    operands: (PW1, PW2) in the compute dtype, (2D, D) and (D, D), made by the caller (one
+    copy for a whole encoder, common.operand_copies), or None: cast here (as_operand).
 
     A gate exactly 0 skips all work on the device when the gates need no gradient. Eager
     calls go through one autograd.Function; under torch.compile the torch.library op.
@@ -495,7 +485,9 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                                         any(t.requires_grad for t in params))
     if gates is not None:
         gates = gates.contiguous()
-    args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save,
-            compute_dtype or x.dtype)
+    dtype = compute_dtype or x.dtype
+    pw1c, pw2c = operands or (as_operand(pw1_w, dtype), as_operand(pw2_w, dtype))
+    args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save, pw1c,
+            pw2c)
     op = gated_conv_fwd if torch.compiler.is_compiling() else _GatedConv.apply
     return op(*args)[0]

@@ -19,14 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import (
-    as_operand,
-    fake_kept_operand,
-    kept_operand,
-    operand_to_keep,
-    valid_mask,
-    zeroed_fp32,
-)
+from .common import as_operand, valid_mask, zeroed_fp32
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -73,8 +66,11 @@ def _empty(like):
 
 
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                         module_gate, skip_dead, save, compute_dtype):
+                         module_gate, skip_dead, save, w1c, w2c):
+    # w1c, w2c: W1, W2 as matmul operands, in the compute dtype (kept for the backward);
+    # w1, w2 are inputs only to receive their gradients
     B, T, D = x.shape
+    compute_dtype = w1c.dtype
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
     x2 = x.reshape(M, D)
@@ -86,19 +82,14 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
-    w1c, w2c = as_operand(w1, xn), as_operand(w2, xn)
     rows_gemm(xn, w1c.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre, **common)
     y = xn.new_empty(B, T, D)
     bias_mode = BIAS_PLAIN if gates is None else (BIAS_GATE0 if module_gate else BIAS_ANY_GATE)
     rows_gemm(hidden, w2c.t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
               bias_mode=bias_mode, final=True, **common)
     if not save:
-        return (y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn), _empty(xn),
-                _empty(xn))
-    # the weights' compute-dtype copies are kept for the backward (no second cast); empty
-    # when the weights are in it already (an output may not alias an input)
-    return (y, xn, mean, rstd, pre, hidden, operand_to_keep(w1, w1c),
-            operand_to_keep(w2, w2c))
+        return y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn)
+    return y, xn, mean, rstd, pre, hidden
 
 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
@@ -115,7 +106,6 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
     if not gate_grad:
         gate_cols = None
-    w1c, w2c = kept_operand(w1c, w1, xn), kept_operand(w2c, w2, xn)
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
               sum2=db1, **common)
@@ -151,29 +141,27 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
 def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
                   ln_bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                   b2: torch.Tensor, gates: torch.Tensor | None, chunks: int, module_gate: bool,
-                  skip_dead: bool, save: bool, compute_dtype: torch.dtype
+                  skip_dead: bool, save: bool, w1c: torch.Tensor, w2c: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                             torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                             torch.Tensor, torch.Tensor]:
     return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                                module_gate, skip_dead, save, compute_dtype)
+                                module_gate, skip_dead, save, w1c, w2c)
 
 
 @gated_ffn_fwd.register_fake
 def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate, skip_dead,
-      save, compute_dtype):
+      save, w1c, w2c):
     B, T, D = x.shape
-    like = dict(dtype=compute_dtype)
+    like = dict(dtype=w1c.dtype)
     y = x.new_empty(B, T, D, **like)
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
-                x.new_empty(0, **like), x.new_empty(0, **like), x.new_empty(0, **like),
-                x.new_empty(0, **like))
+                x.new_empty(0, **like), x.new_empty(0, **like))
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
     return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like),
-            fake_kept_operand(w1, compute_dtype), fake_kept_operand(w2, compute_dtype))
+            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like))
 
 
 @torch.library.custom_op("orthoasr::gated_ffn_bwd", mutates_args=())
@@ -214,16 +202,16 @@ class _Saved(NamedTuple):
     rstd: torch.Tensor
     pre: torch.Tensor
     hidden: torch.Tensor
-    w1c: torch.Tensor       # w1, w2 in the compute dtype (empty: the weights are in it)
+    w1c: torch.Tensor       # the forward's matmul operands: w1, w2 in the compute dtype
     w2c: torch.Tensor
 
 
 def _setup_context(ctx, inputs, output):
     args = dict(zip(parameter_names(gated_ffn_fwd_triton), inputs, strict=True))
-    _y, xn, mean, rstd, pre, hidden, w1c, w2c = output
+    _y, xn, mean, rstd, pre, hidden = output
     ctx.save_for_backward(*_Saved(args["x"], args["lengths"], args["ln_weight"], args["w1"],
                                   args["w2"], args["b2"], args["gates"], xn, mean, rstd, pre,
-                                  hidden, w1c, w2c))
+                                  hidden, args["w1c"], args["w2c"]))
     ctx.chunks, ctx.module_gate, ctx.skip_dead = (args["chunks"], args["module_gate"],
                                                   args["skip_dead"])
 
@@ -247,9 +235,11 @@ _GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
 
 
 def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate,
-              compute_dtype=None):
+              compute_dtype=None, operands=None):
     """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked), its
     matmuls in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
+    operands: (W1, W2) in the compute dtype, (F, D) and (D, F), made by the caller (one copy
+    for a whole encoder, common.operand_copies), or None: cast here (as_operand).
 
     Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient.
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
@@ -263,7 +253,9 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
         gates = gates.contiguous()
     x = x.contiguous()
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
+    dtype = compute_dtype or x.dtype
+    w1c, w2c = operands or (as_operand(w1, dtype), as_operand(w2, dtype))
     args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, not gate_grad, save,
-            compute_dtype or x.dtype)
+            w1c, w2c)
     op = gated_ffn_fwd if torch.compiler.is_compiling() else _GatedFFN.apply
     return op(*args)[0]

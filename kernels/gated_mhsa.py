@@ -10,8 +10,9 @@ active heads, out-projection, on pre-normalised input y = LN(x).
 Every GEMM skips the heads whose gate is exactly 0, read on the device: the in-projection
 computes only live heads' q/k/v (dead heads' columns of qkv are never written nor read), the
 out-projection sums only over live heads' columns of a, and the backward kernels compute the
-weight and bias gradients of live heads only (dead ones are exactly 0). The weights are cast
-once per call to the compute dtype (bf16 under autocast, like F.linear); y (the LayerNorm
+weight and bias gradients of live heads only (dead ones are exactly 0). The matmuls read
+the weights' copies in the compute dtype (bf16 under autocast, like F.linear: cast once per
+call, or handed in by the caller, one copy for a whole encoder pass); y (the LayerNorm
 output) is read in its own dtype (GatedMHSA passes it in the compute dtype) and cast tile by
 tile in registers where it differs. Weight gradients
 accumulate in fp32, split over rows with atomics. The bias factor s is evaluated inside the
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import dot_precision, interpreting, zeroed_fp32
+from .common import as_operand, dot_precision, interpreting, zeroed_fp32
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -396,89 +397,90 @@ def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=No
 # ----------------------------------------------------------------------------- torch.library
 
 @torch.library.custom_op("orthoasr::gated_in_proj", mutates_args=())
-def gated_in_proj(y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, head_gates: torch.Tensor,
-                  compute: torch.dtype) -> torch.Tensor:
-    """y (M, d) -> qkv (M, 3d) in `compute`; dead heads' columns are left unwritten."""
-    return in_proj_fwd_triton(y, w.to(compute), b, head_gates)
+def gated_in_proj(y: torch.Tensor, w: torch.Tensor, w_c: torch.Tensor, b: torch.Tensor,
+                  head_gates: torch.Tensor) -> torch.Tensor:
+    """y (M, d) -> qkv (M, 3d) in w_c's dtype; dead heads' columns are left unwritten. w_c: w
+    (3d, d) in the compute dtype, the matmul operand; w only receives the gradient."""
+    return in_proj_fwd_triton(y, w_c, b, head_gates)
 
 
 @gated_in_proj.register_fake
-def _(y, w, b, head_gates, compute):
-    return y.new_empty(y.shape[0], w.shape[0], dtype=compute)
+def _(y, w, w_c, b, head_gates):
+    return y.new_empty(y.shape[0], w_c.shape[0], dtype=w_c.dtype)
 
 
 @torch.library.custom_op("orthoasr::gated_in_proj_bwd", mutates_args=())
-def gated_in_proj_bwd(dqkv: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-                      head_gates: torch.Tensor, compute: torch.dtype
+def gated_in_proj_bwd(dqkv: torch.Tensor, y: torch.Tensor, w_c: torch.Tensor,
+                      head_gates: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return in_proj_bwd_triton(dqkv, y, w.to(compute), head_gates)
+    return in_proj_bwd_triton(dqkv, y, w_c, head_gates)
 
 
 @gated_in_proj_bwd.register_fake
-def _(dqkv, y, w, head_gates, compute):
+def _(dqkv, y, w_c, head_gates):
     f32 = torch.float32
-    return (torch.empty_like(y), w.new_empty(w.shape, dtype=f32),
-            w.new_empty(w.shape[0], dtype=f32))
+    return (torch.empty_like(y), w_c.new_empty(w_c.shape, dtype=f32),
+            w_c.new_empty(w_c.shape[0], dtype=f32))
 
 
 def _in_proj_setup(ctx, inputs, output):
-    y, w, b, head_gates, compute = inputs
-    ctx.save_for_backward(y, w, head_gates)
-    ctx.compute = compute
-    ctx.b_dtype = b.dtype
+    y, w, w_c, b, head_gates = inputs
+    ctx.save_for_backward(y, w_c, head_gates)
+    ctx.w_dtype, ctx.b_dtype = w.dtype, b.dtype
 
 
 def _in_proj_backward(ctx, dqkv):
-    y, w, head_gates = ctx.saved_tensors
-    dy, dw, db = gated_in_proj_bwd(dqkv.contiguous(), y, w, head_gates, ctx.compute)
-    return dy, dw.to(w.dtype), db.to(ctx.b_dtype), None, None
+    y, w_c, head_gates = ctx.saved_tensors
+    dy, dw, db = gated_in_proj_bwd(dqkv.contiguous(), y, w_c, head_gates)
+    return dy, dw.to(ctx.w_dtype), None, db.to(ctx.b_dtype), None
 
 
 gated_in_proj.register_autograd(_in_proj_backward, setup_context=_in_proj_setup)
 
 
 @torch.library.custom_op("orthoasr::gated_out_proj", mutates_args=())
-def gated_out_proj(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor, head_gates: torch.Tensor,
-                   bias_scale: torch.Tensor | None, bias_mode: int, compute: torch.dtype
+def gated_out_proj(a: torch.Tensor, w: torch.Tensor, w_c: torch.Tensor, b: torch.Tensor,
+                   head_gates: torch.Tensor, bias_scale: torch.Tensor | None, bias_mode: int
                    ) -> torch.Tensor:
-    """a (M, d) -> a W_o^T + s b_o (M, d) in `compute`, summing over live heads only."""
-    return out_proj_fwd_triton(a, w.to(compute), b, head_gates, bias_scale, bias_mode)
+    """a (M, d) -> a W_o^T + s b_o (M, d) in w_c's dtype, summing over live heads only. w_c:
+    w (d, d) in the compute dtype, the matmul operand; w only receives the gradient."""
+    return out_proj_fwd_triton(a, w_c, b, head_gates, bias_scale, bias_mode)
 
 
 @gated_out_proj.register_fake
-def _(a, w, b, head_gates, bias_scale, bias_mode, compute):
-    return a.new_empty(a.shape[0], w.shape[0], dtype=compute)
+def _(a, w, w_c, b, head_gates, bias_scale, bias_mode):
+    return a.new_empty(a.shape[0], w_c.shape[0], dtype=w_c.dtype)
 
 
 @torch.library.custom_op("orthoasr::gated_out_proj_bwd", mutates_args=())
-def gated_out_proj_bwd(dout: torch.Tensor, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+def gated_out_proj_bwd(dout: torch.Tensor, a: torch.Tensor, w_c: torch.Tensor, b: torch.Tensor,
                        head_gates: torch.Tensor, bias_scale: torch.Tensor | None,
-                       bias_mode: int, compute: torch.dtype
+                       bias_mode: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    da, dw, db, dscale = out_proj_bwd_triton(dout, a, w.to(compute), b, head_gates,
-                                             bias_scale, bias_mode)
+    da, dw, db, dscale = out_proj_bwd_triton(dout, a, w_c, b, head_gates, bias_scale,
+                                             bias_mode)
     return da, dw, db.clone(), dscale.clone()
 
 
 @gated_out_proj_bwd.register_fake
-def _(dout, a, w, b, head_gates, bias_scale, bias_mode, compute):
+def _(dout, a, w_c, b, head_gates, bias_scale, bias_mode):
     f32 = torch.float32
-    return (torch.empty_like(a), w.new_empty(w.shape, dtype=f32),
-            w.new_empty(w.shape[0], dtype=f32), w.new_empty(1, dtype=f32))
+    return (torch.empty_like(a), w_c.new_empty(w_c.shape, dtype=f32),
+            w_c.new_empty(w_c.shape[0], dtype=f32), w_c.new_empty(1, dtype=f32))
 
 
 def _out_proj_setup(ctx, inputs, output):
-    a, w, b, head_gates, bias_scale, bias_mode, compute = inputs
-    ctx.save_for_backward(a, w, b, head_gates, bias_scale)
-    ctx.bias_mode, ctx.compute = bias_mode, compute
+    a, w, w_c, b, head_gates, bias_scale, bias_mode = inputs
+    ctx.save_for_backward(a, w_c, b, head_gates, bias_scale)
+    ctx.bias_mode, ctx.w_dtype = bias_mode, w.dtype
 
 
 def _out_proj_backward(ctx, dout):
-    a, w, b, head_gates, bias_scale = ctx.saved_tensors
-    da, dw, db, dscale = gated_out_proj_bwd(dout.contiguous(), a, w, b, head_gates, bias_scale,
-                                            ctx.bias_mode, ctx.compute)
+    a, w_c, b, head_gates, bias_scale = ctx.saved_tensors
+    da, dw, db, dscale = gated_out_proj_bwd(dout.contiguous(), a, w_c, b, head_gates,
+                                            bias_scale, ctx.bias_mode)
     dscale = None if bias_scale is None else dscale.reshape(bias_scale.shape).to(bias_scale.dtype)
-    return da, dw.to(w.dtype), db.to(b.dtype), None, dscale, None, None
+    return da, dw.to(ctx.w_dtype), None, db.to(b.dtype), None, dscale, None
 
 
 gated_out_proj.register_autograd(_out_proj_backward, setup_context=_out_proj_setup)
@@ -505,12 +507,12 @@ class _GatedMHSA(torch.autograd.Function):
     sees the three ops instead."""
 
     @staticmethod
-    def forward(ctx, y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, num_heads,
-                bias_mode, compute):
+    def forward(ctx, y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, w_in_c, w_o_c,
+                num_heads, bias_mode):
+        # w_in_c, w_o_c: the matmul operands (w_in, w_o in the compute dtype)
         B, T, D = y.shape
         Dh = D // num_heads
         y2 = y.reshape(B * T, D)
-        w_in_c, w_o_c = w_in.to(compute), w_o.to(compute)
         qkv = in_proj_fwd_triton(y2, w_in_c, b_in, head_gates)
         a, lse = attention_packed_fwd(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
                                       Dh ** -0.5, zero_dead=False)
@@ -545,17 +547,19 @@ class _GatedMHSA(torch.autograd.Function):
             dscale = None
         return (dy.view(B, T, D), None, dgates, dscale, dw_in.to(w_in_dtype),
                 db_in.to(b_in_dtype), dw_o.to(w_o_dtype), db_o.to(s.b_o.dtype), None, None,
-                None)
+                None, None)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granularity: str,
-               compute: torch.dtype, all_on: torch.Tensor | None = None):
+               compute: torch.dtype, all_on: torch.Tensor | None = None, operands=None):
     """Triton gated MHSA (the reference: `gated_mhsa_reference`): y = LN(x) (B, T, d) ->
     (B, T, d) in `compute` (the matmul dtype: bf16 under autocast); gates None, (H,) or
     (1,) (module granularity); the projections and the attention skip dead heads.
-    `all_on`: a cached (H,) ones tensor for gates=None (saves a launch)."""
+    `all_on`: a cached (H,) ones tensor for gates=None (saves a launch). operands: (W_in,
+    W_o) in `compute`, (3d, d) and (d, d), made by the caller (one copy for a whole encoder,
+    common.operand_copies), or None: cast here (as_operand)."""
     bias_scale = None
     if gates is None:
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
@@ -565,15 +569,14 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
             BIAS_SCALED
     else:
         head_gates, bias_mode = gates.contiguous(), BIAS_IF_LIVE
+    w_in_c, w_o_c = operands or (as_operand(w_in, compute), as_operand(w_o, compute))
     if not torch.compiler.is_compiling():
-        return _GatedMHSA.apply(y.contiguous(), lengths, head_gates, bias_scale, w_in.contiguous(),
-                                b_in, w_o.contiguous(), b_o, num_heads, bias_mode, compute)
+        return _GatedMHSA.apply(y.contiguous(), lengths, head_gates, bias_scale, w_in, b_in,
+                                w_o, b_o, w_in_c, w_o_c, num_heads, bias_mode)
     B, T, D = y.shape
     Dh = D // num_heads
-    qkv = gated_in_proj(y.reshape(B * T, D).contiguous(), w_in.contiguous(), b_in, head_gates,
-                        compute)
+    qkv = gated_in_proj(y.reshape(B * T, D).contiguous(), w_in, w_in_c, b_in, head_gates)
     a = gated_attention_packed(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
                                Dh ** -0.5, zero_dead=False)
-    out = gated_out_proj(a.view(B * T, D), w_o.contiguous(), b_o, head_gates, bias_scale,
-                         bias_mode, compute)
+    out = gated_out_proj(a.view(B * T, D), w_o, w_o_c, b_o, head_gates, bias_scale, bias_mode)
     return out.view(B, T, D)

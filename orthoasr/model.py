@@ -18,10 +18,12 @@ import math
 import torch
 import torch.nn as nn
 
+from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
 
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
+from .nn.common import compute_dtype, triton_runs
 from .nn.norm import MaskedLayerNorm
 from .units import enumerate_units, module_cost
 
@@ -108,17 +110,20 @@ class ConformerBlock(nn.Module):
         self.norm = MaskedLayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset()
-                ) -> torch.Tensor:
+                gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset(),
+                operands: dict[str, tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
-        skip: kinds of the modules left out (as if their gates were all 0)."""
+        skip: kinds of the modules left out (as if their gates were all 0). operands: kind ->
+        that module's `matmul_weights` in the compute dtype, or None: each casts its own."""
         for kind, start, end in self.layout:
             if kind in skip:
                 continue
             module_gates = None if gates is None else gates[start:end]
+            module = self.modules_by_kind[kind]
+            y = module(x, lengths, module_gates,
+                       operands=None if operands is None else operands[kind])
             # one fused kernel for x + s * y (two with a separate multiply)
-            x = torch.add(x, self.modules_by_kind[kind](x, lengths, module_gates),
-                          alpha=HALF_STEP[kind])
+            x = torch.add(x, y, alpha=HALF_STEP[kind])
         return self.norm(x, lengths)
 
 
@@ -172,9 +177,34 @@ class ConformerSupernet(nn.Module):
         (B, T', D)."""
         skips = self._skips_per_layer(skip)
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
+        operands = self._matmul_operands(x, lengths, gates, skips)
         for layer, block in enumerate(self.blocks):
-            x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer])
+            x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer],
+                      operands[layer])
         return x
+
+    def _matmul_operands(self, x, lengths, gates, skips
+                         ) -> list[dict[str, tuple[torch.Tensor, ...]] | None]:
+        """Per layer, kind -> the compute-dtype copies of that module's `matmul_weights`, for
+        every module that runs, all made at the start of the pass by one multi-tensor copy
+        (two cast launches per module otherwise: 96 per paper-size pass); made anew at every
+        pass, so a captured CUDA graph copies the current weights. None per layer when the
+        torch backend runs (its references cast for themselves) or no weight needs a cast."""
+        none = [None] * len(self.blocks)
+        if not triton_runs(x, lengths, gates):
+            return none
+        modules = [(layer, kind, block.modules_by_kind[kind])
+                   for layer, block in enumerate(self.blocks)
+                   for kind, _, _ in block.layout if kind not in skips[layer]]
+        weights = [w for _, _, module in modules for w in module.matmul_weights]
+        dtype = compute_dtype(x)
+        if all(w.dtype == dtype for w in weights):
+            return none
+        copies = iter(operand_copies(weights, dtype))
+        operands = [{} for _ in self.blocks]
+        for layer, kind, module in modules:
+            operands[layer][kind] = tuple(next(copies) for _ in module.matmul_weights)
+        return operands
 
     def dead_modules(self, gates: torch.Tensor) -> frozenset[tuple[int, str]]:
         """(layer, kind) of every module whose gates in `gates` (N,) are all exactly 0: what

@@ -9,6 +9,7 @@ from error_ratio import (
 )
 
 from orthoasr.graphs import call_without_sync, capture_graph
+from orthoasr.kernels.common import as_operand, operand_copies
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
 
@@ -103,6 +104,37 @@ def test_weights_in_another_dtype_than_the_compute_dtype():
     torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
     for i, (g, g64) in enumerate(zip(grads, grads64, strict=True)):
         torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
+def test_handed_operands_are_the_ones_used():
+    """operands: PW1, PW2 in the compute dtype made by the caller (ConformerSupernet.run_blocks,
+    one copy for a whole pass), fp64 weights computed in fp32. Copies of the weights give
+    exactly the output and gradients of the op's own casts, the gradients on the fp64
+    weights; operands of other weights make forward and backward those of the other
+    weights (the fp64 reference with them), so the op reads nothing else."""
+    lengths = torch.tensor([12, 5])
+    x = torch.randn(2, 12, D, dtype=torch.float64)
+    params = make_params(7, torch.float64)
+    gates = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 12, D)
+    inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+
+    def outputs(operands):
+        y = gated_conv(x, lengths, *params, gates, torch.float32, operands)
+        return [y, *torch.autograd.grad(y, inputs, dy)]
+
+    own = outputs(None)
+    handed = outputs(operand_copies([params[2], params[8]], torch.float32))
+    for i, (a, b) in enumerate(zip(own, handed, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a, b), i
+    other = list(params)
+    other[2], other[8] = (w.detach().requires_grad_() for w in (1.5 * params[2], -params[8]))
+    ours = outputs(operand_copies([other[2], other[8]], torch.float32))
+    y64 = gated_conv_reference(x, lengths, *other, gates)
+    grads64 = torch.autograd.grad(y64, [x, *other, gates], dy.double())
+    assert (ours[0] - own[0]).abs().max() > 0.1
+    for i, (a, a64) in enumerate(zip(ours, [y64, *grads64], strict=True)):
+        torch.testing.assert_close(a.double(), a64, atol=5e-5, rtol=1e-4, msg=f"output {i}")
 
 
 def test_input_in_another_dtype_than_the_compute_dtype():
@@ -205,20 +237,23 @@ def test_registered_op_autograd_matches_reference():
     x, lengths = torch.randn(2, 8, D, requires_grad=True), torch.tensor([8, 3])
     params = [p.requires_grad_() for p in make_params(K)]
     gates = torch.tensor([0.7], requires_grad=True)
-    y = gated_conv_fwd(x, lengths, *params, gates, False, True, x.dtype)[0]
+    y = gated_conv_fwd(x, lengths, *params, gates, False, True, params[2], params[8])[0]
     y_ref = gated_conv_reference(x, lengths, *params, gates)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     assert_grads_close(y, y_ref, [x, *params, gates])
 
 
 def test_registered_op_fake_and_schema():
+    """The weights as their own operands, and fp64 weights with fp32 operands."""
     K = 5
     x, lengths = torch.randn(2, 6, D), torch.tensor([6, 3])
-    params = [p.requires_grad_() for p in make_params(K)]
-    torch.library.opcheck(gated_conv_fwd, (x, lengths, *params, torch.tensor([0.5]), True, True,
-                                           x.dtype),
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_autograd_registration"))
+    for params in (make_params(K), make_params(K, torch.float64)):
+        operands = [as_operand(w, torch.float32) for w in (params[2], params[8])]
+        params = [p.requires_grad_() for p in params]
+        torch.library.opcheck(gated_conv_fwd, (x, lengths, *params, torch.tensor([0.5]), True,
+                                               True, *operands),
+                              test_utils=("test_schema", "test_faketensor",
+                                          "test_autograd_registration"))
 
 
 # ----------------------------------------------------------------------------- GPU

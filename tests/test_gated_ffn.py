@@ -9,6 +9,7 @@ from error_ratio import (
 )
 
 from orthoasr.graphs import call_without_sync, capture_graph
+from orthoasr.kernels.common import as_operand, operand_copies
 from orthoasr.kernels.gated_ffn import (
     gated_ffn,
     gated_ffn_fwd,
@@ -116,6 +117,37 @@ def test_weights_in_another_dtype_than_the_compute_dtype():
         torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
+def test_handed_operands_are_the_ones_used():
+    """operands: W1, W2 in the compute dtype made by the caller (ConformerSupernet.run_blocks,
+    one copy for a whole pass), fp64 weights computed in fp32. Copies of the weights give
+    exactly the output and gradients of the op's own casts, the gradients on the fp64
+    weights; operands of other weights make forward and backward those of the other
+    weights (the fp64 reference with them), so the op reads nothing else."""
+    lengths = torch.tensor([7, 3])
+    x = torch.randn(2, 7, D, dtype=torch.float64)
+    params = [p.double() for p in make_params()]
+    gates = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 7, D)
+    inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+
+    def outputs(operands):
+        y = gated_ffn(x, lengths, *params, gates, C, False, torch.float32, operands)
+        return [y, *torch.autograd.grad(y, inputs, dy)]
+
+    own = outputs(None)
+    handed = outputs(operand_copies([params[2], params[4]], torch.float32))
+    for i, (a, b) in enumerate(zip(own, handed, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a, b), i
+    other = list(params)
+    other[2], other[4] = (w.detach().requires_grad_() for w in (1.5 * params[2], -params[4]))
+    ours = outputs(operand_copies([other[2], other[4]], torch.float32))
+    y64 = gated_ffn_reference(x, lengths, *other, gates, False)
+    grads64 = torch.autograd.grad(y64, [x, *other, gates], dy.double())
+    assert (ours[0] - own[0]).abs().max() > 0.1
+    for i, (a, a64) in enumerate(zip(ours, [y64, *grads64], strict=True)):
+        torch.testing.assert_close(a.double(), a64, atol=5e-5, rtol=1e-4, msg=f"output {i}")
+
+
 def test_gradcheck_reference_gates_fp64():
     lengths = torch.tensor([5, 3])
     x = torch.randn(2, 5, 8, dtype=torch.float64)
@@ -196,7 +228,8 @@ def test_registered_op_autograd_matches_reference():
     x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
     params = [p.requires_grad_() for p in make_params()]
     gates = torch.tensor([0.5, 0.0, 1.0, 2.0], requires_grad=True)
-    y = gated_ffn_fwd(x, lengths, *params, gates, C, False, False, True, x.dtype)[0]
+    y = gated_ffn_fwd(x, lengths, *params, gates, C, False, False, True, params[2],
+                      params[4])[0]
     y_ref = gated_ffn_reference(x, lengths, *params, gates, False)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     assert_grads_close(y, y_ref, [x, *params, gates])
@@ -220,14 +253,16 @@ def test_input_in_another_dtype_than_the_compute_dtype():
 
 
 def test_registered_op_fake_and_schema():
+    """The weights as their own operands, and fp64 weights with fp32 operands."""
     x, lengths = torch.randn(2, 4, D), torch.tensor([4, 2])
-    params = make_params()
-    for p in params:
-        p.requires_grad_()
-    torch.library.opcheck(gated_ffn_fwd, (x, lengths, *params, torch.tensor([1.0, 0, 1, 1]), C,
-                                          False, True, True, x.dtype),
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_autograd_registration"))
+    for params in (make_params(), make_params(torch.float64)):
+        operands = [as_operand(w, torch.float32) for w in (params[2], params[4])]
+        for p in params:
+            p.requires_grad_()
+        torch.library.opcheck(gated_ffn_fwd, (x, lengths, *params, torch.tensor([1.0, 0, 1, 1]),
+                                              C, False, True, True, *operands),
+                              test_utils=("test_schema", "test_faketensor",
+                                          "test_autograd_registration"))
 
 
 # ----------------------------------------------------------------------------- GPU

@@ -231,6 +231,45 @@ def test_benchmark_shape_all_off_is_zero():
     assert torch.equal(x.grad, torch.zeros_like(x.grad))
 
 
+def test_handed_operands_are_the_ones_used():
+    """operands: W_in, W_o in the compute dtype made by the caller (ConformerSupernet.run_blocks,
+    one copy for a whole pass), fp64 weights computed in fp32. Copies of the weights give
+    exactly the output and gradients of the op's own casts, the gradients on the fp64
+    weights; operands of other weights make forward and backward those of the other
+    weights (the fp64 reference with them), so the op reads nothing else."""
+    from orthoasr.kernels.common import operand_copies
+    from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
+
+    B, T, D, H = 2, 9, 48, 3
+    y, lengths = torch.randn(B, T, D, device=DEV), torch.tensor([9, 4], device=DEV)
+    gates = torch.tensor([0.7, 0.0, 1.3], device=DEV, requires_grad=True)
+    weights = [torch.randn(3 * D, D, dtype=torch.float64, device=DEV) / D ** 0.5,
+               0.1 * torch.randn(3 * D, dtype=torch.float64, device=DEV),
+               torch.randn(D, D, dtype=torch.float64, device=DEV) / D ** 0.5,
+               0.1 * torch.randn(D, dtype=torch.float64, device=DEV)]
+    dout = torch.randn(B, T, D, device=DEV)
+    inputs = [y.requires_grad_(), gates, *(w.requires_grad_() for w in weights)]
+
+    def outputs(operands):
+        out = gated_mhsa(y, lengths, gates, *weights, H, "component", torch.float32,
+                         operands=operands)
+        return [out, *torch.autograd.grad(out, inputs, dout)]
+
+    own = outputs(None)
+    handed = outputs(operand_copies([weights[0], weights[2]], torch.float32))
+    for i, (a, b) in enumerate(zip(own, handed, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a, b), i
+    other = list(weights)
+    other[0], other[2] = (w.detach().requires_grad_() for w in (1.5 * weights[0], -weights[2]))
+    ours = outputs(operand_copies([other[0], other[2]], torch.float32))
+    y64, g64 = y.detach().double().requires_grad_(), gates.detach().double().requires_grad_()
+    out64 = gated_mhsa_reference(y64, lengths, g64, *other, H)
+    grads64 = torch.autograd.grad(out64, [y64, g64, *other], dout.double())
+    assert (ours[0] - own[0]).abs().max() > 0.1
+    for i, (a, a64) in enumerate(zip(ours, [out64, *grads64], strict=True)):
+        torch.testing.assert_close(a.double(), a64, atol=5e-5, rtol=1e-4, msg=f"output {i}")
+
+
 # ----------------------------------------------------------------------------- compile path ops
 
 def test_projection_ops_match_linear():
@@ -257,14 +296,14 @@ def test_projection_ops_match_linear():
     # the live ones with `where`, never by multiplying with 0
     live_qkv, live_a = live_in.bool(), live_out.bool()
     ours = grads(lambda y, w, b: torch.where(
-        live_qkv, gm.gated_in_proj(y, w, b, gates, torch.float32), 0.0), y, w_in, b_in)
+        live_qkv, gm.gated_in_proj(y, w, w, b, gates), 0.0), y, w_in, b_in)
     ref = grads(lambda y, w, b: F.linear(y, w, b) * live_in, y, w_in, b_in)
     for x, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(x, r, atol=1e-4, rtol=1e-4)
     for mode, s in ((gm.BIAS_IF_LIVE, None), (gm.BIAS_SCALED, scale)):
         extra = () if s is None else (s,)
         ours = grads(lambda a, w, b, *s, mode=mode: gm.gated_out_proj(
-                         a, w, b, gates, s[0] if s else None, mode, torch.float32),
+                         a, w, w, b, gates, s[0] if s else None, mode),
                      a, w_o, b_o, *extra)
         ref = grads(lambda a, w, b, *s: F.linear(a * live_out, w, b * (s[0] if s else 1.0)),
                     a, w_o, b_o, *extra)
@@ -272,11 +311,12 @@ def test_projection_ops_match_linear():
         ours[1], ref[1] = torch.where(live_a, ours[1], 0.0), torch.where(live_a, ref[1], 0.0)
         for x, r in zip(ours, ref, strict=True):
             torch.testing.assert_close(x, r, atol=1e-4, rtol=1e-4)
-    torch.library.opcheck(gm.gated_in_proj, (y, w_in, b_in, gates, torch.float32),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(gm.gated_out_proj,
-                          (a, w_o, b_o, gates, scale, gm.BIAS_SCALED, torch.float32),
-                          test_utils=("test_schema", "test_faketensor"))
+    for w_in_master, w_o_master in ((w_in, w_o), (w_in.double(), w_o.double())):
+        torch.library.opcheck(gm.gated_in_proj, (y, w_in_master, w_in, b_in, gates),
+                              test_utils=("test_schema", "test_faketensor"))
+        torch.library.opcheck(gm.gated_out_proj,
+                              (a, w_o_master, w_o, b_o, gates, scale, gm.BIAS_SCALED),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ padding, bad input."""
 import pytest
 import torch
 
+import orthoasr.model as model_module
 from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
 from orthoasr.model import ConformerSupernet
 
@@ -106,6 +107,49 @@ def test_dead_modules_left_out_give_the_same_output_and_gradients(backend):
             assert left_out is None and name.startswith(("heads.", "frontend.")), name
         else:
             torch.testing.assert_close(left_out, full, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("weights, compute", [(torch.float64, torch.float32),
+                                               (torch.float32, torch.float16)])
+def test_one_operand_copy_per_pass_gives_the_same_outputs_and_gradients(monkeypatch, weights,
+                                                                        compute):
+    """Triton backend, weights computed in a lower dtype: fp64 in fp32, as the kernel tests
+    do, and fp32 in fp16 under CPU autocast, as training does in bf16 on the GPU (the
+    interpreter's bf16 weight-gradient GEMM is off by ~1e10, its fp16 one is not).
+    run_blocks copies every running module's matmul weights to the compute dtype in one
+    operand_copies call and hands them to the ops: the same output and gradients (in the
+    weights' dtype, on the weights) as each op casting its own; other copies handed give
+    another output (the ops compute with them)."""
+    set_backend("triton")
+    model = ConformerSupernet(tiny_cfg()).to(weights)
+    x, lengths = torch.randn(2, 9, 32), torch.tensor([9, 5])     # fp32, as the blocks' input
+    gates, dy = torch.rand(model.num_units), torch.randn(2, 9, 32)
+    skip = frozenset({(1, "conv")})
+    calls = []
+
+    def outputs():
+        model.zero_grad(set_to_none=True)
+        xx, g = x.clone().requires_grad_(), gates.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=compute, enabled=compute != torch.float32):
+            out = model.run_blocks(xx, lengths, g, skip)
+        out.backward(dy)
+        grads = [p.grad for p in model.blocks.parameters()]
+        assert all(grad is None or grad.dtype == weights for grad in grads)
+        return [out, xx.grad, g.grad, *(grad for grad in grads if grad is not None)]
+
+    copies = model_module.operand_copies
+    monkeypatch.setattr(model_module, "operand_copies",
+                        lambda w, dtype: calls.append((len(w), dtype)) or copies(w, dtype))
+    handed = outputs()
+    assert calls == [(2 * (4 + 3), compute)]     # two matrices per module, conv 1 left out
+    with monkeypatch.context() as m:
+        m.setattr(ConformerSupernet, "_matmul_operands", lambda self, *a: [None, None])
+        own = outputs()
+    for i, (a, b) in enumerate(zip(own, handed, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a, b), i
+    monkeypatch.setattr(model_module, "operand_copies",
+                        lambda w, dtype: [1.5 * c for c in copies(w, dtype)])
+    assert (outputs()[0] - handed[0]).abs().max() > 1e-2
 
 
 def test_skip_is_honoured_and_checked():

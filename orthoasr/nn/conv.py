@@ -40,16 +40,23 @@ class GatedConvModule(nn.Module):
         nn.init.uniform_(self.depthwise_weight, -bound, bound)
         nn.init.uniform_(self.depthwise_bias, -bound, bound)
 
+    @property
+    def matmul_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights whose compute-dtype copies `forward(operands=...)` takes, in order."""
+        return self.pointwise1.weight, self.pointwise2.weight
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d_model), lengths: (B,), gates: (1,) or None -> (B, T, d_model)."""
+                gates: torch.Tensor | None = None, operands=None) -> torch.Tensor:
+        """x: (B, T, d_model), lengths: (B,), gates: (1,) or None -> (B, T, d_model).
+        operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
+        them all at once; the torch backend ignores them), or None: the op casts them."""
         params = [self.norm.weight, self.norm.bias, self.pointwise1.weight, self.pointwise1.bias,
                   self.depthwise_weight, self.depthwise_bias, self.norm_conv.weight,
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, 1, params)
         dtype = compute_dtype(x)
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
-            y = gated_conv(x, lengths, *params, gates, dtype)
+            y = gated_conv(x, lengths, *params, gates, dtype, operands)
         else:
             y = gated_conv_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
                                      gates)

@@ -29,8 +29,9 @@ class GatedFeedForward(nn.Module):
     (no host sync); all gates 0 gives exactly 0. Dropout (training) applies to the output.
     Autocast: the output is in the autocast dtype. The Triton path's LayerNorm reads x in
     its own dtype and writes the autocast dtype (the gradient of x comes back in x's dtype,
-    no cast either way); it casts the fp32 master weights once per call for its matmuls,
-    and weight grads come out in fp32. The reference casts x first.
+    no cast either way); its matmuls read copies of W1 and W2 in the autocast dtype (made
+    per call, or handed in as `operands`), and weight grads come out in fp32. The reference
+    casts x first.
     """
 
     def __init__(self, d_model: int, ff_dim: int, chunks: int = 4, dropout: float = 0.0,
@@ -51,16 +52,24 @@ class GatedFeedForward(nn.Module):
     def num_gates(self) -> int:
         return self.chunks if self.granularity == "component" else 1
 
+    @property
+    def matmul_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights whose compute-dtype copies `forward(operands=...)` takes, in order."""
+        return self.linear1.weight, self.linear2.weight
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, d_model), lengths: (B,), gates: (num_gates,) or None -> (B, T, d_model)."""
+                gates: torch.Tensor | None = None, operands=None) -> torch.Tensor:
+        """x: (B, T, d_model), lengths: (B,), gates: (num_gates,) or None -> (B, T, d_model).
+        operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
+        them all at once; the torch backend ignores them), or None: the op casts them."""
         params = [self.norm.weight, self.norm.bias, self.linear1.weight, self.linear1.bias,
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params)
         dtype = compute_dtype(x)
         module_gate = self.granularity == "module"
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
-            y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype)
+            y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype,
+                          operands)
         else:
             y = gated_ffn_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
                                     gates, module_gate)

@@ -65,12 +65,19 @@ class GatedMHSA(nn.Module):
     def num_gates(self) -> int:
         return self.num_heads if self.granularity == "component" else 1
 
+    @property
+    def matmul_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights whose compute-dtype copies `forward(operands=...)` takes, in order."""
+        return self.in_proj_weight, self.out_proj_weight
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
-                validate: bool = False) -> torch.Tensor:
+                validate: bool = False, operands=None) -> torch.Tensor:
         """x: (B, T, D), lengths: (B,), gates: (num_gates,) or None -> (B, T, D).
 
         validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
-        lengths are always checked."""
+        lengths are always checked. operands: `matmul_weights` in the compute dtype
+        (ConformerSupernet.run_blocks makes them all at once; the torch backend ignores
+        them), or None: the op casts them."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate)
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
@@ -81,7 +88,7 @@ class GatedMHSA(nn.Module):
             compute = compute_dtype(x)
             y = masked_layer_norm(x, lengths, self.norm.weight, self.norm.bias, compute)
             out = gated_mhsa(y, lengths, gates, *weights, self.num_heads, self.granularity,
-                             compute, all_on=self._all_on)
+                             compute, all_on=self._all_on, operands=operands)
         else:
             out = gated_mhsa_reference(self.norm(x), lengths, gates, *weights, self.num_heads,
                                        self.granularity)
