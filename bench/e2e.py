@@ -247,6 +247,8 @@ def run(names, providers, timings, check_only: bool, out=None,
                              "provider": provider, "timing": timing, "ms": ms,
                              "audio_s_per_s": audio_s / (ms / 1e3), "peak_mem_mb": peak,
                              "baseline": "eager_reference", "time_unit": "ms"})
+                if provider == "compile_reference":
+                    rows[-1]["compile_mode"] = compile_mode
                 print(f"{name:24s} {provider:18s} {timing:6s} {ms:9.2f} ms "
                       f"{rows[-1]['audio_s_per_s']:9.0f} audio s/s {peak:8.0f} MiB", flush=True)
         if rows:
@@ -264,6 +266,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for e2e.json "
                         "(default bench/results)")
+    # max-autotune tunes every GEMM shape of every live-unit count's recompile: on a fresh
+    # H200 the stage-1 pair alone outlasted a 470 s call (2026-11-30); "default" compiles in
+    # a fraction of that. Rows of compile_reference name the mode.
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
     args = parser.parse_args()
     failures = run([WORKLOADS[w] for w in args.workloads], args.providers, args.timings,
