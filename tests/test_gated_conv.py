@@ -87,16 +87,23 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
         torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
-def test_weights_in_another_dtype_than_the_compute_dtype():
-    """fp64 weights computed in fp32 (as fp32 weights under bf16 autocast): the forward's
-    fp32 copies of the pointwise weights are the ones the backward uses; outputs and every
-    gradient against the fp64 reference."""
+def fp64_weights_case():
+    """(lengths, x, params, gates, dy, inputs): fp64 inputs and weights that require grad,
+    an fp32 output gradient, for the cases computed in fp32."""
     lengths = torch.tensor([12, 5])
     x = torch.randn(2, 12, D, dtype=torch.float64)
     params = make_params(7, torch.float64)
     gates = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
     dy = torch.randn(2, 12, D)
     inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+    return lengths, x, params, gates, dy, inputs
+
+
+def test_weights_in_another_dtype_than_the_compute_dtype():
+    """fp64 weights computed in fp32 (as fp32 weights under bf16 autocast): the forward's
+    fp32 copies of the pointwise weights are the ones the backward uses; outputs and every
+    gradient against the fp64 reference."""
+    lengths, x, params, gates, dy, inputs = fp64_weights_case()
     y = gated_conv(x, lengths, *params, gates, torch.float32)
     grads = torch.autograd.grad(y, inputs, dy)
     y64 = gated_conv_reference(x, lengths, *params, gates)
@@ -112,12 +119,7 @@ def test_handed_operands_are_the_ones_used():
     exactly the output and gradients of the op's own casts, the gradients on the fp64
     weights; operands of other weights make forward and backward those of the other
     weights (the fp64 reference with them), so the op reads nothing else."""
-    lengths = torch.tensor([12, 5])
-    x = torch.randn(2, 12, D, dtype=torch.float64)
-    params = make_params(7, torch.float64)
-    gates = torch.tensor([0.7], dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(2, 12, D)
-    inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+    lengths, x, params, gates, dy, inputs = fp64_weights_case()
 
     def outputs(operands):
         y = gated_conv(x, lengths, *params, gates, torch.float32, operands)

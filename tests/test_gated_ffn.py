@@ -97,16 +97,23 @@ def test_padding_invariance_and_finite():
     torch.testing.assert_close(y1, gated_ffn_reference(x, lengths, *params, gates, False))
 
 
-def test_weights_in_another_dtype_than_the_compute_dtype():
-    """fp64 weights computed in fp32 (as fp32 weights under bf16 autocast): the forward's
-    fp32 copies of W1 and W2 are the ones the backward uses; outputs and every gradient
-    against the fp64 reference."""
+def fp64_weights_case():
+    """(lengths, x, params, gates, dy, inputs): fp64 inputs and weights that require grad,
+    an fp32 output gradient, for the cases computed in fp32."""
     lengths = torch.tensor([7, 3])
     x = torch.randn(2, 7, D, dtype=torch.float64)
     params = [p.double() for p in make_params()]
     gates = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
     dy = torch.randn(2, 7, D)
     inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+    return lengths, x, params, gates, dy, inputs
+
+
+def test_weights_in_another_dtype_than_the_compute_dtype():
+    """fp64 weights computed in fp32 (as fp32 weights under bf16 autocast): the forward's
+    fp32 copies of W1 and W2 are the ones the backward uses; outputs and every gradient
+    against the fp64 reference."""
+    lengths, x, params, gates, dy, inputs = fp64_weights_case()
     y = gated_ffn(x, lengths, *params, gates, C, False, torch.float32)
     assert y.dtype == torch.float32
     grads = torch.autograd.grad(y, inputs, dy)
@@ -123,12 +130,7 @@ def test_handed_operands_are_the_ones_used():
     exactly the output and gradients of the op's own casts, the gradients on the fp64
     weights; operands of other weights make forward and backward those of the other
     weights (the fp64 reference with them), so the op reads nothing else."""
-    lengths = torch.tensor([7, 3])
-    x = torch.randn(2, 7, D, dtype=torch.float64)
-    params = [p.double() for p in make_params()]
-    gates = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(2, 7, D)
-    inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params), gates]
+    lengths, x, params, gates, dy, inputs = fp64_weights_case()
 
     def outputs(operands):
         y = gated_ffn(x, lengths, *params, gates, C, False, torch.float32, operands)
