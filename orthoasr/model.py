@@ -99,6 +99,30 @@ def make_module(cfg: SupernetConfig, kind: str) -> nn.Module:
                      granularity=cfg.granularity)
 
 
+class _ResidualAdd(torch.autograd.Function):
+    """x + s * y as one kernel, and in the backward y's gradient s * g made in y's dtype by one
+    kernel. (Autograd's own add makes s * g in x's dtype, then casts it to y's: two kernels
+    per FFN module, whose bf16 output joins the fp32 residual stream under autocast.)"""
+
+    @staticmethod
+    def forward(ctx, x, y, scale: float):
+        ctx.scale, ctx.y_dtype = scale, y.dtype
+        return torch.add(x, y, alpha=scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx = grad if ctx.needs_input_grad[0] else None
+        dy = None
+        if ctx.needs_input_grad[1]:
+            dy = torch.mul(grad, ctx.scale, out=grad.new_empty(grad.shape, dtype=ctx.y_dtype))
+        return dx, dy, None
+
+
+def residual_add(x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
+    """x + scale * y (x the residual stream, y a module's output, maybe in a lower dtype)."""
+    return _ResidualAdd.apply(x, y, scale)
+
+
 class ConformerBlock(nn.Module):
     """x += s_m * module(x) for each module m in `module_order` (s = 1/2 for FFNs), then LN."""
 
@@ -122,8 +146,7 @@ class ConformerBlock(nn.Module):
             module = self.modules_by_kind[kind]
             y = module(x, lengths, module_gates,
                        operands=None if operands is None else operands[kind])
-            # one fused kernel for x + s * y (two with a separate multiply)
-            x = torch.add(x, y, alpha=HALF_STEP[kind])
+            x = residual_add(x, y, HALF_STEP[kind])
         return self.norm(x, lengths)
 
 

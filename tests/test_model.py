@@ -228,3 +228,22 @@ def test_bad_input():
         model(torch.randn(2, 24, 40), lengths)
     with pytest.raises(ValueError, match="lengths must be"):
         model(feats, lengths.float())
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0])
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+def test_residual_add_matches_autograds_add(scale, y_dtype):
+    """residual_add: the output and both gradients of torch.add(x, y, alpha=scale), bit for
+    bit, with y's gradient in y's dtype (bf16 under autocast, the residual stream fp32)."""
+    from orthoasr.model import residual_add
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    y = torch.randn(3, 5, 8).to(y_dtype).requires_grad_()
+    g = torch.randn(3, 5, 8)
+    ours = residual_add(x, y, scale)
+    theirs = torch.add(x, y, alpha=scale)
+    assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+    dx, dy = torch.autograd.grad(ours, (x, y), g)
+    dx_ref, dy_ref = torch.autograd.grad(theirs, (x, y), g)
+    assert dy.dtype == y_dtype and torch.equal(dx, dx_ref) and torch.equal(dy, dy_ref)
+    y_only = residual_add(x.detach(), y, scale)                   # x without a gradient
+    assert torch.equal(torch.autograd.grad(y_only, y, g)[0], dy_ref)
