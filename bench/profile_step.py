@@ -3,11 +3,11 @@
     python -m bench.profile_step [--config configs/paper.yaml] [--preset small]
         [--max-frames 80000] [--steps 10] [--out FILE]
 
-Builds the trainer of `--config` on a synthetic corpus made on the machine, takes a few
-eager steps of each stage (the kernels a CUDA-graph replay runs are the same), then
-`--steps` more of stage 1 and of stage 2 under torch.profiler. For each stage: device time per
-step by part of the step (kernel names sorted into parts by `PARTS`), then each kernel, largest
-first. Printed, and written as text to --out.
+Builds the trainer of `--config` on a synthetic corpus made on the machine; for each stage,
+times `--steps` eager steps under torch.profiler after kernel_table's warm-up steps (the
+kernels a CUDA-graph replay runs are the same): device time per step by part of the step
+(kernel names sorted into parts by `PARTS`), then each kernel, largest first. Printed, and
+written as text to --out.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import re
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from bench.profile_kernels import kernel_table
 from bench.train_step import corpus_manifests
 from orthoasr.run_config import load_run_config
 from orthoasr.run_data import TrainData, make_tokenizer
 from orthoasr.train import Trainer
+
+WARMUP_STEPS = 3   # kernel_table's unprofiled calls
 
 # (part, regex on the kernel name), first match wins
 PARTS = (
@@ -43,18 +45,6 @@ PARTS = (
 
 def part_of(kernel: str) -> str:
     return next((name for name, pattern in PARTS if re.search(pattern, kernel)), "other")
-
-
-def profile_steps(trainer: Trainer, batches, steps: int) -> list[tuple[str, float, int]]:
-    """[(kernel, device µs per step, launches per step)] over `steps` training steps."""
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            trainer.train_step(next(batches)[2])
-        torch.cuda.synchronize()
-    rows = [(e.key, e.self_device_time_total / steps, e.count // steps)
-            for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
-    return sorted(rows, key=lambda r: -r[1])
 
 
 def report(title: str, rows: list[tuple[str, float, int]]) -> str:
@@ -79,7 +69,6 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="synthetic corpus (orthoasr synth)")
     parser.add_argument("--work-dir", default="/tmp/profile_step")
     parser.add_argument("--max-frames", type=int, default=80000)
-    parser.add_argument("--warmup", type=int, default=5, help="unprofiled steps per stage")
     parser.add_argument("--steps", type=int, default=10, help="profiled steps per stage")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="text file for the tables")
@@ -88,7 +77,7 @@ def main() -> None:
         raise SystemExit("bench.profile_step needs a CUDA device")
     work = Path(args.work_dir)
     _, manifests = corpus_manifests(work, args.preset)
-    per_stage = args.warmup + args.steps
+    per_stage = WARMUP_STEPS + args.steps
     run = load_run_config(args.config, manifests + [
         f"max_frames={args.max_frames}", "cuda_graphs=false", f"stage1_steps={per_stage}",
         f"stage2_steps={per_stage}", f"warmup_steps={per_stage}", *args.set])
@@ -102,9 +91,10 @@ def main() -> None:
         if stage == 2:
             trainer.freeze()
             trainer.prepare_stage2()
-        for _ in range(args.warmup):
+
+        def step():
             trainer.train_step(next(batches)[2])
-        text += report(f"stage {stage}", profile_steps(trainer, batches, args.steps)) + "\n"
+        text += report(f"stage {stage}", kernel_table(step, args.steps)) + "\n"
     batches.close()
     print(text)
     if args.out:

@@ -27,11 +27,11 @@ SET="train_manifest=$WORK/data/train.jsonl dev_manifest=$WORK/data/dev.jsonl \
   test_manifest=$WORK/data/test.jsonl ${EXP_SET:-}"
 RUN="timeout -s KILL ${LIMIT_S:-480} python3 -m experiments.run --config configs/experiment.yaml \
   --budgets 0.4 0.55 0.7 0.85 1.0"
+FIRST_PHASE="orthosoftmax-flops-component orthosoftmax-params-component \
+  orthosoftmax-flops-module simple-topk-flops-component shrunk"
 case ${PHASE:-1} in
   all)
-    $RUN --arms orthosoftmax-flops-component orthosoftmax-params-component \
-      orthosoftmax-flops-module simple-topk-flops-component shrunk \
-      individual-flops-component --parallel 8 --work-dir $WORK/runs \
+    $RUN --arms $FIRST_PHASE individual-flops-component --parallel 8 --work-dir $WORK/runs \
       --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
     echo "all phases rc=$?"
     cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
@@ -43,9 +43,8 @@ case ${PHASE:-1} in
     echo "rerun rc=$?"
     ;;
   1)
-    $RUN --arms orthosoftmax-flops-component orthosoftmax-params-component \
-      orthosoftmax-flops-module simple-topk-flops-component shrunk --parallel 8 \
-      --work-dir $WORK/runs --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
+    $RUN --arms $FIRST_PHASE --parallel 8 --work-dir $WORK/runs --out $OUT/results.json \
+      --set $SET > $OUT/run.log 2>&1
     echo "phase 1 rc=$?"
     cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
     ;;

@@ -93,6 +93,7 @@ def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, l
     alpha = tl.where(in_s & (s < 2), tl.load(lp, mask=in_s & (s < 2), other=0.0),
                      float("-inf"))
     tl.store(row + s, alpha)
+    # masks as vectors (s * 0 + scalar): Triton's interpreter refuses a scalar mask
     emit_next = tl.load(lp + stride_t, mask=in_s & ((s * 0 + T_b) > 1), other=0.0)
     for t in range(1, T_b):
         emit = emit_next
