@@ -17,7 +17,9 @@ REPO=$PWD
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null) PYTHONUNBUFFERED=1
 rm -rf /tmp/site_exp && python3 -m pip install -q --no-index --no-deps --no-compile \
   --no-build-isolation --target /tmp/site_exp .whl/*.whl . || exit 1
+# run from outside the repo: its orthoasr/ lacks the kernels that the install maps in
 export PYTHONPATH=/tmp/site_exp:$REPO
+cd /tmp
 WORK=/tmp/exp
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 if [ ! -f $WORK/data/summary.json ]; then
@@ -25,7 +27,7 @@ if [ ! -f $WORK/data/summary.json ]; then
 fi
 SET="train_manifest=$WORK/data/train.jsonl dev_manifest=$WORK/data/dev.jsonl \
   test_manifest=$WORK/data/test.jsonl ${EXP_SET:-}"
-RUN="timeout -s KILL ${LIMIT_S:-480} python3 -m experiments.run --config configs/experiment.yaml \
+RUN="timeout -s KILL ${LIMIT_S:-480} python3 -m experiments.run --config $REPO/configs/experiment.yaml \
   --budgets 0.4 0.55 0.7 0.85 1.0"
 FIRST_PHASE="orthosoftmax-flops-component orthosoftmax-params-component \
   orthosoftmax-flops-module simple-topk-flops-component shrunk"
@@ -37,7 +39,7 @@ case ${PHASE:-1} in
     cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
     ;;
   rerun)
-    cp .exp/results.json $OUT/results.json || exit 3
+    cp $REPO/.exp/results.json $OUT/results.json || exit 3
     $RUN --arms orthosoftmax-flops-component --work-dir $WORK/rerun \
       --out $OUT/results.json --set $SET > $OUT/rerun.log 2>&1
     echo "rerun rc=$?"
@@ -49,8 +51,8 @@ case ${PHASE:-1} in
     cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
     ;;
   2)
-    cp .exp/results.json $OUT/results.json || exit 3
-    $RUN --arms individual-flops-component --parallel 4 --first-masks .exp/frozen_masks.pt \
+    cp $REPO/.exp/results.json $OUT/results.json || exit 3
+    $RUN --arms individual-flops-component --parallel 4 --first-masks $REPO/.exp/frozen_masks.pt \
       --work-dir $WORK/alone --out $OUT/results.json --set $SET > $OUT/run.log 2>&1 &
     ALONE=$!
     $RUN --arms orthosoftmax-flops-component --work-dir $WORK/rerun \

@@ -17,12 +17,15 @@ def capturing(graph, pool=None):
     """`torch.cuda.graph(graph, pool=pool)` with Python's garbage collector run before and
     paused during the capture: torch no longer collects there, and a collection inside the
     capture that frees an unreachable CUDA graph (a finished run's, say) destroys it while
-    the stream captures, which invalidates the capture."""
+    the stream captures, which invalidates the capture. The capture is thread-local: the
+    DataLoader's pin-memory thread queries CUDA events while it pins the next batches, and
+    in the default global mode such a call from any thread invalidates the capture (the
+    individually trained subnets of issue 17 failed so on the H200, 2026-11-30)."""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             yield
     finally:
         if enabled:
