@@ -3,9 +3,10 @@ checkpoint (the individually trained models take their units from it).
 
 Arm names: `orthosoftmax-flops-component` (the method, arm 1), `orthosoftmax-params-component`,
 `orthosoftmax-flops-module`, `simple-topk-flops-component`, `individual-flops-component`
-(one run per budget of arm 1: its frozen units, trained alone, `fixed_gates`) and
-`shrunk` (one plain Conformer per budget of arm 1, its layers or d_model shrunk to that
-budget's FLOPs).
+(one run per budget of arm 1: its frozen units, trained alone, `fixed_gates`), `shrunk` (one
+plain Conformer per budget of arm 1, its layers or d_model shrunk to that budget's FLOPs),
+and each OrthoSoftmax arm's name + `-clamped`: that arm with its soft masks clamped to <= 1
+(`clamp_masks`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from orthoasr.units import unit_costs
 
 FIRST = "orthosoftmax-flops-component"
 ARMS = (FIRST, "orthosoftmax-params-component", "orthosoftmax-flops-module",
-        "simple-topk-flops-component", "individual-flops-component", "shrunk")
+        "simple-topk-flops-component", "individual-flops-component", "shrunk",
+        f"{FIRST}-clamped", "orthosoftmax-params-component-clamped",
+        "orthosoftmax-flops-module-clamped")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ def jobs(arm: str, budgets: tuple[float, ...], first_checkpoint: str | None,
         return [Job(arm, arm, (f"model.criterion={criterion}",
                                f"model.granularity={granularity}", f"selector={selector}",
                                f"model.budgets={budget_list}"))]
+    clamped = arm.removesuffix("-clamped")
+    if clamped != arm and supernet.get(clamped, (None,) * 3)[2] == "orthosoftmax":
+        return [Job(arm, arm, (*jobs(clamped, budgets, first_checkpoint, model)[0].overrides,
+                               "clamp_masks=true"))]
     if arm == "individual-flops-component":
         if first_checkpoint is None:
             raise ValueError(f"arm {arm} needs arm {FIRST}'s checkpoint: run that arm first")

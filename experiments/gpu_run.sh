@@ -10,6 +10,7 @@
 #              arm 1 once more with the same config (the noise between reruns); the rows are
 #              appended to .exp/results.json in $OUT/results.json
 #   PHASE=rerun  arm 1 once more, appended to .exp/results.json
+#   PHASE=clamped  the OrthoSoftmax arms with clamp_masks, appended to .exp/results.json
 # EXP_SET: more overrides, e.g. "stage1_steps=1000 stage2_steps=500"; LIMIT_S: the run's
 # time limit (default 480 s: a call has 600, install and synthesis take about 60)
 set -uo pipefail
@@ -37,6 +38,14 @@ case ${PHASE:-1} in
       --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
     echo "all phases rc=$?"
     cp $WORK/runs/orthosoftmax-flops-component/frozen_masks.pt $OUT/ 2>/dev/null
+    ;;
+  clamped)
+    # the OrthoSoftmax arms again with their soft masks clamped to <= 1 (clamp_masks)
+    cp $REPO/.exp/results.json $OUT/results.json || exit 3
+    $RUN --arms orthosoftmax-flops-component-clamped orthosoftmax-params-component-clamped \
+      orthosoftmax-flops-module-clamped --parallel 3 --work-dir $WORK/clamped \
+      --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
+    echo "clamped rc=$?"
     ;;
   rerun)
     cp $REPO/.exp/results.json $OUT/results.json || exit 3

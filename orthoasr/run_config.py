@@ -35,7 +35,7 @@ FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, Fals
                 "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
                 "distill_weight": (0, True, None, False),
                 "ckpt_minutes": (0, False, None, False)}
-BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs")
+BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "clamp_masks")
 
 
 @dataclass
@@ -88,6 +88,10 @@ class RunConfig:
     penalty_scale: float = 1.0
     penalty_warmup: int = 200
     penalty_rho: float = 0.0
+    # clamp OrthoSoftmax's soft masks to <= 1 in stage 1. The method leaves them unclamped:
+    # then two rows on one unit gate it at 2, and the subnet's loss rewards such
+    # duplicates that the penalty must fight (experiments/EXPERIMENTS.md)
+    clamp_masks: bool = False
     # auxiliary (subnet) loss scale s: constant `aux_value`, or focal 1 - exp(-L)
     aux_scale: str = "constant"
     aux_value: float = 0.3

@@ -99,8 +99,9 @@ class TrainingDiverged(RuntimeError):
 
 class SubnetSelector(nn.Module):
     """The selector's scores and the penalty scale: soft masks for every budget. `selector`
-    "orthosoftmax": scores S (N, N), OrthoSoftmax; "simple_topk": scores s (N,), the
-    predecessor's successive softmaxes (no penalty)."""
+    "orthosoftmax": scores S (N, N), OrthoSoftmax (its masks clamped to <= 1 with
+    `clamp_masks`); "simple_topk": scores s (N,), the predecessor's successive softmaxes (no
+    penalty; their masks never exceed 1)."""
 
     def __init__(self, cfg: SupernetConfig, run: RunConfig):
         super().__init__()
@@ -112,15 +113,17 @@ class SubnetSelector(nn.Module):
         self.scores = nn.Parameter(torch.randn(shape) * run.score_init_std)
         self.penalty_scale = PenaltyScale(run.penalty_mode, run.penalty_scale,
                                           run.penalty_warmup, run.penalty_rho)
-        self.budgets, self.norm = cfg.budgets, run.penalty_norm
+        self.budgets, self.norm, self.clamp_masks = cfg.budgets, run.penalty_norm, \
+            run.clamp_masks
 
     def forward(self, tau: torch.Tensor):
         """tau: 0-d device tensor -> OrthoSoftmaxResult (.probs, .masks (M, N), .penalty)."""
         if self.kind == "simple_topk":
             return simple_topk(self.scores, self.costs, self.rest_cost, self.total_cost,
                                self.budgets, tau)
-        return ortho_softmax(self.scores, self.costs, self.rest_cost, self.total_cost,
-                             self.budgets, tau, self.norm, validate=False)
+        out = ortho_softmax(self.scores, self.costs, self.rest_cost, self.total_cost,
+                            self.budgets, tau, self.norm, validate=False)
+        return out._replace(masks=out.masks.clamp(max=1.0)) if self.clamp_masks else out
 
 
 def check_feasible_budgets(cfg: SupernetConfig) -> None:
