@@ -9,6 +9,7 @@ from test_train import write_corpus
 
 from experiments import report, run
 from experiments.arms import FIRST, jobs, shrunk_model
+from experiments.score_dynamics import score_dynamics
 from orthoasr.config import SupernetConfig
 from orthoasr.units import unit_costs
 
@@ -93,3 +94,18 @@ def test_individual_models_train_from_the_first_arms_frozen_masks_alone(tmp_path
 def test_individual_arm_needs_the_first_arms_checkpoint():
     with pytest.raises(ValueError, match="run that arm first"):
         jobs("individual-flops-component", (0.5, 1.0), None, SupernetConfig())
+
+
+def test_clamped_arms_are_their_orthosoftmax_arm_with_clamped_masks():
+    cfg = SupernetConfig()
+    plain, = jobs(FIRST, (0.5, 1.0), None, cfg)
+    clamped, = jobs(f"{FIRST}-clamped", (0.5, 1.0), None, cfg)
+    assert clamped.overrides == (*plain.overrides, "clamp_masks=true")
+    with pytest.raises(ValueError, match="unknown arm"):
+        jobs("simple-topk-flops-component-clamped", (0.5, 1.0), None, cfg)
+
+
+def test_score_dynamics_reports_every_budget():
+    steps = list(score_dynamics("configs/experiment.yaml", ["stage1_steps=3"], every=2))
+    assert [s[0] for s in steps] == [0, 2]
+    assert all(len(s[2]) == 5 and 1 <= s[3] <= s[4] for s in steps)

@@ -107,6 +107,22 @@ def test_stage1_masks_become_binary_as_tau_anneals(seed):
     assert (hard[1] >= hard[0]).all() and hard[0].sum() < hard[1].sum()
 
 
+def test_clamp_masks_caps_the_soft_masks_at_one():
+    """Unclamped, rows that share a unit gate it above 1 (scores far from uniform here);
+    clamp_masks caps every mask at 1 and leaves the rest of the result alone."""
+    set_backend("torch")
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg()
+    plain = SubnetSelector(cfg, RunConfig(model=cfg, score_init_std=3.0))
+    clamped = SubnetSelector(cfg, RunConfig(model=cfg, score_init_std=3.0, clamp_masks=True))
+    clamped.load_state_dict(plain.state_dict())
+    tau = torch.tensor(0.1)
+    out, capped = plain(tau), clamped(tau)
+    assert float(out.masks.max()) > 1.5
+    assert torch.equal(capped.masks, out.masks.clamp(max=1.0))
+    assert torch.equal(capped.penalty, out.penalty) and torch.equal(capped.k, out.k)
+
+
 def test_infeasible_budget_names_the_smallest_feasible():
     cfg = tiny_model_cfg(budgets=(0.01, 1.0))
     with pytest.raises(ValueError, match=r"budget 0.01 is infeasible.*smallest feasible budget "
