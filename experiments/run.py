@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,6 +131,13 @@ def arm_jobs(arms, args, model) -> list:
                             model)]
 
 
+def prefix_lines(stream, name: str) -> None:
+    """Copy a job's output to ours, each line led by the job's name: the logs of jobs run
+    side by side interleave."""
+    for line in stream:
+        print(f"[{name}] {line}", end="", flush=True)
+
+
 def run_side_by_side(job_list, args, on_done) -> None:
     """Each job in its own process (`--job`), at most args.parallel at once; on_done(job,
     rows) as each one ends (so rows written so far survive a run cut short)."""
@@ -143,7 +151,7 @@ def run_side_by_side(job_list, args, on_done) -> None:
             job = waiting.pop(0)
             env = dict(os.environ)
             if gpus > 1:       # the jobs spread over the machine's GPUs, in turn
-                busy = [slot for _, _, _, slot in running]
+                busy = [entry[3] for entry in running]
                 slot = min(range(gpus), key=busy.count)
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)
             else:
@@ -158,12 +166,18 @@ def run_side_by_side(job_list, args, on_done) -> None:
             if args.first_masks:
                 command += ["--first-masks", args.first_masks]
             print(f"started {job.name}" + (f" on GPU {slot}" if gpus > 1 else ""), flush=True)
-            running.append((job, rows_path, subprocess.Popen(command, env=env), slot))
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+            reader = threading.Thread(target=prefix_lines, args=(proc.stdout, job.name),
+                                      daemon=True)
+            reader.start()
+            running.append((job, rows_path, proc, slot, reader))
         time.sleep(1)
         for entry in list(running):
-            job, rows_path, proc, _slot = entry
+            job, rows_path, proc, _slot, reader = entry
             if proc.poll() is None:
                 continue
+            reader.join()                   # its last lines (a traceback, say) first
             running.remove(entry)
             if proc.returncode != 0:
                 raise RuntimeError(f"job {job.name} failed (exit status {proc.returncode})")
