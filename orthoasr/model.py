@@ -38,10 +38,12 @@ class VGGFrontend(nn.Module):
     before every conv so that valid outputs do not depend on them (and a batch gives the same
     values as its utterances one by one).
 
-    On the CPU the convolutions run in channels-last layout (the activations and the weights):
-    oneDNN does these few-channel convolutions' forward and backward about 1.6x faster so
-    (~0.30 -> ~0.19 s for a 12,000-frame batch on 2 cores, where the CPU demo's whole
-    stage-1 step took ~0.6 s). The same values up to float rounding (tests/test_model.py).
+    The convolutions run in channels-last layout (the activations and the weights), the same
+    values up to float rounding (tests/test_model.py). On the CPU, oneDNN does these
+    few-channel convolutions' forward and backward about 1.6x faster so (~0.30 -> ~0.19 s
+    for a 12,000-frame batch on 2 cores). On CUDA, cuDNN's bf16 kernels work in that layout:
+    from NCHW it transposed every activation in and out, 9.0 ms of a 108 ms paper-size step
+    on the H200 (bench/results/profiles/step_5fe6434_h200.txt).
     """
 
     def __init__(self, num_mel_bins: int, channels: tuple[int, int], d_model: int):
@@ -55,11 +57,10 @@ class VGGFrontend(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
         """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
-        layout = torch.channels_last if feats.device.type == "cpu" else torch.contiguous_format
-        x = feats.unsqueeze(1).contiguous(memory_format=layout)    # (B, 1, T, F)
+        x = feats.unsqueeze(1).contiguous(memory_format=torch.channels_last)  # (B, 1, T, F)
         for i, conv in enumerate(self.convs):
             x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
-            weight = conv.weight.contiguous(memory_format=layout)
+            weight = conv.weight.contiguous(memory_format=torch.channels_last)
             x = torch.relu(conv._conv_forward(x, weight, conv.bias))
             if i % 2 == 1:
                 x = self.pool(x)
