@@ -11,6 +11,8 @@
 #              appended to .exp/results.json in $OUT/results.json
 #   PHASE=rerun  arm 1 once more, appended to .exp/results.json
 #   PHASE=clamped  the OrthoSoftmax arms with clamp_masks, appended to .exp/results.json
+#   PHASE=variants  arm 1 once per variant in $VARIANTS ("TAG:KEY=VALUE,..." each, side by
+#              side), rows named orthosoftmax-flops-component+TAG, appended likewise
 # EXP_SET: more overrides, e.g. "stage1_steps=1000 stage2_steps=500"; LIMIT_S: the run's
 # time limit (default 480 s: a call has 600, install and synthesis take about 60)
 set -uo pipefail
@@ -46,6 +48,28 @@ case ${PHASE:-1} in
       orthosoftmax-flops-module-clamped --parallel 3 --work-dir $WORK/clamped \
       --out $OUT/results.json --set $SET > $OUT/run.log 2>&1
     echo "clamped rc=$?"
+    ;;
+  variants)
+    # arm 1 once per variant, side by side, the GPUs taken in turn: VARIANTS="TAG:KEY=VALUE,..."
+    # (space-separated), e.g. "l2sqrt:penalty_norm=l2_sqrt tau03:tau_end=0.3"
+    GPUS=$(nvidia-smi -L | wc -l); i=0; PARTS=""
+    for variant in ${VARIANTS:?VARIANTS="TAG:KEY=VALUE,... ..."}; do
+      tag=${variant%%:*}; settings=${variant#*:}
+      CUDA_VISIBLE_DEVICES=$((i % GPUS)) $RUN --arms orthosoftmax-flops-component --tag $tag \
+        --work-dir $WORK/$tag --out $WORK/$tag.json --set $SET ${settings//,/ } \
+        > $OUT/$tag.log 2>&1 &
+      i=$((i + 1)); PARTS="$PARTS $WORK/$tag.json"
+    done
+    wait; echo "variants done"
+    cp $REPO/.exp/results.json $OUT/results.json 2>/dev/null || echo "[]" > $OUT/results.json
+    python3 - "$OUT/results.json" $PARTS <<'EOF'
+import json, pathlib, sys
+out, *parts = map(pathlib.Path, sys.argv[1:])
+rows = json.loads(out.read_text()) + [r for p in parts if p.exists()
+                                      for r in json.loads(p.read_text())]
+out.write_text(json.dumps(rows, indent=1) + "\n")
+EOF
+    cp $WORK/heatmap-*+*.png $OUT/ 2>/dev/null
     ;;
   rerun)
     cp $REPO/.exp/results.json $OUT/results.json || exit 3

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -124,11 +125,17 @@ def run_job(job, args, common: list[str], out_dir: Path, side_by_side: int = 1) 
 
 
 def arm_jobs(arms, args, model) -> list:
+    """The jobs of `arms`; with --tag, their arm and job names end in +TAG (a variant of an
+    arm, its settings in --set: its rows stand beside the arm's, not over them)."""
     first = (Path(args.first_masks) if args.first_masks
              else Path(args.work_dir) / FIRST / "checkpoint.pt")
-    return [job for arm in arms
-            for job in jobs(arm, tuple(args.budgets), str(first) if first.exists() else None,
-                            model)]
+    out = [job for arm in arms
+           for job in jobs(arm, tuple(args.budgets), str(first) if first.exists() else None,
+                           model)]
+    if args.tag:
+        out = [replace(job, arm=f"{job.arm}+{args.tag}", name=f"{job.name}+{args.tag}")
+               for job in out]
+    return out
 
 
 def prefix_lines(stream, name: str) -> None:
@@ -165,6 +172,8 @@ def run_side_by_side(job_list, args, on_done) -> None:
                        "--side-by-side", str(width), "--set", *args.set]
             if args.first_masks:
                 command += ["--first-masks", args.first_masks]
+            if args.tag:
+                command += ["--tag", args.tag]
             print(f"started {job.name}" + (f" on GPU {slot}" if gpus > 1 else ""), flush=True)
             proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
@@ -197,6 +206,9 @@ def main() -> None:
     parser.add_argument("--first-masks", default=None,
                         help="arm 1's checkpoint or frozen_masks.pt for the individually "
                              "trained models (default: <work-dir>/" + FIRST + "/checkpoint.pt)")
+    parser.add_argument("--tag", default="",
+                        help="a variant: rows and work directories name the arm ARM+TAG "
+                             "(with the variant's settings in --set)")
     # one job of a --parallel run (internal): its rows go to --job-rows
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--job-rows", help=argparse.SUPPRESS)
@@ -215,7 +227,7 @@ def main() -> None:
     for arms in ([a for a in args.arms if a != "individual-flops-component"],
                  [a for a in args.arms if a == "individual-flops-component"]):
         results += run_phase(arm_jobs(arms, args, model), args, common, results)
-        if FIRST in arms:
+        if FIRST in arms and not args.tag:
             print(f"arm 1's frozen masks -> {first_masks(Path(args.work_dir))}")
     print(f"rows -> {out}")
 

@@ -109,3 +109,21 @@ def test_score_dynamics_reports_every_budget():
     steps = list(score_dynamics("configs/experiment.yaml", ["stage1_steps=3"], every=2))
     assert [s[0] for s in steps] == [0, 2]
     assert all(len(s[2]) == 5 and 1 <= s[3] <= s[4] for s in steps)
+
+
+def test_a_tagged_variant_stands_beside_its_arm(tmp_path, monkeypatch):
+    """--tag: the rows, work directory and heatmap name the arm ARM+TAG; --set carries the
+    variant's settings."""
+    corpus = write_corpus(tmp_path / "corpus")
+    manifests = [f"{s}_manifest={corpus / (s + '.jsonl')}" for s in ("train", "dev", "test")]
+    results = tmp_path / "results.json"
+    monkeypatch.setattr(sys, "argv", [
+        "run", "--config", "configs/tiny.yaml", "--budgets", "0.9", "1.0", "--arms", FIRST,
+        "--tag", "l2sqrt", "--work-dir", str(tmp_path / "runs"), "--out", str(results),
+        "--set", *TINY, *manifests, "penalty_norm=l2_sqrt"])
+    run.main()
+    rows = json.loads(results.read_text())
+    assert [(r["arm"], r["budget"]) for r in rows] == [(f"{FIRST}+l2sqrt", 0.9),
+                                                       (f"{FIRST}+l2sqrt", 1.0)]
+    assert (tmp_path / "runs" / f"{FIRST}+l2sqrt" / "checkpoint.pt").exists()
+    assert (tmp_path / f"heatmap-{FIRST}+l2sqrt.png").exists()
