@@ -19,8 +19,9 @@ def capturing(graph, pool=None):
     capture that frees an unreachable CUDA graph (a finished run's, say) destroys it while
     the stream captures, which invalidates the capture. The capture is thread-local: the
     DataLoader's pin-memory thread queries CUDA events while it pins the next batches, and
-    in the default global mode such a call from any thread invalidates the capture (the
-    individually trained subnets of issue 17 failed so on the H200, 2026-11-30)."""
+    in the default global mode such a call from any thread invalidates the capture. (Issue
+    17's individually trained subnets failed their first capture on the H200 in global mode
+    and ran through in thread-local mode, 2026-11-30; the thread is our reading.)"""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()

@@ -22,7 +22,7 @@ class _FakeCuda:
 
     def __init__(self, state):
         self.state, self.capturing, self.recorded = state, None, None
-        self.gc_paused = []
+        self.gc_paused, self.capture_modes = [], []
         self._real = torch.cuda
 
     def __getattr__(self, name):          # the rest of torch.cuda (is_available, ...)
@@ -55,8 +55,9 @@ class _FakeCuda:
         return graph
 
     @contextlib.contextmanager
-    def graph(self, graph, pool=None):
+    def graph(self, graph, pool=None, capture_error_mode="global"):
         before = [t.clone() for t in self.state()]
+        self.capture_modes.append(capture_error_mode)
         self.capturing = graph
         self.gc_paused.append(not gc.isenabled())   # no collection may free a graph now
         yield
@@ -115,6 +116,8 @@ def test_replayed_steps_equal_eager_steps(monkeypatch, warmup):
 
     assert len(steps.graphs) == 2                   # one per input shape
     assert fake.gc_paused == [True, True] and gc.isenabled()
+    # thread-local: the DataLoader's pin-memory thread may query CUDA events meanwhile
+    assert fake.capture_modes == ["thread_local"] * 2
     assert [r["note"] for r in results] == ["host value"] * 7
     assert results[0]["loss"] is not results[2]["loss"]           # copies, not the buffers
     torch.testing.assert_close(torch.stack([r["loss"] for r in results]),
