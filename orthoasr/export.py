@@ -111,7 +111,8 @@ class CompactConformer(nn.Module):
     def __init__(self, cfg: SupernetConfig, widths: list[dict[str, int]], budget: float = 1.0):
         super().__init__()
         self.cfg, self.widths, self.budget = cfg, widths, budget
-        self.frontend = VGGFrontend(cfg.num_mel_bins, cfg.frontend_channels, cfg.d_model)
+        self.frontend = VGGFrontend(cfg.num_mel_bins, cfg.frontend_channels, cfg.d_model,
+                                    kernels=False)
         self.blocks = nn.ModuleList([CompactBlock(cfg, w) for w in widths])
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.tokenizer_bytes: bytes | None = None

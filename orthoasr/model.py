@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
+from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
 
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
@@ -38,6 +39,19 @@ class VGGFrontend(nn.Module):
     before every conv so that valid outputs do not depend on them (and a batch gives the same
     values as its utterances one by one).
 
+    What follows each conv is one op, `masked_relu_pool` (kernels/frontend.py): ReLU, the
+    max-pool after convs 2 and 4, and the mask the next conv (or the projection) needs, at
+    the pooled resolution: the values of ReLU, pool and `where` one after the other, bit for
+    bit (they only compare and select). On the Triton backend it is one kernel each way, so
+    fewer passes over activations of ~0.8 GB each at 80k frames. Per conv output of N bf16
+    elements, forward + backward: 4N + 6N bytes against ReLU's and where's 8N + 10N, and
+    2.5N + 4.5N with the pool against ~9.5N + ~11.5N (its int64 indices, the dx fill). At
+    80k frames that is ~10 GB per step against ~24 GB, a few ms of the frontend's ~30 in a
+    108 ms paper-size step on the H200 (predicted, not yet measured: bench/NOTES.md,
+    session 11). The backward keeps less: y, which the next conv keeps anyway, in place of
+    ReLU's output; x in place of ReLU's output and the pool's indices. `kernels=False`
+    keeps the torch ops on every backend (the exported subnet: plain PyTorch).
+
     The convolutions run in channels-last layout (the activations and the weights), the same
     values up to float rounding (tests/test_model.py). On the CPU, oneDNN does these
     few-channel convolutions' forward and backward about 1.6x faster so (~0.30 -> ~0.19 s
@@ -46,26 +60,28 @@ class VGGFrontend(nn.Module):
     on the H200 (bench/results/profiles/step_5fe6434_h200.txt).
     """
 
-    def __init__(self, num_mel_bins: int, channels: tuple[int, int], d_model: int):
+    def __init__(self, num_mel_bins: int, channels: tuple[int, int], d_model: int,
+                 kernels: bool = True):
         super().__init__()
         c1, c2 = channels
         self.convs = nn.ModuleList([
             nn.Conv2d(1, c1, 3, padding=1), nn.Conv2d(c1, c1, 3, padding=1),
             nn.Conv2d(c1, c2, 3, padding=1), nn.Conv2d(c2, c2, 3, padding=1)])
-        self.pool = nn.MaxPool2d(2)
         self.proj = nn.Linear(c2 * (num_mel_bins // 4), d_model)
+        self.kernels = kernels
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
         """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
         x = feats.unsqueeze(1).contiguous(memory_format=torch.channels_last)  # (B, 1, T, F)
-        for i, conv in enumerate(self.convs):
-            x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
-            weight = conv.weight.contiguous(memory_format=torch.channels_last)
-            x = torch.relu(conv._conv_forward(x, weight, conv.bias))
-            if i % 2 == 1:
-                x = self.pool(x)
-                lengths = lengths // 2
         x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
+        fused = self.kernels and triton_runs(x, lengths, None)
+        relu_pool_mask = masked_relu_pool if fused else masked_relu_pool_reference
+        for i, conv in enumerate(self.convs):
+            weight = conv.weight.contiguous(memory_format=torch.channels_last)
+            pool = i % 2 == 1
+            x = relu_pool_mask(conv._conv_forward(x, weight, conv.bias), lengths, pool)
+            if pool:
+                lengths = lengths // 2
         x = x.permute(0, 2, 1, 3).flatten(2)                       # (B, T/4, c2 * F/4)
         return self.proj(x), lengths
 
