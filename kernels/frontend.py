@@ -1,16 +1,24 @@
-"""What follows each convolution of the VGG frontend, fused: ReLU, an optional 2x2 max-pool
-and the padding mask, one kernel forward and one backward.
+"""What follows each convolution of the VGG frontend, fused: its bias, ReLU, an optional 2x2
+max-pool and the padding mask, one kernel forward and one backward.
 
-    masked_relu_pool(x, lengths, pool=False): y = where(t < lengths[b], relu(x), 0)
-    masked_relu_pool(x, lengths, pool=True):  y = where(t < lengths[b] // 2,
-                                                        maxpool2x2(relu(x)), 0)
+    masked_relu_pool(x, lengths, False, bias): y = where(t < lengths[b], relu(x + bias), 0)
+    masked_relu_pool(x, lengths, True, bias):  y = where(t < lengths[b] // 2,
+                                                         maxpool2x2(relu(x + bias)), 0)
+
+The bias (C,) is optional. cuDNN's convolution leaves it to a separate add over its whole
+output, and its gradient to a separate reduction over dy: 3.7 + 1.9 ms of a 108 ms
+paper-size step on the H200. Here the forward adds it in fp32 registers (one rounding to
+x's dtype where torch's add rounds x + bias first: equal in fp32, within a rounding in
+bf16) and the backward writes each program's sum of dx per channel, which the launcher adds
+up.
 
 x (B, C, T, F) channels-last (memory order B, T, F, C); y (B, C, T, F), or (B, C, T // 2,
 F // 2) with the pool (floor, as nn.MaxPool2d(2)), channels-last too. lengths (B,) counts
 the valid frames of x. `masked_relu_pool_reference` is the composition of torch ops the
-frontend ran before; the kernels give the same values bit for bit in fp32, bf16 and fp16
-(they only compare, in fp32 registers, and select), with torch's tie rule (the first maximum
-of a window in row-major order, a NaN wins) and torch's NaN behaviour (relu keeps a NaN).
+frontend ran before; without a bias the kernels give the same values bit for bit in fp32,
+bf16 and fp16 (they only compare, in fp32 registers, and select), with torch's tie rule
+(the first maximum of a window in row-major order, a NaN wins) and torch's NaN behaviour
+(relu keeps a NaN).
 
 The backward routes dy to the first maximum of each window (recomputed from x) where that
 maximum is > 0 at a valid frame; every other element of x gets 0, including the last row or
@@ -31,25 +39,34 @@ from .common import interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
 
 
-def masked_relu_pool_reference(x: torch.Tensor, lengths: torch.Tensor,
-                               pool: bool) -> torch.Tensor:
-    """x (B, C, T, F), lengths (B,) valid frames of x -> y (B, C, T, F), or (B, C, T // 2,
-    F // 2) with pool; padded frames 0 (lengths // 2 with pool)."""
-    y = torch.relu(x)
+def masked_relu_pool_reference(x: torch.Tensor, lengths: torch.Tensor, pool: bool,
+                               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, C, T, F), lengths (B,) valid frames of x, bias (C,) or None -> y (B, C, T, F),
+    or (B, C, T // 2, F // 2) with pool; padded frames 0 (lengths // 2 with pool)."""
+    y = torch.relu(x if bias is None else x + bias.to(x.dtype)[:, None, None])
     if pool:
         y, lengths = max_pool2d(y, 2), lengths // 2
     return torch.where(valid_mask(lengths, y.shape[2])[:, None, :, None], y, 0.0)
 
 
 @triton.jit
+def _bias_row(bias_ptr, c, C, HAS_BIAS: tl.constexpr):
+    """bias[c] as a (1, 1, BC) fp32 row, or 0."""
+    if HAS_BIAS:
+        return tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, None, :]
+    return 0.0
+
+
+@triton.jit
 def _masked_relu_pool_fwd_kernel(
-    x_ptr, y_ptr, len_ptr, T, F, C, T_out, F_out, n_rows,
-    S: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr,
+    x_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, T_out, F_out, n_rows,
+    S: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
+    BC: tl.constexpr,
 ):
     # Program (i, j) writes output rows [i*BR, (i+1)*BR) of the flattened (B, T_out),
     # frequencies [j*BF, (j+1)*BF), all channels: relu of the maximum of each S x S window
-    # of x (S = 1: the element itself); 0 at frames t >= lengths[b] // S, whose inputs are
-    # not read.
+    # of x + bias (S = 1: the element itself); 0 at frames t >= lengths[b] // S, whose
+    # inputs are not read.
     rows = tl.program_id(0) * BR + tl.arange(0, BR)                 # b * T_out + t
     f = tl.program_id(1) * BF + tl.arange(0, BF)
     c = tl.arange(0, BC)
@@ -61,26 +78,30 @@ def _masked_relu_pool_fwd_kernel(
     read = in_range & valid[:, None, None]
     corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
               + c[None, None, :])                                   # window's (0, 0) in x
-    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32)
+    shift = _bias_row(bias_ptr, c, C, HAS_BIAS)
+    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32) + shift
     for k in tl.static_range(1, S * S):                             # row-major, as torch
         v = tl.load(x_ptr + corner + ((k // S) * F + k % S) * C, mask=read,
-                    other=0.0).to(tl.float32)
+                    other=0.0).to(tl.float32) + shift
         m = tl.where((v > m) | (v != v), v, m)                      # first max; NaN wins
-    y = tl.where(m <= 0.0, 0.0, m)                                  # relu, keeping a NaN
+    y = tl.where((m <= 0.0) | ~read, 0.0, m)          # relu (keeps a NaN); padded: 0
     out = (rows.to(tl.int64)[:, None, None] * F_out + f[None, :, None]) * C + c[None, None, :]
     tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=in_range)
 
 
 @triton.jit
 def _masked_relu_pool_bwd_kernel(
-    dy_ptr, x_ptr, dx_ptr, len_ptr, T, F, C, T_out, F_out, T_win, F_win, n_rows,
-    S: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr,
+    dy_ptr, x_ptr, bias_ptr, dx_ptr, dbias_ptr, len_ptr, T, F, C, T_out, F_out, T_win, F_win,
+    n_rows, S: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
+    BC: tl.constexpr,
 ):
     # Program (i, j) writes dx over S x S windows: rows [i*BR, (i+1)*BR) of the flattened
     # (B, T_win), window columns [j*BF, (j+1)*BF) of F_win, all channels, T_win = ceil(T / S)
     # and F_win = ceil(F / S) so that the row and column outside the pooled range (odd T
     # or F) are written too, with 0. Each window's dy goes to its first maximum in x if that
-    # is > 0 (or NaN: torch's relu passes it) and the frame valid; the rest get 0.
+    # is > 0 (or NaN: torch's relu passes it) and the frame valid; the rest get 0. With a
+    # bias, the program's sum of dx per channel goes to row i * num_programs(1) + j of
+    # dbias (programs, C). Without the pool x is the forward's y (bias and mask applied).
     rows = tl.program_id(0) * BR + tl.arange(0, BR)                 # b * T_win + t
     f = tl.program_id(1) * BF + tl.arange(0, BF)
     c = tl.arange(0, BC)
@@ -95,15 +116,20 @@ def _masked_relu_pool_bwd_kernel(
     g = tl.load(dy_ptr + out, mask=read, other=0.0).to(tl.float32)
     corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
               + c[None, None, :])
-    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32)
+    shift = _bias_row(bias_ptr, c, C, HAS_BIAS and S > 1)
+    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32) + shift
     arg = tl.zeros([BR, BF, BC], dtype=tl.int32)
     for k in tl.static_range(1, S * S):                 # the forward's argmax, recomputed
         v = tl.load(x_ptr + corner + ((k // S) * F + k % S) * C, mask=read,
-                    other=0.0).to(tl.float32)
+                    other=0.0).to(tl.float32) + shift
         take = (v > m) | (v != v)
         m = tl.where(take, v, m)
         arg = tl.where(take, k, arg)
     g = tl.where(m <= 0.0, 0.0, g)                      # relu'(max) = 0: all of it 0
+    if HAS_BIAS:
+        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        tl.store(dbias_ptr + program.to(tl.int64) * C + c,
+                 tl.sum(tl.sum(g, axis=0), axis=0), mask=c < C)
     for k in tl.static_range(S * S):
         inside = (row_ok & (S * t + k // S < T))[:, None, None] & \
             (S * f + k % S < F)[None, :, None] & c_ok
@@ -127,9 +153,10 @@ def _channels_last(shape, like: torch.Tensor) -> torch.Tensor:
                        memory_format=torch.channels_last)
 
 
-def masked_relu_pool_fwd_triton(x: torch.Tensor, lengths: torch.Tensor,
-                                pool: bool) -> tuple[torch.Tensor]:
-    """x (B, C, T, F) channels-last -> (y,), y (B, C, T_out, F_out) channels-last."""
+def masked_relu_pool_fwd_triton(x: torch.Tensor, lengths: torch.Tensor, pool: bool,
+                                bias: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+    """x (B, C, T, F) channels-last, bias (C,) or None -> (y,), y (B, C, T_out, F_out)
+    channels-last."""
     B, C, T, F = x.shape
     S = 2 if pool else 1
     T_out, F_out = T // S, F // S
@@ -138,37 +165,51 @@ def masked_relu_pool_fwd_triton(x: torch.Tensor, lengths: torch.Tensor,
         blk = _blocks(B * T_out, F_out, C)
         launch(_masked_relu_pool_fwd_kernel,
                (cdiv(B * T_out, blk["BR"]), cdiv(F_out, blk["BF"])),
-               x, y, lengths, T, F, C, T_out, F_out, B * T_out, S=S, **blk)
+               x, x if bias is None else bias, y, lengths, T, F, C, T_out, F_out, B * T_out,
+               S=S, HAS_BIAS=bias is not None, **blk)
     return (y,)
 
 
 def masked_relu_pool_bwd_triton(dy: torch.Tensor, saved: torch.Tensor, lengths: torch.Tensor,
-                                pool: bool) -> torch.Tensor:
-    """dy (B, C, T_out, F_out), saved: x (B, C, T, F) with pool, else y -> dx (B, C, T, F)
-    channels-last, in saved's dtype."""
+                                pool: bool, bias: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """dy (B, C, T_out, F_out), saved: x (B, C, T, F) with pool, else y -> (dx (B, C, T, F)
+    channels-last in saved's dtype, dbias (C,) in bias's dtype; (0,) without a bias)."""
     B, C, T, F = saved.shape
     S = 2 if pool else 1
     T_win, F_win = cdiv(T, S), cdiv(F, S)
     dx = _channels_last(saved.shape, saved)
+    if bias is None:
+        dbias = saved.new_zeros(0)
+    elif not dx.numel():
+        dbias = torch.zeros_like(bias)
     if dx.numel():
         blk = _blocks(B * T_win, F_win, C)
-        launch(_masked_relu_pool_bwd_kernel,
-               (cdiv(B * T_win, blk["BR"]), cdiv(F_win, blk["BF"])),
-               dy.contiguous(memory_format=torch.channels_last), saved, dx, lengths,
-               T, F, C, T // S, F // S, T_win, F_win, B * T_win, S=S, **blk)
-    return dx
+        grid = (cdiv(B * T_win, blk["BR"]), cdiv(F_win, blk["BF"]))
+        # one row of per-channel sums per program, added up here: no atomics, the same
+        # dbias every run
+        shares = None if bias is None else torch.empty(grid[0] * grid[1], C,
+                                                       device=dx.device, dtype=torch.float32)
+        launch(_masked_relu_pool_bwd_kernel, grid,
+               dy.contiguous(memory_format=torch.channels_last), saved,
+               saved if bias is None else bias, dx, dx if shares is None else shares, lengths,
+               T, F, C, T // S, F // S, T_win, F_win, B * T_win, S=S,
+               HAS_BIAS=bias is not None, **blk)
+        if shares is not None:
+            dbias = shares.sum(0).to(bias.dtype)
+    return dx, dbias
 
 
 # ----------------------------------------------------------------------------- torch.library
 
 @torch.library.custom_op("orthoasr::masked_relu_pool_fwd", mutates_args=())
-def masked_relu_pool_fwd(x: torch.Tensor, lengths: torch.Tensor,
-                         pool: bool) -> tuple[torch.Tensor]:
-    return masked_relu_pool_fwd_triton(x, lengths, pool)
+def masked_relu_pool_fwd(x: torch.Tensor, lengths: torch.Tensor, pool: bool,
+                         bias: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+    return masked_relu_pool_fwd_triton(x, lengths, pool, bias)
 
 
 @masked_relu_pool_fwd.register_fake
-def _(x, lengths, pool):
+def _(x, lengths, pool, bias=None):
     B, C, T, F = x.shape
     S = 2 if pool else 1
     return (_channels_last((B, C, T // S, F // S), x),)
@@ -176,27 +217,31 @@ def _(x, lengths, pool):
 
 @torch.library.custom_op("orthoasr::masked_relu_pool_bwd", mutates_args=())
 def masked_relu_pool_bwd(dy: torch.Tensor, saved: torch.Tensor, lengths: torch.Tensor,
-                         pool: bool) -> torch.Tensor:
-    return masked_relu_pool_bwd_triton(dy, saved, lengths, pool)
+                         pool: bool, bias: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    return masked_relu_pool_bwd_triton(dy, saved, lengths, pool, bias)
 
 
 @masked_relu_pool_bwd.register_fake
-def _(dy, saved, lengths, pool):
-    return _channels_last(saved.shape, saved)
+def _(dy, saved, lengths, pool, bias=None):
+    return (_channels_last(saved.shape, saved),
+            saved.new_empty(0) if bias is None else torch.empty_like(bias))
 
 
 def _setup_context(ctx, inputs, output):
-    x, lengths, pool = inputs
+    x, lengths, pool, bias = inputs
     (y,) = output
-    ctx.save_for_backward(x if pool else y, lengths)
+    ctx.save_for_backward(x if pool else y, lengths, bias)
     ctx.pool = pool
 
 
 def _backward(ctx, dy, bwd=masked_relu_pool_bwd):
     if dy is None:
         return grads_in_order(masked_relu_pool_fwd_triton)
-    saved, lengths = ctx.saved_tensors
-    return grads_in_order(masked_relu_pool_fwd_triton, x=bwd(dy, saved, lengths, ctx.pool))
+    saved, lengths, bias = ctx.saved_tensors
+    dx, dbias = bwd(dy, saved, lengths, ctx.pool, bias)
+    return grads_in_order(masked_relu_pool_fwd_triton, x=dx,
+                          bias=None if bias is None else dbias)
 
 
 masked_relu_pool_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -204,12 +249,13 @@ _MaskedReluPool = eager_function(masked_relu_pool_fwd_triton, _setup_context, _b
                                  masked_relu_pool_bwd_triton)
 
 
-def masked_relu_pool(x: torch.Tensor, lengths: torch.Tensor, pool: bool) -> torch.Tensor:
+def masked_relu_pool(x: torch.Tensor, lengths: torch.Tensor, pool: bool,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton op, same meaning as `masked_relu_pool_reference`: x (B, C, T, F) (made
     channels-last if it is not), lengths (B,) valid frames of x, on x's device (read there:
-    no sync) -> y channels-last in x's dtype. With the pool and T = 1 (or F = 1) y is empty
-    and dx all 0, where torch's max_pool2d raises. Eager calls go through one
-    autograd.Function; under torch.compile the torch.library op."""
+    no sync), bias (C,) or None -> y channels-last in x's dtype. With the pool and T = 1
+    (or F = 1) y is empty and dx all 0, where torch's max_pool2d raises. Eager calls go
+    through one autograd.Function; under torch.compile the torch.library op."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a (B, C, T, F) tensor, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -221,6 +267,12 @@ def masked_relu_pool(x: torch.Tensor, lengths: torch.Tensor, pool: bool) -> torc
         raise ValueError(f"lengths must be an int32/int64 tensor of shape ({x.shape[0]},) on "
                          f"{x.device}, got {getattr(lengths, 'dtype', type(lengths).__name__)}"
                          f" {tuple(getattr(lengths, 'shape', ()))}")
-    args = (x.contiguous(memory_format=torch.channels_last), lengths.contiguous(), bool(pool))
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (x.shape[1],)
+                             or not bias.is_floating_point() or bias.device != x.device):
+        raise ValueError(f"bias must be a float tensor of shape ({x.shape[1]},) on {x.device}, "
+                         f"got {getattr(bias, 'dtype', type(bias).__name__)} "
+                         f"{tuple(getattr(bias, 'shape', ()))}")
+    args = (x.contiguous(memory_format=torch.channels_last), lengths.contiguous(), bool(pool),
+            None if bias is None else bias.contiguous())
     op = masked_relu_pool_fwd if torch.compiler.is_compiling() else _MaskedReluPool.apply
     return op(*args)[0]

@@ -72,6 +72,30 @@ def test_matches_reference_exactly_forward_and_backward(shape, lengths, ties, po
     assert (y.permute(0, 2, 1, 3)[padded] == 0).all()
 
 
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("shape,lengths", CASES[:2] + CASES[3:])
+def test_bias_forward_exact_and_its_gradient_summed(shape, lengths, pool):
+    """With a bias: y and dx equal the fp32 reference's bit for bit (x + bias rounds the same
+    in the kernel's fp32 registers); dbias, each program's per-channel sum added up, equals
+    the fp64 reference's within rounding."""
+    x = _activations(shape, ties=True)
+    bias = torch.randn(shape[1], device=DEV)
+    lengths = torch.tensor(lengths, device=DEV)
+    dy = torch.randn(masked_relu_pool_reference(x, lengths, pool).shape, device=DEV)
+
+    def run(fn, x, bias):
+        leaves = [x.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()]
+        y = fn(leaves[0], lengths, pool, leaves[1])
+        return (y, *torch.autograd.grad(y, leaves, dy.to(y.dtype)))
+    y, dx, dbias = run(masked_relu_pool, x, bias)
+    y_ref, dx_ref, _ = run(masked_relu_pool_reference, x, bias)
+    _, _, dbias_ref = run(masked_relu_pool_reference, x.double(), bias.double())
+    assert torch.equal(y, y_ref) and torch.equal(dx, dx_ref)
+    assert dbias.dtype == bias.dtype and dbias.shape == bias.shape
+    torch.testing.assert_close(dbias.double(), dbias_ref, rtol=1e-5, atol=1e-5)
+    assert dbias.abs().sum() > 0                      # some gradient reached the bias
+
+
 def test_ties_and_nans_follow_torch():
     """One channel, windows (T, F) in row-major order: the gradient goes to the first of
     equal maxima (not the last), to no element of a window whose maximum is <= 0, and to
@@ -164,13 +188,16 @@ def test_registered_ops_pass_opcheck():
     registrations."""
     from orthoasr.kernels.frontend import masked_relu_pool_bwd, masked_relu_pool_fwd
     lengths = torch.tensor([5, 2], device=DEV)
-    for pool in (False, True):
+    for pool, with_bias in ((False, False), (True, False), (False, True), (True, True)):
         x = _activations((2, 3, 5, 7), ties=False).requires_grad_()
-        torch.library.opcheck(masked_relu_pool_fwd, (x, lengths, pool),
+        bias = torch.randn(3, device=DEV, requires_grad=True) if with_bias else None
+        torch.library.opcheck(masked_relu_pool_fwd, (x, lengths, pool, bias),
                               test_utils=("test_schema", "test_autograd_registration",
                                           "test_faketensor"))
         dy = _activations((2, 3, 5 // (1 + pool), 7 // (1 + pool)), ties=False)
-        torch.library.opcheck(masked_relu_pool_bwd, (dy, x.detach(), lengths, pool),
+        torch.library.opcheck(masked_relu_pool_bwd,
+                              (dy, x.detach(), lengths, pool,
+                               None if bias is None else bias.detach()),
                               test_utils=("test_schema", "test_faketensor"))
 
 
@@ -203,26 +230,28 @@ def _frontend_as_before(frontend, feats, lengths):
 
 
 def test_frontend_same_outputs_and_gradients_with_the_fused_op(monkeypatch):
-    """VGGFrontend with the fused op (four calls, two pooled) against the torch composition:
-    the same outputs, input and parameter gradients, and the same output as the forward
-    before the op, bit for bit; kernels=False never calls the op."""
+    """VGGFrontend with the fused op (four calls, two pooled, each with its conv's bias)
+    against the torch composition and against the forward before the op: the same outputs,
+    input and parameter gradients up to float rounding (the conv adds its bias inside on the
+    torch path, the op after it); kernels=False never calls the op."""
     torch.manual_seed(0)
     frontend = VGGFrontend(80, (4, 6), 16).to(DEV)
     feats = torch.randn(3, 41, 80, device=DEV)
     lengths = torch.tensor([41, 17, 4], device=DEV)
     calls = []
 
-    def counted(x, lengths, pool):
-        calls.append(pool)
-        return masked_relu_pool(x, lengths, pool)
+    def counted(x, lengths, pool, bias):
+        calls.append((pool, bias is frontend.convs[len(calls)].bias))
+        return masked_relu_pool(x, lengths, pool, bias)
     monkeypatch.setattr(model_module, "masked_relu_pool", counted)
     fused, fused_lengths = _frontend_run(frontend, feats, lengths, "triton")
-    assert calls == [False, True, False, True]
+    assert calls == [(False, True), (True, True), (False, True), (True, True)]
     torch_ops, torch_lengths = _frontend_run(frontend, feats, lengths, "torch")
     assert torch.equal(fused_lengths, torch_lengths) and torch.equal(fused_lengths, lengths // 4)
-    assert torch.equal(fused[0], torch_ops[0])                  # forward: bit for bit
     with torch.no_grad():
-        assert torch.equal(fused[0], _frontend_as_before(frontend, feats, lengths))
+        before = _frontend_as_before(frontend, feats, lengths)
+    torch.testing.assert_close(fused[0], before, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch_ops[0], before)               # the torch path: bit for bit
     for a, b in zip(fused, torch_ops, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     frontend.kernels = False
@@ -252,15 +281,18 @@ def test_gpu_bf16_error_ratio(pool):
 
 @pytest.mark.gpu
 def test_gpu_frontend_under_autocast_matches_torch_backend():
+    """bf16 autocast, paper channels: the fused frontend (the op adds each conv's bias in
+    fp32 registers, cuDNN's path in bf16) against torch's ops by the error-ratio rule, both
+    measured against the fp32 frontend: output, input and parameter gradients."""
     frontend = VGGFrontend(80, (64, 128), 256).cuda()
     feats = torch.randn(4, 203, 80, device="cuda")
     lengths = torch.tensor([203, 120, 9, 4], device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         fused, _ = _frontend_run(frontend, feats, lengths, "auto")
         torch_ops, _ = _frontend_run(frontend, feats, lengths, "torch")
-    assert torch.equal(fused[0], torch_ops[0])
-    for a, b in zip(fused, torch_ops, strict=True):
-        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=1e-3)
+    reference, _ = _frontend_run(frontend, feats, lengths, "torch")      # fp32
+    assert_error_ratio([t.float() for t in fused], [t.float() for t in torch_ops],
+                       [t.double() for t in reference])
 
 
 @pytest.mark.gpu
