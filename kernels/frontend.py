@@ -51,10 +51,12 @@ def masked_relu_pool_reference(x: torch.Tensor, lengths: torch.Tensor, pool: boo
 
 @triton.jit
 def _bias_row(bias_ptr, c, C, HAS_BIAS: tl.constexpr):
-    """bias[c] as a (1, 1, BC) fp32 row, or 0."""
+    """bias[c] as a (1, 1, BC) fp32 row, or zeros (one return: the compiler wants one type)."""
     if HAS_BIAS:
-        return tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, None, :]
-    return 0.0
+        row = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+    else:
+        row = tl.zeros(c.shape, dtype=tl.float32)
+    return row[None, None, :]
 
 
 @triton.jit
