@@ -582,12 +582,22 @@ class Trainer:
             return
         with torch.no_grad():
             self.tau.fill_(temperature(self.step, self.run.tau0, self.gamma, self.run.tau_min))
-            probs = self.selector(self.tau).probs
+            selected = self.selector(self.tau)
+        probs = selected.probs
         masks = freeze_masks(probs, self.cfg, self.cfg.criterion)
         self.frozen_masks = broadcast(masks.to(self.device), self.world)   # rank 0's
         masks = self.frozen_masks.cpu()
         if not self.world.is_main:
             return
+        # how far the rows are from distinct one-hots: the ranking below takes each row's
+        # best unit not yet taken, so a duplicated row falls back on its second choice
+        for b, budget in enumerate(self.cfg.budgets):
+            k = int(selected.k[b])
+            distinct = probs[:k].argmax(dim=1).unique().numel()
+            print(f"selector at freeze, budget {budget}: penalty "
+                  f"{float(selected.penalty[b]):.3f}, the first {k} rows' argmaxes hit "
+                  f"{distinct} distinct units, mean row maximum "
+                  f"{float(probs[:k].max(dim=1).values.mean()):.3f}")
         for b, budget in enumerate(self.cfg.budgets):
             kept = int(masks[b].sum())
             cost = subnet_cost(self.cfg, masks[b], self.cfg.criterion)
