@@ -35,6 +35,9 @@ PARTS = (
     ("encoder: conv", r"_conv_"),
     ("encoder: LayerNorm", r"_layer_norm"),
     ("OrthoSoftmax", r"ortho"),
+    # the fused op after each frontend conv, or what it replaced (max-pool; ReLU, where and
+    # the bias add are plain elementwise kernels, not told apart from the encoder's)
+    ("frontend: bias, ReLU, pool, mask", r"_masked_relu_pool|max_pool"),
     ("optimizer", r"multi_tensor|adam|Adam|foreach"),
     ("cuDNN / cuBLAS (frontend, output layer)", r"cudnn|implicit|xmma|gemm|gemv|sm90|cutlass"),
     ("FFT (log-mel)", r"fft|FFT"),
