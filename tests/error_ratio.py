@@ -5,6 +5,7 @@ dtype against that reference, plus a small atol."""
 import torch
 
 from orthoasr.backend import set_backend
+from orthoasr.kernels.common import operand_copies
 
 
 def assert_error_ratio(ours, torch_low, reference, rtol=1e-3, atol=1e-6):
@@ -48,3 +49,24 @@ def assert_module_autocast_error_ratio(module, x, lengths, gates):
 
     ours, torch_bf16 = outputs(torch.bfloat16, "auto"), outputs(torch.bfloat16, "torch")
     assert_error_ratio(ours, torch_bf16, outputs(torch.float64, "torch"))
+
+
+def assert_handed_operands_are_used(outputs, reference, weights, picks):
+    """A gated op that takes its GEMM weights as operands made by the caller (one bf16 copy
+    per encoder pass) reads them and nothing else. `outputs(operands)` -> [y, *grads] of the
+    op (operands None: its own casts); `reference(weights)` -> the same from the fp64
+    reference with those weights; `picks`: the indices in `weights` of the two weights the
+    operands stand for. Copies of those weights give exactly the op's own result; operands
+    of other weights give the reference's result with the other weights."""
+    own = outputs(None)
+    handed = outputs(operand_copies([weights[i] for i in picks], torch.float32))
+    for i, (a, b) in enumerate(zip(own, handed, strict=True)):
+        assert a.dtype == b.dtype and torch.equal(a, b), i
+    first, second = picks
+    other = list(weights)
+    other[first], other[second] = (w.detach().requires_grad_()
+                                   for w in (1.5 * weights[first], -weights[second]))
+    ours = outputs(operand_copies([other[i] for i in picks], torch.float32))
+    assert (ours[0] - own[0]).abs().max() > 0.1
+    for i, (a, a64) in enumerate(zip(ours, reference(other), strict=True)):
+        torch.testing.assert_close(a.double(), a64, atol=5e-5, rtol=1e-4, msg=f"output {i}")

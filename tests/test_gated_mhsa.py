@@ -237,7 +237,8 @@ def test_handed_operands_are_the_ones_used():
     exactly the output and gradients of the op's own casts, the gradients on the fp64
     weights; operands of other weights make forward and backward those of the other
     weights (the fp64 reference with them), so the op reads nothing else."""
-    from orthoasr.kernels.common import operand_copies
+    from error_ratio import assert_handed_operands_are_used
+
     from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
 
     B, T, D, H = 2, 9, 48, 3
@@ -255,19 +256,12 @@ def test_handed_operands_are_the_ones_used():
                          operands=operands)
         return [out, *torch.autograd.grad(out, inputs, dout)]
 
-    own = outputs(None)
-    handed = outputs(operand_copies([weights[0], weights[2]], torch.float32))
-    for i, (a, b) in enumerate(zip(own, handed, strict=True)):
-        assert a.dtype == b.dtype and torch.equal(a, b), i
-    other = list(weights)
-    other[0], other[2] = (w.detach().requires_grad_() for w in (1.5 * weights[0], -weights[2]))
-    ours = outputs(operand_copies([other[0], other[2]], torch.float32))
-    y64, g64 = y.detach().double().requires_grad_(), gates.detach().double().requires_grad_()
-    out64 = gated_mhsa_reference(y64, lengths, g64, *other, H)
-    grads64 = torch.autograd.grad(out64, [y64, g64, *other], dout.double())
-    assert (ours[0] - own[0]).abs().max() > 0.1
-    for i, (a, a64) in enumerate(zip(ours, [out64, *grads64], strict=True)):
-        torch.testing.assert_close(a.double(), a64, atol=5e-5, rtol=1e-4, msg=f"output {i}")
+    def reference(other):
+        y64 = y.detach().double().requires_grad_()
+        g64 = gates.detach().double().requires_grad_()
+        out64 = gated_mhsa_reference(y64, lengths, g64, *other, H)
+        return [out64, *torch.autograd.grad(out64, [y64, g64, *other], dout.double())]
+    assert_handed_operands_are_used(outputs, reference, weights, (0, 2))
 
 
 # ----------------------------------------------------------------------------- compile path ops
