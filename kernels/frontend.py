@@ -60,6 +60,21 @@ def _bias_row(bias_ptr, c, C, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
+def _window_max(x_ptr, corner, F, C, read, shift, S: tl.constexpr):
+    """The first maximum of each S x S window of x + shift whose (0, 0) is at `corner`, in
+    fp32, and its index in the window (row-major, as torch; a NaN wins)."""
+    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32) + shift
+    arg = tl.zeros(m.shape, dtype=tl.int32)
+    for k in tl.static_range(1, S * S):
+        v = tl.load(x_ptr + corner + ((k // S) * F + k % S) * C, mask=read,
+                    other=0.0).to(tl.float32) + shift
+        take = (v > m) | (v != v)
+        m = tl.where(take, v, m)
+        arg = tl.where(take, k, arg)
+    return m, arg
+
+
+@triton.jit
 def _masked_relu_pool_fwd_kernel(
     x_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, T_out, F_out, n_rows,
     S: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
@@ -80,12 +95,7 @@ def _masked_relu_pool_fwd_kernel(
     read = in_range & valid[:, None, None]
     corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
               + c[None, None, :])                                   # window's (0, 0) in x
-    shift = _bias_row(bias_ptr, c, C, HAS_BIAS)
-    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32) + shift
-    for k in tl.static_range(1, S * S):                             # row-major, as torch
-        v = tl.load(x_ptr + corner + ((k // S) * F + k % S) * C, mask=read,
-                    other=0.0).to(tl.float32) + shift
-        m = tl.where((v > m) | (v != v), v, m)                      # first max; NaN wins
+    m, _ = _window_max(x_ptr, corner, F, C, read, _bias_row(bias_ptr, c, C, HAS_BIAS), S)
     y = tl.where((m <= 0.0) | ~read, 0.0, m)          # relu (keeps a NaN); padded: 0
     out = (rows.to(tl.int64)[:, None, None] * F_out + f[None, :, None]) * C + c[None, None, :]
     tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=in_range)
@@ -118,15 +128,8 @@ def _masked_relu_pool_bwd_kernel(
     g = tl.load(dy_ptr + out, mask=read, other=0.0).to(tl.float32)
     corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
               + c[None, None, :])
-    shift = _bias_row(bias_ptr, c, C, HAS_BIAS and S > 1)
-    m = tl.load(x_ptr + corner, mask=read, other=0.0).to(tl.float32) + shift
-    arg = tl.zeros([BR, BF, BC], dtype=tl.int32)
-    for k in tl.static_range(1, S * S):                 # the forward's argmax, recomputed
-        v = tl.load(x_ptr + corner + ((k // S) * F + k % S) * C, mask=read,
-                    other=0.0).to(tl.float32) + shift
-        take = (v > m) | (v != v)
-        m = tl.where(take, v, m)
-        arg = tl.where(take, k, arg)
+    m, arg = _window_max(x_ptr, corner, F, C, read,                # the forward's argmax
+                         _bias_row(bias_ptr, c, C, HAS_BIAS and S > 1), S)
     g = tl.where(m <= 0.0, 0.0, g)                      # relu'(max) = 0: all of it 0
     if HAS_BIAS:
         program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
@@ -181,25 +184,21 @@ def masked_relu_pool_bwd_triton(dy: torch.Tensor, saved: torch.Tensor, lengths: 
     S = 2 if pool else 1
     T_win, F_win = cdiv(T, S), cdiv(F, S)
     dx = _channels_last(saved.shape, saved)
-    if bias is None:
-        dbias = saved.new_zeros(0)
-    elif not dx.numel():
-        dbias = torch.zeros_like(bias)
-    if dx.numel():
-        blk = _blocks(B * T_win, F_win, C)
-        grid = (cdiv(B * T_win, blk["BR"]), cdiv(F_win, blk["BF"]))
-        # one row of per-channel sums per program, added up here: no atomics, the same
-        # dbias every run
-        shares = None if bias is None else torch.empty(grid[0] * grid[1], C,
-                                                       device=dx.device, dtype=torch.float32)
-        launch(_masked_relu_pool_bwd_kernel, grid,
-               dy.contiguous(memory_format=torch.channels_last), saved,
-               saved if bias is None else bias, dx, dx if shares is None else shares, lengths,
-               T, F, C, T // S, F // S, T_win, F_win, B * T_win, S=S,
-               HAS_BIAS=bias is not None, **blk)
-        if shares is not None:
-            dbias = shares.sum(0).to(bias.dtype)
-    return dx, dbias
+    no_bias = saved.new_zeros(0)
+    if not dx.numel():
+        return dx, no_bias if bias is None else torch.zeros_like(bias)
+    blk = _blocks(B * T_win, F_win, C)
+    grid = (cdiv(B * T_win, blk["BR"]), cdiv(F_win, blk["BF"]))
+    # one row of per-channel sums per program, added up here: no atomics, the same dbias
+    # every run
+    shares = None if bias is None else torch.empty(grid[0] * grid[1], C, device=dx.device,
+                                                   dtype=torch.float32)
+    launch(_masked_relu_pool_bwd_kernel, grid,
+           dy.contiguous(memory_format=torch.channels_last), saved,
+           saved if bias is None else bias, dx, dx if shares is None else shares, lengths,
+           T, F, C, T // S, F // S, T_win, F_win, B * T_win, S=S, HAS_BIAS=bias is not None,
+           **blk)
+    return dx, no_bias if shares is None else shares.sum(0).to(bias.dtype)
 
 
 # ----------------------------------------------------------------------------- torch.library
