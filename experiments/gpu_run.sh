@@ -34,6 +34,16 @@ RUN="timeout -s KILL ${LIMIT_S:-480} python3 -m experiments.run --config $REPO/c
   --budgets 0.4 0.55 0.7 0.85 1.0"
 FIRST_PHASE="orthosoftmax-flops-component orthosoftmax-params-component \
   orthosoftmax-flops-module simple-topk-flops-component shrunk"
+# append_rows FILE...: the rows of each FILE that exists, after those of $OUT/results.json
+append_rows() {
+  python3 - "$OUT/results.json" "$@" <<'EOF'
+import json, pathlib, sys
+out, *parts = map(pathlib.Path, sys.argv[1:])
+rows = json.loads(out.read_text()) + [r for p in parts if p.exists()
+                                      for r in json.loads(p.read_text())]
+out.write_text(json.dumps(rows, indent=1) + "\n")
+EOF
+}
 case ${PHASE:-1} in
   all)
     $RUN --arms $FIRST_PHASE individual-flops-component --parallel 8 --work-dir $WORK/runs \
@@ -62,13 +72,7 @@ case ${PHASE:-1} in
     done
     wait; echo "variants done"
     cp $REPO/.exp/results.json $OUT/results.json 2>/dev/null || echo "[]" > $OUT/results.json
-    python3 - "$OUT/results.json" $PARTS <<'EOF'
-import json, pathlib, sys
-out, *parts = map(pathlib.Path, sys.argv[1:])
-rows = json.loads(out.read_text()) + [r for p in parts if p.exists()
-                                      for r in json.loads(p.read_text())]
-out.write_text(json.dumps(rows, indent=1) + "\n")
-EOF
+    append_rows $PARTS
     cp $WORK/heatmap-*+*.png $OUT/ 2>/dev/null
     ;;
   rerun)
@@ -92,12 +96,7 @@ EOF
       --out $WORK/rerun.json --set $SET > $OUT/rerun.log 2>&1
     echo "rerun rc=$?"
     wait $ALONE; echo "phase 2 rc=$?"
-    python3 - "$OUT/results.json" "$WORK/rerun.json" <<'EOF'
-import json, pathlib, sys
-out, rerun = map(pathlib.Path, sys.argv[1:])
-rows = json.loads(out.read_text()) + (json.loads(rerun.read_text()) if rerun.exists() else [])
-out.write_text(json.dumps(rows, indent=1) + "\n")
-EOF
+    append_rows $WORK/rerun.json
     ;;
 esac
 grep -E "budget .* WER test|Error|error" $OUT/*.log | tail -30
