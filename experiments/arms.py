@@ -17,10 +17,14 @@ from orthoasr.config import SupernetConfig
 from orthoasr.units import unit_costs
 
 FIRST = "orthosoftmax-flops-component"
-ARMS = (FIRST, "orthosoftmax-params-component", "orthosoftmax-flops-module",
-        "simple-topk-flops-component", "individual-flops-component", "shrunk",
-        f"{FIRST}-clamped", "orthosoftmax-params-component-clamped",
-        "orthosoftmax-flops-module-clamped")
+# the supernet arms: (criterion, granularity, selector)
+SUPERNET_ARMS = {FIRST: ("flops", "component", "orthosoftmax"),
+                 "orthosoftmax-params-component": ("params", "component", "orthosoftmax"),
+                 "orthosoftmax-flops-module": ("flops", "module", "orthosoftmax"),
+                 "simple-topk-flops-component": ("flops", "component", "simple_topk")}
+CLAMPED_ARMS = tuple(f"{arm}-clamped" for arm, (_, _, selector) in SUPERNET_ARMS.items()
+                     if selector == "orthosoftmax")
+ARMS = (*SUPERNET_ARMS, "individual-flops-component", "shrunk", *CLAMPED_ARMS)
 
 
 @dataclass(frozen=True)
@@ -40,19 +44,14 @@ def jobs(arm: str, budgets: tuple[float, ...], first_checkpoint: str | None,
     """The runs of `arm`. The supernet arms share `budgets`; `individual` and `shrunk` need
     arm 1's budgets (and its checkpoint, for `individual`)."""
     budget_list = "[" + ",".join(str(b) for b in budgets) + "]"
-    supernet = {FIRST: ("flops", "component", "orthosoftmax"),
-                "orthosoftmax-params-component": ("params", "component", "orthosoftmax"),
-                "orthosoftmax-flops-module": ("flops", "module", "orthosoftmax"),
-                "simple-topk-flops-component": ("flops", "component", "simple_topk")}
-    if arm in supernet:
-        criterion, granularity, selector = supernet[arm]
+    if arm in SUPERNET_ARMS:
+        criterion, granularity, selector = SUPERNET_ARMS[arm]
         return [Job(arm, arm, (f"model.criterion={criterion}",
                                f"model.granularity={granularity}", f"selector={selector}",
                                f"model.budgets={budget_list}"))]
-    clamped = arm.removesuffix("-clamped")
-    if clamped != arm and supernet.get(clamped, (None,) * 3)[2] == "orthosoftmax":
-        return [Job(arm, arm, (*jobs(clamped, budgets, first_checkpoint, model)[0].overrides,
-                               "clamp_masks=true"))]
+    if arm in CLAMPED_ARMS:
+        plain, = jobs(arm.removesuffix("-clamped"), budgets, first_checkpoint, model)
+        return [Job(arm, arm, (*plain.overrides, "clamp_masks=true"))]
     if arm == "individual-flops-component":
         if first_checkpoint is None:
             raise ValueError(f"arm {arm} needs arm {FIRST}'s checkpoint: run that arm first")
