@@ -48,9 +48,9 @@ class VGGFrontend(nn.Module):
     reduction (3.7 + 1.9 ms of the step profile). Per conv output of N bf16
     elements, forward + backward: 4N + 6N bytes against ReLU's and where's 8N + 10N, and
     2.5N + 4.5N with the pool against ~9.5N + ~11.5N (its int64 indices, the dx fill). At
-    80k frames that is ~10 GB per step against ~24 GB, a few ms of the frontend's ~30 in a
-    108 ms paper-size step on the H200 (predicted, not yet measured: bench/NOTES.md,
-    session 11). The backward keeps less: y, which the next conv keeps anyway, in place of
+    80k frames that is ~10 GB per step against ~24 GB. On the H200 the op's 8 launches take
+    2.85 ms of a paper-size step, which fell from 108 to 87 ms with it and the channels-last
+    layout below (bench/results/profiles/step_5766582_h200.txt). The backward keeps less: y, which the next conv keeps anyway, in place of
     ReLU's output; x in place of ReLU's output and the pool's indices. `kernels=False`
     keeps the torch ops on every backend (the exported subnet: plain PyTorch).
 
@@ -74,8 +74,12 @@ class VGGFrontend(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
         """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
-        x = feats.unsqueeze(1).contiguous(memory_format=torch.channels_last)  # (B, 1, T, F)
-        x = torch.where(time_mask(lengths, x.shape[2])[:, None, :, None], x, 0.0)
+        feats = torch.where(time_mask(lengths, feats.shape[1])[..., None], feats, 0.0)
+        # (B, 1, T, F) with channels-last strides (T*F, 1, F, 1) spelled out: `contiguous(
+        # memory_format=channels_last)` keeps the NCHW strides of a one-channel tensor, so
+        # cuDNN ran the first conv in NCHW (a slow kernel, transposes, and a copy of its
+        # output and of its output's gradient: ~7 ms of an 87 ms step, H200, session 12)
+        x = feats.unsqueeze(-1).permute(0, 3, 1, 2)
         fused = self.kernels and triton_runs(x, lengths, None)
         for i, conv in enumerate(self.convs):
             weight = conv.weight.contiguous(memory_format=torch.channels_last)
@@ -88,8 +92,16 @@ class VGGFrontend(nn.Module):
                                                lengths, pool)
             if pool:
                 lengths = lengths // 2
-        x = x.permute(0, 2, 1, 3).flatten(2)                       # (B, T/4, c2 * F/4)
-        return self.proj(x), lengths
+        return self.project(x), lengths
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, c2, T', F') -> (B, T', D) by `proj`, whose inputs are (channel, frequency) pairs
+        channel-major. Flattened frequency-major instead, a channels-last x is a view (no copy
+        forward, and its gradient comes back channels-last, as the op's backward reads it);
+        the weight's columns are reordered to match (c2 * F' * D elements, ~1M)."""
+        B, C, T, F = x.shape
+        weight = self.proj.weight.view(-1, C, F).transpose(1, 2).reshape(-1, F * C)
+        return nn.functional.linear(x.permute(0, 2, 3, 1).flatten(2), weight, self.proj.bias)
 
 
 def sinusoidal_positions(frames: int, d_model: int, device, dtype) -> torch.Tensor:
