@@ -34,6 +34,8 @@ PARTS = (
     ("encoder: attention", r"_gated_attn"),
     ("encoder: conv", r"_conv_"),
     ("encoder: LayerNorm", r"_layer_norm"),
+    # the fused dropout + residual add, or torch's dropout it replaced (its add: elementwise)
+    ("encoder: dropout, residual", r"_dropout_residual|dropout|masked_scale"),
     ("OrthoSoftmax", r"ortho"),
     # the fused op after each frontend conv, or what it replaced (max-pool; ReLU, where and
     # the bias add are plain elementwise kernels, not told apart from the encoder's)

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
+from orthoasr.kernels.dropout_residual import dropout_residual_add
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
 
 from .config import SupernetConfig
@@ -50,9 +51,10 @@ class VGGFrontend(nn.Module):
     2.5N + 4.5N with the pool against ~9.5N + ~11.5N (its int64 indices, the dx fill). At
     80k frames that is ~10 GB per step against ~24 GB. On the H200 the op's 8 launches take
     2.85 ms of a paper-size step, which fell from 108 to 87 ms with it and the channels-last
-    layout below (bench/results/profiles/step_5766582_h200.txt). The backward keeps less: y, which the next conv keeps anyway, in place of
-    ReLU's output; x in place of ReLU's output and the pool's indices. `kernels=False`
-    keeps the torch ops on every backend (the exported subnet: plain PyTorch).
+    layout below (bench/results/profiles/step_5766582_h200.txt). The backward keeps less:
+    y, which the next conv keeps anyway, in place of ReLU's output; x in place of ReLU's
+    output and the pool's indices. `kernels=False` keeps the torch ops on every backend
+    (the exported subnet: plain PyTorch).
 
     The convolutions run in channels-last layout (the activations and the weights), the same
     values up to float rounding (tests/test_model.py). On the CPU, oneDNN does these
@@ -159,7 +161,8 @@ def residual_add(x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor
 
 
 class ConformerBlock(nn.Module):
-    """x += s_m * module(x) for each module m in `module_order` (s = 1/2 for FFNs), then LN."""
+    """x += s_m * dropout(module(x)) for each module m in `module_order` (s = 1/2 for FFNs),
+    then LN. Training on the Triton backend, the dropout and the add are one op each way."""
 
     def __init__(self, cfg: SupernetConfig):
         super().__init__()
@@ -179,9 +182,16 @@ class ConformerBlock(nn.Module):
                 continue
             module_gates = None if gates is None else gates[start:end]
             module = self.modules_by_kind[kind]
+            # training on the Triton backend: the module's dropout and the residual add in
+            # one kernel each way (kernels/dropout_residual.py)
+            p = module.dropout_rate if self.training else 0.0
+            fused = p > 0 and triton_runs(x, lengths, None)
             y = module(x, lengths, module_gates,
-                       operands=None if operands is None else operands[kind])
-            x = residual_add(x, y, HALF_STEP[kind])
+                       operands=None if operands is None else operands[kind], dropout=not fused)
+            if fused:
+                x = dropout_residual_add(x, y, HALF_STEP[kind], p)
+            else:
+                x = residual_add(x, y, HALF_STEP[kind])
         return self.norm(x, lengths)
 
 

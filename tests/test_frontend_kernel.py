@@ -6,6 +6,7 @@ bit for bit, ties and NaNs included."""
 import pytest
 import torch
 from error_ratio import assert_error_ratio
+from sm90 import assert_compiles_for_sm90
 
 import orthoasr.kernels.frontend as frontend_kernels
 import orthoasr.model as model_module
@@ -345,35 +346,18 @@ def test_gpu_cuda_graph_and_no_sync():
 
 
 SM90_COMPILE = """
-import inspect, itertools
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import itertools
 from orthoasr.kernels import frontend as fk
 for pool, has_bias in itertools.product((False, True), repeat=2):
     blk = fk._blocks(1000, 80 // (1 + pool), 64)
     warps = blk.pop("num_warps")
-    constexprs = dict(S=2 if pool else 1, HAS_BIAS=has_bias, **blk)
-    pointers = {"bias_ptr": "fp32", "dbias_ptr": "fp32", "len_ptr": "i64"}
+    types = {"bias_ptr": "*fp32", "dbias_ptr": "*fp32", "len_ptr": "*i64"}
     for kernel in (fk._masked_relu_pool_fwd_kernel, fk._masked_relu_pool_bwd_kernel):
-        signature = {name: "constexpr" if name in constexprs
-                     else "*" + pointers.get(name, "bf16") if name.endswith("_ptr") else "i32"
-                     for name in inspect.signature(kernel.fn).parameters}
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs),
-                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
-        assert compiled.asm["cubin"]
+        compile_sm90(kernel, dict(S=2 if pool else 1, HAS_BIAS=has_bias, **blk), types, warps)
 """
 
 
 def test_kernels_compile_for_sm90():
-    """The interpreter runs code that the compiler rejects (a jit helper with two return
-    types did, 2026-11-30): compile both kernels, with and without pool and bias, for an
-    H100/H200 on the CPU (bf16, the paper frontend's 64 channels), in a process without
-    TRITON_INTERPRET (under it the kernels are interpreted functions)."""
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", SM90_COMPILE], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    """Both kernels, with and without pool and bias, bf16 at the paper frontend's 64
+    channels (tests/sm90.py)."""
+    assert_compiles_for_sm90(SM90_COMPILE)

@@ -41,15 +41,21 @@ class GatedConvModule(nn.Module):
         nn.init.uniform_(self.depthwise_bias, -bound, bound)
 
     @property
+    def dropout_rate(self) -> float:
+        return self.dropout.p
+
+    @property
     def matmul_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights whose compute-dtype copies `forward(operands=...)` takes, in order."""
         return self.pointwise1.weight, self.pointwise2.weight
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None, operands=None) -> torch.Tensor:
+                gates: torch.Tensor | None = None, operands=None,
+                dropout: bool = True) -> torch.Tensor:
         """x: (B, T, d_model), lengths: (B,), gates: (1,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
-        them all at once; the torch backend ignores them), or None: the op casts them."""
+        them all at once; the torch backend ignores them), or None: the op casts them.
+        dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller."""
         params = [self.norm.weight, self.norm.bias, self.pointwise1.weight, self.pointwise1.bias,
                   self.depthwise_weight, self.depthwise_bias, self.norm_conv.weight,
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
@@ -60,4 +66,4 @@ class GatedConvModule(nn.Module):
         else:
             y = gated_conv_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
                                      gates)
-        return self.dropout(y)
+        return self.dropout(y) if dropout else y

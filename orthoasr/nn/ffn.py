@@ -53,15 +53,21 @@ class GatedFeedForward(nn.Module):
         return self.chunks if self.granularity == "component" else 1
 
     @property
+    def dropout_rate(self) -> float:
+        return self.dropout.p
+
+    @property
     def matmul_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The weights whose compute-dtype copies `forward(operands=...)` takes, in order."""
         return self.linear1.weight, self.linear2.weight
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None, operands=None) -> torch.Tensor:
+                gates: torch.Tensor | None = None, operands=None,
+                dropout: bool = True) -> torch.Tensor:
         """x: (B, T, d_model), lengths: (B,), gates: (num_gates,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
-        them all at once; the torch backend ignores them), or None: the op casts them."""
+        them all at once; the torch backend ignores them), or None: the op casts them.
+        dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller."""
         params = [self.norm.weight, self.norm.bias, self.linear1.weight, self.linear1.bias,
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params)
@@ -73,4 +79,4 @@ class GatedFeedForward(nn.Module):
         else:
             y = gated_ffn_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
                                     gates, module_gate)
-        return self.dropout(y)
+        return self.dropout(y) if dropout else y

@@ -70,14 +70,19 @@ class GatedMHSA(nn.Module):
         """The weights whose compute-dtype copies `forward(operands=...)` takes, in order."""
         return self.in_proj_weight, self.out_proj_weight
 
+    @property
+    def dropout_rate(self) -> float:
+        return self.dropout
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
-                validate: bool = False, operands=None) -> torch.Tensor:
+                validate: bool = False, operands=None, dropout: bool = True) -> torch.Tensor:
         """x: (B, T, D), lengths: (B,), gates: (num_gates,) or None -> (B, T, D).
 
         validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
         lengths are always checked. operands: `matmul_weights` in the compute dtype
         (ConformerSupernet.run_blocks makes them all at once; the torch backend ignores
-        them), or None: the op casts them."""
+        them), or None: the op casts them. dropout=False leaves the output's dropout (rate
+        `dropout_rate`) to the caller."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate)
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
@@ -92,7 +97,7 @@ class GatedMHSA(nn.Module):
         else:
             out = gated_mhsa_reference(self.norm(x), lengths, gates, *weights, self.num_heads,
                                        self.granularity)
-        if self.training and self.dropout > 0:
+        if dropout and self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
         return out
 
