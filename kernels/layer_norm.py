@@ -91,7 +91,11 @@ def _layer_norm_bwd_kernel(
     # summed over rows once at the end and added atomically. (A row reduction per block puts
     # a cross-warp exchange between every load and the next; one program per block writing
     # its sums to a workspace took 18.7 us plus two torch sums of 18 us each at B32xT250 on
-    # the H200, against 15.8 us in all for this kernel.)
+    # the H200, against 15.8 us in all for the loop below before its prefetch.)
+    # The loop is latency-bound (two programs per SM): each iteration loads the next block's
+    # x and dy before working on its own, and those loads are masked by rows < M only, so
+    # that they wait neither on this block's work nor on the lengths (padded rows are read
+    # and then dropped by `ok`, as NaN-safe selects).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
@@ -100,21 +104,31 @@ def _layer_norm_bwd_kernel(
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BM, BD], dtype=tl.float32)
     db = tl.zeros([BM, BD], dtype=tl.float32)
+    rows_next = pid * BM + tl.arange(0, BM)
+    read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
+    x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next, other=0.0)
+    dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
+                      other=0.0)
     for blk in range(pid, tl.cdiv(M, BM), nprog):
         rows = blk * BM + tl.arange(0, BM)
+        tile = rows[:, None] * D + cols[None, :]
+        x = x_next.to(tl.float32)
+        dy = dy_next.to(tl.float32)
+        rows_next = rows + nprog * BM
+        read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
+        x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
+                         other=0.0)
+        dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
+                          other=0.0)
         row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
         ok = row_ok[:, None] & col_ok[None, :]
-        tile = rows[:, None] * D + cols[None, :]
-        dx = tl.zeros([BM, BD], dtype=tl.float32)
-        if tl.max(row_ok.to(tl.int32), 0) > 0:
-            x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-            mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
-            rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-            xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
-            dw += dy * xhat
-            db += dy
-            dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
+        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        dy = tl.where(ok, dy, 0.0)
+        xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dw += dy * xhat
+        db += dy
+        dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
         tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M)[:, None] & col_ok[None, :])
     tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok)

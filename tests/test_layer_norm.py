@@ -69,3 +69,26 @@ def test_masked_layer_norm_op_zeros_padded_frames_and_matches_fp64_gradients():
     assert torch.equal(grads[0][~valid], torch.zeros_like(grads[0][~valid]))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-5)
+
+
+def test_backward_over_several_blocks_per_program_ignores_padded_rows():
+    """More row blocks than programs (each program walks several, loading the next block's
+    x and dy ahead, padded rows included): NaN at padded rows of x and dy changes nothing."""
+    torch.manual_seed(0)
+    T_long = 50
+    lengths = torch.tensor([50, 23, 0, 37], device=DEV)
+    x = 1.0 + torch.randn(4 * T_long, D, device=DEV)
+    weight, bias = 1 + 0.2 * torch.randn(D, device=DEV), 0.2 * torch.randn(D, device=DEV)
+    dy = torch.randn_like(x)
+    rows = valid_rows(lengths, T_long)
+    x[~rows], dy[~rows] = float("nan"), float("nan")
+    _, mean, rstd = layer_norm_fwd(x, weight, bias, lengths, T_long)
+    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, lengths, T_long)
+    xr, wr, br = (t.clone().nan_to_num().requires_grad_() for t in (x, weight, bias))
+    ref = layer_norm_reference(xr, wr, br)
+    ref_grads = torch.autograd.grad(ref, [xr, wr, br],
+                                    torch.where(rows[:, None], dy.nan_to_num(), 0.0))
+    torch.testing.assert_close(dx, torch.where(rows[:, None], ref_grads[0], 0.0),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dw, ref_grads[1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(db, ref_grads[2], atol=1e-4, rtol=1e-5)
