@@ -323,12 +323,19 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
             offs_g = tl.arange(0, GATES_P2)
             g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
             stop = tl.where(tl.max((g != 0.0).to(tl.int32), 0) > 0, stop, start)
+    # Latency-bound: each iteration loads the next tile before summing its own, masked by
+    # the program's range only (not by the lengths, which would make it wait for their
+    # load first); padded rows are read, then dropped by a NaN-safe select.
+    rows = start + tl.arange(0, BM)
+    x_next = tl.load(a_ptr + rows[:, None] * lda + cols[None, :],
+                     mask=(rows < stop)[:, None] & col_ok[None, :], other=0.0)
     for r0 in range(start, stop, BM):
         rows = r0 + tl.arange(0, BM)
+        x = x_next
+        x_next = tl.load(a_ptr + (rows + BM)[:, None] * lda + cols[None, :],
+                         mask=(rows + BM < stop)[:, None] & col_ok[None, :], other=0.0)
         ok = _valid_rows(rows, M, T, len_ptr)
-        x = tl.load(a_ptr + rows[:, None] * lda + cols[None, :],
-                    mask=ok[:, None] & col_ok[None, :], other=0.0)
-        acc += x.to(tl.float32)
+        acc += tl.where(ok[:, None], x.to(tl.float32), 0.0)
     tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_ok)
 
 
