@@ -119,8 +119,8 @@ def main() -> None:
     ok &= _compile(gated_conv._conv_dw_grad_kernel,
                    dict(dpre_ptr="bf16", v_ptr="bf16", part_ptr="fp32", gate_ptr="fp32",
                         len_ptr="i64"),
-                   ints=dict(T=T, D=D, NS=2),
-                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **dw),
+                   ints=dict(T=T, NS=4),
+                   constexprs=dict(D=D, K=31, G=8, HAS_GATES=True, SKIP_DEAD=True, **dw),
                    num_warps=warps)
     block_s = ctc._block_states(60)
     ptrs = dict(lp_ptr="fp32", tgt_ptr="i64", off_ptr="i64", ilen_ptr="i64", tlen_ptr="i64",

@@ -193,45 +193,73 @@ def _conv_mid_bwd_conv_kernel(
 
 
 @triton.jit
+def _v_row(v_ptrs, t, length, rel, col_ok, D: tl.constexpr):
+    # (G, BC) fp32: V at source frames t + rel (zero outside [0, length)); v_ptrs: row rel
+    src = t + rel
+    ok = col_ok & (src >= 0) & (src < length)
+    return tl.load(v_ptrs + t * D, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _conv_dw_grad_kernel(
     dpre_ptr, v_ptr, part_ptr, gate_ptr, len_ptr,
-    T, D, NS,  # part: (B * NS, K, D) fp32 partial sums, one row block per program
-    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, SPAN_TILES: tl.constexpr,
+    T, NS,  # part: (B * NS, K, D) fp32 partial sums, one row block per program
+    D: tl.constexpr, K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr,
+    SPAN: tl.constexpr, G: tl.constexpr, BC: tl.constexpr,
 ):
     # Program (s, j, b): the depthwise weight gradient dw[c, k] = sum_t dW[t, c] V[t + k - P, c]
-    # over frames [s*SPAN, +SPAN) (SPAN = SPAN_TILES * BT) and channels [j*BC, +BC) of
-    # sequence b, stored as its partial sums (zeros for a dead or padded span), which the
-    # launcher adds up. Taps outside, frame tiles inside: the products of a tap accumulate
-    # elementwise and cross the rows once per tap and span (reducing per tap and 32-frame
-    # tile, next to the transposed conv, took 144.5 us at B32xT250 on the H200).
+    # over frames [s*SPAN, +SPAN) and channels [j*BC, +BC) of sequence b, stored as its
+    # partial sums (zeros for a dead or padded span), which the launcher adds up.
+    # Taps k = 4g + i: row g of a (G, BC) tile (one g and 8 channels per thread at 8 x 128,
+    # 4 warps) and i in 0..3 a variable of its own, so a thread holds 4 taps of its channels.
+    # Frames go one by one: each frame loads one dW row and one new V row (w3), 8 values a
+    # thread, for 4 FMAs each; the window w0..w3 = V[t + 4g - P + i] slides by renaming
+    # (the loop steps 4 frames, so the renaming costs no moves). D is a constexpr so the
+    # row offsets are immediates. sm_90 SASS per 4 frames: 319 instructions for 128
+    # element-taps (8 LDG.128, 128 FFMA); the former design, taps outside and frame tiles
+    # inside, reloaded and masked both tiles per tap: 498 for 64 (16 LDG.128) and 65 us at
+    # B32xT250 against 24 us for this one (H200, kernel alone, bench script outside the repo,
+    # not in bench/results; reducing per tap and 32-frame tile had taken 144.5 us).
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
-    length = tl.minimum(tl.load(len_ptr + seq), T)
-    start = pid_s * SPAN_TILES * BT
+    length = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32)   # i32 compares
+    start = pid_s * SPAN
     cols = pid_c * BC + tl.arange(0, BC)
-    col_ok = cols < D
-    frames = seq * T
-    part = part_ptr + (seq * NS + pid_s) * K * D
+    col_ok = (cols < D)[None, :]
+    tap0 = 4 * tl.arange(0, G)[:, None]            # (G, 1): the first of each row's 4 taps
+    rel = tap0 - K // 2                             # w0 of frame t holds V[t + rel]
+    base = seq * T * D
+    # dW rows broadcast over g: loaded in the layout of the V tiles, no conversion
+    dp_ptrs = dpre_ptr + base + tl.broadcast_to(cols[None, :], [G, BC])
+    v_ptrs = v_ptr + base + rel * D + cols[None, :]
+    acc0 = tl.zeros([G, BC], dtype=tl.float32)
+    acc1 = tl.zeros([G, BC], dtype=tl.float32)
+    acc2 = tl.zeros([G, BC], dtype=tl.float32)
+    acc3 = tl.zeros([G, BC], dtype=tl.float32)
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
     if (live > 0) & (start < length):
-        for k in range(K):
-            prod = tl.zeros([BT, BC], dtype=tl.float32)
-            for i in tl.static_range(SPAN_TILES):
-                t = start + i * BT + tl.arange(0, BT)
-                ts = t + k - K // 2
-                ok = (t < length)[:, None] & col_ok[None, :]
-                ok_s = ok & ((ts >= 0) & (ts < length))[:, None]
-                dp = tl.load(dpre_ptr + (frames + t)[:, None] * D + cols[None, :], mask=ok,
-                             other=0.0).to(tl.float32)
-                v = tl.load(v_ptr + (frames + ts)[:, None] * D + cols[None, :], mask=ok_s,
-                            other=0.0).to(tl.float32)
-                prod += dp * v
-            tl.store(part + k * D + cols, tl.sum(prod, 0), mask=col_ok)
-    else:
-        for k in range(K):
-            tl.store(part + k * D + cols, tl.zeros([BC], dtype=tl.float32), mask=col_ok)
+        end = tl.minimum(start + SPAN, length)
+        w0 = _v_row(v_ptrs, start, length, rel, col_ok, D)
+        w1 = _v_row(v_ptrs, start + 1, length, rel, col_ok, D)
+        w2 = _v_row(v_ptrs, start + 2, length, rel, col_ok, D)
+        for f in range(start, end, 4):
+            for i in tl.static_range(4):
+                t = f + i
+                # (1, 1) frame test: the interpreter rejects a scalar bool in a mask
+                t_ok = tl.full([1, 1], t, tl.int32) < end
+                dp = tl.load(dp_ptrs + t * D, mask=col_ok & t_ok, other=0.0).to(tl.float32)
+                w3 = _v_row(v_ptrs, t + 3, length, rel, col_ok, D)
+                acc0 += dp * w0
+                acc1 += dp * w1
+                acc2 += dp * w2
+                acc3 += dp * w3
+                w0, w1, w2 = w1, w2, w3
+    part = part_ptr + (seq * NS + pid_s) * K * D + tap0 * D + cols[None, :]
+    tl.store(part, acc0, mask=col_ok & (tap0 < K))
+    tl.store(part + D, acc1, mask=col_ok & (tap0 + 1 < K))
+    tl.store(part + 2 * D, acc2, mask=col_ok & (tap0 + 2 < K))
+    tl.store(part + 3 * D, acc3, mask=col_ok & (tap0 + 3 < K))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -255,11 +283,32 @@ def _conv_blocks(D: int) -> dict:
 
 
 def _dw_grad_blocks(D: int) -> dict:
-    """Tiles of the depthwise weight gradient: spans of 4 x 32 frames x 64 channels (384
-    programs at B32xT250, D 384: ~3 per SM)."""
+    """Tiles of the depthwise weight gradient: spans of 64 frames x 128 channels (384
+    programs of 4 warps at B32xT250, D 384; 6 MB of partial sums). sm_90 compile
+    (bench/compile_check_modules.py): 104 registers, no spills. H200, kernel alone at
+    B32xT250: spans of 32 / 64 / 128 frames took 26.6 / 24.4 / 38.7 us; the sum of the
+    partials after it took 11.4 us alone (30.5 us for both)."""
     if interpreting():
-        return dict(BT=16, BC=max(16, next_pow2(D)), SPAN_TILES=2, num_warps=4)
-    return dict(BT=32, BC=64, SPAN_TILES=4, num_warps=4)
+        return dict(SPAN=32, BC=max(16, next_pow2(D)), num_warps=4)
+    return dict(SPAN=64, BC=128, num_warps=4)
+
+
+def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: int, K: int,
+                 gate_arg: torch.Tensor, has_gates: bool, skip_dead: bool) -> torch.Tensor:
+    """Depthwise weight gradient dw (D, K) fp32: dw[c, k] = sum over valid frames t of
+    dpre[t, c] v[t + k - K//2, c], v zero outside [0, lengths[b]).
+
+    dpre, v: (B*T, D), rows b*T + t; lengths: (B,); gate_arg: the module gate (1,) when
+    has_gates (all zeros for a dead gate with skip_dead), else any tensor."""
+    M, D = v.shape
+    B = M // T
+    blk = _dw_grad_blocks(D)
+    n_spans = cdiv(T, blk["SPAN"])
+    parts = torch.empty(B * n_spans, K, D, dtype=torch.float32, device=v.device)
+    launch(_conv_dw_grad_kernel, (n_spans, cdiv(D, blk["BC"]), B),
+        dpre, v, parts, gate_arg, lengths, T, n_spans,
+        D=D, K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, G=next_pow2(cdiv(K, 4)), **blk)
+    return parts.sum(0).t()
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
@@ -330,13 +379,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     launch(_conv_mid_bwd_conv_kernel, (cdiv(T, cblk["BT"]), cdiv(D, cblk["BC"]), B),
         dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
         K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
-    wblk = _dw_grad_blocks(D)
-    n_spans = cdiv(T, wblk["SPAN_TILES"] * wblk["BT"])
-    d_dww_parts = torch.empty(B * n_spans, K, D, dtype=torch.float32, device=x.device)
-    launch(_conv_dw_grad_kernel, (n_spans, cdiv(D, wblk["BC"]), B),
-        dpre, v, d_dww_parts, gate_arg, lengths, T, D, n_spans,
-        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **wblk)
-    d_dww = d_dww_parts.sum(0).t()
+    d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip)
     dz = dy2.new_empty(M, D)
     rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)

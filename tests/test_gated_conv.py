@@ -10,7 +10,7 @@ from error_ratio import (
 )
 
 from orthoasr.graphs import call_without_sync, capture_graph
-from orthoasr.kernels.common import as_operand
+from orthoasr.kernels.common import as_operand, valid_mask
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
 
@@ -67,14 +67,15 @@ def test_matches_fp64_reference(shape, gate_case):
 
 
 def test_gpu_tiles_several_channel_blocks(monkeypatch):
-    """The transposed-conv and depthwise weight-gradient kernels with the GPU's 32 x 64
-    tiles (the interpreter's own tiles hold every channel in one block): channel blocks with
-    a ragged last one, frame tiles whose halo crosses their edges, spans of two frame tiles
-    (two per sequence, the second partial), a sequence of one frame."""
+    """The transposed-conv and depthwise weight-gradient kernels with GPU-like tiles (the
+    interpreter's own tiles hold every channel in one block): channel blocks with a ragged
+    last one, frame tiles whose halo crosses their edges, weight-gradient spans of 30 frames
+    (not a multiple of the kernel's 4-frame step; three per sequence, the last partial), a
+    sequence of one frame."""
     from orthoasr.kernels import gated_conv as module
     monkeypatch.setattr(module, "_conv_blocks", lambda D: dict(BT=32, BC=64, num_warps=4))
     monkeypatch.setattr(module, "_dw_grad_blocks",
-                        lambda D: dict(BT=32, BC=64, SPAN_TILES=2, num_warps=4))
+                        lambda D: dict(SPAN=30, BC=64, num_warps=4))
     torch.manual_seed(3)
     d, K, T, lengths = 100, 31, 75, torch.tensor([75, 40, 1])
     x = torch.randn(3, T, d, dtype=torch.float64)
@@ -86,6 +87,31 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
     torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
     for i, (g, g64) in enumerate(zip(grads, grads64, strict=True)):
         torch.testing.assert_close(g.double(), g64, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
+@pytest.mark.parametrize("K", [1, 3, 9, 31])
+def test_dw_grad_kernel_edges(monkeypatch, K):
+    """The depthwise weight-gradient kernel alone against fp64: taps not a multiple of its 4
+    per thread (K 1, 3, 9, 31), spans of 6 frames (not a multiple of its 4-frame step) and
+    a sequence shorter than one, a ragged last channel block, NaN in every padded row of
+    dpre and v (the kernel must not read them), and a dead gate (exact zeros)."""
+    from orthoasr.kernels import gated_conv as module
+    monkeypatch.setattr(module, "_dw_grad_blocks", lambda D: dict(SPAN=6, BC=16, num_warps=4))
+    T, d, lengths = 13, 20, torch.tensor([13, 5, 1, 3])
+    B = len(lengths)
+    dpre, v = torch.randn(B, T, d), torch.randn(B, T, d)
+    pad = ~valid_mask(lengths, T)
+    dpre[pad], v[pad] = float("nan"), float("nan")
+    gate = torch.tensor([0.5])
+    dw = module.conv_dw_grad(dpre.view(-1, d), v.view(-1, d), lengths, T, K, gate, True, True)
+    # v zero-padded by K//2 frames each side: frames k .. k+T-1 are v[t + k - K//2]
+    v_pad = torch.nn.functional.pad(torch.nan_to_num(v.double()), (0, 0, K // 2, K // 2))
+    dpre64 = torch.nan_to_num(dpre.double())
+    ref = torch.stack([(dpre64 * v_pad[:, k:k + T]).sum((0, 1)) for k in range(K)], 1)
+    torch.testing.assert_close(dw.double(), ref, atol=1e-5, rtol=1e-5)
+    dead = module.conv_dw_grad(dpre.view(-1, d), v.view(-1, d), lengths, T, K, gate * 0,
+                               True, True)
+    assert (dead == 0).all()
 
 
 def fp64_weights_case():
