@@ -126,11 +126,12 @@ def test_block_fuses_dropout_in_training_on_the_triton_backend(monkeypatch):
 
 SM90_COMPILE = """
 from orthoasr.kernels import dropout_residual as dr
-blk = dict(BLOCK=4096)
-types = {"seed_ptr": "*i64", "p": "fp32", "gain": "fp32"}
+blk = dr._block()
+warps = blk.pop("num_warps")
+types = {"seed_ptr": "*i64", "gain": "fp32"}
 for out in ("*bf16", "*fp32"):
-    compile_sm90(dr._dropout_residual_fwd_kernel, blk, dict(types, out_ptr=out), 4)
-    compile_sm90(dr._dropout_residual_bwd_kernel, blk, dict(types, dy_ptr=out), 4)
+    compile_sm90(dr._dropout_residual_fwd_kernel, blk, dict(types, out_ptr=out), warps)
+    compile_sm90(dr._dropout_residual_bwd_kernel, blk, dict(types, dy_ptr=out), warps)
 """
 
 
