@@ -1,9 +1,9 @@
 """Generate bench/RESULTS.md from the rows in bench/results/*.json (never typed by hand).
 
-Each case of a table shows its newest run only (the runs a table draws on are listed in its
-header: card, versions, commit, date): every (case, mode) with each provider's median time and
-its speed-up over the row's `baseline` provider measured in the same run. Older runs stay in
-the JSON files and in git.
+Each case of a table shows each provider's newest run only (the runs a table draws on are
+listed in its header: card, versions, commit, date): every (case, mode) with each provider's
+median time and its speed-up over the row's `baseline` provider where that was measured in
+the same run. Older runs stay in the JSON files and in git.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
              "both measured in the same run on the same card. Each case shows its newest run",
              "only; the JSON files keep every run.", ""]
     tables = defaultdict(list)
-    for (table, _case), case_rows in newest_by_case(rows).items():
+    for (table, _case), case_rows in newest_by_case(rows, by_provider=True).items():
         tables[table] += case_rows
     for table, group in sorted(tables.items()):
         first = group[0]
@@ -45,7 +45,8 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         by_key = {_key(r, r["provider"]): r for r in group}
         for r in group:
             base = by_key.get(_key(r, r.get("baseline")))
-            speedup = f"{base['ms'] / r['ms']:.2f}×" if base and r.get("baseline") else ""
+            same_run = base and r.get("baseline") and base["run_id"] == r["run_id"]
+            speedup = f"{base['ms'] / r['ms']:.2f}×" if same_run else ""
             cells = [_fmt(r.get(k, "")) for k in extras]
             time = _fmt(float(r["ms"])) if unit else f"{r['ms'] * 1e3:.1f}"
             lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {time} "
@@ -56,18 +57,28 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
-def newest_by_case(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+def newest_by_case(rows: list[dict], by_provider: bool = False
+                   ) -> dict[tuple[str, str], list[dict]]:
     """(table, case) -> the rows of the newest run (by date) that measured that case: a
-    table mixes runs case by case, never within a case."""
+    table mixes runs case by case, never within a case. by_provider: the newest run of each
+    provider of the case (a case whose providers were measured in separate runs)."""
     runs = defaultdict(list)
     for row in rows:
         runs[row["table"], row["case"], row["run_id"]].append(row)
     newest = {}
     for (table, case, _run), group in runs.items():
-        date = max(r["date"] for r in group)
-        if (table, case) not in newest or date > newest[table, case][0]:
-            newest[table, case] = (date, group)
-    return {key: group for key, (_date, group) in newest.items()}
+        parts = defaultdict(list)
+        for r in group:
+            parts[r["provider"] if by_provider else None].append(r)
+        for provider, part in parts.items():
+            date = max(r["date"] for r in part)
+            key = table, case, provider
+            if key not in newest or date > newest[key][0]:
+                newest[key] = (date, part)
+    merged = defaultdict(list)
+    for (table, case, _provider), (_date, part) in newest.items():
+        merged[table, case] += part
+    return dict(merged)
 
 
 def _key(row: dict, provider) -> tuple:
