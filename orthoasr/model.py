@@ -21,6 +21,7 @@ import torch.nn as nn
 from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
 from orthoasr.kernels.dropout_residual import dropout_residual_add
+from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
 
 from .config import SupernetConfig
@@ -56,6 +57,10 @@ class VGGFrontend(nn.Module):
     output and the pool's indices. `kernels=False` keeps the torch ops on every backend
     (the exported subnet: plain PyTorch).
 
+    On the Triton backend the first conv (one input channel, which cuDNN pads to eight) is
+    an op of its own with its bias, ReLU and mask (kernels/first_conv.py), in fp32 from the
+    fp32 features, written once in the compute dtype.
+
     The convolutions run in channels-last layout (the activations and the weights), the same
     values up to float rounding (tests/test_model.py). On the CPU, oneDNN does these
     few-channel convolutions' forward and backward about 1.6x faster so (~0.30 -> ~0.19 s
@@ -76,14 +81,20 @@ class VGGFrontend(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor):
         """feats (B, T, F), lengths (B,) -> (B, T // 4, D), lengths // 4."""
-        feats = torch.where(time_mask(lengths, feats.shape[1])[..., None], feats, 0.0)
-        # (B, 1, T, F) with channels-last strides (T*F, 1, F, 1) spelled out: `contiguous(
-        # memory_format=channels_last)` keeps the NCHW strides of a one-channel tensor, so
-        # cuDNN ran the first conv in NCHW (a slow kernel, transposes, and a copy of its
-        # output and of its output's gradient: ~7 ms of an 87 ms step, H200, session 12)
-        x = feats.unsqueeze(-1).permute(0, 3, 1, 2)
-        fused = self.kernels and triton_runs(x, lengths, None)
-        for i, conv in enumerate(self.convs):
+        fused = self.kernels and triton_runs(feats, lengths, None)
+        first_fused = fused and not feats.requires_grad    # the op gives no input gradient
+        if first_fused:   # conv 1, its bias, ReLU and mask in one op (kernels/first_conv.py)
+            first = self.convs[0]
+            x = first_conv_relu(feats, lengths, first.weight, first.bias, compute_dtype(feats))
+        else:
+            feats = torch.where(time_mask(lengths, feats.shape[1])[..., None], feats, 0.0)
+            # (B, 1, T, F) with channels-last strides (T*F, 1, F, 1) spelled out: `contiguous(
+            # memory_format=channels_last)` keeps the NCHW strides of a one-channel tensor,
+            # and cuDNN ran the first conv in NCHW (a slow kernel, transposes, and copies of
+            # its output and of its gradient: ~7 ms of an 87 ms step, H200, session 12)
+            x = feats.unsqueeze(-1).permute(0, 3, 1, 2)
+        for i in range(1 if first_fused else 0, len(self.convs)):
+            conv = self.convs[i]
             weight = conv.weight.contiguous(memory_format=torch.channels_last)
             pool = i % 2 == 1
             if fused:       # the bias in the op: cuDNN would add it in a pass of its own

@@ -202,16 +202,19 @@ def test_registered_ops_pass_opcheck():
                               test_utils=("test_schema", "test_faketensor"))
 
 
-def _frontend_run(frontend, feats, lengths, backend):
-    """(output, input gradient, parameter gradients) of `frontend` on `backend`."""
+def _frontend_run(frontend, feats, lengths, backend, input_grad=False):
+    """(output, [input gradient,] parameter gradients) of `frontend` on `backend`. Features
+    that need no gradient (training's) take the first-conv op on the Triton backend; with
+    input_grad, cuDNN's conv and the fused op after it."""
     set_backend(backend)
     try:
         frontend.zero_grad(set_to_none=True)
-        leaf = feats.clone().requires_grad_()
+        leaf = feats.clone().requires_grad_(input_grad)
         y, out_lengths = frontend(leaf, lengths)
         dy = torch.linspace(-1, 1, y.numel(), device=y.device).view(y.shape).to(y.dtype)
         y.backward(dy)
-        return [y.detach(), leaf.grad, *(p.grad for p in frontend.parameters())], out_lengths
+        grads = [leaf.grad] if input_grad else []
+        return [y.detach(), *grads, *(p.grad for p in frontend.parameters())], out_lengths
     finally:
         set_backend("auto")
 
@@ -233,10 +236,12 @@ def _frontend_as_before(frontend, feats, lengths):
 
 
 def test_frontend_same_outputs_and_gradients_with_the_fused_op(monkeypatch):
-    """VGGFrontend with the fused op (four calls, two pooled, each with its conv's bias)
-    against the torch composition and against the forward before the op: the same outputs,
-    input and parameter gradients up to float rounding (the conv adds its bias inside on the
-    torch path, the op after it); kernels=False never calls the op."""
+    """VGGFrontend with the fused ops against the torch composition and against the forward
+    before them: the same outputs and parameter gradients up to float rounding (the conv adds
+    its bias inside on the torch path, the op after it). Training's features (no gradient):
+    the first-conv op, then the fused op three times, two pooled, each with its conv's bias.
+    Features that need a gradient: cuDNN's first conv and the fused op four times, the input
+    gradient too. kernels=False never calls the ops."""
     torch.manual_seed(0)
     frontend = VGGFrontend(80, (4, 6), 16).to(DEV)
     feats = torch.randn(3, 41, 80, device=DEV)
@@ -244,22 +249,27 @@ def test_frontend_same_outputs_and_gradients_with_the_fused_op(monkeypatch):
     calls = []
 
     def counted(x, lengths, pool, bias):
-        calls.append((pool, bias is frontend.convs[len(calls)].bias))
+        calls.append((pool, next(i for i, conv in enumerate(frontend.convs) if conv.bias is bias)))
         return masked_relu_pool(x, lengths, pool, bias)
     monkeypatch.setattr(model_module, "masked_relu_pool", counted)
-    fused, fused_lengths = _frontend_run(frontend, feats, lengths, "triton")
-    assert calls == [(False, True), (True, True), (False, True), (True, True)]
-    torch_ops, torch_lengths = _frontend_run(frontend, feats, lengths, "torch")
-    assert torch.equal(fused_lengths, torch_lengths) and torch.equal(fused_lengths, lengths // 4)
-    with torch.no_grad():
-        before = _frontend_as_before(frontend, feats, lengths)
-    torch.testing.assert_close(fused[0], before, rtol=1e-5, atol=1e-6)
-    assert torch.equal(torch_ops[0], before)               # the torch path: bit for bit
-    for a, b in zip(fused, torch_ops, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for input_grad, ops in ((False, [(True, 1), (False, 2), (True, 3)]),
+                            (True, [(False, 0), (True, 1), (False, 2), (True, 3)])):
+        calls.clear()
+        fused, fused_lengths = _frontend_run(frontend, feats, lengths, "triton", input_grad)
+        assert calls == ops
+        torch_ops, torch_lengths = _frontend_run(frontend, feats, lengths, "torch", input_grad)
+        assert torch.equal(fused_lengths, torch_lengths)
+        assert torch.equal(fused_lengths, lengths // 4)
+        with torch.no_grad():
+            before = _frontend_as_before(frontend, feats, lengths)
+        torch.testing.assert_close(fused[0], before, rtol=1e-5, atol=1e-6)
+        assert torch.equal(torch_ops[0], before)               # the torch path: bit for bit
+        for a, b in zip(fused, torch_ops, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     frontend.kernels = False
+    calls.clear()
     _frontend_run(frontend, feats, lengths, "triton")
-    assert len(calls) == 4
+    assert calls == []
 
 
 def test_frontend_activations_and_their_gradients_stay_channels_last(monkeypatch):
@@ -279,8 +289,9 @@ def test_frontend_activations_and_their_gradients_stay_channels_last(monkeypatch
         y.register_hook(lambda g: layouts["grad"].append(g.is_contiguous(memory_format=CL)))
         return y
     monkeypatch.setattr(model_module, "masked_relu_pool", recorded)
-    _frontend_run(frontend, feats, lengths, "triton")
-    assert layouts == {"input": [True] * 4, "grad": [True] * 4}
+    _frontend_run(frontend, feats, lengths, "triton")                   # the first-conv op
+    _frontend_run(frontend, feats, lengths, "triton", input_grad=True)  # cuDNN's conv 1
+    assert layouts == {"input": [True] * 7, "grad": [True] * 7}
 
 
 # ----------------------------------------------------------------------------- GPU
