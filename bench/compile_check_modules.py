@@ -79,16 +79,16 @@ def main() -> None:
                    ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256, CHUNK=3 * 64),
                    constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=True, PER_CHUNK=True,
                                    BM=32, BN=128))
-    blk = layer_norm._blocks(384)
-    warps = blk.pop("num_warps")
-    for kernel, ptrs in (
-            (layer_norm._layer_norm_fwd_kernel,
+    for kernel, backward, ptrs in (
+            (layer_norm._layer_norm_fwd_kernel, False,
              dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",
                   rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64")),
-            (layer_norm._layer_norm_bwd_kernel,
+            (layer_norm._layer_norm_bwd_kernel, True,
              dict(dy_ptr="bf16", x_ptr="bf16", w_ptr="fp32", mean_ptr="fp32", rstd_ptr="fp32",
                   dx_ptr="bf16", dw_ptr="fp32", db_ptr="fp32", gate_ptr="fp32",
                   len_ptr="i64"))):
+        blk = layer_norm._blocks(384, backward)
+        warps = blk.pop("num_warps")
         ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)
