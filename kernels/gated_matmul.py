@@ -303,9 +303,11 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
                      NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
                      PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
-    # With SKIP_DEAD, columns whose gate is 0 are not read (a dead unit's columns are
+    # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
-    # gates together (nothing is read when every gate is 0).
+    # gates together. A tile with no live column reads nothing; a tile with some reads all
+    # its columns and drops the dead ones' sums (a load masked per column by its gate is
+    # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200).
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -315,10 +317,12 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     start = pid_m * ROWS_PER_PROG
     stop = tl.minimum(start + ROWS_PER_PROG, M)
+    col_live = col_ok
     if SKIP_DEAD:
         if PER_CHUNK:
             g_col = tl.load(gate_ptr + cols // CHUNK, mask=col_ok, other=0.0)
-            col_ok = col_ok & (g_col != 0.0)
+            col_live = col_ok & (g_col != 0.0)
+            stop = tl.where(tl.max(col_live.to(tl.int32), 0) > 0, stop, start)
         else:
             offs_g = tl.arange(0, GATES_P2)
             g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
@@ -336,7 +340,7 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
                          mask=(rows + BM < stop)[:, None] & col_ok[None, :], other=0.0)
         ok = _valid_rows(rows, M, T, len_ptr)
         acc += tl.where(ok[:, None], x.to(tl.float32), 0.0)
-    tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_ok)
+    tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_live)
 
 
 # ----------------------------------------------------------------------------- launchers
