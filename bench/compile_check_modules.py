@@ -100,12 +100,14 @@ def main() -> None:
                         len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D, K=31),
                    constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, SAVE_PRE=True,
                                    BT=mid["BT"], BD=mid["BD"]), num_warps=warps)
+    norm = gated_conv._norm_bwd_blocks(384)
+    norm_warps = norm.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_bwd_norm_kernel,
                    dict(dr_ptr="bf16", pre_ptr="bf16", lnw_ptr="fp32", lnb_ptr="fp32",
                         dpre_ptr="bf16", part_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
                    floats=("eps",), ints=dict(T=T, D=D),
-                   constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, BT=mid["BT"],
-                                   BD=mid["BD"]), num_warps=warps)
+                   constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, **norm),
+                   num_warps=norm_warps)
     conv = gated_conv._conv_blocks(384)
     warps = conv.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_bwd_conv_kernel,

@@ -113,41 +113,51 @@ def _conv_mid_fwd_kernel(
 @triton.jit
 def _conv_mid_bwd_norm_kernel(
     dr_ptr, pre_ptr, lnw_ptr, lnb_ptr, dpre_ptr, part_ptr, gate_ptr, len_ptr, T, D, eps,
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr, BT: tl.constexpr,
+    BD: tl.constexpr,
 ):
-    # Program (i, b): for frames [i*BT, +BT) of sequence b, the SiLU and LayerNorm backward
-    # from dR to dW (conv output); its shares of dgamma, dbeta and the conv bias gradient go
-    # to row (b, i) of part (B * tiles, 3, D), zeros for a dead or padded tile, which the
-    # launcher adds up. (Atomic adds of 512 programs onto the same 3 x D addresses queued:
-    # 51 us for this kernel at B32xT250 on the H200.)
+    # Program (i, b): for frames [i*SPAN, +SPAN) of sequence b, BT at a time, the SiLU and
+    # LayerNorm backward from dR to dW (conv output); its sums of dgamma, dbeta and the conv
+    # bias gradient go to row (b, i) of part (B * spans, 3, D), zeros for a dead or padded
+    # span, which the launcher adds up. (Atomic adds of 512 programs onto the same 3 x D
+    # addresses queued: 51 us at B32xT250 on the H200.) One warp per program where a row fits
+    # it (_norm_bwd_blocks): a row's sums stay in the warp and the column sums in each
+    # thread. The former 8-warp tiles of 16 frames crossed warps for every sum (51 barriers)
+    # at 1 program per SM (132 registers x 256 threads): 108 us a call at ~20k frames, ~10x
+    # its bytes (H200, profiles/step_c61fbe6_h200.txt).
     pid_t = tl.program_id(0)
     seq = tl.program_id(1)
     length = tl.minimum(tl.load(len_ptr + seq), T)
-    t = pid_t * BT + tl.arange(0, BT)
     cols = tl.arange(0, BD)
     col_ok = cols < D
     part = part_ptr + (seq * tl.num_programs(0) + pid_t) * 3 * D + cols
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
-    zeros = tl.zeros([BD], dtype=tl.float32)
-    d_lnw, d_lnb, d_bias = zeros, zeros, zeros
-    if (live > 0) & (pid_t * BT < length):
-        ok = (t < length)[:, None] & col_ok[None, :]
-        tile = (seq * T + t)[:, None] * D + cols[None, :]
-        pre = tl.load(pre_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        dr = tl.load(dr_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        mean = tl.sum(pre, 1) / D
-        xc = tl.where(ok, pre - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
-        xhat = xc * rstd[:, None]
+    d_lnw = tl.zeros([BD], dtype=tl.float32)
+    d_lnb = tl.zeros([BD], dtype=tl.float32)
+    d_bias = tl.zeros([BD], dtype=tl.float32)
+    start = pid_t * SPAN
+    if (live > 0) & (start < length):
         lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        q = xhat * lnw[None, :] + lnb[None, :]
-        sig = tl.sigmoid(q)
-        dq = tl.where(ok, dr * sig * (1.0 + q * (1.0 - sig)), 0.0)
-        d_lnw, d_lnb = tl.sum(dq * xhat, 0), tl.sum(dq, 0)
-        dpre = layer_norm_dx_tile(dq, xhat, lnw, rstd, ok, D)
-        d_bias = tl.sum(dpre, 0)
-        tl.store(dpre_ptr + tile, dpre.to(dpre_ptr.dtype.element_ty), mask=ok)
+        end = tl.minimum(start + SPAN, length)
+        for t0 in range(start, end, BT):
+            t = t0 + tl.arange(0, BT)
+            ok = (t < end)[:, None] & col_ok[None, :]
+            tile = (seq * T + t)[:, None] * D + cols[None, :]
+            pre = tl.load(pre_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            dr = tl.load(dr_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            mean = tl.sum(pre, 1) / D
+            xc = tl.where(ok, pre - mean[:, None], 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+            xhat = xc * rstd[:, None]
+            q = xhat * lnw[None, :] + lnb[None, :]
+            sig = tl.sigmoid(q)
+            dq = tl.where(ok, dr * sig * (1.0 + q * (1.0 - sig)), 0.0)
+            d_lnw += tl.sum(dq * xhat, 0)
+            d_lnb += tl.sum(dq, 0)
+            dpre = layer_norm_dx_tile(dq, xhat, lnw, rstd, ok, D)
+            d_bias += tl.sum(dpre, 0)
+            tl.store(dpre_ptr + tile, dpre.to(dpre_ptr.dtype.element_ty), mask=ok)
     tl.store(part, d_lnw, mask=col_ok)
     tl.store(part + D, d_lnb, mask=col_ok)
     tl.store(part + 2 * D, d_bias, mask=col_ok)
@@ -273,6 +283,17 @@ def _mid_blocks(D: int) -> dict:
     return dict(BT=max(1, min(32, 8192 // BD)), BD=BD, num_warps=8)
 
 
+def _norm_bwd_blocks(D: int) -> dict:
+    """Spans of the SiLU / LayerNorm backward: 32 frames a program, one at a time in one
+    warp where a row fits it (~1,900 programs and ~4 MB of partial sums at 20k frames)."""
+    BD = max(16, next_pow2(D))
+    if interpreting():
+        return dict(SPAN=32, BT=16, BD=BD, num_warps=4)
+    if BD <= 512:
+        return dict(SPAN=32, BT=1, BD=BD, num_warps=1)
+    return dict(SPAN=32, BT=1, BD=BD, num_warps=4)
+
+
 def _conv_blocks(D: int) -> dict:
     """Tiles of the transposed depthwise conv: 32 frames x 64 channels (1536 programs at
     B32xT250, D 384; 128-byte rows in bf16). sm_90 compile (bench/compile_check_modules.py):
@@ -366,9 +387,9 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(dy2, r, out=dpw2, **common)
     dpre = dy2.new_empty(M, D)
-    blk = _mid_blocks(D)
+    blk = _norm_bwd_blocks(D)
     gate_arg = gates if has_gates else dy_sum
-    n_tiles = cdiv(T, blk["BT"])
+    n_tiles = cdiv(T, blk["SPAN"])
     norm_parts = torch.empty(B * n_tiles, 3, D, dtype=torch.float32, device=x.device)
     launch(_conv_mid_bwd_norm_kernel, (n_tiles, B),
         dr, pre, ln2_w, ln2_b, dpre, norm_parts, gate_arg, lengths, T, D, eps,

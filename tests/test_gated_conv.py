@@ -67,15 +67,18 @@ def test_matches_fp64_reference(shape, gate_case):
 
 
 def test_gpu_tiles_several_channel_blocks(monkeypatch):
-    """The transposed-conv and depthwise weight-gradient kernels with GPU-like tiles (the
-    interpreter's own tiles hold every channel in one block): channel blocks with a ragged
-    last one, frame tiles whose halo crosses their edges, weight-gradient spans of 30 frames
-    (not a multiple of the kernel's 4-frame step; three per sequence, the last partial), a
-    sequence of one frame."""
+    """The transposed-conv, depthwise weight-gradient and norm-backward kernels with GPU-like
+    tiles (the interpreter's own tiles hold every channel in one block): channel blocks with
+    a ragged last one, frame tiles whose halo crosses their edges, weight-gradient spans of
+    30 frames (not a multiple of the kernel's 4-frame step; three per sequence, the last
+    partial), the norm backward one frame at a time over spans of 32, a sequence of one
+    frame."""
     from orthoasr.kernels import gated_conv as module
     monkeypatch.setattr(module, "_conv_blocks", lambda D: dict(BT=32, BC=64, num_warps=4))
     monkeypatch.setattr(module, "_dw_grad_blocks",
                         lambda D: dict(SPAN=30, BC=64, num_warps=4))
+    monkeypatch.setattr(module, "_norm_bwd_blocks",
+                        lambda D: dict(SPAN=32, BT=1, BD=128, num_warps=1))
     torch.manual_seed(3)
     d, K, T, lengths = 100, 31, 75, torch.tensor([75, 40, 1])
     x = torch.randn(3, T, d, dtype=torch.float64)
