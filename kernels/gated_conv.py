@@ -140,12 +140,21 @@ def _conv_mid_bwd_norm_kernel(
         lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         end = tl.minimum(start + SPAN, length)
+        # each step loads the next step's rows first: their latency overlaps this one's work
+        t_first = start + tl.arange(0, BT)
+        first = (seq * T + t_first)[:, None] * D + cols[None, :]
+        ok_first = (t_first < end)[:, None] & col_ok[None, :]
+        pre_next = tl.load(pre_ptr + first, mask=ok_first, other=0.0)
+        dr_next = tl.load(dr_ptr + first, mask=ok_first, other=0.0)
         for t0 in range(start, end, BT):
             t = t0 + tl.arange(0, BT)
             ok = (t < end)[:, None] & col_ok[None, :]
             tile = (seq * T + t)[:, None] * D + cols[None, :]
-            pre = tl.load(pre_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-            dr = tl.load(dr_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            pre = pre_next.to(tl.float32)
+            dr = dr_next.to(tl.float32)
+            ok_next = (t + BT < end)[:, None] & col_ok[None, :]
+            pre_next = tl.load(pre_ptr + tile + BT * D, mask=ok_next, other=0.0)
+            dr_next = tl.load(dr_ptr + tile + BT * D, mask=ok_next, other=0.0)
             mean = tl.sum(pre, 1) / D
             xc = tl.where(ok, pre - mean[:, None], 0.0)
             rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
@@ -284,14 +293,14 @@ def _mid_blocks(D: int) -> dict:
 
 
 def _norm_bwd_blocks(D: int) -> dict:
-    """Spans of the SiLU / LayerNorm backward: 32 frames a program, one at a time in one
-    warp where a row fits it (~1,900 programs and ~4 MB of partial sums at 20k frames)."""
+    """Spans of the SiLU / LayerNorm backward: 16 frames a program, one at a time in one
+    warp where a row fits it. At ~20k frames: ~1,300 programs, about one wave at the ~12
+    one-warp programs an SM holds (their registers), and ~6 MB of partial sums; a longer
+    span means fewer programs, each a longer chain of dependent steps."""
     BD = max(16, next_pow2(D))
     if interpreting():
         return dict(SPAN=32, BT=16, BD=BD, num_warps=4)
-    if BD <= 512:
-        return dict(SPAN=32, BT=1, BD=BD, num_warps=1)
-    return dict(SPAN=32, BT=1, BD=BD, num_warps=4)
+    return dict(SPAN=16, BT=1, BD=BD, num_warps=1 if BD <= 512 else 4)
 
 
 def _conv_blocks(D: int) -> dict:
