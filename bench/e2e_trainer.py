@@ -47,14 +47,14 @@ class StepClock:
     def __enter__(self):
         clock = self
 
-        def timed(trainer, batch):
+        def timed(trainer, batch, *on_device):
             stage = 1 if trainer.frozen_masks is None else 2
             if clock.steps and clock.steps[-1]["stage"] != stage:   # a new stage
                 clock.peak_mb[clock.steps[-1]["stage"]] = torch.cuda.max_memory_allocated() / 2**20
                 torch.cuda.reset_peak_memory_stats()
             graphs = trainer.step_graphs
             before = len(graphs.graphs) if graphs is not None else 0
-            clock._original(trainer, batch)
+            clock._original(trainer, batch, *on_device)
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             clock.steps.append({"stage": stage, "end": end,

@@ -59,6 +59,43 @@ class TrainData:
             yield epoch, index, batch
 
 
+def prefetch_to_device(batches, device):
+    """(epoch, index, batch) -> (epoch, index, batch, on_device). On CUDA each batch's copy
+    to `device` is issued on a side stream before the step ahead of it runs, so that it
+    overlaps that step (from pinned host memory: the copy, ~1 ms of a paper-size step on the
+    H200, had sat on the step's critical path; bench/NOTES.md, session 12); the step's
+    stream waits for it. Elsewhere on_device is None. The host batch stays for host-side
+    counts (reading a device tensor there would sync)."""
+    if torch.device(device).type != "cuda":
+        try:
+            for item in batches:
+                yield (*item, None)
+        finally:
+            batches.close()
+        return
+    side = torch.cuda.Stream(device)
+
+    def issue(item):
+        with torch.cuda.stream(side):
+            moved = tuple(t.to(device, non_blocking=True) for t in item[2])
+        copied = torch.cuda.Event()
+        copied.record(side)
+        return item, moved, copied
+
+    try:
+        ahead = issue(next(batches))
+        while ahead is not None:
+            (epoch, index, batch), moved, copied = ahead
+            ahead = next((issue(item) for item in batches), None)   # the next copy first
+            step_stream = torch.cuda.current_stream(device)
+            step_stream.wait_event(copied)
+            for tensor in moved:          # allocated on the side stream, used on the step's
+                tensor.record_stream(step_stream)
+            yield epoch, index, batch, moved
+    finally:
+        batches.close()
+
+
 class _EpochPlans:
     """The batch sampler of `TrainData.batches`: each epoch's plan in turn, from (epoch,
     index), forever. `positions` gets (epoch, index after the batch) of each batch as the

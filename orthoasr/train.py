@@ -81,7 +81,7 @@ from .ortho import (
     temperature,
 )
 from .run_config import RunConfig, load_run_config
-from .run_data import TrainData, check_eval_manifests, make_tokenizer
+from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
 from .units import subnet_cost, unit_costs
 from .workdir import WorkDirError, WorkDirLock, prepare_work_dir
 
@@ -520,10 +520,12 @@ class Trainer:
         keep = keep | ~self.droppable_modules
         return self.frozen_masks[-1] * keep[self.module_of_unit].float()
 
-    def train_step(self, batch) -> None:
-        """One optimisation step on `batch` (host tensors): the schedule's values go to the
-        device state (learning rates, tau, the step), then `step_body` runs, eagerly or as
-        the replay of the CUDA graph captured for this (shapes, stage, drawn budget)."""
+    def train_step(self, batch, on_device=None) -> None:
+        """One optimisation step on `batch` (host tensors; `on_device`: the same already on
+        the device, as `prefetch_to_device` gives them, else copied here): the schedule's
+        values go to the device state (learning rates, tau, the step), then `step_body`
+        runs, eagerly or as the replay of the CUDA graph captured for this (shapes, stage,
+        drawn budget)."""
         waves, wave_lengths, targets, target_lengths = batch
         audio_s = float(wave_lengths.sum()) / self.logmel.sample_rate   # host tensor: no sync
         factor = lr_factor(self.step, self.run)
@@ -533,11 +535,12 @@ class Trainer:
         self.step_tensor.fill_(self.step)
         drawn = self.draw_budget()
         stage = 1 if self.frozen_masks is None else 2
-        if self.step_graphs is not None:          # the host batch straight into the graph's
-            parts = self.step_graphs(list(batch), key=(stage, drawn),
+        inputs = list(batch if on_device is None else on_device)
+        if self.step_graphs is not None:          # the batch straight into the graph's
+            parts = self.step_graphs(inputs, key=(stage, drawn),
                                      body=lambda *static: self.step_body(*static, drawn=drawn))
         else:
-            parts = self.step_body(*(t.to(self.device, non_blocking=True) for t in batch),
+            parts = self.step_body(*(t.to(self.device, non_blocking=True) for t in inputs),
                                    drawn=drawn)
         self.pending.append({**parts, "step": self.step + 1, "stage": stage, "tau": tau,
                              "lr": self.run.lr * factor, "utts": waves.shape[0],
@@ -763,7 +766,8 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
     if trainer.frozen_masks is not None:
         trainer.prepare_stage2()
     last = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
-    batches = data.batches(trainer.epoch, trainer.batch_index)
+    batches = prefetch_to_device(data.batches(trainer.epoch, trainer.batch_index),
+                                 trainer.device)
     trainer.last_flush, trainer.last_save = time.perf_counter(), time.monotonic()
     caught.trainer = trainer
     while trainer.step < last:
@@ -771,8 +775,8 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
             trainer.freeze()
             trainer.prepare_stage2()
             trainer.save()
-        trainer.epoch, trainer.batch_index, batch = next(batches)
-        trainer.train_step(batch)
+        trainer.epoch, trainer.batch_index, batch, on_device = next(batches)
+        trainer.train_step(batch, on_device)
         if trainer.step % run.log_every == 0:
             trainer.flush()
         stop, timed = trainer.checkpoint_due()

@@ -94,8 +94,8 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path,
                                                                capsys, sig):
     real_step = train_module.Trainer.train_step
 
-    def step_then_signal(trainer, batch):
-        real_step(trainer, batch)
+    def step_then_signal(trainer, batch, on_device=None):
+        real_step(trainer, batch, on_device)
         if trainer.step == 2:
             os.kill(os.getpid(), sig)
 
@@ -160,8 +160,8 @@ def test_divergence_names_a_kept_checkpoint_and_resumes_from_it_with_a_lower_lr(
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
     real_step = train_module.Trainer.train_step
 
-    def step_then_poison(trainer, batch):
-        real_step(trainer, batch)
+    def step_then_poison(trainer, batch, on_device=None):
+        real_step(trainer, batch, on_device)
         if trainer.step == 2:
             with torch.no_grad():
                 next(trainer.model.parameters()).fill_(math.inf)

@@ -407,3 +407,29 @@ def test_batches_cross_epochs_through_one_loader_in_plan_order(corpus, tmp_path,
             lengths = sorted(len(data.dataset[k][0]) for k in ids)
             assert sorted(batch[1].tolist()) == lengths      # the planned utterances
     assert len(loaders) == 2                              # one per call, not per epoch
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_prefetch_to_device_gives_each_batch_with_its_device_copy(corpus, tmp_path, device):
+    """prefetch_to_device yields the same (epoch, index, batch) in the same order, with the
+    batch's device copy on CUDA (made one batch ahead on a side stream) and None elsewhere;
+    closing it closes the batches under it."""
+    from orthoasr.run_data import TrainData, make_tokenizer, prefetch_to_device
+    run = tiny_run(corpus, "max_frames=600")
+    data = TrainData(run, make_tokenizer(run, tmp_path), pin_memory=device == "cuda")
+    plain = data.batches(0, 0)
+    expected = [next(plain) for _ in range(3)]
+    plain.close()
+    inner = data.batches(0, 0)
+    prefetched = prefetch_to_device(inner, device)
+    got = [next(prefetched) for _ in range(3)]
+    prefetched.close()
+    assert inner.gi_frame is None                          # the batches under it are closed
+    for (epoch, index, batch, on_device), (e, i, b) in zip(got, expected, strict=True):
+        assert (epoch, index) == (e, i)
+        assert all(torch.equal(x, y) for x, y in zip(batch, b, strict=True))
+        if device == "cpu":
+            assert on_device is None
+        else:
+            assert all(t.is_cuda and torch.equal(t.cpu(), x)
+                       for t, x in zip(on_device, batch, strict=True))
