@@ -28,6 +28,16 @@ def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def check_lengths(lengths, batch: int, device: torch.device) -> None:
+    """ValueError unless `lengths` is an int32/int64 (batch,) tensor on `device` (the
+    kernels read it there, without a sync)."""
+    if not isinstance(lengths, torch.Tensor) or lengths.shape != (batch,) or \
+            lengths.dtype not in (torch.int32, torch.int64) or lengths.device != device:
+        raise ValueError(f"lengths must be an int32/int64 tensor of shape ({batch},) on "
+                         f"{device}, got {getattr(lengths, 'dtype', type(lengths).__name__)}"
+                         f" {tuple(getattr(lengths, 'shape', ()))}")
+
+
 def as_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`weight` as a matmul operand in `dtype` (the compute dtype): itself when it is in it
     already, else a copy outside autograd (the op takes `weight` too and gives it the

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad
-from .common import interpreting, valid_mask
+from .common import check_lengths, interpreting, valid_mask
 from .frontend import masked_relu_pool_reference
 from .launch import cdiv, launch, next_pow2
 
@@ -220,11 +220,7 @@ def first_conv_relu(feats: torch.Tensor, lengths: torch.Tensor, weight: torch.Te
         raise ValueError(f"feats must be a float32/bfloat16/float16 (B, T, F) tensor, got "
                          f"{getattr(feats, 'dtype', type(feats).__name__)} "
                          f"{tuple(getattr(feats, 'shape', ()))}")
-    if not isinstance(lengths, torch.Tensor) or lengths.shape != (feats.shape[0],) or \
-            lengths.dtype not in (torch.int32, torch.int64) or lengths.device != feats.device:
-        raise ValueError(f"lengths must be an int32/int64 tensor of shape ({feats.shape[0]},) "
-                         f"on {feats.device}, got {getattr(lengths, 'dtype', None)} "
-                         f"{tuple(getattr(lengths, 'shape', ()))}")
+    check_lengths(lengths, feats.shape[0], feats.device)
     if feats.requires_grad:
         raise ValueError("feats must not require grad: first_conv_relu gives gradients to "
                          "the weight and bias only (use conv2d for an input gradient)")

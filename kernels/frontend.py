@@ -35,7 +35,7 @@ import triton.language as tl
 from torch.nn.functional import max_pool2d
 
 from .autograd import eager_function, grads_in_order
-from .common import interpreting, valid_mask
+from .common import check_lengths, interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
 
 
@@ -263,11 +263,7 @@ def masked_relu_pool(x: torch.Tensor, lengths: torch.Tensor, pool: bool,
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"x must be float32, bfloat16 or float16 (the kernels compare in "
                         f"fp32; float64 takes masked_relu_pool_reference), got {x.dtype}")
-    if not isinstance(lengths, torch.Tensor) or lengths.shape != (x.shape[0],) or \
-            lengths.dtype not in (torch.int32, torch.int64) or lengths.device != x.device:
-        raise ValueError(f"lengths must be an int32/int64 tensor of shape ({x.shape[0]},) on "
-                         f"{x.device}, got {getattr(lengths, 'dtype', type(lengths).__name__)}"
-                         f" {tuple(getattr(lengths, 'shape', ()))}")
+    check_lengths(lengths, x.shape[0], x.device)
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (x.shape[1],)
                              or not bias.is_floating_point() or bias.device != x.device):
         raise ValueError(f"bias must be a float tensor of shape ({x.shape[1]},) on {x.device}, "
