@@ -112,13 +112,17 @@ def _first_conv_bwd_kernel(dy_ptr, y_ptr, feats_ptr, part_ptr, len_ptr, T, F, C,
              mask=c_ok[None, :])
 
 
-def _blocks(C: int) -> dict:
-    """[BR rows, BF frequencies, BC channels] tiles of ~2K elements on a GPU (16 frequencies:
-    80 mels = 5 x 16), larger under the interpreter (which pays per op); TILES row tiles per
-    backward program, so that its partial sums stay small (~1/64 of the gradient's rows)."""
+def _blocks(C: int, backward: bool = False) -> dict:
+    """[BR rows, BF frequencies, BC channels] tiles: ~2K elements at 4 warps forward (16
+    frequencies: 80 mels = 5 x 16); ~1K in one warp backward, whose 10 channel sums per tile
+    then stay in the warp (at 4 warps the tile's frequencies spread over warps: 42
+    barriers in the loop of an sm_90 compile); TILES row tiles per backward program, so
+    that its partial sums stay small. Larger tiles under the interpreter (it pays per op)."""
     BC = next_pow2(C)
     if interpreting():
         return dict(BR=8, BF=16, BC=BC, TILES=2, num_warps=4)
+    if backward:
+        return dict(BR=max(1, 1024 // (8 * BC)), BF=8, BC=BC, TILES=32, num_warps=1)
     return dict(BR=max(1, 2048 // (16 * BC)), BF=16, BC=BC, TILES=32, num_warps=4)
 
 
@@ -148,7 +152,7 @@ def first_conv_bwd_triton(dy: torch.Tensor, y: torch.Tensor, feats: torch.Tensor
     if not y.numel():
         return (torch.zeros(C, 1, 3, 3, dtype=torch.float32, device=y.device),
                 torch.zeros(C, dtype=torch.float32, device=y.device))
-    blk = _blocks(C)
+    blk = _blocks(C, backward=True)
     grid = (cdiv(B * T, blk["BR"] * blk["TILES"]), cdiv(Fq, blk["BF"]))
     parts = torch.empty(grid[0] * grid[1], SLOTS, C, dtype=torch.float32, device=y.device)
     launch(_first_conv_bwd_kernel, grid, dy.contiguous(memory_format=torch.channels_last), y,

@@ -88,12 +88,12 @@ def test_registered_ops_pass_opcheck():
 
 SM90_COMPILE = """
 from orthoasr.kernels import first_conv as fc
-blk = fc._blocks(64)
-warps, tiles = blk.pop("num_warps"), blk.pop("TILES")
 types = {"feats_ptr": "*fp32", "w_ptr": "*fp32", "bias_ptr": "*fp32", "part_ptr": "*fp32",
          "len_ptr": "*i64"}
-compile_sm90(fc._first_conv_fwd_kernel, blk, types, warps)
-compile_sm90(fc._first_conv_bwd_kernel, dict(blk, TILES=tiles), types, warps)
+for kernel, backward in ((fc._first_conv_fwd_kernel, False), (fc._first_conv_bwd_kernel, True)):
+    blk = fc._blocks(64, backward)
+    warps, tiles = blk.pop("num_warps"), blk.pop("TILES")
+    compile_sm90(kernel, dict(blk, TILES=tiles) if backward else blk, types, warps)
 """
 
 
