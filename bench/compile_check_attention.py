@@ -49,6 +49,21 @@ def _resource_usage(cubin: bytes) -> str:
     return f"{fields.get('REG', '?')} spill {fields.get('STACK', '?')}"
 
 
+def _loop_conversions(ttgir: str) -> int:
+    """Layout conversions inside loops of a kernel's TTGIR: each one is a round trip through
+    shared memory with barriers, per iteration (a conv kernel's per-tap weight row cost two
+    barriers a tap that way, 2026-11-30)."""
+    depth, count = 0, 0
+    for line in ttgir.splitlines():
+        if "scf.for" in line:
+            depth += 1
+        elif "scf.yield" in line and depth:
+            depth -= 1
+        elif depth and "ttg.convert_layout" in line:
+            count += 1
+    return count
+
+
 def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warps=4,
              num_stages=2):
     """Compile as a launch would: pointers 16-byte aligned, and each int of `ints` (name ->
@@ -88,7 +103,9 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     n_regs = _resource_usage(compiled.asm["cubin"])
     print(f"{kernel.fn.__name__ if hasattr(kernel, 'fn') else fn.__name__:32s} "
           f"warps {num_warps} stages {num_stages} shared {shared:7d} B "
-          f"{'OK' if ok else 'TOO MUCH SHARED MEMORY'} regs {n_regs}")
+          f"{'OK' if ok else 'TOO MUCH SHARED MEMORY'} regs {n_regs} "
+          f"barriers {compiled.asm['ptx'].count('bar.sync')} "
+          f"loop conversions {_loop_conversions(compiled.asm['ttgir'])}")
     return ok
 
 
