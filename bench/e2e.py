@@ -53,6 +53,7 @@ from orthoasr.backend import use_triton
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.common import valid_mask
 from orthoasr.model import ConformerSupernet, block_layout
+from orthoasr.units import unit_costs
 
 BUDGETS = (0.3, 0.45, 0.6, 0.8, 1.0)
 SHAPE, B, T = "B32xT250", 32, 250
@@ -69,6 +70,7 @@ class Workload:
     subnets: list                  # [(gates (N,) or None, hard, skip)]; skip: ours leaves
                                    # these modules out (a frozen subnet's dead modules)
     soft: torch.Tensor | None = None   # the soft gates that get a gradient
+    flops_fraction: float | None = None  # inference: the encoder FLOPs its units keep
 
 
 def unit_masks(model: ConformerSupernet, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -100,6 +102,14 @@ def unit_masks(model: ConformerSupernet, gen: torch.Generator) -> dict[str, torc
     return masks
 
 
+def flops_kept(cfg: SupernetConfig, gates: torch.Tensor) -> float:
+    """The share of the encoder units' FLOPs at T frames (unit_costs, each unit with its
+    share of its module's weights) that hard `gates` keep: issue 14's f for a subnet's
+    inference time (<= (f + 0.05) x dense)."""
+    costs, _rest, _total = unit_costs(cfg, "flops", T)
+    return float((costs * (gates.cpu() != 0)).sum() / costs.sum())
+
+
 def make_workloads(model, names, device, gen) -> dict[str, Workload]:
     masks = {k: v.to(device) for k, v in unit_masks(model, gen).items()}
     soft = (0.05 + 0.9 * torch.rand(model.num_units, generator=gen)).to(device)
@@ -114,8 +124,9 @@ def make_workloads(model, names, device, gen) -> dict[str, Workload]:
         # the supernet's stochastic depth is drawn per step on the device: nothing left out
         "encoder stage-2 triple": lambda: Workload(
             "fwd+bwd", [(masks["supernet"], True, none), frozen("smallest"), frozen("middle")]),
-        "infer dense": lambda: Workload("fwd", [(None, False, none)]),
-        "infer 50%": lambda: Workload("fwd", [frozen("half")]),
+        "infer dense": lambda: Workload("fwd", [(None, False, none)], flops_fraction=1.0),
+        "infer 50%": lambda: Workload("fwd", [frozen("half")],
+                                      flops_fraction=flops_kept(model.cfg, masks["half"])),
     }
     return {name: table[name]() for name in names}
 
@@ -247,6 +258,8 @@ def run(names, providers, timings, check_only: bool, out=None,
                              "provider": provider, "timing": timing, "ms": ms,
                              "audio_s_per_s": audio_s / (ms / 1e3), "peak_mem_mb": peak,
                              "baseline": "eager_reference", "time_unit": "ms"})
+                if work.flops_fraction is not None:
+                    rows[-1]["flops_fraction"] = work.flops_fraction
                 if provider == "compile_reference":
                     rows[-1]["compile_mode"] = compile_mode
                 print(f"{name:24s} {provider:18s} {timing:6s} {ms:9.2f} ms "
