@@ -75,6 +75,24 @@ def _window_max(x_ptr, corner, F, C, read, shift, S: tl.constexpr):
 
 
 @triton.jit
+def _tile(len_ptr, T, F, C, rows_per_seq, n_rows, S: tl.constexpr, BR: tl.constexpr,
+          BF: tl.constexpr, BC: tl.constexpr):
+    """Program (i, j)'s rows i*BR + [0, BR) of the flattened (B, rows_per_seq), frequencies
+    j*BF + [0, BF) and all channels: (f, c, b, t, row_ok, the valid output frames
+    lengths[b] // S, and each S x S window's (0, 0) offset in x (B, T, F, C))."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    f = tl.program_id(1) * BF + tl.arange(0, BF)
+    c = tl.arange(0, BC)
+    b = rows // rows_per_seq
+    t = rows - b * rows_per_seq
+    row_ok = rows < n_rows
+    valid_frames = tl.load(len_ptr + b, mask=row_ok, other=0) // S
+    corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
+              + c[None, None, :])
+    return f, c, b, t, row_ok, valid_frames, corner
+
+
+@triton.jit
 def _masked_relu_pool_fwd_kernel(
     x_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, T_out, F_out, n_rows,
     S: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
@@ -84,20 +102,15 @@ def _masked_relu_pool_fwd_kernel(
     # frequencies [j*BF, (j+1)*BF), all channels: relu of the maximum of each S x S window
     # of x + bias (S = 1: the element itself); 0 at frames t >= lengths[b] // S, whose
     # inputs are not read.
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)                 # b * T_out + t
-    f = tl.program_id(1) * BF + tl.arange(0, BF)
-    c = tl.arange(0, BC)
-    b = rows // T_out
-    t = rows - b * T_out
-    row_ok = rows < n_rows
-    valid = row_ok & (t < tl.load(len_ptr + b, mask=row_ok, other=0) // S)
+    f, c, b, t, row_ok, valid_frames, corner = _tile(len_ptr, T, F, C, T_out, n_rows, S,
+                                                     BR, BF, BC)
+    valid = row_ok & (t < valid_frames)
     in_range = row_ok[:, None, None] & (f < F_out)[None, :, None] & (c < C)[None, None, :]
     read = in_range & valid[:, None, None]
-    corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
-              + c[None, None, :])                                   # window's (0, 0) in x
     m, _ = _window_max(x_ptr, corner, F, C, read, _bias_row(bias_ptr, c, C, HAS_BIAS), S)
     y = tl.where((m <= 0.0) | ~read, 0.0, m)          # relu (keeps a NaN); padded: 0
-    out = (rows.to(tl.int64)[:, None, None] * F_out + f[None, :, None]) * C + c[None, None, :]
+    out = (((b.to(tl.int64) * T_out + t)[:, None, None] * F_out + f[None, :, None]) * C
+           + c[None, None, :])
     tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=in_range)
 
 
@@ -114,20 +127,14 @@ def _masked_relu_pool_bwd_kernel(
     # is > 0 (or NaN: torch's relu passes it) and the frame valid; the rest get 0. With a
     # bias, the program's sum of dx per channel goes to row i * num_programs(1) + j of
     # dbias (programs, C). Without the pool x is the forward's y (bias and mask applied).
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)                 # b * T_win + t
-    f = tl.program_id(1) * BF + tl.arange(0, BF)
-    c = tl.arange(0, BC)
-    b = rows // T_win
-    t = rows - b * T_win
-    row_ok = rows < n_rows
-    pooled = row_ok & (t < T_out) & (t < tl.load(len_ptr + b, mask=row_ok, other=0) // S)
+    f, c, b, t, row_ok, valid_frames, corner = _tile(len_ptr, T, F, C, T_win, n_rows, S,
+                                                     BR, BF, BC)
+    pooled = row_ok & (t < T_out) & (t < valid_frames)
     c_ok = (c < C)[None, None, :]
     read = pooled[:, None, None] & (f < F_out)[None, :, None] & c_ok
     out = (((b.to(tl.int64) * T_out + t)[:, None, None] * F_out + f[None, :, None]) * C
            + c[None, None, :])
     g = tl.load(dy_ptr + out, mask=read, other=0.0).to(tl.float32)
-    corner = (((b.to(tl.int64) * T + S * t)[:, None, None] * F + S * f[None, :, None]) * C
-              + c[None, None, :])
     m, arg = _window_max(x_ptr, corner, F, C, read,                # the forward's argmax
                          _bias_row(bias_ptr, c, C, HAS_BIAS and S > 1), S)
     g = tl.where(m <= 0.0, 0.0, g)                      # relu'(max) = 0: all of it 0

@@ -188,15 +188,16 @@ class ConformerBlock(nn.Module):
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
         skip: kinds of the modules left out (as if their gates were all 0). operands: kind ->
         that module's `matmul_weights` in the compute dtype, or None: each casts its own."""
+        # training on the Triton backend: each module's dropout and the residual add in one
+        # kernel each way (kernels/dropout_residual.py)
+        fuse_dropout = self.training and triton_runs(x, lengths, None)
         for kind, start, end in self.layout:
             if kind in skip:
                 continue
             module_gates = None if gates is None else gates[start:end]
             module = self.modules_by_kind[kind]
-            # training on the Triton backend: the module's dropout and the residual add in
-            # one kernel each way (kernels/dropout_residual.py)
             p = module.dropout_rate if self.training else 0.0
-            fused = p > 0 and triton_runs(x, lengths, None)
+            fused = fuse_dropout and p > 0
             y = module(x, lengths, module_gates,
                        operands=None if operands is None else operands[kind], dropout=not fused)
             if fused:
