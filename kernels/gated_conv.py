@@ -89,18 +89,13 @@ def _conv_mid_fwd_kernel(
     if (live > 0) & (pid_t * BT < length):
         acc = tl.zeros([BT, BD], dtype=tl.float32)
         acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        # each tap's weight row is loaded broadcast over the tile's rows (L1 hits), so in
-        # the tile's own layout: a [BD] load took a layout of its own and a conversion
-        # through shared memory, two barriers per tap (sm_90 TTGIR)
-        w_cols = tl.broadcast_to(cols[None, :], [BT, BD])
-        w_ok = tl.broadcast_to(col_ok[None, :], [BT, BD])
         for k in range(0, K):
             ts = t + k - K // 2
             ok = (ts >= 0) & (ts < length)
             v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
                         mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + w_cols, mask=w_ok, other=0.0).to(tl.float32)
-            acc += v * w
+            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+            acc += v * w[None, :]
         row_ok = t < length
         ok = row_ok[:, None] & col_ok[None, :]
         tile = (seq * T + t)[:, None] * D + cols[None, :]
