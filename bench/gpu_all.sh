@@ -18,6 +18,7 @@
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
+#   lnsweep  bench/sweep_layer_norm.py: LayerNorm launch configurations vs torch
 #   (ATTN_ARGS=--variants: the attention tile sweep)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
@@ -94,6 +95,10 @@ fi
 if has gemms; then
   timeout ${GEMM_S:-240} python3 -m bench.gemm_sweep ${GEMM_ARGS:-} > $OUT/gemm_sweep.log 2>&1
   echo "gemm sweep rc=$?"
+fi
+if has lnsweep; then
+  timeout ${LNSWEEP_S:-120} python3 -m bench.sweep_layer_norm > $OUT/sweep_layer_norm.log 2>&1
+  echo "layer norm sweep rc=$?"; cat $OUT/sweep_layer_norm.log | tail -20
 fi
 if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1

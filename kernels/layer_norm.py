@@ -155,11 +155,12 @@ BWD_WARPS_PER_SM = 8
 
 
 def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
-                   out_dtype=None, zero_padded=False):
+                   out_dtype=None, zero_padded=False, config=None):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
-    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros."""
+    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. config:
+    dict(BM, num_warps) in place of the defaults."""
     M, D = x2d.shape
-    blk = _blocks(D)
+    blk = {**_blocks(D), **(config or {})}
     y = torch.empty(M, D, dtype=out_dtype or x2d.dtype, device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
@@ -172,19 +173,25 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
 
 
 def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False,
-                   dw=None, db=None):
+                   dw=None, db=None, config=None):
     """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32 [D], dbias fp32 [D]); dw / db:
     zeroed fp32 [D] to add to (default: new). dy2d may be in another dtype than x2d (a bf16
-    gradient of an fp32 input)."""
+    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm) in place of the
+    defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = _blocks(D, backward=True)
+    warps_per_sm = BWD_WARPS_PER_SM
+    if config:
+        config = dict(config)
+        warps_per_sm = config.pop("warps_per_sm", warps_per_sm)
+        blk.update(config)
     dx = torch.empty_like(x2d)
     if dw is None:
         dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     if db is None:
         db = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     n_blocks = cdiv(M, blk["BM"])
-    per_sm = BWD_WARPS_PER_SM // blk["num_warps"]
+    per_sm = max(1, warps_per_sm // blk["num_warps"])
     nprog = min(n_blocks, per_sm * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
     n_gates = gates.shape[0] if gates is not None else 1
     launch(_layer_norm_bwd_kernel, (max(1, nprog),),
