@@ -98,7 +98,8 @@ if has gemms; then
 fi
 if has lnsweep; then
   timeout ${LNSWEEP_S:-120} python3 -m bench.sweep_layer_norm > $OUT/sweep_layer_norm.log 2>&1
-  echo "layer norm sweep rc=$?"; cat $OUT/sweep_layer_norm.log | tail -20
+  echo "layer norm sweep rc=$?"; tail -30 $OUT/sweep_layer_norm.log
+  cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1

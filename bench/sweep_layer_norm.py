@@ -1,7 +1,8 @@
-"""LayerNorm kernels' launch configurations at a paper step's shape (20k frames x 384, fp32
-input, bf16 output and gradient): forward row tiles and warps, backward rows, warps and
-persistent warps per SM, each replayed as a CUDA graph, against F.layer_norm and its
-backward on the same tensors. Rows in bench/results/kernels.json (table "layer_norm").
+"""LayerNorm kernels' launch configurations at a paper step's shape (80 x 250 frames x 384,
+lengths 80-100% of T, input fp32 or bf16, bf16 output and gradient): forward row tiles and
+warps, backward rows, warps and persistent warps per SM, each replayed as a CUDA graph,
+against F.layer_norm and its backward on the same tensors. Rows in
+bench/results/kernels.json (table "layer_norm").
 Run: python -m bench.sweep_layer_norm
 """
 
@@ -13,52 +14,59 @@ import torch.nn.functional as F
 from bench.harness import time_graph_ms, write_rows
 from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 
-FRAMES, D = 20000, 384
-FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=8, num_warps=2),
-               dict(BM=16, num_warps=4), dict(BM=2, num_warps=1)]
-BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=8),
-               dict(BM=2, num_warps=1, warps_per_sm=16), dict(BM=2, num_warps=1, warps_per_sm=32),
-               dict(BM=4, num_warps=1, warps_per_sm=16), dict(BM=8, num_warps=4, warps_per_sm=16),
-               dict(BM=8, num_warps=4, warps_per_sm=32), dict(BM=16, num_warps=4, warps_per_sm=16),
-               dict(BM=8, num_warps=2, warps_per_sm=16)]
+B, T, D = 80, 250, 384
+FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_warps=1),
+               dict(BM=8, num_warps=2)]
+BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, warps_per_sm=16),
+               dict(BM=16, num_warps=4, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=8),
+               dict(BM=4, num_warps=1, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=16),
+               dict(BM=4, num_warps=2, warps_per_sm=8), dict(BM=8, num_warps=2, warps_per_sm=8)]
 
 
 def _name(cfg: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
-def main() -> None:
+def _rows(x_dtype: torch.dtype) -> list[dict]:
     torch.manual_seed(0)
-    x = torch.randn(FRAMES, D, device="cuda")
+    M = B * T
+    x = torch.randn(M, D, device="cuda").to(x_dtype)
     w, b = torch.randn(D, device="cuda"), torch.randn(D, device="cuda")
-    dy = torch.randn(FRAMES, D, device="cuda", dtype=torch.bfloat16)
-    lengths = torch.full((1,), FRAMES, device="cuda", dtype=torch.int32)
-    _, mean, rstd = layer_norm_fwd(x, w, b, lengths, FRAMES, out_dtype=torch.bfloat16)
-    ref_dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, FRAMES)[0]
-    case = f"{FRAMES}x{D} fp32 in, bf16 out"
+    dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    lengths = torch.randint(int(0.8 * T), T + 1, (B,), device="cuda", dtype=torch.int32)
+    _, mean, rstd = layer_norm_fwd(x, w, b, lengths, T, out_dtype=torch.bfloat16)
+    ref_dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, T)[0].float()
+    case = f"{B}x{T}x{D} {str(x_dtype)[6:]} in, bf16 out, 80-100% valid"
     rows = []
 
     def row(mode, provider, fn, cfg=None):
         rows.append(dict(table="layer_norm", case=case, mode=mode, provider=provider,
                          config=_name(cfg or {}), timing="graph", ms=time_graph_ms(fn)))
 
-    row("fwd", "torch", lambda: F.layer_norm(x, (D,), w, b).to(torch.bfloat16))
+    row("fwd", "torch", lambda: F.layer_norm(x, (D,), w.to(x_dtype), b.to(x_dtype)).to(
+        torch.bfloat16))
     for cfg in FWD_CONFIGS:
-        row("fwd", "ours", lambda c=cfg: layer_norm_fwd(x, w, b, lengths, FRAMES, config=c,
+        row("fwd", "ours", lambda c=cfg: layer_norm_fwd(x, w, b, lengths, T, config=c,
                                                        out_dtype=torch.bfloat16), cfg)
     xr = x.clone().requires_grad_(True)
-    wr, br = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
-    row("bwd", "torch (fwd+bwd)", lambda: torch.autograd.grad(
-        F.layer_norm(xr, (D,), wr, br), (xr, wr, br), dy.float()))
+    wr, br = w.to(x_dtype).requires_grad_(True), b.to(x_dtype).requires_grad_(True)
+    row("fwd+bwd", "torch", lambda: torch.autograd.grad(
+        F.layer_norm(xr, (D,), wr, br), (xr, wr, br), dy.to(x_dtype)))
     for cfg in BWD_CONFIGS:
-        dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, FRAMES, config=cfg)[0]
+        dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, T, config=cfg)[0].float()
         err = (dx - ref_dx).abs().max().item()
-        assert err < 1e-4, f"{cfg}: dx differs from the default config's by {err}"
-        row("bwd", "ours", lambda c=cfg: layer_norm_bwd(dy, x, w, mean, rstd, lengths, FRAMES,
+        assert err < 2e-2, f"{cfg}: dx differs from the default config's by {err}"
+        row("bwd", "ours", lambda c=cfg: layer_norm_bwd(dy, x, w, mean, rstd, lengths, T,
                                                         config=c), cfg)
+    return rows
+
+
+def main() -> None:
+    rows = _rows(torch.float32) + _rows(torch.bfloat16)
     path = write_rows("kernels", rows)
     for r in rows:
-        print(f"{r['mode']:>4} {r['provider']:>16} {r['config']:>34} {r['ms'] * 1e3:8.1f} us")
+        print(f"{r['case'][:22]} {r['mode']:>7} {r['provider']:>6} {r['config']:>34} "
+              f"{r['ms'] * 1e3:8.1f} us")
     print(f"wrote {path}")
 
 

@@ -87,25 +87,23 @@ def _layer_norm_bwd_kernel(
     BM: tl.constexpr, BD: tl.constexpr,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
-    # (0 at padded rows and for a dead module); dgamma / dbeta are summed per program and
-    # added atomically at the end. Each iteration loads the next block's x and dy before
-    # working on its own, masked by rows < M only, so that those loads wait neither on this
-    # block's work nor on the lengths (padded rows are read, then dropped by `ok`, as
-    # NaN-safe selects).
-    # One warp per program where a row fits it (_blocks): the row sums of the dx tile and
-    # the column sums of dgamma / dbeta then stay within the warp. At 4 warps (2 x 2 over a
-    # [8, 512] tile) every row sum crossed warps through shared memory, 28 barriers in the
-    # loop, and the [BM, BD] fp32 partials it kept instead of column sums took the kernel
-    # to 252 registers (sm_90 compile, bench.compile_check_modules): 25.9 us a call at
-    # ~20k frames, ~2x its bytes (H200, profiles/step_c61fbe6_h200.txt).
+    # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
+    # summed over rows once at the end and added atomically. (A row reduction per block puts
+    # a cross-warp exchange between every load and the next; one program per block writing
+    # its sums to a workspace took 18.7 us plus two torch sums of 18 us each at B32xT250 on
+    # the H200, against 15.8 us in all for the loop below before its prefetch.)
+    # The loop is latency-bound (two programs per SM): each iteration loads the next block's
+    # x and dy before working on its own, and those loads are masked by rows < M only, so
+    # that they wait neither on this block's work nor on the lengths (padded rows are read
+    # and then dropped by `ok`, as NaN-safe selects).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
     col_ok = cols < D
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    dw = tl.zeros([BD], dtype=tl.float32)
-    db = tl.zeros([BD], dtype=tl.float32)
+    dw = tl.zeros([BM, BD], dtype=tl.float32)
+    db = tl.zeros([BM, BD], dtype=tl.float32)
     rows_next = pid * BM + tl.arange(0, BM)
     read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
     x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next, other=0.0)
@@ -128,29 +126,31 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         dy = tl.where(ok, dy, 0.0)
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
-        dw += tl.sum(dy * xhat, 0)
-        db += tl.sum(dy, 0)
+        dw += dy * xhat
+        db += dy
         dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
         tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M)[:, None] & col_ok[None, :])
-    tl.atomic_add(dw_ptr + cols, dw, mask=col_ok)
-    tl.atomic_add(db_ptr + cols, db, mask=col_ok)
+    tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok)
+    tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok)
 
 
 def _blocks(D: int, backward: bool = False) -> dict:
-    """Row tiles [BM, BD]: one warp per program up to 512 channels (a row's sums stay in the
-    warp; 8 bf16 per lane per load), else 4-8 warps. The backward holds two blocks' x and dy
-    and more temporaries: 2 rows (4 spilled at 255 registers in an sm_90 compile)."""
+    """Row tiles [BM, BD]. Forward: one warp per program up to 512 channels (a row's sums
+    stay in the warp; 10.6 against 11.4 us a call at 4 warps in a paper step on the H200,
+    profiles/step_20d4718_h200.txt). Backward: 4-8 warps; at one warp and 2 rows its
+    dgamma / dbeta partials took 37.5 against 25.9 us a call in the same step profile."""
     BD = max(16, next_pow2(D))
     if interpreting():
         return dict(BM=16, BD=BD, num_warps=4)
-    if BD <= 512:
-        return dict(BM=2 if backward else 4, BD=BD, num_warps=1)
-    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=4 if BD <= 2048 else 8)
+    if BD <= 512 and not backward:
+        return dict(BM=4, BD=BD, num_warps=1)
+    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=4 if BD <= 512 else 8)
 
 
-# the backward's persistent programs per SM: 8 warps in all at either width (the dgamma /
-# dbeta atomics of every program meet on the same D addresses: more programs, more queueing)
+# the backward's persistent programs: 8 warps per SM (two programs of 4; the dgamma / dbeta
+# atomics of every program meet on the same D addresses, and 4 programs per SM made 528
+# atomic adds queue on each of them)
 BWD_WARPS_PER_SM = 8
 
 
