@@ -136,21 +136,21 @@ def _layer_norm_bwd_kernel(
 
 
 def _blocks(D: int, backward: bool = False) -> dict:
-    """Row tiles [BM, BD]. Forward: one warp per program up to 512 channels (a row's sums
-    stay in the warp; 10.6 against 11.4 us a call at 4 warps in a paper step on the H200,
-    profiles/step_20d4718_h200.txt). Backward: 4-8 warps; at one warp and 2 rows its
-    dgamma / dbeta partials took 37.5 against 25.9 us a call in the same step profile."""
+    """Row tiles [BM, BD]. Up to 512 channels: forward one warp, 4 rows (a row's sums stay
+    in the warp); backward 2 warps, 4 rows. At 80 x 250 frames, 80-100% valid, on the H200
+    (bench/sweep_layer_norm.py, 2026-12-01): forward 18.0 / 15.4 us (fp32 / bf16 input)
+    against 19.2 / 16.4 at 8 rows and 4 warps; backward 40.9 / 34.3 against 44.2 / 34.5
+    at 8 rows and 4 warps, 52.8 / 46.5 at one warp and 2 rows."""
     BD = max(16, next_pow2(D))
     if interpreting():
         return dict(BM=16, BD=BD, num_warps=4)
-    if BD <= 512 and not backward:
-        return dict(BM=4, BD=BD, num_warps=1)
-    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=4 if BD <= 512 else 8)
+    if BD <= 512:
+        return dict(BM=4, BD=BD, num_warps=2 if backward else 1)
+    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=8)
 
 
-# the backward's persistent programs: 8 warps per SM (two programs of 4; the dgamma / dbeta
-# atomics of every program meet on the same D addresses, and 4 programs per SM made 528
-# atomic adds queue on each of them)
+# the backward's persistent programs: 8 warps per SM (the dgamma / dbeta atomics of every
+# program meet on the same D addresses; 16 warps per SM were slower at every tile)
 BWD_WARPS_PER_SM = 8
 
 
@@ -191,7 +191,7 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
     if db is None:
         db = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     n_blocks = cdiv(M, blk["BM"])
-    per_sm = max(1, warps_per_sm // blk["num_warps"])
+    per_sm = max(2, warps_per_sm // blk["num_warps"])
     nprog = min(n_blocks, per_sm * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
     n_gates = gates.shape[0] if gates is not None else 1
     launch(_layer_norm_bwd_kernel, (max(1, nprog),),
