@@ -1,4 +1,4 @@
-"""Compile the FFN, conv, LayerNorm and CTC kernels for sm_90 without a GPU, at the
+"""Compile the FFN, conv, LayerNorm, first-conv and CTC kernels for sm_90 without a GPU, at the
 configurations their launchers use for bf16 activations and the paper model's sizes (as
 Triton's launcher specialises them), and print registers, spills and shared memory (the
 attention / MHSA kernels: bench/compile_check_attention.py). Run before spending GPU time on
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bench.compile_check_attention import _compile
-from orthoasr.kernels import ctc, gated_conv, gated_matmul, layer_norm
+from orthoasr.kernels import ctc, first_conv, gated_conv, gated_matmul, layer_norm
 from orthoasr.kernels.gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
@@ -124,6 +124,19 @@ def main() -> None:
                    ints=dict(T=T, NS=4),
                    constexprs=dict(D=D, K=31, G=8, HAS_GATES=True, SKIP_DEAD=True, **dw),
                    num_warps=warps)
+    for kernel, backward, ptrs in (
+            (first_conv._first_conv_fwd_kernel, False,
+             dict(feats_ptr="fp32", w_ptr="fp32", bias_ptr="fp32", y_ptr="bf16",
+                  len_ptr="i64")),
+            (first_conv._first_conv_bwd_kernel, True,
+             dict(dy_ptr="bf16", y_ptr="bf16", feats_ptr="fp32", part_ptr="fp32",
+                  len_ptr="i64"))):
+        blk = first_conv._blocks(64, backward)       # the paper frontend: 64 channels, 80 mels
+        warps, tiles = blk.pop("num_warps"), blk.pop("TILES")
+        ok &= _compile(kernel, ptrs, ints=dict(T=1000, F=80, C=64, n_rows=80000),
+                       constexprs=dict(blk, DOT_PRECISION="tf32",
+                                       **(dict(TILES=tiles) if backward else {})),
+                       num_warps=warps)
     block_s = ctc._block_states(60)
     ptrs = dict(lp_ptr="fp32", tgt_ptr="i64", off_ptr="i64", ilen_ptr="i64", tlen_ptr="i64",
                 alpha_ptr="fp32", loss_ptr="fp32")

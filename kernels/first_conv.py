@@ -6,10 +6,12 @@ log-mel input, its bias, ReLU and the padding mask, one kernel forward and one b
 
 cuDNN pads a one-channel input to eight channels in its NHWC kernels (1.66 ms for the
 forward of a paper-size step on the H200, plus a 0.31 ms weight gradient, layout transposes
-and the separate ReLU op: profiles/step_c61fbe6_h200.txt). Here each output element is 9
-FMAs in fp32 registers from the fp32 input, written once in `out_dtype`; the backward
-reads y and dy once and gives the weight and bias gradients (the input needs none: it is
-the features), as per-program partial sums that the launcher adds up (no atomics, the same
+and the separate ReLU op: profiles/step_c61fbe6_h200.txt). Here a tile of positions is
+one small product on the tensor cores, (positions x 16 tap slots: the 9 inputs under the
+taps and a 1 for the bias) x (16 x C weights), written once in `out_dtype` (tf32 products
+for 16-bit outputs, exact ones for fp32); the backward reads y and dy once and gives the
+weight and bias gradients (the input needs none: it is the features) from the transposed
+product, as per-program partial sums that the launcher adds up (no atomics, the same
 result every run). Frames t >= lengths[b] read as 0, as the masked input the frontend gave
 cuDNN.
 
@@ -25,11 +27,11 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad
-from .common import check_lengths, interpreting, valid_mask
+from .common import check_lengths, dot_precision, interpreting, valid_mask
 from .frontend import masked_relu_pool_reference
 from .launch import cdiv, launch, next_pow2
 
-TAPS, SLOTS = 9, 16    # 3 x 3 taps; the backward's partial sums per channel: taps, bias
+TAPS, SLOTS = 9, 16    # 3 x 3 taps; a position's tap row: 9 inputs, a 1 (the bias), zeros
 _TAPS, _SLOTS = tl.constexpr(TAPS), tl.constexpr(SLOTS)            # the kernels' copies
 
 
@@ -42,88 +44,94 @@ def first_conv_relu_reference(feats: torch.Tensor, lengths: torch.Tensor, weight
 
 
 @triton.jit
-def _tile(row0, len_ptr, T, n_rows, BR: tl.constexpr):
-    """Rows row0 + [0, BR) of the flattened (B, T): the rows, their sequence and frame, that
-    sequence's length, and whether the row exists."""
-    rows = row0 + tl.arange(0, BR)
+def _positions(row0, f0, len_ptr, T, F, n_rows, BR: tl.constexpr, BF: tl.constexpr):
+    """The BR x BF positions (rows row0 + [0, BR) of the flattened (B, T), frequencies
+    f0 + [0, BF)) as one [BR * BF] vector each: row, sequence, frame, frequency, that
+    sequence's length, and whether the position exists."""
+    p = tl.arange(0, BR * BF)
+    rows = row0 + p // BF
+    f = f0 + p % BF
     b = rows // T
     row_ok = rows < n_rows
     length = tl.load(len_ptr + b, mask=row_ok, other=0)
-    return rows, b, rows - b * T, length, row_ok
+    return rows, b, rows - b * T, f, length, row_ok & (f < F)
 
 
 @triton.jit
-def _tap(feats_ptr, b, t, f, length, row_ok, T, F, k: tl.constexpr):
-    """(BR, BF) fp32: the input under tap k = 3 * dh + dw, 0 outside [0, length) x [0, F)."""
-    ts = t + (k // 3 - 1)
-    fs = f + (k % 3 - 1)
-    ok = (row_ok & (ts >= 0) & (ts < length))[:, None] & ((fs >= 0) & (fs < F))[None, :]
-    src = (b.to(tl.int64) * T + ts)[:, None] * F + fs[None, :]
-    return tl.load(feats_ptr + src, mask=ok, other=0.0).to(tl.float32)
+def _tap_rows(feats_ptr, b, t, f, length, ok, T, F):
+    """(P, SLOTS) fp32: each position's 9 inputs under the taps k = 3 * dh + dw (0 outside
+    [0, length) x [0, F)), then 1 in slot TAPS (the bias), then zeros: the conv at a
+    position is this row times the (SLOTS, C) weights with the bias in row TAPS."""
+    k = tl.arange(0, _SLOTS)
+    ts = t[:, None] + (k // 3 - 1)[None, :]
+    fs = f[:, None] + (k % 3 - 1)[None, :]
+    read = ok[:, None] & (k < _TAPS)[None, :] & (ts >= 0) & (ts < length[:, None]) & \
+        (fs >= 0) & (fs < F)
+    x = tl.load(feats_ptr + (b.to(tl.int64)[:, None] * T + ts) * F + fs, mask=read,
+                other=0.0).to(tl.float32)
+    return tl.where((k == _TAPS)[None, :], 1.0, x)
 
 
 @triton.jit
 def _first_conv_fwd_kernel(feats_ptr, w_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, n_rows,
-                           BR: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr):
+                           BR: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr,
+                           DOT_PRECISION: tl.constexpr):
     # Program (i, j): rows [i*BR, +BR) of the flattened (B, T), frequencies [j*BF, +BF), all
-    # channels. ReLU keeps a NaN, as torch's; padded frames get 0.
-    rows, b, t, length, row_ok = _tile(tl.program_id(0) * BR, len_ptr, T, n_rows, BR)
-    f = tl.program_id(1) * BF + tl.arange(0, BF)
+    # channels, as one (P, SLOTS) x (SLOTS, C) product on the tensor cores (9 FMAs per
+    # output spread over the tile's threads took 0.82 ms for a paper step's 0.82 GB of y,
+    # ~1 TB/s, on the H200). ReLU keeps a NaN, as torch's; padded frames get 0.
+    rows, b, t, f, length, ok = _positions(tl.program_id(0) * BR, tl.program_id(1) * BF,
+                                           len_ptr, T, F, n_rows, BR, BF)
     c = tl.arange(0, BC)
     c_ok = c < C
-    acc = tl.zeros([BR, BF, BC], dtype=tl.float32)
-    acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, None, :]
-    for k in tl.static_range(_TAPS):
-        w = tl.load(w_ptr + c * _TAPS + k, mask=c_ok, other=0.0).to(tl.float32)
-        acc += _tap(feats_ptr, b, t, f, length, row_ok, T, F, k)[:, :, None] * w[None, None, :]
-    valid = (row_ok & (t < length))[:, None, None]
+    k = tl.arange(0, _SLOTS)
+    w = tl.load(w_ptr + c[None, :] * _TAPS + k[:, None],
+                mask=(k < _TAPS)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    w = tl.where((k == _TAPS)[:, None], bias[None, :], w)                    # (SLOTS, BC)
+    acc = tl.dot(_tap_rows(feats_ptr, b, t, f, length, ok, T, F), w,
+                 input_precision=DOT_PRECISION)                             # (P, BC)
+    valid = (ok & (t < length))[:, None]
     y = tl.where((acc <= 0.0) | ~valid, 0.0, acc)
-    out = (rows.to(tl.int64)[:, None, None] * F + f[None, :, None]) * C + c[None, None, :]
-    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty),
-             mask=row_ok[:, None, None] & (f < F)[None, :, None] & c_ok[None, None, :])
+    out = (rows.to(tl.int64) * F + f)[:, None] * C + c[None, :]
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=ok[:, None] & c_ok[None, :])
 
 
 @triton.jit
 def _first_conv_bwd_kernel(dy_ptr, y_ptr, feats_ptr, part_ptr, len_ptr, T, F, C, n_rows,
                            TILES: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                           BC: tl.constexpr):
-    # Program (i, j): TILES row tiles from row i*TILES*BR, frequencies [j*BF, +BF). The
-    # pre-activation gradient g = dy where y > 0 (0 at padded frames, where y = 0) is
-    # summed per channel against each tap's input (the weight gradient) and alone (the
-    # bias gradient) into one (SLOTS, C) row of partial sums per program.
-    f = tl.program_id(1) * BF + tl.arange(0, BF)
+                           BC: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # Program (i, j): TILES tiles of BR rows from row i*TILES*BR, frequencies [j*BF, +BF).
+    # The pre-activation gradient g = dy where y > 0 (0 at padded frames, where y = 0)
+    # times the tap rows, (C, P) x (P, SLOTS) on the tensor cores, sums the weight gradient
+    # (slots 0-8) and the bias gradient (slot TAPS) into one (SLOTS, C) row of partial sums
+    # per program. (Ten channel sums per tile, each a reduction across threads, took
+    # 1.33 ms for a paper step's 1.64 GB of y and dy, ~1.2 TB/s, on the H200.)
     c = tl.arange(0, BC)
     c_ok = c < C
-    slot = tl.arange(0, _SLOTS)[:, None]
-    sums = tl.zeros([_SLOTS, BC], dtype=tl.float32)
+    acc = tl.zeros([BC, _SLOTS], dtype=tl.float32)
     for tile in range(TILES):
-        rows, b, t, length, row_ok = _tile((tl.program_id(0) * TILES + tile) * BR, len_ptr,
-                                           T, n_rows, BR)
-        at = (rows.to(tl.int64)[:, None, None] * F + f[None, :, None]) * C + c[None, None, :]
-        read = row_ok[:, None, None] & (f < F)[None, :, None] & c_ok[None, None, :]
+        rows, b, t, f, length, ok = _positions((tl.program_id(0) * TILES + tile) * BR,
+                                               tl.program_id(1) * BF, len_ptr, T, F, n_rows,
+                                               BR, BF)
+        at = (rows.to(tl.int64) * F + f)[:, None] * C + c[None, :]
+        read = ok[:, None] & c_ok[None, :]
         y = tl.load(y_ptr + at, mask=read, other=0.0).to(tl.float32)
         g = tl.where(y > 0.0, tl.load(dy_ptr + at, mask=read, other=0.0).to(tl.float32), 0.0)
-        sums += tl.where(slot == _TAPS, tl.sum(tl.sum(g, 0), 0)[None, :], 0.0)
-        for k in tl.static_range(_TAPS):
-            x = _tap(feats_ptr, b, t, f, length, row_ok, T, F, k)
-            sums += tl.where(slot == k, tl.sum(tl.sum(g * x[:, :, None], 0), 0)[None, :], 0.0)
+        acc = tl.dot(tl.trans(g), _tap_rows(feats_ptr, b, t, f, length, ok, T, F), acc,
+                     input_precision=DOT_PRECISION)
     program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-    tl.store(part_ptr + (program.to(tl.int64) * _SLOTS + slot) * C + c[None, :], sums,
-             mask=c_ok[None, :])
+    slot = tl.arange(0, _SLOTS)
+    tl.store(part_ptr + (program.to(tl.int64) * _SLOTS + slot[None, :]) * C + c[:, None], acc,
+             mask=c_ok[:, None])
 
 
 def _blocks(C: int, backward: bool = False) -> dict:
-    """[BR rows, BF frequencies, BC channels] tiles: ~2K elements at 4 warps forward (16
-    frequencies: 80 mels = 5 x 16); ~1K in one warp backward, whose 10 channel sums per tile
-    then stay in the warp (at 4 warps the tile's frequencies spread over warps: 42
-    barriers in the loop of an sm_90 compile); TILES row tiles per backward program, so
-    that its partial sums stay small. Larger tiles under the interpreter (it pays per op)."""
-    BC = next_pow2(C)
-    if interpreting():
-        return dict(BR=8, BF=16, BC=BC, TILES=2, num_warps=4)
-    if backward:
-        return dict(BR=max(1, 1024 // (8 * BC)), BF=8, BC=BC, TILES=32, num_warps=1)
-    return dict(BR=max(1, 2048 // (16 * BC)), BF=16, BC=BC, TILES=32, num_warps=4)
+    """[BR rows x BF frequencies = 128 positions, BC channels] tiles at 4 warps (16
+    frequencies: 80 mels = 5 x 16); BC at least 16, a tensor-core product's smallest side;
+    TILES row tiles per backward program, so that its partial sums stay few."""
+    BC = max(16, next_pow2(C))
+    return dict(BR=8, BF=16, BC=BC, TILES=2 if interpreting() else 32, num_warps=4)
 
 
 def _channels_last(shape, dtype, device) -> torch.Tensor:
@@ -141,7 +149,8 @@ def first_conv_fwd_triton(feats: torch.Tensor, lengths: torch.Tensor, weight: to
         blk = _blocks(C)
         blk.pop("TILES")
         launch(_first_conv_fwd_kernel, (cdiv(B * T, blk["BR"]), cdiv(Fq, blk["BF"])),
-               feats, weight, bias, y, lengths, T, Fq, C, B * T, **blk)
+               feats, weight, bias, y, lengths, T, Fq, C, B * T,
+               DOT_PRECISION=dot_precision(out_dtype), **blk)
     return (y,)
 
 
@@ -156,7 +165,8 @@ def first_conv_bwd_triton(dy: torch.Tensor, y: torch.Tensor, feats: torch.Tensor
     grid = (cdiv(B * T, blk["BR"] * blk["TILES"]), cdiv(Fq, blk["BF"]))
     parts = torch.empty(grid[0] * grid[1], SLOTS, C, dtype=torch.float32, device=y.device)
     launch(_first_conv_bwd_kernel, grid, dy.contiguous(memory_format=torch.channels_last), y,
-           feats, parts, lengths, T, Fq, C, B * T, **blk)
+           feats, parts, lengths, T, Fq, C, B * T, DOT_PRECISION=dot_precision(y.dtype),
+           **blk)
     sums = parts.sum(0)                                             # (SLOTS, C)
     # copies, not views of sums: a custom op's outputs may not alias one another
     return sums[:TAPS].t().contiguous().view(C, 1, 3, 3), sums[TAPS].clone()

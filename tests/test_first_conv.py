@@ -93,6 +93,7 @@ types = {"feats_ptr": "*fp32", "w_ptr": "*fp32", "bias_ptr": "*fp32", "part_ptr"
 for kernel, backward in ((fc._first_conv_fwd_kernel, False), (fc._first_conv_bwd_kernel, True)):
     blk = fc._blocks(64, backward)
     warps, tiles = blk.pop("num_warps"), blk.pop("TILES")
+    blk["DOT_PRECISION"] = "tf32"
     compile_sm90(kernel, dict(blk, TILES=tiles) if backward else blk, types, warps)
 """
 
