@@ -35,7 +35,7 @@ FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, Fals
                 "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
                 "distill_weight": (0, True, None, False),
                 "ckpt_minutes": (0, False, None, False)}
-BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "clamp_masks")
+BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "cudnn_benchmark", "clamp_masks")
 
 
 @dataclass
@@ -113,6 +113,9 @@ class RunConfig:
     # graph and replay it (needs shape_classes > 0 and grad_sync=flat; on in configs/paper.yaml,
     # off here because shape classes are); ignored on the CPU
     cuda_graphs: bool = False
+    # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest
+    # (the frontend's convolutions; with shape classes the shapes repeat); ignored on the CPU
+    cudnn_benchmark: bool = True
     log_every: int = 10
     ckpt_every: int = 200
     ckpt_minutes: float = 5.0        # also checkpoint when this much wall time has passed
@@ -123,7 +126,7 @@ class RunConfig:
     RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "ckpt_minutes",
                          "keep_checkpoints", "eval_batch_frames", "device", "backend",
                          "dev_manifest", "test_manifest", "buckets_per_step", "grad_sync",
-                         "cuda_graphs")
+                         "cuda_graphs", "cudnn_benchmark")
     # optimiser schedule: may differ on `--resume --allow-schedule-change` (recorded)
     SCHEDULE_CHANGES = ("lr", "lr_final", "warmup_steps", "weight_decay", "betas",
                         "grad_clip", "score_lr")

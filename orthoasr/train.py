@@ -282,6 +282,8 @@ class Trainer:
                 _Joint(self.model, self.selector), find_unused_parameters=True,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.trained_parameters = [*self.model.parameters(), *self.selector.parameters()]
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = run.cudnn_benchmark
         # one CUDA graph per (shapes, stage, drawn budget) of the training step (issue 14)
         use_graphs = run.cuda_graphs and self.device.type == "cuda"
         if use_graphs and self.ddp is not None:
