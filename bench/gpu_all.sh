@@ -18,7 +18,8 @@
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
-#   lnsweep  bench/sweep_layer_norm.py: LayerNorm launch configurations vs torch
+#   sweeps   bench/sweep_layer_norm.py and bench/sweep_conv.py: LayerNorm and depthwise-conv
+#            launch configurations
 #   (ATTN_ARGS=--variants: the attention tile sweep)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
@@ -96,9 +97,11 @@ if has gemms; then
   timeout ${GEMM_S:-240} python3 -m bench.gemm_sweep ${GEMM_ARGS:-} > $OUT/gemm_sweep.log 2>&1
   echo "gemm sweep rc=$?"
 fi
-if has lnsweep; then
-  timeout ${LNSWEEP_S:-120} python3 -m bench.sweep_layer_norm > $OUT/sweep_layer_norm.log 2>&1
-  echo "layer norm sweep rc=$?"; tail -30 $OUT/sweep_layer_norm.log
+if has sweeps; then
+  for sweep in sweep_layer_norm sweep_conv; do
+    timeout ${SWEEP_S:-120} python3 -m bench.$sweep > $OUT/$sweep.log 2>&1
+    echo "$sweep rc=$?"; tail -30 $OUT/$sweep.log
+  done
   cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has floors; then

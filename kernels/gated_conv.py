@@ -74,11 +74,13 @@ def _conv_mid_fwd_kernel(
     v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
     T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1,
 ):
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
     # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
     # LayerNorm over channels and SiLU. Tiles past the sequence's length return at once.
+    # The tap loop's loads are not pipelined (no async copies in the sm_90 TTGIR): each
+    # step waits on its own; TAPS_PER_STEP taps per step put that many loads in flight.
     pid_t = tl.program_id(0)
     seq = tl.program_id(1)
     length = tl.minimum(tl.load(len_ptr + seq), T)
@@ -89,13 +91,16 @@ def _conv_mid_fwd_kernel(
     if (live > 0) & (pid_t * BT < length):
         acc = tl.zeros([BT, BD], dtype=tl.float32)
         acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        for k in range(0, K):
-            ts = t + k - K // 2
-            ok = (ts >= 0) & (ts < length)
-            v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
-                        mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-            acc += v * w[None, :]
+        for k0 in range(0, K, TAPS_PER_STEP):
+            for j in tl.static_range(TAPS_PER_STEP):
+                k = k0 + j
+                ts = t + k - K // 2
+                ok = (ts >= 0) & (ts < length) & (t * 0 + k < K)   # tensors: k may be an int
+                v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
+                            mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok & (cols * 0 + k < K),
+                            other=0.0).to(tl.float32)
+                acc += v * w[None, :]
         row_ok = t < length
         ok = row_ok[:, None] & col_ok[None, :]
         tile = (seq * T + t)[:, None] * D + cols[None, :]
@@ -177,7 +182,7 @@ def _conv_mid_bwd_conv_kernel(
     dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
     T, D,  # wdw: (K, D) as in the forward
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr,
+    BC: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1,
 ):
     # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
     # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
@@ -194,13 +199,17 @@ def _conv_mid_bwd_conv_kernel(
         ok = (t < length)[:, None] & col_ok[None, :]
         frames = seq * T
         dv = tl.zeros([BT, BC], dtype=tl.float32)
-        for k in range(K):
-            tb = t - k + K // 2
-            ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
-            dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :], mask=ok_b,
-                             other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-            dv += dshift * w[None, :]
+        for k0 in range(0, K, TAPS_PER_STEP):
+            for j in tl.static_range(TAPS_PER_STEP):
+                k = k0 + j
+                tb = t - k + K // 2
+                ok_b = ((tb >= 0) & (tb < length) & (t * 0 + k < K))[:, None] & \
+                    col_ok[None, :]
+                dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :],
+                                 mask=ok_b, other=0.0).to(tl.float32)
+                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok & (cols * 0 + k < K),
+                            other=0.0).to(tl.float32)
+                dv += dshift * w[None, :]
         u_rows = (frames + t)[:, None] * (2 * D)
         a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -341,31 +350,54 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
     return parts.sum(0).t()
 
 
+def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save,
+                 config=None):
+    """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D] (and the conv
+    output into pre [M, D] when save). config: dict(BT, num_warps, TAPS_PER_STEP) in place
+    of the defaults (bench/sweep_conv.py)."""
+    D, K = v.shape[1], dw_w.shape[1]
+    blk = {**_mid_blocks(D), **(config or {})}
+    launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),
+        v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
+        gates if gates is not None else v, lengths, T, D, K, LN_EPS,
+        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
+        SAVE_PRE=save, **blk)
+
+
+def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
+                      config=None):
+    """The transposed depthwise conv and the GLU backward: dpre [M, D], u [M, 2D] (the GLU
+    input) -> du [M, 2D]. config: dict(BT, BC, num_warps, TAPS_PER_STEP) in place of the
+    defaults (bench/sweep_conv.py)."""
+    D, K = dpre.shape[1], dw_w.shape[1]
+    blk = {**_conv_blocks(D), **(config or {})}
+    du = dpre.new_empty(dpre.shape[0], 2 * D)
+    launch(_conv_mid_bwd_conv_kernel, (cdiv(T, blk["BT"]), cdiv(D, blk["BC"]),
+                                       dpre.shape[0] // T),
+        dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, **blk)
+    return du
+
+
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                           pw2_w, pw2_b, gates, skip_dead, save, pw1c, pw2c):
     # pw1c, pw2c: the pointwise weights as matmul operands, in the compute dtype (kept for
     # the backward); pw1_w, pw2_w are inputs only to receive their gradients
     B, T, D = x.shape
     compute_dtype = pw1c.dtype
-    eps = LN_EPS
-    M, K = B * T, dw_w.shape[1]
+    M = B * T
     x2 = x.reshape(M, D)
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     # the LayerNorm reads x in its own dtype and writes z in the compute dtype (no cast of
     # x before the call, none of dx after the backward)
-    z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, eps,
+    z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, LN_EPS,
                                    out_dtype=compute_dtype)
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
     rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
     pre = z.new_empty(M, D) if save else v
     r = z.new_empty(M, D)
-    blk = _mid_blocks(D)
-    launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), B),
-        v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
-        gates if gates is not None else v, lengths, T, D, K, eps,
-        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
-        SAVE_PRE=save, **blk)
+    conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save)
     y = z.new_empty(B, T, D)
     rows_gemm(r, pw2c.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
               scale_out=gates is not None, final=True, **common)
@@ -404,11 +436,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         dr, pre, ln2_w, ln2_b, dpre, norm_parts, gate_arg, lengths, T, D, eps,
         HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
     d_ln2w, d_ln2b, d_dwb = norm_parts.sum(0)
-    du = dy2.new_empty(M, 2 * D)
-    cblk = _conv_blocks(D)
-    launch(_conv_mid_bwd_conv_kernel, (cdiv(T, cblk["BT"]), cdiv(D, cblk["BC"]), B),
-        dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
-        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip, **cblk)
+    du = conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip)
     d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip)
     dz = dy2.new_empty(M, D)
     rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)

@@ -117,6 +117,34 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
     assert (dead == 0).all()
 
 
+@pytest.mark.parametrize("K", [3, 31])
+def test_taps_per_step_gives_the_same_values(K):
+    """The depthwise conv's tap loops with 4 taps a step (the last step partly past K: 31 =
+    7 x 4 + 3) give what one tap a step gives, forward and transposed, with NaN in every
+    padded row (never read)."""
+    from orthoasr.kernels import gated_conv as module
+    torch.manual_seed(5)
+    T, d, lengths = 20, 24, torch.tensor([20, 9, 1])
+    M = len(lengths) * T
+    v, dpre = torch.randn(M, d), torch.randn(M, d)
+    u = torch.randn(M, 2 * d)
+    pad = ~valid_mask(lengths, T).reshape(-1)
+    v[pad], dpre[pad] = float("nan"), float("nan")
+    dw_w, dw_b, ln_w, ln_b = torch.randn(d, K), torch.randn(d), torch.randn(d), torch.randn(d)
+    gate = torch.tensor([0.5])
+    outs = []
+    for taps in (1, 4):
+        pre, r = torch.zeros(M, d), torch.zeros(M, d)
+        module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
+                            config=dict(TAPS_PER_STEP=taps))
+        du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True,
+                                      config=dict(TAPS_PER_STEP=taps))
+        outs.append((pre[~pad], r[~pad], du[~pad]))
+    for one, four in zip(*outs, strict=True):
+        assert torch.isfinite(one).all()
+        torch.testing.assert_close(four, one, atol=1e-6, rtol=1e-6)
+
+
 def fp64_weights_case():
     """(lengths, x, params, gates, dy, inputs): fp64 inputs and weights that require grad,
     an fp32 output gradient, for the cases computed in fp32."""

@@ -1,0 +1,78 @@
+"""The conv module's depthwise-conv kernels at a paper step's shape (80 x 250 frames x 384,
+lengths 80-100% of T, bf16, K 31): the forward (conv, bias, LayerNorm, SiLU) and the
+transposed conv with the GLU backward, over tile sizes, warps and taps per loop step, each
+replayed as a CUDA graph and checked against the default configuration. Rows in
+bench/results/kernels.json (table "conv_sweep").
+Run: python -m bench.sweep_conv
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.harness import time_graph_ms, write_rows
+from orthoasr.kernels.gated_conv import conv_mid_bwd_conv, conv_mid_fwd
+
+B, T, D, K = 80, 250, 384, 31
+BF16 = torch.bfloat16
+FWD_CONFIGS = [{}, dict(TAPS_PER_STEP=2), dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=8),
+               dict(BT=8, num_warps=4), dict(BT=8, num_warps=4, TAPS_PER_STEP=4),
+               dict(BT=16, num_warps=4, TAPS_PER_STEP=4),
+               # one warp: the weight row's layout conversion needs no CTA barrier
+               dict(BT=4, num_warps=1), dict(BT=4, num_warps=1, TAPS_PER_STEP=4),
+               dict(BT=4, num_warps=2, TAPS_PER_STEP=4)]
+BWD_CONFIGS = [{}, dict(TAPS_PER_STEP=2), dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=8),
+               dict(BT=16, TAPS_PER_STEP=4), dict(BT=64, TAPS_PER_STEP=4),
+               dict(BC=128, TAPS_PER_STEP=4), dict(num_warps=8, TAPS_PER_STEP=4),
+               dict(BT=16, BC=128, num_warps=8, TAPS_PER_STEP=4)]
+
+
+def _name(cfg: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in cfg.items()) or "default"
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    M = B * T
+    lengths = torch.randint(int(0.8 * T), T + 1, (B,), device="cuda")
+    v, dpre = (torch.randn(M, D, device="cuda", dtype=BF16) for _ in range(2))
+    u = torch.randn(M, 2 * D, device="cuda", dtype=BF16)
+    dw_w, dw_b, ln_w, ln_b = (torch.randn(*shape, device="cuda") * 0.2
+                              for shape in ((D, K), (D,), (D,), (D,)))
+    gate = torch.ones(1, device="cuda")
+    valid = (torch.arange(T, device="cuda")[None, :] < lengths[:, None]).reshape(-1)
+    case = f"{B}x{T}x{D} bf16 K{K}, 80-100% valid"
+    rows, ref = [], {}
+
+    def check(mode, cfg, outs):
+        outs = [o[valid].float() for o in outs]
+        if mode not in ref:
+            ref[mode] = outs
+        for o, r in zip(outs, ref[mode], strict=True):
+            torch.testing.assert_close(o, r, atol=2e-2, rtol=2e-2, msg=f"{mode} {cfg}")
+
+    for cfg in FWD_CONFIGS:
+        pre, r = torch.empty_like(v), torch.empty_like(v)
+
+        def fwd(cfg=cfg, pre=pre, r=r):
+            conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
+                         config=cfg)
+        fwd()
+        check("fwd", cfg, [pre, r])
+        rows.append(dict(table="conv_sweep", case=case, mode="fwd", provider="ours",
+                         config=_name(cfg), timing="graph", ms=time_graph_ms(fwd)))
+    for cfg in BWD_CONFIGS:
+        def bwd(cfg=cfg):
+            return conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True, config=cfg)
+        check("bwd", cfg, [bwd()])
+        rows.append(dict(table="conv_sweep", case=case, mode="bwd (transposed conv + GLU)",
+                         provider="ours", config=_name(cfg), timing="graph",
+                         ms=time_graph_ms(bwd)))
+    path = write_rows("kernels", rows)
+    for row in rows:
+        print(f"{row['mode']:>28} {row['config']:>44} {row['ms'] * 1e3:8.1f} us")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
