@@ -15,17 +15,17 @@ from orthoasr.kernels.gated_conv import conv_mid_bwd_conv, conv_mid_fwd
 
 B, T, D, K = 80, 250, 384, 31
 BF16 = torch.bfloat16
-FWD_CONFIGS = [{}, dict(TAPS_PER_STEP=2), dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=8),
-               dict(BT=8, num_warps=4), dict(BT=8, num_warps=4, TAPS_PER_STEP=4),
-               dict(BT=16, num_warps=4, TAPS_PER_STEP=4),
-               # one warp: the weight row's layout conversion needs no CTA barrier
-               dict(BT=4, num_warps=1), dict(BT=4, num_warps=1, TAPS_PER_STEP=4),
-               dict(BT=4, num_warps=2, TAPS_PER_STEP=4)]
-BWD_CONFIGS = [{}, dict(TAPS_PER_STEP=2), dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=8),
-               dict(BT=16, TAPS_PER_STEP=4), dict(BT=64, TAPS_PER_STEP=4),
-               dict(BC=128, TAPS_PER_STEP=4), dict(num_warps=8, TAPS_PER_STEP=4),
-               dict(BT=16, BC=128, num_warps=8, TAPS_PER_STEP=4)]
-
+# LOAD_STAGES: the tap loop as tl.range(num_stages=...), whose loads become async copies
+# in flight (sm_90 TTGIR; the weight row then needs no layout conversion either);
+# TAPS_PER_STEP: taps unrolled per loop step
+FWD_CONFIGS = [{}, dict(LOAD_STAGES=2), dict(LOAD_STAGES=3), dict(LOAD_STAGES=4),
+               dict(TAPS_PER_STEP=2, LOAD_STAGES=3), dict(TAPS_PER_STEP=4),
+               dict(BT=8, num_warps=4, LOAD_STAGES=3), dict(BT=16, num_warps=4, LOAD_STAGES=3),
+               dict(BT=4, num_warps=1, LOAD_STAGES=3), dict(BT=32, LOAD_STAGES=3)]
+BWD_CONFIGS = [{}, dict(LOAD_STAGES=2), dict(LOAD_STAGES=3), dict(LOAD_STAGES=4),
+               dict(TAPS_PER_STEP=2, LOAD_STAGES=3), dict(TAPS_PER_STEP=4),
+               dict(BT=64, LOAD_STAGES=3), dict(BC=128, LOAD_STAGES=3),
+               dict(BT=16, BC=128, num_warps=8, LOAD_STAGES=3)]
 
 def _name(cfg: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in cfg.items()) or "default"

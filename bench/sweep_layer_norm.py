@@ -20,7 +20,11 @@ FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_
 BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, warps_per_sm=16),
                dict(BM=16, num_warps=4, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=8),
                dict(BM=4, num_warps=1, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=16),
-               dict(BM=4, num_warps=2, warps_per_sm=8), dict(BM=8, num_warps=2, warps_per_sm=8)]
+               dict(BM=4, num_warps=2, warps_per_sm=8), dict(BM=8, num_warps=2, warps_per_sm=8),
+               # the loop's small loads (mean, rstd, lengths) as async copies in flight
+               dict(BM=4, num_warps=2, warps_per_sm=8, LOAD_STAGES=2),
+               dict(BM=4, num_warps=2, warps_per_sm=8, LOAD_STAGES=3),
+               dict(BM=8, num_warps=4, warps_per_sm=8, LOAD_STAGES=3)]
 
 
 def _name(cfg: dict) -> str:

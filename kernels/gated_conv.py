@@ -75,6 +75,7 @@ def _conv_mid_fwd_kernel(
     T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
     BT: tl.constexpr, BD: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1,
+    LOAD_STAGES: tl.constexpr = 1,
 ):
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
     # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
@@ -91,7 +92,7 @@ def _conv_mid_fwd_kernel(
     if (live > 0) & (pid_t * BT < length):
         acc = tl.zeros([BT, BD], dtype=tl.float32)
         acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        for k0 in range(0, K, TAPS_PER_STEP):
+        for k0 in tl.range(0, K, TAPS_PER_STEP, num_stages=LOAD_STAGES):
             for j in tl.static_range(TAPS_PER_STEP):
                 k = k0 + j
                 ts = t + k - K // 2
@@ -182,7 +183,7 @@ def _conv_mid_bwd_conv_kernel(
     dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
     T, D,  # wdw: (K, D) as in the forward
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1,
+    BC: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1, LOAD_STAGES: tl.constexpr = 1,
 ):
     # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
     # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
@@ -199,7 +200,7 @@ def _conv_mid_bwd_conv_kernel(
         ok = (t < length)[:, None] & col_ok[None, :]
         frames = seq * T
         dv = tl.zeros([BT, BC], dtype=tl.float32)
-        for k0 in range(0, K, TAPS_PER_STEP):
+        for k0 in tl.range(0, K, TAPS_PER_STEP, num_stages=LOAD_STAGES):
             for j in tl.static_range(TAPS_PER_STEP):
                 k = k0 + j
                 tb = t - k + K // 2

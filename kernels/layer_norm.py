@@ -84,7 +84,7 @@ def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
     M, D, T,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    BM: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr = 1,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -109,7 +109,7 @@ def _layer_norm_bwd_kernel(
     x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next, other=0.0)
     dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
                       other=0.0)
-    for blk in range(pid, tl.cdiv(M, BM), nprog):
+    for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
         rows = blk * BM + tl.arange(0, BM)
         tile = rows[:, None] * D + cols[None, :]
         x = x_next.to(tl.float32)

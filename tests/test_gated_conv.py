@@ -117,32 +117,52 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
     assert (dead == 0).all()
 
 
-@pytest.mark.parametrize("K", [3, 31])
-def test_taps_per_step_gives_the_same_values(K):
-    """The depthwise conv's tap loops with 4 taps a step (the last step partly past K: 31 =
-    7 x 4 + 3) give what one tap a step gives, forward and transposed, with NaN in every
-    padded row (never read)."""
+def _tap_loop_outputs(K, device, dtype, configs):
+    """The depthwise conv's forward (pre, r) and transposed conv (du) at the valid frames,
+    one list per launch config, with NaN in every padded row (never read)."""
     from orthoasr.kernels import gated_conv as module
     torch.manual_seed(5)
-    T, d, lengths = 20, 24, torch.tensor([20, 9, 1])
+    T, d, lengths = 20, 24, torch.tensor([20, 9, 1], device=device)
     M = len(lengths) * T
-    v, dpre = torch.randn(M, d), torch.randn(M, d)
-    u = torch.randn(M, 2 * d)
+    v, dpre = (torch.randn(M, d, device=device).to(dtype) for _ in range(2))
+    u = torch.randn(M, 2 * d, device=device).to(dtype)
     pad = ~valid_mask(lengths, T).reshape(-1)
     v[pad], dpre[pad] = float("nan"), float("nan")
-    dw_w, dw_b, ln_w, ln_b = torch.randn(d, K), torch.randn(d), torch.randn(d), torch.randn(d)
-    gate = torch.tensor([0.5])
+    dw_w, dw_b, ln_w, ln_b = (torch.randn(*shape, device=device)
+                              for shape in ((d, K), (d,), (d,), (d,)))
+    gate = torch.tensor([0.5], device=device)
     outs = []
-    for taps in (1, 4):
-        pre, r = torch.zeros(M, d), torch.zeros(M, d)
+    for config in configs:
+        pre, r = torch.zeros_like(v), torch.zeros_like(v)
         module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
-                            config=dict(TAPS_PER_STEP=taps))
+                            config=config)
         du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True,
-                                      config=dict(TAPS_PER_STEP=taps))
-        outs.append((pre[~pad], r[~pad], du[~pad]))
-    for one, four in zip(*outs, strict=True):
-        assert torch.isfinite(one).all()
-        torch.testing.assert_close(four, one, atol=1e-6, rtol=1e-6)
+                                      config=config)
+        outs.append([o[~pad].float() for o in (pre, r, du)])
+    return outs
+
+
+TAP_LOOPS = [dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=2, LOAD_STAGES=3), dict(LOAD_STAGES=2)]
+
+
+@pytest.mark.parametrize("K", [3, 31])
+def test_tap_loop_options_give_the_same_values(K):
+    """Taps per loop step (the last step partly past K: 31 = 7 x 4 + 3) and pipelined tap
+    loops give what the plain loop gives, forward and transposed."""
+    plain, *others = _tap_loop_outputs(K, "cpu", torch.float32, [{}, *TAP_LOOPS])
+    for outs in others:
+        for one, other in zip(plain, outs, strict=True):
+            assert torch.isfinite(one).all()
+            torch.testing.assert_close(other, one, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_tap_loop_options_give_the_same_values():
+    """The same on the GPU in bf16, where LOAD_STAGES makes the loads async copies."""
+    plain, *others = _tap_loop_outputs(31, "cuda", torch.bfloat16, [{}, *TAP_LOOPS])
+    for outs in others:
+        for one, other in zip(plain, outs, strict=True):
+            torch.testing.assert_close(other, one, atol=1e-2, rtol=1e-2)
 
 
 def fp64_weights_case():
