@@ -1,7 +1,8 @@
 """The conv module's depthwise-conv kernels at a paper step's shape (80 x 250 frames x 384,
-lengths 80-100% of T, bf16, K 31): the forward (conv, bias, LayerNorm, SiLU) and the
-transposed conv with the GLU backward, over tile sizes, warps and taps per loop step, each
-replayed as a CUDA graph and checked against the default configuration. Rows in
+lengths 80-100% of T, bf16, K 31): the forward (conv, bias, LayerNorm, SiLU), the SiLU and
+LayerNorm backward, the transposed conv with the GLU backward, and the depthwise weight
+gradient, over tile sizes, warps, taps per loop step and pipelined loops, each replayed as a
+CUDA graph and checked against the default configuration. Rows in
 bench/results/kernels.json (table "conv_sweep").
 Run: python -m bench.sweep_conv
 """
@@ -11,7 +12,12 @@ from __future__ import annotations
 import torch
 
 from bench.harness import time_graph_ms, write_rows
-from orthoasr.kernels.gated_conv import conv_mid_bwd_conv, conv_mid_fwd
+from orthoasr.kernels.gated_conv import (
+    conv_dw_grad,
+    conv_mid_bwd_conv,
+    conv_mid_bwd_norm,
+    conv_mid_fwd,
+)
 
 B, T, D, K = 80, 250, 384, 31
 BF16 = torch.bfloat16
@@ -26,6 +32,9 @@ BWD_CONFIGS = [{}, dict(LOAD_STAGES=2), dict(LOAD_STAGES=3), dict(LOAD_STAGES=4)
                dict(TAPS_PER_STEP=2, LOAD_STAGES=3), dict(TAPS_PER_STEP=4),
                dict(BT=64, LOAD_STAGES=3), dict(BC=128, LOAD_STAGES=3),
                dict(BT=16, BC=128, num_warps=8, LOAD_STAGES=3)]
+NORM_CONFIGS = [{}, dict(SPAN=8), dict(SPAN=32), dict(SPAN=16, BT=2), dict(SPAN=32, BT=2)]
+DW_CONFIGS = [{}, dict(LOAD_STAGES=2), dict(LOAD_STAGES=3), dict(SPAN=32, LOAD_STAGES=3),
+              dict(SPAN=128, LOAD_STAGES=3)]
 
 def _name(cfg: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in cfg.items()) or "default"
@@ -45,7 +54,8 @@ def main() -> None:
     rows, ref = [], {}
 
     def check(mode, cfg, outs):
-        outs = [o[valid].float() for o in outs]
+        # row outputs at the valid frames only (padded rows may be left unwritten)
+        outs = [(o[valid] if o.shape[0] == valid.shape[0] else o).float() for o in outs]
         if mode not in ref:
             ref[mode] = outs
         for o, r in zip(outs, ref[mode], strict=True):
@@ -68,6 +78,25 @@ def main() -> None:
         rows.append(dict(table="conv_sweep", case=case, mode="bwd (transposed conv + GLU)",
                          provider="ours", config=_name(cfg), timing="graph",
                          ms=time_graph_ms(bwd)))
+    for cfg in NORM_CONFIGS:
+        def norm(cfg=cfg):
+            return conv_mid_bwd_norm(dpre, v, ln_w, ln_b, gate, lengths, T, True, True,
+                                     config=cfg)
+        dr_grad, sums = norm()
+        check("norm bwd", cfg, [dr_grad])
+        torch.testing.assert_close(sums, conv_mid_bwd_norm(dpre, v, ln_w, ln_b, gate, lengths,
+                                                           T, True, True)[1],
+                                   atol=1e-1, rtol=1e-3)
+        rows.append(dict(table="conv_sweep", case=case, mode="bwd (SiLU + LayerNorm)",
+                         provider="ours", config=_name(cfg), timing="graph",
+                         ms=time_graph_ms(norm)))
+    for cfg in DW_CONFIGS:
+        def dw_grad(cfg=cfg):
+            return conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=cfg)
+        check("dw grad", cfg, [dw_grad()])
+        rows.append(dict(table="conv_sweep", case=case, mode="bwd (depthwise weight grad)",
+                         provider="ours", config=_name(cfg), timing="graph",
+                         ms=time_graph_ms(dw_grad)))
     path = write_rows("kernels", rows)
     for row in rows:
         print(f"{row['mode']:>28} {row['config']:>44} {row['ms'] * 1e3:8.1f} us")

@@ -234,7 +234,7 @@ def _conv_dw_grad_kernel(
     dpre_ptr, v_ptr, part_ptr, gate_ptr, len_ptr,
     T, NS,  # part: (B * NS, K, D) fp32 partial sums, one row block per program
     D: tl.constexpr, K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    SPAN: tl.constexpr, G: tl.constexpr, BC: tl.constexpr,
+    SPAN: tl.constexpr, G: tl.constexpr, BC: tl.constexpr, LOAD_STAGES: tl.constexpr = 1,
 ):
     # Program (s, j, b): the depthwise weight gradient dw[c, k] = sum_t dW[t, c] V[t + k - P, c]
     # over frames [s*SPAN, +SPAN) and channels [j*BC, +BC) of sequence b, stored as its
@@ -272,7 +272,7 @@ def _conv_dw_grad_kernel(
         w0 = _v_row(v_ptrs, start, length, rel, col_ok, D)
         w1 = _v_row(v_ptrs, start + 1, length, rel, col_ok, D)
         w2 = _v_row(v_ptrs, start + 2, length, rel, col_ok, D)
-        for f in range(start, end, 4):
+        for f in tl.range(start, end, 4, num_stages=LOAD_STAGES):
             for i in tl.static_range(4):
                 t = f + i
                 # (1, 1) frame test: the interpreter rejects a scalar bool in a mask
@@ -334,15 +334,17 @@ def _dw_grad_blocks(D: int) -> dict:
 
 
 def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: int, K: int,
-                 gate_arg: torch.Tensor, has_gates: bool, skip_dead: bool) -> torch.Tensor:
+                 gate_arg: torch.Tensor, has_gates: bool, skip_dead: bool,
+                 config: dict | None = None) -> torch.Tensor:
     """Depthwise weight gradient dw (D, K) fp32: dw[c, k] = sum over valid frames t of
     dpre[t, c] v[t + k - K//2, c], v zero outside [0, lengths[b]).
 
     dpre, v: (B*T, D), rows b*T + t; lengths: (B,); gate_arg: the module gate (1,) when
-    has_gates (all zeros for a dead gate with skip_dead), else any tensor."""
+    has_gates (all zeros for a dead gate with skip_dead), else any tensor. config: dict(SPAN,
+    BC, num_warps, LOAD_STAGES) in place of the defaults (bench/sweep_conv.py)."""
     M, D = v.shape
     B = M // T
-    blk = _dw_grad_blocks(D)
+    blk = {**_dw_grad_blocks(D), **(config or {})}
     n_spans = cdiv(T, blk["SPAN"])
     parts = torch.empty(B * n_spans, K, D, dtype=torch.float32, device=v.device)
     launch(_conv_dw_grad_kernel, (n_spans, cdiv(D, blk["BC"]), B),
@@ -363,6 +365,23 @@ def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_de
         gates if gates is not None else v, lengths, T, D, K, LN_EPS,
         HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
         SAVE_PRE=save, **blk)
+
+
+def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, skip_dead,
+                      config=None):
+    """The SiLU and LayerNorm backward from dR [M, D] to the conv output's gradient dpre
+    [M, D], and (dgamma, dbeta, the conv bias gradient) as one fp32 [3, D]. config:
+    dict(SPAN, BT, num_warps) in place of the defaults (bench/sweep_conv.py)."""
+    D = dr.shape[1]
+    blk = {**_norm_bwd_blocks(D), **(config or {})}
+    n_tiles = cdiv(T, blk["SPAN"])
+    dpre = torch.empty_like(dr)
+    parts = torch.empty(dr.shape[0] // T * n_tiles, 3, D, dtype=torch.float32,
+                        device=dr.device)
+    launch(_conv_mid_bwd_norm_kernel, (n_tiles, dr.shape[0] // T),
+        dr, pre, ln2_w, ln2_b, dpre, parts, gate_arg, lengths, T, D, LN_EPS,
+        HAS_GATES=has_gates, SKIP_DEAD=skip_dead, **blk)
+    return dpre, parts.sum(0)
 
 
 def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
@@ -412,7 +431,6 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
                           gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c, skip_dead,
                           gate_grad):
     B, T, D = x.shape
-    eps = LN_EPS
     M, K = B * T, dw_w.shape[1]
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
@@ -428,15 +446,9 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     # pw2's bias gradient; not read at all for a dead module (it is 0 then)
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     wgrad(dy2, r, out=dpw2, **common)
-    dpre = dy2.new_empty(M, D)
-    blk = _norm_bwd_blocks(D)
     gate_arg = gates if has_gates else dy_sum
-    n_tiles = cdiv(T, blk["SPAN"])
-    norm_parts = torch.empty(B * n_tiles, 3, D, dtype=torch.float32, device=x.device)
-    launch(_conv_mid_bwd_norm_kernel, (n_tiles, B),
-        dr, pre, ln2_w, ln2_b, dpre, norm_parts, gate_arg, lengths, T, D, eps,
-        HAS_GATES=has_gates, SKIP_DEAD=skip, **blk)
-    d_ln2w, d_ln2b, d_dwb = norm_parts.sum(0)
+    dpre, (d_ln2w, d_ln2b, d_dwb) = conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths,
+                                                      T, has_gates, skip)
     du = conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip)
     d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip)
     dz = dy2.new_empty(M, D)

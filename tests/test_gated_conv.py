@@ -118,8 +118,9 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
 
 
 def _tap_loop_outputs(K, device, dtype, configs):
-    """The depthwise conv's forward (pre, r) and transposed conv (du) at the valid frames,
-    one list per launch config, with NaN in every padded row (never read)."""
+    """The depthwise conv's forward (pre, r) and transposed conv (du) at the valid frames
+    and its weight gradient, one list per launch config, with NaN in every padded row
+    (never read)."""
     from orthoasr.kernels import gated_conv as module
     torch.manual_seed(5)
     T, d, lengths = 20, 24, torch.tensor([20, 9, 1], device=device)
@@ -138,7 +139,9 @@ def _tap_loop_outputs(K, device, dtype, configs):
                             config=config)
         du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True,
                                       config=config)
-        outs.append([o[~pad].float() for o in (pre, r, du)])
+        stages = {k: config[k] for k in ("LOAD_STAGES",) if k in config}
+        dw = module.conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=stages)
+        outs.append([o[~pad].float() for o in (pre, r, du)] + [dw])
     return outs
 
 
@@ -147,8 +150,8 @@ TAP_LOOPS = [dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=2, LOAD_STAGES=3), dict(L
 
 @pytest.mark.parametrize("K", [3, 31])
 def test_tap_loop_options_give_the_same_values(K):
-    """Taps per loop step (the last step partly past K: 31 = 7 x 4 + 3) and pipelined tap
-    loops give what the plain loop gives, forward and transposed."""
+    """Taps per loop step (the last step partly past K: 31 = 7 x 4 + 3) and pipelined loops
+    give what the plain loops give: forward, transposed conv, weight gradient."""
     plain, *others = _tap_loop_outputs(K, "cpu", torch.float32, [{}, *TAP_LOOPS])
     for outs in others:
         for one, other in zip(plain, outs, strict=True):
