@@ -146,7 +146,7 @@ def main() -> None:
         dw = dict(num_warps=blk["dw_opts"]["num_warps"],
                   num_stages=blk["dw_opts"]["num_stages"])
         ok &= _compile(gm._in_proj_fwd_kernel,
-                       dict(y_ptr="fp32", w_ptr=dt, b_ptr="fp32", gate_ptr="fp32", qkv_ptr=dt),
+                       dict(y_ptr=dt, w_ptr=dt, b_ptr="fp32", gate_ptr="fp32", qkv_ptr=dt),
                        constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_K=blk["BLOCK_K"]),
                        **mm)
         ok &= _compile(gm._in_proj_dy_kernel,
