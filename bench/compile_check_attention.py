@@ -65,13 +65,14 @@ def _loop_conversions(ttgir: str) -> int:
 
 
 def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warps=4,
-             num_stages=2):
+             num_stages=3):
     """Compile as a launch would: pointers 16-byte aligned, and each int of `ints` (name ->
     a typical value; default TYPICAL, the attention kernels' sizes) specialised like
     Triton's launcher does (1 -> a constant, a multiple of 16 -> divisible by 16). Without
     these hints Triton neither vectorises nor pipelines the loads: a plain tiled GEMM then
     compiled to 1 stage of shared memory and 255 registers with spills, against 4 stages and
-    118 registers with them (2026-11-30)."""
+    118 registers with them (2026-11-30). num_stages defaults to a launch's (3 on CUDA): a
+    kernel whose launcher sets none compiles with that many."""
     fn = kernel.fn if hasattr(kernel, "fn") else kernel
     params = inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters
     names = list(params)
