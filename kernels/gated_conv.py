@@ -80,8 +80,10 @@ def _conv_mid_fwd_kernel(
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
     # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
     # LayerNorm over channels and SiLU. Tiles past the sequence's length return at once.
-    # The tap loop's loads are not pipelined (no async copies in the sm_90 TTGIR): each
-    # step waits on its own; TAPS_PER_STEP taps per step put that many loads in flight.
+    # A kernel's num_stages pipelines only loads that feed a dot: the plain tap loop waits
+    # on each tap's load (no async copies in the sm_90 TTGIR). LOAD_STAGES > 1 makes the
+    # loop's loads async copies in flight (tl.range); TAPS_PER_STEP > 1 unrolls taps per
+    # step instead. bench/sweep_conv.py times both against the plain loop.
     pid_t = tl.program_id(0)
     seq = tl.program_id(1)
     length = tl.minimum(tl.load(len_ptr + seq), T)
@@ -356,8 +358,8 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
 def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save,
                  config=None):
     """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D] (and the conv
-    output into pre [M, D] when save). config: dict(BT, num_warps, TAPS_PER_STEP) in place
-    of the defaults (bench/sweep_conv.py)."""
+    output into pre [M, D] when save). config: dict(BT, num_warps, TAPS_PER_STEP,
+    LOAD_STAGES) in place of the defaults (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
     blk = {**_mid_blocks(D), **(config or {})}
     launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),
@@ -387,8 +389,8 @@ def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, sk
 def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
                       config=None):
     """The transposed depthwise conv and the GLU backward: dpre [M, D], u [M, 2D] (the GLU
-    input) -> du [M, 2D]. config: dict(BT, BC, num_warps, TAPS_PER_STEP) in place of the
-    defaults (bench/sweep_conv.py)."""
+    input) -> du [M, 2D]. config: dict(BT, BC, num_warps, TAPS_PER_STEP, LOAD_STAGES) in
+    place of the defaults (bench/sweep_conv.py)."""
     D, K = dpre.shape[1], dw_w.shape[1]
     blk = {**_conv_blocks(D), **(config or {})}
     du = dpre.new_empty(dpre.shape[0], 2 * D)

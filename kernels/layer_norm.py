@@ -176,8 +176,8 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
                    dw=None, db=None, config=None):
     """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32 [D], dbias fp32 [D]); dw / db:
     zeroed fp32 [D] to add to (default: new). dy2d may be in another dtype than x2d (a bf16
-    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm) in place of the
-    defaults (bench/sweep_layer_norm.py)."""
+    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm, LOAD_STAGES) in
+    place of the defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = _blocks(D, backward=True)
     warps_per_sm = BWD_WARPS_PER_SM
