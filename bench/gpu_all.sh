@@ -18,8 +18,8 @@
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
-#   sweeps   bench/sweep_layer_norm.py and bench/sweep_conv.py: LayerNorm and depthwise-conv
-#            launch configurations
+#   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py: LayerNorm,
+#            depthwise-conv and column-sum launch configurations
 #   (ATTN_ARGS=--variants: the attention tile sweep)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
@@ -98,7 +98,7 @@ if has gemms; then
   echo "gemm sweep rc=$?"
 fi
 if has sweeps; then
-  for sweep in sweep_layer_norm sweep_conv; do
+  for sweep in sweep_layer_norm sweep_conv sweep_col_sums; do
     timeout ${SWEEP_S:-120} python3 -m bench.$sweep > $OUT/$sweep.log 2>&1
     echo "$sweep rc=$?"; tail -30 $OUT/$sweep.log
   done

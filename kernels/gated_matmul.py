@@ -301,7 +301,8 @@ def _wgrad_kernel(
 @triton.jit
 def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG, CHUNK,
                      NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-                     PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                     PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     LOAD_STAGES: tl.constexpr = 1):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -333,7 +334,7 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
     rows = start + tl.arange(0, BM)
     x_next = tl.load(a_ptr + rows[:, None] * lda + cols[None, :],
                      mask=(rows < stop)[:, None] & col_ok[None, :], other=0.0)
-    for r0 in range(start, stop, BM):
+    for r0 in tl.range(start, stop, BM, num_stages=LOAD_STAGES):
         rows = r0 + tl.arange(0, BM)
         x = x_next
         x_next = tl.load(a_ptr + (rows + BM)[:, None] * lda + cols[None, :],
@@ -441,14 +442,19 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     return out
 
 
-def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0):
+def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, config=None):
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
-    when chunk > 0, else to the module (nothing read when every gate is exactly 0)."""
+    when chunk > 0, else to the module (nothing read when every gate is exactly 0).
+    config: dict(BM, BN, num_warps, programs_per_sm, LOAD_STAGES) in place of the defaults
+    (bench/sweep_col_sums.py)."""
     M, N = a.shape
     blk = dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
-    programs = 6 * _num_sms(a.device.index or 0) if a.is_cuda else 2
+    blk["programs_per_sm"] = 6
+    blk.update(config or {})
+    per_sm = blk.pop("programs_per_sm")
+    programs = per_sm * _num_sms(a.device.index or 0) if a.is_cuda else 2
     n_tiles = cdiv(N, blk["BN"])
     rows_per_prog = cdiv(cdiv(M, max(1, programs // n_tiles)), blk["BM"]) * blk["BM"]
     n_gates = 1 if gates is None else gates.shape[0]

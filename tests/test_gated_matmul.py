@@ -117,11 +117,13 @@ def test_weight_gradient_walks_sequences_of_several_frame_tiles():
     torch.testing.assert_close(out, a[rows].T @ b[rows], atol=1e-4, rtol=1e-4)
 
 
-def test_column_sums_over_valid_frames_only():
+@pytest.mark.parametrize("config", [{}, dict(LOAD_STAGES=3), dict(BM=16, LOAD_STAGES=2)])
+def test_column_sums_over_valid_frames_only(config):
+    """Also with the loop pipelined (LOAD_STAGES) and other row tiles (the sweep's options)."""
     lengths, _, _, _ = _case(5)
     a = torch.randn(B * T, 70, device=DEV)            # 70: a partial column tile
     a[~gm.valid_rows(lengths, T)] = float("nan")      # padded rows must not be read
-    out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T)
+    out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T, config=config)
     rows = gm.valid_rows(lengths, T)
     torch.testing.assert_close(out, a[rows].sum(0), atol=1e-4, rtol=1e-4)
 
