@@ -99,7 +99,7 @@ if has gemms; then
 fi
 if has sweeps; then
   for sweep in sweep_layer_norm sweep_conv sweep_col_sums; do
-    timeout ${SWEEP_S:-120} python3 -m bench.$sweep > $OUT/$sweep.log 2>&1
+    timeout ${SWEEP_S:-200} python3 -m bench.$sweep > $OUT/$sweep.log 2>&1
     echo "$sweep rc=$?"; tail -30 $OUT/$sweep.log
   done
   cp $REPO/bench/results/kernels.json $OUT/
