@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import time_graph_ms, write_rows
+from bench.sweeps import report, time_configs
 from orthoasr.kernels.gated_conv import (
     conv_dw_grad,
     conv_mid_bwd_conv,
@@ -36,9 +36,6 @@ NORM_CONFIGS = [{}, dict(SPAN=8), dict(SPAN=32), dict(SPAN=16, BT=2), dict(SPAN=
 DW_CONFIGS = [{}, dict(LOAD_STAGES=2), dict(LOAD_STAGES=3), dict(SPAN=32, LOAD_STAGES=3),
               dict(SPAN=128, LOAD_STAGES=3)]
 
-def _name(cfg: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in cfg.items()) or "default"
-
 
 def main() -> None:
     torch.manual_seed(0)
@@ -51,56 +48,41 @@ def main() -> None:
     gate = torch.ones(1, device="cuda")
     valid = (torch.arange(T, device="cuda")[None, :] < lengths[:, None]).reshape(-1)
     case = f"{B}x{T}x{D} bf16 K{K}, 80-100% valid"
-    rows, ref = [], {}
+    pre, r = torch.empty_like(v), torch.empty_like(v)
+    ref = {}
 
-    def check(mode, cfg, outs):
-        # row outputs at the valid frames only (padded rows may be left unwritten)
-        outs = [(o[valid] if o.shape[0] == valid.shape[0] else o).float() for o in outs]
-        if mode not in ref:
-            ref[mode] = outs
-        for o, r in zip(outs, ref[mode], strict=True):
-            torch.testing.assert_close(o, r, atol=2e-2, rtol=2e-2, msg=f"{mode} {cfg}")
+    def checker(mode):
+        """Each configuration's outputs against the default's (the first configuration);
+        row outputs at the valid frames only (padded rows may be left unwritten)."""
+        def check(config, outputs):
+            outputs = [(o[valid] if o.shape[0] == M else o).float() for o in outputs]
+            for o, r0 in zip(outputs, ref.setdefault(mode, outputs), strict=True):
+                torch.testing.assert_close(o, r0, atol=2e-2, rtol=2e-2, msg=f"{mode} {config}")
+        return check
 
-    for cfg in FWD_CONFIGS:
-        pre, r = torch.empty_like(v), torch.empty_like(v)
+    def fwd(config):
+        conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
+                     config=config)
+        return pre, r
 
-        def fwd(cfg=cfg, pre=pre, r=r):
-            conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
-                         config=cfg)
-        fwd()
-        check("fwd", cfg, [pre, r])
-        rows.append(dict(table="conv_sweep", case=case, mode="fwd", provider="ours",
-                         config=_name(cfg), timing="graph", ms=time_graph_ms(fwd)))
-    for cfg in BWD_CONFIGS:
-        def bwd(cfg=cfg):
-            return conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True, config=cfg)
-        check("bwd", cfg, [bwd()])
-        rows.append(dict(table="conv_sweep", case=case, mode="bwd (transposed conv + GLU)",
-                         provider="ours", config=_name(cfg), timing="graph",
-                         ms=time_graph_ms(bwd)))
-    for cfg in NORM_CONFIGS:
-        def norm(cfg=cfg):
-            return conv_mid_bwd_norm(dpre, v, ln_w, ln_b, gate, lengths, T, True, True,
-                                     config=cfg)
-        dr_grad, sums = norm()
-        check("norm bwd", cfg, [dr_grad])
-        torch.testing.assert_close(sums, conv_mid_bwd_norm(dpre, v, ln_w, ln_b, gate, lengths,
-                                                           T, True, True)[1],
-                                   atol=1e-1, rtol=1e-3)
-        rows.append(dict(table="conv_sweep", case=case, mode="bwd (SiLU + LayerNorm)",
-                         provider="ours", config=_name(cfg), timing="graph",
-                         ms=time_graph_ms(norm)))
-    for cfg in DW_CONFIGS:
-        def dw_grad(cfg=cfg):
-            return conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=cfg)
-        check("dw grad", cfg, [dw_grad()])
-        rows.append(dict(table="conv_sweep", case=case, mode="bwd (depthwise weight grad)",
-                         provider="ours", config=_name(cfg), timing="graph",
-                         ms=time_graph_ms(dw_grad)))
-    path = write_rows("kernels", rows)
-    for row in rows:
-        print(f"{row['mode']:>28} {row['config']:>44} {row['ms'] * 1e3:8.1f} us")
-    print(f"wrote {path}")
+    def bwd(config):
+        return [conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True, config=config)]
+
+    def norm(config):   # dpre and (dgamma, dbeta, conv-bias gradient)
+        return conv_mid_bwd_norm(dpre, v, ln_w, ln_b, gate, lengths, T, True, True,
+                                 config=config)
+
+    def dw_grad(config):
+        return [conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=config)]
+
+    rows = []
+    for mode, configs, call in (("fwd", FWD_CONFIGS, fwd),
+                                ("bwd (transposed conv + GLU)", BWD_CONFIGS, bwd),
+                                ("bwd (SiLU + LayerNorm)", NORM_CONFIGS, norm),
+                                ("bwd (depthwise weight grad)", DW_CONFIGS, dw_grad)):
+        base = dict(table="conv_sweep", case=case, mode=mode)
+        rows += time_configs(base, configs, call, checker(mode))
+    report(rows, lambda row: f"{row['mode']:>28}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.harness import time_graph_ms, write_rows
+from bench.harness import time_graph_ms
+from bench.sweeps import report, time_configs
 from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 
 B, T, D = 80, 250, 384
@@ -27,10 +28,6 @@ BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, 
                dict(BM=8, num_warps=4, warps_per_sm=8, LOAD_STAGES=3)]
 
 
-def _name(cfg: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in cfg.items())
-
-
 def _rows(x_dtype: torch.dtype) -> list[dict]:
     torch.manual_seed(0)
     M = B * T
@@ -41,37 +38,33 @@ def _rows(x_dtype: torch.dtype) -> list[dict]:
     _, mean, rstd = layer_norm_fwd(x, w, b, lengths, T, out_dtype=torch.bfloat16)
     ref_dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, T)[0].float()
     case = f"{B}x{T}x{D} {str(x_dtype)[6:]} in, bf16 out, 80-100% valid"
-    rows = []
 
-    def row(mode, provider, fn, cfg=None):
-        rows.append(dict(table="layer_norm", case=case, mode=mode, provider=provider,
-                         config=_name(cfg or {}), timing="graph", ms=time_graph_ms(fn)))
+    def torch_row(mode, fn):
+        return dict(table="layer_norm", case=case, mode=mode, provider="torch", config="",
+                    timing="graph", ms=time_graph_ms(fn))
 
-    row("fwd", "torch", lambda: F.layer_norm(x, (D,), w.to(x_dtype), b.to(x_dtype)).to(
-        torch.bfloat16))
-    for cfg in FWD_CONFIGS:
-        row("fwd", "ours", lambda c=cfg: layer_norm_fwd(x, w, b, lengths, T, config=c,
-                                                       out_dtype=torch.bfloat16), cfg)
+    def check_dx(config, grads):
+        err = (grads[0].float() - ref_dx).abs().max().item()
+        assert err < 2e-2, f"{config}: dx differs from the default config's by {err}"
+
     xr = x.clone().requires_grad_(True)
     wr, br = w.to(x_dtype).requires_grad_(True), b.to(x_dtype).requires_grad_(True)
-    row("fwd+bwd", "torch", lambda: torch.autograd.grad(
-        F.layer_norm(xr, (D,), wr, br), (xr, wr, br), dy.to(x_dtype)))
-    for cfg in BWD_CONFIGS:
-        dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, T, config=cfg)[0].float()
-        err = (dx - ref_dx).abs().max().item()
-        assert err < 2e-2, f"{cfg}: dx differs from the default config's by {err}"
-        row("bwd", "ours", lambda c=cfg: layer_norm_bwd(dy, x, w, mean, rstd, lengths, T,
-                                                        config=c), cfg)
-    return rows
+    return [
+        torch_row("fwd", lambda: F.layer_norm(x, (D,), w.to(x_dtype), b.to(x_dtype)).to(
+            torch.bfloat16)),
+        *time_configs(dict(table="layer_norm", case=case, mode="fwd"), FWD_CONFIGS,
+                      lambda c: layer_norm_fwd(x, w, b, lengths, T, config=c,
+                                               out_dtype=torch.bfloat16)),
+        torch_row("fwd+bwd", lambda: torch.autograd.grad(
+            F.layer_norm(xr, (D,), wr, br), (xr, wr, br), dy.to(x_dtype))),
+        *time_configs(dict(table="layer_norm", case=case, mode="bwd"), BWD_CONFIGS,
+                      lambda c: layer_norm_bwd(dy, x, w, mean, rstd, lengths, T, config=c),
+                      check_dx)]
 
 
 def main() -> None:
-    rows = _rows(torch.float32) + _rows(torch.bfloat16)
-    path = write_rows("kernels", rows)
-    for r in rows:
-        print(f"{r['case'][:22]} {r['mode']:>7} {r['provider']:>6} {r['config']:>34} "
-              f"{r['ms'] * 1e3:8.1f} us")
-    print(f"wrote {path}")
+    report(_rows(torch.float32) + _rows(torch.bfloat16),
+           lambda row: f"{row['case'][:22]} {row['mode']:>7}")
 
 
 if __name__ == "__main__":

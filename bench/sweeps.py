@@ -1,0 +1,35 @@
+"""What the launch-configuration sweeps share (bench/sweep_*.py): each configuration of a
+kernel run once, checked, then timed as CUDA-graph replays, one result row per configuration,
+and the rows written and printed."""
+
+from __future__ import annotations
+
+from bench.harness import time_graph_ms, write_rows
+
+
+def config_name(config: dict) -> str:
+    """'BM=4 num_warps=2', or 'default' for the launcher's own configuration ({})."""
+    return " ".join(f"{key}={value}" for key, value in config.items()) or "default"
+
+
+def time_configs(base: dict, configs: list[dict], call, check=None) -> list[dict]:
+    """One row per configuration: base (table, case, mode, ...) plus provider "ours", the
+    configuration's name and the graph-replay time of call(config). check(config, output)
+    sees each configuration's first output before it is timed."""
+    rows = []
+    for config in configs:
+        output = call(config)
+        if check is not None:
+            check(config, output)
+        rows.append({**base, "provider": "ours", "config": config_name(config),
+                     "timing": "graph", "ms": time_graph_ms(lambda c=config: call(c))})
+    return rows
+
+
+def report(rows: list[dict], label=lambda row: row["case"]) -> None:
+    """Append the rows to bench/results/kernels.json and print one line each."""
+    path = write_rows("kernels", rows)
+    for row in rows:
+        print(f"{label(row)} {row['provider']:>6} {row['config']:>44} "
+              f"{row['ms'] * 1e3:8.1f} us")
+    print(f"wrote {path}")
