@@ -449,10 +449,9 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, config
     config: dict(BM, BN, num_warps, programs_per_sm, LOAD_STAGES) in place of the defaults
     (bench/sweep_col_sums.py)."""
     M, N = a.shape
-    blk = dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
-    blk["programs_per_sm"] = 6
-    blk.update(config or {})
+    blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)),
+           "programs_per_sm": 6, **(config or {})}
     per_sm = blk.pop("programs_per_sm")
     programs = per_sm * _num_sms(a.device.index or 0) if a.is_cuda else 2
     n_tiles = cdiv(N, blk["BN"])

@@ -92,10 +92,10 @@ def _layer_norm_bwd_kernel(
     # a cross-warp exchange between every load and the next; one program per block writing
     # its sums to a workspace took 18.7 us plus two torch sums of 18 us each at B32xT250 on
     # the H200, against 15.8 us in all for the loop below before its prefetch.)
-    # The loop is latency-bound (two programs per SM): each iteration loads the next block's
-    # x and dy before working on its own, and those loads are masked by rows < M only, so
-    # that they wait neither on this block's work nor on the lengths (padded rows are read
-    # and then dropped by `ok`, as NaN-safe selects).
+    # The loop is latency-bound (BWD_WARPS_PER_SM warps per SM): each iteration loads the
+    # next block's x and dy before working on its own, and those loads are masked by
+    # rows < M only, so that they wait neither on this block's work nor on the lengths
+    # (padded rows are read and then dropped by `ok`, as NaN-safe selects).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
@@ -179,12 +179,8 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
     gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm, LOAD_STAGES) in
     place of the defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
-    blk = _blocks(D, backward=True)
-    warps_per_sm = BWD_WARPS_PER_SM
-    if config:
-        config = dict(config)
-        warps_per_sm = config.pop("warps_per_sm", warps_per_sm)
-        blk.update(config)
+    blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
+    warps_per_sm = blk.pop("warps_per_sm")
     dx = torch.empty_like(x2d)
     if dw is None:
         dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)

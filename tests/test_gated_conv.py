@@ -139,7 +139,7 @@ def _tap_loop_outputs(K, device, dtype, configs):
                             config=config)
         du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True,
                                       config=config)
-        stages = {k: config[k] for k in ("LOAD_STAGES",) if k in config}
+        stages = {"LOAD_STAGES": config["LOAD_STAGES"]} if "LOAD_STAGES" in config else {}
         dw = module.conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=stages)
         outs.append([o[~pad].float() for o in (pre, r, du)] + [dw])
     return outs
