@@ -22,9 +22,10 @@ from orthoasr.config import SupernetConfig
 from orthoasr.model import ConformerSupernet, make_module
 
 
-def kernel_table(fn, iters: int) -> list[tuple[str, float, int]]:
-    """[(kernel name, device µs per call of fn, launches per call)], largest first."""
-    for _ in range(3):
+def kernel_table(fn, iters: int, warmup: int = 3) -> list[tuple[str, float, int]]:
+    """[(kernel name, device µs per call of fn, launches per call)], largest first, after
+    `warmup` unprofiled calls."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

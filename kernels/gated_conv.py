@@ -74,16 +74,14 @@ def _conv_mid_fwd_kernel(
     v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
     T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1,
-    LOAD_STAGES: tl.constexpr = 1,
+    BT: tl.constexpr, BD: tl.constexpr,
 ):
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
     # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
     # LayerNorm over channels and SiLU. Tiles past the sequence's length return at once.
-    # A kernel's num_stages pipelines only loads that feed a dot: the plain tap loop waits
-    # on each tap's load (no async copies in the sm_90 TTGIR). LOAD_STAGES > 1 makes the
-    # loop's loads async copies in flight (tl.range); TAPS_PER_STEP > 1 unrolls taps per
-    # step instead. bench/sweep_conv.py times both against the plain loop.
+    # The tap loop's loads are not async copies (num_stages pipelines only loads that feed a
+    # dot); made so with tl.range(num_stages=2..4), or unrolled 2 or 4 taps a step, it was
+    # 7-31% slower (H200, bench/sweep_conv.py, 2026-12-01).
     pid_t = tl.program_id(0)
     seq = tl.program_id(1)
     length = tl.minimum(tl.load(len_ptr + seq), T)
@@ -94,16 +92,13 @@ def _conv_mid_fwd_kernel(
     if (live > 0) & (pid_t * BT < length):
         acc = tl.zeros([BT, BD], dtype=tl.float32)
         acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        for k0 in tl.range(0, K, TAPS_PER_STEP, num_stages=LOAD_STAGES):
-            for j in tl.static_range(TAPS_PER_STEP):
-                k = k0 + j
-                ts = t + k - K // 2
-                ok = (ts >= 0) & (ts < length) & (t * 0 + k < K)   # tensors: k may be an int
-                v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
-                            mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok & (cols * 0 + k < K),
-                            other=0.0).to(tl.float32)
-                acc += v * w[None, :]
+        for k in range(0, K):
+            ts = t + k - K // 2
+            ok = (ts >= 0) & (ts < length)
+            v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
+                        mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+            acc += v * w[None, :]
         row_ok = t < length
         ok = row_ok[:, None] & col_ok[None, :]
         tile = (seq * T + t)[:, None] * D + cols[None, :]
@@ -185,11 +180,12 @@ def _conv_mid_bwd_conv_kernel(
     dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
     T, D,  # wdw: (K, D) as in the forward
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, TAPS_PER_STEP: tl.constexpr = 1, LOAD_STAGES: tl.constexpr = 1,
+    BC: tl.constexpr,
 ):
     # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
     # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
     # comes from L1/L2), then the GLU backward dU = (dV sigmoid(b), dV a sigmoid'(b)).
+    # As in the forward, a pipelined or unrolled tap loop was no faster (bench/sweep_conv.py).
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
@@ -202,17 +198,13 @@ def _conv_mid_bwd_conv_kernel(
         ok = (t < length)[:, None] & col_ok[None, :]
         frames = seq * T
         dv = tl.zeros([BT, BC], dtype=tl.float32)
-        for k0 in tl.range(0, K, TAPS_PER_STEP, num_stages=LOAD_STAGES):
-            for j in tl.static_range(TAPS_PER_STEP):
-                k = k0 + j
-                tb = t - k + K // 2
-                ok_b = ((tb >= 0) & (tb < length) & (t * 0 + k < K))[:, None] & \
-                    col_ok[None, :]
-                dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :],
-                                 mask=ok_b, other=0.0).to(tl.float32)
-                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok & (cols * 0 + k < K),
-                            other=0.0).to(tl.float32)
-                dv += dshift * w[None, :]
+        for k in range(0, K):
+            tb = t - k + K // 2
+            ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
+            dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :],
+                             mask=ok_b, other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+            dv += dshift * w[None, :]
         u_rows = (frames + t)[:, None] * (2 * D)
         a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -236,7 +228,7 @@ def _conv_dw_grad_kernel(
     dpre_ptr, v_ptr, part_ptr, gate_ptr, len_ptr,
     T, NS,  # part: (B * NS, K, D) fp32 partial sums, one row block per program
     D: tl.constexpr, K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    SPAN: tl.constexpr, G: tl.constexpr, BC: tl.constexpr, LOAD_STAGES: tl.constexpr = 1,
+    SPAN: tl.constexpr, G: tl.constexpr, BC: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
     # Program (s, j, b): the depthwise weight gradient dw[c, k] = sum_t dW[t, c] V[t + k - P, c]
     # over frames [s*SPAN, +SPAN) and channels [j*BC, +BC) of sequence b, stored as its
@@ -305,14 +297,14 @@ def _mid_blocks(D: int) -> dict:
 
 
 def _norm_bwd_blocks(D: int) -> dict:
-    """Spans of the SiLU / LayerNorm backward: 16 frames a program, one at a time in one
-    warp where a row fits it. At ~20k frames: ~1,300 programs, about one wave at the ~12
-    one-warp programs an SM holds (their registers), and ~6 MB of partial sums; a longer
-    span means fewer programs, each a longer chain of dependent steps."""
+    """Spans of the SiLU / LayerNorm backward: 16 frames a program, two at a time in one
+    warp where a row fits it. H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py, 2026-12-01):
+    53.4 us against 63.0 one frame at a time; spans of 8 / 32 frames one at a time 55.6 /
+    68.3 us. A longer span means fewer programs, each a longer chain of dependent steps."""
     BD = max(16, next_pow2(D))
     if interpreting():
         return dict(SPAN=32, BT=16, BD=BD, num_warps=4)
-    return dict(SPAN=16, BT=1, BD=BD, num_warps=1 if BD <= 512 else 4)
+    return dict(SPAN=16, BT=2, BD=BD, num_warps=1 if BD <= 512 else 4)
 
 
 def _conv_blocks(D: int) -> dict:
@@ -326,13 +318,14 @@ def _conv_blocks(D: int) -> dict:
 
 def _dw_grad_blocks(D: int) -> dict:
     """Tiles of the depthwise weight gradient: spans of 64 frames x 128 channels (384
-    programs of 4 warps at B32xT250, D 384; 6 MB of partial sums). sm_90 compile
-    (bench/compile_check_modules.py): 104 registers, no spills. H200, kernel alone at
-    B32xT250: spans of 32 / 64 / 128 frames took 26.6 / 24.4 / 38.7 us; the sum of the
-    partials after it took 11.4 us alone (30.5 us for both)."""
+    programs of 4 warps at B32xT250, D 384; 6 MB of partial sums), the frame loop's loads
+    async copies 3 stages deep (LOAD_STAGES, tl.range). sm_90 compile
+    (bench/compile_check_modules.py): 104 registers, no spills. H200 at 80 x 250 x 384 bf16
+    (bench/sweep_conv.py, 2026-12-01): 48.1 us against 54.4 unpipelined; spans of 128
+    frames took 46.8 us there, but give B32xT250 only 192 programs for 132 SMs."""
     if interpreting():
-        return dict(SPAN=32, BC=max(16, next_pow2(D)), num_warps=4)
-    return dict(SPAN=64, BC=128, num_warps=4)
+        return dict(SPAN=32, BC=max(16, next_pow2(D)), num_warps=4, LOAD_STAGES=1)
+    return dict(SPAN=64, BC=128, num_warps=4, LOAD_STAGES=3)
 
 
 def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: int, K: int,
@@ -358,8 +351,8 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
 def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save,
                  config=None):
     """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D] (and the conv
-    output into pre [M, D] when save). config: dict(BT, num_warps, TAPS_PER_STEP,
-    LOAD_STAGES) in place of the defaults (bench/sweep_conv.py)."""
+    output into pre [M, D] when save). config: dict(BT, num_warps) in place of the defaults
+    (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
     blk = {**_mid_blocks(D), **(config or {})}
     launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),
@@ -389,8 +382,8 @@ def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, sk
 def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
                       config=None):
     """The transposed depthwise conv and the GLU backward: dpre [M, D], u [M, 2D] (the GLU
-    input) -> du [M, 2D]. config: dict(BT, BC, num_warps, TAPS_PER_STEP, LOAD_STAGES) in
-    place of the defaults (bench/sweep_conv.py)."""
+    input) -> du [M, 2D]. config: dict(BT, BC, num_warps) in place of the defaults
+    (bench/sweep_conv.py)."""
     D, K = dpre.shape[1], dw_w.shape[1]
     blk = {**_conv_blocks(D), **(config or {})}
     du = dpre.new_empty(dpre.shape[0], 2 * D)

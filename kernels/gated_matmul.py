@@ -301,8 +301,7 @@ def _wgrad_kernel(
 @triton.jit
 def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG, CHUNK,
                      NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-                     PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     LOAD_STAGES: tl.constexpr = 1):
+                     PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -334,7 +333,7 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
     rows = start + tl.arange(0, BM)
     x_next = tl.load(a_ptr + rows[:, None] * lda + cols[None, :],
                      mask=(rows < stop)[:, None] & col_ok[None, :], other=0.0)
-    for r0 in tl.range(start, stop, BM, num_stages=LOAD_STAGES):
+    for r0 in range(start, stop, BM):
         rows = r0 + tl.arange(0, BM)
         x = x_next
         x_next = tl.load(a_ptr + (rows + BM)[:, None] * lda + cols[None, :],
@@ -446,14 +445,13 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, config
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0).
-    config: dict(BM, BN, num_warps, programs_per_sm, LOAD_STAGES) in place of the defaults
-    (bench/sweep_col_sums.py)."""
+    config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
+    blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)), **(config or {})}
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
-    blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)),
-           "programs_per_sm": 6, **(config or {})}
-    per_sm = blk.pop("programs_per_sm")
-    programs = per_sm * _num_sms(a.device.index or 0) if a.is_cuda else 2
+    # (6 a SM; 3 or 12, or the row loop's loads as async copies, were 2-20% slower on the
+    # H200: bench/sweep_col_sums.py, 2026-12-01)
+    programs = 6 * _num_sms(a.device.index or 0) if a.is_cuda else 2
     n_tiles = cdiv(N, blk["BN"])
     rows_per_prog = cdiv(cdiv(M, max(1, programs // n_tiles)), blk["BM"]) * blk["BM"]
     n_gates = 1 if gates is None else gates.shape[0]

@@ -84,7 +84,7 @@ def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
     M, D, T,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr = 1,
+    BM: tl.constexpr, BD: tl.constexpr,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -109,7 +109,7 @@ def _layer_norm_bwd_kernel(
     x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next, other=0.0)
     dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
                       other=0.0)
-    for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
+    for blk in range(pid, tl.cdiv(M, BM), nprog):
         rows = blk * BM + tl.arange(0, BM)
         tile = rows[:, None] * D + cols[None, :]
         x = x_next.to(tl.float32)
@@ -176,8 +176,8 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
                    dw=None, db=None, config=None):
     """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32 [D], dbias fp32 [D]); dw / db:
     zeroed fp32 [D] to add to (default: new). dy2d may be in another dtype than x2d (a bf16
-    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm, LOAD_STAGES) in
-    place of the defaults (bench/sweep_layer_norm.py)."""
+    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm) in place of the
+    defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")

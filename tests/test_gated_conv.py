@@ -71,14 +71,14 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
     tiles (the interpreter's own tiles hold every channel in one block): channel blocks with
     a ragged last one, frame tiles whose halo crosses their edges, weight-gradient spans of
     30 frames (not a multiple of the kernel's 4-frame step; three per sequence, the last
-    partial), the norm backward one frame at a time over spans of 32, a sequence of one
-    frame."""
+    partial) with async-copied loads, the norm backward two frames at a time over spans of
+    32, a sequence of one frame."""
     from orthoasr.kernels import gated_conv as module
     monkeypatch.setattr(module, "_conv_blocks", lambda D: dict(BT=32, BC=64, num_warps=4))
     monkeypatch.setattr(module, "_dw_grad_blocks",
-                        lambda D: dict(SPAN=30, BC=64, num_warps=4))
+                        lambda D: dict(SPAN=30, BC=64, num_warps=4, LOAD_STAGES=3))
     monkeypatch.setattr(module, "_norm_bwd_blocks",
-                        lambda D: dict(SPAN=32, BT=1, BD=128, num_warps=1))
+                        lambda D: dict(SPAN=32, BT=2, BD=128, num_warps=1))
     torch.manual_seed(3)
     d, K, T, lengths = 100, 31, 75, torch.tensor([75, 40, 1])
     x = torch.randn(3, T, d, dtype=torch.float64)
@@ -99,7 +99,8 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
     a sequence shorter than one, a ragged last channel block, NaN in every padded row of
     dpre and v (the kernel must not read them), and a dead gate (exact zeros)."""
     from orthoasr.kernels import gated_conv as module
-    monkeypatch.setattr(module, "_dw_grad_blocks", lambda D: dict(SPAN=6, BC=16, num_warps=4))
+    monkeypatch.setattr(module, "_dw_grad_blocks",
+                        lambda D: dict(SPAN=6, BC=16, num_warps=4, LOAD_STAGES=2))
     T, d, lengths = 13, 20, torch.tensor([13, 5, 1, 3])
     B = len(lengths)
     dpre, v = torch.randn(B, T, d), torch.randn(B, T, d)
@@ -117,10 +118,10 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
     assert (dead == 0).all()
 
 
-def _tap_loop_outputs(K, device, dtype, configs):
+def _launch_option_outputs(K, device, dtype, configs):
     """The depthwise conv's forward (pre, r) and transposed conv (du) at the valid frames
-    and its weight gradient, one list per launch config, with NaN in every padded row
-    (never read)."""
+    and its weight gradient, one list per (forward, transposed conv, weight gradient)
+    launch configs, with NaN in every padded row (never read)."""
     from orthoasr.kernels import gated_conv as module
     torch.manual_seed(5)
     T, d, lengths = 20, 24, torch.tensor([20, 9, 1], device=device)
@@ -133,38 +134,41 @@ def _tap_loop_outputs(K, device, dtype, configs):
                               for shape in ((d, K), (d,), (d,), (d,)))
     gate = torch.tensor([0.5], device=device)
     outs = []
-    for config in configs:
+    for fwd, bwd, dw_grad in configs:
         pre, r = torch.zeros_like(v), torch.zeros_like(v)
         module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
-                            config=config)
-        du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True,
-                                      config=config)
-        stages = {"LOAD_STAGES": config["LOAD_STAGES"]} if "LOAD_STAGES" in config else {}
-        dw = module.conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=stages)
+                            config=fwd)
+        du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True, config=bwd)
+        dw = module.conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=dw_grad)
         outs.append([o[~pad].float() for o in (pre, r, du)] + [dw])
     return outs
 
 
-TAP_LOOPS = [dict(TAPS_PER_STEP=4), dict(TAPS_PER_STEP=2, LOAD_STAGES=3), dict(LOAD_STAGES=2)]
+# other tiles (a partial channel tile: 24 = 16 + 8), and the weight gradient's frame loop
+# with and without async copies (LOAD_STAGES)
+LAUNCH_OPTIONS = [(dict(BT=4), dict(BT=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
+                  ({}, {}, dict(LOAD_STAGES=1)), ({}, {}, dict(LOAD_STAGES=2))]
 
 
 @pytest.mark.parametrize("K", [3, 31])
-def test_tap_loop_options_give_the_same_values(K):
-    """Taps per loop step (the last step partly past K: 31 = 7 x 4 + 3) and pipelined loops
-    give what the plain loops give: forward, transposed conv, weight gradient."""
-    plain, *others = _tap_loop_outputs(K, "cpu", torch.float32, [{}, *TAP_LOOPS])
+def test_launch_options_give_the_same_values(K):
+    """Other tiles and pipelined loops give what the defaults give: forward, transposed
+    conv, weight gradient."""
+    default, *others = _launch_option_outputs(K, "cpu", torch.float32,
+                                              [({}, {}, {}), *LAUNCH_OPTIONS])
     for outs in others:
-        for one, other in zip(plain, outs, strict=True):
+        for one, other in zip(default, outs, strict=True):
             assert torch.isfinite(one).all()
             torch.testing.assert_close(other, one, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.gpu
-def test_gpu_tap_loop_options_give_the_same_values():
+def test_gpu_launch_options_give_the_same_values():
     """The same on the GPU in bf16, where LOAD_STAGES makes the loads async copies."""
-    plain, *others = _tap_loop_outputs(31, "cuda", torch.bfloat16, [{}, *TAP_LOOPS])
+    default, *others = _launch_option_outputs(31, "cuda", torch.bfloat16,
+                                              [({}, {}, {}), *LAUNCH_OPTIONS])
     for outs in others:
-        for one, other in zip(plain, outs, strict=True):
+        for one, other in zip(default, outs, strict=True):
             torch.testing.assert_close(other, one, atol=1e-2, rtol=1e-2)
 
 
