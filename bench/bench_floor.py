@@ -114,9 +114,9 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
     return rows
 
 
-def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
-    """Checks, then times; every row is written as soon as it is measured. Returns the
-    number of rows."""
+def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None) -> int:
+    """Checks, then times; every row is written as soon as it is measured. gate_names: the
+    gate patterns to run (default all). Returns the number of rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
     if device.type == "cpu":          # --check under the interpreter: a small model
@@ -147,6 +147,8 @@ def run(shapes, kinds, check_only: bool, timings, out=None) -> int:
                 patterns = gate_patterns(ours_module.num_gates if kind != "conv" else 1,
                                          device)
             for name, gates in patterns.items():
+                if gate_names and name not in gate_names:
+                    continue
                 hard = name != "soft"
                 if kind == "encoder":
                     def ours(xx, ll, g=gates):
@@ -237,11 +239,13 @@ def main() -> None:
     parser.add_argument("--modules", nargs="*",
                         default=["ffn", "conv", "mhsa", "attention", "encoder"])
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"])
+    parser.add_argument("--gates", nargs="*", default=None,
+                        help="gate patterns to run (all-on, half, off, soft; default all)")
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for kernels.json "
                         "(default bench/results)")
     args = parser.parse_args()
-    run(args.cases, args.modules, args.check, args.timings, args.out)
+    run(args.cases, args.modules, args.check, args.timings, args.out, args.gates)
 
 
 if __name__ == "__main__":
