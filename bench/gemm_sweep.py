@@ -19,7 +19,8 @@ from bench.harness import time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
 
 D, FF, CHUNKS = 384, 1536, 4
-SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
+# B80xT250: a training step's frames at max_frames 80000 (configs/paper.yaml)
+SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750), "B80xT250": (80, 250)}
 ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
                dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4),
                dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3),
