@@ -46,6 +46,12 @@ WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 
                  dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),
                  dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4),
                  dict(BP=64, BQ=128, BK=64, num_warps=8, num_stages=4)]
+# more programs, each over fewer sequences (shorter chains, more fp32 atomics): at
+# B80xT250 the default tile took as long with half the chunks dead as with none (77 / 80
+# us, 2026-12-01), the time of one program's chain rather than of the work
+WGRAD_CONFIGS += [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3, programs_per_sm=p)
+                  for p in (6, 12)]
+WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=6)]
 
 
 def _tag(cfg):

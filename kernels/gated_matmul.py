@@ -416,10 +416,12 @@ def _num_sms(index: int) -> int:
 def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
           skip_dead=False, out=None, blocks=None):
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q]. `out`: a zeroed fp32
-    [P, Q] to add to."""
+    [P, Q] to add to. blocks: the tiles (BP, BQ, BK, num_warps, num_stages) and optionally
+    programs_per_sm, how many programs a SM gets when sequences are split among them (3)."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype))
+    programs_per_sm = blk.pop("programs_per_sm", 3)
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
     p_tiles = num_chunks * cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
@@ -427,7 +429,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
         cdiv(Q, blk["BQ"])
     if a.is_cuda:
-        want = 3 * _num_sms(a.device.index or 0)
+        want = programs_per_sm * _num_sms(a.device.index or 0)
         split = max(1, min(NB, want // max(1, p_tiles * q_tiles)))
     else:
         split = min(NB, 2)
