@@ -52,6 +52,12 @@ WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 
 WGRAD_CONFIGS += [dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3, programs_per_sm=p)
                   for p in (6, 12)]
 WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=6)]
+# larger tiles read fewer bytes per FLOP (the 64x128 tile is L2-bound: ~400 programs x 24 KB
+# per ~1 us step), but at 3 programs a SM they ran in 1.5-3 waves: one wave each here
+# (shared memory: 96 KB at 128x128, 144 KB at 128x256, 3 stages)
+WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=2),
+                  dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3, programs_per_sm=1),
+                  dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=1)]
 
 
 def _tag(cfg):
