@@ -106,7 +106,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
           f"warps {num_warps} stages {num_stages} shared {shared:7d} B "
           f"{'OK' if ok else 'TOO MUCH SHARED MEMORY'} regs {n_regs} "
           f"barriers {compiled.asm['ptx'].count('bar.sync')} "
-          f"loop conversions {_loop_conversions(compiled.asm['ttgir'])}")
+          f"loop conversions {_loop_conversions(compiled.asm['ttgir'])} "
+          f"async copies {compiled.asm['ttgir'].count('async_copy_global_to_local')}")
     return ok
 
 

@@ -68,7 +68,7 @@ def main() -> None:
                             len_ptr="i64"),
                        ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
                                  lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
-                                 CHUNK=F // 4, SPLIT=5),
+                                 CHUNK=F // 4, MIN_SPLIT=5),
                        constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
                                        HAS_GATES=True, SKIP_DEAD=True, SEQS_P2=8,
                                        DOT_PRECISION="tf32", **blk),

@@ -8,7 +8,7 @@ Two kernels serve every GEMM of the FFN and conv modules, a third their bias gra
   GLU, the SiLU backward with gate- and bias-gradient column sums, output gate).
 - `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (the loop
   runs t < lengths[b] per sequence; sequences are split over programs and reduced with fp32
-  atomics), dead chunks along P or Q skipped.
+  atomics), dead chunks along P or Q skipped: the programs share out the live tiles only.
 - `_col_sums_kernel`: column sums over the valid frames (bias gradients), kept out of the
   weight-gradient loop.
 
@@ -240,38 +240,70 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
 # ----------------------------------------------------------------------------- weight grads
 
 @triton.jit
+def _live_tile(rank, CHUNK, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
+               live_rank, BLOCK: tl.constexpr):
+    """Offsets (BLOCK,) and their mask for the `rank`-th live tile along a chunked axis:
+    tiles never straddle chunks; live_rank is the running count of live chunks."""
+    tiles_per_chunk = tl.cdiv(CHUNK, BLOCK)
+    j = rank // tiles_per_chunk                            # the j-th live chunk ...
+    c = tl.sum((live_rank <= j).to(tl.int32), 0)           # ... is chunk c
+    local = (rank - j * tiles_per_chunk) * BLOCK + tl.arange(0, BLOCK)
+    return c * CHUNK + local, local < CHUNK
+
+
+@triton.jit
 def _wgrad_kernel(
     a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr,
-    P, Q, T, NB, lda, ldb, CHUNK, SPLIT,
+    P, Q, T, NB, lda, ldb, CHUNK, MIN_SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SEQS_P2: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    # Program (pid_q, pid_p, pid_s) accumulates A^T B for output tile (pid_p, pid_q) over the
-    # valid frames of sequences pid_s, pid_s + SPLIT, ... and adds it to the fp32 output.
+    # The programs share out the live output tiles, found on the device: with n of them,
+    # program i takes tile i % n and the sequences i // n, i // n + split, ... where split =
+    # programs // n (at least MIN_SPLIT, so a program never holds more than SEQS_P2
+    # sequences). Fewer live tiles, shorter chains: with the grid sized by tile (and the
+    # split fixed for all tiles), half the chunks dead took as long as none (77 / 80 us at
+    # B80xT250 on the H200, 2026-12-01), each live program walking the same sequences.
+    # A program adds its tile's A^T B over its sequences' valid frames to the fp32 output.
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. (Column sums of
     # A for bias gradients are not summed here: a reduction per step over the loaded tile
     # stalled the pipeline, 76 against 47 us at the FFN's dW1; see col_sums.)
-    pid_q = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    if CHUNK_AXIS == 1:
-        c, offs_p, p_ok = _chunk_cols(pid_p, CHUNK, BP)
-    else:
-        offs_p = pid_p * BP + tl.arange(0, BP)
-        p_ok = offs_p < P
-    if CHUNK_AXIS == 2:
-        c, offs_q, q_ok = _chunk_cols(pid_q, CHUNK, BQ)
-    else:
-        offs_q = pid_q * BQ + tl.arange(0, BQ)
-        q_ok = offs_q < Q
-    if CHUNK_AXIS == 0:
-        c = 0
-    g = _gate(gate_ptr, c, HAS_GATES)
-    live = True
-    if SKIP_DEAD:
-        live = g != 0.0
-    if live:
+    pid = tl.program_id(0)
+    p_tiles = tl.cdiv(P, BP)
+    q_tiles = tl.cdiv(Q, BQ)
+    if CHUNK_AXIS != 0:
+        offs_c = tl.arange(0, CHUNKS_P2)
+        chunk_in = offs_c < NUM_CHUNKS
+        chunk_live = chunk_in.to(tl.int32)
+        if SKIP_DEAD:
+            chunk_gates = tl.load(gate_ptr + offs_c, mask=chunk_in, other=0.0)
+            chunk_live = (chunk_in & (chunk_gates != 0.0)).to(tl.int32)
+        live_rank = tl.cumsum(chunk_live, 0)
+        n_live = tl.sum(chunk_live, 0)
+        if CHUNK_AXIS == 1:
+            p_tiles = n_live * tl.cdiv(CHUNK, BP)
+        else:
+            q_tiles = n_live * tl.cdiv(CHUNK, BQ)
+    elif SKIP_DEAD:     # one module gate
+        p_tiles = tl.where(_gate(gate_ptr, 0, HAS_GATES) != 0.0, p_tiles, 0)
+    n_tiles = p_tiles * q_tiles
+    split = tl.maximum(MIN_SPLIT, tl.minimum(NB, tl.num_programs(0) // tl.maximum(n_tiles, 1)))
+    if pid < n_tiles * split:
+        tile = pid % n_tiles
+        first_seq = pid // n_tiles
+        rank_p = tile // q_tiles
+        rank_q = tile - rank_p * q_tiles
+        if CHUNK_AXIS == 1:
+            offs_p, p_ok = _live_tile(rank_p, CHUNK, NUM_CHUNKS, CHUNKS_P2, live_rank, BP)
+        else:
+            offs_p = rank_p * BP + tl.arange(0, BP)
+            p_ok = offs_p < P
+        if CHUNK_AXIS == 2:
+            offs_q, q_ok = _live_tile(rank_q, CHUNK, NUM_CHUNKS, CHUNKS_P2, live_rank, BQ)
+        else:
+            offs_q = rank_q * BQ + tl.arange(0, BQ)
+            q_ok = offs_q < Q
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
         # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
         # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
@@ -279,13 +311,13 @@ def _wgrad_kernel(
         # program's sequences are read before the loop: a load inside it took a pipeline
         # stage (two tile buffers instead of three in an sm_90 compile).
         steps = tl.cdiv(T, BK)
-        n_seqs = tl.cdiv(NB - pid_s, SPLIT)
+        n_seqs = tl.cdiv(NB - first_seq, split)
         offs_j = tl.arange(0, SEQS_P2)
-        lens = tl.load(len_ptr + pid_s + offs_j * SPLIT, mask=offs_j < n_seqs, other=0)
+        lens = tl.load(len_ptr + first_seq + offs_j * split, mask=offs_j < n_seqs, other=0)
         lens = tl.minimum(lens, T)
         for i in range(0, n_seqs * steps):
             j = i // steps
-            seq = pid_s + j * SPLIT
+            seq = first_seq + j * split
             t = (i - j * steps) * BK + tl.arange(0, BK)
             t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
             frame = seq * T + t
@@ -428,12 +460,14 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         cdiv(P, blk["BP"])
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
         cdiv(Q, blk["BQ"])
+    n_tiles = p_tiles * q_tiles          # all live; the kernel finds the live ones
     if a.is_cuda:
         want = programs_per_sm * _num_sms(a.device.index or 0)
-        split = max(1, min(NB, want // max(1, p_tiles * q_tiles)))
+        split = max(1, min(NB, want // n_tiles))
     else:
         split = min(NB, 2)
-    launch(_wgrad_kernel, (q_tiles, p_tiles, split),
+    # the grid: every tile `split` ways; with dead tiles the live ones split further
+    launch(_wgrad_kernel, (n_tiles * split,),
         a, b, out, gates if gates is not None else out, lengths,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),

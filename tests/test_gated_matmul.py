@@ -104,6 +104,44 @@ def test_weight_gradient_over_valid_frames_with_dead_chunks(chunk_axis):
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("chunk_axis", [1, 2])
+@pytest.mark.parametrize("live", [(1, 1, 1), (0, 1, 0), (1, 0, 1), (0, 0, 0)])
+def test_weight_gradient_shares_the_live_tiles_among_the_programs(chunk_axis, live):
+    """The programs take the live tiles only, so with dead chunks each live tile is split
+    over more programs (more sequence groups): every sequence must still be summed once.
+    Chunks of 40 (two tiles of the interpreter's 32, the second partial), 7 sequences,
+    soft gates (nothing skipped) and hard ones, NaN in padded rows."""
+    torch.manual_seed(11)
+    t_max, lengths = 9, torch.tensor([9, 3, 0, 9, 1, 6, 8], device=DEV)
+    rows = gm.valid_rows(lengths, t_max)
+    chunk, other = 40, 24
+    wide = 3 * chunk
+    a = torch.randn(7 * t_max, wide if chunk_axis == 1 else other, device=DEV)
+    b = torch.randn(7 * t_max, other if chunk_axis == 1 else wide, device=DEV)
+    a[~rows], b[~rows] = float("nan"), float("nan")
+    gates = torch.tensor(live, dtype=torch.float32, device=DEV) * 0.5
+    expected = a[rows].T @ b[rows]
+    for skip_dead in (False, True):
+        out = gm.wgrad(a, b, lengths=lengths, T=t_max, gates=gates, chunk=chunk, num_chunks=3,
+                       chunk_axis=chunk_axis, skip_dead=skip_dead)
+        keep = expected
+        if skip_dead:      # dead chunks' rows (P) or columns (Q) are left at zero
+            alive = (gates != 0).repeat_interleave(chunk)
+            keep = expected * (alive[:, None] if chunk_axis == 1 else alive[None, :])
+        torch.testing.assert_close(out, keep, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.3])
+def test_weight_gradient_under_a_module_gate(gate):
+    """One gate for the whole product (the conv module's): a dead one leaves out at zero."""
+    lengths, a, _, _ = _case(7)
+    b = torch.randn(B * T, N, device=DEV)
+    out = gm.wgrad(a, b, lengths=lengths, T=T, gates=torch.tensor([gate], device=DEV),
+                   skip_dead=True)
+    expected = gm.wgrad_reference(a, b, lengths, T) * (gate != 0.0)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_weight_gradient_walks_sequences_of_several_frame_tiles():
     """Sequences longer than one frame tile (T 75: tiles of 32, the last partial), lengths 0
     to T split unevenly over the programs, NaN in padded rows (they must not be read)."""
