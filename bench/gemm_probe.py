@@ -1,0 +1,175 @@
+"""Does a persistent GEMM close the gap to cuBLAS on the encoder's products? A measurement to
+decide before rewriting the gated row GEMM (kernels/gated_matmul.py) around one.
+
+The row GEMM launches one program per output tile. With K = 384 a tile is 6 steps of 64,
+so filling the pipeline, draining it and the epilogue's stores are much of each program.
+cuBLAS does the same products 1.3-1.7x faster (bench/NOTES.md, sessions 7-9). A persistent
+GEMM keeps one program per SM slot and walks its tiles in one loop over (tile, K-step). The
+software pipeliner can then load the next tile's first steps while the current tile's
+epilogue runs.
+
+Three plain bf16 GEMMs, all rows valid and no gates, are timed against cuBLAS on the same
+operands, each replayed as a CUDA graph:
+- `tiled`: one program per tile;
+- `persistent`: one flat loop, at 1 or 2 programs a SM;
+- `ours`: the gated row GEMM, with the store epilogue.
+If `persistent` is not well ahead of `tiled`, persistence is not the gap. Rows go to
+bench/results/gemm_probe.json. Run: python -m bench.gemm_probe [--rows 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+import triton.language as tl
+
+from bench.harness import time_graph_ms, write_rows
+from orthoasr.kernels import gated_matmul as gm
+
+# (name, K, N): the FFN's K = 384 and K = 1536 products, the MHSA's in-projection
+PRODUCTS = [("xn @ W1^T (K 384, N 1536)", 384, 1536),
+            ("hidden @ W2^T (K 1536, N 384)", 1536, 384),
+            ("x @ W_in^T (K 384, N 1152)", 384, 1152)]
+TILES = dict(BM=128, BN=128, BK=64, GROUP_M=8)
+
+
+@triton.jit
+def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """Grouped order: GROUP_M row tiles take each column tile in turn, so that a group's A
+    rows and B columns are read from L2 while they are still there."""
+    per_group = GROUP_M * num_n
+    first_m = (tile // per_group) * GROUP_M
+    rows_in_group = tl.minimum(num_m - first_m, GROUP_M)
+    within = tile % per_group
+    return first_m + within % rows_in_group, within // rows_in_group
+
+
+@triton.jit
+def _tiled_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_bk, stride_bn,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    # C[M, N] = A[M, K] @ B (B a [K, N] view by its strides), one program per tile
+    pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                    mask=(rows < M)[:, None] & (ks < K)[None, :], other=0.0)
+        b = tl.load(b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn,
+                    mask=(ks < K)[:, None] & (cols < N)[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+    tl.store(c_ptr + rows[:, None] * N + cols[None, :], acc.to(c_ptr.dtype.element_ty),
+             mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
+def _persistent_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_bk, stride_bn,
+                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                          GROUP_M: tl.constexpr):
+    # The same product; program p takes tiles p, p + P, ... in one loop over (tile, K-step).
+    # A new tile's coordinates are worked out at its first step, at the top of the loop, so
+    # that the pipeliner can issue its loads ahead while the previous tile's epilogue (the
+    # `if` at the bottom) runs.
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    k_steps = tl.cdiv(K, BK)
+    my_tiles = tl.cdiv(num_m * num_n - pid, programs)
+    tile = pid - programs
+    ki = -1
+    rows = tl.arange(0, BM)
+    cols = tl.arange(0, BN)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for _ in range(0, my_tiles * k_steps):
+        ki = tl.where(ki == k_steps - 1, 0, ki + 1)
+        if ki == 0:
+            tile += programs
+            pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
+            rows = pid_m * BM + tl.arange(0, BM)
+            cols = pid_n * BN + tl.arange(0, BN)
+        ks = ki * BK + tl.arange(0, BK)
+        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                    mask=(rows < M)[:, None] & (ks < K)[None, :], other=0.0)
+        b = tl.load(b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn,
+                    mask=(ks < K)[:, None] & (cols < N)[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+        if ki == k_steps - 1:
+            tl.store(c_ptr + rows[:, None] * N + cols[None, :],
+                     acc.to(c_ptr.dtype.element_ty),
+                     mask=(rows < M)[:, None] & (cols < N)[None, :])
+            acc = tl.zeros([BM, BN], dtype=tl.float32)
+
+
+def tiled_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, num_warps: int = 4,
+             num_stages: int = 3) -> torch.Tensor:
+    """out[M, N] = a[M, K] @ b[K, N] (b any strided view), one program per tile."""
+    M, K = a.shape
+    N = out.shape[1]
+    grid = (triton.cdiv(M, TILES["BM"]) * triton.cdiv(N, TILES["BN"]),)
+    _tiled_mm_kernel[grid](a, b, out, M, N, K, b.stride(0), b.stride(1), **TILES,
+                           num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+def persistent_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, programs: int,
+                  num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+    """The same product with `programs` persistent programs (at most one per tile)."""
+    M, K = a.shape
+    N = out.shape[1]
+    tiles = triton.cdiv(M, TILES["BM"]) * triton.cdiv(N, TILES["BN"])
+    _persistent_mm_kernel[(min(programs, tiles),)](
+        a, b, out, M, N, K, b.stride(0), b.stride(1), **TILES, num_warps=num_warps,
+        num_stages=num_stages)
+    return out
+
+
+def providers(a, w, out, sms: int) -> dict:
+    """name -> a call computing out = a @ w^T (w [N, K], as the encoder stores weights)."""
+    M = a.shape[0]
+    lengths = torch.full((1,), M, device=a.device)
+    return {
+        "cublas": lambda: torch.mm(a, w.t(), out=out),
+        "ours": lambda: gm.rows_gemm(a, w.t(), out, lengths=lengths, T=M, final=True),
+        "tiled": lambda: tiled_mm(a, w.t(), out),
+        **{f"persistent, {k}/SM": (lambda k=k: persistent_mm(a, w.t(), out, k * sms))
+           for k in (1, 2)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="*", default=[8000, 20000],
+                        help="M: frames of B32xT250 and of a training step (B80xT250)")
+    args = parser.parse_args()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    torch.manual_seed(0)
+    rows = []
+    for M in args.rows:
+        for name, K, N in PRODUCTS:
+            a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+            out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
+            expected = (a.float() @ w.float().t())
+            case = f"{name}, M {M}"
+            flops = 2 * M * N * K
+            for provider, call in providers(a, w, out, sms).items():
+                out.fill_(float("nan"))
+                call()
+                torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2,
+                                           msg=f"{case} {provider}")
+                ms = time_graph_ms(call)
+                rows.append(dict(table="gemm_probe", case=case, mode="fwd", provider=provider,
+                                 baseline="cublas", timing="graph", ms=ms,
+                                 tflops=flops / ms / 1e9))
+                print(f"{case:42s} {provider:18s} {ms * 1e3:7.1f} us "
+                      f"{flops / ms / 1e9:6.0f} TFLOP/s", flush=True)
+    write_rows("gemm_probe", rows)
+
+
+if __name__ == "__main__":
+    main()
