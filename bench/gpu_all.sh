@@ -40,9 +40,11 @@ if has tests; then
   # four groups at once (kernel compilation is CPU-bound: with three, the middle one ran
   # past 270 s, 2026-11-30), spread over the GPUs there are; -v so that a log cut by the
   # time limit still names each test that ran; SIGKILL: the trainer turns a SIGTERM into a
-  # clean early stop, which a test would then report as a wrong number of steps
+  # clean early stop, which a test would then report as a wrong number of steps;
+  # --durations: the slowest tests of each group, to balance the groups (B, the longest,
+  # took 200 s on 2026-12-01)
   GPUS=$(nvidia-smi -L | wc -l)
-  T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf"
+  T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=8"
   GROUP_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
   GROUP_C="test_learning.py"
   GROUP_D="test_train.py test_checkpoint.py"
