@@ -30,6 +30,8 @@ ROW_GEMMS = [
     ("ffn GEMM1", EPI_SILU_GATE, 1, True, True, False, False, False, F, D, 1, D),
     ("ffn GEMM2", EPI_STORE, 2, True, False, True, False, False, D, F, 1, F),
     ("ffn dH", EPI_SILU_BWD, 1, False, False, False, True, False, F, D, F, 1),
+    # nothing skipped (soft gates): zeros at padded rows for the dense products
+    ("ffn dH, zero-padded", EPI_SILU_BWD, 1, False, False, True, True, False, F, D, F, 1),
     ("ffn dXn", EPI_STORE, 2, False, False, False, False, False, D, F, D, 1),
     ("conv PW1", EPI_GLU, 0, True, True, False, False, False, D, D, 1, D),
     ("conv PW2", EPI_STORE, 0, True, False, True, False, True, D, D, 1, D),
@@ -114,7 +116,8 @@ def main() -> None:
                    dict(dpre_ptr="bf16", u_ptr="bf16", wdw_ptr="fp32", du_ptr="bf16",
                         gate_ptr="fp32", len_ptr="i64"),
                    ints=dict(T=T, D=D),
-                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **conv),
+                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, ZERO_PADDED=True,
+                                   **conv),
                    num_warps=warps, num_stages=1)
     dw = gated_conv._dw_grad_blocks(384)
     warps = dw.pop("num_warps")

@@ -27,7 +27,16 @@ import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
 from .common import as_operand, interpreting, valid_mask, zeroed_fp32
-from .gated_matmul import EPI_GATE_BWD, EPI_GLU, EPI_STORE, col_sums, rows_gemm, wgrad
+from .gated_matmul import (
+    EPI_GATE_BWD,
+    EPI_GLU,
+    EPI_STORE,
+    col_sums,
+    dense_products,
+    dense_wgrad,
+    rows_gemm,
+    wgrad,
+)
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
 
@@ -180,12 +189,14 @@ def _conv_mid_bwd_conv_kernel(
     dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
     T, D,  # wdw: (K, D) as in the forward
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr,
+    BC: tl.constexpr, ZERO_PADDED: tl.constexpr,
 ):
     # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
     # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
     # comes from L1/L2), then the GLU backward dU = (dV sigmoid(b), dV a sigmoid'(b)).
     # As in the forward, a pipelined or unrolled tap loop was no faster (bench/sweep_conv.py).
+    # Padded frames are left unwritten, or written as zeros with ZERO_PADDED (for a dense
+    # product over every row, dense_wgrad).
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
@@ -209,10 +220,21 @@ def _conv_mid_bwd_conv_kernel(
         a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         sig = tl.sigmoid(b)
+        da = dv * sig
+        db = dv * a * sig * (1.0 - sig)
+        write = ok
+        if ZERO_PADDED:
+            da, db = tl.where(ok, da, 0.0), tl.where(ok, db, 0.0)
+            write = (t < T)[:, None] & col_ok[None, :]
         dtype = du_ptr.dtype.element_ty
-        tl.store(du_ptr + u_rows + cols[None, :], (dv * sig).to(dtype), mask=ok)
-        tl.store(du_ptr + u_rows + D + cols[None, :], (dv * a * sig * (1.0 - sig)).to(dtype),
-                 mask=ok)
+        tl.store(du_ptr + u_rows + cols[None, :], da.to(dtype), mask=write)
+        tl.store(du_ptr + u_rows + D + cols[None, :], db.to(dtype), mask=write)
+    elif ZERO_PADDED:     # a tile past the sequence's length, or a dead module
+        write = (t < T)[:, None] & col_ok[None, :]
+        zeros = tl.zeros([BT, BC], dtype=du_ptr.dtype.element_ty)
+        u_rows = (seq * T + t)[:, None] * (2 * D)
+        tl.store(du_ptr + u_rows + cols[None, :], zeros, mask=write)
+        tl.store(du_ptr + u_rows + D + cols[None, :], zeros, mask=write)
 
 
 @triton.jit
@@ -380,17 +402,17 @@ def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, sk
 
 
 def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
-                      config=None):
+                      config=None, zero_padded=False):
     """The transposed depthwise conv and the GLU backward: dpre [M, D], u [M, 2D] (the GLU
-    input) -> du [M, 2D]. config: dict(BT, BC, num_warps) in place of the defaults
-    (bench/sweep_conv.py)."""
+    input) -> du [M, 2D], its padded rows unwritten or, with zero_padded, zeros. config:
+    dict(BT, BC, num_warps) in place of the defaults (bench/sweep_conv.py)."""
     D, K = dpre.shape[1], dw_w.shape[1]
     blk = {**_conv_blocks(D), **(config or {})}
     du = dpre.new_empty(dpre.shape[0], 2 * D)
     launch(_conv_mid_bwd_conv_kernel, (cdiv(T, blk["BT"]), cdiv(D, blk["BC"]),
                                        dpre.shape[0] // T),
         dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
-        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, **blk)
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded, **blk)
     return du
 
 
@@ -405,8 +427,11 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     # the LayerNorm reads x in its own dtype and writes z in the compute dtype (no cast of
     # x before the call, none of dx after the backward)
+    # With nothing skipped, z's padded rows are zeros: PW1's weight gradient is then a dense
+    # product (backward)
     z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, LN_EPS,
-                                   out_dtype=compute_dtype)
+                                   out_dtype=compute_dtype,
+                                   zero_padded=dense_products(x, gates, skip_dead))
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
     rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
@@ -444,12 +469,22 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     gate_arg = gates if has_gates else dy_sum
     dpre, (d_ln2w, d_ln2b, d_dwb) = conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths,
                                                       T, has_gates, skip)
-    du = conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip)
+    # nothing skipped: du gets zeros at padded rows, and its two products with z (zero
+    # there too) and PW1 go to cuBLAS (see the FFN's backward)
+    dense = dense_products(x, gates, skip_dead)
+    du = conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip,
+                           zero_padded=dense)
     d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip)
-    dz = dy2.new_empty(M, D)
-    rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
+    if dense:
+        dz = torch.mm(du, pw1c.to(du.dtype))
+    else:
+        dz = dy2.new_empty(M, D)
+        rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
     col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
-    wgrad(du, z, out=d_pw1w, **common)
+    if dense:
+        d_pw1w = dense_wgrad(du, z)
+    else:
+        wgrad(du, z, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b)[0]
     dgates = None

@@ -28,6 +28,8 @@ from .gated_matmul import (
     EPI_SILU_GATE,
     EPI_STORE,
     col_sums,
+    dense_products,
+    dense_wgrad,
     rows_gemm,
     wgrad,
 )
@@ -75,9 +77,11 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     f = F_ // chunks
     x2 = x.reshape(M, D)
     # the LayerNorm reads x in its own dtype (fp32 under autocast) and writes xn in the
-    # compute dtype: no cast of x before the call, no cast of dx after the backward
+    # compute dtype: no cast of x before the call, no cast of dx after the backward. With
+    # nothing skipped, xn's padded rows are zeros: dW1 is then a dense product (backward)
     xn, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates, skip_dead,
-                                    out_dtype=compute_dtype)
+                                    out_dtype=compute_dtype,
+                                    zero_padded=dense_products(x, gates, skip_dead))
     hidden = xn.new_empty(M, F_)
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
@@ -106,17 +110,27 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
     if not gate_grad:
         gate_cols = None
+    # nothing skipped: d_pre gets zeros at padded rows (final), and its two products with
+    # xn (zero there too) and W1 go to cuBLAS, which did them 1.4-1.8x faster than the
+    # masked kernels (bench/gemm_sweep.py)
+    dense = dense_products(x, gates, skip_dead)
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
-              sum2=db1, **common)
-    d_xn = xn.new_empty(M, D)
-    rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+              sum2=db1, final=dense, **common)
+    if dense:
+        d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
+    else:
+        d_xn = xn.new_empty(M, D)
+        rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then)
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
-    wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
-    wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
+    wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)   # dy2: not ours, may be NaN at pads
+    if dense:
+        dw1 = dense_wgrad(d_pre, xn)
+    else:
+        wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
     if gates is None:
         db2 = dy_sum
     elif module_gate:

@@ -12,6 +12,11 @@ Two kernels serve every GEMM of the FFN and conv modules, a third their bias gra
 - `_col_sums_kernel`: column sums over the valid frames (bias gradients), kept out of the
   weight-gradient loop.
 
+Where nothing is skipped (no gates, or gates that need gradients: `dense_products`), a
+module's plain backward products need neither masks nor skips: their operands are written
+with zeros at padded rows, and `dense_wgrad` and torch.mm hand them to cuBLAS, faster than
+these kernels on dense work (bench/gemm_sweep.py).
+
 A gate g_c "is dead" when SKIP_DEAD is set and g_c == 0, read on the device. Callers set
 SKIP_DEAD when the gates need no gradient; otherwise every chunk is computed so d/dg is exact.
 
@@ -198,6 +203,16 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
         else:
             if live:
                 tl.store(out_ptr + tile, acc.to(dtype), mask=store_ok)
+    elif EPI == 2:
+        # FINAL: zeros at padded rows and in tiles with no valid row too, so that a dense
+        # product over every row (dense_wgrad) may read the output
+        if FINAL:
+            _silu_bwd_tile(acc, g, live, tile, store_ok, row_ok[:, None] & col_ok[None, :],
+                           row_in[:, None] & col_ok[None, :], cols, col_ok, aux_ptr, out_ptr,
+                           sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2)
+        elif live:
+            _silu_bwd_tile(acc, g, live, tile, store_ok, store_ok, store_ok, cols, col_ok,
+                           aux_ptr, out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2)
     elif live:
         if EPI == 1:
             pre = acc
@@ -207,17 +222,6 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
                 tl.store(aux_ptr + tile, pre.to(dtype), mask=store_ok)
             hidden = pre * tl.sigmoid(pre) * g
             tl.store(out_ptr + tile, hidden.to(dtype), mask=store_ok)
-        elif EPI == 2:
-            pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(pre)
-            if HAS_SUM1:
-                col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
-                tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
-            d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
-            if HAS_SUM2:  # the bias gradient, column sums of what is stored
-                tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
-                              mask=col_ok)
-            tl.store(out_ptr + tile, d_pre.to(dtype), mask=store_ok)
         elif EPI == 3:
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
@@ -235,6 +239,26 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
                 col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
                 tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
+
+
+@triton.jit
+def _silu_bwd_tile(acc, g, live, tile, store_ok, valid, write, cols, col_ok, aux_ptr, out_ptr,
+                   sum1_ptr, sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr):
+    """EPI_SILU_BWD on a tile: d_pre = acc * g * silu'(pre) where `valid`, 0 elsewhere in
+    `write` (the elements stored); the column sums (gate and bias gradients) of a live tile
+    over `store_ok`."""
+    pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(pre)
+    d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
+    if live:
+        if HAS_SUM1:
+            col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
+            tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
+        if HAS_SUM2:  # the bias gradient, column sums of what is stored
+            tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
+                          mask=col_ok)
+    tl.store(out_ptr + tile, tl.where(valid, d_pre, 0.0).to(out_ptr.dtype.element_ty),
+             mask=write)
 
 
 # ----------------------------------------------------------------------------- weight grads
@@ -475,6 +499,31 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         SKIP_DEAD=skip_dead and gates is not None, SEQS_P2=next_pow2(cdiv(NB, split)),
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
+
+
+# torch.mm(..., out_dtype=) (aten::mm.dtype): cuBLAS with fp32 output from 16-bit operands
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+
+
+def dense_products(x: torch.Tensor, gates: torch.Tensor | None, skip_dead: bool) -> bool:
+    """Whether a gated module's plain products (a weight gradient, an input gradient) may
+    run as dense ones over every row: nothing is skipped (no gates, or gates that need
+    gradients), and on CUDA cuBLAS can write fp32 from 16-bit operands. The module then
+    writes zeros at the padded rows of those products' operands."""
+    if gates is not None and skip_dead:
+        return False
+    return not x.is_cuda or _MM_OUT_DTYPE
+
+
+def dense_wgrad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp32 W[P, Q] = a[M, P]^T b[M, Q] over every row, for operands that are zero at padded
+    rows (so that no row needs masking) and have no dead chunks to skip: what `wgrad`
+    computes then, without its masks. 16-bit CUDA operands go to cuBLAS with fp32 output:
+    the FFN's dW1 took 44 us there against the masked kernel's 79 at B80xT250 (H200,
+    bench/gemm_sweep.py, 2026-12-01)."""
+    if a.is_cuda and a.dtype == b.dtype and a.dtype in (torch.float16, torch.bfloat16):
+        return torch.mm(a.t(), b, out_dtype=torch.float32)
+    return torch.mm(a.t().float(), b.float())
 
 
 def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, config=None):

@@ -25,3 +25,12 @@ def _seed_and_backend():
     yield
     import orthoasr
     orthoasr.set_backend("auto")
+
+
+@pytest.fixture
+def nan_filled_memory():
+    """Fresh tensors (torch.empty and kin) come filled with NaN during the test (torch's
+    deterministic mode does that): a kernel output's unwritten rows then show when read."""
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)

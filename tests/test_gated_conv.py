@@ -10,6 +10,7 @@ from error_ratio import (
 )
 
 from orthoasr.graphs import call_without_sync, capture_graph
+from orthoasr.kernels import gated_matmul as gm
 from orthoasr.kernels.common import as_operand, valid_mask
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
@@ -64,6 +65,34 @@ def test_matches_fp64_reference(shape, gate_case):
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
     if values == [0.0]:
         assert (y == 0).all() and all((g == 0).all() for g in grads[:11])
+
+
+@pytest.mark.parametrize("gate_case", ["none", "soft"])
+def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_filled_memory):
+    """With nothing skipped, PW1's weight gradient and dz are products over every row
+    (dense_wgrad, torch.mm), so every padded row of du and z must be written, as zeros
+    (frames past a sequence's length in the transposed conv's tiles, and tiles wholly past
+    it). Fresh memory is NaN here (nan_filled_memory), x and dy carry NaN
+    and 1e4 at padded rows, and the gradients must still match the fp64 reference."""
+    from orthoasr.kernels import gated_conv as module
+    calls = []
+    monkeypatch.setattr(module, "dense_wgrad",
+                        lambda a, b: calls.append(1) or gm.dense_wgrad(a, b))
+    values, requires_grad = GATES[gate_case]
+    T, lengths = 40, torch.tensor([40, 13, 1])     # tiles of 16 frames wholly past 13 and 1
+    x, dy = torch.randn(3, T, D), torch.randn(3, T, D)
+    pad = ~valid_mask(lengths, T)
+    x[pad], dy[pad] = 1e4, float("nan")
+    params = make_params(7)
+    gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
+    _, grads = run(gated_conv, x, lengths, params, gates, dy)
+    assert calls, "the dense path was not taken"
+    x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
+    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
+    _, grads64 = run(gated_conv_reference, x0.double(), lengths, [p.double() for p in params],
+                     g64, dy0.double())
+    for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
 def test_gpu_tiles_several_channel_blocks(monkeypatch):

@@ -10,7 +10,8 @@ from error_ratio import (
 )
 
 from orthoasr.graphs import call_without_sync, capture_graph
-from orthoasr.kernels.common import as_operand
+from orthoasr.kernels import gated_matmul as gm
+from orthoasr.kernels.common import as_operand, valid_mask
 from orthoasr.kernels.gated_ffn import (
     gated_ffn,
     gated_ffn_fwd,
@@ -96,6 +97,35 @@ def test_padding_invariance_and_finite():
     assert torch.equal(y1[0], y2[0]) and torch.equal(y1[1, :4], y2[1, :4])
     assert torch.isfinite(y2).all() and (y2[1, 4:] == 0).all()
     torch.testing.assert_close(y1, gated_ffn_reference(x, lengths, *params, gates, False))
+
+
+@pytest.mark.parametrize("gate_case", ["none", "soft", "module_soft"])
+def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_filled_memory):
+    """With nothing skipped, dW1 and dxn are products over every row (dense_wgrad,
+    torch.mm), so every padded row of d_pre and xn must be written, as zeros. Fresh memory is
+    NaN here (nan_filled_memory), x and dy carry NaN and 1e4 at padded rows, and the
+    gradients must still match the fp64 reference."""
+    from orthoasr.kernels import gated_ffn as module
+    calls = []
+    monkeypatch.setattr(module, "dense_wgrad",
+                        lambda a, b: calls.append(1) or gm.dense_wgrad(a, b))
+    values, granularity, requires_grad = GATES[gate_case]
+    lengths = torch.tensor([9, 4, 1])
+    x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
+    pad = ~valid_mask(lengths, 9)
+    x[pad], dy[pad] = 1e4, float("nan")
+    x[1, 6] = float("nan")
+    params = make_params()
+    gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
+    module_gate = granularity == "module"
+    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
+    assert calls, "the dense path was not taken"
+    x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
+    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
+    _, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
+                     g64, module_gate, dy0.double())
+    for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
 def fp64_weights_case():

@@ -60,15 +60,22 @@ def test_silu_gate_epilogue_saves_pre_activation():
     assert hidden[~written].isnan().all()      # padded rows and the dead chunk: not written
 
 
-def test_silu_backward_epilogue_and_gate_column_sums():
+@pytest.mark.parametrize("final", [False, True])
+def test_silu_backward_epilogue_and_gate_column_sums(final):
+    """final: zeros at every padded row too (a dense product reads them), the rows of
+    tiles with no valid row among them (the interpreter's 32-row tiles: the last one)."""
     lengths, dy, w, gates = _case(2)                 # dy [M, K] @ w [K, N] -> d_hidden
+    if final:
+        lengths = torch.tensor([11, 4, 0], device=DEV)
     pre = torch.randn(B * T, N, device=DEV)
     d_pre, col_sums = _poisoned(B * T, N), torch.zeros(N, device=DEV)
     bias_grad = torch.zeros(N, device=DEV)
     gm.rows_gemm(dy, w, d_pre, lengths=lengths, T=T, gates=gates, chunk=N // CHUNKS,
                  num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, sum1=col_sums,
-                 sum2=bias_grad)
+                 sum2=bias_grad, final=final)
     rows = gm.valid_rows(lengths, T)
+    if final:
+        assert (d_pre[~rows] == 0).all()
     d_hidden = torch.where(rows[:, None], dy @ w, 0.0)
     sig = torch.sigmoid(pre)
     g = gates.repeat_interleave(N // CHUNKS)
@@ -153,6 +160,19 @@ def test_weight_gradient_walks_sequences_of_several_frame_tiles():
     a[~rows], b[~rows] = float("nan"), float("nan")
     out = gm.wgrad(a, b, lengths=lengths, T=t_max)
     torch.testing.assert_close(out, a[rows].T @ b[rows], atol=1e-4, rtol=1e-4)
+
+
+def test_dense_weight_gradient():
+    """dense_wgrad: a^T b over every row in fp32 (its operands are zero at padded rows)."""
+    a, b = torch.randn(30, 7, device=DEV), torch.randn(30, 5, device=DEV)
+    torch.testing.assert_close(gm.dense_wgrad(a, b), a.T @ b, atol=1e-5, rtol=1e-5)
+    assert gm.dense_wgrad(a.double(), b.double()).dtype == torch.float32
+
+
+def test_dense_products_only_where_nothing_is_skipped():
+    x, gates = torch.zeros(2, device=DEV), torch.ones(3, device=DEV)
+    assert gm.dense_products(x, None, True) and gm.dense_products(x, gates, False)
+    assert not gm.dense_products(x, gates, True)
 
 
 @pytest.mark.parametrize("config", [{}, dict(BM=16), dict(BM=64, BN=16)])
