@@ -28,6 +28,7 @@ D, F, M, T = 384, 1536, 8000, 250          # the paper model at B32xT250
 # the weight: W.t() for the forward GEMMs, W for the backward ones)
 ROW_GEMMS = [
     ("ffn GEMM1", EPI_SILU_GATE, 1, True, True, False, False, False, F, D, 1, D),
+    ("ffn GEMM1, zero-padded", EPI_SILU_GATE, 1, True, True, True, False, False, F, D, 1, D),
     ("ffn GEMM2", EPI_STORE, 2, True, False, True, False, False, D, F, 1, F),
     ("ffn dH", EPI_SILU_BWD, 1, False, False, False, True, False, F, D, F, 1),
     # nothing skipped (soft gates): zeros at padded rows for the dense products

@@ -431,7 +431,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     # product (backward)
     z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, LN_EPS,
                                    out_dtype=compute_dtype,
-                                   zero_padded=dense_products(x, gates, skip_dead))
+                                   zero_padded=save and dense_products(x, gates, skip_dead))
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
     rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)

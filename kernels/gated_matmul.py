@@ -203,26 +203,25 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
         else:
             if live:
                 tl.store(out_ptr + tile, acc.to(dtype), mask=store_ok)
-    elif EPI == 2:
-        # FINAL: zeros at padded rows and in tiles with no valid row too, so that a dense
-        # product over every row (dense_wgrad) may read the output
+    elif EPI == 1:
+        # FINAL (here and for EPI_SILU_BWD): zeros at padded rows and in tiles with no valid
+        # row too, so that a dense product over every row (dense_wgrad) may read the output
         if FINAL:
-            _silu_bwd_tile(acc, g, live, tile, store_ok, row_ok[:, None] & col_ok[None, :],
-                           row_in[:, None] & col_ok[None, :], cols, col_ok, aux_ptr, out_ptr,
-                           sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2)
+            _silu_gate_tile(acc, g, tile, store_ok, row_in[:, None] & col_ok[None, :], cols,
+                            col_ok, bias_ptr, aux_ptr, out_ptr, HAS_BIAS, SAVE_AUX, True)
         elif live:
-            _silu_bwd_tile(acc, g, live, tile, store_ok, store_ok, store_ok, cols, col_ok,
-                           aux_ptr, out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2)
+            _silu_gate_tile(acc, g, tile, store_ok, store_ok, cols, col_ok, bias_ptr, aux_ptr,
+                            out_ptr, HAS_BIAS, SAVE_AUX, False)
+    elif EPI == 2:
+        if FINAL:
+            _silu_bwd_tile(acc, g, live, tile, store_ok, row_in[:, None] & col_ok[None, :],
+                           cols, col_ok, aux_ptr, out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1,
+                           HAS_SUM2, True)
+        elif live:
+            _silu_bwd_tile(acc, g, live, tile, store_ok, store_ok, cols, col_ok, aux_ptr,
+                           out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2, False)
     elif live:
-        if EPI == 1:
-            pre = acc
-            if HAS_BIAS:
-                pre += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            if SAVE_AUX:
-                tl.store(aux_ptr + tile, pre.to(dtype), mask=store_ok)
-            hidden = pre * tl.sigmoid(pre) * g
-            tl.store(out_ptr + tile, hidden.to(dtype), mask=store_ok)
-        elif EPI == 3:
+        if EPI == 3:
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
                 acc_b += tl.load(bias_ptr + N + cols, mask=col_ok,
@@ -242,11 +241,30 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
 
 
 @triton.jit
-def _silu_bwd_tile(acc, g, live, tile, store_ok, valid, write, cols, col_ok, aux_ptr, out_ptr,
-                   sum1_ptr, sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr):
-    """EPI_SILU_BWD on a tile: d_pre = acc * g * silu'(pre) where `valid`, 0 elsewhere in
-    `write` (the elements stored); the column sums (gate and bias gradients) of a live tile
-    over `store_ok`."""
+def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_ptr, out_ptr,
+                    HAS_BIAS: tl.constexpr, SAVE_AUX: tl.constexpr, ZEROS: tl.constexpr):
+    """EPI_SILU_GATE on a tile: pre = acc + bias saved to aux over `store_ok` (the valid
+    rows' live columns), hidden = g * silu(pre) stored over `write`, zeros outside
+    `store_ok` with ZEROS."""
+    pre = acc
+    if HAS_BIAS:
+        pre += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    dtype = out_ptr.dtype.element_ty
+    if SAVE_AUX:
+        tl.store(aux_ptr + tile, pre.to(dtype), mask=store_ok)
+    hidden = pre * tl.sigmoid(pre) * g
+    if ZEROS:
+        hidden = tl.where(store_ok, hidden, 0.0)
+    tl.store(out_ptr + tile, hidden.to(dtype), mask=write)
+
+
+@triton.jit
+def _silu_bwd_tile(acc, g, live, tile, store_ok, write, cols, col_ok, aux_ptr, out_ptr,
+                   sum1_ptr, sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
+                   ZEROS: tl.constexpr):
+    """EPI_SILU_BWD on a tile: d_pre = acc * g * silu'(pre) stored over `write`, zeros
+    outside `store_ok` (the valid rows' live columns) with ZEROS; the column sums (gate and
+    bias gradients) of a live tile over `store_ok`."""
     pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
     sig = tl.sigmoid(pre)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
@@ -257,8 +275,9 @@ def _silu_bwd_tile(acc, g, live, tile, store_ok, valid, write, cols, col_ok, aux
         if HAS_SUM2:  # the bias gradient, column sums of what is stored
             tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
                           mask=col_ok)
-    tl.store(out_ptr + tile, tl.where(valid, d_pre, 0.0).to(out_ptr.dtype.element_ty),
-             mask=write)
+    if ZEROS:
+        d_pre = tl.where(store_ok, d_pre, 0.0)
+    tl.store(out_ptr + tile, d_pre.to(out_ptr.dtype.element_ty), mask=write)
 
 
 # ----------------------------------------------------------------------------- weight grads

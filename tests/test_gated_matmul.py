@@ -60,6 +60,22 @@ def test_silu_gate_epilogue_saves_pre_activation():
     assert hidden[~written].isnan().all()      # padded rows and the dead chunk: not written
 
 
+def test_silu_gate_epilogue_final_writes_zeros_at_padded_rows():
+    """final (nothing skipped, soft gates): every padded row of hidden is 0, the rows of a
+    tile with no valid row among them too (the interpreter's 32-row tiles: the last one)."""
+    _, a, b, gates = _case(1)
+    lengths = torch.tensor([11, 4, 0], device=DEV)
+    bias = torch.randn(N, device=DEV)
+    pre, hidden = _poisoned(B * T, N), _poisoned(B * T, N)
+    gm.rows_gemm(a, b, hidden, lengths=lengths, T=T, bias=bias, gates=gates,
+                 chunk=N // CHUNKS, num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_GATE,
+                 aux=pre, final=True)
+    rows = gm.valid_rows(lengths, T)
+    ref = F.silu(a @ b + bias) * gates.repeat_interleave(N // CHUNKS)
+    torch.testing.assert_close(hidden[rows], ref[rows], atol=1e-4, rtol=1e-4)
+    assert (hidden[~rows] == 0).all()
+
+
 @pytest.mark.parametrize("final", [False, True])
 def test_silu_backward_epilogue_and_gate_column_sums(final):
     """final: zeros at every padded row too (a dense product reads them), the rows of
