@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from bench.harness import time_graph_ms
-from bench.sweeps import report, time_configs
+from bench.sweeps import B, T, report, step_lengths, time_configs
+from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_matmul import col_sums
 
-B, T = 80, 250
 # 2026-12-01 (H200) the row loop as async copies (LOAD_STAGES) and 3 or 12 programs a SM
 # were also swept: each 2-20% slower than the default, and removed
 CONFIGS = [{}, dict(BM=64), dict(BM=16), dict(BN=256, num_warps=8)]
@@ -22,8 +22,8 @@ CONFIGS = [{}, dict(BM=64), dict(BM=16), dict(BN=256, num_warps=8)]
 
 def main() -> None:
     torch.manual_seed(0)
-    lengths = torch.randint(int(0.8 * T), T + 1, (B,), device="cuda")
-    valid = (torch.arange(T, device="cuda")[None, :] < lengths[:, None]).reshape(-1, 1)
+    lengths = step_lengths()
+    valid = valid_mask(lengths, T).reshape(-1, 1)
     rows = []
     for N in (384, 1536):
         a = torch.randn(B * T, N, device="cuda", dtype=torch.bfloat16)

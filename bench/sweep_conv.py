@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.sweeps import report, time_configs
+from bench.sweeps import B, T, report, step_lengths, time_configs
+from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_conv import (
     conv_dw_grad,
     conv_mid_bwd_conv,
@@ -19,7 +20,7 @@ from orthoasr.kernels.gated_conv import (
     conv_mid_fwd,
 )
 
-B, T, D, K = 80, 250, 384, 31
+D, K = 384, 31
 BF16 = torch.bfloat16
 # 2026-12-01 (H200) the tap loops pipelined (tl.range num_stages 2-4) or unrolled (2 or 4
 # taps a step) were also swept: 7-31% slower in the forward, within 2% or slower in the
@@ -35,13 +36,13 @@ DW_CONFIGS = [{}, dict(LOAD_STAGES=1), dict(LOAD_STAGES=2), dict(SPAN=32), dict(
 def main() -> None:
     torch.manual_seed(0)
     M = B * T
-    lengths = torch.randint(int(0.8 * T), T + 1, (B,), device="cuda")
+    lengths = step_lengths()
     v, dpre = (torch.randn(M, D, device="cuda", dtype=BF16) for _ in range(2))
     u = torch.randn(M, 2 * D, device="cuda", dtype=BF16)
     dw_w, dw_b, ln_w, ln_b = (torch.randn(*shape, device="cuda") * 0.2
                               for shape in ((D, K), (D,), (D,), (D,)))
     gate = torch.ones(1, device="cuda")
-    valid = (torch.arange(T, device="cuda")[None, :] < lengths[:, None]).reshape(-1)
+    valid = valid_mask(lengths, T).reshape(-1)
     case = f"{B}x{T}x{D} bf16 K{K}, 80-100% valid"
     pre, r = torch.empty_like(v), torch.empty_like(v)
     ref = {}

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.harness import time_graph_ms
-from bench.sweeps import report, time_configs
+from bench.sweeps import B, T, report, step_lengths, time_configs
 from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 
-B, T, D = 80, 250, 384
+D = 384
 FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_warps=1),
                dict(BM=8, num_warps=2)]
 BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, warps_per_sm=16),
@@ -32,7 +32,7 @@ def _rows(x_dtype: torch.dtype) -> list[dict]:
     x = torch.randn(M, D, device="cuda").to(x_dtype)
     w, b = torch.randn(D, device="cuda"), torch.randn(D, device="cuda")
     dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
-    lengths = torch.randint(int(0.8 * T), T + 1, (B,), device="cuda", dtype=torch.int32)
+    lengths = step_lengths().int()   # int32, as in this sweep's earlier rows
     _, mean, rstd = layer_norm_fwd(x, w, b, lengths, T, out_dtype=torch.bfloat16)
     ref_dx = layer_norm_bwd(dy, x, w, mean, rstd, lengths, T)[0].float()
     case = f"{B}x{T}x{D} {str(x_dtype)[6:]} in, bf16 out, 80-100% valid"

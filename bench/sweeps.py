@@ -4,7 +4,16 @@ and the rows written and printed."""
 
 from __future__ import annotations
 
+import torch
+
 from bench.harness import time_graph_ms, write_rows
+
+B, T = 80, 250      # a paper step's frames after subsampling (max_frames 80000)
+
+
+def step_lengths() -> torch.Tensor:
+    """(B,) int64 lengths on the GPU, 80-100% of T, as in a paper step's batches."""
+    return torch.randint(int(0.8 * T), T + 1, (B,), device="cuda")
 
 
 def config_name(config: dict) -> str:

@@ -455,10 +455,14 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     has_gates, skip = gates is not None, skip_dead and gates is not None
+    # nothing skipped: du gets zeros at padded rows, and its two products with z (zero
+    # there too) and PW1 go to cuBLAS (see the FFN's backward)
+    dense = dense_products(x, gates, skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    sizes = [D, D, D * D, 2 * D, 2 * D * D, D, D]
+    # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it)
+    sizes = [D, D, D * D, 2 * D, 0 if dense else 2 * D * D, D, D]
     gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b = zeroed_fp32(sizes, x.device)
-    dpw2, d_pw1w = dpw2.view(D, D), d_pw1w.view(2 * D, D)
+    dpw2 = dpw2.view(D, D)
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
@@ -469,9 +473,6 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     gate_arg = gates if has_gates else dy_sum
     dpre, (d_ln2w, d_ln2b, d_dwb) = conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths,
                                                       T, has_gates, skip)
-    # nothing skipped: du gets zeros at padded rows, and its two products with z (zero
-    # there too) and PW1 go to cuBLAS (see the FFN's backward)
-    dense = dense_products(x, gates, skip_dead)
     du = conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip,
                            zero_padded=dense)
     d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip)
@@ -484,6 +485,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if dense:
         d_pw1w = dense_wgrad(du, z)
     else:
+        d_pw1w = d_pw1w.view(2 * D, D)
         wgrad(du, z, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b)[0]

@@ -106,16 +106,17 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
-    # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    sizes = [F_, D, F_, D * F_, F_ * D, D, D]
-    gate_cols, dy_sum, db1, dw2, dw1, d_lnw, d_lnb = zeroed_fp32(sizes, x.device)
-    dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
-    if not gate_grad:
-        gate_cols = None
     # nothing skipped: d_pre gets zeros at padded rows (final), and its two products with
     # xn (zero there too) and W1 go to cuBLAS, which did them 1.4-1.8x faster than the
     # masked kernels (bench/gemm_sweep.py)
     dense = dense_products(x, gates, skip_dead)
+    # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
+    # (cuBLAS writes the dense path's weight gradients: none to zero for them)
+    w_size = 0 if dense else D * F_
+    sizes = [F_, D, F_, w_size, w_size, D, D]
+    gate_cols, dy_sum, db1, dw2, dw1, d_lnw, d_lnb = zeroed_fp32(sizes, x.device)
+    if not gate_grad:
+        gate_cols = None
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
               sum2=db1, final=dense, **common)
@@ -135,6 +136,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         dw2 = dense_wgrad(dy_valid, hidden)
         dw1 = dense_wgrad(d_pre, xn)
     else:
+        dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
         wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
         wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
     if gates is None:
