@@ -63,8 +63,9 @@ def main() -> None:
         blk = gated_matmul._rows_blocks(BF16, axis, epi)
         ok &= _row_gemm(*gemm, dict(blk))
     for axis in (1, 2):
-        blk = gated_matmul._wgrad_blocks(BF16)
+        blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
+        blk.pop("programs_per_sm")
         print(f"wgrad, chunks along {'PQ'[axis - 1]}: ", end="")
         ok &= _compile(gated_matmul._wgrad_kernel,
                        dict(a_ptr="bf16", b_ptr="bf16", out_ptr="fp32", gate_ptr="fp32",

@@ -473,14 +473,20 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     return out
 
 
-def _wgrad_blocks(dtype: torch.dtype) -> dict:
-    """16-bit: 64x128x64/4 warps/3 stages, 52.4 us for the FFN's dW1 at B32xT250 on the H100
-    (128x128x64/8/3: 84.2 us); fp32 keeps the configuration its GPU test ran with."""
+def _wgrad_blocks(dtype: torch.dtype, chunk: int = 0, chunk_axis: int = 0) -> dict:
+    """16-bit: 128x128x64 / 8 warps / 3 stages at one wave (2 programs a SM), where a chunked
+    axis is cut in whole tiles of 128; else 64x128x64 / 4 warps / 3 stages at 3 a SM (the
+    MHSA in-projection's chunks of 192 rows). At B80xT250 on the H200 the FFN's dW1 took
+    68.3 / 49.2 us (all / half the chunks live) with the first, 81.0 / 54.2 with the second
+    (bench/gemm_sweep.py, 2026-12-01): the larger tile reads half the L2 bytes per FLOP.
+    fp32 keeps the configuration its GPU test ran with."""
     if interpreting():
         return dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3)
-    return dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3)
+    if chunk_axis == 0 or chunk % 128 == 0:
+        return dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=2)
+    return dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=3, programs_per_sm=3)
 
 
 @functools.cache
@@ -495,7 +501,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     programs_per_sm, how many programs a SM gets when sequences are split among them (3)."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
-    blk = dict(blocks or _wgrad_blocks(a.dtype))
+    blk = dict(blocks or _wgrad_blocks(a.dtype, chunk, chunk_axis))
     programs_per_sm = blk.pop("programs_per_sm", 3)
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
