@@ -77,12 +77,16 @@ def main() -> None:
                                        HAS_GATES=True, SKIP_DEAD=True, SEQS_P2=8,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
-    print("col_sums (bias gradients): ", end="")
-    ok &= _compile(gated_matmul._col_sums_kernel,
-                   dict(a_ptr="bf16", out_ptr="fp32", len_ptr="i64", gate_ptr="fp32"),
-                   ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256, CHUNK=3 * 64),
-                   constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=True, PER_CHUNK=True,
-                                   BM=32, BN=128))
+    for skip_dead, copy in ((True, False), (False, True)):
+        print(f"col_sums (bias gradients){', with a zero-padded copy' if copy else ''}: ",
+              end="")
+        ok &= _compile(gated_matmul._col_sums_kernel,
+                       dict(a_ptr="bf16", out_ptr="fp32", copy_ptr="bf16", len_ptr="i64",
+                            gate_ptr="fp32"),
+                       ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256,
+                                 CHUNK=3 * 64),
+                       constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=skip_dead,
+                                       PER_CHUNK=True, COPY=copy, BM=32, BN=128))
     for kernel, backward, ptrs in (
             (layer_norm._layer_norm_fwd_kernel, False,
              dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",

@@ -127,12 +127,15 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb)[0]
-    # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then)
-    col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
+    # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
+    # not ours: anything may sit at its padded rows, so the dense dW2 reads a copy with
+    # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call
+    # at the training step's shapes on the H200, 2026-12-01: a broadcast mask is not
+    # vectorised)
+    dy_valid = torch.empty_like(dy2) if dense else None
+    col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead,
+             copy=dy_valid)
     if dense:
-        # dy is not ours: anything may sit at its padded rows. A copy with zeros there costs
-        # ~7 us at B80xT250 against the ~35 that cuBLAS saves on dW2
-        dy_valid = torch.where(valid_mask(lengths, T).view(M, 1), dy2, 0.0)
         dw2 = dense_wgrad(dy_valid, hidden)
         dw1 = dense_wgrad(d_pre, xn)
     else:

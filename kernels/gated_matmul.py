@@ -374,15 +374,18 @@ def _wgrad_kernel(
 
 
 @triton.jit
-def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG, CHUNK,
-                     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-                     PER_CHUNK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG,
+                     CHUNK, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
+                     SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
     # gates together. A tile with no live column reads nothing; a tile with some reads all
     # its columns and drops the dead ones' sums (a load masked per column by its gate is
-    # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200).
+    # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200). With COPY (never
+    # with SKIP_DEAD: every row is read) each loaded tile is also stored to copy[M, N]
+    # with zeros at padded rows.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -415,6 +418,9 @@ def _col_sums_kernel(a_ptr, out_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_P
                          mask=(rows + BM < stop)[:, None] & col_ok[None, :], other=0.0)
         ok = _valid_rows(rows, M, T, len_ptr)
         acc += tl.where(ok[:, None], x.to(tl.float32), 0.0)
+        if COPY:
+            tl.store(copy_ptr + rows[:, None] * N + cols[None, :], tl.where(ok[:, None], x, 0.0),
+                     mask=(rows < stop)[:, None] & col_ok[None, :])
     tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_live)
 
 
@@ -551,12 +557,21 @@ def dense_wgrad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a.t().float(), b.float())
 
 
-def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, config=None):
+def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=None,
+             config=None):
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0).
+    copy: an [M, N] contiguous tensor of a's dtype that gets a with zeros at padded rows, in
+    the same pass (not with skip_dead, which leaves rows unread).
     config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
+    skip_dead = skip_dead and gates is not None
+    if copy is not None and (skip_dead or copy.shape != a.shape or copy.dtype != a.dtype
+                             or not copy.is_contiguous()):
+        raise ValueError(f"col_sums: copy must be a contiguous {tuple(a.shape)} {a.dtype} "
+                         f"and skip_dead False, got {tuple(copy.shape)} {copy.dtype}, "
+                         f"skip_dead={skip_dead}")
     blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)), **(config or {})}
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
     # (6 a SM; 3 or 12, or the row loop's loads as async copies, were 2-20% slower on the
@@ -566,9 +581,10 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, config
     rows_per_prog = cdiv(cdiv(M, max(1, programs // n_tiles)), blk["BM"]) * blk["BM"]
     n_gates = 1 if gates is None else gates.shape[0]
     launch(_col_sums_kernel, (n_tiles, cdiv(M, rows_per_prog)),
-        a, out, lengths, out if gates is None else gates, M, N, T, a.stride(0), rows_per_prog,
-        max(chunk, 1), NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
-        SKIP_DEAD=skip_dead and gates is not None, PER_CHUNK=chunk > 0, **blk)
+        a, out, a if copy is None else copy, lengths, out if gates is None else gates, M, N, T,
+        a.stride(0), rows_per_prog, max(chunk, 1), NUM_GATES=n_gates,
+        GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead, PER_CHUNK=chunk > 0,
+        COPY=copy is not None, **blk)
     return out
 
 

@@ -202,6 +202,21 @@ def test_column_sums_over_valid_frames_only(config):
     torch.testing.assert_close(out, a[rows].sum(0), atol=1e-4, rtol=1e-4)
 
 
+def test_column_sums_copy_has_zeros_at_padded_rows():
+    """The copy the FFN's dense dW2 reads: a at valid rows, exactly 0 at padded ones (NaN
+    there in a and in the copy's fresh memory), in a's dtype; sums as without it."""
+    lengths, _, _, _ = _case(7)
+    rows = gm.valid_rows(lengths, T)
+    a = torch.randn(B * T, 70, device=DEV, dtype=torch.float64)
+    a[~rows] = float("nan")
+    copy = torch.full_like(a, float("nan"))
+    out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T, copy=copy)
+    torch.testing.assert_close(out, a[rows].sum(0).float(), atol=1e-4, rtol=1e-4)
+    assert torch.equal(copy, torch.where(rows[:, None], a, 0.0))
+    with pytest.raises(ValueError, match="copy"):
+        gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T, copy=copy.float())
+
+
 def test_column_sums_skip_dead_chunks():
     lengths, _, _, _ = _case(6)
     chunk, gates = 24, torch.tensor([1.0, 0.0, 0.5], device=DEV)   # 72 columns, 3 chunks
