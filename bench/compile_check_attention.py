@@ -87,6 +87,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     for index, name in enumerate(names):
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in ptrs and ptrs[name].startswith("tensordesc"):   # a TMA descriptor
+            signature[name] = ptrs[name]
         elif name in ptrs:
             signature[name] = "*" + ptrs[name]
             attrs[(index,)] = [["tt.divisibility", 16]]
@@ -107,7 +109,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
           f"{'OK' if ok else 'TOO MUCH SHARED MEMORY'} regs {n_regs} "
           f"barriers {compiled.asm['ptx'].count('bar.sync')} "
           f"loop conversions {_loop_conversions(compiled.asm['ttgir'])} "
-          f"async copies {compiled.asm['ttgir'].count('async_copy_global_to_local')}")
+          f"async copies {compiled.asm['ttgir'].count('async_copy_global_to_local')} "
+          f"TMA copies {compiled.asm['ttgir'].count('async_tma_copy_global_to_local')}")
     return ok
 
 

@@ -42,11 +42,17 @@ ROW_GEMMS = [
 
 def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, blk) -> bool:
     warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-    print(f"{name}: ", end="")
+    print(f"{name}{', TMA' if blk.get('TMA') else ''}: ", end="")
+    operands = dict(a_ptr="bf16", b_ptr="bf16")
+    if blk.get("TMA"):       # descriptors of the blocks the kernel loads (B_NK: b as [N, K])
+        blk["B_NK"] = s_k == 1
+        b_block = [blk["BN"], blk["BK"]] if blk["B_NK"] else [blk["BK"], blk["BN"]]
+        operands = dict(a_ptr=f"tensordesc<bf16[{blk['BM']},{blk['BK']}]>",
+                        b_ptr=f"tensordesc<bf16[{b_block[0]},{b_block[1]}]>")
     return _compile(gated_matmul._rows_gemm_kernel,
-                    dict(a_ptr="bf16", b_ptr="bf16", out_ptr="bf16", bias_ptr="fp32",
-                         gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16", sum1_ptr="fp32",
-                         sum2_ptr="fp32"),
+                    operands | dict(out_ptr="bf16", bias_ptr="fp32",
+                                    gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16",
+                                    sum1_ptr="fp32", sum2_ptr="fp32"),
                     ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, stride_bk=s_k, stride_bn=s_n),
                     constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
                                     HAS_GATES=True, SKIP_DEAD=True, EPI=epi, HAS_BIAS=bias,
@@ -62,6 +68,7 @@ def main() -> None:
         name, epi, axis, *_ = gemm
         blk = gated_matmul._rows_blocks(BF16, axis, epi)
         ok &= _row_gemm(*gemm, dict(blk))
+        ok &= _row_gemm(*gemm, dict(blk, TMA=True))    # the sweep's option
     for axis in (1, 2):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")

@@ -31,6 +31,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .common import dot_precision, interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
@@ -86,13 +87,19 @@ def _rows_gemm_kernel(
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False,
+    DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
+    B_NK: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
     # the K-loop walks the chunks and skips dead ones. CHUNK_AXIS == 0: one module gate.
     # FINAL outputs are written everywhere (zeros for padded rows / dead work); the other
     # outputs are intermediates written for the valid rows of live tiles only.
+    # TMA: a_ptr and b_ptr are tensor descriptors (a [M, K]; b [K, N], or its [N, K]
+    # transpose with B_NK) and the operands come by the Hopper tensor-memory accelerator,
+    # whole blocks without masks: padded rows are read too (anything, NaN included), and
+    # each output row depends on its own row of a only, so the epilogue's selects drop
+    # them; past a tensor's edge the loads are zeros.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -100,9 +107,11 @@ def _rows_gemm_kernel(
     any_row = tl.max(row_ok.to(tl.int32), 0) > 0
     if CHUNK_AXIS == 1:
         c, cols, col_ok = _chunk_cols(pid_n, CHUNK, BN)
+        col0 = c * CHUNK + (pid_n - c * tl.cdiv(CHUNK, BN)) * BN
     else:
         c = 0
-        cols = pid_n * BN + tl.arange(0, BN)
+        col0 = pid_n * BN
+        cols = col0 + tl.arange(0, BN)
         col_ok = cols < N
     g = _gate(gate_ptr, c, HAS_GATES)
     live = any_row
@@ -133,22 +142,38 @@ def _rows_gemm_kernel(
             if CHUNK_AXIS == 2:
                 j = i // steps
                 kc = tl.sum((live_rank <= j).to(tl.int32), 0)
+                k0 = kc * CHUNK + (i - j * steps) * BK
                 k_local = (i - j * steps) * BK + tl.arange(0, BK)
                 k_ok = k_local < CHUNK
                 ks = kc * CHUNK + k_local
             else:
+                k0 = i * BK
                 ks = i * BK + tl.arange(0, BK)
                 k_ok = ks < K
-            a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-            b_mask = k_ok[:, None] & col_ok[None, :]
-            # a no-op when the launcher passes weights in the activations' dtype
-            b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            if EPI == 3:
-                b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
-                acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            if TMA:      # the launcher checked: CHUNK a multiple of BK along K
+                a = a_ptr.load([pid_m * BM, k0])
+                if B_NK:
+                    b = b_ptr.load([col0, k0]).T
+                else:
+                    b = b_ptr.load([k0, col0])
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                if EPI == 3:
+                    if B_NK:
+                        b2 = b_ptr.load([col0 + N, k0]).T
+                    else:
+                        b2 = b_ptr.load([k0, col0 + N])
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            else:
+                a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
+                b_mask = k_ok[:, None] & col_ok[None, :]
+                # a no-op when the launcher passes weights in the activations' dtype
+                b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                if EPI == 3:
+                    b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
     if SUBTILE:
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
@@ -448,13 +473,38 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
     return dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3)
 
 
+def _tma_operands(a, b, k_chunk: int, blk: dict):
+    """(a's descriptor, b's descriptor, whether b's is its [N, K] transpose) for the row
+    GEMM's TMA option: what a tensor-memory-accelerator block load needs (row strides of 16
+    bytes, a contiguous last dimension, one dtype), or a ValueError naming what is missing."""
+    BM, BN, BK = blk["BM"], blk["BN"], blk["BK"]
+    b_nk = b.stride(0) == 1 and b.stride(1) != 1
+    b_t = b.t() if b_nk else b
+    problems = [
+        f"{name} {what}" for name, ok, what in (
+            ("b", a.dtype == b.dtype, f"dtype {b.dtype} is not a's {a.dtype}"),
+            ("a", a.stride(1) == 1, f"strides {a.stride()} not row-major"),
+            ("b", b_t.stride(1) == 1, f"strides {b.stride()} contiguous in neither dim"),
+            ("a", a.stride(0) * a.element_size() % 16 == 0, "rows not 16-byte aligned"),
+            ("b", b_t.stride(0) * b.element_size() % 16 == 0, "rows not 16-byte aligned"),
+            ("chunk", k_chunk % BK == 0, f"{k_chunk} along K not a multiple of BK {BK}"))
+        if not ok]
+    if problems:
+        raise ValueError(f"rows_gemm TMA: {'; '.join(problems)}")
+    a_desc = TensorDescriptor.from_tensor(a, [BM, BK])
+    b_desc = TensorDescriptor.from_tensor(b_t, [BN, BK] if b_nk else [BK, BN])
+    return a_desc, b_desc, b_nk
+
+
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
               chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
               scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None):
     """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides.
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
-    num_chunks chunks of `chunk` columns; 2: K is.
+    num_chunks chunks of `chunk` columns; 2: K is. blocks: the tiles (BM, BN, BK, num_warps,
+    num_stages, optionally SUBTILE, and TMA: operands by TMA descriptors, bench/gemm_sweep.py)
+    in place of the defaults.
     """
     M, K = a.shape
     N = out.shape[1]
@@ -465,8 +515,15 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         n_tiles = cdiv(N, blk["BN"])
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
-    launch(_rows_gemm_kernel, grid,
-        a, b, out, bias if bias is not None else dummy, gates if gates is not None else dummy,
+    run = launch
+    a_arg, b_arg = a, b
+    if blk.get("TMA"):
+        a_arg, b_arg, blk["B_NK"] = _tma_operands(a, b, chunk if chunk_axis == 2 else 0, blk)
+        # descriptors are not in the direct launcher's specialisation key: Triton's path
+        run = lambda kernel, grid, *args, **meta: kernel[grid](*args, **meta)  # noqa: E731
+    run(_rows_gemm_kernel, grid,
+        a_arg, b_arg, out, bias if bias is not None else dummy,
+        gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
         sum2 if sum2 is not None else dummy,
         M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),

@@ -230,10 +230,13 @@ def test_column_sums_skip_dead_chunks():
 
 
 @pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
-def test_subtile_gives_the_whole_tile_epilogues_results(epi):
-    """SUBTILE (the epilogue in two row halves) against the whole-tile epilogue, for every
-    epilogue: weights in both layouts, a dead chunk, on valid rows. K 64 in chunks of 16,
-    N 48 in chunks of 12 (tiles reach past a chunk: masked at the store)."""
+@pytest.mark.parametrize("option", ["SUBTILE", "TMA"])
+def test_tile_options_give_the_plain_tiles_results(epi, option):
+    """SUBTILE (the epilogue in two row halves) and TMA (operands by descriptors, padded rows
+    read too) against the plain kernel, for every epilogue: weights in both layouts, a dead
+    chunk; valid rows, and every row of a FINAL output (zeros at padded rows, though TMA
+    read NaN there). K 64 in chunks of 16, N 48 in chunks of 12 (tiles reach past a chunk:
+    masked at the store)."""
     k, n = 64, 48
     torch.manual_seed(8)
     lengths = torch.tensor([11, 4, 1], device=DEV)
@@ -248,7 +251,7 @@ def test_subtile_gives_the_whole_tile_epilogues_results(epi):
     blocks = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1)
     outs = []
     for variant in (False, True):
-        blk = dict(blocks, SUBTILE=variant)
+        blk = dict(blocks, **{option: variant})
         n_chunks = dict(lengths=lengths, T=T, gates=gates, chunk=n // 4, num_chunks=4,
                         skip_dead=True, blocks=blk)
         if epi == "store-k-chunks":
@@ -277,6 +280,54 @@ def test_subtile_gives_the_whole_tile_epilogues_results(epi):
                          epi=gm.EPI_GATE_BWD, aux=aux_in, sum1=s1, blocks=blk)
             outs.append([out, s1])
     for plain, variant in zip(*outs):
-        if plain.dim() == 2:
+        if plain.dim() == 2 and plain.isnan().any():     # not FINAL: valid rows only
             plain, variant = plain[rows], variant[rows]
         torch.testing.assert_close(variant, plain, atol=1e-4, rtol=1e-4, equal_nan=True)
+
+
+def test_tma_option_names_what_it_cannot_read():
+    lengths = torch.tensor([11, 4, 1], device=DEV)
+    a, out = torch.randn(B * T, 64, device=DEV), torch.empty(B * T, 48, device=DEV)
+    blk = dict(BM=16, BN=16, BK=32, num_warps=4, num_stages=1, TMA=True)
+    common = dict(lengths=lengths, T=T, blocks=blk)
+    with pytest.raises(ValueError, match="dtype"):
+        gm.rows_gemm(a, torch.randn(64, 48, device=DEV, dtype=torch.float64), out, **common)
+    with pytest.raises(ValueError, match="chunk 16 along K"):
+        gm.rows_gemm(a, torch.randn(64, 48, device=DEV), out, chunk=16, num_chunks=4,
+                     chunk_axis=2, **common)
+    with pytest.raises(ValueError, match="contiguous in neither"):
+        gm.rows_gemm(a, torch.randn(64, 96, device=DEV)[:, ::2], out, **common)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("epi", ["silu-gate", "store-k-chunks"])
+def test_gpu_tma_option_bf16(epi):
+    """The TMA option at the sweep's tiles on the GPU, bf16, NaN at padded rows: equal to
+    the plain loads' results (the same operands reach the same tensor-core products)."""
+    torch.manual_seed(9)
+    T_, D_, F_ = 250, 384, 1536
+    lengths = torch.randint(150, T_ + 1, (6,), device="cuda")
+    rows = gm.valid_rows(lengths, T_)
+    a = torch.randn(6 * T_, D_ if epi == "silu-gate" else F_, device="cuda",
+                    dtype=torch.bfloat16)
+    a[~rows] = float("nan")
+    w = (torch.randn(F_, D_, device="cuda") / 20).to(torch.bfloat16)   # [F, D] as W1
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0], device="cuda")
+    outs = []
+    for tma in (False, True):
+        blk = dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3, TMA=tma)
+        if epi == "silu-gate":
+            out, pre = (torch.full((6 * T_, F_), float("nan"), device="cuda",
+                                   dtype=torch.bfloat16) for _ in range(2))
+            gm.rows_gemm(a, w.t(), out, lengths=lengths, T=T_, gates=gates, chunk=F_ // 4,
+                         num_chunks=4, chunk_axis=1, skip_dead=True, epi=gm.EPI_SILU_GATE,
+                         aux=pre, final=True, blocks=blk)
+            outs.append([out, torch.where(rows[:, None], pre, 0.0)])
+        else:
+            out = torch.full((6 * T_, D_), float("nan"), device="cuda", dtype=torch.bfloat16)
+            gm.rows_gemm(a, w, out, lengths=lengths, T=T_, gates=gates, chunk=F_ // 4,
+                         num_chunks=4, chunk_axis=2, skip_dead=True, final=True, blocks=blk)
+            outs.append([out])
+    for plain, tma in zip(*outs):
+        assert not tma.isnan().any()
+        torch.testing.assert_close(tma, plain, atol=1e-2, rtol=1e-2)
