@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--tma", action="store_true",
-                    help="row GEMMs: the default tiles with and without the TMA option only")
+                    help="row GEMMs: the default tiles with and without TMA only")
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
@@ -175,7 +175,8 @@ def main() -> None:
             extra = SUBTILE_CONFIGS if "silu" in name else []
             cfgs = [None] if args.quick else [None, *configs, *extra]
             if args.tma and name in kinds:
-                cfgs = [None, dict(gm._rows_blocks(torch.bfloat16, *kinds[name]), TMA=True)]
+                default = gm._rows_blocks(torch.bfloat16, *kinds[name])
+                cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
             for cfg in cfgs:
                 for gates_name, g in gate_sets.items():
                     try:
