@@ -107,6 +107,10 @@ def main() -> None:
         ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)
+    print("LayerNorm backward, ROW_SUMS at 4 rows / 4 warps (the sweep's option): ", end="")
+    ok &= _compile(layer_norm._layer_norm_bwd_kernel, ptrs, ints=dict(M=M, D=D, T=T),
+                   constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, BM=4,
+                                   BD=512, ROW_SUMS=True), num_warps=4)
     mid = gated_conv._mid_blocks(384)
     warps = mid.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_fwd_kernel,
