@@ -8,7 +8,9 @@ Gates g (N,) scale unit outputs; unit u = layer * U + position in the block (cfg
 Splitting g per module is a view on the device: no host sync. A module whose gates are all
 exactly 0 outputs exactly 0; a caller that knows this on the host (a frozen subnet) can
 leave such modules out altogether (`encode(..., skip=model.dead_modules(gates))`): no launch,
-no FLOPs, the same output.
+no FLOPs, the same output. Likewise a module whose gates are all exactly 1 is the ungated
+module (`encode(..., full=model.full_modules(gates))`): the same output from the dense path,
+whose backward products go to cuBLAS on the Triton backend.
 """
 
 from __future__ import annotations
@@ -184,17 +186,19 @@ class ConformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset(),
-                operands: dict[str, tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
+                operands: dict[str, tuple[torch.Tensor, ...]] | None = None,
+                full: frozenset[str] = frozenset()) -> torch.Tensor:
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
-        skip: kinds of the modules left out (as if their gates were all 0). operands: kind ->
-        that module's `matmul_weights` in the compute dtype, or None: each casts its own."""
+        skip: kinds of the modules left out (as if their gates were all 0); full: kinds of
+        the modules run ungated (as their gates are all 1). operands: kind -> that module's
+        `matmul_weights` in the compute dtype, or None: each casts its own."""
         # training on the Triton backend: each module's dropout and the residual add in one
         # kernel each way (kernels/dropout_residual.py)
         fuse_dropout = self.training and triton_runs(x, lengths, None)
         for kind, start, end in self.layout:
             if kind in skip:
                 continue
-            module_gates = None if gates is None else gates[start:end]
+            module_gates = None if gates is None or kind in full else gates[start:end]
             module = self.modules_by_kind[kind]
             p = module.dropout_rate if self.training else 0.0
             fused = fuse_dropout and p > 0
@@ -242,25 +246,33 @@ class ConformerSupernet(nn.Module):
         return x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype), lengths
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
-               head: int = -1, skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
+               head: int = -1, skip: frozenset[tuple[int, str]] = frozenset(),
+               full: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
         """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V).
         skip: (layer, kind) of modules left out, as `dead_modules` gives them: with hard
-        gates that are all 0 there the output is the same, without their launches."""
+        gates that are all 0 there the output is the same, without their launches. full:
+        (layer, kind) of modules run ungated, as `full_modules` gives them: with hard gates
+        that are all 1 there the output is the same, from the dense path."""
         self._check_gates(x, gates, head)
-        x = self.run_blocks(self.dropout(x), lengths, gates, skip)
+        x = self.run_blocks(self.dropout(x), lengths, gates, skip, full)
         return self.heads[head](x).float().log_softmax(dim=-1)
 
     def run_blocks(self, x: torch.Tensor, lengths: torch.Tensor,
                    gates: torch.Tensor | None = None,
-                   skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
+                   skip: frozenset[tuple[int, str]] = frozenset(),
+                   full: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
         """The Conformer blocks alone (no checks, no dropout, no output layer): (B, T', D) ->
         (B, T', D)."""
-        skips = self._skips_per_layer(skip)
+        skips = self._modules_per_layer(skip, "skip")
+        fulls = self._modules_per_layer(full, "full")
+        if both := [(layer, kind) for layer, kinds in enumerate(skips)
+                    for kind in kinds & fulls[layer]]:
+            raise ValueError(f"modules both left out (skip) and run ungated (full): {both}")
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         operands = self._matmul_operands(x, lengths, gates, skips)
         for layer, block in enumerate(self.blocks):
             x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer],
-                      operands[layer])
+                      operands[layer], full=fulls[layer])
         return x
 
     def _matmul_operands(self, x, lengths, gates, skips
@@ -291,23 +303,34 @@ class ConformerSupernet(nn.Module):
         `encode(..., skip=)` may leave out. Reads the gates on the host (a sync on a GPU):
         once per frozen subnet, not per step. Gates that need a gradient are refused: a
         module left out would give its gates none."""
+        return self._modules_where(gates, "dead_modules", lambda g: not g.any())
+
+    def full_modules(self, gates: torch.Tensor) -> frozenset[tuple[int, str]]:
+        """(layer, kind) of every module whose gates in `gates` (N,) are all exactly 1: what
+        `encode(..., full=)` may run ungated. Reads the gates on the host, as dead_modules
+        does, and refuses gates that need a gradient likewise."""
+        return self._modules_where(gates, "full_modules", lambda g: bool((g == 1).all()))
+
+    def _modules_where(self, gates, name: str, test) -> frozenset[tuple[int, str]]:
+        """(layer, kind) of the modules whose slice of hard host-read `gates` passes test."""
         if gates is None:
             return frozenset()
         if gates.requires_grad:
-            raise ValueError("dead_modules needs hard gates without a gradient (a module "
-                             "left out gives its gates no gradient)")
+            raise ValueError(f"{name} needs hard gates without a gradient (a module left out "
+                             f"or run ungated gives its gates no gradient)")
         self._check_gates(gates, gates, -1)
         rows = gates.detach().cpu().view(len(self.blocks), -1)
         return frozenset((layer, kind) for layer, block in enumerate(self.blocks)
                          for kind, start, end in block.layout
-                         if not rows[layer, start:end].any())
+                         if test(rows[layer, start:end]))
 
-    def _skips_per_layer(self, skip) -> list[frozenset[str]]:
+    def _modules_per_layer(self, items, name: str) -> list[frozenset[str]]:
+        """(layer, kind) items (`skip` or `full`) -> per layer, the set of kinds."""
         per_layer = [set() for _ in self.blocks]
-        for item in skip:
+        for item in items:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int)
                     and 0 <= item[0] < len(self.blocks) and item[1] in HALF_STEP):
-                raise ValueError(f"skip items must be (layer in [0, {len(self.blocks)}), kind "
+                raise ValueError(f"{name} items must be (layer in [0, {len(self.blocks)}), kind "
                                  f"in {tuple(HALF_STEP)}), got {item!r}")
             per_layer[item[0]].add(item[1])
         return [frozenset(kinds) for kinds in per_layer]

@@ -302,10 +302,12 @@ class Trainer:
         self.frozen_masks = None            # (M, N) float on the device after stage 1
         self.fixed = None                   # fixed_gates: (masks (M, N) on the device, index)
         self.fixed_skip = frozenset()       # its modules whose units are all off
+        self.fixed_full = frozenset()       # ... and all on
         if run.fixed_gates:
             masks, index = load_fixed_gates(run.fixed_gates, self.cfg)
             self.fixed = (masks.to(self.device), index)
             self.fixed_skip = self.model.dead_modules(masks[index])
+            self.fixed_full = self.model.full_modules(masks[index])
         self.step, self.epoch, self.batch_index = 0, 0, 0
         if self.world.distributed:
             self.reseed_rank()
@@ -442,11 +444,15 @@ class Trainer:
 
     @frozen_masks.setter
     def frozen_masks(self, masks: torch.Tensor | None) -> None:
-        # per subnet, the modules with every unit off: left out of its passes (no launches);
-        # read on the host once, when the masks are set
+        # per subnet, the modules with every unit off, left out of its passes (no launches),
+        # and those with every unit on, run ungated (the dense path, whose backward products
+        # go to cuBLAS); read on the host once, when the masks are set
         self._frozen_masks = masks
+        rows = [] if masks is None else masks.detach().cpu()
         self.frozen_skips = None if masks is None else [
-            self.model.dead_modules(row) for row in masks.detach().cpu()]
+            self.model.dead_modules(row) for row in rows]
+        self.frozen_full = None if masks is None else [
+            self.model.full_modules(row) for row in rows]
 
     def draw_budget(self) -> int | None:
         """The index of the budget a step trains beside the supernet (stage 1) or beside the
@@ -471,10 +477,10 @@ class Trainer:
 
         teacher = None              # the supernet's log-probabilities of this step
 
-        def ctc(gates, head, skip=frozenset()):
+        def ctc(gates, head, skip=frozenset(), full=frozenset()):
             nonlocal teacher
             with autocast:
-                log_probs = self.model.encode(x, out_lengths, gates, head, skip)
+                log_probs = self.model.encode(x, out_lengths, gates, head, skip, full)
             loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, frames)
             if teacher is None:                     # the supernet: always the first call
                 teacher = log_probs
@@ -486,7 +492,7 @@ class Trainer:
 
         if self.fixed is not None:              # fixed_gates: one subnet, trained alone
             masks, b = self.fixed
-            loss = ctc(masks[b], b, self.fixed_skip)
+            loss = ctc(masks[b], b, self.fixed_skip, self.fixed_full)
             return loss, {"loss": loss.detach(), "loss_sup": loss.detach(),
                           "loss_sub": zero, "penalty": zero, "budget": budgets[b]}
         if self.frozen_masks is None:                                   # stage 1
@@ -500,20 +506,28 @@ class Trainer:
                 penalty = self.selector.penalty_scale(selected.penalty[b], self.step_tensor)
             loss = loss_sup + aux_scale(run, loss_sub) * loss_sub + penalty
         else:                                                           # stage 2
-            loss_sup = ctc(self.supernet_gates(), len(budgets) - 1)
+            loss_sup = ctc(self.supernet_gates(), len(budgets) - 1, frozenset(),
+                           self.supernet_full())
             loss_sub, penalty, budget = zero, zero, budgets[-1]
             if len(budgets) > 1:
-                loss_sub = ctc(self.frozen_masks[0], 0, self.frozen_skips[0])
+                loss_sub = ctc(self.frozen_masks[0], 0, self.frozen_skips[0],
+                               self.frozen_full[0])
                 budget = budgets[0]
             if len(budgets) > 2:
                 b = drawn
-                loss_mid = ctc(self.frozen_masks[b], b, self.frozen_skips[b])
+                loss_mid = ctc(self.frozen_masks[b], b, self.frozen_skips[b],
+                               self.frozen_full[b])
                 loss_sub = loss_sub + loss_mid
                 budget = budgets[b]
             loss = loss_sup + aux_scale(run, loss_sub) * loss_sub
         return loss, {"loss": loss.detach(), "loss_sup": loss_sup.detach(),
                       "loss_sub": loss_sub.detach(), "penalty": penalty.detach(),
                       "budget": budget}
+
+    def supernet_full(self) -> frozenset[tuple[int, str]]:
+        """The supernet pass's modules that run ungated: all units on in the largest subnet
+        and never dropped by stochastic depth (each has a unit in the smallest subnet)."""
+        return self.frozen_full[-1] - self.frozen_skips[0]
 
     def supernet_gates(self) -> torch.Tensor:
         """Largest subnet's gates with stochastic depth: each module with no unit in the

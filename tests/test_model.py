@@ -109,6 +109,61 @@ def test_dead_modules_left_out_give_the_same_output_and_gradients(backend):
             torch.testing.assert_close(left_out, full, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_full_modules_run_ungated_give_the_same_output_and_gradients(backend):
+    """encode(full=full_modules(gates)) runs every module whose hard gates are all 1 without
+    gates (the dense path): the same log-probs and parameter gradients as under the gates.
+    A module with one gate below 1 is not full."""
+    set_backend(backend)
+    model = ConformerSupernet(tiny_cfg())
+    units = {kind: (start, end) for kind, start, end in model.blocks[0].layout}
+    gates = torch.ones(2, model.num_units // 2)
+    gates[0, units["mhsa"][0]] = 0                  # block 0: one head off
+    gates[1, units["ffn1"][0]] = 0.5                # block 1: a chunk at 0.5, conv off
+    gates[1, slice(*units["conv"])] = 0
+    gates = gates.flatten()
+    full = model.full_modules(gates)
+    assert full == {(0, "ffn1"), (0, "conv"), (0, "ffn2"), (1, "mhsa"), (1, "ffn2")}
+    x, lengths = torch.randn(2, 9, 32), torch.tensor([9, 5])
+    gated_calls = set()             # (layer, kind) of the modules that were handed gates
+    for layer, block in enumerate(model.blocks):
+        for kind, module in block.modules_by_kind.items():
+            module.register_forward_pre_hook(
+                lambda _, args, key=(layer, kind): gated_calls.add(key)
+                if args[2] is not None else None)
+    outs, grads = [], []
+    for ungated in (frozenset(), full):
+        model.zero_grad(set_to_none=True)
+        gated_calls.clear()
+        out = model.encode(x, lengths, gates, 0, model.dead_modules(gates), ungated)
+        run = {(layer, kind) for layer, block in enumerate(model.blocks)
+               for kind in block.modules_by_kind} - model.dead_modules(gates)
+        assert gated_calls == run - ungated
+        out.exp().sum().backward()
+        outs.append(out)
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
+    for name, gated in grads[0].items():
+        if gated is None:
+            assert grads[1][name] is None, name
+        else:
+            torch.testing.assert_close(grads[1][name], gated, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_full_is_checked():
+    model = ConformerSupernet(tiny_cfg()).eval()
+    x, lengths = torch.randn(1, 6, 32), torch.tensor([6])
+    gates = torch.ones(model.num_units)
+    for bad in [(2, "conv"), (0, "attention")]:
+        with pytest.raises(ValueError, match="full items"):
+            model.encode(x, lengths, gates, full={bad})
+    with pytest.raises(ValueError, match="both left out"):
+        model.encode(x, lengths, gates, skip={(1, "conv")}, full={(1, "conv")})
+    with pytest.raises(ValueError, match="hard gates"):
+        model.full_modules(torch.ones(model.num_units, requires_grad=True))
+    assert model.full_modules(None) == frozenset()
+
+
 @pytest.mark.parametrize("weights, compute", [(torch.float64, torch.float32),
                                                (torch.float32, torch.float16)])
 def test_one_operand_copy_per_pass_gives_the_same_outputs_and_gradients(monkeypatch, weights,

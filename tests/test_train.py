@@ -361,21 +361,29 @@ def test_fixed_gates_train_one_frozen_subnet_alone(corpus, tmp_path):
 
 def test_stage2_subnets_leave_out_their_dead_modules(corpus, tmp_path, monkeypatch):
     """After the freeze each subnet's passes leave out the modules with every unit off
-    (model.dead_modules of its frozen masks); the supernet's pass leaves out none."""
+    (model.dead_modules of its frozen masks) and run ungated those with every unit on
+    (model.full_modules); the supernet's pass leaves out none and runs ungated the full
+    modules that stochastic depth never drops (those with a unit in the smallest subnet)."""
     calls = []
     original = ConformerSupernet.encode
 
-    def spy(model, x, lengths, gates=None, head=-1, skip=frozenset()):
-        calls.append((head, frozenset(skip)))
-        return original(model, x, lengths, gates, head, skip)
+    def spy(model, x, lengths, gates=None, head=-1, skip=frozenset(), full=frozenset()):
+        calls.append((head, frozenset(skip), frozenset(full)))
+        return original(model, x, lengths, gates, head, skip, full)
 
     monkeypatch.setattr(ConformerSupernet, "encode", spy)
     trainer = train(tiny_run(corpus, "stage1_steps=2", "stage2_steps=2"), tmp_path / "run")
-    expected = [trainer.model.dead_modules(row) for row in trainer.frozen_masks.cpu()]
+    rows = trainer.frozen_masks.cpu()
+    expected = [trainer.model.dead_modules(row) for row in rows]
+    expected_full = [trainer.model.full_modules(row) for row in rows]
     assert trainer.frozen_skips == expected and any(expected[:-1])
+    assert trainer.frozen_full == expected_full
+    supernet_full = expected_full[-1] - expected[0]
+    assert supernet_full and supernet_full != expected_full[-1]
     stage2 = calls[-2 * 3:]                  # 2 steps x (supernet, smallest, drawn subnet)
-    for head, skip in stage2:
+    for i, (head, skip, full) in enumerate(stage2):
         assert skip == expected[head]
+        assert full == (supernet_full if i % 3 == 0 else expected_full[head])
     assert expected[-1] == frozenset()       # the largest subnet keeps every module
 
 
