@@ -528,13 +528,10 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         n_tiles = cdiv(N, blk["BN"])
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
-    run = launch
     a_arg, b_arg = a, b
     if blk.get("TMA"):
         a_arg, b_arg, blk["B_NK"] = _tma_operands(a, b, chunk if chunk_axis == 2 else 0, blk)
-        # descriptors are not in the direct launcher's specialisation key: Triton's path
-        run = lambda kernel, grid, *args, **meta: kernel[grid](*args, **meta)  # noqa: E731
-    run(_rows_gemm_kernel, grid,
+    launch(_rows_gemm_kernel, grid,
         a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,

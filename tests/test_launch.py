@@ -39,6 +39,20 @@ def test_specialisation_key_separates_what_triton_separates():
     assert spec(3) == spec(5) and spec(32) == spec(48)  # same Triton specialisation
 
 
+def test_specialisation_key_of_tma_descriptors():
+    """A descriptor's key: hashable, the same for another tensor of the same layout, apart
+    for another block shape, dtype, or a shape that is no longer a multiple of 16."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    spec = launch_module._spec
+    a, b = torch.zeros(64, 32), torch.zeros(64, 32)
+    key = spec(TensorDescriptor.from_tensor(a, [16, 16]))
+    assert hash(key) == hash(spec(TensorDescriptor.from_tensor(b, [16, 16])))
+    for other in (TensorDescriptor.from_tensor(a, [32, 16]),
+                  TensorDescriptor.from_tensor(a.double(), [16, 16]),
+                  TensorDescriptor.from_tensor(torch.zeros(60, 32), [16, 16])):
+        assert spec(other) != key
+
+
 def test_direct_path_switch_and_supported_versions(monkeypatch):
     """ORTHOASR_DIRECT_LAUNCH=0 and a Triton outside the checked versions both turn the
     direct path off; with it off, a cache miss stores no direct launcher."""
@@ -93,6 +107,41 @@ def test_direct_launch_is_captured_in_a_cuda_graph():
         return y
     graph, out = capture_graph(run)
     x.copy_(torch.randn(100, device="cuda"))
+    graph.replay()
+    torch.testing.assert_close(out, x * 2, rtol=0, atol=0)
+
+
+@triton.jit
+def _tma_copy_kernel(x_desc, y_ptr, n_cols, BM: tl.constexpr, BN: tl.constexpr):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.arange(0, BN)
+    tile = x_desc.load([tl.program_id(0) * BM, 0])
+    tl.store(y_ptr + rows[:, None] * n_cols + cols[None, :], tile * 2, mask=cols[None, :] < n_cols)
+
+
+@pytest.mark.gpu
+def test_direct_launch_with_tma_descriptors_in_and_out_of_a_cuda_graph():
+    """Descriptor arguments: the first launch (Triton's path) and the direct ones give the
+    same result, a new tensor's descriptor reads the new tensor, and a captured launch reads
+    the tensor the descriptor was built on at each replay."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from orthoasr.graphs import capture_graph
+    x = torch.randn(64, 32, device="cuda")
+    y = torch.empty(64, 32, device="cuda")
+
+    def run(src):
+        launch(_tma_copy_kernel, (4,), TensorDescriptor.from_tensor(src, [16, 32]), y, 32,
+               BM=16, BN=32)
+        return y
+    for _ in range(3):
+        torch.testing.assert_close(run(x), x * 2, rtol=0, atol=0)
+    other = torch.randn(64, 32, device="cuda")
+    torch.testing.assert_close(run(other), other * 2, rtol=0, atol=0)
+    assert any(entry for key, entry in launch_module._cache.items()
+               if key[0] is _tma_copy_kernel)
+    graph, out = capture_graph(lambda: run(x))
+    x.copy_(torch.randn(64, 32, device="cuda"))
     graph.replay()
     torch.testing.assert_close(out, x * 2, rtol=0, atol=0)
 
