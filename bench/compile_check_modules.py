@@ -42,7 +42,8 @@ ROW_GEMMS = [
 
 def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, blk) -> bool:
     warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-    print(f"{name}{', TMA' if blk.get('TMA') else ''}: ", end="")
+    options = "".join(f", {key}" for key in ("TMA", "SUM_PARTIALS") if blk.get(key))
+    print(f"{name}{options}: ", end="")
     operands = dict(a_ptr="bf16", b_ptr="bf16")
     if blk.get("TMA"):       # descriptors of the blocks the kernel loads (B_NK: b as [N, K])
         blk["B_NK"] = s_k == 1
@@ -68,7 +69,9 @@ def main() -> None:
         name, epi, axis, *_ = gemm
         blk = gated_matmul._rows_blocks(BF16, axis, epi)
         ok &= _row_gemm(*gemm, dict(blk))
-        ok &= _row_gemm(*gemm, dict(blk, TMA=True))    # the sweep's option
+        ok &= _row_gemm(*gemm, dict(blk, TMA=True))    # the sweep's options
+        if gemm[6]:                                     # column sums
+            ok &= _row_gemm(*gemm, dict(blk, SUM_PARTIALS=True))
     for axis in (1, 2):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")

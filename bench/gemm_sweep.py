@@ -1,7 +1,7 @@
 """The FFN's six GEMMs (four row GEMMs, two weight gradients) at one shape against cuBLAS on
 the same operands, over a few tile configurations each: where the gated GEMMs lose time.
 
-    python -m bench.gemm_sweep [--shape B32xT250] [--quick | --tma] [--families rows wgrad]
+    python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options] [--families rows wgrad]
 
 All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
 and half (dead chunks skipped). Rows go to bench/results/gemm_sweep.json (and $OUT), each
@@ -87,8 +87,9 @@ def main() -> None:
     ap.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
-    ap.add_argument("--tma", action="store_true",
-                    help="row GEMMs: the default tiles with and without TMA only")
+    ap.add_argument("--options", action="store_true",
+                    help="row GEMMs: the default tiles only, without and with each option "
+                         "(TMA; SUM_PARTIALS where the epilogue sums columns)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
@@ -141,7 +142,7 @@ def main() -> None:
                                               **common(g, skip)),
             lambda: torch.mm(d_pre, w1)),
     }
-    # each row GEMM's (chunk_axis, epi): its launcher-default tiles, for --tma
+    # each row GEMM's (chunk_axis, epi): its launcher-default tiles, for --options
     kinds = {"g1 xn@W1^T silu-gate": (1, gm.EPI_SILU_GATE), "g1 xn@W1^T plain store": (1, 0),
              "g3 dy@W2 plain store": (1, 0), "g2 hidden@W2^T K-chunked": (2, 0),
              "g3 dy@W2 silu-bwd": (1, gm.EPI_SILU_BWD),
@@ -174,9 +175,12 @@ def main() -> None:
                              provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
             extra = SUBTILE_CONFIGS if "silu" in name else []
             cfgs = [None] if args.quick else [None, *configs, *extra]
-            if args.tma and name in kinds:
+            if args.options and name in kinds:
                 default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
+                if "silu-bwd" in name and "no column sums" not in name:
+                    cfgs += [dict(default, SUM_PARTIALS=True),
+                             dict(default, TMA=True, SUM_PARTIALS=True)]
             for cfg in cfgs:
                 for gates_name, g in gate_sets.items():
                     try:

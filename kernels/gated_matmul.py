@@ -88,7 +88,7 @@ def _rows_gemm_kernel(
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
-    B_NK: tl.constexpr = False,
+    B_NK: tl.constexpr = False, SUM_PARTIALS: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -100,6 +100,9 @@ def _rows_gemm_kernel(
     # whole blocks without masks: padded rows are read too (anything, NaN included), and
     # each output row depends on its own row of a only, so the epilogue's selects drop
     # them; past a tensor's edge the loads are zeros.
+    # SUM_PARTIALS: sum1 / sum2 are [row tiles, N] workspaces and each row tile adds its
+    # column sums to a row of its own, so no two programs add to one address (the launcher
+    # sums the rows); into one [N] output, each column takes an atomic from every row tile.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -175,6 +178,9 @@ def _rows_gemm_kernel(
                     b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
+    if SUM_PARTIALS:
+        sum1_ptr += pid_m * N
+        sum2_ptr += pid_m * N
     if SUBTILE:
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
         # column sums' products) live for half the tile at a time, so that the SiLU
@@ -516,8 +522,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
     num_chunks chunks of `chunk` columns; 2: K is. blocks: the tiles (BM, BN, BK, num_warps,
-    num_stages, optionally SUBTILE, and TMA: operands by TMA descriptors) in place of the
-    defaults.
+    num_stages, optionally SUBTILE, TMA: operands by TMA descriptors, and SUM_PARTIALS:
+    the column sums through a workspace row per row tile) in place of the defaults.
     """
     M, K = a.shape
     N = out.shape[1]
@@ -531,11 +537,15 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     a_arg, b_arg = a, b
     if blk.get("TMA"):
         a_arg, b_arg, blk["B_NK"] = _tma_operands(a, b, chunk if chunk_axis == 2 else 0, blk)
+    sums = [sum1, sum2]
+    if blk.get("SUM_PARTIALS"):
+        partials = torch.zeros(2, grid[1], N, dtype=torch.float32, device=out.device)
+        sums = [s if s is None else p for s, p in zip(sums, partials)]
     launch(_rows_gemm_kernel, grid,
         a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,
-        lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
-        sum2 if sum2 is not None else dummy,
+        lengths, aux if aux is not None else dummy, sums[0] if sum1 is not None else dummy,
+        sums[1] if sum2 is not None else dummy,
         M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
@@ -543,6 +553,11 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
         HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
+    if blk.get("SUM_PARTIALS"):
+        row_sums = partials.sum(1)                 # [2, N]: both workspaces in one launch
+        for total, part in zip((sum1, sum2), row_sums):
+            if total is not None:
+                total += part
     return out
 
 

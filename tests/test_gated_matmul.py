@@ -230,13 +230,16 @@ def test_column_sums_skip_dead_chunks():
 
 
 @pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
-@pytest.mark.parametrize("option", ["SUBTILE", "TMA"])
+@pytest.mark.parametrize("option", ["SUBTILE", "TMA", "SUM_PARTIALS", "SUM_PARTIALS+SUBTILE"])
 def test_tile_options_give_the_plain_tiles_results(epi, option):
-    """SUBTILE (the epilogue in two row halves) and TMA (operands by descriptors, padded rows
-    read too) against the plain kernel, for every epilogue: weights in both layouts, a dead
-    chunk; valid rows, and every row of a FINAL output (zeros at padded rows, though TMA
-    read NaN there). K 64 in chunks of 16, N 48 in chunks of 12 (tiles reach past a chunk:
+    """SUBTILE (the epilogue in two row halves), TMA (operands by descriptors, padded rows
+    read too) and SUM_PARTIALS (column sums through a workspace row per row tile; also with
+    SUBTILE on in both runs) against the kernel without the option, for every epilogue:
+    weights in both layouts, a dead chunk; valid rows, and every row of a FINAL output
+    (zeros at padded rows, though TMA read NaN there); column sums added to what the
+    accumulators held. K 64 in chunks of 16, N 48 in chunks of 12 (tiles reach past a chunk:
     masked at the store)."""
+    option, *always = option.split("+")
     k, n = 64, 48
     torch.manual_seed(8)
     lengths = torch.tensor([11, 4, 1], device=DEV)
@@ -251,7 +254,7 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
     blocks = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1)
     outs = []
     for variant in (False, True):
-        blk = dict(blocks, **{option: variant})
+        blk = dict(blocks, **{option: variant}, **{flag: True for flag in always})
         n_chunks = dict(lengths=lengths, T=T, gates=gates, chunk=n // 4, num_chunks=4,
                         skip_dead=True, blocks=blk)
         if epi == "store-k-chunks":
@@ -265,7 +268,7 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
                          **n_chunks)
             outs.append([out, pre])
         elif epi == "silu-bwd":
-            out, s1, s2 = _poisoned(B * T, n), torch.zeros(n), torch.zeros(n)
+            out, s1, s2 = _poisoned(B * T, n), torch.ones(n), torch.full((n,), 2.0)
             gm.rows_gemm(a, w_kn, out, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=aux_in, sum1=s1,
                          sum2=s2, **n_chunks)
             outs.append([out, s1, s2])
@@ -275,7 +278,7 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
                          blocks=blk)
             outs.append([out, u])
         else:
-            out, s1 = _poisoned(B * T, n), torch.zeros(n)
+            out, s1 = _poisoned(B * T, n), torch.ones(n)
             gm.rows_gemm(a, w_kn, out, lengths=lengths, T=T, gates=gates[:1],
                          epi=gm.EPI_GATE_BWD, aux=aux_in, sum1=s1, blocks=blk)
             outs.append([out, s1])
