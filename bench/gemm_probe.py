@@ -15,9 +15,9 @@ operands, each replayed as a CUDA graph:
 - `ours`: the gated row GEMM, with the store epilogue;
 - `tiled 128x256/8w`: a wider tile over two warpgroups;
 - `TMA ...`: the tiled product with operands and result moved by TMA descriptors.
-If `persistent` is not well ahead of `tiled`, persistence is not the gap (it was 8-12%
-ahead at K = 384 and even at K = 1536, H200, 2026-12-01); the TMA rows ask whether address
-arithmetic and masked loads are. Rows go to
+On the H200 (2026-12-01) `persistent` was 8-12% ahead of `tiled` at K = 384 and even at
+K = 1536, and `TMA` 13-19% ahead at M = 20000, about half the way to cuBLAS: the row GEMM
+got a TMA option (kernels/gated_matmul.py). Rows go to
 bench/results/gemm_probe.json. Run: python -m bench.gemm_probe [--rows 20000]
 """
 
