@@ -69,11 +69,13 @@ def _gate(gate_ptr, c, HAS_GATES: tl.constexpr):
 
 @triton.jit
 def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
-    """Columns of tile `pid` when tiles never straddle chunks of size CHUNK: (chunk, cols, ok)."""
+    """Columns of tile `pid` when tiles never straddle chunks of size CHUNK: (chunk, first
+    column, cols, ok)."""
     tiles_per_chunk = tl.cdiv(CHUNK, BN)
     c = pid // tiles_per_chunk
-    local = (pid - c * tiles_per_chunk) * BN + tl.arange(0, BN)
-    return c, c * CHUNK + local, local < CHUNK
+    first = c * CHUNK + (pid - c * tiles_per_chunk) * BN
+    local = first - c * CHUNK + tl.arange(0, BN)
+    return c, first, first + tl.arange(0, BN), local < CHUNK
 
 
 # ----------------------------------------------------------------------------- row GEMM
@@ -109,8 +111,7 @@ def _rows_gemm_kernel(
     row_ok = _valid_rows(rows, M, T, len_ptr)
     any_row = tl.max(row_ok.to(tl.int32), 0) > 0
     if CHUNK_AXIS == 1:
-        c, cols, col_ok = _chunk_cols(pid_n, CHUNK, BN)
-        col0 = c * CHUNK + (pid_n - c * tl.cdiv(CHUNK, BN)) * BN
+        c, col0, cols, col_ok = _chunk_cols(pid_n, CHUNK, BN)
     else:
         c = 0
         col0 = pid_n * BN
@@ -537,15 +538,14 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     a_arg, b_arg = a, b
     if blk.get("TMA"):
         a_arg, b_arg, blk["B_NK"] = _tma_operands(a, b, chunk if chunk_axis == 2 else 0, blk)
-    sums = [sum1, sum2]
-    if blk.get("SUM_PARTIALS"):
+    sum1_arg, sum2_arg = (dummy if s is None else s for s in (sum1, sum2))
+    if blk.get("SUM_PARTIALS"):     # HAS_SUM1 / HAS_SUM2 say which the kernel adds to
         partials = torch.zeros(2, grid[1], N, dtype=torch.float32, device=out.device)
-        sums = [s if s is None else p for s, p in zip(sums, partials)]
+        sum1_arg, sum2_arg = partials
     launch(_rows_gemm_kernel, grid,
         a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,
-        lengths, aux if aux is not None else dummy, sums[0] if sum1 is not None else dummy,
-        sums[1] if sum2 is not None else dummy,
+        lengths, aux if aux is not None else dummy, sum1_arg, sum2_arg,
         M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
