@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--options", action="store_true",
-                    help="row GEMMs: the default tiles only, without and with each option "
+                    help="the default tiles only; row GEMMs without and with each option "
                          "(TMA; SUM_PARTIALS where the epilogue sums columns)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
@@ -175,7 +175,9 @@ def main() -> None:
                              provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
             extra = SUBTILE_CONFIGS if "silu" in name else []
             cfgs = [None] if args.quick else [None, *configs, *extra]
-            if args.options and name in kinds:
+            if args.options and name not in kinds:      # a weight gradient: its default
+                cfgs = [None]
+            elif args.options:
                 default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
                 if "silu-bwd" in name and "no column sums" not in name:

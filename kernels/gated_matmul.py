@@ -268,7 +268,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
             if HAS_SUM1:
                 saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
                 col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
-                tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
+                tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
 
 
@@ -303,10 +303,10 @@ def _silu_bwd_tile(acc, g, live, tile, store_ok, write, cols, col_ok, aux_ptr, o
     if live:
         if HAS_SUM1:
             col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
-            tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok)
+            tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
         if HAS_SUM2:  # the bias gradient, column sums of what is stored
             tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
-                          mask=col_ok)
+                          mask=col_ok, sem="relaxed")
     if ZEROS:
         d_pre = tl.where(store_ok, d_pre, 0.0)
     tl.store(out_ptr + tile, d_pre.to(out_ptr.dtype.element_ty), mask=write)
@@ -402,7 +402,7 @@ def _wgrad_kernel(
                         mask=t_ok[:, None] & q_ok[None, :], other=0.0)
             acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
-                      mask=p_ok[:, None] & q_ok[None, :])
+                      mask=p_ok[:, None] & q_ok[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -453,7 +453,7 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
         if COPY:
             tl.store(copy_ptr + rows[:, None] * N + cols[None, :], tl.where(ok[:, None], x, 0.0),
                      mask=(rows < stop)[:, None] & col_ok[None, :])
-    tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_live)
+    tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_live, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -254,7 +254,7 @@ def _out_proj_dw_kernel(
                             mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(a.dtype)
                 acc = tl.dot(tl.trans(g), a, acc, input_precision=DOT_PRECISION)
             tl.atomic_add(dw_ptr + cols[:, None] * D + (h * HEAD_DIM + offs_d)[None, :], acc,
-                          mask=col_ok[:, None] & d_ok[None, :])
+                          mask=col_ok[:, None] & d_ok[None, :], sem="relaxed")
     else:
         # a [BLOCK_M, BLOCK_N] accumulator summed once at the end (a cross-warp reduction
         # per loaded tile serialised load and reduce: these 42 programs set the kernel's
@@ -270,10 +270,10 @@ def _out_proj_dw_kernel(
                         mask=(rows < row_end)[:, None] & col_ok[None, :], other=0.0)
             acc += g.to(tl.float32)
         total = tl.sum(acc, 0)
-        tl.atomic_add(db_ptr + cols, total * scale, mask=col_ok)
+        tl.atomic_add(db_ptr + cols, total * scale, mask=col_ok, sem="relaxed")
         if BIAS_MODE == 2:
             bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            tl.atomic_add(dscale_ptr, tl.sum(total * bias, 0))
+            tl.atomic_add(dscale_ptr, tl.sum(total * bias, 0), sem="relaxed")
 
 
 # ----------------------------------------------------------------------------- launchers

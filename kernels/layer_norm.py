@@ -141,8 +141,8 @@ def _layer_norm_bwd_kernel(
         dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
         tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M)[:, None] & col_ok[None, :])
-    tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok)
-    tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok)
+    tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok, sem="relaxed")
+    tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
 
 
 def _blocks(D: int, backward: bool = False) -> dict:
