@@ -65,7 +65,7 @@ def _loop_conversions(ttgir: str) -> int:
 
 
 def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warps=4,
-             num_stages=3):
+             num_stages=3, maxnreg=None):
     """Compile as a launch would: pointers 16-byte aligned, and each int of `ints` (name ->
     a typical value; default TYPICAL, the attention kernels' sizes) specialised like
     Triton's launcher does (1 -> a constant, a multiple of 16 -> divisible by 16). Without
@@ -100,7 +100,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
                 attrs[(index,)] = [["tt.divisibility", 16]]
     src = ASTSource(kernel, signature, constexprs, attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
+                              options=dict(num_warps=num_warps, num_stages=num_stages,
+                                           maxnreg=maxnreg))
     shared = getattr(compiled.metadata, "shared", 0)
     ok = shared <= SHARED_LIMIT
     n_regs = _resource_usage(compiled.asm["cubin"])

@@ -61,9 +61,12 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
 
 
 def _tag(cfg):
-    """128x128x64x8x3 (BM/BP, BN/BQ, BK, warps, stages), then +OPTION for each flag set."""
-    sizes = "x".join(str(v) for v in cfg.values() if not isinstance(v, bool))
-    return sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True)
+    """128x128x64x8x3 (BM/BP, BN/BQ, BK, warps, stages), then +OPTION for each flag set and
+    +maxnreg128 for a register cap."""
+    sizes = "x".join(str(v) for k, v in cfg.items() if not isinstance(v, bool)
+                     and k != "maxnreg")
+    cap = f"+maxnreg{cfg['maxnreg']}" if "maxnreg" in cfg else ""
+    return sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True) + cap
 
 
 def _print_pipelining(*jit_fns):
@@ -89,7 +92,7 @@ def main() -> None:
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
-                         "(TMA; SUM_PARTIALS where the epilogue sums columns)")
+                         "(TMA; for the SiLU GEMMs the register cap and SUBTILE)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
@@ -180,9 +183,10 @@ def main() -> None:
             elif args.options:
                 default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
-                if "silu-bwd" in name and "no column sums" not in name:
-                    cfgs += [dict(default, SUM_PARTIALS=True),
-                             dict(default, TMA=True, SUM_PARTIALS=True)]
+                if "silu-bwd" in name:      # the register cap's effect
+                    cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]
+                if "silu-gate" in name:     # 8 warps on row halves, capped (2 programs a SM)
+                    cfgs += [dict(default, num_warps=8, SUBTILE=True, maxnreg=128, TMA=True)]
             for cfg in cfgs:
                 for gates_name, g in gate_sets.items():
                     try:

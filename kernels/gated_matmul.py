@@ -90,7 +90,7 @@ def _rows_gemm_kernel(
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
-    B_NK: tl.constexpr = False, SUM_PARTIALS: tl.constexpr = False,
+    B_NK: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -102,9 +102,6 @@ def _rows_gemm_kernel(
     # whole blocks without masks: padded rows are read too (anything, NaN included), and
     # each output row depends on its own row of a only, so the epilogue's selects drop
     # them; past a tensor's edge the loads are zeros.
-    # SUM_PARTIALS: sum1 / sum2 are [row tiles, N] workspaces and each row tile adds its
-    # column sums to a row of its own, so no two programs add to one address (the launcher
-    # sums the rows); into one [N] output, each column takes an atomic from every row tile.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -179,9 +176,6 @@ def _rows_gemm_kernel(
                     b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
-    if SUM_PARTIALS:
-        sum1_ptr += pid_m * N
-        sum2_ptr += pid_m * N
     if SUBTILE:
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
         # column sums' products) live for half the tile at a time, so that the SiLU
@@ -245,13 +239,14 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
             _silu_gate_tile(acc, g, tile, store_ok, store_ok, cols, col_ok, bias_ptr, aux_ptr,
                             out_ptr, HAS_BIAS, SAVE_AUX, False)
     elif EPI == 2:
-        if FINAL:
-            _silu_bwd_tile(acc, g, live, tile, store_ok, row_in[:, None] & col_ok[None, :],
-                           cols, col_ok, aux_ptr, out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1,
-                           HAS_SUM2, True)
-        elif live:
-            _silu_bwd_tile(acc, g, live, tile, store_ok, store_ok, cols, col_ok, aux_ptr,
-                           out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2, False)
+        # a dead tile's FINAL zeros in a branch of their own: with one call for both, the
+        # SiLU backward with its column sums took 210 registers (one program an SM)
+        write = row_in[:, None] & col_ok[None, :] if FINAL else store_ok
+        if live:
+            _silu_bwd_tile(acc, g, tile, store_ok, write, cols, col_ok, aux_ptr, out_ptr,
+                           sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2, FINAL)
+        elif FINAL:
+            tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
     elif live:
         if EPI == 3:
             if HAS_BIAS:
@@ -291,22 +286,21 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 
 
 @triton.jit
-def _silu_bwd_tile(acc, g, live, tile, store_ok, write, cols, col_ok, aux_ptr, out_ptr,
-                   sum1_ptr, sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
+def _silu_bwd_tile(acc, g, tile, store_ok, write, cols, col_ok, aux_ptr, out_ptr, sum1_ptr,
+                   sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
                    ZEROS: tl.constexpr):
-    """EPI_SILU_BWD on a tile: d_pre = acc * g * silu'(pre) stored over `write`, zeros
+    """EPI_SILU_BWD on a live tile: d_pre = acc * g * silu'(pre) stored over `write`, zeros
     outside `store_ok` (the valid rows' live columns) with ZEROS; the column sums (gate and
-    bias gradients) of a live tile over `store_ok`."""
+    bias gradients) over `store_ok`."""
     pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
     sig = tl.sigmoid(pre)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
-    if live:
-        if HAS_SUM1:
-            col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
-            tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
-        if HAS_SUM2:  # the bias gradient, column sums of what is stored
-            tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
-                          mask=col_ok, sem="relaxed")
+    if HAS_SUM1:
+        col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
+        tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
+    if HAS_SUM2:  # the bias gradient, column sums of what is stored
+        tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
+                      mask=col_ok, sem="relaxed")
     if ZEROS:
         d_pre = tl.where(store_ok, d_pre, 0.0)
     tl.store(out_ptr + tile, d_pre.to(out_ptr.dtype.element_ty), mask=write)
@@ -471,8 +465,13 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
         return dict(BM=128, BN=64, BK=64, num_warps=8, num_stages=3)
     if dtype == torch.float32:
         return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3)
-    if epi == EPI_SILU_BWD:  # the epilogue in row halves: no spills at 128x128/8 warps
-        return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True)
+    if epi == EPI_SILU_BWD:
+        # the epilogue in row halves: no spills at 128x128/8 warps. At most 128 registers,
+        # two programs an SM: with its column sums the kernel took 148-152 (one program an
+        # SM) and 1.9x the time it takes without them (195.6 against 101.1 us, B80xT250);
+        # capped, it compiles for sm_90 without spills (bench/compile_check_modules.py)
+        return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True,
+                    maxnreg=128)
     if epi == EPI_GATE_BWD:
         return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
     if chunk_axis == 1 and epi != EPI_SILU_GATE:
@@ -537,9 +536,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
     num_chunks chunks of `chunk` columns; 2: K is. blocks: the tiles (BM, BN, BK, num_warps,
-    num_stages, optionally SUBTILE, TMA: operands by TMA descriptors, and SUM_PARTIALS:
-    the column sums through a workspace row per row tile) in place of the defaults,
-    which take TMA where `_tma_by_default` holds.
+    num_stages, optionally SUBTILE and TMA: operands by TMA descriptors) in place of the
+    defaults, which take TMA where `_tma_by_default` holds.
     """
     M, K = a.shape
     N = out.shape[1]
@@ -556,14 +554,11 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         blk["TMA"] = True
     if blk.get("TMA"):
         a_arg, b_arg, blk["B_NK"] = _tma_operands(a, b, k_chunk, blk)
-    sum1_arg, sum2_arg = (dummy if s is None else s for s in (sum1, sum2))
-    if blk.get("SUM_PARTIALS"):     # HAS_SUM1 / HAS_SUM2 say which the kernel adds to
-        partials = torch.zeros(2, grid[1], N, dtype=torch.float32, device=out.device)
-        sum1_arg, sum2_arg = partials
     launch(_rows_gemm_kernel, grid,
         a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,
-        lengths, aux if aux is not None else dummy, sum1_arg, sum2_arg,
+        lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
+        sum2 if sum2 is not None else dummy,
         M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
@@ -571,11 +566,6 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
         HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
-    if blk.get("SUM_PARTIALS"):
-        row_sums = partials.sum(1)                 # [2, N]: both workspaces in one launch
-        for total, part in zip((sum1, sum2), row_sums):
-            if total is not None:
-                total += part
     return out
 
 

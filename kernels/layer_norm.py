@@ -84,7 +84,7 @@ def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
     M, D, T,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    BM: tl.constexpr, BD: tl.constexpr, ROW_SUMS: tl.constexpr = False,
+    BM: tl.constexpr, BD: tl.constexpr,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -96,20 +96,14 @@ def _layer_norm_bwd_kernel(
     # next block's x and dy before working on its own, and those loads are masked by
     # rows < M only, so that they wait neither on this block's work nor on the lengths
     # (padded rows are read and then dropped by `ok`, as NaN-safe selects).
-    # ROW_SUMS (an option under measurement, bench/sweep_layer_norm.py): the partials are
-    # summed over each block's rows as it goes, [1, BD] instead of [BM, BD]. In an sm_90
-    # compile at BD 512 / 2 warps each thread holds its columns of all BM rows, so that sum
-    # stays in the thread, and the two [BM, BD] fp32 tiles (64 of the kernel's 255
-    # registers a thread) no longer cap an SM at 8 resident warps.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
     col_ok = cols < D
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    ACC_ROWS: tl.constexpr = 1 if ROW_SUMS else BM
-    dw = tl.zeros([ACC_ROWS, BD], dtype=tl.float32)
-    db = tl.zeros([ACC_ROWS, BD], dtype=tl.float32)
+    dw = tl.zeros([BM, BD], dtype=tl.float32)
+    db = tl.zeros([BM, BD], dtype=tl.float32)
     rows_next = pid * BM + tl.arange(0, BM)
     read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
     x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next, other=0.0)
@@ -132,12 +126,8 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         dy = tl.where(ok, dy, 0.0)
         xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
-        if ROW_SUMS:
-            dw += tl.sum(dy * xhat, 0, keep_dims=True)
-            db += tl.sum(dy, 0, keep_dims=True)
-        else:
-            dw += dy * xhat
-            db += dy
+        dw += dy * xhat
+        db += dy
         dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
         tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
                  mask=(rows < M)[:, None] & col_ok[None, :])
@@ -186,8 +176,8 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
                    dw=None, db=None, config=None):
     """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32 [D], dbias fp32 [D]); dw / db:
     zeroed fp32 [D] to add to (default: new). dy2d may be in another dtype than x2d (a bf16
-    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm, optionally
-    ROW_SUMS) in place of the defaults (bench/sweep_layer_norm.py)."""
+    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm) in place of the
+    defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")
