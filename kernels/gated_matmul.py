@@ -455,7 +455,8 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
 def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
     """Tiles per GEMM kind. 16-bit choices from bench/gemm_sweep.py on the H200 (FFN,
     B32xT250, soft gates): GEMM1 (SiLU-gate) 128x128x64/4 warps/3 stages 46.8 us
-    (128x64x64/4/4: 52.2), K-chunked GEMMs 128x128x64/4/3 ~30 us (64x128x64/4/4: 38), the
+    (128x64x64/4/4: 52.2; now 8 warps, capped, below), K-chunked GEMMs 128x128x64/4/3
+    ~30 us (64x128x64/4/4: 38), the
     SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us (64x128x64/4/4: 80.0; 128x128/4/3
     without SUBTILE spills: 211). fp32 keeps the smaller-stage configuration (shared
     memory)."""
@@ -468,13 +469,18 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
     if epi == EPI_SILU_BWD:
         # the epilogue in row halves: no spills at 128x128/8 warps. At most 128 registers,
         # two programs an SM: with its column sums the kernel took 148-152 (one program an
-        # SM) and 1.9x the time it takes without them (195.6 against 101.1 us, B80xT250);
-        # capped, it compiles for sm_90 without spills (bench/compile_check_modules.py)
+        # SM) and 1.9x the time it takes without them (190.1 against 99.6 us, B80xT250,
+        # TMA); capped, it compiles for sm_90 without spills and took 134.3 (H200)
+        return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True,
+                    maxnreg=128)
+    if epi == EPI_SILU_GATE:
+        # the same shape: at 4 warps it took 255 registers and spilled; 90.3 us against
+        # 105.9 at B80xT250, soft gates, TMA (H200, 2026-12-01)
         return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True,
                     maxnreg=128)
     if epi == EPI_GATE_BWD:
         return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
-    if chunk_axis == 1 and epi != EPI_SILU_GATE:
+    if chunk_axis == 1:
         return dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)
     return dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3)
 
