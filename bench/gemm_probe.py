@@ -14,7 +14,9 @@ operands, each replayed as a CUDA graph:
 - `persistent`: one flat loop, at 1 or 2 programs a SM;
 - `ours`: the gated row GEMM, with the store epilogue;
 - `tiled 128x256/8w`: a wider tile over two warpgroups;
-- `TMA ...`: the tiled product with operands and result moved by TMA descriptors.
+- `TMA ...`: the tiled product with operands and result moved by TMA descriptors;
+- `TMA persistent ...`: that product in persistent programs, and with the tile loop
+  warp-specialized (loads, MMAs and the epilogue in warp groups of their own).
 On the H200 (2026-12-01) `persistent` was 8-12% ahead of `tiled` at K = 384 and even at
 K = 1536, and `TMA` 13-19% ahead at M = 20000, about half the way to cuBLAS: the row GEMM
 got a TMA option (kernels/gated_matmul.py). Rows go to
@@ -126,6 +128,33 @@ def _tma_mm_kernel(a_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.con
     c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
 
 
+@triton.jit
+def _tma_persistent_mm_kernel(a_desc, w_desc, c_ptr, M, N, K, BM: tl.constexpr,
+                              BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                              WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr):
+    # The TMA product with one program per SM slot walking tiles p, p + P, ... With
+    # WARP_SPECIALIZE the compiler gives the operand loads a warp group of their own, so
+    # that they run ahead of the MMAs and of each tile's epilogue: the overlap the row
+    # GEMM's heavy epilogues (SiLU backward: 134 us against cuBLAS's 45 for the product
+    # alone at B80) lack with one program per tile. In an sm_90 compile with Triton 3.6
+    # the pass takes the tile loop only unflattened, at 4 warps, and fails on a descriptor
+    # store: the result goes out by pointers.
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=FLATTEN,
+                         warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k0])
+            w = w_desc.load([pid_n * BN, k0])
+            acc = tl.dot(a, w.T, acc)
+        rows = pid_m * BM + tl.arange(0, BM)
+        cols = pid_n * BN + tl.arange(0, BN)
+        tl.store(c_ptr + rows[:, None] * N + cols[None, :], acc.to(c_ptr.dtype.element_ty),
+                 mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
 def tiled_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, num_warps: int = 4,
              num_stages: int = 3, tiles: dict = TILES) -> torch.Tensor:
     """out[M, N] = a[M, K] @ b[K, N] (b any strided view), one program per tile."""
@@ -149,6 +178,22 @@ def tma_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, num_warps: int =
                          TensorDescriptor.from_tensor(w, [BN, BK]),
                          TensorDescriptor.from_tensor(out, [BM, BN]), M, N, K, **tiles,
                          num_warps=num_warps, num_stages=num_stages)
+    return out
+
+
+def tma_persistent_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, programs: int,
+                      warp_specialize: bool, num_warps: int = 4, num_stages: int = 3,
+                      tiles: dict = TILES) -> torch.Tensor:
+    """tma_mm's product with `programs` persistent programs (at most one per tile)."""
+    M, K = a.shape
+    N = w.shape[0]
+    BM, BN, BK = tiles["BM"], tiles["BN"], tiles["BK"]
+    grid = (min(programs, triton.cdiv(M, BM) * triton.cdiv(N, BN)),)
+    _tma_persistent_mm_kernel[grid](TensorDescriptor.from_tensor(a, [BM, BK]),
+                                    TensorDescriptor.from_tensor(w, [BN, BK]),
+                                    out, M, N, K, **tiles, WARP_SPECIALIZE=warp_specialize,
+                                    FLATTEN=not warp_specialize,
+                                    num_warps=num_warps, num_stages=num_stages)
     return out
 
 
@@ -180,6 +225,9 @@ def providers(a, w, out, sms: int) -> dict:
         "TMA, 4 stages": lambda: tma_mm(a, w, out, 4, 4),
         "TMA 128x128/8w": lambda: tma_mm(a, w, out, 8, 3),
         "TMA 128x256/8w": lambda: tma_mm(a, w, out, 8, 3, WIDE),
+        **{f"TMA persistent{', warp-specialized' if ws else ''}, {k}/SM":
+           (lambda k=k, ws=ws: tma_persistent_mm(a, w, out, k * sms, ws))
+           for ws in (False, True) for k in (1, 2)},
     }
 
 

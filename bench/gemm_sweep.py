@@ -1,7 +1,8 @@
 """The FFN's six GEMMs (four row GEMMs, two weight gradients) at one shape against cuBLAS on
 the same operands, over a few tile configurations each: where the gated GEMMs lose time.
 
-    python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options] [--families rows wgrad]
+    python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options | --tma]
+                               [--families rows wgrad] [--only g1 g3 ...]
 
 All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
 and half (dead chunks skipped). Rows go to bench/results/gemm_sweep.json (and $OUT), each
@@ -35,8 +36,11 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
 # B M/BM times (g3 at 64x128: 72 + 150 MB, ~30 us at 5-7 TB/s; at 256x128: 72 + 38 MB)
 ROW_CONFIGS += [dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3)]
 # the SiLU epilogues in two row halves (SUBTILE): in an sm_90 compile g3 at 128x128/8 warps
-# goes from 72 B of spills to none (176 registers), at 256x128 from 1392 B to 208
+# goes from 72 B of spills to none (176 registers), at 256x128 from 1392 B to 208; capped
+# at 128 registers, two programs a SM (the launcher's default for both SiLU GEMMs)
 SUBTILE_CONFIGS = [dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True),
+                   dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True,
+                        maxnreg=128),
                    dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3, SUBTILE=True),
                    dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True)]
 WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 bytes: see
@@ -92,7 +96,11 @@ def main() -> None:
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
-                         "(TMA; for the SiLU GEMMs the register cap and SUBTILE)")
+                         "(TMA; the register cap where the default has one)")
+    ap.add_argument("--tma", action="store_true",
+                    help="row GEMMs: every tile configuration with TMA loads (the launcher's "
+                         "default on Hopper; a configuration given without it gets pointer "
+                         "loads)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
@@ -183,10 +191,10 @@ def main() -> None:
             elif args.options:
                 default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
-                if "silu-bwd" in name:      # the register cap's effect
+                if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]
-                if "silu-gate" in name:     # 8 warps on row halves, capped (2 programs a SM)
-                    cfgs += [dict(default, num_warps=8, SUBTILE=True, maxnreg=128, TMA=True)]
+            elif args.tma and family is row_gemms:
+                cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:
                 for gates_name, g in gate_sets.items():
                     try:
