@@ -19,6 +19,7 @@
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
 #   probe    bench/gemm_probe.py: plain GEMMs, one program per tile vs persistent, vs cuBLAS
+#            (PROBE_ARGS, e.g. "--rows 20000")
 #   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py: LayerNorm,
 #            depthwise-conv and column-sum launch configurations
 #   (ATTN_ARGS=--variants: the attention tile sweep)
@@ -101,7 +102,7 @@ if has gemms; then
   echo "gemm sweep rc=$?"
 fi
 if has probe; then
-  timeout ${PROBE_GEMM_S:-120} python3 -m bench.gemm_probe > $OUT/gemm_probe.log 2>&1
+  timeout ${PROBE_GEMM_S:-120} python3 -m bench.gemm_probe ${PROBE_ARGS:-} > $OUT/gemm_probe.log 2>&1
   echo "gemm probe rc=$?"; grep -E "us |Error" $OUT/gemm_probe.log
   cp $REPO/bench/results/gemm_probe.json $OUT/
 fi
