@@ -454,12 +454,11 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
 
 def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
     """Tiles per GEMM kind. 16-bit choices from bench/gemm_sweep.py on the H200 (FFN,
-    B32xT250, soft gates): GEMM1 (SiLU-gate) 128x128x64/4 warps/3 stages 46.8 us
-    (128x64x64/4/4: 52.2; now 8 warps, capped, below), K-chunked GEMMs 128x128x64/4/3
-    ~30 us (64x128x64/4/4: 38), the
-    SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us (64x128x64/4/4: 80.0; 128x128/4/3
-    without SUBTILE spills: 211). fp32 keeps the smaller-stage configuration (shared
-    memory)."""
+    B32xT250, soft gates, pointer loads): K-chunked GEMMs 128x128x64/4 warps/3 stages ~30 us
+    (64x128x64/4/4: 38); the SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us
+    (64x128x64/4/4: 80.0; 128x128/4/3 without SUBTILE spills: 211); the SiLU-gate GEMM
+    128x128x64/4/3 46.8 us (128x64x64/4/4: 52.2), since moved to 8 warps (below). fp32
+    keeps the smaller-stage configuration (shared memory)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
     if epi == EPI_GLU:
@@ -517,7 +516,7 @@ def _tma_by_default(a, b, k_chunk: int, BK: int) -> bool:
     """The default for 16-bit operands on a Hopper GPU, where their layout allows: at
     B80xT250 on the H200 every FFN row GEMM took 1-19% less time than with masked pointer
     loads (the plain store 88.8 -> 71.7 us, the K-chunked GEMM2 53.0 -> 46.3, the SiLU
-    backward 205.5 -> 203.0; bench/gemm_sweep.py --tma, 2026-12-01)."""
+    backward 205.5 -> 203.0; bench/gemm_sweep.py --options, 2026-12-01)."""
     return (a.is_cuda and a.dtype in (torch.float16, torch.bfloat16)
             and _has_tma(a.device.index or 0) and not _tma_problems(a, b, k_chunk, BK))
 
