@@ -76,10 +76,11 @@ def test_silu_gate_epilogue_final_writes_zeros_at_padded_rows():
     assert (hidden[~rows] == 0).all()
 
 
-@pytest.mark.parametrize("final", [False, True])
-def test_silu_backward_epilogue_and_gate_column_sums(final):
+@pytest.mark.parametrize("final,skip_dead", [(False, False), (True, False), (True, True)])
+def test_silu_backward_epilogue_and_gate_column_sums(final, skip_dead):
     """final: zeros at every padded row too (a dense product reads them), the rows of
-    tiles with no valid row among them (the interpreter's 32-row tiles: the last one)."""
+    tiles with no valid row among them (the interpreter's 32-row tiles: the last one), and
+    with skip_dead the dead chunk's columns (tiles that skip their work)."""
     lengths, dy, w, gates = _case(2)                 # dy [M, K] @ w [K, N] -> d_hidden
     if final:
         lengths = torch.tensor([11, 4, 0], device=DEV)
@@ -88,16 +89,20 @@ def test_silu_backward_epilogue_and_gate_column_sums(final):
     bias_grad = torch.zeros(N, device=DEV)
     gm.rows_gemm(dy, w, d_pre, lengths=lengths, T=T, gates=gates, chunk=N // CHUNKS,
                  num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, sum1=col_sums,
-                 sum2=bias_grad, final=final)
+                 sum2=bias_grad, final=final, skip_dead=skip_dead)
     rows = gm.valid_rows(lengths, T)
+    g = gates.repeat_interleave(N // CHUNKS)
     if final:
         assert (d_pre[~rows] == 0).all()
+        assert (d_pre[:, g == 0] == 0).all()
     d_hidden = torch.where(rows[:, None], dy @ w, 0.0)
     sig = torch.sigmoid(pre)
-    g = gates.repeat_interleave(N // CHUNKS)
     expected = d_hidden * g * sig * (1 + pre * (1 - sig))
     torch.testing.assert_close(d_pre[rows], expected[rows], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(col_sums, (d_hidden * F.silu(pre)).sum(0), atol=1e-3, rtol=1e-4)
+    # a skipped chunk's gate gradient is not asked for (hard gates): its sums stay 0
+    live = g != 0 if skip_dead else torch.ones_like(g, dtype=torch.bool)
+    expected_sums = torch.where(live, (d_hidden * F.silu(pre)).sum(0), 0.0)
+    torch.testing.assert_close(col_sums, expected_sums, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(bias_grad, expected[rows].sum(0), atol=1e-3, rtol=1e-4)
 
 
