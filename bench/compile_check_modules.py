@@ -109,6 +109,11 @@ def main() -> None:
         ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)
+    print("LayerNorm backward, LOAD_STAGES=3 (the sweep's option; async copies expected): ",
+          end="")
+    ok &= _compile(layer_norm._layer_norm_bwd_kernel, ptrs, ints=dict(M=M, D=D, T=T),
+                   constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, LOAD_STAGES=3,
+                                   **blk), num_warps=warps)
     mid = gated_conv._mid_blocks(384)
     warps = mid.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_fwd_kernel,

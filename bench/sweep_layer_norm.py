@@ -22,6 +22,11 @@ BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, 
                dict(BM=16, num_warps=4, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=8),
                dict(BM=4, num_warps=1, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=16),
                dict(BM=4, num_warps=2, warps_per_sm=8), dict(BM=8, num_warps=2, warps_per_sm=8)]
+# x and dy by the compiler's pipeliner (LOAD_STAGES buffers of shared memory, async copies in
+# an sm_90 compile) in place of the one-block register prefetch: 2-3 blocks in flight a
+# program where there is one, for a loop that waits on its loads
+BWD_CONFIGS += [dict(BM=bm, num_warps=warps, warps_per_sm=8, LOAD_STAGES=stages)
+                for bm, warps in ((4, 2), (8, 4), (2, 1)) for stages in (2, 3)]
 # 2026-12-01 (H200) the weight / bias partials summed over each block's rows as the loop
 # goes ([1, BD] in place of [BM, BD]: 128 registers a thread in place of 255, 16 warps a SM)
 # were swept too: 35.4-80.5 us against the default's 32.5 at bf16 input, and removed

@@ -80,11 +80,30 @@ def layer_norm_dx_tile(dy, xhat, w, rstd, ok, D):
 
 
 @triton.jit
+def _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D, T, mean_ptr,
+                          rstd_ptr, len_ptr, dx_ptr):
+    """One [BM, BD] block of the backward from its loaded x and dy: stores dx (0 at padded
+    rows) and returns (dw, db) with the block's terms added."""
+    row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
+    ok = row_ok[:, None] & col_ok[None, :]
+    mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+    rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+    dy = tl.where(ok, dy.to(tl.float32), 0.0)
+    xhat = tl.where(ok, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+    dw += dy * xhat
+    db += dy
+    dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
+    tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=(rows < M)[:, None] & col_ok[None, :])
+    return dw, db
+
+
+@triton.jit
 def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
     M, D, T,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    BM: tl.constexpr, BD: tl.constexpr,
+    BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr = 0,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -96,6 +115,10 @@ def _layer_norm_bwd_kernel(
     # next block's x and dy before working on its own, and those loads are masked by
     # rows < M only, so that they wait neither on this block's work nor on the lengths
     # (padded rows are read and then dropped by `ok`, as NaN-safe selects).
+    # LOAD_STAGES > 0 (an option under measurement, bench/sweep_layer_norm.py): the
+    # compiler's pipeliner in place of that prefetch, x and dy copied asynchronously into
+    # LOAD_STAGES buffers of shared memory. More blocks in flight a program, and none of them
+    # held in registers (the prefetched pair is ~32 of the 254 registers a thread).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
@@ -104,33 +127,34 @@ def _layer_norm_bwd_kernel(
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BM, BD], dtype=tl.float32)
     db = tl.zeros([BM, BD], dtype=tl.float32)
-    rows_next = pid * BM + tl.arange(0, BM)
-    read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
-    x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next, other=0.0)
-    dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
-                      other=0.0)
-    for blk in range(pid, tl.cdiv(M, BM), nprog):
-        rows = blk * BM + tl.arange(0, BM)
-        tile = rows[:, None] * D + cols[None, :]
-        x = x_next.to(tl.float32)
-        dy = dy_next.to(tl.float32)
-        rows_next = rows + nprog * BM
+    if LOAD_STAGES > 0:
+        for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
+            rows = blk * BM + tl.arange(0, BM)
+            read = ((rows < M) & ((rows * 0 + live) > 0))[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
+            dy = tl.load(dy_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
+            dw, db = _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D,
+                                           T, mean_ptr, rstd_ptr, len_ptr, dx_ptr)
+    else:
+        rows_next = pid * BM + tl.arange(0, BM)
         read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
         x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
                          other=0.0)
         dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
                           other=0.0)
-        row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
-        ok = row_ok[:, None] & col_ok[None, :]
-        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-        dy = tl.where(ok, dy, 0.0)
-        xhat = tl.where(ok, (x - mean[:, None]) * rstd[:, None], 0.0)
-        dw += dy * xhat
-        db += dy
-        dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
-        tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
-                 mask=(rows < M)[:, None] & col_ok[None, :])
+        for blk in range(pid, tl.cdiv(M, BM), nprog):
+            rows = blk * BM + tl.arange(0, BM)
+            x = x_next.to(tl.float32)
+            dy = dy_next.to(tl.float32)
+            rows_next = rows + nprog * BM
+            read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] \
+                & col_ok[None, :]
+            x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
+                             other=0.0)
+            dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
+                              other=0.0)
+            dw, db = _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D,
+                                           T, mean_ptr, rstd_ptr, len_ptr, dx_ptr)
     tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok, sem="relaxed")
     tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
 
@@ -176,8 +200,8 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
                    dw=None, db=None, config=None):
     """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32 [D], dbias fp32 [D]); dw / db:
     zeroed fp32 [D] to add to (default: new). dy2d may be in another dtype than x2d (a bf16
-    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm) in place of the
-    defaults (bench/sweep_layer_norm.py)."""
+    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm, optionally
+    LOAD_STAGES) in place of the defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")

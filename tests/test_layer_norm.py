@@ -1,6 +1,7 @@
 """kernels/layer_norm.py: LayerNorm over valid frames, forward and backward, against
 F.layer_norm (interpreter on the CPU), with padding and a dead module."""
 
+import pytest
 import torch
 
 from orthoasr.kernels.gated_matmul import valid_rows
@@ -71,9 +72,11 @@ def test_masked_layer_norm_op_zeros_padded_frames_and_matches_fp64_gradients():
         torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-5)
 
 
-def test_backward_over_several_blocks_per_program_ignores_padded_rows():
+@pytest.mark.parametrize("config", [None, dict(LOAD_STAGES=2)])
+def test_backward_over_several_blocks_per_program_ignores_padded_rows(config):
     """More row blocks than programs (each program walks several, loading the next block's
-    x and dy ahead, padded rows included): NaN at padded rows of x and dy changes nothing."""
+    x and dy ahead, padded rows included): NaN at padded rows of x and dy changes nothing.
+    Also with the loads left to the compiler's pipeliner (LOAD_STAGES)."""
     torch.manual_seed(0)
     T_long = 50
     lengths = torch.tensor([50, 23, 0, 37], device=DEV)
@@ -83,7 +86,7 @@ def test_backward_over_several_blocks_per_program_ignores_padded_rows():
     rows = valid_rows(lengths, T_long)
     x[~rows], dy[~rows] = float("nan"), float("nan")
     _, mean, rstd = layer_norm_fwd(x, weight, bias, lengths, T_long)
-    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, lengths, T_long)
+    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, lengths, T_long, config=config)
     xr, wr, br = (t.clone().nan_to_num().requires_grad_() for t in (x, weight, bias))
     ref = layer_norm_reference(xr, wr, br)
     ref_grads = torch.autograd.grad(ref, [xr, wr, br],
