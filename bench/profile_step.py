@@ -55,7 +55,7 @@ def part_of(kernel: str) -> str:
     return next((name for name, pattern in PARTS if re.search(pattern, kernel)), "other")
 
 
-def report(title: str, rows: list[tuple[str, float, int]]) -> str:
+def report(title: str, rows: list[tuple[str, float, int]], top: int = 40) -> str:
     total = sum(us for _, us, _ in rows)
     parts: dict[str, list[float]] = {}
     for kernel, us, count in rows:
@@ -67,7 +67,7 @@ def report(title: str, rows: list[tuple[str, float, int]]) -> str:
     lines += [f"    {us / 1e3:8.2f} ms {count:6d}x  {name}"
               for name, (us, count) in sorted(parts.items(), key=lambda p: -p[1][0])]
     lines += ["", "  kernels:"]
-    lines += [f"    {us:9.1f} us {count:5d}x  {kernel[:110]}" for kernel, us, count in rows[:40]]
+    lines += [f"    {us:9.1f} us {count:5d}x  {kernel[:110]}" for kernel, us, count in rows[:top]]
     return "\n".join(lines) + "\n"
 
 
@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="profiled steps per stage")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="text file for the tables")
+    parser.add_argument("--top", type=int, default=40,
+                        help="kernels listed per stage, by time (the parts' tails need more)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.profile_step needs a CUDA device")
@@ -102,7 +104,8 @@ def main() -> None:
 
         def step():
             trainer.train_step(next(batches)[2])
-        text += report(f"stage {stage}", kernel_table(step, args.steps, WARMUP_STEPS)) + "\n"
+        text += report(f"stage {stage}", kernel_table(step, args.steps, WARMUP_STEPS),
+                       args.top) + "\n"
     batches.close()
     print(text)
     if args.out:
