@@ -114,18 +114,25 @@ def _persistent_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_bk, stride_bn,
 
 
 @triton.jit
-def _tma_mm_kernel(a_desc, w_desc, c_desc, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
-                   BK: tl.constexpr, GROUP_M: tl.constexpr):
+def _tma_mm_kernel(a_desc, w_desc, c, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
+                   BK: tl.constexpr, GROUP_M: tl.constexpr, C_DESC: tl.constexpr = True):
     # The tiled product with its operands read by the Hopper tensor-memory accelerator:
     # one descriptor load per [BM, BK] / [BN, BK] block, no per-element addresses or masks
-    # in registers (the bounds are the descriptor's, zero-filled), the store likewise
+    # in registers (the bounds are the descriptor's, zero-filled), the store likewise where
+    # C_DESC (c a descriptor); else c is a pointer and the store masked, as the row GEMM's
     pid_m, pid_n = _tile_coords(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for k0 in range(0, K, BK):
         a = a_desc.load([pid_m * BM, k0])
         w = w_desc.load([pid_n * BN, k0])
         acc = tl.dot(a, w.T, acc)
-    c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_desc.dtype))
+    if C_DESC:
+        c.store([pid_m * BM, pid_n * BN], acc.to(c.dtype))
+    else:
+        rows = pid_m * BM + tl.arange(0, BM)
+        cols = pid_n * BN + tl.arange(0, BN)
+        tl.store(c + rows[:, None] * N + cols[None, :], acc.to(c.dtype.element_ty),
+                 mask=(rows < M)[:, None] & (cols < N)[None, :])
 
 
 @triton.jit
@@ -167,17 +174,18 @@ def tiled_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, num_warps: int
 
 
 def tma_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, num_warps: int = 4,
-           num_stages: int = 3, tiles: dict = TILES) -> torch.Tensor:
+           num_stages: int = 3, tiles: dict = TILES, out_desc: bool = True) -> torch.Tensor:
     """out[M, N] = a[M, K] @ w[N, K]^T through host-built TMA descriptors (all three
-    contiguous; the descriptors are kernel arguments, so a CUDA graph captures them)."""
+    contiguous; the descriptors are kernel arguments, so a CUDA graph captures them); out by
+    pointer stores where not out_desc."""
     M, K = a.shape
     N = w.shape[0]
     BM, BN, BK = tiles["BM"], tiles["BN"], tiles["BK"]
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    c = TensorDescriptor.from_tensor(out, [BM, BN]) if out_desc else out
     _tma_mm_kernel[grid](TensorDescriptor.from_tensor(a, [BM, BK]),
-                         TensorDescriptor.from_tensor(w, [BN, BK]),
-                         TensorDescriptor.from_tensor(out, [BM, BN]), M, N, K, **tiles,
-                         num_warps=num_warps, num_stages=num_stages)
+                         TensorDescriptor.from_tensor(w, [BN, BK]), c, M, N, K, **tiles,
+                         C_DESC=out_desc, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
@@ -223,6 +231,10 @@ def providers(a, w, out, sms: int) -> dict:
         "tiled 128x256/8w": lambda: tiled_mm(a, w.t(), out, 8, 3, WIDE),
         "TMA": lambda: tma_mm(a, w, out),
         "TMA, 4 stages": lambda: tma_mm(a, w, out, 4, 4),
+        # the row GEMM stores by masked pointers: what does that cost against TMA's store?
+        "TMA, pointer store": lambda: tma_mm(a, w, out, out_desc=False),
+        "TMA 128x64/4w/4, pointer store": lambda: tma_mm(a, w, out, 4, 4,
+                                                         dict(TILES, BN=64), False),
         "TMA 128x128/8w": lambda: tma_mm(a, w, out, 8, 3),
         "TMA 128x256/8w": lambda: tma_mm(a, w, out, 8, 3, WIDE),
         **{f"TMA persistent{', warp-specialized' if ws else ''}, {k}/SM":
