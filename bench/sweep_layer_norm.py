@@ -18,6 +18,12 @@ from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 D = 384
 FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_warps=1),
                dict(BM=8, num_warps=2)]
+# persistent programs, x loaded ahead by the compiler's pipeliner (LOAD_STAGES: async copies
+# into shared memory in an sm_90 compile); 1-warp programs take 143-168 registers, so 12-14
+# fit an SM
+FWD_CONFIGS += [dict(BM=4, num_warps=1, LOAD_STAGES=stages, programs_per_sm=per_sm)
+                for stages in (2, 3) for per_sm in (8, 12)]
+FWD_CONFIGS += [dict(BM=8, num_warps=2, LOAD_STAGES=2, programs_per_sm=6)]
 BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, warps_per_sm=16),
                dict(BM=16, num_warps=4, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=8),
                dict(BM=4, num_warps=1, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=16),

@@ -38,36 +38,65 @@ def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
 
 
 @triton.jit
+def _layer_norm_fwd_rows(x, rows, row_ok, run, cols, col_ok, y_ptr, w_ptr, b_ptr, mean_ptr,
+                         rstd_ptr, M, D, eps, ZERO_PADDED: tl.constexpr):
+    """Normalise the loaded [BM, BD] rows x (0 outside row_ok and col_ok) and store them
+    where `run`: padded rows left unwritten, or written as zeros with ZERO_PADDED (an output
+    that later ops read in full, e.g. a block's output)."""
+    ok = row_ok[:, None] & col_ok[None, :]
+    mean = tl.sum(x, 1) / D
+    xc = tl.where(ok, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    write = ok
+    if ZERO_PADDED:
+        y = tl.where(ok, y, 0.0)
+        write = (rows < M)[:, None] & col_ok[None, :]
+    tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=write & run)
+    tl.store(mean_ptr + rows, mean, mask=row_ok & run)
+    tl.store(rstd_ptr + rows, rstd, mask=row_ok & run)
+
+
+@triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
     M, D, T, eps,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+    LOAD_STAGES: tl.constexpr = 0,
 ):
-    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
-    # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
-    # ops read in full, e.g. a block's output).
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile; a block
+    # with no valid row, or of a dead module, is skipped unless ZERO_PADDED. LOAD_STAGES > 0
+    # (an option under measurement, bench/sweep_layer_norm.py): persistent programs walk the
+    # blocks pid, pid + nprog, ... with the compiler's pipeliner loading ahead, in place of
+    # thousands of one-warp programs that each load once (5,000 at 20k frames); the skip is
+    # then a mask, not a branch, which the pipeliner cannot load across.
     cols = tl.arange(0, BD)
-    row_ok = _valid_rows(rows, M, T, len_ptr)
+    col_ok = cols < D
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
-    if ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
-        col_ok = cols < D
-        ok = row_ok[:, None] & col_ok[None, :]
-        tile = rows[:, None] * D + cols[None, :]
-        x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        mean = tl.sum(x, 1) / D
-        xc = tl.where(ok, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        y = xc * rstd[:, None] * w[None, :] + b[None, :]
-        if ZERO_PADDED:
-            y = tl.where(ok, y, 0.0)
-            ok = (rows < M)[:, None] & col_ok[None, :]
-        tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=ok)
-        tl.store(mean_ptr + rows, mean, mask=row_ok)
-        tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+    if LOAD_STAGES > 0:
+        for blk in tl.range(tl.program_id(0), tl.cdiv(M, BM), tl.num_programs(0),
+                            num_stages=LOAD_STAGES):
+            rows = blk * BM + tl.arange(0, BM)
+            row_ok = _valid_rows(rows, M, T, len_ptr)
+            run = ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0))
+            ok = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=ok & run,
+                        other=0.0).to(tl.float32)
+            _layer_norm_fwd_rows(x, rows, row_ok, run, cols, col_ok, y_ptr, w_ptr, b_ptr,
+                                 mean_ptr, rstd_ptr, M, D, eps, ZERO_PADDED)
+    else:
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        row_ok = _valid_rows(rows, M, T, len_ptr)
+        if ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
+            ok = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=ok,
+                        other=0.0).to(tl.float32)
+            _layer_norm_fwd_rows(x, rows, row_ok, True, cols, col_ok, y_ptr, w_ptr, b_ptr,
+                                 mean_ptr, rstd_ptr, M, D, eps, ZERO_PADDED)
 
 
 @triton.jit
@@ -182,14 +211,21 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
                    out_dtype=None, zero_padded=False, config=None):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
     valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. config:
-    dict(BM, num_warps) in place of the defaults."""
+    dict(BM, num_warps, optionally LOAD_STAGES and programs_per_sm: persistent programs)
+    in place of the defaults."""
     M, D = x2d.shape
     blk = {**_blocks(D), **(config or {})}
+    n_blocks = cdiv(M, blk["BM"])
+    programs = n_blocks
+    per_sm = blk.pop("programs_per_sm", None)
+    if blk.get("LOAD_STAGES") and per_sm is not None:       # persistent: each walks blocks
+        programs = min(n_blocks, per_sm * _num_sms(x2d.device.index or 0) if x2d.is_cuda
+                       else 4)
     y = torch.empty(M, D, dtype=out_dtype or x2d.dtype, device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
-    launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
+    launch(_layer_norm_fwd_kernel, (programs,),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
         M, D, T, eps, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
         SKIP_DEAD=skip_dead and gates is not None, ZERO_PADDED=zero_padded, **blk)
