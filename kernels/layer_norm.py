@@ -146,8 +146,8 @@ def _layer_norm_bwd_kernel(
     # (padded rows are read and then dropped by `ok`, as NaN-safe selects).
     # LOAD_STAGES > 0 (an option under measurement, bench/sweep_layer_norm.py): the
     # compiler's pipeliner in place of that prefetch, x and dy copied asynchronously into
-    # LOAD_STAGES buffers of shared memory. More blocks in flight a program, and none of them
-    # held in registers (the prefetched pair is ~32 of the 254 registers a thread).
+    # LOAD_STAGES buffers of shared memory: 2-3 blocks in flight a program where there is
+    # one (an sm_90 compile keeps 227-255 registers a thread, so as many programs an SM).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
