@@ -55,6 +55,16 @@ def _tile_coords(tile, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _store_tile(c_ptr, acc, pid_m, pid_n, M, N, BM: tl.constexpr, BN: tl.constexpr):
+    """C's [BM, BN] tile (pid_m, pid_n) from acc by masked pointer stores (C [M, N],
+    row-major), as the row GEMM stores."""
+    rows = pid_m * BM + tl.arange(0, BM)
+    cols = pid_n * BN + tl.arange(0, BN)
+    tl.store(c_ptr + rows[:, None] * N + cols[None, :], acc.to(c_ptr.dtype.element_ty),
+             mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+@triton.jit
 def _tiled_mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_bk, stride_bn,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                      GROUP_M: tl.constexpr):
@@ -129,10 +139,7 @@ def _tma_mm_kernel(a_desc, w_desc, c, M, N, K, BM: tl.constexpr, BN: tl.constexp
     if C_DESC:
         c.store([pid_m * BM, pid_n * BN], acc.to(c.dtype))
     else:
-        rows = pid_m * BM + tl.arange(0, BM)
-        cols = pid_n * BN + tl.arange(0, BN)
-        tl.store(c + rows[:, None] * N + cols[None, :], acc.to(c.dtype.element_ty),
-                 mask=(rows < M)[:, None] & (cols < N)[None, :])
+        _store_tile(c, acc, pid_m, pid_n, M, N, BM, BN)
 
 
 @triton.jit
@@ -156,10 +163,7 @@ def _tma_persistent_mm_kernel(a_desc, w_desc, c_ptr, M, N, K, BM: tl.constexpr,
             a = a_desc.load([pid_m * BM, k0])
             w = w_desc.load([pid_n * BN, k0])
             acc = tl.dot(a, w.T, acc)
-        rows = pid_m * BM + tl.arange(0, BM)
-        cols = pid_n * BN + tl.arange(0, BN)
-        tl.store(c_ptr + rows[:, None] * N + cols[None, :], acc.to(c_ptr.dtype.element_ty),
-                 mask=(rows < M)[:, None] & (cols < N)[None, :])
+        _store_tile(c_ptr, acc, pid_m, pid_n, M, N, BM, BN)
 
 
 def tiled_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, num_warps: int = 4,

@@ -512,20 +512,23 @@ def _has_tma(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9      # Hopper and later
 
 
-def _tma_by_default(a, b, k_chunk: int, BK: int) -> bool:
-    """The default for 16-bit operands on a Hopper GPU, where their layout allows: at
+def _tma_by_default(a) -> bool:
+    """TMA is the default for 16-bit operands on a Hopper GPU, where their layout allows: at
     B80xT250 on the H200 every FFN row GEMM took 1-19% less time than with masked pointer
     loads (the plain store 88.8 -> 71.7 us, the K-chunked GEMM2 53.0 -> 46.3, the SiLU
     backward 205.5 -> 203.0; bench/gemm_sweep.py --options, 2026-12-01)."""
     return (a.is_cuda and a.dtype in (torch.float16, torch.bfloat16)
-            and _has_tma(a.device.index or 0) and not _tma_problems(a, b, k_chunk, BK))
+            and _has_tma(a.device.index or 0))
 
 
-def _tma_operands(a, b, k_chunk: int, blk: dict):
+def _tma_operands(a, b, k_chunk: int, blk: dict, required: bool):
     """(a's descriptor, b's descriptor, whether b's is its [N, K] transpose) for the row
-    GEMM's TMA tiles, or a ValueError naming what the operands lack."""
+    GEMM's TMA tiles. Where the operands do not allow them: a ValueError naming what they
+    lack if `required` (TMA asked for), else None (pointer loads)."""
     BM, BN, BK = blk["BM"], blk["BN"], blk["BK"]
     problems = _tma_problems(a, b, k_chunk, BK)
+    if problems and not required:
+        return None
     if problems:
         raise ValueError(f"rows_gemm TMA: {'; '.join(problems)}")
     b_t, b_nk = _b_layout(b)
@@ -554,11 +557,12 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
     a_arg, b_arg = a, b
-    k_chunk = chunk if chunk_axis == 2 else 0
-    if blocks is None and _tma_by_default(a, b, k_chunk, blk["BK"]):
-        blk["TMA"] = True
-    if blk.get("TMA"):
-        a_arg, b_arg, blk["B_NK"] = _tma_operands(a, b, k_chunk, blk)
+    if blk.get("TMA") or (blocks is None and _tma_by_default(a)):
+        k_chunk = chunk if chunk_axis == 2 else 0
+        operands = _tma_operands(a, b, k_chunk, blk, required=bool(blk.get("TMA")))
+        if operands is not None:
+            a_arg, b_arg, blk["B_NK"] = operands
+            blk["TMA"] = True
     launch(_rows_gemm_kernel, grid,
         a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,

@@ -38,6 +38,14 @@ def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
 
 
 @triton.jit
+def _layer_norm_fwd_run(rows, live, M, T, len_ptr, ZERO_PADDED: tl.constexpr):
+    """(which of `rows` are valid frames, whether the block is normalised at all: it has a
+    valid row and its module is live, or ZERO_PADDED)."""
+    row_ok = _valid_rows(rows, M, T, len_ptr)
+    return row_ok, ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0))
+
+
+@triton.jit
 def _layer_norm_fwd_rows(x, rows, row_ok, run, cols, col_ok, y_ptr, w_ptr, b_ptr, mean_ptr,
                          rstd_ptr, M, D, eps, ZERO_PADDED: tl.constexpr):
     """Normalise the loaded [BM, BD] rows x (0 outside row_ok and col_ok) and store them
@@ -81,8 +89,7 @@ def _layer_norm_fwd_kernel(
         for blk in tl.range(tl.program_id(0), tl.cdiv(M, BM), tl.num_programs(0),
                             num_stages=LOAD_STAGES):
             rows = blk * BM + tl.arange(0, BM)
-            row_ok = _valid_rows(rows, M, T, len_ptr)
-            run = ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0))
+            row_ok, run = _layer_norm_fwd_run(rows, live, M, T, len_ptr, ZERO_PADDED)
             ok = row_ok[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=ok & run,
                         other=0.0).to(tl.float32)
@@ -90,8 +97,8 @@ def _layer_norm_fwd_kernel(
                                  mean_ptr, rstd_ptr, M, D, eps, ZERO_PADDED)
     else:
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        row_ok = _valid_rows(rows, M, T, len_ptr)
-        if ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
+        row_ok, run = _layer_norm_fwd_run(rows, live, M, T, len_ptr, ZERO_PADDED)
+        if run:
             ok = row_ok[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=ok,
                         other=0.0).to(tl.float32)
