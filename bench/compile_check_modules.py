@@ -109,21 +109,6 @@ def main() -> None:
         ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)
-    print("LayerNorm forward, LOAD_STAGES=2 (the sweep's option; async copies expected): ",
-          end="")
-    fwd = layer_norm._blocks(384)
-    ok &= _compile(layer_norm._layer_norm_fwd_kernel,
-                   dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",
-                        mean_ptr="fp32", rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
-                   floats=("eps",), ints=dict(M=M, D=D, T=T),
-                   constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, ZERO_PADDED=False,
-                                   LOAD_STAGES=2, BM=fwd["BM"], BD=fwd["BD"]),
-                   num_warps=fwd["num_warps"])
-    print("LayerNorm backward, LOAD_STAGES=3 (the sweep's option; async copies expected): ",
-          end="")
-    ok &= _compile(layer_norm._layer_norm_bwd_kernel, ptrs, ints=dict(M=M, D=D, T=T),
-                   constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, LOAD_STAGES=3,
-                                   **blk), num_warps=warps)
     mid = gated_conv._mid_blocks(384)
     warps = mid.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_fwd_kernel,

@@ -28,7 +28,7 @@ BF16 = torch.bfloat16
 FWD_CONFIGS = [{}, dict(BT=8, num_warps=4), dict(BT=16, num_warps=4), dict(BT=4, num_warps=1),
                dict(BT=32)]
 BWD_CONFIGS = [{}, dict(BT=64), dict(BC=128), dict(BT=16, BC=128, num_warps=8)]
-NORM_CONFIGS = [{}, dict(SPAN=8), dict(SPAN=32), dict(SPAN=16, BT=2), dict(SPAN=32, BT=2)]
+NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)
 DW_CONFIGS = [{}, dict(LOAD_STAGES=1), dict(LOAD_STAGES=2), dict(SPAN=32), dict(SPAN=128)]
 

@@ -18,21 +18,16 @@ from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 D = 384
 FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_warps=1),
                dict(BM=8, num_warps=2)]
-# persistent programs, x loaded ahead by the compiler's pipeliner (LOAD_STAGES: async copies
-# into shared memory in an sm_90 compile); 1-warp programs take 143-168 registers, so 12-14
-# fit an SM
-FWD_CONFIGS += [dict(BM=4, num_warps=1, LOAD_STAGES=stages, programs_per_sm=per_sm)
-                for stages in (2, 3) for per_sm in (8, 12)]
-FWD_CONFIGS += [dict(BM=8, num_warps=2, LOAD_STAGES=2, programs_per_sm=6)]
-BWD_CONFIGS = [dict(BM=8, num_warps=4, warps_per_sm=8), dict(BM=8, num_warps=4, warps_per_sm=16),
-               dict(BM=16, num_warps=4, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=8),
-               dict(BM=4, num_warps=1, warps_per_sm=8), dict(BM=2, num_warps=1, warps_per_sm=16),
-               dict(BM=4, num_warps=2, warps_per_sm=8), dict(BM=8, num_warps=2, warps_per_sm=8)]
-# x and dy by the compiler's pipeliner (LOAD_STAGES buffers of shared memory, async copies in
-# an sm_90 compile) in place of the one-block register prefetch: 2-3 blocks in flight a
-# program where there is one, for a loop that waits on its loads
-BWD_CONFIGS += [dict(BM=bm, num_warps=warps, warps_per_sm=8, LOAD_STAGES=stages)
-                for bm, warps in ((4, 2), (8, 4), (2, 1)) for stages in (2, 3)]
+# 2026-12-01 (H200) persistent programs with x loaded ahead by the compiler's pipeliner
+# (LOAD_STAGES 2-3, 6-12 programs an SM) were swept too: 16-65% slower than one program a
+# block, and removed
+# the backward's loads go through the compiler's pipeliner: LOAD_STAGES blocks in flight a
+# program (default 3; at 2-3 stages it beat a one-block register prefetch at 2026-12-01,
+# since removed: 30.0 / 35.6 us against 31.9 / 39.7 at bf16 / fp32 input)
+BWD_CONFIGS = [dict(BM=bm, num_warps=warps, warps_per_sm=8, LOAD_STAGES=stages)
+               for bm, warps in ((4, 2), (8, 4), (2, 1)) for stages in (2, 3, 4)]
+BWD_CONFIGS += [dict(BM=4, num_warps=2, warps_per_sm=16, LOAD_STAGES=3),
+                dict(BM=8, num_warps=2, warps_per_sm=8, LOAD_STAGES=3)]
 # 2026-12-01 (H200) the weight / bias partials summed over each block's rows as the loop
 # goes ([1, BD] in place of [BM, BD]: 128 registers a thread in place of 255, 16 warps a SM)
 # were swept too: 35.4-80.5 us against the default's 32.5 at bf16 input, and removed

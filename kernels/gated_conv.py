@@ -319,14 +319,15 @@ def _mid_blocks(D: int) -> dict:
 
 
 def _norm_bwd_blocks(D: int) -> dict:
-    """Spans of the SiLU / LayerNorm backward: 16 frames a program, two at a time in one
-    warp where a row fits it. H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py, 2026-12-01):
-    53.4 us against 63.0 one frame at a time; spans of 8 / 32 frames one at a time 55.6 /
-    68.3 us. A longer span means fewer programs, each a longer chain of dependent steps."""
+    """Spans of the SiLU / LayerNorm backward: 8 frames a program, two at a time in one
+    warp where a row fits it. H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py): 49.8 us
+    against 53.1 for spans of 16 and 58.8 of 32 (2026-12-01, session 17); one frame at a
+    time 63.0 at spans of 16 (session 16). A longer span means fewer programs, each a longer
+    chain of dependent steps."""
     BD = max(16, next_pow2(D))
     if interpreting():
         return dict(SPAN=32, BT=16, BD=BD, num_warps=4)
-    return dict(SPAN=16, BT=2, BD=BD, num_warps=1 if BD <= 512 else 4)
+    return dict(SPAN=8, BT=2, BD=BD, num_warps=1 if BD <= 512 else 4)
 
 
 def _conv_blocks(D: int) -> dict:

@@ -38,72 +38,37 @@ def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
 
 
 @triton.jit
-def _layer_norm_fwd_run(rows, live, M, T, len_ptr, ZERO_PADDED: tl.constexpr):
-    """(which of `rows` are valid frames, whether the block is normalised at all: it has a
-    valid row and its module is live, or ZERO_PADDED)."""
-    row_ok = _valid_rows(rows, M, T, len_ptr)
-    return row_ok, ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0))
-
-
-@triton.jit
-def _layer_norm_fwd_rows(x, rows, row_ok, run, cols, col_ok, y_ptr, w_ptr, b_ptr, mean_ptr,
-                         rstd_ptr, M, D, eps, ZERO_PADDED: tl.constexpr):
-    """Normalise the loaded [BM, BD] rows x (0 outside row_ok and col_ok) and store them
-    where `run`: padded rows left unwritten, or written as zeros with ZERO_PADDED (an output
-    that later ops read in full, e.g. a block's output)."""
-    ok = row_ok[:, None] & col_ok[None, :]
-    mean = tl.sum(x, 1) / D
-    xc = tl.where(ok, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :] + b[None, :]
-    write = ok
-    if ZERO_PADDED:
-        y = tl.where(ok, y, 0.0)
-        write = (rows < M)[:, None] & col_ok[None, :]
-    tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=write & run)
-    tl.store(mean_ptr + rows, mean, mask=row_ok & run)
-    tl.store(rstd_ptr + rows, rstd, mask=row_ok & run)
-
-
-@triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
     M, D, T, eps,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    LOAD_STAGES: tl.constexpr = 0,
 ):
-    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile; a block
-    # with no valid row, or of a dead module, is skipped unless ZERO_PADDED. LOAD_STAGES > 0
-    # (an option under measurement, bench/sweep_layer_norm.py): persistent programs walk the
-    # blocks pid, pid + nprog, ... with the compiler's pipeliner loading ahead, in place of
-    # thousands of one-warp programs that each load once (5,000 at 20k frames); the skip is
-    # then a mask, not a branch, which the pipeliner cannot load across.
+    # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
+    # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
+    # ops read in full, e.g. a block's output). (Persistent programs with x loaded ahead by
+    # the compiler's pipeliner were 16-65% slower on the H200: bench/NOTES.md, session 17.)
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
-    col_ok = cols < D
+    row_ok = _valid_rows(rows, M, T, len_ptr)
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
-    if LOAD_STAGES > 0:
-        for blk in tl.range(tl.program_id(0), tl.cdiv(M, BM), tl.num_programs(0),
-                            num_stages=LOAD_STAGES):
-            rows = blk * BM + tl.arange(0, BM)
-            row_ok, run = _layer_norm_fwd_run(rows, live, M, T, len_ptr, ZERO_PADDED)
-            ok = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=ok & run,
-                        other=0.0).to(tl.float32)
-            _layer_norm_fwd_rows(x, rows, row_ok, run, cols, col_ok, y_ptr, w_ptr, b_ptr,
-                                 mean_ptr, rstd_ptr, M, D, eps, ZERO_PADDED)
-    else:
-        rows = tl.program_id(0) * BM + tl.arange(0, BM)
-        row_ok, run = _layer_norm_fwd_run(rows, live, M, T, len_ptr, ZERO_PADDED)
-        if run:
-            ok = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=ok,
-                        other=0.0).to(tl.float32)
-            _layer_norm_fwd_rows(x, rows, row_ok, True, cols, col_ok, y_ptr, w_ptr, b_ptr,
-                                 mean_ptr, rstd_ptr, M, D, eps, ZERO_PADDED)
+    if ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
+        col_ok = cols < D
+        ok = row_ok[:, None] & col_ok[None, :]
+        tile = rows[:, None] * D + cols[None, :]
+        x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        mean = tl.sum(x, 1) / D
+        xc = tl.where(ok, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        if ZERO_PADDED:
+            y = tl.where(ok, y, 0.0)
+            ok = (rows < M)[:, None] & col_ok[None, :]
+        tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(mean_ptr + rows, mean, mask=row_ok)
+        tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
 
 @triton.jit
@@ -139,7 +104,7 @@ def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
     M, D, T,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
-    BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr = 0,
+    BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -147,14 +112,13 @@ def _layer_norm_bwd_kernel(
     # a cross-warp exchange between every load and the next; one program per block writing
     # its sums to a workspace took 18.7 us plus two torch sums of 18 us each at B32xT250 on
     # the H200, against 15.8 us in all for the loop below before its prefetch.)
-    # The loop is latency-bound (BWD_WARPS_PER_SM warps per SM): each iteration loads the
-    # next block's x and dy before working on its own, and those loads are masked by
-    # rows < M only, so that they wait neither on this block's work nor on the lengths
-    # (padded rows are read and then dropped by `ok`, as NaN-safe selects).
-    # LOAD_STAGES > 0 (an option under measurement, bench/sweep_layer_norm.py): the
-    # compiler's pipeliner in place of that prefetch, x and dy copied asynchronously into
-    # LOAD_STAGES buffers of shared memory: 2-3 blocks in flight a program where there is
-    # one (an sm_90 compile keeps 227-255 registers a thread, so as many programs an SM).
+    # The loop is latency-bound (BWD_WARPS_PER_SM warps per SM): the compiler's pipeliner
+    # copies x and dy asynchronously into LOAD_STAGES buffers of shared memory, so that
+    # LOAD_STAGES blocks are in flight a program. The loads are masked by rows < M only, so
+    # that they wait neither on a block's work nor on the lengths (padded rows are read and
+    # then dropped by `ok`, as NaN-safe selects). At B80xT250 on the H200 3 stages took 30.0
+    # / 35.6 us (bf16 / fp32 x) against 31.9 / 39.7 for a register prefetch of the next
+    # block (bench/sweep_layer_norm.py, 2026-12-01).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)
@@ -163,34 +127,13 @@ def _layer_norm_bwd_kernel(
     w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BM, BD], dtype=tl.float32)
     db = tl.zeros([BM, BD], dtype=tl.float32)
-    if LOAD_STAGES > 0:
-        for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
-            rows = blk * BM + tl.arange(0, BM)
-            read = ((rows < M) & ((rows * 0 + live) > 0))[:, None] & col_ok[None, :]
-            x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
-            dy = tl.load(dy_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
-            dw, db = _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D,
-                                           T, mean_ptr, rstd_ptr, len_ptr, dx_ptr)
-    else:
-        rows_next = pid * BM + tl.arange(0, BM)
-        read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] & col_ok[None, :]
-        x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
-                         other=0.0)
-        dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
-                          other=0.0)
-        for blk in range(pid, tl.cdiv(M, BM), nprog):
-            rows = blk * BM + tl.arange(0, BM)
-            x = x_next.to(tl.float32)
-            dy = dy_next.to(tl.float32)
-            rows_next = rows + nprog * BM
-            read_next = ((rows_next < M) & ((rows_next * 0 + live) > 0))[:, None] \
-                & col_ok[None, :]
-            x_next = tl.load(x_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
-                             other=0.0)
-            dy_next = tl.load(dy_ptr + rows_next[:, None] * D + cols[None, :], mask=read_next,
-                              other=0.0)
-            dw, db = _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D,
-                                           T, mean_ptr, rstd_ptr, len_ptr, dx_ptr)
+    for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
+        rows = blk * BM + tl.arange(0, BM)
+        read = ((rows < M) & ((rows * 0 + live) > 0))[:, None] & col_ok[None, :]
+        x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
+        dy = tl.load(dy_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
+        dw, db = _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D, T,
+                                       mean_ptr, rstd_ptr, len_ptr, dx_ptr)
     tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok, sem="relaxed")
     tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
 
@@ -202,11 +145,12 @@ def _blocks(D: int, backward: bool = False) -> dict:
     against 19.2 / 16.4 at 8 rows and 4 warps; backward 40.9 / 34.3 against 44.2 / 34.5
     at 8 rows and 4 warps, 52.8 / 46.5 at one warp and 2 rows."""
     BD = max(16, next_pow2(D))
+    stages = dict(LOAD_STAGES=3) if backward else {}
     if interpreting():
-        return dict(BM=16, BD=BD, num_warps=4)
+        return dict(BM=16, BD=BD, num_warps=4, **stages)
     if BD <= 512:
-        return dict(BM=4, BD=BD, num_warps=2 if backward else 1)
-    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=8)
+        return dict(BM=4, BD=BD, num_warps=2 if backward else 1, **stages)
+    return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=8, **stages)
 
 
 # the backward's persistent programs: 8 warps per SM (the dgamma / dbeta atomics of every
@@ -218,21 +162,14 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
                    out_dtype=None, zero_padded=False, config=None):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
     valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. config:
-    dict(BM, num_warps, optionally LOAD_STAGES and programs_per_sm: persistent programs)
-    in place of the defaults."""
+    dict(BM, num_warps) in place of the defaults."""
     M, D = x2d.shape
     blk = {**_blocks(D), **(config or {})}
-    n_blocks = cdiv(M, blk["BM"])
-    programs = n_blocks
-    per_sm = blk.pop("programs_per_sm", None)
-    if blk.get("LOAD_STAGES") and per_sm is not None:       # persistent: each walks blocks
-        programs = min(n_blocks, per_sm * _num_sms(x2d.device.index or 0) if x2d.is_cuda
-                       else 4)
     y = torch.empty(M, D, dtype=out_dtype or x2d.dtype, device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
-    launch(_layer_norm_fwd_kernel, (programs,),
+    launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
         M, D, T, eps, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
         SKIP_DEAD=skip_dead and gates is not None, ZERO_PADDED=zero_padded, **blk)
