@@ -254,9 +254,9 @@ def main() -> None:
     args = parser.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     torch.manual_seed(0)
-    rows = []
     for M in args.rows:
         for name, K, N in PRODUCTS:
+            rows = []
             a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
             out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
@@ -278,7 +278,9 @@ def main() -> None:
                                  tflops=flops / ms / 1e9))
                 print(f"{case:42s} {provider:18s} {ms * 1e3:7.1f} us "
                       f"{flops / ms / 1e9:6.0f} TFLOP/s", flush=True)
-    write_rows("gemm_probe", rows)
+            # each product's rows as soon as they are measured: a call's time limit cut the
+            # probe after its first product on 2026-12-01, before it had written a row
+            write_rows("gemm_probe", rows)
 
 
 if __name__ == "__main__":
