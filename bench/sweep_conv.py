@@ -27,6 +27,11 @@ BF16 = torch.bfloat16
 # transposed conv, and removed
 FWD_CONFIGS = [{}, dict(BT=8, num_warps=4), dict(BT=16, num_warps=4), dict(BT=4, num_warps=1),
                dict(BT=32)]
+# W_TILE: each tap's weights loaded as a [BT, BD] tile in v's layout (no shared-memory
+# conversion a tap in an sm_90 compile, but the row's loads repeated for each of a thread's
+# rows); BT 4 at 8 warps gives each thread one row
+FWD_CONFIGS += [dict(W_TILE=True), dict(W_TILE=True, BT=4), dict(W_TILE=True, BT=8),
+                dict(W_TILE=True, BT=8, num_warps=4)]
 BWD_CONFIGS = [{}, dict(BT=64), dict(BC=128), dict(BT=16, BC=128, num_warps=8)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)

@@ -83,7 +83,7 @@ def _conv_mid_fwd_kernel(
     v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
     T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, W_TILE: tl.constexpr = False,
 ):
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
     # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
@@ -106,8 +106,17 @@ def _conv_mid_fwd_kernel(
             ok = (ts >= 0) & (ts < length)
             v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
                         mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-            acc += v * w[None, :]
+            if W_TILE:
+                # an option under measurement (bench/sweep_conv.py): the tap's weights as a
+                # [BT, BD] tile of one row repeated, which gets the v tile's layout. The [BD]
+                # row below is converted to it through shared memory every tap (two barriers
+                # a tap at 8 warps, sm_90 compile); the tile costs redundant L1 loads instead
+                w = tl.load(wdw_ptr + k * D + (cols[None, :] + 0 * t[:, None]),
+                            mask=col_ok[None, :], other=0.0).to(tl.float32)
+                acc += v * w
+            else:
+                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+                acc += v * w[None, :]
         row_ok = t < length
         ok = row_ok[:, None] & col_ok[None, :]
         tile = (seq * T + t)[:, None] * D + cols[None, :]
@@ -374,8 +383,8 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
 def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save,
                  config=None):
     """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D] (and the conv
-    output into pre [M, D] when save). config: dict(BT, num_warps) in place of the defaults
-    (bench/sweep_conv.py)."""
+    output into pre [M, D] when save). config: dict(BT, num_warps, optionally W_TILE) in place
+    of the defaults (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
     blk = {**_mid_blocks(D), **(config or {})}
     launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),

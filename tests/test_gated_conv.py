@@ -173,10 +173,12 @@ def _launch_option_outputs(K, device, dtype, configs):
     return outs
 
 
-# other tiles (a partial channel tile: 24 = 16 + 8), and the weight gradient's frame loop
-# with and without async copies (LOAD_STAGES)
+# other tiles (a partial channel tile: 24 = 16 + 8), the forward's weights as a tile of
+# repeated rows (W_TILE), and the weight gradient's frame loop with and without async copies
+# (LOAD_STAGES)
 LAUNCH_OPTIONS = [(dict(BT=4), dict(BT=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
-                  ({}, {}, dict(LOAD_STAGES=1)), ({}, {}, dict(LOAD_STAGES=2))]
+                  ({}, {}, dict(LOAD_STAGES=1)), ({}, {}, dict(LOAD_STAGES=2)),
+                  (dict(W_TILE=True), {}, {}), (dict(W_TILE=True, BT=4), {}, {})]
 
 
 @pytest.mark.parametrize("K", [3, 31])
