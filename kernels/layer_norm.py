@@ -140,10 +140,11 @@ def _layer_norm_bwd_kernel(
 
 def _blocks(D: int, backward: bool = False) -> dict:
     """Row tiles [BM, BD]. Up to 512 channels: forward one warp, 4 rows (a row's sums stay
-    in the warp); backward 2 warps, 4 rows. At 80 x 250 frames, 80-100% valid, on the H200
-    (bench/sweep_layer_norm.py, 2026-12-01): forward 18.0 / 15.4 us (fp32 / bf16 input)
-    against 19.2 / 16.4 at 8 rows and 4 warps; backward 40.9 / 34.3 against 44.2 / 34.5
-    at 8 rows and 4 warps, 52.8 / 46.5 at one warp and 2 rows."""
+    in the warp); backward 2 warps, 4 rows, 3 blocks' loads in flight (LOAD_STAGES). At 80 x
+    250 frames, 80-100% valid, on the H200 (bench/sweep_layer_norm.py, 2026-12-01): forward
+    18.0 / 15.4 us (fp32 / bf16 input) against 19.2 / 16.4 at 8 rows and 4 warps; backward
+    35.6 / 30.0 us, against 49.0 / 30.0 at 8 rows and 4 warps and 36.0 / 33.6 at one warp
+    and 2 rows (3 stages each)."""
     BD = max(16, next_pow2(D))
     stages = dict(LOAD_STAGES=3) if backward else {}
     if interpreting():
