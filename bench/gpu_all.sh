@@ -22,6 +22,8 @@
 #            (PROBE_ARGS, e.g. "--rows 20000")
 #   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py: LayerNorm,
 #            depthwise-conv and column-sum launch configurations
+#   ncu      Nsight Compute over bench/ncu_cases.py's kernels, one case at a time (NCU_CASES
+#            to choose): stall reasons, occupancy, memory throughput, in ncu.txt
 #   (ATTN_ARGS=--variants: the attention tile sweep)
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
@@ -113,6 +115,24 @@ if has sweeps; then
     echo "$sweep rc=$?"; tail -30 $OUT/$sweep.log
   done
   cp $REPO/bench/results/kernels.json $OUT/
+fi
+if has ncu; then
+  # one ncu run a case: the kernel's second launch (the first is the warm-up), the clocks
+  # left alone (METHOD.md); the sections that say where a kernel waits
+  for case in ${NCU_CASES:-$(python3 -m bench.ncu_cases --list)}; do
+    case $case in
+      conv-mid*) kernel=_conv_mid_fwd_kernel ;;
+      ln-bwd) kernel=_layer_norm_bwd_kernel ;;
+      *) kernel=_rows_gemm_kernel ;;
+    esac
+    echo "=== $case ($kernel)" >> $OUT/ncu.txt
+    timeout ${NCU_S:-90} ncu --clock-control none --kernel-name $kernel --launch-skip 1 \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+      python3 -m bench.ncu_cases $case >> $OUT/ncu.txt 2>&1
+    echo "ncu $case rc=$?"
+  done
+  grep -E "^===|Duration|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Stall|Memory Throughput|DRAM Throughput" $OUT/ncu.txt | head -120
 fi
 if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1
