@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
-                         "(TMA; the register cap where the default has one)")
+                         "(TMA; the register cap where the default has one; AUX_ALL_ROWS for "
+                         "the SiLU backward)")
     ap.add_argument("--tma", action="store_true",
                     help="row GEMMs: every tile configuration with TMA loads (the launcher's "
                          "default on Hopper; a configuration given without it gets pointer "
@@ -193,6 +194,9 @@ def main() -> None:
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
                 if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]
+                if kinds[name][1] == gm.EPI_SILU_BWD:
+                    # the saved tile's load not waiting on the lengths
+                    cfgs += [dict(default, TMA=True, AUX_ALL_ROWS=True)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:

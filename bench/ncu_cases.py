@@ -12,6 +12,7 @@ synchronises. Cases (the launchers' defaults unless named):
   silu-bwd-bias     the FFN's dH GEMM with the SiLU backward and the bias gradient's column
                     sums, as the dense pass runs it
   silu-bwd-both     the same with the gate gradient's sums too, as the soft pass runs it
+  silu-bwd-bias-aux-all-rows  silu-bwd-bias with AUX_ALL_ROWS
   conv-mid          the depthwise conv, LayerNorm and SiLU forward
   conv-mid-wtile    the same with W_TILE at 4 frames a program (one row a thread)
   ln-bwd            the LayerNorm backward, fp32 x and bf16 dy
@@ -53,6 +54,10 @@ def _ffn_cases(lengths: torch.Tensor, T: int) -> dict:
                                               sum2=sums[1], **common),
         "silu-bwd-both": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
                                               sum1=sums[0], sum2=sums[1], **common),
+        "silu-bwd-bias-aux-all-rows": lambda: gm.rows_gemm(
+            dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre, sum2=sums[1],
+            blocks=dict(gm._rows_blocks(BF16, 1, gm.EPI_SILU_BWD), TMA=True, AUX_ALL_ROWS=True),
+            **common),
     }
 
 
@@ -85,8 +90,8 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
     return {**_ffn_cases(lengths, frames), **_other_cases(lengths, frames)}
 
 
-NAMES = ["silu-gate", "plain-store", "silu-bwd-bias", "silu-bwd-both", "conv-mid",
-         "conv-mid-wtile", "ln-bwd"]
+NAMES = ["silu-gate", "plain-store", "silu-bwd-bias", "silu-bwd-both",
+         "silu-bwd-bias-aux-all-rows", "conv-mid", "conv-mid-wtile", "ln-bwd"]
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def _rows_gemm_kernel(
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
-    B_NK: tl.constexpr = False,
+    B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -102,6 +102,10 @@ def _rows_gemm_kernel(
     # whole blocks without masks: padded rows are read too (anything, NaN included), and
     # each output row depends on its own row of a only, so the epilogue's selects drop
     # them; past a tensor's edge the loads are zeros.
+    # AUX_ALL_ROWS (an option under measurement, bench/gemm_sweep.py): the backward
+    # epilogues read their saved tile at every in-range row, padded ones too, so that the
+    # load waits on addresses only, not on the lengths read after the K-loop; the padded
+    # rows' values are dropped by selects.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -186,15 +190,17 @@ def _rows_gemm_kernel(
         rows0 = pid_m * BM + tl.arange(0, half)
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
                   bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS, CHUNKS_P2, EPI,
-                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2)
+                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2,
+                  AUX_ALL_ROWS)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
                   out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS,
                   CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2)
+                  HAS_SUM2, AUX_ALL_ROWS)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
                   bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS, CHUNKS_P2, EPI,
-                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2)
+                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2,
+                  AUX_ALL_ROWS)
 
 
 @triton.jit
@@ -203,12 +209,14 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
-              HAS_SUM2: tl.constexpr):
+              HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols`."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
     tile = rows[:, None] * N + cols[None, :]
     store_ok = row_ok[:, None] & col_ok[None, :]
+    # where a backward epilogue reads its saved tile (AUX_ALL_ROWS: with no wait on row_ok)
+    aux_read = row_in[:, None] & col_ok[None, :] if AUX_ALL_ROWS else store_ok
     dtype = out_ptr.dtype.element_ty
     if EPI == 0:
         if HAS_BIAS:
@@ -243,8 +251,8 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
         # SiLU backward with its column sums took 210 registers (one program an SM)
         write = row_in[:, None] & col_ok[None, :] if FINAL else store_ok
         if live:
-            _silu_bwd_tile(acc, g, tile, store_ok, write, cols, col_ok, aux_ptr, out_ptr,
-                           sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2, FINAL)
+            _silu_bwd_tile(acc, g, tile, store_ok, write, aux_read, cols, col_ok, aux_ptr,
+                           out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2, FINAL)
         elif FINAL:
             tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
     elif live:
@@ -261,7 +269,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
             tl.store(out_ptr + tile, (acc * tl.sigmoid(acc_b)).to(dtype), mask=store_ok)
         elif EPI == 4:
             if HAS_SUM1:
-                saved = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+                saved = tl.load(aux_ptr + tile, mask=aux_read, other=0.0).to(tl.float32)
                 col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
                 tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
@@ -286,13 +294,13 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 
 
 @triton.jit
-def _silu_bwd_tile(acc, g, tile, store_ok, write, cols, col_ok, aux_ptr, out_ptr, sum1_ptr,
-                   sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
+def _silu_bwd_tile(acc, g, tile, store_ok, write, read, cols, col_ok, aux_ptr, out_ptr,
+                   sum1_ptr, sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
                    ZEROS: tl.constexpr):
-    """EPI_SILU_BWD on a live tile: d_pre = acc * g * silu'(pre) stored over `write`, zeros
-    outside `store_ok` (the valid rows' live columns) with ZEROS; the column sums (gate and
-    bias gradients) over `store_ok`."""
-    pre = tl.load(aux_ptr + tile, mask=store_ok, other=0.0).to(tl.float32)
+    """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more), d_pre = acc * g *
+    silu'(pre) stored over `write`, zeros outside `store_ok` (the valid rows' live columns)
+    with ZEROS; the column sums (gate and bias gradients) over `store_ok`."""
+    pre = tl.load(aux_ptr + tile, mask=read, other=0.0).to(tl.float32)
     sig = tl.sigmoid(pre)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SUM1:

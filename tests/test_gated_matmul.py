@@ -235,10 +235,11 @@ def test_column_sums_skip_dead_chunks():
 
 
 @pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
-@pytest.mark.parametrize("option", ["SUBTILE", "TMA"])
+@pytest.mark.parametrize("option", ["SUBTILE", "TMA", "AUX_ALL_ROWS"])
 def test_tile_options_give_the_plain_tiles_results(epi, option):
-    """SUBTILE (the epilogue in two row halves) and TMA (operands by descriptors, padded
-    rows read too) against the kernel without the option, for every epilogue:
+    """SUBTILE (the epilogue in two row halves), TMA (operands by descriptors, padded rows
+    read too) and AUX_ALL_ROWS (the backward epilogues' saved tile read at padded rows too,
+    NaN there) against the kernel without the option, for every epilogue:
     weights in both layouts, a dead chunk; valid rows, and every row of a FINAL output
     (zeros at padded rows, though TMA read NaN there); column sums added to what the
     accumulators held. K 64 in chunks of 16, N 48 in chunks of 12 (tiles reach past a chunk:
@@ -253,6 +254,7 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
     w_kn = torch.randn(k, n, device=DEV)                 # as the backward reads W2
     gates = torch.tensor([0.5, 0.0, 1.5, 1.0], device=DEV)
     aux_in = torch.randn(B * T, n, device=DEV)           # pre (SiLU backward), r (gate bwd)
+    aux_in[~rows] = float("nan")                         # never written there
     w2n = torch.randn(2 * n, k, device=DEV)              # the GLU's two halves
     blocks = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1)
     outs = []
