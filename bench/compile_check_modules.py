@@ -55,11 +55,15 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
                     operands | dict(out_ptr="bf16", bias_ptr="fp32",
                                     gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16",
                                     sum1_ptr="fp32", sum2_ptr="fp32"),
-                    ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, stride_bk=s_k, stride_bn=s_n),
+                    ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, stride_am=k, stride_bk=s_k,
+                              stride_bn=s_n),
                     constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
                                     HAS_GATES=True, SKIP_DEAD=True, EPI=epi, HAS_BIAS=bias,
                                     BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
-                                    HAS_SUM1=sum1, HAS_SUM2=epi == EPI_SILU_BWD,
+                                    HAS_SUM1=sum1,
+                                    # the dense (zero-padded) SiLU backward leaves the bias
+                                    # gradient to cuBLAS's dW1 product (gated_ffn.py)
+                                    HAS_SUM2=epi == EPI_SILU_BWD and not final,
                                     DOT_PRECISION="tf32", **blk),
                     num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
@@ -106,9 +110,18 @@ def main() -> None:
                   len_ptr="i64"))):
         blk = layer_norm._blocks(384, backward)
         warps = blk.pop("num_warps")
-        ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T),
+        ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T, stride_y=D),
                        constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
                        num_warps=warps)
+    print("LayerNorm forward with the ones column (the FFN's dense path): ", end="")
+    fwd = layer_norm._blocks(384)
+    ok &= _compile(layer_norm._layer_norm_fwd_kernel,
+                   dict(x_ptr="fp32", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",
+                        mean_ptr="fp32", rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
+                   floats=("eps",), ints=dict(M=M, D=D, T=T, stride_y=D + layer_norm.ONES_PAD),
+                   constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=False, ZERO_PADDED=True,
+                                   ONES_PAD=layer_norm.ONES_PAD, BM=fwd["BM"], BD=fwd["BD"]),
+                   num_warps=fwd["num_warps"])
     mid = gated_conv._mid_blocks(384)
     warps = mid.pop("num_warps")
     # the default, then the W_TILE option (its per-tap weight row in v's layout: no loop

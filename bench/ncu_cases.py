@@ -9,10 +9,10 @@ Each case launches its kernel `repeat` times (the first compiles; ncu skips it) 
 synchronises. Cases (the launchers' defaults unless named):
   silu-gate         the FFN's GEMM1 with the SiLU-gate epilogue, gates all ones, zero-padded
   plain-store       the same product and tile with a plain store epilogue (the reference)
-  silu-bwd-bias     the FFN's dH GEMM with the SiLU backward and the bias gradient's column
-                    sums, as the dense pass runs it
-  silu-bwd-both     the same with the gate gradient's sums too, as the soft pass runs it
-  silu-bwd-bias-aux-all-rows  silu-bwd-bias with AUX_ALL_ROWS
+  silu-bwd          the FFN's dH GEMM with the SiLU backward, no column sums, as the dense
+                    pass runs it (b1's gradient comes from the dW1 product)
+  silu-bwd-gate     the same with the gate gradient's column sums, as the soft pass runs it
+  silu-bwd-aux-all-rows  silu-bwd with AUX_ALL_ROWS
   conv-mid          the depthwise conv, LayerNorm and SiLU forward
   conv-mid-wtile    the same with W_TILE at 4 frames a program (one row a thread)
   ln-bwd            the LayerNorm backward, fp32 x and bf16 dy
@@ -41,7 +41,7 @@ def _ffn_cases(lengths: torch.Tensor, T: int) -> dict:
     w2 = torch.randn(D, FF, device=dev, dtype=BF16) / FF ** 0.5
     b1 = torch.zeros(FF, device=dev)
     out = torch.empty(M, FF, device=dev, dtype=BF16)
-    sums = torch.zeros(2, FF, device=dev)
+    sums = torch.zeros(FF, device=dev)
     common = dict(lengths=lengths, T=T, gates=torch.ones(CHUNKS, device=dev), chunk=FF // CHUNKS,
                   num_chunks=CHUNKS, chunk_axis=1, final=True)
     blocks = gm._rows_blocks(BF16, 1, gm.EPI_SILU_GATE)   # the SiLU GEMMs' shared tile
@@ -50,12 +50,11 @@ def _ffn_cases(lengths: torch.Tensor, T: int) -> dict:
                                           aux=pre, **common),
         "plain-store": lambda: gm.rows_gemm(xn, w1.t(), out, blocks=dict(blocks, TMA=True),
                                             **common),
-        "silu-bwd-bias": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
-                                              sum2=sums[1], **common),
-        "silu-bwd-both": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
-                                              sum1=sums[0], sum2=sums[1], **common),
-        "silu-bwd-bias-aux-all-rows": lambda: gm.rows_gemm(
-            dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre, sum2=sums[1],
+        "silu-bwd": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre, **common),
+        "silu-bwd-gate": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
+                                              sum1=sums, **common),
+        "silu-bwd-aux-all-rows": lambda: gm.rows_gemm(
+            dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
             blocks=dict(gm._rows_blocks(BF16, 1, gm.EPI_SILU_BWD), TMA=True, AUX_ALL_ROWS=True),
             **common),
     }
@@ -90,8 +89,8 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
     return {**_ffn_cases(lengths, frames), **_other_cases(lengths, frames)}
 
 
-NAMES = ["silu-gate", "plain-store", "silu-bwd-bias", "silu-bwd-both",
-         "silu-bwd-bias-aux-all-rows", "conv-mid", "conv-mid-wtile", "ln-bwd"]
+NAMES = ["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate", "silu-bwd-aux-all-rows",
+         "conv-mid", "conv-mid-wtile", "ln-bwd"]
 
 
 def main() -> None:

@@ -4,8 +4,10 @@ Layers: the PyTorch reference `gated_ffn_reference`; the Triton path of five lau
 (LayerNorm, GEMM1 with bias + SiLU + gate epilogue, GEMM2 whose K-loop skips dead chunks with
 bias + padding-zero epilogue) and backward (GEMM dH = dY·W2 with the SiLU backward and the
 gate-gradient column sums fused, dXn = dA·W1 skipping dead chunks, LayerNorm backward, and
-the two weight-gradient GEMMs over valid frames with the bias gradients fused), registered as
-the torch.library ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
+the two weight-gradient GEMMs over valid frames with the bias gradients fused; where nothing
+is skipped, the weight gradients are cuBLAS products, b1's gradient the column of dW1's
+product with the ones column the forward saves after xn), registered as the torch.library
+ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
 Kernels live in gated_matmul.py and layer_norm.py.
 
 Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+1)*F/C).
@@ -33,7 +35,7 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
-from .layer_norm import layer_norm_bwd, layer_norm_fwd
+from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -80,9 +82,14 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     # compute dtype: no cast of x before the call, no cast of dx after the backward. With
     # nothing skipped, the padded rows of xn and hidden are zeros: the weight gradients are
     # then dense products (backward)
+    # With the dense products, xn is saved with a column of ones after its D columns (a view
+    # of its first D is the GEMMs' operand): cuBLAS's dW1 product then also gives b1's
+    # gradient, which the SiLU backward's epilogue no longer sums
     dense = save and dense_products(x, gates, skip_dead)
-    xn, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates, skip_dead,
-                                    out_dtype=compute_dtype, zero_padded=dense)
+    xn_saved, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates,
+                                          skip_dead, out_dtype=compute_dtype,
+                                          zero_padded=dense, ones_column=dense)
+    xn = xn_saved[:, :D]
     hidden = xn.new_empty(M, F_)
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
@@ -95,12 +102,14 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
               bias_mode=bias_mode, final=True, **common)
     if not save:
         return y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn)
-    return y, xn, mean, rstd, pre, hidden
+    return y, xn_saved, mean, rstd, pre, hidden
 
 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
                          hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad):
+    # xn: as the forward saved it, with the column of ones for the dense products
     B, T, D = x.shape
+    xn_saved, xn = xn, xn[:, :D]
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
     dy2 = dy.reshape(M, D).contiguous()
@@ -113,13 +122,13 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
     # (cuBLAS writes the dense path's weight gradients: none to zero for them)
     w_size = 0 if dense else D * F_
-    sizes = [F_, D, F_, w_size, w_size, D, D]
+    sizes = [F_, D, 0 if dense else F_, w_size, w_size, D, D]
     gate_cols, dy_sum, db1, dw2, dw1, d_lnw, d_lnb = zeroed_fp32(sizes, x.device)
     if not gate_grad:
         gate_cols = None
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
-              sum2=db1, final=dense, **common)
+              sum2=None if dense else db1, final=dense, **common)
     if dense:
         d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
     else:
@@ -137,7 +146,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
              copy=dy_valid)
     if dense:
         dw2 = dense_wgrad(dy_valid, hidden)
-        dw1 = dense_wgrad(d_pre, xn)
+        dw1_ones = dense_wgrad(d_pre, xn_saved)      # [F, D + pad]: dW1, then db1
+        dw1, db1 = dw1_ones[:, :D], dw1_ones[:, D]
     else:
         dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
         wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
@@ -185,7 +195,8 @@ def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate
                 x.new_empty(0, **like), x.new_empty(0, **like))
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
-    return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
+    pad = ONES_PAD if dense_products(x, gates, skip_dead) else 0
+    return (y, x.new_empty(M, D + pad, **like), stats, torch.empty_like(stats),
             x.new_empty(M, F_, **like), x.new_empty(M, F_, **like))
 
 

@@ -83,7 +83,7 @@ def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
 @triton.jit
 def _rows_gemm_kernel(
     a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr,
-    M, N, K, T, CHUNK, stride_bk, stride_bn,
+    M, N, K, T, CHUNK, stride_am, stride_bk, stride_bn,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
@@ -169,7 +169,7 @@ def _rows_gemm_kernel(
                         b2 = b_ptr.load([k0, col0 + N])
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
             else:
-                a = tl.load(a_ptr + rows[:, None] * K + ks[None, :],
+                a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :],
                             mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                 b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
                 b_mask = k_ok[:, None] & col_ok[None, :]
@@ -548,7 +548,8 @@ def _tma_operands(a, b, k_chunk: int, blk: dict, required: bool):
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
               chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
               scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None):
-    """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides.
+    """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides and
+    a's rows may be strided (its columns contiguous).
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
     num_chunks chunks of `chunk` columns; 2: K is. blocks: the tiles (BM, BN, BK, num_warps,
@@ -557,6 +558,9 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     """
     M, K = a.shape
     N = out.shape[1]
+    if a.stride(1) != 1 or not out.is_contiguous():
+        raise ValueError(f"rows_gemm: a needs contiguous columns (strides {a.stride()}) and out "
+                         f"to be contiguous (strides {out.stride()})")
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi))
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
@@ -576,7 +580,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
         sum2 if sum2 is not None else dummy,
-        M, N, K, T, max(chunk, 1), b.stride(0), b.stride(1),
+        M, N, K, T, max(chunk, 1), a.stride(0), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,

@@ -20,6 +20,11 @@ from .common import interpreting
 from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
 
+# the columns `layer_norm_fwd(..., ones_column=True)` adds: 16 keep the row stride a multiple
+# of 16 elements where D is one, which Triton's launcher needs to vectorise y's rows (and TMA
+# needs 16-byte row strides)
+ONES_PAD = 16
+
 
 def layer_norm_reference(x, weight, bias, eps=1e-5):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
@@ -40,14 +45,17 @@ def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
 @triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
-    M, D, T, eps,
+    M, D, T, eps, stride_y,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
+    ONES_PAD: tl.constexpr = 0,
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
     # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
     # ops read in full, e.g. a block's output). (Persistent programs with x loaded ahead by
     # the compiler's pipeliner were 16-65% slower on the H200: bench/NOTES.md, session 17.)
+    # ONES_PAD > 0 (with ZERO_PADDED): y's rows are ONES_PAD wider, column D holds 1 and the
+    # rest 0, so that a product with y's transpose also sums the other operand's rows.
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
     row_ok = _valid_rows(rows, M, T, len_ptr)
@@ -66,7 +74,13 @@ def _layer_norm_fwd_kernel(
         if ZERO_PADDED:
             y = tl.where(ok, y, 0.0)
             ok = (rows < M)[:, None] & col_ok[None, :]
-        tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=ok)
+        y_rows = y_ptr + rows[:, None] * stride_y
+        tl.store(y_rows + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=ok)
+        if ONES_PAD > 0:
+            pad = tl.arange(0, ONES_PAD)
+            ones = tl.where(pad == 0, 1.0, 0.0)[None, :] + tl.zeros([BM, ONES_PAD], tl.float32)
+            tl.store(y_rows + D + pad[None, :], ones.to(y_ptr.dtype.element_ty),
+                     mask=(rows < M)[:, None])
         tl.store(mean_ptr + rows, mean, mask=row_ok)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
@@ -160,20 +174,27 @@ BWD_WARPS_PER_SM = 8
 
 
 def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
-                   out_dtype=None, zero_padded=False, config=None):
+                   out_dtype=None, zero_padded=False, ones_column=False, config=None):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
-    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. config:
-    dict(BM, num_warps) in place of the defaults."""
+    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. With
+    ones_column (zero_padded only), y is [M, D + ONES_PAD] with 1 in column D and 0 after
+    it: y[:, :D] is the normalised x, and a product a^T y also gives a's column sums (the
+    FFN's bias gradient in its weight gradient's GEMM). config: dict(BM, num_warps) in
+    place of the defaults."""
     M, D = x2d.shape
+    if ones_column and not zero_padded:
+        raise ValueError("layer_norm_fwd: ones_column needs zero_padded (every row written)")
     blk = {**_blocks(D), **(config or {})}
-    y = torch.empty(M, D, dtype=out_dtype or x2d.dtype, device=x2d.device)
+    y = torch.empty(M, D + (ONES_PAD if ones_column else 0), dtype=out_dtype or x2d.dtype,
+                    device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
     launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
-        M, D, T, eps, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
-        SKIP_DEAD=skip_dead and gates is not None, ZERO_PADDED=zero_padded, **blk)
+        M, D, T, eps, y.stride(0), NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
+        SKIP_DEAD=skip_dead and gates is not None, ZERO_PADDED=zero_padded,
+        ONES_PAD=ONES_PAD if ones_column else 0, **blk)
     return y, mean, rstd
 
 

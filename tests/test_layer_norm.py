@@ -95,3 +95,23 @@ def test_backward_over_several_blocks_per_program_ignores_padded_rows(config):
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dw, ref_grads[1], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(db, ref_grads[2], atol=1e-4, rtol=1e-5)
+
+
+def test_ones_column_follows_the_normalised_rows():
+    """ones_column: y is ONES_PAD columns wider, column D holds 1 at every row (padded ones
+    too: the dense products read them) and the rest 0; y[:, :D] is the plain zero-padded
+    output. Without zero_padded (rows left unwritten) it is refused."""
+    from orthoasr.kernels.layer_norm import ONES_PAD
+    lengths, x, weight, bias = _case()
+    plain = layer_norm_fwd(x, weight, bias, lengths, T, zero_padded=True)
+    wide = layer_norm_fwd(x, weight, bias, lengths, T, zero_padded=True, ones_column=True)
+    assert wide[0].shape == (B * T, D + ONES_PAD)
+    assert torch.equal(wide[0][:, :D], plain[0])
+    expected = torch.zeros(B * T, ONES_PAD, device=DEV)
+    expected[:, 0] = 1.0
+    assert torch.equal(wide[0][:, D:], expected)
+    rows = valid_rows(lengths, T)
+    for a, b in zip(wide[1:], plain[1:]):
+        assert torch.equal(a[rows], b[rows])
+    with pytest.raises(ValueError, match="zero_padded"):
+        layer_norm_fwd(x, weight, bias, lengths, T, ones_column=True)
