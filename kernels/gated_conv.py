@@ -9,8 +9,9 @@ frames + LayerNorm + SiLU in one pass), PW2 GEMM with bias, gate and padding-zer
 Backward = dR GEMM with the gate-gradient sums fused, `_conv_mid_bwd_norm_kernel` (SiLU and
 LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_mid_bwd_conv_kernel`
 (transposed depthwise conv, GLU backward), `_conv_dw_grad_kernel` (depthwise weight
-gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames.
-A module gate exactly 0 that needs no gradient makes every launch return at once (output
+gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames
+(where nothing is skipped, PW1's is a cuBLAS product that also gives its bias gradient,
+from a column of ones the forward saves after z). A module gate exactly 0 that needs no gradient makes every launch return at once (output
 exactly 0).
 
 Shapes: x (B, T, D), PW1 (2D, D), DW (D, K), PW2 (D, D); frames are rows b*T + t.
@@ -38,7 +39,7 @@ from .gated_matmul import (
     wgrad,
 )
 from .launch import cdiv, launch, next_pow2
-from .layer_norm import layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
+from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,
@@ -438,10 +439,13 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     # the LayerNorm reads x in its own dtype and writes z in the compute dtype (no cast of
     # x before the call, none of dx after the backward)
     # With nothing skipped, z's padded rows are zeros: PW1's weight gradient is then a dense
-    # product (backward)
-    z, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead, LN_EPS,
-                                   out_dtype=compute_dtype,
-                                   zero_padded=save and dense_products(x, gates, skip_dead))
+    # product (backward), and z is saved with a column of ones after its D columns, so that
+    # the same product gives PW1's bias gradient (as the FFN's dW1 gives b1's)
+    dense = save and dense_products(x, gates, skip_dead)
+    z_saved, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead,
+                                         LN_EPS, out_dtype=compute_dtype, zero_padded=dense,
+                                         ones_column=dense)
+    z = z_saved[:, :D]
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
     rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
@@ -454,7 +458,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     if not save:  # distinct empties: custom_op outputs may not alias each other
         return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0),
                 *(z.new_empty(0) for _ in range(4)))
-    return y, z, mean, rstd, u, v, pre, r
+    return y, z_saved, mean, rstd, u, v, pre, r
 
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
@@ -462,6 +466,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
                           gate_grad):
     B, T, D = x.shape
     M, K = B * T, dw_w.shape[1]
+    z_saved, z = z, z[:, :D]      # as the forward saved it: a column of ones for the dense path
     dy2 = dy.reshape(M, D).contiguous()
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     has_gates, skip = gates is not None, skip_dead and gates is not None
@@ -470,7 +475,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dense = dense_products(x, gates, skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
     # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it)
-    sizes = [D, D, D * D, 2 * D, 0 if dense else 2 * D * D, D, D]
+    sizes = [D, D, D * D, 0 if dense else 2 * D, 0 if dense else 2 * D * D, D, D]
     gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b = zeroed_fp32(sizes, x.device)
     dpw2 = dpw2.view(D, D)
     if not gate_grad:
@@ -491,10 +496,11 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     else:
         dz = dy2.new_empty(M, D)
         rows_gemm(du, pw1c, dz, epi=EPI_STORE, **common)
-    col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     if dense:
-        d_pw1w = dense_wgrad(du, z)
+        d_pw1 = dense_wgrad(du, z_saved)       # [2D, D + pad]: the weight's, then the bias's
+        d_pw1w, d_pw1b = d_pw1[:, :D], d_pw1[:, D]
     else:
+        col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
         d_pw1w = d_pw1w.view(2 * D, D)
         wgrad(du, z, out=d_pw1w, **common)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
@@ -542,7 +548,8 @@ def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, p
                 *(x.new_empty(0, **like) for _ in range(4)))
     M = B * T
     stats = x.new_empty(M, dtype=torch.float32)
-    return (y, x.new_empty(M, D, **like), stats, torch.empty_like(stats),
+    pad = ONES_PAD if dense_products(x, gates, skip_dead) else 0
+    return (y, x.new_empty(M, D + pad, **like), stats, torch.empty_like(stats),
             x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)))
 
 
