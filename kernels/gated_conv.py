@@ -11,8 +11,8 @@ LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_mid_bwd_conv
 (transposed depthwise conv, GLU backward), `_conv_dw_grad_kernel` (depthwise weight
 gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames
 (where nothing is skipped, PW1's is a cuBLAS product that also gives its bias gradient,
-from a column of ones the forward saves after z). A module gate exactly 0 that needs no gradient makes every launch return at once (output
-exactly 0).
+from a column of ones the forward saves after z). A module gate exactly 0 that needs no
+gradient makes every launch return at once (output exactly 0).
 
 Shapes: x (B, T, D), PW1 (2D, D), DW (D, K), PW2 (D, D); frames are rows b*T + t.
 """
