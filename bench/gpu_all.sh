@@ -119,17 +119,13 @@ fi
 if has ncu; then
   # one ncu run a case: the kernel's second launch (the first is the warm-up), the clocks
   # left alone (METHOD.md); the sections that say where a kernel waits
-  for case in ${NCU_CASES:-$(python3 -m bench.ncu_cases --list)}; do
-    case $case in
-      conv-mid*) kernel=_conv_mid_fwd_kernel ;;
-      ln-bwd) kernel=_layer_norm_bwd_kernel ;;
-      *) kernel=_rows_gemm_kernel ;;
-    esac
+  python3 -m bench.ncu_cases --list | while read -r case kernel; do
+    [[ -z "${NCU_CASES:-}" || " $NCU_CASES " == *" $case "* ]] || continue
     echo "=== $case ($kernel)" >> $OUT/ncu.txt
     timeout ${NCU_S:-90} ncu --clock-control none --kernel-name $kernel --launch-skip 1 \
       --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-      python3 -m bench.ncu_cases $case >> $OUT/ncu.txt 2>&1
+      python3 -m bench.ncu_cases $case < /dev/null >> $OUT/ncu.txt 2>&1
     echo "ncu $case rc=$?"
   done
   grep -E "^===|Duration|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Stall|Memory Throughput|DRAM Throughput" $OUT/ncu.txt | head -120

@@ -2,7 +2,7 @@
 (80 x 250 frames, lengths 80-100% of T, bf16), for Nsight Compute to read their counters:
 stall reasons, occupancy, memory throughput. `bench/gpu_ncu.sh` runs ncu over each case.
 
-    python -m bench.ncu_cases --list
+    python -m bench.ncu_cases --list           # each case and its kernel's name
     python -m bench.ncu_cases CASE [--repeat 3]
 
 Each case launches its kernel `repeat` times (the first compiles; ncu skips it) and
@@ -89,21 +89,25 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
     return {**_ffn_cases(lengths, frames), **_other_cases(lengths, frames)}
 
 
-NAMES = ["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate", "silu-bwd-aux-all-rows",
-         "conv-mid", "conv-mid-wtile", "ln-bwd"]
+# case -> the kernel ncu profiles in it
+KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate",
+                            "silu-bwd-aux-all-rows"], "_rows_gemm_kernel"),
+           "conv-mid": "_conv_mid_fwd_kernel", "conv-mid-wtile": "_conv_mid_fwd_kernel",
+           "ln-bwd": "_layer_norm_bwd_kernel"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", nargs="?", choices=NAMES)
-    parser.add_argument("--list", action="store_true", help="print the case names")
+    parser.add_argument("case", nargs="?", choices=list(KERNELS))
+    parser.add_argument("--list", action="store_true",
+                        help="print each case and its kernel's name, one pair a line")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     if args.list or args.case is None:
-        print(" ".join(NAMES))
+        print("\n".join(f"{case} {kernel}" for case, kernel in KERNELS.items()))
         return
     launches = cases()
-    assert sorted(launches) == sorted(NAMES), "NAMES must list every case"
+    assert sorted(launches) == sorted(KERNELS), "KERNELS must name every case's kernel"
     launch = launches[args.case]
     for _ in range(args.repeat):
         launch()

@@ -95,25 +95,6 @@ def layer_norm_dx_tile(dy, xhat, w, rstd, ok, D):
 
 
 @triton.jit
-def _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D, T, mean_ptr,
-                          rstd_ptr, len_ptr, dx_ptr):
-    """One [BM, BD] block of the backward from its loaded x and dy: stores dx (0 at padded
-    rows) and returns (dw, db) with the block's terms added."""
-    row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
-    ok = row_ok[:, None] & col_ok[None, :]
-    mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
-    rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-    dy = tl.where(ok, dy.to(tl.float32), 0.0)
-    xhat = tl.where(ok, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
-    dw += dy * xhat
-    db += dy
-    dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
-    tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
-             mask=(rows < M)[:, None] & col_ok[None, :])
-    return dw, db
-
-
-@triton.jit
 def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
     M, D, T,
@@ -144,10 +125,20 @@ def _layer_norm_bwd_kernel(
     for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
         rows = blk * BM + tl.arange(0, BM)
         read = ((rows < M) & ((rows * 0 + live) > 0))[:, None] & col_ok[None, :]
-        x = tl.load(x_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
-        dy = tl.load(dy_ptr + rows[:, None] * D + cols[None, :], mask=read, other=0.0)
-        dw, db = _layer_norm_bwd_block(x, dy, rows, cols, col_ok, w, live, dw, db, M, D, T,
-                                       mean_ptr, rstd_ptr, len_ptr, dx_ptr)
+        tile = rows[:, None] * D + cols[None, :]
+        x = tl.load(x_ptr + tile, mask=read, other=0.0)
+        dy = tl.load(dy_ptr + tile, mask=read, other=0.0)
+        row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
+        ok = row_ok[:, None] & col_ok[None, :]
+        mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        dy = tl.where(ok, dy.to(tl.float32), 0.0)
+        xhat = tl.where(ok, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
+        dw += dy * xhat
+        db += dy
+        dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
+        tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
+                 mask=(rows < M)[:, None] & col_ok[None, :])
     tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok, sem="relaxed")
     tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
 
