@@ -124,15 +124,14 @@ def main() -> None:
                    num_warps=fwd["num_warps"])
     mid = gated_conv._mid_blocks(384)
     warps = mid.pop("num_warps")
-    # the default, then the W_TILE option (its per-tap weight row in v's layout: no loop
-    # conversion expected) at the default tile and at 4 frames, one row a thread
-    for w_tile in ({}, dict(W_TILE=True), dict(W_TILE=True, BT=4)):
+    # the default, then all 384 channels in one block (the layout before 2026-12-01's split)
+    for tile in ({}, dict(BC=512)):
         ok &= _compile(gated_conv._conv_mid_fwd_kernel,
                        dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", lnw_ptr="fp32",
                             lnb_ptr="fp32", pre_ptr="bf16", out_ptr="bf16", gate_ptr="fp32",
                             len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D, K=31),
-                       constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, SAVE_PRE=True,
-                                       **{**mid, **w_tile}), num_warps=warps)
+                       constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, **{**mid, **tile}),
+                       num_warps=warps)
     norm = gated_conv._norm_bwd_blocks(384)
     norm_warps = norm.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_bwd_norm_kernel,

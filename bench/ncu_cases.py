@@ -1,6 +1,7 @@
 """Kernels whose time the sweeps do not explain, each launched alone at a paper step's shape
 (80 x 250 frames, lengths 80-100% of T, bf16), for Nsight Compute to read their counters:
-stall reasons, occupancy, memory throughput. `bench/gpu_ncu.sh` runs ncu over each case.
+stall reasons, occupancy, memory throughput. the `ncu` stage of
+`bench/gpu_all.sh` runs ncu over each case.
 
     python -m bench.ncu_cases --list           # each case and its kernel's name
     python -m bench.ncu_cases CASE [--repeat 3]
@@ -14,7 +15,8 @@ synchronises. Cases (the launchers' defaults unless named):
   silu-bwd-gate     the same with the gate gradient's column sums, as the soft pass runs it
   silu-bwd-aux-all-rows  silu-bwd with AUX_ALL_ROWS
   conv-mid          the depthwise conv, LayerNorm and SiLU forward
-  conv-mid-wtile    the same with W_TILE at 4 frames a program (one row a thread)
+  conv-mid-one-block  the same with all channels in one block (512 wide for 384, the
+                    layout before 2026-12-01)
   ln-bwd            the LayerNorm backward, fp32 x and bf16 dy
 """
 
@@ -73,10 +75,10 @@ def _other_cases(lengths: torch.Tensor, T: int) -> dict:
 
     def conv_mid(config=None):
         return gated_conv.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T,
-                                       True, True, config=config)
+                                       True, config=config)
     return {
         "conv-mid": conv_mid,
-        "conv-mid-wtile": lambda: conv_mid(dict(W_TILE=True, BT=4)),
+        "conv-mid-one-block": lambda: conv_mid(dict(BT=16, BC=512, num_warps=8)),
         "ln-bwd": lambda: layer_norm_bwd(dy, x, ln_w, mean, rstd, lengths, T),
     }
 
@@ -92,7 +94,7 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
 # case -> the kernel ncu profiles in it
 KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate",
                             "silu-bwd-aux-all-rows"], "_rows_gemm_kernel"),
-           "conv-mid": "_conv_mid_fwd_kernel", "conv-mid-wtile": "_conv_mid_fwd_kernel",
+           "conv-mid": "_conv_mid_fwd_kernel", "conv-mid-one-block": "_conv_mid_fwd_kernel",
            "ln-bwd": "_layer_norm_bwd_kernel"}
 
 

@@ -25,13 +25,11 @@ BF16 = torch.bfloat16
 # 2026-12-01 (H200) the tap loops pipelined (tl.range num_stages 2-4) or unrolled (2 or 4
 # taps a step) were also swept: 7-31% slower in the forward, within 2% or slower in the
 # transposed conv, and removed
-FWD_CONFIGS = [{}, dict(BT=8, num_warps=4), dict(BT=16, num_warps=4), dict(BT=4, num_warps=1),
-               dict(BT=32)]
-# W_TILE: each tap's weights loaded as a [BT, BD] tile in v's layout (no shared-memory
-# conversion a tap in an sm_90 compile, but the row's loads repeated for each of a thread's
-# rows); BT 4 at 8 warps gives each thread one row
-FWD_CONFIGS += [dict(W_TILE=True), dict(W_TILE=True, BT=4), dict(W_TILE=True, BT=8),
-                dict(W_TILE=True, BT=8, num_warps=4)]
+FWD_CONFIGS = [{}, dict(BT=8), dict(BT=32), dict(BT=32, num_warps=8), dict(BT=8, num_warps=2),
+               dict(BC=64, num_warps=2), dict(BT=8, BC=64, num_warps=1)]
+# BC 512 at 8 warps: one block of all channels, the layout before 2026-12-01 (with two more
+# passes over pre now), the baseline of the channel split
+FWD_CONFIGS += [dict(BC=512, num_warps=8)]
 BWD_CONFIGS = [{}, dict(BT=64), dict(BC=128), dict(BT=16, BC=128, num_warps=8)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)
@@ -62,8 +60,7 @@ def main() -> None:
         return check
 
     def fwd(config):
-        conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
-                     config=config)
+        conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, config=config)
         return pre, r
 
     def bwd(config):

@@ -83,12 +83,16 @@ def _conv_live(gate_ptr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr):
 def _conv_mid_fwd_kernel(
     v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
     T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SAVE_PRE: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, W_TILE: tl.constexpr = False,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
 ):
-    # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels: the depthwise
-    # conv sums K shifted (L1-resident) loads of v, zero outside [0, lengths[b]); then the
-    # LayerNorm over channels and SiLU. Tiles past the sequence's length return at once.
+    # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels, BC at a
+    # time: the depthwise conv sums K shifted (L1-resident) loads of v, zero outside
+    # [0, lengths[b]), into pre; then the LayerNorm over channels (its mean and variance
+    # from pre as stored, as the backward reads it) and SiLU. Tiles past the sequence's
+    # length return at once.
+    # Why channel blocks: the tap loop is bound by instruction issue (ncu, H200: 72% of the
+    # SMs' issue rate, 5% of DRAM bandwidth), and one tile of all channels is a power of 2
+    # wide, 512 for D 384, a quarter of its lanes masked off in every tap.
     # The tap loop's loads are not async copies (num_stages pipelines only loads that feed a
     # dot); made so with tl.range(num_stages=2..4), or unrolled 2 or 4 taps a step, it was
     # 7-31% slower (H200, bench/sweep_conv.py, 2026-12-01).
@@ -96,40 +100,48 @@ def _conv_mid_fwd_kernel(
     seq = tl.program_id(1)
     length = tl.minimum(tl.load(len_ptr + seq), T)
     t = pid_t * BT + tl.arange(0, BT)
-    cols = tl.arange(0, BD)
-    col_ok = cols < D
+    row_ok = t < length
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
     if (live > 0) & (pid_t * BT < length):
-        acc = tl.zeros([BT, BD], dtype=tl.float32)
-        acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        for k in range(0, K):
-            ts = t + k - K // 2
-            ok = (ts >= 0) & (ts < length)
-            v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
-                        mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-            if W_TILE:
-                # an option under measurement (bench/sweep_conv.py): the tap's weights as a
-                # [BT, BD] tile of one row repeated, which gets the v tile's layout. The [BD]
-                # row below is converted to it through shared memory every tap (two barriers
-                # a tap at 8 warps, sm_90 compile); the tile costs redundant L1 loads instead
-                w = tl.load(wdw_ptr + k * D + (cols[None, :] + 0 * t[:, None]),
-                            mask=col_ok[None, :], other=0.0).to(tl.float32)
-                acc += v * w
-            else:
+        dtype = pre_ptr.dtype.element_ty
+        row_sum = tl.zeros([BT], dtype=tl.float32)
+        for c0 in range(0, D, BC):
+            cols = c0 + tl.arange(0, BC)
+            col_ok = cols < D
+            acc = tl.zeros([BT, BC], dtype=tl.float32)
+            acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            for k in range(0, K):
+                ts = t + k - K // 2
+                ok = (ts >= 0) & (ts < length)
+                v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
+                            mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
                 w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
                 acc += v * w[None, :]
-        row_ok = t < length
-        ok = row_ok[:, None] & col_ok[None, :]
-        tile = (seq * T + t)[:, None] * D + cols[None, :]
-        if SAVE_PRE:
-            tl.store(pre_ptr + tile, acc.to(pre_ptr.dtype.element_ty), mask=ok)
-        mean = tl.sum(tl.where(col_ok[None, :], acc, 0.0), 1) / D
-        xc = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
-        lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        q = xc * rstd[:, None] * lnw[None, :] + lnb[None, :]
-        tl.store(out_ptr + tile, (q * tl.sigmoid(q)).to(out_ptr.dtype.element_ty), mask=ok)
+            ok = row_ok[:, None] & col_ok[None, :]
+            pre = acc.to(dtype)
+            tl.store(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], pre, mask=ok)
+            row_sum += tl.sum(tl.where(col_ok[None, :], pre.to(tl.float32), 0.0), 1)
+        tl.debug_barrier()      # pre's blocks, as stored, visible to every thread
+        mean = row_sum / D
+        row_sq = tl.zeros([BT], dtype=tl.float32)
+        for c0 in range(0, D, BC):
+            cols = c0 + tl.arange(0, BC)
+            ok = row_ok[:, None] & (cols < D)[None, :]
+            x = tl.load(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], mask=ok,
+                        other=0.0).to(tl.float32)
+            xc = tl.where(ok, x - mean[:, None], 0.0)
+            row_sq += tl.sum(xc * xc, 1)
+        rstd = 1.0 / tl.sqrt(row_sq / D + eps)
+        for c0 in range(0, D, BC):
+            cols = c0 + tl.arange(0, BC)
+            col_ok = cols < D
+            ok = row_ok[:, None] & col_ok[None, :]
+            tile = (seq * T + t)[:, None] * D + cols[None, :]
+            x = tl.load(pre_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+            lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            q = (x - mean[:, None]) * rstd[:, None] * lnw[None, :] + lnb[None, :]
+            tl.store(out_ptr + tile, (q * tl.sigmoid(q)).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -322,10 +334,11 @@ def _conv_dw_grad_kernel(
 LN_EPS = 1e-5      # both LayerNorms, as nn.LayerNorm's default
 
 def _mid_blocks(D: int) -> dict:
-    BD = max(16, next_pow2(D))
+    """Tiles of the conv forward: 16 frames x 128 channels at 4 warps (16 values a thread;
+    at D 384, three channel blocks a program, none masked)."""
     if interpreting():
-        return dict(BT=16, BD=BD, num_warps=4)
-    return dict(BT=max(1, min(32, 8192 // BD)), BD=BD, num_warps=8)
+        return dict(BT=16, BC=16, num_warps=4)
+    return dict(BT=16, BC=min(128, max(16, next_pow2(D))), num_warps=4)
 
 
 def _norm_bwd_blocks(D: int) -> dict:
@@ -381,18 +394,17 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
     return parts.sum(0).t()
 
 
-def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save,
+def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead,
                  config=None):
-    """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D] (and the conv
-    output into pre [M, D] when save). config: dict(BT, num_warps, optionally W_TILE) in place
-    of the defaults (bench/sweep_conv.py)."""
+    """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D], the conv
+    output in pre [M, D] (the backward's input; a scratch buffer in inference, never v).
+    config: dict(BT, BC, num_warps) in place of the defaults (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
     blk = {**_mid_blocks(D), **(config or {})}
     launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),
         v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
         gates if gates is not None else v, lengths, T, D, K, LN_EPS,
-        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
-        SAVE_PRE=save, **blk)
+        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None, **blk)
 
 
 def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, skip_dead,
@@ -449,9 +461,9 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
     rows_gemm(z, pw1c.t(), v, bias=pw1_b, epi=EPI_GLU, aux=u, **common)
-    pre = z.new_empty(M, D) if save else v
+    pre = z.new_empty(M, D)
     r = z.new_empty(M, D)
-    conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead, save)
+    conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead)
     y = z.new_empty(B, T, D)
     rows_gemm(r, pw2c.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
               scale_out=gates is not None, final=True, **common)

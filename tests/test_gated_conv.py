@@ -165,7 +165,7 @@ def _launch_option_outputs(K, device, dtype, configs):
     outs = []
     for fwd, bwd, dw_grad in configs:
         pre, r = torch.zeros_like(v), torch.zeros_like(v)
-        module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True, True,
+        module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, gate, lengths, T, True,
                             config=fwd)
         du = module.conv_mid_bwd_conv(dpre, u, dw_w, gate, lengths, T, True, True, config=bwd)
         dw = module.conv_dw_grad(dpre, v, lengths, T, K, gate, True, True, config=dw_grad)
@@ -173,12 +173,11 @@ def _launch_option_outputs(K, device, dtype, configs):
     return outs
 
 
-# other tiles (a partial channel tile: 24 = 16 + 8), the forward's weights as a tile of
-# repeated rows (W_TILE), and the weight gradient's frame loop with and without async copies
-# (LOAD_STAGES)
+# other tiles (channel blocks of 24 = 16 + 8 by default: a partial block; here one block
+# wider than the channels, and three full ones), and the weight gradient's frame loop with
+# and without async copies (LOAD_STAGES)
 LAUNCH_OPTIONS = [(dict(BT=4), dict(BT=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
-                  ({}, {}, dict(LOAD_STAGES=1)), ({}, {}, dict(LOAD_STAGES=2)),
-                  (dict(W_TILE=True), {}, {}), (dict(W_TILE=True, BT=4), {}, {})]
+                  (dict(BC=32), {}, dict(LOAD_STAGES=1)), (dict(BC=8), {}, dict(LOAD_STAGES=2))]
 
 
 @pytest.mark.parametrize("K", [3, 31])
