@@ -25,10 +25,10 @@ BF16 = torch.bfloat16
 # 2026-12-01 (H200) the tap loops pipelined (tl.range num_stages 2-4) or unrolled (2 or 4
 # taps a step) were also swept: 7-31% slower in the forward, within 2% or slower in the
 # transposed conv, and removed
-FWD_CONFIGS = [{}, dict(BT=8), dict(BT=32), dict(BT=32, num_warps=8), dict(BT=8, num_warps=2),
-               dict(BC=64, num_warps=2), dict(BT=8, BC=64, num_warps=1)]
-# BC 512 at 8 warps: one block of all channels, the layout before 2026-12-01 (with two more
-# passes over pre now), the baseline of the channel split
+FWD_CONFIGS = [{}, dict(BT=16), dict(BT=64), dict(BT=32, num_warps=8), dict(BT=16, num_warps=2),
+               dict(BT=64, num_warps=8)]
+# BC 512 at 8 warps: one block of all channels, the layout before 2026-12-01 (with one more
+# pass over pre now), the baseline of the channel split
 FWD_CONFIGS += [dict(BC=512, num_warps=8)]
 BWD_CONFIGS = [{}, dict(BT=64), dict(BC=128), dict(BT=16, BC=128, num_warps=8)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]

@@ -147,6 +147,31 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
     assert (dead == 0).all()
 
 
+
+def test_mid_forward_statistics_under_a_large_offset():
+    """The conv forward's LayerNorm statistics, gathered block by block (channel blocks of
+    8, 8 and 4), against fp64 when every conv output sits near 1000 with a spread of ~0.5:
+    E[x^2] - mean^2 in fp32 loses the variance there (terms of ~1e6 for a variance of
+    ~0.2), the pairwise update does not."""
+    from orthoasr.kernels import gated_conv as module
+    torch.manual_seed(3)
+    T, d, K, lengths = 12, 20, 5, torch.tensor([12, 7])
+    M = len(lengths) * T
+    v = torch.randn(M, d)
+    dw_w, dw_b = torch.randn(d, K) * 0.2, torch.full((d,), 1000.0)
+    ln_w, ln_b = torch.randn(d) + 1, torch.randn(d) * 0.2
+    pre, r = torch.zeros_like(v), torch.zeros_like(v)
+    module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, None, lengths, T, False,
+                        config=dict(BT=4, BC=8, num_warps=4))
+    valid = valid_mask(lengths, T)
+    v64 = torch.where(valid[..., None], v.double().view(-1, T, d), 0.0)
+    w = torch.nn.functional.conv1d(v64.transpose(1, 2), dw_w.double()[:, None, :],
+                                   dw_b.double(), padding=K // 2, groups=d).transpose(1, 2)
+    ref = torch.nn.functional.silu(torch.nn.functional.layer_norm(
+        w, (d,), ln_w.double(), ln_b.double(), module.LN_EPS))
+    torch.testing.assert_close(r.view(-1, T, d)[valid].double(), ref[valid], atol=2e-3,
+                               rtol=2e-3)
+
 def _launch_option_outputs(K, device, dtype, configs):
     """The depthwise conv's forward (pre, r) and transposed conv (du) at the valid frames
     and its weight gradient, one list per (forward, transposed conv, weight gradient)
