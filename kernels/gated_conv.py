@@ -87,14 +87,16 @@ def _conv_mid_fwd_kernel(
 ):
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels, BC at a
     # time: the depthwise conv sums K shifted (L1-resident) loads of v, zero outside
-    # [0, lengths[b]), into pre, and each block's mean and sum of squared deviations join
-    # the row's running ones (Chan et al.'s pairwise update: no pass over pre for them, and
-    # no E[x^2] - mean^2 cancellation); then the LayerNorm over channels and SiLU, reading
-    # pre back. The statistics are those of pre as stored, as the backward reads it. Tiles
-    # past the sequence's length return at once.
+    # [0, lengths[b]), into pre; then the LayerNorm over channels (its mean and variance
+    # from pre as stored, as the backward reads it) and SiLU. Tiles past the sequence's
+    # length return at once.
     # Why channel blocks: the tap loop is bound by instruction issue (ncu, H200: 72% of the
     # SMs' issue rate, 5% of DRAM bandwidth), and one tile of all channels is a power of 2
-    # wide, 512 for D 384, a quarter of its lanes masked off in every tap.
+    # wide, 512 for D 384, a quarter of its lanes masked off in every tap. The two passes
+    # over pre for the statistics cost about what that saved; gathering them in the conv's
+    # pass instead, each block's mean and squared deviations joined by the pairwise update,
+    # cost more (95.1 us against 82.0, H200, ce12465): two more reductions across threads
+    # a block in a kernel bound by issue.
     # The tap loop's loads are not async copies (num_stages pipelines only loads that feed a
     # dot); made so with tl.range(num_stages=2..4), or unrolled 2 or 4 taps a step, it was
     # 7-31% slower (H200, bench/sweep_conv.py, 2026-12-01).
@@ -106,8 +108,7 @@ def _conv_mid_fwd_kernel(
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
     if (live > 0) & (pid_t * BT < length):
         dtype = pre_ptr.dtype.element_ty
-        mean = tl.zeros([BT], dtype=tl.float32)
-        m2 = tl.zeros([BT], dtype=tl.float32)      # the sum of squared deviations
+        row_sum = tl.zeros([BT], dtype=tl.float32)
         for c0 in range(0, D, BC):
             cols = c0 + tl.arange(0, BC)
             col_ok = cols < D
@@ -123,17 +124,18 @@ def _conv_mid_fwd_kernel(
             ok = row_ok[:, None] & col_ok[None, :]
             pre = acc.to(dtype)
             tl.store(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], pre, mask=ok)
-            # this block's n_b channels join the c0 before it
-            n_b = tl.minimum(D - c0, BC).to(tl.float32)
-            x = tl.where(col_ok[None, :], pre.to(tl.float32), 0.0)
-            mean_b = tl.sum(x, 1) / n_b
-            xc = tl.where(col_ok[None, :], x - mean_b[:, None], 0.0)
-            delta = mean_b - mean
-            share = n_b / (c0 + n_b)
-            mean += delta * share
-            m2 += tl.sum(xc * xc, 1) + delta * delta * c0 * share
+            row_sum += tl.sum(tl.where(col_ok[None, :], pre.to(tl.float32), 0.0), 1)
         tl.debug_barrier()      # pre's blocks, as stored, visible to every thread
-        rstd = 1.0 / tl.sqrt(m2 / D + eps)
+        mean = row_sum / D
+        row_sq = tl.zeros([BT], dtype=tl.float32)
+        for c0 in range(0, D, BC):
+            cols = c0 + tl.arange(0, BC)
+            ok = row_ok[:, None] & (cols < D)[None, :]
+            x = tl.load(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], mask=ok,
+                        other=0.0).to(tl.float32)
+            xc = tl.where(ok, x - mean[:, None], 0.0)
+            row_sq += tl.sum(xc * xc, 1)
+        rstd = 1.0 / tl.sqrt(row_sq / D + eps)
         for c0 in range(0, D, BC):
             cols = c0 + tl.arange(0, BC)
             col_ok = cols < D
@@ -338,8 +340,8 @@ LN_EPS = 1e-5      # both LayerNorms, as nn.LayerNorm's default
 def _mid_blocks(D: int) -> dict:
     """Tiles of the conv forward: 32 frames x 128 channels at 4 warps (32 values a thread;
     at D 384, three channel blocks a program, none masked). H200 at 80 x 250 x 384 bf16
-    (bench/sweep_conv.py, 0d2f40d, with two passes over pre for the statistics): 82.0 us
-    against 85.2 at 16 frames, 101.1 at 32 frames and 8 warps, 95.9 at 64 channels."""
+    (bench/sweep_conv.py, 0d2f40d): 82.0 us against 85.2 at 16 frames, 101.1 at 32 frames
+    and 8 warps, 95.9 at 64 channels; the former one-block kernel 85.3."""
     if interpreting():
         return dict(BT=16, BC=16, num_warps=4)
     return dict(BT=32, BC=min(128, max(16, next_pow2(D))), num_warps=4)

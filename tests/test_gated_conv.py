@@ -149,10 +149,10 @@ def test_dw_grad_kernel_edges(monkeypatch, K):
 
 
 def test_mid_forward_statistics_under_a_large_offset():
-    """The conv forward's LayerNorm statistics, gathered block by block (channel blocks of
-    8, 8 and 4), against fp64 when every conv output sits near 1000 with a spread of ~0.5:
-    E[x^2] - mean^2 in fp32 loses the variance there (terms of ~1e6 for a variance of
-    ~0.2), the pairwise update does not."""
+    """The conv forward's LayerNorm statistics over channel blocks of 8, 8 and 4, against
+    fp64 when every conv output sits near 1000 with a spread of ~0.5: E[x^2] - mean^2 in
+    fp32 loses the variance there (terms of ~1e6 for a variance of ~0.2); the deviations
+    from the mean, summed in a second pass, do not."""
     from orthoasr.kernels import gated_conv as module
     torch.manual_seed(3)
     T, d, K, lengths = 12, 20, 5, torch.tensor([12, 7])
