@@ -125,6 +125,7 @@ if has ncu; then
     timeout ${NCU_S:-90} ncu --clock-control none --kernel-name $kernel --launch-skip 1 \
       --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+      --section SourceCounters \
       python3 -m bench.ncu_cases $case < /dev/null >> $OUT/ncu.txt 2>&1
     echo "ncu $case rc=$?"
   done
