@@ -124,8 +124,9 @@ def main() -> None:
                    num_warps=fwd["num_warps"])
     mid = gated_conv._mid_blocks(384)
     warps = mid.pop("num_warps")
-    # the default, then all 384 channels in one block (the layout before 2026-12-01's split)
-    for tile in ({}, dict(BC=512)):
+    # the default, then all 384 channels in one block (the layout before 2026-12-01's split;
+    # its last 128 columns masked: no unmasked tap loop)
+    for tile in (dict(EVEN_D=True), dict(BC=512, EVEN_D=False)):
         ok &= _compile(gated_conv._conv_mid_fwd_kernel,
                        dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", lnw_ptr="fp32",
                             lnb_ptr="fp32", pre_ptr="bf16", out_ptr="bf16", gate_ptr="fp32",
@@ -147,7 +148,7 @@ def main() -> None:
                         gate_ptr="fp32", len_ptr="i64"),
                    ints=dict(T=T, D=D),
                    constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, ZERO_PADDED=True,
-                                   **conv),
+                                   EVEN_D=D % conv["BC"] == 0, **conv),
                    num_warps=warps, num_stages=1)
     dw = gated_conv._dw_grad_blocks(384)
     warps = dw.pop("num_warps")

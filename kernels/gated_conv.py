@@ -80,10 +80,55 @@ def _conv_live(gate_ptr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr):
 
 
 @triton.jit
+def _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K,
+             SIGN: tl.constexpr, MASKED: tl.constexpr):
+    """acc [BT, BC] + the sum over taps k of src[t + SIGN * (k - K//2)] * w[k] at channels
+    cols, in fp32; src's rows are frames + t of (M, D), zeros outside [0, length). Without
+    MASKED the caller knows that every tap's frames lie in [0, length) and every column
+    below D: no load is masked."""
+    for k in range(0, K):
+        ts = t + SIGN * (k - K // 2)
+        ptrs = src_ptr + (frames + ts)[:, None] * D + cols[None, :]
+        if MASKED:
+            ok = ((ts >= 0) & (ts < length))[:, None] & col_ok[None, :]
+            x = tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+        else:
+            x = tl.load(ptrs).to(tl.float32)
+            w = tl.load(wdw_ptr + k * D + cols).to(tl.float32)
+        acc += x * w[None, :]
+    return acc
+
+
+@triton.jit
+def _depthwise(acc, src_ptr, wdw_ptr, frames, t0, length, cols, col_ok, D, K,
+               SIGN: tl.constexpr, EVEN_D: tl.constexpr, BT: tl.constexpr):
+    """_tap_sum over frames [t0, t0 + BT), its loads unmasked where every tap of the tile
+    falls inside the sequence and D is a multiple of the channel block (EVEN_D): most
+    tiles of a long sequence. The tap loop is bound by instruction issue (ncu), and the
+    masks are a third of its instructions (sm_90 PTX: per tap and thread, 4 row loads,
+    32 conversions and 32 FMAs against ~35 instructions of row masks and ~16 moves of
+    the masked-off value). Both paths sum the same terms in the same order."""
+    t = t0 + tl.arange(0, BT)
+    if EVEN_D:
+        if (t0 >= K // 2) & (t0 + BT + K // 2 <= length):
+            acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K,
+                           SIGN, False)
+        else:
+            acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K,
+                           SIGN, True)
+    else:
+        acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K, SIGN,
+                       True)
+    return acc
+
+
+@triton.jit
 def _conv_mid_fwd_kernel(
     v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
     T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels, BC at a
     # time: the depthwise conv sums K shifted (L1-resident) loads of v, zero outside
@@ -102,7 +147,7 @@ def _conv_mid_fwd_kernel(
     # 7-31% slower (H200, bench/sweep_conv.py, 2026-12-01).
     pid_t = tl.program_id(0)
     seq = tl.program_id(1)
-    length = tl.minimum(tl.load(len_ptr + seq), T)
+    length = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32)   # int32 compares
     t = pid_t * BT + tl.arange(0, BT)
     row_ok = t < length
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
@@ -114,13 +159,8 @@ def _conv_mid_fwd_kernel(
             col_ok = cols < D
             acc = tl.zeros([BT, BC], dtype=tl.float32)
             acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            for k in range(0, K):
-                ts = t + k - K // 2
-                ok = (ts >= 0) & (ts < length)
-                v = tl.load(v_ptr + (seq * T + ts)[:, None] * D + cols[None, :],
-                            mask=ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-                w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-                acc += v * w[None, :]
+            acc = _depthwise(acc, v_ptr, wdw_ptr, seq * T, pid_t * BT, length, cols, col_ok,
+                             D, K, 1, EVEN_D, BT)
             ok = row_ok[:, None] & col_ok[None, :]
             pre = acc.to(dtype)
             tl.store(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], pre, mask=ok)
@@ -215,7 +255,7 @@ def _conv_mid_bwd_conv_kernel(
     dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
     T, D,  # wdw: (K, D) as in the forward
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, ZERO_PADDED: tl.constexpr,
+    BC: tl.constexpr, ZERO_PADDED: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
     # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
@@ -226,7 +266,7 @@ def _conv_mid_bwd_conv_kernel(
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
-    length = tl.minimum(tl.load(len_ptr + seq), T)
+    length = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32)   # int32 compares
     t = pid_t * BT + tl.arange(0, BT)
     cols = pid_c * BC + tl.arange(0, BC)
     col_ok = cols < D
@@ -234,14 +274,8 @@ def _conv_mid_bwd_conv_kernel(
     if (live > 0) & (pid_t * BT < length):
         ok = (t < length)[:, None] & col_ok[None, :]
         frames = seq * T
-        dv = tl.zeros([BT, BC], dtype=tl.float32)
-        for k in range(0, K):
-            tb = t - k + K // 2
-            ok_b = ((tb >= 0) & (tb < length))[:, None] & col_ok[None, :]
-            dshift = tl.load(dpre_ptr + (frames + tb)[:, None] * D + cols[None, :],
-                             mask=ok_b, other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-            dv += dshift * w[None, :]
+        dv = _depthwise(tl.zeros([BT, BC], dtype=tl.float32), dpre_ptr, wdw_ptr, frames,
+                        pid_t * BT, length, cols, col_ok, D, K, -1, EVEN_D, BT)
         u_rows = (frames + t)[:, None] * (2 * D)
         a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -410,7 +444,8 @@ def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_de
     launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),
         v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
         gates if gates is not None else v, lengths, T, D, K, LN_EPS,
-        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None, **blk)
+        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
+        EVEN_D=D % blk["BC"] == 0, **blk)
 
 
 def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, skip_dead,
@@ -441,7 +476,8 @@ def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
     launch(_conv_mid_bwd_conv_kernel, (cdiv(T, blk["BT"]), cdiv(D, blk["BC"]),
                                        dpre.shape[0] // T),
         dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
-        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded, **blk)
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded,
+        EVEN_D=D % blk["BC"] == 0, **blk)
     return du
 
 

@@ -200,9 +200,13 @@ def _launch_option_outputs(K, device, dtype, configs):
 
 # other tiles (channel blocks of 24 = 16 + 8 by default: a partial block; here one block
 # wider than the channels, and three full ones), and the weight gradient's frame loop with
-# and without async copies (LOAD_STAGES)
+# and without async copies (LOAD_STAGES). Channel blocks dividing D and tiles of 4 frames
+# give both convs' unmasked tap loops (tiles whose taps all fall inside the sequence) at
+# K 3; the default's masked loops must give the same values, and the NaN in the padded
+# rows catch a tile that reads past its sequence
 LAUNCH_OPTIONS = [(dict(BT=4), dict(BT=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
-                  (dict(BC=32), {}, dict(LOAD_STAGES=1)), (dict(BC=8), {}, dict(LOAD_STAGES=2))]
+                  (dict(BC=32), {}, dict(LOAD_STAGES=1)), (dict(BC=8), {}, dict(LOAD_STAGES=2)),
+                  (dict(BT=4, BC=8), dict(BT=4, BC=8), {})]
 
 
 @pytest.mark.parametrize("K", [3, 31])
