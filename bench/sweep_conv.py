@@ -25,8 +25,11 @@ BF16 = torch.bfloat16
 # 2026-12-01 (H200) the tap loops pipelined (tl.range num_stages 2-4) or unrolled (2 or 4
 # taps a step) were also swept: 7-31% slower in the forward, within 2% or slower in the
 # transposed conv, and removed
-FWD_CONFIGS = [{}, dict(BT=16), dict(BT=64), dict(BT=32, num_warps=8), dict(BT=16, num_warps=2),
-               dict(BT=64, num_warps=8)]
+FWD_CONFIGS = [{}, dict(BT=16), dict(BT=64), dict(BT=32, num_warps=8), dict(BT=16, num_warps=2)]
+# tiles whose sm_90 compile (f17a0c8's successor, with the unmasked tap loop) loads each
+# tap's weight row straight in the v tile's layout: no shared-memory conversion and no
+# barrier a tap, where the default (128 channels, 4 warps) has both
+FWD_CONFIGS += [dict(BC=64), dict(BC=64, BT=64), dict(BC=64, num_warps=8), dict(BC=32, BT=64)]
 # BC 512 at 8 warps: one block of all channels, the layout before 2026-12-01 (with one more
 # pass over pre now), the baseline of the channel split
 FWD_CONFIGS += [dict(BC=512, num_warps=8)]
