@@ -123,16 +123,16 @@ def main() -> None:
                                    ONES_PAD=layer_norm.ONES_PAD, BM=fwd["BM"], BD=fwd["BD"]),
                    num_warps=fwd["num_warps"])
     mid = gated_conv._mid_blocks(384)
-    warps = mid.pop("num_warps")
+    warps, cap = mid.pop("num_warps"), mid.pop("maxnreg", None)
     # the default, then all 384 channels in one block (the layout before 2026-12-01's split;
-    # its last 128 columns masked: no unmasked tap loop)
-    for tile in (dict(EVEN_D=True), dict(BC=512, EVEN_D=False)):
+    # its last 128 columns masked: no unmasked tap loop; no register cap)
+    for tile, tile_cap in ((dict(EVEN_D=True), cap), (dict(BC=512, EVEN_D=False), None)):
         ok &= _compile(gated_conv._conv_mid_fwd_kernel,
                        dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", lnw_ptr="fp32",
                             lnb_ptr="fp32", pre_ptr="bf16", out_ptr="bf16", gate_ptr="fp32",
                             len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D, K=31),
                        constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, **{**mid, **tile}),
-                       num_warps=warps)
+                       num_warps=warps, maxnreg=tile_cap)
     norm = gated_conv._norm_bwd_blocks(384)
     norm_warps = norm.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_bwd_norm_kernel,

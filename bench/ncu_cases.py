@@ -78,7 +78,7 @@ def _other_cases(lengths: torch.Tensor, T: int) -> dict:
                                        True, config=config)
     return {
         "conv-mid": conv_mid,
-        "conv-mid-one-block": lambda: conv_mid(dict(BT=16, BC=512, num_warps=8)),
+        "conv-mid-one-block": lambda: conv_mid(dict(BT=16, BC=512, num_warps=8, maxnreg=None)),
         "ln-bwd": lambda: layer_norm_bwd(dy, x, ln_w, mean, rstd, lengths, T),
     }
 

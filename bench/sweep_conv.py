@@ -25,14 +25,17 @@ BF16 = torch.bfloat16
 # 2026-12-01 (H200) the tap loops pipelined (tl.range num_stages 2-4) or unrolled (2 or 4
 # taps a step) were also swept: 7-31% slower in the forward, within 2% or slower in the
 # transposed conv, and removed
-FWD_CONFIGS = [{}, dict(BT=16), dict(BT=64), dict(BT=32, num_warps=8), dict(BT=16, num_warps=2)]
-# tiles whose sm_90 compile (f17a0c8's successor, with the unmasked tap loop) loads each
-# tap's weight row straight in the v tile's layout: no shared-memory conversion and no
-# barrier a tap, where the default (128 channels, 4 warps) has both
-FWD_CONFIGS += [dict(BC=64), dict(BC=64, BT=64), dict(BC=64, num_warps=8), dict(BC=32, BT=64)]
+# maxnreg None: no register cap (the default's 96 would spill at 64 values a thread)
+FWD_CONFIGS = [{}, dict(maxnreg=None), dict(BT=16), dict(BT=64, maxnreg=None),
+               dict(BT=32, num_warps=8), dict(BT=16, num_warps=2)]
+# tiles whose sm_90 compile (with the unmasked tap loop, 9825966) loads each tap's weight row
+# straight in the v tile's layout: no shared-memory conversion and no barrier a tap, where
+# the default (128 channels, 4 warps) has both
+FWD_CONFIGS += [dict(BC=64, maxnreg=None), dict(BC=64, BT=64, maxnreg=None),
+                dict(BC=64, num_warps=8, maxnreg=None), dict(BC=32, BT=64, maxnreg=None)]
 # BC 512 at 8 warps: one block of all channels, the layout before 2026-12-01 (with one more
 # pass over pre now), the baseline of the channel split
-FWD_CONFIGS += [dict(BC=512, num_warps=8)]
+FWD_CONFIGS += [dict(BC=512, num_warps=8, maxnreg=None)]
 BWD_CONFIGS = [{}, dict(BT=64), dict(BC=128), dict(BT=16, BC=128, num_warps=8)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)

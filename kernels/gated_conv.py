@@ -375,10 +375,12 @@ def _mid_blocks(D: int) -> dict:
     """Tiles of the conv forward: 32 frames x 128 channels at 4 warps (32 values a thread;
     at D 384, three channel blocks a program, none masked). H200 at 80 x 250 x 384 bf16
     (bench/sweep_conv.py, 0d2f40d): 82.0 us against 85.2 at 16 frames, 101.1 at 32 frames
-    and 8 warps, 95.9 at 64 channels; the former one-block kernel 85.3."""
+    and 8 warps, 95.9 at 64 channels; the former one-block kernel 85.3. Registers capped at
+    96, what that kernel compiled to (sm_90): with the unmasked tap loop it takes 128 (four
+    programs an SM in place of five), and a variant at 128 ran 95.1 us (ce12465)."""
     if interpreting():
         return dict(BT=16, BC=16, num_warps=4)
-    return dict(BT=32, BC=min(128, max(16, next_pow2(D))), num_warps=4)
+    return dict(BT=32, BC=min(128, max(16, next_pow2(D))), num_warps=4, maxnreg=96)
 
 
 def _norm_bwd_blocks(D: int) -> dict:
