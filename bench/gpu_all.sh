@@ -21,7 +21,8 @@
 #   probe    bench/gemm_probe.py: plain GEMMs, one program per tile vs persistent, vs cuBLAS
 #            (PROBE_ARGS, e.g. "--rows 20000")
 #   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py: LayerNorm,
-#            depthwise-conv and column-sum launch configurations
+#            depthwise-conv and column-sum launch configurations (SWEEPS="sweep_conv" to
+#            run some of them)
 #   ncu      Nsight Compute over bench/ncu_cases.py's kernels, one case at a time (NCU_CASES
 #            to choose): stall reasons, occupancy, memory throughput, in ncu.txt
 #   (ATTN_ARGS=--variants: the attention tile sweep)
@@ -110,7 +111,7 @@ if has probe; then
   cp $REPO/bench/results/gemm_probe.json $OUT/
 fi
 if has sweeps; then
-  for sweep in sweep_layer_norm sweep_conv sweep_col_sums; do
+  for sweep in ${SWEEPS:-sweep_layer_norm sweep_conv sweep_col_sums}; do
     timeout ${SWEEP_S:-200} python3 -m bench.$sweep > $OUT/$sweep.log 2>&1
     echo "$sweep rc=$?"; tail -30 $OUT/$sweep.log
   done
