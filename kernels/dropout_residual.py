@@ -161,10 +161,11 @@ _DropoutResidual = eager_function(dropout_residual_fwd_triton, _setup_context, _
                                   dropout_residual_bwd_triton)
 
 
-def draw_seed(device: torch.device) -> torch.Tensor:
-    """A fresh Philox seed on `device`, drawn by torch's default generator there (graph-safe
-    on CUDA: each replay draws anew)."""
-    return torch.randint(MAX_ELEMENTS, (1,), device=device, dtype=torch.int64)
+def draw_seed(device: torch.device, n: int = 1) -> torch.Tensor:
+    """n fresh Philox seeds (n,) on `device`, drawn by torch's default generator there in
+    one launch (graph-safe on CUDA: each replay draws anew). A caller with many dropouts
+    draws their seeds together and hands each a one-element slice."""
+    return torch.randint(MAX_ELEMENTS, (n,), device=device, dtype=torch.int64)
 
 
 def dropout_residual_add(x: torch.Tensor, y: torch.Tensor, scale: float, p: float,

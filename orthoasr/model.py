@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
-from orthoasr.kernels.dropout_residual import dropout_residual_add
+from orthoasr.kernels.dropout_residual import draw_seed, dropout_residual_add
 from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
 
@@ -187,15 +187,17 @@ class ConformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset(),
                 operands: dict[str, tuple[torch.Tensor, ...]] | None = None,
-                full: frozenset[str] = frozenset()) -> torch.Tensor:
+                full: frozenset[str] = frozenset(),
+                seeds: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
         skip: kinds of the modules left out (as if their gates were all 0); full: kinds of
         the modules run ungated (as their gates are all 1). operands: kind -> that module's
-        `matmul_weights` in the compute dtype, or None: each casts its own."""
+        `matmul_weights` in the compute dtype, or None: each casts its own. seeds: (modules,)
+        int64, the fused dropouts' seeds in layout order, or None: each draws its own."""
         # training on the Triton backend: each module's dropout and the residual add in one
         # kernel each way (kernels/dropout_residual.py)
         fuse_dropout = self.training and triton_runs(x, lengths, None)
-        for kind, start, end in self.layout:
+        for index, (kind, start, end) in enumerate(self.layout):
             if kind in skip:
                 continue
             module_gates = None if gates is None or kind in full else gates[start:end]
@@ -205,7 +207,8 @@ class ConformerBlock(nn.Module):
             y = module(x, lengths, module_gates,
                        operands=None if operands is None else operands[kind], dropout=not fused)
             if fused:
-                x = dropout_residual_add(x, y, HALF_STEP[kind], p)
+                seed = None if seeds is None else seeds[index:index + 1]
+                x = dropout_residual_add(x, y, HALF_STEP[kind], p, seed)
             else:
                 x = residual_add(x, y, HALF_STEP[kind])
         return self.norm(x, lengths)
@@ -270,9 +273,15 @@ class ConformerSupernet(nn.Module):
             raise ValueError(f"modules both left out (skip) and run ungated (full): {both}")
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         operands = self._matmul_operands(x, lengths, gates, skips)
+        seeds = [None] * len(self.blocks)
+        if self.training and triton_runs(x, lengths, None):
+            # the fused dropouts' seeds for the whole pass in one launch (one a module
+            # otherwise: 96 a paper-size stage-1 step)
+            seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
+                              ).view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
             x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer],
-                      operands[layer], full=fulls[layer])
+                      operands[layer], full=fulls[layer], seeds=seeds[layer])
         return x
 
     def _matmul_operands(self, x, lengths, gates, skips

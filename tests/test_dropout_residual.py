@@ -107,9 +107,9 @@ def test_block_fuses_dropout_in_training_on_the_triton_backend(monkeypatch):
     lengths = torch.tensor([9, 5], device=DEV)
     calls = []
 
-    def recorded(x, y, scale, p):
+    def recorded(x, y, scale, p, seed=None):
         calls.append((scale, p, int((y[0] == 0).sum())))
-        return dropout_residual_add(x, y, scale, p)
+        return dropout_residual_add(x, y, scale, p, seed)
     monkeypatch.setattr(model_module, "dropout_residual_add", recorded)
     set_backend("triton")
     try:
@@ -120,6 +120,42 @@ def test_block_fuses_dropout_in_training_on_the_triton_backend(monkeypatch):
         set_backend("torch")
         block.train()(x, lengths)
         assert len(calls) == len(cfg.module_order)
+    finally:
+        set_backend("auto")
+
+
+def test_encoder_draws_every_dropout_seed_in_one_launch(monkeypatch):
+    """Training on the Triton backend, one encoder pass draws all its modules' dropout seeds
+    at once, and each module's fused dropout gets its own one-element slice of that draw, in
+    layout order; in eval nothing is drawn."""
+    torch.manual_seed(0)
+    cfg = SupernetConfig(num_layers=2, d_model=32, num_heads=2, ff_dim=64, conv_kernel=5,
+                         num_mel_bins=80, vocab_size=11, frontend_channels=(4, 8),
+                         budgets=(1.0,), dropout=0.25, ref_frames=10)
+    model = model_module.ConformerSupernet(cfg).to(DEV)
+    x = torch.randn(2, 9, 32, device=DEV)
+    lengths = torch.tensor([9, 5], device=DEV)
+    draws, seeds = [], []
+
+    def drawn(device, n=1):
+        draws.append(torch.arange(100, 100 + n, device=device))
+        return draws[-1]
+
+    def recorded(x, y, scale, p, seed=None):
+        seeds.append(seed)
+        return dropout_residual_add(x, y, scale, p, seed)
+    monkeypatch.setattr(model_module, "draw_seed", drawn)
+    monkeypatch.setattr(model_module, "dropout_residual_add", recorded)
+    set_backend("triton")
+    try:
+        model.train().run_blocks(x, lengths)
+        modules = cfg.num_layers * len(cfg.module_order)
+        assert [d.numel() for d in draws] == [modules]
+        assert [int(s) for s in seeds] == list(range(100, 100 + modules))
+        assert all(s.shape == (1,) and s.data_ptr() == draws[0][i].data_ptr()
+                   for i, s in enumerate(seeds))
+        model.eval().run_blocks(x, lengths)
+        assert len(draws) == 1 and len(seeds) == modules
     finally:
         set_backend("auto")
 
