@@ -274,9 +274,12 @@ class ConformerSupernet(nn.Module):
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         operands = self._matmul_operands(x, lengths, gates, skips)
         seeds = [None] * len(self.blocks)
-        if self.training and triton_runs(x, lengths, None):
+        if self.training and triton_runs(x, lengths, None) and any(
+                module.dropout_rate > 0 for block in self.blocks
+                for module in block.modules_by_kind.values()):
             # the fused dropouts' seeds for the whole pass in one launch (one a module
-            # otherwise: 96 a paper-size stage-1 step)
+            # otherwise: 96 a paper-size stage-1 step); none drawn without a dropout, as
+            # before, so that the generator's later draws stay where they were
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):

@@ -127,7 +127,8 @@ def test_block_fuses_dropout_in_training_on_the_triton_backend(monkeypatch):
 def test_encoder_draws_every_dropout_seed_in_one_launch(monkeypatch):
     """Training on the Triton backend, one encoder pass draws all its modules' dropout seeds
     at once, and each module's fused dropout gets its own one-element slice of that draw, in
-    layout order; in eval nothing is drawn."""
+    layout order; in eval, or without a dropout, nothing is drawn (the generator's later
+    draws stay where they were)."""
     torch.manual_seed(0)
     cfg = SupernetConfig(num_layers=2, d_model=32, num_heads=2, ff_dim=64, conv_kernel=5,
                          num_mel_bins=80, vocab_size=11, frontend_channels=(4, 8),
@@ -155,6 +156,8 @@ def test_encoder_draws_every_dropout_seed_in_one_launch(monkeypatch):
         assert all(s.shape == (1,) and s.data_ptr() == draws[0][i].data_ptr()
                    for i, s in enumerate(seeds))
         model.eval().run_blocks(x, lengths)
+        cfg.dropout = 0.0
+        model_module.ConformerSupernet(cfg).to(DEV).train().run_blocks(x, lengths)
         assert len(draws) == 1 and len(seeds) == modules
     finally:
         set_backend("auto")
