@@ -91,15 +91,17 @@ def main() -> None:
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
     for skip_dead, copy in ((True, False), (False, True)):
-        print(f"col_sums (bias gradients){', with a zero-padded copy' if copy else ''}: ",
-              end="")
+        # the copy as the FFN's soft pass makes it, with any_gate
+        extra = ", with a zero-padded copy and any_gate" if copy else ""
+        print(f"col_sums (bias gradients){extra}: ", end="")
         ok &= _compile(gated_matmul._col_sums_kernel,
                        dict(a_ptr="bf16", out_ptr="fp32", copy_ptr="bf16", len_ptr="i64",
                             gate_ptr="fp32"),
                        ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256,
                                  CHUNK=3 * 64),
                        constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=skip_dead,
-                                       PER_CHUNK=True, COPY=copy, BM=32, BN=128))
+                                       PER_CHUNK=True, COPY=copy, ANY_GATE=copy, BM=32,
+                                       BN=128))
     for kernel, backward, ptrs in (
             (layer_norm._layer_norm_fwd_kernel, False,
              dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",

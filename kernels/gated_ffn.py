@@ -142,8 +142,11 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # at the training step's shapes on the H200, 2026-12-01: a broadcast mask is not
     # vectorised)
     dy_valid = torch.empty_like(dy2) if dense else None
+    # chunk gates, nothing skipped: b2 counts while any chunk is live, the sums say so
+    # (a host-free (gates != 0).any() took four launches)
+    any_gate = gates is not None and not module_gate and not skip_dead
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead,
-             copy=dy_valid)
+             copy=dy_valid, any_gate=any_gate)
     if dense:
         dw2 = dense_wgrad(dy_valid, hidden)
         dw1_ones = dense_wgrad(d_pre, xn_saved)      # [F, D + pad]: dW1, then db1
@@ -152,14 +155,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
         wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
         wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
-    if gates is None:
-        db2 = dy_sum
-    elif module_gate:
-        db2 = dy_sum * gates[0].float()
-    elif skip_dead:      # col_sums read nothing when every gate is 0: dy_sum is 0 then
-        db2 = dy_sum
-    else:
-        db2 = dy_sum * (gates != 0).any().float()
+    # col_sums gave 0 when every chunk gate is 0 (skip_dead: it read nothing; else any_gate)
+    db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None
     if gate_grad:
         dgates = gate_cols.view(chunks, f).sum(1)

@@ -411,7 +411,7 @@ def _wgrad_kernel(
 def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG,
                      CHUNK, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
                      SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr):
+                     ANY_GATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -419,7 +419,8 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
     # its columns and drops the dead ones' sums (a load masked per column by its gate is
     # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200). With COPY (never
     # with SKIP_DEAD: every row is read) each loaded tile is also stored to copy[M, N]
-    # with zeros at padded rows.
+    # with zeros at padded rows. ANY_GATE (not with SKIP_DEAD): every row is read, and the
+    # sums are multiplied by whether any gate is nonzero (a bias that only a live unit adds).
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -455,7 +456,12 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
         if COPY:
             tl.store(copy_ptr + rows[:, None] * N + cols[None, :], tl.where(ok[:, None], x, 0.0),
                      mask=(rows < stop)[:, None] & col_ok[None, :])
-    tl.atomic_add(out_ptr + cols, tl.sum(acc, 0), mask=col_live, sem="relaxed")
+    sums = tl.sum(acc, 0)
+    if ANY_GATE:
+        offs_g = tl.arange(0, GATES_P2)
+        g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
+        sums = sums * tl.max((g != 0.0).to(tl.float32), 0)
+    tl.atomic_add(out_ptr + cols, sums, mask=col_live, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -669,12 +675,14 @@ def dense_wgrad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=None,
-             config=None):
+             any_gate=False, config=None):
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0).
     copy: an [M, N] contiguous tensor of a's dtype that gets a with zeros at padded rows, in
-    the same pass (not with skip_dead, which leaves rows unread).
+    the same pass (not with skip_dead, which leaves rows unread). any_gate: the sums count
+    only while any gate is nonzero (times 0 or 1; every row read; gates given, not with
+    skip_dead): a bias gradient with no host-side test of the gates.
     config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
     skip_dead = skip_dead and gates is not None
@@ -683,6 +691,9 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
         raise ValueError(f"col_sums: copy must be a contiguous {tuple(a.shape)} {a.dtype} "
                          f"and skip_dead False, got {tuple(copy.shape)} {copy.dtype}, "
                          f"skip_dead={skip_dead}")
+    if any_gate and (gates is None or skip_dead):
+        raise ValueError(f"col_sums: any_gate needs gates and skip_dead False, got gates "
+                         f"{gates is not None}, skip_dead={skip_dead}")
     blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)), **(config or {})}
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
     # (6 a SM; 3 or 12, or the row loop's loads as async copies, were 2-20% slower on the
@@ -695,7 +706,7 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
         a, out, a if copy is None else copy, lengths, out if gates is None else gates, M, N, T,
         a.stride(0), rows_per_prog, max(chunk, 1), NUM_GATES=n_gates,
         GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead, PER_CHUNK=chunk > 0,
-        COPY=copy is not None, **blk)
+        COPY=copy is not None, ANY_GATE=any_gate, **blk)
     return out
 
 

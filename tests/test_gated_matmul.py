@@ -234,6 +234,22 @@ def test_column_sums_skip_dead_chunks():
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_column_sums_count_while_any_gate_is_live():
+    """any_gate: every row read (the sums over valid rows) while some gate is nonzero, exact
+    zeros when all are; gates without skip_dead only."""
+    lengths, _, _, _ = _case(8)
+    a = torch.randn(B * T, 40, device=DEV)
+    rows = gm.valid_rows(lengths, T)
+    for gates, live in (([0.0, -0.3, 0.0], True), ([0.0, 0.0, 0.0], False)):
+        gates = torch.tensor(gates, device=DEV)
+        out = gm.col_sums(a, torch.zeros(40, device=DEV), lengths=lengths, T=T, gates=gates,
+                          any_gate=True)
+        expected = a[rows].sum(0) if live else torch.zeros(40, device=DEV)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="any_gate"):
+        gm.col_sums(a, torch.zeros(40, device=DEV), lengths=lengths, T=T, any_gate=True)
+
+
 @pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
 @pytest.mark.parametrize("option", ["SUBTILE", "TMA", "AUX_ALL_ROWS"])
 def test_tile_options_give_the_plain_tiles_results(epi, option):
