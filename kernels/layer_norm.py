@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order
-from .common import interpreting
+from .common import interpreting, zeroed_fp32
 from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
 
@@ -199,6 +199,8 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")
     dx = torch.empty_like(x2d)
+    if dw is None and db is None:      # both from one zeroed buffer: one fill launch
+        dw, db = zeroed_fp32([D, D], x2d.device)
     if dw is None:
         dw = torch.zeros(D, dtype=torch.float32, device=x2d.device)
     if db is None:
