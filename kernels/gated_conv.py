@@ -110,13 +110,12 @@ def _depthwise(acc, src_ptr, wdw_ptr, frames, t0, length, cols, col_ok, D, K,
     32 conversions and 32 FMAs against ~35 instructions of row masks and ~16 moves of
     the masked-off value). Both paths sum the same terms in the same order."""
     t = t0 + tl.arange(0, BT)
+    inside = False
     if EVEN_D:
-        if (t0 >= K // 2) & (t0 + BT + K // 2 <= length):
-            acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K,
-                           SIGN, False)
-        else:
-            acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K,
-                           SIGN, True)
+        inside = (t0 >= K // 2) & (t0 + BT + K // 2 <= length)
+    if inside:
+        acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K, SIGN,
+                       False)
     else:
         acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K, SIGN,
                        True)

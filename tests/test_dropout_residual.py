@@ -93,18 +93,22 @@ def test_registered_ops_pass_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+def _small_model_case(num_layers: int):
+    """(cfg, x, lengths): a small model with dropout 0.25 and a ragged batch of two."""
+    cfg = SupernetConfig(num_layers=num_layers, d_model=32, num_heads=2, ff_dim=64,
+                         conv_kernel=5, num_mel_bins=80, vocab_size=11,
+                         frontend_channels=(4, 8), budgets=(1.0,), dropout=0.25, ref_frames=10)
+    return cfg, torch.randn(2, 9, 32, device=DEV), torch.tensor([9, 5], device=DEV)
+
+
 def test_block_fuses_dropout_in_training_on_the_triton_backend(monkeypatch):
     """Training on the Triton backend: each module's dropout and residual add are one call of
     the op at the module's rate and half step, on the module's output without a dropout of
     its own (no zeros in a full-length sequence); eval mode and the torch backend never call
     it."""
     torch.manual_seed(0)
-    cfg = SupernetConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, conv_kernel=5,
-                         num_mel_bins=80, vocab_size=11, frontend_channels=(4, 8),
-                         budgets=(1.0,), dropout=0.25, ref_frames=10)
+    cfg, x, lengths = _small_model_case(1)
     block = model_module.ConformerBlock(cfg).to(DEV)
-    x = torch.randn(2, 9, 32, device=DEV)
-    lengths = torch.tensor([9, 5], device=DEV)
     calls = []
 
     def recorded(x, y, scale, p, seed=None):
@@ -130,12 +134,8 @@ def test_encoder_draws_every_dropout_seed_in_one_launch(monkeypatch):
     layout order; in eval, or without a dropout, nothing is drawn (the generator's later
     draws stay where they were)."""
     torch.manual_seed(0)
-    cfg = SupernetConfig(num_layers=2, d_model=32, num_heads=2, ff_dim=64, conv_kernel=5,
-                         num_mel_bins=80, vocab_size=11, frontend_channels=(4, 8),
-                         budgets=(1.0,), dropout=0.25, ref_frames=10)
+    cfg, x, lengths = _small_model_case(2)
     model = model_module.ConformerSupernet(cfg).to(DEV)
-    x = torch.randn(2, 9, 32, device=DEV)
-    lengths = torch.tensor([9, 5], device=DEV)
     draws, seeds = [], []
 
     def drawn(device, n=1):
