@@ -66,11 +66,12 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
 
 def _tag(cfg):
     """128x128x64x8x3 (BM/BP, BN/BQ, BK, warps, stages), then +OPTION for each flag set and
-    +maxnreg128 for a register cap."""
+    +maxnreg128 for a register cap, +AUX_PREFETCH1 for that option's value."""
+    valued = ("maxnreg", "AUX_PREFETCH")
     sizes = "x".join(str(v) for k, v in cfg.items() if not isinstance(v, bool)
-                     and k != "maxnreg")
-    cap = f"+maxnreg{cfg['maxnreg']}" if "maxnreg" in cfg else ""
-    return sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True) + cap
+                     and k not in valued)
+    return (sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True)
+            + "".join(f"+{k}{cfg[k]}" for k in valued if k in cfg))
 
 
 def _print_pipelining(*jit_fns):
@@ -96,8 +97,8 @@ def main() -> None:
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
-                         "(TMA; the register cap where the default has one; AUX_ALL_ROWS for "
-                         "the SiLU backward)")
+                         "(TMA; the register cap where the default has one; AUX_ALL_ROWS and "
+                         "AUX_PREFETCH for the SiLU backward)")
     ap.add_argument("--tma", action="store_true",
                     help="row GEMMs: every tile configuration with TMA loads (the launcher's "
                          "default on Hopper; a configuration given without it gets pointer "
@@ -195,8 +196,11 @@ def main() -> None:
                 if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]
                 if kinds[name][1] == gm.EPI_SILU_BWD:
-                    # the saved tile's load not waiting on the lengths
+                    # the saved tile's load not waiting on the lengths; loaded early
+                    # (sm_90 at the 128-register cap: 80-88 B of spills after the K-loop,
+                    # 144 before it)
                     cfgs += [dict(default, TMA=True, AUX_ALL_ROWS=True)]
+                    cfgs += [dict(default, TMA=True, AUX_PREFETCH=p) for p in (1, 2)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:

@@ -395,12 +395,14 @@ def _norm_bwd_blocks(D: int) -> dict:
 
 
 def _conv_blocks(D: int) -> dict:
-    """Tiles of the transposed depthwise conv: 32 frames x 64 channels (1536 programs at
-    B32xT250, D 384; 128-byte rows in bf16). sm_90 compile (bench/compile_check_modules.py):
-    96 registers, no spills at 4 warps; with the tap loop unrolled it spilled."""
+    """Tiles of the transposed depthwise conv: 32 frames x 128 channels (768 programs at
+    B32xT250, D 384; 256-byte rows in bf16). H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py,
+    b26bdee): 61.0 us against 65.1 at 64 channels and 68.9 at 64 frames. sm_90 compile
+    (bench/compile_check_modules.py): no spills at 4 warps; with the tap loop unrolled it
+    spilled."""
     if interpreting():
         return dict(BT=16, BC=max(16, next_pow2(D)), num_warps=4)
-    return dict(BT=32, BC=64, num_warps=4)
+    return dict(BT=32, BC=min(128, max(16, next_pow2(D))), num_warps=4)
 
 
 def _dw_grad_blocks(D: int) -> dict:

@@ -91,6 +91,7 @@ def _rows_gemm_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
+    AUX_PREFETCH: tl.constexpr = 0,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -106,6 +107,10 @@ def _rows_gemm_kernel(
     # epilogues read their saved tile at every in-range row, padded ones too, so that the
     # load waits on addresses only, not on the lengths read after the K-loop; the padded
     # rows' values are dropped by selects.
+    # AUX_PREFETCH (SUBTILE, EPI_SILU_BWD; under measurement): the saved tile's two row
+    # halves loaded early, before the K-loop (2) or right after it (1), in place of each
+    # half's load at the start of its epilogue, where the load's latency is waited out
+    # (ncu, 2026-12-01: ~17% of the kernel's stall samples on the loaded values' converts)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -123,6 +128,14 @@ def _rows_gemm_kernel(
     if SKIP_DEAD and CHUNK_AXIS != 2:
         live = live & (g != 0.0)
 
+    PREFETCH: tl.constexpr = SUBTILE and EPI == 2 and AUX_PREFETCH > 0
+    half: tl.constexpr = BM // 2
+    rows0 = pid_m * BM + tl.arange(0, half)
+    if PREFETCH and AUX_PREFETCH == 2:
+        saved0 = _saved_rows(aux_ptr, rows0, cols, col_ok, live, M, N, T, len_ptr,
+                             AUX_ALL_ROWS)
+        saved1 = _saved_rows(aux_ptr, rows0 + half, cols, col_ok, live, M, N, T, len_ptr,
+                             AUX_ALL_ROWS)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
@@ -184,33 +197,54 @@ def _rows_gemm_kernel(
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
         # column sums' products) live for half the tile at a time, so that the SiLU
         # backward runs on 128x128 tiles (fewer bytes from L2) without spilling
-        half: tl.constexpr = BM // 2
         acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (2, half, BN)), (1, 2, 0)))
         acc_b0, acc_b1 = tl.split(tl.permute(tl.reshape(acc_b, (2, half, BN)), (1, 2, 0)))
-        rows0 = pid_m * BM + tl.arange(0, half)
+        if PREFETCH and AUX_PREFETCH == 1:
+            saved0 = _saved_rows(aux_ptr, rows0, cols, col_ok, live, M, N, T, len_ptr,
+                                 AUX_ALL_ROWS)
+            saved1 = _saved_rows(aux_ptr, rows0 + half, cols, col_ok, live, M, N, T, len_ptr,
+                                 AUX_ALL_ROWS)
+        if not PREFETCH:     # placeholders, unread: each epilogue loads its own
+            saved0 = acc0
+            saved1 = acc1
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
-                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS, CHUNKS_P2, EPI,
-                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2,
-                  AUX_ALL_ROWS)
-        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
-                  out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS,
+                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved0, NUM_CHUNKS,
                   CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2, AUX_ALL_ROWS)
+                  HAS_SUM2, AUX_ALL_ROWS, PREFETCH)
+        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
+                  out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved1, NUM_CHUNKS,
+                  CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
+                  HAS_SUM2, AUX_ALL_ROWS, PREFETCH)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
-                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, NUM_CHUNKS, CHUNKS_P2, EPI,
-                  HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2,
-                  AUX_ALL_ROWS)
+                  bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, acc, NUM_CHUNKS, CHUNKS_P2,
+                  EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2,
+                  AUX_ALL_ROWS, False)
+
+
+@triton.jit
+def _saved_rows(aux_ptr, rows, cols, col_ok, live, M, N, T, len_ptr,
+                AUX_ALL_ROWS: tl.constexpr):
+    """The saved [rows, cols] tile in its own dtype, read where the SiLU backward's epilogue
+    reads it (`aux_read` there), nothing in a dead tile."""
+    if AUX_ALL_ROWS:
+        ok = rows < M
+    else:
+        ok = _valid_rows(rows, M, T, len_ptr)
+    ok = tl.where(live, ok, False)
+    return tl.load(aux_ptr + rows[:, None] * N + cols[None, :],
+                   mask=ok[:, None] & col_ok[None, :], other=0.0)
 
 
 @triton.jit
 def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr, bias_ptr,
-              gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+              gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved,
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
-              HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr):
-    """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols`."""
+              HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr):
+    """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols`. saved:
+    the SiLU backward's saved tile, loaded already (HAS_SAVED), or unread."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
     tile = rows[:, None] * N + cols[None, :]
@@ -252,7 +286,8 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
         write = row_in[:, None] & col_ok[None, :] if FINAL else store_ok
         if live:
             _silu_bwd_tile(acc, g, tile, store_ok, write, aux_read, cols, col_ok, aux_ptr,
-                           out_ptr, sum1_ptr, sum2_ptr, HAS_SUM1, HAS_SUM2, FINAL)
+                           out_ptr, sum1_ptr, sum2_ptr, saved, HAS_SUM1, HAS_SUM2, FINAL,
+                           HAS_SAVED)
         elif FINAL:
             tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
     elif live:
@@ -295,12 +330,16 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 
 @triton.jit
 def _silu_bwd_tile(acc, g, tile, store_ok, write, read, cols, col_ok, aux_ptr, out_ptr,
-                   sum1_ptr, sum2_ptr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
-                   ZEROS: tl.constexpr):
-    """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more), d_pre = acc * g *
-    silu'(pre) stored over `write`, zeros outside `store_ok` (the valid rows' live columns)
-    with ZEROS; the column sums (gate and bias gradients) over `store_ok`."""
-    pre = tl.load(aux_ptr + tile, mask=read, other=0.0).to(tl.float32)
+                   sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
+                   ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr):
+    """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
+    `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
+    `store_ok` (the valid rows' live columns) with ZEROS; the column sums (gate and bias
+    gradients) over `store_ok`."""
+    if HAS_SAVED:
+        pre = saved.to(tl.float32)
+    else:
+        pre = tl.load(aux_ptr + tile, mask=read, other=0.0).to(tl.float32)
     sig = tl.sigmoid(pre)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SUM1:

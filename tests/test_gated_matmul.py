@@ -251,11 +251,13 @@ def test_column_sums_count_while_any_gate_is_live():
 
 
 @pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
-@pytest.mark.parametrize("option", ["SUBTILE", "TMA", "AUX_ALL_ROWS"])
+@pytest.mark.parametrize("option", ["SUBTILE", "TMA", "AUX_ALL_ROWS", "AUX_PREFETCH=1",
+                                    "AUX_PREFETCH=2"])
 def test_tile_options_give_the_plain_tiles_results(epi, option):
     """SUBTILE (the epilogue in two row halves), TMA (operands by descriptors, padded rows
-    read too) and AUX_ALL_ROWS (the backward epilogues' saved tile read at padded rows too,
-    NaN there) against the kernel without the option, for every epilogue:
+    read too), AUX_ALL_ROWS (the backward epilogues' saved tile read at padded rows too,
+    NaN there) and AUX_PREFETCH (the SiLU backward's saved tile loaded early, in row halves:
+    compared with SUBTILE alone) against the kernel without the option, for every epilogue:
     weights in both layouts, a dead chunk; valid rows, and every row of a FINAL output
     (zeros at padded rows, though TMA read NaN there); column sums added to what the
     accumulators held. K 64 in chunks of 16, N 48 in chunks of 12 (tiles reach past a chunk:
@@ -273,9 +275,12 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
     aux_in[~rows] = float("nan")                         # never written there
     w2n = torch.randn(2 * n, k, device=DEV)              # the GLU's two halves
     blocks = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1)
+    name, _, value = option.partition("=")
+    if name == "AUX_PREFETCH":
+        blocks["SUBTILE"] = True
     outs = []
-    for variant in (False, True):
-        blk = dict(blocks, **{option: variant})
+    for variant in (False, int(value) if value else True):
+        blk = dict(blocks, **{name: variant})
         n_chunks = dict(lengths=lengths, T=T, gates=gates, chunk=n // 4, num_chunks=4,
                         skip_dead=True, blocks=blk)
         if epi == "store-k-chunks":

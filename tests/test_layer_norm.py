@@ -115,3 +115,18 @@ def test_ones_column_follows_the_normalised_rows():
         assert torch.equal(a[rows], b[rows])
     with pytest.raises(ValueError, match="zero_padded"):
         layer_norm_fwd(x, weight, bias, lengths, T, ones_column=True)
+
+
+def test_registered_ops_pass_opcheck():
+    """The ops torch.compile sees: schema, fake tensors, and no output aliasing another
+    (dweight and dbias carved from one buffer broke torch.compile's backward on the GPU,
+    2026-12-01)."""
+    from orthoasr.kernels.layer_norm import masked_layer_norm_bwd, masked_layer_norm_fwd
+    lengths, x, weight, bias = _case()
+    x = x.view(B, T, D)
+    torch.library.opcheck(masked_layer_norm_fwd, (x, lengths, weight, bias, x.dtype, 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
+    _y, mean, rstd = masked_layer_norm_fwd(x, lengths, weight, bias, x.dtype, 1e-5)
+    torch.library.opcheck(masked_layer_norm_bwd,
+                          (torch.randn_like(x), x, lengths, weight, mean, rstd),
+                          test_utils=("test_schema", "test_faketensor"))
