@@ -66,8 +66,8 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
 
 def _tag(cfg):
     """128x128x64x8x3 (BM/BP, BN/BQ, BK, warps, stages), then +OPTION for each flag set and
-    +maxnreg128 for a register cap, +AUX_PREFETCH1 / +programs_per_sm2 for those values."""
-    valued = ("maxnreg", "AUX_PREFETCH", "programs_per_sm")
+    +maxnreg128 for a register cap, +AUX_PREFETCH1 for that option's value."""
+    valued = ("maxnreg", "AUX_PREFETCH")
     sizes = "x".join(str(v) for k, v in cfg.items() if not isinstance(v, bool)
                      and k not in valued)
     return (sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True)
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
                          "(TMA; the register cap where the default has one; AUX_ALL_ROWS and "
-                         "AUX_PREFETCH for the SiLU backward; PERSISTENT)")
+                         "AUX_PREFETCH for the SiLU backward)")
     ap.add_argument("--tma", action="store_true",
                     help="row GEMMs: every tile configuration with TMA loads (the launcher's "
                          "default on Hopper; a configuration given without it gets pointer "
@@ -201,13 +201,6 @@ def main() -> None:
                     # 144 before it)
                     cfgs += [dict(default, TMA=True, AUX_ALL_ROWS=True)]
                     cfgs += [dict(default, TMA=True, AUX_PREFETCH=p) for p in (1, 2)]
-                # one loop over the tiles a program, flattened with the K-loop (sm_90: 131 KB
-                # of shared memory at 128x128 / 3 stages, one program an SM, so uncapped;
-                # at 2 stages 98 KB, two an SM under the cap)
-                uncapped = {k: v for k, v in default.items() if k != "maxnreg"}
-                cfgs += [dict(uncapped, TMA=True, PERSISTENT=True, programs_per_sm=1),
-                         dict(default, TMA=True, PERSISTENT=True, num_stages=2,
-                              programs_per_sm=2)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:

@@ -91,7 +91,7 @@ def _rows_gemm_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
-    AUX_PREFETCH: tl.constexpr = 0, PERSISTENT: tl.constexpr = False,
+    AUX_PREFETCH: tl.constexpr = 0,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -111,88 +111,8 @@ def _rows_gemm_kernel(
     # halves loaded early, before the K-loop (2) or right after it (1), in place of each
     # half's load at the start of its epilogue, where the load's latency is waited out
     # (ncu, 2026-12-01: ~17% of the kernel's stall samples on the loaded values' converts)
-    # PERSISTENT (under measurement): a 1-D grid of programs, each walking tiles p, p + P,
-    # ... in one loop that the compiler flattens with the K-loop, so that a tile's first
-    # operand loads are issued while the previous tile's epilogue runs (at K 384 a tile has
-    # six K-steps, and ncu put 8-21% of the stall samples on waiting for a tile's first
-    # operands, 2026-12-01). Triton 3.6 flattens the two loops only where the K-loop's
-    # length is the same for every tile: the dead chunks along N are left out of the tiles
-    # walked (a FINAL output's are walked, for their zeros), and a tile with no valid row
-    # runs its K-loop and drops the result in the epilogue.
-    steps, n_steps, live_rank = _k_plan(gate_ptr, K, CHUNK, NUM_CHUNKS, CHUNKS_P2, CHUNK_AXIS,
-                                        SKIP_DEAD, BK)
-    if PERSISTENT:
-        per_chunk = tl.cdiv(CHUNK, BN)
-        WALK_LIVE: tl.constexpr = CHUNK_AXIS == 1 and SKIP_DEAD and not FINAL
-        if WALK_LIVE:
-            tiles_n = tl.max(live_rank, 0) * per_chunk
-        elif CHUNK_AXIS == 1:
-            tiles_n = NUM_CHUNKS * per_chunk
-        else:
-            tiles_n = tl.cdiv(N, BN)
-        n_tiles = tiles_n * tl.cdiv(M, BM)
-        for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), flatten=True):
-            pid_m = tile // tiles_n
-            pid_n = tile % tiles_n
-            if WALK_LIVE:      # the pid_n-th live column tile: in the j-th live chunk
-                j = pid_n // per_chunk
-                pid_n += (tl.sum((live_rank <= j).to(tl.int32), 0) - j) * per_chunk
-            _row_tile(pid_n, pid_m, steps, n_steps, live_rank, a_ptr, b_ptr, out_ptr,
-                      bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr, M, N, K, T,
-                      CHUNK, stride_am, stride_bk, stride_bn, NUM_CHUNKS, CHUNKS_P2,
-                      CHUNK_AXIS, HAS_GATES, SKIP_DEAD, EPI, HAS_BIAS, BIAS_MODE,
-                      SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2, BM, BN, BK,
-                      DOT_PRECISION, SUBTILE, TMA, B_NK, AUX_ALL_ROWS, AUX_PREFETCH,
-                      PERSISTENT)
-    else:
-        _row_tile(tl.program_id(0), tl.program_id(1), steps, n_steps, live_rank, a_ptr, b_ptr,
-                  out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr, M, N, K,
-                  T, CHUNK, stride_am, stride_bk, stride_bn, NUM_CHUNKS, CHUNKS_P2,
-                  CHUNK_AXIS, HAS_GATES, SKIP_DEAD, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, BM, BN, BK, DOT_PRECISION, SUBTILE, TMA,
-                  B_NK, AUX_ALL_ROWS, AUX_PREFETCH, PERSISTENT)
-
-
-@triton.jit
-def _k_plan(gate_ptr, K, CHUNK, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
-            CHUNK_AXIS: tl.constexpr, SKIP_DEAD: tl.constexpr, BK: tl.constexpr):
-    """The K-loop's plan, the same for every tile: (K-steps a chunk with CHUNK_AXIS 2, else
-    of K; the loop's steps; live_rank (CHUNKS_P2,), the running count of live chunks). With
-    CHUNK_AXIS 2 the loop visits the live chunks only, with 0 (one module gate) none if the
-    gate is dead; with 1 the tile's own gate decides."""
-    offs_c = tl.arange(0, CHUNKS_P2)
-    chunk_in = offs_c < NUM_CHUNKS
-    if SKIP_DEAD:
-        chunk_gates = tl.load(gate_ptr + offs_c, mask=chunk_in, other=0.0)
-        chunk_live = (chunk_gates != 0.0).to(tl.int32)
-    else:
-        chunk_live = chunk_in.to(tl.int32)
-    live_rank = tl.cumsum(chunk_live, 0)
-    if CHUNK_AXIS == 2:
-        steps = tl.cdiv(CHUNK, BK)
-        n_steps = tl.sum(chunk_live, 0) * steps
-    elif CHUNK_AXIS == 0:
-        steps = tl.cdiv(K, BK)
-        n_steps = tl.sum(chunk_live, 0) * steps
-    else:
-        steps = tl.cdiv(K, BK)
-        n_steps = steps
-    return steps, n_steps, live_rank
-
-
-@triton.jit
-def _row_tile(
-    pid_n, pid_m, steps, n_steps, live_rank, a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr,
-    len_ptr, aux_ptr, sum1_ptr, sum2_ptr, M, N, K, T, CHUNK, stride_am, stride_bk, stride_bn,
-    NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
-    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SUBTILE: tl.constexpr, TMA: tl.constexpr, B_NK: tl.constexpr, AUX_ALL_ROWS: tl.constexpr,
-    AUX_PREFETCH: tl.constexpr, PERSISTENT: tl.constexpr,
-):
-    """The row GEMM's tile (pid_n, pid_m): the K-loop of `_k_plan` and the epilogue."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     row_ok = _valid_rows(rows, M, T, len_ptr)
     any_row = tl.max(row_ok.to(tl.int32), 0) > 0
@@ -218,16 +138,60 @@ def _row_tile(
                              AUX_ALL_ROWS)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
-    if PERSISTENT:     # no branch around the K-loop: the tile loop flattens around a bare one
-        acc, acc_b = _k_loop(acc, acc_b, steps, n_steps, live_rank, a_ptr, b_ptr, rows,
-                             row_ok, cols, col_ok, col0, pid_m, N, K, CHUNK, stride_am,
-                             stride_bk, stride_bn, CHUNK_AXIS, EPI, BM, BK, DOT_PRECISION, TMA,
-                             B_NK)
-    elif live:
-        acc, acc_b = _k_loop(acc, acc_b, steps, n_steps, live_rank, a_ptr, b_ptr, rows,
-                             row_ok, cols, col_ok, col0, pid_m, N, K, CHUNK, stride_am,
-                             stride_bk, stride_bn, CHUNK_AXIS, EPI, BM, BK, DOT_PRECISION, TMA,
-                             B_NK)
+    if live:
+        # one flat K-loop (a nested loop per chunk ran 6 steps at a time, mostly pipeline
+        # fill); with CHUNK_AXIS == 2 it visits the live chunks only: step i reads chunk
+        # kc, the (i // steps)-th live one, found from the running count of live gates
+        if CHUNK_AXIS == 2:
+            steps = tl.cdiv(CHUNK, BK)
+            offs_c = tl.arange(0, CHUNKS_P2)
+            chunk_in = offs_c < NUM_CHUNKS
+            if SKIP_DEAD:
+                chunk_gates = tl.load(gate_ptr + offs_c, mask=chunk_in, other=0.0)
+                chunk_live = (chunk_gates != 0.0).to(tl.int32)
+            else:
+                chunk_live = chunk_in.to(tl.int32)
+            live_rank = tl.cumsum(chunk_live, 0)
+            n_steps = tl.sum(chunk_live, 0) * steps
+        else:
+            steps = tl.cdiv(K, BK)
+            n_steps = steps
+        for i in range(0, n_steps):
+            if CHUNK_AXIS == 2:
+                j = i // steps
+                kc = tl.sum((live_rank <= j).to(tl.int32), 0)
+                k0 = kc * CHUNK + (i - j * steps) * BK
+                k_local = (i - j * steps) * BK + tl.arange(0, BK)
+                k_ok = k_local < CHUNK
+                ks = kc * CHUNK + k_local
+            else:
+                k0 = i * BK
+                ks = i * BK + tl.arange(0, BK)
+                k_ok = ks < K
+            if TMA:      # the launcher checked: CHUNK a multiple of BK along K
+                a = a_ptr.load([pid_m * BM, k0])
+                if B_NK:
+                    b = b_ptr.load([col0, k0]).T
+                else:
+                    b = b_ptr.load([k0, col0])
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                if EPI == 3:
+                    if B_NK:
+                        b2 = b_ptr.load([col0 + N, k0]).T
+                    else:
+                        b2 = b_ptr.load([k0, col0 + N])
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
+            else:
+                a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :],
+                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
+                b_mask = k_ok[:, None] & col_ok[None, :]
+                # a no-op when the launcher passes weights in the activations' dtype
+                b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+                if EPI == 3:
+                    b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
 
     if SUBTILE:
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
@@ -246,64 +210,16 @@ def _row_tile(
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
                   bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved0, NUM_CHUNKS,
                   CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2, AUX_ALL_ROWS, PREFETCH, PERSISTENT)
+                  HAS_SUM2, AUX_ALL_ROWS, PREFETCH)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
                   out_ptr, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved1, NUM_CHUNKS,
                   CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1,
-                  HAS_SUM2, AUX_ALL_ROWS, PREFETCH, PERSISTENT)
+                  HAS_SUM2, AUX_ALL_ROWS, PREFETCH)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
                   bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, acc, NUM_CHUNKS, CHUNKS_P2,
                   EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2,
-                  AUX_ALL_ROWS, False, PERSISTENT)
-
-
-@triton.jit
-def _k_loop(acc, acc_b, steps, n_steps, live_rank, a_ptr, b_ptr, rows, row_ok, cols, col_ok,
-            col0, pid_m, N, K, CHUNK, stride_am, stride_bk, stride_bn, CHUNK_AXIS: tl.constexpr,
-            EPI: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-            TMA: tl.constexpr, B_NK: tl.constexpr):
-    """The row GEMM tile's K-loop of n_steps steps (`_k_plan`): (acc, acc_b) plus the tile's
-    products (acc_b: the GLU's second half). One flat loop (a nested loop per chunk ran 6
-    steps at a time, mostly pipeline fill); with CHUNK_AXIS 2 step i reads chunk kc, the
-    (i // steps)-th live one, found from the running count of live gates."""
-    for i in range(0, n_steps):
-        if CHUNK_AXIS == 2:
-            j = i // steps
-            kc = tl.sum((live_rank <= j).to(tl.int32), 0)
-            k0 = kc * CHUNK + (i - j * steps) * BK
-            k_local = (i - j * steps) * BK + tl.arange(0, BK)
-            k_ok = k_local < CHUNK
-            ks = kc * CHUNK + k_local
-        else:
-            k0 = i * BK
-            ks = i * BK + tl.arange(0, BK)
-            k_ok = ks < K
-        if TMA:      # the launcher checked: CHUNK a multiple of BK along K
-            a = a_ptr.load([pid_m * BM, k0])
-            if B_NK:
-                b = b_ptr.load([col0, k0]).T
-            else:
-                b = b_ptr.load([k0, col0])
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            if EPI == 3:
-                if B_NK:
-                    b2 = b_ptr.load([col0 + N, k0]).T
-                else:
-                    b2 = b_ptr.load([k0, col0 + N])
-                acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
-        else:
-            a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-            b_mask = k_ok[:, None] & col_ok[None, :]
-            # a no-op when the launcher passes weights in the activations' dtype
-            b = tl.load(b_ptrs, mask=b_mask, other=0.0).to(a.dtype)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-            if EPI == 3:
-                b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
-                acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
-    return acc, acc_b
+                  AUX_ALL_ROWS, False)
 
 
 @triton.jit
@@ -326,17 +242,11 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
-              HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
-              BRANCHLESS: tl.constexpr):
+              HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols`. saved:
-    the SiLU backward's saved tile, loaded already (HAS_SAVED), or unread. BRANCHLESS
-    (PERSISTENT): a dead tile taken as one with no valid row, in place of the branches on
-    `live` (Triton 3.6 fails to flatten the tile loop around an `if` with stores in it)."""
+    the SiLU backward's saved tile, loaded already (HAS_SAVED), or unread."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
-    if BRANCHLESS:
-        row_ok = tl.where(live, row_ok, False)
-        live = True
     tile = rows[:, None] * N + cols[None, :]
     store_ok = row_ok[:, None] & col_ok[None, :]
     # where a backward epilogue reads its saved tile (AUX_ALL_ROWS: with no wait on row_ok)
@@ -688,9 +598,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
     num_chunks chunks of `chunk` columns; 2: K is. blocks: the tiles (BM, BN, BK, num_warps,
-    num_stages, optionally SUBTILE, TMA: operands by TMA descriptors, and PERSISTENT with
-    programs_per_sm, default 2: a grid of that many programs an SM looping over the tiles) in
-    place of the defaults, which take TMA where `_tma_by_default` holds.
+    num_stages, optionally SUBTILE and TMA: operands by TMA descriptors) in place of the
+    defaults, which take TMA where `_tma_by_default` holds.
     """
     M, K = a.shape
     N = out.shape[1]
@@ -704,10 +613,6 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         n_tiles = cdiv(N, blk["BN"])
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
-    programs_per_sm = blk.pop("programs_per_sm", 2)
-    if blk.get("PERSISTENT"):
-        sms = _num_sms(a.device.index or 0) if a.is_cuda else 2
-        grid = (max(1, min(grid[0] * grid[1], programs_per_sm * sms)),)
     a_arg, b_arg = a, b
     if blk.get("TMA") or (blocks is None and _tma_by_default(a)):
         k_chunk = chunk if chunk_axis == 2 else 0

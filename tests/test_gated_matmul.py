@@ -252,14 +252,12 @@ def test_column_sums_count_while_any_gate_is_live():
 
 @pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd", "glu", "gate-bwd"])
 @pytest.mark.parametrize("option", ["SUBTILE", "TMA", "AUX_ALL_ROWS", "AUX_PREFETCH=1",
-                                    "AUX_PREFETCH=2", "PERSISTENT"])
+                                    "AUX_PREFETCH=2"])
 def test_tile_options_give_the_plain_tiles_results(epi, option):
     """SUBTILE (the epilogue in two row halves), TMA (operands by descriptors, padded rows
     read too), AUX_ALL_ROWS (the backward epilogues' saved tile read at padded rows too,
     NaN there) and AUX_PREFETCH (the SiLU backward's saved tile loaded early, in row halves:
-    compared with SUBTILE alone) and PERSISTENT (a few programs looping over the tiles, in
-    the interpreter 4 for 6-12 tiles) against the kernel without the option, for every
-    epilogue:
+    compared with SUBTILE alone) against the kernel without the option, for every epilogue:
     weights in both layouts, a dead chunk; valid rows, and every row of a FINAL output
     (zeros at padded rows, though TMA read NaN there); column sums added to what the
     accumulators held. K 64 in chunks of 16, N 48 in chunks of 12 (tiles reach past a chunk:
