@@ -33,6 +33,8 @@ ROW_GEMMS = [
     ("ffn dH", EPI_SILU_BWD, 1, False, False, False, True, False, F, D, F, 1),
     # nothing skipped (soft gates): zeros at padded rows for the dense products
     ("ffn dH, zero-padded", EPI_SILU_BWD, 1, False, False, True, True, False, F, D, F, 1),
+    # no gates (the supernet's dense pass): no column sums, the saved tile loaded early
+    ("ffn dH, dense", EPI_SILU_BWD, 1, False, False, True, False, False, F, D, F, 1),
     ("ffn dXn", EPI_STORE, 2, False, False, False, False, False, D, F, D, 1),
     ("conv PW1", EPI_GLU, 0, True, True, False, False, False, D, D, 1, D),
     ("conv PW2", EPI_STORE, 0, True, False, True, False, True, D, D, 1, D),
@@ -71,8 +73,9 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
 def main() -> None:
     ok = True
     for gemm in ROW_GEMMS:
-        name, epi, axis, *_ = gemm
-        blk = gated_matmul._rows_blocks(BF16, axis, epi)
+        name, epi, axis, _bias, _aux, final, sum1, *_ = gemm
+        sums = sum1 or (epi == EPI_SILU_BWD and not final)      # as _row_gemm's HAS_SUM2
+        blk = gated_matmul._rows_blocks(BF16, axis, epi, col_sums=sums)
         ok &= _row_gemm(*gemm, dict(blk))      # the pointer loads (TMA: the launcher's choice)
         ok &= _row_gemm(*gemm, dict(blk, TMA=True))
     for axis in (1, 2):

@@ -191,16 +191,19 @@ def main() -> None:
             if args.options and name not in kinds:      # a weight gradient: its default
                 cfgs = [None]
             elif args.options:
-                default = gm._rows_blocks(torch.bfloat16, *kinds[name])
+                default = gm._rows_blocks(torch.bfloat16, *kinds[name],
+                                          col_sums="no column sums" not in name)
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
                 if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]
                 if kinds[name][1] == gm.EPI_SILU_BWD:
-                    # the saved tile's load not waiting on the lengths; loaded early
-                    # (sm_90 at the 128-register cap: 80-88 B of spills after the K-loop,
-                    # 144 before it)
-                    cfgs += [dict(default, TMA=True, AUX_ALL_ROWS=True)]
-                    cfgs += [dict(default, TMA=True, AUX_PREFETCH=p) for p in (1, 2)]
+                    # the saved tile's load not waiting on the lengths (AUX_ALL_ROWS), loaded
+                    # early (AUX_PREFETCH; sm_90 at the 128-register cap: 80-88 B of spills
+                    # after the K-loop, 144 before it), neither, both
+                    plain = dict(default, TMA=True, AUX_ALL_ROWS=False, AUX_PREFETCH=0)
+                    cfgs += [plain, dict(plain, AUX_ALL_ROWS=True), dict(plain, AUX_PREFETCH=1),
+                             dict(plain, AUX_PREFETCH=2),
+                             dict(plain, AUX_ALL_ROWS=True, AUX_PREFETCH=1)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:

@@ -13,7 +13,7 @@ synchronises. Cases (the launchers' defaults unless named):
   silu-bwd          the FFN's dH GEMM with the SiLU backward, no column sums, as the dense
                     pass runs it (b1's gradient comes from the dW1 product)
   silu-bwd-gate     the same with the gate gradient's column sums, as the soft pass runs it
-  silu-bwd-aux-all-rows  silu-bwd with AUX_ALL_ROWS
+  silu-bwd-aux-all-rows  silu-bwd (its default: AUX_PREFETCH) with AUX_ALL_ROWS too
   conv-mid          the depthwise conv, LayerNorm and SiLU forward
   conv-mid-one-block  the same with all channels in one block (512 wide for 384, the
                     layout before 2026-12-01)
