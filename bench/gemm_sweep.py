@@ -66,12 +66,11 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
 
 def _tag(cfg):
     """128x128x64x8x3 (BM/BP, BN/BQ, BK, warps, stages), then +OPTION for each flag set and
-    +maxnreg128 for a register cap, +AUX_PREFETCH1 for that option's value."""
-    valued = ("maxnreg", "AUX_PREFETCH")
+    +maxnreg128 for a register cap."""
     sizes = "x".join(str(v) for k, v in cfg.items() if not isinstance(v, bool)
-                     and k not in valued)
-    return (sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True)
-            + "".join(f"+{k}{cfg[k]}" for k in valued if k in cfg))
+                     and k != "maxnreg")
+    cap = f"+maxnreg{cfg['maxnreg']}" if "maxnreg" in cfg else ""
+    return sizes + "".join(f"+{k}" for k, v in cfg.items() if v is True) + cap
 
 
 def _print_pipelining(*jit_fns):
@@ -207,10 +206,10 @@ def main() -> None:
                     # the saved tile's load not waiting on the lengths (AUX_ALL_ROWS), loaded
                     # early (AUX_PREFETCH; sm_90 at the 128-register cap: 80-88 B of spills
                     # after the K-loop, 144 before it), neither, both
-                    plain = dict(default, TMA=True, AUX_ALL_ROWS=False, AUX_PREFETCH=0)
-                    cfgs += [plain, dict(plain, AUX_ALL_ROWS=True), dict(plain, AUX_PREFETCH=1),
-                             dict(plain, AUX_PREFETCH=2),
-                             dict(plain, AUX_ALL_ROWS=True, AUX_PREFETCH=1)]
+                    plain = dict(default, TMA=True, AUX_ALL_ROWS=False, AUX_PREFETCH=False)
+                    cfgs += [plain, dict(plain, AUX_ALL_ROWS=True),
+                             dict(plain, AUX_PREFETCH=True),
+                             dict(plain, AUX_ALL_ROWS=True, AUX_PREFETCH=True)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:

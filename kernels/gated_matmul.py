@@ -91,7 +91,7 @@ def _rows_gemm_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
-    AUX_PREFETCH: tl.constexpr = 0, TMA_STORE: tl.constexpr = False,
+    AUX_PREFETCH: tl.constexpr = False, TMA_STORE: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -107,11 +107,11 @@ def _rows_gemm_kernel(
     # epilogues read their saved tile at every in-range row, padded ones too, so that the
     # load waits on addresses only, not on the lengths read after the K-loop; the padded
     # rows' values are dropped by selects.
-    # AUX_PREFETCH (SUBTILE, EPI_SILU_BWD; 1 is its default without column sums): the
-    # saved tile's two row halves loaded early, before the K-loop (2) or right after it
-    # (1), in place of each half's load at the start of its epilogue, where the load's
-    # latency is waited out (ncu, 2026-12-01: ~17% of the kernel's stall samples on the
-    # loaded values' converts)
+    # AUX_PREFETCH (SUBTILE, EPI_SILU_BWD; its default without column sums): the saved
+    # tile's two row halves loaded together right after the K-loop, in place of each half's
+    # load at the start of its epilogue, where the load's latency is waited out (ncu,
+    # 2026-12-01: ~17% of the kernel's stall samples on the loaded values' converts).
+    # Loaded before the K-loop instead, they spilled and ran slower (bench/NOTES.md).
     # TMA_STORE (EPI 0-2; under measurement): `out` written through the descriptor out_desc,
     # one block of the tile (or of each SUBTILE half) at a time, every row of it: padded
     # rows get zeros in a FINAL output as before, and in an intermediate whatever the
@@ -133,14 +133,6 @@ def _rows_gemm_kernel(
     if SKIP_DEAD and CHUNK_AXIS != 2:
         live = live & (g != 0.0)
 
-    PREFETCH: tl.constexpr = SUBTILE and EPI == 2 and AUX_PREFETCH > 0
-    half: tl.constexpr = BM // 2
-    rows0 = pid_m * BM + tl.arange(0, half)
-    if PREFETCH and AUX_PREFETCH == 2:
-        saved0 = _saved_rows(aux_ptr, rows0, cols, col_ok, live, M, N, T, len_ptr,
-                             AUX_ALL_ROWS)
-        saved1 = _saved_rows(aux_ptr, rows0 + half, cols, col_ok, live, M, N, T, len_ptr,
-                             AUX_ALL_ROWS)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
@@ -202,14 +194,17 @@ def _rows_gemm_kernel(
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
         # column sums' products) live for half the tile at a time, so that the SiLU
         # backward runs on 128x128 tiles (fewer bytes from L2) without spilling
+        half: tl.constexpr = BM // 2
+        rows0 = pid_m * BM + tl.arange(0, half)
+        PREFETCH: tl.constexpr = EPI == 2 and AUX_PREFETCH
         acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (2, half, BN)), (1, 2, 0)))
         acc_b0, acc_b1 = tl.split(tl.permute(tl.reshape(acc_b, (2, half, BN)), (1, 2, 0)))
-        if PREFETCH and AUX_PREFETCH == 1:
+        if PREFETCH:
             saved0 = _saved_rows(aux_ptr, rows0, cols, col_ok, live, M, N, T, len_ptr,
                                  AUX_ALL_ROWS)
             saved1 = _saved_rows(aux_ptr, rows0 + half, cols, col_ok, live, M, N, T, len_ptr,
                                  AUX_ALL_ROWS)
-        if not PREFETCH:     # placeholders, unread: each epilogue loads its own
+        else:     # placeholders, unread: each epilogue loads its own
             saved0 = acc0
             saved1 = acc1
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
@@ -552,7 +547,7 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int, col_sums: bool =
         # saved tile read at every row with column sums, and loaded right after the K-loop
         # without: 126.7 against 135.2 us, and 93.0 against 102.6 (B80xT250 soft gates, H200,
         # gemm_sweep --options at 4c8527b; the other option 136.2 and 96.9)
-        extra = dict(AUX_ALL_ROWS=True) if col_sums else dict(AUX_PREFETCH=1)
+        extra = dict(AUX_ALL_ROWS=True) if col_sums else dict(AUX_PREFETCH=True)
         return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True,
                     maxnreg=128, **extra)
     if epi == EPI_SILU_GATE:
