@@ -83,12 +83,12 @@ def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
 @triton.jit
 def _rows_gemm_kernel(
     a_ptr, b_ptr, out_ptr, out_desc, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr,
-    M, N, K, T, CHUNK, stride_am, stride_bk, stride_bn,
+    M, N, K, T, CHUNK, UNGATED, stride_am, stride_bk, stride_bn,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
     FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    HAS_UNGATED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
     AUX_PREFETCH: tl.constexpr = False, TMA_STORE: tl.constexpr = False,
@@ -116,6 +116,9 @@ def _rows_gemm_kernel(
     # one block of the tile (or of each SUBTILE half) at a time, every row of it: padded
     # rows get zeros in a FINAL output as before, and in an intermediate whatever the
     # product gave there (which its readers drop, as they drop anything there)
+    # HAS_UNGATED: rows < UNGATED (the first sequences of a batch holding two passes) run as
+    # if every gate were 1 and add nothing to the gates' gradient sums (sum1); not with
+    # SKIP_DEAD (the launcher checks)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -207,20 +210,20 @@ def _rows_gemm_kernel(
         else:     # placeholders, unread: each epilogue loads its own
             saved0 = acc0
             saved1 = acc1
-        _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
+        _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
                   out_desc, pid_m * BM, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
                   saved0, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, TMA_STORE)
-        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, len_ptr,
+                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, TMA_STORE, HAS_UNGATED)
+        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr,
                   out_ptr, out_desc, pid_m * BM + half, col0, bias_ptr, gate_ptr, aux_ptr,
                   sum1_ptr, sum2_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
                   SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH,
-                  TMA_STORE)
+                  TMA_STORE, HAS_UNGATED)
     else:
-        _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr,
+        _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
                   out_desc, pid_m * BM, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, TMA_STORE)
+                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, TMA_STORE, HAS_UNGATED)
 
 
 @triton.jit
@@ -238,20 +241,26 @@ def _saved_rows(aux_ptr, rows, cols, col_ok, live, M, N, T, len_ptr,
 
 
 @triton.jit
-def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr, out_desc,
+def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
+              out_desc,
               row0, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved,
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
               HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
-              TMA_STORE: tl.constexpr):
+              TMA_STORE: tl.constexpr, HAS_UNGATED: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols` (its
     first: row0, col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
-    or unread."""
+    or unread. g: the tile's gate, made a [rows, 1] column with HAS_UNGATED."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
     tile = rows[:, None] * N + cols[None, :]
     store_ok = row_ok[:, None] & col_ok[None, :]
+    grad_ok = store_ok          # the rows whose products the gates' gradient sums take
+    if HAS_UNGATED:
+        ungated = rows < UNGATED
+        g = tl.where(ungated, 1.0, g)[:, None]
+        grad_ok = store_ok & (rows >= UNGATED)[:, None]
     # where a backward epilogue reads its saved tile (AUX_ALL_ROWS: with no wait on row_ok)
     aux_read = row_in[:, None] & col_ok[None, :] if AUX_ALL_ROWS else store_ok
     dtype = out_ptr.dtype.element_ty
@@ -262,10 +271,15 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
                 offs_c = tl.arange(0, CHUNKS_P2)
                 all_g = tl.load(gate_ptr + offs_c, mask=offs_c < NUM_CHUNKS,
                                 other=0.0).to(tl.float32)
-                bias = bias * (tl.max((all_g != 0.0).to(tl.float32), 0))
-            if BIAS_MODE == 2:
-                bias = bias * g
-            acc += bias[None, :]
+                any_on = tl.max((all_g != 0.0).to(tl.float32), 0)
+                if HAS_UNGATED:
+                    acc += bias[None, :] * tl.where(ungated, 1.0, any_on)[:, None]
+                else:
+                    acc += bias[None, :] * any_on
+            elif BIAS_MODE == 2:
+                acc += bias[None, :] * g
+            else:
+                acc += bias[None, :]
         if SCALE_OUT:
             acc = acc * g
         if FINAL:
@@ -291,9 +305,9 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
         # SiLU backward with its column sums took 210 registers (one program an SM)
         write = row_in[:, None] & col_ok[None, :] if FINAL else store_ok
         if live:
-            _silu_bwd_tile(acc, g, tile, store_ok, write, aux_read, cols, col_ok, aux_ptr,
-                           out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1,
-                           HAS_SUM2, FINAL, HAS_SAVED, TMA_STORE)
+            _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, aux_read, cols, col_ok,
+                           aux_ptr, out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved,
+                           HAS_SUM1, HAS_SUM2, FINAL, HAS_SAVED, TMA_STORE)
         elif FINAL:
             _put(out_ptr, out_desc, tile, row0, col0, tl.zeros_like(acc).to(dtype), write,
                  TMA_STORE)
@@ -312,7 +326,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, len_ptr, out_ptr
         elif EPI == 4:
             if HAS_SUM1:
                 saved = tl.load(aux_ptr + tile, mask=aux_read, other=0.0).to(tl.float32)
-                col_sum = tl.sum(tl.where(store_ok, acc * saved, 0.0), 0)
+                col_sum = tl.sum(tl.where(grad_ok, acc * saved, 0.0), 0)
                 tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
 
@@ -337,14 +351,14 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 
 
 @triton.jit
-def _silu_bwd_tile(acc, g, tile, store_ok, write, read, cols, col_ok, aux_ptr, out_ptr,
-                   out_desc, row0, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr,
+def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, aux_ptr,
+                   out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr,
                    HAS_SUM2: tl.constexpr, ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr,
                    TMA_STORE: tl.constexpr):
     """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
     `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
-    `store_ok` (the valid rows' live columns) with ZEROS; the column sums (gate and bias
-    gradients) over `store_ok`."""
+    `store_ok` (the valid rows' live columns) with ZEROS; the column sums of the gates'
+    gradient over `grad_ok`, of the bias gradient over `store_ok`."""
     if HAS_SAVED:
         pre = saved.to(tl.float32)
     else:
@@ -352,7 +366,7 @@ def _silu_bwd_tile(acc, g, tile, store_ok, write, read, cols, col_ok, aux_ptr, o
     sig = tl.sigmoid(pre)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SUM1:
-        col_sum = tl.sum(tl.where(store_ok, acc * pre * sig, 0.0), 0)
+        col_sum = tl.sum(tl.where(grad_ok, acc * pre * sig, 0.0), 0)
         tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
     if HAS_SUM2:  # the bias gradient, column sums of what is stored
         tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
@@ -633,20 +647,28 @@ def _tma_operands(a, b, k_chunk: int, blk: dict, required: bool):
 
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
               chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
-              scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None):
+              scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None,
+              ungated_rows=0):
     """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides and
     a's rows may be strided (its columns contiguous).
 
     For EPI_GLU, b is [K, 2N] and out gets N columns. chunk_axis 1: N is split into
-    num_chunks chunks of `chunk` columns; 2: K is. blocks: the tiles (BM, BN, BK, num_warps,
-    num_stages, optionally SUBTILE, TMA: operands by TMA descriptors, TMA_STORE: out by one)
-    in place of the defaults, which take TMA where `_tma_by_default` holds.
+    num_chunks chunks of `chunk` columns; 2: K is. ungated_rows: rows [0, ungated_rows) (the
+    first pass of a batch holding two) computed as if every gate were 1, and left out of the
+    gates' gradient sums (sum1); gates given, skip_dead False. blocks: the tiles (BM, BN,
+    BK, num_warps, num_stages, optionally SUBTILE, TMA: operands by TMA descriptors,
+    TMA_STORE: out by one) in place of the defaults, which take TMA where `_tma_by_default`
+    holds.
     """
     M, K = a.shape
     N = out.shape[1]
     if a.stride(1) != 1 or not out.is_contiguous():
         raise ValueError(f"rows_gemm: a needs contiguous columns (strides {a.stride()}) and out "
                          f"to be contiguous (strides {out.stride()})")
+    if ungated_rows and (gates is None or skip_dead or not 0 < ungated_rows <= M):
+        raise ValueError(f"rows_gemm: ungated_rows={ungated_rows} needs gates, skip_dead False "
+                         f"and at most M={M} rows (gates given: {gates is not None}, "
+                         f"skip_dead={skip_dead})")
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi,
                                       col_sums=sum1 is not None or sum2 is not None))
     if chunk_axis == 1:
@@ -670,12 +692,13 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
         sum2 if sum2 is not None else dummy,
-        M, N, K, T, max(chunk, 1), a.stride(0), b.stride(0), b.stride(1),
+        M, N, K, T, max(chunk, 1), ungated_rows, a.stride(0), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
         HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
+        HAS_UNGATED=ungated_rows > 0,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
 

@@ -412,3 +412,68 @@ def test_tma_store_option_names_what_it_cannot_write():
     with pytest.raises(ValueError, match="epilogue 3 stores by pointers"):
         gm.rows_gemm(a, torch.randn(64, 96, device=DEV), out, lengths=lengths, T=T,
                      epi=gm.EPI_GLU, aux=torch.empty(B * T, 96, device=DEV), blocks=blk)
+
+
+@pytest.mark.parametrize("epi", ["silu-gate", "silu-bwd", "store-any-gate", "store-gate0",
+                                 "gate-bwd"])
+@pytest.mark.parametrize("final", [False, True])
+def test_ungated_rows_run_as_if_every_gate_were_one(epi, final):
+    """ungated_rows (the first pass of a batch holding two): the first sequence's rows equal
+    a call on them alone with every gate 1, the others a call on them alone with the gates;
+    the gates' gradient sums (sum1) those of the second call only, the bias gradient's
+    (sum2) both calls'."""
+    k, n = 32, 48
+    torch.manual_seed(10)
+    lengths = torch.tensor([9, 11, 4], device=DEV)
+    a = torch.randn(B * T, k, device=DEV)
+    w_kn = torch.randn(k, n, device=DEV)
+    bias = torch.randn(n, device=DEV)
+    aux = torch.randn(B * T, n, device=DEV)
+    gates = torch.tensor([0.5, 0.0, 1.5, 1.0], device=DEV)
+    if epi == "store-any-gate":      # every gate 0: b2 for the ungated rows only
+        gates = torch.zeros(4, device=DEV)
+
+    def run(rows, lens, g, ungated):
+        m = rows.stop - rows.start
+        out, s1, s2 = torch.zeros(m, n), torch.zeros(n), torch.zeros(n)
+        common = dict(lengths=lens, T=T, final=final, ungated_rows=ungated,
+                      blocks=dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1))
+        chunks = dict(gates=g, chunk=12, num_chunks=4, chunk_axis=1)
+        if epi == "silu-gate":
+            gm.rows_gemm(a[rows], w_kn, out, bias=bias, epi=gm.EPI_SILU_GATE,
+                         aux=torch.zeros(m, n), **chunks, **common)
+        elif epi == "silu-bwd":
+            gm.rows_gemm(a[rows], w_kn, out, epi=gm.EPI_SILU_BWD, aux=aux[rows], sum1=s1,
+                         sum2=s2, **chunks, **common)
+        elif epi == "store-any-gate":
+            gm.rows_gemm(a[rows], w_kn, out, bias=bias, bias_mode=gm.BIAS_ANY_GATE, gates=g,
+                         chunk=8, num_chunks=4, chunk_axis=2, **common)
+        elif epi == "store-gate0":
+            gm.rows_gemm(a[rows], w_kn, out, bias=bias, bias_mode=gm.BIAS_GATE0,
+                         scale_out=True, gates=g[:1], **common)
+        else:
+            gm.rows_gemm(a[rows], w_kn, out, epi=gm.EPI_GATE_BWD, aux=aux[rows], sum1=s1,
+                         gates=g[:1], **common)
+        return out, s1, s2
+
+    first = slice(0, T)
+    rest = slice(T, B * T)
+    ones = torch.ones_like(gates)
+    both = run(slice(0, B * T), lengths, gates, T)
+    alone = run(first, lengths[:1], ones, 0), run(rest, lengths[1:], gates, 0)
+    rows = gm.valid_rows(lengths, T)
+    expected = torch.cat([alone[0][0], alone[1][0]])
+    torch.testing.assert_close(both[0][rows], expected[rows], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[1], alone[1][1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both[2], alone[0][2] + alone[1][2], atol=1e-4, rtol=1e-4)
+
+
+def test_ungated_rows_need_gates_and_no_skipping():
+    lengths = torch.tensor([11, 4, 1], device=DEV)
+    a, out = torch.randn(B * T, 32, device=DEV), torch.empty(B * T, 48, device=DEV)
+    common = dict(lengths=lengths, T=T, ungated_rows=T)
+    with pytest.raises(ValueError, match="ungated_rows=11 needs gates"):
+        gm.rows_gemm(a, torch.randn(32, 48, device=DEV), out, **common)
+    with pytest.raises(ValueError, match="skip_dead=True"):
+        gm.rows_gemm(a, torch.randn(32, 48, device=DEV), out, gates=torch.ones(1, device=DEV),
+                     skip_dead=True, **common)
