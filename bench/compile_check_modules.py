@@ -106,10 +106,10 @@ def main() -> None:
                        dict(a_ptr="bf16", out_ptr="fp32", copy_ptr="bf16", len_ptr="i64",
                             gate_ptr="fp32"),
                        ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256,
-                                 CHUNK=3 * 64),
+                                 CHUNK=3 * 64, UNGATED=0),
                        constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=skip_dead,
-                                       PER_CHUNK=True, COPY=copy, ANY_GATE=copy, BM=32,
-                                       BN=128))
+                                       PER_CHUNK=True, COPY=copy, ANY_GATE=copy,
+                                       HAS_UNGATED=False, BM=32, BN=128))
     for kernel, backward, ptrs in (
             (layer_norm._layer_norm_fwd_kernel, False,
              dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",

@@ -482,9 +482,10 @@ def _wgrad_kernel(
 
 @triton.jit
 def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG,
-                     CHUNK, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
+                     CHUNK, UNGATED, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
                      SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
-                     ANY_GATE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                     ANY_GATE: tl.constexpr, HAS_UNGATED: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -493,7 +494,8 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
     # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200). With COPY (never
     # with SKIP_DEAD: every row is read) each loaded tile is also stored to copy[M, N]
     # with zeros at padded rows. ANY_GATE (not with SKIP_DEAD): every row is read, and the
-    # sums are multiplied by whether any gate is nonzero (a bias that only a live unit adds).
+    # sums are multiplied by whether any gate is nonzero (a bias that only a live unit adds),
+    # but for rows < UNGATED with HAS_UNGATED (the ungated pass of a batch holding two).
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -501,6 +503,11 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
     # a [BM, BN] accumulator summed across rows once at the end: a cross-warp row reduction
     # per loaded tile serialised load and reduce (20.6 us for the MHSA's 18 MB, 2026-11-30)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
+    any_on = 1.0
+    if ANY_GATE:
+        offs_g = tl.arange(0, GATES_P2)
+        g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
+        any_on = tl.max((g != 0.0).to(tl.float32), 0)
     start = pid_m * ROWS_PER_PROG
     stop = tl.minimum(start + ROWS_PER_PROG, M)
     col_live = col_ok
@@ -525,15 +532,17 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
         x_next = tl.load(a_ptr + (rows + BM)[:, None] * lda + cols[None, :],
                          mask=(rows + BM < stop)[:, None] & col_ok[None, :], other=0.0)
         ok = _valid_rows(rows, M, T, len_ptr)
-        acc += tl.where(ok[:, None], x.to(tl.float32), 0.0)
+        if HAS_UNGATED:     # ANY_GATE's factor row by row
+            acc += tl.where(ok[:, None], x.to(tl.float32), 0.0) * tl.where(
+                rows < UNGATED, 1.0, any_on)[:, None]
+        else:
+            acc += tl.where(ok[:, None], x.to(tl.float32), 0.0)
         if COPY:
             tl.store(copy_ptr + rows[:, None] * N + cols[None, :], tl.where(ok[:, None], x, 0.0),
                      mask=(rows < stop)[:, None] & col_ok[None, :])
     sums = tl.sum(acc, 0)
-    if ANY_GATE:
-        offs_g = tl.arange(0, GATES_P2)
-        g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
-        sums = sums * tl.max((g != 0.0).to(tl.float32), 0)
+    if ANY_GATE and not HAS_UNGATED:
+        sums = sums * any_on
     tl.atomic_add(out_ptr + cols, sums, mask=col_live, sem="relaxed")
 
 
@@ -782,14 +791,15 @@ def dense_wgrad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=None,
-             any_gate=False, config=None):
+             any_gate=False, ungated_rows=0, config=None):
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0).
     copy: an [M, N] contiguous tensor of a's dtype that gets a with zeros at padded rows, in
     the same pass (not with skip_dead, which leaves rows unread). any_gate: the sums count
     only while any gate is nonzero (times 0 or 1; every row read; gates given, not with
-    skip_dead): a bias gradient with no host-side test of the gates.
+    skip_dead): a bias gradient with no host-side test of the gates; rows [0, ungated_rows)
+    (any_gate only: the ungated pass of a batch holding two) count whatever the gates.
     config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
     skip_dead = skip_dead and gates is not None
@@ -801,6 +811,8 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     if any_gate and (gates is None or skip_dead):
         raise ValueError(f"col_sums: any_gate needs gates and skip_dead False, got gates "
                          f"{gates is not None}, skip_dead={skip_dead}")
+    if ungated_rows and not any_gate:
+        raise ValueError(f"col_sums: ungated_rows={ungated_rows} is for any_gate sums only")
     blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)), **(config or {})}
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
     # (6 a SM; 3 or 12, or the row loop's loads as async copies, were 2-20% slower on the
@@ -811,9 +823,9 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     n_gates = 1 if gates is None else gates.shape[0]
     launch(_col_sums_kernel, (n_tiles, cdiv(M, rows_per_prog)),
         a, out, a if copy is None else copy, lengths, out if gates is None else gates, M, N, T,
-        a.stride(0), rows_per_prog, max(chunk, 1), NUM_GATES=n_gates,
+        a.stride(0), rows_per_prog, max(chunk, 1), ungated_rows, NUM_GATES=n_gates,
         GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead, PER_CHUNK=chunk > 0,
-        COPY=copy is not None, ANY_GATE=any_gate, **blk)
+        COPY=copy is not None, ANY_GATE=any_gate, HAS_UNGATED=ungated_rows > 0, **blk)
     return out
 
 

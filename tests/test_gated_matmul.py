@@ -477,3 +477,20 @@ def test_ungated_rows_need_gates_and_no_skipping():
     with pytest.raises(ValueError, match="skip_dead=True"):
         gm.rows_gemm(a, torch.randn(32, 48, device=DEV), out, gates=torch.ones(1, device=DEV),
                      skip_dead=True, **common)
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.7])
+def test_col_sums_any_gate_counts_ungated_rows_whatever_the_gates(gate):
+    """col_sums(any_gate=True, ungated_rows=T): the first sequence's rows always count (the
+    ungated pass of a batch holding two), the others only while a gate is nonzero."""
+    torch.manual_seed(11)
+    lengths = torch.tensor([9, 11, 4], device=DEV)
+    a = torch.randn(B * T, 40, device=DEV)
+    gates = torch.full((3,), gate, device=DEV)
+    both = gm.col_sums(a, torch.zeros(40), lengths=lengths, T=T, gates=gates, any_gate=True,
+                       ungated_rows=T)
+    first = gm.col_sums(a[:T], torch.zeros(40), lengths=lengths[:1], T=T,
+                        gates=torch.ones(3, device=DEV), any_gate=True)
+    rest = gm.col_sums(a[T:], torch.zeros(40), lengths=lengths[1:], T=T, gates=gates,
+                       any_gate=True)
+    torch.testing.assert_close(both, first + rest, atol=1e-5, rtol=1e-5)
