@@ -41,14 +41,21 @@ from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
                         ln_bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                         w2: torch.Tensor, b2: torch.Tensor, gates: torch.Tensor | None,
-                        module_gate: bool = False, eps: float = 1e-5) -> torch.Tensor:
+                        module_gate: bool = False, eps: float = 1e-5,
+                        ungated_batch: int = 0) -> torch.Tensor:
     """Plain PyTorch gated FFN in the dtype of x.
 
     x: (B, T, D), lengths: (B,), w1: (F, D), b1: (F,), w2: (D, F), b2: (D,).
     gates: None (all ones); (C,) chunk gates, chunk c = hidden channels [c*F/C, (c+1)*F/C),
     b2 added iff any gate != 0; or, with module_gate, (1,) scaling the whole output.
-    Padded frames (t >= lengths[b]) output exactly 0.
+    Padded frames (t >= lengths[b]) output exactly 0. ungated_batch: the first sequences run
+    as if gates were None (the ungated pass of a batch holding two).
     """
+    if ungated_batch:
+        parts = ((slice(0, ungated_batch), None), (slice(ungated_batch, None), gates))
+        return torch.cat([gated_ffn_reference(x[rows], lengths[rows], ln_weight, ln_bias, w1, b1,
+                                              w2, b2, g, module_gate, eps)
+                          for rows, g in parts])
     B, T, D = x.shape
     xn = F.layer_norm(x, (D,), ln_weight, ln_bias, eps)
     hidden = F.silu(F.linear(xn, w1, b1))
@@ -70,9 +77,10 @@ def _empty(like):
 
 
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                         module_gate, skip_dead, save, w1c, w2c):
+                         module_gate, skip_dead, save, w1c, w2c, ungated_batch=0):
     # w1c, w2c: W1, W2 as matmul operands, in the compute dtype (kept for the backward);
-    # w1, w2 are inputs only to receive their gradients
+    # w1, w2 are inputs only to receive their gradients. ungated_batch: the first sequences
+    # run as if every gate were 1 (gated_ffn)
     B, T, D = x.shape
     compute_dtype = w1c.dtype
     M, F_ = B * T, w1.shape[0]
@@ -93,7 +101,7 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     hidden = xn.new_empty(M, F_)
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
-                  skip_dead=skip_dead)
+                  skip_dead=skip_dead, ungated_rows=ungated_batch * T)
     rows_gemm(xn, w1c.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre,
               final=dense, **common)
     y = xn.new_empty(B, T, D)
@@ -106,13 +114,15 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
 
 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
-                         hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad):
+                         hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad,
+                         ungated_batch=0):
     # xn: as the forward saved it, with the column of ones for the dense products
     B, T, D = x.shape
     xn_saved, xn = xn, xn[:, :D]
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
     dy2 = dy.reshape(M, D).contiguous()
+    ungated_rows = ungated_batch * T      # only the gated epilogues read the gates then
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead)
     # nothing skipped: d_pre gets zeros at padded rows (final), and its two products with
@@ -128,7 +138,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         gate_cols = None
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
-              sum2=None if dense else db1, final=dense, **common)
+              sum2=None if dense else db1, final=dense, ungated_rows=ungated_rows, **common)
     if dense:
         d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
     else:
@@ -146,7 +156,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # (a host-free (gates != 0).any() took four launches)
     any_gate = gates is not None and not module_gate and not skip_dead
     col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead,
-             copy=dy_valid, any_gate=any_gate)
+             copy=dy_valid, any_gate=any_gate, ungated_rows=ungated_rows if any_gate else 0)
     if dense:
         dw2 = dense_wgrad(dy_valid, hidden)
         dw1_ones = dense_wgrad(d_pre, xn_saved)      # [F, D + pad]: dW1, then db1
@@ -173,16 +183,17 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
 def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
                   ln_bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                   b2: torch.Tensor, gates: torch.Tensor | None, chunks: int, module_gate: bool,
-                  skip_dead: bool, save: bool, w1c: torch.Tensor, w2c: torch.Tensor
+                  skip_dead: bool, save: bool, w1c: torch.Tensor, w2c: torch.Tensor,
+                  ungated_batch: int = 0
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                              torch.Tensor, torch.Tensor]:
     return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                                module_gate, skip_dead, save, w1c, w2c)
+                                module_gate, skip_dead, save, w1c, w2c, ungated_batch)
 
 
 @gated_ffn_fwd.register_fake
 def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate, skip_dead,
-      save, w1c, w2c):
+      save, w1c, w2c, ungated_batch=0):
     B, T, D = x.shape
     like = dict(dtype=w1c.dtype)
     y = x.new_empty(B, T, D, **like)
@@ -203,10 +214,11 @@ def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                   gates: torch.Tensor | None, xn: torch.Tensor, mean: torch.Tensor,
                   rstd: torch.Tensor, pre: torch.Tensor, hidden: torch.Tensor,
                   w1c: torch.Tensor, w2c: torch.Tensor, chunks: int, module_gate: bool,
-                  skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
+                  skip_dead: bool, gate_grad: bool, ungated_batch: int = 0
+                  ) -> list[torch.Tensor]:
     grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd,
                                  pre, hidden, w1c, w2c, chunks, module_gate, skip_dead,
-                                 gate_grad)
+                                 gate_grad, ungated_batch)
     # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
     return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
             for g in grads]
@@ -214,7 +226,7 @@ def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
 
 @gated_ffn_bwd.register_fake
 def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, w1c, w2c,
-      chunks, module_gate, skip_dead, gate_grad):
+      chunks, module_gate, skip_dead, gate_grad, ungated_batch=0):
     dg = torch.empty_like(gates) if gate_grad else x.new_empty(0)
     return [torch.empty_like(x), torch.empty_like(ln_weight), torch.empty_like(ln_weight),
             torch.empty_like(w1), w1.new_empty(w1.shape[0]), torch.empty_like(w2),
@@ -247,6 +259,7 @@ def _setup_context(ctx, inputs, output):
                                   hidden, args["w1c"], args["w2c"]))
     ctx.chunks, ctx.module_gate, ctx.skip_dead = (args["chunks"], args["module_gate"],
                                                   args["skip_dead"])
+    ctx.ungated_batch = args["ungated_batch"]
 
 
 def _backward(ctx, dy, *_activations, bwd=gated_ffn_bwd):
@@ -257,7 +270,7 @@ def _backward(ctx, dy, *_activations, bwd=gated_ffn_bwd):
     gate_grad = saved.gates is not None and needs_grad(ctx, gated_ffn_fwd_triton, "gates")
     dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = bwd(
         dy, **saved._asdict(), chunks=ctx.chunks, module_gate=ctx.module_gate,
-        skip_dead=ctx.skip_dead, gate_grad=gate_grad)
+        skip_dead=ctx.skip_dead, gate_grad=gate_grad, ungated_batch=ctx.ungated_batch)
     return grads_in_order(gated_ffn_fwd_triton, x=dx, ln_weight=d_lnw, ln_bias=d_lnb, w1=dw1,
                           b1=db1, w2=dw2, b2=db2, gates=dg if gate_grad else None)
 
@@ -268,15 +281,22 @@ _GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
 
 
 def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate,
-              compute_dtype=None, operands=None):
+              compute_dtype=None, operands=None, ungated_batch=0):
     """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked), its
     matmuls in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (W1, W2) in the compute dtype, (F, D) and (D, F), made by the caller (one copy
     for a whole encoder, common.operand_copies), or None: cast here (as_operand).
 
-    Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient.
+    Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient,
+    and not with ungated_batch: the first ungated_batch sequences run as if gates were None,
+    the rest with `gates` (chunk gates; the gates' gradient from those rows only), as two
+    passes in one batch would.
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
+    if ungated_batch and (gates is None or module_gate or not 0 < ungated_batch < x.shape[0]):
+        raise ValueError(f"gated_ffn: ungated_batch={ungated_batch} needs chunk gates and "
+                         f"fewer sequences than x's {x.shape[0]} (gates given: "
+                         f"{gates is not None}, module_gate={module_gate})")
     tensors = (x, ln_weight, ln_bias, w1, b1, w2, b2)
     gate_grad = gates is not None and gates.requires_grad
     save = torch.is_grad_enabled() and (gate_grad or any(t.requires_grad for t in tensors))
@@ -288,7 +308,8 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
     dtype = compute_dtype or x.dtype
     w1c, w2c = operands or (as_operand(w1, dtype), as_operand(w2, dtype))
-    args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, not gate_grad, save,
-            w1c, w2c)
+    skip_dead = not gate_grad and not ungated_batch
+    args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, skip_dead, save,
+            w1c, w2c, ungated_batch)
     op = gated_ffn_fwd if torch.compiler.is_compiling() else _GatedFFN.apply
     return op(*args)[0]

@@ -381,3 +381,56 @@ def test_gpu_cuda_graph_and_no_sync():
         static_gates.zero_()
         graph.replay()
         assert (out == 0).all()
+
+
+@pytest.mark.parametrize("gate_case", ["soft", "soft_all_off", "hard_half"])
+def test_ungated_batch_matches_two_reference_passes(gate_case):
+    """ungated_batch=1: the first sequence as if gates were None, the others with the gates,
+    outputs and every gradient (the gates' from the gated sequences only) as the fp64
+    reference's two passes give them."""
+    values, _, requires_grad = GATES[gate_case]
+    lengths = torch.tensor([20, 13, 7])
+    x = torch.randn(3, 20, D)
+    params = make_params()
+    gates = torch.tensor(values).requires_grad_(requires_grad)
+    dy = torch.randn(3, 20, D)
+
+    def pair(fn):
+        def call(x, lengths, *rest):
+            *params, gates, module_gate = rest
+            if fn is gated_ffn:
+                return gated_ffn(x, lengths, *params, gates, C, module_gate, ungated_batch=1)
+            return gated_ffn_reference(x, lengths, *params, gates, module_gate, ungated_batch=1)
+        return call
+
+    y, grads = run(pair(gated_ffn), x, lengths, params, gates, False, dy)
+    g64 = gates.detach().double().requires_grad_(requires_grad)
+    y64, grads64 = run(pair(gated_ffn_reference), x.double(), lengths,
+                       [p.double() for p in params], g64, False, dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
+def test_registered_op_with_ungated_batch():
+    """The torch.compile path's op and its registered backward with ungated_batch."""
+    x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
+    params = [p.requires_grad_() for p in make_params()]
+    gates = torch.tensor([0.5, 0.0, 1.0, 2.0], requires_grad=True)
+    torch.library.opcheck(gated_ffn_fwd, (x, lengths, *params, gates, C, False, False, True,
+                                          params[2], params[4], 1),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
+    y = gated_ffn_fwd(x, lengths, *params, gates, C, False, False, True, params[2], params[4],
+                      1)[0]
+    y_ref = gated_ffn_reference(x, lengths, *params, gates, False, ungated_batch=1)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    assert_grads_close(y, y_ref, [x, *params, gates])
+
+
+def test_ungated_batch_needs_chunk_gates():
+    x, lengths = torch.randn(2, 4, D), torch.tensor([4, 2])
+    with pytest.raises(ValueError, match="ungated_batch=1 needs chunk gates"):
+        gated_ffn(x, lengths, *make_params(), None, C, False, ungated_batch=1)
+    with pytest.raises(ValueError, match="ungated_batch=2 needs chunk gates"):
+        gated_ffn(x, lengths, *make_params(), torch.ones(C), C, False, ungated_batch=2)
