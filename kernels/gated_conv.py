@@ -47,14 +47,23 @@ def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: tor
                          pw1_bias: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor,
                          ln2_weight: torch.Tensor, ln2_bias: torch.Tensor,
                          pw2_weight: torch.Tensor, pw2_bias: torch.Tensor,
-                         gates: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
+                         gates: torch.Tensor | None, eps: float = 1e-5,
+                         ungated_batch: int = 0) -> torch.Tensor:
     """Plain PyTorch gated conv module in the dtype of x.
 
     x: (B, T, D), lengths: (B,), pw1_weight: (2D, D), pw1_bias: (2D,), dw_weight: (D, K),
     dw_bias: (D,), pw2_weight: (D, D), pw2_bias: (D,), gates: None or (1,).
     GLU: first half of PW1's channels times sigmoid of the second half. Frames t >= lengths[b]
     are zeroed before the depthwise conv (same padding, K odd) and output exactly 0.
+    ungated_batch: the first sequences run as if gates were None (the ungated pass of a
+    batch holding two).
     """
+    if ungated_batch:
+        weights = (ln1_weight, ln1_bias, pw1_weight, pw1_bias, dw_weight, dw_bias, ln2_weight,
+                   ln2_bias, pw2_weight, pw2_bias)
+        parts = ((slice(0, ungated_batch), None), (slice(ungated_batch, None), gates))
+        return torch.cat([gated_conv_reference(x[rows], lengths[rows], *weights, g, eps)
+                          for rows, g in parts])
     B, T, D = x.shape
     mask = valid_mask(lengths, T)[..., None]
     u = F.linear(F.layer_norm(x, (D,), ln1_weight, ln1_bias, eps), pw1_weight, pw1_bias)
@@ -485,7 +494,7 @@ def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
-                          pw2_w, pw2_b, gates, skip_dead, save, pw1c, pw2c):
+                          pw2_w, pw2_b, gates, skip_dead, save, pw1c, pw2c, ungated_batch=0):
     # pw1c, pw2c: the pointwise weights as matmul operands, in the compute dtype (kept for
     # the backward); pw1_w, pw2_w are inputs only to receive their gradients
     B, T, D = x.shape
@@ -511,7 +520,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead)
     y = z.new_empty(B, T, D)
     rows_gemm(r, pw2c.t(), y.view(M, D), bias=pw2_b, epi=EPI_STORE,
-              scale_out=gates is not None, final=True, **common)
+              scale_out=gates is not None, final=True, ungated_rows=ungated_batch * T, **common)
     if not save:  # distinct empties: custom_op outputs may not alias each other
         return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0),
                 *(z.new_empty(0) for _ in range(4)))
@@ -520,7 +529,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
                           gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c, skip_dead,
-                          gate_grad):
+                          gate_grad, ungated_batch=0):
     B, T, D = x.shape
     M, K = B * T, dw_w.shape[1]
     z_saved, z = z, z[:, :D]      # as the forward saved it: a column of ones for the dense path
@@ -538,10 +547,18 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
-    rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, **common)
-    # pw2's bias gradient; not read at all for a dead module (it is 0 then)
-    col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
-    wgrad(dy2, r, out=dpw2, **common)
+    U = ungated_batch * T
+    rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, ungated_rows=U, **common)
+    # pw2's bias gradient; not read at all for a dead module (it is 0 then). With ungated
+    # rows, PW2's gradients in two parts, the gated rows' scaled by the gate below
+    gated = slice(U, M)
+    col_sums(dy2[gated], dy_sum, lengths=lengths[ungated_batch:], T=T, gates=gates,
+             skip_dead=skip_dead)
+    wgrad(dy2[gated], r[gated], out=dpw2, **dict(common, lengths=lengths[ungated_batch:]))
+    if ungated_batch:
+        ungated = dict(lengths=lengths[:ungated_batch], T=T)
+        dy_sum_ungated = col_sums(dy2[:U], torch.zeros_like(dy_sum), **ungated)
+        dpw2_ungated = wgrad(dy2[:U], r[:U], out=torch.zeros_like(dpw2), **ungated)
     gate_arg = gates if has_gates else dy_sum
     dpre, (d_ln2w, d_ln2b, d_dwb) = conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths,
                                                       T, has_gates, skip)
@@ -570,6 +587,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
             dgates = dgates.to(gates.dtype)
         # PW2's gradients scaled by the gate in place (ours, fp32), one launch for both
         torch._foreach_mul_([dpw2, dy_sum], g)
+    if ungated_batch:
+        torch._foreach_add_([dpw2, dy_sum], [dpw2_ungated, dy_sum_ungated])
     d_pw2b = dy_sum
     return (dx.view(B, T, D), d_ln1w.to(ln1_w.dtype), d_ln1b.to(ln1_w.dtype),
             d_pw1w.to(pw1_w.dtype), d_pw1b.to(pw1_w.dtype), d_dww.to(dw_w.dtype),
@@ -585,17 +604,17 @@ def gated_conv_fwd(x: torch.Tensor, lengths: torch.Tensor, ln1_w: torch.Tensor,
                    dw_w: torch.Tensor, dw_b: torch.Tensor, ln2_w: torch.Tensor,
                    ln2_b: torch.Tensor, pw2_w: torch.Tensor, pw2_b: torch.Tensor,
                    gates: torch.Tensor | None, skip_dead: bool, save: bool,
-                   pw1c: torch.Tensor, pw2c: torch.Tensor
+                   pw1c: torch.Tensor, pw2c: torch.Tensor, ungated_batch: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b,
                                       ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save,
-                                      pw1c, pw2c))
+                                      pw1c, pw2c, ungated_batch))
 
 
 @gated_conv_fwd.register_fake
 def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
-      skip_dead, save, pw1c, pw2c):
+      skip_dead, save, pw1c, pw2c, ungated_batch=0):
     B, T, D = x.shape
     like = dict(dtype=pw1c.dtype)
     y = x.new_empty(B, T, D, **like)
@@ -617,10 +636,11 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                    pw2_b: torch.Tensor, gates: torch.Tensor | None, z: torch.Tensor,
                    mean: torch.Tensor, rstd: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                    pre: torch.Tensor, r: torch.Tensor, pw1c: torch.Tensor,
-                   pw2c: torch.Tensor, skip_dead: bool, gate_grad: bool) -> list[torch.Tensor]:
+                   pw2c: torch.Tensor, skip_dead: bool, gate_grad: bool,
+                   ungated_batch: int = 0) -> list[torch.Tensor]:
     grads = gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w,
                                   pw2_b, gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c,
-                                  skip_dead, gate_grad)
+                                  skip_dead, gate_grad, ungated_batch)
     # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
     return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
             for g in grads]
@@ -628,7 +648,7 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
 
 @gated_conv_bwd.register_fake
 def _(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates, z, mean, rstd, u,
-      v, pre, r, pw1c, pw2c, skip_dead, gate_grad):
+      v, pre, r, pw1c, pw2c, skip_dead, gate_grad, ungated_batch=0):
     D = x.shape[-1]
     vec = [ln1_w.new_empty(D) for _ in range(2)]
     return [torch.empty_like(x), *vec, torch.empty_like(pw1_w), pw1_w.new_empty(2 * D),
@@ -666,7 +686,7 @@ def _setup_context(ctx, inputs, output):
     weights = {name: args[name] for name in _Saved._fields[:10]}
     ctx.save_for_backward(*_Saved(**weights, z=z, mean=mean, rstd=rstd, u=u, v=v, pre=pre, r=r,
                                   pw1c=args["pw1c"], pw2c=args["pw2c"]))
-    ctx.skip_dead = args["skip_dead"]
+    ctx.skip_dead, ctx.ungated_batch = args["skip_dead"], args["ungated_batch"]
 
 
 def _backward(ctx, dy, *_activations, bwd=gated_conv_bwd):
@@ -676,7 +696,8 @@ def _backward(ctx, dy, *_activations, bwd=gated_conv_bwd):
                            "the activations are kept when gradients are needed")
     gate_grad = saved.gates is not None and needs_grad(ctx, gated_conv_fwd_triton, "gates")
     dx, d_ln1w, d_ln1b, d_pw1w, d_pw1b, d_dww, d_dwb, d_ln2w, d_ln2b, d_pw2w, d_pw2b, dg = bwd(
-        dy, **saved._asdict(), skip_dead=ctx.skip_dead, gate_grad=gate_grad)
+        dy, **saved._asdict(), skip_dead=ctx.skip_dead, gate_grad=gate_grad,
+        ungated_batch=ctx.ungated_batch)
     return grads_in_order(gated_conv_fwd_triton, x=dx, ln1_w=d_ln1w, ln1_b=d_ln1b,
                           pw1_w=d_pw1w, pw1_b=d_pw1b, dw_w=d_dww, dw_b=d_dwb, ln2_w=d_ln2w,
                           ln2_b=d_ln2b, pw2_w=d_pw2w, pw2_b=d_pw2b,
@@ -689,15 +710,21 @@ _GatedConv = eager_function(gated_conv_fwd_triton, _setup_context, _backward,
 
 
 def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
-               gates, compute_dtype=None, operands=None):
+               gates, compute_dtype=None, operands=None, ungated_batch=0):
     """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked), its
     work in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (PW1, PW2) in the compute dtype, (2D, D) and (D, D), made by the caller (one
     copy for a whole encoder, common.operand_copies), or None: cast here (as_operand).
 
-    A gate exactly 0 skips all work on the device when the gates need no gradient. Eager
-    calls go through one autograd.Function; under torch.compile the torch.library op.
+    A gate exactly 0 skips all work on the device when the gates need no gradient, and not
+    with ungated_batch: the first ungated_batch sequences run as if gates were None, the rest
+    with the gate (its gradient from those rows only), as two passes in one batch would.
+    Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
+    if ungated_batch and (gates is None or not 0 < ungated_batch < x.shape[0]):
+        raise ValueError(f"gated_conv: ungated_batch={ungated_batch} needs the module gate "
+                         f"and fewer sequences than x's {x.shape[0]} (gates given: "
+                         f"{gates is not None})")
     params = [t.contiguous() for t in (ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                                        pw2_w, pw2_b)]
     gate_grad = gates is not None and gates.requires_grad
@@ -707,7 +734,8 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
         gates = gates.contiguous()
     dtype = compute_dtype or x.dtype
     pw1c, pw2c = operands or (as_operand(pw1_w, dtype), as_operand(pw2_w, dtype))
-    args = (x.contiguous(), lengths.contiguous(), *params, gates, not gate_grad, save, pw1c,
-            pw2c)
+    skip_dead = not gate_grad and not ungated_batch
+    args = (x.contiguous(), lengths.contiguous(), *params, gates, skip_dead, save, pw1c, pw2c,
+            ungated_batch)
     op = gated_conv_fwd if torch.compiler.is_compiling() else _GatedConv.apply
     return op(*args)[0]

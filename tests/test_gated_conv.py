@@ -67,6 +67,53 @@ def test_matches_fp64_reference(shape, gate_case):
         assert (y == 0).all() and all((g == 0).all() for g in grads[:11])
 
 
+@pytest.mark.parametrize("gate_case", ["soft", "soft_exact_zero", "off"])
+def test_ungated_batch_matches_two_reference_passes(gate_case):
+    """ungated_batch=1: the first sequence as if gates were None, the others with the gate,
+    outputs and every gradient (the gate's from the gated sequences only) as the fp64
+    reference's two passes give them."""
+    values, requires_grad = GATES[gate_case]
+    lengths = torch.tensor([20, 13, 7])
+    x = torch.randn(3, 20, D)
+    params = make_params(5)
+    gates = torch.tensor(values).requires_grad_(requires_grad)
+    dy = torch.randn(3, 20, D)
+
+    def ours(x, lengths, *rest):
+        return gated_conv(x, lengths, *rest, ungated_batch=1)
+
+    def reference(x, lengths, *rest):
+        return gated_conv_reference(x, lengths, *rest, ungated_batch=1)
+
+    y, grads = run(ours, x, lengths, params, gates, dy)
+    g64 = gates.detach().double().requires_grad_(requires_grad)
+    y64, grads64 = run(reference, x.double(), lengths, [p.double() for p in params], g64,
+                       dy.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
+def test_registered_op_with_ungated_batch():
+    """The torch.compile path's op and its registered backward with ungated_batch."""
+    x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
+    params = [p.requires_grad_() for p in make_params(5)]
+    gates = torch.tensor([0.5], requires_grad=True)
+    args = (x, lengths, *params, gates, False, True, params[2], params[8], 1)
+    torch.library.opcheck(gated_conv_fwd, args, test_utils=(
+        "test_schema", "test_faketensor", "test_autograd_registration"))
+    y = gated_conv_fwd(*args)[0]
+    y_ref = gated_conv_reference(x, lengths, *params, gates, ungated_batch=1)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    assert_grads_close(y, y_ref, [x, *params, gates])
+
+
+def test_ungated_batch_needs_the_module_gate():
+    x, lengths = torch.randn(2, 4, D), torch.tensor([4, 2])
+    with pytest.raises(ValueError, match="ungated_batch=1 needs the module gate"):
+        gated_conv(x, lengths, *make_params(5), None, ungated_batch=1)
+
+
 @pytest.mark.parametrize("gate_case", ["none", "soft"])
 def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_filled_memory):
     """With nothing skipped, PW1's weight gradient and dz are products over every row
