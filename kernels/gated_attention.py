@@ -64,8 +64,9 @@ def gated_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     out = probs @ v
     out = out.masked_fill(~query_ok[:, None, :, None], 0)
-    if head_gates is not None:
-        out = out * _effective_gates(head_gates).to(out.dtype)[None, :, None, None]
+    if head_gates is not None:      # (H,), or (B, H): each sequence's own
+        gates = _effective_gates(head_gates).to(out.dtype)
+        out = out * gates.view(-1, H, 1, 1)
     return out
 
 
@@ -99,7 +100,7 @@ def _gated_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, len_ptr, gate_ptr, o_ptr, lse_ptr,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
-    H, T, qk_scale,
+    H, T, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -110,7 +111,7 @@ def _gated_attn_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    gate = tl.load(gate_ptr + h).to(tl.float32)
+    gate = tl.load(gate_ptr + b * gate_stride_b + h).to(tl.float32)
     seq_len = tl.load(len_ptr + b).to(tl.int32)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -180,7 +181,7 @@ def _gated_attn_bwd_delta_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, len_ptr, gate_ptr, delta_ptr, dgate_part_ptr,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
-    B, H, T, qk_scale,
+    B, H, T, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -196,7 +197,7 @@ def _gated_attn_bwd_delta_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    gate = tl.load(gate_ptr + h).to(tl.float32)
+    gate = tl.load(gate_ptr + b * gate_stride_b + h).to(tl.float32)
     seq_len = tl.load(len_ptr + b).to(tl.int32)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -229,7 +230,7 @@ def _gated_attn_bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
     stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
-    H, T, sm_scale, qk_scale,
+    H, T, sm_scale, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -240,7 +241,7 @@ def _gated_attn_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    gate = tl.load(gate_ptr + h).to(tl.float32)
+    gate = tl.load(gate_ptr + b * gate_stride_b + h).to(tl.float32)
     seq_len = tl.load(len_ptr + b).to(tl.int32)
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -292,7 +293,7 @@ def _gated_attn_bwd_dq_kernel(
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
     stride_dqb, stride_dqh, stride_dqt,
-    H, T, sm_scale, qk_scale,
+    H, T, sm_scale, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -302,7 +303,7 @@ def _gated_attn_bwd_dq_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    gate = tl.load(gate_ptr + h).to(tl.float32)
+    gate = tl.load(gate_ptr + b * gate_stride_b + h).to(tl.float32)
     seq_len = tl.load(len_ptr + b).to(tl.int32)
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -332,19 +333,23 @@ def _gated_attn_bwd_dq_kernel(
 
 
 @triton.jit
-def _gated_attn_dgate_kernel(part_ptr, gate_ptr, dgate_ptr, num_parts,
-                             BLOCK: tl.constexpr):
-    # dg_h = sum of head h's delta partials / g_h; 0 for a dead head (never computed).
+def _gated_attn_dgate_kernel(part_ptr, gate_ptr, dgate_ptr, num_parts, head_parts,
+                             gate_stride_b, BLOCK: tl.constexpr):
+    # Program (h, j): dg = the sum of num_parts delta partials / g; 0 for a dead gate (never
+    # computed). Head h's partials start at h * head_parts; program j takes the j-th
+    # num_parts of them, those of sequence j with per-sequence gates (gate_stride_b = H),
+    # else j = 0 takes them all.
     h = tl.program_id(0)
+    j = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
+    first = part_ptr + h * head_parts + j * num_parts
     total = tl.zeros([BLOCK], tl.float32)
     for start in range(0, num_parts, BLOCK):
-        total += tl.load(part_ptr + h * num_parts + start + offs,
-                         mask=start + offs < num_parts, other=0.0)
-    gate = tl.load(gate_ptr + h).to(tl.float32)
+        total += tl.load(first + start + offs, mask=start + offs < num_parts, other=0.0)
+    gate = tl.load(gate_ptr + j * gate_stride_b + h).to(tl.float32)
     safe = tl.where(gate != 0, gate, 1.0)
     dgate = tl.where(gate != 0, tl.sum(total, 0) / safe, 0.0)
-    tl.store(dgate_ptr + h, dgate.to(dgate_ptr.dtype.element_ty))
+    tl.store(dgate_ptr + j * gate_stride_b + h, dgate.to(dgate_ptr.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -383,7 +388,8 @@ def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
 
 def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero_dead=True):
     """Fills `out` (B, H, T, Dh) (any strides) and returns lse (B, H, T) fp32 (log2 units).
-    zero_dead=False leaves dead heads' rows of `out` unwritten."""
+    head_gates (H,), or (B, H): each sequence's own. zero_dead=False leaves dead heads' rows
+    of `out` unwritten."""
     B, H, T, Dh = q.shape
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     cfg = _config("fwd", Dh, T)
@@ -391,7 +397,7 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero
     launch(_gated_attn_fwd_kernel, grid,
         q, k, v, lengths, head_gates, out, lse,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(out),
-        H, T, sm_scale * LOG2E,
+        H, T, sm_scale * LOG2E, _gate_stride(head_gates),
         HEAD_DIM=Dh, BLOCK_D=max(16, next_pow2(Dh)), ZERO_DEAD=zero_dead,
         DOT_PRECISION=dot_precision(q.dtype), **cfg)
     return lse
@@ -399,7 +405,7 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero
 
 def gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_scale, dq, dk, dv,
                                zero_dead=True):
-    """Fills dq, dk, dv (any strides) and returns dgates (H,) in the gates' dtype.
+    """Fills dq, dk, dv (any strides) and returns dgates, the gates' shape and dtype.
     zero_dead=False leaves dead heads' rows of dq, dk, dv unwritten."""
     B, H, T, Dh = q.shape
     block_d = max(16, next_pow2(Dh))
@@ -412,23 +418,33 @@ def gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_s
     launch(_gated_attn_bwd_delta_kernel, delta_grid,
         q, k, v, grad_out, lse, lengths, head_gates, delta, dgate_part,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), B, H, T,
-        sm_scale * LOG2E, HEAD_DIM=Dh, BLOCK_D=block_d, DOT_PRECISION=precision, **cfg)
+        sm_scale * LOG2E, _gate_stride(head_gates), HEAD_DIM=Dh, BLOCK_D=block_d,
+        DOT_PRECISION=precision, **cfg)
     cfg = _config("dkdv", Dh, T)
     launch(_gated_attn_bwd_dkdv_kernel, (cdiv(T, cfg["BLOCK_N"]), B * H),
         q, k, v, grad_out, lse, delta, lengths, head_gates, dk, dv,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out),
         *_strides3(dk), *_strides3(dv), H, T, sm_scale, sm_scale * LOG2E,
-        HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
+        _gate_stride(head_gates), HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead,
+        DOT_PRECISION=precision, **cfg)
     cfg = _config("dq", Dh, T)
     launch(_gated_attn_bwd_dq_kernel, (cdiv(T, cfg["BLOCK_M"]), B * H),
         q, k, v, grad_out, lse, delta, lengths, head_gates, dq,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), *_strides3(dq),
-        H, T, sm_scale, sm_scale * LOG2E,
+        H, T, sm_scale, sm_scale * LOG2E, _gate_stride(head_gates),
         HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
     dgates = torch.empty_like(head_gates)
-    launch(_gated_attn_dgate_kernel, (H,), dgate_part, head_gates, dgates, B * delta_grid[0],
+    per_sequence = head_gates.dim() == 2
+    n_m = delta_grid[0]
+    launch(_gated_attn_dgate_kernel, (H, B if per_sequence else 1), dgate_part, head_gates,
+           dgates, n_m if per_sequence else B * n_m, B * n_m, _gate_stride(head_gates),
            BLOCK=128)
     return dgates
+
+
+def _gate_stride(head_gates: torch.Tensor) -> int:
+    """How far apart two sequences' gates are: 0 for shared (H,) gates, H for (B, H)."""
+    return head_gates.shape[-1] if head_gates.dim() == 2 else 0
 
 
 def _unpack(qkv: torch.Tensor):
@@ -537,10 +553,10 @@ def _check(q, k, v, lengths, head_gates):
         raise ValueError(f"lengths must be int32/int64 of shape ({B},), got "
                          f"{lengths.dtype} {tuple(lengths.shape)}")
     if head_gates is not None:
-        if not isinstance(head_gates, torch.Tensor) or head_gates.shape != (H,) \
+        if not isinstance(head_gates, torch.Tensor) or head_gates.shape not in ((H,), (B, H)) \
                 or not head_gates.is_floating_point():
-            raise ValueError(f"head_gates must be a float tensor of shape ({H},), got "
-                             f"{getattr(head_gates, 'shape', head_gates)!r}")
+            raise ValueError(f"head_gates must be a float tensor of shape ({H},) or ({B}, "
+                             f"{H}), got {getattr(head_gates, 'shape', head_gates)!r}")
     devices = {t.device for t in (q, k, v, lengths) + (() if head_gates is None
                                                           else (head_gates,))}
     if len(devices) != 1:
@@ -552,7 +568,7 @@ def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: 
                     ) -> torch.Tensor:
     """Triton gated attention with key padding (the reference: `gated_attention_reference`).
     q, k, v: (B, H, T, Dh) in fp32, bf16 or fp16 on CUDA (or the CPU under the interpreter);
-    lengths (B,); head_gates (H,) or None (all ones) -> (B, H, T, Dh)."""
+    lengths (B,); head_gates (H,), (B, H) (per sequence) or None (all ones) -> (B, H, T, Dh)."""
     _check(q, k, v, lengths, head_gates)
     sm_scale = q.shape[-1] ** -0.5 if sm_scale is None else float(sm_scale)
     if head_gates is None:

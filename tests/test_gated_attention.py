@@ -60,6 +60,23 @@ def test_matches_reference(shape, gate_kind):
         assert all(torch.equal(t, torch.zeros_like(t)) for t in ours[1:])
 
 
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=lambda s: f"B{s[0]}H{s[1]}T{s[2]}D{s[3]}")
+def test_per_sequence_gates_match_reference(shape):
+    """(B, H) gates, each sequence its own (the first all ones, the others with zeros among
+    them: the two passes of a batch holding both), outputs and every gradient, the gates'
+    per sequence."""
+    B, H, T, Dh, lengths = shape
+    q, k, v, lengths = _inputs(B, H, T, Dh, lengths)
+    gates = torch.rand(B, H, device=DEV) + 0.2
+    gates[0] = 1.0
+    gates[1:, 0] = 0.0
+    grad_out = torch.randn(B, H, T, Dh, device=DEV)
+    ours = _grads(_triton, q, k, v, lengths, gates, grad_out)
+    ref = _grads(ga.gated_attention_reference, q, k, v, lengths, gates, grad_out)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=name)
+
+
 @pytest.mark.parametrize("path", ["custom_op", "eager_function"])
 def test_packed_matches_reference(path):
     B, T, H, Dh = 2, 37, 3, 16
