@@ -46,14 +46,23 @@ from .gated_attention import (
 from .gated_matmul import col_sums, wgrad
 from .launch import cdiv, launch, next_pow2
 
-BIAS_PLAIN, BIAS_IF_LIVE, BIAS_SCALED = 0, 1, 2
+# the out-projection's bias factor s: 1; [any gate != 0]; the module gate; and for a batch
+# holding two passes, 1 for the first (ungated) rows and [any gate != 0] for the others,
+# the gates read from the scale pointer (the head gates then all 1: nothing skipped)
+BIAS_PLAIN, BIAS_IF_LIVE, BIAS_SCALED, BIAS_IF_LIVE_AFTER = 0, 1, 2, 3
 
 
 # ----------------------------------------------------------------------------- reference
 
 def gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int,
-                         granularity: str = "component"):
-    """y: (B, T, d), gates: None, (H,) (component) or (1,) (module) -> (B, T, d)."""
+                         granularity: str = "component", ungated_batch: int = 0):
+    """y: (B, T, d), gates: None, (H,) (component) or (1,) (module) -> (B, T, d).
+    ungated_batch: the first sequences run as if gates were None (the ungated pass of a
+    batch holding two)."""
+    if ungated_batch:
+        parts = ((slice(0, ungated_batch), None), (slice(ungated_batch, None), gates))
+        return torch.cat([gated_mhsa_reference(y[rows], lengths[rows], g, w_in, b_in, w_o, b_o,
+                                               num_heads, granularity) for rows, g in parts])
     B, T, D = y.shape
     Dh = D // num_heads
     if gates is None:
@@ -149,10 +158,12 @@ def _in_proj_dy_kernel(
 
 @triton.jit
 def _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr):
-    """s of `out = a W_o^T + s b_o`: 1, [any gate != 0], or the module gate."""
-    if BIAS_MODE == 1:
+    """s of `out = a W_o^T + s b_o`: 1, [any gate != 0], or the module gate (BIAS_IF_LIVE_AFTER:
+    [any gate != 0] of the gates at scale_ptr, for the rows after the ungated ones)."""
+    if BIAS_MODE == 1 or BIAS_MODE == 3:
         offs_h = tl.arange(0, BLOCK_H)
-        gates = tl.load(gate_ptr + offs_h, mask=offs_h < H, other=0.0)
+        gates = tl.load((gate_ptr if BIAS_MODE == 1 else scale_ptr) + offs_h, mask=offs_h < H,
+                        other=0.0)
         return tl.max(tl.where(gates != 0, 1.0, 0.0), 0)
     elif BIAS_MODE == 2:
         return tl.load(scale_ptr).to(tl.float32)
@@ -162,7 +173,7 @@ def _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE: tl.constexpr, BLOCK_H: tl.co
 
 @triton.jit
 def _out_proj_fwd_kernel(
-    a_ptr, w_ptr, b_ptr, gate_ptr, scale_ptr, out_ptr, M, D, H,
+    a_ptr, w_ptr, b_ptr, gate_ptr, scale_ptr, out_ptr, M, D, H, UNGATED,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -187,7 +198,11 @@ def _out_proj_fwd_kernel(
                         mask=col_ok[:, None] & d_ok[None, :], other=0.0)
             acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
     bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    acc += (bias * _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE, BLOCK_H))[None, :]
+    scale = _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE, BLOCK_H)
+    if BIAS_MODE == 3:      # rows < UNGATED: the bias whatever the gates
+        acc += bias[None, :] * tl.where(rows < UNGATED, 1.0, scale)[:, None]
+    else:
+        acc += (bias * scale)[None, :]
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -224,7 +239,7 @@ def _out_proj_da_kernel(
 @triton.jit
 def _out_proj_dw_kernel(
     dout_ptr, a_ptr, b_ptr, gate_ptr, scale_ptr, dw_ptr, db_ptr, dscale_ptr,
-    M, D, H, rows_per_split,
+    M, D, H, rows_per_split, UNGATED,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -261,15 +276,23 @@ def _out_proj_dw_kernel(
         # 23 us at B32xT250 on the H200, all heads off included); no rows read when the
         # bias is off and no module gate needs the sum
         scale = _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE, BLOCK_H)
-        if BIAS_MODE != 2 and scale == 0:
+        if BIAS_MODE == 3:          # rows < UNGATED count whatever the gates
+            if scale == 0:
+                row_end = tl.minimum(row_end, tl.maximum(UNGATED, row_start))
+        elif BIAS_MODE != 2 and scale == 0:
             row_end = row_start
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for m0 in range(row_start, row_end, BLOCK_M):
             rows = m0 + offs_m
             g = tl.load(dout_ptr + rows[:, None] * D + cols[None, :],
                         mask=(rows < row_end)[:, None] & col_ok[None, :], other=0.0)
-            acc += g.to(tl.float32)
+            if BIAS_MODE == 3:
+                acc += g.to(tl.float32) * tl.where(rows < UNGATED, 1.0, scale)[:, None]
+            else:
+                acc += g.to(tl.float32)
         total = tl.sum(acc, 0)
+        if BIAS_MODE == 3:
+            scale = 1.0         # applied row by row above
         tl.atomic_add(db_ptr + cols, total * scale, mask=col_ok, sem="relaxed")
         if BIAS_MODE == 2:
             bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -351,8 +374,9 @@ def _row_blocks(M: int, device, T: int = 256) -> tuple[torch.Tensor, int]:
     return lengths, T
 
 
-def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
-    """a (M, d), w (d, d) in the compute dtype -> a W^T + s b (M, d) compute dtype."""
+def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode, ungated_rows=0):
+    """a (M, d), w (d, d) in the compute dtype -> a W^T + s b (M, d) compute dtype.
+    ungated_rows: BIAS_IF_LIVE_AFTER's first rows, which get the bias whatever the gates."""
     M, D = a.shape
     H = head_gates.shape[0]
     Dh = D // H
@@ -360,13 +384,14 @@ def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode):
     out = torch.empty(M, D, dtype=w.dtype, device=a.device)
     launch(_out_proj_fwd_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         a, w, b, head_gates, head_gates if bias_scale is None else bias_scale, out, M, D, H,
-        HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"],
-        BIAS_MODE=bias_mode, BLOCK_H=next_pow2(H),
+        ungated_rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"],
+        BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode, BLOCK_H=next_pow2(H),
         DOT_PRECISION=dot_precision(w.dtype), **blk["opts"])
     return out
 
 
-def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=None):
+def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=None,
+                        ungated_rows=0):
     """-> (da, dW fp32, db fp32, dscale fp32 (1,)); dead heads' columns of da unwritten.
     acc: zeroed fp32 (d * d + d + 1,) to hold dW, db and dscale (default: new tensors)."""
     M, D = a.shape
@@ -387,10 +412,9 @@ def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=No
     splits, rows = _split(M, blk["BLOCK_M"])
     launch(_out_proj_dw_kernel, (cdiv(D, blk["BLOCK_N"]), H + 1, splits),
         dout, a, b, head_gates, head_gates if bias_scale is None else bias_scale, dw, db,
-        db[D:], M, D, H, rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["BLOCK_N"],
-        BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode, BLOCK_H=next_pow2(H),
-        DOT_PRECISION=precision,
-        **blk["dw_opts"])
+        db[D:], M, D, H, rows, ungated_rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
+        BLOCK_N=blk["BLOCK_N"], BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode,
+        BLOCK_H=next_pow2(H), DOT_PRECISION=precision, **blk["dw_opts"])
     return da, dw, db[:D], db[D:]
 
 
@@ -440,47 +464,49 @@ gated_in_proj.register_autograd(_in_proj_backward, setup_context=_in_proj_setup)
 
 @torch.library.custom_op("orthoasr::gated_out_proj", mutates_args=())
 def gated_out_proj(a: torch.Tensor, w: torch.Tensor, w_c: torch.Tensor, b: torch.Tensor,
-                   head_gates: torch.Tensor, bias_scale: torch.Tensor | None, bias_mode: int
-                   ) -> torch.Tensor:
+                   head_gates: torch.Tensor, bias_scale: torch.Tensor | None, bias_mode: int,
+                   ungated_rows: int = 0) -> torch.Tensor:
     """a (M, d) -> a W_o^T + s b_o (M, d) in w_c's dtype, summing over live heads only. w_c:
     w (d, d) in the compute dtype, the matmul operand; w only receives the gradient."""
-    return out_proj_fwd_triton(a, w_c, b, head_gates, bias_scale, bias_mode)
+    return out_proj_fwd_triton(a, w_c, b, head_gates, bias_scale, bias_mode, ungated_rows)
 
 
 @gated_out_proj.register_fake
-def _(a, w, w_c, b, head_gates, bias_scale, bias_mode):
+def _(a, w, w_c, b, head_gates, bias_scale, bias_mode, ungated_rows=0):
     return a.new_empty(a.shape[0], w_c.shape[0], dtype=w_c.dtype)
 
 
 @torch.library.custom_op("orthoasr::gated_out_proj_bwd", mutates_args=())
 def gated_out_proj_bwd(dout: torch.Tensor, a: torch.Tensor, w_c: torch.Tensor, b: torch.Tensor,
                        head_gates: torch.Tensor, bias_scale: torch.Tensor | None,
-                       bias_mode: int
+                       bias_mode: int, ungated_rows: int = 0
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     da, dw, db, dscale = out_proj_bwd_triton(dout, a, w_c, b, head_gates, bias_scale,
-                                             bias_mode)
+                                             bias_mode, ungated_rows=ungated_rows)
     return da, dw, db.clone(), dscale.clone()
 
 
 @gated_out_proj_bwd.register_fake
-def _(dout, a, w_c, b, head_gates, bias_scale, bias_mode):
+def _(dout, a, w_c, b, head_gates, bias_scale, bias_mode, ungated_rows=0):
     f32 = torch.float32
     return (torch.empty_like(a), w_c.new_empty(w_c.shape, dtype=f32),
             w_c.new_empty(w_c.shape[0], dtype=f32), w_c.new_empty(1, dtype=f32))
 
 
 def _out_proj_setup(ctx, inputs, output):
-    a, w, w_c, b, head_gates, bias_scale, bias_mode = inputs
+    a, w, w_c, b, head_gates, bias_scale, bias_mode, ungated_rows = inputs
     ctx.save_for_backward(a, w_c, b, head_gates, bias_scale)
-    ctx.bias_mode, ctx.w_dtype = bias_mode, w.dtype
+    ctx.bias_mode, ctx.w_dtype, ctx.ungated_rows = bias_mode, w.dtype, ungated_rows
 
 
 def _out_proj_backward(ctx, dout):
     a, w_c, b, head_gates, bias_scale = ctx.saved_tensors
     da, dw, db, dscale = gated_out_proj_bwd(dout.contiguous(), a, w_c, b, head_gates,
-                                            bias_scale, ctx.bias_mode)
-    dscale = None if bias_scale is None else dscale.reshape(bias_scale.shape).to(bias_scale.dtype)
-    return da, dw.to(ctx.w_dtype), None, db.to(b.dtype), None, dscale, None
+                                            bias_scale, ctx.bias_mode, ctx.ungated_rows)
+    # only the module gate's scale has a gradient (the others' factor is an indicator)
+    dscale = (dscale.reshape(bias_scale.shape).to(bias_scale.dtype)
+              if ctx.bias_mode == BIAS_SCALED else None)
+    return da, dw.to(ctx.w_dtype), None, db.to(b.dtype), None, dscale, None, None
 
 
 gated_out_proj.register_autograd(_out_proj_backward, setup_context=_out_proj_setup)
@@ -499,28 +525,36 @@ class _MHSASaved(NamedTuple):
     w_o: torch.Tensor          # in the compute dtype
     b_o: torch.Tensor
     bias_scale: torch.Tensor | None
+    attn_gates: torch.Tensor   # the attention's gates: head_gates, or (B, H) for a pair
 
 
 class _GatedMHSA(torch.autograd.Function):
     """The eager path: the three ops' launchers (in-projection, attention, out-projection)
     chained in one autograd.Function, one host round-trip instead of three; torch.compile
-    sees the three ops instead."""
+    sees the three ops instead. attn_gates: the attention's (B, H) per-sequence gates of a
+    batch holding two passes (the projections then skip nothing: head_gates all 1), or
+    None: head_gates for all three."""
 
     @staticmethod
     def forward(ctx, y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, w_in_c, w_o_c,
-                num_heads, bias_mode):
+                num_heads, bias_mode, attn_gates, ungated_rows):
         # w_in_c, w_o_c: the matmul operands (w_in, w_o in the compute dtype)
         B, T, D = y.shape
         Dh = D // num_heads
         y2 = y.reshape(B * T, D)
+        pair = attn_gates is not None
+        attn_gates = attn_gates if pair else head_gates
         qkv = in_proj_fwd_triton(y2, w_in_c, b_in, head_gates)
-        a, lse = attention_packed_fwd(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
-                                      Dh ** -0.5, zero_dead=False)
+        # a batch holding two passes: a head off in one pass only is computed by the
+        # projections, so the attention writes its zeros
+        a, lse = attention_packed_fwd(qkv.view(B, T, num_heads, 3, Dh), lengths, attn_gates,
+                                      Dh ** -0.5, zero_dead=pair)
         out = out_proj_fwd_triton(a.view(B * T, D), w_o_c, b_o, head_gates, bias_scale,
-                                  bias_mode)
+                                  bias_mode, ungated_rows)
         ctx.save_for_backward(*_MHSASaved(y2, w_in_c, qkv, a, lse, lengths, head_gates, w_o_c,
-                                          b_o, bias_scale))
-        ctx.num_heads, ctx.bias_mode = num_heads, bias_mode
+                                          b_o, bias_scale, attn_gates))
+        ctx.num_heads, ctx.bias_mode, ctx.pair = num_heads, bias_mode, pair
+        ctx.ungated_rows = ungated_rows
         ctx.dtypes = w_in.dtype, b_in.dtype, w_o.dtype
         return out.view(B, T, D)
 
@@ -535,33 +569,47 @@ class _GatedMHSA(torch.autograd.Function):
         da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
                                                      s.a.view(B * T, D), s.w_o, s.b_o,
                                                      s.head_gates, s.bias_scale, ctx.bias_mode,
-                                                     acc_o)
+                                                     acc_o, ctx.ungated_rows)
         dqkv, dgates = attention_packed_bwd(da.view(B, T, H, Dh), s.qkv.view(B, T, H, 3, Dh),
-                                            s.lse, s.lengths, s.head_gates, Dh ** -0.5,
-                                            zero_dead=False)
+                                            s.lse, s.lengths, s.attn_gates, Dh ** -0.5,
+                                            zero_dead=ctx.pair)
         dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), s.y2, s.w_in,
                                               s.head_gates, s.lengths, T, acc_in)
-        if s.bias_scale is not None:
+        if ctx.bias_mode == BIAS_SCALED:    # the others' bias factor is an indicator
             dscale = dscale.reshape(s.bias_scale.shape).to(s.bias_scale.dtype)
         else:
             dscale = None
-        return (dy.view(B, T, D), None, dgates, dscale, dw_in.to(w_in_dtype),
+        d_head, d_attn = (None, dgates) if ctx.pair else (dgates, None)
+        return (dy.view(B, T, D), None, d_head, dscale, dw_in.to(w_in_dtype),
                 db_in.to(b_in_dtype), dw_o.to(w_o_dtype), db_o.to(s.b_o.dtype), None, None,
-                None, None)
+                None, None, d_attn, None)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granularity: str,
-               compute: torch.dtype, all_on: torch.Tensor | None = None, operands=None):
+               compute: torch.dtype, all_on: torch.Tensor | None = None, operands=None,
+               ungated_batch: int = 0):
     """Triton gated MHSA (the reference: `gated_mhsa_reference`): y = LN(x) (B, T, d) ->
     (B, T, d) in `compute` (the matmul dtype: bf16 under autocast); gates None, (H,) or
     (1,) (module granularity); the projections and the attention skip dead heads.
     `all_on`: a cached (H,) ones tensor for gates=None (saves a launch). operands: (W_in,
     W_o) in `compute`, (3d, d) and (d, d), made by the caller (one copy for a whole encoder,
-    common.operand_copies), or None: cast here (as_operand)."""
-    bias_scale = None
-    if gates is None:
+    common.operand_copies), or None: cast here (as_operand). ungated_batch: the first
+    sequences run as if gates were None, the rest with the head gates (their gradient from
+    those only), as two passes in one batch would; no head is skipped then."""
+    B, T, D = y.shape
+    bias_scale, attn_gates, ungated_rows = None, None, 0
+    if ungated_batch:
+        if gates is None or granularity == "module" or not 0 < ungated_batch < B:
+            raise ValueError(f"gated_mhsa: ungated_batch={ungated_batch} needs head gates and "
+                             f"fewer sequences than y's {B} (gates given: "
+                             f"{gates is not None}, granularity {granularity!r})")
+        ones = torch.ones(ungated_batch, num_heads, dtype=gates.dtype, device=y.device)
+        attn_gates = torch.cat([ones, gates.expand(B - ungated_batch, num_heads)])
+        head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
+        bias_scale, bias_mode, ungated_rows = gates, BIAS_IF_LIVE_AFTER, ungated_batch * T
+    elif gates is None:
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
         bias_mode = BIAS_PLAIN
     elif granularity == "module":
@@ -572,11 +620,13 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
     w_in_c, w_o_c = operands or (as_operand(w_in, compute), as_operand(w_o, compute))
     if not torch.compiler.is_compiling():
         return _GatedMHSA.apply(y.contiguous(), lengths, head_gates, bias_scale, w_in, b_in,
-                                w_o, b_o, w_in_c, w_o_c, num_heads, bias_mode)
-    B, T, D = y.shape
+                                w_o, b_o, w_in_c, w_o_c, num_heads, bias_mode, attn_gates,
+                                ungated_rows)
     Dh = D // num_heads
     qkv = gated_in_proj(y.reshape(B * T, D).contiguous(), w_in, w_in_c, b_in, head_gates)
-    a = gated_attention_packed(qkv.view(B, T, num_heads, 3, Dh), lengths, head_gates,
-                               Dh ** -0.5, zero_dead=False)
-    out = gated_out_proj(a.view(B * T, D), w_o, w_o_c, b_o, head_gates, bias_scale, bias_mode)
+    a = gated_attention_packed(qkv.view(B, T, num_heads, 3, Dh), lengths,
+                               head_gates if attn_gates is None else attn_gates, Dh ** -0.5,
+                               zero_dead=attn_gates is not None)
+    out = gated_out_proj(a.view(B * T, D), w_o, w_o_c, b_o, head_gates, bias_scale, bias_mode,
+                         ungated_rows)
     return out.view(B, T, D)

@@ -326,3 +326,49 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(ours[0], eager[0], atol=1e-4, rtol=1e-4)
     for a, b in zip(ours[1] + [ours[2]], eager[1] + [eager[2]], strict=True):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("compile_path", [False, True])
+@pytest.mark.parametrize("gate_kind", ["soft", "some_off", "all_off"])
+def test_ungated_batch_matches_two_reference_passes(gate_kind, compile_path, monkeypatch):
+    """gated_mhsa(ungated_batch=1): the first sequence as if gates were None, the others with
+    the head gates, outputs and every gradient (the gates' from the gated sequences only) as
+    the fp64 reference's two passes give them; the eager path, and the torch.compile path's
+    ops (called eagerly)."""
+    from orthoasr.kernels import gated_mhsa as gmh
+    d, H = 48, 3
+    torch.manual_seed(12)
+    y = torch.randn(3, 24, d, device=DEV)
+    lengths = torch.tensor([24, 9, 17], device=DEV)
+    weights = [torch.randn(3 * d, d, device=DEV) / d ** 0.5, 0.1 * torch.randn(3 * d, device=DEV),
+               torch.randn(d, d, device=DEV) / d ** 0.5, 0.1 * torch.randn(d, device=DEV)]
+    gates = torch.tensor(GATES[gate_kind], device=DEV)
+    grad_out = torch.randn_like(y)
+
+    def grads(fn, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (y, gates, *weights)]
+        out = fn(leaves[0], lengths, *leaves[1:])
+        return [out, *torch.autograd.grad(out, leaves, grad_out.to(dtype))]
+
+    ref = grads(lambda y, lengths, g, *w: gmh.gated_mhsa_reference(
+        y, lengths, g, *w, H, ungated_batch=1), torch.float64)
+    if compile_path:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    ours = grads(lambda y, lengths, g, *w: gmh.gated_mhsa(
+        y, lengths, g, *w, H, "component", torch.float32, ungated_batch=1), torch.float32)
+    for name, a, b in zip(["out", "dy", "dgates", "dw_in", "db_in", "dw_o", "db_o"], ours, ref,
+                          strict=True):
+        torch.testing.assert_close(a.double(), b, atol=2e-4, rtol=2e-4, msg=name)
+
+
+def test_ungated_batch_needs_head_gates():
+    from orthoasr.kernels import gated_mhsa as gmh
+    y, lengths = torch.randn(2, 5, 48, device=DEV), torch.tensor([5, 3], device=DEV)
+    weights = [torch.randn(144, 48, device=DEV), torch.randn(144, device=DEV),
+               torch.randn(48, 48, device=DEV), torch.randn(48, device=DEV)]
+    with pytest.raises(ValueError, match="ungated_batch=1 needs head gates"):
+        gmh.gated_mhsa(y, lengths, None, *weights, 3, "component", torch.float32,
+                       ungated_batch=1)
+    with pytest.raises(ValueError, match="granularity 'module'"):
+        gmh.gated_mhsa(y, lengths, torch.ones(1, device=DEV), *weights, 3, "module",
+                       torch.float32, ungated_batch=1)
