@@ -188,12 +188,13 @@ class ConformerBlock(nn.Module):
                 gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset(),
                 operands: dict[str, tuple[torch.Tensor, ...]] | None = None,
                 full: frozenset[str] = frozenset(),
-                seeds: torch.Tensor | None = None) -> torch.Tensor:
+                seeds: torch.Tensor | None = None, ungated_batch: int = 0) -> torch.Tensor:
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
         skip: kinds of the modules left out (as if their gates were all 0); full: kinds of
         the modules run ungated (as their gates are all 1). operands: kind -> that module's
         `matmul_weights` in the compute dtype, or None: each casts its own. seeds: (modules,)
-        int64, the fused dropouts' seeds in layout order, or None: each draws its own."""
+        int64, the fused dropouts' seeds in layout order, or None: each draws its own.
+        ungated_batch: the first sequences run as if gates were None (encode_pair)."""
         # training on the Triton backend: each module's dropout and the residual add in one
         # kernel each way (kernels/dropout_residual.py)
         fuse_dropout = self.training and triton_runs(x, lengths, None)
@@ -205,7 +206,8 @@ class ConformerBlock(nn.Module):
             p = module.dropout_rate if self.training else 0.0
             fused = fuse_dropout and p > 0
             y = module(x, lengths, module_gates,
-                       operands=None if operands is None else operands[kind], dropout=not fused)
+                       operands=None if operands is None else operands[kind], dropout=not fused,
+                       ungated_batch=0 if module_gates is None else ungated_batch)
             if fused:
                 seed = None if seeds is None else seeds[index:index + 1]
                 x = dropout_residual_add(x, y, HALF_STEP[kind], p, seed)
@@ -260,12 +262,31 @@ class ConformerSupernet(nn.Module):
         x = self.run_blocks(self.dropout(x), lengths, gates, skip, full)
         return self.heads[head](x).float().log_softmax(dim=-1)
 
+    def encode_pair(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor,
+                    head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The supernet (gates None, the last output layer) and a subnet (`gates`, output
+        layer `head`) on the same x, as one batch of 2B sequences: (B, T', D) -> their
+        log_probs (B, T', V) each. The values of `encode(x, lengths)` and `encode(x, lengths,
+        gates, head)`; each launch covers both passes, and every weight's gradient comes out
+        summed over both. Component granularity (the gates of a module's units, not one
+        gate a module)."""
+        self._check_gates(x, gates, head)
+        if self.cfg.granularity != "component":
+            raise ValueError(f"encode_pair needs granularity 'component', got "
+                             f"{self.cfg.granularity!r}")
+        B = x.shape[0]
+        both = self.dropout(torch.cat([x, x]))
+        both = self.run_blocks(both, torch.cat([lengths, lengths]), gates, ungated_batch=B)
+        return (self.heads[-1](both[:B]).float().log_softmax(dim=-1),
+                self.heads[head](both[B:]).float().log_softmax(dim=-1))
+
     def run_blocks(self, x: torch.Tensor, lengths: torch.Tensor,
                    gates: torch.Tensor | None = None,
                    skip: frozenset[tuple[int, str]] = frozenset(),
-                   full: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
+                   full: frozenset[tuple[int, str]] = frozenset(),
+                   ungated_batch: int = 0) -> torch.Tensor:
         """The Conformer blocks alone (no checks, no dropout, no output layer): (B, T', D) ->
-        (B, T', D)."""
+        (B, T', D). ungated_batch: the first sequences run as if gates were None."""
         skips = self._modules_per_layer(skip, "skip")
         fulls = self._modules_per_layer(full, "full")
         if both := [(layer, kind) for layer, kinds in enumerate(skips)
@@ -284,7 +305,8 @@ class ConformerSupernet(nn.Module):
                               ).view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
             x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer],
-                      operands[layer], full=fulls[layer], seeds=seeds[layer])
+                      operands[layer], full=fulls[layer], seeds=seeds[layer],
+                      ungated_batch=ungated_batch)
         return x
 
     def _matmul_operands(self, x, lengths, gates, skips

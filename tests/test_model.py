@@ -150,6 +150,43 @@ def test_full_modules_run_ungated_give_the_same_output_and_gradients(backend):
             torch.testing.assert_close(grads[1][name], gated, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_encode_pair_equals_two_passes(backend):
+    """encode_pair: the supernet's and a subnet's log-probs, and the gradients of every
+    parameter (summed over both) and of the soft gates, as two encode calls give them."""
+    set_backend(backend)
+    model = ConformerSupernet(tiny_cfg())
+    torch.manual_seed(13)
+    x, lengths = torch.randn(2, 9, 32), torch.tensor([9, 5])
+    gates = torch.rand(model.num_units) + 0.1
+    gates[::3] = 0.0                                    # units off in the subnet only
+    weights = torch.randn(2, 2, 9, 19)                  # a loss that weighs every output
+    results = []
+    for pair in (False, True):
+        model.zero_grad(set_to_none=True)
+        g = gates.clone().requires_grad_()
+        outs = (model.encode_pair(x, lengths, g, 1) if pair else
+                (model.encode(x, lengths), model.encode(x, lengths, g, 1)))
+        sum((w * o).sum() for w, o in zip(weights, outs)).backward()
+        results.append((outs, g.grad, {n: p.grad for n, p in model.named_parameters()}))
+    (two_outs, two_dg, two_grads), (pair_outs, pair_dg, pair_grads) = results
+    for a, b in zip(pair_outs, two_outs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pair_dg, two_dg, atol=1e-5, rtol=1e-5)
+    for name, grad in two_grads.items():
+        if grad is None:
+            assert pair_grads[name] is None, name
+        else:
+            torch.testing.assert_close(pair_grads[name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_encode_pair_needs_component_granularity():
+    model = ConformerSupernet(tiny_cfg(granularity="module"))
+    with pytest.raises(ValueError, match="granularity 'component'"):
+        model.encode_pair(torch.randn(2, 9, 32), torch.tensor([9, 5]),
+                          torch.ones(model.num_units), 1)
+
+
 def test_full_is_checked():
     model = ConformerSupernet(tiny_cfg()).eval()
     x, lengths = torch.randn(1, 6, 32), torch.tensor([6])

@@ -51,19 +51,21 @@ class GatedConvModule(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, operands=None,
-                dropout: bool = True) -> torch.Tensor:
+                dropout: bool = True, ungated_batch: int = 0) -> torch.Tensor:
         """x: (B, T, d_model), lengths: (B,), gates: (1,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
         them all at once; the torch backend ignores them), or None: the op casts them.
-        dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller."""
+        dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller.
+        ungated_batch: the first sequences run as if gates were None, the rest with `gates`
+        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
         params = [self.norm.weight, self.norm.bias, self.pointwise1.weight, self.pointwise1.bias,
                   self.depthwise_weight, self.depthwise_bias, self.norm_conv.weight,
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, 1, params)
         dtype = compute_dtype(x)
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
-            y = gated_conv(x, lengths, *params, gates, dtype, operands)
+            y = gated_conv(x, lengths, *params, gates, dtype, operands, ungated_batch)
         else:
             y = gated_conv_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
-                                     gates)
+                                     gates, ungated_batch=ungated_batch)
         return self.dropout(y) if dropout else y

@@ -63,11 +63,13 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, operands=None,
-                dropout: bool = True) -> torch.Tensor:
+                dropout: bool = True, ungated_batch: int = 0) -> torch.Tensor:
         """x: (B, T, d_model), lengths: (B,), gates: (num_gates,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
         them all at once; the torch backend ignores them), or None: the op casts them.
-        dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller."""
+        dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller.
+        ungated_batch: the first sequences run as if gates were None, the rest with `gates`
+        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
         params = [self.norm.weight, self.norm.bias, self.linear1.weight, self.linear1.bias,
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params)
@@ -75,8 +77,8 @@ class GatedFeedForward(nn.Module):
         module_gate = self.granularity == "module"
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
             y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype,
-                          operands)
+                          operands, ungated_batch)
         else:
             y = gated_ffn_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
-                                    gates, module_gate)
+                                    gates, module_gate, ungated_batch=ungated_batch)
         return self.dropout(y) if dropout else y

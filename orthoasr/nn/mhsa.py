@@ -75,14 +75,17 @@ class GatedMHSA(nn.Module):
         return self.dropout
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
-                validate: bool = False, operands=None, dropout: bool = True) -> torch.Tensor:
+                validate: bool = False, operands=None, dropout: bool = True,
+                ungated_batch: int = 0) -> torch.Tensor:
         """x: (B, T, D), lengths: (B,), gates: (num_gates,) or None -> (B, T, D).
 
         validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
         lengths are always checked. operands: `matmul_weights` in the compute dtype
         (ConformerSupernet.run_blocks makes them all at once; the torch backend ignores
         them), or None: the op casts them. dropout=False leaves the output's dropout (rate
-        `dropout_rate`) to the caller."""
+        `dropout_rate`) to the caller.
+        ungated_batch: the first sequences run as if gates were None, the rest with `gates`
+        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate)
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
@@ -93,10 +96,11 @@ class GatedMHSA(nn.Module):
             compute = compute_dtype(x)
             y = masked_layer_norm(x, lengths, self.norm.weight, self.norm.bias, compute)
             out = gated_mhsa(y, lengths, gates, *weights, self.num_heads, self.granularity,
-                             compute, all_on=self._all_on, operands=operands)
+                             compute, all_on=self._all_on, operands=operands,
+                             ungated_batch=ungated_batch)
         else:
             out = gated_mhsa_reference(self.norm(x), lengths, gates, *weights, self.num_heads,
-                                       self.granularity)
+                                       self.granularity, ungated_batch)
         if dropout and self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
         return out
