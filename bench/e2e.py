@@ -17,7 +17,9 @@ classes leave), bf16 autocast over fp32 weights. Workloads:
   - `infer dense`, `infer 50%`: eval mode, no grad, fwd only.
 fwd+bwd: loss = sum over the outputs of <output, probe> (one fixed random probe, zero at
 padded frames), one backward to the input, the blocks' weights and the soft gates.
-Providers: `ours` (orthoasr's blocks, Triton backend), `eager_reference`
+Providers: `ours` (orthoasr's blocks, Triton backend), `ours_one_batch` (the stage-1 pair
+only: both passes as one batch of 2B sequences, as the trainer's `pair_batch` runs them;
+not in the default set), `eager_reference`
 (bench/baselines/encoder.py: gates multiplied into weight copies, hard subnets by boolean
 indexing with host syncs) and `compile_reference` (its torch.compile, `--compile-mode`
 "max-autotune-no-cudagraphs", dynamic=False as in bench_mhsa: with dynamic shapes
@@ -62,6 +64,7 @@ BF16 = torch.bfloat16
 WORKLOADS = {"stage1": "encoder stage-1 pair", "stage2": "encoder stage-2 triple",
              "dense": "infer dense", "half": "infer 50%"}     # --workloads takes the keys
 PROVIDERS = ("ours", "eager_reference", "compile_reference")
+ONE_BATCH = "ours_one_batch"      # the stage-1 pair's passes as one batch
 
 
 @dataclass
@@ -137,12 +140,29 @@ def step(encoder, work: Workload, x, lengths, probe, inputs, device):
     def call():
         with torch.autocast(device.type, dtype=BF16, enabled=device.type == "cuda"), \
                 torch.set_grad_enabled(work.mode == "fwd+bwd"):
-            outs = [encoder(x, lengths, g, hard, skip) for g, hard, skip in work.subnets]
+            if getattr(encoder, "one_batch", False):
+                outs = encoder(x, lengths, work.subnets)
+            else:
+                outs = [encoder(x, lengths, g, hard, skip) for g, hard, skip in work.subnets]
         if work.mode == "fwd":
             return tuple(outs)
         loss = sum((out.float() * probe).sum() for out in outs)
         return (loss, *torch.autograd.grad(loss, inputs, allow_unused=True))
     return call
+
+
+def one_batch_encoder(model):
+    """The stage-1 pair's two passes (ungated, then soft gates) through our blocks as one
+    batch of 2B sequences: subnets -> [supernet output, subnet output]."""
+    def encode(x, lengths, subnets):
+        (none, _, _), (gates, _, _) = subnets
+        assert none is None, "one batch: the supernet's pass first, ungated"
+        B = x.shape[0]
+        both = model.run_blocks(torch.cat([x, x]), torch.cat([lengths, lengths]), gates,
+                                ungated_batch=B)
+        return list(both.split(B))
+    encode.one_batch = True
+    return encode
 
 
 def rel_error(theirs, ours) -> float:
@@ -215,7 +235,8 @@ def run(names, providers, timings, check_only: bool, out=None,
     compiled = torch.compile(eager, mode=compile_mode, dynamic=False)
     encoders = {"ours": lambda xx, ll, g, hard, skip: encode_gated(model, xx, ll, g, skip),
                 "eager_reference": lambda xx, ll, g, hard, skip: eager(xx, ll, g, hard),
-                "compile_reference": lambda xx, ll, g, hard, skip: compiled(xx, ll, g, hard)}
+                "compile_reference": lambda xx, ll, g, hard, skip: compiled(xx, ll, g, hard),
+                ONE_BATCH: one_batch_encoder(model)}
     failures = 0
     for name, work in make_workloads(model, names, device, gen).items():
         model.train(work.mode == "fwd+bwd")
@@ -224,11 +245,13 @@ def run(names, providers, timings, check_only: bool, out=None,
         labels = ["output"] * len(work.subnets) if work.mode == "fwd" else \
             ["loss", "x"] + ["weights"] * (len(inputs) - 1 - (work.soft is not None)) + \
             ["gates"] * (work.soft is not None)
+        work_providers = [p for p in providers
+                          if p != ONE_BATCH or name == WORKLOADS["stage1"]]
         calls = {p: step(encoders[p], work, x, lengths, probe, inputs, device)
-                 for p in ("ours", *providers)}
+                 for p in ("ours", *work_providers)}
         ours = calls["ours"]()
         checked = ["ours"] if "ours" in providers else []
-        for provider in providers:
+        for provider in work_providers:
             if provider == "ours":
                 continue
             try:
@@ -273,7 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS),
                         choices=list(WORKLOADS))
-    parser.add_argument("--providers", nargs="*", default=list(PROVIDERS), choices=PROVIDERS)
+    parser.add_argument("--providers", nargs="*", default=list(PROVIDERS),
+                        choices=[*PROVIDERS, ONE_BATCH])
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"],
                         choices=["graph", "eager"])
     parser.add_argument("--check", action="store_true", help="equality checks only")

@@ -35,7 +35,8 @@ FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, Fals
                 "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
                 "distill_weight": (0, True, None, False),
                 "ckpt_minutes": (0, False, None, False)}
-BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "cudnn_benchmark", "clamp_masks")
+BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "cudnn_benchmark", "clamp_masks",
+               "pair_batch")
 
 
 @dataclass
@@ -116,6 +117,11 @@ class RunConfig:
     # CUDA: cuDNN times its algorithms for each convolution shape once and keeps the fastest
     # (the frontend's convolutions; with shape classes the shapes repeat); ignored on the CPU
     cudnn_benchmark: bool = True
+    # stage 1: the supernet's pass and the subnet's as one batch of twice the sequences
+    # (ConformerSupernet.encode_pair: the same losses and gradients, half the launches, the
+    # weight gradients summed by the kernels rather than added afterwards); component
+    # granularity only. Off until measured on a GPU (bench/NOTES.md)
+    pair_batch: bool = False
     log_every: int = 10
     ckpt_every: int = 200
     ckpt_minutes: float = 5.0        # also checkpoint when this much wall time has passed
@@ -126,7 +132,7 @@ class RunConfig:
     RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "ckpt_minutes",
                          "keep_checkpoints", "eval_batch_frames", "device", "backend",
                          "dev_manifest", "test_manifest", "buckets_per_step", "grad_sync",
-                         "cuda_graphs", "cudnn_benchmark")
+                         "cuda_graphs", "cudnn_benchmark", "pair_batch")
     # optimiser schedule: may differ on `--resume --allow-schedule-change` (recorded)
     SCHEDULE_CHANGES = ("lr", "lr_final", "warmup_steps", "weight_decay", "betas",
                         "grad_clip", "score_lr")
@@ -165,6 +171,9 @@ class RunConfig:
                               ("backend", BACKEND_NAMES), ("grad_sync", GRAD_SYNCS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.pair_batch and self.model.granularity != "component":
+            raise ValueError(f"pair_batch needs the model's granularity 'component', got "
+                             f"{self.model.granularity!r}")
         if self.shape_classes and self.buckets_per_step > 1:
             raise ValueError(f"shape_classes ({self.shape_classes}) needs buckets_per_step 1, "
                              f"got {self.buckets_per_step}: merged batches of two classes "

@@ -497,12 +497,20 @@ class Trainer:
                           "loss_sub": zero, "penalty": zero, "budget": budgets[b]}
         if self.frozen_masks is None:                                   # stage 1
             selected = self.selector(self.tau)
-            loss_sup = ctc(None, len(budgets) - 1)
             loss_sub, penalty, budget = zero, zero, budgets[-1]
-            if len(budgets) > 1:
+            if len(budgets) == 1:
+                loss_sup = ctc(None, 0)
+            else:
                 b = drawn
                 budget = budgets[b]
-                loss_sub = ctc(selected.masks[b], b)
+                if run.pair_batch:          # both passes as one batch of twice the sequences
+                    with autocast:
+                        both = self.model.encode_pair(x, out_lengths, selected.masks[b], b)
+                    loss_sup, loss_sub = (ctc_loss(log_probs, out_lengths, targets,
+                                                   target_lengths, frames) for log_probs in both)
+                else:
+                    loss_sup = ctc(None, len(budgets) - 1)
+                    loss_sub = ctc(selected.masks[b], b)
                 penalty = self.selector.penalty_scale(selected.penalty[b], self.step_tensor)
             loss = loss_sup + aux_scale(run, loss_sub) * loss_sub + penalty
         else:                                                           # stage 2

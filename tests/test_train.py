@@ -187,6 +187,37 @@ def test_convergence_triton_vs_torch(corpus, tmp_path):
     torch.testing.assert_close(losses["triton"], losses["torch"], rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_pair_batch_gives_the_two_passes_losses(corpus, tmp_path, backend):
+    """pair_batch=true (stage 1's two passes as one batch) trains as the two passes do: the
+    same losses, step by step, through both stages."""
+    losses = {}
+    for pair in ("false", "true"):
+        run = tiny_run(corpus, f"backend={backend}", f"pair_batch={pair}", "stage1_steps=2",
+                       "stage2_steps=1", "max_frames=800")
+        losses[pair] = [r["loss"] for r in train(run, tmp_path / pair).history]
+    assert len(losses["true"]) == 3
+    torch.testing.assert_close(losses["true"], losses["false"], rtol=1e-4, atol=1e-4)
+
+
+def test_pair_batch_needs_component_granularity(corpus):
+    with pytest.raises(ValueError, match="pair_batch needs the model's granularity"):
+        tiny_run(corpus, "pair_batch=true", "model.granularity=module")
+
+
+@pytest.mark.gpu
+def test_pair_batch_gives_the_two_passes_losses_on_the_gpu(corpus, tmp_path):
+    """The same on CUDA in bf16, steps replayed from CUDA graphs."""
+    losses = {}
+    for pair in ("false", "true"):
+        run = tiny_run(corpus, "backend=auto", "device=cuda", "spec_augment=false",
+                       "stochastic_depth=0", "shape_classes=2", "cuda_graphs=true",
+                       f"pair_batch={pair}", "stage1_steps=5", "stage2_steps=2")
+        losses[pair] = [r["loss"] for r in train(run, tmp_path / pair).history]
+    assert len(losses["true"]) == 7
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-2)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(corpus, tmp_path,
                                                                        monkeypatch):
     import orthoasr.train as train_module
