@@ -135,7 +135,7 @@ def main() -> None:
                                  f"corpus {corpus}",
                          "mode": "train step (data, fwd+bwd, AdamW)", "provider": provider,
                          "timing": "stream", "baseline": "eager_reference",
-                         "time_unit": "ms", **row})
+                         "time_unit": "ms", "settings": " ".join(args.set), **row})
             print(f"trainer stage {stage} {provider:16s} {row['ms']:8.1f} ms "
                   f"{row['audio_s_per_s']:8.0f} audio s/s  max/median "
                   f"{row['max_over_median']:.2f} ({row['max_over_median_all_steps']:.2f} "
