@@ -45,7 +45,8 @@ ROW_GEMMS = [
 def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, blk) -> bool:
     warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
     maxnreg = blk.pop("maxnreg", None)
-    options = ", TMA" if blk.get("TMA") else ""
+    ungated = blk.pop("HAS_UNGATED", False)   # a batch holding two passes (nothing skipped)
+    options = (", TMA" if blk.get("TMA") else "") + (", ungated rows" if ungated else "")
     print(f"{name}{options}: ", end="")
     operands = dict(a_ptr="bf16", b_ptr="bf16")
     if blk.get("TMA"):       # descriptors of the blocks the kernel loads (B_NK: b as [N, K])
@@ -64,7 +65,8 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
                     ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, UNGATED=0, stride_am=k,
                               stride_bk=s_k, stride_bn=s_n),
                     constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
-                                    HAS_GATES=True, SKIP_DEAD=True, HAS_UNGATED=False,
+                                    HAS_GATES=True, SKIP_DEAD=not ungated,
+                                    HAS_UNGATED=ungated,
                                     EPI=epi, HAS_BIAS=bias,
                                     BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
                                     HAS_SUM1=sum1,
@@ -83,6 +85,8 @@ def main() -> None:
         blk = gated_matmul._rows_blocks(BF16, axis, epi, col_sums=sums)
         ok &= _row_gemm(*gemm, dict(blk))      # the pointer loads (TMA: the launcher's choice)
         ok &= _row_gemm(*gemm, dict(blk, TMA=True))
+        if final or epi == EPI_GATE_BWD:    # the soft pass's: also as a batch of two passes
+            ok &= _row_gemm(*gemm, dict(blk, TMA=True, HAS_UNGATED=True))
     for axis in (1, 2):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
