@@ -9,6 +9,7 @@ from error_ratio import (
     assert_module_autocast_error_ratio,
 )
 
+from orthoasr import set_backend
 from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels import gated_matmul as gm
 from orthoasr.kernels.common import as_operand, valid_mask
@@ -231,6 +232,12 @@ def test_bad_input():
         ffn(x, lengths, torch.ones(3))
     with pytest.raises(TypeError, match="gates must be floating"):
         ffn(x, lengths, torch.ones(4, dtype=torch.int64))
+    for backend in ("torch", "auto"):          # the module checks before either backend
+        set_backend(backend)
+        with pytest.raises(ValueError, match="ungated_batch=2 needs gates and fewer"):
+            ffn(x, lengths, torch.ones(4), ungated_batch=2)
+        with pytest.raises(ValueError, match="ungated_batch=1 needs gates"):
+            ffn(x, lengths, None, ungated_batch=1)
     with pytest.raises(ValueError, match="chunks"):
         GatedFeedForward(D, 50, chunks=4)
 

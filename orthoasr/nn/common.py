@@ -11,7 +11,8 @@ DTYPES = TRITON_DTYPES + (torch.float64,)
 
 
 def check_module_inputs(x, lengths, gates, d_model: int, num_gates: int,
-                        params: list[torch.Tensor], validate: bool = False) -> None:
+                        params: list[torch.Tensor], validate: bool = False,
+                        ungated_batch: int = 0) -> None:
     """ValueError/TypeError for bad module inputs, before any launch.
 
     The range 0 <= lengths <= T is checked for CPU lengths, and for CUDA lengths only with
@@ -48,6 +49,9 @@ def check_module_inputs(x, lengths, gates, d_model: int, num_gates: int,
     for p in params:
         if p.device != x.device:
             raise ValueError(f"module parameters are on {p.device} but x is on {x.device}")
+    if ungated_batch and (gates is None or not 0 < ungated_batch < B):
+        raise ValueError(f"ungated_batch={ungated_batch} needs gates and fewer sequences than "
+                         f"x's {B} (gates given: {gates is not None})")
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -61,7 +61,8 @@ class GatedConvModule(nn.Module):
         params = [self.norm.weight, self.norm.bias, self.pointwise1.weight, self.pointwise1.bias,
                   self.depthwise_weight, self.depthwise_bias, self.norm_conv.weight,
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
-        check_module_inputs(x, lengths, gates, self.d_model, 1, params)
+        check_module_inputs(x, lengths, gates, self.d_model, 1, params,
+                            ungated_batch=ungated_batch)
         dtype = compute_dtype(x)
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
             y = gated_conv(x, lengths, *params, gates, dtype, operands, ungated_batch)

@@ -72,7 +72,8 @@ class GatedFeedForward(nn.Module):
         (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
         params = [self.norm.weight, self.norm.bias, self.linear1.weight, self.linear1.bias,
                   self.linear2.weight, self.linear2.bias]
-        check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params)
+        check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params,
+                            ungated_batch=ungated_batch)
         dtype = compute_dtype(x)
         module_gate = self.granularity == "module"
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it

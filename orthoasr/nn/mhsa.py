@@ -87,7 +87,7 @@ class GatedMHSA(nn.Module):
         ungated_batch: the first sequences run as if gates were None, the rest with `gates`
         (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
-                            list(self.parameters()), validate)
+                            list(self.parameters()), validate, ungated_batch)
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
                    self.out_proj_bias)
         if triton_runs(x, lengths, gates):
