@@ -28,6 +28,14 @@ def valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def two_passes(run_rows, ungated_batch: int, gates):
+    """What a batch holding two passes computes, by a module's reference:
+    run_rows(rows, gates) on the first ungated_batch sequences without gates (None) and on
+    the rest with `gates`, concatenated along the batch."""
+    return torch.cat([run_rows(slice(0, ungated_batch), None),
+                      run_rows(slice(ungated_batch, None), gates)])
+
+
 def check_lengths(lengths, batch: int, device: torch.device) -> None:
     """ValueError unless `lengths` is an int32/int64 (batch,) tensor on `device` (the
     kernels read it there, without a sync)."""

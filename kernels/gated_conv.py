@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import as_operand, interpreting, valid_mask, zeroed_fp32
+from .common import as_operand, interpreting, two_passes, valid_mask, zeroed_fp32
 from .gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
@@ -61,9 +61,8 @@ def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: tor
     if ungated_batch:
         weights = (ln1_weight, ln1_bias, pw1_weight, pw1_bias, dw_weight, dw_bias, ln2_weight,
                    ln2_bias, pw2_weight, pw2_bias)
-        parts = ((slice(0, ungated_batch), None), (slice(ungated_batch, None), gates))
-        return torch.cat([gated_conv_reference(x[rows], lengths[rows], *weights, g, eps)
-                          for rows, g in parts])
+        return two_passes(lambda rows, g: gated_conv_reference(x[rows], lengths[rows], *weights,
+                                                               g, eps), ungated_batch, gates)
     B, T, D = x.shape
     mask = valid_mask(lengths, T)[..., None]
     u = F.linear(F.layer_norm(x, (D,), ln1_weight, ln1_bias, eps), pw1_weight, pw1_bias)
@@ -540,10 +539,14 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     # there too) and PW1 go to cuBLAS (see the FFN's backward)
     dense = dense_products(x, gates, skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it)
-    sizes = [D, D, D * D, 0 if dense else 2 * D, 0 if dense else 2 * D * D, D, D]
-    gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b = zeroed_fp32(sizes, x.device)
-    dpw2 = dpw2.view(D, D)
+    # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it); with
+    # ungated rows, PW2's gradients from those rows apart (below)
+    n_ungated = D if ungated_batch else 0
+    sizes = [D, D, D * D, 0 if dense else 2 * D, 0 if dense else 2 * D * D, D, D, n_ungated,
+             n_ungated * D]
+    (gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b, dy_sum_ungated,
+     dpw2_ungated) = zeroed_fp32(sizes, x.device)
+    dpw2, dpw2_ungated = dpw2.view(D, D), dpw2_ungated.view(-1, D)
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
@@ -557,8 +560,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     wgrad(dy2[gated], r[gated], out=dpw2, **dict(common, lengths=lengths[ungated_batch:]))
     if ungated_batch:
         ungated = dict(lengths=lengths[:ungated_batch], T=T)
-        dy_sum_ungated = col_sums(dy2[:U], torch.zeros_like(dy_sum), **ungated)
-        dpw2_ungated = wgrad(dy2[:U], r[:U], out=torch.zeros_like(dpw2), **ungated)
+        col_sums(dy2[:U], dy_sum_ungated, **ungated)
+        wgrad(dy2[:U], r[:U], out=dpw2_ungated, **ungated)
     gate_arg = gates if has_gates else dy_sum
     dpre, (d_ln2w, d_ln2b, d_dwb) = conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths,
                                                       T, has_gates, skip)

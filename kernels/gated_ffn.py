@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
-from .common import as_operand, valid_mask, zeroed_fp32
+from .common import as_operand, two_passes, valid_mask, zeroed_fp32
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -52,10 +52,9 @@ def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch
     as if gates were None (the ungated pass of a batch holding two).
     """
     if ungated_batch:
-        parts = ((slice(0, ungated_batch), None), (slice(ungated_batch, None), gates))
-        return torch.cat([gated_ffn_reference(x[rows], lengths[rows], ln_weight, ln_bias, w1, b1,
-                                              w2, b2, g, module_gate, eps)
-                          for rows, g in parts])
+        return two_passes(lambda rows, g: gated_ffn_reference(
+            x[rows], lengths[rows], ln_weight, ln_bias, w1, b1, w2, b2, g, module_gate, eps),
+            ungated_batch, gates)
     B, T, D = x.shape
     xn = F.layer_norm(x, (D,), ln_weight, ln_bias, eps)
     hidden = F.silu(F.linear(xn, w1, b1))

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import as_operand, dot_precision, interpreting, zeroed_fp32
+from .common import as_operand, dot_precision, interpreting, two_passes, zeroed_fp32
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -60,9 +60,9 @@ def gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int
     ungated_batch: the first sequences run as if gates were None (the ungated pass of a
     batch holding two)."""
     if ungated_batch:
-        parts = ((slice(0, ungated_batch), None), (slice(ungated_batch, None), gates))
-        return torch.cat([gated_mhsa_reference(y[rows], lengths[rows], g, w_in, b_in, w_o, b_o,
-                                               num_heads, granularity) for rows, g in parts])
+        return two_passes(lambda rows, g: gated_mhsa_reference(
+            y[rows], lengths[rows], g, w_in, b_in, w_o, b_o, num_heads, granularity),
+            ungated_batch, gates)
     B, T, D = y.shape
     Dh = D // num_heads
     if gates is None:
