@@ -96,8 +96,8 @@ def main() -> None:
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
-                         "(TMA; the register cap where the default has one; AUX_ALL_ROWS and "
-                         "AUX_PREFETCH for the SiLU backward)")
+                         "(TMA; the register cap where the default has one; AUX_ALL_ROWS, "
+                         "AUX_PREFETCH and TILE_SUMS for the SiLU backward)")
     ap.add_argument("--tma", action="store_true",
                     help="row GEMMs: every tile configuration with TMA loads (the launcher's "
                          "default on Hopper; a configuration given without it gets pointer "
@@ -210,6 +210,8 @@ def main() -> None:
                     cfgs += [plain, dict(plain, AUX_ALL_ROWS=True),
                              dict(plain, AUX_PREFETCH=True),
                              dict(plain, AUX_ALL_ROWS=True, AUX_PREFETCH=True)]
+                    if "no column sums" not in name:     # the gates' sums a column at a time
+                        cfgs += [dict(default, TMA=True, TILE_SUMS=False)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
             for cfg in cfgs:

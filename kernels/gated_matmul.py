@@ -92,6 +92,7 @@ def _rows_gemm_kernel(
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
     AUX_PREFETCH: tl.constexpr = False, TMA_STORE: tl.constexpr = False,
+    TILE_SUMS: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -119,6 +120,11 @@ def _rows_gemm_kernel(
     # HAS_UNGATED: rows < UNGATED (the first sequences of a batch holding two passes) run as
     # if every gate were 1 and add nothing to the gates' gradient sums (sum1); not with
     # SKIP_DEAD (the launcher checks)
+    # TILE_SUMS (EPI_SILU_BWD, EPI_GATE_BWD): the gates' gradient sums as one number a tile
+    # (a row half with SUBTILE), added at the tile's first column, in place of a column sum
+    # added at every column: sum1's sums over a chunk's columns are the same, and the tile
+    # is reduced to a scalar without the per-column exchange between warps, with one atomic
+    # in place of BN
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -213,17 +219,19 @@ def _rows_gemm_kernel(
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
                   out_desc, pid_m * BM, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
                   saved0, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, TMA_STORE, HAS_UNGATED)
+                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, TMA_STORE, HAS_UNGATED,
+                  TILE_SUMS)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr,
                   out_ptr, out_desc, pid_m * BM + half, col0, bias_ptr, gate_ptr, aux_ptr,
                   sum1_ptr, sum2_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
                   SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH,
-                  TMA_STORE, HAS_UNGATED)
+                  TMA_STORE, HAS_UNGATED, TILE_SUMS)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
                   out_desc, pid_m * BM, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, TMA_STORE, HAS_UNGATED)
+                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, TMA_STORE, HAS_UNGATED,
+                  TILE_SUMS)
 
 
 @triton.jit
@@ -248,7 +256,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
               HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
-              TMA_STORE: tl.constexpr, HAS_UNGATED: tl.constexpr):
+              TMA_STORE: tl.constexpr, HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols` (its
     first: row0, col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
     or unread. g: the tile's gate, made a [rows, 1] column with HAS_UNGATED."""
@@ -307,7 +315,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
         if live:
             _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, aux_read, cols, col_ok,
                            aux_ptr, out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved,
-                           HAS_SUM1, HAS_SUM2, FINAL, HAS_SAVED, TMA_STORE)
+                           HAS_SUM1, HAS_SUM2, FINAL, HAS_SAVED, TMA_STORE, TILE_SUMS)
         elif FINAL:
             _put(out_ptr, out_desc, tile, row0, col0, tl.zeros_like(acc).to(dtype), write,
                  TMA_STORE)
@@ -326,8 +334,8 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
         elif EPI == 4:
             if HAS_SUM1:
                 saved = tl.load(aux_ptr + tile, mask=aux_read, other=0.0).to(tl.float32)
-                col_sum = tl.sum(tl.where(grad_ok, acc * saved, 0.0), 0)
-                tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
+                _gate_sums(sum1_ptr, cols, col_ok, col0, tl.where(grad_ok, acc * saved, 0.0),
+                           TILE_SUMS)
             tl.store(out_ptr + tile, (acc * g).to(dtype), mask=store_ok)
 
 
@@ -354,7 +362,7 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, aux_ptr,
                    out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr,
                    HAS_SUM2: tl.constexpr, ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr,
-                   TMA_STORE: tl.constexpr):
+                   TMA_STORE: tl.constexpr, TILE_SUMS: tl.constexpr):
     """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
     `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
     `store_ok` (the valid rows' live columns) with ZEROS; the column sums of the gates'
@@ -366,8 +374,8 @@ def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, a
     sig = tl.sigmoid(pre)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SUM1:
-        col_sum = tl.sum(tl.where(grad_ok, acc * pre * sig, 0.0), 0)
-        tl.atomic_add(sum1_ptr + cols, col_sum, mask=col_ok, sem="relaxed")
+        _gate_sums(sum1_ptr, cols, col_ok, col0, tl.where(grad_ok, acc * pre * sig, 0.0),
+                   TILE_SUMS)
     if HAS_SUM2:  # the bias gradient, column sums of what is stored
         tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
                       mask=col_ok, sem="relaxed")
@@ -375,6 +383,16 @@ def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, a
         d_pre = tl.where(store_ok, d_pre, 0.0)
     _put(out_ptr, out_desc, tile, row0, col0, d_pre.to(out_ptr.dtype.element_ty), write,
          TMA_STORE)
+
+
+@triton.jit
+def _gate_sums(sum1_ptr, cols, col_ok, col0, products, TILE_SUMS: tl.constexpr):
+    """The gates' gradient products of a tile added to sum1: their column sums, or with
+    TILE_SUMS their total at the tile's first column."""
+    if TILE_SUMS:
+        tl.atomic_add(sum1_ptr + col0, tl.sum(tl.sum(products, 1), 0), sem="relaxed")
+    else:
+        tl.atomic_add(sum1_ptr + cols, tl.sum(products, 0), mask=col_ok, sem="relaxed")
 
 
 @triton.jit
@@ -666,8 +684,12 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     first pass of a batch holding two) computed as if every gate were 1, and left out of the
     gates' gradient sums (sum1); gates given, skip_dead False. blocks: the tiles (BM, BN,
     BK, num_warps, num_stages, optionally SUBTILE, TMA: operands by TMA descriptors,
-    TMA_STORE: out by one) in place of the defaults, which take TMA where `_tma_by_default`
-    holds.
+    TMA_STORE: out by one; TILE_SUMS False: sum1 as column sums) in place of the defaults,
+    which take TMA where `_tma_by_default` holds.
+
+    sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
+    defined by their sums over each chunk's columns (over all N with chunk_axis 0); by
+    default each tile adds its total at its first column (TILE_SUMS).
     """
     M, K = a.shape
     N = out.shape[1]
@@ -684,6 +706,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
         n_tiles = cdiv(N, blk["BN"])
+    if sum1 is not None:
+        blk.setdefault("TILE_SUMS", True)
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
     a_arg, b_arg = a, b
