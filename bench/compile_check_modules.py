@@ -81,8 +81,7 @@ def main() -> None:
     ok = True
     for gemm in ROW_GEMMS:
         name, epi, axis, _bias, _aux, final, sum1, *_ = gemm
-        sums = sum1 or (epi == EPI_SILU_BWD and not final)      # as _row_gemm's HAS_SUM2
-        blk = gated_matmul._rows_blocks(BF16, axis, epi, col_sums=sums)
+        blk = gated_matmul._rows_blocks(BF16, axis, epi)
         ok &= _row_gemm(*gemm, dict(blk))      # the pointer loads (TMA: the launcher's choice)
         ok &= _row_gemm(*gemm, dict(blk, TMA=True))
         if final or epi == EPI_GATE_BWD:    # the soft pass's: also as a batch of two passes

@@ -193,12 +193,10 @@ def main() -> None:
             if (args.options or args.tma_store) and name not in kinds:   # a weight gradient
                 cfgs = [None]
             elif args.tma_store:
-                default = gm._rows_blocks(torch.bfloat16, *kinds[name],
-                                          col_sums="no column sums" not in name)
+                default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=True), dict(default, TMA=True, TMA_STORE=True)]
             elif args.options:
-                default = gm._rows_blocks(torch.bfloat16, *kinds[name],
-                                          col_sums="no column sums" not in name)
+                default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
                 if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]

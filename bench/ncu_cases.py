@@ -13,7 +13,6 @@ synchronises. Cases (the launchers' defaults unless named):
   silu-bwd          the FFN's dH GEMM with the SiLU backward, no column sums, as the dense
                     pass runs it (b1's gradient comes from the dW1 product)
   silu-bwd-gate     the same with the gate gradient's column sums, as the soft pass runs it
-  silu-bwd-aux-all-rows  silu-bwd (its default: AUX_PREFETCH) with AUX_ALL_ROWS too
   conv-mid          the depthwise conv, LayerNorm and SiLU forward
   conv-mid-one-block  the same with all channels in one block (512 wide for 384, the
                     layout before 2026-12-01)
@@ -55,10 +54,6 @@ def _ffn_cases(lengths: torch.Tensor, T: int) -> dict:
         "silu-bwd": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre, **common),
         "silu-bwd-gate": lambda: gm.rows_gemm(dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
                                               sum1=sums, **common),
-        "silu-bwd-aux-all-rows": lambda: gm.rows_gemm(
-            dy, w2, out, epi=gm.EPI_SILU_BWD, aux=pre,
-            blocks=dict(gm._rows_blocks(BF16, 1, gm.EPI_SILU_BWD), TMA=True, AUX_ALL_ROWS=True),
-            **common),
     }
 
 
@@ -92,8 +87,8 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
 
 
 # case -> the kernel ncu profiles in it
-KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate",
-                            "silu-bwd-aux-all-rows"], "_rows_gemm_kernel"),
+KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate"],
+                           "_rows_gemm_kernel"),
            "conv-mid": "_conv_mid_fwd_kernel", "conv-mid-one-block": "_conv_mid_fwd_kernel",
            "ln-bwd": "_layer_norm_bwd_kernel"}
 

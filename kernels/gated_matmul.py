@@ -104,11 +104,11 @@ def _rows_gemm_kernel(
     # whole blocks without masks: padded rows are read too (anything, NaN included), and
     # each output row depends on its own row of a only, so the epilogue's selects drop
     # them; past a tensor's edge the loads are zeros.
-    # AUX_ALL_ROWS (the SiLU backward's default with column sums): the backward
+    # AUX_ALL_ROWS (a SiLU backward default): the backward
     # epilogues read their saved tile at every in-range row, padded ones too, so that the
     # load waits on addresses only, not on the lengths read after the K-loop; the padded
     # rows' values are dropped by selects.
-    # AUX_PREFETCH (SUBTILE, EPI_SILU_BWD; its default without column sums): the saved
+    # AUX_PREFETCH (SUBTILE, EPI_SILU_BWD; a default too): the saved
     # tile's two row halves loaded together right after the K-loop, in place of each half's
     # load at the start of its epilogue, where the load's latency is waited out (ncu,
     # 2026-12-01: ~17% of the kernel's stall samples on the loaded values' converts).
@@ -566,14 +566,13 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
 
 # ----------------------------------------------------------------------------- launchers
 
-def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int, col_sums: bool = False) -> dict:
+def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
     """Tiles per GEMM kind. 16-bit choices from bench/gemm_sweep.py on the H200 (FFN,
     B32xT250, soft gates, pointer loads): K-chunked GEMMs 128x128x64/4 warps/3 stages ~30 us
     (64x128x64/4/4: 38); the SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us
     (64x128x64/4/4: 80.0; 128x128/4/3 without SUBTILE spills: 211); the SiLU-gate GEMM
     128x128x64/4/3 46.8 us (128x64x64/4/4: 52.2), since moved to 8 warps (below). fp32
-    keeps the smaller-stage configuration (shared memory). col_sums: the epilogue adds column
-    sums (the SiLU backward's gate or bias gradient)."""
+    keeps the smaller-stage configuration (shared memory)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
     if epi == EPI_GLU:
@@ -587,10 +586,12 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int, col_sums: bool =
         # TMA); capped, it compiles for sm_90 without spills and took 134.3 (H200). The
         # saved tile read at every row with column sums, and loaded right after the K-loop
         # without: 126.7 against 135.2 us, and 93.0 against 102.6 (B80xT250 soft gates, H200,
-        # gemm_sweep --options at 4c8527b; the other option 136.2 and 96.9)
-        extra = dict(AUX_ALL_ROWS=True) if col_sums else dict(AUX_PREFETCH=True)
+        # gemm_sweep --options at 4c8527b; the other option 136.2 and 96.9). With the sums a
+        # tile at a time (TILE_SUMS), both options together: 105.9 us against 114.7 (the saved
+        # tile read at every row) and 127.5 (column sums), and 90.5 against 93.3 without sums
+        # (loaded early) (3982f8f, same run)
         return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True,
-                    maxnreg=128, **extra)
+                    maxnreg=128, AUX_ALL_ROWS=True, AUX_PREFETCH=True)
     if epi == EPI_SILU_GATE:
         # the same shape: at 4 warps it took 255 registers and spilled; 90.3 us against
         # 105.9 at B80xT250, soft gates, TMA (H200, 2026-12-01)
@@ -700,8 +701,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         raise ValueError(f"rows_gemm: ungated_rows={ungated_rows} needs gates, skip_dead False "
                          f"and at most M={M} rows (gates given: {gates is not None}, "
                          f"skip_dead={skip_dead})")
-    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi,
-                                      col_sums=sum1 is not None or sum2 is not None))
+    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi))
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
