@@ -54,10 +54,6 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
         b_block = [blk["BN"], blk["BK"]] if blk["B_NK"] else [blk["BK"], blk["BN"]]
         operands = dict(a_ptr=f"tensordesc<bf16[{blk['BM']},{blk['BK']}]>",
                         b_ptr=f"tensordesc<bf16[{b_block[0]},{b_block[1]}]>")
-    # the output's descriptor (TMA_STORE: blocks of the tile, of a row half with SUBTILE)
-    out_rows = blk["BM"] // (2 if blk.get("SUBTILE") else 1)
-    operands["out_desc"] = (f"tensordesc<bf16[{out_rows},{blk['BN']}]>" if blk.get("TMA_STORE")
-                            else "bf16")
     return _compile(gated_matmul._rows_gemm_kernel,
                     operands | dict(out_ptr="bf16", bias_ptr="fp32",
                                     gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16",

@@ -1,7 +1,7 @@
 """The FFN's six GEMMs (four row GEMMs, two weight gradients) at one shape against cuBLAS on
 the same operands, over a few tile configurations each: where the gated GEMMs lose time.
 
-    python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options | --tma | --tma-store]
+    python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options | --tma]
                                [--families rows wgrad] [--only g1 g3 ...]
 
 All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
@@ -102,9 +102,6 @@ def main() -> None:
                     help="row GEMMs: every tile configuration with TMA loads (the launcher's "
                          "default on Hopper; a configuration given without it gets pointer "
                          "loads)")
-    ap.add_argument("--tma-store", action="store_true",
-                    help="the default tiles only; row GEMMs whose epilogue allows it with "
-                         "and without TMA_STORE (TMA loads in both)")
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
@@ -190,11 +187,8 @@ def main() -> None:
                              provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
             extra = SUBTILE_CONFIGS if "silu" in name else []
             cfgs = [None] if args.quick else [None, *configs, *extra]
-            if (args.options or args.tma_store) and name not in kinds:   # a weight gradient
+            if args.options and name not in kinds:   # a weight gradient
                 cfgs = [None]
-            elif args.tma_store:
-                default = gm._rows_blocks(torch.bfloat16, *kinds[name])
-                cfgs = [dict(default, TMA=True), dict(default, TMA=True, TMA_STORE=True)]
             elif args.options:
                 default = gm._rows_blocks(torch.bfloat16, *kinds[name])
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]

@@ -82,7 +82,7 @@ def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
 
 @triton.jit
 def _rows_gemm_kernel(
-    a_ptr, b_ptr, out_ptr, out_desc, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+    a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr,
     M, N, K, T, CHUNK, UNGATED, stride_am, stride_bk, stride_bn,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -91,8 +91,7 @@ def _rows_gemm_kernel(
     HAS_UNGATED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
-    AUX_PREFETCH: tl.constexpr = False, TMA_STORE: tl.constexpr = False,
-    TILE_SUMS: tl.constexpr = False,
+    AUX_PREFETCH: tl.constexpr = False, TILE_SUMS: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -113,10 +112,6 @@ def _rows_gemm_kernel(
     # load at the start of its epilogue, where the load's latency is waited out (ncu,
     # 2026-12-01: ~17% of the kernel's stall samples on the loaded values' converts).
     # Loaded before the K-loop instead, they spilled and ran slower (bench/NOTES.md).
-    # TMA_STORE (EPI 0-2; under measurement): `out` written through the descriptor out_desc,
-    # one block of the tile (or of each SUBTILE half) at a time, every row of it: padded
-    # rows get zeros in a FINAL output as before, and in an intermediate whatever the
-    # product gave there (which its readers drop, as they drop anything there)
     # HAS_UNGATED: rows < UNGATED (the first sequences of a batch holding two passes) run as
     # if every gate were 1 and add nothing to the gates' gradient sums (sum1); not with
     # SKIP_DEAD (the launcher checks)
@@ -217,20 +212,20 @@ def _rows_gemm_kernel(
             saved0 = acc0
             saved1 = acc1
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-                  out_desc, pid_m * BM, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
                   saved0, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, TMA_STORE, HAS_UNGATED,
+                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, HAS_UNGATED,
                   TILE_SUMS)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr,
-                  out_ptr, out_desc, pid_m * BM + half, col0, bias_ptr, gate_ptr, aux_ptr,
+                  out_ptr, col0, bias_ptr, gate_ptr, aux_ptr,
                   sum1_ptr, sum2_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
                   SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH,
-                  TMA_STORE, HAS_UNGATED, TILE_SUMS)
+                  HAS_UNGATED, TILE_SUMS)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-                  out_desc, pid_m * BM, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, TMA_STORE, HAS_UNGATED,
+                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, HAS_UNGATED,
                   TILE_SUMS)
 
 
@@ -250,15 +245,14 @@ def _saved_rows(aux_ptr, rows, cols, col_ok, live, M, N, T, len_ptr,
 
 @triton.jit
 def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-              out_desc,
-              row0, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved,
+              col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved,
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
               HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
-              TMA_STORE: tl.constexpr, HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr):
+              HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols` (its
-    first: row0, col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
+    first column: col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
     or unread. g: the tile's gate, made a [rows, 1] column with HAS_UNGATED."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
@@ -292,33 +286,29 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
             acc = acc * g
         if FINAL:
             out = tl.where(row_ok[:, None], acc, 0.0)
-            _put(out_ptr, out_desc, tile, row0, col0, out.to(dtype),
-                 row_in[:, None] & col_ok[None, :], TMA_STORE)
+            tl.store(out_ptr + tile, out.to(dtype), mask=row_in[:, None] & col_ok[None, :])
         else:
             if live:
-                _put(out_ptr, out_desc, tile, row0, col0, acc.to(dtype), store_ok, TMA_STORE)
+                tl.store(out_ptr + tile, acc.to(dtype), mask=store_ok)
     elif EPI == 1:
         # FINAL (here and for EPI_SILU_BWD): zeros at padded rows and in tiles with no valid
         # row too, so that a dense product over every row (dense_wgrad) may read the output
         if FINAL:
             _silu_gate_tile(acc, g, tile, store_ok, row_in[:, None] & col_ok[None, :], cols,
-                            col_ok, bias_ptr, aux_ptr, out_ptr, out_desc, row0, col0,
-                            HAS_BIAS, SAVE_AUX, True, TMA_STORE)
+                            col_ok, bias_ptr, aux_ptr, out_ptr, HAS_BIAS, SAVE_AUX, True)
         elif live:
             _silu_gate_tile(acc, g, tile, store_ok, store_ok, cols, col_ok, bias_ptr, aux_ptr,
-                            out_ptr, out_desc, row0, col0, HAS_BIAS, SAVE_AUX, False,
-                            TMA_STORE)
+                            out_ptr, HAS_BIAS, SAVE_AUX, False)
     elif EPI == 2:
         # a dead tile's FINAL zeros in a branch of their own: with one call for both, the
         # SiLU backward with its column sums took 210 registers (one program an SM)
         write = row_in[:, None] & col_ok[None, :] if FINAL else store_ok
         if live:
             _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, aux_read, cols, col_ok,
-                           aux_ptr, out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved,
-                           HAS_SUM1, HAS_SUM2, FINAL, HAS_SAVED, TMA_STORE, TILE_SUMS)
+                           aux_ptr, out_ptr, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1,
+                           HAS_SUM2, FINAL, HAS_SAVED, TILE_SUMS)
         elif FINAL:
-            _put(out_ptr, out_desc, tile, row0, col0, tl.zeros_like(acc).to(dtype), write,
-                 TMA_STORE)
+            tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
     elif live:
         if EPI == 3:
             if HAS_BIAS:
@@ -341,8 +331,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
 
 @triton.jit
 def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_ptr, out_ptr,
-                    out_desc, row0, col0, HAS_BIAS: tl.constexpr, SAVE_AUX: tl.constexpr,
-                    ZEROS: tl.constexpr, TMA_STORE: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, SAVE_AUX: tl.constexpr, ZEROS: tl.constexpr):
     """EPI_SILU_GATE on a tile: pre = acc + bias saved to aux over `store_ok` (the valid
     rows' live columns), hidden = g * silu(pre) stored over `write`, zeros outside
     `store_ok` with ZEROS."""
@@ -355,14 +344,14 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
     hidden = pre * tl.sigmoid(pre) * g
     if ZEROS:
         hidden = tl.where(store_ok, hidden, 0.0)
-    _put(out_ptr, out_desc, tile, row0, col0, hidden.to(dtype), write, TMA_STORE)
+    tl.store(out_ptr + tile, hidden.to(dtype), mask=write)
 
 
 @triton.jit
 def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, aux_ptr,
-                   out_ptr, out_desc, row0, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr,
+                   out_ptr, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr,
                    HAS_SUM2: tl.constexpr, ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr,
-                   TMA_STORE: tl.constexpr, TILE_SUMS: tl.constexpr):
+                   TILE_SUMS: tl.constexpr):
     """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
     `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
     `store_ok` (the valid rows' live columns) with ZEROS; the column sums of the gates'
@@ -381,8 +370,7 @@ def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, a
                       mask=col_ok, sem="relaxed")
     if ZEROS:
         d_pre = tl.where(store_ok, d_pre, 0.0)
-    _put(out_ptr, out_desc, tile, row0, col0, d_pre.to(out_ptr.dtype.element_ty), write,
-         TMA_STORE)
+    tl.store(out_ptr + tile, d_pre.to(out_ptr.dtype.element_ty), mask=write)
 
 
 @triton.jit
@@ -394,18 +382,6 @@ def _gate_sums(sum1_ptr, cols, col_ok, col0, products, TILE_SUMS: tl.constexpr):
     else:
         tl.atomic_add(sum1_ptr + cols, tl.sum(products, 0), mask=col_ok, sem="relaxed")
 
-
-@triton.jit
-def _put(out_ptr, out_desc, tile, row0, col0, value, mask, TMA_STORE: tl.constexpr):
-    """value into out at `tile` (offsets) by masked pointer stores, or with TMA_STORE as one
-    block at (row0, col0) through out_desc: every row of it, nothing past out's edges."""
-    if TMA_STORE:
-        out_desc.store([row0, col0], value)
-    else:
-        tl.store(out_ptr + tile, value, mask=mask)
-
-
-# ----------------------------------------------------------------------------- weight grads
 
 @triton.jit
 def _live_tile(rank, CHUNK, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
@@ -627,22 +603,6 @@ def _tma_problems(a: torch.Tensor, b: torch.Tensor, k_chunk: int, BK: int) -> li
         if not ok]
 
 
-def _tma_store_descriptor(out: torch.Tensor, blk: dict, epi: int, n_chunk: int):
-    """out's descriptor for TMA_STORE, blocks of the tile (of a row half with SUBTILE); a
-    ValueError naming what keeps out from it (a block must not reach into the next chunk of
-    columns, whose tile writes there)."""
-    BM, BN = blk["BM"] // (2 if blk.get("SUBTILE") else 1), blk["BN"]
-    problems = [what for ok, what in (
-        (epi in (EPI_STORE, EPI_SILU_GATE, EPI_SILU_BWD), f"epilogue {epi} stores by pointers"),
-        (out.stride(0) * out.element_size() % 16 == 0 and out.data_ptr() % 16 == 0,
-         "out's rows not 16-byte aligned"),
-        (n_chunk % BN == 0, f"chunks of {n_chunk} columns not a multiple of BN {BN}"))
-        if not ok]
-    if problems:
-        raise ValueError(f"rows_gemm TMA_STORE: {'; '.join(problems)}")
-    return TensorDescriptor.from_tensor(out, [BM, BN])
-
-
 @functools.cache
 def _has_tma(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9      # Hopper and later
@@ -685,7 +645,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     first pass of a batch holding two) computed as if every gate were 1, and left out of the
     gates' gradient sums (sum1); gates given, skip_dead False. blocks: the tiles (BM, BN,
     BK, num_warps, num_stages, optionally SUBTILE, TMA: operands by TMA descriptors,
-    TMA_STORE: out by one; TILE_SUMS False: sum1 as column sums) in place of the defaults,
+    TILE_SUMS False: sum1 as column sums) in place of the defaults,
     which take TMA where `_tma_by_default` holds.
 
     sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
@@ -717,11 +677,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         if operands is not None:
             a_arg, b_arg, blk["B_NK"] = operands
             blk["TMA"] = True
-    out_desc = out
-    if blk.get("TMA_STORE"):
-        out_desc = _tma_store_descriptor(out, blk, epi, chunk if chunk_axis == 1 else 0)
     launch(_rows_gemm_kernel, grid,
-        a_arg, b_arg, out, out_desc, bias if bias is not None else dummy,
+        a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
         sum2 if sum2 is not None else dummy,

@@ -369,60 +369,6 @@ def test_gpu_tma_option_bf16(epi):
         torch.testing.assert_close(tma, plain, atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("subtile", [False, True])
-@pytest.mark.parametrize("epi", ["store-k-chunks", "silu-gate", "silu-bwd"])
-@pytest.mark.parametrize("final", [False, True])
-def test_tma_store_option_writes_what_pointer_stores_write(epi, final, subtile):
-    """TMA_STORE (out by descriptor blocks) against masked pointer stores: a FINAL output the
-    same everywhere (zeros at padded rows and dead chunks), an intermediate the same wherever
-    the pointer stores wrote (they leave padded rows and dead chunks alone; the blocks write
-    padded rows too). N 64 in chunks of 16 (a block never reaches into the next chunk)."""
-    k, n = 64, 64
-    torch.manual_seed(9)
-    lengths = torch.tensor([11, 4, 1], device=DEV)
-    a = torch.randn(B * T, k, device=DEV)
-    w_nk, w_kn = torch.randn(n, k, device=DEV), torch.randn(k, n, device=DEV)
-    aux_in = torch.randn(B * T, n, device=DEV)
-    gates = torch.tensor([0.5, 0.0, 1.5, 1.0], device=DEV)
-    outs = []
-    for tma_store in (False, True):
-        blk = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1, SUBTILE=subtile,
-                   TMA_STORE=tma_store)
-        common = dict(lengths=lengths, T=T, gates=gates, chunk=16, num_chunks=4,
-                      skip_dead=True, final=final, blocks=blk)
-        out = _poisoned(B * T, n)
-        if epi == "store-k-chunks":
-            gm.rows_gemm(a, w_kn, out, chunk_axis=2, **common)
-        elif epi == "silu-gate":
-            gm.rows_gemm(a, w_nk.t(), out, chunk_axis=1, epi=gm.EPI_SILU_GATE,
-                         aux=_poisoned(B * T, n), **common)
-        else:
-            gm.rows_gemm(a, w_kn, out, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=aux_in,
-                         sum1=torch.zeros(n), **common)
-        outs.append(out)
-    plain, tma = outs
-    if final:
-        assert not plain.isnan().any()
-        torch.testing.assert_close(tma, plain, atol=1e-5, rtol=1e-5)
-    else:
-        written = ~plain.isnan()
-        assert written.any() and not written.all()
-        torch.testing.assert_close(tma[written], plain[written], atol=1e-5, rtol=1e-5)
-
-
-def test_tma_store_option_names_what_it_cannot_write():
-    lengths = torch.tensor([11, 4, 1], device=DEV)
-    a, out = torch.randn(B * T, 64, device=DEV), torch.empty(B * T, 48, device=DEV)
-    blk = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1, TMA_STORE=True)
-    with pytest.raises(ValueError, match="chunks of 12 columns not a multiple of BN 16"):
-        gm.rows_gemm(a, torch.randn(64, 48, device=DEV), out, lengths=lengths, T=T,
-                     gates=torch.ones(4, device=DEV), chunk=12, num_chunks=4, chunk_axis=1,
-                     blocks=blk)
-    with pytest.raises(ValueError, match="epilogue 3 stores by pointers"):
-        gm.rows_gemm(a, torch.randn(64, 96, device=DEV), out, lengths=lengths, T=T,
-                     epi=gm.EPI_GLU, aux=torch.empty(B * T, 96, device=DEV), blocks=blk)
-
-
 @pytest.mark.parametrize("epi", ["silu-gate", "silu-bwd", "store-any-gate", "store-gate0",
                                  "gate-bwd"])
 @pytest.mark.parametrize("final", [False, True])
