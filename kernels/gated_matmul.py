@@ -354,8 +354,8 @@ def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, a
                    TILE_SUMS: tl.constexpr):
     """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
     `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
-    `store_ok` (the valid rows' live columns) with ZEROS; the column sums of the gates'
-    gradient over `grad_ok`, of the bias gradient over `store_ok`."""
+    `store_ok` (the valid rows' live columns) with ZEROS; the gates' gradient products
+    over `grad_ok` into sum1 (_gate_sums), the bias gradient's column sums over `store_ok`."""
     if HAS_SAVED:
         pre = saved.to(tl.float32)
     else:
@@ -645,8 +645,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     first pass of a batch holding two) computed as if every gate were 1, and left out of the
     gates' gradient sums (sum1); gates given, skip_dead False. blocks: the tiles (BM, BN,
     BK, num_warps, num_stages, optionally SUBTILE, TMA: operands by TMA descriptors,
-    TILE_SUMS False: sum1 as column sums) in place of the defaults,
-    which take TMA where `_tma_by_default` holds.
+    TILE_SUMS False: sum1 as column sums) in place of the defaults, which take TMA where
+    `_tma_by_default` holds.
 
     sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
     defined by their sums over each chunk's columns (over all N with chunk_axis 0); by

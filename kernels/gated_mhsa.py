@@ -605,9 +605,10 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
             raise ValueError(f"gated_mhsa: ungated_batch={ungated_batch} needs head gates and "
                              f"fewer sequences than y's {B} (gates given: "
                              f"{gates is not None}, granularity {granularity!r})")
-        ones = torch.ones(ungated_batch, num_heads, dtype=gates.dtype, device=y.device)
-        attn_gates = torch.cat([ones, gates.expand(B - ungated_batch, num_heads)])
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
+        # the first sequences' ones expanded from head_gates: no fill launch of their own
+        attn_gates = torch.cat([head_gates.to(gates.dtype).expand(ungated_batch, num_heads),
+                                gates.expand(B - ungated_batch, num_heads)])
         bias_scale, bias_mode, ungated_rows = gates, BIAS_IF_LIVE_AFTER, ungated_batch * T
     elif gates is None:
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
