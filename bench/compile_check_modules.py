@@ -109,6 +109,8 @@ def main() -> None:
                        constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=skip_dead,
                                        PER_CHUNK=True, COPY=copy, ANY_GATE=copy,
                                        HAS_UNGATED=False, BM=32, BN=128))
+    # each kernel plain, then with a residual step and its dropout fused (the block's path)
+    step = dict(res_ptr="bf16", xnew_ptr="bf16", seed_ptr="i64", gx_ptr="bf16", dres_ptr="bf16")
     for kernel, backward, ptrs in (
             (layer_norm._layer_norm_fwd_kernel, False,
              dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",
@@ -117,17 +119,24 @@ def main() -> None:
              dict(dy_ptr="bf16", x_ptr="bf16", w_ptr="fp32", mean_ptr="fp32", rstd_ptr="fp32",
                   dx_ptr="bf16", dw_ptr="fp32", db_ptr="fp32", gate_ptr="fp32",
                   len_ptr="i64"))):
-        blk = layer_norm._blocks(384, backward)
-        warps = blk.pop("num_warps")
-        ok &= _compile(kernel, ptrs, floats=("eps",), ints=dict(M=M, D=D, T=T, stride_y=D),
-                       constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk),
-                       num_warps=warps)
+        for fused in ({}, dict(RESIDUAL=True, DROPOUT=True) | (
+                dict(X_GRAD=True) if backward else {})):
+            if fused:
+                print("with the residual step: ", end="")
+            blk = layer_norm._blocks(384, backward)
+            warps = blk.pop("num_warps")
+            ok &= _compile(kernel, ptrs | step, floats=("eps", "gain"),
+                           ints=dict(M=M, D=D, T=T, stride_y=D),
+                           constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=True, **blk,
+                                           **fused),
+                           num_warps=warps)
     print("LayerNorm forward with the ones column (the FFN's dense path): ", end="")
     fwd = layer_norm._blocks(384)
     ok &= _compile(layer_norm._layer_norm_fwd_kernel,
                    dict(x_ptr="fp32", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",
                         mean_ptr="fp32", rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
-                   floats=("eps",), ints=dict(M=M, D=D, T=T, stride_y=D + layer_norm.ONES_PAD),
+                   floats=("eps", "gain"),
+                   ints=dict(M=M, D=D, T=T, stride_y=D + layer_norm.ONES_PAD),
                    constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=False, ZERO_PADDED=True,
                                    ONES_PAD=layer_norm.ONES_PAD, BM=fwd["BM"], BD=fwd["BD"]),
                    num_warps=fwd["num_warps"])

@@ -4,7 +4,7 @@
 # (at most 8 files come back). Carry .commit so that rows name the commit.
 #   tests    every gpu-marked test           profile  bench/profile_host.py (host overhead)
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax, attention core, CTC,
-#                                            dropout + residual
+#                                            residual step + LayerNorm
 #   kprofile bench/profile_kernels.py: each gated module's kernels, device time per call
 #   sprofile bench/profile_step.py: a training step's kernels by part, per stage (synthesises
 #            the small corpus)
@@ -86,8 +86,8 @@ if has kernels; then
   echo "attention rc=$?"
   timeout ${CTC_S:-60} python3 -m bench.bench_ctc >> $OUT/bench_kernels.log 2>&1
   echo "ctc rc=$?"
-  timeout ${DROPOUT_S:-60} python3 -m bench.bench_dropout_residual >> $OUT/bench_kernels.log 2>&1
-  echo "dropout residual rc=$?"
+  timeout ${RESNORM_S:-60} python3 -m bench.bench_residual_norm >> $OUT/bench_kernels.log 2>&1
+  echo "residual norm rc=$?"
   cp $REPO/bench/results/ortho_softmax.json $REPO/bench/results/kernels.json \
     $REPO/bench/results/ctc.json $OUT/
 fi

@@ -36,9 +36,10 @@ PARTS = (
     ("encoder: weight gradients", r"_wgrad|_col_sums|_out_proj_dw"),
     ("encoder: attention", r"_gated_attn"),
     ("encoder: conv", r"_conv_"),
-    ("encoder: LayerNorm", r"_layer_norm"),
-    # the fused dropout + residual add, or torch's dropout it replaced (its add: elementwise)
-    ("encoder: dropout, residual", r"_dropout_residual|dropout|masked_scale"),
+    # with each block's residual steps and their dropout fused in since 2026-12-01
+    ("encoder: LayerNorm, residual steps", r"_layer_norm"),
+    # torch's dropout (the PyTorch backend; its add: elementwise)
+    ("encoder: dropout", r"_dropout_residual|dropout|masked_scale"),
     ("OrthoSoftmax", r"ortho"),
     # the fused op after each frontend conv, or what it replaced (max-pool; ReLU, where and
     # the bias add are plain elementwise kernels, not told apart from the encoder's)

@@ -39,7 +39,16 @@ from .gated_matmul import (
     wgrad,
 )
 from .launch import cdiv, launch, next_pow2
-from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
+from .layer_norm import (
+    ONES_PAD,
+    layer_norm_bwd,
+    layer_norm_dx_tile,
+    layer_norm_fwd,
+    residual_args,
+    residual_in,
+    residual_out,
+    step_context,
+)
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,
@@ -493,13 +502,19 @@ def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
 
 
 def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
-                          pw2_w, pw2_b, gates, skip_dead, save, pw1c, pw2c, ungated_batch=0):
+                          pw2_w, pw2_b, gates, skip_dead, save, pw1c, pw2c, ungated_batch=0,
+                          res_y=None, res_seed=None, res_scale=1.0, res_p=0.0):
     # pw1c, pw2c: the pointwise weights as matmul operands, in the compute dtype (kept for
-    # the backward); pw1_w, pw2_w are inputs only to receive their gradients
+    # the backward); pw1_w, pw2_w are inputs only to receive their gradients. res_y given:
+    # the input is the residual step x + res_scale * dropout(res_y, res_p), made by the
+    # LayerNorm and returned last (x_new; else an empty tensor)
     B, T, D = x.shape
     compute_dtype = pw1c.dtype
     M = B * T
     x2 = x.reshape(M, D)
+    res = None if res_y is None else residual_in(x2, res_y.reshape(M, D), res_seed, res_scale,
+                                                 res_p)
+    x_new = x.new_empty(0) if res is None else res.x_new.view(B, T, D)
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     # the LayerNorm reads x in its own dtype and writes z in the compute dtype (no cast of
     # x before the call, none of dx after the backward)
@@ -509,7 +524,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     dense = save and dense_products(x, gates, skip_dead)
     z_saved, mean, rstd = layer_norm_fwd(x2, ln1_w, ln1_b, lengths, T, gates, skip_dead,
                                          LN_EPS, out_dtype=compute_dtype, zero_padded=dense,
-                                         ones_column=dense)
+                                         ones_column=dense, residual=res)
     z = z_saved[:, :D]
     v = z.new_empty(M, D)
     u = z.new_empty(M, 2 * D) if save else None
@@ -522,13 +537,16 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
               scale_out=gates is not None, final=True, ungated_rows=ungated_batch * T, **common)
     if not save:  # distinct empties: custom_op outputs may not alias each other
         return (y, z.new_empty(0), mean.new_empty(0), mean.new_empty(0),
-                *(z.new_empty(0) for _ in range(4)))
-    return y, z_saved, mean, rstd, u, v, pre, r
+                *(z.new_empty(0) for _ in range(4)), x_new)
+    return y, z_saved, mean, rstd, u, v, pre, r, x_new
 
 
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
                           gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c, skip_dead,
-                          gate_grad, ungated_batch=0):
+                          gate_grad, ungated_batch=0, x_grad=None, res_seed=None,
+                          res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None):
+    # x: the LayerNorm's input (the forward's x_new after a residual step); res_dtype given:
+    # dx is the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last)
     B, T, D = x.shape
     M, K = B * T, dw_w.shape[1]
     z_saved, z = z, z[:, :D]      # as the forward saved it: a column of ones for the dense path
@@ -580,8 +598,12 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
         d_pw1w = d_pw1w.view(2 * D, D)
         wgrad(du, z, out=d_pw1w, **common)
+    res = None if res_dtype is None else residual_out(
+        res_seed, res_scale, res_p,
+        None if x_grad is None else x_grad.reshape(M, D).contiguous(), dz, res_dtype)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
-                        dw=d_ln1w, db=d_ln1b)[0]
+                        dw=d_ln1w, db=d_ln1b, residual=res, dx_dtype=x_dtype)[0]
+    d_res = None if res is None else res.y_grad.view(B, T, D)
     dgates = None
     if has_gates:
         g = gates[0].float()
@@ -596,7 +618,7 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     return (dx.view(B, T, D), d_ln1w.to(ln1_w.dtype), d_ln1b.to(ln1_w.dtype),
             d_pw1w.to(pw1_w.dtype), d_pw1b.to(pw1_w.dtype), d_dww.to(dw_w.dtype),
             d_dwb.to(dw_w.dtype), d_ln2w.to(ln2_w.dtype), d_ln2b.to(ln2_b.dtype),
-            dpw2.to(pw2_w.dtype), d_pw2b.to(pw2_b.dtype), dgates)
+            dpw2.to(pw2_w.dtype), d_pw2b.to(pw2_b.dtype), dgates, d_res)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -607,29 +629,37 @@ def gated_conv_fwd(x: torch.Tensor, lengths: torch.Tensor, ln1_w: torch.Tensor,
                    dw_w: torch.Tensor, dw_b: torch.Tensor, ln2_w: torch.Tensor,
                    ln2_b: torch.Tensor, pw2_w: torch.Tensor, pw2_b: torch.Tensor,
                    gates: torch.Tensor | None, skip_dead: bool, save: bool,
-                   pw1c: torch.Tensor, pw2c: torch.Tensor, ungated_batch: int = 0
+                   pw1c: torch.Tensor, pw2c: torch.Tensor, ungated_batch: int = 0,
+                   res_y: torch.Tensor | None = None, res_seed: torch.Tensor | None = None,
+                   res_scale: float = 1.0, res_p: float = 0.0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                              torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Tensor]:
     return tuple(gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b,
                                       ln2_w, ln2_b, pw2_w, pw2_b, gates, skip_dead, save,
-                                      pw1c, pw2c, ungated_batch))
+                                      pw1c, pw2c, ungated_batch, res_y, res_seed, res_scale,
+                                      res_p))
 
 
 @gated_conv_fwd.register_fake
 def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b, gates,
-      skip_dead, save, pw1c, pw2c, ungated_batch=0):
+      skip_dead, save, pw1c, pw2c, ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0,
+      res_p=0.0):
     B, T, D = x.shape
     like = dict(dtype=pw1c.dtype)
     y = x.new_empty(B, T, D, **like)
+    x_new = x.new_empty(0) if res_y is None else \
+        x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
-                *(x.new_empty(0, **like) for _ in range(4)))
+                *(x.new_empty(0, **like) for _ in range(4)), x_new)
     M = B * T
     stats = x.new_empty(M, dtype=torch.float32)
     pad = ONES_PAD if dense_products(x, gates, skip_dead) else 0
     return (y, x.new_empty(M, D + pad, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)))
+            x.new_empty(M, 2 * D, **like), *(x.new_empty(M, D, **like) for _ in range(3)),
+            x_new)
 
 
 @torch.library.custom_op("orthoasr::gated_conv_bwd", mutates_args=())
@@ -640,10 +670,14 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                    mean: torch.Tensor, rstd: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                    pre: torch.Tensor, r: torch.Tensor, pw1c: torch.Tensor,
                    pw2c: torch.Tensor, skip_dead: bool, gate_grad: bool,
-                   ungated_batch: int = 0) -> list[torch.Tensor]:
+                   ungated_batch: int = 0, x_grad: torch.Tensor | None = None,
+                   res_seed: torch.Tensor | None = None, res_scale: float = 1.0,
+                   res_p: float = 0.0, x_dtype: torch.dtype | None = None,
+                   res_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     grads = gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w,
                                   pw2_b, gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c,
-                                  skip_dead, gate_grad, ungated_batch)
+                                  skip_dead, gate_grad, ungated_batch, x_grad, res_seed,
+                                  res_scale, res_p, x_dtype, res_dtype)
     # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
     return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
             for g in grads]
@@ -651,13 +685,16 @@ def gated_conv_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
 
 @gated_conv_bwd.register_fake
 def _(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates, z, mean, rstd, u,
-      v, pre, r, pw1c, pw2c, skip_dead, gate_grad, ungated_batch=0):
+      v, pre, r, pw1c, pw2c, skip_dead, gate_grad, ungated_batch=0, x_grad=None, res_seed=None,
+      res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None):
     D = x.shape[-1]
     vec = [ln1_w.new_empty(D) for _ in range(2)]
-    return [torch.empty_like(x), *vec, torch.empty_like(pw1_w), pw1_w.new_empty(2 * D),
+    d_res = x.new_empty(0) if res_dtype is None else x.new_empty(x.shape, dtype=res_dtype)
+    return [x.new_empty(x.shape, dtype=x_dtype or x.dtype), *vec, torch.empty_like(pw1_w),
+            pw1_w.new_empty(2 * D),
             torch.empty_like(dw_w), dw_w.new_empty(D), ln2_w.new_empty(D), ln2_w.new_empty(D),
             torch.empty_like(pw2_w), pw2_w.new_empty(D),
-            torch.empty_like(gates) if gate_grad else x.new_empty(0)]
+            torch.empty_like(gates) if gate_grad else x.new_empty(0), d_res]
 
 
 class _Saved(NamedTuple):
@@ -681,39 +718,47 @@ class _Saved(NamedTuple):
     r: torch.Tensor
     pw1c: torch.Tensor      # the forward's matmul operands: pw1_w, pw2_w in the compute
     pw2c: torch.Tensor      # dtype
+    res_seed: torch.Tensor | None       # the residual step's, or None without one
 
 
 def _setup_context(ctx, inputs, output):
-    args = dict(zip(parameter_names(gated_conv_fwd_triton), inputs))
-    _y, z, mean, rstd, u, v, pre, r = output
+    args = {**_FWD_DEFAULTS, **dict(zip(parameter_names(gated_conv_fwd_triton), inputs))}
+    _y, z, mean, rstd, u, v, pre, r, x_new = output
+    step = args["res_y"] is not None
     weights = {name: args[name] for name in _Saved._fields[:10]}
+    if step:
+        weights["x"] = x_new
     ctx.save_for_backward(*_Saved(**weights, z=z, mean=mean, rstd=rstd, u=u, v=v, pre=pre, r=r,
-                                  pw1c=args["pw1c"], pw2c=args["pw2c"]))
+                                  pw1c=args["pw1c"], pw2c=args["pw2c"],
+                                  res_seed=args["res_seed"] if step else None))
     ctx.skip_dead, ctx.ungated_batch = args["skip_dead"], args["ungated_batch"]
+    ctx.residual = step_context(args, step)
 
 
-def _backward(ctx, dy, *_activations, bwd=gated_conv_bwd):
+def _backward(ctx, dy, *activations, bwd=gated_conv_bwd):
     saved = _Saved(*ctx.saved_tensors)
     if saved.r.numel() == 0 and saved.x.numel() != 0:
         raise RuntimeError("gated_conv_fwd ran with save=False; call gated_conv() so that "
                            "the activations are kept when gradients are needed")
     gate_grad = saved.gates is not None and needs_grad(ctx, gated_conv_fwd_triton, "gates")
-    dx, d_ln1w, d_ln1b, d_pw1w, d_pw1b, d_dww, d_dwb, d_ln2w, d_ln2b, d_pw2w, d_pw2b, dg = bwd(
-        dy, **saved._asdict(), skip_dead=ctx.skip_dead, gate_grad=gate_grad,
-        ungated_batch=ctx.ungated_batch)
+    (dx, d_ln1w, d_ln1b, d_pw1w, d_pw1b, d_dww, d_dwb, d_ln2w, d_ln2b, d_pw2w, d_pw2b, dg,
+     d_res) = bwd(dy, **saved._asdict(), skip_dead=ctx.skip_dead, gate_grad=gate_grad,
+                  ungated_batch=ctx.ungated_batch, x_grad=activations[-1], **ctx.residual)
     return grads_in_order(gated_conv_fwd_triton, x=dx, ln1_w=d_ln1w, ln1_b=d_ln1b,
                           pw1_w=d_pw1w, pw1_b=d_pw1b, dw_w=d_dww, dw_b=d_dwb, ln2_w=d_ln2w,
                           ln2_b=d_ln2b, pw2_w=d_pw2w, pw2_b=d_pw2b,
-                          gates=dg if gate_grad else None)
+                          gates=dg if gate_grad else None,
+                          res_y=d_res if ctx.residual["res_dtype"] is not None else None)
 
 
+_FWD_DEFAULTS = dict(ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0)
 gated_conv_fwd.register_autograd(_backward, setup_context=_setup_context)
 _GatedConv = eager_function(gated_conv_fwd_triton, _setup_context, _backward,
-                            gated_conv_bwd_triton)
+                            gated_conv_bwd_triton, non_differentiable=range(1, 8))
 
 
 def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, pw2_b,
-               gates, compute_dtype=None, operands=None, ungated_batch=0):
+               gates, compute_dtype=None, operands=None, ungated_batch=0, residual=None):
     """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked), its
     work in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (PW1, PW2) in the compute dtype, (2D, D) and (D, D), made by the caller (one
@@ -722,6 +767,9 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
     A gate exactly 0 skips all work on the device when the gates need no gradient, and not
     with ungated_batch: the first ungated_batch sequences run as if gates were None, the rest
     with the gate (its gradient from those rows only), as two passes in one batch would.
+    residual: (y, seed, scale, p), the residual step of the module before, or None: the
+    input is then x + scale * dropout(y, p), made by this module's LayerNorm kernels
+    (layer_norm.Residual), and the call returns (that new stream, the output).
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     if ungated_batch and (gates is None or not 0 < ungated_batch < x.shape[0]):
@@ -730,15 +778,17 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                          f"{gates is not None})")
     params = [t.contiguous() for t in (ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
                                        pw2_w, pw2_b)]
+    step = residual_args(x, residual)
     gate_grad = gates is not None and gates.requires_grad
-    save = torch.is_grad_enabled() and (gate_grad or x.requires_grad or
-                                        any(t.requires_grad for t in params))
+    save = torch.is_grad_enabled() and (gate_grad or x.requires_grad or any(
+        t is not None and t.requires_grad for t in params + [step[0]]))
     if gates is not None:
         gates = gates.contiguous()
     dtype = compute_dtype or x.dtype
     pw1c, pw2c = operands or (as_operand(pw1_w, dtype), as_operand(pw2_w, dtype))
     skip_dead = not gate_grad and not ungated_batch
     args = (x.contiguous(), lengths.contiguous(), *params, gates, skip_dead, save, pw1c, pw2c,
-            ungated_batch)
+            ungated_batch, *step)
     op = gated_conv_fwd if torch.compiler.is_compiling() else _GatedConv.apply
-    return op(*args)[0]
+    out = op(*args)
+    return out[0] if residual is None else (out[-1], out[0])

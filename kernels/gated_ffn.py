@@ -35,7 +35,15 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
-from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
+from .layer_norm import (
+    ONES_PAD,
+    layer_norm_bwd,
+    layer_norm_fwd,
+    residual_args,
+    residual_in,
+    residual_out,
+    step_context,
+)
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -76,15 +84,21 @@ def _empty(like):
 
 
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                         module_gate, skip_dead, save, w1c, w2c, ungated_batch=0):
+                         module_gate, skip_dead, save, w1c, w2c, ungated_batch=0, res_y=None,
+                         res_seed=None, res_scale=1.0, res_p=0.0):
     # w1c, w2c: W1, W2 as matmul operands, in the compute dtype (kept for the backward);
     # w1, w2 are inputs only to receive their gradients. ungated_batch: the first sequences
-    # run as if every gate were 1 (gated_ffn)
+    # run as if every gate were 1 (gated_ffn). res_y given: the module's input is the
+    # residual step x + res_scale * dropout(res_y, res_p), made by its LayerNorm and
+    # returned last (x_new; else an empty tensor)
     B, T, D = x.shape
     compute_dtype = w1c.dtype
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
     x2 = x.reshape(M, D)
+    res = None if res_y is None else residual_in(x2, res_y.reshape(M, D), res_seed, res_scale,
+                                                 res_p)
+    x_new = x.new_empty(0) if res is None else res.x_new.view(B, T, D)
     # the LayerNorm reads x in its own dtype (fp32 under autocast) and writes xn in the
     # compute dtype: no cast of x before the call, no cast of dx after the backward. With
     # nothing skipped, the padded rows of xn and hidden are zeros: the weight gradients are
@@ -95,7 +109,7 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     dense = save and dense_products(x, gates, skip_dead)
     xn_saved, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates,
                                           skip_dead, out_dtype=compute_dtype,
-                                          zero_padded=dense, ones_column=dense)
+                                          zero_padded=dense, ones_column=dense, residual=res)
     xn = xn_saved[:, :D]
     hidden = xn.new_empty(M, F_)
     pre = xn.new_empty(M, F_) if save else None
@@ -108,14 +122,17 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     rows_gemm(hidden, w2c.t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
               bias_mode=bias_mode, final=True, **common)
     if not save:
-        return y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn)
-    return y, xn_saved, mean, rstd, pre, hidden
+        return y, _empty(xn), _empty(mean), _empty(mean), _empty(xn), _empty(xn), x_new
+    return y, xn_saved, mean, rstd, pre, hidden, x_new
 
 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
                          hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad,
-                         ungated_batch=0):
-    # xn: as the forward saved it, with the column of ones for the dense products
+                         ungated_batch=0, x_grad=None, res_seed=None, res_scale=1.0,
+                         res_p=0.0, x_dtype=None, res_dtype=None):
+    # xn: as the forward saved it, with the column of ones for the dense products. x: the
+    # LayerNorm's input (the forward's x_new after a residual step); res_dtype given: dx is
+    # the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last)
     B, T, D = x.shape
     xn_saved, xn = xn, xn[:, :D]
     M, F_ = B * T, w1.shape[0]
@@ -143,8 +160,12 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     else:
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+    res = None if res_dtype is None else residual_out(
+        res_seed, res_scale, res_p,
+        None if x_grad is None else x_grad.reshape(M, D).contiguous(), d_xn, res_dtype)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
-                        skip_dead, dw=d_lnw, db=d_lnb)[0]
+                        skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
+    d_res = None if res is None else res.y_grad.view(B, T, D)
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
     # not ours: anything may sit at its padded rows, so the dense dW2 reads a copy with
     # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call
@@ -173,7 +194,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
             dgates[0] += (b2.float() * dy_sum).sum()
         dgates = dgates.to(gates.dtype)
     return (dx.view(B, T, D), d_lnw.to(ln_weight.dtype), d_lnb.to(ln_weight.dtype),
-            dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype), dgates)
+            dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype), dgates,
+            d_res)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -183,28 +205,33 @@ def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tenso
                   ln_bias: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                   b2: torch.Tensor, gates: torch.Tensor | None, chunks: int, module_gate: bool,
                   skip_dead: bool, save: bool, w1c: torch.Tensor, w2c: torch.Tensor,
-                  ungated_batch: int = 0
+                  ungated_batch: int = 0, res_y: torch.Tensor | None = None,
+                  res_seed: torch.Tensor | None = None, res_scale: float = 1.0,
+                  res_p: float = 0.0
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                             torch.Tensor, torch.Tensor]:
+                             torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
-                                module_gate, skip_dead, save, w1c, w2c, ungated_batch)
+                                module_gate, skip_dead, save, w1c, w2c, ungated_batch, res_y,
+                                res_seed, res_scale, res_p)
 
 
 @gated_ffn_fwd.register_fake
 def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate, skip_dead,
-      save, w1c, w2c, ungated_batch=0):
+      save, w1c, w2c, ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0):
     B, T, D = x.shape
     like = dict(dtype=w1c.dtype)
     y = x.new_empty(B, T, D, **like)
+    x_new = x.new_empty(0) if res_y is None else \
+        x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
-                x.new_empty(0, **like), x.new_empty(0, **like))
+                x.new_empty(0, **like), x.new_empty(0, **like), x_new)
     M, F_ = B * T, w1.shape[0]
     stats = x.new_empty(M, dtype=torch.float32)
     pad = ONES_PAD if dense_products(x, gates, skip_dead) else 0
     return (y, x.new_empty(M, D + pad, **like), stats, torch.empty_like(stats),
-            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like))
+            x.new_empty(M, F_, **like), x.new_empty(M, F_, **like), x_new)
 
 
 @torch.library.custom_op("orthoasr::gated_ffn_bwd", mutates_args=())
@@ -213,11 +240,15 @@ def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
                   gates: torch.Tensor | None, xn: torch.Tensor, mean: torch.Tensor,
                   rstd: torch.Tensor, pre: torch.Tensor, hidden: torch.Tensor,
                   w1c: torch.Tensor, w2c: torch.Tensor, chunks: int, module_gate: bool,
-                  skip_dead: bool, gate_grad: bool, ungated_batch: int = 0
+                  skip_dead: bool, gate_grad: bool, ungated_batch: int = 0,
+                  x_grad: torch.Tensor | None = None, res_seed: torch.Tensor | None = None,
+                  res_scale: float = 1.0, res_p: float = 0.0,
+                  x_dtype: torch.dtype | None = None, res_dtype: torch.dtype | None = None
                   ) -> list[torch.Tensor]:
     grads = gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd,
                                  pre, hidden, w1c, w2c, chunks, module_gate, skip_dead,
-                                 gate_grad, ungated_batch)
+                                 gate_grad, ungated_batch, x_grad, res_seed, res_scale, res_p,
+                                 x_dtype, res_dtype)
     # custom-op outputs may not alias each other: copy the views of the shared fp32 buffer
     return [x.new_empty(0) if g is None else g.clone() if g._base is not None else g
             for g in grads]
@@ -225,11 +256,13 @@ def gated_ffn_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
 
 @gated_ffn_bwd.register_fake
 def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden, w1c, w2c,
-      chunks, module_gate, skip_dead, gate_grad, ungated_batch=0):
+      chunks, module_gate, skip_dead, gate_grad, ungated_batch=0, x_grad=None, res_seed=None,
+      res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None):
     dg = torch.empty_like(gates) if gate_grad else x.new_empty(0)
-    return [torch.empty_like(x), torch.empty_like(ln_weight), torch.empty_like(ln_weight),
-            torch.empty_like(w1), w1.new_empty(w1.shape[0]), torch.empty_like(w2),
-            torch.empty_like(b2), dg]
+    d_res = x.new_empty(0) if res_dtype is None else x.new_empty(x.shape, dtype=res_dtype)
+    return [x.new_empty(x.shape, dtype=x_dtype or x.dtype), torch.empty_like(ln_weight),
+            torch.empty_like(ln_weight), torch.empty_like(w1), w1.new_empty(w1.shape[0]),
+            torch.empty_like(w2), torch.empty_like(b2), dg, d_res]
 
 
 class _Saved(NamedTuple):
@@ -248,39 +281,46 @@ class _Saved(NamedTuple):
     hidden: torch.Tensor
     w1c: torch.Tensor       # the forward's matmul operands: w1, w2 in the compute dtype
     w2c: torch.Tensor
+    res_seed: torch.Tensor | None       # the residual step's, or None without one
 
 
 def _setup_context(ctx, inputs, output):
-    args = dict(zip(parameter_names(gated_ffn_fwd_triton), inputs, strict=True))
-    _y, xn, mean, rstd, pre, hidden = output
-    ctx.save_for_backward(*_Saved(args["x"], args["lengths"], args["ln_weight"], args["w1"],
-                                  args["w2"], args["b2"], args["gates"], xn, mean, rstd, pre,
-                                  hidden, args["w1c"], args["w2c"]))
+    args = {**_FWD_DEFAULTS, **dict(zip(parameter_names(gated_ffn_fwd_triton), inputs))}
+    _y, xn, mean, rstd, pre, hidden, x_new = output
+    step = args["res_y"] is not None
+    ctx.save_for_backward(*_Saved(x_new if step else args["x"], args["lengths"],
+                                  args["ln_weight"], args["w1"], args["w2"], args["b2"],
+                                  args["gates"], xn, mean, rstd, pre, hidden, args["w1c"],
+                                  args["w2c"], args["res_seed"] if step else None))
     ctx.chunks, ctx.module_gate, ctx.skip_dead = (args["chunks"], args["module_gate"],
                                                   args["skip_dead"])
     ctx.ungated_batch = args["ungated_batch"]
+    ctx.residual = step_context(args, step)
 
 
-def _backward(ctx, dy, *_activations, bwd=gated_ffn_bwd):
+def _backward(ctx, dy, *activations, bwd=gated_ffn_bwd):
     saved = _Saved(*ctx.saved_tensors)
     if saved.pre.numel() == 0 and saved.x.numel() != 0:
         raise RuntimeError("gated_ffn_fwd ran with save=False; call gated_ffn() so that the "
                            "activations are kept when gradients are needed")
     gate_grad = saved.gates is not None and needs_grad(ctx, gated_ffn_fwd_triton, "gates")
-    dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg = bwd(
+    dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg, d_res = bwd(
         dy, **saved._asdict(), chunks=ctx.chunks, module_gate=ctx.module_gate,
-        skip_dead=ctx.skip_dead, gate_grad=gate_grad, ungated_batch=ctx.ungated_batch)
+        skip_dead=ctx.skip_dead, gate_grad=gate_grad, ungated_batch=ctx.ungated_batch,
+        x_grad=activations[-1], **ctx.residual)
     return grads_in_order(gated_ffn_fwd_triton, x=dx, ln_weight=d_lnw, ln_bias=d_lnb, w1=dw1,
-                          b1=db1, w2=dw2, b2=db2, gates=dg if gate_grad else None)
+                          b1=db1, w2=dw2, b2=db2, gates=dg if gate_grad else None,
+                          res_y=d_res if ctx.residual["res_dtype"] is not None else None)
 
 
+_FWD_DEFAULTS = dict(ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0)
 gated_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
 _GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
-                           gated_ffn_bwd_triton)
+                           gated_ffn_bwd_triton, non_differentiable=range(1, 6))
 
 
 def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate,
-              compute_dtype=None, operands=None, ungated_batch=0):
+              compute_dtype=None, operands=None, ungated_batch=0, residual=None):
     """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked), its
     matmuls in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (W1, W2) in the compute dtype, (F, D) and (D, F), made by the caller (one copy
@@ -290,15 +330,20 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     and not with ungated_batch: the first ungated_batch sequences run as if gates were None,
     the rest with `gates` (chunk gates; the gates' gradient from those rows only), as two
     passes in one batch would.
+    residual: (y, seed, scale, p), the residual step of the module before, or None: the
+    input is then x + scale * dropout(y, p), made by this module's LayerNorm kernels
+    (layer_norm.Residual), and the call returns (that new stream, the output).
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     if ungated_batch and (gates is None or module_gate or not 0 < ungated_batch < x.shape[0]):
         raise ValueError(f"gated_ffn: ungated_batch={ungated_batch} needs chunk gates and "
                          f"fewer sequences than x's {x.shape[0]} (gates given: "
                          f"{gates is not None}, module_gate={module_gate})")
-    tensors = (x, ln_weight, ln_bias, w1, b1, w2, b2)
+    step = residual_args(x, residual)
+    tensors = (x, ln_weight, ln_bias, w1, b1, w2, b2) + step[:1]
     gate_grad = gates is not None and gates.requires_grad
-    save = torch.is_grad_enabled() and (gate_grad or any(t.requires_grad for t in tensors))
+    save = torch.is_grad_enabled() and (gate_grad or any(
+        t is not None and t.requires_grad for t in tensors))
     if gates is not None and module_gate:
         gates = gates.expand(chunks)
     if gates is not None:
@@ -309,6 +354,7 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     w1c, w2c = operands or (as_operand(w1, dtype), as_operand(w2, dtype))
     skip_dead = not gate_grad and not ungated_batch
     args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, skip_dead, save,
-            w1c, w2c, ungated_batch)
+            w1c, w2c, ungated_batch, *step)
     op = gated_ffn_fwd if torch.compiler.is_compiling() else _GatedFFN.apply
-    return op(*args)[0]
+    out = op(*args)
+    return out[0] if residual is None else (out[-1], out[0])

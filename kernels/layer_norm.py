@@ -6,9 +6,18 @@ the fused modules (the MHSA pre-norm, each block's final norm).
 t >= lengths[b] are skipped (forward) or get a zero gradient (backward), and when SKIP_DEAD
 is set and every gate of the module is 0 the forward does nothing and the backward writes
 zeros. Statistics are fp32; dgamma / dbeta are reduced with fp32 atomics per program.
+
+Both kernels can fuse the residual step of the module before (`Residual`): the norm's input
+is then x + scale * dropout(y, p), which the forward writes as the new residual stream (one
+pass instead of a dropout-add kernel and the norm's read), and the backward adds the
+stream's gradient to the norm's input gradient and writes y's, dropped out where the forward
+dropped (instead of an add kernel and a dropout backward). The mask comes from a seed
+(kernels/dropout.py), so nothing is stored for it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +26,7 @@ import triton.language as tl
 
 from .autograd import eager_function, grads_in_order
 from .common import interpreting, zeroed_fp32
+from .dropout import MAX_ELEMENTS, check_seed, keep_threshold, row_tile_keep
 from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
 
@@ -28,6 +38,69 @@ ONES_PAD = 16
 
 def layer_norm_reference(x, weight, bias, eps=1e-5):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def residual_step_reference(x: torch.Tensor, y: torch.Tensor, scale: float, p: float,
+                            keep: torch.Tensor) -> torch.Tensor:
+    """x + scale * y * keep / (1 - p) in fp32, rounded once to result_type(x, y); keep: bool,
+    x's shape (the mask `dropout.keep_mask` reads back)."""
+    out = x.float() + torch.where(keep, y.float() * (scale / (1.0 - p)), 0.0)
+    return out.to(torch.result_type(x, y))
+
+
+class Residual(NamedTuple):
+    """The residual step a LayerNorm's kernels fuse ahead of the norm: its input is
+    x + scale * dropout(y, p), x the residual stream and y the previous module's output.
+    Forward: `y` [M, D] is read and `x_new` [M, D] (result_type(x, y)) written. Backward:
+    `x_grad` (the new stream's gradient [M, D], or None for none) is added to the norm's
+    input gradient, and `y_grad` [M, D] (y's dtype) is written."""
+    seed: torch.Tensor | None           # (1,) int64: the dropout mask's seed (None: p = 0)
+    scale: float
+    p: float
+    y: torch.Tensor | None = None
+    x_new: torch.Tensor | None = None
+    x_grad: torch.Tensor | None = None
+    y_grad: torch.Tensor | None = None
+
+    @property
+    def gain(self) -> float:
+        return self.scale / (1.0 - self.p)
+
+
+NO_RESIDUAL = (None, None, 1.0, 0.0)      # an op's residual-step inputs when it takes none
+
+
+def residual_args(x: torch.Tensor, residual) -> tuple:
+    """An op's four residual-step inputs (res_y, res_seed, res_scale, res_p) from a public
+    `residual=(y, seed, scale, p)` argument (checked), or the defaults for None."""
+    if residual is None:
+        return NO_RESIDUAL
+    y, seed, scale, p = residual
+    check_residual(x, y, seed, p)
+    return (y.contiguous(), seed, float(scale), float(p))
+
+
+def step_context(args: dict, step: bool) -> dict:
+    """What an op's backward needs of its residual step besides the seed it saved: the
+    backward launcher's res_scale, res_p, x_dtype (x's gradient) and res_dtype (y's)."""
+    return dict(res_scale=args["res_scale"], res_p=args["res_p"], x_dtype=args["x"].dtype,
+                res_dtype=args["res_y"].dtype if step else None)
+
+
+def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: float) -> None:
+    """ValueError for a residual step's bad inputs (x the stream, y the module output)."""
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
+        raise ValueError(f"the residual step's y must be a tensor of x's shape {tuple(x.shape)} "
+                         f"on {x.device}, got {tuple(getattr(y, 'shape', ()))}")
+    if not y.is_floating_point() or y.dtype == torch.float64:
+        raise TypeError(f"the residual step's y must be float32, bfloat16 or float16, got "
+                        f"{y.dtype}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"the residual step's dropout p must be in [0, 1), got {p}")
+    if x.numel() > MAX_ELEMENTS:
+        raise ValueError(f"x has {x.numel()} elements; the kernels index at most {MAX_ELEMENTS}")
+    if p > 0 or seed is not None:
+        check_seed(seed, x.device)
 
 
 @triton.jit
@@ -45,10 +118,11 @@ def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
 @triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
-    M, D, T, eps, stride_y,
+    res_ptr, xnew_ptr, seed_ptr,
+    M, D, T, eps, stride_y, threshold, gain,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-    ONES_PAD: tl.constexpr = 0,
+    ONES_PAD: tl.constexpr = 0, RESIDUAL: tl.constexpr = False, DROPOUT: tl.constexpr = False,
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
     # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
@@ -56,15 +130,28 @@ def _layer_norm_fwd_kernel(
     # the compiler's pipeliner were 16-65% slower on the H200: bench/NOTES.md, session 17.)
     # ONES_PAD > 0 (with ZERO_PADDED): y's rows are ONES_PAD wider, column D holds 1 and the
     # rest 0, so that a product with y's transpose also sums the other operand's rows.
+    # RESIDUAL: x is x_ptr + gain * dropout(res_ptr), written to xnew_ptr at every row (the
+    # residual stream) and normalised as written (rounded to its dtype), as an unfused
+    # residual step and norm would. DROPOUT (p > 0): with the mask drawn from seed_ptr.
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
     row_ok = _valid_rows(rows, M, T, len_ptr)
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
-    if ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
+    if RESIDUAL | ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
         col_ok = cols < D
         ok = row_ok[:, None] & col_ok[None, :]
         tile = rows[:, None] * D + cols[None, :]
-        x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            every = (rows < M)[:, None] & col_ok[None, :]
+            x = tl.load(x_ptr + tile, mask=every, other=0.0).to(tl.float32)
+            r = tl.load(res_ptr + tile, mask=every, other=0.0).to(tl.float32) * gain
+            if DROPOUT:
+                r = tl.where(row_tile_keep(seed_ptr, rows, D, threshold, BM, BD), r, 0.0)
+            x_new = (x + r).to(xnew_ptr.dtype.element_ty)
+            tl.store(xnew_ptr + tile, x_new, mask=every)
+            x = tl.where(ok, x_new.to(tl.float32), 0.0)
+        else:
+            x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
         mean = tl.sum(x, 1) / D
         xc = tl.where(ok, x - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
@@ -97,9 +184,12 @@ def layer_norm_dx_tile(dy, xhat, w, rstd, ok, D):
 @triton.jit
 def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
-    M, D, T,
+    gx_ptr, dres_ptr, seed_ptr,
+    M, D, T, threshold, gain,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr,
+    RESIDUAL: tl.constexpr = False, X_GRAD: tl.constexpr = False,
+    DROPOUT: tl.constexpr = False,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -128,6 +218,9 @@ def _layer_norm_bwd_kernel(
         tile = rows[:, None] * D + cols[None, :]
         x = tl.load(x_ptr + tile, mask=read, other=0.0)
         dy = tl.load(dy_ptr + tile, mask=read, other=0.0)
+        every = (rows < M)[:, None] & col_ok[None, :]
+        if X_GRAD:
+            gx = tl.load(gx_ptr + tile, mask=every, other=0.0)
         row_ok = _valid_rows(rows, M, T, len_ptr) & ((rows * 0 + live) > 0)
         ok = row_ok[:, None] & col_ok[None, :]
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
@@ -137,8 +230,15 @@ def _layer_norm_bwd_kernel(
         dw += dy * xhat
         db += dy
         dx = layer_norm_dx_tile(dy, xhat, w, rstd, ok, D)
-        tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty),
-                 mask=(rows < M)[:, None] & col_ok[None, :])
+        if X_GRAD:
+            dx += gx.to(tl.float32)
+        tl.store(dx_ptr + tile, dx.to(dx_ptr.dtype.element_ty), mask=every)
+        if RESIDUAL:
+            d_res = dx * gain
+            if DROPOUT:
+                d_res = tl.where(row_tile_keep(seed_ptr, rows, D, threshold, BM, BD), d_res,
+                                 0.0)
+            tl.store(dres_ptr + tile, d_res.to(dres_ptr.dtype.element_ty), mask=every)
     tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok, sem="relaxed")
     tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
 
@@ -164,14 +264,31 @@ def _blocks(D: int, backward: bool = False) -> dict:
 BWD_WARPS_PER_SM = 8
 
 
+def residual_in(x2d: torch.Tensor, y2d: torch.Tensor, seed: torch.Tensor, scale: float,
+                p: float) -> Residual:
+    """The forward's Residual for the step x2d + scale * dropout(y2d, p), x_new allocated."""
+    x_new = torch.empty(x2d.shape, dtype=torch.result_type(x2d, y2d), device=x2d.device)
+    return Residual(seed, float(scale), float(p), y=y2d, x_new=x_new)
+
+
+def residual_out(seed: torch.Tensor, scale: float, p: float, x_grad: torch.Tensor | None,
+                 y_like: torch.Tensor, y_dtype: torch.dtype) -> Residual:
+    """The backward's Residual: x_grad the new stream's gradient or None, y's gradient
+    allocated like `y_like` [M, D] in y_dtype."""
+    return Residual(seed, float(scale), float(p), x_grad=x_grad,
+                    y_grad=torch.empty(y_like.shape, dtype=y_dtype, device=y_like.device))
+
+
 def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
-                   out_dtype=None, zero_padded=False, ones_column=False, config=None):
+                   out_dtype=None, zero_padded=False, ones_column=False, config=None,
+                   residual: Residual | None = None):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
     valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. With
     ones_column (zero_padded only), y is [M, D + ONES_PAD] with 1 in column D and 0 after
     it: y[:, :D] is the normalised x, and a product a^T y also gives a's column sums (the
-    FFN's bias gradient in its weight gradient's GEMM). config: dict(BM, num_warps) in
-    place of the defaults."""
+    FFN's bias gradient in its weight gradient's GEMM). residual (from `residual_in`): the
+    norm's input is x2d + scale * dropout(residual.y, p), written to residual.x_new at
+    every row. config: dict(BM, num_warps) in place of the defaults."""
     M, D = x2d.shape
     if ones_column and not zero_padded:
         raise ValueError("layer_norm_fwd: ones_column needs zero_padded (every row written)")
@@ -181,24 +298,30 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
+    res = residual or Residual(None, 1.0, 0.0, y=x2d, x_new=x2d)   # no step: unread
     launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
-        M, D, T, eps, y.stride(0), NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
-        SKIP_DEAD=skip_dead and gates is not None, ZERO_PADDED=zero_padded,
-        ONES_PAD=ONES_PAD if ones_column else 0, **blk)
+        res.y, res.x_new, lengths if res.seed is None else res.seed,
+        M, D, T, eps, y.stride(0), keep_threshold(res.p), res.gain, NUM_GATES=n_gates,
+        GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead and gates is not None,
+        ZERO_PADDED=zero_padded, ONES_PAD=ONES_PAD if ones_column else 0,
+        RESIDUAL=residual is not None, DROPOUT=res.p > 0, **blk)
     return y, mean, rstd
 
 
 def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False,
-                   dw=None, db=None, config=None):
-    """-> (dx [M, D] x's dtype, 0 at padded rows; dweight fp32 [D], dbias fp32 [D]); dw / db:
-    zeroed fp32 [D] to add to (default: new). dy2d may be in another dtype than x2d (a bf16
-    gradient of an fp32 input). config: dict(BM, num_warps, warps_per_sm, optionally
+                   dw=None, db=None, config=None, residual: Residual | None = None,
+                   dx_dtype: torch.dtype | None = None):
+    """-> (dx [M, D] in dx_dtype (default x's), 0 at padded rows; dweight fp32 [D], dbias
+    fp32 [D]); dw / db: zeroed fp32 [D] to add to (default: new). dy2d may be in another
+    dtype than x2d (a bf16 gradient of an fp32 input). residual (from `residual_out`; x2d
+    is then the forward's x_new): dx is the stream's gradient, residual.x_grad added, and
+    residual.y_grad is written. config: dict(BM, num_warps, warps_per_sm, optionally
     LOAD_STAGES) in place of the defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")
-    dx = torch.empty_like(x2d)
+    dx = torch.empty(x2d.shape, dtype=dx_dtype or x2d.dtype, device=x2d.device)
     if dw is None and db is None:      # both from one zeroed buffer: one fill launch
         dw, db = zeroed_fp32([D, D], x2d.device)
     if dw is None:
@@ -209,80 +332,143 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
     per_sm = max(2, warps_per_sm // blk["num_warps"])
     nprog = min(n_blocks, per_sm * _num_sms(x2d.device.index or 0) if x2d.is_cuda else 4)
     n_gates = gates.shape[0] if gates is not None else 1
+    res = residual or Residual(None, 1.0, 0.0)             # no step: nothing read for it
     launch(_layer_norm_bwd_kernel, (max(1, nprog),),
         dy2d, x2d, weight, mean, rstd, dx, dw, db, gates if gates is not None else dw, lengths,
-        M, D, T, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates),
-        SKIP_DEAD=skip_dead and gates is not None, **blk)
+        dx if res.x_grad is None else res.x_grad, dx if res.y_grad is None else res.y_grad,
+        lengths if res.seed is None else res.seed, M, D, T, keep_threshold(res.p), res.gain,
+        NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead and gates is not None,
+        RESIDUAL=residual is not None, X_GRAD=res.x_grad is not None, DROPOUT=res.p > 0, **blk)
     return dx, dw, db
 
 
 # ----------------------------------------------------------------------------- the op
 
-def masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype: torch.dtype, eps: float):
+def masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype: torch.dtype, eps: float,
+                                 res_y=None, res_seed=None, res_scale: float = 1.0,
+                                 res_p: float = 0.0):
+    # res_y given: the norm's input is x + res_scale * dropout(res_y, res_p), returned as
+    # x_new (else an empty x_new)
     B, T, D = x.shape
-    y, mean, rstd = layer_norm_fwd(x.reshape(B * T, D), weight, bias, lengths, T, eps=eps,
-                                   out_dtype=out_dtype, zero_padded=True)
-    return y.view(B, T, D), mean, rstd
+    x2 = x.reshape(B * T, D)
+    res = None if res_y is None else residual_in(x2, res_y.reshape(B * T, D), res_seed,
+                                                 res_scale, res_p)
+    y, mean, rstd = layer_norm_fwd(x2, weight, bias, lengths, T, eps=eps, out_dtype=out_dtype,
+                                   zero_padded=True, residual=res)
+    x_new = x.new_empty(0) if res is None else res.x_new.view(B, T, D)
+    return y.view(B, T, D), mean, rstd, x_new
 
 
-def masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd, dw=None, db=None):
+def masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd, x_grad=None,
+                                 res_seed=None, res_scale=1.0, res_p=0.0, x_dtype=None,
+                                 res_dtype=None, dw=None, db=None):
+    # x: the norm's input (the forward's x_new with a residual step); res_dtype given (y's
+    # dtype): dx is the stream's gradient (x_grad, that of x_new, added) and the step's y
+    # gets its own
     B, T, D = x.shape
-    dx, dw, db = layer_norm_bwd(dy.reshape(B * T, D).contiguous(), x.reshape(B * T, D), weight,
-                                mean, rstd, lengths, T, dw=dw, db=db)
-    return dx.view(B, T, D), dw.to(weight.dtype), db.to(weight.dtype)
+    M = B * T
+    res = None
+    if res_dtype is not None:
+        res = residual_out(res_seed, res_scale, res_p,
+                           None if x_grad is None else x_grad.reshape(M, D).contiguous(),
+                           x.reshape(M, D), res_dtype)
+    dx, dw, db = layer_norm_bwd(dy.reshape(M, D).contiguous(), x.reshape(M, D), weight, mean,
+                                rstd, lengths, T, dw=dw, db=db, residual=res, dx_dtype=x_dtype)
+    d_res = dx.new_empty(0) if res is None else res.y_grad.view(B, T, D)
+    return dx.view(B, T, D), dw.to(weight.dtype), db.to(weight.dtype), d_res
 
 
 @torch.library.custom_op("orthoasr::masked_layer_norm_fwd", mutates_args=())
 def masked_layer_norm_fwd(x: torch.Tensor, lengths: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor, out_dtype: torch.dtype, eps: float
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype, eps)
+                          bias: torch.Tensor, out_dtype: torch.dtype, eps: float,
+                          res_y: torch.Tensor | None = None,
+                          res_seed: torch.Tensor | None = None, res_scale: float = 1.0,
+                          res_p: float = 0.0
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype, eps, res_y,
+                                        res_seed, res_scale, res_p)
 
 
 @masked_layer_norm_fwd.register_fake
-def _(x, lengths, weight, bias, out_dtype, eps):
+def _(x, lengths, weight, bias, out_dtype, eps, res_y=None, res_seed=None, res_scale=1.0,
+      res_p=0.0):
     stats = x.new_empty(x.shape[0] * x.shape[1], dtype=torch.float32)
-    return x.new_empty(x.shape, dtype=out_dtype), stats, torch.empty_like(stats)
+    x_new = x.new_empty(0) if res_y is None else \
+        x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
+    return x.new_empty(x.shape, dtype=out_dtype), stats, torch.empty_like(stats), x_new
 
 
 @torch.library.custom_op("orthoasr::masked_layer_norm_bwd", mutates_args=())
 def masked_layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor,
-                          weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                          x_grad: torch.Tensor | None = None,
+                          res_seed: torch.Tensor | None = None, res_scale: float = 1.0,
+                          res_p: float = 0.0, x_dtype: torch.dtype | None = None,
+                          res_dtype: torch.dtype | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # a custom op's outputs may not alias one another: dweight and dbias in two buffers, not
     # carved from one as in the eager path (tests/test_layer_norm.py's opcheck)
     dw, db = (torch.zeros_like(weight, dtype=torch.float32) for _ in range(2))
-    return masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd, dw, db)
+    return masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd, x_grad, res_seed,
+                                        res_scale, res_p, x_dtype, res_dtype, dw, db)
 
 
 @masked_layer_norm_bwd.register_fake
-def _(dy, x, lengths, weight, mean, rstd):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+def _(dy, x, lengths, weight, mean, rstd, x_grad=None, res_seed=None, res_scale=1.0,
+      res_p=0.0, x_dtype=None, res_dtype=None):
+    d_res = x.new_empty(0) if res_dtype is None else x.new_empty(x.shape, dtype=res_dtype)
+    return (x.new_empty(x.shape, dtype=x_dtype or x.dtype), torch.empty_like(weight),
+            torch.empty_like(weight), d_res)
 
 
 def _setup_context(ctx, inputs, output):
-    x, lengths, weight, _bias, _out_dtype, _eps = inputs
-    _y, mean, rstd = output
-    ctx.save_for_backward(x, lengths, weight, mean, rstd)
+    x, lengths, weight, _bias, _out_dtype, _eps, res_y, res_seed, res_scale, res_p = (
+        *inputs, None, None, 1.0, 0.0)[:10]       # the op's defaults: no residual step
+    _y, mean, rstd, x_new = output
+    step = res_y is not None
+    ctx.save_for_backward(x_new if step else x, lengths, weight, mean, rstd,
+                          res_seed if step else None)
+    ctx.res_scale, ctx.res_p, ctx.x_dtype = res_scale, res_p, x.dtype
+    ctx.res_dtype = res_y.dtype if step else None
 
 
-def _backward(ctx, dy, *_stats, bwd=masked_layer_norm_bwd):
-    x, lengths, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = bwd(dy, x, lengths, weight, mean, rstd)
-    return grads_in_order(masked_layer_norm_fwd_triton, x=dx, weight=dw, bias=db)
+def _backward(ctx, dy, _mean, _rstd, x_grad=None, bwd=masked_layer_norm_bwd):
+    x, lengths, weight, mean, rstd, res_seed = ctx.saved_tensors
+    if dy is None:          # only x_new was used: the norm adds nothing to its gradient
+        dy = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    dx, dw, db, d_res = bwd(dy, x, lengths, weight, mean, rstd, x_grad, res_seed,
+                            ctx.res_scale, ctx.res_p, ctx.x_dtype, ctx.res_dtype)
+    return grads_in_order(masked_layer_norm_fwd_triton, x=dx, weight=dw, bias=db,
+                          res_y=None if ctx.res_dtype is None else d_res)
 
 
 masked_layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 _MaskedLayerNorm = eager_function(masked_layer_norm_fwd_triton, _setup_context, _backward,
-                                  masked_layer_norm_bwd_triton)
+                                  masked_layer_norm_bwd_triton, non_differentiable=(1, 2))
 
 
 def masked_layer_norm(x, lengths, weight, bias, out_dtype=None, eps=1e-5):
     """LayerNorm over the last dim of x (B, T, D) at the valid frames t < lengths[b], in
     `out_dtype` (default x's; statistics in fp32); padded frames output exactly 0 and get a
     zero gradient. Reads an fp32 x and writes bf16 in one pass (no separate cast)."""
-    args = (x.contiguous(), lengths.contiguous(), weight.contiguous(), bias.contiguous(),
-            out_dtype or x.dtype, float(eps))
-    op = masked_layer_norm_fwd if torch.compiler.is_compiling() else _MaskedLayerNorm.apply
-    return op(*args)[0]
+    return _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps)[0]
 
+
+def residual_layer_norm(x, y, seed, scale, p, lengths, weight, bias, out_dtype=None,
+                        eps=1e-5):
+    """A residual step and the LayerNorm after it, one kernel each way: x_new = x + scale *
+    dropout(y, p) (x the residual stream (B, T, D), y the module output before it, same
+    shape, any float dtypes; x_new in result_type(x, y), at every frame), and
+    `masked_layer_norm(x_new, ...)`. seed: (1,) int64 on x's device, the dropout mask's
+    (kernels/dropout.py); None when p is 0. -> (x_new, normalised x_new)."""
+    out = _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps,
+                             residual_args(x, (y, seed, scale, p)))
+    return out[3], out[0]
+
+
+def _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps,
+                       residual=NO_RESIDUAL):
+    args = (x.contiguous(), lengths.contiguous(), weight.contiguous(), bias.contiguous(),
+            out_dtype or x.dtype, float(eps), *residual)
+    op = masked_layer_norm_fwd if torch.compiler.is_compiling() else _MaskedLayerNorm.apply
+    return op(*args)

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
-from orthoasr.kernels.dropout_residual import draw_seed, dropout_residual_add
+from orthoasr.kernels.dropout import draw_seed
 from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
 
@@ -149,33 +149,11 @@ def make_module(cfg: SupernetConfig, kind: str) -> nn.Module:
                      granularity=cfg.granularity)
 
 
-class _ResidualAdd(torch.autograd.Function):
-    """x + s * y as one kernel, and in the backward y's gradient s * g made in y's dtype by one
-    kernel. (Autograd's own add makes s * g in x's dtype, then casts it to y's: two kernels
-    per FFN module, whose bf16 output joins the fp32 residual stream under autocast.)"""
-
-    @staticmethod
-    def forward(ctx, x, y, scale: float):
-        ctx.scale, ctx.y_dtype = scale, y.dtype
-        return torch.add(x, y, alpha=scale)
-
-    @staticmethod
-    def backward(ctx, grad):
-        dx = grad if ctx.needs_input_grad[0] else None
-        dy = None
-        if ctx.needs_input_grad[1]:
-            dy = torch.mul(grad, ctx.scale, out=grad.new_empty(grad.shape, dtype=ctx.y_dtype))
-        return dx, dy, None
-
-
-def residual_add(x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
-    """x + scale * y (x the residual stream, y a module's output, maybe in a lower dtype)."""
-    return _ResidualAdd.apply(x, y, scale)
-
-
 class ConformerBlock(nn.Module):
     """x += s_m * dropout(module(x)) for each module m in `module_order` (s = 1/2 for FFNs),
-    then LN. Training on the Triton backend, the dropout and the add are one op each way."""
+    then LN. Each residual step is taken by the norm after it, at the start of the next
+    module (or by the final LN): on the Triton backend the step and that LayerNorm are one
+    kernel each way (kernels/layer_norm.py, `Residual`)."""
 
     def __init__(self, cfg: SupernetConfig):
         super().__init__()
@@ -195,25 +173,21 @@ class ConformerBlock(nn.Module):
         `matmul_weights` in the compute dtype, or None: each casts its own. seeds: (modules,)
         int64, the fused dropouts' seeds in layout order, or None: each draws its own.
         ungated_batch: the first sequences run as if gates were None (encode_pair)."""
-        # training on the Triton backend: each module's dropout and the residual add in one
-        # kernel each way (kernels/dropout_residual.py)
-        fuse_dropout = self.training and triton_runs(x, lengths, None)
+        residual = None          # (y, seed, scale, p): the last module's step, not yet taken
         for index, (kind, start, end) in enumerate(self.layout):
             if kind in skip:
                 continue
             module_gates = None if gates is None or kind in full else gates[start:end]
             module = self.modules_by_kind[kind]
+            out = module(x, lengths, module_gates,
+                         operands=None if operands is None else operands[kind], dropout=False,
+                         ungated_batch=0 if module_gates is None else ungated_batch,
+                         residual=residual)
+            x, y = out if residual is not None else (x, out)
             p = module.dropout_rate if self.training else 0.0
-            fused = fuse_dropout and p > 0
-            y = module(x, lengths, module_gates,
-                       operands=None if operands is None else operands[kind], dropout=not fused,
-                       ungated_batch=0 if module_gates is None else ungated_batch)
-            if fused:
-                seed = None if seeds is None else seeds[index:index + 1]
-                x = dropout_residual_add(x, y, HALF_STEP[kind], p, seed)
-            else:
-                x = residual_add(x, y, HALF_STEP[kind])
-        return self.norm(x, lengths)
+            seed = None if seeds is None or p == 0 else seeds[index:index + 1]
+            residual = (y, seed, HALF_STEP[kind], p)
+        return self.norm(x, lengths, residual)
 
 
 class ConformerSupernet(nn.Module):

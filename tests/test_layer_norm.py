@@ -126,7 +126,82 @@ def test_registered_ops_pass_opcheck():
     x = x.view(B, T, D)
     torch.library.opcheck(masked_layer_norm_fwd, (x, lengths, weight, bias, x.dtype, 1e-5),
                           test_utils=("test_schema", "test_faketensor"))
-    _y, mean, rstd = masked_layer_norm_fwd(x, lengths, weight, bias, x.dtype, 1e-5)
+    _y, mean, rstd, _ = masked_layer_norm_fwd(x, lengths, weight, bias, x.dtype, 1e-5)
     torch.library.opcheck(masked_layer_norm_bwd,
                           (torch.randn_like(x), x, lengths, weight, mean, rstd),
                           test_utils=("test_schema", "test_faketensor"))
+    seed = torch.tensor([5], device=DEV)
+    step = (torch.randn_like(x), seed, 0.5, 0.25)
+    torch.library.opcheck(masked_layer_norm_fwd, (x, lengths, weight, bias, x.dtype, 1e-5, *step),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(masked_layer_norm_bwd,
+                          (torch.randn_like(x), x, lengths, weight, mean, rstd,
+                           torch.randn_like(x), seed, 0.5, 0.25, x.dtype, torch.bfloat16),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def _step_case(y_dtype=torch.float32):
+    """(x, y, lengths, weight, bias): a residual stream x (B, T, D), a module output y that
+    is 0 at padded frames, and a norm's parameters."""
+    lengths, x, weight, bias = _case()
+    x = x.view(B, T, D)
+    y = torch.where(valid_rows(lengths, T).view(B, T, 1), torch.randn_like(x), 0.0)
+    return x, y.to(y_dtype), lengths, weight, bias
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("use_stream", [True, False])
+def test_residual_step_and_norm_match_fp64_references_under_its_mask(p, use_stream):
+    """residual_layer_norm: x_new = x + 0.5 * dropout(y, p) at every frame and its masked
+    LayerNorm, against the fp64 references under the mask the kernels draw (keep_mask);
+    gradients of x, y, weight and bias from both outputs, or (use_stream=False, a block's
+    final norm) from the normalised output only."""
+    from orthoasr.kernels.dropout import keep_mask
+    from orthoasr.kernels.layer_norm import residual_layer_norm, residual_step_reference
+    x, y, lengths, weight, bias = _step_case()
+    seed = torch.tensor([1234], device=DEV)
+    keep = keep_mask(seed, B * T, D, p).view(B, T, D)
+    valid = valid_rows(lengths, T).view(B, T)
+    leaves = [t.clone().requires_grad_() for t in (x, y, weight, bias)]
+    x_new, xn = residual_layer_norm(leaves[0], leaves[1], seed, 0.5, p, lengths, *leaves[2:])
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, y, weight, bias)]
+    ref_new = residual_step_reference(*ref_leaves[:2], 0.5, p, keep)
+    ref_xn = torch.where(valid[..., None], layer_norm_reference(ref_new, *ref_leaves[2:]), 0.0)
+    torch.testing.assert_close(x_new.double(), ref_new, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(xn.double(), ref_xn, atol=1e-5, rtol=1e-5)
+    g_new, g_xn = torch.randn_like(x_new), torch.randn_like(xn)
+    outs, refs, grads = [xn], [ref_xn], [g_xn]
+    if use_stream:
+        outs, refs, grads = [x_new, xn], [ref_new, ref_xn], [g_new, g_xn]
+    ours = torch.autograd.grad(outs, leaves, grads)
+    expected = torch.autograd.grad(refs, ref_leaves, [g.double() for g in grads])
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+    assert torch.equal(ours[1][~keep], torch.zeros_like(ours[1][~keep]))
+    if p == 0:
+        assert keep.all()
+
+
+def test_residual_step_keeps_dtypes_and_redraws_its_mask_by_seed():
+    """x_new in result_type(x, y), y's gradient in y's dtype and x's in x's; a fraction ~p
+    dropped, one seed one mask, another seed another; bad steps refused by name."""
+    from orthoasr.kernels.dropout import keep_mask
+    from orthoasr.kernels.layer_norm import residual_layer_norm
+    x, y, lengths, weight, bias = _step_case(torch.bfloat16)
+    seed = torch.tensor([7], device=DEV)
+    leaves = [t.clone().requires_grad_() for t in (x, y)]
+    x_new, xn = residual_layer_norm(*leaves, seed, 1.0, 0.3, lengths, weight, bias)
+    dx, dy = torch.autograd.grad([x_new, xn], leaves, [torch.ones_like(x_new),
+                                                       torch.ones_like(xn)])
+    assert (x_new.dtype, xn.dtype, dx.dtype, dy.dtype) == (torch.float32, torch.float32,
+                                                           torch.float32, torch.bfloat16)
+    keep = keep_mask(seed, 3000, 64, 0.3)
+    assert abs(keep.float().mean().item() - 0.7) < 0.02
+    assert torch.equal(keep, keep_mask(seed, 3000, 64, 0.3))
+    assert (keep != keep_mask(seed + 1, 3000, 64, 0.3)).float().mean() > 0.3
+    with pytest.raises(ValueError, match="p must be in"):
+        residual_layer_norm(x, y, seed, 1.0, 1.0, lengths, weight, bias)
+    with pytest.raises(ValueError, match="seed must be"):
+        residual_layer_norm(x, y, seed.float(), 1.0, 0.1, lengths, weight, bias)
+    with pytest.raises(ValueError, match="shape"):
+        residual_layer_norm(x, y[:, :2], seed, 1.0, 0.1, lengths, weight, bias)

@@ -327,7 +327,7 @@ def test_bad_input():
 def test_residual_add_matches_autograds_add(scale, y_dtype):
     """residual_add: the output and both gradients of torch.add(x, y, alpha=scale), bit for
     bit, with y's gradient in y's dtype (bf16 under autocast, the residual stream fp32)."""
-    from orthoasr.model import residual_add
+    from orthoasr.nn.common import residual_add
     x = torch.randn(3, 5, 8, requires_grad=True)
     y = torch.randn(3, 5, 8).to(y_dtype).requires_grad_()
     g = torch.randn(3, 5, 8)

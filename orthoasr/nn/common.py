@@ -1,8 +1,10 @@
-"""Input checks, dtype rules and the backend choice shared by the gated modules."""
+"""Input checks, dtype rules, the backend choice and the residual step shared by the gated
+modules."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..backend import use_triton
 
@@ -60,6 +62,37 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(dev)
     return x.dtype
+
+
+class _ResidualAdd(torch.autograd.Function):
+    """x + s * y as one kernel, and in the backward y's gradient s * g made in y's dtype by one
+    kernel. (Autograd's own add makes s * g in x's dtype, then casts it to y's: two kernels
+    per FFN module, whose bf16 output joins the fp32 residual stream under autocast.)"""
+
+    @staticmethod
+    def forward(ctx, x, y, scale: float):
+        ctx.scale, ctx.y_dtype = scale, y.dtype
+        return torch.add(x, y, alpha=scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dx = grad if ctx.needs_input_grad[0] else None
+        dy = None
+        if ctx.needs_input_grad[1]:
+            dy = torch.mul(grad, ctx.scale, out=grad.new_empty(grad.shape, dtype=ctx.y_dtype))
+        return dx, dy, None
+
+
+def residual_add(x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
+    """x + scale * y (x the residual stream, y a module's output, maybe in a lower dtype)."""
+    return _ResidualAdd.apply(x, y, scale)
+
+
+def torch_residual_step(x: torch.Tensor, residual) -> torch.Tensor:
+    """The torch backend's residual step: x + scale * dropout(y, p) for residual = (y, seed,
+    scale, p), torch's dropout (its generator; the seed is the Triton kernels')."""
+    y, _seed, scale, p = residual
+    return residual_add(x, F.dropout(y, p) if p > 0 else y, scale)
 
 
 def triton_runs(x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None) -> bool:

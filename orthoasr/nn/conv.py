@@ -7,7 +7,7 @@ from torch import nn
 
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
 
-from .common import check_module_inputs, compute_dtype, triton_runs
+from .common import check_module_inputs, compute_dtype, torch_residual_step, triton_runs
 
 
 class GatedConvModule(nn.Module):
@@ -51,13 +51,15 @@ class GatedConvModule(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, operands=None,
-                dropout: bool = True, ungated_batch: int = 0) -> torch.Tensor:
+                dropout: bool = True, ungated_batch: int = 0, residual=None):
         """x: (B, T, d_model), lengths: (B,), gates: (1,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
         them all at once; the torch backend ignores them), or None: the op casts them.
         dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller.
         ungated_batch: the first sequences run as if gates were None, the rest with `gates`
-        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
+        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair).
+        residual: (y, seed, scale, p), the residual step of the module before, or None: the
+        input is then x + scale * dropout(y, p), and the call returns (that, the output)."""
         params = [self.norm.weight, self.norm.bias, self.pointwise1.weight, self.pointwise1.bias,
                   self.depthwise_weight, self.depthwise_bias, self.norm_conv.weight,
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
@@ -65,8 +67,13 @@ class GatedConvModule(nn.Module):
                             ungated_batch=ungated_batch)
         dtype = compute_dtype(x)
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
-            y = gated_conv(x, lengths, *params, gates, dtype, operands, ungated_batch)
+            out = gated_conv(x, lengths, *params, gates, dtype, operands, ungated_batch,
+                             residual)
+            x, y = out if residual is not None else (x, out)
         else:
+            if residual is not None:
+                x = torch_residual_step(x, residual)
             y = gated_conv_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
                                      gates, ungated_batch=ungated_batch)
-        return self.dropout(y) if dropout else y
+        y = self.dropout(y) if dropout else y
+        return y if residual is None else (x, y)

@@ -7,7 +7,7 @@ from torch import nn
 
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_reference
 
-from .common import check_module_inputs, compute_dtype, triton_runs
+from .common import check_module_inputs, compute_dtype, torch_residual_step, triton_runs
 
 
 class GatedFeedForward(nn.Module):
@@ -63,13 +63,16 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, operands=None,
-                dropout: bool = True, ungated_batch: int = 0) -> torch.Tensor:
+                dropout: bool = True, ungated_batch: int = 0, residual=None):
         """x: (B, T, d_model), lengths: (B,), gates: (num_gates,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
         them all at once; the torch backend ignores them), or None: the op casts them.
         dropout=False leaves the output's dropout (rate `dropout_rate`) to the caller.
         ungated_batch: the first sequences run as if gates were None, the rest with `gates`
-        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
+        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair).
+        residual: (y, seed, scale, p), the residual step of the module before (y its output
+        before dropout; seed for the Triton kernels' mask, None when p is 0), or None: the
+        input is then x + scale * dropout(y, p), and the call returns (that, the output)."""
         params = [self.norm.weight, self.norm.bias, self.linear1.weight, self.linear1.bias,
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params,
@@ -77,9 +80,13 @@ class GatedFeedForward(nn.Module):
         dtype = compute_dtype(x)
         module_gate = self.granularity == "module"
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
-            y = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype,
-                          operands, ungated_batch)
+            out = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype,
+                            operands, ungated_batch, residual)
+            x, y = out if residual is not None else (x, out)
         else:
+            if residual is not None:
+                x = torch_residual_step(x, residual)
             y = gated_ffn_reference(x.to(dtype), lengths, *[p.to(dtype) for p in params],
                                     gates, module_gate, ungated_batch=ungated_batch)
-        return self.dropout(y) if dropout else y
+        y = self.dropout(y) if dropout else y
+        return y if residual is None else (x, y)

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
-from orthoasr.kernels.layer_norm import masked_layer_norm
+from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
 
 from ..config import GRANULARITIES
-from .common import check_module_inputs, compute_dtype, triton_runs
+from .common import check_module_inputs, compute_dtype, torch_residual_step, triton_runs
 
 
 class GatedMHSA(nn.Module):
@@ -76,7 +76,7 @@ class GatedMHSA(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
                 validate: bool = False, operands=None, dropout: bool = True,
-                ungated_batch: int = 0) -> torch.Tensor:
+                ungated_batch: int = 0, residual=None):
         """x: (B, T, D), lengths: (B,), gates: (num_gates,) or None -> (B, T, D).
 
         validate=True also checks 0 <= lengths <= T for CUDA tensors (a host sync); CPU
@@ -85,7 +85,10 @@ class GatedMHSA(nn.Module):
         them), or None: the op casts them. dropout=False leaves the output's dropout (rate
         `dropout_rate`) to the caller.
         ungated_batch: the first sequences run as if gates were None, the rest with `gates`
-        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair)."""
+        (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair).
+        residual: (y, seed, scale, p), the residual step of the module before, or None: the
+        input is then x + scale * dropout(y, p) (made by the LayerNorm's kernels on the
+        Triton backend), and the call returns (that, the output)."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate, ungated_batch)
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
@@ -94,16 +97,22 @@ class GatedMHSA(nn.Module):
             # the matmuls run in the compute dtype (bf16 under autocast): the LayerNorm
             # kernel writes y in it (one pass, no cast of an fp32 y; zeros at padded frames)
             compute = compute_dtype(x)
-            y = masked_layer_norm(x, lengths, self.norm.weight, self.norm.bias, compute)
+            if residual is None:
+                y = masked_layer_norm(x, lengths, self.norm.weight, self.norm.bias, compute)
+            else:
+                x, y = residual_layer_norm(x, *residual, lengths, self.norm.weight,
+                                           self.norm.bias, compute)
             out = gated_mhsa(y, lengths, gates, *weights, self.num_heads, self.granularity,
                              compute, all_on=self._all_on, operands=operands,
                              ungated_batch=ungated_batch)
         else:
+            if residual is not None:
+                x = torch_residual_step(x, residual)
             out = gated_mhsa_reference(self.norm(x), lengths, gates, *weights, self.num_heads,
                                        self.granularity, ungated_batch)
         if dropout and self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
-        return out
+        return out if residual is None else (x, out)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, dropout={self.dropout}, "
