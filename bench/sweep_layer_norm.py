@@ -3,7 +3,8 @@ lengths 80-100% of T, input fp32 or bf16, bf16 output and gradient): forward row
 warps, backward rows, warps and persistent warps per SM, each replayed as a CUDA graph,
 against F.layer_norm and its backward on the same tensors. Rows in
 bench/results/kernels.json (table "layer_norm").
-Run: python -m bench.sweep_layer_norm
+With a residual step fused (bf16, dropout 0.1 and 0): --residual.
+Run: python -m bench.sweep_layer_norm [--residual]
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import torch.nn.functional as F
 
 from bench.harness import time_graph_ms
 from bench.sweeps import B, T, report, step_lengths, time_configs
-from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
+from orthoasr.kernels.layer_norm import (
+    layer_norm_bwd,
+    layer_norm_fwd,
+    residual_in,
+    residual_out,
+)
 
 D = 384
 FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_warps=1),
@@ -70,9 +76,52 @@ def _rows(x_dtype: torch.dtype) -> list[dict]:
                       check_grads)]
 
 
+# with a residual step (the block's path): the Philox mask adds integer work per element
+STEP_FWD_CONFIGS = FWD_CONFIGS + [dict(BM=4, num_warps=2), dict(BM=16, num_warps=4),
+                                  dict(BM=16, num_warps=8)]
+STEP_BWD_CONFIGS = [dict(BM=4, num_warps=2, warps_per_sm=8, LOAD_STAGES=3),
+                    dict(BM=4, num_warps=2, warps_per_sm=8, LOAD_STAGES=2),
+                    dict(BM=4, num_warps=4, warps_per_sm=8, LOAD_STAGES=3),
+                    dict(BM=8, num_warps=4, warps_per_sm=8, LOAD_STAGES=3),
+                    dict(BM=8, num_warps=4, warps_per_sm=16, LOAD_STAGES=2),
+                    dict(BM=2, num_warps=1, warps_per_sm=8, LOAD_STAGES=3),
+                    dict(BM=4, num_warps=2, warps_per_sm=16, LOAD_STAGES=3)]
+
+
+def _step_rows(p: float) -> list[dict]:
+    """The LayerNorm with a residual step (bf16 stream and module output, as in training)."""
+    torch.manual_seed(0)
+    M = B * T
+    x, y = (torch.randn(M, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    w, b = torch.randn(D, device="cuda"), torch.randn(D, device="cuda")
+    dy, gx = (torch.randn(M, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    lengths = step_lengths()
+    seed = torch.tensor([3], device="cuda")
+    step = residual_in(x, y, seed, 0.5, p)
+    _, mean, rstd = layer_norm_fwd(x, w, b, lengths, T, out_dtype=torch.bfloat16,
+                                   residual=step)
+    case = f"{B}x{T}x{D} bf16, residual step p={p}, 80-100% valid"
+
+    def backward(c):
+        res = residual_out(seed, 0.5, p, gx, x, torch.bfloat16)
+        return layer_norm_bwd(dy, step.x_new, w, mean, rstd, lengths, T, config=c,
+                              residual=res)
+    return [
+        *time_configs(dict(table="layer_norm", case=case, mode="fwd"), STEP_FWD_CONFIGS,
+                      lambda c: layer_norm_fwd(x, w, b, lengths, T, config=c,
+                                               out_dtype=torch.bfloat16,
+                                               residual=residual_in(x, y, seed, 0.5, p))),
+        *time_configs(dict(table="layer_norm", case=case, mode="bwd"), STEP_BWD_CONFIGS,
+                      backward)]
+
+
 def main() -> None:
-    report(_rows(torch.float32) + _rows(torch.bfloat16),
-           lambda row: f"{row['case'][:22]} {row['mode']:>7}")
+    import sys
+    if "--residual" in sys.argv:
+        rows = _step_rows(0.1) + _step_rows(0.0)
+    else:
+        rows = _rows(torch.float32) + _rows(torch.bfloat16)
+    report(rows, lambda row: f"{row['case'][:44]} {row['mode']:>7}")
 
 
 if __name__ == "__main__":
