@@ -123,7 +123,7 @@ def main() -> None:
                 dict(X_GRAD=True) if backward else {})):
             if fused:
                 print("with the residual step: ", end="")
-            blk = layer_norm._blocks(384, backward)
+            blk = layer_norm._blocks(384, backward, residual=bool(fused))
             warps = blk.pop("num_warps")
             ok &= _compile(kernel, ptrs | step, floats=("eps", "gain"),
                            ints=dict(M=M, D=D, T=T, stride_y=D),

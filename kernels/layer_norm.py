@@ -243,19 +243,21 @@ def _layer_norm_bwd_kernel(
     tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
 
 
-def _blocks(D: int, backward: bool = False) -> dict:
+def _blocks(D: int, backward: bool = False, residual: bool = False) -> dict:
     """Row tiles [BM, BD]. Up to 512 channels: forward one warp, 4 rows (a row's sums stay
-    in the warp); backward 2 warps, 4 rows, 3 blocks' loads in flight (LOAD_STAGES). At 80 x
-    250 frames, 80-100% valid, on the H200 (bench/sweep_layer_norm.py, 2026-12-01): forward
-    18.0 / 15.4 us (fp32 / bf16 input) against 19.2 / 16.4 at 8 rows and 4 warps; backward
-    35.6 / 30.0 us, against 49.0 / 30.0 at 8 rows and 4 warps and 36.0 / 33.6 at one warp
-    and 2 rows (3 stages each)."""
+    in the warp), two warps with a residual step; backward 2 warps, 4 rows, 3 blocks' loads
+    in flight (LOAD_STAGES). At 80 x 250 frames, 80-100% valid, on the H200
+    (bench/sweep_layer_norm.py, 2026-12-01): forward 18.0 / 15.4 us (fp32 / bf16 input)
+    against 19.2 / 16.4 at 8 rows and 4 warps; backward 35.6 / 30.0 us, against 49.0 / 30.0
+    at 8 rows and 4 warps and 36.0 / 33.6 at one warp and 2 rows (3 stages each). With a
+    residual step (bf16, p 0.1; `--residual`): forward 23.3 us at two warps against 27.4 at
+    one (the mask's Philox work), backward 35.9 at the default, 37.7-48.7 at the others."""
     BD = max(16, next_pow2(D))
     stages = dict(LOAD_STAGES=3) if backward else {}
     if interpreting():
         return dict(BM=16, BD=BD, num_warps=4, **stages)
     if BD <= 512:
-        return dict(BM=4, BD=BD, num_warps=2 if backward else 1, **stages)
+        return dict(BM=4, BD=BD, num_warps=2 if backward or residual else 1, **stages)
     return dict(BM=max(1, min(16, 4096 // BD)), BD=BD, num_warps=8, **stages)
 
 
@@ -292,7 +294,7 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     M, D = x2d.shape
     if ones_column and not zero_padded:
         raise ValueError("layer_norm_fwd: ones_column needs zero_padded (every row written)")
-    blk = {**_blocks(D), **(config or {})}
+    blk = {**_blocks(D, residual=residual is not None), **(config or {})}
     y = torch.empty(M, D + (ONES_PAD if ones_column else 0), dtype=out_dtype or x2d.dtype,
                     device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)

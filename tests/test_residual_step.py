@@ -116,7 +116,7 @@ step = dict(res_ptr="*bf16", xnew_ptr="*bf16", seed_ptr="*i64", gx_ptr="*bf16",
             gate_ptr="*fp32", len_ptr="*i64", dw_ptr="*fp32", db_ptr="*fp32", eps="fp32",
             gain="fp32")
 for kernel, backward in ((ln._layer_norm_fwd_kernel, False), (ln._layer_norm_bwd_kernel, True)):
-    blk = ln._blocks(384, backward)
+    blk = ln._blocks(384, backward, residual=True)
     warps = blk.pop("num_warps")
     fused = dict(RESIDUAL=True, DROPOUT=True, NUM_GATES=4, GATES_P2=4, SKIP_DEAD=False)
     if backward:
