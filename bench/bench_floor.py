@@ -114,7 +114,8 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
     return rows
 
 
-def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None) -> int:
+def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
+        compile_floors: bool = True) -> int:
     """Checks, then times; every row is written as soon as it is measured. gate_names: the
     gate patterns to run (default all). Returns the number of rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -189,7 +190,8 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None) -> 
                         lambda m=low, s=soft, xx=xx, ll=lengths: m(xx, ll, s)
                 if floor is not None:
                     providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
-                if floor is not None and name == "all-on":  # the targets compare all-on only
+                # the targets compare all-on only
+                if floor is not None and name == "all-on" and compile_floors:
                     compiled = torch.compile(copy.deepcopy(floor),
                                              mode="max-autotune-no-cudagraphs")
                     providers["compile_floor"] = lambda c=compiled, xx=xx, ll=lengths: c(xx, ll)
@@ -244,8 +246,11 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for kernels.json "
                         "(default bench/results)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out compile_floor (its max-autotune takes ~8 min a shape)")
     args = parser.parse_args()
-    run(args.cases, args.modules, args.check, args.timings, args.out, args.gates)
+    run(args.cases, args.modules, args.check, args.timings, args.out, args.gates,
+        not args.no_compile)
 
 
 if __name__ == "__main__":
