@@ -435,6 +435,29 @@ def test_registered_op_with_ungated_batch():
     assert_grads_close(y, y_ref, [x, *params, gates])
 
 
+def test_registered_op_with_a_residual_step():
+    """The torch.compile path's op with the residual step of the module before: schema, fake
+    tensors, autograd registration, and the new stream and output of the composition."""
+    from orthoasr.kernels.dropout import keep_mask
+    from orthoasr.kernels.layer_norm import residual_step_reference
+    x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
+    y_prev = torch.randn(2, 7, D, requires_grad=True)
+    params = [p.requires_grad_() for p in make_params()]
+    gates = torch.tensor([0.5, 0.0, 1.0, 2.0], requires_grad=True)
+    seed = torch.tensor([9])
+    args = (x, lengths, *params, gates, C, False, False, True, params[2], params[4], 0,
+            y_prev, seed, 0.5, 0.2)
+    torch.library.opcheck(gated_ffn_fwd, args, test_utils=(
+        "test_schema", "test_faketensor", "test_autograd_registration"))
+    out = gated_ffn_fwd(*args)
+    x_ref = residual_step_reference(x, y_prev, 0.5, 0.2, keep_mask(seed, 14, D, 0.2).view(
+        2, 7, D))
+    y_ref = gated_ffn_reference(x_ref, lengths, *params, gates, False)
+    torch.testing.assert_close(out[-1], x_ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out[0], y_ref, atol=1e-5, rtol=1e-5)
+    assert_grads_close(out[0] + out[-1], y_ref + x_ref, [x, y_prev, *params, gates])
+
+
 def test_ungated_batch_needs_chunk_gates():
     x, lengths = torch.randn(2, 4, D), torch.tensor([4, 2])
     with pytest.raises(ValueError, match="ungated_batch=1 needs chunk gates"):
