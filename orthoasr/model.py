@@ -171,8 +171,12 @@ class ConformerBlock(nn.Module):
         skip: kinds of the modules left out (as if their gates were all 0); full: kinds of
         the modules run ungated (as their gates are all 1). operands: kind -> that module's
         `matmul_weights` in the compute dtype, or None: each casts its own. seeds: (modules,)
-        int64, the fused dropouts' seeds in layout order, or None: each draws its own.
-        ungated_batch: the first sequences run as if gates were None (encode_pair)."""
+        int64, the fused dropouts' seeds in layout order, or None: drawn here when a
+        dropout runs on the Triton backend. ungated_batch: the first sequences run as if
+        gates were None (encode_pair)."""
+        if seeds is None and self.training and triton_runs(x, lengths, None) and any(
+                module.dropout_rate > 0 for module in self.modules_by_kind.values()):
+            seeds = draw_seed(x.device, len(self.layout))
         residual = None          # (y, seed, scale, p): the last module's step, not yet taken
         for index, (kind, start, end) in enumerate(self.layout):
             if kind in skip:

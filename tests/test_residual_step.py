@@ -78,6 +78,24 @@ def test_block_matches_its_fp64_composition_under_the_kernels_masks(training, so
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_a_block_called_alone_in_training_draws_its_own_seeds():
+    """Without seeds from the encoder, a training block on the Triton backend draws its own:
+    two calls drop different elements, the same generator state gives the same output."""
+    cfg, x, lengths = _small_model_case(1)
+    block = model_module.ConformerBlock(cfg).to(DEV).train()
+    set_backend("triton")
+    try:
+        torch.manual_seed(5)
+        first = block(x, lengths)
+        second = block(x, lengths)
+        torch.manual_seed(5)
+        again = block(x, lengths)
+    finally:
+        set_backend("auto")
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    assert torch.isfinite(first).all() and (first[1, 5:] == 0).all()
+
+
 def test_encoder_draws_every_seed_in_one_launch_and_none_in_eval(monkeypatch):
     """Training on the Triton backend, one encoder pass draws all its modules' dropout seeds
     at once and matches its blocks composed in fp64 under those seeds' masks (so each step
