@@ -1,6 +1,6 @@
 """The residual step of a training block and the LayerNorm after it, x_new = x + s *
-dropout(y, p), xn = LN(x_new): ours (one kernel each way, kernels/layer_norm.py `Residual`)
-against what it replaced (our dropout-residual kernel's bytes are torch's F.dropout + add
+dropout(y, p), xn = LN(x_new): ours (one kernel each way, kernels/layer_norm.py) against
+what it replaced (our dropout-residual kernel's bytes are torch's F.dropout + add
 here) and torch's ops (F.dropout, torch.add, F.layer_norm), bf16, at a B32xT250 block
 activation and at a paper step's 40k frames (the stage-1 pair as one batch), fwd and
 fwd+bwd with gradients into both outputs, each replayed as a CUDA graph. Rows in

@@ -44,11 +44,8 @@ from .layer_norm import (
     layer_norm_bwd,
     layer_norm_dx_tile,
     layer_norm_fwd,
-    residual_args,
-    residual_in,
-    residual_out,
-    step_context,
 )
+from .residual_step import residual_args, residual_in, residual_out, step_context
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,
@@ -769,7 +766,7 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
     with the gate (its gradient from those rows only), as two passes in one batch would.
     residual: (y, seed, scale, p), the residual step of the module before, or None: the
     input is then x + scale * dropout(y, p), made by this module's LayerNorm kernels
-    (layer_norm.Residual), and the call returns (that new stream, the output).
+    (residual_step.Residual), and the call returns (that new stream, the output).
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     if ungated_batch and (gates is None or not 0 < ungated_batch < x.shape[0]):

@@ -39,11 +39,8 @@ from .layer_norm import (
     ONES_PAD,
     layer_norm_bwd,
     layer_norm_fwd,
-    residual_args,
-    residual_in,
-    residual_out,
-    step_context,
 )
+from .residual_step import residual_args, residual_in, residual_out, step_context
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -332,7 +329,7 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     passes in one batch would.
     residual: (y, seed, scale, p), the residual step of the module before, or None: the
     input is then x + scale * dropout(y, p), made by this module's LayerNorm kernels
-    (layer_norm.Residual), and the call returns (that new stream, the output).
+    (residual_step.Residual), and the call returns (that new stream, the output).
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     if ungated_batch and (gates is None or module_gate or not 0 < ungated_batch < x.shape[0]):

@@ -12,12 +12,10 @@ is then x + scale * dropout(y, p), which the forward writes as the new residual 
 pass instead of a dropout-add kernel and the norm's read), and the backward adds the
 stream's gradient to the norm's input gradient and writes y's, dropped out where the forward
 dropped (instead of an add kernel and a dropout backward). The mask comes from a seed
-(kernels/dropout.py), so nothing is stored for it.
+(kernels/residual_step.py), so nothing is stored for it.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +24,17 @@ import triton.language as tl
 
 from .autograd import eager_function, grads_in_order
 from .common import interpreting, zeroed_fp32
-from .dropout import MAX_ELEMENTS, check_seed, keep_threshold, row_tile_keep
 from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
+from .residual_step import (
+    NO_RESIDUAL,
+    Residual,
+    keep_threshold,
+    residual_args,
+    residual_in,
+    residual_out,
+    row_tile_keep,
+)
 
 # the columns `layer_norm_fwd(..., ones_column=True)` adds: 16 keep the row stride a multiple
 # of 16 elements where D is one, which Triton's launcher needs to vectorise y's rows (and TMA
@@ -38,69 +44,6 @@ ONES_PAD = 16
 
 def layer_norm_reference(x, weight, bias, eps=1e-5):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-
-def residual_step_reference(x: torch.Tensor, y: torch.Tensor, scale: float, p: float,
-                            keep: torch.Tensor) -> torch.Tensor:
-    """x + scale * y * keep / (1 - p) in fp32, rounded once to result_type(x, y); keep: bool,
-    x's shape (the mask `dropout.keep_mask` reads back)."""
-    out = x.float() + torch.where(keep, y.float() * (scale / (1.0 - p)), 0.0)
-    return out.to(torch.result_type(x, y))
-
-
-class Residual(NamedTuple):
-    """The residual step a LayerNorm's kernels fuse ahead of the norm: its input is
-    x + scale * dropout(y, p), x the residual stream and y the previous module's output.
-    Forward: `y` [M, D] is read and `x_new` [M, D] (result_type(x, y)) written. Backward:
-    `x_grad` (the new stream's gradient [M, D], or None for none) is added to the norm's
-    input gradient, and `y_grad` [M, D] (y's dtype) is written."""
-    seed: torch.Tensor | None           # (1,) int64: the dropout mask's seed (None: p = 0)
-    scale: float
-    p: float
-    y: torch.Tensor | None = None
-    x_new: torch.Tensor | None = None
-    x_grad: torch.Tensor | None = None
-    y_grad: torch.Tensor | None = None
-
-    @property
-    def gain(self) -> float:
-        return self.scale / (1.0 - self.p)
-
-
-NO_RESIDUAL = (None, None, 1.0, 0.0)      # an op's residual-step inputs when it takes none
-
-
-def residual_args(x: torch.Tensor, residual) -> tuple:
-    """An op's four residual-step inputs (res_y, res_seed, res_scale, res_p) from a public
-    `residual=(y, seed, scale, p)` argument (checked), or the defaults for None."""
-    if residual is None:
-        return NO_RESIDUAL
-    y, seed, scale, p = residual
-    check_residual(x, y, seed, p)
-    return (y.contiguous(), seed, float(scale), float(p))
-
-
-def step_context(args: dict, step: bool) -> dict:
-    """What an op's backward needs of its residual step besides the seed it saved: the
-    backward launcher's res_scale, res_p, x_dtype (x's gradient) and res_dtype (y's)."""
-    return dict(res_scale=args["res_scale"], res_p=args["res_p"], x_dtype=args["x"].dtype,
-                res_dtype=args["res_y"].dtype if step else None)
-
-
-def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: float) -> None:
-    """ValueError for a residual step's bad inputs (x the stream, y the module output)."""
-    if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
-        raise ValueError(f"the residual step's y must be a tensor of x's shape {tuple(x.shape)} "
-                         f"on {x.device}, got {tuple(getattr(y, 'shape', ()))}")
-    if not y.is_floating_point() or y.dtype == torch.float64:
-        raise TypeError(f"the residual step's y must be float32, bfloat16 or float16, got "
-                        f"{y.dtype}")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"the residual step's dropout p must be in [0, 1), got {p}")
-    if x.numel() > MAX_ELEMENTS:
-        raise ValueError(f"x has {x.numel()} elements; the kernels index at most {MAX_ELEMENTS}")
-    if p > 0 or seed is not None:
-        check_seed(seed, x.device)
 
 
 @triton.jit
@@ -264,21 +207,6 @@ def _blocks(D: int, backward: bool = False, residual: bool = False) -> dict:
 # the backward's persistent programs: 8 warps per SM (the dgamma / dbeta atomics of every
 # program meet on the same D addresses; 16 warps per SM were slower at every tile)
 BWD_WARPS_PER_SM = 8
-
-
-def residual_in(x2d: torch.Tensor, y2d: torch.Tensor, seed: torch.Tensor, scale: float,
-                p: float) -> Residual:
-    """The forward's Residual for the step x2d + scale * dropout(y2d, p), x_new allocated."""
-    x_new = torch.empty(x2d.shape, dtype=torch.result_type(x2d, y2d), device=x2d.device)
-    return Residual(seed, float(scale), float(p), y=y2d, x_new=x_new)
-
-
-def residual_out(seed: torch.Tensor, scale: float, p: float, x_grad: torch.Tensor | None,
-                 y_like: torch.Tensor, y_dtype: torch.dtype) -> Residual:
-    """The backward's Residual: x_grad the new stream's gradient or None, y's gradient
-    allocated like `y_like` [M, D] in y_dtype."""
-    return Residual(seed, float(scale), float(p), x_grad=x_grad,
-                    y_grad=torch.empty(y_like.shape, dtype=y_dtype, device=y_like.device))
 
 
 def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
@@ -462,7 +390,7 @@ def residual_layer_norm(x, y, seed, scale, p, lengths, weight, bias, out_dtype=N
     dropout(y, p) (x the residual stream (B, T, D), y the module output before it, same
     shape, any float dtypes; x_new in result_type(x, y), at every frame), and
     `masked_layer_norm(x_new, ...)`. seed: (1,) int64 on x's device, the dropout mask's
-    (kernels/dropout.py); None when p is 0. -> (x_new, normalised x_new)."""
+    (kernels/residual_step.py); None when p is 0. -> (x_new, normalised x_new)."""
     out = _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps,
                              residual_args(x, (y, seed, scale, p)))
     return out[3], out[0]

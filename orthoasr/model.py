@@ -22,9 +22,9 @@ import torch.nn as nn
 
 from orthoasr.kernels.common import operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
-from orthoasr.kernels.dropout import draw_seed
 from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
+from orthoasr.kernels.residual_step import draw_seed
 
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
@@ -153,7 +153,7 @@ class ConformerBlock(nn.Module):
     """x += s_m * dropout(module(x)) for each module m in `module_order` (s = 1/2 for FFNs),
     then LN. Each residual step is taken by the norm after it, at the start of the next
     module (or by the final LN): on the Triton backend the step and that LayerNorm are one
-    kernel each way (kernels/layer_norm.py, `Residual`)."""
+    kernel each way (kernels/layer_norm.py, kernels/residual_step.py)."""
 
     def __init__(self, cfg: SupernetConfig):
         super().__init__()

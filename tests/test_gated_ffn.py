@@ -438,8 +438,7 @@ def test_registered_op_with_ungated_batch():
 def test_registered_op_with_a_residual_step():
     """The torch.compile path's op with the residual step of the module before: schema, fake
     tensors, autograd registration, and the new stream and output of the composition."""
-    from orthoasr.kernels.dropout import keep_mask
-    from orthoasr.kernels.layer_norm import residual_step_reference
+    from orthoasr.kernels.residual_step import keep_mask, residual_step_reference
     x, lengths = torch.randn(2, 7, D, requires_grad=True), torch.tensor([7, 3])
     y_prev = torch.randn(2, 7, D, requires_grad=True)
     params = [p.requires_grad_() for p in make_params()]

@@ -156,8 +156,8 @@ def test_residual_step_and_norm_match_fp64_references_under_its_mask(p, use_stre
     LayerNorm, against the fp64 references under the mask the kernels draw (keep_mask);
     gradients of x, y, weight and bias from both outputs, or (use_stream=False, a block's
     final norm) from the normalised output only."""
-    from orthoasr.kernels.dropout import keep_mask
-    from orthoasr.kernels.layer_norm import residual_layer_norm, residual_step_reference
+    from orthoasr.kernels.layer_norm import residual_layer_norm
+    from orthoasr.kernels.residual_step import keep_mask, residual_step_reference
     x, y, lengths, weight, bias = _step_case()
     seed = torch.tensor([1234], device=DEV)
     keep = keep_mask(seed, B * T, D, p).view(B, T, D)
@@ -185,8 +185,8 @@ def test_residual_step_and_norm_match_fp64_references_under_its_mask(p, use_stre
 def test_residual_step_keeps_dtypes_and_redraws_its_mask_by_seed():
     """x_new in result_type(x, y), y's gradient in y's dtype and x's in x's; a fraction ~p
     dropped, one seed one mask, another seed another; bad steps refused by name."""
-    from orthoasr.kernels.dropout import keep_mask
     from orthoasr.kernels.layer_norm import residual_layer_norm
+    from orthoasr.kernels.residual_step import keep_mask
     x, y, lengths, weight, bias = _step_case(torch.bfloat16)
     seed = torch.tensor([7], device=DEV)
     leaves = [t.clone().requires_grad_() for t in (x, y)]

@@ -1,8 +1,8 @@
 """The Conformer block's residual steps, x + s * dropout(y, p), each taken by the LayerNorm
-after it (kernels/layer_norm.py `Residual`): a block on the Triton backend against the fp64
-composition of its modules under the masks the kernels draw, in training and eval; the
-encoder's seeds; sm_90 compiles; and on the GPU the bf16 error ratio and CUDA-graph replays
-(the op's own tests: tests/test_layer_norm.py)."""
+after it (kernels/layer_norm.py, kernels/residual_step.py): a block on the Triton backend
+against the fp64 composition of its modules under the masks the kernels draw, in training
+and eval; the encoder's seeds; sm_90 compiles; and on the GPU the bf16 error ratio and
+CUDA-graph replays (the op's own tests: tests/test_layer_norm.py)."""
 
 import copy
 
@@ -14,8 +14,8 @@ from sm90 import assert_compiles_for_sm90
 import orthoasr.model as model_module
 from orthoasr.backend import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels.dropout import keep_mask
-from orthoasr.kernels.layer_norm import residual_layer_norm, residual_step_reference
+from orthoasr.kernels.layer_norm import residual_layer_norm
+from orthoasr.kernels.residual_step import keep_mask, residual_step_reference
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -190,7 +190,7 @@ def test_gpu_cuda_graph_redraws_the_mask_without_sync():
     """Replays of a captured step with a seed drawn inside it drop new elements each time,
     without a host sync."""
     from orthoasr.graphs import call_without_sync, capture_graph
-    from orthoasr.kernels.dropout import draw_seed
+    from orthoasr.kernels.residual_step import draw_seed
     x = torch.zeros(64, 8, 384, device="cuda")
     y = torch.ones(64, 8, 384, device="cuda", requires_grad=True)
     lengths = torch.full((64,), 8, device="cuda")
