@@ -14,12 +14,8 @@ import torch.nn.functional as F
 
 from bench.harness import time_graph_ms
 from bench.sweeps import B, T, report, step_lengths, time_configs
-from orthoasr.kernels.layer_norm import (
-    layer_norm_bwd,
-    layer_norm_fwd,
-    residual_in,
-    residual_out,
-)
+from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
+from orthoasr.kernels.residual_step import step_in, step_out
 
 D = 384
 FWD_CONFIGS = [dict(BM=4, num_warps=1), dict(BM=8, num_warps=4), dict(BM=2, num_warps=1),
@@ -97,20 +93,20 @@ def _step_rows(p: float) -> list[dict]:
     dy, gx = (torch.randn(M, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     lengths = step_lengths()
     seed = torch.tensor([3], device="cuda")
-    step = residual_in(x, y, seed, 0.5, p)
+    step = step_in(x, y, seed, 0.5, p)[0]
     _, mean, rstd = layer_norm_fwd(x, w, b, lengths, T, out_dtype=torch.bfloat16,
                                    residual=step)
     case = f"{B}x{T}x{D} bf16, residual step p={p}, 80-100% valid"
 
     def backward(c):
-        res = residual_out(seed, 0.5, p, gx, x, torch.bfloat16)
+        res = step_out(x, gx, seed, 0.5, p, torch.bfloat16)[0]
         return layer_norm_bwd(dy, step.x_new, w, mean, rstd, lengths, T, config=c,
                               residual=res)
     return [
         *time_configs(dict(table="layer_norm", case=case, mode="fwd"), STEP_FWD_CONFIGS,
                       lambda c: layer_norm_fwd(x, w, b, lengths, T, config=c,
                                                out_dtype=torch.bfloat16,
-                                               residual=residual_in(x, y, seed, 0.5, p))),
+                                               residual=step_in(x, y, seed, 0.5, p)[0])),
         *time_configs(dict(table="layer_norm", case=case, mode="bwd"), STEP_BWD_CONFIGS,
                       backward)]
 

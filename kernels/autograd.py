@@ -47,6 +47,18 @@ def parameter_names(fn) -> tuple[str, ...]:
     return tuple(inspect.signature(fn).parameters)
 
 
+@functools.cache
+def _defaults(fn) -> dict:
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not p.empty}
+
+
+def named_inputs(fn, inputs) -> dict:
+    """fn's inputs by name, its defaults for those left out (a custom op's setup_context
+    sees the inputs given, not the defaulted ones)."""
+    return {**_defaults(fn), **dict(zip(parameter_names(fn), inputs))}
+
+
 def grads_in_order(fn, **grads) -> tuple:
     """The gradients given by input name, in the order of fn's parameters (None for the
     others): what an autograd backward returns for the inputs of fn."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
+from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
 from .common import as_operand, interpreting, two_passes, valid_mask, zeroed_fp32
 from .gated_matmul import (
     EPI_GATE_BWD,
@@ -39,13 +39,8 @@ from .gated_matmul import (
     wgrad,
 )
 from .launch import cdiv, launch, next_pow2
-from .layer_norm import (
-    ONES_PAD,
-    layer_norm_bwd,
-    layer_norm_dx_tile,
-    layer_norm_fwd,
-)
-from .residual_step import residual_args, residual_in, residual_out, step_context
+from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
+from .residual_step import residual_args, step_context, step_in, step_out
 
 
 def gated_conv_reference(x: torch.Tensor, lengths: torch.Tensor, ln1_weight: torch.Tensor,
@@ -509,9 +504,7 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
     compute_dtype = pw1c.dtype
     M = B * T
     x2 = x.reshape(M, D)
-    res = None if res_y is None else residual_in(x2, res_y.reshape(M, D), res_seed, res_scale,
-                                                 res_p)
-    x_new = x.new_empty(0) if res is None else res.x_new.view(B, T, D)
+    res, x_new = step_in(x, res_y, res_seed, res_scale, res_p)
     common = dict(lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
     # the LayerNorm reads x in its own dtype and writes z in the compute dtype (no cast of
     # x before the call, none of dx after the backward)
@@ -595,12 +588,9 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
         col_sums(du, d_pw1b, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead)
         d_pw1w = d_pw1w.view(2 * D, D)
         wgrad(du, z, out=d_pw1w, **common)
-    res = None if res_dtype is None else residual_out(
-        res_seed, res_scale, res_p,
-        None if x_grad is None else x_grad.reshape(M, D).contiguous(), dz, res_dtype)
+    res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b, residual=res, dx_dtype=x_dtype)[0]
-    d_res = None if res is None else res.y_grad.view(B, T, D)
     dgates = None
     if has_gates:
         g = gates[0].float()
@@ -645,8 +635,7 @@ def _(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b, pw2_w, p
     B, T, D = x.shape
     like = dict(dtype=pw1c.dtype)
     y = x.new_empty(B, T, D, **like)
-    x_new = x.new_empty(0) if res_y is None else \
-        x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
+    x_new = step_in(x, res_y, res_seed, res_scale, res_p)[1]
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
@@ -686,7 +675,7 @@ def _(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b, gates, z, 
       res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None):
     D = x.shape[-1]
     vec = [ln1_w.new_empty(D) for _ in range(2)]
-    d_res = x.new_empty(0) if res_dtype is None else x.new_empty(x.shape, dtype=res_dtype)
+    d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)[1]
     return [x.new_empty(x.shape, dtype=x_dtype or x.dtype), *vec, torch.empty_like(pw1_w),
             pw1_w.new_empty(2 * D),
             torch.empty_like(dw_w), dw_w.new_empty(D), ln2_w.new_empty(D), ln2_w.new_empty(D),
@@ -719,7 +708,7 @@ class _Saved(NamedTuple):
 
 
 def _setup_context(ctx, inputs, output):
-    args = {**_FWD_DEFAULTS, **dict(zip(parameter_names(gated_conv_fwd_triton), inputs))}
+    args = named_inputs(gated_conv_fwd_triton, inputs)
     _y, z, mean, rstd, u, v, pre, r, x_new = output
     step = args["res_y"] is not None
     weights = {name: args[name] for name in _Saved._fields[:10]}
@@ -748,7 +737,6 @@ def _backward(ctx, dy, *activations, bwd=gated_conv_bwd):
                           res_y=d_res if ctx.residual["res_dtype"] is not None else None)
 
 
-_FWD_DEFAULTS = dict(ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0)
 gated_conv_fwd.register_autograd(_backward, setup_context=_setup_context)
 _GatedConv = eager_function(gated_conv_fwd_triton, _setup_context, _backward,
                             gated_conv_bwd_triton, non_differentiable=range(1, 8))

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .autograd import eager_function, grads_in_order, needs_grad, parameter_names
+from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
 from .common import as_operand, two_passes, valid_mask, zeroed_fp32
 from .gated_matmul import (
     BIAS_ANY_GATE,
@@ -35,12 +35,8 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
-from .layer_norm import (
-    ONES_PAD,
-    layer_norm_bwd,
-    layer_norm_fwd,
-)
-from .residual_step import residual_args, residual_in, residual_out, step_context
+from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
+from .residual_step import residual_args, step_context, step_in, step_out
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -93,9 +89,7 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     M, F_ = B * T, w1.shape[0]
     f = F_ // chunks
     x2 = x.reshape(M, D)
-    res = None if res_y is None else residual_in(x2, res_y.reshape(M, D), res_seed, res_scale,
-                                                 res_p)
-    x_new = x.new_empty(0) if res is None else res.x_new.view(B, T, D)
+    res, x_new = step_in(x, res_y, res_seed, res_scale, res_p)
     # the LayerNorm reads x in its own dtype (fp32 under autocast) and writes xn in the
     # compute dtype: no cast of x before the call, no cast of dx after the backward. With
     # nothing skipped, the padded rows of xn and hidden are zeros: the weight gradients are
@@ -157,12 +151,9 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     else:
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
-    res = None if res_dtype is None else residual_out(
-        res_seed, res_scale, res_p,
-        None if x_grad is None else x_grad.reshape(M, D).contiguous(), d_xn, res_dtype)
+    res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
-    d_res = None if res is None else res.y_grad.view(B, T, D)
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
     # not ours: anything may sit at its padded rows, so the dense dW2 reads a copy with
     # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call
@@ -218,8 +209,7 @@ def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate
     B, T, D = x.shape
     like = dict(dtype=w1c.dtype)
     y = x.new_empty(B, T, D, **like)
-    x_new = x.new_empty(0) if res_y is None else \
-        x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
+    x_new = step_in(x, res_y, res_seed, res_scale, res_p)[1]
     if not save:
         f32 = dict(dtype=torch.float32)
         return (y, x.new_empty(0, **like), x.new_empty(0, **f32), x.new_empty(0, **f32),
@@ -256,7 +246,7 @@ def _(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre, hidden,
       chunks, module_gate, skip_dead, gate_grad, ungated_batch=0, x_grad=None, res_seed=None,
       res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None):
     dg = torch.empty_like(gates) if gate_grad else x.new_empty(0)
-    d_res = x.new_empty(0) if res_dtype is None else x.new_empty(x.shape, dtype=res_dtype)
+    d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)[1]
     return [x.new_empty(x.shape, dtype=x_dtype or x.dtype), torch.empty_like(ln_weight),
             torch.empty_like(ln_weight), torch.empty_like(w1), w1.new_empty(w1.shape[0]),
             torch.empty_like(w2), torch.empty_like(b2), dg, d_res]
@@ -282,7 +272,7 @@ class _Saved(NamedTuple):
 
 
 def _setup_context(ctx, inputs, output):
-    args = {**_FWD_DEFAULTS, **dict(zip(parameter_names(gated_ffn_fwd_triton), inputs))}
+    args = named_inputs(gated_ffn_fwd_triton, inputs)
     _y, xn, mean, rstd, pre, hidden, x_new = output
     step = args["res_y"] is not None
     ctx.save_for_backward(*_Saved(x_new if step else args["x"], args["lengths"],
@@ -310,7 +300,6 @@ def _backward(ctx, dy, *activations, bwd=gated_ffn_bwd):
                           res_y=d_res if ctx.residual["res_dtype"] is not None else None)
 
 
-_FWD_DEFAULTS = dict(ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0)
 gated_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
 _GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
                            gated_ffn_bwd_triton, non_differentiable=range(1, 6))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .autograd import eager_function, grads_in_order
+from .autograd import eager_function, grads_in_order, named_inputs
 from .common import interpreting, zeroed_fp32
 from .gated_matmul import _num_sms, _valid_rows
 from .launch import cdiv, launch, next_pow2
@@ -31,9 +31,10 @@ from .residual_step import (
     Residual,
     keep_threshold,
     residual_args,
-    residual_in,
-    residual_out,
     row_tile_keep,
+    step_context,
+    step_in,
+    step_out,
 )
 
 # the columns `layer_norm_fwd(..., ones_column=True)` adds: 16 keep the row stride a multiple
@@ -216,7 +217,7 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. With
     ones_column (zero_padded only), y is [M, D + ONES_PAD] with 1 in column D and 0 after
     it: y[:, :D] is the normalised x, and a product a^T y also gives a's column sums (the
-    FFN's bias gradient in its weight gradient's GEMM). residual (from `residual_in`): the
+    FFN's bias gradient in its weight gradient's GEMM). residual (from `step_in`): the
     norm's input is x2d + scale * dropout(residual.y, p), written to residual.x_new at
     every row. config: dict(BM, num_warps) in place of the defaults."""
     M, D = x2d.shape
@@ -244,7 +245,7 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
                    dx_dtype: torch.dtype | None = None):
     """-> (dx [M, D] in dx_dtype (default x's), 0 at padded rows; dweight fp32 [D], dbias
     fp32 [D]); dw / db: zeroed fp32 [D] to add to (default: new). dy2d may be in another
-    dtype than x2d (a bf16 gradient of an fp32 input). residual (from `residual_out`; x2d
+    dtype than x2d (a bf16 gradient of an fp32 input). residual (from `step_out`; x2d
     is then the forward's x_new): dx is the stream's gradient, residual.x_grad added, and
     residual.y_grad is written. config: dict(BM, num_warps, warps_per_sm, optionally
     LOAD_STAGES) in place of the defaults (bench/sweep_layer_norm.py)."""
@@ -280,12 +281,9 @@ def masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype: torch.dtyp
     # res_y given: the norm's input is x + res_scale * dropout(res_y, res_p), returned as
     # x_new (else an empty x_new)
     B, T, D = x.shape
-    x2 = x.reshape(B * T, D)
-    res = None if res_y is None else residual_in(x2, res_y.reshape(B * T, D), res_seed,
-                                                 res_scale, res_p)
-    y, mean, rstd = layer_norm_fwd(x2, weight, bias, lengths, T, eps=eps, out_dtype=out_dtype,
-                                   zero_padded=True, residual=res)
-    x_new = x.new_empty(0) if res is None else res.x_new.view(B, T, D)
+    res, x_new = step_in(x, res_y, res_seed, res_scale, res_p)
+    y, mean, rstd = layer_norm_fwd(x.reshape(B * T, D), weight, bias, lengths, T, eps=eps,
+                                   out_dtype=out_dtype, zero_padded=True, residual=res)
     return y.view(B, T, D), mean, rstd, x_new
 
 
@@ -297,14 +295,9 @@ def masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd, x_grad=None
     # gets its own
     B, T, D = x.shape
     M = B * T
-    res = None
-    if res_dtype is not None:
-        res = residual_out(res_seed, res_scale, res_p,
-                           None if x_grad is None else x_grad.reshape(M, D).contiguous(),
-                           x.reshape(M, D), res_dtype)
+    res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
     dx, dw, db = layer_norm_bwd(dy.reshape(M, D).contiguous(), x.reshape(M, D), weight, mean,
                                 rstd, lengths, T, dw=dw, db=db, residual=res, dx_dtype=x_dtype)
-    d_res = dx.new_empty(0) if res is None else res.y_grad.view(B, T, D)
     return dx.view(B, T, D), dw.to(weight.dtype), db.to(weight.dtype), d_res
 
 
@@ -323,8 +316,7 @@ def masked_layer_norm_fwd(x: torch.Tensor, lengths: torch.Tensor, weight: torch.
 def _(x, lengths, weight, bias, out_dtype, eps, res_y=None, res_seed=None, res_scale=1.0,
       res_p=0.0):
     stats = x.new_empty(x.shape[0] * x.shape[1], dtype=torch.float32)
-    x_new = x.new_empty(0) if res_y is None else \
-        x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
+    x_new = step_in(x, res_y, res_seed, res_scale, res_p)[1]
     return x.new_empty(x.shape, dtype=out_dtype), stats, torch.empty_like(stats), x_new
 
 
@@ -346,20 +338,18 @@ def masked_layer_norm_bwd(dy: torch.Tensor, x: torch.Tensor, lengths: torch.Tens
 @masked_layer_norm_bwd.register_fake
 def _(dy, x, lengths, weight, mean, rstd, x_grad=None, res_seed=None, res_scale=1.0,
       res_p=0.0, x_dtype=None, res_dtype=None):
-    d_res = x.new_empty(0) if res_dtype is None else x.new_empty(x.shape, dtype=res_dtype)
+    d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)[1]
     return (x.new_empty(x.shape, dtype=x_dtype or x.dtype), torch.empty_like(weight),
             torch.empty_like(weight), d_res)
 
 
 def _setup_context(ctx, inputs, output):
-    x, lengths, weight, _bias, _out_dtype, _eps, res_y, res_seed, res_scale, res_p = (
-        *inputs, None, None, 1.0, 0.0)[:10]       # the op's defaults: no residual step
+    args = named_inputs(masked_layer_norm_fwd_triton, inputs)
     _y, mean, rstd, x_new = output
-    step = res_y is not None
-    ctx.save_for_backward(x_new if step else x, lengths, weight, mean, rstd,
-                          res_seed if step else None)
-    ctx.res_scale, ctx.res_p, ctx.x_dtype = res_scale, res_p, x.dtype
-    ctx.res_dtype = res_y.dtype if step else None
+    step = args["res_y"] is not None
+    ctx.save_for_backward(x_new if step else args["x"], args["lengths"], args["weight"], mean,
+                          rstd, args["res_seed"] if step else None)
+    ctx.residual = step_context(args, step)
 
 
 def _backward(ctx, dy, _mean, _rstd, x_grad=None, bwd=masked_layer_norm_bwd):
@@ -367,9 +357,9 @@ def _backward(ctx, dy, _mean, _rstd, x_grad=None, bwd=masked_layer_norm_bwd):
     if dy is None:          # only x_new was used: the norm adds nothing to its gradient
         dy = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     dx, dw, db, d_res = bwd(dy, x, lengths, weight, mean, rstd, x_grad, res_seed,
-                            ctx.res_scale, ctx.res_p, ctx.x_dtype, ctx.res_dtype)
+                            **ctx.residual)
     return grads_in_order(masked_layer_norm_fwd_triton, x=dx, weight=dw, bias=db,
-                          res_y=None if ctx.res_dtype is None else d_res)
+                          res_y=None if ctx.residual["res_dtype"] is None else d_res)
 
 
 masked_layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)

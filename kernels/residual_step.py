@@ -17,6 +17,7 @@ and references).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -79,15 +80,17 @@ def _keep_mask_kernel(seed_ptr, out_ptr, R, D, threshold, BM: tl.constexpr, BD: 
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], keep.to(tl.int8), mask=ok)
 
 
-def keep_mask(seed: torch.Tensor, rows: int, D: int, p: float) -> torch.Tensor:
-    """[rows, D] bool: the mask the kernels draw from `seed` at rate p (for tests and
-    references)."""
+def keep_mask(seed: torch.Tensor, shape, p: float) -> torch.Tensor:
+    """bool of `shape` (..., D): the mask the kernels draw from `seed` at rate p for a tensor
+    of that shape (for tests and references)."""
+    D = shape[-1]
+    rows = math.prod(shape[:-1])
     out = torch.empty(rows, D, dtype=torch.int8, device=seed.device)
     if out.numel():
         BM, BD = 4, max(16, next_pow2(D))
         launch(_keep_mask_kernel, (cdiv(rows, BM),), seed, out, rows, D, keep_threshold(p),
                BM=BM, BD=BD)
-    return out.bool()
+    return out.bool().view(shape)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -95,7 +98,7 @@ def keep_mask(seed: torch.Tensor, rows: int, D: int, p: float) -> torch.Tensor:
 def residual_step_reference(x: torch.Tensor, y: torch.Tensor, scale: float, p: float,
                             keep: torch.Tensor) -> torch.Tensor:
     """x + scale * y * keep / (1 - p) in fp32, rounded once to result_type(x, y); keep: bool,
-    x's shape (the mask `dropout.keep_mask` reads back)."""
+    x's shape (the mask `keep_mask` reads back)."""
     out = x.float() + torch.where(keep, y.float() * (scale / (1.0 - p)), 0.0)
     return out.to(torch.result_type(x, y))
 
@@ -155,16 +158,30 @@ def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: floa
         check_seed(seed, x.device)
 
 
-def residual_in(x2d: torch.Tensor, y2d: torch.Tensor, seed: torch.Tensor, scale: float,
-                p: float) -> Residual:
-    """The forward's Residual for the step x2d + scale * dropout(y2d, p), x_new allocated."""
-    x_new = torch.empty(x2d.shape, dtype=torch.result_type(x2d, y2d), device=x2d.device)
-    return Residual(seed, float(scale), float(p), y=y2d, x_new=x_new)
+def step_in(x: torch.Tensor, res_y: torch.Tensor | None, seed: torch.Tensor | None,
+            scale: float, p: float) -> tuple[Residual | None, torch.Tensor]:
+    """An op's forward side of its residual step on x (..., D): the Residual for the
+    LayerNorm launcher ([M, D] views, x_new allocated in result_type(x, res_y)) and x_new in
+    x's shape, the op's output; without a step (res_y None), None and an empty tensor."""
+    if res_y is None:
+        return None, x.new_empty(0)
+    D = x.shape[-1]
+    x_new = x.new_empty(x.shape, dtype=torch.result_type(x, res_y))
+    return Residual(seed, float(scale), float(p), y=res_y.reshape(-1, D),
+                    x_new=x_new.view(-1, D)), x_new
 
 
-def residual_out(seed: torch.Tensor, scale: float, p: float, x_grad: torch.Tensor | None,
-                 y_like: torch.Tensor, y_dtype: torch.dtype) -> Residual:
-    """The backward's Residual: x_grad the new stream's gradient or None, y's gradient
-    allocated like `y_like` [M, D] in y_dtype."""
-    return Residual(seed, float(scale), float(p), x_grad=x_grad,
-                    y_grad=torch.empty(y_like.shape, dtype=y_dtype, device=y_like.device))
+def step_out(x: torch.Tensor, x_grad: torch.Tensor | None, seed: torch.Tensor | None,
+             scale: float, p: float, res_dtype: torch.dtype | None
+             ) -> tuple[Residual | None, torch.Tensor]:
+    """An op's backward side of its residual step on x (..., D): the Residual for the
+    LayerNorm launcher (x_grad, the new stream's gradient or None, as [M, D]; y's gradient
+    allocated in res_dtype) and y's gradient in x's shape; without a step (res_dtype None),
+    None and an empty tensor."""
+    if res_dtype is None:
+        return None, x.new_empty(0)
+    D = x.shape[-1]
+    y_grad = x.new_empty(x.shape, dtype=res_dtype)
+    return Residual(seed, float(scale), float(p),
+                    x_grad=None if x_grad is None else x_grad.reshape(-1, D).contiguous(),
+                    y_grad=y_grad.view(-1, D)), y_grad

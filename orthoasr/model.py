@@ -174,8 +174,7 @@ class ConformerBlock(nn.Module):
         int64, the fused dropouts' seeds in layout order, or None: drawn here when a
         dropout runs on the Triton backend. ungated_batch: the first sequences run as if
         gates were None (encode_pair)."""
-        if seeds is None and self.training and triton_runs(x, lengths, None) and any(
-                module.dropout_rate > 0 for module in self.modules_by_kind.values()):
+        if seeds is None and self.fused_dropout(x, lengths):
             seeds = draw_seed(x.device, len(self.layout))
         residual = None          # (y, seed, scale, p): the last module's step, not yet taken
         for index, (kind, start, end) in enumerate(self.layout):
@@ -192,6 +191,12 @@ class ConformerBlock(nn.Module):
             seed = None if seeds is None or p == 0 else seeds[index:index + 1]
             residual = (y, seed, HALF_STEP[kind], p)
         return self.norm(x, lengths, residual)
+
+    def fused_dropout(self, x: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """Whether this block's residual steps drop out in the Triton kernels (training on
+        that backend with a dropout): their masks then need seeds."""
+        return self.training and triton_runs(x, lengths, None) and any(
+            module.dropout_rate > 0 for module in self.modules_by_kind.values())
 
 
 class ConformerSupernet(nn.Module):
@@ -273,9 +278,7 @@ class ConformerSupernet(nn.Module):
         block_gates = None if gates is None else gates.view(len(self.blocks), -1)
         operands = self._matmul_operands(x, lengths, gates, skips)
         seeds = [None] * len(self.blocks)
-        if self.training and triton_runs(x, lengths, None) and any(
-                module.dropout_rate > 0 for block in self.blocks
-                for module in block.modules_by_kind.values()):
+        if any(block.fused_dropout(x, lengths) for block in self.blocks):
             # the fused dropouts' seeds for the whole pass in one launch (one a module
             # otherwise: 96 a paper-size stage-1 step); none drawn without a dropout, as
             # before, so that the generator's later draws stay where they were

@@ -442,8 +442,7 @@ def test_registered_op_with_a_residual_step():
     torch.library.opcheck(gated_conv_fwd, args, test_utils=(
         "test_schema", "test_faketensor", "test_autograd_registration"))
     out = gated_conv_fwd(*args)
-    x_ref = residual_step_reference(x, y_prev, 1.0, 0.3, keep_mask(seed, 14, D, 0.3).view(
-        2, 7, D))
+    x_ref = residual_step_reference(x, y_prev, 1.0, 0.3, keep_mask(seed, x.shape, 0.3))
     y_ref = gated_conv_reference(x_ref, lengths, *params, gates)
     torch.testing.assert_close(out[-1], x_ref, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(out[0], y_ref, atol=1e-5, rtol=1e-5)

@@ -160,7 +160,7 @@ def test_residual_step_and_norm_match_fp64_references_under_its_mask(p, use_stre
     from orthoasr.kernels.residual_step import keep_mask, residual_step_reference
     x, y, lengths, weight, bias = _step_case()
     seed = torch.tensor([1234], device=DEV)
-    keep = keep_mask(seed, B * T, D, p).view(B, T, D)
+    keep = keep_mask(seed, (B, T, D), p)
     valid = valid_rows(lengths, T).view(B, T)
     leaves = [t.clone().requires_grad_() for t in (x, y, weight, bias)]
     x_new, xn = residual_layer_norm(leaves[0], leaves[1], seed, 0.5, p, lengths, *leaves[2:])
@@ -195,10 +195,10 @@ def test_residual_step_keeps_dtypes_and_redraws_its_mask_by_seed():
                                                        torch.ones_like(xn)])
     assert (x_new.dtype, xn.dtype, dx.dtype, dy.dtype) == (torch.float32, torch.float32,
                                                            torch.float32, torch.bfloat16)
-    keep = keep_mask(seed, 3000, 64, 0.3)
+    keep = keep_mask(seed, (3000, 64), 0.3)
     assert abs(keep.float().mean().item() - 0.7) < 0.02
-    assert torch.equal(keep, keep_mask(seed, 3000, 64, 0.3))
-    assert (keep != keep_mask(seed + 1, 3000, 64, 0.3)).float().mean() > 0.3
+    assert torch.equal(keep, keep_mask(seed, (3000, 64), 0.3))
+    assert (keep != keep_mask(seed + 1, (3000, 64), 0.3)).float().mean() > 0.3
     with pytest.raises(ValueError, match="p must be in"):
         residual_layer_norm(x, y, seed, 1.0, 1.0, lengths, weight, bias)
     with pytest.raises(ValueError, match="seed must be"):

@@ -38,9 +38,8 @@ def _composed_reference(block, x, lengths, gates, seeds, p):
         for index, (kind, start, end) in enumerate(block.layout):
             module = block.modules_by_kind[kind]
             y = module(x, lengths, None if gates is None else gates[start:end], dropout=False)
-            keep = keep_mask(seeds[index:index + 1], x.shape[0] * x.shape[1], x.shape[2], p)
-            x = residual_step_reference(x, y, model_module.HALF_STEP[kind], p,
-                                        keep.view(x.shape))
+            keep = keep_mask(seeds[index:index + 1], x.shape, p)
+            x = residual_step_reference(x, y, model_module.HALF_STEP[kind], p, keep)
         return block.norm(x, lengths)
     finally:
         set_backend("auto")
@@ -172,7 +171,7 @@ def test_gpu_bf16_error_ratio_under_the_kernels_mask():
     lengths = torch.full((8,), 250, device="cuda")
     w, b = 1 + 0.1 * torch.randn(384, device="cuda"), 0.1 * torch.randn(384, device="cuda")
     seed, p, scale = torch.tensor([99], device="cuda"), 0.1, 0.5
-    keep = keep_mask(seed, 8 * 250, 384, p).view(x.shape)
+    keep = keep_mask(seed, x.shape, p)
     ours = _run(lambda a, c: residual_layer_norm(a, c, seed, scale, p, lengths, w, b), x, y,
                 g_new, g_xn)
 

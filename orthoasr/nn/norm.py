@@ -24,9 +24,8 @@ class MaskedLayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, residual=None) -> torch.Tensor:
         if triton_runs(x, lengths, None):
             if residual is not None:
-                y = residual[0]
                 return residual_layer_norm(x, *residual, lengths, self.weight, self.bias,
-                                           torch.result_type(x, y), self.eps)[1]
+                                           torch.result_type(x, residual[0]), self.eps)[1]
             return masked_layer_norm(x, lengths, self.weight, self.bias, x.dtype, self.eps)
         if residual is not None:
             x = torch_residual_step(x, residual)
