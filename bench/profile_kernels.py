@@ -40,6 +40,39 @@ def kernel_table(fn, iters: int, warmup: int = 3) -> list[tuple[str, float, int]
     return sorted(rows, key=lambda r: -r[1])
 
 
+def op_table(fn, iters: int, warmup: int = 3, frames: int = 3
+             ) -> list[tuple[str, float, int, str]]:
+    """[(aten op, device µs per call of fn of the kernels it launched itself, calls per call
+    of fn, where: its innermost `frames` callers in orthoasr or bench, or the autograd node
+    that ran it)], largest first: who launches the small kernels that a kernel table cannot
+    tell apart (copies, adds, fills)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                 with_stack=True) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[tuple[str, str], list[float]] = {}
+    for event in prof.events():
+        device_us = getattr(event, "self_device_time_total", 0.0)
+        if device_us <= 0 or not event.name.startswith("aten::"):
+            continue
+        callers, parent = [], event.cpu_parent
+        while parent is not None and len(callers) < frames:
+            if "orthoasr/" in parent.name or "bench/" in parent.name or \
+                    "evaluate_function" in parent.name:
+                callers.append(parent.name.split("orthoasr/")[-1])
+            parent = parent.cpu_parent
+        entry = totals.setdefault((event.name, " < ".join(callers)), [0.0, 0])
+        entry[0] += device_us
+        entry[1] += 1
+    rows = [(op, us / iters, count // iters, where)
+            for (op, where), (us, count) in totals.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))

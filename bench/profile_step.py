@@ -1,13 +1,14 @@
 """Where a training step's GPU time goes (issue 14: the trainer's audio-per-second misses).
 
     python -m bench.profile_step [--config configs/paper.yaml] [--preset small]
-        [--max-frames 80000] [--steps 10] [--out FILE]
+        [--max-frames 80000] [--steps 10] [--ops N] [--out FILE]
 
 Builds the trainer of `--config` on a synthetic corpus made on the machine; for each stage,
 times `--steps` eager steps under torch.profiler after kernel_table's warm-up steps (the
 kernels a CUDA-graph replay runs are the same): device time per step by part of the step
-(kernel names sorted into parts by `PARTS`), then each kernel, largest first. Printed, and
-written as text to --out.
+(kernel names sorted into parts by `PARTS`), then each kernel, largest first; with --ops, a
+second profile (with Python stacks) names the aten ops behind the small kernels and where
+they were called. Printed, and written as text to --out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.profile_kernels import kernel_table
+from bench.profile_kernels import kernel_table, op_table
 from bench.train_step import corpus_manifests
 from orthoasr.run_config import load_run_config
 from orthoasr.run_data import TrainData, make_tokenizer
@@ -72,6 +73,13 @@ def report(title: str, rows: list[tuple[str, float, int]], top: int = 40) -> str
     return "\n".join(lines) + "\n"
 
 
+def op_report(title: str, rows: list[tuple[str, float, int, str]], top: int) -> str:
+    lines = [f"## {title}: aten ops by the device time of their own kernels, per step"]
+    lines += [f"    {us:9.1f} us {count:5d}x  {op}  @ {where}"
+              for op, us, count, where in rows[:top]]
+    return "\n".join(lines) + "\n\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper.yaml")
@@ -83,6 +91,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="text file for the tables")
     parser.add_argument("--top", type=int, default=40,
                         help="kernels listed per stage, by time (the parts' tails need more)")
+    parser.add_argument("--ops", type=int, default=0, metavar="N",
+                        help="also list the N aten ops whose own kernels took most device "
+                             "time per step, with where they were called (a second profile)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.profile_step needs a CUDA device")
@@ -107,6 +118,8 @@ def main() -> None:
             trainer.train_step(next(batches)[2])
         text += report(f"stage {stage}", kernel_table(step, args.steps, WARMUP_STEPS),
                        args.top) + "\n"
+        if args.ops:
+            text += op_report(f"stage {stage}", op_table(step, args.steps, 2), args.ops)
     batches.close()
     print(text)
     if args.out:
