@@ -97,18 +97,32 @@ def main() -> None:
                                        HAS_GATES=True, SKIP_DEAD=True, SEQS_P2=8,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
-    for skip_dead, copy in ((True, False), (False, True)):
-        # the copy as the FFN's soft pass makes it, with any_gate
-        extra = ", with a zero-padded copy and any_gate" if copy else ""
+    for skip_dead, copy, scaled in ((True, False, False), (False, True, False),
+                                    (False, True, True)):
+        # the copy as the FFN's soft pass makes it, with any_gate; the conv's, scaled by its
+        # module gate after the ungated rows, with the gated rows' sums
+        extra = (", the conv's scaled copy" if scaled else
+                 ", with a zero-padded copy and any_gate" if copy else "")
         print(f"col_sums (bias gradients){extra}: ", end="")
         ok &= _compile(gated_matmul._col_sums_kernel,
                        dict(a_ptr="bf16", out_ptr="fp32", copy_ptr="bf16", len_ptr="i64",
-                            gate_ptr="fp32"),
+                            gate_ptr="fp32", out2_ptr="fp32"),
                        ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256,
-                                 CHUNK=3 * 64, UNGATED=0),
-                       constexprs=dict(NUM_GATES=6, GATES_P2=8, SKIP_DEAD=skip_dead,
-                                       PER_CHUNK=True, COPY=copy, ANY_GATE=copy,
-                                       HAS_UNGATED=False, BM=32, BN=128))
+                                 CHUNK=3 * 64, UNGATED=T * 16 if scaled else 0),
+                       constexprs=dict(NUM_GATES=1 if scaled else 6,
+                                       GATES_P2=1 if scaled else 8, SKIP_DEAD=skip_dead,
+                                       PER_CHUNK=not scaled, COPY=copy,
+                                       ANY_GATE=copy and not scaled, HAS_UNGATED=False,
+                                       BM=32, BN=128, SCALED=scaled, GATED_SUMS=scaled))
+    print("col_sums as sum_rows (fp32 partial sums): ", end="")
+    ok &= _compile(gated_matmul._col_sums_kernel,
+                   dict(a_ptr="fp32", out_ptr="fp32", copy_ptr="fp32", len_ptr="fp32",
+                        gate_ptr="fp32", out2_ptr="fp32"),
+                   ints=dict(M=640, N=31 * D, T=640, lda=31 * D, ROWS_PER_PROG=96, CHUNK=1,
+                             UNGATED=0),
+                   constexprs=dict(NUM_GATES=1, GATES_P2=1, SKIP_DEAD=False, PER_CHUNK=False,
+                                   COPY=False, ANY_GATE=False, HAS_UNGATED=False, BM=32,
+                                   BN=128, ALL_ROWS=True))
     # each kernel plain, then with a residual step and its dropout fused (the block's path)
     step = dict(res_ptr="bf16", xnew_ptr="bf16", seed_ptr="i64", gx_ptr="bf16", dres_ptr="bf16")
     for kernel, backward, ptrs in (

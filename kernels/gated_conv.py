@@ -36,6 +36,7 @@ from .gated_matmul import (
     dense_products,
     dense_wgrad,
     rows_gemm,
+    sum_rows,
     wgrad,
 )
 from .launch import cdiv, launch, next_pow2
@@ -428,13 +429,14 @@ def _dw_grad_blocks(D: int) -> dict:
 
 def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: int, K: int,
                  gate_arg: torch.Tensor, has_gates: bool, skip_dead: bool,
-                 config: dict | None = None) -> torch.Tensor:
+                 config: dict | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise weight gradient dw (D, K) fp32: dw[c, k] = sum over valid frames t of
     dpre[t, c] v[t + k - K//2, c], v zero outside [0, lengths[b]).
 
     dpre, v: (B*T, D), rows b*T + t; lengths: (B,); gate_arg: the module gate (1,) when
     has_gates (all zeros for a dead gate with skip_dead), else any tensor. config: dict(SPAN,
-    BC, num_warps, LOAD_STAGES) in place of the defaults (bench/sweep_conv.py)."""
+    BC, num_warps, LOAD_STAGES) in place of the defaults (bench/sweep_conv.py). out: a zeroed
+    fp32 (K * D,) buffer that gets dw transposed (default: new); dw is its (D, K) view."""
     M, D = v.shape
     B = M // T
     blk = {**_dw_grad_blocks(D), **(config or {})}
@@ -443,7 +445,8 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
     launch(_conv_dw_grad_kernel, (n_spans, cdiv(D, blk["BC"]), B),
         dpre, v, parts, gate_arg, lengths, T, n_spans,
         D=D, K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, G=next_pow2(cdiv(K, 4)), **blk)
-    return parts.sum(0).t()
+    out = None if out is None else out.view(K, D)
+    return sum_rows(parts, out).t()
 
 
 def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead,
@@ -461,10 +464,11 @@ def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_de
 
 
 def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, skip_dead,
-                      config=None):
+                      config=None, out=None):
     """The SiLU and LayerNorm backward from dR [M, D] to the conv output's gradient dpre
-    [M, D], and (dgamma, dbeta, the conv bias gradient) as one fp32 [3, D]. config:
-    dict(SPAN, BT, num_warps) in place of the defaults (bench/sweep_conv.py)."""
+    [M, D], and (dgamma, dbeta, the conv bias gradient) as one fp32 [3, D] (out: a zeroed
+    fp32 (3 * D,) buffer for them, default new). config: dict(SPAN, BT, num_warps) in place
+    of the defaults (bench/sweep_conv.py)."""
     D = dr.shape[1]
     blk = {**_norm_bwd_blocks(D), **(config or {})}
     n_tiles = cdiv(T, blk["SPAN"])
@@ -474,7 +478,7 @@ def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, sk
     launch(_conv_mid_bwd_norm_kernel, (n_tiles, dr.shape[0] // T),
         dr, pre, ln2_w, ln2_b, dpre, parts, gate_arg, lengths, T, D, LN_EPS,
         HAS_GATES=has_gates, SKIP_DEAD=skip_dead, **blk)
-    return dpre, parts.sum(0)
+    return dpre, sum_rows(parts, None if out is None else out.view(3, D))
 
 
 def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
@@ -547,35 +551,38 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     # there too) and PW1 go to cuBLAS (see the FFN's backward)
     dense = dense_products(x, gates, skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it); with
-    # ungated rows, PW2's gradients from those rows apart (below)
-    n_ungated = D if ungated_batch else 0
-    sizes = [D, D, D * D, 0 if dense else 2 * D, 0 if dense else 2 * D * D, D, D, n_ungated,
-             n_ungated * D]
-    (gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b, dy_sum_ungated,
-     dpw2_ungated) = zeroed_fp32(sizes, x.device)
-    dpw2, dpw2_ungated = dpw2.view(D, D), dpw2_ungated.view(-1, D)
+    # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it), the sums of
+    # the conv kernels' per-program partials (`sum_rows`) among them
+    sizes = [D, D, D * D, 0 if dense else 2 * D, 0 if dense else 2 * D * D, D, D, 3 * D, K * D,
+             D if gate_grad else 0]
+    (gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b, norm_sums, d_dww,
+     dy_sum_gated) = zeroed_fp32(sizes, x.device)
+    dpw2 = dpw2.view(D, D)
     if not gate_grad:
         gate_cols = None
     dr = dy2.new_empty(M, D)
     U = ungated_batch * T
     rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, ungated_rows=U, **common)
-    # pw2's bias gradient; not read at all for a dead module (it is 0 then). With ungated
-    # rows, PW2's gradients in two parts, the gated rows' scaled by the gate below
-    gated = slice(U, M)
-    col_sums(dy2[gated], dy_sum, lengths=lengths[ungated_batch:], T=T, gates=gates,
-             skip_dead=skip_dead)
-    wgrad(dy2[gated], r[gated], out=dpw2, **dict(common, lengths=lengths[ungated_batch:]))
-    if ungated_batch:
-        ungated = dict(lengths=lengths[:ungated_batch], T=T)
-        col_sums(dy2[:U], dy_sum_ungated, **ungated)
-        wgrad(dy2[:U], r[:U], out=dpw2_ungated, **ungated)
+    # PW2's gradients from dy times the gate at the rows it scaled (all but the ungated
+    # ones): one copy of dy so scaled (zeros at padded rows) in the bias gradient's sweep, and
+    # one weight-gradient product over it (where gated and ungated rows took two of each and
+    # two _foreach launches, ~16 us each on the H200, to scale and add them); the gate's
+    # gradient needs the gated rows' sums unscaled. A dead module (skip) reads and writes
+    # nothing: its gradients stay 0.
+    dy_w = dy2
+    if has_gates:
+        dy_w = torch.empty_like(dy2)
+        col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip, copy=dy_w,
+                 scaled=True, ungated_rows=U, gated_out=dy_sum_gated if gate_grad else None)
+    else:
+        col_sums(dy2, dy_sum, lengths=lengths, T=T)
+    wgrad(dy_w, r, out=dpw2, **common)
     gate_arg = gates if has_gates else dy_sum
     dpre, (d_ln2w, d_ln2b, d_dwb) = conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths,
-                                                      T, has_gates, skip)
+                                                      T, has_gates, skip, out=norm_sums)
     du = conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip,
                            zero_padded=dense)
-    d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip)
+    d_dww = conv_dw_grad(dpre, v, lengths, T, K, gate_arg, has_gates, skip, out=d_dww)
     if dense:
         dz = torch.mm(du, pw1c.to(du.dtype))
     else:
@@ -592,15 +599,9 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b, residual=res, dx_dtype=x_dtype)[0]
     dgates = None
-    if has_gates:
-        g = gates[0].float()
-        if gate_grad:   # the gate's gradient: sum over columns of dy . r + pw2_b dy_sum
-            dgates = torch.addcmul(gate_cols, pw2_b.float(), dy_sum).sum().reshape(1)
-            dgates = dgates.to(gates.dtype)
-        # PW2's gradients scaled by the gate in place (ours, fp32), one launch for both
-        torch._foreach_mul_([dpw2, dy_sum], g)
-    if ungated_batch:
-        torch._foreach_add_([dpw2, dy_sum], [dpw2_ungated, dy_sum_ungated])
+    if gate_grad:   # the gate's gradient: sum over columns of dy . r + pw2_b (dy's sums)
+        dgates = torch.addcmul(gate_cols, pw2_b.float(), dy_sum_gated).sum().reshape(1)
+        dgates = dgates.to(gates.dtype)
     d_pw2b = dy_sum
     return (dx.view(B, T, D), d_ln1w.to(ln1_w.dtype), d_ln1b.to(ln1_w.dtype),
             d_pw1w.to(pw1_w.dtype), d_pw1b.to(pw1_w.dtype), d_dww.to(dw_w.dtype),

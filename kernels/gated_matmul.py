@@ -475,11 +475,13 @@ def _wgrad_kernel(
 
 
 @triton.jit
-def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, ROWS_PER_PROG,
+def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, out2_ptr, M, N, T, lda,
+                     ROWS_PER_PROG,
                      CHUNK, UNGATED, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
                      SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
                      ANY_GATE: tl.constexpr, HAS_UNGATED: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr):
+                     BN: tl.constexpr, ALL_ROWS: tl.constexpr = False,
+                     SCALED: tl.constexpr = False, GATED_SUMS: tl.constexpr = False):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -490,6 +492,9 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
     # with zeros at padded rows. ANY_GATE (not with SKIP_DEAD): every row is read, and the
     # sums are multiplied by whether any gate is nonzero (a bias that only a live unit adds),
     # but for rows < UNGATED with HAS_UNGATED (the ungated pass of a batch holding two).
+    # ALL_ROWS: every row < M counts (no lengths: a plain sum over rows, `sum_rows`).
+    # SCALED (not with ANY_GATE): rows >= UNGATED are multiplied by gates[0], in the sums and
+    # in the copy; with GATED_SUMS, out2 gets those rows' sums before the scale.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -497,7 +502,11 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
     # a [BM, BN] accumulator summed across rows once at the end: a cross-warp row reduction
     # per loaded tile serialised load and reduce (20.6 us for the MHSA's 18 MB, 2026-11-30)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc2 = tl.zeros([BM, BN], dtype=tl.float32)
     any_on = 1.0
+    scale = 1.0
+    if SCALED:
+        scale = tl.load(gate_ptr).to(tl.float32)
     if ANY_GATE:
         offs_g = tl.arange(0, GATES_P2)
         g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
@@ -525,19 +534,29 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, M, N, T, lda, 
         x = x_next
         x_next = tl.load(a_ptr + (rows + BM)[:, None] * lda + cols[None, :],
                          mask=(rows + BM < stop)[:, None] & col_ok[None, :], other=0.0)
-        ok = _valid_rows(rows, M, T, len_ptr)
+        if ALL_ROWS:
+            ok = rows < M
+        else:
+            ok = _valid_rows(rows, M, T, len_ptr)
+        if GATED_SUMS:
+            acc2 += tl.where((ok & (rows >= UNGATED))[:, None], x.to(tl.float32), 0.0)
+        if SCALED:
+            x = x.to(tl.float32) * tl.where(rows < UNGATED, 1.0, scale)[:, None]
         if HAS_UNGATED:     # ANY_GATE's factor row by row
             acc += tl.where(ok[:, None], x.to(tl.float32), 0.0) * tl.where(
                 rows < UNGATED, 1.0, any_on)[:, None]
         else:
             acc += tl.where(ok[:, None], x.to(tl.float32), 0.0)
         if COPY:
-            tl.store(copy_ptr + rows[:, None] * N + cols[None, :], tl.where(ok[:, None], x, 0.0),
+            tl.store(copy_ptr + rows[:, None] * N + cols[None, :],
+                     tl.where(ok[:, None], x, 0.0).to(copy_ptr.dtype.element_ty),
                      mask=(rows < stop)[:, None] & col_ok[None, :])
     sums = tl.sum(acc, 0)
     if ANY_GATE and not HAS_UNGATED:
         sums = sums * any_on
     tl.atomic_add(out_ptr + cols, sums, mask=col_live, sem="relaxed")
+    if GATED_SUMS:
+        tl.atomic_add(out2_ptr + cols, tl.sum(acc2, 0), mask=col_live, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -772,8 +791,9 @@ def dense_wgrad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=None,
-             any_gate=False, ungated_rows=0, config=None):
-    """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients.
+             any_gate=False, ungated_rows=0, scaled=False, gated_out=None, config=None):
+    """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients
+    (lengths None: over every row).
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0).
     copy: an [M, N] contiguous tensor of a's dtype that gets a with zeros at padded rows, in
@@ -781,19 +801,29 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     only while any gate is nonzero (times 0 or 1; every row read; gates given, not with
     skip_dead): a bias gradient with no host-side test of the gates; rows [0, ungated_rows)
     (any_gate only: the ungated pass of a batch holding two) count whatever the gates.
+    scaled (a module gate (1,) given, not with any_gate): rows >= ungated_rows are multiplied
+    by the gate, in the sums and in the copy (which may then go with skip_dead: a dead
+    module's copy is left unwritten, for readers that skip it too); gated_out (fp32 [N],
+    zeroed, scaled only) += the sums of those rows before the scale.
     config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
     skip_dead = skip_dead and gates is not None
-    if copy is not None and (skip_dead or copy.shape != a.shape or copy.dtype != a.dtype
-                             or not copy.is_contiguous()):
+    if copy is not None and ((skip_dead and not scaled) or copy.shape != a.shape or
+                             copy.dtype != a.dtype or not copy.is_contiguous()):
         raise ValueError(f"col_sums: copy must be a contiguous {tuple(a.shape)} {a.dtype} "
-                         f"and skip_dead False, got {tuple(copy.shape)} {copy.dtype}, "
-                         f"skip_dead={skip_dead}")
-    if any_gate and (gates is None or skip_dead):
-        raise ValueError(f"col_sums: any_gate needs gates and skip_dead False, got gates "
-                         f"{gates is not None}, skip_dead={skip_dead}")
-    if ungated_rows and not any_gate:
-        raise ValueError(f"col_sums: ungated_rows={ungated_rows} is for any_gate sums only")
+                         f"and skip_dead False (but with scaled), got {tuple(copy.shape)} "
+                         f"{copy.dtype}, skip_dead={skip_dead}")
+    if any_gate and (gates is None or skip_dead or scaled):
+        raise ValueError(f"col_sums: any_gate needs gates, skip_dead False and no scale, got "
+                         f"gates {gates is not None}, skip_dead={skip_dead}, scaled={scaled}")
+    if scaled and (gates is None or gates.numel() != 1 or chunk):
+        raise ValueError(f"col_sums: scaled needs a module gate (1,), got "
+                         f"{None if gates is None else tuple(gates.shape)}, chunk={chunk}")
+    if gated_out is not None and not scaled:
+        raise ValueError("col_sums: gated_out is for scaled sums only")
+    if ungated_rows and not (any_gate or scaled):
+        raise ValueError(f"col_sums: ungated_rows={ungated_rows} is for any_gate or scaled "
+                         f"sums only")
     blk = {**(dict(BM=32, BN=32) if interpreting() else dict(BM=32, BN=128)), **(config or {})}
     # a memory-bound sweep: enough programs that every SM has several tiles' loads in flight
     # (6 a SM; 3 or 12, or the row loop's loads as async copies, were 2-20% slower on the
@@ -803,10 +833,28 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     rows_per_prog = cdiv(cdiv(M, max(1, programs // n_tiles)), blk["BM"]) * blk["BM"]
     n_gates = 1 if gates is None else gates.shape[0]
     launch(_col_sums_kernel, (n_tiles, cdiv(M, rows_per_prog)),
-        a, out, a if copy is None else copy, lengths, out if gates is None else gates, M, N, T,
-        a.stride(0), rows_per_prog, max(chunk, 1), ungated_rows, NUM_GATES=n_gates,
-        GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead, PER_CHUNK=chunk > 0,
-        COPY=copy is not None, ANY_GATE=any_gate, HAS_UNGATED=ungated_rows > 0, **blk)
+        a, out, a if copy is None else copy, out if lengths is None else lengths,
+        out if gates is None else gates, out if gated_out is None else gated_out, M, N, T,
+        a.stride(0), rows_per_prog, max(chunk, 1),
+        ungated_rows, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead,
+        PER_CHUNK=chunk > 0, COPY=copy is not None, ANY_GATE=any_gate,
+        HAS_UNGATED=any_gate and ungated_rows > 0, ALL_ROWS=lengths is None, SCALED=scaled,
+        GATED_SUMS=gated_out is not None, **blk)
+    return out
+
+
+def sum_rows(parts: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """parts [R, ...] fp32 -> out [...] fp32 += parts.sum(0) (out: zeroed, default new): the
+    kernels' per-program partial sums, added up by `col_sums`' sweep (fp32 atomics, in any
+    order). torch's sum(0) over these few-row-many-column shapes is latency-bound: 26 us a
+    call for the conv backward's 24-30 MB on the H200 (bench/results/profiles, 2026-12-01)."""
+    if out is None:
+        out = torch.zeros(parts.shape[1:], dtype=torch.float32, device=parts.device)
+    if parts.dtype != torch.float32 or out.shape != parts.shape[1:] or not out.is_contiguous():
+        raise ValueError(f"sum_rows: parts must be fp32 and out a contiguous {parts.shape[1:]}, "
+                         f"got {parts.dtype} and {tuple(out.shape)}")
+    flat = parts.reshape(parts.shape[0], -1)
+    col_sums(flat, out.view(-1), lengths=None, T=flat.shape[0])
     return out
 
 

@@ -223,6 +223,52 @@ def test_column_sums_copy_has_zeros_at_padded_rows():
         gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T, copy=copy.float())
 
 
+def test_sum_rows_adds_every_row():
+    """The partial sums' reduction: out += parts.sum(0) over every row (no lengths), in the
+    parts' trailing shape; rows past a program's range are not read twice (73 rows: a partial
+    row tile); a wrong dtype or shape is refused."""
+    parts = torch.randn(73, 3, 50, device=DEV)
+    out = torch.full((3, 50), 2.0, device=DEV)
+    assert gm.sum_rows(parts, out) is out
+    torch.testing.assert_close(out, parts.sum(0) + 2.0, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(gm.sum_rows(parts), parts.sum(0), atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="sum_rows"):
+        gm.sum_rows(parts.double())
+    with pytest.raises(ValueError, match="sum_rows"):
+        gm.sum_rows(parts, torch.zeros(150, device=DEV))
+
+
+def test_column_sums_scaled_by_the_module_gate_after_ungated_rows():
+    """scaled: rows >= ungated_rows times the gate in the sums and in the copy (zeros at
+    padded rows), gated_out those rows' sums unscaled; a dead gate with skip_dead reads and
+    writes nothing (the copy keeps its NaNs: its readers skip the module too)."""
+    lengths, _, _, _ = _case(9)
+    rows = gm.valid_rows(lengths, T)
+    a = torch.randn(B * T, 70, device=DEV)
+    a[~rows] = float("nan")
+    U = T                                              # the first sequence ungated
+    factor = torch.where(torch.arange(B * T, device=DEV) < U, 1.0, -0.7)[:, None]
+    copy, gated = torch.full_like(a, float("nan")), torch.zeros(70, device=DEV)
+    out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
+                      gates=torch.tensor([-0.7], device=DEV), copy=copy, scaled=True,
+                      ungated_rows=U, gated_out=gated)
+    expected = torch.where(rows[:, None], a * factor, 0.0)
+    torch.testing.assert_close(copy, expected)
+    torch.testing.assert_close(out, expected.sum(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gated, a[rows & (torch.arange(B * T, device=DEV) >= U)].sum(0),
+                               atol=1e-4, rtol=1e-4)
+    dead_copy = torch.full_like(a, float("nan"))
+    out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
+                      gates=torch.zeros(1, device=DEV), skip_dead=True, copy=dead_copy,
+                      scaled=True)
+    assert torch.equal(out, torch.zeros(70, device=DEV)) and dead_copy.isnan().all()
+    with pytest.raises(ValueError, match="module gate"):
+        gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
+                    gates=torch.ones(2, device=DEV), scaled=True)
+    with pytest.raises(ValueError, match="gated_out"):
+        gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T, gated_out=gated)
+
+
 def test_column_sums_skip_dead_chunks():
     lengths, _, _, _ = _case(6)
     chunk, gates = 24, torch.tensor([1.0, 0.0, 0.5], device=DEV)   # 72 columns, 3 chunks
