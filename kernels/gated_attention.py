@@ -334,22 +334,24 @@ def _gated_attn_bwd_dq_kernel(
 
 @triton.jit
 def _gated_attn_dgate_kernel(part_ptr, gate_ptr, dgate_ptr, num_parts, head_parts,
-                             gate_stride_b, BLOCK: tl.constexpr):
+                             part_start, seq0, gate_stride_b, out_stride_b,
+                             BLOCK: tl.constexpr):
     # Program (h, j): dg = the sum of num_parts delta partials / g; 0 for a dead gate (never
-    # computed). Head h's partials start at h * head_parts; program j takes the j-th
-    # num_parts of them, those of sequence j with per-sequence gates (gate_stride_b = H),
-    # else j = 0 takes them all.
+    # computed). Head h's partials start at h * head_parts + part_start; program j takes the
+    # j-th num_parts of them, those of sequence seq0 + j with per-sequence gates
+    # (gate_stride_b = H; seq0 0), else j = 0 takes them all: with shared gates (stride 0),
+    # or with per-sequence gates that sequences seq0.. share (their gate read at seq0).
     h = tl.program_id(0)
     j = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
-    first = part_ptr + h * head_parts + j * num_parts
+    first = part_ptr + h * head_parts + part_start + j * num_parts
     total = tl.zeros([BLOCK], tl.float32)
     for start in range(0, num_parts, BLOCK):
         total += tl.load(first + start + offs, mask=start + offs < num_parts, other=0.0)
-    gate = tl.load(gate_ptr + j * gate_stride_b + h).to(tl.float32)
+    gate = tl.load(gate_ptr + (seq0 + j) * gate_stride_b + h).to(tl.float32)
     safe = tl.where(gate != 0, gate, 1.0)
     dgate = tl.where(gate != 0, tl.sum(total, 0) / safe, 0.0)
-    tl.store(dgate_ptr + j * gate_stride_b + h, dgate.to(dgate_ptr.dtype.element_ty))
+    tl.store(dgate_ptr + j * out_stride_b + h, dgate.to(dgate_ptr.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -404,9 +406,13 @@ def gated_attention_fwd_triton(q, k, v, lengths, head_gates, sm_scale, out, zero
 
 
 def gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_scale, dq, dk, dv,
-                               zero_dead=True):
-    """Fills dq, dk, dv (any strides) and returns dgates, the gates' shape and dtype.
-    zero_dead=False leaves dead heads' rows of dq, dk, dv unwritten."""
+                               zero_dead=True, shared_after=0):
+    """Fills dq, dk, dv (any strides) and returns dgates, the gates' shape and dtype; with
+    (B, H) gates and shared_after > 0, the (H,) gradient of the gates that sequences
+    shared_after.. share (their rows of head_gates equal), as one pass of a batch holding two
+    uses them: summed here, where autograd's sum over an expand of them took ~18 us a call
+    (a latency-bound reduction; H200, 2026-12-01). zero_dead=False leaves dead heads' rows
+    of dq, dk, dv unwritten."""
     B, H, T, Dh = q.shape
     block_d = max(16, next_pow2(Dh))
     dev = q.device
@@ -433,12 +439,21 @@ def gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, sm_s
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(grad_out), *_strides3(dq),
         H, T, sm_scale, sm_scale * LOG2E, _gate_stride(head_gates),
         HEAD_DIM=Dh, BLOCK_D=block_d, ZERO_DEAD=zero_dead, DOT_PRECISION=precision, **cfg)
-    dgates = torch.empty_like(head_gates)
     per_sequence = head_gates.dim() == 2
     n_m = delta_grid[0]
+    if shared_after:
+        if not per_sequence or not 0 < shared_after < B:
+            raise ValueError(f"shared_after={shared_after} needs (B, H) gates and 0 < it < "
+                             f"B = {B}, got gates {tuple(head_gates.shape)}")
+        dgates = head_gates.new_empty(H)
+        launch(_gated_attn_dgate_kernel, (H, 1), dgate_part, head_gates, dgates,
+               (B - shared_after) * n_m, B * n_m, shared_after * n_m, shared_after, H, 0,
+               BLOCK=128)
+        return dgates
+    dgates = torch.empty_like(head_gates)
+    stride = _gate_stride(head_gates)
     launch(_gated_attn_dgate_kernel, (H, B if per_sequence else 1), dgate_part, head_gates,
-           dgates, n_m if per_sequence else B * n_m, B * n_m, _gate_stride(head_gates),
-           BLOCK=128)
+           dgates, n_m if per_sequence else B * n_m, B * n_m, 0, 0, stride, stride, BLOCK=128)
     return dgates
 
 
@@ -466,13 +481,16 @@ def attention_packed_fwd(qkv, lengths, head_gates, sm_scale, zero_dead):
     return out, lse
 
 
-def attention_packed_bwd(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead):
-    """-> (grad qkv (B, T, H, 3, Dh), grad head_gates (H,))."""
+def attention_packed_bwd(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead,
+                         shared_after=0):
+    """-> (grad qkv (B, T, H, 3, Dh), grad head_gates (their shape, or (H,) with
+    shared_after: see gated_attention_bwd_triton))."""
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
     dq, dk, dv = _unpack(grad_qkv)
     dgates = gated_attention_bwd_triton(q, k, v, grad_out.permute(0, 2, 1, 3), lse, lengths,
-                                        head_gates, sm_scale, dq, dk, dv, zero_dead)
+                                        head_gates, sm_scale, dq, dk, dv, zero_dead,
+                                        shared_after)
     return grad_qkv, dgates
 
 

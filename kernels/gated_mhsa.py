@@ -533,7 +533,8 @@ class _GatedMHSA(torch.autograd.Function):
     chained in one autograd.Function, one host round-trip instead of three; torch.compile
     sees the three ops instead. attn_gates: the attention's (B, H) per-sequence gates of a
     batch holding two passes (the projections then skip nothing: head_gates all 1), or
-    None: head_gates for all three."""
+    None: head_gates for all three. In such a pair attn_gates needs no gradient: its gated
+    rows are bias_scale, the (H,) gates themselves, which get the attention's gradient."""
 
     @staticmethod
     def forward(ctx, y, lengths, head_gates, bias_scale, w_in, b_in, w_o, b_o, w_in_c, w_o_c,
@@ -572,17 +573,20 @@ class _GatedMHSA(torch.autograd.Function):
                                                      acc_o, ctx.ungated_rows)
         dqkv, dgates = attention_packed_bwd(da.view(B, T, H, Dh), s.qkv.view(B, T, H, 3, Dh),
                                             s.lse, s.lengths, s.attn_gates, Dh ** -0.5,
-                                            zero_dead=ctx.pair)
+                                            zero_dead=ctx.pair,
+                                            shared_after=ctx.ungated_rows // T)
         dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), s.y2, s.w_in,
                                               s.head_gates, s.lengths, T, acc_in)
         if ctx.bias_mode == BIAS_SCALED:    # the others' bias factor is an indicator
             dscale = dscale.reshape(s.bias_scale.shape).to(s.bias_scale.dtype)
+        elif ctx.pair:                      # the gates (H,) of the gated pass (see above)
+            dscale = dgates
         else:
             dscale = None
-        d_head, d_attn = (None, dgates) if ctx.pair else (dgates, None)
+        d_head = None if ctx.pair else dgates
         return (dy.view(B, T, D), None, d_head, dscale, dw_in.to(w_in_dtype),
                 db_in.to(b_in_dtype), dw_o.to(w_o_dtype), db_o.to(s.b_o.dtype), None, None,
-                None, None, d_attn, None)
+                None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -606,9 +610,12 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
                              f"fewer sequences than y's {B} (gates given: "
                              f"{gates is not None}, granularity {granularity!r})")
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)
-        # the first sequences' ones expanded from head_gates: no fill launch of their own
+        # the first sequences' ones expanded from head_gates: no fill launch of their own.
+        # Eager calls take the gates' gradient through bias_scale (_GatedMHSA), so that no
+        # autograd sum over the expand runs
+        shared = gates if torch.compiler.is_compiling() else gates.detach()
         attn_gates = torch.cat([head_gates.to(gates.dtype).expand(ungated_batch, num_heads),
-                                gates.expand(B - ungated_batch, num_heads)])
+                                shared.expand(B - ungated_batch, num_heads)])
         bias_scale, bias_mode, ungated_rows = gates, BIAS_IF_LIVE_AFTER, ungated_batch * T
     elif gates is None:
         head_gates = all_on if all_on is not None else torch.ones(num_heads, device=y.device)

@@ -163,24 +163,28 @@ class ConformerBlock(nn.Module):
         self.norm = MaskedLayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
-                gates: torch.Tensor | None = None, skip: frozenset[str] = frozenset(),
+                gates: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+                skip: frozenset[str] = frozenset(),
                 operands: dict[str, tuple[torch.Tensor, ...]] | None = None,
                 full: frozenset[str] = frozenset(),
                 seeds: torch.Tensor | None = None, ungated_batch: int = 0) -> torch.Tensor:
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
-        skip: kinds of the modules left out (as if their gates were all 0); full: kinds of
-        the modules run ungated (as their gates are all 1). operands: kind -> that module's
+        gates may also come as `split_gates` gives them (one tensor a module). skip: kinds
+        of the modules left out (as if their gates were all 0); full: kinds of the modules
+        run ungated (as their gates are all 1). operands: kind -> that module's
         `matmul_weights` in the compute dtype, or None: each casts its own. seeds: (modules,)
         int64, the fused dropouts' seeds in layout order, or None: drawn here when a
         dropout runs on the Triton backend. ungated_batch: the first sequences run as if
         gates were None (encode_pair)."""
         if seeds is None and self.fused_dropout(x, lengths):
             seeds = draw_seed(x.device, len(self.layout))
+        if isinstance(gates, torch.Tensor):
+            gates = self.split_gates(gates)
         residual = None          # (y, seed, scale, p): the last module's step, not yet taken
-        for index, (kind, start, end) in enumerate(self.layout):
+        for index, (kind, _, _) in enumerate(self.layout):
             if kind in skip:
                 continue
-            module_gates = None if gates is None or kind in full else gates[start:end]
+            module_gates = None if gates is None or kind in full else gates[index]
             module = self.modules_by_kind[kind]
             out = module(x, lengths, module_gates,
                          operands=None if operands is None else operands[kind], dropout=False,
@@ -191,6 +195,10 @@ class ConformerBlock(nn.Module):
             seed = None if seeds is None or p == 0 else seeds[index:index + 1]
             residual = (y, seed, HALF_STEP[kind], p)
         return self.norm(x, lengths, residual)
+
+    def split_gates(self, gates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(U,) -> each module's gates, in layout order (views)."""
+        return torch.split(gates, [end - start for _, start, end in self.layout])
 
     def fused_dropout(self, x: torch.Tensor, lengths: torch.Tensor) -> bool:
         """Whether this block's residual steps drop out in the Triton kernels (training on
@@ -275,7 +283,16 @@ class ConformerSupernet(nn.Module):
         if both := [(layer, kind) for layer, kinds in enumerate(skips)
                     for kind in kinds & fulls[layer]]:
             raise ValueError(f"modules both left out (skip) and run ungated (full): {both}")
-        block_gates = None if gates is None else gates.view(len(self.blocks), -1)
+        # every module's gates as views from one split: one node whose backward writes the
+        # gates' gradient in one launch (a select per block and a slice per module gave
+        # each a zero fill, a copy and an add: ~180 launches a paper-size stage-1 step)
+        block_gates = [None] * len(self.blocks)
+        if gates is not None:
+            sizes = [end - start for block in self.blocks for _, start, end in block.layout]
+            modules = torch.split(gates, sizes)
+            per_block = len(self.blocks[0].layout)
+            block_gates = [modules[i * per_block:(i + 1) * per_block]
+                           for i in range(len(self.blocks))]
         operands = self._matmul_operands(x, lengths, gates, skips)
         seeds = [None] * len(self.blocks)
         if any(block.fused_dropout(x, lengths) for block in self.blocks):
@@ -285,7 +302,7 @@ class ConformerSupernet(nn.Module):
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
-            x = block(x, lengths, None if gates is None else block_gates[layer], skips[layer],
+            x = block(x, lengths, block_gates[layer], skips[layer],
                       operands[layer], full=fulls[layer], seeds=seeds[layer],
                       ungated_batch=ungated_batch)
         return x

@@ -77,6 +77,32 @@ def test_per_sequence_gates_match_reference(shape):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4, msg=name)
 
 
+def test_shared_gates_gradient_of_a_pair():
+    """shared_after=2: the (H,) gradient of the gates that sequences 2.. share (a dead one's
+    0), what per-sequence gradients summed over those sequences give; refused for shared
+    (H,) gates or an out-of-range count."""
+    B, H, T, Dh = 4, 3, 21, 16
+    q, k, v, lengths = _inputs(B, H, T, Dh, [21, 8, 15, 21])
+    gates = torch.ones(B, H, device=DEV)
+    gates[2:] = torch.tensor([0.7, 0.0, 1.3], device=DEV)
+    grad_out = torch.randn(B, H, T, Dh, device=DEV)
+    per_sequence = _grads(_triton, q, k, v, lengths, gates, grad_out)[-1]
+
+    def dgates(head_gates, shared_after):          # sm_scale Dh ** -0.5, as _grads
+        lse = ga.gated_attention_fwd_triton(q, k, v, lengths, head_gates, 0.25,
+                                            torch.empty_like(q))
+        grads = [torch.empty_like(q) for _ in range(3)]
+        return ga.gated_attention_bwd_triton(q, k, v, grad_out, lse, lengths, head_gates, 0.25,
+                                             *grads, shared_after=shared_after)
+
+    torch.testing.assert_close(dgates(gates, 2), per_sequence[2:].sum(0), atol=1e-4,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="shared_after"):
+        dgates(gates[0], 2)
+    with pytest.raises(ValueError, match="shared_after"):
+        dgates(gates, B)
+
+
 @pytest.mark.parametrize("path", ["custom_op", "eager_function"])
 def test_packed_matches_reference(path):
     B, T, H, Dh = 2, 37, 3, 16
