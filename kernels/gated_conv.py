@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
-from .common import as_operand, interpreting, two_passes, valid_mask, zeroed_fp32
+from .common import as_operand, interpreting, two_passes, valid_mask
 from .gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
@@ -39,6 +39,7 @@ from .gated_matmul import (
     sum_rows,
     wgrad,
 )
+from .grads_in_place import accumulators, sinks_of
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
@@ -538,9 +539,11 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
                           gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c, skip_dead,
                           gate_grad, ungated_batch=0, x_grad=None, res_seed=None,
-                          res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None):
+                          res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None, sinks=None):
     # x: the LayerNorm's input (the forward's x_new after a residual step); res_dtype given:
-    # dx is the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last)
+    # dx is the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last).
+    # sinks: parameter name -> its .grad, to add that gradient to in place (the eager path,
+    # grads_in_place); those taken come back as None
     B, T, D = x.shape
     M, K = B * T, dw_w.shape[1]
     z_saved, z = z, z[:, :D]      # as the forward saved it: a column of ones for the dense path
@@ -552,14 +555,20 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dense = dense_products(x, gates, skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
     # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it), the sums of
-    # the conv kernels' per-program partials (`sum_rows`) among them
-    sizes = [D, D, D * D, 0 if dense else 2 * D, 0 if dense else 2 * D * D, D, D, 3 * D, K * D,
-             D if gate_grad else 0]
-    (gate_cols, dy_sum, dpw2, d_pw1b, d_pw1w, d_ln1w, d_ln1b, norm_sums, d_dww,
-     dy_sum_gated) = zeroed_fp32(sizes, x.device)
-    dpw2 = dpw2.view(D, D)
-    if not gate_grad:
-        gate_cols = None
+    # the conv kernels' per-program partials (`sum_rows`) among them, or a parameter's .grad
+    # where it is a sink
+    takes = {"ln1_w", "ln1_b", "pw2_w", "pw2_b"} | (set() if dense else {"pw1_w", "pw1_b"})
+    in_place = {name: g for name, g in (sinks or {}).items() if name in takes}
+    acc = accumulators(dict(gate_cols=D if gate_grad else 0, pw2_b=D, pw2_w=D * D,
+                            pw1_b=0 if dense else 2 * D, pw1_w=0 if dense else 2 * D * D,
+                            ln1_w=D, ln1_b=D, norm_sums=3 * D, dw_w=K * D,
+                            dy_sum_gated=D if gate_grad else 0), x.device, in_place)
+    gate_cols = acc["gate_cols"] if gate_grad else None
+    dy_sum, dpw2, d_pw1b, d_pw1w = acc["pw2_b"], acc["pw2_w"].view(D, D), acc["pw1_b"], \
+        acc["pw1_w"]
+    d_ln1w, d_ln1b, norm_sums, d_dww = acc["ln1_w"], acc["ln1_b"], acc["norm_sums"], \
+        acc["dw_w"]
+    dy_sum_gated = acc["dy_sum_gated"]
     dr = dy2.new_empty(M, D)
     U = ungated_batch * T
     rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, ungated_rows=U, **common)
@@ -602,11 +611,13 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     if gate_grad:   # the gate's gradient: sum over columns of dy . r + pw2_b (dy's sums)
         dgates = torch.addcmul(gate_cols, pw2_b.float(), dy_sum_gated).sum().reshape(1)
         dgates = dgates.to(gates.dtype)
-    d_pw2b = dy_sum
-    return (dx.view(B, T, D), d_ln1w.to(ln1_w.dtype), d_ln1b.to(ln1_w.dtype),
-            d_pw1w.to(pw1_w.dtype), d_pw1b.to(pw1_w.dtype), d_dww.to(dw_w.dtype),
-            d_dwb.to(dw_w.dtype), d_ln2w.to(ln2_w.dtype), d_ln2b.to(ln2_b.dtype),
-            dpw2.to(pw2_w.dtype), d_pw2b.to(pw2_b.dtype), dgates, d_res)
+    def returned(name, grad, dtype):
+        return None if name in in_place else grad.to(dtype)
+    return (dx.view(B, T, D), returned("ln1_w", d_ln1w, ln1_w.dtype),
+            returned("ln1_b", d_ln1b, ln1_w.dtype), returned("pw1_w", d_pw1w, pw1_w.dtype),
+            returned("pw1_b", d_pw1b, pw1_w.dtype), d_dww.to(dw_w.dtype), d_dwb.to(dw_w.dtype),
+            d_ln2w.to(ln2_w.dtype), d_ln2b.to(ln2_b.dtype), returned("pw2_w", dpw2, pw2_w.dtype),
+            returned("pw2_b", dy_sum, pw2_b.dtype), dgates, d_res)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -720,6 +731,7 @@ def _setup_context(ctx, inputs, output):
                                   res_seed=args["res_seed"] if step else None))
     ctx.skip_dead, ctx.ungated_batch = args["skip_dead"], args["ungated_batch"]
     ctx.residual = step_context(args, step)
+    ctx.sinks = sinks_of(args, ("ln1_w", "ln1_b", "pw1_w", "pw1_b", "pw2_w", "pw2_b"))
 
 
 def _backward(ctx, dy, *activations, bwd=gated_conv_bwd):
@@ -730,7 +742,8 @@ def _backward(ctx, dy, *activations, bwd=gated_conv_bwd):
     gate_grad = saved.gates is not None and needs_grad(ctx, gated_conv_fwd_triton, "gates")
     (dx, d_ln1w, d_ln1b, d_pw1w, d_pw1b, d_dww, d_dwb, d_ln2w, d_ln2b, d_pw2w, d_pw2b, dg,
      d_res) = bwd(dy, **saved._asdict(), skip_dead=ctx.skip_dead, gate_grad=gate_grad,
-                  ungated_batch=ctx.ungated_batch, x_grad=activations[-1], **ctx.residual)
+                  ungated_batch=ctx.ungated_batch, x_grad=activations[-1], **ctx.residual,
+                  **(dict(sinks=ctx.sinks) if bwd is gated_conv_bwd_triton else {}))
     return grads_in_order(gated_conv_fwd_triton, x=dx, ln1_w=d_ln1w, ln1_b=d_ln1b,
                           pw1_w=d_pw1w, pw1_b=d_pw1b, dw_w=d_dww, dw_b=d_dwb, ln2_w=d_ln2w,
                           ln2_b=d_ln2b, pw2_w=d_pw2w, pw2_b=d_pw2b,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
-from .common import as_operand, two_passes, valid_mask, zeroed_fp32
+from .common import as_operand, two_passes, valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -35,6 +35,7 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
+from .grads_in_place import accumulators, sinks_of
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
 
@@ -120,10 +121,12 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
                          hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad,
                          ungated_batch=0, x_grad=None, res_seed=None, res_scale=1.0,
-                         res_p=0.0, x_dtype=None, res_dtype=None):
+                         res_p=0.0, x_dtype=None, res_dtype=None, sinks=None):
     # xn: as the forward saved it, with the column of ones for the dense products. x: the
     # LayerNorm's input (the forward's x_new after a residual step); res_dtype given: dx is
-    # the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last)
+    # the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last).
+    # sinks: parameter name -> its .grad, to add that gradient to in place (the eager path,
+    # grads_in_place); those taken come back as None
     B, T, D = x.shape
     xn_saved, xn = xn, xn[:, :D]
     M, F_ = B * T, w1.shape[0]
@@ -137,12 +140,17 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # masked kernels (bench/gemm_sweep.py)
     dense = dense_products(x, gates, skip_dead)
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
-    # (cuBLAS writes the dense path's weight gradients: none to zero for them)
+    # (cuBLAS writes the dense path's weight gradients: none to zero for them), or a
+    # parameter's .grad where it is a sink; not b2's with a module gate (scaled below)
     w_size = 0 if dense else D * F_
-    sizes = [F_, D, 0 if dense else F_, w_size, w_size, D, D]
-    gate_cols, dy_sum, db1, dw2, dw1, d_lnw, d_lnb = zeroed_fp32(sizes, x.device)
-    if not gate_grad:
-        gate_cols = None
+    takes = {"ln_weight", "ln_bias"} | (set() if dense else {"w1", "b1", "w2"}) | (
+        set() if gates is not None and module_gate else {"b2"})
+    in_place = {name: g for name, g in (sinks or {}).items() if name in takes}
+    acc = accumulators(dict(gate_cols=F_ if gate_grad else 0, b2=D, b1=0 if dense else F_,
+                            w2=w_size, w1=w_size, ln_weight=D, ln_bias=D), x.device, in_place)
+    gate_cols = acc["gate_cols"] if gate_grad else None
+    dy_sum, db1, dw2, dw1 = acc["b2"], acc["b1"], acc["w2"], acc["w1"]
+    d_lnw, d_lnb = acc["ln_weight"], acc["ln_bias"]
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
               sum2=None if dense else db1, final=dense, ungated_rows=ungated_rows, **common)
@@ -181,9 +189,12 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         if module_gate:
             dgates[0] += (b2.float() * dy_sum).sum()
         dgates = dgates.to(gates.dtype)
-    return (dx.view(B, T, D), d_lnw.to(ln_weight.dtype), d_lnb.to(ln_weight.dtype),
-            dw1.to(w1.dtype), db1.to(w1.dtype), dw2.to(w2.dtype), db2.to(w2.dtype), dgates,
-            d_res)
+    def returned(name, grad, dtype):
+        return None if name in in_place else grad.to(dtype)
+    return (dx.view(B, T, D), returned("ln_weight", d_lnw, ln_weight.dtype),
+            returned("ln_bias", d_lnb, ln_weight.dtype), returned("w1", dw1, w1.dtype),
+            returned("b1", db1, w1.dtype), returned("w2", dw2, w2.dtype),
+            returned("b2", db2, w2.dtype), dgates, d_res)
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -283,6 +294,7 @@ def _setup_context(ctx, inputs, output):
                                                   args["skip_dead"])
     ctx.ungated_batch = args["ungated_batch"]
     ctx.residual = step_context(args, step)
+    ctx.sinks = sinks_of(args, ("ln_weight", "ln_bias", "w1", "b1", "w2", "b2"))
 
 
 def _backward(ctx, dy, *activations, bwd=gated_ffn_bwd):
@@ -294,7 +306,8 @@ def _backward(ctx, dy, *activations, bwd=gated_ffn_bwd):
     dx, d_lnw, d_lnb, dw1, db1, dw2, db2, dg, d_res = bwd(
         dy, **saved._asdict(), chunks=ctx.chunks, module_gate=ctx.module_gate,
         skip_dead=ctx.skip_dead, gate_grad=gate_grad, ungated_batch=ctx.ungated_batch,
-        x_grad=activations[-1], **ctx.residual)
+        x_grad=activations[-1], **ctx.residual,
+        **(dict(sinks=ctx.sinks) if bwd is gated_ffn_bwd_triton else {}))
     return grads_in_order(gated_ffn_fwd_triton, x=dx, ln_weight=d_lnw, ln_bias=d_lnb, w1=dw1,
                           b1=db1, w2=dw2, b2=db2, gates=dg if gate_grad else None,
                           res_y=d_res if ctx.residual["res_dtype"] is not None else None)

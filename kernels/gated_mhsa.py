@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import as_operand, dot_precision, interpreting, two_passes, zeroed_fp32
+from .common import as_operand, dot_precision, interpreting, two_passes
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -44,6 +44,7 @@ from .gated_attention import (
     gated_attention_reference,
 )
 from .gated_matmul import col_sums, wgrad
+from .grads_in_place import accumulators, sinks_of
 from .launch import cdiv, launch, next_pow2
 
 # the out-projection's bias factor s: 1; [any gate != 0]; the module gate; and for a batch
@@ -342,8 +343,8 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None, acc=None):
     B sequences of T frames with `lengths` (padded frames skipped), or, without lengths,
     M rows all valid. dW and db through the FFN's weight-gradient and column-sum kernels:
     head h owns rows [3h*Dh, 3(h+1)*Dh) of W_in, a chunk skipped while its gate is 0.
-    acc: zeroed fp32 (3d * d + 3d,) to hold dW and db (default: a new tensor each, as the
-    torch.library op needs: its outputs may not be views of one buffer)."""
+    acc: zeroed fp32 (3d * d,) and (3d,) tensors to add dW and db to (default: a new tensor
+    each, as the torch.library op needs: its outputs may not be views of one buffer)."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
@@ -360,8 +361,7 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None, acc=None):
         dw, db = (torch.zeros(shape, dtype=torch.float32, device=y.device)
                   for shape in ((3 * D, D), 3 * D))
     else:
-        dw, db = acc.split([3 * D * D, 3 * D])
-        dw = dw.view(3 * D, D)
+        dw, db = acc[0].view(3 * D, D), acc[1]
     dw = wgrad(dqkv, y.to(dqkv.dtype), num_chunks=H, chunk_axis=1, out=dw, **heads)
     db = col_sums(dqkv, db, **heads)
     return dy, dw, db
@@ -393,7 +393,8 @@ def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode, ungated_rows
 def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=None,
                         ungated_rows=0):
     """-> (da, dW fp32, db fp32, dscale fp32 (1,)); dead heads' columns of da unwritten.
-    acc: zeroed fp32 (d * d + d + 1,) to hold dW, db and dscale (default: new tensors)."""
+    acc: zeroed fp32 (d * d,), (d,) and (1,) tensors to add dW, db and dscale to (default:
+    new tensors)."""
     M, D = a.shape
     H = head_gates.shape[0]
     Dh = D // H
@@ -406,16 +407,16 @@ def out_proj_bwd_triton(dout, a, w, b, head_gates, bias_scale, bias_mode, acc=No
     if acc is None:                                                  # db: db_o, then dscale
         dw, db = (torch.zeros(shape, dtype=torch.float32, device=a.device)
                   for shape in ((D, D), D + 1))
+        db, dscale = db[:D], db[D:]
     else:
-        dw, db = acc.split([D * D, D + 1])
-        dw = dw.view(D, D)
+        dw, db, dscale = acc[0].view(D, D), acc[1], acc[2]
     splits, rows = _split(M, blk["BLOCK_M"])
     launch(_out_proj_dw_kernel, (cdiv(D, blk["BLOCK_N"]), H + 1, splits),
         dout, a, b, head_gates, head_gates if bias_scale is None else bias_scale, dw, db,
-        db[D:], M, D, H, rows, ungated_rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
+        dscale, M, D, H, rows, ungated_rows, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
         BLOCK_N=blk["BLOCK_N"], BLOCK_D=blk["BLOCK_D"], BIAS_MODE=bias_mode,
         BLOCK_H=next_pow2(H), DOT_PRECISION=precision, **blk["dw_opts"])
-    return da, dw, db[:D], db[D:]
+    return da, dw, db, dscale
 
 
 # ----------------------------------------------------------------------------- torch.library
@@ -557,6 +558,8 @@ class _GatedMHSA(torch.autograd.Function):
         ctx.num_heads, ctx.bias_mode, ctx.pair = num_heads, bias_mode, pair
         ctx.ungated_rows = ungated_rows
         ctx.dtypes = w_in.dtype, b_in.dtype, w_o.dtype
+        ctx.sinks = sinks_of(dict(w_in=w_in, b_in=b_in, w_o=w_o, b_o=b_o),
+                             ("w_in", "b_in", "w_o", "b_o"))
         return out.view(B, T, D)
 
     @staticmethod
@@ -565,18 +568,22 @@ class _GatedMHSA(torch.autograd.Function):
         B, T, H, Dh = s.a.shape
         D = H * Dh
         w_in_dtype, b_in_dtype, w_o_dtype = ctx.dtypes
-        # every fp32 accumulator of both projections from one zeroed buffer: one memset
-        acc_o, acc_in = zeroed_fp32([D * D + D + 1, 3 * D * D + 3 * D], dout.device)
+        # every fp32 accumulator of both projections from one zeroed buffer: one memset, or
+        # a parameter's .grad where it is a sink (grads_in_place)
+        acc = accumulators(dict(w_o=D * D, b_o=D, dscale=1, w_in=3 * D * D, b_in=3 * D),
+                           dout.device, ctx.sinks)
         da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
                                                      s.a.view(B * T, D), s.w_o, s.b_o,
                                                      s.head_gates, s.bias_scale, ctx.bias_mode,
-                                                     acc_o, ctx.ungated_rows)
+                                                     (acc["w_o"], acc["b_o"], acc["dscale"]),
+                                                     ctx.ungated_rows)
         dqkv, dgates = attention_packed_bwd(da.view(B, T, H, Dh), s.qkv.view(B, T, H, 3, Dh),
                                             s.lse, s.lengths, s.attn_gates, Dh ** -0.5,
                                             zero_dead=ctx.pair,
                                             shared_after=ctx.ungated_rows // T)
         dy, dw_in, db_in = in_proj_bwd_triton(dqkv.view(B * T, 3 * D), s.y2, s.w_in,
-                                              s.head_gates, s.lengths, T, acc_in)
+                                              s.head_gates, s.lengths, T,
+                                              (acc["w_in"], acc["b_in"]))
         if ctx.bias_mode == BIAS_SCALED:    # the others' bias factor is an indicator
             dscale = dscale.reshape(s.bias_scale.shape).to(s.bias_scale.dtype)
         elif ctx.pair:                      # the gates (H,) of the gated pass (see above)
@@ -584,9 +591,12 @@ class _GatedMHSA(torch.autograd.Function):
         else:
             dscale = None
         d_head = None if ctx.pair else dgates
-        return (dy.view(B, T, D), None, d_head, dscale, dw_in.to(w_in_dtype),
-                db_in.to(b_in_dtype), dw_o.to(w_o_dtype), db_o.to(s.b_o.dtype), None, None,
-                None, None, None, None)
+
+        def returned(name, grad, dtype):
+            return None if name in ctx.sinks else grad.to(dtype)
+        return (dy.view(B, T, D), None, d_head, dscale, returned("w_in", dw_in, w_in_dtype),
+                returned("b_in", db_in, b_in_dtype), returned("w_o", dw_o, w_o_dtype),
+                returned("b_o", db_o, s.b_o.dtype), None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- entry point

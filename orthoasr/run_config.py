@@ -35,8 +35,8 @@ FLOAT_RANGES = {"lr": (0, False, None, False), "score_lr": (0, False, None, Fals
                 "aux_value": (0, True, None, False), "stochastic_depth": (0, True, 1, False),
                 "distill_weight": (0, True, None, False),
                 "ckpt_minutes": (0, False, None, False)}
-BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "cudnn_benchmark", "clamp_masks",
-               "pair_batch")
+BOOL_FIELDS = ("spec_augment", "bf16", "cuda_graphs", "cudnn_benchmark", "grads_in_place",
+               "clamp_masks", "pair_batch")
 
 
 @dataclass
@@ -123,6 +123,11 @@ class RunConfig:
     # granularity only. configs/paper.yaml turns it on (H200: 55.7 -> 54.1 ms a step,
     # bench/NOTES.md)
     pair_batch: bool = False
+    # the encoder blocks' weight gradients added by the Triton kernels straight into their
+    # .grad, kept from step to step and zeroed before each backward, instead of returned to
+    # autograd (kernels/grads_in_place.py: stage 2's three passes then need no gradient adds);
+    # not with grad_sync=ddp (its hooks would miss them) or fixed_gates
+    grads_in_place: bool = True
     log_every: int = 10
     ckpt_every: int = 200
     ckpt_minutes: float = 5.0        # also checkpoint when this much wall time has passed
@@ -133,7 +138,7 @@ class RunConfig:
     RESUMABLE_CHANGES = ("num_workers", "log_every", "ckpt_every", "ckpt_minutes",
                          "keep_checkpoints", "eval_batch_frames", "device", "backend",
                          "dev_manifest", "test_manifest", "buckets_per_step", "grad_sync",
-                         "cuda_graphs", "cudnn_benchmark", "pair_batch")
+                         "cuda_graphs", "cudnn_benchmark", "pair_batch", "grads_in_place")
     # optimiser schedule: may differ on `--resume --allow-schedule-change` (recorded)
     SCHEDULE_CHANGES = ("lr", "lr_final", "warmup_steps", "weight_decay", "betas",
                         "grad_clip", "score_lr")

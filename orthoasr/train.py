@@ -69,6 +69,7 @@ from .distributed import (
 )
 from .graphs import StepGraphs
 from .kernels.common import valid_mask
+from .kernels.grads_in_place import accumulate_in_place, marked
 from .losses import ctc_loss as orthoasr_ctc_loss
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .model import ConformerSupernet, block_layout
@@ -294,6 +295,15 @@ class Trainer:
                              "shape: without classes every batch would be a new capture)")
         self.optimizer = make_optimizer(self.model, self.selector, run, self.device,
                                         capturable=use_graphs)
+        # the encoder blocks' weight gradients added in place by the kernels (run config
+        # `grads_in_place`): every block parameter gets a gradient at every step of either
+        # stage (device gates: a dead unit's is 0, not None), so a .grad kept and zeroed
+        # leaves the optimiser's steps as they were; not with fixed_gates, whose left-out
+        # modules get none
+        self.in_place_grads: list[torch.Tensor] = []
+        if run.grads_in_place and self.ddp is None and not run.fixed_gates:
+            self.in_place_grads = accumulate_in_place(self.model.blocks.parameters())
+        self.returned_grad_params = [p for p in self.trained_parameters if not marked(p)]
         self.step_graphs = StepGraphs(self.graph_state, self.device) if use_graphs else None
         self.gamma = run.gamma or gamma_for(run.tau0, run.tau_end, max(1, run.stage1_steps))
         self.tau = torch.full((), run.tau0, device=self.device)
@@ -590,7 +600,12 @@ class Trainer:
             return self.losses(feats, lengths, targets, target_lengths, frames, drawn=drawn)
 
         loss, parts = compute() if self.ddp is None else self.ddp(compute)
-        self.optimizer.zero_grad(set_to_none=True)
+        # zeroed in place: the kernels add to the .grad the forward found (grads_in_place);
+        # every other gradient set to None, as zero_grad(set_to_none=True) would
+        if self.in_place_grads:
+            torch._foreach_zero_(self.in_place_grads)
+        for p in self.returned_grad_params:
+            p.grad = None
         loss.backward()
         if self.ddp is None:
             average_gradients(self.trained_parameters, self.world)
