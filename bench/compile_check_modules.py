@@ -66,6 +66,8 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
                                     EPI=epi, HAS_BIAS=bias,
                                     BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
                                     HAS_SUM1=sum1, TILE_SUMS=sum1,   # as rows_gemm
+                                    # the FFN's per-chunk sums (its SiLU backward)
+                                    CHUNK_SUMS=sum1 and epi == EPI_SILU_BWD,
                                     # the dense (zero-padded) SiLU backward leaves the bias
                                     # gradient to cuBLAS's dW1 product (gated_ffn.py)
                                     HAS_SUM2=epi == EPI_SILU_BWD and not final,

@@ -146,14 +146,15 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     takes = {"ln_weight", "ln_bias"} | (set() if dense else {"w1", "b1", "w2"}) | (
         set() if gates is not None and module_gate else {"b2"})
     in_place = {name: g for name, g in (sinks or {}).items() if name in takes}
-    acc = accumulators(dict(gate_cols=F_ if gate_grad else 0, b2=D, b1=0 if dense else F_,
+    acc = accumulators(dict(gate_cols=chunks if gate_grad else 0, b2=D, b1=0 if dense else F_,
                             w2=w_size, w1=w_size, ln_weight=D, ln_bias=D), x.device, in_place)
     gate_cols = acc["gate_cols"] if gate_grad else None
     dy_sum, db1, dw2, dw1 = acc["b2"], acc["b1"], acc["w2"], acc["w1"]
     d_lnw, d_lnb = acc["ln_weight"], acc["ln_bias"]
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
-              sum2=None if dense else db1, final=dense, ungated_rows=ungated_rows, **common)
+              sum2=None if dense else db1, final=dense, ungated_rows=ungated_rows,
+              chunk_sums=gate_cols is not None, **common)
     if dense:
         d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
     else:
@@ -185,7 +186,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None
     if gate_grad:
-        dgates = gate_cols.view(chunks, f).sum(1)
+        dgates = gate_cols      # each chunk's sum, from the SiLU backward's epilogue
         if module_gate:
             dgates[0] += (b2.float() * dy_sum).sum()
         dgates = dgates.to(gates.dtype)

@@ -92,6 +92,7 @@ def _rows_gemm_kernel(
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
     AUX_PREFETCH: tl.constexpr = False, TILE_SUMS: tl.constexpr = False,
+    CHUNK_SUMS: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -119,7 +120,9 @@ def _rows_gemm_kernel(
     # (a row half with SUBTILE), added at the tile's first column, in place of a column sum
     # added at every column: sum1's sums over a chunk's columns are the same, and the tile
     # is reduced to a scalar without the per-column exchange between warps, with one atomic
-    # in place of BN
+    # in place of BN. CHUNK_SUMS (TILE_SUMS, CHUNK_AXIS == 1): added at the tile's chunk's
+    # index instead, so that sum1 [NUM_CHUNKS] holds the chunks' sums (sum1_ptr is moved by
+    # c - col0 below: the epilogues add at sum1_ptr + col0)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -132,6 +135,8 @@ def _rows_gemm_kernel(
         col0 = pid_n * BN
         cols = col0 + tl.arange(0, BN)
         col_ok = cols < N
+    if CHUNK_SUMS:
+        sum1_ptr += c - col0
     g = _gate(gate_ptr, c, HAS_GATES)
     live = any_row
     if SKIP_DEAD and CHUNK_AXIS != 2:
@@ -655,7 +660,7 @@ def _tma_operands(a, b, k_chunk: int, blk: dict, required: bool):
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
               chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
               scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None,
-              ungated_rows=0):
+              ungated_rows=0, chunk_sums=False):
     """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides and
     a's rows may be strided (its columns contiguous).
 
@@ -669,7 +674,9 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
 
     sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
     defined by their sums over each chunk's columns (over all N with chunk_axis 0); by
-    default each tile adds its total at its first column (TILE_SUMS).
+    default each tile adds its total at its first column (TILE_SUMS). chunk_sums
+    (chunk_axis 1, TILE_SUMS): sum1 is [num_chunks] and gets each chunk's sum itself (no
+    reduction over its columns left to do).
     """
     M, K = a.shape
     N = out.shape[1]
@@ -687,6 +694,11 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         n_tiles = cdiv(N, blk["BN"])
     if sum1 is not None:
         blk.setdefault("TILE_SUMS", True)
+    if chunk_sums and (chunk_axis != 1 or sum1 is None or sum1.shape != (num_chunks,)
+                       or not blk["TILE_SUMS"]):
+        raise ValueError(f"rows_gemm: chunk_sums needs chunk_axis 1, TILE_SUMS and sum1 of "
+                         f"shape ({num_chunks},), got chunk_axis {chunk_axis}, sum1 "
+                         f"{None if sum1 is None else tuple(sum1.shape)}")
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
     a_arg, b_arg = a, b
@@ -707,7 +719,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
         HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
-        HAS_UNGATED=ungated_rows > 0,
+        HAS_UNGATED=ungated_rows > 0, CHUNK_SUMS=chunk_sums,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out
 

@@ -107,6 +107,25 @@ def test_silu_backward_epilogue_and_gate_column_sums(final, skip_dead):
     torch.testing.assert_close(bias_grad, expected[rows].sum(0), atol=1e-3, rtol=1e-4)
 
 
+def test_silu_backward_chunk_sums_hold_each_chunks_sum():
+    """chunk_sums: sum1 [num_chunks] gets each chunk's gate-gradient sum itself, as the
+    column sums add up to; with ungated rows left out; refused without chunk_axis 1, the
+    tile sums or a [num_chunks] sum1."""
+    lengths, dy, w, gates = _case(4)
+    pre = torch.randn(B * T, N, device=DEV)
+    args = dict(lengths=lengths, T=T, gates=gates, chunk=N // CHUNKS, num_chunks=CHUNKS,
+                chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, ungated_rows=T)
+    per_column, per_chunk = torch.zeros(N, device=DEV), torch.zeros(CHUNKS, device=DEV)
+    gm.rows_gemm(dy, w, _poisoned(B * T, N), sum1=per_column, **args)
+    gm.rows_gemm(dy, w, _poisoned(B * T, N), sum1=per_chunk, chunk_sums=True, **args)
+    torch.testing.assert_close(per_chunk, chunk_sums(per_column), atol=1e-4, rtol=1e-5)
+    assert per_chunk.abs().sum() > 0
+    for bad in (dict(sum1=per_column), dict(sum1=per_chunk, blocks=dict(
+            BM=32, BN=32, BK=32, num_warps=4, num_stages=1, TILE_SUMS=False))):
+        with pytest.raises(ValueError, match="chunk_sums"):
+            gm.rows_gemm(dy, w, _poisoned(B * T, N), chunk_sums=True, **{**args, **bad})
+
+
 def test_glu_epilogue():
     lengths, a, _, _ = _case(3)
     b = torch.randn(K, 2 * N, device=DEV)
