@@ -481,16 +481,16 @@ def attention_packed_fwd(qkv, lengths, head_gates, sm_scale, zero_dead):
     return out, lse
 
 
-def attention_packed_bwd(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead,
+def attention_packed_bwd(grad_out, qkv, lse, lengths, head_gates, sm_scale, zero_dead, *,
                          shared_after=0):
     """-> (grad qkv (B, T, H, 3, Dh), grad head_gates (their shape, or (H,) with
-    shared_after: see gated_attention_bwd_triton))."""
+    shared_after: see gated_attention_bwd_triton; keyword-only, the eager MHSA's own))."""
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     q, k, v = _unpack(qkv)
     dq, dk, dv = _unpack(grad_qkv)
     dgates = gated_attention_bwd_triton(q, k, v, grad_out.permute(0, 2, 1, 3), lse, lengths,
                                         head_gates, sm_scale, dq, dk, dv, zero_dead,
-                                        shared_after)
+                                        shared_after=shared_after)
     return grad_qkv, dgates
 
 

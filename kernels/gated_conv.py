@@ -539,11 +539,12 @@ def gated_conv_fwd_triton(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln
 def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_w, pw2_b,
                           gates, z, mean, rstd, u, v, pre, r, pw1c, pw2c, skip_dead,
                           gate_grad, ungated_batch=0, x_grad=None, res_seed=None,
-                          res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None, sinks=None):
+                          res_scale=1.0, res_p=0.0, x_dtype=None, res_dtype=None, *,
+                          sinks=None):
     # x: the LayerNorm's input (the forward's x_new after a residual step); res_dtype given:
     # dx is the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last).
-    # sinks: parameter name -> its .grad, to add that gradient to in place (the eager path,
-    # grads_in_place); those taken come back as None
+    # sinks (keyword-only: the eager path's own, not the op's): parameter name -> its .grad,
+    # to add that gradient to in place (grads_in_place); those taken come back as None
     B, T, D = x.shape
     M, K = B * T, dw_w.shape[1]
     z_saved, z = z, z[:, :D]      # as the forward saved it: a column of ones for the dense path

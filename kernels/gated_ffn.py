@@ -121,12 +121,12 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
 def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean, rstd, pre,
                          hidden, w1c, w2c, chunks, module_gate, skip_dead, gate_grad,
                          ungated_batch=0, x_grad=None, res_seed=None, res_scale=1.0,
-                         res_p=0.0, x_dtype=None, res_dtype=None, sinks=None):
+                         res_p=0.0, x_dtype=None, res_dtype=None, *, sinks=None):
     # xn: as the forward saved it, with the column of ones for the dense products. x: the
     # LayerNorm's input (the forward's x_new after a residual step); res_dtype given: dx is
     # the stream's gradient (x_grad, x_new's, added), the step's y gets its own (last).
-    # sinks: parameter name -> its .grad, to add that gradient to in place (the eager path,
-    # grads_in_place); those taken come back as None
+    # sinks (keyword-only: the eager path's own, not the op's): parameter name -> its .grad,
+    # to add that gradient to in place (grads_in_place); those taken come back as None
     B, T, D = x.shape
     xn_saved, xn = xn, xn[:, :D]
     M, F_ = B * T, w1.shape[0]
