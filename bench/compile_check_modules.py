@@ -66,8 +66,8 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
                                     EPI=epi, HAS_BIAS=bias,
                                     BIAS_MODE=1, SCALE_OUT=scale, SAVE_AUX=aux, FINAL=final,
                                     HAS_SUM1=sum1, TILE_SUMS=sum1,   # as rows_gemm
-                                    # the FFN's per-chunk sums (its SiLU backward)
-                                    CHUNK_SUMS=sum1 and epi == EPI_SILU_BWD,
+                                    # the FFN's per-chunk sums, the conv gate's one sum
+                                    CHUNK_SUMS=sum1,
                                     # the dense (zero-padded) SiLU backward leaves the bias
                                     # gradient to cuBLAS's dW1 product (gated_ffn.py)
                                     HAS_SUM2=epi == EPI_SILU_BWD and not final,
@@ -102,24 +102,24 @@ def main() -> None:
     for skip_dead, copy, scaled in ((True, False, False), (False, True, False),
                                     (False, True, True)):
         # the copy as the FFN's soft pass makes it, with any_gate; the conv's, scaled by its
-        # module gate after the ungated rows, with the gated rows' sums
+        # module gate after the ungated rows, with the gated rows' sums dotted with its bias
         extra = (", the conv's scaled copy" if scaled else
                  ", with a zero-padded copy and any_gate" if copy else "")
         print(f"col_sums (bias gradients){extra}: ", end="")
         ok &= _compile(gated_matmul._col_sums_kernel,
                        dict(a_ptr="bf16", out_ptr="fp32", copy_ptr="bf16", len_ptr="i64",
-                            gate_ptr="fp32", out2_ptr="fp32"),
+                            gate_ptr="fp32", dot_w_ptr="fp32", dot_out_ptr="fp32"),
                        ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256,
                                  CHUNK=3 * 64, UNGATED=T * 16 if scaled else 0),
                        constexprs=dict(NUM_GATES=1 if scaled else 6,
                                        GATES_P2=1 if scaled else 8, SKIP_DEAD=skip_dead,
                                        PER_CHUNK=not scaled, COPY=copy,
                                        ANY_GATE=copy and not scaled, HAS_UNGATED=False,
-                                       BM=32, BN=128, SCALED=scaled, GATED_SUMS=scaled))
+                                       BM=32, BN=128, SCALED=scaled, GATED_DOT=scaled))
     print("col_sums as sum_rows (fp32 partial sums): ", end="")
     ok &= _compile(gated_matmul._col_sums_kernel,
                    dict(a_ptr="fp32", out_ptr="fp32", copy_ptr="fp32", len_ptr="fp32",
-                        gate_ptr="fp32", out2_ptr="fp32"),
+                        gate_ptr="fp32", dot_w_ptr="fp32", dot_out_ptr="fp32"),
                    ints=dict(M=640, N=31 * D, T=640, lda=31 * D, ROWS_PER_PROG=96, CHUNK=1,
                              UNGATED=0),
                    constexprs=dict(NUM_GATES=1, GATES_P2=1, SKIP_DEAD=False, PER_CHUNK=False,

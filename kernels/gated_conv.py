@@ -560,30 +560,33 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     # where it is a sink
     takes = {"ln1_w", "ln1_b", "pw2_w", "pw2_b"} | (set() if dense else {"pw1_w", "pw1_b"})
     in_place = {name: g for name, g in (sinks or {}).items() if name in takes}
-    acc = accumulators(dict(gate_cols=D if gate_grad else 0, pw2_b=D, pw2_w=D * D,
+    acc = accumulators(dict(gate_cols=1 if gate_grad else 0, pw2_b=D, pw2_w=D * D,
                             pw1_b=0 if dense else 2 * D, pw1_w=0 if dense else 2 * D * D,
-                            ln1_w=D, ln1_b=D, norm_sums=3 * D, dw_w=K * D,
-                            dy_sum_gated=D if gate_grad else 0), x.device, in_place)
+                            ln1_w=D, ln1_b=D, norm_sums=3 * D, dw_w=K * D), x.device,
+                       in_place)
     gate_cols = acc["gate_cols"] if gate_grad else None
     dy_sum, dpw2, d_pw1b, d_pw1w = acc["pw2_b"], acc["pw2_w"].view(D, D), acc["pw1_b"], \
         acc["pw1_w"]
     d_ln1w, d_ln1b, norm_sums, d_dww = acc["ln1_w"], acc["ln1_b"], acc["norm_sums"], \
         acc["dw_w"]
-    dy_sum_gated = acc["dy_sum_gated"]
     dr = dy2.new_empty(M, D)
     U = ungated_batch * T
-    rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, ungated_rows=U, **common)
+    # the gate's gradient, one number: sum over columns of dy . (r W2^T) (the epilogue's
+    # tile totals, all at index 0) + pw2_b . (the gated rows' sums of dy) (col_sums below)
+    rows_gemm(dy2, pw2c, dr, epi=EPI_GATE_BWD, aux=r, sum1=gate_cols, ungated_rows=U,
+              chunk_sums=gate_grad, **common)
     # PW2's gradients from dy times the gate at the rows it scaled (all but the ungated
     # ones): one copy of dy so scaled (zeros at padded rows) in the bias gradient's sweep, and
     # one weight-gradient product over it (where gated and ungated rows took two of each and
-    # two _foreach launches, ~16 us each on the H200, to scale and add them); the gate's
-    # gradient needs the gated rows' sums unscaled. A dead module (skip) reads and writes
-    # nothing: its gradients stay 0.
+    # two _foreach launches, ~16 us each on the H200, to scale and add them); the gated rows'
+    # unscaled sums, dotted with pw2_b, go into the gate's gradient. A dead module (skip)
+    # reads and writes nothing: its gradients stay 0.
     dy_w = dy2
     if has_gates:
         dy_w = torch.empty_like(dy2)
         col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip, copy=dy_w,
-                 scaled=True, ungated_rows=U, gated_out=dy_sum_gated if gate_grad else None)
+                 scaled=True, ungated_rows=U,
+                 gated_dot=(pw2_b, gate_cols) if gate_grad else None)
     else:
         col_sums(dy2, dy_sum, lengths=lengths, T=T)
     wgrad(dy_w, r, out=dpw2, **common)
@@ -609,9 +612,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dx = layer_norm_bwd(dz, x.reshape(M, D), ln1_w, mean, rstd, lengths, T, gates, skip_dead,
                         dw=d_ln1w, db=d_ln1b, residual=res, dx_dtype=x_dtype)[0]
     dgates = None
-    if gate_grad:   # the gate's gradient: sum over columns of dy . r + pw2_b (dy's sums)
-        dgates = torch.addcmul(gate_cols, pw2_b.float(), dy_sum_gated).sum().reshape(1)
-        dgates = dgates.to(gates.dtype)
+    if gate_grad:   # summed by the two kernels above
+        dgates = gate_cols.to(gates.dtype)
     def returned(name, grad, dtype):
         return None if name in in_place else grad.to(dtype)
     return (dx.view(B, T, D), returned("ln1_w", d_ln1w, ln1_w.dtype),

@@ -120,9 +120,9 @@ def _rows_gemm_kernel(
     # (a row half with SUBTILE), added at the tile's first column, in place of a column sum
     # added at every column: sum1's sums over a chunk's columns are the same, and the tile
     # is reduced to a scalar without the per-column exchange between warps, with one atomic
-    # in place of BN. CHUNK_SUMS (TILE_SUMS, CHUNK_AXIS == 1): added at the tile's chunk's
-    # index instead, so that sum1 [NUM_CHUNKS] holds the chunks' sums (sum1_ptr is moved by
-    # c - col0 below: the epilogues add at sum1_ptr + col0)
+    # in place of BN. CHUNK_SUMS (TILE_SUMS, CHUNK_AXIS 0 or 1): added at the tile's chunk's
+    # index instead (0 for CHUNK_AXIS 0), so that sum1 [NUM_CHUNKS] holds the chunks' sums
+    # (sum1_ptr is moved by c - col0 below: the epilogues add at sum1_ptr + col0)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -480,13 +480,14 @@ def _wgrad_kernel(
 
 
 @triton.jit
-def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, out2_ptr, M, N, T, lda,
+def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, dot_w_ptr, dot_out_ptr, M, N,
+                     T, lda,
                      ROWS_PER_PROG,
                      CHUNK, UNGATED, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
                      SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
                      ANY_GATE: tl.constexpr, HAS_UNGATED: tl.constexpr, BM: tl.constexpr,
                      BN: tl.constexpr, ALL_ROWS: tl.constexpr = False,
-                     SCALED: tl.constexpr = False, GATED_SUMS: tl.constexpr = False):
+                     SCALED: tl.constexpr = False, GATED_DOT: tl.constexpr = False):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -499,7 +500,8 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, out2_ptr, M, N
     # but for rows < UNGATED with HAS_UNGATED (the ungated pass of a batch holding two).
     # ALL_ROWS: every row < M counts (no lengths: a plain sum over rows, `sum_rows`).
     # SCALED (not with ANY_GATE): rows >= UNGATED are multiplied by gates[0], in the sums and
-    # in the copy; with GATED_SUMS, out2 gets those rows' sums before the scale.
+    # in the copy; with GATED_DOT, dot_out[0] gets those rows' sums before the scale dotted
+    # with dot_w [N] (the conv's bias term of its gate's gradient).
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)
@@ -543,7 +545,7 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, out2_ptr, M, N
             ok = rows < M
         else:
             ok = _valid_rows(rows, M, T, len_ptr)
-        if GATED_SUMS:
+        if GATED_DOT:
             acc2 += tl.where((ok & (rows >= UNGATED))[:, None], x.to(tl.float32), 0.0)
         if SCALED:
             x = x.to(tl.float32) * tl.where(rows < UNGATED, 1.0, scale)[:, None]
@@ -560,8 +562,9 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, out2_ptr, M, N
     if ANY_GATE and not HAS_UNGATED:
         sums = sums * any_on
     tl.atomic_add(out_ptr + cols, sums, mask=col_live, sem="relaxed")
-    if GATED_SUMS:
-        tl.atomic_add(out2_ptr + cols, tl.sum(acc2, 0), mask=col_live, sem="relaxed")
+    if GATED_DOT:
+        w = tl.load(dot_w_ptr + cols, mask=col_live, other=0.0).to(tl.float32)
+        tl.atomic_add(dot_out_ptr, tl.sum(tl.sum(acc2, 0) * w, 0), sem="relaxed")
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -675,8 +678,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
     defined by their sums over each chunk's columns (over all N with chunk_axis 0); by
     default each tile adds its total at its first column (TILE_SUMS). chunk_sums
-    (chunk_axis 1, TILE_SUMS): sum1 is [num_chunks] and gets each chunk's sum itself (no
-    reduction over its columns left to do).
+    (chunk_axis 0 or 1, TILE_SUMS): sum1 is [num_chunks] and gets each chunk's sum itself (no
+    reduction over its columns left to do; with chunk_axis 0, one number).
     """
     M, K = a.shape
     N = out.shape[1]
@@ -694,9 +697,9 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         n_tiles = cdiv(N, blk["BN"])
     if sum1 is not None:
         blk.setdefault("TILE_SUMS", True)
-    if chunk_sums and (chunk_axis != 1 or sum1 is None or sum1.shape != (num_chunks,)
+    if chunk_sums and (chunk_axis == 2 or sum1 is None or sum1.shape != (num_chunks,)
                        or not blk["TILE_SUMS"]):
-        raise ValueError(f"rows_gemm: chunk_sums needs chunk_axis 1, TILE_SUMS and sum1 of "
+        raise ValueError(f"rows_gemm: chunk_sums needs chunk_axis 0 or 1, TILE_SUMS and sum1 of "
                          f"shape ({num_chunks},), got chunk_axis {chunk_axis}, sum1 "
                          f"{None if sum1 is None else tuple(sum1.shape)}")
     dummy = out
@@ -803,7 +806,7 @@ def dense_wgrad(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=None,
-             any_gate=False, ungated_rows=0, scaled=False, gated_out=None, config=None):
+             any_gate=False, ungated_rows=0, scaled=False, gated_dot=None, config=None):
     """out[N] (fp32, zeroed) += sum over the valid frame rows of a[M, N]: bias gradients
     (lengths None: over every row).
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
@@ -815,8 +818,9 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     (any_gate only: the ungated pass of a batch holding two) count whatever the gates.
     scaled (a module gate (1,) given, not with any_gate): rows >= ungated_rows are multiplied
     by the gate, in the sums and in the copy (which may then go with skip_dead: a dead
-    module's copy is left unwritten, for readers that skip it too); gated_out (fp32 [N],
-    zeroed, scaled only) += the sums of those rows before the scale.
+    module's copy is left unwritten, for readers that skip it too); gated_dot (scaled only):
+    (weights [N], out fp32 (1,)): out += the sums of those rows before the scale, dotted
+    with the weights.
     config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
     skip_dead = skip_dead and gates is not None
@@ -831,8 +835,10 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     if scaled and (gates is None or gates.numel() != 1 or chunk):
         raise ValueError(f"col_sums: scaled needs a module gate (1,), got "
                          f"{None if gates is None else tuple(gates.shape)}, chunk={chunk}")
-    if gated_out is not None and not scaled:
-        raise ValueError("col_sums: gated_out is for scaled sums only")
+    if gated_dot is not None and (not scaled or gated_dot[0].shape != (N,)
+                                  or gated_dot[1].shape != (1,)):
+        raise ValueError(f"col_sums: gated_dot is for scaled sums only, with ({N},) weights "
+                         f"and a (1,) output")
     if ungated_rows and not (any_gate or scaled):
         raise ValueError(f"col_sums: ungated_rows={ungated_rows} is for any_gate or scaled "
                          f"sums only")
@@ -846,12 +852,12 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     n_gates = 1 if gates is None else gates.shape[0]
     launch(_col_sums_kernel, (n_tiles, cdiv(M, rows_per_prog)),
         a, out, a if copy is None else copy, out if lengths is None else lengths,
-        out if gates is None else gates, out if gated_out is None else gated_out, M, N, T,
+        out if gates is None else gates, *(gated_dot or (out, out)), M, N, T,
         a.stride(0), rows_per_prog, max(chunk, 1),
         ungated_rows, NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead,
         PER_CHUNK=chunk > 0, COPY=copy is not None, ANY_GATE=any_gate,
         HAS_UNGATED=any_gate and ungated_rows > 0, ALL_ROWS=lengths is None, SCALED=scaled,
-        GATED_SUMS=gated_out is not None, **blk)
+        GATED_DOT=gated_dot is not None, **blk)
     return out
 
 

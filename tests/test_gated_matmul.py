@@ -259,22 +259,25 @@ def test_sum_rows_adds_every_row():
 
 def test_column_sums_scaled_by_the_module_gate_after_ungated_rows():
     """scaled: rows >= ungated_rows times the gate in the sums and in the copy (zeros at
-    padded rows), gated_out those rows' sums unscaled; a dead gate with skip_dead reads and
-    writes nothing (the copy keeps its NaNs: its readers skip the module too)."""
+    padded rows); gated_dot those rows' sums unscaled, dotted with the weights, added to one
+    number; a dead gate with skip_dead reads and writes nothing (the copy keeps its NaNs:
+    its readers skip the module too)."""
     lengths, _, _, _ = _case(9)
     rows = gm.valid_rows(lengths, T)
     a = torch.randn(B * T, 70, device=DEV)
     a[~rows] = float("nan")
     U = T                                              # the first sequence ungated
     factor = torch.where(torch.arange(B * T, device=DEV) < U, 1.0, -0.7)[:, None]
-    copy, gated = torch.full_like(a, float("nan")), torch.zeros(70, device=DEV)
+    copy, dot = torch.full_like(a, float("nan")), torch.full((1,), 0.5, device=DEV)
+    weights = torch.randn(70, device=DEV)
     out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
                       gates=torch.tensor([-0.7], device=DEV), copy=copy, scaled=True,
-                      ungated_rows=U, gated_out=gated)
+                      ungated_rows=U, gated_dot=(weights, dot))
     expected = torch.where(rows[:, None], a * factor, 0.0)
     torch.testing.assert_close(copy, expected)
     torch.testing.assert_close(out, expected.sum(0), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(gated, a[rows & (torch.arange(B * T, device=DEV) >= U)].sum(0),
+    gated_rows = rows & (torch.arange(B * T, device=DEV) >= U)
+    torch.testing.assert_close(dot, 0.5 + (a[gated_rows].sum(0) * weights).sum().reshape(1),
                                atol=1e-4, rtol=1e-4)
     dead_copy = torch.full_like(a, float("nan"))
     out = gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
@@ -284,8 +287,9 @@ def test_column_sums_scaled_by_the_module_gate_after_ungated_rows():
     with pytest.raises(ValueError, match="module gate"):
         gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
                     gates=torch.ones(2, device=DEV), scaled=True)
-    with pytest.raises(ValueError, match="gated_out"):
-        gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T, gated_out=gated)
+    with pytest.raises(ValueError, match="gated_dot"):
+        gm.col_sums(a, torch.zeros(70, device=DEV), lengths=lengths, T=T,
+                    gated_dot=(weights, dot))
 
 
 def test_column_sums_skip_dead_chunks():
