@@ -30,9 +30,11 @@ from bench.train_step import corpus_manifests
 from orthoasr.run_config import load_run_config
 from orthoasr.train import Trainer, train
 
+# the reference keeps autograd's own gradient handling (grads_in_place is ours: on the torch
+# backend it would only turn autograd's free first gradient into an add)
 PROVIDERS = {"ours": ["backend=auto", "cuda_graphs=true"],
              "ours_eager": ["backend=auto", "cuda_graphs=false"],
-             "eager_reference": ["backend=torch", "cuda_graphs=false"]}
+             "eager_reference": ["backend=torch", "cuda_graphs=false", "grads_in_place=false"]}
 
 
 class StepClock:
