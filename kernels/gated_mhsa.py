@@ -570,7 +570,9 @@ class _GatedMHSA(torch.autograd.Function):
         w_in_dtype, b_in_dtype, w_o_dtype = ctx.dtypes
         # every fp32 accumulator of both projections from one zeroed buffer: one memset, or
         # a parameter's .grad where it is a sink (grads_in_place)
-        acc = accumulators(dict(w_o=D * D, b_o=D, dscale=1, w_in=3 * D * D, b_in=3 * D),
+        # (dscale: only a module gate's scaled bias sums into it)
+        acc = accumulators(dict(w_o=D * D, b_o=D, w_in=3 * D * D, b_in=3 * D,
+                                dscale=1 if ctx.bias_mode == BIAS_SCALED else 0),
                            dout.device, ctx.sinks)
         da, dw_o, db_o, dscale = out_proj_bwd_triton(dout.reshape(B * T, D).contiguous(),
                                                      s.a.view(B * T, D), s.w_o, s.b_o,
