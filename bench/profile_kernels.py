@@ -59,7 +59,12 @@ def op_table(fn, iters: int, warmup: int = 3, frames: int = 3
         device_us = getattr(event, "self_device_time_total", 0.0)
         if device_us <= 0 or not event.name.startswith("aten::"):
             continue
-        callers, parent = [], event.cpu_parent
+        # the op's recorded Python stack where the profiler fills one in, else the Python-
+        # function events above it (what torch 2.13 gives on the CPU; the H200 run of
+        # 2026-12-01, torch 2.11, found no Python frame among the parents)
+        ours = [f for f in (event.stack or []) if "orthoasr/" in f or "bench/" in f]
+        callers = [f.split("orthoasr/")[-1] for f in ours[:frames]]
+        parent = None if callers else event.cpu_parent
         while parent is not None and len(callers) < frames:
             if "orthoasr/" in parent.name or "bench/" in parent.name or \
                     "evaluate_function" in parent.name:

@@ -81,7 +81,13 @@ STEP_BWD_CONFIGS = [dict(BM=4, num_warps=2, warps_per_sm=8, LOAD_STAGES=3),
                     dict(BM=8, num_warps=4, warps_per_sm=8, LOAD_STAGES=3),
                     dict(BM=8, num_warps=4, warps_per_sm=16, LOAD_STAGES=2),
                     dict(BM=2, num_warps=1, warps_per_sm=8, LOAD_STAGES=3),
-                    dict(BM=4, num_warps=2, warps_per_sm=16, LOAD_STAGES=3)]
+                    dict(BM=4, num_warps=2, warps_per_sm=16, LOAD_STAGES=3),
+                    # tiles whose registers let more warps an SM be resident (sm_90 compile,
+                    # session 22, with the residual step: BM 2 / 2 warps 156 registers at 3
+                    # stages, 146 at 2; BM 4 / 4 warps 160; the default 247): 12 and 16 warps
+                    dict(BM=2, num_warps=2, warps_per_sm=12, LOAD_STAGES=3),
+                    dict(BM=2, num_warps=2, warps_per_sm=16, LOAD_STAGES=2),
+                    dict(BM=4, num_warps=4, warps_per_sm=12, LOAD_STAGES=3)]
 
 
 def _step_rows(p: float) -> list[dict]:
