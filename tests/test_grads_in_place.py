@@ -108,3 +108,38 @@ def test_accumulators_carve_the_rest():
     with pytest.raises(ValueError, match="s's .grad has 6 elements"):
         accumulators(dict(s=5), torch.device("cpu"), dict(s=sink))
     assert zeroed_fp32([3], torch.device("cpu"))[0].sum() == 0
+
+
+def test_stage1_pair_gradients_added_in_place():
+    """encode_pair (the stage-1 pair as one batch: ungated rows, then soft gates) with the
+    blocks' parameters marked: every parameter's .grad and the gates' gradient as autograd
+    gives them, over two backwards."""
+    cfg = SupernetConfig(num_layers=2, d_model=32, num_heads=4, ff_dim=64, ff_chunks=2,
+                         conv_kernel=5, vocab_size=19, frontend_channels=(4, 8),
+                         budgets=(0.4, 0.7, 1.0), dropout=0.0, ref_frames=10)
+    torch.manual_seed(13)
+    model = model_module.ConformerSupernet(cfg).to(DEV)
+    x, lengths = torch.randn(2, 9, 32, device=DEV), torch.tensor([9, 5], device=DEV)
+    gates = torch.rand(model.num_units, device=DEV) + 0.1
+    gates[::3] = 0.0
+    weights = torch.randn(2, 2, 9, 19, device=DEV)
+    results = []
+    for in_place in (False, True):
+        for p in model.parameters():
+            p.grad = None
+        if in_place:
+            accumulate_in_place(model.blocks.parameters())
+        g = gates.clone().requires_grad_()
+        try:
+            for _ in range(2):
+                outs = model.encode_pair(x, lengths, g, 1)
+                sum((w * o).sum() for w, o in zip(weights, outs, strict=True)).backward()
+        finally:
+            release(model.blocks.parameters())
+        results.append((g.grad, {n: p.grad.clone() for n, p in model.named_parameters()
+                                 if p.grad is not None}))
+    (ref_dg, ref), (dg, ours) = results
+    torch.testing.assert_close(dg, ref_dg, atol=1e-5, rtol=1e-5)
+    assert set(ours) == set(ref)
+    for name, grad in ref.items():
+        torch.testing.assert_close(ours[name], grad, atol=1e-5, rtol=1e-5, msg=name)
