@@ -39,7 +39,7 @@ from .gated_matmul import (
     sum_rows,
     wgrad,
 )
-from .grads_in_place import accumulators, sinks_of
+from .grads_in_place import accumulators, returned, sinks_of, taken
 from .launch import cdiv, launch, next_pow2
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_dx_tile, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
@@ -558,8 +558,8 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     # (cuBLAS writes the dense path's PW1 weight gradient: none to zero for it), the sums of
     # the conv kernels' per-program partials (`sum_rows`) among them, or a parameter's .grad
     # where it is a sink
-    takes = {"ln1_w", "ln1_b", "pw2_w", "pw2_b"} | (set() if dense else {"pw1_w", "pw1_b"})
-    in_place = {name: g for name, g in (sinks or {}).items() if name in takes}
+    in_place = taken(sinks, {"ln1_w", "ln1_b", "pw2_w", "pw2_b"}
+                     | (set() if dense else {"pw1_w", "pw1_b"}))
     acc = accumulators(dict(gate_cols=1 if gate_grad else 0, pw2_b=D, pw2_w=D * D,
                             pw1_b=0 if dense else 2 * D, pw1_w=0 if dense else 2 * D * D,
                             ln1_w=D, ln1_b=D, norm_sums=3 * D, dw_w=K * D), x.device,
@@ -614,13 +614,13 @@ def gated_conv_bwd_triton(dy, x, lengths, ln1_w, pw1_w, dw_w, ln2_w, ln2_b, pw2_
     dgates = None
     if gate_grad:   # summed by the two kernels above
         dgates = gate_cols.to(gates.dtype)
-    def returned(name, grad, dtype):
-        return None if name in in_place else grad.to(dtype)
-    return (dx.view(B, T, D), returned("ln1_w", d_ln1w, ln1_w.dtype),
-            returned("ln1_b", d_ln1b, ln1_w.dtype), returned("pw1_w", d_pw1w, pw1_w.dtype),
-            returned("pw1_b", d_pw1b, pw1_w.dtype), d_dww.to(dw_w.dtype), d_dwb.to(dw_w.dtype),
-            d_ln2w.to(ln2_w.dtype), d_ln2b.to(ln2_b.dtype), returned("pw2_w", dpw2, pw2_w.dtype),
-            returned("pw2_b", dy_sum, pw2_b.dtype), dgates, d_res)
+    return (dx.view(B, T, D), returned(in_place, "ln1_w", d_ln1w, ln1_w.dtype),
+            returned(in_place, "ln1_b", d_ln1b, ln1_w.dtype),
+            returned(in_place, "pw1_w", d_pw1w, pw1_w.dtype),
+            returned(in_place, "pw1_b", d_pw1b, pw1_w.dtype), d_dww.to(dw_w.dtype),
+            d_dwb.to(dw_w.dtype), d_ln2w.to(ln2_w.dtype), d_ln2b.to(ln2_b.dtype),
+            returned(in_place, "pw2_w", dpw2, pw2_w.dtype),
+            returned(in_place, "pw2_b", dy_sum, pw2_b.dtype), dgates, d_res)
 
 
 # ----------------------------------------------------------------------------- torch.library

@@ -35,7 +35,7 @@ from .gated_matmul import (
     rows_gemm,
     wgrad,
 )
-from .grads_in_place import accumulators, sinks_of
+from .grads_in_place import accumulators, returned, sinks_of, taken
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
 
@@ -143,9 +143,8 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # (cuBLAS writes the dense path's weight gradients: none to zero for them), or a
     # parameter's .grad where it is a sink; not b2's with a module gate (scaled below)
     w_size = 0 if dense else D * F_
-    takes = {"ln_weight", "ln_bias"} | (set() if dense else {"w1", "b1", "w2"}) | (
-        set() if gates is not None and module_gate else {"b2"})
-    in_place = {name: g for name, g in (sinks or {}).items() if name in takes}
+    in_place = taken(sinks, {"ln_weight", "ln_bias"} | (set() if dense else {"w1", "b1", "w2"})
+                     | (set() if gates is not None and module_gate else {"b2"}))
     acc = accumulators(dict(gate_cols=chunks if gate_grad else 0, b2=D, b1=0 if dense else F_,
                             w2=w_size, w1=w_size, ln_weight=D, ln_bias=D), x.device, in_place)
     gate_cols = acc["gate_cols"] if gate_grad else None
@@ -190,12 +189,11 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         if module_gate:
             dgates[0] += (b2.float() * dy_sum).sum()
         dgates = dgates.to(gates.dtype)
-    def returned(name, grad, dtype):
-        return None if name in in_place else grad.to(dtype)
-    return (dx.view(B, T, D), returned("ln_weight", d_lnw, ln_weight.dtype),
-            returned("ln_bias", d_lnb, ln_weight.dtype), returned("w1", dw1, w1.dtype),
-            returned("b1", db1, w1.dtype), returned("w2", dw2, w2.dtype),
-            returned("b2", db2, w2.dtype), dgates, d_res)
+    return (dx.view(B, T, D), returned(in_place, "ln_weight", d_lnw, ln_weight.dtype),
+            returned(in_place, "ln_bias", d_lnb, ln_weight.dtype),
+            returned(in_place, "w1", dw1, w1.dtype), returned(in_place, "b1", db1, w1.dtype),
+            returned(in_place, "w2", dw2, w2.dtype), returned(in_place, "b2", db2, w2.dtype),
+            dgates, d_res)
 
 
 # ----------------------------------------------------------------------------- torch.library

@@ -481,8 +481,7 @@ def _wgrad_kernel(
 
 @triton.jit
 def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, dot_w_ptr, dot_out_ptr, M, N,
-                     T, lda,
-                     ROWS_PER_PROG,
+                     T, lda, ROWS_PER_PROG,
                      CHUNK, UNGATED, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
                      SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
                      ANY_GATE: tl.constexpr, HAS_UNGATED: tl.constexpr, BM: tl.constexpr,

@@ -44,7 +44,7 @@ from .gated_attention import (
     gated_attention_reference,
 )
 from .gated_matmul import col_sums, wgrad
-from .grads_in_place import accumulators, sinks_of
+from .grads_in_place import accumulators, returned, sinks_of
 from .launch import cdiv, launch, next_pow2
 
 # the out-projection's bias factor s: 1; [any gate != 0]; the module gate; and for a batch
@@ -593,12 +593,11 @@ class _GatedMHSA(torch.autograd.Function):
         else:
             dscale = None
         d_head = None if ctx.pair else dgates
-
-        def returned(name, grad, dtype):
-            return None if name in ctx.sinks else grad.to(dtype)
-        return (dy.view(B, T, D), None, d_head, dscale, returned("w_in", dw_in, w_in_dtype),
-                returned("b_in", db_in, b_in_dtype), returned("w_o", dw_o, w_o_dtype),
-                returned("b_o", db_o, s.b_o.dtype), None, None, None, None, None, None)
+        sunk = ctx.sinks
+        return (dy.view(B, T, D), None, d_head, dscale,
+                returned(sunk, "w_in", dw_in, w_in_dtype),
+                returned(sunk, "b_in", db_in, b_in_dtype), returned(sunk, "w_o", dw_o, w_o_dtype),
+                returned(sunk, "b_o", db_o, s.b_o.dtype), None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- entry point

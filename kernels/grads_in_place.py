@@ -78,6 +78,21 @@ def sinks_of(inputs: dict, names: Iterable[str]) -> dict[str, torch.Tensor]:
     return found
 
 
+def taken(sinks: dict[str, torch.Tensor] | None, names: Iterable[str]
+          ) -> dict[str, torch.Tensor]:
+    """The sinks among `names`: the gradients an op's backward will add in place (the rest
+    of `sinks` it returns, e.g. products it leaves to cuBLAS or sums it scales afterwards)."""
+    names = set(names)
+    return {name: g for name, g in (sinks or {}).items() if name in names}
+
+
+def returned(in_place: dict[str, torch.Tensor], name: str, grad: torch.Tensor,
+             dtype: torch.dtype) -> torch.Tensor | None:
+    """What a backward gives autograd for input `name`: None when its gradient was added in
+    place, else the gradient in the parameter's dtype."""
+    return None if name in in_place else grad.to(dtype)
+
+
 def accumulators(sizes: dict[str, int], device: torch.device,
                  given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """name -> a zeroed fp32 1-D accumulator of sizes[name] elements: the flattened sink in

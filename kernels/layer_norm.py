@@ -25,7 +25,7 @@ import triton.language as tl
 from .autograd import eager_function, grads_in_order, named_inputs
 from .common import interpreting, zeroed_fp32
 from .gated_matmul import _num_sms, _valid_rows
-from .grads_in_place import sinks_of
+from .grads_in_place import accumulators, returned, sinks_of
 from .launch import cdiv, launch, next_pow2
 from .residual_step import (
     NO_RESIDUAL,
@@ -359,14 +359,18 @@ def _backward(ctx, dy, _mean, _rstd, x_grad=None, bwd=masked_layer_norm_bwd):
     if dy is None:          # only x_new was used: the norm adds nothing to its gradient
         dy = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     # the eager path adds the weight's and bias's gradients to their .grad where those are
-    # sinks (grads_in_place; both or neither: the kernel takes two buffers or makes both)
-    in_place = ctx.sinks if bwd is masked_layer_norm_bwd_triton and len(ctx.sinks) == 2 \
-        else {}
+    # sinks (grads_in_place)
+    in_place, buffers = {}, {}
+    if bwd is masked_layer_norm_bwd_triton:
+        in_place = ctx.sinks
+        acc = accumulators(dict(weight=weight.numel(), bias=weight.numel()), x.device,
+                           in_place)
+        buffers = dict(dw=acc["weight"], db=acc["bias"])
     dx, dw, db, d_res = bwd(dy, x, lengths, weight, mean, rstd, x_grad, res_seed,
-                            **ctx.residual, **({} if not in_place else
-                                               dict(dw=in_place["weight"], db=in_place["bias"])))
+                            **ctx.residual, **buffers)
     return grads_in_order(masked_layer_norm_fwd_triton, x=dx,
-                          weight=None if in_place else dw, bias=None if in_place else db,
+                          weight=returned(in_place, "weight", dw, dw.dtype),
+                          bias=returned(in_place, "bias", db, db.dtype),
                           res_y=None if ctx.residual["res_dtype"] is None else d_res)
 
 

@@ -64,6 +64,22 @@ def tiny_run(corpus, *overrides) -> RunConfig:
         "ckpt_every=2", "backend=torch", "score_lr=0.05", *overrides])
 
 
+# a tiny run on the GPU with no random ops (no SpecAugment or stochastic depth; dropout is
+# 0 in tiny_run), its batches in two shape classes
+GPU_RUN = ("backend=auto", "device=cuda", "spec_augment=false", "stochastic_depth=0",
+           "shape_classes=2")
+
+
+def losses_by(corpus, tmp_path, key: str, values, *overrides) -> dict[str, list[float]]:
+    """value -> the per-step losses of the tiny run with `key` set to it, the rest as
+    `overrides` say (a work directory of its own each)."""
+    losses = {}
+    for value in values:
+        run = tiny_run(corpus, *overrides, f"{key}={value}")
+        losses[value] = [r["loss"] for r in train(run, tmp_path / value).history]
+    return losses
+
+
 def tiny_model_cfg(**overrides):
     values = dict(num_layers=2, d_model=32, num_heads=4, ff_dim=64, ff_chunks=2, conv_kernel=5,
                   vocab_size=19, frontend_channels=(4, 8), budgets=(0.4, 0.7, 1.0),
@@ -178,11 +194,8 @@ def test_variants_run_both_stages(corpus, tmp_path, overrides):
 def test_convergence_triton_vs_torch(corpus, tmp_path):
     """The same tiny run on the Triton kernels (interpreter on CPU) and on the PyTorch
     references gives the same losses, step by step."""
-    losses = {}
-    for backend in ("torch", "triton"):
-        run = tiny_run(corpus, f"backend={backend}", "stage1_steps=2", "stage2_steps=2",
-                       "max_frames=800")
-        losses[backend] = [r["loss"] for r in train(run, tmp_path / backend).history]
+    losses = losses_by(corpus, tmp_path, "backend", ("torch", "triton"), "stage1_steps=2",
+                       "stage2_steps=2", "max_frames=800")
     assert len(losses["torch"]) == 4
     torch.testing.assert_close(losses["triton"], losses["torch"], rtol=2e-3, atol=2e-3)
 
@@ -191,11 +204,8 @@ def test_convergence_triton_vs_torch(corpus, tmp_path):
 def test_pair_batch_gives_the_two_passes_losses(corpus, tmp_path, backend):
     """pair_batch=true (stage 1's two passes as one batch) trains as the two passes do: the
     same losses, step by step, through both stages."""
-    losses = {}
-    for pair in ("false", "true"):
-        run = tiny_run(corpus, f"backend={backend}", f"pair_batch={pair}", "stage1_steps=2",
-                       "stage2_steps=1", "max_frames=800")
-        losses[pair] = [r["loss"] for r in train(run, tmp_path / pair).history]
+    losses = losses_by(corpus, tmp_path, "pair_batch", ("false", "true"), f"backend={backend}",
+                       "stage1_steps=2", "stage2_steps=1", "max_frames=800")
     assert len(losses["true"]) == 3
     torch.testing.assert_close(losses["true"], losses["false"], rtol=1e-4, atol=1e-4)
 
@@ -205,11 +215,8 @@ def test_grads_in_place_gives_the_returned_gradients_losses(corpus, tmp_path):
     .grad) trains as gradients returned to autograd do: the same losses, step by step,
     through both stages (stage 2: three passes adding into one .grad), on the Triton
     kernels (interpreter on CPU)."""
-    losses = {}
-    for in_place in ("false", "true"):
-        run = tiny_run(corpus, "backend=triton", f"grads_in_place={in_place}",
+    losses = losses_by(corpus, tmp_path, "grads_in_place", ("false", "true"), "backend=triton",
                        "stage1_steps=2", "stage2_steps=2", "max_frames=800")
-        losses[in_place] = [r["loss"] for r in train(run, tmp_path / in_place).history]
     assert len(losses["true"]) == 4
     torch.testing.assert_close(losses["true"], losses["false"], rtol=1e-4, atol=1e-4)
 
@@ -217,13 +224,9 @@ def test_grads_in_place_gives_the_returned_gradients_losses(corpus, tmp_path):
 @pytest.mark.gpu
 def test_grads_in_place_gives_the_returned_gradients_losses_on_the_gpu(corpus, tmp_path):
     """The same on CUDA in bf16, steps replayed from CUDA graphs."""
-    losses = {}
-    for in_place in ("false", "true"):
-        run = tiny_run(corpus, "backend=auto", "device=cuda", "spec_augment=false",
-                       "stochastic_depth=0", "shape_classes=2", "cuda_graphs=true",
-                       "pair_batch=true", f"grads_in_place={in_place}", "stage1_steps=5",
+    losses = losses_by(corpus, tmp_path, "grads_in_place", ("false", "true"), *GPU_RUN,
+                       "cuda_graphs=true", "pair_batch=true", "stage1_steps=5",
                        "stage2_steps=3")
-        losses[in_place] = [r["loss"] for r in train(run, tmp_path / in_place).history]
     assert len(losses["true"]) == 8
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-2)
 
@@ -236,12 +239,8 @@ def test_pair_batch_needs_component_granularity(corpus):
 @pytest.mark.gpu
 def test_pair_batch_gives_the_two_passes_losses_on_the_gpu(corpus, tmp_path):
     """The same on CUDA in bf16, steps replayed from CUDA graphs."""
-    losses = {}
-    for pair in ("false", "true"):
-        run = tiny_run(corpus, "backend=auto", "device=cuda", "spec_augment=false",
-                       "stochastic_depth=0", "shape_classes=2", "cuda_graphs=true",
-                       f"pair_batch={pair}", "stage1_steps=5", "stage2_steps=2")
-        losses[pair] = [r["loss"] for r in train(run, tmp_path / pair).history]
+    losses = losses_by(corpus, tmp_path, "pair_batch", ("false", "true"), *GPU_RUN,
+                       "cuda_graphs=true", "stage1_steps=5", "stage2_steps=2")
     assert len(losses["true"]) == 7
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-2)
 
@@ -364,12 +363,8 @@ def test_cuda_graph_steps_give_the_eager_steps_losses(corpus, tmp_path):
     """A run replayed from CUDA graphs (one per shape class, stage and drawn budget) gives
     the losses of the same run stepped eagerly, through both stages (no random ops: no
     dropout, SpecAugment or stochastic depth; atomics leave float-rounding differences)."""
-    losses = {}
-    for graphs in ("false", "true"):
-        run = tiny_run(corpus, "backend=auto", "device=cuda", "spec_augment=false",
-                       "stochastic_depth=0", "shape_classes=2", f"cuda_graphs={graphs}",
+    losses = losses_by(corpus, tmp_path, "cuda_graphs", ("false", "true"), *GPU_RUN,
                        "stage1_steps=5", "stage2_steps=5")
-        losses[graphs] = [r["loss"] for r in train(run, tmp_path / graphs).history]
     assert len(losses["true"]) == 10
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=2e-3)
 
