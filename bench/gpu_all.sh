@@ -20,7 +20,7 @@
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
 #   probe    bench/gemm_probe.py: plain GEMMs, one program per tile vs persistent, vs cuBLAS
 #            (PROBE_ARGS, e.g. "--rows 20000")
-#   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py: LayerNorm,
+#   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py (SWEEP_ARGS): LayerNorm,
 #            depthwise-conv and column-sum launch configurations (SWEEPS="sweep_conv" to
 #            run some of them)
 #   ncu      Nsight Compute over bench/ncu_cases.py's kernels, one case at a time (NCU_CASES
@@ -47,12 +47,13 @@ if has tests; then
   # clean early stop, which a test would then report as a wrong number of steps;
   # --durations: the slowest tests of each group, to balance the groups (B, the longest,
   # took 191-211 s on 2026-12-01 with test_graphed_encoder.py's 51 s and test_export.py's 29
-  # s in it, C 134-154 and D 124-140: those two moved to D and C)
+  # s in it, C 134-154 and D 124-140: those two moved to D and C; on 2026-12-01 D took 219
+  # s with test_train.py's in-place gradient test at 132 s: test_graphed_encoder.py back to B)
   GPUS=$(nvidia-smi -L | wc -l)
   T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=8"
   GROUP_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
   GROUP_C="test_learning.py test_export.py"
-  GROUP_D="test_train.py test_checkpoint.py test_graphed_encoder.py"
+  GROUP_D="test_train.py test_checkpoint.py"
   CUDA_VISIBLE_DEVICES=0 $T $(printf "$REPO/tests/%s " $GROUP_A) > $OUT/gpu_tests_a.log 2>&1 &
   CUDA_VISIBLE_DEVICES=$((GPUS > 1 ? 1 : 0)) $T $REPO/tests \
     $(printf -- "--ignore=$REPO/tests/%s " $GROUP_A $GROUP_C $GROUP_D) \
@@ -112,7 +113,7 @@ if has probe; then
 fi
 if has sweeps; then
   for sweep in ${SWEEPS:-sweep_layer_norm sweep_conv sweep_col_sums}; do
-    timeout ${SWEEP_S:-200} python3 -m bench.$sweep > $OUT/$sweep.log 2>&1
+    timeout ${SWEEP_S:-200} python3 -m bench.$sweep ${SWEEP_ARGS:-} > $OUT/$sweep.log 2>&1
     echo "$sweep rc=$?"; tail -30 $OUT/$sweep.log
   done
   cp $REPO/bench/results/kernels.json $OUT/
