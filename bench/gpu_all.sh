@@ -6,6 +6,7 @@
 #   modules  MHSA + FFN/conv module benches  kernels  OrthoSoftmax, attention core, CTC,
 #                                            residual step + LayerNorm
 #   kprofile bench/profile_kernels.py: each gated module's kernels, device time per call
+#            (KPROFILE_ARGS, e.g. "--modules encoder --modes fwd": the inference's kernels)
 #   sprofile bench/profile_step.py: a training step's kernels by part, per stage (synthesises
 #            the small corpus)
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
@@ -93,8 +94,8 @@ if has kernels; then
     $REPO/bench/results/ctc.json $OUT/
 fi
 if has kprofile; then
-  timeout ${KPROFILE_S:-120} python3 -m bench.profile_kernels --out $OUT/profile_kernels.txt \
-    > /dev/null 2> $OUT/profile_kernels.err
+  timeout ${KPROFILE_S:-120} python3 -m bench.profile_kernels ${KPROFILE_ARGS:-} \
+    --out $OUT/profile_kernels.txt > /dev/null 2> $OUT/profile_kernels.err
   echo "kernel profile rc=$?"; grep "^##" $OUT/profile_kernels.txt
 fi
 if has sprofile; then

@@ -1,16 +1,18 @@
 """Where each gated module's GPU time goes, kernel by kernel (issue 13's "profile and reason").
 
     python -m bench.profile_kernels [--shape B32xT250] [--modules ffn conv mhsa encoder]
-        [--gates all-on half soft] [--out FILE]
+        [--gates all-on half soft] [--modes fwd+bwd fwd] [--out FILE]
 
-For each module and gate pattern: fwd+bwd under bf16 autocast (fp32 weights, as in
-training), `--iters` calls under torch.profiler, and each kernel's device time per call in
-microseconds, largest first, with the total. Printed, and written as text to --out.
+For each module, gate pattern and mode: fwd+bwd (training) or fwd (inference: no grad)
+under bf16 autocast (fp32 weights, as in training), `--iters` calls under torch.profiler,
+and each kernel's device time per call in microseconds, largest first, with the total.
+Printed, and written as text to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -78,11 +80,36 @@ def op_table(fn, iters: int, warmup: int = 3, frames: int = 3
     return sorted(rows, key=lambda r: -r[1])
 
 
+def kernel_report(label: str, run, params, gates, mode: str, x, lengths, dy, iters: int
+                  ) -> list[str]:
+    """The kernel table of `run(x, lengths, gates)` as text lines: fwd+bwd (dy the output's
+    gradient) or fwd alone without autograd (inference)."""
+    def step():
+        if mode == "fwd":
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                run(x, lengths, gates)
+            return
+        # gradients set to None first, as a training step does: accumulating into them added
+        # one add kernel per parameter (~1 ms of the encoder's profile)
+        params.zero_grad(set_to_none=True)
+        x.grad = gates.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = run(x, lengths, gates)
+        y.backward(dy)
+
+    params.train(mode != "fwd")
+    table = kernel_table(step, iters)
+    return ([f"\n## {label}: {sum(r[1] for r in table):.1f} us of kernels per call, "
+             f"{sum(r[2] for r in table)} launches"]
+            + [f"{us:9.1f} us {count:3d}x  {key[:110]}" for key, us, count in table])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"])
     parser.add_argument("--gates", nargs="*", default=["all-on", "half", "off", "soft"])
+    parser.add_argument("--modes", nargs="*", default=["fwd+bwd"], choices=["fwd+bwd", "fwd"])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -107,24 +134,12 @@ def main() -> None:
             module = make_module(cfg, "ffn1" if kind == "ffn" else kind).cuda()
             patterns = gate_patterns(module.num_gates if kind != "conv" else 1, "cuda")
             run = params = module
-        for name, gates in patterns.items():
+        for (name, gates), mode in itertools.product(patterns.items(), args.modes):
             if name not in args.gates:
                 continue
-            gates = gates.clone().requires_grad_(name == "soft")
-
-            def step(run=run, gates=gates, params=params):
-                # gradients set to None first, as a training step does: accumulating into
-                # them added one add kernel per parameter (~1 ms of the encoder's profile)
-                params.zero_grad(set_to_none=True)
-                x.grad = gates.grad = None
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    y = run(x, lengths, gates)
-                y.backward(dy)
-
-            table = kernel_table(step, args.iters)
-            lines.append(f"\n## {kind} {name} fwd+bwd: {sum(r[1] for r in table):.1f} us "
-                         f"of kernels per call, {sum(r[2] for r in table)} launches")
-            lines += [f"{us:9.1f} us {count:3d}x  {key[:110]}" for key, us, count in table]
+            gates = gates.clone().requires_grad_(name == "soft" and mode == "fwd+bwd")
+            lines += kernel_report(f"{kind} {name} {mode}", run, params, gates, mode,
+                                   x, lengths, dy, args.iters)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
