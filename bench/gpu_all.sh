@@ -13,8 +13,10 @@
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
 #            default set: give it a call of its own)
 #   trainer  bench/e2e_trainer.py: the full trainer per stage, CUDA graphs / eager / torch
-#            references (issue 14; synthesises its corpus: give it a call of its own,
-#            TRAINER_ARGS="--preset small --steps 40" to fit one)
+#            references (issue 14; synthesises its corpus: give it a call of its own;
+#            issue 14's setting, the paper config's 8 shape classes on `base`, took 406 s
+#            with TRAINER_ARGS="--steps 100 --providers ours eager_reference"; a quicker
+#            look: "--preset small --steps 40 --set shape_classes=2", 29% padding)
 #   e2e      bench/e2e.py: the encoder's stage-1 pair, stage-2 triple and inference, ours vs
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
