@@ -3,17 +3,16 @@ every time a CUDA-graph replay on one card. Used by bench/report.py; also
 
     python -m bench.targets        (prints the table)
 
-Each target compares ours with a limit built from rows of the newest run of its case (a
-ratio) or with a fixed time (the whole encoder). A target whose rows are missing is listed
-as "not measured".
+Each target compares ours with a limit built from rows of one run of its case, the newest
+that holds them all (a ratio), or with a fixed time (the whole encoder). A target whose rows
+no run holds is listed as "not measured".
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
-
-from bench.report import newest_by_case
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels.json"
 MODULES = ("ffn", "conv", "mhsa")
@@ -22,56 +21,71 @@ ENCODER_MS = {("fwd+bwd", "all-on"): 10.0, ("fwd+bwd", "soft"): 11.0,
               ("fwd+bwd", "half"): 6.0, ("fwd", "all-on"): 2.5, ("fwd", "off"): 0.3}
 
 
-def newest_graph_rows(rows: list[dict]) -> dict:
-    """(case, mode, gates, provider) -> its graph-timed floors row from the newest run that
-    measured the case (so that a ratio never mixes runs)."""
-    newest = newest_by_case([r for r in rows if r.get("table") == "floors"])
-    return {(r["case"], r["mode"], r["gates"], r["provider"]): r
-            for case_rows in newest.values() for r in case_rows if r.get("timing") == "graph"}
+Key = tuple[str, str, str]          # (mode, gates, provider)
+
+
+def graph_runs(rows: list[dict]) -> dict[str, list[dict[Key, dict]]]:
+    """case -> its runs' graph-timed floors rows, newest run first, each run as
+    {(mode, gates, provider): row}."""
+    runs: dict[tuple[str, str], dict[Key, dict]] = defaultdict(dict)
+    for r in rows:
+        if r.get("table") == "floors" and r.get("timing") == "graph":
+            runs[r["case"], r["run_id"]][r["mode"], r["gates"], r["provider"]] = r
+    by_case: dict[str, list[dict[Key, dict]]] = defaultdict(list)
+    for (case, _run), run in runs.items():
+        by_case[case].append(run)
+    for case_runs in by_case.values():
+        case_runs.sort(key=lambda run: max(r["date"] for r in run.values()), reverse=True)
+    return by_case
 
 
 def checks(rows: list[dict]) -> list[tuple[str, float | None, float | None, str]]:
-    """[(target, ours in µs or None, limit in µs or None, commit)]."""
-    t = newest_graph_rows(rows)
-
-    def us(case, mode, gates, provider):
-        r = t.get((case, mode, gates, provider))
-        return (r["ms"] * 1e3, r["commit"]) if r else (None, "")
-
+    """[(target, ours in µs or None, limit in µs or None, commit)]. Each target reads the
+    newest run of its case that holds every row it compares (a ratio never mixes runs, and
+    a newer run of a few gates alone does not hide an older complete one)."""
+    runs = graph_runs(rows)
     out = []
 
-    def add(name, ours, limit):
-        (value, commit), limit_us = ours, limit
-        out.append((name, value, limit_us, commit))
+    def add(name, case, ours: Key, limit=None, *choices: list[Key]):
+        """ours against `limit(rows of the keys in the first choice a run holds)` (µs), or
+        against a fixed time when limit is a number."""
+        for keys in choices or ([],):
+            for run in runs.get(case, []):
+                if ours in run and all(k in run for k in keys):
+                    value = run[ours]["ms"] * 1e3
+                    bound = limit if not callable(limit) else limit(
+                        [run[k]["ms"] * 1e3 for k in keys])
+                    out.append((name, value, bound, run[ours]["commit"]))
+                    return
+        out.append((name, None, None, ""))
 
     for shape in SHAPES:
         for mode in ("fwd", "fwd+bwd"):
             for kind in MODULES:
                 case = f"{kind} {shape}"
-                on, _ = us(case, mode, "all-on", "ours")
-                floors = [v for p in ("dense_floor", "compile_floor")
-                          if (v := us(case, mode, "all-on", p)[0]) is not None]
-                add(f"{case} {mode} all-on <= 0.9x best floor", us(case, mode, "all-on", "ours"),
-                    0.9 * min(floors) if floors else None)
-                add(f"{case} {mode} soft <= 1.10x all-on", us(case, mode, "soft", "ours"),
-                    1.10 * on if on else None)
+                on = (mode, "all-on", "ours")
+                dense, compiled = ((mode, "all-on", p) for p in ("dense_floor", "compile_floor"))
+                add(f"{case} {mode} all-on <= 0.9x best floor", case, on,
+                    lambda v: 0.9 * min(v), [dense, compiled], [dense], [compiled])
+                add(f"{case} {mode} soft <= 1.10x all-on", case, (mode, "soft", "ours"),
+                    lambda v: 1.10 * v[0], [on])
                 if kind != "conv":   # one unit: "half" is all-on
-                    add(f"{case} {mode} half <= 0.60x all-on", us(case, mode, "half", "ours"),
-                        0.60 * on if on else None)
-                add(f"{case} {mode} off <= 0.05x all-on + 10 us", us(case, mode, "off", "ours"),
-                    0.05 * on + 10 if on else None)
+                    add(f"{case} {mode} half <= 0.60x all-on", case, (mode, "half", "ours"),
+                        lambda v: 0.60 * v[0], [on])
+                add(f"{case} {mode} off <= 0.05x all-on + 10 us", case, (mode, "off", "ours"),
+                    lambda v: 0.05 * v[0] + 10, [on])
             case = f"attention {shape}"
             for provider, factor in (("sdpa_mask", 1.0), ("sdpa_nomask", 1.10)):
-                ref, _ = us(case, mode, "all-on", provider)
-                add(f"{case} {mode} <= {factor:.2f}x {provider}",
-                    us(case, mode, "all-on", "ours"), factor * ref if ref else None)
+                add(f"{case} {mode} <= {factor:.2f}x {provider}", case,
+                    (mode, "all-on", "ours"), lambda v, f=factor: f * v[0],
+                    [(mode, "all-on", provider)])
     for (mode, gates), ms in ENCODER_MS.items():
-        add(f"encoder B32xT250 {mode} {gates} <= {ms} ms",
-            us("encoder B32xT250", mode, gates, "ours"), ms * 1e3)
+        add(f"encoder B32xT250 {mode} {gates} <= {ms} ms", "encoder B32xT250",
+            (mode, gates, "ours"), ms * 1e3)
     # the same all-off inference where the gates are known on the host (dead modules left
     # out, as in Recognizer and eval): a second row, the device-gated one above stays
-    add("encoder B32xT250 fwd off, dead modules left out <= 0.3 ms",
-        us("encoder B32xT250", "fwd", "off", "ours_host_masks"), 0.3e3)
+    add("encoder B32xT250 fwd off, dead modules left out <= 0.3 ms", "encoder B32xT250",
+        ("fwd", "off", "ours_host_masks"), 0.3e3)
     return out
 
 
