@@ -12,6 +12,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from bench import targets
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EXTRA_SKIP = {"table", "case", "mode", "provider", "ms", "baseline", "gpu", "torch", "triton",
               "commit", "date", "run_id", "time_unit"}
@@ -52,8 +54,8 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
             lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {time} "
                          f"| {speedup} | " + " | ".join(cells) + " |")
         lines.append("")
-    from bench import targets  # imported here: it imports newest_by_case from this module
-    lines += ["## issue 13 targets (from the floors rows)", "", targets.render(rows)]
+    lines += ["## issue 13 targets (from the floors rows)", "", targets.render(rows),
+              "## issue 14 targets (from the e2e rows)", "", targets.render_e2e(rows)]
     return "\n".join(lines)
 
 
