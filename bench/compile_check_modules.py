@@ -126,7 +126,8 @@ def main() -> None:
                                    COPY=False, ANY_GATE=False, HAS_UNGATED=False, BM=32,
                                    BN=128, ALL_ROWS=True))
     # each kernel plain, then with a residual step and its dropout fused (the block's path)
-    step = dict(res_ptr="bf16", xnew_ptr="bf16", seed_ptr="i64", gx_ptr="bf16", dres_ptr="bf16")
+    step = dict(res_ptr="bf16", xnew_ptr="bf16", seed_ptr="i64", gx_ptr="bf16", dres_ptr="bf16",
+                dy_twin_ptr="bf16")
     for kernel, backward, ptrs in (
             (layer_norm._layer_norm_fwd_kernel, False,
              dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32", mean_ptr="fp32",
@@ -135,10 +136,13 @@ def main() -> None:
              dict(dy_ptr="bf16", x_ptr="bf16", w_ptr="fp32", mean_ptr="fp32", rstd_ptr="fp32",
                   dx_ptr="bf16", dw_ptr="fp32", db_ptr="fp32", gate_ptr="fp32",
                   len_ptr="i64"))):
-        for fused in ({}, dict(RESIDUAL=True, DROPOUT=True) | (
-                dict(X_GRAD=True) if backward else {})):
+        # backward: a module's norm (the stream's gradient added), a block's final norm
+        # (its output's twin's gradient added)
+        step_variants = [dict(X_GRAD=True), dict(DY_TWIN=True)] if backward else [{}]
+        for fused in [{}] + [dict(RESIDUAL=True, DROPOUT=True) | v for v in step_variants]:
             if fused:
-                print("with the residual step: ", end="")
+                print(f"with the residual step{' and the twin' if 'DY_TWIN' in fused else ''}: ",
+                      end="")
             blk = layer_norm._blocks(384, backward, residual=bool(fused))
             warps = blk.pop("num_warps")
             ok &= _compile(kernel, ptrs | step, floats=("eps", "gain"),

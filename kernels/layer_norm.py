@@ -129,12 +129,12 @@ def layer_norm_dx_tile(dy, xhat, w, rstd, ok, D):
 @triton.jit
 def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
-    gx_ptr, dres_ptr, seed_ptr,
+    gx_ptr, dres_ptr, seed_ptr, dy_twin_ptr,
     M, D, T, threshold, gain,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr,
     RESIDUAL: tl.constexpr = False, X_GRAD: tl.constexpr = False,
-    DROPOUT: tl.constexpr = False,
+    DROPOUT: tl.constexpr = False, DY_TWIN: tl.constexpr = False,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -162,7 +162,9 @@ def _layer_norm_bwd_kernel(
         read = ((rows < M) & ((rows * 0 + live) > 0))[:, None] & col_ok[None, :]
         tile = rows[:, None] * D + cols[None, :]
         x = tl.load(x_ptr + tile, mask=read, other=0.0)
-        dy = tl.load(dy_ptr + tile, mask=read, other=0.0)
+        dy = tl.load(dy_ptr + tile, mask=read, other=0.0).to(tl.float32)
+        if DY_TWIN:     # the gradient of the output's twin (masked_layer_norm), added in fp32
+            dy += tl.load(dy_twin_ptr + tile, mask=read, other=0.0).to(tl.float32)
         every = (rows < M)[:, None] & col_ok[None, :]
         if X_GRAD:
             gx = tl.load(gx_ptr + tile, mask=every, other=0.0)
@@ -170,7 +172,7 @@ def _layer_norm_bwd_kernel(
         ok = row_ok[:, None] & col_ok[None, :]
         mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-        dy = tl.where(ok, dy.to(tl.float32), 0.0)
+        dy = tl.where(ok, dy, 0.0)
         xhat = tl.where(ok, (x.to(tl.float32) - mean[:, None]) * rstd[:, None], 0.0)
         dw += dy * xhat
         db += dy
@@ -243,13 +245,14 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
 
 def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False,
                    dw=None, db=None, config=None, residual: Residual | None = None,
-                   dx_dtype: torch.dtype | None = None):
+                   dx_dtype: torch.dtype | None = None, dy_twin=None):
     """-> (dx [M, D] in dx_dtype (default x's), 0 at padded rows; dweight fp32 [D], dbias
     fp32 [D]); dw / db: zeroed fp32 [D] to add to (default: new). dy2d may be in another
     dtype than x2d (a bf16 gradient of an fp32 input). residual (from `step_out`; x2d
     is then the forward's x_new): dx is the stream's gradient, residual.x_grad added, and
-    residual.y_grad is written. config: dict(BM, num_warps, warps_per_sm, optionally
-    LOAD_STAGES) in place of the defaults (bench/sweep_layer_norm.py)."""
+    residual.y_grad is written. dy_twin: a second gradient of the output [M, D] (or None),
+    added to dy2d as the kernel reads them. config: dict(BM, num_warps, warps_per_sm,
+    optionally LOAD_STAGES) in place of the defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")
@@ -268,9 +271,11 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
     launch(_layer_norm_bwd_kernel, (max(1, nprog),),
         dy2d, x2d, weight, mean, rstd, dx, dw, db, gates if gates is not None else dw, lengths,
         dx if res.x_grad is None else res.x_grad, dx if res.y_grad is None else res.y_grad,
-        lengths if res.seed is None else res.seed, M, D, T, keep_threshold(res.p), res.gain,
+        lengths if res.seed is None else res.seed, dy2d if dy_twin is None else dy_twin,
+        M, D, T, keep_threshold(res.p), res.gain,
         NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead and gates is not None,
-        RESIDUAL=residual is not None, X_GRAD=res.x_grad is not None, DROPOUT=res.p > 0, **blk)
+        RESIDUAL=residual is not None, X_GRAD=res.x_grad is not None, DROPOUT=res.p > 0,
+        DY_TWIN=dy_twin is not None, **blk)
     return dx, dw, db
 
 
@@ -290,15 +295,18 @@ def masked_layer_norm_fwd_triton(x, lengths, weight, bias, out_dtype: torch.dtyp
 
 def masked_layer_norm_bwd_triton(dy, x, lengths, weight, mean, rstd, x_grad=None,
                                  res_seed=None, res_scale=1.0, res_p=0.0, x_dtype=None,
-                                 res_dtype=None, dw=None, db=None):
+                                 res_dtype=None, dw=None, db=None, *, dy_twin=None):
     # x: the norm's input (the forward's x_new with a residual step); res_dtype given (y's
     # dtype): dx is the stream's gradient (x_grad, that of x_new, added) and the step's y
-    # gets its own
+    # gets its own. dy_twin (keyword-only: the eager path's): the gradient of the output's
+    # twin, added to dy in the kernel
     B, T, D = x.shape
     M = B * T
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
-    dx, dw, db = layer_norm_bwd(dy.reshape(M, D).contiguous(), x.reshape(M, D), weight, mean,
-                                rstd, lengths, T, dw=dw, db=db, residual=res, dx_dtype=x_dtype)
+    dx, dw, db = layer_norm_bwd(
+        dy.reshape(M, D).contiguous(), x.reshape(M, D), weight, mean, rstd, lengths, T, dw=dw,
+        db=db, residual=res, dx_dtype=x_dtype,
+        dy_twin=None if dy_twin is None else dy_twin.reshape(M, D).contiguous())
     return dx.view(B, T, D), dw.to(weight.dtype), db.to(weight.dtype), d_res
 
 
@@ -354,8 +362,10 @@ def _setup_context(ctx, inputs, output):
     ctx.sinks = sinks_of(args, ("weight", "bias"))
 
 
-def _backward(ctx, dy, _mean, _rstd, x_grad=None, bwd=masked_layer_norm_bwd):
+def _backward(ctx, dy, _mean, _rstd, x_grad=None, dy_twin=None, bwd=masked_layer_norm_bwd):
     x, lengths, weight, mean, rstd, res_seed = ctx.saved_tensors
+    if dy is None:          # one of the two outputs unused: the other's gradient alone
+        dy, dy_twin = dy_twin, None
     if dy is None:          # only x_new was used: the norm adds nothing to its gradient
         dy = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     # the eager path adds the weight's and bias's gradients to their .grad where those are
@@ -366,8 +376,9 @@ def _backward(ctx, dy, _mean, _rstd, x_grad=None, bwd=masked_layer_norm_bwd):
         acc = accumulators(dict(weight=weight.numel(), bias=weight.numel()), x.device,
                            in_place)
         buffers = dict(dw=acc["weight"], db=acc["bias"])
+    twin = {} if dy_twin is None else dict(dy_twin=dy_twin)   # eager twins only
     dx, dw, db, d_res = bwd(dy, x, lengths, weight, mean, rstd, x_grad, res_seed,
-                            **ctx.residual, **buffers)
+                            **ctx.residual, **buffers, **twin)
     return grads_in_order(masked_layer_norm_fwd_triton, x=dx,
                           weight=returned(in_place, "weight", dw, dw.dtype),
                           bias=returned(in_place, "bias", db, db.dtype),
@@ -379,28 +390,57 @@ _MaskedLayerNorm = eager_function(masked_layer_norm_fwd_triton, _setup_context, 
                                   masked_layer_norm_bwd_triton, non_differentiable=(1, 2))
 
 
-def masked_layer_norm(x, lengths, weight, bias, out_dtype=None, eps=1e-5):
+# The twin: the normalised output returned a second time, as a view (eager calls only). A
+# block's final norm hands one to the next block's first module and the other to its
+# residual stream; autograd then gives this op the two gradients apart, which its backward
+# kernel adds as it reads them, where a tensor with two consumers had their sum made by a
+# separate add first (two passes and a launch more a block).
+def masked_layer_norm_fwd_with_twin(*inputs):
+    out = masked_layer_norm_fwd_triton(*inputs)
+    return (*out, out[0].view_as(out[0]))
+
+
+def _twin_setup_context(ctx, inputs, output):
+    _setup_context(ctx, inputs, output[:4])
+
+
+def _twin_backward(ctx, dy, mean, rstd, x_grad, dy_twin, bwd):
+    return _backward(ctx, dy, mean, rstd, x_grad, dy_twin, bwd=bwd)
+
+
+_MaskedLayerNormTwin = eager_function(masked_layer_norm_fwd_with_twin, _twin_setup_context,
+                                      _twin_backward, masked_layer_norm_bwd_triton,
+                                      non_differentiable=(1, 2))
+
+
+def masked_layer_norm(x, lengths, weight, bias, out_dtype=None, eps=1e-5, twin=False):
     """LayerNorm over the last dim of x (B, T, D) at the valid frames t < lengths[b], in
     `out_dtype` (default x's; statistics in fp32); padded frames output exactly 0 and get a
-    zero gradient. Reads an fp32 x and writes bf16 in one pass (no separate cast)."""
-    return _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps)[0]
+    zero gradient. Reads an fp32 x and writes bf16 in one pass (no separate cast). twin:
+    -> (output, its twin), the same values, for two consumers whose gradients the backward
+    adds in its kernel (under torch.compile the same tensor twice)."""
+    out = _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps, twin=twin)
+    return (out[0], out[4]) if twin else out[0]
 
 
 def residual_layer_norm(x, y, seed, scale, p, lengths, weight, bias, out_dtype=None,
-                        eps=1e-5):
+                        eps=1e-5, twin=False):
     """A residual step and the LayerNorm after it, one kernel each way: x_new = x + scale *
     dropout(y, p) (x the residual stream (B, T, D), y the module output before it, same
     shape, any float dtypes; x_new in result_type(x, y), at every frame), and
     `masked_layer_norm(x_new, ...)`. seed: (1,) int64 on x's device, the dropout mask's
-    (kernels/residual_step.py); None when p is 0. -> (x_new, normalised x_new)."""
+    (kernels/residual_step.py); None when p is 0. -> (x_new, normalised x_new), and with
+    twin the normalised x_new's twin third (masked_layer_norm)."""
     out = _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps,
-                             residual_args(x, (y, seed, scale, p)))
-    return out[3], out[0]
+                             residual_args(x, (y, seed, scale, p)), twin)
+    return (out[3], out[0], out[4]) if twin else (out[3], out[0])
 
 
-def _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps,
-                       residual=NO_RESIDUAL):
+def _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps, residual=NO_RESIDUAL,
+                       twin=False):
     args = (x.contiguous(), lengths.contiguous(), weight.contiguous(), bias.contiguous(),
             out_dtype or x.dtype, float(eps), *residual)
-    op = masked_layer_norm_fwd if torch.compiler.is_compiling() else _MaskedLayerNorm.apply
-    return op(*args)
+    if torch.compiler.is_compiling():
+        out = masked_layer_norm_fwd(*args)
+        return (*out, out[0]) if twin else out
+    return (_MaskedLayerNormTwin if twin else _MaskedLayerNorm).apply(*args)

@@ -162,12 +162,14 @@ class ConformerBlock(nn.Module):
                                               for kind, _, _ in self.layout})
         self.norm = MaskedLayerNorm(cfg.d_model)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                lengths: torch.Tensor,
                 gates: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
                 skip: frozenset[str] = frozenset(),
                 operands: dict[str, tuple[torch.Tensor, ...]] | None = None,
                 full: frozenset[str] = frozenset(),
-                seeds: torch.Tensor | None = None, ungated_batch: int = 0) -> torch.Tensor:
+                seeds: torch.Tensor | None = None, ungated_batch: int = 0,
+                twin: bool = False):
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
         gates may also come as `split_gates` gives them (one tensor a module). skip: kinds
         of the modules left out (as if their gates were all 0); full: kinds of the modules
@@ -175,7 +177,11 @@ class ConformerBlock(nn.Module):
         `matmul_weights` in the compute dtype, or None: each casts its own. seeds: (modules,)
         int64, the fused dropouts' seeds in layout order, or None: drawn here when a
         dropout runs on the Triton backend. ungated_batch: the first sequences run as if
-        gates were None (encode_pair)."""
+        gates were None (encode_pair). twin: -> (output, its twin), as the final norm gives
+        them (MaskedLayerNorm), for the next block, which takes such a pair as x: the first
+        module that runs reads the first, the residual stream starts from the second, and
+        the norm's backward adds their gradients in its kernel."""
+        first_input, x = x if isinstance(x, tuple) else (x, x)
         if seeds is None and self.fused_dropout(x, lengths):
             seeds = draw_seed(x.device, len(self.layout))
         if isinstance(gates, torch.Tensor):
@@ -186,7 +192,7 @@ class ConformerBlock(nn.Module):
                 continue
             module_gates = None if gates is None or kind in full else gates[index]
             module = self.modules_by_kind[kind]
-            out = module(x, lengths, module_gates,
+            out = module(first_input if residual is None else x, lengths, module_gates,
                          operands=None if operands is None else operands[kind], dropout=False,
                          ungated_batch=0 if module_gates is None else ungated_batch,
                          residual=residual)
@@ -194,7 +200,7 @@ class ConformerBlock(nn.Module):
             p = module.dropout_rate if self.training else 0.0
             seed = None if seeds is None or p == 0 else seeds[index:index + 1]
             residual = (y, seed, HALF_STEP[kind], p)
-        return self.norm(x, lengths, residual)
+        return self.norm(x, lengths, residual, twin)
 
     def split_gates(self, gates: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(U,) -> each module's gates, in layout order (views)."""
@@ -302,9 +308,10 @@ class ConformerSupernet(nn.Module):
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
+            # each block but the last hands the next its output and the output's twin
             x = block(x, lengths, block_gates[layer], skips[layer],
                       operands[layer], full=fulls[layer], seeds=seeds[layer],
-                      ungated_batch=ungated_batch)
+                      ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
         return x
 
     def _matmul_operands(self, x, lengths, gates, skips

@@ -205,3 +205,49 @@ def test_residual_step_keeps_dtypes_and_redraws_its_mask_by_seed():
         residual_layer_norm(x, y, seed.float(), 1.0, 0.1, lengths, weight, bias)
     with pytest.raises(ValueError, match="shape"):
         residual_layer_norm(x, y[:, :2], seed, 1.0, 0.1, lengths, weight, bias)
+
+
+@pytest.mark.parametrize("step", [False, True])
+def test_twin_outputs_gradients_are_added_in_the_backward_kernel(monkeypatch, step):
+    """masked_layer_norm / residual_layer_norm with twin=True: the output twice (the second
+    a view of the first), each consumed on its own; the gradients of x, the step's y, weight
+    and bias are those of the one output with both gradients summed (fp64 reference), and
+    the backward kernel gets the twin's gradient itself (no separate add). With one of the
+    two unused, the other's gradient alone."""
+    import orthoasr.kernels.layer_norm as ln
+    calls = []
+    kernel_backward = ln.layer_norm_bwd
+
+    def spy(*args, dy_twin=None, **kwargs):
+        calls.append(dy_twin is not None)
+        return kernel_backward(*args, dy_twin=dy_twin, **kwargs)
+
+    monkeypatch.setattr(ln, "layer_norm_bwd", spy)
+    x, y, lengths, weight, bias = _step_case()
+    seed = torch.tensor([3], device=DEV)
+    valid = valid_rows(lengths, T).view(B, T)
+
+    def run(leaves, twin):
+        if step:
+            return ln.residual_layer_norm(*leaves[:2], seed, 0.5, 0.0, lengths, *leaves[2:],
+                                          twin=twin)[1:]
+        return ln.masked_layer_norm(leaves[0], lengths, *leaves[2:], twin=twin)
+
+    leaves = [t.clone().requires_grad_() for t in (x, y, weight, bias)]
+    out, twin = run(leaves, True)
+    assert twin is not out and twin.data_ptr() == out.data_ptr() and torch.equal(out, twin)
+    g1, g2 = torch.randn_like(out), torch.randn_like(out)
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, y, weight, bias)]
+    ref_in = ref_leaves[0] + 0.5 * ref_leaves[1] if step else ref_leaves[0]
+    ref = torch.where(valid[..., None], layer_norm_reference(ref_in, *ref_leaves[2:]), 0.0)
+    used = [0, 1, 2, 3] if step else [0, 2, 3]       # y is unread without a step
+    for grads_out, total in (((g1, g2), g1 + g2), ((None, g2), g2), ((g1, None), g1)):
+        calls.clear()
+        pairs = [(o, g) for o, g in zip((out, twin), grads_out, strict=True) if g is not None]
+        ours = torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in used],
+                                   [g for _, g in pairs], retain_graph=True)
+        want = torch.autograd.grad(ref, [ref_leaves[i] for i in used], total.double(),
+                                   retain_graph=True)
+        for got, expected in zip(ours, want, strict=True):
+            torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
+        assert calls == [len(pairs) == 2]

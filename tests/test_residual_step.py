@@ -126,6 +126,43 @@ def test_encoder_draws_every_seed_in_one_launch_and_none_in_eval(monkeypatch):
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
 
 
+def test_encoder_blocks_hand_on_their_norms_twins(monkeypatch):
+    """run_blocks on the Triton backend: each block but the last ends in a norm whose output
+    and its twin feed the next block's first module and its residual stream. The output and
+    the gradients of x and of every parameter equal the same blocks in fp64 on the torch
+    backend, and each such norm's backward kernel got both gradients itself."""
+    import orthoasr.kernels.layer_norm as ln
+    twins = []
+    kernel_backward = ln.layer_norm_bwd
+
+    def spy(*args, dy_twin=None, **kwargs):
+        twins.append(dy_twin is not None)
+        return kernel_backward(*args, dy_twin=dy_twin, **kwargs)
+    monkeypatch.setattr(ln, "layer_norm_bwd", spy)
+    torch.manual_seed(0)
+    cfg, x, lengths = _small_model_case(3)
+    model = model_module.ConformerSupernet(cfg).to(DEV).eval()
+    ref_model = copy.deepcopy(model).double()
+    ours, ref_x = x.clone().requires_grad_(), x.double().requires_grad_()
+    set_backend("triton")
+    try:
+        out = model.run_blocks(ours, lengths)
+    finally:
+        set_backend("torch")
+    try:
+        ref = ref_model.run_blocks(ref_x, lengths)
+    finally:
+        set_backend("auto")
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    names = ["x"] + [name for name, _ in model.blocks.named_parameters()]
+    grads = torch.autograd.grad(out, [ours, *model.blocks.parameters()], g)
+    ref_grads = torch.autograd.grad(ref, [ref_x, *ref_model.blocks.parameters()], g.double())
+    for name, got, want in zip(names, grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=name)
+    assert sum(twins) == cfg.num_layers - 1      # one a boundary between blocks
+
+
 SM90_COMPILE = """
 from orthoasr.kernels import layer_norm as ln
 step = dict(res_ptr="*bf16", xnew_ptr="*bf16", seed_ptr="*i64", gx_ptr="*bf16",
@@ -136,8 +173,8 @@ for kernel, backward in ((ln._layer_norm_fwd_kernel, False), (ln._layer_norm_bwd
     blk = ln._blocks(384, backward, residual=True)
     warps = blk.pop("num_warps")
     fused = dict(RESIDUAL=True, DROPOUT=True, NUM_GATES=4, GATES_P2=4, SKIP_DEAD=False)
-    if backward:
-        fused["X_GRAD"] = True
+    if backward:      # a block's final norm: its twin's gradient added too
+        fused.update(X_GRAD=True, DY_TWIN=True)
     else:
         fused.update(ZERO_PADDED=True, ONES_PAD=0)
     compile_sm90(kernel, dict(blk, **fused), step, warps)

@@ -19,15 +19,22 @@ class MaskedLayerNorm(nn.LayerNorm):
     nn.LayerNorm's). On the Triton backend one kernel each way (torch's LayerNorm forward
     and backward took three, 1.3 ms of the paper encoder's 19.8 ms on the H200).
     residual: (y, seed, scale, p), the residual step of the module before, or None: x +
-    scale * dropout(y, p) is then normalised (on the Triton backend in the same kernels)."""
+    scale * dropout(y, p) is then normalised (on the Triton backend in the same kernels).
+    twin: -> (output, its twin) for two consumers; on the Triton backend their gradients
+    are added inside the backward kernel (kernels/layer_norm.py), elsewhere the same tensor
+    comes twice."""
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, residual=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, residual=None,
+                twin: bool = False):
         if triton_runs(x, lengths, None):
-            if residual is not None:
-                return residual_layer_norm(x, *residual, lengths, self.weight, self.bias,
-                                           torch.result_type(x, residual[0]), self.eps)[1]
-            return masked_layer_norm(x, lengths, self.weight, self.bias, x.dtype, self.eps)
+            if residual is not None:     # -> (x_new, normalised[, twin]): x_new unused
+                out = residual_layer_norm(x, *residual, lengths, self.weight, self.bias,
+                                          torch.result_type(x, residual[0]), self.eps, twin)
+                return out[1:] if twin else out[1]
+            return masked_layer_norm(x, lengths, self.weight, self.bias, x.dtype, self.eps,
+                                     twin)
         if residual is not None:
             x = torch_residual_step(x, residual)
         y = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return torch.where(valid_mask(lengths, x.shape[1])[..., None], y, 0.0)
+        y = torch.where(valid_mask(lengths, x.shape[1])[..., None], y, 0.0)
+        return (y, y) if twin else y
