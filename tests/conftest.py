@@ -34,3 +34,18 @@ def nan_filled_memory():
     torch.use_deterministic_algorithms(True)
     yield
     torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture
+def twin_gradients(monkeypatch):
+    """A list that gets, at each LayerNorm backward launch of masked_layer_norm's op,
+    whether the kernel was given the gradient of the output's twin."""
+    import orthoasr.kernels.layer_norm as ln
+    calls, kernel_backward = [], ln.layer_norm_bwd
+
+    def spy(*args, dy_twin=None, **kwargs):
+        calls.append(dy_twin is not None)
+        return kernel_backward(*args, dy_twin=dy_twin, **kwargs)
+
+    monkeypatch.setattr(ln, "layer_norm_bwd", spy)
+    return calls

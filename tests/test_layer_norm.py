@@ -208,21 +208,14 @@ def test_residual_step_keeps_dtypes_and_redraws_its_mask_by_seed():
 
 
 @pytest.mark.parametrize("step", [False, True])
-def test_twin_outputs_gradients_are_added_in_the_backward_kernel(monkeypatch, step):
+def test_twin_outputs_gradients_are_added_in_the_backward_kernel(twin_gradients, step):
     """masked_layer_norm / residual_layer_norm with twin=True: the output twice (the second
     a view of the first), each consumed on its own; the gradients of x, the step's y, weight
     and bias are those of the one output with both gradients summed (fp64 reference), and
     the backward kernel gets the twin's gradient itself (no separate add). With one of the
     two unused, the other's gradient alone."""
     import orthoasr.kernels.layer_norm as ln
-    calls = []
-    kernel_backward = ln.layer_norm_bwd
-
-    def spy(*args, dy_twin=None, **kwargs):
-        calls.append(dy_twin is not None)
-        return kernel_backward(*args, dy_twin=dy_twin, **kwargs)
-
-    monkeypatch.setattr(ln, "layer_norm_bwd", spy)
+    calls = twin_gradients
     x, y, lengths, weight, bias = _step_case()
     seed = torch.tensor([3], device=DEV)
     valid = valid_rows(lengths, T).view(B, T)

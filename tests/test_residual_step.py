@@ -126,19 +126,11 @@ def test_encoder_draws_every_seed_in_one_launch_and_none_in_eval(monkeypatch):
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
 
 
-def test_encoder_blocks_hand_on_their_norms_twins(monkeypatch):
+def test_encoder_blocks_hand_on_their_norms_twins(twin_gradients):
     """run_blocks on the Triton backend: each block but the last ends in a norm whose output
     and its twin feed the next block's first module and its residual stream. The output and
     the gradients of x and of every parameter equal the same blocks in fp64 on the torch
     backend, and each such norm's backward kernel got both gradients itself."""
-    import orthoasr.kernels.layer_norm as ln
-    twins = []
-    kernel_backward = ln.layer_norm_bwd
-
-    def spy(*args, dy_twin=None, **kwargs):
-        twins.append(dy_twin is not None)
-        return kernel_backward(*args, dy_twin=dy_twin, **kwargs)
-    monkeypatch.setattr(ln, "layer_norm_bwd", spy)
     torch.manual_seed(0)
     cfg, x, lengths = _small_model_case(3)
     model = model_module.ConformerSupernet(cfg).to(DEV).eval()
@@ -160,7 +152,7 @@ def test_encoder_blocks_hand_on_their_norms_twins(monkeypatch):
     ref_grads = torch.autograd.grad(ref, [ref_x, *ref_model.blocks.parameters()], g.double())
     for name, got, want in zip(names, grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=name)
-    assert sum(twins) == cfg.num_layers - 1      # one a boundary between blocks
+    assert sum(twin_gradients) == cfg.num_layers - 1      # one a boundary between blocks
 
 
 SM90_COMPILE = """
