@@ -354,7 +354,7 @@ def _(dy, x, lengths, weight, mean, rstd, x_grad=None, res_seed=None, res_scale=
 
 def _setup_context(ctx, inputs, output):
     args = named_inputs(masked_layer_norm_fwd_triton, inputs)
-    _y, mean, rstd, x_new = output
+    _y, mean, rstd, x_new = output[:4]          # (a fifth: the twin's view)
     step = args["res_y"] is not None
     ctx.save_for_backward(x_new if step else args["x"], args["lengths"], args["weight"], mean,
                           rstd, args["res_seed"] if step else None)
@@ -400,16 +400,8 @@ def masked_layer_norm_fwd_with_twin(*inputs):
     return (*out, out[0].view_as(out[0]))
 
 
-def _twin_setup_context(ctx, inputs, output):
-    _setup_context(ctx, inputs, output[:4])
-
-
-def _twin_backward(ctx, dy, mean, rstd, x_grad, dy_twin, bwd):
-    return _backward(ctx, dy, mean, rstd, x_grad, dy_twin, bwd=bwd)
-
-
-_MaskedLayerNormTwin = eager_function(masked_layer_norm_fwd_with_twin, _twin_setup_context,
-                                      _twin_backward, masked_layer_norm_bwd_triton,
+_MaskedLayerNormTwin = eager_function(masked_layer_norm_fwd_with_twin, _setup_context,
+                                      _backward, masked_layer_norm_bwd_triton,
                                       non_differentiable=(1, 2))
 
 
