@@ -21,8 +21,6 @@
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
-#   graphif  bench/probe_graph_if.py: what a dead module's launches cost inside a CUDA-graph IF
-#            node, against today's masked launches (~1 min)
 #   probe    bench/gemm_probe.py: plain GEMMs, one program per tile vs persistent, vs cuBLAS
 #            (PROBE_ARGS, e.g. "--rows 20000")
 #   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py (SWEEP_ARGS): LayerNorm,
@@ -115,11 +113,6 @@ if has probe; then
   timeout ${PROBE_GEMM_S:-120} python3 -m bench.gemm_probe ${PROBE_ARGS:-} > $OUT/gemm_probe.log 2>&1
   echo "gemm probe rc=$?"; grep -E "us |Error" $OUT/gemm_probe.log
   cp $REPO/bench/results/gemm_probe.json $OUT/
-fi
-if has graphif; then
-  timeout ${GRAPHIF_S:-120} python3 -m bench.probe_graph_if > $OUT/probe_graph_if.log 2>&1
-  echo "graph IF probe rc=$?"; cat $OUT/probe_graph_if.log | tail -12
-  cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has sweeps; then
   for sweep in ${SWEEPS:-sweep_layer_norm sweep_conv sweep_col_sums}; do
