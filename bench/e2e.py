@@ -1,8 +1,7 @@
 """End-to-end encoder workloads (issue 14 item 6): what one training step of each stage and
 one inference call cost on the whole encoder, ours against the method's way of masking.
 
-    python -m bench.e2e [--workloads stage1 stage2 dense half] [--providers ...]
-    python -m bench.report
+    python -m bench.e2e [--workloads stage1 stage2 dense half trainer] [--providers ...]
     TRITON_INTERPRET=1 python -m bench.e2e --check     # on the CPU: the equality checks only
 
 The encoder is the paper-size supernet's 12 blocks (d_model 384, budgets 0.3 ... 1.0, dropout
@@ -33,9 +32,11 @@ timing (`graph`: a CUDA-graph replay, where the provider can be captured, i.e. n
 host-syncing hard-gated reference, so ours' graph rows of the hard-gated workloads have no
 baseline row; `eager`), ms, audio_s_per_s (seconds of audio, valid frames x 0.04 s, per
 second), peak_mem_mb (torch.cuda.max_memory_allocated, reset before the timing: the peak of
-the timed calls, warm-up and capture included). The full-trainer workloads (`trainer stage
-1/2`: data, frontend, CTC and optimiser included) are measured by bench/e2e_trainer.py, into
-the same file.
+the timed calls, warm-up and capture included). The workload `trainer` runs the full
+trainer's stages (`trainer stage 1/2`: data, frontend, CTC and optimiser included;
+bench/e2e_trainer.py, 100 steps a stage, its providers among those named) into the same
+file. Written to bench/results (no --out), the run ends by regenerating bench/RESULTS.md,
+whose last table holds issue 14's targets against these rows.
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ from dataclasses import dataclass
 import torch
 
 from bench.baselines import EagerEncoder
+from bench.e2e_trainer import PROVIDERS as TRAINER_PROVIDERS
+from bench.e2e_trainer import run_trainer
 from bench.floors import encode_gated
 from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.report import main as report_main
 from orthoasr import set_backend
 from orthoasr.backend import use_triton
 from orthoasr.config import SupernetConfig
@@ -65,6 +69,7 @@ WORKLOADS = {"stage1": "encoder stage-1 pair", "stage2": "encoder stage-2 triple
              "dense": "infer dense", "half": "infer 50%"}     # --workloads takes the keys
 PROVIDERS = ("ours", "eager_reference", "compile_reference")
 ONE_BATCH = "ours_one_batch"      # the stage-1 pair's passes as one batch
+TRAINER = "trainer"     # --workloads: the full trainer's stages (bench/e2e_trainer.py)
 
 
 @dataclass
@@ -294,22 +299,31 @@ def run(names, providers, timings, check_only: bool, out=None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS),
-                        choices=list(WORKLOADS))
+    parser.add_argument("--workloads", nargs="*", default=[*WORKLOADS, TRAINER],
+                        choices=[*WORKLOADS, TRAINER])
     parser.add_argument("--providers", nargs="*", default=list(PROVIDERS),
                         choices=[*PROVIDERS, ONE_BATCH])
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"],
                         choices=["graph", "eager"])
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for e2e.json "
-                        "(default bench/results)")
+                        "(default bench/results, and bench/RESULTS.md regenerated)")
     # max-autotune tunes every GEMM shape of every live-unit count's recompile: on a fresh
     # H200 the stage-1 pair alone outlasted a 470 s call (2026-11-30); "default" compiles in
     # a fraction of that. Rows of compile_reference name the mode.
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    parser.add_argument("--trainer-steps", type=int, default=100,
+                        help="steps per stage of the full trainer (issue 14 measured 100)")
     args = parser.parse_args()
-    failures = run([WORKLOADS[w] for w in args.workloads], args.providers, args.timings,
-                   args.check, args.out, args.compile_mode)
+    encoder_work = [WORKLOADS[w] for w in args.workloads if w != TRAINER]
+    failures = run(encoder_work, args.providers, args.timings, args.check, args.out,
+                   args.compile_mode) if encoder_work else 0
+    if TRAINER in args.workloads and not args.check:
+        # the trainer's providers that this run names (it has no compiled reference)
+        run_trainer([p for p in args.providers if p in TRAINER_PROVIDERS],
+                    steps=args.trainer_steps, out=args.out)
+    if args.out is None and not args.check:
+        report_main()
     sys.exit(1 if failures else 0)
 
 

@@ -105,6 +105,42 @@ class StepClock:
         return rows
 
 
+def run_trainer(providers, *, config="configs/paper.yaml", preset="base",
+                work_dir="/tmp/e2e_trainer", steps=60, warmup=10, max_frames=80000,
+                settings=(), out=None) -> list[dict]:
+    """Trains `steps` steps of each stage per provider on the synthetic `preset` corpus
+    (made in work_dir if missing) and writes a row per (provider, stage) to e2e.json in
+    `out` (default bench/results). settings: run-config overrides KEY=VALUE."""
+    work = Path(work_dir)
+    start = time.perf_counter()
+    corpus, common = corpus_manifests(work, preset)
+    common += [f"max_frames={max_frames}", "log_every=20", "ckpt_every=100000",
+               "ckpt_minutes=1000", f"stage1_steps={steps}",
+               f"stage2_steps={steps}", "shape_classes=8", *settings]
+    rows = []
+    for provider in providers:
+        run = load_run_config(config, common + PROVIDERS[provider])
+        with StepClock() as clock:
+            train(run, work / provider, overwrite=True)
+        for stage, row in clock.stage_rows(warmup).items():
+            rows.append({"table": "e2e", "workload": f"trainer stage {stage}",
+                         "shape": f"max_frames {max_frames}",
+                         "case": f"trainer stage {stage} {Path(config).stem}, "
+                                 f"corpus {corpus}",
+                         "mode": "train step (data, fwd+bwd, AdamW)", "provider": provider,
+                         "timing": "stream", "baseline": "eager_reference",
+                         "time_unit": "ms", "settings": " ".join(settings), **row})
+            print(f"trainer stage {stage} {provider:16s} {row['ms']:8.1f} ms "
+                  f"{row['audio_s_per_s']:8.0f} audio s/s  max/median "
+                  f"{row['max_over_median']:.2f} ({row['max_over_median_all_steps']:.2f} "
+                  f"with captures), {row['captures']} captures, {row['peak_mem_mb']:.0f} MiB; "
+                  f"slowest (step, ms) {row['slowest']}", flush=True)
+        print(f"[{time.perf_counter() - start:.0f} s]", flush=True)
+    if rows:
+        print(f"rows -> {write_rows('e2e', rows, out)}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper.yaml")
@@ -119,33 +155,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for e2e.json (default "
                         "bench/results)")
     args = parser.parse_args()
-    work = Path(args.work_dir)
-    start = time.perf_counter()
-    corpus, common = corpus_manifests(work, args.preset)
-    common += [f"max_frames={args.max_frames}", "log_every=20", "ckpt_every=100000",
-               "ckpt_minutes=1000", f"stage1_steps={args.steps}",
-               f"stage2_steps={args.steps}", "shape_classes=8", *args.set]
-    rows = []
-    for provider in args.providers:
-        run = load_run_config(args.config, common + PROVIDERS[provider])
-        with StepClock() as clock:
-            train(run, work / provider, overwrite=True)
-        for stage, row in clock.stage_rows(args.warmup).items():
-            rows.append({"table": "e2e", "workload": f"trainer stage {stage}",
-                         "shape": f"max_frames {args.max_frames}",
-                         "case": f"trainer stage {stage} {Path(args.config).stem}, "
-                                 f"corpus {corpus}",
-                         "mode": "train step (data, fwd+bwd, AdamW)", "provider": provider,
-                         "timing": "stream", "baseline": "eager_reference",
-                         "time_unit": "ms", "settings": " ".join(args.set), **row})
-            print(f"trainer stage {stage} {provider:16s} {row['ms']:8.1f} ms "
-                  f"{row['audio_s_per_s']:8.0f} audio s/s  max/median "
-                  f"{row['max_over_median']:.2f} ({row['max_over_median_all_steps']:.2f} "
-                  f"with captures), {row['captures']} captures, {row['peak_mem_mb']:.0f} MiB; "
-                  f"slowest (step, ms) {row['slowest']}", flush=True)
-        print(f"[{time.perf_counter() - start:.0f} s]", flush=True)
-    if rows:
-        print(f"rows -> {write_rows('e2e', rows, args.out)}", flush=True)
+    run_trainer(args.providers, config=args.config, preset=args.preset,
+                work_dir=args.work_dir, steps=args.steps, warmup=args.warmup,
+                max_frames=args.max_frames, settings=args.set, out=args.out)
 
 
 if __name__ == "__main__":
