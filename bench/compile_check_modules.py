@@ -151,26 +151,31 @@ def main() -> None:
                                            **fused),
                            num_warps=warps)
     print("LayerNorm forward with the ones column (the FFN's dense path): ", end="")
-    fwd = layer_norm._blocks(384)
+    fwd_ln = layer_norm._blocks(384)
     ok &= _compile(layer_norm._layer_norm_fwd_kernel,
                    dict(x_ptr="fp32", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",
                         mean_ptr="fp32", rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
                    floats=("eps", "gain"),
                    ints=dict(M=M, D=D, T=T, stride_y=D + layer_norm.ONES_PAD),
                    constexprs=dict(NUM_GATES=4, GATES_P2=4, SKIP_DEAD=False, ZERO_PADDED=True,
-                                   ONES_PAD=layer_norm.ONES_PAD, BM=fwd["BM"], BD=fwd["BD"]),
-                   num_warps=fwd["num_warps"])
-    mid = gated_conv._mid_blocks(384)
-    warps, cap = mid.pop("num_warps"), mid.pop("maxnreg", None)
-    # the default, then all 384 channels in one block (the layout before 2026-12-01's split;
-    # its last 128 columns masked: no unmasked tap loop; no register cap)
-    for tile, tile_cap in ((dict(EVEN_D=True), cap), (dict(BC=512, EVEN_D=False), None)):
-        ok &= _compile(gated_conv._conv_mid_fwd_kernel,
-                       dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", lnw_ptr="fp32",
-                            lnb_ptr="fp32", pre_ptr="bf16", out_ptr="bf16", gate_ptr="fp32",
-                            len_ptr="i64"), floats=("eps",), ints=dict(T=T, D=D, K=31),
-                       constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, **{**mid, **tile}),
-                       num_warps=warps, maxnreg=tile_cap)
+                                   ONES_PAD=layer_norm.ONES_PAD, BM=fwd_ln["BM"],
+                                   BD=fwd_ln["BD"]),
+                   num_warps=fwd_ln["num_warps"])
+    fwd = gated_conv._dw_fwd_blocks(384)
+    warps = fwd.pop("num_warps")
+    ok &= _compile(gated_conv._conv_dw_fwd_kernel,
+                   dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", pre_ptr="bf16",
+                        gate_ptr="fp32", len_ptr="i64"), ints=dict(T=T, D=D),
+                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **fwd),
+                   num_warps=warps)
+    print("LayerNorm forward with SiLU (the conv's norm): ", end="")
+    ok &= _compile(layer_norm._layer_norm_fwd_kernel,
+                   dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",
+                        mean_ptr="fp32", rstd_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
+                   floats=("eps", "gain"), ints=dict(M=M, D=D, T=T, stride_y=D),
+                   constexprs=dict(NUM_GATES=1, GATES_P2=1, SKIP_DEAD=True, ZERO_PADDED=False,
+                                   SILU=True, BM=fwd_ln["BM"], BD=fwd_ln["BD"]),
+                   num_warps=fwd_ln["num_warps"])
     norm = gated_conv._norm_bwd_blocks(384)
     norm_warps = norm.pop("num_warps")
     ok &= _compile(gated_conv._conv_mid_bwd_norm_kernel,
@@ -186,8 +191,8 @@ def main() -> None:
                         gate_ptr="fp32", len_ptr="i64"),
                    ints=dict(T=T, D=D),
                    constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, ZERO_PADDED=True,
-                                   EVEN_D=D % conv["BC"] == 0, **conv),
-                   num_warps=warps, num_stages=1)
+                                   **conv),
+                   num_warps=warps)
     dw = gated_conv._dw_grad_blocks(384)
     warps = dw.pop("num_warps")
     ok &= _compile(gated_conv._conv_dw_grad_kernel,

@@ -13,9 +13,8 @@ synchronises. Cases (the launchers' defaults unless named):
   silu-bwd          the FFN's dH GEMM with the SiLU backward, no column sums, as the dense
                     pass runs it (b1's gradient comes from the dW1 product)
   silu-bwd-gate     the same with the gate gradient's column sums, as the soft pass runs it
-  conv-mid          the depthwise conv, LayerNorm and SiLU forward
-  conv-mid-one-block  the same with all channels in one block (512 wide for 384, the
-                    layout before 2026-12-01)
+  conv-mid          the depthwise conv forward (the LayerNorm and SiLU after it, a second
+                    launch, are not the profiled kernel)
   ln-bwd            the LayerNorm backward, fp32 x and bf16 dy
 """
 
@@ -73,7 +72,6 @@ def _other_cases(lengths: torch.Tensor, T: int) -> dict:
                                        True, config=config)
     return {
         "conv-mid": conv_mid,
-        "conv-mid-one-block": lambda: conv_mid(dict(BT=16, BC=512, num_warps=8, maxnreg=None)),
         "ln-bwd": lambda: layer_norm_bwd(dy, x, ln_w, mean, rstd, lengths, T),
     }
 
@@ -89,7 +87,7 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
 # case -> the kernel ncu profiles in it
 KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate"],
                            "_rows_gemm_kernel"),
-           "conv-mid": "_conv_mid_fwd_kernel", "conv-mid-one-block": "_conv_mid_fwd_kernel",
+           "conv-mid": "_conv_dw_fwd_kernel",
            "ln-bwd": "_layer_norm_bwd_kernel"}
 
 

@@ -1,6 +1,6 @@
 """The conv module's depthwise-conv kernels at a paper step's shape (80 x 250 frames x 384,
-lengths 80-100% of T, bf16, K 31): the forward (conv, bias, LayerNorm, SiLU), the SiLU and
-LayerNorm backward, the transposed conv with the GLU backward, and the depthwise weight
+lengths 80-100% of T, bf16, K 31): the forward (conv and bias, then LayerNorm and SiLU),
+the SiLU and LayerNorm backward, the transposed conv with the GLU backward, the depthwise weight
 gradient, over tile sizes, warps and (weight gradient) pipelined loops, each replayed as a
 CUDA graph and checked against the default configuration. Rows in
 bench/results/kernels.json (table "conv_sweep").
@@ -22,21 +22,15 @@ from orthoasr.kernels.gated_conv import (
 
 D, K = 384, 31
 BF16 = torch.bfloat16
-# 2026-12-01 (H200) the tap loops pipelined (tl.range num_stages 2-4) or unrolled (2 or 4
-# taps a step) were also swept: 7-31% slower in the forward, within 2% or slower in the
-# transposed conv, and removed
-# maxnreg None: no register cap (the default's 96 would spill at 64 values a thread)
-FWD_CONFIGS = [{}, dict(maxnreg=None), dict(BT=16), dict(BT=64, maxnreg=None),
-               dict(BT=32, num_warps=8), dict(BT=16, num_warps=2)]
-# tiles whose sm_90 compile (with the unmasked tap loop, 9825966) loads each tap's weight row
-# straight in the v tile's layout: no shared-memory conversion and no barrier a tap, where
-# the default (128 channels, 4 warps) has both
-FWD_CONFIGS += [dict(BC=64, maxnreg=None), dict(BC=64, BT=64, maxnreg=None),
-                dict(BC=64, num_warps=8, maxnreg=None), dict(BC=32, BT=64, maxnreg=None)]
-# BC 512 at 8 warps: one block of all channels, the layout before 2026-12-01 (with one more
-# pass over pre now), the baseline of the channel split
-FWD_CONFIGS += [dict(BC=512, num_warps=8, maxnreg=None)]
-BWD_CONFIGS = [{}, dict(BT=64), dict(BC=128), dict(BT=16, BC=128, num_warps=8)]
+# the forward's depthwise conv (a sliding window of v rows in registers; the LayerNorm with
+# SiLU after it is a second launch, timed with it): spans of frames, loop steps (UNROLL),
+# channels a program (one a thread: BC = 32 x num_warps), and a register cap that would fit
+# six programs of 4 warps an SM (768 programs at B32xT250) where the default's 95 fit five
+FWD_CONFIGS = [{}, dict(SPAN=16), dict(SPAN=64), dict(UNROLL=4), dict(UNROLL=16),
+               dict(BC=64, num_warps=2), dict(BC=32, num_warps=1), dict(maxnreg=80)]
+# the transposed conv: the forward's sliding window with the GLU backward
+BWD_CONFIGS = [{}, dict(UNROLL=8), dict(UNROLL=2), dict(SPAN=16), dict(SPAN=64),
+               dict(BC=64, num_warps=2)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)
 DW_CONFIGS = [{}, dict(LOAD_STAGES=1), dict(LOAD_STAGES=2), dict(SPAN=32), dict(SPAN=128)]

@@ -4,8 +4,9 @@ y = g · PW2(SiLU(LN2(DWConv(mask(GLU(PW1(LN1(x))))))))
 Layers: the PyTorch reference `gated_conv_reference`; the Triton path, registered as the
 torch.library ops `orthoasr::gated_conv_fwd` / `_bwd` with `gated_conv` as entry point:
 forward = LayerNorm, PW1 GEMM with the GLU and padding mask in its epilogue (two
-accumulators, value and gate halves), `_conv_mid_fwd_kernel` (depthwise conv over valid
-frames + LayerNorm + SiLU in one pass), PW2 GEMM with bias, gate and padding-zero epilogue.
+accumulators, value and gate halves), `_conv_dw_fwd_kernel` (depthwise conv and bias over
+valid frames), the LayerNorm kernel with SiLU, PW2 GEMM with bias, gate and padding-zero
+epilogue.
 Backward = dR GEMM with the gate-gradient sums fused, `_conv_mid_bwd_norm_kernel` (SiLU and
 LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_mid_bwd_conv_kernel`
 (transposed depthwise conv, GLU backward), `_conv_dw_grad_kernel` (depthwise weight
@@ -91,111 +92,90 @@ def _conv_live(gate_ptr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr):
 
 
 @triton.jit
-def _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K,
-             SIGN: tl.constexpr, MASKED: tl.constexpr):
-    """acc [BT, BC] + the sum over taps k of src[t + SIGN * (k - K//2)] * w[k] at channels
-    cols, in fp32; src's rows are frames + t of (M, D), zeros outside [0, length). Without
-    MASKED the caller knows that every tap's frames lie in [0, length) and every column
-    below D: no load is masked."""
-    for k in range(0, K):
-        ts = t + SIGN * (k - K // 2)
-        ptrs = src_ptr + (frames + ts)[:, None] * D + cols[None, :]
-        if MASKED:
-            ok = ((ts >= 0) & (ts < length))[:, None] & col_ok[None, :]
-            x = tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-        else:
-            x = tl.load(ptrs).to(tl.float32)
-            w = tl.load(wdw_ptr + k * D + cols).to(tl.float32)
-        acc += x * w[None, :]
-    return acc
+def _frame(rows_ptr, t, length, cols, col_ok, D):
+    """(BC,) fp32: row t of one sequence's rows (rows_ptr: its row 0 of (T, D)) at channels
+    cols, zero outside [0, length)."""
+    t_vec = tl.full(cols.shape, t, tl.int32)   # the interpreter takes no scalar bool in a mask
+    ok = col_ok & (t_vec >= 0) & (t_vec < length)
+    return tl.load(rows_ptr + t * D + cols, mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _depthwise(acc, src_ptr, wdw_ptr, frames, t0, length, cols, col_ok, D, K,
-               SIGN: tl.constexpr, EVEN_D: tl.constexpr, BT: tl.constexpr):
-    """_tap_sum over frames [t0, t0 + BT), its loads unmasked where every tap of the tile
-    falls inside the sequence and D is a multiple of the channel block (EVEN_D): most
-    tiles of a long sequence. The tap loop is bound by instruction issue (ncu), and the
-    masks are a third of its instructions (sm_90 PTX: per tap and thread, 4 row loads,
-    32 conversions and 32 FMAs against ~35 instructions of row masks and ~16 moves of
-    the masked-off value). Both paths sum the same terms in the same order."""
-    t = t0 + tl.arange(0, BT)
-    inside = False
-    if EVEN_D:
-        inside = (t0 >= K // 2) & (t0 + BT + K // 2 <= length)
-    if inside:
-        acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K, SIGN,
-                       False)
-    else:
-        acc = _tap_sum(acc, src_ptr, wdw_ptr, frames, t, length, cols, col_ok, D, K, SIGN,
-                       True)
-    return acc
+def _taps(wdw_ptr, cols, col_ok, K: tl.constexpr, REVERSED: tl.constexpr):
+    """The K depthwise weights of channels cols as a tuple of (BC,) fp32, tap k first (or
+    tap K-1 first, REVERSED); wdw: the (D, K) weight, read once a program."""
+    taps = ()
+    for k in tl.static_range(K):
+        tap = K - 1 - k if REVERSED else k
+        taps = taps + (tl.load(wdw_ptr + cols * K + tap, mask=col_ok, other=0.0)
+                       .to(tl.float32),)
+    return taps
 
 
 @triton.jit
-def _conv_mid_fwd_kernel(
-    v_ptr, wdw_ptr, bdw_ptr, lnw_ptr, lnb_ptr, pre_ptr, out_ptr, gate_ptr, len_ptr,
-    T, D, K, eps,  # wdw: the depthwise weight transposed to (K, D), coalesced per tap
-    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    EVEN_D: tl.constexpr,
+def _window_at(rows_ptr, start, length, cols, col_ok, D, K: tl.constexpr):
+    """The rows start - K//2 .. start + K//2 - 1 of one sequence (zero outside [0, length)),
+    a tuple of K - 1 (BC,) fp32: what frame `start`'s window holds before its step."""
+    window = ()
+    for k in tl.static_range(K - 1):
+        window = window + (_frame(rows_ptr, start - K // 2 + k, length, cols, col_ok, D),)
+    return window
+
+
+@triton.jit
+def _slide(window, taps, ahead, t_vec, length, col_ok, acc, K: tl.constexpr):
+    """One frame t of a depthwise conv over a sliding window: appends the row that `ahead`
+    points at (row t + K//2, zero at or past length; t_vec: t over the channels), returns
+    (acc + sum_k window[k] * taps[k], the window without its oldest row). The taps are
+    summed in order, tap 0 first."""
+    new = tl.load(ahead, mask=col_ok & (t_vec + K // 2 < length), other=0.0)
+    window = window + (new.to(tl.float32),)
+    for k in tl.static_range(K):
+        acc += window[k] * taps[k]
+    return acc, window[1:]
+
+
+@triton.jit
+def _conv_dw_fwd_kernel(
+    v_ptr, wdw_ptr, bdw_ptr, pre_ptr, gate_ptr, len_ptr, T, D,
+    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr,
+    BC: tl.constexpr, UNROLL: tl.constexpr,
 ):
-    # Program (i, b) makes frames [i*BT, (i+1)*BT) of sequence b, all channels, BC at a
-    # time: the depthwise conv sums K shifted (L1-resident) loads of v, zero outside
-    # [0, lengths[b]), into pre; then the LayerNorm over channels (its mean and variance
-    # from pre as stored, as the backward reads it) and SiLU. Tiles past the sequence's
-    # length return at once.
-    # Why channel blocks: the tap loop is bound by instruction issue (ncu, H200: 72% of the
-    # SMs' issue rate, 5% of DRAM bandwidth), and one tile of all channels is a power of 2
-    # wide, 512 for D 384, a quarter of its lanes masked off in every tap. The two passes
-    # over pre for the statistics cost about what that saved; gathering them in the conv's
-    # pass instead, each block's mean and squared deviations joined by the pairwise update,
-    # cost more (95.1 us against 82.0, H200, ce12465): two more reductions across threads
-    # a block in a kernel bound by issue.
-    # The tap loop's loads are not async copies (num_stages pipelines only loads that feed a
-    # dot); made so with tl.range(num_stages=2..4), or unrolled 2 or 4 taps a step, it was
-    # 7-31% slower (H200, bench/sweep_conv.py, 2026-12-01).
-    pid_t = tl.program_id(0)
-    seq = tl.program_id(1)
+    # Program (s, j, b): the depthwise conv and its bias, pre[t] = b + sum_k v[t + k - P] w[k]
+    # (P = K // 2, v zero outside [0, lengths[b])), for frames [s*SPAN, +SPAN) of sequence
+    # b and channels [j*BC, +BC), one channel a thread. The K weights stay in registers, and
+    # so do the K rows of v that frame t reads: the window slides one row a frame (one load
+    # and one conversion an output, then K FMAs; sm_90: ~49 instructions an output, where
+    # the former kernel's tap loop took ~106-134 (each tap's shifted tile loaded and
+    # converted again): 36 us a call at B32xT250 on the H200 (profiles/kernels_ca8bb7b).
+    # The window is a tuple: each step appends the new row and drops the oldest, which the
+    # compiler resolves to registers; UNROLL steps a loop iteration leave one set of
+    # register moves per iteration instead of one a frame. Frames at or past the sequence's
+    # length are left unwritten (the LayerNorm after it skips them too).
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    seq = tl.program_id(2)
     length = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32)   # int32 compares
-    t = pid_t * BT + tl.arange(0, BT)
-    row_ok = t < length
+    start = pid_s * SPAN
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
-    if (live > 0) & (pid_t * BT < length):
-        dtype = pre_ptr.dtype.element_ty
-        row_sum = tl.zeros([BT], dtype=tl.float32)
-        for c0 in range(0, D, BC):
-            cols = c0 + tl.arange(0, BC)
-            col_ok = cols < D
-            acc = tl.zeros([BT, BC], dtype=tl.float32)
-            acc += tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            acc = _depthwise(acc, v_ptr, wdw_ptr, seq * T, pid_t * BT, length, cols, col_ok,
-                             D, K, 1, EVEN_D, BT)
-            ok = row_ok[:, None] & col_ok[None, :]
-            pre = acc.to(dtype)
-            tl.store(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], pre, mask=ok)
-            row_sum += tl.sum(tl.where(col_ok[None, :], pre.to(tl.float32), 0.0), 1)
-        tl.debug_barrier()      # pre's blocks, as stored, visible to every thread
-        mean = row_sum / D
-        row_sq = tl.zeros([BT], dtype=tl.float32)
-        for c0 in range(0, D, BC):
-            cols = c0 + tl.arange(0, BC)
-            ok = row_ok[:, None] & (cols < D)[None, :]
-            x = tl.load(pre_ptr + (seq * T + t)[:, None] * D + cols[None, :], mask=ok,
-                        other=0.0).to(tl.float32)
-            xc = tl.where(ok, x - mean[:, None], 0.0)
-            row_sq += tl.sum(xc * xc, 1)
-        rstd = 1.0 / tl.sqrt(row_sq / D + eps)
-        for c0 in range(0, D, BC):
-            cols = c0 + tl.arange(0, BC)
-            col_ok = cols < D
-            ok = row_ok[:, None] & col_ok[None, :]
-            tile = (seq * T + t)[:, None] * D + cols[None, :]
-            x = tl.load(pre_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-            lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            q = (x - mean[:, None]) * rstd[:, None] * lnw[None, :] + lnb[None, :]
-            tl.store(out_ptr + tile, (q * tl.sigmoid(q)).to(out_ptr.dtype.element_ty), mask=ok)
+    if (live > 0) & (start < length):
+        cols = pid_c * BC + tl.arange(0, BC)
+        col_ok = cols < D
+        rows = v_ptr + seq * T * D
+        taps = _taps(wdw_ptr, cols, col_ok, K, False)
+        bias = tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        window = _window_at(rows, start, length, cols, col_ok, D, K)
+        end = tl.minimum(start + SPAN, length)
+        # pointers stepped a row a frame (a product t * D a frame cost ~4 instructions)
+        ahead = rows + (start + K // 2) * D + cols      # v row t + P
+        out = pre_ptr + (seq * T + start) * D + cols    # pre row t
+        for t0 in range(start, end, UNROLL):
+            for i in tl.static_range(UNROLL):
+                t_vec = tl.full(cols.shape, t0 + i, tl.int32)
+                acc, window = _slide(window, taps, ahead, t_vec, length, col_ok, bias, K)
+                tl.store(out, acc.to(pre_ptr.dtype.element_ty), mask=col_ok & (t_vec < end))
+                ahead += D
+                out += D
 
 
 @triton.jit
@@ -262,49 +242,54 @@ def _conv_mid_bwd_norm_kernel(
 
 @triton.jit
 def _conv_mid_bwd_conv_kernel(
-    dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr,
-    T, D,  # wdw: (K, D) as in the forward
-    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr,
-    BC: tl.constexpr, ZERO_PADDED: tl.constexpr, EVEN_D: tl.constexpr,
+    dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr, T, D,
+    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr,
+    BC: tl.constexpr, UNROLL: tl.constexpr, ZERO_PADDED: tl.constexpr,
 ):
-    # Program (i, j, b) owns frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b:
-    # dV[t] = sum_k dW[t - k + P] w[k] (transposed depthwise conv; each tap's shifted tile
-    # comes from L1/L2), then the GLU backward dU = (dV sigmoid(b), dV a sigmoid'(b)).
-    # As in the forward, a pipelined or unrolled tap loop was no faster (bench/sweep_conv.py).
+    # Program (s, j, b) owns frames [s*SPAN, +SPAN) and channels [j*BC, +BC) of sequence b,
+    # one channel a thread: dV[t] = sum_k dW[t + P - k] w[k] (the transposed depthwise conv:
+    # the forward's sliding window over dW rows with the taps reversed; see
+    # _conv_dw_fwd_kernel), then the GLU backward dU = (dV sigmoid(b), dV a sigmoid'(b)).
     # Padded frames are left unwritten, or written as zeros with ZERO_PADDED (for a dense
-    # product over every row, dense_wgrad).
-    pid_t = tl.program_id(0)
+    # product over every row, dense_wgrad), as are all of a dead module's.
+    pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
-    length = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32)   # int32 compares
-    t = pid_t * BT + tl.arange(0, BT)
+    live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
+    # frames below `valid` get gradients: none for a dead module
+    valid = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32) * live
+    start = pid_s * SPAN
     cols = pid_c * BC + tl.arange(0, BC)
     col_ok = cols < D
-    live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
-    if (live > 0) & (pid_t * BT < length):
-        ok = (t < length)[:, None] & col_ok[None, :]
-        frames = seq * T
-        dv = _depthwise(tl.zeros([BT, BC], dtype=tl.float32), dpre_ptr, wdw_ptr, frames,
-                        pid_t * BT, length, cols, col_ok, D, K, -1, EVEN_D, BT)
-        u_rows = (frames + t)[:, None] * (2 * D)
-        a = tl.load(u_ptr + u_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        b = tl.load(u_ptr + u_rows + D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(b)
-        da = dv * sig
-        db = dv * a * sig * (1.0 - sig)
-        write = ok
-        if ZERO_PADDED:
-            da, db = tl.where(ok, da, 0.0), tl.where(ok, db, 0.0)
-            write = (t < T)[:, None] & col_ok[None, :]
-        dtype = du_ptr.dtype.element_ty
-        tl.store(du_ptr + u_rows + cols[None, :], da.to(dtype), mask=write)
-        tl.store(du_ptr + u_rows + D + cols[None, :], db.to(dtype), mask=write)
-    elif ZERO_PADDED:     # a tile past the sequence's length, or a dead module
-        write = (t < T)[:, None] & col_ok[None, :]
-        zeros = tl.zeros([BT, BC], dtype=du_ptr.dtype.element_ty)
-        u_rows = (seq * T + t)[:, None] * (2 * D)
-        tl.store(du_ptr + u_rows + cols[None, :], zeros, mask=write)
-        tl.store(du_ptr + u_rows + D + cols[None, :], zeros, mask=write)
+    dtype = du_ptr.dtype.element_ty
+    if start < valid:
+        rows = dpre_ptr + seq * T * D
+        taps = _taps(wdw_ptr, cols, col_ok, K, True)
+        window = _window_at(rows, start, valid, cols, col_ok, D, K)
+        end = tl.minimum(start + SPAN, valid)
+        ahead = rows + (start + K // 2) * D + cols      # dW row t + P
+        u_row = u_ptr + (seq * T + start) * (2 * D) + cols
+        du_row = du_ptr + (seq * T + start) * (2 * D) + cols
+        for t0 in range(start, end, UNROLL):
+            for i in tl.static_range(UNROLL):
+                t_vec = tl.full(cols.shape, t0 + i, tl.int32)
+                dv, window = _slide(window, taps, ahead, t_vec, valid, col_ok,
+                                    tl.zeros(cols.shape, tl.float32), K)
+                ok = col_ok & (t_vec < end)
+                a = tl.load(u_row, mask=ok, other=0.0).to(tl.float32)
+                b = tl.load(u_row + D, mask=ok, other=0.0).to(tl.float32)
+                sig = tl.sigmoid(b)
+                tl.store(du_row, (dv * sig).to(dtype), mask=ok)
+                tl.store(du_row + D, (dv * a * sig * (1.0 - sig)).to(dtype), mask=ok)
+                ahead += D
+                u_row += 2 * D
+                du_row += 2 * D
+    if ZERO_PADDED:     # the span's frames at or past `valid`
+        for t in range(tl.maximum(start, valid), tl.minimum(start + SPAN, T)):
+            du_row = du_ptr + (seq * T + t) * (2 * D) + cols
+            zeros = tl.zeros(cols.shape, dtype)
+            tl.store(du_row, zeros, mask=col_ok)
+            tl.store(du_row + D, zeros, mask=col_ok)
 
 
 @triton.jit
@@ -381,16 +366,14 @@ def _conv_dw_grad_kernel(
 
 LN_EPS = 1e-5      # both LayerNorms, as nn.LayerNorm's default
 
-def _mid_blocks(D: int) -> dict:
-    """Tiles of the conv forward: 32 frames x 128 channels at 4 warps (32 values a thread;
-    at D 384, three channel blocks a program, none masked). H200 at 80 x 250 x 384 bf16
-    (bench/sweep_conv.py, 0d2f40d): 82.0 us against 85.2 at 16 frames, 101.1 at 32 frames
-    and 8 warps, 95.9 at 64 channels; the former one-block kernel 85.3. Registers capped at
-    96, what that kernel compiled to (sm_90): with the unmasked tap loop it takes 128 (four
-    programs an SM in place of five), and a variant at 128 ran 95.1 us (ce12465)."""
+def _dw_fwd_blocks(D: int) -> dict:
+    """Tiles of the depthwise conv forward: spans of 32 frames, one channel a thread, 128
+    channels at 4 warps (768 programs at B32xT250, D 384), 8 frames a loop iteration. Chosen
+    by the instruction count of an sm_90 compile (bench/compile_check_modules.py), not yet
+    timed on a GPU: bench/sweep_conv.py has the others."""
     if interpreting():
-        return dict(BT=16, BC=16, num_warps=4)
-    return dict(BT=32, BC=min(128, max(16, next_pow2(D))), num_warps=4, maxnreg=96)
+        return dict(SPAN=8, BC=16, UNROLL=4, num_warps=1)
+    return dict(SPAN=32, BC=128, UNROLL=8, num_warps=4)
 
 
 def _norm_bwd_blocks(D: int) -> dict:
@@ -406,14 +389,14 @@ def _norm_bwd_blocks(D: int) -> dict:
 
 
 def _conv_blocks(D: int) -> dict:
-    """Tiles of the transposed depthwise conv: 32 frames x 128 channels (768 programs at
-    B32xT250, D 384; 256-byte rows in bf16). H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py,
-    b26bdee): 61.0 us against 65.1 at 64 channels and 68.9 at 64 frames. sm_90 compile
-    (bench/compile_check_modules.py): no spills at 4 warps; with the tap loop unrolled it
-    spilled."""
-    if interpreting():
-        return dict(BT=16, BC=max(16, next_pow2(D)), num_warps=4)
-    return dict(BT=32, BC=min(128, max(16, next_pow2(D))), num_warps=4)
+    """Tiles of the transposed depthwise conv: the forward's (_dw_fwd_blocks, the same sliding
+    window), 4 frames a loop iteration. sm_90 compiles (K 31, 4 warps): 123 registers and ~86
+    instructions a frame and channel with the GLU backward; 8 frames took 168 registers (three
+    programs an SM in place of four) for ~81, 2 frames 77 for ~108 (the window's moves). Not
+    yet timed on a GPU (the former tap-loop kernel: 23.7 us a call at B32xT250 on the H200,
+    profiles/kernels_ca8bb7b_h200.txt)."""
+    tiles = _dw_fwd_blocks(D)
+    return tiles if interpreting() else {**tiles, "UNROLL": 4}
 
 
 def _dw_grad_blocks(D: int) -> dict:
@@ -453,15 +436,16 @@ def conv_dw_grad(dpre: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, T: 
 def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_dead,
                  config=None):
     """The depthwise conv, its bias, LayerNorm and SiLU: v [M, D] -> r [M, D], the conv
-    output in pre [M, D] (the backward's input; a scratch buffer in inference, never v).
-    config: dict(BT, BC, num_warps) in place of the defaults (bench/sweep_conv.py)."""
+    output in pre [M, D] (the backward's input; a scratch buffer in inference, never v),
+    valid frames only. Two launches: the conv, then the LayerNorm kernel with SiLU.
+    config: dict(SPAN, BC, UNROLL, num_warps) for the conv in place of the defaults
+    (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
-    blk = {**_mid_blocks(D), **(config or {})}
-    launch(_conv_mid_fwd_kernel, (cdiv(T, blk["BT"]), v.shape[0] // T),
-        v, dw_w.t().contiguous(), dw_b, ln2_w, ln2_b, pre, r,
-        gates if gates is not None else v, lengths, T, D, K, LN_EPS,
-        HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
-        EVEN_D=D % blk["BC"] == 0, **blk)
+    blk = {**_dw_fwd_blocks(D), **(config or {})}
+    launch(_conv_dw_fwd_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]), v.shape[0] // T),
+        v, dw_w.contiguous(), dw_b, pre, gates if gates is not None else v, lengths, T, D,
+        K=K, HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None, **blk)
+    layer_norm_fwd(pre, ln2_w, ln2_b, lengths, T, gates, skip_dead, LN_EPS, out=r, silu=True)
 
 
 def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, skip_dead,
@@ -486,15 +470,14 @@ def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
                       config=None, zero_padded=False):
     """The transposed depthwise conv and the GLU backward: dpre [M, D], u [M, 2D] (the GLU
     input) -> du [M, 2D], its padded rows unwritten or, with zero_padded, zeros. config:
-    dict(BT, BC, num_warps) in place of the defaults (bench/sweep_conv.py)."""
+    dict(SPAN, BC, UNROLL, num_warps) in place of the defaults (bench/sweep_conv.py)."""
     D, K = dpre.shape[1], dw_w.shape[1]
     blk = {**_conv_blocks(D), **(config or {})}
     du = dpre.new_empty(dpre.shape[0], 2 * D)
-    launch(_conv_mid_bwd_conv_kernel, (cdiv(T, blk["BT"]), cdiv(D, blk["BC"]),
+    launch(_conv_mid_bwd_conv_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]),
                                        dpre.shape[0] // T),
-        dpre, u, dw_w.t().contiguous(), du, gate_arg, lengths, T, D,
-        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded,
-        EVEN_D=D % blk["BC"] == 0, **blk)
+        dpre, u, dw_w.contiguous(), du, gate_arg, lengths, T, D,
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded, **blk)
     return du
 
 

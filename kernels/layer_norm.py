@@ -68,6 +68,7 @@ def _layer_norm_fwd_kernel(
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     ONES_PAD: tl.constexpr = 0, RESIDUAL: tl.constexpr = False, DROPOUT: tl.constexpr = False,
+    SILU: tl.constexpr = False,
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
     # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
@@ -78,6 +79,7 @@ def _layer_norm_fwd_kernel(
     # RESIDUAL: x is x_ptr + gain * dropout(res_ptr), written to xnew_ptr at every row (the
     # residual stream) and normalised as written (rounded to its dtype), as an unfused
     # residual step and norm would. DROPOUT (p > 0): with the mask drawn from seed_ptr.
+    # SILU: y = silu(LayerNorm(x)) (the conv module's norm after its depthwise conv).
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
     row_ok = _valid_rows(rows, M, T, len_ptr)
@@ -103,6 +105,8 @@ def _layer_norm_fwd_kernel(
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        if SILU:
+            y = y * tl.sigmoid(y)
         if ZERO_PADDED:
             y = tl.where(ok, y, 0.0)
             ok = (rows < M)[:, None] & col_ok[None, :]
@@ -215,9 +219,10 @@ BWD_WARPS_PER_SM = 8
 
 def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
                    out_dtype=None, zero_padded=False, ones_column=False, config=None,
-                   residual: Residual | None = None):
+                   residual: Residual | None = None, out=None, silu=False):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
-    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. With
+    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. out: y's
+    tensor, given (then out_dtype is its dtype); silu: y = silu(LayerNorm(x)). With
     ones_column (zero_padded only), y is [M, D + ONES_PAD] with 1 in column D and 0 after
     it: y[:, :D] is the normalised x, and a product a^T y also gives a's column sums (the
     FFN's bias gradient in its weight gradient's GEMM). residual (from `step_in`): the
@@ -227,8 +232,9 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     if ones_column and not zero_padded:
         raise ValueError("layer_norm_fwd: ones_column needs zero_padded (every row written)")
     blk = {**_blocks(D, residual=residual is not None), **(config or {})}
-    y = torch.empty(M, D + (ONES_PAD if ones_column else 0), dtype=out_dtype or x2d.dtype,
-                    device=x2d.device)
+    y = out if out is not None else torch.empty(
+        M, D + (ONES_PAD if ones_column else 0), dtype=out_dtype or x2d.dtype,
+        device=x2d.device)
     mean = torch.empty(M, dtype=torch.float32, device=x2d.device)
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
@@ -239,7 +245,7 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
         M, D, T, eps, y.stride(0), keep_threshold(res.p), res.gain, NUM_GATES=n_gates,
         GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead and gates is not None,
         ZERO_PADDED=zero_padded, ONES_PAD=ONES_PAD if ones_column else 0,
-        RESIDUAL=residual is not None, DROPOUT=res.p > 0, **blk)
+        RESIDUAL=residual is not None, DROPOUT=res.p > 0, SILU=silu, **blk)
     return y, mean, rstd
 
 

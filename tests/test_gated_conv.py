@@ -143,14 +143,17 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
 
 
 def test_gpu_tiles_several_channel_blocks(monkeypatch):
-    """The transposed-conv, depthwise weight-gradient and norm-backward kernels with GPU-like
-    tiles (the interpreter's own tiles hold every channel in one block): channel blocks with
-    a ragged last one, frame tiles whose halo crosses their edges, weight-gradient spans of
-    30 frames (not a multiple of the kernel's 4-frame step; three per sequence, the last
+    """The conv, transposed-conv, depthwise weight-gradient and norm-backward kernels with
+    GPU-like tiles (the interpreter's own tiles hold 16 channels a block): channel blocks of
+    64 with a ragged last one, spans of 32 frames whose windows cross their edges, stepped 8
+    frames at a time (lengths 75, 40, 1: not multiples of 8), weight-gradient spans of 30
+    frames (not a multiple of the kernel's 4-frame step; three per sequence, the last
     partial) with async-copied loads, the norm backward two frames at a time over spans of
     32, a sequence of one frame."""
     from orthoasr.kernels import gated_conv as module
-    monkeypatch.setattr(module, "_conv_blocks", lambda D: dict(BT=32, BC=64, num_warps=4))
+    tiles = dict(SPAN=32, BC=64, UNROLL=8, num_warps=2)
+    monkeypatch.setattr(module, "_dw_fwd_blocks", lambda D: tiles)
+    monkeypatch.setattr(module, "_conv_blocks", lambda D: tiles)
     monkeypatch.setattr(module, "_dw_grad_blocks",
                         lambda D: dict(SPAN=30, BC=64, num_warps=4, LOAD_STAGES=3))
     monkeypatch.setattr(module, "_norm_bwd_blocks",
@@ -209,7 +212,7 @@ def test_mid_forward_statistics_under_a_large_offset():
     ln_w, ln_b = torch.randn(d) + 1, torch.randn(d) * 0.2
     pre, r = torch.zeros_like(v), torch.zeros_like(v)
     module.conv_mid_fwd(v, dw_w, dw_b, ln_w, ln_b, pre, r, None, lengths, T, False,
-                        config=dict(BT=4, BC=8, num_warps=4))
+                        config=dict(SPAN=4, BC=8))
     valid = valid_mask(lengths, T)
     v64 = torch.where(valid[..., None], v.double().view(-1, T, d), 0.0)
     w = torch.nn.functional.conv1d(v64.transpose(1, 2), dw_w.double()[:, None, :],
@@ -247,13 +250,15 @@ def _launch_option_outputs(K, device, dtype, configs):
 
 # other tiles (channel blocks of 24 = 16 + 8 by default: a partial block; here one block
 # wider than the channels, and three full ones), and the weight gradient's frame loop with
-# and without async copies (LOAD_STAGES). Channel blocks dividing D and tiles of 4 frames
-# give both convs' unmasked tap loops (tiles whose taps all fall inside the sequence) at
-# K 3; the default's masked loops must give the same values, and the NaN in the padded
-# rows catch a tile that reads past its sequence
-LAUNCH_OPTIONS = [(dict(BT=4), dict(BT=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
-                  (dict(BC=32), {}, dict(LOAD_STAGES=1)), (dict(BC=8), {}, dict(LOAD_STAGES=2)),
-                  (dict(BT=4, BC=8), dict(BT=4, BC=8), {})]
+# and without async copies (LOAD_STAGES). The two convs' spans: longer than the sequences,
+# one frame, and spans that their loop steps (UNROLL) do not divide, so that steps past a
+# span's end are masked; the NaN in the padded rows catch a span that reads past its
+# sequence
+LAUNCH_OPTIONS = [(dict(SPAN=32, UNROLL=8), dict(SPAN=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
+                  (dict(BC=32, SPAN=1, UNROLL=1), dict(SPAN=32, UNROLL=8), dict(LOAD_STAGES=1)),
+                  (dict(BC=8, SPAN=6, UNROLL=4), dict(BC=32, SPAN=1, UNROLL=1),
+                   dict(LOAD_STAGES=2)),
+                  (dict(SPAN=5, BC=8, UNROLL=2), dict(SPAN=5, BC=8, UNROLL=2), {})]
 
 
 @pytest.mark.parametrize("K", [3, 31])
