@@ -26,8 +26,9 @@ BF16 = torch.bfloat16
 # SiLU after it is a second launch, timed with it): spans of frames, loop steps (UNROLL),
 # channels a program (one a thread: BC = 32 x num_warps), and a register cap that would fit
 # six programs of 4 warps an SM (768 programs at B32xT250) where the default's 95 fit five
-FWD_CONFIGS = [{}, dict(SPAN=16), dict(SPAN=64), dict(UNROLL=4), dict(UNROLL=16),
-               dict(BC=64, num_warps=2), dict(BC=32, num_warps=1), dict(maxnreg=80)]
+FWD_CONFIGS = [{}, dict(SPAN=16), dict(SPAN=48), dict(SPAN=64), dict(UNROLL=4),
+               dict(UNROLL=16), dict(BC=64, num_warps=2), dict(BC=32, num_warps=1),
+               dict(maxnreg=80)]
 # the transposed conv: the forward's sliding window with the GLU backward
 BWD_CONFIGS = [{}, dict(UNROLL=8), dict(UNROLL=2), dict(SPAN=16), dict(SPAN=64),
                dict(BC=64, num_warps=2)]
