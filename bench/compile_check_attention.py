@@ -49,6 +49,37 @@ def _resource_usage(cubin: bytes) -> str:
     return f"{fields.get('REG', '?')} spill {fields.get('STACK', '?')}"
 
 
+def _longest_loop(cubin: bytes) -> str:
+    """SASS instructions in the kernel's longest loop (a label to a branch back to it), from
+    nvdisasm (shipped with Triton), if it runs here: with the loop's FMAs or MMAs, a cheap
+    measure of the work an iteration issues (the sliding-window convs took ~49 a frame and
+    channel where the tap loops before them took 106-134, 2026-12-02)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            lines = subprocess.run([tool, "-c", f.name], capture_output=True,
+                                   text=True).stdout.splitlines()
+        except OSError:
+            return "?"
+    labels = {m.group(1): i for i, line in enumerate(lines)
+              if (m := re.match(r"^(\.L_x_\d+):", line))}
+    longest = 0
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
+        if m and labels.get(m.group(1), i) < i:
+            longest = max(longest, sum(1 for x in lines[labels[m.group(1)]:i + 1]
+                                       if re.search(r"/\*[0-9a-f]{4}\*/", x)))
+    return str(longest if longest > 1 else 0)   # 1: the end-of-kernel branch to itself
+
+
 def _loop_conversions(ttgir: str) -> int:
     """Layout conversions inside loops of a kernel's TTGIR: each one is a round trip through
     shared memory with barriers, per iteration (a conv kernel's per-tap weight row cost two
@@ -111,7 +142,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
           f"barriers {compiled.asm['ptx'].count('bar.sync')} "
           f"loop conversions {_loop_conversions(compiled.asm['ttgir'])} "
           f"async copies {compiled.asm['ttgir'].count('async_copy_global_to_local')} "
-          f"TMA copies {compiled.asm['ttgir'].count('async_tma_copy_global_to_local')}")
+          f"TMA copies {compiled.asm['ttgir'].count('async_tma_copy_global_to_local')} "
+          f"longest loop {_longest_loop(compiled.asm['cubin'])} instructions")
     return ok
 
 
