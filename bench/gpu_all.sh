@@ -19,7 +19,8 @@
 #            look: "--preset small --steps 40 --set shape_classes=2", 29% padding)
 #   e2e      bench/e2e.py: the encoder's stage-1 pair, stage-2 triple and inference, ours vs
 #            the eager reference and its torch.compile (issue 14; not in the default set:
-#            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it)
+#            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it;
+#            the default leaves out its `trainer` workload, which is the trainer stage)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
 #   probe    bench/gemm_probe.py: plain GEMMs, one program per tile vs persistent, vs cuBLAS
 #            (PROBE_ARGS, e.g. "--rows 20000")
@@ -142,7 +143,8 @@ if has floors; then
   cp $REPO/bench/results/kernels.json $OUT/
 fi
 if has e2e; then
-  timeout ${E2E_S:-540} python3 -m bench.e2e ${E2E_ARGS:-} > $OUT/e2e.log 2>&1
+  timeout ${E2E_S:-540} python3 -m bench.e2e ${E2E_ARGS:---workloads stage1 stage2 dense half} \
+    > $OUT/e2e.log 2>&1
   echo "e2e rc=$?"; grep -E "FAILED|failed|Error" $OUT/e2e.log | head
   cp $REPO/bench/results/e2e.json $OUT/
 fi
