@@ -371,8 +371,8 @@ def _dw_fwd_blocks(D: int) -> dict:
     channels at 4 warps (768 programs at B32xT250, D 384), 8 frames a loop iteration. Chosen
     by the instruction count of an sm_90 compile (bench/compile_check_modules.py), not yet
     timed on a GPU: bench/sweep_conv.py has the others."""
-    if interpreting():
-        return dict(SPAN=8, BC=16, UNROLL=4, num_warps=1)
+    if interpreting():      # every channel in one program: fewer interpreted ops
+        return dict(SPAN=16, BC=max(16, next_pow2(D)), UNROLL=4, num_warps=1)
     return dict(SPAN=32, BC=128, UNROLL=8, num_warps=4)
 
 

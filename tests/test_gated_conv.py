@@ -248,13 +248,14 @@ def _launch_option_outputs(K, device, dtype, configs):
     return outs
 
 
-# other tiles (channel blocks of 24 = 16 + 8 by default: a partial block; here one block
-# wider than the channels, and three full ones), and the weight gradient's frame loop with
-# and without async copies (LOAD_STAGES). The two convs' spans: longer than the sequences,
-# one frame, and spans that their loop steps (UNROLL) do not divide, so that steps past a
-# span's end are masked; the NaN in the padded rows catch a span that reads past its
-# sequence
-LAUNCH_OPTIONS = [(dict(SPAN=32, UNROLL=8), dict(SPAN=8, BC=16), dict(SPAN=8, LOAD_STAGES=3)),
+# other tiles (channel blocks of 24 = 16 + 8: a partial block; one block wider than the
+# channels, as the interpreter's defaults have; three full ones), and the weight gradient's
+# frame loop with and without async copies (LOAD_STAGES). The two convs' spans: longer than
+# the sequences, one frame, and spans that their loop steps (UNROLL) do not divide, so that
+# steps past a span's end are masked; the NaN in the padded rows catch a span that reads
+# past its sequence
+LAUNCH_OPTIONS = [(dict(SPAN=32, UNROLL=8, BC=16), dict(SPAN=8, BC=16),
+                   dict(SPAN=8, LOAD_STAGES=3)),
                   (dict(BC=32, SPAN=1, UNROLL=1), dict(SPAN=32, UNROLL=8), dict(LOAD_STAGES=1)),
                   (dict(BC=8, SPAN=6, UNROLL=4), dict(BC=32, SPAN=1, UNROLL=1),
                    dict(LOAD_STAGES=2)),
