@@ -319,6 +319,9 @@ def main() -> None:
     failures = run(encoder_work, args.providers, args.timings, args.check, args.out,
                    args.compile_mode) if encoder_work else 0
     if TRAINER in args.workloads and not args.check:
+        if not torch.cuda.is_available():
+            raise SystemExit("the trainer workload times CUDA steps: it needs a GPU "
+                             "(--workloads without trainer, or --check, on the CPU)")
         # the trainer's providers that this run names (it has no compiled reference)
         run_trainer([p for p in args.providers if p in TRAINER_PROVIDERS],
                     steps=args.trainer_steps, out=args.out)
