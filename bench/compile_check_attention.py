@@ -28,22 +28,29 @@ STRIDES = ("stride_qb", "stride_qh", "stride_qt", "stride_kb", "stride_kh", "str
 TYPICAL = {name: 192 for name in STRIDES} | dict(H=6, T=250, M=8000, D=384)
 
 
-def _resource_usage(cubin: bytes) -> str:
-    """Registers / spills from cuobjdump (shipped with Triton), if it runs here."""
+def _cubin_tool(cubin: bytes, tool: str, *args: str) -> str | None:
+    """stdout of one of the CUDA tools shipped with Triton (cuobjdump, nvdisasm) run on
+    `cubin`, or None where it does not run here."""
     import os
     import subprocess
     import tempfile
 
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                        "cuobjdump")
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         try:
-            out = subprocess.run([tool, "-res-usage", f.name], capture_output=True,
-                                 text=True).stdout
+            return subprocess.run([path, *args, f.name], capture_output=True,
+                                  text=True).stdout
         except OSError:
-            return "?"
+            return None
+
+
+def _resource_usage(cubin: bytes) -> str:
+    """Registers / spills from cuobjdump, if it runs here."""
+    out = _cubin_tool(cubin, "cuobjdump", "-res-usage")
+    if out is None:
+        return "?"
     line = next((x for x in out.splitlines() if "REG:" in x), "")
     fields = dict(x.split(":", 1) for x in line.split() if ":" in x)
     return f"{fields.get('REG', '?')} spill {fields.get('STACK', '?')}"
@@ -51,24 +58,15 @@ def _resource_usage(cubin: bytes) -> str:
 
 def _longest_loop(cubin: bytes) -> str:
     """SASS instructions in the kernel's longest loop (a label to a branch back to it), from
-    nvdisasm (shipped with Triton), if it runs here: with the loop's FMAs or MMAs, a cheap
-    measure of the work an iteration issues (the sliding-window convs took ~49 a frame and
-    channel where the tap loops before them took 106-134, 2026-12-02)."""
-    import os
+    nvdisasm, if it runs here: with the loop's FMAs or MMAs, a cheap measure of the work an
+    iteration issues (the sliding-window convs took ~49 a frame and channel where the tap
+    loops before them took 106-134, 2026-12-02)."""
     import re
-    import subprocess
-    import tempfile
 
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                        "nvdisasm")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        try:
-            lines = subprocess.run([tool, "-c", f.name], capture_output=True,
-                                   text=True).stdout.splitlines()
-        except OSError:
-            return "?"
+    out = _cubin_tool(cubin, "nvdisasm", "-c")
+    if out is None:
+        return "?"
+    lines = out.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines)
               if (m := re.match(r"^(\.L_x_\d+):", line))}
     longest = 0

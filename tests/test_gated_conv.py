@@ -144,7 +144,7 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
 
 def test_gpu_tiles_several_channel_blocks(monkeypatch):
     """The conv, transposed-conv, depthwise weight-gradient and norm-backward kernels with
-    GPU-like tiles (the interpreter's own tiles hold 16 channels a block): channel blocks of
+    GPU-like tiles (the interpreter's own tiles hold every channel in one block): blocks of
     64 with a ragged last one, spans of 32 frames whose windows cross their edges, stepped 8
     frames at a time (lengths 75, 40, 1: not multiples of 8), weight-gradient spans of 30
     frames (not a multiple of the kernel's 4-frame step; three per sequence, the last
