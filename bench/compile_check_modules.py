@@ -161,13 +161,16 @@ def main() -> None:
                                    ONES_PAD=layer_norm.ONES_PAD, BM=fwd_ln["BM"],
                                    BD=fwd_ln["BD"]),
                    num_warps=fwd_ln["num_warps"])
-    fwd = gated_conv._dw_fwd_blocks(384)
-    warps = fwd.pop("num_warps")
-    ok &= _compile(gated_conv._conv_dw_fwd_kernel,
-                   dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", pre_ptr="bf16",
-                        gate_ptr="fp32", len_ptr="i64"), ints=dict(T=T, D=D),
-                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, **fwd),
-                   num_warps=warps)
+    conv = gated_conv._dw_blocks(384)
+    conv_warps = conv.pop("num_warps")
+    for transposed in (False, True):
+        print(f"depthwise conv, transposed={transposed}: ", end="")
+        ok &= _compile(gated_conv._conv_dw_kernel,
+                       dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", pre_ptr="bf16",
+                            gate_ptr="fp32", len_ptr="i64"), ints=dict(T=T, D=D),
+                       constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True,
+                                       TRANSPOSED=transposed, **conv),
+                       num_warps=conv_warps)
     print("LayerNorm forward with SiLU (the conv's norm): ", end="")
     ok &= _compile(layer_norm._layer_norm_fwd_kernel,
                    dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",
@@ -184,14 +187,13 @@ def main() -> None:
                    floats=("eps",), ints=dict(T=T, D=D),
                    constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, **norm),
                    num_warps=norm_warps)
-    conv = gated_conv._conv_blocks(384)
-    warps = conv.pop("num_warps")
-    ok &= _compile(gated_conv._conv_mid_bwd_conv_kernel,
-                   dict(dpre_ptr="bf16", u_ptr="bf16", wdw_ptr="fp32", du_ptr="bf16",
-                        gate_ptr="fp32", len_ptr="i64"),
+    glu = gated_conv._glu_bwd_blocks(384)
+    warps = glu.pop("num_warps")
+    ok &= _compile(gated_conv._glu_bwd_kernel,
+                   dict(dv_ptr="bf16", u_ptr="bf16", du_ptr="bf16", gate_ptr="fp32",
+                        len_ptr="i64"),
                    ints=dict(T=T, D=D),
-                   constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True, ZERO_PADDED=True,
-                                   **conv),
+                   constexprs=dict(HAS_GATES=True, SKIP_DEAD=True, ZERO_PADDED=True, **glu),
                    num_warps=warps)
     dw = gated_conv._dw_grad_blocks(384)
     warps = dw.pop("num_warps")

@@ -87,7 +87,7 @@ def cases(lengths: torch.Tensor | None = None, frames: int = T) -> dict:
 # case -> the kernel ncu profiles in it
 KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-gate"],
                            "_rows_gemm_kernel"),
-           "conv-mid": "_conv_dw_fwd_kernel",
+           "conv-mid": "_conv_dw_kernel",
            "ln-bwd": "_layer_norm_bwd_kernel"}
 
 

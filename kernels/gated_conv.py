@@ -4,13 +4,13 @@ y = g · PW2(SiLU(LN2(DWConv(mask(GLU(PW1(LN1(x))))))))
 Layers: the PyTorch reference `gated_conv_reference`; the Triton path, registered as the
 torch.library ops `orthoasr::gated_conv_fwd` / `_bwd` with `gated_conv` as entry point:
 forward = LayerNorm, PW1 GEMM with the GLU and padding mask in its epilogue (two
-accumulators, value and gate halves), `_conv_dw_fwd_kernel` (depthwise conv and bias over
+accumulators, value and gate halves), `_conv_dw_kernel` (depthwise conv and bias over
 valid frames), the LayerNorm kernel with SiLU, PW2 GEMM with bias, gate and padding-zero
 epilogue.
 Backward = dR GEMM with the gate-gradient sums fused, `_conv_mid_bwd_norm_kernel` (SiLU and
-LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_mid_bwd_conv_kernel`
-(transposed depthwise conv, GLU backward), `_conv_dw_grad_kernel` (depthwise weight
-gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames
+LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_dw_kernel` again
+(the transposed depthwise conv: taps reversed), `_glu_bwd_kernel`, `_conv_dw_grad_kernel`
+(depthwise weight gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames
 (where nothing is skipped, PW1's is a cuBLAS product that also gives its bias gradient,
 from a column of ones the forward saves after z). A module gate exactly 0 that needs no
 gradient makes every launch return at once (output exactly 0).
@@ -136,22 +136,26 @@ def _slide(window, taps, ahead, t_vec, length, col_ok, acc, K: tl.constexpr):
 
 
 @triton.jit
-def _conv_dw_fwd_kernel(
+def _conv_dw_kernel(
     v_ptr, wdw_ptr, bdw_ptr, pre_ptr, gate_ptr, len_ptr, T, D,
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr,
-    BC: tl.constexpr, UNROLL: tl.constexpr,
+    BC: tl.constexpr, UNROLL: tl.constexpr, TRANSPOSED: tl.constexpr,
 ):
     # Program (s, j, b): the depthwise conv and its bias, pre[t] = b + sum_k v[t + k - P] w[k]
     # (P = K // 2, v zero outside [0, lengths[b])), for frames [s*SPAN, +SPAN) of sequence
-    # b and channels [j*BC, +BC), one channel a thread. The K weights stay in registers, and
+    # b and channels [j*BC, +BC), one channel a thread. TRANSPOSED: the backward's transposed
+    # conv, pre[t] = sum_k v[t + P - k] w[k] (the taps reversed, no bias; v is then dW and
+    # pre dV). The K weights stay in registers, and
     # so do the K rows of v that frame t reads: the window slides one row a frame (one load
     # and one conversion an output, then K FMAs; sm_90: ~49 instructions an output, where
     # the former kernel's tap loop took ~106-134 (each tap's shifted tile loaded and
-    # converted again): 36 us a call at B32xT250 on the H200 (profiles/kernels_ca8bb7b).
+    # converted again): 12.7 us a call at B32xT250 on the H200 against 36
+    # (profiles/kernels_eb462ec_h200.txt).
     # The window is a tuple: each step appends the new row and drops the oldest, which the
     # compiler resolves to registers; UNROLL steps a loop iteration leave one set of
     # register moves per iteration instead of one a frame. Frames at or past the sequence's
-    # length are left unwritten (the LayerNorm after it skips them too).
+    # length are left unwritten (the LayerNorm after it skips them too), as are all of a
+    # dead module's.
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
@@ -162,8 +166,11 @@ def _conv_dw_fwd_kernel(
         cols = pid_c * BC + tl.arange(0, BC)
         col_ok = cols < D
         rows = v_ptr + seq * T * D
-        taps = _taps(wdw_ptr, cols, col_ok, K, False)
-        bias = tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        taps = _taps(wdw_ptr, cols, col_ok, K, TRANSPOSED)
+        if TRANSPOSED:
+            bias = tl.zeros(cols.shape, tl.float32)
+        else:
+            bias = tl.load(bdw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         window = _window_at(rows, start, length, cols, col_ok, D, K)
         end = tl.minimum(start + SPAN, length)
         # pointers stepped a row a frame (a product t * D a frame cost ~4 instructions)
@@ -241,55 +248,44 @@ def _conv_mid_bwd_norm_kernel(
 
 
 @triton.jit
-def _conv_mid_bwd_conv_kernel(
-    dpre_ptr, u_ptr, wdw_ptr, du_ptr, gate_ptr, len_ptr, T, D,
-    K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr,
-    BC: tl.constexpr, UNROLL: tl.constexpr, ZERO_PADDED: tl.constexpr,
+def _glu_bwd_kernel(
+    dv_ptr, u_ptr, du_ptr, gate_ptr, len_ptr, T, D,
+    HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    ZERO_PADDED: tl.constexpr,
 ):
-    # Program (s, j, b) owns frames [s*SPAN, +SPAN) and channels [j*BC, +BC) of sequence b,
-    # one channel a thread: dV[t] = sum_k dW[t + P - k] w[k] (the transposed depthwise conv:
-    # the forward's sliding window over dW rows with the taps reversed; see
-    # _conv_dw_fwd_kernel), then the GLU backward dU = (dV sigmoid(b), dV a sigmoid'(b)).
-    # Padded frames are left unwritten, or written as zeros with ZERO_PADDED (for a dense
-    # product over every row, dense_wgrad), as are all of a dead module's.
-    pid_s = tl.program_id(0)
+    # Program (i, j, b): the GLU backward dU = (dV sigmoid(g), dV a sigmoid'(g)), U = (a, g),
+    # for frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b. A kernel of its own, not
+    # the transposed conv's epilogue: there, one channel a thread, its two loads and two
+    # stores a frame were scalar and the kernel issue-bound (35.6 us a call at B32xT250 on
+    # the H200, eb462ec, against 12.7 for the conv alone). Padded frames are left unwritten,
+    # or written as zeros with ZERO_PADDED (for a dense product over every row, dense_wgrad),
+    # as are all of a dead module's.
+    pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
     live = _conv_live(gate_ptr, HAS_GATES, SKIP_DEAD)
     # frames below `valid` get gradients: none for a dead module
     valid = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32) * live
-    start = pid_s * SPAN
+    t = pid_t * BT + tl.arange(0, BT)
     cols = pid_c * BC + tl.arange(0, BC)
-    col_ok = cols < D
-    dtype = du_ptr.dtype.element_ty
-    if start < valid:
-        rows = dpre_ptr + seq * T * D
-        taps = _taps(wdw_ptr, cols, col_ok, K, True)
-        window = _window_at(rows, start, valid, cols, col_ok, D, K)
-        end = tl.minimum(start + SPAN, valid)
-        ahead = rows + (start + K // 2) * D + cols      # dW row t + P
-        u_row = u_ptr + (seq * T + start) * (2 * D) + cols
-        du_row = du_ptr + (seq * T + start) * (2 * D) + cols
-        for t0 in range(start, end, UNROLL):
-            for i in tl.static_range(UNROLL):
-                t_vec = tl.full(cols.shape, t0 + i, tl.int32)
-                dv, window = _slide(window, taps, ahead, t_vec, valid, col_ok,
-                                    tl.zeros(cols.shape, tl.float32), K)
-                ok = col_ok & (t_vec < end)
-                a = tl.load(u_row, mask=ok, other=0.0).to(tl.float32)
-                b = tl.load(u_row + D, mask=ok, other=0.0).to(tl.float32)
-                sig = tl.sigmoid(b)
-                tl.store(du_row, (dv * sig).to(dtype), mask=ok)
-                tl.store(du_row + D, (dv * a * sig * (1.0 - sig)).to(dtype), mask=ok)
-                ahead += D
-                u_row += 2 * D
-                du_row += 2 * D
-    if ZERO_PADDED:     # the span's frames at or past `valid`
-        for t in range(tl.maximum(start, valid), tl.minimum(start + SPAN, T)):
-            du_row = du_ptr + (seq * T + t) * (2 * D) + cols
-            zeros = tl.zeros(cols.shape, dtype)
-            tl.store(du_row, zeros, mask=col_ok)
-            tl.store(du_row + D, zeros, mask=col_ok)
+    busy = pid_t * BT < valid
+    if ZERO_PADDED:
+        busy = pid_t * BT < T
+    if busy:
+        ok = (t < valid)[:, None] & (cols < D)[None, :]
+        rows = (seq * T + t)[:, None]
+        dv = tl.load(dv_ptr + rows * D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        u_tile = u_ptr + rows * (2 * D) + cols[None, :]
+        a = tl.load(u_tile, mask=ok, other=0.0).to(tl.float32)
+        g = tl.load(u_tile + D, mask=ok, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(g)
+        write = ok      # masked-off terms are 0: the padded rows' zeros
+        if ZERO_PADDED:
+            write = (t < T)[:, None] & (cols < D)[None, :]
+        du_tile = du_ptr + rows * (2 * D) + cols[None, :]
+        dtype = du_ptr.dtype.element_ty
+        tl.store(du_tile, (dv * sig).to(dtype), mask=write)
+        tl.store(du_tile + D, (dv * a * sig * (1.0 - sig)).to(dtype), mask=write)
 
 
 @triton.jit
@@ -366,11 +362,12 @@ def _conv_dw_grad_kernel(
 
 LN_EPS = 1e-5      # both LayerNorms, as nn.LayerNorm's default
 
-def _dw_fwd_blocks(D: int) -> dict:
-    """Tiles of the depthwise conv forward: spans of 32 frames, one channel a thread, 128
-    channels at 4 warps (768 programs at B32xT250, D 384), 8 frames a loop iteration. Chosen
-    by the instruction count of an sm_90 compile (bench/compile_check_modules.py), not yet
-    timed on a GPU: bench/sweep_conv.py has the others."""
+def _dw_blocks(D: int) -> dict:
+    """Tiles of both depthwise convs (forward, transposed): spans of 32 frames, one channel a
+    thread, 128 channels at 4 warps (768 programs at B32xT250, D 384), 8 frames a loop
+    iteration. H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py, eb462ec): 51.6 us, against
+    50.6 at 4 frames an iteration, 55.3 / 56.2 / 66.0 for spans of 16 / 48 / 64, ~52 for
+    narrower channel blocks."""
     if interpreting():      # every channel in one program: fewer interpreted ops
         return dict(SPAN=16, BC=max(16, next_pow2(D)), UNROLL=4, num_warps=1)
     return dict(SPAN=32, BC=128, UNROLL=8, num_warps=4)
@@ -388,15 +385,12 @@ def _norm_bwd_blocks(D: int) -> dict:
     return dict(SPAN=8, BT=2, BD=BD, num_warps=1 if BD <= 512 else 4)
 
 
-def _conv_blocks(D: int) -> dict:
-    """Tiles of the transposed depthwise conv: the forward's (_dw_fwd_blocks, the same sliding
-    window), 4 frames a loop iteration. sm_90 compiles (K 31, 4 warps): 123 registers and ~86
-    instructions a frame and channel with the GLU backward; 8 frames took 168 registers (three
-    programs an SM in place of four) for ~81, 2 frames 77 for ~108 (the window's moves). Not
-    yet timed on a GPU (the former tap-loop kernel: 23.7 us a call at B32xT250 on the H200,
-    profiles/kernels_ca8bb7b_h200.txt)."""
-    tiles = _dw_fwd_blocks(D)
-    return tiles if interpreting() else {**tiles, "UNROLL": 4}
+def _glu_bwd_blocks(D: int) -> dict:
+    """Tiles of the GLU backward: 32 frames x 128 channels (16 elements a thread at 8 warps,
+    768 programs at B32xT250, D 384). Not yet timed on a GPU."""
+    if interpreting():
+        return dict(BT=16, BC=max(16, next_pow2(D)), num_warps=4)
+    return dict(BT=32, BC=128, num_warps=8)
 
 
 def _dw_grad_blocks(D: int) -> dict:
@@ -441,10 +435,11 @@ def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_de
     config: dict(SPAN, BC, UNROLL, num_warps) for the conv in place of the defaults
     (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
-    blk = {**_dw_fwd_blocks(D), **(config or {})}
-    launch(_conv_dw_fwd_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]), v.shape[0] // T),
+    blk = {**_dw_blocks(D), **(config or {})}
+    launch(_conv_dw_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]), v.shape[0] // T),
         v, dw_w.contiguous(), dw_b, pre, gates if gates is not None else v, lengths, T, D,
-        K=K, HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None, **blk)
+        K=K, HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
+        TRANSPOSED=False, **blk)
     layer_norm_fwd(pre, ln2_w, ln2_b, lengths, T, gates, skip_dead, LN_EPS, out=r, silu=True)
 
 
@@ -469,15 +464,22 @@ def conv_mid_bwd_norm(dr, pre, ln2_w, ln2_b, gate_arg, lengths, T, has_gates, sk
 def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
                       config=None, zero_padded=False):
     """The transposed depthwise conv and the GLU backward: dpre [M, D], u [M, 2D] (the GLU
-    input) -> du [M, 2D], its padded rows unwritten or, with zero_padded, zeros. config:
-    dict(SPAN, BC, UNROLL, num_warps) in place of the defaults (bench/sweep_conv.py)."""
-    D, K = dpre.shape[1], dw_w.shape[1]
-    blk = {**_conv_blocks(D), **(config or {})}
-    du = dpre.new_empty(dpre.shape[0], 2 * D)
-    launch(_conv_mid_bwd_conv_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]),
-                                       dpre.shape[0] // T),
-        dpre, u, dw_w.contiguous(), du, gate_arg, lengths, T, D,
-        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded, **blk)
+    input) -> du [M, 2D], its padded rows unwritten or, with zero_padded, zeros. Two
+    launches: the conv kernel with its taps reversed into dV [M, D], then the GLU backward.
+    config: dict(SPAN, BC, UNROLL, num_warps) for the conv in place of the defaults
+    (bench/sweep_conv.py)."""
+    M, D = dpre.shape
+    K = dw_w.shape[1]
+    blk = {**_dw_blocks(D), **(config or {})}
+    dv = torch.empty_like(dpre)
+    launch(_conv_dw_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]), M // T),
+        dpre, dw_w.contiguous(), dpre, dv, gate_arg, lengths, T, D,
+        K=K, HAS_GATES=has_gates, SKIP_DEAD=skip_dead, TRANSPOSED=True, **blk)
+    glu = _glu_bwd_blocks(D)
+    du = dpre.new_empty(M, 2 * D)
+    launch(_glu_bwd_kernel, (cdiv(T, glu["BT"]), cdiv(D, glu["BC"]), M // T),
+        dv, u, du, gate_arg, lengths, T, D,
+        HAS_GATES=has_gates, SKIP_DEAD=skip_dead, ZERO_PADDED=zero_padded, **glu)
     return du
 
 

@@ -152,8 +152,8 @@ def test_gpu_tiles_several_channel_blocks(monkeypatch):
     32, a sequence of one frame."""
     from orthoasr.kernels import gated_conv as module
     tiles = dict(SPAN=32, BC=64, UNROLL=8, num_warps=2)
-    monkeypatch.setattr(module, "_dw_fwd_blocks", lambda D: tiles)
-    monkeypatch.setattr(module, "_conv_blocks", lambda D: tiles)
+    monkeypatch.setattr(module, "_dw_blocks", lambda D: tiles)
+    monkeypatch.setattr(module, "_glu_bwd_blocks", lambda D: dict(BT=8, BC=64, num_warps=2))
     monkeypatch.setattr(module, "_dw_grad_blocks",
                         lambda D: dict(SPAN=30, BC=64, num_warps=4, LOAD_STAGES=3))
     monkeypatch.setattr(module, "_norm_bwd_blocks",
