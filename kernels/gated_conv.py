@@ -10,10 +10,10 @@ epilogue.
 Backward = dR GEMM with the gate-gradient sums fused, `_conv_mid_bwd_norm_kernel` (SiLU and
 LayerNorm backward, conv-bias and norm-parameter gradients), `_conv_dw_kernel` again
 (the transposed depthwise conv: taps reversed), `_glu_bwd_kernel`, `_conv_dw_grad_kernel`
-(depthwise weight gradient), dZ GEMM, LayerNorm backward and the two weight-gradient GEMMs over valid frames
-(where nothing is skipped, PW1's is a cuBLAS product that also gives its bias gradient,
-from a column of ones the forward saves after z). A module gate exactly 0 that needs no
-gradient makes every launch return at once (output exactly 0).
+(depthwise weight gradient), dZ GEMM, LayerNorm backward and the two weight-gradient
+GEMMs over valid frames (where nothing is skipped, PW1's is a cuBLAS product that also
+gives its bias gradient, from a column of ones the forward saves after z). A module gate
+exactly 0 that needs no gradient makes every launch return at once (output exactly 0).
 
 Shapes: x (B, T, D), PW1 (2D, D), DW (D, K), PW2 (D, D); frames are rows b*T + t.
 """
