@@ -46,20 +46,22 @@ def check_lengths(lengths, batch: int, device: torch.device) -> None:
                          f" {tuple(getattr(lengths, 'shape', ()))}")
 
 
-def as_operand(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`weight` as a matmul operand in `dtype` (the compute dtype): itself when it is in it
-    already, else a copy outside autograd (the op takes `weight` too and gives it the
-    gradient). One cast per call beats casting every tile in registers: with bf16 weights the
-    gated FFN ran 409 instead of 584 us fwd+bwd on the H200 (bench/NOTES.md, 2026-11-30). The
-    op keeps the operand for its backward: no second cast. A whole encoder pass makes all
-    its operands at once with `operand_copies` instead."""
-    weight = weight.contiguous()
-    return weight if weight.dtype == dtype else weight.detach().to(dtype)
+def as_operands(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """`weights` as matmul operands in `dtype` (the compute dtype): themselves (contiguous)
+    when all are in it already, else copies outside autograd, all made by one launch
+    (operand_copies; the op takes the weights too and gives them their gradients). One cast
+    per call beats casting every tile in registers: with bf16 weights the gated FFN ran 409
+    instead of 584 us fwd+bwd on the H200 (bench/NOTES.md, 2026-11-30); one launch for a
+    module's weights saves the launches of one a weight. The op keeps the operands for its
+    backward: no second cast. A whole encoder pass makes all its operands at once."""
+    if all(w.dtype == dtype for w in weights):
+        return [w.contiguous() for w in weights]
+    return operand_copies(weights, dtype)
 
 
 def operand_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-    """`weights` as matmul operands in `dtype`, all copied at once (outside autograd, as
-    as_operand's copies) into views of one buffer, each of its weight's shape. On CUDA
+    """`weights` as matmul operands in `dtype`, all copied at once (outside autograd) into
+    views of one buffer, each of its weight's shape. On CUDA
     torch._foreach_copy_ casts fp32 to bf16 in one multi_tensor_apply launch per 320
     chunks of 64K elements (3 for the paper encoder's 96 matrices, 40.7M elements), where
     a cast per weight cost ~2 us each, most of it launch latency at 0.15-0.6M elements.

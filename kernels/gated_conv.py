@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
-from .common import as_operand, interpreting, two_passes, valid_mask
+from .common import as_operands, interpreting, two_passes, valid_mask
 from .gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
@@ -750,7 +750,7 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
     """Triton gated conv module, same meaning as `gated_conv_reference` (inputs checked), its
     work in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (PW1, PW2) in the compute dtype, (2D, D) and (D, D), made by the caller (one
-    copy for a whole encoder, common.operand_copies), or None: cast here (as_operand).
+    copy for a whole encoder, common.operand_copies), or None: cast here (as_operands).
 
     A gate exactly 0 skips all work on the device when the gates need no gradient, and not
     with ungated_batch: the first ungated_batch sequences run as if gates were None, the rest
@@ -773,7 +773,7 @@ def gated_conv(x, lengths, ln1_w, ln1_b, pw1_w, pw1_b, dw_w, dw_b, ln2_w, ln2_b,
     if gates is not None:
         gates = gates.contiguous()
     dtype = compute_dtype or x.dtype
-    pw1c, pw2c = operands or (as_operand(pw1_w, dtype), as_operand(pw2_w, dtype))
+    pw1c, pw2c = operands or as_operands([pw1_w, pw2_w], dtype)
     skip_dead = not gate_grad and not ungated_batch
     args = (x.contiguous(), lengths.contiguous(), *params, gates, skip_dead, save, pw1c, pw2c,
             ungated_batch, *step)

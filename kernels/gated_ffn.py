@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
-from .common import as_operand, two_passes, valid_mask
+from .common import as_operands, two_passes, valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -322,7 +322,7 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked), its
     matmuls in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (W1, W2) in the compute dtype, (F, D) and (D, F), made by the caller (one copy
-    for a whole encoder, common.operand_copies), or None: cast here (as_operand).
+    for a whole encoder, common.operand_copies), or None: cast here (as_operands).
 
     Dead chunks (gate exactly 0) are skipped on the device when the gates need no gradient,
     and not with ungated_batch: the first ungated_batch sequences run as if gates were None,
@@ -349,7 +349,7 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     x = x.contiguous()
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
     dtype = compute_dtype or x.dtype
-    w1c, w2c = operands or (as_operand(w1, dtype), as_operand(w2, dtype))
+    w1c, w2c = operands or as_operands([w1, w2], dtype)
     skip_dead = not gate_grad and not ungated_batch
     args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, skip_dead, save,
             w1c, w2c, ungated_batch, *step)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import as_operand, dot_precision, interpreting, two_passes
+from .common import as_operands, dot_precision, interpreting, two_passes
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -610,7 +610,7 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
     (1,) (module granularity); the projections and the attention skip dead heads.
     `all_on`: a cached (H,) ones tensor for gates=None (saves a launch). operands: (W_in,
     W_o) in `compute`, (3d, d) and (d, d), made by the caller (one copy for a whole encoder,
-    common.operand_copies), or None: cast here (as_operand). ungated_batch: the first
+    common.operand_copies), or None: cast here (as_operands). ungated_batch: the first
     sequences run as if gates were None, the rest with the head gates (their gradient from
     those only), as two passes in one batch would; no head is skipped then."""
     B, T, D = y.shape
@@ -636,7 +636,7 @@ def gated_mhsa(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int, granular
             BIAS_SCALED
     else:
         head_gates, bias_mode = gates.contiguous(), BIAS_IF_LIVE
-    w_in_c, w_o_c = operands or (as_operand(w_in, compute), as_operand(w_o, compute))
+    w_in_c, w_o_c = operands or as_operands([w_in, w_o], compute)
     if not torch.compiler.is_compiling():
         return _GatedMHSA.apply(y.contiguous(), lengths, head_gates, bias_scale, w_in, b_in,
                                 w_o, b_o, w_in_c, w_o_c, num_heads, bias_mode, attn_gates,

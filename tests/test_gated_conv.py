@@ -11,7 +11,7 @@ from error_ratio import (
 
 from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels import gated_matmul as gm
-from orthoasr.kernels.common import as_operand, valid_mask
+from orthoasr.kernels.common import as_operands, valid_mask
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
 
@@ -460,7 +460,7 @@ def test_registered_op_fake_and_schema():
     K = 5
     x, lengths = torch.randn(2, 6, D), torch.tensor([6, 3])
     for params in (make_params(K), make_params(K, torch.float64)):
-        operands = [as_operand(w, torch.float32) for w in (params[2], params[8])]
+        operands = as_operands([params[2], params[8]], torch.float32)
         params = [p.requires_grad_() for p in params]
         torch.library.opcheck(gated_conv_fwd, (x, lengths, *params, torch.tensor([0.5]), True,
                                                True, *operands),

@@ -12,7 +12,7 @@ from error_ratio import (
 from orthoasr import set_backend
 from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels import gated_matmul as gm
-from orthoasr.kernels.common import as_operand, valid_mask
+from orthoasr.kernels.common import as_operands, valid_mask
 from orthoasr.kernels.gated_ffn import (
     gated_ffn,
     gated_ffn_fwd,
@@ -288,7 +288,7 @@ def test_registered_op_fake_and_schema():
     """The weights as their own operands, and fp64 weights with fp32 operands."""
     x, lengths = torch.randn(2, 4, D), torch.tensor([4, 2])
     for params in (make_params(), make_params(torch.float64)):
-        operands = [as_operand(w, torch.float32) for w in (params[2], params[4])]
+        operands = as_operands([params[2], params[4]], torch.float32)
         for p in params:
             p.requires_grad_()
         torch.library.opcheck(gated_ffn_fwd, (x, lengths, *params, torch.tensor([1.0, 0, 1, 1]),

@@ -6,6 +6,7 @@ import torch
 
 import orthoasr.model as model_module
 from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
+from orthoasr.kernels.common import as_operands
 from orthoasr.model import ConformerSupernet
 
 
@@ -242,6 +243,18 @@ def test_one_operand_copy_per_pass_gives_the_same_outputs_and_gradients(monkeypa
     monkeypatch.setattr(model_module, "operand_copies",
                         lambda w, dtype: [1.5 * c for c in copies(w, dtype)])
     assert (outputs()[0] - handed[0]).abs().max() > 1e-2
+
+
+def test_a_module_call_casts_its_weights_in_one_copy():
+    """as_operands, what a module called on its own casts with: weights already in the
+    compute dtype are their own operands; otherwise one copy of them all (one launch on a
+    GPU), views of one buffer with each weight's shape and values."""
+    weights = [torch.randn(6, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)]
+    assert all(op is w for op, w in zip(as_operands(weights, torch.float64), weights))
+    ops = as_operands(weights, torch.float32)
+    assert ops[0].untyped_storage().data_ptr() == ops[1].untyped_storage().data_ptr()
+    for op, w in zip(ops, weights, strict=True):
+        assert op.dtype == torch.float32 and torch.equal(op, w.float())
 
 
 def test_skip_is_honoured_and_checked():
