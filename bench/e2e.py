@@ -18,7 +18,9 @@ fwd+bwd: loss = sum over the outputs of <output, probe> (one fixed random probe,
 padded frames), one backward to the input, the blocks' weights and the soft gates.
 Providers: `ours` (orthoasr's blocks, Triton backend), `ours_one_batch` (the stage-1 pair
 only: both passes as one batch of 2B sequences, as the trainer's `pair_batch` runs them;
-not in the default set), `eager_reference`
+not in the default set), `ours_frozen_weights` (the inference workloads only: the weights'
+bf16 copies kept between calls, FrozenOperands, as Recognizer.from_checkpoint and `orthoasr
+eval` run inference; `ours` copies them in every call), `eager_reference`
 (bench/baselines/encoder.py: gates multiplied into weight copies, hard subnets by boolean
 indexing with host syncs) and `compile_reference` (its torch.compile, `--compile-mode`
 "max-autotune-no-cudagraphs", dynamic=False as in bench_mhsa: with dynamic shapes
@@ -57,7 +59,7 @@ from bench.report import main as report_main
 from orthoasr import set_backend
 from orthoasr.backend import use_triton
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels.common import valid_mask
+from orthoasr.kernels.common import FrozenOperands, valid_mask
 from orthoasr.model import ConformerSupernet, block_layout
 from orthoasr.units import unit_costs
 
@@ -67,7 +69,8 @@ FRAME_S = 0.04          # one frame after 4x subsampling of 10 ms hops
 BF16 = torch.bfloat16
 WORKLOADS = {"stage1": "encoder stage-1 pair", "stage2": "encoder stage-2 triple",
              "dense": "infer dense", "half": "infer 50%"}     # --workloads takes the keys
-PROVIDERS = ("ours", "eager_reference", "compile_reference")
+FROZEN = "ours_frozen_weights"    # inference with the weights' copies kept between calls
+PROVIDERS = ("ours", FROZEN, "eager_reference", "compile_reference")
 ONE_BATCH = "ours_one_batch"      # the stage-1 pair's passes as one batch
 TRAINER = "trainer"     # --workloads: the full trainer's stages (bench/e2e_trainer.py)
 
@@ -238,7 +241,10 @@ def run(names, providers, timings, check_only: bool, out=None,
     assert use_triton(x, lengths), "ours would not run the Triton kernels"
     eager = EagerEncoder(model)
     compiled = torch.compile(eager, mode=compile_mode, dynamic=False)
+    frozen = FrozenOperands()
     encoders = {"ours": lambda xx, ll, g, hard, skip: encode_gated(model, xx, ll, g, skip),
+                FROZEN: lambda xx, ll, g, hard, skip: model.run_blocks(
+                    xx, ll, g, skip, frozen_operands=frozen),
                 "eager_reference": lambda xx, ll, g, hard, skip: eager(xx, ll, g, hard),
                 "compile_reference": lambda xx, ll, g, hard, skip: compiled(xx, ll, g, hard),
                 ONE_BATCH: one_batch_encoder(model)}
@@ -251,7 +257,8 @@ def run(names, providers, timings, check_only: bool, out=None,
             ["loss", "x"] + ["weights"] * (len(inputs) - 1 - (work.soft is not None)) + \
             ["gates"] * (work.soft is not None)
         work_providers = [p for p in providers
-                          if p != ONE_BATCH or name == WORKLOADS["stage1"]]
+                          if (p != ONE_BATCH or name == WORKLOADS["stage1"])
+                          and (p != FROZEN or work.mode == "fwd")]
         calls = {p: step(encoders[p], work, x, lengths, probe, inputs, device)
                  for p in ("ours", *work_providers)}
         ours = calls["ours"]()

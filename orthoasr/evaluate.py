@@ -75,9 +75,11 @@ def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
 
 @torch.no_grad()
 def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]], device,
-               batch_frames: int, bf16: bool) -> list[list[str]]:
+               batch_frames: int, bf16: bool, frozen_weights: bool = False
+               ) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
-    `subnets`; batches sorted by length, the shared frontend run once per batch. Modules
+    `subnets`; batches sorted by length, the shared frontend run once per batch.
+    frozen_weights: nothing trains `model` meanwhile (GraphedEncoder's). Modules
     whose gates are all 0 in a subnet are left out of its passes (model.dead_modules)."""
     from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode
@@ -94,7 +96,8 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
         order = order[len(too_short):]
     hyps = [[""] * len(records) for _ in subnets]
     skips = [model.dead_modules(gates) for gates, _ in subnets]
-    encoder = GraphedEncoder(model)       # CUDA graphs per padded shape class on a GPU
+    # CUDA graphs per padded shape class on a GPU
+    encoder = GraphedEncoder(model, frozen_weights=frozen_weights)
     frames = [int(100 * float(records[i]["duration"])) + 1 for i in order]
     for positions in length_batches(frames, batch_frames):
         batch = [order[p] for p in positions]
@@ -139,7 +142,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
                      "flops": int(subnet_cost(cfg, gates, "flops"))})
     for name, records in splits.items():
         hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
-                          bf16)
+                          bf16, frozen_weights=True)     # the checkpoint's, loaded here
         refs = [r["text"] for r in records]
         for row, subnet_hyps in zip(rows, hyps):
             row[f"wer_{name}"] = float(word_error_rate(refs, subnet_hyps))

@@ -11,6 +11,8 @@ import gc
 
 import torch
 
+from .kernels.common import FrozenOperands
+
 
 @contextlib.contextmanager
 def capturing(graph, pool=None):
@@ -60,11 +62,17 @@ class GraphedEncoder:
     copied into its buffers; on the CPU, or with use_graphs=False, the padded call runs
     eagerly. A shape whose capture fails (a host sync on some backend) runs eagerly from
     then on. Outputs are copies: the next replay rewrites the graph's own.
+    frozen_weights: keep the weights' compute-dtype copies between calls (FrozenOperands:
+    written again only where a weight was replaced or changed in place by a PyTorch call)
+    instead of copying them in every pass and replay; for a model that nothing trains while
+    this encoder is in use (a loaded checkpoint's).
     """
 
-    def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32):
+    def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32,
+                 frozen_weights: bool = False):
         self.model, self.frame_step = model, frame_step
         self.use_graphs = use_graphs
+        self.operands = FrozenOperands() if frozen_weights else None
         self.graphs: dict[tuple, tuple] = {}     # key -> (graph, inputs, output) or None
         self.pool = None
 
@@ -88,6 +96,8 @@ class GraphedEncoder:
             _pad_into(x_in, lengths_in, x, lengths)      # straight into the graph's inputs
             if gates_in is not None:
                 gates_in.copy_(gates)
+            if self.operands is not None:      # the weights the graph reads, kept current
+                self.operands.refresh(self.model.matmul_weights())
             graph.replay()
             return out[:B, :T].clone()
         padded = x.new_empty(PB, PT, x.shape[2])
@@ -97,13 +107,14 @@ class GraphedEncoder:
             self.graphs[key] = self._capture(padded, padded_lengths, gates, head, skip)
             if self.graphs[key] is not None:
                 return self(x, lengths, gates, head, skip)
-        return self.model.encode(padded, padded_lengths, gates, head, skip)[:B, :T]
+        return self.model.encode(padded, padded_lengths, gates, head, skip,
+                                 frozen_operands=self.operands)[:B, :T]
 
     def _capture(self, x, lengths, gates, head, skip):
         inputs = (x.clone(), lengths.clone(), None if gates is None else gates.clone())
 
         def encode():
-            return self.model.encode(*inputs, head, skip)
+            return self.model.encode(*inputs, head, skip, frozen_operands=self.operands)
         try:
             graph, out = capture_graph(encode, pool=self.pool)
         except RuntimeError as err:                # e.g. a backend that syncs with the host

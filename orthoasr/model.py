@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
-from orthoasr.kernels.common import operand_copies
+from orthoasr.kernels.common import FrozenOperands, operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
 from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
@@ -249,14 +249,17 @@ class ConformerSupernet(nn.Module):
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
                head: int = -1, skip: frozenset[tuple[int, str]] = frozenset(),
-               full: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
+               full: frozenset[tuple[int, str]] = frozenset(),
+               frozen_operands: FrozenOperands | None = None) -> torch.Tensor:
         """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V).
         skip: (layer, kind) of modules left out, as `dead_modules` gives them: with hard
         gates that are all 0 there the output is the same, without their launches. full:
         (layer, kind) of modules run ungated, as `full_modules` gives them: with hard gates
-        that are all 1 there the output is the same, from the dense path."""
+        that are all 1 there the output is the same, from the dense path. frozen_operands:
+        as run_blocks takes it."""
         self._check_gates(x, gates, head)
-        x = self.run_blocks(self.dropout(x), lengths, gates, skip, full)
+        x = self.run_blocks(self.dropout(x), lengths, gates, skip, full,
+                            frozen_operands=frozen_operands)
         return self.heads[head](x).float().log_softmax(dim=-1)
 
     def encode_pair(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor,
@@ -281,9 +284,12 @@ class ConformerSupernet(nn.Module):
                    gates: torch.Tensor | None = None,
                    skip: frozenset[tuple[int, str]] = frozenset(),
                    full: frozenset[tuple[int, str]] = frozenset(),
-                   ungated_batch: int = 0) -> torch.Tensor:
+                   ungated_batch: int = 0,
+                   frozen_operands: FrozenOperands | None = None) -> torch.Tensor:
         """The Conformer blocks alone (no checks, no dropout, no output layer): (B, T', D) ->
-        (B, T', D). ungated_batch: the first sequences run as if gates were None."""
+        (B, T', D). ungated_batch: the first sequences run as if gates were None.
+        frozen_operands: kept compute-dtype copies of the matmul weights, for weights that
+        inference keeps as they are (FrozenOperands); None: copied anew every pass."""
         skips = self._modules_per_layer(skip, "skip")
         fulls = self._modules_per_layer(full, "full")
         if both := [(layer, kind) for layer, kinds in enumerate(skips)
@@ -299,7 +305,7 @@ class ConformerSupernet(nn.Module):
             per_block = len(self.blocks[0].layout)
             block_gates = [modules[i * per_block:(i + 1) * per_block]
                            for i in range(len(self.blocks))]
-        operands = self._matmul_operands(x, lengths, gates, skips)
+        operands = self._matmul_operands(x, lengths, gates, skips, frozen_operands)
         seeds = [None] * len(self.blocks)
         if any(block.fused_dropout(x, lengths) for block in self.blocks):
             # the fused dropouts' seeds for the whole pass in one launch (one a module
@@ -314,24 +320,33 @@ class ConformerSupernet(nn.Module):
                       ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
         return x
 
-    def _matmul_operands(self, x, lengths, gates, skips
+    def matmul_weights(self) -> list[torch.Tensor]:
+        """Every encoder module's `matmul_weights`, block by block in layout order: what
+        `run_blocks` copies to the compute dtype (the list a FrozenOperands holds)."""
+        return [w for block in self.blocks for kind, _, _ in block.layout
+                for w in block.modules_by_kind[kind].matmul_weights]
+
+    def _matmul_operands(self, x, lengths, gates, skips, frozen=None
                          ) -> list[dict[str, tuple[torch.Tensor, ...]] | None]:
         """Per layer, kind -> the compute-dtype copies of that module's `matmul_weights`, for
         every module that runs, all made at the start of the pass by one multi-tensor copy
         (two cast launches per module otherwise: 96 per paper-size pass); made anew at every
-        pass, so a captured CUDA graph copies the current weights. None per layer when the
-        torch backend runs (its references cast for themselves) or no weight needs a cast."""
+        pass, so a captured CUDA graph copies the current weights; or, with `frozen` (a
+        FrozenOperands), kept copies of every module's, written again only where a weight
+        changed. None per layer when the torch backend runs (its references cast for
+        themselves) or no weight needs a cast."""
         none = [None] * len(self.blocks)
         if not triton_runs(x, lengths, gates):
             return none
         modules = [(layer, kind, block.modules_by_kind[kind])
                    for layer, block in enumerate(self.blocks)
-                   for kind, _, _ in block.layout if kind not in skips[layer]]
+                   for kind, _, _ in block.layout
+                   if frozen is not None or kind not in skips[layer]]
         weights = [w for _, _, module in modules for w in module.matmul_weights]
         dtype = compute_dtype(x)
         if all(w.dtype == dtype for w in weights):
             return none
-        copies = iter(operand_copies(weights, dtype))
+        copies = iter(operand_copies(weights, dtype) if frozen is None else frozen(weights, dtype))
         operands = [{} for _ in self.blocks]
         for layer, kind, module in modules:
             operands[layer][kind] = tuple(next(copies) for _ in module.matmul_weights)

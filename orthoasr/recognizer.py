@@ -33,10 +33,13 @@ Audio = str | os.PathLike | np.ndarray | torch.Tensor
 
 class Recognizer:
     """A model that maps log-mel features to CTC log-probs, with the subnet's `gates` and
-    `head` for a supernet (None for an exported subnet), and its tokenizer."""
+    `head` for a supernet (None for an exported subnet), and its tokenizer. frozen_weights:
+    nothing trains the model while this Recognizer is in use, so a supernet's encoder keeps
+    its weights' compute-dtype copies between calls (GraphedEncoder); from_checkpoint's
+    model is its own."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
-                 head: int = -1, batch_frames: int = 40000):
+                 head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False):
         if isinstance(model, ConformerSupernet) == (gates is None):
             raise ValueError("gates are needed with a ConformerSupernet and only with it")
         if batch_frames < 1:
@@ -48,7 +51,8 @@ class Recognizer:
         self.skip = frozenset() if gates is None else model.dead_modules(gates)
         self.head, self.batch_frames = head, batch_frames
         # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
-        self.encoder = GraphedEncoder(model) if gates is not None else None
+        self.encoder = GraphedEncoder(model, frozen_weights=frozen_weights) \
+            if gates is not None else None
         self.logmel = LogMel().to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
 
@@ -71,7 +75,7 @@ class Recognizer:
             head = budgets.index(max(budgets)) if budget is None else budget_index(budgets,
                                                                                   budget)
             gates = trained.subnet_gates(head)
-        return cls(trained.model, trained.tokenizer(), gates, head)
+        return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True)
 
     @classmethod
     def from_subnet(cls, path: str | Path, device: str = "cpu") -> Recognizer:

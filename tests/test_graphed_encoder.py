@@ -60,3 +60,65 @@ def test_gpu_graphs_replay_their_inputs():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         encoder(x, lengths, gates, 1)
     assert len(encoder.graphs) == 2                            # autocast: its own graph
+
+
+@torch.no_grad()
+def test_frozen_weights_keep_their_copies_and_follow_the_weights(monkeypatch):
+    """frozen_weights (CPU autocast to fp16, so that the weights need copies): the output of
+    copying every pass; the kept copies are the same tensors from call to call and are not
+    written while the weights stay; a weight changed in place, or replaced, is copied again,
+    so the output follows it."""
+    set_backend("auto")
+    model, x, lengths, gates = _model_and_inputs(3, 37)
+    frozen = GraphedEncoder(model, use_graphs=False, frozen_weights=True)
+    plain = GraphedEncoder(model, use_graphs=False)
+    writes = []
+    foreach_copy = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_",
+                        lambda dst, src: writes.append(len(dst)) or foreach_copy(dst, src))
+
+    def outputs():
+        with torch.autocast("cpu", dtype=torch.float16):
+            return frozen(x, lengths, gates, 0), plain(x, lengths, gates, 0)
+
+    kept, copied = outputs()
+    assert torch.equal(kept, copied)
+    copies = frozen.operands(model.matmul_weights(), torch.float16)
+    writes.clear()
+    assert torch.equal(outputs()[0], kept)
+    assert writes == [len(copies)]                  # the plain pass's copy, not the kept ones
+    assert all(a is b for a, b in zip(frozen.operands(model.matmul_weights(), torch.float16),
+                                      copies, strict=True))
+    ffn = model.blocks[0].modules_by_kind["ffn1"]
+    ffn.linear1.weight.mul_(1.5)
+    kept2, copied2 = outputs()
+    assert torch.equal(kept2, copied2) and not torch.equal(kept2, kept)
+    old = ffn.linear2.weight
+    new = torch.nn.Parameter(old * 0.5)
+    while new._version < old._version:      # the same count: only identity tells them apart
+        new.mul_(1.0)
+    assert new._version == old._version
+    ffn.linear2.weight = new
+    kept3, copied3 = outputs()
+    assert torch.equal(kept3, copied3) and not torch.equal(kept3, kept2)
+    with pytest.raises(ValueError, match="shapes changed"):
+        frozen.operands.refresh(model.matmul_weights()[1:])
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_frozen_weights_replay_the_current_weights():
+    """A graph captured on kept weight copies (bf16 autocast) replays with the weights as
+    they are at the replay: a weight changed in place since the capture is copied before."""
+    model, x, lengths, gates = _model_and_inputs(5, 70)
+    encoder = GraphedEncoder(model, frozen_weights=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        first = encoder(x, lengths, gates, 1)
+        torch.testing.assert_close(first, model.encode(x, lengths, gates, 1), atol=2e-2,
+                                   rtol=2e-2)
+        model.blocks[1].modules_by_kind["mhsa"].matmul_weights[0].mul_(-1.0)
+        second = encoder(x, lengths, gates, 1)
+        assert encoder.graphs[next(iter(encoder.graphs))] is not None     # a replay
+        torch.testing.assert_close(second, model.encode(x, lengths, gates, 1), atol=2e-2,
+                                   rtol=2e-2)
+    assert (second - first).abs().max() > 1e-2
