@@ -29,8 +29,9 @@ BF16 = torch.bfloat16
 FWD_CONFIGS = [{}, dict(SPAN=16), dict(SPAN=48), dict(SPAN=64), dict(UNROLL=4),
                dict(UNROLL=16), dict(BC=64, num_warps=2), dict(BC=32, num_warps=1),
                dict(maxnreg=80)]
-# the transposed conv: the forward's sliding window with the GLU backward
-BWD_CONFIGS = [{}, dict(UNROLL=8), dict(UNROLL=2), dict(SPAN=16), dict(SPAN=64),
+# the transposed conv (the forward's kernel, taps reversed), then the GLU backward (its
+# tiles fixed: _glu_bwd_blocks)
+BWD_CONFIGS = [{}, dict(UNROLL=4), dict(UNROLL=2), dict(SPAN=16), dict(SPAN=64),
                dict(BC=64, num_warps=2)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)

@@ -79,21 +79,24 @@ class FrozenOperands:
     of one weight list, made once per dtype (operand_copies) and reused by every pass, so a
     CUDA graph captured on them copies nothing at replay (the paper encoder's copy took 85
     us of its 3.1 ms forward on the H200). The same buffers are written again, before a
-    pass or a replay (`refresh`), when a weight was replaced or changed in place by a
-    PyTorch call since: torch counts such writes in each tensor's version. A change that no
-    PyTorch call makes, one replayed from a CUDA graph, is not seen: for weights that
-    nothing trains meanwhile (a loaded checkpoint's)."""
+    pass or a replay (`refresh`), where a weight was replaced, moved to other storage
+    (`.data =`, `.to()`) or changed in place by a PyTorch call since: torch counts such
+    writes in each tensor's version (an inference tensor has none: it is copied at every
+    call). A change that no PyTorch call makes, one replayed from a CUDA graph, is not seen:
+    for weights that nothing trains meanwhile (a loaded checkpoint's)."""
 
     def __init__(self):
-        self._entries: dict[torch.dtype, list] = {}     # dtype -> [weights, versions, copies]
+        # dtype -> [weights, their states (_state), copies]
+        self._entries: dict[torch.dtype, list] = {}
 
     def __call__(self, weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
         """The copies of `weights` in `dtype`: the same tensors at every call."""
         entry = self._entries.get(dtype)
         if entry is None:
+            _no_copy_in_capture()
             with torch.inference_mode(False):    # buffers that later refreshes may write
                 copies = operand_copies(weights, dtype)
-            self._entries[dtype] = [list(weights), [w._version for w in weights], copies]
+            self._entries[dtype] = [list(weights), [_state(w) for w in weights], copies]
             return copies
         self._refresh(entry, weights)
         return entry[2]
@@ -104,19 +107,45 @@ class FrozenOperands:
         for entry in self._entries.values():
             self._refresh(entry, weights)
 
+    def record_stream(self, stream) -> None:
+        """Mark the copies as used on CUDA `stream` (they were made on another, e.g. a graph
+        capture's warm-up stream): freeing them then waits for its work."""
+        for _, _, copies in self._entries.values():
+            for copy in copies:
+                copy.record_stream(stream)
+
     @staticmethod
     def _refresh(entry: list, weights: list[torch.Tensor]) -> None:
-        held, versions, copies = entry
+        held, states, copies = entry
         shapes = [c.shape for c in copies]
-        if [w.shape for w in weights] != shapes:
-            raise ValueError(f"FrozenOperands: the weights' shapes changed from {shapes} to "
-                             f"{[w.shape for w in weights]}; make a new one for this model")
-        now = [w._version for w in weights]
-        if now != versions or any(w is not h for w, h in zip(weights, held, strict=True)):
+        if [w.shape for w in weights] != shapes or any(w.device != c.device for w, c in
+                                                        zip(weights, copies, strict=True)):
+            raise ValueError(f"FrozenOperands: the weights changed shape or device (copies "
+                             f"{shapes} on {copies[0].device}, weights "
+                             f"{[w.shape for w in weights]} on {weights[0].device}); make a "
+                             "new one for this model")
+        now = [_state(w) for w in weights]
+        if now != states or None in now or \
+                any(w is not h for w, h in zip(weights, held, strict=True)):
+            _no_copy_in_capture()
             # inference_mode(False) turns grad mode on: no_grad inside it
             with torch.inference_mode(False), torch.no_grad():
                 torch._foreach_copy_(copies, weights)
             entry[0], entry[1] = list(weights), now
+
+
+def _state(weight: torch.Tensor) -> tuple[int, int] | None:
+    """What tells that a weight's values may have changed: its storage and torch's count of
+    in-place writes to it; None for an inference tensor, which keeps no count."""
+    return None if weight.is_inference() else (weight.data_ptr(), weight._version)
+
+
+def _no_copy_in_capture() -> None:
+    """A copy inside a CUDA-graph capture would only be recorded, not run, and the copies
+    marked current would hold the old values for every other caller."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("FrozenOperands: the weights' copies must be made or refreshed "
+                           "before a CUDA-graph capture (call it once outside the capture)")
 
 
 def zeroed_fp32(sizes: list[int], device: torch.device) -> list[torch.Tensor]:

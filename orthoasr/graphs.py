@@ -97,7 +97,7 @@ class GraphedEncoder:
             if gates_in is not None:
                 gates_in.copy_(gates)
             if self.operands is not None:      # the weights the graph reads, kept current
-                self.operands.refresh(self.model.matmul_weights())
+                self.operands.refresh(self.model.matmul_weights)
             graph.replay()
             return out[:B, :T].clone()
         padded = x.new_empty(PB, PT, x.shape[2])
@@ -122,6 +122,8 @@ class GraphedEncoder:
                   f"capture failed ({err})")
             return None
         self.pool = graph.pool()
+        if self.operands is not None:     # made on capture_graph's warm-up stream
+            self.operands.record_stream(torch.cuda.current_stream())
         return graph, inputs, out
 
 

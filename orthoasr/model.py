@@ -320,6 +320,7 @@ class ConformerSupernet(nn.Module):
                       ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
         return x
 
+    @property
     def matmul_weights(self) -> list[torch.Tensor]:
         """Every encoder module's `matmul_weights`, block by block in layout order: what
         `run_blocks` copies to the compute dtype (the list a FrozenOperands holds)."""

@@ -118,7 +118,7 @@ def test_ungated_batch_needs_the_module_gate():
 def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_filled_memory):
     """With nothing skipped, PW1's weight gradient and dz are products over every row
     (dense_wgrad, torch.mm), so every padded row of du and z must be written, as zeros
-    (frames past a sequence's length in the transposed conv's tiles, and tiles wholly past
+    (frames past a sequence's length in the GLU backward's tiles, and tiles wholly past
     it). Fresh memory is NaN here (nan_filled_memory), x and dy carry NaN
     and 1e4 at padded rows, and the gradients must still match the fp64 reference."""
     from orthoasr.kernels import gated_conv as module

@@ -6,7 +6,7 @@ import torch
 
 import orthoasr.model as model_module
 from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
-from orthoasr.kernels.common import as_operands
+from orthoasr.kernels.common import FrozenOperands, as_operands
 from orthoasr.model import ConformerSupernet
 
 
@@ -255,6 +255,28 @@ def test_a_module_call_casts_its_weights_in_one_copy():
     assert ops[0].untyped_storage().data_ptr() == ops[1].untyped_storage().data_ptr()
     for op, w in zip(ops, weights, strict=True):
         assert op.dtype == torch.float32 and torch.equal(op, w.float())
+
+
+def test_frozen_operands_under_inference_mode():
+    """FrozenOperands' copies first made under torch.inference_mode are ordinary tensors
+    that a refresh outside it may write; weights that are inference tensors (no version
+    count) are copied at every call; weights moved to another shape are refused."""
+    weights = [torch.randn(4, 3), torch.randn(3, 2)]
+    frozen = FrozenOperands()
+    with torch.inference_mode():
+        copies = frozen(weights, torch.float16)
+    assert not copies[0].is_inference()
+    with torch.no_grad():
+        weights[0].mul_(2.0)
+    assert torch.equal(frozen(weights, torch.float16)[0], weights[0].half())
+    with torch.inference_mode():
+        made_there = [torch.randn(4, 3), torch.randn(3, 2)]
+        kept = FrozenOperands()
+        kept(made_there, torch.float16)
+        made_there[0].mul_(3.0)
+        assert torch.equal(kept(made_there, torch.float16)[0], made_there[0].half())
+    with pytest.raises(ValueError, match="changed shape or device"):
+        frozen([weights[0].t(), weights[1]], torch.float16)
 
 
 def test_skip_is_honoured_and_checked():
