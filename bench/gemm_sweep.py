@@ -35,12 +35,6 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
 # fewer bytes from L2: an [M, K] @ [K, N] product with BM x BN tiles reads A N/BN times and
 # B M/BM times (g3 at 64x128: 72 + 150 MB, ~30 us at 5-7 TB/s; at 256x128: 72 + 38 MB)
 ROW_CONFIGS += [dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3)]
-# one wave for the K-chunked products' 384-column outputs (g2, g4): at B32xT250 the default
-# 128x128 / 3 stages (96 KB, two programs a SM) makes 189 tiles of 8000 x 384, a 0.72-full
-# wave, and 64x128 / 4 stages 375 tiles over 264 slots (1.42 waves); cuBLAS's 192x128 makes
-# 126, one wave. These two hold 375 tiles at three a SM (72 KB) and 378 at four (48 KB).
-ROW_CONFIGS += [dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3),
-                dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=2)]
 # the SiLU epilogues in two row halves (SUBTILE): in an sm_90 compile g3 at 128x128/8 warps
 # goes from 72 B of spills to none (176 registers), at 256x128 from 1392 B to 208; capped
 # at 128 registers, two programs a SM (the launcher's default for both SiLU GEMMs)

@@ -117,16 +117,17 @@ class FrozenOperands:
     @staticmethod
     def _refresh(entry: list, weights: list[torch.Tensor]) -> None:
         held, states, copies = entry
-        shapes = [c.shape for c in copies]
-        if [w.shape for w in weights] != shapes or any(w.device != c.device for w, c in
-                                                        zip(weights, copies, strict=True)):
-            raise ValueError(f"FrozenOperands: the weights changed shape or device (copies "
-                             f"{shapes} on {copies[0].device}, weights "
-                             f"{[w.shape for w in weights]} on {weights[0].device}); make a "
-                             "new one for this model")
         now = [_state(w) for w in weights]
         if now != states or None in now or \
                 any(w is not h for w, h in zip(weights, held, strict=True)):
+            # a weight of another shape or device is new storage: checked only here
+            shapes = [c.shape for c in copies]
+            if [w.shape for w in weights] != shapes or any(
+                    w.device != c.device for w, c in zip(weights, copies, strict=True)):
+                raise ValueError(f"FrozenOperands: the weights changed shape or device "
+                                 f"(copies {shapes} on {copies[0].device}, weights "
+                                 f"{[w.shape for w in weights]} on {weights[0].device}); "
+                                 "make a new one for this model")
             _no_copy_in_capture()
             # inference_mode(False) turns grad mode on: no_grad inside it
             with torch.inference_mode(False), torch.no_grad():

@@ -268,11 +268,12 @@ def _glu_bwd_kernel(
     valid = tl.minimum(tl.load(len_ptr + seq), T).to(tl.int32) * live
     t = pid_t * BT + tl.arange(0, BT)
     cols = pid_c * BC + tl.arange(0, BC)
+    col_ok = (cols < D)[None, :]
     busy = pid_t * BT < valid
     if ZERO_PADDED:
         busy = pid_t * BT < T
     if busy:
-        ok = (t < valid)[:, None] & (cols < D)[None, :]
+        ok = (t < valid)[:, None] & col_ok
         rows = (seq * T + t)[:, None]
         dv = tl.load(dv_ptr + rows * D + cols[None, :], mask=ok, other=0.0).to(tl.float32)
         u_tile = u_ptr + rows * (2 * D) + cols[None, :]
@@ -281,7 +282,7 @@ def _glu_bwd_kernel(
         sig = tl.sigmoid(g)
         write = ok      # masked-off terms are 0: the padded rows' zeros
         if ZERO_PADDED:
-            write = (t < T)[:, None] & (cols < D)[None, :]
+            write = (t < T)[:, None] & col_ok
         du_tile = du_ptr + rows * (2 * D) + cols[None, :]
         dtype = du_ptr.dtype.element_ty
         tl.store(du_tile, (dv * sig).to(dtype), mask=write)
