@@ -48,15 +48,16 @@ def check_lengths(lengths, batch: int, device: torch.device) -> None:
 
 def as_operands(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """`weights` as matmul operands in `dtype` (the compute dtype): themselves (contiguous)
-    when all are in it already, else copies outside autograd, all made by one launch
-    (operand_copies; the op takes the weights too and gives them their gradients). One cast
-    per call beats casting every tile in registers: with bf16 weights the gated FFN ran 409
-    instead of 584 us fwd+bwd on the H200 (bench/NOTES.md, 2026-11-30); one launch for a
-    module's weights saves the launches of one a weight. The op keeps the operands for its
-    backward: no second cast. A whole encoder pass makes all its operands at once."""
-    if all(w.dtype == dtype for w in weights):
-        return [w.contiguous() for w in weights]
-    return operand_copies(weights, dtype)
+    when in it already, else one cast each, outside autograd (the op takes the weights too
+    and gives them their gradients). One cast per call beats casting every tile in
+    registers: with bf16 weights the gated FFN ran 409 instead of 584 us fwd+bwd on the H200
+    (bench/NOTES.md, 2026-11-30). Not one operand_copies launch for a module's few weights:
+    its multi_tensor_apply gives each 64K elements one thread block, ~18 blocks for two
+    paper-size matrices, and the MHSA module's forward took 75.3 instead of 64.1 us
+    (H200, 2026-12-02). The op keeps the operands for its backward: no second cast. A whole
+    encoder pass makes all its operands at once (operand_copies: ~620 blocks)."""
+    return [w.contiguous() if w.dtype == dtype else w.detach().to(dtype).contiguous()
+            for w in weights]
 
 
 def operand_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:

@@ -245,16 +245,18 @@ def test_one_operand_copy_per_pass_gives_the_same_outputs_and_gradients(monkeypa
     assert (outputs()[0] - handed[0]).abs().max() > 1e-2
 
 
-def test_a_module_call_casts_its_weights_in_one_copy():
+def test_a_module_call_casts_each_weight_outside_autograd():
     """as_operands, what a module called on its own casts with: weights already in the
-    compute dtype are their own operands; otherwise one copy of them all (one launch on a
-    GPU), views of one buffer with each weight's shape and values."""
-    weights = [torch.randn(6, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)]
+    compute dtype are their own operands; otherwise a copy of each in that dtype, with its
+    shape and values, that autograd does not track (the op gives the weights their
+    gradients)."""
+    weights = [torch.randn(6, 4, dtype=torch.float64, requires_grad=True),
+               torch.randn(4, 3, dtype=torch.float64, requires_grad=True)]
     assert all(op is w for op, w in zip(as_operands(weights, torch.float64), weights))
     ops = as_operands(weights, torch.float32)
-    assert ops[0].untyped_storage().data_ptr() == ops[1].untyped_storage().data_ptr()
     for op, w in zip(ops, weights, strict=True):
-        assert op.dtype == torch.float32 and torch.equal(op, w.float())
+        assert op.dtype == torch.float32 and op.is_contiguous() and not op.requires_grad
+        assert torch.equal(op, w.detach().float())
 
 
 def test_frozen_operands_under_inference_mode():
