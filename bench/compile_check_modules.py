@@ -1,8 +1,8 @@
-"""Compile the FFN, conv, LayerNorm, first-conv and CTC kernels for sm_90 without a GPU, at the
-configurations their launchers use for bf16 activations and the paper model's sizes (as
-Triton's launcher specialises them), and print registers, spills and shared memory (the
-attention / MHSA kernels: bench/compile_check_attention.py). Run before spending GPU time on
-a kernel change.
+"""Compile the FFN, conv, LayerNorm, first-conv, CTC and weight-cast kernels for sm_90
+without a GPU, at the configurations their launchers use for bf16 activations and the paper
+model's sizes (as Triton's launcher specialises them), and print registers, spills and
+shared memory (the attention / MHSA kernels: bench/compile_check_attention.py). Run before
+spending GPU time on a kernel change.
 
     python -m bench.compile_check_modules
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bench.compile_check_attention import _compile
-from orthoasr.kernels import ctc, first_conv, gated_conv, gated_matmul, layer_norm
+from orthoasr.kernels import common, ctc, first_conv, gated_conv, gated_matmul, layer_norm
 from orthoasr.kernels.gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
@@ -225,6 +225,11 @@ def main() -> None:
                    ptrs | dict(gloss_ptr="fp32", grad_ptr="fp32"),
                    ints=strides | dict(g_stride_t=32 * 512, g_stride_b=512),
                    constexprs=dict(BLOCK_S=block_s))
+    # a module's two weights cast by one launch (the FFN's, fp32 -> bf16)
+    ok &= _compile(common._cast_pair_kernel,
+                   dict(src0="fp32", dst0="bf16", src1="fp32", dst1="bf16"),
+                   ints=dict(n0=F * D, n1=D * F),
+                   constexprs=dict(BLOCK=common._CAST_BLOCK), num_warps=4)
     print("all kernels compiled" if ok else "SOME KERNELS FAILED THE SHARED-MEMORY CHECK")
 
 

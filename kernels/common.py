@@ -1,7 +1,7 @@
 """Helpers the kernel files share: whether Triton runs under its CPU interpreter, the
-`tl.dot` input precision for a dtype, weights as matmul operands (one by one or all at
-once), the valid-frame mask of padded batches, and zeroed fp32 accumulators from one
-buffer."""
+`tl.dot` input precision for a dtype, weights as matmul operands (a module's pair in one
+launch, or a whole encoder's at once), the valid-frame mask of padded batches, and zeroed
+fp32 accumulators from one buffer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import functools
 import os
 
 import torch
+import triton
+import triton.language as tl
+
+from .launch import cdiv, launch
 
 
 @functools.cache
@@ -48,16 +52,63 @@ def check_lengths(lengths, batch: int, device: torch.device) -> None:
 
 def as_operands(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """`weights` as matmul operands in `dtype` (the compute dtype): themselves (contiguous)
-    when in it already, else one cast each, outside autograd (the op takes the weights too
-    and gives them their gradients). One cast per call beats casting every tile in
-    registers: with bf16 weights the gated FFN ran 409 instead of 584 us fwd+bwd on the H200
-    (bench/NOTES.md, 2026-11-30). Not one operand_copies launch for a module's few weights:
-    its multi_tensor_apply gives each 64K elements one thread block, ~18 blocks for two
-    paper-size matrices, and the MHSA module's forward took 75.3 instead of 64.1 us
-    (H200, 2026-12-02). The op keeps the operands for its backward: no second cast. A whole
-    encoder pass makes all its operands at once (operand_copies: ~620 blocks)."""
-    return [w.contiguous() if w.dtype == dtype else w.detach().to(dtype).contiguous()
-            for w in weights]
+    when in it already, else copies outside autograd (the op takes the weights too and gives
+    them their gradients); a module's two CUDA matrices by one launch (`cast_pair`), others
+    one cast each. One cast per call beats casting every tile in registers: with bf16 weights
+    the gated FFN ran 409 instead of 584 us fwd+bwd on the H200 (bench/NOTES.md,
+    2026-11-30). Not operand_copies for a module's few weights: its multi_tensor_apply gives
+    each 64K elements one thread block, ~9 blocks for the MHSA's two matrices, and the
+    module's forward took 75.3 instead of 64.1 us (H200, 2026-12-02). The op keeps the
+    operands for its backward: no second cast. A whole encoder pass makes all its operands
+    at once (operand_copies: ~620 blocks)."""
+    weights = [w.contiguous() for w in weights]
+    if all(w.dtype == dtype for w in weights):
+        return weights
+    if len(weights) == 2 and weights[0].is_cuda and weights[1].is_cuda \
+            and not torch.compiler.is_compiling():      # torch.compile traces the casts
+        return list(cast_pair(weights[0], weights[1], dtype))
+    return [w if w.dtype == dtype else w.detach().to(dtype) for w in weights]
+
+
+# elements a program of _cast_pair_kernel copies: 16 a thread at 4 warps, four 16-byte fp32
+# loads each; 576 programs for the FFN's two paper-size matrices (1.18M elements)
+_CAST_BLOCK = 2048
+
+
+@triton.jit
+def _cast_pair_kernel(src0, dst0, n0, src1, dst1, n1, BLOCK: tl.constexpr):
+    # dst0[:n0] = src0 in dst0's dtype, dst1[:n1] likewise: the first cdiv(n0, BLOCK)
+    # programs copy the first tensor, the others the second
+    pid = tl.program_id(0)
+    first = tl.cdiv(n0, BLOCK)
+    if pid < first:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < n0
+        tl.store(dst0 + offs, tl.load(src0 + offs, mask=ok).to(dst0.dtype.element_ty),
+                 mask=ok)
+    else:
+        offs = (pid - first) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < n1
+        tl.store(dst1 + offs, tl.load(src1 + offs, mask=ok).to(dst1.dtype.element_ty),
+                 mask=ok)
+
+
+def cast_pair(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of the contiguous tensors a and b in `dtype`, each of its own shape, made by
+    one launch (two casts cost two launches of ~2 us each on the H200 for 0.15-0.6M
+    elements). Nothing tracks them for autograd. Under the interpreter bf16 results may
+    differ in the last bit (it does not round to nearest even): CPU callers use `.to`."""
+    if not (a.is_contiguous() and b.is_contiguous()) or a.device != b.device:
+        raise ValueError(f"cast_pair: a and b must be contiguous and on one device, got "
+                         f"strides {a.stride()} / {b.stride()} on {a.device} / {b.device}")
+    out_a = torch.empty(a.shape, dtype=dtype, device=a.device)
+    out_b = torch.empty(b.shape, dtype=dtype, device=b.device)
+    n_a, n_b = a.numel(), b.numel()
+    grid = (max(1, cdiv(n_a, _CAST_BLOCK) + cdiv(n_b, _CAST_BLOCK)),)
+    launch(_cast_pair_kernel, grid, a, out_a, n_a, b, out_b, n_b,
+           BLOCK=_CAST_BLOCK, num_warps=4)
+    return out_a, out_b
 
 
 def operand_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 
 import orthoasr.model as model_module
 from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
-from orthoasr.kernels.common import FrozenOperands, as_operands
+from orthoasr.kernels.common import FrozenOperands, as_operands, cast_pair
 from orthoasr.model import ConformerSupernet
 
 
@@ -245,7 +245,7 @@ def test_one_operand_copy_per_pass_gives_the_same_outputs_and_gradients(monkeypa
     assert (outputs()[0] - handed[0]).abs().max() > 1e-2
 
 
-def test_a_module_call_casts_each_weight_outside_autograd():
+def test_a_module_call_casts_its_weights_outside_autograd():
     """as_operands, what a module called on its own casts with: weights already in the
     compute dtype are their own operands; otherwise a copy of each in that dtype, with its
     shape and values, that autograd does not track (the op gives the weights their
@@ -257,6 +257,35 @@ def test_a_module_call_casts_each_weight_outside_autograd():
     for op, w in zip(ops, weights, strict=True):
         assert op.dtype == torch.float32 and op.is_contiguous() and not op.requires_grad
         assert torch.equal(op, w.detach().float())
+
+
+@pytest.mark.parametrize("sizes", [((2049, 3), (5,)), ((1,), (4096,)), ((0,), (7, 7))])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float16),
+                                    (torch.float64, torch.float32)])
+def test_cast_pair_copies_both_tensors_in_one_launch(sizes, dtypes):
+    """cast_pair (the kernel as_operands uses for a module's two CUDA weights), under the
+    interpreter: each tensor cast exactly, whatever its size against the kernel's block
+    (one element, an exact multiple, a partial last block, none)."""
+    source, target = dtypes
+    a = torch.randn(*sizes[0], dtype=source, requires_grad=True) * 50
+    b = torch.randn(*sizes[1], dtype=source)
+    out_a, out_b = cast_pair(a, b, target)
+    assert out_a.shape == a.shape and out_b.shape == b.shape and not out_a.requires_grad
+    assert torch.equal(out_a, a.detach().to(target)) and torch.equal(out_b, b.to(target))
+    with pytest.raises(ValueError, match="contiguous"):
+        cast_pair(a.detach().t() if a.dim() == 2 else a, b.reshape(-1)[::2], target)
+
+
+@pytest.mark.gpu
+def test_gpu_module_operands_are_the_weights_cast_to_bf16():
+    """On the GPU a module's two weights go through cast_pair: bit for bit what .to(bf16)
+    gives (round to nearest even), at the FFN's paper sizes and at odd ones."""
+    for shapes in [((1536, 384), (384, 1536)), ((3, 5), (1000, 3))]:
+        weights = [torch.randn(*s, device="cuda", requires_grad=True) for s in shapes]
+        ops = as_operands(weights, torch.bfloat16)
+        for op, w in zip(ops, weights, strict=True):
+            assert op.dtype == torch.bfloat16 and not op.requires_grad
+            assert torch.equal(op, w.detach().to(torch.bfloat16))
 
 
 def test_frozen_operands_under_inference_mode():
