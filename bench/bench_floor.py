@@ -9,11 +9,12 @@ the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 `compile_floor` (torch.compile(mode="max-autotune-no-cudagraphs") of the floor), and for
 the attention core `sdpa_mask` / `sdpa_nomask`; for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
-Gates: all-on, half (every other FFN chunk and head; conv on), off, soft (ours only: random
-gates with gradients, as in stage 1). Before timing, each floor is checked against ours on
-valid frames (the same work). Rows go to bench/results/kernels.json (table "floors"): case,
-mode (fwd or fwd+bwd), gates, provider, timing (graph or eager), ms, tflops (FLOPs of the
-live units; attention over all T x T).
+Gates: all-on, dense (ours only: no gates at all, the supernet's pass in training and
+dense inference; its floors are all-on's, the same work), half (every other FFN chunk and
+head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
+timing, each floor is checked against ours on valid frames (the same work). Rows go to
+bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd), gates, provider,
+timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all T x T).
 `--check` runs only the equality checks (works on the CPU under TRITON_INTERPRET=1).
 """
 
@@ -36,25 +37,26 @@ SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
 BF16 = torch.bfloat16
 
 
-def gate_patterns(n: int, device) -> dict[str, torch.Tensor]:
-    """all-on, half (every other unit; a single unit stays on), off, soft."""
+def gate_patterns(n: int, device) -> dict[str, torch.Tensor | None]:
+    """all-on, dense (None: no gates), half (every other unit; a single unit stays on), off,
+    soft."""
     half = torch.ones(n, device=device)
     if n > 1:
         half[1::2] = 0.0
-    return {"all-on": torch.ones(n, device=device), "half": half,
+    return {"all-on": torch.ones(n, device=device), "dense": None, "half": half,
             "off": torch.zeros(n, device=device),
             "soft": torch.rand(n, device=device) * 0.8 + 0.1}
 
 
-def model_gate_patterns(model: ConformerSupernet) -> dict[str, torch.Tensor]:
+def model_gate_patterns(model: ConformerSupernet) -> dict[str, torch.Tensor | None]:
     """Per-unit gates of the whole encoder: each module's own pattern (gate_patterns)."""
     device = next(model.parameters()).device
-    per_block = {name: [] for name in ("all-on", "half", "off", "soft")}
+    per_block: dict[str, list] = {}
     for _kind, start, end in block_layout(model.cfg):
         for name, g in gate_patterns(end - start, device).items():
-            per_block[name].append(g)
-    return {name: torch.cat(parts).repeat(len(model.blocks)) for name, parts in
-            per_block.items()}
+            per_block.setdefault(name, []).append(g)
+    return {name: None if parts[0] is None else torch.cat(parts).repeat(len(model.blocks))
+            for name, parts in per_block.items()}
 
 
 def flops(kind: str, cfg: SupernetConfig, B: int, T: int, live: torch.Tensor) -> float:
@@ -151,14 +153,17 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 if gate_names and name not in gate_names:
                     continue
                 hard = name != "soft"
+                # no gates: ours alone (all-on's floors are the same work)
+                dense = gates is None
                 if kind == "encoder":
                     def ours(xx, ll, g=gates):
                         return encode_gated(model, xx, ll, g)
-                    floor = EncoderFloor(model, gates, BF16) if hard else None
+                    floor = EncoderFloor(model, gates, BF16) if hard and not dense else None
                 else:
                     def ours(xx, ll, g=gates, m=ours_module):
                         return m(xx, ll, g)
-                    floor = module_floor(ours_module, gates, BF16) if hard else None
+                    floor = module_floor(ours_module, gates, BF16) if hard and not dense \
+                        else None
                 set_backend("auto")
                 if floor is not None and name != "off":
                     with torch.autocast(device.type, dtype=BF16, enabled=device.type == "cuda"):
@@ -166,14 +171,15 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     print(f"{shape} {kind} {name}: floor == ours on valid frames", flush=True)
                 if check_only:
                     continue
-                live = gates if hard else torch.ones_like(gates)
+                on = patterns["all-on"]
+                live = gates if hard and not dense else torch.ones_like(on)
                 base = {"table": "floors", "case": f"{kind} {shape}", "gates": name,
                         "baseline": "dense_floor",
                         "flops": sum(flops(k, cfg, B, T, live) for k in
                                      (["ffn", "ffn", "conv", "mhsa"] if kind == "encoder"
                                       else [kind])) * (cfg.num_layers if kind == "encoder"
                                                        else 1)}
-                soft = gates.clone().requires_grad_(not hard)
+                soft = None if dense else gates.clone().requires_grad_(not hard)
                 xx = x.clone().requires_grad_()
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
@@ -242,7 +248,7 @@ def main() -> None:
                         default=["ffn", "conv", "mhsa", "attention", "encoder"])
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"])
     parser.add_argument("--gates", nargs="*", default=None,
-                        help="gate patterns to run (all-on, half, off, soft; default all)")
+                        help="gate patterns to run (all-on, dense, half, off, soft; default all)")
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for kernels.json "
                         "(default bench/results)")

@@ -18,8 +18,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "kernels.json"
 MODULES = ("ffn", "conv", "mhsa")
 SHAPES = ("B32xT250", "B16xT750")
-ENCODER_MS = {("fwd+bwd", "all-on"): 10.0, ("fwd+bwd", "soft"): 11.0,
-              ("fwd+bwd", "half"): 6.0, ("fwd", "all-on"): 2.5, ("fwd", "off"): 0.3}
+# the whole encoder's targets: "dense" is the issue's word for the supernet's pass, no gates
+# at all (bench_floor's `dense` rows; until session 26 these read the all-on rows, hard
+# gates of ones, which take the masked kernels' path)
+ENCODER_MS = {("fwd+bwd", "dense"): 10.0, ("fwd+bwd", "soft"): 11.0,
+              ("fwd+bwd", "half"): 6.0, ("fwd", "dense"): 2.5, ("fwd", "off"): 0.3}
 
 
 Key = tuple[str, str, str]          # (mode, gates, provider)
