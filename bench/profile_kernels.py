@@ -1,7 +1,7 @@
 """Where each gated module's GPU time goes, kernel by kernel (issue 13's "profile and reason").
 
     python -m bench.profile_kernels [--shape B32xT250] [--modules ffn conv mhsa encoder]
-        [--gates all-on half soft] [--modes fwd+bwd fwd] [--out FILE]
+        [--gates all-on dense half soft] [--modes fwd+bwd fwd] [--out FILE]
 
 For each module, gate pattern and mode: fwd+bwd (training) or fwd (inference: no grad)
 under bf16 autocast (fp32 weights, as in training), `--iters` calls under torch.profiler,
@@ -92,7 +92,9 @@ def kernel_report(label: str, run, params, gates, mode: str, x, lengths, dy, ite
         # gradients set to None first, as a training step does: accumulating into them added
         # one add kernel per parameter (~1 ms of the encoder's profile)
         params.zero_grad(set_to_none=True)
-        x.grad = gates.grad = None
+        x.grad = None
+        if gates is not None:
+            gates.grad = None
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y = run(x, lengths, gates)
         y.backward(dy)
@@ -137,7 +139,8 @@ def main() -> None:
         for (name, gates), mode in itertools.product(patterns.items(), args.modes):
             if name not in args.gates:
                 continue
-            gates = gates.clone().requires_grad_(name == "soft" and mode == "fwd+bwd")
+            if gates is not None:       # None: `dense`, no gates (the supernet's pass)
+                gates = gates.clone().requires_grad_(name == "soft" and mode == "fwd+bwd")
             lines += kernel_report(f"{kind} {name} {mode}", run, params, gates, mode,
                                    x, lengths, dy, args.iters)
     text = "\n".join(lines) + "\n"
