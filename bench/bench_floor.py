@@ -9,8 +9,8 @@ the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 `compile_floor` (torch.compile(mode="max-autotune-no-cudagraphs") of the floor), and for
 the attention core `sdpa_mask` / `sdpa_nomask`; for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
-Gates: all-on, dense (ours only: no gates at all, the supernet's pass in training and
-dense inference; its floors are all-on's, the same work), half (every other FFN chunk and
+Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
+its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
 timing, each floor is checked against ours on valid frames (the same work). Rows go to
 bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd), gates, provider,
@@ -153,17 +153,17 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 if gate_names and name not in gate_names:
                     continue
                 hard = name != "soft"
-                # no gates: ours alone (all-on's floors are the same work)
+                # no gates: the floor is all-on's (the same work), timed again, no compile
                 dense = gates is None
+                floor_gates = patterns["all-on"] if dense else gates
                 if kind == "encoder":
                     def ours(xx, ll, g=gates):
                         return encode_gated(model, xx, ll, g)
-                    floor = EncoderFloor(model, gates, BF16) if hard and not dense else None
+                    floor = EncoderFloor(model, floor_gates, BF16) if hard else None
                 else:
                     def ours(xx, ll, g=gates, m=ours_module):
                         return m(xx, ll, g)
-                    floor = module_floor(ours_module, gates, BF16) if hard and not dense \
-                        else None
+                    floor = module_floor(ours_module, floor_gates, BF16) if hard else None
                 set_backend("auto")
                 if floor is not None and name != "off":
                     with torch.autocast(device.type, dtype=BF16, enabled=device.type == "cuda"):

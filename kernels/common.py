@@ -99,9 +99,11 @@ def cast_pair(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype
     one launch (two casts cost two launches of ~2 us each on the H200 for 0.15-0.6M
     elements). Nothing tracks them for autograd. Under the interpreter bf16 results may
     differ in the last bit (it does not round to nearest even): CPU callers use `.to`."""
-    if not (a.is_contiguous() and b.is_contiguous()) or a.device != b.device:
-        raise ValueError(f"cast_pair: a and b must be contiguous and on one device, got "
-                         f"strides {a.stride()} / {b.stride()} on {a.device} / {b.device}")
+    if not (a.is_contiguous() and b.is_contiguous()) or a.device != b.device or \
+            max(a.numel(), b.numel()) > 2 ** 31 - _CAST_BLOCK:      # int32 offsets
+        raise ValueError(f"cast_pair: a and b must be contiguous and on one device, with "
+                         f"fewer than 2**31 elements, got strides {a.stride()} / {b.stride()} "
+                         f"on {a.device} / {b.device}, {a.numel()} / {b.numel()} elements")
     out_a = torch.empty(a.shape, dtype=dtype, device=a.device)
     out_b = torch.empty(b.shape, dtype=dtype, device=b.device)
     n_a, n_b = a.numel(), b.numel()

@@ -4,6 +4,7 @@ padding, bad input."""
 import pytest
 import torch
 
+import orthoasr.kernels.common as common_module
 import orthoasr.model as model_module
 from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
 from orthoasr.kernels.common import FrozenOperands, as_operands, cast_pair
@@ -262,30 +263,48 @@ def test_a_module_call_casts_its_weights_outside_autograd():
 @pytest.mark.parametrize("sizes", [((2049, 3), (5,)), ((1,), (4096,)), ((0,), (7, 7))])
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.float16),
                                     (torch.float64, torch.float32)])
-def test_cast_pair_copies_both_tensors_in_one_launch(sizes, dtypes):
+def test_cast_pair_copies_both_tensors_in_one_launch(sizes, dtypes, monkeypatch):
     """cast_pair (the kernel as_operands uses for a module's two CUDA weights), under the
-    interpreter: each tensor cast exactly, whatever its size against the kernel's block
-    (one element, an exact multiple, a partial last block, none)."""
+    interpreter: each tensor cast exactly by one launch, whatever its size against the
+    kernel's block (one element, an exact multiple, a partial last block, none)."""
+    launched = []
+    real_launch = common_module.launch
+    def counted(kernel, *args, **meta):
+        launched.append(kernel)
+        real_launch(kernel, *args, **meta)
+    monkeypatch.setattr(common_module, "launch", counted)
     source, target = dtypes
     a = torch.randn(*sizes[0], dtype=source, requires_grad=True) * 50
     b = torch.randn(*sizes[1], dtype=source)
     out_a, out_b = cast_pair(a, b, target)
+    assert launched == [common_module._cast_pair_kernel]
     assert out_a.shape == a.shape and out_b.shape == b.shape and not out_a.requires_grad
     assert torch.equal(out_a, a.detach().to(target)) and torch.equal(out_b, b.to(target))
-    with pytest.raises(ValueError, match="contiguous"):
-        cast_pair(a.detach().t() if a.dim() == 2 else a, b.reshape(-1)[::2], target)
+
+
+def test_cast_pair_refuses_what_it_would_copy_wrong():
+    """A strided tensor (the kernel reads flat memory) or two devices: a clear error."""
+    a, b = torch.randn(4, 6), torch.randn(8)
+    for bad_a, bad_b in [(a.t(), b), (a, b[::2]), (a, torch.empty(8, device="meta"))]:
+        with pytest.raises(ValueError, match="cast_pair: a and b must be contiguous"):
+            cast_pair(bad_a, bad_b, torch.float16)
 
 
 @pytest.mark.gpu
-def test_gpu_module_operands_are_the_weights_cast_to_bf16():
-    """On the GPU a module's two weights go through cast_pair: bit for bit what .to(bf16)
-    gives (round to nearest even), at the FFN's paper sizes and at odd ones."""
+def test_gpu_module_operands_are_the_weights_cast_to_bf16(monkeypatch):
+    """On the GPU a module's two weights go through one cast_pair: bit for bit what
+    .to(bf16) gives (round to nearest even), at the FFN's paper sizes and at odd ones."""
+    pairs = []
+    real_cast_pair = common_module.cast_pair
+    monkeypatch.setattr(common_module, "cast_pair",
+                        lambda a, b, dtype: (pairs.append(dtype), real_cast_pair(a, b, dtype))[1])
     for shapes in [((1536, 384), (384, 1536)), ((3, 5), (1000, 3))]:
         weights = [torch.randn(*s, device="cuda", requires_grad=True) for s in shapes]
         ops = as_operands(weights, torch.bfloat16)
         for op, w in zip(ops, weights, strict=True):
             assert op.dtype == torch.bfloat16 and not op.requires_grad
             assert torch.equal(op, w.detach().to(torch.bfloat16))
+    assert pairs == [torch.bfloat16, torch.bfloat16]
 
 
 def test_frozen_operands_under_inference_mode():
