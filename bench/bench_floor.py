@@ -171,8 +171,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     print(f"{shape} {kind} {name}: floor == ours on valid frames", flush=True)
                 if check_only:
                     continue
-                on = patterns["all-on"]
-                live = gates if hard and not dense else torch.ones_like(on)
+                live = floor_gates if hard else torch.ones_like(gates)
                 base = {"table": "floors", "case": f"{kind} {shape}", "gates": name,
                         "baseline": "dense_floor",
                         "flops": sum(flops(k, cfg, B, T, live) for k in
