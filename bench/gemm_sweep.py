@@ -35,6 +35,10 @@ ROW_CONFIGS = [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4),
 # fewer bytes from L2: an [M, K] @ [K, N] product with BM x BN tiles reads A N/BN times and
 # B M/BM times (g3 at 64x128: 72 + 150 MB, ~30 us at 5-7 TB/s; at 256x128: 72 + 38 MB)
 ROW_CONFIGS += [dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3)]
+# three programs a SM (72 KB of shared memory at 3 stages): the K-chunked GEMMs' N = 384 makes
+# 189 tiles of 128x128 at B32xT250, 1.43 waves of 132 SMs; 378 of 128x64 fit 396 slots
+ROW_CONFIGS += [dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=3),
+                dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3)]
 # the SiLU epilogues in two row halves (SUBTILE): in an sm_90 compile g3 at 128x128/8 warps
 # goes from 72 B of spills to none (176 registers), at 256x128 from 1392 B to 208; capped
 # at 128 registers, two programs a SM (the launcher's default for both SiLU GEMMs)
