@@ -79,11 +79,14 @@ def main() -> None:
     ok = True
     for gemm in ROW_GEMMS:
         name, epi, axis, _bias, _aux, final, sum1, *_ = gemm
-        blk = gated_matmul._rows_blocks(BF16, axis, epi)
-        ok &= _row_gemm(*gemm, dict(blk))      # the pointer loads (TMA: the launcher's choice)
-        ok &= _row_gemm(*gemm, dict(blk, TMA=True))
-        if final or epi == EPI_GATE_BWD:    # the soft pass's: also as a batch of two passes
-            ok &= _row_gemm(*gemm, dict(blk, TMA=True, HAS_UNGATED=True))
+        # the K-chunked GEMM picks one of two tiles by its waves: both
+        tiles = ([dict(t) for t, _ in gated_matmul._K_CHUNKED_TILES] if axis == 2 else
+                 [gated_matmul._rows_blocks(BF16, axis, epi)])
+        for blk in tiles:
+            ok &= _row_gemm(*gemm, dict(blk))  # the pointer loads (TMA: the launcher's choice)
+            ok &= _row_gemm(*gemm, dict(blk, TMA=True))
+            if final or epi == EPI_GATE_BWD:  # the soft pass's: also as a batch of two passes
+                ok &= _row_gemm(*gemm, dict(blk, TMA=True, HAS_UNGATED=True))
     for axis in (1, 2):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")

@@ -194,7 +194,9 @@ def main() -> None:
             if args.options and name not in kinds:   # a weight gradient
                 cfgs = [None]
             elif args.options:
-                default = gm._rows_blocks(torch.bfloat16, *kinds[name])
+                # the K-chunked GEMMs (N = D) pick their tile by waves: the launcher's pick
+                sms = torch.cuda.get_device_properties(0).multi_processor_count
+                default = gm._rows_blocks(torch.bfloat16, *kinds[name], tiles_on=(M, D, sms))
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
                 if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]

@@ -568,13 +568,14 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, dot_w_ptr, dot
 
 # ----------------------------------------------------------------------------- launchers
 
-def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
+def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int, tiles_on=None) -> dict:
     """Tiles per GEMM kind. 16-bit choices from bench/gemm_sweep.py on the H200 (FFN,
     B32xT250, soft gates, pointer loads): K-chunked GEMMs 128x128x64/4 warps/3 stages ~30 us
     (64x128x64/4/4: 38); the SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us
     (64x128x64/4/4: 80.0; 128x128/4/3 without SUBTILE spills: 211); the SiLU-gate GEMM
     128x128x64/4/3 46.8 us (128x64x64/4/4: 52.2), since moved to 8 warps (below). fp32
-    keeps the smaller-stage configuration (shared memory)."""
+    keeps the smaller-stage configuration (shared memory). tiles_on: (M, N, SMs), where the
+    K-chunked GEMM's tile depends on its waves (`_k_chunked_blocks`)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
     if epi == EPI_GLU:
@@ -603,13 +604,30 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int) -> dict:
         return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4)
     if chunk_axis == 1:
         return dict(BM=128, BN=64, BK=64, num_warps=4, num_stages=4)
-    if chunk_axis == 2:
-        # N = 384 (the FFN's output) makes 189 tiles of 128x128 at B32xT250, 1.43 waves on
-        # 132 SMs; 64x128 tiles at 72 KB of shared memory run three a SM, 375 of them in one
-        # wave: 22.5 / 23.4 us against 24.3 / 24.7 (d_xn / the second GEMM, all chunks live;
-        # cuBLAS 19.6), 16.1 / 15.9 against 16.8 / 17.2 with half (gemm_sweep --tma, d52f3e8)
-        return dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3)
+    if chunk_axis == 2 and tiles_on is not None:
+        return _k_chunked_blocks(*tiles_on)
     return dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3)
+
+
+# The K-chunked GEMM's two tiles (16-bit, TMA) and how many programs of each share a SM
+# (shared memory at 3 stages: 96 KB at 128x128, 72 KB at 64x128)
+_K_CHUNKED_TILES = ((dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3), 2),
+                    (dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3), 3))
+
+
+def _k_chunked_blocks(M: int, N: int, sms: int) -> dict:
+    """The tile with the least modelled time: waves (the tiles over the SMs' program slots,
+    rounded up) times a wave's work on one SM. The FFN's N = 384 makes few column tiles, so
+    the rounding decides: at B32xT250 128x128 tiles fill 1.43 of the 264 slots' waves and
+    64x128 one of 396, at B16xT750 2 waves each, at B80xT250 2 against 3. Measured on the H200
+    (gemm_sweep --tma, all chunks live, d_xn / the second GEMM), 64x128 against 128x128:
+    22.5 / 23.4 against 24.3 / 24.6 us at B32xT250 and 37.2 / 38.1 against 39.5 / 40.1 at
+    B16xT750, as modelled; at B80xT250 55.0 / 56.2 against 45.8 / 46.1, as modelled."""
+    def modelled(tile):
+        blk, per_sm = tile
+        tiles = cdiv(M, blk["BM"]) * cdiv(N, blk["BN"])
+        return cdiv(tiles, per_sm * sms) * per_sm * blk["BM"] * blk["BN"]
+    return dict(min(_K_CHUNKED_TILES, key=modelled)[0])
 
 
 def _b_layout(b: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -695,7 +713,8 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         raise ValueError(f"rows_gemm: ungated_rows={ungated_rows} needs gates, skip_dead False "
                          f"and at most M={M} rows (gates given: {gates is not None}, "
                          f"skip_dead={skip_dead})")
-    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi))
+    tiles_on = (M, N, _num_sms(a.device.index or 0)) if a.is_cuda else None
+    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi, tiles_on))
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
