@@ -187,8 +187,8 @@ def main() -> None:
                        **mm)
         ok &= _compile(gm._in_proj_dy_kernel,
                        dict(dqkv_ptr=dt, w_ptr=dt, gate_ptr="fp32", dy_ptr="fp32"),
-                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"]),
-                       **mm)
+                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"],
+                                       BLOCK_H=8), **mm)
         for mode in (0, 1, 2, 3):      # 3: BIAS_IF_LIVE_AFTER (a batch of two passes)
             ok &= _compile(gm._out_proj_fwd_kernel,
                            dict(a_ptr=dt, w_ptr=dt, b_ptr="fp32", gate_ptr="fp32",

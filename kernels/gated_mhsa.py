@@ -81,6 +81,23 @@ def gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int
 # ----------------------------------------------------------------------------- kernels
 
 @triton.jit
+def _live_heads(gate_ptr, H, BLOCK_H: tl.constexpr):
+    """(each head's rank among the live ones, counting itself; how many are live). A loop
+    over the live heads alone, with no branch in its body, is one the compiler pipelines
+    (its loads run ahead of the products); an `if gate != 0` in the body kept it from that."""
+    offs_h = tl.arange(0, BLOCK_H)
+    gates = tl.load(gate_ptr + offs_h, mask=offs_h < H, other=0.0)
+    live_rank = tl.cumsum((gates != 0).to(tl.int32), 0)
+    return live_rank, tl.max(live_rank, 0)
+
+
+@triton.jit
+def _live_head(live_rank, i):
+    """The index of the i-th live head (from 0)."""
+    return tl.sum((live_rank <= i).to(tl.int32), 0)
+
+
+@triton.jit
 def _in_proj_fwd_kernel(
     y_ptr, w_ptr, b_ptr, gate_ptr, qkv_ptr, M, D,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -131,7 +148,7 @@ def _in_proj_fwd_kernel(
 def _in_proj_dy_kernel(
     dqkv_ptr, w_ptr, gate_ptr, dy_ptr, M, D, H,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # dy[rows, cols] = sum over live heads h and j of dqkv[rows, slice 3h+j] W_in[slice, cols].
     pid_m = tl.program_id(0)
@@ -143,16 +160,15 @@ def _in_proj_dy_kernel(
     col_ok = cols < D
     d_ok = offs_d < HEAD_DIM
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for h in range(0, H):
-        gate = tl.load(gate_ptr + h)
-        if gate != 0:
-            for j in range(0, 3):
-                s = 3 * h + j
-                g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
-                            mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-                w = tl.load(w_ptr + (s * HEAD_DIM + offs_d)[:, None] * D + cols[None, :],
-                            mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-                acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
+    live_rank, n_live = _live_heads(gate_ptr, H, BLOCK_H)
+    for i in range(0, 3 * n_live):       # q, k and v of each live head
+        h = _live_head(live_rank, i // 3)
+        s = 3 * h + i % 3
+        g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + (s * HEAD_DIM + offs_d)[:, None] * D + cols[None, :],
+                    mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
     tl.store(dy_ptr + rows[:, None] * D + cols[None, :], acc.to(dy_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -190,14 +206,14 @@ def _out_proj_fwd_kernel(
     col_ok = cols < D
     d_ok = offs_d < HEAD_DIM
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for h in range(0, H):
-        gate = tl.load(gate_ptr + h)
-        if gate != 0:
-            a = tl.load(a_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + cols[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
-                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    live_rank, n_live = _live_heads(gate_ptr, H, BLOCK_H)
+    for i in range(0, n_live):
+        h = _live_head(live_rank, i)
+        a = tl.load(a_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = tl.dot(a, tl.trans(w), acc, input_precision=DOT_PRECISION)
     bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     scale = _bias_factor(gate_ptr, scale_ptr, H, BIAS_MODE, BLOCK_H)
     if BIAS_MODE == 3:      # rows < UNGATED: the bias whatever the gates
@@ -353,7 +369,8 @@ def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None, acc=None):
     dy = torch.empty_like(y)
     launch(_in_proj_dy_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         dqkv, w, head_gates, dy, M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
-        BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"], DOT_PRECISION=precision, **blk["opts"])
+        BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"], BLOCK_H=next_pow2(H),
+        DOT_PRECISION=precision, **blk["opts"])
     if lengths is None:
         lengths, T = _row_blocks(M, y.device)
     heads = dict(lengths=lengths, T=T, gates=head_gates, chunk=3 * Dh, skip_dead=True)
