@@ -59,6 +59,26 @@ def _valid_rows(rows, M, T, len_ptr):
 
 
 @triton.jit
+def live_chunks(gate_ptr, n, N_P2: tl.constexpr, SKIP_DEAD: tl.constexpr):
+    """(each chunk's rank among the live ones, counting itself, (N_P2,); how many are live).
+    Chunk c < n is live where its gate is nonzero, or always without SKIP_DEAD. A loop over
+    the live chunks alone (the j-th one: nth_live) has no branch in its body, which keeps it
+    one the compiler pipelines; an `if gate != 0` in the body did not (bench/NOTES.md)."""
+    offs = tl.arange(0, N_P2)
+    live = offs < n
+    if SKIP_DEAD:
+        live = live & (tl.load(gate_ptr + offs, mask=live, other=0.0) != 0.0)
+    live_rank = tl.cumsum(live.to(tl.int32), 0)
+    return live_rank, tl.sum(live.to(tl.int32), 0)
+
+
+@triton.jit
+def nth_live(live_rank, j):
+    """The index of the j-th live chunk (from 0), from live_chunks' ranks."""
+    return tl.sum((live_rank <= j).to(tl.int32), 0)
+
+
+@triton.jit
 def _gate(gate_ptr, c, HAS_GATES: tl.constexpr):
     if HAS_GATES:
         g = tl.load(gate_ptr + c).to(tl.float32)
@@ -150,22 +170,15 @@ def _rows_gemm_kernel(
         # kc, the (i // steps)-th live one, found from the running count of live gates
         if CHUNK_AXIS == 2:
             steps = tl.cdiv(CHUNK, BK)
-            offs_c = tl.arange(0, CHUNKS_P2)
-            chunk_in = offs_c < NUM_CHUNKS
-            if SKIP_DEAD:
-                chunk_gates = tl.load(gate_ptr + offs_c, mask=chunk_in, other=0.0)
-                chunk_live = (chunk_gates != 0.0).to(tl.int32)
-            else:
-                chunk_live = chunk_in.to(tl.int32)
-            live_rank = tl.cumsum(chunk_live, 0)
-            n_steps = tl.sum(chunk_live, 0) * steps
+            live_rank, n_live = live_chunks(gate_ptr, NUM_CHUNKS, CHUNKS_P2, SKIP_DEAD)
+            n_steps = n_live * steps
         else:
             steps = tl.cdiv(K, BK)
             n_steps = steps
         for i in range(0, n_steps):
             if CHUNK_AXIS == 2:
                 j = i // steps
-                kc = tl.sum((live_rank <= j).to(tl.int32), 0)
+                kc = nth_live(live_rank, j)
                 k0 = kc * CHUNK + (i - j * steps) * BK
                 k_local = (i - j * steps) * BK + tl.arange(0, BK)
                 k_ok = k_local < CHUNK
@@ -395,7 +408,7 @@ def _live_tile(rank, CHUNK, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
     tiles never straddle chunks; live_rank is the running count of live chunks."""
     tiles_per_chunk = tl.cdiv(CHUNK, BLOCK)
     j = rank // tiles_per_chunk                            # the j-th live chunk ...
-    c = tl.sum((live_rank <= j).to(tl.int32), 0)           # ... is chunk c
+    c = nth_live(live_rank, j)                             # ... is chunk c
     local = (rank - j * tiles_per_chunk) * BLOCK + tl.arange(0, BLOCK)
     return c * CHUNK + local, local < CHUNK
 
@@ -422,14 +435,7 @@ def _wgrad_kernel(
     p_tiles = tl.cdiv(P, BP)
     q_tiles = tl.cdiv(Q, BQ)
     if CHUNK_AXIS != 0:
-        offs_c = tl.arange(0, CHUNKS_P2)
-        chunk_in = offs_c < NUM_CHUNKS
-        chunk_live = chunk_in.to(tl.int32)
-        if SKIP_DEAD:
-            chunk_gates = tl.load(gate_ptr + offs_c, mask=chunk_in, other=0.0)
-            chunk_live = (chunk_in & (chunk_gates != 0.0)).to(tl.int32)
-        live_rank = tl.cumsum(chunk_live, 0)
-        n_live = tl.sum(chunk_live, 0)
+        live_rank, n_live = live_chunks(gate_ptr, NUM_CHUNKS, CHUNKS_P2, SKIP_DEAD)
         if CHUNK_AXIS == 1:
             p_tiles = n_live * tl.cdiv(CHUNK, BP)
         else:

@@ -43,7 +43,7 @@ from .gated_attention import (
     gated_attention_packed,
     gated_attention_reference,
 )
-from .gated_matmul import col_sums, wgrad
+from .gated_matmul import col_sums, live_chunks, nth_live, wgrad
 from .grads_in_place import accumulators, returned, sinks_of
 from .launch import cdiv, launch, next_pow2
 
@@ -79,23 +79,6 @@ def gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int
 
 
 # ----------------------------------------------------------------------------- kernels
-
-@triton.jit
-def _live_heads(gate_ptr, H, BLOCK_H: tl.constexpr):
-    """(each head's rank among the live ones, counting itself; how many are live). A loop
-    over the live heads alone, with no branch in its body, is one the compiler pipelines
-    (its loads run ahead of the products); an `if gate != 0` in the body kept it from that."""
-    offs_h = tl.arange(0, BLOCK_H)
-    gates = tl.load(gate_ptr + offs_h, mask=offs_h < H, other=0.0)
-    live_rank = tl.cumsum((gates != 0).to(tl.int32), 0)
-    return live_rank, tl.max(live_rank, 0)
-
-
-@triton.jit
-def _live_head(live_rank, i):
-    """The index of the i-th live head (from 0)."""
-    return tl.sum((live_rank <= i).to(tl.int32), 0)
-
 
 @triton.jit
 def _in_proj_fwd_kernel(
@@ -160,9 +143,9 @@ def _in_proj_dy_kernel(
     col_ok = cols < D
     d_ok = offs_d < HEAD_DIM
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    live_rank, n_live = _live_heads(gate_ptr, H, BLOCK_H)
+    live_rank, n_live = live_chunks(gate_ptr, H, BLOCK_H, True)
     for i in range(0, 3 * n_live):       # q, k and v of each live head
-        h = _live_head(live_rank, i // 3)
+        h = nth_live(live_rank, i // 3)
         s = 3 * h + i % 3
         g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
@@ -206,9 +189,9 @@ def _out_proj_fwd_kernel(
     col_ok = cols < D
     d_ok = offs_d < HEAD_DIM
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    live_rank, n_live = _live_heads(gate_ptr, H, BLOCK_H)
+    live_rank, n_live = live_chunks(gate_ptr, H, BLOCK_H, True)
     for i in range(0, n_live):
-        h = _live_head(live_rank, i)
+        h = nth_live(live_rank, i)
         a = tl.load(a_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         w = tl.load(w_ptr + cols[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
