@@ -664,7 +664,7 @@ def _has_tma(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9      # Hopper and later
 
 
-def _tma_by_default(a) -> bool:
+def tma_by_default(a) -> bool:
     """TMA is the default for 16-bit operands on a Hopper GPU, where their layout allows: at
     B80xT250 on the H200 every FFN row GEMM took 1-19% less time than with masked pointer
     loads (the plain store 88.8 -> 71.7 us, the K-chunked GEMM2 53.0 -> 46.3, the SiLU
@@ -673,16 +673,17 @@ def _tma_by_default(a) -> bool:
             and _has_tma(a.device.index or 0))
 
 
-def _tma_operands(a, b, k_chunk: int, blk: dict, required: bool):
-    """(a's descriptor, b's descriptor, whether b's is its [N, K] transpose) for the row
-    GEMM's TMA tiles. Where the operands do not allow them: a ValueError naming what they
-    lack if `required` (TMA asked for), else None (pointer loads)."""
+def tma_operands(a, b, k_chunk: int, blk: dict, required: bool, name: str = "rows_gemm"):
+    """(a's descriptor, b's descriptor, whether b's is its [N, K] transpose) for the TMA
+    tiles (BM, BK) of a and (BK, BN) of b of a product a [M, K] @ b [K, N] (the row GEMM's,
+    the MHSA in-projection's). Where the operands do not allow them: a ValueError naming
+    `name` and what they lack if `required` (TMA asked for), else None (pointer loads)."""
     BM, BN, BK = blk["BM"], blk["BN"], blk["BK"]
     problems = _tma_problems(a, b, k_chunk, BK)
     if problems and not required:
         return None
     if problems:
-        raise ValueError(f"rows_gemm TMA: {'; '.join(problems)}")
+        raise ValueError(f"{name} TMA: {'; '.join(problems)}")
     b_t, b_nk = _b_layout(b)
     a_desc = TensorDescriptor.from_tensor(a, [BM, BK])
     b_desc = TensorDescriptor.from_tensor(b_t, [BN, BK] if b_nk else [BK, BN])
@@ -702,7 +703,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     gates' gradient sums (sum1); gates given, skip_dead False. blocks: the tiles (BM, BN,
     BK, num_warps, num_stages, optionally SUBTILE, TMA: operands by TMA descriptors,
     TILE_SUMS False: sum1 as column sums) in place of the defaults, which take TMA where
-    `_tma_by_default` holds.
+    `tma_by_default` holds.
 
     sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
     defined by their sums over each chunk's columns (over all N with chunk_axis 0); by
@@ -735,9 +736,9 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     dummy = out
     grid = (n_tiles, cdiv(M, blk["BM"]))
     a_arg, b_arg = a, b
-    if blk.get("TMA") or (blocks is None and _tma_by_default(a)):
+    if blk.get("TMA") or (blocks is None and tma_by_default(a)):
         k_chunk = chunk if chunk_axis == 2 else 0
-        operands = _tma_operands(a, b, k_chunk, blk, required=bool(blk.get("TMA")))
+        operands = tma_operands(a, b, k_chunk, blk, required=bool(blk.get("TMA")))
         if operands is not None:
             a_arg, b_arg, blk["B_NK"] = operands
             blk["TMA"] = True

@@ -43,7 +43,14 @@ from .gated_attention import (
     gated_attention_packed,
     gated_attention_reference,
 )
-from .gated_matmul import col_sums, live_chunks, nth_live, wgrad
+from .gated_matmul import (
+    col_sums,
+    live_chunks,
+    nth_live,
+    tma_by_default,
+    tma_operands,
+    wgrad,
+)
 from .grads_in_place import accumulators, returned, sinks_of
 from .launch import cdiv, launch, next_pow2
 
@@ -84,11 +91,15 @@ def gated_mhsa_reference(y, lengths, gates, w_in, b_in, w_o, b_o, num_heads: int
 def _in_proj_fwd_kernel(
     y_ptr, w_ptr, b_ptr, gate_ptr, qkv_ptr, M, D,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr = False,
 ):
     # Program (m, h), live heads only: rows [m*BLOCK_M, ...) of head h's q, k and v,
     # qkv[:, (3h+j)*Dh + c] = y W_in[(3h+j)*Dh + c]^T + b_in[...], j = 0, 1, 2; each y tile
     # is loaded once for the three.
+    # TMA: y_ptr and w_ptr are tensor descriptors (y [M, D] in blocks [BLOCK_M, BLOCK_K], W_in
+    # [3d, d] in blocks [BLOCK_D, BLOCK_K]) and the tiles come whole, without masks: past a
+    # tensor's edge they hold zeros; a block wider than Dh reads the next rows of W_in into
+    # columns the store leaves out.
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     gate = tl.load(gate_ptr + h)
@@ -103,16 +114,23 @@ def _in_proj_fwd_kernel(
         acc_k = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         acc_v = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for k0 in range(0, D, BLOCK_K):
-            ks = k0 + offs_k
-            k_ok = (ks < D)[None, :]
-            y = tl.load(y_ptr + rows[:, None] * D + ks[None, :], mask=row_ok[:, None] & k_ok,
-                        other=0.0).to(w_ptr.dtype.element_ty)
-            w_mask = col_ok[:, None] & k_ok
-            w_q = tl.load(w_ptr + w_rows[:, None] * D + ks[None, :], mask=w_mask, other=0.0)
-            w_k = tl.load(w_ptr + (w_rows + HEAD_DIM)[:, None] * D + ks[None, :], mask=w_mask,
-                          other=0.0)
-            w_v = tl.load(w_ptr + (w_rows + 2 * HEAD_DIM)[:, None] * D + ks[None, :],
-                          mask=w_mask, other=0.0)
+            if TMA:
+                y = y_ptr.load([pid_m * BLOCK_M, k0])
+                w_q = w_ptr.load([3 * h * HEAD_DIM, k0])
+                w_k = w_ptr.load([(3 * h + 1) * HEAD_DIM, k0])
+                w_v = w_ptr.load([(3 * h + 2) * HEAD_DIM, k0])
+            else:
+                ks = k0 + offs_k
+                k_ok = (ks < D)[None, :]
+                y = tl.load(y_ptr + rows[:, None] * D + ks[None, :],
+                            mask=row_ok[:, None] & k_ok, other=0.0).to(w_ptr.dtype.element_ty)
+                w_mask = col_ok[:, None] & k_ok
+                w_q = tl.load(w_ptr + w_rows[:, None] * D + ks[None, :], mask=w_mask,
+                              other=0.0)
+                w_k = tl.load(w_ptr + (w_rows + HEAD_DIM)[:, None] * D + ks[None, :],
+                              mask=w_mask, other=0.0)
+                w_v = tl.load(w_ptr + (w_rows + 2 * HEAD_DIM)[:, None] * D + ks[None, :],
+                              mask=w_mask, other=0.0)
             acc_q = tl.dot(y, tl.trans(w_q), acc_q, input_precision=DOT_PRECISION)
             acc_k = tl.dot(y, tl.trans(w_k), acc_k, input_precision=DOT_PRECISION)
             acc_v = tl.dot(y, tl.trans(w_v), acc_v, input_precision=DOT_PRECISION)
@@ -323,17 +341,27 @@ def _split(M: int, block_m: int) -> tuple[int, int]:
     return cdiv(M, rows), rows
 
 
-def in_proj_fwd_triton(y, w, b, head_gates):
-    """y (M, d) any float dtype, w (3d, d) in the compute dtype -> qkv (M, 3d) compute dtype."""
+def in_proj_fwd_triton(y, w, b, head_gates, blocks=None):
+    """y (M, d) any float dtype, w (3d, d) in the compute dtype -> qkv (M, 3d) compute dtype.
+    blocks: BLOCK_M, BLOCK_K, num_warps, num_stages and TMA (operands by tensor descriptors;
+    a ValueError where their layouts do not allow them) in place of the defaults, which take
+    TMA where `tma_by_default` holds and y is in w's dtype."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
+    cfg = {"BLOCK_M": blk["BLOCK_M"], "BLOCK_K": blk["BLOCK_K"], **blk["opts"], **(blocks or {})}
+    asked = cfg.pop("TMA", None)
+    y_arg, w_arg, tma = y, w, False
+    if asked or (asked is None and tma_by_default(y)):
+        tiles = dict(BM=cfg["BLOCK_M"], BN=blk["BLOCK_D"], BK=cfg["BLOCK_K"])
+        operands = tma_operands(y, w.t(), 0, tiles, bool(asked), "in_proj_fwd_triton")
+        if operands is not None:
+            (y_arg, w_arg, _), tma = operands, True
     qkv = torch.empty(M, 3 * D, dtype=w.dtype, device=y.device)
-    launch(_in_proj_fwd_kernel, (cdiv(M, blk["BLOCK_M"]), H),
-        y, w, b, head_gates, qkv, M, D, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
-        BLOCK_D=blk["BLOCK_D"], BLOCK_K=blk["BLOCK_K"], DOT_PRECISION=dot_precision(w.dtype),
-        **blk["opts"])
+    launch(_in_proj_fwd_kernel, (cdiv(M, cfg["BLOCK_M"]), H),
+        y_arg, w_arg, b, head_gates, qkv, M, D, HEAD_DIM=Dh, BLOCK_D=blk["BLOCK_D"],
+        DOT_PRECISION=dot_precision(w.dtype), TMA=tma, **cfg)
     return qkv
 
 

@@ -313,6 +313,32 @@ def test_projection_ops_match_linear():
                               test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("heads", [3, 4], ids=["Dh16", "Dh12"])
+def test_in_projection_by_tma_matches_pointer_loads(heads):
+    """The in-projection's operands by tensor descriptors (whole blocks: M 45 and K 48 end
+    inside a block, and with Dh 12 the weight block of 16 rows reaches into the next q/k/v
+    rows) against masked pointer loads: live heads' columns equal, a dead head's unwritten;
+    a NaN row of y stays in its own row. bf16 on the GPU."""
+    from orthoasr.kernels import gated_mhsa as gm
+
+    M, D = 45, 48
+    dtype = torch.bfloat16 if DEV == "cuda" else torch.float32
+    torch.manual_seed(3)
+    y = torch.randn(M, D, device=DEV, dtype=dtype)
+    y[7] = float("nan")
+    w, b = torch.randn(3 * D, D, device=DEV, dtype=dtype), torch.randn(3 * D, device=DEV)
+    gates = torch.ones(heads, device=DEV)
+    gates[1] = 0.0
+    live = (gates != 0).repeat_interleave(3 * D // heads).bool()
+    blocks = dict(BLOCK_M=32, BLOCK_K=32, num_warps=4, num_stages=2)
+    tma, plain = (torch.where(live, gm.in_proj_fwd_triton(y, w, b, gates, dict(blocks, TMA=t)),
+                              0.0) for t in (True, False))
+    torch.testing.assert_close(tma, plain, atol=1e-2, rtol=1e-2, equal_nan=True)
+    assert tma[7, live].isnan().all() and not tma[torch.arange(M) != 7].isnan().any()
+    with pytest.raises(ValueError, match="in_proj_fwd_triton TMA: a strides"):
+        gm.in_proj_fwd_triton(y.t().contiguous().t(), w, b, gates, dict(blocks, TMA=True))
+
+
 @pytest.mark.gpu
 def test_torch_compile_matches_eager():
     m = _module(d=384, heads=6)
