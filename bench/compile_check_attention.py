@@ -186,16 +186,13 @@ def main() -> None:
                        constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_K=blk["BLOCK_K"]),
                        **mm)
         if dt != "fp32":      # the 16-bit default: operands by TMA descriptors
-            bm, bk = blk["BLOCK_M"], blk["BLOCK_K"]
+            tma = dict(blk["in_proj"])
+            bm, bk = tma.pop("BLOCK_M"), blk["BLOCK_K"]
             ok &= _compile(gm._in_proj_fwd_kernel,
                            dict(y_ptr=f"tensordesc<{dt}[{bm},{bk}]>",
                                 w_ptr=f"tensordesc<{dt}[64,{bk}]>", b_ptr="fp32",
                                 gate_ptr="fp32", qkv_ptr=dt),
-                           constexprs=dict(common, BLOCK_M=bm, BLOCK_K=bk, TMA=True), **mm)
-        ok &= _compile(gm._in_proj_dy_kernel,
-                       dict(dqkv_ptr=dt, w_ptr=dt, gate_ptr="fp32", dy_ptr="fp32"),
-                       constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"],
-                                       BLOCK_H=8), **mm)
+                           constexprs=dict(common, BLOCK_M=bm, BLOCK_K=bk, TMA=True), **tma)
         for mode in (0, 1, 2, 3):      # 3: BIAS_IF_LIVE_AFTER (a batch of two passes)
             ok &= _compile(gm._out_proj_fwd_kernel,
                            dict(a_ptr=dt, w_ptr=dt, b_ptr="fp32", gate_ptr="fp32",

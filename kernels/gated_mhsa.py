@@ -19,8 +19,9 @@ accumulate in fp32, split over rows with atomics. The bias factor s is evaluated
 kernels (no host sync, no extra launches).
 
 Layers: `gated_mhsa_reference` (PyTorch), the Triton kernels `_in_proj_fwd_kernel`,
-`_in_proj_dy_kernel`, `_out_proj_fwd_kernel`, `_out_proj_da_kernel`, `_out_proj_dw_kernel`
-(W_in's gradients go through gated_matmul's `wgrad` and `col_sums`, a head a chunk of rows),
+`_out_proj_fwd_kernel`, `_out_proj_da_kernel`, `_out_proj_dw_kernel` (the in-projection's
+input and weight gradients go through gated_matmul's `rows_gemm`, `wgrad` and `col_sums`, a
+head a chunk of W_in's rows and of qkv's columns),
 launchers, the torch.library ops `orthoasr::gated_in_proj` and
 `orthoasr::gated_out_proj` (+ backward ops; what torch.compile sees), the eager
 autograd.Function `_GatedMHSA` (one Function for the whole module: fewer host round-trips),
@@ -47,6 +48,7 @@ from .gated_matmul import (
     col_sums,
     live_chunks,
     nth_live,
+    rows_gemm,
     tma_by_default,
     tma_operands,
     wgrad,
@@ -143,35 +145,6 @@ def _in_proj_fwd_kernel(
         tl.store(out_ptrs, (acc_q + b_q[None, :]).to(dtype), mask=out_mask)
         tl.store(out_ptrs + HEAD_DIM, (acc_k + b_k[None, :]).to(dtype), mask=out_mask)
         tl.store(out_ptrs + 2 * HEAD_DIM, (acc_v + b_v[None, :]).to(dtype), mask=out_mask)
-
-
-@triton.jit
-def _in_proj_dy_kernel(
-    dqkv_ptr, w_ptr, gate_ptr, dy_ptr, M, D, H,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # dy[rows, cols] = sum over live heads h and j of dqkv[rows, slice 3h+j] W_in[slice, cols].
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = rows < M
-    col_ok = cols < D
-    d_ok = offs_d < HEAD_DIM
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    live_rank, n_live = live_chunks(gate_ptr, H, BLOCK_H, True)
-    for i in range(0, 3 * n_live):       # q, k and v of each live head
-        h = nth_live(live_rank, i // 3)
-        s = 3 * h + i % 3
-        g = tl.load(dqkv_ptr + rows[:, None] * (3 * D) + (s * HEAD_DIM + offs_d)[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + (s * HEAD_DIM + offs_d)[:, None] * D + cols[None, :],
-                    mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(g, w, acc, input_precision=DOT_PRECISION)
-    tl.store(dy_ptr + rows[:, None] * D + cols[None, :], acc.to(dy_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -328,9 +301,14 @@ def _blocks(head_dim: int) -> dict:
 
 
 def _blocks_gpu(head_dim: int) -> dict:
+    # in_proj: the in-projection's tile with TMA operands. H200, bench/sweep_in_proj.py
+    # (671ef4a, bf16, all heads live): 64 rows / 4 warps / 3 stages 23.8 us at M 8000 and
+    # 52.0 at 20000, against 27.3 / 60.4 for 128 / 8 / 3 (28.2 / 63.5 with pointer loads);
+    # cuBLAS 20.1 / 40.2
     block_d = max(16, next_pow2(head_dim))
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, BLOCK_D=block_d, wide=128,
-                opts=dict(num_warps=8, num_stages=3), dw_opts=dict(num_warps=8, num_stages=2))
+                opts=dict(num_warps=8, num_stages=3), dw_opts=dict(num_warps=8, num_stages=2),
+                in_proj=dict(BLOCK_M=64, num_warps=4, num_stages=3))
 
 
 def _split(M: int, block_m: int) -> tuple[int, int]:
@@ -350,10 +328,13 @@ def in_proj_fwd_triton(y, w, b, head_gates, blocks=None):
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
-    cfg = {"BLOCK_M": blk["BLOCK_M"], "BLOCK_K": blk["BLOCK_K"], **blk["opts"], **(blocks or {})}
-    asked = cfg.pop("TMA", None)
+    asked = (blocks or {}).get("TMA")
+    want_tma = asked or (asked is None and tma_by_default(y))
+    cfg = {"BLOCK_M": blk["BLOCK_M"], "BLOCK_K": blk["BLOCK_K"], **blk["opts"],
+           **(blk.get("in_proj", {}) if want_tma else {}), **(blocks or {})}
+    cfg.pop("TMA", None)
     y_arg, w_arg, tma = y, w, False
-    if asked or (asked is None and tma_by_default(y)):
+    if want_tma:
         tiles = dict(BM=cfg["BLOCK_M"], BN=blk["BLOCK_D"], BK=cfg["BLOCK_K"])
         operands = tma_operands(y, w.t(), 0, tiles, bool(asked), "in_proj_fwd_triton")
         if operands is not None:
@@ -368,23 +349,22 @@ def in_proj_fwd_triton(y, w, b, head_gates, blocks=None):
 def in_proj_bwd_triton(dqkv, y, w, head_gates, lengths=None, T=None, acc=None):
     """-> (dy in y's dtype, dW fp32, db fp32); w in the compute dtype (= dqkv's). Rows are
     B sequences of T frames with `lengths` (padded frames skipped), or, without lengths,
-    M rows all valid. dW and db through the FFN's weight-gradient and column-sum kernels:
-    head h owns rows [3h*Dh, 3(h+1)*Dh) of W_in, a chunk skipped while its gate is 0.
+    M rows all valid. dy, dW and db through the FFN's row-GEMM, weight-gradient and
+    column-sum kernels: head h owns rows [3h*Dh, 3(h+1)*Dh) of W_in (and the same columns
+    of dqkv), a chunk skipped while its gate is 0.
     acc: zeroed fp32 (3d * d,) and (3d,) tensors to add dW and db to (default: a new tensor
     each, as the torch.library op needs: its outputs may not be views of one buffer)."""
     M, D = y.shape
     H = head_gates.shape[0]
     Dh = D // H
-    blk = _blocks(Dh)
-    precision = dot_precision(w.dtype)
-    dy = torch.empty_like(y)
-    launch(_in_proj_dy_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
-        dqkv, w, head_gates, dy, M, D, H, HEAD_DIM=Dh, BLOCK_M=blk["BLOCK_M"],
-        BLOCK_N=blk["wide"], BLOCK_D=blk["BLOCK_D"], BLOCK_H=next_pow2(H),
-        DOT_PRECISION=precision, **blk["opts"])
     if lengths is None:
         lengths, T = _row_blocks(M, y.device)
     heads = dict(lengths=lengths, T=T, gates=head_gates, chunk=3 * Dh, skip_dead=True)
+    # dy = dqkv W_in over the live heads: the row GEMM with K in head chunks (a head's q, k
+    # and v columns), dead ones skipped; zeros at padded rows, where dqkv is 0 (their q,
+    # k and v change nothing: a padded query's output is 0, a padded key is masked)
+    dy = torch.empty_like(y)
+    rows_gemm(dqkv, w, dy, num_chunks=H, chunk_axis=2, final=True, **heads)
     if acc is None:
         dw, db = (torch.zeros(shape, dtype=torch.float32, device=y.device)
                   for shape in ((3 * D, D), 3 * D))
