@@ -328,21 +328,22 @@ def in_proj_fwd_triton(y, w, b, head_gates, blocks=None):
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
+    base = {"BLOCK_M": blk["BLOCK_M"], "BLOCK_K": blk["BLOCK_K"], **blk["opts"]}
     asked = (blocks or {}).get("TMA")
-    want_tma = asked or (asked is None and tma_by_default(y))
-    cfg = {"BLOCK_M": blk["BLOCK_M"], "BLOCK_K": blk["BLOCK_K"], **blk["opts"],
-           **(blk.get("in_proj", {}) if want_tma else {}), **(blocks or {})}
-    cfg.pop("TMA", None)
-    y_arg, w_arg, tma = y, w, False
-    if want_tma:
+    operands = None
+    if asked or (asked is None and tma_by_default(y)):
+        cfg = {**base, **blk.get("in_proj", {}), **(blocks or {})}
         tiles = dict(BM=cfg["BLOCK_M"], BN=blk["BLOCK_D"], BK=cfg["BLOCK_K"])
         operands = tma_operands(y, w.t(), 0, tiles, bool(asked), "in_proj_fwd_triton")
-        if operands is not None:
-            (y_arg, w_arg, _), tma = operands, True
+    if operands is None:        # masked pointer loads, with their own tile
+        cfg, y_arg, w_arg = {**base, **(blocks or {})}, y, w
+    else:
+        y_arg, w_arg, _ = operands
+    cfg.pop("TMA", None)
     qkv = torch.empty(M, 3 * D, dtype=w.dtype, device=y.device)
     launch(_in_proj_fwd_kernel, (cdiv(M, cfg["BLOCK_M"]), H),
         y_arg, w_arg, b, head_gates, qkv, M, D, HEAD_DIM=Dh, BLOCK_D=blk["BLOCK_D"],
-        DOT_PRECISION=dot_precision(w.dtype), TMA=tma, **cfg)
+        DOT_PRECISION=dot_precision(w.dtype), TMA=operands is not None, **cfg)
     return qkv
 
 
