@@ -7,7 +7,9 @@ timed as a CUDA-graph replay (GPU time) and as eager calls, bf16 autocast over f
 Providers: `ours` (orthoasr's modules on the Triton backend), `dense_floor` (bench/floors.py:
 the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 `compile_floor` (torch.compile(mode="max-autotune-no-cudagraphs") of the floor), and for
-the attention core `sdpa_mask` / `sdpa_nomask`; for a module with all units on also
+the attention core `sdpa_mask` / `sdpa_nomask` (and `ours_unpacked`: ours through the
+separate-q/k/v entry point, which first copies them into the packed layout the MHSA runs
+it on; `ours` is given that layout); for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
@@ -30,7 +32,7 @@ from bench.floors import EncoderFloor, check_floor, encode_gated, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels.gated_attention import gated_attention
+from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
@@ -83,20 +85,22 @@ def _modules(cfg: SupernetConfig, device):
 def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings,
                 out=None) -> list:
     """Time every (mode, provider, timing); each row is written as soon as it is measured
-    (a call cut short by its time limit keeps what it measured)."""
+    (a call cut short by its time limit keeps what it measured). grad_out: the output's
+    gradient, or a function of the provider giving it."""
     rows = []
     for mode in modes:
         for provider, fn in providers.items():
             if mode == "fwd+bwd" and provider == "dense_floor" and base["gates"] == "off":
                 continue          # the floor of a dead module is a constant: no backward
             inputs = inputs_of(provider)
+            grad = grad_out(provider) if callable(grad_out) else grad_out
 
-            def call(fn=fn, inputs=inputs, mode=mode):
+            def call(fn=fn, inputs=inputs, mode=mode, grad=grad):
                 with torch.autocast("cuda", dtype=BF16):
                     out = fn()
                 if mode == "fwd":
                     return out
-                return torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+                return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
             for timing in timings:
                 try:
@@ -215,28 +219,41 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
 
 
 def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only) -> list:
-    """The attention core alone: ours with key padding vs SDPA with the mask and without."""
+    """The attention core alone: ours with key padding vs SDPA with the mask and without.
+    Each on the layout its projections give it: SDPA separate (B, H, T, Dh) q, k and v; ours
+    the packed qkv (B, T, H, 3, Dh) that the MHSA's in-projection writes, its output and
+    that output's gradient (B, T, H, Dh), as the out-projection reads and writes them.
+    `ours_unpacked`: ours through `gated_attention`, which first stacks separate q, k and v
+    into that layout (a copy that only tests and benchmarks make)."""
     H, Dh = cfg.num_heads, cfg.head_dim
     torch.manual_seed(2)
     q, k, v = (torch.randn(B, H, T, Dh, device=device, dtype=BF16 if device.type == "cuda"
                            else torch.float32).requires_grad_() for _ in range(3))
+    qkv = torch.stack([q, k, v], dim=3).transpose(1, 2).contiguous().detach().requires_grad_()
     ones = torch.ones(H, device=device)
     mask = (torch.arange(T, device=device)[None, :] < lengths[:, None])[:, None, None, :]
-    providers = {"ours": lambda: gated_attention(q, k, v, lengths, ones),
+    providers = {"ours": lambda: gated_attention_packed(qkv, lengths, ones,
+                                                        Dh ** -0.5).transpose(1, 2),
+                 "ours_unpacked": lambda: gated_attention(q, k, v, lengths, ones),
                  "sdpa_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                  "sdpa_nomask": lambda: F.scaled_dot_product_attention(q, k, v)}
     valid = (torch.arange(T, device=device)[None, :] < lengths[:, None])[:, None, :, None]
     with torch.no_grad():
-        ours, ref = providers["ours"](), providers["sdpa_mask"]()
-    torch.testing.assert_close(torch.where(valid, ours, 0).float(),
-                               torch.where(valid, ref, 0).float(), atol=3e-2, rtol=3e-2)
+        ref = torch.where(valid, providers["sdpa_mask"](), 0).float()
+        for name in ("ours", "ours_unpacked"):
+            torch.testing.assert_close(torch.where(valid, providers[name](), 0).float(), ref,
+                                       atol=3e-2, rtol=3e-2, msg=name)
     print(f"{shape} attention: ours == sdpa_mask on valid frames", flush=True)
     if check_only:
         return []
     base = {"table": "floors", "case": f"attention {shape}", "gates": "all-on",
             "baseline": "sdpa_mask",
             "flops": flops("attention", cfg, B, T, ones)}
-    return _timed_rows(base, providers, lambda _p: [q, k, v], torch.randn_like(q),
+    grad = torch.randn_like(q)
+    grad_packed = grad.transpose(1, 2).contiguous().transpose(1, 2)     # same values
+    return _timed_rows(base, providers,
+                       lambda p: [qkv] if p == "ours" else [q, k, v],
+                       lambda p: grad_packed if p == "ours" else grad,
                        ("fwd", "fwd+bwd"), timings)
 
 
