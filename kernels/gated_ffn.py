@@ -3,10 +3,10 @@
 Layers: the PyTorch reference `gated_ffn_reference`; the Triton path of five launches forward
 (LayerNorm, GEMM1 with bias + SiLU + gate epilogue, GEMM2 whose K-loop skips dead chunks with
 bias + padding-zero epilogue) and backward (GEMM dH = dY·W2 with the SiLU backward and the
-gate-gradient column sums fused, dXn = dA·W1 skipping dead chunks, LayerNorm backward, and
-the two weight-gradient GEMMs over valid frames with the bias gradients fused; where nothing
-is skipped, the weight gradients are cuBLAS products, b1's gradient the column of dW1's
-product with the ones column the forward saves after xn), registered as the torch.library
+gate-gradient column sums fused, dXn = dA·W1 skipping dead chunks, LayerNorm backward, the
+two weight-gradient GEMMs over valid frames, and the bias gradients by the column-sum kernel;
+where nothing is skipped, the weight gradients are cuBLAS products, b1's gradient the column
+of dW1's product with the ones column the forward saves after xn), registered as the torch.library
 ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
 Kernels live in gated_matmul.py and layer_norm.py.
 
@@ -152,13 +152,17 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     d_lnw, d_lnb = acc["ln_weight"], acc["ln_bias"]
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
-              sum2=None if dense else db1, final=dense, ungated_rows=ungated_rows,
-              chunk_sums=gate_cols is not None, **common)
+              final=dense, ungated_rows=ungated_rows, chunk_sums=gate_cols is not None,
+              **common)
     if dense:
         d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
     else:
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
+        # b1's gradient: d_pre's sums over valid frames, live chunks only, by the column-sum
+        # kernel; summed per column in the SiLU backward's epilogue instead (its sum2), they
+        # cost it a reduction across warps per tile and 128 atomics (bench/NOTES.md)
+        col_sums(d_pre, db1, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead, chunk=f)
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
