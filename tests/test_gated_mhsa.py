@@ -340,6 +340,26 @@ def test_in_projection_by_tma_matches_pointer_loads(heads):
 
 
 @pytest.mark.gpu
+def test_gpu_in_projection_default_tma_tile_bf16():
+    """At paper width in bf16, the in-projection's default (TMA operands, its own tile)
+    against masked pointer loads and against F.linear, on live heads' columns."""
+    from orthoasr.kernels import gated_mhsa as gm
+
+    M, D, H = 1499, 384, 6               # M ends inside a 64-row block
+    torch.manual_seed(4)
+    y = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(3 * D, D, device="cuda") / 20).to(torch.bfloat16)
+    b = torch.randn(3 * D, device="cuda")
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 0.0], device="cuda")
+    live = (gates != 0).repeat_interleave(3 * D // H)
+    default = gm.in_proj_fwd_triton(y, w, b, gates)[:, live]
+    plain = gm.in_proj_fwd_triton(y, w, b, gates, dict(TMA=False))[:, live]
+    torch.testing.assert_close(default, plain, atol=2e-2, rtol=1e-2)
+    ref = torch.nn.functional.linear(y.float(), w.float(), b)[:, live]
+    torch.testing.assert_close(default.float(), ref, atol=5e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
 def test_torch_compile_matches_eager():
     m = _module(d=384, heads=6)
     x = torch.randn(4, 100, 384, device="cuda")
