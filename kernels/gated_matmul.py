@@ -473,9 +473,10 @@ def _wgrad_kernel(
         lens = tl.load(len_ptr + first_seq + offs_j * split, mask=offs_j < n_seqs, other=0)
         lens = tl.minimum(lens, T)
         seq_steps = tl.cdiv(lens, BK)
-        steps_before = tl.cumsum(seq_steps, 0) - seq_steps
+        steps_to = tl.cumsum(seq_steps, 0)              # through sequence j
+        steps_before = steps_to - seq_steps
         for i in range(0, tl.sum(seq_steps, 0)):
-            j = nth_live(steps_before + seq_steps, i)
+            j = nth_live(steps_to, i)
             here = offs_j == j
             seq = first_seq + j * split
             t = (i - tl.sum(tl.where(here, steps_before, 0), 0)) * BK + tl.arange(0, BK)
