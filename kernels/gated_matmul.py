@@ -74,8 +74,7 @@ def live_chunks(gate_ptr, n, N_P2: tl.constexpr, SKIP_DEAD: tl.constexpr):
 
 @triton.jit
 def nth_live(live_rank, j):
-    """The index of the j-th live chunk (from 0), from live_chunks' ranks; in general the
-    first index whose running count (an inclusive cumsum) exceeds j."""
+    """The index of the j-th live chunk (from 0), from live_chunks' ranks."""
     return tl.sum((live_rank <= j).to(tl.int32), 0)
 
 
@@ -462,25 +461,20 @@ def _wgrad_kernel(
             q_ok = offs_q < Q
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
         # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
-        # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Only
-        # the tiles that hold valid frames are visited: sequence j's cdiv(length, BK) of
-        # them, step i in the sequence whose running count of steps first passes i (as
-        # nth_live finds a live chunk); a tile past a length would only add zeros. The
-        # lengths of the program's sequences are read before the loop: a load inside it
-        # took a pipeline stage (two tile buffers instead of three in an sm_90 compile).
+        # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
+        # past a sequence's length load nothing (masked) and add zeros. The lengths of the
+        # program's sequences are read before the loop: a load inside it took a pipeline
+        # stage (two tile buffers instead of three in an sm_90 compile).
+        steps = tl.cdiv(T, BK)
         n_seqs = tl.cdiv(NB - first_seq, split)
         offs_j = tl.arange(0, SEQS_P2)
         lens = tl.load(len_ptr + first_seq + offs_j * split, mask=offs_j < n_seqs, other=0)
         lens = tl.minimum(lens, T)
-        seq_steps = tl.cdiv(lens, BK)
-        steps_to = tl.cumsum(seq_steps, 0)              # through sequence j
-        steps_before = steps_to - seq_steps
-        for i in range(0, tl.sum(seq_steps, 0)):
-            j = nth_live(steps_to, i)
-            here = offs_j == j
+        for i in range(0, n_seqs * steps):
+            j = i // steps
             seq = first_seq + j * split
-            t = (i - tl.sum(tl.where(here, steps_before, 0), 0)) * BK + tl.arange(0, BK)
-            t_ok = t < tl.sum(tl.where(here, lens, 0), 0)
+            t = (i - j * steps) * BK + tl.arange(0, BK)
+            t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
             frame = seq * T + t
             a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
                         mask=t_ok[:, None] & p_ok[None, :], other=0.0)
