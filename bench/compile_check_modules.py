@@ -57,7 +57,7 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
     return _compile(gated_matmul._rows_gemm_kernel,
                     operands | dict(out_ptr="bf16", bias_ptr="fp32",
                                     gate_ptr="fp32", len_ptr="i64", aux_ptr="bf16",
-                                    sum1_ptr="fp32", sum2_ptr="fp32"),
+                                    sum1_ptr="fp32"),
                     ints=dict(M=M, N=n, K=k, T=T, CHUNK=F // 4, UNGATED=0, stride_am=k,
                               stride_bk=s_k, stride_bn=s_n),
                     constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
@@ -68,9 +68,6 @@ def _row_gemm(name, epi, axis, bias, aux, final, sum1, scale, n, k, s_k, s_n, bl
                                     HAS_SUM1=sum1, TILE_SUMS=sum1,   # as rows_gemm
                                     # the FFN's per-chunk sums, the conv gate's one sum
                                     CHUNK_SUMS=sum1,
-                                    # the dense (zero-padded) SiLU backward leaves the bias
-                                    # gradient to cuBLAS's dW1 product (gated_ffn.py)
-                                    HAS_SUM2=epi == EPI_SILU_BWD and not final,
                                     DOT_PRECISION="tf32", **blk),
                     num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 

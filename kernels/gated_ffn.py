@@ -160,8 +160,9 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
         # b1's gradient: d_pre's sums over valid frames, live chunks only, by the column-sum
-        # kernel; summed per column in the SiLU backward's epilogue instead (its sum2), they
-        # cost it a reduction across warps per tile and 128 atomics (bench/NOTES.md)
+        # kernel: summed per column in the SiLU backward's epilogue, they cost it a reduction
+        # across warps per tile and 128 atomics, 12 us at B32xT250 against the column sums'
+        # 9 (H200, bench/NOTES.md)
         col_sums(d_pre, db1, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead, chunk=f)
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,

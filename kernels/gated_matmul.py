@@ -39,8 +39,7 @@ from .launch import cdiv, launch, next_pow2
 # epilogues of _rows_gemm_kernel
 EPI_STORE = 0      # out = (acc + bias * bias_scale) * out_scale, zero at padded rows
 EPI_SILU_GATE = 1  # pre = acc + bias (saved to aux), out = g_c * silu(pre)
-EPI_SILU_BWD = 2   # out = acc * g_c * silu'(pre[aux]); colsum(acc * silu(pre)) -> sum1,
-                   # colsum(out) -> sum2
+EPI_SILU_BWD = 2   # out = acc * g_c * silu'(pre[aux]); colsum(acc * silu(pre)) -> sum1
 EPI_GLU = 3        # accumulators a (cols n), b (cols n + N): u -> aux, out = a * sigmoid(b)
 EPI_GATE_BWD = 4   # colsum(acc * aux) -> sum1 (gate gradient), out = acc * g0
 
@@ -102,12 +101,12 @@ def _chunk_cols(pid, CHUNK, BN: tl.constexpr):
 
 @triton.jit
 def _rows_gemm_kernel(
-    a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+    a_ptr, b_ptr, out_ptr, bias_ptr, gate_ptr, len_ptr, aux_ptr, sum1_ptr,
     M, N, K, T, CHUNK, UNGATED, stride_am, stride_bk, stride_bn,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr,
     BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr, SAVE_AUX: tl.constexpr,
-    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr, HAS_SUM2: tl.constexpr,
+    FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
     HAS_UNGATED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
@@ -230,20 +229,20 @@ def _rows_gemm_kernel(
             saved0 = acc0
             saved1 = acc1
         _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
                   saved0, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH, HAS_UNGATED,
+                  FINAL, HAS_SUM1, AUX_ALL_ROWS, PREFETCH, HAS_UNGATED,
                   TILE_SUMS)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr,
                   out_ptr, col0, bias_ptr, gate_ptr, aux_ptr,
-                  sum1_ptr, sum2_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
-                  SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, PREFETCH,
+                  sum1_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
+                  SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, AUX_ALL_ROWS, PREFETCH,
                   HAS_UNGATED, TILE_SUMS)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr,
+                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
-                  FINAL, HAS_SUM1, HAS_SUM2, AUX_ALL_ROWS, False, HAS_UNGATED,
+                  FINAL, HAS_SUM1, AUX_ALL_ROWS, False, HAS_UNGATED,
                   TILE_SUMS)
 
 
@@ -263,11 +262,11 @@ def _saved_rows(aux_ptr, rows, cols, col_ok, live, M, N, T, len_ptr,
 
 @triton.jit
 def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-              col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, sum2_ptr, saved,
+              col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, saved,
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
-              HAS_SUM2: tl.constexpr, AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
+              AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
               HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols` (its
     first column: col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
@@ -323,8 +322,8 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
         write = row_in[:, None] & col_ok[None, :] if FINAL else store_ok
         if live:
             _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, aux_read, cols, col_ok,
-                           aux_ptr, out_ptr, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1,
-                           HAS_SUM2, FINAL, HAS_SAVED, TILE_SUMS)
+                           aux_ptr, out_ptr, col0, sum1_ptr, saved, HAS_SUM1, FINAL,
+                           HAS_SAVED, TILE_SUMS)
         elif FINAL:
             tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
     elif live:
@@ -367,13 +366,13 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 
 @triton.jit
 def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, aux_ptr,
-                   out_ptr, col0, sum1_ptr, sum2_ptr, saved, HAS_SUM1: tl.constexpr,
-                   HAS_SUM2: tl.constexpr, ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr,
+                   out_ptr, col0, sum1_ptr, saved, HAS_SUM1: tl.constexpr,
+                   ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr,
                    TILE_SUMS: tl.constexpr):
     """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
     `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
     `store_ok` (the valid rows' live columns) with ZEROS; the gates' gradient products
-    over `grad_ok` into sum1 (_gate_sums), the bias gradient's column sums over `store_ok`."""
+    over `grad_ok` into sum1 (_gate_sums)."""
     if HAS_SAVED:
         pre = saved.to(tl.float32)
     else:
@@ -383,9 +382,6 @@ def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, a
     if HAS_SUM1:
         _gate_sums(sum1_ptr, cols, col_ok, col0, tl.where(grad_ok, acc * pre * sig, 0.0),
                    TILE_SUMS)
-    if HAS_SUM2:  # the bias gradient, column sums of what is stored
-        tl.atomic_add(sum2_ptr + cols, tl.sum(tl.where(store_ok, d_pre, 0.0), 0),
-                      mask=col_ok, sem="relaxed")
     if ZEROS:
         d_pre = tl.where(store_ok, d_pre, 0.0)
     tl.store(out_ptr + tile, d_pre.to(out_ptr.dtype.element_ty), mask=write)
@@ -692,7 +688,7 @@ def tma_operands(a, b, k_chunk: int, blk: dict, required: bool, name: str = "row
 
 def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chunks=1,
               chunk_axis=0, skip_dead=False, epi=EPI_STORE, bias_mode=BIAS_PLAIN,
-              scale_out=False, aux=None, sum1=None, sum2=None, final=False, blocks=None,
+              scale_out=False, aux=None, sum1=None, final=False, blocks=None,
               ungated_rows=0, chunk_sums=False):
     """out[M, N] (epilogue of) a[M, K] @ b, where b is a [K, N] view given by its strides and
     a's rows may be strided (its columns contiguous).
@@ -746,13 +742,12 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         a_arg, b_arg, out, bias if bias is not None else dummy,
         gates if gates is not None else dummy,
         lengths, aux if aux is not None else dummy, sum1 if sum1 is not None else dummy,
-        sum2 if sum2 is not None else dummy,
         M, N, K, T, max(chunk, 1), ungated_rows, a.stride(0), b.stride(0), b.stride(1),
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None, EPI=epi, HAS_BIAS=bias is not None,
         BIAS_MODE=bias_mode, SCALE_OUT=scale_out, SAVE_AUX=aux is not None, FINAL=final,
-        HAS_SUM1=sum1 is not None, HAS_SUM2=sum2 is not None,
+        HAS_SUM1=sum1 is not None,
         HAS_UNGATED=ungated_rows > 0, CHUNK_SUMS=chunk_sums,
         DOT_PRECISION=dot_precision(a.dtype), **blk)
     return out

@@ -86,10 +86,9 @@ def test_silu_backward_epilogue_and_gate_column_sums(final, skip_dead):
         lengths = torch.tensor([11, 4, 0], device=DEV)
     pre = torch.randn(B * T, N, device=DEV)
     d_pre, col_sums = _poisoned(B * T, N), torch.zeros(N, device=DEV)
-    bias_grad = torch.zeros(N, device=DEV)
     gm.rows_gemm(dy, w, d_pre, lengths=lengths, T=T, gates=gates, chunk=N // CHUNKS,
                  num_chunks=CHUNKS, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=pre, sum1=col_sums,
-                 sum2=bias_grad, final=final, skip_dead=skip_dead)
+                 final=final, skip_dead=skip_dead)
     rows = gm.valid_rows(lengths, T)
     g = gates.repeat_interleave(N // CHUNKS)
     if final:
@@ -104,7 +103,6 @@ def test_silu_backward_epilogue_and_gate_column_sums(final, skip_dead):
     expected_sums = torch.where(live, (d_hidden * F.silu(pre)).sum(0), 0.0)
     torch.testing.assert_close(chunk_sums(col_sums), chunk_sums(expected_sums), atol=1e-3,
                                rtol=1e-4)
-    torch.testing.assert_close(bias_grad, expected[rows].sum(0), atol=1e-3, rtol=1e-4)
 
 
 def test_silu_backward_chunk_sums_hold_each_chunks_sum():
@@ -379,10 +377,10 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
                          **n_chunks)
             outs.append([out, pre])
         elif epi == "silu-bwd":
-            out, s1, s2 = _poisoned(B * T, n), torch.ones(n), torch.full((n,), 2.0)
+            out, s1 = _poisoned(B * T, n), torch.ones(n)
             gm.rows_gemm(a, w_kn, out, chunk_axis=1, epi=gm.EPI_SILU_BWD, aux=aux_in, sum1=s1,
-                         sum2=s2, **n_chunks)
-            outs.append([out, chunk_sums(s1, 4), s2])
+                         **n_chunks)
+            outs.append([out, chunk_sums(s1, 4)])
         elif epi == "glu":
             out, u = _poisoned(B * T, n), _poisoned(B * T, 2 * n)
             gm.rows_gemm(a, w2n.t(), out, lengths=lengths, T=T, epi=gm.EPI_GLU, aux=u,
@@ -453,8 +451,7 @@ def test_gpu_tma_option_bf16(epi):
 def test_ungated_rows_run_as_if_every_gate_were_one(epi, final):
     """ungated_rows (the first pass of a batch holding two): the first sequence's rows equal
     a call on them alone with every gate 1, the others a call on them alone with the gates;
-    the gates' gradient sums (sum1) those of the second call only, the bias gradient's
-    (sum2) both calls'."""
+    the gates' gradient sums (sum1) those of the second call only."""
     k, n = 32, 48
     torch.manual_seed(10)
     lengths = torch.tensor([9, 11, 4], device=DEV)
@@ -468,7 +465,7 @@ def test_ungated_rows_run_as_if_every_gate_were_one(epi, final):
 
     def run(rows, lens, g, ungated):
         m = rows.stop - rows.start
-        out, s1, s2 = torch.zeros(m, n), torch.zeros(n), torch.zeros(n)
+        out, s1 = torch.zeros(m, n), torch.zeros(n)
         common = dict(lengths=lens, T=T, final=final, ungated_rows=ungated,
                       blocks=dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1))
         chunks = dict(gates=g, chunk=12, num_chunks=4, chunk_axis=1)
@@ -477,7 +474,7 @@ def test_ungated_rows_run_as_if_every_gate_were_one(epi, final):
                          aux=torch.zeros(m, n), **chunks, **common)
         elif epi == "silu-bwd":
             gm.rows_gemm(a[rows], w_kn, out, epi=gm.EPI_SILU_BWD, aux=aux[rows], sum1=s1,
-                         sum2=s2, **chunks, **common)
+                         **chunks, **common)
         elif epi == "store-any-gate":
             gm.rows_gemm(a[rows], w_kn, out, bias=bias, bias_mode=gm.BIAS_ANY_GATE, gates=g,
                          chunk=8, num_chunks=4, chunk_axis=2, **common)
@@ -487,7 +484,7 @@ def test_ungated_rows_run_as_if_every_gate_were_one(epi, final):
         else:
             gm.rows_gemm(a[rows], w_kn, out, epi=gm.EPI_GATE_BWD, aux=aux[rows], sum1=s1,
                          gates=g[:1], **common)
-        return out, s1, s2
+        return out, s1
 
     first = slice(0, T)
     rest = slice(T, B * T)
@@ -499,7 +496,6 @@ def test_ungated_rows_run_as_if_every_gate_were_one(epi, final):
     torch.testing.assert_close(both[0][rows], expected[rows], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(chunk_sums(both[1], 4), chunk_sums(alone[1][1], 4), atol=1e-4,
                                rtol=1e-4)
-    torch.testing.assert_close(both[2], alone[0][2] + alone[1][2], atol=1e-4, rtol=1e-4)
 
 
 def test_ungated_rows_need_gates_and_no_skipping():
