@@ -21,13 +21,10 @@ On the H200 (2026-12-01) `persistent` was 8-12% ahead of `tiled` at K = 384 and 
 K = 1536, and `TMA` 13-19% ahead at M = 20000, about half the way to cuBLAS: the row GEMM
 got a TMA option (kernels/gated_matmul.py).
 
-The FFN's two products with heavy epilogues (the SiLU-gate forward writes hidden and pre,
-the SiLU backward reads pre and writes d_pre) are timed the same way against the row GEMM
-and against cuBLAS's bare product: their epilogues cost the row GEMM ~16 us each over its
-plain store at B32xT250 (bench/NOTES.md), and a persistent program with asynchronous TMA
-stores may hide them behind the next tile's loads and MMAs. Rows go to
-bench/results/gemm_probe.json. Run: python -m bench.gemm_probe [--rows 20000]
-[--products SiLU] [--providers persistent]
+The same persistent loop with the FFN's SiLU epilogues and TMA stores is
+kernels/silu_rows.py, timed against the row GEMM by `bench.gemm_sweep --families
+silu_rows`. Rows go to bench/results/gemm_probe.json. Run: python -m bench.gemm_probe
+[--rows 20000] [--products W1] [--providers persistent]
 """
 
 from __future__ import annotations
@@ -46,11 +43,6 @@ from orthoasr.kernels import gated_matmul as gm
 PRODUCTS = [("xn @ W1^T (K 384, N 1536)", 384, 1536),
             ("hidden @ W2^T (K 1536, N 384)", 1536, 384),
             ("x @ W_in^T (K 384, N 1152)", 384, 1152)]
-# (name, K, N, epilogue): the FFN's products with heavy epilogues, the SiLU-gate forward
-# (hidden and pre written) and the SiLU backward (pre read, d_pre written). w is [N, K]
-# here for both; the module's W2 is [K, N] (the row GEMM reads it by a transposed block)
-EPI_PRODUCTS = [("xn @ W1^T, SiLU-gate epilogue (K 384, N 1536)", 384, 1536, gm.EPI_SILU_GATE),
-                ("dy @ W2, SiLU-backward epilogue (K 384, N 1536)", 384, 1536, gm.EPI_SILU_BWD)]
 TILES = dict(BM=128, BN=128, BK=64, GROUP_M=8)
 WIDE = dict(TILES, BN=256)
 
@@ -182,34 +174,6 @@ def _tma_persistent_mm_kernel(a_desc, w_desc, c_ptr, M, N, K, BM: tl.constexpr,
         _store_tile(c_ptr, acc, pid_m, pid_n, M, N, BM, BN)
 
 
-@triton.jit
-def _tma_epi_kernel(a_desc, w_desc, out_desc, aux_desc, bias_ptr, M, N, K,
-                    EPI: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                    GROUP_M: tl.constexpr):
-    # The FFN's two products with heavy epilogues, every row valid and every gate 1, moved
-    # by TMA both ways: loads of the operands (and of the saved tile), and asynchronous
-    # descriptor stores of the results, which a program does not wait for before its next
-    # tile. Program p takes tiles p, p + P, ... in one flattened loop, so that the
-    # pipeliner loads the next tile's first K-blocks while this tile's epilogue runs; with
-    # one program per tile (P = tiles) it is the tiled product with the same epilogue.
-    #   EPI 1 (SiLU-gate forward): pre = acc + bias, saved to aux; out = silu(pre)
-    #   EPI 2 (SiLU backward): out = acc * silu'(pre), pre the saved tile read from aux
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True):
-        pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
-        acc = _tma_tile_product(a_desc, w_desc, pid_m, pid_n, K, BM, BN, BK)
-        if EPI == 1:
-            pre = acc + tl.load(bias_ptr + pid_n * BN + tl.arange(0, BN))[None, :]
-            aux_desc.store([pid_m * BM, pid_n * BN], pre.to(aux_desc.dtype))
-            out = pre * tl.sigmoid(pre)
-        else:
-            pre = aux_desc.load([pid_m * BM, pid_n * BN]).to(tl.float32)
-            sig = tl.sigmoid(pre)
-            out = acc * sig * (1.0 + pre * (1.0 - sig))
-        out_desc.store([pid_m * BM, pid_n * BN], out.to(out_desc.dtype))
-
-
 def tiled_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, num_warps: int = 4,
              num_stages: int = 3, tiles: dict = TILES) -> torch.Tensor:
     """out[M, N] = a[M, K] @ b[K, N] (b any strided view), one program per tile."""
@@ -253,25 +217,6 @@ def tma_persistent_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, progr
     return out
 
 
-def tma_epi_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, aux: torch.Tensor,
-               bias: torch.Tensor, epi: int, programs: int | None = None,
-               num_warps: int = 8, num_stages: int = 3, maxnreg: int | None = None,
-               tiles: dict = TILES) -> torch.Tensor:
-    """out[M, N] = the epilogue `epi` (EPI_SILU_GATE: aux gets pre; EPI_SILU_BWD: aux holds
-    it) of a[M, K] @ w[N, K]^T + bias, all contiguous, N a multiple of BN; `programs`
-    persistent programs (None: one per tile)."""
-    M, K = a.shape
-    N = w.shape[0]
-    BM, BN, BK = tiles["BM"], tiles["BN"], tiles["BK"]
-    n_tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
-    extra = {} if maxnreg is None else dict(maxnreg=maxnreg)
-    _tma_epi_kernel[(min(programs or n_tiles, n_tiles),)](
-        TensorDescriptor.from_tensor(a, [BM, BK]), TensorDescriptor.from_tensor(w, [BN, BK]),
-        TensorDescriptor.from_tensor(out, [BM, BN]), TensorDescriptor.from_tensor(aux, [BM, BN]),
-        bias, M, N, K, EPI=epi, **tiles, num_warps=num_warps, num_stages=num_stages, **extra)
-    return out
-
-
 def persistent_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, programs: int,
                   num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
     """The same product with `programs` persistent programs (at most one per tile)."""
@@ -310,41 +255,6 @@ def providers(a, w, out, sms: int) -> dict:
     }
 
 
-def epi_providers(a, w, out, aux, bias, epi: int, sms: int) -> dict:
-    """name -> a call computing out (and aux for the SiLU-gate forward) with the epilogue
-    `epi`; "cublas, product only" is the bare product, the floor no epilogue can beat."""
-    M, N = out.shape
-    chunks = dict(lengths=torch.full((1,), M, device=a.device), T=M,
-                  gates=torch.ones(4, device=a.device), chunk=N // 4, num_chunks=4,
-                  chunk_axis=1, skip_dead=True)       # hard gates, as the FFN's are
-    return {
-        "cublas, product only": lambda: torch.mm(a, w.t(), out=out),
-        "ours": lambda: gm.rows_gemm(a, w.t(), out, bias=bias if epi == gm.EPI_SILU_GATE
-                                     else None, epi=epi, aux=aux, **chunks),
-        "TMA epilogue, a program per tile": lambda: tma_epi_mm(a, w, out, aux, bias, epi),
-        "TMA epilogue persistent, 1/SM": lambda: tma_epi_mm(a, w, out, aux, bias, epi, sms),
-        # two programs a SM: at most 128 registers each (8 warps) and half the shared
-        # memory. In an sm_90 compile the 128x128 tile took 131 KB (SiLU-gate) and 164 KB
-        # (SiLU backward, whose saved tile's load is double-buffered) at 3 stages, 98 and
-        # 131 KB at 2: only the SiLU-gate's fits twice, so the 128x64 tile too
-        "TMA epilogue persistent, 2/SM, 2 stages": lambda: tma_epi_mm(
-            a, w, out, aux, bias, epi, 2 * sms, num_stages=2, maxnreg=128),
-        "TMA epilogue persistent 128x64, 2/SM": lambda: tma_epi_mm(
-            a, w, out, aux, bias, epi, 2 * sms, maxnreg=128, tiles=dict(TILES, BN=64)),
-    }
-
-
-def epilogue_reference(a, w, aux, bias, epi: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (out, aux) that a call of epi_providers should leave (aux: pre)."""
-    acc = a.float() @ w.float().t()
-    if epi == gm.EPI_SILU_GATE:
-        pre = acc + bias
-        return torch.nn.functional.silu(pre), pre
-    pre = aux.float()
-    sig = torch.sigmoid(pre)
-    return acc * sig * (1 + pre * (1 - sig)), pre
-
-
 def timed_row(case: str, provider: str, call, check, flops: int) -> dict | None:
     """Run call once, check its result, time it replayed as a CUDA graph: a row, or None
     (printed) for a variant that fails to compile, to run or to match."""
@@ -365,38 +275,23 @@ def wanted(name: str, patterns: list[str] | None) -> bool:
     return not patterns or any(p in name for p in patterns)
 
 
-def probe(name: str, K: int, N: int, epi: int | None, M: int, sms: int,
-          keep: list[str] | None) -> list[dict]:
-    """One product's rows at M rows (epi: its epilogue, or None for the plain product)."""
+def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -> list[dict]:
+    """One product's rows at M rows, each provider's result checked before it is timed."""
     a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
     out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-    product = a.float() @ w.float().t()
+    expected = a.float() @ w.float().t()
     case = f"{name}, M {M}"
-    aux = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)   # pre: read or written
-    writes_aux = epi == gm.EPI_SILU_GATE
-    if epi is None:
-        calls, expected = providers(a, w, out, sms), product
-    else:
-        bias = torch.randn(N, device="cuda")
-        calls = epi_providers(a, w, out, aux, bias, epi, sms)
-        expected, pre = epilogue_reference(a, w, aux, bias, epi)
 
     def check(provider):
-        epilogue = epi is not None and not provider.endswith("product only")
-        torch.testing.assert_close(out.float(), expected if epilogue else product,
-                                   atol=5e-2, rtol=5e-2, msg=f"{case} {provider}")
-        if epilogue and writes_aux:
-            torch.testing.assert_close(aux.float(), pre, atol=5e-2, rtol=5e-2,
-                                       msg=f"{case} {provider}: pre")
+        torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2,
+                                   msg=f"{case} {provider}")
 
     rows = []
-    for provider, call in calls.items():
+    for provider, call in providers(a, w, out, sms).items():
         if not wanted(provider, keep):
             continue
         out.fill_(float("nan"))
-        if writes_aux:
-            aux.fill_(float("nan"))
         row = timed_row(case, provider, call, lambda p=provider: check(p), 2 * M * N * K)
         if row is not None:
             rows.append(row)
@@ -408,7 +303,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[8000, 20000],
                         help="M: frames of B32xT250 and of a training step (B80xT250)")
     parser.add_argument("--products", nargs="*", default=None,
-                        help="only the products whose name holds one of these (e.g. SiLU)")
+                        help="only the products whose name holds one of these (e.g. W1)")
     parser.add_argument("--providers", nargs="*", default=None,
                         help="only the providers whose name holds one of these (cublas is "
                              "always kept): the warp-specialized variants, which no run has "
@@ -418,12 +313,11 @@ def main() -> None:
     keep = None if args.providers is None else args.providers + ["cublas"]
     torch.manual_seed(0)
     for M in args.rows:
-        for name, K, N, *epi in PRODUCTS + EPI_PRODUCTS:
+        for name, K, N in PRODUCTS:
             if wanted(name, args.products):
                 # each product's rows as soon as they are measured: a call's time limit cut
                 # the probe after its first product on 2026-12-01, before it wrote a row
-                write_rows("gemm_probe", probe(name, K, N, epi[0] if epi else None, M, sms,
-                                               keep))
+                write_rows("gemm_probe", probe(name, K, N, M, sms, keep))
 
 
 if __name__ == "__main__":

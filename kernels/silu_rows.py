@@ -1,0 +1,127 @@
+"""The FFN's two SiLU products with hard chunk gates, as persistent TMA GEMMs (not yet the
+module's default: bench/gemm_sweep.py times them against the row GEMM).
+
+    EPI_SILU_GATE  pre = a @ b + bias (saved), out = g_c * silu(pre)      (forward, xn @ W1^T)
+    EPI_SILU_BWD   out = (a @ b) * g_c * silu'(pre), pre the saved tile  (backward, dy @ W2)
+
+over the live chunks of N only (g_c != 0, read on the device; a dead chunk's columns are left
+unwritten, as the row GEMM leaves them with skip_dead). The row GEMM (`gated_matmul.rows_gemm`)
+runs one program per output tile: with K = 384 its 6 K-steps and its epilogue alternate, and
+the epilogue's 49 MB of stores at B32xT250 add ~16 us to each product's ~23 (bench/NOTES.md).
+Here the programs walk the live tiles in one flattened loop and store by asynchronous TMA
+descriptor stores, so that the next tile's loads and MMAs run while a tile's results drain.
+
+Every row in [0, M) is computed and stored, padded frames too: the outputs are intermediates
+that every reader masks or drops at padded frames (the row GEMM leaves them unwritten there).
+The gates' gradient sums (soft gates), FINAL zeros and ungated rows stay with the row GEMM.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from .common import interpreting
+from .gated_matmul import (
+    EPI_SILU_BWD,
+    EPI_SILU_GATE,
+    _num_sms,
+    live_chunks,
+    nth_live,
+    tma_operands,
+)
+from .launch import cdiv, launch, next_pow2
+
+
+@triton.jit
+def _silu_rows_kernel(a_desc, b_desc, out_desc, aux_desc, bias_ptr, gate_ptr, M, K, CHUNK,
+                      EPI: tl.constexpr, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, B_NK: tl.constexpr, BM: tl.constexpr,
+                      BN: tl.constexpr, BK: tl.constexpr):
+    # Program p takes live tiles p, p + P, ...: tile i is row block i // n_cols and the
+    # (i % n_cols)-th live column block, whose chunk is found from the running count of live
+    # gates (nth_live), once a tile, not once a K-step. Consecutive tiles share a row block,
+    # so its a rows are read from L2 by the programs that run side by side.
+    live_rank, n_live = live_chunks(gate_ptr, NUM_CHUNKS, CHUNKS_P2, True)
+    per_chunk = CHUNK // BN                         # the launcher checked: whole blocks
+    n_cols = n_live * per_chunk
+    n_tiles = tl.cdiv(M, BM) * n_cols
+    for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), flatten=True):
+        row0 = (tile // n_cols) * BM
+        rank = tile % n_cols
+        c = nth_live(live_rank, rank // per_chunk)
+        col0 = c * CHUNK + (rank % per_chunk) * BN
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            a = a_desc.load([row0, k0])
+            if B_NK:
+                b = b_desc.load([col0, k0]).T
+            else:
+                b = b_desc.load([k0, col0])
+            acc = tl.dot(a, b, acc)
+        g = tl.load(gate_ptr + c).to(tl.float32)
+        if EPI == 1:
+            pre = acc
+            if HAS_BIAS:
+                pre += tl.load(bias_ptr + col0 + tl.arange(0, BN)).to(tl.float32)[None, :]
+            aux_desc.store([row0, col0], pre.to(aux_desc.dtype))
+            out = pre * tl.sigmoid(pre) * g
+        else:
+            pre = aux_desc.load([row0, col0]).to(tl.float32)
+            sig = tl.sigmoid(pre)
+            out = acc * g * sig * (1.0 + pre * (1.0 - sig))
+        out_desc.store([row0, col0], out.to(out_desc.dtype))
+
+
+def silu_rows_blocks() -> dict:
+    """128x128x64 tiles, 8 warps, at most 128 registers and 2 stages: two programs a SM
+    (98 KB of shared memory for the forward, 131 KB for the backward, whose saved tile's
+    load is double-buffered: one program a SM there) in an sm_90 compile with Triton 3.6;
+    programs_per_sm: how many persistent programs a SM gets (the interpreter: how many in
+    all). Not yet timed on a GPU."""
+    if interpreting():
+        return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1, programs_per_sm=3)
+    return dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=2, maxnreg=128,
+                programs_per_sm=2)
+
+
+def silu_rows(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, aux: torch.Tensor, *,
+              epi: int, gates: torch.Tensor, chunk: int, bias: torch.Tensor | None = None,
+              blocks: dict | None = None) -> torch.Tensor:
+    """out[M, N] = the SiLU epilogue `epi` of a[M, K] @ b over the live chunks of N
+    (gates [N // chunk], a chunk live where its gate is nonzero). b: a [K, N] view of a
+    row-major [K, N] or [N, K] tensor (W2, or W1.t()). EPI_SILU_GATE writes pre to aux and
+    adds bias [N] (fp32); EPI_SILU_BWD reads pre from aux. out and aux: contiguous [M, N],
+    a's dtype. blocks: BM, BN, BK, num_warps, num_stages, maxnreg, and programs_per_sm (None:
+    one program per live tile, which the grid may hold) in place of `silu_rows_blocks`."""
+    M, K = a.shape
+    N = out.shape[1]
+    blk = dict(blocks or silu_rows_blocks())
+    programs_per_sm = blk.pop("programs_per_sm", None)
+    num_chunks = gates.shape[0]
+    problems = [f"{name} {what}" for name, ok, what in (
+        ("epi", epi in (EPI_SILU_GATE, EPI_SILU_BWD), f"{epi} is not a SiLU epilogue"),
+        ("chunk", chunk > 0 and chunk % blk["BN"] == 0 and chunk * num_chunks == N,
+         f"{chunk} x {num_chunks} gates must be N={N} in whole blocks of BN={blk['BN']}"),
+        ("out/aux", out.shape == aux.shape == (M, N) and out.is_contiguous()
+         and aux.is_contiguous() and out.dtype == aux.dtype == a.dtype,
+         f"must be contiguous {(M, N)} {a.dtype}, got {tuple(out.shape)} {out.dtype} and "
+         f"{tuple(aux.shape)} {aux.dtype}"))
+        if not ok]
+    if problems:
+        raise ValueError(f"silu_rows: {'; '.join(problems)}")
+    a_desc, b_desc, b_nk = tma_operands(a, b, 0, blk, required=True, name="silu_rows")
+    out_desc = TensorDescriptor.from_tensor(out, [blk["BM"], blk["BN"]])
+    aux_desc = TensorDescriptor.from_tensor(aux, [blk["BM"], blk["BN"]])
+    most_tiles = cdiv(M, blk["BM"]) * (N // blk["BN"])
+    programs = most_tiles
+    if programs_per_sm is not None:
+        sms = _num_sms(a.device.index or 0) if a.is_cuda else 1
+        programs = min(most_tiles, programs_per_sm * sms)
+    launch(_silu_rows_kernel, (programs,),
+        a_desc, b_desc, out_desc, aux_desc, bias if bias is not None else out,
+        gates, M, K, chunk, EPI=epi, NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
+        HAS_BIAS=bias is not None, B_NK=b_nk, **blk)
+    return out
