@@ -1,5 +1,5 @@
 """The FFN's two SiLU products with hard chunk gates, as persistent TMA GEMMs (not yet the
-module's default: bench/gemm_sweep.py times them against the row GEMM).
+module's default, `USE_IN_FFN`: bench/gemm_sweep.py times them against the row GEMM).
 
     EPI_SILU_GATE  pre = a @ b + bias (saved), out = g_c * silu(pre)      (forward, xn @ W1^T)
     EPI_SILU_BWD   out = (a @ b) * g_c * silu'(pre), pre the saved tile  (backward, dy @ W2)
@@ -28,8 +28,10 @@ from .gated_matmul import (
     EPI_SILU_BWD,
     EPI_SILU_GATE,
     _num_sms,
+    _tma_problems,
     live_chunks,
     nth_live,
+    tma_by_default,
     tma_operands,
 )
 from .launch import cdiv, launch, next_pow2
@@ -73,6 +75,21 @@ def _silu_rows_kernel(a_desc, b_desc, out_desc, aux_desc, bias_ptr, gate_ptr, M,
             sig = tl.sigmoid(pre)
             out = acc * g * sig * (1.0 + pre * (1.0 - sig))
         out_desc.store([row0, col0], out.to(out_desc.dtype))
+
+
+# Whether the FFN takes silu_rows for its SiLU products with hard gates: off until the H200
+# shows it beating the row GEMM (bench/NOTES.md, session 29's plan); tests turn it on
+USE_IN_FFN = False
+
+
+def silu_rows_applies(a: torch.Tensor, b: torch.Tensor, chunk: int) -> bool:
+    """Whether the FFN's SiLU product a @ b (N in chunks of `chunk` columns, hard gates) goes
+    to silu_rows: USE_IN_FFN, operands TMA can take (16-bit on a Hopper GPU, any dtype under
+    the interpreter) and chunks of whole column blocks."""
+    if not USE_IN_FFN or (a.is_cuda and not tma_by_default(a)):
+        return False
+    blk = silu_rows_blocks()
+    return chunk % blk["BN"] == 0 and not _tma_problems(a, b, 0, blk["BK"])
 
 
 def silu_rows_blocks() -> dict:

@@ -129,6 +129,41 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
+@pytest.mark.parametrize("gate_case", ["hard_half", "hard_scaled", "all_off", "module_off"])
+def test_hard_gates_through_silu_rows(gate_case, monkeypatch, nan_filled_memory):
+    """With silu_rows taking the two SiLU products (USE_IN_FFN; chunks of 32, the
+    interpreter's column block): output and every gradient as the fp64 reference's, with
+    NaN in fresh memory and NaN / 1e4 at the padded rows of x and dy (silu_rows writes
+    padded rows from them, which every reader must drop)."""
+    from orthoasr.kernels import gated_ffn as module
+    from orthoasr.kernels import silu_rows
+
+    calls = []
+    monkeypatch.setattr(silu_rows, "USE_IN_FFN", True)
+    monkeypatch.setattr(module, "silu_rows",
+                        lambda *a, **k: calls.append(k["epi"]) or silu_rows.silu_rows(*a, **k))
+    f = 128                                              # 4 chunks of 32
+    hard_scaled = ([0.5, 0.0, 1.5, 1.0], "component", False)     # live gates other than 1
+    values, granularity, _ = hard_scaled if gate_case == "hard_scaled" else GATES[gate_case]
+    lengths = torch.tensor([9, 4, 1])
+    x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
+    pad = ~valid_mask(lengths, 9)
+    x[pad], dy[pad] = 1e4, float("nan")
+    x[1, 6] = float("nan")
+    params = [torch.randn(D) * 0.2 + 1, torch.randn(D) * 0.2, torch.randn(f, D) / D ** 0.5,
+              torch.randn(f) * 0.2, torch.randn(D, f) / f ** 0.5, torch.randn(D) * 0.2]
+    gates = torch.tensor(values)
+    module_gate = granularity == "module"
+    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
+    assert calls == [gm.EPI_SILU_GATE, gm.EPI_SILU_BWD]
+    x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
+    y64, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
+                       gates.double(), module_gate, dy0.double())
+    torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
+    for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
+        torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
+
+
 def fp64_weights_case():
     """(lengths, x, params, gates, dy, inputs): fp64 inputs and weights that require grad,
     an fp32 output gradient, for the cases computed in fp32."""
@@ -348,9 +383,14 @@ def test_gpu_fp32_matches_reference():
 
 
 @pytest.mark.gpu
-def test_gpu_autocast_module_error_ratio():
+@pytest.mark.parametrize("silu_rows_in_ffn", [False, True])
+def test_gpu_autocast_module_error_ratio(silu_rows_in_ffn, monkeypatch):
     """Module under bf16 autocast (fp32 weights read by the kernels) vs the torch backend in
-    the same autocast, both against an fp64 run of the same module."""
+    the same autocast, both against an fp64 run of the same module; hard gates, the SiLU
+    products by the row GEMM or by silu_rows."""
+    from orthoasr.kernels import silu_rows
+
+    monkeypatch.setattr(silu_rows, "USE_IN_FFN", silu_rows_in_ffn)
     dev = "cuda"
     x = torch.randn(4, 120, 384, device=dev)
     lengths = torch.tensor([120, 60, 1, 99], device=dev)
@@ -359,7 +399,11 @@ def test_gpu_autocast_module_error_ratio():
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_graph_and_no_sync():
+@pytest.mark.parametrize("silu_rows_in_ffn", [False, True])
+def test_gpu_cuda_graph_and_no_sync(silu_rows_in_ffn, monkeypatch):
+    from orthoasr.kernels import silu_rows
+
+    monkeypatch.setattr(silu_rows, "USE_IN_FFN", silu_rows_in_ffn)
     dev = "cuda"
     ffn = GatedFeedForward(384, 1536, 4).to(dev)
     x = torch.randn(8, 100, 384, device=dev, dtype=torch.bfloat16, requires_grad=True)
