@@ -10,7 +10,9 @@ the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 the attention core `sdpa_mask` / `sdpa_nomask` (and `ours_unpacked`: ours through the
 separate-q/k/v entry point, which first copies them into the packed layout the MHSA runs
 it on; `ours` is given that layout); for a module with all units on also
-`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
+`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
+for the FFN and the encoder with hard gates (all-on, half) `ours_silu_rows`: ours with the
+FFN's SiLU products through kernels/silu_rows.py (`USE_IN_FFN`, not yet the default).
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
@@ -23,6 +25,7 @@ timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -32,6 +35,7 @@ from bench.floors import EncoderFloor, check_floor, encode_gated, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
+from orthoasr.kernels import silu_rows
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
@@ -82,11 +86,23 @@ def _modules(cfg: SupernetConfig, device):
     return {kind: make_module(cfg, kind).to(device) for kind in ("ffn1", "conv", "mhsa")}
 
 
+@contextlib.contextmanager
+def silu_rows_in_ffn():
+    """The FFN's SiLU products with hard gates through silu_rows for the duration."""
+    was = silu_rows.USE_IN_FFN
+    silu_rows.USE_IN_FFN = True
+    try:
+        yield
+    finally:
+        silu_rows.USE_IN_FFN = was
+
+
 def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings,
-                out=None) -> list:
+                out=None, contexts=None) -> list:
     """Time every (mode, provider, timing); each row is written as soon as it is measured
     (a call cut short by its time limit keeps what it measured). grad_out: the output's
-    gradient, or a function of the provider giving it."""
+    gradient, or a function of the provider giving it. contexts: provider -> a context
+    manager factory to run its forward and backward in."""
     rows = []
     for mode in modes:
         for provider, fn in providers.items():
@@ -95,12 +111,15 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
             inputs = inputs_of(provider)
             grad = grad_out(provider) if callable(grad_out) else grad_out
 
-            def call(fn=fn, inputs=inputs, mode=mode, grad=grad):
-                with torch.autocast("cuda", dtype=BF16):
-                    out = fn()
-                if mode == "fwd":
-                    return out
-                return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+            context = (contexts or {}).get(provider, contextlib.nullcontext)
+
+            def call(fn=fn, inputs=inputs, mode=mode, grad=grad, context=context):
+                with context():
+                    with torch.autocast("cuda", dtype=BF16):
+                        out = fn()
+                    if mode == "fwd":
+                        return out
+                    return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
             for timing in timings:
                 try:
@@ -186,6 +205,10 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 xx = x.clone().requires_grad_()
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
+                contexts = {}
+                if kind in ("ffn", "encoder") and name in ("all-on", "half"):
+                    providers["ours_silu_rows"] = providers["ours"]
+                    contexts["ours_silu_rows"] = silu_rows_in_ffn
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out
@@ -207,13 +230,13 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
                               xx=xx, low=low):
-                    if provider in ("ours", "ours_host_masks"):
+                    if provider in ("ours", "ours_host_masks", "ours_silu_rows"):
                         return [xx, *params] + ([] if hard else [soft])
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]
                     return [xx, *floor.parameters()]
                 rows += _timed_rows(base, providers, inputs_of, grad_out,
-                                    ("fwd", "fwd+bwd"), timings, out)
+                                    ("fwd", "fwd+bwd"), timings, out, contexts)
             written += len(rows)
     return written
 
