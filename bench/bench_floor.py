@@ -11,8 +11,9 @@ the attention core `sdpa_mask` / `sdpa_nomask` (and `ours_unpacked`: ours throug
 separate-q/k/v entry point, which first copies them into the packed layout the MHSA runs
 it on; `ours` is given that layout); for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
-for the FFN and the encoder with hard gates (all-on, half) `ours_silu_rows`: ours with the
-FFN's SiLU products through kernels/silu_rows.py (`USE_IN_FFN`, not yet the default).
+for the FFN and the encoder `ours_silu_rows`: ours with the FFN's SiLU products through
+kernels/silu_rows.py (`USE_IN_FFN`, not yet the default; the soft gates' backward keeps the
+row GEMM).
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
@@ -206,7 +207,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
                 contexts = {}
-                if kind in ("ffn", "encoder") and name in ("all-on", "half"):
+                if kind in ("ffn", "encoder"):
                     providers["ours_silu_rows"] = providers["ours"]
                     contexts["ours_silu_rows"] = silu_rows_in_ffn
                 if kind == "encoder" and name == "off":

@@ -8,8 +8,8 @@ two weight-gradient GEMMs over valid frames, and the bias gradients by the colum
 where nothing is skipped, the weight gradients are cuBLAS products, b1's gradient the column
 of dW1's product with the ones column the forward saves after xn), registered as the torch.library
 ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
-Kernels live in gated_matmul.py and layer_norm.py (and, with hard gates where
-`silu_rows.USE_IN_FFN` is set, the two SiLU products in silu_rows.py).
+Kernels live in gated_matmul.py and layer_norm.py (and, where `silu_rows.USE_IN_FFN` is
+set, the two SiLU products in silu_rows.py but for the soft gates' backward).
 
 Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+1)*F/C).
 """
@@ -109,8 +109,9 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead, ungated_rows=ungated_batch * T)
-    if save and skip_dead and gates is not None and silu_rows_applies(xn, w1c.t(), f):
-        silu_rows(xn, w1c.t(), hidden, pre, epi=EPI_SILU_GATE, gates=gates, chunk=f, bias=b1)
+    if not ungated_batch and silu_rows_applies(xn, w1c.t(), f):
+        silu_rows(xn, w1c.t(), hidden, pre, epi=EPI_SILU_GATE, gates=gates, chunk=f,
+                  skip_dead=skip_dead, bias=b1, lengths=lengths, T=T, final=dense)
     else:
         rows_gemm(xn, w1c.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre,
                   final=dense, **common)
@@ -156,8 +157,9 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dy_sum, db1, dw2, dw1 = acc["b2"], acc["b1"], acc["w2"], acc["w1"]
     d_lnw, d_lnb = acc["ln_weight"], acc["ln_bias"]
     d_pre = xn.new_empty(M, F_)
-    if skip_dead and gates is not None and silu_rows_applies(dy2, w2c, f):
-        silu_rows(dy2, w2c, d_pre, pre, epi=EPI_SILU_BWD, gates=gates, chunk=f)
+    if gate_cols is None and not ungated_rows and silu_rows_applies(dy2, w2c, f):
+        silu_rows(dy2, w2c, d_pre, pre, epi=EPI_SILU_BWD, gates=gates, chunk=f,
+                  skip_dead=skip_dead, lengths=lengths, T=T, final=dense)
     else:
         rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
                   final=dense, ungated_rows=ungated_rows, chunk_sums=gate_cols is not None,

@@ -129,12 +129,14 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
-@pytest.mark.parametrize("gate_case", ["hard_half", "hard_scaled", "all_off", "module_off"])
-def test_hard_gates_through_silu_rows(gate_case, monkeypatch, nan_filled_memory):
-    """With silu_rows taking the two SiLU products (USE_IN_FFN; chunks of 32, the
-    interpreter's column block): output and every gradient as the fp64 reference's, with
-    NaN in fresh memory and NaN / 1e4 at the padded rows of x and dy (silu_rows writes
-    padded rows from them, which every reader must drop)."""
+@pytest.mark.parametrize("gate_case", ["hard_half", "hard_scaled", "all_off", "module_off",
+                                       "none", "soft_with_zero", "module_soft"])
+def test_silu_rows_in_the_ffn(gate_case, monkeypatch, nan_filled_memory):
+    """With silu_rows taking the SiLU products (USE_IN_FFN; chunks of 32, the interpreter's
+    column block; the soft gates' backward stays with the row GEMM): output and every
+    gradient as the fp64 reference's, with NaN in fresh memory and NaN / 1e4 at the padded
+    rows of x and dy (silu_rows writes padded rows from them: readers must drop them, and
+    the dense products, no gates or soft ones, must get its zeros there)."""
     from orthoasr.kernels import gated_ffn as module
     from orthoasr.kernels import silu_rows
 
@@ -144,7 +146,6 @@ def test_hard_gates_through_silu_rows(gate_case, monkeypatch, nan_filled_memory)
                         lambda *a, **k: calls.append(k["epi"]) or silu_rows.silu_rows(*a, **k))
     f = 128                                              # 4 chunks of 32
     hard_scaled = ([0.5, 0.0, 1.5, 1.0], "component", False)     # live gates other than 1
-    values, granularity, _ = hard_scaled if gate_case == "hard_scaled" else GATES[gate_case]
     lengths = torch.tensor([9, 4, 1])
     x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
     pad = ~valid_mask(lengths, 9)
@@ -152,13 +153,16 @@ def test_hard_gates_through_silu_rows(gate_case, monkeypatch, nan_filled_memory)
     x[1, 6] = float("nan")
     params = [torch.randn(D) * 0.2 + 1, torch.randn(D) * 0.2, torch.randn(f, D) / D ** 0.5,
               torch.randn(f) * 0.2, torch.randn(D, f) / f ** 0.5, torch.randn(D) * 0.2]
-    gates = torch.tensor(values)
+    values, granularity, requires_grad = (hard_scaled if gate_case == "hard_scaled"
+                                          else GATES[gate_case])
+    gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
     module_gate = granularity == "module"
     y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
-    assert calls == [gm.EPI_SILU_GATE, gm.EPI_SILU_BWD]
+    assert calls == [gm.EPI_SILU_GATE] + ([] if requires_grad else [gm.EPI_SILU_BWD])
     x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
+    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
     y64, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
-                       gates.double(), module_gate, dy0.double())
+                       g64, module_gate, dy0.double())
     torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
     for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")

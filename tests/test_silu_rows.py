@@ -55,6 +55,32 @@ def test_silu_backward_reads_the_saved_tile(grid):
     assert out[:, ~live].isnan().all()
 
 
+@pytest.mark.parametrize("case", ["no gates, final", "every chunk computed, final",
+                                  "forward without pre (inference)"])
+def test_silu_rows_without_skipping(case):
+    """No gates, or gates whose zero chunks are computed too (skip_dead False: soft gates'
+    forward), with zeros at padded frames (final: the dense products read every row); and
+    the forward with pre not kept."""
+    a, b = _operands(4, b_nk=True)
+    bias = torch.randn(N, device=DEV)
+    lengths, T = torch.tensor([11, 4, 0], device=DEV), 11            # M = 33 frame rows
+    gates = None if case.startswith("no gates") else torch.tensor([0.5, 0.0, 1.5, 1.0],
+                                                                  device=DEV)
+    final = case.endswith("final")
+    out = torch.full((M, N), float("nan"), device=DEV)
+    pre = None if case.endswith("(inference)") else torch.full_like(out, float("nan"))
+    silu_rows(a, b, out, pre, epi=gm.EPI_SILU_GATE, gates=gates, chunk=CHUNK,
+              skip_dead=False, bias=bias, lengths=lengths, T=T, final=final,
+              blocks=GRIDS["persistent"])
+    g = torch.ones(N, device=DEV) if gates is None else gates.repeat_interleave(CHUNK)
+    expected = F.silu(a @ b + bias) * g
+    if final:
+        expected = torch.where(gm.valid_rows(lengths, T)[:, None], expected, 0.0)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    if pre is not None:
+        torch.testing.assert_close(pre, a @ b + bias, atol=1e-4, rtol=1e-4)
+
+
 def test_silu_rows_names_what_it_cannot_take():
     a, b = _operands(3, b_nk=False)
     out, aux = torch.empty(M, N, device=DEV), torch.empty(M, N, device=DEV)
@@ -66,6 +92,11 @@ def test_silu_rows_names_what_it_cannot_take():
     with pytest.raises(ValueError, match="out/aux must be contiguous"):
         silu_rows(a, b, out, aux.t(), epi=gm.EPI_SILU_BWD, gates=g, chunk=CHUNK,
                   blocks=BLOCKS)
+    with pytest.raises(ValueError, match="aux is the backward's saved pre"):
+        silu_rows(a, b, out, None, epi=gm.EPI_SILU_BWD, gates=g, chunk=CHUNK, blocks=BLOCKS)
+    with pytest.raises(ValueError, match="final needs lengths and T, and no dead chunk"):
+        silu_rows(a, b, out, aux, epi=gm.EPI_SILU_BWD, gates=g, chunk=CHUNK, final=True,
+                  lengths=torch.tensor([M], device=DEV), T=M, blocks=BLOCKS)
 
 
 @pytest.mark.gpu
