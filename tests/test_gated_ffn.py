@@ -403,6 +403,36 @@ def test_gpu_autocast_module_error_ratio(silu_rows_in_ffn, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("gate_case", ["none", "hard", "soft"])
+def test_gpu_silu_rows_matches_the_row_gemm_in_the_ffn(gate_case, monkeypatch):
+    """Paper width under bf16 autocast: the module's output and gradients (x, parameters,
+    soft gates) with the SiLU products through silu_rows equal those through the row GEMM
+    to bf16 rounding (the row GEMM's path is the one the error-ratio tests hold)."""
+    from orthoasr.kernels import silu_rows
+
+    dev = "cuda"
+    torch.manual_seed(6)
+    ffn = GatedFeedForward(384, 1536, 4).to(dev)
+    x = torch.randn(6, 120, 384, device=dev)
+    lengths = torch.tensor([120, 60, 1, 99, 120, 7], device=dev)
+    gates = {"none": None, "hard": torch.tensor([0.8, 0.0, 0.5, 1.0], device=dev),
+             "soft": torch.tensor([0.3, 0.9, 0.0, 0.6], device=dev,
+                                  requires_grad=True)}[gate_case]
+    dy = torch.randn_like(x)
+    inputs = [x.requires_grad_(), *ffn.parameters()] + ([gates] if gate_case == "soft" else [])
+
+    def outputs(on):
+        monkeypatch.setattr(silu_rows, "USE_IN_FFN", on)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = ffn(x, lengths, gates)
+        return [y.float(), *(g.float() for g in torch.autograd.grad(y, inputs, dy.to(y.dtype)))]
+
+    for i, (ours, rows) in enumerate(zip(outputs(True), outputs(False), strict=True)):
+        scale = rows.abs().max().item()
+        torch.testing.assert_close(ours, rows, atol=2e-2 * scale, rtol=2e-2, msg=f"output {i}")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("silu_rows_in_ffn", [False, True])
 def test_gpu_cuda_graph_and_no_sync(silu_rows_in_ffn, monkeypatch):
     from orthoasr.kernels import silu_rows
