@@ -10,10 +10,7 @@ the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 the attention core `sdpa_mask` / `sdpa_nomask` (and `ours_unpacked`: ours through the
 separate-q/k/v entry point, which first copies them into the packed layout the MHSA runs
 it on; `ours` is given that layout); for a module with all units on also
-`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
-for the FFN and the encoder `ours_silu_rows`: ours with the FFN's SiLU products through
-kernels/silu_rows.py (`USE_IN_FFN`, not yet the default; the soft gates' backward keeps the
-row GEMM).
+`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
@@ -36,7 +33,6 @@ from bench.floors import EncoderFloor, check_floor, encode_gated, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels import silu_rows
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
@@ -85,17 +81,6 @@ def flops(kind: str, cfg: SupernetConfig, B: int, T: int, live: torch.Tensor) ->
 def _modules(cfg: SupernetConfig, device):
     torch.manual_seed(0)
     return {kind: make_module(cfg, kind).to(device) for kind in ("ffn1", "conv", "mhsa")}
-
-
-@contextlib.contextmanager
-def silu_rows_in_ffn():
-    """The FFN's SiLU products with hard gates through silu_rows for the duration."""
-    was = silu_rows.USE_IN_FFN
-    silu_rows.USE_IN_FFN = True
-    try:
-        yield
-    finally:
-        silu_rows.USE_IN_FFN = was
 
 
 def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings,
@@ -207,9 +192,6 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
                 contexts = {}
-                if kind in ("ffn", "encoder"):
-                    providers["ours_silu_rows"] = providers["ours"]
-                    contexts["ours_silu_rows"] = silu_rows_in_ffn
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out
@@ -231,7 +213,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
                               xx=xx, low=low):
-                    if provider in ("ours", "ours_host_masks", "ours_silu_rows"):
+                    if provider in ("ours", "ours_host_masks"):
                         return [xx, *params] + ([] if hard else [soft])
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]

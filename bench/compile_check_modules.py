@@ -19,7 +19,6 @@ from orthoasr.kernels import (
     gated_conv,
     gated_matmul,
     layer_norm,
-    silu_rows,
 )
 from orthoasr.kernels.gated_matmul import (
     EPI_GATE_BWD,
@@ -238,29 +237,6 @@ def main() -> None:
                    dict(src0="fp32", dst0="bf16", src1="fp32", dst1="bf16"),
                    ints=dict(n0=F * D, n1=D * F),
                    constexprs=dict(BLOCK=common._CAST_BLOCK), num_warps=4)
-    # the FFN's SiLU products as persistent TMA GEMMs (not yet the default): hard gates, and
-    # no gates with zeros at padded frames (the dense pass)
-    blk = silu_rows.silu_rows_blocks()
-    warps, stages, maxnreg = blk.pop("num_warps"), blk.pop("num_stages"), blk.pop("maxnreg")
-    blk.pop("programs_per_sm")
-    tile = f"{blk['BM']},{blk['BN']}"
-    for epi, b_block, b_nk in ((EPI_SILU_GATE, f"{blk['BN']},{blk['BK']}", True),
-                               (EPI_SILU_BWD, f"{blk['BK']},{blk['BN']}", False)):
-        for gated in (True, False):
-            print(f"silu_rows, {'forward' if epi == EPI_SILU_GATE else 'backward'}, "
-                  f"{'hard gates' if gated else 'no gates, final'}: ", end="")
-            ok &= _compile(silu_rows._silu_rows_kernel,
-                           dict(a_desc=f"tensordesc<bf16[{blk['BM']},{blk['BK']}]>",
-                                b_desc=f"tensordesc<bf16[{b_block}]>",
-                                out_desc=f"tensordesc<bf16[{tile}]>",
-                                aux_desc=f"tensordesc<bf16[{tile}]>", bias_ptr="fp32",
-                                gate_ptr="fp32", len_ptr="i64"),
-                           ints=dict(M=M, K=D, T=T, CHUNK=F // 4 if gated else F),
-                           constexprs=dict(EPI=epi, NUM_CHUNKS=4 if gated else 1,
-                                           CHUNKS_P2=4 if gated else 1, HAS_GATES=gated,
-                                           SKIP_DEAD=gated, HAS_BIAS=epi == EPI_SILU_GATE,
-                                           SAVE_AUX=True, FINAL=not gated, B_NK=b_nk, **blk),
-                           num_warps=warps, num_stages=stages, maxnreg=maxnreg)
     print("all kernels compiled" if ok else "SOME KERNELS FAILED THE SHARED-MEMORY CHECK")
 
 

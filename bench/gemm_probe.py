@@ -21,9 +21,7 @@ On the H200 (2026-12-01) `persistent` was 8-12% ahead of `tiled` at K = 384 and 
 K = 1536, and `TMA` 13-19% ahead at M = 20000, about half the way to cuBLAS: the row GEMM
 got a TMA option (kernels/gated_matmul.py).
 
-The same persistent loop with the FFN's SiLU epilogues and TMA stores is
-kernels/silu_rows.py, timed against the row GEMM by `bench.gemm_sweep --families
-silu_rows`. Rows go to bench/results/gemm_probe.json. Run: python -m bench.gemm_probe
+Rows go to bench/results/gemm_probe.json. Run: python -m bench.gemm_probe
 [--rows 20000] [--products W1] [--providers persistent]
 """
 

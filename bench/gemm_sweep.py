@@ -2,15 +2,13 @@
 the same operands, over a few tile configurations each: where the gated GEMMs lose time.
 
     python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options | --tma]
-                               [--families rows wgrad silu_rows] [--only g1 g3 ...]
+                               [--families rows wgrad wgrad_tma] [--only g1 g3 ...]
 
 All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
-and half (dead chunks skipped). Rows go to bench/results/gemm_sweep.json (and $OUT), each
+and half (dead chunks skipped). The weight gradients' default is then their TMA path (every
+row zero or valid: `rows_zeroed`); `wgrad_tma` (not in the default set) times that path's
+tiles against the masked loads' default. Rows go to bench/results/gemm_sweep.json (and $OUT), each
 with the kernel's TFLOP/s and the ratio to cuBLAS on the same product.
-
-The `silu_rows` family (not in the default set) times the two SiLU products with hard gates
-(all on, and half the chunks dead; dead chunks skipped) through the row GEMM's default tile
-and through kernels/silu_rows.py's persistent TMA GEMM at a few grids.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import torch
 
 from bench.harness import time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
-from orthoasr.kernels.silu_rows import silu_rows, silu_rows_blocks
 
 D, FF, CHUNKS = 384, 1536, 4
 # B80xT250: a training step's frames at max_frames 80000 (configs/paper.yaml)
@@ -71,55 +68,21 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
 WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=2),
                   dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3, programs_per_sm=1),
                   dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=1)]
-# silu_rows' grids: its default (two 8-warp programs a SM at 2 stages; the backward's 131 KB
-# of shared memory fits once a SM), one program a SM at 3 stages, a program per tile, and
-# the 128x64 tile (90 / 107 KB at 3 stages: two a SM for both)
-SILU_ROWS_CONFIGS = [None,
-                     dict(silu_rows_blocks(), num_stages=3, programs_per_sm=1),
-                     {k: v for k, v in silu_rows_blocks().items() if k != "programs_per_sm"},
-                     dict(silu_rows_blocks(), BN=64, num_stages=3)]
-
-
-def _silu_rows_calls(epi, a, w, out, pre, bias, lengths, T, g) -> dict:
-    """provider -> a call of one SiLU product with hard gates g (dead chunks skipped): the
-    row GEMM's default tile ("ours"), and silu_rows at each of SILU_ROWS_CONFIGS."""
-    chunks = dict(gates=g, chunk=FF // CHUNKS)
-    calls = {"ours": lambda: gm.rows_gemm(a, w, out, bias=bias, chunk_axis=1, epi=epi,
-                                          aux=pre, lengths=lengths, T=T, num_chunks=CHUNKS,
-                                          skip_dead=True, **chunks)}
-    for cfg in SILU_ROWS_CONFIGS:
-        calls[f"silu_rows {'default' if cfg is None else _tag(cfg)}"] = \
-            lambda cfg=cfg: silu_rows(a, w, out, pre, epi=epi, bias=bias, blocks=cfg, **chunks)
-    return calls
-
-
-def _silu_rows_sweep(shape, lengths, T, a_by_epi, w_by_epi, b1, pre, out, ref_ms) -> list:
-    """Rows for the two SiLU products with hard gates, all on and half dead (see
-    _silu_rows_calls). a_by_epi / w_by_epi: each epilogue's operands (w: the [K, N] view
-    the module passes); ref_ms: each one's cuBLAS time."""
-    rows = []
-    flops = 2 * out.shape[0] * out.shape[1] * a_by_epi[gm.EPI_SILU_GATE].shape[1]
-    gate_sets = {"all-on": torch.ones(CHUNKS, device=out.device),
-                 "half": torch.tensor([1.0, 0.0, 1.0, 0.0], device=out.device)}
-    names = {gm.EPI_SILU_GATE: "g1 xn@W1^T silu-gate", gm.EPI_SILU_BWD: "g3 dy@W2 silu-bwd"}
-    for epi, name in names.items():
-        bias = b1 if epi == gm.EPI_SILU_GATE else None
-        rows.append(dict(table="gemm-sweep", case=f"{name}, hard gates {shape}", mode="dense",
-                         provider="cublas", ms=ref_ms[epi], TFLOPs=flops / ref_ms[epi] / 1e9))
-        for gates_name, g in gate_sets.items():
-            calls = _silu_rows_calls(epi, a_by_epi[epi], w_by_epi[epi], out, pre, bias,
-                                     lengths, T, g)
-            for provider, call in calls.items():
-                try:
-                    ms = time_graph_ms(call)
-                except Exception as err:  # a grid that does not fit or compile
-                    print(f"{name} {provider} failed: {err!r}"[:240], flush=True)
-                    continue
-                rows.append(dict(table="gemm-sweep", case=f"{name}, hard gates {shape}",
-                                 mode=gates_name, provider=provider.split()[0],
-                                 tiles=provider.partition(" ")[2] or "default", ms=ms,
-                                 TFLOPs=flops / ms / 1e9, vs_cublas=ms / ref_ms[epi]))
-    return rows
+# TMA loads over rows that hold zeros at padded frames (`rows_zeroed`; every frame is valid
+# here): the masked loads' default tile first, then TMA at one and two waves' worth of
+# programs, deeper pipelines and the wider tiles (shared memory at 3 stages: 96 KB at
+# 128x128, 144 KB at 128x256)
+WGRAD_TMA_CONFIGS = [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=2),
+                     *(dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=s,
+                            programs_per_sm=p, TMA=True) for s, p in ((3, 2), (4, 1), (3, 4))),
+                     dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=3, programs_per_sm=2,
+                          TMA=True),
+                     dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=4, programs_per_sm=3,
+                          TMA=True),
+                     dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3, programs_per_sm=1,
+                          TMA=True),
+                     dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=1,
+                          TMA=True)]
 
 
 def _tag(cfg):
@@ -222,11 +185,11 @@ def main() -> None:
     wgrads = {
         "w2 dy^T@hidden": (
             lambda cfg, g, skip: gm.wgrad(dy, hidden, chunk_axis=2, blocks=cfg,
-                                          **common(g, skip)),
+                                          rows_zeroed=True, **common(g, skip)),
             lambda: torch.mm(dy.t(), hidden)),
         "w1 d_pre^T@xn": (
             lambda cfg, g, skip: gm.wgrad(d_pre, xn, chunk_axis=1, blocks=cfg,
-                                          **common(g, skip)),
+                                          rows_zeroed=True, **common(g, skip)),
             lambda: torch.mm(d_pre.t(), xn)),
     }
 
@@ -235,21 +198,8 @@ def main() -> None:
                     skip_dead=skip)
 
     rows = []
-    if "silu_rows" in args.families:
-        ref_ms = {gm.EPI_SILU_GATE: time_graph_ms(lambda: torch.mm(xn, w1.t())),
-                  gm.EPI_SILU_BWD: time_graph_ms(lambda: torch.mm(dy, w2))}
-        rows = _silu_rows_sweep(args.shape, lengths, T, {gm.EPI_SILU_GATE: xn,
-                                                         gm.EPI_SILU_BWD: dy},
-                                {gm.EPI_SILU_GATE: w1.t(), gm.EPI_SILU_BWD: w2}, b1, pre,
-                                out_f, ref_ms)
-        for r in rows:
-            print(f"{r['case']:<40} {r['mode']:<6} {r['provider']:<9} {r.get('tiles', ''):<28}"
-                  f" {r['ms'] * 1e3:7.1f} us {r.get('vs_cublas', 1.0):5.2f}x cuBLAS", flush=True)
-        write_rows("gemm_sweep", rows)
-        if os.environ.get("OUT"):
-            write_rows("gemm_sweep", rows, out_dir=os.environ["OUT"])
-        rows = []
-    families = {"rows": (row_gemms, ROW_CONFIGS), "wgrad": (wgrads, WGRAD_CONFIGS)}
+    families = {"rows": (row_gemms, ROW_CONFIGS), "wgrad": (wgrads, WGRAD_CONFIGS),
+                "wgrad_tma": (wgrads, WGRAD_TMA_CONFIGS)}
     for family, configs in (families[f] for f in args.families if f in families):
         for name, (ours, cublas) in family.items():
             if args.only and not any(name.startswith(prefix) for prefix in args.only):

@@ -53,13 +53,12 @@ if has tests; then
   # took 191-211 s on 2026-12-01 with test_graphed_encoder.py's 51 s and test_export.py's 29
   # s in it, C 134-154 and D 124-140: those two moved to D and C; on 2026-12-01 D took 219
   # s with test_train.py's in-place gradient test at 132 s: test_graphed_encoder.py back to B;
-  # 2026-12-02: A 202, B 165, C 192, D 161 s; test_silu_rows.py's new kernels compile in D,
-  # the FFN's new GPU tests stay in B)
+  # 2026-12-02: A 202, B 165, C 192, D 161 s)
   GPUS=$(nvidia-smi -L | wc -l)
   T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=8"
   GROUP_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
   GROUP_C="test_learning.py test_export.py"
-  GROUP_D="test_train.py test_checkpoint.py test_silu_rows.py"
+  GROUP_D="test_train.py test_checkpoint.py"
   CUDA_VISIBLE_DEVICES=0 $T $(printf "$REPO/tests/%s " $GROUP_A) > $OUT/gpu_tests_a.log 2>&1 &
   CUDA_VISIBLE_DEVICES=$((GPUS > 1 ? 1 : 0)) $T $REPO/tests \
     $(printf -- "--ignore=$REPO/tests/%s " $GROUP_A $GROUP_C $GROUP_D) \

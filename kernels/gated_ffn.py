@@ -8,8 +8,7 @@ two weight-gradient GEMMs over valid frames, and the bias gradients by the colum
 where nothing is skipped, the weight gradients are cuBLAS products, b1's gradient the column
 of dW1's product with the ones column the forward saves after xn), registered as the torch.library
 ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
-Kernels live in gated_matmul.py and layer_norm.py (and, where `silu_rows.USE_IN_FFN` is
-set, the two SiLU products in silu_rows.py but for the soft gates' backward).
+Kernels live in gated_matmul.py and layer_norm.py.
 
 Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+1)*F/C).
 """
@@ -34,12 +33,12 @@ from .gated_matmul import (
     dense_products,
     dense_wgrad,
     rows_gemm,
+    tma_by_default,
     wgrad,
 )
 from .grads_in_place import accumulators, returned, sinks_of, taken
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
-from .silu_rows import silu_rows, silu_rows_applies
 
 
 def gated_ffn_reference(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tensor,
@@ -79,6 +78,13 @@ def _empty(like):
     return like.new_empty(0)
 
 
+def _rows_zeroed(x, gates, skip_dead, w1c) -> bool:
+    """Whether the backward's weight gradients read every row of their operands, which are
+    then written with zeros at padded frames (xn, hidden, d_pre, a copy of dy): as dense
+    products (cuBLAS, nothing skipped), or by `wgrad`'s TMA loads (16-bit on a Hopper GPU)."""
+    return dense_products(x, gates, skip_dead) or tma_by_default(w1c)
+
+
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
                          module_gate, skip_dead, save, w1c, w2c, ungated_batch=0, res_y=None,
                          res_seed=None, res_scale=1.0, res_p=0.0):
@@ -95,26 +101,23 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     res, x_new = step_in(x, res_y, res_seed, res_scale, res_p)
     # the LayerNorm reads x in its own dtype (fp32 under autocast) and writes xn in the
     # compute dtype: no cast of x before the call, no cast of dx after the backward. With
-    # nothing skipped, the padded rows of xn and hidden are zeros: the weight gradients are
-    # then dense products (backward)
-    # With the dense products, xn is saved with a column of ones after its D columns (a view
-    # of its first D is the GEMMs' operand): cuBLAS's dW1 product then also gives b1's
-    # gradient, which the SiLU backward's epilogue no longer sums
+    # zero_rows the padded rows of xn and hidden are zeros: the weight gradients then read
+    # every row (backward). With the dense products, xn is saved with a column of ones
+    # after its D columns (a view of its first D is the GEMMs' operand): cuBLAS's dW1
+    # product then also gives b1's gradient, which the SiLU backward's epilogue no longer sums
     dense = save and dense_products(x, gates, skip_dead)
+    zero_rows = save and _rows_zeroed(x, gates, skip_dead, w1c)
     xn_saved, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates,
                                           skip_dead, out_dtype=compute_dtype,
-                                          zero_padded=dense, ones_column=dense, residual=res)
+                                          zero_padded=zero_rows, ones_column=dense,
+                                          residual=res)
     xn = xn_saved[:, :D]
     hidden = xn.new_empty(M, F_)
     pre = xn.new_empty(M, F_) if save else None
     common = dict(lengths=lengths, T=T, gates=gates, chunk=f, num_chunks=chunks,
                   skip_dead=skip_dead, ungated_rows=ungated_batch * T)
-    if not ungated_batch and silu_rows_applies(xn, w1c.t(), f):
-        silu_rows(xn, w1c.t(), hidden, pre, epi=EPI_SILU_GATE, gates=gates, chunk=f,
-                  skip_dead=skip_dead, bias=b1, lengths=lengths, T=T, final=dense)
-    else:
-        rows_gemm(xn, w1c.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre,
-                  final=dense, **common)
+    rows_gemm(xn, w1c.t(), hidden, bias=b1, chunk_axis=1, epi=EPI_SILU_GATE, aux=pre,
+              final=zero_rows, **common)
     y = xn.new_empty(B, T, D)
     bias_mode = BIAS_PLAIN if gates is None else (BIAS_GATE0 if module_gate else BIAS_ANY_GATE)
     rows_gemm(hidden, w2c.t(), y.view(M, D), bias=b2, chunk_axis=2, epi=EPI_STORE,
@@ -145,6 +148,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # xn (zero there too) and W1 go to cuBLAS, which did them 1.4-1.8x faster than the
     # masked kernels (bench/gemm_sweep.py)
     dense = dense_products(x, gates, skip_dead)
+    zero_rows = _rows_zeroed(x, gates, skip_dead, w1c)     # as the forward decided
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
     # (cuBLAS writes the dense path's weight gradients: none to zero for them), or a
     # parameter's .grad where it is a sink; not b2's with a module gate (scaled below)
@@ -157,13 +161,9 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dy_sum, db1, dw2, dw1 = acc["b2"], acc["b1"], acc["w2"], acc["w1"]
     d_lnw, d_lnb = acc["ln_weight"], acc["ln_bias"]
     d_pre = xn.new_empty(M, F_)
-    if gate_cols is None and not ungated_rows and silu_rows_applies(dy2, w2c, f):
-        silu_rows(dy2, w2c, d_pre, pre, epi=EPI_SILU_BWD, gates=gates, chunk=f,
-                  skip_dead=skip_dead, lengths=lengths, T=T, final=dense)
-    else:
-        rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
-                  final=dense, ungated_rows=ungated_rows, chunk_sums=gate_cols is not None,
-                  **common)
+    rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
+              final=zero_rows, ungated_rows=ungated_rows, chunk_sums=gate_cols is not None,
+              **common)
     if dense:
         d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
     else:
@@ -178,11 +178,11 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
-    # not ours: anything may sit at its padded rows, so the dense dW2 reads a copy with
+    # not ours: anything may sit at its padded rows, so with zero_rows dW2 reads a copy with
     # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call
     # at the training step's shapes on the H200, 2026-12-01: a broadcast mask is not
     # vectorised)
-    dy_valid = torch.empty_like(dy2) if dense else None
+    dy_valid = torch.empty_like(dy2) if zero_rows else None
     # chunk gates, nothing skipped: b2 counts while any chunk is live, the sums say so
     # (a host-free (gates != 0).any() took four launches)
     any_gate = gates is not None and not module_gate and not skip_dead
@@ -194,8 +194,9 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         dw1, db1 = dw1_ones[:, :D], dw1_ones[:, D]
     else:
         dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
-        wgrad(dy2, hidden, chunk_axis=2, out=dw2, **common)
-        wgrad(d_pre, xn, chunk_axis=1, out=dw1, **common)
+        wgrad(dy_valid if zero_rows else dy2, hidden, chunk_axis=2, out=dw2,
+              rows_zeroed=zero_rows, **common)
+        wgrad(d_pre, xn, chunk_axis=1, out=dw1, rows_zeroed=zero_rows, **common)
     # col_sums gave 0 when every chunk gate is 0 (skip_dead: it read nothing; else any_gate)
     db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None

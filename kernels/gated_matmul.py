@@ -158,8 +158,10 @@ def _rows_gemm_kernel(
         sum1_ptr += c - col0
     g = _gate(gate_ptr, c, HAS_GATES)
     live = any_row
+    fill = True         # FINAL's zeros go to this tile: all but a dead chunk's
     if SKIP_DEAD and CHUNK_AXIS != 2:
         live = live & (g != 0.0)
+        fill = g != 0.0
 
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     acc_b = tl.zeros([BM, BN], dtype=tl.float32)
@@ -228,19 +230,20 @@ def _rows_gemm_kernel(
         else:     # placeholders, unread: each epilogue loads its own
             saved0 = acc0
             saved1 = acc1
-        _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
+        _epilogue(acc0, acc_b0, rows0, cols, col_ok, g, live, fill, M, N, T, UNGATED, len_ptr,
+                  out_ptr, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
                   saved0, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
                   FINAL, HAS_SUM1, AUX_ALL_ROWS, PREFETCH, HAS_UNGATED,
                   TILE_SUMS)
-        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr,
+        _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, fill,
+                  M, N, T, UNGATED, len_ptr,
                   out_ptr, col0, bias_ptr, gate_ptr, aux_ptr,
                   sum1_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
                   SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, AUX_ALL_ROWS, PREFETCH,
                   HAS_UNGATED, TILE_SUMS)
     else:
-        _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
-                  col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
+        _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, len_ptr,
+                  out_ptr, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
                   FINAL, HAS_SUM1, AUX_ALL_ROWS, False, HAS_UNGATED,
                   TILE_SUMS)
@@ -261,7 +264,7 @@ def _saved_rows(aux_ptr, rows, cols, col_ok, live, M, N, T, len_ptr,
 
 
 @triton.jit
-def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr, out_ptr,
+def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, len_ptr, out_ptr,
               col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, saved,
               NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, EPI: tl.constexpr,
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
@@ -270,7 +273,9 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
               HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols` (its
     first column: col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
-    or unread. g: the tile's gate, made a [rows, 1] column with HAS_UNGATED."""
+    or unread. g: the tile's gate, made a [rows, 1] column with HAS_UNGATED. fill: whether
+    the SiLU epilogues' FINAL zeros reach this tile (not in a skipped dead chunk, whose
+    columns no reader takes)."""
     row_in = rows < M
     row_ok = _valid_rows(rows, M, T, len_ptr)
     tile = rows[:, None] * N + cols[None, :]
@@ -309,10 +314,13 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
                 tl.store(out_ptr + tile, acc.to(dtype), mask=store_ok)
     elif EPI == 1:
         # FINAL (here and for EPI_SILU_BWD): zeros at padded rows and in tiles with no valid
-        # row too, so that a dense product over every row (dense_wgrad) may read the output
+        # row too, so that a product over every row (dense_wgrad, wgrad's TMA loads) may
+        # read the output's live columns
         if FINAL:
-            _silu_gate_tile(acc, g, tile, store_ok, row_in[:, None] & col_ok[None, :], cols,
-                            col_ok, bias_ptr, aux_ptr, out_ptr, HAS_BIAS, SAVE_AUX, True)
+            if fill:
+                _silu_gate_tile(acc, g, tile, store_ok, row_in[:, None] & col_ok[None, :],
+                                cols, col_ok, bias_ptr, aux_ptr, out_ptr, HAS_BIAS, SAVE_AUX,
+                                True)
         elif live:
             _silu_gate_tile(acc, g, tile, store_ok, store_ok, cols, col_ok, bias_ptr, aux_ptr,
                             out_ptr, HAS_BIAS, SAVE_AUX, False)
@@ -325,7 +333,8 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, M, N, T, UNGATED, len_ptr
                            aux_ptr, out_ptr, col0, sum1_ptr, saved, HAS_SUM1, FINAL,
                            HAS_SAVED, TILE_SUMS)
         elif FINAL:
-            tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
+            if fill:
+                tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
     elif live:
         if EPI == 3:
             if HAS_BIAS:
@@ -416,6 +425,7 @@ def _wgrad_kernel(
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SEQS_P2: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     # The programs share out the live output tiles, found on the device: with n of them,
     # program i takes tile i % n and the sequences i // n, i // n + split, ... where split =
@@ -424,6 +434,10 @@ def _wgrad_kernel(
     # split fixed for all tiles), half the chunks dead took as long as none (77 / 80 us at
     # B80xT250 on the H200, 2026-12-01), each live program walking the same sequences.
     # A program adds its tile's A^T B over its sequences' valid frames to the fp32 output.
+    # TMA: a_ptr, b_ptr are descriptors of a [NB*T, P] and b [NB*T, Q] whose padded rows are
+    # zeros (the caller's promise): the programs split the rows themselves, whole [BK, BP] /
+    # [BK, BQ] blocks with no masks (past the last row the loads are zeros), in place of
+    # sequences and masked pointer loads.
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. (Column sums of
     # A for bias gradients are not summed here: a reduction per step over the loaded tile
     # stalled the pipeline, 76 against 47 us at the FFN's dW1; see col_sums.)
@@ -439,10 +453,12 @@ def _wgrad_kernel(
     elif SKIP_DEAD:     # one module gate
         p_tiles = tl.where(_gate(gate_ptr, 0, HAS_GATES) != 0.0, p_tiles, 0)
     n_tiles = p_tiles * q_tiles
-    split = tl.maximum(MIN_SPLIT, tl.minimum(NB, tl.num_programs(0) // tl.maximum(n_tiles, 1)))
+    parts = tl.cdiv(NB * T, BK) if TMA else NB      # what the split shares out
+    split = tl.maximum(MIN_SPLIT,
+                       tl.minimum(parts, tl.num_programs(0) // tl.maximum(n_tiles, 1)))
     if pid < n_tiles * split:
         tile = pid % n_tiles
-        first_seq = pid // n_tiles
+        part = pid // n_tiles       # TMA: its rows' share; else its first sequence
         rank_p = tile // q_tiles
         rank_q = tile - rank_p * q_tiles
         if CHUNK_AXIS == 1:
@@ -456,27 +472,37 @@ def _wgrad_kernel(
             offs_q = rank_q * BQ + tl.arange(0, BQ)
             q_ok = offs_q < Q
         acc = tl.zeros([BP, BQ], dtype=tl.float32)
-        # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
-        # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
-        # past a sequence's length load nothing (masked) and add zeros. The lengths of the
-        # program's sequences are read before the loop: a load inside it took a pipeline
-        # stage (two tile buffers instead of three in an sm_90 compile).
-        steps = tl.cdiv(T, BK)
-        n_seqs = tl.cdiv(NB - first_seq, split)
-        offs_j = tl.arange(0, SEQS_P2)
-        lens = tl.load(len_ptr + first_seq + offs_j * split, mask=offs_j < n_seqs, other=0)
-        lens = tl.minimum(lens, T)
-        for i in range(0, n_seqs * steps):
-            j = i // steps
-            seq = first_seq + j * split
-            t = (i - j * steps) * BK + tl.arange(0, BK)
-            t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
-            frame = seq * T + t
-            a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
-                        mask=t_ok[:, None] & p_ok[None, :], other=0.0)
-            b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
-                        mask=t_ok[:, None] & q_ok[None, :], other=0.0)
-            acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+        if TMA:
+            p0 = tl.min(offs_p, 0)
+            q0 = tl.min(offs_q, 0)
+            per = tl.cdiv(parts, split)
+            for i in range(part * per, tl.minimum(part * per + per, parts)):
+                a = a_ptr.load([i * BK, p0])
+                b = b_ptr.load([i * BK, q0])
+                acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+        else:
+            # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
+            # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
+            # past a sequence's length load nothing (masked) and add zeros. The lengths of the
+            # program's sequences are read before the loop: a load inside it took a pipeline
+            # stage (two tile buffers instead of three in an sm_90 compile).
+            first_seq = part
+            steps = tl.cdiv(T, BK)
+            n_seqs = tl.cdiv(NB - first_seq, split)
+            offs_j = tl.arange(0, SEQS_P2)
+            lens = tl.load(len_ptr + first_seq + offs_j * split, mask=offs_j < n_seqs, other=0)
+            lens = tl.minimum(lens, T)
+            for i in range(0, n_seqs * steps):
+                j = i // steps
+                seq = first_seq + j * split
+                t = (i - j * steps) * BK + tl.arange(0, BK)
+                t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
+                frame = seq * T + t
+                a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
+                            mask=t_ok[:, None] & p_ok[None, :], other=0.0)
+                b = tl.load(b_ptr + frame[:, None] * ldb + offs_q[None, :],
+                            mask=t_ok[:, None] & q_ok[None, :], other=0.0)
+                acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :], sem="relaxed")
 
@@ -494,11 +520,12 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, dot_w_ptr, dot
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
     # gates together. A tile with no live column reads nothing; a tile with some reads all
     # its columns and drops the dead ones' sums (a load masked per column by its gate is
-    # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200). With COPY (never
-    # with SKIP_DEAD: every row is read) each loaded tile is also stored to copy[M, N]
-    # with zeros at padded rows. ANY_GATE (not with SKIP_DEAD): every row is read, and the
-    # sums are multiplied by whether any gate is nonzero (a bias that only a live unit adds),
-    # but for rows < UNGATED with HAS_UNGATED (the ungated pass of a batch holding two).
+    # not vectorised: 2-byte loads, 13 us for a 15 MB sweep on the H200). With COPY (not
+    # with SKIP_DEAD per chunk: every live row is read) each loaded tile is also stored to
+    # copy[M, N] with zeros at padded rows. ANY_GATE (not with SKIP_DEAD): every row is
+    # read, and the sums are multiplied by whether any gate is nonzero (a bias that only a
+    # live unit adds), but for rows < UNGATED with HAS_UNGATED (the ungated pass of a batch
+    # holding two).
     # ALL_ROWS: every row < M counts (no lengths: a plain sum over rows, `sum_rows`).
     # SCALED (not with ANY_GATE): rows >= UNGATED are multiplied by gates[0], in the sums and
     # in the copy; with GATED_DOT, dot_out[0] gets those rows' sums before the scale dotted
@@ -775,14 +802,30 @@ def _num_sms(index: int) -> int:
 
 
 def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
-          skip_dead=False, out=None, blocks=None):
+          skip_dead=False, out=None, blocks=None, rows_zeroed=False):
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q]. `out`: a zeroed fp32
-    [P, Q] to add to. blocks: the tiles (BP, BQ, BK, num_warps, num_stages) and optionally
-    programs_per_sm, how many programs a SM gets when sequences are split among them (3)."""
+    [P, Q] to add to. blocks: the tiles (BP, BQ, BK, num_warps, num_stages), optionally
+    programs_per_sm, how many programs a SM gets when the rows are split among them (3), and
+    TMA. rows_zeroed: a and b hold zeros (finite values) at every padded row, so that the
+    kernel may read them: then, where `tma_by_default` holds and the layouts allow, the
+    operands come by TMA in whole blocks (or where blocks ask for TMA: a ValueError if the
+    layouts do not allow it)."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype, chunk, chunk_axis))
     programs_per_sm = blk.pop("programs_per_sm", 3)
+    use_tma = blk.pop("TMA", False)
+    if use_tma and not rows_zeroed:
+        raise ValueError("wgrad: TMA loads read padded rows: they need rows_zeroed")
+    a_arg, b_arg = a, b
+    if use_tma or (blocks is None and rows_zeroed and tma_by_default(a)):
+        problems = _tma_problems(a, b, 0, blk["BK"])
+        if problems and use_tma:
+            raise ValueError(f"wgrad TMA: {'; '.join(problems)}")
+        use_tma = not problems
+        if use_tma:
+            a_arg = TensorDescriptor.from_tensor(a, [blk["BK"], blk["BP"]])
+            b_arg = TensorDescriptor.from_tensor(b, [blk["BK"], blk["BQ"]])
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
     p_tiles = num_chunks * cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
@@ -790,19 +833,21 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
         cdiv(Q, blk["BQ"])
     n_tiles = p_tiles * q_tiles          # all live; the kernel finds the live ones
+    parts = cdiv(NB * T, blk["BK"]) if use_tma else NB      # row blocks, or sequences
     if a.is_cuda:
         want = programs_per_sm * _num_sms(a.device.index or 0)
-        split = max(1, min(NB, want // n_tiles))
+        split = max(1, min(parts, want // n_tiles))
     else:
-        split = min(NB, 2)
+        split = min(parts, 2)
     # the grid: every tile `split` ways; with dead tiles the live ones split further
     launch(_wgrad_kernel, (n_tiles * split,),
-        a, b, out, gates if gates is not None else out, lengths,
+        a_arg, b_arg, out, gates if gates is not None else out, lengths,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
-        SKIP_DEAD=skip_dead and gates is not None, SEQS_P2=next_pow2(cdiv(NB, split)),
-        DOT_PRECISION=dot_precision(a.dtype), **blk)
+        SKIP_DEAD=skip_dead and gates is not None,
+        SEQS_P2=1 if use_tma else next_pow2(cdiv(NB, split)),
+        DOT_PRECISION=dot_precision(a.dtype), TMA=use_tma, **blk)
     return out
 
 
@@ -838,23 +883,24 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     With skip_dead, columns of dead units are skipped: column n belongs to gates[n // chunk]
     when chunk > 0, else to the module (nothing read when every gate is exactly 0).
     copy: an [M, N] contiguous tensor of a's dtype that gets a with zeros at padded rows, in
-    the same pass (not with skip_dead, which leaves rows unread). any_gate: the sums count
+    the same pass (not with skip_dead per chunk, which leaves columns unread; with skip_dead
+    per module, a dead module's copy is left unwritten, for readers that skip it too).
+    any_gate: the sums count
     only while any gate is nonzero (times 0 or 1; every row read; gates given, not with
     skip_dead): a bias gradient with no host-side test of the gates; rows [0, ungated_rows)
     (any_gate only: the ungated pass of a batch holding two) count whatever the gates.
     scaled (a module gate (1,) given, not with any_gate): rows >= ungated_rows are multiplied
-    by the gate, in the sums and in the copy (which may then go with skip_dead: a dead
-    module's copy is left unwritten, for readers that skip it too); gated_dot (scaled only):
+    by the gate, in the sums and in the copy; gated_dot (scaled only):
     (weights [N], out fp32 (1,)): out += the sums of those rows before the scale, dotted
     with the weights.
     config: dict(BM, BN, num_warps) in place of the defaults (bench/sweep_col_sums.py)."""
     M, N = a.shape
     skip_dead = skip_dead and gates is not None
-    if copy is not None and ((skip_dead and not scaled) or copy.shape != a.shape or
+    if copy is not None and ((skip_dead and chunk) or copy.shape != a.shape or
                              copy.dtype != a.dtype or not copy.is_contiguous()):
         raise ValueError(f"col_sums: copy must be a contiguous {tuple(a.shape)} {a.dtype} "
-                         f"and skip_dead False (but with scaled), got {tuple(copy.shape)} "
-                         f"{copy.dtype}, skip_dead={skip_dead}")
+                         f"and skip_dead per chunk unset, got {tuple(copy.shape)} "
+                         f"{copy.dtype}, skip_dead={skip_dead}, chunk={chunk}")
     if any_gate and (gates is None or skip_dead or scaled):
         raise ValueError(f"col_sums: any_gate needs gates, skip_dead False and no scale, got "
                          f"gates {gates is not None}, skip_dead={skip_dead}, scaled={scaled}")

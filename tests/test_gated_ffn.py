@@ -129,23 +129,27 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
 
-@pytest.mark.parametrize("gate_case", ["hard_half", "hard_scaled", "all_off", "module_off",
-                                       "none", "soft_with_zero", "module_soft"])
-def test_silu_rows_in_the_ffn(gate_case, monkeypatch, nan_filled_memory):
-    """With silu_rows taking the SiLU products (USE_IN_FFN; chunks of 32, the interpreter's
-    column block; the soft gates' backward stays with the row GEMM): output and every
-    gradient as the fp64 reference's, with NaN in fresh memory and NaN / 1e4 at the padded
-    rows of x and dy (silu_rows writes padded rows from them: readers must drop them, and
-    the dense products, no gates or soft ones, must get its zeros there)."""
+@pytest.mark.parametrize("gate_case", ["hard_half", "hard_scaled", "one_on", "all_off",
+                                       "module_off", "module_on"])
+def test_hard_gates_with_weight_gradients_by_tma(gate_case, monkeypatch, nan_filled_memory):
+    """Hard gates where `wgrad` takes TMA loads (16-bit on a Hopper GPU; forced here): its
+    loads read every row, so the forward and backward write zeros at the padded rows of xn,
+    hidden, d_pre and a copy of dy. Fresh memory is NaN, x and dy carry NaN and 1e4 at
+    padded rows: output and every gradient must still match the fp64 reference."""
     from orthoasr.kernels import gated_ffn as module
-    from orthoasr.kernels import silu_rows
-
+    interpreter_tiles = dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1, TMA=True)
     calls = []
-    monkeypatch.setattr(silu_rows, "USE_IN_FFN", True)
-    monkeypatch.setattr(module, "silu_rows",
-                        lambda *a, **k: calls.append(k["epi"]) or silu_rows.silu_rows(*a, **k))
-    f = 128                                              # 4 chunks of 32
-    hard_scaled = ([0.5, 0.0, 1.5, 1.0], "component", False)     # live gates other than 1
+
+    def wgrad_by_tma(*args, rows_zeroed=False, **kwargs):
+        calls.append(rows_zeroed)
+        return gm.wgrad(*args, rows_zeroed=rows_zeroed, blocks=interpreter_tiles, **kwargs)
+
+    monkeypatch.setattr(module, "tma_by_default", lambda a: True)
+    monkeypatch.setattr(module, "wgrad", wgrad_by_tma)
+    values, granularity, _ = {"hard_scaled": ([0.5, 0.0, 1.5, 1.0], "component", False),
+                              "module_on": ([1.0], "module", False)}.get(gate_case) \
+        or GATES[gate_case]
+    f = 128                                              # chunks of 32: whole TMA blocks
     lengths = torch.tensor([9, 4, 1])
     x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
     pad = ~valid_mask(lengths, 9)
@@ -153,16 +157,13 @@ def test_silu_rows_in_the_ffn(gate_case, monkeypatch, nan_filled_memory):
     x[1, 6] = float("nan")
     params = [torch.randn(D) * 0.2 + 1, torch.randn(D) * 0.2, torch.randn(f, D) / D ** 0.5,
               torch.randn(f) * 0.2, torch.randn(D, f) / f ** 0.5, torch.randn(D) * 0.2]
-    values, granularity, requires_grad = (hard_scaled if gate_case == "hard_scaled"
-                                          else GATES[gate_case])
-    gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
+    gates = torch.tensor(values)
     module_gate = granularity == "module"
     y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
-    assert calls == [gm.EPI_SILU_GATE] + ([] if requires_grad else [gm.EPI_SILU_BWD])
+    assert calls == [True, True]
     x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
-    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
     y64, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
-                       g64, module_gate, dy0.double())
+                       gates.double(), module_gate, dy0.double())
     torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
     for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
@@ -387,14 +388,9 @@ def test_gpu_fp32_matches_reference():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("silu_rows_in_ffn", [False, True])
-def test_gpu_autocast_module_error_ratio(silu_rows_in_ffn, monkeypatch):
+def test_gpu_autocast_module_error_ratio():
     """Module under bf16 autocast (fp32 weights read by the kernels) vs the torch backend in
-    the same autocast, both against an fp64 run of the same module; hard gates, the SiLU
-    products by the row GEMM or by silu_rows."""
-    from orthoasr.kernels import silu_rows
-
-    monkeypatch.setattr(silu_rows, "USE_IN_FFN", silu_rows_in_ffn)
+    the same autocast, both against an fp64 run of the same module; hard gates."""
     dev = "cuda"
     x = torch.randn(4, 120, 384, device=dev)
     lengths = torch.tensor([120, 60, 1, 99], device=dev)
@@ -403,41 +399,7 @@ def test_gpu_autocast_module_error_ratio(silu_rows_in_ffn, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("gate_case", ["none", "hard", "soft"])
-def test_gpu_silu_rows_matches_the_row_gemm_in_the_ffn(gate_case, monkeypatch):
-    """Paper width under bf16 autocast: the module's output and gradients (x, parameters,
-    soft gates) with the SiLU products through silu_rows equal those through the row GEMM
-    to bf16 rounding (the row GEMM's path is the one the error-ratio tests hold)."""
-    from orthoasr.kernels import silu_rows
-
-    dev = "cuda"
-    torch.manual_seed(6)
-    ffn = GatedFeedForward(384, 1536, 4).to(dev)
-    x = torch.randn(6, 120, 384, device=dev)
-    lengths = torch.tensor([120, 60, 1, 99, 120, 7], device=dev)
-    gates = {"none": None, "hard": torch.tensor([0.8, 0.0, 0.5, 1.0], device=dev),
-             "soft": torch.tensor([0.3, 0.9, 0.0, 0.6], device=dev,
-                                  requires_grad=True)}[gate_case]
-    dy = torch.randn_like(x)
-    inputs = [x.requires_grad_(), *ffn.parameters()] + ([gates] if gate_case == "soft" else [])
-
-    def outputs(on):
-        monkeypatch.setattr(silu_rows, "USE_IN_FFN", on)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y = ffn(x, lengths, gates)
-        return [y.float(), *(g.float() for g in torch.autograd.grad(y, inputs, dy.to(y.dtype)))]
-
-    for i, (ours, rows) in enumerate(zip(outputs(True), outputs(False), strict=True)):
-        scale = rows.abs().max().item()
-        torch.testing.assert_close(ours, rows, atol=2e-2 * scale, rtol=2e-2, msg=f"output {i}")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("silu_rows_in_ffn", [False, True])
-def test_gpu_cuda_graph_and_no_sync(silu_rows_in_ffn, monkeypatch):
-    from orthoasr.kernels import silu_rows
-
-    monkeypatch.setattr(silu_rows, "USE_IN_FFN", silu_rows_in_ffn)
+def test_gpu_cuda_graph_and_no_sync():
     dev = "cuda"
     ffn = GatedFeedForward(384, 1536, 4).to(dev)
     x = torch.randn(8, 100, 384, device=dev, dtype=torch.bfloat16, requires_grad=True)

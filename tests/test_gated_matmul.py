@@ -78,9 +78,9 @@ def test_silu_gate_epilogue_final_writes_zeros_at_padded_rows():
 
 @pytest.mark.parametrize("final,skip_dead", [(False, False), (True, False), (True, True)])
 def test_silu_backward_epilogue_and_gate_column_sums(final, skip_dead):
-    """final: zeros at every padded row too (a dense product reads them), the rows of
-    tiles with no valid row among them (the interpreter's 32-row tiles: the last one), and
-    with skip_dead the dead chunk's columns (tiles that skip their work)."""
+    """final: zeros at every padded row too (a product over every row reads them), the rows
+    of tiles with no valid row among them (the interpreter's 32-row tiles: the last one);
+    with skip_dead a dead chunk's columns are left unwritten (no reader takes them)."""
     lengths, dy, w, gates = _case(2)                 # dy [M, K] @ w [K, N] -> d_hidden
     if final:
         lengths = torch.tensor([11, 4, 0], device=DEV)
@@ -92,12 +92,16 @@ def test_silu_backward_epilogue_and_gate_column_sums(final, skip_dead):
     rows = gm.valid_rows(lengths, T)
     g = gates.repeat_interleave(N // CHUNKS)
     if final:
-        assert (d_pre[~rows] == 0).all()
-        assert (d_pre[:, g == 0] == 0).all()
+        assert (d_pre[~rows][:, g != 0] == 0).all()
+        if skip_dead:
+            assert d_pre[:, g == 0].isnan().all()
+        else:
+            assert (d_pre[:, g == 0] == 0).all()
     d_hidden = torch.where(rows[:, None], dy @ w, 0.0)
     sig = torch.sigmoid(pre)
     expected = d_hidden * g * sig * (1 + pre * (1 - sig))
-    torch.testing.assert_close(d_pre[rows], expected[rows], atol=1e-4, rtol=1e-4)
+    written = rows[:, None] & (g != 0 if skip_dead else torch.ones_like(g, dtype=torch.bool))
+    torch.testing.assert_close(d_pre[written], expected[written], atol=1e-4, rtol=1e-4)
     # a skipped chunk's gate gradient is not asked for (hard gates): its sums stay 0
     live = g != 0 if skip_dead else torch.ones_like(g, dtype=torch.bool)
     expected_sums = torch.where(live, (d_hidden * F.silu(pre)).sum(0), 0.0)
@@ -199,6 +203,81 @@ def test_weight_gradient_walks_sequences_of_several_frame_tiles():
     a[~rows], b[~rows] = float("nan"), float("nan")
     out = gm.wgrad(a, b, lengths=lengths, T=t_max)
     torch.testing.assert_close(out, a[rows].T @ b[rows], atol=1e-4, rtol=1e-4)
+
+
+TMA_WGRAD = dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1, TMA=True)
+
+
+@pytest.mark.parametrize("chunk_axis", [1, 2])
+@pytest.mark.parametrize("live", [(1, 1, 1), (0, 1, 0), (0, 0, 0)])
+def test_weight_gradient_by_tma_over_zeroed_rows(chunk_axis, live):
+    """TMA loads (rows_zeroed: zeros at padded rows): the programs split the rows in whole
+    blocks (63 rows: the second block ends past them), chunks of 40 (the second tile of 32
+    reads into the next chunk, whose columns it must not store); equal to the sum over
+    valid frames, with NaN in a dead chunk's columns (never read)."""
+    torch.manual_seed(12)
+    t_max, lengths = 9, torch.tensor([9, 3, 0, 9, 1, 6, 8], device=DEV)
+    rows = gm.valid_rows(lengths, t_max)
+    chunk, other = 40, 24
+    a = torch.randn(7 * t_max, 3 * chunk if chunk_axis == 1 else other, device=DEV)
+    b = torch.randn(7 * t_max, other if chunk_axis == 1 else 3 * chunk, device=DEV)
+    a[~rows], b[~rows] = 0.0, 0.0
+    expected = a.T @ b
+    gates = torch.tensor(live, dtype=torch.float32, device=DEV)
+    alive = (gates != 0).repeat_interleave(chunk)
+    dead = a[:, ~alive] if chunk_axis == 1 else b[:, ~alive]
+    dead.fill_(float("nan"))
+    if chunk_axis == 1:
+        a[:, ~alive] = dead
+    else:
+        b[:, ~alive] = dead
+    out = gm.wgrad(a, b, lengths=lengths, T=t_max, gates=gates, chunk=chunk, num_chunks=3,
+                   chunk_axis=chunk_axis, skip_dead=True, rows_zeroed=True, blocks=TMA_WGRAD)
+    keep = expected.nan_to_num() * (alive[:, None] if chunk_axis == 1 else alive[None, :])
+    torch.testing.assert_close(out, keep, atol=1e-4, rtol=1e-4)
+
+
+def test_weight_gradient_by_tma_reads_every_row():
+    """The TMA path reads padded rows (so rows_zeroed is a promise the caller must keep):
+    NaN there reaches the output, as the masked loads' path would never let it; and TMA
+    without that promise is refused, naming it."""
+    t_max, lengths = 9, torch.tensor([9, 3], device=DEV)
+    a, b = torch.randn(2 * t_max, 32, device=DEV), torch.randn(2 * t_max, 32, device=DEV)
+    a[t_max + 5] = float("nan")
+    masked = gm.wgrad(a, b, lengths=lengths, T=t_max)
+    assert masked.isfinite().all()
+    by_tma = gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD)
+    assert by_tma.isnan().any()
+    with pytest.raises(ValueError, match="rows_zeroed"):
+        gm.wgrad(a, b, lengths=lengths, T=t_max, blocks=TMA_WGRAD)
+    with pytest.raises(ValueError, match="wgrad TMA: b dtype"):
+        gm.wgrad(a, b.double(), lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk_axis", [1, 2])
+def test_gpu_weight_gradient_by_tma_bf16(chunk_axis):
+    """The launcher's default for zeroed rows (TMA on a Hopper GPU) at the FFN's dW1 (chunks
+    along P) and dW2 (along Q) in bf16, B6xT250, a dead chunk: equal to the masked loads'
+    result and to fp32 products over valid frames (the same products, summed in other
+    orders)."""
+    torch.manual_seed(13)
+    t_max, d, f = 250, 384, 1536
+    lengths = torch.randint(100, t_max + 1, (6,), device="cuda")
+    rows = gm.valid_rows(lengths, t_max)
+    a = torch.randn(6 * t_max, f if chunk_axis == 1 else d, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(6 * t_max, d if chunk_axis == 1 else f, device="cuda", dtype=torch.bfloat16)
+    a[~rows], b[~rows] = 0.0, 0.0
+    gates = torch.tensor([1.0, 0.0, 0.5, 1.0], device="cuda")
+    common = dict(lengths=lengths, T=t_max, gates=gates, chunk=f // 4, num_chunks=4,
+                  chunk_axis=chunk_axis, skip_dead=True)
+    by_tma = gm.wgrad(a, b, rows_zeroed=True, **common)
+    masked = gm.wgrad(a, b, **common)
+    alive = (gates != 0).repeat_interleave(f // 4)
+    keep = alive[:, None] if chunk_axis == 1 else alive[None, :]
+    expected = (a.float().T @ b.float()) * keep
+    torch.testing.assert_close(by_tma, expected, atol=1e-2, rtol=1e-3)
+    torch.testing.assert_close(by_tma, masked, atol=1e-2, rtol=1e-3)
 
 
 def test_dense_weight_gradient():
@@ -415,7 +494,8 @@ def test_tma_option_names_what_it_cannot_read():
 @pytest.mark.parametrize("epi", ["silu-gate", "store-k-chunks"])
 def test_gpu_tma_option_bf16(epi):
     """The TMA option at the sweep's tiles on the GPU, bf16, NaN at padded rows: equal to
-    the plain loads' results (the same operands reach the same tensor-core products)."""
+    the plain loads' results (the same operands reach the same tensor-core products) on the
+    live chunks' columns."""
     torch.manual_seed(9)
     T_, D_, F_ = 250, 384, 1536
     lengths = torch.randint(150, T_ + 1, (6,), device="cuda")
@@ -434,7 +514,8 @@ def test_gpu_tma_option_bf16(epi):
             gm.rows_gemm(a, w.t(), out, lengths=lengths, T=T_, gates=gates, chunk=F_ // 4,
                          num_chunks=4, chunk_axis=1, skip_dead=True, epi=gm.EPI_SILU_GATE,
                          aux=pre, final=True, blocks=blk)
-            outs.append([out, torch.where(rows[:, None], pre, 0.0)])
+            live = (gates != 0).repeat_interleave(F_ // 4)    # a dead chunk's: unwritten
+            outs.append([out[:, live], torch.where(rows[:, None], pre, 0.0)[:, live]])
         else:
             out = torch.full((6 * T_, D_), float("nan"), device="cuda", dtype=torch.bfloat16)
             gm.rows_gemm(a, w, out, lengths=lengths, T=T_, gates=gates, chunk=F_ // 4,
