@@ -72,7 +72,7 @@ def _layer_norm_fwd_kernel(
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
     # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
-    # ops read in full, e.g. a block's output). (Persistent programs with x loaded ahead by
+    # ops read in full, e.g. a block's output; not a dead module's, which no one reads). (Persistent programs with x loaded ahead by
     # the compiler's pipeliner were 16-65% slower on the H200: bench/NOTES.md, session 17.)
     # ONES_PAD > 0 (with ZERO_PADDED): y's rows are ONES_PAD wider, column D holds 1 and the
     # rest 0, so that a product with y's transpose also sums the other operand's rows.
@@ -84,7 +84,7 @@ def _layer_norm_fwd_kernel(
     cols = tl.arange(0, BD)
     row_ok = _valid_rows(rows, M, T, len_ptr)
     live = _module_live(gate_ptr, NUM_GATES, GATES_P2, SKIP_DEAD)
-    if RESIDUAL | ZERO_PADDED | ((live > 0) & (tl.max(row_ok.to(tl.int32), 0) > 0)):
+    if RESIDUAL | ((live > 0) & (ZERO_PADDED | (tl.max(row_ok.to(tl.int32), 0) > 0))):
         col_ok = cols < D
         ok = row_ok[:, None] & col_ok[None, :]
         tile = rows[:, None] * D + cols[None, :]
@@ -221,7 +221,8 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
                    out_dtype=None, zero_padded=False, ones_column=False, config=None,
                    residual: Residual | None = None, out=None, silu=False):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
-    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros. out: y's
+    valid rows only, padded rows of y left unwritten or, with zero_padded, zeros (a dead
+    module's y, with skip_dead, is left unwritten but with a residual step). out: y's
     tensor, given (then out_dtype is its dtype); silu: y = silu(LayerNorm(x)). With
     ones_column (zero_padded only), y is [M, D + ONES_PAD] with 1 in column D and 0 after
     it: y[:, :D] is the normalised x, and a product a^T y also gives a's column sums (the
