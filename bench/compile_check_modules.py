@@ -91,19 +91,23 @@ def main() -> None:
             ok &= _row_gemm(*gemm, dict(blk, TMA=True))
             if final or epi == EPI_GATE_BWD:  # the soft pass's: also as a batch of two passes
                 ok &= _row_gemm(*gemm, dict(blk, TMA=True, HAS_UNGATED=True))
-    for axis in (1, 2):
+    for axis, tma in ((1, False), (2, False), (1, True), (2, True)):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
         blk.pop("programs_per_sm")
-        print(f"wgrad, chunks along {'PQ'[axis - 1]}: ", end="")
+        print(f"wgrad, chunks along {'PQ'[axis - 1]}{', TMA' if tma else ''}: ", end="")
+        operands = dict(a_ptr="bf16", b_ptr="bf16")
+        if tma:     # the FFN with hard gates: operands zero at padded rows
+            operands = {name: f"tensordesc<bf16[{blk['BK']},{blk[size]}]>"
+                        for name, size in (("a_ptr", "BP"), ("b_ptr", "BQ"))}
         ok &= _compile(gated_matmul._wgrad_kernel,
-                       dict(a_ptr="bf16", b_ptr="bf16", out_ptr="fp32", gate_ptr="fp32",
-                            len_ptr="i64"),
+                       dict(operands, out_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
                        ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
                                  lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
                                  CHUNK=F // 4, MIN_SPLIT=5),
                        constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
-                                       HAS_GATES=True, SKIP_DEAD=True, SEQS_P2=8,
+                                       HAS_GATES=True, SKIP_DEAD=True,
+                                       SEQS_P2=1 if tma else 8, TMA=tma,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
     for skip_dead, copy, scaled in ((True, False, False), (False, True, False),

@@ -72,8 +72,9 @@ def _layer_norm_fwd_kernel(
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
     # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
-    # ops read in full, e.g. a block's output; not a dead module's, which no one reads). (Persistent programs with x loaded ahead by
-    # the compiler's pipeliner were 16-65% slower on the H200: bench/NOTES.md, session 17.)
+    # ops read in full, e.g. a block's output; not a dead module's, which no one reads).
+    # (Persistent programs with x loaded ahead by the compiler's pipeliner were 16-65%
+    # slower on the H200: bench/NOTES.md, session 17.)
     # ONES_PAD > 0 (with ZERO_PADDED): y's rows are ONES_PAD wider, column D holds 1 and the
     # rest 0, so that a product with y's transpose also sums the other operand's rows.
     # RESIDUAL: x is x_ptr + gain * dropout(res_ptr), written to xnew_ptr at every row (the
