@@ -94,6 +94,8 @@ def main() -> None:
     for axis, tma in ((1, False), (2, False), (1, True), (2, True)):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
+        if tma:
+            stages = gated_matmul._WGRAD_TMA_STAGES
         blk.pop("programs_per_sm")
         print(f"wgrad, chunks along {'PQ'[axis - 1]}{', TMA' if tma else ''}: ", end="")
         operands = dict(a_ptr="bf16", b_ptr="bf16")
@@ -101,7 +103,8 @@ def main() -> None:
             operands = {name: f"tensordesc<bf16[{blk['BK']},{blk[size]}]>"
                         for name, size in (("a_ptr", "BP"), ("b_ptr", "BQ"))}
         ok &= _compile(gated_matmul._wgrad_kernel,
-                       dict(operands, out_ptr="fp32", gate_ptr="fp32", len_ptr="i64"),
+                       dict(operands, out_ptr="fp32", gate_ptr="fp32", len_ptr="i64",
+                            blocks_ptr="i32"),
                        ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
                                  lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
                                  CHUNK=F // 4, MIN_SPLIT=5),
@@ -110,6 +113,12 @@ def main() -> None:
                                        SEQS_P2=1 if tma else 8, TMA=tma,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
+    print("the valid row blocks' list (row_blocks): ", end="")
+    ok &= _compile(gated_matmul._row_blocks_kernel,
+                   dict(len_ptr="i64", out_ptr="i32", count_ptr="i32"),
+                   ints=dict(M=M, T=T, n_blocks=M // 64),
+                   constexprs=dict(BK=64, BLOCK=1024, ROWWISE=False),
+                   num_warps=4)
     for skip_dead, copy, scaled in ((True, False, False), (False, True, False),
                                     (False, True, True)):
         # the copy as the FFN's soft pass makes it, with any_gate; the conv's, scaled by its

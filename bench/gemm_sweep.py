@@ -69,19 +69,15 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
                   dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3, programs_per_sm=1),
                   dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=1)]
 # TMA loads over rows that hold zeros at padded frames (`rows_zeroed`; every frame is valid
-# here): the masked loads' default tile first, then TMA at one and two waves' worth of
-# programs, deeper pipelines and the wider tiles (shared memory at 3 stages: 96 KB at
-# 128x128, 144 KB at 128x256)
+# here): the masked loads' default tile first, then TMA at the launcher's stages (5: the
+# valid-block index loads take two of their own, gated_matmul._WGRAD_TMA_STAGES) and at 3
+# (two tile buffers), at one program a SM with 6, with 4 warps, and 64x128 tiles
 WGRAD_TMA_CONFIGS = [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=2),
                      *(dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=s,
-                            programs_per_sm=p, TMA=True) for s, p in ((3, 2), (4, 1), (3, 4))),
-                     dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=3, programs_per_sm=2,
+                            programs_per_sm=p, TMA=True) for s, p in ((5, 2), (3, 2), (6, 1))),
+                     dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=5, programs_per_sm=2,
                           TMA=True),
-                     dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=4, programs_per_sm=3,
-                          TMA=True),
-                     dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3, programs_per_sm=1,
-                          TMA=True),
-                     dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=1,
+                     dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=6, programs_per_sm=3,
                           TMA=True)]
 
 

@@ -35,6 +35,7 @@ from .gated_matmul import (
     rows_gemm,
     tma_by_default,
     wgrad,
+    wgrad_row_blocks,
 )
 from .grads_in_place import accumulators, returned, sinks_of, taken
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
@@ -194,9 +195,13 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         dw1, db1 = dw1_ones[:, :D], dw1_ones[:, D]
     else:
         dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
+        # with zeroed rows (TMA loads), both products visit the row blocks that hold a
+        # valid frame, listed once
+        blocks = wgrad_row_blocks(lengths, T, d_pre.dtype) if zero_rows else None
         wgrad(dy_valid if zero_rows else dy2, hidden, chunk_axis=2, out=dw2,
-              rows_zeroed=zero_rows, **common)
-        wgrad(d_pre, xn, chunk_axis=1, out=dw1, rows_zeroed=zero_rows, **common)
+              rows_zeroed=zero_rows, valid_blocks=blocks, **common)
+        wgrad(d_pre, xn, chunk_axis=1, out=dw1, rows_zeroed=zero_rows, valid_blocks=blocks,
+              **common)
     # col_sums gave 0 when every chunk gate is 0 (skip_dead: it read nothing; else any_gate)
     db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None

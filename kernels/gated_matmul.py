@@ -420,7 +420,7 @@ def _live_tile(rank, CHUNK, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
 
 @triton.jit
 def _wgrad_kernel(
-    a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr,
+    a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr, blocks_ptr,
     P, Q, T, NB, lda, ldb, CHUNK, MIN_SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SEQS_P2: tl.constexpr,
@@ -435,9 +435,10 @@ def _wgrad_kernel(
     # B80xT250 on the H200, 2026-12-01), each live program walking the same sequences.
     # A program adds its tile's A^T B over its sequences' valid frames to the fp32 output.
     # TMA: a_ptr, b_ptr are descriptors of a [NB*T, P] and b [NB*T, Q] whose padded rows are
-    # zeros (the caller's promise): the programs split the rows themselves, whole [BK, BP] /
-    # [BK, BQ] blocks with no masks (past the last row the loads are zeros), in place of
-    # sequences and masked pointer loads.
+    # zeros (the caller's promise): the programs split the row blocks holding a valid frame
+    # (blocks_ptr: their count, then their indices; row_blocks) among themselves, whole
+    # [BK, BP] / [BK, BQ] blocks with no masks (past the last row the loads are zeros), in
+    # place of sequences and masked pointer loads.
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. (Column sums of
     # A for bias gradients are not summed here: a reduction per step over the loaded tile
     # stalled the pipeline, 76 against 47 us at the FFN's dW1; see col_sums.)
@@ -453,7 +454,9 @@ def _wgrad_kernel(
     elif SKIP_DEAD:     # one module gate
         p_tiles = tl.where(_gate(gate_ptr, 0, HAS_GATES) != 0.0, p_tiles, 0)
     n_tiles = p_tiles * q_tiles
-    parts = tl.cdiv(NB * T, BK) if TMA else NB      # what the split shares out
+    parts = NB                                        # what the split shares out
+    if TMA:
+        parts = tl.load(blocks_ptr)
     split = tl.maximum(MIN_SPLIT,
                        tl.minimum(parts, tl.num_programs(0) // tl.maximum(n_tiles, 1)))
     if pid < n_tiles * split:
@@ -477,8 +480,9 @@ def _wgrad_kernel(
             q0 = tl.min(offs_q, 0)
             per = tl.cdiv(parts, split)
             for i in range(part * per, tl.minimum(part * per + per, parts)):
-                a = a_ptr.load([i * BK, p0])
-                b = b_ptr.load([i * BK, q0])
+                row = tl.load(blocks_ptr + 1 + i) * BK
+                a = a_ptr.load([row, p0])
+                b = b_ptr.load([row, q0])
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         else:
             # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
@@ -505,6 +509,35 @@ def _wgrad_kernel(
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         tl.atomic_add(out_ptr + offs_p[:, None] * Q + offs_q[None, :], acc,
                       mask=p_ok[:, None] & q_ok[None, :], sem="relaxed")
+
+
+@triton.jit
+def _row_blocks_kernel(len_ptr, out_ptr, count_ptr, M, T, n_blocks,
+                       BK: tl.constexpr, BLOCK: tl.constexpr, ROWWISE: tl.constexpr):
+    # One program: the indices of the BK-row blocks of M flattened frame rows that hold a
+    # valid frame, in order, to out[0, count), and count. A block no longer than a sequence
+    # meets at most two: it holds a valid frame if its first row is one, or if it reaches
+    # into the next sequence and that one is not empty. ROWWISE (blocks longer than a
+    # sequence): every row checked.
+    count = 0
+    for start in range(0, n_blocks, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        in_range = idx < n_blocks
+        if ROWWISE:
+            rows = idx[:, None] * BK + tl.arange(0, BK)[None, :]
+            has = tl.max(_valid_rows(rows, M, T, len_ptr).to(tl.int32), 1) > 0
+        else:
+            first = idx * BK
+            s0 = first // T
+            s1 = (tl.minimum(first + BK, M) - 1) // T
+            len0 = tl.load(len_ptr + s0, mask=in_range, other=0)
+            len1 = tl.load(len_ptr + s1, mask=in_range, other=0)
+            has = ((first - s0 * T) < len0) | ((s1 != s0) & (len1 > 0))
+        has = has & in_range
+        rank = count + tl.cumsum(has.to(tl.int32), 0) - 1
+        tl.store(out_ptr + rank, idx, mask=has)
+        count += tl.sum(has.to(tl.int32), 0)
+    tl.store(count_ptr, count)
 
 
 @triton.jit
@@ -780,6 +813,12 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     return out
 
 
+# Pipeline stages of the TMA path's 16-bit tiles: each step's block index is read from the
+# valid-block list, a load the pipeliner gives stages of its own; an sm_90 compile (Triton
+# 3.6) keeps 3 tile buffers (98 KB, two programs a SM) at 5 stages, 2 buffers at 3 or 4
+_WGRAD_TMA_STAGES = 5
+
+
 def _wgrad_blocks(dtype: torch.dtype, chunk: int = 0, chunk_axis: int = 0) -> dict:
     """16-bit: 128x128x64 / 8 warps / 3 stages at one wave (2 programs a SM), where a chunked
     axis is cut in whole tiles of 128; else 64x128x64 / 4 warps / 3 stages at 3 a SM (the
@@ -789,7 +828,8 @@ def _wgrad_blocks(dtype: torch.dtype, chunk: int = 0, chunk_axis: int = 0) -> di
     With TMA loads (rows_zeroed) the same tile took 27.0 / 21.3 us (all / half live) for dW1
     at B32xT250 against the masked loads' 32.8 / 24.1 and cuBLAS's 27.6 for the dense
     product (every frame valid; 4 stages at one program a SM 27.8 / 20.3, 128x256 30.3 /
-    22.8, 4 programs a SM 33.8 / 27.5; H200, 2026-12-02).
+    22.8, 4 programs a SM 33.8 / 27.5; H200, 2026-12-02; before the valid-block list, whose
+    index loads take stages of their own: `_WGRAD_TMA_STAGES`).
     fp32 keeps the configuration its GPU test ran with."""
     if interpreting():
         return dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1)
@@ -805,15 +845,36 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def row_blocks(lengths: torch.Tensor, T: int, block: int) -> torch.Tensor:
+    """int32 [1 + cdiv(B*T, block)]: how many `block`-row blocks of the B*T flattened frame
+    rows hold a valid frame, then their indices in order (the rest unwritten). On the device,
+    without a host sync; one list serves every product over the same rows."""
+    M = lengths.shape[0] * T
+    n_blocks = cdiv(M, block)
+    out = torch.empty(1 + n_blocks, dtype=torch.int32, device=lengths.device)
+    rowwise = block > T
+    launch(_row_blocks_kernel, (1,), lengths, out[1:], out, M, T, n_blocks, BK=block,
+           BLOCK=32 if rowwise or interpreting() else 1024, ROWWISE=rowwise, num_warps=4)
+    return out
+
+
+def wgrad_row_blocks(lengths: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+    """`row_blocks` at the row block of `wgrad`'s default tiles for operands of `dtype`: the
+    valid_blocks argument of several weight gradients over the same rows."""
+    return row_blocks(lengths, T, _wgrad_blocks(dtype)["BK"])
+
+
 def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
-          skip_dead=False, out=None, blocks=None, rows_zeroed=False):
+          skip_dead=False, out=None, blocks=None, rows_zeroed=False, valid_blocks=None):
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q]. `out`: a zeroed fp32
     [P, Q] to add to. blocks: the tiles (BP, BQ, BK, num_warps, num_stages), optionally
     programs_per_sm, how many programs a SM gets when the rows are split among them (3), and
     TMA. rows_zeroed: a and b hold zeros (finite values) at every padded row, so that the
     kernel may read them: then, where `tma_by_default` holds and the layouts allow, the
     operands come by TMA in whole blocks (or where blocks ask for TMA: a ValueError if the
-    layouts do not allow it)."""
+    layouts do not allow it). The TMA path visits only the row blocks holding a valid frame:
+    valid_blocks, `row_blocks(lengths, T, BK)` made once for several products, or None (made
+    here)."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype, chunk, chunk_axis))
@@ -828,6 +889,8 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
             raise ValueError(f"wgrad TMA: {'; '.join(problems)}")
         use_tma = not problems
         if use_tma:
+            if blocks is None and a.dtype in (torch.float16, torch.bfloat16):
+                blk["num_stages"] = _WGRAD_TMA_STAGES
             a_arg = TensorDescriptor.from_tensor(a, [blk["BK"], blk["BP"]])
             b_arg = TensorDescriptor.from_tensor(b, [blk["BK"], blk["BQ"]])
     if out is None:
@@ -837,7 +900,12 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
         cdiv(Q, blk["BQ"])
     n_tiles = p_tiles * q_tiles          # all live; the kernel finds the live ones
-    parts = cdiv(NB * T, blk["BK"]) if use_tma else NB      # row blocks, or sequences
+    parts = cdiv(NB * T, blk["BK"]) if use_tma else NB      # row blocks (at most), or sequences
+    if use_tma and valid_blocks is None:
+        valid_blocks = row_blocks(lengths, T, blk["BK"])
+    if use_tma and valid_blocks.shape != (1 + parts,):
+        raise ValueError(f"wgrad: valid_blocks of shape {tuple(valid_blocks.shape)} are not "
+                         f"row_blocks of {NB}x{T} rows in blocks of BK={blk['BK']}")
     if a.is_cuda:
         want = programs_per_sm * _num_sms(a.device.index or 0)
         split = max(1, min(parts, want // n_tiles))
@@ -846,6 +914,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     # the grid: every tile `split` ways; with dead tiles the live ones split further
     launch(_wgrad_kernel, (n_tiles * split,),
         a_arg, b_arg, out, gates if gates is not None else out, lengths,
+        valid_blocks if use_tma else lengths,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,

@@ -237,6 +237,50 @@ def test_weight_gradient_by_tma_over_zeroed_rows(chunk_axis, live):
     torch.testing.assert_close(out, keep, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("block", [8, 64, 128])
+def test_row_blocks_list_the_blocks_holding_a_valid_frame(block):
+    """row_blocks: count, then the indices of the blocks with a valid frame, in order; blocks
+    that span two sequences, empty sequences, a last block past the rows, more blocks than
+    one pass of the kernel's loop (the interpreter's 32), and blocks longer than a sequence
+    (128 > T, every row checked)."""
+    t_max = 75
+    lengths = torch.tensor([75, 0, 10, 64, 1, 0, 0, 0, 30, 75, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0],
+                           device=DEV)
+    listed = gm.row_blocks(lengths, t_max, block).cpu()
+    valid = gm.valid_rows(lengths, t_max).cpu()
+    n_blocks = -(-valid.numel() // block)
+    padded = torch.nn.functional.pad(valid, (0, n_blocks * block - valid.numel()))
+    expected = padded.view(n_blocks, block).any(1).nonzero().flatten()
+    assert 0 < expected.numel() < n_blocks and (block > 8 or n_blocks > 32)
+    assert listed.shape == (1 + n_blocks,) and listed[0] == expected.numel()
+    assert torch.equal(listed[1:1 + expected.numel()].long(), expected)
+
+
+def test_weight_gradient_by_tma_skips_padded_blocks_only():
+    """The TMA path visits the listed row blocks only: with long padded runs (whole blocks of
+    32 rows padded) and programs sharing the list unevenly, every valid frame counts once;
+    a list missing a valid block would lose its frames (valid_blocks given by the caller,
+    checked for its shape)."""
+    torch.manual_seed(14)
+    t_max, lengths = 75, torch.tensor([75, 0, 10, 64, 1, 33], device=DEV)
+    rows = gm.valid_rows(lengths, t_max)
+    a, b = torch.randn(6 * t_max, 40, device=DEV), torch.randn(6 * t_max, 24, device=DEV)
+    a[~rows], b[~rows] = 0.0, 0.0
+    blocks = gm.row_blocks(lengths, t_max, 32)
+    assert blocks[0] < -(-6 * t_max // 32)          # some blocks are all padding
+    out = gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD,
+                   valid_blocks=blocks)
+    torch.testing.assert_close(out, a.T @ b, atol=1e-4, rtol=1e-4)
+    short = blocks.clone()
+    short[0] -= 1                                     # the last valid block left out
+    out = gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD,
+                   valid_blocks=short)
+    assert not torch.allclose(out, a.T @ b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="valid_blocks"):
+        gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD,
+                 valid_blocks=gm.row_blocks(lengths, t_max, 16))
+
+
 def test_weight_gradient_by_tma_reads_every_row():
     """The TMA path reads padded rows (so rows_zeroed is a promise the caller must keep):
     NaN there reaches the output, as the masked loads' path would never let it; and TMA
