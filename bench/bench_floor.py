@@ -23,7 +23,6 @@ timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 
 import torch
@@ -84,11 +83,10 @@ def _modules(cfg: SupernetConfig, device):
 
 
 def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings,
-                out=None, contexts=None) -> list:
+                out=None) -> list:
     """Time every (mode, provider, timing); each row is written as soon as it is measured
     (a call cut short by its time limit keeps what it measured). grad_out: the output's
-    gradient, or a function of the provider giving it. contexts: provider -> a context
-    manager factory to run its forward and backward in."""
+    gradient, or a function of the provider giving it."""
     rows = []
     for mode in modes:
         for provider, fn in providers.items():
@@ -97,15 +95,12 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
             inputs = inputs_of(provider)
             grad = grad_out(provider) if callable(grad_out) else grad_out
 
-            context = (contexts or {}).get(provider, contextlib.nullcontext)
-
-            def call(fn=fn, inputs=inputs, mode=mode, grad=grad, context=context):
-                with context():
-                    with torch.autocast("cuda", dtype=BF16):
-                        out = fn()
-                    if mode == "fwd":
-                        return out
-                    return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+            def call(fn=fn, inputs=inputs, mode=mode, grad=grad):
+                with torch.autocast("cuda", dtype=BF16):
+                    out = fn()
+                if mode == "fwd":
+                    return out
+                return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
             for timing in timings:
                 try:
@@ -191,7 +186,6 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 xx = x.clone().requires_grad_()
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
-                contexts = {}
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out
@@ -219,7 +213,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                         return [xx, *low.parameters()]
                     return [xx, *floor.parameters()]
                 rows += _timed_rows(base, providers, inputs_of, grad_out,
-                                    ("fwd", "fwd+bwd"), timings, out, contexts)
+                                    ("fwd", "fwd+bwd"), timings, out)
             written += len(rows)
     return written
 
