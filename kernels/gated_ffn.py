@@ -79,11 +79,12 @@ def _empty(like):
     return like.new_empty(0)
 
 
-def _rows_zeroed(x, gates, skip_dead, w1c) -> bool:
+def _rows_zeroed(dense: bool, w1c) -> bool:
     """Whether the backward's weight gradients read every row of their operands, which are
     then written with zeros at padded frames (xn, hidden, d_pre, a copy of dy): as dense
-    products (cuBLAS, nothing skipped), or by `wgrad`'s TMA loads (16-bit on a Hopper GPU)."""
-    return dense_products(x, gates, skip_dead) or tma_by_default(w1c)
+    products (cuBLAS, nothing skipped: `dense`), or by `wgrad`'s TMA loads (16-bit on a
+    Hopper GPU)."""
+    return dense or tma_by_default(w1c)
 
 
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
@@ -107,7 +108,7 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     # after its D columns (a view of its first D is the GEMMs' operand): cuBLAS's dW1
     # product then also gives b1's gradient, which the SiLU backward's epilogue no longer sums
     dense = save and dense_products(x, gates, skip_dead)
-    zero_rows = save and _rows_zeroed(x, gates, skip_dead, w1c)
+    zero_rows = save and _rows_zeroed(dense, w1c)
     xn_saved, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates,
                                           skip_dead, out_dtype=compute_dtype,
                                           zero_padded=zero_rows, ones_column=dense,
@@ -149,7 +150,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     # xn (zero there too) and W1 go to cuBLAS, which did them 1.4-1.8x faster than the
     # masked kernels (bench/gemm_sweep.py)
     dense = dense_products(x, gates, skip_dead)
-    zero_rows = _rows_zeroed(x, gates, skip_dead, w1c)     # as the forward decided
+    zero_rows = _rows_zeroed(dense, w1c)     # as the forward decided
     # every fp32 accumulator (atomics) carved from one zeroed buffer: one memset launch
     # (cuBLAS writes the dense path's weight gradients: none to zero for them), or a
     # parameter's .grad where it is a sink; not b2's with a module gate (scaled below)

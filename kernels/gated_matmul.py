@@ -958,10 +958,10 @@ def col_sums(a, out, *, lengths, T, gates=None, skip_dead=False, chunk=0, copy=N
     copy: an [M, N] contiguous tensor of a's dtype that gets a with zeros at padded rows, in
     the same pass (not with skip_dead per chunk, which leaves columns unread; with skip_dead
     per module, a dead module's copy is left unwritten, for readers that skip it too).
-    any_gate: the sums count
-    only while any gate is nonzero (times 0 or 1; every row read; gates given, not with
-    skip_dead): a bias gradient with no host-side test of the gates; rows [0, ungated_rows)
-    (any_gate only: the ungated pass of a batch holding two) count whatever the gates.
+    any_gate: the sums count only while any gate is nonzero (times 0 or 1; every row read;
+    gates given, not with skip_dead): a bias gradient with no host-side test of the gates;
+    rows [0, ungated_rows) (any_gate only: the ungated pass of a batch holding two) count
+    whatever the gates.
     scaled (a module gate (1,) given, not with any_gate): rows >= ungated_rows are multiplied
     by the gate, in the sums and in the copy; gated_dot (scaled only):
     (weights [N], out fp32 (1,)): out += the sums of those rows before the scale, dotted

@@ -39,10 +39,10 @@ GATES = {  # name: (gates, granularity, requires_grad)
 }
 
 
-def make_params(dtype=torch.float32):
+def make_params(dtype=torch.float32, ff=F):
     return [torch.randn(D, dtype=dtype) * 0.2 + 1, torch.randn(D, dtype=dtype) * 0.2,
-            torch.randn(F, D, dtype=dtype) / D ** 0.5, torch.randn(F, dtype=dtype) * 0.2,
-            torch.randn(D, F, dtype=dtype) / F ** 0.5, torch.randn(D, dtype=dtype) * 0.2]
+            torch.randn(ff, D, dtype=dtype) / D ** 0.5, torch.randn(ff, dtype=dtype) * 0.2,
+            torch.randn(D, ff, dtype=dtype) / ff ** 0.5, torch.randn(D, dtype=dtype) * 0.2]
 
 
 def run(fn, x, lengths, params, gates, module_gate, dy):
@@ -100,6 +100,25 @@ def test_padding_invariance_and_finite():
     torch.testing.assert_close(y1, gated_ffn_reference(x, lengths, *params, gates, False))
 
 
+def run_with_poisoned_padding(params, gates, module_gate):
+    """(y, grads, y64, grads64): the Triton module on 3 sequences of up to 9 frames whose x
+    and dy carry 1e4 and NaN at padded rows, and the fp64 reference on the same inputs with
+    zeros there (what a padded frame must not change); gates as given (requiring grad or
+    not)."""
+    lengths = torch.tensor([9, 4, 1])
+    x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
+    pad = ~valid_mask(lengths, 9)
+    x[pad], dy[pad] = 1e4, float("nan")
+    x[1, 6] = float("nan")
+    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
+    x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
+    g64 = None if gates is None else \
+        gates.detach().double().requires_grad_(gates.requires_grad)
+    y64, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
+                       g64, module_gate, dy0.double())
+    return y, grads, y64, grads64
+
+
 @pytest.mark.parametrize("gate_case", ["none", "soft", "module_soft"])
 def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_filled_memory):
     """With nothing skipped, dW1 and dxn are products over every row (dense_wgrad,
@@ -111,20 +130,10 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
     monkeypatch.setattr(module, "dense_wgrad",
                         lambda a, b: calls.append(1) or gm.dense_wgrad(a, b))
     values, granularity, requires_grad = GATES[gate_case]
-    lengths = torch.tensor([9, 4, 1])
-    x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
-    pad = ~valid_mask(lengths, 9)
-    x[pad], dy[pad] = 1e4, float("nan")
-    x[1, 6] = float("nan")
-    params = make_params()
     gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
-    module_gate = granularity == "module"
-    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
+    _, grads, _, grads64 = run_with_poisoned_padding(make_params(), gates,
+                                                     granularity == "module")
     assert calls, "the dense path was not taken"
-    x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
-    g64 = None if gates is None else gates.detach().double().requires_grad_(requires_grad)
-    _, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
-                     g64, module_gate, dy0.double())
     for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
 
@@ -149,21 +158,10 @@ def test_hard_gates_with_weight_gradients_by_tma(gate_case, monkeypatch, nan_fil
     values, granularity, _ = {"hard_scaled": ([0.5, 0.0, 1.5, 1.0], "component", False),
                               "module_on": ([1.0], "module", False)}.get(gate_case) \
         or GATES[gate_case]
-    f = 128                                              # chunks of 32: whole TMA blocks
-    lengths = torch.tensor([9, 4, 1])
-    x, dy = torch.randn(3, 9, D), torch.randn(3, 9, D)
-    pad = ~valid_mask(lengths, 9)
-    x[pad], dy[pad] = 1e4, float("nan")
-    x[1, 6] = float("nan")
-    params = [torch.randn(D) * 0.2 + 1, torch.randn(D) * 0.2, torch.randn(f, D) / D ** 0.5,
-              torch.randn(f) * 0.2, torch.randn(D, f) / f ** 0.5, torch.randn(D) * 0.2]
-    gates = torch.tensor(values)
-    module_gate = granularity == "module"
-    y, grads = run(triton_ffn, x, lengths, params, gates, module_gate, dy)
+    params = make_params(ff=128)                         # chunks of 32: whole TMA blocks
+    y, grads, y64, grads64 = run_with_poisoned_padding(params, torch.tensor(values),
+                                                       granularity == "module")
     assert calls == [True, True]
-    x0, dy0 = torch.where(pad[..., None], 0.0, x), torch.where(pad[..., None], 0.0, dy)
-    y64, grads64 = run(gated_ffn_reference, x0.double(), lengths, [p.double() for p in params],
-                       gates.double(), module_gate, dy0.double())
     torch.testing.assert_close(y.double(), y64, atol=2e-5, rtol=1e-4)
     for i, (g, g64_) in enumerate(zip(grads, grads64, strict=True)):
         torch.testing.assert_close(g.double(), g64_, atol=5e-5, rtol=1e-4, msg=f"grad {i}")
