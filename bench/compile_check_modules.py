@@ -18,7 +18,6 @@ from orthoasr.kernels import (
     first_conv,
     gated_conv,
     gated_matmul,
-    gemm_norm_bwd,
     layer_norm,
 )
 from orthoasr.kernels.gated_matmul import (
@@ -113,30 +112,6 @@ def main() -> None:
                                        HAS_GATES=True, SKIP_DEAD=True,
                                        SEQS_P2=1 if tma else 8, TMA=tma,
                                        DOT_PRECISION="tf32", **blk),
-                       num_warps=warps, num_stages=stages)
-    # the FFN's d_xn = d_pre @ W1 with the LayerNorm backward in its epilogue: plain, and
-    # with the residual step of the block (the stream's gradient, y's, dropout)
-    for tma, fused in ((False, {}), (True, {}), (True, dict(RESIDUAL=True, X_GRAD=True,
-                                                            DROPOUT=True))):
-        blk = gemm_norm_bwd._blocks(D)
-        warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-        print(f"d_xn with the LayerNorm backward{', TMA' if tma else ''}"
-              f"{', residual step' if fused else ''}: ", end="")
-        operands = dict(a_ptr="bf16", b_ptr="bf16")
-        if tma:
-            operands = dict(a_ptr=f"tensordesc<bf16[{blk['BM']},{blk['BK']}]>",
-                            b_ptr=f"tensordesc<bf16[{blk['BK']},{blk['BN']}]>")
-        ok &= _compile(gemm_norm_bwd._gemm_norm_bwd_kernel,
-                       dict(operands, x_ptr="fp32", w_ptr="fp32", mean_ptr="fp32",
-                            rstd_ptr="fp32", dx_ptr="fp32", dw_ptr="fp32", db_ptr="fp32",
-                            gate_ptr="fp32", len_ptr="i64", gx_ptr="fp32", dres_ptr="bf16",
-                            seed_ptr="i64"),
-                       floats=("gain",),
-                       ints=dict(M=M, D=D, T=T, CHUNK=F // 4, stride_am=F, stride_bk=D,
-                                 stride_bn=1),
-                       constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, SKIP_DEAD=True,
-                                       COL_TILES=3, DOT_PRECISION="tf32", TMA=tma, **blk,
-                                       **fused),
                        num_warps=warps, num_stages=stages)
     print("the valid row blocks' list (row_blocks): ", end="")
     ok &= _compile(gated_matmul._row_blocks_kernel,

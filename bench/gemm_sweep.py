@@ -2,7 +2,7 @@
 the same operands, over a few tile configurations each: where the gated GEMMs lose time.
 
     python -m bench.gemm_sweep [--shape B32xT250] [--quick | --options | --tma]
-                               [--families rows wgrad wgrad_tma norm_bwd] [--only g1 g3 ...]
+                               [--families rows wgrad wgrad_tma] [--only g1 g3 ...]
 
 All frames valid (so cuBLAS computes the same work), gates all ones (soft: nothing skipped)
 and half (dead chunks skipped). The weight gradients' default is then their TMA path (every
@@ -20,8 +20,6 @@ import torch
 
 from bench.harness import time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
-from orthoasr.kernels.gemm_norm_bwd import gemm_norm_bwd
-from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 
 D, FF, CHUNKS = 384, 1536, 4
 # B80xT250: a training step's frames at max_frames 80000 (configs/paper.yaml)
@@ -58,13 +56,6 @@ WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 
                  dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=4),
                  dict(BP=128, BQ=64, BK=64, num_warps=4, num_stages=4),
                  dict(BP=64, BQ=128, BK=64, num_warps=8, num_stages=4)]
-# the fused d_xn + LayerNorm backward (gemm_norm_bwd): one 64-row program holds all 384
-# columns (three 64x128 accumulators); an sm_90 compile at 8 warps / 3 stages spills 8-40 B
-# (the default: TMA, 3 stages; these: TMA at 2 and 4 stages, BK 32, pointer loads)
-NORM_BWD_CONFIGS = [dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=2, TMA=True),
-                    dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=4, TMA=True),
-                    dict(BM=64, BN=128, BK=32, num_warps=8, num_stages=4, TMA=True),
-                    dict(BM=64, BN=128, BK=64, num_warps=8, num_stages=3)]
 # more programs, each over fewer sequences (shorter chains, more fp32 atomics): at
 # B80xT250 the default tile took as long with half the chunks dead as with none (77 / 80
 # us, 2026-12-01), the time of one program's chain rather than of the work
@@ -198,50 +189,20 @@ def main() -> None:
             lambda: torch.mm(d_pre.t(), xn)),
     }
 
-    # d_xn with the LayerNorm backward in its epilogue (x fp32, as the FFN's input under
-    # autocast), against the unfused pair: the row GEMM's d_xn, then layer_norm_bwd
-    x32 = torch.randn(M, D, device=dev)
-    ln_w = 1 + 0.1 * torch.randn(D, device=dev)
-    _, mean, rstd = layer_norm_fwd(x32, ln_w, torch.zeros_like(ln_w), lengths, T)
-    norm_grads = torch.zeros(2, D, device=dev)
-
-    def unfused_norm_bwd(g, skip):
-        gm.rows_gemm(d_pre, w1, out_d, chunk_axis=2, **common(g, skip))
-        layer_norm_bwd(out_d, x32, ln_w, mean, rstd, lengths, T, g, skip, dw=norm_grads[0],
-                       db=norm_grads[1])
-
-    norm_bwd = {
-        "g4+ln d_pre@W1, LayerNorm bwd": (
-            lambda cfg, g, skip: gemm_norm_bwd(d_pre, w1, x32, ln_w, mean, rstd, blocks=cfg,
-                                               dw=norm_grads[0], db=norm_grads[1],
-                                               **common(g, skip)),
-            unfused_norm_bwd),
-    }
-
     def common(g, skip):
         return dict(lengths=lengths, T=T, gates=g, chunk=FF // CHUNKS, num_chunks=CHUNKS,
                     skip_dead=skip)
 
     rows = []
     families = {"rows": (row_gemms, ROW_CONFIGS), "wgrad": (wgrads, WGRAD_CONFIGS),
-                "wgrad_tma": (wgrads, WGRAD_TMA_CONFIGS),
-                "norm_bwd": (norm_bwd, NORM_BWD_CONFIGS)}
+                "wgrad_tma": (wgrads, WGRAD_TMA_CONFIGS)}
     for family, configs in (families[f] for f in args.families if f in families):
         for name, (ours, cublas) in family.items():
             if args.only and not any(name.startswith(prefix) for prefix in args.only):
                 continue
-            if family is norm_bwd:      # the baseline: our unfused kernels, per gate set
-                ref_ms = time_graph_ms(lambda f=cublas: f(gate_sets["soft"], False))
-                base = dict(mode="soft", provider="unfused")
-            else:
-                ref_ms = time_graph_ms(cublas)
-                base = dict(mode="dense", provider="cublas")
-            rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", **base,
-                             ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
-            if family is norm_bwd:
-                half_ms = time_graph_ms(lambda f=cublas: f(gate_sets["half"], True))
-                rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", mode="half",
-                                 provider="unfused", ms=half_ms, TFLOPs=flops / half_ms / 1e9))
+            ref_ms = time_graph_ms(cublas)
+            rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}", mode="dense",
+                             provider="cublas", ms=ref_ms, TFLOPs=flops / ref_ms / 1e9))
             extra = SUBTILE_CONFIGS if "silu" in name else []
             cfgs = [None] if args.quick else [None, *configs, *extra]
             if args.options and name not in kinds:   # a weight gradient

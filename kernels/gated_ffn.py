@@ -37,7 +37,6 @@ from .gated_matmul import (
     wgrad,
     wgrad_row_blocks,
 )
-from .gemm_norm_bwd import fusable, gemm_norm_bwd
 from .grads_in_place import accumulators, returned, sinks_of, taken
 from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
@@ -167,23 +166,19 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
               final=zero_rows, ungated_rows=ungated_rows, chunk_sums=gate_cols is not None,
               **common)
-    if not dense:
+    if dense:
+        d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype))
+    else:
+        d_xn = xn.new_empty(M, D)
+        rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
         # b1's gradient: d_pre's sums over valid frames, live chunks only, by the column-sum
         # kernel: summed per column in the SiLU backward's epilogue, they cost it a reduction
         # across warps per tile and 128 atomics, 12 us at B32xT250 against the column sums'
         # 9 (H200, bench/NOTES.md)
         col_sums(d_pre, db1, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead, chunk=f)
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
-    norm = dict(dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)
-    if dense or not fusable(D):
-        d_xn = torch.mm(d_pre, w1c.to(d_pre.dtype)) if dense else xn.new_empty(M, D)
-        if not dense:
-            rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
-        dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
-                            skip_dead, **norm)[0]
-    else:       # d_xn = d_pre @ W1 and the norm's backward in one kernel
-        dx = gemm_norm_bwd(d_pre, w1c, x.reshape(M, D), ln_weight, mean, rstd,
-                           **common, **norm)[0]
+    dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
+                        skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
     # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
     # not ours: anything may sit at its padded rows, so with zero_rows dW2 reads a copy with
     # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call

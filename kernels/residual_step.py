@@ -40,11 +40,10 @@ def keep_groups(seed_ptr, groups, threshold, G: tl.constexpr):
 
 
 @triton.jit
-def row_tile_keep(seed_ptr, rows, D, threshold, BM: tl.constexpr, BD: tl.constexpr,
-                  col0=0):
-    """(BM, BD) bool: the mask at rows `rows` (BM,) and columns col0..col0+BD-1 of a [rows,
-    D] tensor (col0 a multiple of 8; the columns past D are meaningless)."""
-    groups = rows[:, None] * tl.cdiv(D, 8) + col0 // 8 + tl.arange(0, BD // 8)[None, :]
+def row_tile_keep(seed_ptr, rows, D, threshold, BM: tl.constexpr, BD: tl.constexpr):
+    """(BM, BD) bool: the mask at rows `rows` (BM,) and columns 0..BD-1 of a [rows, D]
+    tensor (BD >= 8 * ceil(D / 8); the columns past D are meaningless)."""
+    groups = rows[:, None] * tl.cdiv(D, 8) + tl.arange(0, BD // 8)[None, :]
     keep = keep_groups(seed_ptr, tl.reshape(groups, (BM * (BD // 8),)), threshold,
                        BM * (BD // 8))
     return tl.reshape(keep, (BM, BD))
