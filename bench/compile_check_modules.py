@@ -91,13 +91,13 @@ def main() -> None:
             ok &= _row_gemm(*gemm, dict(blk, TMA=True))
             if final or epi == EPI_GATE_BWD:  # the soft pass's: also as a batch of two passes
                 ok &= _row_gemm(*gemm, dict(blk, TMA=True, HAS_UNGATED=True))
-    for axis, tma in ((1, False), (2, False), (1, True), (2, True)):
+    for axis, tma, listed in ((1, False, False), (2, False, False), (1, True, False),
+                              (2, True, False), (1, True, True)):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
-        if tma:
-            stages = gated_matmul._WGRAD_TMA_STAGES
         blk.pop("programs_per_sm")
-        print(f"wgrad, chunks along {'PQ'[axis - 1]}{', TMA' if tma else ''}: ", end="")
+        print(f"wgrad, chunks along {'PQ'[axis - 1]}{', TMA' if tma else ''}"
+              f"{' over the valid-block list' if listed else ''}: ", end="")
         operands = dict(a_ptr="bf16", b_ptr="bf16")
         if tma:     # the FFN with hard gates: operands zero at padded rows
             operands = {name: f"tensordesc<bf16[{blk['BK']},{blk[size]}]>"
@@ -111,6 +111,7 @@ def main() -> None:
                        constexprs=dict(NUM_CHUNKS=4, CHUNKS_P2=4, CHUNK_AXIS=axis,
                                        HAS_GATES=True, SKIP_DEAD=True,
                                        SEQS_P2=1 if tma else 8, TMA=tma,
+                                       BLOCK_LIST=listed, LIST_P2=32 if listed else 1,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages)
     print("the valid row blocks' list (row_blocks): ", end="")

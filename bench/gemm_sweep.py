@@ -69,16 +69,15 @@ WGRAD_CONFIGS += [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, program
                   dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3, programs_per_sm=1),
                   dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=1)]
 # TMA loads over rows that hold zeros at padded frames (`rows_zeroed`; every frame is valid
-# here): the masked loads' default tile first, then TMA at the launcher's stages (5: the
-# valid-block index loads take two of their own, gated_matmul._WGRAD_TMA_STAGES) and at 3
-# (two tile buffers), at one program a SM with 6, with 4 warps, and 64x128 tiles
+# here): the masked loads' default tile first, then TMA over every row block in contiguous
+# runs at 3 and 4 stages, then over the valid-block list (BLOCK_LIST; each program's share
+# read into registers before its loop) at 3, 4 and 5 stages and 64x128 tiles
+_TMA_TILE = dict(BP=128, BQ=128, BK=64, num_warps=8, programs_per_sm=2, TMA=True)
 WGRAD_TMA_CONFIGS = [dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=3, programs_per_sm=2),
-                     *(dict(BP=128, BQ=128, BK=64, num_warps=8, num_stages=s,
-                            programs_per_sm=p, TMA=True) for s, p in ((5, 2), (3, 2), (6, 1))),
-                     dict(BP=128, BQ=128, BK=64, num_warps=4, num_stages=5, programs_per_sm=2,
-                          TMA=True),
-                     dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=6, programs_per_sm=3,
-                          TMA=True)]
+                     *(dict(_TMA_TILE, num_stages=s) for s in (3, 4)),
+                     *(dict(_TMA_TILE, num_stages=s, BLOCK_LIST=True) for s in (3, 4, 5)),
+                     dict(BP=64, BQ=128, BK=64, num_warps=4, num_stages=4, programs_per_sm=3,
+                          TMA=True, BLOCK_LIST=True)]
 
 
 def _tag(cfg):

@@ -425,7 +425,7 @@ def _wgrad_kernel(
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SEQS_P2: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    TMA: tl.constexpr = False,
+    TMA: tl.constexpr = False, BLOCK_LIST: tl.constexpr = False, LIST_P2: tl.constexpr = 1,
 ):
     # The programs share out the live output tiles, found on the device: with n of them,
     # program i takes tile i % n and the sequences i // n, i // n + split, ... where split =
@@ -435,10 +435,14 @@ def _wgrad_kernel(
     # B80xT250 on the H200, 2026-12-01), each live program walking the same sequences.
     # A program adds its tile's A^T B over its sequences' valid frames to the fp32 output.
     # TMA: a_ptr, b_ptr are descriptors of a [NB*T, P] and b [NB*T, Q] whose padded rows are
-    # zeros (the caller's promise): the programs split the row blocks holding a valid frame
-    # (blocks_ptr: their count, then their indices; row_blocks) among themselves, whole
-    # [BK, BP] / [BK, BQ] blocks with no masks (past the last row the loads are zeros), in
-    # place of sequences and masked pointer loads.
+    # zeros (the caller's promise): the programs split the NB*T rows among themselves in
+    # contiguous runs of whole [BK, BP] / [BK, BQ] blocks with no masks (past the last row
+    # the loads are zeros), in place of sequences and masked pointer loads. BLOCK_LIST: they
+    # split only the row blocks holding a valid frame (blocks_ptr: their count, then their
+    # indices; row_blocks), a program's share of the list (at most LIST_P2) read into
+    # registers before its loop. (Read a step at a time, each index load took pipeline
+    # stages of its own: dW1 at B32xT250, every frame valid, 31.1 us at 5 stages and 37.8 at
+    # 3, against 27.0 for the contiguous runs; H200, 2026-12-03.)
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. (Column sums of
     # A for bias gradients are not summed here: a reduction per step over the loaded tile
     # stalled the pipeline, 76 against 47 us at the FFN's dW1; see col_sums.)
@@ -455,8 +459,10 @@ def _wgrad_kernel(
         p_tiles = tl.where(_gate(gate_ptr, 0, HAS_GATES) != 0.0, p_tiles, 0)
     n_tiles = p_tiles * q_tiles
     parts = NB                                        # what the split shares out
-    if TMA:
+    if BLOCK_LIST:
         parts = tl.load(blocks_ptr)
+    elif TMA:
+        parts = tl.cdiv(NB * T, BK)
     split = tl.maximum(MIN_SPLIT,
                        tl.minimum(parts, tl.num_programs(0) // tl.maximum(n_tiles, 1)))
     if pid < n_tiles * split:
@@ -479,8 +485,17 @@ def _wgrad_kernel(
             p0 = tl.min(offs_p, 0)
             q0 = tl.min(offs_q, 0)
             per = tl.cdiv(parts, split)
-            for i in range(part * per, tl.minimum(part * per + per, parts)):
-                row = tl.load(blocks_ptr + 1 + i) * BK
+            first = part * per
+            n_mine = tl.minimum(per, parts - first)
+            if BLOCK_LIST:
+                offs_i = tl.arange(0, LIST_P2)
+                listed = tl.load(blocks_ptr + 1 + first + offs_i, mask=offs_i < n_mine,
+                                 other=0)
+            for i in range(0, n_mine):
+                if BLOCK_LIST:
+                    row = tl.sum(tl.where(offs_i == i, listed, 0), 0) * BK
+                else:
+                    row = (first + i) * BK
                 a = a_ptr.load([row, p0])
                 b = b_ptr.load([row, q0])
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
@@ -813,10 +828,11 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     return out
 
 
-# Pipeline stages of the TMA path's 16-bit tiles: each step's block index is read from the
-# valid-block list, a load the pipeliner gives stages of its own; an sm_90 compile (Triton
-# 3.6) keeps 3 tile buffers (98 KB, two programs a SM) at 5 stages, 2 buffers at 3 or 4
-_WGRAD_TMA_STAGES = 5
+# Whether the TMA path's default tiles visit only the row blocks holding a valid frame
+# (BLOCK_LIST) rather than every block in contiguous runs (an sm_90 compile keeps the loop
+# and its 3 tile buffers as without the list: each program's share of it is read into
+# registers before its loop; bench/NOTES.md, 2026-12-03)
+_WGRAD_TMA_LIST = True
 
 
 def _wgrad_blocks(dtype: torch.dtype, chunk: int = 0, chunk_axis: int = 0) -> dict:
@@ -828,8 +844,7 @@ def _wgrad_blocks(dtype: torch.dtype, chunk: int = 0, chunk_axis: int = 0) -> di
     With TMA loads (rows_zeroed) the same tile took 27.0 / 21.3 us (all / half live) for dW1
     at B32xT250 against the masked loads' 32.8 / 24.1 and cuBLAS's 27.6 for the dense
     product (every frame valid; 4 stages at one program a SM 27.8 / 20.3, 128x256 30.3 /
-    22.8, 4 programs a SM 33.8 / 27.5; H200, 2026-12-02; before the valid-block list, whose
-    index loads take stages of their own: `_WGRAD_TMA_STAGES`).
+    22.8, 4 programs a SM 33.8 / 27.5; H200, 2026-12-02).
     fp32 keeps the configuration its GPU test ran with."""
     if interpreting():
         return dict(BP=32, BQ=32, BK=32, num_warps=4, num_stages=1)
@@ -858,9 +873,12 @@ def row_blocks(lengths: torch.Tensor, T: int, block: int) -> torch.Tensor:
     return out
 
 
-def wgrad_row_blocks(lengths: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor:
+def wgrad_row_blocks(lengths: torch.Tensor, T: int, dtype: torch.dtype) -> torch.Tensor | None:
     """`row_blocks` at the row block of `wgrad`'s default tiles for operands of `dtype`: the
-    valid_blocks argument of several weight gradients over the same rows."""
+    valid_blocks argument of several weight gradients over the same rows; None where those
+    tiles visit every row block (no list to make)."""
+    if not _WGRAD_TMA_LIST:
+        return None
     return row_blocks(lengths, T, _wgrad_blocks(dtype)["BK"])
 
 
@@ -872,14 +890,16 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     TMA. rows_zeroed: a and b hold zeros (finite values) at every padded row, so that the
     kernel may read them: then, where `tma_by_default` holds and the layouts allow, the
     operands come by TMA in whole blocks (or where blocks ask for TMA: a ValueError if the
-    layouts do not allow it). The TMA path visits only the row blocks holding a valid frame:
-    valid_blocks, `row_blocks(lengths, T, BK)` made once for several products, or None (made
-    here)."""
+    layouts do not allow it). The TMA path visits every row block, or with BLOCK_LIST in
+    blocks (or valid_blocks given) only those holding a valid frame: valid_blocks,
+    `row_blocks(lengths, T, BK)` made once for several products, or None (made here)."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype, chunk, chunk_axis))
     programs_per_sm = blk.pop("programs_per_sm", 3)
     use_tma = blk.pop("TMA", False)
+    block_list = blk.pop("BLOCK_LIST", blocks is None and _WGRAD_TMA_LIST) or \
+        valid_blocks is not None
     if use_tma and not rows_zeroed:
         raise ValueError("wgrad: TMA loads read padded rows: they need rows_zeroed")
     a_arg, b_arg = a, b
@@ -889,8 +909,6 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
             raise ValueError(f"wgrad TMA: {'; '.join(problems)}")
         use_tma = not problems
         if use_tma:
-            if blocks is None and a.dtype in (torch.float16, torch.bfloat16):
-                blk["num_stages"] = _WGRAD_TMA_STAGES
             a_arg = TensorDescriptor.from_tensor(a, [blk["BK"], blk["BP"]])
             b_arg = TensorDescriptor.from_tensor(b, [blk["BK"], blk["BQ"]])
     if out is None:
@@ -901,9 +919,10 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         cdiv(Q, blk["BQ"])
     n_tiles = p_tiles * q_tiles          # all live; the kernel finds the live ones
     parts = cdiv(NB * T, blk["BK"]) if use_tma else NB      # row blocks (at most), or sequences
-    if use_tma and valid_blocks is None:
+    block_list = block_list and use_tma
+    if block_list and valid_blocks is None:
         valid_blocks = row_blocks(lengths, T, blk["BK"])
-    if use_tma and valid_blocks.shape != (1 + parts,):
+    if block_list and valid_blocks.shape != (1 + parts,):
         raise ValueError(f"wgrad: valid_blocks of shape {tuple(valid_blocks.shape)} are not "
                          f"row_blocks of {NB}x{T} rows in blocks of BK={blk['BK']}")
     if a.is_cuda:
@@ -914,13 +933,14 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     # the grid: every tile `split` ways; with dead tiles the live ones split further
     launch(_wgrad_kernel, (n_tiles * split,),
         a_arg, b_arg, out, gates if gates is not None else out, lengths,
-        valid_blocks if use_tma else lengths,
+        valid_blocks if block_list else lengths,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None,
         SEQS_P2=1 if use_tma else next_pow2(cdiv(NB, split)),
-        DOT_PRECISION=dot_precision(a.dtype), TMA=use_tma, **blk)
+        DOT_PRECISION=dot_precision(a.dtype), TMA=use_tma, BLOCK_LIST=block_list,
+        LIST_P2=next_pow2(cdiv(parts, split)) if block_list else 1, **blk)
     return out
 
 

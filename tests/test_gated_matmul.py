@@ -271,6 +271,10 @@ def test_weight_gradient_by_tma_skips_padded_blocks_only():
     out = gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD,
                    valid_blocks=blocks)
     torch.testing.assert_close(out, a.T @ b, atol=1e-4, rtol=1e-4)
+    for listed in (True, False):     # the list made by wgrad itself; every block in runs
+        out = gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True,
+                       blocks=dict(TMA_WGRAD, BLOCK_LIST=listed))
+        torch.testing.assert_close(out, a.T @ b, atol=1e-4, rtol=1e-4)
     short = blocks.clone()
     short[0] -= 1                                     # the last valid block left out
     out = gm.wgrad(a, b, lengths=lengths, T=t_max, rows_zeroed=True, blocks=TMA_WGRAD,
