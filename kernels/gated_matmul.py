@@ -832,7 +832,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
 # (BLOCK_LIST) rather than every block in contiguous runs (an sm_90 compile keeps the loop
 # and its 3 tile buffers as without the list: each program's share of it is read into
 # registers before its loop; bench/NOTES.md, 2026-12-03)
-_WGRAD_TMA_LIST = True
+_WGRAD_TMA_LIST = False
 
 
 def _wgrad_blocks(dtype: torch.dtype, chunk: int = 0, chunk_axis: int = 0) -> dict:
