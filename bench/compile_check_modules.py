@@ -91,20 +91,22 @@ def main() -> None:
             ok &= _row_gemm(*gemm, dict(blk, TMA=True))
             if final or epi == EPI_GATE_BWD:  # the soft pass's: also as a batch of two passes
                 ok &= _row_gemm(*gemm, dict(blk, TMA=True, HAS_UNGATED=True))
-    for axis, tma, listed in ((1, False, False), (2, False, False), (1, True, False),
-                              (2, True, False), (1, True, True)):
+    for axis, tma, listed, sums in ((1, False, False, False), (2, False, False, False),
+                                    (1, True, False, False), (2, True, False, False),
+                                    (1, True, True, False), (1, True, False, True)):
         blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
         blk.pop("programs_per_sm")
         print(f"wgrad, chunks along {'PQ'[axis - 1]}{', TMA' if tma else ''}"
-              f"{' over the valid-block list' if listed else ''}: ", end="")
+              f"{' over the valid-block list' if listed else ''}"
+              f"{', with the column sums of a (the FFN dW1)' if sums else ''}: ", end="")
         operands = dict(a_ptr="bf16", b_ptr="bf16")
         if tma:     # the FFN with hard gates: operands zero at padded rows
             operands = {name: f"tensordesc<bf16[{blk['BK']},{blk[size]}]>"
                         for name, size in (("a_ptr", "BP"), ("b_ptr", "BQ"))}
         ok &= _compile(gated_matmul._wgrad_kernel,
                        dict(operands, out_ptr="fp32", gate_ptr="fp32", len_ptr="i64",
-                            blocks_ptr="i32"),
+                            blocks_ptr="i32", sums_ptr="fp32"),
                        ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
                                  lda=F if axis == 1 else D, ldb=D if axis == 1 else F,
                                  CHUNK=F // 4, MIN_SPLIT=5),
@@ -112,8 +114,10 @@ def main() -> None:
                                        HAS_GATES=True, SKIP_DEAD=True,
                                        SEQS_P2=1 if tma else 8, TMA=tma,
                                        BLOCK_LIST=listed, LIST_P2=32 if listed else 1,
+                                       A_SUMS=sums,
                                        DOT_PRECISION="tf32", **blk),
-                       num_warps=warps, num_stages=stages)
+                       num_warps=warps, num_stages=stages,
+                       maxnreg=gated_matmul.WGRAD_SUMS_MAXNREG if sums else None)
     print("the valid row blocks' list (row_blocks): ", end="")
     ok &= _compile(gated_matmul._row_blocks_kernel,
                    dict(len_ptr="i64", out_ptr="i32", count_ptr="i32"),

@@ -171,11 +171,6 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     else:
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
-        # b1's gradient: d_pre's sums over valid frames, live chunks only, by the column-sum
-        # kernel: summed per column in the SiLU backward's epilogue, they cost it a reduction
-        # across warps per tile and 128 atomics, 12 us at B32xT250 against the column sums'
-        # 9 (H200, bench/NOTES.md)
-        col_sums(d_pre, db1, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead, chunk=f)
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
                         skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
@@ -201,8 +196,12 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         blocks = wgrad_row_blocks(lengths, T, d_pre.dtype) if zero_rows else None
         wgrad(dy_valid if zero_rows else dy2, hidden, chunk_axis=2, out=dw2,
               rows_zeroed=zero_rows, valid_blocks=blocks, **common)
+        # b1's gradient: d_pre's sums over valid frames, live chunks only, as one more small
+        # product of dW1's programs (TMA), or by the column-sum kernel (summed per column in
+        # the SiLU backward's epilogue, they cost it a reduction across warps per tile and
+        # 128 atomics, 12 us at B32xT250 against the column sums' 9; H200, bench/NOTES.md)
         wgrad(d_pre, xn, chunk_axis=1, out=dw1, rows_zeroed=zero_rows, valid_blocks=blocks,
-              **common)
+              a_sums=db1, **common)
     # col_sums gave 0 when every chunk gate is 0 (skip_dead: it read nothing; else any_gate)
     db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None

@@ -420,12 +420,13 @@ def _live_tile(rank, CHUNK, NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr,
 
 @triton.jit
 def _wgrad_kernel(
-    a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr, blocks_ptr,
+    a_ptr, b_ptr, out_ptr, gate_ptr, len_ptr, blocks_ptr, sums_ptr,
     P, Q, T, NB, lda, ldb, CHUNK, MIN_SPLIT,
     NUM_CHUNKS: tl.constexpr, CHUNKS_P2: tl.constexpr, CHUNK_AXIS: tl.constexpr,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SEQS_P2: tl.constexpr,
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TMA: tl.constexpr = False, BLOCK_LIST: tl.constexpr = False, LIST_P2: tl.constexpr = 1,
+    A_SUMS: tl.constexpr = False,
 ):
     # The programs share out the live output tiles, found on the device: with n of them,
     # program i takes tile i % n and the sequences i // n, i // n + split, ... where split =
@@ -444,8 +445,11 @@ def _wgrad_kernel(
     # stages of its own: dW1 at B32xT250, every frame valid, 31.1 us at 5 stages and 37.8 at
     # 3, against 27.0 for the contiguous runs; H200, 2026-12-03.)
     # Chunks lie along P (CHUNK_AXIS 1) or Q (2); tiles never straddle them. (Column sums of
-    # A for bias gradients are not summed here: a reduction per step over the loaded tile
-    # stalled the pipeline, 76 against 47 us at the FFN's dW1; see col_sums.)
+    # A for bias gradients by a reduction per step over the loaded tile stalled the
+    # pipeline, 76 against 47 us at the FFN's dW1; see col_sums.) A_SUMS (TMA): A's column
+    # sums as one more product a step, A^T times a [BK, 16] block of ones in its first
+    # column, made by every program (a branch in the loop would stop its pipelining) and
+    # added to sums_ptr [P] by those of the first Q tile.
     pid = tl.program_id(0)
     p_tiles = tl.cdiv(P, BP)
     q_tiles = tl.cdiv(Q, BQ)
@@ -491,6 +495,8 @@ def _wgrad_kernel(
                 offs_i = tl.arange(0, LIST_P2)
                 listed = tl.load(blocks_ptr + 1 + first + offs_i, mask=offs_i < n_mine,
                                  other=0)
+            sums = tl.zeros([BP, 16], dtype=tl.float32)
+            first_col = (tl.arange(0, BK)[:, None] * 0 + tl.arange(0, 16)[None, :]) == 0
             for i in range(0, n_mine):
                 if BLOCK_LIST:
                     row = tl.sum(tl.where(offs_i == i, listed, 0), 0) * BK
@@ -499,6 +505,13 @@ def _wgrad_kernel(
                 a = a_ptr.load([row, p0])
                 b = b_ptr.load([row, q0])
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+                if A_SUMS:
+                    ones = tl.where(first_col, 1.0, 0.0).to(a.dtype)
+                    sums = tl.dot(tl.trans(a), ones, sums, input_precision=DOT_PRECISION)
+            if A_SUMS:
+                first_q = (offs_p * 0 + rank_q) == 0
+                tl.atomic_add(sums_ptr + offs_p, tl.sum(sums, 1), mask=p_ok & first_q,
+                              sem="relaxed")
         else:
             # one flat loop over (sequence, frame tile) steps: a loop per sequence ran
             # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
@@ -828,6 +841,11 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     return out
 
 
+# The TMA path's register cap with a_sums: two programs of 8 warps a SM need at most 128
+# registers a thread; the sums' accumulator and ones block took it to 138 (one program a
+# SM) in an sm_90 compile (Triton 3.6)
+WGRAD_SUMS_MAXNREG = 128
+
 # Whether the TMA path's default tiles visit only the row blocks holding a valid frame
 # (BLOCK_LIST) rather than every block in contiguous runs (an sm_90 compile keeps the loop
 # and its 3 tile buffers as without the list: each program's share of it is read into
@@ -883,7 +901,8 @@ def wgrad_row_blocks(lengths: torch.Tensor, T: int, dtype: torch.dtype) -> torch
 
 
 def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
-          skip_dead=False, out=None, blocks=None, rows_zeroed=False, valid_blocks=None):
+          skip_dead=False, out=None, blocks=None, rows_zeroed=False, valid_blocks=None,
+          a_sums=None):
     """fp32 W[P, Q] = sum over valid frames of a[rows, P]^T b[rows, Q]. `out`: a zeroed fp32
     [P, Q] to add to. blocks: the tiles (BP, BQ, BK, num_warps, num_stages), optionally
     programs_per_sm, how many programs a SM gets when the rows are split among them (3), and
@@ -892,7 +911,10 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     operands come by TMA in whole blocks (or where blocks ask for TMA: a ValueError if the
     layouts do not allow it). The TMA path visits every row block, or with BLOCK_LIST in
     blocks (or valid_blocks given) only those holding a valid frame: valid_blocks,
-    `row_blocks(lengths, T, BK)` made once for several products, or None (made here)."""
+    `row_blocks(lengths, T, BK)` made once for several products, or None (made here).
+    a_sums (chunk_axis 0 or 1): a zeroed fp32 [P] that gets a's column sums over the valid
+    frames too (a bias gradient; dead chunks' columns left 0): by the TMA path's programs,
+    or else by `col_sums`."""
     P, Q = a.shape[1], b.shape[1]
     NB = lengths.shape[0]
     blk = dict(blocks or _wgrad_blocks(a.dtype, chunk, chunk_axis))
@@ -913,6 +935,12 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
             b_arg = TensorDescriptor.from_tensor(b, [blk["BK"], blk["BQ"]])
     if out is None:
         out = torch.zeros(P, Q, dtype=torch.float32, device=a.device)
+    if a_sums is not None and (a_sums.shape != (P,) or chunk_axis == 2):
+        raise ValueError(f"wgrad: a_sums must be ({P},) and chunks not along Q, got "
+                         f"{tuple(a_sums.shape)}, chunk_axis={chunk_axis}")
+    if a_sums is not None and not use_tma:
+        col_sums(a, a_sums, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead,
+                 chunk=chunk if chunk_axis == 1 else 0)
     p_tiles = num_chunks * cdiv(chunk, blk["BP"]) if chunk_axis == 1 else \
         cdiv(P, blk["BP"])
     q_tiles = num_chunks * cdiv(chunk, blk["BQ"]) if chunk_axis == 2 else \
@@ -920,6 +948,8 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     n_tiles = p_tiles * q_tiles          # all live; the kernel finds the live ones
     parts = cdiv(NB * T, blk["BK"]) if use_tma else NB      # row blocks (at most), or sequences
     block_list = block_list and use_tma
+    if a_sums is not None and use_tma and blocks is None and a.is_cuda:
+        blk["maxnreg"] = WGRAD_SUMS_MAXNREG
     if block_list and valid_blocks is None:
         valid_blocks = row_blocks(lengths, T, blk["BK"])
     if block_list and valid_blocks.shape != (1 + parts,):
@@ -933,14 +963,15 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
     # the grid: every tile `split` ways; with dead tiles the live ones split further
     launch(_wgrad_kernel, (n_tiles * split,),
         a_arg, b_arg, out, gates if gates is not None else out, lengths,
-        valid_blocks if block_list else lengths,
+        valid_blocks if block_list else lengths, a_sums if a_sums is not None else out,
         P, Q, T, NB, a.stride(0), b.stride(0), max(chunk, 1), split,
         NUM_CHUNKS=num_chunks, CHUNKS_P2=next_pow2(num_chunks),
         CHUNK_AXIS=chunk_axis, HAS_GATES=gates is not None,
         SKIP_DEAD=skip_dead and gates is not None,
         SEQS_P2=1 if use_tma else next_pow2(cdiv(NB, split)),
         DOT_PRECISION=dot_precision(a.dtype), TMA=use_tma, BLOCK_LIST=block_list,
-        LIST_P2=next_pow2(cdiv(parts, split)) if block_list else 1, **blk)
+        LIST_P2=next_pow2(cdiv(parts, split)) if block_list else 1,
+        A_SUMS=a_sums is not None and use_tma, **blk)
     return out
 
 

@@ -237,6 +237,32 @@ def test_weight_gradient_by_tma_over_zeroed_rows(chunk_axis, live):
     torch.testing.assert_close(out, keep, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tma", [True, False])
+@pytest.mark.parametrize("live", [(1, 0, 1), (0, 0, 0)])
+def test_weight_gradient_with_the_column_sums_of_a(tma, live):
+    """a_sums: a's column sums over the valid frames (a bias gradient) beside the product, by
+    the TMA programs (three Q tiles: counted once, by the first) or by the column sums'
+    kernel; a dead chunk's columns 0, padded rows never counted (NaN there without TMA)."""
+    torch.manual_seed(15)
+    t_max, lengths = 9, torch.tensor([9, 3, 0, 9, 1, 6, 8], device=DEV)
+    rows = gm.valid_rows(lengths, t_max)
+    chunk = 40
+    a, b = torch.randn(7 * t_max, 3 * chunk, device=DEV), torch.randn(7 * t_max, 72, device=DEV)
+    a[~rows], b[~rows] = (0.0, 0.0) if tma else (float("nan"), float("nan"))
+    gates = torch.tensor(live, dtype=torch.float32, device=DEV)
+    alive = (gates != 0).repeat_interleave(chunk)
+    sums = torch.zeros(3 * chunk, device=DEV)
+    out = gm.wgrad(a, b, lengths=lengths, T=t_max, gates=gates, chunk=chunk, num_chunks=3,
+                   chunk_axis=1, skip_dead=True, rows_zeroed=tma,
+                   blocks=TMA_WGRAD if tma else None, a_sums=sums)
+    torch.testing.assert_close(sums, a[rows].sum(0) * alive, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, (a[rows].T @ b[rows]) * alive[:, None], atol=1e-4,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="a_sums"):
+        gm.wgrad(b, a, lengths=lengths, T=t_max, gates=gates, chunk=chunk, num_chunks=3,
+                 chunk_axis=2, skip_dead=True, a_sums=torch.zeros(72, device=DEV))
+
+
 @pytest.mark.parametrize("block", [8, 64, 128])
 def test_row_blocks_list_the_blocks_holding_a_valid_frame(block):
     """row_blocks: count, then the indices of the blocks with a valid frame, in order; blocks
