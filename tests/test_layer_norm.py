@@ -52,6 +52,25 @@ def test_dead_module_does_nothing_forward_and_writes_zeros_backward():
                                atol=1e-5, rtol=1e-5)
 
 
+def test_dead_module_backward_passes_the_stream_gradient_through_its_residual_step():
+    """A dead module's norm with the residual step fused: dx is the stream's gradient alone
+    and y's gradient that, scaled and dropped out where the forward dropped; nothing else
+    is read (NaN statistics and input)."""
+    from orthoasr.kernels.residual_step import Residual, keep_mask
+    lengths, x, weight, _ = _case()
+    nan = torch.full((B * T,), float("nan"), device=DEV)
+    x_grad = torch.randn_like(x)
+    y_grad = torch.full_like(x, float("nan"))
+    seed, p, scale = torch.tensor([77], device=DEV), 0.3, 0.5
+    res = Residual(seed, scale, p, x_grad=x_grad, y_grad=y_grad)
+    dx, dw, db = layer_norm_bwd(torch.randn_like(x), torch.full_like(x, float("nan")), weight,
+                                nan, nan, lengths, T, torch.zeros(2, device=DEV),
+                                skip_dead=True, residual=res)
+    assert torch.equal(dx, x_grad) and not dw.any() and not db.any()
+    kept = keep_mask(seed, x.shape, p)
+    torch.testing.assert_close(y_grad, torch.where(kept, x_grad * scale / (1 - p), 0.0))
+
+
 def test_masked_layer_norm_op_zeros_padded_frames_and_matches_fp64_gradients():
     from orthoasr.kernels.layer_norm import masked_layer_norm
     lengths, x, weight, bias = _case()
