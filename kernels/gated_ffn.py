@@ -4,10 +4,11 @@ Layers: the PyTorch reference `gated_ffn_reference`; the Triton path of five lau
 (LayerNorm, GEMM1 with bias + SiLU + gate epilogue, GEMM2 whose K-loop skips dead chunks with
 bias + padding-zero epilogue) and backward (GEMM dH = dY·W2 with the SiLU backward and the
 gate-gradient column sums fused, dXn = dA·W1 skipping dead chunks, LayerNorm backward, the
-two weight-gradient GEMMs over valid frames, and the bias gradients by the column-sum kernel;
-where nothing is skipped, the weight gradients are cuBLAS products, b1's gradient the column
-of dW1's product with the ones column the forward saves after xn), registered as the torch.library
-ops `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
+two weight-gradient GEMMs over valid frames, b1's gradient summed by dW1's programs on
+Hopper (`wgrad`'s a_sums) and b2's by the column-sum kernel; where nothing is skipped, the
+weight gradients are cuBLAS products, b1's gradient the column of dW1's product with the ones
+column the forward saves after xn), registered as the torch.library ops
+`orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
 Kernels live in gated_matmul.py and layer_norm.py.
 
 Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+1)*F/C).

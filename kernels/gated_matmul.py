@@ -8,9 +8,10 @@ Two kernels serve every GEMM of the FFN and conv modules, a third their bias gra
   GLU, the SiLU backward with gate- and bias-gradient column sums, output gate).
 - `_wgrad_kernel`: W[P, Q] += A[rows, P]^T @ B[rows, Q] over the valid frames only (the loop
   runs t < lengths[b] per sequence; sequences are split over programs and reduced with fp32
-  atomics), dead chunks along P or Q skipped: the programs share out the live tiles only.
+  atomics), dead chunks along P or Q skipped: the programs share out the live tiles only;
+  on its TMA path it may also sum A's columns (a bias gradient) by one more small MMA.
 - `_col_sums_kernel`: column sums over the valid frames (bias gradients), kept out of the
-  weight-gradient loop.
+  masked weight-gradient loop.
 
 Where nothing is skipped (no gates, or gates that need gradients: `dense_products`), a
 module's plain backward products need neither masks nor skips: their operands are written
