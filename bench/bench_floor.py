@@ -33,6 +33,7 @@ from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
+from orthoasr.kernels.launch import programmatic_launch
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
@@ -186,6 +187,13 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 xx = x.clone().requires_grad_()
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
+                if device.type == "cuda":
+                    # the same kernels launched the plain way: what programmatic dependent
+                    # launch (kernels/launch.py) saves, measured in the same run
+                    def plain(o=ours, s=soft, xx=xx, ll=lengths):
+                        with programmatic_launch(False):
+                            return o(xx, ll, s)
+                    providers["ours_plain_launch"] = plain
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out
@@ -207,7 +215,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
                               xx=xx, low=low):
-                    if provider in ("ours", "ours_host_masks"):
+                    if provider in ("ours", "ours_host_masks", "ours_plain_launch"):
                         return [xx, *params] + ([] if hard else [soft])
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]

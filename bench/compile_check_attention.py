@@ -101,7 +101,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     these hints Triton neither vectorises nor pipelines the loads: a plain tiled GEMM then
     compiled to 1 stage of shared memory and 255 registers with spills, against 4 stages and
     118 registers with them (2026-11-30). num_stages defaults to a launch's (3 on CUDA): a
-    kernel whose launcher sets none compiles with that many."""
+    kernel whose launcher sets none compiles with that many. A kernel with a `PDL` parameter
+    compiles with it on, as `launch` does on Hopper (programmatic dependent launch)."""
     fn = kernel.fn if hasattr(kernel, "fn") else kernel
     params = inspect.signature(fn.fn if hasattr(fn, "fn") else fn).parameters
     names = list(params)
@@ -109,6 +110,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     constexprs = {name: p.default for name, p in params.items()
                   if p.default is not p.empty and "constexpr" in str(p.annotation)} \
         | dict(constexprs or {})
+    if "PDL" in params:
+        constexprs.setdefault("PDL", True)
     ints = {name: value for name, value in (TYPICAL if ints is None else ints).items()
             if name in names}
     constexprs.update({name: 1 for name, value in ints.items() if value == 1})
@@ -130,7 +133,8 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     src = ASTSource(kernel, signature, constexprs, attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages,
-                                           maxnreg=maxnreg))
+                                           maxnreg=maxnreg,
+                                           launch_pdl=bool(constexprs.get("PDL"))))
     shared = getattr(compiled.metadata, "shared", 0)
     ok = shared <= SHARED_LIMIT
     n_regs = _resource_usage(compiled.asm["cubin"])

@@ -11,6 +11,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .launch import cdiv, launch
 
@@ -20,6 +21,17 @@ def interpreting() -> bool:
     """TRITON_INTERPRET=1: kernels run on CPU tensors through Triton's interpreter (it must be
     set before triton is imported, so it cannot change during a process)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def await_producers(PDL: tl.constexpr):
+    """A kernel's first statement. Launched programmatically (`PDL`, set by `launch` on
+    Hopper and newer), the program waits here until the kernel before it in the stream has
+    finished and its writes are visible, then lets the next kernel's programs be scheduled
+    (they wait in turn). Otherwise nothing (and never under the interpreter)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -76,9 +88,11 @@ _CAST_BLOCK = 2048
 
 
 @triton.jit
-def _cast_pair_kernel(src0, dst0, n0, src1, dst1, n1, BLOCK: tl.constexpr):
+def _cast_pair_kernel(src0, dst0, n0, src1, dst1, n1, BLOCK: tl.constexpr,
+                      PDL: tl.constexpr = False):
     # dst0[:n0] = src0 in dst0's dtype, dst1[:n1] likewise: the first cdiv(n0, BLOCK)
     # programs copy the first tensor, the others the second
+    await_producers(PDL)
     pid = tl.program_id(0)
     first = tl.cdiv(n0, BLOCK)
     if pid < first:

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order
+from .common import await_producers
 from .launch import launch, next_pow2
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -76,13 +77,15 @@ def _shifted(x, s, by: tl.constexpr, BLOCK_S: tl.constexpr):
 
 @triton.jit
 def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, loss_ptr,
-                      T, stride_t, stride_b, BLANK, BLOCK_S: tl.constexpr):
+                      T, stride_t, stride_b, BLANK, BLOCK_S: tl.constexpr,
+                      PDL: tl.constexpr = False):
     # Program b: alpha_t(s) = log p_t(l'_s) + logsumexp of alpha_{t-1} at s, s - 1 and, where
     # l'_s is a label unlike l'_{s-2}, s - 2. The row stays in registers from one frame to
     # the next (shifted by _shifted); each row is also stored for the backward, and the next
     # frame's emissions are loaded one step ahead, so neither is on the recursion's path.
     # (Storing each row and reading it back shifted after a barrier took ~2 us a frame on
     # the H200: 3.0 ms for B16 T750, against 1.9 for torch's CTC.)
+    await_producers(PDL)
     b = tl.program_id(0)
     s, S, label, prev2, _next2 = _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S)
     T_b = tl.minimum(tl.load(ilen_ptr + b).to(tl.int32), T)
@@ -116,12 +119,13 @@ def _ctc_alpha_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, l
 @triton.jit
 def _ctc_grad_kernel(lp_ptr, tgt_ptr, off_ptr, ilen_ptr, tlen_ptr, alpha_ptr, loss_ptr,
                      gloss_ptr, grad_ptr, T, stride_t, stride_b, g_stride_t, g_stride_b, BLANK,
-                     BLOCK_S: tl.constexpr):
+                     BLOCK_S: tl.constexpr, PDL: tl.constexpr = False):
     # Program b walks its frames backwards: beta_t(s) = log p_t(l'_s) + logsumexp of
     # beta_{t+1} at s, s + 1 and (where allowed) s + 2, the row kept in registers as in the
     # forward, with the next frame's emissions and alphas loaded one step ahead; then
     # grad[t, b, l'_s] -= gloss_b exp(alpha_t(s) + beta_t(s) - log p_t(l'_s) - log p_b),
     # atomically (several states share a label). An infeasible target leaves its zeros.
+    await_producers(PDL)
     b = tl.program_id(0)
     s, S, label, _prev2, next2 = _states(tgt_ptr, off_ptr, tlen_ptr, b, BLANK, BLOCK_S)
     T_b = tl.minimum(tl.load(ilen_ptr + b).to(tl.int32), T)

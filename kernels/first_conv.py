@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, needs_grad
-from .common import check_lengths, dot_precision, interpreting, valid_mask
+from .common import await_producers, check_lengths, dot_precision, interpreting, valid_mask
 from .frontend import masked_relu_pool_reference
 from .launch import cdiv, launch, next_pow2
 
@@ -75,11 +75,12 @@ def _tap_rows(feats_ptr, b, t, f, length, ok, T, F):
 @triton.jit
 def _first_conv_fwd_kernel(feats_ptr, w_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, n_rows,
                            BR: tl.constexpr, BF: tl.constexpr, BC: tl.constexpr,
-                           DOT_PRECISION: tl.constexpr):
+                           DOT_PRECISION: tl.constexpr, PDL: tl.constexpr = False):
     # Program (i, j): rows [i*BR, +BR) of the flattened (B, T), frequencies [j*BF, +BF), all
     # channels, as one (P, SLOTS) x (SLOTS, C) product on the tensor cores (9 FMAs per
     # output spread over the tile's threads took 0.82 ms for a paper step's 0.82 GB of y,
     # ~1 TB/s, on the H200). ReLU keeps a NaN, as torch's; padded frames get 0.
+    await_producers(PDL)
     rows, b, t, f, length, ok = _positions(tl.program_id(0) * BR, tl.program_id(1) * BF,
                                            len_ptr, T, F, n_rows, BR, BF)
     c = tl.arange(0, BC)
@@ -100,13 +101,15 @@ def _first_conv_fwd_kernel(feats_ptr, w_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, 
 @triton.jit
 def _first_conv_bwd_kernel(dy_ptr, y_ptr, feats_ptr, part_ptr, len_ptr, T, F, C, n_rows,
                            TILES: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
-                           BC: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                           BC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                           PDL: tl.constexpr = False):
     # Program (i, j): TILES tiles of BR rows from row i*TILES*BR, frequencies [j*BF, +BF).
     # The pre-activation gradient g = dy where y > 0 (0 at padded frames, where y = 0)
     # times the tap rows, (C, P) x (P, SLOTS) on the tensor cores, sums the weight gradient
     # (slots 0-8) and the bias gradient (slot TAPS) into one (SLOTS, C) row of partial sums
     # per program. (Ten channel sums per tile, each a reduction across threads, took
     # 1.33 ms for a paper step's 1.64 GB of y and dy, ~1.2 TB/s, on the H200.)
+    await_producers(PDL)
     c = tl.arange(0, BC)
     c_ok = c < C
     acc = tl.zeros([BC, _SLOTS], dtype=tl.float32)

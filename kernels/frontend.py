@@ -35,7 +35,7 @@ import triton.language as tl
 from torch.nn.functional import max_pool2d
 
 from .autograd import eager_function, grads_in_order
-from .common import check_lengths, interpreting, valid_mask
+from .common import await_producers, check_lengths, interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
 
 
@@ -97,11 +97,13 @@ def _masked_relu_pool_fwd_kernel(
     x_ptr, bias_ptr, y_ptr, len_ptr, T, F, C, T_out, F_out, n_rows,
     S: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
     BC: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (i, j) writes output rows [i*BR, (i+1)*BR) of the flattened (B, T_out),
     # frequencies [j*BF, (j+1)*BF), all channels: relu of the maximum of each S x S window
     # of x + bias (S = 1: the element itself); 0 at frames t >= lengths[b] // S, whose
     # inputs are not read.
+    await_producers(PDL)
     f, c, b, t, row_ok, valid_frames, corner = _tile(len_ptr, T, F, C, T_out, n_rows, S,
                                                      BR, BF, BC)
     valid = row_ok & (t < valid_frames)
@@ -119,6 +121,7 @@ def _masked_relu_pool_bwd_kernel(
     dy_ptr, x_ptr, bias_ptr, dx_ptr, dbias_ptr, len_ptr, T, F, C, T_out, F_out, T_win, F_win,
     n_rows, S: tl.constexpr, HAS_BIAS: tl.constexpr, BR: tl.constexpr, BF: tl.constexpr,
     BC: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (i, j) writes dx over S x S windows: rows [i*BR, (i+1)*BR) of the flattened
     # (B, T_win), window columns [j*BF, (j+1)*BF) of F_win, all channels, T_win = ceil(T / S)
@@ -127,6 +130,7 @@ def _masked_relu_pool_bwd_kernel(
     # is > 0 (or NaN: torch's relu passes it) and the frame valid; the rest get 0. With a
     # bias, the program's sum of dx per channel goes to row i * num_programs(1) + j of
     # dbias (programs, C). Without the pool x is the forward's y (bias and mask applied).
+    await_producers(PDL)
     f, c, b, t, row_ok, valid_frames, corner = _tile(len_ptr, T, F, C, T_win, n_rows, S,
                                                      BR, BF, BC)
     pooled = row_ok & (t < T_out) & (t < valid_frames)

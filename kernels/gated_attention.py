@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order
-from .common import dot_precision, interpreting
+from .common import await_producers, dot_precision, interpreting
 from .launch import cdiv, launch, next_pow2
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -103,10 +103,12 @@ def _gated_attn_fwd_kernel(
     H, T, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (m, b*H + h) computes query rows [m*BLOCK_M, (m+1)*BLOCK_M) of head h of
     # sequence b: online softmax over the L_b valid keys only (key blocks past L_b are never
     # visited), then out = g_h * acc / l. Dead heads and query blocks past L_b store 0.
+    await_producers(PDL)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -184,6 +186,7 @@ def _gated_attn_bwd_delta_kernel(
     B, H, T, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (m, b*H + h): delta_i = sum_j P_ij dP_ij over the L_b valid keys, with P
     # recomputed from the log-sum-exp and dP = g dout V^T in fp32, exactly as the dq and
@@ -193,6 +196,7 @@ def _gated_attn_bwd_delta_kernel(
     # the values share a large component across time (a speech encoder's do: that is the
     # blank plateau), the mismatch times that component is a bias in every dS_ij = P_ij
     # (dP_ij - delta_i) larger than dS itself: the paper-size model did not learn (issue 11).
+    await_producers(PDL)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -233,10 +237,12 @@ def _gated_attn_bwd_dkdv_kernel(
     H, T, sm_scale, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (n, b*H + h) owns keys [n*BLOCK_N, (n+1)*BLOCK_N): it walks the L_b valid
     # query rows, recomputes P^T from the saved log-sum-exp and accumulates
     # dV = g P^T dout and dK = sm_scale dS^T Q with dS = P (g dout V^T - delta).
+    await_producers(PDL)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -296,9 +302,11 @@ def _gated_attn_bwd_dq_kernel(
     H, T, sm_scale, qk_scale, gate_stride_b,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, ZERO_DEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (m, b*H + h) owns query rows [m*BLOCK_M, (m+1)*BLOCK_M): it walks the L_b
     # valid keys and accumulates dQ = sm_scale dS K.
+    await_producers(PDL)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -335,12 +343,13 @@ def _gated_attn_bwd_dq_kernel(
 @triton.jit
 def _gated_attn_dgate_kernel(part_ptr, gate_ptr, dgate_ptr, num_parts, head_parts,
                              part_start, seq0, gate_stride_b, out_stride_b,
-                             BLOCK: tl.constexpr):
+                             BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     # Program (h, j): dg = the sum of num_parts delta partials / g; 0 for a dead gate (never
     # computed). Head h's partials start at h * head_parts + part_start; program j takes the
     # j-th num_parts of them, those of sequence seq0 + j with per-sequence gates
     # (gate_stride_b = H; seq0 0), else j = 0 takes them all: with shared gates (stride 0),
     # or with per-sequence gates that sequences seq0.. share (their gate read at seq0).
+    await_producers(PDL)
     h = tl.program_id(0)
     j = tl.program_id(1)
     offs = tl.arange(0, BLOCK)

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
-from .common import as_operands, interpreting, two_passes, valid_mask
+from .common import as_operands, await_producers, interpreting, two_passes, valid_mask
 from .gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
@@ -140,6 +140,7 @@ def _conv_dw_kernel(
     v_ptr, wdw_ptr, bdw_ptr, pre_ptr, gate_ptr, len_ptr, T, D,
     K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr,
     BC: tl.constexpr, UNROLL: tl.constexpr, TRANSPOSED: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (s, j, b): the depthwise conv and its bias, pre[t] = b + sum_k v[t + k - P] w[k]
     # (P = K // 2, v zero outside [0, lengths[b])), for frames [s*SPAN, +SPAN) of sequence
@@ -156,6 +157,7 @@ def _conv_dw_kernel(
     # register moves per iteration instead of one a frame. Frames at or past the sequence's
     # length are left unwritten (the LayerNorm after it skips them too), as are all of a
     # dead module's.
+    await_producers(PDL)
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
@@ -190,6 +192,7 @@ def _conv_mid_bwd_norm_kernel(
     dr_ptr, pre_ptr, lnw_ptr, lnb_ptr, dpre_ptr, part_ptr, gate_ptr, len_ptr, T, D, eps,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, SPAN: tl.constexpr, BT: tl.constexpr,
     BD: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (i, b): for frames [i*SPAN, +SPAN) of sequence b, BT at a time, the SiLU and
     # LayerNorm backward from dR to dW (conv output); its sums of dgamma, dbeta and the conv
@@ -200,6 +203,7 @@ def _conv_mid_bwd_norm_kernel(
     # thread. The former 8-warp tiles of 16 frames crossed warps for every sum (51 barriers)
     # at 1 program per SM (132 registers x 256 threads): 108 us a call at ~20k frames, ~10x
     # its bytes (H200, profiles/step_c61fbe6_h200.txt).
+    await_producers(PDL)
     pid_t = tl.program_id(0)
     seq = tl.program_id(1)
     length = tl.minimum(tl.load(len_ptr + seq), T)
@@ -252,6 +256,7 @@ def _glu_bwd_kernel(
     dv_ptr, u_ptr, du_ptr, gate_ptr, len_ptr, T, D,
     HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     ZERO_PADDED: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (i, j, b): the GLU backward dU = (dV sigmoid(g), dV a sigmoid'(g)), U = (a, g),
     # for frames [i*BT, +BT) and channels [j*BC, +BC) of sequence b. A kernel of its own, not
@@ -260,6 +265,7 @@ def _glu_bwd_kernel(
     # the H200, eb462ec, against 12.7 for the conv alone). Padded frames are left unwritten,
     # or written as zeros with ZERO_PADDED (for a dense product over every row, dense_wgrad),
     # as are all of a dead module's.
+    await_producers(PDL)
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)
@@ -303,6 +309,7 @@ def _conv_dw_grad_kernel(
     T, NS,  # part: (B * NS, K, D) fp32 partial sums, one row block per program
     D: tl.constexpr, K: tl.constexpr, HAS_GATES: tl.constexpr, SKIP_DEAD: tl.constexpr,
     SPAN: tl.constexpr, G: tl.constexpr, BC: tl.constexpr, LOAD_STAGES: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (s, j, b): the depthwise weight gradient dw[c, k] = sum_t dW[t, c] V[t + k - P, c]
     # over frames [s*SPAN, +SPAN) and channels [j*BC, +BC) of sequence b, stored as its
@@ -317,6 +324,7 @@ def _conv_dw_grad_kernel(
     # inside, reloaded and masked both tiles per tap: 498 for 64 (16 LDG.128) and 65 us at
     # B32xT250 against 24 us for this one (H200, kernel alone, bench script outside the repo,
     # not in bench/results; reducing per tap and 32-frame tile had taken 144.5 us).
+    await_producers(PDL)
     pid_s = tl.program_id(0)
     pid_c = tl.program_id(1)
     seq = tl.program_id(2)

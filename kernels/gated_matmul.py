@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .common import dot_precision, interpreting, valid_mask
+from .common import await_producers, dot_precision, interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -113,6 +113,7 @@ def _rows_gemm_kernel(
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
     AUX_PREFETCH: tl.constexpr = False, TILE_SUMS: tl.constexpr = False,
     CHUNK_SUMS: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -143,6 +144,7 @@ def _rows_gemm_kernel(
     # in place of BN. CHUNK_SUMS (TILE_SUMS, CHUNK_AXIS 0 or 1): added at the tile's chunk's
     # index instead (0 for CHUNK_AXIS 0), so that sum1 [NUM_CHUNKS] holds the chunks' sums
     # (sum1_ptr is moved by c - col0 below: the epilogues add at sum1_ptr + col0)
+    await_producers(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -428,6 +430,7 @@ def _wgrad_kernel(
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TMA: tl.constexpr = False, BLOCK_LIST: tl.constexpr = False, LIST_P2: tl.constexpr = 1,
     A_SUMS: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     # The programs share out the live output tiles, found on the device: with n of them,
     # program i takes tile i % n and the sequences i // n, i // n + split, ... where split =
@@ -451,6 +454,7 @@ def _wgrad_kernel(
     # sums as one more product a step, A^T times a [BK, 16] block of ones in its first
     # column, made by every program (a branch in the loop would stop its pipelining) and
     # added to sums_ptr [P] by those of the first Q tile.
+    await_producers(PDL)
     pid = tl.program_id(0)
     p_tiles = tl.cdiv(P, BP)
     q_tiles = tl.cdiv(Q, BQ)
@@ -542,12 +546,14 @@ def _wgrad_kernel(
 
 @triton.jit
 def _row_blocks_kernel(len_ptr, out_ptr, count_ptr, M, T, n_blocks,
-                       BK: tl.constexpr, BLOCK: tl.constexpr, ROWWISE: tl.constexpr):
+                       BK: tl.constexpr, BLOCK: tl.constexpr, ROWWISE: tl.constexpr,
+                       PDL: tl.constexpr = False):
     # One program: the indices of the BK-row blocks of M flattened frame rows that hold a
     # valid frame, in order, to out[0, count), and count. A block no longer than a sequence
     # meets at most two: it holds a valid frame if its first row is one, or if it reaches
     # into the next sequence and that one is not empty. ROWWISE (blocks longer than a
     # sequence): every row checked.
+    await_producers(PDL)
     count = 0
     for start in range(0, n_blocks, BLOCK):
         idx = start + tl.arange(0, BLOCK)
@@ -576,7 +582,8 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, dot_w_ptr, dot
                      SKIP_DEAD: tl.constexpr, PER_CHUNK: tl.constexpr, COPY: tl.constexpr,
                      ANY_GATE: tl.constexpr, HAS_UNGATED: tl.constexpr, BM: tl.constexpr,
                      BN: tl.constexpr, ALL_ROWS: tl.constexpr = False,
-                     SCALED: tl.constexpr = False, GATED_DOT: tl.constexpr = False):
+                     SCALED: tl.constexpr = False, GATED_DOT: tl.constexpr = False,
+                     PDL: tl.constexpr = False):
     # Program (pid_n, pid_m) sums columns [pid_n*BN, +BN) over the valid rows of its range.
     # With SKIP_DEAD, columns whose gate is 0 get nothing (a dead unit's columns are
     # unwritten): the gate of column n is gates[n // CHUNK] with PER_CHUNK, else all the
@@ -592,6 +599,7 @@ def _col_sums_kernel(a_ptr, out_ptr, copy_ptr, len_ptr, gate_ptr, dot_w_ptr, dot
     # SCALED (not with ANY_GATE): rows >= UNGATED are multiplied by gates[0], in the sums and
     # in the copy; with GATED_DOT, dot_out[0] gets those rows' sums before the scale dotted
     # with dot_w [N] (the conv's bias term of its gate's gradient).
+    await_producers(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     cols = pid_n * BN + tl.arange(0, BN)

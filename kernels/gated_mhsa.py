@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import as_operands, dot_precision, interpreting, two_passes
+from .common import as_operands, await_producers, dot_precision, interpreting, two_passes
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -94,6 +94,7 @@ def _in_proj_fwd_kernel(
     y_ptr, w_ptr, b_ptr, gate_ptr, qkv_ptr, M, D,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     # Program (m, h), live heads only: rows [m*BLOCK_M, ...) of head h's q, k and v,
     # qkv[:, (3h+j)*Dh + c] = y W_in[(3h+j)*Dh + c]^T + b_in[...], j = 0, 1, 2; each y tile
@@ -102,6 +103,7 @@ def _in_proj_fwd_kernel(
     # [3d, d] in blocks [BLOCK_D, BLOCK_K]) and the tiles come whole, without masks: past a
     # tensor's edge they hold zeros; a block wider than Dh reads the next rows of W_in into
     # columns the store leaves out.
+    await_producers(PDL)
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     gate = tl.load(gate_ptr + h)
@@ -168,9 +170,11 @@ def _out_proj_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # out[rows, cols] = sum over live heads h of a[rows, head h] W_o[cols, head h]^T
     #                   + s * b_o[cols]
+    await_producers(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -203,9 +207,11 @@ def _out_proj_da_kernel(
     dout_ptr, w_ptr, gate_ptr, da_ptr, M, D,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (m, h), live heads only: da[rows, head h] = dout[rows] W_o[:, head h]. Dead
     # heads' columns are not written (the attention backward never reads them).
+    await_producers(PDL)
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     gate = tl.load(gate_ptr + h)
@@ -234,10 +240,12 @@ def _out_proj_dw_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (n, h, split): for a live head h, dW_o[cols n, head h] += dout[rows, n]^T
     # a[rows, head h] over its share of rows (fp32 atomics). The extra program h == H sums
     # dout[rows, n] over the rows: db_o += s * sum, and for the module gate ds += sum . b_o.
+    await_producers(PDL)
     pid_n = tl.program_id(0)
     h = tl.program_id(1)
     row_start = tl.program_id(2) * rows_per_split

@@ -19,10 +19,22 @@ positional; keywords are compile-time values. For CPU tensors (the interpreter),
 launch hook installed (a Triton profiler), on a Triton version outside
 `DIRECT_TRITON_VERSIONS`, with `ORTHOASR_DIRECT_LAUNCH=0`, or where the compiled kernel lacks
 the launcher interface this was written against, every launch takes Triton's own path.
+
+Programmatic dependent launch (Hopper and newer): a kernel with a `PDL` constexpr parameter
+is launched with `PDL=True` and CUDA's programmatic stream serialisation, so that its
+programs may be scheduled while the kernel before it in the stream still runs. Each such
+kernel's first statement is `await_producers(PDL)` (kernels/common.py): it waits there until
+the previous kernel has finished and its writes are visible, then lets the next kernel be
+scheduled. Programs of the next kernel thus wait on the SMs instead of being launched after
+the previous kernel's last program ends. Since every such kernel waits before it reads or
+writes anything, the stream's order holds as without it. `ORTHOASR_PDL=0` (or
+`programmatic_launch(False)`) launches them the plain way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -37,6 +49,7 @@ DIRECT_TRITON_VERSIONS = ((3, 6),)
 # ORTHOASR_DIRECT_LAUNCH=0 turns the direct path off (benchmarks compare the two; and to rule
 # this module out when something looks wrong)
 _cache: dict = {}
+_programmatic = {"on": os.environ.get("ORTHOASR_PDL", "1") != "0"}
 
 
 def direct_launch_enabled() -> bool:
@@ -44,6 +57,24 @@ def direct_launch_enabled() -> bool:
     version = tuple(int(part) for part in triton.__version__.split(".")[:2])
     return (os.environ.get("ORTHOASR_DIRECT_LAUNCH", "1") != "0"
             and version in DIRECT_TRITON_VERSIONS)
+
+
+@contextlib.contextmanager
+def programmatic_launch(on: bool):
+    """Within the block, kernels that take a `PDL` parameter are launched with programmatic
+    dependent launch (on) or the plain way (benchmarks compare the two in one process)."""
+    before, _programmatic["on"] = _programmatic["on"], bool(on)
+    try:
+        yield
+    finally:
+        _programmatic["on"] = before
+
+
+@functools.cache
+def _programmatic_capable(kernel, device: int) -> bool:
+    """Whether `kernel` takes a `PDL` parameter and the device has grid dependency control
+    (compute capability 9.0 or newer)."""
+    return "PDL" in kernel.arg_names and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def cdiv(a: int, b: int) -> int:
@@ -116,6 +147,9 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
         kernel[grid](*args, **meta)
         return
     device = torch.cuda.current_device()     # where Triton loads and launches the kernel
+    programmatic = _programmatic["on"] and _programmatic_capable(kernel, device)
+    if programmatic:
+        meta = {**meta, "PDL": True, "launch_pdl": True}
     key = (kernel, device, tuple(map(_spec, args)), tuple(meta.items()))
     entry = _cache.get(key)
     if entry is None:

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function, grads_in_order, named_inputs
-from .common import interpreting, zeroed_fp32
+from .common import await_producers, interpreting, zeroed_fp32
 from .gated_matmul import _num_sms, _valid_rows
 from .grads_in_place import accumulators, returned, sinks_of
 from .launch import cdiv, launch, next_pow2
@@ -69,6 +69,7 @@ def _layer_norm_fwd_kernel(
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     ONES_PAD: tl.constexpr = 0, RESIDUAL: tl.constexpr = False, DROPOUT: tl.constexpr = False,
     SILU: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
     # rows are left unwritten, or written as zeros with ZERO_PADDED (an output that later
@@ -81,6 +82,7 @@ def _layer_norm_fwd_kernel(
     # residual stream) and normalised as written (rounded to its dtype), as an unfused
     # residual step and norm would. DROPOUT (p > 0): with the mask drawn from seed_ptr.
     # SILU: y = silu(LayerNorm(x)) (the conv module's norm after its depthwise conv).
+    await_producers(PDL)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
     row_ok = _valid_rows(rows, M, T, len_ptr)
@@ -140,6 +142,7 @@ def _layer_norm_bwd_kernel(
     BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr,
     RESIDUAL: tl.constexpr = False, X_GRAD: tl.constexpr = False,
     DROPOUT: tl.constexpr = False, DY_TWIN: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
     # (0 at padded rows and for a dead module); dgamma / dbeta partials are [BM, BD] tiles
@@ -154,6 +157,7 @@ def _layer_norm_bwd_kernel(
     # then dropped by `ok`, as NaN-safe selects). At B80xT250 on the H200 3 stages took 30.0
     # / 35.6 us (bf16 / fp32 x) against 31.9 / 39.7 for a register prefetch of the next
     # block (bench/sweep_layer_norm.py, 2026-12-01).
+    await_producers(PDL)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BD)

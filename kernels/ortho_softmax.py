@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .autograd import eager_function
-from .common import interpreting
+from .common import await_producers, interpreting
 from .launch import cdiv, launch, next_pow2
 
 NORMS = ("l2", "l2_sqrt", "l1")
@@ -121,12 +121,14 @@ def _ortho_softmax_fwd_kernel(
     N, M, rest, total, num_tiles,
     NORM: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr,
     BM: tl.constexpr, BB: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (I, J) with I <= J computes the Gram tile G_IJ = P_I P_J^T and writes, for each
     # column j of it, the sum of its penalty terms on or above the diagonal (colpen[I, j]).
     # Diagonal programs also write P_I, e_I and the running row sums of P inside block I.
     # The last program to arrive (acq_rel ticket) reduces these into k(p), the masks and the
     # penalties with one-shot vector operations: no loop over the rows anywhere.
+    await_producers(PDL)
     I = tl.program_id(0)
     J = tl.program_id(1)
     if I <= J:
@@ -221,12 +223,14 @@ def _ortho_softmax_bwd_kernel(
     NORM: tl.constexpr, HAS_GPROBS: tl.constexpr, HAS_GEXP: tl.constexpr,
     BR: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Program (I, J) with I <= J: the penalty's gradient reaches P through G_IJ, so
     # dP_I += A_IJ P_J and dP_J += A_IJ^T P_I with A = dpenalty/dG (symmetric), added
     # atomically into a zeroed workspace dP. Each row block receives exactly nblk such
     # contributions; the program that brings the last one finishes that block: mask
     # gradients, softmax backward dS = P * (dP - rowsum(dP * P)) / tau, and re-zeroing.
+    await_producers(PDL)
     I = tl.program_id(0)
     J = tl.program_id(1)
     nblk = tl.num_programs(0)

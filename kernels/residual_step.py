@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import await_producers
 from .launch import cdiv, launch, next_pow2
 
 MAX_ELEMENTS = 2 ** 31 - 1       # Philox offsets and element indices are int32
@@ -72,7 +73,9 @@ def check_seed(seed, device: torch.device) -> None:
 
 
 @triton.jit
-def _keep_mask_kernel(seed_ptr, out_ptr, R, D, threshold, BM: tl.constexpr, BD: tl.constexpr):
+def _keep_mask_kernel(seed_ptr, out_ptr, R, D, threshold, BM: tl.constexpr, BD: tl.constexpr,
+                      PDL: tl.constexpr = False):
+    await_producers(PDL)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
     keep = row_tile_keep(seed_ptr, rows, D, threshold, BM, BD)
