@@ -185,11 +185,13 @@ def test_programmatic_launch_gives_the_plain_launch_results(kind):
     results = {}
     for on in (False, True):
         with programmatic_launch(on):
-            eager = [t.float().clone() for t in step()]
+            # detached: a live autograd graph from the eager call would tie its leaves'
+            # gradient nodes to the default stream, which the capture may not wait on
+            eager = [t.detach().float().clone() for t in step()]
             graph, graphed = capture_graph(step)
             graph.replay()
             torch.cuda.synchronize()
-            results[on] = eager, [t.float().clone() for t in graphed]
+            results[on] = eager, [t.detach().float().clone() for t in graphed]
     for plain, programmatic in zip(results[False][0], results[True][0]):
         assert torch.linalg.norm(programmatic - plain) <= 1e-3 * torch.linalg.norm(plain) + 1e-6
     for plain, programmatic in zip(results[False][0], results[True][1]):
