@@ -8,6 +8,7 @@ import triton
 import triton.language as tl
 
 from orthoasr.kernels import launch as launch_module
+from orthoasr.kernels.common import await_producers
 from orthoasr.kernels.launch import cdiv, launch, next_pow2
 
 
@@ -199,3 +200,33 @@ def test_programmatic_launch_gives_the_plain_launch_results(kind):
     if torch.cuda.get_device_capability()[0] >= 9:
         assert any(("launch_pdl", True) in key[-1] for key in launch_module._cache), \
             "no kernel was launched programmatically on a Hopper GPU"
+
+
+@triton.jit
+def _slow_write_kernel(out_ptr, n_iter, PDL: tl.constexpr = False):
+    await_producers(PDL)
+    acc = 0.0
+    for _ in range(n_iter):       # ~1 ms of dependent arithmetic before the store
+        acc = acc * 0.999 + 1.0
+    tl.store(out_ptr, acc)
+
+
+@triton.jit
+def _copy_first_kernel(src_ptr, dst_ptr, PDL: tl.constexpr = False):
+    await_producers(PDL)
+    tl.store(dst_ptr, tl.load(src_ptr))
+
+
+@pytest.mark.gpu
+def test_a_programmatic_launch_reads_what_the_kernel_before_wrote():
+    """The second kernel may be scheduled while the first (one program, which lets it be
+    scheduled at once) still computes; `await_producers` must hold it until the first has
+    stored. Without the wait, the second reads the buffer's old 0."""
+    src = torch.zeros(1, device="cuda")
+    dst = torch.full((1,), -1.0, device="cuda")
+    for _ in range(3):
+        src.zero_()
+        launch(_slow_write_kernel, (1,), src, 200_000)
+        launch(_copy_first_kernel, (1,), src, dst)
+        torch.cuda.synchronize()
+        assert src.item() > 900 and dst.item() == src.item()
