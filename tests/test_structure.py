@@ -78,3 +78,23 @@ def test_tests_import_nothing_from_bench():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "bench" or n.startswith("bench.") for n in names), path.name
+
+
+def test_every_kernel_awaits_its_producers_first():
+    """Each `@triton.jit` kernel in kernels/ (a `_*_kernel` function) takes `PDL` and calls
+    `await_producers(PDL)` as its first statement: `launch` starts such kernels with
+    programmatic dependent launch on Hopper, and one that read or wrote memory before the
+    wait could see the previous kernel's inputs half written."""
+    kernels = []
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.endswith("_kernel") and \
+                    any(ast.unparse(d) == "triton.jit" for d in node.decorator_list):
+                kernels.append(node.name)
+                params = [a.arg for a in node.args.args]
+                body = [s for s in node.body if not (isinstance(s, ast.Expr) and
+                                                     isinstance(s.value, ast.Constant))]
+                assert "PDL" in params, f"{path.name}: {node.name} takes no PDL parameter"
+                assert ast.unparse(body[0]) == "await_producers(PDL)", \
+                    f"{path.name}: {node.name} does not start with await_producers(PDL)"
+    assert len(kernels) >= 25, kernels
