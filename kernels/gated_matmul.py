@@ -502,6 +502,7 @@ def _wgrad_kernel(
                                  other=0)
             sums = tl.zeros([BP, 16], dtype=tl.float32)
             first_col = (tl.arange(0, BK)[:, None] * 0 + tl.arange(0, 16)[None, :]) == 0
+            ones = tl.where(first_col, 1.0, 0.0).to(a_ptr.dtype)
             for i in range(0, n_mine):
                 if BLOCK_LIST:
                     row = tl.sum(tl.where(offs_i == i, listed, 0), 0) * BK
@@ -511,7 +512,6 @@ def _wgrad_kernel(
                 b = b_ptr.load([row, q0])
                 acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
                 if A_SUMS:
-                    ones = tl.where(first_col, 1.0, 0.0).to(a.dtype)
                     sums = tl.dot(tl.trans(a), ones, sums, input_precision=DOT_PRECISION)
             if A_SUMS:
                 first_q = (offs_p * 0 + rank_q) == 0
