@@ -30,6 +30,11 @@ BWD_CONFIGS = [dict(BM=bm, num_warps=warps, warps_per_sm=8, LOAD_STAGES=stages)
                for bm, warps in ((4, 2), (8, 4), (2, 1)) for stages in (2, 3, 4)]
 BWD_CONFIGS += [dict(BM=4, num_warps=2, warps_per_sm=16, LOAD_STAGES=3),
                 dict(BM=8, num_warps=2, warps_per_sm=8, LOAD_STAGES=3)]
+# programs enough for one block each at B32xT250 (8000 rows; at most 4 programs of 2 warps
+# fit a SM at 235 registers, the rest wait for a slot): no loop to pipeline, every program's
+# loads issued at once
+BWD_CONFIGS += [dict(BM=bm, num_warps=warps, warps_per_sm=512, LOAD_STAGES=2)
+                for bm, warps in ((4, 2), (8, 4), (16, 8), (2, 1))]
 # 2026-12-01 (H200) the weight / bias partials summed over each block's rows as the loop
 # goes ([1, BD] in place of [BM, BD]: 128 registers a thread in place of 255, 16 warps a SM)
 # were swept too: 35.4-80.5 us against the default's 32.5 at bf16 input, and removed
@@ -87,7 +92,10 @@ STEP_BWD_CONFIGS = [dict(BM=4, num_warps=2, warps_per_sm=8, LOAD_STAGES=3),
                     # stages, 146 at 2; BM 4 / 4 warps 160; the default 247): 12 and 16 warps
                     dict(BM=2, num_warps=2, warps_per_sm=12, LOAD_STAGES=3),
                     dict(BM=2, num_warps=2, warps_per_sm=16, LOAD_STAGES=2),
-                    dict(BM=4, num_warps=4, warps_per_sm=12, LOAD_STAGES=3)]
+                    dict(BM=4, num_warps=4, warps_per_sm=12, LOAD_STAGES=3),
+                    # one block a program (see BWD_CONFIGS)
+                    dict(BM=4, num_warps=2, warps_per_sm=512, LOAD_STAGES=2),
+                    dict(BM=8, num_warps=4, warps_per_sm=512, LOAD_STAGES=2)]
 
 
 def _step_rows(p: float) -> list[dict]:

@@ -4,11 +4,15 @@ and the rows written and printed."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from bench.harness import time_graph_ms, write_rows
 
-B, T = 80, 250      # a paper step's frames after subsampling (max_frames 80000)
+# a paper step's frames after subsampling (max_frames 80000); SWEEP_BATCH=32: issue 13's
+# B32xT250 module benchmarks' frames
+B, T = int(os.environ.get("SWEEP_BATCH", 80)), 250
 
 
 def step_lengths() -> torch.Tensor:
