@@ -15,7 +15,10 @@ Gates: all-on, dense (no gates at all: the supernet's pass in training and dense
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
 timing, each floor is checked against ours on valid frames (the same work). Rows go to
-bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd), gates, provider,
+bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd, both with
+gradients on; for the encoder also infer: no grad, ours with the weights' bf16 copies kept
+between calls as Recognizer runs, `ours_unstaged_copies` with every copy made ahead of the
+pass on one stream), gates, provider,
 timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all T x T).
 `--check` runs only the equality checks (works on the CPU under TRITON_INTERPRET=1).
 """
@@ -28,10 +31,11 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from bench.floors import EncoderFloor, check_floor, encode_gated, module_floor
+from bench.floors import EncoderFloor, check_floor, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
+from orthoasr.kernels.common import FrozenOperands, staged_copies
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
 from orthoasr.kernels.launch import programmatic_launch
 from orthoasr.model import ConformerSupernet, block_layout, make_module
@@ -97,9 +101,10 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
             grad = grad_out(provider) if callable(grad_out) else grad_out
 
             def call(fn=fn, inputs=inputs, mode=mode, grad=grad):
-                with torch.autocast("cuda", dtype=BF16):
+                with torch.autocast("cuda", dtype=BF16), \
+                        torch.set_grad_enabled(mode != "infer"):
                     out = fn()
-                if mode == "fwd":
+                if mode != "fwd+bwd":
                     return out
                 return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
@@ -110,7 +115,7 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
                     print(f"{base['case']} {mode} {base['gates']} {provider} {timing}: "
                           f"failed ({exc!r})", flush=True)
                     continue
-                factor = 1 if mode == "fwd" else 3
+                factor = 3 if mode == "fwd+bwd" else 1
                 row = {**base, "mode": mode, "provider": provider, "timing": timing,
                        "ms": ms, "tflops": factor * base["flops"] / ms / 1e9}
                 print(f"{row['case']:22s} {mode:8s} {row['gates']:7s} {provider:14s} "
@@ -162,8 +167,13 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 dense = gates is None
                 floor_gates = patterns["all-on"] if dense else gates
                 if kind == "encoder":
-                    def ours(xx, ll, g=gates):
-                        return encode_gated(model, xx, ll, g)
+                    frozen = FrozenOperands()
+
+                    def ours(xx, ll, g=gates, skip=frozenset(), frozen=frozen):
+                        # inference (no grad) runs as Recognizer does: the weights' bf16
+                        # copies kept between calls, as the floor's are (FrozenOperands)
+                        return model.run_blocks(xx, ll, g, skip, frozen_operands=None if
+                                                torch.is_grad_enabled() else frozen)
                     floor = EncoderFloor(model, floor_gates, BF16) if hard else None
                 else:
                     def ours(xx, ll, g=gates, m=ours_module):
@@ -199,7 +209,14 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     # subnet in Recognizer, eval, stage 2): dead modules left out
                     dead = model.dead_modules(gates)
                     providers["ours_host_masks"] = lambda s=soft, xx=xx, ll=lengths, d=dead: \
-                        encode_gated(model, xx, ll, s, d)
+                        ours(xx, ll, s, d)
+                if kind == "encoder" and device.type == "cuda":
+                    # every operand copy made ahead on the current stream: what staging the
+                    # later blocks' copies on a side stream saves (staged_operand_copies)
+                    def one_stream(o=ours, s=soft, xx=xx, ll=lengths):
+                        with staged_copies(False):
+                            return o(xx, ll, s)
+                    providers["ours_unstaged_copies"] = one_stream
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)
@@ -215,13 +232,13 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,
                               xx=xx, low=low):
-                    if provider in ("ours", "ours_host_masks", "ours_plain_launch"):
+                    if provider.startswith("ours") and provider != "ours_bf16_weights":
                         return [xx, *params] + ([] if hard else [soft])
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]
                     return [xx, *floor.parameters()]
-                rows += _timed_rows(base, providers, inputs_of, grad_out,
-                                    ("fwd", "fwd+bwd"), timings, out)
+                modes = ("fwd", "fwd+bwd") + (("infer",) if kind == "encoder" else ())
+                rows += _timed_rows(base, providers, inputs_of, grad_out, modes, timings, out)
             written += len(rows)
     return written
 

@@ -5,6 +5,7 @@ fp32 accumulators from one buffer."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -137,9 +138,62 @@ def operand_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torc
     current weights at every replay."""
     parts = _carved([w.numel() for w in weights], dtype, weights[0].device, torch.empty)
     copies = [part.view(w.shape) for part, w in zip(parts, weights, strict=True)]
+    _copy_into(copies, weights)
+    return copies
+
+
+def _copy_into(copies: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    """copies[i] = weights[i], cast to the copies' dtype, outside autograd."""
     with torch.no_grad():
         torch._foreach_copy_(copies, weights)
-    return copies
+
+
+# where `staged_operand_copies` makes the copies behind: one side stream a device
+_side_streams: dict[int, torch.cuda.Stream] = {}
+_staging = {"on": os.environ.get("ORTHOASR_STAGED_COPIES", "1") != "0"}
+
+
+@contextlib.contextmanager
+def staged_copies(on: bool):
+    """Within the block, `staged_operand_copies` stages (on) or makes every copy on the
+    current stream (benchmarks compare the two in one process)."""
+    before, _staging["on"] = _staging["on"], bool(on)
+    try:
+        yield
+    finally:
+        _staging["on"] = before
+
+
+def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead: int
+                          ) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+    """`operand_copies` of `weights` in two stages: the first `ahead` on the current
+    stream, the rest on a side stream, where they are made while the current stream runs
+    the work that reads only the first ones (an encoder pass's first block, while the
+    copies for the other blocks are made: the paper encoder's copy took 85 us of its
+    forward on the H200 in one launch ahead of everything).
+    -> (copies, ready): the current stream must wait on the event `ready` before it reads
+    copies[ahead:] (`torch.cuda.current_stream().wait_event(ready)`; inside a CUDA-graph
+    capture that wait also joins the side stream back, which the capture requires). ready
+    is None where all were copied on the current stream: on the CPU, under torch.compile,
+    with `ahead` covering every weight, or with `staged_copies(False)`
+    (`ORTHOASR_STAGED_COPIES=0`)."""
+    if not (_staging["on"] and 0 < ahead < len(weights) and weights[0].is_cuda) \
+            or torch.compiler.is_compiling():
+        return operand_copies(weights, dtype), None
+    first = operand_copies(weights[:ahead], dtype)
+    # the buffer is allocated on the current stream and freed there (no lifetime across
+    # streams to record); the side stream starts after all the current stream has queued,
+    # so that it reads the weights' last update and writes memory no earlier kernel reads
+    parts = _carved([w.numel() for w in weights[ahead:]], dtype, weights[0].device)
+    rest = [part.view(w.shape) for part, w in zip(parts, weights[ahead:], strict=True)]
+    main = torch.cuda.current_stream()
+    side = _side_streams.setdefault(main.device.index, torch.cuda.Stream(main.device))
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        _copy_into(rest, weights[ahead:])
+    ready = torch.cuda.Event()
+    ready.record(side)
+    return first + rest, ready
 
 
 class FrozenOperands:
@@ -198,8 +252,8 @@ class FrozenOperands:
                                  "make a new one for this model")
             _no_copy_in_capture()
             # inference_mode(False) turns grad mode on: no_grad inside it
-            with torch.inference_mode(False), torch.no_grad():
-                torch._foreach_copy_(copies, weights)
+            with torch.inference_mode(False):
+                _copy_into(copies, weights)
             entry[0], entry[1] = list(weights), now
 
 

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
-from orthoasr.kernels.common import FrozenOperands, operand_copies
+from orthoasr.kernels.common import FrozenOperands, staged_operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
 from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
@@ -305,7 +305,8 @@ class ConformerSupernet(nn.Module):
             per_block = len(self.blocks[0].layout)
             block_gates = [modules[i * per_block:(i + 1) * per_block]
                            for i in range(len(self.blocks))]
-        operands = self._matmul_operands(x, lengths, gates, skips, frozen_operands)
+        operands, (ready_layer, ready) = self._matmul_operands(x, lengths, gates, skips,
+                                                              frozen_operands)
         seeds = [None] * len(self.blocks)
         if any(block.fused_dropout(x, lengths) for block in self.blocks):
             # the fused dropouts' seeds for the whole pass in one launch (one a module
@@ -314,6 +315,8 @@ class ConformerSupernet(nn.Module):
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
         for layer, block in enumerate(self.blocks):
+            if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
+                torch.cuda.current_stream().wait_event(ready)
             # each block but the last hands the next its output and the output's twin
             x = block(x, lengths, block_gates[layer], skips[layer],
                       operands[layer], full=fulls[layer], seeds=seeds[layer],
@@ -328,15 +331,19 @@ class ConformerSupernet(nn.Module):
                 for w in block.modules_by_kind[kind].matmul_weights]
 
     def _matmul_operands(self, x, lengths, gates, skips, frozen=None
-                         ) -> list[dict[str, tuple[torch.Tensor, ...]] | None]:
-        """Per layer, kind -> the compute-dtype copies of that module's `matmul_weights`, for
-        every module that runs, all made at the start of the pass by one multi-tensor copy
-        (two cast launches per module otherwise: 96 per paper-size pass); made anew at every
-        pass, so a captured CUDA graph copies the current weights; or, with `frozen` (a
-        FrozenOperands), kept copies of every module's, written again only where a weight
-        changed. None per layer when the torch backend runs (its references cast for
-        themselves) or no weight needs a cast."""
-        none = [None] * len(self.blocks)
+                         ) -> tuple[list[dict[str, tuple[torch.Tensor, ...]] | None],
+                                    tuple[int, torch.cuda.Event | None]]:
+        """(per layer, kind -> the compute-dtype copies of that module's `matmul_weights`,
+        for every module that runs; (layer, ready)). The copies are made at the start of
+        the pass by multi-tensor copies (two cast launches per module otherwise: 96 per
+        paper-size pass): the first running layer's on the current stream, the others' on
+        a side stream while that layer runs (staged_operand_copies), so the current stream
+        waits on the event `ready` before `layer` (ready None: nothing to wait for). Made
+        anew at every pass, so a captured CUDA graph copies the current weights; or, with
+        `frozen` (a FrozenOperands), kept copies of every module's, written again only
+        where a weight changed. None per layer when the torch backend runs (its references
+        cast for themselves) or no weight needs a cast."""
+        none = [None] * len(self.blocks), (-1, None)
         if not triton_runs(x, lengths, gates):
             return none
         modules = [(layer, kind, block.modules_by_kind[kind])
@@ -347,11 +354,20 @@ class ConformerSupernet(nn.Module):
         dtype = compute_dtype(x)
         if all(w.dtype == dtype for w in weights):
             return none
-        copies = iter(operand_copies(weights, dtype) if frozen is None else frozen(weights, dtype))
+        ready, ready_layer = None, -1
+        if frozen is not None:
+            copies = frozen(weights, dtype)
+        else:
+            first = modules[0][0]
+            ahead = sum(len(module.matmul_weights) for layer, _, module in modules
+                        if layer == first)
+            copies, ready = staged_operand_copies(weights, dtype, ahead)
+            ready_layer = min((layer for layer, _, _ in modules if layer > first), default=-1)
+        copies = iter(copies)
         operands = [{} for _ in self.blocks]
         for layer, kind, module in modules:
             operands[layer][kind] = tuple(next(copies) for _ in module.matmul_weights)
-        return operands
+        return operands, (ready_layer if ready is not None else -1, ready)
 
     def dead_modules(self, gates: torch.Tensor) -> frozenset[tuple[int, str]]:
         """(layer, kind) of every module whose gates in `gates` (N,) are all exactly 0: what

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import orthoasr.kernels.common as common_module
-import orthoasr.model as model_module
 from orthoasr import SupernetConfig, enumerate_units, set_backend, subnet_cost
 from orthoasr.kernels.common import FrozenOperands, as_operands, cast_pair
 from orthoasr.model import ConformerSupernet
@@ -231,17 +230,18 @@ def test_one_operand_copy_per_pass_gives_the_same_outputs_and_gradients(monkeypa
         assert all(grad is None or grad.dtype == weights for grad in grads)
         return [out, xx.grad, g.grad, *(grad for grad in grads if grad is not None)]
 
-    copies = model_module.operand_copies
-    monkeypatch.setattr(model_module, "operand_copies",
+    copies = common_module.operand_copies
+    monkeypatch.setattr(common_module, "operand_copies",
                         lambda w, dtype: calls.append((len(w), dtype)) or copies(w, dtype))
     handed = outputs()
     assert calls == [(2 * (4 + 3), compute)]     # two matrices per module, conv 1 left out
     with monkeypatch.context() as m:
-        m.setattr(ConformerSupernet, "_matmul_operands", lambda self, *a: [None, None])
+        m.setattr(ConformerSupernet, "_matmul_operands",
+                  lambda self, *a: ([None, None], (-1, None)))
         own = outputs()
     for i, (a, b) in enumerate(zip(own, handed, strict=True)):
         assert a.dtype == b.dtype and torch.equal(a, b), i
-    monkeypatch.setattr(model_module, "operand_copies",
+    monkeypatch.setattr(common_module, "operand_copies",
                         lambda w, dtype: [1.5 * c for c in copies(w, dtype)])
     assert (outputs()[0] - handed[0]).abs().max() > 1e-2
 
@@ -305,6 +305,53 @@ def test_gpu_module_operands_are_the_weights_cast_to_bf16(monkeypatch):
             assert op.dtype == torch.bfloat16 and not op.requires_grad
             assert torch.equal(op, w.detach().to(torch.bfloat16))
     assert pairs == [torch.bfloat16, torch.bfloat16]
+
+
+@pytest.mark.gpu
+def test_gpu_staged_operand_copies_are_waited_for(monkeypatch):
+    """run_blocks copies the first block's weights on the current stream and the other
+    blocks' on a side stream (staged_operand_copies), and waits for them before block 1.
+    Each copy is held up here by a ~10 ms sleep queued before it, on its own stream: the
+    side stream's copy then ends long after block 1 would have started without the wait,
+    which would read memory not yet written. Fwd+bwd (bf16 autocast, padded batch) must
+    equal the pass that copies everything on the current stream, eager and replayed in a
+    CUDA graph (the atomics' order differs only at fp32 rounding)."""
+    from orthoasr.graphs import capture_graph
+    real_copy = common_module._copy_into
+
+    def held_up(copies, weights):
+        torch.cuda._sleep(20_000_000)
+        real_copy(copies, weights)
+    monkeypatch.setattr(common_module, "_copy_into", held_up)
+    set_backend("triton")
+    torch.manual_seed(0)      # the CPU's generator (see test_launch.py's graph tests)
+    model = ConformerSupernet(SupernetConfig(num_layers=3, budgets=(1.0,), dropout=0.0))
+    model = model.cuda()
+    B, T = 4, 120
+    x = torch.randn(B, T, 384).cuda().requires_grad_()
+    lengths = torch.tensor([120, 7, 64, 119], device="cuda")
+    dy = torch.randn(B, T, 384).cuda()
+    inputs = [x, *model.blocks.parameters()]
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model.run_blocks(x, lengths)
+        return (out, *torch.autograd.grad(out, inputs, dy))
+
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        for on in (False, True):
+            with common_module.staged_copies(on):
+                ready = model._matmul_operands(x, lengths, None, [set()] * 3)[1]
+                assert ready[0] == (1 if on else -1) and (ready[1] is not None) == on
+    with common_module.staged_copies(False):
+        plain = [t.detach().float().clone() for t in step()]
+    eager = [t.detach().float().clone() for t in step()]
+    graph, graphed = capture_graph(step)
+    graph.replay()
+    torch.cuda.synchronize()
+    for run in (eager, [t.detach().float() for t in graphed]):
+        for i, (a, b) in enumerate(zip(plain, run, strict=True)):
+            assert torch.linalg.norm(b - a) <= 1e-3 * torch.linalg.norm(a) + 1e-6, i
 
 
 def test_frozen_operands_under_inference_mode():
