@@ -272,13 +272,37 @@ def _no_copy_in_capture() -> None:
 
 
 def zeroed_fp32(sizes: list[int], device: torch.device) -> list[torch.Tensor]:
-    """Zeroed fp32 1-D tensors of `sizes` carved from one buffer (one memset launch)."""
-    return _carved(sizes, torch.float32, device, torch.zeros)
+    """Zeroed fp32 1-D tensors of `sizes` carved from one buffer (one launch)."""
+    return _carved(sizes, torch.float32, device, _zeros)
+
+
+# elements a program of _zero_kernel writes: 8 a thread at 4 warps, two 16-byte stores each
+_ZERO_BLOCK = 1024
+
+
+@triton.jit
+def _zero_kernel(ptr, n, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    # ptr[:n] = 0
+    await_producers(PDL)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(ptr + offs, tl.zeros([BLOCK], dtype=ptr.dtype.element_ty), mask=offs < n)
+
+
+def _zeros(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.zeros(n): on CUDA by a kernel of ours, so that it joins the chain of
+    programmatically launched kernels (torch's fill kernel is launched the plain way: the
+    kernel after it could not start early, and it could not start during the one before)."""
+    buf = torch.empty(n, dtype=dtype, device=device)
+    if not buf.is_cuda or n >= 2 ** 31 - _ZERO_BLOCK:        # int32 offsets
+        return buf.zero_()
+    if n:
+        launch(_zero_kernel, (cdiv(n, _ZERO_BLOCK),), buf, n, BLOCK=_ZERO_BLOCK, num_warps=4)
+    return buf
 
 
 def _carved(sizes: list[int], dtype: torch.dtype, device: torch.device,
             new=torch.empty) -> list[torch.Tensor]:
-    """1-D tensors of `sizes` carved from one new buffer (`new`: torch.empty or torch.zeros),
+    """1-D tensors of `sizes` carved from one new buffer (`new`: torch.empty or _zeros),
     each starting on a 128-byte boundary: Triton specialises pointer arguments on 16-byte
     alignment, and a weight gradient written at an unaligned offset ran 3x slower (the MHSA
     in-projection's, 31 -> 98 us on the H200, bench/NOTES.md session 10)."""

@@ -110,6 +110,27 @@ def test_accumulators_carve_the_rest():
     assert zeroed_fp32([3], torch.device("cpu"))[0].sum() == 0
 
 
+@pytest.mark.gpu
+def test_gpu_zeroed_fp32_zeroes_reused_memory():
+    """On CUDA the accumulators are zeroed by a kernel of ours (programmatically launched):
+    every element of every carved part is 0, over memory that held NaNs just before (the
+    caching allocator hands the same block back), eagerly and replayed in a CUDA graph
+    after the memory was dirtied again; a buffer ending inside a program's block too."""
+    from orthoasr.graphs import capture_graph
+    sizes = [5, 1024, 1536 * 384 + 3]
+    total = sum(-(-n // 32) * 32 for n in sizes)
+    torch.empty(total, device="cuda").fill_(float("nan"))      # freed: its block reused
+    parts = zeroed_fp32(sizes, torch.device("cuda"))
+    assert [p.numel() for p in parts] == sizes
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in parts)
+    graph, graphed = capture_graph(lambda: zeroed_fp32(sizes, torch.device("cuda")))
+    for p in graphed:
+        p.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in graphed)
+
+
 def test_stage1_pair_gradients_added_in_place():
     """encode_pair (the stage-1 pair as one batch: ungated rows, then soft gates) with the
     blocks' parameters marked: every parameter's .grad and the gates' gradient as autograd
