@@ -276,8 +276,10 @@ def zeroed_fp32(sizes: list[int], device: torch.device) -> list[torch.Tensor]:
     return _carved(sizes, torch.float32, device, _zeros)
 
 
-# elements a program of _zero_kernel writes: 8 a thread at 4 warps, two 16-byte stores each
-_ZERO_BLOCK = 1024
+# elements a program of _zero_kernel writes: 32 a thread at 4 warps, eight 16-byte stores
+# each (at 1024, 4600 programs for the FFN's 4.7 MB of accumulators took 2.2 us against
+# torch's fill's 1.9; H200, 2026-12-03)
+_ZERO_BLOCK = 4096
 
 
 @triton.jit
