@@ -20,8 +20,9 @@ MODULES = ("ffn", "conv", "mhsa")
 SHAPES = ("B32xT250", "B16xT750")
 # the whole encoder's targets: "dense" is the issue's word for the supernet's pass, no gates
 # at all (bench_floor's `dense` rows; until session 26 these read the all-on rows, hard
-# gates of ones, which take the masked kernels' path). The inference targets read the `infer` rows (no grad; until session 33 the
-# `fwd` rows, a training forward that also saves what the backward reads)
+# gates of ones, which take the masked kernels' path). The inference targets read the
+# `infer` rows (no grad; until session 33 the `fwd` rows, a training forward that also
+# saves what the backward reads)
 ENCODER_MS = {("fwd+bwd", "dense"): 10.0, ("fwd+bwd", "soft"): 11.0,
               ("fwd+bwd", "half"): 6.0, ("infer", "dense"): 2.5, ("infer", "off"): 0.3}
 
