@@ -187,7 +187,9 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
     parts = _carved([w.numel() for w in weights[ahead:]], dtype, weights[0].device)
     rest = [part.view(w.shape) for part, w in zip(parts, weights[ahead:], strict=True)]
     main = torch.cuda.current_stream()
-    side = _side_streams.setdefault(main.device.index, torch.cuda.Stream(main.device))
+    side = _side_streams.get(main.device.index)
+    if side is None:
+        side = _side_streams[main.device.index] = torch.cuda.Stream(main.device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         _copy_into(rest, weights[ahead:])
