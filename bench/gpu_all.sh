@@ -26,7 +26,8 @@
 #            (PROBE_ARGS, e.g. "--rows 20000")
 #   sweeps   bench/sweep_layer_norm.py, sweep_conv.py, sweep_col_sums.py (SWEEP_ARGS): LayerNorm,
 #            depthwise-conv and column-sum launch configurations (SWEEPS="sweep_conv" to
-#            run some of them; SWEEPS=sweep_in_proj: the MHSA in-projection's tiles)
+#            run some of them; SWEEPS=sweep_in_proj: the MHSA in-projection's tiles;
+#            SWEEP_BATCH=32: at the B32xT250 benchmarks' frames instead of a step's 80 x 250)
 #   ncu      Nsight Compute over bench/ncu_cases.py's kernels, one case at a time (NCU_CASES
 #            to choose): stall reasons, occupancy, memory throughput, in ncu.txt
 #   (ATTN_ARGS=--variants: the attention tile sweep)
