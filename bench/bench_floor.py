@@ -10,16 +10,17 @@ the live units only, from cuBLAS / SDPA / cuDNN ops on bf16 weights cast once),
 the attention core `sdpa_mask` / `sdpa_nomask` (and `ours_unpacked`: ours through the
 separate-q/k/v entry point, which first copies them into the packed layout the MHSA runs
 it on; `ours` is given that layout); for a module with all units on also
-`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs).
+`ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
+for the encoder also `ours_unstaged_copies` (every bf16 weight copy made ahead of the pass
+on one stream: what staged_operand_copies saves).
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
 timing, each floor is checked against ours on valid frames (the same work). Rows go to
 bench/results/kernels.json (table "floors"): case, mode (fwd or fwd+bwd, both with
 gradients on; for the encoder also infer: no grad, ours with the weights' bf16 copies kept
-between calls as Recognizer runs, `ours_unstaged_copies` with every copy made ahead of the
-pass on one stream), gates, provider,
-timing (graph or eager), ms, tflops (FLOPs of the live units; attention over all T x T).
+between calls as Recognizer runs), gates, provider, timing (graph or eager), ms, tflops
+(FLOPs of the live units; attention over all T x T).
 `--check` runs only the equality checks (works on the CPU under TRITON_INTERPRET=1).
 """
 
