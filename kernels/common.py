@@ -5,7 +5,6 @@ fp32 accumulators from one buffer."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
@@ -14,7 +13,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .launch import cdiv, launch
+from .launch import Switch, cdiv, launch
 
 
 @functools.cache
@@ -136,10 +135,15 @@ def operand_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torc
     a cast per weight cost ~2 us each, most of it launch latency at 0.15-0.6M elements.
     Made anew at every call, never cached: a CUDA graph that captured the call copies the
     current weights at every replay."""
-    parts = _carved([w.numel() for w in weights], dtype, weights[0].device, torch.empty)
-    copies = [part.view(w.shape) for part, w in zip(parts, weights, strict=True)]
+    copies = _empty_copies(weights, dtype)
     _copy_into(copies, weights)
     return copies
+
+
+def _empty_copies(weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Uninitialised tensors of the weights' shapes in `dtype`, views of one buffer."""
+    parts = _carved([w.numel() for w in weights], dtype, weights[0].device)
+    return [part.view(w.shape) for part, w in zip(parts, weights, strict=True)]
 
 
 def _copy_into(copies: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
@@ -150,18 +154,13 @@ def _copy_into(copies: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
 
 # where `staged_operand_copies` makes the copies behind: one side stream a device
 _side_streams: dict[int, torch.cuda.Stream] = {}
-_staging = {"on": os.environ.get("ORTHOASR_STAGED_COPIES", "1") != "0"}
+_staging = Switch("ORTHOASR_STAGED_COPIES")
 
 
-@contextlib.contextmanager
 def staged_copies(on: bool):
     """Within the block, `staged_operand_copies` stages (on) or makes every copy on the
     current stream (benchmarks compare the two in one process)."""
-    before, _staging["on"] = _staging["on"], bool(on)
-    try:
-        yield
-    finally:
-        _staging["on"] = before
+    return _staging.within(on)
 
 
 def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead: int
@@ -177,15 +176,14 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
     is None where all were copied on the current stream: on the CPU, under torch.compile,
     with `ahead` covering every weight, or with `staged_copies(False)`
     (`ORTHOASR_STAGED_COPIES=0`)."""
-    if not (_staging["on"] and 0 < ahead < len(weights) and weights[0].is_cuda) \
+    if not (_staging.on and 0 < ahead < len(weights) and weights[0].is_cuda) \
             or torch.compiler.is_compiling():
         return operand_copies(weights, dtype), None
     first = operand_copies(weights[:ahead], dtype)
     # the buffer is allocated on the current stream and freed there (no lifetime across
     # streams to record); the side stream starts after all the current stream has queued,
     # so that it reads the weights' last update and writes memory no earlier kernel reads
-    parts = _carved([w.numel() for w in weights[ahead:]], dtype, weights[0].device)
-    rest = [part.view(w.shape) for part, w in zip(parts, weights[ahead:], strict=True)]
+    rest = _empty_copies(weights[ahead:], dtype)
     main = torch.cuda.current_stream()
     side = _side_streams.get(main.device.index)
     if side is None:

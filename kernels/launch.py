@@ -49,7 +49,25 @@ DIRECT_TRITON_VERSIONS = ((3, 6),)
 # ORTHOASR_DIRECT_LAUNCH=0 turns the direct path off (benchmarks compare the two; and to rule
 # this module out when something looks wrong)
 _cache: dict = {}
-_programmatic = {"on": os.environ.get("ORTHOASR_PDL", "1") != "0"}
+
+
+class Switch:
+    """An on/off setting read at each call, on unless the environment variable `env` is
+    "0"; `within(on)` sets it for a block (benchmarks compare both ways in one process)."""
+
+    def __init__(self, env: str):
+        self.on = os.environ.get(env, "1") != "0"
+
+    @contextlib.contextmanager
+    def within(self, on: bool):
+        before, self.on = self.on, bool(on)
+        try:
+            yield
+        finally:
+            self.on = before
+
+
+_programmatic = Switch("ORTHOASR_PDL")
 
 
 def direct_launch_enabled() -> bool:
@@ -59,15 +77,10 @@ def direct_launch_enabled() -> bool:
             and version in DIRECT_TRITON_VERSIONS)
 
 
-@contextlib.contextmanager
 def programmatic_launch(on: bool):
     """Within the block, kernels that take a `PDL` parameter are launched with programmatic
     dependent launch (on) or the plain way (benchmarks compare the two in one process)."""
-    before, _programmatic["on"] = _programmatic["on"], bool(on)
-    try:
-        yield
-    finally:
-        _programmatic["on"] = before
+    return _programmatic.within(on)
 
 
 @functools.cache
@@ -147,7 +160,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
         kernel[grid](*args, **meta)
         return
     device = torch.cuda.current_device()     # where Triton loads and launches the kernel
-    programmatic = _programmatic["on"] and _programmatic_capable(kernel, device)
+    programmatic = _programmatic.on and _programmatic_capable(kernel, device)
     if programmatic:
         meta = {**meta, "PDL": True, "launch_pdl": True}
     key = (kernel, device, tuple(map(_spec, args)), tuple(meta.items()))

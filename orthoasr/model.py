@@ -362,12 +362,13 @@ class ConformerSupernet(nn.Module):
             ahead = sum(len(module.matmul_weights) for layer, _, module in modules
                         if layer == first)
             copies, ready = staged_operand_copies(weights, dtype, ahead)
-            ready_layer = min((layer for layer, _, _ in modules if layer > first), default=-1)
+            if ready is not None:
+                ready_layer = min(layer for layer, _, _ in modules if layer > first)
         copies = iter(copies)
         operands = [{} for _ in self.blocks]
         for layer, kind, module in modules:
             operands[layer][kind] = tuple(next(copies) for _ in module.matmul_weights)
-        return operands, (ready_layer if ready is not None else -1, ready)
+        return operands, (ready_layer, ready)
 
     def dead_modules(self, gates: torch.Tensor) -> frozenset[tuple[int, str]]:
         """(layer, kind) of every module whose gates in `gates` (N,) are all exactly 0: what
