@@ -180,9 +180,11 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
             or torch.compiler.is_compiling():
         return operand_copies(weights, dtype), None
     first = operand_copies(weights[:ahead], dtype)
-    # the buffer is allocated on the current stream and freed there (no lifetime across
-    # streams to record); the side stream starts after all the current stream has queued,
-    # so that it reads the weights' last update and writes memory no earlier kernel reads
+    # the side stream starts after all the current stream has queued, so that it reads
+    # the weights' last update and writes memory no earlier kernel reads. The buffer is
+    # the current stream's; recorded on the side stream too, it is not handed out again
+    # before the side stream's copy ends, even where the caller drops the copies without
+    # waiting on `ready` (an error mid-pass): a later allocation would be written over
     rest = _empty_copies(weights[ahead:], dtype)
     main = torch.cuda.current_stream()
     side = _side_streams.get(main.device.index)
@@ -191,6 +193,7 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
     side.wait_stream(main)
     with torch.cuda.stream(side):
         _copy_into(rest, weights[ahead:])
+    rest[0].record_stream(side)      # the views share one allocation: its lifetime
     ready = torch.cuda.Event()
     ready.record(side)
     return first + rest, ready
