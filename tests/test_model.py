@@ -359,26 +359,28 @@ def test_gpu_staged_copies_dropped_unwaited_write_over_nothing(monkeypatch):
     """A caller that drops staged_operand_copies' copies without waiting on `ready` (an
     error mid-pass; the test above's first loop) frees their memory while the side stream
     may not yet have written it. The allocator must not hand that memory out again before
-    the side stream's copy ends: here the copy is held up by a ~10 ms sleep, and a tensor
-    of the copies' size, allocated at once on the current stream, must keep its values.
-    (Without the side stream's use recorded, the H200 failed the test above this way.)"""
+    the side stream's copy ends: here the copy is held up by a ~10 ms sleep, and tensors of
+    the copies' size, allocated at once on the current stream until one lands where the
+    copies were (or 64 did not), must keep their values. (Without the side stream's use
+    recorded, the H200 failed the test above, at f377eb0.)"""
     real_copy = common_module._copy_into
 
     def held_up(copies, weights):
         torch.cuda._sleep(20_000_000)
         real_copy(copies, weights)
     monkeypatch.setattr(common_module, "_copy_into", held_up)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()        # no cached block of the copies' size but theirs
     weights = [torch.randn(1024, 1024, device="cuda") for _ in range(2)]
+    torch.cuda.synchronize()
     with common_module.staged_copies(True):
         copies, ready = common_module.staged_operand_copies(weights, torch.bfloat16, 1)
     assert ready is not None
-    first = copies[0]               # made on the current stream: its memory is not free
+    first, where = copies[0], copies[1].data_ptr()   # first: made on the current stream
     del copies, ready
-    later = torch.full((1024 * 1024,), 3.0, dtype=torch.bfloat16, device="cuda")
+    later = []
+    while len(later) < 64 and (not later or later[-1].data_ptr() != where):
+        later.append(torch.full((1024 * 1024,), 3.0, dtype=torch.bfloat16, device="cuda"))
     torch.cuda.synchronize()
-    assert bool((later == 3.0).all()) and first.dtype == torch.bfloat16
+    assert all(bool((t == 3.0).all()) for t in later) and first.dtype == torch.bfloat16
 
 
 def test_frozen_operands_under_inference_mode():
