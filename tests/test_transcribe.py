@@ -90,6 +90,14 @@ def test_bad_budget_is_refused(run):
         Recognizer.from_checkpoint(run["checkpoint"], 0.5)
 
 
+@pytest.fixture
+def reference_backend():
+    """The PyTorch references for the tests of the command's input and output: the Triton
+    kernels under the CPU's interpreter took ~10 s a transcription here, and the tests
+    above already run `Recognizer` on them (the backend is "auto" after the first)."""
+    set_backend("torch")
+
+
 def cli(capsys, *argv):
     """(exit status, stdout lines, stderr) of `orthoasr transcribe ...`."""
     try:
@@ -101,7 +109,7 @@ def cli(capsys, *argv):
     return code, out.splitlines(), err
 
 
-def test_cli_prints_one_line_per_file(run, capsys):
+def test_cli_prints_one_line_per_file(run, capsys, reference_backend):
     expected = Recognizer.from_checkpoint(run["checkpoint"], 0.7).transcribe(run["paths"])
     code, lines, _ = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--budget", "0.7",
                          *run["paths"])
@@ -109,7 +117,7 @@ def test_cli_prints_one_line_per_file(run, capsys):
     assert lines == [f"{p}\t{t}" for p, t in zip(run["paths"], expected)]
 
 
-def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys):
+def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys, reference_backend):
     """The same speech as 16 kHz 16-bit mono, 8 kHz 16-bit stereo (both channels equal),
     24-bit, 32-bit float and FLAC: each reads and mixes down to what its mono twin says."""
     wave, rate = soundfile.read(run["paths"][0], dtype="float32")
@@ -132,7 +140,8 @@ def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", ["missing", "corrupt", "empty"])
-def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys, bad):
+def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys, bad,
+                                                           reference_backend):
     path = tmp_path / f"{bad}.wav"
     if bad == "corrupt":
         path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(200)))
