@@ -307,8 +307,19 @@ def test_gpu_module_operands_are_the_weights_cast_to_bf16(monkeypatch):
     assert pairs == [torch.bfloat16, torch.bfloat16]
 
 
+@pytest.fixture
+def held_up_copies(monkeypatch):
+    """Every weight copy waits first for a ~10 ms sleep queued on its own stream."""
+    real_copy = common_module._copy_into
+
+    def held_up(copies, weights):
+        torch.cuda._sleep(20_000_000)
+        real_copy(copies, weights)
+    monkeypatch.setattr(common_module, "_copy_into", held_up)
+
+
 @pytest.mark.gpu
-def test_gpu_staged_operand_copies_are_waited_for(monkeypatch):
+def test_gpu_staged_operand_copies_are_waited_for(held_up_copies):
     """run_blocks copies the first block's weights on the current stream and the other
     blocks' on a side stream (staged_operand_copies), and waits for them before block 1.
     Each copy is held up here by a ~10 ms sleep queued before it, on its own stream: the
@@ -317,12 +328,6 @@ def test_gpu_staged_operand_copies_are_waited_for(monkeypatch):
     equal the pass that copies everything on the current stream, eager and replayed in a
     CUDA graph (the atomics' order differs only at fp32 rounding)."""
     from orthoasr.graphs import capture_graph
-    real_copy = common_module._copy_into
-
-    def held_up(copies, weights):
-        torch.cuda._sleep(20_000_000)
-        real_copy(copies, weights)
-    monkeypatch.setattr(common_module, "_copy_into", held_up)
     set_backend("triton")
     torch.manual_seed(0)      # the CPU's generator (see test_launch.py's graph tests)
     model = ConformerSupernet(SupernetConfig(num_layers=3, budgets=(1.0,), dropout=0.0))
@@ -355,7 +360,7 @@ def test_gpu_staged_operand_copies_are_waited_for(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_staged_copies_dropped_unwaited_write_over_nothing(monkeypatch):
+def test_gpu_staged_copies_dropped_unwaited_write_over_nothing(held_up_copies):
     """A caller that drops staged_operand_copies' copies without waiting on `ready` (an
     error mid-pass; the test above's first loop) frees their memory while the side stream
     may not yet have written it. The allocator must not hand that memory out again before
@@ -363,12 +368,6 @@ def test_gpu_staged_copies_dropped_unwaited_write_over_nothing(monkeypatch):
     the copies' size, allocated at once on the current stream until one lands where the
     copies were (or 64 did not), must keep their values. (Without the side stream's use
     recorded, the H200 failed the test above, at f377eb0.)"""
-    real_copy = common_module._copy_into
-
-    def held_up(copies, weights):
-        torch.cuda._sleep(20_000_000)
-        real_copy(copies, weights)
-    monkeypatch.setattr(common_module, "_copy_into", held_up)
     weights = [torch.randn(1024, 1024, device="cuda") for _ in range(2)]
     # three rounds: in the first, the kernels' first launches (lazy module loading) may let
     # the copy end before anything else is queued (it did on the H200)
