@@ -12,7 +12,9 @@ separate-q/k/v entry point, which first copies them into the packed layout the M
 it on; `ours` is given that layout); for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
 for the encoder also `ours_unstaged_copies` (every bf16 weight copy made ahead of the pass
-on one stream: what staged_operand_copies saves).
+on one stream: what staged_operand_copies saves); on a GPU `ours_plain_launch` (no
+programmatic dependent launch) and `ours_one_stream` (no side-stream branches: what
+common.queued_beside saves), each with its setting off for forward and backward.
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
@@ -27,6 +29,7 @@ between calls as Recognizer runs), gates, provider, timing (graph or eager), ms,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -36,13 +39,20 @@ from bench.floors import EncoderFloor, check_floor, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels.common import FrozenOperands, staged_copies
+from orthoasr.kernels.common import FrozenOperands, side_branches, staged_copies
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
 from orthoasr.kernels.launch import programmatic_launch
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
 BF16 = torch.bfloat16
+# providers that are ours with one setting off for the whole call, forward and backward:
+# what that setting saves, measured in the same run (GPU only)
+SETTINGS_OFF = {
+    "ours_plain_launch": lambda: programmatic_launch(False),   # kernels/launch.py
+    "ours_one_stream": lambda: side_branches(False),           # common.queued_beside
+    "ours_unstaged_copies": lambda: staged_copies(False),      # the encoder's only
+}
 
 
 def gate_patterns(n: int, device) -> dict[str, torch.Tensor | None]:
@@ -101,13 +111,16 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
             inputs = inputs_of(provider)
             grad = grad_out(provider) if callable(grad_out) else grad_out
 
-            def call(fn=fn, inputs=inputs, mode=mode, grad=grad):
-                with torch.autocast("cuda", dtype=BF16), \
-                        torch.set_grad_enabled(mode != "infer"):
-                    out = fn()
-                if mode != "fwd+bwd":
-                    return out
-                return torch.autograd.grad(out, inputs, grad, allow_unused=True)
+            setting = SETTINGS_OFF.get(provider, contextlib.nullcontext)
+
+            def call(fn=fn, inputs=inputs, mode=mode, grad=grad, setting=setting):
+                with setting():
+                    with torch.autocast("cuda", dtype=BF16), \
+                            torch.set_grad_enabled(mode != "infer"):
+                        out = fn()
+                    if mode != "fwd+bwd":
+                        return out
+                    return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
             for timing in timings:
                 try:
@@ -199,12 +212,9 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 params = list(ours_module.parameters())
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
                 if device.type == "cuda":
-                    # the same kernels launched the plain way: what programmatic dependent
-                    # launch (kernels/launch.py) saves, measured in the same run
-                    def plain(o=ours, s=soft, xx=xx, ll=lengths):
-                        with programmatic_launch(False):
-                            return o(xx, ll, s)
-                    providers["ours_plain_launch"] = plain
+                    # ours with one setting off, forward and backward (SETTINGS_OFF)
+                    for variant in ("ours_plain_launch", "ours_one_stream"):
+                        providers[variant] = providers["ours"]
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out
@@ -212,12 +222,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     providers["ours_host_masks"] = lambda s=soft, xx=xx, ll=lengths, d=dead: \
                         ours(xx, ll, s, d)
                 if kind == "encoder" and device.type == "cuda":
-                    # every operand copy made ahead on the current stream: what staging the
-                    # later blocks' copies on a side stream saves (staged_operand_copies)
-                    def one_stream(o=ours, s=soft, xx=xx, ll=lengths):
-                        with staged_copies(False):
-                            return o(xx, ll, s)
-                    providers["ours_unstaged_copies"] = one_stream
+                    providers["ours_unstaged_copies"] = providers["ours"]
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)
