@@ -13,8 +13,8 @@ it on; `ours` is given that layout); for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
 for the encoder also `ours_unstaged_copies` (every bf16 weight copy made ahead of the pass
 on one stream: what staged_operand_copies saves); on a GPU `ours_plain_launch` (no
-programmatic dependent launch) and `ours_one_stream` (no side-stream branches: what
-common.queued_beside saves), each with its setting off for forward and backward.
+programmatic dependent launch). Those two run with their setting off for forward and
+backward.
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
@@ -39,7 +39,7 @@ from bench.floors import EncoderFloor, check_floor, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
-from orthoasr.kernels.common import FrozenOperands, side_branches, staged_copies
+from orthoasr.kernels.common import FrozenOperands, staged_copies
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
 from orthoasr.kernels.launch import programmatic_launch
 from orthoasr.model import ConformerSupernet, block_layout, make_module
@@ -50,7 +50,6 @@ BF16 = torch.bfloat16
 # what that setting saves, measured in the same run (GPU only)
 SETTINGS_OFF = {
     "ours_plain_launch": lambda: programmatic_launch(False),   # kernels/launch.py
-    "ours_one_stream": lambda: side_branches(False),           # common.queued_beside
     "ours_unstaged_copies": lambda: staged_copies(False),      # the encoder's only
 }
 
@@ -213,8 +212,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 providers = {"ours": lambda o=ours, s=soft, xx=xx, ll=lengths: o(xx, ll, s)}
                 if device.type == "cuda":
                     # ours with one setting off, forward and backward (SETTINGS_OFF)
-                    for variant in ("ours_plain_launch", "ours_one_stream"):
-                        providers[variant] = providers["ours"]
+                    providers["ours_plain_launch"] = providers["ours"]
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out

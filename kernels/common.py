@@ -152,54 +152,9 @@ def _copy_into(copies: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
         torch._foreach_copy_(copies, weights)
 
 
-# one side stream a device, for work that runs beside the current stream (the staged
-# copies, `queued_beside`)
+# where `staged_operand_copies` makes the copies behind: one side stream a device
 _side_streams: dict[int, torch.cuda.Stream] = {}
 _staging = Switch("ORTHOASR_STAGED_COPIES")
-_branching = Switch("ORTHOASR_SIDE_BRANCHES")
-
-
-def _side_stream(main: torch.cuda.Stream) -> torch.cuda.Stream:
-    """This device's side stream, set to start after all that `main` has queued."""
-    side = _side_streams.get(main.device.index)
-    if side is None:
-        side = _side_streams[main.device.index] = torch.cuda.Stream(main.device)
-    side.wait_stream(main)
-    return side
-
-
-def side_branches(on: bool):
-    """Within the block, `queued_beside` runs its work on a side stream (on) or on the
-    current stream (benchmarks compare the two in one process)."""
-    return _branching.within(on)
-
-
-def queued_beside(work, used: list[torch.Tensor]):
-    """Queues `work()` (kernel launches) on the device's side stream, after all that the
-    current stream has queued, so that it runs beside what the current stream queues next
-    (a memory-bound sweep beside a GEMM). `used`: every tensor the work reads or writes;
-    recorded on the side stream, none is handed out again before the work ends, even where
-    `join` is never called (an error in between).
-    -> join: call it before the current stream reads what the work wrote (inside a
-    CUDA-graph capture it also joins the branch back, which the capture requires).
-    On the CPU, under torch.compile, or with `side_branches(False)`
-    (`ORTHOASR_SIDE_BRANCHES=0`), the work runs at once on the current stream."""
-    if not (_branching.on and used[0].is_cuda) or torch.compiler.is_compiling():
-        work()
-        return _nothing
-    main = torch.cuda.current_stream()
-    side = _side_stream(main)
-    with torch.cuda.stream(side):
-        work()
-    for tensor in used:
-        tensor.record_stream(side)
-    done = torch.cuda.Event()
-    done.record(side)
-    return lambda: main.wait_event(done)
-
-
-def _nothing() -> None:
-    pass
 
 
 def staged_copies(on: bool):
@@ -231,7 +186,11 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
     # before the side stream's copy ends, even where the caller drops the copies without
     # waiting on `ready` (an error mid-pass): a later allocation would be written over
     rest = _empty_copies(weights[ahead:], dtype)
-    side = _side_stream(torch.cuda.current_stream())
+    main = torch.cuda.current_stream()
+    side = _side_streams.get(main.device.index)
+    if side is None:
+        side = _side_streams[main.device.index] = torch.cuda.Stream(main.device)
+    side.wait_stream(main)
     with torch.cuda.stream(side):
         _copy_into(rest, weights[ahead:])
     rest[0].record_stream(side)      # the views share one allocation: its lifetime

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .autograd import eager_function, grads_in_order, named_inputs, needs_grad
-from .common import as_operands, queued_beside, two_passes, valid_mask
+from .common import as_operands, two_passes, valid_mask
 from .gated_matmul import (
     BIAS_ANY_GATE,
     BIAS_GATE0,
@@ -30,7 +30,6 @@ from .gated_matmul import (
     EPI_SILU_BWD,
     EPI_SILU_GATE,
     EPI_STORE,
-    col_sums,
     dense_products,
     dense_wgrad,
     rows_gemm,
@@ -39,7 +38,7 @@ from .gated_matmul import (
     wgrad_row_blocks,
 )
 from .grads_in_place import accumulators, returned, sinks_of, taken
-from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
+from .layer_norm import ONES_PAD, ColumnSums, layer_norm_bwd, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
 
 
@@ -163,20 +162,6 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
     gate_cols = acc["gate_cols"] if gate_grad else None
     dy_sum, db1, dw2, dw1 = acc["b2"], acc["b1"], acc["w2"], acc["w1"]
     d_lnw, d_lnb = acc["ln_weight"], acc["ln_bias"]
-    # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
-    # not ours: anything may sit at its padded rows, so with zero_rows dW2 reads a copy with
-    # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call
-    # at the training step's shapes on the H200, 2026-12-01: a broadcast mask is not
-    # vectorised). A memory-bound sweep that only dW2 waits for: it runs beside the GEMMs
-    dy_valid = torch.empty_like(dy2) if zero_rows else None
-    # chunk gates, nothing skipped: b2 counts while any chunk is live, the sums say so
-    # (a host-free (gates != 0).any() took four launches)
-    any_gate = gates is not None and not module_gate and not skip_dead
-    join_sums = queued_beside(
-        lambda: col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead,
-                         copy=dy_valid, any_gate=any_gate,
-                         ungated_rows=ungated_rows if any_gate else 0),
-        [dy2, dy_sum] + ([] if dy_valid is None else [dy_valid]))
     d_pre = xn.new_empty(M, F_)
     rows_gemm(dy2, w2c, d_pre, chunk_axis=1, epi=EPI_SILU_BWD, aux=pre, sum1=gate_cols,
               final=zero_rows, ungated_rows=ungated_rows, chunk_sums=gate_cols is not None,
@@ -187,29 +172,37 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
+    # b2's gradient, summed by the LayerNorm backward's sweep (its launch saved); not read
+    # at all when every gate is exactly 0 with skip_dead (db2 is 0 then). dy is not ours:
+    # anything may sit at its padded rows, so with zero_rows dW2 reads a copy with zeros
+    # there, written by the same sweep (a torch.where of its own took 18.8 us a call at the
+    # training step's shapes on the H200, 2026-12-01: a broadcast mask is not vectorised).
+    # Chunk gates, nothing skipped: b2 counts while any chunk is live, the sums say so (a
+    # host-free (gates != 0).any() took four launches)
+    dy_valid = torch.empty_like(dy2) if zero_rows else None
+    any_gate = gates is not None and not module_gate and not skip_dead
+    b2_sums = ColumnSums(dy2, dy_sum, dy_valid, any_gate, ungated_rows if any_gate else 0)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
-                        skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
-    # dW1 first, dW2 last: the column sums' branch has until then
+                        skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype,
+                        col_sums=b2_sums)[0]
     if dense:
+        dw2 = dense_wgrad(dy_valid, hidden)
         dw1_ones = dense_wgrad(d_pre, xn_saved)      # [F, D + pad]: dW1, then db1
         dw1, db1 = dw1_ones[:, :D], dw1_ones[:, D]
-        join_sums()
-        dw2 = dense_wgrad(dy_valid, hidden)
     else:
         dw2, dw1 = dw2.view(D, F_), dw1.view(F_, D)
         # with zeroed rows (TMA loads), both products visit the row blocks that hold a
         # valid frame, listed once
         blocks = wgrad_row_blocks(lengths, T, d_pre.dtype) if zero_rows else None
+        wgrad(dy_valid if zero_rows else dy2, hidden, chunk_axis=2, out=dw2,
+              rows_zeroed=zero_rows, valid_blocks=blocks, **common)
         # b1's gradient: d_pre's sums over valid frames, live chunks only, as one more small
         # product of dW1's programs (TMA), or by the column-sum kernel (summed per column in
         # the SiLU backward's epilogue, they cost it a reduction across warps per tile and
         # 128 atomics, 12 us at B32xT250 against the column sums' 9; H200, bench/NOTES.md)
         wgrad(d_pre, xn, chunk_axis=1, out=dw1, rows_zeroed=zero_rows, valid_blocks=blocks,
               a_sums=db1, **common)
-        join_sums()
-        wgrad(dy_valid if zero_rows else dy2, hidden, chunk_axis=2, out=dw2,
-              rows_zeroed=zero_rows, valid_blocks=blocks, **common)
-    # col_sums gave 0 when every chunk gate is 0 (skip_dead: it read nothing; else any_gate)
+    # the sums are 0 when every chunk gate is 0 (skip_dead: nothing read; else any_gate)
     db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None
     if gate_grad:

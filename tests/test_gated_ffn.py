@@ -11,8 +11,6 @@ from error_ratio import (
 
 from orthoasr import set_backend
 from orthoasr.graphs import call_without_sync, capture_graph
-from orthoasr.kernels import common
-from orthoasr.kernels import gated_ffn as ffn_module
 from orthoasr.kernels import gated_matmul as gm
 from orthoasr.kernels.common import as_operands, valid_mask
 from orthoasr.kernels.gated_ffn import (
@@ -428,71 +426,6 @@ def test_gpu_cuda_graph_and_no_sync():
         static_gates.zero_()
         graph.replay()
         assert (out == 0).all()
-
-
-@pytest.mark.gpu
-def test_gpu_column_sums_beside_the_products_are_waited_for(monkeypatch):
-    """The backward queues dy's column sums (b2's gradient, the copy dW2 reads) on a side
-    stream, beside its products (common.queued_beside), and dW2 waits for them. Held up here
-    by a ~10 ms sleep queued before them on their stream, they end long after dW2 would have
-    read their copy without the wait. Fwd+bwd (bf16 autocast, padded batch; chunk gates hard
-    with dead chunks skipped, soft, and none) must equal the pass with everything on the
-    current stream, eager and replayed in a CUDA graph (the atomics' order differs only at
-    fp32 rounding)."""
-    real_sums = ffn_module.col_sums
-
-    def held_up(*args, **kwargs):
-        torch.cuda._sleep(20_000_000)
-        return real_sums(*args, **kwargs)
-    monkeypatch.setattr(ffn_module, "col_sums", held_up)
-    set_backend("triton")
-    torch.manual_seed(0)
-    ffn = GatedFeedForward(384, 1536, 4).cuda()
-    x = torch.randn(4, 120, 384, device="cuda", requires_grad=True)
-    lengths = torch.tensor([120, 7, 64, 119], device="cuda")
-    dy = torch.randn(4, 120, 384, device="cuda")
-    hard = torch.tensor([1.0, 0.0, 1.0, 1.0], device="cuda")
-    soft = torch.tensor([0.3, 0.9, 0.5, 0.1], device="cuda", requires_grad=True)
-    for gates in (hard, soft, None):
-        inputs = [x, *ffn.parameters()] + ([soft] if gates is soft else [])
-
-        def step(gates=gates, inputs=inputs):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = ffn(x, lengths, gates)
-            return (out, *torch.autograd.grad(out, inputs, dy))
-        with common.side_branches(False):
-            plain = [t.detach().float().clone() for t in step()]
-        eager = [t.detach().float().clone() for t in step()]
-        graph, graphed = capture_graph(step)
-        graph.replay()
-        torch.cuda.synchronize()
-        for run_ in (eager, [t.detach().float() for t in graphed]):
-            for i, (a, b) in enumerate(zip(plain, run_, strict=True)):
-                assert torch.linalg.norm(b - a) <= 1e-3 * torch.linalg.norm(a) + 1e-6, i
-
-
-@pytest.mark.gpu
-def test_gpu_side_branch_dropped_unjoined_writes_over_nothing():
-    """Work queued beside the current stream whose join is never called (an error in
-    between) must keep the memory it writes from the allocator until it ends: tensors of
-    that size, allocated at once on the current stream until one lands where it was (or 64
-    did not), keep their values while the held-up work writes its own."""
-    for _ in range(3):    # the first round's lazy loading may let the work end first
-        torch.cuda.synchronize()
-        target = torch.empty(1 << 20, dtype=torch.bfloat16, device="cuda")
-        where = target.data_ptr()
-
-        def held_up_fill(target=target):
-            torch.cuda._sleep(20_000_000)
-            target.fill_(7.0)
-        with common.side_branches(True):
-            join = common.queued_beside(held_up_fill, [target])
-        del target, join, held_up_fill
-        later = []
-        while len(later) < 64 and (not later or later[-1].data_ptr() != where):
-            later.append(torch.full((1 << 20,), 3.0, dtype=torch.bfloat16, device="cuda"))
-        torch.cuda.synchronize()
-        assert all(bool((t == 3.0).all()) for t in later)
 
 
 @pytest.mark.parametrize("gate_case", ["soft", "soft_all_off", "hard_half"])
