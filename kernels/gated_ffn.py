@@ -30,6 +30,7 @@ from .gated_matmul import (
     EPI_SILU_BWD,
     EPI_SILU_GATE,
     EPI_STORE,
+    col_sums,
     dense_products,
     dense_wgrad,
     rows_gemm,
@@ -38,7 +39,7 @@ from .gated_matmul import (
     wgrad_row_blocks,
 )
 from .grads_in_place import accumulators, returned, sinks_of, taken
-from .layer_norm import ONES_PAD, ColumnSums, layer_norm_bwd, layer_norm_fwd
+from .layer_norm import ONES_PAD, layer_norm_bwd, layer_norm_fwd
 from .residual_step import residual_args, step_context, step_in, step_out
 
 
@@ -172,19 +173,19 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         d_xn = xn.new_empty(M, D)
         rows_gemm(d_pre, w1c, d_xn, chunk_axis=2, epi=EPI_STORE, **common)
     res, d_res = step_out(x, x_grad, res_seed, res_scale, res_p, res_dtype)
-    # b2's gradient, summed by the LayerNorm backward's sweep (its launch saved); not read
-    # at all when every gate is exactly 0 with skip_dead (db2 is 0 then). dy is not ours:
-    # anything may sit at its padded rows, so with zero_rows dW2 reads a copy with zeros
-    # there, written by the same sweep (a torch.where of its own took 18.8 us a call at the
-    # training step's shapes on the H200, 2026-12-01: a broadcast mask is not vectorised).
-    # Chunk gates, nothing skipped: b2 counts while any chunk is live, the sums say so (a
-    # host-free (gates != 0).any() took four launches)
-    dy_valid = torch.empty_like(dy2) if zero_rows else None
-    any_gate = gates is not None and not module_gate and not skip_dead
-    b2_sums = ColumnSums(dy2, dy_sum, dy_valid, any_gate, ungated_rows if any_gate else 0)
     dx = layer_norm_bwd(d_xn, x.reshape(M, D), ln_weight, mean, rstd, lengths, T, gates,
-                        skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype,
-                        col_sums=b2_sums)[0]
+                        skip_dead, dw=d_lnw, db=d_lnb, residual=res, dx_dtype=x_dtype)[0]
+    # b2's gradient; not read at all when every gate is exactly 0 (db2 is 0 then). dy is
+    # not ours: anything may sit at its padded rows, so with zero_rows dW2 reads a copy with
+    # zeros there, written by the same sweep (a torch.where of its own took 18.8 us a call
+    # at the training step's shapes on the H200, 2026-12-01: a broadcast mask is not
+    # vectorised)
+    dy_valid = torch.empty_like(dy2) if zero_rows else None
+    # chunk gates, nothing skipped: b2 counts while any chunk is live, the sums say so
+    # (a host-free (gates != 0).any() took four launches)
+    any_gate = gates is not None and not module_gate and not skip_dead
+    col_sums(dy2, dy_sum, lengths=lengths, T=T, gates=gates, skip_dead=skip_dead,
+             copy=dy_valid, any_gate=any_gate, ungated_rows=ungated_rows if any_gate else 0)
     if dense:
         dw2 = dense_wgrad(dy_valid, hidden)
         dw1_ones = dense_wgrad(d_pre, xn_saved)      # [F, D + pad]: dW1, then db1
@@ -202,7 +203,7 @@ def gated_ffn_bwd_triton(dy, x, lengths, ln_weight, w1, w2, b2, gates, xn, mean,
         # 128 atomics, 12 us at B32xT250 against the column sums' 9; H200, bench/NOTES.md)
         wgrad(d_pre, xn, chunk_axis=1, out=dw1, rows_zeroed=zero_rows, valid_blocks=blocks,
               a_sums=db1, **common)
-    # the sums are 0 when every chunk gate is 0 (skip_dead: nothing read; else any_gate)
+    # col_sums gave 0 when every chunk gate is 0 (skip_dead: it read nothing; else any_gate)
     db2 = dy_sum * gates[0].float() if gates is not None and module_gate else dy_sum
     dgates = None
     if gate_grad:

@@ -17,8 +17,6 @@ dropped (instead of an add kernel and a dropout backward). The mask comes from a
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -138,14 +136,12 @@ def layer_norm_dx_tile(dy, xhat, w, rstd, ok, D):
 @triton.jit
 def _layer_norm_bwd_kernel(
     dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, gate_ptr, len_ptr,
-    gx_ptr, dres_ptr, seed_ptr, dy_twin_ptr, cs_src_ptr, cs_out_ptr, cs_copy_ptr,
-    M, D, T, threshold, gain, cs_ungated,
+    gx_ptr, dres_ptr, seed_ptr, dy_twin_ptr,
+    M, D, T, threshold, gain,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     BM: tl.constexpr, BD: tl.constexpr, LOAD_STAGES: tl.constexpr,
     RESIDUAL: tl.constexpr = False, X_GRAD: tl.constexpr = False,
     DROPOUT: tl.constexpr = False, DY_TWIN: tl.constexpr = False,
-    COL_SUMS: tl.constexpr = False, CS_COPY: tl.constexpr = False,
-    CS_ANY_GATE: tl.constexpr = False, CS_UNGATED: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
     # Persistent programs walk row blocks pid, pid + nprog, ...; dx is written for every row
@@ -161,12 +157,6 @@ def _layer_norm_bwd_kernel(
     # then dropped by `ok`, as NaN-safe selects). At B80xT250 on the H200 3 stages took 30.0
     # / 35.6 us (bf16 / fp32 x) against 31.9 / 39.7 for a register prefetch of the next
     # block (bench/sweep_layer_norm.py, 2026-12-01).
-    # COL_SUMS (`ColumnSums`): the same sweep also sums another [M, D] gradient over the
-    # valid rows into cs_out (a bias gradient: what gated_matmul.col_sums does, in the
-    # launch of this kernel, whose rows it walks anyway), and with CS_COPY writes it to
-    # cs_copy with zeros at padded rows; a dead module (SKIP_DEAD) reads and writes none of
-    # it. CS_ANY_GATE: the sums count only while any gate is nonzero, but for rows <
-    # cs_ungated with CS_UNGATED (col_sums' any_gate).
     await_producers(PDL)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -190,12 +180,6 @@ def _layer_norm_bwd_kernel(
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         dw = tl.zeros([BM, BD], dtype=tl.float32)
         db = tl.zeros([BM, BD], dtype=tl.float32)
-        cs = tl.zeros([BM, BD], dtype=tl.float32)
-        any_on = 1.0
-        if CS_ANY_GATE:
-            offs_g = tl.arange(0, GATES_P2)
-            g = tl.load(gate_ptr + offs_g, mask=offs_g < NUM_GATES, other=0.0)
-            any_on = tl.max((g != 0.0).to(tl.float32), 0)
         for blk in tl.range(pid, tl.cdiv(M, BM), nprog, num_stages=LOAD_STAGES):
             rows = blk * BM + tl.arange(0, BM)
             every = (rows < M)[:, None] & col_ok[None, :]
@@ -206,18 +190,8 @@ def _layer_norm_bwd_kernel(
                 dy += tl.load(dy_twin_ptr + tile, mask=every, other=0.0).to(tl.float32)
             if X_GRAD:
                 gx = tl.load(gx_ptr + tile, mask=every, other=0.0)
-            if COL_SUMS:
-                src = tl.load(cs_src_ptr + tile, mask=every, other=0.0)
             row_ok = _valid_rows(rows, M, T, len_ptr)
             ok = row_ok[:, None] & col_ok[None, :]
-            if COL_SUMS:
-                src = tl.where(ok, src, 0.0)      # NaN-safe: padded rows are not ours
-                if CS_COPY:
-                    tl.store(cs_copy_ptr + tile, src.to(cs_copy_ptr.dtype.element_ty), mask=every)
-                if CS_UNGATED:
-                    cs += src.to(tl.float32) * tl.where(rows < cs_ungated, 1.0, any_on)[:, None]
-                else:
-                    cs += src.to(tl.float32)
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
             rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
             dy = tl.where(ok, dy, 0.0)
@@ -231,11 +205,6 @@ def _layer_norm_bwd_kernel(
                       BM, BD, RESIDUAL, DROPOUT)
         tl.atomic_add(dw_ptr + cols, tl.sum(dw, 0), mask=col_ok, sem="relaxed")
         tl.atomic_add(db_ptr + cols, tl.sum(db, 0), mask=col_ok, sem="relaxed")
-        if COL_SUMS:
-            sums = tl.sum(cs, 0)
-            if CS_ANY_GATE and not CS_UNGATED:
-                sums = sums * any_on
-            tl.atomic_add(cs_out_ptr + cols, sums, mask=col_ok, sem="relaxed")
 
 
 @triton.jit
@@ -308,37 +277,17 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     return y, mean, rstd
 
 
-class ColumnSums(NamedTuple):
-    """What `layer_norm_bwd` also sums in its sweep: out (fp32 [D], zeroed) += the sums of
-    src [M, D] over the valid rows; copy (an [M, D] contiguous tensor of src's dtype, or
-    None) gets src with zeros at padded rows. any_gate (gates given, not with skip_dead):
-    the sums count only while any gate is nonzero, but for rows [0, ungated_rows). A dead
-    module (skip_dead, every gate 0) leaves out and copy as they were. What
-    `col_sums(src, out, lengths=, T=, gates=, skip_dead=, copy=, any_gate=,
-    ungated_rows=)` does with a module's gates, without its launch."""
-    src: torch.Tensor
-    out: torch.Tensor
-    copy: torch.Tensor | None = None
-    any_gate: bool = False
-    ungated_rows: int = 0
-
-
 def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_dead=False,
                    dw=None, db=None, config=None, residual: Residual | None = None,
-                   dx_dtype: torch.dtype | None = None, dy_twin=None,
-                   col_sums: ColumnSums | None = None):
+                   dx_dtype: torch.dtype | None = None, dy_twin=None):
     """-> (dx [M, D] in dx_dtype (default x's), 0 at padded rows; dweight fp32 [D], dbias
     fp32 [D]); dw / db: zeroed fp32 [D] to add to (default: new). dy2d may be in another
     dtype than x2d (a bf16 gradient of an fp32 input). residual (from `step_out`; x2d
     is then the forward's x_new): dx is the stream's gradient, residual.x_grad added, and
     residual.y_grad is written. dy_twin: a second gradient of the output [M, D] (or None),
-    added to dy2d as the kernel reads them. col_sums: `ColumnSums` of another gradient, in
-    the same sweep. config: dict(BM, num_warps, warps_per_sm, optionally LOAD_STAGES) in
-    place of the defaults (bench/sweep_layer_norm.py)."""
+    added to dy2d as the kernel reads them. config: dict(BM, num_warps, warps_per_sm,
+    optionally LOAD_STAGES) in place of the defaults (bench/sweep_layer_norm.py)."""
     M, D = x2d.shape
-    cs = col_sums
-    if cs is not None:
-        _check_column_sums(cs, x2d, gates, skip_dead)
     blk = {**_blocks(D, backward=True), "warps_per_sm": BWD_WARPS_PER_SM, **(config or {})}
     warps_per_sm = blk.pop("warps_per_sm")
     dx = torch.empty(x2d.shape, dtype=dx_dtype or x2d.dtype, device=x2d.device)
@@ -357,36 +306,11 @@ def layer_norm_bwd(dy2d, x2d, weight, mean, rstd, lengths, T, gates=None, skip_d
         dy2d, x2d, weight, mean, rstd, dx, dw, db, gates if gates is not None else dw, lengths,
         dx if res.x_grad is None else res.x_grad, dx if res.y_grad is None else res.y_grad,
         lengths if res.seed is None else res.seed, dy2d if dy_twin is None else dy_twin,
-        *((dy2d, dw, dx) if cs is None else
-          (cs.src, cs.out, cs.src if cs.copy is None else cs.copy)),
-        M, D, T, keep_threshold(res.p), res.gain, 0 if cs is None else cs.ungated_rows,
+        M, D, T, keep_threshold(res.p), res.gain,
         NUM_GATES=n_gates, GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead and gates is not None,
         RESIDUAL=residual is not None, X_GRAD=res.x_grad is not None, DROPOUT=res.p > 0,
-        DY_TWIN=dy_twin is not None, COL_SUMS=cs is not None,
-        CS_COPY=cs is not None and cs.copy is not None,
-        CS_ANY_GATE=cs is not None and cs.any_gate,
-        CS_UNGATED=cs is not None and cs.any_gate and cs.ungated_rows > 0, **blk)
+        DY_TWIN=dy_twin is not None, **blk)
     return dx, dw, db
-
-
-def _check_column_sums(cs: ColumnSums, x2d, gates, skip_dead) -> None:
-    shape = tuple(x2d.shape)
-    if tuple(cs.src.shape) != shape or not cs.src.is_contiguous():
-        raise ValueError(f"layer_norm_bwd: col_sums.src must be a contiguous {shape}, got "
-                         f"{tuple(cs.src.shape)}")
-    if cs.out.shape != (shape[1],) or cs.out.dtype != torch.float32:
-        raise ValueError(f"layer_norm_bwd: col_sums.out must be fp32 ({shape[1]},), got "
-                         f"{cs.out.dtype} {tuple(cs.out.shape)}")
-    if cs.copy is not None and (cs.copy.shape != cs.src.shape or cs.copy.dtype != cs.src.dtype
-                                or not cs.copy.is_contiguous()):
-        raise ValueError(f"layer_norm_bwd: col_sums.copy must be a contiguous {shape} "
-                         f"{cs.src.dtype}, got {tuple(cs.copy.shape)} {cs.copy.dtype}")
-    if cs.any_gate and (gates is None or skip_dead):
-        raise ValueError(f"layer_norm_bwd: col_sums.any_gate needs gates and skip_dead False, "
-                         f"got gates {gates is not None}, skip_dead={skip_dead}")
-    if cs.ungated_rows and not cs.any_gate:
-        raise ValueError(f"layer_norm_bwd: col_sums.ungated_rows={cs.ungated_rows} is for "
-                         f"any_gate sums only")
 
 
 # ----------------------------------------------------------------------------- the op

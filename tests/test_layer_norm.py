@@ -52,57 +52,6 @@ def test_dead_module_does_nothing_forward_and_writes_zeros_backward():
                                atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["plain", "any_gate_on", "any_gate_off", "ungated_rows",
-                                  "dead_module"])
-def test_column_sums_in_the_sweep_match_sums_over_valid_rows(case):
-    """col_sums=ColumnSums(src, out, copy, ...): out gets src's sums over the valid rows
-    (times whether any gate is on with any_gate, but for the first ungated rows) and copy
-    src with zeros at padded rows, whatever sits there (NaN here); a dead module (skip_dead)
-    leaves both as they were. The norm's own gradients are those without the sums."""
-    from orthoasr.kernels.layer_norm import ColumnSums
-    lengths, x, weight, bias = _case()
-    _, mean, rstd = layer_norm_fwd(x, weight, bias, lengths, T)
-    dy = torch.randn_like(x)
-    rows = valid_rows(lengths, T)
-    src = torch.where(rows[:, None], torch.randn(B * T, D, device=DEV), float("nan"))
-    if DEV == "cpu":
-        src = src.bfloat16().float()     # what a bf16 copy would hold, without bf16 math
-    out, copy = torch.full((D,), 0.5, device=DEV), torch.full_like(src, 7.0)
-    gates = {"plain": None, "any_gate_on": [0.0, 0.4], "any_gate_off": [0.0, 0.0],
-             "ungated_rows": [0.0, 0.0], "dead_module": [0.0, 0.0]}[case]
-    gates = None if gates is None else torch.tensor(gates, device=DEV)
-    any_gate, skip = case.startswith("any_gate") or case == "ungated_rows", case == "dead_module"
-    ungated = T if case == "ungated_rows" else 0
-    dx, dw, db = layer_norm_bwd(dy, x, weight, mean, rstd, lengths, T, gates, skip,
-                                col_sums=ColumnSums(src, out, copy, any_gate, ungated))
-    if skip:
-        assert torch.equal(out, torch.full_like(out, 0.5))
-        assert torch.equal(copy, torch.full_like(copy, 7.0))
-        return
-    counted = rows & (torch.arange(B * T, device=DEV) < ungated) if case in (
-        "any_gate_off", "ungated_rows") else rows
-    expected = 0.5 + torch.where(counted[:, None], src, 0.0).sum(0)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    assert torch.equal(copy, torch.where(rows[:, None], src, 0.0))
-    plain = layer_norm_bwd(dy, x, weight, mean, rstd, lengths, T, gates, skip)
-    for a, b in zip((dx, dw, db), plain, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_column_sums_are_checked():
-    from orthoasr.kernels.layer_norm import ColumnSums
-    lengths, x, weight, bias = _case()
-    _, mean, rstd = layer_norm_fwd(x, weight, bias, lengths, T)
-    out = torch.zeros(D, device=DEV)
-    for bad, match in ((ColumnSums(x[:, :3].contiguous(), out), "src must be"),
-                       (ColumnSums(x, out.double()), "out must be fp32"),
-                       (ColumnSums(x, out, x.half()), "copy must be"),
-                       (ColumnSums(x, out, None, True), "any_gate needs gates"),
-                       (ColumnSums(x, out, None, False, 5), "ungated_rows=5")):
-        with pytest.raises(ValueError, match=match):
-            layer_norm_bwd(x, x, weight, mean, rstd, lengths, T, col_sums=bad)
-
-
 def test_dead_module_backward_passes_the_stream_gradient_through_its_residual_step():
     """A dead module's norm with the residual step fused: dx is the stream's gradient alone
     and y's gradient that, scaled and dropped out where the forward dropped; nothing else
