@@ -1,24 +1,30 @@
 """Where each gated module's GPU time goes, kernel by kernel (issue 13's "profile and reason").
 
     python -m bench.profile_kernels [--shape B32xT250] [--modules ffn conv mhsa encoder]
-        [--gates all-on dense half soft] [--modes fwd+bwd fwd] [--out FILE]
+        [--gates all-on dense half soft] [--modes fwd+bwd fwd]
+        [--providers ours dense_floor compile_floor] [--out FILE]
 
-For each module, gate pattern and mode: fwd+bwd (training) or fwd (inference: no grad)
-under bf16 autocast (fp32 weights, as in training), `--iters` calls under torch.profiler,
-and each kernel's device time per call in microseconds, largest first, with the total.
-Printed, and written as text to --out.
+For each module, gate pattern, mode and provider: fwd+bwd (training) or fwd (inference: no
+grad) under bf16 autocast (fp32 weights, as in training), `--iters` calls under
+torch.profiler, and each kernel's device time per call in microseconds, largest first, with
+the total. Printed, and written as text to --out.
+Providers: `ours` (the default), and for hard gate patterns the dense floor of
+bench/floors.py (bf16 weights cast once) and torch.compile (max-autotune-no-cudagraphs) of
+it, as bench_floor times them: where the compiled floor's time goes, kernel by kernel, beside
+ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.bench_floor import SHAPES, gate_patterns, model_gate_patterns
-from bench.floors import encode_gated
+from bench.floors import EncoderFloor, encode_gated, module_floor
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.model import ConformerSupernet, make_module
@@ -106,12 +112,28 @@ def kernel_report(label: str, run, params, gates, mode: str, x, lengths, dy, ite
             + [f"{us:9.1f} us {count:3d}x  {key[:110]}" for key, us, count in table])
 
 
+def _floor(module, gates) -> torch.nn.Module:
+    """bench_floor's dense floor of a module, or of the encoder, under hard `gates`."""
+    if isinstance(module, ConformerSupernet):
+        return EncoderFloor(module, gates, torch.bfloat16)
+    return module_floor(module, gates, torch.bfloat16)
+
+
+FLOOR_PROVIDERS = {
+    "dense_floor": _floor,
+    "compile_floor": lambda module, gates: torch.compile(
+        copy.deepcopy(_floor(module, gates)), mode="max-autotune-no-cudagraphs"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"])
     parser.add_argument("--gates", nargs="*", default=["all-on", "half", "off", "soft"])
     parser.add_argument("--modes", nargs="*", default=["fwd+bwd"], choices=["fwd+bwd", "fwd"])
+    parser.add_argument("--providers", nargs="*", default=["ours"],
+                        choices=["ours", *FLOOR_PROVIDERS])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -139,10 +161,20 @@ def main() -> None:
         for (name, gates), mode in itertools.product(patterns.items(), args.modes):
             if name not in args.gates:
                 continue
-            if gates is not None:       # None: `dense`, no gates (the supernet's pass)
-                gates = gates.clone().requires_grad_(name == "soft" and mode == "fwd+bwd")
-            lines += kernel_report(f"{kind} {name} {mode}", run, params, gates, mode,
-                                   x, lengths, dy, args.iters)
+            if "ours" in args.providers:
+                g = gates
+                if g is not None:       # None: `dense`, no gates (the supernet's pass)
+                    g = g.clone().requires_grad_(name == "soft" and mode == "fwd+bwd")
+                lines += kernel_report(f"{kind} {name} {mode}", run, params, g, mode,
+                                       x, lengths, dy, args.iters)
+            # floors: hard gates that leave work (soft has none; dense's is all-on's)
+            if gates is None or name in ("soft", "off"):
+                continue
+            for provider in [p for p in args.providers if p in FLOOR_PROVIDERS]:
+                floor = FLOOR_PROVIDERS[provider](params, gates)
+                lines += kernel_report(f"{kind} {name} {mode} {provider}",
+                                       lambda x, lengths, _g, f=floor: f(x, lengths), floor,
+                                       None, mode, x, lengths, dy, args.iters)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
