@@ -2,7 +2,8 @@
 # One device call on nvidia-h200-x2 for issue 11 (does the Triton path learn?). Carry .whl
 # (eSpeak NG for the corpus), .commit and, for the before/after check, .old: an export of
 # the commit before the fix (git archive f6d7667 | tar -x -C .old).
-#   GPU 0: the Triton backend, GPU 1: the torch backend, each running at once
+#   GPU 0: the Triton backend, GPU 1: the torch backend, each running at once (on a machine
+#   of one GPU, both on GPU 0)
 #     plain   the paper-size Conformer-CTC (one budget, no SpecAugment), 1600 steps
 #     five    the paper config with its five budgets, stage 1 of 1300 steps
 #     fp32    the plain model through the torch backend in fp32 (GPU 1): the tie-breaker
@@ -20,6 +21,7 @@ $PIP --target /tmp/site .whl/*.whl . || exit 1
 [ -d .old ] && $PIP --target /tmp/site_old .old
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$REPO
 nvidia-smi --query-gpu=name --format=csv,noheader
+G1=$(( $(nvidia-smi -L | wc -l) > 1 ? 1 : 0 ))    # the torch backend's GPU
 W=/tmp/learn R=/tmp/res
 mkdir -p $R
 cd /tmp
@@ -38,21 +40,21 @@ train() {  # name gpu backend steps extra-set...
 }
 has() { [[ " ${RUNS:-plain_auto plain_torch five} " == *" $1 "* ]]; }
 has plain_auto && train plain_auto 0 auto 1600 'model.budgets=[1.0]' &
-has plain_torch && train plain_torch 1 torch 1600 'model.budgets=[1.0]' &
+has plain_torch && train plain_torch $G1 torch 1600 'model.budgets=[1.0]' &
 has five && train five_auto 0 auto 1300 penalty_warmup=2000 &
-has five && train five_torch 1 torch 1300 penalty_warmup=2000 &
-has fp32 && train plain_torch_fp32 1 torch 1600 'model.budgets=[1.0]' bf16=false &
+has five && train five_torch $G1 torch 1300 penalty_warmup=2000 &
+has fp32 && train plain_torch_fp32 $G1 torch 1600 'model.budgets=[1.0]' bf16=false &
 T="python3 -m pytest -q -p no:cacheprovider -rf"
 if [ -n "${ALL_TESTS:-}" ]; then  # the whole gpu test set, in two halves, one per GPU
   HALF_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
   (CUDA_VISIBLE_DEVICES=0 timeout 400 $T -m gpu $(printf "$REPO/tests/%s " $HALF_A) \
      > $R/tests_a.log 2>&1; echo "tests a rc=$?") &
-  (CUDA_VISIBLE_DEVICES=1 timeout 400 $T -m gpu $REPO/tests \
+  (CUDA_VISIBLE_DEVICES=$G1 timeout 400 $T -m gpu $REPO/tests \
      $(printf -- "--ignore=$REPO/tests/%s " $HALF_A) > $R/tests_b.log 2>&1; echo "tests b rc=$?") &
 else
   [ -d .old ] && (CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_old:$REPO timeout 300 $T -m gpu \
      $REPO/tests/test_learning.py > $R/tests_old.log 2>&1; echo "tests on .old rc=$?") &
-  (CUDA_VISIBLE_DEVICES=1 timeout 300 $T -m gpu $REPO/tests/test_learning.py \
+  (CUDA_VISIBLE_DEVICES=$G1 timeout 300 $T -m gpu $REPO/tests/test_learning.py \
      > $R/tests_new.log 2>&1; echo "new tests rc=$?") &
 fi
 wait
