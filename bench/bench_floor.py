@@ -35,7 +35,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from bench.floors import EncoderFloor, check_floor, module_floor
+from bench.floors import EncoderFloor, check_floor, compiled_floor, module_floor
 from bench.harness import time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
@@ -230,8 +230,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     providers["dense_floor"] = lambda f=floor, xx=xx, ll=lengths: f(xx, ll)
                 # the targets compare all-on only
                 if floor is not None and name == "all-on" and compile_floors:
-                    compiled = torch.compile(copy.deepcopy(floor),
-                                             mode="max-autotune-no-cudagraphs")
+                    compiled = compiled_floor(floor)
                     providers["compile_floor"] = lambda c=compiled, xx=xx, ll=lengths: c(xx, ll)
 
                 def inputs_of(provider, floor=floor, soft=soft, params=params, hard=hard,

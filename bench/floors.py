@@ -11,6 +11,8 @@ Padded frames: 0 for the FFN and conv floors, finite for MHSA.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,6 +119,11 @@ FLOORS = {GatedFeedForward: FFNFloor, GatedConvModule: ConvFloor, GatedMHSA: MHS
 def module_floor(module: nn.Module, live: torch.Tensor, dtype: torch.dtype) -> nn.Module:
     """The dense floor of a gated module for the hard gates `live` (one per unit)."""
     return FLOORS[type(module)](module, live, dtype)
+
+
+def compiled_floor(floor: nn.Module) -> nn.Module:
+    """torch.compile of a copy of `floor`, in the mode the targets compare with."""
+    return torch.compile(copy.deepcopy(floor), mode="max-autotune-no-cudagraphs")
 
 
 class EncoderFloor(nn.Module):

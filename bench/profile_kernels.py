@@ -17,14 +17,13 @@ ours.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.bench_floor import SHAPES, gate_patterns, model_gate_patterns
-from bench.floors import EncoderFloor, encode_gated, module_floor
+from bench.floors import EncoderFloor, compiled_floor, encode_gated, module_floor
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.model import ConformerSupernet, make_module
@@ -121,8 +120,7 @@ def _floor(module, gates) -> torch.nn.Module:
 
 FLOOR_PROVIDERS = {
     "dense_floor": _floor,
-    "compile_floor": lambda module, gates: torch.compile(
-        copy.deepcopy(_floor(module, gates)), mode="max-autotune-no-cudagraphs"),
+    "compile_floor": lambda module, gates: compiled_floor(_floor(module, gates)),
 }
 
 
