@@ -102,6 +102,15 @@ def learning(rows: list[dict], stage: int, window: int = 20) -> dict:
             "loss_end": statistics.fmean(losses[-window:]), "steps": len(losses)}
 
 
+def run_case(config: str, run, stage: int, max_frames: int, corpus: str) -> str:
+    """The row's case: config, budgets, stage, batch size, corpus and (if not 0) the seed, so
+    that runs of other seeds or budgets are rows of their own."""
+    budgets = len(run.model.budgets)
+    seed = f", seed {run.seed}" if run.seed else ""
+    return (f"{Path(config).stem}, {budgets} budget{'s' if budgets > 1 else ''}, stage {stage}, "
+            f"max_frames {max_frames}, corpus {corpus}{seed}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper.yaml")
@@ -148,8 +157,8 @@ def main() -> None:
     rows = []
     for provider, (times, run) in results.items():
         for stage, t in times.items():
-            rows.append({"table": "train", "case": f"{Path(args.config).stem}, stage {stage}, "
-                         f"max_frames {args.max_frames}, corpus {corpus}",
+            rows.append({"table": "train", "case": run_case(args.config, run, stage,
+                                                           args.max_frames, corpus),
                          "mode": "train step (fwd+bwd+AdamW, data incl.)", "provider": provider,
                          "baseline": "pytorch reference", "ms": t["ms_per_step"],
                          "utt_per_s": t["utt_per_s"], "steps_timed": t["steps_timed"],
@@ -158,8 +167,9 @@ def main() -> None:
     path = write_rows("train_step", rows, args.out)
     print(json.dumps(rows, indent=1))
     print(f"rows -> {path} after {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"total {time.perf_counter() - start:.0f} s; evaluate with "
-          f"`orthoasr eval --checkpoint {work / 'auto' / 'checkpoint.pt'}`")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    for name in args.backends.split(","):
+        print(f"evaluate {name} with `orthoasr eval --checkpoint {work / name / 'checkpoint.pt'}`")
 
 
 if __name__ == "__main__":
