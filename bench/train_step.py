@@ -103,12 +103,12 @@ def learning(rows: list[dict], stage: int, window: int = 20) -> dict:
 
 
 def run_case(config: str, run, stage: int, max_frames: int, corpus: str) -> str:
-    """The row's case: config, budgets, stage, batch size, corpus and (if not 0) the seed, so
-    that runs of other seeds or budgets are rows of their own."""
+    """The row's case: config, budgets, dropout, stage, batch size, corpus and (if not 0) the
+    seed, so that runs of other seeds, budgets or dropouts are rows of their own."""
     budgets = len(run.model.budgets)
     seed = f", seed {run.seed}" if run.seed else ""
-    return (f"{Path(config).stem}, {budgets} budget{'s' if budgets > 1 else ''}, stage {stage}, "
-            f"max_frames {max_frames}, corpus {corpus}{seed}")
+    return (f"{Path(config).stem}, {budgets} budget{'s' if budgets > 1 else ''}, dropout "
+            f"{run.model.dropout:g}, stage {stage}, max_frames {max_frames}, corpus {corpus}{seed}")
 
 
 def main() -> None:
