@@ -9,6 +9,7 @@
 #     fp32    the plain model through the torch backend in fp32 (GPU 1): the tie-breaker
 #             when the two bf16 curves part
 #   RUNS picks the trainings: plain_auto plain_torch five fp32 (default: the first three)
+#   ORTHOASR_KERNEL_MASKS=1: the torch backend draws the kernels' dropout masks (same masks)
 #   beside them: tests/test_learning.py on the fix and on .old, or with ALL_TESTS=1 the
 #   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32").
 # Both GPUs run two trainings and tests at once: the step times in these rows are for the

@@ -14,6 +14,8 @@ Rows go to <out>/train_step.json (table "train").
 The plain paper-size Conformer-CTC of issue 11 (one budget, no SpecAugment), both backends:
     python -m bench.train_step --steps 1600 --baseline-steps 1600 --stage2-steps 1 \
         --set model.budgets=[1.0] spec_augment=false warmup_steps=300 --max-frames 40000
+With ORTHOASR_KERNEL_MASKS=1 the torch backend drops what the kernels drop (the same masks),
+so the two curves part by rounding alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from bench.harness import write_rows
+from orthoasr.backend import kernel_masks
 from orthoasr.metrics import read_metrics
 from orthoasr.run_config import load_run_config
 from orthoasr.train import train
@@ -103,12 +106,15 @@ def learning(rows: list[dict], stage: int, window: int = 20) -> dict:
 
 
 def run_case(config: str, run, stage: int, max_frames: int, corpus: str) -> str:
-    """The row's case: config, budgets, dropout, stage, batch size, corpus and (if not 0) the
+    """The row's case: config, budgets, dropout (and whether the torch backend draws the
+    kernels' masks, ORTHOASR_KERNEL_MASKS=1), stage, batch size, corpus and (if not 0) the
     seed, so that runs of other seeds, budgets or dropouts are rows of their own."""
     budgets = len(run.model.budgets)
     seed = f", seed {run.seed}" if run.seed else ""
+    masks = ", kernels' masks" if kernel_masks() else ""
     return (f"{Path(config).stem}, {budgets} budget{'s' if budgets > 1 else ''}, dropout "
-            f"{run.model.dropout:g}, stage {stage}, max_frames {max_frames}, corpus {corpus}{seed}")
+            f"{run.model.dropout:g}{masks}, stage {stage}, max_frames {max_frames}, corpus "
+            f"{corpus}{seed}")
 
 
 def main() -> None:

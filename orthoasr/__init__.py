@@ -1,6 +1,6 @@
 """orthoasr: Conformer-CTC supernet training with OrthoSoftmax, on Triton kernels."""
 
-from .backend import get_backend, set_backend
+from .backend import get_backend, set_backend, set_kernel_masks
 from .config import SupernetConfig
 from .export import extract_subnet, load_subnet
 from .losses import ctc_loss
@@ -24,6 +24,6 @@ __all__ = [
     "SupernetConfig", "Unit", "enumerate_units", "unit_costs", "subnet_cost",
     "ortho_softmax", "simple_topk", "OrthoSoftmaxResult", "temperature", "gamma_for",
     "PenaltyScale", "unit_ranking", "freeze_masks", "set_backend", "get_backend",
-    "ConformerSupernet", "extract_subnet", "load_subnet", "ctc_loss",
+    "set_kernel_masks", "ConformerSupernet", "extract_subnet", "load_subnet", "ctc_loss",
     "Recognizer",
 ]

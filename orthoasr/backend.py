@@ -16,6 +16,29 @@ if _backend not in BACKENDS:
     raise ValueError(f"ORTHOASR_BACKEND must be one of {BACKENDS}, got {_backend!r}")
 
 
+_kernel_masks = os.environ.get("ORTHOASR_KERNEL_MASKS", "0")
+if _kernel_masks not in ("0", "1"):
+    raise ValueError(f"ORTHOASR_KERNEL_MASKS must be 0 or 1, got {_kernel_masks!r}")
+_kernel_masks = _kernel_masks == "1"
+
+
+def set_kernel_masks(on: bool) -> None:
+    """Whether the torch backend draws the encoder's residual-step dropout masks as the
+    Triton kernels do (Philox from a device seed, `kernels/residual_step.py`) rather than
+    from torch's generator (the default; env ORTHOASR_KERNEL_MASKS=1 turns it on). Both
+    backends then drop the same elements and draw from the generator alike, so their
+    training curves differ by rounding alone. The masks come from a Triton kernel: CUDA
+    tensors, or CPU tensors with TRITON_INTERPRET=1."""
+    global _kernel_masks
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {type(on).__name__}")
+    _kernel_masks = on
+
+
+def kernel_masks() -> bool:
+    return _kernel_masks
+
+
 def set_backend(name: str) -> None:
     global _backend
     if name not in BACKENDS:

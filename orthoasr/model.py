@@ -26,6 +26,7 @@ from orthoasr.kernels.first_conv import first_conv_relu
 from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_reference
 from orthoasr.kernels.residual_step import draw_seed
 
+from .backend import kernel_masks
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
 from .nn.common import compute_dtype, triton_runs
@@ -182,7 +183,7 @@ class ConformerBlock(nn.Module):
         module that runs reads the first, the residual stream starts from the second, and
         the norm's backward adds their gradients in its kernel."""
         first_input, x = x if isinstance(x, tuple) else (x, x)
-        if seeds is None and self.fused_dropout(x, lengths):
+        if seeds is None and self.draws_seeds(x, lengths):
             seeds = draw_seed(x.device, len(self.layout))
         if isinstance(gates, torch.Tensor):
             gates = self.split_gates(gates)
@@ -206,10 +207,11 @@ class ConformerBlock(nn.Module):
         """(U,) -> each module's gates, in layout order (views)."""
         return torch.split(gates, [end - start for _, start, end in self.layout])
 
-    def fused_dropout(self, x: torch.Tensor, lengths: torch.Tensor) -> bool:
-        """Whether this block's residual steps drop out in the Triton kernels (training on
-        that backend with a dropout): their masks then need seeds."""
-        return self.training and triton_runs(x, lengths, None) and any(
+    def draws_seeds(self, x: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """Whether this block's residual steps draw their dropout masks from seeds: training
+        with a dropout, on the Triton backend (its kernels' masks) or on the torch backend
+        under `kernel_masks` (the same masks)."""
+        return self.training and (triton_runs(x, lengths, None) or kernel_masks()) and any(
             module.dropout_rate > 0 for module in self.modules_by_kind.values())
 
 
@@ -308,7 +310,7 @@ class ConformerSupernet(nn.Module):
         operands, (ready_layer, ready) = self._matmul_operands(x, lengths, gates, skips,
                                                               frozen_operands)
         seeds = [None] * len(self.blocks)
-        if any(block.fused_dropout(x, lengths) for block in self.blocks):
+        if any(block.draws_seeds(x, lengths) for block in self.blocks):
             # the fused dropouts' seeds for the whole pass in one launch (one a module
             # otherwise: 96 a paper-size stage-1 step); none drawn without a dropout, as
             # before, so that the generator's later draws stay where they were

@@ -12,7 +12,7 @@ from error_ratio import assert_error_ratio
 from sm90 import assert_compiles_for_sm90
 
 import orthoasr.model as model_module
-from orthoasr.backend import set_backend
+from orthoasr.backend import set_backend, set_kernel_masks
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.layer_norm import residual_layer_norm
 from orthoasr.kernels.residual_step import keep_mask, residual_step_reference
@@ -124,6 +124,41 @@ def test_encoder_draws_every_seed_in_one_launch_and_none_in_eval(monkeypatch):
         ref = _composed_reference(block.train(), ref, lengths, None,
                                   draws[0][layer * modules:(layer + 1) * modules], 0.25)
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_torch_backend_draws_the_kernels_masks_when_asked():
+    """Under set_kernel_masks(True) a training encoder on the torch backend drops what the
+    Triton backend drops and draws from the generator alike: from the same generator state,
+    the same output, input gradient and next draw. Without it, other masks."""
+    torch.manual_seed(0)
+    cfg, x, lengths = _small_model_case(2)
+    model = model_module.ConformerSupernet(cfg).to(DEV).train()
+    g = torch.randn_like(x)
+
+    def run(backend):
+        set_backend(backend)
+        try:
+            torch.manual_seed(9)
+            leaf = x.clone().requires_grad_()
+            out = model.run_blocks(leaf, lengths)
+            (grad,) = torch.autograd.grad(out, leaf, g)
+            return out.detach(), grad, torch.rand(4, device=DEV)
+        finally:
+            set_backend("auto")
+
+    kernels = run("triton")
+    set_kernel_masks(True)
+    try:
+        shared = run("torch")
+    finally:
+        set_kernel_masks(False)
+    plain = run("torch")
+    for name, got, want in zip(("output", "input gradient"), shared, kernels):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5, msg=name)
+    assert torch.equal(shared[2], kernels[2]), "the generator was drawn from differently"
+    assert (plain[0] - kernels[0]).abs().max() > 1e-2, "torch's own masks gave the same output"
+    with pytest.raises(TypeError, match="on must be a bool"):
+        set_kernel_masks(1)
 
 
 def test_encoder_blocks_hand_on_their_norms_twins(twin_gradients):

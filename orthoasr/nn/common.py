@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import use_triton
+from ..kernels.residual_step import keep_mask
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPES = TRITON_DTYPES + (torch.float64,)
@@ -90,9 +91,14 @@ def residual_add(x: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor
 
 def torch_residual_step(x: torch.Tensor, residual) -> torch.Tensor:
     """The torch backend's residual step: x + scale * dropout(y, p) for residual = (y, seed,
-    scale, p), torch's dropout (its generator; the seed is the Triton kernels')."""
-    y, _seed, scale, p = residual
-    return residual_add(x, F.dropout(y, p) if p > 0 else y, scale)
+    scale, p). The dropout is torch's (its generator), or with a seed (the encoder draws
+    them under `kernel_masks`) the mask the Triton kernels draw from it."""
+    y, seed, scale, p = residual
+    if p > 0 and seed is not None:
+        y = torch.where(keep_mask(seed, y.shape, p), y / (1.0 - p), 0.0)
+    elif p > 0:
+        y = F.dropout(y, p)
+    return residual_add(x, y, scale)
 
 
 def triton_runs(x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None) -> bool:
