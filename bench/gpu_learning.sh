@@ -10,6 +10,7 @@
 #             when the two bf16 curves part
 #   RUNS picks the trainings: plain_auto plain_torch five fp32 (default: the first three)
 #   ORTHOASR_KERNEL_MASKS=1: the torch backend draws the kernels' dropout masks (same masks)
+#   SEED: the trainings' seed (default 0)
 #   beside them: tests/test_learning.py on the fix and on .old, or with ALL_TESTS=1 the
 #   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32").
 # Both GPUs run two trainings and tests at once: the step times in these rows are for the
@@ -35,7 +36,7 @@ train() {  # name gpu backend steps extra-set...
   CUDA_VISIBLE_DEVICES=$gpu timeout ${TRAIN_S:-540} python3 -m bench.train_step \
     --work-dir $W/$name --backends $backend --steps $steps --baseline-steps $steps \
     --stage2-steps 1 --max-frames 40000 --out $R/$name \
-    --set spec_augment=false warmup_steps=300 "$@" > $R/$name.log 2>&1
+    --set spec_augment=false warmup_steps=300 seed=${SEED:-0} "$@" > $R/$name.log 2>&1
   echo "$name rc=$?"
   cp $W/$name/$backend/metrics.csv $R/$name/ 2>/dev/null
 }
