@@ -10,7 +10,8 @@
 #             when the two bf16 curves part
 #   RUNS picks the trainings: plain_auto plain_torch five fp32 (default: the first three)
 #   ORTHOASR_KERNEL_MASKS=1: the torch backend draws the kernels' dropout masks (same masks)
-#   SEED: the trainings' seed (default 0)
+#   SEEDS: the trainings' seeds (default 0); each seed runs the picked trainings, all at once
+#     (four plain trainings, two seeds, took ~330 s on one H200)
 #   beside them: tests/test_learning.py on the fix and on .old, or with ALL_TESTS=1 the
 #   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32").
 # Both GPUs run two trainings and tests at once: the step times in these rows are for the
@@ -36,16 +37,18 @@ train() {  # name gpu backend steps extra-set...
   CUDA_VISIBLE_DEVICES=$gpu timeout ${TRAIN_S:-540} python3 -m bench.train_step \
     --work-dir $W/$name --backends $backend --steps $steps --baseline-steps $steps \
     --stage2-steps 1 --max-frames 40000 --out $R/$name \
-    --set spec_augment=false warmup_steps=300 seed=${SEED:-0} "$@" > $R/$name.log 2>&1
+    --set spec_augment=false warmup_steps=300 seed=$SEED "$@" > $R/$name.log 2>&1
   echo "$name rc=$?"
   cp $W/$name/$backend/metrics.csv $R/$name/ 2>/dev/null
 }
 has() { [[ " ${RUNS:-plain_auto plain_torch five} " == *" $1 "* ]]; }
-has plain_auto && train plain_auto 0 auto 1600 'model.budgets=[1.0]' &
-has plain_torch && train plain_torch $G1 torch 1600 'model.budgets=[1.0]' &
-has five && train five_auto 0 auto 1300 penalty_warmup=2000 &
-has five && train five_torch $G1 torch 1300 penalty_warmup=2000 &
-has fp32 && train plain_torch_fp32 $G1 torch 1600 'model.budgets=[1.0]' bf16=false &
+for SEED in ${SEEDS:-0}; do   # train reads SEED
+  has plain_auto && train plain_auto_s$SEED 0 auto 1600 'model.budgets=[1.0]' &
+  has plain_torch && train plain_torch_s$SEED $G1 torch 1600 'model.budgets=[1.0]' &
+  has five && train five_auto_s$SEED 0 auto 1300 penalty_warmup=2000 &
+  has five && train five_torch_s$SEED $G1 torch 1300 penalty_warmup=2000 &
+  has fp32 && train plain_torch_fp32_s$SEED $G1 torch 1600 'model.budgets=[1.0]' bf16=false &
+done
 T="python3 -m pytest -q -p no:cacheprovider -rf"
 if [ -n "${ALL_TESTS:-}" ]; then  # the whole gpu test set, in two halves, one per GPU
   HALF_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
