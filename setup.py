@@ -16,7 +16,9 @@ setup(
     install_requires=["torch>=2.4", "triton>=3.6,<3.10", "numpy", "sentencepiece", "pyyaml",
                       "matplotlib", "espeakng-loader", "soundfile", "soxr", "rapidfuzz",
                       "tqdm"],
-    extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"]},
+    # graphs: CUDA-graph IF nodes (GraphedEncoder(skip_dead_blocks=True), orthoasr.conditional)
+    extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"],
+                    "graphs": ["cuda-bindings>=12.8"]},
     package_data={"orthoasr.configs": ["*.yaml"]},
     entry_points={"console_scripts": ["orthoasr=orthoasr.cli:main"]},
 )

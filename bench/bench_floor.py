@@ -12,7 +12,9 @@ separate-q/k/v entry point, which first copies them into the packed layout the M
 it on; `ours` is given that layout); for a module with all units on also
 `ours_bf16_weights` (ours on a bf16 copy of the module: what the fp32 weights' cast costs);
 for the encoder also `ours_unstaged_copies` (every bf16 weight copy made ahead of the pass
-on one stream: what staged_operand_copies saves); on a GPU `ours_plain_launch` (no
+on one stream: what staged_operand_copies saves) and, for gated inference on a GPU,
+`ours_skip_dead_blocks` (each block in a CUDA-graph IF node on its gates:
+`run_blocks(skip_dead_blocks=True)`); on a GPU `ours_plain_launch` (no
 programmatic dependent launch). Those two run with their setting off for forward and
 backward.
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
@@ -107,6 +109,8 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
         for provider, fn in providers.items():
             if mode == "fwd+bwd" and provider == "dense_floor" and base["gates"] == "off":
                 continue          # the floor of a dead module is a constant: no backward
+            if provider == "ours_skip_dead_blocks" and mode != "infer":
+                continue          # the IF nodes are inference's only (run_blocks)
             inputs = inputs_of(provider)
             grad = grad_out(provider) if callable(grad_out) else grad_out
 
@@ -140,9 +144,10 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
 
 
 def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
-        compile_floors: bool = True) -> int:
-    """Checks, then times; every row is written as soon as it is measured. gate_names: the
-    gate patterns to run (default all). Returns the number of rows."""
+        compile_floors: bool = True, mode_names=None) -> int:
+    """Checks, then times; every row is written as soon as it is measured. gate_names,
+    mode_names: the gate patterns and modes to run (default all). Returns the number of
+    rows."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
     if device.type == "cpu":          # --check under the interpreter: a small model
@@ -221,6 +226,11 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                         ours(xx, ll, s, d)
                 if kind == "encoder" and device.type == "cuda":
                     providers["ours_unstaged_copies"] = providers["ours"]
+                if kind == "encoder" and device.type == "cuda" and gates is not None:
+                    # dead blocks skipped on the device: each block in a CUDA-graph IF node
+                    providers["ours_skip_dead_blocks"] = \
+                        lambda s=soft, xx=xx, ll=lengths, f=frozen: model.run_blocks(
+                            xx, ll, s, frozen_operands=f, skip_dead_blocks=True)
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)
@@ -240,7 +250,9 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     if provider == "ours_bf16_weights":
                         return [xx, *low.parameters()]
                     return [xx, *floor.parameters()]
-                modes = ("fwd", "fwd+bwd") + (("infer",) if kind == "encoder" else ())
+                modes = [m for m in ("fwd", "fwd+bwd") + (("infer",) if kind == "encoder"
+                                                          else ())
+                         if mode_names is None or m in mode_names]
                 rows += _timed_rows(base, providers, inputs_of, grad_out, modes, timings, out)
             written += len(rows)
     return written
@@ -293,6 +305,8 @@ def main() -> None:
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"])
     parser.add_argument("--gates", nargs="*", default=None,
                         help="gate patterns to run (all-on, dense, half, off, soft; default all)")
+    parser.add_argument("--modes", nargs="*", default=None,
+                        help="modes to time (fwd, fwd+bwd, infer: the encoder's; default all)")
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for kernels.json "
                         "(default bench/results)")
@@ -300,7 +314,7 @@ def main() -> None:
                         help="leave out compile_floor (its max-autotune takes ~8 min a shape)")
     args = parser.parse_args()
     run(args.cases, args.modules, args.check, args.timings, args.out, args.gates,
-        not args.no_compile)
+        not args.no_compile, args.modes)
 
 
 if __name__ == "__main__":

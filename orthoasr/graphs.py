@@ -66,12 +66,17 @@ class GraphedEncoder:
     written again only where a weight was replaced or changed in place by a PyTorch call)
     instead of copying them in every pass and replay; for a model that nothing trains while
     this encoder is in use (a loaded checkpoint's).
+    skip_dead_blocks: in the graphs, a block whose gates are all 0 at a replay runs only its
+    final norm, decided on the GPU (`run_blocks`; needs cuda-bindings): for gates that
+    change between calls without a capture of their own (a graph keys only on whether gates
+    are given); where the dead modules are known on the host, `skip` costs nothing at all.
     """
 
     def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32,
-                 frozen_weights: bool = False):
+                 frozen_weights: bool = False, skip_dead_blocks: bool = False):
         self.model, self.frame_step = model, frame_step
         self.use_graphs = use_graphs
+        self.skip_dead_blocks = skip_dead_blocks
         self.operands = FrozenOperands() if frozen_weights else None
         self.graphs: dict[tuple, tuple] = {}     # key -> (graph, inputs, output) or None
         self.pool = None
@@ -114,7 +119,8 @@ class GraphedEncoder:
         inputs = (x.clone(), lengths.clone(), None if gates is None else gates.clone())
 
         def encode():
-            return self.model.encode(*inputs, head, skip, frozen_operands=self.operands)
+            return self.model.encode(*inputs, head, skip, frozen_operands=self.operands,
+                                     skip_dead_blocks=self.skip_dead_blocks)
         try:
             graph, out = capture_graph(encode, pool=self.pool)
         except RuntimeError as err:                # e.g. a backend that syncs with the host

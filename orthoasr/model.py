@@ -27,6 +27,7 @@ from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_referen
 from orthoasr.kernels.residual_step import draw_seed
 
 from .backend import kernel_masks
+from .conditional import if_any_nonzero
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
 from .nn.common import compute_dtype, triton_runs
@@ -203,6 +204,12 @@ class ConformerBlock(nn.Module):
             residual = (y, seed, HALF_STEP[kind], p)
         return self.norm(x, lengths, residual, twin)
 
+    def write_dead(self, x, lengths: torch.Tensor, out) -> None:
+        """Write into `out` (forward's output, or its pair with the twin) what forward
+        outputs when every gate of the block is 0: the final norm of the residual stream."""
+        stream = x[1] if isinstance(x, tuple) else x
+        self.norm.forward_into(stream, lengths, out[0] if isinstance(out, tuple) else out)
+
     def split_gates(self, gates: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(U,) -> each module's gates, in layout order (views)."""
         return torch.split(gates, [end - start for _, start, end in self.layout])
@@ -252,16 +259,17 @@ class ConformerSupernet(nn.Module):
     def encode(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None = None,
                head: int = -1, skip: frozenset[tuple[int, str]] = frozenset(),
                full: frozenset[tuple[int, str]] = frozenset(),
-               frozen_operands: FrozenOperands | None = None) -> torch.Tensor:
+               frozen_operands: FrozenOperands | None = None,
+               skip_dead_blocks: bool = False) -> torch.Tensor:
         """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V).
         skip: (layer, kind) of modules left out, as `dead_modules` gives them: with hard
         gates that are all 0 there the output is the same, without their launches. full:
         (layer, kind) of modules run ungated, as `full_modules` gives them: with hard gates
-        that are all 1 there the output is the same, from the dense path. frozen_operands:
-        as run_blocks takes it."""
+        that are all 1 there the output is the same, from the dense path. frozen_operands,
+        skip_dead_blocks: as run_blocks takes them."""
         self._check_gates(x, gates, head)
         x = self.run_blocks(self.dropout(x), lengths, gates, skip, full,
-                            frozen_operands=frozen_operands)
+                            frozen_operands=frozen_operands, skip_dead_blocks=skip_dead_blocks)
         return self.heads[head](x).float().log_softmax(dim=-1)
 
     def encode_pair(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor,
@@ -287,11 +295,16 @@ class ConformerSupernet(nn.Module):
                    skip: frozenset[tuple[int, str]] = frozenset(),
                    full: frozenset[tuple[int, str]] = frozenset(),
                    ungated_batch: int = 0,
-                   frozen_operands: FrozenOperands | None = None) -> torch.Tensor:
+                   frozen_operands: FrozenOperands | None = None,
+                   skip_dead_blocks: bool = False) -> torch.Tensor:
         """The Conformer blocks alone (no checks, no dropout, no output layer): (B, T', D) ->
         (B, T', D). ungated_batch: the first sequences run as if gates were None.
         frozen_operands: kept compute-dtype copies of the matmul weights, for weights that
-        inference keeps as they are (FrozenOperands); None: copied anew every pass."""
+        inference keeps as they are (FrozenOperands); None: copied anew every pass.
+        skip_dead_blocks: where a CUDA graph is being captured without grad, a block whose
+        gates are all 0 runs only its final norm at replay, decided on the device
+        (orthoasr.conditional; needs cuda-bindings): the same output without the block's
+        modules' launches, at ~12 us more a live block (H200). No effect elsewhere."""
         skips = self._modules_per_layer(skip, "skip")
         fulls = self._modules_per_layer(full, "full")
         if both := [(layer, kind) for layer, kinds in enumerate(skips)
@@ -316,13 +329,27 @@ class ConformerSupernet(nn.Module):
             # before, so that the generator's later draws stay where they were
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
+        # under a CUDA-graph capture, inference only: each block inside an IF node on its
+        # gates, whose ELSE branch (every gate 0) is the block's final norm alone
+        branch = (skip_dead_blocks and gates is not None and ungated_batch == 0
+                  and not torch.is_grad_enabled() and x.is_cuda
+                  and torch.cuda.is_current_stream_capturing())
+        block_units = gates.float().chunk(len(self.blocks)) if branch else []
         for layer, block in enumerate(self.blocks):
             if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
                 torch.cuda.current_stream().wait_event(ready)
-            # each block but the last hands the next its output and the output's twin
-            x = block(x, lengths, block_gates[layer], skips[layer],
-                      operands[layer], full=fulls[layer], seeds=seeds[layer],
-                      ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
+
+            def run(block=block, x=x, layer=layer):
+                # each block but the last hands the next its output and the output's twin
+                return block(x, lengths, block_gates[layer], skips[layer], operands[layer],
+                             full=fulls[layer], seeds=seeds[layer],
+                             ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
+            if branch:
+                x = if_any_nonzero(block_units[layer], run,
+                                   lambda out, block=block, x=x: block.write_dead(x, lengths,
+                                                                                  out))
+            else:
+                x = run()
         return x
 
     @property

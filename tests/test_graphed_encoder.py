@@ -7,7 +7,7 @@ import torch
 from test_model import tiny_cfg
 
 from orthoasr import set_backend
-from orthoasr.graphs import GraphedEncoder
+from orthoasr.graphs import GraphedEncoder, capturing
 from orthoasr.model import ConformerSupernet
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -122,3 +122,79 @@ def test_gpu_frozen_weights_replay_the_current_weights():
         torch.testing.assert_close(second, model.encode(x, lengths, gates, 1), atol=2e-2,
                                    rtol=2e-2)
     assert (second - first).abs().max() > 1e-2
+
+
+@torch.no_grad()
+def test_skip_dead_blocks_changes_nothing_outside_a_capture():
+    """Eager (CPU here) there is no conditional node to make: the same output."""
+    set_backend("auto")
+    model, x, lengths, gates = _model_and_inputs(3, 37)
+    gates[: model.num_units // 2] = 0                       # block 0 dead
+    expected = model.encode(x, lengths, gates, 0)
+    got = model.encode(x, lengths, gates, 0, skip_dead_blocks=True)
+    assert torch.equal(got, expected)
+
+
+def test_if_any_nonzero_names_bad_gates():
+    from orthoasr.conditional import if_any_nonzero
+    for bad in (torch.ones(2, 3), torch.ones(4, dtype=torch.float64), torch.ones(8)[::2]):
+        with pytest.raises(ValueError, match="gates must be a contiguous 1-d float32"):
+            if_any_nonzero(bad, lambda: None, lambda out: None)
+
+
+@pytest.mark.gpu
+def test_gpu_if_any_nonzero_takes_the_branch_the_gates_pick():
+    """Two branches that write different values: each replay runs the one its gates pick,
+    with allocations inside the branch and work after the node on the capturing stream."""
+    from orthoasr.conditional import if_any_nonzero
+    from orthoasr.graphs import capture_graph
+    x = torch.randn(1000, device="cuda")
+    gates = torch.zeros(5, device="cuda")
+
+    def fn():
+        out = if_any_nonzero(gates, lambda: x * 2 + 1, lambda out: out.fill_(-3.0))
+        return out - 1
+
+    graph, result = capture_graph(fn, warmup=0)
+    for value, expected in ((0.0, torch.full_like(x, -4.0)), (0.5, x * 2),
+                            (0.0, torch.full_like(x, -4.0)), (-1e-30, x * 2)):
+        gates[3] = value
+        graph.replay()
+        torch.testing.assert_close(result, expected, atol=1e-6, rtol=1e-6)
+
+
+def _conditional_nodes(graph) -> int:
+    """How many conditional nodes a captured torch CUDA graph holds at its top level."""
+    from cuda.bindings import runtime
+    raw = runtime.cudaGraph_t(graph.raw_cuda_graph())
+    _, _, count = runtime.cudaGraphGetNodes(raw)
+    _, nodes, _ = runtime.cudaGraphGetNodes(raw, count)
+    kinds = [runtime.cudaGraphNodeGetType(node)[1] for node in nodes]
+    return sum(kind == runtime.cudaGraphNodeType.cudaGraphNodeTypeConditional
+               for kind in kinds)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [False, True])
+@torch.no_grad()
+def test_gpu_dead_blocks_skipped_on_the_device(autocast):
+    """One graph with an IF node a block, replayed under gates that kill no block, one
+    block, every block: each replay equals the eager encoder under the same gates."""
+    set_backend("auto")
+    model, x, lengths, gates = _model_and_inputs(5, 70)
+    per_block = model.num_units // len(model.blocks)
+    patterns = [torch.ones_like(gates), gates.clone(), gates.clone(), torch.zeros_like(gates)]
+    patterns[1][:per_block] = 0                     # block 0 dead, block 1 partly live
+    patterns[2][per_block:] = 0                     # the last block dead
+    encoder = GraphedEncoder(model, skip_dead_blocks=True)
+    tol = 2e-2 if autocast else 1e-5
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        for g in patterns:
+            got = encoder(x, lengths, g, 1)
+            torch.testing.assert_close(got, model.encode(x, lengths, g, 1), atol=tol, rtol=tol)
+    assert len(encoder.graphs) == 1
+    model.encode(x, lengths, gates, 1)                  # compiles what the capture runs
+    kept = torch.cuda.CUDAGraph(keep_graph=True)        # a capture whose nodes can be read
+    with capturing(kept):
+        model.encode(x, lengths, gates, 1, skip_dead_blocks=True)
+    assert _conditional_nodes(kept) == len(model.blocks)

@@ -263,3 +263,22 @@ def test_twin_outputs_gradients_are_added_in_the_backward_kernel(twin_gradients,
         for got, expected in zip(ours, want, strict=True):
             torch.testing.assert_close(got.double(), expected, atol=1e-4, rtol=1e-5)
         assert calls == [len(pairs) == 2]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_masked_layer_norm_module_writes_its_output_into_a_given_tensor(backend):
+    """MaskedLayerNorm.forward_into (a dead block's output, written into the tensor its live
+    branch writes): forward's values in every element of a poisoned tensor, padding too."""
+    from orthoasr import set_backend
+    from orthoasr.nn.norm import MaskedLayerNorm
+    set_backend(backend)
+    lengths, x, weight, bias = _case()
+    norm = MaskedLayerNorm(D).to(DEV)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        norm.bias.copy_(bias)
+    x3 = x.view(B, T, D)
+    out = torch.full_like(x3, float("nan"))
+    norm.forward_into(x3, lengths, out)
+    torch.testing.assert_close(out, norm(x3, lengths), atol=1e-6, rtol=1e-6)
+    assert torch.equal(out[1, 2:], torch.zeros_like(out[1, 2:]))

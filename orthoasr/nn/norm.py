@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoasr.kernels.common import valid_mask
-from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
+from orthoasr.kernels.layer_norm import layer_norm_fwd, masked_layer_norm, residual_layer_norm
 
 from .common import torch_residual_step, triton_runs
 
@@ -38,3 +38,14 @@ class MaskedLayerNorm(nn.LayerNorm):
         y = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         y = torch.where(valid_mask(lengths, x.shape[1])[..., None], y, 0.0)
         return (y, y) if twin else y
+
+    @torch.no_grad()
+    def forward_into(self, x: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor) -> None:
+        """`forward(x, lengths)` written into `out` (B, T, D), without autograd: on the
+        Triton backend by the kernel itself (no copy), elsewhere copied."""
+        if triton_runs(x, lengths, None) and out.is_contiguous():
+            B, T, D = x.shape
+            layer_norm_fwd(x.reshape(B * T, D).contiguous(), self.weight, self.bias, lengths,
+                           T, eps=self.eps, zero_padded=True, out=out.view(B * T, D))
+        else:
+            out.copy_(self.forward(x, lengths))
