@@ -17,6 +17,7 @@ a torch pool do: graphs that use it must not replay at the same time on differen
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 
@@ -85,6 +86,10 @@ def if_any_nonzero(gates: torch.Tensor, then, otherwise):
     if gates.dtype != torch.float32 or gates.dim() != 1 or not gates.is_contiguous():
         raise ValueError(f"gates must be a contiguous 1-d float32 tensor, got "
                          f"{tuple(gates.shape)} {gates.dtype}")
+    if not (gates.is_cuda and torch.cuda.is_current_stream_capturing()):
+        raise RuntimeError(f"if_any_nonzero makes a conditional node of a CUDA graph: call it "
+                           f"while the current stream captures one, with gates on that GPU "
+                           f"(got gates on {gates.device})")
     driver, _, runtime = _bindings()
     kernel, side, pool = _device_state(gates.device.index)
     stream = torch.cuda.current_stream(gates.device).cuda_stream
@@ -111,24 +116,15 @@ def if_any_nonzero(gates: torch.Tensor, then, otherwise):
     return out
 
 
-class _capturing_into:
+@contextlib.contextmanager
+def _capturing_into(body, side, pool, runtime):
     """Work on the current stream inside the block goes to `body` (a conditional node's
     graph), captured on `side`; this thread's allocations come from `pool`."""
-
-    def __init__(self, body, side, pool, runtime):
-        self.body, self.side, self.pool, self.runtime = body, side, pool, runtime
-
-    def __enter__(self):
-        _check(self.runtime.cudaStreamBeginCaptureToGraph(
-            self.side.cuda_stream, self.body, None, None, 0,
-            self.runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-        self.allocating = torch.cuda.use_mem_pool(self.pool)
-        self.allocating.__enter__()
-        self.on_side = torch.cuda.stream(self.side)
-        self.on_side.__enter__()
-
-    def __exit__(self, *exc):
-        self.on_side.__exit__(*exc)
-        self.allocating.__exit__(*exc)
-        _check(self.runtime.cudaStreamEndCapture(self.side.cuda_stream))
-        return False
+    _check(runtime.cudaStreamBeginCaptureToGraph(
+        side.cuda_stream, body, None, None, 0,
+        runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+    try:
+        with torch.cuda.use_mem_pool(pool), torch.cuda.stream(side):
+            yield
+    finally:
+        _check(runtime.cudaStreamEndCapture(side.cuda_stream))

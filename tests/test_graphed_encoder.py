@@ -140,6 +140,8 @@ def test_if_any_nonzero_names_bad_gates():
     for bad in (torch.ones(2, 3), torch.ones(4, dtype=torch.float64), torch.ones(8)[::2]):
         with pytest.raises(ValueError, match="gates must be a contiguous 1-d float32"):
             if_any_nonzero(bad, lambda: None, lambda out: None)
+    with pytest.raises(RuntimeError, match="while the current stream captures"):
+        if_any_nonzero(torch.ones(3), lambda: None, lambda out: None)
 
 
 @pytest.mark.gpu
