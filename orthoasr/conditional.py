@@ -55,14 +55,21 @@ def _check(result):
     return values[0] if len(values) == 1 else values
 
 
-@functools.cache
-def _device_state(device: int):
-    """(set-condition kernel, side stream, branch memory pool) of a CUDA device, made once."""
-    driver, nvrtc, runtime = _bindings()
+def check_available() -> None:
+    """Raise a RuntimeError that says what is missing (cuda-bindings, a CUDA 12.8+ driver)
+    unless conditional nodes can be made here."""
+    runtime = _bindings()[2]
     version = _check(runtime.cudaDriverGetVersion())
     if version < _MIN_DRIVER:
         raise RuntimeError(f"skipping dead blocks on the device needs a CUDA 12.8+ driver, "
                            f"this one is {version // 1000}.{version % 1000 // 10}")
+
+
+@functools.cache
+def _device_state(device: int):
+    """(set-condition kernel, side stream, branch memory pool) of a CUDA device, made once."""
+    check_available()
+    driver, nvrtc, runtime = _bindings()
     program = _check(nvrtc.nvrtcCreateProgram(_SET_CONDITION, b"set_condition.cu", 0, [], []))
     major, minor = torch.cuda.get_device_capability(device)
     options = [f"-arch=sm_{major}{minor}".encode()]

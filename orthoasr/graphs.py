@@ -11,6 +11,7 @@ import gc
 
 import torch
 
+from .conditional import check_available
 from .kernels.common import FrozenOperands
 
 
@@ -77,6 +78,8 @@ class GraphedEncoder:
         self.model, self.frame_step = model, frame_step
         self.use_graphs = use_graphs
         self.skip_dead_blocks = skip_dead_blocks
+        if skip_dead_blocks and torch.cuda.is_available() and use_graphs is not False:
+            check_available()        # what is missing, said now rather than at a capture
         self.operands = FrozenOperands() if frozen_weights else None
         self.graphs: dict[tuple, tuple] = {}     # key -> (graph, inputs, output) or None
         self.pool = None

@@ -148,6 +148,7 @@ def test_if_any_nonzero_names_bad_gates():
 def test_gpu_if_any_nonzero_takes_the_branch_the_gates_pick():
     """Two branches that write different values: each replay runs the one its gates pick,
     with allocations inside the branch and work after the node on the capturing stream."""
+    pytest.importorskip("cuda.bindings")      # the `graphs` extra
     from orthoasr.conditional import if_any_nonzero
     from orthoasr.graphs import capture_graph
     x = torch.randn(1000, device="cuda")
@@ -182,6 +183,7 @@ def _conditional_nodes(graph) -> int:
 def test_gpu_dead_blocks_skipped_on_the_device(autocast):
     """One graph with an IF node a block, replayed under gates that kill no block, one
     block, every block: each replay equals the eager encoder under the same gates."""
+    pytest.importorskip("cuda.bindings")      # the `graphs` extra
     set_backend("auto")
     model, x, lengths, gates = _model_and_inputs(5, 70)
     per_block = model.num_units // len(model.blocks)
