@@ -334,7 +334,7 @@ class ConformerSupernet(nn.Module):
         branch = (skip_dead_blocks and gates is not None and ungated_batch == 0
                   and not torch.is_grad_enabled() and x.is_cuda
                   and torch.cuda.is_current_stream_capturing())
-        block_units = gates.float().chunk(len(self.blocks)) if branch else []
+        block_units = gates.float().contiguous().chunk(len(self.blocks)) if branch else []
         for layer, block in enumerate(self.blocks):
             if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
                 torch.cuda.current_stream().wait_event(ready)
@@ -344,12 +344,10 @@ class ConformerSupernet(nn.Module):
                 return block(x, lengths, block_gates[layer], skips[layer], operands[layer],
                              full=fulls[layer], seeds=seeds[layer],
                              ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
-            if branch:
-                x = if_any_nonzero(block_units[layer], run,
-                                   lambda out, block=block, x=x: block.write_dead(x, lengths,
-                                                                                  out))
-            else:
-                x = run()
+
+            def dead(out, block=block, x=x):
+                block.write_dead(x, lengths, out)
+            x = if_any_nonzero(block_units[layer], run, dead) if branch else run()
         return x
 
     @property
