@@ -15,6 +15,7 @@ whose backward products go to cuBLAS on the Triton backend.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -338,16 +339,16 @@ class ConformerSupernet(nn.Module):
         for layer, block in enumerate(self.blocks):
             if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
                 torch.cuda.current_stream().wait_event(ready)
-
-            def run(block=block, x=x, layer=layer):
-                # each block but the last hands the next its output and the output's twin
-                return block(x, lengths, block_gates[layer], skips[layer], operands[layer],
-                             full=fulls[layer], seeds=seeds[layer],
-                             ungated_batch=ungated_batch, twin=layer + 1 < len(self.blocks))
-
-            def dead(out, block=block, x=x):
-                block.write_dead(x, lengths, out)
-            x = if_any_nonzero(block_units[layer], run, dead) if branch else run()
+            # each block but the last hands the next its output and the output's twin
+            run = functools.partial(block, x, lengths, block_gates[layer], skips[layer],
+                                    operands[layer], full=fulls[layer], seeds=seeds[layer],
+                                    ungated_batch=ungated_batch,
+                                    twin=layer + 1 < len(self.blocks))
+            if branch:
+                dead = functools.partial(block.write_dead, x, lengths)     # dead(out)
+                x = if_any_nonzero(block_units[layer], run, dead)
+            else:
+                x = run()
         return x
 
     @property
