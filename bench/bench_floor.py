@@ -14,7 +14,9 @@ it on; `ours` is given that layout); for a module with all units on also
 for the encoder also `ours_unstaged_copies` (every bf16 weight copy made ahead of the pass
 on one stream: what staged_operand_copies saves) and, for gated inference on a GPU,
 `ours_skip_dead_blocks` (each block in a CUDA-graph IF node on its gates:
-`run_blocks(skip_dead_blocks=True)`); on a GPU `ours_plain_launch` (no
+`run_blocks(skip_dead_blocks=True)`) and `ours_one_stream` (the inference's batch as one
+chain: `ours` splits it in two groups on concurrent streams, as GraphedEncoder does,
+`run_blocks(batch_streams=2)`); on a GPU `ours_plain_launch` (no
 programmatic dependent launch). Those two run with their setting off for forward and
 backward.
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
@@ -109,8 +111,8 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
         for provider, fn in providers.items():
             if mode == "fwd+bwd" and provider == "dense_floor" and base["gates"] == "off":
                 continue          # the floor of a dead module is a constant: no backward
-            if provider == "ours_skip_dead_blocks" and mode != "infer":
-                continue          # the IF nodes are inference's only (run_blocks)
+            if provider in ("ours_skip_dead_blocks", "ours_one_stream") and mode != "infer":
+                continue          # the IF nodes and the streams are inference's (run_blocks)
             inputs = inputs_of(provider)
             grad = grad_out(provider) if callable(grad_out) else grad_out
 
@@ -187,11 +189,14 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 if kind == "encoder":
                     frozen = FrozenOperands()
 
-                    def ours(xx, ll, g=gates, skip=frozenset(), frozen=frozen):
+                    def ours(xx, ll, g=gates, skip=frozenset(), frozen=frozen, streams=2):
                         # inference (no grad) runs as Recognizer does: the weights' bf16
-                        # copies kept between calls, as the floor's are (FrozenOperands)
+                        # copies kept between calls, as the floor's are (FrozenOperands),
+                        # and the batch in two groups on concurrent streams (GraphedEncoder's
+                        # default; only under the graph capture, with no grad)
                         return model.run_blocks(xx, ll, g, skip, frozen_operands=None if
-                                                torch.is_grad_enabled() else frozen)
+                                                torch.is_grad_enabled() else frozen,
+                                                batch_streams=streams)
                     floor = EncoderFloor(model, floor_gates, BF16) if hard else None
                 else:
                     def ours(xx, ll, g=gates, m=ours_module):
@@ -226,11 +231,16 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                         ours(xx, ll, s, d)
                 if kind == "encoder" and device.type == "cuda":
                     providers["ours_unstaged_copies"] = providers["ours"]
+                if kind == "encoder" and device.type == "cuda":
+                    # the inference's batch as one chain on one stream
+                    providers["ours_one_stream"] = \
+                        lambda s=soft, xx=xx, ll=lengths: ours(xx, ll, s, streams=1)
                 if kind == "encoder" and device.type == "cuda" and gates is not None:
                     # dead blocks skipped on the device: each block in a CUDA-graph IF node
                     providers["ours_skip_dead_blocks"] = \
                         lambda s=soft, xx=xx, ll=lengths, f=frozen: model.run_blocks(
-                            xx, ll, s, frozen_operands=f, skip_dead_blocks=True)
+                            xx, ll, s, frozen_operands=f, skip_dead_blocks=True,
+                            batch_streams=2)
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)

@@ -11,6 +11,7 @@ import gc
 
 import torch
 
+from .batch_streams import check_groups
 from .conditional import check_available
 from .kernels.common import FrozenOperands
 
@@ -71,13 +72,19 @@ class GraphedEncoder:
     final norm, decided on the GPU (`run_blocks`; needs cuda-bindings): for gates that
     change between calls without a capture of their own (a graph keys only on whether gates
     are given); where the dead modules are known on the host, `skip` costs nothing at all.
+    batch_streams: in the graphs, the padded batch split into up to this many groups of
+    sequences whose blocks run on concurrent streams (`run_blocks`; the same output, ~10%
+    less GPU time at 2 on the H200); 1 runs the batch as one chain.
     """
 
     def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32,
-                 frozen_weights: bool = False, skip_dead_blocks: bool = False):
+                 frozen_weights: bool = False, skip_dead_blocks: bool = False,
+                 batch_streams: int = 2):
         self.model, self.frame_step = model, frame_step
         self.use_graphs = use_graphs
         self.skip_dead_blocks = skip_dead_blocks
+        check_groups(batch_streams)
+        self.batch_streams = batch_streams
         if skip_dead_blocks and torch.cuda.is_available() and use_graphs is not False:
             check_available()        # what is missing, said now rather than at a capture
         self.operands = FrozenOperands() if frozen_weights else None
@@ -123,7 +130,8 @@ class GraphedEncoder:
 
         def encode():
             return self.model.encode(*inputs, head, skip, frozen_operands=self.operands,
-                                     skip_dead_blocks=self.skip_dead_blocks)
+                                     skip_dead_blocks=self.skip_dead_blocks,
+                                     batch_streams=self.batch_streams)
         try:
             graph, out = capture_graph(encode, pool=self.pool)
         except RuntimeError as err:                # e.g. a backend that syncs with the host

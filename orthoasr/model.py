@@ -28,6 +28,7 @@ from orthoasr.kernels.frontend import masked_relu_pool, masked_relu_pool_referen
 from orthoasr.kernels.residual_step import draw_seed
 
 from .backend import kernel_masks
+from .batch_streams import check_groups, over_streams
 from .conditional import if_any_nonzero
 from .config import SupernetConfig
 from .nn import GatedConvModule, GatedFeedForward, GatedMHSA
@@ -261,16 +262,17 @@ class ConformerSupernet(nn.Module):
                head: int = -1, skip: frozenset[tuple[int, str]] = frozenset(),
                full: frozenset[tuple[int, str]] = frozenset(),
                frozen_operands: FrozenOperands | None = None,
-               skip_dead_blocks: bool = False) -> torch.Tensor:
+               skip_dead_blocks: bool = False, batch_streams: int = 1) -> torch.Tensor:
         """Blocks under `gates` and output layer `head`: (B, T', D) -> log_probs (B, T', V).
         skip: (layer, kind) of modules left out, as `dead_modules` gives them: with hard
         gates that are all 0 there the output is the same, without their launches. full:
         (layer, kind) of modules run ungated, as `full_modules` gives them: with hard gates
         that are all 1 there the output is the same, from the dense path. frozen_operands,
-        skip_dead_blocks: as run_blocks takes them."""
+        skip_dead_blocks, batch_streams: as run_blocks takes them."""
         self._check_gates(x, gates, head)
         x = self.run_blocks(self.dropout(x), lengths, gates, skip, full,
-                            frozen_operands=frozen_operands, skip_dead_blocks=skip_dead_blocks)
+                            frozen_operands=frozen_operands, skip_dead_blocks=skip_dead_blocks,
+                            batch_streams=batch_streams)
         return self.heads[head](x).float().log_softmax(dim=-1)
 
     def encode_pair(self, x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor,
@@ -297,7 +299,7 @@ class ConformerSupernet(nn.Module):
                    full: frozenset[tuple[int, str]] = frozenset(),
                    ungated_batch: int = 0,
                    frozen_operands: FrozenOperands | None = None,
-                   skip_dead_blocks: bool = False) -> torch.Tensor:
+                   skip_dead_blocks: bool = False, batch_streams: int = 1) -> torch.Tensor:
         """The Conformer blocks alone (no checks, no dropout, no output layer): (B, T', D) ->
         (B, T', D). ungated_batch: the first sequences run as if gates were None.
         frozen_operands: kept compute-dtype copies of the matmul weights, for weights that
@@ -305,7 +307,12 @@ class ConformerSupernet(nn.Module):
         skip_dead_blocks: where a CUDA graph is being captured without grad, a block whose
         gates are all 0 runs only its final norm at replay, decided on the device
         (orthoasr.conditional; needs cuda-bindings): the same output without the block's
-        modules' launches, at ~12 us more a live block (H200). No effect elsewhere."""
+        modules' launches, at ~12 us more a live block (H200). No effect elsewhere.
+        batch_streams: where a CUDA graph is being captured without grad (and no dropout
+        draws), the sequences split into up to this many groups, each group's blocks on its
+        own stream, so that their kernels overlap at replay (orthoasr.batch_streams): the
+        same output, ~10% less GPU time at 2 (H200). No effect elsewhere."""
+        check_groups(batch_streams)
         skips = self._modules_per_layer(skip, "skip")
         fulls = self._modules_per_layer(full, "full")
         if both := [(layer, kind) for layer, kinds in enumerate(skips)
@@ -336,20 +343,30 @@ class ConformerSupernet(nn.Module):
                   and not torch.is_grad_enabled() and x.is_cuda
                   and torch.cuda.is_current_stream_capturing())
         block_units = gates.float().contiguous().chunk(len(self.blocks)) if branch else []
-        for layer, block in enumerate(self.blocks):
-            if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
-                torch.cuda.current_stream().wait_event(ready)
-            # each block but the last hands the next its output and the output's twin
-            run = functools.partial(block, x, lengths, block_gates[layer], skips[layer],
-                                    operands[layer], full=fulls[layer], seeds=seeds[layer],
-                                    ungated_batch=ungated_batch,
-                                    twin=layer + 1 < len(self.blocks))
-            if branch:
-                dead = functools.partial(block.write_dead, x, lengths)     # dead(out)
-                x = if_any_nonzero(block_units[layer], run, dead)
-            else:
-                x = run()
-        return x
+
+        def blocks(x, lengths):
+            for layer, block in enumerate(self.blocks):
+                if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
+                    torch.cuda.current_stream().wait_event(ready)
+                # each block but the last hands the next its output and the output's twin
+                run = functools.partial(block, x, lengths, block_gates[layer], skips[layer],
+                                        operands[layer], full=fulls[layer],
+                                        seeds=seeds[layer], ungated_batch=ungated_batch,
+                                        twin=layer + 1 < len(self.blocks))
+                if branch:
+                    dead = functools.partial(block.write_dead, x, lengths)     # dead(out)
+                    x = if_any_nonzero(block_units[layer], run, dead)
+                else:
+                    x = run()
+            return x
+
+        # split only where nothing is drawn per element (a group would repeat the first
+        # group's dropout masks) and the capture hides the extra launches' host time
+        if (batch_streams > 1 and x.shape[0] > 1 and ungated_batch == 0 and seeds[0] is None
+                and not torch.is_grad_enabled() and x.is_cuda
+                and torch.cuda.is_current_stream_capturing()):
+            return over_streams(x, lengths, min(batch_streams, x.shape[0]), blocks)
+        return blocks(x, lengths)
 
     @property
     def matmul_weights(self) -> list[torch.Tensor]:

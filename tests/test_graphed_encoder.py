@@ -202,3 +202,51 @@ def test_gpu_dead_blocks_skipped_on_the_device(autocast):
     with capturing(kept):
         model.encode(x, lengths, gates, 1, skip_dead_blocks=True)
     assert _conditional_nodes(kept) == len(model.blocks)
+
+
+@torch.no_grad()
+def test_batch_streams_change_nothing_outside_a_capture():
+    """Eager (CPU here) the batch is not split: the same output; bad values are named."""
+    set_backend("auto")
+    model, x, lengths, gates = _model_and_inputs(3, 37)
+    expected = model.encode(x, lengths, gates, 0)
+    assert torch.equal(model.encode(x, lengths, gates, 0, batch_streams=2), expected)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="batch_streams must be an int >= 1"):
+            model.encode(x, lengths, gates, 0, batch_streams=bad)
+        with pytest.raises(ValueError, match="batch_streams must be an int >= 1"):
+            GraphedEncoder(model, batch_streams=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [False, True])
+@torch.no_grad()
+def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
+    """Captured with the batch split over 2, 3 and (more groups than sequences) 5 streams,
+    each replay equals the capture of one chain, with and without gates; the split is made
+    in the capture only, with the groups asked for (at most one a sequence)."""
+    import orthoasr.model
+    from orthoasr.graphs import capture_graph
+    set_backend("auto")
+    model, x, lengths, gates = _model_and_inputs(5, 70)
+    splits = []
+
+    def recorded(x, lengths, groups, run):
+        splits.append(groups)
+        return over_streams(x, lengths, groups, run)
+    over_streams = orthoasr.model.over_streams
+    monkeypatch.setattr(orthoasr.model, "over_streams", recorded)
+    tol = 2e-2 if autocast else 1e-5
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        for g in (None, gates):
+            model.encode(x, lengths, g, 1, batch_streams=2)      # eager: no split
+            assert splits == []
+            one_graph, one = capture_graph(lambda g=g: model.encode(x, lengths, g, 1))
+            one_graph.replay()
+            for streams in (2, 3, 9):
+                graph, got = capture_graph(
+                    lambda g=g, s=streams: model.encode(x, lengths, g, 1, batch_streams=s))
+                got.zero_()
+                graph.replay()
+                torch.testing.assert_close(got, one, atol=tol, rtol=tol)
+                assert splits[-1] == min(streams, x.shape[0])
