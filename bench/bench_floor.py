@@ -239,8 +239,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     # dead blocks skipped on the device: each block in a CUDA-graph IF node
                     providers["ours_skip_dead_blocks"] = \
                         lambda s=soft, xx=xx, ll=lengths, f=frozen: model.run_blocks(
-                            xx, ll, s, frozen_operands=f, skip_dead_blocks=True,
-                            batch_streams=2)
+                            xx, ll, s, frozen_operands=f, skip_dead_blocks=True)
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)

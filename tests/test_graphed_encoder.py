@@ -224,7 +224,8 @@ def test_batch_streams_change_nothing_outside_a_capture():
 def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
     """Captured with the batch split over 2, 3 and (more groups than sequences) 5 streams,
     each replay equals the capture of one chain, with and without gates; the split is made
-    in the capture only, with the groups asked for (at most one a sequence)."""
+    in the capture only, with the groups asked for (at most one a sequence), and not with
+    skip_dead_blocks."""
     import orthoasr.model
     from orthoasr.graphs import capture_graph
     set_backend("auto")
@@ -239,8 +240,9 @@ def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
     tol = 2e-2 if autocast else 1e-5
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         for g in (None, gates):
+            before = len(splits)
             model.encode(x, lengths, g, 1, batch_streams=2)      # eager: no split
-            assert splits == []
+            assert len(splits) == before
             one_graph, one = capture_graph(lambda g=g: model.encode(x, lengths, g, 1))
             one_graph.replay()
             for streams in (2, 3, 9):
@@ -250,3 +252,11 @@ def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
                 graph.replay()
                 torch.testing.assert_close(got, one, atol=tol, rtol=tol)
                 assert splits[-1] == min(streams, x.shape[0])
+    try:
+        import cuda.bindings  # noqa: F401  (the `graphs` extra, for IF nodes)
+    except ImportError:
+        return
+    before = len(splits)              # IF nodes: the batch stays one chain
+    capture_graph(lambda: model.encode(x, lengths, gates, 1, skip_dead_blocks=True,
+                                       batch_streams=2))
+    assert len(splits) == before
