@@ -6,8 +6,9 @@ tensor cores, and the first and last wave of every launch run on part of the SMs
 the batch is split into groups of sequences, each group's chain captured on its own stream,
 the groups' kernels run side by side at replay and fill those gaps. Every row of the output
 depends on its own sequence alone, so the values are the unsplit pass's: the same kernels,
-on fewer rows. (Paper encoder, dense inference, H200: 2.80 -> 2.53 ms at B32xT250, 4.10 ->
-3.48 ms at B16xT750 with two groups; bench/NOTES.md, session 40.)
+on fewer rows. (Paper encoder, dense inference, H200, two groups: 2.79 -> 2.53-2.69 ms at
+B32xT250, the spread from capture to capture; 4.10 -> 3.48-3.52 ms at B16xT750;
+bench/NOTES.md, session 40.)
 
 Used by `run_blocks(batch_streams=)` under a capture without grad; outside a capture the
 split would only add host time, so it is not made there.
