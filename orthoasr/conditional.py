@@ -13,6 +13,8 @@ driver (an IF node with an ELSE branch).
 
 Memory: the branches of every graph captured on a device share one pool, as graphs sharing
 a torch pool do: graphs that use it must not replay at the same time on different streams.
+Within one graph, branches made on different capturing streams (concurrent chains) are
+captured on different side streams, so they never reuse each other's freed blocks.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def check_available() -> None:
 
 @functools.cache
 def _device_state(device: int):
-    """(set-condition kernel, side stream, branch memory pool) of a CUDA device, made once."""
+    """(set-condition kernel, branch memory pool) of a CUDA device, made once."""
     check_available()
     driver, nvrtc, runtime = _bindings()
     program = _check(nvrtc.nvrtcCreateProgram(_SET_CONDITION, b"set_condition.cu", 0, [], []))
@@ -82,7 +84,22 @@ def _device_state(device: int):
     with torch.cuda.device(device):
         module = _check(driver.cuModuleLoadData(cubin))
         kernel = _check(driver.cuModuleGetFunction(module, b"any_nonzero"))
-        return kernel, torch.cuda.Stream(device), torch.cuda.MemPool()
+        return kernel, torch.cuda.MemPool()
+
+
+_branch_streams: dict[tuple[int, int], torch.cuda.Stream] = {}
+
+
+def _branch_stream(device: int, capturing: torch.cuda.Stream) -> torch.cuda.Stream:
+    """The side stream that branches are captured on for nodes made on `capturing`, one
+    per capturing stream. The caching allocator reuses a freed block only for allocations
+    on the stream that made it, so the branches of chains captured on different streams
+    (orthoasr.batch_streams), which replay concurrently, never share temporaries. With one
+    side stream for all, they did, and raced at replay (wrong values, H200, 2026-12-04)."""
+    key = (device, capturing.cuda_stream)
+    if key not in _branch_streams:
+        _branch_streams[key] = torch.cuda.Stream(device)
+    return _branch_streams[key]
 
 
 def if_any_nonzero(gates: torch.Tensor, then, otherwise):
@@ -98,8 +115,10 @@ def if_any_nonzero(gates: torch.Tensor, then, otherwise):
                            f"while the current stream captures one, with gates on that GPU "
                            f"(got gates on {gates.device})")
     driver, _, runtime = _bindings()
-    kernel, side, pool = _device_state(gates.device.index)
-    stream = torch.cuda.current_stream(gates.device).cuda_stream
+    kernel, pool = _device_state(gates.device.index)
+    capturing = torch.cuda.current_stream(gates.device)
+    side = _branch_stream(gates.device.index, capturing)
+    stream = capturing.cuda_stream
     graph = _check(runtime.cudaStreamGetCaptureInfo(stream))[2]
     handle = _check(runtime.cudaGraphConditionalHandleCreate(graph, 0, 0))
     _check(driver.cuLaunchKernel(kernel, 1, 1, 1, 1, 1, 1, 0, stream,

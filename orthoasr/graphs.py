@@ -74,8 +74,7 @@ class GraphedEncoder:
     are given); where the dead modules are known on the host, `skip` costs nothing at all.
     batch_streams: in the graphs, the padded batch split into up to this many groups of
     sequences whose blocks run on concurrent streams (`run_blocks`; the same output, ~5-10%
-    less GPU time at 2 on the H200); 1 runs the batch as one chain. Not together with
-    skip_dead_blocks, which runs the batch as one chain.
+    less GPU time at 2 on the H200); 1 runs the batch as one chain.
     """
 
     def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32,

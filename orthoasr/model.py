@@ -311,8 +311,7 @@ class ConformerSupernet(nn.Module):
         batch_streams: where a CUDA graph is being captured without grad (and no dropout
         draws), the sequences split into up to this many groups, each group's blocks on its
         own stream, so that their kernels overlap at replay (orthoasr.batch_streams): the
-        same output, ~5-10% less GPU time at 2 (H200). No effect elsewhere, nor together
-        with skip_dead_blocks."""
+        same output, ~5-10% less GPU time at 2 (H200). No effect elsewhere."""
         check_groups(batch_streams)
         skips = self._modules_per_layer(skip, "skip")
         fulls = self._modules_per_layer(full, "full")
@@ -362,11 +361,9 @@ class ConformerSupernet(nn.Module):
             return x
 
         # split only where nothing is drawn per element (a group would repeat the first
-        # group's dropout masks), the capture hides the extra launches' host time, and no
-        # IF nodes are made (captured on a group's side stream, their replays gave wrong
-        # values: H200, 2026-12-04, not understood yet)
+        # group's dropout masks) and the capture hides the extra launches' host time
         if (batch_streams > 1 and x.shape[0] > 1 and ungated_batch == 0 and seeds[0] is None
-                and not branch and not torch.is_grad_enabled() and x.is_cuda
+                and not torch.is_grad_enabled() and x.is_cuda
                 and torch.cuda.is_current_stream_capturing()):
             return over_streams(x, lengths, min(batch_streams, x.shape[0]), blocks)
         return blocks(x, lengths)

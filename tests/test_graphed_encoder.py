@@ -179,10 +179,12 @@ def _conditional_nodes(graph) -> int:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("batch_streams", [1, 2])
 @torch.no_grad()
-def test_gpu_dead_blocks_skipped_on_the_device(autocast):
-    """One graph with an IF node a block, replayed under gates that kill no block, one
-    block, every block: each replay equals the eager encoder under the same gates."""
+def test_gpu_dead_blocks_skipped_on_the_device(autocast, batch_streams):
+    """One graph with an IF node a block (a chain of them on each of `batch_streams`
+    streams), replayed under gates that kill no block, one block, every block: each replay
+    equals the eager encoder under the same gates."""
     pytest.importorskip("cuda.bindings")      # the `graphs` extra
     set_backend("auto")
     model, x, lengths, gates = _model_and_inputs(5, 70)
@@ -190,7 +192,7 @@ def test_gpu_dead_blocks_skipped_on_the_device(autocast):
     patterns = [torch.ones_like(gates), gates.clone(), gates.clone(), torch.zeros_like(gates)]
     patterns[1][:per_block] = 0                     # block 0 dead, block 1 partly live
     patterns[2][per_block:] = 0                     # the last block dead
-    encoder = GraphedEncoder(model, skip_dead_blocks=True)
+    encoder = GraphedEncoder(model, skip_dead_blocks=True, batch_streams=batch_streams)
     tol = 2e-2 if autocast else 1e-5
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         for g in patterns:
@@ -224,7 +226,7 @@ def test_batch_streams_change_nothing_outside_a_capture():
 def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
     """Captured with the batch split over 2, 3 and (more groups than sequences) 5 streams,
     each replay equals the capture of one chain, with and without gates; the split is made
-    in the capture only, with the groups asked for (at most one a sequence), and not with
+    in the capture only, with the groups asked for (at most one a sequence), also with
     skip_dead_blocks."""
     import orthoasr.model
     from orthoasr.graphs import capture_graph
@@ -256,7 +258,7 @@ def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
         import cuda.bindings  # noqa: F401  (the `graphs` extra, for IF nodes)
     except ImportError:
         return
-    before = len(splits)              # IF nodes: the batch stays one chain
+    before = len(splits)              # with IF nodes too (test_gpu_dead_blocks_...: values)
     capture_graph(lambda: model.encode(x, lengths, gates, 1, skip_dead_blocks=True,
                                        batch_streams=2))
-    assert len(splits) == before
+    assert splits[before:] == [2]
