@@ -231,7 +231,6 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                         ours(xx, ll, s, d)
                 if kind == "encoder" and device.type == "cuda":
                     providers["ours_unstaged_copies"] = providers["ours"]
-                if kind == "encoder" and device.type == "cuda":
                     # the inference's batch as one chain on one stream
                     providers["ours_one_stream"] = \
                         lambda s=soft, xx=xx, ll=lengths: ours(xx, ll, s, streams=1)

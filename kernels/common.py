@@ -152,9 +152,17 @@ def _copy_into(copies: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
         torch._foreach_copy_(copies, weights)
 
 
-# where `staged_operand_copies` makes the copies behind: one side stream a device
-_side_streams: dict[int, torch.cuda.Stream] = {}
+_side_streams: dict[tuple[int, object], torch.cuda.Stream] = {}
 _staging = Switch("ORTHOASR_STAGED_COPIES")
+
+
+def side_stream(device: torch.device, key) -> torch.cuda.Stream:
+    """A side stream of `device` for `key` (its user's name for it), made at the first call
+    and kept for the process: the same stream for the same (device, key)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if (index, key) not in _side_streams:
+        _side_streams[index, key] = torch.cuda.Stream(index)
+    return _side_streams[index, key]
 
 
 def staged_copies(on: bool):
@@ -187,9 +195,7 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
     # waiting on `ready` (an error mid-pass): a later allocation would be written over
     rest = _empty_copies(weights[ahead:], dtype)
     main = torch.cuda.current_stream()
-    side = _side_streams.get(main.device.index)
-    if side is None:
-        side = _side_streams[main.device.index] = torch.cuda.Stream(main.device)
+    side = side_stream(main.device, "staged copies")
     side.wait_stream(main)
     with torch.cuda.stream(side):
         _copy_into(rest, weights[ahead:])

@@ -18,17 +18,7 @@ from __future__ import annotations
 
 import torch
 
-_side_streams: dict[int, list[torch.cuda.Stream]] = {}
-
-
-def _streams(device: torch.device, n: int) -> list[torch.cuda.Stream]:
-    """n side streams of `device`, made once and kept (a graph captured on them replays on
-    streams of its own; these only carry the capture)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    kept = _side_streams.setdefault(index, [])
-    while len(kept) < n:
-        kept.append(torch.cuda.Stream(device=index))
-    return kept[:n]
+from .kernels.common import side_stream
 
 
 def check_groups(batch_streams) -> None:
@@ -48,7 +38,9 @@ def over_streams(x: torch.Tensor, lengths: torch.Tensor, groups: int, run) -> to
         raise ValueError(f"over_streams: groups={groups} needs 1 <= groups <= B={B}")
     bounds = [B * i // groups for i in range(groups + 1)]
     current = torch.cuda.current_stream(x.device)
-    side = _streams(x.device, groups - 1)
+    # kept streams (a graph captured on them replays on streams of its own; these only
+    # carry the capture)
+    side = [side_stream(x.device, ("batch group", i)) for i in range(1, groups)]
     for stream in side:
         stream.wait_stream(current)
     outputs = []

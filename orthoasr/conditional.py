@@ -25,6 +25,8 @@ import functools
 
 import torch
 
+from .kernels.common import side_stream
+
 _SET_CONDITION = rb"""
 typedef unsigned long long cudaGraphConditionalHandle;
 extern "C" __device__ __cudart_builtin__ void cudaGraphSetConditional(
@@ -87,19 +89,13 @@ def _device_state(device: int):
         return kernel, torch.cuda.MemPool()
 
 
-_branch_streams: dict[tuple[int, int], torch.cuda.Stream] = {}
-
-
-def _branch_stream(device: int, capturing: torch.cuda.Stream) -> torch.cuda.Stream:
+def _branch_stream(capturing: torch.cuda.Stream) -> torch.cuda.Stream:
     """The side stream that branches are captured on for nodes made on `capturing`, one
     per capturing stream. The caching allocator reuses a freed block only for allocations
     on the stream that made it, so the branches of chains captured on different streams
     (orthoasr.batch_streams), which replay concurrently, never share temporaries. With one
     side stream for all, they did, and raced at replay (wrong values, H200, 2026-12-04)."""
-    key = (device, capturing.cuda_stream)
-    if key not in _branch_streams:
-        _branch_streams[key] = torch.cuda.Stream(device)
-    return _branch_streams[key]
+    return side_stream(capturing.device, ("IF branches", capturing.cuda_stream))
 
 
 def if_any_nonzero(gates: torch.Tensor, then, otherwise):
@@ -117,7 +113,7 @@ def if_any_nonzero(gates: torch.Tensor, then, otherwise):
     driver, _, runtime = _bindings()
     kernel, pool = _device_state(gates.device.index)
     capturing = torch.cuda.current_stream(gates.device)
-    side = _branch_stream(gates.device.index, capturing)
+    side = _branch_stream(capturing)
     stream = capturing.cuda_stream
     graph = _check(runtime.cudaStreamGetCaptureInfo(stream))[2]
     handle = _check(runtime.cudaGraphConditionalHandleCreate(graph, 0, 0))

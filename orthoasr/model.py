@@ -337,11 +337,12 @@ class ConformerSupernet(nn.Module):
             # before, so that the generator's later draws stay where they were
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
-        # under a CUDA-graph capture, inference only: each block inside an IF node on its
-        # gates, whose ELSE branch (every gate 0) is the block's final norm alone
-        branch = (skip_dead_blocks and gates is not None and ungated_batch == 0
-                  and not torch.is_grad_enabled() and x.is_cuda
-                  and torch.cuda.is_current_stream_capturing())
+        # what skip_dead_blocks and batch_streams act on: inference under a graph capture
+        captured_inference = (ungated_batch == 0 and not torch.is_grad_enabled() and x.is_cuda
+                              and torch.cuda.is_current_stream_capturing())
+        # each block inside an IF node on its gates, whose ELSE branch (every gate 0) is the
+        # block's final norm alone
+        branch = captured_inference and skip_dead_blocks and gates is not None
         block_units = gates.float().contiguous().chunk(len(self.blocks)) if branch else []
 
         def blocks(x, lengths):
@@ -362,9 +363,7 @@ class ConformerSupernet(nn.Module):
 
         # split only where nothing is drawn per element (a group would repeat the first
         # group's dropout masks) and the capture hides the extra launches' host time
-        if (batch_streams > 1 and x.shape[0] > 1 and ungated_batch == 0 and seeds[0] is None
-                and not torch.is_grad_enabled() and x.is_cuda
-                and torch.cuda.is_current_stream_capturing()):
+        if captured_inference and batch_streams > 1 and x.shape[0] > 1 and seeds[0] is None:
             return over_streams(x, lengths, min(batch_streams, x.shape[0]), blocks)
         return blocks(x, lengths)
 
