@@ -90,12 +90,14 @@ def _rows_zeroed(dense: bool, w1c) -> bool:
 
 def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
                          module_gate, skip_dead, save, w1c, w2c, ungated_batch=0, res_y=None,
-                         res_seed=None, res_scale=1.0, res_p=0.0):
+                         res_seed=None, res_scale=1.0, res_p=0.0, normed=None):
     # w1c, w2c: W1, W2 as matmul operands, in the compute dtype (kept for the backward);
     # w1, w2 are inputs only to receive their gradients. ungated_batch: the first sequences
     # run as if every gate were 1 (gated_ffn). res_y given: the module's input is the
     # residual step x + res_scale * dropout(res_y, res_p), made by its LayerNorm and
-    # returned last (x_new; else an empty tensor)
+    # returned last (x_new; else an empty tensor). normed given (inference: no step, nothing
+    # saved): the LayerNorm's output, made by the block before (kernels.layer_norm's
+    # final_norm_inference); x is then read for its shape alone
     B, T, D = x.shape
     compute_dtype = w1c.dtype
     M, F_ = B * T, w1.shape[0]
@@ -110,10 +112,13 @@ def gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, 
     # product then also gives b1's gradient, which the SiLU backward's epilogue no longer sums
     dense = save and dense_products(x, gates, skip_dead)
     zero_rows = save and _rows_zeroed(dense, w1c)
-    xn_saved, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates,
-                                          skip_dead, out_dtype=compute_dtype,
-                                          zero_padded=zero_rows, ones_column=dense,
-                                          residual=res)
+    if normed is not None:
+        xn_saved, mean, rstd = normed.reshape(M, D), _empty(x), _empty(x)
+    else:
+        xn_saved, mean, rstd = layer_norm_fwd(x2, ln_weight, ln_bias, lengths, T, gates,
+                                              skip_dead, out_dtype=compute_dtype,
+                                              zero_padded=zero_rows, ones_column=dense,
+                                              residual=res)
     xn = xn_saved[:, :D]
     hidden = xn.new_empty(M, F_)
     pre = xn.new_empty(M, F_) if save else None
@@ -227,17 +232,18 @@ def gated_ffn_fwd(x: torch.Tensor, lengths: torch.Tensor, ln_weight: torch.Tenso
                   skip_dead: bool, save: bool, w1c: torch.Tensor, w2c: torch.Tensor,
                   ungated_batch: int = 0, res_y: torch.Tensor | None = None,
                   res_seed: torch.Tensor | None = None, res_scale: float = 1.0,
-                  res_p: float = 0.0
+                  res_p: float = 0.0, normed: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                              torch.Tensor, torch.Tensor, torch.Tensor]:
     return gated_ffn_fwd_triton(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks,
                                 module_gate, skip_dead, save, w1c, w2c, ungated_batch, res_y,
-                                res_seed, res_scale, res_p)
+                                res_seed, res_scale, res_p, normed)
 
 
 @gated_ffn_fwd.register_fake
 def _(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate, skip_dead,
-      save, w1c, w2c, ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0):
+      save, w1c, w2c, ungated_batch=0, res_y=None, res_seed=None, res_scale=1.0, res_p=0.0,
+      normed=None):
     B, T, D = x.shape
     like = dict(dtype=w1c.dtype)
     y = x.new_empty(B, T, D, **like)
@@ -340,7 +346,7 @@ _GatedFFN = eager_function(gated_ffn_fwd_triton, _setup_context, _backward,
 
 
 def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, module_gate,
-              compute_dtype=None, operands=None, ungated_batch=0, residual=None):
+              compute_dtype=None, operands=None, ungated_batch=0, residual=None, normed=None):
     """Triton gated FFN, same meaning as `gated_ffn_reference` (inputs already checked), its
     matmuls in `compute_dtype` (default: x's), the output in it too, dx in x's dtype.
     operands: (W1, W2) in the compute dtype, (F, D) and (D, F), made by the caller (one copy
@@ -353,6 +359,10 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     residual: (y, seed, scale, p), the residual step of the module before, or None: the
     input is then x + scale * dropout(y, p), made by this module's LayerNorm kernels
     (residual_step.Residual), and the call returns (that new stream, the output).
+    normed: inference only (no grad, no residual step): LayerNorm(x) by this module's norm,
+    (B, T, D) in the compute dtype, made by the caller (a block's final norm makes the next
+    block's in its own pass: kernels.layer_norm.final_norm_inference); the module then
+    starts at its first product.
     Eager calls go through one autograd.Function; under torch.compile the torch.library op.
     """
     if ungated_batch and (gates is None or module_gate or not 0 < ungated_batch < x.shape[0]):
@@ -372,9 +382,16 @@ def gated_ffn(x, lengths, ln_weight, ln_bias, w1, b1, w2, b2, gates, chunks, mod
     params = [t.contiguous() for t in (ln_weight, ln_bias, w1, b1, w2, b2)]
     dtype = compute_dtype or x.dtype
     w1c, w2c = operands or as_operands([w1, w2], dtype)
+    if normed is not None and (save or residual is not None or normed.shape != x.shape
+                               or normed.dtype != dtype):
+        raise ValueError(f"gated_ffn: normed must be LayerNorm(x) of x's shape "
+                         f"{tuple(x.shape)} in {dtype}, for inference without a residual "
+                         f"step; got {tuple(normed.shape)} {normed.dtype} (grad: {save}, "
+                         f"residual: {residual is not None})")
     skip_dead = not gate_grad and not ungated_batch
     args = (x, lengths.contiguous(), *params, gates, chunks, module_gate, skip_dead, save,
-            w1c, w2c, ungated_batch, *step)
+            w1c, w2c, ungated_batch, *step,
+            None if normed is None else normed.contiguous())
     op = gated_ffn_fwd if torch.compiler.is_compiling() else _GatedFFN.apply
     out = op(*args)
     return out[0] if residual is None else (out[-1], out[0])

@@ -17,6 +17,8 @@ dropped (instead of an add kernel and a dropout backward). The mask comes from a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -48,6 +50,15 @@ def layer_norm_reference(x, weight, bias, eps=1e-5):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
+class NextNorm(NamedTuple):
+    """A second LayerNorm that `layer_norm_fwd` applies to its own output in the same pass:
+    its parameters (D,) and eps, and `out` [M, D], where it writes."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+    out: torch.Tensor
+
+
 @triton.jit
 def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
                  SKIP_DEAD: tl.constexpr):
@@ -63,12 +74,13 @@ def _module_live(gate_ptr, NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr,
 @triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, gate_ptr, len_ptr,
-    res_ptr, xnew_ptr, seed_ptr,
-    M, D, T, eps, stride_y, threshold, gain,
+    res_ptr, xnew_ptr, seed_ptr, next_ptr, next_w_ptr, next_b_ptr,
+    M, D, T, eps, stride_y, threshold, gain, next_eps,
     NUM_GATES: tl.constexpr, GATES_P2: tl.constexpr, SKIP_DEAD: tl.constexpr,
     ZERO_PADDED: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
     ONES_PAD: tl.constexpr = 0, RESIDUAL: tl.constexpr = False, DROPOUT: tl.constexpr = False,
-    SILU: tl.constexpr = False,
+    STORE_STREAM: tl.constexpr = True, SILU: tl.constexpr = False,
+    NEXT_NORM: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
     # Program i normalises rows [i*BM, (i+1)*BM), each whole in one BD-wide tile. Padded
@@ -81,7 +93,12 @@ def _layer_norm_fwd_kernel(
     # RESIDUAL: x is x_ptr + gain * dropout(res_ptr), written to xnew_ptr at every row (the
     # residual stream) and normalised as written (rounded to its dtype), as an unfused
     # residual step and norm would. DROPOUT (p > 0): with the mask drawn from seed_ptr.
+    # STORE_STREAM=False: x_new is normalised but not written (inference's final norm, whose
+    # input no one reads again).
     # SILU: y = silu(LayerNorm(x)) (the conv module's norm after its depthwise conv).
+    # NEXT_NORM: y, rounded to its dtype, is normalised again by a second LayerNorm
+    # (next_w, next_b, next_eps) into next_ptr (stride D, rows as y's): a block's final norm
+    # and the next block's first pre-norm in one pass (inference).
     await_producers(PDL)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
@@ -98,7 +115,8 @@ def _layer_norm_fwd_kernel(
             if DROPOUT:
                 r = tl.where(row_tile_keep(seed_ptr, rows, D, threshold, BM, BD), r, 0.0)
             x_new = (x + r).to(xnew_ptr.dtype.element_ty)
-            tl.store(xnew_ptr + tile, x_new, mask=every)
+            if STORE_STREAM:
+                tl.store(xnew_ptr + tile, x_new, mask=every)
             x = tl.where(ok, x_new.to(tl.float32), 0.0)
         else:
             x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
@@ -110,6 +128,9 @@ def _layer_norm_fwd_kernel(
         y = xc * rstd[:, None] * w[None, :] + b[None, :]
         if SILU:
             y = y * tl.sigmoid(y)
+        if NEXT_NORM:
+            _second_norm(y.to(y_ptr.dtype.element_ty).to(tl.float32), ok, rows, cols, col_ok,
+                         M, D, next_ptr, next_w_ptr, next_b_ptr, next_eps, ZERO_PADDED)
         if ZERO_PADDED:
             y = tl.where(ok, y, 0.0)
             ok = (rows < M)[:, None] & col_ok[None, :]
@@ -122,6 +143,25 @@ def _layer_norm_fwd_kernel(
                      mask=(rows < M)[:, None])
         tl.store(mean_ptr + rows, mean, mask=row_ok)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+
+@triton.jit
+def _second_norm(y, ok, rows, cols, col_ok, M, D, out_ptr, w_ptr, b_ptr, eps,
+                 ZERO_PADDED: tl.constexpr):
+    """LayerNorm of the rows of a [BM, BD] fp32 tile y at `ok` into out_ptr ([M, D]); its
+    padded rows are written as zeros with ZERO_PADDED, else left unwritten."""
+    v = tl.where(ok, y, 0.0)
+    mean = tl.sum(v, 1) / D
+    vc = tl.where(ok, v - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(vc * vc, 1) / D + eps)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    out = vc * rstd[:, None] * w[None, :] + b[None, :]
+    if ZERO_PADDED:
+        out = tl.where(ok, out, 0.0)
+        ok = (rows < M)[:, None] & col_ok[None, :]
+    tl.store(out_ptr + rows[:, None] * D + cols[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=ok)
 
 
 @triton.jit
@@ -246,7 +286,8 @@ BWD_WARPS_PER_SM = 8
 
 def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, eps=1e-5,
                    out_dtype=None, zero_padded=False, ones_column=False, config=None,
-                   residual: Residual | None = None, out=None, silu=False):
+                   residual: Residual | None = None, out=None, silu=False,
+                   next_norm: NextNorm | None = None):
     """x2d [M, D] -> (y [M, D] in out_dtype (default x's), mean [M] fp32, rstd [M] fp32);
     valid rows only, padded rows of y left unwritten or, with zero_padded, zeros (a dead
     module's y, with skip_dead, is left unwritten but with a residual step). out: y's
@@ -255,7 +296,9 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     it: y[:, :D] is the normalised x, and a product a^T y also gives a's column sums (the
     FFN's bias gradient in its weight gradient's GEMM). residual (from `step_in`): the
     norm's input is x2d + scale * dropout(residual.y, p), written to residual.x_new at
-    every row. config: dict(BM, num_warps) in place of the defaults."""
+    every row (residual.x_new None: not written). next_norm: y (rounded to its dtype) is
+    normalised again into next_norm.out, in the same pass. config: dict(BM, num_warps) in
+    place of the defaults."""
     M, D = x2d.shape
     if ones_column and not zero_padded:
         raise ValueError("layer_norm_fwd: ones_column needs zero_padded (every row written)")
@@ -267,13 +310,23 @@ def layer_norm_fwd(x2d, weight, bias, lengths, T, gates=None, skip_dead=False, e
     rstd = torch.empty_like(mean)
     n_gates = gates.shape[0] if gates is not None else 1
     res = residual or Residual(None, 1.0, 0.0, y=x2d, x_new=x2d)   # no step: unread
+    nxt = next_norm or NextNorm(weight, bias, eps, y)                  # none: unread
+    if next_norm is not None and (ones_column or nxt.out.shape != (M, D)
+                                  or not nxt.out.is_contiguous()):
+        raise ValueError("layer_norm_fwd: next_norm needs a contiguous [M, D] out and no "
+                         "ones_column")
+    # where x_new goes; without it (not written) a one-element stand-in whose dtype rounds it
+    stream = res.x_new if res.x_new is not None else \
+        x2d.new_empty(1, dtype=torch.result_type(x2d, res.y))
     launch(_layer_norm_fwd_kernel, (cdiv(M, blk["BM"]),),
         x2d, y, weight, bias, mean, rstd, gates if gates is not None else mean, lengths,
-        res.y, res.x_new, lengths if res.seed is None else res.seed,
-        M, D, T, eps, y.stride(0), keep_threshold(res.p), res.gain, NUM_GATES=n_gates,
+        res.y, stream,
+        lengths if res.seed is None else res.seed, nxt.out, nxt.weight, nxt.bias,
+        M, D, T, eps, y.stride(0), keep_threshold(res.p), res.gain, nxt.eps, NUM_GATES=n_gates,
         GATES_P2=next_pow2(n_gates), SKIP_DEAD=skip_dead and gates is not None,
         ZERO_PADDED=zero_padded, ONES_PAD=ONES_PAD if ones_column else 0,
-        RESIDUAL=residual is not None, DROPOUT=res.p > 0, SILU=silu, **blk)
+        RESIDUAL=residual is not None, DROPOUT=res.p > 0,
+        STORE_STREAM=res.x_new is not None, SILU=silu, NEXT_NORM=next_norm is not None, **blk)
     return y, mean, rstd
 
 
@@ -460,6 +513,30 @@ def residual_layer_norm(x, y, seed, scale, p, lengths, weight, bias, out_dtype=N
     out = _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps,
                              residual_args(x, (y, seed, scale, p)), twin)
     return (out[3], out[0], out[4]) if twin else (out[3], out[0])
+
+
+@torch.no_grad()
+def final_norm_inference(x, lengths, weight, bias, eps=1e-5, residual=None, next_norm=None,
+                         next_dtype=None):
+    """A block's final norm for inference (no autograd), one kernel: x (B, T, D), or with
+    residual=(y, seed, scale, p) x + scale * dropout(y, p) (that sum not written: nothing
+    reads it again), normalised at the valid frames -> out (B, T, D) in result_type(x, y),
+    0 at padded frames. next_norm=(weight, bias, eps), the LayerNorm the next block's first
+    module applies to out: -> (out, that norm of out in next_dtype (default out's), 0 at
+    padded frames), made in the same pass."""
+    B, T, D = x.shape
+    step = residual_args(x, residual)
+    res = None if step[0] is None else Residual(step[1], step[2], step[3],
+                                                y=step[0].reshape(B * T, D))
+    out = x.new_empty(x.shape, dtype=x.dtype if res is None else
+                      torch.result_type(x, step[0]))
+    nxt = None
+    if next_norm is not None:
+        nxt = NextNorm(*next_norm, out=x.new_empty(x.shape, dtype=next_dtype or out.dtype))
+    layer_norm_fwd(x.contiguous().view(B * T, D), weight, bias, lengths, T, eps=eps,
+                   zero_padded=True, residual=res, out=out.view(B * T, D),
+                   next_norm=None if nxt is None else nxt._replace(out=nxt.out.view(B * T, D)))
+    return out if nxt is None else (out, nxt.out)
 
 
 def _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps, residual=NO_RESIDUAL,

@@ -173,7 +173,8 @@ class ConformerBlock(nn.Module):
                 operands: dict[str, tuple[torch.Tensor, ...]] | None = None,
                 full: frozenset[str] = frozenset(),
                 seeds: torch.Tensor | None = None, ungated_batch: int = 0,
-                twin: bool = False):
+                twin: bool = False, normed: torch.Tensor | None = None,
+                next_norm: nn.LayerNorm | None = None):
         """x (B, T, D), gates (U,) or None (all ones) -> (B, T, D), 0 at padded frames.
         gates may also come as `split_gates` gives them (one tensor a module). skip: kinds
         of the modules left out (as if their gates were all 0); full: kinds of the modules
@@ -184,7 +185,11 @@ class ConformerBlock(nn.Module):
         gates were None (encode_pair). twin: -> (output, its twin), as the final norm gives
         them (MaskedLayerNorm), for the next block, which takes such a pair as x: the first
         module that runs reads the first, the residual stream starts from the second, and
-        the norm's backward adds their gradients in its kernel."""
+        the norm's backward adds their gradients in its kernel.
+        Inference on the Triton backend (no grad) may chain blocks through their norms:
+        next_norm, the next block's `first_norm`, makes this block return (output, that norm
+        of the output), made by the final norm's kernel; the next block takes the second as
+        `normed`, its first module's normalised input."""
         first_input, x = x if isinstance(x, tuple) else (x, x)
         if seeds is None and self.draws_seeds(x, lengths):
             seeds = draw_seed(x.device, len(self.layout))
@@ -196,15 +201,23 @@ class ConformerBlock(nn.Module):
                 continue
             module_gates = None if gates is None or kind in full else gates[index]
             module = self.modules_by_kind[kind]
+            first = {} if residual is not None or normed is None else dict(normed=normed)
             out = module(first_input if residual is None else x, lengths, module_gates,
                          operands=None if operands is None else operands[kind], dropout=False,
                          ungated_batch=0 if module_gates is None else ungated_batch,
-                         residual=residual)
+                         residual=residual, **first)
             x, y = out if residual is not None else (x, out)
             p = module.dropout_rate if self.training else 0.0
             seed = None if seeds is None or p == 0 else seeds[index:index + 1]
             residual = (y, seed, HALF_STEP[kind], p)
-        return self.norm(x, lengths, residual, twin)
+        return self.norm(x, lengths, residual, twin, next_norm)
+
+    def first_norm(self, skip: frozenset[str] = frozenset()) -> nn.LayerNorm | None:
+        """The pre-norm of the first module that runs (not in `skip`) when it takes its
+        input already normalised (a feed-forward module: `normed`), else None."""
+        kind = next((kind for kind, _, _ in self.layout if kind not in skip), None)
+        module = None if kind is None else self.modules_by_kind[kind]
+        return module.norm if isinstance(module, GatedFeedForward) else None
 
     def write_dead(self, x, lengths: torch.Tensor, out) -> None:
         """Write into `out` (forward's output, or its pair with the twin) what forward
@@ -344,21 +357,34 @@ class ConformerSupernet(nn.Module):
         # block's final norm alone
         branch = captured_inference and skip_dead_blocks and gates is not None
         block_units = gates.float().contiguous().chunk(len(self.blocks)) if branch else []
+        grad = torch.is_grad_enabled()
+        # inference on the Triton backend, no IF nodes: each block's final norm also makes the
+        # next block's first pre-norm where that module takes it (one launch and one read of
+        # the block's output less a block)
+        chain = (not grad and not torch.compiler.is_compiling() and ungated_batch == 0
+                 and not branch and triton_runs(x, lengths, None))
 
         def blocks(x, lengths):
+            normed = None
             for layer, block in enumerate(self.blocks):
                 if layer == ready_layer:     # the later blocks' operand copies, made meanwhile
                     torch.cuda.current_stream().wait_event(ready)
-                # each block but the last hands the next its output and the output's twin
+                last = layer + 1 == len(self.blocks)
+                next_norm = None if last or not chain else \
+                    self.blocks[layer + 1].first_norm(skips[layer + 1])
+                # with grad, each block but the last hands the next its output and the
+                # output's twin
                 run = functools.partial(block, x, lengths, block_gates[layer], skips[layer],
                                         operands[layer], full=fulls[layer],
                                         seeds=seeds[layer], ungated_batch=ungated_batch,
-                                        twin=layer + 1 < len(self.blocks))
+                                        twin=grad and not last, normed=normed,
+                                        next_norm=next_norm)
                 if branch:
                     dead = functools.partial(block.write_dead, x, lengths)     # dead(out)
                     x = if_any_nonzero(block_units[layer], run, dead)
                 else:
                     x = run()
+                x, normed = x if next_norm is not None else (x, None)
             return x
 
         # split only where nothing is drawn per element (a group would repeat the first

@@ -282,3 +282,41 @@ def test_masked_layer_norm_module_writes_its_output_into_a_given_tensor(backend)
     norm.forward_into(x3, lengths, out)
     torch.testing.assert_close(out, norm(x3, lengths), atol=1e-6, rtol=1e-6)
     assert torch.equal(out[1, 2:], torch.zeros_like(out[1, 2:]))
+
+
+@pytest.mark.parametrize("step", [False, True])
+@pytest.mark.parametrize("next_dtype", [None, torch.float16])
+def test_final_norm_for_inference_chains_the_next_pre_norm(step, next_dtype,
+                                                           nan_filled_memory):
+    """final_norm_inference (a block's final norm without autograd): the output matches the
+    fp64 reference, 0 at padded frames, without writing the step's sum; with next_norm, the
+    second output is the next LayerNorm of the output as stored (in next_dtype), 0 at padded
+    frames; fresh memory is NaN (every element must be written)."""
+    from orthoasr.kernels.layer_norm import final_norm_inference
+    x, y, lengths, weight, bias = _step_case()
+    valid = valid_rows(lengths, T).view(B, T, 1)
+    w2, b2 = 1 + 0.3 * torch.randn(D, device=DEV), 0.1 * torch.randn(D, device=DEV)
+    residual = (y, None, 0.5, 0.0) if step else None
+    with torch.no_grad():
+        out = final_norm_inference(x, lengths, weight, bias, 1e-5, residual)
+        pair = final_norm_inference(x, lengths, weight, bias, 1e-5, residual,
+                                    next_norm=(w2, b2, 1e-3), next_dtype=next_dtype)
+    stream = x.double() + 0.5 * y.double() if step else x.double()
+    want = torch.where(valid, layer_norm_reference(stream, weight.double(), bias.double()), 0.0)
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(pair[0], out)
+    want2 = torch.where(valid, layer_norm_reference(out.double(), w2.double(), b2.double(),
+                                                    1e-3), 0.0)
+    assert pair[1].dtype == (next_dtype or out.dtype)
+    tol = 1e-5 if next_dtype is None else 2e-3
+    torch.testing.assert_close(pair[1].double(), want2, atol=tol, rtol=tol)
+    assert torch.equal(pair[1][~valid[..., 0]], torch.zeros_like(pair[1][~valid[..., 0]]))
+
+
+def test_layer_norm_fwd_refuses_a_next_norm_it_cannot_write():
+    from orthoasr.kernels.layer_norm import NextNorm
+    lengths, x, weight, bias = _case()
+    with pytest.raises(ValueError, match="next_norm needs a contiguous"):
+        layer_norm_fwd(x, weight, bias, lengths, T, zero_padded=True,
+                       next_norm=NextNorm(weight, bias, 1e-5, torch.empty(B * T, D + 1,
+                                                                         device=DEV)))

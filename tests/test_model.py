@@ -502,3 +502,82 @@ def test_residual_add_matches_autograds_add(scale, y_dtype):
     assert dy.dtype == y_dtype and torch.equal(dx, dx_ref) and torch.equal(dy, dy_ref)
     y_only = residual_add(x.detach(), y, scale)                   # x without a gradient
     assert torch.equal(torch.autograd.grad(y_only, y, g)[0], dy_ref)
+
+
+@pytest.mark.parametrize("skip", [frozenset(), frozenset({(1, "ffn1")})])
+def test_inference_chains_each_final_norm_into_the_next_feed_forward(monkeypatch, skip):
+    """Without grad on the Triton backend, each block's final norm also makes the next
+    block's first pre-norm where that module is an FFN (one kernel for both), and that FFN
+    launches no LayerNorm of its own; the output equals the grad path's, which chains
+    nothing. Where the next block's first module is left out (skip) and a conv module comes
+    first, that block is not chained."""
+    import orthoasr.kernels.gated_ffn as ffn_kernels
+    import orthoasr.kernels.layer_norm as ln
+    set_backend("triton")
+    model = ConformerSupernet(tiny_cfg(num_layers=3)).eval()
+    x, lengths = torch.randn(2, 7, 32), torch.tensor([7, 4])
+    gates = (torch.rand(model.num_units) > 0.3).float()
+    chained, ffn_norms = [], []
+    final_norm, ffn_norm = ln.layer_norm_fwd, ffn_kernels.layer_norm_fwd
+    monkeypatch.setattr(ln, "layer_norm_fwd", lambda *a, next_norm=None, **k: (
+        chained.append(next_norm is not None), final_norm(*a, next_norm=next_norm, **k))[1])
+    monkeypatch.setattr(ffn_kernels, "layer_norm_fwd", lambda *a, **k: (
+        ffn_norms.append(1), ffn_norm(*a, **k))[1])
+    with_grad = model.run_blocks(x, lengths, gates, skip=skip).detach()
+    assert not any(chained) and len(ffn_norms) == 2 * 3 - len(skip)
+    chained.clear(), ffn_norms.clear()
+    with torch.no_grad():
+        inferred = model.run_blocks(x, lengths, gates, skip=skip)
+    assert chained.count(True) == 2 - len(skip)
+    assert len(ffn_norms) == 2 * 3 - len(skip) - (2 - len(skip))
+    torch.testing.assert_close(inferred, with_grad, atol=1e-6, rtol=1e-6)
+
+
+def test_a_normalised_input_is_refused_where_it_cannot_be_used():
+    """GatedFeedForward(normed=...) needs the Triton backend, no grad, no residual step and
+    the compute dtype; MaskedLayerNorm(next_norm=...) needs the Triton backend without
+    grad."""
+    model = ConformerSupernet(tiny_cfg())
+    ffn, norm = model.blocks[0].modules_by_kind["ffn1"], model.blocks[0].norm
+    x, lengths = torch.randn(1, 5, 32), torch.tensor([5])
+    with pytest.raises(ValueError, match="normed needs the Triton backend"):
+        ffn(x, lengths, normed=x)
+    with pytest.raises(ValueError, match="next_norm needs the Triton backend"):
+        norm(x, lengths, next_norm=ffn.norm)
+    set_backend("triton")
+    with pytest.raises(ValueError, match="normed must be LayerNorm"):
+        ffn(x, lengths, normed=x)                               # grad on
+    with torch.no_grad(), pytest.raises(ValueError, match="normed must be LayerNorm"):
+        ffn(x, lengths, normed=x[:, :3])
+    with pytest.raises(ValueError, match="next_norm needs the Triton backend"):
+        norm(x, lengths, next_norm=ffn.norm)                    # grad on
+
+
+@pytest.mark.gpu
+def test_gpu_chained_inference_keeps_the_error_of_the_unchained_pass():
+    """Paper width under bf16 autocast on the H200: the no-grad pass, whose final norms make
+    the next blocks' FFN pre-norms (and do not write their steps' sums), against the fp64
+    torch reference has at most the error of the grad pass, which chains nothing (and of
+    torch's bf16 pass, by the error-ratio rule); padded frames are 0."""
+    from error_ratio import assert_error_ratio
+    cfg = tiny_cfg(num_layers=4, d_model=384, num_heads=6, ff_dim=1536, ff_chunks=4,
+                   conv_kernel=31)
+    model = ConformerSupernet(cfg).cuda().eval()
+    x = torch.randn(4, 90, 384, device="cuda")
+    lengths = torch.tensor([90, 61, 33, 7], device="cuda")
+    gates = (torch.rand(model.num_units, device="cuda") > 0.3).float()
+
+    def run(backend, grad, dtype=torch.float32):
+        set_backend(backend)
+        m = model.double() if dtype == torch.float64 else model.float()
+        with torch.set_grad_enabled(grad), torch.autocast(
+                "cuda", torch.bfloat16, enabled=dtype != torch.float64):
+            return m.run_blocks(x.to(dtype), lengths, gates.to(dtype)).detach().double()
+
+    reference = run("torch", False, torch.float64)
+    chained, unchained = run("triton", False), run("triton", True)
+    torch_bf16 = run("torch", False)
+    err = (chained - reference).abs().max().item()
+    assert err <= 1.1 * (unchained - reference).abs().max().item() + 1e-3
+    assert_error_ratio([chained], [torch_bf16], [reference])
+    assert torch.equal(chained[3, 7:], torch.zeros_like(chained[3, 7:]))

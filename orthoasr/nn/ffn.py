@@ -63,7 +63,7 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor,
                 gates: torch.Tensor | None = None, operands=None,
-                dropout: bool = True, ungated_batch: int = 0, residual=None):
+                dropout: bool = True, ungated_batch: int = 0, residual=None, normed=None):
         """x: (B, T, d_model), lengths: (B,), gates: (num_gates,) or None -> (B, T, d_model).
         operands: `matmul_weights` in the compute dtype (ConformerSupernet.run_blocks makes
         them all at once; the torch backend ignores them), or None: the op casts them.
@@ -72,16 +72,21 @@ class GatedFeedForward(nn.Module):
         (a batch holding the supernet's pass and a subnet's, ConformerSupernet.encode_pair).
         residual: (y, seed, scale, p), the residual step of the module before (y its output
         before dropout; seed for the Triton kernels' mask, None when p is 0), or None: the
-        input is then x + scale * dropout(y, p), and the call returns (that, the output)."""
+        input is then x + scale * dropout(y, p), and the call returns (that, the output).
+        normed: inference on the Triton backend only: `norm` of x, (B, T, d_model) in the
+        compute dtype, made by the caller in its own pass (a block's final norm makes the
+        next block's: MaskedLayerNorm's next_norm); the kernels then skip their LayerNorm."""
         params = [self.norm.weight, self.norm.bias, self.linear1.weight, self.linear1.bias,
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params,
                             ungated_batch=ungated_batch)
         dtype = compute_dtype(x)
         module_gate = self.granularity == "module"
+        if normed is not None and not triton_runs(x, lengths, gates):
+            raise ValueError("GatedFeedForward: normed needs the Triton backend")
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
             out = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype,
-                            operands, ungated_batch, residual)
+                            operands, ungated_batch, residual, normed)
             x, y = out if residual is not None else (x, out)
         else:
             if residual is not None:

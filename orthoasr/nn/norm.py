@@ -7,9 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthoasr.kernels.common import valid_mask
-from orthoasr.kernels.layer_norm import layer_norm_fwd, masked_layer_norm, residual_layer_norm
+from orthoasr.kernels.layer_norm import (
+    final_norm_inference,
+    layer_norm_fwd,
+    masked_layer_norm,
+    residual_layer_norm,
+)
 
-from .common import torch_residual_step, triton_runs
+from .common import compute_dtype, torch_residual_step, triton_runs
 
 
 class MaskedLayerNorm(nn.LayerNorm):
@@ -22,10 +27,24 @@ class MaskedLayerNorm(nn.LayerNorm):
     scale * dropout(y, p) is then normalised (on the Triton backend in the same kernels).
     twin: -> (output, its twin) for two consumers; on the Triton backend their gradients
     are added inside the backward kernel (kernels/layer_norm.py), elsewhere the same tensor
-    comes twice."""
+    comes twice.
+    next_norm: inference on the Triton backend only (no grad): the LayerNorm that the next
+    block's first module applies to the output -> (output, that norm of it in the compute
+    dtype), one kernel for both. Without grad on the Triton backend, the residual step's
+    sum is not written (nothing reads it again)."""
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, residual=None,
-                twin: bool = False):
+                twin: bool = False, next_norm: nn.LayerNorm | None = None):
+        inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if next_norm is not None and not (inference and not twin
+                                          and triton_runs(x, lengths, None)):
+            raise ValueError("MaskedLayerNorm: next_norm needs the Triton backend without "
+                             "grad and without twin")
+        if inference and not twin and triton_runs(x, lengths, None):
+            return final_norm_inference(
+                x, lengths, self.weight, self.bias, self.eps, residual,
+                None if next_norm is None else (next_norm.weight, next_norm.bias,
+                                                next_norm.eps), compute_dtype(x))
         if triton_runs(x, lengths, None):
             if residual is not None:     # -> (x_new, normalised[, twin]): x_new unused
                 out = residual_layer_norm(x, *residual, lengths, self.weight, self.bias,
