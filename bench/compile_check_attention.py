@@ -197,12 +197,14 @@ def main() -> None:
                                 w_ptr=f"tensordesc<{dt}[64,{bk}]>", b_ptr="fp32",
                                 gate_ptr="fp32", qkv_ptr=dt),
                            constexprs=dict(common, BLOCK_M=bm, BLOCK_K=bk, TMA=True), **tma)
+        out_proj = {**blk, **blk["out_proj"]}     # the forward's own tile
         for mode in (0, 1, 2, 3):      # 3: BIAS_IF_LIVE_AFTER (a batch of two passes)
             ok &= _compile(gm._out_proj_fwd_kernel,
                            dict(a_ptr=dt, w_ptr=dt, b_ptr="fp32", gate_ptr="fp32",
                                 scale_ptr="fp32", out_ptr=dt),
-                           constexprs=dict(common, BLOCK_M=blk["BLOCK_M"], BLOCK_N=blk["wide"],
-                                           BIAS_MODE=mode, BLOCK_H=8), **mm)
+                           constexprs=dict(common, BLOCK_M=out_proj["BLOCK_M"],
+                                           BLOCK_N=out_proj["wide"], BIAS_MODE=mode, BLOCK_H=8),
+                           **out_proj["opts"])
             ok &= _compile(gm._out_proj_dw_kernel,
                            dict(dout_ptr=dt, a_ptr=dt, b_ptr="fp32", gate_ptr="fp32",
                                 scale_ptr="fp32", dw_ptr="fp32", db_ptr="fp32",

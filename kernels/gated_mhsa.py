@@ -313,10 +313,16 @@ def _blocks_gpu(head_dim: int) -> dict:
     # (671ef4a, bf16, all heads live): 64 rows / 4 warps / 3 stages 23.8 us at M 8000 and
     # 52.0 at 20000, against 27.3 / 60.4 for 128 / 8 / 3 (28.2 / 63.5 with pointer loads);
     # cuBLAS 20.1 / 40.2
+    # out_proj: the out-projection forward's tile. H200, a probe of ten tiles (fb6d045, bf16,
+    # 6 heads of 64, graph of one launch; bench/results/profiles/probe_out_proj_fb6d045_h200
+    # .json): 64 x 128 / 4 warps / 3 stages 12.9 / 11.1 / 12.8 / 19.2 us at M 8000 / 4000 /
+    # 6000 / 12000 against 13.9 / 11.5 / 13.8 / 20.0 for the 128 x 128 / 8 / 3 of the
+    # other kernels (cuBLAS 14.1 / 11.2 / 12.0 / 17.3)
     block_d = max(16, next_pow2(head_dim))
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, BLOCK_D=block_d, wide=128,
                 opts=dict(num_warps=8, num_stages=3), dw_opts=dict(num_warps=8, num_stages=2),
-                in_proj=dict(BLOCK_M=64, num_warps=4, num_stages=3))
+                in_proj=dict(BLOCK_M=64, num_warps=4, num_stages=3),
+                out_proj=dict(BLOCK_M=64, wide=128, opts=dict(num_warps=4, num_stages=3)))
 
 
 def _split(M: int, block_m: int) -> tuple[int, int]:
@@ -398,6 +404,7 @@ def out_proj_fwd_triton(a, w, b, head_gates, bias_scale, bias_mode, ungated_rows
     H = head_gates.shape[0]
     Dh = D // H
     blk = _blocks(Dh)
+    blk = {**blk, **blk.get("out_proj", {})}
     out = torch.empty(M, D, dtype=w.dtype, device=a.device)
     launch(_out_proj_fwd_kernel, (cdiv(M, blk["BLOCK_M"]), cdiv(D, blk["wide"])),
         a, w, b, head_gates, head_gates if bias_scale is None else bias_scale, out, M, D, H,
