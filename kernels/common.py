@@ -156,13 +156,33 @@ _side_streams: dict[tuple[int, object], torch.cuda.Stream] = {}
 _staging = Switch("ORTHOASR_STAGED_COPIES")
 
 
-def side_stream(device: torch.device, key) -> torch.cuda.Stream:
-    """A side stream of `device` for `key` (its user's name for it), made at the first call
-    and kept for the process: the same stream for the same (device, key)."""
+# torch.cuda.Stream hands out the streams of a pool, 32 a priority, round robin: two asked
+# for 32 calls apart are the same CUDA stream
+_POOL_DRAWS = 64
+
+
+def side_stream(device: torch.device, key, avoid=()) -> torch.cuda.Stream:
+    """A side stream of `device` for `key` (its user's name for it), kept for the process:
+    the same stream for the same (device, key) at every call, unless that stream is now
+    one of `avoid` (streams it must not be, e.g. the one the caller runs on). A kept stream
+    is never the CUDA stream of another key's, nor of `avoid` when made: torch's pool hands
+    the same stream out again (a graph's capturing stream given as its own IF-branch
+    stream fails the branch's capture; two concurrent chains given one branch stream race
+    at replay, orthoasr.conditional)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if (index, key) not in _side_streams:
-        _side_streams[index, key] = torch.cuda.Stream(index)
-    return _side_streams[index, key]
+    stream = _side_streams.get((index, key))
+    taken = {s.cuda_stream for s in avoid} | {
+        s.cuda_stream for (i, k), s in _side_streams.items() if i == index and k != key}
+    if stream is None or stream.cuda_stream in taken:
+        for _ in range(_POOL_DRAWS):
+            stream = torch.cuda.Stream(index)
+            if stream.cuda_stream not in taken:
+                break
+        else:
+            raise RuntimeError(f"side_stream: every stream torch's pool gave is taken "
+                               f"({len(taken)} kept or avoided)")
+        _side_streams[index, key] = stream
+    return stream
 
 
 def staged_copies(on: bool):
@@ -195,7 +215,7 @@ def staged_operand_copies(weights: list[torch.Tensor], dtype: torch.dtype, ahead
     # waiting on `ready` (an error mid-pass): a later allocation would be written over
     rest = _empty_copies(weights[ahead:], dtype)
     main = torch.cuda.current_stream()
-    side = side_stream(main.device, "staged copies")
+    side = side_stream(main.device, "staged copies", avoid=(main,))
     side.wait_stream(main)
     with torch.cuda.stream(side):
         _copy_into(rest, weights[ahead:])

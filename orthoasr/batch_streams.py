@@ -6,9 +6,9 @@ tensor cores, and the first and last wave of every launch run on part of the SMs
 the batch is split into groups of sequences, each group's chain captured on its own stream,
 the groups' kernels run side by side at replay and fill those gaps. Every row of the output
 depends on its own sequence alone, so the values are the unsplit pass's: the same kernels,
-on fewer rows. (Paper encoder, dense inference, H200, two groups: 2.79 -> 2.53-2.69 ms at
-B32xT250, the spread from capture to capture; 4.10 -> 3.48-3.52 ms at B16xT750;
-bench/NOTES.md, session 40.)
+on fewer rows. (Paper encoder, dense inference, H200, two groups: 2.74 -> 2.47-2.50 ms at
+B32xT250; 4.04 -> 3.42 ms at B16xT750; bench/NOTES.md, session 41. The first two captures
+made after an eager pass of cuBLAS-based PyTorch modules replayed ~4% slower.)
 
 Used by `run_blocks(batch_streams=)` under a capture without grad; outside a capture the
 split would only add host time, so it is not made there.
@@ -40,7 +40,8 @@ def over_streams(x: torch.Tensor, lengths: torch.Tensor, groups: int, run) -> to
     current = torch.cuda.current_stream(x.device)
     # kept streams (a graph captured on them replays on streams of its own; these only
     # carry the capture)
-    side = [side_stream(x.device, ("batch group", i)) for i in range(1, groups)]
+    side = [side_stream(x.device, ("batch group", i), avoid=(current,))
+            for i in range(1, groups)]
     for stream in side:
         stream.wait_stream(current)
     outputs = []

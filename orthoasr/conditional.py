@@ -89,13 +89,21 @@ def _device_state(device: int):
         return kernel, torch.cuda.MemPool()
 
 
-def _branch_stream(capturing: torch.cuda.Stream) -> torch.cuda.Stream:
+def _branch_stream(capturing: torch.cuda.Stream, runtime) -> torch.cuda.Stream:
     """The side stream that branches are captured on for nodes made on `capturing`, one
     per capturing stream. The caching allocator reuses a freed block only for allocations
     on the stream that made it, so the branches of chains captured on different streams
     (orthoasr.batch_streams), which replay concurrently, never share temporaries. With one
-    side stream for all, they did, and raced at replay (wrong values, H200, 2026-12-04)."""
-    return side_stream(capturing.device, ("IF branches", capturing.cuda_stream))
+    side stream for all, they did, and raced at replay (wrong values, H200, 2026-12-04).
+    It is never a stream that captures now (torch's pool may hand out the capture's own
+    streams again): a branch's capture cannot begin on one."""
+    avoid = [capturing]
+    while True:
+        side = side_stream(capturing.device, ("IF branches", capturing.cuda_stream), avoid)
+        status = _check(runtime.cudaStreamIsCapturing(side.cuda_stream))
+        if status == runtime.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone:
+            return side
+        avoid.append(side)
 
 
 def if_any_nonzero(gates: torch.Tensor, then, otherwise):
@@ -113,7 +121,7 @@ def if_any_nonzero(gates: torch.Tensor, then, otherwise):
     driver, _, runtime = _bindings()
     kernel, pool = _device_state(gates.device.index)
     capturing = torch.cuda.current_stream(gates.device)
-    side = _branch_stream(capturing)
+    side = _branch_stream(capturing, runtime)
     stream = capturing.cuda_stream
     graph = _check(runtime.cudaStreamGetCaptureInfo(stream))[2]
     handle = _check(runtime.cudaGraphConditionalHandleCreate(graph, 0, 0))

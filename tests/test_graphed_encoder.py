@@ -262,3 +262,67 @@ def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
     capture_graph(lambda: model.encode(x, lengths, gates, 1, skip_dead_blocks=True,
                                        batch_streams=2))
     assert splits[before:] == [2]
+
+
+def test_kept_side_streams_are_never_the_same_cuda_stream(monkeypatch):
+    """torch's streams come from a pool, round robin, so a stream asked for later may be one
+    already kept. side_stream keeps one stream a key, never another key's nor one the
+    caller avoids (a fake pool of 4 here, on the CPU): the same key gives the same stream
+    until the caller must avoid it, and a pool with nothing left is named."""
+    import itertools
+
+    import orthoasr.kernels.common as common
+
+    class FakeStream:
+        pool = itertools.cycle(range(4))
+
+        def __init__(self, index=None):
+            self.cuda_stream = next(FakeStream.pool)
+
+    monkeypatch.setattr(common.torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(common, "_side_streams", {})
+    device = torch.device("cuda", 0)
+    capturing = FakeStream()                                        # handle 0
+    branches = common.side_stream(device, ("IF branches", 0), avoid=(capturing,))
+    group = common.side_stream(device, ("batch group", 1), avoid=(capturing,))
+    copies = common.side_stream(device, "staged copies")
+    handles = [capturing.cuda_stream, branches.cuda_stream, group.cuda_stream]
+    assert len(set(handles)) == 3 and copies.cuda_stream not in handles[1:]
+    assert common.side_stream(device, ("batch group", 1)) is group
+    moved = common.side_stream(device, ("batch group", 1), avoid=(group,))
+    assert moved.cuda_stream not in (group.cuda_stream, branches.cuda_stream,
+                                     copies.cuda_stream)
+    common.side_stream(device, "the pool's last")                 # 4 kept: a pool of 4
+    with pytest.raises(RuntimeError, match="every stream torch's pool gave is taken"):
+        common.side_stream(device, "one too many")
+
+
+def test_if_branches_are_never_captured_on_a_capturing_stream(monkeypatch):
+    """The IF branches' side stream is never one that captures now (here the pool's next
+    stream is a second stream of the capture under way, as the fork of a batch group
+    would be): it is drawn again (fakes of torch's pool and the CUDA runtime, on the
+    CPU)."""
+    import itertools
+    from types import SimpleNamespace
+
+    import orthoasr.conditional as conditional
+    import orthoasr.kernels.common as common
+
+    class FakeStream:
+        pool = itertools.cycle(range(4))
+
+        def __init__(self, index=None):
+            self.cuda_stream = next(FakeStream.pool)
+            self.device = torch.device("cuda", 0)
+
+    capturing_now = {0, 1}                         # the capture's stream and a fork of it
+    status = SimpleNamespace(cudaStreamCaptureStatusNone=0, cudaStreamCaptureStatusActive=1)
+    runtime = SimpleNamespace(
+        cudaStreamCaptureStatus=status,
+        cudaStreamIsCapturing=lambda handle: (0, int(handle in capturing_now)))
+    monkeypatch.setattr(common.torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(common, "_side_streams", {})
+    capturing = FakeStream()                                        # handle 0
+    side = conditional._branch_stream(capturing, runtime)
+    assert side.cuda_stream not in capturing_now
+    assert conditional._branch_stream(capturing, runtime) is side
