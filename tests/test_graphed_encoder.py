@@ -326,3 +326,39 @@ def test_if_branches_are_never_captured_on_a_capturing_stream(monkeypatch):
     side = conditional._branch_stream(capturing, runtime)
     assert side.cuda_stream not in capturing_now
     assert conditional._branch_stream(capturing, runtime) is side
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_if_branches_avoid_the_capturing_stream_and_capture_again(monkeypatch):
+    """A kept IF-branch stream that torch's pool has since handed out again as the capture's
+    own stream (forced here: the alias kept under the capturing stream's key) is drawn
+    anew, so the branches' captures begin; then the same pass captured three times in a
+    row (bench_floor's captures=3 failed so on 4c0da3e). Every replay equals the eager
+    encoder under gates that kill one block."""
+    pytest.importorskip("cuda.bindings")      # the `graphs` extra
+    import orthoasr.kernels.common as common
+    from orthoasr.graphs import capture_graph
+    set_backend("auto")
+    model, x, lengths, gates = _model_and_inputs(3, 40)
+    gates[:model.num_units // len(model.blocks)] = 0              # block 0 dead
+    expected = model.encode(x, lengths, gates, 1)
+
+    def run():
+        return model.encode(x, lengths, gates, 1, skip_dead_blocks=True)
+
+    run()                                                     # compiles what the capture runs
+    capture = torch.cuda.Stream()
+    monkeypatch.setattr(common, "_side_streams", {
+        **common._side_streams,
+        (capture.device.index, ("IF branches", capture.cuda_stream)): capture})
+    graph = torch.cuda.CUDAGraph()
+    capture.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+        out = run()
+    graph.replay()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    for _ in range(3):
+        again, out = capture_graph(run)
+        again.replay()
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
