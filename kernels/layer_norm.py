@@ -120,12 +120,7 @@ def _layer_norm_fwd_kernel(
             x = tl.where(ok, x_new.to(tl.float32), 0.0)
         else:
             x = tl.load(x_ptr + tile, mask=ok, other=0.0).to(tl.float32)
-        mean = tl.sum(x, 1) / D
-        xc = tl.where(ok, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        y = xc * rstd[:, None] * w[None, :] + b[None, :]
+        y, mean, rstd = _normalise(x, ok, cols, col_ok, D, w_ptr, b_ptr, eps)
         if SILU:
             y = y * tl.sigmoid(y)
         if NEXT_NORM:
@@ -146,17 +141,23 @@ def _layer_norm_fwd_kernel(
 
 
 @triton.jit
+def _normalise(x, ok, cols, col_ok, D, w_ptr, b_ptr, eps):
+    """(LayerNorm of the rows of a [BM, BD] fp32 tile x (0 outside `ok`) by the parameters
+    at w_ptr, b_ptr, its rows' mean, its rows' 1 / std); statistics over the D columns."""
+    mean = tl.sum(x, 1) / D
+    xc = tl.where(ok, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 1) / D + eps)
+    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return xc * rstd[:, None] * w[None, :] + b[None, :], mean, rstd
+
+
+@triton.jit
 def _second_norm(y, ok, rows, cols, col_ok, M, D, out_ptr, w_ptr, b_ptr, eps,
                  ZERO_PADDED: tl.constexpr):
     """LayerNorm of the rows of a [BM, BD] fp32 tile y at `ok` into out_ptr ([M, D]); its
     padded rows are written as zeros with ZERO_PADDED, else left unwritten."""
-    v = tl.where(ok, y, 0.0)
-    mean = tl.sum(v, 1) / D
-    vc = tl.where(ok, v - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(vc * vc, 1) / D + eps)
-    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    out = vc * rstd[:, None] * w[None, :] + b[None, :]
+    out = _normalise(tl.where(ok, y, 0.0), ok, cols, col_ok, D, w_ptr, b_ptr, eps)[0]
     if ZERO_PADDED:
         out = tl.where(ok, out, 0.0)
         ok = (rows < M)[:, None] & col_ok[None, :]
@@ -525,18 +526,15 @@ def final_norm_inference(x, lengths, weight, bias, eps=1e-5, residual=None, next
     module applies to out: -> (out, that norm of out in next_dtype (default out's), 0 at
     padded frames), made in the same pass."""
     B, T, D = x.shape
-    step = residual_args(x, residual)
-    res = None if step[0] is None else Residual(step[1], step[2], step[3],
-                                                y=step[0].reshape(B * T, D))
-    out = x.new_empty(x.shape, dtype=x.dtype if res is None else
-                      torch.result_type(x, step[0]))
-    nxt = None
-    if next_norm is not None:
-        nxt = NextNorm(*next_norm, out=x.new_empty(x.shape, dtype=next_dtype or out.dtype))
+    y, seed, scale, p = residual_args(x, residual)
+    res = None if y is None else Residual(seed, scale, p, y=y.reshape(B * T, D))
+    out = x.new_empty(x.shape, dtype=x.dtype if y is None else torch.result_type(x, y))
+    normed = None if next_norm is None else x.new_empty(x.shape, dtype=next_dtype or out.dtype)
     layer_norm_fwd(x.contiguous().view(B * T, D), weight, bias, lengths, T, eps=eps,
                    zero_padded=True, residual=res, out=out.view(B * T, D),
-                   next_norm=None if nxt is None else nxt._replace(out=nxt.out.view(B * T, D)))
-    return out if nxt is None else (out, nxt.out)
+                   next_norm=None if normed is None else
+                   NextNorm(*next_norm, out=normed.view(B * T, D)))
+    return out if normed is None else (out, normed)
 
 
 def _masked_layer_norm(x, lengths, weight, bias, out_dtype, eps, residual=NO_RESIDUAL,

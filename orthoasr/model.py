@@ -350,14 +350,14 @@ class ConformerSupernet(nn.Module):
             # before, so that the generator's later draws stay where they were
             seeds = draw_seed(x.device, len(self.blocks) * len(self.blocks[0].layout)
                               ).view(len(self.blocks), -1)
+        grad = torch.is_grad_enabled()
         # what skip_dead_blocks and batch_streams act on: inference under a graph capture
-        captured_inference = (ungated_batch == 0 and not torch.is_grad_enabled() and x.is_cuda
+        captured_inference = (ungated_batch == 0 and not grad and x.is_cuda
                               and torch.cuda.is_current_stream_capturing())
         # each block inside an IF node on its gates, whose ELSE branch (every gate 0) is the
         # block's final norm alone
         branch = captured_inference and skip_dead_blocks and gates is not None
         block_units = gates.float().contiguous().chunk(len(self.blocks)) if branch else []
-        grad = torch.is_grad_enabled()
         # inference on the Triton backend, no IF nodes: each block's final norm also makes the
         # next block's first pre-norm where that module takes it (one launch and one read of
         # the block's output less a block)

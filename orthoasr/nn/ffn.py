@@ -82,9 +82,10 @@ class GatedFeedForward(nn.Module):
                             ungated_batch=ungated_batch)
         dtype = compute_dtype(x)
         module_gate = self.granularity == "module"
-        if normed is not None and not triton_runs(x, lengths, gates):
+        triton = triton_runs(x, lengths, gates)
+        if normed is not None and not triton:
             raise ValueError("GatedFeedForward: normed needs the Triton backend")
-        if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
+        if triton:   # x as it is: the kernels' LayerNorm casts it
             out = gated_ffn(x, lengths, *params, gates, self.chunks, module_gate, dtype,
                             operands, ungated_batch, residual, normed)
             x, y = out if residual is not None else (x, out)

@@ -35,17 +35,18 @@ class MaskedLayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, residual=None,
                 twin: bool = False, next_norm: nn.LayerNorm | None = None):
-        inference = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        if next_norm is not None and not (inference and not twin
-                                          and triton_runs(x, lengths, None)):
+        triton = triton_runs(x, lengths, None)
+        inference = triton and not twin and not torch.is_grad_enabled() and \
+            not torch.compiler.is_compiling()
+        if next_norm is not None and not inference:
             raise ValueError("MaskedLayerNorm: next_norm needs the Triton backend without "
                              "grad and without twin")
-        if inference and not twin and triton_runs(x, lengths, None):
+        if inference:
             return final_norm_inference(
                 x, lengths, self.weight, self.bias, self.eps, residual,
                 None if next_norm is None else (next_norm.weight, next_norm.bias,
                                                 next_norm.eps), compute_dtype(x))
-        if triton_runs(x, lengths, None):
+        if triton:
             if residual is not None:     # -> (x_new, normalised[, twin]): x_new unused
                 out = residual_layer_norm(x, *residual, lengths, self.weight, self.bias,
                                           torch.result_type(x, residual[0]), self.eps, twin)
