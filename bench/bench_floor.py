@@ -14,7 +14,8 @@ it on; `ours` is given that layout); for a module with all units on also
 for the encoder also `ours_unstaged_copies` (every bf16 weight copy made ahead of the pass
 on one stream: what staged_operand_copies saves) and, for gated inference on a GPU,
 `ours_skip_dead_blocks` (each block in a CUDA-graph IF node on its gates:
-`run_blocks(skip_dead_blocks=True)`) and `ours_one_stream` (the inference's batch as one
+`run_blocks(skip_dead_blocks=True)`; `ours_skip_dead_blocks_two_streams` with the batch on
+two streams too) and `ours_one_stream` (the inference's batch as one
 chain: `ours` splits it in two groups on concurrent streams, as GraphedEncoder does,
 `run_blocks(batch_streams=2)`); on a GPU `ours_plain_launch` (no
 programmatic dependent launch). Those two run with their setting off for forward and
@@ -112,7 +113,8 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
         for provider, fn in providers.items():
             if mode == "fwd+bwd" and provider == "dense_floor" and base["gates"] == "off":
                 continue          # the floor of a dead module is a constant: no backward
-            if provider in ("ours_skip_dead_blocks", "ours_one_stream") and mode != "infer":
+            if provider.startswith(("ours_skip_dead_blocks", "ours_one_stream")) \
+                    and mode != "infer":
                 continue          # the IF nodes and the streams are inference's (run_blocks)
             inputs = inputs_of(provider)
             grad = grad_out(provider) if callable(grad_out) else grad_out
@@ -128,13 +130,9 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
                         return out
                     return torch.autograd.grad(out, inputs, grad, allow_unused=True)
 
-            # one capture of the IF nodes: a call capturing them three times in a row failed
-            # (cudaErrorIllegalState, H200, 4c0da3e; a likely cause, a pooled stream handed
-            # out twice, was fixed after it, untried on the GPU: bench/NOTES.md, session 41)
-            tries = 1 if provider == "ours_skip_dead_blocks" else captures
             for timing in timings:
                 try:
-                    ms = time_graph_ms(call, captures=tries) if timing == "graph" \
+                    ms = time_graph_ms(call, captures=captures) if timing == "graph" \
                         else time_ms(call)
                 except Exception as exc:  # noqa: BLE001 - a provider that cannot be captured
                     print(f"{base['case']} {mode} {base['gates']} {provider} {timing}: "
@@ -245,6 +243,11 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                     providers["ours_skip_dead_blocks"] = \
                         lambda s=soft, xx=xx, ll=lengths, f=frozen: model.run_blocks(
                             xx, ll, s, frozen_operands=f, skip_dead_blocks=True)
+                    # and with the batch on two streams, as `ours` runs it
+                    providers["ours_skip_dead_blocks_two_streams"] = \
+                        lambda s=soft, xx=xx, ll=lengths, f=frozen: model.run_blocks(
+                            xx, ll, s, frozen_operands=f, skip_dead_blocks=True,
+                            batch_streams=2)
                 low = None
                 if kind != "encoder" and name == "all-on":
                     low = copy.deepcopy(ours_module).to(BF16)
