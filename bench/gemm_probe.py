@@ -292,6 +292,9 @@ def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -
         out.fill_(float("nan"))
         row = timed_row(case, provider, call, lambda p=provider: check(p), 2 * M * N * K)
         if row is not None:
+            # each row as soon as it is measured: the warp-specialized variant ran past a
+            # 280 s limit before its product's rows were written (2026-12-04)
+            write_rows("gemm_probe", [row])
             rows.append(row)
     return rows
 
@@ -313,9 +316,7 @@ def main() -> None:
     for M in args.rows:
         for name, K, N in PRODUCTS:
             if wanted(name, args.products):
-                # each product's rows as soon as they are measured: a call's time limit cut
-                # the probe after its first product on 2026-12-01, before it wrote a row
-                write_rows("gemm_probe", probe(name, K, N, M, sms, keep))
+                probe(name, K, N, M, sms, keep)
 
 
 if __name__ == "__main__":
