@@ -32,12 +32,15 @@ FWD_CONFIGS = [{}, dict(SPAN=16), dict(SPAN=48), dict(SPAN=64), dict(UNROLL=4),
                # two channels a thread: 4-byte loads and stores, each row's load and the
                # loop's bookkeeping shared by two outputs, at twice the registers
                dict(BC=256), dict(BC=128, num_warps=2), dict(BC=256, UNROLL=4),
-               dict(BC=256, SPAN=64), dict(BC=64, num_warps=1)]
+               dict(BC=256, SPAN=64), dict(BC=64, num_warps=1),
+               dict(BC=128, num_warps=2, UNROLL=4), dict(BC=64, num_warps=1, UNROLL=4),
+               dict(BC=128, num_warps=2, SPAN=16)]
 # the transposed conv (the forward's kernel, taps reversed), then the GLU backward (its
 # tiles fixed: _glu_bwd_blocks)
 BWD_CONFIGS = [{}, dict(UNROLL=4), dict(UNROLL=2), dict(SPAN=16), dict(SPAN=64),
                dict(BC=64, num_warps=2), dict(BC=256), dict(BC=128, num_warps=2),
-               dict(BC=256, UNROLL=4)]
+               dict(BC=256, UNROLL=4), dict(BC=128, num_warps=2, UNROLL=4),
+               dict(BC=64, num_warps=1, UNROLL=4)]
 NORM_CONFIGS = [{}, dict(SPAN=4), dict(SPAN=16), dict(SPAN=8, BT=1), dict(SPAN=8, BT=4)]
 # LOAD_STAGES: the frame loop's loads as async copies (tl.range num_stages)
 DW_CONFIGS = [{}, dict(LOAD_STAGES=1), dict(LOAD_STAGES=2), dict(SPAN=32), dict(SPAN=128)]
