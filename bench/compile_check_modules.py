@@ -186,17 +186,16 @@ def main() -> None:
                                    ONES_PAD=layer_norm.ONES_PAD, BM=fwd_ln["BM"],
                                    BD=fwd_ln["BD"]),
                    num_warps=fwd_ln["num_warps"])
-    for frames in (gated_conv.FEW_FRAMES, gated_conv.FEW_FRAMES + 1):   # both tiles
-        conv = gated_conv._dw_blocks(384, frames)
-        conv_warps = conv.pop("num_warps")
-        for transposed in (False, True):
-            print(f"depthwise conv, {frames} frames, transposed={transposed}: ", end="")
-            ok &= _compile(gated_conv._conv_dw_kernel,
-                           dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", pre_ptr="bf16",
-                                gate_ptr="fp32", len_ptr="i64"), ints=dict(T=T, D=D),
-                           constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True,
-                                           TRANSPOSED=transposed, **conv),
-                           num_warps=conv_warps)
+    conv = gated_conv._dw_blocks(384)
+    conv_warps = conv.pop("num_warps")
+    for transposed in (False, True):
+        print(f"depthwise conv, transposed={transposed}: ", end="")
+        ok &= _compile(gated_conv._conv_dw_kernel,
+                       dict(v_ptr="bf16", wdw_ptr="fp32", bdw_ptr="fp32", pre_ptr="bf16",
+                            gate_ptr="fp32", len_ptr="i64"), ints=dict(T=T, D=D),
+                       constexprs=dict(K=31, HAS_GATES=True, SKIP_DEAD=True,
+                                       TRANSPOSED=transposed, **conv),
+                       num_warps=conv_warps)
     print("LayerNorm forward with SiLU (the conv's norm): ", end="")
     ok &= _compile(layer_norm._layer_norm_fwd_kernel,
                    dict(x_ptr="bf16", y_ptr="bf16", w_ptr="fp32", b_ptr="fp32",

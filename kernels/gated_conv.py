@@ -371,24 +371,14 @@ def _conv_dw_grad_kernel(
 
 LN_EPS = 1e-5      # both LayerNorms, as nn.LayerNorm's default
 
-# at most this many frames, the depthwise convs take two channels a thread (_dw_blocks)
-FEW_FRAMES = 12_000
-
-
-def _dw_blocks(D: int, frames: int) -> dict:
-    """Tiles of both depthwise convs (forward, transposed) over `frames` rows: spans of 32
-    frames, 128 channels a program.
-    - Many frames: one channel a thread at 4 warps, 8 frames a loop iteration. H200 at
-      80 x 250 x 384 bf16 (bench/sweep_conv.py, conv then LayerNorm): 51.6 us against
-      52.6 for the few-frames tiles; 55.3 / 56.2 / 66.0 for spans of 16 / 48 / 64.
-    - Few frames (one wave of programs): two channels a thread at 2 warps, 4 frames an
-      iteration, so that each thread has two outputs' work in flight (4-byte loads).
-      At 32 x 250: 25.8 us against 29.8, and 26.5 against 30.2 for the transposed conv with
-      the GLU backward (2026-12-04)."""
+def _dw_blocks(D: int) -> dict:
+    """Tiles of both depthwise convs (forward, transposed): spans of 32 frames, one channel a
+    thread, 128 channels at 4 warps (768 programs at B32xT250, D 384), 8 frames a loop
+    iteration. H200 at 80 x 250 x 384 bf16 (bench/sweep_conv.py, eb462ec): 51.6 us, against
+    50.6 at 4 frames an iteration, 55.3 / 56.2 / 66.0 for spans of 16 / 48 / 64, ~52 for
+    narrower channel blocks."""
     if interpreting():      # every channel in one program: fewer interpreted ops
         return dict(SPAN=16, BC=max(16, next_pow2(D)), UNROLL=4, num_warps=1)
-    if frames <= FEW_FRAMES:
-        return dict(SPAN=32, BC=128, UNROLL=4, num_warps=2)
     return dict(SPAN=32, BC=128, UNROLL=8, num_warps=4)
 
 
@@ -455,7 +445,7 @@ def conv_mid_fwd(v, dw_w, dw_b, ln2_w, ln2_b, pre, r, gates, lengths, T, skip_de
     config: dict(SPAN, BC, UNROLL, num_warps) for the conv in place of the defaults
     (bench/sweep_conv.py)."""
     D, K = v.shape[1], dw_w.shape[1]
-    blk = {**_dw_blocks(D, v.shape[0]), **(config or {})}
+    blk = {**_dw_blocks(D), **(config or {})}
     launch(_conv_dw_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]), v.shape[0] // T),
         v, dw_w.contiguous(), dw_b, pre, gates if gates is not None else v, lengths, T, D,
         K=K, HAS_GATES=gates is not None, SKIP_DEAD=skip_dead and gates is not None,
@@ -490,7 +480,7 @@ def conv_mid_bwd_conv(dpre, u, dw_w, gate_arg, lengths, T, has_gates, skip_dead,
     (bench/sweep_conv.py)."""
     M, D = dpre.shape
     K = dw_w.shape[1]
-    blk = {**_dw_blocks(D, M), **(config or {})}
+    blk = {**_dw_blocks(D), **(config or {})}
     dv = torch.empty_like(dpre)
     launch(_conv_dw_kernel, (cdiv(T, blk["SPAN"]), cdiv(D, blk["BC"]), M // T),
         dpre, dw_w.contiguous(), dpre, dv, gate_arg, lengths, T, D,
