@@ -26,6 +26,18 @@ SHAPES = ("B32xT250", "B16xT750")
 ENCODER_MS = {("fwd+bwd", "dense"): 10.0, ("fwd+bwd", "soft"): 11.0,
               ("fwd+bwd", "half"): 6.0, ("infer", "dense"): 2.5, ("infer", "off"): 0.3}
 
+# commits whose change was measured slower and reverted: their rows stay in the JSON (what
+# was measured), but the tables and targets, which describe the code on main, skip them
+REVERTED = {
+    "80c0e5b": "the depthwise convs at two channels a thread: slower in the modules and the "
+               "encoder than in their sweep (bench/NOTES.md, session 42)",
+}
+
+
+def rows_of_main(rows: list[dict]) -> list[dict]:
+    """The rows not measured on a reverted commit (REVERTED)."""
+    return [row for row in rows if row.get("commit") not in REVERTED]
+
 
 Key = tuple[str, str, str]          # (mode, gates, provider)
 
@@ -188,9 +200,9 @@ def render_e2e(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    rows = json.loads(RESULTS.read_text())
+    rows = rows_of_main(json.loads(RESULTS.read_text()))
     print(render(rows))
-    print(render_e2e(json.loads((RESULTS.parent / "e2e.json").read_text())))
+    print(render_e2e(rows_of_main(json.loads((RESULTS.parent / "e2e.json").read_text()))))
 
 
 if __name__ == "__main__":
