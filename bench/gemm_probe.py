@@ -15,8 +15,10 @@ operands, each replayed as a CUDA graph:
 - `ours`: the gated row GEMM, with the store epilogue;
 - `tiled 128x256/8w`: a wider tile over two warpgroups;
 - `TMA ...`: the tiled product with operands and result moved by TMA descriptors;
-- `TMA persistent ...`: that product in persistent programs, and with the tile loop
-  warp-specialized (loads, MMAs and the epilogue in warp groups of their own).
+- `TMA persistent ...`: that product in persistent programs.
+A variant with the tile loop warp-specialized (`tl.range(warp_specialize=True)`) was
+dropped: it compiles for sm_90 with Triton 3.6 but never finished on the H200
+(2026-12-04, bench/NOTES.md session 42); Triton's tutorial lists the feature for Blackwell.
 On the H200 (2026-12-01) `persistent` was 8-12% ahead of `tiled` at K = 384 and even at
 K = 1536, and `TMA` 13-19% ahead at M = 20000, about half the way to cuBLAS: the row GEMM
 got a TMA option (kernels/gated_matmul.py).
@@ -154,19 +156,13 @@ def _tma_mm_kernel(a_desc, w_desc, c, M, N, K, BM: tl.constexpr, BN: tl.constexp
 
 @triton.jit
 def _tma_persistent_mm_kernel(a_desc, w_desc, c_ptr, M, N, K, BM: tl.constexpr,
-                              BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                              WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr):
-    # The TMA product with one program per SM slot walking tiles p, p + P, ... With
-    # WARP_SPECIALIZE the compiler gives the operand loads a warp group of their own, so
-    # that they run ahead of the MMAs and of each tile's epilogue: the overlap the row
-    # GEMM's heavy epilogues (SiLU backward: 134 us against cuBLAS's 45 for the product
-    # alone at B80) lack with one program per tile. In an sm_90 compile with Triton 3.6
-    # the pass takes the tile loop only unflattened, at 4 warps, and fails on a descriptor
-    # store: the result goes out by pointers.
+                              BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    # The TMA product with one program per SM slot walking tiles p, p + P, ..., the loop
+    # over (tile, K-step) flattened so that the pipeliner can load the next tile's first
+    # steps during the current tile's epilogue; the result goes out by pointers.
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=FLATTEN,
-                         warp_specialize=WARP_SPECIALIZE):
+    for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True):
         pid_m, pid_n = _tile_coords(tile, num_m, num_n, GROUP_M)
         acc = _tma_tile_product(a_desc, w_desc, pid_m, pid_n, K, BM, BN, BK)
         _store_tile(c_ptr, acc, pid_m, pid_n, M, N, BM, BN)
@@ -200,7 +196,7 @@ def tma_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, num_warps: int =
 
 
 def tma_persistent_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, programs: int,
-                      warp_specialize: bool, num_warps: int = 4, num_stages: int = 3,
+                      num_warps: int = 4, num_stages: int = 3,
                       tiles: dict = TILES) -> torch.Tensor:
     """tma_mm's product with `programs` persistent programs (at most one per tile)."""
     M, K = a.shape
@@ -209,8 +205,7 @@ def tma_persistent_mm(a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, progr
     grid = (min(programs, triton.cdiv(M, BM) * triton.cdiv(N, BN)),)
     _tma_persistent_mm_kernel[grid](TensorDescriptor.from_tensor(a, [BM, BK]),
                                     TensorDescriptor.from_tensor(w, [BN, BK]),
-                                    out, M, N, K, **tiles, WARP_SPECIALIZE=warp_specialize,
-                                    FLATTEN=not warp_specialize,
+                                    out, M, N, K, **tiles,
                                     num_warps=num_warps, num_stages=num_stages)
     return out
 
@@ -247,9 +242,8 @@ def providers(a, w, out, sms: int) -> dict:
                                                          dict(TILES, BN=64), False),
         "TMA 128x128/8w": lambda: tma_mm(a, w, out, 8, 3),
         "TMA 128x256/8w": lambda: tma_mm(a, w, out, 8, 3, WIDE),
-        **{f"TMA persistent{', warp-specialized' if ws else ''}, {k}/SM":
-           (lambda k=k, ws=ws: tma_persistent_mm(a, w, out, k * sms, ws))
-           for ws in (False, True) for k in (1, 2)},
+        **{f"TMA persistent, {k}/SM": (lambda k=k: tma_persistent_mm(a, w, out, k * sms))
+           for k in (1, 2)},
     }
 
 
@@ -292,8 +286,8 @@ def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -
         out.fill_(float("nan"))
         row = timed_row(case, provider, call, lambda p=provider: check(p), 2 * M * N * K)
         if row is not None:
-            # each row as soon as it is measured: the warp-specialized variant ran past a
-            # 280 s limit before its product's rows were written (2026-12-04)
+            # each row as soon as it is measured: a variant that never finished (the
+            # warp-specialized one, 2026-12-04) cost its product's rows before
             write_rows("gemm_probe", [row])
             rows.append(row)
     return rows
@@ -307,8 +301,7 @@ def main() -> None:
                         help="only the products whose name holds one of these (e.g. W1)")
     parser.add_argument("--providers", nargs="*", default=None,
                         help="only the providers whose name holds one of these (cublas is "
-                             "always kept): the warp-specialized variants, which no run has "
-                             "yet got through in its time limit, can be left out or run alone")
+                             "always kept)")
     args = parser.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     keep = None if args.providers is None else args.providers + ["cublas"]
