@@ -267,8 +267,10 @@ def wanted(name: str, patterns: list[str] | None) -> bool:
     return not patterns or any(p in name for p in patterns)
 
 
-def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -> list[dict]:
-    """One product's rows at M rows, each provider's result checked before it is timed."""
+def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -> None:
+    """One product's rows at M rows, each provider's result checked before it is timed and
+    its row written as soon as it is measured (a variant that never finished, the
+    warp-specialized one on 2026-12-04, cost its product's rows before)."""
     a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
     out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
@@ -279,18 +281,13 @@ def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -
         torch.testing.assert_close(out.float(), expected, atol=5e-2, rtol=5e-2,
                                    msg=f"{case} {provider}")
 
-    rows = []
     for provider, call in providers(a, w, out, sms).items():
         if not wanted(provider, keep):
             continue
         out.fill_(float("nan"))
         row = timed_row(case, provider, call, lambda p=provider: check(p), 2 * M * N * K)
         if row is not None:
-            # each row as soon as it is measured: a variant that never finished (the
-            # warp-specialized one, 2026-12-04) cost its product's rows before
             write_rows("gemm_probe", [row])
-            rows.append(row)
-    return rows
 
 
 def main() -> None:
