@@ -291,8 +291,10 @@ def _b_tile(b_desc, k0, col, B_NK: tl.constexpr):
     """The [BK, BN] tile of b at (k0, col) by TMA, from b's descriptor or (B_NK) its [N, K]
     transpose's."""
     if B_NK:
-        return b_desc.load([col, k0]).T
-    return b_desc.load([k0, col])
+        tile = b_desc.load([col, k0]).T
+    else:
+        tile = b_desc.load([k0, col])
+    return tile
 
 
 @triton.jit
