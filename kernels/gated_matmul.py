@@ -291,10 +291,8 @@ def _b_tile(b_desc, k0, col, B_NK: tl.constexpr):
     """The [BK, BN] tile of b at (k0, col) by TMA, from b's descriptor or (B_NK) its [N, K]
     transpose's."""
     if B_NK:
-        tile = b_desc.load([col, k0]).T
-    else:
-        tile = b_desc.load([k0, col])
-    return tile
+        return b_desc.load([col, k0]).T
+    return b_desc.load([k0, col])
 
 
 @triton.jit
