@@ -209,7 +209,7 @@ def main() -> None:
             elif args.options:
                 # the K-chunked GEMMs (N = D) pick their tile by waves: the launcher's pick
                 sms = torch.cuda.get_device_properties(0).multi_processor_count
-                default = gm._rows_blocks(torch.bfloat16, *kinds[name], tiles_on=(M, D, FF, sms))
+                default = gm._rows_blocks(torch.bfloat16, *kinds[name], tiles_on=(M, D, sms))
                 cfgs = [dict(default, TMA=False), dict(default, TMA=True)]
                 if "maxnreg" in default:    # the register cap's effect
                     cfgs += [{k: v for k, v in default.items() if k != "maxnreg"} | {"TMA": True}]

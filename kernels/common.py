@@ -27,14 +27,11 @@ def interpreting() -> bool:
 def await_producers(PDL: tl.constexpr):
     """A kernel's first statement. Launched programmatically (`PDL`, set by `launch` on
     Hopper and newer), the program waits here until the kernel before it in the stream has
-    finished and its writes are visible. PDL 1 (True) then lets the next kernel's programs
-    be scheduled at once (they wait in turn); PDL 2 leaves that to this kernel's end (all
-    its programs exited), so that the next kernel's programs are not placed on the SMs
-    that happen to be free first. Otherwise nothing (and never under the interpreter)."""
+    finished and its writes are visible, then lets the next kernel's programs be scheduled
+    (they wait in turn). Otherwise nothing (and never under the interpreter)."""
     if PDL:
         gdc_wait()
-        if PDL == 1:
-            gdc_launch_dependents()
+        gdc_launch_dependents()
 
 
 def dot_precision(dtype: torch.dtype) -> str:

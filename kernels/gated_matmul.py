@@ -112,7 +112,7 @@ def _rows_gemm_kernel(
     DOT_PRECISION: tl.constexpr, SUBTILE: tl.constexpr = False, TMA: tl.constexpr = False,
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
     AUX_PREFETCH: tl.constexpr = False, TILE_SUMS: tl.constexpr = False,
-    CHUNK_SUMS: tl.constexpr = False, N_SUB: tl.constexpr = 1,
+    CHUNK_SUMS: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
@@ -144,9 +144,6 @@ def _rows_gemm_kernel(
     # in place of BN. CHUNK_SUMS (TILE_SUMS, CHUNK_AXIS 0 or 1): added at the tile's chunk's
     # index instead (0 for CHUNK_AXIS 0), so that sum1 [NUM_CHUNKS] holds the chunks' sums
     # (sum1_ptr is moved by c - col0 below: the epilogues add at sum1_ptr + col0)
-    # N_SUB (EPI_STORE, CHUNK_AXIS 0 or 2, not SUBTILE): the program takes N_SUB column
-    # tiles of BN side by side (accumulators acc, acc_b, acc_c), each K-step's A tile loaded
-    # once for all of them: at N 384, one program a SM over the whole row block
     await_producers(PDL)
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -157,7 +154,7 @@ def _rows_gemm_kernel(
         c, col0, cols, col_ok = _chunk_cols(pid_n, CHUNK, BN)
     else:
         c = 0
-        col0 = pid_n * BN * N_SUB
+        col0 = pid_n * BN
         cols = col0 + tl.arange(0, BN)
         col_ok = cols < N
     if CHUNK_SUMS:
@@ -170,8 +167,7 @@ def _rows_gemm_kernel(
         fill = g != 0.0
 
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    acc_b = tl.zeros([BM, BN], dtype=tl.float32)     # the GLU's gates, or N_SUB's 2nd tile
-    acc_c = tl.zeros([BM, BN], dtype=tl.float32)     # N_SUB's 3rd tile
+    acc_b = tl.zeros([BM, BN], dtype=tl.float32)
     if live:
         # one flat K-loop (a nested loop per chunk ran 6 steps at a time, mostly pipeline
         # fill); with CHUNK_AXIS == 2 it visits the live chunks only: step i reads chunk
@@ -197,17 +193,17 @@ def _rows_gemm_kernel(
                 k_ok = ks < K
             if TMA:      # the launcher checked: CHUNK a multiple of BK along K
                 a = a_ptr.load([pid_m * BM, k0])
-                acc = tl.dot(a, _b_tile(b_ptr, k0, col0, B_NK), acc,
-                             input_precision=DOT_PRECISION)
+                if B_NK:
+                    b = b_ptr.load([col0, k0]).T
+                else:
+                    b = b_ptr.load([k0, col0])
+                acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
                 if EPI == 3:
-                    acc_b = tl.dot(a, _b_tile(b_ptr, k0, col0 + N, B_NK), acc_b,
-                                   input_precision=DOT_PRECISION)
-                if N_SUB > 1:
-                    acc_b = tl.dot(a, _b_tile(b_ptr, k0, col0 + BN, B_NK), acc_b,
-                                   input_precision=DOT_PRECISION)
-                if N_SUB > 2:
-                    acc_c = tl.dot(a, _b_tile(b_ptr, k0, col0 + 2 * BN, B_NK), acc_c,
-                                   input_precision=DOT_PRECISION)
+                    if B_NK:
+                        b2 = b_ptr.load([col0 + N, k0]).T
+                    else:
+                        b2 = b_ptr.load([k0, col0 + N])
+                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
             else:
                 a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :],
                             mask=row_ok[:, None] & k_ok[None, :], other=0.0)
@@ -219,14 +215,6 @@ def _rows_gemm_kernel(
                 if EPI == 3:
                     b2 = tl.load(b_ptrs + N * stride_bn, mask=b_mask, other=0.0).to(a.dtype)
                     acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
-                if N_SUB > 1:
-                    b2 = tl.load(b_ptrs + BN * stride_bn, mask=k_ok[:, None] &
-                                 (cols + BN < N)[None, :], other=0.0).to(a.dtype)
-                    acc_b = tl.dot(a, b2, acc_b, input_precision=DOT_PRECISION)
-                if N_SUB > 2:
-                    b3 = tl.load(b_ptrs + 2 * BN * stride_bn, mask=k_ok[:, None] &
-                                 (cols + 2 * BN < N)[None, :], other=0.0).to(a.dtype)
-                    acc_c = tl.dot(a, b3, acc_c, input_precision=DOT_PRECISION)
 
     if SUBTILE:
         # the epilogue in two row halves: its temporaries (the saved tile, sigmoids, the
@@ -262,37 +250,6 @@ def _rows_gemm_kernel(
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
                   FINAL, HAS_SUM1, AUX_ALL_ROWS, False, HAS_UNGATED,
                   TILE_SUMS)
-        if N_SUB > 1:       # EPI_STORE's further column tiles
-            _store_sub(acc_b, 1, rows, cols, g, live, fill, M, N, T, UNGATED, len_ptr,
-                       out_ptr, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, NUM_CHUNKS,
-                       CHUNKS_P2, HAS_BIAS, BIAS_MODE, SCALE_OUT, FINAL, HAS_UNGATED, BN)
-        if N_SUB > 2:
-            _store_sub(acc_c, 2, rows, cols, g, live, fill, M, N, T, UNGATED, len_ptr,
-                       out_ptr, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, NUM_CHUNKS,
-                       CHUNKS_P2, HAS_BIAS, BIAS_MODE, SCALE_OUT, FINAL, HAS_UNGATED, BN)
-
-
-@triton.jit
-def _store_sub(acc, j, rows, cols, g, live, fill, M, N, T, UNGATED, len_ptr, out_ptr, col0,
-               bias_ptr, gate_ptr, aux_ptr, sum1_ptr, NUM_CHUNKS: tl.constexpr,
-               CHUNKS_P2: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr,
-               SCALE_OUT: tl.constexpr, FINAL: tl.constexpr, HAS_UNGATED: tl.constexpr,
-               BN: tl.constexpr):
-    """EPI_STORE's epilogue on the program's j-th column tile of N_SUB (columns j*BN on)."""
-    sub_cols = cols + j * BN
-    _epilogue(acc, acc, rows, sub_cols, sub_cols < N, g, live, fill, M, N, T, UNGATED,
-              len_ptr, out_ptr, col0 + j * BN, bias_ptr, gate_ptr, aux_ptr, sum1_ptr, acc,
-              NUM_CHUNKS, CHUNKS_P2, 0, HAS_BIAS, BIAS_MODE, SCALE_OUT, False, FINAL, False,
-              False, False, HAS_UNGATED, False)
-
-
-@triton.jit
-def _b_tile(b_desc, k0, col, B_NK: tl.constexpr):
-    """The [BK, BN] tile of b at (k0, col) by TMA, from b's descriptor or (B_NK) its [N, K]
-    transpose's."""
-    if B_NK:
-        return b_desc.load([col, k0]).T
-    return b_desc.load([k0, col])
 
 
 @triton.jit
@@ -716,7 +673,7 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int, tiles_on=None) -
     (64x128x64/4/4: 38); the SiLU backward 128x128x64/8/3 with SUBTILE 60.0 us
     (64x128x64/4/4: 80.0; 128x128/4/3 without SUBTILE spills: 211); the SiLU-gate GEMM
     128x128x64/4/3 46.8 us (128x64x64/4/4: 52.2), since moved to 8 warps (below). fp32
-    keeps the smaller-stage configuration (shared memory). tiles_on: (M, N, K, SMs), where the
+    keeps the smaller-stage configuration (shared memory). tiles_on: (M, N, SMs), where the
     K-chunked GEMM's tile depends on its waves (`_k_chunked_blocks`)."""
     if interpreting():
         return dict(BM=32, BN=32, BK=32, num_warps=4, num_stages=1)
@@ -751,38 +708,25 @@ def _rows_blocks(dtype: torch.dtype, chunk_axis: int, epi: int, tiles_on=None) -
     return dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3)
 
 
-# The K-chunked GEMM's tiles (16-bit, TMA) and how many programs of each share a SM
-# (shared memory: 96 KB at 128x128 / 3 stages, 72 KB at 64x128; with N_SUB 3, 168 KB at 128
-# rows / 3 stages, 224 KB at 64 rows / 4), in the order that wins a tie of the model
-_K_CHUNKED_TILES = ((dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, N_SUB=3), 1),
-                    (dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=4, N_SUB=3), 1),
-                    (dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3), 2),
+# The K-chunked GEMM's two tiles (16-bit, TMA) and how many programs of each share a SM
+# (shared memory at 3 stages: 96 KB at 128x128, 72 KB at 64x128)
+_K_CHUNKED_TILES = ((dict(BM=128, BN=128, BK=64, num_warps=4, num_stages=3), 2),
                     (dict(BM=64, BN=128, BK=64, num_warps=4, num_stages=3), 3))
-# the wide tiles (N_SUB) only from this K on: measured at K 1536 (the FFN's second product
-# and d_xn), not at the MHSA's K 384
-_WIDE_MIN_K = 1024
 
 
-def _k_chunked_blocks(M: int, N: int, K: int, sms: int) -> dict:
+def _k_chunked_blocks(M: int, N: int, sms: int) -> dict:
     """The tile with the least modelled time: waves (the tiles over the SMs' program slots,
-    rounded up) times a wave's work on one SM; a tie goes to the tile listed first. The FFN's
-    N = 384 makes few column tiles, so the rounding decides.
-    - One tile a program: at B32xT250 128x128 tiles fill 1.43 of the 264 slots' waves and
-      64x128 one of 396, at B16xT750 2 waves each, at B80xT250 2 against 3. Measured on the
-      H200 (gemm_sweep --tma, all chunks live, d_xn / the second GEMM), 64x128 against
-      128x128: 22.5 / 23.4 against 24.3 / 24.6 us at B32xT250 and 37.2 / 38.1 against 39.5 /
-      40.1 at B16xT750, as modelled; at B80xT250 55.0 / 56.2 against 45.8 / 46.1.
-    - Three column tiles a program (N_SUB, K >= _WIDE_MIN_K): a row block's whole N = 384,
-      one program a SM. In a bare product (M x 1536 @ 1536 x 384, every row valid, H200,
-      2026-12-04, bench/NOTES.md session 43) 64 rows took 20.9 us at M 8000 against 22.6
-      for the row GEMM's 64x128 (cuBLAS 19.6), and 128 rows 32.5 at M 12000 against 37.3
-      (cuBLAS 27.9); at M 20000 both lost to 128x128 (50.4 / 60.3 against 46.3)."""
+    rounded up) times a wave's work on one SM. The FFN's N = 384 makes few column tiles, so
+    the rounding decides: at B32xT250 128x128 tiles fill 1.43 of the 264 slots' waves and
+    64x128 one of 396, at B16xT750 2 waves each, at B80xT250 2 against 3. Measured on the H200
+    (gemm_sweep --tma, all chunks live, d_xn / the second GEMM), 64x128 against 128x128:
+    22.5 / 23.4 against 24.3 / 24.6 us at B32xT250 and 37.2 / 38.1 against 39.5 / 40.1 at
+    B16xT750, as modelled; at B80xT250 55.0 / 56.2 against 45.8 / 46.1, as modelled."""
     def modelled(tile):
         blk, per_sm = tile
-        tiles = cdiv(M, blk["BM"]) * cdiv(N, blk["BN"] * blk.get("N_SUB", 1))
-        return cdiv(tiles, per_sm * sms) * per_sm * blk["BM"] * blk["BN"] * blk.get("N_SUB", 1)
-    tiles = [t for t in _K_CHUNKED_TILES if K >= _WIDE_MIN_K or "N_SUB" not in t[0]]
-    return dict(min(tiles, key=modelled)[0])
+        tiles = cdiv(M, blk["BM"]) * cdiv(N, blk["BN"])
+        return cdiv(tiles, per_sm * sms) * per_sm * blk["BM"] * blk["BN"]
+    return dict(min(_K_CHUNKED_TILES, key=modelled)[0])
 
 
 def _b_layout(b: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -851,8 +795,7 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
     first pass of a batch holding two) computed as if every gate were 1, and left out of the
     gates' gradient sums (sum1); gates given, skip_dead False. blocks: the tiles (BM, BN,
     BK, num_warps, num_stages, optionally SUBTILE, TMA: operands by TMA descriptors,
-    TILE_SUMS False: sum1 as column sums, N_SUB: a program's column tiles, for the store
-    epilogue with columns not chunked) in place of the defaults, which take TMA where
+    TILE_SUMS False: sum1 as column sums) in place of the defaults, which take TMA where
     `tma_by_default` holds.
 
     sum1 (EPI_SILU_BWD, EPI_GATE_BWD; fp32 [N], added to): the gates' gradient products,
@@ -870,18 +813,12 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         raise ValueError(f"rows_gemm: ungated_rows={ungated_rows} needs gates, skip_dead False "
                          f"and at most M={M} rows (gates given: {gates is not None}, "
                          f"skip_dead={skip_dead})")
-    tiles_on = (M, N, K, _num_sms(a.device.index or 0)) if a.is_cuda else None
+    tiles_on = (M, N, _num_sms(a.device.index or 0)) if a.is_cuda else None
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi, tiles_on))
-    n_sub = blk.get("N_SUB", 1)
-    if n_sub not in (1, 2, 3) or n_sub > 1 and (epi != EPI_STORE or chunk_axis == 1
-                                                 or blk.get("SUBTILE")):
-        raise ValueError(f"rows_gemm: N_SUB={n_sub} is for 2 or 3 column tiles of the store "
-                         f"epilogue without SUBTILE, columns not chunked; got epi {epi}, "
-                         f"chunk_axis {chunk_axis}, SUBTILE {blk.get('SUBTILE', False)}")
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
-        n_tiles = cdiv(N, blk["BN"] * n_sub)
+        n_tiles = cdiv(N, blk["BN"])
     if sum1 is not None:
         blk.setdefault("TILE_SUMS", True)
     if chunk_sums and (chunk_axis == 2 or sum1 is None or sum1.shape != (num_chunks,)

@@ -21,15 +21,13 @@ launch hook installed (a Triton profiler), on a Triton version outside
 the launcher interface this was written against, every launch takes Triton's own path.
 
 Programmatic dependent launch (Hopper and newer): a kernel with a `PDL` constexpr parameter
-is launched with `PDL` set and CUDA's programmatic stream serialisation, so that its
+is launched with `PDL=True` and CUDA's programmatic stream serialisation, so that its
 programs may be scheduled while the kernel before it in the stream still runs. Each such
 kernel's first statement is `await_producers(PDL)` (kernels/common.py): it waits there until
-the previous kernel has finished and its writes are visible. With PDL 1 (the default) it
-then lets the next kernel be scheduled, so that the next kernel's programs wait on the SMs
-instead of being launched after this kernel's last program ends; with PDL 2
-(`early_dependents(False)`, `ORTHOASR_PDL_EARLY=0`) the next kernel is scheduled when this
-one's programs have all exited. Since every such kernel waits before it reads or writes
-anything, the stream's order holds as without it. `ORTHOASR_PDL=0` (or
+the previous kernel has finished and its writes are visible, then lets the next kernel be
+scheduled. Programs of the next kernel thus wait on the SMs instead of being launched after
+the previous kernel's last program ends. Since every such kernel waits before it reads or
+writes anything, the stream's order holds as without it. `ORTHOASR_PDL=0` (or
 `programmatic_launch(False)`) launches them the plain way.
 """
 
@@ -70,9 +68,6 @@ class Switch:
 
 
 _programmatic = Switch("ORTHOASR_PDL")
-# off (ORTHOASR_PDL_EARLY=0): the next kernel's programs are scheduled when this one's have
-# all exited, not as soon as they have all started (`await_producers`, PDL 2)
-_early_dependents = Switch("ORTHOASR_PDL_EARLY")
 
 
 def direct_launch_enabled() -> bool:
@@ -86,13 +81,6 @@ def programmatic_launch(on: bool):
     """Within the block, kernels that take a `PDL` parameter are launched with programmatic
     dependent launch (on) or the plain way (benchmarks compare the two in one process)."""
     return _programmatic.within(on)
-
-
-def early_dependents(on: bool):
-    """Within the block, programmatically launched kernels let the next kernel's programs be
-    scheduled as soon as all of theirs have started (on, the default) or only when they have
-    all exited (benchmarks compare the two in one process)."""
-    return _early_dependents.within(on)
 
 
 @functools.cache
@@ -174,7 +162,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     device = torch.cuda.current_device()     # where Triton loads and launches the kernel
     programmatic = _programmatic.on and _programmatic_capable(kernel, device)
     if programmatic:
-        meta = {**meta, "PDL": 1 if _early_dependents.on else 2, "launch_pdl": True}
+        meta = {**meta, "PDL": True, "launch_pdl": True}
     key = (kernel, device, tuple(map(_spec, args)), tuple(meta.items()))
     entry = _cache.get(key)
     if entry is None:

@@ -361,18 +361,13 @@ def test_dense_weight_gradient():
     assert gm.dense_wgrad(a.double(), b.double()).dtype == torch.float32
 
 
-@pytest.mark.parametrize("frames, k, bm, n_sub", [
-    (32 * 250, 384, 64, 1), (16 * 750, 384, 64, 1), (80 * 250, 384, 128, 1),
-    (32 * 250, 1536, 64, 3), (16 * 750, 1536, 128, 3), (80 * 250, 1536, 128, 1)])
-def test_k_chunked_tile_by_its_waves_on_132_sms(frames, k, bm, n_sub):
+@pytest.mark.parametrize("frames, bm", [(32 * 250, 64), (16 * 750, 64), (80 * 250, 128)])
+def test_k_chunked_tile_by_its_waves_on_132_sms(frames, bm):
     # N = 384: 128x128 tiles (two a SM) make 1.43 waves at B32xT250 where 64x128 (three a SM)
     # make 0.95; at B80xT250 1.78 against 2.37. The H200's sweep agreed at all three shapes.
-    # At K 1536 a program may take the whole N (N_SUB 3, one a SM): 0.95 waves of 64 rows at
-    # B32xT250, 0.71 of 128 rows at B16xT750 (a tie with 64x128's 1.42, won by the order);
-    # at B80xT250 1.19 waves, against 128x128's 1.78 at two tiles a SM
-    blk = gm._k_chunked_blocks(frames, 384, k, 132)
-    assert (blk["BM"], blk["BN"], blk.get("N_SUB", 1)) == (bm, 128, n_sub)
-    assert gm._k_chunked_blocks(frames, 384, k, 132) is not blk   # callers may change theirs
+    blk = gm._k_chunked_blocks(frames, 384, 132)
+    assert (blk["BM"], blk["BN"]) == (bm, 128)
+    assert gm._k_chunked_blocks(frames, 384, 132) is not blk   # callers may change theirs
 
 
 def test_dense_products_only_where_nothing_is_skipped():
@@ -555,51 +550,6 @@ def test_tile_options_give_the_plain_tiles_results(epi, option):
         torch.testing.assert_close(variant, plain, atol=1e-4, rtol=1e-4, equal_nan=True)
 
 
-@pytest.mark.parametrize("n, n_sub", [(48, 3), (40, 3), (48, 2)])
-@pytest.mark.parametrize("tma", [False, True])
-@pytest.mark.parametrize("final", [False, True])
-def test_column_subtiles_give_the_plain_tiles_results(n, n_sub, tma, final):
-    """N_SUB (a program's column tiles side by side, one A tile a K-step for all) in the
-    store epilogue of a K-chunked product, with a dead chunk, a bias while any gate is on
-    and NaN at padded rows of a: equal to one tile a program, on valid rows (every row
-    when FINAL). N 40 ends inside the third tile; N 48 in two-tile programs leaves the
-    second program's second tile past N."""
-    k = 64
-    torch.manual_seed(10)
-    lengths = torch.tensor([11, 4, 1], device=DEV)
-    rows = gm.valid_rows(lengths, T)
-    a = torch.randn(B * T, k, device=DEV)
-    a[~rows] = float("nan")
-    w_nk = torch.randn(n, k, device=DEV)
-    bias = torch.randn(n, device=DEV)
-    gates = torch.tensor([0.5, 0.0, 1.5, 1.0], device=DEV)
-    outs = []
-    for sub in (1, n_sub):
-        blk = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1, TMA=tma, N_SUB=sub)
-        out = _poisoned(B * T, n)
-        gm.rows_gemm(a, w_nk.t(), out, lengths=lengths, T=T, bias=bias, gates=gates,
-                     chunk=k // 4, num_chunks=4, chunk_axis=2, skip_dead=True,
-                     bias_mode=gm.BIAS_ANY_GATE, final=final, blocks=blk)
-        outs.append(out if final else out[rows])
-    assert not outs[1].isnan().any()
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
-
-
-def test_column_subtiles_only_for_the_store_epilogue_of_whole_columns():
-    lengths = torch.tensor([11, 4, 1], device=DEV)
-    a, out = torch.randn(B * T, 64, device=DEV), torch.empty(B * T, 48, device=DEV)
-    blk = dict(BM=16, BN=16, BK=16, num_warps=4, num_stages=1, N_SUB=3)
-    with pytest.raises(ValueError, match="N_SUB=3"):
-        gm.rows_gemm(a, torch.randn(64, 48, device=DEV), out, lengths=lengths, T=T,
-                     chunk=12, num_chunks=4, chunk_axis=1, blocks=blk)
-    with pytest.raises(ValueError, match="N_SUB=3"):
-        gm.rows_gemm(a, torch.randn(64, 48, device=DEV), out, lengths=lengths, T=T,
-                     epi=gm.EPI_SILU_GATE, aux=torch.empty_like(out), blocks=blk)
-    with pytest.raises(ValueError, match="N_SUB=4"):
-        gm.rows_gemm(a, torch.randn(64, 48, device=DEV), out, lengths=lengths, T=T,
-                     blocks=dict(blk, N_SUB=4))
-
-
 def test_tma_option_names_what_it_cannot_read():
     lengths = torch.tensor([11, 4, 1], device=DEV)
     a, out = torch.randn(B * T, 64, device=DEV), torch.empty(B * T, 48, device=DEV)
@@ -648,30 +598,6 @@ def test_gpu_tma_option_bf16(epi):
     for plain, tma in zip(*outs):
         assert not tma.isnan().any()
         torch.testing.assert_close(tma, plain, atol=1e-2, rtol=1e-2)
-
-
-@pytest.mark.gpu
-def test_gpu_column_subtiles_bf16_at_the_ffn_shape():
-    """The K-chunked product's wide tiles (N_SUB 3, _K_CHUNKED_TILES) at B32xT250, K 1536,
-    N 384, bf16, a dead chunk, NaN at padded rows: equal to one 64x128 tile a program."""
-    torch.manual_seed(11)
-    T_, D_, F_ = 250, 384, 1536
-    lengths = torch.randint(125, T_ + 1, (32,), device="cuda")
-    a = torch.randn(32 * T_, F_, device="cuda", dtype=torch.bfloat16)
-    a[~gm.valid_rows(lengths, T_)] = float("nan")
-    w = (torch.randn(D_, F_, device="cuda") / 40).to(torch.bfloat16)      # [D, F] as W2
-    bias = torch.randn(D_, device="cuda")
-    gates = torch.tensor([1.0, 0.0, 0.5, 1.0], device="cuda")
-    outs = []
-    for blk, _ in gm._K_CHUNKED_TILES:
-        out = torch.full((32 * T_, D_), float("nan"), device="cuda", dtype=torch.bfloat16)
-        gm.rows_gemm(a, w.t(), out, lengths=lengths, T=T_, bias=bias, gates=gates,
-                     chunk=F_ // 4, num_chunks=4, chunk_axis=2, skip_dead=True, final=True,
-                     blocks=dict(blk, TMA=True))
-        outs.append(out)
-    for out in outs[:-1]:
-        assert not out.isnan().any()
-        torch.testing.assert_close(out, outs[-1], atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("epi", ["silu-gate", "silu-bwd", "store-any-gate", "store-gate0",
