@@ -31,6 +31,9 @@ ENCODER_MS = {("fwd+bwd", "dense"): 10.0, ("fwd+bwd", "soft"): 11.0,
 REVERTED = {
     "80c0e5b": "the depthwise convs at two channels a thread: slower in the modules and the "
                "encoder than in their sweep (bench/NOTES.md, session 42)",
+    "d72458c": "the K-chunked row GEMM's three column tiles a program (N_SUB): faster as a "
+               "bare product, slower in the FFN at B32xT250 (bench/NOTES.md, session 43)",
+    "bf0ad3a": "d72458c's compile fix, reverted with it",
 }
 
 
