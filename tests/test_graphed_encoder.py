@@ -264,23 +264,34 @@ def test_gpu_batch_streams_give_the_one_stream_output(autocast, monkeypatch):
     assert splits[before:] == [2]
 
 
-def test_kept_side_streams_are_never_the_same_cuda_stream(monkeypatch):
-    """torch's streams come from a pool, round robin, so a stream asked for later may be one
-    already kept. side_stream keeps one stream a key, never another key's nor one the
-    caller avoids (a fake pool of 4 here, on the CPU): the same key gives the same stream
-    until the caller must avoid it, and a pool with nothing left is named."""
+def _fake_stream_pool(monkeypatch, size: int = 4):
+    """torch.cuda.Stream replaced by a fake whose CUDA handles cycle through a pool of
+    `size`, round robin as torch's own pool does (on the CPU), and no side stream kept yet.
+    Returns the fake class."""
     import itertools
 
     import orthoasr.kernels.common as common
 
     class FakeStream:
-        pool = itertools.cycle(range(4))
+        pool = itertools.cycle(range(size))
 
         def __init__(self, index=None):
             self.cuda_stream = next(FakeStream.pool)
+            self.device = torch.device("cuda", 0)
 
     monkeypatch.setattr(common.torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(common, "_side_streams", {})
+    return FakeStream
+
+
+def test_kept_side_streams_are_never_the_same_cuda_stream(monkeypatch):
+    """torch's streams come from a pool, round robin, so a stream asked for later may be one
+    already kept. side_stream keeps one stream a key, never another key's nor one the
+    caller avoids (a fake pool of 4 here, on the CPU): the same key gives the same stream
+    until the caller must avoid it, and a pool with nothing left is named."""
+    import orthoasr.kernels.common as common
+
+    FakeStream = _fake_stream_pool(monkeypatch)
     device = torch.device("cuda", 0)
     capturing = FakeStream()                                        # handle 0
     branches = common.side_stream(device, ("IF branches", 0), avoid=(capturing,))
@@ -302,26 +313,16 @@ def test_if_branches_are_never_captured_on_a_capturing_stream(monkeypatch):
     stream is a second stream of the capture under way, as the fork of a batch group
     would be): it is drawn again (fakes of torch's pool and the CUDA runtime, on the
     CPU)."""
-    import itertools
     from types import SimpleNamespace
 
     import orthoasr.conditional as conditional
-    import orthoasr.kernels.common as common
 
-    class FakeStream:
-        pool = itertools.cycle(range(4))
-
-        def __init__(self, index=None):
-            self.cuda_stream = next(FakeStream.pool)
-            self.device = torch.device("cuda", 0)
-
+    FakeStream = _fake_stream_pool(monkeypatch)
     capturing_now = {0, 1}                         # the capture's stream and a fork of it
     status = SimpleNamespace(cudaStreamCaptureStatusNone=0, cudaStreamCaptureStatusActive=1)
     runtime = SimpleNamespace(
         cudaStreamCaptureStatus=status,
         cudaStreamIsCapturing=lambda handle: (0, int(handle in capturing_now)))
-    monkeypatch.setattr(common.torch.cuda, "Stream", FakeStream)
-    monkeypatch.setattr(common, "_side_streams", {})
     capturing = FakeStream()                                        # handle 0
     side = conditional._branch_stream(capturing, runtime)
     assert side.cuda_stream not in capturing_now
