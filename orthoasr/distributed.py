@@ -38,8 +38,19 @@ def init_world(device_type: str) -> World:
     if world.distributed and not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(world.local_rank)
+        _import_group_defaults()
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return world
+
+
+def _import_group_defaults() -> None:
+    """Import torch.distributed.nn.functional while no process group exists. Its collectives
+    take `group=group.WORLD` as a default argument, bound when the module is imported;
+    DistributedDataParallel's constructor imports it (through torch._dynamo). Imported after
+    the group was made, those defaults keep the group alive past destroy_process_group, and
+    gloo's threads with it, until interpreter exit, where tearing them down could abort a
+    rank ("terminate called without an active exception"). Imported first, they hold None."""
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:

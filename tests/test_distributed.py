@@ -110,3 +110,42 @@ def test_average_gradients_means_each_gradient_over_ranks(tmp_path):
         for i in (0, 1, 3):            # mean of 1*(i+1) and 2*(i+1)
             assert grads[i].dtype == (torch.float64 if i == 1 else torch.float32)
             assert torch.equal(grads[i], torch.full_like(grads[i], 1.5 * (i + 1)))
+
+
+def _native_threads() -> list[str]:
+    """Names of this process's OS threads (gloo's are native: threading does not see them)."""
+    return sorted(Path(f"/proc/self/task/{t}/comm").read_text().strip()
+                  for t in os.listdir("/proc/self/task"))
+
+
+def _threads_left_by_shutdown(rank: int, port: int, out: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    from orthoasr.distributed import init_world, shutdown
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    before = _native_threads()
+    world = init_world("cpu")
+    ddp = DistributedDataParallel(torch.nn.Linear(3, 2))   # imports torch._dynamo, as train's
+    ddp(torch.ones(4, 3)).sum().backward()
+    del ddp
+    shutdown(world)
+    Path(f"{out}.{rank}").write_text(json.dumps({"before": before, "after": _native_threads()}))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_shutdown_ends_the_process_groups_threads(tmp_path):
+    """After shutdown no gloo thread is left for interpreter exit to tear down: one left
+    there could abort the rank ("terminate called without an active exception")."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "threads")
+    mp.spawn(_threads_left_by_shutdown, args=(port, out), nprocs=2)
+    for rank in (0, 1):
+        threads = json.loads(Path(f"{out}.{rank}").read_text())
+        assert threads["after"] == threads["before"], threads
