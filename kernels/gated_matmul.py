@@ -15,7 +15,7 @@ Two kernels serve every GEMM of the FFN and conv modules, a third their bias gra
 
 On a Hopper GPU with 16-bit operands, `rows_gemm`'s K-chunked plain stores (the FFN's second
 product and d_xn, the MHSA in-projection's input gradient) go to the Gluon kernel of
-long_k_gemm.py instead, where its `applies` holds.
+long_k_gemm.py instead, where its `applies` holds and the modelled waves pick its 64x128 tile.
 
 Where nothing is skipped (no gates, or gates that need gradients: `dense_products`), a
 module's plain backward products need neither masks nor skips: their operands are written
@@ -818,16 +818,18 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
         raise ValueError(f"rows_gemm: ungated_rows={ungated_rows} needs gates, skip_dead False "
                          f"and at most M={M} rows (gates given: {gates is not None}, "
                          f"skip_dead={skip_dead})")
+    tiles_on = (M, N, _num_sms(a.device.index or 0)) if a.is_cuda else None
+    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi, tiles_on))
     if (chunk_axis == 2 and epi == EPI_STORE and blocks is None and aux is None and sum1 is None
+            and (blk["BM"], blk["BN"]) == (long_k_gemm.BM, long_k_gemm.BN)
             and long_k_gemm.applies(a, b, out, chunk, ungated_rows)):
-        # the same product by the Gluon kernel (FINAL's zeros at padded rows whether or not
-        # asked for: a superset of what the plain store writes)
+        # the same product by the Gluon kernel, where the modelled waves pick its tile (at
+        # B80xT250, a training step's, 128x128 stays here); FINAL's zeros at padded rows
+        # whether or not asked for: a superset of what the plain store writes
         return long_k_gemm.long_k_gemm(a, b, out, lengths=lengths, T=T, bias=bias,
                                        bias_mode=bias_mode, gates=gates, chunk=chunk,
                                        num_chunks=num_chunks, skip_dead=skip_dead,
                                        scale_out=scale_out)
-    tiles_on = (M, N, _num_sms(a.device.index or 0)) if a.is_cuda else None
-    blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi, tiles_on))
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:

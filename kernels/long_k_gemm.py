@@ -3,14 +3,18 @@ the live chunks only: the FFN's second product and d_xn (K 1536, N 384), the MHS
 in-projection's input gradient (K 1152).
 
 `rows_gemm` (gated_matmul.py) hands its K-chunked plain-store calls here where `applies`
-holds; the result is the one its own kernel gives (EPI_STORE, CHUNK_AXIS 2, FINAL: zeros at
-padded rows). Why a second language: the tile is the Triton row GEMM's (64 x 128, 3 stages,
-4 warps, three programs a SM), but the pipeline is written out (TMA loads into a ring of
-shared-memory stages, asynchronous warp-group MMAs with one step in flight), where Triton's
-pipeliner waits more. On the H200 at M 8000, K 1536, N 384, every row valid: 16.4-16.7 us a
-call against 19.6-19.9 for the Triton kernel and 15.9 for cuBLAS; in the FFN module 1-3.5
-us less a call, the MHSA within noise (bench/NOTES.md, session 46). A 64 x 192 tile (two
-programs a SM, cuBLAS's work a SM) did better alone (15.5-16.0) and worse in the modules.
+holds and its tile model picks this kernel's 64 x 128 tile (B32xT250 and B16xT750; at
+B80xT250, a training step's shape, it picks 128 x 128 and keeps the product); the result is
+the one its own kernel gives (EPI_STORE, CHUNK_AXIS 2, FINAL: zeros at padded rows).
+
+Why a second language: the tile is the Triton row GEMM's (64 x 128, 3 stages, 4 warps, three
+programs a SM), with the pipeline written out: TMA loads into a ring of shared-memory stages,
+asynchronous warp-group MMAs with one step in flight. On the H200 at M 8000, K 1536, N 384,
+every row valid, it took 16.4-16.7 us a call against 19.6-19.9 for the Triton kernel and
+15.9 for cuBLAS; in the FFN module 1-3.5 us less a call, the MHSA within noise
+(bench/NOTES.md, session 46). Where the Triton kernel loses the time was not profiled. A
+64 x 192 tile (two programs a SM, cuBLAS's work a SM) did better alone (15.5-16.0) and worse
+in the modules.
 
 A program whose rows are all padding skips its K-loop and writes zeros. Gluon does not run
 under Triton's CPU interpreter: there `rows_gemm` keeps its own kernel, which the CPU tests
