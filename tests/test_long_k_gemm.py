@@ -6,8 +6,8 @@ K-chunked plain stores."""
 import pytest
 import torch
 import triton
-
 from error_ratio import assert_error_ratio
+
 from orthoasr.kernels import gated_matmul as gm
 from orthoasr.kernels import long_k_gemm as lk
 
