@@ -182,7 +182,7 @@ def applies(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, chunk: int,
     b_t = b.t() if b.stride(0) == 1 and b.stride(1) != 1 else b
     return (a.dtype in (torch.float16, torch.bfloat16) and b.dtype == a.dtype
             and out.dtype == a.dtype and ungated_rows == 0
-            and out.shape[1] % BN == 0 and chunk % BK == 0
+            and out.shape[1] % BN == 0 and chunk > 0 and chunk % BK == 0
             and a.stride(1) == 1 and b_t.stride(1) == 1 and out.is_contiguous()
             and all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0
                     for t in (a, b_t, out)))
