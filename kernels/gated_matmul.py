@@ -39,7 +39,14 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import long_k_gemm
-from .common import await_producers, dot_precision, interpreting, valid_mask
+from .common import (
+    await_producers,
+    b_layout,
+    dot_precision,
+    interpreting,
+    tma_problems,
+    valid_mask,
+)
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -734,29 +741,6 @@ def _k_chunked_blocks(M: int, N: int, sms: int) -> dict:
     return dict(min(_K_CHUNKED_TILES, key=modelled)[0])
 
 
-def _b_layout(b: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """b [K, N] as a row-major tensor for a descriptor: (b, False), or (its [N, K] transpose,
-    True) when b is the transposed view of a row-major [N, K] (nn.Linear's weights)."""
-    b_nk = b.stride(0) == 1 and b.stride(1) != 1
-    return (b.t() if b_nk else b), b_nk
-
-
-def _tma_problems(a: torch.Tensor, b: torch.Tensor, k_chunk: int, BK: int) -> list[str]:
-    """What keeps the row GEMM's operands from TMA block loads (16-byte aligned bases and
-    row strides, a contiguous last dimension, one dtype, K chunks of whole BK steps)."""
-    b_t, _ = _b_layout(b)
-    return [f"{name} {what}" for name, ok, what in (
-        ("b", a.dtype == b.dtype, f"dtype {b.dtype} is not a's {a.dtype}"),
-        ("a", a.stride(1) == 1, f"strides {a.stride()} not row-major"),
-        ("b", b_t.stride(1) == 1, f"strides {b.stride()} contiguous in neither dim"),
-        ("a", a.stride(0) * a.element_size() % 16 == 0 and a.data_ptr() % 16 == 0,
-         "rows not 16-byte aligned"),
-        ("b", b_t.stride(0) * b.element_size() % 16 == 0 and b.data_ptr() % 16 == 0,
-         "rows not 16-byte aligned"),
-        ("chunk", k_chunk % BK == 0, f"{k_chunk} along K not a multiple of BK {BK}"))
-        if not ok]
-
-
 @functools.cache
 def _has_tma(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9      # Hopper and later
@@ -777,12 +761,12 @@ def tma_operands(a, b, k_chunk: int, blk: dict, required: bool, name: str = "row
     the MHSA in-projection's). Where the operands do not allow them: a ValueError naming
     `name` and what they lack if `required` (TMA asked for), else None (pointer loads)."""
     BM, BN, BK = blk["BM"], blk["BN"], blk["BK"]
-    problems = _tma_problems(a, b, k_chunk, BK)
+    problems = tma_problems(a, b, k_chunk, BK)
     if problems and not required:
         return None
     if problems:
         raise ValueError(f"{name} TMA: {'; '.join(problems)}")
-    b_t, b_nk = _b_layout(b)
+    b_t, b_nk = b_layout(b)
     a_desc = TensorDescriptor.from_tensor(a, [BM, BK])
     b_desc = TensorDescriptor.from_tensor(b_t, [BN, BK] if b_nk else [BK, BN])
     return a_desc, b_desc, b_nk
@@ -950,7 +934,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         raise ValueError("wgrad: TMA loads read padded rows: they need rows_zeroed")
     a_arg, b_arg = a, b
     if use_tma or (blocks is None and rows_zeroed and tma_by_default(a)):
-        problems = _tma_problems(a, b, 0, blk["BK"])
+        problems = tma_problems(a, b, 0, blk["BK"])
         if problems and use_tma:
             raise ValueError(f"wgrad TMA: {'; '.join(problems)}")
         use_tma = not problems

@@ -40,7 +40,6 @@ import os
 
 import torch
 import triton
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 _INT32 = range(-2 ** 31, 2 ** 31)
 # The direct path calls private pieces of Triton's compiled kernels (the launcher's positional
@@ -110,16 +109,11 @@ def _spec(arg):
         return arg == 1, arg % 16 == 0, arg in _INT32, arg >= 2 ** 63
     if isinstance(arg, float):
         return float
-    if isinstance(arg, TensorDescriptor) or _is_gluon_descriptor(arg):
+    if hasattr(arg, "block_shape"):     # a TMA descriptor, Triton's or Gluon's (a layout)
         return (type(arg), arg.base.dtype, tuple(arg.block_shape), arg.padding,
                 getattr(arg, "layout", None), arg.base.data_ptr() % 16 == 0,
                 tuple(v % 16 == 0 for v in (*arg.shape, *arg.strides)))
     return arg          # None, strings
-
-
-def _is_gluon_descriptor(arg) -> bool:
-    """A Gluon TMA descriptor (its shared-memory layout is part of the specialisation)."""
-    return type(arg).__name__ == "TensorDescriptor" and hasattr(arg, "layout")
 
 
 def _hook_installed(hook) -> bool:

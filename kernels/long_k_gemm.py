@@ -28,6 +28,7 @@ import functools
 import torch
 import triton
 
+from .common import b_layout, tma_problems
 from .launch import Switch, cdiv, launch, next_pow2
 
 try:        # Gluon's API moves between Triton versions: written against 3.6
@@ -179,13 +180,11 @@ def applies(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, chunk: int,
     chunks of whole BK steps, no ungated rows, and the switch on."""
     if not (_GLUON and gluon_products.on and a.is_cuda and _hopper(a.device.index or 0)):
         return False
-    b_t = b.t() if b.stride(0) == 1 and b.stride(1) != 1 else b
-    return (a.dtype in (torch.float16, torch.bfloat16) and b.dtype == a.dtype
-            and out.dtype == a.dtype and ungated_rows == 0
-            and out.shape[1] % BN == 0 and chunk > 0 and chunk % BK == 0
-            and a.stride(1) == 1 and b_t.stride(1) == 1 and out.is_contiguous()
-            and all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0
-                    for t in (a, b_t, out)))
+    return (a.dtype in (torch.float16, torch.bfloat16) and out.dtype == a.dtype
+            and ungated_rows == 0 and out.shape[1] % BN == 0 and chunk > 0
+            and not tma_problems(a, b, chunk, BK)
+            and out.is_contiguous() and out.data_ptr() % 16 == 0
+            and out.stride(0) * out.element_size() % 16 == 0)
 
 
 def _desc(t: torch.Tensor, block: list[int]):
@@ -199,8 +198,8 @@ def long_k_gemm(a, b, out, *, lengths, T, bias=None, bias_mode=0, gates=None, ch
     """out [M, N] = a [M, K] @ b [K, N] (+ bias, gated as `rows_gemm` with chunk_axis 2,
     EPI_STORE, final), with zeros at padded rows; b is row-major or the transposed view of a
     row-major [N, K] (nn.Linear's weight). Only where `applies` holds."""
-    b_nk = b.stride(0) == 1 and b.stride(1) != 1
-    b_desc = _desc(b.t(), [BN, BK]) if b_nk else _desc(b, [BK, BN])
+    b_t, b_nk = b_layout(b)
+    b_desc = _desc(b_t, [BN, BK] if b_nk else [BK, BN])
     launch(_long_k_kernel, (cdiv(a.shape[0], BM), out.shape[1] // BN), _desc(a, [BM, BK]),
            b_desc, _desc(out, [BM, BN]), bias if bias is not None else out,
            gates if gates is not None else out, lengths, a.shape[0], T, chunk,
