@@ -43,6 +43,24 @@ def test_store_epilogue_with_k_chunks_and_bias_while_any_gate_is_on(skip_dead):
     assert torch.equal(off, torch.zeros_like(off))        # all off: exactly 0, bias too
 
 
+@pytest.mark.parametrize("chunks", [5, 16, 20])
+def test_k_chunk_walk_finds_each_live_chunk(chunks):
+    """The K-loop walks the live chunks with the chunk and the step within it carried from
+    step to step: the first chunk dead, the last live, chunks of one step (chunk 3 < BK)."""
+    torch.manual_seed(chunks)
+    lengths = torch.tensor([11, 4, 1], device=DEV)
+    k = 3 * chunks
+    a, b = torch.randn(B * T, k, device=DEV), torch.randn(k, N, device=DEV)
+    gates = (torch.rand(chunks, device=DEV) > 0.4).float()
+    gates[0], gates[-1] = 0.0, 1.0
+    for g in (gates, torch.ones(chunks, device=DEV)):
+        out = gm.rows_gemm(a, b, _poisoned(B * T, N), lengths=lengths, T=T, gates=g, chunk=3,
+                           num_chunks=chunks, chunk_axis=2, skip_dead=True, final=True)
+        expected = gm.rows_gemm_reference(a, b, lengths, T, None,
+                                          (g != 0).repeat_interleave(3))
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_silu_gate_epilogue_saves_pre_activation():
     lengths, a, b, gates = _case(1)
     bias = torch.randn(N, device=DEV)
