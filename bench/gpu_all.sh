@@ -60,7 +60,7 @@ if has tests; then
   # added), A 242, C 232, D 233: the limit raised to 360 s)
   GPUS=$(nvidia-smi -L | wc -l)
   T="timeout -s KILL ${TESTS_S:-360} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=8"
-  GROUP_A="test_gated_attention.py test_gated_mhsa.py test_gated_conv.py test_long_k_gemm.py"
+  GROUP_A="test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
   GROUP_C="test_learning.py test_export.py"
   GROUP_D="test_train.py test_checkpoint.py test_launch.py"
   CUDA_VISIBLE_DEVICES=0 $T $(printf "$REPO/tests/%s " $GROUP_A) > $OUT/gpu_tests_a.log 2>&1 &

@@ -1,7 +1,7 @@
 """Helpers the kernel files share: whether Triton runs under its CPU interpreter, the
 `tl.dot` input precision for a dtype, weights as matmul operands (a module's pair in one
-launch, or a whole encoder's at once), the valid-frame mask of padded batches, the layout
-rules of a row GEMM's operands for TMA loads, and zeroed fp32 accumulators from one buffer."""
+launch, or a whole encoder's at once), the valid-frame mask of padded batches, and zeroed
+fp32 accumulators from one buffer."""
 
 from __future__ import annotations
 
@@ -50,29 +50,6 @@ def two_passes(run_rows, ungated_batch: int, gates):
     the rest with `gates`, concatenated along the batch."""
     return torch.cat([run_rows(slice(0, ungated_batch), None),
                       run_rows(slice(ungated_batch, None), gates)])
-
-
-def b_layout(b: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """b [K, N] as a row-major tensor for a descriptor: (b, False), or (its [N, K] transpose,
-    True) when b is the transposed view of a row-major [N, K] (nn.Linear's weights)."""
-    b_nk = b.stride(0) == 1 and b.stride(1) != 1
-    return (b.t() if b_nk else b), b_nk
-
-
-def tma_problems(a: torch.Tensor, b: torch.Tensor, k_chunk: int, BK: int) -> list[str]:
-    """What keeps a row GEMM's operands from TMA block loads (16-byte aligned bases and
-    row strides, a contiguous last dimension, one dtype, K chunks of whole BK steps)."""
-    b_t, _ = b_layout(b)
-    return [f"{name} {what}" for name, ok, what in (
-        ("b", a.dtype == b.dtype, f"dtype {b.dtype} is not a's {a.dtype}"),
-        ("a", a.stride(1) == 1, f"strides {a.stride()} not row-major"),
-        ("b", b_t.stride(1) == 1, f"strides {b.stride()} contiguous in neither dim"),
-        ("a", a.stride(0) * a.element_size() % 16 == 0 and a.data_ptr() % 16 == 0,
-         "rows not 16-byte aligned"),
-        ("b", b_t.stride(0) * b.element_size() % 16 == 0 and b.data_ptr() % 16 == 0,
-         "rows not 16-byte aligned"),
-        ("chunk", k_chunk % BK == 0, f"{k_chunk} along K not a multiple of BK {BK}"))
-        if not ok]
 
 
 def check_lengths(lengths, batch: int, device: torch.device) -> None:

@@ -13,10 +13,6 @@ Two kernels serve every GEMM of the FFN and conv modules, a third their bias gra
 - `_col_sums_kernel`: column sums over the valid frames (bias gradients), kept out of the
   masked weight-gradient loop.
 
-On a Hopper GPU with 16-bit operands, `rows_gemm`'s K-chunked plain stores (the FFN's second
-product and d_xn, the MHSA in-projection's input gradient) go to the Gluon kernel of
-long_k_gemm.py instead, where its `applies` holds and the modelled waves pick its 64x128 tile.
-
 Where nothing is skipped (no gates, or gates that need gradients: `dense_products`), a
 module's plain backward products need neither masks nor skips: their operands are written
 with zeros at padded rows, and `dense_wgrad` and torch.mm hand them to cuBLAS, faster than
@@ -38,15 +34,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from . import long_k_gemm
-from .common import (
-    await_producers,
-    b_layout,
-    dot_precision,
-    interpreting,
-    tma_problems,
-    valid_mask,
-)
+from .common import await_producers, dot_precision, interpreting, valid_mask
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -749,6 +737,29 @@ def _k_chunked_blocks(M: int, N: int, sms: int) -> dict:
     return dict(min(_K_CHUNKED_TILES, key=modelled)[0])
 
 
+def _b_layout(b: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """b [K, N] as a row-major tensor for a descriptor: (b, False), or (its [N, K] transpose,
+    True) when b is the transposed view of a row-major [N, K] (nn.Linear's weights)."""
+    b_nk = b.stride(0) == 1 and b.stride(1) != 1
+    return (b.t() if b_nk else b), b_nk
+
+
+def _tma_problems(a: torch.Tensor, b: torch.Tensor, k_chunk: int, BK: int) -> list[str]:
+    """What keeps the row GEMM's operands from TMA block loads (16-byte aligned bases and
+    row strides, a contiguous last dimension, one dtype, K chunks of whole BK steps)."""
+    b_t, _ = _b_layout(b)
+    return [f"{name} {what}" for name, ok, what in (
+        ("b", a.dtype == b.dtype, f"dtype {b.dtype} is not a's {a.dtype}"),
+        ("a", a.stride(1) == 1, f"strides {a.stride()} not row-major"),
+        ("b", b_t.stride(1) == 1, f"strides {b.stride()} contiguous in neither dim"),
+        ("a", a.stride(0) * a.element_size() % 16 == 0 and a.data_ptr() % 16 == 0,
+         "rows not 16-byte aligned"),
+        ("b", b_t.stride(0) * b.element_size() % 16 == 0 and b.data_ptr() % 16 == 0,
+         "rows not 16-byte aligned"),
+        ("chunk", k_chunk % BK == 0, f"{k_chunk} along K not a multiple of BK {BK}"))
+        if not ok]
+
+
 @functools.cache
 def _has_tma(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9      # Hopper and later
@@ -769,12 +780,12 @@ def tma_operands(a, b, k_chunk: int, blk: dict, required: bool, name: str = "row
     the MHSA in-projection's). Where the operands do not allow them: a ValueError naming
     `name` and what they lack if `required` (TMA asked for), else None (pointer loads)."""
     BM, BN, BK = blk["BM"], blk["BN"], blk["BK"]
-    problems = tma_problems(a, b, k_chunk, BK)
+    problems = _tma_problems(a, b, k_chunk, BK)
     if problems and not required:
         return None
     if problems:
         raise ValueError(f"{name} TMA: {'; '.join(problems)}")
-    b_t, b_nk = b_layout(b)
+    b_t, b_nk = _b_layout(b)
     a_desc = TensorDescriptor.from_tensor(a, [BM, BK])
     b_desc = TensorDescriptor.from_tensor(b_t, [BN, BK] if b_nk else [BK, BN])
     return a_desc, b_desc, b_nk
@@ -812,16 +823,6 @@ def rows_gemm(a, b, out, *, lengths, T, bias=None, gates=None, chunk=0, num_chun
                          f"skip_dead={skip_dead})")
     tiles_on = (M, N, _num_sms(a.device.index or 0)) if a.is_cuda else None
     blk = dict(blocks or _rows_blocks(a.dtype, chunk_axis, epi, tiles_on))
-    if (chunk_axis == 2 and epi == EPI_STORE and blocks is None and aux is None and sum1 is None
-            and (blk["BM"], blk["BN"]) == (long_k_gemm.BM, long_k_gemm.BN)
-            and long_k_gemm.applies(a, b, out, chunk, ungated_rows)):
-        # the same product by the Gluon kernel, where the modelled waves pick its tile (at
-        # B80xT250, a training step's, 128x128 stays here); FINAL's zeros at padded rows
-        # whether or not asked for: a superset of what the plain store writes
-        return long_k_gemm.long_k_gemm(a, b, out, lengths=lengths, T=T, bias=bias,
-                                       bias_mode=bias_mode, gates=gates, chunk=chunk,
-                                       num_chunks=num_chunks, skip_dead=skip_dead,
-                                       scale_out=scale_out)
     if chunk_axis == 1:
         n_tiles = num_chunks * cdiv(chunk, blk["BN"])
     else:
@@ -942,7 +943,7 @@ def wgrad(a, b, *, lengths, T, gates=None, chunk=0, num_chunks=1, chunk_axis=0,
         raise ValueError("wgrad: TMA loads read padded rows: they need rows_zeroed")
     a_arg, b_arg = a, b
     if use_tma or (blocks is None and rows_zeroed and tma_by_default(a)):
-        problems = tma_problems(a, b, 0, blk["BK"])
+        problems = _tma_problems(a, b, 0, blk["BK"])
         if problems and use_tma:
             raise ValueError(f"wgrad TMA: {'; '.join(problems)}")
         use_tma = not problems

@@ -10,16 +10,15 @@ calls with the same specialisation call that kernel's launcher directly.
 The specialisation key is at least as fine as Triton's own, so a cached kernel is only
 reused where Triton would pick the same one: per tensor its dtype and whether its address is
 16-byte aligned; per int whether it is 1, divisible by 16, and its integer type; per TMA
-descriptor (`TensorDescriptor`, built on the host; Triton's or Gluon's) its dtype, block
-shape, padding and (Gluon's) shared-memory layout, and the alignment and 16-divisibility of
-its base, shape and strides (finer than Triton's, which keys on the first three); keyword
-arguments (constexprs and options such as num_warps) by value. Descriptors pass through to
-the compiled kernel's launcher as Triton's path passes them: it builds the CUDA tensor map
-from each at every launch. Runtime arguments must be positional; keywords are compile-time
-values. For CPU tensors (the interpreter), with a launch hook installed (a Triton profiler),
-on a Triton version outside `DIRECT_TRITON_VERSIONS`, with `ORTHOASR_DIRECT_LAUNCH=0`, or
-where the compiled kernel lacks the launcher interface this was written against, every
-launch takes Triton's own path.
+descriptor (`TensorDescriptor`, built on the host) its dtype, block shape and padding, and
+the alignment and 16-divisibility of its base, shape and strides (finer than Triton's, which
+keys on the first three); keyword arguments (constexprs and options such as num_warps) by
+value. Descriptors pass through to the compiled kernel's launcher as Triton's path passes
+them: it builds the CUDA tensor map from each at every launch. Runtime arguments must be
+positional; keywords are compile-time values. For CPU tensors (the interpreter), with a
+launch hook installed (a Triton profiler), on a Triton version outside
+`DIRECT_TRITON_VERSIONS`, with `ORTHOASR_DIRECT_LAUNCH=0`, or where the compiled kernel lacks
+the launcher interface this was written against, every launch takes Triton's own path.
 
 Programmatic dependent launch (Hopper and newer): a kernel with a `PDL` constexpr parameter
 is launched with `PDL=True` and CUDA's programmatic stream serialisation, so that its
@@ -40,6 +39,7 @@ import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 _INT32 = range(-2 ** 31, 2 ** 31)
 # The direct path calls private pieces of Triton's compiled kernels (the launcher's positional
@@ -109,9 +109,9 @@ def _spec(arg):
         return arg == 1, arg % 16 == 0, arg in _INT32, arg >= 2 ** 63
     if isinstance(arg, float):
         return float
-    if hasattr(arg, "block_shape"):     # a TMA descriptor, Triton's or Gluon's (a layout)
-        return (type(arg), arg.base.dtype, tuple(arg.block_shape), arg.padding,
-                getattr(arg, "layout", None), arg.base.data_ptr() % 16 == 0,
+    if isinstance(arg, TensorDescriptor):
+        return (TensorDescriptor, arg.base.dtype, tuple(arg.block_shape), arg.padding,
+                arg.base.data_ptr() % 16 == 0,
                 tuple(v % 16 == 0 for v in (*arg.shape, *arg.strides)))
     return arg          # None, strings
 
@@ -154,7 +154,8 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     """kernel[grid](*args, **meta), with Triton's per-launch host work done once per
     specialisation. args: runtime arguments (tensors, ints, floats, None), positional; meta:
     constexprs and launch options, by keyword."""
-    first = getattr(args[0], "base", args[0]) if args else None     # a descriptor's tensor
+    first = args[0].base if args and isinstance(args[0], TensorDescriptor) else \
+        args[0] if args else None
     if not isinstance(first, torch.Tensor) or not first.is_cuda:
         kernel[grid](*args, **meta)
         return

@@ -4,6 +4,7 @@ plain PyTorch, with padded frames, chunk gates and dead chunks (interpreter on t
 import pytest
 import torch
 import torch.nn.functional as F
+from error_ratio import assert_error_ratio
 
 from orthoasr.kernels import gated_matmul as gm
 
@@ -697,3 +698,54 @@ def test_col_sums_any_gate_counts_ungated_rows_whatever_the_gates(gate):
     rest = gm.col_sums(a[T:], torch.zeros(40), lengths=lengths[1:], T=T, gates=gates,
                        any_gate=True)
     torch.testing.assert_close(both, first + rest, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,N,chunks", [(1536, 384, 4), (1152, 384, 6), (512, 256, 2)])
+@pytest.mark.parametrize("weight_nk", [False, True])
+@pytest.mark.parametrize("gating,bias_mode", [
+    ("none", gm.BIAS_PLAIN), ("soft", gm.BIAS_GATE0), ("dead", gm.BIAS_ANY_GATE),
+    ("all-dead", gm.BIAS_ANY_GATE), ("all-dead", None)])
+def test_gpu_k_chunked_store_bf16_against_pytorch(K, N, chunks, weight_nk, gating, bias_mode):
+    """The long-K products' call (the FFN's second product and d_xn, the MHSA
+    in-projection's input gradient) at its launcher defaults on the GPU, bf16 (TMA on a
+    Hopper GPU): NaN at padded rows, a last row tile of 3 rows, dead and all-dead chunks, soft
+    gates, the bias modes and both weight layouts, against PyTorch by the error-ratio rule."""
+    torch.manual_seed(K + N + chunks)
+    t_max, lens = 37, [37, 1, 20, 37, 5, 36, 2]            # 259 rows
+    lengths = torch.tensor(lens, device="cuda")
+    rows = gm.valid_rows(lengths, t_max)
+    a = torch.randn(len(lens) * t_max, K, device="cuda", dtype=torch.bfloat16)
+    a[~rows] = float("nan")           # TMA reads padded rows too: none may leak
+    w = torch.randn((N, K) if weight_nk else (K, N), device="cuda") / K ** 0.5
+    b = w.to(torch.bfloat16).t() if weight_nk else w.to(torch.bfloat16)     # [K, N] view
+    gates = {"none": None, "soft": torch.rand(chunks, device="cuda") + 0.25,
+             "dead": torch.tensor([1.0, 0.0, 0.5, 0.0, 2.0, 1.0][:chunks], device="cuda"),
+             "all-dead": torch.zeros(chunks, device="cuda")}[gating]
+    skip_dead = gating in ("dead", "all-dead")
+    bias = None if bias_mode is None else torch.randn(N, device="cuda", dtype=torch.bfloat16)
+    scale_out = gating == "soft" and bias_mode == gm.BIAS_GATE0
+    out = gm.rows_gemm(a, b, _poisoned(a.shape[0], N).to(torch.bfloat16), lengths=lengths,
+                       T=t_max, bias=bias, bias_mode=bias_mode or 0, gates=gates,
+                       chunk=K // chunks, num_chunks=chunks, chunk_axis=2,
+                       skip_dead=skip_dead, scale_out=scale_out, final=True)
+    g = torch.ones(chunks, device="cuda") if gates is None else gates
+    live_k = ((g != 0) if skip_dead else torch.ones_like(g, dtype=torch.bool))
+    live_k = live_k.repeat_interleave(K // chunks)
+    bias_scale = {None: 0.0, gm.BIAS_PLAIN: 1.0, gm.BIAS_ANY_GATE: float((g != 0).any()),
+                  gm.BIAS_GATE0: g[0].item()}[bias_mode]
+    scale = g[0].item() if scale_out else 1.0
+
+    def expected(dtype):
+        """The product over the live chunks' K rows in `dtype`, zeros at padded rows."""
+        prod = torch.where(rows[:, None], a.to(dtype), 0.0) @ torch.where(
+            live_k[:, None], b.to(dtype), 0.0)
+        if bias is not None:
+            prod = prod + bias.to(dtype) * bias_scale
+        return torch.where(rows[:, None], prod * scale, 0.0)
+
+    assert not out.isnan().any()
+    if gating == "all-dead" and bias_mode != gm.BIAS_PLAIN:
+        assert torch.equal(out, torch.zeros_like(out))        # exactly 0, the bias too
+    assert torch.equal(out[~rows], torch.zeros_like(out[~rows]))
+    assert_error_ratio([out], [expected(torch.bfloat16)], [expected(torch.float64)], rtol=2e-3)
