@@ -56,53 +56,49 @@ def _resource_usage(cubin: bytes) -> str:
     return f"{fields.get('REG', '?')} spill {fields.get('STACK', '?')}"
 
 
-def _longest_loop(cubin: bytes) -> str:
-    """SASS instructions in the kernel's longest loop (a label to a branch back to it), from
-    nvdisasm, if it runs here: with the loop's FMAs or MMAs, a cheap measure of the work an
-    iteration issues (the sliding-window convs took ~49 a frame and channel where the tap
-    loops before them took 106-134, 2026-12-02)."""
+def _sass_loops(cubin: bytes) -> list[list[str]] | None:
+    """The kernel's loops in SASS (a label to a branch back to it), each as its instruction
+    lines, from nvdisasm, if it runs here."""
     import re
 
     out = _cubin_tool(cubin, "nvdisasm", "-c")
     if out is None:
-        return "?"
+        return None
     lines = out.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines)
               if (m := re.match(r"^(\.L_x_\d+):", line))}
-    longest = 0
+    loops = []
     for i, line in enumerate(lines):
         m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
         if m and labels.get(m.group(1), i) < i:
-            longest = max(longest, sum(1 for x in lines[labels[m.group(1)]:i + 1]
-                                       if re.search(r"/\*[0-9a-f]{4}\*/", x)))
+            loops.append([x for x in lines[labels[m.group(1)]:i + 1]
+                          if re.search(r"/\*[0-9a-f]{4}\*/", x)])
+    return loops
+
+
+def _longest_loop(loops: list[list[str]] | None) -> str:
+    """SASS instructions in the kernel's longest loop: with the loop's FMAs or MMAs, a cheap
+    measure of the work an iteration issues (the sliding-window convs took ~49 a frame and
+    channel where the tap loops before them took 106-134, 2026-12-02)."""
+    if loops is None:
+        return "?"
+    longest = max(map(len, loops), default=0)
     return str(longest if longest > 1 else 0)   # 1: the end-of-kernel branch to itself
 
 
-def _mma_loop(cubin: bytes) -> str:
+def _mma_loop(loops: list[list[str]] | None) -> str:
     """The shortest loop that issues tensor-core MMAs (a GEMM's K-loop): its SASS instructions
-    and how many of them move a value into a uniform register (R2UR), from nvdisasm if it
-    runs here. Once the loads and MMAs are pipelined, every instruction a step shows in the
-    time: a K-loop over the live chunks took 19.3 us at 142 instructions, 17.9 at 121, and a
-    plain one 16.9 at 86 (M 8000, K 1536, N 384, H200, 2026-12-04). R2URs mark values the
-    compiler could not prove warp-uniform (a trip count from loaded gates, say)."""
-    import re
-
-    out = _cubin_tool(cubin, "nvdisasm", "-c")
-    if out is None:
+    and how many of them move a value into a uniform register (R2UR). Once the loads and MMAs
+    are pipelined, every instruction a step shows in the time: a K-loop over the live chunks
+    took 19.3 us at 142 instructions, 17.9 at 121, and a plain one 16.9 at 86 (M 8000,
+    K 1536, N 384, H200, 2026-12-04). R2URs mark values the compiler could not prove
+    warp-uniform (a trip count from loaded gates, say)."""
+    if loops is None:
         return "?"
-    lines = out.splitlines()
-    labels = {m.group(1): i for i, line in enumerate(lines)
-              if (m := re.match(r"^(\.L_x_\d+):", line))}
-    best = None
-    for i, line in enumerate(lines):
-        m = re.search(r"BRA `\((\.L_x_\d+)\)", line)
-        if m and labels.get(m.group(1), i) < i:
-            body = [x for x in lines[labels[m.group(1)]:i + 1]
-                    if re.search(r"/\*[0-9a-f]{4}\*/", x)]
-            if any("MMA" in x for x in body) and (best is None or len(body) < len(best)):
-                best = body
-    if best is None:
+    mma = [body for body in loops if any("MMA" in x for x in body)]
+    if not mma:
         return "none"
+    best = min(mma, key=len)
     return f"{len(best)} instructions, {sum('R2UR' in x for x in best)} R2UR"
 
 
@@ -167,6 +163,7 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
     shared = getattr(compiled.metadata, "shared", 0)
     ok = shared <= SHARED_LIMIT
     n_regs = _resource_usage(compiled.asm["cubin"])
+    loops = _sass_loops(compiled.asm["cubin"])
     print(f"{kernel.fn.__name__ if hasattr(kernel, 'fn') else fn.__name__:32s} "
           f"warps {num_warps} stages {num_stages} shared {shared:7d} B "
           f"{'OK' if ok else 'TOO MUCH SHARED MEMORY'} regs {n_regs} "
@@ -174,8 +171,7 @@ def _compile(kernel, ptrs: dict, ints=None, floats=(), constexprs=None, num_warp
           f"loop conversions {_loop_conversions(compiled.asm['ttgir'])} "
           f"async copies {compiled.asm['ttgir'].count('async_copy_global_to_local')} "
           f"TMA copies {compiled.asm['ttgir'].count('async_tma_copy_global_to_local')} "
-          f"longest loop {_longest_loop(compiled.asm['cubin'])} instructions "
-          f"MMA loop {_mma_loop(compiled.asm['cubin'])}")
+          f"longest loop {_longest_loop(loops)} instructions MMA loop {_mma_loop(loops)}")
     return ok
 
 
