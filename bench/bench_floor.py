@@ -18,8 +18,9 @@ on one stream: what staged_operand_copies saves) and, for gated inference on a G
 two streams too) and `ours_one_stream` (the inference's batch as one
 chain: `ours` splits it in two groups on concurrent streams, as GraphedEncoder does,
 `run_blocks(batch_streams=2)`); on a GPU `ours_plain_launch` (no
-programmatic dependent launch). Those two run with their setting off for forward and
-backward.
+programmatic dependent launch) and `ours_no_gpu_asm` (the kernels' `GPU` flag off: no
+inline assembly, so no warp_uniform trip counts). Those run with their setting off for
+forward and backward.
 Gates: all-on, dense (no gates at all: the supernet's pass in training and dense inference;
 its floor is all-on's, the same work, and has no compiled twin), half (every other FFN chunk and
 head; conv on), off, soft (ours only: random gates with gradients, as in stage 1). Before
@@ -46,7 +47,7 @@ from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.common import FrozenOperands, staged_copies
 from orthoasr.kernels.gated_attention import gated_attention, gated_attention_packed
-from orthoasr.kernels.launch import programmatic_launch
+from orthoasr.kernels.launch import gpu_asm, programmatic_launch
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
@@ -55,6 +56,7 @@ BF16 = torch.bfloat16
 # what that setting saves, measured in the same run (GPU only)
 SETTINGS_OFF = {
     "ours_plain_launch": lambda: programmatic_launch(False),   # kernels/launch.py
+    "ours_no_gpu_asm": lambda: gpu_asm(False),                 # kernels/launch.py
     "ours_unstaged_copies": lambda: staged_copies(False),      # the encoder's only
 }
 
@@ -227,6 +229,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 if device.type == "cuda":
                     # ours with one setting off, forward and backward (SETTINGS_OFF)
                     providers["ours_plain_launch"] = providers["ours"]
+                    providers["ours_no_gpu_asm"] = providers["ours"]
                 if kind == "encoder" and name == "off":
                     # the product's path where the gates are known on the host (a frozen
                     # subnet in Recognizer, eval, stage 2): dead modules left out

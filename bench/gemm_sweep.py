@@ -20,6 +20,7 @@ import torch
 
 from bench.harness import time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
+from orthoasr.kernels.launch import gpu_asm
 
 D, FF, CHUNKS = 384, 1536, 4
 # B80xT250: a training step's frames at max_frames 80000 (configs/paper.yaml)
@@ -113,7 +114,8 @@ def main() -> None:
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
                          "(TMA; the register cap where the default has one; AUX_ALL_ROWS, "
-                         "AUX_PREFETCH and TILE_SUMS for the SiLU backward)")
+                         "AUX_PREFETCH and TILE_SUMS for the SiLU backward); every GEMM "
+                         "also with its GPU-only code off (launch.gpu_asm(False))")
     ap.add_argument("--tma", action="store_true",
                     help="row GEMMs: every tile configuration with TMA loads (the launcher's "
                          "default on Hopper; a configuration given without it gets pointer "
@@ -225,17 +227,22 @@ def main() -> None:
                         cfgs += [dict(default, TMA=True, TILE_SUMS=False)]
             elif args.tma and family is row_gemms:
                 cfgs = [cfg if cfg is None else dict(cfg, TMA=True) for cfg in cfgs]
-            for cfg in cfgs:
+            # (tiles, GPU-only code on): --options adds the default tiles with it off
+            variants = [(cfg, True) for cfg in cfgs] + ([(None, False)] if args.options
+                                                        else [])
+            for cfg, asm in variants:
+                tag = ("default" if cfg is None else _tag(cfg)) + ("" if asm else
+                                                                   ", no GPU asm")
                 for gates_name, g in gate_sets.items():
                     try:
                         skip = gates_name == "half"
-                        ms = time_graph_ms(lambda f=ours, c=cfg, g=g, s=skip: f(c, g, s))
+                        with gpu_asm(asm):
+                            ms = time_graph_ms(lambda f=ours, c=cfg, g=g, s=skip: f(c, g, s))
                     except Exception as err:  # a tile that does not fit shared memory
                         print(f"{name} {cfg} failed: {err!r}"[:240], flush=True)
                         break
                     rows.append(dict(table="gemm-sweep", case=f"{name} {args.shape}",
-                                     mode=gates_name, provider="ours",
-                                     tiles="default" if cfg is None else _tag(cfg), ms=ms,
+                                     mode=gates_name, provider="ours", tiles=tag, ms=ms,
                                      TFLOPs=flops / ms / 1e9, vs_cublas=ms / ref_ms))
             for r in rows:
                 print(f"{r['case']:<36} {r['mode']:<6} {r['provider']:<7} "

@@ -34,6 +34,24 @@ def await_producers(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+@triton.jit
+def warp_uniform(x, GPU: tl.constexpr):
+    """x, an int32 scalar that every thread of the program holds (a count of loaded gates,
+    say), as lane 0's value passed to the warp by a shuffle: ptxas then knows it is the same
+    in every lane, and a loop bounded by it keeps its counter and addresses in uniform
+    registers. Computed from loads, a trip count is per thread to ptxas, and every step of
+    such a loop moved its TMA coordinates into uniform registers one by one (R2UR): the row
+    GEMM's K-chunked loop took 127 SASS instructions a step against 101 with the shuffle
+    (sm_90, 64x128 tiles; bench/NOTES.md). GPU (set by `launch` for CUDA launches): the
+    interpreter runs no inline assembly, and there x is returned as it is."""
+    if GPU:
+        return tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, 0, 0x1f, 0xffffffff;",
+                                         "=r,r", [x.to(tl.int32)], dtype=tl.int32,
+                                         is_pure=False, pack=1)
+    else:
+        return x
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands: exact products ("ieee"); 16-bit operands ignore the setting."""
     return "ieee" if dtype == torch.float32 else "tf32"

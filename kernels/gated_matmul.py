@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .common import await_producers, dot_precision, interpreting, valid_mask
+from .common import await_producers, dot_precision, interpreting, valid_mask, warp_uniform
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -113,7 +113,7 @@ def _rows_gemm_kernel(
     B_NK: tl.constexpr = False, AUX_ALL_ROWS: tl.constexpr = False,
     AUX_PREFETCH: tl.constexpr = False, TILE_SUMS: tl.constexpr = False,
     CHUNK_SUMS: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, GPU: tl.constexpr = False,
 ):
     # Program (pid_n, pid_m) computes rows [pid_m*BM, +BM) x one BN tile of columns. With
     # CHUNK_AXIS == 1 column tiles live inside one chunk of size CHUNK; with CHUNK_AXIS == 2
@@ -174,11 +174,12 @@ def _rows_gemm_kernel(
         # `step` of chunk kc, the j-th live one, found from the running count of live gates.
         # j and step are carried from step to step: found as i // steps and its remainder,
         # the division took the long-K product 19.3 us against 17.9 (bare, M 8000, K 1536,
-        # N 384, 64x128 tiles, H200; 16.9 with no chunks at all; bench/NOTES.md)
+        # N 384, 64x128 tiles, H200; 16.9 with no chunks at all; bench/NOTES.md). The trip
+        # count, made from loaded gates, is passed through warp_uniform
         if CHUNK_AXIS == 2:
             steps = tl.cdiv(CHUNK, BK)
             live_rank, n_live = live_chunks(gate_ptr, NUM_CHUNKS, CHUNKS_P2, SKIP_DEAD)
-            n_steps = n_live * steps
+            n_steps = warp_uniform(n_live * steps, GPU)
         else:
             steps = tl.cdiv(K, BK)
             n_steps = steps
@@ -438,7 +439,7 @@ def _wgrad_kernel(
     BP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     TMA: tl.constexpr = False, BLOCK_LIST: tl.constexpr = False, LIST_P2: tl.constexpr = 1,
     A_SUMS: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, GPU: tl.constexpr = False,
 ):
     # The programs share out the live output tiles, found on the device: with n of them,
     # program i takes tile i % n and the sequences i // n, i // n + split, ... where split =
@@ -461,7 +462,9 @@ def _wgrad_kernel(
     # pipeline, 76 against 47 us at the FFN's dW1; see col_sums.) A_SUMS (TMA): A's column
     # sums as one more product a step, A^T times a [BK, 16] block of ones in its first
     # column, made by every program (a branch in the loop would stop its pipelining) and
-    # added to sums_ptr [P] by those of the first Q tile.
+    # added to sums_ptr [P] by those of the first Q tile. The loops' trip counts and first
+    # rows depend on loaded gates and lengths: warp_uniform tells the compiler they are the
+    # same in every lane (fewer instructions a step).
     await_producers(PDL)
     pid = tl.program_id(0)
     p_tiles = tl.cdiv(P, BP)
@@ -502,8 +505,8 @@ def _wgrad_kernel(
             p0 = tl.min(offs_p, 0)
             q0 = tl.min(offs_q, 0)
             per = tl.cdiv(parts, split)
-            first = part * per
-            n_mine = tl.minimum(per, parts - first)
+            first = warp_uniform(part * per, GPU)
+            n_mine = warp_uniform(tl.minimum(per, parts - first), GPU)
             if BLOCK_LIST:
                 offs_i = tl.arange(0, LIST_P2)
                 listed = tl.load(blocks_ptr + 1 + first + offs_i, mask=offs_i < n_mine,
@@ -530,18 +533,25 @@ def _wgrad_kernel(
             # cdiv(T, BK) steps at a time (4 at T=250), mostly pipeline fill and drain. Tiles
             # past a sequence's length load nothing (masked) and add zeros. The lengths of the
             # program's sequences are read before the loop: a load inside it took a pipeline
-            # stage (two tile buffers instead of three in an sm_90 compile).
+            # stage (two tile buffers instead of three in an sm_90 compile). The j-th
+            # sequence and its frame tile `step` are carried from step to step, as in the
+            # row GEMM's K-loop, not found by a division at every step.
             first_seq = part
             steps = tl.cdiv(T, BK)
             n_seqs = tl.cdiv(NB - first_seq, split)
             offs_j = tl.arange(0, SEQS_P2)
             lens = tl.load(len_ptr + first_seq + offs_j * split, mask=offs_j < n_seqs, other=0)
             lens = tl.minimum(lens, T)
-            for i in range(0, n_seqs * steps):
-                j = i // steps
+            j = 0
+            step = 0
+            for _ in range(0, warp_uniform(n_seqs * steps, GPU)):
                 seq = first_seq + j * split
-                t = (i - j * steps) * BK + tl.arange(0, BK)
+                t = step * BK + tl.arange(0, BK)
                 t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
+                step += 1
+                wrap = step == steps
+                j += wrap.to(tl.int32)
+                step = tl.where(wrap, 0, step)
                 frame = seq * T + t
                 a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
                             mask=t_ok[:, None] & p_ok[None, :], other=0.0)

@@ -37,7 +37,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .common import as_operands, await_producers, dot_precision, interpreting, two_passes
+from .common import (
+    as_operands,
+    await_producers,
+    dot_precision,
+    interpreting,
+    two_passes,
+    warp_uniform,
+)
 from .gated_attention import (
     attention_packed_bwd,
     attention_packed_fwd,
@@ -170,10 +177,11 @@ def _out_proj_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BIAS_MODE: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, GPU: tl.constexpr = False,
 ):
     # out[rows, cols] = sum over live heads h of a[rows, head h] W_o[cols, head h]^T
     #                   + s * b_o[cols]
+    # (the live heads' count passes through warp_uniform: fewer instructions a step)
     await_producers(PDL)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -185,7 +193,7 @@ def _out_proj_fwd_kernel(
     d_ok = offs_d < HEAD_DIM
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     live_rank, n_live = live_chunks(gate_ptr, H, BLOCK_H, True)
-    for i in range(0, n_live):
+    for i in range(0, warp_uniform(n_live, GPU)):
         h = nth_live(live_rank, i)
         a = tl.load(a_ptr + rows[:, None] * D + (h * HEAD_DIM + offs_d)[None, :],
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)

@@ -29,6 +29,11 @@ scheduled. Programs of the next kernel thus wait on the SMs instead of being lau
 the previous kernel's last program ends. Since every such kernel waits before it reads or
 writes anything, the stream's order holds as without it. `ORTHOASR_PDL=0` (or
 `programmatic_launch(False)`) launches them the plain way.
+
+A kernel with a `GPU` constexpr parameter is launched with `GPU=True` on CUDA tensors: code
+the interpreter cannot run (inline assembly: common.warp_uniform) sits behind it.
+`ORTHOASR_GPU_ASM=0` (or `gpu_asm(False)`) launches them with `GPU=False`, the
+interpreter's code, to compare the two in one process.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class Switch:
 
 
 _programmatic = Switch("ORTHOASR_PDL")
+_gpu_asm = Switch("ORTHOASR_GPU_ASM")
 
 
 def direct_launch_enabled() -> bool:
@@ -83,11 +89,25 @@ def programmatic_launch(on: bool):
     return _programmatic.within(on)
 
 
+def gpu_asm(on: bool):
+    """Within the block, kernels that take a `GPU` parameter are launched on CUDA with it
+    on (their inline assembly) or off (the interpreter's code; benchmarks compare the two in
+    one process)."""
+    return _gpu_asm.within(on)
+
+
 @functools.cache
 def _programmatic_capable(kernel, device: int) -> bool:
     """Whether `kernel` takes a `PDL` parameter and the device has grid dependency control
     (compute capability 9.0 or newer)."""
     return "PDL" in kernel.arg_names and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+@functools.cache
+def _takes_gpu_flag(kernel) -> bool:
+    """Whether `kernel` takes a `GPU` parameter: code the interpreter cannot run (inline
+    assembly) that a CUDA launch turns on."""
+    return "GPU" in kernel.arg_names
 
 
 def cdiv(a: int, b: int) -> int:
@@ -163,6 +183,8 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     programmatic = _programmatic.on and _programmatic_capable(kernel, device)
     if programmatic:
         meta = {**meta, "PDL": True, "launch_pdl": True}
+    if _gpu_asm.on and _takes_gpu_flag(kernel):
+        meta = {**meta, "GPU": True}
     key = (kernel, device, tuple(map(_spec, args)), tuple(meta.items()))
     entry = _cache.get(key)
     if entry is None:

@@ -8,8 +8,8 @@ import triton
 import triton.language as tl
 
 from orthoasr.kernels import launch as launch_module
-from orthoasr.kernels.common import await_producers
-from orthoasr.kernels.launch import cdiv, launch, next_pow2
+from orthoasr.kernels.common import await_producers, warp_uniform
+from orthoasr.kernels.launch import cdiv, gpu_asm, launch, next_pow2, programmatic_launch
 
 
 @triton.jit
@@ -156,16 +156,18 @@ def test_tensor_by_keyword_is_refused():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("setting", [programmatic_launch, gpu_asm])
 @pytest.mark.parametrize("kind", ["ffn1", "conv", "mhsa"])
-def test_programmatic_launch_gives_the_plain_launch_results(kind):
+def test_launch_settings_give_the_plain_launch_results(kind, setting):
     """A gated module's fwd+bwd (bf16 autocast, soft gates, padded batch), eager and replayed
-    in a CUDA graph, gives the same output and gradients with programmatic dependent launch
-    as launched the plain way. A kernel that read its inputs before its predecessor had
-    written them would differ by O(1); the atomics' order differs between runs only at fp32
-    rounding. On Hopper, the kernels must then have been launched programmatically."""
+    in a CUDA graph, gives the same output and gradients with each launch setting on as off:
+    programmatic dependent launch (a kernel that read its inputs before its predecessor had
+    written them would differ by O(1)) and the kernels' GPU-only code (warp_uniform's trip
+    counts: a wrong count skips or repeats whole K steps). The atomics' order differs
+    between runs only at fp32 rounding. On Hopper, the kernels must then have been launched
+    with the setting on."""
     from orthoasr.config import SupernetConfig
     from orthoasr.graphs import capture_graph
-    from orthoasr.kernels.launch import programmatic_launch
     from orthoasr.model import make_module
     # the data from the CPU's generator: the CUDA generator's state after the graph tests
     # above refused an offset increment in torch 2.11 (H200, 2026-12-03)
@@ -185,7 +187,7 @@ def test_programmatic_launch_gives_the_plain_launch_results(kind):
 
     results = {}
     for on in (False, True):
-        with programmatic_launch(on):
+        with setting(on):
             # detached: a live autograd graph from the eager call would tie its leaves'
             # gradient nodes to the default stream, which the capture may not wait on
             eager = [t.detach().float().clone() for t in step()]
@@ -197,9 +199,10 @@ def test_programmatic_launch_gives_the_plain_launch_results(kind):
         for plain, programmatic in zip(results[False][0], run):
             assert torch.linalg.norm(programmatic - plain) <= \
                 1e-3 * torch.linalg.norm(plain) + 1e-6
-    if torch.cuda.get_device_capability()[0] >= 9:
-        assert any(("launch_pdl", True) in key[-1] for key in launch_module._cache), \
-            "no kernel was launched programmatically on a Hopper GPU"
+    flag = ("launch_pdl", True) if setting is programmatic_launch else ("GPU", True)
+    if torch.cuda.get_device_capability()[0] >= 9 or setting is gpu_asm:
+        assert any(flag in key[-1] for key in launch_module._cache), \
+            f"no kernel was launched with {flag}"
 
 
 @triton.jit
@@ -230,3 +233,29 @@ def test_a_programmatic_launch_reads_what_the_kernel_before_wrote():
         launch(_copy_first_kernel, (1,), src, dst)
         torch.cuda.synchronize()
         assert src.item() > 900 and dst.item() == src.item()
+
+
+@triton.jit
+def _uniform_count_kernel(count_ptr, out_ptr, GPU: tl.constexpr = False):
+    # out[0] = the sum of 1..count, by a loop whose trip count comes from memory
+    n = warp_uniform(tl.load(count_ptr), GPU)
+    acc = 0
+    for i in range(0, n):
+        acc += i + 1
+    tl.store(out_ptr, acc)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_warp_uniform_keeps_the_loaded_trip_count(device):
+    """A loop bounded by warp_uniform's count runs that many steps, for counts 0 to 40
+    (on CUDA through its shuffle; under the interpreter as given)."""
+    if device == "cpu" and torch.cuda.is_available():
+        pytest.skip("Triton runs CPU tensors only under the interpreter (no GPU)")
+    out = torch.zeros(1, dtype=torch.int32, device=device)
+    for count in (0, 1, 2, 7, 40):
+        launch(_uniform_count_kernel, (3,), torch.tensor([count], dtype=torch.int32,
+                                                         device=device), out, num_warps=4)
+        assert int(out) == count * (count + 1) // 2
+    if device == "cuda":
+        assert any(key[0] is _uniform_count_kernel and ("GPU", True) in key[-1]
+                   for key in launch_module._cache)
