@@ -42,8 +42,11 @@ def warp_uniform(x, GPU: tl.constexpr):
     registers. Computed from loads, a trip count is per thread to ptxas, and every step of
     such a loop moved its TMA coordinates into uniform registers one by one (R2UR): the row
     GEMM's K-chunked loop took 127 SASS instructions a step against 101 with the shuffle
-    (sm_90, 64x128 tiles; bench/NOTES.md). GPU (set by `launch` for CUDA launches): the
-    interpreter runs no inline assembly, and there x is returned as it is."""
+    (sm_90, 64x128 tiles; bench/NOTES.md). x must already be the same in every thread, and
+    every lane of the warp must reach the call (a Triton program's scalar code runs in all
+    its threads: a branch on a scalar is taken by all or none). GPU (set by `launch` for
+    CUDA launches): the interpreter runs no inline assembly, and there x is returned as it
+    is."""
     if GPU:
         return tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, 0, 0x1f, 0xffffffff;",
                                          "=r,r", [x.to(tl.int32)], dtype=tl.int32,
