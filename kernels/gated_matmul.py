@@ -79,6 +79,16 @@ def nth_live(live_rank, j):
 
 
 @triton.jit
+def next_step(j, step, steps):
+    """(j, step) after step `step` of the j-th of a row of runs of `steps` steps each: a loop
+    over such runs carries the two from step to step (a division of the step index at every
+    step cost the long-K product 19.3 us against 17.9; bench/NOTES.md)."""
+    step += 1
+    wrap = step == steps
+    return j + wrap.to(tl.int32), tl.where(wrap, 0, step)
+
+
+@triton.jit
 def _gate(gate_ptr, c, HAS_GATES: tl.constexpr):
     if HAS_GATES:
         g = tl.load(gate_ptr + c).to(tl.float32)
@@ -172,8 +182,8 @@ def _rows_gemm_kernel(
         # one flat K-loop (a nested loop per chunk ran 6 steps at a time, mostly pipeline
         # fill); with CHUNK_AXIS == 2 it visits the live chunks only: step i reads step
         # `step` of chunk kc, the j-th live one, found from the running count of live gates.
-        # j and step are carried from step to step: found as i // steps and its remainder,
-        # the division took the long-K product 19.3 us against 17.9 (bare, M 8000, K 1536,
+        # j and step are carried from step to step (next_step): found as i // steps and its
+        # remainder, they took the long-K product 19.3 us against 17.9 (bare, M 8000, K 1536,
         # N 384, 64x128 tiles, H200; 16.9 with no chunks at all; bench/NOTES.md). The trip
         # count, made from loaded gates, is passed through warp_uniform
         if CHUNK_AXIS == 2:
@@ -192,10 +202,7 @@ def _rows_gemm_kernel(
                 k_local = step * BK + tl.arange(0, BK)
                 k_ok = k_local < CHUNK
                 ks = kc * CHUNK + k_local
-                step += 1
-                wrap = step == steps
-                j += wrap.to(tl.int32)
-                step = tl.where(wrap, 0, step)
+                j, step = next_step(j, step, steps)
             else:
                 k0 = i * BK
                 ks = i * BK + tl.arange(0, BK)
@@ -534,8 +541,7 @@ def _wgrad_kernel(
             # past a sequence's length load nothing (masked) and add zeros. The lengths of the
             # program's sequences are read before the loop: a load inside it took a pipeline
             # stage (two tile buffers instead of three in an sm_90 compile). The j-th
-            # sequence and its frame tile `step` are carried from step to step, as in the
-            # row GEMM's K-loop, not found by a division at every step.
+            # sequence and its frame tile `step` are carried from step to step (next_step).
             first_seq = part
             steps = tl.cdiv(T, BK)
             n_seqs = tl.cdiv(NB - first_seq, split)
@@ -548,10 +554,7 @@ def _wgrad_kernel(
                 seq = first_seq + j * split
                 t = step * BK + tl.arange(0, BK)
                 t_ok = t < tl.sum(tl.where(offs_j == j, lens, 0), 0)
-                step += 1
-                wrap = step == steps
-                j += wrap.to(tl.int32)
-                step = tl.where(wrap, 0, step)
+                j, step = next_step(j, step, steps)
                 frame = seq * T + t
                 a = tl.load(a_ptr + frame[:, None] * lda + offs_p[None, :],
                             mask=t_ok[:, None] & p_ok[None, :], other=0.0)
