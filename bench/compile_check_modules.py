@@ -18,6 +18,7 @@ from orthoasr.kernels import (
     first_conv,
     gated_conv,
     gated_matmul,
+    gated_wgrad,
     layer_norm,
 )
 from orthoasr.kernels.gated_matmul import (
@@ -94,7 +95,7 @@ def main() -> None:
     for axis, tma, listed, sums in ((1, False, False, False), (2, False, False, False),
                                     (1, True, False, False), (2, True, False, False),
                                     (1, True, True, False), (1, True, False, True)):
-        blk = gated_matmul._wgrad_blocks(BF16, F // 4, axis)
+        blk = gated_wgrad._wgrad_blocks(BF16, F // 4, axis)
         warps, stages = blk.pop("num_warps"), blk.pop("num_stages")
         blk.pop("programs_per_sm")
         print(f"wgrad, chunks along {'PQ'[axis - 1]}{', TMA' if tma else ''}"
@@ -104,7 +105,7 @@ def main() -> None:
         if tma:     # the FFN with hard gates: operands zero at padded rows
             operands = {name: f"tensordesc<bf16[{blk['BK']},{blk[size]}]>"
                         for name, size in (("a_ptr", "BP"), ("b_ptr", "BQ"))}
-        ok &= _compile(gated_matmul._wgrad_kernel,
+        ok &= _compile(gated_wgrad._wgrad_kernel,
                        dict(operands, out_ptr="fp32", gate_ptr="fp32", len_ptr="i64",
                             blocks_ptr="i32", sums_ptr="fp32"),
                        ints=dict(P=F if axis == 1 else D, Q=D if axis == 1 else F, T=T, NB=32,
@@ -117,9 +118,9 @@ def main() -> None:
                                        A_SUMS=sums,
                                        DOT_PRECISION="tf32", **blk),
                        num_warps=warps, num_stages=stages,
-                       maxnreg=gated_matmul.WGRAD_SUMS_MAXNREG if sums else None)
+                       maxnreg=gated_wgrad.WGRAD_SUMS_MAXNREG if sums else None)
     print("the valid row blocks' list (row_blocks): ", end="")
-    ok &= _compile(gated_matmul._row_blocks_kernel,
+    ok &= _compile(gated_wgrad._row_blocks_kernel,
                    dict(len_ptr="i64", out_ptr="i32", count_ptr="i32"),
                    ints=dict(M=M, T=T, n_blocks=M // 64),
                    constexprs=dict(BK=64, BLOCK=1024, ROWWISE=False),
@@ -131,7 +132,7 @@ def main() -> None:
         extra = (", the conv's scaled copy" if scaled else
                  ", with a zero-padded copy and any_gate" if copy else "")
         print(f"col_sums (bias gradients){extra}: ", end="")
-        ok &= _compile(gated_matmul._col_sums_kernel,
+        ok &= _compile(gated_wgrad._col_sums_kernel,
                        dict(a_ptr="bf16", out_ptr="fp32", copy_ptr="bf16", len_ptr="i64",
                             gate_ptr="fp32", dot_w_ptr="fp32", dot_out_ptr="fp32"),
                        ints=dict(M=M, N=3 * D, T=T, lda=3 * D, ROWS_PER_PROG=256,
@@ -142,7 +143,7 @@ def main() -> None:
                                        ANY_GATE=copy and not scaled, HAS_UNGATED=False,
                                        BM=32, BN=128, SCALED=scaled, GATED_DOT=scaled))
     print("col_sums as sum_rows (fp32 partial sums): ", end="")
-    ok &= _compile(gated_matmul._col_sums_kernel,
+    ok &= _compile(gated_wgrad._col_sums_kernel,
                    dict(a_ptr="fp32", out_ptr="fp32", copy_ptr="fp32", len_ptr="fp32",
                         gate_ptr="fp32", dot_w_ptr="fp32", dot_out_ptr="fp32"),
                    ints=dict(M=640, N=31 * D, T=640, lda=31 * D, ROWS_PER_PROG=96, CHUNK=1,

@@ -20,6 +20,7 @@ import torch
 
 from bench.harness import time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
+from orthoasr.kernels import gated_wgrad as gw
 from orthoasr.kernels.launch import gpu_asm
 
 D, FF, CHUNKS = 384, 1536, 4
@@ -181,11 +182,11 @@ def main() -> None:
     assert kinds.keys() == row_gemms.keys()
     wgrads = {
         "w2 dy^T@hidden": (
-            lambda cfg, g, skip: gm.wgrad(dy, hidden, chunk_axis=2, blocks=cfg,
+            lambda cfg, g, skip: gw.wgrad(dy, hidden, chunk_axis=2, blocks=cfg,
                                           rows_zeroed=True, **common(g, skip)),
             lambda: torch.mm(dy.t(), hidden)),
         "w1 d_pre^T@xn": (
-            lambda cfg, g, skip: gm.wgrad(d_pre, xn, chunk_axis=1, blocks=cfg,
+            lambda cfg, g, skip: gw.wgrad(d_pre, xn, chunk_axis=1, blocks=cfg,
                                           rows_zeroed=True, **common(g, skip)),
             lambda: torch.mm(d_pre.t(), xn)),
     }
@@ -254,7 +255,7 @@ def main() -> None:
             if os.environ.get("OUT"):
                 write_rows("gemm_sweep", rows, out_dir=os.environ["OUT"])
             rows = []
-    _print_pipelining(gm._rows_gemm_kernel, gm._wgrad_kernel)
+    _print_pipelining(gm._rows_gemm_kernel, gw._wgrad_kernel)
 
 
 if __name__ == "__main__":

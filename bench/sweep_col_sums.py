@@ -13,7 +13,7 @@ import torch
 from bench.harness import time_graph_ms
 from bench.sweeps import B, T, report, step_lengths, time_configs
 from orthoasr.kernels.common import valid_mask
-from orthoasr.kernels.gated_matmul import col_sums
+from orthoasr.kernels.gated_wgrad import col_sums
 
 # 2026-12-01 (H200) the row loop as async copies (LOAD_STAGES) and 3 or 12 programs a SM
 # were also swept: each 2-20% slower than the default, and removed

@@ -33,10 +33,12 @@ from .gated_matmul import (
     EPI_GATE_BWD,
     EPI_GLU,
     EPI_STORE,
+    rows_gemm,
+)
+from .gated_wgrad import (
     col_sums,
     dense_products,
     dense_wgrad,
-    rows_gemm,
     sum_rows,
     wgrad,
 )

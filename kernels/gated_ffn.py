@@ -9,7 +9,7 @@ Hopper (`wgrad`'s a_sums) and b2's by the column-sum kernel; where nothing is sk
 weight gradients are cuBLAS products, b1's gradient the column of dW1's product with the ones
 column the forward saves after xn), registered as the torch.library ops
 `orthoasr::gated_ffn_fwd` / `_bwd`; `gated_ffn` is the entry point.
-Kernels live in gated_matmul.py and layer_norm.py.
+Kernels live in gated_matmul.py, gated_wgrad.py and layer_norm.py.
 
 Shapes: x (B, T, D), W1 (F, D), W2 (D, F), chunk c = hidden channels [c*F/C, (c+1)*F/C).
 """
@@ -30,11 +30,13 @@ from .gated_matmul import (
     EPI_SILU_BWD,
     EPI_SILU_GATE,
     EPI_STORE,
+    rows_gemm,
+    tma_by_default,
+)
+from .gated_wgrad import (
     col_sums,
     dense_products,
     dense_wgrad,
-    rows_gemm,
-    tma_by_default,
     wgrad,
     wgrad_row_blocks,
 )

@@ -20,8 +20,8 @@ kernels (no host sync, no extra launches).
 
 Layers: `gated_mhsa_reference` (PyTorch), the Triton kernels `_in_proj_fwd_kernel`,
 `_out_proj_fwd_kernel`, `_out_proj_da_kernel`, `_out_proj_dw_kernel` (the in-projection's
-input and weight gradients go through gated_matmul's `rows_gemm`, `wgrad` and `col_sums`, a
-head a chunk of W_in's rows and of qkv's columns),
+input and weight gradients go through gated_matmul's `rows_gemm` and gated_wgrad's `wgrad`
+and `col_sums`, a head a chunk of W_in's rows and of qkv's columns),
 launchers, the torch.library ops `orthoasr::gated_in_proj` and
 `orthoasr::gated_out_proj` (+ backward ops; what torch.compile sees), the eager
 autograd.Function `_GatedMHSA` (one Function for the whole module: fewer host round-trips),
@@ -52,12 +52,14 @@ from .gated_attention import (
     gated_attention_reference,
 )
 from .gated_matmul import (
-    col_sums,
     live_chunks,
     nth_live,
     rows_gemm,
     tma_by_default,
     tma_operands,
+)
+from .gated_wgrad import (
+    col_sums,
     wgrad,
 )
 from .grads_in_place import accumulators, returned, sinks_of

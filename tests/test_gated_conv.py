@@ -10,7 +10,7 @@ from error_ratio import (
 )
 
 from orthoasr.graphs import call_without_sync, capture_graph
-from orthoasr.kernels import gated_matmul as gm
+from orthoasr.kernels import gated_wgrad as gw
 from orthoasr.kernels.common import as_operands, valid_mask
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_fwd, gated_conv_reference
 from orthoasr.nn import GatedConvModule
@@ -124,7 +124,7 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
     from orthoasr.kernels import gated_conv as module
     calls = []
     monkeypatch.setattr(module, "dense_wgrad",
-                        lambda a, b: calls.append(1) or gm.dense_wgrad(a, b))
+                        lambda a, b: calls.append(1) or gw.dense_wgrad(a, b))
     values, requires_grad = GATES[gate_case]
     T, lengths = 40, torch.tensor([40, 13, 1])     # tiles of 16 frames wholly past 13 and 1
     x, dy = torch.randn(3, T, D), torch.randn(3, T, D)

@@ -11,7 +11,7 @@ from error_ratio import (
 
 from orthoasr import set_backend
 from orthoasr.graphs import call_without_sync, capture_graph
-from orthoasr.kernels import gated_matmul as gm
+from orthoasr.kernels import gated_wgrad as gw
 from orthoasr.kernels.common import as_operands, valid_mask
 from orthoasr.kernels.gated_ffn import (
     gated_ffn,
@@ -128,7 +128,7 @@ def test_dense_products_read_only_written_rows(gate_case, monkeypatch, nan_fille
     from orthoasr.kernels import gated_ffn as module
     calls = []
     monkeypatch.setattr(module, "dense_wgrad",
-                        lambda a, b: calls.append(1) or gm.dense_wgrad(a, b))
+                        lambda a, b: calls.append(1) or gw.dense_wgrad(a, b))
     values, granularity, requires_grad = GATES[gate_case]
     gates = None if values is None else torch.tensor(values).requires_grad_(requires_grad)
     _, grads, _, grads64 = run_with_poisoned_padding(make_params(), gates,
@@ -151,7 +151,7 @@ def test_hard_gates_with_weight_gradients_by_tma(gate_case, monkeypatch, nan_fil
 
     def wgrad_by_tma(*args, rows_zeroed=False, **kwargs):
         calls.append(rows_zeroed)
-        return gm.wgrad(*args, rows_zeroed=rows_zeroed, blocks=interpreter_tiles, **kwargs)
+        return gw.wgrad(*args, rows_zeroed=rows_zeroed, blocks=interpreter_tiles, **kwargs)
 
     monkeypatch.setattr(module, "tma_by_default", lambda a: True)
     monkeypatch.setattr(module, "wgrad", wgrad_by_tma)
