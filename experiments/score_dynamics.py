@@ -18,9 +18,9 @@ import random
 
 import torch
 
+from orthoasr.objective import SubnetSelector
 from orthoasr.ortho import gamma_for, temperature
 from orthoasr.run_config import load_run_config
-from orthoasr.train import SubnetSelector
 
 
 def score_dynamics(config: str, overrides: list[str], seed: int = 0, every: int = 250):

@@ -14,6 +14,9 @@ the per-frame KL divergence from the supernet's output distribution of the same 
 where the supernet first outputs only blanks (a teacher that holds the shared weights on the
 blank plateau).
 
+The losses and the selector's masks come from objective.py, the optimiser and its
+learning-rate schedule from schedule.py; this file holds the trainer and its loop.
+
 The loop reads the device only every `log_every` steps (losses, NaN check) and before a
 checkpoint; the temperature lives in a device tensor, so a step has no host sync.
 
@@ -68,21 +71,24 @@ from .distributed import (
     shutdown,
 )
 from .graphs import StepGraphs
-from .kernels.common import valid_mask
 from .kernels.grads_in_place import accumulate_in_place, marked
-from .losses import ctc_loss as orthoasr_ctc_loss
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .model import ConformerSupernet, block_layout
+from .objective import (
+    SubnetSelector,
+    aux_scale,
+    check_feasible_budgets,
+    ctc_loss,
+    distill_loss,
+)
 from .ortho import (
-    PenaltyScale,
     freeze_masks,
     gamma_for,
-    ortho_softmax,
-    simple_topk,
     temperature,
 )
 from .run_config import RunConfig, load_run_config
 from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
+from .schedule import apply_schedule, lr_factor, make_optimizer, set_learning_rates
 from .units import subnet_cost, unit_costs
 from .workdir import WorkDirError, WorkDirLock, prepare_work_dir
 
@@ -97,130 +103,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- pieces
-
-class SubnetSelector(nn.Module):
-    """The selector's scores and the penalty scale: soft masks for every budget. `selector`
-    "orthosoftmax": scores S (N, N), OrthoSoftmax (its masks clamped to <= 1 with
-    `clamp_masks`); "simple_topk": scores s (N,), the predecessor's successive softmaxes (no
-    penalty; their masks never exceed 1)."""
-
-    def __init__(self, cfg: SupernetConfig, run: RunConfig):
-        super().__init__()
-        costs, self.rest_cost, self.total_cost = unit_costs(cfg, cfg.criterion)
-        self.register_buffer("costs", costs.float())
-        n = costs.shape[0]
-        self.kind = run.selector
-        shape = (n, n) if self.kind == "orthosoftmax" else (n,)
-        self.scores = nn.Parameter(torch.randn(shape) * run.score_init_std)
-        self.penalty_scale = PenaltyScale(run.penalty_mode, run.penalty_scale,
-                                          run.penalty_warmup, run.penalty_rho)
-        self.budgets, self.norm, self.clamp_masks = cfg.budgets, run.penalty_norm, \
-            run.clamp_masks
-
-    def forward(self, tau: torch.Tensor):
-        """tau: 0-d device tensor -> OrthoSoftmaxResult (.probs, .masks (M, N), .penalty)."""
-        if self.kind == "simple_topk":
-            return simple_topk(self.scores, self.costs, self.rest_cost, self.total_cost,
-                               self.budgets, tau)
-        out = ortho_softmax(self.scores, self.costs, self.rest_cost, self.total_cost,
-                            self.budgets, tau, self.norm, validate=False)
-        return out._replace(masks=out.masks.clamp(max=1.0)) if self.clamp_masks else out
-
-
-def check_feasible_budgets(cfg: SupernetConfig) -> None:
-    """Every budget must admit a subnet of at least one unit (exact cost, cfg.criterion)."""
-    _, rest, total = unit_costs(cfg, cfg.criterion)
-    n = cfg.num_layers * sum(end - start for _, start, end in block_layout(cfg))
-    cheapest = rest
-    if n:
-        cheapest = min(subnet_cost(cfg, torch.eye(n)[u], cfg.criterion)
-                       for _, u, _ in block_layout(cfg))
-    smallest = cheapest / total
-    for budget in cfg.budgets:
-        if budget * total < cheapest:
-            raise ValueError(
-                f"budget {budget} is infeasible for criterion {cfg.criterion!r}: the cheapest "
-                f"subnet with one unit costs {smallest:.4f} of the supernet (the frontend, "
-                f"norms and output layer alone {rest / total:.4f}); the smallest feasible "
-                f"budget is {math.ceil(smallest * 1e4) / 1e4:.4f}")
-
-
-def ctc_loss(log_probs, out_lengths, targets, target_lengths, frames=None) -> torch.Tensor:
-    """CTC (blank 0), summed over the batch and divided by `frames` (default: the batch's
-    number of frames). Lengths on log_probs' device: on the Triton backend (orthoasr's CTC)
-    they are read there, with no host sync, so that a step can be captured in a CUDA graph;
-    torch's CUDA CTC copies them to the host."""
-    loss = orthoasr_ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths,
-                             blank=0, reduction="sum", zero_infinity=True)
-    return loss / (out_lengths.sum().clamp(min=1) if frames is None else frames)
-
-
-def distill_loss(log_probs, teacher_log_probs, lengths, frames=None) -> torch.Tensor:
-    """KL(teacher || student) per frame, summed over the frames within `lengths` (B,) and
-    divided by `frames` (default: their number), as `ctc_loss` divides; the teacher's
-    log-probabilities are detached."""
-    teacher = teacher_log_probs.detach().float()
-    kl = (teacher.exp() * (teacher - log_probs.float())).sum(-1)          # (B, T)
-    valid = valid_mask(lengths.to(kl.device), kl.shape[1])
-    total = (kl * valid).sum()
-    return total / (valid.sum().clamp(min=1) if frames is None else frames)
-
-
-def aux_scale(run: RunConfig, loss: torch.Tensor) -> torch.Tensor | float:
-    """s: constant, or focal 1 - exp(-L) (treated as a constant in the backward)."""
-    if run.aux_scale == "focal":
-        return 1.0 - torch.exp(-loss.detach())
-    return run.aux_value
-
-
-def lr_factor(step: int, run: RunConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to `lr_final` at the last step."""
-    if step < run.warmup_steps:
-        return (step + 1) / run.warmup_steps
-    progress = min(1.0, (step - run.warmup_steps) / max(1, run.total_steps - run.warmup_steps))
-    return run.lr_final + (1.0 - run.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: nn.Module, selector: nn.Module, run: RunConfig, device,
-                   capturable: bool = False):
-    """AdamW; weight decay on matrices and conv kernels only, none on the scores. With
-    `capturable` (CUDA graphs) each group's learning rate is a device tensor that
-    `set_learning_rates` refills before each step, so a captured step reads the new one."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": run.weight_decay, "base_lr": run.lr},
-              {"params": no_decay, "weight_decay": 0.0, "base_lr": run.lr},
-              {"params": list(selector.parameters()), "weight_decay": 0.0,
-               "base_lr": run.score_lr}]
-    for group in groups:
-        group["lr"] = torch.tensor(group["base_lr"], device=device) if capturable \
-            else group["base_lr"]
-    return torch.optim.AdamW(groups, lr=run.lr, betas=run.betas, capturable=capturable,
-                             fused=device.type == "cuda")
-
-
-def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Every group's lr = its base_lr * factor (in place where lr is a tensor)."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(group["base_lr"] * factor)
-        else:
-            group["lr"] = group["base_lr"] * factor
-
-
-def apply_schedule(optimizer: torch.optim.Optimizer, run: RunConfig,
-                   capturable: bool = False) -> None:
-    """Set the schedule's hyperparameters of `make_optimizer`'s groups from `run` (a resumed
-    optimiser state carries the checkpoint's), and `capturable` with the learning rates'
-    kind (a checkpoint may come from a run with the other `cuda_graphs` setting)."""
-    decay, no_decay, scores = optimizer.param_groups
-    decay["weight_decay"] = run.weight_decay
-    for group, base_lr in ((decay, run.lr), (no_decay, run.lr), (scores, run.score_lr)):
-        group["base_lr"], group["betas"] = base_lr, run.betas
-        lr = float(group["lr"])
-        group["capturable"] = capturable
-        group["lr"] = torch.tensor(lr, device=group["params"][0].device) if capturable else lr
-
 
 def load_fixed_gates(spec: str, cfg: SupernetConfig) -> tuple[torch.Tensor, int]:
     """`fixed_gates` "PATH@BUDGET" -> (the frozen masks (M, N) of that run, the index of
@@ -896,5 +778,4 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(128 + signal.Signals[trainer.stopped_by].value)
 
 
-__all__ = ["train", "Trainer", "SubnetSelector", "TrainingDiverged", "check_feasible_budgets",
-           "ctc_loss", "distill_loss", "lr_factor", "add_arguments", "run"]
+__all__ = ["train", "Trainer", "TrainingDiverged", "add_arguments", "run"]

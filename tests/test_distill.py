@@ -5,7 +5,8 @@ import pytest
 import torch
 from test_train import tiny_run, write_corpus
 
-from orthoasr.train import distill_loss, train
+from orthoasr.objective import distill_loss
+from orthoasr.train import train
 
 
 @pytest.fixture(scope="module")

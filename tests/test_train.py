@@ -14,14 +14,10 @@ from orthoasr import SupernetConfig, gamma_for, set_backend, subnet_cost, temper
 from orthoasr.checkpoint import load_checkpoint
 from orthoasr.metrics import read_metrics
 from orthoasr.model import ConformerSupernet
+from orthoasr.objective import SubnetSelector, check_feasible_budgets
 from orthoasr.run_config import RunConfig, load_run_config
-from orthoasr.train import (
-    SubnetSelector,
-    TrainingDiverged,
-    check_feasible_budgets,
-    lr_factor,
-    train,
-)
+from orthoasr.schedule import lr_factor
+from orthoasr.train import TrainingDiverged, train
 
 WORDS = ["red", "green", "blue", "one", "two", "three", "stop", "go", "left", "right"]
 
