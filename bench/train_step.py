@@ -49,7 +49,8 @@ def make_corpus(data_dir: Path, preset: str) -> str:
         return f"synth-{preset}"
     try:
         from orthoasr.data.synth import synthesize_corpus
-        synthesize_corpus(data_dir, preset=preset, seed=0)
+        # a corpus of another preset (or an interrupted one) is replaced
+        synthesize_corpus(data_dir, preset=preset, seed=0, overwrite=True)
         return f"synth-{preset}"
     except Exception as err:  # no eSpeak NG on this machine
         print(f"synthesis failed ({err!r}); using random audio")

@@ -26,7 +26,9 @@ cd /tmp
 WORK=/tmp/exp
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 if [ ! -f $WORK/data/summary.json ]; then
-  python3 -m orthoasr synth --preset base --out $WORK/data > $OUT/synth.log 2>&1 || exit 2
+  # no summary.json: at most an interrupted synthesis is there, replaced
+  python3 -m orthoasr synth --preset base --out $WORK/data --overwrite > $OUT/synth.log 2>&1 \
+    || exit 2
 fi
 SET="train_manifest=$WORK/data/train.jsonl dev_manifest=$WORK/data/dev.jsonl \
   test_manifest=$WORK/data/test.jsonl ${EXP_SET:-}"

@@ -256,6 +256,19 @@ def _as_lengths(lengths, name: str, B: int, device) -> torch.Tensor:
     return lengths.to(torch.int64)
 
 
+def _check_host_lengths(lengths, name: str, most: int | None) -> None:
+    """ValueError unless lengths given on the host lie in [0, most]. Lengths in a CUDA tensor
+    are not read (no sync): there, as in F.ctc_loss's CUDA path, they are the caller's
+    promise."""
+    if isinstance(lengths, torch.Tensor) and lengths.is_cuda:
+        return
+    lengths = torch.as_tensor(lengths)
+    bad = (lengths < 0) if most is None else (lengths < 0) | (lengths > most)
+    if bad.any():
+        bound = "at least 0" if most is None else f"in [0, {most}]"
+        raise ValueError(f"{name} must be {bound}, got {int(lengths[bad][0])}")
+
+
 def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_lengths,
              blank: int = 0, reduction: str = "mean", zero_infinity: bool = False
              ) -> torch.Tensor:
@@ -273,12 +286,18 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
     if not 0 <= blank < V:
         raise ValueError(f"blank must be in [0, V={V}), got {blank}")
     device = log_probs.device
+    input_lengths_given, target_lengths_given = input_lengths, target_lengths
     input_lengths = _as_lengths(input_lengths, "input_lengths", B, device)
     # the longest target bounds the states: free to read where the lengths came from the host
     on_host = not (isinstance(target_lengths, torch.Tensor) and target_lengths.is_cuda)
-    target_lengths_given = target_lengths
     target_lengths = _as_lengths(target_lengths, "target_lengths", B, device)
     targets = torch.as_tensor(targets, device=device)
+    _check_host_lengths(input_lengths_given, "input_lengths", T)
+    _check_host_lengths(target_lengths_given, "target_lengths",
+                        targets.shape[-1] if targets.dim() == 2 else None)
+    if on_host and targets.dim() == 1 and int(target_lengths.sum()) > targets.shape[0]:
+        raise ValueError(f"target_lengths sum to {int(target_lengths.sum())}, more than the "
+                         f"{targets.shape[0]} concatenated targets")
     if targets.dim() == 2:
         if targets.shape[0] != B:
             raise ValueError(f"targets (B, S) must have B={B} rows, got {tuple(targets.shape)}")

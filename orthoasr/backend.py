@@ -1,7 +1,8 @@
 """Which implementation runs an op: the Triton kernels or the PyTorch references.
 
 `auto` (the default, or env ORTHOASR_BACKEND) picks Triton for CUDA tensors and for CPU
-tensors when TRITON_INTERPRET=1, and PyTorch otherwise.
+tensors when TRITON_INTERPRET=1, and PyTorch otherwise. The interpreter has no bfloat16
+arithmetic (its results are silently wrong), so bfloat16 on the CPU always takes PyTorch.
 """
 
 from __future__ import annotations
@@ -58,9 +59,23 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     """True if the Triton kernels should run on these tensors."""
     if _backend == "torch":
         return False
-    on_cuda = all(t.is_cuda for t in tensors)
-    runnable = on_cuda or (interpreting() and not any(t.is_cuda for t in tensors))
-    if _backend == "triton" and not runnable:
-        raise RuntimeError("backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 for CPU "
-                           "tensors; use set_backend('torch') or 'auto'")
-    return runnable
+    if all(t.is_cuda for t in tensors):
+        return True
+    on_cpu = not any(t.is_cuda for t in tensors)
+    if on_cpu and interpreting() and not _bf16_on_cpu(tensors):
+        return True
+    if _backend == "triton":
+        reason = ("the interpreter computes bfloat16 wrong (silently), so CPU tensors under "
+                  "TRITON_INTERPRET=1 must not be bfloat16 or under a bfloat16 autocast"
+                  if on_cpu and interpreting() else
+                  "it needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
+        raise RuntimeError(f"backend 'triton' cannot run here: {reason}; use "
+                           f"set_backend('torch') or 'auto'")
+    return False
+
+
+def _bf16_on_cpu(tensors) -> bool:
+    """bfloat16 tensors, or a bfloat16 autocast on the CPU (its kernels would compute in it)."""
+    return (any(t.dtype == torch.bfloat16 for t in tensors)
+            or (torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16))

@@ -66,7 +66,8 @@ def run_demo(work_dir: str | Path = "runs/demo", config: str | Path | None = Non
     data_dir = Path(data_dir or f"data/synth-{preset.corpus}")
     if not (data_dir / "train.jsonl").exists():
         print(f"synthesising the {preset.corpus!r} corpus into {data_dir} ...", flush=True)
-        synthesize_corpus(data_dir, preset=preset.corpus, seed=0)
+        # no train.jsonl: at most an interrupted synthesis is there, which is replaced
+        synthesize_corpus(data_dir, preset=preset.corpus, seed=0, overwrite=True)
     print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
     paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
              for split in ("train", "dev", "test")]
@@ -98,26 +99,45 @@ What to try next:
   orthoasr synth --preset base && orthoasr train --config paper --work-dir runs/paper"""
 
 
+# the options of --selection-only; they parse to None when not given, so that the full demo
+# can refuse them rather than ignore them
+SELECTION_DEFAULTS = {"steps": 600, "criterion": "flops", "budgets": "0.5,0.6,0.7,0.85,1.0",
+                      "seed": 0}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default="runs/demo",
-                        help="corpus, checkpoint, metrics and heatmap of the full demo")
+                        help="checkpoint, metrics and heatmap of the full demo (the corpus "
+                             "goes to data/synth-demo, on a GPU data/synth-demo-gpu)")
     parser.add_argument("--selection-only", action="store_true",
                         help="only OrthoSoftmax selecting subnets of the paper-size model")
-    parser.add_argument("--steps", type=int, default=600, help="selection-only: steps")
-    parser.add_argument("--criterion", default="flops", choices=["params", "flops"],
-                        help="selection-only: budget criterion")
-    parser.add_argument("--budgets", default="0.5,0.6,0.7,0.85,1.0",
-                        help="selection-only: comma-separated fractions of the supernet's cost")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"selection-only: steps (default {SELECTION_DEFAULTS['steps']})")
+    parser.add_argument("--criterion", default=None, choices=["params", "flops"],
+                        help="selection-only: budget criterion "
+                             f"(default {SELECTION_DEFAULTS['criterion']})")
+    parser.add_argument("--budgets", default=None,
+                        help="selection-only: comma-separated fractions of the supernet's cost "
+                             f"(default {SELECTION_DEFAULTS['budgets']})")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"selection-only: random seed (default {SELECTION_DEFAULTS['seed']})")
 
 
 def run(args: argparse.Namespace) -> None:
+    given = {name: getattr(args, name) for name in SELECTION_DEFAULTS
+             if getattr(args, name) is not None}
     if not args.selection_only:
+        if given:
+            flags = ", ".join(f"--{name}" for name in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{flags} {verb} only with --selection-only; the full demo takes "
+                             "its settings from its config")
         run_demo(args.work_dir)
         return
-    budgets = tuple(float(b) for b in args.budgets.split(","))
-    cfg = SupernetConfig(criterion=args.criterion, budgets=budgets)
-    select_subnets(cfg, steps=args.steps, seed=args.seed)
+    options = {**SELECTION_DEFAULTS, **given}
+    budgets = tuple(float(b) for b in options["budgets"].split(","))
+    cfg = SupernetConfig(criterion=options["criterion"], budgets=budgets)
+    select_subnets(cfg, steps=options["steps"], seed=options["seed"])
 
 
 def unit_usefulness(cfg: SupernetConfig, seed: int) -> torch.Tensor:

@@ -230,10 +230,10 @@ def freeze_masks(probs: torch.Tensor, cfg: SupernetConfig, criterion: str | None
     budgets = check_budgets(cfg.budgets if budgets is None else budgets)
     costs, rest, total = unit_costs(cfg, criterion, frames)
     n_units = len(costs)
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or probs.shape[1] != n_units:
+    if not isinstance(probs, torch.Tensor) or probs.shape != (n_units, n_units):
         shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
-        raise ValueError(f"probs must be an [N, {n_units}] tensor (one column per unit), "
-                         f"got {shape}")
+        raise ValueError(f"probs must be the [N, N] = [{n_units}, {n_units}] row softmaxes "
+                         f"(one row and one column per unit), got {shape}")
     if not bool(torch.isfinite(probs).all()):
         raise ValueError("probs contain NaN or inf (diverged OrthoSoftmax scores?): no "
                          "subnet can be frozen from them")

@@ -129,6 +129,9 @@ class Recognizer:
 
 def budget_index(budgets: Sequence[float], budget: float) -> int:
     """Index of `budget` among a run's `budgets` (compared to 1e-9)."""
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        raise TypeError(f"budget must be a number (one of the run's budgets "
+                        f"{list(budgets)}), got {budget!r}")
     for index, value in enumerate(budgets):
         if math.isclose(value, budget, abs_tol=1e-9):
             return index

@@ -238,7 +238,10 @@ def _coerce(cls, name: str, value):
             return float(value)
         except ValueError:
             raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if kind.startswith("tuple[float") and isinstance(value, (list, tuple)):
+    if kind.startswith("tuple[float"):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list of numbers such as [0.5, 1.0], got "
+                             f"{value!r}")
         return [_coerce_number(name, v) for v in value]
     return value
 
@@ -290,17 +293,19 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
 
 
 def find_config(path: str | Path) -> Path:
-    """`path` if it exists, else the preset of that name ("tiny", "tiny.yaml" or
-    "configs/tiny.yaml") from the package (setup.py installs configs/ as orthoasr.configs)
-    or, in a checkout, from its configs/ folder."""
+    """`path` if it exists, else, for a preset name ("tiny", "tiny.yaml" or
+    "configs/tiny.yaml"), that preset from the package (setup.py installs configs/ as
+    orthoasr.configs) or, in a checkout, from its configs/ folder. A path in any other
+    folder must exist: a typo there must not run a preset instead."""
     path = Path(path)
     if path.is_file():
         return path
     here = Path(__file__).resolve().parent
     folders = [here / "configs", here.parent / "configs"]
-    for folder in folders:
-        if (folder / path.with_suffix(".yaml").name).exists():
-            return folder / path.with_suffix(".yaml").name
+    if path.parent in (Path("."), Path("configs")):
+        for folder in folders:
+            if (folder / path.with_suffix(".yaml").name).exists():
+                return folder / path.with_suffix(".yaml").name
     presets = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
     raise FileNotFoundError(f"config file {path} not found (shipped presets: {presets})")
 

@@ -155,6 +155,10 @@ class Trainer:
         torch.manual_seed(run.seed)
         random.seed(run.seed)
         self.tokenizer = None               # trained on the transcripts, or restored
+        # metrics.csv's rows to keep (after the step: a resumed run's abandoned rows) when
+        # this run first writes to it; None once done. Not earlier: a run that fails while
+        # starting leaves the file as it was.
+        self.metrics_kept_until: int | None = 0
         self.model = ConformerSupernet(self.cfg).to(self.device)
         self.selector = SubnetSelector(self.cfg, run).to(self.device)
         self.ddp = None
@@ -260,6 +264,7 @@ class Trainer:
             step_path = self.work_dir / CHECKPOINTS / f"step-{self.step:07d}.pt"
             save_checkpoint(step_path, self.state())
             link_atomically(step_path, path)
+            self.write_metrics([])      # the checkpoint and the metrics agree on the step
             prune_checkpoints(self.work_dir / CHECKPOINTS, self.run.keep_checkpoints)
         self.last_save = time.monotonic()
         barrier(self.world)
@@ -547,6 +552,11 @@ class Trainer:
         self.droppable_modules = droppable.to(self.device)
 
     # ------------------------------------------------------------------ metrics
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Append rows to metrics.csv, first dropping the rows this run replaces."""
+        write_metrics(self.work_dir / METRICS, rows, keep_until=self.metrics_kept_until)
+        self.metrics_kept_until = None
+
     def flush(self) -> None:
         """Read the pending losses (one sync), stop on a non-finite one, log and print.
         Throughput counts every rank's utterances and audio (summed with the losses)."""
@@ -579,7 +589,7 @@ class Trainer:
         self.history += rows
         if not self.world.is_main:
             return
-        write_metrics(self.work_dir / METRICS, rows)
+        self.write_metrics(rows)
         last = rows[-1]
         print(f"step {last['step']}/{self.run.total_steps} [stage {last['stage']}] "
               f"loss {last['loss']:.3f} (sup {last['loss_sup']:.3f} sub {last['loss_sub']:.3f} "
@@ -675,13 +685,11 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
     if resume:
         trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND),
                         checkpoint, allow_schedule_change)
+        trainer.metrics_kept_until = trainer.step
         if world.is_main:
-            write_metrics(work_dir / METRICS, [], keep_until=trainer.step)
             print(f"resumed from {checkpoint} at step {trainer.step}")
     else:
         trainer.tokenizer = make_tokenizer(run, work_dir, world)
-        if world.is_main:
-            write_metrics(work_dir / METRICS, [], keep_until=0)
     data = TrainData(run, trainer.tokenizer, pin_memory=trainer.device.type == "cuda",
                      world=world)
     if trainer.frozen_masks is not None:

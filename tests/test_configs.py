@@ -1,11 +1,13 @@
-"""The shipped run configs read their manifests from where `orthoasr synth` writes them."""
+"""The shipped run configs read their manifests from where `orthoasr synth` writes them, and
+are found by their bare names; any other config path must exist."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from orthoasr.data.synth import PRESETS, default_corpus_dir
-from orthoasr.run_config import load_run_config
+from orthoasr.run_config import find_config, load_run_config
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -17,3 +19,14 @@ def test_config_manifests_are_a_synth_preset_folder(path):
     for split in ("train", "dev", "test"):
         manifest = Path(getattr(run, f"{split}_manifest"))
         assert manifest.name == f"{split}.jsonl" and manifest.parent in folders, manifest
+
+
+def test_only_a_bare_name_falls_back_to_a_preset(tmp_path, monkeypatch):
+    """A typo in a config's folder is an error naming the path, not the preset of that name."""
+    monkeypatch.chdir(tmp_path)   # away from the checkout's configs/
+    assert find_config("tiny").name == find_config("tiny.yaml").name == "tiny.yaml"
+    assert find_config("configs/tiny.yaml").name == "tiny.yaml"   # the train default
+    for missing in (tmp_path / "nonexistent" / "tiny.yaml", Path("experiments/tiny.yaml")):
+        with pytest.raises(FileNotFoundError,
+                           match=rf"config file {re.escape(str(missing))} not found"):
+            load_run_config(missing)

@@ -84,6 +84,12 @@ def test_other_blank_index():
     (dict(blank=7), "blank"),
     (dict(input_lengths=[3]), "input_lengths"),
     (dict(targets=torch.zeros(3, 2, 2, dtype=torch.long)), "targets"),
+    (dict(input_lengths=[4, 3]), r"input_lengths must be in \[0, 3\], got 4"),
+    (dict(input_lengths=torch.tensor([3, -1])), r"input_lengths must be in \[0, 3\], got -1"),
+    (dict(target_lengths=[3, 1]), r"target_lengths must be in \[0, 2\], got 3"),
+    (dict(targets=torch.ones(3, dtype=torch.long), target_lengths=[2, -1]),
+     "target_lengths must be at least 0, got -1"),
+    (dict(targets=torch.ones(2, dtype=torch.long)), "target_lengths sum to 3, more than the 2"),
 ])
 def test_bad_arguments(bad, match):
     args = dict(log_probs=torch.zeros(3, 2, 5), targets=torch.ones(2, 2, dtype=torch.long),

@@ -85,6 +85,9 @@ def test_flac_read_and_header(tmp_path):
 def test_audio_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="missing.wav: audio file not found"):
         load_audio(tmp_path / "missing.wav")
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(AudioError, match="folder.wav: a directory, not an audio file"):
+        load_audio(tmp_path / "folder.wav")
     (tmp_path / "a.mp3").write_bytes(b"ID3....")
     with pytest.raises(AudioError, match=r"a.mp3: unsupported audio format '.mp3'"):
         load_audio(tmp_path / "a.mp3")

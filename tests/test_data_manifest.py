@@ -58,6 +58,10 @@ BAD_CASES = [
     (b'{"audio_filepath": "good.wav", "text": }\n', "invalid JSON"),
     ({"audio_filepath": "good.wav", "duration": 1.0}, "missing field 'text'"),
     ({"audio_filepath": "junk.wav", "duration": 1.0, "text": "x"}, "not a RIFF/WAVE file"),
+    (b'{"audio_filepath": "good.wav", "duration": NaN, "text": "x"}\n',
+     "duration must be a positive finite number, got nan"),
+    (b'{"audio_filepath": "good.wav", "duration": Infinity, "text": "x"}\n',
+     "duration must be a positive finite number, got inf"),
 ]
 
 
@@ -93,6 +97,10 @@ def test_check_audio_off_trusts_the_manifest(tmp_path):
     manifest = _jsonl(tmp_path / "m.jsonl",
                       [{"audio_filepath": "not_there.wav", "duration": 2.0, "text": "x"}])
     assert load_manifest(manifest, check_audio=False)[0]["duration"] == 2.0
+    nan = _jsonl(tmp_path / "nan.jsonl",
+                 [b'{"audio_filepath": "not_there.wav", "duration": NaN, "text": "x"}\n'])
+    with pytest.raises(ManifestError, match=r"nan.jsonl:1: duration .* got nan"):
+        load_manifest(nan, check_audio=False)
 
 
 def _librispeech(root, soundfile):

@@ -1,8 +1,13 @@
-"""The selection-only demo trains OrthoSoftmax scores and freezes nested, in-budget subnets."""
+"""The selection-only demo trains OrthoSoftmax scores and freezes nested, in-budget subnets;
+the demo's options reach what they are for or are refused."""
 
+import pytest
 import torch
 
 import orthoasr
+import orthoasr.data.synth as synth
+import orthoasr.demo as demo
+from orthoasr.cli import main as cli_main
 from orthoasr.demo import select_subnets
 
 
@@ -17,3 +22,65 @@ def test_selection_demo_yields_nested_subnets_within_budget(capsys):
     assert torch.equal(gates[-1], torch.ones_like(gates[-1]))
     printed = capsys.readouterr().out
     assert "budget" in printed and "layer  2" in printed
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The demo's two entry points, recorded instead of run."""
+    calls = {}
+    monkeypatch.setattr(demo, "run_demo", lambda work_dir: calls.update(run_demo=work_dir))
+    monkeypatch.setattr(demo, "select_subnets", lambda cfg, steps, seed: calls.update(
+        select_subnets=(cfg.criterion, cfg.budgets, steps, seed)))
+    return calls
+
+
+def test_selection_options_are_refused_by_the_full_demo(calls, capsys):
+    for flags in (["--steps", "5"], ["--seed", "1", "--criterion", "params"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["demo", *flags])
+        assert exit_.value.code == 2
+        error = capsys.readouterr().err
+        assert all(flag in error for flag in flags[::2])
+        assert "only with --selection-only" in error
+    assert calls == {}
+    cli_main(["demo", "--work-dir", "runs/elsewhere"])
+    assert calls == {"run_demo": "runs/elsewhere"}
+
+
+def test_selection_options_reach_the_selection(calls):
+    cli_main(["demo", "--selection-only"])
+    assert calls["select_subnets"] == ("flops", (0.5, 0.6, 0.7, 0.85, 1.0), 600, 0)
+    cli_main(["demo", "--selection-only", "--steps", "5", "--criterion", "params",
+              "--budgets", "0.4,1.0", "--seed", "3"])
+    assert calls["select_subnets"] == ("params", (0.4, 1.0), 5, 3)
+
+
+def test_work_dir_help_says_where_the_corpus_goes(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "the corpus goes to data/synth-demo" in help_text
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_demo_replaces_an_interrupted_corpus_and_reuses_a_finished_one(tmp_path, monkeypatch):
+    synthesised = []
+
+    def fake_synthesize(out_dir, **kwargs):
+        synthesised.append(kwargs.get("overwrite"))
+        (out_dir / "train.jsonl").write_text("")
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(synth, "synthesize_corpus", fake_synthesize)
+    monkeypatch.setattr(demo, "train", stop)
+    data_dir = tmp_path / "data"
+    (data_dir / "wav").mkdir(parents=True)                  # an interrupted synthesis
+    for _ in range(2):
+        with pytest.raises(_Stop):
+            demo.run_demo(tmp_path / "run", data_dir=data_dir, device="cpu")
+    assert synthesised == [True]                              # once, replacing; then reused

@@ -1,6 +1,7 @@
 """Library edges of issue 16: padding never reaches valid frames (torch backend), NaN gates
 and NaN OrthoSoftmax probabilities are errors, lengths are checked in input frames, feature
-dtypes are named."""
+dtypes are named; each gated module takes every input dtype and an empty batch, and bf16
+never reaches the CPU interpreter."""
 
 import pytest
 import torch
@@ -46,8 +47,9 @@ def test_nan_probabilities_are_an_error_in_freeze_masks():
     probs[2, 5] = float("nan")
     with pytest.raises(ValueError, match="probs contain NaN or inf"):
         freeze_masks(probs, cfg)
-    with pytest.raises(ValueError, match=rf"probs must be an \[N, {n}\] tensor"):
-        freeze_masks(probs[:, :-1], cfg)
+    for wrong in (probs[:, :-1], probs[:-1], torch.cat([probs, probs[:1]])):
+        with pytest.raises(ValueError, match=rf"probs must be the \[N, N\] = \[{n}, {n}\]"):
+            freeze_masks(wrong, cfg)
 
 
 def test_lengths_are_checked_in_input_frames(model):
@@ -67,3 +69,62 @@ def test_feature_dtypes_are_named(model, dtype, message):
     with pytest.raises(TypeError, match=message):
         model(feats, torch.tensor([16]))
     model.double()(feats.double(), torch.tensor([16]))   # a float64 model takes float64
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU interpreter's rule")
+def test_bfloat16_on_the_cpu_takes_the_references_under_the_interpreter():
+    """The interpreter computes bf16 products wrong without a word (|y| ~ 1e10 for an FFN
+    whose output is ~0.5): bf16 CPU tensors, or a bf16 CPU autocast, run the references
+    under "auto", and backend "triton" refuses them."""
+    ffn = orthoasr.nn.GatedFeedForward(16, 64, 4)
+    x, lengths, gates = torch.randn(2, 7, 16), torch.tensor([7, 5]), torch.ones(4)
+    orthoasr.set_backend("torch")
+    expected = ffn.bfloat16()(x.bfloat16(), lengths, gates)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected_autocast = ffn.float()(x, lengths, gates)
+    orthoasr.set_backend("auto")
+    torch.testing.assert_close(ffn.bfloat16()(x.bfloat16(), lengths, gates), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ffn.float()(x, lengths, gates), expected_autocast)
+    orthoasr.set_backend("triton")
+    with pytest.raises(RuntimeError, match="interpreter computes bfloat16 wrong"):
+        ffn.bfloat16()(x.bfloat16(), lengths, gates)
+    ffn.half()(x.half(), lengths, gates)          # fp16 the interpreter computes right
+
+
+@pytest.mark.parametrize("chunks", [0, -2, 2.0, 65])
+def test_bad_chunk_counts_are_named(chunks):
+    with pytest.raises(ValueError, match=r"chunks must be an int in \[1, ff_dim=64\], got"):
+        orthoasr.nn.GatedFeedForward(16, 64, chunks)
+
+
+def _gated_modules():
+    """(module, gate count) for each gated module, fp32 parameters."""
+    return [(orthoasr.nn.GatedFeedForward(16, 64, 4), 4), (orthoasr.nn.GatedMHSA(16, 2), 2),
+            (orthoasr.nn.GatedConvModule(16, 5), 1)]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5),
+                                        (torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_every_module_takes_each_input_dtype_with_fp32_parameters(dtype, tol):
+    """Each dtype check_module_inputs accepts runs on the references, in x's dtype, close to
+    the same module in float64."""
+    orthoasr.set_backend("torch")
+    x, lengths = torch.randn(2, 7, 16), torch.tensor([7, 5])
+    for module, n in _gated_modules():
+        gates = torch.full((n,), 0.7)
+        expected = module.double()(x.double(), lengths, gates.double())
+        out = module.float()(x.to(dtype), lengths, gates)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("B, T", [(2, 0), (0, 7)])
+def test_every_module_takes_an_empty_batch(backend, B, T):
+    orthoasr.set_backend(backend)
+    for module, n in _gated_modules():
+        x = torch.randn(B, T, 16, requires_grad=True)
+        out = module(x, torch.zeros(B, dtype=torch.long), torch.ones(n))
+        out.sum().backward()
+        assert out.shape == (B, T, 16) and x.grad.shape == (B, T, 16)

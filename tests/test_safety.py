@@ -157,6 +157,27 @@ def test_divergence_names_a_kept_checkpoint_and_resumes_from_it_with_a_lower_lr(
     assert [r["step"] for r in read_metrics(work / "metrics.csv")] == [1, 2, 3, 4]
 
 
+def test_a_resume_that_fails_while_starting_keeps_the_metrics(corpus, tmp_path, monkeypatch):
+    """The rows after the resumed step go only when the resumed run writes its own: its
+    first flush or checkpoint (then the checkpoint and the metrics agree on the step)."""
+    work = tmp_path / "run"
+    train(short_run(corpus, "ckpt_every=1"), work)
+    step_1 = work / "checkpoints" / "step-0000001.pt"
+
+    def unreadable_corpus(*args, **kwargs):
+        raise FileNotFoundError("train.jsonl:1: audio file not found")
+
+    monkeypatch.setattr(train_module, "TrainData", unreadable_corpus)
+    with pytest.raises(FileNotFoundError):
+        train(short_run(corpus, "ckpt_every=1"), work, resume_from=step_1)
+    assert [r["step"] for r in read_metrics(work / "metrics.csv")] == [1, 2]
+    assert load_checkpoint(work / "checkpoint.pt")["step"] == 2
+    monkeypatch.undo()
+    train(short_run(corpus, "ckpt_every=1"), work, resume_from=step_1, stop_at=1)
+    assert [r["step"] for r in read_metrics(work / "metrics.csv")] == [1]
+    assert load_checkpoint(work / "checkpoint.pt")["step"] == 1
+
+
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
     real_step = train_module.Trainer.train_step
 

@@ -140,6 +140,38 @@ def test_inflection_rules():
     assert re.match(r"^[A-Z]", sentences[0])
 
 
+def test_synth_refuses_an_existing_corpus(tiny, capsys):
+    """`orthoasr synth` into a folder that holds a corpus: an error naming --out, no file
+    touched."""
+    before = _digest(tiny)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["synth", "--out", str(tiny), "--preset", "tiny", "--seed", "5"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--out {tiny} already holds a corpus (train.jsonl, dev.jsonl, test.jsonl, wav)" \
+        in error and "add --overwrite" in error
+    assert _digest(tiny) == before
+
+
+def test_overwrite_replaces_a_corpus_and_an_interrupted_one_is_refused(tmp_path):
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "wav").mkdir(parents=True)                # no manifests yet
+    with pytest.raises(FileExistsError, match=r"already holds a corpus \(wav\)"):
+        synthesize_corpus(interrupted, SMALL, seed=1, workers=2, progress=False)
+    synthesize_corpus(tmp_path / "c", SMALL, seed=1, workers=2, progress=False)
+    stray = tmp_path / "c" / "wav" / "train" / "old.wav"
+    stray.write_bytes(b"")
+    first = _digest(tmp_path / "c")
+    with pytest.raises(FileExistsError, match="add --overwrite"):
+        synthesize_corpus(tmp_path / "c", SMALL, seed=2, workers=2, progress=False)
+    assert _digest(tmp_path / "c") == first
+    summary = synthesize_corpus(tmp_path / "c", SMALL, seed=2, workers=2, progress=False,
+                                overwrite=True)
+    assert summary["seed"] == 2 and not stray.exists()
+    assert len(_digest(tmp_path / "c")) == 14                # the new corpus, nothing else
+    load_manifest(tmp_path / "c" / "train.jsonl")
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         synthesize_corpus(tmp_path, "huge")

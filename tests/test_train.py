@@ -176,6 +176,10 @@ def test_run_config_overrides_and_unknown_keys(tmp_path):
     assert (run.lr, run.model.dropout, run.model.budgets) == (3e-4, 0.1, (0.5, 1.0))
     with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
         load_run_config(None, ["lr=fast"])
+    with pytest.raises(ValueError, match=r"budgets must be a list of numbers .*, got 0.5"):
+        load_run_config(None, ["model.budgets=0.5"])
+    with pytest.raises(ValueError, match="budgets must hold numbers, got 'x'"):
+        load_run_config(None, ["model.budgets=[0.5,x]"])
 
 
 def test_lr_schedule():

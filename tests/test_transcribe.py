@@ -88,6 +88,8 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
 def test_bad_budget_is_refused(run):
     with pytest.raises(ValueError, match=r"budget 0\.5 is not one of the run's budgets"):
         Recognizer.from_checkpoint(run["checkpoint"], 0.5)
+    with pytest.raises(TypeError, match=r"budget must be a number .*, got '0\.4'"):
+        Recognizer.from_checkpoint(run["checkpoint"], "0.4")
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     if ext not in AUDIO_EXTENSIONS:
         raise AudioError(f"{path}: unsupported audio format {ext!r} "
                          f"(supported: {', '.join(AUDIO_EXTENSIONS)})")
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: a directory, not an audio file")
     if not os.path.isfile(path):
         raise AudioError(f"{path}: audio file not found")
     try:

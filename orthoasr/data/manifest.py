@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import unicodedata
@@ -119,8 +120,10 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
     if not text.strip():
         raise bad(f"empty transcript for {audio_path}")
     duration = entry.get("duration")
-    if duration is not None and (not isinstance(duration, (int, float)) or duration <= 0):
-        raise bad(f"duration must be a positive number, got {duration!r}")
+    # JSON's NaN and Infinity parse to floats that pass `<= 0` and the mismatch check
+    if duration is not None and (not isinstance(duration, (int, float))
+                                 or not math.isfinite(duration) or duration <= 0):
+        raise bad(f"duration must be a positive finite number, got {duration!r}")
     if os.path.splitext(audio_path)[1].lower() not in AUDIO_EXTENSIONS:
         raise bad(f"unsupported audio format {audio_path} (supported: "
                   f"{', '.join(AUDIO_EXTENSIONS)})")

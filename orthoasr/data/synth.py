@@ -327,12 +327,19 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def corpus_files(out_dir: Path) -> list[str]:
+    """The manifests and the wav/ folder of a corpus that `out_dir` already holds."""
+    names = [f"{split}.jsonl" for split in SPLITS] + ["wav"]
+    return [name for name in names if (out_dir / name).exists()]
+
+
 def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny", seed: int = 0,
                       workers: int | None = None, sentences: list[str] | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, overwrite: bool = False) -> dict:
     """Synthesise a corpus into `out_dir`; returns (and writes to summary.json) a summary:
     hours, utterances, speakers, vocabulary (distinct words), per-split figures, the voice
-    variants of each split, failures, seconds taken and bytes written."""
+    variants of each split, failures, seconds taken and bytes written. A corpus already in
+    `out_dir` is refused unless `overwrite`, which deletes its wav/ folder first."""
     started = time.time()
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -344,8 +351,14 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out_dir = Path(out_dir)
-    if (out_dir / "summary.json").exists() and (out_dir / "wav").is_dir():
-        shutil.rmtree(out_dir / "wav")           # a corpus we made before: replace it
+    found = corpus_files(out_dir)
+    if found and not overwrite:
+        # manifests and runs that read the old audio would silently get the new one
+        raise FileExistsError(
+            f"--out {out_dir} already holds a corpus ({', '.join(found)}); add --overwrite "
+            "to replace it (its wav/ folder is deleted), or choose another --out")
+    if (out_dir / "wav").is_dir():
+        shutil.rmtree(out_dir / "wav")           # no file of the old corpus survives
     out_dir.mkdir(parents=True, exist_ok=True)
 
     speakers, jobs, failures = plan_corpus(out_dir, preset, seed, sentences)
@@ -431,11 +444,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: all CPU cores)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a corpus found in the output folder (its wav/ folder "
+                             "is deleted); without it such a folder is refused")
 
 
 def run(args) -> dict:
     out = args.out or default_corpus_dir(args.preset)
-    summary = synthesize_corpus(out, preset=args.preset, seed=args.seed, workers=args.workers)
+    summary = synthesize_corpus(out, preset=args.preset, seed=args.seed, workers=args.workers,
+                                overwrite=args.overwrite)
     print(f"corpus {summary['out_dir']}: {summary['hours']:.2f} h, {summary['utterances']} "
           f"utterances, {summary['speakers']} speakers, {summary['vocabulary']} words, "
           f"{summary['bytes'] / 1e6:.1f} MB in {summary['seconds']:.1f} s "

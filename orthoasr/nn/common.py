@@ -103,6 +103,7 @@ def torch_residual_step(x: torch.Tensor, residual) -> torch.Tensor:
 
 def triton_runs(x: torch.Tensor, lengths: torch.Tensor, gates: torch.Tensor | None) -> bool:
     """The one backend choice of the gated modules: the Triton kernels where
-    orthoasr.backend allows them, the PyTorch references otherwise and for float64."""
+    orthoasr.backend allows them, the PyTorch references otherwise, for float64 and for an
+    empty x (no frames: nothing to launch)."""
     tensors = (x, lengths) if gates is None else (x, lengths, gates)
-    return x.dtype != torch.float64 and use_triton(*tensors)
+    return x.dtype != torch.float64 and x.numel() > 0 and use_triton(*tensors)

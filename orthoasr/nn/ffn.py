@@ -37,6 +37,8 @@ class GatedFeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, chunks: int = 4, dropout: float = 0.0,
                  granularity: str = "component") -> None:
         super().__init__()
+        if not (isinstance(chunks, int) and 0 < chunks <= ff_dim):
+            raise ValueError(f"chunks must be an int in [1, ff_dim={ff_dim}], got {chunks!r}")
         if ff_dim % chunks:
             raise ValueError(f"ff_dim ({ff_dim}) must be divisible by chunks ({chunks})")
         if granularity not in ("component", "module"):

@@ -108,8 +108,14 @@ class GatedMHSA(nn.Module):
         else:
             if residual is not None:
                 x = torch_residual_step(x, residual)
-            out = gated_mhsa_reference(self.norm(x), lengths, gates, *weights, self.num_heads,
-                                       self.granularity, ungated_batch)
+            # without autocast, everything in x's dtype whatever the parameters' (as the FFN
+            # and conv modules do); under it, autocast's own rule (the norm in fp32)
+            same = compute_dtype(x) == x.dtype
+            norm = [p.to(x.dtype) if same else p for p in (self.norm.weight, self.norm.bias)]
+            y = F.layer_norm(x, (self.d_model,), *norm, self.norm.eps)
+            out = gated_mhsa_reference(y, lengths, gates,
+                                       *[w.to(x.dtype) if same else w for w in weights],
+                                       self.num_heads, self.granularity, ungated_batch)
         if dropout and self.training and self.dropout > 0:
             out = F.dropout(out, self.dropout, True)
         return out if residual is None else (x, out)
