@@ -8,13 +8,16 @@ Written atomically (temp file in the same directory + os.replace); read with
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,6 +29,12 @@ TRAINING_KIND = "orthoasr-training"
 SUBNET_KIND = "orthoasr-subnet"
 KIND_NAMES = {TRAINING_KIND: "a training checkpoint (<work-dir>/checkpoint.pt)",
               SUBNET_KIND: "an exported subnet (`orthoasr export --out`)"}
+# the fields every reader of a kind uses; a reader that needs more names them (`needs`).
+# A training checkpoint may be cut down to these (experiments/run.py's frozen_masks.pt)
+REQUIRED_KEYS = {TRAINING_KIND: ("run_config", "step", "frozen_masks"),
+                 SUBNET_KIND: ("config", "widths", "budget", "state_dict", "tokenizer")}
+# how torch.save's zip format begins, which every file orthoasr writes uses
+ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 class CheckpointError(ValueError):
@@ -63,16 +72,24 @@ def as_tuples(value):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write `state` to `path` atomically: a reader sees the old file or the new one. The
-    file gets the usual mode of a new file (0666 less the umask), not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `state` to `path` atomically (`write_atomically`)."""
     state = {"format": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    return write_atomically(path, lambda f: torch.save(state, f))
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None],
+                     what: str = "checkpoint") -> Path:
+    """Write `path` with `write(file)` atomically: a reader sees the old file or the new one.
+    The file gets the usual mode of a new file (0666 less the umask), not mkstemp's 0600.
+    A failure to write is a CheckpointError naming `path` (`what` it is) and the reason."""
+    path = Path(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -80,14 +97,27 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         _remove(tmp)
         if not _is_write_failure(err):
             raise
-        free = shutil.disk_usage(path.parent).free / 2**20
         raise CheckpointError(
-            f"could not write checkpoint {path}: {err} ({free:.0f} MiB free on its disk); "
-            f"the previous file at that path, if any, is unchanged") from err
+            f"could not write {what} {path}: {write_failure_reason(path, err)}; the previous "
+            "file at that path, if any, is unchanged") from err
     except BaseException:
         _remove(tmp)
         raise
     return path
+
+
+def write_failure_reason(path: Path, err: Exception) -> str:
+    """Why writing `path` failed, for a message that names `path`: a file where one of its
+    folders should be, the OS's reason (not its temp file's name), the free space when the
+    disk may be full."""
+    in_the_way = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        return f"{in_the_way} is a file, not a folder"
+    if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return err.strerror or str(err)
+    reason = err.strerror if isinstance(err, OSError) else str(err)
+    free = shutil.disk_usage(path.parent).free / 2**20
+    return f"{reason} ({free:.0f} MiB free on its disk)"
 
 
 def _is_write_failure(err: Exception) -> bool:
@@ -97,8 +127,8 @@ def _is_write_failure(err: Exception) -> bool:
         text in str(err) for text in ("unexpected pos", "PytorchStreamWriter", "file write"))
 
 
-def _remove(path: str) -> None:
-    if os.path.exists(path):
+def _remove(path: str | None) -> None:
+    if path is not None and os.path.exists(path):
         os.unlink(path)
 
 
@@ -108,11 +138,14 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = None) -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = None,
+                    needs: tuple[str, ...] = ()) -> dict:
     """The state saved by `save_checkpoint` (weights_only: no code is unpickled). `kind`
-    (TRAINING_KIND or SUBNET_KIND) is checked when given. Every failure is a
-    CheckpointError (FileNotFoundError when missing) naming the path."""
+    (TRAINING_KIND or SUBNET_KIND) is checked when given, with the fields it requires
+    (REQUIRED_KEYS) and those in `needs`. Every failure is a CheckpointError
+    (FileNotFoundError when missing) naming the path."""
     path = Path(path)
+    wanted = f"; this needs {KIND_NAMES[kind]}" if kind is not None else ""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
     if path.is_dir():
@@ -120,6 +153,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written "
                               "by orthoasr, or its copy was cut short")
+    with path.open("rb") as f:
+        if f.read(len(ZIP_SIGNATURE)) != ZIP_SIGNATURE:
+            # torch.load would try the legacy format and fail at random (KeyError: 101)
+            raise CheckpointError(f"{path} is not an orthoasr checkpoint (not a file "
+                                  f"torch.save wrote){wanted}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -129,17 +167,22 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
             f"checkpoint {path} holds Python objects besides tensors and plain values; "
             "orthoasr never writes those, so it was not written by orthoasr (or was "
             "altered). It was not loaded: loading it could run code") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason})"
                               ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an orthoasr checkpoint (format "
-                              f"{FORMAT_VERSION})")
+                              f"{FORMAT_VERSION}){wanted}")
     found = checkpoint_kind(state)
     if kind is not None and found != kind:
         raise CheckpointError(f"{path} is {KIND_NAMES.get(found, 'of an unknown kind')}; "
                               f"this needs {KIND_NAMES[kind]}")
+    missing = [key for key in REQUIRED_KEYS.get(kind, ()) + tuple(needs) if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete orthoasr checkpoint: it lacks "
+                              f"{', '.join(missing)}{wanted}")
     return state
 
 
@@ -222,6 +265,6 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 
 __all__ = ["link_atomically", "kept_checkpoints", "prune_checkpoints",
-           "save_checkpoint", "load_checkpoint", "check_config", "rng_states",
-           "set_rng_states", "as_tuples", "CheckpointError", "checkpoint_kind",
-           "find_nonfinite", "TRAINING_KIND", "SUBNET_KIND"]
+           "save_checkpoint", "write_atomically", "write_failure_reason", "load_checkpoint",
+           "check_config", "rng_states", "set_rng_states", "as_tuples", "CheckpointError",
+           "checkpoint_kind", "find_nonfinite", "TRAINING_KIND", "SUBNET_KIND", "REQUIRED_KEYS"]

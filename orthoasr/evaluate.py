@@ -1,6 +1,7 @@
 """`orthoasr eval`: every subnet of a checkpoint with its budget, exact params and FLOPs
-(`subnet_cost`, FLOPs at cfg.ref_frames) and WER and CER on dev and test, as a table, a CSV, and a
-heatmap of the units each subnet keeps (layers x unit kinds)."""
+(`subnet_cost`, FLOPs at cfg.ref_frames) and WER and CER on dev and test, as a table, a CSV
+(eval.csv beside the checkpoint, or --csv), and a heatmap of the units each subnet keeps
+(layers x unit kinds). The table is printed before any file is written."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TRAINING_KIND, load_checkpoint
+from .checkpoint import TRAINING_KIND, load_checkpoint, write_failure_reason
 from .config import SupernetConfig
 from .devices import resolve_device
 from .model import ConformerSupernet, block_layout
@@ -46,7 +47,8 @@ class Trained:
 
 
 def load_trained(path: str | Path, device="cpu") -> Trained:
-    state = load_checkpoint(path, map_location=device, kind=TRAINING_KIND)
+    state = load_checkpoint(path, map_location=device, kind=TRAINING_KIND,
+                            needs=("model", "tokenizer"))
     run = RunConfig.from_dict(state["run_config"])
     model = ConformerSupernet(run.model).to(device)
     model.load_state_dict(state["model"])
@@ -57,20 +59,22 @@ def load_trained(path: str | Path, device="cpu") -> Trained:
 
 
 def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
-    """The manifest of `split` ("dev", "test"): `given` (it must exist), else the run's
-    (relative to this folder, then where it was when the run was trained)."""
+    """The manifest of `split` ("dev", "test"): `given` (it must exist), else the run's:
+    the absolute path recorded when it was trained, then its config's path relative to this
+    folder (a run moved to another machine, or a checkpoint from before the record)."""
     if given is not None:
         if not Path(given).exists():
             raise FileNotFoundError(f"--{split} manifest {given} not found")
         return given
     configured = getattr(trained.run, f"{split}_manifest")
     recorded = trained.manifest_paths.get(split)
-    for path in (configured, recorded):
+    for path in (recorded, configured):
         if path and Path(path).exists():
             return path
     raise FileNotFoundError(
-        f"{split} manifest {configured} of the checkpoint's run config not found (looked in "
-        f"{Path.cwd()}{' and at ' + recorded if recorded else ''}); pass --{split} PATH")
+        f"{split} manifest {configured} of the checkpoint's run config not found (looked "
+        f"{'at ' + recorded + ' and ' if recorded else ''}in {Path.cwd()}); "
+        f"pass --{split} PATH")
 
 
 @torch.no_grad()
@@ -115,7 +119,9 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
 def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
              test_manifest: str | None = None, heatmap: str | Path | None = None,
              device: str = "auto", csv_path: str | Path | None = None) -> list[dict]:
-    """One row per subnet (or the supernet alone before the freeze); prints the table."""
+    """One row per subnet (or the supernet alone before the freeze). Prints the manifests
+    used and the table, then writes the table to `csv_path` (default: eval.csv beside the
+    checkpoint) and the heatmap to `heatmap`."""
     from .data import load_manifest
     from .decoding import char_error_rate, word_error_rate
     device = resolve_device(device)
@@ -128,6 +134,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
         splits[name] = load_manifest(path)
         if not splits[name]:
             raise ValueError(f"{name} manifest {path} is empty")
+        print(f"{name} manifest {Path(path).resolve()}: {len(splits[name])} utterances")
     subnets = range(trained.num_subnets) if trained.masks is not None else [None]
     bf16 = run.bf16 and device.type == "cuda"
     rows, selected = [], []
@@ -150,14 +157,28 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     print_table(rows, cfg, trained.step)
     if trained.masks is not None:
         print_retained(trained.masks, cfg)
-        if heatmap:
-            print(f"heatmap -> {write_heatmap(trained.masks, cfg, heatmap)}")
-    csv_path = csv_path or Path(checkpoint).with_name("eval.csv")
-    with Path(csv_path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    # the table comes first, the CSV before the heatmap: a path that cannot be written loses
+    # neither the numbers nor the other file
+    print(f"CSV -> {write_csv(rows, csv_path or Path(checkpoint).with_name('eval.csv'))}")
+    if trained.masks is not None and heatmap:
+        print(f"heatmap -> {write_heatmap(trained.masks, cfg, heatmap)}")
     return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """The rows as a CSV file, one column per key."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as err:
+        raise OSError(f"could not write the results CSV {path}: "
+                      f"{write_failure_reason(path, err)} (the table above holds the same "
+                      "numbers)") from None
+    return path
 
 
 def print_table(rows: list[dict], cfg: SupernetConfig, step: int) -> None:
@@ -201,7 +222,6 @@ def write_heatmap(masks: torch.Tensor, cfg: SupernetConfig, path: str | Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = retained_grid(masks, cfg).float()
     labels = unit_labels(cfg)
     fig, ax = plt.subplots(figsize=(1 + 0.4 * len(labels), 1 + 0.35 * cfg.num_layers))
@@ -213,23 +233,34 @@ def write_heatmap(masks: torch.Tensor, cfg: SupernetConfig, path: str | Path) ->
                  ", ".join(f"{b:g}" for b in cfg.budgets) + ")")
     fig.colorbar(image, ax=ax, label="number of subnets")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise OSError(f"could not write the heatmap {path}: "
+                      f"{write_failure_reason(path, err)}") from None
+    finally:
+        plt.close(fig)
     return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="training checkpoint.pt")
-    parser.add_argument("--dev", default=None, help="dev manifest (default: the run's)")
-    parser.add_argument("--test", default=None, help="test manifest (default: the run's)")
+    run_manifest = "the run's: where it was when trained, else its config's path from here"
+    parser.add_argument("--dev", default=None, help=f"dev manifest (default: {run_manifest})")
+    parser.add_argument("--test", default=None, help=f"test manifest (default: {run_manifest})")
     parser.add_argument("--heatmap", default=None,
                         help="PNG of the kept units (default: heatmap.png by the checkpoint)")
+    parser.add_argument("--csv", default=None,
+                        help="the table as CSV, one row per subnet (default: eval.csv by the "
+                             "checkpoint)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def run(args: argparse.Namespace) -> None:
     heatmap = args.heatmap or Path(args.checkpoint).with_name("heatmap.png")
-    evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device)
+    evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device, args.csv)
 
 
-__all__ = ["evaluate", "load_trained", "transcribe", "write_heatmap", "add_arguments", "run"]
+__all__ = ["evaluate", "load_trained", "transcribe", "write_csv", "write_heatmap",
+           "add_arguments", "run"]

@@ -5,23 +5,38 @@ sliced out of the supernet; modules with no unit left are removed.
     log_probs, out_lengths = sub(features, lengths)
     sub.save("sub.pt"); sub = load_subnet("sub.pt")
 
-The compact model is plain PyTorch (no Triton, no gates), goes through `torch.export`, has
-exactly `subnet_cost(cfg, gates, "params")` parameters, and its outputs equal the masked
-supernet's: a gate value is folded into the weights its unit's output passes through.
+The compact model is plain PyTorch (no Triton, no gates), goes through `torch.export` for
+any batch and length (`export_program`), has exactly `subnet_cost(cfg, gates, "params")`
+parameters, and its outputs equal the masked supernet's: a gate value is folded into the
+weights its unit's output passes through.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import SUBNET_KIND, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    SUBNET_KIND,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomically,
+)
 from .config import SupernetConfig
 from .model import HALF_STEP, VGGFrontend, block_layout, sinusoidal_positions, time_mask
+
+# the shapes a subnet's torch.export program accepts: at least 8 frames (torch.export's
+# guard: its graph needs two frames after the 4x subsampling), at most an hour of 10 ms
+# frames
+PROGRAM_BATCH = (1, 4096)
+PROGRAM_FRAMES = (8, 360_000)
 
 # ----------------------------------------------------------------------------- dense modules
 
@@ -134,6 +149,20 @@ class CompactConformer(nn.Module):
         return save_checkpoint(path, {
             "kind": SUBNET_KIND, "config": self.cfg.to_dict(), "widths": self.widths,
             "budget": self.budget, "state_dict": self.state_dict(), "tokenizer": tokenizer})
+
+
+def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
+    """`torch.export` program of `sub` for batches and lengths within PROGRAM_BATCH and
+    PROGRAM_FRAMES (dynamic shapes; torch.export checks them when it runs)."""
+    cfg = sub.cfg
+    frames = max(4 * cfg.ref_frames, 2 * PROGRAM_FRAMES[0])
+    # batch 2: an example size of 1 would be fixed in the program (torch specialises 0 and 1)
+    feats = torch.randn(2, frames, cfg.num_mel_bins, device=next(sub.parameters()).device)
+    lengths = torch.tensor([frames, frames // 2], device=feats.device)
+    batch_dim = torch.export.Dim.DYNAMIC(min=PROGRAM_BATCH[0], max=PROGRAM_BATCH[1])
+    frames_dim = torch.export.Dim.DYNAMIC(min=PROGRAM_FRAMES[0], max=PROGRAM_FRAMES[1])
+    return torch.export.export(sub, (feats, lengths),
+                               dynamic_shapes=({0: batch_dim, 1: frames_dim}, {0: batch_dim}))
 
 
 def load_subnet(path: str | Path, map_location="cpu") -> CompactConformer:
@@ -250,14 +279,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--budget", type=float, help="export the subnet of this budget")
     which.add_argument("--subnet", type=int, help="export the subnet with this index")
-    parser.add_argument("--out", required=True, help="file for the compact subnet")
+    parser.add_argument("--out", required=True,
+                        help="file for the compact subnet (an earlier export there is "
+                             "replaced; any other file is left alone and refused)")
     parser.add_argument("--pt2", default=None,
-                        help="also write a torch.export program (.pt2) here")
+                        help="also write a torch.export program (.pt2) here, for batches of "
+                             f"{PROGRAM_BATCH[0]}-{PROGRAM_BATCH[1]} utterances of "
+                             f"{PROGRAM_FRAMES[0]}-{PROGRAM_FRAMES[1]} feature frames")
 
 
 def run(args: argparse.Namespace) -> None:
     from .evaluate import load_trained
     trained = load_trained(args.checkpoint, "cpu")
+    pt2 = Path(args.pt2) if args.pt2 else None
+    check_outputs(Path(args.checkpoint), Path(args.out), pt2)
     cfg = trained.model.cfg
     if args.budget is not None:
         if args.budget not in cfg.budgets:
@@ -272,12 +307,54 @@ def run(args: argparse.Namespace) -> None:
     sub = extract_subnet(trained.model, gates, head=index)
     path = sub.save(args.out, tokenizer=trained.tokenizer_bytes)
     print(f"subnet {index} (budget {cfg.budgets[index]}): {sub.num_params():,} params -> {path}")
-    if args.pt2:
-        feats = torch.randn(2, 4 * cfg.ref_frames, cfg.num_mel_bins)
-        lengths = torch.tensor([4 * cfg.ref_frames, 4 * cfg.ref_frames - 37])
-        program = torch.export.export(sub, (feats, lengths))
-        torch.export.save(program, args.pt2)
-        print(f"torch.export program -> {args.pt2}")
+    if pt2 is not None:
+        program = export_program(sub)
+        write_atomically(pt2, lambda f: torch.export.save(program, f), "torch.export program")
+        print(f"torch.export program -> {pt2}")
 
 
-__all__ = ["extract_subnet", "load_subnet", "CompactConformer", "add_arguments", "run"]
+def check_outputs(checkpoint: Path, out: Path, pt2: Path | None) -> None:
+    """Refuse outputs that would destroy a file: the training checkpoint (the same file, hard
+    links included: checkpoint.pt is one to checkpoints/step-N.pt) or any file but an earlier
+    export of the same sort, which is replaced (re-exporting is normal)."""
+    if pt2 is not None and pt2.resolve() == out.resolve():
+        raise ValueError(f"--out and --pt2 are the same file {out}; give each its own")
+    for flag, path, why_not_an_export in (("--out", out, _why_not_a_subnet),
+                                          ("--pt2", pt2, _why_not_a_program)):
+        if path is None or not path.exists():
+            continue
+        if path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder; name a file in it")
+        if os.path.samefile(path, checkpoint):
+            raise ValueError(f"{flag} {path} is the same file as --checkpoint {checkpoint}: "
+                             f"writing it would destroy the training checkpoint; choose "
+                             f"another {flag}")
+        reason = why_not_an_export(path)
+        if reason:
+            raise ValueError(f"{flag} {path} exists and is not an earlier export ({reason}); "
+                             f"it was left as it is: remove it or choose another {flag}")
+
+
+def _why_not_a_subnet(path: Path) -> str | None:
+    """None for an exported subnet, else the loader's reason."""
+    try:
+        load_checkpoint(path, kind=SUBNET_KIND)
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+def _why_not_a_program(path: Path) -> str | None:
+    """None for a torch.export.save archive (its <name>/archive_format reads "pt2")."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            formats = [name for name in archive.namelist() if name.endswith("/archive_format")]
+            if formats and archive.read(formats[0]) == b"pt2":
+                return None
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return "not a torch.export program"
+
+
+__all__ = ["extract_subnet", "load_subnet", "export_program", "check_outputs",
+           "CompactConformer", "PROGRAM_BATCH", "PROGRAM_FRAMES", "add_arguments", "run"]

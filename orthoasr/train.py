@@ -285,6 +285,7 @@ class Trainer:
                 f"--allow-schedule-change {lower} (with your --config and overrides)")
 
     def restore(self, state: dict, path: Path, allow_schedule_change: bool = False) -> None:
+        """Continue from `state`, a checkpoint holding RESUME_KEYS."""
         changes = check_config(state, self.run, path, allow_schedule_change)
         from .data import Tokenizer
         self.tokenizer = Tokenizer.from_bytes(state["tokenizer"])
@@ -678,12 +679,18 @@ class _stop_signals_caught:
             signal.signal(sig, handler)
 
 
+# what a resume reads besides a training checkpoint's REQUIRED_KEYS (a cut-down one, as
+# experiments/run.py's frozen_masks.pt, is refused with the names of those it lacks)
+RESUME_KEYS = ("tokenizer", "model", "selector", "optimizer", "epoch", "plan_position", "rng")
+
+
 def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
            checkpoint: Path, allow_schedule_change: bool, caught) -> Trainer:
     trainer = Trainer(run, work_dir)
     world = trainer.world
     if resume:
-        trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND),
+        trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND,
+                                        needs=RESUME_KEYS),
                         checkpoint, allow_schedule_change)
         trainer.metrics_kept_until = trainer.step
         if world.is_main:

@@ -7,8 +7,15 @@ import pytest
 import torch
 from test_train import tiny_run, write_corpus
 
-from orthoasr import set_backend
-from orthoasr.checkpoint import load_checkpoint, save_checkpoint
+from orthoasr import Recognizer, set_backend
+from orthoasr.checkpoint import (
+    SUBNET_KIND,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from orthoasr.evaluate import load_trained
+from orthoasr.export import load_subnet
 from orthoasr.metrics import read_metrics
 from orthoasr.train import train
 
@@ -122,6 +129,41 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an orthoasr checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_by_every_loader(corpus, tmp_path):
+    """Text, a WAV file and random bytes are "not an orthoasr checkpoint" (not torch's
+    KeyError: 101, IndexError or its "could run code"); a checkpoint missing fields names
+    them. Through load_checkpoint, load_trained, load_subnet and Recognizer."""
+    text = tmp_path / "text.pt"
+    text.write_text("hello\nnot a checkpoint\n")
+    wav = tmp_path / "clip.pt"
+    wav.write_bytes((corpus / "dev_0.wav").read_bytes())
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(torch.randint(0, 256, (3000,), dtype=torch.uint8).tolist()))
+    loaders = [load_checkpoint, load_trained, load_subnet, Recognizer.from_checkpoint,
+               Recognizer.from_subnet]
+    for path in (text, wav, noise):
+        for load in loaders:
+            with pytest.raises(CheckpointError) as error:
+                load(path)
+            assert f"{path} is not an orthoasr checkpoint" in str(error.value), load
+            assert "could run code" not in str(error.value)
+    fieldless = tmp_path / "fieldless.pt"
+    save_checkpoint(fieldless, {"run_config": {}})
+    for load in (load_trained, Recognizer.from_checkpoint):
+        with pytest.raises(CheckpointError, match=f"{fieldless} is not a complete orthoasr "
+                                                  "checkpoint: it lacks step, frozen_masks, "
+                                                  "model, tokenizer; this needs a training"):
+            load(fieldless)
+    subnet = tmp_path / "subnet.pt"
+    save_checkpoint(subnet, {"kind": SUBNET_KIND, "config": {}})
+    for load in (load_subnet, Recognizer.from_subnet):
+        with pytest.raises(CheckpointError, match=f"{subnet} is not a complete orthoasr "
+                                                  "checkpoint: it lacks widths, budget, "
+                                                  "state_dict, tokenizer; this needs an "
+                                                  "exported subnet"):
+            load(subnet)
 
 
 def test_stage1_checkpoint_evaluates_the_supernet_and_refuses_export(corpus, tmp_path):

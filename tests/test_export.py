@@ -1,12 +1,22 @@
 """Subnet export: compact model == masked supernet, exact params, FLOPs within 2% of the
-cost model, torch.export, save/load."""
+cost model, torch.export for any batch and length, save/load; `orthoasr export` refuses to
+overwrite the training checkpoint or a file that is not an earlier export."""
+
+import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from test_safety import cli_error
+from test_train import finished_tiny_run
 from torch.utils.flop_counter import FlopCounterMode
 
 from orthoasr import SupernetConfig, set_backend, subnet_cost
-from orthoasr.export import extract_subnet, load_subnet
+from orthoasr.checkpoint import kept_checkpoints
+from orthoasr.cli import main
+from orthoasr.export import PROGRAM_FRAMES, export_program, extract_subnet, load_subnet
 from orthoasr.model import ConformerSupernet
 
 
@@ -75,6 +85,25 @@ def test_torch_export_and_save_load(tmp_path):
         load_subnet(tmp_path / "other.pt")
 
 
+@pytest.mark.parametrize("gates", ["hard", "one_unit"])
+def test_export_program_takes_any_batch_and_length(gates, tmp_path):
+    """The .pt2 program is not specialised to its example's shape: other batches and
+    lengths give the eager subnet's outputs; too few frames are refused by name."""
+    model = ConformerSupernet(tiny_cfg()).eval()
+    sub = extract_subnet(model, gate_sets(model.num_units)[gates], head=1)
+    torch.export.save(export_program(sub), tmp_path / "sub.pt2")
+    program = torch.export.load(tmp_path / "sub.pt2").module()
+    for lengths in ([37], [203, 8, 150]):
+        feats, lengths = torch.randn(len(lengths), max(lengths), 80), torch.tensor(lengths)
+        expected, expected_lengths = sub(feats, lengths)
+        got, got_lengths = program(feats, lengths)
+        assert got_lengths.tolist() == expected_lengths.tolist()
+        torch.testing.assert_close(got, expected)
+    too_short = PROGRAM_FRAMES[0] - 1
+    with pytest.raises(AssertionError, match=rf"features.size\(\)\[1\] >= {too_short + 1}"):
+        program(torch.randn(1, too_short, 80), torch.tensor([too_short]))
+
+
 def test_bad_gates():
     model = ConformerSupernet(tiny_cfg())
     with pytest.raises(ValueError, match="one per unit"):
@@ -105,3 +134,57 @@ def test_extract_on_cuda_matches_masked_supernet_on_both_backends():
         triton_out, out_lengths = model(feats, lengths, gates, 0)
     for b, n in enumerate(out_lengths.tolist()):
         torch.testing.assert_close(triton_out[b, :n], got[b, :n], atol=2e-2, rtol=2e-2)
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished 2-step run: checkpoint.pt is a hard link to checkpoints/step-0000002.pt."""
+    return finished_tiny_run(tmp_path_factory.mktemp("export"))
+
+
+def export(*flags):
+    main(["export", "--subnet", "0", *map(str, flags)])
+
+
+def test_export_refuses_to_overwrite_the_checkpoint_or_another_file(run_dir, tmp_path, capsys):
+    checkpoint = run_dir / "checkpoint.pt"
+    step_file = kept_checkpoints(run_dir / "checkpoints")[-1]
+    assert os.path.samefile(checkpoint, step_file)
+    other_run = tmp_path / "other-checkpoint.pt"
+    shutil.copyfile(checkpoint, other_run)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    kept = {path: path.read_bytes() for path in (checkpoint, other_run, notes)}
+    for flag, path, message in [
+            ("--out", checkpoint, "is the same file as --checkpoint"),
+            ("--out", step_file, "is the same file as --checkpoint"),   # its hard link
+            ("--pt2", checkpoint, "is the same file as --checkpoint"),
+            ("--out", other_run, r"is not an earlier export \(.* is a training checkpoint"),
+            ("--out", notes, "is not an earlier export"),
+            ("--pt2", notes, "is not an earlier export .*not a torch.export program")]:
+        out = ["--out", tmp_path / "sub.pt"] if flag == "--pt2" else []
+        err = cli_error(capsys, ["export", "--checkpoint", str(checkpoint), "--subnet", "0",
+                                 *map(str, out), flag, str(path)])
+        assert f"{flag} {path}" in err, err
+        assert re.search(message, err), err
+    assert {path: path.read_bytes() for path in kept} == kept
+    export("--checkpoint", checkpoint, "--out", tmp_path / "sub.pt")
+    export("--checkpoint", checkpoint, "--out", tmp_path / "sub.pt")    # a re-export
+    assert load_subnet(tmp_path / "sub.pt").budget == 0.4
+
+
+def test_export_write_errors_name_the_path_and_the_reason(run_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("ok.wav").write_bytes(b"RIFF")
+    checkpoint = str(run_dir / "checkpoint.pt")
+    err = cli_error(capsys, ["export", "--checkpoint", checkpoint, "--subnet", "0",
+                             "--out", "ok.wav/x.pt"])
+    assert "could not write checkpoint ok.wav/x.pt: ok.wav is a file, not a folder" in err
+    if Path("/proc/self").exists():     # a folder that takes no new files, even from root
+        err = cli_error(capsys, ["export", "--checkpoint", checkpoint, "--subnet", "0",
+                                 "--out", "sub.pt", "--pt2", "/proc/x.pt2"])
+        assert "could not write torch.export program /proc/x.pt2: " in err, err
+        assert ".tmp" not in err and "enforce fail" not in err

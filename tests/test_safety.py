@@ -178,6 +178,16 @@ def test_a_resume_that_fails_while_starting_keeps_the_metrics(corpus, tmp_path, 
     assert load_checkpoint(work / "checkpoint.pt")["step"] == 1
 
 
+def test_a_resume_names_what_a_cut_down_checkpoint_lacks(corpus, finished, tmp_path):
+    state = load_checkpoint(finished / "checkpoint.pt")
+    del state["optimizer"], state["rng"], state["format"]
+    save_checkpoint(tmp_path / "cut.pt", state)
+    with pytest.raises(CheckpointError, match=r"cut.pt is not a complete orthoasr checkpoint: "
+                                              r"it lacks optimizer, rng"):
+        train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1"), tmp_path / "run",
+              resume_from=tmp_path / "cut.pt")
+
+
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
     real_step = train_module.Trainer.train_step
 

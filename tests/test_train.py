@@ -5,6 +5,7 @@ import json
 import math
 import random
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,14 @@ def tiny_run(corpus, *overrides) -> RunConfig:
         "model.dropout=0.0", "model.ref_frames=50", "max_frames=1500", "warmup_steps=2",
         "stage1_steps=3", "stage2_steps=3", "penalty_warmup=2", "log_every=1",
         "ckpt_every=2", "backend=torch", "score_lr=0.05", *overrides])
+
+
+def finished_tiny_run(root: Path) -> Path:
+    """`root`/run: a finished 2-step run (one step per stage) on a 6-utterance corpus in
+    `root`/corpus; its checkpoint.pt is a hard link to checkpoints/step-0000002.pt."""
+    train(tiny_run(write_corpus(root / "corpus", n=6), "stage1_steps=1", "stage2_steps=1"),
+          root / "run")
+    return root / "run"
 
 
 # a tiny run on the GPU with no random ops (no SpecAugment or stochastic depth; dropout is
