@@ -239,8 +239,6 @@ def _lookup(values: dict, dotted: str):
     return values
 
 
-
-
 def link_atomically(source: Path, link: Path) -> None:
     """Make `link` the same file as `source` (a hard link; a copy where links fail),
     replacing it atomically."""

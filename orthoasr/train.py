@@ -34,6 +34,8 @@ any number of ranks.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import math
 import os
 import random
@@ -244,7 +246,28 @@ class Trainer:
             # where the manifests were, for `orthoasr eval` run from another folder
             "manifest_paths": {name: os.path.abspath(getattr(self.run, name + "_manifest"))
                                for name in ("train", "dev", "test")},
+            "train_manifest_sha256": self.train_manifest_digest,
         }
+
+    @functools.cached_property
+    def train_manifest_digest(self) -> str | None:
+        """sha256 of the training manifest (None for a LibriSpeech-layout folder): a resume
+        checks that it trains on the data the run began with, wherever that lies now."""
+        path = Path(self.run.train_manifest)
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+    def check_same_training_data(self, state: dict) -> None:
+        """ValueError if the checkpoint's run trained on another manifest than the config's,
+        as read from this folder (the same relative path in another folder, say)."""
+        recorded = state.get("train_manifest_sha256")
+        if recorded is None or self.train_manifest_digest in (None, recorded):
+            return
+        here = os.path.abspath(self.run.train_manifest)
+        there = state.get("manifest_paths", {}).get("train", "?")
+        raise ValueError(
+            f"train_manifest {self.run.train_manifest} is {here} from this folder, and it is "
+            f"not the manifest the checkpoint's run trained on ({there}): their contents "
+            "differ. Resume from the folder the run was started in")
 
     def save(self) -> Path:
         """Check the losses since the last flush and the weights and optimiser state for
@@ -287,6 +310,7 @@ class Trainer:
     def restore(self, state: dict, path: Path, allow_schedule_change: bool = False) -> None:
         """Continue from `state`, a checkpoint holding RESUME_KEYS."""
         changes = check_config(state, self.run, path, allow_schedule_change)
+        self.check_same_training_data(state)
         from .data import Tokenizer
         self.tokenizer = Tokenizer.from_bytes(state["tokenizer"])
         self.model.load_state_dict(state["model"])

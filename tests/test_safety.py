@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,6 +187,23 @@ def test_a_resume_names_what_a_cut_down_checkpoint_lacks(corpus, finished, tmp_p
                                               r"it lacks optimizer, rng"):
         train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1"), tmp_path / "run",
               resume_from=tmp_path / "cut.pt")
+
+
+def test_a_resume_from_another_folder_must_find_the_same_training_data(tmp_path, monkeypatch):
+    """The config's relative train_manifest names another corpus from another folder: the
+    resume is refused, not trained on that corpus."""
+    for folder, seed in (("a", 0), ("b", 1)):
+        write_corpus(tmp_path / folder / "corpus", n=8, seed=seed)
+    work = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    train(short_run(Path("corpus")), work, stop_at=1)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"train_manifest corpus/train.jsonl is .*b/corpus/"
+                                         r"train.jsonl from this folder, and it is not the "
+                                         r"manifest the checkpoint's run trained on"):
+        train(short_run(Path("corpus")), work, resume=True)
+    monkeypatch.chdir(tmp_path / "a")
+    assert train(short_run(Path("corpus")), work, resume=True).step == 2
 
 
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
