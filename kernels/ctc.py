@@ -295,9 +295,11 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
     _check_host_lengths(input_lengths_given, "input_lengths", T)
     _check_host_lengths(target_lengths_given, "target_lengths",
                         targets.shape[-1] if targets.dim() == 2 else None)
-    if on_host and targets.dim() == 1 and int(target_lengths.sum()) > targets.shape[0]:
-        raise ValueError(f"target_lengths sum to {int(target_lengths.sum())}, more than the "
-                         f"{targets.shape[0]} concatenated targets")
+    # the sum from the host's copy: target_lengths is on the device by now
+    total = int(torch.as_tensor(target_lengths_given).sum()) if on_host else 0
+    if targets.dim() == 1 and total > targets.shape[0]:
+        raise ValueError(f"target_lengths sum to {total}, more than the {targets.shape[0]} "
+                         "concatenated targets")
     if targets.dim() == 2:
         if targets.shape[0] != B:
             raise ValueError(f"targets (B, S) must have B={B} rows, got {tuple(targets.shape)}")
