@@ -37,7 +37,7 @@ class SupernetConfig:
 
     def __post_init__(self) -> None:
         self.frontend_channels = tuple(self.frontend_channels)
-        self.budgets = tuple(float(b) for b in self.budgets)
+        self.budgets = check_budgets(self.budgets)
         self.module_order = tuple(self.module_order)
         self.validate()
 
@@ -47,6 +47,9 @@ class SupernetConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3 (the blank and two tokens at least), "
+                             f"got {self.vocab_size}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads "
                              f"({self.num_heads})")
@@ -57,7 +60,9 @@ class SupernetConfig:
             raise ValueError(f"conv_kernel must be odd (same padding), got {self.conv_kernel}")
         if self.num_mel_bins % 4:
             raise ValueError(f"num_mel_bins must be divisible by 4, got {self.num_mel_bins}")
-        if len(self.frontend_channels) != 2 or min(self.frontend_channels) < 1:
+        if len(self.frontend_channels) != 2 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                for c in self.frontend_channels):
             raise ValueError(f"frontend_channels must be two positive ints, "
                              f"got {self.frontend_channels!r}")
         if self.granularity not in GRANULARITIES:
@@ -69,8 +74,9 @@ class SupernetConfig:
             raise ValueError(f"module_order must be a permutation of {MODULE_KINDS}, "
                              f"got {self.module_order!r}")
         check_budgets(self.budgets)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
     def head_dim(self) -> int:
@@ -93,8 +99,14 @@ class SupernetConfig:
 
 
 def check_budgets(budgets) -> tuple[float, ...]:
-    """Budgets must be strictly increasing fractions in (0, 1]."""
-    budgets = tuple(float(b) for b in budgets)
+    """Budgets must be strictly increasing fractions in (0, 1]; returns them as floats."""
+    if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
+        raise ValueError(f"budgets must be a sequence of fractions such as (0.5, 1.0), got "
+                         f"{budgets!r}")
+    try:
+        budgets = tuple(float(b) for b in budgets)
+    except (TypeError, ValueError):
+        raise ValueError(f"budgets must hold numbers, got {budgets!r}") from None
     if not budgets:
         raise ValueError("budgets must not be empty")
     for b in budgets:

@@ -9,14 +9,21 @@ from rapidfuzz.distance import Levenshtein
 
 
 def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor,
-                      blank: int = 0) -> list[list[int]]:
+                      blank: int = 0, vocab_size: int | None = None) -> list[list[int]]:
     """log_probs [B, T, V], lengths [B] -> per utterance the best-path labels: argmax per
     frame over the first lengths[b] frames, repeats merged, then blanks removed (a label
-    repeated across a blank is kept twice)."""
+    repeated across a blank is kept twice). vocab_size: only the first vocab_size labels
+    compete (a model whose output layer is wider than its tokenizer's vocabulary: the
+    others name no token); None: all V."""
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be [B, T, V], got shape {tuple(log_probs.shape)}")
     if lengths.shape != (log_probs.shape[0],):
         raise ValueError(f"lengths must be [B={log_probs.shape[0]}], got {tuple(lengths.shape)}")
+    if vocab_size is not None:
+        if not 0 < vocab_size <= log_probs.shape[-1]:
+            raise ValueError(f"vocab_size must be in [1, V={log_probs.shape[-1]}], got "
+                             f"{vocab_size}")
+        log_probs = log_probs[..., :vocab_size]
     best = log_probs.argmax(dim=-1)                                     # [B, T]
     changed = torch.ones_like(best, dtype=torch.bool)
     changed[:, 1:] = best[:, 1:] != best[:, :-1]

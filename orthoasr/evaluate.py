@@ -88,7 +88,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode
     from .graphs import GraphedEncoder
-    logmel = LogMel().to(device)
+    logmel = LogMel(n_mels=model.cfg.num_mel_bins).to(device)
     dataset = SpeechDataset(records, tokenizer)
     from .run_data import min_duration
     order = sorted(range(len(records)), key=lambda i: float(records[i]["duration"]))
@@ -111,7 +111,8 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
             x, out_lengths = model.embed(feats, lengths)
             for s, (gates, head) in enumerate(subnets):
                 log_probs = encoder(x, out_lengths, gates, head, skips[s])
-                for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths)):
+                for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths,
+                                                            vocab_size=tokenizer.vocab_size)):
                     hyps[s][j] = tokenizer.decode(list(ids))
     return hyps
 

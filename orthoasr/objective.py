@@ -41,7 +41,7 @@ class SubnetSelector(nn.Module):
         """tau: 0-d device tensor -> OrthoSoftmaxResult (.probs, .masks (M, N), .penalty)."""
         if self.kind == "simple_topk":
             return simple_topk(self.scores, self.costs, self.rest_cost, self.total_cost,
-                               self.budgets, tau)
+                               self.budgets, tau, validate=False)
         out = ortho_softmax(self.scores, self.costs, self.rest_cost, self.total_cost,
                             self.budgets, tau, self.norm, validate=False)
         return out._replace(masks=out.masks.clamp(max=1.0)) if self.clamp_masks else out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from orthoasr.kernels.ortho_softmax import (
     ortho_softmax_reference,
 )
 
-from .backend import use_triton
+from .backend import get_backend, use_triton
 from .config import SupernetConfig, check_budgets
 from .units import subnet_cost, unit_costs
 
@@ -43,11 +44,14 @@ def ortho_softmax(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float, t
     """
     budgets_t = _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, validate)
     tau_t = _as_tensor(tau, scores)
-    if use_triton(scores, costs):
-        n, m = scores.shape[0], budgets_t.shape[0]
-        if scores.dtype != torch.float32:
+    triton = use_triton(scores, costs)
+    if triton and scores.dtype != torch.float32:
+        if get_backend() == "triton":
             raise TypeError(f"the triton backend takes float32 scores, got {scores.dtype}; "
-                            "use set_backend('torch') for other dtypes")
+                            "use set_backend('torch') or 'auto' for other dtypes")
+        triton = False              # "auto": the kernel is fp32 only, the reference takes any
+    if triton:
+        n, m = scores.shape[0], budgets_t.shape[0]
         if n > MAX_UNITS or m > MAX_BUDGETS:
             raise ValueError(f"the triton backend supports N <= {MAX_UNITS} units and M <= "
                              f"{MAX_BUDGETS} budgets, got N={n}, M={m}")
@@ -62,7 +66,7 @@ def ortho_softmax(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float, t
 
 def simple_topk(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float,
                 total_cost: float, budgets: Sequence[float] | torch.Tensor,
-                tau: float | torch.Tensor) -> OrthoSoftmaxResult:
+                tau: float | torch.Tensor, validate: bool = True) -> OrthoSoftmaxResult:
     """Simple-Top-k, the relaxed top-k of OrthoSoftmax's predecessor, as an alternative
     selector: one score per unit, s [N]; N successive softmaxes a_i = softmax(s_i / tau) with
     s_1 = s and s_(i+1) = s_i + log(1 - a_i), so that each row takes what the rows before it
@@ -70,16 +74,13 @@ def simple_topk(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float,
     rule picks k(p) for each budget, the masks are the sums of the first k(p) rows, and
     `freeze_masks` ranks the units from them. The successive updates keep the rows apart, so
     there is no orthogonality penalty (zeros). PyTorch only (N small softmaxes in sequence,
-    autograd for the backward)."""
+    autograd for the backward). Arguments are checked as ortho_softmax's, `validate` alike
+    (pass False on the hot path: reading the values is a host sync on CUDA)."""
     if not isinstance(scores, torch.Tensor) or scores.dim() != 1 or scores.shape[0] == 0:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
         raise ValueError(f"simple_topk scores must be a non-empty [N] tensor, got {shape}")
+    budgets_t = _check_common(scores, costs, rest_cost, total_cost, budgets, tau, validate)
     n = scores.shape[0]
-    if not isinstance(costs, torch.Tensor) or costs.shape != (n,):
-        shape = tuple(costs.shape) if isinstance(costs, torch.Tensor) else type(costs)
-        raise ValueError(f"costs must be a [N] = [{n}] tensor, got {shape}")
-    budgets_t = _budget_tensor(tuple(budgets.tolist()) if isinstance(budgets, torch.Tensor)
-                               else check_budgets(budgets), scores.device)
     tau_t = _as_tensor(tau, scores)
     rows, s = [], scores
     for _ in range(n):
@@ -94,10 +95,20 @@ def simple_topk(scores: torch.Tensor, costs: torch.Tensor, rest_cost: float,
 
 
 def _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, validate):
+    """ortho_softmax's checks (its scores [N, N]); returns the budgets as a device tensor."""
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or \
             scores.shape[0] != scores.shape[1] or scores.shape[0] == 0:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
         raise ValueError(f"scores must be a non-empty square [N, N] tensor, got {shape}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return _check_common(scores, costs, rest_cost, total_cost, budgets, tau, validate)
+
+
+def _check_common(scores, costs, rest_cost, total_cost, budgets, tau, validate):
+    """The checks both selectors share, for scores whose first dimension counts the units;
+    returns the budgets as a device tensor. validate: also the values of scores and costs
+    (a host sync on CUDA)."""
     if not scores.is_floating_point():
         raise TypeError(f"scores must be floating point, got {scores.dtype}")
     n = scores.shape[0]
@@ -111,15 +122,14 @@ def _check_args(scores, costs, rest_cost, total_cost, budgets, tau, norm, valida
             raise ValueError(f"{name} must be finite and >= 0, got {value}")
     if float(total_cost) <= 0:
         raise ValueError(f"total_cost must be > 0, got {total_cost}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if isinstance(tau, torch.Tensor):
         if tau.numel() != 1 or tau.device != scores.device:
             raise ValueError(f"tau must be a float or a 1-element tensor on {scores.device}, "
                              f"got shape {tuple(tau.shape)} on {tau.device}")
         if not tau.is_cuda and not float(tau) > 0:
             raise ValueError(f"tau must be > 0, got {float(tau)}")
-    elif not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+    elif not (isinstance(tau, numbers.Real) and not isinstance(tau, bool)
+              and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
     if validate:
         if not bool(torch.isfinite(scores).all()):

@@ -53,7 +53,7 @@ class Recognizer:
         # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
         self.encoder = GraphedEncoder(model, frozen_weights=frozen_weights) \
             if gates is not None else None
-        self.logmel = LogMel().to(self.device)
+        self.logmel = LogMel(n_mels=model.cfg.num_mel_bins).to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
 
     @classmethod
@@ -94,7 +94,7 @@ class Recognizer:
         if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
                             f"{type(paths_or_waveforms).__name__}; wrap it in a list")
-        waves = [self._waveform(item) for item in paths_or_waveforms]
+        waves = [self._waveform(i, item) for i, item in enumerate(paths_or_waveforms)]
         texts = [""] * len(waves)
         decodable = [i for i, w in enumerate(waves) if len(w) >= self.min_samples]
         sizes = [len(waves[i]) // self.logmel.hop for i in decodable]
@@ -104,13 +104,19 @@ class Recognizer:
                 texts[i] = text
         return texts
 
-    def _waveform(self, item: Audio) -> torch.Tensor:
+    def _waveform(self, index: int, item: Audio) -> torch.Tensor:
+        """Item `index` of a transcribe call as a 1-D float32 waveform at 16 kHz."""
         if isinstance(item, (str, os.PathLike)):
-            return load_audio(item)
-        wave = torch.as_tensor(item, dtype=torch.float32)
-        if wave.dim() != 1:
-            raise ValueError(f"waveforms must be 1-D (samples at 16 kHz), got shape "
-                             f"{tuple(wave.shape)}")
+            wave, name = load_audio(item), f"item {index} ({os.fspath(item)})"
+        else:
+            wave, name = torch.as_tensor(item, dtype=torch.float32), f"item {index}"
+            if wave.dim() != 1:
+                raise ValueError(f"waveforms must be 1-D (samples at 16 kHz), got shape "
+                                 f"{tuple(wave.shape)} for {name}")
+        # a NaN sample spreads over its whole utterance's features: the transcript would
+        # come out empty without a word
+        if not bool(torch.isfinite(wave).all()):
+            raise ValueError(f"{name} holds NaN or inf samples")
         return wave
 
     def _decode(self, waves: list[torch.Tensor]) -> list[str]:
@@ -124,7 +130,8 @@ class Recognizer:
         else:
             x, out_lengths = self.model.embed(feats, frame_lengths)
             log_probs = self.encoder(x, out_lengths, self.gates, self.head, self.skip)
-        return [self.tokenizer.decode(ids) for ids in greedy_ctc_decode(log_probs, out_lengths)]
+        best = greedy_ctc_decode(log_probs, out_lengths, vocab_size=self.tokenizer.vocab_size)
+        return [self.tokenizer.decode(ids) for ids in best]
 
 
 def budget_index(budgets: Sequence[float], budget: float) -> int:

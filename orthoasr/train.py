@@ -224,7 +224,7 @@ class Trainer:
         self.schedule_changes: list[dict] = []  # {"step", "changes"} of each resume that
                                                 # changed the optimiser schedule
         from .data import LogMel, SpecAugment
-        self.logmel = LogMel().to(self.device)
+        self.logmel = LogMel(n_mels=self.cfg.num_mel_bins).to(self.device)
         self.spec_augment = SpecAugment().to(self.device) if run.spec_augment else None
 
     # ------------------------------------------------------------------ checkpoints

@@ -27,6 +27,17 @@ def test_greedy_respects_lengths():
     assert greedy_ctc_decode(_log_probs(paths), torch.tensor([0, 5])) == [[], [5, 5, 1]]
 
 
+def test_greedy_leaves_out_labels_beyond_the_vocabulary():
+    """An output layer wider than the tokenizer's vocabulary (model.vocab_size above what the
+    transcripts gave): its extra labels name no token, so the best of the others wins."""
+    log_probs = _log_probs([[1, 7, 7, 2]], vocab=8)
+    log_probs[0, 1:3, 3] = log_probs[0, 1:3, 7] - 1.0     # the runner-up where 7 wins
+    assert greedy_ctc_decode(log_probs, torch.tensor([4])) == [[1, 7, 2]]
+    assert greedy_ctc_decode(log_probs, torch.tensor([4]), vocab_size=7) == [[1, 3, 2]]
+    with pytest.raises(ValueError, match=r"vocab_size must be in \[1, V=8\], got 9"):
+        greedy_ctc_decode(log_probs, torch.tensor([4]), vocab_size=9)
+
+
 def test_greedy_bad_shapes():
     with pytest.raises(ValueError, match="log_probs"):
         greedy_ctc_decode(torch.zeros(3, 4), torch.tensor([3, 3, 3]))

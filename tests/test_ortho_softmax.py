@@ -1,9 +1,11 @@
 """OrthoSoftmax: fused Triton kernel vs PyTorch reference, semantics, freeze, bad input."""
 
+import numpy as np
 import pytest
 import torch
 
 import orthoasr
+from orthoasr.backend import use_triton
 from orthoasr.graphs import call_without_sync, capture_graph
 from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
@@ -277,3 +279,41 @@ def test_simple_topk_rows_take_what_the_rows_before_left_and_have_gradients():
 def test_simple_topk_rejects_a_score_matrix():
     with pytest.raises(ValueError, match="simple_topk scores must be a non-empty \\[N\\]"):
         orthoasr.simple_topk(torch.zeros(3, 3), torch.ones(3), 0.0, 3.0, (1.0,), tau=1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(costs=torch.ones(3)), "costs must be a"),
+    (dict(costs=-torch.ones(4)), "costs must be finite"),
+    (dict(tau=0.0), "tau"),
+    (dict(tau=-1.0), "tau"),
+    (dict(tau=float("nan")), "tau"),
+    (dict(tau=torch.tensor(0.0)), "tau must be > 0"),
+    (dict(scores=torch.full((4,), float("nan"))), "NaN"),
+    (dict(total_cost=0.0), "total_cost"),
+    (dict(budgets=(0.5, 0.2)), "increasing"),
+])
+def test_simple_topk_checks_its_arguments_as_ortho_softmax_does(kwargs, match):
+    args = dict(scores=torch.randn(4), costs=torch.ones(4), rest_cost=1.0, total_cost=5.0,
+                budgets=(0.5, 1.0), tau=1.0)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        orthoasr.simple_topk(**args)
+
+
+def test_other_dtypes_and_numpy_temperatures_take_the_reference_under_auto():
+    """The kernel takes float32 scores: under "auto" float64 and float16 run the reference
+    (backend "triton" refuses them); a NumPy float is a temperature like any other."""
+    torch.manual_seed(0)
+    scores, costs = torch.randn(5, 5, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    args = (costs, 0.1, float(costs.sum()) + 0.1, (0.5, 1.0))
+    expected = ortho_softmax_reference(scores, costs, 0.1, float(costs.sum()) + 0.1,
+                                       torch.tensor([0.5, 1.0]),
+                                       torch.tensor(0.5, dtype=torch.float64), "l2")
+    got = orthoasr.ortho_softmax(scores, *args, tau=np.float32(0.5))
+    torch.testing.assert_close(got.masks, expected[2])
+    assert orthoasr.ortho_softmax(scores.half(), costs.half(), *args[1:], tau=0.5).masks.dtype \
+        == torch.float16
+    orthoasr.set_backend("triton")
+    if use_triton(scores):
+        with pytest.raises(TypeError, match="the triton backend takes float32 scores"):
+            orthoasr.ortho_softmax(scores, *args, tau=0.5)

@@ -518,3 +518,17 @@ def test_prefetch_to_device_gives_each_batch_with_its_device_copy(corpus, tmp_pa
         else:
             assert all(t.is_cuda and torch.equal(t.cpu(), x)
                        for t, x in zip(on_device, batch, strict=True))
+
+
+def test_a_model_of_other_mel_bins_trains_evaluates_and_transcribes(tmp_path):
+    """model.num_mel_bins reaches every LogMel: the trainer's, eval's and Recognizer's."""
+    from orthoasr import Recognizer
+    from orthoasr.evaluate import evaluate
+    corpus = write_corpus(tmp_path / "corpus", n=6)
+    train(tiny_run(corpus, "model.num_mel_bins=40", "stage1_steps=1", "stage2_steps=1"),
+          tmp_path / "run")
+    rows = evaluate(tmp_path / "run" / "checkpoint.pt", device="cpu")
+    assert len(rows) == 3
+    texts = Recognizer.from_checkpoint(tmp_path / "run" / "checkpoint.pt").transcribe(
+        [corpus / "train_0.wav"])
+    assert len(texts) == 1

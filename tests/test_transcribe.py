@@ -83,6 +83,10 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
         rec.transcribe(run["paths"][0])
     with pytest.raises(ValueError, match="1-D"):
         rec.transcribe([np.zeros((2, 8000), np.float32)])
+    poisoned = waves[1].copy()
+    poisoned[123] = np.nan
+    with pytest.raises(ValueError, match="item 1 holds NaN or inf samples"):
+        rec.transcribe([waves[0], poisoned])
 
 
 def test_bad_budget_is_refused(run):
@@ -174,3 +178,23 @@ def test_cli_usage_errors(run, tmp_path, capsys):
     code, lines, _ = cli(capsys, "--subnet", str(tmp_path / "sub.pt"), run["paths"][0])
     expected = Recognizer.from_checkpoint(run["checkpoint"], 0.7).transcribe(run["paths"][:1])
     assert code == 0 and lines == [f"{run['paths'][0]}\t{expected[0]}"]
+
+
+def test_labels_beyond_the_tokenizers_vocabulary_are_never_decoded(run, tmp_path):
+    """A checkpoint whose output layers are wider than its tokenizer's vocabulary (allowed:
+    model.vocab_size above what the transcripts gave): its output heads get one more label,
+    which wins every frame. `Recognizer` (and `orthoasr eval`, which decodes alike) decode
+    the others, as before the widening (they raised sentencepiece's 'piece id is out of
+    range')."""
+    state = load_checkpoint(run["checkpoint"], kind=TRAINING_KIND)
+    state["run_config"]["model"]["vocab_size"] += 1
+    for key in [k for k in state["model"] if k.startswith("heads.")]:
+        value = state["model"][key]
+        extra = torch.full_like(value[:1], 100.0 if key.endswith(".bias") else 0.0)
+        state["model"][key] = torch.cat([value, extra])
+    path = tmp_path / "wide.pt"
+    save_checkpoint(path, state)
+    for budget in (None, 0.4):
+        wide = Recognizer.from_checkpoint(path, budget).transcribe(run["paths"])
+        assert wide == Recognizer.from_checkpoint(run["checkpoint"], budget).transcribe(
+            run["paths"])

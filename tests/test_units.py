@@ -117,6 +117,8 @@ def test_shared_weights_count_once_per_active_module():
     ("num_layers", 0), ("d_model", 100), ("ff_dim", 1001), ("conv_kernel", 4),
     ("granularity", "layer"), ("criterion", "latency"), ("budgets", (0.5, 0.3)),
     ("budgets", (0.2, 1.3)), ("module_order", ("ffn1", "conv", "mhsa")),
+    ("budgets", "0.5"), ("budgets", 0.5), ("budgets", (0.5, "x")), ("vocab_size", 2),
+    ("frontend_channels", (4.5, 8)), ("dropout", "0.1"),
 ])
 def test_bad_config_is_rejected_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):
