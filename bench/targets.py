@@ -203,6 +203,10 @@ def render_e2e(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    for path in (RESULTS, RESULTS.parent / "e2e.json"):
+        if not path.is_file():
+            raise SystemExit(f"bench.targets: {path} not found; the GPU benchmarks write it "
+                             "(bench/gpu_all.sh)")
     rows = rows_of_main(json.loads(RESULTS.read_text()))
     print(render(rows))
     print(render_e2e(rows_of_main(json.loads((RESULTS.parent / "e2e.json").read_text()))))

@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE.parent / "EXPERIMENTS.md"))
     args = parser.parse_args()
     results = Path(args.results)
+    if not results.is_file():
+        parser.error(f"--results {results} not found: `python -m experiments.run` writes it")
     rows = json.loads(results.read_text())
     table = newest(rows)
     out = Path(args.out)
