@@ -27,7 +27,8 @@ class TrainData:
             collate,
             load_manifest,
         )
-        records = filter_records(load_manifest(run.train_manifest), run, world.is_main)
+        records = filter_records(load_manifest(run.train_manifest), run, tokenizer,
+                                 world.is_main)
         self.run, self.collate, self.pin_memory = run, collate, pin_memory
         self.dataset = SpeechDataset(records, tokenizer)
         self.durations = [r["duration"] for r in records]
@@ -141,19 +142,56 @@ def min_duration(logmel=None) -> float:
     return 4 * logmel.hop / logmel.sample_rate
 
 
-def filter_records(records: list[dict], run: RunConfig, report: bool = True) -> list[dict]:
-    """The training records of at most `max_duration` s and at least `min_duration()`; the
-    counts dropped are printed, and dropping everything is an error that gives them."""
-    shortest = min_duration()
+def output_frames(duration: float, logmel=None) -> int:
+    """Encoder output frames of a clip of `duration` s, as the model counts them: LogMel's
+    samples // hop feature frames, then the frontend's two 2x poolings (lengths // 2 // 2)."""
+    from .data import LogMel
+    logmel = logmel or LogMel()
+    return round(duration * logmel.sample_rate) // logmel.hop // 2 // 2
+
+
+def ctc_frames_needed(token_ids: list[int]) -> int:
+    """The fewest output frames CTC can align `token_ids` to: one per token, plus a blank
+    between each pair of equal adjacent tokens."""
+    return len(token_ids) + sum(a == b for a, b in zip(token_ids, token_ids[1:]))
+
+
+def filter_records(records: list[dict], run: RunConfig, tokenizer, report: bool = True
+                   ) -> list[dict]:
+    """The training records of at most `max_duration` s and at least `min_duration()`, whose
+    transcript (in `tokenizer`'s ids) CTC can align to their audio; the counts dropped are
+    printed, and dropping everything is an error that gives them.
+
+    An unalignable transcript has an infinite CTC loss, which the trainer's zero_infinity
+    turns into a zero loss and no gradient: kept, such utterances would train on nothing
+    while the logged loss looked converged."""
+    from .data import LogMel
+    logmel = LogMel()
+    shortest = min_duration(logmel)
     too_long = [r for r in records if r["duration"] > run.max_duration]
     too_short = [r for r in records if r["duration"] < shortest]
-    kept = [r for r in records if shortest <= r["duration"] <= run.max_duration]
+    fitting = [r for r in records if shortest <= r["duration"] <= run.max_duration]
+    kept, too_many_tokens = [], []
+    for record in fitting:
+        needed = ctc_frames_needed(tokenizer.encode(record["text"]))
+        if needed <= output_frames(record["duration"], logmel):
+            kept.append(record)
+        else:
+            too_many_tokens.append((record, needed))
     dropped = []
     if too_long:
         dropped.append(f"{len(too_long)} longer than max_duration={run.max_duration} s")
     if too_short:
         dropped.append(f"{len(too_short)} shorter than {shortest} s (4 frames, the minimum "
                        f"of the 4x subsampling), e.g. {too_short[0]['audio_filepath']}")
+    if too_many_tokens:
+        record, needed = too_many_tokens[0]
+        dropped.append(
+            f"{len(too_many_tokens)} utterance(s) whose transcript is longer than their audio "
+            f"allows (CTC needs an output frame per token, and one more between repeated "
+            f"tokens, after the 4x subsampling), e.g. {record['audio_filepath']}: "
+            f"{needed} frames needed, {output_frames(record['duration'], logmel)} in its "
+            f"{record['duration']:.2f} s; are the manifest's texts and audio paired right?")
     summary = (f"training manifest {run.train_manifest}: {len(records)} utterances, "
                f"{len(kept)} kept" + (f"; skipped {', '.join(dropped)}" if dropped else ""))
     if not kept:

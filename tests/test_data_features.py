@@ -68,6 +68,33 @@ def test_short_and_autocast_inputs():
         LogMel()(torch.randn(1600), torch.tensor([1600]))
 
 
+@pytest.mark.parametrize("lengths,message", [
+    ([1600], r"wave_lengths must be \[B\] = \[2\], got shape \(1,\)"),
+    ([[1600, 800]], r"wave_lengths must be \[B\] = \[2\], got shape \(1, 2\)"),
+    ([1600, 1601], r"wave_lengths must be in \[0, S=1600\], got 1601"),
+    ([-1, 800], r"wave_lengths must be in \[0, S=1600\], got -1"),
+])
+def test_bad_wave_lengths_are_refused(lengths, message):
+    """A [1] broadcast over the batch, or lengths past the waves, would normalise each
+    utterance over the wrong frames."""
+    with pytest.raises(ValueError, match=message):
+        LogMel()(torch.randn(2, 1600), torch.tensor(lengths))
+
+
+def test_empty_batch():
+    feats, frames = LogMel()(torch.randn(0, 1600), torch.zeros(0, dtype=torch.long))
+    assert feats.shape == (0, 10, 80) and feats.dtype == torch.float32
+    assert frames.shape == (0,)
+
+
+def test_window_longer_than_n_fft_says_what_to_pass():
+    with pytest.raises(ValueError, match=r"window of 551 samples \(25.0 ms at 22050 Hz\) "
+                                         r"exceeds n_fft=512; pass n_fft >= 551, e.g. "
+                                         r"LogMel\(sample_rate=22050, n_fft=1024\)"):
+        LogMel(sample_rate=22050)
+    assert LogMel(sample_rate=22050, n_fft=1024).win == 551
+
+
 def test_specaugment_masks_inside_valid_frames():
     torch.manual_seed(3)
     aug = SpecAugment(freq_masks=2, freq_width=10, time_masks=4, time_width=0.1)

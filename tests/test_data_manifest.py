@@ -93,6 +93,16 @@ def test_skip_bad_counts_and_reports(tmp_path, caplog):
     assert f"skipped {len(BAD_CASES)} bad record(s) of {len(lines)}" in caplog.text
 
 
+def test_checked_audio_gives_the_header_duration(tmp_path):
+    """A duration within the tolerance but 0.05 s short gives way to the header's, which the
+    shape classes plan the padded lengths from."""
+    _wav(tmp_path / "a.wav", 1.23)
+    manifest = _jsonl(tmp_path / "m.jsonl",
+                      [{"audio_filepath": "a.wav", "duration": 1.18, "text": "x"}])
+    assert load_manifest(manifest)[0]["duration"] == 1.23
+    assert load_manifest(manifest, check_audio=False)[0]["duration"] == 1.18
+
+
 def test_check_audio_off_trusts_the_manifest(tmp_path):
     manifest = _jsonl(tmp_path / "m.jsonl",
                       [{"audio_filepath": "not_there.wav", "duration": 2.0, "text": "x"}])
@@ -146,6 +156,40 @@ def test_librispeech_bad_lines(tmp_path, caplog):
     assert [s.split(": ")[0] for s in records.skipped] == [f"{trans}:{i}" for i in (3, 4, 5)]
     assert "empty transcript" in records.skipped[1] and "UTF-8" in records.skipped[2]
     assert "skipped 3 bad record(s)" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["same file", "other chapter"])
+def test_librispeech_duplicate_id_is_refused(tmp_path, caplog, where):
+    """One utterance id twice (two labels for one audio) names the second line and the
+    first; skip_bad keeps the first."""
+    soundfile = pytest.importorskip("soundfile")
+    _librispeech(tmp_path, soundfile)
+    first = tmp_path / "train-clean-5" / "19" / "198" / "19-198.trans.txt"
+    trans = first if where == "same file" else \
+        tmp_path / "train-clean-5" / "26" / "495" / "26-495.trans.txt"
+    soundfile.write(trans.parent / "19-198-0001.flac", np.zeros(8000), 16000)
+    with open(trans, "a") as f:
+        f.write("19-198-0001 A CONFLICTING LABEL\n")
+    line = len(trans.read_text().splitlines())
+    with pytest.raises(ManifestError, match=rf"{trans}:{line}: utterance 19-198-0001 is "
+                                            rf"listed again \(first at {first}:2\)"):
+        load_manifest(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="orthoasr.data"):
+        records = load_manifest(tmp_path, skip_bad=True)
+    assert len(records) == 3 and len(records.skipped) == 1
+    assert [r["text"] for r in records].count("it was a dark night") == 1
+
+
+def test_librispeech_upper_case_extensions(tmp_path):
+    soundfile = pytest.importorskip("soundfile")
+    _librispeech(tmp_path, soundfile)
+    folder = tmp_path / "train-clean-5" / "26" / "495"
+    (folder / "26-495-0000.flac").rename(folder / "26-495-0000.FLAC")
+    _wav(folder / "26-495-0001.WAV", 0.5)
+    with open(folder / "26-495.trans.txt", "a") as f:
+        f.write("26-495-0001 IN UPPER CASE\n")
+    paths = sorted(r["audio_filepath"] for r in load_manifest(tmp_path))
+    assert paths[-2:] == [str(folder / "26-495-0000.FLAC"), str(folder / "26-495-0001.WAV")]
 
 
 def test_missing_manifest(tmp_path):

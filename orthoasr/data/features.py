@@ -60,7 +60,10 @@ class LogMel(nn.Module):
         self.win = int(round(sample_rate * win_ms / 1000))
         self.hop = int(round(sample_rate * hop_ms / 1000))
         if self.win > n_fft:
-            raise ValueError(f"window of {self.win} samples exceeds n_fft={n_fft}")
+            fitting = 2 ** math.ceil(math.log2(self.win))
+            raise ValueError(f"window of {self.win} samples ({win_ms} ms at {sample_rate} Hz) "
+                             f"exceeds n_fft={n_fft}; pass n_fft >= {self.win}, e.g. "
+                             f"LogMel(sample_rate={sample_rate}, n_fft={fitting})")
         self.normalize, self.eps = normalize, eps
         f_max = sample_rate / 2 if f_max is None else f_max
         self.register_buffer("window", torch.hann_window(self.win, periodic=False),
@@ -75,6 +78,18 @@ class LogMel(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if waves.dim() != 2:
             raise ValueError(f"waves must be [B, S], got shape {tuple(waves.shape)}")
+        batch, samples = waves.shape
+        if wave_lengths.shape != (batch,):    # [1] would broadcast over the batch
+            raise ValueError(f"wave_lengths must be [B] = [{batch}], got shape "
+                             f"{tuple(wave_lengths.shape)}")
+        if wave_lengths.device.type == "cpu" and batch:   # on a GPU reading them would sync
+            shortest, longest = int(wave_lengths.min()), int(wave_lengths.max())
+            if shortest < 0 or longest > samples:
+                raise ValueError(f"wave_lengths must be in [0, S={samples}], got "
+                                 f"{shortest if shortest < 0 else longest}")
+        if batch == 0:                 # torch.fft.rfft fails on an empty batch
+            return (waves.new_zeros(0, samples // self.hop, self.n_mels, dtype=torch.float32),
+                    self.frame_lengths(wave_lengths.to(waves.device)))
         with torch.autocast(device_type=waves.device.type, enabled=False):
             return self._forward(waves.float(), wave_lengths)
 

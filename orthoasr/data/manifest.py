@@ -56,7 +56,8 @@ def load_manifest(path: str | os.PathLike, skip_bad: bool = False, check_audio: 
     """Read a JSONL manifest or a LibriSpeech-layout directory.
 
     check_audio: open each audio header (file exists, format supported, duration agrees with
-    the manifest within `duration_tolerance` seconds; a missing duration is filled in).
+    the manifest within `duration_tolerance` seconds); the record's duration is then the
+    header's. Without, it is the manifest's (or the header's where the manifest has none).
     LibriSpeech directories always read the headers, which give the durations.
     """
     path = Path(path)
@@ -132,11 +133,12 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
             actual = audio_info(audio_path).duration
         except AudioError as err:
             raise bad(str(err)) from None
-        if duration is None:
-            duration = actual
-        elif abs(actual - duration) > tolerance:
+        if duration is not None and abs(actual - duration) > tolerance:
             raise bad(f"duration mismatch for {audio_path}: manifest says {duration:.3f} s, "
                       f"the file holds {actual:.3f} s")
+        # the header's, exact: batches padded to a length planned from a manifest's rounded
+        # duration would not hold the audio that it understates
+        duration = actual
     record = {"audio_filepath": audio_path, "duration": float(duration), "text": text}
     if entry.get("speaker") is not None:
         record["speaker"] = str(entry["speaker"])
@@ -146,18 +148,26 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
 def _load_librispeech(root: Path, skip_bad: bool, normalize: bool
                       ) -> tuple[list[dict], list[str]]:
     """`<root>/.../<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` with lines
-    `<utt-id> <TRANSCRIPT>` and audio `<utt-id>.flac` (or .wav) beside it."""
+    `<utt-id> <TRANSCRIPT>` and audio `<utt-id>.flac` (or .wav, either in upper case) beside
+    it. An utterance id may appear once in the whole tree."""
     transcripts = sorted(root.rglob("*.trans.txt"))
     if not transcripts:
         raise FileNotFoundError(f"{root}: no *.trans.txt files (LibriSpeech layout expected)")
     records, skipped = [], []
+    first_seen: dict[str, str] = {}     # utterance id -> "file:line" of the record kept
     for trans in transcripts:
         with open(trans, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
                 try:
-                    records.append(_librispeech_record(trans, lineno, raw, normalize))
+                    record = _librispeech_record(trans, lineno, raw, normalize)
+                    utt_id = Path(record["audio_filepath"]).stem
+                    if utt_id in first_seen:   # two labels for one audio: which is right?
+                        raise ManifestError(trans, lineno, f"utterance {utt_id} is listed "
+                                            f"again (first at {first_seen[utt_id]})")
+                    first_seen[utt_id] = f"{trans}:{lineno}"
+                    records.append(record)
                 except ManifestError as err:
                     if not skip_bad:
                         raise
@@ -178,7 +188,8 @@ def _librispeech_record(trans: Path, lineno: int, raw: bytes, normalize: bool) -
         text = normalize_text(text)
     if not text.strip():
         raise ManifestError(trans, lineno, f"empty transcript for utterance {utt_id}")
-    audio_path = next((trans.parent / (utt_id + ext) for ext in AUDIO_EXTENSIONS
+    audio_path = next((trans.parent / (utt_id + ext)
+                       for ext in AUDIO_EXTENSIONS + tuple(e.upper() for e in AUDIO_EXTENSIONS)
                        if (trans.parent / (utt_id + ext)).exists()),
                       trans.parent / (utt_id + ".flac"))
     try:

@@ -90,7 +90,9 @@ def collate_to_class(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
     most_tokens = max(len(ids) for _, ids, _ in batch)
     if len(batch) != shape.batch or longest > samples or most_tokens > shape.tokens:
         raise ValueError(f"a batch of {len(batch)} utterances, {longest} samples and "
-                         f"{most_tokens} tokens does not fit its shape class {shape}")
+                         f"{most_tokens} tokens does not fit its shape class {shape} (do "
+                         "the durations it was planned from understate the audio? "
+                         "load_manifest(check_audio=True) takes them from the audio headers)")
     return collate([item[:2] for item in batch], samples, shape.tokens)
 
 

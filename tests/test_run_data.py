@@ -1,0 +1,93 @@
+"""The training data of a run: what filter_records leaves out, and why it says so."""
+
+import json
+import wave
+
+import numpy as np
+import pytest
+import torch
+from test_train import tiny_run, write_corpus
+
+from orthoasr.data import LogMel, load_manifest
+from orthoasr.run_data import (
+    TrainData,
+    ctc_frames_needed,
+    filter_records,
+    make_tokenizer,
+    output_frames,
+)
+
+
+def misaligned_corpus(root, every: int):
+    """The random corpus with every `every`-th training text repeated 15 times (too long for
+    its audio)."""
+    corpus = write_corpus(root / "corpus")
+    manifest = corpus / "train.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for i, entry in enumerate(lines):
+        if i % every == 0:
+            entry["text"] = " ".join([entry["text"]] * 15)
+    manifest.write_text("".join(json.dumps(entry) + "\n" for entry in lines))
+    return corpus
+
+
+@pytest.mark.parametrize("samples", [639, 640, 641, 16000, 16159, 16160, 16161])
+def test_output_frames_counts_as_logmel_and_the_frontend(samples):
+    """output_frames(duration) is LogMel's frame count after the frontend's two poolings."""
+    frames = LogMel().frame_lengths(torch.tensor([samples]))
+    assert output_frames(samples / 16000) == int(frames // 2 // 2)
+
+
+def test_ctc_frames_needed_counts_a_blank_between_repeats():
+    assert ctc_frames_needed([]) == 0
+    assert ctc_frames_needed([5]) == 1
+    assert ctc_frames_needed([3, 4, 3]) == 3
+    assert ctc_frames_needed([3, 3, 3, 4, 4]) == 8
+
+
+def test_transcripts_too_long_for_their_audio_are_left_out_and_reported(tmp_path, capsys):
+    """Unalignable utterances (their CTC loss is infinite, zeroed by zero_infinity) are
+    dropped, counted and reported with the reason; the others are kept."""
+    run = tiny_run(misaligned_corpus(tmp_path, every=3))
+    tokenizer = make_tokenizer(run, tmp_path)
+    records = load_manifest(run.train_manifest)
+    kept = filter_records(records, run, tokenizer)
+    assert len(kept) == 8
+    assert all(len(r["text"].split()) < 15 for r in kept)
+    out = capsys.readouterr().out
+    assert "12 utterances, 8 kept" in out
+    assert "4 utterance(s) whose transcript is longer than their audio allows" in out
+
+
+def test_only_unalignable_transcripts_is_an_error(tmp_path):
+    run = tiny_run(misaligned_corpus(tmp_path, every=1))
+    with pytest.raises(ValueError, match="0 kept; skipped 12 utterance.s. whose transcript "
+                                         "is longer than their audio allows.*nothing left"):
+        TrainData(run, make_tokenizer(run, tmp_path))
+
+
+def test_shape_classes_hold_audio_that_the_manifest_understates(tmp_path):
+    """Manifest durations 0.05 s short (within load_manifest's tolerance) and lengths that the
+    classes' 8-frame rounding does not absorb (8k + 3 frames): every batch of an epoch fits
+    its shape class."""
+    corpus = write_corpus(tmp_path / "corpus")
+    rng = np.random.default_rng(1)
+    lines = []
+    for i, line in enumerate((corpus / "train.jsonl").read_text().splitlines()):
+        entry = json.loads(line)
+        samples = (8 * (5 + i) + 3) * 160
+        with wave.open(entry["audio_filepath"], "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes((rng.standard_normal(samples) * 2000).astype(np.int16).tobytes())
+        lines.append(json.dumps({**entry, "duration": samples / 16000 - 0.05}) + "\n")
+    (corpus / "train.jsonl").write_text("".join(lines))
+    run = tiny_run(corpus, "shape_classes=2")
+    data = TrainData(run, make_tokenizer(run, tmp_path))
+    plan = data.epoch_batches(0)
+    batches = data.batches(0, 0)
+    for _ in plan:
+        waves, wave_lengths, _, _ = next(batches)[2]
+        assert int(wave_lengths.max()) <= waves.shape[1]
+    batches.close()
