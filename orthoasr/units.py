@@ -134,10 +134,13 @@ def subnet_cost(cfg: SupernetConfig, gates, criterion: str | None = None,
     """
     criterion = _criterion(cfg, criterion)
     frames = _frames(cfg, frames)
-    active = torch.as_tensor(gates).detach().reshape(-1).cpu() != 0
+    gates = torch.as_tensor(gates).detach().reshape(-1).cpu()
     n = cfg.num_layers * units_per_block(cfg)
-    if active.numel() != n:
-        raise ValueError(f"gates must have {n} entries (one per unit), got {active.numel()}")
+    if gates.numel() != n:
+        raise ValueError(f"gates must have {n} entries (one per unit), got {gates.numel()}")
+    if gates.is_floating_point() and not bool(torch.isfinite(gates).all()):
+        raise ValueError("gates contain NaN or inf: no subnet to cost")
+    active = gates != 0
     total, u = rest_cost(cfg, criterion, frames), 0
     for _layer in range(cfg.num_layers):
         for kind in cfg.module_order:

@@ -131,5 +131,7 @@ def test_cost_api_rejects_bad_arguments():
         orthoasr.unit_costs(cfg, "latency")
     with pytest.raises(ValueError, match="gates must have 15"):
         orthoasr.subnet_cost(cfg, torch.ones(14))
+    with pytest.raises(ValueError, match="gates contain NaN or inf"):
+        orthoasr.subnet_cost(cfg, torch.full((15,), float("nan")))
     with pytest.raises(ValueError, match="frames"):
         orthoasr.unit_costs(cfg, "flops", frames=0)
