@@ -95,6 +95,10 @@ def _fmt(value) -> str:
 
 
 def main() -> None:
+    if not any(RESULTS_DIR.glob("*.json")):
+        # rendered from nothing, RESULTS.md would lose every table to "not measured" rows
+        raise SystemExit(f"bench.report: no result files in {RESULTS_DIR}; the GPU "
+                         "benchmarks write them (bench/gpu_all.sh). RESULTS.md left as it is")
     out = RESULTS_DIR.parent / "RESULTS.md"
     out.write_text(render())
     print(f"wrote {out}")
