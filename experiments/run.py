@@ -127,15 +127,21 @@ def run_job(job, args, common: list[str], out_dir: Path, side_by_side: int = 1) 
 def arm_jobs(arms, args, model) -> list:
     """The jobs of `arms`; with --tag, their arm and job names end in +TAG (a variant of an
     arm, its settings in --set: its rows stand beside the arm's, not over them)."""
+    # a variant's individually trained subnets take the variant's arm 1 (FIRST+TAG)
     first = (Path(args.first_masks) if args.first_masks
-             else Path(args.work_dir) / FIRST / "checkpoint.pt")
+             else Path(args.work_dir) / tagged(FIRST, args.tag) / "checkpoint.pt")
     out = [job for arm in arms
            for job in jobs(arm, tuple(args.budgets), str(first) if first.exists() else None,
                            model)]
     if args.tag:
-        out = [replace(job, arm=f"{job.arm}+{args.tag}", name=f"{job.name}+{args.tag}")
+        out = [replace(job, arm=tagged(job.arm, args.tag), name=tagged(job.name, args.tag))
                for job in out]
     return out
+
+
+def tagged(name: str, tag: str) -> str:
+    """An arm's or job's name in the variant `tag` (itself without one)."""
+    return f"{name}+{tag}" if tag else name
 
 
 def prefix_lines(stream, name: str) -> None:
@@ -166,7 +172,8 @@ def run_side_by_side(job_list, args, on_done) -> None:
             rows_path = rows_dir / f"{job.name}.json"
             rows_path.unlink(missing_ok=True)
             command = [sys.executable, "-m", "experiments.run", "--config", args.config,
-                       "--arms", job.arm, "--budgets", *map(str, args.budgets),
+                       "--arms", job.arm.removesuffix(f"+{args.tag}") if args.tag else job.arm,
+                       "--budgets", *map(str, args.budgets),
                        "--work-dir", args.work_dir, "--out", args.out,
                        "--job", job.name, "--job-rows", str(rows_path),
                        "--side-by-side", str(width), "--set", *args.set]

@@ -113,17 +113,21 @@ def test_score_dynamics_reports_every_budget():
 
 def test_a_tagged_variant_stands_beside_its_arm(tmp_path, monkeypatch):
     """--tag: the rows, work directory and heatmap name the arm ARM+TAG; --set carries the
-    variant's settings."""
+    variant's settings; the variant's individually trained subnets take the variant's arm 1
+    masks (there is no untagged arm 1 here), also side by side (--parallel)."""
     corpus = write_corpus(tmp_path / "corpus")
     manifests = [f"{s}_manifest={corpus / (s + '.jsonl')}" for s in ("train", "dev", "test")]
     results = tmp_path / "results.json"
     monkeypatch.setattr(sys, "argv", [
         "run", "--config", "configs/tiny.yaml", "--budgets", "0.9", "1.0", "--arms", FIRST,
-        "--tag", "l2sqrt", "--work-dir", str(tmp_path / "runs"), "--out", str(results),
+        "individual-flops-component", "--tag", "l2sqrt", "--parallel", "2",
+        "--work-dir", str(tmp_path / "runs"), "--out", str(results),
         "--set", *TINY, *manifests, "penalty_norm=l2_sqrt"])
     run.main()
     rows = json.loads(results.read_text())
-    assert [(r["arm"], r["budget"]) for r in rows] == [(f"{FIRST}+l2sqrt", 0.9),
-                                                       (f"{FIRST}+l2sqrt", 1.0)]
+    assert [(r["arm"], r["budget"]) for r in rows] == [
+        (f"{FIRST}+l2sqrt", 0.9), (f"{FIRST}+l2sqrt", 1.0),
+        ("individual-flops-component+l2sqrt", 0.9)]
+    assert rows[2]["kept"] == rows[0]["kept"]             # the variant's units, trained alone
     assert (tmp_path / "runs" / f"{FIRST}+l2sqrt" / "checkpoint.pt").exists()
     assert (tmp_path / f"heatmap-{FIRST}+l2sqrt.png").exists()
