@@ -627,12 +627,14 @@ class Trainer:
     def checkpoint_due(self) -> tuple[bool, bool]:
         """(stop, save now): a stop signal arrived / `ckpt_minutes` passed since the last
         save. In a distributed run every rank must agree: the flags are summed over the
-        ranks at log steps only (one small all-reduce)."""
+        ranks (one small all-reduce and a host read) every min(log_every, AGREE_EVERY)
+        steps, so that a signal is acted on within torchrun's grace period (30 s before it
+        kills the ranks) however long the log interval."""
         stop = self.stop_signal is not None
         timed = time.monotonic() - self.last_save >= 60 * self.run.ckpt_minutes
         if not self.world.distributed:
             return stop, timed
-        if self.step % self.run.log_every:
+        if self.step % min(self.run.log_every, AGREE_EVERY):
             return False, False
         flags = torch.tensor([float(stop), float(timed)], device=self.device)
         stop, timed = (v > 0 for v in all_reduce_sum(flags, self.world).tolist())
@@ -701,6 +703,10 @@ class _stop_signals_caught:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+# steps between the ranks' agreements on a stop signal or a timed save (checkpoint_due)
+AGREE_EVERY = 10
 
 
 # what a resume reads besides a training checkpoint's REQUIRED_KEYS (a cut-down one, as

@@ -4,8 +4,10 @@ averaged, and leaving the process group leaves no thread of it behind."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -85,6 +87,32 @@ def test_two_rank_checkpoint_resumes_in_one_process(corpus, tmp_path):
     tail = {r["step"]: r["loss"] for r in uninterrupted.history}
     for row in resumed.history:          # steps 5 and 6, on the same batches and weights
         assert row["loss"] == pytest.approx(tail[row["step"]], rel=2e-3, abs=1e-5)
+
+
+def test_ctrl_c_checkpoints_both_ranks_between_log_steps(corpus, tmp_path):
+    """SIGINT to torchrun (which passes it to its ranks, then kills them 30 s later): the
+    ranks agree to stop within a few steps, not at the next log step (here never), and the
+    checkpoint of that step is written."""
+    long_run = tiny_run(corpus, *DETERMINISTIC, "stage1_steps=2000", "log_every=5000",
+                        "ckpt_every=5000", "ckpt_minutes=60")
+    config = write_config(long_run, tmp_path / "run.yaml")
+    work = tmp_path / "two"
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+           "TMPDIR": str(tmp_path / "tmp")}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node=2", "-m", "orthoasr", "train", "--config",
+                             str(config), "--work-dir", str(work)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (work / "tokenizer.model").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)                    # the tokenizer is made before the first step
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "forcefully" not in out, out[-3000:]
+    state = load_checkpoint(work / "checkpoint.pt")
+    assert 0 < state["step"] < 2000, out[-3000:]
 
 
 def _average_on_rank(rank: int, init_file: str, out: str) -> None:
