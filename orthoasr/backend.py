@@ -69,8 +69,8 @@ def use_triton(*tensors: torch.Tensor) -> bool:
                   "TRITON_INTERPRET=1 must not be bfloat16 or under a bfloat16 autocast"
                   if on_cpu and interpreting() else
                   "it needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
-        raise RuntimeError(f"backend 'triton' cannot run here: {reason}; use "
-                           f"set_backend('torch') or 'auto'")
+        raise RuntimeError(f"backend 'triton' cannot run here: {reason}; use 'torch' or "
+                           "'auto' (set_backend, or backend= in a run config)")
     return False
 
 

@@ -13,8 +13,10 @@ import socket
 from pathlib import Path
 
 LOCK_NAME = ".lock"
-# what a training run leaves in its work dir
-RUN_FILES = ("checkpoint.pt", "metrics.csv", "tokenizer.model", "checkpoints")
+# what a training run leaves in its work dir once it has trained a step. Not the
+# tokenizer.model a run writes before its first step: alone, it is what a run that failed
+# while starting leaves, and a new run trains it again
+RUN_FILES = ("checkpoint.pt", "metrics.csv", "checkpoints")
 
 
 class WorkDirError(RuntimeError):

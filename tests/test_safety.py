@@ -70,6 +70,18 @@ def test_a_run_is_refused_without_resume_and_moved_aside_by_overwrite(corpus, tm
         train(short_run(corpus), tmp_path / "empty", resume=True)
 
 
+def test_a_run_that_failed_before_its_first_step_is_started_again(corpus, tmp_path):
+    """It left only its tokenizer: no run to resume or move aside, a new one starts there."""
+    work = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run here"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("TRITON_INTERPRET", raising=False)
+            train(short_run(corpus, "backend=triton"), work)
+    assert [p.name for p in work.iterdir() if p.name != ".lock"] == ["tokenizer.model"]
+    assert train(short_run(corpus), work).step == 2
+    assert not (tmp_path / "run.old-1").exists()
+
+
 def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tmp_path,
                                                                      capsys):
     work = tmp_path / "run"
