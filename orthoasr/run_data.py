@@ -191,7 +191,8 @@ def filter_records(records: list[dict], run: RunConfig, tokenizer, report: bool 
             f"allows (CTC needs an output frame per token, and one more between repeated "
             f"tokens, after the 4x subsampling), e.g. {record['audio_filepath']}: "
             f"{needed} frames needed, {output_frames(record['duration'], logmel)} in its "
-            f"{record['duration']:.2f} s; are the manifest's texts and audio paired right?")
+            f"{record['duration']:.2f} s (fast speech, or, if many, texts and audio paired "
+            "wrongly)")
     summary = (f"training manifest {run.train_manifest}: {len(records)} utterances, "
                f"{len(kept)} kept" + (f"; skipped {', '.join(dropped)}" if dropped else ""))
     if not kept:
