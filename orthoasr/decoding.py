@@ -15,6 +15,14 @@ def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor,
     repeated across a blank is kept twice). vocab_size: only the first vocab_size labels
     compete (a model whose output layer is wider than its tokenizer's vocabulary: the
     others name no token); None: all V."""
+    return [collapse_path(path, blank) for path in best_paths(log_probs, lengths, vocab_size)]
+
+
+def best_paths(log_probs: torch.Tensor, lengths: torch.Tensor,
+               vocab_size: int | None = None) -> list[list[int]]:
+    """log_probs [B, T, V], lengths [B] -> per utterance the argmax label of each of its
+    first lengths[b] frames, uncollapsed (paths of consecutive pieces of one recording can
+    be joined before `collapse_path`). vocab_size as in greedy_ctc_decode."""
     if log_probs.dim() != 3:
         raise ValueError(f"log_probs must be [B, T, V], got shape {tuple(log_probs.shape)}")
     if lengths.shape != (log_probs.shape[0],):
@@ -24,15 +32,14 @@ def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor,
             raise ValueError(f"vocab_size must be in [1, V={log_probs.shape[-1]}], got "
                              f"{vocab_size}")
         log_probs = log_probs[..., :vocab_size]
-    best = log_probs.argmax(dim=-1)                                     # [B, T]
-    changed = torch.ones_like(best, dtype=torch.bool)
-    changed[:, 1:] = best[:, 1:] != best[:, :-1]
-    keep = changed & (best != blank)
-    frame = torch.arange(best.shape[1], device=best.device)
-    keep &= frame[None, :] < lengths.to(best.device)[:, None]
-    best, keep = best.cpu().tolist(), keep.cpu().tolist()               # one host transfer
-    return [[label for label, k in zip(row, mask, strict=True) if k]
-            for row, mask in zip(best, keep, strict=True)]
+    best = log_probs.argmax(dim=-1).cpu().tolist()                      # one host transfer
+    return [row[:max(length, 0)] for row, length in zip(best, lengths.tolist(), strict=True)]
+
+
+def collapse_path(path: Sequence[int], blank: int = 0) -> list[int]:
+    """Frame labels -> CTC labels: repeats merged, then blanks removed."""
+    return [label for i, label in enumerate(path)
+            if label != blank and (i == 0 or label != path[i - 1])]
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:

@@ -8,6 +8,12 @@ subnet, its tokenizer and the feature extractor it was trained with.
 Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D at 16 kHz.
 Utterances are decoded greedily in batches of similar length; on a GPU a supernet's encoder
 is replayed from CUDA graphs of padded shape classes (orthoasr.graphs.GraphedEncoder).
+
+Long recordings are decoded in pieces (`chunk_windows`): attention's memory and time grow
+with the square of a clip's length, and a model sees clips as long as its training data's.
+Each piece keeps `chunk_seconds` of output frames and also sees `context_seconds` of audio
+on each side; the pieces' frame labels are joined before repeats and blanks are removed, so
+a word across a cut is not lost or doubled.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import torch
 from torch import nn
 
 from .data import LogMel, Tokenizer, length_batches, load_audio
-from .decoding import greedy_ctc_decode
+from .decoding import best_paths, collapse_path
 from .devices import resolve_device
 from .export import CompactConformer, load_subnet
 from .graphs import GraphedEncoder
 from .model import ConformerSupernet
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
+CHUNK_SECONDS, CONTEXT_SECONDS = 30.0, 2.0
 
 
 class Recognizer:
@@ -36,14 +43,20 @@ class Recognizer:
     `head` for a supernet (None for an exported subnet), and its tokenizer. frozen_weights:
     nothing trains the model while this Recognizer is in use, so a supernet's encoder keeps
     its weights' compute-dtype copies between calls (GraphedEncoder); from_checkpoint's
-    model is its own."""
+    model is its own. chunk_seconds, context_seconds: clips longer than chunk_seconds + 2 x
+    context_seconds are decoded in pieces (module docstring); chunk_seconds None: whole."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
-                 head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False):
+                 head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False,
+                 chunk_seconds: float | None = CHUNK_SECONDS,
+                 context_seconds: float = CONTEXT_SECONDS):
         if isinstance(model, ConformerSupernet) == (gates is None):
             raise ValueError("gates are needed with a ConformerSupernet and only with it")
         if batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+        _check_seconds("context_seconds", context_seconds, 0.0)
+        if chunk_seconds is not None:
+            _check_seconds("chunk_seconds", chunk_seconds, FRAME_SECONDS)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.gates = None if gates is None else gates.to(self.device)
@@ -55,13 +68,19 @@ class Recognizer:
             if gates is not None else None
         self.logmel = LogMel(n_mels=model.cfg.num_mel_bins).to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
+        # in output frames, each min_samples long
+        self.chunk_frames = None if chunk_seconds is None else \
+            round(chunk_seconds / FRAME_SECONDS)
+        self.context_frames = round(context_seconds / FRAME_SECONDS)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget: float | None = None,
-                        device: str = "cpu") -> Recognizer:
+                        device: str = "cpu", *, chunk_seconds: float | None = CHUNK_SECONDS,
+                        context_seconds: float = CONTEXT_SECONDS) -> Recognizer:
         """The subnet of `budget` (one of the run's budgets; None: the largest) of training
         checkpoint `path`. A stage-1 checkpoint has no frozen subnets: only the full
-        supernet (budget None) is available from it."""
+        supernet (budget None) is available from it. chunk_seconds, context_seconds: as in
+        Recognizer."""
         from .evaluate import load_trained
         trained = load_trained(path, resolve_device(device))
         budgets = list(trained.model.cfg.budgets)
@@ -75,16 +94,21 @@ class Recognizer:
             head = budgets.index(max(budgets)) if budget is None else budget_index(budgets,
                                                                                   budget)
             gates = trained.subnet_gates(head)
-        return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True)
+        return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True,
+                   chunk_seconds=chunk_seconds, context_seconds=context_seconds)
 
     @classmethod
-    def from_subnet(cls, path: str | Path, device: str = "cpu") -> Recognizer:
-        """An exported subnet (`orthoasr export`), which carries its tokenizer."""
+    def from_subnet(cls, path: str | Path, device: str = "cpu", *,
+                    chunk_seconds: float | None = CHUNK_SECONDS,
+                    context_seconds: float = CONTEXT_SECONDS) -> Recognizer:
+        """An exported subnet (`orthoasr export`), which carries its tokenizer.
+        chunk_seconds, context_seconds: as in Recognizer."""
         sub: CompactConformer = load_subnet(path, map_location=resolve_device(device))
         if sub.tokenizer_bytes is None:
             raise ValueError(f"subnet {path} was saved without its tokenizer; export it again "
                              "with `orthoasr export` (which stores it)")
-        return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes))
+        return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
+                   context_seconds=context_seconds)
 
     @torch.no_grad()
     def transcribe(self, paths_or_waveforms: Sequence[Audio]) -> list[str]:
@@ -95,14 +119,22 @@ class Recognizer:
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
                             f"{type(paths_or_waveforms).__name__}; wrap it in a list")
         waves = [self._waveform(i, item) for i, item in enumerate(paths_or_waveforms)]
-        texts = [""] * len(waves)
-        decodable = [i for i, w in enumerate(waves) if len(w) >= self.min_samples]
-        sizes = [len(waves[i]) // self.logmel.hop for i in decodable]
+        pieces = []                         # (item, its samples, the output frames to keep)
+        for i, wave in enumerate(waves):
+            if len(wave) >= self.min_samples:
+                for first, end, keep in chunk_windows(len(wave), self.min_samples,
+                                                      self.chunk_frames, self.context_frames):
+                    pieces.append((i, wave[first:end], keep))
+        kept: list[list[int]] = [[] for _ in pieces]
+        sizes = [len(samples) // self.logmel.hop for _, samples, _ in pieces]
         for batch in length_batches(sizes, self.batch_frames):
-            items = [decodable[j] for j in batch]
-            for i, text in zip(items, self._decode([waves[i] for i in items]), strict=True):
-                texts[i] = text
-        return texts
+            paths = self._best_paths([pieces[j][1] for j in batch])
+            for j, path in zip(batch, paths, strict=True):
+                kept[j] = path[pieces[j][2]]
+        labels: list[list[int]] = [[] for _ in waves]
+        for (i, _, _), path in zip(pieces, kept, strict=True):     # pieces are in order
+            labels[i] += path
+        return [self.tokenizer.decode(collapse_path(path)) for path in labels]
 
     def _waveform(self, index: int, item: Audio) -> torch.Tensor:
         """Item `index` of a transcribe call as a 1-D float32 waveform at 16 kHz."""
@@ -119,8 +151,8 @@ class Recognizer:
             raise ValueError(f"{name} holds NaN or inf samples")
         return wave
 
-    def _decode(self, waves: list[torch.Tensor]) -> list[str]:
-        """Greedy transcripts of one batch of 1-D waveforms."""
+    def _best_paths(self, waves: list[torch.Tensor]) -> list[list[int]]:
+        """Each output frame's most likely label, for one batch of 1-D waveforms."""
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
         batch = nn.utils.rnn.pad_sequence(waves, batch_first=True).to(self.device)
         feats, frame_lengths = self.logmel(batch, lengths)
@@ -130,8 +162,38 @@ class Recognizer:
         else:
             x, out_lengths = self.model.embed(feats, frame_lengths)
             log_probs = self.encoder(x, out_lengths, self.gates, self.head, self.skip)
-        best = greedy_ctc_decode(log_probs, out_lengths, vocab_size=self.tokenizer.vocab_size)
-        return [self.tokenizer.decode(ids) for ids in best]
+        return best_paths(log_probs, out_lengths, vocab_size=self.tokenizer.vocab_size)
+
+
+FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)
+
+
+def chunk_windows(num_samples: int, frame_samples: int, chunk_frames: int | None,
+                  context_frames: int) -> list[tuple[int, int, slice]]:
+    """How to decode a clip of num_samples in pieces: [(first sample, end sample, kept
+    frames)], in order. Output frame f of the clip covers samples [f, f + 1) x frame_samples,
+    and a piece starts on a frame boundary, so its output frame k is the clip's frame
+    first // frame_samples + k. Frames are split into equal spans of at most chunk_frames,
+    each widened by context_frames on both sides where the clip has them; the kept slices
+    of a piece's output frames tile the clip's frames once each. A clip of at most
+    chunk_frames + 2 x context_frames frames (or chunk_frames None) is one piece."""
+    frames = num_samples // frame_samples
+    if chunk_frames is None or frames <= chunk_frames + 2 * context_frames:
+        return [(0, num_samples, slice(0, frames))]
+    count = math.ceil(frames / chunk_frames)
+    bounds = [frames * k // count for k in range(count + 1)]       # equal spans
+    windows = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        first, end = max(0, start - context_frames), min(frames, stop + context_frames)
+        end_sample = num_samples if end == frames else end * frame_samples
+        windows.append((first * frame_samples, end_sample, slice(start - first, stop - first)))
+    return windows
+
+
+def _check_seconds(name: str, value, least: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < least:
+        raise ValueError(f"{name} must be a number of seconds >= {least}, got {value!r}")
 
 
 def budget_index(budgets: Sequence[float], budget: float) -> int:
@@ -145,4 +207,4 @@ def budget_index(budgets: Sequence[float], budget: float) -> int:
     raise ValueError(f"budget {budget} is not one of the run's budgets {list(budgets)}")
 
 
-__all__ = ["Recognizer", "budget_index"]
+__all__ = ["Recognizer", "budget_index", "chunk_windows"]

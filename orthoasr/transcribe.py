@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from .data import AudioError, load_audio
-from .recognizer import Recognizer
+from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, Recognizer
 
 READ_FAILURE = 1
 
@@ -38,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="with --checkpoint: the subnet of this budget (default: largest)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
+                        help="decode longer recordings in pieces of this length (default "
+                             f"{CHUNK_SECONDS:g}; 0: each whole, memory growing with the "
+                             "square of its length)")
+    parser.add_argument("--context-seconds", type=float, default=CONTEXT_SECONDS,
+                        help="audio each piece also sees on either side (default "
+                             f"{CONTEXT_SECONDS:g})")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit or float, any rate and channels) or FLAC")
 
@@ -46,10 +53,13 @@ def run(args: argparse.Namespace) -> None:
     if args.subnet is not None and args.budget is not None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
+    pieces = {"chunk_seconds": args.chunk_seconds or None,       # 0: whole
+              "context_seconds": args.context_seconds}
     if args.subnet is not None:
-        recognizer = Recognizer.from_subnet(args.subnet, device=args.device)
+        recognizer = Recognizer.from_subnet(args.subnet, device=args.device, **pieces)
     else:
-        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device)
+        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
+                                                **pieces)
     waves, failures = read_files(args.files)
     texts = dict(zip(waves, recognizer.transcribe(list(waves.values())), strict=True))
     for path in args.files:

@@ -12,6 +12,7 @@ from orthoasr.checkpoint import TRAINING_KIND, load_checkpoint, save_checkpoint
 from orthoasr.cli import main as cli_main
 from orthoasr.data import load_manifest
 from orthoasr.evaluate import load_trained, transcribe
+from orthoasr.recognizer import chunk_windows
 from orthoasr.train import CHECKPOINT, train
 
 soundfile = pytest.importorskip("soundfile")  # a test need (install_requires has it)
@@ -121,6 +122,12 @@ def test_cli_prints_one_line_per_file(run, capsys, reference_backend):
                          *run["paths"])
     assert code == 0
     assert lines == [f"{p}\t{t}" for p, t in zip(run["paths"], expected)]
+    pieces = Recognizer.from_checkpoint(run["checkpoint"], 0.7, chunk_seconds=0.2,
+                                        context_seconds=0).transcribe(run["paths"])
+    assert pieces != expected                    # cuts without context change the features
+    code, lines, _ = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--budget", "0.7",
+                         "--chunk-seconds", "0.2", "--context-seconds", "0", *run["paths"])
+    assert code == 0 and lines == [f"{p}\t{t}" for p, t in zip(run["paths"], pieces)]
 
 
 def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys, reference_backend):
@@ -169,6 +176,9 @@ def test_cli_usage_errors(run, tmp_path, capsys):
     code, _, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--budget", "0.33",
                        run["paths"][0])
     assert code == 2 and "budget 0.33 is not one of the run's budgets" in err
+    code, _, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--chunk-seconds", "-1",
+                       run["paths"][0])
+    assert code == 2 and "chunk_seconds must be a number of seconds >= 0.04, got -1.0" in err
     trained = load_trained(run["checkpoint"])
     extract_subnet(trained.model, trained.subnet_gates(1), head=1).save(
         tmp_path / "sub.pt", tokenizer=trained.tokenizer_bytes)
@@ -198,3 +208,79 @@ def test_labels_beyond_the_tokenizers_vocabulary_are_never_decoded(run, tmp_path
         wide = Recognizer.from_checkpoint(path, budget).transcribe(run["paths"])
         assert wide == Recognizer.from_checkpoint(run["checkpoint"], budget).transcribe(
             run["paths"])
+
+
+@pytest.mark.parametrize("samples", [640 * 100 + 17, 640 * 101, 640 * 5000 + 639])
+@pytest.mark.parametrize("chunk,context", [(10, 0), (10, 3), (7, 50), (1, 1)])
+def test_chunk_windows_keep_every_output_frame_once(samples, chunk, context):
+    frames = samples // 640
+    windows = chunk_windows(samples, 640, chunk, context)
+    kept = []
+    for first, end, keep in windows:
+        assert first % 640 == 0 and 0 <= first < end <= samples
+        window_frames = (end - first) // 640
+        assert 0 <= keep.start < keep.stop <= window_frames
+        assert keep.stop - keep.start <= chunk or windows == [(0, samples, slice(0, frames))]
+        start = first // 640 + keep.start                 # the clip's frame of keep.start
+        assert keep.start == min(context, start)          # context seen before, where there is
+        assert window_frames - keep.stop == min(context, frames - (start + keep.stop
+                                                                    - keep.start))
+        kept += range(start, start + keep.stop - keep.start)
+    assert kept == list(range(frames))
+    assert len(windows) == (1 if frames <= chunk + 2 * context else -(-frames // chunk))
+    assert chunk_windows(samples, 640, frames - 2 * context, context) == [
+        (0, samples, slice(0, frames))]
+    assert chunk_windows(samples, 640, None, context) == [(0, samples, slice(0, frames))]
+
+
+class FrameLocalModel(torch.nn.Module):
+    """A stand-in acoustic model whose output frame f depends only on feature frames 4f and
+    4f + 1: label 1 + (which of mel bins 0-3 rise from one to the other, as bits). A rise is
+    unchanged by the per-utterance normalisation, so the label of an output frame is the
+    same whether the clip is decoded whole or in pieces, if and only if the pieces line up
+    with the clip's frames."""
+
+    cfg = type("Config", (), {"num_mel_bins": 80})
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, feats, lengths):
+        batch, frames = feats.shape[0], feats.shape[1] // 4
+        quads = feats[:, :4 * frames].reshape(batch, frames, 4, -1)
+        rises = (quads[:, :, 1, :4] > quads[:, :, 0, :4]).long()
+        labels = 1 + (rises * torch.tensor([1, 2, 4, 8])).sum(-1)
+        log_probs = torch.nn.functional.one_hot(labels, 17).float().log()
+        return log_probs, torch.div(lengths, 4, rounding_mode="floor")
+
+
+class LabelTokenizer:
+    vocab_size = 17
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_long_clips_decoded_in_pieces_equal_whole_decoding():
+    noise = torch.Generator().manual_seed(0)
+    waves = [torch.randn(n, generator=noise) for n in (16000 * 9 + 333, 16000 * 2, 16000 * 5)]
+    whole = Recognizer(FrameLocalModel(), LabelTokenizer(), chunk_seconds=None)
+    expected = whole.transcribe(waves)
+    assert len(expected[0].split()) > 100                   # labels change from frame to frame
+    for chunk, context in [(1.0, 0.04), (0.36, 0.2), (2.0, 1.0), (30.0, 2.0)]:
+        pieces = Recognizer(FrameLocalModel(), LabelTokenizer(), chunk_seconds=chunk,
+                            context_seconds=context, batch_frames=700)
+        assert pieces.transcribe(waves) == expected, (chunk, context)
+    # without context the features at a cut see zero padding instead of the clip
+    cut = Recognizer(FrameLocalModel(), LabelTokenizer(), chunk_seconds=1.0, context_seconds=0)
+    assert cut.transcribe(waves)[0] != expected[0]
+
+
+@pytest.mark.parametrize("option,value", [("chunk_seconds", 0.0), ("chunk_seconds", 0.01),
+                                          ("chunk_seconds", float("nan")),
+                                          ("chunk_seconds", True), ("context_seconds", -1.0),
+                                          ("context_seconds", "2")])
+def test_bad_chunk_options_are_refused(option, value):
+    with pytest.raises(ValueError, match=f"{option} must be a number of seconds >= .*, got"):
+        Recognizer(FrameLocalModel(), LabelTokenizer(), **{option: value})
