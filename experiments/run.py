@@ -200,6 +200,17 @@ def run_side_by_side(job_list, args, on_done) -> None:
             on_done(job, json.loads(rows_path.read_text()))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (anything else is a usage error naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper.yaml")
@@ -208,7 +219,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default="runs/experiments")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--parallel", type=int, default=1,
+    parser.add_argument("--parallel", type=positive_int, default=1,
                         help="jobs run side by side, each in its own process")
     parser.add_argument("--first-masks", default=None,
                         help="arm 1's checkpoint or frozen_masks.pt for the individually "

@@ -63,7 +63,8 @@ class GraphedEncoder:
     captured once as a CUDA graph, all in one memory pool, and replayed with the inputs
     copied into its buffers; on the CPU, or with use_graphs=False, the padded call runs
     eagerly. A shape whose capture fails (a host sync on some backend) runs eagerly from
-    then on. Outputs are copies: the next replay rewrites the graph's own.
+    then on. Outputs are copies: the next replay rewrites the graph's own. An empty batch
+    (B = 0) runs the model's own call, which gives (0, T', V).
     frozen_weights: keep the weights' compute-dtype copies between calls (FrozenOperands:
     written again only where a weight was replaced or changed in place by a PyTorch call)
     instead of copying them in every pass and replay; for a model that nothing trains while
@@ -80,6 +81,8 @@ class GraphedEncoder:
     def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32,
                  frozen_weights: bool = False, skip_dead_blocks: bool = False,
                  batch_streams: int = 2):
+        if isinstance(frame_step, bool) or not isinstance(frame_step, int) or frame_step < 1:
+            raise ValueError(f"frame_step must be an int >= 1, got {frame_step!r}")
         self.model, self.frame_step = model, frame_step
         self.use_graphs = use_graphs
         self.skip_dead_blocks = skip_dead_blocks
@@ -101,6 +104,8 @@ class GraphedEncoder:
                  skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
         """x (B, T', D), lengths (B,) -> log_probs (B, T', V) float32."""
         B, T = x.shape[:2]
+        if B == 0:           # no first row to pad with, nothing to replay: the model's empty output
+            return self.model.encode(x, lengths, gates, head, skip)
         PB, PT = self.shape_class(B, T)
         use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") \

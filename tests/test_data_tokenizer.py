@@ -36,6 +36,18 @@ def test_unseen_words_round_trip(tokenizer):
     assert tokenizer.decode(tokenizer.encode("Quizzical vexed jumbo")) == "quizzical vexed jumbo"
 
 
+def test_characters_of_long_texts_get_pieces():
+    """A transcript over sentencepiece's default max_sentence_length (4192 bytes) still
+    counts in training: its characters found nowhere else encode to pieces, not to the
+    unknown piece (id 1), and it round-trips."""
+    long_text = " ".join(["gamma"] * 900 + ["ωmega"])
+    tok = Tokenizer.train(["hello world", "the cat sat", long_text], vocab_size=40)
+    assert len(long_text.encode()) > 4192
+    ids = tok.encode(long_text)
+    assert 1 not in ids                         # sentencepiece's unk_id 0, ours 1
+    assert tok.decode(ids) == long_text
+
+
 def test_serialisation(tokenizer, tmp_path, texts):
     blob = tokenizer.to_bytes()
     again = Tokenizer.from_bytes(blob)

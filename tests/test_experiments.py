@@ -91,6 +91,16 @@ def test_individual_models_train_from_the_first_arms_frozen_masks_alone(tmp_path
     assert "## Reruns" in out.read_text()
 
 
+@pytest.mark.parametrize("bad", ["0", "-2", "1.5", "two"])
+def test_parallel_must_be_a_positive_int(monkeypatch, capsys, bad):
+    """--parallel 0 (or less) ran the jobs in turn as if it were 1: now a usage error."""
+    monkeypatch.setattr(sys, "argv", ["run", "--parallel", bad])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    assert exit_.value.code == 2
+    assert f"argument --parallel: must be an int >= 1, got '{bad}'" in capsys.readouterr().err
+
+
 def test_individual_arm_needs_the_first_arms_checkpoint():
     with pytest.raises(ValueError, match="run that arm first"):
         jobs("individual-flops-component", (0.5, 1.0), None, SupernetConfig())

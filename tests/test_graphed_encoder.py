@@ -44,6 +44,23 @@ def test_padding_leaves_the_rows_unchanged(backend):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_bad_frame_step_is_named():
+    for bad in (0, -32, 1.5, True, "32", None):
+        with pytest.raises(ValueError, match="frame_step must be an int >= 1, got"):
+            GraphedEncoder(None, frame_step=bad)
+
+
+@torch.no_grad()
+def test_empty_batches_give_what_the_model_gives():
+    """No sequences (B = 0: no first row to pad with), no frames, every length 0: the
+    shape of the unpadded call (CPU: the eager fallback)."""
+    model, x, lengths, gates = _model_and_inputs(3, 37)
+    encoder = GraphedEncoder(model, use_graphs=False)
+    for xs, ls in ((x[:0], lengths[:0]), (x[:, :0], lengths * 0), (x, lengths * 0)):
+        got = encoder(xs, ls, gates, 0)
+        assert got.shape == model.encode(xs, ls, gates, 0).shape == (*xs.shape[:2], 19)
+
+
 @pytest.mark.gpu
 @torch.no_grad()
 def test_gpu_graphs_replay_their_inputs():

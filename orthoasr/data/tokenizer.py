@@ -39,7 +39,10 @@ class Tokenizer:
         """Train BPE on `texts`; `vocab_size` includes the blank. Writes `model_path` if given.
 
         The vocabulary is a soft limit: on a small corpus sentencepiece may stop earlier,
-        and `vocab_size` then reports the smaller size that was reached.
+        and `vocab_size` then reports the smaller size that was reached. Every character of
+        `texts` gets a piece, so none of them encodes to the unknown piece: sentencepiece
+        would skip texts longer than its max_sentence_length (4192 bytes by default), and
+        characters found only in those, so that limit is raised to the longest text.
         """
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (blank, unk, one piece), got {vocab_size}")
@@ -50,6 +53,7 @@ class Tokenizer:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buffer, model_type="bpe",
             vocab_size=vocab_size - 1, character_coverage=1.0, hard_vocab_limit=False,
+            max_sentence_length=max(4192, *(len(line.encode()) for line in lines)),
             unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, normalization_rule_name="identity",
             num_threads=os.cpu_count() or 1, minloglevel=2)
         tokenizer = cls(model_bytes=buffer.getvalue())
