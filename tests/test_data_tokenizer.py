@@ -68,6 +68,11 @@ def test_small_corpus_soft_vocab_limit():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="vocab_size"):
         Tokenizer.train(["hello"], vocab_size=2)
+    pangram = ["the quick brown fox jumps over the lazy dog"]      # 26 letters and a boundary
+    with pytest.raises(ValueError, match=r"must be >= 29 for these texts: .* their 27 "
+                                         r"characters .*; got 28"):
+        Tokenizer.train(pangram, vocab_size=28)
+    assert Tokenizer.train(pangram, vocab_size=29).vocab_size == 29
     with pytest.raises(ValueError, match="no non-empty text"):
         Tokenizer.train(["...", ""], vocab_size=50)
     with pytest.raises(ValueError, match="exactly one"):

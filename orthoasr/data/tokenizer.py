@@ -49,6 +49,13 @@ class Tokenizer:
         lines = [t for t in (normalize_text(t) for t in texts) if t]
         if not lines:
             raise ValueError("no non-empty text to train the tokenizer on")
+        # sentencepiece gives every character (the word boundary too) a piece of its own
+        characters = set("".join(lines).replace(" ", "\u2581"))
+        if vocab_size < len(characters) + 2:
+            raise ValueError(
+                f"vocab_size (model.vocab_size in a run config) must be >= "
+                f"{len(characters) + 2} for these texts: blank, unknown and one piece for each "
+                f"of their {len(characters)} characters with the word boundary; got {vocab_size}")
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buffer, model_type="bpe",
