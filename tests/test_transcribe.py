@@ -277,6 +277,17 @@ def test_long_clips_decoded_in_pieces_equal_whole_decoding():
     assert cut.transcribe(waves)[0] != expected[0]
 
 
+@pytest.mark.gpu
+def test_long_clips_decoded_in_pieces_on_a_gpu_equal_the_cpus_whole_decoding():
+    noise = torch.Generator().manual_seed(1)
+    waves = [torch.randn(n, generator=noise) for n in (16000 * 9 + 333, 16000 * 3)]
+    expected = Recognizer(FrameLocalModel(), LabelTokenizer(), chunk_seconds=None
+                          ).transcribe(waves)
+    pieces = Recognizer(FrameLocalModel().cuda(), LabelTokenizer(), chunk_seconds=1.0,
+                        context_seconds=0.2, batch_frames=700)
+    assert pieces.transcribe(waves) == expected
+
+
 @pytest.mark.parametrize("option,value", [("chunk_seconds", 0.0), ("chunk_seconds", 0.01),
                                           ("chunk_seconds", float("nan")),
                                           ("chunk_seconds", True), ("context_seconds", -1.0),
