@@ -295,10 +295,8 @@ def run(args: argparse.Namespace) -> None:
     check_outputs(Path(args.checkpoint), Path(args.out), pt2)
     cfg = trained.model.cfg
     if args.budget is not None:
-        if args.budget not in cfg.budgets:
-            raise ValueError(f"--budget {args.budget} is not one of the run's budgets "
-                             f"{cfg.budgets}")
-        index = cfg.budgets.index(args.budget)
+        from .recognizer import budget_index  # here: recognizer imports this module
+        index = budget_index(cfg.budgets, args.budget)
     else:
         index = args.subnet
         if not 0 <= index < len(cfg.budgets):

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from orthoasr import SupernetConfig, set_backend, subnet_cost
 from orthoasr.checkpoint import kept_checkpoints
 from orthoasr.cli import main
+from orthoasr.evaluate import load_trained
 from orthoasr.export import PROGRAM_FRAMES, export_program, extract_subnet, load_subnet
 from orthoasr.model import ConformerSupernet
 
@@ -188,3 +189,14 @@ def test_export_write_errors_name_the_path_and_the_reason(run_dir, tmp_path, cap
                                  "--out", "sub.pt", "--pt2", "/proc/x.pt2"])
         assert "could not write torch.export program /proc/x.pt2: " in err, err
         assert ".tmp" not in err and "enforce fail" not in err
+
+
+def test_export_picks_a_subnet_by_budget(run_dir, tmp_path, capsys):
+    checkpoint = str(run_dir / "checkpoint.pt")
+    budgets = load_trained(checkpoint).model.cfg.budgets
+    main(["export", "--checkpoint", checkpoint, "--budget", str(budgets[1] + 1e-12),
+          "--out", str(tmp_path / "sub.pt")])               # as Recognizer: to 1e-9
+    assert load_subnet(tmp_path / "sub.pt").budget == budgets[1]
+    err = cli_error(capsys, ["export", "--checkpoint", checkpoint, "--budget", "0.55",
+                             "--out", str(tmp_path / "other.pt")])
+    assert f"budget 0.55 is not one of the run's budgets {list(budgets)}" in err, err
