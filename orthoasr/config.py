@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MODULE_KINDS = ("ffn1", "conv", "mhsa", "ffn2")
@@ -117,4 +119,16 @@ def check_budgets(budgets) -> tuple[float, ...]:
     return budgets
 
 
-__all__ = ["SupernetConfig", "check_budgets", "MODULE_KINDS", "GRANULARITIES", "CRITERIA"]
+def budget_index(budgets: Sequence[float], budget: float) -> int:
+    """Index of `budget` among a run's `budgets` (compared to 1e-9)."""
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        raise TypeError(f"budget must be a number (one of the run's budgets "
+                        f"{list(budgets)}), got {budget!r}")
+    for index, value in enumerate(budgets):
+        if math.isclose(value, budget, abs_tol=1e-9):
+            return index
+    raise ValueError(f"budget {budget} is not one of the run's budgets {list(budgets)}")
+
+
+__all__ = ["SupernetConfig", "check_budgets", "budget_index", "MODULE_KINDS", "GRANULARITIES",
+           "CRITERIA"]

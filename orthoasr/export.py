@@ -29,7 +29,7 @@ from .checkpoint import (
     save_checkpoint,
     write_atomically,
 )
-from .config import SupernetConfig
+from .config import SupernetConfig, budget_index
 from .model import HALF_STEP, VGGFrontend, block_layout, sinusoidal_positions, time_mask
 
 # the shapes a subnet's torch.export program accepts: at least 8 frames (torch.export's
@@ -295,7 +295,6 @@ def run(args: argparse.Namespace) -> None:
     check_outputs(Path(args.checkpoint), Path(args.out), pt2)
     cfg = trained.model.cfg
     if args.budget is not None:
-        from .recognizer import budget_index  # here: recognizer imports this module
         index = budget_index(cfg.budgets, args.budget)
     else:
         index = args.subnet

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import budget_index
 from .data import LogMel, Tokenizer, length_batches, load_audio
 from .decoding import best_paths, collapse_path
 from .devices import resolve_device
@@ -196,15 +197,4 @@ def _check_seconds(name: str, value, least: float) -> None:
         raise ValueError(f"{name} must be a number of seconds >= {least}, got {value!r}")
 
 
-def budget_index(budgets: Sequence[float], budget: float) -> int:
-    """Index of `budget` among a run's `budgets` (compared to 1e-9)."""
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
-        raise TypeError(f"budget must be a number (one of the run's budgets "
-                        f"{list(budgets)}), got {budget!r}")
-    for index, value in enumerate(budgets):
-        if math.isclose(value, budget, abs_tol=1e-9):
-            return index
-    raise ValueError(f"budget {budget} is not one of the run's budgets {list(budgets)}")
-
-
-__all__ = ["Recognizer", "budget_index", "chunk_windows"]
+__all__ = ["Recognizer", "chunk_windows"]
