@@ -804,9 +804,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="move a run found in the work dir aside to <work-dir>.old-N and "
                             "start a new one")
     parser.add_argument("--allow-schedule-change", action="store_true",
-                        help="with --resume: accept a different optimiser schedule (lr, "
-                             "lr_final, warmup_steps, weight_decay, betas, grad_clip, "
-                             "score_lr) than the checkpoint's; the change is recorded")
+                        help="with --resume or --resume-from: accept a different optimiser "
+                             "schedule (lr, lr_final, warmup_steps, weight_decay, betas, "
+                             "grad_clip, score_lr) than the checkpoint's; the change is recorded")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop (with a checkpoint) after this step (default: run to the "
                              "end)")
