@@ -32,8 +32,10 @@ def best_paths(log_probs: torch.Tensor, lengths: torch.Tensor,
             raise ValueError(f"vocab_size must be in [1, V={log_probs.shape[-1]}], got "
                              f"{vocab_size}")
         log_probs = log_probs[..., :vocab_size]
-    best = log_probs.argmax(dim=-1).cpu().tolist()                      # one host transfer
-    return [row[:max(length, 0)] for row, length in zip(best, lengths.tolist(), strict=True)]
+    best = log_probs.argmax(dim=-1)                                     # [B, T]
+    # each row's length ahead of its labels: one host transfer for both
+    rows = torch.cat([lengths.to(best)[:, None], best], dim=1).cpu().tolist()
+    return [row[1:1 + max(row[0], 0)] for row in rows]
 
 
 def collapse_path(path: Sequence[int], blank: int = 0) -> list[int]:
