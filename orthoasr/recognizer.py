@@ -14,6 +14,9 @@ with the square of a clip's length, and a model sees clips as long as its traini
 Each piece keeps `chunk_seconds` of output frames and also sees `context_seconds` of audio
 on each side; the pieces' frame labels are joined before repeats and blanks are removed, so
 a word across a cut is not lost or doubled.
+
+Silence is cut out first (`silence_db`, orthoasr.silence): each voiced segment of a
+recording is decoded alone (in pieces if long) and the segments' texts are joined by spaces.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from .devices import resolve_device
 from .export import CompactConformer, load_subnet
 from .graphs import GraphedEncoder
 from .model import ConformerSupernet
+from .silence import THRESHOLD_DB, check_number, voiced_spans
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
 CHUNK_SECONDS, CONTEXT_SECONDS = 30.0, 2.0
+SILENCE_DB = THRESHOLD_DB
 
 
 class Recognizer:
@@ -45,12 +50,16 @@ class Recognizer:
     nothing trains the model while this Recognizer is in use, so a supernet's encoder keeps
     its weights' compute-dtype copies between calls (GraphedEncoder); from_checkpoint's
     model is its own. chunk_seconds, context_seconds: clips longer than chunk_seconds + 2 x
-    context_seconds are decoded in pieces (module docstring); chunk_seconds None: whole."""
+    context_seconds are decoded in pieces (module docstring); chunk_seconds None: whole.
+    silence_db: frames more than this many dB under a recording's loudest are silence, and
+    only the voiced segments between silences are decoded (orthoasr.silence.voiced_spans);
+    None: each recording is decoded whole, silence included."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
                  head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False,
                  chunk_seconds: float | None = CHUNK_SECONDS,
-                 context_seconds: float = CONTEXT_SECONDS):
+                 context_seconds: float = CONTEXT_SECONDS,
+                 silence_db: float | None = SILENCE_DB):
         if isinstance(model, ConformerSupernet) == (gates is None):
             raise ValueError("gates are needed with a ConformerSupernet and only with it")
         if batch_frames < 1:
@@ -58,6 +67,9 @@ class Recognizer:
         _check_seconds("context_seconds", context_seconds, 0.0)
         if chunk_seconds is not None:
             _check_seconds("chunk_seconds", chunk_seconds, FRAME_SECONDS)
+        if silence_db is not None:
+            check_number("silence_db", silence_db, above=0.0)
+        self.silence_db = silence_db
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
         self.gates = None if gates is None else gates.to(self.device)
@@ -77,11 +89,12 @@ class Recognizer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget: float | None = None,
                         device: str = "cpu", *, chunk_seconds: float | None = CHUNK_SECONDS,
-                        context_seconds: float = CONTEXT_SECONDS) -> Recognizer:
+                        context_seconds: float = CONTEXT_SECONDS,
+                        silence_db: float | None = SILENCE_DB) -> Recognizer:
         """The subnet of `budget` (one of the run's budgets; None: the largest) of training
         checkpoint `path`. A stage-1 checkpoint has no frozen subnets: only the full
-        supernet (budget None) is available from it. chunk_seconds, context_seconds: as in
-        Recognizer."""
+        supernet (budget None) is available from it. chunk_seconds, context_seconds,
+        silence_db: as in Recognizer."""
         from .evaluate import load_trained
         trained = load_trained(path, resolve_device(device))
         budgets = list(trained.model.cfg.budgets)
@@ -96,46 +109,61 @@ class Recognizer:
                                                                                   budget)
             gates = trained.subnet_gates(head)
         return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True,
-                   chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+                   chunk_seconds=chunk_seconds, context_seconds=context_seconds,
+                   silence_db=silence_db)
 
     @classmethod
     def from_subnet(cls, path: str | Path, device: str = "cpu", *,
                     chunk_seconds: float | None = CHUNK_SECONDS,
-                    context_seconds: float = CONTEXT_SECONDS) -> Recognizer:
+                    context_seconds: float = CONTEXT_SECONDS,
+                    silence_db: float | None = SILENCE_DB) -> Recognizer:
         """An exported subnet (`orthoasr export`), which carries its tokenizer.
-        chunk_seconds, context_seconds: as in Recognizer."""
+        chunk_seconds, context_seconds, silence_db: as in Recognizer."""
         sub: CompactConformer = load_subnet(path, map_location=resolve_device(device))
         if sub.tokenizer_bytes is None:
             raise ValueError(f"subnet {path} was saved without its tokenizer; export it again "
                              "with `orthoasr export` (which stores it)")
         return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
-                   context_seconds=context_seconds)
+                   context_seconds=context_seconds, silence_db=silence_db)
 
     @torch.no_grad()
     def transcribe(self, paths_or_waveforms: Sequence[Audio]) -> list[str]:
         """One transcript per item, in order. Items: audio file paths (WAV, FLAC; any rate
-        and channel count) or 1-D waveforms at 16 kHz. Clips under 40 ms (4 feature
-        frames) get an empty transcript."""
+        and channel count) or 1-D waveforms at 16 kHz. A recording's text is its voiced
+        segments' texts joined by single spaces; all silent, or under 40 ms (4 feature
+        frames): ""."""
         if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
                             f"{type(paths_or_waveforms).__name__}; wrap it in a list")
         waves = [self._waveform(i, item) for i, item in enumerate(paths_or_waveforms)]
-        pieces = []                         # (item, its samples, the output frames to keep)
-        for i, wave in enumerate(waves):
-            if len(wave) >= self.min_samples:
-                for first, end, keep in chunk_windows(len(wave), self.min_samples,
+        segments = [(i, wave[start:end]) for i, wave in enumerate(waves)    # (item, samples)
+                    for start, end in self._voiced_spans(wave)]
+        pieces = []                     # (segment, its samples, the output frames to keep)
+        for s, (_, segment) in enumerate(segments):
+            if len(segment) >= self.min_samples:
+                for first, end, keep in chunk_windows(len(segment), self.min_samples,
                                                       self.chunk_frames, self.context_frames):
-                    pieces.append((i, wave[first:end], keep))
+                    pieces.append((s, segment[first:end], keep))
         kept: list[list[int]] = [[] for _ in pieces]
         sizes = [len(samples) // self.logmel.hop for _, samples, _ in pieces]
         for batch in length_batches(sizes, self.batch_frames):
             paths = self._best_paths([pieces[j][1] for j in batch])
             for j, path in zip(batch, paths, strict=True):
                 kept[j] = path[pieces[j][2]]
-        labels: list[list[int]] = [[] for _ in waves]
-        for (i, _, _), path in zip(pieces, kept, strict=True):     # pieces are in order
-            labels[i] += path
-        return [self.tokenizer.decode(collapse_path(path)) for path in labels]
+        labels: list[list[int]] = [[] for _ in segments]
+        for (s, _, _), path in zip(pieces, kept, strict=True):     # pieces are in order
+            labels[s] += path
+        texts: list[list[str]] = [[] for _ in waves]
+        for (i, _), path in zip(segments, labels, strict=True):
+            texts[i].append(self.tokenizer.decode(collapse_path(path)))
+        return [" ".join(text for text in item if text) for item in texts]
+
+    def _voiced_spans(self, wave: torch.Tensor) -> list[tuple[int, int]]:
+        """The [(start, end)] sample spans of `wave` to decode: all of it, or its voiced
+        segments."""
+        if self.silence_db is None:
+            return [(0, len(wave))]
+        return voiced_spans(wave, self.silence_db)
 
     def _waveform(self, index: int, item: Audio) -> torch.Tensor:
         """Item `index` of a transcribe call as a 1-D float32 waveform at 16 kHz."""

@@ -3,9 +3,11 @@
     orthoasr transcribe --checkpoint runs/demo/checkpoint.pt --budget 0.4 a.wav b.flac
     orthoasr transcribe --subnet runs/demo/sub.pt a.wav
 
-Prints one line per file, `<path>\\t<text>`, in the order given. A file that cannot be read
-(missing, empty, corrupt, not audio) gets a line on stderr naming it and the reason; the
-other files are still transcribed, and the exit status is 1.
+Prints one line per file, `<path>\\t<text>`, in the order given. Each recording's silent
+stretches are cut out first and its voiced segments decoded (`--silence-db`; `off` decodes
+each file whole). A file that cannot be read (missing, empty, corrupt, not audio) gets a
+line on stderr naming it and the reason; the other files are still transcribed, and the
+exit status is 1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import argparse
 import sys
 
 from .data import AudioError, load_audio
-from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, Recognizer
+from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, SILENCE_DB, Recognizer
+from .silence import MIN_GAP_SECONDS
 
 READ_FAILURE = 1
 
@@ -31,6 +34,18 @@ def read_files(paths: list[str]) -> tuple[dict, dict]:
     return waves, failures
 
 
+def silence_db(text: str) -> float | None:
+    """--silence-db's value: a number of dB, or off / 0 (None: no splitting)."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of dB or 'off', got {text!r}"
+                                         ) from None
+    return None if value == 0 else value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="training checkpoint.pt (a subnet of it: --budget)")
@@ -45,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context-seconds", type=float, default=CONTEXT_SECONDS,
                         help="audio each piece also sees on either side (default "
                              f"{CONTEXT_SECONDS:g})")
+    parser.add_argument("--silence-db", type=silence_db, default=SILENCE_DB, metavar="DB",
+                        help="decode only the voiced segments of each recording: 10 ms "
+                             "frames more than DB dB under its loudest are silence, and "
+                             f"silences of {MIN_GAP_SECONDS:g} s or more split it (default "
+                             f"{SILENCE_DB:g}; off or 0: decode each file whole, silence "
+                             "included, which the demo's model misreads)")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit or float, any rate and channels) or FLAC")
 
@@ -53,13 +74,13 @@ def run(args: argparse.Namespace) -> None:
     if args.subnet is not None and args.budget is not None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
-    pieces = {"chunk_seconds": args.chunk_seconds or None,       # 0: whole
-              "context_seconds": args.context_seconds}
+    options = {"chunk_seconds": args.chunk_seconds or None,       # 0: whole
+               "context_seconds": args.context_seconds, "silence_db": args.silence_db}
     if args.subnet is not None:
-        recognizer = Recognizer.from_subnet(args.subnet, device=args.device, **pieces)
+        recognizer = Recognizer.from_subnet(args.subnet, device=args.device, **options)
     else:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
-                                                **pieces)
+                                                **options)
     waves, failures = read_files(args.files)
     texts = dict(zip(waves, recognizer.transcribe(list(waves.values())), strict=True))
     for path in args.files:

@@ -1,6 +1,7 @@
 """`Recognizer` against the masked supernet's own decoding (evaluate.transcribe), exported
 subnets, waveforms and batching; `orthoasr transcribe` on good files, formats (8 kHz stereo,
-24-bit, float, FLAC) and bad ones (missing, corrupt among good ones, empty)."""
+24-bit, float, FLAC), bad ones (missing, corrupt among good ones, empty) and silence
+(`--silence-db`; the splitter itself: tests/test_silence.py)."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from orthoasr.cli import main as cli_main
 from orthoasr.data import load_manifest
 from orthoasr.evaluate import load_trained, transcribe
 from orthoasr.recognizer import chunk_windows
+from orthoasr.silence import voiced_spans
 from orthoasr.train import CHECKPOINT, train
 
 soundfile = pytest.importorskip("soundfile")  # a test need (install_requires has it)
@@ -188,6 +190,32 @@ def test_cli_usage_errors(run, tmp_path, capsys):
     code, lines, _ = cli(capsys, "--subnet", str(tmp_path / "sub.pt"), run["paths"][0])
     expected = Recognizer.from_checkpoint(run["checkpoint"], 0.7).transcribe(run["paths"][:1])
     assert code == 0 and lines == [f"{run['paths'][0]}\t{expected[0]}"]
+
+
+def test_cli_cuts_silence_out_unless_told_not_to(run, tmp_path, capsys, reference_backend):
+    """Two clips with 0.5 s of zeros between: by default each voiced segment is decoded
+    alone and the texts joined; `--silence-db off` (or 0) decodes the file whole."""
+    waves = [soundfile.read(p, dtype="float32")[0] for p in run["paths"][:2]]
+    joined = np.concatenate([waves[0], np.zeros(8000, np.float32), waves[1]])
+    path = str(tmp_path / "two.wav")
+    soundfile.write(path, joined, 16000, subtype="FLOAT")
+    split = Recognizer.from_checkpoint(run["checkpoint"], 0.4).transcribe([joined])[0]
+    whole_rec = Recognizer.from_checkpoint(run["checkpoint"], 0.4, silence_db=None)
+    whole = whole_rec.transcribe([joined])[0]
+    segments = [joined[start:end] for start, end in voiced_spans(torch.from_numpy(joined))]
+    assert len(segments) == 2 and split == " ".join(whole_rec.transcribe(segments))
+    assert split != whole
+    for flags, expected in (([], split), (["--silence-db", "40"], split),
+                            (["--silence-db", "off"], whole), (["--silence-db", "0"], whole)):
+        code, lines, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--budget", "0.4",
+                               *flags, path)
+        assert code == 0 and lines == [f"{path}\t{expected}"], (flags, err)
+    code, _, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--silence-db", "loud",
+                       path)
+    assert code == 2 and "expected a number of dB or 'off', got 'loud'" in err
+    code, _, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), "--silence-db", "-5",
+                       path)
+    assert code == 2 and "silence_db must be a finite number > 0.0, got -5.0" in err
 
 
 def test_labels_beyond_the_tokenizers_vocabulary_are_never_decoded(run, tmp_path):

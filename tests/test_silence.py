@@ -1,0 +1,173 @@
+"""`voiced_spans` on synthetic signals (tones between zeros and between low noise, short and
+long gaps, margins at the ends, silence alone, bad arguments), and `Recognizer(silence_db=)`
+with stand-in models: a clip without silence reads the same, and the silence that makes a
+level-reading model misread speech is cut out."""
+
+import math
+
+import pytest
+import torch
+from test_transcribe import FrameLocalModel, LabelTokenizer
+
+from orthoasr import Recognizer
+from orthoasr.silence import voiced_spans
+
+RATE, FRAME = 16000, 160                            # samples a second, in a 10 ms frame
+
+
+def tone(seconds, amplitude=0.5, hz=440.0):
+    t = torch.arange(round(seconds * RATE)) / RATE
+    return amplitude * torch.sin(2 * math.pi * hz * t)
+
+
+def layout(parts):
+    """parts: [(kind, seconds)] with kind "tone", "zeros" or "noise" (60 dB under the tones)
+    -> (wave, [(start, end)] sample spans of the tones)."""
+    noise = torch.Generator().manual_seed(len(parts))
+    waves, tones, at = [], [], 0
+    for kind, seconds in parts:
+        n = round(seconds * RATE)
+        if kind == "tone":
+            waves.append(tone(seconds))
+            tones.append((at, at + n))
+        else:
+            level = 0.0 if kind == "zeros" else 0.5 * 10 ** (-60 / 20)
+            waves.append(level * torch.randn(n, generator=noise))
+        at += n
+    return torch.cat(waves), tones
+
+
+def random_seconds(generator, low, high):
+    """A length in seconds that is no whole number of frames, so edges fall inside frames."""
+    return low + (high - low) * float(torch.rand(1, generator=generator)) + 37 / RATE
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tones_between_zeros_and_low_noise_are_found_within_a_frame(seed):
+    draw = torch.Generator().manual_seed(seed)
+    gap, noise_gap = random_seconds(draw, 0.3, 0.6), random_seconds(draw, 0.3, 0.6)
+    wave, tones = layout([("zeros", random_seconds(draw, 0.2, 0.5)),
+                          ("tone", random_seconds(draw, 0.2, 0.6)), ("zeros", gap),
+                          ("tone", random_seconds(draw, 0.2, 0.6)), ("noise", noise_gap),
+                          ("tone", random_seconds(draw, 0.2, 0.6)),
+                          ("zeros", random_seconds(draw, 0.2, 0.5))])
+    spans = voiced_spans(wave, threshold_db=40, min_gap_seconds=0.2, margin_seconds=0)
+    assert len(spans) == 3
+    for (start, end), (tone_start, tone_end) in zip(spans, tones, strict=True):
+        assert abs(start - tone_start) < FRAME and abs(end - tone_end) < FRAME
+    # the noise 60 dB down is voiced once the threshold reaches under it: two segments
+    assert len(voiced_spans(wave, threshold_db=70, min_gap_seconds=0.2, margin_seconds=0)) == 2
+    widened = voiced_spans(wave, threshold_db=40, min_gap_seconds=0.2, margin_seconds=0.05)
+    for (start, end), (inner_start, inner_end) in zip(widened, spans, strict=True):
+        assert (inner_start - start, end - inner_end) == (800, 800)     # 50 ms each side
+
+
+def test_gaps_shorter_than_min_gap_do_not_split():
+    wave, tones = layout([("zeros", 0.5), ("tone", 0.3), ("zeros", 0.08), ("tone", 0.3),
+                          ("zeros", 0.15), ("tone", 0.3), ("zeros", 0.5)])
+    spans = voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0)
+    assert spans == [(tones[0][0], tones[1][1]), (tones[2][0], tones[2][1])]
+    assert len(voiced_spans(wave, min_gap_seconds=0.2, margin_seconds=0)) == 1
+    assert len(voiced_spans(wave, min_gap_seconds=0.0, margin_seconds=0)) == 3
+    # margins that make segments touch join them
+    assert len(voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0.08)) == 1
+
+
+def test_short_silence_at_the_ends_stays_and_margins_are_clipped():
+    wave, tones = layout([("zeros", 0.05), ("tone", 0.5), ("zeros", 0.07)])
+    assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0) == [(0, len(wave))]
+    wave, tones = layout([("zeros", 0.15), ("tone", 0.5), ("zeros", 0.2)])
+    assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0) == tones
+    assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0.3) == [(0, len(wave))]
+    assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0.1) == [
+        (tones[0][0] - 1600, tones[0][1] + 1600)]
+
+
+def test_silence_alone_has_no_segments():
+    assert voiced_spans(torch.zeros(16000)) == []
+    assert voiced_spans(torch.zeros(0)) == []
+    assert voiced_spans(torch.zeros(100)) == []
+    assert voiced_spans(tone(0.003)) == [(0, 48)]           # under one frame, still voiced
+
+
+@pytest.mark.parametrize("argument,value", [
+    ("threshold_db", 0), ("threshold_db", -40.0), ("threshold_db", float("nan")),
+    ("threshold_db", True), ("threshold_db", "40"), ("min_gap_seconds", -0.1),
+    ("min_gap_seconds", float("inf")), ("margin_seconds", -0.01),
+    ("margin_seconds", None), ("sample_rate", 16000.0), ("sample_rate", 0)])
+def test_bad_arguments_are_refused_by_name(argument, value):
+    with pytest.raises(ValueError, match=f"{argument} must be .*, got {value!r}"):
+        voiced_spans(tone(0.5), **{argument: value})
+
+
+def test_a_waveform_must_be_one_dimensional():
+    with pytest.raises(ValueError, match=r"wave must be 1-D \(samples\), got shape \(2, 80\)"):
+        voiced_spans(torch.ones(2, 80))
+
+
+class LevelModel(FrameLocalModel):
+    """A stand-in that reads loudness as the demo's model came to: output frame f is label 2
+    if feature frames 4f..4f+3 lie above the utterance's mean (the features are normalised
+    over each utterance), else 1. Silence in a clip lowers that mean, so soft speech near
+    it reads as loud."""
+
+    def forward(self, feats, lengths):
+        batch, frames = feats.shape[0], feats.shape[1] // 4
+        level = feats[:, :4 * frames].reshape(batch, frames, -1).mean(-1)
+        labels = 1 + (level > 0).long()
+        log_probs = torch.nn.functional.one_hot(labels, 17).float().log()
+        return log_probs, torch.div(lengths, 4, rounding_mode="floor")
+
+
+def bursts(amplitudes, seed):
+    """Noise bursts of 0.2 s (5 output frames) at the given amplitudes, one after another."""
+    noise = torch.Generator().manual_seed(seed)
+    return torch.cat([a * torch.randn(3200, generator=noise) for a in amplitudes])
+
+
+def test_splitting_cuts_out_the_silence_that_misleads_a_level_reading_model():
+    loud_soft = bursts([1.0, 0.1, 1.0, 0.1, 1.0], seed=0)           # 20 dB apart
+    soft_loud = bursts([0.1, 1.0, 0.1], seed=1)
+    whole = Recognizer(LevelModel(), LabelTokenizer(), silence_db=None)
+    assert whole.transcribe([loud_soft, soft_loud]) == ["2 1 2 1 2", "1 2 1"]
+    split = Recognizer(LevelModel(), LabelTokenizer())
+    low_noise = 10 ** (-60 / 20) * torch.randn(12000, generator=torch.Generator().manual_seed(2))
+    recordings = [torch.cat([loud_soft, torch.zeros(8000), soft_loud]),
+                  torch.cat([loud_soft, torch.zeros(32000), soft_loud]),
+                  torch.cat([loud_soft, low_noise, soft_loud]),
+                  torch.cat([torch.zeros(4800), soft_loud, torch.zeros(4800), soft_loud,
+                             torch.zeros(4800)])]
+    expected = ["2 1 2 1 2 1 2 1"] * 3 + ["1 2 1 1 2 1"]
+    assert split.transcribe(recordings) == expected
+    misread = whole.transcribe(recordings)
+    assert all(m != e for m, e in zip(misread, expected, strict=True)), misread
+    split.batch_frames = 1                                  # one segment per batch
+    assert split.transcribe(recordings[::-1]) == expected[::-1]
+
+
+def test_splitting_leaves_clips_without_silence_as_they_were():
+    """Noise clips (every frame voiced), one long enough to be decoded in pieces."""
+    noise = torch.Generator().manual_seed(3)
+    waves = [torch.randn(n, generator=noise) for n in (16000 * 9 + 333, 16000 * 2, 5000)]
+    for chunk_seconds in (None, 1.0):
+        whole = Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=None,
+                           chunk_seconds=chunk_seconds)
+        split = Recognizer(FrameLocalModel(), LabelTokenizer(), chunk_seconds=chunk_seconds)
+        expected = whole.transcribe(waves)
+        assert len(expected[0].split()) > 100
+        assert split.transcribe(waves) == expected
+
+
+def test_a_silent_recording_transcribes_to_nothing():
+    split = Recognizer(FrameLocalModel(), LabelTokenizer())
+    noise = torch.randn(16000, generator=torch.Generator().manual_seed(4))
+    texts = split.transcribe([torch.zeros(32000), noise, torch.zeros(10)])
+    assert texts[0] == "" and texts[1] != "" and texts[2] == ""
+    assert Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=None).transcribe(
+        [torch.zeros(32000)]) == ["1"]                       # silence read as a label
+
+
+@pytest.mark.parametrize("value", [0, -20.0, float("inf"), "40", True])
+def test_bad_silence_db_is_refused(value):
+    with pytest.raises(ValueError, match=f"silence_db must be .*, got {value!r}"):
+        Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=value)
