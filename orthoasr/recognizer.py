@@ -4,8 +4,11 @@ subnet, its tokenizer and the feature extractor it was trained with.
     rec = Recognizer.from_checkpoint("runs/demo/checkpoint.pt", budget=0.4)
     rec = Recognizer.from_subnet("runs/demo/sub.pt")       # exports carry their tokenizer
     rec.transcribe(["a.wav", "b.flac", waveform_16k])     # -> ["put the red ...", ...]
+    rec.transcribe_iter(paths)      # an iterator: each text as soon as it is decoded
 
 Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D at 16 kHz.
+Items are read as they are needed and decoded in groups of about `group_seconds` of audio,
+so a long list of files is never in memory at once and the first texts come out early.
 Utterances are decoded greedily in batches of similar length; on a GPU a supernet's encoder
 is replayed from CUDA graphs of padded shape classes (orthoasr.graphs.GraphedEncoder).
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,11 @@ from .silence import THRESHOLD_DB, check_number, voiced_spans
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
 CHUNK_SECONDS, CONTEXT_SECONDS = 30.0, 2.0
+# audio decoded together by transcribe_iter: four full batches at the default batch_frames
+# (40,000 10 ms frames: 400 s), enough for batches of similar length to fill up; 100 MB of
+# float32 samples; a group's decoding takes ~3 minutes with the paper-size model on 2 CPU
+# cores (README: 64 s for a 10-minute recording)
+GROUP_SECONDS = 1600.0
 SILENCE_DB = THRESHOLD_DB
 
 
@@ -126,16 +134,47 @@ class Recognizer:
         return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
                    context_seconds=context_seconds, silence_db=silence_db)
 
-    @torch.no_grad()
     def transcribe(self, paths_or_waveforms: Sequence[Audio]) -> list[str]:
         """One transcript per item, in order. Items: audio file paths (WAV, FLAC; any rate
         and channel count) or 1-D waveforms at 16 kHz. A recording's text is its voiced
         segments' texts joined by single spaces; all silent, or under 40 ms (4 feature
-        frames): ""."""
+        frames): "". Decoded as `transcribe_iter` does, so a long list of paths is not read
+        into memory at once."""
+        return list(self.transcribe_iter(paths_or_waveforms))
+
+    def transcribe_iter(self, paths_or_waveforms: Iterable[Audio],
+                        group_seconds: float = GROUP_SECONDS) -> Iterator[str]:
+        """`transcribe` for a stream (any iterable, a generator too): each item's text, in
+        order, as soon as it and every item before it are decoded. Items are pulled one at
+        a time and decoded in groups of consecutive items; a group is decoded and dropped
+        as soon as its audio reaches group_seconds, so less than group_seconds of audio
+        plus one item is held at once (an item longer than group_seconds is a group alone,
+        or the last of one). 0: each item alone. Grouping does not change the texts
+        (tested). A bare path or waveform is a TypeError here; a bad item, a ValueError
+        when it is pulled, naming its index in the whole stream."""
         if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
                             f"{type(paths_or_waveforms).__name__}; wrap it in a list")
-        waves = [self._waveform(i, item) for i, item in enumerate(paths_or_waveforms)]
+        _check_seconds("group_seconds", group_seconds, 0.0)
+        return self._texts_by_group(paths_or_waveforms,
+                                    group_samples=group_seconds * self.logmel.sample_rate)
+
+    def _texts_by_group(self, items: Iterable[Audio], group_samples: float) -> Iterator[str]:
+        group: list[torch.Tensor] = []
+        held = 0                                    # samples in group
+        for index, item in enumerate(items):        # index: the item's in the whole call
+            group.append(self._waveform(index, item))
+            held += len(group[-1])
+            if held >= group_samples:
+                texts, group, held = self._decode(group), [], 0     # drop the audio
+                yield from texts
+        texts, group = self._decode(group), []         # the last, short group (or none)
+        yield from texts
+
+    @torch.no_grad()
+    def _decode(self, waves: list[torch.Tensor]) -> list[str]:
+        """The texts of 1-D waveforms: their voiced segments, in pieces where long, decoded
+        in batches of similar length."""
         segments = [(i, wave[start:end]) for i, wave in enumerate(waves)    # (item, samples)
                     for start, end in self._voiced_spans(wave)]
         pieces = []                     # (segment, its samples, the output frames to keep)

@@ -3,35 +3,75 @@
     orthoasr transcribe --checkpoint runs/demo/checkpoint.pt --budget 0.4 a.wav b.flac
     orthoasr transcribe --subnet runs/demo/sub.pt a.wav
 
-Prints one line per file, `<path>\\t<text>`, in the order given. Each recording's silent
+Prints one line per file, `<path>\\t<text>`, in the order given, each as soon as it and
+the files before it are transcribed: files are read one at a time as the recognizer needs
+them and decoded in groups of about `--group-seconds` of audio, so a long list is never in
+memory at once and an interrupted run keeps the lines it printed. Each recording's silent
 stretches are cut out first and its voiced segments decoded (`--silence-db`; `off` decodes
-each file whole). A file that cannot be read (missing, empty, corrupt, not audio) gets a
-line on stderr naming it and the reason; the other files are still transcribed, and the
-exit status is 1.
+each file whole). A file that cannot be read (missing, empty, corrupt, not audio, or
+holding NaN samples) gets a line on stderr naming it and the reason, in its place among the
+others; the other files are still transcribed, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
+from collections.abc import Iterator
+
+import torch
 
 from .data import AudioError, load_audio
-from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, SILENCE_DB, Recognizer
+from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, GROUP_SECONDS, SILENCE_DB, Recognizer
 from .silence import MIN_GAP_SECONDS
 
 READ_FAILURE = 1
 
 
-def read_files(paths: list[str]) -> tuple[dict, dict]:
-    """({path: 16 kHz mono waveform} of the readable files, {path: reason} of the others)."""
-    waves, failures = {}, {}
-    for path in paths:
-        try:
-            waves[path] = load_audio(path)
-        except (AudioError, OSError, RuntimeError) as err:
-            reason = " ".join(str(err).split()) or type(err).__name__
-            failures[path] = reason.removeprefix(f"{path}: ")   # AudioError names the file
-    return waves, failures
+def read_file(path: str) -> torch.Tensor:
+    """path's 16 kHz mono waveform (S,); AudioError if it holds NaN or inf, which would
+    stop the recognizer (and so the files after it)."""
+    wave = load_audio(path)
+    if not bool(torch.isfinite(wave).all()):
+        raise AudioError("holds NaN or inf samples")
+    return wave
+
+
+def print_transcripts(recognizer: Recognizer, paths: list[str],
+                      group_seconds: float = GROUP_SECONDS) -> int:
+    """Print `<path>\\t<text>` for each file of `paths`, and a stderr line for each file
+    that cannot be read, in the order of `paths`, each as soon as the files before it are
+    printed; files are read one at a time, as `recognizer.transcribe_iter` pulls them.
+    Returns how many files could not be read."""
+    # the files read but not yet printed, in order: (path, None or why it cannot be read)
+    waiting: deque[tuple[str, str | None]] = deque()
+    unreadable = 0
+
+    def print_failures():
+        """The unreadable files at the head of `waiting`: every file before them is out."""
+        while waiting and waiting[0][1] is not None:
+            path, reason = waiting.popleft()
+            print(f"orthoasr: cannot read {path}: {reason}", file=sys.stderr, flush=True)
+
+    def readable_waves() -> Iterator[torch.Tensor]:
+        nonlocal unreadable
+        for path in paths:
+            try:
+                wave = read_file(path)
+            except (AudioError, OSError, RuntimeError) as err:
+                reason = " ".join(str(err).split()) or type(err).__name__
+                waiting.append((path, reason.removeprefix(f"{path}: ")))  # AudioError names it
+                unreadable += 1
+                print_failures()
+                continue
+            waiting.append((path, None))
+            yield wave
+
+    for text in recognizer.transcribe_iter(readable_waves(), group_seconds):
+        print(f"{waiting.popleft()[0]}\t{text}", flush=True)
+        print_failures()
+    return unreadable
 
 
 def silence_db(text: str) -> float | None:
@@ -66,6 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"silences of {MIN_GAP_SECONDS:g} s or more split it (default "
                              f"{SILENCE_DB:g}; off or 0: decode each file whole, silence "
                              "included, which the demo's model misreads)")
+    parser.add_argument("--group-seconds", type=float, default=GROUP_SECONDS,
+                        help="decode files in groups of about this much audio, printing "
+                             "each group's lines when it is done (default "
+                             f"{GROUP_SECONDS:g}; less: lines sooner, smaller batches; 0: "
+                             "each file alone)")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit or float, any rate and channels) or FLAC")
 
@@ -81,17 +126,11 @@ def run(args: argparse.Namespace) -> None:
     else:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
                                                 **options)
-    waves, failures = read_files(args.files)
-    texts = dict(zip(waves, recognizer.transcribe(list(waves.values())), strict=True))
-    for path in args.files:
-        if path in texts:
-            print(f"{path}\t{texts[path]}", flush=True)
-        else:
-            print(f"orthoasr: cannot read {path}: {failures[path]}", file=sys.stderr)
-    if failures:
-        print(f"orthoasr: {len(failures)} of {len(args.files)} file(s) could not be read",
+    unreadable = print_transcripts(recognizer, args.files, args.group_seconds)
+    if unreadable:
+        print(f"orthoasr: {unreadable} of {len(args.files)} file(s) could not be read",
               file=sys.stderr)
         raise SystemExit(READ_FAILURE)
 
 
-__all__ = ["read_files", "add_arguments", "run"]
+__all__ = ["read_file", "print_transcripts", "add_arguments", "run"]

@@ -92,6 +92,17 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
         rec.transcribe([waves[0], poisoned])
 
 
+def test_grouping_leaves_the_transcripts_unchanged(run, reference_backend):
+    """`transcribe_iter` decodes the items in groups of about group_seconds of audio (0:
+    each alone; tests/test_transcribe_stream.py), so the batches change with the groups:
+    length_batches pads each to its longest, and the features and outputs of the valid
+    frames do not depend on the padding."""
+    rec = Recognizer.from_checkpoint(run["checkpoint"], 0.4)
+    expected = rec.transcribe(run["paths"])                     # one group, one batch
+    for group_seconds in (0, 1.0, 2.5):         # 1 clip a group; 1-2; 2-4 (of 0.5-1.1 s)
+        assert list(rec.transcribe_iter(run["paths"], group_seconds)) == expected
+
+
 def test_bad_budget_is_refused(run):
     with pytest.raises(ValueError, match=r"budget 0\.5 is not one of the run's budgets"):
         Recognizer.from_checkpoint(run["checkpoint"], 0.5)
