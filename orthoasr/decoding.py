@@ -40,8 +40,29 @@ def best_paths(log_probs: torch.Tensor, lengths: torch.Tensor,
 
 def collapse_path(path: Sequence[int], blank: int = 0) -> list[int]:
     """Frame labels -> CTC labels: repeats merged, then blanks removed."""
-    return [label for i, label in enumerate(path)
-            if label != blank and (i == 0 or label != path[i - 1])]
+    return [label for label, _, _ in token_runs(path, blank)]
+
+
+def label_text(tokenizer, labels: Sequence[int]) -> str:
+    """CTC labels -> their text: the tokenizer's decoding with its words separated by single
+    spaces (a model may emit a word boundary alone, "▁", next to a word's first token, which
+    sentencepiece decodes as two spaces)."""
+    return " ".join(tokenizer.decode(labels).split())
+
+
+def token_runs(path: Sequence[int], blank: int = 0) -> list[tuple[int, int, int]]:
+    """Frame labels (T,) -> the CTC labels collapse_path keeps, each with the frames of its
+    run of repeats, [(label, first frame, end frame)]: [0, 5, 5, 0, 5, 3] -> [(5, 1, 3),
+    (5, 4, 5), (3, 5, 6)] (word timestamps: orthoasr.timestamps)."""
+    runs: list[tuple[int, int, int]] = []
+    for frame, label in enumerate(path):
+        if label == blank:
+            continue
+        if frame and path[frame - 1] == label:
+            runs[-1] = (label, runs[-1][1], frame + 1)
+        else:
+            runs.append((label, frame, frame + 1))
+    return runs
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:

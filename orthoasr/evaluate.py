@@ -86,7 +86,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     frozen_weights: nothing trains `model` meanwhile (GraphedEncoder's). Modules
     whose gates are all 0 in a subnet are left out of its passes (model.dead_modules)."""
     from .data import LogMel, SpeechDataset, collate, length_batches
-    from .decoding import greedy_ctc_decode
+    from .decoding import greedy_ctc_decode, label_text
     from .graphs import GraphedEncoder
     logmel = LogMel(n_mels=model.cfg.num_mel_bins).to(device)
     dataset = SpeechDataset(records, tokenizer)
@@ -113,7 +113,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
                 log_probs = encoder(x, out_lengths, gates, head, skips[s])
                 for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths,
                                                             vocab_size=tokenizer.vocab_size)):
-                    hyps[s][j] = tokenizer.decode(list(ids))
+                    hyps[s][j] = label_text(tokenizer, ids)
     return hyps
 
 

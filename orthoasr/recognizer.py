@@ -5,6 +5,8 @@ subnet, its tokenizer and the feature extractor it was trained with.
     rec = Recognizer.from_subnet("runs/demo/sub.pt")       # exports carry their tokenizer
     rec.transcribe(["a.wav", "b.flac", waveform_16k])     # -> ["put the red ...", ...]
     rec.transcribe_iter(paths)      # an iterator: each text as soon as it is decoded
+    rec.transcribe(paths, timestamps=True)   # -> [Transcript(text, words=[Word(text,
+                                             #     start, end), ...]), ...] (seconds)
 
 Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D at 16 kHz.
 Items are read as they are needed and decoded in groups of about `group_seconds` of audio,
@@ -26,8 +28,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,14 +39,17 @@ from torch import nn
 
 from .config import budget_index
 from .data import LogMel, Tokenizer, length_batches, load_audio
-from .decoding import best_paths, collapse_path
+from .decoding import best_paths, collapse_path, label_text, token_runs
 from .devices import resolve_device
 from .export import CompactConformer, load_subnet
 from .graphs import GraphedEncoder
 from .model import ConformerSupernet
 from .silence import THRESHOLD_DB, check_number, voiced_spans
+from .timestamps import Transcript, Word, label_texts, word_frames
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
+Segments = list[tuple[int, list[int]]]   # a recording's voiced segments: (first sample, the
+                                         # best label of each of its output frames)
 CHUNK_SECONDS, CONTEXT_SECONDS = 30.0, 2.0
 # audio decoded together by transcribe_iter: four full batches at the default batch_frames
 # (40,000 10 ms frames: 400 s), enough for batches of similar length to fill up; 100 MB of
@@ -134,16 +141,20 @@ class Recognizer:
         return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
                    context_seconds=context_seconds, silence_db=silence_db)
 
-    def transcribe(self, paths_or_waveforms: Sequence[Audio]) -> list[str]:
+    def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False
+                   ) -> list[str] | list[Transcript]:
         """One transcript per item, in order. Items: audio file paths (WAV, FLAC; any rate
         and channel count) or 1-D waveforms at 16 kHz. A recording's text is its voiced
         segments' texts joined by single spaces; all silent, or under 40 ms (4 feature
-        frames): "". Decoded as `transcribe_iter` does, so a long list of paths is not read
-        into memory at once."""
-        return list(self.transcribe_iter(paths_or_waveforms))
+        frames): "". timestamps: a `Transcript(text, words)` per item instead of its text,
+        each `Word(text, start, end)` in seconds from the recording's start (where the
+        model emitted it: orthoasr.timestamps). Decoded as `transcribe_iter` does, so a
+        long list of paths is not read into memory at once."""
+        return list(self.transcribe_iter(paths_or_waveforms, timestamps=timestamps))
 
     def transcribe_iter(self, paths_or_waveforms: Iterable[Audio],
-                        group_seconds: float = GROUP_SECONDS) -> Iterator[str]:
+                        group_seconds: float = GROUP_SECONDS, *, timestamps: bool = False
+                        ) -> Iterator[str] | Iterator[Transcript]:
         """`transcribe` for a stream (any iterable, a generator too): each item's text, in
         order, as soon as it and every item before it are decoded. Items are pulled one at
         a time and decoded in groups of consecutive items; a group is decoded and dropped
@@ -151,34 +162,55 @@ class Recognizer:
         plus one item is held at once (an item longer than group_seconds is a group alone,
         or the last of one). 0: each item alone. Grouping does not change the texts
         (tested). A bare path or waveform is a TypeError here; a bad item, a ValueError
-        when it is pulled, naming its index in the whole stream."""
+        when it is pulled, naming its index in the whole stream. timestamps: as in
+        `transcribe`."""
         if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
                             f"{type(paths_or_waveforms).__name__}; wrap it in a list")
         _check_seconds("group_seconds", group_seconds, 0.0)
-        return self._texts_by_group(paths_or_waveforms,
+        finish = self._transcript if timestamps else self._text
+        return self._texts_by_group(paths_or_waveforms, finish,
                                     group_samples=group_seconds * self.logmel.sample_rate)
 
-    def _texts_by_group(self, items: Iterable[Audio], group_samples: float) -> Iterator[str]:
+    def _texts_by_group(self, items: Iterable[Audio], finish: Callable[[Segments], Any],
+                        group_samples: float) -> Iterator[str] | Iterator[Transcript]:
         group: list[torch.Tensor] = []
         held = 0                                    # samples in group
         for index, item in enumerate(items):        # index: the item's in the whole call
             group.append(self._waveform(index, item))
             held += len(group[-1])
             if held >= group_samples:
-                texts, group, held = self._decode(group), [], 0     # drop the audio
-                yield from texts
-        texts, group = self._decode(group), []         # the last, short group (or none)
-        yield from texts
+                decoded, group, held = self._decode(group), [], 0     # drop the audio
+                yield from map(finish, decoded)
+        decoded, group = self._decode(group), []       # the last, short group (or none)
+        yield from map(finish, decoded)
+
+    def _text(self, segments: Segments) -> str:
+        """A recording's text: its segments' texts joined."""
+        texts = (label_text(self.tokenizer, collapse_path(path)) for _, path in segments)
+        return " ".join(text for text in texts if text)
+
+    def _transcript(self, segments: Segments) -> Transcript:
+        """A recording's text and words; frame f of a segment starting at sample s spans
+        samples s + [f, f + 1) x min_samples."""
+        rate, frame = self.logmel.sample_rate, self.min_samples
+        words = [Word(text, (start + first * frame) / rate, (start + end * frame) / rate)
+                 for start, path in segments
+                 for text, first, end in word_frames(token_runs(path), self._label_texts)]
+        return Transcript(self._text(segments), words)
+
+    @cached_property
+    def _label_texts(self) -> list[str]:
+        return label_texts(self.tokenizer)
 
     @torch.no_grad()
-    def _decode(self, waves: list[torch.Tensor]) -> list[str]:
-        """The texts of 1-D waveforms: their voiced segments, in pieces where long, decoded
-        in batches of similar length."""
-        segments = [(i, wave[start:end]) for i, wave in enumerate(waves)    # (item, samples)
-                    for start, end in self._voiced_spans(wave)]
+    def _decode(self, waves: list[torch.Tensor]) -> list[Segments]:
+        """Each 1-D waveform's voiced segments: in pieces where long, decoded in batches of
+        similar length, each piece's kept frames joined."""
+        segments = [(i, start, wave[start:end]) for i, wave in enumerate(waves)
+                    for start, end in self._voiced_spans(wave)]    # (item, first, samples)
         pieces = []                     # (segment, its samples, the output frames to keep)
-        for s, (_, segment) in enumerate(segments):
+        for s, (_, _, segment) in enumerate(segments):
             if len(segment) >= self.min_samples:
                 for first, end, keep in chunk_windows(len(segment), self.min_samples,
                                                       self.chunk_frames, self.context_frames):
@@ -192,10 +224,10 @@ class Recognizer:
         labels: list[list[int]] = [[] for _ in segments]
         for (s, _, _), path in zip(pieces, kept, strict=True):     # pieces are in order
             labels[s] += path
-        texts: list[list[str]] = [[] for _ in waves]
-        for (i, _), path in zip(segments, labels, strict=True):
-            texts[i].append(self.tokenizer.decode(collapse_path(path)))
-        return [" ".join(text for text in item if text) for item in texts]
+        decoded: list[Segments] = [[] for _ in waves]
+        for (i, start, _), path in zip(segments, labels, strict=True):
+            decoded[i].append((start, path))
+        return decoded
 
     def _voiced_spans(self, wave: torch.Tensor) -> list[tuple[int, int]]:
         """The [(start, end)] sample spans of `wave` to decode: all of it, or its voiced

@@ -1,21 +1,24 @@
 """`orthoasr transcribe`: greedy transcripts of audio files by one subnet.
 
     orthoasr transcribe --checkpoint runs/demo/checkpoint.pt --budget 0.4 a.wav b.flac
-    orthoasr transcribe --subnet runs/demo/sub.pt a.wav
+    orthoasr transcribe --subnet runs/demo/sub.pt --format json a.wav
 
-Prints one line per file, `<path>\\t<text>`, in the order given, each as soon as it and
-the files before it are transcribed: files are read one at a time as the recognizer needs
-them and decoded in groups of about `--group-seconds` of audio, so a long list is never in
-memory at once and an interrupted run keeps the lines it printed. Each recording's silent
-stretches are cut out first and its voiced segments decoded (`--silence-db`; `off` decodes
-each file whole). A file that cannot be read (missing, empty, corrupt, not audio, or
-holding NaN samples) gets a line on stderr naming it and the reason, in its place among the
-others; the other files are still transcribed, and the exit status is 1.
+Prints one line per file, `<path>\\t<text>` (`--format json`: a JSON object, `{"path",
+"text", "words": [{"word", "start", "end"}, ...]}`, times in seconds from the file's start
+rounded to ms, orthoasr.timestamps), in the order given, each as soon as it and the files
+before it are transcribed: files are read one at a time as the recognizer needs them and
+decoded in groups of about `--group-seconds` of audio, so a long list is never in memory at
+once and an interrupted run keeps the lines it printed. Each recording's silent stretches
+are cut out first and its voiced segments decoded (`--silence-db`; `off` decodes each file
+whole). A file that cannot be read (missing, empty, corrupt, not audio, or holding NaN
+samples) gets a line on stderr naming it and the reason, in its place among the others; the
+other files are still transcribed, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ import torch
 from .data import AudioError, load_audio
 from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, GROUP_SECONDS, SILENCE_DB, Recognizer
 from .silence import MIN_GAP_SECONDS
+from .timestamps import Transcript
 
 READ_FAILURE = 1
 
@@ -39,11 +43,14 @@ def read_file(path: str) -> torch.Tensor:
 
 
 def print_transcripts(recognizer: Recognizer, paths: list[str],
-                      group_seconds: float = GROUP_SECONDS) -> int:
-    """Print `<path>\\t<text>` for each file of `paths`, and a stderr line for each file
-    that cannot be read, in the order of `paths`, each as soon as the files before it are
-    printed; files are read one at a time, as `recognizer.transcribe_iter` pulls them.
-    Returns how many files could not be read."""
+                      group_seconds: float = GROUP_SECONDS, output_format: str = "text"
+                      ) -> int:
+    """Print `<path>\\t<text>` (output_format "json": `json_line`) for each file of
+    `paths`, and a stderr line for each file that cannot be read, in the order of `paths`,
+    each as soon as the files before it are printed; files are read one at a time, as
+    `recognizer.transcribe_iter` pulls them. Returns how many files could not be read."""
+    if output_format not in ("text", "json"):
+        raise ValueError(f"output_format must be 'text' or 'json', got {output_format!r}")
     # the files read but not yet printed, in order: (path, None or why it cannot be read)
     waiting: deque[tuple[str, str | None]] = deque()
     unreadable = 0
@@ -68,10 +75,23 @@ def print_transcripts(recognizer: Recognizer, paths: list[str],
             waiting.append((path, None))
             yield wave
 
-    for text in recognizer.transcribe_iter(readable_waves(), group_seconds):
-        print(f"{waiting.popleft()[0]}\t{text}", flush=True)
+    json_output = output_format == "json"
+    for transcript in recognizer.transcribe_iter(readable_waves(), group_seconds,
+                                                 timestamps=json_output):
+        path = waiting.popleft()[0]
+        print(json_line(path, transcript) if json_output else f"{path}\t{transcript}",
+              flush=True)
         print_failures()
     return unreadable
+
+
+def json_line(path: str, transcript: Transcript) -> str:
+    """One file's line of `--format json`: {"path", "text", "words": [{"word", "start",
+    "end"}, ...]}, times in seconds rounded to ms."""
+    words = [{"word": word.text, "start": round(word.start, 3), "end": round(word.end, 3)}
+             for word in transcript.words]
+    return json.dumps({"path": path, "text": transcript.text, "words": words},
+                      ensure_ascii=False)
 
 
 def silence_db(text: str) -> float | None:
@@ -111,6 +131,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each group's lines when it is done (default "
                              f"{GROUP_SECONDS:g}; less: lines sooner, smaller batches; 0: "
                              "each file alone)")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text (default): `<path><TAB><text>` per file; json: one object "
+                             "per file, with each word's start and end in seconds (where "
+                             "the model emitted it, to 40 ms)")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit or float, any rate and channels) or FLAC")
 
@@ -126,11 +150,11 @@ def run(args: argparse.Namespace) -> None:
     else:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
                                                 **options)
-    unreadable = print_transcripts(recognizer, args.files, args.group_seconds)
+    unreadable = print_transcripts(recognizer, args.files, args.group_seconds, args.format)
     if unreadable:
         print(f"orthoasr: {unreadable} of {len(args.files)} file(s) could not be read",
               file=sys.stderr)
         raise SystemExit(READ_FAILURE)
 
 
-__all__ = ["read_file", "print_transcripts", "add_arguments", "run"]
+__all__ = ["read_file", "print_transcripts", "json_line", "add_arguments", "run"]

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from orthoasr.decoding import edit_distance, greedy_ctc_decode, word_error_rate, word_errors
+from orthoasr.decoding import (
+    collapse_path,
+    edit_distance,
+    greedy_ctc_decode,
+    token_runs,
+    word_error_rate,
+    word_errors,
+)
 
 
 def _log_probs(paths, vocab=6, frames=None):
@@ -36,6 +43,15 @@ def test_greedy_leaves_out_labels_beyond_the_vocabulary():
     assert greedy_ctc_decode(log_probs, torch.tensor([4]), vocab_size=7) == [[1, 3, 2]]
     with pytest.raises(ValueError, match=r"vocab_size must be in \[1, V=8\], got 9"):
         greedy_ctc_decode(log_probs, torch.tensor([4]), vocab_size=9)
+
+
+def test_token_runs_give_each_kept_label_its_frames():
+    """Each label collapse_path keeps, with the frames of its run: [first, end)."""
+    path = [7, 1, 1, 0, 1, 2, 2, 0, 0, 3, 3, 3]
+    assert token_runs(path) == [(7, 0, 1), (1, 1, 3), (1, 4, 5), (2, 5, 7), (3, 9, 12)]
+    assert [label for label, _, _ in token_runs(path)] == collapse_path(path) == [7, 1, 1, 2, 3]
+    assert token_runs([0, 0, 0]) == token_runs([]) == []
+    assert token_runs([5, 5, 0, 0, 6], blank=5) == [(0, 2, 4), (6, 4, 5)]
 
 
 def test_greedy_bad_shapes():

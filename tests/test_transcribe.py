@@ -92,6 +92,18 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
         rec.transcribe([waves[0], poisoned])
 
 
+def test_word_timestamps_read_as_the_text(run, reference_backend):
+    """With timestamps: the same texts, each the words joined by spaces, the words in
+    order inside their clip (their times: tests/test_timestamps.py)."""
+    rec = Recognizer.from_checkpoint(run["checkpoint"], 0.4)
+    transcripts = rec.transcribe(run["paths"], timestamps=True)
+    assert [t.text for t in transcripts] == rec.transcribe(run["paths"])
+    for transcript, record in zip(transcripts, run["records"]):
+        assert " ".join(word.text for word in transcript.words) == transcript.text
+        times = [time for word in transcript.words for time in word[1:]]
+        assert times == sorted(times) and 0 <= times[0] and times[-1] <= record["duration"]
+
+
 def test_grouping_leaves_the_transcripts_unchanged(run, reference_backend):
     """`transcribe_iter` decodes the items in groups of about group_seconds of audio (0:
     each alone; tests/test_transcribe_stream.py), so the batches change with the groups:
