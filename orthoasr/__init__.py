@@ -16,6 +16,7 @@ from .ortho import (
     unit_ranking,
 )
 from .recognizer import Recognizer
+from .timestamps import Transcript, Word
 from .units import Unit, enumerate_units, subnet_cost, unit_costs
 
 __version__ = "0.1.0"
@@ -25,5 +26,5 @@ __all__ = [
     "ortho_softmax", "simple_topk", "OrthoSoftmaxResult", "temperature", "gamma_for",
     "PenaltyScale", "unit_ranking", "freeze_masks", "set_backend", "get_backend",
     "set_kernel_masks", "ConformerSupernet", "extract_subnet", "load_subnet", "ctc_loss",
-    "Recognizer",
+    "Recognizer", "Transcript", "Word",
 ]
