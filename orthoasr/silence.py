@@ -22,7 +22,7 @@ import math
 import torch
 
 SAMPLE_RATE = 16000
-FRAME_SECONDS = 0.01
+POWER_FRAME_SECONDS = 0.01     # the frames whose power is weighed (not the model's 40 ms)
 THRESHOLD_DB, MIN_GAP_SECONDS, MARGIN_SECONDS = 40.0, 0.1, 0.02
 
 
@@ -51,7 +51,7 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 100:
         raise ValueError(f"sample_rate must be an integer number of Hz >= 100, got "
                          f"{sample_rate!r}")
-    frame = round(FRAME_SECONDS * sample_rate)
+    frame = round(POWER_FRAME_SECONDS * sample_rate)
     power = frame_power(wave.detach().to("cpu", torch.float64), frame)         # (F,)
     if power.numel() == 0 or not bool(power.max() > 0):
         return []
@@ -60,7 +60,7 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
                        append=voiced.new_zeros(1, dtype=torch.int8))
     starts = (edges == 1).nonzero().flatten().tolist()          # first voiced frame of a run
     ends = (edges == -1).nonzero().flatten().tolist()           # one past its last
-    min_gap = math.ceil(min_gap_seconds / FRAME_SECONDS - 1e-9)   # frames; float-safe
+    min_gap = math.ceil(min_gap_seconds / POWER_FRAME_SECONDS - 1e-9)   # frames; float-safe
     runs = [[starts[0], ends[0]]]
     for start, end in zip(starts[1:], ends[1:], strict=True):
         if start - runs[-1][1] < min_gap:
