@@ -291,9 +291,7 @@ def chunk_windows(num_samples: int, frame_samples: int, chunk_frames: int | None
 
 
 def _check_seconds(name: str, value, least: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value < least:
-        raise ValueError(f"{name} must be a number of seconds >= {least}, got {value!r}")
+    check_number(name, value, least=least, what="number of seconds")
 
 
 __all__ = ["Recognizer", "chunk_windows"]

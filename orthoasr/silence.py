@@ -97,13 +97,14 @@ def frame_power(wave: torch.Tensor, frame: int) -> torch.Tensor:
 
 
 def check_number(name: str, value, least: float | None = None,
-                 above: float | None = None) -> None:
-    """A ValueError naming `name` unless value is a finite int or float >= least (> above)."""
+                 above: float | None = None, what: str = "finite number") -> None:
+    """A ValueError naming `name` (and saying it must be a `what`) unless value is a finite
+    int or float >= least (> above)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or (least is not None and value < least) \
             or (above is not None and value <= above):
         bound = f">= {least}" if least is not None else f"> {above}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        raise ValueError(f"{name} must be a {what} {bound}, got {value!r}")
 
 
 __all__ = ["voiced_spans", "frame_power", "check_number", "THRESHOLD_DB", "MIN_GAP_SECONDS",
