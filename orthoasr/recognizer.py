@@ -66,9 +66,10 @@ class Recognizer:
     its weights' compute-dtype copies between calls (GraphedEncoder); from_checkpoint's
     model is its own. chunk_seconds, context_seconds: clips longer than chunk_seconds + 2 x
     context_seconds are decoded in pieces (module docstring); chunk_seconds None: whole.
-    silence_db: frames more than this many dB under a recording's loudest are silence, and
-    only the voiced segments between silences are decoded (orthoasr.silence.voiced_spans);
-    None: each recording is decoded whole, silence included."""
+    silence_db: frames more than this many dB under the level of a recording's loudest 0.1 s
+    are silence, and only the voiced segments between silences are decoded
+    (orthoasr.silence.voiced_spans); None: each recording is decoded whole, silence
+    included."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
                  head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False,

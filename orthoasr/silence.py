@@ -3,7 +3,7 @@
 The demo's model was trained on clips without pauses, and its features are normalised over
 each utterance, so silence in a recording misleads it (0.3 s of zeros before and after each
 test clip: 89% WER for its 0.4 subnet, against 22%). `voiced_spans` finds the stretches
-whose 10 ms frames are within `threshold_db` of the recording's loudest frame;
+whose 10 ms frames are within `threshold_db` of the level of the recording's loudest 0.1 s;
 `Recognizer(silence_db=...)` decodes each stretch alone and joins their texts.
 
 The defaults were measured with the demo's 0.4 subnet (README's table): 40 dB leaves a
@@ -12,7 +12,11 @@ around them, against 25%; 35 dB cost the long recordings 2-3 points); margins of
 ms did best (0 ms: 26%, 50 ms: 35%, against 25-26%, on clips with 0.3 s of zeros around
 them), 20 ms on the long recordings; gaps of 0.1 s are longer than any quiet stretch inside
 the eSpeak test clips (80 ms) and split the 5-clip recordings' 0.1-0.3 s pauses (25% WER,
-against 44% with 0.2 s).
+against 44% with 0.2 s). A 5 ms click in the silence before each clip cost 3.5 points when the
+loudest frame set the level (29.1% WER), and 57 points once the speech was 10 dB softer
+(82.1%): weighed against the click, soft speech fell under the threshold. The loudest 0.1 s
+sets the level now, and segments under 30 ms are dropped: 25.6% and 24.9%
+(bench/silence_wer.py).
 """
 
 from __future__ import annotations
@@ -24,20 +28,28 @@ import torch
 SAMPLE_RATE = 16000
 POWER_FRAME_SECONDS = 0.01     # the frames whose power is weighed (not the model's 40 ms)
 THRESHOLD_DB, MIN_GAP_SECONDS, MARGIN_SECONDS = 40.0, 0.1, 0.02
+# a click or pop is shorter than speech: it neither sets the level nor makes a segment
+REFERENCE_SECONDS, MIN_SEGMENT_SECONDS = 0.1, 0.03
 
 
 def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
                  min_gap_seconds: float = MIN_GAP_SECONDS,
                  margin_seconds: float = MARGIN_SECONDS,
-                 sample_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+                 sample_rate: int = SAMPLE_RATE,
+                 reference_seconds: float = REFERENCE_SECONDS,
+                 min_segment_seconds: float = MIN_SEGMENT_SECONDS) -> list[tuple[int, int]]:
     """wave: (S,) float samples at `sample_rate` Hz -> [(start, end), ...] sample spans of
     its voiced segments, in order, disjoint, with 0 <= start < end <= S.
 
     The wave is cut into non-overlapping 10 ms frames (the last one may be shorter); a frame
-    is voiced if its mean power is at most `threshold_db` (dB, > 0) under the loudest
-    frame's. Voiced frames separated by less than `min_gap_seconds` of unvoiced ones form
-    one segment, and less than `min_gap_seconds` of unvoiced frames at the wave's start or
-    end join the first or last segment (gaps are counted in whole frames). Each segment is
+    is voiced if its mean power is at most `threshold_db` (dB, > 0) under the reference: the
+    power that the wave's loudest `reference_seconds` of frames all reach (the 10th
+    loudest frame's by default; all frames with any power if fewer), so that a click does
+    not set the level (0: the loudest frame's). Voiced frames separated by less than
+    `min_gap_seconds` of unvoiced ones form one segment; a segment shorter than
+    `min_segment_seconds` (3 frames by default) is a click, not speech, and is dropped.
+    Less than `min_gap_seconds` of unvoiced frames at the wave's start or end join the
+    first or last segment (gaps and segments are counted in whole frames). Each segment is
     then widened by `margin_seconds` on either side (clipped to the wave; segments that
     then touch are joined). A wave with no power at all (all zeros, or empty) has no
     segments; the threshold is relative, so a wave of noise alone is voiced throughout.
@@ -48,25 +60,33 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     check_number("threshold_db", threshold_db, above=0.0)
     check_number("min_gap_seconds", min_gap_seconds, least=0.0)
     check_number("margin_seconds", margin_seconds, least=0.0)
+    check_number("reference_seconds", reference_seconds, least=0.0)
+    check_number("min_segment_seconds", min_segment_seconds, least=0.0)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 100:
         raise ValueError(f"sample_rate must be an integer number of Hz >= 100, got "
                          f"{sample_rate!r}")
     frame = round(POWER_FRAME_SECONDS * sample_rate)
     power = frame_power(wave.detach().to("cpu", torch.float64), frame)         # (F,)
-    if power.numel() == 0 or not bool(power.max() > 0):
+    sounding = int((power > 0).sum())
+    if sounding == 0:
         return []
-    voiced = power >= power.max() * 10.0 ** (-threshold_db / 10)
+    loudest = min(sounding, max(1, whole_frames(reference_seconds)))
+    reference = power.topk(loudest).values[-1]
+    voiced = power >= reference * 10.0 ** (-threshold_db / 10)
     edges = torch.diff(voiced.to(torch.int8), prepend=voiced.new_zeros(1, dtype=torch.int8),
                        append=voiced.new_zeros(1, dtype=torch.int8))
     starts = (edges == 1).nonzero().flatten().tolist()          # first voiced frame of a run
     ends = (edges == -1).nonzero().flatten().tolist()           # one past its last
-    min_gap = math.ceil(min_gap_seconds / POWER_FRAME_SECONDS - 1e-9)   # frames; float-safe
+    min_gap = whole_frames(min_gap_seconds)
     runs = [[starts[0], ends[0]]]
     for start, end in zip(starts[1:], ends[1:], strict=True):
         if start - runs[-1][1] < min_gap:
             runs[-1][1] = end
         else:
             runs.append([start, end])
+    runs = [run for run in runs if run[1] - run[0] >= whole_frames(min_segment_seconds)]
+    if not runs:
+        return []
     # clips start and end with short quiet stretches, as the training clips did: cutting
     # them off cost the demo's 0.8 and 1.0 subnets 0.2-0.4 points of WER on clean clips
     if runs[0][0] < min_gap:
@@ -82,6 +102,11 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
         else:
             spans.append((first, last))
     return spans
+
+
+def whole_frames(seconds: float) -> int:
+    """The number of 10 ms power frames that `seconds` fills (rounded up; float-safe)."""
+    return math.ceil(seconds / POWER_FRAME_SECONDS - 1e-9)
 
 
 def frame_power(wave: torch.Tensor, frame: int) -> torch.Tensor:
@@ -108,4 +133,4 @@ def check_number(name: str, value, least: float | None = None,
 
 
 __all__ = ["voiced_spans", "frame_power", "check_number", "THRESHOLD_DB", "MIN_GAP_SECONDS",
-           "MARGIN_SECONDS"]
+           "MARGIN_SECONDS", "REFERENCE_SECONDS", "MIN_SEGMENT_SECONDS"]

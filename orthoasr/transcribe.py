@@ -122,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{CONTEXT_SECONDS:g})")
     parser.add_argument("--silence-db", type=silence_db, default=SILENCE_DB, metavar="DB",
                         help="decode only the voiced segments of each recording: 10 ms "
-                             "frames more than DB dB under its loudest are silence, and "
+                             "frames more than DB dB under its loudest 0.1 s are silence, and "
                              f"silences of {MIN_GAP_SECONDS:g} s or more split it (default "
                              f"{SILENCE_DB:g}; off or 0: decode each file whole, silence "
                              "included, which the demo's model misreads)")

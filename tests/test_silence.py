@@ -87,14 +87,48 @@ def test_silence_alone_has_no_segments():
     assert voiced_spans(torch.zeros(16000)) == []
     assert voiced_spans(torch.zeros(0)) == []
     assert voiced_spans(torch.zeros(100)) == []
-    assert voiced_spans(tone(0.003)) == [(0, 48)]           # under one frame, still voiced
+    assert voiced_spans(tone(0.003)) == []                  # under one frame: a click
+    assert voiced_spans(tone(0.003), min_segment_seconds=0) == [(0, 48)]
+
+
+def click(at_seconds, wave):
+    """wave with a 5 ms full-scale click (square wave) added at `at_seconds`."""
+    start = round(at_seconds * RATE)
+    clicked = wave.clone()
+    clicked[start:start + 80] = torch.tensor([1.0, -1.0]).repeat(40)
+    return clicked
+
+
+@pytest.mark.parametrize("amplitude", [0.5, 0.05])
+def test_a_click_neither_sets_the_level_nor_makes_a_segment(amplitude):
+    """A tone with a soft tail 35 dB under it (the tone's weak end, as speech has), zeros
+    around it and a click 0.2 s before it: the click (far louder than a quiet recording)
+    must not turn the tail into silence, and is no segment of its own."""
+    parts = [torch.zeros(RATE // 2), tone(0.3, amplitude),
+             tone(0.2, amplitude * 10 ** (-35 / 20)), torch.zeros(RATE // 2)]
+    wave = torch.cat(parts)
+    speech = (RATE // 2, RATE // 2 + round(0.5 * RATE))
+    assert voiced_spans(wave, margin_seconds=0) == [speech]
+    clicked = click(0.3, wave)
+    assert voiced_spans(clicked, margin_seconds=0) == [speech]
+    # the old rules, for contrast: levels weighed against the click, the click kept
+    old = voiced_spans(clicked, margin_seconds=0, reference_seconds=0, min_segment_seconds=0)
+    assert old[0][1] - old[0][0] <= 2 * FRAME and old[1:] != [speech]
+
+
+def test_short_sounds_that_are_not_alone_stay():
+    """A 20 ms sound within 0.1 s of a tone joins its segment; a 40 ms one alone stays."""
+    wave, tones = layout([("zeros", 0.3), ("tone", 0.3), ("zeros", 0.05), ("tone", 0.02),
+                          ("zeros", 0.3), ("tone", 0.04), ("zeros", 0.3)])
+    assert voiced_spans(wave, margin_seconds=0) == [(tones[0][0], tones[1][1]), tones[2]]
 
 
 @pytest.mark.parametrize("argument,value", [
     ("threshold_db", 0), ("threshold_db", -40.0), ("threshold_db", float("nan")),
     ("threshold_db", True), ("threshold_db", "40"), ("min_gap_seconds", -0.1),
     ("min_gap_seconds", float("inf")), ("margin_seconds", -0.01),
-    ("margin_seconds", None), ("sample_rate", 16000.0), ("sample_rate", 0)])
+    ("margin_seconds", None), ("sample_rate", 16000.0), ("sample_rate", 0),
+    ("reference_seconds", -0.1), ("min_segment_seconds", float("nan"))])
 def test_bad_arguments_are_refused_by_name(argument, value):
     with pytest.raises(ValueError, match=f"{argument} must be .*, got {value!r}"):
         voiced_spans(tone(0.5), **{argument: value})

@@ -1,0 +1,111 @@
+"""WER of a trained run's subnets with `transcribe`'s silence splitting off and on, on its test
+clips as they are and with silence, noise and clicks added (README's table). CPU is enough:
+
+    python -m bench.silence_wer --checkpoint runs/demo/checkpoint.pt \
+        --manifest data/synth-demo/test.jsonl --budgets 0.4 1.0
+
+Each budget's subnet transcribes every kind of test audio three ways: each recording whole
+(`silence_db=None`), split with the splitter's first rules (levels weighed against the
+loudest frame, every voiced run kept: `reference_seconds=0, min_segment_seconds=0`), and
+split with the defaults. The audio is drawn from a fixed seed, so a rerun on the same run
+gives the same numbers. Rows are appended to bench/results/accuracy/silence_wer.json (WER,
+not speed, so out of bench/RESULTS.md's tables), and a markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from orthoasr import Recognizer
+from orthoasr.data import load_audio, load_manifest
+from orthoasr.decoding import word_errors
+from orthoasr.silence import THRESHOLD_DB, voiced_spans
+
+from .harness import RESULTS_DIR, write_rows
+
+RATE = 16000
+
+
+def test_audio(waves: list[torch.Tensor], texts: list[str]) -> dict:
+    """{kind of audio: (recordings, their texts)} built from the clips `waves` (S_i,)."""
+    draw = torch.Generator().manual_seed(0)
+    zeros = lambda seconds: torch.zeros(int(seconds * RATE))                     # noqa: E731
+    speech_rms = sum(float(w.square().mean().sqrt()) for w in waves) / len(waves)
+    noise = lambda n: torch.randn(n, generator=draw) * speech_rms * 10 ** (-50 / 20)  # noqa: E731
+    audio = {"the clips": (waves, texts),
+             "0.3 s of zeros after each": ([torch.cat([w, zeros(0.3)]) for w in waves], texts),
+             "0.3 s of zeros before and after":
+                 ([torch.cat([zeros(0.3), w, zeros(0.3)]) for w in waves], texts),
+             "the same, noise 50 dB under the speech":
+                 ([torch.cat([noise(4800), w, noise(4800)]) for w in waves], texts)}
+
+    def joined(count, shortest, spread, name, gap_audio=torch.zeros, over=False):
+        """`count` clips at a time with gaps of `shortest` + up to `spread` seconds."""
+        recordings, joined_texts = [], []
+        for k in range(0, len(waves), count):
+            parts = []
+            for w in waves[k:k + count]:
+                gap = shortest + spread * float(torch.rand(1, generator=draw))
+                parts += [w, gap_audio(int(RATE * gap))]
+            recording = torch.cat(parts[:-1])
+            recordings.append(recording + noise(len(recording)) if over else recording)
+            joined_texts.append(" ".join(texts[k:k + count]))
+        audio[name] = (recordings, joined_texts)
+
+    joined(5, 0.1, 0.2, "5 clips joined by 0.1-0.3 s of zeros")
+    joined(25, 0.5, 0.5, "25 clips joined by 0.5-1 s of zeros")
+    joined(25, 0.5, 0.5, "the same, noise 50 dB under the speech in the gaps", gap_audio=noise)
+    joined(25, 0.5, 0.5, "the same, and over the speech too", gap_audio=noise, over=True)
+    click = lambda: (torch.randint(0, 2, (80,), generator=draw) * 2 - 1).float() * 0.9  # noqa: E731
+    audio["a 5 ms click 0.15 s before each, in 0.3 s of zeros"] = (
+        [torch.cat([zeros(0.15), click(), zeros(0.145), w, zeros(0.3)]) for w in waves], texts)
+    audio["the same, the speech 10 dB softer"] = (
+        [torch.cat([zeros(0.15), click(), zeros(0.145), w * 10 ** (-10 / 20), zeros(0.3)])
+         for w in waves], texts)
+    audio["a 5 ms click 0.15 s after each"] = (
+        [torch.cat([zeros(0.3), w, zeros(0.15), click(), zeros(0.145)]) for w in waves], texts)
+    return audio
+
+
+def first_rules(wave: torch.Tensor) -> list[tuple[int, int]]:
+    """The splitter before clicks were handled: the loudest frame sets the level, and a
+    voiced run of any length is a segment."""
+    return voiced_spans(wave, THRESHOLD_DB, reference_seconds=0, min_segment_seconds=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--manifest", required=True, help="the test clips (JSON lines)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 1.0])
+    args = parser.parse_args()
+    records = load_manifest(args.manifest)
+    audio = test_audio([load_audio(r["audio_filepath"]) for r in records],
+                       [r["text"] for r in records])
+    rows = []
+    for budget in args.budgets:
+        recognizer = Recognizer.from_checkpoint(args.checkpoint, budget)
+        for setting in ("whole", "first rules", "default"):
+            recognizer.silence_db = None if setting == "whole" else THRESHOLD_DB
+            if setting == "first rules":
+                recognizer._voiced_spans = first_rules
+            else:
+                recognizer.__dict__.pop("_voiced_spans", None)
+            for kind, (recordings, texts) in audio.items():
+                errors, words = word_errors(texts, recognizer.transcribe(recordings))
+                rows.append({"budget": budget, "audio": kind, "setting": setting,
+                             "wer": round(100 * errors / words, 1), "words": words})
+                print(json.dumps(rows[-1]), flush=True)
+    write_rows("silence_wer", rows, RESULTS_DIR / "accuracy")
+    print("\n| test audio | " + " | ".join(f"{b:g}: {s}" for b in args.budgets
+                                           for s in ("whole", "first rules", "default")) + " |")
+    for kind in audio:
+        print(f"| {kind} | " + " | ".join(
+            f"{r['wer']}%" for r in rows if r["audio"] == kind) + " |")
+
+
+if __name__ == "__main__":
+    main()
