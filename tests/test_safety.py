@@ -14,6 +14,7 @@ import torch
 from test_train import as_overrides, tiny_run, write_corpus
 
 import orthoasr.train as train_module
+import orthoasr.trainer as trainer_module
 from orthoasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from orthoasr.cli import main
 from orthoasr.evaluate import evaluate
@@ -142,14 +143,14 @@ def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_pat
 
 def test_divergence_names_a_kept_checkpoint_and_resumes_from_it_with_a_lower_lr(
         corpus, tmp_path, monkeypatch):
-    real_ctc = train_module.ctc_loss
+    real_ctc = trainer_module.ctc_loss
     calls = {"n": 0}
 
     def ctc_nan_from_step_3(*args):
         calls["n"] += 1                    # 2 CTC terms per stage-1 step
         return real_ctc(*args) * (math.nan if calls["n"] > 4 else 1.0)
 
-    monkeypatch.setattr(train_module, "ctc_loss", ctc_nan_from_step_3)
+    monkeypatch.setattr(trainer_module, "ctc_loss", ctc_nan_from_step_3)
     work = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:
         train(short_run(corpus, "stage1_steps=4", "ckpt_every=1"), work)
@@ -157,7 +158,7 @@ def test_divergence_names_a_kept_checkpoint_and_resumes_from_it_with_a_lower_lr(
     oldest = work / "checkpoints" / "step-0000001.pt"
     assert "at step 3" in message and f"--resume-from {oldest} " in message
     assert "--allow-schedule-change lr=0.0001" in message and oldest.exists()
-    monkeypatch.setattr(train_module, "ctc_loss", real_ctc)
+    monkeypatch.setattr(trainer_module, "ctc_loss", real_ctc)
     lower = short_run(corpus, "stage1_steps=4", "ckpt_every=1", "lr=1e-4")
     with pytest.raises(ValueError, match=r"lr: checkpoint 0\.001 vs config 0\.0001; .*"
                                          r"--allow-schedule-change"):

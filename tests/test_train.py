@@ -269,8 +269,8 @@ def test_pair_batch_gives_the_two_passes_losses_on_the_gpu(corpus, tmp_path):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(corpus, tmp_path,
                                                                        monkeypatch):
-    import orthoasr.train as train_module
-    real_ctc = train_module.ctc_loss
+    import orthoasr.trainer as trainer_module
+    real_ctc = trainer_module.ctc_loss
     calls = {"n": 0}
 
     def ctc_nan_at_step_4(*args):
@@ -278,7 +278,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(corpus, t
         loss = real_ctc(*args)
         return loss * math.nan if calls["n"] > 2 * 3 else loss
 
-    monkeypatch.setattr(train_module, "ctc_loss", ctc_nan_at_step_4)
+    monkeypatch.setattr(trainer_module, "ctc_loss", ctc_nan_at_step_4)
     with pytest.raises(TrainingDiverged, match="at step 4"):
         train(tiny_run(corpus, "ckpt_every=3"), tmp_path)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
