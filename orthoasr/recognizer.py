@@ -144,13 +144,13 @@ class Recognizer:
 
     def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False
                    ) -> list[str] | list[Transcript]:
-        """One transcript per item, in order. Items: audio file paths (WAV, FLAC; any rate
-        and channel count) or 1-D waveforms at 16 kHz. A recording's text is its voiced
-        segments' texts joined by single spaces; all silent, or under 40 ms (4 feature
-        frames): "". timestamps: a `Transcript(text, words)` per item instead of its text,
-        each `Word(text, start, end)` in seconds from the recording's start (where the
-        model emitted it: orthoasr.timestamps). Decoded as `transcribe_iter` does, so a
-        long list of paths is not read into memory at once."""
+        """One transcript per item, in order. Items: audio file paths (WAV, FLAC, MP3, Ogg
+        Vorbis or Opus; any rate and channel count) or 1-D waveforms at 16 kHz. A
+        recording's text is its voiced segments' texts joined by single spaces; all silent,
+        or under 40 ms (4 feature frames): "". timestamps: a `Transcript(text, words)` per
+        item instead of its text, each `Word(text, start, end)` in seconds from the
+        recording's start (where the model emitted it: orthoasr.timestamps). Decoded as
+        `transcribe_iter` does, so a long list of paths is not read into memory at once."""
         return list(self.transcribe_iter(paths_or_waveforms, timestamps=timestamps))
 
     def transcribe_iter(self, paths_or_waveforms: Iterable[Audio],

@@ -136,7 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per file, with each word's start and end in seconds (where "
                              "the model emitted it, to 40 ms)")
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="WAV (PCM 8/16/24/32-bit or float, any rate and channels) or FLAC")
+                        help="WAV (PCM 8/16/24/32-bit or float), FLAC, MP3, Ogg Vorbis or Opus "
+                             "(.ogg, .opus); any rate and channels")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,3 +1,4 @@
+import importlib.util
 import struct
 
 import numpy as np
@@ -82,15 +83,44 @@ def test_flac_read_and_header(tmp_path):
     assert np.abs(y.numpy() - resample(x, 44100, 16000)).max() < 1e-3
 
 
+@pytest.mark.parametrize("name,rate,options", [
+    ("a.mp3", 22050, {"format": "MP3"}),
+    ("a.ogg", 16000, {"format": "OGG", "subtype": "VORBIS"}),
+    ("a.opus", 48000, {"format": "OGG", "subtype": "OPUS"})])
+def test_lossy_formats_read_through_soundfile(tmp_path, name, rate, options):
+    """MP3 and Ogg: the header's length is the decoded length, and the 16 kHz samples are
+    the tone's within what lossy coding changes (-20 dB)."""
+    soundfile = pytest.importorskip("soundfile")
+    x = 0.3 * _tone(700.0, rate, 1.3)
+    soundfile.write(tmp_path / name, np.stack([x, 0.5 * x], 1), rate, **options)
+    info = audio_info(tmp_path / name)
+    data, read_rate = read_audio(tmp_path / name)
+    assert (info.sample_rate, info.channels) == (read_rate, 2) == (rate, 2)
+    assert info.num_frames == data.shape[0] and abs(data.shape[0] - len(x)) <= 0.1 * rate
+    y = load_audio(tmp_path / name).numpy()
+    expected = resample(0.75 * x, rate, 16000)
+    # encoders add delay: compare at the best alignment within 60 ms
+    errors = [np.square(y[max(0, s):][:len(expected) - 1600] -
+                        expected[max(0, -s):][:len(expected) - 1600]).mean()
+              for s in range(-960, 961, 8)]
+    assert min(errors) < 0.01 * np.square(expected).mean()
+
+
 def test_audio_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="missing.wav: audio file not found"):
         load_audio(tmp_path / "missing.wav")
     (tmp_path / "folder.wav").mkdir()
     with pytest.raises(AudioError, match="folder.wav: a directory, not an audio file"):
         load_audio(tmp_path / "folder.wav")
-    (tmp_path / "a.mp3").write_bytes(b"ID3....")
-    with pytest.raises(AudioError, match=r"a.mp3: unsupported audio format '.mp3'"):
-        load_audio(tmp_path / "a.mp3")
+    (tmp_path / "a.aac").write_bytes(b"\xff\xf1....")
+    with pytest.raises(AudioError, match=r"a.aac: unsupported audio format '.aac'"):
+        load_audio(tmp_path / "a.aac")
+    if importlib.util.find_spec("soundfile"):
+        for name, kind in (("junk.mp3", "MP3"), ("junk.ogg", "Ogg"), ("junk.opus", "Opus")):
+            (tmp_path / name).write_bytes(b"not audio, " * 40)
+            with pytest.raises(AudioError, match=f"{name}: libsndfile cannot read it as "
+                                                  rf"{kind} audio \(corrupt, or not {kind}\)"):
+                load_audio(tmp_path / name)
     (tmp_path / "junk.wav").write_bytes(b"this is not audio at all")
     with pytest.raises(AudioError, match="junk.wav: not a RIFF/WAVE file"):
         audio_info(tmp_path / "junk.wav")

@@ -54,7 +54,7 @@ BAD_CASES = [
     ({"audio_filepath": "good.wav", "duration": 1.0, "text": " ,. "}, "empty transcript"),
     (b'{"audio_filepath": "good.wav", "text": "caf\xe9"}\n', "not valid UTF-8"),
     ({"audio_filepath": "good.wav", "duration": 3.0, "text": "x"}, "duration mismatch"),
-    ({"audio_filepath": "song.mp3", "duration": 1.0, "text": "x"}, "unsupported audio format"),
+    ({"audio_filepath": "song.aac", "duration": 1.0, "text": "x"}, "unsupported audio format"),
     (b'{"audio_filepath": "good.wav", "text": }\n', "invalid JSON"),
     ({"audio_filepath": "good.wav", "duration": 1.0}, "missing field 'text'"),
     ({"audio_filepath": "junk.wav", "duration": 1.0, "text": "x"}, "not a RIFF/WAVE file"),
