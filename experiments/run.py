@@ -34,10 +34,11 @@ import torch
 
 from experiments.arms import ARMS, FIRST, jobs
 from orthoasr.checkpoint import TRAINING_KIND, load_checkpoint, save_checkpoint
-from orthoasr.evaluate import evaluate, load_trained, write_heatmap
+from orthoasr.evaluate import evaluate, write_heatmap
 from orthoasr.model import block_layout
 from orthoasr.run_config import load_run_config
 from orthoasr.train import train
+from orthoasr.trained import load_trained
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"

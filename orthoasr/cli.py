@@ -25,7 +25,7 @@ COMMANDS = {
     "demo": ("orthoasr.demo", "the demo: what `make demo` runs"),
     "synth": ("orthoasr.data.synth", "synthesise the speech corpus with eSpeak NG"),
     "train": ("orthoasr.train", "train the supernet and its subnets"),
-    "eval": ("orthoasr.evaluate", "evaluate every subnet of a checkpoint"),
+    "eval": ("orthoasr.evaluate", "evaluate every subnet of a checkpoint, or an exported one"),
     "export": ("orthoasr.export", "export a compact subnet"),
     "transcribe": ("orthoasr.transcribe", "transcribe audio files with a subnet"),
 }

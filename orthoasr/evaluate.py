@@ -1,61 +1,24 @@
 """`orthoasr eval`: every subnet of a checkpoint with its budget, exact params and FLOPs
 (`subnet_cost`, FLOPs at cfg.ref_frames) and WER and CER on dev and test, as a table, a CSV
 (eval.csv beside the checkpoint, or --csv), and a heatmap of the units each subnet keeps
-(layers x unit kinds). The table is printed before any file is written."""
+(layers x unit kinds). The table is printed before any file is written. `--subnet` scores
+an exported subnet instead (`evaluate_subnet`): one row, the same columns and numbers as
+the checkpoint's subnet of its budget, on the manifests given."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import TRAINING_KIND, load_checkpoint, write_failure_reason
+from .checkpoint import write_failure_reason
 from .config import SupernetConfig
 from .devices import resolve_device
-from .model import ConformerSupernet, block_layout
-from .run_config import RunConfig
+from .model import block_layout
+from .trained import Trained, load_trained
 from .units import subnet_cost
-
-
-@dataclass
-class Trained:
-    """What a training checkpoint holds, ready to use."""
-
-    run: RunConfig
-    model: ConformerSupernet
-    tokenizer_bytes: bytes
-    masks: torch.Tensor | None      # (M, N) frozen 0/1 gates; None before the end of stage 1
-    step: int
-    manifest_paths: dict            # {"dev": absolute path at training time, ...}
-
-    @property
-    def num_subnets(self) -> int:
-        return 0 if self.masks is None else self.masks.shape[0]
-
-    def subnet_gates(self, index: int) -> torch.Tensor:
-        if self.masks is None:
-            raise ValueError(f"the checkpoint (step {self.step}) is from stage 1: no frozen "
-                             "subnets yet")
-        return self.masks[index]
-
-    def tokenizer(self):
-        from .data import Tokenizer
-        return Tokenizer.from_bytes(self.tokenizer_bytes)
-
-
-def load_trained(path: str | Path, device="cpu") -> Trained:
-    state = load_checkpoint(path, map_location=device, kind=TRAINING_KIND,
-                            needs=("model", "tokenizer"))
-    run = RunConfig.from_dict(state["run_config"])
-    model = ConformerSupernet(run.model).to(device)
-    model.load_state_dict(state["model"])
-    masks = state["frozen_masks"]
-    return Trained(run, model.eval(), state["tokenizer"],
-                   None if masks is None else masks.float().cpu(), state["step"],
-                   state.get("manifest_paths", {}))
 
 
 def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
@@ -63,9 +26,7 @@ def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
     the absolute path recorded when it was trained, then its config's path relative to this
     folder (a run moved to another machine, or a checkpoint from before the record)."""
     if given is not None:
-        if not Path(given).exists():
-            raise FileNotFoundError(f"--{split} manifest {given} not found")
-        return given
+        return given_manifest(split, given)
     configured = getattr(trained.run, f"{split}_manifest")
     recorded = trained.manifest_paths.get(split)
     for path in (recorded, configured):
@@ -75,6 +36,36 @@ def eval_manifest(trained: Trained, split: str, given: str | None) -> str:
         f"{split} manifest {configured} of the checkpoint's run config not found (looked "
         f"{'at ' + recorded + ' and ' if recorded else ''}in {Path.cwd()}); "
         f"pass --{split} PATH")
+
+
+def given_manifest(split: str, given: str) -> str:
+    """`given`, the --dev or --test manifest, which must exist."""
+    if not Path(given).exists():
+        raise FileNotFoundError(f"--{split} manifest {given} not found")
+    return given
+
+
+def load_split(split: str, path: str) -> list[dict]:
+    """The records of manifest `path`, named with their count; an empty one is refused."""
+    from .data import load_manifest
+    records = load_manifest(path)
+    if not records:
+        raise ValueError(f"{split} manifest {path} is empty")
+    print(f"{split} manifest {Path(path).resolve()}: {len(records)} utterances")
+    return records
+
+
+def short_clips(records, logmel) -> set[int]:
+    """Indices of the clips shorter than the frontend's minimum (4 feature frames), which get
+    an empty transcript; a note says how many and names the shortest."""
+    from .run_data import min_duration
+    shortest = min_duration(logmel)
+    short = {i for i, record in enumerate(records) if float(record["duration"]) < shortest}
+    if short:
+        first = min(short, key=lambda i: float(records[i]["duration"]))
+        print(f"note: {len(short)} clip(s) shorter than {shortest} s (4 frames, the frontend's "
+              f"minimum) get an empty transcript, e.g. {records[first]['audio_filepath']}")
+    return short
 
 
 @torch.no_grad()
@@ -90,14 +81,9 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .graphs import GraphedEncoder
     logmel = LogMel(n_mels=model.cfg.num_mel_bins).to(device)
     dataset = SpeechDataset(records, tokenizer)
-    from .run_data import min_duration
-    order = sorted(range(len(records)), key=lambda i: float(records[i]["duration"]))
-    too_short = [i for i in order if float(records[i]["duration"]) < min_duration(logmel)]
-    if too_short:
-        print(f"note: {len(too_short)} clip(s) shorter than {min_duration(logmel)} s (4 frames,"
-              f" the frontend's minimum) get an empty transcript, e.g. "
-              f"{records[too_short[0]]['audio_filepath']}")
-        order = order[len(too_short):]
+    short = short_clips(records, logmel)
+    order = sorted((i for i in range(len(records)) if i not in short),
+                   key=lambda i: float(records[i]["duration"]))
     hyps = [[""] * len(records) for _ in subnets]
     skips = [model.dead_modules(gates) for gates, _ in subnets]
     # CUDA graphs per padded shape class on a GPU
@@ -123,19 +109,12 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     """One row per subnet (or the supernet alone before the freeze). Prints the manifests
     used and the table, then writes the table to `csv_path` (default: eval.csv beside the
     checkpoint) and the heatmap to `heatmap`."""
-    from .data import load_manifest
-    from .decoding import char_error_rate, word_error_rate
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model
     tokenizer = trained.tokenizer()
-    splits = {}
-    for name, given in (("dev", dev_manifest), ("test", test_manifest)):
-        path = eval_manifest(trained, name, given)
-        splits[name] = load_manifest(path)
-        if not splits[name]:
-            raise ValueError(f"{name} manifest {path} is empty")
-        print(f"{name} manifest {Path(path).resolve()}: {len(splits[name])} utterances")
+    splits = {name: load_split(name, eval_manifest(trained, name, given))
+              for name, given in (("dev", dev_manifest), ("test", test_manifest))}
     subnets = range(trained.num_subnets) if trained.masks is not None else [None]
     bf16 = run.bf16 and device.type == "cuda"
     rows, selected = [], []
@@ -143,19 +122,14 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
         gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
         head = len(cfg.budgets) - 1 if index is None else index
         selected.append((gates.to(device), head))
-        rows.append({"subnet": "supernet" if index is None else index,
-                     "budget": 1.0 if index is None else cfg.budgets[index],
-                     "units": int((gates != 0).sum()),
-                     "params": int(subnet_cost(cfg, gates, "params")),
-                     "flops": int(subnet_cost(cfg, gates, "flops"))})
+        rows.append(cost_row("supernet" if index is None else index,
+                             1.0 if index is None else cfg.budgets[index], cfg, gates))
     for name, records in splits.items():
         hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
                           bf16, frozen_weights=True)     # the checkpoint's, loaded here
-        refs = [r["text"] for r in records]
         for row, subnet_hyps in zip(rows, hyps):
-            row[f"wer_{name}"] = float(word_error_rate(refs, subnet_hyps))
-            row[f"cer_{name}"] = float(char_error_rate(refs, subnet_hyps))
-    print_table(rows, cfg, trained.step)
+            add_error_rates(row, name, records, subnet_hyps)
+    print_table(rows, cfg, f"subnets at step {trained.step}")
     if trained.masks is not None:
         print_retained(trained.masks, cfg)
     # the table comes first, the CSV before the heatmap: a path that cannot be written loses
@@ -164,6 +138,59 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     if trained.masks is not None and heatmap:
         print(f"heatmap -> {write_heatmap(trained.masks, cfg, heatmap)}")
     return rows
+
+
+def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
+                    test_manifest: str | None = None, device: str = "auto",
+                    csv_path: str | Path | None = None) -> dict:
+    """One row for an exported subnet (`orthoasr export`) on the manifests given (one at
+    least: the file holds none of its own): `evaluate`'s columns, and the numbers it gives
+    the checkpoint's subnet of the same budget (each clip decoded whole, greedy CTC; in
+    float32, where a bf16 run's checkpoint is scored under bf16 autocast on a GPU). Prints
+    the manifests and the table, then writes the row to `csv_path` (default: <subnet
+    stem>.eval.csv beside the subnet, never a run's eval.csv)."""
+    from .export import widths_to_gates
+    from .recognizer import Recognizer
+    given = {name: path for name, path in (("dev", dev_manifest), ("test", test_manifest))
+             if path is not None}
+    if not given:
+        raise ValueError(f"an exported subnet has no manifests of its own: pass --dev and/or "
+                         f"--test to score {subnet}")
+    paths = {name: given_manifest(name, path) for name, path in given.items()}
+    splits = {name: load_split(name, path) for name, path in paths.items()}
+    recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=None, silence_db=None)
+    sub = recognizer.model
+    row = cost_row("exported", sub.budget, sub.cfg, widths_to_gates(sub.cfg, sub.widths))
+    for name, records in splits.items():
+        short = short_clips(records, recognizer.logmel)
+        decoded = [i for i in range(len(records)) if i not in short]
+        texts = recognizer.transcribe([records[i]["audio_filepath"] for i in decoded])
+        hyps = [""] * len(records)
+        for i, text in zip(decoded, texts, strict=True):
+            hyps[i] = text
+        add_error_rates(row, name, records, hyps)
+    print_table([row], sub.cfg, f"exported subnet {subnet}")
+    subnet = Path(subnet)
+    print(f"CSV -> {write_csv([row], csv_path or subnet.with_name(f'{subnet.stem}.eval.csv'))}")
+    return row
+
+
+def cost_row(subnet: int | str, budget: float, cfg: SupernetConfig, gates: torch.Tensor
+             ) -> dict:
+    """A row's first columns: the subnet, its budget, its units kept, exact params and FLOPs
+    (`subnet_cost` of gates (N,))."""
+    return {"subnet": subnet, "budget": budget, "units": int((gates != 0).sum()),
+            "params": int(subnet_cost(cfg, gates, "params")),
+            "flops": int(subnet_cost(cfg, gates, "flops"))}
+
+
+def add_error_rates(row: dict, split: str, records: list[dict], hyps: list[str]) -> None:
+    """row["wer_<split>"], row["cer_<split>"]: the rates of `hyps` against the records'
+    texts."""
+    from .decoding import char_error_rate, word_error_rate
+    refs = [record["text"] for record in records]
+    row[f"wer_{split}"] = float(word_error_rate(refs, hyps))
+    row[f"cer_{split}"] = float(char_error_rate(refs, hyps))
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
@@ -182,8 +209,8 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def print_table(rows: list[dict], cfg: SupernetConfig, step: int) -> None:
-    print(f"subnets at step {step} (FLOPs per utterance of {cfg.ref_frames} frames after "
+def print_table(rows: list[dict], cfg: SupernetConfig, title: str) -> None:
+    print(f"{title} (FLOPs per utterance of {cfg.ref_frames} frames after "
           f"subsampling, selected by {cfg.criterion}):")
     print(f"{'subnet':>8} {'budget':>6} {'units':>6} {'params':>12} {'MFLOPs':>10} "
           f"{'WER dev':>8} {'CER dev':>8} {'WER test':>8} {'CER test':>8}")
@@ -246,22 +273,34 @@ def write_heatmap(masks: torch.Tensor, cfg: SupernetConfig, path: str | Path) ->
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint.pt")
-    run_manifest = "the run's: where it was when trained, else its config's path from here"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="training checkpoint.pt: all its subnets")
+    which.add_argument("--subnet", help="exported subnet (`orthoasr export --out`): it alone, "
+                                        "on --dev and/or --test (one at least)")
+    run_manifest = ("with --checkpoint, the run's: where it was when trained, else its "
+                    "config's path from here")
     parser.add_argument("--dev", default=None, help=f"dev manifest (default: {run_manifest})")
     parser.add_argument("--test", default=None, help=f"test manifest (default: {run_manifest})")
     parser.add_argument("--heatmap", default=None,
-                        help="PNG of the kept units (default: heatmap.png by the checkpoint)")
+                        help="PNG of the kept units (default: heatmap.png by the checkpoint; "
+                             "not with --subnet, which keeps no masks)")
     parser.add_argument("--csv", default=None,
                         help="the table as CSV, one row per subnet (default: eval.csv by the "
-                             "checkpoint)")
+                             "checkpoint; with --subnet, <its stem>.eval.csv by it)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.subnet is not None:
+        if args.heatmap is not None:
+            raise ValueError("--heatmap draws the frozen masks of a --checkpoint; an exported "
+                             "--subnet keeps how many units of each module it has, not which: "
+                             "leave --heatmap out")
+        evaluate_subnet(args.subnet, args.dev, args.test, args.device, args.csv)
+        return
     heatmap = args.heatmap or Path(args.checkpoint).with_name("heatmap.png")
     evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device, args.csv)
 
 
-__all__ = ["evaluate", "load_trained", "transcribe", "write_csv", "write_heatmap",
+__all__ = ["evaluate", "evaluate_subnet", "transcribe", "write_csv", "write_heatmap",
            "add_arguments", "run"]

@@ -227,6 +227,26 @@ def _kept_width(cfg: SupernetConfig, kind: str, unit_gates: torch.Tensor) -> int
     return on
 
 
+def widths_to_gates(cfg: SupernetConfig, widths: list[dict[str, int]]) -> torch.Tensor:
+    """(num_units,) 0/1 gates of a subnet with these kept `widths` (a CompactConformer's):
+    the first `width` units of each module on (granularity "module": its one unit, if the
+    module is kept). The file keeps how many units of each module stay, not which, and the
+    counts are all that `subnet_cost` reads."""
+    layout = block_layout(cfg)
+    if len(widths) != cfg.num_layers:
+        raise ValueError(f"widths must have {cfg.num_layers} entries (one per layer), got "
+                         f"{len(widths)}")
+    gates = torch.zeros(cfg.num_layers, layout[-1][2])
+    for layer, kept in enumerate(widths):
+        for kind, start, end in layout:
+            most = {"conv": 1, "mhsa": cfg.num_heads}.get(kind, cfg.ff_chunks)
+            if not 0 <= kept[kind] <= most:
+                raise ValueError(f"widths[{layer}][{kind!r}] must be in [0, {most}], got "
+                                 f"{kept[kind]}")
+            gates[layer, start:start + min(kept[kind], end - start)] = 1.0
+    return gates.flatten()
+
+
 def _copy_ffn(cfg, src, dst: DenseFeedForward, unit_gates):
     f = cfg.chunk_dim
     dst.norm.load_state_dict(src.norm.state_dict())
@@ -289,7 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from .evaluate import load_trained
+    from .trained import load_trained
     trained = load_trained(args.checkpoint, "cpu")
     pt2 = Path(args.pt2) if args.pt2 else None
     check_outputs(Path(args.checkpoint), Path(args.out), pt2)
@@ -354,4 +374,5 @@ def _why_not_a_program(path: Path) -> str | None:
 
 
 __all__ = ["extract_subnet", "load_subnet", "export_program", "check_outputs",
-           "CompactConformer", "PROGRAM_BATCH", "PROGRAM_FRAMES", "add_arguments", "run"]
+           "widths_to_gates", "CompactConformer", "PROGRAM_BATCH", "PROGRAM_FRAMES",
+           "add_arguments", "run"]

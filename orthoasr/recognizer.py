@@ -111,7 +111,7 @@ class Recognizer:
         checkpoint `path`. A stage-1 checkpoint has no frozen subnets: only the full
         supernet (budget None) is available from it. chunk_seconds, context_seconds,
         silence_db: as in Recognizer."""
-        from .evaluate import load_trained
+        from .trained import load_trained
         trained = load_trained(path, resolve_device(device))
         budgets = list(trained.model.cfg.budgets)
         if trained.masks is None:

@@ -14,10 +14,10 @@ from orthoasr.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from orthoasr.evaluate import load_trained
 from orthoasr.export import load_subnet
 from orthoasr.metrics import read_metrics
 from orthoasr.train import train
+from orthoasr.trained import load_trained
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_by_every_loader(corpus, tmp_pa
 
 
 def test_stage1_checkpoint_evaluates_the_supernet_and_refuses_export(corpus, tmp_path):
-    from orthoasr.evaluate import evaluate, load_trained
+    from orthoasr.evaluate import evaluate
     run = tiny_run(corpus, "stage1_steps=3", "stage2_steps=3")
     train(run, tmp_path, stop_at=1)
     rows = evaluate(tmp_path / "checkpoint.pt")

@@ -1,15 +1,23 @@
 """`orthoasr eval`: which manifests it scores (the run's recorded ones first, named in its
-output), the CSV where --csv says, and the table printed before any file is written."""
+output), the CSV where --csv says, and the table printed before any file is written; an
+exported subnet (`--subnet`) scored as the checkpoint's subnet of its budget."""
 
+import json
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
+from test_safety import cli_error
 from test_train import finished_tiny_run
 
 from orthoasr import set_backend
 from orthoasr.checkpoint import load_checkpoint, save_checkpoint
 from orthoasr.cli import main
-from orthoasr.evaluate import eval_manifest, evaluate, load_trained
+from orthoasr.data import load_audio
+from orthoasr.evaluate import eval_manifest, evaluate, evaluate_subnet
+from orthoasr.export import extract_subnet
+from orthoasr.trained import load_trained
 
 
 @pytest.fixture(autouse=True)
@@ -109,3 +117,123 @@ def test_an_unwritable_output_keeps_the_results(run_dir, tmp_path, capsys):
                                       "directory"):
         evaluate(checkpoint, csv_path=tmp_path)
     assert "WER dev" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- --subnet
+
+def talkative(state: dict) -> dict:
+    """A training checkpoint's `state` with the blank made unlikely in every head, so that
+    greedy decoding yields long, gate-dependent transcripts (a barely trained CTC model says
+    nothing, which every implementation would agree on)."""
+    for key, value in state["model"].items():
+        if key.startswith("heads.") and key.endswith(".bias"):
+            value[0] -= 20.0
+    return state
+
+
+@pytest.fixture(scope="module")
+def talkative_run(run_dir, tmp_path_factory) -> Path:
+    """The run's checkpoint, talkative, in a folder of its own (its manifests: the run's)."""
+    folder = tmp_path_factory.mktemp("talkative")
+    return save_checkpoint(folder / "checkpoint.pt",
+                           talkative(load_checkpoint(run_dir / "checkpoint.pt")))
+
+
+def write_wav(path: Path, samples: np.ndarray) -> dict:
+    """16-bit 16 kHz `samples` (int16 values) at `path`: its manifest record, text "a word"."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.astype(np.int16).tobytes())
+    return {"audio_filepath": str(path), "duration": len(samples) / 16000, "text": "a word"}
+
+
+def awkward_manifest(manifest: str, folder: Path) -> Path:
+    """`manifest`'s records and, in `folder`, a 20 ms clip (under the frontend's 40 ms), its
+    first two clips with 0.5 s of zeros between (two voiced segments for the silence
+    splitter) and 36 s of noise (more than transcribe's 30 s pieces and 2 s either side)."""
+    records = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
+    first, second = (load_audio(r["audio_filepath"]).numpy() * 32768 for r in records[:2])
+    noise = np.random.default_rng(0).standard_normal(36 * 16000) * 2000
+    records += [write_wav(folder / "short.wav", noise[:320]),
+                write_wav(folder / "two.wav", np.concatenate([first, np.zeros(8000), second])),
+                write_wav(folder / "long.wav", noise)]
+    path = folder / "awkward.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def export_subnet(checkpoint: Path, index: int, out: Path) -> Path:
+    main(["export", "--checkpoint", str(checkpoint), "--subnet", str(index), "--out", str(out)])
+    return out
+
+
+SHORT_NOTE = "note: 1 clip(s) shorter than 0.04 s (4 frames, the frontend's minimum) get an " \
+             "empty transcript, e.g. "
+
+
+def test_an_exported_subnet_scores_as_the_checkpoints_subnet_of_its_budget(
+        talkative_run, tmp_path, capsys):
+    """Units, params, FLOPs, WER and CER on dev and on a test manifest with a clip too short
+    for the frontend, one with a silence and a long one (each decoded whole): the exported
+    subnet's row is the checkpoint's row for its budget."""
+    recorded = load_checkpoint(talkative_run)["manifest_paths"]
+    test = awkward_manifest(recorded["test"], tmp_path)
+    rows = evaluate(talkative_run, test_manifest=str(test), csv_path=tmp_path / "eval.csv")
+    assert SHORT_NOTE + str(tmp_path / "short.wav") in capsys.readouterr().out
+    assert len({row["cer_test"] for row in rows}) == len(rows)     # each says other things
+    for index in (0, 1):
+        sub = export_subnet(talkative_run, index, tmp_path / f"sub{index}.pt")
+        row = evaluate_subnet(sub, recorded["dev"], str(test))
+        assert row == {**rows[index], "subnet": "exported"}
+        out = capsys.readouterr().out
+        assert SHORT_NOTE + str(tmp_path / "short.wav") in out
+        assert f"exported subnet {sub} (FLOPs per utterance" in out
+
+
+def test_eval_of_an_exported_subnet_writes_its_own_csv(talkative_run, tmp_path, capsys):
+    """<stem>.eval.csv beside the subnet, never the run's eval.csv; --csv elsewhere."""
+    sub = export_subnet(talkative_run, 0, tmp_path / "sub.pt")
+    (tmp_path / "eval.csv").write_text("a run's table\n")
+    test = load_checkpoint(talkative_run)["manifest_paths"]["test"]
+    main(["eval", "--subnet", str(sub), "--test", test])
+    assert f"CSV -> {tmp_path / 'sub.eval.csv'}" in capsys.readouterr().out
+    header, row = (tmp_path / "sub.eval.csv").read_text().splitlines()
+    assert header == "subnet,budget,units,params,flops,wer_test,cer_test"
+    assert row.startswith("exported,0.4,")
+    assert (tmp_path / "eval.csv").read_text() == "a run's table\n"
+    main(["eval", "--subnet", str(sub), "--dev", test, "--csv", str(tmp_path / "x" / "a.csv")])
+    assert (tmp_path / "x" / "a.csv").read_text().splitlines()[0] == \
+        "subnet,budget,units,params,flops,wer_dev,cer_dev"
+
+
+def test_eval_subnet_usage_errors(talkative_run, tmp_path, capsys):
+    checkpoint = str(talkative_run)
+    sub = str(export_subnet(talkative_run, 0, tmp_path / "sub.pt"))
+    trained = load_trained(talkative_run)
+    bare = extract_subnet(trained.model, trained.subnet_gates(0), head=0).save(
+        tmp_path / "bare.pt")
+    test = load_checkpoint(talkative_run)["manifest_paths"]["test"]
+    (tmp_path / "empty.jsonl").write_text("")
+    for argv, message in [
+            ([], "one of the arguments --checkpoint --subnet is required"),
+            (["--checkpoint", checkpoint, "--subnet", sub],
+             "argument --subnet: not allowed with argument --checkpoint")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    for argv, message in [
+            (["--subnet", sub], "an exported subnet has no manifests of its own: pass --dev "
+                                f"and/or --test to score {sub}"),
+            (["--subnet", sub, "--dev", test, "--test", "gone.jsonl"],
+             "--test manifest gone.jsonl not found"),
+            (["--subnet", sub, "--dev", str(tmp_path / "empty.jsonl")],
+             f"dev manifest {tmp_path / 'empty.jsonl'} is empty"),
+            (["--subnet", sub, "--test", test, "--heatmap", "h.png"],
+             "--heatmap draws the frozen masks of a --checkpoint"),
+            (["--subnet", str(bare), "--test", test],
+             f"subnet {bare} was saved without its tokenizer")]:
+        assert message in cli_error(capsys, ["eval", *argv])
+    assert not list(tmp_path.glob("*.csv"))
+    assert "not with --subnet" in main_help(capsys, "eval")

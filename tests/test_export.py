@@ -16,9 +16,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from orthoasr import SupernetConfig, set_backend, subnet_cost
 from orthoasr.checkpoint import kept_checkpoints
 from orthoasr.cli import main
-from orthoasr.evaluate import load_trained
-from orthoasr.export import PROGRAM_FRAMES, export_program, extract_subnet, load_subnet
-from orthoasr.model import ConformerSupernet
+from orthoasr.export import (
+    PROGRAM_FRAMES,
+    export_program,
+    extract_subnet,
+    load_subnet,
+    widths_to_gates,
+)
+from orthoasr.model import ConformerSupernet, block_layout
+from orthoasr.trained import load_trained
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +71,31 @@ def test_extract_equals_masked_supernet_params_and_flops(granularity):
         assert abs(counter.get_total_flops() - expected) <= 0.02 * expected, name
     removed = extract_subnet(model, torch.zeros(model.num_units))
     assert all(len(block.modules_by_kind) == 0 for block in removed.blocks)
+
+
+def module_counts(cfg, gates) -> list[list[int]]:
+    """Nonzero gates of each module (per module kind, per layer)."""
+    blocks = torch.as_tensor(gates).view(cfg.num_layers, -1)
+    return [(blocks[:, start:end] != 0).sum(1).tolist() for _, start, end in block_layout(cfg)]
+
+
+@pytest.mark.parametrize("granularity", ["component", "module"])
+def test_widths_to_gates_keeps_each_modules_count_and_cost(granularity):
+    cfg = tiny_cfg(granularity=granularity)
+    model = ConformerSupernet(cfg)
+    for name, gates in gate_sets(model.num_units).items():
+        back = widths_to_gates(cfg, extract_subnet(model, gates).widths)
+        assert back.shape == (model.num_units,) and set(back.tolist()) <= {0.0, 1.0}, name
+        assert module_counts(cfg, back) == module_counts(cfg, gates), name
+        for criterion in ("params", "flops"):
+            assert subnet_cost(cfg, back, criterion) == subnet_cost(cfg, gates, criterion), name
+    widths = extract_subnet(model, torch.ones(model.num_units)).widths
+    with pytest.raises(ValueError, match="widths must have 2 entries"):
+        widths_to_gates(cfg, widths[:1])
+    widths[1]["mhsa"] = cfg.num_heads + 1
+    with pytest.raises(ValueError, match=rf"widths\[1\]\['mhsa'\] must be in "
+                                         rf"\[0, {cfg.num_heads}\], got {cfg.num_heads + 1}"):
+        widths_to_gates(cfg, widths)
 
 
 def test_torch_export_and_save_load(tmp_path):
@@ -189,6 +220,16 @@ def test_export_write_errors_name_the_path_and_the_reason(run_dir, tmp_path, cap
                                  "--out", "sub.pt", "--pt2", "/proc/x.pt2"])
         assert "could not write torch.export program /proc/x.pt2: " in err, err
         assert ".tmp" not in err and "enforce fail" not in err
+
+
+def test_widths_to_gates_gives_back_the_frozen_masks_counts(run_dir):
+    trained = load_trained(run_dir / "checkpoint.pt")
+    cfg = trained.model.cfg
+    for index in range(trained.num_subnets):
+        mask = trained.subnet_gates(index)
+        sub = extract_subnet(trained.model, mask, head=index)
+        assert module_counts(cfg, widths_to_gates(cfg, sub.widths)) == \
+            module_counts(cfg, mask)
 
 
 def test_export_picks_a_subnet_by_budget(run_dir, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """The README's examples run as written (they must stay true as features land): the library
-example, and the command-line sequence synth -> train -> eval -> export."""
+example, and the command-line sequence synth -> train -> eval -> export -> eval of the
+export."""
 
 import re
 import shlex
@@ -42,7 +43,7 @@ def test_readme_command_sequence_runs_as_written(tmp_path, monkeypatch):
     from orthoasr.cli import main
 
     commands = readme_commands()
-    assert [c.split()[1] for c in commands] == ["synth", "train", "eval", "export"]
+    assert [c.split()[1] for c in commands] == ["synth", "train", "eval", "export", "eval"]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(synth.PRESETS, "tiny", synth.Preset(
         utterances=(12, 4, 4), speakers=(3, 2, 2), max_words=4))
@@ -61,3 +62,4 @@ def test_readme_command_sequence_runs_as_written(tmp_path, monkeypatch):
         main(shlex.split(command)[1:])
     assert (tmp_path / "runs" / "tiny" / "eval.csv").exists()
     assert (tmp_path / "runs" / "tiny" / "sub.pt").exists()
+    assert (tmp_path / "runs" / "tiny" / "sub.eval.csv").exists()

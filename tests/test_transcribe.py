@@ -6,35 +6,31 @@ subnets, waveforms and batching; `orthoasr transcribe` on good files, formats (8
 import numpy as np
 import pytest
 import torch
+from test_evaluate import talkative
 from test_train import tiny_run, write_corpus
 
 from orthoasr import Recognizer, extract_subnet, set_backend
 from orthoasr.checkpoint import TRAINING_KIND, load_checkpoint, save_checkpoint
 from orthoasr.cli import main as cli_main
 from orthoasr.data import load_manifest
-from orthoasr.evaluate import load_trained, transcribe
+from orthoasr.evaluate import transcribe
 from orthoasr.recognizer import chunk_windows
 from orthoasr.silence import voiced_spans
 from orthoasr.train import CHECKPOINT, train
+from orthoasr.trained import load_trained
 
 soundfile = pytest.importorskip("soundfile")  # a test need (install_requires has it)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny supernet trained 3 + 3 steps, then its blank made unlikely in every head so
-    that greedy decoding yields long, gate-dependent transcripts (a barely trained CTC
-    model says nothing, which every implementation would agree on)."""
+    """A tiny supernet trained 3 + 3 steps, then made `talkative`."""
     set_backend("torch")
     root = tmp_path_factory.mktemp("transcribe")
     corpus = write_corpus(root / "corpus", n=6)
     train(tiny_run(corpus), root / "run")
     path = root / "run" / CHECKPOINT
-    state = load_checkpoint(path, kind=TRAINING_KIND)
-    for key, value in state["model"].items():
-        if key.startswith("heads.") and key.endswith(".bias"):
-            value[0] -= 20.0
-    save_checkpoint(path, state)
+    save_checkpoint(path, talkative(load_checkpoint(path, kind=TRAINING_KIND)))
     records = load_manifest(corpus / "test.jsonl")
     return {"checkpoint": path, "records": records, "root": root,
             "paths": [r["audio_filepath"] for r in records]}
