@@ -2,6 +2,7 @@
 
     orthoasr transcribe --checkpoint runs/demo/checkpoint.pt --budget 0.4 a.wav b.flac
     orthoasr transcribe --subnet runs/demo/sub.pt --format json a.wav
+    find calls -name '*.mp3' | orthoasr transcribe --subnet runs/demo/sub.pt -
 
 Prints one line per file, `<path>\\t<text>` (`--format json`: a JSON object, `{"path",
 "text", "words": [{"word", "start", "end"}, ...]}`, times in seconds from the file's start
@@ -12,7 +13,8 @@ once and an interrupted run keeps the lines it printed. Each recording's silent 
 are cut out first and its voiced segments decoded (`--silence-db`; `off` decodes each file
 whole). A file that cannot be read (missing, empty, corrupt, not audio, or holding NaN
 samples) gets a line on stderr naming it and the reason, in its place among the others; the
-other files are still transcribed, and the exit status is 1.
+other files are still transcribed, and the exit status is 1. A FILE of `-` stands for the
+paths on standard input, one a line, read as they are needed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import argparse
 import json
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 import torch
 
@@ -42,18 +45,38 @@ def read_file(path: str) -> torch.Tensor:
     return wave
 
 
-def print_transcripts(recognizer: Recognizer, paths: list[str],
+def file_paths(files: list[str], stdin: TextIO) -> Iterator[str]:
+    """The FILE arguments in order, `-` standing for the paths on `stdin`, one a line, each
+    read when it is needed (blank lines are skipped; a file named - is ./-)."""
+    if files.count("-") > 1:
+        raise ValueError("FILE - (the paths on standard input) can be given once, got it "
+                         f"{files.count('-')} times")
+
+    def paths() -> Iterator[str]:
+        for name in files:
+            if name != "-":
+                yield name
+                continue
+            for line in stdin:
+                path = line.rstrip("\r\n")
+                if path.strip():
+                    yield path
+    return paths()
+
+
+def print_transcripts(recognizer: Recognizer, paths: Iterable[str],
                       group_seconds: float = GROUP_SECONDS, output_format: str = "text"
-                      ) -> int:
+                      ) -> tuple[int, int]:
     """Print `<path>\\t<text>` (output_format "json": `json_line`) for each file of
     `paths`, and a stderr line for each file that cannot be read, in the order of `paths`,
-    each as soon as the files before it are printed; files are read one at a time, as
-    `recognizer.transcribe_iter` pulls them. Returns how many files could not be read."""
+    each as soon as the files before it are printed; paths are taken and files read one at
+    a time, as `recognizer.transcribe_iter` pulls them. Returns (files, how many of them
+    could not be read)."""
     if output_format not in ("text", "json"):
         raise ValueError(f"output_format must be 'text' or 'json', got {output_format!r}")
     # the files read but not yet printed, in order: (path, None or why it cannot be read)
     waiting: deque[tuple[str, str | None]] = deque()
-    unreadable = 0
+    files = unreadable = 0
 
     def print_failures():
         """The unreadable files at the head of `waiting`: every file before them is out."""
@@ -62,8 +85,9 @@ def print_transcripts(recognizer: Recognizer, paths: list[str],
             print(f"orthoasr: cannot read {path}: {reason}", file=sys.stderr, flush=True)
 
     def readable_waves() -> Iterator[torch.Tensor]:
-        nonlocal unreadable
+        nonlocal files, unreadable
         for path in paths:
+            files += 1
             try:
                 wave = read_file(path)
             except (AudioError, OSError, RuntimeError) as err:
@@ -82,7 +106,7 @@ def print_transcripts(recognizer: Recognizer, paths: list[str],
         print(json_line(path, transcript) if json_output else f"{path}\t{transcript}",
               flush=True)
         print_failures()
-    return unreadable
+    return files, unreadable
 
 
 def json_line(path: str, transcript: Transcript) -> str:
@@ -137,13 +161,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the model emitted it, to 40 ms)")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit or float), FLAC, MP3, Ogg Vorbis or Opus "
-                             "(.ogg, .opus); any rate and channels")
+                             "(.ogg, .opus); any rate and channels. -: the paths on standard "
+                             "input, one a line")
 
 
 def run(args: argparse.Namespace) -> None:
     if args.subnet is not None and args.budget is not None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
+    paths = file_paths(args.files, sys.stdin)
     options = {"chunk_seconds": args.chunk_seconds or None,       # 0: whole
                "context_seconds": args.context_seconds, "silence_db": args.silence_db}
     if args.subnet is not None:
@@ -151,11 +177,11 @@ def run(args: argparse.Namespace) -> None:
     else:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
                                                 **options)
-    unreadable = print_transcripts(recognizer, args.files, args.group_seconds, args.format)
+    files, unreadable = print_transcripts(recognizer, paths, args.group_seconds, args.format)
     if unreadable:
-        print(f"orthoasr: {unreadable} of {len(args.files)} file(s) could not be read",
+        print(f"orthoasr: {unreadable} of {files} file(s) could not be read",
               file=sys.stderr)
         raise SystemExit(READ_FAILURE)
 
 
-__all__ = ["read_file", "print_transcripts", "json_line", "add_arguments", "run"]
+__all__ = ["read_file", "file_paths", "print_transcripts", "json_line", "add_arguments", "run"]

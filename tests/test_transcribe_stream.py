@@ -180,3 +180,49 @@ def test_cli_refuses_a_negative_group(stand_in_cli, capsys):
         stand_in_cli["run"]("--group-seconds", "-1", *stand_in_cli["files"])
     assert exit.value.code == 2
     assert "group_seconds must be a number of seconds >= 0.0, got -1.0" in capsys.readouterr().err
+
+
+class PathLines:
+    """Standard input holding `paths`, one a line, its reads logged in `events` as
+    ("stdin", path)."""
+
+    def __init__(self, paths, events):
+        self.lines, self.events = [f"{p}\n" for p in paths], events
+
+    def __iter__(self):
+        for line in self.lines:
+            self.events.append(("stdin", line.strip()))
+            yield line
+
+
+def test_cli_reads_paths_from_stdin_as_they_are_needed(stand_in_cli, tmp_path, monkeypatch,
+                                                       capsys):
+    """`-` among the files: the paths on standard input, in its place, each taken when the
+    recognizer wants its file (groups of 0 s: take, read, print); blank lines skipped, an
+    unreadable one reported and counted like any other."""
+    first, *middle, last = stand_in_cli["files"]
+    missing = str(tmp_path / "missing.wav")
+    piped = [middle[0], "", missing, middle[1], "  "]
+    events = stand_in_cli["events"]
+    monkeypatch.setattr(sys, "stdin", PathLines(piped, events))
+    with pytest.raises(SystemExit):
+        stand_in_cli["run"]("--group-seconds", "0", first, "-", last)
+    out, err = capsys.readouterr()
+    files = [first, middle[0], middle[1], last]
+    expected = Recognizer(FrameLocalModel(), LabelTokenizer()).transcribe(files)
+    assert out.splitlines() == [f"{p}\t{t}" for p, t in zip(files, expected)]
+    assert err.splitlines() == [f"orthoasr: cannot read {missing}: audio file not found",
+                                "orthoasr: 1 of 5 file(s) could not be read"]
+    assert events == [("read", first), ("stdin", middle[0]), ("read", middle[0]),
+                      ("stdin", ""), ("stdin", missing), ("read", missing),
+                      ("stdin", middle[1]), ("read", middle[1]), ("stdin", ""),
+                      ("read", last)]
+
+
+def test_cli_refuses_two_stdins_before_loading_a_model(stand_in_cli, monkeypatch, capsys):
+    monkeypatch.setattr(Recognizer, "from_checkpoint", None)        # loading would fail
+    with pytest.raises(SystemExit) as exit:
+        stand_in_cli["run"]("-", stand_in_cli["files"][0], "-")
+    assert exit.value.code != 0
+    assert "FILE - (the paths on standard input) can be given once, got it 2 times" in \
+        capsys.readouterr().err
