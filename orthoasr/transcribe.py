@@ -2,19 +2,24 @@
 
     orthoasr transcribe --checkpoint runs/demo/checkpoint.pt --budget 0.4 a.wav b.flac
     orthoasr transcribe --subnet runs/demo/sub.pt --format json a.wav
+    orthoasr transcribe --subnet runs/demo/sub.pt --format srt --output-dir subs a.wav
     find calls -name '*.mp3' | orthoasr transcribe --subnet runs/demo/sub.pt -
 
 Prints one line per file, `<path>\\t<text>` (`--format json`: a JSON object, `{"path",
 "text", "words": [{"word", "start", "end"}, ...]}`, times in seconds from the file's start
-rounded to ms, orthoasr.timestamps), in the order given, each as soon as it and the files
-before it are transcribed: files are read one at a time as the recognizer needs them and
-decoded in groups of about `--group-seconds` of audio, so a long list is never in memory at
-once and an interrupted run keeps the lines it printed. Each recording's silent stretches
-are cut out first and its voiced segments decoded (`--silence-db`; `off` decodes each file
-whole). A file that cannot be read (missing, empty, corrupt, not audio, or holding NaN
-samples) gets a line on stderr naming it and the reason, in its place among the others; the
-other files are still transcribed, and the exit status is 1. A FILE of `-` stands for the
-paths on standard input, one a line, read as they are needed.
+rounded to ms, orthoasr.timestamps; `--format srt|vtt`: `<path>\\t<subtitle file>`, having
+written those words' subtitles, orthoasr.subtitles, to `--output-dir`/<name less
+suffix>.srt|.vtt), in the order given, each as soon as it and the files before it are
+transcribed: files are read one at a time as the recognizer needs them and decoded in groups
+of about `--group-seconds` of audio, so a long list is never in memory at once and an
+interrupted run keeps the lines it printed. Each recording's silent stretches are cut out
+first and its voiced segments decoded (`--silence-db`; `off` decodes each file whole). A
+file that cannot be read (missing, empty, corrupt, not audio, or holding NaN samples) gets a
+line on stderr naming it and the reason, in its place among the others; the other files are
+still transcribed, and the exit status is 1. So does a path from standard input whose
+subtitle file an earlier file took (FILE names that would clash are refused before the model
+loads). A FILE of `-` stands for the paths on standard input, one a line, read as they are
+needed.
 """
 
 from __future__ import annotations
@@ -24,16 +29,20 @@ import json
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TextIO
 
 import torch
 
+from .checkpoint import write_atomically
 from .data import AudioError, load_audio
 from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, GROUP_SECONDS, SILENCE_DB, Recognizer
 from .silence import MIN_GAP_SECONDS
+from .subtitles import cues, srt, vtt
 from .timestamps import Transcript
 
 READ_FAILURE = 1
+SUBTITLE_FORMATS = {"srt": srt, "vtt": vtt}
 
 
 def read_file(path: str) -> torch.Tensor:
@@ -65,48 +74,67 @@ def file_paths(files: list[str], stdin: TextIO) -> Iterator[str]:
 
 
 def print_transcripts(recognizer: Recognizer, paths: Iterable[str],
-                      group_seconds: float = GROUP_SECONDS, output_format: str = "text"
+                      group_seconds: float = GROUP_SECONDS, output: TextLines | None = None
                       ) -> tuple[int, int]:
-    """Print `<path>\\t<text>` (output_format "json": `json_line`) for each file of
-    `paths`, and a stderr line for each file that cannot be read, in the order of `paths`,
-    each as soon as the files before it are printed; paths are taken and files read one at
-    a time, as `recognizer.transcribe_iter` pulls them. Returns (files, how many of them
-    could not be read)."""
-    if output_format not in ("text", "json"):
-        raise ValueError(f"output_format must be 'text' or 'json', got {output_format!r}")
-    # the files read but not yet printed, in order: (path, None or why it cannot be read)
+    """Print `output`'s line for each file of `paths` (default `<path>\\t<text>`), and a
+    stderr line for each file that cannot be read or that `output` refuses, in the order of
+    `paths`, each as soon as the files before it are printed; paths are taken and files
+    read one at a time, as `recognizer.transcribe_iter` pulls them. Returns (files, how
+    many of them failed)."""
+    output = TextLines() if output is None else output
+    # the files taken but not yet printed, in order: (path, None or what went wrong)
     waiting: deque[tuple[str, str | None]] = deque()
-    files = unreadable = 0
+    files = failed = 0
 
     def print_failures():
-        """The unreadable files at the head of `waiting`: every file before them is out."""
+        """The failed files at the head of `waiting`: every file before them is out."""
         while waiting and waiting[0][1] is not None:
-            path, reason = waiting.popleft()
-            print(f"orthoasr: cannot read {path}: {reason}", file=sys.stderr, flush=True)
+            print(f"orthoasr: {waiting.popleft()[1]}", file=sys.stderr, flush=True)
 
     def readable_waves() -> Iterator[torch.Tensor]:
-        nonlocal files, unreadable
+        nonlocal files, failed
         for path in paths:
             files += 1
-            try:
-                wave = read_file(path)
-            except (AudioError, OSError, RuntimeError) as err:
-                reason = " ".join(str(err).split()) or type(err).__name__
-                waiting.append((path, reason.removeprefix(f"{path}: ")))  # AudioError names it
-                unreadable += 1
+            wave, failure = None, output.refuse(path)
+            if failure is None:
+                try:
+                    wave = read_file(path)
+                except (AudioError, OSError, RuntimeError) as err:
+                    reason = " ".join(str(err).split()) or type(err).__name__
+                    failure = f"cannot read {path}: {reason.removeprefix(f'{path}: ')}"
+            waiting.append((path, failure))
+            if wave is None:
+                failed += 1
                 print_failures()
                 continue
-            waiting.append((path, None))
             yield wave
 
-    json_output = output_format == "json"
     for transcript in recognizer.transcribe_iter(readable_waves(), group_seconds,
-                                                 timestamps=json_output):
+                                                 timestamps=output.timestamps):
         path = waiting.popleft()[0]
-        print(json_line(path, transcript) if json_output else f"{path}\t{transcript}",
-              flush=True)
+        print(output.line(path, transcript), flush=True)
         print_failures()
-    return files, unreadable
+    return files, failed
+
+
+class TextLines:
+    """What `print_transcripts` prints for each file: `<path>\\t<text>`."""
+    timestamps = False          # whether `line` takes a Transcript (else the text)
+
+    def refuse(self, path: str) -> str | None:
+        """Why `path` is not to be read (None: it is), when it is taken."""
+        return None
+
+    def line(self, path: str, transcript: str | Transcript) -> str:
+        return f"{path}\t{transcript}"
+
+
+class JsonLines(TextLines):
+    """`--format json`: `json_line` for each file."""
+    timestamps = True
+
+    def line(self, path: str, transcript: Transcript) -> str:
+        return json_line(path, transcript)
 
 
 def json_line(path: str, transcript: Transcript) -> str:
@@ -116,6 +144,65 @@ def json_line(path: str, transcript: Transcript) -> str:
              for word in transcript.words]
     return json.dumps({"path": path, "text": transcript.text, "words": words},
                       ensure_ascii=False)
+
+
+class SubtitleFiles(TextLines):
+    """`--format srt|vtt`: each file's subtitles (`subtitles.cues` at their defaults) written
+    atomically to `<folder>/<its name less the suffix>.srt|.vtt`, and `<path>\\t<that
+    file>` printed. A file whose subtitle file another file of this run has taken is
+    refused."""
+    timestamps = True
+
+    def __init__(self, folder: str | Path, output_format: str):
+        if output_format not in SUBTITLE_FORMATS:
+            raise ValueError(f"output_format must be one of {sorted(SUBTITLE_FORMATS)}, got "
+                             f"{output_format!r}")
+        self.folder, self.output_format = Path(folder), output_format
+        self.sources: dict[Path, str] = {}      # each subtitle file taken: the file it is of
+
+    def target(self, path: str) -> Path:
+        return self.folder / f"{Path(path).stem}.{self.output_format}"
+
+    def refuse(self, path: str) -> str | None:
+        """Why `path`'s subtitles cannot be written: a file taken before it had the same
+        name less its suffix (the same path too). Else None, and its subtitle file taken."""
+        target = self.target(path)
+        if target not in self.sources:
+            self.sources[target] = path
+            return None
+        return (f"cannot write the subtitles of {path}: {target} is for those of "
+                f"{self.sources[target]}, given before it with the same name less its suffix")
+
+    def line(self, path: str, transcript: Transcript) -> str:
+        render = SUBTITLE_FORMATS[self.output_format]
+        text = render(cues(transcript)).encode()
+        target = write_atomically(self.target(path), lambda f: f.write(text), "subtitles")
+        return f"{path}\t{target}"
+
+
+def output_lines(output_format: str, output_dir: str | None, files: Iterable[str] = ()
+                 ) -> TextLines:
+    """What `orthoasr transcribe --format output_format --output-dir output_dir` prints for
+    each file. For subtitles, `files` (the FILE names known before any is read) are
+    refused here if two of them would write one subtitle file; the folder is made."""
+    if output_format not in ("text", "json", *SUBTITLE_FORMATS):
+        raise ValueError(f"--format must be text, json, srt or vtt, got {output_format!r}")
+    if output_format not in SUBTITLE_FORMATS:
+        if output_dir is not None:
+            raise ValueError(f"--output-dir is for the subtitle files of --format srt or "
+                             f"vtt; --format {output_format} prints to standard output (got "
+                             f"--output-dir {output_dir})")
+        return JsonLines() if output_format == "json" else TextLines()
+    if output_dir is None:
+        raise ValueError(f"--format {output_format} writes a subtitle file for each FILE: "
+                         "give the folder for them with --output-dir")
+    names = SubtitleFiles(output_dir, output_format)
+    for name in files:
+        failure = names.refuse(name)
+        if failure is not None:
+            raise ValueError(failure)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)     # fails here, not at a file
+    return SubtitleFiles(output_dir, output_format)     # the names checked, none taken yet
 
 
 def silence_db(text: str) -> float | None:
@@ -155,10 +242,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each group's lines when it is done (default "
                              f"{GROUP_SECONDS:g}; less: lines sooner, smaller batches; 0: "
                              "each file alone)")
-    parser.add_argument("--format", choices=("text", "json"), default="text",
+    parser.add_argument("--format", choices=("text", "json", *SUBTITLE_FORMATS),
+                        default="text",
                         help="text (default): `<path><TAB><text>` per file; json: one object "
                              "per file, with each word's start and end in seconds (where "
-                             "the model emitted it, to 40 ms)")
+                             "the model emitted it, to 40 ms); srt, vtt: subtitles of those "
+                             "times, a file per FILE in --output-dir, and `<path><TAB><that "
+                             "file>` printed")
+    parser.add_argument("--output-dir", default=None, metavar="DIR",
+                        help="with --format srt or vtt: write DIR/<FILE's name less its "
+                             "suffix>.srt (.vtt), making DIR if missing; two FILEs of one "
+                             "name are refused")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit or float), FLAC, MP3, Ogg Vorbis or Opus "
                              "(.ogg, .opus); any rate and channels. -: the paths on standard "
@@ -170,6 +264,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
     paths = file_paths(args.files, sys.stdin)
+    output = output_lines(args.format, args.output_dir,
+                          [name for name in args.files if name != "-"])
     options = {"chunk_seconds": args.chunk_seconds or None,       # 0: whole
                "context_seconds": args.context_seconds, "silence_db": args.silence_db}
     if args.subnet is not None:
@@ -177,11 +273,12 @@ def run(args: argparse.Namespace) -> None:
     else:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
                                                 **options)
-    files, unreadable = print_transcripts(recognizer, paths, args.group_seconds, args.format)
-    if unreadable:
-        print(f"orthoasr: {unreadable} of {files} file(s) could not be read",
+    files, failed = print_transcripts(recognizer, paths, args.group_seconds, output)
+    if failed:
+        print(f"orthoasr: {failed} of {files} file(s) could not be transcribed",
               file=sys.stderr)
         raise SystemExit(READ_FAILURE)
 
 
-__all__ = ["read_file", "file_paths", "print_transcripts", "json_line", "add_arguments", "run"]
+__all__ = ["read_file", "file_paths", "print_transcripts", "TextLines", "JsonLines",
+           "json_line", "SubtitleFiles", "output_lines", "add_arguments", "run"]

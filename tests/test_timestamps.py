@@ -200,6 +200,6 @@ def test_cli_prints_json_lines_with_word_times(scripted_cli, capsys, tmp_path):
         assert capsys.readouterr().out.splitlines() == [f"{late}\tput red",
                                                         f"{early}\tput red"]
     with pytest.raises(SystemExit) as exit:
-        cli_main(["transcribe", "--checkpoint", "any", "--format", "srt", late])
-    assert exit.value.code == 2 and "invalid choice: 'srt'" in capsys.readouterr().err
+        cli_main(["transcribe", "--checkpoint", "any", "--format", "xml", late])
+    assert exit.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
 

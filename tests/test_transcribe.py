@@ -190,7 +190,7 @@ def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys
     reason = err.split(f"cannot read {path}: ")[1].splitlines()[0]
     assert {"missing": "audio file not found", "corrupt": "no data chunk",
             "empty": "not a RIFF/WAVE file"}[bad] in reason
-    assert "1 of 3 file(s) could not be read" in err
+    assert "1 of 3 file(s) could not be transcribed" in err
 
 
 def test_cli_usage_errors(run, tmp_path, capsys):

@@ -157,7 +157,7 @@ def test_cli_prints_each_line_before_reading_later_files(stand_in_cli, tmp_path,
                                                         if path == missing else
                                                         "holds NaN or inf samples"))
             for path in files]
-    count = ("err", "orthoasr: 2 of 5 file(s) could not be read")
+    count = ("err", "orthoasr: 2 of 5 file(s) could not be transcribed")
     if group_seconds == "0":
         assert events == [e for path, line in zip(files, said) for e in (("read", path), line)
                           ] + [count]
@@ -212,7 +212,7 @@ def test_cli_reads_paths_from_stdin_as_they_are_needed(stand_in_cli, tmp_path, m
     expected = Recognizer(FrameLocalModel(), LabelTokenizer()).transcribe(files)
     assert out.splitlines() == [f"{p}\t{t}" for p, t in zip(files, expected)]
     assert err.splitlines() == [f"orthoasr: cannot read {missing}: audio file not found",
-                                "orthoasr: 1 of 5 file(s) could not be read"]
+                                "orthoasr: 1 of 5 file(s) could not be transcribed"]
     assert events == [("read", first), ("stdin", middle[0]), ("read", middle[0]),
                       ("stdin", ""), ("stdin", missing), ("read", missing),
                       ("stdin", middle[1]), ("read", middle[1]), ("stdin", ""),
