@@ -34,7 +34,7 @@ from typing import TextIO
 
 import torch
 
-from .checkpoint import write_atomically
+from .checkpoint import write_atomically, write_failure_reason
 from .data import AudioError, load_audio
 from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, GROUP_SECONDS, SILENCE_DB, Recognizer
 from .silence import MIN_GAP_SECONDS
@@ -201,7 +201,14 @@ def output_lines(output_format: str, output_dir: str | None, files: Iterable[str
         failure = names.refuse(name)
         if failure is not None:
             raise ValueError(failure)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)     # fails here, not at a file
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)           # fails here, not at a file
+    except OSError as err:
+        raise OSError(f"--output-dir {output_dir}: cannot make the folder: "
+                      f"{write_failure_reason(folder, err)}") from None
     return SubtitleFiles(output_dir, output_format)     # the names checked, none taken yet
 
 

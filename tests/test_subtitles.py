@@ -216,3 +216,14 @@ def test_cli_takes_an_output_dir_with_subtitles_only(stand_in_cli, tmp_path, mon
     assert exit.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "subs").exists() and stand_in_cli["events"] == []
+
+
+def test_cli_names_an_output_dir_that_is_a_file(stand_in_cli, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Recognizer, "from_checkpoint", None)        # loading would fail
+    (tmp_path / "subs").write_text("notes")
+    with pytest.raises(SystemExit) as exit:
+        stand_in_cli["run"]("--format", "srt", "--output-dir", str(tmp_path / "subs"),
+                            *stand_in_cli["files"])
+    assert exit.value.code == 2
+    assert f"--output-dir {tmp_path / 'subs'} is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "subs").read_text() == "notes" and stand_in_cli["events"] == []
