@@ -77,14 +77,14 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
                        append=voiced.new_zeros(1, dtype=torch.int8))
     starts = (edges == 1).nonzero().flatten().tolist()          # first voiced frame of a run
     ends = (edges == -1).nonzero().flatten().tolist()           # one past its last
-    min_gap = whole_frames(min_gap_seconds)
+    min_gap, min_segment = whole_frames(min_gap_seconds), whole_frames(min_segment_seconds)
     runs = [[starts[0], ends[0]]]
     for start, end in zip(starts[1:], ends[1:], strict=True):
         if start - runs[-1][1] < min_gap:
             runs[-1][1] = end
         else:
             runs.append([start, end])
-    runs = [run for run in runs if run[1] - run[0] >= whole_frames(min_segment_seconds)]
+    runs = [run for run in runs if run[1] - run[0] >= min_segment]
     if not runs:
         return []
     # clips start and end with short quiet stretches, as the training clips did: cutting
