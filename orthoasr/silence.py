@@ -17,6 +17,12 @@ loudest frame set the level (29.1% WER), and 57 points once the speech was 10 dB
 (82.1%): weighed against the click, soft speech fell under the threshold. The loudest 0.1 s
 sets the level now, and segments under 30 ms are dropped: 25.6% and 24.9%
 (bench/silence_wer.py).
+
+The threshold is relative, so a recording of near-digital silence (a muted microphone, the
+dither of a 16-bit file, ~-96 dBFS) was weighed against its own loudest hiss and decoded
+whole, into words. Frames under `SILENT_DBFS` (-80 dBFS: a mean power of 1e-8, samples
+within [-1, 1]) are never voiced: the quietest 10 ms frames of 18 recordings of real people
+(bench/silence_real_speech.py) were at -55 to -68 dBFS, 12 dB or more above it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ POWER_FRAME_SECONDS = 0.01     # the frames whose power is weighed (not the mode
 THRESHOLD_DB, MIN_GAP_SECONDS, MARGIN_SECONDS = 40.0, 0.1, 0.02
 # a click or pop is shorter than speech: it neither sets the level nor makes a segment
 REFERENCE_SECONDS, MIN_SEGMENT_SECONDS = 0.1, 0.03
+SILENT_DBFS = -80.0            # under any room's noise floor, over a 16-bit file's dither
 
 
 def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
@@ -37,7 +44,8 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
                  margin_seconds: float = MARGIN_SECONDS,
                  sample_rate: int = SAMPLE_RATE,
                  reference_seconds: float = REFERENCE_SECONDS,
-                 min_segment_seconds: float = MIN_SEGMENT_SECONDS) -> list[tuple[int, int]]:
+                 min_segment_seconds: float = MIN_SEGMENT_SECONDS,
+                 silent_dbfs: float = SILENT_DBFS) -> list[tuple[int, int]]:
     """wave: (S,) float samples at `sample_rate` Hz -> [(start, end), ...] sample spans of
     its voiced segments, in order, disjoint, with 0 <= start < end <= S.
 
@@ -51,8 +59,10 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     Less than `min_gap_seconds` of unvoiced frames at the wave's start or end join the
     first or last segment (gaps and segments are counted in whole frames). Each segment is
     then widened by `margin_seconds` on either side (clipped to the wave; segments that
-    then touch are joined). A wave with no power at all (all zeros, or empty) has no
-    segments; the threshold is relative, so a wave of noise alone is voiced throughout.
+    then touch are joined). A frame whose mean power is under `silent_dbfs` (dB against a
+    power of 1, that of samples at +-1; <= 0) is silent whatever the reference, so a wave
+    whose loudest 0.1 s is under it (all zeros, dither, empty) has no segments; above it
+    the threshold is relative, so a wave of noise alone is voiced throughout.
     """
     wave = torch.as_tensor(wave)
     if wave.dim() != 1:
@@ -62,6 +72,7 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     check_number("margin_seconds", margin_seconds, least=0.0)
     check_number("reference_seconds", reference_seconds, least=0.0)
     check_number("min_segment_seconds", min_segment_seconds, least=0.0)
+    check_number("silent_dbfs", silent_dbfs, most=0.0)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 100:
         raise ValueError(f"sample_rate must be an integer number of Hz >= 100, got "
                          f"{sample_rate!r}")
@@ -72,7 +83,10 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
         return []
     loudest = min(sounding, max(1, whole_frames(reference_seconds)))
     reference = power.topk(loudest).values[-1]
-    voiced = power >= reference * 10.0 ** (-threshold_db / 10)
+    voiced = power >= max(float(reference) * 10.0 ** (-threshold_db / 10),
+                          10.0 ** (silent_dbfs / 10))
+    if not bool(voiced.any()):                  # the loudest 0.1 s is under silent_dbfs
+        return []
     edges = torch.diff(voiced.to(torch.int8), prepend=voiced.new_zeros(1, dtype=torch.int8),
                        append=voiced.new_zeros(1, dtype=torch.int8))
     starts = (edges == 1).nonzero().flatten().tolist()          # first voiced frame of a run
@@ -122,15 +136,17 @@ def frame_power(wave: torch.Tensor, frame: int) -> torch.Tensor:
 
 
 def check_number(name: str, value, least: float | None = None,
-                 above: float | None = None, what: str = "finite number") -> None:
+                 above: float | None = None, most: float | None = None,
+                 what: str = "finite number") -> None:
     """A ValueError naming `name` (and saying it must be a `what`) unless value is a finite
-    int or float >= least (> above)."""
+    int or float >= least (> above, <= most)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or (least is not None and value < least) \
-            or (above is not None and value <= above):
-        bound = f">= {least}" if least is not None else f"> {above}"
+            or (above is not None and value <= above) or (most is not None and value > most):
+        bound = (f">= {least}" if least is not None else f"> {above}" if above is not None
+                 else f"<= {most}")
         raise ValueError(f"{name} must be a {what} {bound}, got {value!r}")
 
 
 __all__ = ["voiced_spans", "frame_power", "check_number", "THRESHOLD_DB", "MIN_GAP_SECONDS",
-           "MARGIN_SECONDS", "REFERENCE_SECONDS", "MIN_SEGMENT_SECONDS"]
+           "MARGIN_SECONDS", "REFERENCE_SECONDS", "MIN_SEGMENT_SECONDS", "SILENT_DBFS"]

@@ -91,6 +91,19 @@ def test_silence_alone_has_no_segments():
     assert voiced_spans(tone(0.003), min_segment_seconds=0) == [(0, 48)]
 
 
+def test_dither_alone_is_silence_and_a_quiet_voice_over_it_is_found():
+    """Samples of a 16-bit file's dither (~-100 dBFS) are silent whatever their own loudest
+    0.1 s, which the relative threshold alone would weigh them against; a tone 70 dB over
+    them (-33 dBFS) is found within a frame, its dither around it silent too."""
+    dither = 1e-5 * torch.randn(RATE, generator=torch.Generator().manual_seed(5))
+    assert voiced_spans(dither) == []
+    assert voiced_spans(dither, silent_dbfs=-120.0) == [(0, RATE)]    # the old rule
+    wave = dither.clone()
+    wave[4000:8000] += tone(0.25, amplitude=0.03)
+    spans = voiced_spans(wave, margin_seconds=0)
+    assert len(spans) == 1 and abs(spans[0][0] - 4000) < FRAME and abs(spans[0][1] - 8000) < FRAME
+
+
 def click(at_seconds, wave):
     """wave with a 5 ms full-scale click (square wave) added at `at_seconds`."""
     start = round(at_seconds * RATE)
@@ -128,6 +141,7 @@ def test_short_sounds_that_are_not_alone_stay():
     ("threshold_db", True), ("threshold_db", "40"), ("min_gap_seconds", -0.1),
     ("min_gap_seconds", float("inf")), ("margin_seconds", -0.01),
     ("margin_seconds", None), ("sample_rate", 16000.0), ("sample_rate", 0),
+    ("silent_dbfs", 3.0), ("silent_dbfs", float("-inf")),
     ("reference_seconds", -0.1), ("min_segment_seconds", float("nan"))])
 def test_bad_arguments_are_refused_by_name(argument, value):
     with pytest.raises(ValueError, match=f"{argument} must be .*, got {value!r}"):
@@ -195,8 +209,8 @@ def test_splitting_leaves_clips_without_silence_as_they_were():
 def test_a_silent_recording_transcribes_to_nothing():
     split = Recognizer(FrameLocalModel(), LabelTokenizer())
     noise = torch.randn(16000, generator=torch.Generator().manual_seed(4))
-    texts = split.transcribe([torch.zeros(32000), noise, torch.zeros(10)])
-    assert texts[0] == "" and texts[1] != "" and texts[2] == ""
+    texts = split.transcribe([torch.zeros(32000), noise, torch.zeros(10), 1e-5 * noise])
+    assert texts[0] == "" and texts[1] != "" and texts[2] == "" and texts[3] == ""
     assert Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=None).transcribe(
         [torch.zeros(32000)]) == ["1"]                       # silence read as a label
 
