@@ -34,6 +34,12 @@
 #   ddp      bench/ddp_scaling.py and bench/ddp_probe.py (2 GPUs; carry .whl for the
 #            synthetic corpus; with all four other stages more than 8 files would come
 #            back: run it in its own call)
+# A GPU machine without internet lacks some of setup.py's requirements: carry them as wheels
+# for its Python in .whl (git-ignored): soundfile with cffi and pycparser (without cffi,
+# importing soundfile fails and so does collecting tests/test_subtitles.py), soxr,
+# rapidfuzz and espeakng-loader, e.g. `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
+# -d .whl soundfile cffi pycparser soxr rapidfuzz espeakng-loader`.
 set -uo pipefail
 REPO=$PWD
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
