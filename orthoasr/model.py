@@ -82,17 +82,12 @@ class VGGFrontend(nn.Module):
         self.convs = nn.ModuleList([
             nn.Conv2d(1, c1, 3, padding=1), nn.Conv2d(c1, c1, 3, padding=1),
             nn.Conv2d(c1, c2, 3, padding=1), nn.Conv2d(c2, c2, 3, padding=1)])
-        # He initialisation for these ReLU convolutions, biases 0. nn.Conv2d's default
-        # (weights and biases U(+-1/sqrt(fan_in))) shrinks the signal ~2x a conv through
-        # the ReLUs while its biases do not shrink: at init many channels of convs 3-4 were
-        # dead or always on (which ones depending on the seed) and the frontend's output
-        # was ~1/10 of the sinusoidal positions added to it. The tiny config then left the
-        # CTC blank plateau late for seeds 1-4 of 0-5 (stage-1 supernet CTC loss ~1.0, 50-60%
-        # test WER) and learns for all six with this init (0.38-0.75; supernet 11-16% test
-        # WER): configs/tiny.yaml. The weights' gain is what matters (alone it did as well
-        # for seeds 1 and 2; zero biases alone, or only the projection's init 8x, did not).
-        # The default weights times sqrt(6) are exactly He-uniform (bound sqrt(6 / fan_in))
-        # from the same random draws, so nothing else's init moves.
+        # He-uniform weights, zero biases: torch's default conv init shrinks the signal ~2x a
+        # conv through the ReLUs while the biases keep their size, so some channels start
+        # dead, which ones depending on the seed, and the tiny demo stalled on CTC's blank
+        # plateau for seeds 1-3 (configs/tiny.yaml has the runs). The default weights times
+        # sqrt(6) are He-uniform (bound sqrt(6 / fan_in)) from the same draws, so no other
+        # module's init moves.
         with torch.no_grad():
             for conv in self.convs:
                 conv.weight.mul_(math.sqrt(6.0))
