@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # CPU machines take the CPU build of torch that lies on disk; override on other machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench-gpu lint clean
+.PHONY: demo test lint clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)

@@ -8,6 +8,7 @@ the same run. Older runs stay in the JSON files and in git.
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -95,6 +96,8 @@ def _fmt(value) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description="Regenerate bench/RESULTS.md from the rows in "
+                            "bench/results/*.json (the GPU benchmarks write them)").parse_args()
     if not any(RESULTS_DIR.glob("*.json")):
         # rendered from nothing, RESULTS.md would lose every table to "not measured" rows
         raise SystemExit(f"bench.report: no result files in {RESULTS_DIR}; the GPU "

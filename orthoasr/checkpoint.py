@@ -138,6 +138,17 @@ def _umask() -> int:
     return mask
 
 
+def is_exported_program(path: str | Path) -> bool:
+    """Whether `path` is a torch.export.save archive (its <name>/archive_format reads "pt2"),
+    which torch.load cannot read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            formats = [name for name in archive.namelist() if name.endswith("/archive_format")]
+            return bool(formats) and archive.read(formats[0]) == b"pt2"
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = None,
                     needs: tuple[str, ...] = ()) -> dict:
     """The state saved by `save_checkpoint` (weights_only: no code is unpickled). `kind`
@@ -158,6 +169,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
             # torch.load would try the legacy format and fail at random (KeyError: 101)
             raise CheckpointError(f"{path} is not an orthoasr checkpoint (not a file "
                                   f"torch.save wrote){wanted}")
+    if is_exported_program(path):
+        raise CheckpointError(
+            f"{path} is a torch.export program (`orthoasr export --pt2`): the encoder alone, "
+            f"log-mel features in and log-probabilities out, for torch.export.load, with no "
+            f"tokenizer{wanted}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -264,5 +280,6 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 __all__ = ["link_atomically", "kept_checkpoints", "prune_checkpoints",
            "save_checkpoint", "write_atomically", "write_failure_reason", "load_checkpoint",
+           "is_exported_program",
            "check_config", "rng_states", "set_rng_states", "as_tuples", "CheckpointError",
            "checkpoint_kind", "find_nonfinite", "TRAINING_KIND", "SUBNET_KIND", "REQUIRED_KEYS"]

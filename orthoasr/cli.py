@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import os
 import sys
 
@@ -76,6 +77,26 @@ def error_line(err: BaseException) -> str:
     if isinstance(err, (ValueError, OSError, RuntimeError)):
         return message
     return f"{type(err).__name__}: {message} (run with --debug for the traceback)"
+
+
+def number(least: float | None = None, above: float | None = None, integer: bool = False):
+    """An argparse type: a finite number (an integer with `integer`) >= least (> above).
+    Anything else is the parser's error, which names the option and the value given
+    (`argument --chunk-seconds: expected a finite number >= 0, got '-1'`)."""
+    kind = "an integer" if integer else "a finite number"
+    bound = f" >= {least:g}" if least is not None else f" > {above:g}" if above is not None \
+        else ""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (least is not None and value < least) \
+                or (above is not None and value <= above):
+            raise argparse.ArgumentTypeError(f"expected {kind}{bound}, got {text!r}")
+        return value
+    return parse
 
 
 def _exists(module_name: str) -> bool:

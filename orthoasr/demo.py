@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .cli import number
 from .config import SupernetConfig
 from .devices import resolve_device
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
@@ -87,22 +88,31 @@ def next_steps(work_dir: Path, data_dir: Path, budgets) -> str:
     test_file = load_manifest(data_dir / "test.jsonl")[0]["audio_filepath"]
     smallest = min(budgets)
     return f"""
-What to try next:
+What to try next (`orthoasr` is in .venv/bin after `make demo`: `. .venv/bin/activate`):
   # hear what the smallest subnet ({smallest:g} of the parameters) makes of a test file
   orthoasr transcribe --checkpoint {work_dir / CHECKPOINT} --budget {smallest:g} {test_file}
   # export it as a compact model that transcribes on its own
   orthoasr export --checkpoint {work_dir / CHECKPOINT} --budget {smallest:g} --out {work_dir}/sub.pt
   orthoasr transcribe --subnet {work_dir}/sub.pt {test_file}
-  # which units each subnet keeps (layers x units)
-  open {work_dir / 'heatmap.png'}
+  # which units each subnet keeps (layers x units): the image
+  {work_dir / 'heatmap.png'}
   # the paper-size model, on a GPU with a larger corpus
   orthoasr synth --preset base && orthoasr train --config paper --work-dir runs/paper"""
 
 
 # the options of --selection-only; they parse to None when not given, so that the full demo
 # can refuse them rather than ignore them
-SELECTION_DEFAULTS = {"steps": 600, "criterion": "flops", "budgets": "0.5,0.6,0.7,0.85,1.0",
+SELECTION_DEFAULTS = {"steps": 600, "criterion": "flops", "budgets": (0.5, 0.6, 0.7, 0.85, 1.0),
                       "seed": 0}
+
+
+def budget_list(text: str) -> tuple[float, ...]:
+    """--budgets' value: comma-separated fractions (SupernetConfig checks their range)."""
+    try:
+        return tuple(float(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (e.g. 0.5,1.0), "
+                                         f"got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,14 +121,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "goes to data/synth-demo, on a GPU data/synth-demo-gpu)")
     parser.add_argument("--selection-only", action="store_true",
                         help="only OrthoSoftmax selecting subnets of the paper-size model")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=number(least=1, integer=True), default=None,
                         help=f"selection-only: steps (default {SELECTION_DEFAULTS['steps']})")
     parser.add_argument("--criterion", default=None, choices=["params", "flops"],
                         help="selection-only: budget criterion "
                              f"(default {SELECTION_DEFAULTS['criterion']})")
-    parser.add_argument("--budgets", default=None,
+    parser.add_argument("--budgets", type=budget_list, default=None,
                         help="selection-only: comma-separated fractions of the supernet's cost "
-                             f"(default {SELECTION_DEFAULTS['budgets']})")
+                             f"(default {','.join(map(str, SELECTION_DEFAULTS['budgets']))})")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"selection-only: random seed (default {SELECTION_DEFAULTS['seed']})")
 
@@ -135,8 +145,7 @@ def run(args: argparse.Namespace) -> None:
         run_demo(args.work_dir)
         return
     options = {**SELECTION_DEFAULTS, **given}
-    budgets = tuple(float(b) for b in options["budgets"].split(","))
-    cfg = SupernetConfig(criterion=options["criterion"], budgets=budgets)
+    cfg = SupernetConfig(criterion=options["criterion"], budgets=options["budgets"])
     select_subnets(cfg, steps=options["steps"], seed=options["seed"])
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import zipfile
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from .checkpoint import (
     SUBNET_KIND,
     CheckpointError,
+    is_exported_program,
     load_checkpoint,
     save_checkpoint,
     write_atomically,
@@ -362,15 +362,8 @@ def _why_not_a_subnet(path: Path) -> str | None:
 
 
 def _why_not_a_program(path: Path) -> str | None:
-    """None for a torch.export.save archive (its <name>/archive_format reads "pt2")."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            formats = [name for name in archive.namelist() if name.endswith("/archive_format")]
-            if formats and archive.read(formats[0]) == b"pt2":
-                return None
-    except (OSError, zipfile.BadZipFile):
-        pass
-    return "not a torch.export program"
+    """None for a torch.export.save archive."""
+    return None if is_exported_program(path) else "not a torch.export program"
 
 
 __all__ = ["extract_subnet", "load_subnet", "export_program", "check_outputs",

@@ -145,7 +145,7 @@ class Recognizer:
     def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False
                    ) -> list[str] | list[Transcript]:
         """One transcript per item, in order. Items: audio file paths (WAV, FLAC, MP3, Ogg
-        Vorbis or Opus; any rate and channel count) or 1-D waveforms at 16 kHz. A
+        Vorbis or Opus; any rate and channel count) or 1-D float waveforms at 16 kHz. A
         recording's text is its voiced segments' texts joined by single spaces; all silent,
         or under 40 ms (4 feature frames): "". timestamps: a `Transcript(text, words)` per
         item instead of its text, each `Word(text, start, end)` in seconds from the
@@ -242,7 +242,13 @@ class Recognizer:
         if isinstance(item, (str, os.PathLike)):
             wave, name = load_audio(item), f"item {index} ({os.fspath(item)})"
         else:
-            wave, name = torch.as_tensor(item, dtype=torch.float32), f"item {index}"
+            wave, name = torch.as_tensor(item), f"item {index}"
+            # integer PCM would be read as samples thousands of times full scale: the
+            # features' log floor moves and the words change, so it is refused
+            if not wave.is_floating_point():
+                raise ValueError(f"{name} has {wave.dtype} samples: pass floats in [-1, 1] "
+                                 f"(16-bit PCM: samples / 32768)")
+            wave = wave.to(torch.float32)
             if wave.dim() != 1:
                 raise ValueError(f"waveforms must be 1-D (samples at 16 kHz), got shape "
                                  f"{tuple(wave.shape)} for {name}")

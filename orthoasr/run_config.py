@@ -300,14 +300,21 @@ def find_config(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    here = Path(__file__).resolve().parent
-    folders = [here / "configs", here.parent / "configs"]
     if path.parent in (Path("."), Path("configs")):
-        for folder in folders:
+        for folder in _config_folders():
             if (folder / path.with_suffix(".yaml").name).exists():
                 return folder / path.with_suffix(".yaml").name
-    presets = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-    raise FileNotFoundError(f"config file {path} not found (shipped presets: {presets})")
+    raise FileNotFoundError(f"config file {path} not found (shipped presets: {presets()})")
+
+
+def presets() -> list[str]:
+    """The names of the run configs shipped with the package (or in a checkout's configs/)."""
+    return sorted({p.stem for folder in _config_folders() for p in folder.glob("*.yaml")})
+
+
+def _config_folders() -> tuple[Path, Path]:
+    here = Path(__file__).resolve().parent
+    return here / "configs", here.parent / "configs"
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from .checkpoint import TRAINING_KIND, load_checkpoint
+from .cli import number
 from .distributed import shutdown
-from .run_config import RunConfig, load_run_config
+from .run_config import RunConfig, load_run_config, presets
 from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
 from .trainer_checkpoints import CHECKPOINT, RESUME_KEYS, TrainingDiverged
@@ -166,8 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "model.<key>; defaults in orthoasr/run_config.py and "
                      "orthoasr/config.py):\n  " + " ".join(valid_keys()))
     parser.add_argument("--config", default="configs/tiny.yaml",
-                        help="YAML run config, or a preset name: tiny, paper "
-                             "(default: %(default)s)")
+                        help="YAML run config, or a preset name: "
+                             f"{', '.join(presets())} (default: %(default)s)")
     parser.add_argument("--work-dir", default="runs/default",
                         help="folder of the run (default: %(default)s)")
     start = parser.add_mutually_exclusive_group()
@@ -183,7 +184,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume or --resume-from: accept a different optimiser "
                              "schedule (lr, lr_final, warmup_steps, weight_decay, betas, "
                              "grad_clip, score_lr) than the checkpoint's; the change is recorded")
-    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+    parser.add_argument("--stop-at", type=number(least=1, integer=True), default=None,
+                        metavar="STEP",
                         help="stop (with a checkpoint) after this step (default: run to the "
                              "end)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

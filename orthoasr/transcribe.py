@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -35,8 +36,16 @@ from typing import TextIO
 import torch
 
 from .checkpoint import write_atomically, write_failure_reason
+from .cli import number
 from .data import AudioError, load_audio
-from .recognizer import CHUNK_SECONDS, CONTEXT_SECONDS, GROUP_SECONDS, SILENCE_DB, Recognizer
+from .recognizer import (
+    CHUNK_SECONDS,
+    CONTEXT_SECONDS,
+    FRAME_SECONDS,
+    GROUP_SECONDS,
+    SILENCE_DB,
+    Recognizer,
+)
 from .silence import MIN_GAP_SECONDS
 from .subtitles import cues, srt, vtt
 from .timestamps import Transcript
@@ -212,6 +221,15 @@ def output_lines(output_format: str, output_dir: str | None, files: Iterable[str
     return SubtitleFiles(output_dir, output_format)     # the names checked, none taken yet
 
 
+def chunk_seconds(text: str) -> float:
+    """--chunk-seconds' value: 0 (each recording whole) or at least one output frame."""
+    value = number(least=0)(text)
+    if 0 < value < FRAME_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected 0 or a number of seconds >= "
+                                         f"{FRAME_SECONDS:g}, got {text!r}")
+    return value
+
+
 def silence_db(text: str) -> float | None:
     """--silence-db's value: a number of dB, or off / 0 (None: no splitting)."""
     if text.strip().lower() in ("off", "none"):
@@ -219,8 +237,10 @@ def silence_db(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of dB or 'off', got {text!r}"
-                                         ) from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of dB > 0, or 'off', got "
+                                         f"{text!r}")
     return None if value == 0 else value
 
 
@@ -231,11 +251,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="with --checkpoint: the subnet of this budget (default: largest)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
+    parser.add_argument("--chunk-seconds", type=chunk_seconds, default=CHUNK_SECONDS,
                         help="decode longer recordings in pieces of this length (default "
                              f"{CHUNK_SECONDS:g}; 0: each whole, memory growing with the "
                              "square of its length)")
-    parser.add_argument("--context-seconds", type=float, default=CONTEXT_SECONDS,
+    parser.add_argument("--context-seconds", type=number(least=0), default=CONTEXT_SECONDS,
                         help="audio each piece also sees on either side (default "
                              f"{CONTEXT_SECONDS:g})")
     parser.add_argument("--silence-db", type=silence_db, default=SILENCE_DB, metavar="DB",
@@ -244,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"silences of {MIN_GAP_SECONDS:g} s or more split it (default "
                              f"{SILENCE_DB:g}; off or 0: decode each file whole, silence "
                              "included, which the demo's model misreads)")
-    parser.add_argument("--group-seconds", type=float, default=GROUP_SECONDS,
+    parser.add_argument("--group-seconds", type=number(least=0), default=GROUP_SECONDS,
                         help="decode files in groups of about this much audio, printing "
                              "each group's lines when it is done (default "
                              f"{GROUP_SECONDS:g}; less: lines sooner, smaller batches; 0: "

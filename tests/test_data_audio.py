@@ -115,6 +115,12 @@ def test_audio_errors_name_the_file(tmp_path):
     (tmp_path / "a.aac").write_bytes(b"\xff\xf1....")
     with pytest.raises(AudioError, match=r"a.aac: unsupported audio format '.aac'"):
         load_audio(tmp_path / "a.aac")
+    # a folder or a missing file is named as such whatever its name's suffix
+    (tmp_path / "recordings").mkdir()
+    with pytest.raises(AudioError, match="recordings: a directory, not an audio file .*find"):
+        load_audio(tmp_path / "recordings")
+    with pytest.raises(AudioError, match="no_suffix: audio file not found"):
+        load_audio(tmp_path / "no_suffix")
     if importlib.util.find_spec("soundfile"):
         for name, kind in (("junk.mp3", "MP3"), ("junk.ogg", "Ogg"), ("junk.opus", "Opus")):
             (tmp_path / name).write_bytes(b"not audio, " * 40)
@@ -127,6 +133,30 @@ def test_audio_errors_name_the_file(tmp_path):
     (tmp_path / "junk.flac").write_bytes(b"nope")
     with pytest.raises(AudioError, match="junk.flac: not a FLAC file"):
         audio_info(tmp_path / "junk.flac")
-    _write_raw_wav(tmp_path / "alaw.wav", b"\0" * 100, 8000, 1, 8, tag=6)
-    with pytest.raises(AudioError, match="alaw.wav: unsupported wav encoding"):
-        load_audio(tmp_path / "alaw.wav")
+    _write_raw_wav(tmp_path / "adpcm.wav", b"\0" * 100, 8000, 1, 4, tag=0x11)
+    with pytest.raises(AudioError, match=r"adpcm.wav: unsupported wav encoding \(format tag 17"):
+        load_audio(tmp_path / "adpcm.wav")
+    _write_raw_wav(tmp_path / "alaw16.wav", b"\0" * 100, 8000, 1, 16, tag=6)
+    with pytest.raises(AudioError, match="alaw16.wav: unsupported wav sample size 16 bits"):
+        load_audio(tmp_path / "alaw16.wav")
+
+
+def test_g711_wavs_decode_to_the_itu_values(tmp_path):
+    """A-law and mu-law wavs (telephony): each code to its 16-bit value / 32768, the ITU
+    G.711 table's; libsndfile's reading of the same files where it is installed."""
+    codes = bytes(range(256))
+    for tag, codec, known in ((6, "alaw", {0xD5: 8, 0x55: -8, 0xAA: 32256, 0x2A: -32256,
+                                           0x00: -5504, 0x80: 5504}),
+                              (7, "ulaw", {0xFF: 0, 0x00: -32124, 0x80: 32124, 0xF0: 120})):
+        path = tmp_path / f"{codec}.wav"
+        _write_raw_wav(path, codes, 8000, 1, 8, tag=tag)
+        data, rate = read_audio(path)
+        assert rate == 8000 and data.shape == (256, 1) and data.dtype == np.float32
+        for code, value in known.items():
+            assert data[code, 0] * 32768 == value, (codec, hex(code))
+        flipped = np.arange(256) ^ 0x80                  # the sign bit: the same magnitude
+        np.testing.assert_array_equal(data[flipped, 0], -data[:, 0])
+        if importlib.util.find_spec("soundfile"):
+            import soundfile
+            expected, _ = soundfile.read(path, dtype="float32", always_2d=True)
+            np.testing.assert_array_equal(data, expected)

@@ -55,6 +55,23 @@ def test_selection_options_reach_the_selection(calls):
     assert calls["select_subnets"] == ("params", (0.4, 1.0), 5, 3)
 
 
+@pytest.mark.parametrize("command, flag, value, expected", [
+    ("demo", "--budgets", "abc", "comma-separated numbers (e.g. 0.5,1.0)"),
+    ("demo", "--steps", "0", "an integer >= 1"),
+    ("train", "--stop-at", "-1", "an integer >= 1"),
+    ("synth", "--workers", "0", "an integer >= 1"),
+])
+def test_bad_option_values_are_named_by_their_flag(command, flag, value, expected, calls,
+                                                   capsys):
+    """The parser refuses them, naming the flag and the value, before anything runs (a
+    --stop-at of -1 used to start a run that stopped at step 0)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([command, flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: expected {expected}, got '{value}'" in capsys.readouterr().err
+    assert calls == {}
+
+
 def test_work_dir_help_says_where_the_corpus_goes(capsys):
     with pytest.raises(SystemExit):
         cli_main(["demo", "--help"])

@@ -134,6 +134,10 @@ def test_export_program_takes_any_batch_and_length(gates, tmp_path):
     too_short = PROGRAM_FRAMES[0] - 1
     with pytest.raises(AssertionError, match=rf"features.size\(\)\[1\] >= {too_short + 1}"):
         program(torch.randn(1, too_short, 80), torch.tensor([too_short]))
+    # the loaders name what it is (torch.load's "corrupt file" error said nothing useful)
+    with pytest.raises(ValueError, match=r"sub.pt2 is a torch.export program .*this needs an "
+                                         r"exported subnet"):
+        load_subnet(tmp_path / "sub.pt2")
 
 
 def test_bad_gates():

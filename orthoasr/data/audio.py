@@ -45,13 +45,14 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Sample rate, length and channel count from the file header (no decoding)."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: a directory, not an audio file (pass its files, e.g. "
+                         f"`find {path} -name '*.wav' | orthoasr transcribe ... -`)")
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: audio file not found")
     if ext not in AUDIO_EXTENSIONS:
         raise AudioError(f"{path}: unsupported audio format {ext!r} "
                          f"(supported: {', '.join(AUDIO_EXTENSIONS)})")
-    if os.path.isdir(path):
-        raise AudioError(f"{path}: a directory, not an audio file")
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: audio file not found")
     try:
         if ext == ".wav":
             fmt = _wav_format(path)
@@ -65,13 +66,19 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 
 @dataclass(frozen=True)
 class _WavFormat:
-    codec: str            # "pcm" or "float"
+    codec: str            # "pcm", "float", "alaw" or "ulaw"
     channels: int
     sample_rate: int
     bits: int
     block_align: int
     data_offset: int
     data_size: int
+
+
+# format tag -> codec, and the sample sizes read of each (G.711 A-law and mu-law: telephony's
+# 8-bit companded samples, common in call recordings)
+WAV_CODECS = {1: "pcm", 3: "float", 6: "alaw", 7: "ulaw"}
+WAV_SAMPLE_BITS = {"pcm": (8, 16, 24, 32), "float": (32, 64), "alaw": (8,), "ulaw": (8,)}
 
 
 # writers that stream a wav (size unknown when the header is written) put 0xFFFFFFFF or
@@ -98,15 +105,11 @@ def _wav_format(path: str) -> _WavFormat:
                 tag, channels, rate, _, block_align, bits = struct.unpack("<HHIIHH", body[:16])
                 if tag == 0xFFFE and len(body) >= 26:    # WAVE_FORMAT_EXTENSIBLE
                     tag = struct.unpack("<H", body[24:26])[0]
-                if tag == 1:
-                    codec = "pcm"
-                elif tag == 3:
-                    codec = "float"
-                else:
+                codec = WAV_CODECS.get(tag)
+                if codec is None:
                     raise AudioError(f"{path}: unsupported wav encoding (format tag {tag}); "
-                                     "PCM integer or IEEE float only")
-                if (codec == "pcm" and bits not in (8, 16, 24, 32)) or \
-                        (codec == "float" and bits not in (32, 64)):
+                                     "PCM integer, IEEE float, A-law or mu-law only")
+                if bits not in WAV_SAMPLE_BITS[codec]:
                     raise AudioError(f"{path}: unsupported wav sample size {bits} bits")
                 if channels < 1 or rate < 1 or block_align != channels * bits // 8:
                     raise AudioError(f"{path}: malformed wav fmt chunk")
@@ -196,6 +199,8 @@ def _read_wav(path: str) -> np.ndarray:
     width = fmt.bits // 8
     if fmt.codec == "float":
         data = np.frombuffer(raw, dtype="<f4" if width == 4 else "<f8").astype(np.float32)
+    elif fmt.codec in ("alaw", "ulaw"):
+        data = G711_TABLES[fmt.codec][np.frombuffer(raw, dtype=np.uint8)]
     elif width == 1:                              # 8-bit wav is unsigned
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 3:
@@ -207,6 +212,27 @@ def _read_wav(path: str) -> np.ndarray:
         dtype = "<i2" if width == 2 else "<i4"
         data = np.frombuffer(raw, dtype=dtype).astype(np.float32) / float(1 << (8 * width - 1))
     return data.reshape(frames, fmt.channels)
+
+
+def _g711_table(codec: str) -> np.ndarray:
+    """The 256 float32 samples (a 16-bit value / 32768) that the G.711 codes 0-255 stand
+    for: each code holds a sign, a 3-bit segment (exponent) and a 4-bit step in it."""
+    codes = np.arange(256)
+    if codec == "ulaw":                     # bits stored inverted; a bias of 0x84 (132)
+        u = ~codes & 0xFF
+        exponent, step = (u >> 4) & 7, u & 0x0F
+        magnitude = (((step << 3) + 0x84) << exponent) - 0x84
+        negative = (u & 0x80) != 0
+    else:                                   # A-law: even bits inverted; sign bit set: positive
+        a = codes ^ 0x55
+        exponent, step = (a >> 4) & 7, a & 0x0F
+        magnitude = np.where(exponent == 0, (step << 4) + 8,
+                             ((step << 4) + 0x108) << np.maximum(exponent - 1, 0))
+        negative = (a & 0x80) == 0
+    return (np.where(negative, -magnitude, magnitude) / 32768.0).astype(np.float32)
+
+
+G711_TABLES = {codec: _g711_table(codec) for codec in ("alaw", "ulaw")}
 
 
 def _read_with_soundfile(path: str) -> tuple[np.ndarray, int]:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..cli import number
 from .audio import SAMPLE_RATE, resample, write_wav
 from .commands import CommandGenerator
 from .manifest import normalize_text
@@ -442,7 +443,7 @@ def add_arguments(parser) -> None:
                         help="tiny (a first try), demo / demo-gpu (the demo's commands), "
                              "small, base (tens of hours)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=number(least=1, integer=True), default=None,
                         help="worker processes (default: all CPU cores)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a corpus found in the output folder (its wav/ folder "
