@@ -281,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "suffix>.srt (.vtt), making DIR if missing; two FILEs of one "
                              "name are refused")
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="WAV (PCM 8/16/24/32-bit or float), FLAC, MP3, Ogg Vorbis or Opus "
+                        help="WAV (PCM 8/16/24/32-bit, float, A-law, mu-law), FLAC, MP3, Ogg Vorbis or Opus "
                              "(.ogg, .opus); any rate and channels. -: the paths on standard "
                              "input, one a line")
 
