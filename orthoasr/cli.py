@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+from . import __version__
+
 DESCRIPTION = """Conformer-CTC supernets whose subnets for several parameter or FLOPs budgets
 are chosen by OrthoSoftmax. A first run, from the repository root:
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error (or set {DEBUG_ENV}=1)")
+    parser.add_argument("--version", action="version", version=f"orthoasr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():

@@ -281,9 +281,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "suffix>.srt (.vtt), making DIR if missing; two FILEs of one "
                              "name are refused")
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="WAV (PCM 8/16/24/32-bit, float, A-law, mu-law), FLAC, MP3, Ogg Vorbis or Opus "
-                             "(.ogg, .opus); any rate and channels. -: the paths on standard "
-                             "input, one a line")
+                        help="WAV (PCM 8/16/24/32-bit, float, A-law, mu-law), FLAC, MP3, Ogg "
+                             "Vorbis or Opus (.ogg, .opus); any rate and channels. -: the "
+                             "paths on standard input, one a line")
 
 
 def run(args: argparse.Namespace) -> None:

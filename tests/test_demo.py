@@ -72,6 +72,13 @@ def test_bad_option_values_are_named_by_their_flag(command, flag, value, expecte
     assert calls == {}
 
 
+def test_version_is_the_packages(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"orthoasr {orthoasr.__version__}"
+
+
 def test_work_dir_help_says_where_the_corpus_goes(capsys):
     with pytest.raises(SystemExit):
         cli_main(["demo", "--help"])

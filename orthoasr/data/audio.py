@@ -1,11 +1,12 @@
 """Audio files: header info, decoding to 16 kHz mono, resampling, writing wav.
 
 WAV (PCM 8/16/24/32-bit, IEEE float 32/64, G.711 A-law and mu-law, WAVE_FORMAT_EXTENSIBLE)
-is parsed here with no dependency: on 2 CPU cores it reads the corpus's 16-bit mono files faster than `soundfile`
-(0.04 against 0.12 ms for 3 s) and as fast on long ones (10 min: 19 against 21 ms), with
-identical samples. FLAC headers are parsed here and FLAC audio is decoded with `soundfile`;
-MP3 and Ogg (Vorbis, Opus) files are read by `soundfile` alone (the libsndfile its wheels
-bring decodes them; `soundfile` is imported only when such a file is read). Resampling: soxr.
+is parsed here with no dependency: on 2 CPU cores it reads the corpus's 16-bit mono files
+faster than `soundfile` (0.04 against 0.12 ms for 3 s) and as fast on long ones (10 min: 19
+against 21 ms), with identical samples. FLAC headers are parsed here and FLAC audio is
+decoded with `soundfile`; MP3 and Ogg (Vorbis, Opus) files are read by `soundfile` alone
+(the libsndfile its wheels bring decodes them; `soundfile` is imported only when such a
+file is read). Resampling: soxr.
 """
 
 from __future__ import annotations
