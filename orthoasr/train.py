@@ -39,6 +39,10 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     `overwrite` (which moves the old run aside). `stop_at` ends after that step with a
     checkpoint, as an interrupted run would; SIGINT/SIGTERM end the run at the next step with
     a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer."""
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
+                                or stop_at < 1):
+        raise ValueError(f"stop_at must be a step >= 1 (or None: run to the end), got "
+                         f"{stop_at!r}")
     work_dir = Path(work_dir)
     resume = resume or resume_from is not None
     world_is_main = int(os.environ.get("RANK", "0")) == 0

@@ -532,3 +532,10 @@ def test_a_model_of_other_mel_bins_trains_evaluates_and_transcribes(tmp_path):
     texts = Recognizer.from_checkpoint(tmp_path / "run" / "checkpoint.pt").transcribe(
         [corpus / "train_0.wav"])
     assert len(texts) == 1
+
+
+def test_train_refuses_a_stop_before_the_first_step(tmp_path):
+    for stop_at in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=f"stop_at must be a step >= 1 .*got {stop_at!r}"):
+            train(RunConfig(), tmp_path / "run", stop_at=stop_at)
+    assert not (tmp_path / "run").exists()

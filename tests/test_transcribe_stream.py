@@ -179,7 +179,8 @@ def test_cli_refuses_a_negative_group(stand_in_cli, capsys):
     with pytest.raises(SystemExit) as exit:
         stand_in_cli["run"]("--group-seconds", "-1", *stand_in_cli["files"])
     assert exit.value.code == 2
-    assert "group_seconds must be a number of seconds >= 0.0, got -1.0" in capsys.readouterr().err
+    assert "argument --group-seconds: expected a finite number >= 0, got '-1'" in \
+        capsys.readouterr().err
 
 
 class PathLines:
