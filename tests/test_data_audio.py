@@ -128,8 +128,12 @@ def test_audio_errors_name_the_file(tmp_path):
                                                   rf"{kind} audio \(corrupt, or not {kind}\)"):
                 load_audio(tmp_path / name)
     (tmp_path / "junk.wav").write_bytes(b"this is not audio at all")
-    with pytest.raises(AudioError, match="junk.wav: not a RIFF/WAVE file"):
+    with pytest.raises(AudioError, match="junk.wav: not a RIFF/WAVE file$"):
         audio_info(tmp_path / "junk.wav")
+    (tmp_path / "flac.wav").write_bytes(b"fLaC" + bytes(60))        # a FLAC file misnamed
+    with pytest.raises(AudioError, match=r"flac.wav: not a RIFF/WAVE file \(it starts like "
+                                         r"FLAC audio: name it .flac\)"):
+        audio_info(tmp_path / "flac.wav")
     (tmp_path / "junk.flac").write_bytes(b"nope")
     with pytest.raises(AudioError, match="junk.flac: not a FLAC file"):
         audio_info(tmp_path / "junk.flac")

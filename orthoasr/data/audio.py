@@ -82,6 +82,11 @@ WAV_CODECS = {1: "pcm", 3: "float", 6: "alaw", 7: "ulaw"}
 WAV_SAMPLE_BITS = {"pcm": (8, 16, 24, 32), "float": (32, 64), "alaw": (8,), "ulaw": (8,)}
 
 
+# what a file named .wav may really be: (its first bytes, the format, the suffix to give it)
+OTHER_FORMATS = ((b"fLaC", "FLAC", ".flac"), (b"ID3", "MP3", ".mp3"), (b"\xff\xfb", "MP3", ".mp3"),
+                 (b"\xff\xf3", "MP3", ".mp3"), (b"OggS", "Ogg", ".ogg or .opus"))
+
+
 # writers that stream a wav (size unknown when the header is written) put 0xFFFFFFFF or
 # 0x7FFFFFFF-ish placeholders in the data chunk size: sizes from here up mean "to the end"
 STREAMED_DATA_SIZE = 0x7FFF0000
@@ -91,7 +96,10 @@ def _wav_format(path: str) -> _WavFormat:
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            raise AudioError(f"{path}: not a RIFF/WAVE file")
+            looks = next((f" (it starts like {kind} audio: name it {suffix})"
+                          for magic, kind, suffix in OTHER_FORMATS if head.startswith(magic)),
+                         "")
+            raise AudioError(f"{path}: not a RIFF/WAVE file{looks}")
         file_size = os.fstat(f.fileno()).st_size
         fmt = None
         while True:
