@@ -10,6 +10,8 @@ from dataclasses import dataclass
 MODULE_KINDS = ("ffn1", "conv", "mhsa", "ffn2")
 GRANULARITIES = ("component", "module")
 CRITERIA = ("params", "flops")
+# LogMel's normalize modes a model may be trained with (orthoasr/data/features.py)
+FEATURE_NORMS = ("utterance", "voiced")
 
 
 @dataclass
@@ -18,7 +20,10 @@ class SupernetConfig:
 
     Defaults are the paper-size model (12 blocks, d=384, 6 heads, FFN 1536 in 4 chunks,
     conv kernel 31). `ref_frames` is the length (frames after 4x subsampling) at which
-    FLOPs costs are counted.
+    FLOPs costs are counted. `feature_norm` is how the model's log-mel features are
+    normalised (LogMel's `normalize`): "utterance" over all of each utterance's frames (the
+    default, and what checkpoints written before the field hold), "voiced" over its voiced
+    frames alone, so silence around the speech does not change them.
     """
 
     num_layers: int = 12
@@ -36,6 +41,7 @@ class SupernetConfig:
     module_order: tuple[str, ...] = MODULE_KINDS
     ref_frames: int = 250
     dropout: float = 0.1
+    feature_norm: str = "utterance"
 
     def __post_init__(self) -> None:
         self.frontend_channels = tuple(self.frontend_channels)
@@ -79,6 +85,9 @@ class SupernetConfig:
         if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
                 and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, "
+                             f"got {self.feature_norm!r}")
 
     @property
     def head_dim(self) -> int:
@@ -131,4 +140,4 @@ def budget_index(budgets: Sequence[float], budget: float) -> int:
 
 
 __all__ = ["SupernetConfig", "check_budgets", "budget_index", "MODULE_KINDS", "GRANULARITIES",
-           "CRITERIA"]
+           "CRITERIA", "FEATURE_NORMS"]

@@ -79,7 +79,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .data import LogMel, SpeechDataset, collate, length_batches
     from .decoding import greedy_ctc_decode, label_text
     from .graphs import GraphedEncoder
-    logmel = LogMel(n_mels=model.cfg.num_mel_bins).to(device)
+    logmel = LogMel(n_mels=model.cfg.num_mel_bins, normalize=model.cfg.feature_norm).to(device)
     dataset = SpeechDataset(records, tokenizer)
     short = short_clips(records, logmel)
     order = sorted((i for i in range(len(records)) if i not in short),

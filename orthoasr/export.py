@@ -327,7 +327,9 @@ def run(args: argparse.Namespace) -> None:
     if pt2 is not None:
         program = export_program(sub)
         write_atomically(pt2, lambda f: torch.export.save(program, f), "torch.export program")
-        print(f"torch.export program -> {pt2}")
+        # the program holds no config: its features must be made as the model's were
+        print(f"torch.export program -> {pt2} (features: orthoasr.data.LogMel(n_mels="
+              f"{cfg.num_mel_bins}, normalize={cfg.feature_norm!r}))")
 
 
 def check_outputs(checkpoint: Path, out: Path, pt2: Path | None) -> None:

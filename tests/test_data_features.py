@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from orthoasr.data import LogMel, SpecAugment
+from orthoasr.data.features import VOICED_FLOOR, voiced_frames
 
 
 def _htk_mel(hz):
@@ -37,7 +38,7 @@ def test_shapes_lengths_and_padding_invariance():
     waves[0], waves[1, :5123] = long, short
     waves[1, 5123:] = 0.0
     lengths = torch.tensor([16000, 5123])
-    for normalize in (None, "utterance"):
+    for normalize in (None, "utterance", "voiced"):
         mel = LogMel(normalize=normalize)
         feats, frames = mel(waves, lengths)
         assert feats.shape == (2, 100, 80) and frames.tolist() == [100, 32]
@@ -56,6 +57,99 @@ def test_utterance_normalisation():
         torch.testing.assert_close(valid.mean(0), torch.zeros(80), atol=1e-4, rtol=0)
         torch.testing.assert_close(valid.std(0, unbiased=False), torch.ones(80), atol=1e-2,
                                    rtol=0)
+
+
+def speech_like(seconds: float, seed: int = 0) -> torch.Tensor:
+    """Noise shaped like speech: syllables of rising and falling loudness (4 a second) with
+    quiet stretches 30 dB down between them, and a changing spectral tilt."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = int(16000 * seconds)
+    t = torch.arange(samples) / 16000
+    noise = torch.randn(samples, generator=generator)
+    tilted = noise + 0.9 * torch.roll(noise, 1) * torch.sin(2 * math.pi * 1.3 * t)
+    syllables = 0.03 + torch.sin(2 * math.pi * 4 * t).clamp(min=0)
+    return 0.1 * tilted * syllables
+
+
+def relative_change(mel: LogMel, wave: torch.Tensor, before: torch.Tensor,
+                    after: torch.Tensor) -> float:
+    """mean |change| / mean |value| of `wave`'s frames' features once `before` and `after`
+    (a whole number of 10 ms hops each) surround it."""
+    alone, frames = mel(wave[None], torch.tensor([len(wave)]))
+    joined = torch.cat([before, wave, after])
+    surrounded, _ = mel(joined[None], torch.tensor([len(joined)]))
+    start = len(before) // mel.hop
+    inner = slice(2, int(frames) - 2)         # frames whose window reaches the silence differ
+    speech = surrounded[0, start:start + int(frames)]
+    return float((speech[inner] - alone[0, inner]).abs().mean() / alone[0, inner].abs().mean())
+
+
+def test_voiced_normalisation_ignores_silence_around_the_speech():
+    """0.3 s of zeros (or of noise 50 dB under the speech) on each side changes the speech
+    frames' features by ~60% when normalised over the utterance, ~1% over voiced frames."""
+    wave = speech_like(2.0)
+    zeros = torch.zeros(4800)
+    hiss = 1e-4 * torch.randn(4800, generator=torch.Generator().manual_seed(1))
+    for before, after in ((zeros, zeros), (hiss, hiss), (zeros, torch.zeros(0))):
+        assert relative_change(LogMel(normalize="utterance"), wave, before, after) > 0.15
+        assert relative_change(LogMel(normalize="voiced"), wave, before, after) < 0.02
+
+
+def test_voiced_normalisation_statistics():
+    """Zero mean and unit variance over the voiced frames; silent frames, which lie far
+    under, are raised to the floor."""
+    wave = torch.cat([torch.zeros(8000), speech_like(1.0), torch.zeros(8000)])
+    feats, frames = LogMel(normalize="voiced")(wave[None], torch.tensor([len(wave)]))
+    assert int(frames) == 200
+    speech = feats[0, 53:147]                     # frames whose window holds speech alone
+    assert speech.mean().abs() < 0.2 and 0.7 < speech.std() < 1.2
+    silent = torch.cat([feats[0, :45], feats[0, 155:]])
+    assert silent.max() < speech.mean(0).min() - 2 and feats.min() >= VOICED_FLOOR
+    # steady noise varies little per bin: the silence around it is raised to the floor
+    steady = 0.1 * torch.randn(16000, generator=torch.Generator().manual_seed(2))
+    wave = torch.cat([torch.zeros(8000), steady, torch.zeros(8000)])
+    feats, _ = LogMel(normalize="voiced")(wave[None], torch.tensor([len(wave)]))
+    assert (feats[0, :45] == VOICED_FLOOR).all() and (feats[0, 155:] == VOICED_FLOOR).all()
+    assert feats[0, 53:147].min() > VOICED_FLOOR
+
+
+def test_a_click_does_not_set_the_voiced_reference():
+    """A click 50 dB over the speech, in the silence before it: the reference is the level
+    that the loudest 0.1 s all reach, so the speech stays voiced (were the loudest frame the
+    reference, none of it would be) and its features hardly move."""
+    energy = torch.cat([torch.full((30,), 1e-9), torch.full((3,), 1e5),
+                        torch.full((60,), 1.0), torch.full((30,), 1e-9)])[None]
+    voiced = voiced_frames(energy, torch.tensor([123]))
+    assert voiced[0, 30:93].all() and not voiced[0, :30].any() and not voiced[0, 93:].any()
+    assert not voiced_frames(energy, torch.tensor([123]), reference_frames=1)[0, 33:93].any()
+    wave = speech_like(1.0)
+    before = torch.zeros(4800)
+    before[2000:2080] = 30.0 * wave.abs().max()          # 5 ms, 30 dB over the loudest sample
+    # the click's own frames are voiced and counted: 8% (the loudest frame as the
+    # reference: 220%, the speech then out of the statistics; "utterance": 49%)
+    assert relative_change(LogMel(normalize="voiced"), wave, before, torch.zeros(0)) < 0.15
+
+
+def test_voiced_frames_of_short_silent_and_padded_utterances():
+    """Fewer frames than the reference's 10: all are voiced (the statistics are those of
+    "utterance"); digital silence is finite; frames past the length are never voiced."""
+    energy = torch.tensor([[1.0, 1e-8, 0.0, 5.0, 7.0, 7.0, 7.0],
+                           [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    voiced = voiced_frames(energy, torch.tensor([4, 7, 0]))
+    assert voiced.tolist() == [[True] * 4 + [False] * 3, [True] * 7, [False] * 7]
+    wave = speech_like(0.08)
+    utterance, _ = LogMel()(wave[None], torch.tensor([len(wave)]))
+    voiced_feats, _ = LogMel(normalize="voiced")(wave[None], torch.tensor([len(wave)]))
+    torch.testing.assert_close(voiced_feats, utterance)
+    feats, _ = LogMel(normalize="voiced")(torch.zeros(1, 1600), torch.tensor([1600]))
+    assert torch.isfinite(feats).all()
+
+
+def test_unknown_normalize_is_refused():
+    with pytest.raises(ValueError, match=r"normalize must be one of \('utterance', 'voiced', "
+                                         r"None\), got 'speech'"):
+        LogMel(normalize="speech")
 
 
 def test_short_and_autocast_inputs():
@@ -122,9 +216,11 @@ def test_specaugment_masks_inside_valid_frames():
 def test_logmel_and_specaugment_on_cuda_match_cpu():
     waves = torch.randn(3, 24000)
     lengths = torch.tensor([24000, 17000, 3000])
-    cpu, cpu_frames = LogMel()(waves, lengths)
-    gpu, gpu_frames = LogMel().cuda()(waves.cuda(), lengths.cuda())
-    assert gpu.is_cuda and torch.equal(gpu_frames.cpu(), cpu_frames)
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+    waves[1, :8000] = 0.0                          # silence, for the voiced frames' reference
+    for normalize in ("utterance", "voiced"):
+        cpu, cpu_frames = LogMel(normalize=normalize)(waves, lengths)
+        gpu, gpu_frames = LogMel(normalize=normalize).cuda()(waves.cuda(), lengths.cuda())
+        assert gpu.is_cuda and torch.equal(gpu_frames.cpu(), cpu_frames)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
     out = SpecAugment().cuda().train()(gpu, gpu_frames)
     assert out.is_cuda and out.shape == gpu.shape
