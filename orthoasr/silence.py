@@ -3,9 +3,10 @@
 The demo's model was trained on clips without pauses, so silence in a recording misleads it
 (0.3 s of zeros before and after each test clip: 89% WER for its 0.4 subnet, against 22%,
 when its features were normalised over all of each utterance's frames; 61% against 18% with
-`feature_norm: voiced`, which leaves silence out of the statistics: configs/tiny.yaml). `voiced_spans` finds the stretches
-whose 10 ms frames are within `threshold_db` of the level of the recording's loudest 0.1 s;
-`Recognizer(silence_db=...)` decodes each stretch alone and joins their texts.
+`feature_norm: voiced`, which leaves silence out of the statistics: configs/tiny.yaml).
+`voiced_spans` finds the stretches whose 10 ms frames are within `threshold_db` of the level
+of the recording's loudest 0.1 s; `Recognizer(silence_db=...)` decodes each stretch alone
+and joins their texts.
 
 The defaults were measured with the demo's 0.4 subnet (README's table): 40 dB leaves a
 noise floor 50 dB under the speech out (50 dB let some in: 30% WER on clips with that noise

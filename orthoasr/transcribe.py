@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -235,12 +234,10 @@ def silence_db(text: str) -> float | None:
     if text.strip().lower() in ("off", "none"):
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
+        value = number(least=0)(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a finite number of dB > 0, or 'off', got "
-                                         f"{text!r}")
+                                         f"{text!r}") from None
     return None if value == 0 else value
 
 

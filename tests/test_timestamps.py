@@ -34,7 +34,7 @@ class ScriptedModel(torch.nn.Module):
     recording, a voiced segment or a piece of one) the label script[f], and the blank past
     the script's end."""
 
-    cfg = type("Config", (), {"num_mel_bins": 80})
+    cfg = type("Config", (), {"num_mel_bins": 80, "feature_norm": "utterance"})
 
     def __init__(self, script: list[int], vocab_size: int):
         super().__init__()

@@ -292,7 +292,7 @@ class FrameLocalModel(torch.nn.Module):
     same whether the clip is decoded whole or in pieces, if and only if the pieces line up
     with the clip's frames."""
 
-    cfg = type("Config", (), {"num_mel_bins": 80})
+    cfg = type("Config", (), {"num_mel_bins": 80, "feature_norm": "utterance"})
 
     def __init__(self):
         super().__init__()
