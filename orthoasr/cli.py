@@ -102,6 +102,19 @@ def number(least: float | None = None, above: float | None = None, integer: bool
     return parse
 
 
+def silence_db(text: str) -> float | None:
+    """--silence-db's value (transcribe, eval): a number of dB, or off / 0 (None: no
+    splitting)."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = number(least=0)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a finite number of dB > 0, or 'off', got "
+                                         f"{text!r}") from None
+    return None if value == 0 else value
+
+
 def _exists(module_name: str) -> bool:
     try:
         return importlib.util.find_spec(module_name) is not None

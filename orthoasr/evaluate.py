@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import write_failure_reason
+from .cli import silence_db as silence_db_value
 from .config import SupernetConfig
 from .devices import resolve_device
 from .model import block_layout
+from .silence import THRESHOLD_DB, check_number
 from .trained import Trained, load_trained
 from .units import subnet_cost
 
@@ -68,47 +70,75 @@ def short_clips(records, logmel) -> set[int]:
     return short
 
 
+def clip_pieces(records: list[dict], logmel, silence_db: float | None
+                ) -> list[tuple[int, int, int | None]]:
+    """What eval decodes of `records`: (record index, first sample, end sample or None for
+    the clip's end). silence_db None: each clip whole, but those shorter than the frontend's
+    minimum (`short_clips`: empty transcripts). Else each clip's voiced segments, as
+    `orthoasr transcribe` cuts them (orthoasr.silence.voiced_spans; a clip with none gets
+    an empty transcript); segments under the minimum are dropped, as the Recognizer drops
+    them. Splitting reads every clip once here and again when its batch is decoded."""
+    if silence_db is None:
+        short = short_clips(records, logmel)
+        return [(i, 0, None) for i in range(len(records)) if i not in short]
+    from .data import load_audio
+    from .silence import voiced_spans
+    least = 4 * logmel.hop                      # samples of 4 frames, the frontend's minimum
+    return [(i, start, end) for i, record in enumerate(records)
+            for start, end in voiced_spans(load_audio(record["audio_filepath"]), silence_db)
+            if end - start >= least]
+
+
 @torch.no_grad()
 def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]], device,
-               batch_frames: int, bf16: bool, frozen_weights: bool = False
-               ) -> list[list[str]]:
+               batch_frames: int, bf16: bool, frozen_weights: bool = False,
+               silence_db: float | None = None) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
     `subnets`; batches sorted by length, the shared frontend run once per batch.
     frozen_weights: nothing trains `model` meanwhile (GraphedEncoder's). Modules
-    whose gates are all 0 in a subnet are left out of its passes (model.dead_modules)."""
-    from .data import LogMel, SpeechDataset, collate, length_batches
+    whose gates are all 0 in a subnet are left out of its passes (model.dead_modules).
+    silence_db: each clip whole (None), or its voiced segments decoded alone and their
+    texts joined by single spaces (`clip_pieces`)."""
+    from .data import LogMel, collate, length_batches, load_audio
     from .decoding import greedy_ctc_decode, label_text
     from .graphs import GraphedEncoder
     logmel = LogMel(n_mels=model.cfg.num_mel_bins, normalize=model.cfg.feature_norm).to(device)
-    dataset = SpeechDataset(records, tokenizer)
-    short = short_clips(records, logmel)
-    order = sorted((i for i in range(len(records)) if i not in short),
-                   key=lambda i: float(records[i]["duration"]))
-    hyps = [[""] * len(records) for _ in subnets]
+    pieces = clip_pieces(records, logmel, silence_db)
+    texts = [[[] for _ in records] for _ in subnets]     # [subnet][record]: pieces' texts
     skips = [model.dead_modules(gates) for gates, _ in subnets]
     # CUDA graphs per padded shape class on a GPU
     encoder = GraphedEncoder(model, frozen_weights=frozen_weights)
-    frames = [int(100 * float(records[i]["duration"])) + 1 for i in order]
-    for positions in length_batches(frames, batch_frames):
-        batch = [order[p] for p in positions]
-        waves, wave_lengths, _, _ = collate([dataset[j] for j in batch])
+    frames = [int(100 * float(records[i]["duration"])) + 1 if end is None
+              else (end - start) // logmel.hop + 1 for i, start, end in pieces]
+    no_tokens = torch.zeros(0, dtype=torch.long)
+    for batch in length_batches(frames, batch_frames):
+        waves = [load_audio(records[pieces[p][0]]["audio_filepath"])[pieces[p][1]:pieces[p][2]]
+                 for p in batch]
+        waves, wave_lengths, _, _ = collate([(wave, no_tokens) for wave in waves])
         feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             x, out_lengths = model.embed(feats, lengths)
             for s, (gates, head) in enumerate(subnets):
                 log_probs = encoder(x, out_lengths, gates, head, skips[s])
-                for j, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths,
+                for p, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths,
                                                             vocab_size=tokenizer.vocab_size)):
-                    hyps[s][j] = label_text(tokenizer, ids)
-    return hyps
+                    texts[s][pieces[p][0]].append((pieces[p][1], label_text(tokenizer, ids)))
+    # a clip's pieces in the order they are heard (batches run shortest first)
+    return [[" ".join(text for _, text in sorted(clip) if text) for clip in subnet]
+            for subnet in texts]
 
 
 def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
              test_manifest: str | None = None, heatmap: str | Path | None = None,
-             device: str = "auto", csv_path: str | Path | None = None) -> list[dict]:
+             device: str = "auto", csv_path: str | Path | None = None,
+             silence_db: float | None = None) -> list[dict]:
     """One row per subnet (or the supernet alone before the freeze). Prints the manifests
     used and the table, then writes the table to `csv_path` (default: eval.csv beside the
-    checkpoint) and the heatmap to `heatmap`."""
+    checkpoint) and the heatmap to `heatmap`. silence_db: None scores each clip whole; a
+    number of dB splits each at its silences first, as `orthoasr transcribe` does
+    (`transcribe`)."""
+    if silence_db is not None:
+        check_number("silence_db", silence_db, above=0.0)
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model
@@ -126,7 +156,8 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
                              1.0 if index is None else cfg.budgets[index], cfg, gates))
     for name, records in splits.items():
         hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
-                          bf16, frozen_weights=True)     # the checkpoint's, loaded here
+                          bf16, frozen_weights=True,     # the checkpoint's, loaded here
+                          silence_db=silence_db)
         for row, subnet_hyps in zip(rows, hyps):
             add_error_rates(row, name, records, subnet_hyps)
     print_table(rows, cfg, f"subnets at step {trained.step}")
@@ -142,13 +173,15 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
 
 def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
                     test_manifest: str | None = None, device: str = "auto",
-                    csv_path: str | Path | None = None) -> dict:
+                    csv_path: str | Path | None = None, silence_db: float | None = None
+                    ) -> dict:
     """One row for an exported subnet (`orthoasr export`) on the manifests given (one at
     least: the file holds none of its own): `evaluate`'s columns, and the numbers it gives
     the checkpoint's subnet of the same budget (each clip decoded whole, greedy CTC; in
-    float32, where a bf16 run's checkpoint is scored under bf16 autocast on a GPU). Prints
-    the manifests and the table, then writes the row to `csv_path` (default: <subnet
-    stem>.eval.csv beside the subnet, never a run's eval.csv)."""
+    float32, where a bf16 run's checkpoint is scored under bf16 autocast on a GPU; split at
+    silences when `silence_db` is given, as `evaluate` does). Prints the manifests and the
+    table, then writes the row to `csv_path` (default: <subnet stem>.eval.csv beside the
+    subnet, never a run's eval.csv)."""
     from .export import widths_to_gates
     from .recognizer import Recognizer
     given = {name: path for name, path in (("dev", dev_manifest), ("test", test_manifest))
@@ -158,7 +191,8 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
                          f"--test to score {subnet}")
     paths = {name: given_manifest(name, path) for name, path in given.items()}
     splits = {name: load_split(name, path) for name, path in paths.items()}
-    recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=None, silence_db=None)
+    recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=None,
+                                        silence_db=silence_db)
     sub = recognizer.model
     row = cost_row("exported", sub.budget, sub.cfg, widths_to_gates(sub.cfg, sub.widths))
     for name, records in splits.items():
@@ -287,6 +321,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", default=None,
                         help="the table as CSV, one row per subnet (default: eval.csv by the "
                              "checkpoint; with --subnet, <its stem>.eval.csv by it)")
+    parser.add_argument("--silence-db", type=silence_db_value, default=None, metavar="DB",
+                        help="split each clip at its silences and decode its voiced segments "
+                             "alone, as `orthoasr transcribe` does (its default: "
+                             f"{THRESHOLD_DB:g}); default off: each clip whole, the usual "
+                             "way to score a manifest")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -296,10 +335,12 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError("--heatmap draws the frozen masks of a --checkpoint; an exported "
                              "--subnet keeps how many units of each module it has, not which: "
                              "leave --heatmap out")
-        evaluate_subnet(args.subnet, args.dev, args.test, args.device, args.csv)
+        evaluate_subnet(args.subnet, args.dev, args.test, args.device, args.csv,
+                        args.silence_db)
         return
     heatmap = args.heatmap or Path(args.checkpoint).with_name("heatmap.png")
-    evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device, args.csv)
+    evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device, args.csv,
+             args.silence_db)
 
 
 __all__ = ["evaluate", "evaluate_subnet", "transcribe", "write_csv", "write_heatmap",

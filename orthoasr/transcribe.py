@@ -35,7 +35,7 @@ from typing import TextIO
 import torch
 
 from .checkpoint import write_atomically, write_failure_reason
-from .cli import number
+from .cli import number, silence_db
 from .data import AudioError, load_audio
 from .recognizer import (
     CHUNK_SECONDS,
@@ -227,18 +227,6 @@ def chunk_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected 0 or a number of seconds >= "
                                          f"{FRAME_SECONDS:g}, got {text!r}")
     return value
-
-
-def silence_db(text: str) -> float | None:
-    """--silence-db's value: a number of dB, or off / 0 (None: no splitting)."""
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        value = number(least=0)(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a finite number of dB > 0, or 'off', got "
-                                         f"{text!r}") from None
-    return None if value == 0 else value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_safety import cli_error
 from test_train import finished_tiny_run
 
 from orthoasr import set_backend
 from orthoasr.checkpoint import load_checkpoint, save_checkpoint
 from orthoasr.cli import main
-from orthoasr.data import load_audio
-from orthoasr.evaluate import eval_manifest, evaluate, evaluate_subnet
+from orthoasr.data import load_audio, load_manifest
+from orthoasr.evaluate import eval_manifest, evaluate, evaluate_subnet, transcribe
 from orthoasr.export import extract_subnet
+from orthoasr.recognizer import Recognizer
 from orthoasr.trained import load_trained
 
 
@@ -192,6 +194,37 @@ def test_an_exported_subnet_scores_as_the_checkpoints_subnet_of_its_budget(
         assert f"exported subnet {sub} (FLOPs per utterance" in out
 
 
+def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path):
+    """silence_db (`--silence-db`): each clip's voiced segments decoded alone and their texts
+    joined, the Recognizer's transcripts subnet by subnet (the short clip empty, the long
+    one whole: no pieces in either); whole, the clip with a silence reads otherwise."""
+    test = awkward_manifest(load_checkpoint(talkative_run)["manifest_paths"]["test"],
+                            tmp_path)
+    records, trained = load_manifest(test), load_trained(talkative_run)
+    # three clips, the longest in the middle and the shortest last: the batches, shortest
+    # first, decode them in neither their order nor its reverse
+    short, middle, long = sorted((load_audio(r["audio_filepath"]).numpy() * 32768
+                                  for r in records[:3]), key=len)
+    gap = np.zeros(8000)
+    records.append(write_wav(tmp_path / "three.wav",
+                             np.concatenate([middle, gap, long, gap, short])))
+    subnets = [(trained.subnet_gates(i), i) for i in range(trained.num_subnets)]
+
+    def texts(silence_db):
+        return transcribe(trained.model, records, trained.tokenizer(), subnets,
+                          torch.device("cpu"), 20000, bf16=False, silence_db=silence_db)
+    split, whole = texts(40.0), texts(None)
+    paths = [record["audio_filepath"] for record in records]
+    for index, budget in enumerate(trained.model.cfg.budgets):
+        recognizer = Recognizer.from_checkpoint(talkative_run, budget, chunk_seconds=None,
+                                                silence_db=40.0)
+        assert split[index] == recognizer.transcribe(paths)
+    for name in ("two.wav", "three.wav"):
+        clip = paths.index(str(tmp_path / name))
+        assert split[0][clip] != whole[0][clip]
+    assert split[0][:3] == whole[0][:3]           # clips without a silence
+
+
 def test_eval_of_an_exported_subnet_writes_its_own_csv(talkative_run, tmp_path, capsys):
     """<stem>.eval.csv beside the subnet, never the run's eval.csv; --csv elsewhere."""
     sub = export_subnet(talkative_run, 0, tmp_path / "sub.pt")
@@ -219,7 +252,10 @@ def test_eval_subnet_usage_errors(talkative_run, tmp_path, capsys):
     for argv, message in [
             ([], "one of the arguments --checkpoint --subnet is required"),
             (["--checkpoint", checkpoint, "--subnet", sub],
-             "argument --subnet: not allowed with argument --checkpoint")]:
+             "argument --subnet: not allowed with argument --checkpoint"),
+            (["--subnet", sub, "--test", test, "--silence-db", "-3"],
+             "argument --silence-db: expected a finite number of dB > 0, or 'off', got "
+             "'-3'")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["eval", *argv])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
