@@ -1,5 +1,6 @@
 """WER of a trained run's subnets with `transcribe`'s silence splitting off and on, on its test
-clips as they are and with silence, noise and clicks added (README's table). CPU is enough:
+clips as they are and with silence, noise and clicks added (docs/transcription.md's table).
+CPU is enough:
 
     python -m bench.silence_wer --checkpoint runs/demo/checkpoint.pt \
         --manifest data/synth-demo/test.jsonl --budgets 0.4 1.0

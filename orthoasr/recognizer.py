@@ -54,7 +54,7 @@ CHUNK_SECONDS, CONTEXT_SECONDS = 30.0, 2.0
 # audio decoded together by transcribe_iter: four full batches at the default batch_frames
 # (40,000 10 ms frames: 400 s), enough for batches of similar length to fill up; 100 MB of
 # float32 samples; a group's decoding takes ~3 minutes with the paper-size model on 2 CPU
-# cores (README: 64 s for a 10-minute recording)
+# cores (docs/transcription.md: 64 s for a 10-minute recording)
 GROUP_SECONDS = 1600.0
 SILENCE_DB = THRESHOLD_DB
 

@@ -8,16 +8,16 @@ when its features were normalised over all of each utterance's frames; 61% again
 of the recording's loudest 0.1 s; `Recognizer(silence_db=...)` decodes each stretch alone
 and joins their texts.
 
-The defaults were measured with the demo's 0.4 subnet (README's table): 40 dB leaves a
-noise floor 50 dB under the speech out (50 dB let some in: 30% WER on clips with that noise
-around them, against 25%; 35 dB cost the long recordings 2-3 points); margins of 10 and 20
-ms did best (0 ms: 26%, 50 ms: 35%, against 25-26%, on clips with 0.3 s of zeros around
-them), 20 ms on the long recordings; gaps of 0.1 s are longer than any quiet stretch inside
-the eSpeak test clips (80 ms) and split the 5-clip recordings' 0.1-0.3 s pauses (25% WER,
-against 44% with 0.2 s). A 5 ms click in the silence before each clip cost 3.5 points when the
-loudest frame set the level (29.1% WER), and 57 points once the speech was 10 dB softer
-(82.1%): weighed against the click, soft speech fell under the threshold. The loudest 0.1 s
-sets the level now, and segments under 30 ms are dropped: 25.6% and 24.9%
+The defaults were measured with the demo's 0.4 subnet (docs/transcription.md's table): 40 dB
+leaves a noise floor 50 dB under the speech out (50 dB let some in: 30% WER on clips with
+that noise around them, against 25%; 35 dB cost the long recordings 2-3 points); margins of
+10 and 20 ms did best (0 ms: 26%, 50 ms: 35%, against 25-26%, on clips with 0.3 s of zeros
+around them), 20 ms on the long recordings; gaps of 0.1 s are longer than any quiet stretch
+inside the eSpeak test clips (80 ms) and split the 5-clip recordings' 0.1-0.3 s pauses (25%
+WER, against 44% with 0.2 s). A 5 ms click in the silence before each clip cost 3.5 points
+when the loudest frame set the level (29.1% WER), and 57 points once the speech was 10 dB
+softer (82.1%): weighed against the click, soft speech fell under the threshold. The loudest
+0.1 s sets the level now, and segments under 30 ms are dropped: 25.6% and 24.9%
 (bench/silence_wer.py).
 
 The threshold is relative, so a recording of near-digital silence (a muted microphone, the
