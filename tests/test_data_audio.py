@@ -106,6 +106,21 @@ def test_lossy_formats_read_through_soundfile(tmp_path, name, rate, options):
     assert min(errors) < 0.01 * np.square(expected).mean()
 
 
+def test_a_truncated_mp3_is_refused_not_decoded_in_part(tmp_path):
+    """libsndfile decodes an MP3 cut short to what is left, without an error: its header's
+    length says that audio is missing, and the file is refused as a truncated wav is."""
+    soundfile = pytest.importorskip("soundfile")
+    soundfile.write(tmp_path / "whole.mp3", 0.3 * _tone(440.0, 16000, 3.0), 16000,
+                    format="MP3")
+    data = (tmp_path / "whole.mp3").read_bytes()
+    (tmp_path / "cut.mp3").write_bytes(data[:len(data) // 2])
+    assert len(load_audio(tmp_path / "whole.mp3")) == 48000
+    assert audio_info(tmp_path / "cut.mp3").num_frames == 48000     # the header's claim
+    with pytest.raises(AudioError, match=r"cut.mp3: truncated MP3: its header declares 3.000 "
+                                         r"s of audio, 1\.\d+ s could be decoded"):
+        load_audio(tmp_path / "cut.mp3")
+
+
 def test_audio_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="missing.wav: audio file not found"):
         load_audio(tmp_path / "missing.wav")

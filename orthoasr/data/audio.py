@@ -194,9 +194,26 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         if path.lower().endswith(".wav"):
             return _read_wav(path), info.sample_rate
-        return _read_with_soundfile(path)
+        data, rate = _read_with_soundfile(path)
     except OSError as err:
         raise AudioError(f"{path}: cannot read audio file: {err}") from err
+    _check_complete(path, data.shape[0], info)
+    return data, rate
+
+
+# an MP3 decoder may end up to one MP3 frame (1152 samples) off its header's count
+DECODER_SLACK_FRAMES = 1152
+
+
+def _check_complete(path: str, decoded: int, info: AudioInfo) -> None:
+    """Refuse a file whose audio stops short of the length its header declares, as a
+    truncated wav is refused: libsndfile decodes an MP3 cut in half to its first half
+    without an error, and its transcript would lack the rest without a word."""
+    if decoded < info.num_frames - DECODER_SLACK_FRAMES:
+        rate = info.sample_rate
+        raise AudioError(f"{path}: truncated {_format_name(path)}: its header declares "
+                         f"{info.num_frames / rate:.3f} s of audio, {decoded / rate:.3f} s "
+                         "could be decoded")
 
 
 def _read_wav(path: str) -> np.ndarray:
