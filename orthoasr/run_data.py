@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -36,6 +37,7 @@ class TrainData:
         if run.shape_classes:
             self.classes = training_shape_classes(records, tokenizer, run, world.is_main)
             self.dataset, self.collate = ClassedDataset(self.dataset), class_collate(self.classes)
+        self.dataset = ReportingDataset(self.dataset)
         self.sampler = BucketBatchSampler(self.durations, run.max_frames, shuffle=True,
                                           seed=run.seed, num_replicas=world.size,
                                           rank=world.rank, classes=self.classes)
@@ -52,12 +54,51 @@ class TrainData:
         (bench/NOTES.md, session 10)."""
         plans = _EpochPlans(self, epoch, index)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=plans, collate_fn=self.collate,
+            self.dataset, batch_sampler=plans, collate_fn=CollateOrReport(self.collate),
             num_workers=self.run.num_workers, pin_memory=self.pin_memory,
             generator=torch.Generator())
         for batch in loader:        # in the order the plans were drawn
             epoch, index = plans.positions.popleft()
+            if isinstance(batch, UnreadableAudio):
+                from .data import AudioError
+                raise AudioError(batch.message)
             yield epoch, index, batch
+
+
+class UnreadableAudio(NamedTuple):
+    """In place of an item, or of the batch that holds it, whose audio could not be read:
+    the reason, carried out of a loader worker as a value. Raised there, the error would
+    reach the main process with the worker's whole traceback in its message."""
+    message: str
+
+
+class ReportingDataset(torch.utils.data.Dataset):
+    """dataset[key], or UnreadableAudio where its audio cannot be read (AudioError)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        from .data import AudioError
+        try:
+            return self.dataset[key]
+        except AudioError as err:
+            return UnreadableAudio(str(err))
+
+
+class CollateOrReport:
+    """collate(items), or the first UnreadableAudio among them (a class, not a closure: a
+    loader worker started by spawn pickles it)."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        failed = [item for item in items if isinstance(item, UnreadableAudio)]
+        return failed[0] if failed else self.collate(items)
 
 
 def prefetch_to_device(batches, device):

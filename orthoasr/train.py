@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .checkpoint import TRAINING_KIND, load_checkpoint
 from .cli import number
+from .data import AudioError
 from .distributed import shutdown
 from .run_config import RunConfig, load_run_config, presets
 from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
@@ -122,7 +123,10 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
             trainer.freeze()
             trainer.prepare_stage2()
             trainer.save()
-        trainer.epoch, trainer.batch_index, batch, on_device = next(batches)
+        try:
+            trainer.epoch, trainer.batch_index, batch, on_device = next(batches)
+        except AudioError as err:
+            raise unreadable_training_audio(trainer, err) from None
         trainer.train_step(batch, on_device)
         if trainer.step % run.log_every == 0:
             trainer.flush()
@@ -148,6 +152,25 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
         trainer.step_graphs.release()
     shutdown(world)
     return trainer
+
+
+def unreadable_training_audio(trainer: Trainer, err: AudioError) -> AudioError:
+    """The error for a training clip that cannot be read (a FLAC with a corrupt frame, a
+    truncated file): its name and reason, and how to go on. A single process first writes a
+    checkpoint of the steps done, so that the run loses none of them (the clip's batch was
+    not trained; a resume starts with it). The ranks of a group would wait for the one that
+    stopped, so they stop without one."""
+    reason = f"{str(err).rstrip('.')}. Training stopped before step {trainer.step + 1}"
+    replace = ("replace the file at that path with a readable copy (the manifest must stay as "
+               "the run began with it)")
+    if trainer.step == 0:
+        return AudioError(f"{reason}; {replace} and start the run again")
+    if trainer.world.size == 1:
+        path = trainer.save()
+        return AudioError(f"{reason}: checkpoint {path} holds the steps done; {replace} and "
+                          "continue with --resume")
+    return AudioError(f"{reason}; {replace} and continue from the last checkpoint with "
+                      "--resume")
 
 
 # ----------------------------------------------------------------------------- CLI

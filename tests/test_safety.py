@@ -4,12 +4,14 @@ filters, one-line CLI errors, checkpoint errors by kind."""
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import soundfile
 import torch
 from test_train import as_overrides, tiny_run, write_corpus
 
@@ -17,10 +19,13 @@ import orthoasr.train as train_module
 import orthoasr.trainer as trainer_module
 from orthoasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from orthoasr.cli import main
+from orthoasr.data import load_audio, load_manifest
+from orthoasr.distributed import SINGLE
 from orthoasr.evaluate import evaluate
 from orthoasr.export import load_subnet
 from orthoasr.metrics import read_metrics
 from orthoasr.run_config import load_run_config
+from orthoasr.run_data import TrainData, make_tokenizer
 from orthoasr.train import TrainingDiverged, train
 from orthoasr.workdir import WorkDirError, WorkDirLock
 
@@ -217,6 +222,43 @@ def test_a_resume_from_another_folder_must_find_the_same_training_data(tmp_path,
         train(short_run(Path("corpus")), work, resume=True)
     monkeypatch.chdir(tmp_path / "a")
     assert train(short_run(Path("corpus")), work, resume=True).step == 2
+
+
+def test_an_unreadable_training_clip_stops_the_run_with_a_checkpoint(tmp_path, capsys):
+    """A clip whose audio cannot be read though its header can (a FLAC with corrupt frames)
+    in the epoch's second batch: one line naming it, read in a loader worker too
+    (the worker's traceback stays out of it), a checkpoint of the step before, and a resume
+    once the file is readable again ends with the losses of a run that never stopped."""
+    corpus = write_corpus(tmp_path / "corpus", n=8)
+    argv = ["train", "--work-dir", str(tmp_path / "run"),
+            *as_overrides(tiny_run(corpus, "stage1_steps=4", "stage2_steps=0",
+                                   "ckpt_every=100", "num_workers=1", "max_frames=300"))]
+    run = load_run_config(None, argv[3:])
+    (tmp_path / "tok").mkdir()
+    data = TrainData(run, make_tokenizer(run, tmp_path / "tok", SINGLE))
+    records = load_manifest(corpus / "train.jsonl")          # all kept
+    second = records[data.epoch_batches(0)[1][0]]["audio_filepath"]
+    flac = str(Path(second).with_suffix(".flac"))       # its header reads well, its body not
+    soundfile.write(flac, load_audio(second).numpy(), 16000, format="FLAC")
+    manifest = corpus / "train.jsonl"
+    manifest.write_text(manifest.read_text().replace(second, flac))
+    whole = Path(flac).read_bytes()
+    Path(flac).write_bytes(whole[:len(whole) // 2] + bytes(len(whole) - len(whole) // 2))
+    message = cli_error(capsys, argv)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    assert re.fullmatch(
+        rf"orthoasr: error: {re.escape(flac)}: cannot decode FLAC: .*\. Training stopped "
+        rf"before step 2: checkpoint "
+        rf"{re.escape(str(checkpoint))} holds the steps done; replace the file at that path "
+        r"with a readable copy \(the manifest must stay as the run began with it\) and "
+        r"continue with --resume", message), message
+    assert load_checkpoint(checkpoint)["step"] == 1
+    Path(flac).write_bytes(whole)
+    main(argv + ["--resume"])
+    main(argv[:2] + [str(tmp_path / "again")] + argv[3:])
+    losses = [[row["loss"] for row in read_metrics(tmp_path / folder / "metrics.csv")]
+              for folder in ("run", "again")]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
 
 
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
