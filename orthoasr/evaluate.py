@@ -160,7 +160,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
                           silence_db=silence_db)
         for row, subnet_hyps in zip(rows, hyps):
             add_error_rates(row, name, records, subnet_hyps)
-    print_table(rows, cfg, f"subnets at step {trained.step}")
+    print_table(rows, cfg, f"subnets at step {trained.step}{split_note(silence_db)}")
     if trained.masks is not None:
         print_retained(trained.masks, cfg)
     # the table comes first, the CSV before the heatmap: a path that cannot be written loses
@@ -203,7 +203,7 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
         for i, text in zip(decoded, texts, strict=True):
             hyps[i] = text
         add_error_rates(row, name, records, hyps)
-    print_table([row], sub.cfg, f"exported subnet {subnet}")
+    print_table([row], sub.cfg, f"exported subnet {subnet}{split_note(silence_db)}")
     subnet = Path(subnet)
     print(f"CSV -> {write_csv([row], csv_path or subnet.with_name(f'{subnet.stem}.eval.csv'))}")
     return row
@@ -241,6 +241,11 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
                       f"{write_failure_reason(path, err)} (the table above holds the same "
                       "numbers)") from None
     return path
+
+
+def split_note(silence_db: float | None) -> str:
+    """The table title's note that the clips were split at silences (none if whole)."""
+    return "" if silence_db is None else f", clips split at silences ({silence_db:g} dB)"
 
 
 def print_table(rows: list[dict], cfg: SupernetConfig, title: str) -> None:

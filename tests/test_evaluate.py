@@ -194,7 +194,7 @@ def test_an_exported_subnet_scores_as_the_checkpoints_subnet_of_its_budget(
         assert f"exported subnet {sub} (FLOPs per utterance" in out
 
 
-def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path):
+def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path, capsys):
     """silence_db (`--silence-db`): each clip's voiced segments decoded alone and their texts
     joined, the Recognizer's transcripts subnet by subnet (the short clip empty, the long
     one whole: no pieces in either); whole, the clip with a silence reads otherwise."""
@@ -219,6 +219,10 @@ def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path):
         recognizer = Recognizer.from_checkpoint(talkative_run, budget, chunk_seconds=None,
                                                 silence_db=40.0)
         assert split[index] == recognizer.transcribe(paths)
+    main(["eval", "--checkpoint", str(talkative_run), "--test", str(test), "--silence-db",
+          "40", "--csv", str(tmp_path / "split.csv"), "--heatmap", str(tmp_path / "h.png")])
+    assert f"subnets at step {trained.step}, clips split at silences (40 dB) (FLOPs" in \
+        capsys.readouterr().out
     for name in ("two.wav", "three.wav"):
         clip = paths.index(str(tmp_path / name))
         assert split[0][clip] != whole[0][clip]
