@@ -102,7 +102,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .data import LogMel, collate, length_batches, load_audio
     from .decoding import greedy_ctc_decode, label_text
     from .graphs import GraphedEncoder
-    logmel = LogMel(n_mels=model.cfg.num_mel_bins, normalize=model.cfg.feature_norm).to(device)
+    logmel = LogMel.of_model(model.cfg).to(device)
     pieces = clip_pieces(records, logmel, silence_db)
     texts = [[[] for _ in records] for _ in subnets]     # [subnet][record]: pieces' texts
     skips = [model.dead_modules(gates) for gates, _ in subnets]
@@ -112,9 +112,11 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
               else (end - start) // logmel.hop + 1 for i, start, end in pieces]
     no_tokens = torch.zeros(0, dtype=torch.long)
     for batch in length_batches(frames, batch_frames):
-        waves = [load_audio(records[pieces[p][0]]["audio_filepath"])[pieces[p][1]:pieces[p][2]]
-                 for p in batch]
-        waves, wave_lengths, _, _ = collate([(wave, no_tokens) for wave in waves])
+        # each clip read once a batch, however many of its segments the batch holds
+        clips = {i: load_audio(records[i]["audio_filepath"]) for i in
+                 {pieces[p][0] for p in batch}}
+        waves, wave_lengths, _, _ = collate([(clips[i][start:end], no_tokens)
+                                             for i, start, end in (pieces[p] for p in batch)])
         feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             x, out_lengths = model.embed(feats, lengths)

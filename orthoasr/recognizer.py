@@ -95,8 +95,7 @@ class Recognizer:
         # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
         self.encoder = GraphedEncoder(model, frozen_weights=frozen_weights) \
             if gates is not None else None
-        self.logmel = LogMel(n_mels=model.cfg.num_mel_bins,
-                             normalize=model.cfg.feature_norm).to(self.device)
+        self.logmel = LogMel.of_model(model.cfg).to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
         # in output frames, each min_samples long
         self.chunk_frames = None if chunk_seconds is None else \

@@ -158,8 +158,7 @@ class Trainer(TrainerCheckpoints):
         self.schedule_changes: list[dict] = []  # {"step", "changes"} of each resume that
                                                 # changed the optimiser schedule
         from .data import LogMel, SpecAugment
-        self.logmel = LogMel(n_mels=self.cfg.num_mel_bins,
-                             normalize=self.cfg.feature_norm).to(self.device)
+        self.logmel = LogMel.of_model(self.cfg).to(self.device)
         self.spec_augment = SpecAugment().to(self.device) if run.spec_augment else None
 
     def reseed_rank(self) -> None:

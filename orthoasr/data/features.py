@@ -91,6 +91,12 @@ class LogMel(nn.Module):
     def frame_lengths(self, wave_lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(wave_lengths, self.hop, rounding_mode="floor")
 
+    @classmethod
+    def of_model(cls, cfg) -> LogMel:
+        """The features a model of `cfg` (a SupernetConfig) is trained and decoded with: its
+        mel bins and its `feature_norm`."""
+        return cls(n_mels=cfg.num_mel_bins, normalize=cfg.feature_norm)
+
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         if waves.dim() != 2:
