@@ -56,8 +56,8 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
             lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {time} "
                          f"| {speedup} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## issue 13 targets (from the floors rows)", "", targets.render(rows),
-              "## issue 14 targets (from the e2e rows)", "", targets.render_e2e(rows)]
+    lines += ["## issue 13 targets (from the floors rows of H200 runs)", "", targets.render(rows),
+              "## issue 14 targets (from the e2e rows of H200 runs)", "", targets.render_e2e(rows)]
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Issue 13's speed targets checked against the newest `floors` rows (bench/bench_floor.py),
-every time a CUDA-graph replay on one card, and issue 14's against the `e2e` rows
-(bench/e2e.py, bench/e2e_trainer.py). Used by bench/report.py; also
+every time a CUDA-graph replay on one H200 (the card the issues name), and issue 14's
+against the `e2e` rows (bench/e2e.py, bench/e2e_trainer.py). Used by bench/report.py; also
 
     python -m bench.targets        (prints the table)
 
@@ -37,6 +37,16 @@ REVERTED = {
 }
 
 
+# the issues set their targets on the H200: rows from other cards stay in the JSON and in
+# RESULTS.md's tables, but a target reads H200 rows only (an H100's ratio is not the H200's)
+TARGET_GPU = "H200"
+
+
+def on_target_card(rows: list[dict]) -> list[dict]:
+    """The rows measured on TARGET_GPU."""
+    return [row for row in rows if TARGET_GPU in row.get("gpu", "")]
+
+
 def rows_of_main(rows: list[dict]) -> list[dict]:
     """The rows not measured on a reverted commit (REVERTED)."""
     return [row for row in rows if row.get("commit") not in REVERTED]
@@ -64,7 +74,7 @@ def checks(rows: list[dict]) -> list[tuple[str, float | None, float | None, str]
     """[(target, ours in µs or None, limit in µs or None, commit)]. Each target reads the
     newest run of its case that holds every row it compares (a ratio never mixes runs, and
     a newer run of a few gates alone does not hide an older complete one)."""
-    runs = graph_runs(rows)
+    runs = graph_runs(on_target_card(rows))
     out = []
 
     def add(name, case, ours: Key, limit=None, *choices: list[Key]):
@@ -136,7 +146,7 @@ def e2e_checks(rows: list[dict]) -> list[tuple[str, str | None, str | None, bool
     every row it compares. The references' times are of eager calls (the issue's anchors),
     ours of CUDA-graph replays."""
     runs: dict[str, dict[tuple[str, str, str], dict]] = defaultdict(dict)
-    for r in rows:
+    for r in on_target_card(rows):
         trainer = r.get("workload", "").startswith("trainer")
         if r.get("table") != "e2e" or (trainer and (r.get("settings") or not r["case"].endswith(
                 TRAINER_CASE_END))):
