@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -18,8 +21,17 @@ from .cli import silence_db as silence_db_value
 from .config import SupernetConfig
 from .devices import resolve_device
 from .model import block_layout
+from .recognizer import (
+    CHUNK_SECONDS,
+    CONTEXT_SECONDS,
+    FRAME_SECONDS,
+    Recognizer,
+    chunk_windows,
+    output_frames,
+)
 from .silence import THRESHOLD_DB, check_number
 from .trained import Trained, load_trained
+from .transcribe import chunk_seconds as chunk_seconds_value
 from .units import subnet_cost
 
 
@@ -70,75 +82,117 @@ def short_clips(records, logmel) -> set[int]:
     return short
 
 
-def clip_pieces(records: list[dict], logmel, silence_db: float | None
-                ) -> list[tuple[int, int, int | None]]:
-    """What eval decodes of `records`: (record index, first sample, end sample or None for
-    the clip's end). silence_db None: each clip whole, but those shorter than the frontend's
-    minimum (`short_clips`: empty transcripts). Else each clip's voiced segments, as
-    `orthoasr transcribe` cuts them (orthoasr.silence.voiced_spans; a clip with none gets
-    an empty transcript); segments under the minimum are dropped, as the Recognizer drops
-    them. Splitting reads every clip once here and again when its batch is decoded."""
-    if silence_db is None:
-        short = short_clips(records, logmel)
-        return [(i, 0, None) for i in range(len(records)) if i not in short]
+class Piece(NamedTuple):
+    """Audio that eval decodes in one pass: samples [first, end) of clip `clip` (end None:
+    to its end), a part of that clip's segment starting at sample `segment`; `keep`: the
+    piece's output frames that count (None: all), the rest being context."""
+    clip: int
+    segment: int
+    first: int
+    end: int | None
+    keep: slice | None
+
+
+def clip_pieces(records: list[dict], logmel, silence_db: float | None,
+                chunk_seconds: float | None = CHUNK_SECONDS) -> list[Piece]:
+    """What eval decodes of `records`, cut as `orthoasr transcribe` cuts them. silence_db
+    None: each clip whole, but those shorter than the frontend's minimum (`short_clips`:
+    empty transcripts). Else each clip's voiced segments (orthoasr.silence.voiced_spans; a
+    clip with none gets an empty transcript); segments under the minimum are dropped, as the
+    Recognizer drops them. A clip or segment longer than chunk_seconds + 2 x CONTEXT_SECONDS
+    is decoded in pieces (recognizer.chunk_windows; chunk_seconds None: never). Splitting
+    reads every clip here, and so does cutting, for the clips whose manifest duration comes
+    within a second of that length; those are read again when their batches are decoded."""
     from .data import load_audio
     from .silence import voiced_spans
     least = 4 * logmel.hop                      # samples of 4 frames, the frontend's minimum
-    return [(i, start, end) for i, record in enumerate(records)
-            for start, end in voiced_spans(load_audio(record["audio_filepath"]), silence_db)
-            if end - start >= least]
+    chunk = None if chunk_seconds is None else output_frames(chunk_seconds)
+    context = output_frames(CONTEXT_SECONDS)
+
+    def cut(clip: int, start: int, end: int) -> list[Piece]:
+        return [Piece(clip, start, start + first, start + stop, keep)
+                for first, stop, keep in chunk_windows(end - start, least, chunk, context)]
+    if silence_db is not None:
+        return [piece for i, record in enumerate(records)
+                for start, end in voiced_spans(load_audio(record["audio_filepath"]), silence_db)
+                if end - start >= least for piece in cut(i, start, end)]
+    short = short_clips(records, logmel)
+    may_be_cut = math.inf if chunk is None else (chunk + 2 * context) * FRAME_SECONDS - 1.0
+    pieces = []
+    for i, record in enumerate(records):
+        if i in short:
+            continue
+        if float(record["duration"]) > may_be_cut:
+            pieces += cut(i, 0, len(load_audio(record["audio_filepath"])))
+        else:
+            pieces.append(Piece(i, 0, 0, None, None))
+    return pieces
 
 
 @torch.no_grad()
 def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]], device,
                batch_frames: int, bf16: bool, frozen_weights: bool = False,
-               silence_db: float | None = None) -> list[list[str]]:
+               silence_db: float | None = None,
+               chunk_seconds: float | None = CHUNK_SECONDS) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
     `subnets`; batches sorted by length, the shared frontend run once per batch.
     frozen_weights: nothing trains `model` meanwhile (GraphedEncoder's). Modules
     whose gates are all 0 in a subnet are left out of its passes (model.dead_modules).
     silence_db: each clip whole (None), or its voiced segments decoded alone and their
-    texts joined by single spaces (`clip_pieces`)."""
+    texts joined by single spaces; chunk_seconds: long clips or segments in pieces whose
+    frame labels are joined before decoding (`clip_pieces`; the Recognizer's texts)."""
     from .data import LogMel, collate, length_batches, load_audio
-    from .decoding import greedy_ctc_decode, label_text
+    from .decoding import best_paths, collapse_path, label_text
     from .graphs import GraphedEncoder
     logmel = LogMel.of_model(model.cfg).to(device)
-    pieces = clip_pieces(records, logmel, silence_db)
-    texts = [[[] for _ in records] for _ in subnets]     # [subnet][record]: pieces' texts
+    pieces = clip_pieces(records, logmel, silence_db, chunk_seconds)
+    # [subnet][clip]: segment -> [(a piece's first sample, its kept frames' labels)]
+    labels = [[defaultdict(list) for _ in records] for _ in subnets]
     skips = [model.dead_modules(gates) for gates, _ in subnets]
     # CUDA graphs per padded shape class on a GPU
     encoder = GraphedEncoder(model, frozen_weights=frozen_weights)
-    frames = [int(100 * float(records[i]["duration"])) + 1 if end is None
-              else (end - start) // logmel.hop + 1 for i, start, end in pieces]
+    frames = [int(100 * float(records[p.clip]["duration"])) + 1 if p.end is None
+              else (p.end - p.first) // logmel.hop + 1 for p in pieces]
     no_tokens = torch.zeros(0, dtype=torch.long)
     for batch in length_batches(frames, batch_frames):
-        # each clip read once a batch, however many of its segments the batch holds
+        # each clip read once a batch, however many of its pieces the batch holds
         clips = {i: load_audio(records[i]["audio_filepath"]) for i in
-                 {pieces[p][0] for p in batch}}
-        waves, wave_lengths, _, _ = collate([(clips[i][start:end], no_tokens)
-                                             for i, start, end in (pieces[p] for p in batch)])
+                 {pieces[j].clip for j in batch}}
+        waves, wave_lengths, _, _ = collate([(clips[p.clip][p.first:p.end], no_tokens)
+                                             for p in (pieces[j] for j in batch)])
         feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             x, out_lengths = model.embed(feats, lengths)
             for s, (gates, head) in enumerate(subnets):
                 log_probs = encoder(x, out_lengths, gates, head, skips[s])
-                for p, ids in zip(batch, greedy_ctc_decode(log_probs.float(), out_lengths,
-                                                            vocab_size=tokenizer.vocab_size)):
-                    texts[s][pieces[p][0]].append((pieces[p][1], label_text(tokenizer, ids)))
-    # a clip's pieces in the order they are heard (batches run shortest first)
-    return [[" ".join(text for _, text in sorted(clip) if text) for clip in subnet]
-            for subnet in texts]
+                paths = best_paths(log_probs.float(), out_lengths,
+                                   vocab_size=tokenizer.vocab_size)
+                for j, path in zip(batch, paths, strict=True):
+                    p = pieces[j]
+                    labels[s][p.clip][p.segment].append(
+                        (p.first, path if p.keep is None else path[p.keep]))
+
+    def text(parts: list[tuple[int, list[int]]]) -> str:
+        """A segment's text: its pieces' labels joined in order, then repeats and blanks
+        removed (a word across a cut is neither lost nor doubled)."""
+        return label_text(tokenizer, collapse_path([label for _, kept in sorted(parts)
+                                                    for label in kept]))
+    # a clip's segments in the order they are heard (batches run shortest first)
+    return [[" ".join(t for t in (text(parts) for _, parts in sorted(clip.items())) if t)
+             for clip in subnet] for subnet in labels]
 
 
 def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
              test_manifest: str | None = None, heatmap: str | Path | None = None,
              device: str = "auto", csv_path: str | Path | None = None,
-             silence_db: float | None = None) -> list[dict]:
+             silence_db: float | None = None,
+             chunk_seconds: float | None = CHUNK_SECONDS) -> list[dict]:
     """One row per subnet (or the supernet alone before the freeze). Prints the manifests
     used and the table, then writes the table to `csv_path` (default: eval.csv beside the
     checkpoint) and the heatmap to `heatmap`. silence_db: None scores each clip whole; a
-    number of dB splits each at its silences first, as `orthoasr transcribe` does
-    (`transcribe`)."""
+    number of dB splits each at its silences first, as `orthoasr transcribe` does;
+    chunk_seconds: clips (or segments) longer than it and 2 s either side are decoded in
+    pieces, as `transcribe` decodes them (None: whole; `transcribe`)."""
     if silence_db is not None:
         check_number("silence_db", silence_db, above=0.0)
     device = resolve_device(device)
@@ -159,7 +213,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     for name, records in splits.items():
         hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
                           bf16, frozen_weights=True,     # the checkpoint's, loaded here
-                          silence_db=silence_db)
+                          silence_db=silence_db, chunk_seconds=chunk_seconds)
         for row, subnet_hyps in zip(rows, hyps):
             add_error_rates(row, name, records, subnet_hyps)
     print_table(rows, cfg, f"subnets at step {trained.step}{split_note(silence_db)}")
@@ -175,17 +229,16 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
 
 def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
                     test_manifest: str | None = None, device: str = "auto",
-                    csv_path: str | Path | None = None, silence_db: float | None = None
-                    ) -> dict:
+                    csv_path: str | Path | None = None, silence_db: float | None = None,
+                    chunk_seconds: float | None = CHUNK_SECONDS) -> dict:
     """One row for an exported subnet (`orthoasr export`) on the manifests given (one at
     least: the file holds none of its own): `evaluate`'s columns, and the numbers it gives
-    the checkpoint's subnet of the same budget (each clip decoded whole, greedy CTC; in
-    float32, where a bf16 run's checkpoint is scored under bf16 autocast on a GPU; split at
-    silences when `silence_db` is given, as `evaluate` does). Prints the manifests and the
-    table, then writes the row to `csv_path` (default: <subnet stem>.eval.csv beside the
-    subnet, never a run's eval.csv)."""
+    the checkpoint's subnet of the same budget (greedy CTC; in float32, where a bf16 run's
+    checkpoint is scored under bf16 autocast on a GPU; split at silences when `silence_db`
+    is given and long clips cut at `chunk_seconds`, as `evaluate` does). Prints the
+    manifests and the table, then writes the row to `csv_path` (default: <subnet
+    stem>.eval.csv beside the subnet, never a run's eval.csv)."""
     from .export import widths_to_gates
-    from .recognizer import Recognizer
     given = {name: path for name, path in (("dev", dev_manifest), ("test", test_manifest))
              if path is not None}
     if not given:
@@ -193,7 +246,7 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
                          f"--test to score {subnet}")
     paths = {name: given_manifest(name, path) for name, path in given.items()}
     splits = {name: load_split(name, path) for name, path in paths.items()}
-    recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=None,
+    recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=chunk_seconds,
                                         silence_db=silence_db)
     sub = recognizer.model
     row = cost_row("exported", sub.budget, sub.cfg, widths_to_gates(sub.cfg, sub.widths))
@@ -333,6 +386,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "alone, as `orthoasr transcribe` does (its default: "
                              f"{THRESHOLD_DB:g}); default off: each clip whole, the usual "
                              "way to score a manifest")
+    parser.add_argument("--chunk-seconds", type=chunk_seconds_value, default=CHUNK_SECONDS,
+                        metavar="SECONDS",
+                        help="decode a clip (or voiced segment) longer than this and "
+                             f"{CONTEXT_SECONDS:g} s either side in pieces, as `orthoasr "
+                             f"transcribe` does (default {CHUNK_SECONDS:g}; 0: each whole, "
+                             "memory growing with the square of its length)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -343,11 +402,11 @@ def run(args: argparse.Namespace) -> None:
                              "--subnet keeps how many units of each module it has, not which: "
                              "leave --heatmap out")
         evaluate_subnet(args.subnet, args.dev, args.test, args.device, args.csv,
-                        args.silence_db)
+                        args.silence_db, args.chunk_seconds or None)
         return
     heatmap = args.heatmap or Path(args.checkpoint).with_name("heatmap.png")
     evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device, args.csv,
-             args.silence_db)
+             args.silence_db, args.chunk_seconds or None)
 
 
 __all__ = ["evaluate", "evaluate_subnet", "transcribe", "write_csv", "write_heatmap",

@@ -98,9 +98,8 @@ class Recognizer:
         self.logmel = LogMel.of_model(model.cfg).to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
         # in output frames, each min_samples long
-        self.chunk_frames = None if chunk_seconds is None else \
-            round(chunk_seconds / FRAME_SECONDS)
-        self.context_frames = round(context_seconds / FRAME_SECONDS)
+        self.chunk_frames = None if chunk_seconds is None else output_frames(chunk_seconds)
+        self.context_frames = output_frames(context_seconds)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, budget: float | None = None,
@@ -275,6 +274,11 @@ class Recognizer:
 FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)
 
 
+def output_frames(seconds: float) -> int:
+    """A length in seconds as a whole number of output frames."""
+    return round(seconds / FRAME_SECONDS)
+
+
 def chunk_windows(num_samples: int, frame_samples: int, chunk_frames: int | None,
                   context_frames: int) -> list[tuple[int, int, slice]]:
     """How to decode a clip of num_samples in pieces: [(first sample, end sample, kept
@@ -301,4 +305,4 @@ def _check_seconds(name: str, value, least: float) -> None:
     check_number(name, value, least=least, what="number of seconds")
 
 
-__all__ = ["Recognizer", "chunk_windows"]
+__all__ = ["Recognizer", "chunk_windows", "output_frames"]

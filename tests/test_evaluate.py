@@ -178,7 +178,7 @@ SHORT_NOTE = "note: 1 clip(s) shorter than 0.04 s (4 frames, the frontend's mini
 def test_an_exported_subnet_scores_as_the_checkpoints_subnet_of_its_budget(
         talkative_run, tmp_path, capsys):
     """Units, params, FLOPs, WER and CER on dev and on a test manifest with a clip too short
-    for the frontend, one with a silence and a long one (each decoded whole): the exported
+    for the frontend, one with a silence and a long one (decoded in pieces): the exported
     subnet's row is the checkpoint's row for its budget."""
     recorded = load_checkpoint(talkative_run)["manifest_paths"]
     test = awkward_manifest(recorded["test"], tmp_path)
@@ -194,10 +194,12 @@ def test_an_exported_subnet_scores_as_the_checkpoints_subnet_of_its_budget(
         assert f"exported subnet {sub} (FLOPs per utterance" in out
 
 
-def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path, capsys):
-    """silence_db (`--silence-db`): each clip's voiced segments decoded alone and their texts
-    joined, the Recognizer's transcripts subnet by subnet (the short clip empty, the long
-    one whole: no pieces in either); whole, the clip with a silence reads otherwise."""
+def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_path,
+                                                             capsys):
+    """Eval's texts are the Recognizer's, subnet by subnet: each clip whole, or
+    (`--silence-db`) its voiced segments decoded alone and their texts joined; either way a
+    clip or segment longer than 34 s (36 s of noise) in pieces whose labels are joined
+    (`--chunk-seconds`; 0: whole, which reads otherwise), and the short clip empty."""
     test = awkward_manifest(load_checkpoint(talkative_run)["manifest_paths"]["test"],
                             tmp_path)
     records, trained = load_manifest(test), load_trained(talkative_run)
@@ -210,15 +212,17 @@ def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path, cap
                              np.concatenate([middle, gap, long, gap, short])))
     subnets = [(trained.subnet_gates(i), i) for i in range(trained.num_subnets)]
 
-    def texts(silence_db):
+    def texts(silence_db, chunk_seconds=30.0):
         return transcribe(trained.model, records, trained.tokenizer(), subnets,
-                          torch.device("cpu"), 20000, bf16=False, silence_db=silence_db)
+                          torch.device("cpu"), 20000, bf16=False, silence_db=silence_db,
+                          chunk_seconds=chunk_seconds)
     split, whole = texts(40.0), texts(None)
     paths = [record["audio_filepath"] for record in records]
     for index, budget in enumerate(trained.model.cfg.budgets):
-        recognizer = Recognizer.from_checkpoint(talkative_run, budget, chunk_seconds=None,
-                                                silence_db=40.0)
-        assert split[index] == recognizer.transcribe(paths)
+        for silence_db, got in ((40.0, split), (None, whole)):
+            recognizer = Recognizer.from_checkpoint(talkative_run, budget,
+                                                    silence_db=silence_db)
+            assert got[index] == recognizer.transcribe(paths)
     main(["eval", "--checkpoint", str(talkative_run), "--test", str(test), "--silence-db",
           "40", "--csv", str(tmp_path / "split.csv"), "--heatmap", str(tmp_path / "h.png")])
     assert f"subnets at step {trained.step}, clips split at silences (40 dB) (FLOPs" in \
@@ -227,6 +231,10 @@ def test_eval_split_at_silences_reads_as_transcribe(talkative_run, tmp_path, cap
         clip = paths.index(str(tmp_path / name))
         assert split[0][clip] != whole[0][clip]
     assert split[0][:3] == whole[0][:3]           # clips without a silence
+    noise = paths.index(str(tmp_path / "long.wav"))
+    in_one_piece = texts(None, chunk_seconds=None)
+    assert in_one_piece[0][noise] != whole[0][noise]
+    assert in_one_piece[0][:noise] == whole[0][:noise]
 
 
 def test_eval_of_an_exported_subnet_writes_its_own_csv(talkative_run, tmp_path, capsys):
@@ -259,7 +267,10 @@ def test_eval_subnet_usage_errors(talkative_run, tmp_path, capsys):
              "argument --subnet: not allowed with argument --checkpoint"),
             (["--subnet", sub, "--test", test, "--silence-db", "-3"],
              "argument --silence-db: expected a finite number of dB > 0, or 'off', got "
-             "'-3'")]:
+             "'-3'"),
+            (["--checkpoint", checkpoint, "--chunk-seconds", "0.01"],
+             "argument --chunk-seconds: expected 0 or a number of seconds >= 0.04, got "
+             "'0.01'")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["eval", *argv])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
