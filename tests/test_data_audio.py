@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from orthoasr.data import AudioError, audio_info, load_audio, read_audio, resample, write_wav
+from orthoasr.data.audio import FORMAT_NAMES
 
 
 def _tone(freq, rate, seconds, phase=0.0):
@@ -119,6 +120,30 @@ def test_a_truncated_mp3_is_refused_not_decoded_in_part(tmp_path):
     with pytest.raises(AudioError, match=r"cut.mp3: truncated MP3: its header declares 3.000 "
                                          r"s of audio, 1\.\d+ s could be decoded"):
         load_audio(tmp_path / "cut.mp3")
+
+
+@pytest.mark.parametrize("name, subtype", [("whole.opus", "OPUS"), ("whole.ogg", "VORBIS")])
+def test_a_truncated_ogg_file_is_refused_not_decoded_in_part(tmp_path, name, subtype):
+    """An Ogg Opus file declares no length, and libsndfile counts a Vorbis file's from its
+    last page: cut short, either decoded to what was left without an error. A stream must
+    end on a whole page marked end-of-stream, as every encoder writes it; bytes after that
+    page are left alone."""
+    soundfile = pytest.importorskip("soundfile")
+    whole = tmp_path / name
+    soundfile.write(whole, 0.3 * _tone(440.0, 48000, 3.0), 48000, format="OGG",
+                    subtype=subtype)
+    data = whole.read_bytes()
+    assert abs(len(load_audio(whole)) - 48000) < 400
+    pages = [i for i in range(len(data)) if data[i:i + 4] == b"OggS"]
+    suffix = whole.suffix
+    for cut in (len(data) // 2, pages[len(pages) // 2]):     # inside a page, between two
+        (tmp_path / f"cut{suffix}").write_bytes(data[:cut])
+        with pytest.raises(AudioError, match=rf"cut{suffix}: truncated {FORMAT_NAMES[suffix]}: "
+                                             r"its last Ogg page is cut short or does not end "
+                                             r"the stream; [01]\.\d+ s could be decoded"):
+            load_audio(tmp_path / f"cut{suffix}")
+    (tmp_path / f"tail{suffix}").write_bytes(data + b"\0" * 100)
+    assert len(load_audio(tmp_path / f"tail{suffix}")) == len(load_audio(whole))
 
 
 def test_audio_errors_name_the_file(tmp_path):

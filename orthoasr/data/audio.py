@@ -206,14 +206,45 @@ DECODER_SLACK_FRAMES = 1152
 
 
 def _check_complete(path: str, decoded: int, info: AudioInfo) -> None:
-    """Refuse a file whose audio stops short of the length its header declares, as a
-    truncated wav is refused: libsndfile decodes an MP3 cut in half to its first half
-    without an error, and its transcript would lack the rest without a word."""
+    """Refuse a file whose audio stops short of the length its header declares, or an Ogg
+    file whose stream has no end, as a truncated wav is refused: libsndfile decodes an MP3,
+    Vorbis or Opus file cut in half to its first half without an error, and its transcript
+    would lack the rest without a word."""
+    rate = info.sample_rate
     if decoded < info.num_frames - DECODER_SLACK_FRAMES:
-        rate = info.sample_rate
         raise AudioError(f"{path}: truncated {_format_name(path)}: its header declares "
                          f"{info.num_frames / rate:.3f} s of audio, {decoded / rate:.3f} s "
                          "could be decoded")
+    if path.lower().endswith((".ogg", ".opus")) and not _ogg_stream_ends(path):
+        raise AudioError(f"{path}: truncated {_format_name(path)}: its last Ogg page is cut "
+                         f"short or does not end the stream; {decoded / rate:.3f} s could be "
+                         "decoded")
+
+
+OGG_PAGE_HEADER = 27            # a page's bytes before its segment table
+OGG_END_OF_STREAM = 0x04        # the header-type flag of a stream's last page
+
+
+def _ogg_stream_ends(path: str) -> bool:
+    """Whether an Ogg file's pages are whole up to a page marked end-of-stream. Encoders
+    mark a stream's last page so; a file cut short ends in part of a page or on an unmarked
+    one, and its length cannot be checked otherwise (Ogg Opus declares none, and libsndfile
+    counts a Vorbis file's length from its last page). Bytes after a marked page are left
+    alone."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        pos, flags = 0, 0
+        while pos < size:
+            f.seek(pos)
+            head = f.read(OGG_PAGE_HEADER)
+            if len(head) < OGG_PAGE_HEADER or head[:4] != b"OggS":
+                break
+            lacing = f.read(head[26])           # each segment's size in bytes
+            pos += OGG_PAGE_HEADER + len(lacing) + sum(lacing)
+            if len(lacing) < head[26] or pos > size:
+                return False                    # the page runs past the file's end
+            flags = head[5]
+        return bool(flags & OGG_END_OF_STREAM)
 
 
 def _read_wav(path: str) -> np.ndarray:
