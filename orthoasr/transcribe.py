@@ -267,7 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "name are refused")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit, float, A-law, mu-law), FLAC, MP3, Ogg "
-                             "Vorbis or Opus (.ogg, .opus); any rate and channels. -: the "
+                             "Vorbis or Opus (.ogg, .oga, .opus); any rate and channels. -: the "
                              "paths on standard input, one a line")
 
 

@@ -87,7 +87,8 @@ def test_flac_read_and_header(tmp_path):
 @pytest.mark.parametrize("name,rate,options", [
     ("a.mp3", 22050, {"format": "MP3"}),
     ("a.ogg", 16000, {"format": "OGG", "subtype": "VORBIS"}),
-    ("a.opus", 48000, {"format": "OGG", "subtype": "OPUS"})])
+    ("a.opus", 48000, {"format": "OGG", "subtype": "OPUS"}),
+    ("voice.oga", 48000, {"format": "OGG", "subtype": "OPUS"})])     # a voice message's name
 def test_lossy_formats_read_through_soundfile(tmp_path, name, rate, options):
     """MP3 and Ogg: the header's length is the decoded length, and the 16 kHz samples are
     the tone's within what lossy coding changes (-20 dB)."""

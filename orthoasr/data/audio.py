@@ -21,8 +21,10 @@ import soxr
 import torch
 
 SAMPLE_RATE = 16000
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
-FORMAT_NAMES = {".flac": "FLAC", ".mp3": "MP3", ".ogg": "Ogg", ".opus": "Opus"}  # soundfile's
+OGG_EXTENSIONS = (".ogg", ".oga", ".opus")      # .oga: Ogg audio, as voice messages are named
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3") + OGG_EXTENSIONS
+FORMAT_NAMES = {".flac": "FLAC", ".mp3": "MP3", ".ogg": "Ogg", ".oga": "Ogg",  # soundfile's
+                ".opus": "Opus"}
 
 
 class AudioError(ValueError):
@@ -84,7 +86,7 @@ WAV_SAMPLE_BITS = {"pcm": (8, 16, 24, 32), "float": (32, 64), "alaw": (8,), "ula
 
 # what a file named .wav may really be: (its first bytes, the format, the suffix to give it)
 OTHER_FORMATS = ((b"fLaC", "FLAC", ".flac"), (b"ID3", "MP3", ".mp3"), (b"\xff\xfb", "MP3", ".mp3"),
-                 (b"\xff\xf3", "MP3", ".mp3"), (b"OggS", "Ogg", ".ogg or .opus"))
+                 (b"\xff\xf3", "MP3", ".mp3"), (b"OggS", "Ogg", ".ogg, .oga or .opus"))
 
 
 # writers that stream a wav (size unknown when the header is written) put 0xFFFFFFFF or
@@ -215,7 +217,7 @@ def _check_complete(path: str, decoded: int, info: AudioInfo) -> None:
         raise AudioError(f"{path}: truncated {_format_name(path)}: its header declares "
                          f"{info.num_frames / rate:.3f} s of audio, {decoded / rate:.3f} s "
                          "could be decoded")
-    if path.lower().endswith((".ogg", ".opus")) and not _ogg_stream_ends(path):
+    if path.lower().endswith(OGG_EXTENSIONS) and not _ogg_stream_ends(path):
         raise AudioError(f"{path}: truncated {_format_name(path)}: its last Ogg page is cut "
                          f"short or does not end the stream; {decoded / rate:.3f} s could be "
                          "decoded")

@@ -148,7 +148,7 @@ def _jsonl_record(path: Path, lineno: int, raw: bytes, check_audio: bool, normal
 def _load_librispeech(root: Path, skip_bad: bool, normalize: bool
                       ) -> tuple[list[dict], list[str]]:
     """`<root>/.../<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` with lines
-    `<utt-id> <TRANSCRIPT>` and audio `<utt-id>.flac` (or .wav, .mp3, .ogg or .opus; either
+    `<utt-id> <TRANSCRIPT>` and audio `<utt-id>.flac` (or .wav, .mp3, .ogg, .oga or .opus; either
     case) beside it. An utterance id may appear once in the whole tree."""
     transcripts = sorted(root.rglob("*.trans.txt"))
     if not transcripts:
