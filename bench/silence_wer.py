@@ -68,6 +68,11 @@ def test_audio(waves: list[torch.Tensor], texts: list[str]) -> dict:
          for w in waves], texts)
     audio["a 5 ms click 0.15 s after each"] = (
         [torch.cat([zeros(0.3), w, zeros(0.15), click(), zeros(0.145)]) for w in waves], texts)
+    # a knock or a key's click: 60 ms of noise, rising and falling (drawn after the rows
+    # above, which keep their draws)
+    knock = lambda: torch.randn(960, generator=draw) * 0.3 * torch.hann_window(960)  # noqa: E731
+    audio["a 60 ms knock 0.15 s after each"] = (
+        [torch.cat([zeros(0.3), w, zeros(0.15), knock(), zeros(0.15)]) for w in waves], texts)
     return audio
 
 
