@@ -82,6 +82,16 @@ def short_clips(records, logmel) -> set[int]:
     return short
 
 
+def check_cutting(silence_db: float | None, chunk_seconds: float | None) -> None:
+    """A ValueError naming the argument unless each is None or a number the Recognizer
+    takes: silence_db > 0 dB, chunk_seconds at least one output frame."""
+    if silence_db is not None:
+        check_number("silence_db", silence_db, above=0.0)
+    if chunk_seconds is not None:
+        check_number("chunk_seconds", chunk_seconds, least=FRAME_SECONDS,
+                     what="number of seconds")
+
+
 class Piece(NamedTuple):
     """Audio that eval decodes in one pass: samples [first, end) of clip `clip` (end None:
     to its end), a part of that clip's segment starting at sample `segment`; `keep`: the
@@ -144,6 +154,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .data import LogMel, collate, length_batches, load_audio
     from .decoding import best_paths, collapse_path, label_text
     from .graphs import GraphedEncoder
+    check_cutting(silence_db, chunk_seconds)
     logmel = LogMel.of_model(model.cfg).to(device)
     pieces = clip_pieces(records, logmel, silence_db, chunk_seconds)
     # [subnet][clip]: segment -> [(a piece's first sample, its kept frames' labels)]
@@ -193,8 +204,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     number of dB splits each at its silences first, as `orthoasr transcribe` does;
     chunk_seconds: clips (or segments) longer than it and 2 s either side are decoded in
     pieces, as `transcribe` decodes them (None: whole; `transcribe`)."""
-    if silence_db is not None:
-        check_number("silence_db", silence_db, above=0.0)
+    check_cutting(silence_db, chunk_seconds)
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model

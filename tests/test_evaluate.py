@@ -3,6 +3,7 @@ output), the CSV where --csv says, and the table printed before any file is writ
 exported subnet (`--subnet`) scored as the checkpoint's subnet of its budget."""
 
 import json
+import re
 import wave
 from pathlib import Path
 
@@ -288,3 +289,17 @@ def test_eval_subnet_usage_errors(talkative_run, tmp_path, capsys):
         assert message in cli_error(capsys, ["eval", *argv])
     assert not list(tmp_path.glob("*.csv"))
     assert "not with --subnet" in main_help(capsys, "eval")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"chunk_seconds": 0.01}, "chunk_seconds must be a number of seconds >= 0.04, got 0.01"),
+    ({"chunk_seconds": -30.0}, "chunk_seconds must be a number of seconds >= 0.04, got -30.0"),
+    ({"silence_db": -3.0}, "silence_db must be a finite number > 0.0, got -3.0")])
+def test_eval_names_a_bad_cutting_argument(talkative_run, tmp_path, options, message):
+    """Checked before the checkpoint is read, as the Recognizer checks them."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate(tmp_path / "no-such-checkpoint.pt", **options)
+    trained = load_trained(talkative_run)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        transcribe(trained.model, [], trained.tokenizer(), [], torch.device("cpu"), 20000,
+                   bf16=False, **options)
