@@ -225,13 +225,16 @@ def find_nonfinite(named_tensors) -> list[str]:
 
 
 def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint",
-                 allow_schedule_change: bool = False) -> dict:
+                 allow_schedule_change: bool = False, allow_data_change: bool = False) -> dict:
     """Error naming every field where `cfg` differs from the checkpoint's config (fields in
-    RunConfig.RESUMABLE_CHANGES may differ, and those in RunConfig.SCHEDULE_CHANGES with
-    `allow_schedule_change`). Returns the schedule changes {field: [checkpoint, config]}."""
+    RunConfig.RESUMABLE_CHANGES may differ, those in RunConfig.SCHEDULE_CHANGES with
+    `allow_schedule_change`, and train_manifest with `allow_data_change`). Returns the
+    schedule changes {field: [checkpoint, config]}."""
     allowed = RunConfig.RESUMABLE_CHANGES
     if allow_schedule_change:
         allowed = allowed + RunConfig.SCHEDULE_CHANGES
+    if allow_data_change:
+        allowed = allowed + ("train_manifest",)
     # a key added after the checkpoint was written takes its default (new keys default to
     # the behaviour before them)
     saved = RunConfig.from_dict(state["run_config"]).to_dict()
@@ -243,6 +246,8 @@ def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint",
         hint = ""
         if not allow_schedule_change and set(fields) <= set(RunConfig.SCHEDULE_CHANGES):
             hint = "; to resume with a new optimiser schedule add --allow-schedule-change"
+        elif fields == ["train_manifest"]:
+            hint = "; to resume on another training manifest add --allow-data-change"
         raise ValueError(f"checkpoint {path} was written with a different config; "
                          f"mismatching fields: {details}{hint}")
     return {name: [_lookup(saved, name), _lookup(cfg.to_dict(), name)]

@@ -33,10 +33,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
           stop_at: int | None = None, overwrite: bool = False,
           resume_from: str | Path | None = None,
-          allow_schedule_change: bool = False) -> Trainer:
+          allow_schedule_change: bool = False, allow_data_change: bool = False) -> Trainer:
     """Train both stages, or continue the run in `work_dir` with `resume` (from its newest
     checkpoint, or from `resume_from`; `allow_schedule_change` lets the optimiser schedule
-    differ from the checkpoint's, recorded). A work dir holding a run needs `resume` or
+    differ from the checkpoint's, `allow_data_change` the training manifest's contents, each
+    change recorded). A work dir holding a run needs `resume` or
     `overwrite` (which moves the old run aside). `stop_at` ends after that step with a
     checkpoint, as an interrupted run would; SIGINT/SIGTERM end the run at the next step with
     a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer."""
@@ -46,6 +47,10 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                          f"{stop_at!r}")
     work_dir = Path(work_dir)
     resume = resume or resume_from is not None
+    for name, given in (("schedule", allow_schedule_change), ("data", allow_data_change)):
+        if given and not resume:
+            raise ValueError(f"--allow-{name}-change (allow_{name}_change) lets a resume differ "
+                             "from its checkpoint: pass --resume or --resume-from too")
     world_is_main = int(os.environ.get("RANK", "0")) == 0
     if world_is_main:
         prepare_work_dir(work_dir, resume, overwrite)
@@ -61,7 +66,7 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     try:
         with _stop_signals_caught() as caught:
             trainer = _train(run, work_dir, resume, stop_at, checkpoint,
-                             allow_schedule_change, caught)
+                             allow_schedule_change, allow_data_change, caught)
     finally:
         if lock:
             lock.__exit__()
@@ -97,13 +102,14 @@ class _stop_signals_caught:
 
 
 def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
-           checkpoint: Path, allow_schedule_change: bool, caught) -> Trainer:
+           checkpoint: Path, allow_schedule_change: bool, allow_data_change: bool,
+           caught) -> Trainer:
     trainer = Trainer(run, work_dir)
     world = trainer.world
     if resume:
         trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND,
                                         needs=RESUME_KEYS),
-                        checkpoint, allow_schedule_change)
+                        checkpoint, allow_schedule_change, allow_data_change)
         trainer.metrics_kept_until = trainer.step
         if world.is_main:
             print(f"resumed from {checkpoint} at step {trainer.step}")
@@ -161,16 +167,17 @@ def unreadable_training_audio(trainer: Trainer, err: AudioError) -> AudioError:
     not trained; a resume starts with it). The ranks of a group would wait for the one that
     stopped, so they stop without one."""
     reason = f"{str(err).rstrip('.')}. Training stopped before step {trainer.step + 1}"
-    replace = ("replace the file at that path with a readable copy (the manifest must stay as "
-               "the run began with it)")
+    replace = "replace the file at that path with a readable copy"
     if trainer.step == 0:
-        return AudioError(f"{reason}; {replace} and start the run again")
+        return AudioError(f"{reason}; {replace}, or remove its line from the manifest, and "
+                          "start the run again")
+    edit = "(or remove its line from the manifest and add --allow-data-change)"
     if trainer.world.size == 1:
         path = trainer.save()
         return AudioError(f"{reason}: checkpoint {path} holds the steps done; {replace} and "
-                          "continue with --resume")
+                          f"continue with --resume {edit}")
     return AudioError(f"{reason}; {replace} and continue from the last checkpoint with "
-                      "--resume")
+                      f"--resume {edit}")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -211,6 +218,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume or --resume-from: accept a different optimiser "
                              "schedule (lr, lr_final, warmup_steps, weight_decay, betas, "
                              "grad_clip, score_lr) than the checkpoint's; the change is recorded")
+    parser.add_argument("--allow-data-change", action="store_true",
+                        help="with --resume or --resume-from: accept a training manifest whose "
+                             "contents differ from the checkpoint's (a broken clip's line "
+                             "removed, say); the run goes on at the same epoch and batch "
+                             "number of the new data's plan, so its batches differ from an "
+                             "uninterrupted run's; the change is recorded")
     parser.add_argument("--stop-at", type=number(least=1, integer=True), default=None,
                         metavar="STEP",
                         help="stop (with a checkpoint) after this step (default: run to the "
@@ -223,7 +236,8 @@ def run(args: argparse.Namespace) -> None:
     run_cfg = load_run_config(args.config, args.overrides)
     trainer = train(run_cfg, args.work_dir, resume=args.resume, stop_at=args.stop_at,
                     overwrite=args.overwrite, resume_from=args.resume_from,
-                    allow_schedule_change=args.allow_schedule_change)
+                    allow_schedule_change=args.allow_schedule_change,
+                    allow_data_change=args.allow_data_change)
     if trainer.stopped_by:
         raise SystemExit(128 + signal.Signals[trainer.stopped_by].value)
 

@@ -157,6 +157,8 @@ class Trainer(TrainerCheckpoints):
         self.droppable_modules: torch.Tensor | None = None
         self.schedule_changes: list[dict] = []  # {"step", "changes"} of each resume that
                                                 # changed the optimiser schedule
+        self.data_changes: list[dict] = []      # {"step", "train_manifest", "sha256"} of
+                                                # each resume on a changed manifest
         from .data import LogMel, SpecAugment
         self.logmel = LogMel.of_model(self.cfg).to(self.device)
         self.spec_augment = SpecAugment().to(self.device) if run.spec_augment else None

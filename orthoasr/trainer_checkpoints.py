@@ -94,6 +94,7 @@ class TrainerCheckpoints:
                          "lr_factor": lr_factor(self.step, self.run)},
             "rng": {**rng_states(), "budget": self.budget_rng.getstate()},
             "schedule_changes": self.schedule_changes,
+            "data_changes": self.data_changes,
             # where the manifests were, for `orthoasr eval` run from another folder
             "manifest_paths": {name: os.path.abspath(getattr(self.run, name + "_manifest"))
                                for name in ("train", "dev", "test")},
@@ -107,18 +108,28 @@ class TrainerCheckpoints:
         path = Path(self.run.train_manifest)
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
-    def check_same_training_data(self, state: dict) -> None:
+    def check_same_training_data(self, state: dict, allow_change: bool = False) -> None:
         """ValueError if the checkpoint's run trained on another manifest than the config's,
-        as read from this folder (the same relative path in another folder, say)."""
+        as read from this folder (the same relative path in another folder, say), unless
+        `allow_change`: the change is then recorded in `data_changes` and said."""
         recorded = state.get("train_manifest_sha256")
         if recorded is None or self.train_manifest_digest in (None, recorded):
             return
         here = os.path.abspath(self.run.train_manifest)
         there = state.get("manifest_paths", {}).get("train", "?")
-        raise ValueError(
-            f"train_manifest {self.run.train_manifest} is {here} from this folder, and it is "
-            f"not the manifest the checkpoint's run trained on ({there}): their contents "
-            "differ. Resume from the folder the run was started in")
+        if not allow_change:
+            raise ValueError(
+                f"train_manifest {self.run.train_manifest} is {here} from this folder, and it "
+                f"is not the manifest the checkpoint's run trained on ({there}): their "
+                "contents differ. Resume from the folder the run was started in, or, if the "
+                "manifest was changed on purpose (a broken clip's line removed), add "
+                "--allow-data-change")
+        self.data_changes.append({"step": state["step"], "train_manifest": here,
+                                  "sha256": [recorded, self.train_manifest_digest]})
+        if self.world.is_main:
+            print(f"resuming on a changed training manifest {here} (recorded in the "
+                  f"checkpoints): from epoch {state['epoch']}, the batches differ from an "
+                  "uninterrupted run's")
 
     def save(self) -> Path:
         """Check the losses since the last flush and the weights and optimiser state for
@@ -158,10 +169,13 @@ class TrainerCheckpoints:
                 f"orthoasr train --work-dir {self.work_dir} --resume-from {kept[0]} "
                 f"--allow-schedule-change {lower} (with your --config and overrides)")
 
-    def restore(self, state: dict, path: Path, allow_schedule_change: bool = False) -> None:
+    def restore(self, state: dict, path: Path, allow_schedule_change: bool = False,
+                allow_data_change: bool = False) -> None:
         """Continue from `state`, a checkpoint holding RESUME_KEYS."""
-        changes = check_config(state, self.run, path, allow_schedule_change)
-        self.check_same_training_data(state)
+        changes = check_config(state, self.run, path, allow_schedule_change,
+                               allow_data_change)
+        self.data_changes = list(state.get("data_changes", []))
+        self.check_same_training_data(state, allow_data_change)
         from .data import Tokenizer
         self.tokenizer = Tokenizer.from_bytes(state["tokenizer"])
         self.model.load_state_dict(state["model"])

@@ -5,6 +5,7 @@ filters, one-line CLI errors, checkpoint errors by kind."""
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,11 +225,35 @@ def test_a_resume_from_another_folder_must_find_the_same_training_data(tmp_path,
     assert train(short_run(Path("corpus")), work, resume=True).step == 2
 
 
+def test_a_manifest_edited_in_place_needs_allow_data_change(tmp_path, capsys):
+    """A resume on the same manifest path with other contents (a line removed) is refused,
+    naming the way on; with allow_data_change it trains on, says so and records it."""
+    corpus = write_corpus(tmp_path / "corpus", n=8)
+    work = tmp_path / "run"
+    train(short_run(corpus), work, stop_at=1)
+    manifest = corpus / "train.jsonl"
+    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()[1:]))
+    with pytest.raises(ValueError, match=r"their contents differ\. Resume from the folder the "
+                                         r"run was started in, or, if the manifest was changed "
+                                         r"on purpose \(a broken clip's line removed\), add "
+                                         r"--allow-data-change"):
+        train(short_run(corpus), work, resume=True)
+    assert train(short_run(corpus), work, resume=True, allow_data_change=True).step == 2
+    assert "resuming on a changed training manifest" in capsys.readouterr().out
+    changes = load_checkpoint(work / "checkpoint.pt")["data_changes"]
+    assert [(c["step"], c["train_manifest"]) for c in changes] == [(1, str(manifest))]
+    for flag in ("--allow-data-change", "--allow-schedule-change"):     # not a resume
+        assert f"{flag} (allow_" in cli_error(capsys, ["train", "--work-dir",
+                                                      str(tmp_path / "new"), flag])
+
+
 def test_an_unreadable_training_clip_stops_the_run_with_a_checkpoint(tmp_path, capsys):
     """A clip whose audio cannot be read though its header can (a FLAC with corrupt frames)
     in the epoch's second batch: one line naming it, read in a loader worker too
     (the worker's traceback stays out of it), a checkpoint of the step before, and a resume
-    once the file is readable again ends with the losses of a run that never stopped."""
+    once the file is readable again ends with the losses of a run that never stopped. Or
+    its line is removed from the manifest: the resume is refused until
+    --allow-data-change, which then trains to the end and records the change."""
     corpus = write_corpus(tmp_path / "corpus", n=8)
     argv = ["train", "--work-dir", str(tmp_path / "run"),
             *as_overrides(tiny_run(corpus, "stage1_steps=4", "stage2_steps=0",
@@ -250,9 +275,22 @@ def test_an_unreadable_training_clip_stops_the_run_with_a_checkpoint(tmp_path, c
         rf"orthoasr: error: {re.escape(flac)}: cannot decode FLAC: .*\. Training stopped "
         rf"before step 2: checkpoint "
         rf"{re.escape(str(checkpoint))} holds the steps done; replace the file at that path "
-        r"with a readable copy \(the manifest must stay as the run began with it\) and "
-        r"continue with --resume", message), message
+        r"with a readable copy and continue with --resume \(or remove its line from the "
+        r"manifest and add --allow-data-change\)", message), message
     assert load_checkpoint(checkpoint)["step"] == 1
+    # the line removed instead, in a copy of the run
+    shutil.copytree(tmp_path / "run", tmp_path / "edited", symlinks=True)
+    edited = corpus / "edited.jsonl"
+    edited.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()
+                              if flac not in line))
+    argv_edited = [str(edited) if arg == str(manifest) else
+                   arg.replace(str(manifest), str(edited)) for arg in argv]
+    argv_edited[2] = str(tmp_path / "edited")
+    assert "--allow-data-change" in cli_error(capsys, argv_edited + ["--resume"])
+    main(argv_edited + ["--resume", "--allow-data-change"])
+    assert "resuming on a changed training manifest" in capsys.readouterr().out
+    state = load_checkpoint(tmp_path / "edited" / "checkpoint.pt")
+    assert state["step"] == 4 and [c["step"] for c in state["data_changes"]] == [1]
     Path(flac).write_bytes(whole)
     main(argv + ["--resume"])
     main(argv[:2] + [str(tmp_path / "again")] + argv[3:])
