@@ -26,10 +26,11 @@ from .recognizer import (
     CONTEXT_SECONDS,
     FRAME_SECONDS,
     Recognizer,
+    check_cutting,
     chunk_windows,
     output_frames,
 )
-from .silence import THRESHOLD_DB, check_number
+from .silence import THRESHOLD_DB
 from .trained import Trained, load_trained
 from .transcribe import chunk_seconds as chunk_seconds_value
 from .units import subnet_cost
@@ -80,16 +81,6 @@ def short_clips(records, logmel) -> set[int]:
         print(f"note: {len(short)} clip(s) shorter than {shortest} s (4 frames, the frontend's "
               f"minimum) get an empty transcript, e.g. {records[first]['audio_filepath']}")
     return short
-
-
-def check_cutting(silence_db: float | None, chunk_seconds: float | None) -> None:
-    """A ValueError naming the argument unless each is None or a number the Recognizer
-    takes: silence_db > 0 dB, chunk_seconds at least one output frame."""
-    if silence_db is not None:
-        check_number("silence_db", silence_db, above=0.0)
-    if chunk_seconds is not None:
-        check_number("chunk_seconds", chunk_seconds, least=FRAME_SECONDS,
-                     what="number of seconds")
 
 
 class Piece(NamedTuple):
@@ -154,7 +145,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     from .data import LogMel, collate, length_batches, load_audio
     from .decoding import best_paths, collapse_path, label_text
     from .graphs import GraphedEncoder
-    check_cutting(silence_db, chunk_seconds)
+    check_cutting(chunk_seconds, CONTEXT_SECONDS, silence_db)
     logmel = LogMel.of_model(model.cfg).to(device)
     pieces = clip_pieces(records, logmel, silence_db, chunk_seconds)
     # [subnet][clip]: segment -> [(a piece's first sample, its kept frames' labels)]
@@ -204,7 +195,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     number of dB splits each at its silences first, as `orthoasr transcribe` does;
     chunk_seconds: clips (or segments) longer than it and 2 s either side are decoded in
     pieces, as `transcribe` decodes them (None: whole; `transcribe`)."""
-    check_cutting(silence_db, chunk_seconds)
+    check_cutting(chunk_seconds, CONTEXT_SECONDS, silence_db)
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model

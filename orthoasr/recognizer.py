@@ -80,11 +80,7 @@ class Recognizer:
             raise ValueError("gates are needed with a ConformerSupernet and only with it")
         if batch_frames < 1:
             raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
-        _check_seconds("context_seconds", context_seconds, 0.0)
-        if chunk_seconds is not None:
-            _check_seconds("chunk_seconds", chunk_seconds, FRAME_SECONDS)
-        if silence_db is not None:
-            check_number("silence_db", silence_db, above=0.0)
+        check_cutting(chunk_seconds, context_seconds, silence_db)
         self.silence_db = silence_db
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
@@ -305,4 +301,16 @@ def _check_seconds(name: str, value, least: float) -> None:
     check_number(name, value, least=least, what="number of seconds")
 
 
-__all__ = ["Recognizer", "chunk_windows", "output_frames"]
+def check_cutting(chunk_seconds: float | None, context_seconds: float,
+                  silence_db: float | None) -> None:
+    """A ValueError naming the argument unless each is one a recording can be cut by:
+    chunk_seconds None or at least one output frame, context_seconds >= 0, silence_db None
+    or > 0 dB (the Recognizer's, and `orthoasr eval`'s)."""
+    _check_seconds("context_seconds", context_seconds, 0.0)
+    if chunk_seconds is not None:
+        _check_seconds("chunk_seconds", chunk_seconds, FRAME_SECONDS)
+    if silence_db is not None:
+        check_number("silence_db", silence_db, above=0.0)
+
+
+__all__ = ["Recognizer", "chunk_windows", "output_frames", "check_cutting"]
