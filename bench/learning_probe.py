@@ -1,20 +1,27 @@
 """Where do the backends part in training? Trains the paper model with one backend on the
 synthetic corpus (the plain Conformer-CTC of issue 11: one budget, no SpecAugment) and every
 `--check-every` steps compares one step's gradients of both backends on the current batch
-and weights (same dropout masks), printing the per-module table of bench.grad_check.
+and weights, printing the per-module table of bench.grad_check: in train mode Triton
+against torch (the same dropout masks only with ORTHOASR_KERNEL_MASKS=1), and with
+`--fp64` in eval mode each backend in bf16 against an fp64 copy of the model, which says
+which of the two is further from the exact gradient. After the last step, `--module-check`
+replays every gated module alone and `--attention-check` the last MHSA modules' attention
+core alone, each backend in bf16 against fp64 on the same inputs.
 
-    python -m bench.learning_probe --backend torch --steps 900 --check-every 300
+    ORTHOASR_KERNEL_MASKS=1 python -m bench.learning_probe --backend torch --steps 600 \
+        --check-every 300 --fp64 --attention-check --module-check seed=0 cuda_graphs=false
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
 import torch
 
-from bench.grad_check import compare
+from bench.grad_check import compare, grads_of
 from bench.train_step import make_corpus
 from orthoasr.backend import set_backend
 from orthoasr.run_config import load_run_config
@@ -39,6 +46,32 @@ def step_grads(trainer: Trainer, batch, backend: str) -> tuple[float, dict]:
     return float(loss), grads
 
 
+def fp64_check(trainer: Trainer, batch, model64, rows: list, step: int) -> None:
+    """Eval mode (no dropout), bf16 autocast: each backend's gradient of the batch's CTC
+    loss against the fp64 copy's, per module (bench.grad_check.compare) and over all
+    parameters together."""
+    waves, wave_lengths, targets, target_lengths = (t.to(trainer.device) for t in batch)
+    feats, lengths = trainer.features(waves, wave_lengths)
+    inputs = {"feats": feats, "lengths": lengths, "targets": targets,
+              "target_lengths": target_lengths.cpu()}
+    model64.load_state_dict({k: v.double() for k, v in trainer.model.state_dict().items()})
+    _, exact = grads_of(model64, dict(inputs, feats=feats.double()), "torch", train=False,
+                        autocast=False, seed=0)
+    loss_t, ours = grads_of(trainer.model, inputs, "auto", train=False, autocast=True, seed=0)
+    loss_r, ref = grads_of(trainer.model, inputs, "torch", train=False, autocast=True, seed=0)
+    trainer.model.train()
+    set_backend(trainer.run.backend)
+    norm = sum(float(g.square().sum()) for g in exact.values()) ** 0.5
+
+    def total(grads):
+        return sum(float((grads[k] - g).square().sum()) for k, g in exact.items()) ** 0.5 / norm
+
+    print(f"step {step}: eval bf16 loss triton {loss_t:.5f} torch {loss_r:.5f}; whole "
+          f"gradient's rel err against fp64: triton {total(ours):.2e} torch {total(ref):.2e} "
+          f"(|g64| {norm:.2e})", flush=True)
+    compare(f"step {step}, eval bf16 vs fp64", ours, exact, ref, rows)
+
+
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max())
 
@@ -50,8 +83,13 @@ def module_check(trainer: Trainer, batch) -> None:
     from orthoasr.nn import GatedConvModule, GatedFeedForward, GatedMHSA
     records, handles = [], []
 
-    def hook(module, inputs, output):
+    def hook(module, inputs, kwargs, output):
         x, lengths, gates = inputs
+        residual = kwargs.get("residual")
+        if residual is not None:     # the step fused into the module (eval mode: no dropout)
+            y_before, _, scale, _ = residual
+            x = x + scale * y_before
+            output = output[1]
         rec = {"module": module, "x": x.detach(), "lengths": lengths,
                "gates": None if gates is None else gates.detach()}
         output.register_hook(lambda g: rec.__setitem__("dy", g.detach()))
@@ -60,11 +98,11 @@ def module_check(trainer: Trainer, batch) -> None:
     for name, m in trainer.model.named_modules():
         if isinstance(m, (GatedConvModule, GatedFeedForward, GatedMHSA)):
             m._probe_name = name
-            handles.append(m.register_forward_hook(hook))
+            handles.append(m.register_forward_hook(hook, with_kwargs=True))
+    trainer.model.eval()
     step_grads(trainer, batch, "torch")
     for h in handles:
         h.remove()
-    trainer.model.eval()
     for rec in records:
         m, x, lengths, gates, dy = rec["module"], rec["x"], rec["lengths"], rec["gates"], \
             rec["dy"]
@@ -92,6 +130,84 @@ def module_check(trainer: Trainer, batch) -> None:
                           for r, n, et, er, mx in worst[:3])
         print(f"{m._probe_name:32s} x {tuple(x.shape)} {x.dtype} "
               f"|x|max {float(x.abs().max()):.1f}: {cells}", flush=True)
+        for i, name in enumerate(names):     # the attention's q, k and v rows apart
+            if "in_proj" in name:
+                parts = [r[i].chunk(3) for r in (results["triton"], results["torch"],
+                                                 results["fp64"])]
+                cells = "  ".join(f"{p} {_max_err(t, r):.1e} / {_max_err(o, r):.1e} (max "
+                                  f"{float(r.abs().max()):.1e})" for p, t, o, r in
+                                  zip("qkv", *parts))
+                print(f"    {name}, error triton / torch: {cells}", flush=True)
+    set_backend(trainer.run.backend)
+    trainer.model.train()
+
+
+def attention_check(trainer: Trainer, batch, blocks: int = 2) -> None:
+    """The attention core of the last `blocks` MHSA modules alone, on the q, k, v and output
+    gradient of one eval-mode torch step on `batch` (made in fp64 from the recorded module
+    input and output gradient, then rounded to bf16): the Triton kernel and the torch
+    backend's attention in bf16 against fp64 on the same rounded inputs. Prints, per
+    gradient, the largest error relative to the fp64 values' largest, and the error of its
+    sum over valid frames (what a bias gradient sees) relative to the sum of the fp64
+    values' magnitudes."""
+    import torch.nn.functional as F
+
+    from kernels.gated_attention import gated_attention, gated_attention_reference
+    from orthoasr.nn import GatedMHSA
+    mhsa = [m for _, m in trainer.model.named_modules() if isinstance(m, GatedMHSA)]
+    records = []
+
+    def hook(module, inputs, kwargs, output):
+        x, lengths = inputs[0], inputs[1]
+        if kwargs.get("residual") is not None:
+            x = x + kwargs["residual"][2] * kwargs["residual"][0]
+            output = output[1]
+        rec = {"module": module, "x": x.detach(), "lengths": lengths}
+        output.register_hook(lambda g: rec.__setitem__("dy", g.detach()))
+        records.append(rec)
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in mhsa[-blocks:]]
+    trainer.model.eval()
+    step_grads(trainer, batch, "torch")
+    for h in handles:
+        h.remove()
+    for index, rec in enumerate(records):
+        m, x, lengths = rec["module"], rec["x"].double(), rec["lengths"]
+        B, T, D = x.shape
+        H, Dh = m.num_heads, D // m.num_heads
+        with torch.no_grad():
+            y = F.layer_norm(x, (D,), m.norm.weight.double(), m.norm.bias.double(), m.norm.eps)
+            qkv = F.linear(y, m.in_proj_weight.double(), m.in_proj_bias.double())
+            q, k, v = qkv.view(B, T, H, 3, Dh).permute(3, 0, 2, 1, 4).bfloat16().unbind(0)
+            # the core's output gradient: out = a W_o^T + b_o, so d_a = dy W_o
+            d_out = (rec["dy"].double() @ m.out_proj_weight.double()).view(B, T, H, Dh)
+            d_out = d_out.transpose(1, 2).bfloat16()
+        valid = (torch.arange(T, device=x.device)[None, :] < lengths[:, None])
+        results = {}
+        for label, dtype in (("triton", None), ("torch", None), ("fp64", torch.float64)):
+            inputs = [t.to(dtype or t.dtype).contiguous().requires_grad_() for t in (q, k, v)]
+            out = gated_attention(*inputs, lengths) if label == "triton" else \
+                gated_attention_reference(*inputs, lengths, None, Dh ** -0.5)
+            grads = torch.autograd.grad(out, inputs, d_out.to(out.dtype))
+            results[label] = [out.detach().double(), *[g.double() for g in grads]]
+        cells = []
+        for i, name in enumerate(("out", "dq", "dk", "dv")):
+            ref = results["fp64"][i]
+            scale = float(ref.abs().max())
+            mask = valid[:, None, :, None]
+            ref_sum = (ref * mask).sum((0, 2))       # (H, Dh)
+            abs_sum = float((ref.abs() * mask).sum((0, 2)).max())
+            errs = []
+            for label in ("triton", "torch"):
+                got = results[label][i]
+                errs.append(float((got - ref).abs().max()) / scale)
+                errs.append(float(((got * mask).sum((0, 2)) - ref_sum).abs().max())
+                            / max(abs_sum, 1e-30))
+            cells.append(f"{name} max {errs[0]:.1e}/{errs[2]:.1e} sum {errs[1]:.1e}/"
+                         f"{errs[3]:.1e}")
+        print(f"attention core, MHSA {len(mhsa) - blocks + index} (|q|max "
+              f"{float(q.abs().max()):.0f}, |k|max {float(k.abs().max()):.0f}), rel. error "
+              f"triton/torch: " + "  ".join(cells), flush=True)
     set_backend(trainer.run.backend)
     trainer.model.train()
 
@@ -107,6 +223,10 @@ def main() -> None:
     parser.add_argument("--max-frames", type=int, default=40000)
     parser.add_argument("--module-check", action="store_true",
                         help="after training, replay every gated module alone vs fp64")
+    parser.add_argument("--attention-check", action="store_true",
+                        help="after training, the last MHSA modules' attention core alone")
+    parser.add_argument("--fp64", action="store_true",
+                        help="at each check also compare both backends (bf16, eval) to fp64")
     parser.add_argument("overrides", nargs="*", help="key=value run-config overrides")
     args = parser.parse_args()
     work = Path(args.work_dir)
@@ -122,6 +242,7 @@ def main() -> None:
     trainer = Trainer(run, out)
     trainer.tokenizer = make_tokenizer(run, out)
     batches = TrainData(run, trainer.tokenizer, pin_memory=True).batches(0, 0)
+    model64 = copy.deepcopy(trainer.model).double() if args.fp64 else None
     start = time.perf_counter()
     rows: list = []
     for step in range(args.steps + 1):
@@ -133,7 +254,11 @@ def main() -> None:
                   f"torch {loss_r:.5f}", flush=True)
             compare(f"trained with {args.backend}, step {step}: triton vs torch", grads_t,
                     grads_r, None, rows)
+            if model64 is not None:
+                fp64_check(trainer, batch, model64, rows, step)
         if step == args.steps:
+            if args.attention_check:
+                attention_check(trainer, batch)
             if args.module_check:
                 module_check(trainer, batch)
             break

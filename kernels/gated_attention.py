@@ -196,6 +196,11 @@ def _gated_attn_bwd_delta_kernel(
     # the values share a large component across time (a speech encoder's do: that is the
     # blank plateau), the mismatch times that component is a bias in every dS_ij = P_ij
     # (dP_ij - delta_i) larger than dS itself: the paper-size model did not learn (issue 11).
+    # Divided by sum_j P_ij: P recomputed as exp2(qk - lse) sums to 1 only up to the
+    # rounding of lse, an fp32 number as large as the scores (1e-4 where they reach 1e3,
+    # as in the last blocks on the plateau); with delta = sum P dP / sum P every row of
+    # dS still sums to 0, else each row's dS_ij* of a near one-hot P is off by ~1e-4 dP
+    # and dq, dk by that times |k|, |q|: 60x torch's error at scores of 500 (fp32).
     await_producers(PDL)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -217,11 +222,13 @@ def _gated_attn_bwd_delta_kernel(
         k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
         v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
         delta = tl.zeros([BLOCK_M], tl.float32)
+        p_sum = tl.zeros([BLOCK_M], tl.float32)
         for start_n in range(0, seq_len, BLOCK_N):
             p, dp, _k = _bwd_key_block(q, do, lse, k_base, v_base, start_n, offs_n, seq_len,
                                        d_ok, stride_kt, stride_vt, qk_scale, DOT_PRECISION)
             delta += tl.sum(p * dp, 1)
-        delta = delta * gate
+            p_sum += tl.sum(p, 1)
+        delta = delta / tl.where(row_ok, p_sum, 1.0) * gate
         tl.store(delta_ptr + pid_bh * T + offs_m, delta, mask=row_ok)
         tl.store(part_ptr, tl.sum(tl.where(row_ok, delta, 0.0), 0))
     else:
