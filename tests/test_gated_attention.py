@@ -161,34 +161,43 @@ def test_padding_invariance():
     assert torch.isfinite(out2).all()
 
 
-def _sharp_inputs(B, H, T, Dh, lengths, spread, device=DEV):
-    """fp64 q, k, v and an output gradient whose scores reach ~spread^2 * sqrt(Dh): a near
-    one-hot softmax, as the last blocks' attention on the blank plateau (scores of 1e3 in
-    the paper model after 600 steps); v and the gradient share a component across time."""
+def _sharp_inputs(B, H, T, Dh, lengths, shared, device=DEV):
+    """fp64 q, k, v and an output gradient, each a component shared across time plus
+    noise, as the paper model's last blocks on the blank plateau (bench/NOTES.md, session
+    59): q and k share `shared` times a random vector, so the scores reach ~shared^2 Dh^0.5
+    while a row's spread stays moderate."""
     gen = torch.Generator().manual_seed(0)
-    q, k = (spread * torch.randn(B, H, T, Dh, generator=gen, dtype=torch.float64)
-            for _ in range(2))
-    v = torch.randn(B, H, T, Dh, generator=gen, dtype=torch.float64) + 3.0
-    grad_out = torch.randn(B, H, T, Dh, generator=gen, dtype=torch.float64) + 2.0
+
+    def shared_part(size, noise):
+        c = torch.randn(B, H, 1, Dh, generator=gen, dtype=torch.float64)
+        return size * c + noise * torch.randn(B, H, T, Dh, generator=gen, dtype=torch.float64)
+
+    q, k, v, grad_out = (shared_part(shared, 0.5), shared_part(shared, 0.5),
+                         shared_part(5.0, 1.0), shared_part(2.0, 1.0))
     lengths = torch.tensor(lengths, dtype=torch.int32)
     return [t.to(device) for t in (q, k, v, grad_out, lengths)]
 
 
-def test_sharp_softmax_gradients_error_ratio():
-    """Scores up to ~500 (fp32): the kernels' dq and dk against fp64 within 2x the
-    reference's own fp32 error. P recomputed from the log-sum-exp sums to 1 only up to
-    lse's rounding; before delta was divided by that sum, dq and dk had 20-60x the
-    reference's error here, and the paper model's last MHSA 180x in bf16 (bench/NOTES.md)."""
-    q, k, v, grad_out, lengths = _sharp_inputs(2, 2, 48, 16, [48, 31], spread=10.0)
-    gates = torch.tensor([1.0, 0.7], dtype=torch.float64, device=DEV)
+def _sharp_softmax_errors_within_ratio(q, k, v, grad_out, lengths):
+    """fp32 kernels against fp64 within 2x the fp32 reference's own error (+1e-6 of the
+    largest value), for out, dq, dk, dv and the gates' gradient."""
+    gates = torch.linspace(1.0, 0.5, q.shape[1], dtype=torch.float64, device=q.device)
     gold = _grads(ga.gated_attention_reference, q, k, v, lengths, gates, grad_out)
     low = [t.float() for t in (q, k, v)]
     ours = _grads(ga.gated_attention, *low, lengths, gates.float(), grad_out.float())
     ref = _grads(ga.gated_attention_reference, *low, lengths, gates.float(), grad_out.float())
     for name, o, r, g in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, gold, strict=True):
         err = (o.double() - g).abs().max().item()
-        assert err <= 3 * (r.double() - g).abs().max().item() + 1e-6 * g.abs().max().item(), \
+        assert err <= 2 * (r.double() - g).abs().max().item() + 1e-6 * g.abs().max().item(), \
             name
+
+
+def test_sharp_softmax_gradients_error_ratio():
+    """Scores of ~400 from components shared across time (fp32, interpreter on the CPU):
+    P recomputed from the log-sum-exp sums to 1 only up to lse's rounding; before delta was
+    divided by that sum, dq had 22x the reference's error here, and in the paper model's
+    last MHSA (bf16, H100) 180x the torch backend's."""
+    _sharp_softmax_errors_within_ratio(*_sharp_inputs(2, 2, 48, 16, [48, 31], shared=12.0))
 
 
 def test_public_function_gradients():
@@ -279,20 +288,12 @@ def test_low_precision_error_ratio(dtype, shape):
 
 
 @pytest.mark.gpu
-def test_sharp_softmax_bf16_error_ratio():
-    """The plateau's regime in bf16 (scores ~1e3, B16 x T82): before the fix of the
-    backward's delta, the paper model's last MHSA had dq errors 180x the torch backend's."""
-    q, k, v, grad_out, lengths = _sharp_inputs(4, 6, 82, 64, [82, 60, 41, 82], spread=6.0,
-                                               device="cuda")
-    gates = torch.ones(6, dtype=torch.float64, device="cuda")
-    low = [t.bfloat16() for t in (q, k, v)]
-    gold = _grads(ga.gated_attention_reference, *[t.double() for t in low], lengths, gates,
-                  grad_out.bfloat16().double())
-    ours = _grads(_triton, *low, lengths, gates.float(), grad_out.bfloat16())
-    ref = _grads(ga.gated_attention_reference, *low, lengths, gates.float(),
-                 grad_out.bfloat16())
-    for name, o, r, g in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, gold, strict=True):
-        assert _err(o, g) <= 2 * _err(r, g) + 1e-2 * g.abs().max().item(), name
+def test_sharp_softmax_error_ratio_on_gpu():
+    """The same regime at the paper's head size and block 11's length, compiled (fp32 with
+    exact products, where the reference's error is fp32's: in bf16 the torch reference
+    rounds the scores, whose ~1e3 leave its error far above the kernels' either way)."""
+    _sharp_softmax_errors_within_ratio(*_sharp_inputs(4, 6, 82, 64, [82, 60, 41, 82],
+                                                      shared=12.0, device="cuda"))
 
 
 @pytest.mark.gpu
