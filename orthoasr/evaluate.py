@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .checkpoint import write_failure_reason
+from .cli import number
 from .cli import silence_db as silence_db_value
 from .config import SupernetConfig
 from .devices import resolve_device
@@ -95,12 +96,13 @@ class Piece(NamedTuple):
 
 
 def clip_pieces(records: list[dict], logmel, silence_db: float | None,
-                chunk_seconds: float | None = CHUNK_SECONDS) -> list[Piece]:
+                chunk_seconds: float | None = CHUNK_SECONDS,
+                context_seconds: float = CONTEXT_SECONDS) -> list[Piece]:
     """What eval decodes of `records`, cut as `orthoasr transcribe` cuts them. silence_db
     None: each clip whole, but those shorter than the frontend's minimum (`short_clips`:
     empty transcripts). Else each clip's voiced segments (orthoasr.silence.voiced_spans; a
     clip with none gets an empty transcript); segments under the minimum are dropped, as the
-    Recognizer drops them. A clip or segment longer than chunk_seconds + 2 x CONTEXT_SECONDS
+    Recognizer drops them. A clip or segment longer than chunk_seconds + 2 x context_seconds
     is decoded in pieces (recognizer.chunk_windows; chunk_seconds None: never). Splitting
     reads every clip here, and so does cutting, for the clips whose manifest duration comes
     within a second of that length; those are read again when their batches are decoded."""
@@ -108,7 +110,7 @@ def clip_pieces(records: list[dict], logmel, silence_db: float | None,
     from .silence import voiced_spans
     least = 4 * logmel.hop                      # samples of 4 frames, the frontend's minimum
     chunk = None if chunk_seconds is None else output_frames(chunk_seconds)
-    context = output_frames(CONTEXT_SECONDS)
+    context = output_frames(context_seconds)
 
     def cut(clip: int, start: int, end: int) -> list[Piece]:
         return [Piece(clip, start, start + first, start + stop, keep)
@@ -134,20 +136,22 @@ def clip_pieces(records: list[dict], logmel, silence_db: float | None,
 def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]], device,
                batch_frames: int, bf16: bool, frozen_weights: bool = False,
                silence_db: float | None = None,
-               chunk_seconds: float | None = CHUNK_SECONDS) -> list[list[str]]:
+               chunk_seconds: float | None = CHUNK_SECONDS,
+               context_seconds: float = CONTEXT_SECONDS) -> list[list[str]]:
     """Greedy CTC transcripts of `records` (in their order) by each subnet (gates, head) of
     `subnets`; batches sorted by length, the shared frontend run once per batch.
     frozen_weights: nothing trains `model` meanwhile (GraphedEncoder's). Modules
     whose gates are all 0 in a subnet are left out of its passes (model.dead_modules).
     silence_db: each clip whole (None), or its voiced segments decoded alone and their
-    texts joined by single spaces; chunk_seconds: long clips or segments in pieces whose
-    frame labels are joined before decoding (`clip_pieces`; the Recognizer's texts)."""
+    texts joined by single spaces; chunk_seconds, context_seconds: long clips or segments
+    in pieces, each heard with context_seconds either side, whose frame labels are joined
+    before decoding (`clip_pieces`; the Recognizer's texts)."""
     from .data import LogMel, collate, length_batches, load_audio
     from .decoding import best_paths, collapse_path, label_text
     from .graphs import GraphedEncoder
-    check_cutting(chunk_seconds, CONTEXT_SECONDS, silence_db)
+    check_cutting(chunk_seconds, context_seconds, silence_db)
     logmel = LogMel.of_model(model.cfg).to(device)
-    pieces = clip_pieces(records, logmel, silence_db, chunk_seconds)
+    pieces = clip_pieces(records, logmel, silence_db, chunk_seconds, context_seconds)
     # [subnet][clip]: segment -> [(a piece's first sample, its kept frames' labels)]
     labels = [[defaultdict(list) for _ in records] for _ in subnets]
     skips = [model.dead_modules(gates) for gates, _ in subnets]
@@ -188,14 +192,15 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
              test_manifest: str | None = None, heatmap: str | Path | None = None,
              device: str = "auto", csv_path: str | Path | None = None,
              silence_db: float | None = None,
-             chunk_seconds: float | None = CHUNK_SECONDS) -> list[dict]:
+             chunk_seconds: float | None = CHUNK_SECONDS,
+             context_seconds: float = CONTEXT_SECONDS) -> list[dict]:
     """One row per subnet (or the supernet alone before the freeze). Prints the manifests
     used and the table, then writes the table to `csv_path` (default: eval.csv beside the
     checkpoint) and the heatmap to `heatmap`. silence_db: None scores each clip whole; a
     number of dB splits each at its silences first, as `orthoasr transcribe` does;
-    chunk_seconds: clips (or segments) longer than it and 2 s either side are decoded in
-    pieces, as `transcribe` decodes them (None: whole; `transcribe`)."""
-    check_cutting(chunk_seconds, CONTEXT_SECONDS, silence_db)
+    chunk_seconds: clips (or segments) longer than it and context_seconds either side are
+    decoded in pieces, as `transcribe` decodes them (None: whole; `transcribe`)."""
+    check_cutting(chunk_seconds, context_seconds, silence_db)
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model
@@ -214,7 +219,8 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     for name, records in splits.items():
         hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
                           bf16, frozen_weights=True,     # the checkpoint's, loaded here
-                          silence_db=silence_db, chunk_seconds=chunk_seconds)
+                          silence_db=silence_db, chunk_seconds=chunk_seconds,
+                          context_seconds=context_seconds)
         for row, subnet_hyps in zip(rows, hyps):
             add_error_rates(row, name, records, subnet_hyps)
     print_table(rows, cfg, f"subnets at step {trained.step}{split_note(silence_db)}")
@@ -231,12 +237,14 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
 def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
                     test_manifest: str | None = None, device: str = "auto",
                     csv_path: str | Path | None = None, silence_db: float | None = None,
-                    chunk_seconds: float | None = CHUNK_SECONDS) -> dict:
+                    chunk_seconds: float | None = CHUNK_SECONDS,
+                    context_seconds: float = CONTEXT_SECONDS) -> dict:
     """One row for an exported subnet (`orthoasr export`) on the manifests given (one at
     least: the file holds none of its own): `evaluate`'s columns, and the numbers it gives
     the checkpoint's subnet of the same budget (greedy CTC; in float32, where a bf16 run's
     checkpoint is scored under bf16 autocast on a GPU; split at silences when `silence_db`
-    is given and long clips cut at `chunk_seconds`, as `evaluate` does). Prints the
+    is given and long clips cut at `chunk_seconds` with `context_seconds`, as `evaluate`
+    does). Prints the
     manifests and the table, then writes the row to `csv_path` (default: <subnet
     stem>.eval.csv beside the subnet, never a run's eval.csv)."""
     from .export import widths_to_gates
@@ -248,6 +256,7 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
     paths = {name: given_manifest(name, path) for name, path in given.items()}
     splits = {name: load_split(name, path) for name, path in paths.items()}
     recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=chunk_seconds,
+                                        context_seconds=context_seconds,
                                         silence_db=silence_db)
     sub = recognizer.model
     row = cost_row("exported", sub.budget, sub.cfg, widths_to_gates(sub.cfg, sub.widths))
@@ -393,6 +402,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{CONTEXT_SECONDS:g} s either side in pieces, as `orthoasr "
                              f"transcribe` does (default {CHUNK_SECONDS:g}; 0: each whole, "
                              "memory growing with the square of its length)")
+    parser.add_argument("--context-seconds", type=number(least=0), default=CONTEXT_SECONDS,
+                        metavar="SECONDS",
+                        help="audio each piece also sees on either side, as with `orthoasr "
+                             f"transcribe` (default {CONTEXT_SECONDS:g})")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -403,11 +416,11 @@ def run(args: argparse.Namespace) -> None:
                              "--subnet keeps how many units of each module it has, not which: "
                              "leave --heatmap out")
         evaluate_subnet(args.subnet, args.dev, args.test, args.device, args.csv,
-                        args.silence_db, args.chunk_seconds or None)
+                        args.silence_db, args.chunk_seconds or None, args.context_seconds)
         return
     heatmap = args.heatmap or Path(args.checkpoint).with_name("heatmap.png")
     evaluate(args.checkpoint, args.dev, args.test, heatmap, args.device, args.csv,
-             args.silence_db, args.chunk_seconds or None)
+             args.silence_db, args.chunk_seconds or None, args.context_seconds)
 
 
 __all__ = ["evaluate", "evaluate_subnet", "transcribe", "write_csv", "write_heatmap",

@@ -200,7 +200,8 @@ def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_p
     """Eval's texts are the Recognizer's, subnet by subnet: each clip whole, or
     (`--silence-db`) its voiced segments decoded alone and their texts joined; either way a
     clip or segment longer than 34 s (36 s of noise) in pieces whose labels are joined
-    (`--chunk-seconds`; 0: whole, which reads otherwise), and the short clip empty."""
+    (`--chunk-seconds`; 0: whole, which reads otherwise; `--context-seconds` either side of
+    each piece), and the short clip empty."""
     test = awkward_manifest(load_checkpoint(talkative_run)["manifest_paths"]["test"],
                             tmp_path)
     records, trained = load_manifest(test), load_trained(talkative_run)
@@ -213,10 +214,10 @@ def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_p
                              np.concatenate([middle, gap, long, gap, short])))
     subnets = [(trained.subnet_gates(i), i) for i in range(trained.num_subnets)]
 
-    def texts(silence_db, chunk_seconds=30.0):
+    def texts(silence_db, chunk_seconds=30.0, **context):
         return transcribe(trained.model, records, trained.tokenizer(), subnets,
                           torch.device("cpu"), 20000, bf16=False, silence_db=silence_db,
-                          chunk_seconds=chunk_seconds)
+                          chunk_seconds=chunk_seconds, **context)
     split, whole = texts(40.0), texts(None)
     paths = [record["audio_filepath"] for record in records]
     for index, budget in enumerate(trained.model.cfg.budgets):
@@ -236,6 +237,12 @@ def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_p
     in_one_piece = texts(None, chunk_seconds=None)
     assert in_one_piece[0][noise] != whole[0][noise]
     assert in_one_piece[0][:noise] == whole[0][:noise]
+    # `--context-seconds`: the pieces hear that much either side, as the Recognizer's do
+    no_context = texts(None, context_seconds=0.0)
+    assert no_context[0][noise] != whole[0][noise]
+    assert no_context[0] == Recognizer.from_checkpoint(
+        talkative_run, trained.model.cfg.budgets[0], silence_db=None,
+        context_seconds=0.0).transcribe(paths)
 
 
 def test_eval_of_an_exported_subnet_writes_its_own_csv(talkative_run, tmp_path, capsys):
@@ -294,7 +301,8 @@ def test_eval_subnet_usage_errors(talkative_run, tmp_path, capsys):
 @pytest.mark.parametrize("options, message", [
     ({"chunk_seconds": 0.01}, "chunk_seconds must be a number of seconds >= 0.04, got 0.01"),
     ({"chunk_seconds": -30.0}, "chunk_seconds must be a number of seconds >= 0.04, got -30.0"),
-    ({"silence_db": -3.0}, "silence_db must be a finite number > 0.0, got -3.0")])
+    ({"silence_db": -3.0}, "silence_db must be a finite number > 0.0, got -3.0"),
+    ({"context_seconds": -2.0}, "context_seconds must be a number of seconds >= 0")])
 def test_eval_names_a_bad_cutting_argument(talkative_run, tmp_path, options, message):
     """Checked before the checkpoint is read, as the Recognizer checks them."""
     with pytest.raises(ValueError, match=re.escape(message)):
