@@ -14,6 +14,9 @@
 #     (four plain trainings, two seeds, took ~330 s on one H200)
 #   beside them: tests/test_learning.py on the fix and on .old, or with ALL_TESTS=1 the
 #   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32").
+#   PROBE=1: also bench.learning_probe on the first seed (600 torch-backend steps, then each
+#     backend's gradients against fp64, every gated module and the last MHSA modules'
+#     attention core replayed alone; ~3 minutes beside the trainings): probe.log
 # Both GPUs run two trainings and tests at once: the step times in these rows are for the
 # learning check only, not for speed comparisons. Everything comes back in one tarball.
 set -uo pipefail
@@ -49,6 +52,13 @@ for SEED in ${SEEDS:-0}; do   # train reads SEED
   has five && train five_torch_s$SEED $G1 torch 1300 penalty_warmup=2000 &
   has fp32 && train plain_torch_fp32_s$SEED $G1 torch 1600 'model.budgets=[1.0]' bf16=false &
 done
+if [ -n "${PROBE:-}" ]; then
+  FIRST=${SEEDS:-0}; FIRST=${FIRST%% *}
+  (cd /tmp && timeout ${TRAIN_S:-540} python3 -m bench.learning_probe --backend torch \
+     --steps 600 --check-every 300 --fp64 --attention-check --module-check \
+     --work-dir $W/probe seed=$FIRST cuda_graphs=false > $R/probe.log 2>&1
+   echo "probe rc=$?") &
+fi
 T="python3 -m pytest -q -p no:cacheprovider -rf"
 if [ -n "${ALL_TESTS:-}" ]; then  # the whole gpu test set, in two halves, one per GPU
   HALF_A="test_launch.py test_gated_attention.py test_gated_mhsa.py test_gated_conv.py"
@@ -67,4 +77,5 @@ for f in $R/tests_*.log; do
   echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "^FAILED|^ERROR" $f | cut -c1-200
 done
 grep -h -E "loss_start|loss_end|\"steps\"|provider" $R/*/train_step.json | paste - - - - | head
+[ -f $R/probe.log ] && grep -E "^step|^attention|!!" $R/probe.log | cut -c1-300
 tar -czf $OUT/learning.tar.gz -C $R .
