@@ -244,9 +244,8 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
     the checkpoint's subnet of the same budget (greedy CTC; in float32, where a bf16 run's
     checkpoint is scored under bf16 autocast on a GPU; split at silences when `silence_db`
     is given and long clips cut at `chunk_seconds` with `context_seconds`, as `evaluate`
-    does). Prints the
-    manifests and the table, then writes the row to `csv_path` (default: <subnet
-    stem>.eval.csv beside the subnet, never a run's eval.csv)."""
+    does). Prints the manifests and the table, then writes the row to `csv_path` (default:
+    <subnet stem>.eval.csv beside the subnet, never a run's eval.csv)."""
     from .export import widths_to_gates
     given = {name: path for name, path in (("dev", dev_manifest), ("test", test_manifest))
              if path is not None}
@@ -399,7 +398,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-seconds", type=chunk_seconds_value, default=CHUNK_SECONDS,
                         metavar="SECONDS",
                         help="decode a clip (or voiced segment) longer than this and "
-                             f"{CONTEXT_SECONDS:g} s either side in pieces, as `orthoasr "
+                             "--context-seconds either side in pieces, as `orthoasr "
                              f"transcribe` does (default {CHUNK_SECONDS:g}; 0: each whole, "
                              "memory growing with the square of its length)")
     parser.add_argument("--context-seconds", type=number(least=0), default=CONTEXT_SECONDS,
