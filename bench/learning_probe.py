@@ -46,6 +46,31 @@ def step_grads(trainer: Trainer, batch, backend: str) -> tuple[float, dict]:
     return float(loss), grads
 
 
+def record_modules(trainer: Trainer, batch, modules: list) -> list[dict]:
+    """One eval-mode (no dropout) torch-backend step on `batch` (no update), recording for
+    each call of `modules`: the module, its input x (after the residual step fused into it),
+    lengths, gates, and dy, its output's gradient. The model is left in eval mode."""
+    records = []
+
+    def hook(module, inputs, kwargs, output):
+        x, lengths, gates = inputs
+        residual = kwargs.get("residual")
+        if residual is not None:     # (y, seed, scale, p): the module returned (x_new, out)
+            x = x + residual[2] * residual[0]
+            output = output[1]
+        rec = {"module": module, "x": x.detach(), "lengths": lengths,
+               "gates": None if gates is None else gates.detach()}
+        output.register_hook(lambda g: rec.__setitem__("dy", g.detach()))
+        records.append(rec)
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
+    trainer.model.eval()
+    step_grads(trainer, batch, "torch")
+    for h in handles:
+        h.remove()
+    return records
+
+
 def fp64_check(trainer: Trainer, batch, model64, rows: list, step: int) -> None:
     """Eval mode (no dropout), bf16 autocast: each backend's gradient of the batch's CTC
     loss against the fp64 copy's, per module (bench.grad_check.compare) and over all
@@ -77,32 +102,17 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def module_check(trainer: Trainer, batch) -> None:
-    """Record every gated module's input and output gradient in one torch-backend step on
-    `batch`, then replay each module alone: Triton and torch in bf16 autocast against fp64,
-    output and every gradient; prints the ratio err(triton) / err(torch) (error-ratio rule)."""
+    """Record every gated module's input and output gradient in one eval-mode torch-backend
+    step on `batch` (record_modules), then replay each module alone: Triton and torch in
+    bf16 autocast against fp64, output and every gradient; prints the ratio err(triton) /
+    err(torch) (error-ratio rule)."""
     from orthoasr.nn import GatedConvModule, GatedFeedForward, GatedMHSA
-    records, handles = [], []
-
-    def hook(module, inputs, kwargs, output):
-        x, lengths, gates = inputs
-        residual = kwargs.get("residual")
-        if residual is not None:     # the step fused into the module (eval mode: no dropout)
-            y_before, _, scale, _ = residual
-            x = x + scale * y_before
-            output = output[1]
-        rec = {"module": module, "x": x.detach(), "lengths": lengths,
-               "gates": None if gates is None else gates.detach()}
-        output.register_hook(lambda g: rec.__setitem__("dy", g.detach()))
-        records.append(rec)
-
+    modules = []
     for name, m in trainer.model.named_modules():
         if isinstance(m, (GatedConvModule, GatedFeedForward, GatedMHSA)):
             m._probe_name = name
-            handles.append(m.register_forward_hook(hook, with_kwargs=True))
-    trainer.model.eval()
-    step_grads(trainer, batch, "torch")
-    for h in handles:
-        h.remove()
+            modules.append(m)
+    records = record_modules(trainer, batch, modules)
     for rec in records:
         m, x, lengths, gates, dy = rec["module"], rec["x"], rec["lengths"], rec["gates"], \
             rec["dy"]
@@ -146,7 +156,8 @@ def attention_check(trainer: Trainer, batch, blocks: int = 2) -> None:
     """The attention core of the last `blocks` MHSA modules alone, on the q, k, v and output
     gradient of one eval-mode torch step on `batch` (made in fp64 from the recorded module
     input and output gradient, then rounded to bf16): the Triton kernel and the torch
-    backend's attention in bf16 against fp64 on the same rounded inputs. Prints, per
+    backend's attention in bf16 against fp64 on the same rounded inputs (on a GPU: the
+    interpreter has no bf16 products). Prints, per
     gradient, the largest error relative to the fp64 values' largest, and the error of its
     sum over valid frames (what a bias gradient sees) relative to the sum of the fp64
     values' magnitudes."""
@@ -155,22 +166,7 @@ def attention_check(trainer: Trainer, batch, blocks: int = 2) -> None:
     from kernels.gated_attention import gated_attention, gated_attention_reference
     from orthoasr.nn import GatedMHSA
     mhsa = [m for _, m in trainer.model.named_modules() if isinstance(m, GatedMHSA)]
-    records = []
-
-    def hook(module, inputs, kwargs, output):
-        x, lengths = inputs[0], inputs[1]
-        if kwargs.get("residual") is not None:
-            x = x + kwargs["residual"][2] * kwargs["residual"][0]
-            output = output[1]
-        rec = {"module": module, "x": x.detach(), "lengths": lengths}
-        output.register_hook(lambda g: rec.__setitem__("dy", g.detach()))
-        records.append(rec)
-
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in mhsa[-blocks:]]
-    trainer.model.eval()
-    step_grads(trainer, batch, "torch")
-    for h in handles:
-        h.remove()
+    records = record_modules(trainer, batch, mhsa[-blocks:])
     for index, rec in enumerate(records):
         m, x, lengths = rec["module"], rec["x"].double(), rec["lengths"]
         B, T, D = x.shape
