@@ -196,7 +196,7 @@ def attention_check(trainer: Trainer, batch, blocks: int = 2) -> None:
             errs = []
             for label in ("triton", "torch"):
                 got = results[label][i]
-                errs.append(float((got - ref).abs().max()) / scale)
+                errs.append(_max_err(got, ref) / scale)
                 errs.append(float(((got * mask).sum((0, 2)) - ref_sum).abs().max())
                             / max(abs_sum, 1e-30))
             cells.append(f"{name} max {errs[0]:.1e}/{errs[2]:.1e} sum {errs[1]:.1e}/"

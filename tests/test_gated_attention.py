@@ -187,9 +187,7 @@ def _sharp_softmax_errors_within_ratio(q, k, v, grad_out, lengths):
     ours = _grads(ga.gated_attention, *low, lengths, gates.float(), grad_out.float())
     ref = _grads(ga.gated_attention_reference, *low, lengths, gates.float(), grad_out.float())
     for name, o, r, g in zip(("out", "dq", "dk", "dv", "dgates"), ours, ref, gold, strict=True):
-        err = (o.double() - g).abs().max().item()
-        assert err <= 2 * (r.double() - g).abs().max().item() + 1e-6 * g.abs().max().item(), \
-            name
+        assert _err(o, g) <= 2 * _err(r, g) + 1e-6 * g.abs().max().item(), name
 
 
 def test_sharp_softmax_gradients_error_ratio():
