@@ -1,16 +1,20 @@
-"""The attention backward's dq under the kernels' roundings, emulated in PyTorch on the CPU
-(the Triton interpreter has no bf16 products): scores, log-sum-exp, P and dP in fp32, dS and
-the keys rounded to bf16 for their product, everything else exact. Inputs share a
-component across time, as the paper model's last blocks do on the blank plateau. Prints,
-per size of that component, the median over five draws of dq's largest error against fp64
-on the same bf16 inputs, relative to the largest exact value, for three ways of forming dq
-and for the torch backend's attention in bf16 (which rounds the scores themselves).
+"""The attention backward's dq and dk under the kernels' roundings, emulated in PyTorch on
+the CPU (the Triton interpreter has no bf16 products): scores, log-sum-exp, P and dP in fp32,
+dS and the keys or queries rounded to bf16 for their product, everything else exact. Inputs
+share a component across time, as the paper model's last blocks do on the blank plateau.
+Prints, per size of that component, the median over five draws of each gradient's largest
+error against fp64 on the same bf16 inputs, relative to its largest exact value, for the
+ways of forming it below and for the torch backend's attention in bf16 (which rounds the
+scores themselves).
 
     python -m bench.attention_rounding [--noise 0.5]
 
-    delta          dS = P (dP - sum_j P dP), the kernels before session 59
-    delta / sum P  that delta divided by the recomputed P's row sum
-    first key off  and dq = dS (K - k_0): the kernels since session 59
+    delta            dS = P (dP - sum_j P dP), the kernels before session 59
+    delta / sum P    that delta divided by the recomputed P's row sum
+    first key off    and dq = dS (K - k_0): the kernels since session 59
+    dk               dk = dS^T Q with that dS: the kernels
+    dk, 1st query    dk = dS^T (Q - q_0) + q_0 (fp32 column sums of dS): not built, since
+                     the kernels' dk is already far under the torch backend's
 """
 
 from __future__ import annotations
@@ -31,8 +35,13 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
     return x.float().double()
 
 
-def dq_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) -> dict:
-    """{way: dq's largest error / the largest exact dq} for one draw of inputs."""
+def _rel(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((got - exact).abs().max() / exact.abs().max())
+
+
+def gradient_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) -> dict:
+    """{way: the gradient's largest error / its largest exact value} for one draw of
+    inputs."""
     gen = torch.Generator().manual_seed(seed)
 
     def part(size, spread):      # (B, H, T, Dh): size x one vector per (b, h) + noise
@@ -42,9 +51,9 @@ def dq_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) -> dic
     q, k, v, d_out = part(shared, noise), part(shared, noise), part(5.0, 1.0), part(2.0, 1.0)
     lengths = torch.full((B,), T)
     scale = Dh ** -0.5
-    exact = q.clone().requires_grad_()
-    out = gated_attention_reference(exact, k, v, lengths, None, scale)
-    dq_exact, = torch.autograd.grad(out, exact, d_out)
+    exact = [q.clone().requires_grad_(), k.clone().requires_grad_()]
+    out = gated_attention_reference(*exact, v, lengths, None, scale)
+    dq_exact, dk_exact = torch.autograd.grad(out, exact, d_out)
     qk = _fp32(_fp32(q @ k.transpose(-1, -2)) * scale / math.log(2))      # log2 units
     top = qk.amax(-1, keepdim=True)
     lse = _fp32(top + torch.log2(_fp32(torch.exp2(qk - top).sum(-1, keepdim=True))))
@@ -55,15 +64,21 @@ def dq_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) -> dic
         delta = (p * dp).sum(-1, keepdim=True)
         if way != "delta":
             delta = delta / p.sum(-1, keepdim=True)
-        ds = _bf16(_fp32(p * (dp - _fp32(delta))))
+        ds_fp32 = _fp32(p * (dp - _fp32(delta)))
+        ds = _bf16(ds_fp32)
         keys = k if way != "first key off" else _bf16(k - k[:, :, :1])
-        dq = scale * _fp32(ds @ keys)
-        errors[way] = float((dq - dq_exact).abs().max() / dq_exact.abs().max())
+        errors[way] = _rel(scale * _fp32(ds @ keys), dq_exact)
+    # dS's columns do not sum to 0, so taking q_0 off needs their fp32 sums added back
+    errors["dk"] = _rel(scale * _fp32(ds.transpose(-1, -2) @ q), dk_exact)
+    q_first = q[:, :, :1]
+    column_sums = _fp32(ds_fp32.sum(-2).unsqueeze(-1))
+    errors["dk, 1st query"] = _rel(scale * _fp32(_fp32(ds.transpose(-1, -2) @ _bf16(q - q_first))
+                                                 + column_sums * q_first), dk_exact)
     low = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
     out = gated_attention_reference(*low, lengths, None, scale)
-    dq_torch, = torch.autograd.grad(out, low[0], d_out.to(torch.bfloat16))
-    errors["torch, bf16"] = float((dq_torch.double() - dq_exact).abs().max()
-                                  / dq_exact.abs().max())
+    dq_torch, dk_torch = torch.autograd.grad(out, low[:2], d_out.to(torch.bfloat16))
+    errors["dq, torch bf16"] = _rel(dq_torch.double(), dq_exact)
+    errors["dk, torch bf16"] = _rel(dk_torch.double(), dk_exact)
     return errors
 
 
@@ -72,7 +87,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.5)
     args = parser.parse_args()
     for shared in (4.0, 12.0, 24.0, 40.0):
-        draws = [dq_errors(shared, args.noise, seed=seed) for seed in range(5)]
+        draws = [gradient_errors(shared, args.noise, seed=seed) for seed in range(5)]
         print(f"shared {shared:4.0f}: " + "  ".join(
             f"{way} {sorted(d[way] for d in draws)[2]:.1e}" for way in draws[0]), flush=True)
 
