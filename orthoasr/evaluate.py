@@ -201,6 +201,8 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     chunk_seconds: clips (or segments) longer than it and context_seconds either side are
     decoded in pieces, as `transcribe` decodes them (None: whole; `transcribe`)."""
     check_cutting(chunk_seconds, context_seconds, silence_db)
+    csv_path = csv_path or Path(checkpoint).with_name("eval.csv")
+    check_outputs(csv_path, heatmap)
     device = resolve_device(device)
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model
@@ -228,7 +230,7 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
         print_retained(trained.masks, cfg)
     # the table comes first, the CSV before the heatmap: a path that cannot be written loses
     # neither the numbers nor the other file
-    print(f"CSV -> {write_csv(rows, csv_path or Path(checkpoint).with_name('eval.csv'))}")
+    print(f"CSV -> {write_csv(rows, csv_path)}")
     if trained.masks is not None and heatmap:
         print(f"heatmap -> {write_heatmap(trained.masks, cfg, heatmap)}")
     return rows
@@ -252,6 +254,9 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
     if not given:
         raise ValueError(f"an exported subnet has no manifests of its own: pass --dev and/or "
                          f"--test to score {subnet}")
+    subnet = Path(subnet)
+    csv_path = csv_path or subnet.with_name(f"{subnet.stem}.eval.csv")
+    check_outputs(csv_path)
     paths = {name: given_manifest(name, path) for name, path in given.items()}
     splits = {name: load_split(name, path) for name, path in paths.items()}
     recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=chunk_seconds,
@@ -268,8 +273,7 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
             hyps[i] = text
         add_error_rates(row, name, records, hyps)
     print_table([row], sub.cfg, f"exported subnet {subnet}{split_note(silence_db)}")
-    subnet = Path(subnet)
-    print(f"CSV -> {write_csv([row], csv_path or subnet.with_name(f'{subnet.stem}.eval.csv'))}")
+    print(f"CSV -> {write_csv([row], csv_path)}")
     return row
 
 
@@ -289,6 +293,33 @@ def add_error_rates(row: dict, split: str, records: list[dict], hyps: list[str])
     refs = [record["text"] for record in records]
     row[f"wer_{split}"] = float(word_error_rate(refs, hyps))
     row[f"cer_{split}"] = float(char_error_rate(refs, hyps))
+
+
+# how an eval CSV's header starts (cost_row's columns), and how the images matplotlib writes
+# for a heatmap begin (PNG, JPEG, TIFF, PDF, PostScript, SVG): an existing output path that
+# holds anything else is someone's file, not an earlier result, and is left alone
+CSV_HEADER = "subnet,budget,units,params,flops"
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"%PDF",
+                    b"%!PS", b"<?xml", b"<svg")
+
+
+def check_outputs(csv_path: str | Path, heatmap: str | Path | None = None) -> None:
+    """Refuse, before anything is decoded, outputs that would destroy a file: an existing
+    file that is not an earlier result of its sort (the checkpoint, a manifest, an audio
+    file; evaluating again replaces the earlier CSV and heatmap), or one path for both. A
+    folder is left to the write, which names it."""
+    if heatmap is not None and Path(heatmap).resolve() == Path(csv_path).resolve():
+        raise ValueError(f"the CSV and the heatmap are the same file {csv_path}; give each "
+                         "its own (--csv, --heatmap)")
+    for flag, path, starts, what in (
+            ("--csv", csv_path, (CSV_HEADER.encode(),), f"a CSV starting {CSV_HEADER!r}"),
+            ("--heatmap", heatmap, IMAGE_SIGNATURES, "an image")):
+        if path is None or not Path(path).is_file():
+            continue
+        with Path(path).open("rb") as f:
+            if not f.read(len(CSV_HEADER)).startswith(starts):
+                raise ValueError(f"{flag} {path} exists and is not an earlier result ({what}); "
+                                 f"it was left as it is: remove it or choose another {flag}")
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
@@ -423,4 +454,4 @@ def run(args: argparse.Namespace) -> None:
 
 
 __all__ = ["evaluate", "evaluate_subnet", "transcribe", "write_csv", "write_heatmap",
-           "add_arguments", "run"]
+           "check_outputs", "add_arguments", "run"]

@@ -122,6 +122,28 @@ def test_an_unwritable_output_keeps_the_results(run_dir, tmp_path, capsys):
     assert "WER dev" in capsys.readouterr().out
 
 
+def test_outputs_that_would_destroy_a_file_are_refused(run_dir, tmp_path, capsys):
+    """--csv or --heatmap naming the checkpoint (a hard link to checkpoints/step-N.pt), a
+    manifest or an audio file is refused before decoding, the file untouched; an earlier
+    CSV and heatmap are replaced."""
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes((run_dir / "checkpoint.pt").read_bytes())
+    manifest = load_checkpoint(checkpoint)["manifest_paths"]["test"]
+    audio = load_manifest(manifest)[0]["audio_filepath"]
+    kept = {path: Path(path).read_bytes() for path in (checkpoint, manifest, audio)}
+    for flag, path in (("--csv", checkpoint), ("--csv", manifest), ("--heatmap", checkpoint),
+                       ("--heatmap", audio)):
+        err = cli_error(capsys, ["eval", "--checkpoint", str(checkpoint), flag, str(path)])
+        assert f"{flag} {path} exists and is not an earlier result" in err, err
+    assert "the CSV and the heatmap are the same file" in cli_error(
+        capsys, ["eval", "--checkpoint", str(checkpoint), "--csv", "x", "--heatmap", "x"])
+    assert all(Path(path).read_bytes() == data for path, data in kept.items())
+    for _ in range(2):                      # the second run replaces the first's files
+        main(["eval", "--checkpoint", str(checkpoint)])
+    assert (tmp_path / "eval.csv").read_text().startswith("subnet,budget,units,params,flops")
+    assert (tmp_path / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+
+
 # ----------------------------------------------------------------------------- --subnet
 
 def talkative(state: dict) -> dict:
