@@ -265,7 +265,11 @@ def valid_keys() -> list[str]:
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Set `key=value` pairs (values parsed as YAML, `model.<field>` for model fields)."""
-    values = {**values, "model": dict(values.get("model") or {})}
+    model = values.get("model") or {}
+    if not isinstance(model, dict):
+        raise ValueError(f"model must be a mapping of model keys (model: {{num_layers: 4, "
+                         f"...}}), got {model!r}")
+    values = {**values, "model": dict(model)}
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -273,7 +277,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             raise ValueError(f"overrides must look like key=value, got {item!r}")
         if key not in valid_keys():
             raise ValueError(f"unknown config key {key!r}; valid keys: {valid_keys()}")
-        value = yaml.safe_load(text)
+        value = parse_yaml(text, f"override {item!r}")
         if key.startswith("model."):
             values["model"][key[len("model."):]] = value
         else:
@@ -286,10 +290,27 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] = ()) -
     values = {}
     if path is not None:
         path = find_config(path)
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"config file {path} is not a YAML text file ({err.reason} at "
+                             f"byte {err.start})") from None
+        values = parse_yaml(text, f"config file {path}") or {}
         if not isinstance(values, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(values)}")
     return RunConfig.from_dict(apply_overrides(values, list(overrides)))
+
+
+def parse_yaml(text: str, where: str):
+    """`text` as YAML; a syntax error is a ValueError naming `where` and the place (yaml's
+    own message names "<unicode string>")."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        place = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ValueError(f"{where} is not valid YAML: {problem}{place}") from None
 
 
 def find_config(path: str | Path) -> Path:
@@ -304,6 +325,9 @@ def find_config(path: str | Path) -> Path:
         for folder in _config_folders():
             if (folder / path.with_suffix(".yaml").name).exists():
                 return folder / path.with_suffix(".yaml").name
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder; name a YAML file (shipped presets: "
+                         f"{presets()})")
     raise FileNotFoundError(f"config file {path} not found (shipped presets: {presets()})")
 
 

@@ -191,6 +191,27 @@ def test_run_config_overrides_and_unknown_keys(tmp_path):
         load_run_config(None, ["model.budgets=[0.5,x]"])
 
 
+def test_unreadable_config_files_and_overrides_are_named(tmp_path):
+    """A config that is not YAML, not text or a folder, a `model:` that is not a mapping,
+    and an override that is not YAML: a ValueError naming the file or the override (they
+    were yaml's ParserError naming "<unicode string>", UnicodeDecodeError and TypeError)."""
+    path = tmp_path / "run.yaml"
+    for text, message in (("lr: [1\n", rf"config file {path} is not valid YAML: expected ',' "
+                                       r"or '\]', but got '<stream end>' at line 2"),
+                          ("model: 3\n", r"model must be a mapping of model keys .*, got 3")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_run_config(path)
+    path.write_bytes(b"RIFF\x80\x00\x00\x00WAVE")
+    with pytest.raises(ValueError, match=rf"config file {path} is not a YAML text file "
+                                         r"\(invalid start byte at byte 4\)"):
+        load_run_config(path)
+    with pytest.raises(ValueError, match=rf"config file {tmp_path} is a folder"):
+        load_run_config(tmp_path)
+    with pytest.raises(ValueError, match=r"override 'model.budgets=\[0.4,' is not valid YAML"):
+        load_run_config(None, ["model.budgets=[0.4,"])
+
+
 def test_lr_schedule():
     run = RunConfig(warmup_steps=10, stage1_steps=50, stage2_steps=50, lr_final=0.1)
     factors = [lr_factor(s, run) for s in range(100)]
