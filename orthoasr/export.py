@@ -30,7 +30,14 @@ from .checkpoint import (
     write_atomically,
 )
 from .config import SupernetConfig, budget_index
-from .model import HALF_STEP, VGGFrontend, block_layout, sinusoidal_positions, time_mask
+from .model import (
+    HALF_STEP,
+    VGGFrontend,
+    block_layout,
+    check_features,
+    sinusoidal_positions,
+    time_mask,
+)
 
 # the shapes a subnet's torch.export program accepts: at least 8 frames (torch.export's
 # guard: its graph needs two frames after the 4x subsampling), at most an hour of 10 ms
@@ -133,6 +140,7 @@ class CompactConformer(nn.Module):
         self.tokenizer_bytes: bytes | None = None
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        check_features(self.cfg, self.frontend.proj.weight.dtype, features, lengths)
         x, lengths = self.frontend(features, lengths)
         x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
         mask = time_mask(lengths, x.shape[1])[..., None]

@@ -133,6 +133,39 @@ class VGGFrontend(nn.Module):
         return nn.functional.linear(x.permute(0, 2, 3, 1).flatten(2), weight, self.proj.bias)
 
 
+def check_features(cfg: SupernetConfig, weight_dtype: torch.dtype, features, lengths
+                   ) -> None:
+    """The checks of a model's inputs, features (B, T, F) and lengths (B,) (the supernet's
+    and the exported subnet's): shapes and dtypes; lengths in input frames when they are on
+    the CPU (on a GPU reading them would sync) and not traced (torch.export, torch.compile:
+    reading them would be a data-dependent branch)."""
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 or \
+            features.shape[2] != cfg.num_mel_bins:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
+        raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), got {shape}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point ({weight_dtype}, as the model's "
+                        f"weights), got {features.dtype}")
+    if features.dtype != weight_dtype and \
+            not torch.is_autocast_enabled(features.device.type):
+        raise TypeError(f"features are {features.dtype} but the model's weights are "
+                        f"{weight_dtype}; convert with features.to({weight_dtype})")
+    if features.shape[1] < 4:
+        raise ValueError(f"features need at least 4 frames (4x subsampling), "
+                         f"got T={features.shape[1]}")
+    if not isinstance(lengths, torch.Tensor) or lengths.shape != (features.shape[0],) \
+            or lengths.dtype not in (torch.int32, torch.int64):
+        got = f"{lengths.dtype} {tuple(lengths.shape)}" if isinstance(
+            lengths, torch.Tensor) else type(lengths).__name__
+        raise ValueError(f"lengths must be an int tensor of shape ({features.shape[0]},), "
+                         f"got {got}")
+    if lengths.device.type == "cpu" and lengths.numel() and \
+            not torch.compiler.is_compiling() and \
+            (int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]):
+        raise ValueError(f"lengths must be in [1, T={features.shape[1]}] input frames, "
+                         f"got {lengths.tolist()}")
+
+
 def sinusoidal_positions(frames: int, d_model: int, device, dtype) -> torch.Tensor:
     """(frames, D) absolute sinusoidal position encoding (no parameters)."""
     position = torch.arange(frames, device=device, dtype=torch.float32)[:, None]
@@ -488,34 +521,7 @@ class ConformerSupernet(nn.Module):
         return [frozenset(kinds) for kinds in per_layer]
 
     def _check_features(self, features, lengths) -> None:
-        """Shapes and dtypes; lengths in input frames when they are on the CPU (on a GPU
-        reading them would sync)."""
-        cfg = self.cfg
-        if not isinstance(features, torch.Tensor) or features.dim() != 3 or \
-                features.shape[2] != cfg.num_mel_bins:
-            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
-            raise ValueError(f"features must be (B, T, {cfg.num_mel_bins}), got {shape}")
-        weight_dtype = self.frontend.proj.weight.dtype
-        if not features.is_floating_point():
-            raise TypeError(f"features must be floating point ({weight_dtype}, as the model's "
-                            f"weights), got {features.dtype}")
-        if features.dtype != weight_dtype and \
-                not torch.is_autocast_enabled(features.device.type):
-            raise TypeError(f"features are {features.dtype} but the model's weights are "
-                            f"{weight_dtype}; convert with features.to({weight_dtype})")
-        if features.shape[1] < 4:
-            raise ValueError(f"features need at least 4 frames (4x subsampling), "
-                             f"got T={features.shape[1]}")
-        if not isinstance(lengths, torch.Tensor) or lengths.shape != (features.shape[0],) \
-                or lengths.dtype not in (torch.int32, torch.int64):
-            got = f"{lengths.dtype} {tuple(lengths.shape)}" if isinstance(
-                lengths, torch.Tensor) else type(lengths).__name__
-            raise ValueError(f"lengths must be an int tensor of shape ({features.shape[0]},), "
-                             f"got {got}")
-        if lengths.device.type == "cpu" and lengths.numel() and \
-                (int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]):
-            raise ValueError(f"lengths must be in [1, T={features.shape[1]}] input frames, "
-                             f"got {lengths.tolist()}")
+        check_features(self.cfg, self.frontend.proj.weight.dtype, features, lengths)
 
     def _check_gates(self, x, gates, head) -> None:
         if gates is not None:
@@ -535,4 +541,4 @@ class ConformerSupernet(nn.Module):
 
 
 __all__ = ["ConformerSupernet", "ConformerBlock", "VGGFrontend", "sinusoidal_positions",
-           "block_layout", "time_mask"]
+           "block_layout", "time_mask", "check_features"]

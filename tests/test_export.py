@@ -150,6 +150,27 @@ def test_bad_gates():
         extract_subnet(model, torch.ones(model.num_units), head=5)
 
 
+def test_an_exported_subnet_checks_its_inputs_as_the_supernet_does():
+    """Lengths past T gave out_lengths past the output's frames without a word, other mel
+    bins a shape error from inside a matmul; now the supernet's errors, by name."""
+    model = ConformerSupernet(tiny_cfg()).eval()
+    sub = extract_subnet(model, gate_sets(model.num_units)["hard"], head=1)
+    feats = torch.randn(2, 40, 80)
+    for bad_feats, lengths, error, message in [
+            (feats, torch.tensor([80, 40]), ValueError,
+             r"lengths must be in \[1, T=40\] input frames, got \[80, 40\]"),
+            (feats, torch.tensor([0, 40]), ValueError, r"lengths must be in \[1, T=40\]"),
+            (feats, torch.tensor([40]), ValueError,
+             r"lengths must be an int tensor of shape \(2,\), got torch.int64 \(1,\)"),
+            (torch.randn(2, 40, 64), torch.tensor([40, 40]), ValueError,
+             r"features must be \(B, T, 80\), got \(2, 40, 64\)"),
+            (feats.double(), torch.tensor([40, 40]), TypeError,
+             r"features are torch.float64 but the model's weights are torch.float32")]:
+        for net in (model, sub):
+            with pytest.raises(error, match=message):
+                net(bad_feats, lengths)
+
+
 @pytest.mark.gpu
 def test_extract_on_cuda_matches_masked_supernet_on_both_backends():
     """The compact subnet on CUDA equals the masked supernet on the PyTorch references
