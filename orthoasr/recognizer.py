@@ -237,7 +237,12 @@ class Recognizer:
         if isinstance(item, (str, os.PathLike)):
             wave, name = load_audio(item), f"item {index} ({os.fspath(item)})"
         else:
-            wave, name = torch.as_tensor(item), f"item {index}"
+            name = f"item {index}"
+            try:
+                wave = torch.as_tensor(item)
+            except (TypeError, ValueError, RuntimeError):   # None, bytes, ragged lists ...
+                raise TypeError(f"{name} must be an audio file path or a 1-D float waveform, "
+                                f"got {type(item).__name__}") from None
             # integer PCM would be read as samples thousands of times full scale: the
             # features' log floor moves and the words change, so it is refused
             if not wave.is_floating_point():

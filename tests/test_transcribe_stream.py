@@ -86,6 +86,13 @@ def test_bad_items_are_named_by_their_place_in_the_whole_stream():
     assert next(texts) == rec.transcribe([wave])[0]             # decoded before item 3 is read
     with pytest.raises(ValueError, match="item 3 holds NaN or inf samples"):
         list(texts)
+    # neither a path nor samples (they were torch's "Could not infer dtype of NoneType" and
+    # "new(): invalid data type 'bytes'", naming no item)
+    for index, item, kind in ((1, None, "NoneType"), (1, b"a.wav", "bytes"),
+                              (1, [[0.1], [0.1, 0.2]], "list")):
+        with pytest.raises(TypeError, match=rf"item {index} must be an audio file path or a "
+                                            rf"1-D float waveform, got {kind}$"):
+            rec.transcribe([wave, item])
     with pytest.raises(TypeError, match="wrap it in a list"):    # at the call, not at next()
         rec.transcribe_iter(torch.zeros(RATE))
     with pytest.raises(ValueError, match="group_seconds must be a number of seconds >= 0"):
