@@ -122,6 +122,13 @@ def _check_common(scores, costs, rest_cost, total_cost, budgets, tau, validate):
             raise ValueError(f"{name} must be finite and >= 0, got {value}")
     if float(total_cost) <= 0:
         raise ValueError(f"total_cost must be > 0, got {total_cost}")
+    # the budget rule runs in the scores' dtype: costs past its range are inf there, and
+    # every budget then picked k = 1 without a word (float16 holds at most 65504)
+    if float(total_cost) > torch.finfo(scores.dtype).max:
+        raise TypeError(f"scores are {scores.dtype}, whose largest value "
+                        f"{torch.finfo(scores.dtype).max:g} is below total_cost "
+                        f"({float(total_cost):g}): the costs would overflow; pass float32 "
+                        "or bfloat16 scores")
     if isinstance(tau, torch.Tensor):
         if tau.numel() != 1 or tau.device != scores.device:
             raise ValueError(f"tau must be a float or a 1-element tensor on {scores.device}, "

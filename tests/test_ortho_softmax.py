@@ -187,6 +187,9 @@ def test_penalty_scales():
     (dict(norm="l3"), "norm"),
     (dict(total_cost=0.0), "total_cost"),
     (dict(scores=torch.ones(4, 4, dtype=torch.int64)), "floating"),
+    # float16 costs past 65504 were inf and every budget got k = 1 without a word
+    (dict(scores=torch.randn(4, 4).half(), costs=torch.full((4,), 3e4), total_cost=1.3e5),
+     r"scores are torch.float16, whose largest value 65504 is below total_cost \(130000\)"),
 ])
 def test_bad_input_names_the_argument(kwargs, match):
     args = dict(scores=torch.randn(4, 4), costs=torch.ones(4), rest_cost=1.0, total_cost=5.0,
@@ -291,6 +294,7 @@ def test_simple_topk_rejects_a_score_matrix():
     (dict(scores=torch.full((4,), float("nan"))), "NaN"),
     (dict(total_cost=0.0), "total_cost"),
     (dict(budgets=(0.5, 0.2)), "increasing"),
+    (dict(scores=torch.randn(4).half(), total_cost=1e5), "torch.float16, whose largest"),
 ])
 def test_simple_topk_checks_its_arguments_as_ortho_softmax_does(kwargs, match):
     args = dict(scores=torch.randn(4), costs=torch.ones(4), rest_cost=1.0, total_cost=5.0,
