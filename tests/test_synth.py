@@ -177,3 +177,13 @@ def test_bad_arguments(tmp_path):
         synthesize_corpus(tmp_path, "huge")
     with pytest.raises(ValueError, match="workers"):
         synthesize_corpus(tmp_path, SMALL, workers=0)
+    # a negative seed lost every utterance that draws noise (numpy takes no negative seed):
+    # half the tiny corpus, with exit status 0
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        synthesize_corpus(tmp_path / "negative", SMALL, seed=-1, workers=1, progress=False)
+    with pytest.raises(SystemExit):
+        cli_main(["synth", "--out", str(tmp_path / "negative"), "--seed", "-1"])
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    with pytest.raises(ValueError, match=f"--out {tmp_path / 'a.wav'} is a file, not a folder"):
+        synthesize_corpus(tmp_path / "a.wav", SMALL, workers=1, progress=False)
+    assert not (tmp_path / "negative").exists()

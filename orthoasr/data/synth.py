@@ -351,7 +351,12 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    # numpy's generators take no negative seed: each utterance that draws noise would fail
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder")
     found = corpus_files(out_dir)
     if found and not overwrite:
         # manifests and runs that read the old audio would silently get the new one
@@ -442,7 +447,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                         help="tiny (a first try), demo / demo-gpu (the demo's commands), "
                              "small, base (tens of hours)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=number(least=0, integer=True), default=0,
+                        help="random seed (default 0)")
     parser.add_argument("--workers", type=number(least=1, integer=True), default=None,
                         help="worker processes (default: all CPU cores)")
     parser.add_argument("--overwrite", action="store_true",
