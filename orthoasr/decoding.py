@@ -35,7 +35,11 @@ def best_paths(log_probs: torch.Tensor, lengths: torch.Tensor,
     best = log_probs.argmax(dim=-1)                                     # [B, T]
     # each row's length ahead of its labels: one host transfer for both
     rows = torch.cat([lengths.to(best)[:, None], best], dim=1).cpu().tolist()
-    return [row[1:1 + max(row[0], 0)] for row in rows]
+    # read anyway: a length past T (or under 0) would be cut to fit without a word
+    if any(not 0 <= row[0] <= best.shape[1] for row in rows):
+        raise ValueError(f"lengths must be in [0, T={best.shape[1]}] frames, got "
+                         f"{[row[0] for row in rows]}")
+    return [row[1:1 + row[0]] for row in rows]
 
 
 def collapse_path(path: Sequence[int], blank: int = 0) -> list[int]:

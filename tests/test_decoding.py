@@ -59,6 +59,11 @@ def test_greedy_bad_shapes():
         greedy_ctc_decode(torch.zeros(3, 4), torch.tensor([3, 3, 3]))
     with pytest.raises(ValueError, match="lengths"):
         greedy_ctc_decode(torch.zeros(2, 4, 3), torch.tensor([3]))
+    # lengths past T were cut to T, and negative ones read as 0, without a word
+    for lengths in ([4, 9], [-1, 4]):
+        with pytest.raises(ValueError, match=rf"lengths must be in \[0, T=4\] frames, got "
+                                             rf"\{lengths}"):
+            greedy_ctc_decode(torch.zeros(2, 4, 3), torch.tensor(lengths))
 
 
 def test_edit_distance_known_cases():
