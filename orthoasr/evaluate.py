@@ -417,10 +417,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", default=None, help=f"test manifest (default: {run_manifest})")
     parser.add_argument("--heatmap", default=None,
                         help="PNG of the kept units (default: heatmap.png by the checkpoint; "
-                             "not with --subnet, which keeps no masks)")
+                             "not with --subnet, which keeps no masks); an existing file there is "
+                             "replaced only if it is an image, else refused")
     parser.add_argument("--csv", default=None,
                         help="the table as CSV, one row per subnet (default: eval.csv by the "
-                             "checkpoint; with --subnet, <its stem>.eval.csv by it)")
+                             "checkpoint; with --subnet, <its stem>.eval.csv by it); an existing "
+                             "file there is replaced only if it is an earlier eval CSV, else "
+                             "refused")
     parser.add_argument("--silence-db", type=silence_db_value, default=None, metavar="DB",
                         help="split each clip at its silences and decode its voiced segments "
                              "alone, as `orthoasr transcribe` does (its default: "
