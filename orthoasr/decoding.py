@@ -83,6 +83,14 @@ def errors_and_length(refs: Sequence[str], hyps: Sequence[str], unit: str = "wor
     whitespace) or characters (unit="char": spaces count, as in jiwer.cer)."""
     if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    for name, texts in (("refs", refs), ("hyps", hyps)):
+        # a bare string is a sequence too: its characters would be scored as texts
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(f"{name} must be a list of texts, got one {type(texts).__name__} "
+                            f"{texts!r:.60}; wrap it: [{name[:-1]}]")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"{name}[{i}] must be a str, got {type(text).__name__}")
     if len(refs) != len(hyps):
         raise ValueError(f"refs and hyps must pair up, got {len(refs)} refs and {len(hyps)} hyps")
     errors = length = 0

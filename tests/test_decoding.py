@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from orthoasr.decoding import (
+    char_error_rate,
     collapse_path,
     edit_distance,
     greedy_ctc_decode,
@@ -95,3 +96,10 @@ def test_wer_bad_input():
     with pytest.raises(ValueError, match="pair up"):
         word_error_rate(["a"], ["a", "b"])
     assert word_error_rate([""], [""]) == 0.0
+    # bare strings were scored character by character (0.0 here, whatever the words)
+    with pytest.raises(TypeError, match="refs must be a list of texts"):
+        word_error_rate("the cat", ["the dog"])
+    with pytest.raises(TypeError, match="hyps must be a list of texts"):
+        char_error_rate(["the cat"], "the dog")
+    with pytest.raises(TypeError, match=r"hyps\[1\] must be a str, got NoneType"):
+        word_error_rate(["a", "b"], ["a", None])
