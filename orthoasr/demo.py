@@ -22,10 +22,13 @@ import torch
 from .cli import number
 from .config import SupernetConfig
 from .devices import resolve_device
+from .objective import check_feasible_budgets
 from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, temperature
 from .run_config import load_run_config
 from .train import CHECKPOINT, train
 from .units import enumerate_units, subnet_cost, unit_costs
+
+WORK_DIR = "runs/demo"
 
 SYMBOLS = {"ffn1": "F", "conv": "C", "mhsa": "H", "ffn2": "G"}
 
@@ -51,7 +54,7 @@ def demo_preset(device: str = "auto") -> DemoPreset:
     return DEMO_PRESETS[resolve_device(device).type]
 
 
-def run_demo(work_dir: str | Path = "runs/demo", config: str | Path | None = None,
+def run_demo(work_dir: str | Path = WORK_DIR, config: str | Path | None = None,
              overrides: list[str] = (), data_dir: str | Path | None = None,
              device: str = "auto") -> list[dict]:
     """`make demo`: synthesise the corpus of this machine's preset (unless `data_dir`,
@@ -116,9 +119,10 @@ def budget_list(text: str) -> tuple[float, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--work-dir", default="runs/demo",
+    parser.add_argument("--work-dir", default=None,
                         help="checkpoint, metrics and heatmap of the full demo (the corpus "
-                             "goes to data/synth-demo, on a GPU data/synth-demo-gpu)")
+                             "goes to data/synth-demo, on a GPU data/synth-demo-gpu; default "
+                             f"{WORK_DIR}); the selection-only demo writes nothing")
     parser.add_argument("--selection-only", action="store_true",
                         help="only OrthoSoftmax selecting subnets of the paper-size model")
     parser.add_argument("--steps", type=number(least=1, integer=True), default=None,
@@ -142,10 +146,14 @@ def run(args: argparse.Namespace) -> None:
             verb = "applies" if len(given) == 1 else "apply"
             raise ValueError(f"{flags} {verb} only with --selection-only; the full demo takes "
                              "its settings from its config")
-        run_demo(args.work_dir)
+        run_demo(args.work_dir or WORK_DIR)
         return
+    if args.work_dir is not None:
+        raise ValueError(f"--work-dir {args.work_dir}: the selection-only demo writes nothing; "
+                         "leave --work-dir out (or --selection-only, for the full demo)")
     options = {**SELECTION_DEFAULTS, **given}
     cfg = SupernetConfig(criterion=options["criterion"], budgets=options["budgets"])
+    check_feasible_budgets(cfg)     # before the steps, not at the freeze after them
     select_subnets(cfg, steps=options["steps"], seed=options["seed"])
 
 

@@ -45,6 +45,20 @@ def test_selection_options_are_refused_by_the_full_demo(calls, capsys):
     assert calls == {}
     cli_main(["demo", "--work-dir", "runs/elsewhere"])
     assert calls == {"run_demo": "runs/elsewhere"}
+    cli_main(["demo"])
+    assert calls == {"run_demo": "runs/demo"}
+
+
+def test_selection_only_refuses_what_it_would_ignore(calls, capsys):
+    """--work-dir was ignored by the selection-only demo, and an infeasible budget was
+    found only at the freeze, after every step."""
+    for flags, expected in ((["--work-dir", "runs/x"], "--work-dir runs/x: the selection-only"),
+                            (["--budgets", "0.01,1.0"], "budget 0.01 is infeasible")):
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["demo", "--selection-only", *flags])
+        assert exit_.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert calls == {}
 
 
 def test_selection_options_reach_the_selection(calls):
