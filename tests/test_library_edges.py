@@ -128,3 +128,23 @@ def test_every_module_takes_an_empty_batch(backend, B, T):
         out = module(x, torch.zeros(B, dtype=torch.long), torch.ones(n))
         out.sum().backward()
         assert out.shape == (B, T, 16) and x.grad.shape == (B, T, 16)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "cpu:1", None],
+                         ids=["name-gpu", "cuda-x", "mps", "cpu-1", "none"])   # not the gpu mark
+def test_a_bad_device_is_named(device):
+    """`Recognizer.from_checkpoint(..., device="gpu")` printed torch's list of every device
+    type it knows; the device names the library takes are auto, cpu, cuda and cuda:N."""
+    from orthoasr.devices import resolve_device
+    with pytest.raises(ValueError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                         rf"got {device!r}"):
+        resolve_device(device)
+
+
+def test_a_missing_gpu_is_named(monkeypatch):
+    from orthoasr.devices import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"device '{device}' requested but no CUDA GPU"):
+            resolve_device(device)
+    assert resolve_device("auto") == torch.device("cpu")
