@@ -76,10 +76,28 @@ class Recognizer:
                  chunk_seconds: float | None = CHUNK_SECONDS,
                  context_seconds: float = CONTEXT_SECONDS,
                  silence_db: float | None = SILENCE_DB):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a ConformerSupernet, a CompactConformer or another "
+                            f"nn.Module that returns log-probabilities, got "
+                            f"{type(model).__name__}")
+        if tokenizer is None:
+            raise TypeError("tokenizer is None: the model's Tokenizer is needed to read its "
+                            "outputs as text")
         if isinstance(model, ConformerSupernet) == (gates is None):
             raise ValueError("gates are needed with a ConformerSupernet and only with it")
-        if batch_frames < 1:
-            raise ValueError(f"batch_frames must be >= 1, got {batch_frames}")
+        if gates is not None and (not isinstance(gates, torch.Tensor)
+                                  or gates.shape != (model.num_units,)):
+            got = tuple(gates.shape) if isinstance(gates, torch.Tensor) else \
+                type(gates).__name__
+            raise ValueError(f"gates must be a tensor of shape ({model.num_units},) (one per "
+                             f"unit), got {got}")
+        if isinstance(model, ConformerSupernet) and (
+                not isinstance(head, int) or not -len(model.heads) <= head < len(model.heads)):
+            raise ValueError(f"head must be an int in [-{len(model.heads)}, "
+                             f"{len(model.heads) - 1}] (one per budget), got {head!r}")
+        if isinstance(batch_frames, bool) or not isinstance(batch_frames, int) or \
+                batch_frames < 1:
+            raise ValueError(f"batch_frames must be an int >= 1, got {batch_frames!r}")
         check_cutting(chunk_seconds, context_seconds, silence_db)
         self.silence_db = silence_db
         self.model, self.tokenizer = model.eval(), tokenizer

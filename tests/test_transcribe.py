@@ -348,3 +348,26 @@ def test_long_clips_decoded_in_pieces_on_a_gpu_equal_whole_decoding():
 def test_bad_chunk_options_are_refused(option, value):
     with pytest.raises(ValueError, match=f"{option} must be a number of seconds >= .*, got"):
         Recognizer(FrameLocalModel(), LabelTokenizer(), **{option: value})
+
+
+def test_bad_recognizer_arguments_are_named():
+    """Each was an AttributeError or TypeError from inside the constructor or the first
+    transcribe call, naming no argument."""
+    from orthoasr import ConformerSupernet, SupernetConfig
+    cfg = SupernetConfig(num_layers=1, d_model=32, num_heads=2, ff_dim=64, ff_chunks=2,
+                         conv_kernel=5, vocab_size=20, frontend_channels=(4, 8),
+                         budgets=(0.5, 1.0))
+    supernet, units = ConformerSupernet(cfg), ConformerSupernet(cfg).num_units
+    cases = [((supernet, LabelTokenizer()), {"gates": [1.0] * units},
+              rf"gates must be a tensor of shape \({units},\) .*got list"),
+             ((supernet, LabelTokenizer()), {"gates": torch.ones(units + 1)},
+              rf"gates must be a tensor of shape \({units},\) .*got \({units + 1},\)"),
+             ((supernet, LabelTokenizer()), {"gates": torch.ones(units), "head": 2},
+              r"head must be an int in \[-2, 1\] .*got 2"),
+             ((FrameLocalModel(), LabelTokenizer()), {"batch_frames": "100"},
+              "batch_frames must be an int >= 1, got '100'"),
+             ((FrameLocalModel(), None), {}, "tokenizer is None"),
+             (("model.pt", LabelTokenizer()), {}, "model must be .*got str")]
+    for args, options, expected in cases:
+        with pytest.raises((TypeError, ValueError), match=expected):
+            Recognizer(*args, **options)
