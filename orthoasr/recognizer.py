@@ -69,13 +69,15 @@ class Recognizer:
     silence_db: frames more than this many dB under the level of a recording's loudest 0.1 s
     are silence, and only the voiced segments between silences are decoded
     (orthoasr.silence.voiced_spans); None: each recording is decoded whole, silence
-    included."""
+    included. bf16: on a GPU, decode under a bfloat16 autocast (from_checkpoint's default
+    for a run trained in bf16, as `orthoasr eval` scores it); float32 otherwise and on the
+    CPU."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
                  head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False,
                  chunk_seconds: float | None = CHUNK_SECONDS,
                  context_seconds: float = CONTEXT_SECONDS,
-                 silence_db: float | None = SILENCE_DB):
+                 silence_db: float | None = SILENCE_DB, bf16: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a ConformerSupernet, a CompactConformer or another "
                             f"nn.Module that returns log-probabilities, got "
@@ -106,6 +108,7 @@ class Recognizer:
         # modules with every unit off: left out of the encoder's passes (no launches)
         self.skip = frozenset() if gates is None else model.dead_modules(gates)
         self.head, self.batch_frames = head, batch_frames
+        self.bf16 = bool(bf16) and self.device.type == "cuda"
         # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
         self.encoder = GraphedEncoder(model, frozen_weights=frozen_weights) \
             if gates is not None else None
@@ -119,11 +122,12 @@ class Recognizer:
     def from_checkpoint(cls, path: str | Path, budget: float | None = None,
                         device: str = "cpu", *, chunk_seconds: float | None = CHUNK_SECONDS,
                         context_seconds: float = CONTEXT_SECONDS,
-                        silence_db: float | None = SILENCE_DB) -> Recognizer:
+                        silence_db: float | None = SILENCE_DB,
+                        bf16: bool | None = None) -> Recognizer:
         """The subnet of `budget` (one of the run's budgets; None: the largest) of training
         checkpoint `path`. A stage-1 checkpoint has no frozen subnets: only the full
         supernet (budget None) is available from it. chunk_seconds, context_seconds,
-        silence_db: as in Recognizer."""
+        silence_db, bf16: as in Recognizer (bf16 None: as the run was trained)."""
         from .trained import load_trained
         trained = load_trained(path, resolve_device(device))
         budgets = list(trained.model.cfg.budgets)
@@ -139,7 +143,7 @@ class Recognizer:
             gates = trained.subnet_gates(head)
         return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True,
                    chunk_seconds=chunk_seconds, context_seconds=context_seconds,
-                   silence_db=silence_db)
+                   silence_db=silence_db, bf16=trained.run.bf16 if bf16 is None else bf16)
 
     @classmethod
     def from_subnet(cls, path: str | Path, device: str = "cpu", *,
@@ -282,12 +286,13 @@ class Recognizer:
         batch = nn.utils.rnn.pad_sequence(waves, batch_first=True).to(self.device)
         feats, frame_lengths = self.logmel(batch, lengths)
         feats = feats.to(next(self.model.parameters()).dtype)
-        if self.gates is None:
-            log_probs, out_lengths = self.model(feats, frame_lengths)
-        else:
-            x, out_lengths = self.model.embed(feats, frame_lengths)
-            log_probs = self.encoder(x, out_lengths, self.gates, self.head, self.skip)
-        return best_paths(log_probs, out_lengths, vocab_size=self.tokenizer.vocab_size)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            if self.gates is None:
+                log_probs, out_lengths = self.model(feats, frame_lengths)
+            else:
+                x, out_lengths = self.model.embed(feats, frame_lengths)
+                log_probs = self.encoder(x, out_lengths, self.gates, self.head, self.skip)
+        return best_paths(log_probs.float(), out_lengths, vocab_size=self.tokenizer.vocab_size)
 
 
 FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)

@@ -236,6 +236,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="with --checkpoint: the subnet of this budget (default: largest)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--fp32", action="store_true",
+                        help="with --checkpoint on a GPU: decode in float32 (default: under "
+                             "a bfloat16 autocast if the run trained in bf16, as `orthoasr "
+                             "eval` scores it; an exported --subnet and the CPU always "
+                             "decode in float32)")
     parser.add_argument("--chunk-seconds", type=chunk_seconds, default=CHUNK_SECONDS,
                         help="decode longer recordings in pieces of this length (default "
                              f"{CHUNK_SECONDS:g}; 0: each whole, memory growing with the "
@@ -272,6 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.subnet is not None and args.fp32:
+        raise ValueError("--fp32 applies to a --checkpoint; an exported --subnet always "
+                         "decodes in float32")
     if args.subnet is not None and args.budget is not None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
@@ -284,7 +292,7 @@ def run(args: argparse.Namespace) -> None:
         recognizer = Recognizer.from_subnet(args.subnet, device=args.device, **options)
     else:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
-                                                **options)
+                                                bf16=False if args.fp32 else None, **options)
     files, failed = print_transcripts(recognizer, paths, args.group_seconds, output)
     if failed:
         print(f"orthoasr: {failed} of {files} file(s) could not be transcribed",

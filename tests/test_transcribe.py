@@ -57,6 +57,42 @@ def test_recognizer_equals_masked_supernet_decoding(run):
     assert default == by_budget[max(budgets)]
 
 
+def test_recognizer_decodes_as_the_run_trained_only_on_a_gpu(run, capsys):
+    """A run trained in bf16 (the default) is decoded under a bfloat16 autocast on a GPU,
+    as `orthoasr eval` scores it; on the CPU always in float32, and --fp32 is refused for
+    an exported subnet, which always decodes in float32."""
+    assert load_trained(run["checkpoint"]).run.bf16
+    assert not Recognizer.from_checkpoint(run["checkpoint"]).bf16
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["transcribe", "--subnet", str(run["checkpoint"]), "--fp32",
+                  run["paths"][0]])
+    assert exit_.value.code == 2
+    assert "--fp32 applies to a --checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [True, False])
+def test_recognizer_on_a_gpu_reads_as_eval(run, bf16):
+    """On a GPU, through the Triton kernels, the Recognizer's texts are eval's in the same
+    precision (bf16: the run's; False: --fp32)."""
+    set_backend("auto")
+    try:
+        budgets = load_trained(run["checkpoint"]).model.cfg.budgets
+        device = torch.device("cuda")
+        trained = load_trained(run["checkpoint"], device)
+        for index, budget in enumerate(budgets):
+            recognizer = Recognizer.from_checkpoint(run["checkpoint"], budget, device="cuda",
+                                                    bf16=None if bf16 else False)
+            assert recognizer.bf16 == bf16
+            gates = trained.subnet_gates(index).to(device)
+            expected = transcribe(trained.model, run["records"], trained.tokenizer(),
+                                  [(gates, index)], device, batch_frames=40000, bf16=bf16,
+                                  frozen_weights=True)[0]
+            assert recognizer.transcribe(run["paths"]) == expected
+    finally:
+        set_backend("torch")
+
+
 def test_exported_subnet_transcribes_alone_like_the_supernet(run, tmp_path):
     trained = load_trained(run["checkpoint"])
     sub = extract_subnet(trained.model, trained.subnet_gates(0), head=0)
