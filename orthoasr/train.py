@@ -15,15 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-from .checkpoint import TRAINING_KIND, load_checkpoint
+from .checkpoint import TRAINING_KIND, CheckpointError, kept_checkpoints, load_checkpoint
 from .cli import number
 from .data import AudioError
 from .distributed import shutdown
 from .run_config import RunConfig, load_run_config, presets
 from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
-from .trainer_checkpoints import CHECKPOINT, RESUME_KEYS, TrainingDiverged
-from .workdir import WorkDirError, WorkDirLock, prepare_work_dir
+from .trainer_checkpoints import CHECKPOINT, CHECKPOINTS, RESUME_KEYS, TrainingDiverged
+from .workdir import WorkDirError, WorkDirLock, prepare_work_dir, run_files
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -45,6 +45,13 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                                 or stop_at < 1):
         raise ValueError(f"stop_at must be a step >= 1 (or None: run to the end), got "
                          f"{stop_at!r}")
+    if run.model.budgets[-1] != 1.0 and not run.fixed_gates:
+        # stage 1 trains the supernet (every unit on) beside the budgets below the largest,
+        # so the scores that would pick the largest budget's extra units never train
+        raise ValueError(f"model.budgets must end with 1.0 (the supernet) to train, got "
+                         f"{list(run.model.budgets)}: stage 1 draws the subnets below the "
+                         "largest budget, so the largest one's units would be chosen by "
+                         "untrained scores")
     work_dir = Path(work_dir)
     resume = resume or resume_from is not None
     for name, given in (("schedule", allow_schedule_change), ("data", allow_data_change)):
@@ -56,8 +63,11 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         prepare_work_dir(work_dir, resume, overwrite)
     checkpoint = Path(resume_from) if resume_from is not None else work_dir / CHECKPOINT
     if resume and not checkpoint.exists():
-        raise WorkDirError(f"nothing to resume: {checkpoint} not found (start a new run "
-                           "without --resume)")
+        # "start anew" would be refused where the run left other files
+        fresh = (" (start a new run without --resume)" if not run_files(work_dir) else
+                 " (start a new run with --overwrite, which moves the old one aside)")
+        raise WorkDirError(f"nothing to resume: {checkpoint} not found"
+                           f"{_kept_checkpoints_advice(work_dir, checkpoint) or fresh}")
     check_eval_manifests(run)
     work_dir.mkdir(parents=True, exist_ok=True)
     lock = WorkDirLock(work_dir) if world_is_main else None
@@ -107,10 +117,19 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
     trainer = Trainer(run, work_dir)
     world = trainer.world
     if resume:
-        trainer.restore(load_checkpoint(checkpoint, trainer.device, TRAINING_KIND,
-                                        needs=RESUME_KEYS),
-                        checkpoint, allow_schedule_change, allow_data_change)
+        try:
+            state = load_checkpoint(checkpoint, trainer.device, TRAINING_KIND,
+                                    needs=RESUME_KEYS)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}{_kept_checkpoints_advice(work_dir, checkpoint)}"
+                                  ) from None
+        trainer.restore(state, checkpoint, allow_schedule_change, allow_data_change)
         trainer.metrics_kept_until = trainer.step
+        if stop_at is not None and stop_at < trainer.step:
+            raise ValueError(f"--stop-at {stop_at} (stop_at) is before the step of the "
+                             f"checkpoint resumed, {trainer.step} ({checkpoint}): give a "
+                             "later step, or resume from an earlier checkpoint with "
+                             "--resume-from")
         if world.is_main:
             print(f"resumed from {checkpoint} at step {trainer.step}")
     else:
@@ -158,6 +177,17 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
         trainer.step_graphs.release()
     shutdown(world)
     return trainer
+
+
+def _kept_checkpoints_advice(work_dir: Path, failed: Path) -> str:
+    """The run's kept checkpoints other than `failed` (checkpoint.pt is a hard link to the
+    newest) and how to continue from one; "" if there are none."""
+    kept = [p for p in kept_checkpoints(work_dir / CHECKPOINTS)
+            if not (failed.exists() and os.path.samefile(p, failed))]
+    if not kept:
+        return ""
+    return (f"; {work_dir / CHECKPOINTS} keeps {', '.join(p.name for p in kept)}: continue "
+            f"from the newest that loads with --resume-from {kept[-1]}")
 
 
 def unreadable_training_audio(trainer: Trainer, err: AudioError) -> AudioError:

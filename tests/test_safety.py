@@ -198,6 +198,46 @@ def test_a_resume_that_fails_while_starting_keeps_the_metrics(corpus, tmp_path, 
     assert load_checkpoint(work / "checkpoint.pt")["step"] == 1
 
 
+def test_a_resume_without_a_readable_checkpoint_pt_names_the_kept_ones(corpus, tmp_path,
+                                                                       capsys):
+    """A truncated or missing checkpoint.pt: the error names the run's other checkpoints and
+    the --resume-from that continues from one (not "start a new run", which is refused)."""
+    work, kept = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    run = short_run(corpus, "ckpt_every=1")
+    train(run, work)
+    argv = ["train", "--work-dir", str(work), "--resume", *as_overrides(run)]
+    with open(work / "checkpoint.pt", "r+b") as f:     # and step 2's, its hard link
+        f.truncate(1000)
+    err = cli_error(capsys, argv)
+    assert "corrupt or truncated" in err and "keeps step-0000001.pt:" in err
+    assert err.endswith(f"--resume-from {kept / 'step-0000001.pt'}")
+    (work / "checkpoint.pt").unlink()
+    err = cli_error(capsys, argv)
+    assert "checkpoint.pt not found" in err and "without --resume" not in err
+    assert err.endswith(f"--resume-from {kept / 'step-0000002.pt'}")
+    assert train(run, work, resume_from=kept / "step-0000001.pt").step == 2
+    shutil.rmtree(kept)
+    (work / "checkpoint.pt").unlink()
+    assert "start a new run with --overwrite" in cli_error(capsys, argv)
+
+
+def test_a_stop_before_the_resumed_step_is_refused(corpus, finished, tmp_path, capsys):
+    """It did nothing and exited 0 (the checkpoint rewritten at its own step)."""
+    run = tiny_run(corpus, "stage1_steps=1", "stage2_steps=1")
+    err = cli_error(capsys, ["train", "--work-dir", str(finished), "--resume", "--stop-at",
+                             "1", *as_overrides(run)])
+    assert "--stop-at 1 (stop_at) is before the step of the checkpoint resumed, 2" in err
+
+
+def test_budgets_below_a_supernet_are_refused(corpus, tmp_path):
+    """Stage 1 draws the budgets below the largest: with the largest under 1.0 its extra
+    units (with one budget, all of them) were picked by the scores' untrained noise."""
+    for budgets in ("[0.5]", "[0.4,0.7]"):
+        with pytest.raises(ValueError, match=r"model.budgets must end with 1.0 .*untrained"):
+            train(tiny_run(corpus, f"model.budgets={budgets}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_resume_names_what_a_cut_down_checkpoint_lacks(corpus, finished, tmp_path):
     state = load_checkpoint(finished / "checkpoint.pt")
     del state["optimizer"], state["rng"], state["format"]
