@@ -152,8 +152,12 @@ class _EpochPlans:
         while True:
             plan = self.data.epoch_batches(epoch)
             if not plan:
-                raise ValueError("an epoch of the training manifest holds no batch (fewer "
-                                 "batches than buckets_per_step?)")
+                run, ranks = self.data.run, self.data.sampler.num_replicas
+                raise ValueError(
+                    f"training manifest {run.train_manifest}: epoch {epoch} makes fewer "
+                    f"batches of max_frames={run.max_frames} than one step takes, {ranks} "
+                    f"rank(s) x buckets_per_step={run.buckets_per_step}; lower max_frames "
+                    "or train on more utterances")
             for batch in plan[index:]:
                 index += 1
                 self.positions.append((epoch, index))

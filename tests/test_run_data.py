@@ -9,6 +9,7 @@ import torch
 from test_train import tiny_run, write_corpus
 
 from orthoasr.data import LogMel, load_manifest
+from orthoasr.distributed import World
 from orthoasr.run_data import (
     TrainData,
     ctc_frames_needed,
@@ -91,3 +92,17 @@ def test_shape_classes_hold_audio_that_the_manifest_understates(tmp_path):
         waves, wave_lengths, _, _ = next(batches)[2]
         assert int(wave_lengths.max()) <= waves.shape[1]
     batches.close()
+
+
+@pytest.mark.parametrize("ranks, buckets", [(2, 1), (1, 2)])
+def test_an_epoch_too_small_for_a_step_names_max_frames_and_the_ranks(tmp_path, ranks,
+                                                                        buckets):
+    """12 short utterances make one batch of max_frames=20000: too few for two ranks (the
+    message blamed buckets_per_step, which torchrun users had left at 1) or two buckets."""
+    run = tiny_run(write_corpus(tmp_path / "corpus"), "max_frames=20000",
+                   f"buckets_per_step={buckets}")
+    data = TrainData(run, make_tokenizer(run, tmp_path), world=World(0, ranks))
+    with pytest.raises(ValueError, match=rf"train.jsonl: epoch 0 makes fewer batches of "
+                                         rf"max_frames=20000 than one step takes, {ranks} "
+                                         rf"rank\(s\) x buckets_per_step={buckets}; lower"):
+        next(data.batches(0, 0))
