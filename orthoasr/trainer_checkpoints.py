@@ -103,10 +103,20 @@ class TrainerCheckpoints:
 
     @functools.cached_property
     def train_manifest_digest(self) -> str | None:
-        """sha256 of the training manifest (None for a LibriSpeech-layout folder): a resume
-        checks that it trains on the data the run began with, wherever that lies now."""
+        """sha256 of the training manifest: a resume checks that it trains on the data the
+        run began with, wherever that lies now. For a LibriSpeech-layout folder, of its
+        transcripts (each one's path in the folder and its contents), which list its
+        utterances."""
         path = Path(self.run.train_manifest)
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if path.is_file():
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        if not path.is_dir():
+            return None
+        digest = hashlib.sha256()
+        for trans in sorted(path.rglob("*.trans.txt")):
+            contents = hashlib.sha256(trans.read_bytes()).hexdigest()
+            digest.update(f"{trans.relative_to(path).as_posix()} {contents}\n".encode())
+        return digest.hexdigest()
 
     def check_same_training_data(self, state: dict, allow_change: bool = False) -> None:
         """ValueError if the checkpoint's run trained on another manifest than the config's,

@@ -287,6 +287,27 @@ def test_a_manifest_edited_in_place_needs_allow_data_change(tmp_path, capsys):
                                                       str(tmp_path / "new"), flag])
 
 
+def test_a_librispeech_folder_edited_in_place_needs_allow_data_change(tmp_path):
+    """A LibriSpeech-layout training folder whose transcripts changed between the stop and
+    the resume was read without a word (only a manifest file's sha256 was recorded)."""
+    corpus = write_corpus(tmp_path / "corpus", n=8)
+    chapter = tmp_path / "libri" / "19" / "198"
+    chapter.mkdir(parents=True)
+    lines = []
+    for i, record in enumerate(load_manifest(corpus / "train.jsonl")):
+        shutil.copy(record["audio_filepath"], chapter / f"19-198-{i:04d}.wav")
+        lines.append(f"19-198-{i:04d} {record['text'].upper()}\n")
+    trans = chapter / "19-198.trans.txt"
+    trans.write_text("".join(lines))
+    run, work = short_run(corpus, f"train_manifest={tmp_path / 'libri'}"), tmp_path / "run"
+    train(run, work, stop_at=1)
+    assert train(run, work, resume=True, stop_at=1).step == 1     # unchanged: resumes
+    trans.write_text("".join(lines[1:]))
+    with pytest.raises(ValueError, match=r"their contents differ.*--allow-data-change"):
+        train(run, work, resume=True)
+    assert train(run, work, resume=True, allow_data_change=True).step == 2
+
+
 def test_an_unreadable_training_clip_stops_the_run_with_a_checkpoint(tmp_path, capsys):
     """A clip whose audio cannot be read though its header can (a FLAC with corrupt frames)
     in the epoch's second batch: one line naming it, read in a loader worker too
