@@ -204,8 +204,9 @@ def ctc_frames_needed(token_ids: list[int]) -> int:
 def filter_records(records: list[dict], run: RunConfig, tokenizer, report: bool = True
                    ) -> list[dict]:
     """The training records of at most `max_duration` s and at least `min_duration()`, whose
-    transcript (in `tokenizer`'s ids) CTC can align to their audio; the counts dropped are
-    printed, and dropping everything is an error that gives them.
+    transcript `tokenizer` encodes without its unknown piece and CTC can align to their
+    audio; the counts dropped are printed, and dropping everything is an error that gives
+    them.
 
     An unalignable transcript has an infinite CTC loss, which the trainer's zero_infinity
     turns into a zero loss and no gradient: kept, such utterances would train on nothing
@@ -216,10 +217,13 @@ def filter_records(records: list[dict], run: RunConfig, tokenizer, report: bool 
     too_long = [r for r in records if r["duration"] > run.max_duration]
     too_short = [r for r in records if r["duration"] < shortest]
     fitting = [r for r in records if shortest <= r["duration"] <= run.max_duration]
-    kept, too_many_tokens = [], []
+    kept, too_many_tokens, unknown = [], [], []
     for record in fitting:
-        needed = ctc_frames_needed(tokenizer.encode(record["text"]))
-        if needed <= output_frames(record["duration"], logmel):
+        ids = tokenizer.encode(record["text"])
+        needed = ctc_frames_needed(ids)
+        if tokenizer.unknown_id in ids:
+            unknown.append(record)
+        elif needed <= output_frames(record["duration"], logmel):
             kept.append(record)
         else:
             too_many_tokens.append((record, needed))
@@ -238,6 +242,16 @@ def filter_records(records: list[dict], run: RunConfig, tokenizer, report: bool 
             f"{needed} frames needed, {output_frames(record['duration'], logmel)} in its "
             f"{record['duration']:.2f} s (fast speech, or, if many, texts and audio paired "
             "wrongly)")
+    if unknown:
+        # the tokenizer has a piece for every character of the transcripts it was trained
+        # on: a resume's changed manifest may bring others, which would train the model to
+        # output the unknown piece
+        text = unknown[0]["text"]
+        missing = "".join(c for c in sorted(set(text) - {" "})
+                          if tokenizer.unknown_id in tokenizer.encode(c))
+        dropped.append(f"{len(unknown)} whose transcript holds characters that the run's "
+                       f"tokenizer has no piece for, e.g. {missing!r} in "
+                       f"{unknown[0]['audio_filepath']}")
     summary = (f"training manifest {run.train_manifest}: {len(records)} utterances, "
                f"{len(kept)} kept" + (f"; skipped {', '.join(dropped)}" if dropped else ""))
     if not kept:

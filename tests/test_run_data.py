@@ -106,3 +106,19 @@ def test_an_epoch_too_small_for_a_step_names_max_frames_and_the_ranks(tmp_path, 
                                          rf"max_frames=20000 than one step takes, {ranks} "
                                          rf"rank\(s\) x buckets_per_step={buckets}; lower"):
         next(data.batches(0, 0))
+
+
+def test_transcripts_with_characters_the_tokenizer_lacks_are_left_out_and_reported(
+        tmp_path, capsys):
+    """A resume on a changed manifest keeps the run's tokenizer: characters it was not
+    trained on encode to its unknown piece, which those utterances trained the model to
+    output, silently. They are dropped and counted with the other filters."""
+    run = tiny_run(write_corpus(tmp_path / "corpus"))
+    tokenizer = make_tokenizer(run, tmp_path)
+    records = load_manifest(run.train_manifest)
+    records[5]["text"] += " café 42"
+    kept = filter_records(records, run, tokenizer)
+    assert len(kept) == 11 and records[5] not in kept
+    assert ("12 utterances, 11 kept; skipped 1 whose transcript holds characters that the "
+            f"run's tokenizer has no piece for, e.g. '24acé' in {records[5]['audio_filepath']}"
+            in capsys.readouterr().out)

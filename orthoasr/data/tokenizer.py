@@ -84,6 +84,11 @@ class Tokenizer:
         """Number of output classes including the blank."""
         return self.sp.get_piece_size() + 1
 
+    @property
+    def unknown_id(self) -> int:
+        """The id of the unknown piece, which a character without a piece encodes to."""
+        return self.sp.unk_id() + 1
+
     def encode(self, text: str) -> list[int]:
         return [i + 1 for i in self.sp.encode(normalize_text(text))]
 
