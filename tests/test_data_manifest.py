@@ -62,6 +62,9 @@ BAD_CASES = [
      "duration must be a positive finite number, got nan"),
     (b'{"audio_filepath": "good.wav", "duration": Infinity, "text": "x"}\n',
      "duration must be a positive finite number, got inf"),
+    # two labels for one audio (the same line twice, as good's, is taken as written)
+    ({"audio_filepath": "good.wav", "duration": 1.0, "text": "other"},
+     "good.wav is listed again with another transcript (first at line 1)"),
 ]
 
 

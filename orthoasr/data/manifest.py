@@ -5,9 +5,10 @@ A record is a dict with `audio_filepath` (absolute), `duration` (seconds), `text
 In a JSONL manifest a relative `audio_filepath` is relative to the manifest's folder.
 
 Bad input (missing or unreadable audio, empty transcript, non-UTF-8 line, bad JSON, duration
-mismatch, unsupported format) raises ManifestError naming the file and line; with
-`skip_bad=True` such records are dropped instead, counted in `records.skipped` and reported
-by a warning on the `orthoasr.data` logger.
+mismatch, unsupported format, one audio file listed with two transcripts) raises
+ManifestError naming the file and line; with `skip_bad=True` such records are dropped
+instead, counted in `records.skipped` and reported by a warning on the `orthoasr.data`
+logger.
 """
 
 from __future__ import annotations
@@ -77,13 +78,19 @@ def load_manifest(path: str | os.PathLike, skip_bad: bool = False, check_audio: 
 def _load_jsonl(path: Path, skip_bad: bool, check_audio: bool, normalize: bool,
                 tolerance: float) -> tuple[list[dict], list[str]]:
     records, skipped = [], []
+    first_seen: dict[str, tuple[int, str]] = {}   # audio -> (line, text) of the record kept
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             try:
-                records.append(_jsonl_record(path, lineno, raw, check_audio, normalize,
-                                             tolerance))
+                record = _jsonl_record(path, lineno, raw, check_audio, normalize, tolerance)
+                line, text = first_seen.setdefault(record["audio_filepath"],
+                                                   (lineno, record["text"]))
+                if text != record["text"]:   # two labels for one audio: which is right?
+                    raise ManifestError(path, lineno, f"{record['audio_filepath']} is listed "
+                                        f"again with another transcript (first at line {line})")
+                records.append(record)
             except ManifestError as err:
                 if not skip_bad:
                     raise
