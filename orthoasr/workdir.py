@@ -37,6 +37,10 @@ def prepare_work_dir(work_dir: str | Path, resume: bool, overwrite: bool) -> Pat
                            "the run in the work dir, --overwrite moves it aside")
     if work_dir.exists() and not work_dir.is_dir():
         raise WorkDirError(f"work dir {work_dir} is a file, not a directory")
+    if work_dir.is_dir():
+        # first: a running run's files (or their absence, before its first checkpoint) say
+        # nothing about what to do
+        check_unlocked(work_dir)
     found = run_files(work_dir) if work_dir.is_dir() else []
     if resume or not found:
         return None
@@ -45,7 +49,6 @@ def prepare_work_dir(work_dir: str | Path, resume: bool, overwrite: bool) -> Pat
             f"work dir {work_dir} already holds a run ({', '.join(found)}); add --resume to "
             f"continue it, or --overwrite to move it aside to {_aside_name(work_dir)} and "
             "start a new one")
-    check_unlocked(work_dir)
     aside = _aside_name(work_dir)
     os.rename(work_dir, aside)
     print(f"moved the previous run in {work_dir} to {aside}", flush=True)
@@ -77,28 +80,47 @@ class WorkDirLock:
 
     def __enter__(self) -> WorkDirLock:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = _lock_owner(self.path)
-                if owner is not None and not _is_stale(owner):
-                    raise _in_use(self.work_dir, owner) from None
-                print(f"note: removing the stale lock {self.path} (left by "
-                      f"{'an unreadable owner' if owner is None else f'process {owner[0]}'}, "
-                      "which is no longer running)", flush=True)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
-            self.held = True
-            return self
+        # written whole beside the lock, then linked into place: a lock file created empty
+        # and written after read as stale to a second process starting at the same moment,
+        # which replaced it, and both runs went on
+        mine = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+        mine.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        try:
+            for _ in range(2):
+                try:
+                    _link_or_create(mine, self.path)
+                except FileExistsError:
+                    owner = _lock_owner(self.path)
+                    if owner is not None and not _is_stale(owner):
+                        raise _in_use(self.work_dir, owner) from None
+                    print(f"note: removing the stale lock {self.path} (left by "
+                          f"{'an unreadable owner' if owner is None else f'process {owner[0]}'}"
+                          ", which is no longer running)", flush=True)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                self.held = True
+                return self
+        finally:
+            mine.unlink(missing_ok=True)
         raise WorkDirError(f"could not take the lock {self.path}")
 
     def __exit__(self, *exc) -> None:
         if self.held and _lock_owner(self.path) == (os.getpid(), socket.gethostname()):
             self.path.unlink(missing_ok=True)
         self.held = False
+
+
+def _link_or_create(source: Path, lock: Path) -> None:
+    """Make `lock` a hard link to `source` (FileExistsError if it exists); where the file
+    system has no hard links, create it exclusively and copy `source` in."""
+    try:
+        os.link(source, lock)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(source.read_text())
 
 
 def _lock_owner(path: Path) -> tuple[int, str] | None:

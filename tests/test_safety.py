@@ -97,6 +97,9 @@ def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tm
             WorkDirLock(work).__enter__()
         with pytest.raises(WorkDirError, match="in use by process"):
             train(short_run(corpus), work)
+        # before its first checkpoint: not "nothing to resume ... start a new run"
+        with pytest.raises(WorkDirError, match="in use by process"):
+            train(short_run(corpus), work, resume=True)
     assert not (work / ".lock").exists()
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -105,6 +108,31 @@ def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tm
     train(short_run(corpus), work)
     assert f"stale lock {work / '.lock'}" in capsys.readouterr().out
     assert load_checkpoint(work / "checkpoint.pt")["step"] == 2
+
+
+def test_a_lock_being_taken_is_not_taken_by_a_second_process(tmp_path, monkeypatch):
+    """A second lock that looks while the first is being written: the lock file was created
+    empty and then written, and an empty one read as stale, so both took it."""
+    import socket
+    work, taken = tmp_path / "run", []
+    first, second = WorkDirLock(work), WorkDirLock(work)
+    hostname = socket.gethostname
+
+    def second_looks_now():        # called as the first lock writes its owner
+        monkeypatch.setattr(socket, "gethostname", hostname)
+        try:
+            taken.append(second.__enter__())
+        except WorkDirError:
+            pass
+        return hostname()
+
+    monkeypatch.setattr(socket, "gethostname", second_looks_now)
+    try:
+        taken.append(first.__enter__())
+    except WorkDirError:
+        pass
+    assert len(taken) == 1
+    assert [p.name for p in work.iterdir()] == [".lock"]
 
 
 # ----------------------------------------------------------------------------- 5: signals
