@@ -22,7 +22,13 @@ from .distributed import shutdown
 from .run_config import RunConfig, load_run_config, presets
 from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
-from .trainer_checkpoints import CHECKPOINT, CHECKPOINTS, RESUME_KEYS, TrainingDiverged
+from .trainer_checkpoints import (
+    CHECKPOINT,
+    CHECKPOINTS,
+    RESUME_KEYS,
+    TrainingDiverged,
+    remove_partial_writes,
+)
 from .workdir import WorkDirError, WorkDirLock, prepare_work_dir, run_files
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -74,6 +80,9 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     if lock:
         lock.__enter__()
     try:
+        if lock and (removed := remove_partial_writes(work_dir)):
+            print(f"note: removed what a run killed while saving left: {', '.join(removed)}",
+                  flush=True)
         with _stop_signals_caught() as caught:
             trainer = _train(run, work_dir, resume, stop_at, checkpoint,
                              allow_schedule_change, allow_data_change, caught)
@@ -131,7 +140,10 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
                              "later step, or resume from an earlier checkpoint with "
                              "--resume-from")
         if world.is_main:
-            print(f"resumed from {checkpoint} at step {trainer.step}")
+            done = trainer.step >= run.total_steps
+            print(f"resumed from {checkpoint} at step {trainer.step}" +
+                  (f"; the run was already complete ({run.total_steps} steps): nothing to "
+                   "train" if done else ""))
     else:
         trainer.tokenizer = make_tokenizer(run, work_dir, world)
     data = TrainData(run, trainer.tokenizer, pin_memory=trainer.device.type == "cuda",

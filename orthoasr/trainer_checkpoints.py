@@ -48,6 +48,17 @@ AGREE_EVERY = 10
 RESUME_KEYS = ("tokenizer", "model", "selector", "optimizer", "epoch", "plan_position", "rng")
 
 
+def remove_partial_writes(work_dir: Path) -> list[str]:
+    """Delete what a run killed while saving left behind (a checkpoint's temporary file,
+    as large as a checkpoint; the link that was to replace checkpoint.pt) and return their
+    names. Only with the work dir's lock held: no other run is writing them then."""
+    leftovers = [*(work_dir / CHECKPOINTS).glob("step-*.pt.*.tmp"),
+                 *work_dir.glob(f"{CHECKPOINT}.*.link")]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return [path.name for path in leftovers]
+
+
 class TrainingDiverged(RuntimeError):
     """A non-finite loss or weights: training stops; the message names the checkpoints kept
     and how to resume from one with a lower learning rate."""

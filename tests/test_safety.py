@@ -257,6 +257,26 @@ def test_a_stop_before_the_resumed_step_is_refused(corpus, finished, tmp_path, c
     assert "--stop-at 1 (stop_at) is before the step of the checkpoint resumed, 2" in err
 
 
+def test_a_resume_removes_partial_writes_and_says_when_the_run_is_done(corpus, finished,
+                                                                       tmp_path, capsys):
+    """A run killed while saving leaves a checkpoint's temporary file (as large as a
+    checkpoint) and the link meant to replace checkpoint.pt; nothing removed them. A resume
+    of a finished run said only "resumed"."""
+    work = tmp_path / "run"
+    shutil.copytree(finished, work)
+    leftovers = [work / "checkpoints" / "step-0000003.pt.k2x9q1ab.tmp",
+                 work / "checkpoint.pt.4242.link"]
+    others = [work / "checkpoints" / "notes.tmp", work / "step-0000003.pt.k2x9q1ab.tmp"]
+    for path in leftovers + others:
+        path.write_bytes(b"partial")
+    train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1"), work, resume=True)
+    out = capsys.readouterr().out
+    assert "note: removed what a run killed while saving left: " in out
+    assert "the run was already complete (2 steps): nothing to train" in out
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in others)
+
+
 def test_budgets_below_a_supernet_are_refused(corpus, tmp_path):
     """Stage 1 draws the budgets below the largest: with the largest under 1.0 its extra
     units (with one budget, all of them) were picked by the scores' untrained noise."""
