@@ -152,7 +152,11 @@ class CompactConformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save(self, path: str | Path, tokenizer: bytes | None = None) -> Path:
-        """Write config, kept widths and weights (and optionally tokenizer bytes) atomically."""
+        """Write config, kept widths and weights (and optionally tokenizer bytes) atomically.
+        An earlier export at `path` is replaced; any other file (a training checkpoint) is
+        refused, as `orthoasr export --out` refuses it."""
+        path = Path(path)
+        check_replaceable("path", path, _why_not_a_subnet)
         tokenizer = self.tokenizer_bytes if tokenizer is None else tokenizer
         return save_checkpoint(path, {
             "kind": SUBNET_KIND, "config": self.cfg.to_dict(), "widths": self.widths,
@@ -348,18 +352,22 @@ def check_outputs(checkpoint: Path, out: Path, pt2: Path | None) -> None:
         raise ValueError(f"--out and --pt2 are the same file {out}; give each its own")
     for flag, path, why_not_an_export in (("--out", out, _why_not_a_subnet),
                                           ("--pt2", pt2, _why_not_a_program)):
-        if path is None or not path.exists():
-            continue
-        if path.is_dir():
-            raise ValueError(f"{flag} {path} is a folder; name a file in it")
-        if os.path.samefile(path, checkpoint):
+        if path is not None and path.is_file() and os.path.samefile(path, checkpoint):
             raise ValueError(f"{flag} {path} is the same file as --checkpoint {checkpoint}: "
                              f"writing it would destroy the training checkpoint; choose "
                              f"another {flag}")
-        reason = why_not_an_export(path)
-        if reason:
-            raise ValueError(f"{flag} {path} exists and is not an earlier export ({reason}); "
-                             f"it was left as it is: remove it or choose another {flag}")
+        if path is not None:
+            check_replaceable(flag, path, why_not_an_export)
+
+
+def check_replaceable(name: str, path: Path, why_not_an_export) -> None:
+    """Refuse to write over a folder or a file that is not an earlier export of its sort
+    (`why_not_an_export(path)`: None for one, else the reason); `name` names the argument."""
+    if path.is_dir():
+        raise ValueError(f"{name} {path} is a folder; name a file in it")
+    if path.exists() and (reason := why_not_an_export(path)):
+        raise ValueError(f"{name} {path} exists and is not an earlier export ({reason}); "
+                         f"it was left as it is: remove it or choose another {name}")
 
 
 def _why_not_a_subnet(path: Path) -> str | None:

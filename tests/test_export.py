@@ -115,6 +115,15 @@ def test_torch_export_and_save_load(tmp_path):
     torch.save({"format": 1, "kind": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="this needs an exported subnet"):
         load_subnet(tmp_path / "other.pt")
+    # an earlier export is replaced; another file (it wrote over any) and a folder are not
+    assert sub.save(path, tokenizer=b"again") == path
+    assert load_subnet(path).tokenizer_bytes == b"again"
+    before = (tmp_path / "other.pt").read_bytes()
+    with pytest.raises(ValueError, match="other.pt exists and is not an earlier export"):
+        sub.save(tmp_path / "other.pt")
+    assert (tmp_path / "other.pt").read_bytes() == before
+    with pytest.raises(ValueError, match="is a folder"):
+        sub.save(tmp_path)
 
 
 @pytest.mark.parametrize("gates", ["hard", "one_unit"])
