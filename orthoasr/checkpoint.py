@@ -185,7 +185,8 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
             "altered). It was not loaded: loading it could run code") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
             IndexError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # its first sentence: torch goes on with advice on how checkpoints get corrupted
+        reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason})"
                               ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
