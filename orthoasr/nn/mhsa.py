@@ -91,6 +91,7 @@ class GatedMHSA(nn.Module):
         Triton backend), and the call returns (that, the output)."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate, ungated_batch)
+        lengths = lengths.contiguous()     # the attention kernel reads lengths[b] at b
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
                    self.out_proj_bias)
         if triton_runs(x, lengths, gates):

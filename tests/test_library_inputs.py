@@ -1,0 +1,37 @@
+"""Inputs of the public library API that were taken without a word and gave wrong results,
+or failed with another library's internal error (a third audit, CPU): each module, the
+supernet, ctc_loss, the data classes and GraphedEncoder, on both backends where it matters
+(the Triton kernels under the CPU interpreter)."""
+
+import pytest
+import torch
+
+import orthoasr
+from orthoasr.nn import GatedConvModule, GatedFeedForward, GatedMHSA
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _modules():
+    """(module, gate count) for each gated module (non-trivial norms and biases)."""
+    modules = [(GatedFeedForward(16, 32, 2), 2), (GatedConvModule(16, 5), 1),
+               (GatedMHSA(16, 2), 2)]
+    with torch.no_grad():
+        for module, _ in modules:
+            for p in module.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return [(module.to(DEV).eval(), n) for module, n in modules]
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_strided_lengths_are_read_at_their_strides(backend):
+    """lengths[::2] of a longer tensor: GatedMHSA's attention kernel read lengths[1] from
+    the element after lengths[0] (0.4 off on the interpreter); now every module gives the
+    output of contiguous lengths."""
+    orthoasr.set_backend(backend)
+    x = torch.randn(2, 7, 16, device=DEV)
+    strided = torch.tensor([7, 0, 4, 0], device=DEV)[::2]
+    for module, n in _modules():
+        gates = torch.tensor([0.3, 0.8][:n], device=DEV)
+        torch.testing.assert_close(module(x, strided, gates),
+                                   module(x, strided.contiguous(), gates))
