@@ -35,3 +35,20 @@ def test_strided_lengths_are_read_at_their_strides(backend):
         gates = torch.tensor([0.3, 0.8][:n], device=DEV)
         torch.testing.assert_close(module(x, strided, gates),
                                    module(x, strided.contiguous(), gates))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_non_finite_padding_stays_out_of_each_modules_valid_frames(backend, poison):
+    """A module used alone, on x whose padded frames hold NaN or inf: GatedMHSA's reference
+    (the torch backend) gave NaN at every valid frame of that sequence (its masked keys'
+    values reached them as 0 * NaN); the kernels and the other modules did not."""
+    orthoasr.set_backend(backend)
+    x, lengths = torch.randn(2, 7, 16, device=DEV), torch.tensor([7, 4], device=DEV)
+    poisoned = x.clone()
+    poisoned[1, 4:] = poison
+    for module, n in _modules():
+        gates = torch.full((n,), 0.7, device=DEV)
+        clean, out = module(x, lengths, gates), module(poisoned, lengths, gates)
+        torch.testing.assert_close(out[:, :4], clean[:, :4])
+        torch.testing.assert_close(out[0], clean[0])

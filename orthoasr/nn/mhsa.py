@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
 from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
 
@@ -114,6 +115,9 @@ class GatedMHSA(nn.Module):
             same = compute_dtype(x) == x.dtype
             norm = [p.to(x.dtype) if same else p for p in (self.norm.weight, self.norm.bias)]
             y = F.layer_norm(x, (self.d_model,), *norm, self.norm.eps)
+            # zeros at padded frames, as the Triton LayerNorm writes them: a NaN or inf there
+            # would reach valid frames through the masked keys' values (0 * NaN in probs @ v)
+            y = torch.where(valid_mask(lengths, x.shape[1])[..., None], y, 0.0)
             out = gated_mhsa_reference(y, lengths, gates,
                                        *[w.to(x.dtype) if same else w for w in weights],
                                        self.num_heads, self.granularity, ungated_batch)
