@@ -52,3 +52,38 @@ def test_non_finite_padding_stays_out_of_each_modules_valid_frames(backend, pois
         clean, out = module(x, lengths, gates), module(poisoned, lengths, gates)
         torch.testing.assert_close(out[:, :4], clean[:, :4])
         torch.testing.assert_close(out[0], clean[0])
+
+
+@pytest.mark.parametrize("normalize", ["utterance", "voiced", None])
+@pytest.mark.parametrize("padding", ["noise", "nan"])
+def test_logmel_reads_no_sample_past_wave_lengths(normalize, padding):
+    """The last valid frame's window reaches ~120 samples past wave_lengths: LogMel read
+    what the batch held there (the rest of a recording, a NaN), so the valid features
+    differed from the utterance's alone (1.4 at most, normalised; all NaN for a NaN)."""
+    from orthoasr.data import LogMel
+    logmel = LogMel(normalize=normalize)
+    waves = 0.1 * torch.randn(2, 16000)
+    lengths = torch.tensor([16000, 12345])
+    alone, alone_lengths = logmel(waves[1:, :12345], lengths[1:])
+    waves[1, 12345:] = 0.1 * torch.randn(16000 - 12345) if padding == "noise" else float("nan")
+    feats, frame_lengths = logmel(waves, lengths)
+    n = int(alone_lengths[0])
+    assert int(frame_lengths[1]) == n
+    torch.testing.assert_close(feats[1, :n], alone[0, :n])
+    assert torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("waves, lengths, error, message", [
+    (torch.zeros(1, 800, dtype=torch.int16), torch.tensor([800]), TypeError,
+     r"waves must be floating point \(samples in \[-1, 1\]; 16-bit PCM: samples / 32768\), "
+     r"got torch.int16"),
+    (torch.zeros(1, 800), torch.tensor([800.5]), TypeError,
+     r"wave_lengths must be an integer tensor, got torch.float32"),
+    (torch.zeros(1, 800), [800], TypeError, r"wave_lengths must be an integer tensor, got list"),
+])
+def test_logmel_names_bad_dtypes(waves, lengths, error, message):
+    """Integer samples were taken as they were (16-bit PCM at 32768 times the scale) and float
+    wave_lengths gave float frame lengths that count one frame more than they say."""
+    from orthoasr.data import LogMel
+    with pytest.raises(error, match=message):
+        LogMel()(waves, lengths)

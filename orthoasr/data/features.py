@@ -99,8 +99,17 @@ class LogMel(nn.Module):
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if waves.dim() != 2:
-            raise ValueError(f"waves must be [B, S], got shape {tuple(waves.shape)}")
+        if not isinstance(waves, torch.Tensor) or waves.dim() != 2:
+            raise ValueError(f"waves must be [B, S], got shape "
+                             f"{tuple(getattr(waves, 'shape', ())) or type(waves).__name__}")
+        if not waves.is_floating_point():
+            raise TypeError(f"waves must be floating point (samples in [-1, 1]; 16-bit PCM: "
+                            f"samples / 32768), got {waves.dtype}")
+        if not isinstance(wave_lengths, torch.Tensor) or wave_lengths.is_floating_point() \
+                or wave_lengths.is_complex() or wave_lengths.dtype == torch.bool:
+            got = wave_lengths.dtype if isinstance(wave_lengths, torch.Tensor) else \
+                type(wave_lengths).__name__
+            raise TypeError(f"wave_lengths must be an integer tensor, got {got}")
         batch, samples = waves.shape
         if wave_lengths.shape != (batch,):    # [1] would broadcast over the batch
             raise ValueError(f"wave_lengths must be [B] = [{batch}], got shape "
@@ -120,9 +129,14 @@ class LogMel(nn.Module):
         batch, samples = waves.shape
         num_frames = samples // self.hop
         lead = (self.win - self.hop) // 2
+        wave_lengths = wave_lengths.to(waves.device)
+        # the last valid frames' windows reach past wave_lengths: zeros there, as for the
+        # utterance alone, whatever the batch holds (a NaN, or the rest of a recording)
+        waves = torch.where(torch.arange(samples, device=waves.device)[None, :]
+                            < wave_lengths[:, None], waves, 0.0)
         padded = nn.functional.pad(waves, (lead, self.win))
         frames = padded.unfold(1, self.win, self.hop)[:, :num_frames]        # [B, T, win]
-        frame_lengths = self.frame_lengths(wave_lengths.to(waves.device))
+        frame_lengths = self.frame_lengths(wave_lengths)
         if num_frames == 0:                       # shorter than one hop (a static shape)
             return waves.new_zeros(batch, 0, self.n_mels), frame_lengths
         spectrum = torch.fft.rfft(frames * self.window, n=self.n_fft)        # [B, T, F]
