@@ -14,6 +14,7 @@ import torch
 from .batch_streams import check_groups
 from .conditional import check_available
 from .kernels.common import FrozenOperands
+from .nn.common import check_module_inputs
 
 
 @contextlib.contextmanager
@@ -103,6 +104,10 @@ class GraphedEncoder:
                  gates: torch.Tensor | None = None, head: int = -1,
                  skip: frozenset[tuple[int, str]] = frozenset()) -> torch.Tensor:
         """x (B, T', D), lengths (B,) -> log_probs (B, T', V) float32."""
+        # checked before the padding: past it, lengths up to the padded T' would pass, and a
+        # replay copies gates into the graph's without the model's checks
+        check_module_inputs(x, lengths, None, self.model.cfg.d_model, 0, [])
+        self.model._check_gates(x, gates, head)
         B, T = x.shape[:2]
         if B == 0:           # no first row to pad with, nothing to replay: the model's empty output
             return self.model.encode(x, lengths, gates, head, skip)

@@ -87,3 +87,36 @@ def test_logmel_names_bad_dtypes(waves, lengths, error, message):
     from orthoasr.data import LogMel
     with pytest.raises(error, match=message):
         LogMel()(waves, lengths)
+
+
+def _tiny_supernet():
+    from orthoasr import ConformerSupernet, SupernetConfig
+    cfg = SupernetConfig(num_layers=2, d_model=32, num_heads=2, ff_dim=64, ff_chunks=2,
+                         conv_kernel=5, vocab_size=20, frontend_channels=(4, 8),
+                         budgets=(0.5, 1.0), dropout=0.0)
+    return ConformerSupernet(cfg).eval()
+
+
+@pytest.mark.parametrize("lengths, error, message", [
+    ([20, 6], ValueError, r"lengths must be in \[0, T=10\], got min 6, max 20"),
+    ([10, 6, 3], ValueError, r"lengths must have shape \(2,\), got \(3,\)"),
+    ([10], ValueError, r"lengths must have shape \(2,\), got \(1,\)"),
+    ([-1, 6], ValueError, r"lengths must be in \[0, T=10\], got min -1"),
+])
+def test_graphed_encoder_checks_lengths_against_the_unpadded_frames(lengths, error, message):
+    """GraphedEncoder pads T' up to a multiple of frame_step before the model's checks: a
+    length past T' (up to the padded size) ran over zero frames as if they were valid,
+    where model.encode refuses it; extra lengths were dropped, and too few an IndexError."""
+    from orthoasr.graphs import GraphedEncoder
+    orthoasr.set_backend("torch")
+    model = _tiny_supernet()
+    encoder = GraphedEncoder(model, use_graphs=False)
+    x = torch.randn(2, 10, 32)
+    with pytest.raises(error, match=message):
+        encoder(x, torch.tensor(lengths))
+    with pytest.raises(TypeError, match="lengths must be a tensor, got list"):
+        encoder(x, [10, 6])
+    with pytest.raises(ValueError, match=r"x must be a \(B, T, 32\) tensor, got \(10, 32\)"):
+        encoder(x[0], torch.tensor([10]))
+    with pytest.raises(ValueError, match=r"gates must have shape \(14,\)"):
+        encoder(x, torch.tensor([10, 6]), torch.ones(()))
