@@ -120,3 +120,40 @@ def test_graphed_encoder_checks_lengths_against_the_unpadded_frames(lengths, err
         encoder(x[0], torch.tensor([10]))
     with pytest.raises(ValueError, match=r"gates must have shape \(14,\)"):
         encoder(x, torch.tensor([10, 6]), torch.ones(()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("change, error, message", [
+    (dict(targets=[[1, 6, 3], [2, 2, 9]]), ValueError,
+     r"targets must be labels in \[0, V=6\) other than the blank \(0\) within their "
+     r"target_lengths, got 6"),
+    (dict(targets=[[1, -1, 3], [2, 2, 0]]), ValueError, r"got -1"),
+    (dict(targets=[[1, 0, 3], [2, 2, 0]]), ValueError, r"other than the blank \(0\)"),
+    (dict(targets=[1, 2, 3, 2, 200]), ValueError, r"got 200"),
+    (dict(targets=[[1.7, 2.2, 3.0], [2.0, 2.0, 0.0]]), TypeError,
+     r"targets must be integer labels, got torch.float32"),
+    (dict(blank=0.5), TypeError, r"blank must be an int, got 0.5"),
+    (dict(log_probs="int"), TypeError, r"log_probs must be floating point, got torch.int64"),
+    (dict(log_probs="no frames"), ValueError, r"log_probs has no frames \(T=0"),
+])
+def test_ctc_loss_refuses_labels_it_would_misread(backend, change, error, message):
+    """Labels past V were read out of bounds (torch's CPU CTC too: -1e18 for a label of
+    100), the blank as a label and float targets (truncated) gave a loss without a word,
+    a fractional blank ran on the kernel, int log_probs were taken as log-probabilities,
+    and T=0 crashed the interpreter (an out-of-bounds read)."""
+    orthoasr.set_backend(backend)
+    log_probs = torch.randn(12, 2, 6).log_softmax(-1)
+    args = dict(targets=[[1, 2, 3], [2, 2, 0]], blank=0)
+    args.update(change)
+    input_lengths, target_lengths = torch.tensor([12, 9]), torch.tensor([3, 2])
+    if args.get("log_probs") == "int":
+        log_probs = (10 * log_probs).long()
+    elif args.get("log_probs") == "no frames":
+        log_probs, input_lengths = log_probs[:0], torch.tensor([0, 0])
+    targets = torch.tensor(args["targets"])
+    with pytest.raises(error, match=message):
+        orthoasr.ctc_loss(log_probs, targets, input_lengths, target_lengths,
+                          blank=args["blank"])
+    # labels past a target's length are padding, whatever they hold
+    orthoasr.ctc_loss(torch.randn(12, 2, 6).log_softmax(-1), torch.tensor([[1, 2, -1], [2, 9, 9]]),
+                      input_lengths.clamp(min=1), torch.tensor([2, 1]))
