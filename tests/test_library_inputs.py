@@ -157,3 +157,29 @@ def test_ctc_loss_refuses_labels_it_would_misread(backend, change, error, messag
     # labels past a target's length are padding, whatever they hold
     orthoasr.ctc_loss(torch.randn(12, 2, 6).log_softmax(-1), torch.tensor([[1, 2, -1], [2, 9, 9]]),
                       input_lengths.clamp(min=1), torch.tensor([2, 1]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("step, error, message", [
+    ("broadcast y", ValueError, r"the residual step's y must be a tensor of x's shape "
+                                r"\(2, 7, 16\) on cpu, got \(1, 7, 16\)"),
+    ("short y", ValueError, r"y must be a tensor of x's shape \(2, 7, 16\) on cpu, got "
+                            r"\(2, 5, 16\)"),
+    ("int y", TypeError, r"the residual step's y must be"),
+    ("p = 1", ValueError, r"the residual step's dropout p must be in \[0, 1\), got 1.0"),
+    ("three items", ValueError, r"residual must be \(y, seed, scale, p\), got 3 items"),
+])
+def test_a_bad_residual_step_is_named_on_both_backends(backend, step, error, message):
+    """residual=(y, seed, scale, p): the torch backend broadcast a y of shape (1, T, D) over
+    the batch and took integer ys and p = 1 without a word (the Triton path refused them);
+    a three-item tuple was torch's 'Boolean value of Tensor' error in GatedMHSA."""
+    if DEV != "cpu":
+        pytest.skip("the messages name the CPU")
+    orthoasr.set_backend(backend)
+    x, lengths, y = torch.randn(2, 7, 16), torch.tensor([7, 4]), torch.randn(2, 7, 16)
+    residual = {"broadcast y": (y[:1], None, 0.5, 0.0), "short y": (y[:, :5], None, 0.5, 0.0),
+                "int y": (y.long(), None, 0.5, 0.0), "p = 1": (y, None, 0.5, 1.0),
+                "three items": (y, None, 0.5)}[step]
+    for module, n in _modules():
+        with pytest.raises(error, match=message):
+            module(x, lengths, torch.ones(n), residual=residual)

@@ -3,11 +3,13 @@ modules."""
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
 from ..backend import use_triton
-from ..kernels.residual_step import keep_mask
+from ..kernels.residual_step import check_seed, keep_mask
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPES = TRITON_DTYPES + (torch.float64,)
@@ -55,6 +57,31 @@ def check_module_inputs(x, lengths, gates, d_model: int, num_gates: int,
     if ungated_batch and (gates is None or not 0 < ungated_batch < B):
         raise ValueError(f"ungated_batch={ungated_batch} needs gates and fewer sequences than "
                          f"x's {B} (gates given: {gates is not None})")
+
+
+def check_residual_step(x: torch.Tensor, residual) -> None:
+    """ValueError/TypeError for a bad `residual=(y, seed, scale, p)` on either backend (the
+    torch backend broadcast a y of another shape and took integer ys and p = 1)."""
+    if residual is None:
+        return
+    if not isinstance(residual, (tuple, list)) or len(residual) != 4:
+        got = f"{len(residual)} items" if isinstance(residual, (tuple, list)) else \
+            type(residual).__name__
+        raise ValueError(f"residual must be (y, seed, scale, p), got {got}")
+    y, seed, scale, p = residual
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
+        raise ValueError(f"the residual step's y must be a tensor of x's shape "
+                         f"{tuple(x.shape)} on {x.device}, got "
+                         f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
+    if not y.is_floating_point():
+        raise TypeError(f"the residual step's y must be floating point, got {y.dtype}")
+    for name, value in (("scale", scale), ("dropout p", p)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"the residual step's {name} must be a number, got {value!r}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"the residual step's dropout p must be in [0, 1), got {p}")
+    if p > 0 and seed is not None:
+        check_seed(seed, x.device)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

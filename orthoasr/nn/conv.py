@@ -7,7 +7,13 @@ from torch import nn
 
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
 
-from .common import check_module_inputs, compute_dtype, torch_residual_step, triton_runs
+from .common import (
+    check_module_inputs,
+    check_residual_step,
+    compute_dtype,
+    torch_residual_step,
+    triton_runs,
+)
 
 
 class GatedConvModule(nn.Module):
@@ -65,6 +71,7 @@ class GatedConvModule(nn.Module):
                   self.norm_conv.bias, self.pointwise2.weight, self.pointwise2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, 1, params,
                             ungated_batch=ungated_batch)
+        check_residual_step(x, residual)
         dtype = compute_dtype(x)
         if triton_runs(x, lengths, gates):   # x as it is: the kernels' LayerNorm casts it
             out = gated_conv(x, lengths, *params, gates, dtype, operands, ungated_batch,

@@ -7,7 +7,13 @@ from torch import nn
 
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_reference
 
-from .common import check_module_inputs, compute_dtype, torch_residual_step, triton_runs
+from .common import (
+    check_module_inputs,
+    check_residual_step,
+    compute_dtype,
+    torch_residual_step,
+    triton_runs,
+)
 
 
 class GatedFeedForward(nn.Module):
@@ -82,6 +88,7 @@ class GatedFeedForward(nn.Module):
                   self.linear2.weight, self.linear2.bias]
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates, params,
                             ungated_batch=ungated_batch)
+        check_residual_step(x, residual)
         dtype = compute_dtype(x)
         module_gate = self.granularity == "module"
         triton = triton_runs(x, lengths, gates)

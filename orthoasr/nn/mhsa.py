@@ -13,7 +13,13 @@ from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
 from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
 
 from ..config import GRANULARITIES
-from .common import check_module_inputs, compute_dtype, torch_residual_step, triton_runs
+from .common import (
+    check_module_inputs,
+    check_residual_step,
+    compute_dtype,
+    torch_residual_step,
+    triton_runs,
+)
 
 
 class GatedMHSA(nn.Module):
@@ -92,6 +98,7 @@ class GatedMHSA(nn.Module):
         Triton backend), and the call returns (that, the output)."""
         check_module_inputs(x, lengths, gates, self.d_model, self.num_gates,
                             list(self.parameters()), validate, ungated_batch)
+        check_residual_step(x, residual)
         lengths = lengths.contiguous()     # the attention kernel reads lengths[b] at b
         weights = (self.in_proj_weight, self.in_proj_bias, self.out_proj_weight,
                    self.out_proj_bias)
