@@ -183,3 +183,24 @@ def test_a_bad_residual_step_is_named_on_both_backends(backend, step, error, mes
     for module, n in _modules():
         with pytest.raises(error, match=message):
             module(x, lengths, torch.ones(n), residual=residual)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_frames=float("nan")), r"max_frames must be a finite number > 0, got nan"),
+    (dict(bucket_width=0), r"bucket_width must be an int >= 1, got 0"),
+    (dict(bucket_width=-5), r"bucket_width must be an int >= 1, got -5"),
+    (dict(durations=[1.0, float("nan")]), r"durations must be finite seconds >= 0; "
+                                          r"utterance 1 has nan \(1 such\)"),
+    (dict(durations=[1.0, -2.0, float("inf")]), r"utterance 1 has -2.0 \(2 such\)"),
+])
+def test_bucket_batch_sampler_refuses_values_that_plan_wrong(kwargs, message):
+    """max_frames=NaN passed the `<= 0` check and put every utterance in one batch; a
+    negative bucket_width reversed the length order and 0 divided by zero; negative
+    durations became 1 frame, and NaN or inf ones failed inside math.ceil."""
+    from orthoasr.data import BucketBatchSampler
+    args = dict(durations=[1.0, 2.0, 0.5], max_frames=300)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        BucketBatchSampler(args.pop("durations"), **args)
+    assert list(BucketBatchSampler([1.0, 2.0, 0.5], 300, shuffle=False)) == [[2, 0], [1]]
+    assert list(BucketBatchSampler([], 300)) == []

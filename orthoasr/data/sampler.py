@@ -13,6 +13,7 @@ its class's shape.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from functools import partial
 
@@ -141,8 +142,18 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __init__(self, durations: Sequence[float], max_frames: int, shuffle: bool = True,
                  seed: int = 0, num_replicas: int = 1, rank: int = 0,
                  bucket_width: int = 50, classes: ShapeClasses | None = None):
-        if max_frames <= 0:
-            raise ValueError(f"max_frames must be positive, got {max_frames}")
+        # NaN passed `<= 0`, and every comparison with it is False: one batch of everything
+        if isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Real) or \
+                not math.isfinite(max_frames) or max_frames <= 0:
+            raise ValueError(f"max_frames must be a finite number > 0, got {max_frames!r}")
+        if isinstance(bucket_width, bool) or not isinstance(bucket_width, numbers.Integral) \
+                or bucket_width < 1:
+            raise ValueError(f"bucket_width must be an int >= 1, got {bucket_width!r}")
+        durations = np.asarray(durations, dtype=np.float64).reshape(-1) if len(durations) \
+            else np.zeros(0)
+        if bad := np.flatnonzero(~np.isfinite(durations) | (durations < 0)).tolist():
+            raise ValueError(f"durations must be finite seconds >= 0; utterance {bad[0]} has "
+                             f"{durations[bad[0]]} ({len(bad)} such)")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         self.frames = duration_frames(durations)
