@@ -159,6 +159,8 @@ def check_features(cfg: SupernetConfig, weight_dtype: torch.dtype, features, len
             lengths, torch.Tensor) else type(lengths).__name__
         raise ValueError(f"lengths must be an int tensor of shape ({features.shape[0]},), "
                          f"got {got}")
+    if lengths.device != features.device:
+        raise ValueError(f"lengths are on {lengths.device} but features on {features.device}")
     if lengths.device.type == "cpu" and lengths.numel() and \
             not torch.compiler.is_compiling() and \
             (int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]):
@@ -326,6 +328,7 @@ class ConformerSupernet(nn.Module):
         that are all 1 there the output is the same, from the dense path. frozen_operands,
         skip_dead_blocks, batch_streams: as run_blocks takes them."""
         self._check_gates(x, gates, head)
+        self._check_embedded(x)
         x = self.run_blocks(self.dropout(x), lengths, gates, skip, full,
                             frozen_operands=frozen_operands, skip_dead_blocks=skip_dead_blocks,
                             batch_streams=batch_streams)
@@ -523,8 +526,19 @@ class ConformerSupernet(nn.Module):
     def _check_features(self, features, lengths) -> None:
         check_features(self.cfg, self.frontend.proj.weight.dtype, features, lengths)
 
+    def _check_embedded(self, x) -> None:
+        """encode's x: `embed`'s output dtype (the weights', or any under autocast); the
+        modules check its shape."""
+        weight = self.heads[0].weight.dtype
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != weight and \
+                not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the model's weights are {weight}; convert "
+                            f"with x.to({weight})")
+
     def _check_gates(self, x, gates, head) -> None:
         if gates is not None:
+            if not isinstance(gates, torch.Tensor):
+                raise TypeError(f"gates must be a tensor or None, got {type(gates).__name__}")
             if gates.shape != (self.num_units,):
                 raise ValueError(f"gates must have shape ({self.num_units},) (one per unit), "
                                  f"got {tuple(gates.shape)}")

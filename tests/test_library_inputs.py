@@ -204,3 +204,24 @@ def test_bucket_batch_sampler_refuses_values_that_plan_wrong(kwargs, message):
         BucketBatchSampler(args.pop("durations"), **args)
     assert list(BucketBatchSampler([1.0, 2.0, 0.5], 300, shuffle=False)) == [[2, 0], [1]]
     assert list(BucketBatchSampler([], 300)) == []
+
+
+def test_the_supernet_names_devices_dtypes_and_gate_types():
+    """Lengths on another device than the features were torch's 'Tensor on device cpu is not
+    on the expected device meta!'; gates as a NumPy array 'gates are on cpu but features on
+    cpu' and as a list an AttributeError; encode's float64 x with float32 weights 'mixed
+    dtype (CPU)'."""
+    orthoasr.set_backend("torch")
+    model = _tiny_supernet()
+    features, lengths = torch.randn(2, 40, 80), torch.tensor([40, 21])
+    with pytest.raises(ValueError, match=r"lengths are on meta but features on cpu"):
+        model(features, lengths.to("meta"))
+    gates = torch.ones(model.num_units)
+    for wrong, name in ((gates.numpy(), "ndarray"), (gates.tolist(), "list")):
+        with pytest.raises(TypeError, match=rf"gates must be a tensor or None, got {name}"):
+            model(features, lengths, wrong)
+    x, out_lengths = model.embed(features, lengths)
+    with pytest.raises(TypeError, match=r"x is torch.float64 but the model's weights are "
+                                        r"torch.float32; convert with x.to\(torch.float32\)"):
+        model.encode(x.double(), out_lengths, gates)
+    model.double().encode(x.double(), out_lengths, gates.double())   # float64 weights take it
