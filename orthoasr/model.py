@@ -549,7 +549,8 @@ class ConformerSupernet(nn.Module):
             if gates.device.type == "cpu" and not gates.requires_grad and \
                     not bool(torch.isfinite(gates).all()):
                 raise ValueError("gates contain NaN or inf")
-        if not isinstance(head, int) or not -len(self.heads) <= head < len(self.heads):
+        if isinstance(head, bool) or not isinstance(head, int) or \
+                not -len(self.heads) <= head < len(self.heads):
             raise ValueError(f"head must be an int in [-{len(self.heads)}, "
                              f"{len(self.heads) - 1}] (one per budget), got {head!r}")
 

@@ -225,3 +225,29 @@ def test_the_supernet_names_devices_dtypes_and_gate_types():
                                         r"torch.float32; convert with x.to\(torch.float32\)"):
         model.encode(x.double(), out_lengths, gates)
     model.double().encode(x.double(), out_lengths, gates.double())   # float64 weights take it
+
+
+def test_spec_augment_load_audio_and_head_name_bad_values(tmp_path):
+    """Each failed inside torch or numpy (a float mask count in torch.rand, a 2-D input in
+    an unpack, a fractional rate in slicing), or was taken as another value: lengths of
+    shape [1] broadcast over the batch, head=True read as head 1."""
+    from orthoasr.data import SpecAugment, load_audio, write_wav
+    for options, name in (({"freq_masks": 2.5}, "freq_masks"), ({"time_masks": -1}, "time_masks"),
+                          ({"time_width": 2.0}, "time_width")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            SpecAugment(**options)
+    augment = SpecAugment().train()
+    with pytest.raises(ValueError, match=r"feats must be \[B, T, F\], got \(40, 80\)"):
+        augment(torch.randn(40, 80), torch.tensor([40]))
+    with pytest.raises(ValueError, match=r"lengths must be \[B\] = \[3\], got \(1,\)"):
+        augment(torch.randn(3, 40, 80), torch.tensor([40]))
+    write_wav(tmp_path / "a.wav", torch.zeros(1600).numpy())
+    for rate in (16000.5, "16000", 0):
+        with pytest.raises(ValueError, match=f"sample_rate must be an int >= 1 .*{rate!r}"):
+            load_audio(tmp_path / "a.wav", rate)
+    model = orthoasr.ConformerSupernet(orthoasr.SupernetConfig(
+        num_layers=1, d_model=16, num_heads=2, ff_dim=32, ff_chunks=2, conv_kernel=5,
+        vocab_size=10, frontend_channels=(4, 8), budgets=(0.5, 1.0)))
+    x, lengths = torch.randn(1, 8, 16), torch.tensor([8])
+    with pytest.raises(ValueError, match="head must be an int in .*got True"):
+        model.encode(x, lengths, torch.ones(model.num_units), head=True)

@@ -317,6 +317,8 @@ def _format_name(path: str) -> str:
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Decode `path` to a float32 mono tensor [samples] at `sample_rate` (channels averaged)."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
+        raise ValueError(f"sample_rate must be an int >= 1 (Hz), got {sample_rate!r}")
     data, rate = read_audio(path)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return torch.from_numpy(np.ascontiguousarray(resample(mono, rate, sample_rate)))

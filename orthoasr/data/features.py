@@ -193,13 +193,24 @@ class SpecAugment(nn.Module):
     def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 5,
                  time_width: float = 0.05):
         super().__init__()
-        if freq_masks < 0 or time_masks < 0 or freq_width < 0 or not 0 <= time_width <= 1:
-            raise ValueError("mask counts and widths must be >= 0 and time_width in [0, 1], "
-                             f"got {freq_masks}, {freq_width}, {time_masks}, {time_width}")
+        for name, count in (("freq_masks", freq_masks), ("freq_width", freq_width),
+                            ("time_masks", time_masks)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {count!r}")
+        if isinstance(time_width, bool) or not isinstance(time_width, (int, float)) \
+                or not 0 <= time_width <= 1:
+            raise ValueError(f"time_width must be a number in [0, 1], got {time_width!r}")
         self.freq_masks, self.freq_width = freq_masks, freq_width
         self.time_masks, self.time_width = time_masks, time_width
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
+            raise ValueError(f"feats must be [B, T, F], got "
+                             f"{tuple(getattr(feats, 'shape', ())) or type(feats).__name__}")
+        if not isinstance(lengths, torch.Tensor) or lengths.shape != feats.shape[:1]:
+            # [1] would broadcast one length over the batch
+            raise ValueError(f"lengths must be [B] = [{feats.shape[0]}], got "
+                             f"{tuple(getattr(lengths, 'shape', ())) or type(lengths).__name__}")
         if not self.training:
             return feats
         batch, frames, bins = feats.shape
