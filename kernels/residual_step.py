@@ -145,20 +145,32 @@ def step_context(args: dict, step: bool) -> dict:
                 res_dtype=args["res_y"].dtype if step else None)
 
 
-def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: float) -> None:
-    """ValueError for a residual step's bad inputs (x the stream, y the module output)."""
+def check_step_inputs(x: torch.Tensor, y, seed, p: float) -> None:
+    """ValueError/TypeError for a residual step's bad inputs on either backend (x the
+    stream, y the module output)."""
     if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
         raise ValueError(f"the residual step's y must be a tensor of x's shape {tuple(x.shape)} "
-                         f"on {x.device}, got {tuple(getattr(y, 'shape', ()))}")
-    if not y.is_floating_point() or y.dtype == torch.float64:
-        raise TypeError(f"the residual step's y must be float32, bfloat16 or float16, got "
-                        f"{y.dtype}")
+                         f"on {x.device}, got "
+                         f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
+    if not y.is_floating_point():
+        raise TypeError(f"the residual step's y must be floating point, got {y.dtype}")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"the residual step's dropout p must be in [0, 1), got {p}")
+    if seed is not None:            # None: the torch backend's own dropout draws the mask
+        check_seed(seed, x.device)
+
+
+def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: float) -> None:
+    """check_step_inputs, and what the kernels alone need: a seed for a dropout, no float64,
+    int32 indices."""
+    check_step_inputs(x, y, seed, p)
+    if p > 0:
+        check_seed(seed, x.device)
+    if y.dtype == torch.float64:
+        raise TypeError(f"the residual step's y must be float32, bfloat16 or float16, got "
+                        f"{y.dtype}")
     if x.numel() > MAX_ELEMENTS:
         raise ValueError(f"x has {x.numel()} elements; the kernels index at most {MAX_ELEMENTS}")
-    if p > 0 or seed is not None:
-        check_seed(seed, x.device)
 
 
 def step_in(x: torch.Tensor, res_y: torch.Tensor | None, seed: torch.Tensor | None,

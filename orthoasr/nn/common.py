@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import use_triton
-from ..kernels.residual_step import check_seed, keep_mask
+from ..kernels.residual_step import check_step_inputs, keep_mask
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DTYPES = TRITON_DTYPES + (torch.float64,)
@@ -69,19 +69,10 @@ def check_residual_step(x: torch.Tensor, residual) -> None:
             type(residual).__name__
         raise ValueError(f"residual must be (y, seed, scale, p), got {got}")
     y, seed, scale, p = residual
-    if not isinstance(y, torch.Tensor) or y.shape != x.shape or y.device != x.device:
-        raise ValueError(f"the residual step's y must be a tensor of x's shape "
-                         f"{tuple(x.shape)} on {x.device}, got "
-                         f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
-    if not y.is_floating_point():
-        raise TypeError(f"the residual step's y must be floating point, got {y.dtype}")
     for name, value in (("scale", scale), ("dropout p", p)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"the residual step's {name} must be a number, got {value!r}")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"the residual step's dropout p must be in [0, 1), got {p}")
-    if p > 0 and seed is not None:
-        check_seed(seed, x.device)
+    check_step_inputs(x, y, seed, p)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
