@@ -261,6 +261,22 @@ def _lookup(values: dict, dotted: str):
     return values
 
 
+def partial_writes(folder: Path, names: str) -> list[Path]:
+    """The temporary files that write_atomically and link_atomically leave in `folder` for
+    targets matching the glob `names` when their process is killed mid-write."""
+    return [*folder.glob(f"{names}.*.tmp"), *folder.glob(f"{names}.*.link")]
+
+
+def refuse_replacing(name: str, path: Path, kind: str,
+                     why_not: Callable[[Path], str | None]) -> None:
+    """ValueError if `path` is an existing file that is not an earlier `kind` (`why_not(path)`:
+    None for one, else the reason): an output replaces only what an earlier run wrote there.
+    `name` names the argument."""
+    if path.is_file() and (reason := why_not(path)):
+        raise ValueError(f"{name} {path} exists and is not an earlier {kind} ({reason}); it "
+                         f"was left as it is: remove it or choose another {name}")
+
+
 def link_atomically(source: Path, link: Path) -> None:
     """Make `link` the same file as `source` (a hard link; a copy where links fail),
     replacing it atomically."""
@@ -284,7 +300,8 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
         old.unlink()
 
 
-__all__ = ["link_atomically", "kept_checkpoints", "prune_checkpoints",
+__all__ = ["link_atomically", "partial_writes", "refuse_replacing", "kept_checkpoints",
+           "prune_checkpoints",
            "save_checkpoint", "write_atomically", "write_failure_reason", "load_checkpoint",
            "is_exported_program",
            "check_config", "rng_states", "set_rng_states", "as_tuples", "CheckpointError",

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from .checkpoint import write_failure_reason
+from .checkpoint import refuse_replacing, write_failure_reason
 from .cli import number
 from .cli import silence_db as silence_db_value
 from .config import SupernetConfig
@@ -314,12 +314,17 @@ def check_outputs(csv_path: str | Path, heatmap: str | Path | None = None) -> No
     for flag, path, starts, what in (
             ("--csv", csv_path, (CSV_HEADER.encode(),), f"a CSV starting {CSV_HEADER!r}"),
             ("--heatmap", heatmap, IMAGE_SIGNATURES, "an image")):
-        if path is None or not Path(path).is_file():
-            continue
-        with Path(path).open("rb") as f:
-            if not f.read(len(CSV_HEADER)).startswith(starts):
-                raise ValueError(f"{flag} {path} exists and is not an earlier result ({what}); "
-                                 f"it was left as it is: remove it or choose another {flag}")
+        if path is not None:
+            refuse_replacing(flag, Path(path), "result", _unless_starting(starts, what))
+
+
+def _unless_starting(starts: tuple[bytes, ...], what: str):
+    """refuse_replacing's why_not: None for a file that begins with one of `starts`, else
+    `what` it should be."""
+    def why_not(path: Path) -> str | None:
+        with path.open("rb") as f:
+            return None if f.read(max(map(len, starts))).startswith(starts) else what
+    return why_not
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:

@@ -26,6 +26,7 @@ from .checkpoint import (
     CheckpointError,
     is_exported_program,
     load_checkpoint,
+    refuse_replacing,
     save_checkpoint,
     write_atomically,
 )
@@ -365,9 +366,7 @@ def check_replaceable(name: str, path: Path, why_not_an_export) -> None:
     (`why_not_an_export(path)`: None for one, else the reason); `name` names the argument."""
     if path.is_dir():
         raise ValueError(f"{name} {path} is a folder; name a file in it")
-    if path.exists() and (reason := why_not_an_export(path)):
-        raise ValueError(f"{name} {path} exists and is not an earlier export ({reason}); "
-                         f"it was left as it is: remove it or choose another {name}")
+    refuse_replacing(name, path, "export", why_not_an_export)
 
 
 def _why_not_a_subnet(path: Path) -> str | None:

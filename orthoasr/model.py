@@ -549,6 +549,10 @@ class ConformerSupernet(nn.Module):
             if gates.device.type == "cpu" and not gates.requires_grad and \
                     not bool(torch.isfinite(gates).all()):
                 raise ValueError("gates contain NaN or inf")
+        self.check_head(head)
+
+    def check_head(self, head) -> None:
+        """ValueError unless `head` indexes an output layer (one per budget)."""
         if isinstance(head, bool) or not isinstance(head, int) or \
                 not -len(self.heads) <= head < len(self.heads):
             raise ValueError(f"head must be an int in [-{len(self.heads)}, "

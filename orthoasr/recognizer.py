@@ -93,13 +93,9 @@ class Recognizer:
                 type(gates).__name__
             raise ValueError(f"gates must be a tensor of shape ({model.num_units},) (one per "
                              f"unit), got {got}")
-        if isinstance(model, ConformerSupernet) and (
-                not isinstance(head, int) or not -len(model.heads) <= head < len(model.heads)):
-            raise ValueError(f"head must be an int in [-{len(model.heads)}, "
-                             f"{len(model.heads) - 1}] (one per budget), got {head!r}")
-        if isinstance(batch_frames, bool) or not isinstance(batch_frames, int) or \
-                batch_frames < 1:
-            raise ValueError(f"batch_frames must be an int >= 1, got {batch_frames!r}")
+        if isinstance(model, ConformerSupernet):
+            model.check_head(head)
+        check_number("batch_frames", batch_frames, least=1, integer=True)
         check_cutting(chunk_seconds, context_seconds, silence_db)
         self.silence_db = silence_db
         self.model, self.tokenizer = model.eval(), tokenizer

@@ -25,6 +25,7 @@ from .checkpoint import (
     kept_checkpoints,
     link_atomically,
     load_checkpoint,
+    partial_writes,
     prune_checkpoints,
     rng_states,
     save_checkpoint,
@@ -52,8 +53,8 @@ def remove_partial_writes(work_dir: Path) -> list[str]:
     """Delete what a run killed while saving left behind (a checkpoint's temporary file,
     as large as a checkpoint; the link that was to replace checkpoint.pt) and return their
     names. Only with the work dir's lock held: no other run is writing them then."""
-    leftovers = [*(work_dir / CHECKPOINTS).glob("step-*.pt.*.tmp"),
-                 *work_dir.glob(f"{CHECKPOINT}.*.link")]
+    leftovers = [*partial_writes(work_dir / CHECKPOINTS, "step-*.pt"),
+                 *partial_writes(work_dir, CHECKPOINT)]
     for path in leftovers:
         path.unlink(missing_ok=True)
     return [path.name for path in leftovers]

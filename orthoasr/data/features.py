@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ..silence import check_number
 from .audio import SAMPLE_RATE
 
 NORMALIZE_MODES = ("utterance", "voiced", None)
@@ -195,11 +196,8 @@ class SpecAugment(nn.Module):
         super().__init__()
         for name, count in (("freq_masks", freq_masks), ("freq_width", freq_width),
                             ("time_masks", time_masks)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {count!r}")
-        if isinstance(time_width, bool) or not isinstance(time_width, (int, float)) \
-                or not 0 <= time_width <= 1:
-            raise ValueError(f"time_width must be a number in [0, 1], got {time_width!r}")
+            check_number(name, count, least=0, integer=True)
+        check_number("time_width", time_width, least=0, most=1)
         self.freq_masks, self.freq_width = freq_masks, freq_width
         self.time_masks, self.time_width = time_masks, time_width
 

@@ -13,7 +13,6 @@ its class's shape.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from functools import partial
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..silence import check_number
 from .audio import SAMPLE_RATE, load_audio
 from .shapes import ShapeClasses
 from .tokenizer import Tokenizer
@@ -143,12 +143,8 @@ class BucketBatchSampler(Sampler[list[int]]):
                  seed: int = 0, num_replicas: int = 1, rank: int = 0,
                  bucket_width: int = 50, classes: ShapeClasses | None = None):
         # NaN passed `<= 0`, and every comparison with it is False: one batch of everything
-        if isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Real) or \
-                not math.isfinite(max_frames) or max_frames <= 0:
-            raise ValueError(f"max_frames must be a finite number > 0, got {max_frames!r}")
-        if isinstance(bucket_width, bool) or not isinstance(bucket_width, numbers.Integral) \
-                or bucket_width < 1:
-            raise ValueError(f"bucket_width must be an int >= 1, got {bucket_width!r}")
+        check_number("max_frames", max_frames, above=0)
+        check_number("bucket_width", bucket_width, least=1, integer=True)
         durations = np.asarray(durations, dtype=np.float64).reshape(-1) if len(durations) \
             else np.zeros(0)
         if bad := np.flatnonzero(~np.isfinite(durations) | (durations < 0)).tolist():

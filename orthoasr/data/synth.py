@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..cli import number
+from ..silence import check_number
 from .audio import SAMPLE_RATE, resample, write_wav
 from .commands import CommandGenerator
 from .manifest import normalize_text
@@ -352,8 +353,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     # numpy's generators take no negative seed: each utterance that draws noise would fail
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    check_number("seed", seed, least=0, integer=True)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a folder")
