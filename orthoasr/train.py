@@ -29,7 +29,7 @@ from .trainer_checkpoints import (
     TrainingDiverged,
     remove_partial_writes,
 )
-from .workdir import WorkDirError, WorkDirLock, prepare_work_dir, run_files
+from .workdir import WorkDirError, WorkDirLock, prepare_work_dir, remove_if_empty, run_files
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -75,6 +75,7 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         raise WorkDirError(f"nothing to resume: {checkpoint} not found"
                            f"{_kept_checkpoints_advice(work_dir, checkpoint) or fresh}")
     check_eval_manifests(run)
+    created = world_is_main and not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
     lock = WorkDirLock(work_dir) if world_is_main else None
     if lock:
@@ -89,6 +90,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     finally:
         if lock:
             lock.__exit__()
+        if created:
+            remove_if_empty(work_dir)     # a start that failed leaves no empty work dir
     return trainer
 
 

@@ -55,6 +55,14 @@ def prepare_work_dir(work_dir: str | Path, resume: bool, overwrite: bool) -> Pat
     return aside
 
 
+def remove_if_empty(work_dir: Path) -> None:
+    """Remove `work_dir` if nothing is in it."""
+    try:
+        work_dir.rmdir()
+    except OSError:     # not empty, or gone
+        pass
+
+
 def _aside_name(work_dir: Path) -> Path:
     i = 1
     while work_dir.with_name(f"{work_dir.name}.old-{i}").exists():
@@ -83,7 +91,7 @@ class WorkDirLock:
         # written whole beside the lock, then linked into place: a lock file created empty
         # and written after read as stale to a second process starting at the same moment,
         # which replaced it, and both runs went on
-        mine = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+        mine = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.{id(self):x}")
         mine.write_text(f"{os.getpid()} {socket.gethostname()}\n")
         try:
             for _ in range(2):
@@ -93,16 +101,37 @@ class WorkDirLock:
                     owner = _lock_owner(self.path)
                     if owner is not None and not _is_stale(owner):
                         raise _in_use(self.work_dir, owner) from None
-                    print(f"note: removing the stale lock {self.path} (left by "
-                          f"{'an unreadable owner' if owner is None else f'process {owner[0]}'}"
-                          ", which is no longer running)", flush=True)
-                    self.path.unlink(missing_ok=True)
+                    self._remove_stale(owner)
                     continue
                 self.held = True
                 return self
         finally:
             mine.unlink(missing_ok=True)
         raise WorkDirError(f"could not take the lock {self.path}")
+
+    def _remove_stale(self, seen: tuple[int, str] | None) -> None:
+        """Remove the lock judged stale, whose owner read `seen`. It is moved aside first and
+        read again: a second process that judged the same lock stale may have replaced it
+        meanwhile with its own lock, live, which is put back (unlinking by name removed it,
+        and both processes went on)."""
+        aside = self.path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}.{id(self):x}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return                       # removed by another process: link again
+        moved = _lock_owner(aside)
+        try:
+            if moved is not None and moved != seen and not _is_stale(moved):
+                try:
+                    _link_or_create(aside, self.path)
+                except FileExistsError:  # a third process took the lock: it is in use all the same
+                    pass
+                raise _in_use(self.work_dir, moved)
+        finally:
+            aside.unlink(missing_ok=True)
+        print(f"note: removing the stale lock {self.path} (left by "
+              f"{'an unreadable owner' if seen is None else f'process {seen[0]}'}"
+              ", which is no longer running)", flush=True)
 
     def __exit__(self, *exc) -> None:
         if self.held and _lock_owner(self.path) == (os.getpid(), socket.gethostname()):
@@ -152,4 +181,5 @@ def _in_use(work_dir: Path, owner: tuple[int, str]) -> WorkDirError:
         "no such process runs")
 
 
-__all__ = ["WorkDirError", "WorkDirLock", "prepare_work_dir", "check_unlocked", "run_files"]
+__all__ = ["WorkDirError", "WorkDirLock", "prepare_work_dir", "check_unlocked", "run_files",
+           "remove_if_empty"]

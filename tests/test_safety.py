@@ -89,6 +89,23 @@ def test_a_run_that_failed_before_its_first_step_is_started_again(corpus, tmp_pa
     assert not (tmp_path / "run.old-1").exists()
 
 
+def test_a_start_that_failed_leaves_no_empty_work_dir(corpus, tmp_path, monkeypatch):
+    """A work dir the run created, with nothing written in it, is removed again; one that
+    was there before stays."""
+    def fails(*args, **kwargs):
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(train_module, "Trainer", fails)
+    for existed in (False, True):
+        work = tmp_path / f"run-{existed}"
+        if existed:
+            work.mkdir()
+        with pytest.raises(RuntimeError, match="no device"):
+            train(short_run(corpus), work)
+        assert work.exists() == existed
+        assert not existed or list(work.iterdir()) == []
+
+
 def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tmp_path,
                                                                      capsys):
     work = tmp_path / "run"
@@ -133,6 +150,37 @@ def test_a_lock_being_taken_is_not_taken_by_a_second_process(tmp_path, monkeypat
         pass
     assert len(taken) == 1
     assert [p.name for p in work.iterdir()] == [".lock"]
+
+
+
+def test_a_stale_lock_found_by_two_processes_is_taken_by_one(tmp_path, monkeypatch):
+    """Two processes that judge one stale lock at once: the first replaces it with its own;
+    the second, going on, removed that by name and took the lock too."""
+    import socket
+
+    from orthoasr import workdir
+    work = tmp_path / "run"
+    work.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (work / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+    first, second, looked = WorkDirLock(work), WorkDirLock(work), []
+    judge = workdir._is_stale
+
+    def first_takes_it_meanwhile(owner):   # the second has read the stale owner
+        if not looked:
+            looked.append(owner)
+            first.__enter__()
+        return judge(owner)
+
+    monkeypatch.setattr(workdir, "_is_stale", first_takes_it_meanwhile)
+    with pytest.raises(WorkDirError, match=rf"in use by process {os.getpid()}"):
+        second.__enter__()
+    assert first.held and not second.held
+    assert (work / ".lock").read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+    assert [p.name for p in work.iterdir()] == [".lock"]
+    first.__exit__()
+    assert list(work.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- 5: signals
