@@ -18,7 +18,8 @@
 #     backend's gradients against fp64, every gated module and the last MHSA modules'
 #     attention core replayed alone; ~3 minutes beside the trainings): probe.log
 # Both GPUs run two trainings and tests at once: the step times in these rows are for the
-# learning check only, not for speed comparisons. Everything comes back in one tarball.
+# learning check only, not for speed comparisons. Everything comes back in one tarball,
+# refreshed every 30 s while the trainings run (a call cut by its limit returns the curves).
 set -uo pipefail
 REPO=$PWD
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)
@@ -45,6 +46,15 @@ train() {  # name gpu backend steps extra-set...
   cp $W/$name/$backend/metrics.csv $R/$name/ 2>/dev/null
 }
 has() { [[ " ${RUNS:-plain_auto plain_torch five} " == *" $1 "* ]]; }
+snapshot() {  # the curves so far, into $OUT: a call cut by its limit still returns them
+  for d in $W/*/*/; do
+    [ -f $d/metrics.csv ] && mkdir -p $R/$(basename ${d%/*/}) && cp $d/metrics.csv $R/$(basename ${d%/*/})/
+  done 2>/dev/null
+  tar -czf $OUT/learning.tar.gz.part -C $R . && mv $OUT/learning.tar.gz.part $OUT/learning.tar.gz
+}
+(while sleep 30; do snapshot; done) &
+SNAPSHOTS=$!
+disown $SNAPSHOTS     # not one of the jobs `wait` below waits for
 for SEED in ${SEEDS:-0}; do   # train reads SEED
   has plain_auto && train plain_auto_s$SEED 0 auto 1600 'model.budgets=[1.0]' &
   has plain_torch && train plain_torch_s$SEED $G1 torch 1600 'model.budgets=[1.0]' &
@@ -73,6 +83,7 @@ else
      > $R/tests_new.log 2>&1; echo "new tests rc=$?") &
 fi
 wait
+kill $SNAPSHOTS
 for f in $R/tests_*.log; do
   echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "^FAILED|^ERROR" $f | cut -c1-200
 done
