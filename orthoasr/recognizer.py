@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import check_number
 from .config import budget_index
 from .data import LogMel, Tokenizer, length_batches, load_audio
 from .decoding import best_paths, collapse_path, label_text, token_runs
@@ -44,7 +45,7 @@ from .devices import resolve_device
 from .export import CompactConformer, load_subnet
 from .graphs import GraphedEncoder
 from .model import ConformerSupernet
-from .silence import THRESHOLD_DB, check_number, voiced_spans
+from .silence import THRESHOLD_DB, voiced_spans
 from .timestamps import Transcript, Word, label_texts, word_frames
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor

@@ -34,9 +34,10 @@ within [-1, 1]) are never voiced: the quietest 10 ms frames of 18 recordings of 
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
+
+from .checks import check_number
 
 SAMPLE_RATE = 16000
 POWER_FRAME_SECONDS = 0.01     # the frames whose power is weighed (not the model's 40 ms)
@@ -143,21 +144,5 @@ def frame_power(wave: torch.Tensor, frame: int) -> torch.Tensor:
     return sums / sizes
 
 
-def check_number(name: str, value, least: float | None = None,
-                 above: float | None = None, most: float | None = None,
-                 what: str = "finite number", integer: bool = False) -> None:
-    """A ValueError naming `name` (and saying it must be a `what`, or an int with `integer`)
-    unless value is a finite number (an integer) >= least (> above, <= most); bools are
-    not numbers here."""
-    kind, what = (numbers.Integral, "int") if integer else (numbers.Real, what)
-    if isinstance(value, bool) or not isinstance(value, kind) \
-            or not math.isfinite(value) or (least is not None and value < least) \
-            or (above is not None and value <= above) or (most is not None and value > most):
-        bound = " and ".join(f"{sign} {limit}" for sign, limit in
-                             ((">=", least), (">", above), ("<=", most)) if limit is not None)
-        article = "an" if what[0] in "aeiou" else "a"
-        raise ValueError(f"{name} must be {article} {what} {bound}, got {value!r}")
-
-
-__all__ = ["voiced_spans", "frame_power", "check_number", "THRESHOLD_DB", "MIN_GAP_SECONDS",
+__all__ = ["voiced_spans", "frame_power", "THRESHOLD_DB", "MIN_GAP_SECONDS",
            "MARGIN_SECONDS", "REFERENCE_SECONDS", "MIN_SEGMENT_SECONDS", "SILENT_DBFS"]

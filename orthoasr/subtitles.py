@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .silence import check_number
+from .checks import check_number
 from .timestamps import Transcript
 
 LINE_CHARS, MAX_LINES, MAX_SECONDS, MAX_GAP_SECONDS = 42, 2, 6.0, 0.4

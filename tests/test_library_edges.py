@@ -94,8 +94,30 @@ def test_bfloat16_on_the_cpu_takes_the_references_under_the_interpreter():
 
 @pytest.mark.parametrize("chunks", [0, -2, 2.0, 65])
 def test_bad_chunk_counts_are_named(chunks):
-    with pytest.raises(ValueError, match=r"chunks must be an int in \[1, ff_dim=64\], got"):
+    with pytest.raises(ValueError, match=r"chunks must be an int >= 1 and <= 64, got"):
         orthoasr.nn.GatedFeedForward(16, 64, chunks)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: orthoasr.nn.GatedFeedForward(0, 64), "d_model"),
+    (lambda: orthoasr.nn.GatedFeedForward(16, 0), "ff_dim"),
+    (lambda: orthoasr.nn.GatedFeedForward(16, 64.0), "ff_dim"),
+    (lambda: orthoasr.nn.GatedFeedForward(16, 64, dropout=1.0), "dropout"),
+    (lambda: orthoasr.nn.GatedMHSA(0, 0), "d_model"),
+    (lambda: orthoasr.nn.GatedMHSA(16, 0), "num_heads"),
+    (lambda: orthoasr.nn.GatedMHSA(16, True), "num_heads"),
+    (lambda: orthoasr.nn.GatedMHSA(16, 2, dropout=float("nan")), "dropout"),
+    (lambda: orthoasr.nn.GatedConvModule(0), "d_model"),
+    (lambda: orthoasr.nn.GatedConvModule(16, 31.0), "kernel_size"),
+    (lambda: orthoasr.nn.GatedConvModule(16, 5, dropout=-0.1), "dropout"),
+    (lambda: orthoasr.nn.GatedConvModule(16, 5, dropout=1), "dropout"),
+])
+def test_module_sizes_and_rates_out_of_range_are_named(make, name):
+    """Zero sizes, float or bool counts and rates outside [0, 1) failed inside torch (a
+    ZeroDivisionError, a TypeError from torch.empty) or built a module whose dropout the
+    kernels refuse at the first call."""
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
+        make()
 
 
 def _gated_modules():

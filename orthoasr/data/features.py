@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..silence import check_number
+from ..checks import check_number
 from .audio import SAMPLE_RATE
 
 NORMALIZE_MODES = ("utterance", "voiced", None)

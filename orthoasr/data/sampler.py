@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..silence import check_number
+from ..checks import check_number
 from .audio import SAMPLE_RATE, load_audio
 from .shapes import ShapeClasses
 from .tokenizer import Tokenizer

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..checks import check_number
 from ..cli import number
-from ..silence import check_number
 from .audio import SAMPLE_RATE, resample, write_wav
 from .commands import CommandGenerator
 from .manifest import normalize_text

@@ -7,6 +7,7 @@ from torch import nn
 
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
 
+from ..checks import check_number, check_rate
 from .common import (
     check_module_inputs,
     check_residual_step,
@@ -32,8 +33,11 @@ class GatedConvModule(nn.Module):
 
     def __init__(self, d_model: int, kernel_size: int = 31, dropout: float = 0.0) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
+        check_number("d_model", d_model, least=1, integer=True)
+        check_number("kernel_size", kernel_size, least=1, integer=True)
+        if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
+        check_rate("dropout", dropout)
         self.d_model, self.kernel_size = d_model, kernel_size
         self.norm = nn.LayerNorm(d_model)
         self.pointwise1 = nn.Linear(d_model, 2 * d_model)

@@ -7,6 +7,7 @@ from torch import nn
 
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_reference
 
+from ..checks import check_number, check_rate
 from .common import (
     check_module_inputs,
     check_residual_step,
@@ -43,12 +44,14 @@ class GatedFeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, chunks: int = 4, dropout: float = 0.0,
                  granularity: str = "component") -> None:
         super().__init__()
-        if not (isinstance(chunks, int) and 0 < chunks <= ff_dim):
-            raise ValueError(f"chunks must be an int in [1, ff_dim={ff_dim}], got {chunks!r}")
+        check_number("d_model", d_model, least=1, integer=True)
+        check_number("ff_dim", ff_dim, least=1, integer=True)
+        check_number("chunks", chunks, least=1, most=ff_dim, integer=True)
         if ff_dim % chunks:
             raise ValueError(f"ff_dim ({ff_dim}) must be divisible by chunks ({chunks})")
         if granularity not in ("component", "module"):
             raise ValueError(f"granularity must be 'component' or 'module', got {granularity!r}")
+        check_rate("dropout", dropout)
         self.d_model, self.ff_dim, self.chunks = d_model, ff_dim, chunks
         self.granularity = granularity
         self.norm = nn.LayerNorm(d_model)

@@ -12,6 +12,7 @@ from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
 from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
 
+from ..checks import check_number, check_rate
 from ..config import GRANULARITIES
 from .common import (
     check_module_inputs,
@@ -49,12 +50,13 @@ class GatedMHSA(nn.Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0,
                  granularity: str = "component"):
         super().__init__()
+        check_number("d_model", d_model, least=1, integer=True)
+        check_number("num_heads", num_heads, least=1, integer=True)
         if d_model % num_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_rate("dropout", dropout)
         self.d_model, self.num_heads = d_model, num_heads
         self.head_dim = d_model // num_heads
         self.dropout, self.granularity = dropout, granularity
