@@ -164,8 +164,8 @@ def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: floa
     """check_step_inputs, and what the kernels alone need: a seed for a dropout, no float64,
     int32 indices."""
     check_step_inputs(x, y, seed, p)
-    if p > 0:
-        check_seed(seed, x.device)
+    if p > 0 and seed is None:
+        check_seed(seed, x.device)    # names the missing seed (a given one is checked above)
     if y.dtype == torch.float64:
         raise TypeError(f"the residual step's y must be float32, bfloat16 or float16, got "
                         f"{y.dtype}")

@@ -8,25 +8,21 @@ import numbers
 
 def check_number(name: str, value, least: float | None = None,
                  above: float | None = None, most: float | None = None,
-                 what: str = "finite number", integer: bool = False) -> None:
+                 below: float | None = None, what: str = "finite number",
+                 integer: bool = False) -> None:
     """A ValueError naming `name` (and saying it must be a `what`, or an int with `integer`)
-    unless value is a finite number (an integer) >= least (> above, <= most); bools are
-    not numbers here."""
+    unless value is a finite number (an integer) >= least (> above, <= most, < below);
+    bools are not numbers here."""
     kind, what = (numbers.Integral, "int") if integer else (numbers.Real, what)
     if isinstance(value, bool) or not isinstance(value, kind) \
             or not math.isfinite(value) or (least is not None and value < least) \
-            or (above is not None and value <= above) or (most is not None and value > most):
+            or (above is not None and value <= above) or (most is not None and value > most) \
+            or (below is not None and value >= below):
         bound = " and ".join(f"{sign} {limit}" for sign, limit in
-                             ((">=", least), (">", above), ("<=", most)) if limit is not None)
+                             ((">=", least), (">", above), ("<=", most), ("<", below))
+                             if limit is not None)
         article = "an" if what[0] in "aeiou" else "a"
         raise ValueError(f"{name} must be {article} {what} {bound}, got {value!r}")
 
 
-def check_rate(name: str, value) -> None:
-    """A ValueError naming `name` unless value is a number in [0, 1) (a dropout rate)."""
-    check_number(name, value, least=0.0, what="number in [0, 1)")
-    if value >= 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-
-
-__all__ = ["check_number", "check_rate"]
+__all__ = ["check_number"]

@@ -7,7 +7,7 @@ from torch import nn
 
 from orthoasr.kernels.gated_conv import gated_conv, gated_conv_reference
 
-from ..checks import check_number, check_rate
+from ..checks import check_number
 from .common import (
     check_module_inputs,
     check_residual_step,
@@ -37,7 +37,7 @@ class GatedConvModule(nn.Module):
         check_number("kernel_size", kernel_size, least=1, integer=True)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size}")
-        check_rate("dropout", dropout)
+        check_number("dropout", dropout, least=0, below=1)
         self.d_model, self.kernel_size = d_model, kernel_size
         self.norm = nn.LayerNorm(d_model)
         self.pointwise1 = nn.Linear(d_model, 2 * d_model)

@@ -7,7 +7,7 @@ from torch import nn
 
 from orthoasr.kernels.gated_ffn import gated_ffn, gated_ffn_reference
 
-from ..checks import check_number, check_rate
+from ..checks import check_number
 from .common import (
     check_module_inputs,
     check_residual_step,
@@ -51,7 +51,7 @@ class GatedFeedForward(nn.Module):
             raise ValueError(f"ff_dim ({ff_dim}) must be divisible by chunks ({chunks})")
         if granularity not in ("component", "module"):
             raise ValueError(f"granularity must be 'component' or 'module', got {granularity!r}")
-        check_rate("dropout", dropout)
+        check_number("dropout", dropout, least=0, below=1)
         self.d_model, self.ff_dim, self.chunks = d_model, ff_dim, chunks
         self.granularity = granularity
         self.norm = nn.LayerNorm(d_model)

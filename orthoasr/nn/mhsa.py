@@ -12,7 +12,7 @@ from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_mhsa import gated_mhsa, gated_mhsa_reference
 from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
 
-from ..checks import check_number, check_rate
+from ..checks import check_number
 from ..config import GRANULARITIES
 from .common import (
     check_module_inputs,
@@ -56,7 +56,7 @@ class GatedMHSA(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        check_rate("dropout", dropout)
+        check_number("dropout", dropout, least=0, below=1)
         self.d_model, self.num_heads = d_model, num_heads
         self.head_dim = d_model // num_heads
         self.dropout, self.granularity = dropout, granularity
