@@ -106,6 +106,14 @@ def test_a_start_that_failed_leaves_no_empty_work_dir(corpus, tmp_path, monkeypa
         assert not existed or list(work.iterdir()) == []
 
 
+def _write_stale_lock(work: Path) -> None:
+    """A lock in `work` left by a process of this host that has ended."""
+    import socket
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (work / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+
+
 def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tmp_path,
                                                                      capsys):
     work = tmp_path / "run"
@@ -118,10 +126,7 @@ def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tm
         with pytest.raises(WorkDirError, match="in use by process"):
             train(short_run(corpus), work, resume=True)
     assert not (work / ".lock").exists()
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    import socket
-    (work / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+    _write_stale_lock(work)
     train(short_run(corpus), work)
     assert f"stale lock {work / '.lock'}" in capsys.readouterr().out
     assert load_checkpoint(work / "checkpoint.pt")["step"] == 2
@@ -161,9 +166,7 @@ def test_a_stale_lock_found_by_two_processes_is_taken_by_one(tmp_path, monkeypat
     from orthoasr import workdir
     work = tmp_path / "run"
     work.mkdir()
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    (work / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
+    _write_stale_lock(work)
     first, second, looked = WorkDirLock(work), WorkDirLock(work), []
     judge = workdir._is_stale
 
