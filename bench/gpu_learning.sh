@@ -13,7 +13,8 @@
 #   SEEDS: the trainings' seeds (default 0); each seed runs the picked trainings, all at once
 #     (four plain trainings, two seeds, took ~330 s on one H200)
 #   beside them: tests/test_learning.py on the fix and on .old, or with ALL_TESTS=1 the
-#   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32").
+#   whole gpu test set (then keep to two trainings, e.g. RUNS="plain_auto fp32"), or with
+#   TESTS_K=EXPR only the gpu tests pytest -k EXPR picks (a short budget's call).
 #   PROBE=1: also bench.learning_probe on the first seed (600 torch-backend steps, then each
 #     backend's gradients against fp64, every gated module and the last MHSA modules'
 #     attention core replayed alone; ~3 minutes beside the trainings): probe.log
@@ -76,6 +77,9 @@ if [ -n "${ALL_TESTS:-}" ]; then  # the whole gpu test set, in two halves, one p
      > $R/tests_a.log 2>&1; echo "tests a rc=$?") &
   (CUDA_VISIBLE_DEVICES=$G1 timeout 400 $T -m gpu $REPO/tests \
      $(printf -- "--ignore=$REPO/tests/%s " $HALF_A) > $R/tests_b.log 2>&1; echo "tests b rc=$?") &
+elif [ -n "${TESTS_K:-}" ]; then  # only the gpu tests whose names match TESTS_K (pytest -k)
+  (CUDA_VISIBLE_DEVICES=$G1 timeout 300 $T -m gpu $REPO/tests -k "$TESTS_K" \
+     > $R/tests_k.log 2>&1; echo "tests -k rc=$?") &
 else
   [ -d .old ] && (CUDA_VISIBLE_DEVICES=0 PYTHONPATH=/tmp/site_old:$REPO timeout 300 $T -m gpu \
      $REPO/tests/test_learning.py > $R/tests_old.log 2>&1; echo "tests on .old rc=$?") &
