@@ -91,6 +91,7 @@ kill $SNAPSHOTS
 for f in $R/tests_*.log; do
   echo "$f: $(grep -E "passed|failed" $f | tail -1)"; grep -E "^FAILED|^ERROR" $f | cut -c1-200
 done
-grep -h -E "loss_start|loss_end|\"steps\"|provider" $R/*/train_step.json | paste - - - - | head
+grep -h -E "loss_start|loss_end|\"steps\"|left_plateau|provider" $R/*/train_step.json \
+  | paste - - - - - | head
 [ -f $R/probe.log ] && grep -E "^step|^attention|!!" $R/probe.log | cut -c1-300
 tar -czf $OUT/learning.tar.gz -C $R .

@@ -8,7 +8,8 @@ Step time = wall time between the loop's loss reads / steps (data loading includ
 median over the log intervals after the first of each stage (compilation, autotuning).
 Learning check: both backends train on the same batches (same seed, same plan), and each
 row carries `loss_start` / `loss_end`, the supernet's mean CTC loss per frame over the first
-and last 20 steps of its stage, and `steps`: a fast kernel that trains wrongly shows there.
+and last 20 steps of its stage, `steps`, and `left_plateau`, the first step whose 50-step
+mean loss is under 1.0 (None: never): a fast kernel that trains wrongly shows there.
 Rows go to <out>/train_step.json (table "train").
 
 The plain paper-size Conformer-CTC of issue 11 (one budget, no SpecAugment), both backends:
@@ -32,7 +33,7 @@ import torch
 
 from bench.harness import write_rows
 from orthoasr.backend import kernel_masks
-from orthoasr.metrics import read_metrics
+from orthoasr.metrics import plateau_exit, read_metrics
 from orthoasr.run_config import load_run_config
 from orthoasr.train import train
 
@@ -98,12 +99,16 @@ def stage_times(rows: list[dict]) -> dict[int, dict]:
 
 def learning(rows: list[dict], stage: int, window: int = 20) -> dict:
     """loss_start / loss_end: mean supernet CTC loss per frame over the first and last
-    `window` steps of `stage`; steps: how many steps the stage ran."""
-    losses = [r["loss_sup"] for r in rows if int(r["stage"]) == stage]
+    `window` steps of `stage`; steps: how many steps the stage ran; left_plateau: the step
+    at which it left CTC's blank plateau (`plateau_exit` at its defaults), None if never."""
+    stage_rows = [r for r in rows if int(r["stage"]) == stage]
+    losses = [r["loss_sup"] for r in stage_rows]
     if not losses:
         return {}
+    exit_at = plateau_exit(losses)
     return {"loss_start": statistics.fmean(losses[:window]),
-            "loss_end": statistics.fmean(losses[-window:]), "steps": len(losses)}
+            "loss_end": statistics.fmean(losses[-window:]), "steps": len(losses),
+            "left_plateau": None if exit_at is None else int(stage_rows[exit_at]["step"])}
 
 
 def run_case(config: str, run, stage: int, max_frames: int, corpus: str) -> str:
@@ -170,7 +175,8 @@ def main() -> None:
                          "baseline": "pytorch reference", "ms": t["ms_per_step"],
                          "utt_per_s": t["utt_per_s"], "steps_timed": t["steps_timed"],
                          "bf16": run.bf16, "budgets": list(run.model.budgets),
-                         **{k: t[k] for k in ("loss_start", "loss_end", "steps") if k in t}})
+                         **{k: t[k] for k in ("loss_start", "loss_end", "steps", "left_plateau")
+                            if k in t}})
     path = write_rows("train_step", rows, args.out)
     print(json.dumps(rows, indent=1))
     print(f"rows -> {path} after {time.perf_counter() - start:.0f} s", flush=True)

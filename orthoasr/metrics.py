@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 METRICS = "metrics.csv"
@@ -36,3 +38,14 @@ def read_metrics(path: str | Path) -> list[dict]:
         # a column added since a resumed run's first rows were written reads as NaN there
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
                 for row in csv.DictReader(f)]
+
+
+def plateau_exit(losses: Sequence[float], level: float = 1.0, window: int = 50) -> int | None:
+    """Index of the first loss whose mean with the `window` - 1 losses before it is below
+    `level` (None if none): where a CTC curve left the blank plateau. The defaults are the
+    learning check's (`bench.train_step`): the paper model on the small corpus stays above
+    1.0 a frame while every frame reads blank."""
+    for end in range(window, len(losses) + 1):
+        if statistics.fmean(losses[end - window:end]) < level:
+            return end - 1
+    return None

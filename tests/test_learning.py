@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels import gated_attention as ga
+from orthoasr.metrics import plateau_exit
 from orthoasr.model import ConformerSupernet
 from orthoasr.nn import GatedConvModule, GatedFeedForward, GatedMHSA
 
@@ -275,12 +276,15 @@ def train_curve(cfg, batches, backend, steps, device, lr=1e-3, warmup=50):
     return torch.stack(losses).float().cpu()
 
 
-def plateau_exit(losses: torch.Tensor, level: float, window: int = 20) -> int | None:
-    """The first step at which the mean loss over the last `window` steps is below `level`
-    (None if never)."""
-    means = losses.unfold(0, window, 1).mean(1)
-    below = (means < level).nonzero()
-    return int(below[0]) + window - 1 if len(below) else None
+def test_plateau_exit_is_the_first_window_under_the_level():
+    """The learning check's `left_plateau` criterion: the first loss whose 50-loss mean is
+    under 1.0; None for a curve that never gets there or is shorter than one window."""
+    leaving = [1.25] * 100 + [0.5] * 100    # means: 1.25 - 0.015 k after k low losses
+    assert plateau_exit(leaving) == 100 + 17 - 1    # k = 17: 1.25 - 0.255 < 1.0
+    assert plateau_exit(leaving, level=0.6) == 100 + 44 - 1    # k = 44: 1.25 - 0.66
+    assert plateau_exit(leaving, window=20) == 100 + 7 - 1     # 1.25 - 0.0375 k, k = 7
+    assert plateau_exit([1.25] * 300) is None
+    assert plateau_exit([0.5] * 49) is None, "fewer losses than one window: no verdict"
 
 
 @gpu
@@ -292,7 +296,7 @@ def test_paper_width_model_learns_the_same_through_both_backends():
     curves = {b: train_curve(cfg, batches, b, 400, "cuda") for b in ("auto", "torch")}
     windows = {b: c.view(-1, 40).mean(1) for b, c in curves.items()}   # 10 windows of 40
     start = float(windows["torch"][0])
-    escape = {b: plateau_exit(c, 0.5 * start) for b, c in curves.items()}
+    escape = {b: plateau_exit(c.tolist(), 0.5 * start, window=20) for b, c in curves.items()}
     print({b: [round(float(x), 3) for x in w] for b, w in windows.items()}, escape)
     assert windows["torch"][-1] < 0.5 * start, "the reference did not learn: the test is void"
     assert escape["auto"] is not None, "the Triton backend never left the blank plateau"
