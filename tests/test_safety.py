@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,6 @@ def test_a_start_that_failed_leaves_no_empty_work_dir(corpus, tmp_path, monkeypa
 
 def _write_stale_lock(work: Path) -> None:
     """A lock in `work` left by a process of this host that has ended."""
-    import socket
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (work / ".lock").write_text(f"{gone.pid} {socket.gethostname()}\n")
@@ -135,7 +135,6 @@ def test_lock_keeps_a_second_process_out_and_stale_locks_are_replaced(corpus, tm
 def test_a_lock_being_taken_is_not_taken_by_a_second_process(tmp_path, monkeypatch):
     """A second lock that looks while the first is being written: the lock file was created
     empty and then written, and an empty one read as stale, so both took it."""
-    import socket
     work, taken = tmp_path / "run", []
     first, second = WorkDirLock(work), WorkDirLock(work)
     hostname = socket.gethostname
@@ -161,8 +160,6 @@ def test_a_lock_being_taken_is_not_taken_by_a_second_process(tmp_path, monkeypat
 def test_a_stale_lock_found_by_two_processes_is_taken_by_one(tmp_path, monkeypatch):
     """Two processes that judge one stale lock at once: the first replaces it with its own;
     the second, going on, removed that by name and took the lock too."""
-    import socket
-
     from orthoasr import workdir
     work = tmp_path / "run"
     work.mkdir()
