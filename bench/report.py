@@ -43,9 +43,10 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         extras = sorted({k for r in group for k in r if k not in EXTRA_SKIP})
         # rows time in ms; a table may name its own unit (then shown as is), else µs
         unit = first.get("time_unit")
-        lines += [f"| case | mode | provider | time ({unit or 'µs'}) | speed-up | "
+        # a case may take its providers from runs on different cards: each row names its card
+        lines += [f"| case | mode | provider | card | time ({unit or 'µs'}) | speed-up | "
                   + " | ".join(extras) + " |",
-                  "|" + "---|" * (5 + len(extras))]
+                  "|" + "---|" * (6 + len(extras))]
         by_key = {_key(r, r["provider"]): r for r in group}
         for r in group:
             base = by_key.get(_key(r, r.get("baseline")))
@@ -53,7 +54,7 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
             speedup = f"{base['ms'] / r['ms']:.2f}×" if same_run else ""
             cells = [_fmt(r.get(k, "")) for k in extras]
             time = _fmt(float(r["ms"])) if unit else f"{r['ms'] * 1e3:.1f}"
-            lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {time} "
+            lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {_card(r)} | {time} "
                          f"| {speedup} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## issue 13 targets (from the floors rows of H200 runs)", "", targets.render(rows),
@@ -89,6 +90,11 @@ def _key(row: dict, provider) -> tuple:
     """A row's place in its table: the provider's time on the same case, mode, gates and
     timing (the last two where a table has them)."""
     return row["case"], row["mode"], row.get("gates"), row.get("timing"), provider
+
+
+def _card(row: dict) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100'."""
+    return row["gpu"].removeprefix("NVIDIA ").split()[0]
 
 
 def _fmt(value) -> str:

@@ -113,14 +113,15 @@ def learning(rows: list[dict], stage: int, window: int = 20) -> dict:
 
 def run_case(config: str, run, stage: int, max_frames: int, corpus: str) -> str:
     """The row's case: config, budgets, dropout (and whether the torch backend draws the
-    kernels' masks, ORTHOASR_KERNEL_MASKS=1), stage, batch size, corpus and (if not 0) the
-    seed, so that runs of other seeds, budgets or dropouts are rows of their own."""
+    kernels' masks, ORTHOASR_KERNEL_MASKS=1), precision if fp32, stage, batch size, corpus
+    and seed, so that runs of other seeds, budgets, dropouts or precisions are rows of their
+    own (the report shows a case's newest row of each provider)."""
     budgets = len(run.model.budgets)
-    seed = f", seed {run.seed}" if run.seed else ""
     masks = ", kernels' masks" if kernel_masks() else ""
+    fp32 = "" if run.bf16 else ", fp32"
     return (f"{Path(config).stem}, {budgets} budget{'s' if budgets > 1 else ''}, dropout "
-            f"{run.model.dropout:g}{masks}, stage {stage}, max_frames {max_frames}, corpus "
-            f"{corpus}{seed}")
+            f"{run.model.dropout:g}{masks}{fp32}, stage {stage}, max_frames {max_frames}, "
+            f"corpus {corpus}, seed {run.seed}")
 
 
 def main() -> None:
