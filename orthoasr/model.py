@@ -138,7 +138,8 @@ def check_features(cfg: SupernetConfig, weight_dtype: torch.dtype, features, len
     """The checks of a model's inputs, features (B, T, F) and lengths (B,) (the supernet's
     and the exported subnet's): shapes and dtypes; lengths in input frames when they are on
     the CPU (on a GPU reading them would sync) and not traced (torch.export, torch.compile:
-    reading them would be a data-dependent branch)."""
+    reading them would be a data-dependent branch), and in a torch.export program when it
+    runs."""
     if not isinstance(features, torch.Tensor) or features.dim() != 3 or \
             features.shape[2] != cfg.num_mel_bins:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else features
@@ -166,6 +167,11 @@ def check_features(cfg: SupernetConfig, weight_dtype: torch.dtype, features, len
             (int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]):
         raise ValueError(f"lengths must be in [1, T={features.shape[1]}] input frames, "
                          f"got {lengths.tolist()}")
+    if torch.compiler.is_exporting():
+        # the program checks them when it runs, on the lengths' device (no sync; on a GPU a
+        # failure is a device-side assert, as PyTorch's own index checks are)
+        torch._assert_async(((lengths >= 1) & (lengths <= features.shape[1])).all(),
+                            "lengths must be in [1, T] input frames, T = features.shape[1]")
 
 
 def sinusoidal_positions(frames: int, d_model: int, device, dtype) -> torch.Tensor:

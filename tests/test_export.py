@@ -140,6 +140,9 @@ def test_export_program_takes_any_batch_and_length(gates, tmp_path):
         got, got_lengths = program(feats, lengths)
         assert got_lengths.tolist() == expected_lengths.tolist()
         torch.testing.assert_close(got, expected)
+    for bad in ([38, 20], [0, 37]):   # past T, and empty: refused, not read past the end
+        with pytest.raises(RuntimeError, match=r"lengths must be in \[1, T\] input frames"):
+            program(torch.randn(2, 37, 80), torch.tensor(bad))
     too_short = PROGRAM_FRAMES[0] - 1
     with pytest.raises(AssertionError, match=rf"features.size\(\)\[1\] >= {too_short + 1}"):
         program(torch.randn(1, too_short, 80), torch.tensor([too_short]))
