@@ -25,19 +25,21 @@ set -uo pipefail
 REPO=$PWD
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)
 PIP="python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation"
+# a fresh install each call: pip --target leaves a warm machine's earlier copy in place
+rm -rf /tmp/site /tmp/site_old
 $PIP --target /tmp/site .whl/*.whl . || exit 1
 [ -d .old ] && $PIP --target /tmp/site_old .old
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$REPO
 nvidia-smi --query-gpu=name --format=csv,noheader
 G1=$(( $(nvidia-smi -L | wc -l) > 1 ? 1 : 0 ))    # the torch backend's GPU
 W=/tmp/learn R=/tmp/res
-mkdir -p $R
+rm -rf $R; mkdir -p $R    # a warm machine keeps /tmp: only this call's results come back
 cd /tmp
 python3 -c "from pathlib import Path; from bench.train_step import make_corpus; \
 print(make_corpus(Path('$W/data'), 'small'))" 2>&1 | tail -1
 train() {  # name gpu backend steps extra-set...
   local name=$1 gpu=$2 backend=$3 steps=$4; shift 4
-  mkdir -p $W/$name $R/$name
+  rm -rf $W/$name; mkdir -p $W/$name $R/$name    # never an earlier call's run (the corpus stays)
   ln -sfn $W/data $W/$name/data
   CUDA_VISIBLE_DEVICES=$gpu timeout ${TRAIN_S:-540} python3 -m bench.train_step \
     --work-dir $W/$name --backends $backend --steps $steps --baseline-steps $steps \
