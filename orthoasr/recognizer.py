@@ -258,7 +258,7 @@ class Recognizer:
         else:
             name = f"item {index}"
             try:
-                wave = torch.as_tensor(item)
+                wave = torch.as_tensor(_native(item) if isinstance(item, np.ndarray) else item)
             except (TypeError, ValueError, RuntimeError):   # None, bytes, ragged lists ...
                 raise TypeError(f"{name} must be an audio file path or a 1-D float waveform, "
                                 f"got {type(item).__name__}") from None
@@ -293,6 +293,12 @@ class Recognizer:
 
 
 FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """`array` with positive strides and in the machine's byte order (copied only if not):
+    torch.as_tensor refuses a reversed view (wave[::-1], np.flip) and big-endian data."""
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
 
 def output_frames(seconds: float) -> int:

@@ -127,6 +127,17 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
         rec.transcribe([pcm])
 
 
+def test_arrays_in_any_layout_read_as_their_native_copies():
+    """A reversed view (wave[::-1], np.flip) or a big-endian array (">f4", as some readers
+    give) is a 1-D float waveform: they were refused as "must be an audio file path or a
+    1-D float waveform, got ndarray" (torch.as_tensor takes neither)."""
+    rec = Recognizer(FrameLocalModel(), LabelTokenizer())
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    reversed_wave = np.ascontiguousarray(wave[::-1])
+    assert rec.transcribe([wave[::-1], np.flip(wave), wave.astype(">f4")]) == \
+        rec.transcribe([reversed_wave, reversed_wave, wave])
+
+
 def test_word_timestamps_read_as_the_text(run, reference_backend):
     """With timestamps: the same texts, each the words joined by spaces, the words in
     order inside their clip (their times: tests/test_timestamps.py)."""
