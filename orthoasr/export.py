@@ -31,6 +31,7 @@ from .checkpoint import (
     write_atomically,
 )
 from .config import SupernetConfig, budget_index
+from .devices import resolve_device
 from .model import (
     HALF_STEP,
     VGGFrontend,
@@ -179,7 +180,10 @@ def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
 
 
 def load_subnet(path: str | Path, map_location="cpu") -> CompactConformer:
-    """The subnet written by `sub.save(path)` (read with weights_only=True), in eval mode."""
+    """The subnet written by `sub.save(path)` (read with weights_only=True), in eval mode, on
+    device `map_location` ('cpu', 'cuda', 'cuda:N', 'auto' or a torch.device)."""
+    # checked first: torch.load's error for a missing GPU would read as a corrupt file
+    map_location = resolve_device(map_location)
     state = load_checkpoint(path, map_location=map_location, kind=SUBNET_KIND)
     sub = CompactConformer(SupernetConfig.from_dict(state["config"]), state["widths"],
                            state["budget"])

@@ -126,6 +126,21 @@ def test_torch_export_and_save_load(tmp_path):
         sub.save(tmp_path)
 
 
+def test_load_subnet_names_a_device_it_cannot_map_to(tmp_path, monkeypatch):
+    """map_location="cuda" without a GPU said the file was "corrupt or truncated" (torch's
+    deserialisation error, caught as a bad file), and "gpu" alike."""
+    model = ConformerSupernet(tiny_cfg())
+    path = extract_subnet(model, torch.ones(model.num_units)).save(tmp_path / "sub.pt")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda' requested but no CUDA GPU"):
+        load_subnet(path, map_location="cuda")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                         "got 'gpu'"):
+        load_subnet(path, map_location="gpu")
+    assert load_subnet(path, map_location=torch.device("cpu")).widths == \
+        load_subnet(path).widths
+
+
 @pytest.mark.parametrize("gates", ["hard", "one_unit"])
 def test_export_program_takes_any_batch_and_length(gates, tmp_path):
     """The .pt2 program is not specialised to its example's shape: other batches and
