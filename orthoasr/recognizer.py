@@ -83,9 +83,7 @@ class Recognizer:
             raise TypeError(f"model must be a ConformerSupernet, a CompactConformer or another "
                             f"nn.Module that returns log-probabilities, got "
                             f"{type(model).__name__}")
-        if tokenizer is None:
-            raise TypeError("tokenizer is None: the model's Tokenizer is needed to read its "
-                            "outputs as text")
+        check_tokenizer(tokenizer, model)
         if isinstance(model, ConformerSupernet) == (gates is None):
             raise ValueError("gates are needed with a ConformerSupernet and only with it")
         if gates is not None and (not isinstance(gates, torch.Tensor)
@@ -330,6 +328,25 @@ def chunk_windows(num_samples: int, frame_samples: int, chunk_frames: int | None
 
 def _check_seconds(name: str, value, least: float) -> None:
     check_number(name, value, least=least, what="number of seconds")
+
+
+def check_tokenizer(tokenizer, model: nn.Module) -> None:
+    """A TypeError unless `tokenizer` can read labels as text (a Tokenizer, not its file's
+    path), a ValueError if it has more labels than the model's output layer (a model's layer
+    may be wider, as sentencepiece can stop short of the vocab_size asked): either failed
+    only at the first transcribe call, naming no tokenizer."""
+    if tokenizer is None:
+        raise TypeError("tokenizer is None: the model's Tokenizer is needed to read its "
+                        "outputs as text")
+    if not (hasattr(tokenizer, "decode") and hasattr(tokenizer, "vocab_size")):
+        hint = "; load it with orthoasr.data.Tokenizer(path)" \
+            if isinstance(tokenizer, (str, os.PathLike)) else ""
+        raise TypeError(f"tokenizer must be a Tokenizer (decode, vocab_size), got "
+                        f"{type(tokenizer).__name__}{hint}")
+    outputs = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    if outputs is not None and tokenizer.vocab_size > outputs:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} labels, more than the model's "
+                         f"{outputs} outputs (cfg.vocab_size): it is another model's tokenizer")
 
 
 def check_cutting(chunk_seconds: float | None, context_seconds: float,

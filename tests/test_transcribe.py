@@ -397,6 +397,10 @@ def test_bad_chunk_options_are_refused(option, value):
         Recognizer(FrameLocalModel(), LabelTokenizer(), **{option: value})
 
 
+class WideTokenizer(LabelTokenizer):
+    vocab_size = 21
+
+
 def test_bad_recognizer_arguments_are_named():
     """Each was an AttributeError or TypeError from inside the constructor or the first
     transcribe call, naming no argument."""
@@ -414,6 +418,11 @@ def test_bad_recognizer_arguments_are_named():
              ((FrameLocalModel(), LabelTokenizer()), {"batch_frames": "100"},
               "batch_frames must be an int >= 1, got '100'"),
              ((FrameLocalModel(), None), {}, "tokenizer is None"),
+             ((FrameLocalModel(), "tokenizer.model"), {},
+              r"tokenizer must be a Tokenizer .*got str; load it with "
+              r"orthoasr.data.Tokenizer\(path\)"),
+             ((supernet, WideTokenizer()), {"gates": torch.ones(units)},
+              r"tokenizer has 21 labels, more than the model's 20 outputs"),
              (("model.pt", LabelTokenizer()), {}, "model must be .*got str")]
     for args, options, expected in cases:
         with pytest.raises((TypeError, ValueError), match=expected):
