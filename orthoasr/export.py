@@ -102,7 +102,9 @@ class DenseMHSA(nn.Module):
         scores = scores.float().masked_fill(~keys[:, None, None, :], float("-inf"))
         attn = torch.softmax(scores, dim=-1).to(v.dtype) @ v
         attn = attn.masked_fill(~mask[:, None, :, :], 0.0)
-        return self.out_proj(attn.transpose(1, 2).reshape(B, T, -1))
+        # the width named, not -1: an empty batch has no elements to infer it from
+        width = self.num_heads * self.head_dim
+        return self.out_proj(attn.transpose(1, 2).reshape(B, T, width))
 
 
 class CompactBlock(nn.Module):

@@ -126,6 +126,18 @@ def test_torch_export_and_save_load(tmp_path):
         sub.save(tmp_path)
 
 
+def test_an_exported_subnet_takes_an_empty_batch_as_the_supernet_does():
+    """B = 0 was a RuntimeError from inside attention's reshape ("cannot reshape tensor of
+    0 elements"); the supernet gives empty outputs."""
+    model = ConformerSupernet(tiny_cfg()).eval()
+    gates = gate_sets(model.num_units)["all"]
+    sub = extract_subnet(model, gates, head=1)
+    feats, lengths = torch.randn(0, 40, 80), torch.zeros(0, dtype=torch.long)
+    expected, expected_lengths = model(feats, lengths, gates, 1)
+    got, got_lengths = sub(feats, lengths)
+    assert got.shape == expected.shape == (0, 10, 23) and got_lengths.shape == (0,)
+
+
 def test_load_subnet_names_a_device_it_cannot_map_to(tmp_path, monkeypatch):
     """map_location="cuda" without a GPU said the file was "corrupt or truncated" (torch's
     deserialisation error, caught as a bad file), and "gpu" alike."""
