@@ -34,6 +34,7 @@ from .config import SupernetConfig, budget_index
 from .devices import resolve_device
 from .model import (
     HALF_STEP,
+    ConformerSupernet,
     VGGFrontend,
     block_layout,
     check_features,
@@ -203,19 +204,25 @@ def extract_subnet(model: nn.Module, gates, head: int = -1) -> CompactConformer:
     Units whose gate is 0 are dropped, modules with no unit left removed; every other gate
     value is folded into the weights after its unit (FFN W2 columns, MHSA W_o columns, the
     conv module's last layer; with module granularity the module's last layer and bias).
-    `head` picks the output layer (index of the budget). Returns the model in eval mode on
-    the supernet's device.
+    `head` picks the output layer (index of the budget). gates None: every unit on, as the
+    supernet reads it. Returns the model in eval mode on the supernet's device.
     """
+    if not isinstance(model, ConformerSupernet):
+        raise TypeError(f"model must be a ConformerSupernet, got {type(model).__name__}")
     cfg: SupernetConfig = model.cfg
-    gates = torch.as_tensor(gates).detach().reshape(-1).double().cpu()
+    if gates is None:
+        gates = torch.ones(model.num_units)
+    try:
+        gates = torch.as_tensor(gates).detach().reshape(-1).double().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"gates must be a tensor of {model.num_units} unit gates, got "
+                        f"{type(gates).__name__}") from None
     if gates.numel() != model.num_units:
         raise ValueError(f"gates must have {model.num_units} entries (one per unit), "
                          f"got {gates.numel()}")
     if not bool(torch.isfinite(gates).all()):
         raise ValueError("gates contain NaN or inf")
-    if not isinstance(head, int) or not -len(model.heads) <= head < len(model.heads):
-        raise ValueError(f"head must be an int in [-{len(model.heads)}, "
-                         f"{len(model.heads) - 1}], got {head!r}")
+    model.check_head(head)
     layout = block_layout(cfg)
     block_gates = gates.view(cfg.num_layers, -1)
     widths = [{kind: _kept_width(cfg, kind, block_gates[layer, start:end])

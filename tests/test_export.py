@@ -185,8 +185,22 @@ def test_bad_gates():
         extract_subnet(model, torch.ones(3))
     with pytest.raises(ValueError, match="NaN"):
         extract_subnet(model, torch.full((model.num_units,), float("nan")))
-    with pytest.raises(ValueError, match="head"):
-        extract_subnet(model, torch.ones(model.num_units), head=5)
+    for head in (5, True):               # out of range; a bool is not an index
+        with pytest.raises(ValueError, match=r"head must be an int .*got " + str(head)):
+            extract_subnet(model, torch.ones(model.num_units), head=head)
+    with pytest.raises(TypeError, match="gates must be a tensor .*got str"):
+        extract_subnet(model, "all")
+    with pytest.raises(TypeError, match="model must be a ConformerSupernet, got Linear"):
+        extract_subnet(torch.nn.Linear(2, 2), torch.ones(3))
+
+
+def test_extract_subnet_without_gates_keeps_every_unit():
+    """gates None reads as every unit on, as the supernet's own forward reads it."""
+    model = ConformerSupernet(tiny_cfg()).eval()
+    sub = extract_subnet(model, None)
+    feats, lengths = torch.randn(2, 40, 80), torch.tensor([40, 23])
+    torch.testing.assert_close(sub(feats, lengths)[0], model(feats, lengths)[0],
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_an_exported_subnet_checks_its_inputs_as_the_supernet_does():
