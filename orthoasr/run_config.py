@@ -305,12 +305,30 @@ def parse_yaml(text: str, where: str):
     """`text` as YAML; a syntax error is a ValueError naming `where` and the place (yaml's
     own message names "<unicode string>")."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         place = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ValueError(f"{where} is not valid YAML: {problem}{place}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load's loader, but a key given twice in one mapping is an error (YAML forbids
+    it; yaml kept the last value silently, so an `lr:` added below a copied config's own
+    went unnoticed or was the one ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str) and key in first:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {key!r} given twice (first at line {first[key] + 1})",
+                        problem_mark=key_node.start_mark)
+                first.setdefault(key, key_node.start_mark.line)
+        return super().construct_mapping(node, deep)
 
 
 def find_config(path: str | Path) -> Path:

@@ -212,6 +212,19 @@ def test_unreadable_config_files_and_overrides_are_named(tmp_path):
         load_run_config(None, ["model.budgets=[0.4,"])
 
 
+def test_a_key_set_twice_in_a_config_file_is_named(tmp_path):
+    """A key given twice (an `lr:` added at the end of a copied config) is an error naming
+    the key and both lines: yaml kept the last one without a word."""
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 3.0e-3\nmodel:\n  num_layers: 2\n  num_layers: 3\n")
+    with pytest.raises(ValueError, match=rf"config file {path} is not valid YAML: key "
+                                         r"'num_layers' given twice \(first at line 3\) at line 4"):
+        load_run_config(path)
+    path.write_text("lr: 3.0e-3\nwarmup_steps: 5\nlr: 1.0e-3\n")
+    with pytest.raises(ValueError, match=r"key 'lr' given twice \(first at line 1\) at line 3"):
+        load_run_config(path)
+
+
 def test_lr_schedule():
     run = RunConfig(warmup_steps=10, stage1_steps=50, stage2_steps=50, lr_final=0.1)
     factors = [lr_factor(s, run) for s in range(100)]
