@@ -59,6 +59,11 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                          "largest budget, so the largest one's units would be chosen by "
                          "untrained scores")
     work_dir = Path(work_dir)
+    if overwrite:
+        # by absolute path, taken before the old run is moved aside: "." (run from inside
+        # it) has no name to move it by, and would follow the current folder into
+        # <work-dir>.old-N, where the new run would write over the old one's files
+        work_dir = Path(os.path.abspath(work_dir))
     resume = resume or resume_from is not None
     for name, given in (("schedule", allow_schedule_change), ("data", allow_data_change)):
         if given and not resume:

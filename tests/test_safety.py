@@ -78,6 +78,21 @@ def test_a_run_is_refused_without_resume_and_moved_aside_by_overwrite(corpus, tm
         train(short_run(corpus), tmp_path / "empty", resume=True)
 
 
+def test_overwrite_of_the_current_folder_moves_it_aside_and_starts_anew_by_name(
+        corpus, tmp_path, monkeypatch):
+    """`--work-dir . --overwrite` from inside the run: the old run goes to run.old-1 and the
+    new one to run, as from the parent folder (it was "PosixPath('.') has an empty name";
+    "." also follows the current folder into run.old-1, over the old run's files)."""
+    work = tmp_path / "run"
+    train(short_run(corpus), work)
+    ckpt = (work / "checkpoint.pt").read_bytes()
+    monkeypatch.chdir(work)
+    train(short_run(corpus, "stage1_steps=1"), ".", overwrite=True)
+    assert (tmp_path / "run.old-1" / "checkpoint.pt").read_bytes() == ckpt
+    assert [r["step"] for r in read_metrics(tmp_path / "run.old-1" / "metrics.csv")] == [1, 2]
+    assert [r["step"] for r in read_metrics(work / "metrics.csv")] == [1]
+
+
 def test_a_run_that_failed_before_its_first_step_is_started_again(corpus, tmp_path):
     """It left only its tokenizer: no run to resume or move aside, a new one starts there."""
     work = tmp_path / "run"
