@@ -335,6 +335,8 @@ class ConformerSupernet(nn.Module):
         skip_dead_blocks, batch_streams: as run_blocks takes them."""
         self._check_gates(x, gates, head)
         self._check_embedded(x)
+        if not isinstance(lengths, torch.Tensor):     # the modules check the rest of it
+            raise TypeError(f"lengths must be a tensor, got {type(lengths).__name__}")
         x = self.run_blocks(self.dropout(x), lengths, gates, skip, full,
                             frozen_operands=frozen_operands, skip_dead_blocks=skip_dead_blocks,
                             batch_streams=batch_streams)
@@ -509,6 +511,8 @@ class ConformerSupernet(nn.Module):
         """(layer, kind) of the modules whose slice of hard host-read `gates` passes test."""
         if gates is None:
             return frozenset()
+        if not isinstance(gates, torch.Tensor):
+            raise TypeError(f"gates must be a tensor or None, got {type(gates).__name__}")
         if gates.requires_grad:
             raise ValueError(f"{name} needs hard gates without a gradient (a module left out "
                              f"or run ungated gives its gates no gradient)")

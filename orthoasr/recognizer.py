@@ -181,6 +181,8 @@ class Recognizer:
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
                             f"{type(paths_or_waveforms).__name__}; wrap it in a list")
         _check_seconds("group_seconds", group_seconds, 0.0)
+        if not isinstance(timestamps, bool):    # "no" would read as True
+            raise TypeError(f"timestamps must be True or False, got {timestamps!r}")
         finish = self._transcript if timestamps else self._text
         return self._texts_by_group(paths_or_waveforms, finish,
                                     group_samples=group_seconds * self.logmel.sample_rate)

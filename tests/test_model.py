@@ -418,6 +418,10 @@ def test_skip_is_honoured_and_checked():
     with pytest.raises(ValueError, match="hard gates"):
         model.dead_modules(torch.zeros(model.num_units, requires_grad=True))
     assert model.dead_modules(None) == frozenset()
+    with pytest.raises(TypeError, match="gates must be a tensor or None, got list"):
+        model.dead_modules([0.0] * model.num_units)
+    with pytest.raises(TypeError, match="lengths must be a tensor, got list"):
+        model.encode(x, [6])
 
 
 @pytest.mark.parametrize("granularity", ["component", "module"])

@@ -116,6 +116,8 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
     assert rec.transcribe([np.zeros(100, np.float32)]) == [""]  # under 4 frames
     with pytest.raises(TypeError, match="wrap it in a list"):
         rec.transcribe(run["paths"][0])
+    with pytest.raises(TypeError, match="timestamps must be True or False, got 'no'"):
+        rec.transcribe(run["paths"], timestamps="no")
     with pytest.raises(ValueError, match="1-D"):
         rec.transcribe([np.zeros((2, 8000), np.float32)])
     poisoned = waves[1].copy()
