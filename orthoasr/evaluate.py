@@ -316,6 +316,21 @@ def check_outputs(csv_path: str | Path, heatmap: str | Path | None = None) -> No
             ("--heatmap", heatmap, IMAGE_SIGNATURES, "an image")):
         if path is not None:
             refuse_replacing(flag, Path(path), "result", _unless_starting(starts, what))
+    if heatmap is not None:
+        check_image_suffix(Path(heatmap))
+
+
+def check_image_suffix(path: Path) -> None:
+    """Refuse a heatmap path whose suffix matplotlib cannot write (its own error came after
+    the decoding and named no argument) or that has none (savefig adds .png: the file
+    named and checked above would not be the one written)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        why = f"matplotlib writes no {path.suffix} images" if path.suffix else \
+            "no suffix to name the image format"
+        raise ValueError(f"--heatmap {path}: {why}; end the name in .png (or "
+                         f"{', '.join(sorted(formats))})")
 
 
 def _unless_starting(starts: tuple[bytes, ...], what: str):

@@ -144,6 +144,25 @@ def test_outputs_that_would_destroy_a_file_are_refused(run_dir, tmp_path, capsys
     assert (tmp_path / "heatmap.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_a_heatmap_of_no_image_suffix_is_refused_before_decoding(run_dir, tmp_path, capsys):
+    """--heatmap h.csv failed in matplotlib's words ("Format 'csv' is not supported") after
+    every clip was decoded; --heatmap h wrote h.png and printed "heatmap -> h". Both are
+    refused first, naming the argument; .PNG and .svg are written as named."""
+    checkpoint = run_dir / "checkpoint.pt"
+    for name in ("h.csv", "h"):
+        heatmap = tmp_path / name
+        err = cli_error(capsys, ["eval", "--checkpoint", str(checkpoint), "--heatmap",
+                                 str(heatmap), "--csv", str(tmp_path / "eval.csv")])
+        assert f"--heatmap {heatmap}: " in err and "; end the name in .png" in err, err
+        assert not (tmp_path / "eval.csv").exists()
+        assert not heatmap.exists() and not heatmap.with_suffix(".png").exists()
+    for name in ("h.PNG", "h.svg"):
+        main(["eval", "--checkpoint", str(checkpoint), "--heatmap", str(tmp_path / name),
+              "--csv", str(tmp_path / "eval.csv")])
+        assert f"heatmap -> {tmp_path / name}" in capsys.readouterr().out
+        assert (tmp_path / name).stat().st_size > 0
+
+
 # ----------------------------------------------------------------------------- --subnet
 
 def talkative(state: dict) -> dict:
