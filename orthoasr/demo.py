@@ -13,6 +13,8 @@ picks nested subnets that meet their exact budgets.
 from __future__ import annotations
 
 import argparse
+import shlex
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +77,30 @@ def run_demo(work_dir: str | Path = WORK_DIR, config: str | Path | None = None,
     print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
     paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
              for split in ("train", "dev", "test")]
-    run_cfg = load_run_config(config, paths + [f"device={device}"] + list(overrides))
-    train(run_cfg, work_dir, overwrite=True)
+    overrides = paths + [f"device={device}"] + list(overrides)
+    run_cfg = load_run_config(config, overrides)
+    trainer = train(run_cfg, work_dir, overwrite=True)
+    if trainer.stopped_by:
+        raise SystemExit(stopped_demo(trainer.stopped_by, config, work_dir, overrides))
     print(f"training done after {time.perf_counter() - start:.0f} s", flush=True)
     rows = evaluate(work_dir / CHECKPOINT, heatmap=work_dir / "heatmap.png",
                     device=run_cfg.device)
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     print(next_steps(work_dir, data_dir, run_cfg.model.budgets))
     return rows
+
+
+def stopped_demo(signal_name: str, config: str | Path, work_dir: Path,
+                 overrides: list[str]) -> int:
+    """A demo whose training a signal stopped (with a checkpoint) ends there: scoring the
+    half-trained model and suggesting its subnets would mislead, and `orthoasr demo` starts
+    anew. Prints the command that continues the run (the demo's config and overrides) and
+    returns the exit status, 128 + the signal's number."""
+    resume = ["orthoasr", "train", "--config", str(config), "--work-dir", str(work_dir),
+              "--resume", *overrides]
+    print(f"the demo stopped; continue its training with\n  {shlex.join(resume)}\nthen score "
+          f"its subnets with\n  orthoasr eval --checkpoint {work_dir / CHECKPOINT}", flush=True)
+    return 128 + signal.Signals[signal_name].value
 
 
 def next_steps(work_dir: Path, data_dir: Path, budgets) -> str:

@@ -1,12 +1,19 @@
 """The selection-only demo trains OrthoSoftmax scores and freezes nested, in-budget subnets;
 the demo's options reach what they are for or are refused."""
 
+import os
+import shlex
+import signal
+
 import pytest
 import torch
+from test_train import as_overrides, tiny_run, write_corpus
 
 import orthoasr
 import orthoasr.data.synth as synth
 import orthoasr.demo as demo
+import orthoasr.train as train_module
+from orthoasr.checkpoint import load_checkpoint
 from orthoasr.cli import main as cli_main
 from orthoasr.demo import select_subnets
 
@@ -122,3 +129,33 @@ def test_demo_replaces_an_interrupted_corpus_and_reuses_a_finished_one(tmp_path,
         with pytest.raises(_Stop):
             demo.run_demo(tmp_path / "run", data_dir=data_dir, device="cpu")
     assert synthesised == [True]                              # once, replacing; then reused
+
+
+def test_an_interrupted_demo_stops_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the demo's training: it went on to score the half-trained model, said
+    "demo finished", suggested the subnets of a freeze not yet made and exited 0; and the
+    "--resume" it named is not an option of `orthoasr demo`. Now it exits 130 and prints
+    the `orthoasr train` command that continues the run (tested here) and the eval after."""
+    real_step = train_module.Trainer.train_step
+
+    def step_then_interrupt(trainer, batch, on_device=None):
+        real_step(trainer, batch, on_device)
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_interrupt)
+    data_dir = write_corpus(tmp_path / "data", n=6)
+    overrides = as_overrides(tiny_run(data_dir, "stage1_steps=2", "stage2_steps=1"))
+    work = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_:
+        demo.run_demo(work, config=None, overrides=overrides, data_dir=data_dir,
+                      device="cpu")
+    assert exit_.value.code == 128 + signal.SIGINT
+    out = capsys.readouterr().out
+    assert "demo finished" not in out and not (work / "eval.csv").exists()
+    command = next(line.strip() for line in out.splitlines()
+                   if line.strip().startswith("orthoasr train "))
+    assert f"orthoasr eval --checkpoint {work / 'checkpoint.pt'}" in out
+    monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
+    cli_main(shlex.split(command)[1:])
+    assert load_checkpoint(work / "checkpoint.pt")["step"] == 3
