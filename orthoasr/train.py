@@ -19,7 +19,7 @@ from .checkpoint import TRAINING_KIND, CheckpointError, kept_checkpoints, load_c
 from .cli import number
 from .data import AudioError
 from .distributed import shutdown
-from .run_config import RunConfig, load_run_config, presets
+from .run_config import RunConfig, apply_overrides, load_run_config, presets
 from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
 from .trainer_checkpoints import (
@@ -243,6 +243,25 @@ also go out every ckpt_every steps and every ckpt_minutes. After a divergence th
 the checkpoints kept and the command to resume from one with a lower lr."""
 
 
+DEFAULT_CONFIG = "configs/tiny.yaml"
+
+
+def run_config_of(args: argparse.Namespace) -> RunConfig:
+    """--config's run config (default DEFAULT_CONFIG) plus the overrides. A resume without
+    --config continues the checkpoint's own config plus the overrides: the default file's
+    manifests and sizes (which the checkpoint's would be compared with) are not the run's."""
+    if args.config is None and (args.resume or args.resume_from):
+        checkpoint = Path(args.resume_from or Path(args.work_dir) / CHECKPOINT)
+        if checkpoint.exists():                 # else train() says nothing is there
+            try:
+                saved = load_checkpoint(checkpoint, "cpu", TRAINING_KIND)["run_config"]
+            except CheckpointError as err:
+                advice = _kept_checkpoints_advice(Path(args.work_dir), checkpoint)
+                raise CheckpointError(f"{err}{advice}") from None
+            return RunConfig.from_dict(apply_overrides(saved, args.overrides))
+    return load_run_config(args.config or DEFAULT_CONFIG, args.overrides)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .run_config import valid_keys
     parser.description = DESCRIPTION
@@ -250,9 +269,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ("config keys (set in the YAML file or as key=value; model keys as "
                      "model.<key>; defaults in orthoasr/run_config.py and "
                      "orthoasr/config.py):\n  " + " ".join(valid_keys()))
-    parser.add_argument("--config", default="configs/tiny.yaml",
+    parser.add_argument("--config", default=None,
                         help="YAML run config, or a preset name: "
-                             f"{', '.join(presets())} (default: %(default)s)")
+                             f"{', '.join(presets())} (default: {DEFAULT_CONFIG}; with "
+                             "--resume or --resume-from, the checkpoint's own config)")
     parser.add_argument("--work-dir", default="runs/default",
                         help="folder of the run (default: %(default)s)")
     start = parser.add_mutually_exclusive_group()
@@ -283,7 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    run_cfg = load_run_config(args.config, args.overrides)
+    run_cfg = run_config_of(args)
     trainer = train(run_cfg, args.work_dir, resume=args.resume, stop_at=args.stop_at,
                     overwrite=args.overwrite, resume_from=args.resume_from,
                     allow_schedule_change=args.allow_schedule_change,

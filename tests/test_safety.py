@@ -312,6 +312,20 @@ def test_a_resume_without_a_readable_checkpoint_pt_names_the_kept_ones(corpus, t
     assert "start a new run with --overwrite" in cli_error(capsys, argv)
 
 
+def test_a_resume_without_config_continues_the_checkpoints_config(corpus, tmp_path, capsys):
+    """`train --work-dir W --resume` without --config read configs/tiny.yaml, whose manifests
+    (data/synth-tiny) were not the run's: "dev_manifest ... not found", or a config mismatch.
+    It now continues the checkpoint's own config, overrides on top (a resumable one here)."""
+    work = tmp_path / "run"
+    train(tiny_run(corpus, "stage1_steps=2", "stage2_steps=1"), work, stop_at=1)
+    main(["train", "--work-dir", str(work), "--resume", "log_every=2"])
+    state = load_checkpoint(work / "checkpoint.pt")
+    assert state["step"] == 3 and state["run_config"]["log_every"] == 2
+    assert "resumed from" in capsys.readouterr().out
+    err = cli_error(capsys, ["train", "--work-dir", str(work), "--resume", "lr=1.0"])
+    assert "mismatching fields: lr" in err       # overrides are still checked against it
+
+
 def test_a_stop_before_the_resumed_step_is_refused(corpus, finished, tmp_path, capsys):
     """It did nothing and exited 0 (the checkpoint rewritten at its own step)."""
     run = tiny_run(corpus, "stage1_steps=1", "stage2_steps=1")
@@ -667,6 +681,8 @@ def test_help_describes_commands_defaults_and_keys(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "(default: configs/tiny.yaml)" in out and "--overwrite" in out
+    assert "(default: configs/tiny.yaml;" in out and "--overwrite" in out
+    assert re.search(r"with\s+--resume\s+or\s+--resume-from,\s+the\s+checkpoint's\s+own\s+config",
+                     out)
     assert "model.num_layers" in out and "keep_checkpoints" in out
 
