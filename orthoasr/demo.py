@@ -29,6 +29,7 @@ from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, tempera
 from .run_config import load_run_config
 from .train import CHECKPOINT, train
 from .units import enumerate_units, subnet_cost, unit_costs
+from .workdir import check_work_dir
 
 WORK_DIR = "runs/demo"
 
@@ -69,6 +70,7 @@ def run_demo(work_dir: str | Path = WORK_DIR, config: str | Path | None = None,
     preset = demo_preset(device)
     config = config or preset.config
     work_dir = Path(work_dir)
+    check_work_dir(work_dir)        # before the corpus: synthesis takes a while
     data_dir = Path(data_dir or f"data/synth-{preset.corpus}")
     if not (data_dir / "train.jsonl").exists():
         print(f"synthesising the {preset.corpus!r} corpus into {data_dir} ...", flush=True)

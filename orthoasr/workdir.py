@@ -28,6 +28,14 @@ def run_files(work_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (work_dir / name).exists()]
 
 
+def check_work_dir(work_dir: Path) -> None:
+    """A WorkDirError if `work_dir` is a file, or a folder that a running run holds."""
+    if work_dir.exists() and not work_dir.is_dir():
+        raise WorkDirError(f"work dir {work_dir} is a file, not a directory")
+    if work_dir.is_dir():
+        check_unlocked(work_dir)
+
+
 def prepare_work_dir(work_dir: str | Path, resume: bool, overwrite: bool) -> Path | None:
     """Check that a run may start (or continue) in `work_dir`; with `overwrite`, move a run
     found there to `<work_dir>.old-<i>` and return that path. A run is never deleted."""
@@ -35,12 +43,9 @@ def prepare_work_dir(work_dir: str | Path, resume: bool, overwrite: bool) -> Pat
     if resume and overwrite:
         raise WorkDirError("--resume and --overwrite exclude each other: --resume continues "
                            "the run in the work dir, --overwrite moves it aside")
-    if work_dir.exists() and not work_dir.is_dir():
-        raise WorkDirError(f"work dir {work_dir} is a file, not a directory")
-    if work_dir.is_dir():
-        # first: a running run's files (or their absence, before its first checkpoint) say
-        # nothing about what to do
-        check_unlocked(work_dir)
+    # first: a running run's files (or their absence, before its first checkpoint) say
+    # nothing about what to do
+    check_work_dir(work_dir)
     found = run_files(work_dir) if work_dir.is_dir() else []
     if resume or not found:
         return None
@@ -181,5 +186,5 @@ def _in_use(work_dir: Path, owner: tuple[int, str]) -> WorkDirError:
         "no such process runs")
 
 
-__all__ = ["WorkDirError", "WorkDirLock", "prepare_work_dir", "check_unlocked", "run_files",
-           "remove_if_empty"]
+__all__ = ["WorkDirError", "WorkDirLock", "prepare_work_dir", "check_work_dir",
+           "check_unlocked", "run_files", "remove_if_empty"]

@@ -16,6 +16,7 @@ import orthoasr.train as train_module
 from orthoasr.checkpoint import load_checkpoint
 from orthoasr.cli import main as cli_main
 from orthoasr.demo import select_subnets
+from orthoasr.workdir import WorkDirError
 
 
 def test_selection_demo_yields_nested_subnets_within_budget(capsys):
@@ -129,6 +130,17 @@ def test_demo_replaces_an_interrupted_corpus_and_reuses_a_finished_one(tmp_path,
         with pytest.raises(_Stop):
             demo.run_demo(tmp_path / "run", data_dir=data_dir, device="cpu")
     assert synthesised == [True]                              # once, replacing; then reused
+
+
+def test_a_demo_work_dir_that_is_a_file_is_refused_before_the_corpus(tmp_path, monkeypatch):
+    """It synthesised the whole corpus (~20 s on 2 cores) and only then said so."""
+    def synthesise(*args, **kwargs):
+        raise AssertionError("the corpus was synthesised first")
+
+    monkeypatch.setattr(synth, "synthesize_corpus", synthesise)
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(WorkDirError, match="notes.txt is a file"):
+        demo.run_demo(tmp_path / "notes.txt", data_dir=tmp_path / "data", device="cpu")
 
 
 def test_an_interrupted_demo_stops_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
