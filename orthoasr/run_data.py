@@ -261,15 +261,16 @@ def filter_records(records: list[dict], run: RunConfig, tokenizer, report: bool 
     return kept
 
 
-def check_eval_manifests(run: RunConfig) -> None:
-    """The dev and test manifests exist and parse (no audio read), checked before training so
-    that evaluating the run does not fail at its end."""
+def check_manifests(run: RunConfig) -> None:
+    """The three manifests exist, and the dev and test manifests parse (no audio read):
+    checked before training, so that evaluating the run does not fail at its end and a
+    mistyped path fails before `--overwrite` moves an earlier run aside."""
     from .data import load_manifest
-    for name in ("dev_manifest", "test_manifest"):
+    for name in ("train_manifest", "dev_manifest", "test_manifest"):
         path = getattr(run, name)
         if not Path(path).exists():
             raise FileNotFoundError(f"{name} {path} not found (set {name}=PATH)")
-        if not load_manifest(path, check_audio=False):
+        if name != "train_manifest" and not load_manifest(path, check_audio=False):
             raise ValueError(f"{name} {path} is empty")
 
 

@@ -20,7 +20,7 @@ from .cli import number
 from .data import AudioError
 from .distributed import shutdown
 from .run_config import RunConfig, apply_overrides, load_run_config, presets
-from .run_data import TrainData, check_eval_manifests, make_tokenizer, prefetch_to_device
+from .run_data import TrainData, check_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
 from .trainer_checkpoints import (
     CHECKPOINT,
@@ -69,6 +69,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         if given and not resume:
             raise ValueError(f"--allow-{name}-change (allow_{name}_change) lets a resume differ "
                              "from its checkpoint: pass --resume or --resume-from too")
+    if not resume:      # before --overwrite moves a run aside: a mistyped path moves nothing
+        check_manifests(run)
     world_is_main = int(os.environ.get("RANK", "0")) == 0
     if world_is_main:
         prepare_work_dir(work_dir, resume, overwrite)
@@ -79,7 +81,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                  " (start a new run with --overwrite, which moves the old one aside)")
         raise WorkDirError(f"nothing to resume: {checkpoint} not found"
                            f"{_kept_checkpoints_advice(work_dir, checkpoint) or fresh}")
-    check_eval_manifests(run)
+    if resume:          # after the lock and the checkpoint: those say more
+        check_manifests(run)
     created = world_is_main and not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
     lock = WorkDirLock(work_dir) if world_is_main else None

@@ -571,6 +571,17 @@ def test_dev_and_test_manifests_are_checked_before_training(corpus, tmp_path):
     assert not (tmp_path / "run" / "metrics.csv").exists()
 
 
+def test_a_mistyped_manifest_leaves_the_run_that_overwrite_would_move(corpus, tmp_path):
+    """--overwrite moved the earlier run aside, then found the new run's manifest missing:
+    no run left in the work dir. The manifests are now checked first."""
+    work = tmp_path / "run"
+    train(short_run(corpus), work)
+    for name in ("dev_manifest", "train_manifest"):
+        with pytest.raises(FileNotFoundError, match=f"{name} /nonexistent.jsonl not found"):
+            train(short_run(corpus, f"{name}=/nonexistent.jsonl"), work, overwrite=True)
+        assert (work / "checkpoint.pt").exists() and not (tmp_path / "run.old-1").exists()
+
+
 # ----------------------------------------------------------------------------- 3: eval
 
 def test_eval_from_another_folder_finds_the_manifests_and_a_missing_one_is_an_error(
