@@ -13,6 +13,7 @@ picks nested subnets that meet their exact budgets.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import time
@@ -69,7 +70,7 @@ def run_demo(work_dir: str | Path = WORK_DIR, config: str | Path | None = None,
     start = time.perf_counter()
     preset = demo_preset(device)
     config = config or preset.config
-    work_dir = Path(work_dir)
+    work_dir = held_path(Path(work_dir))
     check_work_dir(work_dir)        # before the corpus: synthesis takes a while
     data_dir = Path(data_dir or f"data/synth-{preset.corpus}")
     if not (data_dir / "train.jsonl").exists():
@@ -90,6 +91,16 @@ def run_demo(work_dir: str | Path = WORK_DIR, config: str | Path | None = None,
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     print(next_steps(work_dir, data_dir, run_cfg.model.budgets))
     return rows
+
+
+def held_path(work_dir: Path) -> Path:
+    """`work_dir`, absolute if it holds the current folder ("." from inside an earlier
+    run): training moves that run aside, and the current folder goes with it, so a relative
+    path would then name the old run (the demo scored it and wrote its heatmap there)."""
+    cwd = Path.cwd()
+    if work_dir.resolve() in (cwd, *cwd.parents):
+        return Path(os.path.abspath(work_dir))
+    return work_dir
 
 
 def stopped_demo(signal_name: str, config: str | Path, work_dir: Path,

@@ -171,3 +171,24 @@ def test_an_interrupted_demo_stops_and_says_how_to_continue(tmp_path, monkeypatc
     monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
     cli_main(shlex.split(command)[1:])
     assert load_checkpoint(work / "checkpoint.pt")["step"] == 3
+
+
+def test_a_demo_in_the_current_folder_scores_and_names_the_new_run(tmp_path, monkeypatch,
+                                                                   capsys):
+    """`orthoasr demo --work-dir .` from inside an earlier demo run: training moved the old
+    run aside to run.old-1 and trained the new one in run, but "." followed the current
+    folder into run.old-1, so the demo scored the old run, wrote its heatmap there and
+    printed commands for the old run's checkpoint."""
+    data_dir = write_corpus(tmp_path / "data", n=6)
+    overrides = as_overrides(tiny_run(data_dir, "stage1_steps=1", "stage2_steps=1"))
+    work = tmp_path / "run"
+    demo.run_demo(work, overrides=overrides, data_dir=data_dir, device="cpu")
+    old = load_checkpoint(work / "checkpoint.pt")["model"]
+    (work / "heatmap.png").unlink()
+    monkeypatch.chdir(work)
+    demo.run_demo(".", overrides=overrides + ["seed=1"], data_dir=data_dir, device="cpu")
+    new = load_checkpoint(work / "checkpoint.pt")["model"]
+    assert any(not torch.equal(new[k], old[k]) for k in old)          # a new run is there
+    assert (work / "heatmap.png").exists()
+    assert not (tmp_path / "run.old-1" / "heatmap.png").exists()
+    assert f"--checkpoint {work / 'checkpoint.pt'} " in capsys.readouterr().out
