@@ -161,8 +161,10 @@ class Recognizer:
         recording's text is its voiced segments' texts joined by single spaces; all silent,
         or under 40 ms (4 feature frames): "". timestamps: a `Transcript(text, words)` per
         item instead of its text, each `Word(text, start, end)` in seconds from the
-        recording's start (where the model emitted it: orthoasr.timestamps). Decoded as
-        `transcribe_iter` does, so a long list of paths is not read into memory at once."""
+        recording's start (where the model emitted it: orthoasr.timestamps). An item
+        holding NaN, or peaking over MAX_PEAK (10: samples at 16-bit PCM's scale), is a
+        ValueError naming it. Decoded as `transcribe_iter` does, so a long list of paths is
+        not read into memory at once."""
         return list(self.transcribe_iter(paths_or_waveforms, timestamps=timestamps))
 
     def transcribe_iter(self, paths_or_waveforms: Iterable[Audio],
@@ -271,10 +273,9 @@ class Recognizer:
             if wave.dim() != 1:
                 raise ValueError(f"waveforms must be 1-D (samples at 16 kHz), got shape "
                                  f"{tuple(wave.shape)} for {name}")
-        # a NaN sample spreads over its whole utterance's features: the transcript would
-        # come out empty without a word
-        if not bool(torch.isfinite(wave).all()):
-            raise ValueError(f"{name} holds NaN or inf samples")
+        problem = waveform_problem(wave)
+        if problem is not None:
+            raise ValueError(f"{name} {problem}")
         return wave
 
     def _best_paths(self, waves: list[torch.Tensor]) -> list[list[int]]:
@@ -293,6 +294,23 @@ class Recognizer:
 
 
 FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)
+# samples are in [-1, 1]; hot or clipped float audio and unit-variance noise peak under
+# this, 16-bit samples passed as floats without the / 32768 far over it
+MAX_PEAK = 10.0
+
+
+def waveform_problem(wave: torch.Tensor) -> str | None:
+    """Why a 1-D float waveform (S,) cannot be decoded, as words to follow its name; None if
+    it can. A NaN sample spreads over its whole utterance's features: the transcript would
+    come out empty. Samples at 16-bit PCM's scale pass the splitter's -80 dBFS floor
+    (silent_dbfs) 90 dB too loud, so a muted microphone's dither is decoded into words."""
+    if not bool(torch.isfinite(wave).all()):
+        return "holds NaN or inf samples"
+    peak = float(wave.abs().max()) if len(wave) else 0.0
+    if peak > MAX_PEAK:
+        return (f"peaks at {peak:g}: samples are floats in [-1, 1] (16-bit PCM: samples / "
+                f"32768; up to {MAX_PEAK:g} is taken)")
+    return None
 
 
 def _native(array: np.ndarray) -> np.ndarray:
@@ -363,4 +381,4 @@ def check_cutting(chunk_seconds: float | None, context_seconds: float,
         check_number("silence_db", silence_db, above=0.0)
 
 
-__all__ = ["Recognizer", "chunk_windows", "output_frames", "check_cutting"]
+__all__ = ["Recognizer", "chunk_windows", "output_frames", "check_cutting", "waveform_problem"]

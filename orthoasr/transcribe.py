@@ -14,12 +14,12 @@ transcribed: files are read one at a time as the recognizer needs them and decod
 of about `--group-seconds` of audio, so a long list is never in memory at once and an
 interrupted run keeps the lines it printed. Each recording's silent stretches are cut out
 first and its voiced segments decoded (`--silence-db`; `off` decodes each file whole). A
-file that cannot be read (missing, empty, corrupt, not audio, or holding NaN samples) gets a
-line on stderr naming it and the reason, in its place among the others; the other files are
-still transcribed, and the exit status is 1. So does a path from standard input whose
-subtitle file an earlier file took (FILE names that would clash are refused before the model
-loads). A FILE of `-` stands for the paths on standard input, one a line, read as they are
-needed.
+file that cannot be read (missing, empty, corrupt, not audio, holding NaN samples, or float
+samples at 16-bit PCM's scale) gets a line on stderr naming it and the reason, in its place
+among the others; the other files are still transcribed, and the exit status is 1. So does
+a path from standard input whose subtitle file an earlier file took (FILE names that would
+clash are refused before the model loads). A FILE of `-` stands for the paths on standard
+input, one a line, read as they are needed.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .recognizer import (
     GROUP_SECONDS,
     SILENCE_DB,
     Recognizer,
+    waveform_problem,
 )
 from .silence import MIN_GAP_SECONDS
 from .subtitles import cues, srt, vtt
@@ -54,11 +55,13 @@ SUBTITLE_FORMATS = {"srt": srt, "vtt": vtt}
 
 
 def read_file(path: str) -> torch.Tensor:
-    """path's 16 kHz mono waveform (S,); AudioError if it holds NaN or inf, which would
-    stop the recognizer (and so the files after it)."""
+    """path's 16 kHz mono waveform (S,); AudioError if it holds NaN or inf or peaks far over
+    1 (a float file of 16-bit values), which would stop the recognizer (and so the files
+    after it)."""
     wave = load_audio(path)
-    if not bool(torch.isfinite(wave).all()):
-        raise AudioError("holds NaN or inf samples")
+    problem = waveform_problem(wave)
+    if problem is not None:
+        raise AudioError(problem)
     return wave
 
 

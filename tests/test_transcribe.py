@@ -140,6 +140,28 @@ def test_arrays_in_any_layout_read_as_their_native_copies():
         rec.transcribe([reversed_wave, reversed_wave, wave])
 
 
+def test_waveforms_at_the_scale_of_integer_samples_are_refused():
+    """16-bit samples passed as floats without the / 32768 (`pcm.astype(np.float32)`) were
+    decoded without a word. The splitter's -80 dBFS floor is for samples in [-1, 1]: 2 s of
+    a muted microphone's dither (1.5 LSB rms) has no segments, but at 32768 times the scale
+    it was voiced throughout and decoded into words; normalised over all frames, speech
+    with 0.3 s of zeros around it had features up to 1.5 (0.34 on average) off. Peaks up
+    to 10 (hot or clipped float audio, unit-variance noise) are taken."""
+    rec = Recognizer(FrameLocalModel(), LabelTokenizer())
+    rng = np.random.default_rng(0)
+    speech = np.clip(rng.standard_normal(16000) * 0.1, -0.3, 0.3).astype(np.float32)
+    dither = np.round(rng.standard_normal(32000) * 1.5).astype(np.float32) / 32768
+    assert rec.transcribe([dither]) == [""]
+    pcm = np.round(speech * 32767)
+    peak = np.abs(pcm).max()
+    for scaled in (pcm.astype(np.float32), torch.from_numpy(pcm).float(), pcm):
+        with pytest.raises(ValueError, match=rf"item 1 peaks at {peak:g}: .*\[-1, 1\] "
+                                             r"\(16-bit PCM: samples / 32768; up to 10 "):
+            rec.transcribe([speech, scaled])
+    hot = np.concatenate([speech, [2.0, -10.0]]).astype(np.float32)
+    assert rec.transcribe([hot, torch.randn(160000)])[0] == rec.transcribe([hot])[0]
+
+
 def test_word_timestamps_read_as_the_text(run, reference_backend):
     """With timestamps: the same texts, each the words joined by spaces, the words in
     order inside their clip (their times: tests/test_timestamps.py)."""
@@ -225,14 +247,19 @@ def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys, ref
         assert texts[files[name]] == original, name
 
 
-@pytest.mark.parametrize("bad", ["missing", "corrupt", "empty"])
+@pytest.mark.parametrize("bad", ["missing", "corrupt", "empty", "loud"])
 def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys, bad,
                                                            reference_backend):
+    """loud: a float wav holding 16-bit values (as Cool Edit's 32-bit float files did) was
+    decoded at 32768 times the scale; the recognizer's ValueError would end the run."""
     path = tmp_path / f"{bad}.wav"
     if bad == "corrupt":
         path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(200)))
     elif bad == "empty":
         path.write_bytes(b"")
+    elif bad == "loud":
+        wave = soundfile.read(run["paths"][0], dtype="float32")[0]
+        soundfile.write(path, wave * 32768, 16000, subtype="FLOAT")
     good = run["paths"][:2]
     code, lines, err = cli(capsys, "--checkpoint", str(run["checkpoint"]), good[0], str(path),
                            good[1])
@@ -241,7 +268,7 @@ def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys
     assert f"cannot read {path}: " in err and err.count(str(path)) == 1
     reason = err.split(f"cannot read {path}: ")[1].splitlines()[0]
     assert {"missing": "audio file not found", "corrupt": "no data chunk",
-            "empty": "not a RIFF/WAVE file"}[bad] in reason
+            "empty": "not a RIFF/WAVE file", "loud": "peaks at "}[bad] in reason
     assert "1 of 3 file(s) could not be transcribed" in err
 
 
