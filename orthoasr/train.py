@@ -157,11 +157,17 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
                    "train" if done else ""))
     else:
         trainer.tokenizer = make_tokenizer(run, work_dir, world)
+    last = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
+    if trainer.step >= last and not _freeze_due(trainer) and _is_newest(checkpoint, work_dir):
+        # a complete run (or --stop-at its step): its files stay as they are; saving again
+        # replaced the checkpoint and pruned kept ones (keep_checkpoints) for nothing. An
+        # earlier checkpoint (--resume-from) is still saved: it becomes the run's newest
+        _release(trainer)
+        return trainer
     data = TrainData(run, trainer.tokenizer, pin_memory=trainer.device.type == "cuda",
                      world=world)
     if trainer.frozen_masks is not None:
         trainer.prepare_stage2()
-    last = run.total_steps if stop_at is None else min(stop_at, run.total_steps)
     batches = prefetch_to_device(data.batches(trainer.epoch, trainer.batch_index),
                                  trainer.device)
     trainer.last_flush, trainer.last_save = time.perf_counter(), time.monotonic()
@@ -185,21 +191,39 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
         if trainer.step % run.ckpt_every == 0 or timed:
             trainer.save()
     caught.trainer = None
-    if trainer.step == run.stage1_steps and trainer.frozen_masks is None:
+    if _freeze_due(trainer):
         trainer.freeze()
     path = trainer.save()
     if trainer.stopped_by and world.is_main:
         print(f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}; "
               f"continue with --resume", flush=True)
-    # release what holds threads or the process group (the loader's workers, DDP's reducer)
-    # before the group is destroyed: freed later, at interpreter exit, gloo's threads could
-    # abort the process ("terminate called without an active exception")
     batches.close()
+    _release(trainer)
+    return trainer
+
+
+def _freeze_due(trainer: Trainer) -> bool:
+    """Stage 1 is done and its masks are not frozen yet (a run stopped, or killed after the
+    checkpoint of its last stage-1 step, before the freeze)."""
+    return trainer.step == trainer.run.stage1_steps and trainer.frozen_masks is None
+
+
+def _is_newest(checkpoint: Path, work_dir: Path) -> bool:
+    """Whether `checkpoint` is the work dir's checkpoint.pt (or its hard link in
+    checkpoints/)."""
+    newest = work_dir / CHECKPOINT
+    return newest.exists() and os.path.samefile(checkpoint, newest)
+
+
+def _release(trainer: Trainer) -> None:
+    """Release what holds threads or the process group (DDP's reducer, the step graphs;
+    the loader's workers are the caller's) and end the group: freed later, at interpreter
+    exit, gloo's threads could abort the process ("terminate called without an active
+    exception")."""
     trainer.ddp = None
     if trainer.step_graphs is not None:
         trainer.step_graphs.release()
-    shutdown(world)
-    return trainer
+    shutdown(trainer.world)
 
 
 def _kept_checkpoints_advice(work_dir: Path, failed: Path) -> str:

@@ -354,6 +354,35 @@ def test_a_resume_removes_partial_writes_and_says_when_the_run_is_done(corpus, f
     assert all(path.exists() for path in others)
 
 
+def test_a_resume_of_a_complete_run_writes_nothing(corpus, finished, tmp_path, monkeypatch,
+                                                  capsys):
+    """It said "nothing to train" and then built the data pipeline and wrote the checkpoint
+    again: checkpoint.pt and its step file replaced, metrics.csv rewritten, and kept
+    checkpoints pruned (here by a keep_checkpoints=1 given with the resume). (--resume-from
+    an earlier checkpoint still saves it, as the run's newest.)"""
+    work = tmp_path / "run"
+    shutil.copytree(finished, work)
+    (work / "checkpoint.pt").unlink()           # a hard link to the newest, as training left it
+    os.link(work / "checkpoints" / "step-0000002.pt", work / "checkpoint.pt")
+    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+             for p in sorted(work.rglob("*")) if p.is_file()}
+    assert len(list((work / "checkpoints").iterdir())) == 2
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data pipeline was built")
+
+    monkeypatch.setattr(train_module, "TrainData", no_data)
+    for resume_from, stop_at in ((None, None), (None, 2),
+                                 (work / "checkpoints" / "step-0000002.pt", None)):
+        trainer = train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1",
+                                 "keep_checkpoints=1"), work, resume=True,
+                        resume_from=resume_from, stop_at=stop_at)
+        assert trainer.step == 2 and trainer.stopped_by is None
+        assert {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+                for p in sorted(work.rglob("*")) if p.is_file()} == files
+    assert "the run was already complete (2 steps): nothing to train" in capsys.readouterr().out
+
+
 def test_budgets_below_a_supernet_are_refused(corpus, tmp_path):
     """Stage 1 draws the budgets below the largest: with the largest under 1.0 its extra
     units (with one budget, all of them) were picked by the scores' untrained noise."""
