@@ -48,6 +48,26 @@ def test_wav_round_trip_int16(tmp_path):
     assert np.abs(y.numpy() - x).max() < 1.0 / 32767 + 1e-6
 
 
+def test_a_wav_whose_data_size_was_never_filled_in_is_read_to_its_end(tmp_path):
+    """A writer cut off before it came back to fill in the sizes (a crashed recorder,
+    Python's `wave` writing to a pipe) leaves 0 as the data chunk's size: 1 s of samples
+    read as none, so its transcript was "" without a word. Read to the end, as ffmpeg
+    reads it, and as the placeholders of streamed wavs are."""
+    x = 0.5 * _tone(440.0, 16000, 1.0)
+    data = np.round(x * 32767).astype("<i2").tobytes()
+    _write_raw_wav(tmp_path / "a.wav", data, 16000, 1, 16)
+    raw = bytearray((tmp_path / "a.wav").read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at:at + 4] = struct.pack("<I", 0)
+    raw[4:8] = struct.pack("<I", 36)                # the RIFF size as first written
+    (tmp_path / "unfinished.wav").write_bytes(bytes(raw))
+    assert audio_info(tmp_path / "unfinished.wav").num_frames == 16000
+    np.testing.assert_array_equal(load_audio(tmp_path / "unfinished.wav"),
+                                  load_audio(tmp_path / "a.wav"))
+    _write_raw_wav(tmp_path / "empty.wav", b"", 16000, 1, 16)    # nothing after it: none
+    assert len(load_audio(tmp_path / "empty.wav")) == 0
+
+
 @pytest.mark.parametrize("bits,tag", [(8, 1), (24, 1), (32, 1), (32, 3), (64, 3)])
 def test_wav_encodings_and_stereo(tmp_path, bits, tag):
     rate = 22050

@@ -90,7 +90,9 @@ OTHER_FORMATS = ((b"fLaC", "FLAC", ".flac"), (b"ID3", "MP3", ".mp3"), (b"\xff\xf
 
 
 # writers that stream a wav (size unknown when the header is written) put 0xFFFFFFFF or
-# 0x7FFFFFFF-ish placeholders in the data chunk size: sizes from here up mean "to the end"
+# 0x7FFFFFFF-ish placeholders in the data chunk size: sizes from here up mean "to the end";
+# so does 0, which a writer cut off before it filled the size in leaves (a crashed
+# recorder; Python's `wave` writing to a pipe), as ffmpeg reads it
 STREAMED_DATA_SIZE = 0x7FFF0000
 
 
@@ -137,7 +139,8 @@ def _wav_format(path: str) -> _WavFormat:
                     raise AudioError(f"{path}: truncated wav: its header declares "
                                      f"{size / align / rate:.3f} s of audio, the file holds "
                                      f"{present / align / rate:.3f} s")
-                size = min(size, present)    # a streamed file's placeholder size
+                # a streamed or unfinished file's placeholder size
+                size = present if size == 0 else min(size, present)
                 return _WavFormat(*fmt, data_offset=offset, data_size=size)
             else:
                 f.seek(size + size % 2, 1)
