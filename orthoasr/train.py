@@ -19,7 +19,13 @@ from .checkpoint import TRAINING_KIND, CheckpointError, kept_checkpoints, load_c
 from .cli import number
 from .data import AudioError
 from .distributed import shutdown
-from .run_config import RunConfig, apply_overrides, load_run_config, presets
+from .run_config import (
+    RunConfig,
+    apply_overrides,
+    config_differences,
+    load_run_config,
+    presets,
+)
 from .run_data import TrainData, check_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
 from .trainer_checkpoints import (
@@ -143,6 +149,7 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
         except CheckpointError as err:
             raise CheckpointError(f"{err}{_kept_checkpoints_advice(work_dir, checkpoint)}"
                                   ) from None
+        _check_same_run(work_dir, checkpoint, state)
         trainer.restore(state, checkpoint, allow_schedule_change, allow_data_change)
         trainer.metrics_kept_until = trainer.step
         if stop_at is not None and stop_at < trainer.step:
@@ -224,6 +231,32 @@ def _release(trainer: Trainer) -> None:
     if trainer.step_graphs is not None:
         trainer.step_graphs.release()
     shutdown(trainer.world)
+
+
+def _check_same_run(work_dir: Path, checkpoint: Path, state: dict) -> None:
+    """WorkDirError if `work_dir` holds another run than the one `checkpoint` (`state`, a
+    --resume-from outside the work dir's checkpoints/) continues: its checkpoint.pt's config
+    differs in what a resume of one run cannot change. Continuing there would replace that
+    run's checkpoint.pt, cut its metrics.csv and prune its kept checkpoints."""
+    own, kept = work_dir / CHECKPOINT, work_dir / CHECKPOINTS
+    if not own.exists() or os.path.samefile(checkpoint, own) or \
+            (kept.is_dir() and os.path.samefile(checkpoint.parent, kept)):
+        return
+    try:
+        theirs = load_checkpoint(own, "cpu", TRAINING_KIND)["run_config"]
+    except CheckpointError:
+        return                # unreadable (why a run is resumed from elsewhere): no run to keep
+    changeable = (*RunConfig.RESUMABLE_CHANGES, *RunConfig.SCHEDULE_CHANGES, "train_manifest")
+    fields = [name for name in config_differences(RunConfig.from_dict(theirs).to_dict(),
+                                                  RunConfig.from_dict(state["run_config"])
+                                                  .to_dict())
+              if name not in changeable]
+    if fields:
+        raise WorkDirError(
+            f"--resume-from {checkpoint} is not a checkpoint of the run in {work_dir}: their "
+            f"configs differ in {', '.join(fields)}. Continuing it there would replace that "
+            f"run's {CHECKPOINT} and metrics; give another (new) --work-dir, or move the run "
+            "aside first")
 
 
 def _kept_checkpoints_advice(work_dir: Path, failed: Path) -> str:

@@ -49,6 +49,12 @@ def short_run(corpus, *overrides):
     return tiny_run(corpus, "stage1_steps=2", "stage2_steps=0", *overrides)
 
 
+def files_of(folder: Path) -> dict:
+    """Each file under `folder`: its inode, modification time and contents."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def cli_error(capsys, argv) -> str:
     """Run the CLI expecting a user error: exit 2, one line on stderr; returns that line."""
     with pytest.raises(SystemExit) as exit_info:
@@ -364,8 +370,7 @@ def test_a_resume_of_a_complete_run_writes_nothing(corpus, finished, tmp_path, m
     shutil.copytree(finished, work)
     (work / "checkpoint.pt").unlink()           # a hard link to the newest, as training left it
     os.link(work / "checkpoints" / "step-0000002.pt", work / "checkpoint.pt")
-    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
-             for p in sorted(work.rglob("*")) if p.is_file()}
+    files = files_of(work)
     assert len(list((work / "checkpoints").iterdir())) == 2
 
     def no_data(*args, **kwargs):
@@ -378,9 +383,31 @@ def test_a_resume_of_a_complete_run_writes_nothing(corpus, finished, tmp_path, m
                                  "keep_checkpoints=1"), work, resume=True,
                         resume_from=resume_from, stop_at=stop_at)
         assert trainer.step == 2 and trainer.stopped_by is None
-        assert {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
-                for p in sorted(work.rglob("*")) if p.is_file()} == files
+        assert files_of(work) == files
     assert "the run was already complete (2 steps): nothing to train" in capsys.readouterr().out
+
+
+def test_a_resume_from_another_runs_checkpoint_leaves_the_work_dirs_run(corpus, finished,
+                                                                          tmp_path):
+    """--resume-from a checkpoint of another run into a work dir holding a run: that run's
+    checkpoint.pt was replaced, its metrics.csv cut at the other checkpoint's step with the
+    other run's rows added, and its kept checkpoints pruned. A copy of the run's own
+    checkpoint still continues it, and another run's branches off into a new work dir."""
+    work = tmp_path / "run"
+    train(short_run(corpus, "seed=1", "ckpt_every=1"), work)
+    files = files_of(work)
+    other = finished / "checkpoints" / "step-0000001.pt"
+    with pytest.raises(WorkDirError, match=rf"--resume-from {other} is not a checkpoint of the "
+                                           rf"run in {work}: .*seed, stage1_steps"):
+        train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1"), work, resume_from=other)
+    assert files_of(work) == files
+    backup = tmp_path / "backup.pt"
+    shutil.copy(work / "checkpoints" / "step-0000001.pt", backup)
+    assert train(short_run(corpus, "seed=1", "ckpt_every=1"), work,
+                 resume_from=backup).step == 2
+    branch = train(tiny_run(corpus, "stage1_steps=1", "stage2_steps=1"), tmp_path / "branch",
+                   resume_from=other)
+    assert branch.step == 2
 
 
 def test_budgets_below_a_supernet_are_refused(corpus, tmp_path):
