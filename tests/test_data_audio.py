@@ -143,6 +143,52 @@ def test_a_truncated_mp3_is_refused_not_decoded_in_part(tmp_path):
         load_audio(tmp_path / "cut.mp3")
 
 
+def test_mp3_files_joined_end_to_end_are_refused_not_decoded_in_part(tmp_path):
+    """`cat a.mp3 b.mp3 > ab.mp3`: libsndfile stops at the length the first frame's header
+    declares, so the second file was dropped without a word (1 s of 2); the file's frames
+    are counted now. A whole file with cover art and an ID3v1 tag still reads."""
+    soundfile = pytest.importorskip("soundfile")
+    for name, tone in (("a.mp3", 440.0), ("b.mp3", 660.0)):
+        soundfile.write(tmp_path / name, 0.3 * _tone(tone, 16000, 1.0), 16000, format="MP3")
+    (tmp_path / "ab.mp3").write_bytes((tmp_path / "a.mp3").read_bytes()
+                                      + (tmp_path / "b.mp3").read_bytes())
+    with pytest.raises(AudioError, match=r"ab.mp3: libsndfile decodes 1.000 s of the 2\.\d+ s "
+                                         r"of audio in its MP3 frames \(MP3 files joined end "
+                                         r"to end, or a VBR file without a Xing header\)"):
+        load_audio(tmp_path / "ab.mp3")
+    cover = b"APIC" + (5000).to_bytes(4, "big") + bytes(5002)          # syncsafe: < 2**21
+    id3v2 = b"ID3\x03\x00\x00" + bytes([0, 0, len(cover) >> 7, len(cover) & 0x7F]) + cover
+    (tmp_path / "tagged.mp3").write_bytes(id3v2 + (tmp_path / "a.mp3").read_bytes()
+                                          + b"TAG" + bytes(125))
+    np.testing.assert_array_equal(load_audio(tmp_path / "tagged.mp3"),
+                                  load_audio(tmp_path / "a.mp3"))
+
+
+def test_a_vbr_mp3_without_a_length_header_is_read_whole_or_refused(tmp_path):
+    """Without its Xing header a VBR file's length is libsndfile's estimate from the first
+    frame's bitrate: after 1 s of silence it declared 9.4 s of 3.1, and the whole file was
+    refused as truncated; after 1 s of noise 1.5 s, and the rest was dropped without a
+    word. Its frames are counted instead: the first is read whole, the second refused, and
+    either cut inside a frame is truncated."""
+    soundfile = pytest.importorskip("soundfile")
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    for name, x in (("quiet_first.mp3", np.concatenate([0 * noise, 0.3 * noise, 0.3 * noise])),
+                    ("loud_first.mp3", np.concatenate([0.3 * noise, 1e-3 * noise, 1e-3 * noise]))):
+        soundfile.write(tmp_path / name, x, 16000, format="MP3", bitrate_mode="VARIABLE")
+        data = (tmp_path / name).read_bytes()
+        assert b"Xing" in data[:200]
+        bare = data[data.find(data[:2], 4):]                    # less the first (Xing) frame
+        (tmp_path / f"bare_{name}").write_bytes(bare)
+        (tmp_path / f"cut_{name}").write_bytes(bare[:len(bare) // 2])
+        with pytest.raises(AudioError, match=rf"cut_{name}: truncated MP3: its last frame is "
+                                             r"cut short; [01]\.\d+ s could be decoded"):
+            load_audio(tmp_path / f"cut_{name}")
+    assert abs(len(load_audio(tmp_path / "bare_quiet_first.mp3")) - 48000) < 2000
+    with pytest.raises(AudioError, match=r"bare_loud_first.mp3: libsndfile decodes 1\.\d+ s of "
+                                         r"the 3\.\d+ s of audio in its MP3 frames"):
+        load_audio(tmp_path / "bare_loud_first.mp3")
+
+
 @pytest.mark.parametrize("name, subtype", [("whole.opus", "OPUS"), ("whole.ogg", "VORBIS")])
 def test_a_truncated_ogg_file_is_refused_not_decoded_in_part(tmp_path, name, subtype):
     """An Ogg Opus file declares no length, and libsndfile counts a Vorbis file's from its

@@ -214,16 +214,128 @@ def _check_complete(path: str, decoded: int, info: AudioInfo) -> None:
     """Refuse a file whose audio stops short of the length its header declares, or an Ogg
     file whose stream has no end, as a truncated wav is refused: libsndfile decodes an MP3,
     Vorbis or Opus file cut in half to its first half without an error, and its transcript
-    would lack the rest without a word."""
+    would lack the rest without a word. An MP3's frames are counted too: libsndfile stops
+    at the length it reads from the first frame, so it decodes MP3 files joined end to end
+    (`cat a.mp3 b.mp3`) to the first alone, and a VBR file without a length header to its
+    estimate from the first frame's bitrate (3.1 of 6 s; 25.5 s were declared of 7 s,
+    which refused a whole file)."""
     rate = info.sample_rate
-    if decoded < info.num_frames - DECODER_SLACK_FRAMES:
+    mp3 = _mp3_frames(path) if path.lower().endswith(".mp3") else None   # None: not counted
+    if (mp3 is None or mp3.length_header) and decoded < info.num_frames - DECODER_SLACK_FRAMES:
         raise AudioError(f"{path}: truncated {_format_name(path)}: its header declares "
                          f"{info.num_frames / rate:.3f} s of audio, {decoded / rate:.3f} s "
                          "could be decoded")
+    if mp3 is not None and not mp3.length_header and mp3.cut:
+        raise AudioError(f"{path}: truncated MP3: its last frame is cut short; "
+                         f"{decoded / rate:.3f} s could be decoded")
+    if mp3 is not None and mp3.samples > decoded + MP3_FRAMES_SLACK:
+        raise AudioError(f"{path}: libsndfile decodes {decoded / rate:.3f} s of the "
+                         f"{mp3.samples / rate:.3f} s of audio in its MP3 frames (MP3 files "
+                         "joined end to end, or a VBR file without a Xing header): convert "
+                         "it to WAV or FLAC, e.g. with ffmpeg")
     if path.lower().endswith(OGG_EXTENSIONS) and not _ogg_stream_ends(path):
         raise AudioError(f"{path}: truncated {_format_name(path)}: its last Ogg page is cut "
                          f"short or does not end the stream; {decoded / rate:.3f} s could be "
                          "decoded")
+
+
+# MPEG audio frame headers (ISO 11172-3, 13818-3 and MPEG 2.5): the version bits' sample
+# rates, and the kbit/s of bitrate indexes 1-14 by (MPEG 1 or not, layer)
+MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+MPEG_KBPS = {
+    (True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 3): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)}
+# the tags that make an MP3's first frame a header of its length (frame count), not audio
+MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")
+# an encoder's delay and padding (LAME: 1105 samples and up to a frame and a half), which a
+# decoder drops and a count of the frames does not
+MP3_FRAMES_SLACK = 3 * 1152
+
+
+@dataclass(frozen=True)
+class _Mp3Frames:
+    samples: int            # per channel, in the frames of audio the file holds in a row
+    length_header: bool     # whether its first frame declares the length (else libsndfile
+                            # estimates it from that frame's bitrate and the file's size)
+    cut: bool               # whether the last frame runs past the file's end
+
+
+def _mpeg_frame(head: bytes) -> tuple[int, int] | None:
+    """An MPEG audio frame header's (frame bytes, samples per channel); None if `head` is
+    not one (or is a free-format frame, whose size it does not give)."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (head[1] >> 3) & 3, 4 - ((head[1] >> 1) & 3)
+    bitrate, rate, padding = head[2] >> 4, (head[2] >> 2) & 3, (head[2] >> 1) & 1
+    if version == 1 or layer == 4 or bitrate in (0, 15) or rate == 3:
+        return None
+    mpeg1 = version == 3
+    bits_per_second = 1000 * MPEG_KBPS[mpeg1, layer][bitrate - 1]
+    rate = MPEG_RATES[version][rate]
+    if layer == 1:
+        return (12 * bits_per_second // rate + padding) * 4, 384
+    samples = 576 if layer == 3 and not mpeg1 else 1152
+    return samples // 8 * bits_per_second // rate + padding, samples
+
+
+def _id3v2_size(data: bytes, pos: int) -> int:
+    """The bytes of the ID3v2 tag at `pos` (0 if none there): its 10-byte header, its
+    syncsafe size, and a 10-byte footer if flagged."""
+    if data[pos:pos + 3] != b"ID3" or len(data) < pos + 10:
+        return 0
+    size = 0
+    for byte in data[pos + 6:pos + 10]:
+        size = (size << 7) | (byte & 0x7F)
+    return 10 + size + (10 if data[pos + 5] & 0x10 else 0)
+
+
+# how far past its ID3v2 tag an MP3's first frame is looked for
+MP3_SYNC_BYTES = 1 << 16
+
+
+def _first_mpeg_frame(data: bytes, start: int) -> int | None:
+    """Where the first MPEG audio frame from `start` is: a frame header followed by another
+    (or by the file's end), so that junk bytes that look like one are passed over. None if
+    there is none in MP3_SYNC_BYTES."""
+    for pos in range(start, min(len(data) - 3, start + MP3_SYNC_BYTES)):
+        frame = _mpeg_frame(data[pos:pos + 4])
+        if frame is not None and (pos + frame[0] == len(data) or
+                                  _mpeg_frame(data[pos + frame[0]:pos + frame[0] + 4])):
+            return pos
+    return None
+
+
+def _mp3_frames(path: str) -> _Mp3Frames | None:
+    """Walk an MP3 file's frame headers (skipping ID3v2 tags, where files were joined too)
+    from its first frame to the first bytes that are not one (an ID3v1 or APE tag, the
+    end); None if no frame is found. On 2 CPU cores: 25 ms for 10 minutes at 44.1 kHz,
+    whose decoding took 0.3 s."""
+    with open(path, "rb") as f:
+        data = f.read()
+    first = _first_mpeg_frame(data, _id3v2_size(data, 0))
+    if first is None:
+        return None
+    pos, samples, cut = first, 0, False
+    while pos + 4 <= len(data):
+        tag = _id3v2_size(data, pos)
+        if tag:
+            pos += tag
+            continue
+        frame = _mpeg_frame(data[pos:pos + 4])
+        if frame is None:
+            break
+        if pos + frame[0] > len(data):
+            cut = True
+            break
+        if pos != first or not any(t in data[pos + 4:pos + 48] for t in MP3_LENGTH_TAGS):
+            samples += frame[1]
+        pos += frame[0]
+    length_header = any(t in data[first + 4:first + 48] for t in MP3_LENGTH_TAGS)
+    return _Mp3Frames(samples, length_header, cut)
 
 
 OGG_PAGE_HEADER = 27            # a page's bytes before its segment table
