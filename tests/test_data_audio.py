@@ -213,6 +213,25 @@ def test_a_truncated_ogg_file_is_refused_not_decoded_in_part(tmp_path, name, sub
     assert len(load_audio(tmp_path / f"tail{suffix}")) == len(load_audio(whole))
 
 
+@pytest.mark.parametrize("suffix, subtype", [(".opus", "OPUS"), (".ogg", "VORBIS")])
+def test_chained_ogg_streams_are_refused_not_decoded_in_part(tmp_path, suffix, subtype):
+    """Ogg streams one after another (`cat a.ogg b.ogg`, or an internet radio recording,
+    which starts a stream at each new song): libsndfile decoded the first alone (1 s of 2)
+    without a word. A stream begun after another one's pages is refused."""
+    soundfile = pytest.importorskip("soundfile")
+    for name, tone in (("a", 440.0), ("b", 660.0)):
+        soundfile.write(tmp_path / f"{name}{suffix}", 0.3 * _tone(tone, 48000, 1.0), 48000,
+                        format="OGG", subtype=subtype)
+    joined = tmp_path / f"ab{suffix}"
+    joined.write_bytes((tmp_path / f"a{suffix}").read_bytes()
+                       + (tmp_path / f"b{suffix}").read_bytes())
+    with pytest.raises(AudioError, match=rf"ab{suffix}: 2 Ogg streams one after another "
+                                         r"\(files joined end to end\): libsndfile decodes "
+                                         r"the first alone \(1\.\d+ s\)"):
+        load_audio(joined)
+    assert abs(len(load_audio(tmp_path / f"a{suffix}")) - 16000) < 200
+
+
 def test_audio_errors_name_the_file(tmp_path):
     with pytest.raises(AudioError, match="missing.wav: audio file not found"):
         load_audio(tmp_path / "missing.wav")

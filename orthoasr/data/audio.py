@@ -233,10 +233,17 @@ def _check_complete(path: str, decoded: int, info: AudioInfo) -> None:
                          f"{mp3.samples / rate:.3f} s of audio in its MP3 frames (MP3 files "
                          "joined end to end, or a VBR file without a Xing header): convert "
                          "it to WAV or FLAC, e.g. with ffmpeg")
-    if path.lower().endswith(OGG_EXTENSIONS) and not _ogg_stream_ends(path):
-        raise AudioError(f"{path}: truncated {_format_name(path)}: its last Ogg page is cut "
-                         f"short or does not end the stream; {decoded / rate:.3f} s could be "
-                         "decoded")
+    if path.lower().endswith(OGG_EXTENSIONS):
+        ends, links = _ogg_pages(path)
+        if not ends:
+            raise AudioError(f"{path}: truncated {_format_name(path)}: its last Ogg page is "
+                             f"cut short or does not end the stream; {decoded / rate:.3f} s "
+                             "could be decoded")
+        if links > 1:
+            raise AudioError(f"{path}: {links} Ogg streams one after another (files joined "
+                             "end to end): libsndfile decodes the first alone "
+                             f"({decoded / rate:.3f} s): convert it to WAV or FLAC, e.g. with "
+                             "ffmpeg")
 
 
 # MPEG audio frame headers (ISO 11172-3, 13818-3 and MPEG 2.5): the version bits' sample
@@ -339,18 +346,22 @@ def _mp3_frames(path: str) -> _Mp3Frames | None:
 
 
 OGG_PAGE_HEADER = 27            # a page's bytes before its segment table
+OGG_BEGINNING_OF_STREAM = 0x02  # the header-type flag of a stream's first page
 OGG_END_OF_STREAM = 0x04        # the header-type flag of a stream's last page
 
 
-def _ogg_stream_ends(path: str) -> bool:
-    """Whether an Ogg file's pages are whole up to a page marked end-of-stream. Encoders
-    mark a stream's last page so; a file cut short ends in part of a page or on an unmarked
+def _ogg_pages(path: str) -> tuple[bool, int]:
+    """Whether an Ogg file's pages are whole up to a page marked end-of-stream, and how
+    many streams it holds one after another (chained: each begun after the pages of the one
+    before; streams multiplexed side by side begin together and count once). Encoders mark
+    a stream's last page so; a file cut short ends in part of a page or on an unmarked
     one, and its length cannot be checked otherwise (Ogg Opus declares none, and libsndfile
-    counts a Vorbis file's length from its last page). Bytes after a marked page are left
-    alone."""
+    counts a Vorbis file's length from its last page). libsndfile decodes the first of
+    chained streams alone, as `cat a.ogg b.ogg` or an internet radio recording makes them.
+    Bytes after a marked page are left alone."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        pos, flags = 0, 0
+        pos, flags, links = 0, 0, 0
         while pos < size:
             f.seek(pos)
             head = f.read(OGG_PAGE_HEADER)
@@ -359,9 +370,11 @@ def _ogg_stream_ends(path: str) -> bool:
             lacing = f.read(head[26])           # each segment's size in bytes
             pos += OGG_PAGE_HEADER + len(lacing) + sum(lacing)
             if len(lacing) < head[26] or pos > size:
-                return False                    # the page runs past the file's end
+                return False, links             # the page runs past the file's end
+            if head[5] & OGG_BEGINNING_OF_STREAM and not flags & OGG_BEGINNING_OF_STREAM:
+                links += 1                      # the first page of a link of the chain
             flags = head[5]
-        return bool(flags & OGG_END_OF_STREAM)
+        return bool(flags & OGG_END_OF_STREAM), links
 
 
 def _read_wav(path: str) -> np.ndarray:
