@@ -33,6 +33,7 @@ from .trainer_checkpoints import (
     CHECKPOINTS,
     RESUME_KEYS,
     TrainingDiverged,
+    load_fixed_gates,
     remove_partial_writes,
 )
 from .workdir import WorkDirError, WorkDirLock, prepare_work_dir, remove_if_empty, run_files
@@ -77,6 +78,7 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                              "from its checkpoint: pass --resume or --resume-from too")
     if not resume:      # before --overwrite moves a run aside: a mistyped path moves nothing
         check_manifests(run)
+        _check_fixed_gates(run, work_dir, overwrite)
     world_is_main = int(os.environ.get("RANK", "0")) == 0
     if world_is_main:
         prepare_work_dir(work_dir, resume, overwrite)
@@ -107,6 +109,21 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         if created:
             remove_if_empty(work_dir)     # a start that failed leaves no empty work dir
     return trainer
+
+
+def _check_fixed_gates(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
+    """A new run's fixed_gates checkpoint, read before `overwrite` moves a run aside: one
+    that is missing or does not fit moves nothing, and one in the run moved aside (where
+    the new run would not find it) is refused."""
+    if not run.fixed_gates:
+        return
+    load_fixed_gates(run.fixed_gates, run.model)
+    path = Path(run.fixed_gates.rpartition("@")[0]).resolve()
+    if overwrite and run_files(work_dir) and path.is_relative_to(work_dir.resolve()):
+        raise ValueError(f"fixed_gates {run.fixed_gates}: its checkpoint is in the work dir "
+                         f"{work_dir}, whose run --overwrite moves aside (to "
+                         f"{work_dir.name}.old-N), where the new run would not find it: "
+                         "copy it out of the work dir first and give the copy's path")
 
 
 class _stop_signals_caught:

@@ -410,6 +410,29 @@ def test_a_resume_from_another_runs_checkpoint_leaves_the_work_dirs_run(corpus, 
     assert branch.step == 2
 
 
+def test_fixed_gates_are_checked_before_overwrite_moves_a_run(corpus, finished, tmp_path):
+    """--overwrite moved the run aside and only then read fixed_gates: a mistyped path, or
+    one in the run moved aside ("checkpoint run/checkpoint.pt not found", the file being in
+    run.old-1 by then), left the work dir empty."""
+    work = tmp_path / "run"
+    shutil.copytree(finished, work)
+    files = files_of(work)
+    for spec, error, message in (
+            (f"{tmp_path / 'typo.pt'}@0.4", FileNotFoundError, "typo.pt not found"),
+            (f"{work / 'checkpoint.pt'}@0.5", ValueError, r"budget '0.5' is not one"),
+            (f"{work / 'checkpoint.pt'}@0.4", ValueError,
+             rf"fixed_gates {work}/checkpoint.pt@0.4: .* in the work dir {work}, whose run "
+             r"--overwrite moves aside")):
+        with pytest.raises(error, match=message):
+            train(tiny_run(corpus, f"fixed_gates={spec}"), work, overwrite=True)
+        assert files_of(work) == files and not (tmp_path / "run.old-1").exists()
+    gates = tmp_path / "gates.pt"
+    shutil.copy(work / "checkpoint.pt", gates)
+    trainer = train(tiny_run(corpus, f"fixed_gates={gates}@0.4", "stage1_steps=1",
+                             "stage2_steps=0"), work, overwrite=True)
+    assert trainer.step == 1 and (tmp_path / "run.old-1" / "checkpoint.pt").exists()
+
+
 def test_budgets_below_a_supernet_are_refused(corpus, tmp_path):
     """Stage 1 draws the budgets below the largest: with the largest under 1.0 its extra
     units (with one budget, all of them) were picked by the scores' untrained noise."""
