@@ -104,6 +104,26 @@ def test_flac_read_and_header(tmp_path):
     assert np.abs(y.numpy() - resample(x, 44100, 16000)).max() < 1e-3
 
 
+def test_a_flac_stream_of_unknown_length_is_decoded(tmp_path):
+    """A FLAC file whose STREAMINFO gives no length (0 samples, as `flac -` writing to a
+    pipe leaves it): libsndfile takes it as 2**63 - 1 frames, and soundfile.read failed with
+    numpy's 'array is too big' (a ValueError, which stopped `orthoasr transcribe`'s other
+    files too). It decodes to its samples; cut short, it is refused."""
+    soundfile = pytest.importorskip("soundfile")
+    x = 0.3 * _tone(440.0, 16000, 3.0)
+    soundfile.write(tmp_path / "a.flac", x, 16000)
+    data = bytearray((tmp_path / "a.flac").read_bytes())
+    packed = int.from_bytes(data[18:26], "big")         # STREAMINFO's rate ... total samples
+    data[18:26] = (packed >> 36 << 36).to_bytes(8, "big")
+    (tmp_path / "streamed.flac").write_bytes(bytes(data))
+    assert audio_info(tmp_path / "streamed.flac").num_frames == 48000
+    np.testing.assert_array_equal(load_audio(tmp_path / "streamed.flac"),
+                                  load_audio(tmp_path / "a.flac"))
+    (tmp_path / "cut.flac").write_bytes(bytes(data[:len(data) // 2]))
+    with pytest.raises(AudioError, match="cut.flac: cannot decode FLAC: .*lost sync"):
+        load_audio(tmp_path / "cut.flac")
+
+
 @pytest.mark.parametrize("name,rate,options", [
     ("a.mp3", 22050, {"format": "MP3"}),
     ("a.ogg", 16000, {"format": "OGG", "subtype": "VORBIS"}),

@@ -422,12 +422,42 @@ def _g711_table(codec: str) -> np.ndarray:
 G711_TABLES = {codec: _g711_table(codec) for codec in ("alaw", "ulaw")}
 
 
+# libsndfile's length of a FLAC stream whose header gives none (0 samples: written to a
+# pipe): soundfile.read would allocate that many frames
+UNKNOWN_FRAMES = 2 ** 63 - 1
+BLOCK_FRAMES = 1 << 16
+
+
 def _read_with_soundfile(path: str) -> tuple[np.ndarray, int]:
+    soundfile = _soundfile(path)
     try:
-        data, rate = _soundfile(path).read(path, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(path) as f:
+            if f.frames == UNKNOWN_FRAMES:
+                return _read_to_the_end(f), f.samplerate
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except RuntimeError as err:                   # soundfile.LibsndfileError
         raise AudioError(f"{path}: cannot decode {_format_name(path)}: {err}") from err
     return data, rate
+
+
+def _read_to_the_end(f) -> np.ndarray:
+    """An open soundfile.SoundFile of unknown length: float32 [frames, channels], read in
+    blocks until one comes short. soundfile seeks to where each read ended, which fails
+    past the end of a stream of unknown length, after the block's samples are read: so
+    each block is NaN until read (decoded samples are finite), and that failure ends it."""
+    blocks = []
+    while True:
+        block = np.full((BLOCK_FRAMES, f.channels), np.nan, np.float32)
+        try:
+            frames = len(f.read(BLOCK_FRAMES, dtype="float32", always_2d=True, out=block))
+        except RuntimeError as err:
+            if "psf_fseek" not in str(err):       # a decoding error: a file cut short
+                raise
+            unread = np.isnan(block[:, 0])
+            frames = int(unread.argmax()) if unread.any() else BLOCK_FRAMES
+        blocks.append(block[:frames])
+        if frames < BLOCK_FRAMES:
+            return np.concatenate(blocks)
 
 
 def _soundfile(path: str):
