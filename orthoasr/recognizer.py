@@ -306,7 +306,7 @@ def waveform_problem(wave: torch.Tensor) -> str | None:
     (silent_dbfs) 90 dB too loud, so a muted microphone's dither is decoded into words."""
     if not bool(torch.isfinite(wave).all()):
         return "holds NaN or inf samples"
-    peak = float(wave.abs().max()) if len(wave) else 0.0
+    peak = float(wave.detach().abs().max()) if len(wave) else 0.0
     if peak > MAX_PEAK:
         return (f"peaks at {peak:g}: samples are floats in [-1, 1] (16-bit PCM: samples / "
                 f"32768; up to {MAX_PEAK:g} is taken)")

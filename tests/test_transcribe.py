@@ -3,6 +3,8 @@ subnets, waveforms and batching; `orthoasr transcribe` on good files, formats (8
 24-bit, float, FLAC), bad ones (missing, corrupt among good ones, empty) and silence
 (`--silence-db`; the splitter itself: tests/test_silence.py)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -160,6 +162,9 @@ def test_waveforms_at_the_scale_of_integer_samples_are_refused():
             rec.transcribe([speech, scaled])
     hot = np.concatenate([speech, [2.0, -10.0]]).astype(np.float32)
     assert rec.transcribe([hot, torch.randn(160000)])[0] == rec.transcribe([hot])[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # the peak of a tensor that requires grad
+        rec.transcribe([torch.from_numpy(speech).requires_grad_()])
 
 
 def test_word_timestamps_read_as_the_text(run, reference_backend):
