@@ -90,7 +90,10 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         raise WorkDirError(f"nothing to resume: {checkpoint} not found"
                            f"{_kept_checkpoints_advice(work_dir, checkpoint) or fresh}")
     if resume:          # after the lock and the checkpoint: those say more
-        check_manifests(run)
+        try:
+            check_manifests(run)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(_started_elsewhere(checkpoint, run) or str(err)) from None
     created = world_is_main and not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
     lock = WorkDirLock(work_dir) if world_is_main else None
@@ -274,6 +277,25 @@ def _check_same_run(work_dir: Path, checkpoint: Path, state: dict) -> None:
             f"configs differ in {', '.join(fields)}. Continuing it there would replace that "
             f"run's {CHECKPOINT} and metrics; give another (new) --work-dir, or move the run "
             "aside first")
+
+
+def _started_elsewhere(checkpoint: Path, run: RunConfig) -> str | None:
+    """For a resume whose relative manifest is not found from here: the folder the run was
+    started in, where the checkpoint recorded it (None if none such). Another path to the
+    same manifest would be refused as another training manifest."""
+    try:
+        recorded = load_checkpoint(checkpoint, "cpu", TRAINING_KIND).get("manifest_paths", {})
+    except CheckpointError:
+        return None
+    for name in ("train", "dev", "test"):
+        path, there = Path(getattr(run, f"{name}_manifest")), recorded.get(name)
+        if path.is_absolute() or path.exists() or not there or not Path(there).exists() or \
+                not Path(there).as_posix().endswith("/" + path.as_posix()):
+            continue
+        folder = there[:-len(path.as_posix()) - 1]
+        return (f"{name}_manifest {path} not found from {Path.cwd()}: the run was started in "
+                f"{folder}, where it is {there}; resume from there (cd {folder})")
+    return None
 
 
 def _kept_checkpoints_advice(work_dir: Path, failed: Path) -> str:

@@ -469,6 +469,23 @@ def test_a_resume_from_another_folder_must_find_the_same_training_data(tmp_path,
     assert train(short_run(Path("corpus")), work, resume=True).step == 2
 
 
+def test_a_resume_from_another_folder_names_the_folder_the_run_started_in(tmp_path,
+                                                                            monkeypatch):
+    """Its relative manifests, not found from here, were named with "set
+    train_manifest=PATH", which a resume then refused as another manifest (a third try
+    needed --allow-data-change); the folder the run was started in is what to say."""
+    write_corpus(tmp_path / "a" / "corpus", n=8)
+    work = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    train(short_run(Path("corpus")), work, stop_at=1)
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match=rf"train_manifest corpus/train.jsonl not found "
+                                                rf".*: the run was started in {tmp_path / 'a'}"
+                                                r", where it is .*resume from there"):
+        train(short_run(Path("corpus")), work, resume=True)
+
+
 def test_a_manifest_edited_in_place_needs_allow_data_change(tmp_path, capsys):
     """A resume on the same manifest path with other contents (a line removed) is refused,
     naming the way on; with allow_data_change it trains on, says so and records it."""
