@@ -102,6 +102,15 @@ def number(least: float | None = None, above: float | None = None, integer: bool
     return parse
 
 
+def output_file(text: str) -> str:
+    """An argparse type: the path of a file to write. One ending in a path separator names a
+    folder, where the write made a file of that name."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"expected a file path (one ending in / names a "
+                                         f"folder), got {text!r}")
+    return text
+
+
 def silence_db(text: str) -> float | None:
     """--silence-db's value (transcribe, eval): a number of dB, or off / 0 (None: no
     splitting)."""

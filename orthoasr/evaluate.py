@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .checkpoint import refuse_replacing, write_failure_reason
-from .cli import number
+from .cli import number, output_file
 from .cli import silence_db as silence_db_value
 from .config import SupernetConfig
 from .devices import resolve_device
@@ -435,11 +435,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "config's path from here")
     parser.add_argument("--dev", default=None, help=f"dev manifest (default: {run_manifest})")
     parser.add_argument("--test", default=None, help=f"test manifest (default: {run_manifest})")
-    parser.add_argument("--heatmap", default=None,
+    parser.add_argument("--heatmap", default=None, type=output_file,
                         help="PNG of the kept units (default: heatmap.png by the checkpoint; "
                              "not with --subnet, which keeps no masks); an existing file there is "
                              "replaced only if it is an image, else refused")
-    parser.add_argument("--csv", default=None,
+    parser.add_argument("--csv", default=None, type=output_file,
                         help="the table as CSV, one row per subnet (default: eval.csv by the "
                              "checkpoint; with --subnet, <its stem>.eval.csv by it); an existing "
                              "file there is replaced only if it is an earlier eval CSV, else "

@@ -321,14 +321,16 @@ def _copy_mhsa(cfg, src, dst: DenseMHSA, unit_gates):
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # not at the top: the package imports this module, and cli imports the package
+    from .cli import output_file
     parser.add_argument("--checkpoint", required=True, help="training checkpoint.pt")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--budget", type=float, help="export the subnet of this budget")
     which.add_argument("--subnet", type=int, help="export the subnet with this index")
-    parser.add_argument("--out", required=True,
+    parser.add_argument("--out", required=True, type=output_file,
                         help="file for the compact subnet (an earlier export there is "
                              "replaced; any other file is left alone and refused)")
-    parser.add_argument("--pt2", default=None,
+    parser.add_argument("--pt2", default=None, type=output_file,
                         help="also write a torch.export program (.pt2) here, for batches of "
                              f"{PROGRAM_BATCH[0]}-{PROGRAM_BATCH[1]} utterances of "
                              f"{PROGRAM_FRAMES[0]}-{PROGRAM_FRAMES[1]} feature frames")

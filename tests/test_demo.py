@@ -82,6 +82,11 @@ def test_selection_options_reach_the_selection(calls):
     ("demo", "--steps", "0", "an integer >= 1"),
     ("train", "--stop-at", "-1", "an integer >= 1"),
     ("synth", "--workers", "0", "an integer >= 1"),
+    # a path ending in / wrote a file of that name (`--out subs/` made a file subs)
+    ("export", "--out", "subs/", "a file path (one ending in / names a folder)"),
+    ("export", "--pt2", "programs/", "a file path (one ending in / names a folder)"),
+    ("eval", "--csv", "results/", "a file path (one ending in / names a folder)"),
+    ("eval", "--heatmap", "images/", "a file path (one ending in / names a folder)"),
 ])
 def test_bad_option_values_are_named_by_their_flag(command, flag, value, expected, calls,
                                                    capsys):
