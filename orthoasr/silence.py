@@ -58,10 +58,11 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     its voiced segments, in order, disjoint, with 0 <= start < end <= S.
 
     The wave is cut into non-overlapping 10 ms frames (the last one may be shorter); a frame
-    is voiced if its mean power is at most `threshold_db` (dB, > 0) under the reference: the
-    power that the wave's loudest `reference_seconds` of frames all reach (the 10th
-    loudest frame's by default; all frames with any power if fewer), so that a click does
-    not set the level (0: the loudest frame's). Voiced frames separated by less than
+    is voiced if its mean power (about its mean, so that a DC offset is not sound) is at
+    most `threshold_db` (dB, > 0) under the reference: the power that the wave's loudest
+    `reference_seconds` of frames all reach (the 10th loudest frame's by default; all
+    frames with any power if fewer), so that a click does not set the level (0: the
+    loudest frame's). Voiced frames separated by less than
     `min_gap_seconds` of unvoiced ones form one segment; a segment shorter than
     `min_segment_seconds` (10 frames by default) is a click or a knock, not speech, and is
     dropped.
@@ -86,7 +87,10 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
         raise ValueError(f"sample_rate must be an integer number of Hz >= 100, got "
                          f"{sample_rate!r}")
     frame = round(POWER_FRAME_SECONDS * sample_rate)
-    power = frame_power(wave.detach().to("cpu", torch.float64), frame)         # (F,)
+    # about each frame's mean: a constant offset (a cheap microphone's) is inaudible, and
+    # weighed as power 0.3% of full scale (-50 dBFS) put the silence between words within
+    # 40 dB of them (the recording's mean is no offset: its speech's own is left in zeros)
+    power = frame_power(wave.detach().to("cpu", torch.float64), frame, centred=True)  # (F,)
     sounding = int((power > 0).sum())
     if sounding == 0:
         return []
@@ -132,16 +136,19 @@ def whole_frames(seconds: float) -> int:
     return math.ceil(seconds / POWER_FRAME_SECONDS - 1e-9)
 
 
-def frame_power(wave: torch.Tensor, frame: int) -> torch.Tensor:
-    """wave: (S,) -> (ceil(S / frame),) mean square of each frame of `frame` samples; the
-    last frame is the mean over the samples it has."""
+def frame_power(wave: torch.Tensor, frame: int, centred: bool = False) -> torch.Tensor:
+    """wave: (S,) -> (ceil(S / frame),) mean square of each frame of `frame` samples
+    (centred: about the frame's mean, its variance); the last frame is the mean over the
+    samples it has."""
     count = -(-len(wave) // frame)
-    padded = torch.nn.functional.pad(wave, (0, count * frame - len(wave)))
-    sums = padded.square().reshape(count, frame).sum(1)
+    padded = torch.nn.functional.pad(wave, (0, count * frame - len(wave))).reshape(count, frame)
     sizes = torch.full((count,), float(frame), dtype=wave.dtype)
     if count:
         sizes[-1] = len(wave) - (count - 1) * frame
-    return sums / sizes
+    power = padded.square().sum(1) / sizes
+    if centred:
+        power = (power - (padded.sum(1) / sizes).square()).clamp(min=0.0)
+    return power
 
 
 __all__ = ["voiced_spans", "frame_power", "THRESHOLD_DB", "MIN_GAP_SECONDS",

@@ -104,6 +104,20 @@ def test_dither_alone_is_silence_and_a_quiet_voice_over_it_is_found():
     assert len(spans) == 1 and abs(spans[0][0] - 4000) < FRAME and abs(spans[0][1] - 8000) < FRAME
 
 
+@pytest.mark.parametrize("offset", [0.003, -0.01, 0.05])
+def test_a_dc_offset_is_not_sound(offset):
+    """A constant offset (a cheap microphone's or sound card's, -50 to -26 dBFS here) is
+    inaudible, but it was weighed as power: the zeros between tones were within 40 dB of
+    them and the recording one segment, silence and all; a muted microphone's recording
+    was decoded. Each frame's power is taken about its mean now."""
+    wave, _ = layout([("zeros", 0.3), ("tone", 0.5), ("zeros", 0.4), ("tone", 0.6),
+                      ("zeros", 0.3)])
+    for clean in (wave, 0.1 * wave):                    # peaks at -6 and -26 dBFS
+        assert len(voiced_spans(clean)) == 2
+        assert voiced_spans(clean + offset) == voiced_spans(clean)
+    assert voiced_spans(torch.full((RATE,), offset)) == []
+
+
 def click(at_seconds, wave):
     """wave with a 5 ms full-scale click (square wave) added at `at_seconds`."""
     start = round(at_seconds * RATE)
