@@ -77,8 +77,7 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
             raise ValueError(f"--allow-{name}-change (allow_{name}_change) lets a resume differ "
                              "from its checkpoint: pass --resume or --resume-from too")
     if not resume:      # before --overwrite moves a run aside: a mistyped path moves nothing
-        check_manifests(run)
-        _check_fixed_gates(run, work_dir, overwrite)
+        _check_inputs(run, work_dir, overwrite)
     world_is_main = int(os.environ.get("RANK", "0")) == 0
     if world_is_main:
         prepare_work_dir(work_dir, resume, overwrite)
@@ -114,19 +113,28 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     return trainer
 
 
-def _check_fixed_gates(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
-    """A new run's fixed_gates checkpoint, read before `overwrite` moves a run aside: one
-    that is missing or does not fit moves nothing, and one in the run moved aside (where
-    the new run would not find it) is refused."""
-    if not run.fixed_gates:
+def _check_inputs(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
+    """A new run's inputs, checked before `overwrite` moves an earlier run aside: a manifest
+    or fixed_gates checkpoint that is missing or does not fit moves nothing, and one in the
+    run moved aside (where the new run would not find it) is refused."""
+    check_manifests(run)
+    inputs = {f"{name}_manifest": getattr(run, f"{name}_manifest")
+              for name in ("train", "dev", "test")}
+    if run.fixed_gates:
+        load_fixed_gates(run.fixed_gates, run.model)
+        inputs["fixed_gates"] = run.fixed_gates.rpartition("@")[0]
+    if not (overwrite and run_files(work_dir)):
         return
-    load_fixed_gates(run.fixed_gates, run.model)
-    path = Path(run.fixed_gates.rpartition("@")[0]).resolve()
-    if overwrite and run_files(work_dir) and path.is_relative_to(work_dir.resolve()):
-        raise ValueError(f"fixed_gates {run.fixed_gates}: its checkpoint is in the work dir "
-                         f"{work_dir}, whose run --overwrite moves aside (to "
-                         f"{work_dir.name}.old-N), where the new run would not find it: "
-                         "copy it out of the work dir first and give the copy's path")
+    work = work_dir.resolve()
+    # from inside the run, a relative path follows the current folder into the moved run
+    follows = Path.cwd().resolve().is_relative_to(work)
+    for name, path in inputs.items():
+        if (Path(path).is_absolute() or not follows) and \
+                Path(path).resolve().is_relative_to(work):
+            raise ValueError(f"{name} {path} is in the work dir {work_dir}, whose run "
+                             f"--overwrite moves aside (to {work_dir.name}.old-N), where the "
+                             "new run would not find it: copy it out of the work dir first "
+                             "and give the copy's path")
 
 
 class _stop_signals_caught:
