@@ -225,13 +225,18 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
             break
         if trainer.step % run.ckpt_every == 0 or timed:
             trainer.save()
-    caught.trainer = None
     if _freeze_due(trainer):
         trainer.freeze()
     path = trainer.save()
+    # not before the save: a signal during the last one (a scheduler's time limit) stopped
+    # its write, and the steps since the one before were lost. It still stops the caller
+    caught.trainer = None
+    if trainer.stop_signal is not None and not trainer.stopped_by:
+        trainer.stopped_by = signal.Signals(trainer.stop_signal).name
     if trainer.stopped_by and world.is_main:
-        print(f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}; "
-              f"continue with --resume", flush=True)
+        more = "; continue with --resume" if trainer.step < run.total_steps else ""
+        print(f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}"
+              f"{more}", flush=True)
     batches.close()
     _release(trainer)
     return trainer

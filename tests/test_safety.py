@@ -233,6 +233,29 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path,
     assert trainer.step == 8
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_last_checkpoint_lets_it_be_written(corpus, tmp_path,
+                                                                monkeypatch, sig):
+    """Ctrl-C (or a scheduler's SIGTERM at its time limit) while the finished run wrote its
+    last checkpoint stopped the write: the steps since the last checkpoint were lost. The
+    signal still stops the caller (the demo, the CLI's exit status) after the write."""
+    real_save = train_module.Trainer.save
+
+    def signal_then_save(trainer):
+        if trainer.step == 3:
+            os.kill(os.getpid(), sig)
+        return real_save(trainer)
+
+    monkeypatch.setattr(train_module.Trainer, "save", signal_then_save)
+    try:
+        trainer = train(short_run(corpus, "stage1_steps=3", "ckpt_every=100"), tmp_path / "run")
+    except (KeyboardInterrupt, SystemExit) as stopped:
+        pytest.fail(f"the last checkpoint's write was stopped: {stopped!r}")
+    assert trainer.step == 3 and trainer.stopped_by == signal.Signals(sig).name
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert signal.getsignal(sig) is not train_module._stop_signals_caught.handle
+
+
 def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_path):
     work = tmp_path / "run"
     train(short_run(corpus, "stage1_steps=4", "ckpt_every=100", "ckpt_minutes=1e-9",
