@@ -286,6 +286,11 @@ def run(args: argparse.Namespace) -> None:
     if args.subnet is not None and args.budget is not None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
+    # a file name's bytes need not be UTF-8 (an old Latin-1 archive's): read from `-` or
+    # printed, one failed the run under a strict UTF-8 locale; they pass through as bytes
+    for stream in (sys.stdin, sys.stdout):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     paths = file_paths(args.files, sys.stdin)
     output = output_lines(args.format, args.output_dir,
                           [name for name in args.files if name != "-"])

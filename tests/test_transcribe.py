@@ -230,6 +230,28 @@ def test_cli_prints_one_line_per_file(run, capsys, reference_backend):
     assert code == 0 and lines == [f"{p}\t{t}" for p, t in zip(run["paths"], pieces)]
 
 
+def test_cli_passes_file_names_that_are_not_utf8_through(run, tmp_path, monkeypatch,
+                                                          reference_backend):
+    """A file name's bytes need not be UTF-8 (an old Latin-1 archive's `café.wav`): with
+    standard input and output strict UTF-8, as under a UTF-8 locale, reading such a name
+    from `-` or printing its line raised UnicodeDecodeError / UnicodeEncodeError and ended
+    the run; the names pass through as their bytes, as `find` prints them."""
+    import io
+    import os
+    wave = soundfile.read(run["paths"][0], dtype="float32")[0]
+    soundfile.write(tmp_path / "cafe.wav", wave, 16000)
+    name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.wav")
+    os.rename(tmp_path / "cafe.wav", name)
+    expected = Recognizer.from_checkpoint(run["checkpoint"]).transcribe(run["paths"][:1])[0]
+    stdin = io.TextIOWrapper(io.BytesIO(os.fsencode(name) + b"\n"), encoding="utf-8")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    monkeypatch.setattr("sys.stdin", stdin)
+    monkeypatch.setattr("sys.stdout", stdout)
+    cli_main(["transcribe", "--checkpoint", str(run["checkpoint"]), name, "-"])
+    line = os.fsencode(name) + b"\t" + expected.encode() + b"\n"
+    assert stdout.buffer.getvalue() == line * 2
+
+
 def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys, reference_backend):
     """The same speech as 16 kHz 16-bit mono, 8 kHz 16-bit stereo (both channels equal),
     24-bit, 32-bit float and FLAC: each reads and mixes down to what its mono twin says."""
