@@ -68,6 +68,27 @@ def test_a_wav_whose_data_size_was_never_filled_in_is_read_to_its_end(tmp_path):
     assert len(load_audio(tmp_path / "empty.wav")) == 0
 
 
+@pytest.mark.parametrize("kind", [b"RF64", b"BW64"])
+def test_an_rf64_wav_is_read(tmp_path, kind):
+    """RF64 (EBU Tech 3306; BW64, ITU-R BS.2088): the WAV of recorders that may pass 4 GB,
+    its sizes in a ds64 chunk. It was refused as 'not a RIFF/WAVE file'. Cut short, it is
+    refused as a truncated wav is."""
+    soundfile = pytest.importorskip("soundfile")
+    x = 0.5 * _tone(440.0, 48000, 0.5)
+    soundfile.write(tmp_path / "rf64.wav", np.stack([x, -x], 1), 48000, format="RF64",
+                    subtype="PCM_24")
+    data = (tmp_path / "rf64.wav").read_bytes()
+    expected = soundfile.read(tmp_path / "rf64.wav", dtype="float32")[0]
+    assert data[:4] == b"RF64" and expected.shape == (len(x), 2)
+    (tmp_path / "rf64.wav").write_bytes(kind + data[4:])
+    info = audio_info(tmp_path / "rf64.wav")
+    assert (info.sample_rate, info.num_frames, info.channels) == (48000, len(x), 2)
+    np.testing.assert_array_equal(read_audio(tmp_path / "rf64.wav")[0], expected)
+    (tmp_path / "cut.wav").write_bytes(kind + data[4:-3000])
+    with pytest.raises(AudioError, match=r"cut.wav: truncated wav: its header declares 0.500 s"):
+        load_audio(tmp_path / "cut.wav")
+
+
 @pytest.mark.parametrize("bits,tag", [(8, 1), (24, 1), (32, 1), (32, 3), (64, 3)])
 def test_wav_encodings_and_stereo(tmp_path, bits, tag):
     rate = 22050
