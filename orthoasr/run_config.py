@@ -204,13 +204,15 @@ class RunConfig:
         values = dict(values)
         unknown = sorted(set(values) - set(_field_names(cls)))
         if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys: {valid_keys()}")
+            raise ValueError(f"unknown config keys {unknown}{_placement(unknown)}; valid keys: "
+                             f"{valid_keys()}")
         model = values.pop("model", {}) or {}
         if isinstance(model, SupernetConfig):
             model = model.to_dict()
         unknown = sorted(set(model) - set(_field_names(SupernetConfig)))
         if unknown:
-            raise ValueError(f"unknown config keys {['model.' + k for k in unknown]}; "
+            unknown = ["model." + k for k in unknown]
+            raise ValueError(f"unknown config keys {unknown}{_placement(unknown)}; "
                              f"valid keys: {valid_keys()}")
         model = {k: _coerce(SupernetConfig, k, v) for k, v in model.items()}
         values = {k: _coerce(cls, k, v) for k, v in values.items()}
@@ -263,6 +265,18 @@ def valid_keys() -> list[str]:
     return run_keys + ["model." + n for n in _field_names(SupernetConfig)]
 
 
+def _placement(unknown: list[str]) -> str:
+    """For unknown dotted keys that are valid at the other level (`num_layers` for
+    model.num_layers, `model.lr` for lr): where each belongs, " (a model key: ...)"."""
+    notes = []
+    for key in unknown:
+        if key.startswith("model.") and key[len("model."):] in valid_keys():
+            notes.append(f"not a model key: {key[len('model.'):]}")
+        elif "model." + key in valid_keys():
+            notes.append(f"a model key: model.{key}")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Set `key=value` pairs (values parsed as YAML, `model.<field>` for model fields)."""
     model = values.get("model") or {}
@@ -276,7 +290,8 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ValueError(f"overrides must look like key=value, got {item!r}")
         if key not in valid_keys():
-            raise ValueError(f"unknown config key {key!r}; valid keys: {valid_keys()}")
+            raise ValueError(f"unknown config key {key!r}{_placement([key])}; valid keys: "
+                             f"{valid_keys()}")
         value = parse_yaml(text, f"override {item!r}")
         if key.startswith("model."):
             values["model"][key[len("model."):]] = value

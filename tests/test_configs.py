@@ -30,3 +30,20 @@ def test_only_a_bare_name_falls_back_to_a_preset(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError,
                            match=rf"config file {re.escape(str(missing))} not found"):
             load_run_config(missing)
+
+
+def test_a_key_at_the_wrong_level_is_named_where_it_belongs(tmp_path):
+    """`num_layers=4` (a model key without model.), or `lr:` under model:, was refused with
+    the list of all ~70 keys and no word of the one meant."""
+    with pytest.raises(ValueError, match=r"unknown config key 'num_layers' \(a model key: "
+                                         r"model.num_layers\); valid keys"):
+        load_run_config(None, ["num_layers=4"])
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  lr: 0.1\nbudgets: [0.5, 1.0]\n")
+    with pytest.raises(ValueError, match=r"unknown config keys \['budgets'\] \(a model key: "
+                                         r"model.budgets\); valid keys"):
+        load_run_config(path)
+    path.write_text("model:\n  lr: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown config keys \['model.lr'\] \(not a model "
+                                         r"key: lr\); valid keys"):
+        load_run_config(path)
