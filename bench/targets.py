@@ -2,7 +2,8 @@
 every time a CUDA-graph replay on one H200 (the card the issues name), and issue 14's
 against the `e2e` rows (bench/e2e.py, bench/e2e_trainer.py). Used by bench/report.py; also
 
-    python -m bench.targets        (prints the table)
+    python -m bench.targets                (prints the table)
+    python -m bench.targets --gpu H100     (the same targets over another card's rows)
 
 Each target compares ours with a limit built from rows of one run of its case, the newest
 that holds them all (a ratio), or with a fixed time (the whole encoder). A target whose rows
@@ -11,6 +12,7 @@ no run holds is listed as "not measured".
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -42,9 +44,9 @@ REVERTED = {
 TARGET_GPU = "H200"
 
 
-def on_target_card(rows: list[dict]) -> list[dict]:
-    """The rows measured on TARGET_GPU."""
-    return [row for row in rows if TARGET_GPU in row.get("gpu", "")]
+def on_card(rows: list[dict], gpu: str = TARGET_GPU) -> list[dict]:
+    """The rows measured on a card whose name holds `gpu`."""
+    return [row for row in rows if gpu in row.get("gpu", "")]
 
 
 def rows_of_main(rows: list[dict]) -> list[dict]:
@@ -70,11 +72,12 @@ def graph_runs(rows: list[dict]) -> dict[str, list[dict[Key, dict]]]:
     return by_case
 
 
-def checks(rows: list[dict]) -> list[tuple[str, float | None, float | None, str]]:
+def checks(rows: list[dict], gpu: str = TARGET_GPU
+           ) -> list[tuple[str, float | None, float | None, str]]:
     """[(target, ours in µs or None, limit in µs or None, commit)]. Each target reads the
     newest run of its case that holds every row it compares (a ratio never mixes runs, and
     a newer run of a few gates alone does not hide an older complete one)."""
-    runs = graph_runs(on_target_card(rows))
+    runs = graph_runs(on_card(rows, gpu))
     out = []
 
     def add(name, case, ours: Key, limit=None, *choices: list[Key]):
@@ -124,9 +127,9 @@ def checks(rows: list[dict]) -> list[tuple[str, float | None, float | None, str]
     return out
 
 
-def render(rows: list[dict]) -> str:
+def render(rows: list[dict], gpu: str = TARGET_GPU) -> str:
     lines = ["| target | ours (µs) | limit (µs) | met | commit |", "|---|---|---|---|---|"]
-    for name, ours, limit, commit in checks(rows):
+    for name, ours, limit, commit in checks(rows, gpu):
         if ours is None or limit is None:
             lines.append(f"| {name} | not measured | | | |")
             continue
@@ -146,7 +149,7 @@ def e2e_checks(rows: list[dict]) -> list[tuple[str, str | None, str | None, bool
     every row it compares. The references' times are of eager calls (the issue's anchors),
     ours of CUDA-graph replays."""
     runs: dict[str, dict[tuple[str, str, str], dict]] = defaultdict(dict)
-    for r in on_target_card(rows):
+    for r in on_card(rows):
         trainer = r.get("workload", "").startswith("trainer")
         if r.get("table") != "e2e" or (trainer and (r.get("settings") or not r["case"].endswith(
                 TRAINER_CASE_END))):
@@ -213,12 +216,20 @@ def render_e2e(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", default=TARGET_GPU,
+                        help=f"the card whose rows to read (a part of its name; default "
+                             f"{TARGET_GPU}, the card the targets are set on: elsewhere the "
+                             "ratios read the same, the encoder's fixed times do not)")
+    args = parser.parse_args()
     for path in (RESULTS, RESULTS.parent / "e2e.json"):
         if not path.is_file():
             raise SystemExit(f"bench.targets: {path} not found; the GPU benchmarks write it "
                              "(bench/gpu_all.sh)")
     rows = rows_of_main(json.loads(RESULTS.read_text()))
-    print(render(rows))
+    print(render(rows, args.gpu))
+    if args.gpu != TARGET_GPU:      # issue 14's rows are H200 runs only
+        return
     print(render_e2e(rows_of_main(json.loads((RESULTS.parent / "e2e.json").read_text()))))
 
 
