@@ -69,7 +69,7 @@ if [ -n "${PROBE:-}" ]; then
   FIRST=${SEEDS:-0}; FIRST=${FIRST%% *}
   (cd /tmp && timeout ${TRAIN_S:-540} python3 -m bench.learning_probe --backend torch \
      --steps 600 --check-every 300 --fp64 --attention-check --module-check \
-     --work-dir $W/probe seed=$FIRST cuda_graphs=false > $R/probe.log 2>&1
+     --work-dir $W/probe seed=$FIRST > $R/probe.log 2>&1
    echo "probe rc=$?") &
 fi
 T="python3 -m pytest -q -p no:cacheprovider -rf"

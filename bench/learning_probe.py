@@ -9,7 +9,7 @@ replays every gated module alone and `--attention-check` the last MHSA modules' 
 core alone, each backend in bf16 against fp64 on the same inputs.
 
     ORTHOASR_KERNEL_MASKS=1 python -m bench.learning_probe --backend torch --steps 600 \
-        --check-every 300 --fp64 --attention-check --module-check seed=0 cuda_graphs=false
+        --check-every 300 --fp64 --attention-check --module-check seed=0
 """
 
 from __future__ import annotations
@@ -231,8 +231,11 @@ def main() -> None:
                  ("train", "dev", "test")]
     overrides += [f"max_frames={args.max_frames}", "model.budgets=[1.0]", "spec_augment=false",
                   f"stage1_steps={args.steps}", "stage2_steps=1", "warmup_steps=300",
-                  f"backend={args.backend}", "num_workers=2", *args.overrides]
+                  f"backend={args.backend}", "num_workers=2", "cuda_graphs=false",
+                  *args.overrides]
     run = load_run_config(args.config, overrides)
+    if run.cuda_graphs:     # each check switches the backend, which a captured step won't see
+        raise SystemExit("bench.learning_probe: cuda_graphs=true cannot be probed")
     out = work / args.backend
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(run, out)
