@@ -21,6 +21,8 @@
 #            the eager reference and its torch.compile (issue 14; not in the default set:
 #            give it a call of its own, E2E_ARGS="--workloads stage1 dense" to split it;
 #            the default leaves out its `trainer` workload, which is the trainer stage)
+#   recognizer bench/bench_recognizer.py: Recognizer.transcribe's audio seconds per second,
+#            supernet bf16 / fp32 and the exported subnet (RECOGNIZER_ARGS)
 #   gemms    bench/gemm_sweep.py: the FFN's six GEMMs, tile configs, vs cuBLAS
 #   probe    bench/gemm_probe.py: plain GEMMs, one program per tile vs persistent, vs cuBLAS
 #            (PROBE_ARGS, e.g. "--rows 20000")
@@ -152,6 +154,12 @@ if has floors; then
   timeout ${FLOOR_S:-540} python3 -m bench.bench_floor ${FLOOR_ARGS:-} > $OUT/bench_floor.log 2>&1
   echo "floors rc=$?"; grep -E "failed|Error" $OUT/bench_floor.log | head
   cp $REPO/bench/results/kernels.json $OUT/
+fi
+if has recognizer; then
+  timeout ${RECOGNIZER_S:-300} python3 -m bench.bench_recognizer ${RECOGNIZER_ARGS:-} \
+    > $OUT/recognizer.log 2>&1
+  echo "recognizer rc=$?"; grep -E "of audio|Error" $OUT/recognizer.log | tail -8
+  cp $REPO/bench/results/recognizer.json $OUT/
 fi
 if has e2e; then
   timeout ${E2E_S:-540} python3 -m bench.e2e ${E2E_ARGS:---workloads stage1 stage2 dense half} \
