@@ -314,9 +314,11 @@ def waveform_problem(wave: torch.Tensor) -> str | None:
 
 
 def _native(array: np.ndarray) -> np.ndarray:
-    """`array` with positive strides and in the machine's byte order (copied only if not):
-    torch.as_tensor refuses a reversed view (wave[::-1], np.flip) and big-endian data."""
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    """`array` with positive strides, in the machine's byte order and writable (copied only
+    if not): torch.as_tensor refuses a reversed view (wave[::-1], np.flip) and big-endian
+    data, and warns of a read-only array (memory-mapped, np.frombuffer's) that it shares."""
+    native = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    return native if native.flags.writeable else native.copy()
 
 
 def output_frames(seconds: float) -> int:

@@ -142,6 +142,19 @@ def test_arrays_in_any_layout_read_as_their_native_copies():
         rec.transcribe([reversed_wave, reversed_wave, wave])
 
 
+def test_a_read_only_array_is_read_without_a_warning(tmp_path):
+    """A memory-mapped recording (np.load(mmap_mode="r")) or np.frombuffer's array is read
+    only: torch.as_tensor warned of 'undefined behavior' as it shared its memory."""
+    rec = Recognizer(FrameLocalModel(), LabelTokenizer())
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    np.save(tmp_path / "wave.npy", wave)
+    mapped = np.load(tmp_path / "wave.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rec.transcribe([mapped, np.frombuffer(wave.tobytes(), np.float32)]) == \
+            rec.transcribe([wave, wave])
+
+
 def test_waveforms_at_the_scale_of_integer_samples_are_refused():
     """16-bit samples passed as floats without the / 32768 (`pcm.astype(np.float32)`) were
     decoded without a word. The splitter's -80 dBFS floor is for samples in [-1, 1]: 2 s of
