@@ -180,8 +180,13 @@ class Recognizer:
         when it is pulled, naming its index in the whole stream. timestamps: as in
         `transcribe`."""
         if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
+            got = type(paths_or_waveforms).__name__
+            if getattr(paths_or_waveforms, "ndim", 1) == 2:     # [B, S]: a list in rows
+                raise TypeError(f"paths_or_waveforms must be a list of paths or waveforms, "
+                                f"got one {got} of shape {tuple(paths_or_waveforms.shape)}: "
+                                "pass list(batch), its rows as waveforms")
             raise TypeError("paths_or_waveforms must be a list of paths or waveforms, got one "
-                            f"{type(paths_or_waveforms).__name__}; wrap it in a list")
+                            f"{got}; wrap it in a list")
         _check_seconds("group_seconds", group_seconds, 0.0)
         if not isinstance(timestamps, bool):    # "no" would read as True
             raise TypeError(f"timestamps must be True or False, got {timestamps!r}")

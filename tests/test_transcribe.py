@@ -142,6 +142,20 @@ def test_arrays_in_any_layout_read_as_their_native_copies():
         rec.transcribe([reversed_wave, reversed_wave, wave])
 
 
+def test_a_batch_of_waveforms_in_one_array_is_told_to_be_a_list():
+    """np.stack(waves) (a [B, S] batch) was told 'wrap it in a list', which then gave
+    'waveforms must be 1-D, got shape (B, S)'; the hint is list(batch) for a batch."""
+    rec = Recognizer(FrameLocalModel(), LabelTokenizer())
+    batch = np.zeros((2, 16000), np.float32)
+    for given in (batch, torch.from_numpy(batch)):
+        with pytest.raises(TypeError, match=r"got one .* of shape \(2, 16000\): pass "
+                                            r"list\(batch\), its rows as waveforms"):
+            rec.transcribe(given)
+    assert rec.transcribe(list(batch)) == ["", ""]
+    with pytest.raises(TypeError, match="got one ndarray; wrap it in a list"):
+        rec.transcribe(batch[0])
+
+
 def test_a_read_only_array_is_read_without_a_warning(tmp_path):
     """A memory-mapped recording (np.load(mmap_mode="r")) or np.frombuffer's array is read
     only: torch.as_tensor warned of 'undefined behavior' as it shared its memory."""
