@@ -8,7 +8,8 @@ subnet, its tokenizer and the feature extractor it was trained with.
     rec.transcribe(paths, timestamps=True)   # -> [Transcript(text, words=[Word(text,
                                              #     start, end), ...]), ...] (seconds)
 
-Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D at 16 kHz.
+Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D, at 16 kHz
+unless `sample_rate` says otherwise (then resampled the same way).
 Items are read as they are needed and decoded in groups of about `group_seconds` of audio,
 so a long list of files is never in memory at once and the first texts come out early.
 Utterances are decoded greedily in batches of similar length; on a GPU a supernet's encoder
@@ -39,7 +40,7 @@ from torch import nn
 
 from .checks import check_number
 from .config import budget_index
-from .data import LogMel, Tokenizer, length_batches, load_audio
+from .data import SAMPLE_RATE, LogMel, Tokenizer, length_batches, load_audio, resample
 from .decoding import best_paths, collapse_path, label_text, token_runs
 from .devices import resolve_device
 from .export import CompactConformer, load_subnet
@@ -154,10 +155,11 @@ class Recognizer:
         return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
                    context_seconds=context_seconds, silence_db=silence_db)
 
-    def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False
-                   ) -> list[str] | list[Transcript]:
+    def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False,
+                   sample_rate: int = SAMPLE_RATE) -> list[str] | list[Transcript]:
         """One transcript per item, in order. Items: audio file paths (WAV, FLAC, MP3, Ogg
-        Vorbis or Opus; any rate and channel count) or 1-D float waveforms at 16 kHz. A
+        Vorbis or Opus; any rate and channel count) or 1-D float waveforms at `sample_rate`
+        Hz (resampled to 16 kHz as files are; a file's own rate is read from it). A
         recording's text is its voiced segments' texts joined by single spaces; all silent,
         or under 40 ms (4 feature frames): "". timestamps: a `Transcript(text, words)` per
         item instead of its text, each `Word(text, start, end)` in seconds from the
@@ -165,10 +167,12 @@ class Recognizer:
         holding NaN, or peaking over MAX_PEAK (10: samples at 16-bit PCM's scale), is a
         ValueError naming it. Decoded as `transcribe_iter` does, so a long list of paths is
         not read into memory at once."""
-        return list(self.transcribe_iter(paths_or_waveforms, timestamps=timestamps))
+        return list(self.transcribe_iter(paths_or_waveforms, timestamps=timestamps,
+                                         sample_rate=sample_rate))
 
     def transcribe_iter(self, paths_or_waveforms: Iterable[Audio],
-                        group_seconds: float = GROUP_SECONDS, *, timestamps: bool = False
+                        group_seconds: float = GROUP_SECONDS, *, timestamps: bool = False,
+                        sample_rate: int = SAMPLE_RATE
                         ) -> Iterator[str] | Iterator[Transcript]:
         """`transcribe` for a stream (any iterable, a generator too): each item's text, in
         order, as soon as it and every item before it are decoded. Items are pulled one at
@@ -177,8 +181,8 @@ class Recognizer:
         plus one item is held at once (an item longer than group_seconds is a group alone,
         or the last of one). 0: each item alone. Grouping does not change the texts
         (tested). A bare path or waveform is a TypeError here; a bad item, a ValueError
-        when it is pulled, naming its index in the whole stream. timestamps: as in
-        `transcribe`."""
+        when it is pulled, naming its index in the whole stream. timestamps, sample_rate:
+        as in `transcribe`."""
         if isinstance(paths_or_waveforms, (str, os.PathLike, np.ndarray, torch.Tensor)):
             got = type(paths_or_waveforms).__name__
             if getattr(paths_or_waveforms, "ndim", 1) == 2:     # [B, S]: a list in rows
@@ -190,16 +194,18 @@ class Recognizer:
         _check_seconds("group_seconds", group_seconds, 0.0)
         if not isinstance(timestamps, bool):    # "no" would read as True
             raise TypeError(f"timestamps must be True or False, got {timestamps!r}")
+        check_number("sample_rate", sample_rate, least=1, integer=True)
         finish = self._transcript if timestamps else self._text
-        return self._texts_by_group(paths_or_waveforms, finish,
+        return self._texts_by_group(paths_or_waveforms, finish, sample_rate,
                                     group_samples=group_seconds * self.logmel.sample_rate)
 
     def _texts_by_group(self, items: Iterable[Audio], finish: Callable[[Segments], Any],
-                        group_samples: float) -> Iterator[str] | Iterator[Transcript]:
+                        sample_rate: int, group_samples: float
+                        ) -> Iterator[str] | Iterator[Transcript]:
         group: list[torch.Tensor] = []
         held = 0                                    # samples in group
         for index, item in enumerate(items):        # index: the item's in the whole call
-            group.append(self._waveform(index, item))
+            group.append(self._waveform(index, item, sample_rate))
             held += len(group[-1])
             if held >= group_samples:
                 decoded, group, held = self._decode(group), [], 0     # drop the audio
@@ -258,8 +264,10 @@ class Recognizer:
             return [(0, len(wave))]
         return voiced_spans(wave, self.silence_db)
 
-    def _waveform(self, index: int, item: Audio) -> torch.Tensor:
-        """Item `index` of a transcribe call as a 1-D float32 waveform at 16 kHz."""
+    def _waveform(self, index: int, item: Audio, sample_rate: int = SAMPLE_RATE
+                  ) -> torch.Tensor:
+        """Item `index` of a transcribe call as a 1-D float32 waveform at 16 kHz (a
+        waveform item is at `sample_rate`)."""
         if isinstance(item, (str, os.PathLike)):
             wave, name = load_audio(item), f"item {index} ({os.fspath(item)})"
         else:
@@ -281,6 +289,9 @@ class Recognizer:
         problem = waveform_problem(wave)
         if problem is not None:
             raise ValueError(f"{name} {problem}")
+        if sample_rate != SAMPLE_RATE and not isinstance(item, (str, os.PathLike)):
+            wave = torch.from_numpy(resample(wave.detach().cpu().numpy(), sample_rate,
+                                             SAMPLE_RATE))
         return wave
 
     def _best_paths(self, waves: list[torch.Tensor]) -> list[list[int]]:

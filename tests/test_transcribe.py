@@ -131,6 +131,26 @@ def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
         rec.transcribe([pcm])
 
 
+def test_waveforms_at_another_rate_are_resampled_as_files_are(run, tmp_path):
+    """A waveform at 8 kHz with sample_rate=8000 reads as the same audio in an 8 kHz file
+    (both resampled by load_audio's resampler); without it, it would be taken as 16 kHz
+    audio, twice as fast. A file's own rate is read from it, whatever sample_rate says."""
+    rec = Recognizer.from_checkpoint(run["checkpoint"], 0.4)
+    wave, rate = soundfile.read(run["paths"][0], dtype="float32")
+    slow = wave[::2].copy()
+    path = str(tmp_path / "mono8k.wav")
+    soundfile.write(path, slow, rate // 2, subtype="FLOAT")
+    from_file = rec.transcribe([path])
+    assert rec.transcribe([slow], sample_rate=rate // 2) == from_file
+    assert rec.transcribe([torch.from_numpy(slow)], sample_rate=rate // 2) == from_file
+    assert list(rec.transcribe_iter([slow], sample_rate=rate // 2)) == from_file
+    assert rec.transcribe([slow]) != from_file
+    assert rec.transcribe([path], sample_rate=44100) == from_file
+    for bad in (0, 16000.5, "16k"):
+        with pytest.raises(ValueError, match=f"sample_rate must be .*got {bad!r}"):
+            rec.transcribe([slow], sample_rate=bad)
+
+
 def test_arrays_in_any_layout_read_as_their_native_copies():
     """A reversed view (wave[::-1], np.flip) or a big-endian array (">f4", as some readers
     give) is a 1-D float waveform: they were refused as "must be an audio file path or a
