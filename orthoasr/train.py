@@ -93,6 +93,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
             check_manifests(run)
         except FileNotFoundError as err:
             raise FileNotFoundError(_started_elsewhere(checkpoint, run) or str(err)) from None
+    if resume_from is not None and world_is_main and not run_files(work_dir):
+        _note_branch(checkpoint, work_dir)
     created = world_is_main and not work_dir.exists()
     work_dir.mkdir(parents=True, exist_ok=True)
     lock = WorkDirLock(work_dir) if world_is_main else None
@@ -264,6 +266,17 @@ def _release(trainer: Trainer) -> None:
     if trainer.step_graphs is not None:
         trainer.step_graphs.release()
     shutdown(trainer.world)
+
+
+def _note_branch(checkpoint: Path, work_dir: Path) -> None:
+    """Say so when --resume-from takes another work dir's checkpoint into `work_dir`, which
+    holds no run (with --work-dir left out: runs/default): that run stays as it is."""
+    folder = checkpoint.resolve().parent
+    if folder.name == CHECKPOINTS:
+        folder = folder.parent
+    if run_files(folder) and folder != work_dir.resolve():
+        print(f"note: continuing the run of {folder} in {work_dir}, which held no run; "
+              f"{folder} is left as it is", flush=True)
 
 
 def _check_same_run(work_dir: Path, checkpoint: Path, state: dict) -> None:

@@ -433,6 +433,18 @@ def test_a_resume_from_another_runs_checkpoint_leaves_the_work_dirs_run(corpus, 
     assert branch.step == 2
 
 
+def test_a_resume_from_another_work_dirs_checkpoint_says_where_the_run_goes_on(
+        corpus, finished, tmp_path, capsys, monkeypatch):
+    """`--resume-from runs/a/checkpoints/step-N.pt` with --work-dir left out continued the
+    run in runs/default without a word; runs/a's checkpoint.pt stayed as it was."""
+    monkeypatch.chdir(tmp_path)
+    other = finished / "checkpoints" / "step-0000001.pt"
+    main(["train", "--resume-from", str(other)])
+    assert f"note: continuing the run of {finished} in runs/default, which held no run; " \
+        f"{finished} is left as it is" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "runs" / "default" / "checkpoint.pt")["step"] == 2
+
+
 def test_fixed_gates_are_checked_before_overwrite_moves_a_run(corpus, finished, tmp_path):
     """--overwrite moved the run aside and only then read fixed_gates: a mistyped path, or
     one in the run moved aside ("checkpoint run/checkpoint.pt not found", the file being in
