@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,7 @@ from .subtitles import cues, srt, vtt
 from .timestamps import Transcript
 
 READ_FAILURE = 1
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SUBTITLE_FORMATS = {"srt": srt, "vtt": vtt}
 
 
@@ -153,8 +155,12 @@ def json_line(path: str, transcript: Transcript) -> str:
     "end"}, ...]}, times in seconds rounded to ms."""
     words = [{"word": word.text, "start": round(word.start, 3), "end": round(word.end, 3)}
              for word in transcript.words]
-    return json.dumps({"path": path, "text": transcript.text, "words": words},
+    line = json.dumps({"path": path, "text": transcript.text, "words": words},
                       ensure_ascii=False)
+    # a name's bytes that are not UTF-8 (os.fsdecode's lone surrogates) as \udcXX escapes:
+    # written as their bytes they would make the line invalid UTF-8, so invalid JSON text;
+    # json.loads gives the surrogates back, and os.fsencode the name's bytes
+    return LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 class SubtitleFiles(TextLines):

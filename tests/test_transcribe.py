@@ -3,6 +3,7 @@ subnets, waveforms and batching; `orthoasr transcribe` on good files, formats (8
 24-bit, float, FLAC), bad ones (missing, corrupt among good ones, empty) and silence
 (`--silence-db`; the splitter itself: tests/test_silence.py)."""
 
+import json
 import warnings
 
 import numpy as np
@@ -297,6 +298,13 @@ def test_cli_passes_file_names_that_are_not_utf8_through(run, tmp_path, monkeypa
     cli_main(["transcribe", "--checkpoint", str(run["checkpoint"]), name, "-"])
     line = os.fsencode(name) + b"\t" + expected.encode() + b"\n"
     assert stdout.buffer.getvalue() == line * 2
+    # --format json: the line stays UTF-8 JSON text, the name's bytes as \udcXX escapes
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    monkeypatch.setattr("sys.stdout", stdout)
+    cli_main(["transcribe", "--checkpoint", str(run["checkpoint"]), "--format", "json", name])
+    record = json.loads(stdout.buffer.getvalue().decode("utf-8"))
+    assert os.fsencode(record["path"]) == os.fsencode(name)
+    assert record["text"] == expected
 
 
 def test_cli_reads_other_rates_channels_and_encodings(run, tmp_path, capsys, reference_backend):
