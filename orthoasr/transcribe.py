@@ -277,8 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "file>` printed")
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help="with --format srt or vtt: write DIR/<FILE's name less its "
-                             "suffix>.srt (.vtt), making DIR if missing; two FILEs of one "
-                             "name are refused")
+                             "suffix>.srt (.vtt), making DIR if missing and replacing a "
+                             "subtitle file of that name there; two FILEs of one name are "
+                             "refused")
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="WAV (PCM 8/16/24/32-bit, float, A-law, mu-law), FLAC, MP3, Ogg "
                              "Vorbis or Opus (.ogg, .oga, .opus); any rate and channels. -: the "
