@@ -154,6 +154,21 @@ def test_cli_writes_each_files_subtitles_before_printing_its_line(
     assert [(folder / name).read_text() for name in names] == [render(cues(t)) for t in timed]
 
 
+def test_cli_replaces_a_subtitle_file_already_in_the_folder(stand_in_cli, tmp_path, capsys):
+    """A run again over the same folder updates its output (the chosen behaviour, as
+    Whisper's command line): the file there is replaced whole, atomically, nothing else
+    in the folder is touched."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    first = stand_in_cli["files"][0]
+    (folder / f"{Path(first).stem}.srt").write_text("1\n00:00:00,000 --> 00:00:09,000\nold\n")
+    (folder / "notes.txt").write_text("mine")
+    stand_in_cli["run"]("--format", "srt", "--output-dir", str(folder), first)
+    timed = Recognizer(FrameLocalModel(), LabelTokenizer()).transcribe([first], timestamps=True)
+    assert (folder / f"{Path(first).stem}.srt").read_text() == srt(cues(timed[0]))
+    assert sorted(p.name for p in folder.iterdir()) == ["clip0.srt", "notes.txt"]
+
+
 def test_cli_refuses_a_piped_path_whose_subtitles_an_earlier_file_took(
         stand_in_cli, tmp_path, monkeypatch):
     """A path from standard input of a name already taken is not read: a line on stderr in
