@@ -233,6 +233,9 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     print(f"CSV -> {write_csv(rows, csv_path)}")
     if trained.masks is not None and heatmap:
         print(f"heatmap -> {write_heatmap(trained.masks, cfg, heatmap)}")
+    elif heatmap:
+        print(f"no heatmap {heatmap}: the checkpoint (step {trained.step}) is from stage 1, "
+              "before its subnets are frozen")
     return rows
 
 

@@ -166,12 +166,17 @@ def test_a_file_that_is_not_a_checkpoint_is_named_by_every_loader(corpus, tmp_pa
             load(subnet)
 
 
-def test_stage1_checkpoint_evaluates_the_supernet_and_refuses_export(corpus, tmp_path):
+def test_stage1_checkpoint_evaluates_the_supernet_and_refuses_export(corpus, tmp_path,
+                                                                     capsys):
+    """And says why it writes no heatmap (a --heatmap given was ignored without a word)."""
     from orthoasr.evaluate import evaluate
     run = tiny_run(corpus, "stage1_steps=3", "stage2_steps=3")
     train(run, tmp_path, stop_at=1)
-    rows = evaluate(tmp_path / "checkpoint.pt")
+    rows = evaluate(tmp_path / "checkpoint.pt", heatmap=tmp_path / "units.png")
     assert [r["subnet"] for r in rows] == ["supernet"] and rows[0]["units"] == 14
+    assert f"no heatmap {tmp_path / 'units.png'}: the checkpoint (step 1) is from stage 1, " \
+        "before its subnets are frozen" in capsys.readouterr().out
+    assert not (tmp_path / "units.png").exists()
     assert 0.0 <= rows[0]["wer_dev"] and 0.0 <= rows[0]["wer_test"]
     with pytest.raises(ValueError, match="from stage 1: no frozen subnets"):
         load_trained(tmp_path / "checkpoint.pt").subnet_gates(0)
