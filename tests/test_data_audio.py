@@ -331,3 +331,16 @@ def test_g711_wavs_decode_to_the_itu_values(tmp_path):
             import soundfile
             expected, _ = soundfile.read(path, dtype="float32", always_2d=True)
             np.testing.assert_array_equal(data, expected)
+
+
+def test_a_header_rate_no_audio_has_is_refused_before_resampling(tmp_path):
+    """A damaged header's rate (8 Hz) made load_audio resample 1 s of samples into 2,000 s
+    (a 32 kB file into 128 MB, a long one into the machine's memory): refused, naming the
+    rate; 1 kHz and up (telephone speech is 8 kHz) still read."""
+    samples = (_tone(3.0, 8, 1.0) * 16000).astype("<i2").tobytes() * 2000
+    _write_raw_wav(tmp_path / "bad.wav", samples, 8, 1, 16)
+    with pytest.raises(AudioError, match=r"bad.wav: its header's sample rate, 8 Hz, is not "
+                                         r"audio's .* 2000 times longer"):
+        load_audio(tmp_path / "bad.wav")
+    write_wav(tmp_path / "low.wav", _tone(100.0, 1000, 0.5), 1000)
+    assert len(load_audio(tmp_path / "low.wav")) == 8000

@@ -21,6 +21,7 @@ import soxr
 import torch
 
 SAMPLE_RATE = 16000
+MIN_FILE_RATE = 1000    # Hz: telephone speech is 8 kHz; a file's rate under this is no audio's
 OGG_EXTENSIONS = (".ogg", ".oga", ".opus")      # .oga: Ogg audio, as voice messages are named
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3") + OGG_EXTENSIONS
 FORMAT_NAMES = {".flac": "FLAC", ".mp3": "MP3", ".ogg": "Ogg", ".oga": "Ogg",  # soundfile's
@@ -487,6 +488,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
         raise ValueError(f"sample_rate must be an int >= 1 (Hz), got {sample_rate!r}")
     data, rate = read_audio(path)
+    if rate < MIN_FILE_RATE:        # a damaged header: 1 s at 8 Hz would become 2,000 s
+        raise AudioError(f"{path}: its header's sample rate, {rate} Hz, is not audio's (under "
+                         f"{MIN_FILE_RATE} Hz; a damaged header?): resampled to "
+                         f"{sample_rate} Hz it would be {sample_rate / rate:.0f} times longer")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return torch.from_numpy(np.ascontiguousarray(resample(mono, rate, sample_rate)))
 
