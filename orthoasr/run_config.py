@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import SupernetConfig
+from .config import SupernetConfig, budget_index
 
 AUX_SCALES = ("constant", "focal")
 PENALTY_MODES = ("constant", "warmup", "lagrange")
@@ -193,6 +193,14 @@ class RunConfig:
     @property
     def total_steps(self) -> int:
         return self.stage1_steps + self.stage2_steps
+
+    @property
+    def fixed_subnet(self) -> int | None:
+        """With fixed_gates, the index of the one subnet the run trains (its other masks,
+        kept for eval and export, are the source run's, with untrained heads); else None."""
+        if not self.fixed_gates:
+            return None
+        return budget_index(self.model.budgets, float(self.fixed_gates.rpartition("@")[2]))
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)

@@ -352,3 +352,17 @@ def test_eval_names_a_bad_cutting_argument(talkative_run, tmp_path, options, mes
     with pytest.raises(ValueError, match=re.escape(message)):
         transcribe(trained.model, [], trained.tokenizer(), [], torch.device("cpu"), 20000,
                    bf16=False, **options)
+
+
+def test_a_fixed_gates_run_is_scored_on_the_subnet_it_trained(run_dir, tmp_path, capsys):
+    """A fixed_gates run keeps its source run's masks: the other budgets' rows were scored
+    too, on weights and heads that run never trained, as if they were its results."""
+    from test_train import tiny_run
+
+    from orthoasr.train import train
+    train(tiny_run(run_dir.parent / "corpus", f"fixed_gates={run_dir / 'checkpoint.pt'}@0.7",
+                   "stage1_steps=1", "stage2_steps=0"), tmp_path / "alone")
+    rows = evaluate(tmp_path / "alone" / "checkpoint.pt", device="cpu")
+    assert [(r["subnet"], r["budget"]) for r in rows] == [(1, 0.7)]
+    assert f"only the subnet of budget 0.7 (fixed_gates {run_dir / 'checkpoint.pt'}@0.7) " \
+        "was trained" in capsys.readouterr().out

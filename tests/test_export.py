@@ -319,3 +319,23 @@ def test_export_picks_a_subnet_by_budget(run_dir, tmp_path, capsys):
     err = cli_error(capsys, ["export", "--checkpoint", checkpoint, "--budget", "0.55",
                              "--out", str(tmp_path / "other.pt")])
     assert f"budget 0.55 is not one of the run's budgets {list(budgets)}" in err, err
+
+
+def test_a_fixed_gates_run_exports_only_the_subnet_it_trained(run_dir, tmp_path, capsys):
+    """A fixed_gates run (one subnet trained alone) keeps its source run's masks: exporting
+    another budget gave a subnet whose weights and head that run never trained, unsaid."""
+    from test_train import tiny_run
+
+    from orthoasr.train import train
+    train(tiny_run(run_dir.parent / "corpus", f"fixed_gates={run_dir / 'checkpoint.pt'}@0.4",
+                   "stage1_steps=1", "stage2_steps=0"), tmp_path / "alone")
+    checkpoint = str(tmp_path / "alone" / "checkpoint.pt")
+    for flags in (["--budget", "1.0"], ["--subnet", "1"]):
+        err = cli_error(capsys, ["export", "--checkpoint", checkpoint, *flags,
+                                 "--out", str(tmp_path / "sub.pt")])
+        assert f"{' '.join(flags)}: the run of {checkpoint} trained only the subnet of budget " \
+            f"0.4 (fixed_gates {run_dir / 'checkpoint.pt'}@0.4)" in err, err
+    assert not (tmp_path / "sub.pt").exists()
+    main(["export", "--checkpoint", checkpoint, "--budget", "0.4", "--out",
+          str(tmp_path / "sub.pt")])
+    assert load_subnet(tmp_path / "sub.pt").budget == 0.4
