@@ -210,7 +210,8 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     splits = {name: load_split(name, eval_manifest(trained, name, given))
               for name, given in (("dev", dev_manifest), ("test", test_manifest))}
     subnets = range(trained.num_subnets) if trained.masks is not None else [None]
-    if run.fixed_subnet is not None:        # the other masks are the source run's
+    if run.fixed_subnet is not None and trained.masks is not None:
+        # a fixed_gates run: its other masks are the source run's, never trained here
         subnets = [run.fixed_subnet]
         print(f"only the subnet of budget {cfg.budgets[run.fixed_subnet]:g} (fixed_gates "
               f"{run.fixed_gates}) was trained: the other subnets are not scored")
