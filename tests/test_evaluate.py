@@ -366,3 +366,8 @@ def test_a_fixed_gates_run_is_scored_on_the_subnet_it_trained(run_dir, tmp_path,
     assert [(r["subnet"], r["budget"]) for r in rows] == [(1, 0.7)]
     assert f"only the subnet of budget 0.7 (fixed_gates {run_dir / 'checkpoint.pt'}@0.7) " \
         "was trained" in capsys.readouterr().out
+    # before its freeze it holds no masks: the supernet's row, as for any stage-1 checkpoint
+    train(tiny_run(run_dir.parent / "corpus", f"fixed_gates={run_dir / 'checkpoint.pt'}@0.7",
+                   "stage1_steps=3", "stage2_steps=0"), tmp_path / "early", stop_at=1)
+    rows = evaluate(tmp_path / "early" / "checkpoint.pt", device="cpu")
+    assert [r["subnet"] for r in rows] == ["supernet"]
