@@ -30,7 +30,7 @@ from .ortho import PenaltyScale, freeze_masks, gamma_for, ortho_softmax, tempera
 from .run_config import load_run_config
 from .train import CHECKPOINT, train
 from .units import enumerate_units, subnet_cost, unit_costs
-from .workdir import check_work_dir
+from .workdir import WorkDirLock, check_work_dir
 
 WORK_DIR = "runs/demo"
 
@@ -74,9 +74,12 @@ def run_demo(work_dir: str | Path = WORK_DIR, config: str | Path | None = None,
     check_work_dir(work_dir)        # before the corpus: synthesis takes a while
     data_dir = Path(data_dir or f"data/synth-{preset.corpus}")
     if not (data_dir / "train.jsonl").exists():
-        print(f"synthesising the {preset.corpus!r} corpus into {data_dir} ...", flush=True)
-        # no train.jsonl: at most an interrupted synthesis is there, which is replaced
-        synthesize_corpus(data_dir, preset=preset.corpus, seed=0, overwrite=True)
+        # under the corpus folder's lock: a second demo started meanwhile would take it for
+        # an interrupted synthesis and delete the wav/ folder this one is writing
+        with WorkDirLock(data_dir):
+            print(f"synthesising the {preset.corpus!r} corpus into {data_dir} ...", flush=True)
+            # no train.jsonl: at most an interrupted synthesis is there, which is replaced
+            synthesize_corpus(data_dir, preset=preset.corpus, seed=0, overwrite=True)
     print(f"corpus ready after {time.perf_counter() - start:.0f} s", flush=True)
     paths = [f"{split}_manifest={data_dir / (split + '.jsonl')}"
              for split in ("train", "dev", "test")]

@@ -4,6 +4,7 @@ the demo's options reach what they are for or are refused."""
 import os
 import shlex
 import signal
+import socket
 
 import pytest
 import torch
@@ -197,3 +198,18 @@ def test_a_demo_in_the_current_folder_scores_and_names_the_new_run(tmp_path, mon
     assert (work / "heatmap.png").exists()
     assert not (tmp_path / "run.old-1" / "heatmap.png").exists()
     assert f"--checkpoint {work / 'checkpoint.pt'} " in capsys.readouterr().out
+
+
+def test_a_corpus_being_synthesised_is_not_synthesised_again(tmp_path, monkeypatch):
+    """A second demo started while the first synthesised the corpus (no train.jsonl yet)
+    synthesised it too, deleting the wav/ folder the first was writing; its run lock came
+    only after. The synthesis now holds the corpus folder's lock: the second is refused."""
+    def synthesise(*args, **kwargs):
+        raise AssertionError("synthesised while another demo synthesises")
+
+    monkeypatch.setattr(synth, "synthesize_corpus", synthesise)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / ".lock").write_text(f"1 {socket.gethostname()}\n")   # a live process
+    with pytest.raises(WorkDirError, match=rf"{data_dir} is in use by process 1"):
+        demo.run_demo(tmp_path / "run", data_dir=data_dir, device="cpu")
