@@ -248,7 +248,12 @@ def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint",
         if not allow_schedule_change and set(fields) <= set(RunConfig.SCHEDULE_CHANGES):
             hint = "; to resume with a new optimiser schedule add --allow-schedule-change"
         elif fields == ["train_manifest"]:
-            hint = "; to resume on another training manifest add --allow-data-change"
+            # the run's own manifest first: --allow-data-change alone trained a run resumed
+            # with the wrong --config on that config's corpus
+            hint = (f"; the run trained on {_lookup(saved, 'train_manifest')}: give that path "
+                    "(a resume without --config continues the checkpoint's own config), or "
+                    "add --allow-data-change to resume on another training manifest on "
+                    "purpose")
         raise ValueError(f"checkpoint {path} was written with a different config; "
                          f"mismatching fields: {details}{hint}")
     return {name: [_lookup(saved, name), _lookup(cfg.to_dict(), name)]

@@ -85,6 +85,21 @@ def test_resume_with_a_different_config_names_the_fields(corpus, tmp_path):
         train(changed, tmp_path, resume=True)
 
 
+def test_a_resume_on_another_training_manifest_first_offers_the_runs_own(tmp_path):
+    """A resume whose config names another corpus (the wrong --config: the demo's run
+    resumed with configs/tiny.yaml) was told only to add --allow-data-change, which trains
+    the run on that other corpus; the run's own manifest and config come first."""
+    first, other = write_corpus(tmp_path / "a", n=6), write_corpus(tmp_path / "b", n=6, seed=1)
+    train(tiny_run(first, "stage1_steps=1", "stage2_steps=0"), tmp_path / "run")
+    with pytest.raises(ValueError) as info:
+        train(tiny_run(other, "stage1_steps=1", "stage2_steps=0"), tmp_path / "run",
+              resume=True)
+    assert str(info.value).endswith(
+        f"; the run trained on {first / 'train.jsonl'}: give that path (a resume without "
+        "--config continues the checkpoint's own config), or add --allow-data-change to "
+        "resume on another training manifest on purpose"), str(info.value)
+
+
 def test_checkpoint_from_before_a_new_key_resumes_with_its_default(corpus, tmp_path):
     """A config key added after a checkpoint was written (shape_classes, distill_weight)
     takes its default on resume; a non-default value is still a mismatch."""
