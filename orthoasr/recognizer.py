@@ -120,7 +120,8 @@ class Recognizer:
                         context_seconds: float = CONTEXT_SECONDS,
                         silence_db: float | None = SILENCE_DB,
                         bf16: bool | None = None) -> Recognizer:
-        """The subnet of `budget` (one of the run's budgets; None: the largest) of training
+        """The subnet of `budget` (one of the run's budgets; None: the largest, or for a
+        `fixed_gates` run the one subnet it trained, the only one allowed) of training
         checkpoint `path`. A stage-1 checkpoint has no frozen subnets: only the full
         supernet (budget None) is available from it. chunk_seconds, context_seconds,
         silence_db, bf16: as in Recognizer (bf16 None: as the run was trained)."""
@@ -136,6 +137,14 @@ class Recognizer:
         else:
             head = budgets.index(max(budgets)) if budget is None else budget_index(budgets,
                                                                                   budget)
+            alone = trained.run.fixed_subnet    # a fixed_gates run's other masks: untrained
+            if alone is not None and budget is None:
+                head = alone
+            elif alone is not None and head != alone:
+                raise ValueError(f"budget {budget}: the run of {path} trained only the subnet "
+                                 f"of budget {budgets[alone]:g} (fixed_gates "
+                                 f"{trained.run.fixed_gates}); the other subnets' weights and "
+                                 "heads are untrained")
             gates = trained.subnet_gates(head)
         return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True,
                    chunk_seconds=chunk_seconds, context_seconds=context_seconds,

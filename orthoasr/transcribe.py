@@ -243,7 +243,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--checkpoint", help="training checkpoint.pt (a subnet of it: --budget)")
     which.add_argument("--subnet", help="exported subnet (`orthoasr export --out`)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="with --checkpoint: the subnet of this budget (default: largest)")
+                        help="with --checkpoint: the subnet of this budget (default: largest; a "
+                             "fixed_gates run's: the one it trained)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fp32", action="store_true",
                         help="with --checkpoint on a GPU: decode in float32 (default: under "

@@ -108,6 +108,22 @@ def test_exported_subnet_transcribes_alone_like_the_supernet(run, tmp_path):
         Recognizer.from_subnet(tmp_path / "bare.pt")
 
 
+def test_a_fixed_gates_run_transcribes_with_the_subnet_it_trained(run, tmp_path):
+    """A fixed_gates run keeps its source run's masks for every budget, but trains one
+    subnet: the default (the largest) and the other budgets decoded with weights and heads
+    that run never trained, as `orthoasr eval` and `export` no longer do."""
+    source = run["checkpoint"]
+    train(tiny_run(run["root"] / "corpus", f"fixed_gates={source}@0.4", "stage1_steps=1",
+                   "stage2_steps=0"), tmp_path / "alone")
+    checkpoint = tmp_path / "alone" / CHECKPOINT
+    rec = Recognizer.from_checkpoint(checkpoint)
+    assert rec.head == 0 and rec.gates.equal(load_trained(checkpoint).subnet_gates(0))
+    assert Recognizer.from_checkpoint(checkpoint, 0.4).head == 0
+    with pytest.raises(ValueError, match=rf"budget 1.0: the run of {checkpoint} trained only "
+                                         rf"the subnet of budget 0.4 \(fixed_gates {source}@0.4"):
+        Recognizer.from_checkpoint(checkpoint, 1.0)
+
+
 def test_waveforms_and_batch_sizes_give_the_same_transcripts(run):
     rec = Recognizer.from_checkpoint(run["checkpoint"], 0.4)
     expected = rec.transcribe(run["paths"])
