@@ -14,7 +14,8 @@ transcribes the clips once to warm up (CUDA graphs captured, kernels compiled), 
 (`supernet_fp32`, `supernet_bf16`: Recognizer over the masked supernet, as from_checkpoint
 builds it, decoding in fp32 or under a bf16 autocast (GPU only); `subnet_fp32`: over
 extract_subnet's compact model, as from_subnet), ms (one pass over all clips),
-audio_s_per_s; the baseline is supernet_fp32 of the same run.
+audio_s_per_s, text_chars (the texts' length: an untrained model's output, decoded on the
+host, differs between gates); the baseline is supernet_fp32 of the same run.
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ def clips(count: int, seconds: float) -> list[torch.Tensor]:
     return [0.1 * torch.randn(int(seconds * SAMPLE_RATE), generator=gen) for _ in range(count)]
 
 
-def timed_passes(rec: Recognizer, waves: list[torch.Tensor], repeats: int) -> float:
-    """Median wall milliseconds of rec.transcribe(waves), after one pass to warm up."""
-    rec.transcribe(waves)
+def timed_passes(rec: Recognizer, waves: list[torch.Tensor], repeats: int
+                 ) -> tuple[float, int]:
+    """Median wall milliseconds of rec.transcribe(waves), after one pass to warm up, and
+    the characters of its texts (an untrained model's output, which the host decodes: its
+    length moves the time from model to model)."""
+    texts = rec.transcribe(waves)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         rec.transcribe(waves)       # returns texts: the device's work is done
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(times), sum(map(len, texts))
 
 
 def run(config: str, count: int, seconds: float, repeats: int, device: torch.device
@@ -87,12 +91,13 @@ def run(config: str, count: int, seconds: float, repeats: int, device: torch.dev
         for provider, rec in recognizers.items():
             if provider.endswith("bf16") and device.type != "cuda":
                 continue                     # bf16 decoding is for GPUs only
-            ms = timed_passes(rec, waves, repeats)
+            ms, chars = timed_passes(rec, waves, repeats)
             rows.append({"table": "recognizer", "case": case, "mode": "transcribe",
                          "provider": provider, "baseline": "supernet_fp32", "ms": ms,
-                         "time_unit": "ms", "audio_s_per_s": audio_s / (ms / 1e3)})
+                         "time_unit": "ms", "audio_s_per_s": audio_s / (ms / 1e3),
+                         "text_chars": chars})
             print(f"{case:40s} {provider:14s} {ms:9.1f} ms  "
-                  f"{audio_s / (ms / 1e3):9.0f} s of audio / s", flush=True)
+                  f"{audio_s / (ms / 1e3):9.0f} s of audio / s  {chars} characters", flush=True)
     return rows
 
 
