@@ -251,8 +251,9 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
                     context_seconds: float = CONTEXT_SECONDS) -> dict:
     """One row for an exported subnet (`orthoasr export`) on the manifests given (one at
     least: the file holds none of its own): `evaluate`'s columns, and the numbers it gives
-    the checkpoint's subnet of the same budget (greedy CTC; in float32, where a bf16 run's
-    checkpoint is scored under bf16 autocast on a GPU; split at silences when `silence_db`
+    the checkpoint's subnet of the same budget (greedy CTC; on a GPU under a bf16 autocast
+    if its run trained in bf16, as the export records and as the checkpoint is scored, else
+    in float32; split at silences when `silence_db`
     is given and long clips cut at `chunk_seconds` with `context_seconds`, as `evaluate`
     does). Prints the manifests and the table, then writes the row to `csv_path` (default:
     <subnet stem>.eval.csv beside the subnet, never a run's eval.csv)."""

@@ -133,6 +133,8 @@ class CompactConformer(nn.Module):
     """The exported subnet: `sub(features (B, T, F), lengths (B,)) -> (log_probs, lengths//4)`.
 
     `widths[layer][kind]`: FFN chunks kept, MHSA heads kept, conv 0/1 (0 = module removed).
+    `trained_in_bf16`: its run trained under a bfloat16 autocast (`orthoasr export` records
+    it), so a Recognizer decodes it in bf16 on a GPU, as eval scores the run.
     """
 
     def __init__(self, cfg: SupernetConfig, widths: list[dict[str, int]], budget: float = 1.0):
@@ -143,6 +145,7 @@ class CompactConformer(nn.Module):
         self.blocks = nn.ModuleList([CompactBlock(cfg, w) for w in widths])
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.tokenizer_bytes: bytes | None = None
+        self.trained_in_bf16 = False
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):
         check_features(self.cfg, self.frontend.proj.weight.dtype, features, lengths)
@@ -165,7 +168,8 @@ class CompactConformer(nn.Module):
         tokenizer = self.tokenizer_bytes if tokenizer is None else tokenizer
         return save_checkpoint(path, {
             "kind": SUBNET_KIND, "config": self.cfg.to_dict(), "widths": self.widths,
-            "budget": self.budget, "state_dict": self.state_dict(), "tokenizer": tokenizer})
+            "budget": self.budget, "state_dict": self.state_dict(), "tokenizer": tokenizer,
+            "bf16": self.trained_in_bf16})
 
 
 def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
@@ -192,6 +196,7 @@ def load_subnet(path: str | Path, map_location="cpu") -> CompactConformer:
                            state["budget"])
     sub.load_state_dict(state["state_dict"])
     sub.tokenizer_bytes = state["tokenizer"]
+    sub.trained_in_bf16 = bool(state.get("bf16", False))    # exports before 2026-12-06: no key
     return sub.to(map_location).eval()
 
 
@@ -357,6 +362,7 @@ def run(args: argparse.Namespace) -> None:
                          "are untrained")
     gates = trained.subnet_gates(index)
     sub = extract_subnet(trained.model, gates, head=index)
+    sub.trained_in_bf16 = trained.run.bf16
     path = sub.save(args.out, tokenizer=trained.tokenizer_bytes)
     print(f"subnet {index} (budget {cfg.budgets[index]}): {sub.num_params():,} params -> {path}")
     if pt2 is not None:

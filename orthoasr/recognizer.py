@@ -154,15 +154,19 @@ class Recognizer:
     def from_subnet(cls, path: str | Path, device: str = "cpu", *,
                     chunk_seconds: float | None = CHUNK_SECONDS,
                     context_seconds: float = CONTEXT_SECONDS,
-                    silence_db: float | None = SILENCE_DB) -> Recognizer:
+                    silence_db: float | None = SILENCE_DB,
+                    bf16: bool | None = None) -> Recognizer:
         """An exported subnet (`orthoasr export`), which carries its tokenizer.
-        chunk_seconds, context_seconds, silence_db: as in Recognizer."""
+        chunk_seconds, context_seconds, silence_db, bf16: as in Recognizer (bf16 None: as
+        its run was trained, which the export records; an export without that record,
+        written before 2026-12-06, decodes in float32)."""
         sub: CompactConformer = load_subnet(path, map_location=resolve_device(device))
         if sub.tokenizer_bytes is None:
             raise ValueError(f"subnet {path} was saved without its tokenizer; export it again "
                              "with `orthoasr export` (which stores it)")
         return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
-                   context_seconds=context_seconds, silence_db=silence_db)
+                   context_seconds=context_seconds, silence_db=silence_db,
+                   bf16=sub.trained_in_bf16 if bf16 is None else bf16)
 
     def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False,
                    sample_rate: int = SAMPLE_RATE) -> list[str] | list[Transcript]:

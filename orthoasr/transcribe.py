@@ -247,10 +247,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fixed_gates run's: the one it trained)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--fp32", action="store_true",
-                        help="with --checkpoint on a GPU: decode in float32 (default: under "
-                             "a bfloat16 autocast if the run trained in bf16, as `orthoasr "
-                             "eval` scores it; an exported --subnet and the CPU always "
-                             "decode in float32)")
+                        help="on a GPU: decode in float32 (default: under a bfloat16 "
+                             "autocast if the run trained in bf16, as `orthoasr eval` scores "
+                             "it, an exported --subnet's run as its export records; the CPU "
+                             "always decodes in float32)")
     parser.add_argument("--chunk-seconds", type=chunk_seconds, default=CHUNK_SECONDS,
                         help="decode longer recordings in pieces of this length (default "
                              f"{CHUNK_SECONDS:g}; 0: each whole, memory growing with the "
@@ -288,9 +288,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.subnet is not None and args.fp32:
-        raise ValueError("--fp32 applies to a --checkpoint; an exported --subnet always "
-                         "decodes in float32")
     if args.subnet is not None and args.budget is not None:
         raise ValueError("--budget picks a subnet of a --checkpoint; an exported --subnet "
                          f"has one budget already (got --budget {args.budget})")
@@ -303,12 +300,12 @@ def run(args: argparse.Namespace) -> None:
     output = output_lines(args.format, args.output_dir,
                           [name for name in args.files if name != "-"])
     options = {"chunk_seconds": args.chunk_seconds or None,       # 0: whole
-               "context_seconds": args.context_seconds, "silence_db": args.silence_db}
+               "context_seconds": args.context_seconds, "silence_db": args.silence_db,
+               "device": args.device, "bf16": False if args.fp32 else None}
     if args.subnet is not None:
-        recognizer = Recognizer.from_subnet(args.subnet, device=args.device, **options)
+        recognizer = Recognizer.from_subnet(args.subnet, **options)
     else:
-        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, device=args.device,
-                                                bf16=False if args.fp32 else None, **options)
+        recognizer = Recognizer.from_checkpoint(args.checkpoint, args.budget, **options)
     files, failed = print_transcripts(recognizer, paths, args.group_seconds, output)
     if failed:
         print(f"orthoasr: {failed} of {files} file(s) could not be transcribed",
