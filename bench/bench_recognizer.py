@@ -13,7 +13,8 @@ transcribes the clips once to warm up (CUDA graphs captured, kernels compiled), 
 (table "recognizer"): case (config, gates, clips x seconds), mode `transcribe`, provider
 (`supernet_fp32`, `supernet_bf16`: Recognizer over the masked supernet, as from_checkpoint
 builds it, decoding in fp32 or under a bf16 autocast (GPU only); `subnet_fp32`: over
-extract_subnet's compact model, as from_subnet), ms (one pass over all clips),
+extract_subnet's compact model, as from_subnet; `subnet_bf16`, as from_subnet decodes an
+export of a bf16 run on a GPU), ms (one pass over all clips),
 audio_s_per_s, text_chars (the texts' length: an untrained model's output, decoded on the
 host, differs between gates); the baseline is supernet_fp32 of the same run.
 """
@@ -81,12 +82,13 @@ def run(config: str, count: int, seconds: float, repeats: int, device: torch.dev
     for name, gates in (("all on", torch.ones(model.num_units)),
                         ("half", half_gates(model.num_units))):
         case = f"{config.rsplit('/', 1)[-1]} {name}, {count} x {seconds:g} s"
+        subnet = extract_subnet(model, gates, head).to(device).eval()
         recognizers = {
             "supernet_fp32": Recognizer(model, tokenizer, gates, head, frozen_weights=True),
             "supernet_bf16": Recognizer(model, tokenizer, gates, head, frozen_weights=True,
                                         bf16=True),
-            "subnet_fp32": Recognizer(extract_subnet(model, gates, head).to(device),
-                                      tokenizer),
+            "subnet_fp32": Recognizer(subnet, tokenizer),
+            "subnet_bf16": Recognizer(subnet, tokenizer, bf16=True),
         }
         for provider, rec in recognizers.items():
             if provider.endswith("bf16") and device.type != "cuda":
