@@ -4,28 +4,42 @@ schedule values and throughput; written by the trainer, read by benchmarks and t
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+
+from .checkpoint import write_atomically
 
 METRICS = "metrics.csv"
 METRIC_NAMES = ("loss", "loss_sup", "loss_sub", "penalty")
 
 
 def write_metrics(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
-    """Append rows to the CSV; with keep_until, first drop rows after that step (resume)."""
-    old = []
-    if path.exists() and keep_until is not None:
-        with path.open() as f:
-            old = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-    if keep_until is not None or not path.exists():
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=_metric_columns())
-            writer.writeheader()
-            writer.writerows(old)
+    """Append rows to the CSV; with keep_until, first drop rows after that step (resume).
+    That rewrite is atomic (a full disk or a kill leaves the old file, where truncating it
+    first lost the run's history) and keeps any column of the file that this version no
+    longer writes (writing its rows had failed after the truncation)."""
+    path = Path(path)
+    if keep_until is not None or not path.exists() or path.stat().st_size == 0:
+        old, columns = [], _metric_columns()
+        if path.exists():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                old = [r for r in reader if keep_until is not None and
+                       int(r["step"]) <= keep_until]
+                columns += [c for c in reader.fieldnames or () if c not in columns]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(old + rows)
+        write_atomically(path, lambda f: f.write(text.getvalue().encode()), "metrics")
+        return
+    with path.open(newline="") as f:
+        columns = next(csv.reader(f))          # the file's own, as written at its start
     with path.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=_metric_columns()).writerows(rows)
+        csv.DictWriter(f, fieldnames=columns).writerows(rows)
 
 
 def _metric_columns() -> list[str]:

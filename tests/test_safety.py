@@ -848,3 +848,39 @@ def test_help_describes_commands_defaults_and_keys(capsys):
                      out)
     assert "model.num_layers" in out and "keep_checkpoints" in out
 
+
+
+def test_a_resumes_metrics_rewrite_is_atomic_and_keeps_old_columns(tmp_path, monkeypatch):
+    """A resume rewrites metrics.csv without the rows after its step. It truncated the file
+    first: a full disk then, or a column a later version no longer writes (DictWriter
+    refused its rows after the truncation), lost the run's whole history."""
+    import csv
+    import errno
+
+    from orthoasr.checkpoint import CheckpointError
+    from orthoasr.metrics import write_metrics
+    path = tmp_path / "metrics.csv"
+    row = {"step": 1, "stage": 1, "budget": 1.0, "loss": 2.5}
+    write_metrics(path, [row, {**row, "step": 2}, {**row, "step": 3}])
+    before = path.read_text()
+
+    def disk_full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("orthoasr.checkpoint.os.fsync", disk_full)
+        with pytest.raises(CheckpointError, match="No space left"):
+            write_metrics(path, [], keep_until=2)
+    assert path.read_text() == before
+    with path.open(newline="") as f:                   # a column this version never wrote
+        rows = list(csv.DictReader(f))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "retired"])
+        writer.writeheader()
+        writer.writerows({**r, "retired": f"r{r['step']}"} for r in rows)
+    write_metrics(path, [{**row, "step": 3, "loss": 1.5}], keep_until=2)
+    write_metrics(path, [{**row, "step": 4}])          # appended under the file's header
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["loss"], r["retired"]) for r in rows] == [
+        ("1", "2.5", "r1"), ("2", "2.5", "r2"), ("3", "1.5", ""), ("4", "2.5", "")]
