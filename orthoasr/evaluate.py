@@ -106,7 +106,7 @@ def clip_pieces(records: list[dict], logmel, silence_db: float | None,
     is decoded in pieces (recognizer.chunk_windows; chunk_seconds None: never). Splitting
     reads every clip here, and so does cutting, for the clips whose manifest duration comes
     within a second of that length; those are read again when their batches are decoded."""
-    from .data import load_audio
+    from .data import load_checked_audio
     from .silence import voiced_spans
     least = 4 * logmel.hop                      # samples of 4 frames, the frontend's minimum
     chunk = None if chunk_seconds is None else output_frames(chunk_seconds)
@@ -117,7 +117,8 @@ def clip_pieces(records: list[dict], logmel, silence_db: float | None,
                 for first, stop, keep in chunk_windows(end - start, least, chunk, context)]
     if silence_db is not None:
         return [piece for i, record in enumerate(records)
-                for start, end in voiced_spans(load_audio(record["audio_filepath"]), silence_db)
+                for start, end in voiced_spans(load_checked_audio(record["audio_filepath"]),
+                                                silence_db)
                 if end - start >= least for piece in cut(i, start, end)]
     short = short_clips(records, logmel)
     may_be_cut = math.inf if chunk is None else (chunk + 2 * context) * FRAME_SECONDS - 1.0
@@ -126,7 +127,7 @@ def clip_pieces(records: list[dict], logmel, silence_db: float | None,
         if i in short:
             continue
         if float(record["duration"]) > may_be_cut:
-            pieces += cut(i, 0, len(load_audio(record["audio_filepath"])))
+            pieces += cut(i, 0, len(load_checked_audio(record["audio_filepath"])))
         else:
             pieces.append(Piece(i, 0, 0, None, None))
     return pieces
@@ -146,7 +147,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     texts joined by single spaces; chunk_seconds, context_seconds: long clips or segments
     in pieces, each heard with context_seconds either side, whose frame labels are joined
     before decoding (`clip_pieces`; the Recognizer's texts)."""
-    from .data import LogMel, collate, length_batches, load_audio
+    from .data import LogMel, collate, length_batches, load_checked_audio
     from .decoding import best_paths, collapse_path, label_text
     from .graphs import GraphedEncoder
     check_cutting(chunk_seconds, context_seconds, silence_db)
@@ -162,7 +163,7 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     no_tokens = torch.zeros(0, dtype=torch.long)
     for batch in length_batches(frames, batch_frames):
         # each clip read once a batch, however many of its pieces the batch holds
-        clips = {i: load_audio(records[i]["audio_filepath"]) for i in
+        clips = {i: load_checked_audio(records[i]["audio_filepath"]) for i in
                  {pieces[j].clip for j in batch}}
         waves, wave_lengths, _, _ = collate([(clips[p.clip][p.first:p.end], no_tokens)
                                              for p in (pieces[j] for j in batch)])

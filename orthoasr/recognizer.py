@@ -41,6 +41,7 @@ from torch import nn
 from .checks import check_number
 from .config import budget_index
 from .data import SAMPLE_RATE, LogMel, Tokenizer, length_batches, load_audio, resample
+from .data.audio import waveform_problem
 from .decoding import best_paths, collapse_path, label_text, token_runs
 from .devices import resolve_device
 from .export import CompactConformer, load_subnet
@@ -323,25 +324,6 @@ class Recognizer:
 
 
 FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)
-# samples are in [-1, 1]; hot or clipped float audio and unit-variance noise peak under
-# this, 16-bit samples passed as floats without the / 32768 far over it
-MAX_PEAK = 10.0
-
-
-def waveform_problem(wave: torch.Tensor) -> str | None:
-    """Why a 1-D float waveform (S,) cannot be decoded, as words to follow its name; None if
-    it can. A NaN sample spreads over its whole utterance's features: the transcript would
-    come out empty. Samples at 16-bit PCM's scale pass the splitter's -80 dBFS floor
-    (silent_dbfs) 90 dB too loud, so a muted microphone's dither is decoded into words."""
-    if not bool(torch.isfinite(wave).all()):
-        return "holds NaN or inf samples"
-    peak = float(wave.detach().abs().max()) if len(wave) else 0.0
-    if peak > MAX_PEAK:
-        return (f"peaks at {peak:g}: samples are floats in [-1, 1] (16-bit PCM: samples / "
-                f"32768; up to {MAX_PEAK:g} is taken)")
-    return None
-
-
 def _native(array: np.ndarray) -> np.ndarray:
     """`array` with positive strides, in the machine's byte order and writable (copied only
     if not): torch.as_tensor refuses a reversed view (wave[::-1], np.flip) and big-endian

@@ -37,7 +37,7 @@ import torch
 
 from .checkpoint import write_atomically, write_failure_reason
 from .cli import number, silence_db
-from .data import AudioError, load_audio
+from .data import AudioError, load_checked_audio
 from .recognizer import (
     CHUNK_SECONDS,
     CONTEXT_SECONDS,
@@ -45,7 +45,6 @@ from .recognizer import (
     GROUP_SECONDS,
     SILENCE_DB,
     Recognizer,
-    waveform_problem,
 )
 from .silence import MIN_GAP_SECONDS
 from .subtitles import cues, srt, vtt
@@ -54,17 +53,6 @@ from .timestamps import Transcript
 READ_FAILURE = 1
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SUBTITLE_FORMATS = {"srt": srt, "vtt": vtt}
-
-
-def read_file(path: str) -> torch.Tensor:
-    """path's 16 kHz mono waveform (S,); AudioError if it holds NaN or inf or peaks far over
-    1 (a float file of 16-bit values), which would stop the recognizer (and so the files
-    after it)."""
-    wave = load_audio(path)
-    problem = waveform_problem(wave)
-    if problem is not None:
-        raise AudioError(problem)
-    return wave
 
 
 def file_paths(files: list[str], stdin: TextIO) -> Iterator[str]:
@@ -111,7 +99,8 @@ def print_transcripts(recognizer: Recognizer, paths: Iterable[str],
             wave, failure = None, output.refuse(path)
             if failure is None:
                 try:
-                    wave = read_file(path)
+                    # NaN or a 16-bit scale would stop the recognizer, and the files after
+                    wave = load_checked_audio(path)
                 except (AudioError, OSError, RuntimeError) as err:
                     reason = " ".join(str(err).split()) or type(err).__name__
                     failure = f"cannot read {path}: {reason.removeprefix(f'{path}: ')}"
@@ -313,5 +302,5 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(READ_FAILURE)
 
 
-__all__ = ["read_file", "file_paths", "print_transcripts", "TextLines", "JsonLines",
+__all__ = ["file_paths", "print_transcripts", "TextLines", "JsonLines",
            "json_line", "SubtitleFiles", "output_lines", "add_arguments", "run"]

@@ -371,3 +371,24 @@ def test_a_fixed_gates_run_is_scored_on_the_subnet_it_trained(run_dir, tmp_path,
                    "stage1_steps=3", "stage2_steps=0"), tmp_path / "early", stop_at=1)
     rows = evaluate(tmp_path / "early" / "checkpoint.pt", device="cpu")
     assert [r["subnet"] for r in rows] == ["supernet"]
+
+
+@pytest.mark.parametrize("silence_db", [None, 40.0])
+def test_a_clip_holding_nan_is_named_not_scored_as_silence(run_dir, tmp_path, silence_db):
+    """A float WAV with a NaN sample gave an empty transcript (its words all counted as
+    deletions) without a word; it is named, as transcribe names it."""
+    import soundfile
+
+    from orthoasr.data import AudioError
+    record = load_manifest(load_checkpoint(run_dir / "checkpoint.pt")["manifest_paths"]
+                           ["dev"])[0]
+    samples = load_audio(record["audio_filepath"]).numpy()
+    samples[50] = np.nan
+    bad = tmp_path / "nan.wav"
+    soundfile.write(bad, samples, 16000, subtype="FLOAT")
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text(json.dumps({**record, "audio_filepath": str(bad)}) + "\n")
+    with pytest.raises(AudioError, match=f"{re.escape(str(bad))}: holds NaN or inf samples"):
+        evaluate(run_dir / "checkpoint.pt", dev_manifest=str(manifest),
+                 test_manifest=str(manifest), device="cpu", silence_db=silence_db,
+                 csv_path=tmp_path / "eval.csv", heatmap=tmp_path / "units.png")

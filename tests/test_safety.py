@@ -884,3 +884,20 @@ def test_a_resumes_metrics_rewrite_is_atomic_and_keeps_old_columns(tmp_path, mon
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["loss"], r["retired"]) for r in rows] == [
         ("1", "2.5", "r1"), ("2", "2.5", "r2"), ("3", "1.5", ""), ("4", "2.5", "")]
+
+
+def test_a_training_clip_holding_nan_stops_the_run_naming_it(tmp_path, capsys):
+    """A float WAV with a NaN sample made the loss NaN, and training stopped as a
+    divergence, advising a lower learning rate; it is named like an unreadable clip."""
+    corpus = write_corpus(tmp_path / "corpus", n=8)
+    argv = ["train", "--work-dir", str(tmp_path / "run"),
+            *as_overrides(tiny_run(corpus, "stage1_steps=2", "stage2_steps=0",
+                                   "ckpt_every=100", "num_workers=0"))]
+    first = load_manifest(corpus / "train.jsonl")[0]["audio_filepath"]
+    wave = load_audio(first).numpy()
+    wave[100] = float("nan")
+    soundfile.write(first, wave, 16000, subtype="FLOAT")
+    message = cli_error(capsys, argv)
+    assert f"orthoasr: error: {first}: holds NaN or inf samples. Training stopped before " \
+        "step 1" in message, message
+    assert "diverg" not in message and "lr=" not in message

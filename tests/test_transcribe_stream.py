@@ -129,13 +129,13 @@ def stand_in_cli(monkeypatch, tmp_path):
         files.append(str(tmp_path / f"clip{i}.wav"))
         soundfile.write(files[-1], noise.standard_normal(int(RATE * s)) * 0.1, RATE)
     events = []
-    real_load = orthoasr.transcribe.load_audio
+    real_load = orthoasr.transcribe.load_checked_audio
 
-    def load_audio(path):
+    def load_checked_audio(path):
         events.append(("read", path))
         return real_load(path)
 
-    monkeypatch.setattr(orthoasr.transcribe, "load_audio", load_audio)
+    monkeypatch.setattr(orthoasr.transcribe, "load_checked_audio", load_checked_audio)
     return {"files": files, "events": events,
             "run": lambda *argv: cli_main(["transcribe", "--checkpoint", "any", *argv])}
 

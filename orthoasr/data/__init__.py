@@ -18,6 +18,7 @@ from .audio import (
     AudioInfo,
     audio_info,
     load_audio,
+    load_checked_audio,
     read_audio,
     resample,
     write_wav,
@@ -37,7 +38,8 @@ from .shapes import ShapeClass, ShapeClasses, padding_fraction, shape_classes
 from .tokenizer import BLANK, Tokenizer
 
 __all__ = [
-    "SAMPLE_RATE", "AudioError", "AudioInfo", "audio_info", "load_audio", "read_audio",
+    "SAMPLE_RATE", "AudioError", "AudioInfo", "audio_info", "load_audio", "load_checked_audio",
+    "read_audio",
     "resample", "write_wav", "LogMel", "SpecAugment", "mel_filterbank", "ManifestError",
     "Records", "load_manifest", "normalize_text", "write_manifest", "BucketBatchSampler",
     "SpeechDataset", "collate", "length_batches", "BLANK", "Tokenizer", "ClassedDataset",

@@ -496,6 +496,37 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     return torch.from_numpy(np.ascontiguousarray(resample(mono, rate, sample_rate)))
 
 
+# samples are in [-1, 1]; hot or clipped float audio and unit-variance noise peak under
+# this, 16-bit samples passed as floats without the / 32768 far over it
+MAX_PEAK = 10.0
+
+
+def waveform_problem(wave: torch.Tensor) -> str | None:
+    """Why a 1-D float waveform (S,) cannot be decoded, as words to follow its name; None if
+    it can. A NaN sample spreads over its whole utterance's features: the transcript would
+    come out empty. Samples at 16-bit PCM's scale pass the splitter's -80 dBFS floor
+    (silent_dbfs) 90 dB too loud, so a muted microphone's dither is decoded into words."""
+    if not bool(torch.isfinite(wave).all()):
+        return "holds NaN or inf samples"
+    peak = float(wave.detach().abs().max()) if len(wave) else 0.0
+    if peak > MAX_PEAK:
+        return (f"peaks at {peak:g}: samples are floats in [-1, 1] (16-bit PCM: samples / "
+                f"32768; up to {MAX_PEAK:g} is taken)")
+    return None
+
+
+def load_checked_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE
+                       ) -> torch.Tensor:
+    """load_audio(path, sample_rate), and AudioError naming the file where the waveform
+    cannot be decoded (waveform_problem): in training a NaN sample made the loss NaN, which
+    stopped the run as a divergence; in eval or transcribe it made the clip's text empty."""
+    wave = load_audio(path, sample_rate)
+    problem = waveform_problem(wave)
+    if problem is not None:
+        raise AudioError(f"{path}: {problem}")
+    return wave
+
+
 # ------------------------------------------------------------------------- resampling
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..checks import check_number
-from .audio import SAMPLE_RATE, load_audio
+from .audio import SAMPLE_RATE, load_checked_audio
 from .shapes import ShapeClasses
 from .tokenizer import Tokenizer
 
@@ -39,8 +39,9 @@ class SpeechDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """AudioError if the clip cannot be read or decoded (load_checked_audio)."""
         record = self.records[index]
-        wave = load_audio(record["audio_filepath"], self.sample_rate)
+        wave = load_checked_audio(record["audio_filepath"], self.sample_rate)
         tokens = torch.tensor(self.tokenizer.encode(record["text"]), dtype=torch.long)
         return wave, tokens
 
