@@ -353,13 +353,8 @@ def run(args: argparse.Namespace) -> None:
         index = args.subnet
         if not 0 <= index < len(cfg.budgets):
             raise ValueError(f"--subnet must be in [0, {len(cfg.budgets) - 1}], got {index}")
-    trained_alone = trained.run.fixed_subnet
-    if trained_alone is not None and index != trained_alone:
-        given = f"--budget {args.budget}" if args.budget is not None else f"--subnet {index}"
-        raise ValueError(f"{given}: the run of {args.checkpoint} trained only the subnet of "
-                         f"budget {cfg.budgets[trained_alone]:g} (fixed_gates "
-                         f"{trained.run.fixed_gates}); the other subnets' weights and heads "
-                         "are untrained")
+    given = f"--budget {args.budget}" if args.budget is not None else f"--subnet {index}"
+    trained.check_trained(index, given, args.checkpoint)
     gates = trained.subnet_gates(index)
     sub = extract_subnet(trained.model, gates, head=index)
     sub.trained_in_bf16 = trained.run.bf16

@@ -138,14 +138,9 @@ class Recognizer:
         else:
             head = budgets.index(max(budgets)) if budget is None else budget_index(budgets,
                                                                                   budget)
-            alone = trained.run.fixed_subnet    # a fixed_gates run's other masks: untrained
-            if alone is not None and budget is None:
-                head = alone
-            elif alone is not None and head != alone:
-                raise ValueError(f"budget {budget}: the run of {path} trained only the subnet "
-                                 f"of budget {budgets[alone]:g} (fixed_gates "
-                                 f"{trained.run.fixed_gates}); the other subnets' weights and "
-                                 "heads are untrained")
+            if budget is None and trained.run.fixed_subnet is not None:
+                head = trained.run.fixed_subnet     # the one subnet a fixed_gates run trains
+            trained.check_trained(head, f"budget {budget}", path)
             gates = trained.subnet_gates(head)
         return cls(trained.model, trained.tokenizer(), gates, head, frozen_weights=True,
                    chunk_seconds=chunk_seconds, context_seconds=context_seconds,
@@ -324,6 +319,8 @@ class Recognizer:
 
 
 FRAME_SECONDS = 0.04        # an output frame: 4 feature frames of 10 ms (LogMel's hop)
+
+
 def _native(array: np.ndarray) -> np.ndarray:
     """`array` with positive strides, in the machine's byte order and writable (copied only
     if not): torch.as_tensor refuses a reversed view (wave[::-1], np.flip) and big-endian
@@ -394,4 +391,4 @@ def check_cutting(chunk_seconds: float | None, context_seconds: float,
         check_number("silence_db", silence_db, above=0.0)
 
 
-__all__ = ["Recognizer", "chunk_windows", "output_frames", "check_cutting", "waveform_problem"]
+__all__ = ["Recognizer", "chunk_windows", "output_frames", "check_cutting"]

@@ -200,7 +200,7 @@ class RunConfig:
         kept for eval and export, are the source run's, with untrained heads); else None."""
         if not self.fixed_gates:
             return None
-        return budget_index(self.model.budgets, float(self.fixed_gates.rpartition("@")[2]))
+        return budget_index(self.model.budgets, float(split_fixed_gates(self.fixed_gates)[1]))
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -265,6 +265,14 @@ def _coerce_number(name: str, value):
 
 def _field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def split_fixed_gates(spec: str) -> tuple[str, str]:
+    """`fixed_gates` "CHECKPOINT@BUDGET" -> (CHECKPOINT, BUDGET as written)."""
+    path, sep, budget = spec.rpartition("@")
+    if not sep or not path:
+        raise ValueError(f"fixed_gates must be 'CHECKPOINT@BUDGET', got {spec!r}")
+    return path, budget
 
 
 def valid_keys() -> list[str]:
@@ -399,4 +407,4 @@ def _normalise(value):
 
 
 __all__ = ["RunConfig", "load_run_config", "apply_overrides", "valid_keys",
-           "config_differences"]
+           "config_differences", "split_fixed_gates"]

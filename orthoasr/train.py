@@ -25,6 +25,7 @@ from .run_config import (
     config_differences,
     load_run_config,
     presets,
+    split_fixed_gates,
 )
 from .run_data import TrainData, check_manifests, make_tokenizer, prefetch_to_device
 from .trainer import Trainer
@@ -124,7 +125,7 @@ def _check_inputs(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
               for name in ("train", "dev", "test")}
     if run.fixed_gates:
         load_fixed_gates(run.fixed_gates, run.model)
-        inputs["fixed_gates"] = run.fixed_gates.rpartition("@")[0]
+        inputs["fixed_gates"] = split_fixed_gates(run.fixed_gates)[0]
     if not (overwrite and run_files(work_dir)):
         return
     work = work_dir.resolve()

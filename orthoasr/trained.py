@@ -35,6 +35,17 @@ class Trained:
                              "subnets yet")
         return self.masks[index]
 
+    def check_trained(self, index: int, given: str, path: str | Path) -> None:
+        """ValueError naming `given` (what picked subnet `index` of checkpoint `path`) unless
+        the run trained that subnet: a fixed_gates run trains one, its other masks being
+        the source run's, with weights and heads it never trained."""
+        alone = self.run.fixed_subnet
+        if alone is not None and index != alone:
+            raise ValueError(f"{given}: the run of {path} trained only the subnet of budget "
+                             f"{self.run.model.budgets[alone]:g} (fixed_gates "
+                             f"{self.run.fixed_gates}); the other subnets' weights and heads "
+                             "are untrained")
+
     def tokenizer(self):
         from .data import Tokenizer
         return Tokenizer.from_bytes(self.tokenizer_bytes)

@@ -35,7 +35,7 @@ from .config import SupernetConfig
 from .distributed import all_reduce_sum, barrier
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .ortho import temperature
-from .run_config import RunConfig
+from .run_config import RunConfig, split_fixed_gates
 from .schedule import apply_schedule, lr_factor
 
 CHECKPOINT = "checkpoint.pt"          # the newest checkpoint (a hard link into CHECKPOINTS)
@@ -68,9 +68,7 @@ class TrainingDiverged(RuntimeError):
 def load_fixed_gates(spec: str, cfg: SupernetConfig) -> tuple[torch.Tensor, int]:
     """`fixed_gates` "PATH@BUDGET" -> (the frozen masks (M, N) of that run, the index of
     BUDGET): the run must have frozen its subnets and have this run's model config."""
-    path, sep, budget = spec.rpartition("@")
-    if not sep or not path:
-        raise ValueError(f"fixed_gates must be 'CHECKPOINT@BUDGET', got {spec!r}")
+    path, budget = split_fixed_gates(spec)
     state = load_checkpoint(path, "cpu", TRAINING_KIND)
     if state["frozen_masks"] is None:
         raise ValueError(f"fixed_gates: the run of {path} has not frozen its subnets yet "

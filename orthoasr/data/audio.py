@@ -336,6 +336,7 @@ def _mp3_frames(path: str) -> _Mp3Frames | None:
     first = _first_mpeg_frame(data, _id3v2_size(data, 0))
     if first is None:
         return None
+    length_header = any(t in data[first + 4:first + 48] for t in MP3_LENGTH_TAGS)
     pos, samples, cut = first, 0, False
     while pos + 4 <= len(data):
         tag = _id3v2_size(data, pos)
@@ -348,10 +349,9 @@ def _mp3_frames(path: str) -> _Mp3Frames | None:
         if pos + frame[0] > len(data):
             cut = True
             break
-        if pos != first or not any(t in data[pos + 4:pos + 48] for t in MP3_LENGTH_TAGS):
+        if pos != first or not length_header:       # that frame holds the header, no audio
             samples += frame[1]
         pos += frame[0]
-    length_header = any(t in data[first + 4:first + 48] for t in MP3_LENGTH_TAGS)
     return _Mp3Frames(samples, length_header, cut)
 
 
