@@ -293,8 +293,11 @@ class Recognizer:
                                  f"(16-bit PCM: samples / 32768)")
             wave = wave.to(torch.float32)
             if wave.dim() != 1:
+                # a recording's channels: averaged by hand, opposite ones would cancel
                 raise ValueError(f"waveforms must be 1-D (samples at 16 kHz), got shape "
-                                 f"{tuple(wave.shape)} for {name}")
+                                 f"{tuple(wave.shape)} for {name} (channels: mix an array "
+                                 "[samples, channels] with orthoasr.data.downmix, as files "
+                                 "are mixed)")
         problem = waveform_problem(wave)
         if problem is not None:
             raise ValueError(f"{name} {problem}")

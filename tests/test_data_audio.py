@@ -4,7 +4,15 @@ import struct
 import numpy as np
 import pytest
 
-from orthoasr.data import AudioError, audio_info, load_audio, read_audio, resample, write_wav
+from orthoasr.data import (
+    AudioError,
+    audio_info,
+    downmix,
+    load_audio,
+    read_audio,
+    resample,
+    write_wav,
+)
 from orthoasr.data.audio import FORMAT_NAMES
 
 
@@ -112,6 +120,39 @@ def test_wav_encodings_and_stereo(tmp_path, bits, tag):
     assert len(mono) == -(-len(left) * 16000 // rate)
     expected = resample((left + right) / 2, rate, 16000)
     assert np.abs(mono.numpy() - expected).max() < max(tol, 1e-4)
+
+
+def _write_float_wav(path, channels: np.ndarray, rate):
+    """channels [frames, channels] float32 as an IEEE float wav."""
+    _write_raw_wav(path, channels.astype("<f4").tobytes(), rate, channels.shape[1], 32, 3)
+
+
+def test_channels_that_cancel_are_not_averaged_to_silence(tmp_path):
+    """A channel wired in opposite polarity (right = -left, or nearly: -0.9 x left plus
+    hiss) averaged to silence, and the file transcribed as empty without a word: the
+    loudest channel is read instead. Channels that do not oppose each other are averaged:
+    different sounds, one channel silent, a 5.1 file's centre channel alone."""
+    rate = 22050
+    voice = 0.5 * _tone(300.0, rate, 0.3) * _tone(3.0, rate, 0.3, phase=0.5)
+    hiss = 1e-3 * np.random.default_rng(0).standard_normal(len(voice)).astype(np.float32)
+    other = 0.25 * _tone(500.0, rate, 0.3)
+    louder = 1.2 * voice
+    cases = {"inverted": ([voice, -voice], voice),
+             "nearly": ([voice, -0.9 * voice + hiss], voice),
+             "louder_right": ([-voice, louder + hiss], louder + hiss),
+             "different": ([voice, other], (voice + other) / 2),
+             "one_silent": ([voice, 0 * voice], voice / 2),
+             "centre_alone": ([0 * voice, 0 * voice, voice, 0 * voice, 0 * voice, 0 * voice],
+                              voice / 6)}
+    for name, (channels, expected) in cases.items():
+        _write_float_wav(tmp_path / f"{name}.wav", np.stack(channels, axis=1), rate)
+        mono = load_audio(tmp_path / f"{name}.wav").numpy()
+        np.testing.assert_allclose(mono, resample(expected, rate, 16000), atol=1e-5,
+                                   err_msg=name)
+    empty = np.zeros((0, 2), np.float32)
+    assert downmix(empty).shape == (0,)
+    offset = np.stack([voice + 0.2, -voice + 0.2], axis=1)     # a DC offset is not sound
+    np.testing.assert_allclose(downmix(offset), voice + 0.2, atol=1e-6)
 
 
 def test_flac_read_and_header(tmp_path):

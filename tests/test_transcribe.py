@@ -15,7 +15,7 @@ from test_train import tiny_run, write_corpus
 from orthoasr import Recognizer, extract_subnet, load_subnet, set_backend
 from orthoasr.checkpoint import SUBNET_KIND, TRAINING_KIND, load_checkpoint, save_checkpoint
 from orthoasr.cli import main as cli_main
-from orthoasr.data import load_manifest
+from orthoasr.data import downmix, load_manifest
 from orthoasr.evaluate import transcribe
 from orthoasr.recognizer import chunk_windows
 from orthoasr.silence import voiced_spans
@@ -215,6 +215,20 @@ def test_a_batch_of_waveforms_in_one_array_is_told_to_be_a_list():
     assert rec.transcribe(list(batch)) == ["", ""]
     with pytest.raises(TypeError, match="got one ndarray; wrap it in a list"):
         rec.transcribe(batch[0])
+
+
+def test_a_recording_of_several_channels_is_told_to_be_mixed_as_files_are():
+    """An item [samples, channels] is refused naming downmix, which a file's channels go
+    through: averaged by hand, a channel of opposite polarity cancels the other."""
+    rec = Recognizer(FrameLocalModel(), LabelTokenizer())
+    voice = np.random.default_rng(1).standard_normal(16000).astype(np.float32)
+    stereo = np.stack([voice, -voice], axis=1)
+    with pytest.raises(ValueError, match=r"got shape \(16000, 2\) for item 0 \(channels: mix "
+                                         r"an array \[samples, channels\] with "
+                                         r"orthoasr.data.downmix"):
+        rec.transcribe([stereo])
+    assert rec.transcribe([downmix(stereo)]) == rec.transcribe([voice])
+    assert rec.transcribe([stereo.mean(axis=1)]) == [""]
 
 
 def test_a_read_only_array_is_read_without_a_warning(tmp_path):

@@ -17,6 +17,7 @@ from .audio import (
     AudioError,
     AudioInfo,
     audio_info,
+    downmix,
     load_audio,
     load_checked_audio,
     read_audio,
@@ -39,7 +40,7 @@ from .tokenizer import BLANK, Tokenizer
 
 __all__ = [
     "SAMPLE_RATE", "AudioError", "AudioInfo", "audio_info", "load_audio", "load_checked_audio",
-    "read_audio",
+    "read_audio", "downmix",
     "resample", "write_wav", "LogMel", "SpecAugment", "mel_filterbank", "ManifestError",
     "Records", "load_manifest", "normalize_text", "write_manifest", "BucketBatchSampler",
     "SpeechDataset", "collate", "length_batches", "BLANK", "Tokenizer", "ClassedDataset",

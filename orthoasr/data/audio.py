@@ -483,8 +483,31 @@ def _format_name(path: str) -> str:
     return FORMAT_NAMES[os.path.splitext(path)[1].lower()]
 
 
+# N channels that do not oppose each other (no negative correlations) have a mean whose
+# power is at least 1/N of the channels' mean power (1/N exactly: N unrelated sounds, or one
+# channel live of N); a mean this many dB under that bound is channels cancelling (stereo:
+# a correlation under -0.9), as a channel wired in opposite polarity makes them
+CANCELLED_DB = 10.0
+
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """samples [frames, channels] -> [frames]: the channels' mean, unless they cancel in it
+    (CANCELLED_DB): then the loudest channel. Averaged, right = -left is silence, and the
+    file's transcript would be empty without a word. Powers are taken about each signal's
+    mean, so that a DC offset is not sound."""
+    if samples.shape[1] == 1 or not len(samples):
+        return samples.mean(axis=1)
+    mean = samples.mean(axis=1)
+    powers = samples.var(axis=0)
+    bound = powers.mean() / samples.shape[1]
+    if mean.var() < bound * 10.0 ** (-CANCELLED_DB / 10):
+        return samples[:, int(powers.argmax())]
+    return mean
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Decode `path` to a float32 mono tensor [samples] at `sample_rate` (channels averaged)."""
+    """Decode `path` to a float32 mono tensor [samples] at `sample_rate` (channels mixed by
+    `downmix`)."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
         raise ValueError(f"sample_rate must be an int >= 1 (Hz), got {sample_rate!r}")
     data, rate = read_audio(path)
@@ -492,7 +515,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
         raise AudioError(f"{path}: its header's sample rate, {rate} Hz, is not audio's (under "
                          f"{MIN_FILE_RATE} Hz; a damaged header?): resampled to "
                          f"{sample_rate} Hz it would be {sample_rate / rate:.0f} times longer")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    mono = downmix(data)
     return torch.from_numpy(np.ascontiguousarray(resample(mono, rate, sample_rate)))
 
 
