@@ -12,6 +12,7 @@ import errno
 import os
 import pickle
 import random
+import re
 import shutil
 import tempfile
 import zipfile
@@ -294,19 +295,34 @@ def link_atomically(source: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a kept checkpoint's name gives (step-0000040.pt -> 40); None for a name that
+    gives none, which no run wrote."""
+    match = re.fullmatch(r"step-(\d+)\.pt", path.name)
+    return int(match[1]) if match else None
+
+
 def kept_checkpoints(folder: Path) -> list[Path]:
-    """checkpoints/step-*.pt, oldest write first (a run resumed from an earlier step writes
-    after the abandoned later ones)."""
-    return sorted(folder.glob("step-*.pt"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    """checkpoints/step-N.pt, oldest step first (then by name). By the step in the name, not
+    the write time, which a copied or restored folder, or a clock change, reorders."""
+    steps = {path: checkpoint_step(path) for path in folder.glob("step-*.pt")}
+    return sorted((path for path, step in steps.items() if step is not None),
+                  key=lambda path: (steps[path], path.name))
 
 
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    for old in kept_checkpoints(folder)[:-keep]:
+def prune_checkpoints(folder: Path, keep: int, step: int) -> None:
+    """Keep `keep` of checkpoints/ after writing the one of `step`. Those of later steps,
+    left by a continuation abandoned for a resume from an earlier checkpoint, go first (the
+    one just written is newer than them), then the oldest steps."""
+    kept = kept_checkpoints(folder)
+    abandoned = [path for path in kept if checkpoint_step(path) > step]
+    current = [path for path in kept if checkpoint_step(path) <= step]
+    for old in (abandoned + current)[:-keep]:
         old.unlink()
 
 
 __all__ = ["link_atomically", "partial_writes", "refuse_replacing", "kept_checkpoints",
-           "prune_checkpoints",
+           "prune_checkpoints", "checkpoint_step",
            "save_checkpoint", "write_atomically", "write_failure_reason", "load_checkpoint",
            "is_exported_program",
            "check_config", "rng_states", "set_rng_states", "as_tuples", "CheckpointError",

@@ -21,6 +21,7 @@ from .checkpoint import (
     TRAINING_KIND,
     as_tuples,
     check_config,
+    checkpoint_step,
     find_nonfinite,
     kept_checkpoints,
     link_atomically,
@@ -170,7 +171,8 @@ class TrainerCheckpoints:
             save_checkpoint(step_path, self.state())
             link_atomically(step_path, path)
             self.write_metrics([])      # the checkpoint and the metrics agree on the step
-            prune_checkpoints(self.work_dir / CHECKPOINTS, self.run.keep_checkpoints)
+            prune_checkpoints(self.work_dir / CHECKPOINTS, self.run.keep_checkpoints,
+                              self.step)
         self.last_save = time.monotonic()
         barrier(self.world)
         return path
@@ -183,7 +185,7 @@ class TrainerCheckpoints:
             return (f"No checkpoint was written before it; start again with a lower learning "
                     f"rate: orthoasr train --work-dir {self.work_dir} --overwrite {lower} "
                     "(with your --config and overrides)")
-        steps = ", ".join(f"step {int(p.stem.split('-')[1])}" for p in kept)
+        steps = ", ".join(f"step {checkpoint_step(p)}" for p in kept)
         return (f"Checkpoints kept: {steps} in {kept[0].parent}; the newest may already hold "
                 f"diverging weights. Resume from an earlier one with a lower learning rate: "
                 f"orthoasr train --work-dir {self.work_dir} --resume-from {kept[0]} "

@@ -11,7 +11,9 @@ from orthoasr import Recognizer, set_backend
 from orthoasr.checkpoint import (
     SUBNET_KIND,
     CheckpointError,
+    kept_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
     save_checkpoint,
 )
 from orthoasr.export import load_subnet
@@ -144,6 +146,44 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an orthoasr checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def write_kept(folder, steps_in_write_order):
+    """Empty step-N.pt files, each modified a second after the one before."""
+    folder.mkdir(exist_ok=True)
+    for second, step in enumerate(steps_in_write_order):
+        path = folder / f"step-{step:07d}.pt"
+        path.write_bytes(b"")
+        os.utime(path, (1_700_000_000 + second,) * 2)
+
+
+def names(folder):
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_kept_checkpoints_go_by_their_step_not_their_modification_time(tmp_path):
+    """A copied or restored checkpoints/ folder (or a clock change) gives the files other
+    modification times: ordered by those, the newest step was taken for the oldest, and
+    pruning deleted it. A name that gives no step is no run's: not listed, never pruned."""
+    folder = tmp_path / "checkpoints"
+    write_kept(folder, [300, 100, 200])
+    (folder / "step-best.pt").write_bytes(b"the user's")
+    assert [p.name for p in kept_checkpoints(folder)] == \
+        ["step-0000100.pt", "step-0000200.pt", "step-0000300.pt"]
+    write_kept(folder, [400])
+    prune_checkpoints(folder, 2, 400)
+    assert names(folder) == ["step-0000300.pt", "step-0000400.pt", "step-best.pt"]
+
+
+def test_pruning_after_a_resume_from_an_earlier_step_keeps_the_checkpoint_written(tmp_path):
+    """Resumed from step 100 of a run that had reached 300: the later steps' checkpoints
+    (the continuation abandoned) go before the new line's, the one just written last."""
+    folder = tmp_path / "checkpoints"
+    write_kept(folder, [100, 200, 300, 150])
+    prune_checkpoints(folder, 3, 150)
+    assert names(folder) == ["step-0000100.pt", "step-0000150.pt", "step-0000300.pt"]
+    prune_checkpoints(folder, 1, 150)
+    assert names(folder) == ["step-0000150.pt"]
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named_by_every_loader(corpus, tmp_path):

@@ -265,6 +265,19 @@ def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_pat
     assert os.path.samefile(work / "checkpoint.pt", work / "checkpoints" / kept[-1])
 
 
+def test_a_copied_run_keeps_its_newest_checkpoints_by_step(corpus, tmp_path):
+    """A run copied or restored with other modification times (here its newest checkpoint
+    looks the oldest): by write time, its resume pruned that newest checkpoint and kept an
+    older one."""
+    work = tmp_path / "run"
+    run = short_run(corpus, "stage1_steps=3", "ckpt_every=1", "keep_checkpoints=2")
+    train(run, work, stop_at=2)
+    os.utime(work / "checkpoints" / "step-0000002.pt", (1_700_000_000,) * 2)
+    assert train(run, work, resume=True).step == 3
+    kept = sorted(p.name for p in (work / "checkpoints").iterdir())
+    assert kept == ["step-0000002.pt", "step-0000003.pt"]
+
+
 # ----------------------------------------------------------------------------- 4: divergence
 
 def test_divergence_names_a_kept_checkpoint_and_resumes_from_it_with_a_lower_lr(
