@@ -143,13 +143,15 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
     `subnets`; batches sorted by length, the shared frontend run once per batch.
     frozen_weights: nothing trains `model` meanwhile (GraphedEncoder's). Modules
     whose gates are all 0 in a subnet are left out of its passes (model.dead_modules).
-    silence_db: each clip whole (None), or its voiced segments decoded alone and their
-    texts joined by single spaces; chunk_seconds, context_seconds: long clips or segments
-    in pieces, each heard with context_seconds either side, whose frame labels are joined
-    before decoding (`clip_pieces`; the Recognizer's texts)."""
+    silence_db: each clip whole (None; one with no sound at all, `silence.audible`, reads
+    ""), or its voiced segments decoded alone and their texts joined by single spaces;
+    chunk_seconds, context_seconds: long clips or segments in pieces, each heard with
+    context_seconds either side, whose frame labels are joined before decoding
+    (`clip_pieces`; the Recognizer's texts)."""
     from .data import LogMel, collate, length_batches, load_checked_audio
     from .decoding import best_paths, collapse_path, label_text
     from .graphs import GraphedEncoder
+    from .silence import audible
     check_cutting(chunk_seconds, context_seconds, silence_db)
     logmel = LogMel.of_model(model.cfg).to(device)
     pieces = clip_pieces(records, logmel, silence_db, chunk_seconds, context_seconds)
@@ -165,6 +167,9 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
         # each clip read once a batch, however many of its pieces the batch holds
         clips = {i: load_checked_audio(records[i]["audio_filepath"]) for i in
                  {pieces[j].clip for j in batch}}
+        # a clip scored whole with no sound at all reads "", as the Recognizer's does
+        silent = set() if silence_db is not None else \
+            {i for i, clip in clips.items() if not audible(clip)}
         waves, wave_lengths, _, _ = collate([(clips[p.clip][p.first:p.end], no_tokens)
                                              for p in (pieces[j] for j in batch)])
         feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
@@ -176,6 +181,8 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
                                    vocab_size=tokenizer.vocab_size)
                 for j, path in zip(batch, paths, strict=True):
                     p = pieces[j]
+                    if p.clip in silent:
+                        continue
                     labels[s][p.clip][p.segment].append(
                         (p.first, path if p.keep is None else path[p.keep]))
 

@@ -47,7 +47,7 @@ from .devices import resolve_device
 from .export import CompactConformer, load_subnet
 from .graphs import GraphedEncoder
 from .model import ConformerSupernet
-from .silence import THRESHOLD_DB, voiced_spans
+from .silence import THRESHOLD_DB, audible, voiced_spans
 from .timestamps import Transcript, Word, label_texts, word_frames
 
 Audio = str | os.PathLike | np.ndarray | torch.Tensor
@@ -72,9 +72,10 @@ class Recognizer:
     silence_db: frames more than this many dB under the level of a recording's loudest 0.1 s
     are silence, and only the voiced segments between silences are decoded
     (orthoasr.silence.voiced_spans); None: each recording is decoded whole, silence
-    included. bf16: on a GPU, decode under a bfloat16 autocast (from_checkpoint's default
-    for a run trained in bf16, as `orthoasr eval` scores it); float32 otherwise and on the
-    CPU."""
+    included, but one with no sound at all (no 10 ms frame at -80 dBFS or over:
+    orthoasr.silence.audible) is "" either way. bf16: on a GPU, decode under a bfloat16
+    autocast (from_checkpoint's default for a run trained in bf16, as `orthoasr eval`
+    scores it); float32 otherwise and on the CPU."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
                  head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False,
@@ -268,9 +269,9 @@ class Recognizer:
 
     def _voiced_spans(self, wave: torch.Tensor) -> list[tuple[int, int]]:
         """The [(start, end)] sample spans of `wave` to decode: all of it, or its voiced
-        segments."""
+        segments; none if it has no sound at all (`audible`), split or not."""
         if self.silence_db is None:
-            return [(0, len(wave))]
+            return [(0, len(wave))] if audible(wave) else []
         return voiced_spans(wave, self.silence_db)
 
     def _waveform(self, index: int, item: Audio, sample_rate: int = SAMPLE_RATE

@@ -131,6 +131,19 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     return spans
 
 
+def audible(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE,
+            silent_dbfs: float = SILENT_DBFS) -> bool:
+    """Whether any 10 ms frame of `wave` (S,) reaches `silent_dbfs`, its power taken about
+    its mean as `voiced_spans` weighs it. A wave that does not (zeros, a DC offset, a 16-bit
+    file's dither, a muted microphone, none) has no sound and no voiced segments: decoded
+    even whole, its features are those of nothing (all zeros once normalised), and any
+    text read from them is the model's invention."""
+    frame = round(POWER_FRAME_SECONDS * sample_rate)
+    power = frame_power(torch.as_tensor(wave).detach().to("cpu", torch.float64), frame,
+                        centred=True)
+    return bool((power >= 10.0 ** (silent_dbfs / 10)).any())
+
+
 def whole_frames(seconds: float) -> int:
     """The number of 10 ms power frames that `seconds` fills (rounded up; float-safe)."""
     return math.ceil(seconds / POWER_FRAME_SECONDS - 1e-9)
@@ -151,5 +164,5 @@ def frame_power(wave: torch.Tensor, frame: int, centred: bool = False) -> torch.
     return power
 
 
-__all__ = ["voiced_spans", "frame_power", "THRESHOLD_DB", "MIN_GAP_SECONDS",
+__all__ = ["voiced_spans", "audible", "frame_power", "THRESHOLD_DB", "MIN_GAP_SECONDS",
            "MARGIN_SECONDS", "REFERENCE_SECONDS", "MIN_SEGMENT_SECONDS", "SILENT_DBFS"]

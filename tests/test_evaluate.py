@@ -253,6 +253,7 @@ def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_p
     gap = np.zeros(8000)
     records.append(write_wav(tmp_path / "three.wav",
                              np.concatenate([middle, gap, long, gap, short])))
+    records.append(write_wav(tmp_path / "silent.wav", np.zeros(16000)))   # "" either way
     subnets = [(trained.subnet_gates(i), i) for i in range(trained.num_subnets)]
 
     def texts(silence_db, chunk_seconds=30.0, **context):
@@ -274,6 +275,8 @@ def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_p
         clip = paths.index(str(tmp_path / name))
         assert split[0][clip] != whole[0][clip]
     assert split[0][:3] == whole[0][:3]           # clips without a silence
+    silent = paths.index(str(tmp_path / "silent.wav"))
+    assert [texts[silent] for texts in split + whole] == [""] * 2 * len(subnets)
     noise = paths.index(str(tmp_path / "long.wav"))
     in_one_piece = texts(None, chunk_seconds=None)
     assert in_one_piece[0][noise] != whole[0][noise]

@@ -10,7 +10,7 @@ import torch
 from test_transcribe import FrameLocalModel, LabelTokenizer
 
 from orthoasr import Recognizer
-from orthoasr.silence import voiced_spans
+from orthoasr.silence import audible, voiced_spans
 
 RATE, FRAME = 16000, 160                            # samples a second, in a 10 ms frame
 
@@ -225,12 +225,26 @@ def test_splitting_leaves_clips_without_silence_as_they_were():
 
 
 def test_a_silent_recording_transcribes_to_nothing():
-    split = Recognizer(FrameLocalModel(), LabelTokenizer())
+    """Split or whole (silence_db None): a recording with no sound at all (zeros, a DC
+    offset, dither at -100 dBFS) is never decoded; whole, zeros were read as a label. Noise
+    at -60 dBFS, a room's noise floor, is sound: decoded either way."""
     noise = torch.randn(16000, generator=torch.Generator().manual_seed(4))
-    texts = split.transcribe([torch.zeros(32000), noise, torch.zeros(10), 1e-5 * noise])
-    assert texts[0] == "" and texts[1] != "" and texts[2] == "" and texts[3] == ""
-    assert Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=None).transcribe(
-        [torch.zeros(32000)]) == ["1"]                       # silence read as a label
+    silent = [torch.zeros(32000), torch.zeros(10), torch.full((16000,), 0.01), 1e-5 * noise,
+              torch.zeros(0)]
+    for silence_db in (40.0, None):
+        rec = Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=silence_db)
+        assert rec.transcribe(silent) == [""] * len(silent), silence_db
+        assert all(rec.transcribe([noise, 1e-3 * noise])), silence_db
+
+
+def test_audible_is_what_the_splitter_finds_any_segment_in():
+    noise = torch.randn(16000, generator=torch.Generator().manual_seed(6))
+    for wave in (torch.zeros(16000), torch.zeros(0), torch.full((800,), -0.2), 1e-5 * noise):
+        assert not audible(wave) and voiced_spans(wave) == []
+    for wave in (noise, 1e-3 * noise, tone(0.2, amplitude=1e-3)):
+        assert audible(wave) and voiced_spans(wave) != []
+    assert audible(1e-5 * noise, silent_dbfs=-120.0)
+    assert not audible(tone(0.2, amplitude=1e-3), silent_dbfs=-40.0)
 
 
 @pytest.mark.parametrize("value", [0, -20.0, float("inf"), "40", True])
