@@ -14,7 +14,9 @@ transcribes the clips once to warm up (CUDA graphs captured, kernels compiled), 
 (`supernet_fp32`, `supernet_bf16`: Recognizer over the masked supernet, as from_checkpoint
 builds it, decoding in fp32 or under a bf16 autocast (GPU only); `subnet_fp32`: over
 extract_subnet's compact model, as from_subnet; `subnet_bf16`, as from_subnet decodes an
-export of a bf16 run on a GPU), ms (one pass over all clips),
+export of a bf16 run on a GPU, its encoder replayed from CUDA graphs; `subnet_bf16_eager`:
+the same with the graphs turned off, as the Recognizer ran an export before 2026-12-06), ms
+(one pass over all clips),
 audio_s_per_s, text_chars (the texts' length: an untrained model's output, decoded on the
 host, differs between gates); the baseline is supernet_fp32 of the same run.
 """
@@ -89,9 +91,11 @@ def run(config: str, count: int, seconds: float, repeats: int, device: torch.dev
                                         bf16=True),
             "subnet_fp32": Recognizer(subnet, tokenizer),
             "subnet_bf16": Recognizer(subnet, tokenizer, bf16=True),
+            "subnet_bf16_eager": Recognizer(subnet, tokenizer, bf16=True),
         }
+        recognizers["subnet_bf16_eager"].encoder.use_graphs = False
         for provider, rec in recognizers.items():
-            if provider.endswith("bf16") and device.type != "cuda":
+            if "bf16" in provider and device.type != "cuda":
                 continue                     # bf16 decoding is for GPUs only
             ms, chars = timed_passes(rec, waves, repeats)
             rows.append({"table": "recognizer", "case": case, "mode": "transcribe",

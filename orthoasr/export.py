@@ -148,13 +148,23 @@ class CompactConformer(nn.Module):
         self.trained_in_bf16 = False
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        """features (B, T, F), lengths (B,) -> log_probs (B, T // 4, V), lengths // 4."""
+        x, lengths = self.embed(features, lengths)
+        return self.encode(x, lengths), lengths
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor):
+        """Frontend plus positions: (B, T, F) -> (B, T // 4, D), lengths // 4."""
         check_features(self.cfg, self.frontend.proj.weight.dtype, features, lengths)
         x, lengths = self.frontend(features, lengths)
-        x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+        return x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype), lengths
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Blocks and output layer, what a GraphedSubnet replays: x (B, T', D), lengths (B,)
+        -> log_probs (B, T', V) float32; frames past each length are ignored."""
         mask = time_mask(lengths, x.shape[1])[..., None]
         for block in self.blocks:
             x = block(x, mask, lengths)
-        return self.head(x).float().log_softmax(dim=-1), lengths
+        return self.head(x).float().log_softmax(dim=-1)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

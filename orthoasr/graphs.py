@@ -1,7 +1,8 @@
 """CUDA-graph helpers: capture a function once and replay it; run a function with any host
-synchronisation turned into an error (what a capturable step must never do); and
+synchronisation turned into an error (what a capturable step must never do);
 `GraphedEncoder`, the supernet's encoder under given gates replayed from graphs, one per
-padded shape class (inference: orthoasr.Recognizer, orthoasr eval); `StepGraphs`, a whole
+padded shape class (inference: orthoasr.Recognizer, orthoasr eval), and `GraphedSubnet`, an
+exported subnet's the same way (the Recognizer); `StepGraphs`, a whole
 training step replayed from graphs, one per (shape class, stage, drawn budget)."""
 
 from __future__ import annotations
@@ -55,17 +56,77 @@ def capture_graph(fn, warmup: int = 3, pool=None):
     return graph, out
 
 
-class GraphedEncoder:
-    """`model.encode(x, lengths, gates, head, skip)` of a ConformerSupernet, with (B, T') padded up
-    to a shape class: B to the next power of two, T' to a multiple of `frame_step`. Padding
-    rows repeat the first utterance (no empty rows) and padding frames are zeros beyond the
-    lengths, so the real rows' log-probs are those of the unpadded call (the encoder ignores
-    frames past each length). On CUDA each (class, head, gates given, skip, autocast dtype) is
-    captured once as a CUDA graph, all in one memory pool, and replayed with the inputs
-    copied into its buffers; on the CPU, or with use_graphs=False, the padded call runs
-    eagerly. A shape whose capture fails (a host sync on some backend) runs eagerly from
-    then on. Outputs are copies: the next replay rewrites the graph's own. An empty batch
-    (B = 0) runs the model's own call, which gives (0, T', V).
+class PaddedGraphs:
+    """An encoder function `(x (B, T', D), lengths (B,), gates or None) -> (B, T', V)`
+    called with (B, T') padded up to a shape class: B to the next power of two, T' to a
+    multiple of `frame_step`. Padding rows repeat the first utterance (no empty rows) and
+    padding frames are zeros beyond the lengths, so the real rows' outputs are those of the
+    unpadded call (the encoders ignore frames past each length). On CUDA each (class, the
+    caller's key, autocast dtype) is captured once as a CUDA graph, all in one memory pool,
+    and replayed with the inputs copied into its buffers; on the CPU, or with
+    use_graphs=False, the padded call runs eagerly. A shape whose capture fails (a host sync
+    on some backend) runs eagerly from then on. Outputs are copies: the next replay rewrites
+    the graph's own. The encoders: GraphedEncoder (a supernet's), GraphedSubnet (an
+    exported subnet's)."""
+
+    def __init__(self, use_graphs: bool | None = None, frame_step: int = 32):
+        if isinstance(frame_step, bool) or not isinstance(frame_step, int) or frame_step < 1:
+            raise ValueError(f"frame_step must be an int >= 1, got {frame_step!r}")
+        self.use_graphs, self.frame_step = use_graphs, frame_step
+        self.graphs: dict[tuple, tuple] = {}     # key -> (graph, inputs, output) or None
+        self.pool = None
+
+    def shape_class(self, batch: int, frames: int) -> tuple[int, int]:
+        """(B, T') -> the padded (B, T')."""
+        padded_batch = 1 << max(0, batch - 1).bit_length()
+        return padded_batch, -(-frames // self.frame_step) * self.frame_step
+
+    def _padded_call(self, x: torch.Tensor, lengths: torch.Tensor,
+                     gates: torch.Tensor | None, key: tuple, eager, captured) -> torch.Tensor:
+        """eager(x, lengths, gates) on the padded inputs, or a replay of captured's graph
+        (captured: the same function, in the form a graph holds). x (B >= 1, T', D)."""
+        B, T = x.shape[:2]
+        PB, PT = self.shape_class(B, T)
+        use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") \
+            else None
+        key = (PB, PT, x.dtype, autocast, *key)
+        if use_graphs and key not in self.graphs:   # a new class: captured with these inputs
+            self.graphs[key] = self._capture(captured, *_padded(x, lengths, PB, PT), gates)
+        if not use_graphs or self.graphs[key] is None:
+            return eager(*_padded(x, lengths, PB, PT), gates)[:B, :T]
+        graph, (x_in, lengths_in, gates_in), out = self.graphs[key]
+        _pad_into(x_in, lengths_in, x, lengths)          # straight into the graph's inputs
+        if gates_in is not None:
+            gates_in.copy_(gates)
+        self._before_replay()
+        graph.replay()
+        return out[:B, :T].clone()
+
+    def _before_replay(self) -> None:
+        """What a replay needs done first (GraphedEncoder: its weights' copies refreshed)."""
+
+    def _after_capture(self) -> None:
+        """What a capture leaves to do (GraphedEncoder: its weights' copies handed over)."""
+
+    def _capture(self, encode, x, lengths, gates):
+        inputs = (x, lengths, None if gates is None else gates.clone())    # the graph's own
+        try:
+            graph, out = capture_graph(lambda: encode(*inputs), pool=self.pool)
+        except RuntimeError as err:                # e.g. a backend that syncs with the host
+            print(f"note: encoder runs eagerly for shape {tuple(x.shape)}: its CUDA-graph "
+                  f"capture failed ({err})")
+            return None
+        self.pool = graph.pool()
+        self._after_capture()
+        return graph, inputs, out
+
+
+class GraphedEncoder(PaddedGraphs):
+    """`model.encode(x, lengths, gates, head, skip)` of a ConformerSupernet, padded to shape
+    classes and replayed from CUDA graphs as PaddedGraphs says; a graph for each (class,
+    head, gates given, skip, autocast dtype). An empty batch (B = 0) runs the model's own
+    call, which gives (0, T', V).
     frozen_weights: keep the weights' compute-dtype copies between calls (FrozenOperands:
     written again only where a weight was replaced or changed in place by a PyTorch call)
     instead of copying them in every pass and replay; for a model that nothing trains while
@@ -82,23 +143,14 @@ class GraphedEncoder:
     def __init__(self, model, use_graphs: bool | None = None, frame_step: int = 32,
                  frozen_weights: bool = False, skip_dead_blocks: bool = False,
                  batch_streams: int = 2):
-        if isinstance(frame_step, bool) or not isinstance(frame_step, int) or frame_step < 1:
-            raise ValueError(f"frame_step must be an int >= 1, got {frame_step!r}")
-        self.model, self.frame_step = model, frame_step
-        self.use_graphs = use_graphs
+        super().__init__(use_graphs, frame_step)
+        self.model = model
         self.skip_dead_blocks = skip_dead_blocks
         check_groups(batch_streams)
         self.batch_streams = batch_streams
         if skip_dead_blocks and torch.cuda.is_available() and use_graphs is not False:
             check_available()        # what is missing, said now rather than at a capture
         self.operands = FrozenOperands() if frozen_weights else None
-        self.graphs: dict[tuple, tuple] = {}     # key -> (graph, inputs, output) or None
-        self.pool = None
-
-    def shape_class(self, batch: int, frames: int) -> tuple[int, int]:
-        """(B, T') -> the padded (B, T')."""
-        padded_batch = 1 << max(0, batch - 1).bit_length()
-        return padded_batch, -(-frames // self.frame_step) * self.frame_step
 
     def __call__(self, x: torch.Tensor, lengths: torch.Tensor,
                  gates: torch.Tensor | None = None, head: int = -1,
@@ -108,50 +160,57 @@ class GraphedEncoder:
         # replay copies gates into the graph's without the model's checks
         check_module_inputs(x, lengths, None, self.model.cfg.d_model, 0, [])
         self.model._check_gates(x, gates, head)
-        B, T = x.shape[:2]
-        if B == 0:           # no first row to pad with, nothing to replay: the model's empty output
+        if x.shape[0] == 0:  # no first row to pad with, nothing to replay: the model's empty output
             return self.model.encode(x, lengths, gates, head, skip)
-        PB, PT = self.shape_class(B, T)
-        use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
-        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") \
-            else None
-        key = (PB, PT, x.dtype, head, gates is not None, frozenset(skip), autocast)
-        if use_graphs and self.graphs.get(key) is not None:
-            graph, (x_in, lengths_in, gates_in), out = self.graphs[key]
-            _pad_into(x_in, lengths_in, x, lengths)      # straight into the graph's inputs
-            if gates_in is not None:
-                gates_in.copy_(gates)
-            if self.operands is not None:      # the weights the graph reads, kept current
-                self.operands.refresh(self.model.matmul_weights)
-            graph.replay()
-            return out[:B, :T].clone()
-        padded = x.new_empty(PB, PT, x.shape[2])
-        padded_lengths = lengths.new_empty(PB)
-        _pad_into(padded, padded_lengths, x, lengths)
-        if use_graphs and key not in self.graphs:
-            self.graphs[key] = self._capture(padded, padded_lengths, gates, head, skip)
-            if self.graphs[key] is not None:
-                return self(x, lengths, gates, head, skip)
-        return self.model.encode(padded, padded_lengths, gates, head, skip,
-                                 frozen_operands=self.operands)[:B, :T]
 
-    def _capture(self, x, lengths, gates, head, skip):
-        inputs = (x.clone(), lengths.clone(), None if gates is None else gates.clone())
+        def eager(x, lengths, gates):
+            return self.model.encode(x, lengths, gates, head, skip,
+                                     frozen_operands=self.operands)
 
-        def encode():
-            return self.model.encode(*inputs, head, skip, frozen_operands=self.operands,
+        def captured(x, lengths, gates):
+            return self.model.encode(x, lengths, gates, head, skip,
+                                     frozen_operands=self.operands,
                                      skip_dead_blocks=self.skip_dead_blocks,
                                      batch_streams=self.batch_streams)
-        try:
-            graph, out = capture_graph(encode, pool=self.pool)
-        except RuntimeError as err:                # e.g. a backend that syncs with the host
-            print(f"note: encoder runs eagerly for shape {tuple(x.shape)}: its CUDA-graph "
-                  f"capture failed ({err})")
-            return None
-        self.pool = graph.pool()
+        key = (head, gates is not None, frozenset(skip))
+        return self._padded_call(x, lengths, gates, key, eager, captured)
+
+    def _before_replay(self) -> None:
+        if self.operands is not None:      # the weights the graph reads, kept current
+            self.operands.refresh(self.model.matmul_weights)
+
+    def _after_capture(self) -> None:
         if self.operands is not None:     # made on capture_graph's warm-up stream
             self.operands.record_stream(torch.cuda.current_stream())
-        return graph, inputs, out
+
+
+class GraphedSubnet(PaddedGraphs):
+    """`sub.encode(x, lengths)` of an exported subnet (orthoasr.export.CompactConformer),
+    padded to shape classes and replayed from CUDA graphs as PaddedGraphs says; a graph
+    for each (class, autocast dtype). Eager PyTorch ops launch one kernel each, so at
+    inference sizes the host is the bound: a replay launches them all at once."""
+
+    def __init__(self, sub, use_graphs: bool | None = None, frame_step: int = 32):
+        super().__init__(use_graphs, frame_step)
+        self.sub = sub
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x (B, T', D), lengths (B,) -> log_probs (B, T', V) float32."""
+        check_module_inputs(x, lengths, None, self.sub.cfg.d_model, 0, [])
+        if x.shape[0] == 0:
+            return self.sub.encode(x, lengths)
+
+        def encode(x, lengths, gates):
+            return self.sub.encode(x, lengths)
+        return self._padded_call(x, lengths, None, (), encode, encode)
+
+
+def _padded(x: torch.Tensor, lengths: torch.Tensor, PB: int, PT: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, T, D), lengths (B,) padded as _pad_into pads them: (PB, PT, D), (PB,)."""
+    padded, padded_lengths = x.new_empty(PB, PT, x.shape[2]), lengths.new_empty(PB)
+    _pad_into(padded, padded_lengths, x, lengths)
+    return padded, padded_lengths
 
 
 def _pad_into(x_out: torch.Tensor, lengths_out: torch.Tensor, x: torch.Tensor,

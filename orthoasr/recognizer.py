@@ -12,8 +12,9 @@ Files are read and resampled by `orthoasr.data.load_audio`; waveforms are 1-D, a
 unless `sample_rate` says otherwise (then resampled the same way).
 Items are read as they are needed and decoded in groups of about `group_seconds` of audio,
 so a long list of files is never in memory at once and the first texts come out early.
-Utterances are decoded greedily in batches of similar length; on a GPU a supernet's encoder
-is replayed from CUDA graphs of padded shape classes (orthoasr.graphs.GraphedEncoder).
+Utterances are decoded greedily in batches of similar length; on a GPU the encoder of a
+supernet or an exported subnet is replayed from CUDA graphs of padded shape classes
+(orthoasr.graphs.GraphedEncoder, GraphedSubnet).
 
 Long recordings are decoded in pieces (`chunk_windows`): attention's memory and time grow
 with the square of a clip's length, and a model sees clips as long as its training data's.
@@ -45,7 +46,7 @@ from .data.audio import waveform_problem
 from .decoding import best_paths, collapse_path, label_text, token_runs
 from .devices import resolve_device
 from .export import CompactConformer, load_subnet
-from .graphs import GraphedEncoder
+from .graphs import GraphedEncoder, GraphedSubnet
 from .model import ConformerSupernet
 from .silence import THRESHOLD_DB, audible, voiced_spans
 from .timestamps import Transcript, Word, label_texts, word_frames
@@ -107,9 +108,13 @@ class Recognizer:
         self.skip = frozenset() if gates is None else model.dead_modules(gates)
         self.head, self.batch_frames = head, batch_frames
         self.bf16 = bool(bf16) and self.device.type == "cuda"
-        # a supernet's encoder: padded to shape classes and replayed from CUDA graphs on a GPU
-        self.encoder = GraphedEncoder(model, frozen_weights=frozen_weights) \
-            if gates is not None else None
+        # a supernet's or an exported subnet's encoder: padded to shape classes and replayed
+        # from CUDA graphs on a GPU; another model is called as it is
+        self.encoder: GraphedEncoder | GraphedSubnet | None = None
+        if gates is not None:
+            self.encoder = GraphedEncoder(model, frozen_weights=frozen_weights)
+        elif isinstance(model, CompactConformer):
+            self.encoder = GraphedSubnet(model)
         self.logmel = LogMel.of_model(model.cfg).to(self.device)
         self.min_samples = 4 * self.logmel.hop      # 4 frames: the frontend's 4x subsampling
         # in output frames, each min_samples long
@@ -314,11 +319,12 @@ class Recognizer:
         feats, frame_lengths = self.logmel(batch, lengths)
         feats = feats.to(next(self.model.parameters()).dtype)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            if self.gates is None:
+            if self.encoder is None:
                 log_probs, out_lengths = self.model(feats, frame_lengths)
             else:
                 x, out_lengths = self.model.embed(feats, frame_lengths)
-                log_probs = self.encoder(x, out_lengths, self.gates, self.head, self.skip)
+                log_probs = self.encoder(x, out_lengths) if self.gates is None else \
+                    self.encoder(x, out_lengths, self.gates, self.head, self.skip)
         return best_paths(log_probs.float(), out_lengths, vocab_size=self.tokenizer.vocab_size)
 
 

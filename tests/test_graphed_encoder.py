@@ -1,13 +1,14 @@
-"""GraphedEncoder (orthoasr/graphs.py): padding to shape classes leaves the real rows'
-log-probs unchanged (CPU, both backends); on the GPU, one graph per class, replays that
-follow their inputs, and agreement with the eager encoder."""
+"""GraphedEncoder and GraphedSubnet (orthoasr/graphs.py): padding to shape classes leaves
+the real rows' log-probs unchanged (CPU, both backends); on the GPU, one graph per class,
+replays that follow their inputs, and agreement with the eager encoder."""
 
 import pytest
 import torch
 from test_model import tiny_cfg
 
 from orthoasr import set_backend
-from orthoasr.graphs import GraphedEncoder, capturing
+from orthoasr.export import extract_subnet
+from orthoasr.graphs import GraphedEncoder, GraphedSubnet, capturing
 from orthoasr.model import ConformerSupernet
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,6 +77,42 @@ def test_gpu_graphs_replay_their_inputs():
                                rtol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         encoder(x, lengths, gates, 1)
+    assert len(encoder.graphs) == 2                            # autocast: its own graph
+
+
+def _subnet_and_inputs(B, T, seed=0):
+    """An exported subnet of the tiny supernet under random hard gates, and inputs."""
+    model, x, lengths, gates = _model_and_inputs(B, T, seed)
+    return extract_subnet(model, gates, 1).to(DEV).eval(), x, lengths
+
+
+@torch.no_grad()
+def test_subnet_padding_leaves_the_rows_unchanged():
+    sub, x, lengths = _subnet_and_inputs(3, 37)
+    encoder = GraphedSubnet(sub, use_graphs=False)
+    expected = sub.encode(x, lengths)
+    got = encoder(x, lengths)
+    assert got.shape == expected.shape == (3, 37, 19)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert encoder(x[:0], lengths[:0]).shape == (0, 37, 19)
+    with pytest.raises(ValueError, match="lengths must be in"):
+        encoder(x, lengths + 40)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_subnet_graphs_replay_their_inputs():
+    sub, x, lengths = _subnet_and_inputs(5, 70)
+    encoder = GraphedSubnet(sub)
+    torch.testing.assert_close(encoder(x, lengths), sub.encode(x, lengths), atol=1e-4,
+                               rtol=1e-4)
+    _, x2, lengths2 = _subnet_and_inputs(6, 90, seed=1)          # same class (8, 96)
+    second = encoder(x2, lengths2)
+    assert len(encoder.graphs) == 1 and encoder.graphs[next(iter(encoder.graphs))] is not None
+    torch.testing.assert_close(second, sub.encode(x2, lengths2), atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        third = encoder(x, lengths)
+        torch.testing.assert_close(third, sub.encode(x, lengths), atol=2e-2, rtol=2e-2)
     assert len(encoder.graphs) == 2                            # autocast: its own graph
 
 

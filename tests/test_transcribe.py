@@ -117,6 +117,8 @@ def test_an_exported_subnet_on_a_gpu_decodes_as_its_run_trained(run, tmp_path):
             lambda _m, _i, out, seen=seen: seen.append(out.dtype))
         texts[bf16] = recognizer.transcribe(run["paths"])
         assert seen and set(seen) == {dtype}
+        graphs = recognizer.encoder.graphs           # replayed from CUDA graphs
+        assert graphs and all(graph is not None for graph in graphs.values())
     assert all(texts[None]) and len(texts[None]) == len(texts[False]) == len(run["paths"])
 
 
