@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,9 @@ from .trainer_checkpoints import (
 )
 from .workdir import WorkDirError, WorkDirLock, prepare_work_dir, remove_if_empty, run_files
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Ctrl-C, kill, and (POSIX only) the hangup of a terminal that closes: an ssh session that drops
+HANGUP = getattr(signal, "SIGHUP", None)
+STOP_SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, HANGUP) if sig is not None)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -53,8 +56,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     differ from the checkpoint's, `allow_data_change` the training manifest's contents, each
     change recorded). A work dir holding a run needs `resume` or
     `overwrite` (which moves the old run aside). `stop_at` ends after that step with a
-    checkpoint, as an interrupted run would; SIGINT/SIGTERM end the run at the next step with
-    a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer."""
+    checkpoint, as an interrupted run would; SIGINT/SIGTERM/SIGHUP end the run at the next
+    step with a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer."""
     if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
                                 or stop_at < 1):
         raise ValueError(f"stop_at must be a step >= 1 (or None: run to the end), got "
@@ -141,31 +144,55 @@ def _check_inputs(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
 
 
 class _stop_signals_caught:
-    """Within: SIGINT/SIGTERM are recorded (the trainer stops at the next step) instead of
+    """Within: STOP_SIGNALS are recorded (the trainer stops at the next step) instead of
     ending the process; a second one acts as usual. Main thread only (signal's rule)."""
 
     def __enter__(self):
-        self.trainer, self.previous = None, {}
+        self.trainer, self.previous, self.hung_up = None, {}, False
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
     def handle(self, signum, frame):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        if signum == HANGUP:
+            self.hung_up = True
+            _drop_dead_outputs()
+        self.restore()
         if self.trainer is not None:
             self.trainer.stop_signal = signum
+            again = "SIGTERM stops at once" if signum == HANGUP else "send it again to stop at once"
             print(f"\n{signal.Signals(signum).name}: stopping after this step with a "
-                  "checkpoint (send it again to stop at once)", flush=True)
+                  f"checkpoint ({again})", flush=True)
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt
         else:
             raise SystemExit(128 + signum)
 
-    def __exit__(self, *exc):
+    def restore(self) -> None:
+        """The handlers from before, but SIGHUP ignored from a hangup on, here and after: it
+        comes twice (the terminal's, then the shell's passing it on to its jobs), and the
+        second ended the run before its checkpoint, or the process after it."""
         for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if sig == HANGUP and self.hung_up else handler)
+
+    def __exit__(self, *exc):
+        self.restore()
+
+
+def _drop_dead_outputs() -> None:
+    """After a hangup, point stdout and stderr at /dev/null unless they are a file or a live
+    terminal: a write to the hung-up terminal fails (EIO), as does one to a pipe whose reader
+    the hangup ended (`| tee log`: EPIPE), and the failure ended the run before its
+    checkpoint."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        try:
+            if not (stat.S_ISREG(os.fstat(fd).st_mode) or os.isatty(fd)):
+                os.dup2(devnull, fd)
+        except OSError:         # closed
+            pass
+    os.close(devnull)
 
 
 def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
@@ -364,9 +391,10 @@ checkpoints/ (the last keep_checkpoints), tokenizer.model and metrics.csv.
 
 Safety: a work dir that holds a run is refused unless --resume (continue it) or --overwrite
 (move it aside to <work-dir>.old-N; nothing is deleted); a lock file keeps a second process
-out. SIGINT/SIGTERM (Ctrl-C, kill) write a checkpoint at the next step and exit; checkpoints
-also go out every ckpt_every steps and every ckpt_minutes. After a divergence the error names
-the checkpoints kept and the command to resume from one with a lower lr."""
+out. SIGINT/SIGTERM/SIGHUP (Ctrl-C, kill, a terminal that closes) write a checkpoint at the
+next step and exit; checkpoints also go out every ckpt_every steps and every ckpt_minutes.
+After a divergence the error names the checkpoints kept and the command to resume from one
+with a lower lr."""
 
 
 DEFAULT_CONFIG = "configs/tiny.yaml"

@@ -148,7 +148,7 @@ class Trainer(TrainerCheckpoints):
         self.history: list[dict] = []
         self.last_flush = time.perf_counter()
         self.last_save = time.monotonic()
-        self.stop_signal: int | None = None     # set by the SIGINT/SIGTERM handler
+        self.stop_signal: int | None = None     # set by train.py's STOP_SIGNALS handler
         self.stopped_by: str | None = None      # its name once the loop stopped for it
         # stage 2's stochastic-depth tables (prepare_stage2): modules, module of each unit,
         # modules with no unit in the smallest subnet

@@ -5,11 +5,13 @@ filters, one-line CLI errors, checkpoint errors by kind."""
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,7 +208,26 @@ def test_a_stale_lock_found_by_two_processes_is_taken_by_one(tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- 5: signals
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+# Ctrl-C, kill, and (POSIX) the hangup of a terminal that closes
+SIGNALS = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+
+
+@pytest.fixture
+def restored_after_a_hangup():
+    """stdout, stderr and SIGHUP's handler as they were: a hangup leaves SIGHUP ignored and
+    sends outputs that are neither a file nor a live terminal (pytest -s piped) to /dev/null."""
+    saved = [os.dup(fd) for fd in (1, 2)]
+    handler = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
+    yield
+    for fd, copy in zip((1, 2), saved):
+        os.dup2(copy, fd)
+        os.close(copy)
+    if handler is not None:
+        signal.signal(signal.SIGHUP, handler)
+
+
+@pytest.mark.usefixtures("restored_after_a_hangup")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda sig: sig.name)
 def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path, monkeypatch,
                                                                capsys, sig):
     real_step = train_module.Trainer.train_step
@@ -233,7 +254,8 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path,
     assert trainer.step == 8
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.usefixtures("restored_after_a_hangup")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda sig: sig.name)
 def test_a_signal_during_the_last_checkpoint_lets_it_be_written(corpus, tmp_path,
                                                                 monkeypatch, sig):
     """Ctrl-C (or a scheduler's SIGTERM at its time limit) while the finished run wrote its
@@ -254,6 +276,43 @@ def test_a_signal_during_the_last_checkpoint_lets_it_be_written(corpus, tmp_path
     assert trainer.step == 3 and trainer.stopped_by == signal.Signals(sig).name
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
     assert signal.getsignal(sig) is not train_module._stop_signals_caught.handle
+
+
+# the child takes the pty as its controlling terminal, as a shell's job has one
+IN_A_TERMINAL = """import fcntl, runpy, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+sys.argv[0] = "orthoasr"
+runpy.run_module("orthoasr", run_name="__main__")"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (not POSIX)")
+def test_a_closed_terminal_checkpoints_and_exits(corpus, tmp_path):
+    """A terminal that closes (an ssh session that drops) hangs up: SIGHUP comes (twice: the
+    terminal's, then the shell's passing it on to its jobs) and writing to the terminal fails
+    (EIO). The run died at once, without a checkpoint of the steps since the last one."""
+    config, work = tmp_path / "run.yaml", tmp_path / "run"
+    config.write_text("{}")
+    overrides = as_overrides(tiny_run(corpus, "stage1_steps=2000", "ckpt_every=5000",
+                                      "ckpt_minutes=60"))
+    master, terminal = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", IN_A_TERMINAL, "train", "--config",
+                             str(config), "--work-dir", str(work), *overrides],
+                            stdin=terminal, stdout=terminal, stderr=terminal,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(terminal)
+    shown, deadline = b"", time.monotonic() + 300
+    try:
+        while b"step 2/" not in shown and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                shown += os.read(master, 4096)
+    except OSError:                 # EIO: the child closed the terminal (it ended)
+        pass
+    assert b"step 2/" in shown, shown.decode(errors="replace")[-3000:]
+    os.close(master)                # the hangup: SIGHUP to the terminal's session leader
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)   # the shell's
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    assert 2 <= load_checkpoint(work / "checkpoint.pt")["step"] < 2000
 
 
 def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_path):
