@@ -62,13 +62,8 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                                 or stop_at < 1):
         raise ValueError(f"stop_at must be a step >= 1 (or None: run to the end), got "
                          f"{stop_at!r}")
-    if run.model.budgets[-1] != 1.0 and not run.fixed_gates:
-        # stage 1 trains the supernet (every unit on) beside the budgets below the largest,
-        # so the scores that would pick the largest budget's extra units never train
-        raise ValueError(f"model.budgets must end with 1.0 (the supernet) to train, got "
-                         f"{list(run.model.budgets)}: stage 1 draws the subnets below the "
-                         "largest budget, so the largest one's units would be chosen by "
-                         "untrained scores")
+    if not run.fixed_gates:
+        _check_scores_train(run)
     work_dir = Path(work_dir)
     if overwrite:
         # by absolute path, taken before the old run is moved aside: "." (run from inside
@@ -117,6 +112,24 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
         if created:
             remove_if_empty(work_dir)     # a start that failed leaves no empty work dir
     return trainer
+
+
+def _check_scores_train(run: RunConfig) -> None:
+    """ValueError for a config under which the OrthoSoftmax scores that choose a subnet's
+    units never train (fixed_gates runs take another run's subnet and are not checked)."""
+    budgets = list(run.model.budgets)
+    if budgets[-1] != 1.0:
+        # stage 1 trains the supernet (every unit on) beside the budgets below the largest,
+        # so the scores that would pick the largest budget's extra units never train
+        raise ValueError(f"model.budgets must end with 1.0 (the supernet) to train, got "
+                         f"{budgets}: stage 1 draws the subnets below the largest budget, so "
+                         "the largest one's units would be chosen by untrained scores")
+    if run.stage1_steps == 0 and len(budgets) > 1:
+        raise ValueError(f"stage1_steps must be > 0 to train the subnets of model.budgets "
+                         f"{budgets}, got 0: stage 1 trains the scores that choose their "
+                         "units, which would be frozen from their random initial values. Set "
+                         "stage1_steps > 0, or give fixed_gates=CHECKPOINT@BUDGET to train a "
+                         "subnet that another run froze")
 
 
 def _check_inputs(run: RunConfig, work_dir: Path, overwrite: bool) -> None:

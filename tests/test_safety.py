@@ -569,6 +569,22 @@ def test_budgets_below_a_supernet_are_refused(corpus, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_without_stage_1_is_refused_unless_its_gates_are_fixed(corpus, finished,
+                                                                      tmp_path):
+    """stage1_steps=0 froze the subnets from the OrthoSoftmax scores' random initial values,
+    and stage 2 trained those, silently. With fixed_gates (another run's subnet) or a lone
+    supernet budget no score chooses anything."""
+    with pytest.raises(ValueError, match=r"stage1_steps must be > 0 .*model.budgets \[0.4, "
+                                         r"0.7, 1.0\], got 0: .*stage1_steps > 0, or .*fixed_g"):
+        train(tiny_run(corpus, "stage1_steps=0"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    fixed = f"fixed_gates={finished / 'checkpoint.pt'}@0.4"
+    for overrides in ((fixed,), ("model.budgets=[1.0]",)):
+        trainer = train(tiny_run(corpus, "stage1_steps=0", "stage2_steps=1", *overrides),
+                        tmp_path / overrides[0].split("=")[0])
+        assert trainer.step == 1
+
+
 def test_a_resume_names_what_a_cut_down_checkpoint_lacks(corpus, finished, tmp_path):
     state = load_checkpoint(finished / "checkpoint.pt")
     del state["optimizer"], state["rng"], state["format"]
