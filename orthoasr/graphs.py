@@ -111,8 +111,16 @@ class PaddedGraphs:
 
     def _capture(self, encode, x, lengths, gates):
         inputs = (x, lengths, None if gates is None else gates.clone())    # the graph's own
+        # autocast's cache off: warmed up inside the caller's autocast, a weight's cast would
+        # be made once, cached, and read by the graph, which casts it no more; the cache is
+        # freed when that autocast exits, so later replays read freed memory (stale or
+        # garbage weights, an illegal address once the allocator gives the memory back)
+        no_cast_cache = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                       enabled=torch.is_autocast_enabled("cuda"),
+                                       cache_enabled=False)
         try:
-            graph, out = capture_graph(lambda: encode(*inputs), pool=self.pool)
+            with no_cast_cache:
+                graph, out = capture_graph(lambda: encode(*inputs), pool=self.pool)
         except RuntimeError as err:                # e.g. a backend that syncs with the host
             print(f"note: encoder runs eagerly for shape {tuple(x.shape)}: its CUDA-graph "
                   f"capture failed ({err})")

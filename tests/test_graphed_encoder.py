@@ -116,6 +116,38 @@ def test_gpu_subnet_graphs_replay_their_inputs():
     assert len(encoder.graphs) == 2                            # autocast: its own graph
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["supernet", "subnet"])
+@torch.no_grad()
+def test_gpu_graphs_captured_in_an_autocast_cast_at_every_replay(kind):
+    """A graph captured inside the caller's bf16 autocast (as the Recognizer and eval call
+    it) casts the fp32 weights that autocast casts (the output layer's; every layer of a
+    subnet) at each replay: autocast's cache, freed when that autocast exits, is not what
+    it reads. A weight changed in place between two autocasts shows in the replay (a graph
+    reading the cache would replay the old cast: freed memory, an illegal address once it
+    is given back)."""
+    if kind == "supernet":
+        model, x, lengths, gates = _model_and_inputs(5, 70)
+        graphed = GraphedEncoder(model)
+        head = model.heads[1]
+
+        def graph_and_eager():
+            return graphed(x, lengths, gates, 1), model.encode(x, lengths, gates, 1)
+    else:
+        model, x, lengths = _subnet_and_inputs(5, 70)
+        graphed = GraphedSubnet(model)
+        head = model.head
+
+        def graph_and_eager():
+            return graphed(x, lengths), model.encode(x, lengths)
+    for _ in range(2):        # the capture, then a replay
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got, expected = graph_and_eager()
+        torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
+        head.weight.mul_(-2.0)             # outside the autocast: its cache is gone
+    assert len(graphed.graphs) == 1 and next(iter(graphed.graphs.values())) is not None
+
+
 @torch.no_grad()
 def test_frozen_weights_keep_their_copies_and_follow_the_weights(monkeypatch):
     """frozen_weights (CPU autocast to fp16, so that the weights need copies): the output of
