@@ -158,13 +158,16 @@ def _check_inputs(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
 
 class _stop_signals_caught:
     """Within: STOP_SIGNALS are recorded (the trainer stops at the next step) instead of
-    ending the process; a second one acts as usual. Main thread only (signal's rule)."""
+    ending the process; a second one acts as usual. A signal ignored when the run starts
+    stays ignored (`nohup` ignores SIGHUP so that the run outlives its terminal). Main
+    thread only (signal's rule)."""
 
     def __enter__(self):
         self.trainer, self.previous, self.hung_up = None, {}, False
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                self.previous[sig] = signal.signal(sig, self.handle)
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
     def handle(self, signum, frame):

@@ -315,6 +315,29 @@ def test_a_closed_terminal_checkpoints_and_exits(corpus, tmp_path):
     assert 2 <= load_checkpoint(work / "checkpoint.pt")["step"] < 2000
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP (not POSIX)")
+@pytest.mark.usefixtures("restored_after_a_hangup")
+def test_a_run_started_with_nohup_goes_on_after_a_hangup(corpus, tmp_path, monkeypatch):
+    """`nohup orthoasr train ...` starts the run with SIGHUP ignored so that it outlives the
+    terminal: the run keeps it ignored (catching it to stop would end every nohup run at
+    logout), and its outputs are left alone."""
+    real_step = train_module.Trainer.train_step
+
+    def step_then_hangup(trainer, batch, on_device=None):
+        real_step(trainer, batch, on_device)
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_hangup)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    stdout = os.fstat(1)
+    run = tiny_run(corpus, "stage1_steps=4", "ckpt_every=100")
+    trainer = train(run, tmp_path / "run")
+    assert trainer.step == run.stage1_steps + run.stage2_steps and trainer.stopped_by is None
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    assert os.path.samestat(os.fstat(1), stdout)
+
+
 def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_path):
     work = tmp_path / "run"
     train(short_run(corpus, "stage1_steps=4", "ckpt_every=100", "ckpt_minutes=1e-9",
