@@ -64,8 +64,9 @@ class PaddedGraphs:
     unpadded call (the encoders ignore frames past each length). On CUDA each (class, the
     caller's key, autocast dtype) is captured once as a CUDA graph, all in one memory pool,
     and replayed with the inputs copied into its buffers; on the CPU, or with
-    use_graphs=False, the padded call runs eagerly. A shape whose capture fails (a host sync
-    on some backend) runs eagerly from then on. Outputs are copies: the next replay rewrites
+    use_graphs=False, the call runs eagerly and unpadded (a batch of 5 padded to 8 would be
+    8/5 of the work, for nothing). A shape whose capture fails (a host
+    sync on some backend) runs eagerly from then on. Outputs are copies: the next replay rewrites
     the graph's own. The encoders: GraphedEncoder (a supernet's), GraphedSubnet (an
     exported subnet's)."""
 
@@ -83,8 +84,8 @@ class PaddedGraphs:
 
     def _padded_call(self, x: torch.Tensor, lengths: torch.Tensor,
                      gates: torch.Tensor | None, key: tuple, eager, captured) -> torch.Tensor:
-        """eager(x, lengths, gates) on the padded inputs, or a replay of captured's graph
-        (captured: the same function, in the form a graph holds). x (B >= 1, T', D)."""
+        """A replay of captured's graph on the padded inputs (captured: the encoder in the
+        form a graph holds), or eager(x, lengths, gates) without graphs. x (B >= 1, T', D)."""
         B, T = x.shape[:2]
         PB, PT = self.shape_class(B, T)
         use_graphs = x.is_cuda if self.use_graphs is None else self.use_graphs
@@ -94,7 +95,7 @@ class PaddedGraphs:
         if use_graphs and key not in self.graphs:   # a new class: captured with these inputs
             self.graphs[key] = self._capture(captured, *_padded(x, lengths, PB, PT), gates)
         if not use_graphs or self.graphs[key] is None:
-            return eager(*_padded(x, lengths, PB, PT), gates)[:B, :T]
+            return eager(x, lengths, gates)      # unpadded: padding pays only in a graph
         graph, (x_in, lengths_in, gates_in), out = self.graphs[key]
         _pad_into(x_in, lengths_in, x, lengths)          # straight into the graph's inputs
         if gates_in is not None:

@@ -8,7 +8,7 @@ from test_model import tiny_cfg
 
 from orthoasr import set_backend
 from orthoasr.export import extract_subnet
-from orthoasr.graphs import GraphedEncoder, GraphedSubnet, capturing
+from orthoasr.graphs import GraphedEncoder, GraphedSubnet, _padded, capturing
 from orthoasr.model import ConformerSupernet
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,14 +35,34 @@ def test_shape_classes():
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 @torch.no_grad()
 def test_padding_leaves_the_rows_unchanged(backend):
+    """What a graph of a shape class replays: the padded call's real rows are the unpadded
+    call's. Without graphs (the CPU) the call is the unpadded one itself."""
     set_backend(backend)
     model, x, lengths, gates = _model_and_inputs(3, 37)
     encoder = GraphedEncoder(model, use_graphs=False)
+    padded = _padded(x, lengths, *encoder.shape_class(3, 37))
+    assert padded[0].shape == (4, 64, model.cfg.d_model)
     for g, head in ((gates, 0), (None, -1)):
         expected = model.encode(x, lengths, g, head)
-        got = encoder(x, lengths, g, head)
-        assert got.shape == expected.shape
+        got = model.encode(*padded, g, head)[:3, :37]
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert torch.equal(encoder(x, lengths, g, head), expected)
+
+
+@torch.no_grad()
+def test_without_graphs_the_encoders_run_the_batch_unpadded(monkeypatch):
+    """Without graphs (the CPU) nothing is replayed, so padding (3 -> 4 rows, 37 -> 64
+    frames) was work for nothing: the encoders see the batch as given."""
+    model, x, lengths, gates = _model_and_inputs(3, 37)
+    sub, _, _ = _subnet_and_inputs(3, 37)
+    seen = []
+    for owner in (model, sub):
+        encode = owner.encode
+        monkeypatch.setattr(owner, "encode", lambda x, *args, encode=encode, **kwargs:
+                            seen.append(tuple(x.shape[:2])) or encode(x, *args, **kwargs))
+    GraphedEncoder(model, use_graphs=False)(x, lengths, gates, 0)
+    GraphedSubnet(sub, use_graphs=False)(x, lengths)
+    assert seen == [(3, 37), (3, 37)]
 
 
 def test_bad_frame_step_is_named():
@@ -91,9 +111,10 @@ def test_subnet_padding_leaves_the_rows_unchanged():
     sub, x, lengths = _subnet_and_inputs(3, 37)
     encoder = GraphedSubnet(sub, use_graphs=False)
     expected = sub.encode(x, lengths)
-    got = encoder(x, lengths)
+    got = sub.encode(*_padded(x, lengths, *encoder.shape_class(3, 37)))[:3, :37]
     assert got.shape == expected.shape == (3, 37, 19)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(encoder(x, lengths), expected)          # no graphs: unpadded
     assert encoder(x[:0], lengths[:0]).shape == (0, 37, 19)
     with pytest.raises(ValueError, match="lengths must be in"):
         encoder(x, lengths + 40)
