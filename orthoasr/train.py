@@ -158,12 +158,17 @@ def _check_inputs(run: RunConfig, work_dir: Path, overwrite: bool) -> None:
 
 class _stop_signals_caught:
     """Within: STOP_SIGNALS are recorded (the trainer stops at the next step) instead of
-    ending the process; a second one acts as usual. A signal ignored when the run starts
-    stays ignored (`nohup` ignores SIGHUP so that the run outlives its terminal). Main
-    thread only (signal's rule)."""
+    ending the process; a second one acts as usual, but under torchrun, which passes every
+    signal it gets on to the ranks, later ones are ignored: a Ctrl-C or a signal to the
+    process group reaches each rank twice, and the copy ended the rank before its
+    checkpoint (torchrun kills the ranks 30 s after passing one on). A signal ignored when
+    the run starts stays ignored (`nohup` ignores SIGHUP so that the run outlives its
+    terminal). Main thread only (signal's rule)."""
 
     def __enter__(self):
         self.trainer, self.previous, self.hung_up = None, {}, False
+        self.stopping = False
+        self.under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ    # set by torchrun's agent
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 if signal.getsignal(sig) != signal.SIG_IGN:
@@ -174,10 +179,13 @@ class _stop_signals_caught:
         if signum == HANGUP:
             self.hung_up = True
             _drop_dead_outputs()
+        self.stopping = True
         self.restore()
         if self.trainer is not None:
             self.trainer.stop_signal = signum
-            again = "SIGTERM stops at once" if signum == HANGUP else "send it again to stop at once"
+            again = ("torchrun's copy of it and later ones are ignored" if self.under_torchrun
+                     else "SIGTERM stops at once" if signum == HANGUP
+                     else "send it again to stop at once")
             print(f"\n{signal.Signals(signum).name}: stopping after this step with a "
                   f"checkpoint ({again})", flush=True)
         elif signum == signal.SIGINT:
@@ -188,9 +196,11 @@ class _stop_signals_caught:
     def restore(self) -> None:
         """The handlers from before, but SIGHUP ignored from a hangup on, here and after: it
         comes twice (the terminal's, then the shell's passing it on to its jobs), and the
-        second ended the run before its checkpoint, or the process after it."""
+        second ended the run before its checkpoint, or the process after it. Under torchrun
+        every stop signal is ignored from the first on, for torchrun's copy of it."""
         for sig, handler in self.previous.items():
-            signal.signal(sig, signal.SIG_IGN if sig == HANGUP and self.hung_up else handler)
+            ignored = (sig == HANGUP and self.hung_up) or (self.under_torchrun and self.stopping)
+            signal.signal(sig, signal.SIG_IGN if ignored else handler)
 
     def __exit__(self, *exc):
         self.restore()

@@ -214,16 +214,17 @@ SIGNALS = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "
 
 @pytest.fixture
 def restored_after_a_hangup():
-    """stdout, stderr and SIGHUP's handler as they were: a hangup leaves SIGHUP ignored and
-    sends outputs that are neither a file nor a live terminal (pytest -s piped) to /dev/null."""
+    """stdout, stderr and the signals' handlers as they were: a hangup leaves SIGHUP ignored
+    (a stop under torchrun, every stop signal) and sends outputs that are neither a file nor
+    a live terminal (pytest -s piped) to /dev/null."""
     saved = [os.dup(fd) for fd in (1, 2)]
-    handler = signal.getsignal(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
     yield
     for fd, copy in zip((1, 2), saved):
         os.dup2(copy, fd)
         os.close(copy)
-    if handler is not None:
-        signal.signal(signal.SIGHUP, handler)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 @pytest.mark.usefixtures("restored_after_a_hangup")
@@ -276,6 +277,34 @@ def test_a_signal_during_the_last_checkpoint_lets_it_be_written(corpus, tmp_path
     assert trainer.step == 3 and trainer.stopped_by == signal.Signals(sig).name
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
     assert signal.getsignal(sig) is not train_module._stop_signals_caught.handle
+
+
+@pytest.mark.usefixtures("restored_after_a_hangup")
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda sig: sig.name)
+def test_under_torchrun_a_signal_that_comes_twice_still_checkpoints(corpus, tmp_path,
+                                                                    monkeypatch, sig):
+    """Under torchrun a Ctrl-C (or a signal to the process group, as schedulers send) reaches
+    each rank twice: directly, and from torchrun, which passes on every signal it gets. The
+    copy, taken as a second signal, stopped the rank at once, often while it wrote the
+    checkpoint: the steps since the last one were lost."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")       # as torchrun sets it
+    real_step = train_module.Trainer.train_step
+
+    def step_then_signal_twice(trainer, batch, on_device=None):
+        real_step(trainer, batch, on_device)
+        if trainer.step == 2:
+            signal.raise_signal(sig)     # its handler runs before the copy comes
+            signal.raise_signal(sig)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_signal_twice)
+    if sig != signal.SIGINT:        # raise where the default would end pytest too
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        trainer = train(short_run(corpus, "stage1_steps=5", "ckpt_every=100"), tmp_path / "run")
+    except (KeyboardInterrupt, SystemExit) as stopped:
+        pytest.fail(f"torchrun's copy of the signal stopped the rank: {stopped!r}")
+    assert trainer.step == 2 and trainer.stopped_by == signal.Signals(sig).name
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
 
 
 # the child takes the pty as its controlling terminal, as a shell's job has one
