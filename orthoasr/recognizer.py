@@ -396,9 +396,22 @@ def check_cutting(chunk_seconds: float | None, context_seconds: float,
     or > 0 dB (the Recognizer's, and `orthoasr eval`'s)."""
     _check_seconds("context_seconds", context_seconds, 0.0)
     if chunk_seconds is not None:
-        _check_seconds("chunk_seconds", chunk_seconds, FRAME_SECONDS)
+        _check_cut("chunk_seconds", chunk_seconds, "--chunk-seconds", least=FRAME_SECONDS,
+                   what="number of seconds")
     if silence_db is not None:
-        check_number("silence_db", silence_db, above=0.0)
+        _check_cut("silence_db", silence_db, "--silence-db", above=0.0)
+
+
+def _check_cut(name: str, value, flag: str, **bounds) -> None:
+    """check_number; a 0, which the command line's flag takes for 'each recording whole',
+    is told that None does that here."""
+    try:
+        check_number(name, value, **bounds)
+    except ValueError as error:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise ValueError(f"{error} (None, not 0, decodes each recording whole: the "
+                             f"command line's {flag} 0)") from None
+        raise
 
 
 __all__ = ["Recognizer", "chunk_windows", "output_frames", "check_cutting"]

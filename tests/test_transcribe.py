@@ -564,6 +564,17 @@ def test_bad_chunk_options_are_refused(option, value):
         Recognizer(FrameLocalModel(), LabelTokenizer(), **{option: value})
 
 
+@pytest.mark.parametrize("option,flag", [("chunk_seconds", "--chunk-seconds"),
+                                         ("silence_db", "--silence-db")])
+def test_a_zero_for_whole_recordings_is_told_none_does_that(option, flag):
+    """The command line's 0 decodes each recording whole; the library's is None, and a 0
+    passed to it was refused only with the range, which never says so."""
+    with pytest.raises(ValueError, match=f"{option} must be .*, got 0 \\(None, not 0, "
+                                         f"decodes each recording whole: the command "
+                                         f"line's {flag} 0\\)"):
+        Recognizer(FrameLocalModel(), LabelTokenizer(), **{option: 0})
+
+
 class WideTokenizer(LabelTokenizer):
     vocab_size = 21
 
