@@ -476,7 +476,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="SECONDS",
                         help="audio each piece also sees on either side, as with `orthoasr "
                              f"transcribe` (default {CONTEXT_SECONDS:g})")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where to decode (default auto: the GPU if there is one, else "
+                             "the CPU)")
 
 
 def run(args: argparse.Namespace) -> None:

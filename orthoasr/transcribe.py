@@ -234,7 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="with --checkpoint: the subnet of this budget (default: largest; a "
                              "fixed_gates run's: the one it trained)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="where to decode (default cpu, even on a GPU machine; auto: the "
+                             "GPU if there is one)")
     parser.add_argument("--fp32", action="store_true",
                         help="on a GPU: decode in float32 (default: under a bfloat16 "
                              "autocast if the run trained in bf16, as `orthoasr eval` scores "

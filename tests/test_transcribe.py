@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_evaluate import talkative
+from test_evaluate import main_help, talkative
 from test_train import tiny_run, write_corpus
 
 from orthoasr import Recognizer, extract_subnet, load_subnet, set_backend
@@ -573,6 +573,14 @@ def test_a_zero_for_whole_recordings_is_told_none_does_that(option, flag):
                                          f"decodes each recording whole: the command "
                                          f"line's {flag} 0\\)"):
         Recognizer(FrameLocalModel(), LabelTokenizer(), **{option: 0})
+
+
+def test_help_gives_the_device_default(capsys):
+    """transcribe decodes on the CPU unless told, eval on the GPU where there is one; their
+    --help listed only the choices."""
+    for command, default in (("transcribe", "(default cpu, even on a GPU machine;"),
+                             ("eval", "(default auto: the GPU if there is one")):
+        assert default in " ".join(main_help(capsys, command).split()), command
 
 
 class WideTokenizer(LabelTokenizer):
