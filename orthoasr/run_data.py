@@ -269,9 +269,22 @@ def check_manifests(run: RunConfig) -> None:
     for name in ("train_manifest", "dev_manifest", "test_manifest"):
         path = getattr(run, name)
         if not Path(path).exists():
-            raise FileNotFoundError(f"{name} {path} not found (set {name}=PATH)")
+            raise FileNotFoundError(f"{name} {path} not found ({_synth_hint(path)}set "
+                                    f"{name}=PATH)")
         if name != "train_manifest" and not load_manifest(path, check_audio=False):
             raise ValueError(f"{name} {path} is empty")
+
+
+def _synth_hint(manifest: str | Path) -> str:
+    """For a manifest of a corpus that `orthoasr synth` makes (<folder>/synth-<preset>/), the
+    command that makes it, as the start of a clause; else ""."""
+    from .data.synth import PRESETS
+    folder = Path(manifest).parent
+    preset = folder.name.removeprefix("synth-")
+    if not folder.name.startswith("synth-") or preset not in PRESETS:
+        return ""
+    out = "" if folder == Path("data", folder.name) else f" --out {folder}"
+    return f"`orthoasr synth --preset {preset}{out}` makes that corpus, or "
 
 
 def make_tokenizer(run: RunConfig, work_dir: Path, world: World = SINGLE):

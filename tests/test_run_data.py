@@ -10,8 +10,10 @@ from test_train import tiny_run, write_corpus
 
 from orthoasr.data import LogMel, load_manifest
 from orthoasr.distributed import World
+from orthoasr.run_config import load_run_config
 from orthoasr.run_data import (
     TrainData,
+    check_manifests,
     ctc_frames_needed,
     filter_records,
     make_tokenizer,
@@ -122,3 +124,20 @@ def test_transcripts_with_characters_the_tokenizer_lacks_are_left_out_and_report
     assert ("12 utterances, 11 kept; skipped 1 whose transcript holds characters that the "
             f"run's tokenizer has no piece for, e.g. '24acé' in {records[5]['audio_filepath']}"
             in capsys.readouterr().out)
+
+
+def test_a_missing_synthetic_corpus_names_the_command_that_makes_it(tmp_path, monkeypatch):
+    """`orthoasr train` before `orthoasr synth` (the default config is configs/tiny.yaml)
+    said only "set train_manifest=PATH", as if the config's path were the mistake."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"train_manifest data/synth-tiny/train.jsonl "
+                                                r"not found \(`orthoasr synth --preset tiny` "
+                                                r"makes that corpus, or set train_manifest="):
+        check_manifests(load_run_config("tiny"))
+    with pytest.raises(FileNotFoundError, match=r"`orthoasr synth --preset demo --out "
+                                                r"elsewhere/synth-demo` makes that corpus"):
+        check_manifests(load_run_config("tiny", ["train_manifest=elsewhere/synth-demo/"
+                                                 "train.jsonl"]))
+    with pytest.raises(FileNotFoundError, match=r"corpus/train.jsonl not found \(set "
+                                                r"train_manifest=PATH\)"):
+        check_manifests(load_run_config("tiny", ["train_manifest=corpus/train.jsonl"]))
