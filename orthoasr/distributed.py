@@ -92,6 +92,30 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+class FailureShared:
+    """Around work that rank 0 alone does while the other ranks would wait for it (its
+    checks and lock of the work dir): on leaving, the ranks agree on whether it failed (one
+    all-reduce, at start-up only). The rank that failed goes on raising its error, the others
+    RuntimeError(`message`): else they waited for the rank that ended in their next
+    collective, where a signal's Python handler cannot run (torchrun kills them 30 s after
+    its SIGTERM). Nothing in a world of one."""
+
+    def __init__(self, world: World, device_type: str, message: str):
+        self.world, self.message = world, message
+        self.device = torch.device("cuda", world.local_rank) if device_type == "cuda" \
+            else torch.device("cpu")
+
+    def __enter__(self) -> FailureShared:
+        return self
+
+    def __exit__(self, kind, err, traceback) -> None:
+        if not self.world.distributed:
+            return
+        failed = torch.tensor([float(kind is not None)], device=self.device)
+        if float(all_reduce_sum(failed, self.world)) > 0 and kind is None:
+            raise RuntimeError(self.message)
+
+
 def shutdown(world: World) -> None:
     """Leave the process group once every rank is done with its collectives."""
     if world.distributed and dist.is_initialized():

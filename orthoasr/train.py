@@ -19,7 +19,8 @@ from pathlib import Path
 from .checkpoint import TRAINING_KIND, CheckpointError, kept_checkpoints, load_checkpoint
 from .cli import number
 from .data import AudioError
-from .distributed import shutdown
+from .devices import resolve_device
+from .distributed import FailureShared, init_world, shutdown
 from .run_config import (
     RunConfig,
     apply_overrides,
@@ -77,9 +78,13 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
                              "from its checkpoint: pass --resume or --resume-from too")
     if not resume:      # before --overwrite moves a run aside: a mistyped path moves nothing
         _check_inputs(run, work_dir, overwrite)
-    world_is_main = int(os.environ.get("RANK", "0")) == 0
-    if world_is_main:
-        prepare_work_dir(work_dir, resume, overwrite)
+    # joined before rank 0 alone takes the work dir, so that its refusal reaches every rank
+    device_type = resolve_device(run.device).type
+    world = init_world(device_type)
+    refused = f"rank 0 could not start the run in --work-dir {work_dir} (its error is above)"
+    with FailureShared(world, device_type, refused):
+        if world.is_main:
+            prepare_work_dir(work_dir, resume, overwrite)
     checkpoint = Path(resume_from) if resume_from is not None else work_dir / CHECKPOINT
     if resume and not checkpoint.exists():
         # "start anew" would be refused where the run left other files
@@ -92,13 +97,15 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
             check_manifests(run)
         except FileNotFoundError as err:
             raise FileNotFoundError(_started_elsewhere(checkpoint, run) or str(err)) from None
-    if resume_from is not None and world_is_main and not run_files(work_dir):
+    if resume_from is not None and world.is_main and not run_files(work_dir):
         _note_branch(checkpoint, work_dir)
-    created = world_is_main and not work_dir.exists()
+    created = world.is_main and not work_dir.exists()
+    lock = WorkDirLock(work_dir) if world.is_main else None
+    with FailureShared(world, device_type, refused):
+        if lock:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            lock.__enter__()
     work_dir.mkdir(parents=True, exist_ok=True)
-    lock = WorkDirLock(work_dir) if world_is_main else None
-    if lock:
-        lock.__enter__()
     try:
         if lock and (removed := remove_partial_writes(work_dir)):
             print(f"note: removed what a run killed while saving left: {', '.join(removed)}",

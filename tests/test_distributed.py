@@ -32,7 +32,14 @@ def corpus(tmp_path_factory):
 
 
 def torchrun(config, work_dir, *args):
-    """`orthoasr train` under torchrun with 2 CPU processes (gloo)."""
+    """`orthoasr train` under torchrun with 2 CPU processes (gloo); its stdout."""
+    done = torchrun_process(config, work_dir, *args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def torchrun_process(config, work_dir, *args) -> subprocess.CompletedProcess:
+    """The finished torchrun of `torchrun`, whatever its exit status."""
     # TMPDIR: torchrun's torchelastic_* folders go to the test's folder, not /tmp
     tmp = Path(work_dir).parent / "tmp"
     tmp.mkdir(exist_ok=True)
@@ -40,9 +47,7 @@ def torchrun(config, work_dir, *args):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "orthoasr", "train", "--config", str(config), "--work-dir", str(work_dir),
            *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def write_config(run, path: Path) -> Path:
@@ -113,6 +118,22 @@ def test_ctrl_c_checkpoints_both_ranks_between_log_steps(corpus, tmp_path):
     assert "forcefully" not in out, out[-3000:]
     state = load_checkpoint(work / "checkpoint.pt")
     assert 0 < state["step"] < 2000, out[-3000:]
+
+
+def test_a_start_refused_on_rank_0_alone_ends_every_rank_at_once(corpus, tmp_path):
+    """Rank 0 alone checks and locks the work dir; refused there (a run already in it, say),
+    it ended while the other rank waited for it in the process group's set-up, deaf to
+    torchrun's SIGTERM until torchrun killed it 30 s later ("forcefully exiting")."""
+    config = write_config(tiny_run(corpus, *DETERMINISTIC), tmp_path / "run.yaml")
+    work = tmp_path / "two"
+    work.mkdir()
+    (work / "metrics.csv").write_text("step\n")          # a run is there
+    done = torchrun_process(config, work)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "forcefully" not in out, out[-3000:]
+    assert f"work dir {work} already holds a run" in out
+    assert f"rank 0 could not start the run in --work-dir {work}" in out, out[-3000:]
 
 
 def _average_on_rank(rank: int, init_file: str, out: str) -> None:
