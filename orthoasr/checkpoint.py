@@ -161,7 +161,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+        newest = path / "checkpoint.pt"          # a work dir given for its checkpoint
+        meant = f" (the run's checkpoint: {newest})" if newest.is_file() and \
+            kind in (None, TRAINING_KIND) else ""
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file{meant}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written "
                               "by orthoasr, or its copy was cut short")

@@ -10,6 +10,7 @@ from test_train import tiny_run, write_corpus
 from orthoasr import Recognizer, set_backend
 from orthoasr.checkpoint import (
     SUBNET_KIND,
+    TRAINING_KIND,
     CheckpointError,
     kept_checkpoints,
     load_checkpoint,
@@ -235,3 +236,19 @@ def test_stage1_checkpoint_evaluates_the_supernet_and_refuses_export(corpus, tmp
     assert 0.0 <= rows[0]["wer_dev"] and 0.0 <= rows[0]["wer_test"]
     with pytest.raises(ValueError, match="from stage 1: no frozen subnets"):
         load_trained(tmp_path / "checkpoint.pt").subnet_gates(0)
+
+
+def test_a_work_dir_given_as_the_checkpoint_names_its_checkpoint(tmp_path):
+    """`--checkpoint runs/tiny` for runs/tiny/checkpoint.pt was refused as a directory, not
+    saying which file was meant."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=rf"checkpoint {run} is a directory, not a "
+                                              rf"file$"):
+        load_checkpoint(run)
+    (run / "checkpoint.pt").write_bytes(b"")
+    for kind in (None, TRAINING_KIND):
+        with pytest.raises(CheckpointError, match=rf"checkpoint {run} is a directory, not a "
+                                                  rf"file \(the run's checkpoint: "
+                                                  rf"{run / 'checkpoint.pt'}\)"):
+            load_checkpoint(run, kind=kind)
