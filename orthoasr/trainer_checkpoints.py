@@ -100,6 +100,7 @@ class TrainerCheckpoints:
             "frozen_masks": None if self.frozen_masks is None else self.frozen_masks.cpu(),
             "step": self.step, "epoch": self.epoch, "batch_index": self.batch_index,
             "plan_position": self.batch_index * self.batches_per_index,
+            "plan_batches_per_step": self.batches_per_index,
             "schedule": {"gamma": self.gamma, "tau": temperature(self.step, self.run.tau0,
                                                                  self.gamma, self.run.tau_min),
                          "lr_factor": lr_factor(self.step, self.run)},
@@ -215,6 +216,7 @@ class TrainerCheckpoints:
         self.step, self.epoch = state["step"], state["epoch"]
         # the position in the epoch's batch plan, whatever the number of ranks that resumes
         self.batch_index = state["plan_position"] // self.batches_per_index
+        self.note_step_change(state.get("plan_batches_per_step"))
         set_rng_states(state["rng"])
         self.budget_rng.setstate(as_tuples(state["rng"]["budget"]))
         if self.world.distributed:
@@ -224,6 +226,20 @@ class TrainerCheckpoints:
     def batches_per_index(self) -> int:
         """Batches of the epoch's plan that one step of this run consumes."""
         return self.world.size * self.run.buckets_per_step
+
+    def note_step_change(self, before: int | None) -> None:
+        """Say so where a step of this run takes another number of the plan's batches than
+        one of the checkpoint's run took (`before`; None in checkpoints from before it was
+        kept): a run resumes on any number of ranks, but its steps then train on more or
+        less data at the same learning rate."""
+        now, ranks = self.batches_per_index, self.world.size
+        if before in (None, now) or not self.world.is_main:
+            return
+        keep = (f": buckets_per_step={before // ranks} keeps its steps" if before % ranks == 0
+                else "")
+        print(f"note: a step of the checkpoint's run trained on {before} of the plan's "
+              f"batches, one of this run trains on {now} ({ranks} rank(s) x buckets_per_step="
+              f"{self.run.buckets_per_step}){keep}", flush=True)
 
     # ------------------------------------------------------------------ metrics
     def write_metrics(self, rows: list[dict]) -> None:

@@ -94,6 +94,19 @@ def test_two_rank_checkpoint_resumes_in_one_process(corpus, tmp_path):
         assert row["loss"] == pytest.approx(tail[row["step"]], rel=2e-3, abs=1e-5)
 
 
+def test_a_resume_that_changes_the_batches_per_step_says_so(corpus, tmp_path, capsys):
+    """A checkpoint resumes on any number of ranks, but a step then trains on another number
+    of the plan's batches (ranks x buckets_per_step) at the same learning rate: a 2-rank run
+    resumed in one process trained on half the data per step without a word. One process
+    with buckets_per_step=2 stands in for the 2 ranks."""
+    train(tiny_run(corpus, *DETERMINISTIC, "buckets_per_step=2"), tmp_path / "run", stop_at=2)
+    capsys.readouterr()
+    train(tiny_run(corpus, *DETERMINISTIC), tmp_path / "run", resume=True)
+    assert ("a step of the checkpoint's run trained on 2 of the plan's batches, one of this "
+            "run trains on 1 (1 rank(s) x buckets_per_step=1): buckets_per_step=2 keeps its "
+            "steps") in capsys.readouterr().out
+
+
 def test_ctrl_c_checkpoints_both_ranks_between_log_steps(corpus, tmp_path):
     """SIGINT to torchrun (which passes it to its ranks, then kills them 30 s later): the
     ranks agree to stop within a few steps, not at the next log step (here never), and the
