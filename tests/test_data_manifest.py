@@ -195,6 +195,18 @@ def test_librispeech_upper_case_extensions(tmp_path):
     assert paths[-2:] == [str(folder / "26-495-0000.FLAC"), str(folder / "26-495-0001.WAV")]
 
 
+@pytest.mark.parametrize("name", ["clip.wav", "clip.FLAC"])
+def test_an_audio_file_given_as_the_manifest_is_named_as_such(tmp_path, name):
+    """`orthoasr eval --test clip.wav` said "clip.wav:1: line is not valid UTF-8 (invalid
+    continuation byte at byte 5)"."""
+    path = tmp_path / name
+    write_wav(path, np.zeros(1600, np.float32), 16000)
+    with pytest.raises(ValueError, match=rf"^{path} is an audio file, not a manifest \(a "
+                                         r"JSONL file of audio_filepath, text and duration "
+                                         r"lines, or a LibriSpeech folder\)$"):
+        load_manifest(path)
+
+
 def test_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_manifest(tmp_path / "nope.jsonl")

@@ -64,6 +64,9 @@ def load_manifest(path: str | os.PathLike, skip_bad: bool = False, check_audio: 
     path = Path(path)
     if path.is_dir():
         records, skipped = _load_librispeech(path, skip_bad, normalize)
+    elif path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
+        raise ValueError(f"{path} is an audio file, not a manifest (a JSONL file of "
+                         "audio_filepath, text and duration lines, or a LibriSpeech folder)")
     elif path.is_file():
         records, skipped = _load_jsonl(path, skip_bad, check_audio, normalize,
                                        duration_tolerance)
