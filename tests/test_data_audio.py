@@ -385,3 +385,13 @@ def test_a_header_rate_no_audio_has_is_refused_before_resampling(tmp_path):
         load_audio(tmp_path / "bad.wav")
     write_wav(tmp_path / "low.wav", _tone(100.0, 1000, 0.5), 1000)
     assert len(load_audio(tmp_path / "low.wav")) == 8000
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".mp3", ".ogg"])
+def test_an_empty_file_is_named_empty(tmp_path, suffix):
+    """A 0-byte file (a copy or download cut off at its start) was "not a RIFF/WAVE file",
+    "not a FLAC file", or corrupt MP3 or Ogg audio."""
+    path = tmp_path / f"clip{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(AudioError, match=rf"^{path}: empty file \(0 bytes\)$"):
+        load_audio(path)

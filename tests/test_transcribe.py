@@ -406,7 +406,7 @@ def test_cli_reports_a_bad_file_and_transcribes_the_others(run, tmp_path, capsys
     assert f"cannot read {path}: " in err and err.count(str(path)) == 1
     reason = err.split(f"cannot read {path}: ")[1].splitlines()[0]
     assert {"missing": "audio file not found", "corrupt": "no data chunk",
-            "empty": "not a RIFF/WAVE file", "loud": "peaks at "}[bad] in reason
+            "empty": "empty file (0 bytes)", "loud": "peaks at "}[bad] in reason
     assert "1 of 3 file(s) could not be transcribed" in err
 
 

@@ -57,6 +57,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     if ext not in AUDIO_EXTENSIONS:
         raise AudioError(f"{path}: unsupported audio format {ext!r} "
                          f"(supported: {', '.join(AUDIO_EXTENSIONS)})")
+    if os.path.getsize(path) == 0:      # a copy or download cut off at its start
+        raise AudioError(f"{path}: empty file (0 bytes)")
     try:
         if ext == ".wav":
             fmt = _wav_format(path)
