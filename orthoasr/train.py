@@ -300,6 +300,11 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
         more = "; continue with --resume" if trainer.step < run.total_steps else ""
         print(f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}"
               f"{more}", flush=True)
+    elif world.is_main:          # the last line says where the run is and what comes next
+        more = f"score it: orthoasr eval --checkpoint {path}" \
+            if trainer.step >= run.total_steps else "continue with --resume"
+        print(f"{'finished' if trainer.step >= run.total_steps else 'stopped'} at step "
+              f"{trainer.step}: checkpoint {path}; {more}", flush=True)
     batches.close()
     _release(trainer)
     return trainer

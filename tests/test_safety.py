@@ -367,6 +367,21 @@ def test_a_run_started_with_nohup_goes_on_after_a_hangup(corpus, tmp_path, monke
     assert os.path.samestat(os.fstat(1), stdout)
 
 
+def test_a_run_ends_saying_where_its_checkpoint_is_and_what_comes_next(corpus, tmp_path,
+                                                                         capsys):
+    """A finished run, or one ended by --stop-at, printed nothing after its last step line:
+    its last line names the checkpoint, and how to score it or go on."""
+    work = tmp_path / "run"
+    run = short_run(corpus, "stage1_steps=3")
+    train(run, work, stop_at=2)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"stopped at step 2: checkpoint {work / 'checkpoint.pt'}; continue with --resume"
+    train(run, work, resume=True)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"finished at step {run.total_steps}: checkpoint {work / 'checkpoint.pt'}; "
+                    f"score it: orthoasr eval --checkpoint {work / 'checkpoint.pt'}")
+
+
 def test_checkpoints_go_out_by_wall_time_and_the_last_k_are_kept(corpus, tmp_path):
     work = tmp_path / "run"
     train(short_run(corpus, "stage1_steps=4", "ckpt_every=100", "ckpt_minutes=1e-9",
