@@ -41,6 +41,7 @@ from .model import (
     sinusoidal_positions,
     time_mask,
 )
+from .nn.common import check_module_inputs
 
 # the shapes a subnet's torch.export program accepts: at least 8 frames (torch.export's
 # guard: its graph needs two frames after the 4x subsampling), at most an hour of 10 ms
@@ -160,7 +161,15 @@ class CompactConformer(nn.Module):
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Blocks and output layer, what a GraphedSubnet replays: x (B, T', D), lengths (B,)
-        -> log_probs (B, T', V) float32; frames past each length are ignored."""
+        -> log_probs (B, T', V) float32; frames past each length are ignored. Its inputs
+        are checked as the supernet's encode checks them (lengths in [0, T'] when they are
+        on the CPU), except when traced: forward's `embed` checked them."""
+        if not torch.compiler.is_compiling():
+            check_module_inputs(x, lengths, None, self.cfg.d_model, 0, [self.head.weight])
+            weight = self.head.weight.dtype
+            if x.dtype != weight and not torch.is_autocast_enabled(x.device.type):
+                raise TypeError(f"x is {x.dtype} but the model's weights are {weight}; "
+                                f"convert with x.to({weight})")
         mask = time_mask(lengths, x.shape[1])[..., None]
         for block in self.blocks:
             x = block(x, mask, lengths)

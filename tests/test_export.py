@@ -339,3 +339,28 @@ def test_a_fixed_gates_run_exports_only_the_subnet_it_trained(run_dir, tmp_path,
     main(["export", "--checkpoint", checkpoint, "--budget", "0.4", "--out",
           str(tmp_path / "sub.pt")])
     assert load_subnet(tmp_path / "sub.pt").budget == 0.4
+
+
+def test_an_exported_subnets_encode_checks_its_inputs_as_the_supernets_does():
+    """`CompactConformer.encode` took the feature lengths in place of `embed`'s (4x too
+    long), lengths of another batch size (broadcast), float or negative lengths, and gave
+    outputs without a word; other widths or dtypes failed inside a LayerNorm or a matmul.
+    Now the supernet's encode's errors, by name."""
+    model = ConformerSupernet(tiny_cfg()).eval()
+    gates = gate_sets(model.num_units)["hard"]
+    sub = extract_subnet(model, gates, head=1)
+    feats, feat_lengths = torch.randn(2, 40, 80), torch.tensor([40, 21])
+    x, lengths = sub.embed(feats, feat_lengths)
+    torch.testing.assert_close(sub.encode(x, lengths), sub(feats, feat_lengths)[0])
+    for bad_x, bad_lengths, error, message in [
+            (x, torch.tensor([40, 21]), ValueError, r"lengths must be in \[0, T=10\]"),
+            (x, torch.tensor([10, -1]), ValueError, r"lengths must be in \[0, T=10\]"),
+            (x, lengths[:1], ValueError, r"lengths must have shape \(2,\), got \(1,\)"),
+            (x, lengths.float(), TypeError, "lengths must be int32 or int64"),
+            (x, [10, 5], TypeError, "lengths must be a tensor, got list"),
+            (x[..., :16], lengths, ValueError, r"x must be a \(B, T, 32\) tensor"),
+            (x.double(), lengths, TypeError,
+             "x is torch.float64 but the model's weights are torch.float32")]:
+        for encode in (lambda a, b: model.encode(a, b, gates, 1), sub.encode):
+            with pytest.raises(error, match=message):
+                encode(bad_x, bad_lengths)
