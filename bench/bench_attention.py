@@ -17,7 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, time_ms, write_rows
 from orthoasr.kernels.gated_attention import gated_attention
 
 CASES = [  # name, B, H, T, Dh, padded, modes
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true", help="also time block-size variants")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     args = parser.parse_args()
+    require_gpu("bench_attention")
     for rows in run(args.variants, not args.no_flex):   # written case by case
         print(write_rows("kernels", rows))
 

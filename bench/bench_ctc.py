@@ -11,10 +11,12 @@ also timed as a graph replay.
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, time_ms, write_rows
 from orthoasr import ctc_loss
 
 CASES = {"B32 T250 U60 V512": (32, 250, 60, 512), "B16 T750 U180 V512": (16, 750, 180, 512)}
@@ -48,6 +50,8 @@ def case_rows(case: str, B: int, T: int, U: int, V: int) -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("bench_ctc")
     rows = [row for case, shape in CASES.items() for row in case_rows(case, *shape)]
     print(f"rows -> {write_rows('ctc', rows)}")
 

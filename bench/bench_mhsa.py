@@ -12,10 +12,12 @@ triton.testing.do_bench, `graph_ms` one CUDA-graph replay of the same call (GPU 
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from bench.baselines.encoder import eager_mhsa
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, time_ms, write_rows
 from orthoasr.nn import GatedMHSA
 
 D, H = 384, 6
@@ -102,6 +104,8 @@ def run():
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("bench_mhsa")
     for rows in run():   # written case by case
         print(write_rows("kernels", rows))
 

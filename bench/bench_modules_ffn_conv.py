@@ -23,7 +23,7 @@ import time
 import torch
 
 from bench.baselines_ffn_conv import eager_conv, eager_ffn
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, time_ms, write_rows
 
 D, FF, CHUNKS, K = 384, 1536, 4, 31
 SHAPES = ((32, 250), (16, 750))
@@ -141,6 +141,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="no torch.compile provider")
     ap.add_argument("--only", choices=("ffn", "conv", "dwconv"), default=None)
     args = ap.parse_args()
+    require_gpu("bench_modules_ffn_conv")
     from orthoasr.nn import GatedConvModule, GatedFeedForward
     dev = "cuda"
     torch.manual_seed(0)

@@ -7,10 +7,12 @@ included) and as CUDA-graph replays (GPU time only). Run: python -m bench.bench_
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 import orthoasr
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, time_ms, write_rows
 from orthoasr.kernels.ortho_softmax import ortho_softmax_reference
 
 
@@ -45,6 +47,8 @@ def _case(n: int, m: int):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("bench_ortho_softmax")
     orthoasr.set_backend("triton")
     rows = []
     for n, m in [(180, 5), (1024, 16)]:

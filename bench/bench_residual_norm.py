@@ -10,10 +10,12 @@ Run: python -m bench.bench_residual_norm
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
-from bench.harness import time_graph_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, write_rows
 from orthoasr.kernels.layer_norm import masked_layer_norm, residual_layer_norm
 
 P, SCALE, D = 0.1, 0.5, 384
@@ -45,6 +47,8 @@ def _providers(frames: int):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("bench_residual_norm")
     rows = []
     for frames in (8000, 40000):
         for provider, (fwd, step) in _providers(frames).items():

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from bench.harness import time_graph_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
 
 # (name, K, N): the FFN's K = 384 and K = 1536 products, the MHSA's in-projection
@@ -300,6 +300,7 @@ def main() -> None:
                         help="only the providers whose name holds one of these (cublas is "
                              "always kept)")
     args = parser.parse_args()
+    require_gpu("gemm_probe")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     keep = None if args.providers is None else args.providers + ["cublas"]
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from bench.harness import time_graph_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, write_rows
 from orthoasr.kernels import gated_matmul as gm
 from orthoasr.kernels import gated_wgrad as gw
 from orthoasr.kernels.launch import gpu_asm
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
                     help="only the GEMMs whose names start with one of these (g1 g3 ...)")
     args = ap.parse_args()
+    require_gpu("gemm_sweep")
     B, T = SHAPES[args.shape]
     M, dev, bf = B * T, "cuda", torch.bfloat16
     torch.manual_seed(0)

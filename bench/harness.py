@@ -43,6 +43,14 @@ def environment() -> dict:
     }
 
 
+def require_gpu(name: str) -> None:
+    """Exit with a message, before any work or any row written, where no CUDA GPU is: the
+    module times CUDA kernels (bench/gpu_all.sh runs it on the device machine)."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"bench.{name} times CUDA kernels: it needs a GPU (bench/gpu_all.sh "
+                         "runs it on the device machine); nothing was run or written")
+
+
 def _commit_file() -> str:
     """The commit written to .commit by whoever sent this checkout to the device machine."""
     path = Path(__file__).resolve().parent.parent / ".commit"

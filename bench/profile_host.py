@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bench.harness import time_graph_ms, write_rows
+from bench.harness import require_gpu, time_graph_ms, write_rows
 
 
 @triton.jit
@@ -121,7 +121,9 @@ def launch_ab(reps: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--launch-ab", action="store_true")
-    if parser.parse_args().launch_ab:
+    args = parser.parse_args()
+    require_gpu("profile_host")
+    if args.launch_ab:
         launch_ab()
         return
     x = torch.empty(16, device="cuda")

@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from bench.bench_floor import SHAPES, gate_patterns, model_gate_patterns
 from bench.floors import EncoderFloor, compiled_floor, encode_gated, module_floor
+from bench.harness import require_gpu
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.model import ConformerSupernet, make_module
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    require_gpu("profile_kernels")
     set_backend("auto")
     cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
     B, T = SHAPES[args.shape]

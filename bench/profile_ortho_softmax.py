@@ -3,16 +3,19 @@ where the forward and backward spend their time. Run: python -m bench.profile_or
 
 from __future__ import annotations
 
+import argparse
 from functools import partial
 
 import torch
 
 import orthoasr
-from bench.harness import time_graph_ms
+from bench.harness import require_gpu, time_graph_ms
 from orthoasr.kernels.ortho_softmax import ortho_softmax_bwd_triton, ortho_softmax_fwd_triton
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("profile_ortho_softmax")
     n, m = 180, 5
     costs, rest, total = orthoasr.unit_costs(orthoasr.SupernetConfig(), "params")
     costs = costs.float().cuda()

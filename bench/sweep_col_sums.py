@@ -8,9 +8,11 @@ Run: python -m bench.sweep_col_sums
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
-from bench.harness import time_graph_ms
+from bench.harness import require_gpu, time_graph_ms
 from bench.sweeps import B, T, report, step_lengths, time_configs
 from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_wgrad import col_sums
@@ -21,6 +23,8 @@ CONFIGS = [{}, dict(BM=32), dict(BM=64), dict(BM=16), dict(BN=256, num_warps=8)]
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("sweep_col_sums")
     torch.manual_seed(0)
     lengths = step_lengths()
     valid = valid_mask(lengths, T).reshape(-1, 1)

@@ -9,8 +9,11 @@ Run: python -m bench.sweep_conv
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
+from bench.harness import require_gpu
 from bench.sweeps import B, T, report, step_lengths, time_configs
 from orthoasr.kernels.common import valid_mask
 from orthoasr.kernels.gated_conv import (
@@ -47,6 +50,8 @@ DW_CONFIGS = [{}, dict(LOAD_STAGES=1), dict(LOAD_STAGES=2), dict(SPAN=32), dict(
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("sweep_conv")
     torch.manual_seed(0)
     M = B * T
     lengths = step_lengths()

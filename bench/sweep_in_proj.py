@@ -8,10 +8,12 @@ Run: python -m bench.sweep_in_proj
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
-from bench.harness import time_graph_ms
+from bench.harness import require_gpu, time_graph_ms
 from bench.sweeps import report, time_configs
 from orthoasr.kernels.gated_mhsa import in_proj_fwd_triton
 
@@ -24,6 +26,8 @@ CONFIGS = [{}, dict(TMA=False),
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    require_gpu("sweep_in_proj")
     torch.manual_seed(0)
     rows = []
     w = torch.randn(3 * D, D, device="cuda", dtype=torch.bfloat16) * D ** -0.5

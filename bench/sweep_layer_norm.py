@@ -9,10 +9,12 @@ Run: python -m bench.sweep_layer_norm [--residual]
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
-from bench.harness import time_graph_ms
+from bench.harness import require_gpu, time_graph_ms
 from bench.sweeps import B, T, report, step_lengths, time_configs
 from orthoasr.kernels.layer_norm import layer_norm_bwd, layer_norm_fwd
 from orthoasr.kernels.residual_step import step_in, step_out
@@ -129,8 +131,12 @@ def _step_rows(p: float) -> list[dict]:
 
 
 def main() -> None:
-    import sys
-    if "--residual" in sys.argv:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--residual", action="store_true",
+                        help="the LayerNorm with a residual step fused (dropout 0.1 and 0)")
+    args = parser.parse_args()
+    require_gpu("sweep_layer_norm")
+    if args.residual:
         rows = _step_rows(0.1) + _step_rows(0.0)
     else:
         rows = _rows(torch.float32) + _rows(torch.bfloat16)
