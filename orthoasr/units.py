@@ -128,14 +128,21 @@ def unit_costs(cfg: SupernetConfig, criterion: str | None = None,
 
 def subnet_cost(cfg: SupernetConfig, gates, criterion: str | None = None,
                 frames: int | None = None) -> float:
-    """Exact cost of the subnet whose units have nonzero `gates` (shape [N]).
+    """Exact cost of the subnet whose units have nonzero `gates` (shape [N]; None: every
+    unit on, as the supernet reads it).
 
     Shared module weights count once for every module with at least one active unit.
     """
     criterion = _criterion(cfg, criterion)
     frames = _frames(cfg, frames)
-    gates = torch.as_tensor(gates).detach().reshape(-1).cpu()
     n = cfg.num_layers * units_per_block(cfg)
+    if gates is None:
+        gates = torch.ones(n)
+    try:
+        gates = torch.as_tensor(gates).detach().reshape(-1).cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"gates must be a tensor of {n} unit gates (or None), got "
+                        f"{type(gates).__name__}") from None
     if gates.numel() != n:
         raise ValueError(f"gates must have {n} entries (one per unit), got {gates.numel()}")
     if gates.is_floating_point() and not bool(torch.isfinite(gates).all()):

@@ -135,3 +135,17 @@ def test_cost_api_rejects_bad_arguments():
         orthoasr.subnet_cost(cfg, torch.full((15,), float("nan")))
     with pytest.raises(ValueError, match="frames"):
         orthoasr.unit_costs(cfg, "flops", frames=0)
+
+
+def test_subnet_cost_reads_gates_none_as_every_unit_and_names_bad_gates():
+    """gates None (every unit on, as the supernet's forward and extract_subnet read it) was
+    torch's "Could not infer dtype of NoneType", a string "new(): invalid data type 'str'"."""
+    cfg = orthoasr.SupernetConfig(num_layers=1)
+    for criterion in ("params", "flops"):
+        assert orthoasr.subnet_cost(cfg, None, criterion) == \
+            orthoasr.subnet_cost(cfg, torch.ones(15), criterion) == \
+            orthoasr.unit_costs(cfg, criterion)[2]
+    for bad in ("all", object()):
+        with pytest.raises(TypeError, match=r"gates must be a tensor of 15 unit gates \(or "
+                                            rf"None\), got {type(bad).__name__}"):
+            orthoasr.subnet_cost(cfg, bad)
