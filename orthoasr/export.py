@@ -31,6 +31,7 @@ from .checkpoint import (
     write_atomically,
 )
 from .config import SupernetConfig, budget_index
+from .data import Tokenizer
 from .devices import resolve_device
 from .model import (
     HALF_STEP,
@@ -178,13 +179,23 @@ class CompactConformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save(self, path: str | Path, tokenizer: bytes | None = None) -> Path:
+    def save(self, path: str | Path, tokenizer: bytes | Tokenizer | None = None) -> Path:
         """Write config, kept widths and weights (and optionally tokenizer bytes) atomically.
         An earlier export at `path` is replaced; any other file (a training checkpoint) is
-        refused, as `orthoasr export --out` refuses it."""
+        refused, as `orthoasr export --out` refuses it. `tokenizer`: its bytes or a
+        `orthoasr.data.Tokenizer` (None: `self.tokenizer_bytes`)."""
+        tokenizer = self.tokenizer_bytes if tokenizer is None else tokenizer
+        if isinstance(tokenizer, Tokenizer):
+            tokenizer = tokenizer.to_bytes()
+        elif isinstance(tokenizer, bytearray):
+            tokenizer = bytes(tokenizer)
+        elif tokenizer is not None and not isinstance(tokenizer, bytes):
+            # a path would be saved as the tokenizer, an object pickled into a file that
+            # load_subnet (weights_only) refuses
+            raise TypeError(f"tokenizer must be a Tokenizer, its bytes or None, got "
+                            f"{type(tokenizer).__name__}")
         path = Path(path)
         check_replaceable("path", path, _why_not_a_subnet)
-        tokenizer = self.tokenizer_bytes if tokenizer is None else tokenizer
         return save_checkpoint(path, {
             "kind": SUBNET_KIND, "config": self.cfg.to_dict(), "widths": self.widths,
             "budget": self.budget, "state_dict": self.state_dict(), "tokenizer": tokenizer,

@@ -364,3 +364,23 @@ def test_an_exported_subnets_encode_checks_its_inputs_as_the_supernets_does():
         for encode in (lambda a, b: model.encode(a, b, gates, 1), sub.encode):
             with pytest.raises(error, match=message):
                 encode(bad_x, bad_lengths)
+
+
+def test_save_takes_a_tokenizer_or_its_bytes_and_refuses_anything_else(tmp_path):
+    """`sub.save(path, tokenizer=Tokenizer)` pickled the object: the file was written, then
+    load_subnet refused it as "not written by orthoasr"; a tokenizer's path (a str) was
+    saved as the tokenizer and failed in Recognizer.from_subnet. A Tokenizer is now saved as
+    its bytes, anything else but bytes refused before the file is touched."""
+    from orthoasr.data import Tokenizer
+    tokenizer = Tokenizer.train(["turn the light on", "stop the music"], vocab_size=20)
+    model = ConformerSupernet(tiny_cfg()).eval()
+    sub = extract_subnet(model, None)
+    path = sub.save(tmp_path / "sub.pt", tokenizer=tokenizer)
+    assert load_subnet(path).tokenizer_bytes == tokenizer.to_bytes()
+    assert load_subnet(sub.save(path, tokenizer=bytearray(b"tok"))).tokenizer_bytes == b"tok"
+    before = path.read_bytes()
+    for bad in ("tokenizer.model", tmp_path / "tokenizer.model", 3):
+        with pytest.raises(TypeError, match=r"tokenizer must be a Tokenizer, its bytes or "
+                                            rf"None, got {type(bad).__name__}"):
+            sub.save(path, tokenizer=bad)
+    assert path.read_bytes() == before
