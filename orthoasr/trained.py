@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import TRAINING_KIND, load_checkpoint
+from .devices import resolve_device
 from .model import ConformerSupernet
 from .run_config import RunConfig
 
@@ -52,6 +53,11 @@ class Trained:
 
 
 def load_trained(path: str | Path, device="cpu") -> Trained:
+    """The training checkpoint at `path`, its supernet in eval mode on `device` ('cpu',
+    'cuda', 'cuda:N', 'auto' or a torch.device; one this machine lacks is a ValueError
+    naming it, as load_subnet's)."""
+    # checked first: torch.load's error for a missing GPU would read as a corrupt file
+    device = resolve_device(device)
     state = load_checkpoint(path, map_location=device, kind=TRAINING_KIND,
                             needs=("model", "tokenizer"))
     run = RunConfig.from_dict(state["run_config"])

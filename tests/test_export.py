@@ -384,3 +384,18 @@ def test_save_takes_a_tokenizer_or_its_bytes_and_refuses_anything_else(tmp_path)
                                             rf"None, got {type(bad).__name__}"):
             sub.save(path, tokenizer=bad)
     assert path.read_bytes() == before
+
+
+def test_load_trained_names_a_device_it_cannot_map_to(run_dir, monkeypatch):
+    """load_trained(path, "cuda") without a GPU, or "auto", said the checkpoint was "corrupt
+    or truncated" (torch.load's error for the map_location, caught as a bad file);
+    load_subnet names the device, and so does load_trained now."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = run_dir / "checkpoint.pt"
+    with pytest.raises(ValueError, match="device 'cuda' requested but no CUDA GPU"):
+        load_trained(path, "cuda")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', "
+                                         "got 'gpu'"):
+        load_trained(path, "gpu")
+    for device in ("auto", torch.device("cpu")):
+        assert load_trained(path, device).model.heads[0].weight.device.type == "cpu"
