@@ -549,6 +549,8 @@ class ConformerSupernet(nn.Module):
         if gates is not None:
             if not isinstance(gates, torch.Tensor):
                 raise TypeError(f"gates must be a tensor or None, got {type(gates).__name__}")
+            if not gates.is_floating_point():     # as the modules refuse them, but here
+                raise TypeError(f"gates must be floating point, got {gates.dtype}")
             if gates.shape != (self.num_units,):
                 raise ValueError(f"gates must have shape ({self.num_units},) (one per unit), "
                                  f"got {tuple(gates.shape)}")

@@ -251,3 +251,20 @@ def test_spec_augment_load_audio_and_head_name_bad_values(tmp_path):
     x, lengths = torch.randn(1, 8, 16), torch.tensor([8])
     with pytest.raises(ValueError, match="head must be an int in .*got True"):
         model.encode(x, lengths, torch.ones(model.num_units), head=True)
+
+
+def test_integer_gates_are_refused_where_they_are_given():
+    """Integer gates passed Recognizer(...) and dead_modules and failed at the first
+    transcribe, once audio was read ("gates must be floating point" from inside a module;
+    bool gates were refused at once). Now the supernet's gate check names them wherever
+    they are given, as the modules do."""
+    from orthoasr.data import Tokenizer
+    orthoasr.set_backend("torch")
+    model = _tiny_supernet()
+    tokenizer = Tokenizer.train(["turn the light on", "stop the music"], vocab_size=20)
+    gates = torch.ones(model.num_units, dtype=torch.long)
+    for call in (lambda: orthoasr.Recognizer(model, tokenizer, gates=gates, head=0),
+                 lambda: model.dead_modules(gates), lambda: model.full_modules(gates),
+                 lambda: model.encode(torch.randn(1, 5, 32), torch.tensor([5]), gates)):
+        with pytest.raises(TypeError, match=r"gates must be floating point, got torch.int64"):
+            call()
