@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.floors import EncoderFloor, check_floor, compiled_floor, module_floor
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu_unless_checking, time_graph_ms, time_ms, write_rows
 from orthoasr import set_backend
 from orthoasr.config import SupernetConfig
 from orthoasr.kernels.common import FrozenOperands, staged_copies
@@ -336,6 +336,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true",
                         help="leave out compile_floor (its max-autotune takes ~8 min a shape)")
     args = parser.parse_args()
+    require_gpu_unless_checking("bench_floor", args.check)
     run(args.cases, args.modules, args.check, args.timings, args.out, args.gates,
         not args.no_compile, args.modes)
 

@@ -54,7 +54,7 @@ from bench.baselines import EagerEncoder
 from bench.e2e_trainer import PROVIDERS as TRAINER_PROVIDERS
 from bench.e2e_trainer import run_trainer
 from bench.floors import encode_gated
-from bench.harness import time_graph_ms, time_ms, write_rows
+from bench.harness import require_gpu_unless_checking, time_graph_ms, time_ms, write_rows
 from bench.report import main as report_main
 from orthoasr import set_backend
 from orthoasr.backend import use_triton
@@ -322,13 +322,13 @@ def main() -> None:
     parser.add_argument("--trainer-steps", type=int, default=100,
                         help="steps per stage of the full trainer (issue 14 measured 100)")
     args = parser.parse_args()
+    # before the checks: a timing run on the CPU would check, fail every timing, and
+    # regenerate bench/RESULTS.md
+    require_gpu_unless_checking("e2e", args.check)
     encoder_work = [WORKLOADS[w] for w in args.workloads if w != TRAINER]
     failures = run(encoder_work, args.providers, args.timings, args.check, args.out,
                    args.compile_mode) if encoder_work else 0
     if TRAINER in args.workloads and not args.check:
-        if not torch.cuda.is_available():
-            raise SystemExit("the trainer workload times CUDA steps: it needs a GPU "
-                             "(--workloads without trainer, or --check, on the CPU)")
         # the trainer's providers that this run names (it has no compiled reference)
         run_trainer([p for p in args.providers if p in TRAINER_PROVIDERS],
                     steps=args.trainer_steps, out=args.out)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import write_rows
+from bench.harness import require_gpu, write_rows
 from bench.train_step import corpus_manifests
 from orthoasr.run_config import load_run_config
 from orthoasr.train import Trainer, train
@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for e2e.json (default "
                         "bench/results)")
     args = parser.parse_args()
+    require_gpu("e2e_trainer")          # before the corpus is made (minutes)
     run_trainer(args.providers, config=args.config, preset=args.preset,
                 work_dir=args.work_dir, steps=args.steps, warmup=args.warmup,
                 max_frames=args.max_frames, settings=args.set, out=args.out)

@@ -51,6 +51,22 @@ def require_gpu(name: str) -> None:
                          "runs it on the device machine); nothing was run or written")
 
 
+def require_gpu_unless_checking(name: str, check: bool) -> None:
+    """Where no CUDA GPU is, only `--check` runs, and only under TRITON_INTERPRET=1 (else
+    `ours` is the PyTorch path and the check never reaches the kernels): anything else exits
+    with a message before any work."""
+    if torch.cuda.is_available():
+        return
+    if not check:
+        raise SystemExit(f"bench.{name} times CUDA kernels: it needs a GPU; on the CPU "
+                         f"`TRITON_INTERPRET=1 python -m bench.{name} --check` runs its "
+                         "equality checks. Nothing was run or written")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit(f"bench.{name} --check on the CPU: run it with TRITON_INTERPRET=1 "
+                         "(else `ours` is the PyTorch path and the check never reaches the "
+                         "Triton kernels)")
+
+
 def _commit_file() -> str:
     """The commit written to .commit by whoever sent this checkout to the device machine."""
     path = Path(__file__).resolve().parent.parent / ".commit"

@@ -43,3 +43,39 @@ def test_a_gpu_benchmark_has_help_and_says_it_needs_a_gpu(module):
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert f"bench.{module}" in done.stderr and "needs a GPU" in done.stderr, done.stderr
     assert _results_digest() == before, "a run without a GPU changed bench/results"
+
+
+@pytest.mark.parametrize("module, args", [
+    ("bench_floor", ["--modules", "ffn", "--cases", "B32xT250", "--gates", "all-on"]),
+    ("e2e", ["--workloads", "dense", "--providers", "eager_reference"]),
+    ("e2e_trainer", ["--steps", "2", "--warmup", "1"]),
+    ("ddp_scaling", ["--steps", "2", "--warmup-steps", "0"]),
+])
+def test_a_timing_run_without_a_gpu_exits_before_any_work(module, args, tmp_path):
+    """bench_floor and e2e used to run their equality checks, fail every timing and (e2e)
+    regenerate bench/RESULTS.md; e2e_trainer and ddp_scaling to synthesise their corpus
+    (minutes) first, ddp_scaling then to train on the CPU."""
+    work = tmp_path / "work"
+    extra = ["--work-dir", str(work)] if module in ("e2e_trainer", "ddp_scaling") else []
+    before = {**_results_digest(), "RESULTS.md": (ROOT / "bench" / "RESULTS.md").read_text()}
+    done = _bench(module, *args, *extra, "--out", str(tmp_path / "out"))
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"bench.{module}" in done.stderr and "GPU" in done.stderr, done.stderr[-2000:]
+    assert not work.exists() and not (tmp_path / "out").exists()
+    assert {**_results_digest(), "RESULTS.md": (ROOT / "bench" / "RESULTS.md").read_text()} \
+        == before
+
+
+@pytest.mark.parametrize("module, args", [("bench_floor", ["--modules", "ffn"]),
+                                          ("e2e", ["--workloads", "dense"])])
+def test_a_cpu_check_needs_the_interpreter(module, args):
+    """Without TRITON_INTERPRET=1 `ours` is the PyTorch path: bench_floor's --check passed
+    without ever running a kernel (e2e's refused already)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", f"bench.{module}", "--check", *args],
+                          env={**env, "CUDA_VISIBLE_DEVICES": ""}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "TRITON_INTERPRET=1" in done.stderr and "Traceback" not in done.stderr, \
+        done.stderr[-2000:]
