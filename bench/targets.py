@@ -45,8 +45,8 @@ TARGET_GPU = "H200"
 
 
 def on_card(rows: list[dict], gpu: str = TARGET_GPU) -> list[dict]:
-    """The rows measured on a card whose name holds `gpu`."""
-    return [row for row in rows if gpu in row.get("gpu", "")]
+    """The rows measured on a card whose name holds `gpu` (any case: "h100", "NVIDIA H200")."""
+    return [row for row in rows if gpu.lower() in row.get("gpu", "").lower()]
 
 
 def rows_of_main(rows: list[dict]) -> list[dict]:
@@ -227,8 +227,12 @@ def main() -> None:
             raise SystemExit(f"bench.targets: {path} not found; the GPU benchmarks write it "
                              "(bench/gpu_all.sh)")
     rows = rows_of_main(json.loads(RESULTS.read_text()))
+    if not on_card(rows, args.gpu):     # else every target would read "not measured"
+        cards = sorted({row.get("gpu", "") for row in rows})
+        raise SystemExit(f"bench.targets: no rows of a card named like {args.gpu!r} in "
+                         f"{RESULTS}; its cards: {', '.join(cards)}")
     print(render(rows, args.gpu))
-    if args.gpu != TARGET_GPU:      # issue 14's rows are H200 runs only
+    if TARGET_GPU.lower() not in args.gpu.lower():      # issue 14's rows are H200 runs only
         return
     print(render_e2e(rows_of_main(json.loads((RESULTS.parent / "e2e.json").read_text()))))
 

@@ -79,3 +79,18 @@ def test_a_cpu_check_needs_the_interpreter(module, args):
     assert done.returncode != 0, done.stdout[-2000:]
     assert "TRITON_INTERPRET=1" in done.stderr and "Traceback" not in done.stderr, \
         done.stderr[-2000:]
+
+
+def test_targets_read_a_card_by_any_part_of_its_name_and_refuse_one_without_rows():
+    """`bench.targets --gpu h100` read no rows (the match was case-sensitive) and printed
+    every target as "not measured", as did a card with no rows at all (exit 0);
+    `--gpu "NVIDIA H200"`, the target card by its full name, left out issue 14's table."""
+    def targets(*args):
+        return _bench("targets", *args)
+    assert targets("--gpu", "h100").stdout == targets("--gpu", "H100").stdout
+    assert "| yes |" in targets("--gpu", "H100").stdout
+    assert targets("--gpu", "NVIDIA H200").stdout == targets().stdout
+    assert "trainer stage 1" in targets().stdout
+    done = targets("--gpu", "A100")
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "A100" in done.stderr and "NVIDIA H200" in done.stderr, done.stderr
