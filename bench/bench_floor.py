@@ -323,13 +323,17 @@ def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    # choices: a name misspelt would otherwise match nothing and run nothing, silently
     parser.add_argument("--modules", nargs="*",
-                        default=["ffn", "conv", "mhsa", "attention", "encoder"])
-    parser.add_argument("--timings", nargs="*", default=["graph", "eager"])
+                        default=["ffn", "conv", "mhsa", "attention", "encoder"],
+                        choices=["ffn", "conv", "mhsa", "attention", "encoder"])
+    parser.add_argument("--timings", nargs="*", default=["graph", "eager"],
+                        choices=["graph", "eager"])
     parser.add_argument("--gates", nargs="*", default=None,
-                        help="gate patterns to run (all-on, dense, half, off, soft; default all)")
-    parser.add_argument("--modes", nargs="*", default=None,
-                        help="modes to time (fwd, fwd+bwd, infer: the encoder's; default all)")
+                        choices=["all-on", "dense", "half", "off", "soft"],
+                        help="gate patterns to run (default all)")
+    parser.add_argument("--modes", nargs="*", default=None, choices=["fwd", "fwd+bwd", "infer"],
+                        help="modes to time (infer: the encoder's; default all)")
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for kernels.json "
                         "(default bench/results)")

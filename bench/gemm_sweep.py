@@ -111,7 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
-    ap.add_argument("--families", nargs="*", default=["rows", "wgrad"])
+    ap.add_argument("--families", nargs="*", default=["rows", "wgrad"],
+                    choices=["rows", "wgrad", "wgrad_tma"])
     ap.add_argument("--options", action="store_true",
                     help="the default tiles only; row GEMMs without and with each option "
                          "(TMA; the register cap where the default has one; AUX_ALL_ROWS, "
@@ -199,7 +200,7 @@ def main() -> None:
     rows = []
     families = {"rows": (row_gemms, ROW_CONFIGS), "wgrad": (wgrads, WGRAD_CONFIGS),
                 "wgrad_tma": (wgrads, WGRAD_TMA_CONFIGS)}
-    for family, configs in (families[f] for f in args.families if f in families):
+    for family, configs in (families[f] for f in args.families):
         for name, (ours, cublas) in family.items():
             if args.only and not any(name.startswith(prefix) for prefix in args.only):
                 continue

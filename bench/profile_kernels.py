@@ -128,8 +128,10 @@ FLOOR_PROVIDERS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
-    parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"])
-    parser.add_argument("--gates", nargs="*", default=["all-on", "half", "off", "soft"])
+    parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"],
+                        choices=["ffn", "conv", "mhsa", "encoder"])
+    parser.add_argument("--gates", nargs="*", default=["all-on", "half", "off", "soft"],
+                        choices=["all-on", "dense", "half", "off", "soft"])
     parser.add_argument("--modes", nargs="*", default=["fwd+bwd"], choices=["fwd+bwd", "fwd"])
     parser.add_argument("--providers", nargs="*", default=["ours"],
                         choices=["ours", *FLOOR_PROVIDERS])
