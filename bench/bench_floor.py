@@ -174,10 +174,10 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
         for kind in kinds:
             rows, patterns = [], {}
             if kind == "attention":
+                # written as measured, to `out` (they used to go to bench/results as well,
+                # and be written twice there)
                 rows += _attention_rows(cfg, shape, B, T, lengths, device, timings,
-                                        check_only)
-                if rows:
-                    write_rows("kernels", rows, out)
+                                        check_only, out)
             elif kind == "encoder":
                 patterns = model_gate_patterns(model)
                 ours_module = model
@@ -281,7 +281,8 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
     return written
 
 
-def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only) -> list:
+def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only,
+                    out=None) -> list:
     """The attention core alone: ours with key padding vs SDPA with the mask and without.
     Each on the layout its projections give it: SDPA separate (B, H, T, Dh) q, k and v; ours
     the packed qkv (B, T, H, 3, Dh) that the MHSA's in-projection writes, its output and
@@ -317,7 +318,7 @@ def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only) -> l
     return _timed_rows(base, providers,
                        lambda p: [qkv] if p == "ours" else [q, k, v],
                        lambda p: grad_packed if p == "ours" else grad,
-                       ("fwd", "fwd+bwd"), timings)
+                       ("fwd", "fwd+bwd"), timings, out)
 
 
 def main() -> None:

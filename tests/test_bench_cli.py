@@ -5,6 +5,7 @@ bench/results as it was (it used to fail with a traceback, or, bench_ortho_softm
 a failure per size, exit 0 and rewrite bench/results/ortho_softmax.json)."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -108,3 +109,20 @@ def test_a_misspelt_choice_is_refused(module, args):
     after the model was built)."""
     done = _bench(module, *args)
     assert done.returncode == 2 and "invalid choice" in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.gpu
+def test_bench_floor_writes_attention_rows_once_and_only_to_out(tmp_path):
+    """The attention core's rows were written as measured to bench/results (the timing
+    helper was not handed --out) and once more, all together, to --out: with --out
+    elsewhere bench/results still changed, and without it every row was there twice."""
+    before = _results_digest()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "bench.bench_floor", "--modules", "attention",
+                           "--cases", "B32xT250", "--timings", "eager", "--out", str(tmp_path)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _results_digest() == before, "bench_floor --out changed bench/results"
+    rows = json.loads((tmp_path / "kernels.json").read_text())
+    keys = [(r["mode"], r["provider"], r["timing"]) for r in rows]
+    assert rows and len(keys) == len(set(keys)), keys
