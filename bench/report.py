@@ -34,17 +34,19 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
     for (table, _case), case_rows in newest_by_case(rows, by_provider=True).items():
         tables[table] += case_rows
     for table, group in sorted(tables.items()):
-        first = group[0]
         used = {r["run_id"]: r for r in group}.values()
         lines += [f"## {table}", ""]
         lines += [f"run {r['run_id']}: {r['gpu']} · torch {r['torch']} · triton {r['triton']} · "
                   f"commit {r['commit']} · {r['date']}  " for r in used]
         lines.append("")
         extras = sorted({k for r in group for k in r if k not in EXTRA_SKIP})
-        # rows time in ms; a table may name its own unit (then shown as is), else µs
-        unit = first.get("time_unit")
+        # rows time in ms; a table may name its own unit (then shown as is), else µs; where
+        # its runs name different units (ddp's older rows: s per utt), each time names its own
+        units = {r.get("time_unit") or "µs" for r in group}
+        one_unit = len(units) == 1
         # a case may take its providers from runs on different cards: each row names its card
-        lines += [f"| case | mode | provider | card | time ({unit or 'µs'}) | speed-up | "
+        lines += [f"| case | mode | provider | card | time{f' ({units.pop()})' if one_unit else ''}"
+                  " | speed-up | "
                   + " | ".join(extras) + " |",
                   "|" + "---|" * (6 + len(extras))]
         by_key = {_key(r, r["provider"]): r for r in group}
@@ -53,7 +55,9 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
             same_run = base and r.get("baseline") and base["run_id"] == r["run_id"]
             speedup = f"{base['ms'] / r['ms']:.2f}×" if same_run else ""
             cells = [_fmt(r.get(k, "")) for k in extras]
+            unit = r.get("time_unit")
             time = _fmt(float(r["ms"])) if unit else f"{r['ms'] * 1e3:.1f}"
+            time += "" if one_unit else f" {unit or 'µs'}"
             lines.append(f"| {r['case']} | {r['mode']} | {r['provider']} | {_card(r)} | {time} "
                          f"| {speedup} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -7,6 +7,7 @@ a failure per size, exit 0 and rewrite bench/results/ortho_softmax.json)."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,30 @@ def test_bench_floor_writes_attention_rows_once_and_only_to_out(tmp_path):
     rows = json.loads((tmp_path / "kernels.json").read_text())
     keys = [(r["mode"], r["provider"], r["timing"]) for r in rows]
     assert rows and len(keys) == len(set(keys)), keys
+
+
+def test_report_names_each_rows_unit_where_a_tables_runs_differ(tmp_path):
+    """RESULTS.md's ddp table headed every time with its first row's unit (s per utt), so
+    the newer runs' ms per audio s read as s per utt. Rendered by bench.report from a copy
+    of it (its results folder is its own: the repo's RESULTS.md stays as it is)."""
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    for name in ("__init__.py", "report.py", "targets.py"):
+        shutil.copy(ROOT / "bench" / name, tmp_path / "bench" / name)
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2", "triton": "3", "commit": "abc1234"}
+    rows = [{"table": "ddp", "case": "old", "mode": "train", "provider": "1 GPU",
+             "baseline": "1 GPU", "time_unit": "s per utt", "ms": 0.002,
+             "date": "2026-11-25T19:00:00+00:00", "run_id": "r1", **env},
+            {"table": "ddp", "case": "new", "mode": "train", "provider": "1 GPU",
+             "baseline": "1 GPU", "time_unit": "ms per audio s", "ms": 0.25,
+             "date": "2026-11-25T21:00:00+00:00", "run_id": "r2", **env},
+            {"table": "ctc", "case": "c", "mode": "fwd", "provider": "ours", "ms": 0.05,
+             "date": "2026-11-25T21:00:00+00:00", "run_id": "r3", **env}]
+    (tmp_path / "bench" / "results" / "rows.json").write_text(json.dumps(rows))
+    done = subprocess.run([sys.executable, "-m", "bench.report"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "bench" / "RESULTS.md").read_text()
+    assert "| old | train | 1 GPU | H100 | 0.002 s per utt |" in text, text
+    assert "| new | train | 1 GPU | H100 | 0.25 ms per audio s |" in text, text
+    assert "| case | mode | provider | card | time (µs) |" in text        # one unit: as before
+    assert "| c | fwd | ours | H100 | 50.0 |" in text
