@@ -29,7 +29,7 @@ as they would for a user, and recompile per live-unit count (the recompile limit
 to 64 and made an error). Before timing, each provider's losses and gradients (or outputs on
 valid frames) are compared with ours.
 
-Rows go to bench/results/e2e.json (table "e2e"): workload, shape, case, mode, provider,
+Rows go to <--out or bench/results>/e2e.json (table "e2e"): workload, shape, case, mode, provider,
 timing (`graph`: a CUDA-graph replay, where the provider can be captured, i.e. not a
 host-syncing hard-gated reference, so ours' graph rows of the hard-gated workloads have no
 baseline row; `eager`), ms, audio_s_per_s (seconds of audio, valid frames x 0.04 s, per
