@@ -278,12 +278,12 @@ def check_manifests(run: RunConfig) -> None:
 def _synth_hint(manifest: str | Path) -> str:
     """For a manifest of a corpus that `orthoasr synth` makes (<folder>/synth-<preset>/), the
     command that makes it, as the start of a clause; else ""."""
-    from .data.synth import PRESETS
+    from .data.synth import PRESETS, default_corpus_dir
     folder = Path(manifest).parent
     preset = folder.name.removeprefix("synth-")
     if not folder.name.startswith("synth-") or preset not in PRESETS:
         return ""
-    out = "" if folder == Path("data", folder.name) else f" --out {folder}"
+    out = "" if folder == Path(default_corpus_dir(preset)) else f" --out {folder}"
     return f"`orthoasr synth --preset {preset}{out}` makes that corpus, or "
 
 
