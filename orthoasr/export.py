@@ -38,6 +38,7 @@ from .model import (
     ConformerSupernet,
     VGGFrontend,
     block_layout,
+    check_embedded,
     check_features,
     sinusoidal_positions,
     time_mask,
@@ -167,10 +168,7 @@ class CompactConformer(nn.Module):
         on the CPU), except when traced: forward's `embed` checked them."""
         if not torch.compiler.is_compiling():
             check_module_inputs(x, lengths, None, self.cfg.d_model, 0, [self.head.weight])
-            weight = self.head.weight.dtype
-            if x.dtype != weight and not torch.is_autocast_enabled(x.device.type):
-                raise TypeError(f"x is {x.dtype} but the model's weights are {weight}; "
-                                f"convert with x.to({weight})")
+            check_embedded(self.head.weight.dtype, x)
         mask = time_mask(lengths, x.shape[1])[..., None]
         for block in self.blocks:
             x = block(x, mask, lengths)

@@ -133,6 +133,15 @@ class VGGFrontend(nn.Module):
         return nn.functional.linear(x.permute(0, 2, 3, 1).flatten(2), weight, self.proj.bias)
 
 
+def check_embedded(weight_dtype: torch.dtype, x) -> None:
+    """encode's x (B, T', D) (the supernet's and the exported subnet's): `embed`'s output
+    dtype, the weights' (any under autocast); the modules check its shape."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != weight_dtype and \
+            not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"x is {x.dtype} but the model's weights are {weight_dtype}; convert "
+                        f"with x.to({weight_dtype})")
+
+
 def check_features(cfg: SupernetConfig, weight_dtype: torch.dtype, features, lengths
                    ) -> None:
     """The checks of a model's inputs, features (B, T, F) and lengths (B,) (the supernet's
@@ -334,7 +343,7 @@ class ConformerSupernet(nn.Module):
         that are all 1 there the output is the same, from the dense path. frozen_operands,
         skip_dead_blocks, batch_streams: as run_blocks takes them."""
         self._check_gates(x, gates, head)
-        self._check_embedded(x)
+        check_embedded(self.heads[0].weight.dtype, x)
         if not isinstance(lengths, torch.Tensor):     # the modules check the rest of it
             raise TypeError(f"lengths must be a tensor, got {type(lengths).__name__}")
         x = self.run_blocks(self.dropout(x), lengths, gates, skip, full,
@@ -536,15 +545,6 @@ class ConformerSupernet(nn.Module):
     def _check_features(self, features, lengths) -> None:
         check_features(self.cfg, self.frontend.proj.weight.dtype, features, lengths)
 
-    def _check_embedded(self, x) -> None:
-        """encode's x: `embed`'s output dtype (the weights', or any under autocast); the
-        modules check its shape."""
-        weight = self.heads[0].weight.dtype
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != weight and \
-                not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"x is {x.dtype} but the model's weights are {weight}; convert "
-                            f"with x.to({weight})")
-
     def _check_gates(self, x, gates, head) -> None:
         if gates is not None:
             if not isinstance(gates, torch.Tensor):
@@ -572,4 +572,4 @@ class ConformerSupernet(nn.Module):
 
 
 __all__ = ["ConformerSupernet", "ConformerBlock", "VGGFrontend", "sinusoidal_positions",
-           "block_layout", "time_mask", "check_features"]
+           "block_layout", "time_mask", "check_features", "check_embedded"]
