@@ -51,6 +51,8 @@ from orthoasr.kernels.launch import gpu_asm, programmatic_launch
 from orthoasr.model import ConformerSupernet, block_layout, make_module
 
 SHAPES = {"B32xT250": (32, 250), "B16xT750": (16, 750)}
+KINDS = ("ffn", "conv", "mhsa", "attention", "encoder")     # what --modules names
+GATE_PATTERNS = ("all-on", "dense", "half", "off", "soft")   # gate_patterns' names
 BF16 = torch.bfloat16
 # providers that are ours with one setting off for the whole call, forward and backward:
 # what that setting saves, measured in the same run (GPU only)
@@ -325,14 +327,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     # choices: a name misspelt would otherwise match nothing and run nothing, silently
-    parser.add_argument("--modules", nargs="*",
-                        default=["ffn", "conv", "mhsa", "attention", "encoder"],
-                        choices=["ffn", "conv", "mhsa", "attention", "encoder"])
+    parser.add_argument("--modules", nargs="*", default=list(KINDS), choices=KINDS)
     parser.add_argument("--timings", nargs="*", default=["graph", "eager"],
                         choices=["graph", "eager"])
     parser.add_argument("--gates", nargs="*", default=None,
-                        choices=["all-on", "dense", "half", "off", "soft"],
-                        help="gate patterns to run (default all)")
+                        choices=GATE_PATTERNS, help="gate patterns to run (default all)")
     parser.add_argument("--modes", nargs="*", default=None, choices=["fwd", "fwd+bwd", "infer"],
                         help="modes to time (infer: the encoder's; default all)")
     parser.add_argument("--check", action="store_true", help="equality checks only")

@@ -22,7 +22,7 @@ import itertools
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.bench_floor import SHAPES, gate_patterns, model_gate_patterns
+from bench.bench_floor import GATE_PATTERNS, SHAPES, gate_patterns, model_gate_patterns
 from bench.floors import EncoderFloor, compiled_floor, encode_gated, module_floor
 from bench.harness import require_gpu
 from orthoasr import set_backend
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"],
                         choices=["ffn", "conv", "mhsa", "encoder"])
     parser.add_argument("--gates", nargs="*", default=["all-on", "half", "off", "soft"],
-                        choices=["all-on", "dense", "half", "off", "soft"])
+                        choices=GATE_PATTERNS)
     parser.add_argument("--modes", nargs="*", default=["fwd+bwd"], choices=["fwd+bwd", "fwd"])
     parser.add_argument("--providers", nargs="*", default=["ours"],
                         choices=["ours", *FLOOR_PROVIDERS])
