@@ -1,4 +1,5 @@
 import importlib.util
+import re
 import struct
 
 import numpy as np
@@ -153,6 +154,16 @@ def test_channels_that_cancel_are_not_averaged_to_silence(tmp_path):
     assert downmix(empty).shape == (0,)
     offset = np.stack([voice + 0.2, -voice + 0.2], axis=1)     # a DC offset is not sound
     np.testing.assert_allclose(downmix(offset), voice + 0.2, atol=1e-6)
+
+
+def test_downmix_names_samples_that_are_not_frames_by_channels():
+    """downmix, which the Recognizer's refusal of a [samples, channels] waveform names, failed
+    on a 1-D wave with numpy's IndexError ('tuple index out of range') and mixed a batch
+    [B, frames, channels] over its frames, without a word."""
+    for shape in ((5,), (2, 5, 2)):
+        with pytest.raises(ValueError, match=re.escape(
+                f"samples must be [frames, channels], got shape {shape}")):
+            downmix(np.zeros(shape, np.float32))
 
 
 def test_flac_read_and_header(tmp_path):

@@ -497,6 +497,9 @@ def downmix(samples: np.ndarray) -> np.ndarray:
     (CANCELLED_DB): then the loudest channel. Averaged, right = -left is silence, and the
     file's transcript would be empty without a word. Powers are taken about each signal's
     mean, so that a DC offset is not sound."""
+    if samples.ndim != 2:       # else a 1-D wave: an IndexError; a batch: mixed wrongly
+        raise ValueError(f"samples must be [frames, channels], got shape "
+                         f"{tuple(samples.shape)}")
     if samples.shape[1] == 1 or not len(samples):
         return samples.mean(axis=1)
     mean = samples.mean(axis=1)
