@@ -296,18 +296,23 @@ def _train(run: RunConfig, work_dir: Path, resume: bool, stop_at: int | None,
     caught.trainer = None
     if trainer.stop_signal is not None and not trainer.stopped_by:
         trainer.stopped_by = signal.Signals(trainer.stop_signal).name
-    if trainer.stopped_by and world.is_main:
-        more = "; continue with --resume" if trainer.step < run.total_steps else ""
-        print(f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}"
-              f"{more}", flush=True)
-    elif world.is_main:          # the last line says where the run is and what comes next
-        more = f"score it: orthoasr eval --checkpoint {path}" \
-            if trainer.step >= run.total_steps else "continue with --resume"
-        print(f"{'finished' if trainer.step >= run.total_steps else 'stopped'} at step "
-              f"{trainer.step}: checkpoint {path}; {more}", flush=True)
+    if world.is_main:          # the last line says where the run is and what comes next
+        print(_closing_line(trainer, path), flush=True)
     batches.close()
     _release(trainer)
     return trainer
+
+
+def _closing_line(trainer: Trainer, path: Path) -> str:
+    """Where a run that ended (finished, --stop-at, a stop signal) left its checkpoint
+    `path`, and what comes next."""
+    done = trainer.step >= trainer.run.total_steps
+    if trainer.stopped_by:
+        more = "" if done else "; continue with --resume"
+        return f"stopped by {trainer.stopped_by} at step {trainer.step}: checkpoint {path}{more}"
+    more = f"score it: orthoasr eval --checkpoint {path}" if done else "continue with --resume"
+    return (f"{'finished' if done else 'stopped'} at step {trainer.step}: checkpoint {path}; "
+            f"{more}")
 
 
 def _freeze_due(trainer: Trainer) -> bool:
