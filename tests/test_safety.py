@@ -51,6 +51,25 @@ def short_run(corpus, *overrides):
     return tiny_run(corpus, "stage1_steps=2", "stage2_steps=0", *overrides)
 
 
+def after_step(monkeypatch, step: int, action):
+    """Trainer.train_step patched to call action(trainer) once the run is at `step`; returns
+    the real train_step."""
+    real_step = train_module.Trainer.train_step
+
+    def step_then_act(trainer, batch, on_device=None):
+        real_step(trainer, batch, on_device)
+        if trainer.step == step:
+            action(trainer)
+
+    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_act)
+    return real_step
+
+
+def ours(handler) -> bool:
+    """Whether a signal handler is a _stop_signals_caught's (one the run left installed)."""
+    return isinstance(getattr(handler, "__self__", None), train_module._stop_signals_caught)
+
+
 def files_of(folder: Path) -> dict:
     """Each file under `folder`: its inode, modification time and contents."""
     return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
@@ -231,14 +250,7 @@ def restored_after_a_hangup():
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda sig: sig.name)
 def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path, monkeypatch,
                                                                capsys, sig):
-    real_step = train_module.Trainer.train_step
-
-    def step_then_signal(trainer, batch, on_device=None):
-        real_step(trainer, batch, on_device)
-        if trainer.step == 2:
-            os.kill(os.getpid(), sig)
-
-    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_signal)
+    real_step = after_step(monkeypatch, 2, lambda trainer: os.kill(os.getpid(), sig))
     config = tmp_path / "run.yaml"
     config.write_text("{}")
     overrides = as_overrides(tiny_run(corpus, "stage1_steps=5", "ckpt_every=100"))
@@ -248,7 +260,7 @@ def test_signal_checkpoints_at_the_next_step_and_exits_cleanly(corpus, tmp_path,
     assert exit_info.value.code == 128 + sig
     assert f"stopped by {signal.Signals(sig).name} at step 2" in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
-    assert signal.getsignal(sig) is not step_then_signal   # handlers restored
+    assert not ours(signal.getsignal(sig))        # handlers restored
     monkeypatch.setattr(train_module.Trainer, "train_step", real_step)
     trainer = train(tiny_run(corpus, "stage1_steps=5", "ckpt_every=100"), tmp_path / "run",
                     resume=True)
@@ -276,7 +288,7 @@ def test_a_signal_during_the_last_checkpoint_lets_it_be_written(corpus, tmp_path
         pytest.fail(f"the last checkpoint's write was stopped: {stopped!r}")
     assert trainer.step == 3 and trainer.stopped_by == signal.Signals(sig).name
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
-    assert signal.getsignal(sig) is not train_module._stop_signals_caught.handle
+    assert not ours(signal.getsignal(sig))
 
 
 @pytest.mark.usefixtures("restored_after_a_hangup")
@@ -288,15 +300,12 @@ def test_under_torchrun_a_signal_that_comes_twice_still_checkpoints(corpus, tmp_
     copy, taken as a second signal, stopped the rank at once, often while it wrote the
     checkpoint: the steps since the last one were lost."""
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")       # as torchrun sets it
-    real_step = train_module.Trainer.train_step
 
-    def step_then_signal_twice(trainer, batch, on_device=None):
-        real_step(trainer, batch, on_device)
-        if trainer.step == 2:
-            signal.raise_signal(sig)     # its handler runs before the copy comes
-            signal.raise_signal(sig)
+    def signal_twice(trainer):
+        signal.raise_signal(sig)     # its handler runs before the copy comes
+        signal.raise_signal(sig)
 
-    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_signal_twice)
+    after_step(monkeypatch, 2, signal_twice)
     if sig != signal.SIGINT:        # raise where the default would end pytest too
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     try:
@@ -350,14 +359,7 @@ def test_a_run_started_with_nohup_goes_on_after_a_hangup(corpus, tmp_path, monke
     """`nohup orthoasr train ...` starts the run with SIGHUP ignored so that it outlives the
     terminal: the run keeps it ignored (catching it to stop would end every nohup run at
     logout), and its outputs are left alone."""
-    real_step = train_module.Trainer.train_step
-
-    def step_then_hangup(trainer, batch, on_device=None):
-        real_step(trainer, batch, on_device)
-        if trainer.step == 2:
-            os.kill(os.getpid(), signal.SIGHUP)
-
-    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_hangup)
+    after_step(monkeypatch, 2, lambda trainer: os.kill(os.getpid(), signal.SIGHUP))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     stdout = os.fstat(1)
     run = tiny_run(corpus, "stage1_steps=4", "ckpt_every=100")
@@ -792,15 +794,12 @@ def test_an_unreadable_training_clip_stops_the_run_with_a_checkpoint(tmp_path, c
 
 
 def test_non_finite_weights_are_never_saved(corpus, tmp_path, monkeypatch):
-    real_step = train_module.Trainer.train_step
 
-    def step_then_poison(trainer, batch, on_device=None):
-        real_step(trainer, batch, on_device)
-        if trainer.step == 2:
-            with torch.no_grad():
-                next(trainer.model.parameters()).fill_(math.inf)
+    def poison(trainer):
+        with torch.no_grad():
+            next(trainer.model.parameters()).fill_(math.inf)
 
-    monkeypatch.setattr(train_module.Trainer, "train_step", step_then_poison)
+    after_step(monkeypatch, 2, poison)
     work = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"non-finite values in model\..* at step 2.*"
                                                r"--resume-from .*step-0000001\.pt"):
