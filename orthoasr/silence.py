@@ -74,18 +74,12 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     whose loudest 0.1 s is under it (all zeros, dither, empty) has no segments; above it
     the threshold is relative, so a wave of noise alone is voiced throughout.
     """
-    wave = torch.as_tensor(wave)
-    if wave.dim() != 1:
-        raise ValueError(f"wave must be 1-D (samples), got shape {tuple(wave.shape)}")
+    wave = _checked_wave(wave, sample_rate, silent_dbfs)
     check_number("threshold_db", threshold_db, above=0.0)
     check_number("min_gap_seconds", min_gap_seconds, least=0.0)
     check_number("margin_seconds", margin_seconds, least=0.0)
     check_number("reference_seconds", reference_seconds, least=0.0)
     check_number("min_segment_seconds", min_segment_seconds, least=0.0)
-    check_number("silent_dbfs", silent_dbfs, most=0.0)
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 100:
-        raise ValueError(f"sample_rate must be an integer number of Hz >= 100, got "
-                         f"{sample_rate!r}")
     frame = round(POWER_FRAME_SECONDS * sample_rate)
     # about each frame's mean: a constant offset (a cheap microphone's) is inaudible, and
     # weighed as power 0.3% of full scale (-50 dBFS) put the silence between words within
@@ -138,10 +132,23 @@ def audible(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE,
     file's dither, a muted microphone, none) has no sound and no voiced segments: decoded
     even whole, its features are those of nothing (all zeros once normalised), and any
     text read from them is the model's invention."""
+    wave = _checked_wave(wave, sample_rate, silent_dbfs)
     frame = round(POWER_FRAME_SECONDS * sample_rate)
-    power = frame_power(torch.as_tensor(wave).detach().to("cpu", torch.float64), frame,
-                        centred=True)
+    power = frame_power(wave.detach().to("cpu", torch.float64), frame, centred=True)
     return bool((power >= 10.0 ** (silent_dbfs / 10)).any())
+
+
+def _checked_wave(wave, sample_rate, silent_dbfs: float) -> torch.Tensor:
+    """`wave` as a tensor (S,), checked with the sample rate and floor that voiced_spans and
+    audible both take: a ValueError naming any that is wrong."""
+    wave = torch.as_tensor(wave)
+    if wave.dim() != 1:
+        raise ValueError(f"wave must be 1-D (samples), got shape {tuple(wave.shape)}")
+    check_number("silent_dbfs", silent_dbfs, most=0.0)
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 100:
+        raise ValueError(f"sample_rate must be an integer number of Hz >= 100, got "
+                         f"{sample_rate!r}")
+    return wave
 
 
 def whole_frames(seconds: float) -> int:

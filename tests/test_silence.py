@@ -4,6 +4,7 @@ with stand-in models: a clip without silence reads the same, and the silence tha
 level-reading model misread speech is cut out."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -245,6 +246,19 @@ def test_audible_is_what_the_splitter_finds_any_segment_in():
         assert audible(wave) and voiced_spans(wave) != []
     assert audible(1e-5 * noise, silent_dbfs=-120.0)
     assert not audible(tone(0.2, amplitude=1e-3), silent_dbfs=-40.0)
+
+
+@pytest.mark.parametrize("argument, value", [
+    ("wave", torch.ones(2, 80)), ("sample_rate", 0), ("sample_rate", 16000.0),
+    ("silent_dbfs", 3.0)])
+def test_audible_refuses_bad_arguments_by_name_as_the_splitter_does(argument, value):
+    """audible took a 2-D wave as frames of its rows (a reshape's RuntimeError or a wrong
+    answer), a sample rate of 0 as a ZeroDivisionError and a floor over 0 dBFS silently."""
+    arguments = {"wave": tone(0.5), argument: value}
+    shown = "shape (2, 80)" if argument == "wave" else repr(value)
+    with pytest.raises(ValueError, match=re.escape(f"got {shown}")) as refused:
+        audible(**arguments)
+    assert str(refused.value).startswith(argument)
 
 
 @pytest.mark.parametrize("value", [0, -20.0, float("inf"), "40", True])
