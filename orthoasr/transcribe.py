@@ -254,8 +254,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "frames more than DB dB under its loudest 0.1 s are silence, and "
                              f"silences of {MIN_GAP_SECONDS:g} s or more split it (default "
                              f"{SILENCE_DB:g}; off or 0: decode each file whole, silence "
-                             "included, which the demo's model misreads; a file with no "
-                             f"sound over {SILENT_DBFS:g} dBFS gives an empty text either way)")
+                             "included, which the demo's model misreads; a file with no 10 "
+                             f"ms frame at {SILENT_DBFS:g} dBFS or over gives an empty text "
+                             "either way)")
     parser.add_argument("--group-seconds", type=number(least=0), default=GROUP_SECONDS,
                         help="decode files in groups of about this much audio, printing "
                              "each group's lines when it is done (default "
