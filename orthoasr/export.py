@@ -206,7 +206,8 @@ def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
     cfg = sub.cfg
     frames = max(4 * cfg.ref_frames, 2 * PROGRAM_FRAMES[0])
     # batch 2: an example size of 1 would be fixed in the program (torch specialises 0 and 1)
-    feats = torch.randn(2, frames, cfg.num_mel_bins, device=next(sub.parameters()).device)
+    weight = sub.frontend.proj.weight          # features come in the weights' dtype
+    feats = torch.randn(2, frames, cfg.num_mel_bins, device=weight.device, dtype=weight.dtype)
     lengths = torch.tensor([frames, frames // 2], device=feats.device)
     batch_dim = torch.export.Dim.DYNAMIC(min=PROGRAM_BATCH[0], max=PROGRAM_BATCH[1])
     frames_dim = torch.export.Dim.DYNAMIC(min=PROGRAM_FRAMES[0], max=PROGRAM_FRAMES[1])
@@ -216,13 +217,16 @@ def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
 
 def load_subnet(path: str | Path, map_location="cpu") -> CompactConformer:
     """The subnet written by `sub.save(path)` (read with weights_only=True), in eval mode, on
-    device `map_location` ('cpu', 'cuda', 'cuda:N', 'auto' or a torch.device)."""
+    device `map_location` ('cpu', 'cuda', 'cuda:N', 'auto' or a torch.device). Each weight
+    comes back in the dtype it was saved in: `sub.half().save(path)` loads as float16."""
     # checked first: torch.load's error for a missing GPU would read as a corrupt file
     map_location = resolve_device(map_location)
     state = load_checkpoint(path, map_location=map_location, kind=SUBNET_KIND)
     sub = CompactConformer(SupernetConfig.from_dict(state["config"]), state["widths"],
                            state["budget"])
-    sub.load_state_dict(state["state_dict"])
+    # assign: the saved tensors become the weights (copied into the fresh float32 ones,
+    # float16 and bfloat16 weights came back float32)
+    sub.load_state_dict(state["state_dict"], assign=True)
     sub.tokenizer_bytes = state["tokenizer"]
     sub.trained_in_bf16 = bool(state.get("bf16", False))    # exports before 2026-12-06: no key
     return sub.to(map_location).eval()

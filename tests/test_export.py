@@ -126,6 +126,28 @@ def test_torch_export_and_save_load(tmp_path):
         sub.save(tmp_path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_subnet_loads_in_the_dtype_it_was_saved_in(dtype, tmp_path):
+    """load_subnet copied the saved weights into fresh float32 ones: `sub.half()` saved
+    came back float32 (and export_program made float32 example features, refused by a
+    half-precision subnet). Now each weight keeps its dtype, mixed ones too (LayerNorms
+    kept in float32), and the loaded subnet's outputs and .pt2 program are the saved one's."""
+    model = ConformerSupernet(tiny_cfg()).eval()
+    sub = extract_subnet(model, gate_sets(model.num_units)["hard"], head=1).to(dtype)
+    feats, lengths = torch.randn(2, 48, 80, dtype=dtype), torch.tensor([48, 21])
+    loaded = load_subnet(sub.save(tmp_path / "sub.pt"))
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    expected = sub(feats, lengths)[0]
+    assert torch.equal(loaded(feats, lengths)[0], expected)
+    torch.testing.assert_close(export_program(loaded).module()(feats, lengths)[0], expected)
+    for module in sub.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    loaded = load_subnet(sub.save(tmp_path / "sub.pt"))
+    assert [p.dtype for p in loaded.parameters()] == [p.dtype for p in sub.parameters()]
+    assert torch.equal(loaded(feats, lengths)[0], sub(feats, lengths)[0])
+
+
 def test_an_exported_subnet_takes_an_empty_batch_as_the_supernet_does():
     """B = 0 was a RuntimeError from inside attention's reshape ("cannot reshape tensor of
     0 elements"); the supernet gives empty outputs."""

@@ -613,3 +613,23 @@ def test_bad_recognizer_arguments_are_named():
     for args, options, expected in cases:
         with pytest.raises((TypeError, ValueError), match=expected):
             Recognizer(*args, **options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_subnet_transcribes_on_the_cpu(run, tmp_path, capsys, dtype,
+                                                        reference_backend):
+    """An export cast with `sub.half()` (or to bfloat16) and saved decodes in that dtype
+    (load_subnet gave it back float32), through `transcribe --subnet` as through
+    Recognizer.from_subnet."""
+    path = tmp_path / "sub.pt"
+    cli_main(["export", "--checkpoint", str(run["checkpoint"]), "--budget", "0.4",
+              "--out", str(path)])
+    capsys.readouterr()
+    expected = Recognizer.from_subnet(path).transcribe(run["paths"])
+    load_subnet(path).to(dtype).save(path)
+    recognizer = Recognizer.from_subnet(path)
+    assert {p.dtype for p in recognizer.model.parameters()} == {dtype}
+    texts = recognizer.transcribe(run["paths"])
+    assert all(texts) and sum(map(str.__eq__, texts, expected)) >= len(expected) - 1
+    code, lines, _ = cli(capsys, "--subnet", str(path), *run["paths"])
+    assert code == 0 and lines == [f"{p}\t{t}" for p, t in zip(run["paths"], texts)]
