@@ -6,6 +6,8 @@ training loop needs. One process per GPU (NCCL) or per CPU worker (gloo); a plai
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -121,3 +123,17 @@ def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def left_on_error(world: World) -> Iterator[None]:
+    """Within: an exception leaves the process group before it propagates, so that a caller
+    that catches it (a notebook) can join a new one, and no gloo thread is left for
+    interpreter exit to tear down. No barrier, as shutdown's: the other ranks may never
+    reach it."""
+    try:
+        yield
+    except BaseException:
+        if world.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+        raise

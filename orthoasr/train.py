@@ -20,7 +20,7 @@ from .checkpoint import TRAINING_KIND, CheckpointError, kept_checkpoints, load_c
 from .cli import number
 from .data import AudioError
 from .devices import resolve_device
-from .distributed import FailureShared, init_world, shutdown
+from .distributed import FailureShared, init_world, left_on_error, shutdown
 from .run_config import (
     RunConfig,
     apply_overrides,
@@ -81,43 +81,44 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     # joined before rank 0 alone takes the work dir, so that its refusal reaches every rank
     device_type = resolve_device(run.device).type
     world = init_world(device_type)
-    refused = f"rank 0 could not start the run in --work-dir {work_dir} (its error is above)"
-    with FailureShared(world, device_type, refused):
-        if world.is_main:
-            prepare_work_dir(work_dir, resume, overwrite)
-    checkpoint = Path(resume_from) if resume_from is not None else work_dir / CHECKPOINT
-    if resume and not checkpoint.exists():
-        # "start anew" would be refused where the run left other files
-        fresh = (" (start a new run without --resume)" if not run_files(work_dir) else
-                 " (start a new run with --overwrite, which moves the old one aside)")
-        raise WorkDirError(f"nothing to resume: {checkpoint} not found"
-                           f"{_kept_checkpoints_advice(work_dir, checkpoint) or fresh}")
-    if resume:          # after the lock and the checkpoint: those say more
+    with left_on_error(world):     # on every rank, before its error propagates
+        refused = f"rank 0 could not start the run in --work-dir {work_dir} (its error is above)"
+        with FailureShared(world, device_type, refused):
+            if world.is_main:
+                prepare_work_dir(work_dir, resume, overwrite)
+        checkpoint = Path(resume_from) if resume_from is not None else work_dir / CHECKPOINT
+        if resume and not checkpoint.exists():
+            # "start anew" would be refused where the run left other files
+            fresh = (" (start a new run without --resume)" if not run_files(work_dir) else
+                     " (start a new run with --overwrite, which moves the old one aside)")
+            raise WorkDirError(f"nothing to resume: {checkpoint} not found"
+                               f"{_kept_checkpoints_advice(work_dir, checkpoint) or fresh}")
+        if resume:          # after the lock and the checkpoint: those say more
+            try:
+                check_manifests(run)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(_started_elsewhere(checkpoint, run) or str(err)) from None
+        if resume_from is not None and world.is_main and not run_files(work_dir):
+            _note_branch(checkpoint, work_dir)
+        created = world.is_main and not work_dir.exists()
+        lock = WorkDirLock(work_dir) if world.is_main else None
+        with FailureShared(world, device_type, refused):
+            if lock:
+                work_dir.mkdir(parents=True, exist_ok=True)
+                lock.__enter__()
+        work_dir.mkdir(parents=True, exist_ok=True)
         try:
-            check_manifests(run)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(_started_elsewhere(checkpoint, run) or str(err)) from None
-    if resume_from is not None and world.is_main and not run_files(work_dir):
-        _note_branch(checkpoint, work_dir)
-    created = world.is_main and not work_dir.exists()
-    lock = WorkDirLock(work_dir) if world.is_main else None
-    with FailureShared(world, device_type, refused):
-        if lock:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            lock.__enter__()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        if lock and (removed := remove_partial_writes(work_dir)):
-            print(f"note: removed what a run killed while saving left: {', '.join(removed)}",
-                  flush=True)
-        with _stop_signals_caught() as caught:
-            trainer = _train(run, work_dir, resume, stop_at, checkpoint,
-                             allow_schedule_change, allow_data_change, caught)
-    finally:
-        if lock:
-            lock.__exit__()
-        if created:
-            remove_if_empty(work_dir)     # a start that failed leaves no empty work dir
+            if lock and (removed := remove_partial_writes(work_dir)):
+                print(f"note: removed what a run killed while saving left: {', '.join(removed)}",
+                      flush=True)
+            with _stop_signals_caught() as caught:
+                trainer = _train(run, work_dir, resume, stop_at, checkpoint,
+                                 allow_schedule_change, allow_data_change, caught)
+        finally:
+            if lock:
+                lock.__exit__()
+            if created:
+                remove_if_empty(work_dir)     # a start that failed leaves no empty work dir
     return trainer
 
 

@@ -176,6 +176,43 @@ def test_average_gradients_means_each_gradient_over_ranks(tmp_path):
             assert torch.equal(grads[i], torch.full_like(grads[i], 1.5 * (i + 1)))
 
 
+def _failed_starts(rank: int, port: int, corpus: str, work: str, out: str) -> None:
+    """train() refused twice in this process: a run already in the work dir (rank 0's
+    refusal, shared), then a resume with nothing to resume (every rank's); each error's
+    name and whether the process group was still joined after it."""
+    import torch.distributed as dist
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    seen = []
+    for resume in (False, True):
+        try:
+            train(tiny_run(Path(corpus), "device=cpu"), Path(work), resume=resume)
+        except Exception as err:
+            seen.append([type(err).__name__, dist.is_initialized()])
+    Path(f"{out}.{rank}").write_text(json.dumps(seen))
+
+
+def test_a_failed_start_leaves_the_process_group(corpus, tmp_path):
+    """A start refused after the group was joined left it joined: a caller that catches the
+    error (a notebook) kept a group whose peers may be gone, and its gloo threads could
+    abort the process at exit. Each rank now leaves it before the error propagates, so a
+    second train() in the same process joins a fresh one."""
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "metrics.csv").write_text("step\n")          # a run is there, no checkpoint
+    out = str(tmp_path / "seen")
+    mp.spawn(_failed_starts, args=(port, str(corpus), str(work), out), nprocs=2)
+    for rank, refused in ((0, "WorkDirError"), (1, "RuntimeError")):
+        assert json.loads(Path(f"{out}.{rank}").read_text()) == \
+            [[refused, False], ["WorkDirError", False]], rank
+
+
 def _native_threads() -> list[str]:
     """Names of this process's OS threads (gloo's are native: threading does not see them);
     one that ends while they are read is left out."""
