@@ -167,9 +167,13 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
         # each clip read once a batch, however many of its pieces the batch holds
         clips = {i: load_checked_audio(records[i]["audio_filepath"]) for i in
                  {pieces[j].clip for j in batch}}
-        # a clip scored whole with no sound at all reads "", as the Recognizer's does
-        silent = set() if silence_db is not None else \
-            {i for i, clip in clips.items() if not audible(clip)}
+        if silence_db is None:
+            # a clip scored whole with no sound at all reads "", as the Recognizer's does: it
+            # is left out of the batch, not decoded
+            silent = {i for i, clip in clips.items() if not audible(clip)}
+            batch = [j for j in batch if pieces[j].clip not in silent]
+            if not batch:
+                continue
         waves, wave_lengths, _, _ = collate([(clips[p.clip][p.first:p.end], no_tokens)
                                              for p in (pieces[j] for j in batch)])
         feats, lengths = logmel(waves.to(device), wave_lengths.to(device))
@@ -181,8 +185,6 @@ def transcribe(model, records, tokenizer, subnets: list[tuple[torch.Tensor, int]
                                    vocab_size=tokenizer.vocab_size)
                 for j, path in zip(batch, paths, strict=True):
                     p = pieces[j]
-                    if p.clip in silent:
-                        continue
                     labels[s][p.clip][p.segment].append(
                         (p.first, path if p.keep is None else path[p.keep]))
 

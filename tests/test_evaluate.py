@@ -289,6 +289,35 @@ def test_eval_reads_as_transcribe_whole_split_and_in_pieces(talkative_run, tmp_p
         context_seconds=0.0).transcribe(paths)
 
 
+def test_a_silent_clip_scored_whole_is_not_decoded(talkative_run, tmp_path, monkeypatch):
+    """A clip with no sound at all, scored whole, reads "" (as the Recognizer's): it was
+    still read through the frontend and the encoder, its labels computed and dropped. Now
+    it is left out of its batch; a batch of silent clips alone (one long enough to be cut
+    in pieces) decodes nothing, and the other clips' texts are unchanged."""
+    trained = load_trained(talkative_run)
+    records = load_manifest(load_checkpoint(talkative_run)["manifest_paths"]["test"])[:3]
+    silent = [write_wav(tmp_path / f"silent{seconds}.wav", np.zeros(seconds * 16000))
+              for seconds in (1, 40)]
+    subnets = [(trained.subnet_gates(i), i) for i in range(trained.num_subnets)]
+    embed, rows = trained.model.embed, []
+
+    def counted_embed(feats, lengths):
+        rows.append(len(lengths))
+        return embed(feats, lengths)
+    monkeypatch.setattr(trained.model, "embed", counted_embed)
+
+    def texts(records):
+        rows.clear()
+        return transcribe(trained.model, records, trained.tokenizer(), subnets,
+                          torch.device("cpu"), 40000, bf16=False, silence_db=None)
+    audible = texts(records)
+    assert all(all(subnet) for subnet in audible) and sum(rows) == len(records)
+    mixed = [silent[0], *records[:2], silent[1], records[2]]
+    assert texts(mixed) == [["", *subnet[:2], "", subnet[2]] for subnet in audible]
+    assert sum(rows) == len(records)
+    assert texts(silent) == [["", ""]] * len(subnets) and rows == []
+
+
 def test_eval_of_an_exported_subnet_writes_its_own_csv(talkative_run, tmp_path, capsys):
     """<stem>.eval.csv beside the subnet, never the run's eval.csv; --csv elsewhere."""
     sub = export_subnet(talkative_run, 0, tmp_path / "sub.pt")
