@@ -129,8 +129,8 @@ def shutdown(world: World) -> None:
 def left_on_error(world: World) -> Iterator[None]:
     """Within: an exception leaves the process group before it propagates, so that a caller
     that catches it (a notebook) can join a new one, and no gloo thread is left for
-    interpreter exit to tear down. No barrier, as shutdown's: the other ranks may never
-    reach it."""
+    interpreter exit to tear down. No barrier (shutdown waits at one): the other ranks may
+    never reach it."""
     try:
         yield
     except BaseException:
