@@ -200,6 +200,30 @@ class CompactConformer(nn.Module):
             "bf16": self.trained_in_bf16})
 
 
+class FourFramePadded(nn.Module):
+    """`sub` on its features padded with zero frames to a multiple of 4, the embedded frames
+    cut back to T // 4 before the blocks: the same outputs (a padded frame is masked, as one
+    past a length is, and the frames kept are the unpadded subsampling's).
+    What export_program traces: torch 2.11's shape rules for the frontend's pooling branch on
+    the parity of a symbolic T (max_pool2d's output size, then the pooled view's strides),
+    so a program traced straight from `sub` took only lengths of its example's parity."""
+
+    def __init__(self, sub: CompactConformer):
+        super().__init__()
+        self.sub = sub
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor):
+        """features (B, T, F), lengths (B,) -> log_probs (B, T // 4, V), lengths // 4."""
+        # lengths against T itself: `sub` checks them against the padded T
+        check_features(self.sub.cfg, self.sub.head.weight.dtype, features, lengths)
+        frames = features.shape[1]
+        padded = nn.functional.pad(features, (0, 0, 0, 4 * ((frames + 3) // 4) - frames))
+        x, out_lengths = self.sub.embed(padded, lengths)
+        # a gather, not a slice: a slice's strides again made export guard T's remainder
+        kept = torch.arange(frames // 4, device=x.device)
+        return self.sub.encode(x.index_select(1, kept), out_lengths), out_lengths
+
+
 def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
     """`torch.export` program of `sub` for batches and lengths within PROGRAM_BATCH and
     PROGRAM_FRAMES (dynamic shapes; torch.export checks them when it runs)."""
@@ -211,7 +235,7 @@ def export_program(sub: CompactConformer) -> torch.export.ExportedProgram:
     lengths = torch.tensor([frames, frames // 2], device=feats.device)
     batch_dim = torch.export.Dim.DYNAMIC(min=PROGRAM_BATCH[0], max=PROGRAM_BATCH[1])
     frames_dim = torch.export.Dim.DYNAMIC(min=PROGRAM_FRAMES[0], max=PROGRAM_FRAMES[1])
-    return torch.export.export(sub, (feats, lengths),
+    return torch.export.export(FourFramePadded(sub), (feats, lengths),
                                dynamic_shapes=({0: batch_dim, 1: frames_dim}, {0: batch_dim}))
 
 
