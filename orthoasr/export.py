@@ -215,7 +215,7 @@ class FourFramePadded(nn.Module):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor):
         """features (B, T, F), lengths (B,) -> log_probs (B, T // 4, V), lengths // 4."""
         # lengths against T itself: `sub` checks them against the padded T
-        check_features(self.sub.cfg, self.sub.head.weight.dtype, features, lengths)
+        check_features(self.sub.cfg, self.sub.frontend.proj.weight.dtype, features, lengths)
         frames = features.shape[1]
         padded = nn.functional.pad(features, (0, 0, 0, 4 * ((frames + 3) // 4) - frames))
         x, out_lengths = self.sub.embed(padded, lengths)
