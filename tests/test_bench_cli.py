@@ -118,10 +118,14 @@ def test_bench_floor_writes_attention_rows_once_and_only_to_out(tmp_path):
     helper was not handed --out) and once more, all together, to --out: with --out
     elsewhere bench/results still changed, and without it every row was there twice."""
     before = _results_digest()
+    # run from elsewhere, bench found on PYTHONPATH: from the repo's root its orthoasr/ (no
+    # kernels/ inside: setup.py maps them in) shadows a non-editable install's (the GPU
+    # machine's)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
     done = subprocess.run([sys.executable, "-m", "bench.bench_floor", "--modules", "attention",
                            "--cases", "B32xT250", "--timings", "eager", "--out", str(tmp_path)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _results_digest() == before, "bench_floor --out changed bench/results"
     rows = json.loads((tmp_path / "kernels.json").read_text())
