@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import await_producers
+from .common import await_producers, interpreting
 from .launch import cdiv, launch, next_pow2
 
 MAX_ELEMENTS = 2 ** 31 - 1       # Philox offsets and element indices are int32
@@ -158,6 +158,11 @@ def check_step_inputs(x: torch.Tensor, y, seed, p: float) -> None:
         raise ValueError(f"the residual step's dropout p must be in [0, 1), got {p}")
     if seed is not None:            # None: the torch backend's own dropout draws the mask
         check_seed(seed, x.device)
+        if p > 0 and x.device.type == "cpu" and not interpreting():
+            # else Triton's own "0 active drivers" error, naming nothing of ours
+            raise ValueError("the residual step's seed draws the Triton kernels' dropout mask, "
+                             "which on the CPU needs TRITON_INTERPRET=1; pass seed None for "
+                             "torch's own dropout")
 
 
 def check_residual(x: torch.Tensor, y: torch.Tensor, seed: torch.Tensor, p: float) -> None:

@@ -274,3 +274,21 @@ def test_gpu_cuda_graph_redraws_the_mask_without_sync():
     graph.replay()
     assert not torch.equal(first, out)
     assert abs((out != 0).float().mean().item() - 0.5) < 0.02
+
+
+def test_a_seed_on_the_cpu_without_the_interpreter_is_named(monkeypatch):
+    """The torch backend draws a seed's mask with a Triton kernel: on the CPU without
+    TRITON_INTERPRET=1 that ended in Triton's "0 active drivers" error, naming nothing of
+    the call. Now a ValueError naming the seed and the way out; seed None still runs."""
+    import orthoasr.kernels.residual_step as residual_step
+    from orthoasr.nn import GatedFeedForward
+    set_backend("torch")
+    monkeypatch.setattr(residual_step, "interpreting", lambda: False)
+    module = GatedFeedForward(16, 32, chunks=2)
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    lengths, seed = torch.tensor([5, 3]), torch.tensor([7])
+    with pytest.raises(ValueError, match="seed draws the Triton kernels' dropout mask.*"
+                                         "TRITON_INTERPRET=1.*seed None"):
+        module(x, lengths, residual=(y, seed, 0.5, 0.1))
+    module(x, lengths, residual=(y, None, 0.5, 0.1))
+    module(x, lengths, residual=(y, seed, 0.5, 0.0))    # no dropout: no mask drawn
