@@ -1,4 +1,5 @@
-"""Compile the FFN, conv, LayerNorm, first-conv, CTC and weight-cast kernels for sm_90
+"""Compile the FFN, conv, LayerNorm, first-conv, CTC, OrthoSoftmax, weight-cast, zeroing and
+dropout-mask kernels for sm_90
 without a GPU, at the configurations their launchers use for bf16 activations and the paper
 model's sizes (as Triton's launcher specialises them), and print registers, spills and
 shared memory (the attention / MHSA kernels: bench/compile_check_attention.py). Run before
@@ -20,6 +21,8 @@ from orthoasr.kernels import (
     gated_matmul,
     gated_wgrad,
     layer_norm,
+    ortho_softmax,
+    residual_step,
 )
 from orthoasr.kernels.gated_matmul import (
     EPI_GATE_BWD,
@@ -28,6 +31,7 @@ from orthoasr.kernels.gated_matmul import (
     EPI_SILU_GATE,
     EPI_STORE,
 )
+from orthoasr.kernels.launch import cdiv
 
 BF16 = torch.bfloat16
 D, F, M, T = 384, 1536, 8000, 250          # the paper model at B32xT250
@@ -256,6 +260,29 @@ def main() -> None:
                    dict(src0="fp32", dst0="bf16", src1="fp32", dst1="bf16"),
                    ints=dict(n0=F * D, n1=D * F),
                    constexprs=dict(BLOCK=common._CAST_BLOCK), num_warps=4)
+    ok &= _compile(common._zero_kernel, dict(ptr="fp32"), ints=dict(n=F * D),
+                   constexprs=dict(BLOCK=common._ZERO_BLOCK), num_warps=4)
+    # the dropout mask the kernels draw, as a tensor (keep_mask: tests and references)
+    ok &= _compile(residual_step._keep_mask_kernel, dict(seed_ptr="i64", out_ptr="i8"),
+                   ints=dict(R=M, D=D, threshold=residual_step.keep_threshold(0.1)),
+                   constexprs=dict(BM=4, BD=512))
+    # OrthoSoftmax at the paper config's 180 units and 5 budgets, its launchers' blocks with
+    # the GPU's dot precision (tf32x3: _blocks picks ieee under the interpreter)
+    units, budgets = 180, 5
+    blk = ortho_softmax._blocks(units, budgets) | dict(DOT_PRECISION="tf32x3")
+    warps, tiles = blk.pop("num_warps"), cdiv(units, blk["BR"])
+    fp32 = dict.fromkeys(("s_ptr", "c_ptr", "tau_ptr", "pen_ptr", "budget_ptr", "p_ptr",
+                          "e_ptr", "mask_ptr", "colpen_ptr", "rowcum_ptr", "blocksum_ptr",
+                          "gmask_ptr", "gpen_ptr", "gprobs_ptr", "gexp_ptr", "dp_ptr",
+                          "ds_ptr"), "fp32")
+    ptrs = fp32 | dict(k_ptr="i64", counter_ptr="i32")
+    ok &= _compile(ortho_softmax._ortho_softmax_fwd_kernel, ptrs, floats=("rest", "total"),
+                   ints=dict(N=units, M=budgets, num_tiles=tiles * (tiles + 1) // 2),
+                   constexprs=dict(blk, NORM=0, BB=16), num_warps=warps, num_stages=1)
+    ok &= _compile(ortho_softmax._ortho_softmax_bwd_kernel, ptrs,
+                   ints=dict(N=units, M=budgets),
+                   constexprs=dict(blk, NORM=0, HAS_GPROBS=True, HAS_GEXP=True),
+                   num_warps=warps, num_stages=1)
     print("all kernels compiled" if ok else "SOME KERNELS FAILED THE SHARED-MEMORY CHECK")
 
 

@@ -1,5 +1,5 @@
-"""Every kernel of the gated modules, the LayerNorm, the CTC and the attention compiles for
-sm_90 at its launcher's configuration (bench/compile_check_*.py, in a process without
+"""Every kernel of the gated modules, the LayerNorm, the CTC, OrthoSoftmax and the attention
+compiles for sm_90 at its launcher's configuration (bench/compile_check_*.py, in a process without
 TRITON_INTERPRET): the interpreter runs code that the compiler rejects (a loop-carried
 variable changing type from int32 to int64 did, 2026-11-30)."""
 
