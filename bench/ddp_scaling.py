@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.harness import write_rows
+from bench.harness import require_gpu, write_rows
 from bench.train_step import make_corpus, stage_times
 from orthoasr.metrics import read_metrics
 from orthoasr.run_config import load_run_config
@@ -82,10 +82,7 @@ def main() -> None:
                         help="per stage (default: --steps); 0: no warm-up run")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args()
-    import torch
-    if torch.cuda.device_count() < args.gpus:    # before the corpus is made
-        raise SystemExit(f"bench.ddp_scaling --gpus {args.gpus} needs {args.gpus} CUDA GPUs, "
-                         f"found {torch.cuda.device_count()}; nothing was run or written")
+    require_gpu("ddp_scaling", args.gpus)      # before the corpus is made
     work = Path(args.work_dir)
     corpus = make_corpus(work / "data", args.preset)
     overrides = [f"{s}_manifest={work / 'data' / (s + '.jsonl')}" for s in

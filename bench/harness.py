@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from orthoasr.graphs import capture_graph
+from orthoasr.kernels.common import interpreting
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RUN_ID = uuid.uuid4().hex[:8]
@@ -43,11 +44,14 @@ def environment() -> dict:
     }
 
 
-def require_gpu(name: str) -> None:
-    """Exit with a message, before any work or any row written, where no CUDA GPU is: the
-    module times CUDA kernels (bench/gpu_all.sh runs it on the device machine)."""
-    if not torch.cuda.is_available():
-        raise SystemExit(f"bench.{name} times CUDA kernels: it needs a GPU (bench/gpu_all.sh "
+def require_gpu(name: str, gpus: int = 1) -> None:
+    """Exit with a message, before any work or any row written, where fewer than `gpus` CUDA
+    GPUs are: the module times CUDA kernels (bench/gpu_all.sh runs it on the device
+    machine)."""
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < gpus:
+        need = "a GPU" if gpus == 1 else f"{gpus} CUDA GPUs, found {found}"
+        raise SystemExit(f"bench.{name} times CUDA kernels: it needs {need} (bench/gpu_all.sh "
                          "runs it on the device machine); nothing was run or written")
 
 
@@ -61,7 +65,7 @@ def require_gpu_unless_checking(name: str, check: bool) -> None:
         raise SystemExit(f"bench.{name} times CUDA kernels: it needs a GPU; on the CPU "
                          f"`TRITON_INTERPRET=1 python -m bench.{name} --check` runs its "
                          "equality checks. Nothing was run or written")
-    if os.environ.get("TRITON_INTERPRET") != "1":
+    if not interpreting():
         raise SystemExit(f"bench.{name} --check on the CPU: run it with TRITON_INTERPRET=1 "
                          "(else `ours` is the PyTorch path and the check never reaches the "
                          "Triton kernels)")
