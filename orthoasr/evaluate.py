@@ -263,10 +263,11 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
     least: the file holds none of its own): `evaluate`'s columns, and the numbers it gives
     the checkpoint's subnet of the same budget (greedy CTC; on a GPU under a bf16 autocast
     if its run trained in bf16, as the export records and as the checkpoint is scored, else
-    in float32; split at silences when `silence_db`
-    is given and long clips cut at `chunk_seconds` with `context_seconds`, as `evaluate`
-    does). Prints the manifests and the table, then writes the row to `csv_path` (default:
-    <subnet stem>.eval.csv beside the subnet, never a run's eval.csv)."""
+    in float32; a subnet saved in float16 or bfloat16 in that dtype; split at silences when
+    `silence_db` is given and long clips cut at `chunk_seconds` with `context_seconds`, as
+    `evaluate` does). Prints the manifests and the table, then writes the row to
+    `csv_path` (default: <subnet stem>.eval.csv beside the subnet, never a run's
+    eval.csv)."""
     from .export import widths_to_gates
     given = {name: path for name, path in (("dev", dev_manifest), ("test", test_manifest))
              if path is not None}

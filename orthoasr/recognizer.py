@@ -76,7 +76,8 @@ class Recognizer:
     included, but one with no sound at all (no 10 ms frame at -80 dBFS or over:
     orthoasr.silence.audible) is "" either way. bf16: on a GPU, decode under a bfloat16
     autocast (from_checkpoint's default for a run trained in bf16, as `orthoasr eval`
-    scores it); float32 otherwise and on the CPU."""
+    scores it); otherwise, and on the CPU, in the weights' dtype (float32 but for a
+    subnet saved in float16 or bfloat16: from_subnet)."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, gates: torch.Tensor | None = None,
                  head: int = -1, batch_frames: int = 40000, frozen_weights: bool = False,
@@ -161,14 +162,22 @@ class Recognizer:
         """An exported subnet (`orthoasr export`), which carries its tokenizer.
         chunk_seconds, context_seconds, silence_db, bf16: as in Recognizer (bf16 None: as
         its run was trained, which the export records; an export without that record,
-        written before 2026-12-06, decodes in float32)."""
+        written before 2026-12-06, decodes in float32). A subnet saved in float16 or
+        bfloat16 (`sub.half().save(path)`) decodes in its own dtype, on the CPU too, unless
+        bf16 is False: then its weights are cast to float32."""
         sub: CompactConformer = load_subnet(path, map_location=resolve_device(device))
         if sub.tokenizer_bytes is None:
             raise ValueError(f"subnet {path} was saved without its tokenizer; export it again "
                              "with `orthoasr export` (which stores it)")
+        in_float32 = all(p.dtype == torch.float32 for p in sub.parameters())
+        if bf16 is None:
+            # the run's autocast is for float32 weights: over float16 ones it computed in
+            # bfloat16, 3 mantissa bits short of the dtype the subnet was saved in
+            bf16 = sub.trained_in_bf16 and in_float32
+        elif not bf16 and not in_float32:
+            sub.float()                         # bf16=False, `transcribe --fp32`: float32
         return cls(sub, Tokenizer.from_bytes(sub.tokenizer_bytes), chunk_seconds=chunk_seconds,
-                   context_seconds=context_seconds, silence_db=silence_db,
-                   bf16=sub.trained_in_bf16 if bf16 is None else bf16)
+                   context_seconds=context_seconds, silence_db=silence_db, bf16=bf16)
 
     def transcribe(self, paths_or_waveforms: Sequence[Audio], *, timestamps: bool = False,
                    sample_rate: int = SAMPLE_RATE) -> list[str] | list[Transcript]:

@@ -238,10 +238,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to decode (default cpu, even on a GPU machine; auto: the "
                              "GPU if there is one)")
     parser.add_argument("--fp32", action="store_true",
-                        help="on a GPU: decode in float32 (default: under a bfloat16 "
-                             "autocast if the run trained in bf16, as `orthoasr eval` scores "
-                             "it, an exported --subnet's run as its export records; the CPU "
-                             "always decodes in float32)")
+                        help="decode in float32 (default: on a GPU under a bfloat16 autocast "
+                             "if the run trained in bf16, as `orthoasr eval` scores it, an "
+                             "exported --subnet's run as its export records; on the CPU in "
+                             "float32; a --subnet saved in float16 or bfloat16 in that "
+                             "dtype on either)")
     parser.add_argument("--chunk-seconds", type=chunk_seconds, default=CHUNK_SECONDS,
                         help="decode longer recordings in pieces of this length (default "
                              f"{CHUNK_SECONDS:g}; 0: each whole, memory growing with the "
