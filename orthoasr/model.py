@@ -303,11 +303,15 @@ class ConformerSupernet(nn.Module):
     features (B, T, num_mel_bins) log-mel frames, lengths (B,) int; gates (N,) unit gates
     (None: all ones); head: index of the budget whose output layer is used (-1: largest).
     log_probs (B, T // 4, V) float32; out_lengths = lengths // 4.
+    tokenizer_bytes: the serialized tokenizer its checkpoint was saved with (set by
+    load_trained; None for a model built here), which a Recognizer checks its tokenizer
+    against.
     """
 
     def __init__(self, cfg: SupernetConfig):
         super().__init__()
         self.cfg = cfg
+        self.tokenizer_bytes: bytes | None = None
         self.frontend = VGGFrontend(cfg.num_mel_bins, cfg.frontend_channels, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([ConformerBlock(cfg) for _ in range(cfg.num_layers)])

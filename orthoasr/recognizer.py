@@ -382,8 +382,10 @@ def _check_seconds(name: str, value, least: float) -> None:
 def check_tokenizer(tokenizer, model: nn.Module) -> None:
     """A TypeError unless `tokenizer` can read labels as text (a Tokenizer, not its file's
     path), a ValueError if it has more labels than the model's output layer (a model's layer
-    may be wider, as sentencepiece can stop short of the vocab_size asked): either failed
-    only at the first transcribe call, naming no tokenizer."""
+    may be wider, as sentencepiece can stop short of the vocab_size asked) or is not the one
+    the model was saved with (its `tokenizer_bytes`, where load_trained or load_subnet gave
+    it one): each failed only at the first transcribe call, naming no tokenizer, or not at
+    all (another run's smaller tokenizer read the labels as the wrong text)."""
     if tokenizer is None:
         raise TypeError("tokenizer is None: the model's Tokenizer is needed to read its "
                         "outputs as text")
@@ -396,6 +398,13 @@ def check_tokenizer(tokenizer, model: nn.Module) -> None:
     if outputs is not None and tokenizer.vocab_size > outputs:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} labels, more than the model's "
                          f"{outputs} outputs (cfg.vocab_size): it is another model's tokenizer")
+    # a smaller tokenizer passes the count (sentencepiece may stop short of vocab_size):
+    # where the model came with its own (load_trained, load_subnet), compare the two
+    saved = getattr(model, "tokenizer_bytes", None)
+    if saved is not None and hasattr(tokenizer, "to_bytes") and tokenizer.to_bytes() != saved:
+        raise ValueError("tokenizer is not the one this model was saved with; use that one: "
+                         "Tokenizer.from_bytes(model.tokenizer_bytes), or "
+                         "Recognizer.from_checkpoint / from_subnet, which read it")
 
 
 def check_cutting(chunk_seconds: float | None, context_seconds: float,

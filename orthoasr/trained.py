@@ -63,6 +63,7 @@ def load_trained(path: str | Path, device="cpu") -> Trained:
     run = RunConfig.from_dict(state["run_config"])
     model = ConformerSupernet(run.model).to(device)
     model.load_state_dict(state["model"])
+    model.tokenizer_bytes = state["tokenizer"]
     masks = state["frozen_masks"]
     return Trained(run, model.eval(), state["tokenizer"],
                    None if masks is None else masks.float().cpu(), state["step"],

@@ -12,10 +12,10 @@ import torch
 from test_evaluate import main_help, talkative
 from test_train import tiny_run, write_corpus
 
-from orthoasr import Recognizer, extract_subnet, load_subnet, set_backend
+from orthoasr import ConformerSupernet, Recognizer, extract_subnet, load_subnet, set_backend
 from orthoasr.checkpoint import SUBNET_KIND, TRAINING_KIND, load_checkpoint, save_checkpoint
 from orthoasr.cli import main as cli_main
-from orthoasr.data import downmix, load_audio, load_manifest
+from orthoasr.data import Tokenizer, downmix, load_audio, load_manifest
 from orthoasr.evaluate import transcribe
 from orthoasr.recognizer import chunk_windows
 from orthoasr.silence import voiced_spans
@@ -613,6 +613,26 @@ def test_bad_recognizer_arguments_are_named():
     for args, options, expected in cases:
         with pytest.raises((TypeError, ValueError), match=expected):
             Recognizer(*args, **options)
+
+
+def test_another_runs_smaller_tokenizer_is_refused(run, tmp_path):
+    """A tokenizer with no more labels than the model's outputs passed the label count, so
+    another run's read this model's labels as other text, silently. A model loaded from a
+    checkpoint or an export carries its own, which the Recognizer now compares."""
+    trained = load_trained(run["checkpoint"])
+    outputs = trained.model.cfg.vocab_size
+    other = Tokenizer.train(["an other run", "with other words"], vocab_size=outputs - 2)
+    assert other.vocab_size <= outputs
+    sub = extract_subnet(trained.model, torch.ones(trained.model.num_units))
+    sub.save(tmp_path / "sub.pt", tokenizer=trained.tokenizer_bytes)
+    all_on = {"gates": torch.ones(trained.model.num_units)}
+    for model, options in ((trained.model, all_on), (load_subnet(tmp_path / "sub.pt"), {})):
+        with pytest.raises(ValueError, match="tokenizer is not the one this model was saved "
+                                             "with"):
+            Recognizer(model, other, **options)
+        Recognizer(model, Tokenizer.from_bytes(trained.tokenizer_bytes), **options)  # its own
+    # a model built here has nothing to compare with
+    Recognizer(ConformerSupernet(trained.model.cfg), other, **all_on)
 
 
 class EncoderOutputs:
