@@ -266,7 +266,8 @@ def extract_subnet(model: nn.Module, gates, head: int = -1) -> CompactConformer:
     value is folded into the weights after its unit (FFN W2 columns, MHSA W_o columns, the
     conv module's last layer; with module granularity the module's last layer and bias).
     `head` picks the output layer (index of the budget). gates None: every unit on, as the
-    supernet reads it. Returns the model in eval mode on the supernet's device.
+    supernet reads it. Returns the model in eval mode on the supernet's device, with the
+    supernet's tokenizer_bytes (load_trained's), which `sub.save(path)` stores.
     """
     if not isinstance(model, ConformerSupernet):
         raise TypeError(f"model must be a ConformerSupernet, got {type(model).__name__}")
@@ -290,6 +291,7 @@ def extract_subnet(model: nn.Module, gates, head: int = -1) -> CompactConformer:
                for kind, start, end in layout} for layer in range(cfg.num_layers)]
     budget = cfg.budgets[head]
     sub = CompactConformer(cfg, widths, budget)
+    sub.tokenizer_bytes = model.tokenizer_bytes
     param = next(model.parameters())
     sub.to(device=param.device, dtype=param.dtype)
     sub.frontend.load_state_dict(model.frontend.state_dict())

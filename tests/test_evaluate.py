@@ -338,8 +338,9 @@ def test_eval_subnet_usage_errors(talkative_run, tmp_path, capsys):
     checkpoint = str(talkative_run)
     sub = str(export_subnet(talkative_run, 0, tmp_path / "sub.pt"))
     trained = load_trained(talkative_run)
-    bare = extract_subnet(trained.model, trained.subnet_gates(0), head=0).save(
-        tmp_path / "bare.pt")
+    bare = extract_subnet(trained.model, trained.subnet_gates(0), head=0)
+    bare.tokenizer_bytes = None     # extract_subnet gave it the checkpoint's
+    bare = bare.save(tmp_path / "bare.pt")
     test = load_checkpoint(talkative_run)["manifest_paths"]["test"]
     (tmp_path / "empty.jsonl").write_text("")
     for argv, message in [

@@ -129,6 +129,7 @@ def test_exported_subnet_transcribes_alone_like_the_supernet(run, tmp_path):
     budget = trained.model.cfg.budgets[0]
     expected = Recognizer.from_checkpoint(run["checkpoint"], budget).transcribe(run["paths"])
     assert Recognizer.from_subnet(tmp_path / "sub.pt").transcribe(run["paths"]) == expected
+    sub.tokenizer_bytes = None      # extract_subnet gave it the checkpoint's
     sub.save(tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="without its tokenizer"):
         Recognizer.from_subnet(tmp_path / "bare.pt")
@@ -633,6 +634,17 @@ def test_another_runs_smaller_tokenizer_is_refused(run, tmp_path):
         Recognizer(model, Tokenizer.from_bytes(trained.tokenizer_bytes), **options)  # its own
     # a model built here has nothing to compare with
     Recognizer(ConformerSupernet(trained.model.cfg), other, **all_on)
+
+
+def test_a_subnet_extracted_from_a_checkpoint_saves_its_tokenizer(run, tmp_path):
+    """extract_subnet keeps the loaded supernet's tokenizer, so `sub.save(path)` with no
+    tokenizer argument writes an export that from_subnet reads (it was refused as saved
+    without its tokenizer)."""
+    trained = load_trained(run["checkpoint"])
+    sub = extract_subnet(trained.model, torch.ones(trained.model.num_units))
+    assert sub.tokenizer_bytes == trained.tokenizer_bytes
+    recognizer = Recognizer.from_subnet(sub.save(tmp_path / "sub.pt"))
+    assert recognizer.tokenizer.to_bytes() == trained.tokenizer_bytes
 
 
 class EncoderOutputs:
