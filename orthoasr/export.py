@@ -179,9 +179,14 @@ class CompactConformer(nn.Module):
 
     def save(self, path: str | Path, tokenizer: bytes | Tokenizer | None = None) -> Path:
         """Write config, kept widths and weights (and optionally tokenizer bytes) atomically.
-        An earlier export at `path` is replaced; any other file (a training checkpoint) is
-        refused, as `orthoasr export --out` refuses it. `tokenizer`: its bytes or a
-        `orthoasr.data.Tokenizer` (None: `self.tokenizer_bytes`)."""
+        An earlier export at `path` is replaced; any other file (a training checkpoint), or
+        a path ending in a separator (a folder: Path would drop the separator and write a
+        file of the folder's name), is refused, as `orthoasr export --out` refuses it.
+        `tokenizer`: its bytes or a `orthoasr.data.Tokenizer` (None: `self.tokenizer_bytes`)."""
+        text = os.fspath(path)
+        if isinstance(text, str) and text.endswith(("/", os.sep)):
+            raise ValueError(f"path {text!r} ends in {text[-1]!r}, which names a folder: name "
+                             f"the file, e.g. {os.path.join(text, 'sub.pt')!r}")
         tokenizer = self.tokenizer_bytes if tokenizer is None else tokenizer
         if isinstance(tokenizer, Tokenizer):
             tokenizer = tokenizer.to_bytes()

@@ -268,3 +268,16 @@ def test_integer_gates_are_refused_where_they_are_given():
                  lambda: model.encode(torch.randn(1, 5, 32), torch.tensor([5]), gates)):
         with pytest.raises(TypeError, match=r"gates must be floating point, got torch.int64"):
             call()
+
+
+def test_subnet_save_refuses_a_path_naming_a_folder(tmp_path, monkeypatch):
+    """`sub.save("exports/")` wrote the subnet to a file named `exports` (Path drops the
+    separator), where `orthoasr export --out exports/` is refused: the library now refuses
+    it too, naming the path, and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    sub = orthoasr.extract_subnet(_tiny_supernet(), None)
+    with pytest.raises(ValueError, match=r"path 'exports/' ends in '/', which names a folder"):
+        sub.save("exports/")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "exports").mkdir()
+    assert sub.save(tmp_path / "exports" / "sub.pt").is_file()   # a file in it is written
