@@ -158,15 +158,16 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
     (FileNotFoundError when missing) naming the path."""
     path = Path(path)
     wanted = f"; this needs {KIND_NAMES[kind]}" if kind is not None else ""
+    what = "exported subnet" if kind == SUBNET_KIND else "checkpoint"   # as the user asked
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise FileNotFoundError(f"{what} {path} not found")
     if path.is_dir():
         newest = path / "checkpoint.pt"          # a work dir given for its checkpoint
         meant = f" (the run's checkpoint: {newest})" if newest.is_file() and \
             kind in (None, TRAINING_KIND) else ""
-        raise CheckpointError(f"checkpoint {path} is a directory, not a file{meant}")
+        raise CheckpointError(f"{what} {path} is a directory, not a file{meant}")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it was not written "
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): it was not written "
                               "by orthoasr, or its copy was cut short")
     with path.open("rb") as f:
         if f.read(len(ZIP_SIGNATURE)) != ZIP_SIGNATURE:
@@ -184,14 +185,14 @@ def load_checkpoint(path: str | Path, map_location="cpu", kind: str | None = Non
         # torch's message suggests weights_only=False: never follow that for a file whose
         # origin is unknown, it would run the code the file carries
         raise CheckpointError(
-            f"checkpoint {path} holds Python objects besides tensors and plain values; "
+            f"{what} {path} holds Python objects besides tensors and plain values; "
             "orthoasr never writes those, so it was not written by orthoasr (or was "
             "altered). It was not loaded: loading it could run code") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
             IndexError) as err:
         # its first sentence: torch goes on with advice on how checkpoints get corrupted
         reason = str(err).splitlines()[0].split(". ")[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({reason})"
+        raise CheckpointError(f"{what} {path} is corrupt or truncated ({reason})"
                               ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an orthoasr checkpoint (format "

@@ -252,3 +252,19 @@ def test_a_work_dir_given_as_the_checkpoint_names_its_checkpoint(tmp_path):
                                                   rf"file \(the run's checkpoint: "
                                                   rf"{run / 'checkpoint.pt'}\)"):
             load_checkpoint(run, kind=kind)
+
+
+def test_an_exported_subnet_that_is_missing_or_unreadable_is_named_as_one(tmp_path):
+    """`transcribe --subnet typo.pt` and `load_subnet("typo.pt")` said "checkpoint typo.pt
+    not found", as if a training checkpoint had been asked for; the file is named as what
+    was asked for, and a training checkpoint's messages are as before."""
+    missing, folder, empty = tmp_path / "typo.pt", tmp_path / "exports", tmp_path / "empty.pt"
+    folder.mkdir()
+    empty.write_bytes(b"")
+    for path, error, what in ((missing, FileNotFoundError, "not found"),
+                              (folder, CheckpointError, "is a directory"),
+                              (empty, CheckpointError, "is empty")):
+        with pytest.raises(error, match=rf"^exported subnet {path} {what}"):
+            load_subnet(path)
+        with pytest.raises(error, match=rf"^checkpoint {path} {what}"):
+            load_checkpoint(path, kind=TRAINING_KIND)
