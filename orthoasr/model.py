@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn as nn
 
+import orthoasr.kernels.common as kernel_common
 from orthoasr.kernels.common import FrozenOperands, staged_operand_copies
 from orthoasr.kernels.common import valid_mask as time_mask  # (B, T) bool, valid frames
 from orthoasr.kernels.first_conv import first_conv_relu
@@ -293,8 +294,18 @@ class ConformerBlock(nn.Module):
         """Whether this block's residual steps draw their dropout masks from seeds: training
         with a dropout, on the Triton backend (its kernels' masks) or on the torch backend
         under `kernel_masks` (the same masks)."""
-        return self.training and (triton_runs(x, lengths, None) or kernel_masks()) and any(
-            module.dropout_rate > 0 for module in self.modules_by_kind.values())
+        if not self.training or not any(module.dropout_rate > 0
+                                        for module in self.modules_by_kind.values()):
+            return False
+        if triton_runs(x, lengths, None):
+            return True
+        if kernel_masks() and x.device.type == "cpu" and not kernel_common.interpreting():
+            # else the residual step's "pass seed None", which a training run cannot do
+            raise ValueError("set_kernel_masks(True) (env ORTHOASR_KERNEL_MASKS=1) draws the "
+                             "encoder's dropout masks with a Triton kernel, which on the CPU "
+                             "needs TRITON_INTERPRET=1 (set before Triton is imported): set "
+                             "it, or turn the kernel masks off")
+        return kernel_masks()
 
 
 class ConformerSupernet(nn.Module):

@@ -292,3 +292,28 @@ def test_a_seed_on_the_cpu_without_the_interpreter_is_named(monkeypatch):
         module(x, lengths, residual=(y, seed, 0.5, 0.1))
     module(x, lengths, residual=(y, None, 0.5, 0.1))
     module(x, lengths, residual=(y, seed, 0.5, 0.0))    # no dropout: no mask drawn
+
+
+def test_kernel_masks_on_the_cpu_without_the_interpreter_are_named(monkeypatch):
+    """`ORTHOASR_KERNEL_MASKS=1 orthoasr train` on a CPU without TRITON_INTERPRET=1 stopped
+    at its first step with the residual step's "pass seed None for torch's own dropout",
+    which a training run cannot do. Now the encoder names the switch and the way out;
+    without the switch, or in eval, it runs."""
+    import orthoasr.kernels.common as common
+    import orthoasr.kernels.residual_step as residual_step
+    set_backend("torch")
+    for module in (common, residual_step):
+        monkeypatch.setattr(module, "interpreting", lambda: False)
+    cfg, x, lengths = _small_model_case(1)
+    model = model_module.ConformerSupernet(cfg).train()
+    set_kernel_masks(True)
+    try:
+        with pytest.raises(ValueError, match=r"set_kernel_masks\(True\) \(env "
+                                             r"ORTHOASR_KERNEL_MASKS=1\).*TRITON_INTERPRET=1"):
+            model.run_blocks(x.cpu(), lengths.cpu())
+        model.eval().run_blocks(x.cpu(), lengths.cpu())       # no dropout: no masks drawn
+        set_kernel_masks(False)
+        model.train().run_blocks(x.cpu(), lengths.cpu())      # torch's own dropout
+    finally:
+        set_kernel_masks(False)
+        set_backend("auto")
