@@ -89,8 +89,13 @@ class Recognizer:
                             f"nn.Module that returns log-probabilities, got "
                             f"{type(model).__name__}")
         check_tokenizer(tokenizer, model)
-        if isinstance(model, ConformerSupernet) == (gates is None):
-            raise ValueError("gates are needed with a ConformerSupernet and only with it")
+        if isinstance(model, ConformerSupernet) and gates is None:
+            raise ValueError(f"gates are needed with a ConformerSupernet: its subnet's "
+                             f"({model.num_units},) unit gates (torch.ones(model.num_units): "
+                             f"every unit on), e.g. from orthoasr.freeze_masks")
+        if gates is not None and not isinstance(model, ConformerSupernet):
+            raise ValueError(f"gates are for a ConformerSupernet only; a "
+                             f"{type(model).__name__} has its units fixed: pass gates=None")
         if gates is not None and (not isinstance(gates, torch.Tensor)
                                   or gates.shape != (model.num_units,)):
             got = tuple(gates.shape) if isinstance(gates, torch.Tensor) else \

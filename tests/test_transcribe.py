@@ -608,6 +608,12 @@ def test_bad_recognizer_arguments_are_named():
              ((FrameLocalModel(), "tokenizer.model"), {},
               r"tokenizer must be a Tokenizer .*got str; load it with "
               r"orthoasr.data.Tokenizer\(path\)"),
+             ((supernet, LabelTokenizer()), {},
+              rf"gates are needed with a ConformerSupernet: .*\({units},\) unit gates "
+              r"\(torch.ones\(model.num_units\): every unit on\)"),
+             ((FrameLocalModel(), LabelTokenizer()), {"gates": torch.ones(units)},
+              "gates are for a ConformerSupernet only; a FrameLocalModel has its units "
+              "fixed: pass gates=None"),
              ((supernet, WideTokenizer()), {"gates": torch.ones(units)},
               r"tokenizer has 21 labels, more than the model's 20 outputs"),
              (("model.pt", LabelTokenizer()), {}, "model must be .*got str")]
