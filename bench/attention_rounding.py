@@ -83,7 +83,7 @@ def gradient_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--noise", type=float, default=0.5)
     args = parser.parse_args()
     for shared in (4.0, 12.0, 24.0, 40.0):

@@ -132,7 +132,7 @@ def _variants(name, mode, ours, q, k, v, grad) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", action="store_true", help="also time block-size variants")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
     args = parser.parse_args()

@@ -50,7 +50,7 @@ def case_rows(case: str, B: int, T: int, U: int, V: int) -> list[dict]:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("bench_ctc")
     rows = [row for case, shape in CASES.items() for row in case_rows(case, *shape)]
     print(f"rows -> {write_rows('ctc', rows)}")

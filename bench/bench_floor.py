@@ -324,7 +324,7 @@ def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", default=list(SHAPES), choices=list(SHAPES))
     # choices: a name misspelt would otherwise match nothing and run nothing, silently
     parser.add_argument("--modules", nargs="*", default=list(KINDS), choices=KINDS)

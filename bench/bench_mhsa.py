@@ -104,7 +104,7 @@ def run():
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("bench_mhsa")
     for rows in run():   # written case by case
         print(write_rows("kernels", rows))

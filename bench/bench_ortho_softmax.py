@@ -47,7 +47,7 @@ def _case(n: int, m: int):
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("bench_ortho_softmax")
     orthoasr.set_backend("triton")
     rows = []

@@ -47,7 +47,7 @@ def _providers(frames: int):
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("bench_residual_norm")
     rows = []
     for frames in (8000, 40000):

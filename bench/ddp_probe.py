@@ -40,7 +40,7 @@ def timed_steps(trainer: Trainer, batches, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--work-dir", default="/tmp/ddp_probe")
     parser.add_argument("--label", default="run")

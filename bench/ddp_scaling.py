@@ -69,7 +69,7 @@ def run_variant(name: str, config: Path, work: Path, gpus: int) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/paper.yaml")
     parser.add_argument("--work-dir", default="/tmp/ddp_bench")
     parser.add_argument("--preset", default="small")

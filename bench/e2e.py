@@ -305,7 +305,7 @@ def run(names, providers, timings, check_only: bool, out=None,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="*", default=[*WORKLOADS, TRAINER],
                         choices=[*WORKLOADS, TRAINER])
     parser.add_argument("--providers", nargs="*", default=list(PROVIDERS),

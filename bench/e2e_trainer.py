@@ -142,7 +142,7 @@ def run_trainer(providers, *, config="configs/paper.yaml", preset="base",
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/paper.yaml")
     parser.add_argument("--preset", default="base", help="synthetic corpus (orthoasr synth)")
     parser.add_argument("--work-dir", default="/tmp/e2e_trainer")

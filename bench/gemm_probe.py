@@ -291,7 +291,7 @@ def probe(name: str, K: int, N: int, M: int, sms: int, keep: list[str] | None) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="*", default=[8000, 20000],
                         help="M: frames of B32xT250 and of a training step (B80xT250)")
     parser.add_argument("--products", nargs="*", default=None,

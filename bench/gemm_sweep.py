@@ -108,7 +108,7 @@ def _print_pipelining(*jit_fns):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     ap.add_argument("--quick", action="store_true", help="only the launchers' default tiles")
     ap.add_argument("--families", nargs="*", default=["rows", "wgrad"],

@@ -133,7 +133,7 @@ def check(model, model64, batch, rows, tag, gates=None):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--d-model", type=int, default=384)
     parser.add_argument("--heads", type=int, default=6)

@@ -209,7 +209,7 @@ def attention_check(trainer: Trainer, batch, blocks: int = 2) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--config", default="configs/paper.yaml")
     parser.add_argument("--preset", default="small")

@@ -92,7 +92,7 @@ KERNELS = {**dict.fromkeys(["silu-gate", "plain-store", "silu-bwd", "silu-bwd-ga
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("case", nargs="?", choices=list(KERNELS))
     parser.add_argument("--list", action="store_true",
                         help="print each case and its kernel's name, one pair a line")

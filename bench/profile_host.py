@@ -119,7 +119,7 @@ def launch_ab(reps: int = 3) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--launch-ab", action="store_true")
     args = parser.parse_args()
     require_gpu("profile_host")

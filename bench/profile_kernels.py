@@ -126,7 +126,7 @@ FLOOR_PROVIDERS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="B32xT250", choices=list(SHAPES))
     parser.add_argument("--modules", nargs="*", default=["ffn", "conv", "mhsa"],
                         choices=["ffn", "conv", "mhsa", "encoder"])

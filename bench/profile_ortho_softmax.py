@@ -14,7 +14,7 @@ from orthoasr.kernels.ortho_softmax import ortho_softmax_bwd_triton, ortho_softm
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("profile_ortho_softmax")
     n, m = 180, 5
     costs, rest, total = orthoasr.unit_costs(orthoasr.SupernetConfig(), "params")

@@ -81,7 +81,7 @@ def op_report(title: str, rows: list[tuple[str, float, int, str]], top: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/paper.yaml")
     parser.add_argument("--preset", default="small", help="synthetic corpus (orthoasr synth)")
     parser.add_argument("--work-dir", default="/tmp/profile_step")

@@ -48,7 +48,7 @@ def report(name: str, durations, max_frames: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifests", nargs="*")
     parser.add_argument("--max-frames", type=int, default=40000)
     args = parser.parse_args()

@@ -1,7 +1,8 @@
 """WER of a trained run's subnets with `transcribe`'s silence splitting off and on, on its test
 clips as they are and with silence, noise and clicks added (docs/transcription.md's table).
-CPU is enough:
+The CPU is enough.
 
+Run:
     python -m bench.silence_wer --checkpoint runs/demo/checkpoint.pt \
         --manifest data/synth-demo/test.jsonl --budgets 0.4 1.0
 

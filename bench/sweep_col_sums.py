@@ -23,7 +23,7 @@ CONFIGS = [{}, dict(BM=32), dict(BM=64), dict(BM=16), dict(BN=256, num_warps=8)]
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("sweep_col_sums")
     torch.manual_seed(0)
     lengths = step_lengths()

@@ -26,7 +26,7 @@ CONFIGS = [{}, dict(TMA=False),
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     require_gpu("sweep_in_proj")
     torch.manual_seed(0)
     rows = []

@@ -131,7 +131,7 @@ def _step_rows(p: float) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--residual", action="store_true",
                         help="the LayerNorm with a residual step fused (dropout 0.1 and 0)")
     args = parser.parse_args()

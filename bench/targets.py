@@ -1,7 +1,8 @@
 """Issue 13's speed targets checked against the newest `floors` rows (bench/bench_floor.py),
 every time a CUDA-graph replay on one H200 (the card the issues name), and issue 14's
-against the `e2e` rows (bench/e2e.py, bench/e2e_trainer.py). Used by bench/report.py; also
+against the `e2e` rows (bench/e2e.py, bench/e2e_trainer.py). Used by bench/report.py.
 
+Run:
     python -m bench.targets                (prints the table)
     python -m bench.targets --gpu H100     (the same targets over another card's rows)
 
@@ -216,7 +217,7 @@ def render_e2e(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", default=TARGET_GPU,
                         help=f"the card whose rows to read (a part of its name; default "
                              f"{TARGET_GPU}, the card the targets are set on: elsewhere the "

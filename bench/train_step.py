@@ -125,7 +125,7 @@ def run_case(config: str, run, stage: int, max_frames: int, corpus: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/paper.yaml")
     parser.add_argument("--work-dir", default="/tmp/train_bench")
     parser.add_argument("--preset", default="small")
