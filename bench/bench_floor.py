@@ -61,6 +61,11 @@ SETTINGS_OFF = {
     "ours_no_gpu_asm": lambda: gpu_asm(False),                 # kernels/launch.py
     "ours_unstaged_copies": lambda: staged_copies(False),      # the encoder's only
 }
+# every provider a row may name (--providers picks some); bench.targets reads ours,
+# dense_floor, compile_floor, sdpa_mask, sdpa_nomask, ours_host_masks, ours_skip_dead_blocks
+PROVIDERS = ("ours", *SETTINGS_OFF, "ours_host_masks", "ours_one_stream",
+             "ours_skip_dead_blocks", "ours_skip_dead_blocks_two_streams", "ours_bf16_weights",
+             "ours_unpacked", "dense_floor", "compile_floor", "sdpa_mask", "sdpa_nomask")
 
 
 def gate_patterns(n: int, device) -> dict[str, torch.Tensor | None]:
@@ -107,14 +112,17 @@ def _modules(cfg: SupernetConfig, device):
 
 
 def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings,
-                out=None, captures: int = 1) -> list:
+                out=None, captures: int = 1, only=None) -> list:
     """Time every (mode, provider, timing); each row is written as soon as it is measured
     (a call cut short by its time limit keeps what it measured). grad_out: the output's
     gradient, or a function of the provider giving it. captures: graph timings take the
-    best of that many captures (harness.time_graph_ms)."""
+    best of that many captures (harness.time_graph_ms). only: the providers to time (None:
+    all)."""
     rows = []
     for mode in modes:
         for provider, fn in providers.items():
+            if only is not None and provider not in only:
+                continue
             if mode == "fwd+bwd" and provider == "dense_floor" and base["gates"] == "off":
                 continue          # the floor of a dead module is a constant: no backward
             if provider.startswith(("ours_skip_dead_blocks", "ours_one_stream")) \
@@ -154,10 +162,12 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
 
 
 def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
-        compile_floors: bool = True, mode_names=None) -> int:
+        compile_floors: bool = True, mode_names=None, provider_names=None) -> int:
     """Checks, then times; every row is written as soon as it is measured. gate_names,
-    mode_names: the gate patterns and modes to run (default all). Returns the number of
-    rows."""
+    mode_names, provider_names: the gate patterns, modes and providers to run (default
+    all). Returns the number of rows."""
+    if provider_names is not None:
+        compile_floors = compile_floors and "compile_floor" in provider_names
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = SupernetConfig(budgets=(1.0,), dropout=0.0)
     if device.type == "cpu":          # --check under the interpreter: a small model
@@ -179,7 +189,7 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 # written as measured, to `out` (they used to go to bench/results as well,
                 # and be written twice there)
                 rows += _attention_rows(cfg, shape, B, T, lengths, device, timings,
-                                        check_only, out)
+                                        check_only, out, provider_names)
             elif kind == "encoder":
                 patterns = model_gate_patterns(model)
                 ours_module = model
@@ -278,13 +288,14 @@ def run(shapes, kinds, check_only: bool, timings, out=None, gate_names=None,
                 # the encoder's graphs: the best of three captures (the first ones after the
                 # floor's eager check replayed slower: bench/NOTES.md, session 41)
                 rows += _timed_rows(base, providers, inputs_of, grad_out, modes, timings, out,
-                                    captures=3 if kind == "encoder" else 1)
+                                    captures=3 if kind == "encoder" else 1,
+                                    only=provider_names)
             written += len(rows)
     return written
 
 
 def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only,
-                    out=None) -> list:
+                    out=None, only=None) -> list:
     """The attention core alone: ours with key padding vs SDPA with the mask and without.
     Each on the layout its projections give it: SDPA separate (B, H, T, Dh) q, k and v; ours
     the packed qkv (B, T, H, 3, Dh) that the MHSA's in-projection writes, its output and
@@ -320,7 +331,7 @@ def _attention_rows(cfg, shape, B, T, lengths, device, timings, check_only,
     return _timed_rows(base, providers,
                        lambda p: [qkv] if p == "ours" else [q, k, v],
                        lambda p: grad_packed if p == "ours" else grad,
-                       ("fwd", "fwd+bwd"), timings, out)
+                       ("fwd", "fwd+bwd"), timings, out, only=only)
 
 
 def main() -> None:
@@ -334,6 +345,10 @@ def main() -> None:
                         choices=GATE_PATTERNS, help="gate patterns to run (default all)")
     parser.add_argument("--modes", nargs="*", default=None, choices=["fwd", "fwd+bwd", "infer"],
                         help="modes to time (infer: the encoder's; default all)")
+    parser.add_argument("--providers", nargs="*", default=None, choices=PROVIDERS,
+                        help="providers to time (default all; the targets read ours, "
+                        "dense_floor, compile_floor, sdpa_mask, sdpa_nomask, "
+                        "ours_host_masks, ours_skip_dead_blocks)")
     parser.add_argument("--check", action="store_true", help="equality checks only")
     parser.add_argument("--out", default=None, help="folder for kernels.json "
                         "(default bench/results)")
@@ -342,7 +357,7 @@ def main() -> None:
     args = parser.parse_args()
     require_gpu_unless_checking("bench_floor", args.check)
     run(args.cases, args.modules, args.check, args.timings, args.out, args.gates,
-        not args.no_compile, args.modes)
+        not args.no_compile, args.modes, args.providers)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@
 #            the small corpus)
 #   floors   bench/bench_floor.py: modules, attention core and encoder vs their dense floors
 #            and torch.compile of them, CUDA-graph and eager timings (issue 13; not in the
-#            default set: give it a call of its own)
+#            default set: give it a call of its own; FLOOR_ARGS="--providers ours dense_floor
+#            compile_floor sdpa_mask sdpa_nomask ours_host_masks ours_skip_dead_blocks" times
+#            only the rows bench.targets reads)
 #   trainer  bench/e2e_trainer.py: the full trainer per stage, CUDA graphs / eager / torch
 #            references (issue 14; synthesises its corpus: give it a call of its own;
 #            issue 14's setting, the paper config's 8 shape classes on `base`, took 406 s

@@ -101,6 +101,7 @@ def test_targets_read_a_card_by_any_part_of_its_name_and_refuse_one_without_rows
 @pytest.mark.parametrize("module, args", [
     ("bench_floor", ["--gates", "hlaf"]), ("bench_floor", ["--modules", "attn"]),
     ("bench_floor", ["--modes", "bwd"]), ("bench_floor", ["--timings", "graphs"]),
+    ("bench_floor", ["--providers", "compiled_floor"]),
     ("profile_kernels", ["--gates", "on"]), ("profile_kernels", ["--modules", "ffn1"]),
     ("gemm_sweep", ["--families", "wgrad-tma"]),
 ])
@@ -131,6 +132,22 @@ def test_bench_floor_writes_attention_rows_once_and_only_to_out(tmp_path):
     rows = json.loads((tmp_path / "kernels.json").read_text())
     keys = [(r["mode"], r["provider"], r["timing"]) for r in rows]
     assert rows and len(keys) == len(set(keys)), keys
+
+
+@pytest.mark.gpu
+def test_bench_floor_times_only_the_providers_named(tmp_path):
+    """--providers: the rows the targets read without the diagnostic providers (settings
+    off, one stream, the unpacked attention), so that one device call holds more cases."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    done = subprocess.run([sys.executable, "-m", "bench.bench_floor", "--modules", "attention",
+                           "--cases", "B32xT250", "--timings", "eager", "--out", str(tmp_path),
+                           "--providers", "ours", "sdpa_mask"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "kernels.json").read_text())
+    assert {(r["mode"], r["provider"]) for r in rows} == {
+        (mode, provider) for mode in ("fwd", "fwd+bwd") for provider in ("ours", "sdpa_mask")}
 
 
 def test_report_names_each_rows_unit_where_a_tables_runs_differ(tmp_path):
