@@ -20,6 +20,7 @@ from .checkpoint import refuse_replacing, write_failure_reason
 from .cli import number, output_file
 from .cli import silence_db as silence_db_value
 from .config import SupernetConfig
+from .data.corpus_lock import corpus_read_lock
 from .devices import resolve_device
 from .model import block_layout
 from .recognizer import (
@@ -217,29 +218,31 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     trained = load_trained(checkpoint, device)
     run, model, cfg = trained.run, trained.model, trained.run.model
     tokenizer = trained.tokenizer()
-    splits = {name: load_split(name, eval_manifest(trained, name, given))
-              for name, given in (("dev", dev_manifest), ("test", test_manifest))}
-    subnets = range(trained.num_subnets) if trained.masks is not None else [None]
-    if run.fixed_subnet is not None and trained.masks is not None:
-        # a fixed_gates run: its other masks are the source run's, never trained here
-        subnets = [run.fixed_subnet]
-        print(f"only the subnet of budget {cfg.budgets[run.fixed_subnet]:g} (fixed_gates "
-              f"{run.fixed_gates}) was trained: the other subnets are not scored")
-    bf16 = run.bf16 and device.type == "cuda"
-    rows, selected = [], []
-    for index in subnets:
-        gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
-        head = len(cfg.budgets) - 1 if index is None else index
-        selected.append((gates.to(device), head))
-        rows.append(cost_row("supernet" if index is None else index,
-                             1.0 if index is None else cfg.budgets[index], cfg, gates))
-    for name, records in splits.items():
-        hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
-                          bf16, frozen_weights=True,     # the checkpoint's, loaded here
-                          silence_db=silence_db, chunk_seconds=chunk_seconds,
-                          context_seconds=context_seconds)
-        for row, subnet_hyps in zip(rows, hyps):
-            add_error_rates(row, name, records, subnet_hyps)
+    paths = {name: eval_manifest(trained, name, given)
+             for name, given in (("dev", dev_manifest), ("test", test_manifest))}
+    with corpus_read_lock(paths.values()):       # corpus_lock.py: until every clip is read
+        splits = {name: load_split(name, path) for name, path in paths.items()}
+        subnets = range(trained.num_subnets) if trained.masks is not None else [None]
+        if run.fixed_subnet is not None and trained.masks is not None:
+            # a fixed_gates run: its other masks are the source run's, never trained here
+            subnets = [run.fixed_subnet]
+            print(f"only the subnet of budget {cfg.budgets[run.fixed_subnet]:g} (fixed_gates "
+                  f"{run.fixed_gates}) was trained: the other subnets are not scored")
+        bf16 = run.bf16 and device.type == "cuda"
+        rows, selected = [], []
+        for index in subnets:
+            gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
+            head = len(cfg.budgets) - 1 if index is None else index
+            selected.append((gates.to(device), head))
+            rows.append(cost_row("supernet" if index is None else index,
+                                 1.0 if index is None else cfg.budgets[index], cfg, gates))
+        for name, records in splits.items():
+            hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
+                              bf16, frozen_weights=True,     # the checkpoint's, loaded here
+                              silence_db=silence_db, chunk_seconds=chunk_seconds,
+                              context_seconds=context_seconds)
+            for row, subnet_hyps in zip(rows, hyps):
+                add_error_rates(row, name, records, subnet_hyps)
     print_table(rows, cfg, f"subnets at step {trained.step}{split_note(silence_db)}")
     if trained.masks is not None:
         print_retained(trained.masks, cfg)
@@ -278,20 +281,21 @@ def evaluate_subnet(subnet: str | Path, dev_manifest: str | None = None,
     csv_path = csv_path or subnet.with_name(f"{subnet.stem}.eval.csv")
     check_outputs(csv_path)
     paths = {name: given_manifest(name, path) for name, path in given.items()}
-    splits = {name: load_split(name, path) for name, path in paths.items()}
-    recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=chunk_seconds,
-                                        context_seconds=context_seconds,
-                                        silence_db=silence_db)
-    sub = recognizer.model
-    row = cost_row("exported", sub.budget, sub.cfg, widths_to_gates(sub.cfg, sub.widths))
-    for name, records in splits.items():
-        short = short_clips(records, recognizer.logmel)
-        decoded = [i for i in range(len(records)) if i not in short]
-        texts = recognizer.transcribe([records[i]["audio_filepath"] for i in decoded])
-        hyps = [""] * len(records)
-        for i, text in zip(decoded, texts, strict=True):
-            hyps[i] = text
-        add_error_rates(row, name, records, hyps)
+    with corpus_read_lock(paths.values()):       # corpus_lock.py: until every clip is read
+        splits = {name: load_split(name, path) for name, path in paths.items()}
+        recognizer = Recognizer.from_subnet(subnet, device, chunk_seconds=chunk_seconds,
+                                            context_seconds=context_seconds,
+                                            silence_db=silence_db)
+        sub = recognizer.model
+        row = cost_row("exported", sub.budget, sub.cfg, widths_to_gates(sub.cfg, sub.widths))
+        for name, records in splits.items():
+            short = short_clips(records, recognizer.logmel)
+            decoded = [i for i in range(len(records)) if i not in short]
+            texts = recognizer.transcribe([records[i]["audio_filepath"] for i in decoded])
+            hyps = [""] * len(records)
+            for i, text in zip(decoded, texts, strict=True):
+                hyps[i] = text
+            add_error_rates(row, name, records, hyps)
     print_table([row], sub.cfg, f"exported subnet {subnet}{split_note(silence_db)}")
     print(f"CSV -> {write_csv([row], csv_path)}")
     return row

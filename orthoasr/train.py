@@ -19,6 +19,7 @@ from pathlib import Path
 from .checkpoint import TRAINING_KIND, CheckpointError, kept_checkpoints, load_checkpoint
 from .cli import number
 from .data import AudioError
+from .data.corpus_lock import corpus_read_lock
 from .devices import resolve_device
 from .distributed import FailureShared, init_world, left_on_error, shutdown
 from .run_config import (
@@ -58,7 +59,17 @@ def train(run: RunConfig, work_dir: str | Path, resume: bool = False,
     change recorded). A work dir holding a run needs `resume` or
     `overwrite` (which moves the old run aside). `stop_at` ends after that step with a
     checkpoint, as an interrupted run would; SIGINT/SIGTERM/SIGHUP end the run at the next
-    step with a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer."""
+    step with a checkpoint (`trainer.stopped_by` names the signal). Returns the trainer.
+    The corpus folders of its three manifests are locked for reading until the run ends
+    (corpus_lock.py): `orthoasr synth --overwrite` cannot replace their audio under it."""
+    with corpus_read_lock((run.train_manifest, run.dev_manifest, run.test_manifest)):
+        return _start(run, work_dir, resume, stop_at, overwrite, resume_from,
+                      allow_schedule_change, allow_data_change)
+
+
+def _start(run: RunConfig, work_dir: str | Path, resume: bool, stop_at: int | None,
+           overwrite: bool, resume_from: str | Path | None, allow_schedule_change: bool,
+           allow_data_change: bool) -> Trainer:
     if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int)
                                 or stop_at < 1):
         raise ValueError(f"stop_at must be a step >= 1 (or None: run to the end), got "

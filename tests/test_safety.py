@@ -24,6 +24,7 @@ import orthoasr.trainer as trainer_module
 from orthoasr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from orthoasr.cli import main
 from orthoasr.data import load_audio, load_manifest
+from orthoasr.data.corpus_lock import LOCK_NAME
 from orthoasr.distributed import SINGLE
 from orthoasr.evaluate import evaluate
 from orthoasr.export import load_subnet
@@ -71,9 +72,10 @@ def ours(handler) -> bool:
 
 
 def files_of(folder: Path) -> dict:
-    """Each file under `folder`: its inode, modification time and contents."""
+    """Each file under `folder`: its inode, modification time and contents. Not a corpus
+    lock file, which a run reading a manifest kept there leaves (data/corpus_lock.py)."""
     return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
 
 
 def cli_error(capsys, argv) -> str:

@@ -21,7 +21,8 @@ Design:
   no file is written for it.
 
 Output: out/wav/<split>/<speaker>/<utt>.wav, out/{train,dev,test}.jsonl (paths relative to
-out/), out/summary.json.
+out/), out/summary.json; out/.corpus.lock keeps runs that read the corpus and a synthesis
+that replaces it apart (corpus_lock.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..checks import check_number
 from ..cli import number
 from .audio import SAMPLE_RATE, resample, write_wav
 from .commands import CommandGenerator
+from .corpus_lock import corpus_write_lock
 from .manifest import normalize_text
 from .sentences import SentenceGenerator
 
@@ -341,7 +343,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
     """Synthesise a corpus into `out_dir`; returns (and writes to summary.json) a summary:
     hours, utterances, speakers, vocabulary (distinct words), per-split figures, the voice
     variants of each split, failures, seconds taken and bytes written. A corpus already in
-    `out_dir` is refused unless `overwrite`, which deletes its wav/ folder first."""
+    `out_dir` is refused unless `overwrite`, which deletes its wav/ folder first; a corpus
+    that a run is reading (corpus_lock.py) is refused all the same (CorpusInUse)."""
     started = time.time()
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -363,10 +366,19 @@ def synthesize_corpus(out_dir: str | os.PathLike, preset: str | Preset = "tiny",
         raise FileExistsError(
             f"--out {out_dir} already holds a corpus ({', '.join(found)}); add --overwrite "
             "to replace it (its wav/ folder is deleted), or choose another --out")
-    if (out_dir / "wav").is_dir():
-        shutil.rmtree(out_dir / "wav")           # no file of the old corpus survives
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the lock that runs reading the corpus hold: a corpus is never deleted under them, nor
+    # read half-written
+    with corpus_write_lock(out_dir):
+        if (out_dir / "wav").is_dir():
+            shutil.rmtree(out_dir / "wav")       # no file of the old corpus survives
+        return _write_corpus(out_dir, preset, preset_name, seed, workers, sentences,
+                             progress, started)
 
+
+def _write_corpus(out_dir: Path, preset: Preset, preset_name: str, seed: int, workers: int,
+                  sentences: list[str] | None, progress: bool, started: float) -> dict:
+    """synthesize_corpus's work, once `out_dir` is checked, locked and free of old audio."""
     speakers, jobs, failures = plan_corpus(out_dir, preset, seed, sentences)
     shards = [(jobs[i:i + SHARD_SIZE], seed) for i in range(0, len(jobs), SHARD_SIZE)]
     samples = [0] * len(jobs)
@@ -453,7 +465,8 @@ def add_arguments(parser) -> None:
                         help="worker processes (default: all CPU cores)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a corpus found in the output folder (its wav/ folder "
-                             "is deleted); without it such a folder is refused")
+                             "is deleted; refused while a train or eval run reads it); "
+                             "without it such a folder is refused")
 
 
 def run(args) -> dict:
