@@ -8,16 +8,20 @@ Run:
 
 Each budget's subnet transcribes every kind of test audio three ways: each recording whole
 (`silence_db=None`), split with the splitter's first rules (levels weighed against the
-loudest frame, every voiced run kept: `reference_seconds=0, min_segment_seconds=0`), and
-split with the defaults. The audio is drawn from a fixed seed, so a rerun on the same run
-gives the same numbers. Rows are appended to bench/results/accuracy/silence_wer.json (WER,
-not speed, so out of bench/RESULTS.md's tables), and a markdown table is printed.
+loudest frame, every voiced run kept, steady noise too: `reference_seconds=0,
+min_segment_seconds=0, floor_db=0`), and split with the defaults. The audio is drawn from a
+fixed seed, so a rerun on the same run gives the same numbers. Each also reads a room's
+noise alone (`noise_alone`: white and pink noise and a mains hum at -70 to -40 dBFS, 3 s
+each), whose right text is "": those rows count the words read. Rows are appended to
+bench/results/accuracy/silence_wer.json (WER, not speed, so out of bench/RESULTS.md's
+tables), and a markdown table is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 
@@ -77,10 +81,35 @@ def test_audio(waves: list[torch.Tensor], texts: list[str]) -> dict:
     return audio
 
 
+def noise_alone(clips: int = 10) -> dict:
+    """{kind of noise: `clips` recordings of 3 s} of a room's noise alone at -70, -60, -50 and
+    -40 dBFS (RMS): white (hiss), pink (a fan's rumble), and a 50 Hz mains hum with two
+    harmonics and a little hiss."""
+    draw = torch.Generator().manual_seed(1)
+    n = 3 * RATE
+    t = torch.arange(n) / RATE
+
+    def pink() -> torch.Tensor:
+        spectrum = torch.fft.rfft(torch.randn(n, generator=draw))
+        return torch.fft.irfft(spectrum / torch.arange(len(spectrum)).clamp(min=1).sqrt(), n)
+
+    def hum() -> torch.Tensor:
+        phase = 2 * math.pi * float(torch.rand(1, generator=draw))
+        return sum(a * torch.sin(2 * math.pi * 50 * k * t + k * phase)
+                   for k, a in ((1, 1.0), (2, 0.5), (3, 0.3))) + 0.05 * torch.randn(
+                       n, generator=draw)
+    makers = {"white": lambda: torch.randn(n, generator=draw), "pink": pink, "hum": hum}
+    return {f"{kind} noise alone, {dbfs} dBFS":
+            [wave / wave.square().mean().sqrt() * 10 ** (dbfs / 20)
+             for wave in (make() for _ in range(clips))]
+            for kind, make in makers.items() for dbfs in (-70, -60, -50, -40)}
+
+
 def first_rules(wave: torch.Tensor) -> list[tuple[int, int]]:
-    """The splitter before clicks were handled: the loudest frame sets the level, and a
-    voiced run of any length is a segment."""
-    return voiced_spans(wave, THRESHOLD_DB, reference_seconds=0, min_segment_seconds=0)
+    """The splitter before clicks and noise were handled: the loudest frame sets the level,
+    and a voiced run of any length is a segment, steady noise or not."""
+    return voiced_spans(wave, THRESHOLD_DB, reference_seconds=0, min_segment_seconds=0,
+                        floor_db=0.0)
 
 
 def main() -> None:
@@ -92,6 +121,7 @@ def main() -> None:
     records = load_manifest(args.manifest)
     audio = test_audio([load_audio(r["audio_filepath"]) for r in records],
                        [r["text"] for r in records])
+    noises = noise_alone()
     rows = []
     for budget in args.budgets:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, budget)
@@ -106,12 +136,20 @@ def main() -> None:
                 rows.append({"budget": budget, "audio": kind, "setting": setting,
                              "wer": round(100 * errors / words, 1), "words": words})
                 print(json.dumps(rows[-1]), flush=True)
+            for kind, recordings in noises.items():
+                read = sum(len(text.split()) for text in recognizer.transcribe(recordings))
+                rows.append({"budget": budget, "audio": kind, "setting": setting,
+                             "words_read": read, "clips": len(recordings)})
+                print(json.dumps(rows[-1]), flush=True)
     write_rows("silence_wer", rows, RESULTS_DIR / "accuracy")
     print("\n| test audio | " + " | ".join(f"{b:g}: {s}" for b in args.budgets
                                            for s in ("whole", "first rules", "default")) + " |")
     for kind in audio:
         print(f"| {kind} | " + " | ".join(
             f"{r['wer']}%" for r in rows if r["audio"] == kind) + " |")
+    for kind in noises:
+        print(f"| {kind} (words read in {len(noises[kind])} clips) | " + " | ".join(
+            str(r["words_read"]) for r in rows if r["audio"] == kind) + " |")
 
 
 if __name__ == "__main__":

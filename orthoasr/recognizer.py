@@ -72,7 +72,8 @@ class Recognizer:
     context_seconds are decoded in pieces (module docstring); chunk_seconds None: whole.
     silence_db: frames more than this many dB under the level of a recording's loudest 0.1 s
     are silence, and only the voiced segments between silences are decoded
-    (orthoasr.silence.voiced_spans); None: each recording is decoded whole, silence
+    (orthoasr.silence.voiced_spans; one of a room's steady noise alone, hiss or hum, is
+    dropped, so a recording of it reads ""); None: each recording is decoded whole, silence
     included, but one with no sound at all (no 10 ms frame at -80 dBFS or over:
     orthoasr.silence.audible) is "" either way. bf16: on a GPU, decode under a bfloat16
     autocast (from_checkpoint's default for a run trained in bf16, as `orthoasr eval`

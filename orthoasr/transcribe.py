@@ -257,7 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{SILENCE_DB:g}; off or 0: decode each file whole, silence "
                              "included, which the demo's model misreads; a file with no 10 "
                              f"ms frame at {SILENT_DBFS:g} dBFS or over gives an empty text "
-                             "either way)")
+                             "either way, and one of a room's steady noise alone (hiss, "
+                             "hum) when split)")
     parser.add_argument("--group-seconds", type=number(least=0), default=GROUP_SECONDS,
                         help="decode files in groups of about this much audio, printing "
                              "each group's lines when it is done (default "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from test_safety import cli_error
-from test_train import finished_tiny_run
+from test_train import finished_tiny_run, level_swings
 
 from orthoasr import set_backend
 from orthoasr.checkpoint import load_checkpoint, save_checkpoint
@@ -199,7 +199,8 @@ def awkward_manifest(manifest: str, folder: Path) -> Path:
     splitter) and 36 s of noise (more than transcribe's 30 s pieces and 2 s either side)."""
     records = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
     first, second = (load_audio(r["audio_filepath"]).numpy() * 32768 for r in records[:2])
-    noise = np.random.default_rng(0).standard_normal(36 * 16000) * 2000
+    noise = np.random.default_rng(0).standard_normal(36 * 16000) * 2000 * \
+        level_swings(36 * 16000)
     records += [write_wav(folder / "short.wav", noise[:320]),
                 write_wav(folder / "two.wav", np.concatenate([first, np.zeros(8000), second])),
                 write_wav(folder / "long.wav", noise)]

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from test_train import level_swings as swings
 from test_transcribe import FrameLocalModel, LabelTokenizer
 
 from orthoasr import Recognizer
@@ -36,6 +37,10 @@ def layout(parts):
             waves.append(level * torch.randn(n, generator=noise))
         at += n
     return torch.cat(waves), tones
+
+
+def level_swings(samples):
+    return torch.from_numpy(swings(samples))
 
 
 def random_seconds(generator, low, high):
@@ -76,7 +81,9 @@ def test_gaps_shorter_than_min_gap_do_not_split():
 
 def test_short_silence_at_the_ends_stays_and_margins_are_clipped():
     wave, tones = layout([("zeros", 0.05), ("tone", 0.5), ("zeros", 0.07)])
-    assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0) == [(0, len(wave))]
+    # (a steady tone with no 0.1 s of silence is a hum, no segment: floor_db=0 keeps it)
+    assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0, floor_db=0.0) == [
+        (0, len(wave))]
     wave, tones = layout([("zeros", 0.15), ("tone", 0.5), ("zeros", 0.2)])
     assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0) == tones
     assert voiced_spans(wave, min_gap_seconds=0.1, margin_seconds=0.3) == [(0, len(wave))]
@@ -89,7 +96,7 @@ def test_silence_alone_has_no_segments():
     assert voiced_spans(torch.zeros(0)) == []
     assert voiced_spans(torch.zeros(100)) == []
     assert voiced_spans(tone(0.003)) == []                  # under one frame: a click
-    assert voiced_spans(tone(0.003), min_segment_seconds=0) == [(0, 48)]
+    assert voiced_spans(tone(0.003), min_segment_seconds=0, floor_db=0.0) == [(0, 48)]
 
 
 def test_dither_alone_is_silence_and_a_quiet_voice_over_it_is_found():
@@ -98,7 +105,7 @@ def test_dither_alone_is_silence_and_a_quiet_voice_over_it_is_found():
     them (-33 dBFS) is found within a frame, its dither around it silent too."""
     dither = 1e-5 * torch.randn(RATE, generator=torch.Generator().manual_seed(5))
     assert voiced_spans(dither) == []
-    assert voiced_spans(dither, silent_dbfs=-120.0) == [(0, RATE)]    # the old rule
+    assert voiced_spans(dither, silent_dbfs=-120.0, floor_db=0.0) == [(0, RATE)]  # old rule
     wave = dither.clone()
     wave[4000:8000] += tone(0.25, amplitude=0.03)
     spans = voiced_spans(wave, margin_seconds=0)
@@ -161,7 +168,8 @@ def test_a_short_sound_joins_its_neighbour_or_must_last_a_tenth_of_a_second():
     ("min_gap_seconds", float("inf")), ("margin_seconds", -0.01),
     ("margin_seconds", None), ("sample_rate", 16000.0), ("sample_rate", 0),
     ("silent_dbfs", 3.0), ("silent_dbfs", float("-inf")),
-    ("reference_seconds", -0.1), ("min_segment_seconds", float("nan"))])
+    ("reference_seconds", -0.1), ("min_segment_seconds", float("nan")),
+    ("floor_db", -6.0), ("floor_db", float("nan"))])
 def test_bad_arguments_are_refused_by_name(argument, value):
     with pytest.raises(ValueError, match=f"{argument} must be .*, got {value!r}"):
         voiced_spans(tone(0.5), **{argument: value})
@@ -213,9 +221,11 @@ def test_splitting_cuts_out_the_silence_that_misleads_a_level_reading_model():
 
 
 def test_splitting_leaves_clips_without_silence_as_they_were():
-    """Noise clips (every frame voiced), one long enough to be decoded in pieces."""
+    """Noise clips whose level rises and falls by 20 dB as speech's does (every frame
+    voiced), one long enough to be decoded in pieces."""
     noise = torch.Generator().manual_seed(3)
-    waves = [torch.randn(n, generator=noise) for n in (16000 * 9 + 333, 16000 * 2, 5000)]
+    waves = [torch.randn(n, generator=noise) * level_swings(n)
+             for n in (16000 * 9 + 333, 16000 * 2, 5000)]
     for chunk_seconds in (None, 1.0):
         whole = Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=None,
                            chunk_seconds=chunk_seconds)
@@ -227,25 +237,33 @@ def test_splitting_leaves_clips_without_silence_as_they_were():
 
 def test_a_silent_recording_transcribes_to_nothing():
     """Split or whole (silence_db None): a recording with no sound at all (zeros, a DC
-    offset, dither at -100 dBFS) is never decoded; whole, zeros were read as a label. Noise
-    at -60 dBFS, a room's noise floor, is sound: decoded either way."""
+    offset, dither at -100 dBFS) is never decoded; whole, zeros were read as a label. Split,
+    a room's steady noise alone (-60 dBFS hiss, hum) reads "" too, and noise whose level
+    swings as speech's does is decoded; whole, both are."""
     noise = torch.randn(16000, generator=torch.Generator().manual_seed(4))
     silent = [torch.zeros(32000), torch.zeros(10), torch.full((16000,), 0.01), 1e-5 * noise,
               torch.zeros(0)]
+    steady = [1e-3 * noise, steady_noise("hum50", -60), steady_noise("pink", -40)]
+    swinging = [noise * level_swings(len(noise)), 1e-3 * noise * level_swings(len(noise))]
     for silence_db in (40.0, None):
         rec = Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=silence_db)
         assert rec.transcribe(silent) == [""] * len(silent), silence_db
-        assert all(rec.transcribe([noise, 1e-3 * noise])), silence_db
+        assert all(rec.transcribe(swinging)), silence_db
+        texts = rec.transcribe(steady)
+        assert texts == [""] * len(steady) if silence_db else all(texts), (silence_db, texts)
 
 
 def test_audible_is_what_the_splitter_finds_any_segment_in():
+    """...but for steady noise alone: sound, but no segment (test_steady_noise_alone_...)."""
     noise = torch.randn(16000, generator=torch.Generator().manual_seed(6))
     for wave in (torch.zeros(16000), torch.zeros(0), torch.full((800,), -0.2), 1e-5 * noise):
         assert not audible(wave) and voiced_spans(wave) == []
-    for wave in (noise, 1e-3 * noise, tone(0.2, amplitude=1e-3)):
+    swinging = noise * level_swings(len(noise))
+    quiet_tone = torch.cat([torch.zeros(RATE // 5), tone(0.2, amplitude=1e-3)])
+    for wave in (swinging, 1e-3 * swinging, quiet_tone):
         assert audible(wave) and voiced_spans(wave) != []
     assert audible(1e-5 * noise, silent_dbfs=-120.0)
-    assert not audible(tone(0.2, amplitude=1e-3), silent_dbfs=-40.0)
+    assert not audible(quiet_tone, silent_dbfs=-40.0)
 
 
 @pytest.mark.parametrize("argument, value", [
@@ -265,3 +283,65 @@ def test_audible_refuses_bad_arguments_by_name_as_the_splitter_does(argument, va
 def test_bad_silence_db_is_refused(value):
     with pytest.raises(ValueError, match=f"silence_db must be .*, got {value!r}"):
         Recognizer(FrameLocalModel(), LabelTokenizer(), silence_db=value)
+
+
+def steady_noise(kind, dbfs, seconds=2.0, seed=7):
+    """A room's noise alone at `dbfs` (RMS): white hiss, pink noise (a fan's rumble), or a
+    50/60 Hz mains hum with two harmonics and a little hiss."""
+    draw = torch.Generator().manual_seed(seed)
+    n = round(seconds * RATE)
+    if kind == "white":
+        wave = torch.randn(n, generator=draw)
+    elif kind == "pink":
+        spectrum = torch.fft.rfft(torch.randn(n, generator=draw))
+        wave = torch.fft.irfft(spectrum / torch.arange(len(spectrum)).clamp(min=1).sqrt(), n)
+    else:
+        hz = float(kind.removeprefix("hum"))
+        wave = tone(seconds, 1.0, hz) + tone(seconds, 0.5, 2 * hz) + tone(seconds, 0.3, 3 * hz)
+        wave = wave + 0.05 * torch.randn(n, generator=draw)
+    return wave / wave.square().mean().sqrt() * 10 ** (dbfs / 20)
+
+
+def syllables(seconds, seed):
+    """Speech-like sound, peaking near 0 dBFS: 0.15 s voiced syllables (a 120 Hz buzz, rising
+    and falling), each after a 50 ms fricative 20 dB softer, with 40 ms closures between."""
+    draw = torch.Generator().manual_seed(seed)
+    parts, length = [], 0
+    while length < seconds * RATE:
+        buzz = sum(tone(0.15, 0.3 / k, 120.0 * k) for k in range(1, 6))
+        parts += [0.05 * torch.randn(800, generator=draw), buzz * torch.hann_window(2400),
+                  torch.zeros(640)]
+        length += 3840
+    return torch.cat(parts)[:round(seconds * RATE)]
+
+
+@pytest.mark.parametrize("kind", ["white", "pink", "hum50", "hum60"])
+@pytest.mark.parametrize("dbfs", [-70, -60, -50, -40])
+def test_steady_noise_alone_has_no_segments(kind, dbfs):
+    """A room's noise alone (hiss, a fan, mains hum) was weighed against its own loudest 0.1 s
+    and voiced throughout: one segment, decoded whole, read as words by a trained model. Its
+    loudest 0.1 s never stands FLOOR_DB (6 dB) over its quietest 0.1 s, a minute of it
+    neither, so it is no segment now (but sound: `audible`, decoded if told to be whole)."""
+    noise = steady_noise(kind, dbfs)
+    assert voiced_spans(noise) == [] and audible(noise)
+    assert voiced_spans(noise, floor_db=0.0) == [(0, len(noise))]      # the old rule
+    long = steady_noise(kind, dbfs, seconds=60.0)
+    assert voiced_spans(long) == []
+
+
+@pytest.mark.parametrize("noise_dbfs", [-70, -60, -50])
+def test_quiet_speech_over_steady_noise_keeps_its_span(noise_dbfs):
+    """Speech-like sound at -30 dBFS (peaks: a quiet talker) over a room's noise (pink, -70
+    to -50 dBFS; the speech's fricatives 20 dB under its peaks, at the noise's level or
+    under it) stands out of the noise that alone has no segment: its segment is kept whole,
+    noise and all, as before. (Frames voiced only 12 dB over the noise, frame by frame, cut
+    it into its syllables at -60 dBFS and dropped some.) Where the recording has 0.1 s of
+    digital silence, the noise floor is nothing, and noise alone between zeros is a
+    segment."""
+    noise = steady_noise("pink", noise_dbfs, 2.0)
+    assert voiced_spans(noise) == []
+    wave = noise.clone()
+    wave[RATE // 2:RATE // 2 + round(1.2 * RATE)] += 10 ** (-30 / 20) * syllables(1.2, seed=1)
+    assert voiced_spans(wave) == [(0, len(wave))]
+    between_zeros = torch.cat([torch.zeros(RATE // 2), noise, torch.zeros(RATE // 2)])
+    assert voiced_spans(between_zeros, margin_seconds=0) == [(RATE // 2, RATE // 2 + len(noise))]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import test_transcribe_stream
+from test_train import level_swings
 from test_transcribe import FrameLocalModel, LabelTokenizer
 from test_transcribe_stream import PathLines, Recorder
 
@@ -140,7 +141,8 @@ def test_cli_writes_each_files_subtitles_before_printing_its_line(
     its line; the files hold the subtitles of `Recognizer.transcribe(..., timestamps=True)`,
     and the folder is made, parents too."""
     long = tmp_path / "long.wav"                      # 2.5 s: two cues of the stand-in
-    soundfile.write(long, np.random.default_rng(2).standard_normal(40000) * 0.1, 16000)
+    soundfile.write(long, np.random.default_rng(2).standard_normal(40000) * 0.1
+                    * level_swings(40000), 16000)
     files, events = [*stand_in_cli["files"], str(long)], stand_in_cli["events"]
     folder = tmp_path / "subs" / "new"
     monkeypatch.setattr(sys, "stdout", LinesWithFiles(events, folder))

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_train import level_swings
 from test_transcribe import FrameLocalModel, LabelTokenizer
 
 from orthoasr import Recognizer
@@ -67,8 +68,9 @@ def scripted(tokenizer, words: dict[str, int], **options) -> Recognizer:
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(round(RATE * seconds)
-                                                       ).astype(np.float32) * 0.1
+    samples = round(RATE * seconds)
+    return np.random.default_rng(seed).standard_normal(samples).astype(np.float32) * 0.1 * \
+        level_swings(samples)
 
 
 def test_words_group_tokens_by_their_texts():

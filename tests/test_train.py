@@ -23,8 +23,17 @@ from orthoasr.train import TrainingDiverged, train
 WORDS = ["red", "green", "blue", "one", "two", "three", "stop", "go", "left", "right"]
 
 
+def level_swings(samples: int) -> np.ndarray:
+    """(samples,) float32 gains that fall from 1 to 0.1 (20 dB) and rise again every 0.4 s,
+    as speech's level does: noise times them is sound to the silence splitter, which drops
+    steady noise alone (orthoasr.silence: FLOOR_DB)."""
+    t = np.arange(samples) / 16000
+    return (0.55 + 0.45 * np.cos(2 * np.pi * 2.5 * t)).astype(np.float32)
+
+
 def write_corpus(out_dir, n=12, seed=0):
-    """Random-noise wav files with short random transcripts: train/dev/test manifests."""
+    """Random-noise wav files (`level_swings`) with short random transcripts: train/dev/test
+    manifests."""
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev", "test"):
@@ -32,7 +41,8 @@ def write_corpus(out_dir, n=12, seed=0):
             for i in range(n):
                 text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
                 samples = int(16000 * (0.35 + 0.06 * len(text)))
-                audio = (rng.standard_normal(samples) * 2000).astype(np.int16)
+                audio = (rng.standard_normal(samples) * level_swings(samples) * 2000
+                         ).astype(np.int16)
                 path = out_dir / f"{split}_{i}.wav"
                 with wave.open(str(path), "wb") as w:
                     w.setnchannels(1)

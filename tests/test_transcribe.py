@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from test_evaluate import main_help, talkative
-from test_train import tiny_run, write_corpus
+from test_train import level_swings, tiny_run, write_corpus
 
 from orthoasr import ConformerSupernet, Recognizer, extract_subnet, load_subnet, set_backend
 from orthoasr.checkpoint import SUBNET_KIND, TRAINING_KIND, load_checkpoint, save_checkpoint
@@ -531,7 +531,8 @@ class LabelTokenizer:
 
 def test_long_clips_decoded_in_pieces_equal_whole_decoding():
     noise = torch.Generator().manual_seed(0)
-    waves = [torch.randn(n, generator=noise) for n in (16000 * 9 + 333, 16000 * 2, 16000 * 5)]
+    waves = [torch.randn(n, generator=noise) * torch.from_numpy(level_swings(n))
+             for n in (16000 * 9 + 333, 16000 * 2, 16000 * 5)]
     whole = Recognizer(FrameLocalModel(), LabelTokenizer(), chunk_seconds=None)
     expected = whole.transcribe(waves)
     assert len(expected[0].split()) > 100                   # labels change from frame to frame
@@ -547,7 +548,8 @@ def test_long_clips_decoded_in_pieces_equal_whole_decoding():
 @pytest.mark.gpu
 def test_long_clips_decoded_in_pieces_on_a_gpu_equal_whole_decoding():
     noise = torch.Generator().manual_seed(1)
-    waves = [torch.randn(n, generator=noise) for n in (16000 * 9 + 333, 16000 * 3)]
+    waves = [torch.randn(n, generator=noise) * torch.from_numpy(level_swings(n))
+             for n in (16000 * 9 + 333, 16000 * 3)]
     expected = Recognizer(FrameLocalModel().cuda(), LabelTokenizer(), chunk_seconds=None
                           ).transcribe(waves)
     assert len(expected[0].split()) > 100

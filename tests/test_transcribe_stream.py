@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from test_train import level_swings
 from test_transcribe import FrameLocalModel, LabelTokenizer
 
 import orthoasr.transcribe
@@ -32,7 +33,7 @@ def mixed_items(folder) -> list:
     it with silences (split into segments), some long enough for pieces, one under 40 ms."""
     noise = np.random.default_rng(0)
     clips = [noise.standard_normal(int(RATE * s)).astype(np.float32) * 0.1
-             for s in (2.3, 0.01, 0.5, 4.0, 1.2, 0.7)]
+             * level_swings(int(RATE * s)) for s in (2.3, 0.01, 0.5, 4.0, 1.2, 0.7)]
     gap = np.zeros(RATE // 2, np.float32)
     with_silences = np.concatenate([gap, clips[3], gap, clips[4], gap, clips[0]])   # 9 s
     mono, stereo = str(folder / "mono.wav"), str(folder / "stereo.wav")
@@ -62,7 +63,8 @@ def test_items_are_pulled_as_needed_and_dropped_once_decoded():
 
     def items():
         for s in seconds:
-            wave = torch.randn(int(RATE * s), generator=noise)
+            wave = torch.randn(int(RATE * s), generator=noise) * torch.from_numpy(
+                level_swings(int(RATE * s)))
             pulled.append(weakref.ref(wave))
             yield wave
 
@@ -127,7 +129,8 @@ def stand_in_cli(monkeypatch, tmp_path):
     files = []
     for i, s in enumerate((0.5, 1.2, 0.8, 1.0)):
         files.append(str(tmp_path / f"clip{i}.wav"))
-        soundfile.write(files[-1], noise.standard_normal(int(RATE * s)) * 0.1, RATE)
+        soundfile.write(files[-1], noise.standard_normal(int(RATE * s)) * 0.1
+                        * level_swings(int(RATE * s)), RATE)
     events = []
     real_load = orthoasr.transcribe.load_checked_audio
 
