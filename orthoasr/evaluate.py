@@ -220,22 +220,22 @@ def evaluate(checkpoint: str | Path, dev_manifest: str | None = None,
     tokenizer = trained.tokenizer()
     paths = {name: eval_manifest(trained, name, given)
              for name, given in (("dev", dev_manifest), ("test", test_manifest))}
+    subnets = range(trained.num_subnets) if trained.masks is not None else [None]
+    if run.fixed_subnet is not None and trained.masks is not None:
+        # a fixed_gates run: its other masks are the source run's, never trained here
+        subnets = [run.fixed_subnet]
+        print(f"only the subnet of budget {cfg.budgets[run.fixed_subnet]:g} (fixed_gates "
+              f"{run.fixed_gates}) was trained: the other subnets are not scored")
+    bf16 = run.bf16 and device.type == "cuda"
+    rows, selected = [], []
+    for index in subnets:
+        gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
+        head = len(cfg.budgets) - 1 if index is None else index
+        selected.append((gates.to(device), head))
+        rows.append(cost_row("supernet" if index is None else index,
+                             1.0 if index is None else cfg.budgets[index], cfg, gates))
     with corpus_read_lock(paths.values()):       # corpus_lock.py: until every clip is read
         splits = {name: load_split(name, path) for name, path in paths.items()}
-        subnets = range(trained.num_subnets) if trained.masks is not None else [None]
-        if run.fixed_subnet is not None and trained.masks is not None:
-            # a fixed_gates run: its other masks are the source run's, never trained here
-            subnets = [run.fixed_subnet]
-            print(f"only the subnet of budget {cfg.budgets[run.fixed_subnet]:g} (fixed_gates "
-                  f"{run.fixed_gates}) was trained: the other subnets are not scored")
-        bf16 = run.bf16 and device.type == "cuda"
-        rows, selected = [], []
-        for index in subnets:
-            gates = (torch.ones(model.num_units) if index is None else trained.subnet_gates(index))
-            head = len(cfg.budgets) - 1 if index is None else index
-            selected.append((gates.to(device), head))
-            rows.append(cost_row("supernet" if index is None else index,
-                                 1.0 if index is None else cfg.budgets[index], cfg, gates))
         for name, records in splits.items():
             hyps = transcribe(model, records, tokenizer, selected, device, run.eval_batch_frames,
                               bf16, frozen_weights=True,     # the checkpoint's, loaded here
