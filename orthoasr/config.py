@@ -23,7 +23,11 @@ class SupernetConfig:
     FLOPs costs are counted. `feature_norm` is how the model's log-mel features are
     normalised (LogMel's `normalize`): "utterance" over all of each utterance's frames (the
     default, and what checkpoints written before the field hold), "voiced" over its voiced
-    frames alone, so silence around the speech does not change them.
+    frames alone, so silence around the speech does not change them. `remove_dc` subtracts
+    each recording's mean before its features (LogMel's `remove_dc`), so that a DC offset
+    does not change them (docs/transcription.md); False by default, as checkpoints written
+    before the field load (their models learned their clips' own offsets, and read clean
+    clips worse without them), and True in the presets where new runs start (configs/).
     """
 
     num_layers: int = 12
@@ -42,6 +46,7 @@ class SupernetConfig:
     ref_frames: int = 250
     dropout: float = 0.1
     feature_norm: str = "utterance"
+    remove_dc: bool = False
 
     def __post_init__(self) -> None:
         self.frontend_channels = tuple(self.frontend_channels)
@@ -88,6 +93,8 @@ class SupernetConfig:
         if self.feature_norm not in FEATURE_NORMS:
             raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, "
                              f"got {self.feature_norm!r}")
+        if not isinstance(self.remove_dc, bool):
+            raise ValueError(f"remove_dc must be true or false, got {self.remove_dc!r}")
 
     @property
     def head_dim(self) -> int:

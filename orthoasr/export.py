@@ -428,7 +428,8 @@ def run(args: argparse.Namespace) -> None:
         write_atomically(pt2, lambda f: torch.export.save(program, f), "torch.export program")
         # the program holds no config: its features must be made as the model's were
         print(f"torch.export program -> {pt2} (features: orthoasr.data.LogMel(n_mels="
-              f"{cfg.num_mel_bins}, normalize={cfg.feature_norm!r}))")
+              f"{cfg.num_mel_bins}, normalize={cfg.feature_norm!r}, "
+              f"remove_dc={cfg.remove_dc}))")
 
 
 def check_outputs(checkpoint: Path, out: Path, pt2: Path | None) -> None:

@@ -40,14 +40,33 @@ def voiced_run(tmp_path_factory):
     return root / "run", built
 
 
-def spy_logmel(built: list):
-    """A LogMel class that appends its `normalize` to `built` on each call (run_data builds
+def spy_logmel(built: list, setting: str = "normalize"):
+    """A LogMel class that appends its `setting` to `built` on each call (run_data builds
     others for their hop alone)."""
     class SpyLogMel(orthoasr.data.features.LogMel):
         def forward(self, waves, wave_lengths):
-            built.append(self.normalize)
+            built.append(getattr(self, setting))
             return super().forward(waves, wave_lengths)
     return SpyLogMel
+
+
+def exported_subnet(run, path):
+    """Subnet 0 of `run`'s checkpoint, exported to `path`."""
+    trained = load_trained(run / "checkpoint.pt")
+    sub = extract_subnet(trained.model, trained.subnet_gates(0), head=0)
+    return sub.save(path, tokenizer=trained.tokenizer_bytes)
+
+
+def written_before(run, field: str, folder):
+    """`run`'s checkpoint and its exported subnet 0 as written before model field `field`
+    existed: (folder/old.pt, folder/old_sub.pt), each without the field."""
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["run_config"]["model"][field]
+    torch.save(state, folder / "old.pt")
+    state = torch.load(exported_subnet(run, folder / "sub.pt"), weights_only=True)
+    del state["config"][field]
+    torch.save(state, folder / "old_sub.pt")
+    return folder / "old.pt", folder / "old_sub.pt"
 
 
 def test_training_and_eval_use_the_configs_feature_norm(voiced_run, monkeypatch):
@@ -64,9 +83,7 @@ def test_recognizer_and_exported_subnet_use_the_configs_feature_norm(voiced_run,
     run, _ = voiced_run
     recognizer = Recognizer.from_checkpoint(run / "checkpoint.pt", budget=0.4)
     assert recognizer.logmel.normalize == "voiced"
-    trained = load_trained(run / "checkpoint.pt")
-    sub = extract_subnet(trained.model, trained.subnet_gates(0), head=0)
-    sub.save(tmp_path / "sub.pt", tokenizer=trained.tokenizer_bytes)
+    exported_subnet(run, tmp_path / "sub.pt")
     assert load_subnet(tmp_path / "sub.pt").cfg.feature_norm == "voiced"
     assert Recognizer.from_subnet(tmp_path / "sub.pt").logmel.normalize == "voiced"
 
@@ -75,25 +92,17 @@ def test_checkpoints_without_the_field_load_as_utterance(voiced_run, tmp_path):
     """A checkpoint and an exported subnet written before feature_norm existed: their
     models were trained on features normalised over the whole utterance."""
     run, _ = voiced_run
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    del state["run_config"]["model"]["feature_norm"]
-    torch.save(state, tmp_path / "old.pt")
-    assert load_trained(tmp_path / "old.pt").model.cfg.feature_norm == "utterance"
-    assert Recognizer.from_checkpoint(tmp_path / "old.pt").logmel.normalize == "utterance"
+    old, old_sub = written_before(run, "feature_norm", tmp_path)
+    assert load_trained(old).model.cfg.feature_norm == "utterance"
+    assert Recognizer.from_checkpoint(old).logmel.normalize == "utterance"
+    state = torch.load(old, weights_only=True)
     # --resume with the same config, which now says "utterance" by default, is no change
     current = RunConfig.from_dict({**state["run_config"], "model": {
         **state["run_config"]["model"], "feature_norm": "utterance"}})
-    assert check_config(state, current, tmp_path / "old.pt") == {}
+    assert check_config(state, current, old) == {}
     with pytest.raises(ValueError, match="model.feature_norm: checkpoint 'utterance' vs "
                                          "config 'voiced'"):
         check_config(state, RunConfig.from_dict(torch.load(
-            run / "checkpoint.pt", weights_only=True)["run_config"]), tmp_path / "old.pt")
-
-    trained = load_trained(run / "checkpoint.pt")
-    sub = extract_subnet(trained.model, trained.subnet_gates(0), head=0)
-    path = sub.save(tmp_path / "sub.pt", tokenizer=trained.tokenizer_bytes)
-    state = torch.load(path, weights_only=True)
-    del state["config"]["feature_norm"]
-    torch.save(state, tmp_path / "old_sub.pt")
-    assert load_subnet(tmp_path / "old_sub.pt").cfg.feature_norm == "utterance"
-    assert Recognizer.from_subnet(tmp_path / "old_sub.pt").logmel.normalize == "utterance"
+            run / "checkpoint.pt", weights_only=True)["run_config"]), old)
+    assert load_subnet(old_sub).cfg.feature_norm == "utterance"
+    assert Recognizer.from_subnet(old_sub).logmel.normalize == "utterance"

@@ -35,7 +35,8 @@ class ScriptedModel(torch.nn.Module):
     recording, a voiced segment or a piece of one) the label script[f], and the blank past
     the script's end."""
 
-    cfg = type("Config", (), {"num_mel_bins": 80, "feature_norm": "utterance"})
+    cfg = type("Config", (), {"num_mel_bins": 80, "feature_norm": "utterance",
+                              "remove_dc": False})
 
     def __init__(self, script: list[int], vocab_size: int):
         super().__init__()

@@ -507,7 +507,8 @@ class FrameLocalModel(torch.nn.Module):
     same whether the clip is decoded whole or in pieces, if and only if the pieces line up
     with the clip's frames."""
 
-    cfg = type("Config", (), {"num_mel_bins": 80, "feature_norm": "utterance"})
+    cfg = type("Config", (), {"num_mel_bins": 80, "feature_norm": "utterance",
+                              "remove_dc": False})
 
     def __init__(self):
         super().__init__()

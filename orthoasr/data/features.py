@@ -63,14 +63,18 @@ class LogMel(nn.Module):
     "voiced" takes the mean and variance over its voiced frames alone and applies them to
     every valid frame, so silence around the speech does not change the speech's features
     (`voiced_frames`), then raises values under VOICED_FLOOR (-4) to it, where silent
-    frames land; None leaves the log-mels as they are. Frames past frame_lengths are
-    0. Computed in float32 whatever the autocast state.
+    frames land; None leaves the log-mels as they are. remove_dc=True first subtracts
+    each utterance's mean over its valid samples, so that a DC offset (a cheap
+    microphone's, which the Hann window leaks into the lowest mel bins) does not move the
+    features; off by default, as for the models trained before it (SupernetConfig's
+    `remove_dc`). Frames past frame_lengths are 0. Computed in float32 whatever the
+    autocast state.
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, n_mels: int = 80, win_ms: float = 25.0,
                  hop_ms: float = 10.0, n_fft: int = 512, f_min: float = 20.0,
                  f_max: float | None = None, normalize: str | None = "utterance",
-                 eps: float = 1e-6):
+                 remove_dc: bool = False, eps: float = 1e-6):
         super().__init__()
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
@@ -82,7 +86,7 @@ class LogMel(nn.Module):
             raise ValueError(f"window of {self.win} samples ({win_ms} ms at {sample_rate} Hz) "
                              f"exceeds n_fft={n_fft}; pass n_fft >= {self.win}, e.g. "
                              f"LogMel(sample_rate={sample_rate}, n_fft={fitting})")
-        self.normalize, self.eps = normalize, eps
+        self.normalize, self.remove_dc, self.eps = normalize, remove_dc, eps
         f_max = sample_rate / 2 if f_max is None else f_max
         self.register_buffer("window", torch.hann_window(self.win, periodic=False),
                              persistent=False)
@@ -95,8 +99,9 @@ class LogMel(nn.Module):
     @classmethod
     def of_model(cls, cfg) -> LogMel:
         """The features a model of `cfg` (a SupernetConfig) is trained and decoded with: its
-        mel bins and its `feature_norm`."""
-        return cls(n_mels=cfg.num_mel_bins, normalize=cfg.feature_norm)
+        mel bins, its `feature_norm` and its `remove_dc`."""
+        return cls(n_mels=cfg.num_mel_bins, normalize=cfg.feature_norm,
+                   remove_dc=cfg.remove_dc)
 
     def forward(self, waves: torch.Tensor, wave_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +138,11 @@ class LogMel(nn.Module):
         wave_lengths = wave_lengths.to(waves.device)
         # the last valid frames' windows reach past wave_lengths: zeros there, as for the
         # utterance alone, whatever the batch holds (a NaN, or the rest of a recording)
-        waves = torch.where(torch.arange(samples, device=waves.device)[None, :]
-                            < wave_lengths[:, None], waves, 0.0)
+        inside = torch.arange(samples, device=waves.device)[None, :] < wave_lengths[:, None]
+        waves = torch.where(inside, waves, 0.0)                              # [B, S]
+        if self.remove_dc:            # the mean over the valid samples (the rest is 0 now)
+            mean = waves.sum(1, keepdim=True) / wave_lengths.clamp(min=1)[:, None]  # [B, 1]
+            waves = torch.where(inside, waves - mean, 0.0)
         padded = nn.functional.pad(waves, (lead, self.win))
         frames = padded.unfold(1, self.win, self.hop)[:, :num_frames]        # [B, T, win]
         frame_lengths = self.frame_lengths(wave_lengths)
