@@ -14,6 +14,7 @@ from test_train import tiny_run, write_corpus
 import orthoasr.data
 from orthoasr import Recognizer, SupernetConfig
 from orthoasr.checkpoint import check_config
+from orthoasr.cli import main
 from orthoasr.data import LogMel
 from orthoasr.evaluate import evaluate
 from orthoasr.export import load_subnet
@@ -119,6 +120,15 @@ def test_recognizer_reads_an_offset_recording_as_the_clean_one(removed_run, tmp_
     exported_subnet(run, tmp_path / "sub.pt")
     assert load_subnet(tmp_path / "sub.pt").cfg.remove_dc is True
     assert Recognizer.from_subnet(tmp_path / "sub.pt").logmel.remove_dc is True
+
+
+def test_export_names_the_features_a_pt2_program_needs(removed_run, tmp_path, capsys):
+    """The .pt2 program holds no config: export prints the LogMel that makes its input."""
+    run, _ = removed_run
+    main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--subnet", "0",
+          "--out", str(tmp_path / "sub.pt"), "--pt2", str(tmp_path / "sub.pt2")])
+    assert ("(features: orthoasr.data.LogMel(n_mels=80, normalize='utterance', "
+            "remove_dc=True))") in capsys.readouterr().out
 
 
 def test_checkpoints_without_the_key_load_with_it_off(removed_run, tmp_path):
