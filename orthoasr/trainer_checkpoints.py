@@ -36,7 +36,7 @@ from .config import SupernetConfig
 from .distributed import all_reduce_sum, barrier
 from .metrics import METRIC_NAMES, METRICS, write_metrics
 from .ortho import temperature
-from .run_config import RunConfig, split_fixed_gates
+from .run_config import RunConfig, config_differences, split_fixed_gates
 from .schedule import apply_schedule, lr_factor
 
 CHECKPOINT = "checkpoint.pt"          # the newest checkpoint (a hard link into CHECKPOINTS)
@@ -74,10 +74,16 @@ def load_fixed_gates(spec: str, cfg: SupernetConfig) -> tuple[torch.Tensor, int]
     if state["frozen_masks"] is None:
         raise ValueError(f"fixed_gates: the run of {path} has not frozen its subnets yet "
                          f"(step {state['step']})")
-    theirs = RunConfig.from_dict(state["run_config"]).model
-    if theirs != cfg:
+    theirs = RunConfig.from_dict(state["run_config"]).model.to_dict()
+    ours = cfg.to_dict()
+    differences = config_differences(theirs, ours)
+    if differences:
+        # named, so that a preset's new default (model.remove_dc) reads as what it is
+        details = ", ".join(f"model.{name}: {theirs[name]!r} there, {ours[name]!r} here"
+                            for name in differences)
         raise ValueError(f"fixed_gates: {path} was trained with another model config than "
-                         "this run's (the subnet's units would not match)")
+                         f"this run's ({details}; the subnet's units and features must match "
+                         "its; set those fields as it had them)")
     try:
         index = [float(b) for b in cfg.budgets].index(float(budget))
     except ValueError:

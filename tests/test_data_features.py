@@ -217,9 +217,11 @@ def test_logmel_and_specaugment_on_cuda_match_cpu():
     waves = torch.randn(3, 24000)
     lengths = torch.tensor([24000, 17000, 3000])
     waves[1, :8000] = 0.0                          # silence, for the voiced frames' reference
-    for normalize in ("utterance", "voiced"):
-        cpu, cpu_frames = LogMel(normalize=normalize)(waves, lengths)
-        gpu, gpu_frames = LogMel(normalize=normalize).cuda()(waves.cuda(), lengths.cuda())
+    waves[2] += 0.01                               # an offset, for remove_dc
+    for normalize, remove_dc in (("utterance", False), ("voiced", False), ("voiced", True)):
+        mel = LogMel(normalize=normalize, remove_dc=remove_dc)
+        cpu, cpu_frames = mel(waves, lengths)
+        gpu, gpu_frames = mel.cuda()(waves.cuda(), lengths.cuda())
         assert gpu.is_cuda and torch.equal(gpu_frames.cpu(), cpu_frames)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
     out = SpecAugment().cuda().train()(gpu, gpu_frames)
