@@ -259,6 +259,10 @@ def check_config(state: dict, cfg: RunConfig, path: str | Path = "checkpoint",
                     "(a resume without --config continues the checkpoint's own config), or "
                     "add --allow-data-change to resume on another training manifest on "
                     "purpose")
+        else:
+            # e.g. a preset that turned a new model setting on (remove_dc) after the run
+            hint = ("; to continue the run as it was written, resume without --config (it "
+                    "then takes the checkpoint's own) and without overrides of these fields")
         raise ValueError(f"checkpoint {path} was written with a different config; "
                          f"mismatching fields: {details}{hint}")
     return {name: [_lookup(saved, name), _lookup(cfg.to_dict(), name)]

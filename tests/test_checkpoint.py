@@ -84,7 +84,10 @@ def test_resume_with_a_different_config_names_the_fields(corpus, tmp_path):
     changed = tiny_run(corpus, "stage1_steps=1", "stage2_steps=0", "lr=0.5",
                        "model.d_model=64", "log_every=7")
     with pytest.raises(ValueError, match=r"mismatching fields: lr: checkpoint 0\.001 vs config "
-                                         r"0\.5, model\.d_model: checkpoint 32 vs config 64$"):
+                                         r"0\.5, model\.d_model: checkpoint 32 vs config 64; "
+                                         r"to continue the run as it was written, resume "
+                                         r"without --config .* without overrides of these "
+                                         r"fields$"):
         train(changed, tmp_path, resume=True)
 
 
