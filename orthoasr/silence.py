@@ -118,8 +118,8 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     sounding = int((power > 0).sum())
     if sounding == 0:
         return []
-    loudest = min(sounding, max(1, whole_frames(reference_seconds)))
-    reference = float(power.topk(loudest).values[-1])
+    stretch = max(1, whole_frames(reference_seconds))    # frames of the level's 0.1 s
+    reference = float(power.topk(min(sounding, stretch)).values[-1])
     # the fixed floor weighs the recording, not its frames: as a frame's floor it cut quiet
     # speech (its loudest 0.1 s at -57 dBFS) at its weak sounds into pieces
     if reference < 10.0 ** (silent_dbfs / 10):
@@ -137,7 +137,6 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
         else:
             runs.append([start, end])
     # the level that a segment's loudest 0.1 s must reach: steady noise stays under it
-    stretch = max(1, whole_frames(reference_seconds))
     least = float(stretch_power(power, stretch).min()) * 10.0 ** (floor_db / 10)
     runs = [run for run in runs if run[1] - run[0] >= min_segment
             and float(stretch_power(power[run[0]:run[1]], stretch).max()) >= least]
