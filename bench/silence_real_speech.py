@@ -1,5 +1,5 @@
-"""Where `voiced_spans` cuts real speech: 18 recordings of people (five LibriVox sentences,
-five spoken card names, "go forward ten meters" and eight speaker-test words from ALSA),
+"""Where `voiced_spans` cuts real speech: 19 recordings of people (five LibriVox sentences,
+five recordings of card names, "go forward ten meters" and eight speaker-test words from ALSA),
 aligned word by word by pocketsphinx, and pocketsphinx's WER on them whole and split. The
 demo's model knows only eSpeak voices, so a second recogniser tells whether the splits hurt.
 
