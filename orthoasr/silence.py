@@ -40,21 +40,25 @@ recording's pauses were not cut out (the demo's test clips 50 dB softer, 25 to a
 joined by 0.5-1 s of zeros, written as 16-bit files with dither: 8 segments for 200 clips,
 87.9% WER split for the 0.4 subnet, as whole; bench/perturbation_wer.py --joined-dithered).
 So where the recording's quietest 0.1 s (its noise floor, below) is itself under
-`SILENT_DBFS`, it is no room's noise but dither or a muted input's hiss, and a frame is
-voiced only if some frame within `NOISE_HOLD_SECONDS` (0.1 s) of it stands
-`NOISE_MARGIN_DB` (3 dB) over that floor. The 10 ms frames of a minute of TPDF dither
-stood at most 2.5 dB over its quietest 0.1 s, so its pauses are silent. The hold keeps
-speech's weak ends, which lie at the dither's level when the speech is that quiet, and the
-short quiet stretches inside it (a pause must last 0.3 s to be cut): with no hold, 3 dB
-over the floor cut 35 of the demo's 200 test clips 50 dB softer alone (their own quietest
-0.1 s under -80 dBFS: 244 segments for 200 clips) and 92 of them dithered (309); with it,
-none. The joined clips now split at the dithered pauses: 200 segments (the
--40 dB and clean ones split before, and still do). Every other recording of
-bench/silence_wer.py, the clips alone at 0, -40 and -50 dB (and dithered alone at -40, -50
-and -55 dB) and the 19 real recordings keep their spans. A room's noise (over -80 dBFS) is
-left to the relative threshold: the 10 ms frames of a minute of pink noise stood up to
-6.2 dB over its quietest 0.1 s, and a pause in it stays with the speech around it, as
-before.
+`SILENT_DBFS`, it is no room's noise but dither or a muted input's hiss, and a stretch of
+`NOISE_PAUSE_SECONDS` (0.3 s) or more in which no 10 ms frame stands `NOISE_MARGIN_DB`
+(3 dB) over that floor is a pause, silent but for its first and last 10 ms
+(`NOISE_FADE_SECONDS`). The 10 ms frames of a minute of TPDF dither stood at most 2.5 dB
+over its quietest 0.1 s. Shorter stretches lie inside quiet speech: with pauses of 0.2 s
+the spans of 1 and 6 of the demo's 200 test clips 50 and 55 dB softer, dithered one by
+one, changed; with 0.25 s, 1 (55 dB); with 0.3 s, none (nor at 40 dB). Every frame held
+within 0.1 s of one over the margin (a first form of this rule, 1d13fce) left 0.1 s of
+dither about each segment, which the model read badly (the joined clips split, 50.9% WER
+for the 0.4 subnet, against 27.7% for the clips dithered one by one; in a variant of this
+rule, 33.1% with 20 ms kept at a pause's ends, 31.4% with 10 ms, 29.4% with none).
+The 10 ms kept at a pause's ends hold quiet speech's weak ends, which fade into the dither:
+55 dB softer, the speech-like sound of the tests lost its last 10 ms frame without them.
+The joined clips now split at the dithered pauses, 200 segments for 200 clips (the -40 dB
+and clean ones split before, and still do); every other recording of bench/silence_wer.py,
+the clips alone at 0, -40 and -50 dB (and dithered alone at -40, -50 and -55 dB) and the
+19 real recordings keep their spans. A room's noise (over -80 dBFS) is left to the
+relative threshold: the 10 ms frames of a minute of pink noise stood up to 6.2 dB over its
+quietest 0.1 s, and a pause in it stays with the speech around it, as before.
 
 Above -80 dBFS the threshold was relative alone, so a recording of a room's noise alone
 (hiss, a fan, mains hum, at -70 to -40 dBFS) was one segment, decoded whole, and read as
@@ -92,9 +96,9 @@ FLOOR_DB = 6.0                 # over steady noise's 0.1 s levels' spread (pink'
 # where the quietest 0.1 s is under SILENT_DBFS (dither), frames this far over it are sound:
 # a minute of TPDF dither's 10 ms frames stood at most 2.5 dB over its quietest 0.1 s
 NOISE_MARGIN_DB = 3.0
-# and so are frames this near one: quiet speech's weak ends lie at the dither's level, and
-# a pause is cut only where it lasts 0.3 s (MIN_GAP_SECONDS + 2 x this)
-NOISE_HOLD_SECONDS = 0.1
+# and a stretch this long with no frame over it is a pause (0.2 s cut into quiet speech)
+NOISE_PAUSE_SECONDS = 0.3
+NOISE_FADE_SECONDS = 0.01      # the pause's ends, kept: speech fades into the dither there
 
 
 def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
@@ -126,10 +130,11 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     power of 1, that of samples at +-1; <= 0) has no segments (all zeros, dither, empty),
     nor has a wave of steady noise alone (hiss, hum) over it; over it, frames are weighed
     against the reference alone, however quiet, unless the wave's quietest
-    `reference_seconds` is itself under `silent_dbfs` (dither, not a room's noise): then a
-    frame is also silent where no frame within `NOISE_HOLD_SECONDS` of it stands
-    `NOISE_MARGIN_DB` over that floor, so that pauses of dither are cut however quiet the
-    speech. `floor_db` 0 turns both floor rules off (steady noise counts as sound).
+    `reference_seconds` is itself under `silent_dbfs` (dither, not a room's noise): then
+    `NOISE_PAUSE_SECONDS` or more of frames none of which stands `NOISE_MARGIN_DB` over
+    that floor are silent too, but for `NOISE_FADE_SECONDS` at either end, so that pauses
+    of dither are cut however quiet the speech. `floor_db` 0 turns both floor rules off
+    (steady noise counts as sound).
     """
     wave = _checked_wave(wave, sample_rate, silent_dbfs)
     check_number("threshold_db", threshold_db, above=0.0)
@@ -156,14 +161,14 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
     voiced = power >= reference * 10.0 ** (-threshold_db / 10)
     if floor_db > 0 and floor < 10.0 ** (silent_dbfs / 10):
         # a floor under silent_dbfs is dither, not a room's noise, and may lie within
-        # threshold_db of quiet speech: silent where no frame near stands out of it
-        hold = whole_frames(NOISE_HOLD_SECONDS)
-        over = (power >= floor * 10.0 ** (NOISE_MARGIN_DB / 10)).to(torch.float64)
-        voiced &= torch.nn.functional.max_pool1d(over[None], 2 * hold + 1, 1, hold)[0] > 0
-    edges = torch.diff(voiced.to(torch.int8), prepend=voiced.new_zeros(1, dtype=torch.int8),
-                       append=voiced.new_zeros(1, dtype=torch.int8))
-    starts = (edges == 1).nonzero().flatten().tolist()          # first voiced frame of a run
-    ends = (edges == -1).nonzero().flatten().tolist()           # one past its last
+        # threshold_db of quiet speech: a long enough stretch that never rises out of it
+        # is a pause, but for its ends, where speech fades into the dither
+        rises = power >= floor * 10.0 ** (NOISE_MARGIN_DB / 10)
+        fade = whole_frames(NOISE_FADE_SECONDS)
+        for start, end in zip(*true_runs(~rises), strict=True):
+            if end - start >= whole_frames(NOISE_PAUSE_SECONDS):
+                voiced[start + fade:end - fade] = False
+    starts, ends = true_runs(voiced)
     min_gap, min_segment = whole_frames(min_gap_seconds), whole_frames(min_segment_seconds)
     if not starts:                       # steady noise alone: nothing over its floor
         return []
@@ -210,6 +215,14 @@ def audible(wave: torch.Tensor, sample_rate: int = SAMPLE_RATE,
     return bool((power >= 10.0 ** (silent_dbfs / 10)).any())
 
 
+def true_runs(mask: torch.Tensor) -> tuple[list[int], list[int]]:
+    """mask: (F,) bool -> (starts, ends): the first index of each run of True values, in
+    order, and one past its last."""
+    edges = torch.diff(mask.to(torch.int8), prepend=mask.new_zeros(1, dtype=torch.int8),
+                       append=mask.new_zeros(1, dtype=torch.int8))
+    return (edges == 1).nonzero().flatten().tolist(), (edges == -1).nonzero().flatten().tolist()
+
+
 def stretch_power(power: torch.Tensor, frames: int) -> torch.Tensor:
     """power: (F,) frames' powers, F >= 1 -> (max(1, F - frames + 1),) the mean power of
     each run of `frames` consecutive frames (of all F, if fewer)."""
@@ -252,4 +265,5 @@ def frame_power(wave: torch.Tensor, frame: int, centred: bool = False) -> torch.
 
 __all__ = ["voiced_spans", "audible", "stretch_power", "frame_power", "THRESHOLD_DB",
            "MIN_GAP_SECONDS", "MARGIN_SECONDS", "REFERENCE_SECONDS", "MIN_SEGMENT_SECONDS",
-           "SILENT_DBFS", "FLOOR_DB", "NOISE_MARGIN_DB", "NOISE_HOLD_SECONDS"]
+           "SILENT_DBFS", "FLOOR_DB", "NOISE_MARGIN_DB", "NOISE_PAUSE_SECONDS",
+           "NOISE_FADE_SECONDS"]

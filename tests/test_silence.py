@@ -376,7 +376,9 @@ def test_quiet_speech_is_split_at_pauses_of_16_bit_dither(db):
     pauses too): split at the pauses, each stretch's span covering its span at full level
     between zeros. The dither lay within 40 dB of the speech from -50 dB down, and the
     recording was one segment, pauses and all (the demo's test clips 50 dB softer, 25 to a
-    recording: 8 segments for 200 clips)."""
+    recording: 8 segments for 200 clips). The pauses are cut within a frame of where they
+    are at full level: 0.1 s of dither left about each segment cost the demo's model 20
+    points of WER on those clips."""
     pad, gap = torch.zeros(RATE // 4), torch.zeros(round(0.6 * RATE))
     parts = [syllables(0.8, seed=k) for k in range(3)]
     speech = torch.cat([pad, parts[0], gap, parts[1], gap, parts[2], pad])
@@ -389,3 +391,6 @@ def test_quiet_speech_is_split_at_pauses_of_16_bit_dither(db):
     assert len(spans) == 3, (db, spans)
     for (start, end), (loud_start, loud_end) in zip(spans, loud, strict=True):
         assert start <= loud_start and end >= loud_end, (db, spans, loud)
+    inner = [spans[0][1], *spans[1], spans[2][0]]
+    loud_inner = [loud[0][1], *loud[1], loud[2][0]]
+    assert all(abs(x - y) <= FRAME for x, y in zip(inner, loud_inner, strict=True)), db
