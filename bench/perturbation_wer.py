@@ -26,14 +26,14 @@ import json
 import torch
 
 from orthoasr import Recognizer
-from orthoasr.data import load_audio, load_manifest
+from orthoasr.data import SAMPLE_RATE, load_audio, load_manifest
 from orthoasr.decoding import word_errors
 from orthoasr.recognizer import SILENCE_DB
 from orthoasr.trained import load_trained
 
 from .harness import RESULTS_DIR, write_rows
 
-RATE, JOINED = 16000, 25
+JOINED = 25
 
 
 def perturbations(offsets: list[float], gains_db: list[float]) -> list[tuple[str, float, float]]:
@@ -57,7 +57,7 @@ def joined_dithered(waves: list[torch.Tensor], texts: list[str],
         parts = []
         for w in waves[k:k + JOINED]:
             gap = 0.5 + 0.5 * float(torch.rand(1, generator=draw))
-            parts += [gain * w, torch.zeros(int(RATE * gap))]
+            parts += [gain * w, torch.zeros(int(SAMPLE_RATE * gap))]
         wave = torch.cat(parts[:-1])
         tpdf = torch.rand(len(wave), generator=draw) - torch.rand(len(wave), generator=draw)
         recordings.append((torch.round(wave * 32768 + tpdf) / 32768).clamp(-1.0, 1.0))

@@ -20,7 +20,7 @@ softer (82.1%): weighed against the click, soft speech fell under the threshold.
 0.1 s sets the level now, and segments under 30 ms were dropped: 25.6% and 24.9%
 (bench/silence_wer.py). A 60 ms knock after each clip still made a segment, which the model
 read as a word (33.0% against 20.6% for the 0.4 subnet with `feature_norm: voiced`):
-segments under 0.1 s are dropped now (20.6%), which cost nothing on 18 recordings of real
+segments under 0.1 s are dropped now (20.6%), which cost nothing on 19 recordings of real
 people (their shortest segment of a word lasts 0.36 s; the release of a final t, 70 ms of
 sound after its closure's 0.1 s, is dropped; pocketsphinx's words were the same).
 
@@ -28,7 +28,7 @@ The threshold is relative, so a recording of near-digital silence (a muted micro
 dither of a 16-bit file, ~-96 dBFS) was weighed against its own loudest hiss and decoded
 whole, into words. A recording whose loudest 0.1 s is under `SILENT_DBFS` (-80 dBFS: a
 mean power of 1e-8, samples within [-1, 1]) has no voiced segment: the quietest 10 ms
-frames of 18 recordings of real people (bench/silence_real_speech.py) were at -55 to -68
+frames of 19 recordings of real people (bench/silence_real_speech.py) were at -55 to -68
 dBFS, 12 dB or more above it. It weighs the recording, not its frames: while every frame
 under it was silent, quiet speech lost its weak sounds (the demo's test clips 40 dB softer,
 their loudest 0.1 s near -57 dBFS: 85 of 200 split into 2-5 segments, 40.4% WER for the
@@ -167,9 +167,9 @@ def voiced_spans(wave: torch.Tensor, threshold_db: float = THRESHOLD_DB,
         # threshold_db of quiet speech: a long enough stretch that never rises out of it
         # is a pause, but for its ends, where speech fades into the dither
         rises = power >= floor * 10.0 ** (NOISE_MARGIN_DB / 10)
-        fade = whole_frames(NOISE_FADE_SECONDS)
+        fade, pause = whole_frames(NOISE_FADE_SECONDS), whole_frames(NOISE_PAUSE_SECONDS)
         for start, end in zip(*true_runs(~rises), strict=True):
-            if end - start >= whole_frames(NOISE_PAUSE_SECONDS):
+            if end - start >= pause:
                 voiced[start + fade:end - fade] = False
     starts, ends = true_runs(voiced)
     min_gap, min_segment = whole_frames(min_gap_seconds), whole_frames(min_segment_seconds)
