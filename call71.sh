@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Branch wip/next-gpu's device script (not for main): the two kernel changes waiting for a
+# GPU, tested and A/B-timed against main's kernels on one card. STAGES (default all):
+#   tests  the GPU tests they touch, in four groups at once (~4 min)
+#   ab     the attention core (dq: ab/dot.py = this branch, ab/old.py = main) and the FFN
+#          and conv modules (the sigmoid: this branch's kernels against ab/*_main.py), B32xT250,
+#          graph replays, each timed twice around the other (~3 min)
+#   floors this branch's FFN and attention rows against compile and SDPA (the targets)
+# Rows of main's forms name <commit>-main-*; carry .commit and .whl.
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+REPO=$PWD; C=$(cat .commit); STAGES=${STAGES:-tests ab floors}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation --target /tmp/site .whl/*.whl . || exit 1
+export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1
+K=/tmp/site/orthoasr/kernels
+if has tests; then
+  T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=5"
+  cd /tmp; SECONDS=0
+  $T $(printf "$REPO/tests/%s " test_gated_attention.py test_gated_mhsa.py) > $OUT/t_attn.log 2>&1 &
+  $T $(printf "$REPO/tests/%s " test_gated_ffn.py test_gated_matmul.py test_gated_conv.py \
+    test_launch.py) > $OUT/t_ffn.log 2>&1 &
+  $T $REPO/tests/test_learning.py > $OUT/t_learn.log 2>&1 &
+  $T $(printf "$REPO/tests/%s " test_data_features.py test_remove_dc.py test_transcribe.py \
+    test_transcribe_stream.py) > $OUT/t_misc.log 2>&1 &
+  wait; echo "tests ${SECONDS}s"; cd $REPO
+  for f in $OUT/t_*.log; do echo "$f: $(tail -1 $f)"; grep -E "^FAILED|^ERROR" $f | head; done
+fi
+floor() {   # label, then bench_floor's arguments
+  local label=$1; shift; SECONDS=0
+  ORTHOASR_COMMIT=$label timeout ${AB_S:-150} python3 -m bench.bench_floor --timings graph "$@" \
+    >> $OUT/ab.log 2>&1
+  echo "$label rc=$? ${SECONDS}s"
+}
+if has ab; then
+  for v in dot old dot; do
+    cp ab/$v.py $K/gated_attention.py
+    floor $C$([ $v = old ] && echo -main-dq) --cases B32xT250 --modules attention \
+      --providers ours sdpa_nomask --no-compile
+  done
+  cp ab/dot.py $K/gated_attention.py
+  for v in new main new; do
+    if [ $v = main ]; then cp ab/common_main.py $K/common.py; cp ab/gated_matmul_main.py $K/gated_matmul.py
+    else cp kernels/common.py kernels/gated_matmul.py $K/; fi
+    floor $C$([ $v = main ] && echo -main-sigmoid) --cases B32xT250 --modules ffn conv \
+      --gates all-on soft --providers ours --no-compile
+  done
+  cp kernels/common.py kernels/gated_matmul.py $K/
+  cp bench/results/kernels.json $OUT/
+fi
+if has floors; then
+  AB_S=300 floor $C --cases B32xT250 --modules ffn --providers ours dense_floor compile_floor
+  floor $C --cases B32xT250 --modules attention --providers ours sdpa_mask sdpa_nomask
+  cp bench/results/kernels.json $OUT/
+fi
+grep -E "^B32|ours" $OUT/ab.log | tail -40
