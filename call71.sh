@@ -6,7 +6,13 @@
 #          and conv modules (the sigmoid: this branch's kernels against ab/*_main.py), B32xT250,
 #          graph replays, each timed twice around the other (~3 min)
 #   floors this branch's FFN and attention rows against compile and SDPA (the targets)
-# Rows of main's forms name <commit>-main-*; carry .commit and .whl.
+# Rows of main's forms name <commit>-main-*; carry .commit and .whl. Before the calls, here:
+# `bash call71.sh prepare` writes ab/ (untracked, so the call's copy of the tree has it).
+if [ "${1:-}" = prepare ]; then
+  mkdir -p ab && git show main:kernels/gated_attention.py > ab/old.py &&
+    cp kernels/gated_attention.py ab/dot.py && git show main:kernels/common.py > ab/common_main.py &&
+    git show main:kernels/gated_matmul.py > ab/gated_matmul_main.py && ls ab; exit
+fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 REPO=$PWD; C=$(cat .commit); STAGES=${STAGES:-tests ab floors}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
