@@ -26,7 +26,7 @@ if has tests; then
   $T $(printf "$REPO/tests/%s " test_gated_ffn.py test_gated_matmul.py test_gated_conv.py \
     test_launch.py) > $OUT/t_ffn.log 2>&1 &
   $T $REPO/tests/test_learning.py > $OUT/t_learn.log 2>&1 &
-  $T $(printf "$REPO/tests/%s " test_data_features.py test_remove_dc.py test_transcribe.py \
+  [ "${MISC:-1}" = 1 ] && $T $(printf "$REPO/tests/%s " test_data_features.py test_remove_dc.py test_transcribe.py \
     test_transcribe_stream.py) > $OUT/t_misc.log 2>&1 &
   wait; echo "tests ${SECONDS}s"; cd $REPO
   for f in $OUT/t_*.log; do echo "$f: $(tail -1 $f)"; grep -E "^FAILED|^ERROR" $f | head; done
@@ -38,13 +38,13 @@ floor() {   # label, then bench_floor's arguments
   echo "$label rc=$? ${SECONDS}s"
 }
 if has ab; then
-  for v in dot old dot; do
+  for v in ${ATT_SEQ:-dot old dot}; do
     cp ab/$v.py $K/gated_attention.py
     floor $C$([ $v = old ] && echo -main-dq) --cases B32xT250 --modules attention \
       --providers ours sdpa_nomask --no-compile
   done
   cp ab/dot.py $K/gated_attention.py
-  for v in new main new; do
+  for v in ${FFN_SEQ:-new main new}; do
     if [ $v = main ]; then cp ab/common_main.py $K/common.py; cp ab/gated_matmul_main.py $K/gated_matmul.py
     else cp kernels/common.py kernels/gated_matmul.py $K/; fi
     floor $C$([ $v = main ] && echo -main-sigmoid) --cases B32xT250 --modules ffn conv \
