@@ -23,8 +23,9 @@ if has tests; then
   T="timeout -s KILL ${TESTS_S:-240} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=5"
   cd /tmp; SECONDS=0
   $T $(printf "$REPO/tests/%s " test_gated_attention.py test_gated_mhsa.py) > $OUT/t_attn.log 2>&1 &
-  $T $(printf "$REPO/tests/%s " test_gated_ffn.py test_gated_matmul.py test_gated_conv.py \
-    test_launch.py) > $OUT/t_ffn.log 2>&1 &
+  $T $(printf "$REPO/tests/%s " test_gated_ffn.py test_gated_matmul.py test_launch.py) \
+    > $OUT/t_ffn.log 2>&1 &
+  $T $REPO/tests/test_gated_conv.py > $OUT/t_conv.log 2>&1 &
   $T $REPO/tests/test_learning.py > $OUT/t_learn.log 2>&1 &
   [ "${MISC:-1}" = 1 ] && $T $(printf "$REPO/tests/%s " test_data_features.py test_remove_dc.py test_transcribe.py \
     test_transcribe_stream.py) > $OUT/t_misc.log 2>&1 &
