@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Branch wip/next-gpu's device script (not for main): the two kernel changes waiting for a
 # GPU, tested and A/B-timed against main's kernels on one card. STAGES (default all):
-#   tests  the GPU tests they touch, in four groups at once (~4 min)
+#   tests  the GPU tests they touch, in five groups at once (~4 min)
+#   rest   conv's and learning's GPU tests and the sigmoid's (all session 71's H100 call left)
 #   ab     the attention core (dq: ab/dot.py = this branch, ab/old.py = main) and the FFN
 #          and conv modules (the sigmoid: this branch's kernels against ab/*_main.py), B32xT250,
 #          graph replays, each timed twice around the other (~3 min)
@@ -32,10 +33,19 @@ if has tests; then
   wait; echo "tests ${SECONDS}s"; cd $REPO
   for f in $OUT/t_*.log; do echo "$f: $(tail -1 $f)"; grep -E "^FAILED|^ERROR" $f | head; done
 fi
+if has rest; then   # what session 71's H100 call left unrun or failed (conv's, learning's, the sigmoid's)
+  T="timeout -s KILL ${TESTS_S:-300} python3 -m pytest -v -p no:cacheprovider -m gpu -rf --durations=5"
+  cd /tmp; SECONDS=0
+  $T $REPO/tests/test_gated_conv.py > $OUT/t_conv.log 2>&1 &
+  $T $REPO/tests/test_learning.py > $OUT/t_learn.log 2>&1 &
+  $T $REPO/tests/test_launch.py -k sigmoid > $OUT/t_sigmoid.log 2>&1 &
+  wait; echo "rest ${SECONDS}s"; cd $REPO
+  for f in $OUT/t_*.log; do echo "$f: $(tail -1 $f)"; grep -E "^FAILED|^ERROR" $f | head; done
+fi
 floor() {   # label, then bench_floor's arguments
   local label=$1; shift; SECONDS=0
-  ORTHOASR_COMMIT=$label timeout ${AB_S:-150} python3 -m bench.bench_floor --timings graph "$@" \
-    >> $OUT/ab.log 2>&1
+  (cd /tmp && ORTHOASR_COMMIT=$label timeout ${AB_S:-150} python3 -m bench.bench_floor \
+    --out $REPO/bench/results --timings graph "$@" >> $OUT/ab.log 2>&1)
   echo "$label rc=$? ${SECONDS}s"
 }
 if has ab; then
