@@ -3,6 +3,7 @@
 # GPU, tested and A/B-timed against main's kernels on one card. STAGES (default all):
 #   tests  the GPU tests they touch, in five groups at once (~4 min)
 #   rest   conv's and learning's GPU tests and the sigmoid's (all session 71's H100 call left)
+#   sweep  the SiLU GEMMs' tiles with the fast sigmoid (gemm_sweep --tma; ~3 min?)
 #   ab     the attention core (dq: ab/dot.py = this branch, ab/old.py = main) and the FFN
 #          and conv modules (the sigmoid: this branch's kernels against ab/*_main.py), B32xT250,
 #          graph replays, each timed twice around the other (~3 min)
@@ -41,6 +42,11 @@ if has rest; then   # what session 71's H100 call left unrun or failed (conv's, 
   $T $REPO/tests/test_launch.py -k sigmoid > $OUT/t_sigmoid.log 2>&1 &
   wait; echo "rest ${SECONDS}s"; cd $REPO
   for f in $OUT/t_*.log; do echo "$f: $(tail -1 $f)"; grep -E "^FAILED|^ERROR" $f | head; done
+fi
+if has sweep; then   # the FFN's SiLU GEMMs at every tile with this branch's sigmoid, TMA
+  (cd /tmp && timeout ${SWEEP_S:-300} python3 -m bench.gemm_sweep --tma --families rows \
+    --only "g1 xn@W1^T silu" "g3 dy@W2 silu" > $OUT/sweep.log 2>&1)
+  echo "sweep rc=$?"; tail -30 $OUT/sweep.log
 fi
 floor() {   # label, then bench_floor's arguments
   local label=$1; shift; SECONDS=0
