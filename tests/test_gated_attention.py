@@ -299,9 +299,15 @@ def _shared_keys_errors_within(dtype, tolerance, B, H, T, lengths, device=DEV):
     dtype: dq, dk and dv within `tolerance` of their largest exact value (fp64 on the same
     rounded inputs). dS is rounded to 16 bits for its products, and the shared part of the
     keys would multiply that rounding in dq, had the kernel not taken the rounded dS's row
-    sums times the first key off (bench/attention_rounding.py emulates both)."""
+    sums times the first key off (bench/attention_rounding.py emulates both). Keys past a
+    sequence's length share a component of their own: k_0 is the sequence's first key, not
+    a padded frame's (one at T - 1 passed the test before)."""
     q, k, v, grad_out, lengths = _sharp_inputs(B, H, T, 64, lengths, shared=24.0,
                                                device=device)
+    gen = torch.Generator().manual_seed(1)
+    for b, length in enumerate(lengths.tolist()):
+        other = 24.0 * torch.randn(H, 1, 64, generator=gen, dtype=torch.float64)
+        k[b, :, length:] += other.to(device)
     low = [t.to(dtype) for t in (q, k, v, grad_out)]
     gates = torch.ones(H, dtype=torch.float64, device=device)
     gold = _grads(ga.gated_attention_reference, *[t.double() for t in low[:3]], lengths,
