@@ -2,7 +2,8 @@
 # Branch wip/next-gpu's device script (not for main): the two kernel changes waiting for a
 # GPU, tested and A/B-timed against main's kernels on one card. STAGES (default all):
 #   tests  the GPU tests they touch, in five groups at once (~4 min)
-#   rest   conv's and learning's GPU tests and the sigmoid's (all session 71's H100 call left)
+#   rest   conv's and learning's GPU tests, the sigmoid's and the shared-keys dq test's (what
+#          session 71's H100 call left, and the test 8661242 changed)
 #   sweep  the SiLU GEMMs' tiles with the fast sigmoid (gemm_sweep --tma; ~3 min?)
 #   ab     the attention core (dq: ab/dot.py = this branch, ab/old.py = main) and the FFN
 #          and conv modules (the sigmoid: this branch's kernels against ab/*_main.py), B32xT250,
@@ -40,6 +41,7 @@ if has rest; then   # what session 71's H100 call left unrun or failed (conv's, 
   $T $REPO/tests/test_gated_conv.py > $OUT/t_conv.log 2>&1 &
   $T $REPO/tests/test_learning.py > $OUT/t_learn.log 2>&1 &
   $T $REPO/tests/test_launch.py -k sigmoid > $OUT/t_sigmoid.log 2>&1 &
+  $T $REPO/tests/test_gated_attention.py -k shared_keys > $OUT/t_shared.log 2>&1 &
   wait; echo "rest ${SECONDS}s"; cd $REPO
   for f in $OUT/t_*.log; do echo "$f: $(tail -1 $f)"; grep -E "^FAILED|^ERROR" $f | head; done
 fi
