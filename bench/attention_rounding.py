@@ -11,7 +11,9 @@ scores themselves).
 
     delta            dS = P (dP - sum_j P dP), the kernels before session 59
     delta / sum P    that delta divided by the recomputed P's row sum
-    first key off    and dq = dS (K - k_0): the kernels since session 59
+    first key off    and dq = dS (K - k_0): the kernels from session 59 to 70
+    row sum off      dq = dS K - rowsum(dS) k_0, dS K accumulated in fp32 a 64-key tile at a
+                     time, rowsum of the rounded dS in fp32: the kernels since session 70
     dk               dk = dS^T Q with that dS: the kernels
     dk, 1st query    dk = dS^T (Q - q_0) + q_0 (fp32 column sums of dS): not built, since
                      the kernels' dk is already far under the torch backend's
@@ -37,6 +39,15 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
 
 def _rel(got: torch.Tensor, exact: torch.Tensor) -> float:
     return float((got - exact).abs().max() / exact.abs().max())
+
+
+def _tiled_fp32(a: torch.Tensor, b: torch.Tensor, tile: int = 64) -> torch.Tensor:
+    """a @ b accumulated as the kernels do: each tile of the inner dimension's product
+    exact, rounded to fp32, added to an fp32 accumulator."""
+    acc = torch.zeros(*a.shape[:-1], b.shape[-1], dtype=torch.float64)
+    for start in range(0, a.shape[-1], tile):
+        acc = _fp32(acc + _fp32(a[..., start:start + tile] @ b[..., start:start + tile, :]))
+    return acc
 
 
 def gradient_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) -> dict:
@@ -68,6 +79,8 @@ def gradient_errors(shared: float, noise: float, B=4, H=6, T=82, Dh=64, seed=0) 
         ds = _bf16(ds_fp32)
         keys = k if way != "first key off" else _bf16(k - k[:, :, :1])
         errors[way] = _rel(scale * _fp32(ds @ keys), dq_exact)
+    errors["row sum off"] = _rel(scale * _fp32(_tiled_fp32(ds, k) - _fp32(ds.sum(-1, keepdim=True))
+                                               * k[:, :, :1]), dq_exact)
     # dS's columns do not sum to 0, so taking q_0 off needs their fp32 sums added back
     errors["dk"] = _rel(scale * _fp32(ds.transpose(-1, -2) @ q), dk_exact)
     q_first = q[:, :, :1]

@@ -55,6 +55,23 @@ def warp_uniform(x, GPU: tl.constexpr):
         return x
 
 
+@triton.jit
+def sigmoid(x, GPU: tl.constexpr):
+    """1 / (1 + exp(-x)) of an fp32 tensor. GPU: by the approximate exp2 and reciprocal with
+    denormals flushed to zero, 4 SASS instructions an element, where tl.sigmoid's
+    full-range division and exp2's denormal scaling took 12 (sm_90); the two agree to an
+    ulp or two, and both give 0 and 1 at the ends (the flushed results are under 1e-38).
+    Under the interpreter (no inline assembly) tl.sigmoid."""
+    if GPU:
+        # -log2(e) = 0fBFB8AA3B
+        return tl.inline_asm_elementwise(
+            "{ .reg .f32 t; mul.ftz.f32 t, $1, 0fBFB8AA3B; ex2.approx.ftz.f32 t, t; "
+            "add.ftz.f32 t, t, 0f3F800000; rcp.approx.ftz.f32 $0, t; }",
+            "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.sigmoid(x)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands: exact products ("ieee"); 16-bit operands ignore the setting."""
     return "ieee" if dtype == torch.float32 else "tf32"

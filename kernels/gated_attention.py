@@ -36,6 +36,7 @@ from .common import await_producers, dot_precision, interpreting
 from .launch import cdiv, launch, next_pow2
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ROW_SUM_COLS = tl.constexpr(16)    # the narrowest tile tl.dot takes: dS's row sums (dq kernel)
 
 
 # ----------------------------------------------------------------------------- reference
@@ -337,16 +338,23 @@ def _gated_attn_bwd_dq_kernel(
         dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         k_base = k_ptr + b * stride_kb + h * stride_kh + offs_d[None, :]
         v_base = v_ptr + b * stride_vb + h * stride_vh + offs_d[None, :]
-        # each row of dS sums to 0 (delta above), so dQ = sm_scale dS (K - k_0) for any k_0:
-        # with the sequence's first key taken off every key, a component the keys share
-        # (large on the blank plateau) no longer multiplies dS's 16-bit rounding
-        k_first = tl.load(k_base, mask=d_ok, other=0.0).to(tl.float32)
+        # each row of dS sums to 0 (delta above), so dQ = sm_scale (dS K - rowsum(dS) k_0)
+        # for any k_0: with the rounded dS's own row sums times the sequence's first key
+        # taken off after the loop, a component the keys share (large on the blank plateau)
+        # no longer multiplies dS's 16-bit rounding. The row sums come from the tensor
+        # cores, as dS times a tile whose first column is ones (exact in fp32): summed in
+        # the loop across lanes they took 52 loop instructions more (Triton 3.6, sm_90)
+        ds_sum = tl.zeros([BLOCK_M, ROW_SUM_COLS], tl.float32)
+        first_col = (tl.arange(0, ROW_SUM_COLS) == 0)[None, :] & (offs_n >= 0)[:, None]
+        ones = first_col.to(k_ptr.dtype.element_ty)
         for start_n in range(0, seq_len, BLOCK_N):
             p, dp, k = _bwd_key_block(q, do, lse, k_base, v_base, start_n, offs_n, seq_len,
                                       d_ok, stride_kt, stride_vt, qk_scale, DOT_PRECISION)
-            ds = p * (dp * gate - delta[:, None])
-            k_off = (k.to(tl.float32) - k_first).to(k.dtype)   # ds is 0 at padded keys
-            dq += tl.dot(ds.to(k.dtype), k_off, input_precision=DOT_PRECISION)
+            ds = (p * (dp * gate - delta[:, None])).to(k.dtype)   # 0 at padded keys
+            dq += tl.dot(ds, k, input_precision=DOT_PRECISION)
+            ds_sum = tl.dot(ds, ones, ds_sum, input_precision=DOT_PRECISION)
+        k_first = tl.load(k_base, mask=d_ok, other=0.0).to(tl.float32)
+        dq -= tl.sum(ds_sum, 1)[:, None] * k_first
         tl.store(dq_ptrs, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=dq_mask)
     elif (gate != 0) | ZERO_DEAD:   # padded blocks always; dead heads unless packed
         tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dq_ptr.dtype.element_ty), mask=dq_mask)

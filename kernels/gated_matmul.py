@@ -24,7 +24,14 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .common import await_producers, dot_precision, interpreting, valid_mask, warp_uniform
+from .common import (
+    await_producers,
+    dot_precision,
+    interpreting,
+    sigmoid,
+    valid_mask,
+    warp_uniform,
+)
 from .launch import cdiv, launch, next_pow2
 
 # epilogues of _rows_gemm_kernel
@@ -243,19 +250,19 @@ def _rows_gemm_kernel(
                   out_ptr, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
                   saved0, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
                   FINAL, HAS_SUM1, AUX_ALL_ROWS, PREFETCH, HAS_UNGATED,
-                  TILE_SUMS)
+                  TILE_SUMS, GPU)
         _epilogue(acc1, acc_b1, rows0 + half, cols, col_ok, g, live, fill,
                   M, N, T, UNGATED, len_ptr,
                   out_ptr, col0, bias_ptr, gate_ptr, aux_ptr,
                   sum1_ptr, saved1, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE,
                   SCALE_OUT, SAVE_AUX, FINAL, HAS_SUM1, AUX_ALL_ROWS, PREFETCH,
-                  HAS_UNGATED, TILE_SUMS)
+                  HAS_UNGATED, TILE_SUMS, GPU)
     else:
         _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, len_ptr,
                   out_ptr, col0, bias_ptr, gate_ptr, aux_ptr, sum1_ptr,
                   acc, NUM_CHUNKS, CHUNKS_P2, EPI, HAS_BIAS, BIAS_MODE, SCALE_OUT, SAVE_AUX,
                   FINAL, HAS_SUM1, AUX_ALL_ROWS, False, HAS_UNGATED,
-                  TILE_SUMS)
+                  TILE_SUMS, GPU)
 
 
 @triton.jit
@@ -279,7 +286,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, l
               HAS_BIAS: tl.constexpr, BIAS_MODE: tl.constexpr, SCALE_OUT: tl.constexpr,
               SAVE_AUX: tl.constexpr, FINAL: tl.constexpr, HAS_SUM1: tl.constexpr,
               AUX_ALL_ROWS: tl.constexpr, HAS_SAVED: tl.constexpr,
-              HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr):
+              HAS_UNGATED: tl.constexpr, TILE_SUMS: tl.constexpr, GPU: tl.constexpr):
     """The row GEMM's epilogues (EPI_*) on the accumulator tile of `rows` x `cols` (its
     first column: col0). saved: the SiLU backward's saved tile, loaded already (HAS_SAVED),
     or unread. g: the tile's gate, made a [rows, 1] column with HAS_UNGATED. fill: whether
@@ -329,10 +336,10 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, l
             if fill:
                 _silu_gate_tile(acc, g, tile, store_ok, row_in[:, None] & col_ok[None, :],
                                 cols, col_ok, bias_ptr, aux_ptr, out_ptr, HAS_BIAS, SAVE_AUX,
-                                True)
+                                True, GPU)
         elif live:
             _silu_gate_tile(acc, g, tile, store_ok, store_ok, cols, col_ok, bias_ptr, aux_ptr,
-                            out_ptr, HAS_BIAS, SAVE_AUX, False)
+                            out_ptr, HAS_BIAS, SAVE_AUX, False, GPU)
     elif EPI == 2:
         # a dead tile's FINAL zeros in a branch of their own: with one call for both, the
         # SiLU backward with its column sums took 210 registers (one program an SM)
@@ -340,7 +347,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, l
         if live:
             _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, aux_read, cols, col_ok,
                            aux_ptr, out_ptr, col0, sum1_ptr, saved, HAS_SUM1, FINAL,
-                           HAS_SAVED, TILE_SUMS)
+                           HAS_SAVED, TILE_SUMS, GPU)
         elif FINAL:
             if fill:
                 tl.store(out_ptr + tile, tl.zeros_like(acc).to(dtype), mask=write)
@@ -355,7 +362,7 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, l
                          mask=store_ok)
                 tl.store(aux_ptr + rows[:, None] * (2 * N) + N + cols[None, :],
                          acc_b.to(dtype), mask=store_ok)
-            tl.store(out_ptr + tile, (acc * tl.sigmoid(acc_b)).to(dtype), mask=store_ok)
+            tl.store(out_ptr + tile, (acc * sigmoid(acc_b, GPU)).to(dtype), mask=store_ok)
         elif EPI == 4:
             if HAS_SUM1:
                 saved = tl.load(aux_ptr + tile, mask=aux_read, other=0.0).to(tl.float32)
@@ -366,7 +373,8 @@ def _epilogue(acc, acc_b, rows, cols, col_ok, g, live, fill, M, N, T, UNGATED, l
 
 @triton.jit
 def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_ptr, out_ptr,
-                    HAS_BIAS: tl.constexpr, SAVE_AUX: tl.constexpr, ZEROS: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, SAVE_AUX: tl.constexpr, ZEROS: tl.constexpr,
+                    GPU: tl.constexpr):
     """EPI_SILU_GATE on a tile: pre = acc + bias saved to aux over `store_ok` (the valid
     rows' live columns), hidden = g * silu(pre) stored over `write`, zeros outside
     `store_ok` with ZEROS."""
@@ -376,7 +384,7 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
     dtype = out_ptr.dtype.element_ty
     if SAVE_AUX:
         tl.store(aux_ptr + tile, pre.to(dtype), mask=store_ok)
-    hidden = pre * tl.sigmoid(pre) * g
+    hidden = pre * sigmoid(pre, GPU) * g
     if ZEROS:
         hidden = tl.where(store_ok, hidden, 0.0)
     tl.store(out_ptr + tile, hidden.to(dtype), mask=write)
@@ -386,7 +394,7 @@ def _silu_gate_tile(acc, g, tile, store_ok, write, cols, col_ok, bias_ptr, aux_p
 def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, aux_ptr,
                    out_ptr, col0, sum1_ptr, saved, HAS_SUM1: tl.constexpr,
                    ZEROS: tl.constexpr, HAS_SAVED: tl.constexpr,
-                   TILE_SUMS: tl.constexpr):
+                   TILE_SUMS: tl.constexpr, GPU: tl.constexpr):
     """EPI_SILU_BWD on a live tile: pre read over `read` (store_ok or more; or given as
     `saved` with HAS_SAVED), d_pre = acc * g * silu'(pre) stored over `write`, zeros outside
     `store_ok` (the valid rows' live columns) with ZEROS; the gates' gradient products
@@ -395,7 +403,7 @@ def _silu_bwd_tile(acc, g, tile, store_ok, grad_ok, write, read, cols, col_ok, a
         pre = saved.to(tl.float32)
     else:
         pre = tl.load(aux_ptr + tile, mask=read, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(pre)
+    sig = sigmoid(pre, GPU)
     d_pre = acc * g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SUM1:
         _gate_sums(sum1_ptr, cols, col_ok, col0, tl.where(grad_ok, acc * pre * sig, 0.0),

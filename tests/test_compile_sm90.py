@@ -18,3 +18,41 @@ def test_kernels_compile_for_sm90_within_shared_memory(check):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "all kernels compiled" in done.stdout, done.stdout[-3000:]
+
+
+# the SiLU / GLU row GEMMs of compile_check_modules whose epilogues call common.sigmoid:
+# the SiLU gate in row halves (SUBTILE) with and without FINAL's zeros, the SiLU backward in
+# row halves, the GLU on the whole tile
+SIGMOID_EPILOGUES = """
+import triton
+from bench import compile_check_modules as ccm
+from orthoasr.kernels import gated_matmul
+
+compiled = []
+compile_ = triton.compile
+def spy(*args, **kwargs):
+    compiled.append(compile_(*args, **kwargs))
+    return compiled[-1]
+triton.compile = spy
+for gemm in ccm.ROW_GEMMS:
+    if gemm[0] in ("ffn GEMM1", "ffn GEMM1, zero-padded", "ffn dH", "conv PW1"):
+        ccm._row_gemm(*gemm, dict(gated_matmul._rows_blocks(ccm.BF16, gemm[2], gemm[1])))
+        ptx = compiled[-1].asm["ptx"]
+        assert "rcp.approx.ftz.f32" in ptx and "ex2.approx.f32" not in ptx, gemm[0]
+assert len(compiled) == 4, len(compiled)
+print("sigmoid epilogues compiled")
+"""
+
+
+def test_gemm_epilogues_take_the_gpu_sigmoid():
+    """Launched on CUDA (GPU on), every SiLU-gate, SiLU-backward and GLU epilogue of the row
+    GEMM (both row halves, FINAL's zeros) computes its sigmoids by common.sigmoid's inline
+    PTX (ex2.approx.ftz, rcp.approx.ftz), none by tl.sigmoid (ex2.approx without ftz): the
+    two agree to an ulp or two, so no numerical test sees a call site that passes GPU=False
+    on, nor one that calls tl.sigmoid."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", SIGMOID_EPILOGUES], env=env,
+                          capture_output=True, text=True, timeout=900,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sigmoid epilogues compiled" in done.stdout, done.stdout[-3000:]
