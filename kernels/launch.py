@@ -31,7 +31,8 @@ writes anything, the stream's order holds as without it. `ORTHOASR_PDL=0` (or
 `programmatic_launch(False)`) launches them the plain way.
 
 A kernel with a `GPU` constexpr parameter is launched with `GPU=True` on CUDA tensors: code
-the interpreter cannot run (inline assembly: common.warp_uniform) sits behind it.
+the interpreter cannot run (inline assembly: common.warp_uniform, common.sigmoid) sits
+behind it.
 `ORTHOASR_GPU_ASM=0` (or `gpu_asm(False)`) launches them with `GPU=False`, the
 interpreter's code, to compare the two in one process.
 """
