@@ -53,7 +53,8 @@ SUBTILE_CONFIGS = [dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, SUBTIL
                    dict(BM=256, BN=128, BK=64, num_warps=8, num_stages=3, SUBTILE=True),
                    # with common.sigmoid the SiLU gate's whole tile at once fits the cap
                    # (sm_90, Triton 3.6: no spills, 789 epilogue instructions against 994
-                   # in row halves; tl.sigmoid spilled 32 B); the backward still spills 608 B
+                   # in row halves; tl.sigmoid spilled 32 B); the SiLU backward's whole tile
+                   # spills with its column sums (200-624 B), not without them
                    dict(BM=128, BN=128, BK=64, num_warps=8, num_stages=3, maxnreg=128)]
 WGRAD_CONFIGS = [dict(BP=128, BQ=256, BK=64, num_warps=8, num_stages=3),   # L2 bytes: see
                  dict(BP=256, BQ=128, BK=64, num_warps=8, num_stages=3),   # ROW_CONFIGS
