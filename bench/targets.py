@@ -37,6 +37,9 @@ REVERTED = {
     "d72458c": "the K-chunked row GEMM's three column tiles a program (N_SUB): faster as a "
                "bare product, slower in the FFN at B32xT250 (bench/NOTES.md, session 43)",
     "bf0ad3a": "d72458c's compile fix, reverted with it",
+    "a8d5fd6": "the SiLU gate's whole 128x128 tile and one-mask epilogue (branch wip/next-gpu): "
+               "slower in the FFN on an H100, 72.4 against 69.8 us forward (bench/NOTES.md, "
+               "session 73); never merged",
 }
 
 
