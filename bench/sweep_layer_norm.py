@@ -43,6 +43,11 @@ BWD_CONFIGS += [dict(BM=bm, num_warps=warps, warps_per_sm=512, LOAD_STAGES=2)
 # 2026-12-01 (H200) the weight / bias partials summed over each block's rows as the loop
 # goes ([1, BD] in place of [BM, BD]: 128 registers a thread in place of 255, 16 warps a SM)
 # were swept too: 35.4-80.5 us against the default's 32.5 at bf16 input, and removed
+# 2026-12-07 (H100, B32xT250) a row as two column tiles, 256 + 128 for D 384 (no masked
+# quarter: 830 instructions a 4-row loop on sm_90 against 1,180) was swept too: 22.1-23.4 /
+# 19.1-19.7 us (fp32 / bf16 x) against 21.1 / 18.0-18.2 for one 512-wide tile, and no faster
+# in the FFN or conv (its dx tiles then change layout through shared memory before their
+# stores); 2-row tiles at 8-16 warps an SM and 1-warp programs were slower still. Not kept
 # 2026-12-01 (H200) the loop's small loads (mean, rstd, lengths) as async copies
 # (tl.range num_stages 2-3) were also swept: within 4% of the plain loop, and removed
 

@@ -40,6 +40,12 @@ REVERTED = {
     "a8d5fd6": "the SiLU gate's whole 128x128 tile and one-mask epilogue (branch wip/next-gpu): "
                "slower in the FFN on an H100, 72.4 against 69.8 us forward (bench/NOTES.md, "
                "session 73); never merged",
+    "33df730": "the LayerNorm backward's row as two column tiles, 256 + 128 (branch "
+               "wip/ln-parts): 22.1-23.4 against 21.1 us at B32xT250 on an H100, the FFN and "
+               "conv no faster (bench/NOTES.md, session 73); never merged",
+    "09f7592": "33df730 with its offsets in runs of 4 (a sweep only): its one-tile form "
+               "20.7 against main's 21.1 us (fp32 x), 18.0 against 18.1 (bf16), no module "
+               "A/B run (bench/NOTES.md, session 73); never merged",
 }
 
 
