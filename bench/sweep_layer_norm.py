@@ -48,6 +48,10 @@ BWD_CONFIGS += [dict(BM=bm, num_warps=warps, warps_per_sm=512, LOAD_STAGES=2)
 # 19.1-19.7 us (fp32 / bf16 x) against 21.1 / 18.0-18.2 for one 512-wide tile, and no faster
 # in the FFN or conv (its dx tiles then change layout through shared memory before their
 # stores); 2-row tiles at 8-16 warps an SM and 1-warp programs were slower still. Not kept
+# 2026-12-07 (H100, B32xT250) dgamma / dbeta as per-program partials in a workspace, summed
+# by a second launch (no atomics a program, so that more programs could run): 25.0 / 20.8
+# us at the default tile, 22.0-30.7 / 18.7-27.7 at 2-24 warps an SM, against 20.9-21.2 /
+# 18.2 with the atomics. Not kept
 # 2026-12-01 (H200) the loop's small loads (mean, rstd, lengths) as async copies
 # (tl.range num_stages 2-3) were also swept: within 4% of the plain loop, and removed
 

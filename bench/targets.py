@@ -46,6 +46,9 @@ REVERTED = {
     "09f7592": "33df730 with its offsets in runs of 4 (a sweep only): its one-tile form "
                "20.7 against main's 21.1 us (fp32 x), 18.0 against 18.1 (bf16), no module "
                "A/B run (bench/NOTES.md, session 73); never merged",
+    "23d480c": "the LayerNorm backward's dgamma / dbeta as per-program partials summed by a "
+               "second launch (PARTIALS, branch wip/ln-partials): 25.0 against 21.2 us at "
+               "B32xT250 on an H100, more warps an SM no faster (session 73); never merged",
 }
 
 
