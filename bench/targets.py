@@ -49,6 +49,9 @@ REVERTED = {
     "23d480c": "the LayerNorm backward's dgamma / dbeta as per-program partials summed by a "
                "second launch (PARTIALS, branch wip/ln-partials): 25.0 against 21.2 us at "
                "B32xT250 on an H100, more warps an SM no faster (session 73); never merged",
+    "75bd61a": "a8d5fd6 again (bench/pending/next-gpu.patch) on an H100: 71.8 against main's "
+               "69.4 us forward, 210.4-211.4 against 207.8 fwd+bwd (bench/NOTES.md, session "
+               "74); never merged",
 }
 
 
