@@ -22,7 +22,13 @@ import itertools
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.bench_floor import GATE_PATTERNS, SHAPES, gate_patterns, model_gate_patterns
+from bench.bench_floor import (
+    GATE_PATTERNS,
+    SHAPES,
+    gate_patterns,
+    grad_in_output_dtype,
+    model_gate_patterns,
+)
 from bench.floors import EncoderFloor, compiled_floor, encode_gated, module_floor
 from bench.harness import require_gpu
 from orthoasr import set_backend
@@ -106,6 +112,8 @@ def kernel_report(label: str, run, params, gates, mode: str, x, lengths, dy, ite
         y.backward(dy)
 
     params.train(mode != "fwd")
+    if mode != "fwd":       # not autograd's cast of dy in every backward (the harness's)
+        dy = grad_in_output_dtype(lambda: run(x, lengths, gates), dy)
     table = kernel_table(step, iters)
     return ([f"\n## {label}: {sum(r[1] for r in table):.1f} us of kernels per call, "
              f"{sum(r[2] for r in table)} launches"]
