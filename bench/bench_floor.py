@@ -146,7 +146,12 @@ def _timed_rows(base: dict, providers: dict, inputs_of, grad_out, modes, timings
 
             setting = SETTINGS_OFF.get(provider, contextlib.nullcontext)
             if mode == "fwd+bwd":
-                grad = grad_in_output_dtype(fn, grad, setting)
+                try:
+                    grad = grad_in_output_dtype(fn, grad, setting)
+                except Exception as exc:  # noqa: BLE001 - as a failed timing below
+                    print(f"{base['case']} {mode} {base['gates']} {provider}: failed "
+                          f"({exc!r})", flush=True)
+                    continue
 
             def call(fn=fn, inputs=inputs, mode=mode, grad=grad, setting=setting):
                 with setting():
