@@ -44,8 +44,14 @@
 # rapidfuzz and espeakng-loader, e.g. `pip download --no-deps --only-binary=:all:
 # --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64
 # -d .whl soundfile cffi pycparser soxr rapidfuzz espeakng-loader`.
+# REQUIRE_CARD=H200: on any other card print its name and exit 0 before installing, so
+# that a call meant for the targets' card costs only its start where another card came.
 set -uo pipefail
 REPO=$PWD
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+if [[ -n "${REQUIRE_CARD:-}" && "${CARD,,}" != *"${REQUIRE_CARD,,}"* ]]; then
+  echo "$CARD is not a $REQUIRE_CARD: nothing run"; exit 0
+fi
 export ORTHOASR_COMMIT=$(cat .commit 2>/dev/null)   # rows name it (bench/harness.py)
 STAGES=${STAGES:-tests profile modules kernels}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -53,7 +59,7 @@ rm -rf /tmp/site_lead && python3 -m pip install -q --no-index --no-deps --no-com
   --no-build-isolation --target /tmp/site_lead $(ls .whl/*.whl 2>/dev/null) . || exit 1
 export PYTHONPATH=/tmp/site_lead:$REPO PYTHONUNBUFFERED=1
 cd /tmp
-nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+echo "$CARD"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 if has tests; then
   # four groups at once (kernel compilation is CPU-bound: with three, the middle one ran
