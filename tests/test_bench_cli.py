@@ -29,6 +29,15 @@ def _bench(module: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+def _gpu_env() -> dict[str, str]:
+    """Kernels compiled, bench found on PYTHONPATH, for a benchmark run from elsewhere: from
+    the repo's root its orthoasr/ (no kernels/ inside: setup.py maps them in) shadows a
+    non-editable install's (the GPU machine's)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    return env
+
+
 def _results_digest() -> dict[str, str]:
     return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted((ROOT / "bench" / "results").rglob("*")) if p.is_file()}
@@ -119,11 +128,7 @@ def test_bench_floor_writes_attention_rows_once_and_only_to_out(tmp_path):
     helper was not handed --out) and once more, all together, to --out: with --out
     elsewhere bench/results still changed, and without it every row was there twice."""
     before = _results_digest()
-    # run from elsewhere, bench found on PYTHONPATH: from the repo's root its orthoasr/ (no
-    # kernels/ inside: setup.py maps them in) shadows a non-editable install's (the GPU
-    # machine's)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    env = _gpu_env()        # run from elsewhere (see _gpu_env)
     done = subprocess.run([sys.executable, "-m", "bench.bench_floor", "--modules", "attention",
                            "--cases", "B32xT250", "--timings", "eager", "--out", str(tmp_path)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -138,8 +143,7 @@ def test_bench_floor_writes_attention_rows_once_and_only_to_out(tmp_path):
 def test_bench_floor_times_only_the_providers_named(tmp_path):
     """--providers: the rows the targets read without the diagnostic providers (settings
     off, one stream, the unpacked attention), so that one device call holds more cases."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    env = _gpu_env()
     done = subprocess.run([sys.executable, "-m", "bench.bench_floor", "--modules", "attention",
                            "--cases", "B32xT250", "--timings", "eager", "--out", str(tmp_path),
                            "--providers", "ours", "sdpa_mask"],
@@ -184,8 +188,7 @@ def test_module_backward_profiles_time_no_cast_of_the_output_gradient(tmp_path):
     provider's fwd+bwd at B32xT250 (H100, 2026-12-07), the harness's work, not the
     module's. The gradient now comes in the output's dtype (bench_floor's
     grad_in_output_dtype, which profile_kernels shares)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    env = _gpu_env()
     out = tmp_path / "kernels.txt"
     done = subprocess.run([sys.executable, "-m", "bench.profile_kernels", "--modules", "ffn",
                            "--gates", "all-on", "--modes", "fwd+bwd", "--iters", "3",
