@@ -9,15 +9,44 @@ import sys
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKS = ("compile_check_modules", "compile_check_attention")
 
-@pytest.mark.parametrize("check", ["compile_check_modules", "compile_check_attention"])
-def test_kernels_compile_for_sm90_within_shared_memory(check):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-m", f"bench.{check}"], env=env,
-                          capture_output=True, text=True, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "all kernels compiled" in done.stdout, done.stdout[-3000:]
+
+def _compiler_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+@pytest.fixture(scope="module")
+def compile_checks(tmp_path_factory):
+    """check -> (its process, stdout file, stderr file), both started together: each compiles
+    one kernel after another on one core (~80 and ~120 s alone on a 2-core CI machine), so
+    side by side they take the longer one's time, not the sum. Output goes to files, not
+    pipes: a pipe left unread while the other check is awaited could fill and stall it."""
+    logs = tmp_path_factory.mktemp("compile_checks")
+    running = {}
+    for check in CHECKS:
+        out, err = open(logs / f"{check}.out", "w+"), open(logs / f"{check}.err", "w+")
+        running[check] = (subprocess.Popen([sys.executable, "-m", f"bench.{check}"],
+                                           env=_compiler_env(), cwd=ROOT, text=True,
+                                           stdout=out, stderr=err), out, err)
+    yield running
+    for proc, out, err in running.values():
+        proc.kill()
+        proc.wait()
+        out.close()
+        err.close()
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_kernels_compile_for_sm90_within_shared_memory(compile_checks, check):
+    proc, out, err = compile_checks[check]
+    proc.wait(timeout=900)
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "all kernels compiled" in stdout, stdout[-3000:]
 
 
 # the SiLU / GLU row GEMMs of compile_check_modules whose epilogues call common.sigmoid:
@@ -50,9 +79,7 @@ def test_gemm_epilogues_take_the_gpu_sigmoid():
     PTX (ex2.approx.ftz, rcp.approx.ftz), none by tl.sigmoid (ex2.approx without ftz): the
     two agree to an ulp or two, so no numerical test sees a call site that passes GPU=False
     on, nor one that calls tl.sigmoid."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", SIGMOID_EPILOGUES], env=env,
-                          capture_output=True, text=True, timeout=900,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", SIGMOID_EPILOGUES], env=_compiler_env(),
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sigmoid epilogues compiled" in done.stdout, done.stdout[-3000:]
