@@ -17,9 +17,12 @@ $(VENV)/.installed: setup.py
 demo: $(VENV)/.installed
 	$(PY) -m orthoasr demo
 
-# pytest exits 5 when it collects no test: that is a failure here, said plainly.
+# Two pytest workers (pytest-xdist) for the CI machine's two cores, each taking whole test
+# files (--dist loadfile: a file's tests share module-level state, e.g. test_train.py's
+# trained runs). pytest exits 5 when it collects no test: that is a failure here, said plainly.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --benchmark-disable tests; rc=$$?; \
+	$(PY) -m pytest -q --benchmark-disable -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; fi; exit $$rc
 
 lint: $(VENV)/.installed

@@ -18,7 +18,7 @@ setup(
                       "matplotlib", "espeakng-loader", "soundfile", "soxr", "rapidfuzz",
                       "tqdm"],
     # graphs: CUDA-graph IF nodes (GraphedEncoder(skip_dead_blocks=True), orthoasr.conditional)
-    extras_require={"test": ["pytest"], "bench": ["pytest-benchmark"],
+    extras_require={"test": ["pytest", "pytest-xdist"], "bench": ["pytest-benchmark"],
                     "graphs": ["cuda-bindings>=12.8"]},
     package_data={"orthoasr.configs": ["*.yaml"]},
     entry_points={"console_scripts": ["orthoasr=orthoasr.cli:main"]},
